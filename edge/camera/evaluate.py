@@ -1,0 +1,172 @@
+"""``parkguide eval camera DIR [--json] [--patches] [--model PATH]``.
+
+Full-frame mode (default): every image (jpg/jpeg/png, any depth under DIR) that
+has a PKLot XML file of the same stem is classified space by space from the
+labelled contours. ``--patches`` mode: DIR holds ``busy/`` and ``free/``
+folders of single-space patches (any depth below them). Occupied is the
+positive class. ``ms_per_frame`` is the classification time per frame (or per
+patch with ``--patches``), image decoding excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.camera.classifier import SpaceClassifier
+from edge.camera.pklot import IMAGE_SUFFIXES, find_labelled_images, load_pklot_xml
+
+log = logging.getLogger(__name__)
+
+
+class EvalError(Exception):
+    """A user-facing problem with the dataset directory."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``dir``, ``--json``, ``--patches`` and ``--model`` to ``parser``."""
+    parser.add_argument("dir", type=Path, help="dataset directory")
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument(
+        "--patches", action="store_true", help="DIR has busy/ and free/ single-space patches"
+    )
+    parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: bundled)")
+
+
+def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Accuracy, precision, recall and F1 with occupied as the positive class."""
+    pred = np.asarray(pred, dtype=bool)
+    truth = np.asarray(truth, dtype=bool)
+    tp = int(np.sum(pred & truth))
+    fp = int(np.sum(pred & ~truth))
+    fn = int(np.sum(~pred & truth))
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    accuracy = float(np.mean(pred == truth)) if len(truth) else 0.0
+    return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1}
+
+
+def evaluate_frames(root: Path, clf: SpaceClassifier) -> dict[str, float | int]:
+    """Classify every labelled space of every PKLot-labelled image under ``root``."""
+    preds, truths, times = [], [], []
+    images = 0
+    for img_path, xml_path in find_labelled_images(root):
+        try:
+            spaces = load_pklot_xml(xml_path)
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            log.warning("skipping %s: %s", xml_path, exc)
+            continue
+        if not spaces:
+            continue
+        frame = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+        if frame is None:
+            log.warning("cannot read image %s", img_path)
+            continue
+        polygons = [s.contour for s in spaces]
+        plan = clf.plan(polygons)
+        t0 = time.perf_counter()
+        occ, _ = clf.classify(frame, plan)
+        times.append(time.perf_counter() - t0)
+        preds.append(occ)
+        truths.append(np.array([bool(s.occupied) for s in spaces]))
+        images += 1
+    if not images:
+        raise EvalError(f"no labelled images (image + PKLot XML of the same stem) under {root}")
+    pred, truth = np.concatenate(preds), np.concatenate(truths)
+    out: dict[str, float | int] = {"images": images, "spaces": int(len(truth))}
+    out.update(metrics(pred, truth))
+    out["ms_per_frame"] = float(np.mean(times) * 1e3)
+    return out
+
+
+def _patch_files(root: Path) -> list[tuple[Path, bool]]:
+    files: list[tuple[Path, bool]] = []
+    for sub, label in (("busy", True), ("free", False)):
+        d = root / sub
+        if d.is_dir():
+            files += [
+                (p, label)
+                for p in sorted(d.rglob("*"))
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            ]
+    return files
+
+
+def evaluate_patches(
+    root: Path, clf: SpaceClassifier, batch: int = 256
+) -> dict[str, float | int]:
+    """Classify every patch under ``root/busy`` and ``root/free``."""
+    files = _patch_files(root)
+    preds, truths = [], []
+    elapsed = 0.0
+    for start in range(0, len(files), batch):
+        chunk = files[start : start + batch]
+        imgs, labels = [], []
+        for p, label in chunk:
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if img is None:
+                log.warning("cannot read image %s", p)
+                continue
+            imgs.append(img)
+            labels.append(label)
+        if not imgs:
+            continue
+        t0 = time.perf_counter()
+        occ, _ = clf.classify_patches(imgs)
+        elapsed += time.perf_counter() - t0
+        preds.append(occ)
+        truths.append(np.array(labels, dtype=bool))
+    if not preds:
+        raise EvalError(f"no labelled patches under {root}/busy or {root}/free")
+    pred, truth = np.concatenate(preds), np.concatenate(truths)
+    n = int(len(truth))
+    out: dict[str, float | int] = {"images": n, "spaces": n}
+    out.update(metrics(pred, truth))
+    out["ms_per_frame"] = float(elapsed / n * 1e3)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the evaluation; 0 on success, 2 on a bad directory or model."""
+    root: Path = Path(args.dir)
+    if not root.is_dir():
+        print(f"error: directory not found: {root}", file=sys.stderr)
+        return 2
+    try:
+        clf = SpaceClassifier.load(getattr(args, "model", None))
+    except (FileNotFoundError, cv2.error) as exc:
+        print(f"error: cannot load model: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.patches:
+            res = evaluate_patches(root, clf)
+        else:
+            res = evaluate_frames(root, clf)
+    except EvalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(res, separators=(",", ":")))
+    else:
+        unit = "patch" if args.patches else "frame"
+        print(
+            f"{res['images']} {'patches' if args.patches else 'images'}, {res['spaces']} spaces: "
+            f"accuracy {res['accuracy']:.4f}, precision {res['precision']:.4f}, "
+            f"recall {res['recall']:.4f}, F1 {res['f1']:.4f} (occupied positive); "
+            f"{res['ms_per_frame']:.2f} ms per {unit}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    _p = argparse.ArgumentParser(prog="parkguide eval camera", description=__doc__)
+    add_arguments(_p)
+    raise SystemExit(main(_p.parse_args()))

@@ -1,0 +1,432 @@
+"""Train the per-space occupancy CNN and export it to ONNX for ``cv2.dnn``.
+
+Usage::
+
+    python -m edge.camera.train --pklot DIR --cnrpark DIR --out edge/camera/model/occupancy.onnx
+    # honest figures: hold out whole days (filename prefixes) and report on them
+    python -m edge.camera.train --pklot DIR --cnrpark DIR --out /tmp/m.onnx \\
+        --holdout 2013-02-22 --holdout 20150708 --report /tmp/m_report.json
+
+Sources (either or both):
+
+* ``--pklot DIR``: full frames with PKLot XML (any depth). Every labelled space
+  is cut out with the run-time crop (:mod:`edge.camera.crops`) at twice the
+  network size, so geometric augmentation can resample it.
+* ``--cnrpark DIR``: ``busy/`` and ``free/`` folders of whole-space patches
+  named ``YYYYMMDD_HHMM_slot.jpg``.
+
+A sample's *day* is the first 10 characters of a PKLot stem (``2013-02-22``) or
+the first 8 of a CNRPark name (``20150703``); ``--holdout`` removes whole days
+from training and evaluates the result on them (PKLot through the full-frame
+run-time path, CNRPark through ``classify_patches``).
+
+Training uses heavy augmentation (random 90-degree rotations and flips, small
+rotation/scale/aspect/shift/perspective, brightness/contrast/gamma, colour
+gain and saturation, grey, blur, noise, JPEG re-encoding, cast shadows), class-
+and source-balanced sampling, AdamW with a one-cycle schedule and label
+smoothing. Needs the ``train`` extra (torch, onnx); one CPU thread by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.camera import crops
+from edge.camera.pklot import find_labelled_images, load_pklot_xml
+
+log = logging.getLogger("edge.camera.train")
+
+CANVAS_SCALE = 2  # training canvases are stored at CANVAS_SCALE * size
+
+
+@dataclass
+class Sample:
+    canvas: np.ndarray  # (2S, 2S, 3) uint8 BGR, the standard crop at twice the size
+    label: int  # 1 occupied
+    source: str  # "pklot" | "cnrpark"
+    day: str
+
+
+def load_pklot(root: Path, size: int, margin: float) -> list[Sample]:
+    """Standard crops of every labelled space of every PKLot frame under ``root``."""
+    out: list[Sample] = []
+    big = size * CANVAS_SCALE
+    for img_path, xml_path in find_labelled_images(root):
+        spaces = load_pklot_xml(xml_path)
+        frame = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+        if frame is None or not spaces:
+            continue
+        patches = crops.crop_polygons(frame, [s.contour for s in spaces], big, margin)
+        for s, p in zip(spaces, patches, strict=True):
+            out.append(Sample(p, int(bool(s.occupied)), "pklot", img_path.stem[:10]))
+    return out
+
+
+def load_cnrpark(root: Path, size: int) -> list[Sample]:
+    """Whole patches from ``busy/`` and ``free/`` under ``root``."""
+    out: list[Sample] = []
+    big = size * CANVAS_SCALE
+    for label, sub in ((1, "busy"), (0, "free")):
+        for p in sorted((root / sub).rglob("*")):
+            if p.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+                continue
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if img is None:
+                continue
+            canvas = cv2.resize(img, (big, big), interpolation=cv2.INTER_AREA)
+            out.append(Sample(canvas, label, "cnrpark", p.name[:8]))
+    return out
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def _geometric(canvas: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Random view of the canvas, resampled to ``size x size``."""
+    big = canvas.shape[0]
+    k = int(rng.integers(4))
+    img = np.rot90(canvas, k) if k else canvas
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    c = (big - 1) / 2.0
+    ang = math.radians(rng.uniform(-12, 12))
+    sx = rng.uniform(0.82, 1.18)
+    sy = sx * math.exp(rng.uniform(-0.25, 0.25))
+    tx, ty = rng.uniform(-0.07, 0.07, 2) * big
+    ca, sa = math.cos(ang), math.sin(ang)
+    a = np.array([[ca * sx, -sa * sy], [sa * sx, ca * sy]])
+    m = np.zeros((2, 3))
+    m[:, :2] = a
+    m[:, 2] = np.array([c + tx, c + ty]) - a @ np.array([c, c])
+    if rng.random() < 0.4:  # mild perspective
+        src = np.float32([[0, 0], [big, 0], [big, big], [0, big]])
+        dst = src + rng.uniform(-0.08, 0.08, (4, 2)).astype(np.float32) * big
+        h = cv2.getPerspectiveTransform(src, dst)
+        h = np.vstack([m, [0, 0, 1]]) @ h
+        out = cv2.warpPerspective(
+            np.ascontiguousarray(img), h, (big, big), borderMode=cv2.BORDER_REFLECT101
+        )
+    else:
+        out = cv2.warpAffine(
+            np.ascontiguousarray(img), m, (big, big), borderMode=cv2.BORDER_REFLECT101
+        )
+    return cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Lighting, colour, blur, noise, shadow and compression jitter (uint8 in/out)."""
+    x = img.astype(np.float32) / 255.0
+    h, w = x.shape[:2]
+    if rng.random() < 0.5:  # cast shadow / light patch over a half-plane
+        ang = rng.uniform(0, 2 * math.pi)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        d = (xx - rng.uniform(0, w)) * math.cos(ang) + (yy - rng.uniform(0, h)) * math.sin(ang)
+        mask = (d > 0).astype(np.float32)
+        mask = cv2.GaussianBlur(mask, (0, 0), rng.uniform(0.5, 2.5))
+        f = rng.uniform(0.35, 0.8) if rng.random() < 0.8 else rng.uniform(1.2, 1.6)
+        x *= 1.0 + (f - 1.0) * mask[..., None]
+    if rng.random() < 0.8:  # per-channel gain (white balance / colour cast)
+        x *= rng.uniform(0.8, 1.2, 3).astype(np.float32)
+    if rng.random() < 0.5:  # saturation
+        g = x.mean(axis=2, keepdims=True)
+        x = g + (x - g) * rng.uniform(0.2, 1.6)
+    if rng.random() < 0.1:
+        x = np.repeat(x.mean(axis=2, keepdims=True), 3, axis=2)
+    x = x * rng.uniform(0.4, 1.6) + rng.uniform(-0.15, 0.15)  # contrast, brightness
+    x = np.clip(x, 0.0, 1.0)
+    if rng.random() < 0.7:
+        x = x ** np.float32(math.exp(rng.uniform(-0.6, 0.6)))  # gamma
+    if rng.random() < 0.3:
+        x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.3, 1.0))
+    if rng.random() < 0.4:
+        x = x + rng.normal(0, rng.uniform(0.005, 0.06), x.shape).astype(np.float32)
+    out = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if rng.random() < 0.3:
+        q = int(rng.integers(25, 90))
+        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])
+        if ok:
+            out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return out
+
+
+def augment(canvas: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One random training patch ``(size, size, 3)`` uint8 from a canvas."""
+    return _photometric(_geometric(canvas, size, rng), rng)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_model(width: int = 1):  # noqa: ANN201 - torch imported lazily
+    """Tiny CNN (~40k parameters): 4 conv-BN-ReLU stages, global average pool, linear."""
+    import torch.nn as nn
+
+    def cbr(i: int, o: int, s: int) -> list:
+        return [nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+
+    c = [12 * width, 24 * width, 48 * width, 64 * width]
+    return nn.Sequential(
+        *cbr(3, c[0], 2),
+        *cbr(c[0], c[1], 2),
+        *cbr(c[1], c[2], 1),
+        nn.MaxPool2d(2),
+        *cbr(c[2], c[3], 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(c[3], 2),
+    )
+
+
+def _sampling_weights(samples: list[Sample], pklot_share: float) -> np.ndarray:
+    """Per-sample weights: sources get fixed shares, classes equal within a source."""
+    w = np.zeros(len(samples))
+    sources = sorted({s.source for s in samples})
+    shares = {"pklot": pklot_share, "cnrpark": 1.0 - pklot_share} if len(sources) == 2 else {}
+    for src in sources:
+        share = shares.get(src, 1.0)
+        for lab in (0, 1):
+            idx = [i for i, s in enumerate(samples) if s.source == src and s.label == lab]
+            if idx:
+                w[idx] = share / 2.0 / len(idx)
+    return w / w.sum()
+
+
+def train(
+    samples: list[Sample],
+    size: int,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    pklot_share: float,
+):  # noqa: ANN201
+    """Train and return the torch model (eval mode)."""
+    from edge.camera.classifier import standardise
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    weights = _sampling_weights(samples, pklot_share)
+    labels = np.array([s.label for s in samples])
+    model.train()
+    t0 = time.time()
+    run_loss, run_acc = 0.0, 0.0
+    for step in range(1, steps + 1):
+        idx = rng.choice(len(samples), size=batch, p=weights)
+        patches = np.stack([augment(samples[i].canvas, size, rng) for i in idx])
+        x = torch.from_numpy(standardise(patches))
+        y = torch.from_numpy(labels[idx]).long()
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=0.05)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        run_loss = 0.98 * run_loss + 0.02 * loss.item()
+        run_acc = 0.98 * run_acc + 0.02 * (logits.argmax(1) == y).float().mean().item()
+        if step % 200 == 0 or step == steps:
+            log.info(
+                "step %d/%d loss %.3f acc %.3f (%.0fs)",
+                step,
+                steps,
+                run_loss / (1 - 0.98**step),
+                run_acc / (1 - 0.98**step),
+                time.time() - t0,
+            )
+    return model.eval()
+
+
+def export_onnx(model, size: int, out: Path, meta: dict) -> None:  # noqa: ANN001
+    """Export to ONNX (opset 13, dynamic batch) plus a metadata ``.json`` beside it."""
+    import torch
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 3, size, size)
+    torch.onnx.export(
+        model,
+        dummy,
+        str(out),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+        opset_version=13,
+        dynamo=False,
+    )
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    log.info("wrote %s (%d bytes)", out, out.stat().st_size)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _metrics(pred: np.ndarray, truth: np.ndarray) -> dict:
+    tp = int(np.sum(pred & truth))
+    fp = int(np.sum(pred & ~truth))
+    fn = int(np.sum(~pred & truth))
+    n = len(truth)
+    prec = tp / (tp + fp) if tp + fp else 1.0
+    rec = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    acc = float(np.mean(pred == truth)) if n else float("nan")
+    return {"n": n, "accuracy": acc, "precision": prec, "recall": rec, "f1": f1}
+
+
+def evaluate_heldout(model_path: Path, pklot: Path | None, cnr: Path | None, days: set) -> dict:
+    """Figures of the exported model on the held-out days (run-time code path)."""
+    from edge.camera.classifier import SpaceClassifier
+
+    clf = SpaceClassifier.load(model_path)
+    report: dict = {}
+    if pklot is not None:
+        per_day: dict[str, list] = {}
+        for img_path, xml_path in find_labelled_images(pklot):
+            day = img_path.stem[:10]
+            if days and day not in days:
+                continue
+            spaces = load_pklot_xml(xml_path)
+            frame = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+            occ, _ = clf.classify(frame, [s.contour for s in spaces])
+            truth = np.array([bool(s.occupied) for s in spaces])
+            per_day.setdefault(day, []).append((occ, truth))
+        all_p, all_t = [], []
+        for day, items in sorted(per_day.items()):
+            p = np.concatenate([i[0] for i in items])
+            t = np.concatenate([i[1] for i in items])
+            report[f"pklot:{day}"] = _metrics(p, t)
+            all_p.append(p)
+            all_t.append(t)
+        if all_p:
+            report["pklot:all"] = _metrics(np.concatenate(all_p), np.concatenate(all_t))
+    if cnr is not None:
+        per_day = {}
+        for label, sub in ((True, "busy"), (False, "free")):
+            for p in sorted((cnr / sub).rglob("*")):
+                if p.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+                    continue
+                if days and p.name[:8] not in days:
+                    continue
+                per_day.setdefault(p.name[:8], []).append((p, label))
+        all_p, all_t = [], []
+        for day, items in sorted(per_day.items()):
+            imgs = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p, _ in items]
+            pred, _ = clf.classify_patches(imgs)
+            t = np.array([lab for _, lab in items])
+            report[f"cnrpark:{day}"] = _metrics(pred, t)
+            all_p.append(pred)
+            all_t.append(t)
+        if all_p:
+            report["cnrpark:all"] = _metrics(np.concatenate(all_p), np.concatenate(all_t))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--pklot", type=Path, help="PKLot frames + XML (any depth)")
+    ap.add_argument("--cnrpark", type=Path, help="dir with busy/ and free/ patches")
+    ap.add_argument("--out", type=Path, required=True, help="output .onnx path")
+    ap.add_argument("--holdout", action="append", default=[], help="day to hold out (repeat)")
+    ap.add_argument("--report", type=Path, help="write held-out figures as JSON here")
+    ap.add_argument("--eval-pklot", type=Path, help="evaluate on this PKLot dir after training")
+    ap.add_argument("--eval-cnrpark", type=Path, help="evaluate on this patch dir after training")
+    ap.add_argument("--size", type=int, default=crops.DEFAULT_SIZE)
+    ap.add_argument("--margin", type=float, default=crops.DEFAULT_MARGIN)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--pklot-share", type=float, default=0.4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.pklot is None and args.cnrpark is None:
+        ap.error("give --pklot and/or --cnrpark")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    holdout = set(args.holdout)
+    samples: list[Sample] = []
+    if args.pklot:
+        samples += load_pklot(args.pklot, args.size, args.margin)
+    if args.cnrpark:
+        samples += load_cnrpark(args.cnrpark, args.size)
+    train_set = [s for s in samples if s.day not in holdout]
+    held = [s for s in samples if s.day in holdout]
+    for src in ("pklot", "cnrpark"):
+        tr = [s for s in train_set if s.source == src]
+        log.info(
+            "%s: train %d (%d occupied), held out %d",
+            src,
+            len(tr),
+            sum(s.label for s in tr),
+            sum(1 for s in held if s.source == src),
+        )
+    if not train_set:
+        log.error("no training samples")
+        return 2
+    model = train(
+        train_set, args.size, args.steps, args.batch, args.lr, args.seed, args.pklot_share
+    )
+    meta = {
+        "size": args.size,
+        "margin": args.margin,
+        "threshold": 0.5,
+        "input": "BGR patch, per-patch (x-mean)/(std+8) over all channels, NCHW float32",
+        "output": "logits [free, occupied]",
+        "trained_on": {
+            "pklot": str(args.pklot) if args.pklot else None,
+            "cnrpark": str(args.cnrpark) if args.cnrpark else None,
+            "holdout_days": sorted(holdout),
+            "pklot_samples": sum(1 for s in train_set if s.source == "pklot"),
+            "cnrpark_samples": sum(1 for s in train_set if s.source == "cnrpark"),
+        },
+        "steps": args.steps,
+        "batch": args.batch,
+        "seed": args.seed,
+    }
+    export_onnx(model, args.size, args.out, meta)
+    report: dict = {}
+    if holdout:
+        report.update(
+            evaluate_heldout(
+                args.out,
+                args.pklot if any(s.source == "pklot" for s in held) else None,
+                args.cnrpark if any(s.source == "cnrpark" for s in held) else None,
+                holdout,
+            )
+        )
+    if args.eval_pklot or args.eval_cnrpark:
+        report.update(
+            {
+                f"eval:{k}": v
+                for k, v in evaluate_heldout(
+                    args.out, args.eval_pklot, args.eval_cnrpark, set()
+                ).items()
+            }
+        )
+    for k, v in report.items():
+        log.info("%s: n=%d acc=%.4f P=%.3f R=%.3f F1=%.3f", k, v["n"], v["accuracy"],
+                 v["precision"], v["recall"], v["f1"])  # fmt: skip
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+from parkguide.cli import main
+
+raise SystemExit(main())

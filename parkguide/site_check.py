@@ -1,0 +1,40 @@
+"""``parkguide site check FILE [--json]``: validate a site file and summarise it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from parking.site import SiteError, load_site
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="site YAML file")
+    parser.add_argument("--json", action="store_true", help="one JSON object on one line")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        site = load_site(args.file)
+    except SiteError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{args.file}: {len(exc.problems)} problem(s); site refused", file=sys.stderr)
+        return 2
+    summary = site.summary()
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
+    print(f"site {site.id} ({site.name.zh} / {site.name.en}): OK")
+    print(f"  {summary['spaces']} spaces in {summary['zones']} zones on {summary['levels']} levels")
+    for bus in site.buses:
+        n = sum(1 for s in site.bindings.values() if s.source == bus.id)
+        print(f"  bus {bus.id}: {bus.baud} baud, nodes {[nc.address for nc in bus.nodes]}, {n} spaces")
+    for cam in site.cameras:
+        print(f"  camera {cam.id}: {len(cam.polygons)} spaces")
+    unbound = len(site.spaces) - len(site.bindings)
+    if unbound:
+        print(f"  warning: {unbound} spaces have no sensor and will stay unknown")
+    print(f"  {summary['entrances']} entrances, {summary['displays']} displays, {len(site.lane_nodes)} lane nodes")
+    return 0

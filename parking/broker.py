@@ -1,0 +1,70 @@
+"""Where the MQTT broker is and who we are to it: URL parsing and credentials.
+
+Credentials are optional. They come from flags or the environment
+(``PARKGUIDE_MQTT_USERNAME`` / ``PARKGUIDE_MQTT_PASSWORD``), never from
+defaults in code. Pure: the components apply this to their paho client.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+ENV_USERNAME = "PARKGUIDE_MQTT_USERNAME"
+ENV_PASSWORD = "PARKGUIDE_MQTT_PASSWORD"
+DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str
+    port: int = DEFAULT_PORT
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def from_url(
+        cls, url: str, username: str | None = None, password: str | None = None
+    ) -> BrokerConfig:
+        """Parse ``mqtt://[user[:pass]@]host[:port]`` (or ``mqtts://``); flags, then the
+        environment, fill in credentials the URL does not carry."""
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in {"mqtt", "mqtts", "tcp", "ssl"}:
+            raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError(f"broker URL {url!r}: no host")
+        tls = parts.scheme in {"mqtts", "ssl"}
+        try:
+            port = parts.port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
+        except ValueError as exc:
+            raise ValueError(f"broker URL {url!r}: bad port") from exc
+        user = (
+            username
+            or (unquote(parts.username) if parts.username else None)
+            or os.environ.get(ENV_USERNAME)
+        )
+        pw = (
+            password
+            or (unquote(parts.password) if parts.password else None)
+            or os.environ.get(ENV_PASSWORD)
+        )
+        return cls(
+            host=parts.hostname, port=port, username=user or None, password=pw or None, tls=tls
+        )
+
+    @property
+    def url(self) -> str:
+        """The URL without credentials, safe to log."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def backoff_delay(
+    attempt: int, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None
+) -> float:
+    """Capped exponential backoff with full jitter: attempt 0 -> up to base seconds."""
+    r = rng or random
+    return r.uniform(0.5, 1.0) * min(cap, base * (2**attempt))

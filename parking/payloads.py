@@ -1,0 +1,158 @@
+"""JSON payload schemas of the MQTT contract, version 1.
+
+Every payload is JSON (debuggable with ``mosquitto_sub``) and decoded into one
+of these models. Unknown keys are rejected so a typo is an error, not silence.
+Timestamps are UNIX seconds (float, UTC).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from parking.states import STATE_NAMES
+
+SCHEMA_VERSION = 1
+MAX_PAYLOAD_BYTES = 256 * 1024
+"""Larger MQTT payloads are rejected before parsing (a 3,000-space snapshot is ~150 kB)."""
+
+StateName = Literal["free", "occupied", "unknown", "closed"]
+assert set(STATE_NAMES) == {"free", "occupied", "unknown", "closed"}
+
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Timestamp = Annotated[float, Field(ge=0, le=4102444800, description="UNIX seconds, UTC")]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SpaceObservation(_Payload):
+    """One space in an occupancy report."""
+
+    space: Identifier
+    state: StateName
+    since: Timestamp = Field(description="when the source saw this state begin")
+    confidence: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class OccupancyReport(_Payload):
+    """A batch of space observations from one source of one edge agent.
+
+    ``kind="snapshot"`` lists every space of the source; ``"delta"`` only changes.
+    (agent, boot, seq) identifies a report: the gateway drops duplicates and
+    replays, and a new ``boot`` (agent restart) resets the sequence.
+    """
+
+    v: Literal[1] = 1
+    agent: Identifier
+    source: Identifier = Field(description="bus id or camera id")
+    boot: Identifier = Field(description="random id chosen at agent start")
+    seq: int = Field(ge=0)
+    ts: Timestamp
+    kind: Literal["delta", "snapshot"]
+    spaces: list[SpaceObservation] = Field(max_length=10000)
+
+
+class DetectorHealth(_Payload):
+    index: int = Field(ge=0)
+    space: Identifier | None = None
+    status: Literal["ok", "stuck", "flapping", "dead", "fault", "unknown"]
+    raw: int | None = None
+    battery: int | None = Field(None, ge=0, le=100)
+
+
+class NodeHealth(_Payload):
+    address: int = Field(ge=1, le=247)
+    status: Literal["ok", "slow", "dead", "unknown"]
+    model: int | None = None
+    firmware: str | None = None
+    uptime_s: int | None = None
+    errors: dict[str, int] = Field(default_factory=dict)
+    detectors: list[DetectorHealth] = Field(default_factory=list)
+
+
+class CameraSpaceHealth(_Payload):
+    space: Identifier
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
+class HealthReport(_Payload):
+    """Retained health of one agent: per node and detector (bus) or per space (camera)."""
+
+    v: Literal[1] = 1
+    agent: Identifier
+    source: Identifier
+    ts: Timestamp
+    status: Literal["ok", "degraded", "blind", "offline"] = "ok"
+    counters: dict[str, int] = Field(default_factory=dict)
+    nodes: list[NodeHealth] = Field(default_factory=list)
+    fps: float | None = None
+    spaces: list[CameraSpaceHealth] = Field(default_factory=list)
+
+
+class ZoneCounts(_Payload):
+    zone: Identifier
+    free: int = Field(ge=0)
+    occupied: int = Field(ge=0)
+    unknown: int = Field(ge=0)
+    closed: int = Field(ge=0)
+    total: int = Field(ge=0)
+    ts: Timestamp
+
+
+class LocalText(_Payload):
+    zh: str
+    en: str
+
+
+Arrow = Literal[
+    "left", "right", "up", "down", "up-left", "up-right", "down-left", "down-right", "none"
+]
+
+
+class DisplayLine(_Payload):
+    label: LocalText
+    arrow: Arrow
+    count: int | None = Field(description="eligible free spaces; None when the fallback shows")
+    status: Literal["ok", "full", "fallback"]
+    text: LocalText = Field(
+        description="what the line shows after the label, e.g. '12', '满 FULL', '--'"
+    )
+
+
+class DisplayContent(_Payload):
+    display: Identifier
+    lines: list[DisplayLine]
+    ts: Timestamp
+    expires: Timestamp = Field(description="a sign shows its fallback after this time")
+
+
+VehicleClassName = Identifier
+
+
+class Arrival(_Payload):
+    vehicle_class: VehicleClassName = Field(alias="class")
+    plate: str | None = Field(None, max_length=16)
+    ts: Timestamp | None = None
+    request_id: Identifier | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Assignment(_Payload):
+    entrance: Identifier
+    vehicle_class: VehicleClassName = Field(alias="class")
+    space: Identifier | None = Field(description="None when nothing eligible is free")
+    zone: Identifier | None
+    route: list[str] = Field(
+        default_factory=list, description="lane nodes from the entrance to the space"
+    )
+    hint: LocalText | None = None
+    hold_expires: Timestamp | None
+    plate: str | None = None
+    request_id: Identifier | None = None
+    ts: Timestamp
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,0 +1,546 @@
+"""The compiled site: spaces in a fixed order, sensor bindings, lanes, displays.
+
+``load_site(path)`` reads a site file, validates it against
+``parking.siteconfig`` and checks every cross-reference; any error names the
+file, the line and the field. The result is immutable and indexed for the
+components (space index = position in ``Site.spaces``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from parking import siteconfig as cfg
+from parking.yamlsource import YamlSyntaxError, format_loc, line_of, load_with_lines
+
+_RANGE_RE = re.compile(r"^(.*?)(\d+)$")
+EXAMPLE_SITE = Path(__file__).resolve().parent.parent / "examples" / "site.yaml"
+
+
+class SiteError(ValueError):
+    """A site file that cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def expand_range(ref: str) -> list[str]:
+    """'A-001..A-003' -> ['A-001', 'A-002', 'A-003']; a plain id -> [id]."""
+    if ".." not in ref:
+        return [ref]
+    lo, _, hi = ref.partition("..")
+    m1, m2 = _RANGE_RE.match(lo), _RANGE_RE.match(hi)
+    if not m1 or not m2:
+        raise ValueError(f"range {ref!r}: both ends must end in a number")
+    if m1.group(1) != m2.group(1):
+        raise ValueError(f"range {ref!r}: the ends have different prefixes")
+    if len(m1.group(2)) != len(m2.group(2)):
+        raise ValueError(f"range {ref!r}: the ends have different digit widths")
+    a, b, width = int(m1.group(2)), int(m2.group(2)), len(m1.group(2))
+    if b < a:
+        raise ValueError(f"range {ref!r}: the end comes before the start")
+    if b - a >= 10000:
+        raise ValueError(f"range {ref!r}: more than 10000 ids")
+    return [f"{m1.group(1)}{n:0{width}d}" for n in range(a, b + 1)]
+
+
+def parse_window(window: str) -> tuple[int, int]:
+    """'19:00-08:00' -> (1140, 480) in minutes of the day."""
+    start, end = window.split("-")
+    h1, m1 = map(int, start.split(":"))
+    h2, m2 = map(int, end.split(":"))
+    return h1 * 60 + m1, h2 * 60 + m2
+
+
+def in_window(minute: int, window: tuple[int, int]) -> bool:
+    """Whether minute-of-day lies in [start, end), windows may cross midnight."""
+    start, end = window
+    if start < end:
+        return start <= minute < end
+    return minute >= start or minute < end
+
+
+@dataclass(frozen=True)
+class Space:
+    id: str
+    index: int
+    zone: str
+    level: str
+    kinds: frozenset[str]
+    polygon: tuple[tuple[float, float], ...]
+    center: tuple[float, float]
+    access: str
+    access_distance: float
+    closed: bool = False
+
+
+@dataclass(frozen=True)
+class LaneNode:
+    id: str
+    level: str
+    at: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class LaneEdge:
+    a: str
+    b: str
+    length: float
+    oneway: bool
+
+
+@dataclass(frozen=True)
+class NodeController:
+    address: int
+    detectors: int
+    spaces: tuple[str | None, ...]
+    """detector index -> space id (None: no space on that detector)"""
+
+
+@dataclass(frozen=True)
+class Bus:
+    id: str
+    baud: int
+    parity: str
+    ttl_s: float
+    nodes: tuple[NodeController, ...]
+
+    def node(self, address: int) -> NodeController:
+        for n in self.nodes:
+            if n.address == address:
+                return n
+        raise KeyError(address)
+
+
+@dataclass(frozen=True)
+class Camera:
+    id: str
+    ttl_s: float
+    resolution: tuple[int, int]
+    polygons: dict[str, tuple[tuple[float, float], ...]]
+    """space id -> polygon in pixels, in binding order"""
+
+
+@dataclass(frozen=True)
+class Policy:
+    id: str
+    kind: str
+    classes: frozenset[str]
+    windows: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Binding:
+    source: str
+    """bus id or camera id"""
+    kind: str
+    """'bus' or 'camera'"""
+    node: int | None = None
+    detector: int | None = None
+
+
+@dataclass(frozen=True)
+class Site:
+    id: str
+    name: cfg.LocalName
+    timezone: str
+    levels: tuple[cfg.Level, ...]
+    zones: tuple[cfg.Zone, ...]
+    kinds: tuple[str, ...]
+    vehicle_classes: tuple[cfg.VehicleClass, ...]
+    policies: tuple[Policy, ...]
+    spaces: tuple[Space, ...]
+    lane_nodes: tuple[LaneNode, ...]
+    lane_edges: tuple[LaneEdge, ...]
+    entrances: tuple[cfg.Entrance, ...]
+    buses: tuple[Bus, ...]
+    cameras: tuple[Camera, ...]
+    displays: tuple[cfg.Display, ...]
+    display_settings: cfg.DisplaySettings
+    bindings: dict[str, Binding] = field(repr=False)
+    space_index: dict[str, int] = field(repr=False)
+
+    def space(self, space_id: str) -> Space:
+        return self.spaces[self.space_index[space_id]]
+
+    def bus(self, bus_id: str) -> Bus:
+        for b in self.buses:
+            if b.id == bus_id:
+                return b
+        raise KeyError(
+            f"no bus {bus_id!r} in site {self.id!r} (buses: {[b.id for b in self.buses]})"
+        )
+
+    def camera(self, camera_id: str) -> Camera:
+        for c in self.cameras:
+            if c.id == camera_id:
+                return c
+        raise KeyError(
+            f"no camera {camera_id!r} in site {self.id!r} (cameras: {[c.id for c in self.cameras]})"
+        )
+
+    def source_ttl(self, source: str) -> float:
+        for b in self.buses:
+            if b.id == source:
+                return b.ttl_s
+        return self.camera(source).ttl_s
+
+    def spaces_of_source(self, source: str) -> list[str]:
+        """Space ids bound to a bus or camera, in binding order."""
+        return [s for s, b in self.bindings.items() if b.source == source]
+
+    def zone_spaces(self, zone: str) -> list[int]:
+        return [s.index for s in self.spaces if s.zone == zone]
+
+    def kind_open(self, kind: str, vehicle_class: str, minute: int) -> bool:
+        """Whether policies let ``vehicle_class`` use ``kind`` at minute-of-day (local)."""
+        for p in self.policies:
+            if p.kind == kind and vehicle_class in p.classes:
+                if not any(in_window(minute, w) for w in p.windows):
+                    return False
+        return True
+
+    def eligible(self, space: Space, vehicle_class: str, minute: int) -> bool:
+        """Kinds and policies only; state, holds and closure are the gateway's business."""
+        vc = next(v for v in self.vehicle_classes if v.id == vehicle_class)
+        return any(k in vc.kinds and self.kind_open(k, vehicle_class, minute) for k in space.kinds)
+
+    def summary(self) -> dict[str, Any]:
+        """The one-line summary of ``parkguide site check --json``."""
+        return {
+            "site": self.id,
+            "spaces": len(self.spaces),
+            "zones": len(self.zones),
+            "levels": len(self.levels),
+            "buses": {b.id: [n.address for n in b.nodes] for b in self.buses},
+            "cameras": [c.id for c in self.cameras],
+            "displays": len(self.displays),
+            "entrances": len(self.entrances),
+        }
+
+
+def load_site(path: str | Path) -> Site:
+    """Read, validate and compile a site file; raises SiteError naming file, line, field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SiteError([f"{path}: cannot read site file: {exc.strerror or exc}"]) from None
+    return parse_site(text, str(path))
+
+
+def parse_site(text: str, filename: str = "<site>") -> Site:
+    try:
+        data, lines = load_with_lines(text, filename)
+    except YamlSyntaxError as exc:
+        raise SiteError([str(exc)]) from None
+    if not isinstance(data, dict):
+        raise SiteError([f"{filename}:1: the site file must be a mapping"])
+    try:
+        model = cfg.SiteFile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            line = line_of(lines, loc)
+            clean = tuple(
+                p
+                for p in loc
+                if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float"}))
+            )
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{filename}:{line or '?'}: {format_loc(clean)}: {msg}")
+        raise SiteError(problems) from None
+    return _Compiler(model, lines, filename).compile()
+
+
+class _Compiler:
+    def __init__(self, model: cfg.SiteFile, lines: dict, filename: str):
+        self.m = model
+        self.lines = lines
+        self.filename = filename
+        self.problems: list[str] = []
+
+    def err(self, loc: tuple[Any, ...], msg: str) -> None:
+        line = line_of(self.lines, loc)
+        self.problems.append(f"{self.filename}:{line or '?'}: {format_loc(loc)}: {msg}")
+
+    def unique(self, items: Iterable[Any], key: str, section: str) -> set[str]:
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            ident = getattr(item, key)
+            if ident in seen:
+                self.err((section, i, key), f"duplicate id {ident!r}")
+            seen.add(ident)
+        return seen
+
+    def expand(
+        self, refs: str | list[str | None] | list[str], loc: tuple[Any, ...]
+    ) -> list[str | None]:
+        out: list[str | None] = []
+        items = [refs] if isinstance(refs, str) else refs
+        for i, ref in enumerate(items):
+            if ref is None:
+                out.append(None)
+                continue
+            try:
+                out.extend(expand_range(ref))
+            except ValueError as exc:
+                self.err(loc if isinstance(refs, str) else (*loc, i), str(exc))
+        return out
+
+    def compile(self) -> Site:
+        m = self.m
+        level_ids = self.unique(m.levels, "id", "levels")
+        zone_ids = self.unique(m.zones, "id", "zones")
+        for i, z in enumerate(m.zones):
+            if z.level not in level_ids:
+                self.err(("zones", i, "level"), f"level {z.level!r} is not defined")
+        kinds = set(m.kinds)
+        class_ids = self.unique(m.vehicle_classes, "id", "vehicle_classes")
+        for i, vc in enumerate(m.vehicle_classes):
+            for k in vc.kinds:
+                if k not in kinds:
+                    self.err(("vehicle_classes", i, "kinds"), f"kind {k!r} is not in kinds")
+        policies = []
+        for i, p in enumerate(m.policies):
+            if p.kind not in kinds:
+                self.err(("policies", i, "kind"), f"kind {p.kind!r} is not in kinds")
+            for c in p.classes:
+                if c not in class_ids:
+                    self.err(("policies", i, "classes"), f"vehicle class {c!r} is not defined")
+            policies.append(
+                Policy(
+                    p.id, p.kind, frozenset(p.classes), tuple(parse_window(w) for w in p.windows)
+                )
+            )
+
+        # lanes
+        node_ids = self.unique(m.lanes.nodes, "id", "lanes.nodes")
+        nodes = {n.id: LaneNode(n.id, n.level, (n.at[0], n.at[1])) for n in m.lanes.nodes}
+        for i, n in enumerate(m.lanes.nodes):
+            if n.level not in level_ids:
+                self.err(("lanes", "nodes", i, "level"), f"level {n.level!r} is not defined")
+        edges: list[LaneEdge] = []
+        for i, e in enumerate(m.lanes.edges):
+            pairs = (
+                [(e.from_, e.to, e.length, e.oneway)]
+                if isinstance(e, cfg.LaneEdge)
+                else [(a, b, None, False) for a, b in zip(e, e[1:], strict=False)]
+            )
+            for a, b, length, oneway in pairs:
+                bad = [x for x in (a, b) if x not in node_ids]
+                if bad:
+                    self.err(("lanes", "edges", i), f"lane node {bad[0]!r} is not defined")
+                    continue
+                if length is None:
+                    if nodes[a].level != nodes[b].level:
+                        self.err(
+                            ("lanes", "edges", i), f"edge {a}-{b} joins two levels: give its length"
+                        )
+                        continue
+                    length = math.dist(nodes[a].at, nodes[b].at)
+                edges.append(LaneEdge(a, b, max(length, 0.1), oneway))
+
+        # spaces
+        spaces: list[Space] = []
+        index: dict[str, int] = {}
+        zone_level = {z.id: z.level for z in m.zones}
+        for gi, g in enumerate(m.spaces):
+            ids = [s for s in self.expand(g.ids, ("spaces", gi, "ids")) if s is not None]
+            if g.zone not in zone_ids:
+                self.err(("spaces", gi, "zone"), f"zone {g.zone!r} is not defined")
+            for k in g.kinds:
+                if k not in kinds:
+                    self.err(("spaces", gi, "kinds"), f"kind {k!r} is not in kinds")
+            for a in g.access:
+                if a not in node_ids:
+                    self.err(("spaces", gi, "access"), f"lane node {a!r} is not defined")
+            access_nodes = [nodes[a] for a in g.access if a in nodes]
+            lay = g.layout
+            ang = math.radians(lay.angle)
+            ux, uy = math.cos(ang), math.sin(ang)  # along the row
+            vx, vy = -uy, ux  # into the bay
+            w, d = lay.size
+            for j, sid in enumerate(ids):
+                if sid in index:
+                    self.err(("spaces", gi, "ids"), f"duplicate space {sid!r}")
+                    continue
+                ox, oy = lay.origin[0] + j * lay.step[0], lay.origin[1] + j * lay.step[1]
+                poly = (
+                    (ox, oy),
+                    (ox + w * ux, oy + w * uy),
+                    (ox + w * ux + d * vx, oy + w * uy + d * vy),
+                    (ox + d * vx, oy + d * vy),
+                )
+                cx = sum(p[0] for p in poly) / 4
+                cy = sum(p[1] for p in poly) / 4
+                if access_nodes:
+                    near = min(access_nodes, key=lambda n, c=(cx, cy): math.dist(n.at, c))
+                    acc, dist = near.id, math.dist(near.at, (cx, cy))
+                else:
+                    acc, dist = "", 0.0
+                index[sid] = len(spaces)
+                spaces.append(
+                    Space(
+                        sid,
+                        len(spaces),
+                        g.zone,
+                        zone_level.get(g.zone, ""),
+                        frozenset(g.kinds),
+                        poly,
+                        (cx, cy),
+                        acc,
+                        dist,
+                        g.closed,
+                    )
+                )
+
+        entrance_ids = self.unique(m.entrances, "id", "entrances")
+        for i, e in enumerate(m.entrances):
+            if e.node not in node_ids:
+                self.err(("entrances", i, "node"), f"lane node {e.node!r} is not defined")
+
+        # sensor bindings: every space at most once, every detector at most once
+        bindings: dict[str, Binding] = {}
+        bound_at: dict[str, str] = {}
+
+        def bind(sid: str, b: Binding, loc: tuple[Any, ...]) -> None:
+            if sid not in index:
+                self.err(loc, f"space {sid!r} is not defined")
+            elif sid in bindings:
+                self.err(loc, f"space {sid!r} is already bound at {bound_at[sid]}")
+            else:
+                bindings[sid] = b
+                bound_at[sid] = format_loc(loc)
+
+        source_ids: set[str] = set()
+        buses: list[Bus] = []
+        for bi, bus in enumerate(m.buses):
+            if bus.id in source_ids:
+                self.err(("buses", bi, "id"), f"duplicate source id {bus.id!r}")
+            source_ids.add(bus.id)
+            addrs: set[int] = set()
+            ncs = []
+            for ni, nc in enumerate(bus.nodes):
+                loc = ("buses", bi, "nodes", ni)
+                if nc.address in addrs:
+                    self.err(
+                        (*loc, "address"), f"duplicate node address {nc.address} on bus {bus.id!r}"
+                    )
+                addrs.add(nc.address)
+                by_detector: dict[int, str | None] = {}
+                for di, sid in enumerate(self.expand(nc.spaces, (*loc, "spaces"))):
+                    by_detector[di] = sid
+                for mi, db in enumerate(nc.map):
+                    if by_detector.get(db.detector) is not None:
+                        self.err(
+                            (*loc, "map", mi, "detector"), f"detector {db.detector} is bound twice"
+                        )
+                        continue
+                    by_detector[db.detector] = db.space
+                count = nc.detectors or (max(by_detector) + 1 if by_detector else 1)
+                if by_detector and max(by_detector) >= count:
+                    self.err(
+                        (*loc, "detectors"),
+                        f"{max(by_detector) + 1} detectors bound but the node has {count}",
+                    )
+                    continue
+                if count > 64:
+                    self.err(
+                        (*loc, "spaces"),
+                        f"a node controller serves at most 64 detectors, not {count}",
+                    )
+                    continue
+                det_spaces: list[str | None] = [None] * count
+                for di, sid in sorted(by_detector.items()):
+                    if sid is None:
+                        continue
+                    bind(
+                        sid,
+                        Binding(bus.id, "bus", nc.address, di),
+                        (*loc, "map" if di in {b.detector for b in nc.map} else "spaces"),
+                    )
+                    det_spaces[di] = sid
+                ncs.append(NodeController(nc.address, count, tuple(det_spaces)))
+            buses.append(Bus(bus.id, bus.baud, bus.parity, bus.ttl_s, tuple(ncs)))
+
+        cameras: list[Camera] = []
+        for ci, cam in enumerate(m.cameras):
+            if cam.id in source_ids:
+                self.err(("cameras", ci, "id"), f"duplicate source id {cam.id!r}")
+            source_ids.add(cam.id)
+            polys: dict[str, tuple[tuple[float, float], ...]] = {}
+            for ri, row in enumerate(cam.rows):
+                ids = [
+                    s for s in self.expand(row.spaces, ("cameras", ci, "rows", ri, "spaces")) if s
+                ]
+                n = len(ids)
+                for j, sid in enumerate(ids):
+                    t = j / (n - 1) if n > 1 else 0.0
+                    poly = tuple(
+                        (a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]))
+                        for a, b in zip(row.first, row.last, strict=True)
+                    )
+                    bind(sid, Binding(cam.id, "camera"), ("cameras", ci, "rows", ri, "spaces"))
+                    polys.setdefault(sid, poly)
+            for si, cs in enumerate(cam.spaces):
+                bind(cs.space, Binding(cam.id, "camera"), ("cameras", ci, "spaces", si, "space"))
+                polys.setdefault(cs.space, tuple((p[0], p[1]) for p in cs.polygon))
+            w, h = cam.resolution
+            for sid, poly in polys.items():
+                if any(not (0 <= x <= w and 0 <= y <= h) for x, y in poly):
+                    self.err(("cameras", ci), f"polygon of {sid!r} leaves the {w}x{h} frame")
+            cameras.append(Camera(cam.id, cam.ttl_s, (w, h), polys))
+
+        self.unique(m.displays, "id", "displays")
+        for di, disp in enumerate(m.displays):
+            if disp.level not in level_ids:
+                self.err(("displays", di, "level"), f"level {disp.level!r} is not defined")
+            if disp.entrance is not None and disp.entrance not in entrance_ids:
+                self.err(("displays", di, "entrance"), f"entrance {disp.entrance!r} is not defined")
+            for li, line in enumerate(disp.lines):
+                for z in line.zones:
+                    if z not in zone_ids:
+                        self.err(
+                            ("displays", di, "lines", li, "zones"), f"zone {z!r} does not exist"
+                        )
+                if line.vehicle_class is not None and line.vehicle_class not in class_ids:
+                    self.err(
+                        ("displays", di, "lines", li, "vehicle_class"),
+                        f"vehicle class {line.vehicle_class!r} is not defined",
+                    )
+
+        if self.problems:
+            raise SiteError(self.problems)
+        ordered = {s.id: bindings[s.id] for s in spaces if s.id in bindings}
+        return Site(
+            id=m.site.id,
+            name=m.site.name,
+            timezone=m.site.timezone,
+            levels=tuple(m.levels),
+            zones=tuple(m.zones),
+            kinds=tuple(m.kinds),
+            vehicle_classes=tuple(m.vehicle_classes),
+            policies=tuple(policies),
+            spaces=tuple(spaces),
+            lane_nodes=tuple(nodes.values()),
+            lane_edges=tuple(edges),
+            entrances=tuple(m.entrances),
+            buses=tuple(buses),
+            cameras=tuple(cameras),
+            displays=tuple(m.displays),
+            display_settings=m.display_settings,
+            bindings=ordered,
+            space_index=index,
+        )

@@ -1,0 +1,119 @@
+"""The MQTT topic contract, in one place (DESIGN.md, "Wire contracts").
+
+Every topic lives under ``parkguide/v1/{site}/``. Accepted forms::
+
+    parkguide/v1/{site}/edge/{agent}/availability      online|offline, retained (LWT)
+    parkguide/v1/{site}/edge/{agent}/occupancy         OccupancyReport, QoS 1
+    parkguide/v1/{site}/edge/{agent}/health            HealthReport, QoS 0, retained
+    parkguide/v1/{site}/zones/{zone}                   ZoneCounts, retained
+    parkguide/v1/{site}/displays/{display}/content     DisplayContent, retained
+    parkguide/v1/{site}/entrances/{entrance}/arrival   Arrival
+    parkguide/v1/{site}/entrances/{entrance}/assignment Assignment
+    parkguide/v1/{site}/gateway/availability           online|offline, retained (LWT)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "parkguide/v1"
+ONLINE = "online"
+OFFLINE = "offline"
+
+# (QoS, retain) per message kind, so publishers never guess.
+QOS_AVAILABILITY, RETAIN_AVAILABILITY = 1, True
+QOS_OCCUPANCY, RETAIN_OCCUPANCY = 1, False
+QOS_HEALTH, RETAIN_HEALTH = 0, True
+QOS_ZONE, RETAIN_ZONE = 1, True
+QOS_DISPLAY, RETAIN_DISPLAY = 1, True
+QOS_ARRIVAL, RETAIN_ARRIVAL = 1, False
+QOS_ASSIGNMENT, RETAIN_ASSIGNMENT = 1, False
+
+
+def site_prefix(site: str) -> str:
+    return f"{PREFIX}/{site}"
+
+
+def edge_availability(site: str, agent: str) -> str:
+    return f"{PREFIX}/{site}/edge/{agent}/availability"
+
+
+def edge_occupancy(site: str, agent: str) -> str:
+    return f"{PREFIX}/{site}/edge/{agent}/occupancy"
+
+
+def edge_health(site: str, agent: str) -> str:
+    return f"{PREFIX}/{site}/edge/{agent}/health"
+
+
+def zone(site: str, zone_id: str) -> str:
+    return f"{PREFIX}/{site}/zones/{zone_id}"
+
+
+def display_content(site: str, display: str) -> str:
+    return f"{PREFIX}/{site}/displays/{display}/content"
+
+
+def arrival(site: str, entrance: str) -> str:
+    return f"{PREFIX}/{site}/entrances/{entrance}/arrival"
+
+
+def assignment(site: str, entrance: str) -> str:
+    return f"{PREFIX}/{site}/entrances/{entrance}/assignment"
+
+
+def gateway_availability(site: str) -> str:
+    return f"{PREFIX}/{site}/gateway/availability"
+
+
+# Subscription filters used by the gateway and the API.
+def edge_all(site: str) -> str:
+    return f"{PREFIX}/{site}/edge/+/+"
+
+
+def arrivals_all(site: str) -> str:
+    return f"{PREFIX}/{site}/entrances/+/arrival"
+
+
+def zones_all(site: str) -> str:
+    return f"{PREFIX}/{site}/zones/+"
+
+
+def displays_all(site: str) -> str:
+    return f"{PREFIX}/{site}/displays/+/content"
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    """A topic split into its parts: kind is e.g. 'edge/occupancy', 'zones', 'displays/content'."""
+
+    site: str
+    kind: str
+    ident: str
+
+
+_EDGE_LEAVES = {"availability", "occupancy", "health"}
+
+
+def parse(topic: str) -> ParsedTopic | None:
+    """Split a parkguide topic; None for anything that is not one of the accepted forms."""
+    parts = topic.split("/")
+    if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != PREFIX:
+        return None
+    site, rest = parts[2], parts[3:]
+    if len(rest) == 3 and rest[0] == "edge" and rest[2] in _EDGE_LEAVES and rest[1]:
+        return ParsedTopic(site, f"edge/{rest[2]}", rest[1])
+    if len(rest) == 2 and rest[0] == "zones" and rest[1]:
+        return ParsedTopic(site, "zones", rest[1])
+    if len(rest) == 3 and rest[0] == "displays" and rest[2] == "content" and rest[1]:
+        return ParsedTopic(site, "displays/content", rest[1])
+    if (
+        len(rest) == 3
+        and rest[0] == "entrances"
+        and rest[2] in {"arrival", "assignment"}
+        and rest[1]
+    ):
+        return ParsedTopic(site, f"entrances/{rest[2]}", rest[1])
+    if rest == ["gateway", "availability"]:
+        return ParsedTopic(site, "gateway/availability", "gateway")
+    return None

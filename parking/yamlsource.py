@@ -1,0 +1,75 @@
+"""Load YAML keeping the line of every key and item, so errors can name it.
+
+Pure apart from reading the text handed in; ``load_with_lines`` returns the
+plain data plus a map from path (tuple of keys and indices) to 1-based line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+Path = tuple[str | int, ...]
+
+
+class YamlSyntaxError(ValueError):
+    pass
+
+
+def load_with_lines(text: str, filename: str = "<string>") -> tuple[Any, dict[Path, int]]:
+    """Parse YAML text into Python data and a path-to-line map."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{filename}:{mark.line + 1}" if mark else filename
+        raise YamlSyntaxError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    lines: dict[Path, int] = {}
+    if node is None:
+        return {}, lines
+    constructor = yaml.SafeLoader("")
+
+    def build(n: yaml.Node, path: Path) -> Any:
+        lines[path] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in n.value:
+                key = constructor.construct_object(key_node, deep=True)
+                if key in out:
+                    raise YamlSyntaxError(
+                        f"{filename}:{key_node.start_mark.line + 1}: duplicate key {key!r}"
+                    )
+                lines[(*path, key)] = key_node.start_mark.line + 1
+                out[key] = build(value_node, (*path, key))
+                lines[(*path, key)] = key_node.start_mark.line + 1
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [build(item, (*path, i)) for i, item in enumerate(n.value)]
+        return constructor.construct_object(n, deep=True)
+
+    return build(node, ()), lines
+
+
+def line_of(lines: dict[Path, int], loc: tuple[Any, ...]) -> int | None:
+    """Line of the deepest known prefix of ``loc``; elements YAML never had
+    (pydantic's union tags such as 'list[str]') are skipped."""
+    best: int | None = lines.get(())
+    path: Path = ()
+    for part in loc:
+        candidate = (*path, part)
+        if candidate in lines:
+            path = candidate
+            best = lines[candidate]
+    return best
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """('spaces', 3, 'zone') -> 'spaces[3].zone'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"

@@ -1,0 +1,104 @@
+"""Shared fixtures: real services on free ports, started and stopped by the tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+EXAMPLE_SITE = REPO / "examples" / "site.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def require(binary: str) -> str:
+    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+    if not path:
+        pytest.fail(f"{binary} is not installed; run scripts/test.sh as root (it installs it with apt)")
+    return path
+
+
+class MosquittoBroker:
+    """A real mosquitto on a free port; stop() and start() keep the port, for outage tests."""
+
+    def __init__(self, tmp: Path, extra_conf: str = "", port: int | None = None):
+        self.binary = require("mosquitto")
+        self.port = port or free_port()
+        self.conf = tmp / f"mosquitto-{self.port}.conf"
+        self.log = tmp / f"mosquitto-{self.port}.log"
+        body = extra_conf or "allow_anonymous true\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\npersistence false\n{body}")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", str(self.conf)],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    broker = MosquittoBroker(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def example_site():
+    from parking.site import load_site
+
+    return load_site(EXAMPLE_SITE)
+
+
+def parkguide_cmd(*args: str) -> list[str]:
+    """Command line that runs the parkguide CLI with this interpreter."""
+    return [sys.executable, "-m", "parkguide", *args]
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("PARKGUIDE_LOG_LEVEL", "INFO")
+    return env

@@ -1,0 +1,100 @@
+"""Site model: ranges, bindings, policies, and errors that name file, line and field."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from parking.site import SiteError, expand_range, in_window, parse_site, parse_window
+from tests.conftest import EXAMPLE_SITE, parkguide_cmd
+
+TEXT = EXAMPLE_SITE.read_text(encoding="utf-8")
+
+
+def test_expand_range():
+    assert expand_range("A-001..A-003") == ["A-001", "A-002", "A-003"]
+    assert expand_range("B1-E-009..B1-E-010") == ["B1-E-009", "B1-E-010"]
+    assert expand_range("X-1") == ["X-1"]
+    for bad in ("A-003..A-001", "A-01..A-002", "A-001..B-002", "A..B"):
+        with pytest.raises(ValueError):
+            expand_range(bad)
+
+
+def test_windows_cross_midnight():
+    w = parse_window("19:00-08:00")
+    assert in_window(19 * 60, w) and in_window(2 * 60, w) and in_window(7 * 60 + 59, w)
+    assert not in_window(8 * 60, w) and not in_window(12 * 60, w)
+
+
+def test_example_site_requirements(example_site):
+    s = example_site
+    assert len(s.spaces) >= 300 and len(s.zones) >= 6 and len(s.entrances) == 2
+    assert len(s.displays) >= 6 and len(s.buses) >= 2 and s.cameras
+    assert {lv.kind for lv in s.levels} >= {"surface", "basement"}
+    kinds = set().union(*(sp.kinds for sp in s.spaces))
+    assert kinds >= {"resident", "visitor", "ev", "accessible", "shared"}
+    bus_bound = sum(1 for b in s.bindings.values() if b.kind == "bus")
+    assert bus_bound > len(s.spaces) / 2
+    d = s.space("D-001")
+    assert s.eligible(d, "resident", 20 * 60) and s.eligible(d, "resident", 7 * 60)
+    assert not s.eligible(d, "resident", 12 * 60)
+    assert s.eligible(d, "office", 12 * 60) and not s.eligible(d, "office", 22 * 60)
+    node = s.bus("bus-g").node(1)
+    assert node.spaces[0] == "A-001" and node.detectors == 32
+
+
+def test_site_check_json():
+    out = subprocess.run(parkguide_cmd("site", "check", str(EXAMPLE_SITE), "--json"),
+                         capture_output=True, text=True, check=True)
+    summary = json.loads(out.stdout)
+    assert out.stdout.count("\n") == 1
+    assert summary["site"] == "xinyuan" and summary["spaces"] == 342
+    assert summary["buses"]["bus-g"] == [1, 2, 3, 4, 5, 6, 7]
+    assert summary["cameras"] == ["cam-c"] and summary["displays"] == 7 and summary["entrances"] == 2
+
+
+def _line_of(needle: str, text: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "words"),
+    [
+        ("timezone: Asia/Shanghai", "timezone: Asia/Shanghai\n  colour: red", "site.colour", "unknown key"),
+        ("{address: 6, spaces: [B-065..B-072]}", "{address: 6, spaces: [B-065..B-072, A-001]}",
+         "buses[0].nodes[5].spaces", "already bound"),
+        ("zones: [D], vehicle_class: resident}\n  - id: jct-w0",
+         "zones: [Q], vehicle_class: resident}\n  - id: jct-w0", "displays[4].lines[1].zones", "does not exist"),
+        ("ids: B-037..B-072", "ids: B-036..B-072", "spaces[4].ids", "duplicate space"),
+        ("{address: 7, detectors: 32, spaces: [D-001..D-030]}",
+         "{address: 7, detectors: 32, spaces: [D-001..D-030], map: [{detector: 3, space: C-001}]}",
+         "buses[0].nodes[6].map[0].detector", "bound twice"),
+        ("baud: 9600\n    parity: E\n    ttl_s: 15\n    nodes:\n      - {address: 1, spaces: [B1",
+         "baud: 9601\n    parity: E\n    ttl_s: 15\n    nodes:\n      - {address: 1, spaces: [B1",
+         "buses[1].baud", "Input should be"),
+    ],
+)
+def test_bad_site_names_line_and_field(old, new, field, words):
+    assert old in TEXT
+    text = TEXT.replace(old, new, 1)
+    with pytest.raises(SiteError) as info:
+        parse_site(text, "site.yaml")
+    problems = info.value.problems
+    hit = [p for p in problems if f": {field}: " in p and words in p]
+    assert hit, problems
+    line = int(hit[0].split(":")[1])
+    first_new_line = new.splitlines()[-1] if "colour" in new else new.splitlines()[0]
+    assert abs(line - _line_of(first_new_line.strip(), text)) <= 4, (hit, line)
+    assert hit[0].startswith("site.yaml:")
+
+
+def test_site_check_refuses_bad_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TEXT.replace("kinds: [resident, visitor, ev, accessible, shared]",
+                                "kinds: [resident, visitor, ev, accessible]"), encoding="utf-8")
+    out = subprocess.run(parkguide_cmd("site", "check", str(bad)), capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "kind 'shared' is not in kinds" in out.stderr
+    assert str(bad) in out.stderr
