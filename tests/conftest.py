@@ -36,9 +36,13 @@ def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None
 
 
 def require(binary: str) -> str:
-    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+    path = shutil.which(binary) or (
+        f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None
+    )
     if not path:
-        pytest.fail(f"{binary} is not installed; run scripts/test.sh as root (it installs it with apt)")
+        pytest.fail(
+            f"{binary} is not installed; run scripts/test.sh as root (it installs it with apt)"
+        )
     return path
 
 
@@ -61,7 +65,8 @@ class MosquittoBroker:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(self.conf)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
         )
         wait_port(self.port)
 

@@ -46,13 +46,19 @@ def test_example_site_requirements(example_site):
 
 
 def test_site_check_json():
-    out = subprocess.run(parkguide_cmd("site", "check", str(EXAMPLE_SITE), "--json"),
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        parkguide_cmd("site", "check", str(EXAMPLE_SITE), "--json"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     summary = json.loads(out.stdout)
     assert out.stdout.count("\n") == 1
     assert summary["site"] == "xinyuan" and summary["spaces"] == 342
     assert summary["buses"]["bus-g"] == [1, 2, 3, 4, 5, 6, 7]
-    assert summary["cameras"] == ["cam-c"] and summary["displays"] == 7 and summary["entrances"] == 2
+    assert (
+        summary["cameras"] == ["cam-c"] and summary["displays"] == 7 and summary["entrances"] == 2
+    )
 
 
 def _line_of(needle: str, text: str) -> int:
@@ -62,18 +68,37 @@ def _line_of(needle: str, text: str) -> int:
 @pytest.mark.parametrize(
     ("old", "new", "field", "words"),
     [
-        ("timezone: Asia/Shanghai", "timezone: Asia/Shanghai\n  colour: red", "site.colour", "unknown key"),
-        ("{address: 6, spaces: [B-065..B-072]}", "{address: 6, spaces: [B-065..B-072, A-001]}",
-         "buses[0].nodes[5].spaces", "already bound"),
-        ("zones: [D], vehicle_class: resident}\n  - id: jct-w0",
-         "zones: [Q], vehicle_class: resident}\n  - id: jct-w0", "displays[4].lines[1].zones", "does not exist"),
+        (
+            "timezone: Asia/Shanghai",
+            "timezone: Asia/Shanghai\n  colour: red",
+            "site.colour",
+            "unknown key",
+        ),
+        (
+            "{address: 6, spaces: [B-065..B-072]}",
+            "{address: 6, spaces: [B-065..B-072, A-001]}",
+            "buses[0].nodes[5].spaces",
+            "already bound",
+        ),
+        (
+            "zones: [D], vehicle_class: resident}\n  - id: jct-w0",
+            "zones: [Q], vehicle_class: resident}\n  - id: jct-w0",
+            "displays[4].lines[1].zones",
+            "does not exist",
+        ),
         ("ids: B-037..B-072", "ids: B-036..B-072", "spaces[4].ids", "duplicate space"),
-        ("{address: 7, detectors: 32, spaces: [D-001..D-030]}",
-         "{address: 7, detectors: 32, spaces: [D-001..D-030], map: [{detector: 3, space: C-001}]}",
-         "buses[0].nodes[6].map[0].detector", "bound twice"),
-        ("baud: 9600\n    parity: E\n    ttl_s: 15\n    nodes:\n      - {address: 1, spaces: [B1",
-         "baud: 9601\n    parity: E\n    ttl_s: 15\n    nodes:\n      - {address: 1, spaces: [B1",
-         "buses[1].baud", "Input should be"),
+        (
+            "{address: 7, detectors: 32, spaces: [D-001..D-030]}",
+            "{address: 7, detectors: 32, spaces: [D-001..D-030], map: [{detector: 3, space: C-001}]}",
+            "buses[0].nodes[6].map[0].detector",
+            "bound twice",
+        ),
+        (
+            "baud: 9600\n    parity: E\n    ttl_s: 15\n    nodes:\n      - {address: 1, spaces: [B1",
+            "baud: 9601\n    parity: E\n    ttl_s: 15\n    nodes:\n      - {address: 1, spaces: [B1",
+            "buses[1].baud",
+            "Input should be",
+        ),
     ],
 )
 def test_bad_site_names_line_and_field(old, new, field, words):
@@ -92,8 +117,13 @@ def test_bad_site_names_line_and_field(old, new, field, words):
 
 def test_site_check_refuses_bad_file(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(TEXT.replace("kinds: [resident, visitor, ev, accessible, shared]",
-                                "kinds: [resident, visitor, ev, accessible]"), encoding="utf-8")
+    bad.write_text(
+        TEXT.replace(
+            "kinds: [resident, visitor, ev, accessible, shared]",
+            "kinds: [resident, visitor, ev, accessible]",
+        ),
+        encoding="utf-8",
+    )
     out = subprocess.run(parkguide_cmd("site", "check", str(bad)), capture_output=True, text=True)
     assert out.returncode == 2
     assert "kind 'shared' is not in kinds" in out.stderr
