@@ -16,13 +16,31 @@ import sys
 # command words -> (module, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("site", "check"): ("parkguide.site_check", "validate a site file and print a summary"),
-    ("sim", "bus"): ("firmware_sim.bus", "simulate the node controllers of one RS-485 bus on a pty"),
-    ("sim", "camera"): ("firmware_sim.camera", "serve a synthetic MJPEG camera of one camera's spaces"),
-    ("sim", "display"): ("firmware_sim.display", "render every sign in the terminal as a driver sees it"),
-    ("sim", "drivers"): ("firmware_sim.drivers", "simulate drivers arriving, reading signs and parking"),
-    ("edge", "serial"): ("edge.serial_agent", "poll one RS-485 bus and publish occupancy over MQTT"),
+    ("sim", "bus"): (
+        "firmware_sim.bus",
+        "simulate the node controllers of one RS-485 bus on a pty",
+    ),
+    ("sim", "camera"): (
+        "firmware_sim.camera",
+        "serve a synthetic MJPEG camera of one camera's spaces",
+    ),
+    ("sim", "display"): (
+        "firmware_sim.display",
+        "render every sign in the terminal as a driver sees it",
+    ),
+    ("sim", "drivers"): (
+        "firmware_sim.drivers",
+        "simulate drivers arriving, reading signs and parking",
+    ),
+    ("edge", "serial"): (
+        "edge.serial_agent",
+        "poll one RS-485 bus and publish occupancy over MQTT",
+    ),
     ("edge", "camera"): ("edge.camera_agent", "classify one camera's spaces and publish occupancy"),
-    ("eval", "camera"): ("edge.camera.evaluate", "measure the camera classifier on labelled photographs"),
+    ("eval", "camera"): (
+        "edge.camera.evaluate",
+        "measure the camera classifier on labelled photographs",
+    ),
     ("gateway",): ("gateway.service", "aggregate occupancy, allocate spaces, drive the signs"),
     ("api",): ("api.service", "serve the dashboard and REST API as its own process"),
     ("user", "add"): ("api.users", "add a dashboard user to the journal database"),

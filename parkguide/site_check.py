@@ -30,11 +30,15 @@ def main(args: argparse.Namespace) -> int:
     print(f"  {summary['spaces']} spaces in {summary['zones']} zones on {summary['levels']} levels")
     for bus in site.buses:
         n = sum(1 for s in site.bindings.values() if s.source == bus.id)
-        print(f"  bus {bus.id}: {bus.baud} baud, nodes {[nc.address for nc in bus.nodes]}, {n} spaces")
+        print(
+            f"  bus {bus.id}: {bus.baud} baud, nodes {[nc.address for nc in bus.nodes]}, {n} spaces"
+        )
     for cam in site.cameras:
         print(f"  camera {cam.id}: {len(cam.polygons)} spaces")
     unbound = len(site.spaces) - len(site.bindings)
     if unbound:
         print(f"  warning: {unbound} spaces have no sensor and will stay unknown")
-    print(f"  {summary['entrances']} entrances, {summary['displays']} displays, {len(site.lane_nodes)} lane nodes")
+    print(
+        f"  {summary['entrances']} entrances, {summary['displays']} displays, {len(site.lane_nodes)} lane nodes"
+    )
     return 0

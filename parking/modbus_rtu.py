@@ -166,7 +166,7 @@ def encode_exception(address: int, function: int, code: int) -> bytes:
 
 
 def request_length(buf: bytes | bytearray) -> int | None:
-    """Length of the request frame at the start of buf, None if not yet knowable, 0 if unknown function."""
+    """Length of the request at the start of buf; None: not yet knowable; 0: a function we cannot frame."""
     if len(buf) < 2:
         return None
     f = buf[1]
@@ -174,7 +174,8 @@ def request_length(buf: bytes | bytearray) -> int | None:
         return 8
     if f in (15, 16):
         return None if len(buf) < 7 else 9 + buf[6]
-    return 0
+    # framed so they can be answered with ILLEGAL_FUNCTION: diagnostics, report slave id, MEI
+    return {8: 8, 17: 4, 43: 7}.get(f, 0)
 
 
 def response_length(buf: bytes | bytearray, function: int) -> int | None:
@@ -276,20 +277,9 @@ class RequestDecoder:
             n = request_length(self.buf)
             if n is None:
                 break
-            if n == 0:
-                # unknown function: find a CRC-valid frame of any length, else drop a byte
-                # (rare: answered with ILLEGAL_FUNCTION), else it is noise: drop a byte.
-                n = next(
-                    (
-                        k
-                        for k in range(4, min(len(self.buf), MAX_FRAME) + 1)
-                        if crc_ok(self.buf[:k])
-                    ),
-                    0,
-                )
-                if n == 0:
-                    self._drop()
-                    continue
+            if n == 0:  # a function we cannot frame: noise, drop a byte
+                self._drop()
+                continue
             if n > MAX_FRAME:
                 self._drop()
                 continue

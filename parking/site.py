@@ -203,9 +203,12 @@ class Site:
     def kind_open(self, kind: str, vehicle_class: str, minute: int) -> bool:
         """Whether policies let ``vehicle_class`` use ``kind`` at minute-of-day (local)."""
         for p in self.policies:
-            if p.kind == kind and vehicle_class in p.classes:
-                if not any(in_window(minute, w) for w in p.windows):
-                    return False
+            if (
+                p.kind == kind
+                and vehicle_class in p.classes
+                and not any(in_window(minute, w) for w in p.windows)
+            ):
+                return False
         return True
 
     def eligible(self, space: Space, vehicle_class: str, minute: int) -> bool:

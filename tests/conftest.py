@@ -63,11 +63,10 @@ class MosquittoBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "-c", str(self.conf)],
-            stdout=open(self.log, "ab"),
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+            )
         wait_port(self.port)
 
     def stop(self) -> None:

@@ -1,0 +1,113 @@
+"""Camera classifier speed on one core: classify 40 spaces vs. JPEG-decode the frame.
+
+Prints one JSON line::
+
+    {"bench": "camera", "classify_ms": ..., "decode_ms": ..., "fps": ..., "ratio": ...,
+     "width": 1280, "height": 720, "spaces": 40, "source": "ufpr05" | "synthetic"}
+
+``classify_ms``: median time of ``SpaceClassifier.classify`` for all spaces of
+the frame (crop extraction + one batched forward; warps precomputed once per
+geometry). ``decode_ms``: median ``cv2.imdecode`` of the same frame encoded as
+JPEG quality 90, measured in the same run. ``fps``: frames per second of a
+decode+classify loop. Targets: ``classify_ms <= 3 * decode_ms``, ``fps >= 25``.
+Uses the real UFPR05 frame and its polygons from ``../shared/data`` beside the
+repo when present, else a synthetic frame with 40 polygons.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from edge.camera.classifier import SpaceClassifier  # noqa: E402
+from edge.camera.pklot import find_labelled_images, load_pklot_xml  # noqa: E402
+
+log = logging.getLogger("bench_camera")
+DATA = ROOT.parent / "shared" / "data" / "pklot-ufpr05"
+
+
+def synthetic() -> tuple[np.ndarray, list[np.ndarray]]:
+    """A textured 1280x720 frame and 40 rotated-rectangle spaces (4 rows of 10)."""
+    rng = np.random.default_rng(0)
+    frame = cv2.GaussianBlur(rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8), (0, 0), 3)
+    polys = []
+    for r in range(4):
+        for c in range(10):
+            rect = ((80 + c * 120, 100 + r * 170), (70, 150), -15 + 3 * r)
+            polys.append(cv2.boxPoints(rect).astype(np.int32))
+            cv2.rectangle(frame, (60 + c * 120, 60 + r * 170), (100 + c * 120, 140 + r * 170),
+                          (200, 200, 200), -1)  # fmt: skip
+    return frame, polys
+
+
+def load_frame() -> tuple[np.ndarray, list[np.ndarray], str]:
+    if DATA.is_dir():
+        for img_path, xml_path in find_labelled_images(DATA):
+            spaces = load_pklot_xml(xml_path)
+            frame = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+            if frame is not None and len(spaces) >= 40:
+                return frame, [s.contour for s in spaces[:40]], "ufpr05"
+    frame, polys = synthetic()
+    return frame, polys, "synthetic"
+
+
+def median_ms(fn, runs: int) -> float:  # noqa: ANN001
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts) * 1e3)
+
+
+def main() -> int:
+    cv2.setNumThreads(1)
+    frame, polys, source = load_frame()
+    frame = cv2.resize(frame, (1280, 720)) if frame.shape[:2] != (720, 1280) else frame
+    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    clf = SpaceClassifier.load()
+    plan = clf.plan(polys)
+    for _ in range(10):  # warm-up
+        clf.classify(frame, plan)
+        cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    decode_ms, classify_ms = [], []
+    for _ in range(5):  # interleave rounds so load changes hit both alike
+        decode_ms.append(median_ms(lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR), 40))
+        classify_ms.append(median_ms(lambda: clf.classify(frame, plan), 40))
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 5.0:
+        f = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        clf.classify(f, plan)
+        n += 1
+    fps = n / (time.perf_counter() - t0)
+    dec, cls = float(np.median(decode_ms)), float(np.median(classify_ms))
+    out = {
+        "bench": "camera",
+        "classify_ms": round(cls, 3),
+        "decode_ms": round(dec, 3),
+        "fps": round(fps, 1),
+        "ratio": round(cls / dec, 3),
+        "width": int(frame.shape[1]),
+        "height": int(frame.shape[0]),
+        "spaces": len(polys),
+        "source": source,
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
