@@ -156,3 +156,12 @@ class Assignment(_Payload):
     ts: Timestamp
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SpaceControl(_Payload):
+    """A manager closes a space (repairs, reserved) or opens it again."""
+
+    action: Literal["close", "open"]
+    by: str = Field(min_length=1, max_length=64, description="user name, for the journal")
+    reason: str | None = Field(None, max_length=200)
+    ts: Timestamp

@@ -10,6 +10,7 @@ Every topic lives under ``parkguide/v1/{site}/``. Accepted forms::
     parkguide/v1/{site}/entrances/{entrance}/arrival   Arrival
     parkguide/v1/{site}/entrances/{entrance}/assignment Assignment
     parkguide/v1/{site}/gateway/availability           online|offline, retained (LWT)
+    parkguide/v1/{site}/control/spaces/{space}         SpaceControl (manager closes/opens), QoS 1
 """
 
 from __future__ import annotations
@@ -114,6 +115,20 @@ def parse(topic: str) -> ParsedTopic | None:
         and rest[1]
     ):
         return ParsedTopic(site, f"entrances/{rest[2]}", rest[1])
+    if len(rest) == 3 and rest[0] == "control" and rest[1] == "spaces" and rest[2]:
+        return ParsedTopic(site, "control/spaces", rest[2])
     if rest == ["gateway", "availability"]:
         return ParsedTopic(site, "gateway/availability", "gateway")
     return None
+
+
+def space_control(site: str, space: str) -> str:
+    """Manager actions on a space (close/open), from the API to the gateway. QoS 1, not retained."""
+    return f"{PREFIX}/{site}/control/spaces/{space}"
+
+
+def space_control_all(site: str) -> str:
+    return f"{PREFIX}/{site}/control/spaces/+"
+
+
+QOS_CONTROL, RETAIN_CONTROL = 1, False

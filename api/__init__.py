@@ -1,0 +1,1 @@
+"""The property manager's REST API and live dashboard (FastAPI)."""

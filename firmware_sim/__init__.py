@@ -1,0 +1,1 @@
+"""Stand-ins for the hardware: node controllers, camera, signs, drivers."""

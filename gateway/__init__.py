@@ -1,0 +1,1 @@
+"""The gateway: live state, allocation core, guidance displays, journal, InfluxDB outbox."""

@@ -1,0 +1,79 @@
+"""The gateway's read side: what the API (and the dashboard) may see and ask.
+
+Two implementations: the gateway's own in-process live state
+(``gateway.service``), and the API's stand-alone one built from the retained
+MQTT topics and the journal (``api.mqttview``). The API imports only this
+module of the gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from parking.payloads import Assignment, DisplayContent, HealthReport, ZoneCounts
+from parking.site import Site
+
+
+@dataclass(frozen=True)
+class SpaceStatus:
+    space: str
+    zone: str
+    state: str  # parking.states names: free | occupied | unknown | closed
+    since: float  # wall time the state began
+    last_seen: float | None  # wall time the source last reported it
+    source: str | None  # bus or camera id
+    held: bool = False  # held for an arriving car
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    agent: str
+    online: bool
+    last_seen: float | None
+    health: HealthReport | None
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """Pushed to subscribers: kind is 'space', 'zone', 'display', 'agent', 'assignment' or 'alert'."""
+
+    kind: str
+    data: dict[str, Any]
+    ts: float
+
+
+@dataclass
+class Counters:
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
+    state_changes: int = 0
+    sign_updates: int = 0
+    outbox_depth: int = 0
+    outbox_dropped: int = 0
+    latency_s: list[float] = field(default_factory=list)  # recent report-to-publish latencies
+
+
+class LiveView(Protocol):
+    site: Site
+
+    def zone_counts(self) -> list[ZoneCounts]: ...
+
+    def spaces(self) -> list[SpaceStatus]: ...
+
+    def displays(self) -> dict[str, DisplayContent]: ...
+
+    def agents(self) -> list[AgentStatus]: ...
+
+    def assignments(self, limit: int = 100) -> list[Assignment]: ...
+
+    def counters(self) -> Counters: ...
+
+    def subscribe(self, callback: Callable[[LiveEvent], None]) -> Callable[[], None]:
+        """Call ``callback`` (from any thread) for every live event; returns an unsubscribe function."""
+        ...
+
+    def control_space(self, space: str, action: str, by: str, reason: str | None) -> None:
+        """Close or open a space (manager action); the gateway journals it like any change."""
+        ...
