@@ -125,7 +125,7 @@ class SimulatedNode:
         """Bring debounce and flapping up to ``now``."""
         debounce_s = self.debounce_ms / 1000.0
         for d in self.detectors:
-            if d.pending_since is not None and now - d.pending_since >= debounce_s:
+            if d.pending_since is not None and now - d.pending_since >= debounce_s - 1e-9:
                 d.debounced = self.level(d)
                 d.pending_since = None
             if d.fault is DetectorFault.FLAP:

@@ -36,10 +36,10 @@ RESIDENTIAL_CURVE: tuple[tuple[int, float], ...] = (
     (21 * 60, 0.88),
     (MINUTES_PER_DAY, 0.92),
 )
-# Turnover per space per simulated minute: lively in the rush hours, calm otherwise.
-RUSH_HOURS: tuple[tuple[int, int], ...] = ((7 * 60, 9 * 60 + 30), (17 * 60, 21 * 60))
-RUSH_TURNOVER_PER_MIN = 1 / 25
-CALM_TURNOVER_PER_MIN = 1 / 150
+# Random comings and goings per space per simulated minute, on top of the day's trend:
+# a visitor, a parent on the school run, a car moved to the other row.
+BACKGROUND_TURNOVER_PER_MIN = 1 / 240
+TRACKING_PER_MIN = 1 / 30  # how fast a drift from the curve is corrected
 TICK_S = 10.0  # simulated seconds per tick at low speeds
 MAX_TICKS_PER_REAL_S = 10  # at high speeds a tick grows so the work per real second stays bounded
 
@@ -65,14 +65,6 @@ def residential_target(minute: float) -> float:
         if m0 <= minute <= m1:
             return p0 + (p1 - p0) * (minute - m0) / (m1 - m0)
     return RESIDENTIAL_CURVE[-1][1]
-
-
-def residential_turnover(minute: float) -> float:
-    """Arrivals plus departures per space per simulated minute."""
-    minute %= MINUTES_PER_DAY
-    if any(a <= minute < b for a, b in RUSH_HOURS):
-        return RUSH_TURNOVER_PER_MIN
-    return CALM_TURNOVER_PER_MIN
 
 
 class Scenario:
@@ -114,12 +106,13 @@ class FixedScenario(Scenario):
 
 
 class ResidentialScenario(Scenario):
-    """A residential day: each space is a two-state process pulled towards the day's curve.
+    """A residential day: spaces follow the day's occupancy curve, with random turnover.
 
-    Per tick, a free space gets a car with probability ``1 - exp(-r p dt)`` and
-    an occupied one loses it with ``1 - exp(-r (1 - p) dt)``, where p is the
-    target occupancy and r the turnover of that time of day; the fraction
-    occupied then follows p with a lag of about 1/r.
+    Per tick the expected net flow is the curve's change plus a pull back
+    towards the curve (``TRACKING_PER_MIN``); it is spread over the free spaces
+    (arrivals) or the occupied ones (departures), and every space also turns
+    over at random (``BACKGROUND_TURNOVER_PER_MIN``) in proportion to the
+    target, so the day has its rush hours and still never stands still.
     """
 
     def __init__(
@@ -151,9 +144,12 @@ class ResidentialScenario(Scenario):
 
     def _tick(self, minute: float, dt_min: float) -> Iterable[tuple[str, bool]]:
         p = residential_target(minute)
-        r = residential_turnover(minute)
-        p_arrive = 1.0 - math.exp(-r * p * dt_min)
-        p_leave = 1.0 - math.exp(-r * (1.0 - p) * dt_min)
+        trend = residential_target(minute + dt_min / 2) - residential_target(minute - dt_min / 2)
+        x = self.occupancy()
+        flow = trend + TRACKING_PER_MIN * dt_min * (p - x)
+        background = 1.0 - math.exp(-BACKGROUND_TURNOVER_PER_MIN * dt_min)
+        p_arrive = background * p + (flow / max(1.0 - x, 1e-3) if flow > 0 else 0.0)
+        p_leave = background * (1.0 - p) + (-flow / max(x, 1e-3) if flow < 0 else 0.0)
         draw = self.rng.random(len(self.occupied))
         flip = np.where(self.occupied, draw < p_leave, draw < p_arrive)
         self.occupied ^= flip
