@@ -1,0 +1,185 @@
+"""Frames from a camera: a reader thread around ``cv2.VideoCapture``.
+
+Sources: an RTSP or HTTP (MJPEG) URL, a video file, or a device index (a
+string of digits). The thread keeps only the newest frame (a slow consumer
+must see the present, not a backlog). When the stream is lost (open fails, a
+read fails, a file ends) it releases the capture and reopens it after a
+capped exponential backoff with jitter; the delay resets after a good frame.
+A file is paced at its own frame rate and reopened when it ends, like a
+stream that dropped.
+
+The consumer decides what a missing frame means (``last_frame_age``): the
+camera agent turns its spaces ``unknown`` after a timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from parking.broker import backoff_delay
+
+log = logging.getLogger(__name__)
+
+OPEN_TIMEOUT_MS = 5000
+READ_TIMEOUT_MS = 5000
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 10.0
+
+
+def parse_source(source: str) -> str | int:
+    """A device index for a string of digits, else the URL or path unchanged."""
+    text = source.strip()
+    return int(text) if text.isdigit() else text
+
+
+def is_file_source(source: str | int) -> bool:
+    return isinstance(source, str) and "://" not in source and os.path.exists(source)
+
+
+def describe(source: str | int) -> str:
+    """The source for logs, without any credentials in a URL."""
+    if isinstance(source, int):
+        return f"device {source}"
+    if "://" in source and "@" in source.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = source.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return source
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray
+    seq: int
+    """counts frames delivered since the reader started"""
+    received: float
+    """time.monotonic() when the frame was read"""
+
+
+class FrameReader:
+    """Reads a source on a daemon thread; ``latest`` hands out the newest frame."""
+
+    def __init__(
+        self,
+        source: str | int,
+        *,
+        backoff_base_s: float = BACKOFF_BASE_S,
+        backoff_cap_s: float = BACKOFF_CAP_S,
+        open_timeout_ms: int = OPEN_TIMEOUT_MS,
+        read_timeout_ms: int = READ_TIMEOUT_MS,
+    ):
+        self.source = source
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.open_timeout_ms = open_timeout_ms
+        self.read_timeout_ms = read_timeout_ms
+        self.file_source = is_file_source(source)
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = False
+        self.reconnects = 0
+        """times the stream was lost and reopened (or attempted)"""
+        self.frames = 0
+
+    # -- consumer side -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="frame-reader", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the thread to stop; a read blocked in the backend ends at its timeout."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def latest(self, after_seq: int, timeout: float) -> Frame | None:
+        """The newest frame with ``seq > after_seq``, waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._stop.is_set():
+                frame = self._frame
+                if frame is not None and frame.seq > after_seq:
+                    return frame
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+        return None
+
+    def last_frame_age(self, now: float | None = None) -> float | None:
+        """Seconds since the last frame (monotonic), None if none yet."""
+        frame = self._frame
+        if frame is None:
+            return None
+        return (time.monotonic() if now is None else now) - frame.received
+
+    # -- reader thread --------------------------------------------------------------
+    def _open(self) -> cv2.VideoCapture:
+        if isinstance(self.source, str) and "://" in self.source:
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                self.open_timeout_ms,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                self.read_timeout_ms,
+            ]
+            return cv2.VideoCapture(self.source, cv2.CAP_FFMPEG, params)
+        return cv2.VideoCapture(self.source)
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                got_frames = self._session()
+            except Exception:  # a backend error must not kill the reader
+                log.exception("camera %s: reader error", describe(self.source))
+                got_frames = False
+            self.connected = False
+            if self._stop.is_set():
+                break
+            attempt = 0 if got_frames else attempt + 1
+            delay = backoff_delay(attempt, self.backoff_base_s, self.backoff_cap_s)
+            self.reconnects += 1
+            log.info("camera %s: stream lost; reopening in %.1f s", describe(self.source), delay)
+            self._stop.wait(delay)
+
+    def _session(self) -> bool:
+        """Open, read until the stream fails or we stop; True if any frame arrived."""
+        cap = self._open()
+        got = False
+        try:
+            if not cap.isOpened():
+                log.warning("camera %s: cannot open", describe(self.source))
+                return False
+            self.connected = True
+            log.info("camera %s: stream open", describe(self.source))
+            period = 0.0
+            if self.file_source:
+                fps = cap.get(cv2.CAP_PROP_FPS)
+                period = 1.0 / fps if fps and 0 < fps < 1000 else 0.04
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                ok, image = cap.read()
+                if not ok or image is None:
+                    log.warning("camera %s: read failed or stream ended", describe(self.source))
+                    return got
+                got = True
+                self.frames += 1
+                with self._cond:
+                    self._frame = Frame(image, self.frames, time.monotonic())
+                    self._cond.notify_all()
+                if period:
+                    next_at += period
+                    self._stop.wait(max(0.0, next_at - time.monotonic()))
+        finally:
+            cap.release()
+        return got
