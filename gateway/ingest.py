@@ -1,0 +1,249 @@
+"""Validate and decode edge occupancy reports (pure: no I/O, no clock).
+
+A report is turned into an :class:`AcceptedReport` (space indices, states and
+``since`` times as numpy arrays, ready for ``gateway.state``) or a
+:class:`Rejection` carrying a reason. Reasons are counted by the service and
+logged at most once per reason per minute (:class:`RejectionLog`).
+
+Whole-report rejections: ``oversized``, ``bad_json``, ``invalid`` (schema),
+``agent_mismatch`` (topic agent differs from the payload's), ``unknown_source``,
+``duplicate`` (same boot, seq already seen: a replay or a QoS 1 redelivery),
+``stale_boot`` (a boot the agent has since left). Per observation (the rest of
+the report is accepted, as the issue says "accepts only the spaces bound to the
+source"): ``unknown_space``, ``foreign_space`` (bound to another source),
+``older_than_known`` (its ``since`` is earlier than the last accepted
+observation of that space).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from parking.payloads import MAX_PAYLOAD_BYTES, OccupancyReport
+from parking.site import Site
+from parking.states import SpaceState
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+REPORT_REASONS = (
+    "oversized",
+    "bad_json",
+    "invalid",
+    "agent_mismatch",
+    "unknown_source",
+    "duplicate",
+    "stale_boot",
+)
+OBSERVATION_REASONS = ("unknown_space", "foreign_space", "older_than_known")
+
+_STATE_CODE = {s.label: int(s) for s in SpaceState}
+_RETIRED_BOOTS = 16  # boots remembered per agent to refuse late messages of an old boot
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class AcceptedReport:
+    """The accepted part of one report; arrays are aligned and indexed by observation."""
+
+    agent: str
+    source: str
+    boot: str
+    seq: int
+    ts: float
+    kind: str
+    spaces: np.ndarray  # int64 space indices
+    states: np.ndarray  # int8 SpaceState codes
+    since: np.ndarray  # float64 wall times
+    gap: bool  # True when a seq was missed since the previous report of this boot
+    rejected: tuple[Rejection, ...] = ()  # per-observation rejections
+
+
+def decode(model: type[M], payload: bytes) -> M | Rejection:
+    """Size cap, JSON and schema in one pass (pydantic parses the JSON once)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return Rejection("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if errors and errors[0]["type"] == "json_invalid":
+            return Rejection("bad_json", errors[0]["msg"])
+        first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+        loc = ".".join(str(p) for p in first["loc"])
+        return Rejection("invalid", f"{loc}: {first['msg']} ({len(errors)} errors)")
+
+
+def decode_report(agent: str, payload: bytes) -> OccupancyReport | Rejection:
+    """Decode an occupancy report published on ``agent``'s topic."""
+    report = decode(OccupancyReport, payload)
+    if isinstance(report, Rejection):
+        return report
+    if report.agent != agent:
+        return Rejection("agent_mismatch", f"topic agent {agent!r}, payload agent {report.agent!r}")
+    return report
+
+
+@dataclass
+class _AgentSequence:
+    boot: str
+    seq: int
+    retired: deque[str] = field(default_factory=lambda: deque(maxlen=_RETIRED_BOOTS))
+
+
+class ReportGate:
+    """Checks decoded reports against the site and what is already known.
+
+    Stateful (last (boot, seq) per agent) but pure: the caller passes the
+    ``since`` of the last accepted observation per space and commits the
+    sequence with :meth:`commit` once the report is journaled.
+    """
+
+    def __init__(self, site: Site):
+        self.site = site
+        self._sequences: dict[str, _AgentSequence] = {}
+        self._source_spaces: dict[str, np.ndarray] = {}
+        for src in [b.id for b in site.buses] + [c.id for c in site.cameras]:
+            ids = site.spaces_of_source(src)
+            self._source_spaces[src] = np.array(
+                sorted(site.space_index[s] for s in ids), dtype=np.int64
+            )
+        self._binding_source = {sid: b.source for sid, b in site.bindings.items()}
+
+    def source_spaces(self, source: str) -> np.ndarray:
+        """Space indices bound to a source (sorted)."""
+        return self._source_spaces[source]
+
+    def restore(self, agent: str, boot: str, seq: int) -> None:
+        """Resume the sequence of an agent from the journal."""
+        self._sequences[agent] = _AgentSequence(boot, seq)
+
+    def sequence(self, agent: str) -> tuple[str, int] | None:
+        s = self._sequences.get(agent)
+        return (s.boot, s.seq) if s else None
+
+    def check(self, report: OccupancyReport, obs_since: np.ndarray) -> AcceptedReport | Rejection:
+        """Accept the report's valid observations, or reject the whole report."""
+        if report.source not in self._source_spaces:
+            return Rejection("unknown_source", f"source {report.source!r} is not in the site")
+        known = self._sequences.get(report.agent)
+        gap = False
+        if known is not None:
+            if report.boot == known.boot:
+                if report.seq <= known.seq:
+                    return Rejection(
+                        "duplicate",
+                        f"{report.agent} boot {report.boot} seq {report.seq} <= {known.seq}",
+                    )
+                gap = report.seq != known.seq + 1
+            elif report.boot in known.retired:
+                return Rejection("stale_boot", f"{report.agent} boot {report.boot} was replaced")
+        index = self.site.space_index
+        rejected: list[Rejection] = []
+        picked: dict[int, tuple[int, float]] = {}
+        for obs in report.spaces:
+            s = index.get(obs.space)
+            if s is None:
+                rejected.append(Rejection("unknown_space", f"space {obs.space!r} does not exist"))
+                continue
+            if self._binding_source.get(obs.space) != report.source:
+                rejected.append(
+                    Rejection(
+                        "foreign_space", f"space {obs.space!r} is not bound to {report.source}"
+                    )
+                )
+                continue
+            if obs.since < obs_since[s]:
+                rejected.append(
+                    Rejection(
+                        "older_than_known",
+                        f"space {obs.space!r} since {obs.since} < known {obs_since[s]}",
+                    )
+                )
+                continue
+            picked[s] = (_STATE_CODE[obs.state], obs.since)  # a later duplicate entry wins
+        if report.kind == "snapshot":
+            # a snapshot lists every space of its source: the ones it leaves out are unknown
+            for s in self._source_spaces[report.source].tolist():
+                if s not in picked:
+                    picked[s] = (int(SpaceState.UNKNOWN), max(report.ts, float(obs_since[s])))
+        n = len(picked)
+        spaces = np.fromiter(picked.keys(), dtype=np.int64, count=n)
+        states = np.fromiter((v[0] for v in picked.values()), dtype=np.int8, count=n)
+        since = np.fromiter((v[1] for v in picked.values()), dtype=np.float64, count=n)
+        return AcceptedReport(
+            agent=report.agent,
+            source=report.source,
+            boot=report.boot,
+            seq=report.seq,
+            ts=report.ts,
+            kind=report.kind,
+            spaces=spaces,
+            states=states,
+            since=since,
+            gap=gap,
+            rejected=tuple(rejected),
+        )
+
+    def commit(self, accepted: AcceptedReport) -> None:
+        """Remember (boot, seq) of an accepted report."""
+        known = self._sequences.get(accepted.agent)
+        if known is None:
+            self._sequences[accepted.agent] = _AgentSequence(accepted.boot, accepted.seq)
+        elif known.boot != accepted.boot:
+            known.retired.append(known.boot)
+            known.boot, known.seq = accepted.boot, accepted.seq
+        else:
+            known.seq = accepted.seq
+
+
+class RejectionLog:
+    """Counts rejections by reason; logs the first of each reason per interval, payload cut short."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        interval_s: float = 60.0,
+        max_payload: int = 200,
+        logger: logging.Logger = log,
+    ):
+        self.counts: dict[str, int] = {}
+        self._clock = clock
+        self._interval = interval_s
+        self._max_payload = max_payload
+        self._last_logged: dict[str, float] = {}
+        self._logger = logger
+
+    def reject(self, rejection: Rejection, topic: str, payload: bytes | None = None) -> None:
+        reason = rejection.reason
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        now = self._clock()
+        last = self._last_logged.get(reason)
+        if last is not None and now - last < self._interval:
+            return
+        self._last_logged[reason] = now
+        shown = ""
+        if payload is not None:
+            cut = payload[: self._max_payload]
+            shown = cut.decode("utf-8", "replace") + ("..." if len(payload) > len(cut) else "")
+        self._logger.warning(
+            "rejected (%s) on %s: %s; payload %r (%d so far; next log of this reason in %ds)",
+            reason,
+            topic,
+            rejection.detail[:300],
+            shown,
+            self.counts[reason],
+            int(self._interval),
+        )

@@ -1,0 +1,176 @@
+"""The gateway's journal: SQLite in WAL mode, one transaction per incoming message.
+
+Every accepted state change is written to ``events`` and to the current-state
+table ``spaces`` (what a restart resumes from) and committed before anything
+derived from it is published. ``agents`` keeps (boot, seq) so replays are still
+refused after a restart; ``assignments`` keeps the holds given to arriving cars.
+
+Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL`` commits by
+appending to the WAL file without an fsync per commit. A committed transaction
+is in the operating system's page cache, so it survives the gateway process
+being killed (``kill -9``, a crash); only a power loss or kernel crash can lose
+the last commits (SQLite docs, "WAL mode ... synchronous=NORMAL"). That is the
+right trade here: an fsync per report would cap throughput at the disk's flush
+rate, and after a power loss the edge agents' snapshots rebuild the state.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events(
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, space TEXT NOT NULL, old TEXT NOT NULL,
+    new TEXT NOT NULL, source TEXT, agent TEXT, seq INTEGER);
+CREATE TABLE IF NOT EXISTS spaces(
+    space TEXT PRIMARY KEY, state TEXT NOT NULL, sensed TEXT NOT NULL, closed INTEGER NOT NULL,
+    since REAL NOT NULL, obs_since REAL NOT NULL, last_seen REAL NOT NULL, agent TEXT);
+CREATE TABLE IF NOT EXISTS agents(
+    agent TEXT PRIMARY KEY, boot TEXT, seq INTEGER, online INTEGER NOT NULL,
+    last_seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS assignments(
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, entrance TEXT NOT NULL, class TEXT NOT NULL,
+    space TEXT, zone TEXT, hold_expires REAL, plate TEXT, request_id TEXT,
+    payload TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+EventRow = tuple[float, str, str, str, str | None, str | None, int | None]
+"""(ts, space, old, new, source, agent, seq)"""
+SpaceRow = tuple[str, str, str, int, float, float, float, str | None]
+"""(space, state, sensed, closed, since, obs_since, last_seen, agent)"""
+
+
+class History(Protocol):
+    """Where history points go inside the journal's transaction (the InfluxDB outbox)."""
+
+    def space_state(
+        self, conn: sqlite3.Connection, zone: str, space: str, state: str, ts: float
+    ) -> None: ...
+
+    def zone_occupancy(
+        self, conn: sqlite3.Connection, zone: str, counts: dict[str, int], ts: float
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoredAgent:
+    agent: str
+    boot: str | None
+    seq: int | None
+    online: bool
+    last_seen: float
+
+
+class Journal:
+    """One SQLite connection, used under the gateway's lock from one thread at a time."""
+
+    def __init__(self, path: str | Path, history: History | None = None):
+        self.path = Path(path)
+        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA busy_timeout=5000")
+        self.conn.executescript(SCHEMA)
+        self.history = history
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN ... COMMIT; rolled back (and re-raised) on any error."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- writes (inside transaction()) -------------------------------------------------------
+    def add_events(self, rows: Iterable[EventRow]) -> None:
+        self.conn.executemany(
+            "INSERT INTO events(ts, space, old, new, source, agent, seq) VALUES (?,?,?,?,?,?,?)",
+            rows,
+        )
+
+    def put_spaces(self, rows: Iterable[SpaceRow]) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO spaces(space, state, sensed, closed, since, obs_since,"
+            " last_seen, agent) VALUES (?,?,?,?,?,?,?,?)",
+            rows,
+        )
+
+    def put_agent(
+        self, agent: str, boot: str | None, seq: int | None, online: bool, last_seen: float
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO agents(agent, boot, seq, online, last_seen) VALUES (?,?,?,?,?)"
+            " ON CONFLICT(agent) DO UPDATE SET boot=coalesce(excluded.boot, boot),"
+            " seq=coalesce(excluded.seq, seq), online=excluded.online,"
+            " last_seen=max(last_seen, excluded.last_seen)",
+            (agent, boot, seq, int(online), last_seen),
+        )
+
+    def add_assignment(
+        self,
+        ts: float,
+        entrance: str,
+        vehicle_class: str,
+        space: str | None,
+        zone: str | None,
+        hold_expires: float | None,
+        plate: str | None,
+        request_id: str | None,
+        payload: str,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO assignments(ts, entrance, class, space, zone, hold_expires, plate,"
+            " request_id, payload) VALUES (?,?,?,?,?,?,?,?,?)",
+            (ts, entrance, vehicle_class, space, zone, hold_expires, plate, request_id, payload),
+        )
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # -- reads ---------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def spaces(self) -> list[SpaceRow]:
+        return self.conn.execute(
+            "SELECT space, state, sensed, closed, since, obs_since, last_seen, agent FROM spaces"
+        ).fetchall()
+
+    def agents(self) -> list[StoredAgent]:
+        rows = self.conn.execute("SELECT agent, boot, seq, online, last_seen FROM agents")
+        return [StoredAgent(a, b, s, bool(o), ls) for a, b, s, o, ls in rows]
+
+    def open_holds(self, now: float) -> list[tuple[str, float]]:
+        """(space, hold_expires) of assignments whose hold has not expired at ``now``."""
+        return self.conn.execute(
+            "SELECT space, max(hold_expires) FROM assignments"
+            " WHERE space IS NOT NULL AND hold_expires > ? GROUP BY space",
+            (now,),
+        ).fetchall()
+
+    def recent_assignments(self, limit: int) -> list[str]:
+        """Assignment payloads (JSON), newest first."""
+        rows = self.conn.execute(
+            "SELECT payload FROM assignments ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [r[0] for r in rows]
+
+    def events(self, limit: int = 1000) -> list[tuple[Any, ...]]:
+        """The newest events, newest first (id, ts, space, old, new, source, agent, seq)."""
+        return self.conn.execute(
+            "SELECT id, ts, space, old, new, source, agent, seq FROM events ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()

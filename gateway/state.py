@@ -1,0 +1,213 @@
+"""Live space state as numpy arrays indexed by space (pure: times are passed in).
+
+Two layers: ``sensed`` is what the sources say (or ``unknown`` when they are
+silent), ``closed`` is the manager's closure; the public ``state`` is CLOSED
+where closed, else sensed. Every mutation returns the public :class:`Changes`
+so the caller can journal them before publishing anything derived.
+
+Times: wall time (UNIX seconds) for what is shown and journaled (``since``,
+``last_seen``); monotonic time for TTL expiry (``seen_mono``), so a wall-clock
+step does not expire or revive spaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from parking.site import Site
+from parking.states import SpaceState
+
+UNKNOWN, FREE, OCCUPIED, CLOSED = (int(s) for s in SpaceState)
+N_STATES = len(SpaceState)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Public state changes: aligned arrays of space index, old and new state codes.
+
+    ``touched`` lists every space whose stored row changed (public state or the
+    sensed state under a closure), for the journal's current-state table.
+    """
+
+    spaces: np.ndarray
+    old: np.ndarray
+    new: np.ndarray
+    touched: np.ndarray
+    zones: np.ndarray  # zone indices whose counts changed
+
+    def __len__(self) -> int:
+        return len(self.spaces)
+
+
+_EMPTY_I = np.zeros(0, dtype=np.int64)
+_EMPTY_S = np.zeros(0, dtype=np.int8)
+NO_CHANGES = Changes(_EMPTY_I, _EMPTY_S, _EMPTY_S, _EMPTY_I, _EMPTY_I)
+
+
+class LiveState:
+    """State, last change, last seen and source per space; zone counts kept incrementally."""
+
+    def __init__(self, site: Site):
+        self.site = site
+        n = len(site.spaces)
+        self.space_ids = tuple(s.id for s in site.spaces)
+        self.zone_ids = tuple(z.id for z in site.zones)
+        zone_index = {z: i for i, z in enumerate(self.zone_ids)}
+        self.zone = np.array([zone_index[s.zone] for s in site.spaces], dtype=np.int64)
+        self.sources = tuple([b.id for b in site.buses] + [c.id for c in site.cameras])
+        source_index = {s: i for i, s in enumerate(self.sources)}
+        self.bound_source = np.array(
+            [
+                source_index[site.bindings[s.id].source] if s.id in site.bindings else -1
+                for s in site.spaces
+            ],
+            dtype=np.int64,
+        )
+        ttl = [site.source_ttl(src) for src in self.sources]
+        self.ttl = np.array(
+            [ttl[i] if i >= 0 else np.inf for i in self.bound_source.tolist()], dtype=np.float64
+        )
+        self.sensed = np.full(n, UNKNOWN, dtype=np.int8)
+        self.closed = np.array([s.closed for s in site.spaces], dtype=bool)
+        self.state = np.where(self.closed, CLOSED, self.sensed).astype(np.int8)
+        self.since = np.zeros(n, dtype=np.float64)  # wall time the public state began
+        self.obs_since = np.zeros(n, dtype=np.float64)  # since of the last accepted observation
+        self.last_seen = np.zeros(n, dtype=np.float64)  # wall time; 0 = never
+        self.seen_mono = np.full(n, -np.inf, dtype=np.float64)
+        self.agents: list[str] = []  # agent index -> id
+        self._agent_index: dict[str, int] = {}
+        self.agent = np.full(n, -1, dtype=np.int64)  # agent that last reported the space
+        self.zone_counts = np.zeros((len(self.zone_ids), N_STATES), dtype=np.int64)
+        self._recount()
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _recount(self) -> None:
+        z = len(self.zone_ids)
+        flat = np.bincount(self.zone * N_STATES + self.state, minlength=z * N_STATES)
+        self.zone_counts = flat.reshape(z, N_STATES).astype(np.int64)
+
+    def agent_index(self, agent: str) -> int:
+        i = self._agent_index.get(agent)
+        if i is None:
+            i = self._agent_index[agent] = len(self.agents)
+            self.agents.append(agent)
+        return i
+
+    def agent_of(self, space: int) -> str | None:
+        a = int(self.agent[space])
+        return self.agents[a] if a >= 0 else None
+
+    def _set_sensed(self, idx: np.ndarray, values: np.ndarray, wall: float) -> Changes:
+        """Write sensed states for ``idx`` and derive the public changes."""
+        if len(idx) == 0:
+            return NO_CHANGES
+        before_sensed = self.sensed[idx]
+        old = self.state[idx]
+        self.sensed[idx] = values
+        new = np.where(self.closed[idx], np.int8(CLOSED), values).astype(np.int8)
+        return self._publicize(idx, old, new, before_sensed != values, wall)
+
+    def _publicize(
+        self,
+        idx: np.ndarray,
+        old: np.ndarray,
+        new: np.ndarray,
+        sensed_moved: np.ndarray,
+        wall: float,
+    ) -> Changes:
+        changed = old != new
+        touched = idx[changed | sensed_moved]
+        if not changed.any():
+            return Changes(_EMPTY_I, _EMPTY_S, _EMPTY_S, touched, _EMPTY_I)
+        sp, o, nw = idx[changed], old[changed], new[changed]
+        self.state[sp] = nw
+        self.since[sp] = wall
+        zones = self.zone[sp]
+        np.subtract.at(self.zone_counts, (zones, o), 1)
+        np.add.at(self.zone_counts, (zones, nw), 1)
+        return Changes(sp, o, nw, touched, np.unique(zones))
+
+    # -- mutations ---------------------------------------------------------------------------
+    def observe(
+        self,
+        spaces: np.ndarray,
+        states: np.ndarray,
+        since: np.ndarray,
+        agent: str,
+        wall: float,
+        mono: float,
+    ) -> Changes:
+        """Apply accepted observations of one report (spaces unique)."""
+        a = self.agent_index(agent)
+        self.obs_since[spaces] = since
+        self.last_seen[spaces] = wall
+        self.seen_mono[spaces] = mono
+        self.agent[spaces] = a
+        return self._set_sensed(spaces, states, wall)
+
+    def touch(self, spaces: np.ndarray, wall: float, mono: float) -> None:
+        """Mark spaces as heard from (a report without a gap vouches for its source's spaces)."""
+        self.last_seen[spaces] = wall
+        self.seen_mono[spaces] = mono
+
+    def expire(self, wall: float, mono: float) -> Changes:
+        """Spaces not heard from within their source's TTL become unknown."""
+        stale = np.flatnonzero((self.sensed != UNKNOWN) & (mono - self.seen_mono > self.ttl))
+        return self._set_sensed(stale, np.full(len(stale), UNKNOWN, dtype=np.int8), wall)
+
+    def agent_offline(self, agent: str, wall: float) -> Changes:
+        """An agent's last will: every space it reported becomes unknown."""
+        a = self._agent_index.get(agent)
+        if a is None:
+            return NO_CHANGES
+        lost = np.flatnonzero((self.agent == a) & (self.sensed != UNKNOWN))
+        return self._set_sensed(lost, np.full(len(lost), UNKNOWN, dtype=np.int8), wall)
+
+    def control(self, space: int, close: bool, wall: float) -> Changes:
+        """A manager closes or opens a space; opening shows what the sensor says."""
+        idx = np.array([space], dtype=np.int64)
+        was = bool(self.closed[space])
+        self.closed[space] = close
+        old = self.state[idx]
+        new = np.array([CLOSED if close else int(self.sensed[space])], dtype=np.int8)
+        return self._publicize(idx, old, new, np.array([was != close]), wall)
+
+    # -- resume ------------------------------------------------------------------------------
+    def restore(
+        self,
+        space: int,
+        sensed: int,
+        closed: bool,
+        since: float,
+        obs_since: float,
+        last_seen: float,
+        agent: str | None,
+        wall: float,
+        mono: float,
+    ) -> None:
+        """Load one space from the journal; call :meth:`finish_restore` after the last."""
+        self.sensed[space] = sensed
+        self.closed[space] = closed
+        self.state[space] = CLOSED if closed else sensed
+        self.since[space] = since
+        self.obs_since[space] = obs_since
+        self.last_seen[space] = last_seen
+        # silence before the restart still counts against the TTL
+        self.seen_mono[space] = mono - max(0.0, wall - last_seen) if last_seen > 0 else -np.inf
+        self.agent[space] = self.agent_index(agent) if agent else -1
+
+    def finish_restore(self) -> None:
+        self._recount()
+
+    # -- views -------------------------------------------------------------------------------
+    def zone_row(self, z: int) -> dict[str, int]:
+        c = self.zone_counts[z]
+        return {
+            "free": int(c[FREE]),
+            "occupied": int(c[OCCUPIED]),
+            "unknown": int(c[UNKNOWN]),
+            "closed": int(c[CLOSED]),
+            "total": int(c.sum()),
+        }

@@ -1,0 +1,75 @@
+"""Sign rendering from line counts (gateway.displays, pure)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway.displays import LineLayout, content, render_line, render_lines
+from parking.payloads import DisplayContent, LocalText
+
+LABEL = LocalText(zh="A区", en="Zone A")
+
+
+def test_count_shows_the_number_in_both_languages():
+    line = render_line(LABEL, "right", free=12, unknown=0, total=80, fallback_fraction=0.5)
+    assert (line.status, line.count, line.text.zh, line.text.en) == ("ok", 12, "12", "12")
+    assert line.label == LABEL and line.arrow == "right"
+
+
+def test_zero_free_is_full():
+    line = render_line(LABEL, "left", free=0, unknown=3, total=80, fallback_fraction=0.5)
+    assert (line.status, line.count, line.text.zh, line.text.en) == ("full", 0, "满", "FULL")
+
+
+@pytest.mark.parametrize(
+    ("unknown", "status"), [(40, "ok"), (41, "fallback"), (80, "fallback"), (0, "ok")]
+)
+def test_fallback_when_more_than_the_fraction_is_unknown(unknown, status):
+    line = render_line(LABEL, "up", free=5, unknown=unknown, total=80, fallback_fraction=0.5)
+    assert line.status == status
+    if status == "fallback":
+        assert line.count is None and line.text.zh == "--" and line.text.en == "--"
+
+
+def test_fallback_wins_over_full():
+    line = render_line(LABEL, "up", free=0, unknown=60, total=80, fallback_fraction=0.5)
+    assert line.status == "fallback"
+
+
+def test_all_closed_line_is_full_not_fallback():
+    line = render_line(LABEL, "up", free=0, unknown=0, total=0, fallback_fraction=0.5)
+    assert line.status == "full"
+
+
+def test_render_lines_follows_the_site_line_order(example_site):
+    layout = LineLayout.from_site(example_site)
+    n = sum(len(d.lines) for d in example_site.displays)
+    assert len(layout.line_display) == n
+    free = np.arange(n) + 1
+    unknown = np.zeros(n, dtype=int)
+    total = np.full(n, 100)
+    for d, disp in enumerate(example_site.displays):
+        lines = render_lines(example_site, layout, d, free, unknown, total)
+        assert [ln.label.zh for ln in lines] == [ln.label.zh for ln in disp.lines]
+        assert [ln.arrow for ln in lines] == [ln.arrow for ln in disp.lines]
+        first = layout.first[d]
+        assert [ln.count for ln in lines] == list(range(first + 1, first + 1 + len(disp.lines)))
+
+
+def test_displays_of_maps_lines_to_their_sign(example_site):
+    layout = LineLayout.from_site(example_site)
+    last_of_first = len(example_site.displays[0].lines) - 1
+    assert layout.displays_of(np.array([0, last_of_first])) == [0]
+    assert layout.displays_of(np.array([last_of_first + 1])) == [1]
+
+
+def test_content_expires_after_the_site_setting(example_site):
+    layout = LineLayout.from_site(example_site)
+    n = len(layout.line_display)
+    lines = render_lines(example_site, layout, 0, [1] * n, [0] * n, [10] * n)
+    c = content(example_site, 0, lines, ts=1000.0)
+    assert isinstance(c, DisplayContent)
+    assert c.display == example_site.displays[0].id
+    assert c.expires == 1000.0 + example_site.display_settings.expires_s
+    assert DisplayContent.model_validate_json(c.model_dump_json()) == c

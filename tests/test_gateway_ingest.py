@@ -1,0 +1,175 @@
+"""Decoding and checking edge reports (gateway.ingest, pure) and the rejection log."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from gateway.ingest import AcceptedReport, Rejection, RejectionLog, ReportGate, decode_report
+from parking.payloads import MAX_PAYLOAD_BYTES
+from parking.states import SpaceState
+
+
+def report(
+    spaces: list[tuple[str, str]] | list[tuple[str, str, float]],
+    *,
+    agent: str = "agent-g",
+    source: str = "bus-g",
+    boot: str = "b1",
+    seq: int = 1,
+    kind: str = "delta",
+    ts: float = 1000.0,
+) -> bytes:
+    obs = []
+    for item in spaces:
+        since = item[2] if len(item) > 2 else ts
+        obs.append({"space": item[0], "state": item[1], "since": since})
+    body = {
+        "agent": agent,
+        "source": source,
+        "boot": boot,
+        "seq": seq,
+        "ts": ts,
+        "kind": kind,
+        "spaces": obs,
+    }
+    return json.dumps(body).encode()
+
+
+@pytest.fixture
+def gate(example_site):
+    return ReportGate(example_site)
+
+
+@pytest.fixture
+def since(example_site):
+    return np.zeros(len(example_site.spaces))
+
+
+def accept(gate: ReportGate, payload: bytes, since: np.ndarray, agent: str = "agent-g"):
+    decoded = decode_report(agent, payload)
+    assert not isinstance(decoded, Rejection), decoded
+    result = gate.check(decoded, since)
+    if isinstance(result, AcceptedReport):
+        gate.commit(result)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"not json {", "bad_json"),
+        (b"", "bad_json"),
+        (b'{"agent": "agent-g"}', "invalid"),
+        (report([("A-001", "free")]).replace(b'"seq": 1', b'"seq": "one"'), "invalid"),
+        (report([("A-001", "parked")]), "invalid"),
+        (report([("A-001", "free")]).replace(b'"ts": 1000.0', b'"ts": -5'), "invalid"),
+        (report([("A-001", "free")])[:-1] + b', "extra": 1}', "invalid"),
+        (report([("A-001", "free")], agent="someone-else"), "agent_mismatch"),
+        (b"[" + b" " * MAX_PAYLOAD_BYTES + b"]", "oversized"),
+    ],
+)
+def test_bad_payloads_are_rejected_with_a_reason(payload, reason):
+    result = decode_report("agent-g", payload)
+    assert isinstance(result, Rejection)
+    assert result.reason == reason
+
+
+def test_good_delta_is_accepted(gate, since, example_site):
+    result = accept(gate, report([("A-001", "occupied"), ("B-010", "free")]), since)
+    assert isinstance(result, AcceptedReport)
+    idx = example_site.space_index
+    assert sorted(result.spaces.tolist()) == sorted([idx["A-001"], idx["B-010"]])
+    by_space = dict(zip(result.spaces.tolist(), result.states.tolist(), strict=True))
+    assert by_space[idx["A-001"]] == SpaceState.OCCUPIED
+    assert by_space[idx["B-010"]] == SpaceState.FREE
+    assert not result.gap and not result.rejected
+
+
+def test_unknown_source_rejects_the_report(gate, since):
+    decoded = decode_report("agent-g", report([("A-001", "free")], source="bus-x"))
+    result = gate.check(decoded, since)
+    assert isinstance(result, Rejection) and result.reason == "unknown_source"
+
+
+def test_unknown_and_foreign_spaces_are_dropped_and_named(gate, since, example_site):
+    # C-001 is watched by cam-c, not bus-g; Z-999 does not exist
+    result = accept(gate, report([("Z-999", "free"), ("C-001", "free"), ("A-002", "free")]), since)
+    assert isinstance(result, AcceptedReport)
+    assert result.spaces.tolist() == [example_site.space_index["A-002"]]
+    assert sorted(r.reason for r in result.rejected) == ["foreign_space", "unknown_space"]
+
+
+def test_replay_and_duplicate_are_rejected(gate, since):
+    assert isinstance(accept(gate, report([("A-001", "free")], seq=5), since), AcceptedReport)
+    for seq in (5, 4, 0):
+        again = gate.check(
+            decode_report("agent-g", report([("A-001", "occupied")], seq=seq)), since
+        )
+        assert isinstance(again, Rejection) and again.reason == "duplicate"
+    nxt = accept(gate, report([("A-001", "occupied")], seq=6), since)
+    assert isinstance(nxt, AcceptedReport) and not nxt.gap
+
+
+def test_gap_is_noticed(gate, since):
+    accept(gate, report([("A-001", "free")], seq=1), since)
+    later = accept(gate, report([("A-001", "occupied")], seq=3), since)
+    assert isinstance(later, AcceptedReport) and later.gap
+
+
+def test_new_boot_resets_the_sequence_and_old_boot_is_refused(gate, since):
+    accept(gate, report([("A-001", "free")], boot="b1", seq=100), since)
+    fresh = accept(gate, report([("A-001", "occupied")], boot="b2", seq=0), since)
+    assert isinstance(fresh, AcceptedReport)
+    late = gate.check(
+        decode_report("agent-g", report([("A-001", "free")], boot="b1", seq=101)), since
+    )
+    assert isinstance(late, Rejection) and late.reason == "stale_boot"
+
+
+def test_restored_sequence_refuses_replays_after_restart(example_site, since):
+    gate = ReportGate(example_site)
+    gate.restore("agent-g", "b1", 7)
+    again = gate.check(decode_report("agent-g", report([("A-001", "free")], seq=7)), since)
+    assert isinstance(again, Rejection) and again.reason == "duplicate"
+
+
+def test_older_than_known_observation_is_dropped(gate, since, example_site):
+    a1 = example_site.space_index["A-001"]
+    since[a1] = 2000.0
+    result = accept(gate, report([("A-001", "free", 1500.0), ("A-002", "free", 1500.0)]), since)
+    assert isinstance(result, AcceptedReport)
+    assert a1 not in result.spaces.tolist()
+    assert [r.reason for r in result.rejected] == ["older_than_known"]
+
+
+def test_snapshot_turns_the_spaces_it_leaves_out_unknown(gate, since, example_site):
+    bus_spaces = example_site.spaces_of_source("bus-g")
+    listed = bus_spaces[:-3]
+    result = accept(gate, report([(s, "free") for s in listed], kind="snapshot"), since)
+    assert isinstance(result, AcceptedReport)
+    states = dict(zip(result.spaces.tolist(), result.states.tolist(), strict=True))
+    assert len(states) == len(bus_spaces)
+    idx = example_site.space_index
+    assert all(states[idx[s]] == SpaceState.UNKNOWN for s in bus_spaces[-3:])
+    assert all(states[idx[s]] == SpaceState.FREE for s in listed)
+
+
+def test_rejection_log_counts_every_one_and_logs_once_per_reason_per_interval(caplog):
+    now = [0.0]
+    rlog = RejectionLog(clock=lambda: now[0], interval_s=60, max_payload=20)
+    big = b"x" * 500
+    with caplog.at_level(logging.WARNING, logger="gateway.ingest"):
+        for _ in range(5):
+            rlog.reject(Rejection("bad_json", "no"), "t", big)
+        rlog.reject(Rejection("duplicate", "seq"), "t", b"{}")
+        now[0] = 61.0
+        rlog.reject(Rejection("bad_json", "no"), "t", big)
+    assert rlog.counts == {"bad_json": 6, "duplicate": 1}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3
+    assert all("x" * 21 not in line for line in lines)  # payload cut short
+    assert "x" * 20 + "..." in lines[0]
