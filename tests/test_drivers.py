@@ -1,0 +1,82 @@
+"""Simulated drivers: the day's traffic, and guided vs unguided search on the real core."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from firmware_sim.study import BANDS, DrivingModel, LaneMap, Study, compare
+from firmware_sim.traffic import plan_day
+from gateway.allocation import CoreLayout
+from tests.conftest import EXAMPLE_SITE, parkguide_cmd
+
+
+def test_day_plan_is_residential_and_seeded(example_site):
+    a, b = plan_day(example_site, 7), plan_day(example_site, 7)
+    assert a == b and a != plan_day(example_site, 8)
+    hour = lambda t: (7 + t / 3600) % 24  # noqa: E731 (start 07:00)
+    morning_out = sum(
+        1 for v in a if v.arrive_s is None and v.depart_s is not None and 7 <= hour(v.depart_s) < 10
+    )
+    evening_in = sum(
+        1
+        for v in a
+        if v.arrive_s is not None and v.vehicle_class != "visitor" and 16 <= hour(v.arrive_s) < 23
+    )
+    visitors_pm = sum(1 for v in a if v.vehicle_class == "visitor" and 12 <= hour(v.arrive_s) < 18)
+    visitors_am = sum(1 for v in a if v.vehicle_class == "visitor" and 7 <= hour(v.arrive_s) < 12)
+    assert morning_out > 100 and evening_in > 100 and visitors_pm > visitors_am
+    assert {v.vehicle_class for v in a} >= {"resident", "visitor", "ev", "accessible", "office"}
+
+
+def test_guided_run_never_double_parks_and_uses_the_core(example_site):
+    layout = CoreLayout.from_site(example_site)
+    lanes = LaneMap(example_site, layout)
+    visits = plan_day(example_site, 11)
+    study = Study(example_site, layout, visits, 7 * 60, True, 11, DrivingModel(), lanes)
+    parked_spaces = []
+    original = study._park
+
+    def spy(t, vid, s, dist, secs, occ):
+        assert study.state[s] == 1, f"driver {vid} parked in a bay that was not free"
+        parked_spaces.append(s)
+        original(t, vid, s, dist, secs, occ)
+
+    study._park = spy
+    outcomes = study.run()
+    assert len(parked_spaces) == sum(o.parked for o in outcomes) > 200
+    # the core agrees with the world at the end of the day
+    assert (study.core.state == study.state).all()
+
+
+def test_compare_cli_json():
+    out = subprocess.run(
+        parkguide_cmd(
+            "sim", "drivers", "--site", str(EXAMPLE_SITE), "--compare", "--days", "1", "--seed", "2"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=True,
+    )
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1
+    r = json.loads(lines[0])
+    assert r["bench"] == "drivers"
+    for mode in ("guided", "unguided"):
+        assert set(r[mode]) >= {"mean_search_m", "p95_search_m", "mean_search_s", "failed"}
+    assert r["reduction"] == round(
+        1 - r["guided"]["mean_search_s"] / r["unguided"]["mean_search_s"], 3
+    )
+    assert set(r["by_occupancy"]) == set(BANDS)
+    assert sum(b["drivers"] for b in r["by_occupancy"].values()) == r["drivers"]
+    assert r["guided"]["parked"] + r["guided"]["failed"] == r["drivers"]
+
+
+def test_guidance_helps_most_when_nearly_full(example_site):
+    r = compare(example_site, [plan_day(example_site, 5)], 7 * 60, 5)
+    full, low = r["by_occupancy"][">=95"], r["by_occupancy"]["<50"]
+    assert full["drivers"] > 10
+    assert full["unguided"]["mean_search_m"] > full["guided"]["mean_search_m"]
+    assert full["reduction"] > (low["reduction"] or 0)
+    assert r["guided"]["p95_search_m"] < r["unguided"]["p95_search_m"]
