@@ -1,0 +1,208 @@
+"""The InfluxDB outbox: line-protocol points queued in the gateway's journal database.
+
+The gateway appends a point in the same SQLite transaction that journals the state
+change, so a point exists exactly when the change it describes was committed; the
+InfluxDB writer (``gateway.influx``) drains the table in id order and deletes rows only
+after the server accepted them. This module does no network I/O: it works on a
+``sqlite3.Connection`` handed in and never commits (the caller owns the transaction).
+
+Measurements (see docs/influxdb.md):
+
+- ``space_state``   tags site, zone, space; fields state (string), occupied (integer 1/0)
+- ``zone_occupancy`` tags site, zone; fields free, occupied, unknown, closed, total (integers)
+
+The table is bounded by a row cap: when an append pushes it over the cap, the OLDEST
+rows are deleted, counted in ``outbox_stats`` (key ``dropped_cap``) and reported in the
+log, rate-limited ("outbox full: dropped N oldest points").
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+
+from influxdb_client import Point, WritePrecision
+
+from parking.states import SpaceState
+
+log = logging.getLogger(__name__)
+
+SPACE_STATE = "space_state"
+ZONE_OCCUPANCY = "zone_occupancy"
+ZONE_COUNT_FIELDS: tuple[str, ...] = ("free", "occupied", "unknown", "closed", "total")
+
+# About 110 bytes per row on disk for a typical space_state point (line ~90 bytes plus
+# row and index overhead): 2,000,000 rows is ~220 MB, days of history for a large site.
+DEFAULT_MAX_ROWS = 2_000_000
+DROPPED_CAP_KEY = "dropped_cap"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the writer's in-flight ids stay unique
+    measurement TEXT    NOT NULL,
+    line        TEXT    NOT NULL,                   -- one InfluxDB line protocol point, ns precision
+    ts_ns       INTEGER NOT NULL,                   -- event time, not write time
+    queued_at   REAL    NOT NULL                    -- wall time of the append, for outbox age
+);
+CREATE TABLE IF NOT EXISTS outbox_stats (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+class OutboxCap:
+    """The outbox's disk cap and the rate limit of its "outbox full" log line.
+
+    Create one per gateway and pass it to every append, so the cap is one fact in one
+    place and the dropped count since the last log line accumulates in one object.
+    """
+
+    def __init__(self, max_rows: int = DEFAULT_MAX_ROWS, log_interval_s: float = 60.0):
+        if max_rows < 1:
+            raise ValueError(f"outbox max_rows must be >= 1, got {max_rows}")
+        self.max_rows = max_rows
+        self.log_interval_s = log_interval_s
+        self._lock = threading.Lock()
+        self._unlogged = 0
+        self._last_log = -float("inf")
+
+    def report_dropped(self, count: int) -> None:
+        """Log dropped rows, at most once per log interval, with the count since the last line."""
+        with self._lock:
+            self._unlogged += count
+            now = time.monotonic()
+            if now - self._last_log < self.log_interval_s:
+                return
+            dropped, self._unlogged, self._last_log = self._unlogged, 0, now
+        log.warning(
+            "outbox full: dropped %s oldest points (cap %s rows); InfluxDB has been unreachable "
+            "or refusing writes for too long, raise the cap or fix the server",
+            dropped,
+            self.max_rows,
+        )
+
+
+DEFAULT_CAP = OutboxCap()
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the outbox tables if they do not exist (idempotent; commits nothing)."""
+    # Statement by statement: executescript() would first COMMIT the caller's open transaction.
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def event_time_ns(ts: float) -> int:
+    """Event time in UNIX seconds -> integer nanoseconds.
+
+    A float of ~1.8e9 seconds carries ~0.2 us of precision, and ``ts * 1e9`` can land a
+    few hundred ns below the intended value (12.345 s -> 12.344999999 s, a different
+    millisecond). Rounding to the microsecond first keeps the time the caller meant.
+    """
+    return round(ts * 1_000_000) * 1_000
+
+
+def space_state_line(site: str, zone: str, space: str, state: SpaceState | str, ts: float) -> str:
+    """Line protocol for one space state change."""
+    label = _state_label(state)
+    return (
+        Point(SPACE_STATE)
+        .tag("site", site)
+        .tag("zone", zone)
+        .tag("space", space)
+        .field("state", label)
+        .field("occupied", 1 if label == SpaceState.OCCUPIED.label else 0)
+        .time(event_time_ns(ts), WritePrecision.NS)
+        .to_line_protocol()
+    )
+
+
+def zone_occupancy_line(site: str, zone: str, counts: Mapping[str, int], ts: float) -> str:
+    """Line protocol for one zone's counts (free, occupied, unknown, closed, total)."""
+    missing = [name for name in ZONE_COUNT_FIELDS if name not in counts]
+    if missing:
+        raise ValueError(f"zone_occupancy for zone {zone!r} lacks counts {missing}")
+    point = Point(ZONE_OCCUPANCY).tag("site", site).tag("zone", zone)
+    for name in ZONE_COUNT_FIELDS:
+        # int() so numpy integers are written as line-protocol integers ("12i"), not floats
+        point = point.field(name, int(counts[name]))
+    return point.time(event_time_ns(ts), WritePrecision.NS).to_line_protocol()
+
+
+def append_space_state(
+    conn: sqlite3.Connection,
+    site: str,
+    zone: str,
+    space: str,
+    state: SpaceState | str,
+    ts: float,
+    *,
+    cap: OutboxCap = DEFAULT_CAP,
+) -> None:
+    """Queue a ``space_state`` point in the caller's transaction (no commit)."""
+    _append(conn, SPACE_STATE, space_state_line(site, zone, space, state, ts), ts, cap)
+
+
+def append_zone_occupancy(
+    conn: sqlite3.Connection,
+    site: str,
+    zone: str,
+    counts: Mapping[str, int],
+    ts: float,
+    *,
+    cap: OutboxCap = DEFAULT_CAP,
+) -> None:
+    """Queue a ``zone_occupancy`` point in the caller's transaction (no commit)."""
+    _append(conn, ZONE_OCCUPANCY, zone_occupancy_line(site, zone, counts, ts), ts, cap)
+
+
+def _append(
+    conn: sqlite3.Connection, measurement: str, line: str, ts: float, cap: OutboxCap
+) -> None:
+    conn.execute(
+        "INSERT INTO outbox (measurement, line, ts_ns, queued_at) VALUES (?, ?, ?, ?)",
+        (measurement, line, event_time_ns(ts), time.time()),
+    )
+    _enforce_cap(conn, cap)
+
+
+def _enforce_cap(conn: sqlite3.Connection, cap: OutboxCap) -> None:
+    # min/max of the rowid are two index lookups; COUNT(*) would scan the table on every
+    # append. Rows leave only from the front (the writer drains in id order), so the id
+    # span is the row count; with a transient hole it overestimates and trims a little early.
+    first, last = conn.execute("SELECT min(id), max(id) FROM outbox").fetchone()
+    if first is None or last - first + 1 <= cap.max_rows:
+        return
+    excess = last - first + 1 - cap.max_rows
+    dropped = conn.execute("DELETE FROM outbox WHERE id < ?", (first + excess,)).rowcount
+    if dropped > 0:
+        conn.execute(
+            "INSERT INTO outbox_stats (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+            (DROPPED_CAP_KEY, dropped),
+        )
+        cap.report_dropped(dropped)
+
+
+def dropped_by_cap(conn: sqlite3.Connection) -> int:
+    """Total points the cap has dropped over the database's life."""
+    row = conn.execute(
+        "SELECT value FROM outbox_stats WHERE key = ?", (DROPPED_CAP_KEY,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def depth(conn: sqlite3.Connection) -> int:
+    """Points waiting in the outbox."""
+    return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+
+def _state_label(state: SpaceState | str) -> str:
+    if isinstance(state, SpaceState):
+        return state.label
+    return SpaceState.parse(state).label
