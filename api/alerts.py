@@ -1,0 +1,210 @@
+"""Alerts derived from live state, and their episodes and acknowledgements.
+
+``derive_alerts`` is pure: agents offline, cameras blind, nodes dead,
+detectors stuck, flapping or faulty, spaces occupied for too long. The
+``AlertBook`` keeps one row per alert in the journal database's ``alerts``
+table: when the current episode began, when it cleared, who acknowledged it.
+An acknowledgement holds for its episode only: an alert that clears and comes
+back must be acknowledged again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gateway.readside import AgentStatus, SpaceStatus
+
+ALERTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    since REAL NOT NULL,
+    cleared REAL,
+    acked_by TEXT,
+    acked_at REAL,
+    note TEXT
+)
+"""
+
+SEVERITY = {
+    "agent_offline": "critical",
+    "camera_blind": "critical",
+    "node_dead": "critical",
+    "detector_stuck": "warning",
+    "detector_flapping": "warning",
+    "detector_fault": "warning",
+    "long_occupied": "info",
+}
+
+_TEXT = {
+    "agent_offline": ("边缘代理 {subject} 离线", "edge agent {subject} is offline"),
+    "camera_blind": ("摄像头 {subject} 看不见", "camera {subject} is blind"),
+    "node_dead": ("节点 {subject} 无应答", "node controller {subject} does not answer"),
+    "detector_stuck": ("检测器 {subject} 卡住", "detector {subject} is stuck"),
+    "detector_flapping": ("检测器 {subject} 抖动", "detector {subject} is flapping"),
+    "detector_fault": ("检测器 {subject} 故障", "detector {subject} has a fault"),
+    "long_occupied": (
+        "车位 {subject} 占用超过 {hours} 小时",
+        "space {subject} occupied over {hours} h",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: str
+    kind: str
+    subject: str
+    since: float | None  # when the condition began, if the data says so
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def severity(self) -> str:
+        return SEVERITY[self.kind]
+
+    def message(self, long_occupied_h: float) -> tuple[str, str]:
+        zh, en = _TEXT[self.kind]
+        values = {"subject": self.subject, "hours": f"{long_occupied_h:g}"}
+        return zh.format(**values), en.format(**values)
+
+
+def derive_alerts(
+    spaces: Iterable[SpaceStatus],
+    agents: Iterable[AgentStatus],
+    now: float,
+    long_occupied_s: float,
+) -> list[Alert]:
+    """Every alert the state calls for right now, in a stable order."""
+    out: list[Alert] = []
+    for a in agents:
+        if not a.online:
+            out.append(Alert(f"agent_offline:{a.agent}", "agent_offline", a.agent, a.last_seen))
+            continue  # its health is stale: do not also report its detectors
+        h = a.health
+        if h is None:
+            continue
+        if h.status == "blind":
+            out.append(
+                Alert(
+                    f"camera_blind:{h.source}", "camera_blind", h.source, None, {"agent": a.agent}
+                )
+            )
+        for node in h.nodes:
+            where = f"{h.source}/{node.address}"
+            if node.status == "dead":
+                out.append(
+                    Alert(f"node_dead:{where}", "node_dead", where, None, {"agent": a.agent})
+                )
+                continue
+            for d in node.detectors:
+                kind = {"stuck": "detector_stuck", "flapping": "detector_flapping"}.get(
+                    d.status, "detector_fault" if d.status in {"dead", "fault"} else None
+                )
+                if kind:
+                    subject = f"{where}/{d.index}"
+                    out.append(
+                        Alert(
+                            f"{kind}:{subject}",
+                            kind,
+                            subject,
+                            None,
+                            {"agent": a.agent, "space": d.space},
+                        )
+                    )
+    for s in spaces:
+        if s.state == "occupied" and now - s.since > long_occupied_s:
+            out.append(
+                Alert(
+                    f"long_occupied:{s.space}", "long_occupied", s.space, s.since, {"zone": s.zone}
+                )
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    alert: Alert
+    since: float
+    acked_by: str | None = None
+    acked_at: float | None = None
+    note: str | None = None
+
+
+class AlertBook:
+    """Open alert episodes, kept in the ``alerts`` table so a restart keeps acknowledgements."""
+
+    def __init__(self, db_path: str | None):
+        self.db_path = db_path
+        self._lock = threading.Lock()
+        self._open: dict[str, AlertRecord] = {}
+        if db_path:
+            with self._connect() as db:
+                db.execute(ALERTS_SCHEMA)
+                rows = db.execute(
+                    "SELECT id, kind, subject, since, acked_by, acked_at, note FROM alerts "
+                    "WHERE cleared IS NULL"
+                ).fetchall()
+            for aid, kind, subject, since, by, at, note in rows:
+                if kind in SEVERITY:
+                    self._open[aid] = AlertRecord(
+                        Alert(aid, kind, subject, since), since, by, at, note
+                    )
+
+    def _connect(self) -> sqlite3.Connection:
+        assert self.db_path
+        db = sqlite3.connect(self.db_path, timeout=5.0)
+        db.execute("PRAGMA busy_timeout = 5000")
+        return db
+
+    def current(self) -> list[AlertRecord]:
+        with self._lock:
+            return sorted(self._open.values(), key=lambda r: (r.since, r.alert.id))
+
+    def update(self, alerts: list[Alert], now: float) -> tuple[list[AlertRecord], list[str]]:
+        """Take the derived alerts; returns (new episodes, cleared alert ids)."""
+        with self._lock:
+            seen = {a.id for a in alerts}
+            raised: list[AlertRecord] = []
+            for a in alerts:
+                rec = self._open.get(a.id)
+                if rec is None:
+                    rec = AlertRecord(a, a.since if a.since is not None else now)
+                    raised.append(rec)
+                self._open[a.id] = replace(rec, alert=a)
+            cleared = [aid for aid in self._open if aid not in seen]
+            for aid in cleared:
+                del self._open[aid]
+        if self.db_path and (raised or cleared):
+            with self._connect() as db:
+                db.executemany(
+                    "INSERT OR REPLACE INTO alerts (id, kind, subject, since, cleared, acked_by, "
+                    "acked_at, note) VALUES (?, ?, ?, ?, NULL, NULL, NULL, NULL)",
+                    [(r.alert.id, r.alert.kind, r.alert.subject, r.since) for r in raised],
+                )
+                db.executemany(
+                    "UPDATE alerts SET cleared = ? WHERE id = ? AND cleared IS NULL",
+                    [(now, aid) for aid in cleared],
+                )
+        return raised, cleared
+
+    def acknowledge(self, alert_id: str, by: str, note: str | None, now: float) -> AlertRecord:
+        """Acknowledge the open episode of an alert; KeyError when it is not open."""
+        with self._lock:
+            rec = self._open.get(alert_id)
+            if rec is None:
+                raise KeyError(alert_id)
+            rec = replace(rec, acked_by=by, acked_at=now, note=note)
+            self._open[alert_id] = rec
+        if self.db_path:
+            with self._connect() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO alerts (id, kind, subject, since, cleared, acked_by, "
+                    "acked_at, note) VALUES (?, ?, ?, ?, NULL, ?, ?, ?)",
+                    (rec.alert.id, rec.alert.kind, rec.alert.subject, rec.since, by, now, note),
+                )
+        return rec

@@ -1,0 +1,230 @@
+"""Users, password hashes, signed sessions and the login rate limit.
+
+Pure of HTTP: the FastAPI dependencies that use these live in ``api.deps``.
+Users live in the journal database (table ``users``); passwords are hashed
+with argon2id. A session is an HMAC-SHA256-signed token naming the user and
+its expiry, sent as an HttpOnly cookie or as a bearer token; the role is read
+from the database on every request, so a changed role applies at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+ROLES: tuple[str, ...] = ("viewer", "manager", "technician")
+"""viewer reads; manager also changes things; technician also reads raw sensor data."""
+
+CAN_CHANGE = frozenset({"manager"})
+CAN_READ_RAW = frozenset({"technician"})
+
+USER_NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 256
+
+_hasher = PasswordHasher()
+# verified against when the user does not exist, so a wrong name costs as long as a wrong password
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+USERS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+class UserError(ValueError):
+    """A user that cannot be added: bad name, role or password, or a duplicate."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+    created: float
+
+    @property
+    def can_change(self) -> bool:
+        return self.role in CAN_CHANGE
+
+    @property
+    def can_read_raw(self) -> bool:
+        return self.role in CAN_READ_RAW
+
+
+def check_user_name(name: str) -> None:
+    if not USER_NAME_RE.match(name):
+        raise UserError(
+            f"user name {name!r} must be 1-64 characters of letters, digits, '_', '.', '@', '-'"
+        )
+
+
+def check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise UserError(f"the password must have at most {MAX_PASSWORD_LENGTH} characters")
+
+
+class UserStore:
+    """The ``users`` table of the journal database."""
+
+    def __init__(self, db_path: str):
+        self.db_path = db_path
+        with self._connect() as db:
+            db.execute(USERS_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.db_path, timeout=5.0)
+        db.execute("PRAGMA busy_timeout = 5000")
+        return db
+
+    def add(self, name: str, role: str, password: str, *, replace: bool = False) -> User:
+        """Add a user (or replace its role and password); raises UserError saying what is wrong."""
+        check_user_name(name)
+        if role not in ROLES:
+            raise UserError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        check_password(password)
+        user = User(name, role, time.time())
+        digest = _hasher.hash(password)
+        with self._connect() as db:
+            exists = db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone()
+            if exists and not replace:
+                raise UserError(f"user {name!r} already exists (use --replace to change it)")
+            db.execute(
+                "INSERT OR REPLACE INTO users (name, role, hash, created) VALUES (?, ?, ?, ?)",
+                (name, role, digest, user.created),
+            )
+        return user
+
+    def get(self, name: str) -> User | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT name, role, created FROM users WHERE name = ?", (name,)
+            ).fetchone()
+        return User(*row) if row else None
+
+    def authenticate(self, name: str, password: str) -> User | None:
+        """The user if the password matches, else None (same cost either way)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT name, role, created, hash FROM users WHERE name = ?", (name,)
+            ).fetchone()
+        digest = row[3] if row else _DUMMY_HASH
+        try:
+            _hasher.verify(digest, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return None
+        return User(row[0], row[1], row[2]) if row else None
+
+    def count(self) -> int:
+        with self._connect() as db:
+            return db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class SessionSigner:
+    """Issues and checks ``<payload>.<hmac>`` tokens: the user name and an expiry time."""
+
+    def __init__(self, secret: bytes):
+        self._key = hashlib.sha256(b"parkguide-session\0" + secret).digest()
+
+    def _mac(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest())
+
+    def issue(self, name: str, ttl_s: float, now: float | None = None) -> tuple[str, float]:
+        expires = (time.time() if now is None else now) + ttl_s
+        payload = _b64(json.dumps({"u": name, "e": round(expires, 3)}).encode("utf-8"))
+        return f"{payload}.{self._mac(payload)}", expires
+
+    def verify(self, token: str, now: float | None = None) -> str | None:
+        """The user name in a valid, unexpired token; None for anything else."""
+        if not token or len(token) > 1024 or token.count(".") != 1:
+            return None
+        payload, mac = token.split(".")
+        try:
+            if not hmac.compare_digest(mac, self._mac(payload)):
+                return None
+            data = json.loads(_unb64(payload))
+        except (ValueError, UnicodeError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        name, expires = data.get("u"), data.get("e")
+        if not isinstance(name, str) or not isinstance(expires, int | float):
+            return None
+        if expires < (time.time() if now is None else now):
+            return None
+        return name
+
+
+class LoginLimiter:
+    """Sliding-window limits: failed logins per user name, attempts per client address."""
+
+    def __init__(self, max_failures_per_user: int, max_attempts_per_client: int, window_s: float):
+        self.max_user = max_failures_per_user
+        self.max_client = max_attempts_per_client
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = {}
+        self._attempts: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _trim(self, table: dict[str, deque[float]], key: str, now: float) -> deque[float]:
+        q = table.setdefault(key, deque())
+        while q and q[0] <= now - self.window_s:
+            q.popleft()
+        return q
+
+    def check(self, user: str, client: str, now: float | None = None) -> float:
+        """Seconds to wait before another attempt is allowed (0: go ahead); records the attempt."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if len(self._attempts) > 100_000 or len(self._failures) > 100_000:
+                self._sweep(now)
+            attempts = self._trim(self._attempts, client, now)
+            failures = self._trim(self._failures, user, now)
+            wait = 0.0
+            if len(attempts) >= self.max_client:
+                wait = max(wait, attempts[0] + self.window_s - now)
+            if len(failures) >= self.max_user:
+                wait = max(wait, failures[0] + self.window_s - now)
+            if wait > 0:
+                return wait
+            attempts.append(now)
+            return 0.0
+
+    def failed(self, user: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._trim(self._failures, user, now).append(now)
+
+    def succeeded(self, user: str) -> None:
+        with self._lock:
+            self._failures.pop(user, None)
+
+    def _sweep(self, now: float) -> None:
+        for table in (self._attempts, self._failures):
+            for key in [k for k, q in table.items() if not q or q[-1] <= now - self.window_s]:
+                del table[key]

@@ -1,0 +1,119 @@
+"""The app's shared context and the FastAPI dependencies for who may do what.
+
+Access rules (issue 5): zone counts and sign contents are public unless
+``PARKGUIDE_PUBLIC_READ=false``; everything else needs a login; changing
+anything needs the manager role; raw sensor data needs the technician role.
+These dependencies sit on the routers, so they run before the route's own
+query and body validation: without login a protected route answers 401 (or
+403 for the wrong role), never a redirect and never a 422 first.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, status
+
+from api.alerts import AlertBook
+from api.auth import LoginLimiter, SessionSigner, User, UserStore
+from api.journal import JournalReader
+from api.live import LiveHub
+from api.settings import ApiSettings
+from gateway.readside import LiveView
+
+SESSION_COOKIE = "parkguide_session"
+
+
+@dataclass
+class ApiContext:
+    view: LiveView
+    settings: ApiSettings
+    users: UserStore | None
+    signer: SessionSigner
+    limiter: LoginLimiter
+    journal: JournalReader
+    alerts: AlertBook
+    hub: LiveHub
+    site_map: Any = None  # the /site answer, built once: the site never changes
+
+
+def get_ctx(request: Request) -> ApiContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[ApiContext, Depends(get_ctx)]
+
+
+def _token(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get(SESSION_COOKIE)
+
+
+def current_user(request: Request, ctx: Ctx) -> User | None:
+    """The logged-in user, or None (a bad or expired token counts as no login)."""
+    token = _token(request)
+    if not token or ctx.users is None:
+        return None
+    name = ctx.signer.verify(token)
+    return ctx.users.get(name) if name else None
+
+
+OptionalUser = Annotated[User | None, Depends(current_user)]
+
+
+def require_login(user: OptionalUser) -> User:
+    if user is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "login required: POST /api/v1/auth/login, then send the session cookie or a bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return user
+
+
+LoggedIn = Annotated[User, Depends(require_login)]
+
+
+def require_manager(user: LoggedIn) -> User:
+    if not user.can_change:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"changing anything needs the manager role (you are {user.role})",
+        )
+    return user
+
+
+def require_technician(user: LoggedIn) -> User:
+    if not user.can_read_raw:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"raw sensor data needs the technician role (you are {user.role})",
+        )
+    return user
+
+
+Manager = Annotated[User, Depends(require_manager)]
+Technician = Annotated[User, Depends(require_technician)]
+
+
+def public_or_login(ctx: Ctx, user: OptionalUser) -> User | None:
+    """Zone counts and signs: public unless configured to need login."""
+    if user is None and not ctx.settings.public_read:
+        require_login(None)
+    return user
+
+
+def metrics_access(request: Request, ctx: Ctx, user: OptionalUser) -> None:
+    """/metrics: a logged-in user, or the scraper's bearer token from PARKGUIDE_METRICS_TOKEN."""
+    if user is not None:
+        return
+    expected = ctx.settings.metrics_token
+    token = _token(request)
+    if expected and token and hmac.compare_digest(token, expected.get_secret_value()):
+        return
+    require_login(None)

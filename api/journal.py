@@ -1,0 +1,183 @@
+"""Read-only access to the gateway's journal (SQLite, WAL): events and assignments.
+
+The gateway owns these tables and writes them; the API only reads, over
+read-only connections opened per request, so a slow dashboard query never
+blocks the gateway's commits. A journal that does not exist yet, or lacks a
+table, reads as empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EVENT_COLUMNS = ("id", "ts", "space", "old", "new", "source", "agent", "seq")
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    ts: float
+    space: str
+    old: str | None
+    new: str
+    source: str | None
+    agent: str | None
+    seq: int | None
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    spaces: tuple[str, ...] | None = None  # None: every space
+    since: float | None = None
+    until: float | None = None
+
+    def where(self) -> tuple[str, list[object]]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if self.spaces is not None:
+            clauses.append(f"space IN ({','.join('?' * len(self.spaces))})")
+            params.extend(self.spaces)
+        if self.since is not None:
+            clauses.append("ts >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append("ts < ?")
+            params.append(self.until)
+        return (" AND ".join(clauses) or "1"), params
+
+
+class JournalReader:
+    """Queries on the gateway's ``events`` and ``assignments`` tables."""
+
+    def __init__(self, db_path: str | None):
+        self.db_path = db_path
+
+    def connect(self) -> sqlite3.Connection | None:
+        """A read-only connection, or None when there is no journal yet."""
+        if not self.db_path or not Path(self.db_path).exists():
+            return None
+        uri = Path(self.db_path).resolve().as_uri() + "?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout = 5000")
+        return db
+
+    def _query(self, sql: str, params: list[object] | tuple[object, ...] = ()) -> list[tuple]:
+        db = self.connect()
+        if db is None:
+            return []
+        try:
+            return db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+        finally:
+            db.close()
+
+    def events(
+        self, flt: EventFilter, *, before_id: int | None = None, limit: int = 100
+    ) -> list[EventRow]:
+        """Newest first; ``before_id`` pages towards older events."""
+        where, params = flt.where()
+        if before_id is not None:
+            where += " AND id < ?"
+            params.append(before_id)
+        rows = self._query(
+            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {where} ORDER BY id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [EventRow(*r) for r in rows]
+
+    def iter_events(self, flt: EventFilter, limit: int) -> Iterator[EventRow]:
+        """Oldest first, streamed (for the CSV export)."""
+        db = self.connect()
+        if db is None:
+            return
+        where, params = flt.where()
+        try:
+            cur = db.execute(
+                f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {where} ORDER BY id LIMIT ?",
+                [*params, limit],
+            )
+            while batch := cur.fetchmany(1000):
+                for r in batch:
+                    yield EventRow(*r)
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+        finally:
+            db.close()
+
+    def states_at(self, ts: float) -> dict[str, str]:
+        """Each space's state as journalled at time ``ts`` (spaces never journalled are absent)."""
+        rows = self._query(
+            "SELECT e.space, e.new FROM events e JOIN "
+            "(SELECT space, MAX(id) AS id FROM events WHERE ts <= ? GROUP BY space) last "
+            "ON e.id = last.id",
+            (ts,),
+        )
+        return dict(rows)
+
+    def changes_between(self, start: float, end: float) -> list[tuple[float, str, str]]:
+        """(ts, space, new) with start < ts <= end, in journal order."""
+        return self._query(
+            "SELECT ts, space, new FROM events WHERE ts > ? AND ts <= ? ORDER BY id",
+            (start, end),
+        )
+
+    def events_after(self, after_id: int, limit: int = 10000) -> list[EventRow]:
+        """Events with id > after_id, oldest first (for tailing the journal)."""
+        rows = self._query(
+            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [EventRow(*r) for r in rows]
+
+    def last_event_id(self) -> int:
+        rows = self._query("SELECT MAX(id) FROM events")
+        return int(rows[0][0] or 0) if rows else 0
+
+    def table_columns(self, table: str) -> list[str]:
+        return [r[1] for r in self._query(f"PRAGMA table_info({table})")]
+
+    def count(self, table: str) -> int | None:
+        """Rows in a table, or None when it does not exist."""
+        if not self.table_columns(table):
+            return None
+        return int(self._query(f"SELECT COUNT(*) FROM {table}")[0][0])
+
+
+@dataclass(frozen=True)
+class StoredSpace:
+    space: str
+    state: str
+    since: float
+    last_seen: float | None
+    agent: str | None
+
+
+class GatewayTables(JournalReader):
+    """What the stand-alone API reads of the gateway's own tables (``spaces``, ``assignments``,
+    ``outbox``): current state, recent assignments, outbox depth."""
+
+    def stored_spaces(self) -> list[StoredSpace]:
+        rows = self._query("SELECT space, state, since, last_seen, agent FROM spaces")
+        return [StoredSpace(r[0], r[1], r[2], r[3] or None, r[4]) for r in rows]
+
+    def recent_assignments(self, limit: int) -> list[str]:
+        """Assignment payloads (JSON), newest first."""
+        return [
+            r[0]
+            for r in self._query(
+                "SELECT payload FROM assignments ORDER BY id DESC LIMIT ?", (limit,)
+            )
+        ]
+
+    def outbox_depth(self) -> int:
+        return self.count("outbox") or 0

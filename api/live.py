@@ -1,0 +1,160 @@
+"""Fan-out of the gateway's live events to dashboard streams, and the alert monitor.
+
+The ``LiveView`` calls back from any thread; the hub moves each event onto
+the event loop and into one bounded queue per connected client. A client
+that cannot keep up is dropped (its page reconnects and reloads), so one slow
+phone never holds up the others or grows memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from api.alerts import AlertBook, derive_alerts
+from gateway.readside import LiveEvent, LiveView
+
+log = logging.getLogger(__name__)
+
+CLIENT_QUEUE = 1000
+PUBLIC_KINDS = frozenset({"zone", "display"})
+
+
+class StreamClient:
+    def __init__(self, kinds: frozenset[str] | None):
+        self.kinds = kinds  # None: every kind
+        self.queue: asyncio.Queue[LiveEvent | None] = asyncio.Queue(CLIENT_QUEUE)
+        self.overflowed = False
+
+    def offer(self, event: LiveEvent) -> None:
+        if self.overflowed or (self.kinds is not None and event.kind not in self.kinds):
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            # too slow: end its stream (None), the page reconnects and reloads everything
+            self.overflowed = True
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+
+class LiveHub:
+    """Subscribes once to the view and fans events out to stream clients."""
+
+    def __init__(self, view: LiveView):
+        self.view = view
+        self.clients: set[StreamClient] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._listeners: list[Callable[[LiveEvent], None]] = []
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._unsubscribe = self.view.subscribe(self._from_view)
+
+    def stop(self) -> None:
+        if self._unsubscribe:
+            try:
+                self._unsubscribe()
+            except Exception:  # the view is going away anyway
+                log.exception("unsubscribing from the live view failed")
+            self._unsubscribe = None
+        for c in list(self.clients):
+            with contextlib.suppress(asyncio.QueueFull):
+                c.queue.put_nowait(None)
+
+    def add_listener(self, fn: Callable[[LiveEvent], None]) -> None:
+        """Called on the event loop for every event (the alert monitor listens here)."""
+        self._listeners.append(fn)
+
+    def _from_view(self, event: LiveEvent) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        # the loop may close between the check and the call: we are shutting down then
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self.publish, event)
+
+    def publish(self, event: LiveEvent) -> None:
+        """Deliver an event to every client and listener (on the event loop)."""
+        for fn in self._listeners:
+            try:
+                fn(event)
+            except Exception:
+                log.exception("live event listener failed on %s", event.kind)
+        for c in list(self.clients):
+            c.offer(event)
+
+    def connect(self, kinds: frozenset[str] | None) -> StreamClient:
+        c = StreamClient(kinds)
+        self.clients.add(c)
+        return c
+
+    def disconnect(self, client: StreamClient) -> None:
+        self.clients.discard(client)
+
+
+class AlertMonitor:
+    """Re-derives alerts on agent events and every few seconds; publishes raised/cleared ones."""
+
+    def __init__(
+        self,
+        view: LiveView,
+        book: AlertBook,
+        hub: LiveHub,
+        interval_s: float,
+        long_occupied_s: float,
+    ):
+        self.view, self.book, self.hub = view, book, hub
+        self.interval_s = interval_s
+        self.long_occupied_s = long_occupied_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.hub.add_listener(self._on_event)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _on_event(self, event: LiveEvent) -> None:
+        if event.kind in {"agent", "space"}:
+            self._wake.set()
+
+    def check(self) -> tuple[list[Any], list[str]]:
+        now = time.time()
+        alerts = derive_alerts(self.view.spaces(), self.view.agents(), now, self.long_occupied_s)
+        return self.book.update(alerts, now)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                raised, cleared = await asyncio.to_thread(self.check)
+                now = time.time()
+                for rec in raised:
+                    self.hub.publish(
+                        LiveEvent(
+                            "alert",
+                            {"id": rec.alert.id, "kind": rec.alert.kind, "raised": True},
+                            now,
+                        )
+                    )
+                for aid in cleared:
+                    self.hub.publish(LiveEvent("alert", {"id": aid, "cleared": True}, now))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("deriving alerts failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            self._wake.clear()
+            await asyncio.sleep(0.2)  # coalesce a burst of events into one check

@@ -1,0 +1,131 @@
+"""Prometheus text exposition (format 0.0.4) at /metrics, written by hand (no dependency).
+
+Figures come from ``LiveView.counters()`` (reports accepted and rejected by
+reason, state changes, sign updates, outbox depth, end-to-end latency), the
+agents' availability and the open alerts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import PlainTextResponse
+
+from api.deps import Ctx, metrics_access
+from api.models import ErrorOut
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+router = APIRouter(tags=["metrics"])
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def fmt(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+class Exposition:
+    """Builds the text format: one HELP and TYPE per family, then its samples."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+
+    def sample(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
+        if labels:
+            inner = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
+            self.lines.append(f"{name}{{{inner}}} {fmt(value)}")
+        else:
+            self.lines.append(f"{name} {fmt(value)}")
+
+    def histogram(
+        self, name: str, help_text: str, values: Sequence[float], buckets: Iterable[float]
+    ) -> None:
+        self.family(name, "histogram", help_text)
+        ordered = sorted(v for v in values if not math.isnan(v))
+        i = 0
+        for b in buckets:
+            while i < len(ordered) and ordered[i] <= b:
+                i += 1
+            self.sample(f"{name}_bucket", i, {"le": fmt(b)})
+        self.sample(f"{name}_bucket", len(ordered), {"le": "+Inf"})
+        self.sample(f"{name}_sum", sum(ordered))
+        self.sample(f"{name}_count", len(ordered))
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render(ctx: Ctx) -> str:
+    c = ctx.view.counters()
+    agents = ctx.view.agents()
+    out = Exposition()
+    out.family("parkguide_reports_accepted_total", "counter", "Edge reports accepted.")
+    out.sample("parkguide_reports_accepted_total", c.accepted)
+    out.family("parkguide_reports_rejected_total", "counter", "Edge reports rejected, by reason.")
+    for reason, n in sorted(c.rejected.items()):
+        out.sample("parkguide_reports_rejected_total", n, {"reason": reason})
+    out.family("parkguide_state_changes_total", "counter", "Space state changes journalled.")
+    out.sample("parkguide_state_changes_total", c.state_changes)
+    out.family("parkguide_sign_updates_total", "counter", "Sign contents published.")
+    out.sample("parkguide_sign_updates_total", c.sign_updates)
+    out.family("parkguide_outbox_depth", "gauge", "Points waiting in the InfluxDB outbox.")
+    out.sample("parkguide_outbox_depth", c.outbox_depth)
+    out.family(
+        "parkguide_outbox_dropped_total", "counter", "Points dropped from the outbox (disk cap)."
+    )
+    out.sample("parkguide_outbox_dropped_total", c.outbox_dropped)
+    out.family("parkguide_agents_online", "gauge", "Edge agents online.")
+    out.sample("parkguide_agents_online", sum(a.online for a in agents))
+    out.family("parkguide_agents", "gauge", "Edge agents known.")
+    out.sample("parkguide_agents", len(agents))
+    out.family("parkguide_spaces", "gauge", "Spaces by state.")
+    by_state = dict.fromkeys(("free", "occupied", "unknown", "closed"), 0)
+    for z in ctx.view.zone_counts():
+        for state in by_state:
+            by_state[state] += getattr(z, state)
+    for state, n in by_state.items():
+        out.sample("parkguide_spaces", n, {"state": state})
+    out.family("parkguide_alerts_open", "gauge", "Open alerts, by severity.")
+    sev = {"critical": 0, "warning": 0, "info": 0}
+    for rec in ctx.alerts.current():
+        sev[rec.alert.severity] += 1
+    for s, n in sev.items():
+        out.sample("parkguide_alerts_open", n, {"severity": s})
+    out.family("parkguide_stream_clients", "gauge", "Dashboard live streams connected.")
+    out.sample("parkguide_stream_clients", len(ctx.hub.clients))
+    out.histogram(
+        "parkguide_end_to_end_latency_seconds",
+        "Edge report received to derived sign content published, over the gateway's recent "
+        "window of reports.",
+        list(c.latency_s),
+        LATENCY_BUCKETS_S,
+    )
+    return out.text()
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    dependencies=[Depends(metrics_access)],
+    responses={
+        200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"},
+        401: {"model": ErrorOut, "description": "login or PARKGUIDE_METRICS_TOKEN required"},
+    },
+)
+def metrics(ctx: Ctx) -> PlainTextResponse:
+    """Prometheus metrics (a logged-in user, or the bearer token in PARKGUIDE_METRICS_TOKEN)."""
+    return PlainTextResponse(render(ctx), media_type=CONTENT_TYPE)

@@ -1,0 +1,255 @@
+"""Request and response models of the REST API (kept apart: what comes in, what goes out)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from parking.payloads import Assignment, DisplayContent, HealthReport, LocalText
+from parking.siteconfig import LocalName
+
+StateName = Literal["free", "occupied", "unknown", "closed"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- requests -------------------------------------------------------------
+
+
+class LoginRequest(_Request):
+    name: str = Field(min_length=1, max_length=64, description="user name")
+    password: str = Field(min_length=1, max_length=256)
+
+
+class SpaceControlRequest(_Request):
+    reason: str | None = Field(None, max_length=200, description="why, for the journal")
+
+
+class AcknowledgeRequest(_Request):
+    note: str | None = Field(None, max_length=200)
+
+
+# --- responses ------------------------------------------------------------
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="what is wrong")
+
+
+class UserOut(BaseModel):
+    name: str
+    role: Literal["viewer", "manager", "technician"]
+    can_change: bool
+    can_read_raw: bool
+
+
+class LoginOut(UserOut):
+    token: str = Field(description="bearer token; the same session is also set as a cookie")
+    expires: float
+
+
+class SessionOut(BaseModel):
+    user: UserOut | None
+    public_read: bool = Field(description="zone counts and signs readable without login")
+
+
+class LevelOut(BaseModel):
+    id: str
+    name: LocalName
+    kind: str
+    bounds: tuple[float, float, float, float] = Field(description="min x, min y, max x, max y (m)")
+
+
+class ZoneInfo(BaseModel):
+    id: str
+    name: LocalName
+    level: str
+
+
+class SpaceGeometry(BaseModel):
+    id: str
+    zone: str
+    level: str
+    kinds: list[str]
+    polygon: list[tuple[float, float]] = Field(description="metres on its level, y northwards")
+
+
+class LaneNodeOut(BaseModel):
+    id: str
+    level: str
+    at: tuple[float, float]
+
+
+class SignInfo(BaseModel):
+    id: str
+    name: LocalName
+    level: str
+    at: tuple[float, float]
+    entrance: str | None
+
+
+class EntranceOut(BaseModel):
+    id: str
+    name: LocalName
+    node: str
+
+
+class SiteOut(BaseModel):
+    id: str
+    name: LocalName
+    timezone: str
+    levels: list[LevelOut]
+    zones: list[ZoneInfo]
+    spaces: list[SpaceGeometry]
+    lane_nodes: list[LaneNodeOut]
+    lane_edges: list[tuple[str, str]]
+    entrances: list[EntranceOut]
+    displays: list[SignInfo]
+
+
+class ZoneOut(BaseModel):
+    zone: str
+    name: LocalName
+    level: str
+    free: int
+    occupied: int
+    unknown: int
+    closed: int
+    total: int
+    ts: float | None
+
+
+class SpaceOut(BaseModel):
+    space: str
+    zone: str
+    level: str
+    kinds: list[str]
+    state: StateName
+    since: float
+    last_seen: float | None
+    source: str | None
+    held: bool
+
+
+class DisplayOut(BaseModel):
+    display: str
+    name: LocalName
+    level: str
+    entrance: str | None
+    content: DisplayContent | None = Field(description="what the sign was last told to show")
+    expired: bool = Field(description="the content is past its expiry: the sign shows its fallback")
+
+
+class NodeSummary(BaseModel):
+    address: int
+    status: str
+    detectors_ok: int
+    detectors_bad: int
+
+
+class AgentOut(BaseModel):
+    agent: str
+    online: bool
+    last_seen: float | None
+    source: str | None
+    status: str | None = Field(description="ok | degraded | blind | offline, from its health")
+    health_ts: float | None
+    nodes: list[NodeSummary]
+    fps: float | None
+
+
+class DetectorOut(BaseModel):
+    agent: str
+    source: str
+    node: int
+    index: int
+    space: str | None
+    status: str
+    battery: int | None
+
+
+class DetectorRawOut(DetectorOut):
+    raw: int | None
+    node_status: str
+    node_errors: dict[str, int]
+    firmware: str | None
+    uptime_s: int | None
+
+
+class EventOut(BaseModel):
+    id: int
+    ts: float
+    space: str
+    zone: str | None
+    old: str | None
+    new: str
+    source: str | None
+    agent: str | None
+    seq: int | None
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    next_before: int | None = Field(description="pass as `before` for the next (older) page")
+
+
+class HistoryPoint(BaseModel):
+    ts: float
+    free: int
+    occupied: int
+    unknown: int
+    closed: int
+    total: int
+
+
+class HistorySeries(BaseModel):
+    zone: str
+    name: LocalName
+    points: list[HistoryPoint]
+
+
+class HistoryOut(BaseModel):
+    start: float
+    end: float
+    step: float
+    series: list[HistorySeries]
+
+
+class ArrivalSummary(BaseModel):
+    entrance: str
+    name: LocalName
+    last_hour: int
+    unassigned_last_hour: int
+    last: Assignment | None
+
+
+class ControlOut(BaseModel):
+    space: str
+    action: Literal["close", "open"]
+    by: str
+    reason: str | None
+    ts: float
+
+
+class AlertOut(BaseModel):
+    id: str
+    kind: str
+    subject: str
+    severity: Literal["critical", "warning", "info"]
+    since: float
+    message: LocalText
+    details: dict[str, str | None]
+    acknowledged_by: str | None
+    acknowledged_at: float | None
+    note: str | None
+
+
+class HealthOut(BaseModel):
+    """One agent's full retained health report (technician)."""
+
+    agent: str
+    online: bool
+    health: HealthReport | None

@@ -1,0 +1,381 @@
+"""A ``LiveView`` for the stand-alone API: retained MQTT topics plus the gateway's journal.
+
+Zone counts, sign contents, agent availability and health come from the
+retained topics the gateway and the edge agents publish; space states come
+from the journal (the ``spaces`` table at start, then the ``events`` table
+tailed every ``poll_s``); assignments from the journal and the assignment
+topic. Closing or opening a space publishes ``SpaceControl`` on the control
+topic for the gateway to act on. While the gateway's last will says it is
+offline, every space and zone reads ``unknown``: silence is never free.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from pydantic import ValidationError
+
+from api.journal import GatewayTables
+from gateway.readside import AgentStatus, Counters, LiveEvent, SpaceStatus
+from parking import topics
+from parking.broker import BrokerConfig
+from parking.payloads import (
+    MAX_PAYLOAD_BYTES,
+    Assignment,
+    DisplayContent,
+    HealthReport,
+    SpaceControl,
+    ZoneCounts,
+)
+from parking.site import Site
+from parking.states import STATE_NAMES
+
+log = logging.getLogger(__name__)
+
+REFRESH_SPACES_S = 5.0
+LOG_EVERY_S = 60.0
+
+
+class MqttLiveView:
+    """Live state rebuilt from the broker's retained topics and the journal."""
+
+    def __init__(
+        self,
+        site: Site,
+        broker: BrokerConfig,
+        db_path: str,
+        *,
+        poll_s: float = 0.25,
+        client_id: str | None = None,
+    ):
+        self.site = site
+        self.broker = broker
+        self.tables = GatewayTables(db_path)
+        self.poll_s = poll_s
+        self._lock = threading.RLock()
+        self._zones: dict[str, ZoneCounts] = {}
+        self._displays: dict[str, DisplayContent] = {}
+        self._online: dict[str, bool] = {}
+        self._seen: dict[str, float] = {}
+        self._health: dict[str, HealthReport] = {}
+        self._assignments: deque[Assignment] = deque(maxlen=1000)
+        self._state: dict[str, tuple[str, float]] = {}  # space -> (state, since)
+        self._last_seen: dict[str, float | None] = {}
+        self._last_event = 0
+        self._gateway_online: bool | None = None
+        self._subscribers: list[Callable[[LiveEvent], None]] = []
+        self._sign_updates = 0
+        self._rejected: dict[str, int] = {}
+        self._last_log: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.connected = threading.Event()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"parkguide-api-{site.id}-{int(time.time() * 1000) % 10**9}",
+        )
+        if broker.username:
+            self.client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            self.client.tls_set()
+        self.client.reconnect_delay_set(0.5, 30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._load_journal()
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive=15)
+        self.client.loop_start()
+        self._poller = threading.Thread(target=self._poll_loop, name="journal-tail", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self._poller:
+            self._poller.join(5)
+
+    # -- MQTT ----------------------------------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        try:
+            if reason_code.is_failure:
+                log.error("MQTT broker %s refused the connection: %s", self.broker.url, reason_code)
+                return
+            site = self.site.id
+            prefix = topics.site_prefix(site)
+            client.subscribe(
+                [
+                    (topics.zones_all(site), topics.QOS_ZONE),
+                    (topics.displays_all(site), topics.QOS_DISPLAY),
+                    (f"{prefix}/edge/+/availability", topics.QOS_AVAILABILITY),
+                    (f"{prefix}/edge/+/health", topics.QOS_HEALTH),
+                    (f"{prefix}/entrances/+/assignment", topics.QOS_ASSIGNMENT),
+                    (topics.gateway_availability(site), topics.QOS_AVAILABILITY),
+                ]
+            )
+            self.connected.set()
+            log.info("connected to %s", self.broker.url)
+        except Exception:
+            log.exception("on_connect failed")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.warning("lost the MQTT broker %s (%s); reconnecting", self.broker.url, reason_code)
+
+    def _reject(self, reason: str, topic: str, payload: bytes, detail: str) -> None:
+        with self._lock:
+            self._rejected[reason] = self._rejected.get(reason, 0) + 1
+            now = time.monotonic()
+            if now - self._last_log.get(reason, -LOG_EVERY_S) < LOG_EVERY_S:
+                return
+            self._last_log[reason] = now
+        log.warning("ignored %s on %s: %s (payload %r)", reason, topic, detail, payload[:120])
+
+    def _on_message(self, client, userdata, msg) -> None:
+        try:
+            self._handle(msg.topic, msg.payload)
+        except Exception:
+            log.exception("handling a message on %s failed", msg.topic)
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
+        if parsed is None or parsed.site != self.site.id:
+            return
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            self._reject("too_large", topic, payload, f"{len(payload)} bytes")
+            return
+        kind, ident = parsed.kind, parsed.ident
+        now = time.time()
+        try:
+            if kind == "zones":
+                if not payload:  # retained message cleared
+                    return
+                zc = ZoneCounts.model_validate_json(payload)
+                with self._lock:
+                    self._zones[zc.zone] = zc
+                self._emit("zone", zc.model_dump(mode="json"), now)
+            elif kind == "displays/content":
+                if not payload:
+                    return
+                dc = DisplayContent.model_validate_json(payload)
+                with self._lock:
+                    self._displays[dc.display] = dc
+                    self._sign_updates += 1
+                self._emit("display", dc.model_dump(mode="json"), now)
+            elif kind == "edge/availability":
+                text = payload.decode("utf-8", "replace").strip()
+                if text not in (topics.ONLINE, topics.OFFLINE):
+                    self._reject(
+                        "invalid", topic, payload, "availability must be online or offline"
+                    )
+                    return
+                with self._lock:
+                    self._online[ident] = text == topics.ONLINE
+                    self._seen[ident] = now
+                self._emit("agent", {"agent": ident, "online": text == topics.ONLINE}, now)
+            elif kind == "edge/health":
+                if not payload:
+                    return
+                h = HealthReport.model_validate_json(payload)
+                with self._lock:
+                    self._health[ident] = h
+                self._emit("agent", {"agent": ident, "health": h.model_dump(mode="json")}, h.ts)
+            elif kind == "entrances/assignment":
+                a = Assignment.model_validate_json(payload)
+                with self._lock:
+                    self._assignments.appendleft(a)
+                self._emit("assignment", a.model_dump(mode="json", by_alias=True), now)
+            elif kind == "gateway/availability":
+                online = payload.decode("utf-8", "replace").strip() == topics.ONLINE
+                with self._lock:
+                    changed = self._gateway_online != online
+                    self._gateway_online = online
+                if changed:
+                    log.info("gateway is %s", "online" if online else "offline")
+                    self._emit("gateway", {"online": online}, now)
+                    for s in self.spaces():
+                        self._emit("space", {"space": s.space, "state": s.state}, now)
+        except (ValidationError, ValueError) as exc:
+            self._reject("invalid", topic, payload, str(exc).splitlines()[0])
+
+    # -- the journal ---------------------------------------------------------------------------
+    def _load_journal(self) -> None:
+        rows = self.tables.stored_spaces()
+        last = self.tables.last_event_id()
+        with self._lock:
+            for r in rows:
+                if r.space in self.site.space_index and r.state in STATE_NAMES:
+                    self._state[r.space] = (r.state, r.since)
+                    self._last_seen[r.space] = r.last_seen
+            self._last_event = last
+            if not self._assignments:
+                for body in reversed(self.tables.recent_assignments(1000)):
+                    try:
+                        self._assignments.appendleft(Assignment.model_validate_json(body))
+                    except ValidationError:
+                        continue
+
+    def _poll_loop(self) -> None:
+        next_refresh = time.monotonic() + REFRESH_SPACES_S
+        while not self._stop.wait(self.poll_s):
+            try:
+                self._tail()
+                if time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + REFRESH_SPACES_S
+                    self._load_journal()
+            except Exception:
+                log.exception("reading the journal failed; retrying")
+
+    def _tail(self) -> None:
+        rows = self.tables.events_after(self._last_event)
+        if not rows:
+            return
+        changed = []
+        with self._lock:
+            for e in rows:
+                self._last_event = e.id
+                if e.space in self.site.space_index and e.new in STATE_NAMES:
+                    self._state[e.space] = (e.new, e.ts)
+                    changed.append(e)
+        for e in changed:
+            self._emit("space", {"space": e.space, "state": self._shown_state(e.new)}, e.ts)
+
+    def _shown_state(self, state: str) -> str:
+        return state if self._gateway_online is not False else "unknown"
+
+    # -- events --------------------------------------------------------------------------------
+    def _emit(self, kind: str, data: dict[str, Any], ts: float) -> None:
+        event = LiveEvent(kind, data, ts)
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for cb in subscribers:
+            try:
+                cb(event)
+            except Exception:
+                log.exception("live event subscriber failed")
+
+    # -- LiveView ------------------------------------------------------------------------------
+    def zone_counts(self) -> list[ZoneCounts]:
+        now = time.time()
+        with self._lock:
+            gateway_down = self._gateway_online is False
+            out = []
+            for z in self.site.zones:
+                c = self._zones.get(z.id)
+                if c is not None and not gateway_down:
+                    out.append(c)
+                    continue
+                total = c.total if c else len(self.site.zone_spaces(z.id))
+                out.append(
+                    ZoneCounts(zone=z.id, free=0, occupied=0, unknown=total, closed=0,
+                               total=total, ts=c.ts if c else now)
+                )  # fmt: skip
+            return out
+
+    def spaces(self) -> list[SpaceStatus]:
+        now = time.time()
+        with self._lock:
+            held = {
+                a.space
+                for a in self._assignments
+                if a.space and a.hold_expires is not None and a.hold_expires > now
+            }
+            out = []
+            for sp in self.site.spaces:
+                state, since = self._state.get(sp.id, ("unknown", 0.0))
+                binding = self.site.bindings.get(sp.id)
+                out.append(
+                    SpaceStatus(
+                        space=sp.id,
+                        zone=sp.zone,
+                        state=self._shown_state(state),
+                        since=since,
+                        last_seen=self._last_seen.get(sp.id),
+                        source=binding.source if binding else None,
+                        held=sp.id in held and state == "free",
+                    )
+                )
+            return out
+
+    def displays(self) -> dict[str, DisplayContent]:
+        with self._lock:
+            return dict(self._displays)
+
+    def agents(self) -> list[AgentStatus]:
+        with self._lock:
+            names = sorted(set(self._online) | set(self._health))
+            return [
+                AgentStatus(
+                    agent=a,
+                    online=self._online.get(a, False),
+                    last_seen=max(
+                        (
+                            t
+                            for t in (
+                                self._seen.get(a),
+                                self._health[a].ts if a in self._health else None,
+                            )
+                            if t is not None
+                        ),
+                        default=None,
+                    ),  # fmt: skip
+                    health=self._health.get(a),
+                )
+                for a in names
+            ]
+
+    def assignments(self, limit: int = 100) -> list[Assignment]:
+        with self._lock:
+            return list(self._assignments)[:limit]
+
+    def counters(self) -> Counters:
+        """What a stand-alone API can know: its own counts; the gateway's are in its /metrics."""
+        with self._lock:
+            return Counters(
+                accepted=0,
+                rejected=dict(self._rejected),
+                state_changes=self._last_event,
+                sign_updates=self._sign_updates,
+                outbox_depth=self.tables.outbox_depth(),
+            )
+
+    def subscribe(self, callback: Callable[[LiveEvent], None]) -> Callable[[], None]:
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def control_space(self, space: str, action: str, by: str, reason: str | None) -> None:
+        """Ask the gateway to close or open a space (QoS 1; the gateway journals it)."""
+        if space not in self.site.space_index:
+            raise ValueError(f"no space {space!r} in site {self.site.id!r}")
+        msg = SpaceControl(action=action, by=by, reason=reason, ts=time.time())  # type: ignore[arg-type]
+        info = self.client.publish(
+            topics.space_control(self.site.id, space),
+            msg.model_dump_json().encode(),
+            qos=topics.QOS_CONTROL,
+            retain=topics.RETAIN_CONTROL,
+        )
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise ValueError(
+                f"could not send the request to the gateway ({mqtt.error_string(info.rc)})"
+            )
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            log.warning(
+                "broker unreachable: the %s of %s is queued until it is back", action, space
+            )

@@ -1,0 +1,72 @@
+"""REST routes under /api/v1, one module per area; each router carries its access rule."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn, TypeVar
+
+from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from api.models import ErrorOut
+
+MAX_BODY_BYTES = 4096
+M = TypeVar("M", bound=BaseModel)
+
+_ERR = {"model": ErrorOut}
+PUBLIC_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {**_ERR, "description": "login required (zone counts and signs set to need login)"}
+}
+VIEWER_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {**_ERR, "description": "login required"},
+    404: {**_ERR, "description": "no such thing on this site"},
+}
+TECHNICIAN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **VIEWER_ERRORS,
+    403: {**_ERR, "description": "needs the technician role"},
+}
+MANAGER_ERRORS: dict[int | str, dict[str, Any]] = {
+    **VIEWER_ERRORS,
+    403: {**_ERR, "description": "needs the manager role"},
+    409: {**_ERR, "description": "the gateway refused the action"},
+    422: {
+        "description": "the request body is not valid",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+        },
+    },
+}
+
+
+def invalid(loc: tuple[str | int, ...], msg: str, value: Any = None) -> NoReturn:
+    """Answer 422 in FastAPI's own validation-error shape, naming where and what is wrong."""
+    raise RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
+
+
+def not_found(what: str) -> NoReturn:
+    raise HTTPException(404, what)
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Parse the JSON body after the access check ran (an empty body means all defaults)."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        invalid(("body",), f"the body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted")
+    if not body.strip():
+        body = b"{}"
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
+def request_body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """openapi_extra documenting a body that the route parses itself (see parse_body)."""
+    return {
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }

@@ -1,0 +1,194 @@
+"""The journal: state-change events (paged, CSV export) and zone occupancy history (login)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+
+from api.deps import Ctx, require_login
+from api.history import sample_times, zone_series
+from api.journal import EventFilter, EventRow
+from api.models import EventOut, EventPage, HistoryOut, HistoryPoint, HistorySeries
+from api.routes import VIEWER_ERRORS, invalid
+
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["journal"],
+    dependencies=[Depends(require_login)],
+    responses=VIEWER_ERRORS,
+)
+
+MAX_TS = 4102444800.0  # 2100-01-01
+Time = Annotated[
+    float | None,
+    Query(ge=0, le=MAX_TS, allow_inf_nan=False, description="UNIX seconds, UTC"),
+]
+SpaceQuery = Annotated[str | None, Query(max_length=64, description="only this space")]
+ZoneQuery = Annotated[str | None, Query(max_length=64, description="only this zone")]
+
+
+def event_filter(ctx: Ctx, space: str | None, zone: str | None, since: float | None,
+                 until: float | None) -> EventFilter:  # fmt: skip
+    site = ctx.view.site
+    if space is not None and space not in site.space_index:
+        invalid(("query", "space"), f"no space {space!r} on this site", space)
+    if zone is not None and zone not in {z.id for z in site.zones}:
+        invalid(("query", "zone"), f"no zone {zone!r} on this site", zone)
+    if since is not None and until is not None and until <= since:
+        invalid(("query", "until"), "until must be after since", until)
+    spaces: tuple[str, ...] | None = None
+    if zone is not None:
+        spaces = tuple(s.id for s in site.spaces if s.zone == zone)
+        if space is not None:
+            spaces = tuple(s for s in spaces if s == space)
+    elif space is not None:
+        spaces = (space,)
+    return EventFilter(spaces=spaces, since=since, until=until)
+
+
+def event_out(ctx: Ctx, e: EventRow) -> EventOut:
+    idx = ctx.view.site.space_index.get(e.space)
+    zone = ctx.view.site.spaces[idx].zone if idx is not None else None
+    return EventOut(
+        id=e.id, ts=e.ts, space=e.space, zone=zone, old=e.old, new=e.new,
+        source=e.source, agent=e.agent, seq=e.seq,
+    )  # fmt: skip
+
+
+@router.get("/events")
+def events(
+    ctx: Ctx,
+    space: SpaceQuery = None,
+    zone: ZoneQuery = None,
+    since: Time = None,
+    until: Time = None,
+    before: Annotated[int | None, Query(ge=1, le=2**62, description="page: ids below this")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> EventPage:
+    """State changes, newest first, filtered by space, zone and time [since, until)."""
+    flt = event_filter(ctx, space, zone, since, until)
+    rows = ctx.journal.events(flt, before_id=before, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return EventPage(
+        items=[event_out(ctx, e) for e in rows],
+        next_before=rows[-1].id if more and rows else None,
+    )
+
+
+CSV_COLUMNS = ["id", "time_utc", "ts", "space", "zone", "old", "new", "source", "agent", "seq"]
+
+
+def _cell(value: object) -> object:
+    # spreadsheets run cells starting with these as formulas (CSV injection)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value
+
+
+def csv_lines(ctx: Ctx, flt: EventFilter, limit: int) -> Iterator[str]:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    for n, e in enumerate(ctx.journal.iter_events(flt, limit)):
+        out = event_out(ctx, e)
+        when = datetime.fromtimestamp(e.ts, UTC).isoformat(timespec="milliseconds")
+        writer.writerow(
+            [_cell(v) for v in (out.id, when, f"{out.ts:.3f}", out.space, out.zone, out.old,
+                                out.new, out.source, out.agent, out.seq)]
+        )  # fmt: skip
+        if n % 500 == 0 or buf.tell() > 65536:
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue()
+
+
+@router.get(
+    "/events.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "events, oldest first"}},
+)
+def events_csv(
+    ctx: Ctx,
+    space: SpaceQuery = None,
+    zone: ZoneQuery = None,
+    since: Time = None,
+    until: Time = None,
+    limit: Annotated[int, Query(ge=1, le=5_000_000)] = 1_000_000,
+) -> StreamingResponse:
+    """Export state changes as CSV (e.g. a month for the residents' committee)."""
+    flt = event_filter(ctx, space, zone, since, until)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return StreamingResponse(
+        csv_lines(ctx, flt, limit),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="parkguide-events-{stamp}.csv"'},
+    )
+
+
+@router.get("/history")
+def history(
+    ctx: Ctx,
+    zone: ZoneQuery = None,
+    start: Time = None,
+    end: Time = None,
+    step: Annotated[
+        float | None, Query(ge=1, le=31 * 86400, allow_inf_nan=False, description="seconds")
+    ] = None,
+) -> HistoryOut:
+    """Occupancy per zone over [start, end] every step seconds (default: the last 24 h)."""
+    site = ctx.view.site
+    if zone is not None and zone not in {z.id for z in site.zones}:
+        invalid(("query", "zone"), f"no zone {zone!r} on this site", zone)
+    end = time.time() if end is None else end
+    start = end - 86400 if start is None else start
+    if end <= start:
+        invalid(("query", "end"), "end must be after start", end)
+    limit = ctx.settings.max_history_points
+    step = step or max(1.0, (end - start) / 288)
+    if (end - start) / step + 1 > limit:
+        invalid(
+            ("query", "step"),
+            f"{int((end - start) / step) + 1} points asked for; at most {limit} "
+            f"(use a step of at least {(end - start) / (limit - 1):.0f} s)",
+            step,
+        )
+    zone_of = {s.id: s.zone for s in site.spaces if zone is None or s.zone == zone}
+    initial = ctx.journal.states_at(start)
+    for s in site.spaces:  # closed in the site file and never journalled: closed
+        if s.closed and s.id not in initial:
+            initial[s.id] = "closed"
+    times = sample_times(start, end, step)
+    series = zone_series(zone_of, initial, ctx.journal.changes_between(start, end), times)
+    names = {z.id: z.name for z in site.zones}
+    return HistoryOut(
+        start=start,
+        end=end,
+        step=step,
+        series=[
+            HistorySeries(
+                zone=z,
+                name=names[z],
+                points=[
+                    HistoryPoint(
+                        ts=p.ts,
+                        free=p.free,
+                        occupied=p.occupied,
+                        unknown=p.unknown,
+                        closed=p.closed,
+                        total=p.total,
+                    )
+                    for p in pts
+                ],  # fmt: skip
+            )
+            for z, pts in series.items()
+        ],
+    )

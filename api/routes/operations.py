@@ -1,0 +1,157 @@
+"""Arrivals and assignments, alerts, and the manager's actions (close/open a space, acknowledge)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+
+from api.alerts import SEVERITY
+from api.deps import Ctx, Manager, require_login, require_manager
+from api.models import (
+    AcknowledgeRequest,
+    AlertOut,
+    ArrivalSummary,
+    ControlOut,
+    SpaceControlRequest,
+)
+from api.routes import (
+    MANAGER_ERRORS,
+    VIEWER_ERRORS,
+    invalid,
+    not_found,
+    parse_body,
+    request_body_doc,
+)
+from parking.payloads import Assignment, LocalText
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(
+    prefix="/api/v1", tags=["operations"], dependencies=[Depends(require_login)],
+    responses=VIEWER_ERRORS,
+)  # fmt: skip
+manager_router = APIRouter(
+    prefix="/api/v1", tags=["operations"], dependencies=[Depends(require_manager)],
+    responses=MANAGER_ERRORS,
+)  # fmt: skip
+
+
+@router.get("/assignments")
+def assignments(
+    ctx: Ctx,
+    entrance: Annotated[str | None, Query(max_length=64, description="only this gate")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[Assignment]:
+    """Recent arrivals at the gates and the space each car was given, newest first."""
+    if entrance is not None and entrance not in {e.id for e in ctx.view.site.entrances}:
+        invalid(("query", "entrance"), f"no entrance {entrance!r} on this site", entrance)
+    items = ctx.view.assignments(limit=1000 if entrance else limit)
+    items = sorted(items, key=lambda a: a.ts, reverse=True)
+    if entrance:
+        items = [a for a in items if a.entrance == entrance]
+    return items[:limit]
+
+
+@router.get("/arrivals")
+def arrivals(ctx: Ctx) -> list[ArrivalSummary]:
+    """Per gate: cars in the last hour, how many got no space, and the latest assignment."""
+    now = time.time()
+    recent = sorted(ctx.view.assignments(limit=1000), key=lambda a: a.ts, reverse=True)
+    out = []
+    for e in ctx.view.site.entrances:
+        mine = [a for a in recent if a.entrance == e.id]
+        hour = [a for a in mine if a.ts >= now - 3600]
+        out.append(
+            ArrivalSummary(
+                entrance=e.id,
+                name=e.name,
+                last_hour=len(hour),
+                unassigned_last_hour=sum(a.space is None for a in hour),
+                last=mine[0] if mine else None,
+            )
+        )
+    return out
+
+
+def alert_rows(ctx: Ctx) -> list[AlertOut]:
+    h = ctx.settings.long_occupied_h
+    out = []
+    for rec in ctx.alerts.current():
+        zh, en = rec.alert.message(h)
+        out.append(
+            AlertOut(
+                id=rec.alert.id,
+                kind=rec.alert.kind,
+                subject=rec.alert.subject,
+                severity=rec.alert.severity,
+                since=rec.since,
+                message=LocalText(zh=zh, en=en),
+                details={k: (None if v is None else str(v)) for k, v in rec.alert.details.items()},
+                acknowledged_by=rec.acked_by,
+                acknowledged_at=rec.acked_at,
+                note=rec.note,
+            )
+        )
+    return out
+
+
+@router.get("/alerts")
+def alerts(
+    ctx: Ctx,
+    kind: Annotated[str | None, Query(max_length=32, description="only this kind")] = None,
+) -> list[AlertOut]:
+    """Open alerts: agent offline, camera blind, node dead, detector stuck/flapping, long stays."""
+    if kind is not None and kind not in SEVERITY:
+        invalid(("query", "kind"), f"no alert kind {kind!r}; kinds: {', '.join(SEVERITY)}", kind)
+    return [a for a in alert_rows(ctx) if kind is None or a.kind == kind]
+
+
+@manager_router.post(
+    "/alerts/{alert_id}/acknowledge", openapi_extra=request_body_doc(AcknowledgeRequest)
+)
+async def acknowledge(alert_id: str, request: Request, ctx: Ctx, user: Manager) -> AlertOut:
+    """Acknowledge an open alert (manager); it stays listed until the condition clears."""
+    body = await parse_body(request, AcknowledgeRequest)
+    try:
+        ctx.alerts.acknowledge(alert_id, user.name, body.note, time.time())
+    except KeyError:
+        not_found(f"no open alert {alert_id!r}")
+    log.info("alert %s acknowledged by %s", alert_id, user.name)
+    return next(a for a in alert_rows(ctx) if a.id == alert_id)
+
+
+async def _control(
+    space: str, action: str, request: Request, ctx: Ctx, user: Manager
+) -> ControlOut:
+    body = await parse_body(request, SpaceControlRequest)
+    if space not in ctx.view.site.space_index:
+        not_found(f"no space {space!r} on this site")
+    try:
+        ctx.view.control_space(space, action, user.name, body.reason)
+    except (ValueError, KeyError) as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"the gateway refused: {exc}") from None
+    log.info("space %s %s by %s (%s)", space, action, user.name, body.reason or "no reason given")
+    return ControlOut(space=space, action=action, by=user.name, reason=body.reason, ts=time.time())
+
+
+@manager_router.post(
+    "/spaces/{space}/close",
+    status_code=202,
+    openapi_extra=request_body_doc(SpaceControlRequest),
+)
+async def close_space(space: str, request: Request, ctx: Ctx, user: Manager) -> ControlOut:
+    """Close a space (repairs, reserved): it counts as closed on every sign (manager)."""
+    return await _control(space, "close", request, ctx, user)
+
+
+@manager_router.post(
+    "/spaces/{space}/open",
+    status_code=202,
+    openapi_extra=request_body_doc(SpaceControlRequest),
+)
+async def open_space(space: str, request: Request, ctx: Ctx, user: Manager) -> ControlOut:
+    """Open a closed space again (manager)."""
+    return await _control(space, "open", request, ctx, user)

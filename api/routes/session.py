@@ -1,0 +1,71 @@
+"""Login, logout and who am I."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+
+from api.auth import User
+from api.deps import SESSION_COOKIE, Ctx, OptionalUser
+from api.models import ErrorOut, LoginOut, LoginRequest, SessionOut, UserOut
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/v1/auth", tags=["session"])
+
+
+def user_out(user: User) -> UserOut:
+    return UserOut(
+        name=user.name, role=user.role, can_change=user.can_change, can_read_raw=user.can_read_raw
+    )
+
+
+@router.post(
+    "/login",
+    responses={
+        401: {"model": ErrorOut, "description": "wrong user name or password"},
+        429: {"model": ErrorOut, "description": "too many attempts; see Retry-After"},
+    },
+)
+def login(body: LoginRequest, request: Request, response: Response, ctx: Ctx) -> LoginOut:
+    """Check a user name and password; sets an HttpOnly session cookie and returns a bearer token."""
+    client = request.client.host if request.client else "?"
+    wait = ctx.limiter.check(body.name, client)
+    if wait > 0:
+        log.warning("login rate limit hit for user %r from %s", body.name[:64], client)
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"too many login attempts; try again in {math.ceil(wait)} s",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
+    user = ctx.users.authenticate(body.name, body.password) if ctx.users else None
+    if user is None:
+        ctx.limiter.failed(body.name)
+        log.info("failed login for %r from %s", body.name[:64], client)
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user name or password")
+    ctx.limiter.succeeded(body.name)
+    token, expires = ctx.signer.issue(user.name, ctx.settings.session_ttl_s)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(ctx.settings.session_ttl_s),
+        httponly=True,
+        samesite="strict",
+        secure=ctx.settings.cookie_secure,
+        path="/",
+    )
+    log.info("user %s (%s) logged in from %s", user.name, user.role, client)
+    return LoginOut(**user_out(user).model_dump(), token=token, expires=expires)
+
+
+@router.post("/logout", status_code=204)
+def logout(response: Response) -> None:
+    """End the session in this browser (clears the cookie)."""
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+
+
+@router.get("/me")
+def me(user: OptionalUser, ctx: Ctx) -> SessionOut:
+    """Who is logged in (null when nobody), and whether counts and signs are public."""
+    return SessionOut(user=user_out(user) if user else None, public_read=ctx.settings.public_read)

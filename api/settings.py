@@ -1,0 +1,52 @@
+"""Settings of the API and dashboard, from the environment (``PARKGUIDE_*``).
+
+Secrets come only from the environment. Without ``PARKGUIDE_SESSION_SECRET``
+the app still starts, with a random secret, and says that sessions end at
+restart.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    """Everything the API can be told; each field is ``PARKGUIDE_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="PARKGUIDE_", extra="ignore")
+
+    session_secret: SecretStr | None = Field(
+        None,
+        description="signs session cookies and bearer tokens; at least 32 characters. "
+        "Unset: a random secret, so every session ends when the service restarts.",
+    )
+    public_read: bool = Field(
+        True,
+        description="zone counts and sign contents readable without login (residents' phones); "
+        "false: everything needs login",
+    )
+    session_ttl_s: float = Field(12 * 3600, gt=60, description="how long a login lasts")
+    cookie_secure: bool = Field(
+        False, description="mark the session cookie Secure (set when served over HTTPS)"
+    )
+    login_max_failures_per_user: int = Field(
+        5, ge=1, description="failed logins per user name within the window before 429"
+    )
+    login_max_attempts_per_client: int = Field(
+        20, ge=1, description="login attempts per client address within the window before 429"
+    )
+    login_window_s: float = Field(300.0, gt=0, description="rate-limit window for logins")
+    long_occupied_h: float = Field(
+        72.0, gt=0, description="a space occupied for longer than this raises an alert"
+    )
+    alert_check_s: float = Field(
+        5.0, gt=0, description="how often alerts are re-derived when nothing changes"
+    )
+    max_history_points: int = Field(
+        2000, ge=10, description="most points one history series may have (range / step)"
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="a bearer token Prometheus may scrape /metrics with, besides user logins",
+    )
