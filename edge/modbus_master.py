@@ -1,0 +1,251 @@
+"""Modbus RTU master over pyserial: one request, one CRC-checked answer, with retries.
+
+Framing and CRC are ``parking.modbus_rtu``; this module only moves bytes and
+keeps time. It reads exactly what the expected answer needs and waits on the
+port with select rather than sleeping, so a poll cycle runs near the wire
+limit. Everything that goes wrong is counted (``MasterCounters``) and turned
+into a ``ModbusError``; nothing that fails the CRC or answers the wrong
+request ever reaches the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from dataclasses import asdict, dataclass
+
+import serial
+
+from parking import modbus_rtu as rtu
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TURNAROUND_S = 0.1
+"""How long a node may take to start answering (Modbus masters use 100 ms..1 s)."""
+MIN_GAP_S = 0.03
+"""Longest silence inside one answer: USB adapters deliver in chunks (latency timer 16 ms)."""
+DEFAULT_RETRIES = 2
+
+_PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+
+
+class ModbusError(Exception):
+    """A request got no usable answer."""
+
+
+class ModbusTimeout(ModbusError):
+    """Nothing (valid) came back in time."""
+
+
+class ModbusExceptionResponse(ModbusError):
+    """The node answered with a Modbus exception code."""
+
+    def __init__(self, address: int, function: int, code: int):
+        super().__init__(f"node {address}: function {function} answered exception {code}")
+        self.code = code
+
+
+@dataclass
+class MasterCounters:
+    requests: int = 0
+    answers: int = 0
+    retries: int = 0
+    timeouts: int = 0
+    crc_errors: int = 0
+    exceptions: int = 0
+    garbage_bytes: int = 0
+    truncated: int = 0
+    port_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def response_size(request: rtu.Request) -> int:
+    """Bytes of a normal answer to ``request``."""
+    if request.function in rtu.BIT_FUNCTIONS:
+        return 5 + (request.count + 7) // 8
+    if request.function in (rtu.READ_HOLDING_REGISTERS, rtu.READ_INPUT_REGISTERS):
+        return 5 + 2 * request.count
+    return 8
+
+
+@dataclass(frozen=True)
+class LineTiming:
+    """Timeouts from the baud rate and frame sizes (Modbus over Serial Line 2.5.1.1)."""
+
+    baud: int
+    bits_per_char: int = 11
+    turnaround_s: float = DEFAULT_TURNAROUND_S
+
+    def char_s(self) -> float:
+        return rtu.char_time_s(self.baud, self.bits_per_char)
+
+    def first_byte_timeout_s(self, request_bytes: int) -> float:
+        """From handing the request to the port until the answer's first byte."""
+        return (
+            request_bytes * self.char_s()
+            + rtu.silent_interval_s(self.baud)
+            + self.char_s()
+            + self.turnaround_s
+        )
+
+    def gap_s(self) -> float:
+        return max(MIN_GAP_S, 4 * self.char_s())
+
+    def answer_s(self, request: rtu.Request) -> float:
+        return response_size(request) * self.char_s()
+
+
+class ModbusMaster:
+    """The master end of one RS-485 bus (one serial port)."""
+
+    def __init__(
+        self,
+        port: str,
+        baud: int = 9600,
+        parity: str = "E",
+        *,
+        retries: int = DEFAULT_RETRIES,
+        turnaround_s: float = DEFAULT_TURNAROUND_S,
+    ):
+        if parity not in _PARITY:
+            raise ValueError(f"parity must be one of {sorted(_PARITY)}, not {parity!r}")
+        self.port_name = port
+        self.baud = baud
+        self.parity = parity
+        self.retries = retries
+        # 8E1/8O1 and 8N2 are both 11 bits a character; 8N1 is 10
+        self.timing = LineTiming(baud, 11 if parity != "N" else 10, turnaround_s)
+        self.counters = MasterCounters()
+        self._serial: serial.Serial | None = None
+
+    # --- the port ------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None
+
+    def open(self) -> None:
+        """Open the port (raises serial.SerialException when it is not there)."""
+        self.close()
+        self._serial = serial.Serial(
+            self.port_name,
+            baudrate=self.baud,
+            bytesize=serial.EIGHTBITS,
+            parity=_PARITY[self.parity],
+            stopbits=serial.STOPBITS_TWO if self.parity == "N" else serial.STOPBITS_ONE,
+            timeout=0,  # reads never block: we wait with select and our own deadlines
+            write_timeout=1.0,
+            exclusive=True,
+        )
+
+    def close(self) -> None:
+        if self._serial is not None:
+            try:
+                self._serial.close()
+            except (OSError, serial.SerialException) as exc:
+                log.debug("closing %s: %s", self.port_name, exc)
+            self._serial = None
+
+    # --- requests ------------------------------------------------------------
+
+    def read_discrete_inputs(self, address: int, start: int, count: int, **kw: int) -> list[bool]:
+        resp = self.execute(rtu.Request(address, rtu.READ_DISCRETE_INPUTS, start, count), **kw)
+        return list(resp.bits)
+
+    def read_input_registers(self, address: int, start: int, count: int, **kw: int) -> list[int]:
+        resp = self.execute(rtu.Request(address, rtu.READ_INPUT_REGISTERS, start, count), **kw)
+        return list(resp.registers)
+
+    def execute(self, request: rtu.Request, retries: int | None = None) -> rtu.Response:
+        """Send ``request`` and return its CRC-checked answer, retrying on timeouts and noise.
+
+        Raises ModbusExceptionResponse (not retried: the node answered),
+        ModbusTimeout after the last retry, serial.SerialException when the
+        port itself fails (the caller reopens it).
+        """
+        attempts = 1 + (self.retries if retries is None else retries)
+        frame = request.encode()
+        for attempt in range(attempts):
+            if attempt:
+                self.counters.retries += 1
+            self.counters.requests += 1
+            resp = self._transact(request, frame)
+            if resp is None:
+                continue
+            self.counters.answers += 1
+            if resp.exception is not None:
+                self.counters.exceptions += 1
+                raise ModbusExceptionResponse(request.address, request.function, resp.exception)
+            return resp
+        raise ModbusTimeout(
+            f"node {request.address}: no valid answer to function {request.function} "
+            f"after {attempts} attempt(s)"
+        )
+
+    def _transact(self, request: rtu.Request, frame: bytes) -> rtu.Response | None:
+        port = self._serial
+        if port is None:
+            raise serial.SerialException(f"{self.port_name} is not open")
+        try:
+            # a late answer to an earlier request must not be taken for this one
+            waiting = port.in_waiting
+            if waiting:
+                self.counters.garbage_bytes += waiting
+            port.reset_input_buffer()
+            port.write(frame)
+            return self._read_answer(port, request, len(frame))
+        except (OSError, serial.SerialException) as exc:
+            self.counters.port_errors += 1
+            raise serial.SerialException(f"{self.port_name}: {exc}") from exc
+
+    def _read_answer(
+        self, port: serial.Serial, request: rtu.Request, request_bytes: int
+    ) -> rtu.Response | None:
+        timing = self.timing
+        t0 = time.monotonic()
+        first_deadline = t0 + timing.first_byte_timeout_s(request_bytes)
+        deadline = first_deadline + timing.answer_s(request) + timing.gap_s()
+        gap = timing.gap_s()
+        fd = port.fileno()
+        buf = bytearray()
+        expected = response_size(request)
+        while True:
+            now = time.monotonic()
+            # before the first byte: the node's turnaround; after it: the inter-byte gap
+            wait = (first_deadline - now) if not buf else min(deadline - now, gap)
+            if wait <= 0:
+                ready = []
+            else:
+                ready, _, _ = select.select([fd], [], [], wait)
+            if not ready:
+                if buf:
+                    # a frame that stopped short, or bytes that frame nothing
+                    self.counters.truncated += 1
+                    self.counters.garbage_bytes += len(buf)
+                else:
+                    self.counters.timeouts += 1
+                return None
+            need = self._still_needed(buf, request, expected)
+            chunk = port.read(max(need, port.in_waiting or 1))
+            if not chunk:
+                raise serial.SerialException("port readable but no data (device gone?)")
+            buf += chunk
+            consumed, resp, crc_errors = rtu.decode_response(buf, request)
+            self.counters.crc_errors += crc_errors
+            if resp is not None:
+                frame_len = (
+                    5 if resp.exception is not None else expected
+                )  # what decode_response took as the answer
+                self.counters.garbage_bytes += consumed - frame_len
+                return resp
+            if consumed:
+                self.counters.garbage_bytes += consumed
+                del buf[:consumed]
+
+    @staticmethod
+    def _still_needed(buf: bytearray, request: rtu.Request, expected: int) -> int:
+        n = rtu.response_length(buf, request.function) if len(buf) >= 3 else None
+        return max(1, (n or expected) - len(buf))

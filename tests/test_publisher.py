@@ -1,0 +1,206 @@
+"""ReportPublisher against a real mosquitto: availability, order, durability, refusal."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MosquittoBroker
+from edge_support import KEEP_USER, Recorder, assert_in_order, dedupe_reports, persistent_broker
+
+from edge.publisher import ReportPublisher, SpoolBusy
+from parking import topics
+from parking.broker import BrokerConfig
+from parking.payloads import HealthReport, NodeHealth, OccupancyReport, SpaceObservation
+
+SITE, AGENT, SOURCE = "t-site", "serial-t", "bus-t"
+
+
+def obs(space: str, state: str, since: float = 1.7e9) -> SpaceObservation:
+    return SpaceObservation(space=space, state=state, since=since)
+
+
+def make(broker_port: int, spool: Path, **kw) -> ReportPublisher:
+    return ReportPublisher(
+        BrokerConfig.from_url(f"mqtt://127.0.0.1:{broker_port}"),
+        SITE,
+        AGENT,
+        SOURCE,
+        spool_dir=spool,
+        **kw,
+    )
+
+
+@pytest.fixture
+def recorder_factory():
+    made: list[Recorder] = []
+
+    def factory(port: int, **kw) -> Recorder:
+        r = Recorder(port, f"{topics.site_prefix(SITE)}/#", **kw)
+        made.append(r)
+        return r
+
+    yield factory
+    for r in made:
+        r.close()
+
+
+def test_online_snapshot_delta_health_and_offline(mosquitto, tmp_path, recorder_factory) -> None:
+    rec = recorder_factory(mosquitto.port)
+    pub = make(mosquitto.port, tmp_path)
+    pub.start()
+    try:
+        rec.wait_for(lambda m: "online" in [p.decode() for t, p, _ in m], 10)
+        assert pub.connected
+        assert pub.snapshot_due()  # every (re)connect asks for a snapshot
+        pub.report("snapshot", [obs("S-1", "free"), obs("S-2", "unknown")])
+        assert not pub.snapshot_due()
+        pub.report("delta", [obs("S-1", "occupied")])
+        pub.publish_health(
+            HealthReport(
+                agent=AGENT, source=SOURCE, ts=1.7e9, nodes=[NodeHealth(address=1, status="ok")]
+            )
+        )
+        rec.wait_for(lambda m: len([t for t, _, _ in m if t.endswith("/occupancy")]) >= 2, 10)
+        rec.wait_for(lambda m: any(t.endswith("/health") for t, _, _ in m), 10)
+        reports = [OccupancyReport.model_validate(r) for r in rec.json_on("/occupancy")]
+        assert [(r.kind, r.seq, r.boot) for r in reports] == [
+            ("snapshot", 0, pub.boot),
+            ("delta", 1, pub.boot),
+        ]
+        assert [s.space for s in reports[0].spaces] == ["S-1", "S-2"]
+        assert reports[1].spaces[0].state == "occupied"
+        assert all(r.agent == AGENT and r.source == SOURCE for r in reports)
+        assert pub.wait_until_drained(5)
+    finally:
+        pub.stop()
+    rec.wait_for(lambda m: rec.texts_on("/availability")[-1:] == ["offline"], 10)
+    # both availability and health are retained: a late subscriber sees them at once
+    late = recorder_factory(mosquitto.port)
+    msgs = late.wait_for(lambda m: len(m) >= 2, 10)
+    retained = {t.rsplit("/", 1)[1]: p for t, p, r in msgs if r}
+    assert retained["availability"] == b"offline"
+    assert json.loads(retained["health"])["nodes"][0]["address"] == 1
+
+
+def test_broker_outage_loses_nothing_and_keeps_order(tmp_path, recorder_factory) -> None:
+    broker = persistent_broker(tmp_path)
+    broker.start()
+    pub = make(broker.port, tmp_path / "spool", max_inflight=5)
+    try:
+        rec = recorder_factory(broker.port, persistent_id="t-outage-recorder")
+        pub.start()
+        rec.wait_for(lambda m: "online" in rec.texts_on("/availability"), 10)
+        states = ["occupied", "free"] * 60
+        for i, state in enumerate(states):
+            pub.report("delta", [obs("S-1", state, 1.7e9 + i)])
+            if i == 30:
+                broker.stop()
+            if i == 80:
+                assert not pub.connected
+                assert pub.pending > 0  # queued on disk meanwhile
+                broker.start()
+        assert pub.wait_until_drained(30), f"{pub.pending} reports still spooled"
+        rec.wait_for(lambda m: len(dedupe_reports(rec.json_on("/occupancy"))) >= len(states), 20)
+        got = dedupe_reports(rec.json_on("/occupancy"))
+        deltas = [r for r in got if r["kind"] == "delta"]
+        assert_in_order(got)
+        assert [r["spaces"][0]["state"] for r in deltas] == states
+        assert pub.stats["connects"] >= 2 and pub.stats["disconnects"] >= 1
+    finally:
+        pub.stop()
+        broker.stop()
+
+
+def test_restart_drains_the_old_spool_first_with_its_own_boot(
+    mosquitto, tmp_path, recorder_factory
+) -> None:
+    rec = recorder_factory(mosquitto.port)
+    spool = tmp_path / "spool"
+    mosquitto.stop()
+    first = make(mosquitto.port, spool)
+    first.start()
+    for i in range(5):
+        first.report("delta", [obs(f"S-{i}", "occupied")])
+    first.stop(flush_timeout_s=0.2)  # the broker is down: they stay on disk
+    mosquitto.start()
+    rec.client.reconnect()
+    rec.subscribed.clear()
+    assert rec.subscribed.wait(10)
+    second = make(mosquitto.port, spool)
+    assert second.boot != first.boot
+    second.start()
+    try:
+        rec.wait_for(lambda m: "online" in rec.texts_on("/availability"), 10)
+        while second.snapshot_due():
+            second.report("snapshot", [obs("S-0", "free")])
+        second.report("delta", [obs("S-9", "free")])
+        got = rec.wait_for(lambda m: len(rec.json_on("/occupancy")) >= 7, 10)
+        assert got
+        reports = dedupe_reports(rec.json_on("/occupancy"))
+        assert_in_order(reports)
+        assert [(r["boot"], r["seq"], r["kind"]) for r in reports] == [
+            *[(first.boot, i, "delta") for i in range(5)],
+            (second.boot, 0, "snapshot"),
+            (second.boot, 1, "delta"),
+        ]
+    finally:
+        second.stop()
+
+
+def test_two_publishers_cannot_share_one_spool(mosquitto, tmp_path) -> None:
+    a = make(mosquitto.port, tmp_path)
+    a.start()
+    try:
+        b = make(mosquitto.port, tmp_path)
+        with pytest.raises(SpoolBusy):
+            b.start()
+    finally:
+        a.stop()
+
+
+def test_refused_credentials_are_never_connected(tmp_path, caplog) -> None:
+    pwfile = tmp_path / "passwd"
+    pwfile.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(pwfile), "agent", "right-secret"], check=True)
+    pwfile.chmod(0o644)
+    broker = MosquittoBroker(
+        tmp_path, extra_conf=f"{KEEP_USER}allow_anonymous false\npassword_file {pwfile}\n"
+    )
+    broker.start()
+    caplog.set_level(logging.ERROR, logger="edge.publisher")
+    wrong = ReportPublisher(
+        BrokerConfig.from_url(broker.url, "agent", "wrong"), SITE, AGENT, SOURCE, spool_dir=tmp_path
+    )
+    wrong.start()
+    try:
+        wrong.report("delta", [obs("S-1", "free")])
+        deadline = time.monotonic() + 10
+        while wrong.stats["refused"] == 0 and time.monotonic() < deadline:
+            assert not wrong.connected
+            time.sleep(0.02)
+        assert wrong.stats["refused"] >= 1
+        assert not wrong.connected
+        assert wrong.pending == 1  # kept for when the credentials are fixed
+        assert any("refused the connection" in r.getMessage() for r in caplog.records)
+        assert any("credentials" in r.getMessage() for r in caplog.records)
+    finally:
+        wrong.stop(flush_timeout_s=0.2)
+    right = ReportPublisher(
+        BrokerConfig.from_url(broker.url, "agent", "right-secret"),
+        SITE,
+        AGENT,
+        SOURCE,
+        spool_dir=tmp_path,
+    )
+    right.start()
+    try:
+        assert right.wait_until_drained(10)
+        assert right.connected and right.stats["refused"] == 0
+    finally:
+        right.stop()
+        broker.stop()
