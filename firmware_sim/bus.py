@@ -35,7 +35,7 @@ from parking.site import SiteError, load_site
 log = logging.getLogger(__name__)
 
 SCENARIO_PERIOD_S = 0.1  # real seconds between scenario steps
-CHUNK_S = 0.002  # under --wire-timing, answers go out in pieces of about this much wire time
+CHUNK_S = 0.005  # under --wire-timing, answers go out in pieces of about this much wire time
 SPIN_S = 0.001  # the last stretch before a due write is busy-waited: select wakes late
 REPORT_PERIOD_S = 60.0
 MAX_LINE = 4096
@@ -123,6 +123,10 @@ class BusServer:
         self.running = True
         self.master_ok_at = 0.0  # back off after an error on the master
         self.dropped_writes = 0
+        # how late answers leave against their due time (a busy machine delays wake-ups)
+        self.writes = 0
+        self.late_sum = 0.0
+        self.late_max = 0.0
 
     # --- the line ---------------------------------------------------------------
 
@@ -167,9 +171,13 @@ class BusServer:
 
     def write_due(self, now: float) -> None:
         while self.out and self.out[0][0] <= now:
-            _, data = self.out.popleft()
+            due, data = self.out.popleft()
             try:
                 n = os.write(self.master, data)
+                late = time.perf_counter() - due
+                self.writes += 1
+                self.late_sum += late
+                self.late_max = max(self.late_max, late)
             except BlockingIOError:
                 n = 0
             except OSError as exc:
@@ -269,6 +277,12 @@ class BusServer:
             if minute is not None:
                 m = int(minute())
                 extra += f", simulated time {m // 60:02d}:{m % 60:02d}"
+        if self.writes:
+            extra += (
+                f", {self.writes} writes late by {1e3 * self.late_sum / self.writes:.3f} ms"
+                f" on average, {1e3 * self.late_max:.3f} ms at most"
+            )
+            self.writes, self.late_sum, self.late_max = 0, 0.0, 0.0
         log.info(
             "bus %s: %d frames, %d bad CRC, %d garbage bytes%s",
             self.model.bus_id,
@@ -375,6 +389,7 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         server.run(t0)
+        server.report()
     finally:
         # our own link only: another simulator may have taken the path over since
         if link.is_symlink() and os.readlink(link) == device:
