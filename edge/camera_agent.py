@@ -1,0 +1,394 @@
+"""``parkguide edge camera``: one camera's spaces, classified, smoothed, published over MQTT.
+
+Frames come from ``edge.camera.stream.FrameReader`` (RTSP, HTTP MJPEG, a
+file, a device index; reconnects with capped backoff). Each processed frame
+is checked first (``edge.camera.quality``: black, frozen, covered/blurred);
+a frame that fails makes every space ``unknown`` and the health ``blind``,
+never a guess. A good frame is classified per space polygon
+(``edge.camera.classifier``) and smoothed over time
+(``edge.camera.smoothing``: a space changes only after the new decision held
+``--hold-s``). No frame for ``--stale-s`` (stream lost) -> every space
+``unknown``, health ``blind`` with ``stream_up`` 0.
+
+Reports go through the shared durable publisher (``edge.publisher``): deltas
+as changes settle, a snapshot on every (re)connect and periodically,
+retained availability with a last will, retained health with the processed
+frame rate and each space's last confidence. Health status: ``blind`` as
+above; ``degraded`` when more than a quarter of the spaces fell below the
+confidence floor on the last frame (dusk, rain, glare); else ``ok``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge.camera.quality import FrameQuality, FrameQualityMonitor, QualitySettings
+from edge.camera.smoothing import OccupancySmoother, SmoothingSettings, SpaceChange
+from edge.camera.stream import FrameReader, describe, parse_source
+from edge.publisher import ReportPublisher, SpoolBusy
+from parking.broker import BrokerConfig
+from parking.payloads import CameraSpaceHealth, HealthReport, SpaceObservation
+from parking.site import Camera, SiteError, load_site
+from parking.states import SpaceState
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STALE_S = 5.0
+DEFAULT_FPS_LIMIT = 10.0
+DEFAULT_HEALTH_INTERVAL_S = 5.0
+FPS_WINDOW_S = 5.0
+DEGRADED_FRACTION = 0.25
+LOOP_WAIT_S = 0.2
+
+
+class FrameClassifier(Protocol):
+    """What the agent needs of a classifier (``edge.camera.classifier.SpaceClassifier``)."""
+
+    def plan(self, polygons: Sequence[np.ndarray]) -> Any: ...
+
+    def classify(self, frame_bgr: np.ndarray, polygons: Any) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    stale_s: float = DEFAULT_STALE_S
+    fps_limit: float = DEFAULT_FPS_LIMIT
+    health_interval_s: float = DEFAULT_HEALTH_INTERVAL_S
+
+
+class CameraAgent:
+    """Turns frames of one camera into smoothed space states and reports."""
+
+    def __init__(
+        self,
+        camera: Camera,
+        classifier: FrameClassifier,
+        publisher: ReportPublisher,
+        *,
+        settings: AgentSettings | None = None,
+        smoothing: SmoothingSettings | None = None,
+        quality: QualitySettings | None = None,
+    ):
+        self.camera = camera
+        self.classifier = classifier
+        self.publisher = publisher
+        self.settings = settings or AgentSettings()
+        self.space_ids = list(camera.polygons)
+        self.polygons = [np.asarray(p, np.float32) for p in camera.polygons.values()]
+        self.smoother = OccupancySmoother(
+            len(self.space_ids), smoothing or SmoothingSettings(), now=time.time()
+        )
+        self.monitor = FrameQualityMonitor(quality)
+        self._plans: dict[tuple[int, int], Any] = {}
+        self._processed: deque[float] = deque()
+        self._last_processed = -1e9
+        self.quality: FrameQuality | None = None
+        self.stream_up = False
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("frames", "classified", "black", "frozen", "blurred", "stream_lost", "errors"), 0
+        )
+        self._status = "blind"
+        self._next_health = 0.0
+        self._lost_reported = False
+
+    # -- pure-ish steps (no network) -------------------------------------------------
+    def _plan_for(self, frame: np.ndarray) -> Any:
+        """Crop plan for this frame size; polygons scale when a stream is not the
+        configured resolution (e.g. a camera's substream)."""
+        h, w = frame.shape[:2]
+        plan = self._plans.get((w, h))
+        if plan is None:
+            cw, ch = self.camera.resolution
+            polys = self.polygons
+            if (w, h) != (cw, ch):
+                log.warning(
+                    "camera %s: frames are %dx%d, the site says %dx%d; scaling the polygons",
+                    self.camera.id,
+                    w,
+                    h,
+                    cw,
+                    ch,
+                )
+                scale = np.float32([w / cw, h / ch])
+                polys = [p * scale for p in polys]
+            plan = self.classifier.plan(polys)
+            self._plans[(w, h)] = plan
+        return plan
+
+    def on_frame(self, image: np.ndarray, wall: float, mono: float) -> list[SpaceChange]:
+        """Check, classify and smooth one frame (honouring the fps limit)."""
+        self.counters["frames"] += 1
+        if self.settings.fps_limit > 0 and mono - self._last_processed < (
+            1.0 / self.settings.fps_limit
+        ):
+            return []
+        self._last_processed = mono
+        self._processed.append(mono)
+        self.stream_up = True
+        self._lost_reported = False
+        quality = self.monitor.check(image, mono)
+        if self.quality is not None and quality.fault != self.quality.fault:
+            if quality.fault is None:
+                log.info("camera %s: frames usable again", self.camera.id)
+            else:
+                log.warning(
+                    "camera %s: %s frame (brightness %.0f, sharpness %.1f): spaces unknown",
+                    self.camera.id,
+                    quality.fault.value,
+                    quality.brightness,
+                    quality.sharpness,
+                )
+        self.quality = quality
+        if not quality.ok:
+            assert quality.fault is not None
+            self.counters[quality.fault.value] += 1
+            return self.smoother.blind(wall)
+        occupied, confidence = self.classifier.classify(image, self._plan_for(image))
+        self.counters["classified"] += 1
+        return self.smoother.update(occupied, confidence, wall)
+
+    def on_idle(self, age: float | None, since_start: float, wall: float) -> list[SpaceChange]:
+        """No new frame this round: after ``stale_s`` without one the stream is lost."""
+        stale = age is None and since_start > self.settings.stale_s
+        stale = stale or (age is not None and age > self.settings.stale_s)
+        changes: list[SpaceChange] = []
+        if stale:
+            if not self._lost_reported:
+                self._lost_reported = True
+                self.counters["stream_lost"] += 1
+                log.warning(
+                    "camera %s: no frame for %.1f s: spaces unknown",
+                    self.camera.id,
+                    self.settings.stale_s,
+                )
+            self.stream_up = False
+            self.monitor.reset()
+            changes = self.smoother.blind(wall)
+        return changes + self.smoother.tick(wall)
+
+    def fps(self, mono: float) -> float:
+        while self._processed and mono - self._processed[0] > FPS_WINDOW_S:
+            self._processed.popleft()
+        return len(self._processed) / FPS_WINDOW_S
+
+    def status(self) -> str:
+        if not self.stream_up or (self.quality is not None and not self.quality.ok):
+            return "blind"
+        if self.quality is None:
+            return "blind"
+        low = self.smoother.confidence < self.smoother.settings.min_confidence
+        return "degraded" if low.mean() > DEGRADED_FRACTION else "ok"
+
+    def observation(self, i: int) -> SpaceObservation:
+        state = SpaceState(int(self.smoother.state[i]))
+        conf = 0.0 if state is SpaceState.UNKNOWN else float(self.smoother.confidence[i])
+        return SpaceObservation(
+            space=self.space_ids[i],
+            state=state.label,  # type: ignore[arg-type]
+            since=float(self.smoother.since[i]),
+            confidence=min(max(conf, 0.0), 1.0),
+        )
+
+    def health(self, wall: float, mono: float, reconnects: int) -> HealthReport:
+        return HealthReport(
+            agent=self.publisher.agent,
+            source=self.camera.id,
+            ts=wall,
+            status=self.status(),  # type: ignore[arg-type]
+            counters={**self.counters, "reconnects": reconnects, "stream_up": int(self.stream_up)},
+            fps=round(self.fps(mono), 2),
+            spaces=[
+                CameraSpaceHealth(space=s, confidence=float(np.clip(c, 0.0, 1.0)))
+                for s, c in zip(self.space_ids, self.smoother.confidence, strict=True)
+            ],
+        )
+
+    # -- with the network ------------------------------------------------------------
+    def publish(self, changes: list[SpaceChange], reader: FrameReader, mono: float) -> None:
+        if changes:
+            latest = {c.index: c for c in changes}  # a space changed twice: its last word
+            self.publisher.report("delta", [self.observation(i) for i in sorted(latest)])
+        if self.publisher.snapshot_due():
+            self.publisher.report(
+                "snapshot", [self.observation(i) for i in range(len(self.space_ids))]
+            )
+        status = self.status()
+        if mono >= self._next_health or status != self._status:
+            self._status = status
+            self._next_health = mono + self.settings.health_interval_s
+            self.publisher.publish_health(self.health(time.time(), mono, reader.reconnects))
+
+    def run(self, reader: FrameReader, stop: threading.Event) -> None:
+        started = time.monotonic()
+        last_seq = 0
+        while not stop.is_set():
+            frame = reader.latest(last_seq, timeout=LOOP_WAIT_S)
+            wall, mono = time.time(), time.monotonic()
+            try:
+                if frame is not None:
+                    last_seq = frame.seq
+                    changes = self.on_frame(frame.image, wall, mono)
+                    changes += self.smoother.tick(wall)
+                else:
+                    changes = self.on_idle(reader.last_frame_age(mono), mono - started, wall)
+                self.publish(changes, reader, mono)
+            except SpoolBusy:
+                raise
+            except Exception:  # one bad frame or report must not end the agent
+                self.counters["errors"] += 1
+                log.exception("camera %s: frame processing failed", self.camera.id)
+                stop.wait(0.5)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--site", required=True, help="site file (YAML)")
+    parser.add_argument("--camera", required=True, help="id of the camera in the site file")
+    parser.add_argument(
+        "--source",
+        required=True,
+        help="rtsp:// or http:// URL, a video file, or a device index (e.g. 0)",
+    )
+    parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT (or mqtts://)")
+    parser.add_argument("--agent", default=None, help="agent id (default camera-<camera id>)")
+    parser.add_argument(
+        "--username", default=None, help="MQTT user name (default $PARKGUIDE_MQTT_USERNAME)"
+    )
+    parser.add_argument(
+        "--password-env",
+        default="PARKGUIDE_MQTT_PASSWORD",
+        help="environment variable holding the MQTT password (default %(default)s)",
+    )
+    parser.add_argument(
+        "--hold-s",
+        type=float,
+        default=SmoothingSettings.hold_s,
+        help="a new decision must hold this long before a space changes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=SmoothingSettings.min_confidence,
+        help="decisions below this confidence keep the last state (default %(default)s)",
+    )
+    parser.add_argument(
+        "--fps-limit",
+        type=float,
+        default=DEFAULT_FPS_LIMIT,
+        help="process at most this many frames per second; 0: all (default %(default)s)",
+    )
+    parser.add_argument(
+        "--stale-s",
+        type=float,
+        default=DEFAULT_STALE_S,
+        help="no frame for this long -> spaces unknown (default %(default)s)",
+    )
+    parser.add_argument(
+        "--frozen-s",
+        type=float,
+        default=QualitySettings.frozen_s,
+        help="identical frames for this long -> frozen, spaces unknown (default %(default)s)",
+    )
+    parser.add_argument(
+        "--snapshot-interval-s",
+        type=float,
+        default=60.0,
+        help="full snapshot period while connected (default %(default)s)",
+    )
+    parser.add_argument(
+        "--health-interval-s",
+        type=float,
+        default=DEFAULT_HEALTH_INTERVAL_S,
+        help="health report period (default %(default)s)",
+    )
+    parser.add_argument("--spool-dir", default=None, help="directory of the durable report spool")
+    parser.add_argument("--model", default=None, help="classifier model (default: the bundled one)")
+
+
+def _check_positive(args: argparse.Namespace) -> None:
+    for name in ("hold_s", "stale_s", "frozen_s", "snapshot_interval_s", "health_interval_s"):
+        value = getattr(args, name)
+        if not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, not {value}")
+    if args.fps_limit < 0:
+        raise ValueError(f"--fps-limit must be 0 or more, not {args.fps_limit}")
+    if not 0.5 <= args.min_confidence <= 1.0:
+        raise ValueError(f"--min-confidence must be 0.5..1, not {args.min_confidence}")
+
+
+def main(args: argparse.Namespace) -> int:
+    from edge.camera.classifier import SpaceClassifier  # OpenCV DNN: only for this command
+
+    try:
+        _check_positive(args)
+        site = load_site(args.site)
+        camera = site.camera(args.camera)
+        broker = BrokerConfig.from_url(
+            args.broker, args.username, os.environ.get(args.password_env) or None
+        )
+        classifier = SpaceClassifier.load(args.model)
+    except (SiteError, KeyError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    if not camera.polygons:
+        print(f"error: camera {camera.id} has no spaces bound to it", file=sys.stderr)
+        return 2
+    agent_id = args.agent or f"camera-{camera.id}"
+    publisher = ReportPublisher(
+        broker,
+        site.id,
+        agent_id,
+        camera.id,
+        spool_dir=Path(args.spool_dir) if args.spool_dir else None,
+        snapshot_interval_s=args.snapshot_interval_s,
+    )
+    agent = CameraAgent(
+        camera,
+        classifier,
+        publisher,
+        settings=AgentSettings(args.stale_s, args.fps_limit, args.health_interval_s),
+        smoothing=SmoothingSettings(hold_s=args.hold_s, min_confidence=args.min_confidence),
+        quality=QualitySettings(frozen_s=args.frozen_s),
+    )
+    source = parse_source(args.source)
+    reader = FrameReader(source)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        publisher.start()
+    except SpoolBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.info(
+        "camera agent %s: camera %s (%d spaces) from %s to %s",
+        agent_id,
+        camera.id,
+        len(agent.space_ids),
+        describe(source),
+        broker.url,
+    )
+    reader.start()
+    try:
+        agent.run(reader, stop)
+    finally:
+        reader.stop()
+        publisher.stop()
+    return 0
