@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware_sim import commands as cmd
 from firmware_sim.nodes import SimulatedBus
@@ -304,3 +306,20 @@ def test_parse_good_lines(line, command):
 def test_parse_bad_lines(line, reason):
     with pytest.raises(cmd.CommandError, match=reason):
         cmd.parse_command(line)
+
+
+@given(st.text(max_size=80))
+def test_parser_only_ever_refuses_with_a_reason(line):
+    try:
+        cmd.parse_command(line)
+    except cmd.CommandError as exc:
+        assert str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=8))
+def test_line_noise_never_crashes_and_every_answer_is_a_valid_frame(chunks):
+    b = SimulatedBus(BUS, T0, seed=1)
+    for k, chunk in enumerate(chunks):
+        for answer in b.receive(chunk, T0 + k):
+            assert rtu.crc_ok(answer.frame) and answer.frame[0] in (1, 2)
