@@ -1,0 +1,843 @@
+"""The allocation core: best free space per (entrance, vehicle class), display line counts.
+
+Pure numpy + scipy, no I/O and no wall clock (times are passed in as floats).
+The rules (``docs/allocation.md``; ``gateway.reference`` implements the same in
+plain Python):
+
+- eligible(c, s): some kind k of space s is one of class c's kinds and every
+  policy on (k, c) has a window containing the current local minute.
+- candidate(c, s): state FREE, not closed (by state or by the site), not held,
+  eligible(c, s).
+- score(e, s) = cost[e, s] + congestion_m * congestion(aisle[s]); best(e, c)
+  is the candidate with the lowest (score, cost, index) and a finite cost.
+  congestion(a) = v * 2 ** (-(now - t) / halflife), counted as 0 below
+  ``CONGESTION_FLOOR``; an assignment into aisle a sets v to the decayed value
+  + 1 and t to its time. ``now`` is the latest time passed to the core.
+- a display line counts the candidates in its zones for its vehicle class
+  (for any class when it has none).
+
+Data structures (why it is incremental): driving cost is turned into a rank
+per entrance (the order of (cost, index)), so "lowest cost, then lowest index"
+is one integer comparison. Spaces are stored grouped by aisle; per aisle we
+keep the lowest candidate rank for every (entrance, class) pair (``P = E * C``
+columns), and a two-level min over aisles (blocks of aisles, then all blocks)
+gives best per pair without congestion. A state change touches one space:
+its aisle row is updated with an elementwise min (gain) or rescanned (loss of
+the aisle's best), then its block and the global row; line counts move by +-1
+through a zone -> lines table. Aisles with non-negligible congestion are kept
+out of the two-level min and scored explicitly at query time (there are only
+as many as recent assignments).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
+
+from parking.site import Site, in_window
+from parking.states import SpaceState
+
+UNKNOWN = int(SpaceState.UNKNOWN)
+FREE = int(SpaceState.FREE)
+OCCUPIED = int(SpaceState.OCCUPIED)
+CLOSED = int(SpaceState.CLOSED)
+
+DEFAULT_CONGESTION_M = 20.0
+"""Metres of extra driving one recent assignment adds to its aisle: a car or two
+already heading down an aisle sends the next one to a neighbouring aisle."""
+DEFAULT_CONGESTION_HALFLIFE_S = 60.0
+"""About the time a car needs from the gate to its space."""
+CONGESTION_FLOOR = 0.01
+"""Decayed congestion below this counts as none (the aisle leaves the slow path)."""
+
+NONE = np.iinfo(np.int32).max
+"""Rank sentinel: no candidate."""
+
+PolicySpec = tuple[int, Iterable[int], Sequence[tuple[int, int]]]
+"""(kind index, class indices, windows as (start, end) minutes of day)."""
+EdgeSpec = tuple[int, int, float, bool]
+"""(from node, to node, length in metres, one-way)."""
+
+
+def congestion_value(v: float, t: float, now: float, halflife_s: float) -> float:
+    """Decayed congestion of an aisle last bumped to ``v`` at ``t`` (raw, no floor)."""
+    return v * 2.0 ** (-(now - t) / halflife_s)
+
+
+@dataclass(frozen=True, eq=False)
+class CoreLayout:
+    """Everything about a site the core needs, as arrays; built once per site load.
+
+    Index conventions: space index = position in ``site.spaces``; entrances,
+    classes, zones, kinds, lane nodes and display lines in site order.
+    """
+
+    cost: np.ndarray
+    """float64[E, S]: driving metres entrance -> space (lane graph + access distance); inf unreachable"""
+    aisle: np.ndarray
+    """int32[S]: congestion group = the space's access lane node, numbered 0..A-1"""
+    aisle_node: np.ndarray
+    """int32[A]: lane node of each aisle (-1: spaces without an access node)"""
+    zone: np.ndarray
+    """int32[S]"""
+    space_node: np.ndarray
+    """int32[S]: access lane node of each space (-1 none)"""
+    closed: np.ndarray
+    """bool[S]: closed in the site file (never a candidate, counted CLOSED)"""
+    space_kinds: np.ndarray
+    """bool[S, K]"""
+    class_kinds: np.ndarray
+    """bool[C, K]"""
+    policies: tuple[tuple[int, np.ndarray, tuple[tuple[int, int], ...]], ...]
+    """(kind, bool[C] classes restricted, windows)"""
+    line_zones: np.ndarray
+    """bool[L, Z]"""
+    line_class: np.ndarray
+    """int32[L]: vehicle class counted by the line, -1 = any class"""
+    predecessors: np.ndarray
+    """int32[E, N]: shortest-path tree of each entrance over the lane graph (-9999 none)"""
+    entrance_node: np.ndarray
+    """int32[E]"""
+    node_ids: tuple[str, ...]
+    entrances: tuple[str, ...]
+    classes: tuple[str, ...]
+    zones: tuple[str, ...]
+    kinds: tuple[str, ...]
+    space_ids: tuple[str, ...]
+    line_keys: tuple[tuple[str, int], ...]
+    """(display id, line index) of every display line, in site order"""
+    # derived (see __post_init__)
+    order: np.ndarray = None  # type: ignore[assignment]
+    """int32[E, S]: spaces of each entrance sorted by (cost, index)"""
+    rank: np.ndarray = None  # type: ignore[assignment]
+    """int32[E, S]: inverse of ``order``; NONE where unreachable"""
+    kindset: np.ndarray = None  # type: ignore[assignment]
+    """int32[S]: id of the space's kind combination (same kinds -> same eligibility)"""
+    kindset_kinds: np.ndarray = None  # type: ignore[assignment]
+    """bool[G, K]"""
+    slot_space: np.ndarray = None  # type: ignore[assignment]
+    """int32[S]: spaces in storage order (by aisle, then kind combination, then index)"""
+    space_slot: np.ndarray = None  # type: ignore[assignment]
+    """int32[S]: inverse of slot_space"""
+    aisle_ptr: np.ndarray = None  # type: ignore[assignment]
+    """int64[A + 1]: slots of aisle a are aisle_ptr[a]:aisle_ptr[a + 1]"""
+    seg_ptr: np.ndarray = None  # type: ignore[assignment]
+    """int64[n_seg]: starts of runs of equal (aisle, kind combination) in slot order"""
+    seg_aisle_ptr: np.ndarray = None  # type: ignore[assignment]
+    """int64[A]: first segment of each aisle"""
+    seg_kindset: np.ndarray = None  # type: ignore[assignment]
+    """int32[n_seg]"""
+    slot_rank: np.ndarray = None  # type: ignore[assignment]
+    """int32[S, E]: rank in slot order, rows contiguous per aisle"""
+    zone_lines_ptr: np.ndarray = None  # type: ignore[assignment]
+    zone_lines: np.ndarray = None  # type: ignore[assignment]
+    """lines counting zone z: zone_lines[zone_lines_ptr[z]:zone_lines_ptr[z + 1]]"""
+    zone_lines_col: np.ndarray = None  # type: ignore[assignment]
+    """class column of each of those lines (C = any class)"""
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        n_e, n_s = self.cost.shape
+        order = np.argsort(self.cost, axis=1, kind="stable").astype(np.int32)
+        rank = np.empty((n_e, n_s), dtype=np.int32)
+        rows = np.arange(n_e)[:, None]
+        rank[rows, order] = np.arange(n_s, dtype=np.int32)[None, :]
+        rank[~np.isfinite(self.cost)] = NONE
+        set_(self, "order", order)
+        set_(self, "rank", rank)
+        # kind combinations
+        if n_s:
+            uniq, kindset = np.unique(self.space_kinds, axis=0, return_inverse=True)
+        else:
+            uniq, kindset = np.zeros((0, len(self.kinds)), bool), np.zeros(0, np.int64)
+        kindset = kindset.reshape(-1).astype(np.int32)
+        set_(self, "kindset", kindset)
+        set_(self, "kindset_kinds", uniq.astype(bool))
+        slot_space = np.lexsort((np.arange(n_s), kindset, self.aisle)).astype(np.int32)
+        space_slot = np.empty(n_s, dtype=np.int32)
+        space_slot[slot_space] = np.arange(n_s, dtype=np.int32)
+        set_(self, "slot_space", slot_space)
+        set_(self, "space_slot", space_slot)
+        n_a = len(self.aisle_node)
+        counts = np.bincount(self.aisle, minlength=n_a)
+        aisle_ptr = np.zeros(n_a + 1, dtype=np.int64)
+        np.cumsum(counts, out=aisle_ptr[1:])
+        set_(self, "aisle_ptr", aisle_ptr)
+        a_sorted = self.aisle[slot_space]
+        g_sorted = kindset[slot_space]
+        if n_s:
+            brk = np.flatnonzero((np.diff(a_sorted) != 0) | (np.diff(g_sorted) != 0)) + 1
+            seg_ptr = np.concatenate(([0], brk)).astype(np.int64)
+        else:
+            seg_ptr = np.zeros(0, np.int64)
+        set_(self, "seg_ptr", seg_ptr)
+        set_(self, "seg_kindset", g_sorted[seg_ptr].astype(np.int32))
+        set_(self, "seg_aisle_ptr", np.searchsorted(seg_ptr, aisle_ptr[:-1]).astype(np.int64))
+        set_(self, "slot_rank", np.ascontiguousarray(rank[:, slot_space].T))
+        # zone -> lines, with the class column each line counts
+        n_c = len(self.classes)
+        zl: list[list[int]] = [[] for _ in self.zones]
+        for li in range(self.line_zones.shape[0]):
+            for z in np.flatnonzero(self.line_zones[li]):
+                zl[int(z)].append(li)
+        ptr = np.zeros(len(self.zones) + 1, dtype=np.int64)
+        np.cumsum([len(x) for x in zl], out=ptr[1:])
+        lines = np.array([li for x in zl for li in x], dtype=np.int64)
+        cls = self.line_class[lines] if len(lines) else np.zeros(0, np.int32)
+        set_(self, "zone_lines_ptr", ptr)
+        set_(self, "zone_lines", lines)
+        set_(self, "zone_lines_col", np.where(cls < 0, n_c, cls).astype(np.int64))
+
+    # -- sizes -----------------------------------------------------------------
+    @property
+    def n_spaces(self) -> int:
+        return self.cost.shape[1]
+
+    @property
+    def n_entrances(self) -> int:
+        return self.cost.shape[0]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def n_aisles(self) -> int:
+        return len(self.aisle_node)
+
+    @property
+    def n_lines(self) -> int:
+        return self.line_zones.shape[0]
+
+    # -- rules -----------------------------------------------------------------
+    def kind_open(self, minute_of_day: int) -> np.ndarray:
+        """bool[C, K]: class c may use kind k at this minute (its policies allow it)."""
+        open_ = np.ones_like(self.class_kinds)
+        for kind, classes, windows in self.policies:
+            if not any(in_window(minute_of_day, w) for w in windows):
+                open_[classes, kind] = False
+        return open_
+
+    def kindset_eligibility(self, minute_of_day: int) -> np.ndarray:
+        """bool[G, C]: eligibility of every kind combination."""
+        usable = (self.class_kinds & self.kind_open(minute_of_day)).astype(np.int32)
+        return (self.kindset_kinds.astype(np.int32) @ usable.T) > 0
+
+    def eligibility(self, minute_of_day: int) -> np.ndarray:
+        """bool[C, S]: kinds + time-window policies (local minute of day); not state or closure."""
+        return self.kindset_eligibility(minute_of_day)[self.kindset].T.copy()
+
+    # -- constructors ----------------------------------------------------------
+    @classmethod
+    def from_arrays(
+        cls,
+        *,
+        n_nodes: int,
+        edges: Sequence[EdgeSpec],
+        entrance_nodes: Sequence[int],
+        space_node: Sequence[int],
+        access_distance: Sequence[float],
+        space_zone: Sequence[int],
+        space_kinds: Sequence[Iterable[int]],
+        class_kinds: Sequence[Iterable[int]],
+        policies: Sequence[PolicySpec] = (),
+        line_zones: Sequence[Iterable[int]] = (),
+        line_class: Sequence[int | None] = (),
+        closed: Sequence[bool] | None = None,
+        n_zones: int | None = None,
+        n_kinds: int | None = None,
+        node_ids: Sequence[str] | None = None,
+        entrances: Sequence[str] | None = None,
+        classes: Sequence[str] | None = None,
+        zones: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        space_ids: Sequence[str] | None = None,
+        line_keys: Sequence[tuple[str, int]] | None = None,
+    ) -> CoreLayout:
+        """A layout from plain index tables (random sites in tests, synthetic benchmarks)."""
+        n_s = len(space_node)
+        n_e = len(entrance_nodes)
+        n_c = len(class_kinds)
+        space_kinds = [list(k) for k in space_kinds]
+        class_kinds = [list(k) for k in class_kinds]
+        if n_kinds is None:
+            n_kinds = 1 + max(
+                [k for ks in space_kinds + class_kinds for k in ks]
+                + [p[0] for p in policies]
+                + [-1]
+            )
+        zone_arr = np.asarray(space_zone, dtype=np.int32).reshape(n_s)
+        line_zones = [list(z) for z in line_zones]
+        if n_zones is None:
+            n_zones = 1 + max(
+                [int(z) for z in zone_arr] + [z for zs in line_zones for z in zs] + [-1]
+            )
+        # lane graph: directed, parallel edges keep the shortest
+        best_len: dict[tuple[int, int], float] = {}
+        for a, b, length, oneway in edges:
+            if a == b:
+                continue
+            pairs = [(a, b)] if oneway else [(a, b), (b, a)]
+            for p in pairs:
+                if p not in best_len or length < best_len[p]:
+                    best_len[p] = float(length)
+        if best_len:
+            keys = np.array(list(best_len.keys()), dtype=np.int64)
+            graph = csr_matrix(
+                (np.array(list(best_len.values())), (keys[:, 0], keys[:, 1])),
+                shape=(n_nodes, n_nodes),
+            )
+        else:
+            graph = csr_matrix((n_nodes, n_nodes))
+        ent = np.asarray(entrance_nodes, dtype=np.int32).reshape(n_e)
+        if n_e and n_nodes:
+            dist, pred = dijkstra(graph, directed=True, indices=ent, return_predecessors=True)
+        else:
+            dist = np.full((n_e, n_nodes), np.inf)
+            pred = np.full((n_e, n_nodes), -9999, dtype=np.int32)
+        node = np.asarray(space_node, dtype=np.int32).reshape(n_s)
+        acc = np.asarray(access_distance, dtype=np.float64).reshape(n_s)
+        cost = np.full((n_e, n_s), np.inf)
+        has = node >= 0
+        cost[:, has] = dist[:, node[has]] + acc[has][None, :]
+        # aisles: one per access node in use (plus one for spaces without)
+        aisle_key = np.where(has, node, n_nodes)
+        used, aisle = np.unique(aisle_key, return_inverse=True)
+        aisle_node = np.where(used == n_nodes, -1, used).astype(np.int32)
+        sk = np.zeros((n_s, n_kinds), dtype=bool)
+        for s, ks in enumerate(space_kinds):
+            sk[s, ks] = True
+        ck = np.zeros((n_c, n_kinds), dtype=bool)
+        for c, ks in enumerate(class_kinds):
+            ck[c, ks] = True
+        pol = []
+        for kind, pcls, windows in policies:
+            mask = np.zeros(n_c, dtype=bool)
+            mask[list(pcls)] = True
+            pol.append((int(kind), mask, tuple((int(a), int(b)) for a, b in windows)))
+        lz = np.zeros((len(line_zones), n_zones), dtype=bool)
+        for li, zs in enumerate(line_zones):
+            lz[li, zs] = True
+        lc = np.array([-1 if c is None else c for c in line_class], dtype=np.int32).reshape(
+            len(line_zones)
+        )
+        closed_arr = np.zeros(n_s, dtype=bool) if closed is None else np.asarray(closed, dtype=bool)
+        return cls(
+            cost=cost,
+            aisle=aisle.reshape(-1).astype(np.int32),
+            aisle_node=aisle_node,
+            zone=zone_arr,
+            space_node=node,
+            closed=closed_arr.reshape(n_s),
+            space_kinds=sk,
+            class_kinds=ck,
+            policies=tuple(pol),
+            line_zones=lz,
+            line_class=lc,
+            predecessors=np.asarray(pred, dtype=np.int32).reshape(n_e, n_nodes),
+            entrance_node=ent,
+            node_ids=tuple(node_ids or (f"n{i}" for i in range(n_nodes))),
+            entrances=tuple(entrances or (f"e{i}" for i in range(n_e))),
+            classes=tuple(classes or (f"c{i}" for i in range(n_c))),
+            zones=tuple(zones or (f"z{i}" for i in range(n_zones))),
+            kinds=tuple(kinds or (f"k{i}" for i in range(n_kinds))),
+            space_ids=tuple(space_ids or (f"s{i}" for i in range(n_s))),
+            line_keys=tuple(line_keys or (("d", i) for i in range(len(line_zones)))),
+        )
+
+    @staticmethod
+    def site_tables(site: Site) -> dict:
+        """The ``from_arrays`` keyword arguments describing ``site`` (shared with the reference)."""
+        nodes = {n.id: i for i, n in enumerate(site.lane_nodes)}
+        zones = {z.id: i for i, z in enumerate(site.zones)}
+        kinds = {k: i for i, k in enumerate(site.kinds)}
+        classes = {c.id: i for i, c in enumerate(site.vehicle_classes)}
+        line_zones, line_class, line_keys = [], [], []
+        for d in site.displays:
+            for li, line in enumerate(d.lines):
+                line_zones.append([zones[z] for z in line.zones])
+                line_class.append(
+                    None if line.vehicle_class is None else classes[line.vehicle_class]
+                )
+                line_keys.append((d.id, li))
+        return {
+            "n_nodes": len(nodes),
+            "edges": [(nodes[e.a], nodes[e.b], e.length, e.oneway) for e in site.lane_edges],
+            "entrance_nodes": [nodes[e.node] for e in site.entrances],
+            "space_node": [nodes.get(s.access, -1) for s in site.spaces],
+            "access_distance": [s.access_distance for s in site.spaces],
+            "space_zone": [zones[s.zone] for s in site.spaces],
+            "space_kinds": [sorted(kinds[k] for k in s.kinds) for s in site.spaces],
+            "class_kinds": [[kinds[k] for k in c.kinds] for c in site.vehicle_classes],
+            "policies": [
+                (kinds[p.kind], [classes[c] for c in sorted(p.classes)], p.windows)
+                for p in site.policies
+            ],
+            "line_zones": line_zones,
+            "line_class": line_class,
+            "closed": [s.closed for s in site.spaces],
+            "n_zones": len(zones),
+            "n_kinds": len(kinds),
+            "node_ids": [n.id for n in site.lane_nodes],
+            "entrances": [e.id for e in site.entrances],
+            "classes": [c.id for c in site.vehicle_classes],
+            "zones": [z.id for z in site.zones],
+            "kinds": list(site.kinds),
+            "space_ids": [s.id for s in site.spaces],
+            "line_keys": line_keys,
+        }
+
+    @classmethod
+    def from_site(cls, site: Site) -> CoreLayout:
+        """Lane graph -> driving costs (Dijkstra from every entrance), once per site load."""
+        return cls.from_arrays(**cls.site_tables(site))
+
+    @staticmethod
+    def synthetic_tables(
+        n_spaces: int,
+        n_entrances: int = 16,
+        n_classes: int = 8,
+        n_lines: int = 200,
+        seed: int = 0,
+    ) -> dict:
+        """``from_arrays`` arguments of a realistic synthetic site.
+
+        A grid of aisles (20-40 spaces each, both sides of one lane node), zones of
+        about ten aisles (a few hundred spaces), a few one-way streets, entrances on
+        the edge of the grid, kinds and policies like a residential site (shared
+        bays by time of day, loading bays in the morning, visitor bays by day).
+        """
+        rng = np.random.default_rng(seed)
+        sizes: list[int] = []
+        while sum(sizes) < n_spaces:
+            sizes.append(int(rng.integers(20, 41)))
+        sizes[-1] -= sum(sizes) - n_spaces
+        if sizes[-1] <= 0:
+            sizes.pop()
+        n_aisles = len(sizes)
+        width = max(1, math.ceil(math.sqrt(n_aisles)))
+        height = math.ceil(n_aisles / width)
+        n_grid = width * height
+        edges: list[EdgeSpec] = []
+        for y in range(height):
+            for x in range(width):
+                i = y * width + x
+                if x + 1 < width:
+                    edges.append((i, i + 1, float(rng.uniform(40, 70)), bool(y % 4 == 1)))
+                if y + 1 < height:
+                    edges.append((i, i + width, float(rng.uniform(15, 30)), bool(x % 5 == 3)))
+        # entrances: extra nodes joined to the grid's edge
+        border = [x for x in range(width)] + [(height - 1) * width + x for x in range(width)]
+        border += [y * width for y in range(height)] + [
+            y * width + width - 1 for y in range(height)
+        ]
+        entrance_nodes = []
+        for e in range(n_entrances):
+            g = border[int(rng.integers(len(border)))]
+            node = n_grid + e
+            edges.append((node, g, float(rng.uniform(10, 50)), False))
+            entrance_nodes.append(node)
+        # kinds: resident, visitor, ev, accessible, shared, loading, motorcycle, staff
+        n_kinds = 8
+        class_kinds = [
+            [0, 4],  # resident: resident + shared
+            [1],  # visitor
+            [2, 0, 4],  # ev
+            [3, 0, 4, 1],  # accessible
+            [4],  # office: shared
+            [5],  # delivery: loading
+            [6],  # motorcycle
+            [7, 1],  # staff
+        ][:n_classes]
+        while len(class_kinds) < n_classes:
+            class_kinds.append([int(rng.integers(n_kinds))])
+        policies: list[PolicySpec] = [
+            (4, [c for c in (0, 2, 3) if c < n_classes], [(19 * 60, 8 * 60)]),
+            (4, [c for c in (4,) if c < n_classes], [(8 * 60, 19 * 60)]),
+            (5, [c for c in (5,) if c < n_classes], [(7 * 60, 10 * 60), (14 * 60, 16 * 60)]),
+            (1, [c for c in (1,) if c < n_classes], [(8 * 60, 22 * 60)]),
+        ]
+        policies = [p for p in policies if list(p[1])]
+        aisle_kind_choices = np.array([0, 0, 0, 0, 1, 4, 2, 5, 6, 7])
+        space_node, access_distance, space_zone, space_kinds = [], [], [], []
+        for a, size in enumerate(sizes):
+            z = a // 10
+            main = int(aisle_kind_choices[rng.integers(len(aisle_kind_choices))])
+            for j in range(size):
+                space_node.append(a)
+                access_distance.append(3.0 + 2.5 * (j // 2))
+                space_zone.append(z)
+                if j < 2 and main == 0:
+                    space_kinds.append([3])  # accessible bays at the aisle head
+                elif j % 7 == 3 and main == 0:
+                    space_kinds.append([2, 0])  # EV charger in a resident row
+                else:
+                    space_kinds.append([main])
+        n_zones = max(space_zone) + 1 if space_zone else 1
+        line_zones, line_class = [], []
+        for _ in range(n_lines):
+            z0 = int(rng.integers(n_zones))
+            zs = sorted({min(n_zones - 1, z0 + int(d)) for d in range(int(rng.integers(1, 4)))})
+            line_zones.append(zs)
+            line_class.append(None if rng.random() < 0.2 else int(rng.integers(n_classes)))
+        return {
+            "n_nodes": n_grid + n_entrances,
+            "edges": edges,
+            "entrance_nodes": entrance_nodes,
+            "space_node": space_node,
+            "access_distance": access_distance,
+            "space_zone": space_zone,
+            "space_kinds": space_kinds,
+            "class_kinds": class_kinds,
+            "policies": policies,
+            "line_zones": line_zones,
+            "line_class": line_class,
+            "n_zones": n_zones,
+            "n_kinds": n_kinds,
+        }
+
+    @classmethod
+    def synthetic(
+        cls,
+        n_spaces: int,
+        n_entrances: int = 16,
+        n_classes: int = 8,
+        n_lines: int = 200,
+        seed: int = 0,
+    ) -> CoreLayout:
+        """A realistic synthetic site (see ``synthetic_tables``) for benchmarks and tests."""
+        return cls.from_arrays(
+            **cls.synthetic_tables(n_spaces, n_entrances, n_classes, n_lines, seed)
+        )
+
+
+class AllocationCore:
+    """Live candidates, best space per (entrance, class) and display line counts."""
+
+    def __init__(
+        self,
+        layout: CoreLayout,
+        minute_of_day: int,
+        congestion_m: float = DEFAULT_CONGESTION_M,
+        congestion_halflife_s: float = DEFAULT_CONGESTION_HALFLIFE_S,
+    ):
+        if congestion_halflife_s <= 0:
+            raise ValueError("congestion_halflife_s must be positive")
+        self.layout = layout
+        self.congestion_m = float(congestion_m)
+        self.congestion_halflife_s = float(congestion_halflife_s)
+        n_s, n_e, n_c = layout.n_spaces, layout.n_entrances, layout.n_classes
+        self._n_c = n_c
+        self._n_p = n_e * n_c
+        self.state = np.zeros(n_s, dtype=np.int8)
+        self.held_until = np.zeros(n_s, dtype=np.float64)
+        self._holds: dict[int, float] = {}
+        self.now = -math.inf
+        self.minute = int(minute_of_day)
+        self._cong: dict[int, tuple[float, float]] = {}  # aisle -> (v, t)
+        self._active: set[int] = set()  # aisles kept out of the two-level min
+        # block width of the two-level min over aisles
+        n_a = layout.n_aisles
+        self._w = max(1, math.ceil(math.sqrt(n_a)))
+        self._nb = max(1, math.ceil(n_a / self._w))
+        self._kindset_elig = layout.kindset_eligibility(self.minute)
+        self.recompute()
+
+    # -- full recompute ----------------------------------------------------------
+    def _slot_eligibility(self) -> np.ndarray:
+        """bool[S, C + 1] in slot order; the last column is 'any class'."""
+        ke = self._kindset_elig
+        ext = np.concatenate([ke, ke.any(axis=1, keepdims=True)], axis=1)
+        return ext[self.layout.kindset[self.layout.slot_space]]
+
+    def recompute(self) -> None:
+        """Rebuild every derived structure from ``state``, ``held_until`` and the congestion."""
+        lo = self.layout
+        n_c, n_a, n_e = self._n_c, lo.n_aisles, lo.n_entrances
+        closed = lo.closed | (self.state == CLOSED)
+        eff = np.where(closed, CLOSED, self.state).astype(np.int64)
+        avail = (eff == FREE) & (self.held_until == 0)
+        self._elig_slot = self._slot_eligibility()
+        self._avail_slot = avail[lo.slot_space]
+        self._cand_slot = self._elig_slot & self._avail_slot[:, None]
+        # per (aisle, kind combination) segment: lowest rank of an available space
+        masked = np.where(self._avail_slot[:, None], lo.slot_rank, NONE)
+        aisle_min = np.full((n_a, n_e, n_c), NONE, dtype=np.int32)
+        if len(lo.seg_ptr):
+            seg_min = np.minimum.reduceat(masked, lo.seg_ptr, axis=0)  # (n_seg, E)
+            seg_elig = self._kindset_elig[lo.seg_kindset]  # (n_seg, C)
+            for c in range(n_c):
+                vals = np.where(seg_elig[:, c : c + 1], seg_min, NONE)
+                aisle_min[:, :, c] = np.minimum.reduceat(vals, lo.seg_aisle_ptr, axis=0)
+        self._aisle_min = aisle_min.reshape(n_a, self._n_p)
+        self._leaf = np.full((self._nb * self._w, self._n_p), NONE, dtype=np.int32)
+        self._leaf[:n_a] = self._aisle_min
+        for a in self._active:
+            self._leaf[a] = NONE
+        self._block = self._leaf.reshape(self._nb, self._w, self._n_p).min(axis=1)
+        self._glob = self._block.min(axis=0)
+        # counts
+        n_z = len(lo.zones)
+        zc = np.bincount(lo.zone.astype(np.int64) * 4 + eff, minlength=n_z * 4)
+        self._zone_counts = zc.reshape(n_z, 4).astype(np.int64)
+        cand_space = np.empty_like(self._cand_slot)
+        cand_space[lo.slot_space] = self._cand_slot
+        per_zone = np.zeros((n_z, n_c + 1), dtype=np.int64)
+        np.add.at(per_zone, lo.zone, cand_space.astype(np.int64))
+        cols = np.where(lo.line_class < 0, n_c, lo.line_class)
+        lz = lo.line_zones.astype(np.int64)
+        self.line_free = (lz * per_zone[:, cols].T).sum(axis=1)
+        self.line_unknown = lz @ self._zone_counts[:, UNKNOWN]
+        self.line_total = lz @ (self._zone_counts.sum(axis=1) - self._zone_counts[:, CLOSED])
+
+    # -- time ------------------------------------------------------------------
+    def _advance(self, now: float) -> None:
+        if now > self.now:
+            self.now = float(now)
+
+    def set_minute(self, minute_of_day: int) -> bool:
+        """Re-evaluate eligibility; True (and a full recompute) if it changed."""
+        self.minute = int(minute_of_day)
+        ke = self.layout.kindset_eligibility(self.minute)
+        if np.array_equal(ke, self._kindset_elig):
+            return False
+        self._kindset_elig = ke
+        self.recompute()
+        return True
+
+    def congestion(self, aisle: int) -> float:
+        """Congestion of an aisle now, as scored (0 below the floor)."""
+        vt = self._cong.get(aisle)
+        if vt is None:
+            return 0.0
+        v = congestion_value(vt[0], vt[1], self.now, self.congestion_halflife_s)
+        return v if v >= CONGESTION_FLOOR else 0.0
+
+    # -- state changes -------------------------------------------------------------
+    def update(self, space: int, state: int, now: float) -> None:
+        """One space changed state (a car seen in a held space clears its hold)."""
+        self._advance(now)
+        s = int(space)
+        state = int(state)
+        old = int(self.state[s])
+        unheld = state == OCCUPIED and self.held_until[s] > 0
+        if unheld:
+            self.held_until[s] = 0.0
+            del self._holds[s]
+        if old == state and not unheld:
+            return
+        self.state[s] = state
+        self._refresh(s, old)
+
+    def update_many(
+        self, spaces: Sequence[int] | np.ndarray, states: Sequence[int] | np.ndarray, now: float
+    ) -> None:
+        """Several changes at one time (in order; later entries win)."""
+        spaces = np.asarray(spaces, dtype=np.int64).reshape(-1)
+        states = np.asarray(states, dtype=np.int64).reshape(-1)
+        if len(spaces) != len(states):
+            raise ValueError("spaces and states differ in length")
+        if len(spaces) * 8 > self.layout.n_spaces:
+            self._advance(now)
+            self.state[spaces] = states  # numpy: the last write of a repeated index wins
+            for s in spaces[states == OCCUPIED].tolist():
+                if self.held_until[s] > 0 and self.state[s] == OCCUPIED:
+                    self.held_until[s] = 0.0
+                    self._holds.pop(s, None)
+            self.recompute()
+            return
+        for s, st in zip(spaces.tolist(), states.tolist(), strict=True):
+            self.update(s, st, now)
+
+    def _refresh(self, s: int, old_state: int) -> None:
+        """Space s changed state (from ``old_state``) and/or hold: update counts and minima."""
+        lo = self.layout
+        new_state = int(self.state[s])
+        if lo.closed[s]:
+            old_eff = new_eff = CLOSED
+        else:
+            old_eff, new_eff = old_state, new_state
+        z = int(lo.zone[s])
+        zl = slice(int(lo.zone_lines_ptr[z]), int(lo.zone_lines_ptr[z + 1]))
+        if old_eff != new_eff:
+            zc = self._zone_counts[z]
+            zc[old_eff] -= 1
+            zc[new_eff] += 1
+            du = (new_eff == UNKNOWN) - (old_eff == UNKNOWN)
+            dt = (old_eff == CLOSED) - (new_eff == CLOSED)
+            if du or dt:
+                lines = lo.zone_lines[zl]
+                if du:
+                    self.line_unknown[lines] += du
+                if dt:
+                    self.line_total[lines] += dt
+        p = int(lo.space_slot[s])
+        avail = new_eff == FREE and self.held_until[s] == 0
+        if avail == bool(self._avail_slot[p]):
+            return
+        self._avail_slot[p] = avail
+        elig = self._elig_slot[p]
+        if avail:
+            self._cand_slot[p] = elig
+        else:
+            self._cand_slot[p] = False
+        sign = 1 if avail else -1
+        self.line_free[lo.zone_lines[zl]] += sign * elig[lo.zone_lines_col[zl]]
+        if not elig[: self._n_c].any():
+            return
+        a = int(lo.aisle[s])
+        vals = np.where(elig[None, : self._n_c], lo.slot_rank[p][:, None], NONE).reshape(-1)
+        row = self._aisle_min[a]
+        if avail:
+            np.minimum(row, vals, out=row)
+            if a not in self._active:
+                self._leaf[a] = row
+                b = a // self._w
+                np.minimum(self._block[b], vals, out=self._block[b])
+                np.minimum(self._glob, vals, out=self._glob)
+            return
+        hit = (row == vals) & (vals != NONE)
+        if not hit.any():
+            return
+        lo_, hi_ = int(lo.aisle_ptr[a]), int(lo.aisle_ptr[a + 1])
+        new = (
+            np.where(
+                self._cand_slot[lo_:hi_, None, : self._n_c],
+                lo.slot_rank[lo_:hi_, :, None],
+                NONE,
+            )
+            .min(axis=0)
+            .reshape(-1)
+        )
+        row[:] = new
+        if a not in self._active:
+            self._set_leaf(a, new)
+
+    def _set_leaf(self, a: int, new: np.ndarray) -> None:
+        """Aisle a's leaf became ``new``; refresh its block and the global minimum."""
+        b = a // self._w
+        old_block = self._block[b].copy()
+        self._leaf[a] = new
+        blk = self._leaf[b * self._w : (b + 1) * self._w].min(axis=0)
+        changed_up = blk > old_block
+        self._block[b] = blk
+        if changed_up.any():
+            self._glob = self._block.min(axis=0)
+        else:
+            np.minimum(self._glob, blk, out=self._glob)
+
+    # -- holds and congestion ----------------------------------------------------------
+    def assign(self, entrance: int, vehicle_class: int, now: float, hold_s: float) -> int:
+        """Best space for an arriving car, held for it until seen or ``now + hold_s``; -1 if none."""
+        if hold_s <= 0:
+            raise ValueError("hold_s must be positive")
+        self._advance(now)
+        s = self.best(entrance, vehicle_class)
+        if s < 0:
+            return -1
+        until = float(now) + float(hold_s)
+        self.held_until[s] = until
+        self._holds[s] = until
+        self._refresh(s, int(self.state[s]))
+        a = int(self.layout.aisle[s])
+        vt = self._cong.get(a)
+        v = 1.0 if vt is None else congestion_value(*vt, now, self.congestion_halflife_s) + 1.0
+        self._cong[a] = (v, float(now))
+        if a not in self._active and self.congestion_m != 0:
+            self._active.add(a)
+            self._set_leaf(a, np.full(self._n_p, NONE, dtype=np.int32))
+        return s
+
+    def expire_holds(self, now: float) -> list[int]:
+        """Release holds that ended at or before ``now``; returns those spaces (ascending)."""
+        self._advance(now)
+        done = sorted(s for s, until in self._holds.items() if until <= now)
+        for s in done:
+            del self._holds[s]
+            self.held_until[s] = 0.0
+            self._refresh(s, int(self.state[s]))
+        return done
+
+    def _prune_active(self) -> None:
+        """Aisles whose congestion decayed below the floor go back into the two-level min."""
+        h = self.congestion_halflife_s
+        for a in [
+            a
+            for a in self._active
+            if congestion_value(*self._cong[a], self.now, h) < CONGESTION_FLOOR
+        ]:
+            self._active.discard(a)
+            self._set_leaf(a, self._aisle_min[a].copy())
+
+    # -- queries -------------------------------------------------------------------
+    def best(self, entrance: int, vehicle_class: int) -> int:
+        """Lowest (score, cost, index) candidate for this entrance and class; -1 if none."""
+        if self._active:
+            self._prune_active()
+        lo = self.layout
+        p = entrance * self._n_c + vehicle_class
+        r = int(self._glob[p])
+        order = lo.order[entrance]
+        cost = lo.cost[entrance]
+        best: tuple[float, float, int] | None = None
+        if r != NONE:
+            s = int(order[r])
+            c = float(cost[s])
+            best = (c, c, s)
+        for a in self._active:
+            ar = int(self._aisle_min[a, p])
+            if ar == NONE:
+                continue
+            s = int(order[ar])
+            c = float(cost[s])
+            key = (c + self.congestion_m * self.congestion(a), c, s)
+            if best is None or key < best:
+                best = key
+        return -1 if best is None else best[2]
+
+    def best_all(self) -> np.ndarray:
+        """int[E, C]: best() of every pair (-1 where none)."""
+        if self._active:
+            return np.array(
+                [
+                    [self.best(e, c) for c in range(self._n_c)]
+                    for e in range(self.layout.n_entrances)
+                ],
+                dtype=np.int64,
+            ).reshape(self.layout.n_entrances, self._n_c)
+        glob = self._glob.reshape(self.layout.n_entrances, self._n_c).astype(np.int64)
+        none = glob == NONE
+        rows = np.arange(self.layout.n_entrances)[:, None]
+        out = self.layout.order[rows, np.where(none, 0, glob)].astype(np.int64)
+        out[none] = -1
+        return out
+
+    def zone_counts(self) -> np.ndarray:
+        """int[Z, 4]: spaces per zone by state code (site-closed spaces count as CLOSED)."""
+        return self._zone_counts.copy()
+
+    def route(self, entrance: int, space: int) -> list[str]:
+        """Lane node ids from the entrance to the space's access node ([] if unreachable)."""
+        lo = self.layout
+        node = int(lo.space_node[space])
+        start = int(lo.entrance_node[entrance])
+        if node < 0 or not np.isfinite(lo.cost[entrance, space]):
+            return []
+        pred = lo.predecessors[entrance]
+        path = [node]
+        while path[-1] != start:
+            prev = int(pred[path[-1]])
+            if prev < 0:
+                return []
+            path.append(prev)
+        return [lo.node_ids[n] for n in reversed(path)]
+
+    @property
+    def holds(self) -> dict[int, float]:
+        """Held spaces -> hold expiry."""
+        return dict(self._holds)

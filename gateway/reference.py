@@ -1,0 +1,244 @@
+"""Plain-Python reference of the allocation rules (``gateway.allocation``'s docstring).
+
+The straightforward implementation: lists and dicts, its own Dijkstra (heapq),
+answers computed by scanning. The property test checks the vectorized,
+incremental core against it; the benchmark times its full recompute.
+It takes the same tables as ``CoreLayout.from_arrays``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Sequence
+
+from parking.site import Site, in_window
+from parking.states import SpaceState
+
+FREE = int(SpaceState.FREE)
+OCCUPIED = int(SpaceState.OCCUPIED)
+CLOSED = int(SpaceState.CLOSED)
+UNKNOWN = int(SpaceState.UNKNOWN)
+
+
+class ReferenceAllocator:
+    """Same rules and API as ``AllocationCore``, straightforward code."""
+
+    def __init__(
+        self,
+        *,
+        n_nodes: int,
+        edges: Sequence[tuple[int, int, float, bool]],
+        entrance_nodes: Sequence[int],
+        space_node: Sequence[int],
+        access_distance: Sequence[float],
+        space_zone: Sequence[int],
+        space_kinds: Sequence[Iterable[int]],
+        class_kinds: Sequence[Iterable[int]],
+        policies: Sequence[tuple[int, Iterable[int], Sequence[tuple[int, int]]]] = (),
+        line_zones: Sequence[Iterable[int]] = (),
+        line_class: Sequence[int | None] = (),
+        closed: Sequence[bool] | None = None,
+        n_zones: int | None = None,
+        minute_of_day: int = 0,
+        congestion_m: float = 20.0,
+        congestion_halflife_s: float = 60.0,
+        congestion_floor: float = 0.01,
+        **_names: object,
+    ):
+        self.n_spaces = len(space_node)
+        self.n_entrances = len(entrance_nodes)
+        self.n_classes = len(class_kinds)
+        self.space_zone = [int(z) for z in space_zone]
+        self.space_kinds = [set(k) for k in space_kinds]
+        self.class_kinds = [set(k) for k in class_kinds]
+        self.policies = [(int(k), set(c), [tuple(w) for w in ws]) for k, c, ws in policies]
+        self.line_zones = [list(z) for z in line_zones]
+        self.line_class = list(line_class)
+        self.closed = [bool(c) for c in closed] if closed is not None else [False] * self.n_spaces
+        if n_zones is None:
+            n_zones = 1 + max(self.space_zone + [z for zs in self.line_zones for z in zs] + [-1])
+        self.n_zones = n_zones
+        self.aisle = [int(n) for n in space_node]  # congestion group = access node (-1 none)
+        self.congestion_m = congestion_m
+        self.halflife = congestion_halflife_s
+        self.floor = congestion_floor
+        # driving cost: Dijkstra from every entrance, plus the access distance
+        adj: dict[int, list[tuple[int, float]]] = {}
+        for a, b, length, oneway in edges:
+            if a == b:
+                continue
+            adj.setdefault(a, []).append((b, float(length)))
+            if not oneway:
+                adj.setdefault(b, []).append((a, float(length)))
+        self.cost: list[list[float]] = []
+        for start in entrance_nodes:
+            dist = self._dijkstra(adj, start)
+            row = []
+            for s in range(self.n_spaces):
+                node = space_node[s]
+                if node < 0 or node not in dist:
+                    row.append(math.inf)
+                else:
+                    row.append(dist[node] + float(access_distance[s]))
+            self.cost.append(row)
+        self.zone_spaces: list[list[int]] = [[] for _ in range(n_zones)]
+        for s, z in enumerate(self.space_zone):
+            self.zone_spaces[z].append(s)
+        self.state = [UNKNOWN] * self.n_spaces
+        self.held: dict[int, float] = {}
+        self.congestion: dict[int, tuple[float, float]] = {}
+        self.now = -math.inf
+        self.set_minute(minute_of_day)
+
+    @classmethod
+    def from_site(cls, site: Site, minute_of_day: int, **kwargs: float) -> ReferenceAllocator:
+        from gateway.allocation import CoreLayout  # only for the site's index tables
+
+        return cls(**CoreLayout.site_tables(site), minute_of_day=minute_of_day, **kwargs)
+
+    @staticmethod
+    def _dijkstra(adj: dict[int, list[tuple[int, float]]], start: int) -> dict[int, float]:
+        dist = {start: 0.0}
+        heap = [(0.0, start)]
+        while heap:
+            d, u = heapq.heappop(heap)
+            if d > dist.get(u, math.inf):
+                continue
+            for v, w in adj.get(u, ()):
+                nd = d + w
+                if nd < dist.get(v, math.inf):
+                    dist[v] = nd
+                    heapq.heappush(heap, (nd, v))
+        return dist
+
+    # -- rules ---------------------------------------------------------------------
+    def _eligible(self, c: int, s: int) -> bool:
+        for k in self.space_kinds[s]:
+            if k not in self.class_kinds[c]:
+                continue
+            allowed = True
+            for pk, pclasses, windows in self.policies:
+                if (
+                    pk == k
+                    and c in pclasses
+                    and not any(in_window(self.minute, w) for w in windows)
+                ):
+                    allowed = False
+            if allowed:
+                return True
+        return False
+
+    def set_minute(self, minute_of_day: int) -> None:
+        self.minute = minute_of_day
+        self.eligible = [
+            [self._eligible(c, s) for s in range(self.n_spaces)] for c in range(self.n_classes)
+        ]
+
+    def _available(self, s: int) -> bool:
+        return self.state[s] == FREE and not self.closed[s] and s not in self.held
+
+    def _congestion(self, aisle: int) -> float:
+        if aisle not in self.congestion:
+            return 0.0
+        v, t = self.congestion[aisle]
+        value = v * 2.0 ** (-(self.now - t) / self.halflife)
+        return value if value >= self.floor else 0.0
+
+    def _advance(self, now: float) -> None:
+        self.now = max(self.now, now)
+
+    # -- events --------------------------------------------------------------------
+    def update(self, space: int, state: int, now: float) -> None:
+        self._advance(now)
+        self.state[space] = state
+        if state == OCCUPIED:
+            self.held.pop(space, None)
+
+    def assign(self, entrance: int, vehicle_class: int, now: float, hold_s: float) -> int:
+        self._advance(now)
+        s = self.best(entrance, vehicle_class)
+        if s < 0:
+            return -1
+        self.held[s] = now + hold_s
+        a = self.aisle[s]
+        if a in self.congestion:
+            v, t = self.congestion[a]
+            v = v * 2.0 ** (-(now - t) / self.halflife) + 1.0
+        else:
+            v = 1.0
+        self.congestion[a] = (v, now)
+        return s
+
+    def expire_holds(self, now: float) -> list[int]:
+        self._advance(now)
+        done = sorted(s for s, until in self.held.items() if until <= now)
+        for s in done:
+            del self.held[s]
+        return done
+
+    # -- answers -------------------------------------------------------------------
+    def _best_among(self, entrance: int, candidates: Iterable[int]) -> int:
+        best = None
+        costs = self.cost[entrance]
+        for s in candidates:
+            c = costs[s]
+            if c == math.inf:
+                continue
+            key = (c + self.congestion_m * self._congestion(self.aisle[s]), c, s)
+            if best is None or key < best:
+                best = key
+        return -1 if best is None else best[2]
+
+    def best(self, entrance: int, vehicle_class: int) -> int:
+        elig = self.eligible[vehicle_class]
+        return self._best_among(
+            entrance, (s for s in range(self.n_spaces) if elig[s] and self._available(s))
+        )
+
+    def _counted(self, line: int, s: int) -> bool:
+        if not self._available(s):
+            return False
+        c = self.line_class[line]
+        if c is None:
+            return any(self.eligible[k][s] for k in range(self.n_classes))
+        return self.eligible[c][s]
+
+    def _effective(self, s: int) -> int:
+        return CLOSED if self.closed[s] else self.state[s]
+
+    def recompute(self) -> dict[str, list]:
+        """Every answer from scratch: best per pair, line counts, zone counts."""
+        candidates = [
+            [s for s in range(self.n_spaces) if self.eligible[c][s] and self._available(s)]
+            for c in range(self.n_classes)
+        ]
+        best = [
+            [self._best_among(e, candidates[c]) for c in range(self.n_classes)]
+            for e in range(self.n_entrances)
+        ]
+        line_free, line_unknown, line_total = [], [], []
+        for li, zones in enumerate(self.line_zones):
+            free = unknown = total = 0
+            for z in zones:
+                for s in self.zone_spaces[z]:
+                    eff = self._effective(s)
+                    if eff != CLOSED:
+                        total += 1
+                    if eff == UNKNOWN:
+                        unknown += 1
+                    if self._counted(li, s):
+                        free += 1
+            line_free.append(free)
+            line_unknown.append(unknown)
+            line_total.append(total)
+        zone_counts = [[0, 0, 0, 0] for _ in range(self.n_zones)]
+        for s in range(self.n_spaces):
+            zone_counts[self.space_zone[s]][self._effective(s)] += 1
+        return {
+            "best": best,
+            "line_free": line_free,
+            "line_unknown": line_unknown,
+            "line_total": line_total,
+            "zone_counts": zone_counts,
+        }
