@@ -17,7 +17,10 @@ from pathlib import Path
 
 import influx_support
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from influx_support import Answer, Request, VictoriaMetrics, wait_for
+from influxdb_client import Point, WritePrecision
 
 from gateway import outbox
 from gateway.influx import InfluxWriter, parse_retry_after
@@ -139,6 +142,37 @@ def test_space_state_line_escapes_tags_and_keeps_event_time():
     )
 
 
+names = st.text(min_size=1, max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(names, names, names, st.sampled_from(list(SpaceState)), st.integers(0, 4_000_000_000_000))
+def test_space_state_line_is_points_own_line(site, zone, space, state, ts_ms):
+    """The cached escaping gives exactly the line influxdb-client's Point gives."""
+    ts = ts_ms / 1000
+    point = (
+        Point("space_state")
+        .tag("site", site)
+        .tag("zone", zone)
+        .tag("space", space)
+        .field("state", state.label)
+        .field("occupied", int(state == SpaceState.OCCUPIED))
+        .time(outbox.event_time_ns(ts), WritePrecision.NS)
+    )
+    assert outbox.space_state_line(site, zone, space, state, ts) == point.to_line_protocol()
+
+
+@settings(max_examples=200, deadline=None)
+@given(names, names, st.lists(st.integers(0, 100_000), min_size=5, max_size=5))
+def test_zone_occupancy_line_is_points_own_line(site, zone, values):
+    counts = dict(zip(outbox.ZONE_COUNT_FIELDS, values, strict=True))
+    point = Point("zone_occupancy").tag("site", site).tag("zone", zone)
+    for name, value in counts.items():
+        point = point.field(name, value)
+    point = point.time(outbox.event_time_ns(7.5), WritePrecision.NS)
+    assert outbox.zone_occupancy_line(site, zone, counts, 7.5) == point.to_line_protocol()
+
+
 def test_event_time_is_the_millisecond_meant():
     # 1795775048.123 * 1e9 in floats is ...122999808 ns: a different millisecond.
     assert outbox.event_time_ns(1795775048.123) == 1795775048_123_000_000
@@ -184,6 +218,24 @@ def test_append_belongs_to_the_callers_transaction(db):
     assert [line for line, _ in outbox_rows(conn)] == [
         outbox.space_state_line(SITE, "A", "A-001", SpaceState.OCCUPIED, 10.0)
     ]
+
+
+def test_batch_appends_queue_the_same_rows_as_single_appends(db):
+    _, conn = db
+    events = changes(6, start=500.0)
+    counts = {"free": 3, "occupied": 1, "unknown": 0, "closed": 0, "total": 4}
+    with conn:
+        for zone, space, state, ts in events:
+            outbox.append_space_state(conn, SITE, zone, space, state, ts)
+        outbox.append_zone_occupancy(conn, SITE, "A", counts, 510.0)
+        outbox.append_zone_occupancy(conn, SITE, "B1", counts, 510.0)
+    singles = outbox_rows(conn)
+    with conn:
+        conn.execute("DELETE FROM outbox")
+        outbox.append_space_states(conn, SITE, events)
+        outbox.append_zone_occupancies(conn, SITE, [("A", counts, 510.0), ("B1", counts, 510.0)])
+    assert outbox_rows(conn) == singles
+    assert len(singles) == 8
 
 
 def test_disk_cap_drops_the_oldest_counts_and_says_so(db, caplog):
