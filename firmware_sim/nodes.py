@@ -339,9 +339,9 @@ class SimulatedBus:
                 rtu.WRITE_SINGLE_REGISTER,
                 rtu.WRITE_MULTIPLE_REGISTERS,
             ):
-                for node in self.nodes.values():
-                    if not node.dead:
-                        node.serve(req, now)
+                for each in self.nodes.values():
+                    if not each.dead:
+                        each.serve(req, now)
             return None
         node = self.nodes.get(address)
         if node is None or node.dead:
