@@ -327,6 +327,18 @@ def test_outage_keeps_every_point_and_drains_in_order(db, tmp_path, writers):
         vm.stop()
 
 
+def test_stop_drains_what_is_queued(db, victoria, writers):
+    path, conn = db
+    # a flush interval far beyond the test: only stop()'s drain can write these points
+    writer = start_writer(writers, path, victoria.url, flush_interval_s=600.0)
+    time.sleep(0.3)  # let the writer find the outbox empty and go to sleep
+    append_changes(conn, changes(12, start=int(time.time()) - 300))
+    expected = expected_series(outbox_rows(conn))
+    writer.stop()
+    assert outbox.depth(conn) == 0
+    assert exported_series(victoria) == expected
+
+
 def test_stop_leaves_unwritten_points_for_the_next_start(db, tmp_path, writers):
     path, conn = db
     vm = VictoriaMetrics(tmp_path)  # never started: everything must wait
@@ -342,15 +354,16 @@ def test_stop_leaves_unwritten_points_for_the_next_start(db, tmp_path, writers):
 # -- the fault injector: answers VictoriaMetrics never gives -----------------------------
 
 
+@pytest.mark.parametrize("status", [401, 403])
 def test_refused_token_keeps_points_logs_once_and_a_fixed_token_drains(
-    db, fault_injector, writers, caplog
+    db, fault_injector, writers, caplog, status
 ):
     path, conn = db
     good = "Token right-token-abc"
 
     def policy(request: Request, index: int) -> Answer:
         if request.authorization != good:
-            return Answer(401, body='{"code":"unauthorized","message":"unauthorized access"}')
+            return Answer(status, body='{"code":"unauthorized","message":"unauthorized access"}')
         return Answer(204)
 
     server = fault_injector(policy)
@@ -361,7 +374,7 @@ def test_refused_token_keeps_points_logs_once_and_a_fixed_token_drains(
     wait_for(lambda: writer.stats()["auth_failed"] >= 4, 10, "refused writes to be retried")
     stats = writer.stats()
     assert stats["outbox_depth"] == 6 and stats["written"] == 0 and stats["dropped_4xx"] == 0
-    assert "401" in stats["last_error"]
+    assert str(status) in stats["last_error"]
     refused = [r for r in caplog.records if "refused the token" in r.getMessage()]
     assert len(refused) == 1 and refused[0].levelno == logging.ERROR
     assert "INFLUX_TOKEN" in refused[0].getMessage()
