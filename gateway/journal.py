@@ -49,13 +49,17 @@ SpaceRow = tuple[str, str, str, int, float, float, float, str | None]
 class History(Protocol):
     """Where history points go inside the journal's transaction (the InfluxDB outbox)."""
 
-    def space_state(
-        self, conn: sqlite3.Connection, zone: str, space: str, state: str, ts: float
-    ) -> None: ...
+    def space_states(
+        self, conn: sqlite3.Connection, changes: list[tuple[str, str, str, float]]
+    ) -> None:
+        """(zone, space, state name, ts) per change."""
+        ...
 
-    def zone_occupancy(
-        self, conn: sqlite3.Connection, zone: str, counts: dict[str, int], ts: float
-    ) -> None: ...
+    def zone_occupancies(
+        self, conn: sqlite3.Connection, zones: list[tuple[str, dict[str, int], float]]
+    ) -> None:
+        """(zone, counts, ts) per zone; counts has free, occupied, unknown, closed, total."""
+        ...
 
 
 @dataclass(frozen=True)

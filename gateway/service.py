@@ -1,0 +1,361 @@
+"""``parkguide gateway``: MQTT in and out, timers, InfluxDB writer and the API, wired together.
+
+The work is done by ``gateway.live.LiveGateway``; this module only connects it:
+the paho network loop runs in its own thread (``loop_start``) and messages are
+handled in ``on_message``; a timer thread drives TTLs, holds, sign refreshes and
+policy windows; the InfluxDB writer drains the journal's outbox in its own
+thread; uvicorn serves the API in another, so none of them blocks the MQTT loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from gateway.journal import Journal
+from gateway.live import LiveGateway
+from parking import topics
+from parking.broker import BrokerConfig
+from parking.site import SiteError, load_site
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5
+ENV_INFLUX_TOKEN = "INFLUX_TOKEN"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--site", required=True, help="site file (YAML)")
+    parser.add_argument("--broker", required=True, help="MQTT broker, mqtt://HOST:PORT")
+    parser.add_argument("--db", required=True, help="journal database (SQLite, created if missing)")
+    parser.add_argument(
+        "--username", help=f"MQTT user (default: none, or ${'{'}PARKGUIDE_MQTT_USERNAME{'}'})"
+    )
+    parser.add_argument(
+        "--password", help="MQTT password (better: the PARKGUIDE_MQTT_PASSWORD environment)"
+    )
+    parser.add_argument(
+        "--client-id", help="MQTT client id (default: parkguide-gateway-SITE; a persistent session)"
+    )
+    parser.add_argument(
+        "--hold-s",
+        type=float,
+        default=180.0,
+        help="how long a space assigned to an arriving car stays held (seconds)",
+    )
+    parser.add_argument(
+        "--congestion-m",
+        type=float,
+        help="metres of detour one recent assignment to an aisle costs",
+    )
+    parser.add_argument(
+        "--congestion-halflife-s", type=float, help="half-life of an aisle's congestion (seconds)"
+    )
+    parser.add_argument("--influx-url", help="InfluxDB v2 write endpoint; token from INFLUX_TOKEN")
+    parser.add_argument("--influx-org", default="parkguide", help="InfluxDB organisation")
+    parser.add_argument("--influx-bucket", default="parkguide", help="InfluxDB bucket")
+    parser.add_argument(
+        "--outbox-max-rows",
+        type=int,
+        help="disk cap of the InfluxDB outbox in points (oldest dropped and reported beyond it)",
+    )
+    parser.add_argument("--http", help="serve the API and dashboard in-process on HOST:PORT")
+
+
+class _OutboxHistory:
+    """``gateway.journal.History`` backed by the InfluxDB outbox (``gateway.outbox``)."""
+
+    def __init__(self, site_id: str, max_rows: int | None):
+        from gateway import outbox
+
+        self._outbox = outbox
+        self._site = site_id
+        self._cap = outbox.OutboxCap(max_rows) if max_rows else outbox.DEFAULT_CAP
+
+    def space_states(
+        self, conn: sqlite3.Connection, changes: list[tuple[str, str, str, float]]
+    ) -> None:
+        self._outbox.append_space_states(conn, self._site, changes, cap=self._cap)
+
+    def zone_occupancies(
+        self, conn: sqlite3.Connection, zones: list[tuple[str, dict[str, int], float]]
+    ) -> None:
+        self._outbox.append_zone_occupancies(conn, self._site, zones, cap=self._cap)
+
+
+class GatewayService:
+    """The running gateway: MQTT client, timer thread, optional InfluxDB writer and HTTP server."""
+
+    def __init__(
+        self,
+        site_path: str,
+        broker: BrokerConfig,
+        db: str,
+        *,
+        client_id: str | None = None,
+        hold_s: float = 180.0,
+        core_options: dict[str, float] | None = None,
+        influx: dict[str, Any] | None = None,
+        outbox_max_rows: int | None = None,
+    ):
+        self.site = load_site(site_path)
+        self.broker = broker
+        history = _OutboxHistory(self.site.id, outbox_max_rows) if influx else None
+        self.journal = Journal(db, history)
+        if history is not None:
+            from gateway import outbox
+
+            outbox.ensure_schema(self.journal.conn)
+        self.writer = None
+        if influx:
+            from gateway.influx import InfluxWriter
+
+            self.writer = InfluxWriter(db, **influx)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"parkguide-gateway-{self.site.id}",
+            clean_session=False,  # the broker keeps QoS 1 reports for us while we restart
+        )
+        self.gateway = LiveGateway(
+            self.site,
+            self.journal,
+            self._publish,
+            hold_s=hold_s,
+            core_options=core_options,
+            history=history,
+        )
+        if self.writer is not None:
+            self.gateway.outbox_stats = self._outbox_stats
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._internal_errors = 0
+        self._last_error_log = -1e9
+        self.connected = threading.Event()  # set once subscribed (ready for messages)
+        self._setup_client()
+
+    # -- MQTT --------------------------------------------------------------------------------
+    def _setup_client(self) -> None:
+        c = self.client
+        if self.broker.username:
+            c.username_pw_set(self.broker.username, self.broker.password)
+        if self.broker.tls:
+            c.tls_set()
+        c.will_set(
+            topics.gateway_availability(self.site.id),
+            topics.OFFLINE,
+            qos=topics.QOS_AVAILABILITY,
+            retain=topics.RETAIN_AVAILABILITY,
+        )
+        c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(0)
+        c.reconnect_delay_set(0.5, 30)
+        c.on_connect = self._on_connect
+        c.on_subscribe = self._on_subscribe
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+
+    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        try:
+            if reason_code.is_failure:
+                log.error("MQTT broker %s refused the connection: %s", self.broker.url, reason_code)
+                return
+            site = self.site.id
+            client.subscribe(
+                [
+                    (topics.edge_all(site), topics.QOS_OCCUPANCY),
+                    (topics.arrivals_all(site), topics.QOS_ARRIVAL),
+                    (topics.space_control_all(site), topics.QOS_CONTROL),
+                ]
+            )
+            client.publish(
+                topics.gateway_availability(site),
+                topics.ONLINE,
+                qos=topics.QOS_AVAILABILITY,
+                retain=topics.RETAIN_AVAILABILITY,
+            )
+            self.gateway.publish_all()
+            log.info("connected to %s; zones and signs published", self.broker.url)
+        except Exception:
+            log.exception("on_connect failed")
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        try:
+            failed = [rc for rc in reason_codes if rc.is_failure]
+            if failed:
+                log.error("MQTT broker refused subscriptions: %s", failed)
+            else:
+                self.connected.set()  # ready: the broker now routes reports to us
+        except Exception:
+            log.exception("on_subscribe failed")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.warning("lost the MQTT broker %s (%s); reconnecting", self.broker.url, reason_code)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        try:
+            self.gateway.handle(msg.topic, msg.payload)
+        except Exception:
+            # a bug, not bad input (that is rejected inside): keep serving, log rate-limited
+            self._internal_errors += 1
+            now = time.monotonic()
+            if now - self._last_error_log >= 60:
+                self._last_error_log = now
+                log.exception(
+                    "handling a message on %s failed (%d internal errors so far)",
+                    msg.topic,
+                    self._internal_errors,
+                )
+
+    # -- timers ------------------------------------------------------------------------------
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(TICK_S):
+            try:
+                self.gateway.tick()
+            except Exception:
+                log.exception("gateway timer failed")
+
+    def _outbox_stats(self) -> dict[str, Any]:
+        assert self.writer is not None
+        s = self.writer.stats()
+        return {
+            "depth": s.get("outbox_depth") or 0,
+            "dropped": (s.get("dropped_cap") or 0) + (s.get("dropped_4xx") or 0),
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.writer is not None:
+            self.writer.start()
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive=15)
+        self.client.loop_start()
+        self._ticker = threading.Thread(target=self._tick_loop, name="gateway-timer", daemon=True)
+        self._ticker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(5)
+        try:
+            if self.client.is_connected():
+                info = self.client.publish(
+                    topics.gateway_availability(self.site.id),
+                    topics.OFFLINE,
+                    qos=topics.QOS_AVAILABILITY,
+                    retain=topics.RETAIN_AVAILABILITY,
+                )
+                info.wait_for_publish(2)
+            self.client.disconnect()
+        except Exception:
+            log.exception("clean MQTT disconnect failed")
+        self.client.loop_stop()
+        if self.writer is not None:
+            self.writer.stop()
+        with self.gateway.lock:
+            self.journal.close()
+
+    def wait(self) -> None:
+        self._stop.wait()
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+
+def _serve_http(service: GatewayService, address: str) -> threading.Thread:
+    """Run the API app in-process in a uvicorn thread (the MQTT loop never waits on it)."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.settings import ApiSettings
+
+    host, _, port = address.rpartition(":")
+    app = create_app(service.gateway, ApiSettings())
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning")
+    )
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    return thread
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.http:
+        host, sep, port = args.http.rpartition(":")
+        if not sep or not port.isdigit():
+            print(f"--http {args.http!r}: expected HOST:PORT", file=sys.stderr)
+            return 2
+        if importlib.util.find_spec("api.app") is None:
+            print(
+                "--http: the API is not installed yet (no api.app module with create_app); "
+                "run the gateway without --http, or `parkguide api` as its own process",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        broker = BrokerConfig.from_url(args.broker, args.username, args.password)
+    except ValueError as exc:
+        print(f"--broker: {exc}", file=sys.stderr)
+        return 2
+    influx = None
+    if args.influx_url:
+        influx = {
+            "url": args.influx_url,
+            "org": args.influx_org,
+            "bucket": args.influx_bucket,
+            "token": os.environ.get(ENV_INFLUX_TOKEN, ""),
+        }
+    core_options = {
+        k: v
+        for k, v in (
+            ("congestion_m", args.congestion_m),
+            ("congestion_halflife_s", args.congestion_halflife_s),
+        )
+        if v is not None
+    }
+    try:
+        service = GatewayService(
+            args.site,
+            broker,
+            args.db,
+            client_id=args.client_id,
+            hold_s=args.hold_s,
+            core_options=core_options,
+            influx=influx,
+            outbox_max_rows=args.outbox_max_rows,
+        )
+    except SiteError as exc:
+        print(f"site file refused:\n{exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        print(f"--db {args.db}: cannot open the journal: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, service.request_stop)
+    service.start()
+    if args.http:
+        _serve_http(service, args.http)
+        log.info("API on http://%s", args.http)
+    log.info(
+        "gateway for site %s running; broker %s, journal %s", service.site.id, broker.url, args.db
+    )
+    try:
+        service.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.stop()
+    return 0

@@ -1,0 +1,341 @@
+"""The gateway against a real mosquitto: state, zone counts, signs, arrivals, bad input, control."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+
+import pytest
+from gateway_support import (
+    SITE_ID,
+    Collector,
+    Edge,
+    display_topic,
+    line_counts,
+    running_gateway,
+    site_variant,
+    zone_topic,
+)
+
+from parking import topics
+from parking.payloads import MAX_PAYLOAD_BYTES
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def site_path(tmp_path):
+    return site_variant(tmp_path)
+
+
+@pytest.fixture
+def gw(site_path, mosquitto, tmp_path):
+    with running_gateway(site_path, mosquitto.url, tmp_path / "journal.db") as service:
+        yield service
+
+
+@pytest.fixture
+def watch(mosquitto):
+    c = Collector(mosquitto.port)
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def edge_g(mosquitto):
+    e = Edge(mosquitto.port, "agent-g", "bus-g")
+    yield e
+    e.stop()
+
+
+def all_free(site, source: str) -> dict[str, str]:
+    return {s: "free" for s in site.spaces_of_source(source)}
+
+
+def events(db) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+def test_zone_counts_and_signs_are_retained_and_published_only_on_change(
+    gw, watch, edge_g, mosquitto
+):
+    edge_g.send(all_free(gw.site, "bus-g"), kind="snapshot")
+    watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+    watch.wait_for(display_topic("gate-north"), lambda c: line_counts(c)[0] == 78)
+    # a late subscriber gets the retained zone and sign
+    late = Collector(mosquitto.port)
+    try:
+        zone_a = late.wait_for(zone_topic("A"))
+        assert zone_a.retain
+        assert {
+            k: zone_a.json()[k] for k in ("zone", "free", "occupied", "unknown", "closed", "total")
+        } == {
+            "zone": "A",
+            "free": 80,
+            "occupied": 0,
+            "unknown": 0,
+            "closed": 0,
+            "total": 80,
+        }
+        sign = late.wait_for(display_topic("gate-north"))
+        assert sign.retain and line_counts(sign.json())[0] == 78
+    finally:
+        late.stop()
+
+    # a report that changes nothing publishes nothing; a B change afterwards proves it was handled
+    mark = watch.mark()
+    edge_g.send({"A-003": "free", "A-004": "free"})
+    edge_g.send({"B-001": "occupied"})
+    watch.wait_for(zone_topic("B"), lambda z: z["occupied"] == 1)
+    watch.wait_for(display_topic("gate-east"), lambda c: line_counts(c)[1] == 71)  # shows zone B
+    changed = {m.topic for m in watch.since(mark)}
+    assert zone_topic("A") not in changed
+    assert display_topic("gate-north") not in changed  # shows A, C, B1: none changed
+
+    # one change in A: zone A and the two signs counting A change, gate-east does not
+    mark = watch.mark()
+    edge_g.send({"A-003": "occupied"})
+    watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 1 and z["free"] == 79)
+    watch.wait_for(display_topic("jct-n1"), lambda c: line_counts(c)[0] == 77)
+    watch.wait_for(display_topic("gate-north"), lambda c: line_counts(c)[0] == 77)
+    assert display_topic("gate-east") not in {m.topic for m in watch.since(mark)}
+
+
+def test_bad_input_is_rejected_counted_and_changes_nothing(gw, watch, edge_g, tmp_path):
+    site = gw.site
+    edge_g.send(all_free(site, "bus-g"), kind="snapshot")
+    watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+    db = tmp_path / "journal.db"
+    before_events = events(db)
+    before_state = gw.gateway.state.state.copy()
+    topic = topics.edge_occupancy(SITE_ID, "agent-g")
+    mark = watch.mark()
+
+    edge_g.raw(topic, b"{not json")
+    edge_g.raw(topic, edge_g.payload({"A-005": "free"}).replace(b'"seq": ', b'"seq": "x", "s": '))
+    edge_g.raw(topic, edge_g.payload({"A-006": "parked"}))
+    edge_g.raw(topic, edge_g.payload({"Z-999": "occupied"}))
+    edge_g.raw(topic, edge_g.payload({"C-001": "occupied"}))  # camera's space, not bus-g's
+    edge_g.raw(topic, edge_g.payload({"A-007": "occupied"}, since=1.0))  # older than known
+    edge_g.raw(topic, b'{"pad": "' + b"x" * MAX_PAYLOAD_BYTES + b'"}')
+    edge_g.raw(topics.edge_occupancy(SITE_ID, "impostor"), edge_g.payload({"A-008": "occupied"}))
+    edge_g.raw(topics.arrival(SITE_ID, "nowhere"), b'{"class": "resident"}')
+    edge_g.raw(topics.arrival(SITE_ID, "north"), b'{"class": "spaceship"}')
+    edge_g.raw(topics.space_control(SITE_ID, "Z-999"), b'{"action": "close", "by": "m", "ts": 1}')
+    good = edge_g.payload({"A-005": "occupied"})
+    edge_g.raw(topic, good)
+    edge_g.raw(topic, good)  # replay
+    watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 1)
+    time.sleep(0.3)
+
+    rejected = gw.gateway.counters().rejected
+    for reason in (
+        "bad_json",
+        "invalid",
+        "unknown_space",
+        "foreign_space",
+        "older_than_known",
+        "oversized",
+        "agent_mismatch",
+        "unknown_entrance",
+        "unknown_class",
+        "duplicate",
+    ):
+        assert rejected.get(reason, 0) >= 1, (reason, rejected)
+    assert rejected["invalid"] >= 2
+    after = gw.gateway.state.state
+    idx = site.space_index
+    changed = [site.spaces[i].id for i in (after != before_state).nonzero()[0]]
+    assert changed == ["A-005"]  # only the one good report
+    assert events(db) == before_events + 1
+    assert not [m for m in watch.since(mark) if "/assignment" in m.topic]
+    assert after[idx["A-007"]] == before_state[idx["A-007"]]
+
+
+def test_silent_spaces_go_unknown_after_their_ttl(mosquitto, tmp_path, watch, edge_g):
+    site_path = site_variant(tmp_path, ttl_s=1)
+    with running_gateway(site_path, mosquitto.url, tmp_path / "j.db") as gw:
+        edge_g.send(all_free(gw.site, "bus-g"), kind="snapshot")
+        watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+        mark = watch.mark()
+        watch.wait_for(zone_topic("A"), lambda z: z["unknown"] == 80, timeout=5, after=mark)
+        watch.wait_for(
+            display_topic("gate-north"), lambda c: c["lines"][0]["status"] == "fallback", after=mark
+        )
+        sign = watch.latest(display_topic("gate-north"))
+        assert sign["lines"][0]["text"] == {"zh": "--", "en": "--"}
+
+
+def test_agent_last_will_turns_its_spaces_unknown(gw, watch, mosquitto):
+    site = gw.site
+    snapshot = json.dumps(
+        {
+            "agent": "agent-b1",
+            "source": "bus-b1",
+            "boot": "b",
+            "seq": 1,
+            "ts": time.time(),
+            "kind": "snapshot",
+            "spaces": [
+                {"space": s, "state": "free", "since": time.time()}
+                for s in site.spaces_of_source("bus-b1")
+            ],
+        }
+    ).encode()
+    will_topic = topics.edge_availability(SITE_ID, "agent-b1")
+    # a real client with a last will, killed without a clean disconnect
+    pub = subprocess.Popen(
+        [
+            "mosquitto_pub",
+            "-p",
+            str(mosquitto.port),
+            "-q",
+            "1",
+            "--will-topic",
+            will_topic,
+            "--will-payload",
+            "offline",
+            "--will-qos",
+            "1",
+            "--will-retain",
+            "-t",
+            topics.edge_occupancy(SITE_ID, "agent-b1"),
+            "-l",
+        ],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        pub.stdin.write(snapshot + b"\n")
+        pub.stdin.flush()
+        watch.wait_for(zone_topic("E"), lambda z: z["free"] == 60)
+        watch.wait_for(display_topic("b1-ramp"), lambda c: c["lines"][0]["count"] == 58)
+        mark = watch.mark()
+        pub.kill()
+        watch.wait_for(will_topic, lambda p: p == "offline", after=mark)
+        watch.wait_for(zone_topic("E"), lambda z: z["unknown"] == 60, after=mark)
+        watch.wait_for(zone_topic("F"), lambda z: z["unknown"] == 60, after=mark)
+        watch.wait_for(
+            display_topic("b1-ramp"), lambda c: c["lines"][0]["status"] == "fallback", after=mark
+        )
+    finally:
+        pub.kill()
+        pub.wait()
+    agents = {a.agent: a for a in gw.gateway.agents()}
+    assert agents["agent-b1"].online is False
+
+
+def test_snapshot_reconciles_after_a_gap(gw, watch, edge_g):
+    site = gw.site
+    edge_g.send(all_free(site, "bus-g"), kind="snapshot")
+    watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+    # reports 2..4 are lost; the snapshot after the gap lists all but A-001..A-002 (left out)
+    edge_g.seq += 3
+    snap = {s: "occupied" for s in site.spaces_of_source("bus-g") if s.startswith("A-")}
+    snap.update({s: "free" for s in site.spaces_of_source("bus-g") if not s.startswith("A-")})
+    del snap["A-001"], snap["A-002"]
+    edge_g.send(snap, kind="snapshot")
+    z = watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 78).json()
+    assert (z["free"], z["unknown"]) == (0, 2)
+    sign = watch.wait_for(display_topic("gate-north"), lambda c: c["lines"][0]["status"] == "full")
+    assert sign.json()["lines"][0]["text"] == {"zh": "满", "en": "FULL"}
+
+
+def test_full_and_fallback_signs(gw, watch, edge_g):
+    site = gw.site
+    edge_g.send(all_free(site, "bus-g"), kind="snapshot")
+    watch.wait_for(display_topic("gate-east"), lambda c: c["lines"][1]["count"] == 72)
+    zone_b = [s for s in site.spaces_of_source("bus-g") if s.startswith("B-")]
+    edge_g.send({s: "occupied" for s in zone_b})
+    east = watch.wait_for(display_topic("gate-east"), lambda c: c["lines"][1]["status"] == "full")
+    assert east.json()["lines"][1]["text"] == {"zh": "满", "en": "FULL"}
+    assert east.json()["lines"][1]["label"] == {"zh": "B区", "en": "Zone B"}
+    assert east.json()["lines"][1]["arrow"] == "left"
+    # 36 of 72 unknown is not "more than half": the count stays; 37 is
+    edge_g.send({s: "unknown" for s in zone_b[:36]} | {zone_b[40]: "free"})
+    watch.wait_for(display_topic("gate-east"), lambda c: c["lines"][1]["count"] == 1)
+    mark = watch.mark()
+    edge_g.send({zone_b[36]: "unknown"})
+    fb = watch.wait_for(
+        display_topic("gate-east"), lambda c: c["lines"][1]["status"] == "fallback", after=mark
+    )
+    assert fb.json()["lines"][1]["count"] is None
+
+
+def test_signs_are_republished_before_they_expire(mosquitto, tmp_path, watch):
+    site_path = site_variant(tmp_path, expires_s=2)
+    with running_gateway(site_path, mosquitto.url, tmp_path / "j.db"):
+        first = watch.wait_for(display_topic("gate-north"))
+        second = watch.wait_for(
+            display_topic("gate-north"), lambda c: c["ts"] > first.json()["ts"], timeout=4
+        )
+        a, b = first.json(), second.json()
+        assert a["lines"] == b["lines"]
+        assert b["expires"] == pytest.approx(b["ts"] + 2)
+        assert b["ts"] < a["expires"]  # republished before the old content expired
+        assert second.retain or second.at > first.at
+
+
+def test_arrivals_get_distinct_held_spaces(gw, watch, edge_g, tmp_path):
+    site = gw.site
+    edge_g.send(all_free(site, "bus-g"), kind="snapshot")
+    watch.wait_for(display_topic("gate-north"), lambda c: line_counts(c)[0] == 78)
+    out = topics.assignment(SITE_ID, "north")
+    t0 = time.time()
+    edge_g.raw(
+        topics.arrival(SITE_ID, "north"),
+        b'{"class": "resident", "plate": "AB123", "request_id": "r1"}',
+    )
+    first = watch.wait_for(out, lambda a: a.get("request_id") == "r1").json()
+    edge_g.raw(topics.arrival(SITE_ID, "north"), b'{"class": "resident", "request_id": "r2"}')
+    second = watch.wait_for(out, lambda a: a.get("request_id") == "r2").json()
+    assert first["space"] and second["space"] and first["space"] != second["space"]
+    for a in (first, second):
+        assert a["class"] == "resident" and a["entrance"] == "north"
+        space = site.space(a["space"])
+        assert a["zone"] == space.zone
+        assert "resident" in space.kinds or "shared" in space.kinds
+        assert a["route"][0] == "GN" and a["route"][-1] == space.access
+        assert a["space"] in a["hint"]["en"] and a["space"] in a["hint"]["zh"]
+        assert a["hold_expires"] == pytest.approx(a["ts"] + 180, abs=0.01)
+        assert a["ts"] >= t0 - 1
+    assert first["plate"] == "AB123"
+    # held spaces are not counted on the signs
+    held_in_a = sum(1 for a in (first, second) if a["zone"] == "A")
+    if held_in_a:
+        watch.wait_for(display_topic("gate-north"), lambda c: line_counts(c)[0] == 78 - held_in_a)
+    with sqlite3.connect(tmp_path / "journal.db") as conn:
+        rows = conn.execute("SELECT space FROM assignments ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == [first["space"], second["space"]]
+    # the car is seen in its space: the hold ends, the space is simply occupied
+    edge_g.send({first["space"]: "occupied"})
+    watch.wait_for(zone_topic(first["zone"]), lambda z: z["occupied"] == 1)
+    assert not any(s.held for s in gw.gateway.spaces() if s.space == first["space"])
+
+
+def test_manager_closes_and_opens_a_space(gw, watch, edge_g, tmp_path):
+    edge_g.send(all_free(gw.site, "bus-g"), kind="snapshot")
+    watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+    body = json.dumps({"action": "close", "by": "wang", "reason": "repairs", "ts": time.time()})
+    edge_g.raw(topics.space_control(SITE_ID, "A-010"), body)
+    watch.wait_for(zone_topic("A"), lambda z: z["closed"] == 1 and z["free"] == 79)
+    # the sensor still reports the space; it stays closed
+    edge_g.send({"A-010": "occupied"})
+    edge_g.send({"A-011": "occupied"})
+    watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 1)
+    assert watch.latest(zone_topic("A"))["closed"] == 1
+    gw.gateway.control_space("A-010", "open", "wang", None)
+    # opened: it shows what the sensor said meanwhile
+    watch.wait_for(zone_topic("A"), lambda z: z["closed"] == 0 and z["occupied"] == 2)
+    with sqlite3.connect(tmp_path / "journal.db") as conn:
+        rows = conn.execute(
+            "SELECT old, new, source, agent FROM events WHERE space='A-010' ORDER BY id"
+        ).fetchall()
+    assert rows[-2:] == [
+        ("free", "closed", "manager", "wang"),
+        ("closed", "occupied", "manager", "wang"),
+    ]
+    with pytest.raises(ValueError):
+        gw.gateway.control_space("Z-999", "close", "wang", None)
