@@ -1,0 +1,443 @@
+// parkguide dashboard: plain JS, no build step. Data from /api/v1, live updates by
+// server-sent events (/api/v1/stream); the page reloads its snapshot on every (re)connect.
+"use strict";
+
+const T = {
+  dashboard: ["管理看板", "dashboard"], connecting: ["连接中", "connecting"], live: ["实时", "live"],
+  reconnecting: ["重新连接", "reconnecting"], logout: ["退出", "log out"], login: ["登录", "Log in"],
+  login_btn: ["登录", "Log in"], user: ["用户名", "User"], password: ["密码", "Password"],
+  login_hint: ["空位数和引导屏公开；登录后可看地图、历史和操作。",
+    "Free counts and signs are public; log in for the map, history and controls."],
+  alerts: ["告警", "Alerts"], zones: ["区域", "Zones"], map: ["地图", "Map"], signs: ["引导屏", "Signs"],
+  health: ["设备状态", "Health"], history: ["占用率", "Occupancy"], events: ["事件", "Events"],
+  free: ["空闲", "free"], occupied: ["占用", "occupied"], unknown: ["未知", "unknown"], closed: ["关闭", "closed"],
+  reason: ["原因", "Reason"], close_space: ["关闭车位", "Close space"], open_space: ["开放车位", "Open space"],
+  agent: ["代理", "Agent"], status: ["状态", "Status"], nodes: ["节点", "Nodes"], last_seen: ["最后上报", "Last seen"],
+  last_day: ["最近24小时", "last 24 h"], last_week: ["最近7天", "last 7 days"], filter: ["筛选", "Filter"],
+  from: ["从", "from"], to: ["到", "to"], export_csv: ["导出 CSV", "Export CSV"], time: ["时间", "Time"],
+  space: ["车位", "Space"], change: ["变化", "Change"], source: ["来源", "Source"], older: ["更早", "Older"],
+  space_ph: ["车位，如 A-001", "space, e.g. A-001"], of: ["共", "of"], online: ["在线", "online"],
+  offline: ["离线", "offline"], no_alerts: ["没有告警", "no alerts"], ack: ["确认", "Acknowledge"],
+  acked_by: ["已确认：", "acknowledged by "], held: ["已预留", "held for an arriving car"],
+  since: ["自", "since"], wrong_login: ["用户名或密码错误", "wrong user name or password"],
+  too_many: ["尝试太多，请稍后再试", "too many attempts, try again later"],
+  need_login: ["需要登录", "login required"], need_manager: ["需要管理员权限", "needs the manager role"],
+  done_close: ["已关闭", "closed"], done_open: ["已开放", "opened"], sent: ["已发送", "sent"],
+  no_data: ["无数据", "no data"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
+};
+const STATES = ["free", "occupied", "unknown", "closed"];
+const ARROWS = { left: "←", right: "→", up: "↑", down: "↓", "up-left": "↖", "up-right": "↗",
+  "down-left": "↙", "down-right": "↘", none: "" };
+const ZONE_COLOURS = ["#1b5fb8", "#d64541", "#1f9d55", "#b5651d", "#7b3fb8", "#0f8a8a", "#555"];
+
+const S = { lang: localStorage.getItem("lang") || (navigator.language.startsWith("zh") ? "zh" : "en"),
+  me: null, publicRead: true, site: null, zones: [], displays: [], spaces: new Map(), selected: null,
+  range: 86400, eventsBefore: null, es: null, timers: {} };
+
+const $ = (sel) => document.querySelector(sel);
+const t = (key) => (T[key] ? T[key][S.lang === "zh" ? 0 : 1] : key);
+const L = (obj) => (obj ? obj[S.lang] || obj.en : "");
+const el = (tag, attrs = {}, ...kids) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v; else if (k === "text") e.textContent = v; else e.setAttribute(k, v);
+  }
+  for (const k of kids) if (k != null) e.append(k);
+  return e;
+};
+const SVG = "http://www.w3.org/2000/svg";
+const svg = (tag, attrs = {}) => {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  return e;
+};
+const fmtTime = (ts) => (ts ? new Date(ts * 1000).toLocaleString(S.lang === "zh" ? "zh-CN" : "en-GB") : "—");
+const later = (name, fn, ms) => { clearTimeout(S.timers[name]); S.timers[name] = setTimeout(fn, ms); };
+
+async function api(path, opts = {}) {
+  const r = await fetch(path, { headers: { "Content-Type": "application/json" }, ...opts });
+  let body = null;
+  try { body = await r.json(); } catch { body = null; }
+  return { ok: r.ok, status: r.status, body };
+}
+
+function errorText(res) {
+  if (res.status === 401) return t("need_login");
+  if (res.status === 403) return t("need_manager");
+  if (res.status === 429) return t("too_many");
+  const d = res.body && res.body.detail;
+  if (Array.isArray(d)) return d.map((e) => e.msg).join("; ");
+  return d || `${t("failed")} (${res.status})`;
+}
+
+// ---- language ------------------------------------------------------------------------------
+function applyLang() {
+  document.documentElement.lang = S.lang === "zh" ? "zh-CN" : "en";
+  $("#lang").textContent = S.lang === "zh" ? "English" : "中文";
+  for (const e of document.querySelectorAll("[data-i18n]")) e.textContent = t(e.dataset.i18n);
+  for (const e of document.querySelectorAll("[data-i18n-placeholder]")) e.placeholder = t(e.dataset.i18nPlaceholder);
+  if (S.site) $("#site-name").textContent = L(S.site.name);
+  renderZones(); renderSigns(); renderLevelTitles(); renderLive(S.es && S.es.readyState === 1);
+  if (S.me) { loadAlerts(); loadAgents(); loadHistory(); loadEvents(true); }
+}
+
+// ---- session -------------------------------------------------------------------------------
+async function loadSession() {
+  const r = await api("/api/v1/auth/me");
+  S.me = r.ok ? r.body.user : null;
+  S.publicRead = r.ok ? r.body.public_read : true;
+  $("#login-box").hidden = !!S.me;
+  $("#who").hidden = !S.me;
+  if (S.me) $("#who-name").textContent = `${S.me.name} (${S.me.role})`;
+  for (const e of document.querySelectorAll(".private")) e.hidden = !S.me;
+}
+
+async function login(ev) {
+  ev.preventDefault();
+  const f = ev.target;
+  const r = await api("/api/v1/auth/login", { method: "POST",
+    body: JSON.stringify({ name: f.name.value, password: f.password.value }) });
+  const msg = $("#login-msg");
+  if (!r.ok) {
+    msg.className = "msg error";
+    msg.textContent = r.status === 401 ? t("wrong_login") : errorText(r);
+    return;
+  }
+  f.password.value = "";
+  msg.textContent = "";
+  await start();
+}
+
+async function logout() {
+  await api("/api/v1/auth/logout", { method: "POST" });
+  S.site = null; S.selected = null;
+  $("#map").replaceChildren();
+  $("#space-panel").hidden = true;
+  await start();
+}
+
+// ---- zones ---------------------------------------------------------------------------------
+async function loadZones() {
+  const r = await api("/api/v1/zones");
+  if (r.ok) { S.zones = r.body; renderZones(); }
+}
+
+function renderZones() {
+  const box = $("#zones");
+  box.replaceChildren(...S.zones.map((z) => {
+    const bar = el("div", { class: "stack" }, ...STATES.filter((s) => z[s] > 0).map((s) =>
+      el("span", { class: s, style: `width:${(100 * z[s]) / Math.max(z.total, 1)}%`, title: `${t(s)} ${z[s]}` })));
+    return el("div", { class: "zone", "data-zone": z.zone },
+      el("div", { class: "name", text: L(z.name) }),
+      el("div", { class: "free" + (z.free === 0 ? " none" : ""), "data-free": z.free, text: String(z.free) }),
+      el("div", { class: "sub", text: `${t("free")} · ${t("of")} ${z.total} · ${t("occupied")} ${z.occupied}` +
+        (z.unknown ? ` · ${t("unknown")} ${z.unknown}` : "") + (z.closed ? ` · ${t("closed")} ${z.closed}` : "") }),
+      bar);
+  }));
+}
+
+function onZone(data) {
+  const i = S.zones.findIndex((z) => z.zone === data.zone);
+  if (i < 0 || typeof data.free !== "number") return later("zones", loadZones, 200);
+  S.zones[i] = { ...S.zones[i], ...data };
+  renderZones();
+}
+
+// ---- signs ---------------------------------------------------------------------------------
+async function loadSigns() {
+  const r = await api("/api/v1/displays");
+  if (r.ok) { S.displays = r.body; renderSigns(); }
+}
+
+function renderSigns() {
+  const now = Date.now() / 1000;
+  $("#signs").replaceChildren(...S.displays.map((d) => {
+    const c = d.content;
+    const expired = !c || c.expires < now;
+    const lines = c ? c.lines : [];
+    return el("div", { class: "sign" + (expired ? " expired" : ""), "data-display": d.display, title: expired ? t("expired") : "" },
+      el("div", { class: "sname", text: L(d.name) }),
+      ...lines.map((ln) => el("div", { class: `line ${ln.status}` },
+        el("span", { class: "label", text: L(ln.label) }),
+        el("span", { class: "arrow", text: ARROWS[ln.arrow] || "" }),
+        el("span", { class: "count", text: expired ? "--" : L(ln.text) }))));
+  }));
+}
+
+function onDisplay(data) {
+  const i = S.displays.findIndex((d) => d.display === data.display);
+  if (i < 0 || !Array.isArray(data.lines)) return later("signs", loadSigns, 200);
+  S.displays[i] = { ...S.displays[i], content: data, expired: false };
+  renderSigns();
+}
+
+// ---- map -----------------------------------------------------------------------------------
+async function loadMap() {
+  if (!S.site) {
+    const r = await api("/api/v1/site");
+    if (!r.ok) return;
+    S.site = r.body;
+    $("#site-name").textContent = L(S.site.name);
+    drawMap();
+  }
+  const r = await api("/api/v1/spaces");
+  if (!r.ok) return;
+  for (const s of r.body) { S.spaces.set(s.space, s); paintSpace(s.space); }
+  if (S.selected) showSpace(S.selected);
+}
+
+function drawMap() {
+  const site = S.site;
+  const pad = 4;
+  const nodes = new Map(site.lane_nodes.map((n) => [n.id, n]));
+  const box = $("#map");
+  box.replaceChildren();
+  for (const lv of site.levels) {
+    const [x0, y0, x1, y1] = lv.bounds;
+    const X = (x) => (x - x0 + pad).toFixed(2);
+    const Y = (y) => (y1 - y + pad).toFixed(2); // y grows northwards on the site, downwards in SVG
+    const root = svg("svg", { viewBox: `0 0 ${(x1 - x0 + 2 * pad).toFixed(1)} ${(y1 - y0 + 2 * pad).toFixed(1)}`,
+      "data-level": lv.id, role: "img" });
+    for (const [a, b] of site.lane_edges) {
+      const na = nodes.get(a), nb = nodes.get(b);
+      if (na && nb && na.level === lv.id && nb.level === lv.id)
+        root.append(svg("line", { class: "lane", x1: X(na.at[0]), y1: Y(na.at[1]), x2: X(nb.at[0]), y2: Y(nb.at[1]) }));
+    }
+    for (const sp of site.spaces) {
+      if (sp.level !== lv.id) continue;
+      const p = svg("polygon", { class: "space", "data-space": sp.id, "data-state": "unknown",
+        points: sp.polygon.map(([x, y]) => `${X(x)},${Y(y)}`).join(" ") });
+      p.append(svg("title"));
+      root.append(p);
+    }
+    for (const d of site.displays) {
+      if (d.level !== lv.id) continue;
+      const m = svg("rect", { class: "sign-mark", x: (X(d.at[0]) - 1.5).toFixed(2), y: (Y(d.at[1]) - 1.5).toFixed(2), width: 3, height: 3 });
+      const tt = svg("title"); tt.textContent = L(d.name); m.append(tt);
+      root.append(m);
+    }
+    for (const z of site.zones) {
+      if (z.level !== lv.id) continue;
+      const mine = site.spaces.filter((s) => s.zone === z.id);
+      if (!mine.length) continue;
+      const xs = mine.flatMap((s) => s.polygon.map((p) => p[0])), ys = mine.flatMap((s) => s.polygon.map((p) => p[1]));
+      const lab = svg("text", { class: "label", x: X(Math.min(...xs)), y: (Y(Math.max(...ys)) - 1).toFixed(2) });
+      lab.textContent = z.id;
+      root.append(lab);
+    }
+    root.addEventListener("click", (ev) => {
+      const id = ev.target.getAttribute && ev.target.getAttribute("data-space");
+      if (id) showSpace(id);
+    });
+    box.append(el("div", { class: "level" }, el("h3", { "data-level-title": lv.id, text: L(lv.name) }), root));
+  }
+}
+
+function renderLevelTitles() {
+  if (!S.site) return;
+  for (const lv of S.site.levels) {
+    const h = document.querySelector(`[data-level-title="${lv.id}"]`);
+    if (h) h.textContent = L(lv.name);
+  }
+}
+
+function paintSpace(id) {
+  const s = S.spaces.get(id);
+  const p = document.querySelector(`polygon[data-space="${CSS.escape(id)}"]`);
+  if (!s || !p) return;
+  p.setAttribute("data-state", s.state);
+  p.classList.toggle("held", !!s.held);
+  p.firstChild.textContent = `${id}: ${t(s.state)}`;
+}
+
+function onSpace(data) {
+  if (!data.space || !STATES.includes(data.state)) return later("spaces", loadMap, 300);
+  const s = S.spaces.get(data.space) || { space: data.space };
+  S.spaces.set(data.space, { ...s, state: data.state, since: Date.now() / 1000 });
+  paintSpace(data.space);
+  if (S.selected === data.space) showSpace(data.space);
+}
+
+function showSpace(id) {
+  const prev = S.selected && document.querySelector(`polygon[data-space="${CSS.escape(S.selected)}"]`);
+  if (prev) prev.classList.remove("selected");
+  S.selected = id;
+  const s = S.spaces.get(id) || { state: "unknown" };
+  const p = document.querySelector(`polygon[data-space="${CSS.escape(id)}"]`);
+  if (p) p.classList.add("selected");
+  $("#space-panel").hidden = false;
+  $("#sp-id").textContent = id;
+  const chip = $("#sp-state");
+  chip.className = `chip ${s.state}`;
+  chip.textContent = t(s.state);
+  $("#sp-info").textContent = [s.zone && `${t("zones")}: ${s.zone}`, s.kinds && s.kinds.join(", "),
+    `${t("since")} ${fmtTime(s.since)}`, s.source && `${t("source")}: ${s.source}`, s.held && t("held")]
+    .filter(Boolean).join(" · ");
+}
+
+async function controlSpace(action) {
+  const id = S.selected;
+  if (!id) return;
+  const msg = $("#sp-msg");
+  const reason = $("#sp-reason").value.trim();
+  const r = await api(`/api/v1/spaces/${encodeURIComponent(id)}/${action}`, { method: "POST",
+    body: JSON.stringify(reason ? { reason } : {}) });
+  msg.className = r.ok ? "msg ok" : "msg error";
+  msg.textContent = r.ok ? `${id}: ${t(action === "close" ? "done_close" : "done_open")}` : errorText(r);
+}
+
+// ---- alerts and health ---------------------------------------------------------------------
+async function loadAlerts() {
+  const r = await api("/api/v1/alerts");
+  if (!r.ok) return;
+  const ul = $("#alerts");
+  if (!r.body.length) return ul.replaceChildren(el("li", { class: "none", text: t("no_alerts") }));
+  ul.replaceChildren(...r.body.map((a) => {
+    const li = el("li", { class: `${a.severity}${a.acknowledged_by ? " acked" : ""}`, "data-alert": a.id },
+      el("span", { text: L(a.message) }), el("span", { class: "when", text: `${t("since")} ${fmtTime(a.since)}` }));
+    if (a.acknowledged_by) li.append(el("span", { class: "when", text: t("acked_by") + a.acknowledged_by }));
+    else if (S.me && S.me.can_change) {
+      const b = el("button", { type: "button", text: t("ack") });
+      b.onclick = async () => {
+        const res = await api(`/api/v1/alerts/${encodeURIComponent(a.id)}/acknowledge`, { method: "POST", body: "{}" });
+        if (res.ok) loadAlerts(); else b.textContent = errorText(res);
+      };
+      li.append(b);
+    }
+    return li;
+  }));
+}
+
+async function loadAgents() {
+  const r = await api("/api/v1/agents");
+  if (!r.ok) return;
+  $("#agents tbody").replaceChildren(...r.body.map((a) => {
+    const bad = a.nodes.filter((n) => n.status !== "ok").length;
+    return el("tr", {},
+      el("td", { text: a.agent }),
+      el("td", { class: a.online && (!a.status || a.status === "ok") ? "good" : "bad",
+        text: a.online ? (a.status ? `${t("online")} · ${a.status}` : t("online")) : t("offline") }),
+      el("td", { class: bad ? "bad" : "", text: a.nodes.length ? `${a.nodes.length - bad}/${a.nodes.length}` : "—" }),
+      el("td", { text: fmtTime(a.last_seen) }));
+  }));
+}
+
+// ---- history chart -------------------------------------------------------------------------
+async function loadHistory() {
+  const end = Math.floor(Date.now() / 1000);
+  const start = end - S.range;
+  const step = S.range <= 86400 ? 900 : 3600;
+  const r = await api(`/api/v1/history?start=${start}&end=${end}&step=${step}`);
+  if (r.ok) drawChart(r.body);
+}
+
+function drawChart(h) {
+  const W = 640, H = 220, l = 36, b = 22, top = 8, right = 8;
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
+  const x = (ts) => l + ((ts - h.start) / Math.max(h.end - h.start, 1)) * (W - l - right);
+  const y = (v) => top + (1 - v) * (H - top - b);
+  for (const v of [0, 0.5, 1]) {
+    root.append(svg("line", { class: "axis", x1: l, x2: W - right, y1: y(v), y2: y(v) }));
+    const tx = svg("text", { x: 2, y: y(v) + 4 }); tx.textContent = `${v * 100}%`; root.append(tx);
+  }
+  for (const ts of [h.start, (h.start + h.end) / 2, h.end]) {
+    const tx = svg("text", { x: Math.min(x(ts), W - 90), y: H - 5 });
+    tx.textContent = new Date(ts * 1000).toLocaleString(S.lang === "zh" ? "zh-CN" : "en-GB",
+      { month: "numeric", day: "numeric", hour: "2-digit", minute: "2-digit" });
+    root.append(tx);
+  }
+  const legend = el("div", { class: "chart-legend" });
+  h.series.forEach((s, i) => {
+    const colour = ZONE_COLOURS[i % ZONE_COLOURS.length];
+    const pts = s.points.filter((p) => p.free + p.occupied > 0)
+      .map((p) => `${x(p.ts).toFixed(1)},${y(p.occupied / (p.free + p.occupied)).toFixed(1)}`);
+    if (pts.length) root.append(svg("polyline", { class: "series", stroke: colour, points: pts.join(" "), "data-zone": s.zone }));
+    if (pts.length) { // the newest point as a dot, so a short history is visible too
+      const [cx, cy] = pts[pts.length - 1].split(",");
+      root.append(svg("circle", { cx, cy, r: 3, fill: colour }));
+    }
+    legend.append(el("span", {}, el("i", { style: `background:${colour}` }), L(s.name)));
+  });
+  $("#chart").replaceChildren(root, legend);
+}
+
+// ---- events --------------------------------------------------------------------------------
+function eventQuery() {
+  const f = $("#event-filter");
+  const q = new URLSearchParams();
+  if (f.space.value.trim()) q.set("space", f.space.value.trim());
+  if (f.from.value) q.set("since", String(Date.parse(f.from.value + "T00:00:00") / 1000));
+  if (f.to.value) q.set("until", String(Date.parse(f.to.value + "T00:00:00") / 1000 + 86400));
+  return q;
+}
+
+async function loadEvents(fresh) {
+  const q = eventQuery();
+  $("#csv").href = `/api/v1/events.csv?${q}`;
+  q.set("limit", "50");
+  if (!fresh && S.eventsBefore) q.set("before", String(S.eventsBefore));
+  const r = await api(`/api/v1/events?${q}`);
+  const msg = $("#events-msg");
+  if (!r.ok) { msg.className = "msg error"; msg.textContent = errorText(r); return; }
+  msg.textContent = "";
+  const rows = r.body.items.map((e) => el("tr", {},
+    el("td", { text: fmtTime(e.ts) }), el("td", { text: e.space }),
+    el("td", { text: `${t(e.old || "unknown")} → ${t(e.new)}` }),
+    el("td", { text: [e.source, e.agent].filter(Boolean).join(" / ") })));
+  const body = $("#events tbody");
+  if (fresh) body.replaceChildren(...rows); else body.append(...rows);
+  S.eventsBefore = r.body.next_before;
+  $("#older").hidden = !S.eventsBefore;
+}
+
+// ---- live stream ---------------------------------------------------------------------------
+function renderLive(on) {
+  const e = $("#live");
+  e.className = "live " + (on ? "on" : "off");
+  e.textContent = t(on ? "live" : (S.es ? "reconnecting" : "connecting"));
+}
+
+function connect() {
+  if (S.es) S.es.close();
+  const es = new EventSource("/api/v1/stream");
+  S.es = es;
+  es.addEventListener("hello", () => { renderLive(true); reloadSnapshot(); });
+  es.addEventListener("space", (m) => onSpace(JSON.parse(m.data).data));
+  es.addEventListener("zone", (m) => onZone(JSON.parse(m.data).data));
+  es.addEventListener("display", (m) => onDisplay(JSON.parse(m.data).data));
+  es.addEventListener("alert", () => later("alerts", loadAlerts, 300));
+  es.addEventListener("agent", () => later("agents", () => { loadAgents(); loadAlerts(); }, 1000));
+  es.addEventListener("gateway", () => later("spaces", loadMap, 300));
+  es.onerror = () => {
+    renderLive(false);
+    // EventSource retries by itself unless the server refused (e.g. 401): then we retry
+    if (es.readyState === EventSource.CLOSED) later("reconnect", () => { if (S.es === es) connect(); }, 2000);
+  };
+}
+
+function reloadSnapshot() {
+  loadZones(); loadSigns();
+  if (S.me) { loadMap(); loadAlerts(); loadAgents(); loadHistory(); loadEvents(true); }
+}
+
+async function start() {
+  await loadSession();
+  if (!S.me && !S.publicRead) { S.zones = []; S.displays = []; renderZones(); renderSigns(); }
+  connect();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#lang").onclick = () => { S.lang = S.lang === "zh" ? "en" : "zh"; localStorage.setItem("lang", S.lang); applyLang(); };
+  $("#login").addEventListener("submit", login);
+  $("#logout").onclick = logout;
+  $("#sp-close").onclick = () => controlSpace("close");
+  $("#sp-open").onclick = () => controlSpace("open");
+  $("#older").onclick = () => loadEvents(false);
+  $("#event-filter").addEventListener("submit", (ev) => { ev.preventDefault(); loadEvents(true); });
+  $("#event-filter").addEventListener("change", () => { $("#csv").href = `/api/v1/events.csv?${eventQuery()}`; });
+  for (const b of document.querySelectorAll("[data-range]"))
+    b.onclick = () => { S.range = Number(b.dataset.range); loadHistory(); };
+  setInterval(renderSigns, 5000); // a sign past its expiry shows its fallback, as the real one does
+  applyLang();
+  start();
+});

@@ -1,0 +1,355 @@
+# ruff: noqa: F811  (pytest fixtures imported from api_support are parameters here)
+"""REST API against a real gateway state (gateway.live.LiveGateway) on a real SQLite journal."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+import time
+
+import pytest
+from api_support import PASSWORD, client, harness, tokens, users  # noqa: F401
+
+from api.alerts import derive_alerts
+from api.history import sample_times, zone_series
+from gateway.readside import AgentStatus, SpaceStatus
+from parking import topics
+from parking.payloads import DetectorHealth, HealthReport, NodeHealth
+
+OCCUPIED = {"A-001", "A-002", "A-003", "B-010", "C-005", "B1-E-007", "B1-F-030"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def filled(harness):
+    harness.fill(OCCUPIED)
+
+
+def test_zones_are_public_and_match_the_gateway(client, harness):
+    r = client.get("/api/v1/zones")
+    assert r.status_code == 200
+    zones = {z["zone"]: z for z in r.json()}
+    assert set(zones) == {z.id for z in harness.site.zones}
+    assert sum(z["total"] for z in zones.values()) == len(harness.site.spaces)
+    for c in harness.gateway.zone_counts():
+        z = zones[c.zone]
+        for key in ("free", "occupied", "unknown", "closed", "total"):
+            assert z[key] == getattr(c, key), (c.zone, key)
+        assert z["name"]["en"] and z["name"]["zh"]
+    assert zones["A"]["occupied"] == 3
+
+
+def test_spaces_filter_by_zone_state_and_kind(client, tokens):
+    h = tokens["viewer"]
+    occupied = client.get("/api/v1/spaces", params={"state": "occupied"}, headers=h).json()
+    assert {s["space"] for s in occupied} >= OCCUPIED
+    a = client.get("/api/v1/spaces", params={"zone": "A", "state": "occupied"}, headers=h).json()
+    assert {s["space"] for s in a} == {"A-001", "A-002", "A-003"}
+    ev = client.get("/api/v1/spaces", params={"kind": "ev"}, headers=h).json()
+    assert ev and all("ev" in s["kinds"] for s in ev)
+    r = client.get("/api/v1/spaces", params={"zone": "Z"}, headers=h)
+    assert r.status_code == 422 and "no zone 'Z'" in r.text
+    r = client.get("/api/v1/spaces", params={"state": "parked"}, headers=h)
+    assert r.status_code == 422 and "state" in r.text
+    assert client.get("/api/v1/spaces/A-001", headers=h).json()["state"] == "occupied"
+    assert client.get("/api/v1/spaces/NOPE", headers=h).status_code == 404
+
+
+def test_site_map_has_every_space_polygon(client, tokens, harness):
+    site = client.get("/api/v1/site", headers=tokens["viewer"]).json()
+    assert len(site["spaces"]) == len(harness.site.spaces) == 342
+    assert all(len(s["polygon"]) == 4 for s in site["spaces"])
+    assert {lv["id"] for lv in site["levels"]} == {"G", "B1"}
+    for lv in site["levels"]:
+        x0, y0, x1, y1 = lv["bounds"]
+        assert x1 > x0 and y1 > y0
+
+
+def test_displays_show_what_the_gateway_published(client, harness):
+    out = {d["display"]: d for d in client.get("/api/v1/displays").json()}
+    assert set(out) == {d.id for d in harness.site.displays}
+    for name, content in harness.gateway.displays().items():
+        assert out[name]["content"] == content.model_dump(mode="json")
+        assert out[name]["expired"] is False
+
+
+def test_events_paged_and_filtered(client, tokens, harness):
+    h = tokens["viewer"]
+    t0 = time.time()
+    for state in ("occupied", "free", "occupied"):
+        harness.report("bus-g", {"A-020": state})
+    page1 = client.get("/api/v1/events", params={"space": "A-020", "limit": 2}, headers=h).json()
+    assert [e["new"] for e in page1["items"]] == ["occupied", "free"]
+    assert page1["next_before"] is not None
+    page2 = client.get(
+        "/api/v1/events",
+        params={"space": "A-020", "limit": 2, "before": page1["next_before"]},
+        headers=h,
+    ).json()
+    assert [e["new"] for e in page2["items"]][:2] == ["occupied", "free"]
+    recent = client.get("/api/v1/events", params={"space": "A-020", "since": t0}, headers=h).json()
+    assert len(recent["items"]) == 3 and recent["next_before"] is None
+    assert all(e["zone"] == "A" and e["source"] == "bus-g" for e in recent["items"])
+    zone_b = client.get("/api/v1/events", params={"zone": "B", "limit": 1000}, headers=h).json()
+    assert zone_b["items"] and all(e["zone"] == "B" for e in zone_b["items"])
+    bad = client.get("/api/v1/events", params={"since": 10, "until": 5}, headers=h)
+    assert bad.status_code == 422 and "until must be after since" in bad.text
+    assert client.get("/api/v1/events", params={"limit": 0}, headers=h).status_code == 422
+    assert client.get("/api/v1/events", params={"since": "nan"}, headers=h).status_code == 422
+
+
+def test_events_csv_matches_the_journal(client, tokens, harness):
+    r = client.get("/api/v1/events.csv", params={"zone": "A"}, headers=tokens["viewer"])
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/csv")
+    assert "attachment" in r.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    with sqlite3.connect(harness.db_path) as db:
+        a_spaces = [s.id for s in harness.site.spaces if s.zone == "A"]
+        n = db.execute(
+            f"SELECT COUNT(*) FROM events WHERE space IN ({','.join('?' * len(a_spaces))})",
+            a_spaces,
+        ).fetchone()[0]
+    assert len(rows) == n > 0
+    assert {row["zone"] for row in rows} == {"A"}
+    assert rows[0]["time_utc"].endswith("+00:00")
+
+
+def test_history_follows_the_journal(client, tokens, harness):
+    h = tokens["viewer"]
+    start = time.time()
+    time.sleep(1.1)  # the smallest step is 1 s: the change falls between two samples
+    harness.report("bus-g", {f"B-0{n}": "occupied" for n in range(40, 46)})
+    r = client.get(
+        "/api/v1/history",
+        params={"zone": "B", "start": start, "end": start + 2, "step": 1},
+        headers=h,
+    )
+    assert r.status_code == 200, r.text
+    (series,) = r.json()["series"]
+    first, last = series["points"][0], series["points"][-1]
+    assert last["occupied"] - first["occupied"] == 6
+    assert last["total"] == first["total"] == 72
+    now = {z["zone"]: z for z in client.get("/api/v1/zones").json()}["B"]
+    assert (last["free"], last["occupied"]) == (now["free"], now["occupied"])
+    too_many = client.get(
+        "/api/v1/history", params={"start": 0, "end": 86400 * 30, "step": 1}, headers=h
+    )
+    assert too_many.status_code == 422 and "at most" in too_many.text
+    backwards = client.get("/api/v1/history", params={"start": 100, "end": 50}, headers=h)
+    assert backwards.status_code == 422 and "end must be after start" in backwards.text
+
+
+def test_manager_closes_and_opens_a_space(client, tokens, harness):
+    h = tokens["manager"]
+    before = {z["zone"]: z for z in client.get("/api/v1/zones").json()}["D"]
+    r = client.post("/api/v1/spaces/D-004/close", json={"reason": "pothole"}, headers=h)
+    assert r.status_code == 202, r.text
+    assert r.json()["by"] == "manager"
+    assert client.get("/api/v1/spaces/D-004", headers=h).json()["state"] == "closed"
+    after = {z["zone"]: z for z in client.get("/api/v1/zones").json()}["D"]
+    assert after["closed"] == before["closed"] + 1
+    last = client.get("/api/v1/events", params={"space": "D-004", "limit": 1}, headers=h).json()
+    assert last["items"][0]["new"] == "closed" and last["items"][0]["agent"] == "manager"
+    assert client.post("/api/v1/spaces/D-004/open", headers=h).status_code == 202
+    assert client.get("/api/v1/spaces/D-004", headers=h).json()["state"] == "free"
+
+
+def test_manager_actions_validate_their_input(client, tokens):
+    h = tokens["manager"]
+    assert client.post("/api/v1/spaces/NOPE/close", headers=h).status_code == 404
+    long = client.post("/api/v1/spaces/A-030/close", json={"reason": "x" * 500}, headers=h)
+    assert long.status_code == 422 and "reason" in long.text
+    garbage = client.post(
+        "/api/v1/spaces/A-030/close",
+        content=b"{not json",
+        headers={**h, "content-type": "application/json"},
+    )
+    assert garbage.status_code == 422 and "json" in garbage.text.lower()
+    extra = client.post("/api/v1/spaces/A-030/close", json={"why": "x"}, headers=h)
+    assert extra.status_code == 422 and "why" in extra.text
+
+
+def test_alerts_from_health_and_availability_and_acknowledgement(client, tokens, harness):
+    site = harness.site.id
+    health = HealthReport(
+        agent="edge-bus-b1",
+        source="bus-b1",
+        ts=time.time(),
+        nodes=[
+            NodeHealth(
+                address=2,
+                status="ok",
+                errors={"crc": 3},
+                detectors=[
+                    DetectorHealth(index=4, space="B1-E-035", status="stuck", raw=812),
+                    DetectorHealth(index=5, space="B1-E-036", status="ok", raw=100),
+                ],
+            )
+        ],
+    )
+    harness.gateway.handle(
+        topics.edge_health(site, "edge-bus-b1"), health.model_dump_json().encode()
+    )
+    harness.gateway.handle(topics.edge_availability(site, "edge-cam-c"), b"offline")
+    wanted = {"detector_stuck:bus-b1/2/4", "agent_offline:edge-cam-c"}
+    deadline = time.monotonic() + 10
+    while True:
+        alerts = {a["id"]: a for a in client.get("/api/v1/alerts", headers=tokens["viewer"]).json()}
+        if wanted <= set(alerts) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert wanted <= set(alerts)
+    assert alerts["agent_offline:edge-cam-c"]["severity"] == "critical"
+    assert "edge-cam-c" in alerts["agent_offline:edge-cam-c"]["message"]["en"]
+    assert alerts["detector_stuck:bus-b1/2/4"]["details"]["space"] == "B1-E-035"
+    # the camera's spaces went unknown with its last will
+    assert client.get("/api/v1/spaces/C-005", headers=tokens["viewer"]).json()["state"] == "unknown"
+
+    aid = "agent_offline:edge-cam-c"
+    url = f"/api/v1/alerts/{aid}/acknowledge"
+    assert client.post(url, headers=tokens["viewer"]).status_code == 403
+    r = client.post(url, json={"note": "power cut"}, headers=tokens["manager"])
+    assert r.status_code == 200 and r.json()["acknowledged_by"] == "manager"
+    assert (
+        client.post("/api/v1/alerts/none/acknowledge", headers=tokens["manager"]).status_code == 404
+    )
+    with sqlite3.connect(harness.db_path) as db:
+        row = db.execute("SELECT acked_by, note FROM alerts WHERE id = ?", (aid,)).fetchone()
+    assert row == ("manager", "power cut")
+
+    # raw readings: technician only
+    raw = client.get("/api/v1/detectors/raw", headers=tokens["technician"]).json()
+    stuck = next(d for d in raw if d["space"] == "B1-E-035")
+    assert stuck["raw"] == 812 and stuck["node_errors"] == {"crc": 3}
+    plain = client.get("/api/v1/detectors", headers=tokens["viewer"]).json()
+    assert "raw" not in plain[0]
+    assert client.get("/api/v1/detectors/raw", headers=tokens["manager"]).status_code == 403
+
+    harness.gateway.handle(topics.edge_availability(site, "edge-cam-c"), b"online")
+    harness.fill(OCCUPIED)  # the camera reports again
+
+
+def test_arrivals_and_assignments(client, tokens, harness):
+    harness.gateway.handle(
+        topics.arrival(harness.site.id, "east"), b'{"class": "visitor", "plate": "HU-A1234"}'
+    )
+    items = client.get("/api/v1/assignments", params={"entrance": "east"}, headers=tokens["viewer"])
+    latest = items.json()[0]
+    assert latest["plate"] == "HU-A1234" and latest["class"] == "visitor"
+    assert latest["space"].startswith("C-")
+    summary = {
+        a["entrance"]: a for a in client.get("/api/v1/arrivals", headers=tokens["viewer"]).json()
+    }
+    assert summary["east"]["last_hour"] >= 1 and summary["east"]["last"]["plate"] == "HU-A1234"
+    bad = client.get("/api/v1/assignments", params={"entrance": "west"}, headers=tokens["viewer"])
+    assert bad.status_code == 422 and "west" in bad.text
+
+
+def test_metrics_exposition(client, tokens, harness):
+    harness.gateway.handle(topics.edge_occupancy(harness.site.id, "edge-bus-g"), b"not json")
+    r = client.get("/metrics", headers=tokens["viewer"])
+    assert r.status_code == 200 and r.headers["content-type"].startswith(
+        "text/plain; version=0.0.4"
+    )
+    lines = r.text.splitlines()
+    c = harness.gateway.counters()
+    assert f"parkguide_reports_accepted_total {c.accepted}" in lines
+    assert (
+        f'parkguide_reports_rejected_total{{reason="bad_json"}} {c.rejected["bad_json"]}' in lines
+    )
+    assert f"parkguide_state_changes_total {c.state_changes}" in lines
+    assert f"parkguide_sign_updates_total {c.sign_updates}" in lines
+    assert "parkguide_outbox_depth 0" in lines
+    online = sum(a.online for a in harness.gateway.agents())
+    assert f"parkguide_agents_online {online}" in lines
+    count = next(ln for ln in lines if ln.startswith("parkguide_end_to_end_latency_seconds_count"))
+    inf = next(ln for ln in lines if 'latency_seconds_bucket{le="+Inf"}' in ln)
+    assert count.split()[-1] == inf.split()[-1] == str(len(c.latency_s))
+    assert all(ln.startswith("#") or len(ln.split()) == 2 for ln in lines if ln)
+
+
+def test_ngsi_ld_entities(client, tokens, harness):
+    site = client.get("/ngsi-ld/v1/entities", params={"type": "OffStreetParking"})
+    assert site.status_code == 200 and site.headers["content-type"] == "application/ld+json"
+    (lot,) = site.json()
+    zones = client.get("/api/v1/zones").json()
+    assert lot["totalSpotNumber"]["value"] == 342
+    assert lot["availableSpotNumber"]["value"] == sum(z["free"] for z in zones)
+    assert lot["status"]["value"] == ["spacesAvailable"] and "@context" in lot
+    groups = client.get("/ngsi-ld/v1/entities", params={"type": "ParkingGroup"}).json()
+    assert {g["id"] for g in groups} == {
+        f"urn:ngsi-ld:ParkingGroup:xinyuan:{z['zone']}" for z in zones
+    }
+    assert client.get("/ngsi-ld/v1/entities", params={"type": "ParkingSpot"}).status_code == 401
+    spots = client.get(
+        "/ngsi-ld/v1/entities",
+        params={"type": "ParkingSpot", "limit": "1000"},
+        headers=tokens["viewer"],
+    ).json()
+    assert len(spots) == 342
+    a1 = next(s for s in spots if s["id"] == "urn:ngsi-ld:ParkingSpot:xinyuan:A-001")
+    assert a1["status"]["value"] == "occupied"
+    assert a1["refParkingGroup"]["object"] == "urn:ngsi-ld:ParkingGroup:xinyuan:A"
+    assert a1["refParkingSite"]["object"] == "urn:ngsi-ld:OffStreetParking:xinyuan"
+    one = client.get(
+        "/ngsi-ld/v1/entities/urn:ngsi-ld:ParkingSpot:xinyuan:A-001", headers=tokens["viewer"]
+    )
+    assert one.json()["status"]["value"] == "occupied"
+    assert client.get("/ngsi-ld/v1/entities/urn:x").status_code == 404
+    bad = client.get("/ngsi-ld/v1/entities", params={"type": "Car"}, headers=tokens["viewer"])
+    assert bad.status_code == 422 and "type must be one of" in bad.text
+
+
+# -- pure logic --------------------------------------------------------------------------------
+
+
+def test_zone_series_counts_changes_at_each_sample():
+    zone_of = {"a1": "A", "a2": "A", "b1": "B"}
+    series = zone_series(
+        zone_of,
+        {"a1": "free", "a2": "occupied"},  # b1 never journalled: unknown
+        [
+            (5.0, "a1", "occupied"),
+            (15.0, "b1", "free"),
+            (15.0, "x9", "free"),
+            (25.0, "a2", "bogus"),
+        ],
+        sample_times(0.0, 20.0, 10.0),
+    )
+    assert [(p.ts, p.free, p.occupied, p.unknown) for p in series["A"]] == [
+        (0.0, 1, 1, 0),
+        (10.0, 0, 2, 0),
+        (20.0, 0, 2, 0),
+    ]
+    assert [(p.free, p.unknown) for p in series["B"]] == [(0, 1), (0, 1), (1, 0)]
+
+
+def test_derive_alerts_rules():
+    now = 1_000_000.0
+    spaces = [
+        SpaceStatus("s1", "A", "occupied", now - 73 * 3600, now, "bus"),
+        SpaceStatus("s2", "A", "occupied", now - 71 * 3600, now, "bus"),
+        SpaceStatus("s3", "A", "free", now - 100 * 3600, now, "bus"),
+    ]
+    blind = HealthReport(agent="cam", source="cam-c", ts=now, status="blind")
+    flappy = HealthReport(
+        agent="bus", source="bus-g", ts=now,
+        nodes=[
+            NodeHealth(address=1, status="ok", detectors=[DetectorHealth(index=0, status="flapping")]),
+            NodeHealth(address=2, status="dead", detectors=[DetectorHealth(index=0, status="stuck")]),
+        ],
+    )  # fmt: skip
+    agents = [
+        AgentStatus("cam", True, now, blind),
+        AgentStatus("bus", True, now, flappy),
+        AgentStatus("gone", False, now - 50, flappy),  # offline: its stale health says nothing
+    ]
+    ids = {a.id for a in derive_alerts(spaces, agents, now, 72 * 3600)}
+    assert ids == {
+        "long_occupied:s1",
+        "camera_blind:cam-c",
+        "detector_flapping:bus-g/1/0",
+        "node_dead:bus-g/2",
+        "agent_offline:gone",
+    }
