@@ -306,9 +306,9 @@ class _Compiler:
         m = self.m
         level_ids = self.unique(m.levels, "id", "levels")
         zone_ids = self.unique(m.zones, "id", "zones")
-        for i, z in enumerate(m.zones):
-            if z.level not in level_ids:
-                self.err(("zones", i, "level"), f"level {z.level!r} is not defined")
+        for i, zone in enumerate(m.zones):
+            if zone.level not in level_ids:
+                self.err(("zones", i, "level"), f"level {zone.level!r} is not defined")
         kinds = set(m.kinds)
         class_ids = self.unique(m.vehicle_classes, "id", "vehicle_classes")
         for i, vc in enumerate(m.vehicle_classes):
@@ -380,7 +380,7 @@ class _Compiler:
                     self.err(("spaces", gi, "ids"), f"duplicate space {sid!r}")
                     continue
                 ox, oy = lay.origin[0] + j * lay.step[0], lay.origin[1] + j * lay.step[1]
-                poly = (
+                poly: tuple[tuple[float, float], ...] = (
                     (ox, oy),
                     (ox + w * ux, oy + w * uy),
                     (ox + w * ux + d * vx, oy + w * uy + d * vy),
@@ -389,7 +389,8 @@ class _Compiler:
                 cx = sum(p[0] for p in poly) / 4
                 cy = sum(p[1] for p in poly) / 4
                 if access_nodes:
-                    near = min(access_nodes, key=lambda n, c=(cx, cy): math.dist(n.at, c))
+                    center = (cx, cy)
+                    near = min(access_nodes, key=lambda node: math.dist(node.at, center))
                     acc, dist = near.id, math.dist(near.at, (cx, cy))
                 else:
                     acc, dist = "", 0.0
@@ -410,9 +411,9 @@ class _Compiler:
                 )
 
         entrance_ids = self.unique(m.entrances, "id", "entrances")
-        for i, e in enumerate(m.entrances):
-            if e.node not in node_ids:
-                self.err(("entrances", i, "node"), f"lane node {e.node!r} is not defined")
+        for i, ent in enumerate(m.entrances):
+            if ent.node not in node_ids:
+                self.err(("entrances", i, "node"), f"lane node {ent.node!r} is not defined")
 
         # sensor bindings: every space at most once, every detector at most once
         bindings: dict[str, Binding] = {}
@@ -443,8 +444,8 @@ class _Compiler:
                     )
                 addrs.add(nc.address)
                 by_detector: dict[int, str | None] = {}
-                for di, sid in enumerate(self.expand(nc.spaces, (*loc, "spaces"))):
-                    by_detector[di] = sid
+                for di, bound in enumerate(self.expand(nc.spaces, (*loc, "spaces"))):
+                    by_detector[di] = bound
                 for mi, db in enumerate(nc.map):
                     if by_detector.get(db.detector) is not None:
                         self.err(
@@ -466,15 +467,15 @@ class _Compiler:
                     )
                     continue
                 det_spaces: list[str | None] = [None] * count
-                for di, sid in sorted(by_detector.items()):
-                    if sid is None:
+                for di, det_sid in sorted(by_detector.items()):
+                    if det_sid is None:
                         continue
                     bind(
-                        sid,
+                        det_sid,
                         Binding(bus.id, "bus", nc.address, di),
                         (*loc, "map" if di in {b.detector for b in nc.map} else "spaces"),
                     )
-                    det_spaces[di] = sid
+                    det_spaces[di] = det_sid
                 ncs.append(NodeController(nc.address, count, tuple(det_spaces)))
             buses.append(Bus(bus.id, bus.baud, bus.parity, bus.ttl_s, tuple(ncs)))
 
@@ -488,22 +489,22 @@ class _Compiler:
                 ids = [
                     s for s in self.expand(row.spaces, ("cameras", ci, "rows", ri, "spaces")) if s
                 ]
-                n = len(ids)
-                for j, sid in enumerate(ids):
-                    t = j / (n - 1) if n > 1 else 0.0
-                    poly = tuple(
+                n_row = len(ids)
+                for j, row_sid in enumerate(ids):
+                    t = j / (n_row - 1) if n_row > 1 else 0.0
+                    row_poly = tuple(
                         (a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]))
                         for a, b in zip(row.first, row.last, strict=True)
                     )
-                    bind(sid, Binding(cam.id, "camera"), ("cameras", ci, "rows", ri, "spaces"))
-                    polys.setdefault(sid, poly)
+                    bind(row_sid, Binding(cam.id, "camera"), ("cameras", ci, "rows", ri, "spaces"))
+                    polys.setdefault(row_sid, row_poly)
             for si, cs in enumerate(cam.spaces):
                 bind(cs.space, Binding(cam.id, "camera"), ("cameras", ci, "spaces", si, "space"))
                 polys.setdefault(cs.space, tuple((p[0], p[1]) for p in cs.polygon))
             w, h = cam.resolution
-            for sid, poly in polys.items():
-                if any(not (0 <= x <= w and 0 <= y <= h) for x, y in poly):
-                    self.err(("cameras", ci), f"polygon of {sid!r} leaves the {w}x{h} frame")
+            for cam_sid, cam_poly in polys.items():
+                if any(not (0 <= x <= w and 0 <= y <= h) for x, y in cam_poly):
+                    self.err(("cameras", ci), f"polygon of {cam_sid!r} leaves the {w}x{h} frame")
             cameras.append(Camera(cam.id, cam.ttl_s, (w, h), polys))
 
         self.unique(m.displays, "id", "displays")

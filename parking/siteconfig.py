@@ -217,4 +217,4 @@ class SiteFile(_Model):
     buses: list[Bus] = Field(default_factory=list)
     cameras: list[Camera] = Field(default_factory=list)
     displays: list[Display] = Field(default_factory=list)
-    display_settings: DisplaySettings = DisplaySettings()
+    display_settings: DisplaySettings = Field(default_factory=lambda: DisplaySettings())
