@@ -10,6 +10,7 @@ only after a 2xx. Server answers are sorted the way Telegraf's influxdb_v2 outpu
 | connection refused / reset / timeout | kept; retried with capped exponential backoff |
 | 401, 403 (token refused) | kept; ERROR at the first refusal (then rate-limited), counted in ``auth_failed``, retried with backoff: fixing the token loses no history |
 | 413 (too large) | split in halves and resent, down to single points; a single point still refused is dropped and counted |
+| 404 (no such bucket or org) | kept; ERROR as for a refused token, counted in ``not_found`` |
 | 429, 5xx | kept; retried after ``Retry-After`` (seconds or HTTP date) if given, else backoff |
 | other 4xx | dropped and counted in ``dropped_4xx`` (the data is bad; a retry would not help) |
 
@@ -127,6 +128,7 @@ class InfluxWriter:
         self._dropped_4xx = 0
         self._retries = 0
         self._auth_failed = 0
+        self._not_found = 0
         self._last_error: str | None = None
         self._failures = 0  # consecutive failed attempts, drives the backoff
         # A server that answered 413 keeps its body limit: later batches start below it.
@@ -175,6 +177,7 @@ class InfluxWriter:
                 "dropped_4xx": self._dropped_4xx,
                 "retries": self._retries,
                 "auth_failed": self._auth_failed,
+                "not_found": self._not_found,
                 "last_error": self._last_error,
             }
         try:
@@ -267,7 +270,9 @@ class InfluxWriter:
         with self._lock:
             self._written += len(rows)
             self._failures = 0
-        self._log.reset("auth")  # a later refusal is news again: log it at once
+        # a later refusal is news again: log it at once
+        self._log.reset("auth")
+        self._log.reset("notfound")
         return None
 
     def _on_refusal(
@@ -291,6 +296,28 @@ class InfluxWriter:
                 reason,
                 self.org,
                 self.bucket,
+                delay,
+                body,
+            )
+            return delay
+        if status == 404:
+            # On the write endpoint 404 means the bucket or org does not exist: a setup
+            # mistake like a bad token, not bad data. Dropping would lose all history
+            # until someone creates the bucket or fixes the flag.
+            with self._lock:
+                self._not_found += 1
+            self._record_error(f"{reason}: {body}", retry=True)
+            delay = self._next_backoff()
+            self._log(
+                "notfound",
+                logging.ERROR,
+                "InfluxDB at %s has no bucket %r in org %r (%s): create it or fix "
+                "--influx-bucket/--influx-org. Points are kept in the outbox and retried "
+                "(next in %.1f s). Server said: %s",
+                self.url,
+                self.bucket,
+                self.org,
+                reason,
                 delay,
                 body,
             )

@@ -387,6 +387,21 @@ def test_refused_token_keeps_points_logs_once_and_a_fixed_token_drains(
     assert server.accepted_lines() == queued
 
 
+def test_missing_bucket_keeps_points_until_it_exists(db, fault_injector, writers, caplog):
+    path, conn = db
+    missing = Answer(404, body='{"code":"not found","message":"bucket \\"parkguide\\" not found"}')
+    server = fault_injector(lambda r, i: missing if i < 3 else Answer(204))
+    caplog.set_level(logging.WARNING, logger="gateway.influx")
+    append_changes(conn, changes(4, start=time.time() - 60))
+    queued = [line for line, _ in outbox_rows(conn)]
+    writer = start_writer(writers, path, server.url)
+    wait_for(lambda: writer.stats()["outbox_depth"] == 0, 10, "the outbox to drain")
+    assert server.accepted_lines() == queued
+    stats = writer.stats()
+    assert stats["not_found"] == 3 and stats["dropped_4xx"] == 0
+    assert sum("has no bucket 'parkguide'" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_413_splits_batches_until_the_server_takes_them(db, fault_injector, writers):
     path, conn = db
     server = fault_injector(lambda r, i: Answer(413 if len(r.lines) >= 3 else 204))
