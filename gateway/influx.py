@@ -27,6 +27,7 @@ import random
 import sqlite3
 import threading
 import time
+import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,13 +75,13 @@ class _RateLimitedLog:
         self.interval_s = interval_s
         self._last: dict[str, float] = {}
 
-    def __call__(self, key: str, level: int, msg: str, *args: Any) -> None:
+    def __call__(self, key: str, level: int, msg: str, *args: Any, exc_info: bool = False) -> None:
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self.interval_s:
             return
         self._last[key] = now
-        log.log(level, msg, *args)
+        log.log(level, msg, *args, exc_info=exc_info)
 
     def reset(self, key: str) -> None:
         self._last.pop(key, None)
@@ -108,6 +109,9 @@ class InfluxWriter:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"InfluxDB URL must look like http://host:8086, got {url!r}")
         self.db_path = str(db_path)
         self.url = url
         self.org = org
@@ -225,7 +229,12 @@ class InfluxWriter:
                     delay = self._deliver(write_api, conn, rows)
                 except Exception as exc:  # the thread must outlive any surprise (locked db, bug)
                     self._record_error(f"{type(exc).__name__}: {exc}")
-                    log.exception("InfluxDB writer: unexpected error; points stay in the outbox")
+                    self._log(
+                        "unexpected",
+                        logging.ERROR,
+                        "InfluxDB writer: unexpected error; points stay in the outbox",
+                        exc_info=True,
+                    )
                     delay = self._next_backoff()
                 if delay is not None:
                     if self._stop.is_set():

@@ -203,6 +203,12 @@ def test_retry_after_seconds_and_http_date():
     assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
 
 
+def test_writer_refuses_a_url_it_cannot_write_to(tmp_path):
+    for url in ("influx:8086", "ftp://influx", "not a url"):
+        with pytest.raises(ValueError, match="http://host:8086"):
+            InfluxWriter(str(tmp_path / "j.sqlite"), url, "o", "b", TOKEN)
+
+
 # -- the outbox in SQLite ---------------------------------------------------------------
 
 
