@@ -10,8 +10,10 @@ request ever reaches the caller.
 
 from __future__ import annotations
 
+import errno
 import logging
 import select
+import termios
 import time
 from dataclasses import asdict, dataclass
 
@@ -25,6 +27,7 @@ DEFAULT_TURNAROUND_S = 0.1
 """How long a node may take to start answering (Modbus masters use 100 ms..1 s)."""
 MIN_GAP_S = 0.03
 """Longest silence inside one answer: USB adapters deliver in chunks (latency timer 16 ms)."""
+MIN_TAIL_GAP_S = 0.002
 DEFAULT_RETRIES = 2
 
 _PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
@@ -92,7 +95,16 @@ class LineTiming:
         )
 
     def gap_s(self) -> float:
+        """Longest silence inside an answer that is still arriving."""
         return max(MIN_GAP_S, 4 * self.char_s())
+
+    def tail_gap_s(self) -> float:
+        """Silence after a whole answer's worth of bytes that framed nothing: the line is done.
+
+        Noise damages a frame without making it longer, so waiting the full gap
+        for bytes that will not come would only slow every noisy poll.
+        """
+        return max(MIN_TAIL_GAP_S, 2 * self.char_s())
 
     def answer_s(self, request: rtu.Request) -> float:
         return response_size(request) * self.char_s()
@@ -120,6 +132,7 @@ class ModbusMaster:
         self.timing = LineTiming(baud, 11 if parity != "N" else 10, turnaround_s)
         self.counters = MasterCounters()
         self._serial: serial.Serial | None = None
+        self._parity_warned = False
 
     # --- the port ------------------------------------------------------------
 
@@ -128,14 +141,35 @@ class ModbusMaster:
         return self._serial is not None
 
     def open(self) -> None:
-        """Open the port (raises serial.SerialException when it is not there)."""
+        """Open the port (raises serial.SerialException when it is not there or unusable)."""
         self.close()
-        self._serial = serial.Serial(
+        try:
+            self._serial = self._open(self.parity)
+        except termios.error as exc:
+            # A pseudo-terminal has no wire and Linux refuses PARENB on it (EINVAL); bytes
+            # pass unchanged either way, so use it without parity. A real adapter never
+            # gets here: it takes 8E1.
+            if exc.args[0] != errno.EINVAL or self.parity == "N":
+                raise serial.SerialException(f"{self.port_name}: {exc}") from exc
+            if not self._parity_warned:
+                self._parity_warned = True
+                log.warning(
+                    "%s refuses parity %s (a pseudo-terminal?); using it without parity",
+                    self.port_name,
+                    self.parity,
+                )
+            try:
+                self._serial = self._open("N")
+            except termios.error as exc2:
+                raise serial.SerialException(f"{self.port_name}: {exc2}") from exc2
+
+    def _open(self, parity: str) -> serial.Serial:
+        return serial.Serial(
             self.port_name,
             baudrate=self.baud,
             bytesize=serial.EIGHTBITS,
-            parity=_PARITY[self.parity],
-            stopbits=serial.STOPBITS_TWO if self.parity == "N" else serial.STOPBITS_ONE,
+            parity=_PARITY[parity],
+            stopbits=serial.STOPBITS_TWO if parity == "N" else serial.STOPBITS_ONE,
             timeout=0,  # reads never block: we wait with select and our own deadlines
             write_timeout=1.0,
             exclusive=True,
@@ -210,18 +244,23 @@ class ModbusMaster:
         deadline = first_deadline + timing.answer_s(request) + timing.gap_s()
         gap = timing.gap_s()
         fd = port.fileno()
+        tail_gap = timing.tail_gap_s()
         buf = bytearray()
+        received = 0
         expected = response_size(request)
         while True:
             now = time.monotonic()
             # before the first byte: the node's turnaround; after it: the inter-byte gap
-            wait = (first_deadline - now) if not buf else min(deadline - now, gap)
+            if not received:
+                wait = first_deadline - now
+            else:
+                wait = min(deadline - now, gap if received < expected else tail_gap)
             if wait <= 0:
                 ready = []
             else:
                 ready, _, _ = select.select([fd], [], [], wait)
             if not ready:
-                if buf:
+                if received:
                     # a frame that stopped short, or bytes that frame nothing
                     self.counters.truncated += 1
                     self.counters.garbage_bytes += len(buf)
@@ -233,6 +272,7 @@ class ModbusMaster:
             if not chunk:
                 raise serial.SerialException("port readable but no data (device gone?)")
             buf += chunk
+            received += len(chunk)
             consumed, resp, crc_errors = rtu.decode_response(buf, request)
             self.counters.crc_errors += crc_errors
             if resp is not None:

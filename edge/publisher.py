@@ -368,7 +368,8 @@ class ReportPublisher:
                     self._acks.clear()
                 if was:
                     self.stats["disconnects"] += 1
-                    log.warning("lost the MQTT broker %s; spooling reports", self.broker.url)
+                    if not self._stop.is_set():
+                        log.warning("lost the MQTT broker %s; spooling reports", self.broker.url)
                 try:
                     client.disconnect()
                     client.loop_write()

@@ -1,0 +1,465 @@
+"""``parkguide edge serial``: poll one RS-485 bus of node controllers, publish occupancy.
+
+Each cycle reads every node's occupied bits (function 02, discrete inputs
+``0..N-1``); the health registers (function 04: detector status, raw reading,
+battery, node info) are read one request per cycle, statuses first, in rounds
+every ``--health-interval`` seconds, so they cost the occupancy poll little.
+``edge.debounce.BusTracker`` turns polls, failures and statuses into space
+states; ``edge.publisher.ReportPublisher`` spools and publishes them: a
+``delta`` as changes settle, a ``snapshot`` on every (re)connect and
+periodically, retained health after every health round.
+
+Bad frames never become transitions: the master drops anything that fails
+the CRC or does not answer the request, and a reading must hold through the
+debounce before it counts. A node that stops answering turns its spaces
+``unknown``; so does a detector whose status is a fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import serial
+
+from edge.debounce import BusTracker, DebounceSettings, SpaceChange
+from edge.modbus_master import (
+    DEFAULT_RETRIES,
+    DEFAULT_TURNAROUND_S,
+    ModbusError,
+    ModbusExceptionResponse,
+    ModbusMaster,
+)
+from edge.publisher import (
+    DEFAULT_SNAPSHOT_INTERVAL_S,
+    ReportPublisher,
+    SpoolBusy,
+    default_spool_dir,
+)
+from parking import registers as reg
+from parking.broker import BrokerConfig, backoff_delay
+from parking.payloads import DetectorHealth, HealthReport, NodeHealth, SpaceObservation
+from parking.site import Bus, SiteError, load_site
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEALTH_INTERVAL_S = 5.0
+PORT_BACKOFF_BASE_S = 0.2
+PORT_BACKOFF_CAP_S = 5.0
+_WARN_EVERY_S = 60.0
+_AGENT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # parking.payloads.Identifier
+
+HealthKind = str  # "status" | "raw" | "battery" | "info"
+
+
+@dataclass
+class NodeReadings:
+    """What the last health round read from one node (None: not read yet)."""
+
+    info: list[int] | None = None
+    status: list[int] | None = None
+    raw: list[int] | None = None
+    battery: list[int] | None = None
+    failures: int = 0
+    """polls of this node that got no valid answer, since the agent started"""
+
+
+@dataclass
+class SerialAgent:
+    """One bus: a Modbus master, a space tracker and a publisher, driven by ``run``."""
+
+    site_id: str
+    bus: Bus
+    agent_id: str
+    master: ModbusMaster
+    publisher: ReportPublisher | None
+    settings: DebounceSettings = field(default_factory=DebounceSettings)
+    health_interval_s: float = DEFAULT_HEALTH_INTERVAL_S
+    min_cycle_s: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        self.tracker = BusTracker(self.bus, self.settings, start=self.clock())
+        self.readings = {n.address: NodeReadings() for n in self.bus.nodes}
+        self._health_queue: deque[tuple[int, HealthKind]] = deque()
+        self._health_round_started = -1e18
+        self._health_round_open = False
+        self._port_attempt = 0
+        self._last_port_warning = -1e18
+        self.cycles = 0
+
+    # --- polling ----------------------------------------------------------------
+
+    def poll_cycle(self) -> list[SpaceChange]:
+        """Read every node's occupied bits once; raises serial.SerialException if the port fails."""
+        changes: list[SpaceChange] = []
+        for node in self.bus.nodes:
+            # a node already known to be down gets one try a cycle, not the retries
+            retries = 0 if self.tracker.node_down(node.address) else None
+            try:
+                bits = self.master.read_discrete_inputs(
+                    node.address, reg.OCCUPIED_BITS, node.detectors, retries=retries
+                )
+            except ModbusError as exc:
+                self.readings[node.address].failures += 1
+                log.debug("poll: %s", exc)
+                changes += self.tracker.poll_failed(node.address, self.clock())
+            else:
+                changes += self.tracker.poll_ok(node.address, bits, self.clock())
+        self.cycles += 1
+        return changes
+
+    def health_step(self) -> tuple[list[SpaceChange], bool]:
+        """At most one health request; returns (changes, True when a round just finished)."""
+        now = self.clock()
+        if not self._health_queue:
+            if self._health_round_open:
+                self._health_round_open = False
+                return [], True
+            if now - self._health_round_started < self.health_interval_s:
+                return [], False
+            self._health_round_started = now
+            self._health_round_open = True
+            up = [n for n in self.bus.nodes if not self.tracker.node_down(n.address)]
+            # statuses first: a faulted detector must turn unknown soon
+            self._health_queue.extend((n.address, "status") for n in up)
+            for kind in ("raw", "battery", "info"):
+                self._health_queue.extend((n.address, kind) for n in up)
+        address, kind = self._health_queue.popleft()
+        node = self.bus.node(address)
+        start, count = {
+            "status": (reg.IR_DETECTOR_STATUS, node.detectors),
+            "raw": (reg.IR_DETECTOR_RAW, node.detectors),
+            "battery": (reg.IR_DETECTOR_BATTERY, node.detectors),
+            "info": (reg.IR_MODEL, reg.NODE_INFO_COUNT),
+        }[kind]
+        try:
+            values = self.master.read_input_registers(address, start, count, retries=1)
+        except ModbusExceptionResponse as exc:
+            log.info("health: %s", exc)
+            return [], False
+        except ModbusError as exc:
+            log.debug("health: %s", exc)
+            return [], False
+        setattr(self.readings[address], kind, values)
+        if kind == "status":
+            return self.tracker.detector_status(address, values, self.clock()), False
+        return [], False
+
+    # --- reports ----------------------------------------------------------------
+
+    def observations(self, changes: list[SpaceChange]) -> list[SpaceObservation]:
+        """SpaceChange (monotonic since) -> wire observations (UNIX since)."""
+        offset = self.wall() - self.clock()
+        return [
+            SpaceObservation(space=c.space, state=c.state.label, since=max(0.0, c.since + offset))
+            for c in changes
+        ]
+
+    def health_report(self) -> HealthReport:
+        nodes = []
+        faults = 0
+        down = 0
+        for n in self.bus.nodes:
+            r = self.readings[n.address]
+            is_down = self.tracker.node_down(n.address)
+            down += is_down
+            detectors = []
+            for i, sid in enumerate(n.spaces):
+                status = self.tracker.detector_fault(n.address, i)
+                faults += status is not None and status != reg.DetectorStatus.OK
+                battery = r.battery[i] if r.battery else None
+                detectors.append(
+                    DetectorHealth(
+                        index=i,
+                        space=sid,
+                        status=status.label if status is not None else "unknown",
+                        raw=r.raw[i] if r.raw else None,
+                        battery=None if battery is None or battery > 100 else battery,
+                    )
+                )
+            info = r.info
+            errors = {"failed_polls": r.failures}
+            if info:
+                errors |= {
+                    "node_crc_errors": info[reg.IR_CRC_ERRORS],
+                    "node_bus_errors": info[reg.IR_BUS_ERRORS],
+                }
+            nodes.append(
+                NodeHealth(
+                    address=n.address,
+                    status="dead" if is_down else ("ok" if r.status is not None else "unknown"),
+                    model=info[reg.IR_MODEL] if info else None,
+                    firmware=(
+                        f"{info[reg.IR_FIRMWARE] >> 8}.{info[reg.IR_FIRMWARE] & 0xFF}"
+                        if info
+                        else None
+                    ),
+                    uptime_s=(info[reg.IR_UPTIME_HI] << 16 | info[reg.IR_UPTIME_LO])
+                    if info
+                    else None,
+                    errors=errors,
+                    detectors=detectors,
+                )
+            )
+        status = (
+            "blind" if down == len(self.bus.nodes) else ("degraded" if down or faults else "ok")
+        )
+        counters = self.master.counters.as_dict() | {"cycles": self.cycles}
+        if self.publisher is not None:
+            counters |= {f"mqtt_{k}": v for k, v in self.publisher.stats.items()}
+        return HealthReport(
+            agent=self.agent_id,
+            source=self.bus.id,
+            ts=self.wall(),
+            status=status,
+            counters=counters,
+            nodes=nodes,
+        )
+
+    def _publish(self, changes: list[SpaceChange]) -> None:
+        pub = self.publisher
+        if pub is None:
+            return
+        if changes:
+            pub.report("delta", self.observations(changes))
+        if pub.snapshot_due():
+            pub.report("snapshot", self.observations(self.tracker.snapshot()))
+
+    # --- the loop ---------------------------------------------------------------
+
+    def _port_down(self, exc: Exception) -> list[SpaceChange]:
+        """The port failed or is gone: every node is unreachable until it is back."""
+        self.master.close()
+        now = self.clock()
+        if now - self._last_port_warning >= _WARN_EVERY_S:
+            self._last_port_warning = now
+            log.warning("serial port %s: %s; reopening with backoff", self.master.port_name, exc)
+        changes: list[SpaceChange] = []
+        for n in self.bus.nodes:
+            self.readings[n.address].failures += 1
+            changes += self.tracker.poll_failed(n.address, now)
+        return changes
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until ``stop`` is set."""
+        while not stop.is_set():
+            started = self.clock()
+            changes: list[SpaceChange] = []
+            if not self.master.is_open:
+                try:
+                    self.master.open()
+                    if self._port_attempt:
+                        log.info("serial port %s is back", self.master.port_name)
+                    self._port_attempt = 0
+                except (serial.SerialException, OSError) as exc:
+                    self._publish(self._port_down(exc))
+                    delay = backoff_delay(
+                        self._port_attempt, base=PORT_BACKOFF_BASE_S, cap=PORT_BACKOFF_CAP_S
+                    )
+                    self._port_attempt += 1
+                    stop.wait(delay)
+                    continue
+            try:
+                changes += self.poll_cycle()
+                more, round_done = self.health_step()
+                changes += more
+            except (serial.SerialException, OSError) as exc:
+                changes += self._port_down(exc)
+                round_done = False
+            self._publish(changes)
+            if round_done and self.publisher is not None:
+                self.publisher.publish_health(self.health_report())
+            idle = self.min_cycle_s - (self.clock() - started)
+            if idle > 0:
+                stop.wait(idle)
+
+
+# --- command line ---------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--site", required=True, help="site file (YAML)")
+    parser.add_argument("--bus", required=True, help="id of the RS-485 bus in the site file")
+    parser.add_argument(
+        "--port", required=True, help="serial device of the bus, e.g. /dev/ttyUSB0 or a pty link"
+    )
+    parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT (or mqtts://)")
+    parser.add_argument("--agent", help="agent id in MQTT topics (default: serial-<bus>)")
+    parser.add_argument(
+        "--username", help="MQTT user name (default: env PARKGUIDE_MQTT_USERNAME, or none)"
+    )
+    parser.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="environment variable holding the MQTT password (default: PARKGUIDE_MQTT_PASSWORD)",
+    )
+    parser.add_argument(
+        "--spool-dir",
+        type=Path,
+        help=f"where unsent reports wait on disk (default: {default_spool_dir()})",
+    )
+    parser.add_argument(
+        "--debounce-ms",
+        type=int,
+        default=500,
+        help="a detector must hold a new reading this long before it counts (default 500; "
+        "the node's own debounce adds 300)",
+    )
+    parser.add_argument(
+        "--node-timeout-ms",
+        type=int,
+        default=1500,
+        help="a node silent this long (and for --node-failures polls) turns its spaces unknown",
+    )
+    parser.add_argument("--node-failures", type=int, default=3, help="see --node-timeout-ms")
+    parser.add_argument(
+        "--health-interval",
+        type=float,
+        default=DEFAULT_HEALTH_INTERVAL_S,
+        metavar="S",
+        help="seconds between health rounds (detector status, raw, battery, node info)",
+    )
+    parser.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=DEFAULT_SNAPSHOT_INTERVAL_S,
+        metavar="S",
+        help="seconds between periodic snapshots (one is also sent on every connect)",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=DEFAULT_RETRIES, help="retries per Modbus request"
+    )
+    parser.add_argument(
+        "--turnaround-ms",
+        type=float,
+        default=DEFAULT_TURNAROUND_S * 1000,
+        help="how long a node may take to start answering (default 100)",
+    )
+    parser.add_argument(
+        "--min-cycle-ms",
+        type=float,
+        default=0.0,
+        help="lower bound of a poll cycle; 0 polls as fast as the line allows (default)",
+    )
+
+
+class UsageError(ValueError):
+    """Bad command-line input: exit code 2."""
+
+
+def _broker_config(args: argparse.Namespace) -> BrokerConfig:
+    password = None
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise UsageError(f"--password-env {args.password_env}: that variable is not set")
+    try:
+        return BrokerConfig.from_url(args.broker, args.username, password)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check(args: argparse.Namespace) -> tuple[str, Bus, BrokerConfig, DebounceSettings]:
+    try:
+        site = load_site(args.site)
+    except SiteError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        bus = site.bus(args.bus)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    if not os.path.exists(args.port):
+        raise UsageError(f"serial port {args.port} does not exist")
+    if args.agent is not None and not _AGENT_RE.fullmatch(args.agent):
+        raise UsageError(f"--agent {args.agent!r}: 1-64 letters, digits, '_', '.', ':' or '-'")
+    for name in ("debounce_ms", "node_timeout_ms", "retries", "turnaround_ms", "min_cycle_ms"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+    if args.node_failures < 1:
+        raise UsageError("--node-failures must be at least 1")
+    if args.health_interval <= 0 or args.snapshot_interval <= 0:
+        raise UsageError("--health-interval and --snapshot-interval must be positive")
+    settings = DebounceSettings(
+        hold_s=args.debounce_ms / 1000,
+        node_timeout_s=args.node_timeout_ms / 1000,
+        node_max_failures=args.node_failures,
+    )
+    return site.id, bus, _broker_config(args), settings
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        site_id, bus, broker, settings = _check(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    agent_id = args.agent or f"serial-{bus.id}"
+    master = ModbusMaster(
+        args.port,
+        bus.baud,
+        bus.parity,
+        retries=args.retries,
+        turnaround_s=args.turnaround_ms / 1000,
+    )
+    publisher = ReportPublisher(
+        broker,
+        site_id,
+        agent_id,
+        bus.id,
+        spool_dir=args.spool_dir,
+        snapshot_interval_s=args.snapshot_interval,
+    )
+    try:
+        publisher.start()
+    except (SpoolBusy, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    agent = SerialAgent(
+        site_id,
+        bus,
+        agent_id,
+        master,
+        publisher,
+        settings,
+        health_interval_s=args.health_interval,
+        min_cycle_s=args.min_cycle_ms / 1000,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "agent %s: bus %s (%d nodes, %d spaces) on %s at %d baud %s, broker %s, spool %s",
+        agent_id,
+        bus.id,
+        len(bus.nodes),
+        sum(1 for _ in agent.tracker.spaces),
+        args.port,
+        bus.baud,
+        bus.parity,
+        broker.url,
+        publisher.spool_path,
+    )
+    try:
+        agent.run(stop)
+    finally:
+        master.close()
+        publisher.publish_health(agent.health_report().model_copy(update={"status": "offline"}))
+        publisher.stop()
+    return 0

@@ -1,0 +1,372 @@
+"""The serial edge agent end to end: the real bus simulator on a pty, a real mosquitto."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE_SITE, parkguide_cmd
+from edge_support import Recorder, assert_in_order, dedupe_reports, persistent_broker
+
+from edge.debounce import DebounceSettings
+from edge.modbus_master import ModbusMaster
+from edge.serial_agent import SerialAgent
+from parking import topics
+from parking.site import load_site
+
+BUS = "bus-b1"  # 4 nodes x 30 detectors in the example site
+SITE = load_site(EXAMPLE_SITE)
+BUS_SPACES = SITE.spaces_of_source(BUS)
+AGENT = f"serial-{BUS}"
+WATCHED = "B1-E-001"  # node 1, detector 0
+
+
+class BusSimulator:
+    """``parkguide sim bus`` in a subprocess, driven through its stdin console."""
+
+    def __init__(self, link: Path, env: dict[str, str], *extra: str):
+        self.link = link
+        self.proc = subprocess.Popen(
+            parkguide_cmd(
+                "sim",
+                "bus",
+                "--site",
+                str(EXAMPLE_SITE),
+                "--bus",
+                BUS,
+                "--link",
+                str(link),
+                "--scenario",
+                "none",
+                "--initial-occupancy",
+                "0",
+                *extra,
+            ),  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        line = self._line(20)
+        assert "linked at" in line, line
+
+    def _line(self, timeout: float) -> str:
+        result: list[str] = []
+        t = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()))
+        t.start()
+        t.join(timeout)
+        if not result:
+            raise TimeoutError("the simulator said nothing")
+        return result[0].strip()
+
+    def send(self, command: str) -> str:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        answer = self._line(10)
+        assert answer.startswith("ok"), f"{command!r} -> {answer!r}"
+        return answer
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                f.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[list]:
+    """Everything a test starts, stopped even when it fails."""
+    started: list = []
+    yield started
+    for p in reversed(started):
+        if isinstance(p, subprocess.Popen):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        else:
+            p.close()
+
+
+def start_agent(
+    broker_port: int, link: Path, spool: Path, env: dict[str, str], *extra: str
+) -> subprocess.Popen:
+    return subprocess.Popen(
+        parkguide_cmd(
+            "edge",
+            "serial",
+            "--site",
+            str(EXAMPLE_SITE),
+            "--bus",
+            BUS,
+            "--port",
+            str(link),
+            "--broker",
+            f"mqtt://127.0.0.1:{broker_port}",
+            "--spool-dir",
+            str(spool),
+            "--health-interval",
+            "0.5",
+            *extra,
+        ),  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=open(spool.parent / "agent.log", "ab"),  # noqa: SIM115 (kept for a failure's story)
+        env=env,
+    )
+
+
+def states_of(reports: list[dict], space: str, kind: str | None = "delta") -> list[str]:
+    return [
+        s["state"]
+        for r in reports
+        if kind is None or r["kind"] == kind
+        for s in r["spaces"]
+        if s["space"] == space
+    ]
+
+
+def latest_state(rec: Recorder, space: str) -> str | None:
+    states = states_of(rec.json_on("/occupancy"), space, kind=None)
+    return states[-1] if states else None
+
+
+def wait_state(rec: Recorder, space: str, state: str, timeout: float) -> None:
+    rec.wait_for(lambda _m: latest_state(rec, space) == state, timeout)
+
+
+def test_changes_faults_and_outages_reach_the_broker(
+    mosquitto, tmp_path, subprocess_env, processes
+) -> None:
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env)
+    processes.append(sim)
+    rec = Recorder(mosquitto.port, f"{topics.site_prefix(SITE.id)}/edge/{AGENT}/#")
+    processes.append(rec)
+    agent = start_agent(mosquitto.port, link, tmp_path / "spool", subprocess_env)
+    processes.append(agent)
+
+    # a snapshot on connect lists every space of the bus, and only those
+    rec.wait_for(lambda _m: any(r["kind"] == "snapshot" for r in rec.json_on("/occupancy")), 20)
+    snap = next(r for r in rec.json_on("/occupancy") if r["kind"] == "snapshot")
+    assert [s["space"] for s in snap["spaces"]] == BUS_SPACES
+    assert snap["source"] == BUS and snap["agent"] == AGENT
+    assert rec.texts_on("/availability")[0] == "online"
+    for space in BUS_SPACES:
+        wait_state(rec, space, "free", 10)
+
+    # a car arrives: the delta arrives
+    sim.send(f"set {WATCHED} occupied")
+    wait_state(rec, WATCHED, "occupied", 5)
+    sim.send(f"set {WATCHED} free")
+    wait_state(rec, WATCHED, "free", 5)
+
+    # a dead detector: its space is unknown, the others are not
+    sim.send("fault B1-E-002 dead")
+    wait_state(rec, "B1-E-002", "unknown", 10)
+    sim.send("clear B1-E-002")
+    wait_state(rec, "B1-E-002", "free", 10)
+
+    # a dead node: all its spaces unknown; back when it answers again
+    node2 = [s for s in BUS_SPACES if SITE.bindings[s].node == 2]
+    sim.send("fault node 2 dead")
+    for space in node2:
+        wait_state(rec, space, "unknown", 10)
+    assert latest_state(rec, WATCHED) == "free"
+    sim.send("clear node 2")
+    for space in node2:
+        wait_state(rec, space, "free", 10)
+
+    # health is published, retained, with the detector statuses
+    health = rec.json_on("/health")[-1]
+    assert {n["address"] for n in health["nodes"]} == {n.address for n in SITE.bus(BUS).nodes}
+
+    # the serial port disappears (simulator gone): unknown, then back when it returns
+    sim.close()
+    for space in BUS_SPACES[:3]:
+        wait_state(rec, space, "unknown", 10)
+    sim2 = BusSimulator(link, subprocess_env)
+    processes.append(sim2)
+    for space in BUS_SPACES[:3]:
+        wait_state(rec, space, "free", 20)
+
+    # killed without a goodbye: the broker publishes the last will
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(10)
+    rec.wait_for(lambda _m: rec.texts_on("/availability")[-1] == "offline", 10)
+
+    # every report from this run, in order, nothing twice
+    reports = rec.json_on("/occupancy")
+    assert_in_order(dedupe_reports(reports))
+    assert states_of(reports, WATCHED) == ["free", "occupied", "free", "unknown", "free"]
+
+
+def test_no_false_transitions_under_crc_noise_over_10000_polls(
+    tmp_path, subprocess_env, processes
+) -> None:
+    """The agent's poller, in-process, through the real simulator on a real pty."""
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env, "--initial-occupancy", "0.5")
+    processes.append(sim)
+    bus = SITE.bus(BUS)
+    master = ModbusMaster(str(link), bus.baud, bus.parity)
+    master.open()
+    processes.append(master)
+    agent = SerialAgent(SITE.id, bus, AGENT, master, None, DebounceSettings())
+    # settle: every space takes its reading
+    deadline = time.monotonic() + 10
+    while any(c.state.label == "unknown" for c in agent.tracker.snapshot()):
+        agent.poll_cycle()
+        assert time.monotonic() < deadline
+    before = {c.space: c.state for c in agent.tracker.snapshot()}
+    for node in bus.nodes:
+        sim.send(f"fault node {node.address} crc 0.1")
+    polls, changes = 0, []
+    while polls < 10_000:
+        changes += agent.poll_cycle()
+        polls += len(bus.nodes)
+    assert changes == []
+    assert {c.space: c.state for c in agent.tracker.snapshot()} == before
+    assert master.counters.crc_errors > 100  # the noise was real and was caught
+    assert master.counters.retries > 100
+
+
+def test_broker_outage_every_transition_once_in_order(tmp_path, subprocess_env, processes) -> None:
+    broker = persistent_broker(tmp_path)
+    broker.start()
+    processes.append(type("B", (), {"close": lambda self: broker.stop()})())
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env)
+    processes.append(sim)
+    rec = Recorder(
+        broker.port,
+        f"{topics.site_prefix(SITE.id)}/edge/{AGENT}/#",
+        persistent_id="t-agent-outage",
+    )
+    processes.append(rec)
+    agent = start_agent(
+        broker.port, link, tmp_path / "spool", subprocess_env, "--debounce-ms", "100"
+    )
+    processes.append(agent)
+    wait_state(rec, WATCHED, "free", 20)
+    toggled = []
+    for i in range(8):
+        state = "occupied" if i % 2 == 0 else "free"
+        sim.send(f"set {WATCHED} {state}")
+        toggled.append(state)
+        time.sleep(0.8)  # longer than the node's 300 ms and the agent's 100 ms debounce
+        if i == 1:
+            broker.stop()
+        if i == 5:
+            broker.start()
+    rec.wait_for(lambda _m: states_of(dedupe_reports(rec.json_on("/occupancy")), WATCHED)[-1:] == [toggled[-1]] and len(states_of(dedupe_reports(rec.json_on("/occupancy")), WATCHED)) >= 1 + len(toggled), 30)  # fmt: skip
+    reports = dedupe_reports(rec.json_on("/occupancy"))
+    assert_in_order(reports)
+    assert len({r["boot"] for r in reports}) == 1
+    assert states_of(reports, WATCHED) == ["free", *toggled]
+    # a snapshot after each connect
+    assert sum(r["kind"] == "snapshot" for r in reports) >= 2
+    # a clean stop says goodbye itself (no last will needed)
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(15) == 0
+    rec.wait_for(lambda _m: rec.texts_on("/availability")[-1:] == ["offline"], 5)
+    assert rec.json_on("/health")[-1]["status"] == "offline"
+
+
+def test_agent_killed_and_restarted_while_broker_down_loses_nothing(
+    tmp_path, subprocess_env, processes
+) -> None:
+    broker = persistent_broker(tmp_path)
+    broker.start()
+    processes.append(type("B", (), {"close": lambda self: broker.stop()})())
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env)
+    processes.append(sim)
+    rec = Recorder(
+        broker.port,
+        f"{topics.site_prefix(SITE.id)}/edge/{AGENT}/occupancy",
+        persistent_id="t-agent-kill",
+    )
+    processes.append(rec)
+    spool = tmp_path / "spool"
+    extra = ("--debounce-ms", "100")
+    first = start_agent(broker.port, link, spool, subprocess_env, *extra)
+    processes.append(first)
+    wait_state(rec, WATCHED, "free", 20)
+    broker.stop()
+    sim.send(f"set {WATCHED} occupied")
+    time.sleep(1.0)
+    sim.send(f"set {WATCHED} free")
+    time.sleep(1.0)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    sim.send(f"set {WATCHED} occupied")
+    second = start_agent(broker.port, link, spool, subprocess_env, *extra)
+    processes.append(second)
+    time.sleep(2.0)  # the new agent reads the space while the broker is still down
+    sim.send(f"set {WATCHED} free")
+    time.sleep(1.0)
+    broker.start()
+    rec.wait_for(lambda _m: len({r["boot"] for r in rec.json_on("/occupancy")}) == 2 and any(r["kind"] == "snapshot" for r in rec.json_on("/occupancy")[1:]), 30)  # fmt: skip
+    rec.wait_for(lambda _m: latest_state(rec, WATCHED) == "free" and len(states_of(rec.json_on("/occupancy"), WATCHED)) >= 5, 20)  # fmt: skip
+    reports = dedupe_reports(rec.json_on("/occupancy"))
+    assert_in_order(reports)
+    boots = list(dict.fromkeys(r["boot"] for r in reports))
+    assert len(boots) == 2
+    old = [r for r in reports if r["boot"] == boots[0]]
+    new = [r for r in reports if r["boot"] == boots[1]]
+    assert states_of(old, WATCHED) == ["free", "occupied", "free"]
+    # the new run's first reading (taken while the broker was down), then the change
+    assert states_of(new, WATCHED) == ["occupied", "free"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bus", "bus-nowhere", "--port", "{tty}"], "no bus"),
+        (["--bus", BUS, "--port", "/dev/no-such-tty"], "does not exist"),
+        (["--bus", BUS], "--port"),
+        (["--bus", BUS, "--port", "{tty}", "--debounce-ms", "-5"], "must not be negative"),
+        (["--bus", BUS, "--port", "{tty}", "--password-env", "PG_NOT_SET_ANYWHERE"], "not set"),
+    ],
+)
+def test_bad_command_line_is_refused_with_exit_2(
+    args: list[str], message: str, tmp_path, subprocess_env
+) -> None:
+    tty = tmp_path / "tty"
+    tty.write_text("")  # exists; never opened because the input is refused first
+    argv = [a.replace("{tty}", str(tty)) for a in args]
+    env = {k: v for k, v in subprocess_env.items() if k != "PG_NOT_SET_ANYWHERE"}
+    out = subprocess.run(
+        parkguide_cmd(
+            "edge",
+            "serial",
+            "--site",
+            str(EXAMPLE_SITE),
+            "--broker",
+            "mqtt://127.0.0.1:1",
+            "--spool-dir",
+            str(tmp_path / "spool"),
+            *argv,
+        ),  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "spool").exists() or not os.listdir(tmp_path / "spool")
