@@ -5,6 +5,10 @@ table ``spaces`` (what a restart resumes from) and committed before anything
 derived from it is published. ``agents`` keeps (boot, seq) so replays are still
 refused after a restart; ``assignments`` keeps the holds given to arriving cars.
 
+``signs`` holds what every sign shows, written in the same transaction as the
+changes behind it, so a restarted gateway can republish consistent signs
+(:func:`stored_signs`) before it has loaded the site and the allocation core.
+
 Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL`` commits by
 appending to the WAL file without an fsync per commit. A committed transaction
 is in the operating system's page cache, so it survives the gateway process
@@ -38,6 +42,9 @@ CREATE TABLE IF NOT EXISTS assignments(
     space TEXT, zone TEXT, hold_expires REAL, plate TEXT, request_id TEXT,
     payload TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS signs(
+    display TEXT PRIMARY KEY, topic TEXT NOT NULL, content TEXT NOT NULL,
+    expires_s REAL NOT NULL);
 """
 
 EventRow = tuple[float, str, str, str, str | None, str | None, int | None]
@@ -140,6 +147,13 @@ class Journal:
             (ts, entrance, vehicle_class, space, zone, hold_expires, plate, request_id, payload),
         )
 
+    def put_signs(self, rows: Iterable[tuple[str, str, str, float]]) -> None:
+        """(display, topic, content JSON, expires_s): what each sign shows, for a fast restart."""
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO signs(display, topic, content, expires_s) VALUES (?,?,?,?)",
+            rows,
+        )
+
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
@@ -178,3 +192,19 @@ class Journal:
             "SELECT id, ts, space, old, new, source, agent, seq FROM events ORDER BY id DESC LIMIT ?",
             (limit,),
         ).fetchall()
+
+
+def stored_signs(path: str | Path) -> list[tuple[str, str, float]]:
+    """(topic, content JSON, expires_s) of every sign in the journal at ``path``; [] if none.
+
+    Light on purpose (sqlite3 only): the restart path calls it before anything heavy loads.
+    """
+    if not Path(path).exists():
+        return []
+    conn = sqlite3.connect(str(path), timeout=5)
+    try:
+        return conn.execute("SELECT topic, content, expires_s FROM signs").fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -67,6 +68,16 @@ def minute_of_day(wall: float, tz: ZoneInfo) -> int:
     """Local minute of the day at UNIX time ``wall`` in the site's timezone."""
     t = datetime.fromtimestamp(wall, tz)
     return t.hour * 60 + t.minute
+
+
+@dataclass(frozen=True)
+class _Sign:
+    """A sign's new content, rendered and serialised once."""
+
+    display: int
+    lines: list[DisplayLine]
+    content: DisplayContent
+    payload: bytes
 
 
 class LiveGateway:
@@ -185,8 +196,16 @@ class LiveGateway:
             self.journal.path,
         )
         with self.lock:
+            self._snapshot_lines()
+            for d in range(len(self.site.displays)):
+                self._shown[d] = self._render(d)
             self._commit_and_propagate(self.state.expire(now, mono), now, source=None)
-            self._render_all(now)
+            # the signs as of now, so a restart can show them before it has loaded everything
+            signs = [self._sign(d, self._shown[d], now) for d in range(len(self.site.displays))]
+            with self.journal.transaction():
+                self.journal.put_signs(self._sign_rows(signs))
+            for sign in signs:
+                self._contents[sign.display] = sign.content
 
     # -- entry points ------------------------------------------------------------------------
     def handle(self, topic: str, payload: bytes) -> None:
@@ -359,7 +378,9 @@ class LiveGateway:
                     ts=now,
                 )
             body = assignment.model_dump_json(by_alias=True)
+            signs = self._changed_signs(now)  # the hold takes the space off the signs
             with self.journal.transaction():
+                self.journal.put_signs(self._sign_rows(signs))
                 self.journal.add_assignment(
                     now,
                     entrance,
@@ -377,7 +398,8 @@ class LiveGateway:
                 topics.QOS_ASSIGNMENT,
                 topics.RETAIN_ASSIGNMENT,
             )
-            self._refresh_displays(now)
+            for sign in signs:
+                self._publish_sign(sign, now)
         self._emit("assignment", json.loads(body), now)
 
     # -- the pipeline ------------------------------------------------------------------------
@@ -391,15 +413,19 @@ class LiveGateway:
         agent_state: tuple[str, bool] | None = None,
         by: str | None = None,
     ) -> None:
-        """Journal the changes (one transaction), then update the core and publish."""
-        if len(changes.touched) or report is not None or agent_state is not None:
-            self._journal(changes, now, source, report, agent_state, by)
+        """Update the core, journal the changes and the signs they change (one transaction),
+        then publish."""
+        if len(changes):
+            self.core.update_many(changes.spaces, changes.new, now)
+        signs = self._changed_signs(now) if len(changes) else []
+        if len(changes.touched) or report is not None or agent_state is not None or signs:
+            self._journal(changes, now, source, report, agent_state, by, signs)
         if len(changes) == 0:
             return
         self.state_changes += len(changes)
-        self.core.update_many(changes.spaces, changes.new, now)
         self._publish_zones(changes.zones.tolist(), now)
-        self._refresh_displays(now)
+        for sign in signs:
+            self._publish_sign(sign, now)
         if self._subscribers:
             ids = self.state.space_ids
             for s, new in zip(changes.spaces.tolist(), changes.new.tolist(), strict=True):
@@ -413,6 +439,7 @@ class LiveGateway:
         report: AcceptedReport | None,
         agent_state: tuple[str, bool] | None,
         by: str | None,
+        signs: list[_Sign],
     ) -> None:
         st = self.state
         ids, names = st.space_ids, STATE_NAMES
@@ -448,6 +475,8 @@ class LiveGateway:
                     )
                     for s in touched
                 )
+            if signs:
+                self.journal.put_signs(self._sign_rows(signs))
             if report is not None:
                 self.journal.put_agent(report.agent, report.boot, report.seq, True, now)
             if agent_state is not None:
@@ -501,39 +530,65 @@ class LiveGateway:
         self._lu[:] = self.core.line_unknown
         self._lt[:] = self.core.line_total
 
-    def _render_all(self, now: float) -> None:
-        self._snapshot_lines()
-        for d in range(len(self.site.displays)):
-            self._shown[d] = self._render(d)
-
-    def _refresh_displays(self, now: float) -> None:
-        """Publish the signs whose rendered lines changed (only those)."""
+    def _changed_signs(self, now: float) -> list[_Sign]:
+        """Signs whose rendered lines differ from what they show (only lines that moved are
+        looked at)."""
         lf, lu, lt = self.core.line_free, self.core.line_unknown, self.core.line_total
         moved = np.flatnonzero((lf != self._lf) | (lu != self._lu) | (lt != self._lt))
         if len(moved) == 0:
-            return
+            return []
         self._lf[moved] = lf[moved]
         self._lu[moved] = lu[moved]
         self._lt[moved] = lt[moved]
+        out = []
         for d in self.lines.displays_of(moved):
             lines = self._render(d)
-            if lines == self._shown.get(d):
-                continue
-            self._publish_display(d, lines, now)
+            if lines != self._shown.get(d):
+                out.append(self._sign(d, lines, now))
+        return out
+
+    def _refresh_displays(self, now: float) -> None:
+        """Holds or policy windows moved: journal and publish the signs that changed."""
+        signs = self._changed_signs(now)
+        if not signs:
+            return
+        with self.journal.transaction():
+            self.journal.put_signs(self._sign_rows(signs))
+        for sign in signs:
+            self._publish_sign(sign, now)
+
+    def _sign(self, d: int, lines: list[DisplayLine], now: float) -> _Sign:
+        c = content(self.site, d, lines, now)
+        return _Sign(d, lines, c, c.model_dump_json().encode())
+
+    def _sign_rows(self, signs: list[_Sign]) -> list[tuple[str, str, str, float]]:
+        expires_s = self.site.display_settings.expires_s
+        return [
+            (
+                s.content.display,
+                topics.display_content(self.site.id, s.content.display),
+                s.payload.decode(),
+                expires_s,
+            )
+            for s in signs
+        ]
 
     def _publish_display(self, d: int, lines: list[DisplayLine], now: float) -> None:
-        c = content(self.site, d, lines, now)
-        self._shown[d] = lines
-        self._contents[d] = c
+        """Publish a sign afresh (new ts and expiry)."""
+        self._publish_sign(self._sign(d, lines, now), now)
+
+    def _publish_sign(self, sign: _Sign, now: float) -> None:
+        self._shown[sign.display] = sign.lines
+        self._contents[sign.display] = sign.content
         self._send(
-            topics.display_content(self.site.id, c.display),
-            c.model_dump_json().encode(),
+            topics.display_content(self.site.id, sign.content.display),
+            sign.payload,
             topics.QOS_DISPLAY,
             topics.RETAIN_DISPLAY,
         )
         self.sign_updates += 1
         if self._subscribers:
-            self._emit("display", c.model_dump(mode="json"), now)
+            self._emit("display", sign.content.model_dump(mode="json"), now)
 
     # -- rejections and events ---------------------------------------------------------------
     def _reject(self, rejection: Rejection, topic: str, payload: bytes | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -18,15 +19,18 @@ import sqlite3
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
-from gateway.journal import Journal
-from gateway.live import LiveGateway
+# Only light modules at the top: a restarted gateway republishes its journaled signs
+# (republish_stored_signs) before scipy, pydantic and the site are loaded.
+from gateway.journal import Journal, stored_signs
 from parking import topics
 from parking.broker import BrokerConfig
-from parking.site import SiteError, load_site
+
+if TYPE_CHECKING:
+    from gateway.live import LiveGateway
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,9 @@ class GatewayService:
         influx: dict[str, Any] | None = None,
         outbox_max_rows: int | None = None,
     ):
+        from gateway.live import LiveGateway
+        from parking.site import load_site
+
         self.site = load_site(site_path)
         self.broker = broker
         history = _OutboxHistory(self.site.id, outbox_max_rows) if influx else None
@@ -126,7 +133,7 @@ class GatewayService:
             client_id=client_id or f"parkguide-gateway-{self.site.id}",
             clean_session=False,  # the broker keeps QoS 1 reports for us while we restart
         )
-        self.gateway = LiveGateway(
+        self.gateway: LiveGateway = LiveGateway(
             self.site,
             self.journal,
             self._publish,
@@ -146,10 +153,7 @@ class GatewayService:
     # -- MQTT --------------------------------------------------------------------------------
     def _setup_client(self) -> None:
         c = self.client
-        if self.broker.username:
-            c.username_pw_set(self.broker.username, self.broker.password)
-        if self.broker.tls:
-            c.tls_set()
+        _apply_broker(c, self.broker)
         c.will_set(
             topics.gateway_availability(self.site.id),
             topics.OFFLINE,
@@ -275,6 +279,58 @@ class GatewayService:
         self._stop.set()
 
 
+def _apply_broker(client: mqtt.Client, broker: BrokerConfig) -> None:
+    if broker.username:
+        client.username_pw_set(broker.username, broker.password)
+    if broker.tls:
+        client.tls_set()
+
+
+def republish_stored_signs(db: str, broker: BrokerConfig, timeout_s: float = 2.0) -> int:
+    """Publish the signs the journal says are current, with a fresh expiry; returns how many.
+
+    Run first thing on start: after a crash the signs are consistent again within a fraction
+    of a second, while the full gateway is still loading. The contents are those committed
+    with the last state change, which is the state the gateway resumes from.
+    """
+    rows = stored_signs(db)
+    if not rows:
+        return 0
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"parkguide-gateway-restart-{os.getpid()}"
+    )
+    _apply_broker(client, broker)
+    try:
+        client.connect(broker.host, broker.port, keepalive=10)
+    except OSError as exc:
+        log.warning(
+            "broker %s not reachable yet (%s); signs follow once connected", broker.url, exc
+        )
+        return 0
+    client.loop_start()
+    try:
+        now = time.time()
+        sent = []
+        for topic, body, expires_s in rows:
+            content = json.loads(body)
+            content["ts"], content["expires"] = now, now + expires_s
+            sent.append(
+                client.publish(
+                    topic,
+                    json.dumps(content, ensure_ascii=False).encode(),
+                    qos=topics.QOS_DISPLAY,
+                    retain=topics.RETAIN_DISPLAY,
+                )
+            )
+        for info in sent:
+            info.wait_for_publish(timeout_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    log.info("republished %d signs from the journal", len(rows))
+    return len(rows)
+
+
 def _serve_http(service: GatewayService, address: str) -> threading.Thread:
     """Run the API app in-process in a uvicorn thread (the MQTT loop never waits on it)."""
     import uvicorn
@@ -327,6 +383,12 @@ def main(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
+    try:
+        republish_stored_signs(args.db, broker)
+    except Exception:  # a fast path only: the full start below publishes everything anyway
+        log.exception("republishing the journaled signs failed")
+    from parking.site import SiteError
+
     try:
         service = GatewayService(
             args.site,
