@@ -1,0 +1,261 @@
+"""``parkguide sim display``: every guidance sign of a site, drawn in the terminal.
+
+It stands in for the sign controllers: it subscribes to
+``displays/+/content`` and shows each sign as a driver would read it, Chinese
+first, with its arrow. A sign whose content has expired (its gateway died or
+lost the broker) goes blank — every line shows ``--`` — instead of showing a
+count nobody vouches for. ``--once`` prints the signs as plain text and exits,
+``--plain`` prints a sign as plain text whenever it changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from pydantic import ValidationError
+
+from parking import topics
+from parking.broker import BrokerConfig
+from parking.payloads import MAX_PAYLOAD_BYTES, DisplayContent
+from parking.site import Site, SiteError, load_site
+
+log = logging.getLogger(__name__)
+
+ARROWS = {
+    "left": "←",
+    "right": "→",
+    "up": "↑",
+    "down": "↓",
+    "up-left": "↖",
+    "up-right": "↗",
+    "down-left": "↙",
+    "down-right": "↘",
+    "none": " ",
+}
+BLANK = "--"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--site", required=True, help="site file (YAML)")
+    parser.add_argument("--broker", required=True, help="MQTT broker, mqtt://HOST:PORT")
+    parser.add_argument("--username", help="MQTT user (or PARKGUIDE_MQTT_USERNAME)")
+    parser.add_argument("--password", help="MQTT password (better: PARKGUIDE_MQTT_PASSWORD)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--once", action="store_true", help="print every sign once as plain text and exit"
+    )
+    mode.add_argument(
+        "--plain", action="store_true", help="plain text: print a sign whenever it changes"
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=5.0,
+        help="with --once: seconds to wait for every sign's content (default 5)",
+    )
+
+
+@dataclass(frozen=True)
+class SignLine:
+    """One line as the driver sees it."""
+
+    label: str
+    arrow: str
+    text: str
+
+
+@dataclass(frozen=True)
+class SignView:
+    display: str
+    title: str
+    lines: tuple[SignLine, ...]
+    blank: bool  # no content, or its content expired
+
+
+def sign_view(site: Site, display: str, content: DisplayContent | None, now: float) -> SignView:
+    """What a sign shows at ``now`` (pure): its content, or blank when there is none or it expired."""
+    disp = next(d for d in site.displays if d.id == display)
+    title = f"{disp.name.zh} {disp.name.en}"
+    if content is None or now >= content.expires:
+        lines = tuple(
+            SignLine(f"{ln.label.zh} {ln.label.en}", ARROWS[ln.arrow], BLANK) for ln in disp.lines
+        )
+        return SignView(display, title, lines, blank=True)
+    lines = []
+    for ln in content.lines:
+        text = ln.text.zh if ln.text.zh == ln.text.en else f"{ln.text.zh} {ln.text.en}"
+        lines.append(SignLine(f"{ln.label.zh} {ln.label.en}", ARROWS[ln.arrow], text))
+    return SignView(display, title, tuple(lines), blank=False)
+
+
+def plain(view: SignView) -> str:
+    """Plain-text rendering, one sign per block: a header, then label, arrow and count."""
+    head = f"[{view.display}] {view.title}" + (
+        "  (blank: no current content)" if view.blank else ""
+    )
+    width = max((_width(ln.label) for ln in view.lines), default=0)
+    body = [
+        f"  {ln.label}{' ' * (width - _width(ln.label))}  {ln.arrow}  {ln.text}"
+        for ln in view.lines
+    ]
+    return "\n".join([head, *body])
+
+
+def _width(text: str) -> int:
+    """Terminal columns: CJK characters take two."""
+    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)
+
+
+class SignBoard:
+    """The latest content per sign, fed from MQTT (thread-safe)."""
+
+    def __init__(self, site: Site):
+        self.site = site
+        self.ids = tuple(d.id for d in site.displays)
+        self._content: dict[str, DisplayContent] = {}
+        self._lock = threading.Lock()
+        self.changed = threading.Event()
+        self.rejected = 0
+        self._last_log = -1e9
+
+    def feed(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
+        if parsed is None or parsed.kind != "displays/content" or parsed.ident not in self.ids:
+            return
+        try:
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                raise ValueError(f"{len(payload)} bytes")
+            content = DisplayContent.model_validate_json(payload)
+        except (ValidationError, ValueError) as exc:
+            self.rejected += 1
+            now = time.monotonic()
+            if now - self._last_log >= 60:
+                self._last_log = now
+                log.warning(
+                    "bad sign content on %s (%d so far): %s; payload %r",
+                    topic,
+                    self.rejected,
+                    str(exc)[:200],
+                    payload[:200],
+                )
+            return
+        with self._lock:
+            self._content[parsed.ident] = content
+        self.changed.set()
+
+    def views(self, now: float) -> list[SignView]:
+        with self._lock:
+            contents = dict(self._content)
+        return [sign_view(self.site, d, contents.get(d), now) for d in self.ids]
+
+    def complete(self) -> bool:
+        with self._lock:
+            return all(d in self._content for d in self.ids)
+
+
+def _rich_board(views: list[SignView]):
+    from rich.columns import Columns
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    panels = []
+    for v in views:
+        table = Table.grid(padding=(0, 2))
+        table.add_column()
+        table.add_column(justify="center")
+        table.add_column(justify="right")
+        for ln in v.lines:
+            if v.blank:
+                style = "dim"
+            elif ln.text == BLANK:
+                style = "yellow"
+            elif "FULL" in ln.text:
+                style = "bold red"
+            else:
+                style = "bold green"
+            table.add_row(Text(ln.label), Text(ln.arrow, style="bold"), Text(ln.text, style=style))
+        subtitle = "blank: no current content" if v.blank else None
+        panels.append(
+            Panel(
+                table,
+                title=f"{v.title}",
+                subtitle=subtitle,
+                border_style="dim" if v.blank else "cyan",
+                expand=False,
+            )
+        )
+    return Columns(panels)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        site = load_site(args.site)
+    except SiteError as exc:
+        print(f"site file refused:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        broker = BrokerConfig.from_url(args.broker, args.username, args.password)
+    except ValueError as exc:
+        print(f"--broker: {exc}", file=sys.stderr)
+        return 2
+    board = SignBoard(site)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    if broker.username:
+        client.username_pw_set(broker.username, broker.password)
+    if broker.tls:
+        client.tls_set()
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            log.error("broker %s refused the connection: %s", broker.url, reason_code)
+            return
+        client.subscribe(topics.displays_all(site.id), qos=topics.QOS_DISPLAY)
+
+    def on_message(client, userdata, msg):
+        try:
+            board.feed(msg.topic, msg.payload)
+        except Exception:
+            log.exception("sign content on %s could not be shown", msg.topic)
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.reconnect_delay_set(0.5, 30)
+    client.connect_async(broker.host, broker.port, keepalive=30)
+    client.loop_start()
+    try:
+        if args.once:
+            deadline = time.monotonic() + args.wait
+            while not board.complete() and time.monotonic() < deadline:
+                board.changed.wait(0.1)
+                board.changed.clear()
+            print("\n\n".join(plain(v) for v in board.views(time.time())))
+            return 0
+        if args.plain:
+            shown: dict[str, SignView] = {}
+            while True:
+                board.changed.wait(0.5)
+                board.changed.clear()
+                for v in board.views(time.time()):
+                    if shown.get(v.display) != v:
+                        shown[v.display] = v
+                        print(plain(v), flush=True)
+        from rich.live import Live
+
+        with Live(_rich_board(board.views(time.time())), auto_refresh=False) as live:
+            while True:
+                # a change redraws at once; the timeout redraws so expired signs go blank
+                board.changed.wait(0.5)
+                board.changed.clear()
+                live.update(_rich_board(board.views(time.time())), refresh=True)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        client.disconnect()
+        client.loop_stop()
