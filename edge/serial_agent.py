@@ -1,9 +1,10 @@
 """``parkguide edge serial``: poll one RS-485 bus of node controllers, publish occupancy.
 
 Each cycle reads every node's occupied bits (function 02, discrete inputs
-``0..N-1``); the health registers (function 04: detector status, raw reading,
-battery, node info) are read one request per cycle, statuses first, in rounds
-every ``--health-interval`` seconds, so they cost the occupancy poll little.
+``0..N-1``); the health registers (function 04) are read one request per
+cycle, in rounds every ``--health-interval`` seconds: detector statuses every
+round, raw readings, batteries and node info every ``FULL_HEALTH_EVERY``
+rounds, so they cost the occupancy poll little.
 ``edge.debounce.BusTracker`` turns polls, failures and statuses into space
 states; ``edge.publisher.ReportPublisher`` spools and publishes them: a
 ``delta`` as changes settle, a ``snapshot`` on every (re)connect and
@@ -54,6 +55,8 @@ from parking.site import Bus, SiteError, load_site
 log = logging.getLogger(__name__)
 
 DEFAULT_HEALTH_INTERVAL_S = 5.0
+FULL_HEALTH_EVERY = 6
+"""raw readings, batteries and node info are read every this many health rounds"""
 PORT_BACKOFF_BASE_S = 0.2
 PORT_BACKOFF_CAP_S = 5.0
 _WARN_EVERY_S = 60.0
@@ -95,6 +98,7 @@ class SerialAgent:
         self._health_queue: deque[tuple[int, HealthKind]] = deque()
         self._health_round_started = -1e18
         self._health_round_open = False
+        self._health_rounds = 0
         self._port_attempt = 0
         self._last_port_warning = -1e18
         self.cycles = 0
@@ -132,10 +136,14 @@ class SerialAgent:
             self._health_round_started = now
             self._health_round_open = True
             up = [n for n in self.bus.nodes if not self.tracker.node_down(n.address)]
-            # statuses first: a faulted detector must turn unknown soon
+            # statuses every round, first: a faulted detector must turn unknown soon; raw
+            # readings, batteries and node info change slowly and cost wire time (at 9600
+            # baud one 32-register read is a third of a poll cycle), so only every few rounds
             self._health_queue.extend((n.address, "status") for n in up)
-            for kind in ("raw", "battery", "info"):
-                self._health_queue.extend((n.address, kind) for n in up)
+            if self._health_rounds % FULL_HEALTH_EVERY == 0:
+                for kind in ("raw", "battery", "info"):
+                    self._health_queue.extend((n.address, kind) for n in up)
+            self._health_rounds += 1
         address, kind = self._health_queue.popleft()
         node = self.bus.node(address)
         start, count = {
