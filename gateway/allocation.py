@@ -121,19 +121,19 @@ class CoreLayout:
     kindset_kinds: np.ndarray = None  # type: ignore[assignment]
     """bool[G, K]"""
     slot_space: np.ndarray = None  # type: ignore[assignment]
-    """int32[S]: spaces in storage order (by aisle, then kind combination, then index)"""
+    """int32[S]: spaces in storage order (by aisle, then driving order within the aisle)"""
     space_slot: np.ndarray = None  # type: ignore[assignment]
     """int32[S]: inverse of slot_space"""
     aisle_ptr: np.ndarray = None  # type: ignore[assignment]
     """int64[A + 1]: slots of aisle a are aisle_ptr[a]:aisle_ptr[a + 1]"""
-    seg_ptr: np.ndarray = None  # type: ignore[assignment]
-    """int64[n_seg]: starts of runs of equal (aisle, kind combination) in slot order"""
-    seg_aisle_ptr: np.ndarray = None  # type: ignore[assignment]
-    """int64[A]: first segment of each aisle"""
-    seg_kindset: np.ndarray = None  # type: ignore[assignment]
-    """int32[n_seg]"""
+    aisle_uniform: np.ndarray = None  # type: ignore[assignment]
+    """bool[A]: slot order within the aisle is the (cost, index) order from every entrance
+    (spaces of an aisle share their lane node, so this holds unless float rounding of
+    node distance + access distance reorders two of them for some entrance)"""
     slot_rank: np.ndarray = None  # type: ignore[assignment]
-    """int32[S, E]: rank in slot order, rows contiguous per aisle"""
+    """int32[S + 1, E]: rank in slot order, rows contiguous per aisle; row S is all NONE"""
+    slot_kindset: np.ndarray = None  # type: ignore[assignment]
+    """int32[S]: kindset in slot order"""
     zone_lines_ptr: np.ndarray = None  # type: ignore[assignment]
     zone_lines: np.ndarray = None  # type: ignore[assignment]
     """lines counting zone z: zone_lines[zone_lines_ptr[z]:zone_lines_ptr[z + 1]]"""
@@ -158,7 +158,12 @@ class CoreLayout:
         kindset = kindset.reshape(-1).astype(np.int32)
         set_(self, "kindset", kindset)
         set_(self, "kindset_kinds", uniq.astype(bool))
-        slot_space = np.lexsort((np.arange(n_s), kindset, self.aisle)).astype(np.int32)
+        # within an aisle, order spaces as the first entrance that reaches them drives
+        # to them (the same for every entrance except after float rounding; checked below)
+        reach = np.isfinite(self.cost)
+        first_e = reach.argmax(axis=0) if n_e else np.zeros(n_s, np.int64)
+        within = rank[first_e, np.arange(n_s)] if n_e else np.zeros(n_s, np.int32)
+        slot_space = np.lexsort((np.arange(n_s), within, self.aisle)).astype(np.int32)
         space_slot = np.empty(n_s, dtype=np.int32)
         space_slot[slot_space] = np.arange(n_s, dtype=np.int32)
         set_(self, "slot_space", slot_space)
@@ -168,17 +173,17 @@ class CoreLayout:
         aisle_ptr = np.zeros(n_a + 1, dtype=np.int64)
         np.cumsum(counts, out=aisle_ptr[1:])
         set_(self, "aisle_ptr", aisle_ptr)
+        slot_rank = np.full((n_s + 1, n_e), NONE, dtype=np.int32)
+        slot_rank[:n_s] = rank[:, slot_space].T
         a_sorted = self.aisle[slot_space]
-        g_sorted = kindset[slot_space]
-        if n_s:
-            brk = np.flatnonzero((np.diff(a_sorted) != 0) | (np.diff(g_sorted) != 0)) + 1
-            seg_ptr = np.concatenate(([0], brk)).astype(np.int64)
-        else:
-            seg_ptr = np.zeros(0, np.int64)
-        set_(self, "seg_ptr", seg_ptr)
-        set_(self, "seg_kindset", g_sorted[seg_ptr].astype(np.int32))
-        set_(self, "seg_aisle_ptr", np.searchsorted(seg_ptr, aisle_ptr[:-1]).astype(np.int64))
-        set_(self, "slot_rank", np.ascontiguousarray(rank[:, slot_space].T))
+        same = a_sorted[1:] == a_sorted[:-1]
+        r0, r1 = slot_rank[: n_s - 1], slot_rank[1:n_s]
+        in_order = ((r1 > r0) | ((r0 == NONE) & (r1 == NONE))).all(axis=1)
+        uniform = np.ones(n_a, dtype=bool)
+        uniform[a_sorted[1:][same & ~in_order]] = False
+        set_(self, "aisle_uniform", uniform)
+        set_(self, "slot_rank", slot_rank)
+        set_(self, "slot_kindset", kindset[slot_space].astype(np.int32))
         # zone -> lines, with the class column each line counts
         n_c = len(self.classes)
         zl: list[list[int]] = [[] for _ in self.zones]
@@ -517,7 +522,11 @@ class CoreLayout:
 
 
 class AllocationCore:
-    """Live candidates, best space per (entrance, class) and display line counts."""
+    """Live candidates, best space per (entrance, class) and display line counts.
+
+    Pair columns are ordered class-major (``p = c * E + e``) so that the columns of
+    one class are a contiguous slice: a change usually moves one class's columns.
+    """
 
     def __init__(
         self,
@@ -531,8 +540,8 @@ class AllocationCore:
         self.layout = layout
         self.congestion_m = float(congestion_m)
         self.congestion_halflife_s = float(congestion_halflife_s)
-        n_s, n_e, n_c = layout.n_spaces, layout.n_entrances, layout.n_classes
-        self._n_c = n_c
+        n_s, n_e, n_c, n_a = layout.n_spaces, layout.n_entrances, layout.n_classes, layout.n_aisles
+        self._n_c, self._n_e, self._n_s = n_c, n_e, n_s
         self._n_p = n_e * n_c
         self.state = np.zeros(n_s, dtype=np.int8)
         self.held_until = np.zeros(n_s, dtype=np.float64)
@@ -540,55 +549,87 @@ class AllocationCore:
         self.now = -math.inf
         self.minute = int(minute_of_day)
         self._cong: dict[int, tuple[float, float]] = {}  # aisle -> (v, t)
-        self._active: set[int] = set()  # aisles kept out of the two-level min
-        # block width of the two-level min over aisles
-        n_a = layout.n_aisles
+        self._active: set[int] = set()  # congested aisles, kept out of the two-level min
+        self._active_arr = np.zeros(0, dtype=np.int64)
+        self._cong_v = np.zeros(n_a)
+        self._cong_t = np.zeros(n_a)
+        self._pruned_at = -math.inf
+        # two-level min over aisles: blocks of w aisles, then all blocks
         self._w = max(1, math.ceil(math.sqrt(n_a)))
         self._nb = max(1, math.ceil(n_a / self._w))
-        self._kindset_elig = layout.kindset_eligibility(self.minute)
+        # plain-Python copies of the static per-space facts the update path reads
+        # (a list index is several times cheaper than a numpy scalar index)
+        self._slot_of = layout.space_slot.tolist()
+        self._aisle_of = layout.aisle.tolist()
+        self._zone_of = layout.zone.tolist()
+        self._closed_of = layout.closed.tolist()
+        self._kindset_of_slot = layout.slot_kindset.tolist()
+        self._uniform = layout.aisle_uniform.tolist()
+        self._aisle_hi = layout.aisle_ptr[1:].tolist()
+        ptr, lines, cols = layout.zone_lines_ptr, layout.zone_lines, layout.zone_lines_col
+        self._zone_lines = [
+            list(
+                zip(
+                    lines[ptr[z] : ptr[z + 1]].tolist(),
+                    cols[ptr[z] : ptr[z + 1]].tolist(),
+                    strict=True,
+                )
+            )
+            for z in range(len(layout.zones))
+        ]
+        self._set_eligibility(layout.kindset_eligibility(self.minute))
         self.recompute()
 
-    # -- full recompute ----------------------------------------------------------
-    def _slot_eligibility(self) -> np.ndarray:
-        """bool[S, C + 1] in slot order; the last column is 'any class'."""
-        ke = self._kindset_elig
-        ext = np.concatenate([ke, ke.any(axis=1, keepdims=True)], axis=1)
-        return ext[self.layout.kindset[self.layout.slot_space]]
+    def _set_eligibility(self, kindset_elig: np.ndarray) -> None:
+        self._kindset_elig = kindset_elig
+        ext = np.concatenate([kindset_elig, kindset_elig.any(axis=1, keepdims=True)], axis=1)
+        self._kindset_ext = ext
+        self._g_ext = [tuple(row) for row in ext.tolist()]  # per kindset: counted by class col
+        self._g_classes = [tuple(np.flatnonzero(row).tolist()) for row in kindset_elig]
 
+    # -- full recompute ----------------------------------------------------------
     def recompute(self) -> None:
         """Rebuild every derived structure from ``state``, ``held_until`` and the congestion."""
         lo = self.layout
-        n_c, n_a, n_e = self._n_c, lo.n_aisles, lo.n_entrances
+        n_c, n_a, n_s = self._n_c, lo.n_aisles, self._n_s
         closed = lo.closed | (self.state == CLOSED)
         eff = np.where(closed, CLOSED, self.state).astype(np.int64)
         avail = (eff == FREE) & (self.held_until == 0)
-        self._elig_slot = self._slot_eligibility()
-        self._avail_slot = avail[lo.slot_space]
-        self._cand_slot = self._elig_slot & self._avail_slot[:, None]
-        # per (aisle, kind combination) segment: lowest rank of an available space
-        masked = np.where(self._avail_slot[:, None], lo.slot_rank, NONE)
-        aisle_min = np.full((n_a, n_e, n_c), NONE, dtype=np.int32)
-        if len(lo.seg_ptr):
-            seg_min = np.minimum.reduceat(masked, lo.seg_ptr, axis=0)  # (n_seg, E)
-            seg_elig = self._kindset_elig[lo.seg_kindset]  # (n_seg, C)
-            for c in range(n_c):
-                vals = np.where(seg_elig[:, c : c + 1], seg_min, NONE)
-                aisle_min[:, :, c] = np.minimum.reduceat(vals, lo.seg_aisle_ptr, axis=0)
-        self._aisle_min = aisle_min.reshape(n_a, self._n_p)
-        self._leaf = np.full((self._nb * self._w, self._n_p), NONE, dtype=np.int32)
-        self._leaf[:n_a] = self._aisle_min
+        self._elig_slot = self._kindset_ext[lo.slot_kindset]
+        avail_slot = avail[lo.slot_space]
+        self._avail_py = avail_slot.tolist()
+        self._cand_slot = self._elig_slot & avail_slot[:, None]
+        # per aisle and class: the first candidate slot in the aisle's driving order
+        if n_s and n_a:
+            pos = np.where(self._cand_slot[:, :n_c], np.arange(n_s)[:, None], n_s)
+            first = np.minimum.reduceat(pos, lo.aisle_ptr[:-1], axis=0)  # (A, C)
+            aisle_min = lo.slot_rank[first]  # (A, C, E)
+            self._aisle_min = aisle_min.reshape(n_a, self._n_p)
+        else:
+            first = np.zeros((n_a, n_c), dtype=np.int64)
+            self._aisle_min = np.full((n_a, self._n_p), NONE, dtype=np.int32)
+        self._first = first.tolist()
+        for a in np.flatnonzero(~lo.aisle_uniform).tolist():
+            self._aisle_min[a] = self._scan_aisle(a)
+        # leaves, blocks and the global row are class-major (C, rows, E): the
+        # columns one class moves are contiguous
+        n_e, nb, w = self._n_e, self._nb, self._w
+        self._leaf = np.full((n_c, nb * w, n_e), NONE, dtype=np.int32)
+        self._leaf[:, :n_a, :] = self._aisle_min.reshape(n_a, n_c, n_e).transpose(1, 0, 2)
         for a in self._active:
-            self._leaf[a] = NONE
-        self._block = self._leaf.reshape(self._nb, self._w, self._n_p).min(axis=1)
-        self._glob = self._block.min(axis=0)
+            self._leaf[:, a, :] = NONE
+        self._block = np.ascontiguousarray(self._leaf.reshape(n_c, nb, w, n_e).min(axis=2))
+        self._glob3 = self._block.min(axis=1)  # (C, E)
+        self._glob = self._glob3.reshape(-1)  # view, p = c * E + e
         # counts
         n_z = len(lo.zones)
         zc = np.bincount(lo.zone.astype(np.int64) * 4 + eff, minlength=n_z * 4)
         self._zone_counts = zc.reshape(n_z, 4).astype(np.int64)
-        cand_space = np.empty_like(self._cand_slot)
-        cand_space[lo.slot_space] = self._cand_slot
-        per_zone = np.zeros((n_z, n_c + 1), dtype=np.int64)
-        np.add.at(per_zone, lo.zone, cand_space.astype(np.int64))
+        n_g = len(lo.kindset_kinds)
+        zone_kindset = np.bincount(
+            lo.zone.astype(np.int64) * n_g + lo.kindset, weights=avail, minlength=n_z * n_g
+        ).reshape(n_z, n_g)
+        per_zone = np.rint(zone_kindset @ self._kindset_ext).astype(np.int64)  # (Z, C + 1)
         cols = np.where(lo.line_class < 0, n_c, lo.line_class)
         lz = lo.line_zones.astype(np.int64)
         self.line_free = (lz * per_zone[:, cols].T).sum(axis=1)
@@ -596,17 +637,13 @@ class AllocationCore:
         self.line_total = lz @ (self._zone_counts.sum(axis=1) - self._zone_counts[:, CLOSED])
 
     # -- time ------------------------------------------------------------------
-    def _advance(self, now: float) -> None:
-        if now > self.now:
-            self.now = float(now)
-
     def set_minute(self, minute_of_day: int) -> bool:
         """Re-evaluate eligibility; True (and a full recompute) if it changed."""
         self.minute = int(minute_of_day)
         ke = self.layout.kindset_eligibility(self.minute)
         if np.array_equal(ke, self._kindset_elig):
             return False
-        self._kindset_elig = ke
+        self._set_eligibility(ke)
         self.recompute()
         return True
 
@@ -621,18 +658,18 @@ class AllocationCore:
     # -- state changes -------------------------------------------------------------
     def update(self, space: int, state: int, now: float) -> None:
         """One space changed state (a car seen in a held space clears its hold)."""
-        self._advance(now)
-        s = int(space)
+        if now > self.now:
+            self.now = float(now)
         state = int(state)
-        old = int(self.state[s])
-        unheld = state == OCCUPIED and self.held_until[s] > 0
+        old = int(self.state[space])
+        unheld = state == OCCUPIED and space in self._holds
         if unheld:
-            self.held_until[s] = 0.0
-            del self._holds[s]
-        if old == state and not unheld:
+            self.held_until[space] = 0.0
+            del self._holds[space]
+        elif old == state:
             return
-        self.state[s] = state
-        self._refresh(s, old)
+        self.state[space] = state
+        self._refresh(int(space), old, state)
 
     def update_many(
         self, spaces: Sequence[int] | np.ndarray, states: Sequence[int] | np.ndarray, now: float
@@ -642,145 +679,219 @@ class AllocationCore:
         states = np.asarray(states, dtype=np.int64).reshape(-1)
         if len(spaces) != len(states):
             raise ValueError("spaces and states differ in length")
-        if len(spaces) * 8 > self.layout.n_spaces:
-            self._advance(now)
-            self.state[spaces] = states  # numpy: the last write of a repeated index wins
-            for s in spaces[states == OCCUPIED].tolist():
-                if self.held_until[s] > 0 and self.state[s] == OCCUPIED:
+        if len(spaces) * 8 > self._n_s:
+            # a large batch (start-up, snapshot): one vectorized recompute is cheaper
+            if now > self.now:
+                self.now = float(now)
+            # the last entry for a space wins; any OCCUPIED among them clears its hold
+            rev_unique, rev_first = np.unique(spaces[::-1], return_index=True)
+            self.state[rev_unique] = states[::-1][rev_first]
+            for s in np.unique(spaces[states == OCCUPIED]).tolist():
+                if s in self._holds:
                     self.held_until[s] = 0.0
-                    self._holds.pop(s, None)
+                    del self._holds[s]
             self.recompute()
             return
         for s, st in zip(spaces.tolist(), states.tolist(), strict=True):
             self.update(s, st, now)
 
-    def _refresh(self, s: int, old_state: int) -> None:
-        """Space s changed state (from ``old_state``) and/or hold: update counts and minima."""
-        lo = self.layout
-        new_state = int(self.state[s])
-        if lo.closed[s]:
-            old_eff = new_eff = CLOSED
-        else:
-            old_eff, new_eff = old_state, new_state
-        z = int(lo.zone[s])
-        zl = slice(int(lo.zone_lines_ptr[z]), int(lo.zone_lines_ptr[z + 1]))
-        if old_eff != new_eff:
-            zc = self._zone_counts[z]
-            zc[old_eff] -= 1
-            zc[new_eff] += 1
-            du = (new_eff == UNKNOWN) - (old_eff == UNKNOWN)
-            dt = (old_eff == CLOSED) - (new_eff == CLOSED)
+    def _refresh(self, s: int, old_state: int, new_state: int) -> None:
+        """Space s changed state and/or hold: move the counts and the minima."""
+        if self._closed_of[s]:
+            old_state = new_state = CLOSED
+        z = self._zone_of[s]
+        if old_state != new_state:
+            zc = self._zone_counts
+            zc[z, old_state] -= 1
+            zc[z, new_state] += 1
+            du = (new_state == UNKNOWN) - (old_state == UNKNOWN)
+            dt = (old_state == CLOSED) - (new_state == CLOSED)
             if du or dt:
-                lines = lo.zone_lines[zl]
-                if du:
-                    self.line_unknown[lines] += du
-                if dt:
-                    self.line_total[lines] += dt
-        p = int(lo.space_slot[s])
-        avail = new_eff == FREE and self.held_until[s] == 0
-        if avail == bool(self._avail_slot[p]):
+                for line, _ in self._zone_lines[z]:
+                    self.line_unknown[line] += du
+                    self.line_total[line] += dt
+        p = self._slot_of[s]
+        avail = new_state == FREE and s not in self._holds
+        if avail == self._avail_py[p]:
             return
-        self._avail_slot[p] = avail
-        elig = self._elig_slot[p]
+        self._avail_py[p] = avail
+        g = self._kindset_of_slot[p]
         if avail:
-            self._cand_slot[p] = elig
+            self._cand_slot[p] = self._elig_slot[p]
         else:
             self._cand_slot[p] = False
         sign = 1 if avail else -1
-        self.line_free[lo.zone_lines[zl]] += sign * elig[lo.zone_lines_col[zl]]
-        if not elig[: self._n_c].any():
+        ext = self._g_ext[g]
+        for line, col in self._zone_lines[z]:
+            if ext[col]:
+                self.line_free[line] += sign
+        classes = self._g_classes[g]
+        if not classes:
             return
-        a = int(lo.aisle[s])
-        vals = np.where(elig[None, : self._n_c], lo.slot_rank[p][:, None], NONE).reshape(-1)
+        a = self._aisle_of[s]
+        if not self._uniform[a]:
+            self._refresh_general(a, p, avail)
+            return
+        first = self._first[a]
+        if avail:
+            changed = [c for c in classes if p < first[c]]
+            if changed:
+                for c in changed:
+                    first[c] = p
+                self._move_classes(a, changed, lowered=True)
+            return
+        changed = [c for c in classes if first[c] == p]
+        if not changed:
+            return
+        # the aisle's first candidate for these classes left: look further down the aisle
+        avail_py, kind_of, g_classes = self._avail_py, self._kindset_of_slot, self._g_classes
+        hi = self._aisle_hi[a]
+        for c in changed:
+            q = p + 1
+            while q < hi and not (avail_py[q] and c in g_classes[kind_of[q]]):
+                q += 1
+            first[c] = q if q < hi else self._n_s
+        self._move_classes(a, changed, lowered=False)
+
+    def _move_classes(self, a: int, classes: list[int], lowered: bool) -> None:
+        """The first candidate of uniform aisle a changed for ``classes``: move its columns."""
+        n_e, w = self._n_e, self._w
+        first = self._first[a]
+        row = self._aisle_min[a]
+        active = a in self._active
+        b = a // w
+        slot_rank = self.layout.slot_rank
+        for c in classes:
+            new = slot_rank[first[c]]
+            row[c * n_e : (c + 1) * n_e] = new
+            if active:
+                continue
+            leaf = self._leaf[c]
+            blk = self._block[c, b]
+            if lowered:
+                leaf[a] = new
+                if (new < blk).any():
+                    np.minimum(blk, new, out=blk)
+                    np.minimum(self._glob3[c], new, out=self._glob3[c])
+                continue
+            # raised: the block (and the global row) only move if this aisle held their minimum
+            held_min = (leaf[a] == blk).any()
+            leaf[a] = new
+            if held_min:
+                glob = self._glob3[c]
+                was_glob = (blk == glob).any()
+                blk[:] = leaf[b * w : (b + 1) * w].min(axis=0)
+                if was_glob:
+                    glob[:] = self._block[c].min(axis=0)
+
+    def _refresh_general(self, a: int, p: int, avail: bool) -> None:
+        """Slot p of a non-uniform aisle a changed candidacy: per-pair minima."""
+        elig = self._elig_slot[p, : self._n_c]
+        vals = np.where(elig[:, None], self.layout.slot_rank[p][None, :], NONE).reshape(-1)
         row = self._aisle_min[a]
         if avail:
             np.minimum(row, vals, out=row)
             if a not in self._active:
-                self._leaf[a] = row
-                b = a // self._w
-                np.minimum(self._block[b], vals, out=self._block[b])
-                np.minimum(self._glob, vals, out=self._glob)
+                n_c, n_e = self._n_c, self._n_e
+                self._leaf[:, a, :] = row.reshape(n_c, n_e)
+                blk = self._block[:, a // self._w, :]
+                np.minimum(blk, vals.reshape(n_c, n_e), out=blk)
+                np.minimum(self._glob3, vals.reshape(n_c, n_e), out=self._glob3)
             return
-        hit = (row == vals) & (vals != NONE)
-        if not hit.any():
+        if not ((row == vals) & (vals != NONE)).any():
             return
-        lo_, hi_ = int(lo.aisle_ptr[a]), int(lo.aisle_ptr[a + 1])
-        new = (
-            np.where(
-                self._cand_slot[lo_:hi_, None, : self._n_c],
-                lo.slot_rank[lo_:hi_, :, None],
-                NONE,
-            )
-            .min(axis=0)
-            .reshape(-1)
-        )
-        row[:] = new
+        row[:] = self._scan_aisle(a)
         if a not in self._active:
-            self._set_leaf(a, new)
+            self._set_leaf(a, row)
+
+    def _scan_aisle(self, a: int) -> np.ndarray:
+        """Aisle a's lowest candidate rank for every pair, from its slots (C * E,)."""
+        lo = self.layout
+        lo_, hi_ = int(lo.aisle_ptr[a]), int(lo.aisle_ptr[a + 1])
+        cand = self._cand_slot[lo_:hi_, : self._n_c]
+        return (
+            np.where(cand[:, :, None], lo.slot_rank[lo_:hi_, None, :], NONE).min(axis=0).reshape(-1)
+        )
 
     def _set_leaf(self, a: int, new: np.ndarray) -> None:
         """Aisle a's leaf became ``new``; refresh its block and the global minimum."""
-        b = a // self._w
-        old_block = self._block[b].copy()
-        self._leaf[a] = new
-        blk = self._leaf[b * self._w : (b + 1) * self._w].min(axis=0)
-        changed_up = blk > old_block
-        self._block[b] = blk
-        if changed_up.any():
-            self._glob = self._block.min(axis=0)
+        b, w = a // self._w, self._w
+        old_block = self._block[:, b, :].copy()
+        self._leaf[:, a, :] = new.reshape(self._n_c, self._n_e)
+        blk = self._leaf[:, b * w : (b + 1) * w, :].min(axis=1)
+        self._block[:, b, :] = blk
+        if (blk > old_block).any():
+            self._glob3[:] = self._block.min(axis=1)
         else:
-            np.minimum(self._glob, blk, out=self._glob)
+            np.minimum(self._glob3, blk, out=self._glob3)
 
     # -- holds and congestion ----------------------------------------------------------
     def assign(self, entrance: int, vehicle_class: int, now: float, hold_s: float) -> int:
         """Best space for an arriving car, held for it until seen or ``now + hold_s``; -1 if none."""
         if hold_s <= 0:
             raise ValueError("hold_s must be positive")
-        self._advance(now)
+        if now > self.now:
+            self.now = float(now)
         s = self.best(entrance, vehicle_class)
         if s < 0:
             return -1
         until = float(now) + float(hold_s)
         self.held_until[s] = until
         self._holds[s] = until
-        self._refresh(s, int(self.state[s]))
-        a = int(self.layout.aisle[s])
+        st = int(self.state[s])
+        self._refresh(s, st, st)
+        a = self._aisle_of[s]
         vt = self._cong.get(a)
         v = 1.0 if vt is None else congestion_value(*vt, now, self.congestion_halflife_s) + 1.0
         self._cong[a] = (v, float(now))
+        self._cong_v[a] = v
+        self._cong_t[a] = float(now)
         if a not in self._active and self.congestion_m != 0:
             self._active.add(a)
+            self._active_arr = np.array(sorted(self._active), dtype=np.int64)
             self._set_leaf(a, np.full(self._n_p, NONE, dtype=np.int32))
         return s
 
     def expire_holds(self, now: float) -> list[int]:
         """Release holds that ended at or before ``now``; returns those spaces (ascending)."""
-        self._advance(now)
+        if now > self.now:
+            self.now = float(now)
         done = sorted(s for s, until in self._holds.items() if until <= now)
         for s in done:
             del self._holds[s]
             self.held_until[s] = 0.0
-            self._refresh(s, int(self.state[s]))
+            st = int(self.state[s])
+            self._refresh(s, st, st)
         return done
 
     def _prune_active(self) -> None:
-        """Aisles whose congestion decayed below the floor go back into the two-level min."""
-        h = self.congestion_halflife_s
-        for a in [
-            a
-            for a in self._active
-            if congestion_value(*self._cong[a], self.now, h) < CONGESTION_FLOOR
-        ]:
+        """Aisles whose congestion decayed below the floor go back into the two-level min.
+
+        Vectorized and with a margin: an aisle leaves only when its congestion is
+        clearly below the floor, so the exact (scalar) score agrees that it is 0.
+        """
+        if self.now == self._pruned_at:
+            return
+        self._pruned_at = self.now
+        act = self._active_arr
+        value = self._cong_v[act] * np.exp2(
+            -(self.now - self._cong_t[act]) / self.congestion_halflife_s
+        )
+        gone = act[value < CONGESTION_FLOOR * (1 - 1e-9)]
+        if not len(gone):
+            return
+        for a in gone.tolist():
             self._active.discard(a)
             self._set_leaf(a, self._aisle_min[a].copy())
+        self._active_arr = np.array(sorted(self._active), dtype=np.int64)
 
     # -- queries -------------------------------------------------------------------
     def best(self, entrance: int, vehicle_class: int) -> int:
         """Lowest (score, cost, index) candidate for this entrance and class; -1 if none."""
         if self._active:
-            self._prune_active()
+            self._prune_active()  # may move aisles back into the global minimum
         lo = self.layout
-        p = entrance * self._n_c + vehicle_class
+        p = vehicle_class * self._n_e + entrance
         r = int(self._glob[p])
         order = lo.order[entrance]
         cost = lo.cost[entrance]
@@ -789,12 +900,20 @@ class AllocationCore:
             s = int(order[r])
             c = float(cost[s])
             best = (c, c, s)
-        for a in self._active:
-            ar = int(self._aisle_min[a, p])
-            if ar == NONE:
-                continue
-            s = int(order[ar])
-            c = float(cost[s])
+        if not self._active:
+            return -1 if best is None else best[2]
+        # congested aisles: a score is never below its cost, so only aisles whose
+        # best cost is within the best uncongested score can win
+        act = self._active_arr
+        ranks = self._aisle_min[act, p]
+        live = ranks != NONE
+        act, ranks = act[live], ranks[live]
+        spaces = order[ranks]
+        costs = cost[spaces]
+        if best is not None:
+            near = costs <= best[0]
+            act, spaces, costs = act[near], spaces[near], costs[near]
+        for a, s, c in zip(act.tolist(), spaces.tolist(), costs.tolist(), strict=True):
             key = (c + self.congestion_m * self.congestion(a), c, s)
             if best is None or key < best:
                 best = key
@@ -802,20 +921,21 @@ class AllocationCore:
 
     def best_all(self) -> np.ndarray:
         """int[E, C]: best() of every pair (-1 where none)."""
+        n_e, n_c = self._n_e, self._n_c
         if self._active:
             return np.array(
-                [
-                    [self.best(e, c) for c in range(self._n_c)]
-                    for e in range(self.layout.n_entrances)
-                ],
-                dtype=np.int64,
-            ).reshape(self.layout.n_entrances, self._n_c)
-        glob = self._glob.reshape(self.layout.n_entrances, self._n_c).astype(np.int64)
+                [[self.best(e, c) for c in range(n_c)] for e in range(n_e)], dtype=np.int64
+            ).reshape(n_e, n_c)
+        glob = self._glob.reshape(n_c, n_e).T.astype(np.int64)
         none = glob == NONE
-        rows = np.arange(self.layout.n_entrances)[:, None]
+        rows = np.arange(n_e)[:, None]
         out = self.layout.order[rows, np.where(none, 0, glob)].astype(np.int64)
         out[none] = -1
         return out
+
+    def congestion_state(self) -> dict[int, tuple[float, float]]:
+        """Lane node of each aisle ever assigned into -> (value, time of last assignment)."""
+        return {int(self.layout.aisle_node[a]): vt for a, vt in self._cong.items()}
 
     def zone_counts(self) -> np.ndarray:
         """int[Z, 4]: spaces per zone by state code (site-closed spaces count as CLOSED)."""
