@@ -94,6 +94,7 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        redirect_slashes=False,  # never answer a protected path with a redirect
     )
     app.state.ctx = ctx
     for module in (session, public, site, health, events, operations, stream):

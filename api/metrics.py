@@ -119,10 +119,12 @@ def render(ctx: Ctx) -> str:
 
 @router.get(
     "/metrics",
-    response_class=PlainTextResponse,
     dependencies=[Depends(metrics_access)],
     responses={
-        200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"},
+        200: {
+            "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+            "description": "Prometheus text format",
+        },
         401: {"model": ErrorOut, "description": "login or PARKGUIDE_METRICS_TOKEN required"},
     },
 )

@@ -156,10 +156,10 @@ def _int(name: str, raw: str | None, default: int, lo: int, hi: int) -> int:
     return value
 
 
-_ENTITIES_DOC = {200: {"content": {MEDIA_TYPE: {}}, "description": "NGSI-LD entities"}}
+_ENTITIES_DOC = {200: {"content": {MEDIA_TYPE: {"schema": {}}}, "description": "NGSI-LD entities"}}
 
 
-@router.get("/entities", response_class=JSONResponse, responses=_ENTITIES_DOC)
+@router.get("/entities", responses=_ENTITIES_DOC)
 def query_entities(
     ctx: Ctx,
     user: Annotated[User | None, Depends(public_or_login)],
@@ -169,8 +169,8 @@ def query_entities(
 ) -> JSONResponse:
     """Query entities by type (NGSI-LD ``GET /entities?type=``); ParkingSpot needs a login."""
     # parameters are checked here, after the access check, so a spot query without login is 401
-    if type == "ParkingSpot" or type is None:
-        require_login(user)
+    if type not in ("ParkingGroup", "OffStreetParking"):
+        require_login(user)  # spots (or anything not plainly public) need a login
     if type is not None and type not in TYPES:
         invalid(("query", "type"), f"type must be one of {', '.join(TYPES)}", type)
     lim = _int("limit", limit, 100, 1, 1000)
@@ -186,7 +186,7 @@ def query_entities(
     return _ld(entities[off : off + lim])
 
 
-@router.get("/entities/{entity_id}", response_class=JSONResponse, responses=_ENTITIES_DOC)
+@router.get("/entities/{entity_id}", responses=_ENTITIES_DOC)
 def retrieve_entity(
     entity_id: str, ctx: Ctx, user: Annotated[User | None, Depends(public_or_login)]
 ) -> JSONResponse:

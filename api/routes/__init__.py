@@ -52,14 +52,29 @@ async def parse_body(request: Request, model: type[M]) -> M:
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
         invalid(("body",), f"the body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted")
-    if not body.strip():
-        body = b"{}"
     try:
-        return model.model_validate_json(body)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        invalid(("body",), "the body is not UTF-8 text")
+    if not text.strip():
+        text = "{}"
+    try:
+        return model.model_validate_json(text)
     except ValidationError as exc:
         raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+            [
+                {**e, "loc": ("body", *e["loc"]), "input": _printable(e.get("input"))}
+                for e in exc.errors(include_url=False, include_context=False)
+            ]
         ) from None
+
+
+def _printable(value: Any) -> Any:
+    """Error inputs echoed back must be JSON: cut long text short, never raw bytes."""
+    if isinstance(value, bytes | str):
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        return text[:200]
+    return value if isinstance(value, int | float | bool | None) else str(value)[:200]
 
 
 def request_body_doc(model: type[BaseModel]) -> dict[str, Any]:

@@ -113,8 +113,12 @@ def csv_lines(ctx: Ctx, flt: EventFilter, limit: int) -> Iterator[str]:
 
 @router.get(
     "/events.csv",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}}, "description": "events, oldest first"}},
+    responses={
+        200: {
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "events, oldest first",
+        }
+    },
 )
 def events_csv(
     ctx: Ctx,

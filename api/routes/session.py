@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
@@ -15,6 +16,32 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/auth", tags=["session"])
 
 
+class _RateLimitedLog:
+    """One warning a minute about refused logins, with how many there were (an attack must not
+    flood the log)."""
+
+    def __init__(self, every_s: float = 60.0):
+        self.every_s = every_s
+        self.last = -every_s
+        self.count = 0
+
+    def hit(self, name: str, client: str) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            log.warning(
+                "login rate limit: refused %d attempt(s) in the last minute, latest for user %r "
+                "from %s",
+                self.count,
+                name[:32],
+                client,
+            )
+            self.last, self.count = now, 0
+
+
+_rate_limited_log = _RateLimitedLog()
+
+
 def user_out(user: User) -> UserOut:
     return UserOut(
         name=user.name, role=user.role, can_change=user.can_change, can_read_raw=user.can_read_raw
@@ -24,6 +51,7 @@ def user_out(user: User) -> UserOut:
 @router.post(
     "/login",
     responses={
+        400: {"model": ErrorOut, "description": "the body is not readable JSON text"},
         401: {"model": ErrorOut, "description": "wrong user name or password"},
         429: {"model": ErrorOut, "description": "too many attempts; see Retry-After"},
     },
@@ -33,7 +61,7 @@ def login(body: LoginRequest, request: Request, response: Response, ctx: Ctx) ->
     client = request.client.host if request.client else "?"
     wait = ctx.limiter.check(body.name, client)
     if wait > 0:
-        log.warning("login rate limit hit for user %r from %s", body.name[:64], client)
+        _rate_limited_log.hit(body.name, client)
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"too many login attempts; try again in {math.ceil(wait)} s",

@@ -72,8 +72,12 @@ async def _events(request: Request, ctx: Ctx, client: StreamClient, user: User |
 
 @router.get(
     "/stream",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}},
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "server-sent events",
+        }
+    },
 )
 async def stream(
     request: Request, ctx: Ctx, user: Annotated[User | None, Depends(public_or_login)]
