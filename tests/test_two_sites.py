@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import sqlite3
 import threading
 import time
+from contextlib import closing
 from typing import Any
 
 import httpx
@@ -236,6 +238,15 @@ def test_two_sites_on_one_broker(mosquitto, tmp_path, processes: Processes) -> N
         assert [m.topic for m in answers] == [topics.assignment(b.id, "main")]
         assert retained(mosquitto.port, topics.site_prefix(a.id)) == before_a
         assert a.metrics() == metrics_a
+
+        # each journal holds its own site only: A never journaled B's spaces or its arrival
+        for s, db in ((a, tmp_path / "a.sqlite"), (b, tmp_path / "b.sqlite")):
+            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                journaled = {row[0] for row in conn.execute("SELECT space FROM events")}
+                journaled |= {row[0] for row in conn.execute("SELECT space FROM spaces")}
+                requests = [row[0] for row in conn.execute("SELECT request_id FROM assignments")]
+            assert journaled and journaled <= set(s.site.space_index), s.id
+            assert requests == (["two-sites-1"] if s is b else []), s.id
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{processes.logs()}") from None
     finally:
