@@ -32,44 +32,56 @@ class _Model(BaseModel):
 
 
 class LocalName(_Model):
+    """Text in Chinese and English."""
+
     zh: str = Field(min_length=1, description="Chinese text, shown first on signs")
     en: str = Field(min_length=1, description="English text")
 
 
 class SiteInfo(_Model):
+    """Who the site is."""
+
     id: Ident = Field(description="site id, used in every MQTT topic")
-    name: LocalName
+    name: LocalName = Field(description="the community's name")
     timezone: str = Field("Asia/Shanghai", description="IANA zone that policy windows are in")
 
 
 class Level(_Model):
-    id: Ident
-    name: LocalName
-    kind: Literal["surface", "basement", "deck"] = "surface"
+    """A level of the site."""
+
+    id: Ident = Field(description="level id, e.g. G, B1")
+    name: LocalName = Field(description="shown on the dashboard")
+    kind: Literal["surface", "basement", "deck"] = Field(
+        "surface", description="what sort of level"
+    )
 
 
 class Zone(_Model):
-    id: Ident
-    name: LocalName
-    level: Ident
+    """A group of spaces counted together on signs and zone topics."""
+
+    id: Ident = Field(description="zone id, used in topics")
+    name: LocalName = Field(description="shown on the dashboard")
+    level: Ident = Field(description="the level the zone is on")
 
 
 class VehicleClass(_Model):
-    id: Ident
-    name: LocalName
+    """Who parks (resident, visitor, EV, ...), announced by the gate with each arrival."""
+
+    id: Ident = Field(description="class id, the `class` of an arrival")
+    name: LocalName = Field(description="shown on the dashboard")
     kinds: list[Ident] = Field(min_length=1, description="space kinds this class may use")
 
 
 class Policy(_Model):
     """Restricts one space kind for some classes to time windows (local time)."""
 
-    id: Ident
+    id: Ident = Field(description="policy id")
     kind: Ident = Field(description="the space kind the windows apply to")
     classes: list[Ident] = Field(min_length=1, description="classes restricted by this policy")
     windows: list[str] = Field(
         min_length=1, description="'HH:MM-HH:MM' local time; a window may cross midnight"
     )
-    description: str | None = None
+    description: str | None = Field(None, description="why the policy exists")
 
     @field_validator("windows")
     @classmethod
@@ -93,10 +105,12 @@ class Layout(_Model):
 
 
 class SpaceGroup(_Model):
+    """A row of spaces sharing zone, kinds and access lanes."""
+
     ids: SpaceRef | list[SpaceRef] = Field(description="space ids or ranges, in row order")
-    zone: Ident
-    kinds: list[Ident] = Field(min_length=1)
-    layout: Layout
+    zone: Ident = Field(description="the zone these spaces belong to")
+    kinds: list[Ident] = Field(min_length=1, description="space kinds (from `kinds`)")
+    layout: Layout = Field(description="where the bays are on the level's map")
     access: list[Ident] = Field(
         min_length=1, description="lane nodes a car reaches these bays from (nearest is used)"
     )
@@ -104,37 +118,49 @@ class SpaceGroup(_Model):
 
 
 class LaneNode(_Model):
-    id: Ident
-    level: Ident
-    at: Point
+    """A junction, aisle point, ramp end or gate on the lane graph."""
+
+    id: Ident = Field(description="node id")
+    level: Ident = Field(description="the level it is on")
+    at: Point = Field(description="metres on the level's map")
 
 
 class LaneEdge(_Model):
-    from_: Ident = Field(alias="from")
-    to: Ident
+    """A lane between two nodes."""
+
+    from_: Ident = Field(alias="from", description="start node")
+    to: Ident = Field(description="end node")
     length: float | None = Field(None, gt=0, description="metres; default: straight-line distance")
-    oneway: bool = False
+    oneway: bool = Field(False, description="cars may only drive from `from` to `to`")
 
 
 class Lanes(_Model):
-    nodes: list[LaneNode] = Field(min_length=1)
+    """The lane graph: driving distances from gates to spaces come from it."""
+
+    nodes: list[LaneNode] = Field(min_length=1, description="junctions and aisle points")
     edges: list[LaneEdge | Annotated[list[Ident], Field(min_length=2)]] = Field(
         description="{from, to, length?, oneway?} or a path [a, b, c, ...] of two-way edges"
     )
 
 
 class Entrance(_Model):
-    id: Ident
-    name: LocalName
+    """A gate where cars come in and arrivals are announced."""
+
+    id: Ident = Field(description="entrance id, used in arrival topics")
+    name: LocalName = Field(description="shown on the dashboard")
     node: Ident = Field(description="lane node where cars enter")
 
 
 class DetectorBinding(_Model):
-    detector: int = Field(ge=0, lt=64)
-    space: Ident
+    """One detector of a node controller watching one space."""
+
+    detector: int = Field(ge=0, lt=64, description="detector index on the node, from 0")
+    space: Ident = Field(description="the space it watches")
 
 
 class NodeController(_Model):
+    """One node controller on an RS-485 bus, with its detectors."""
+
     address: int = Field(ge=1, le=247, description="Modbus slave address")
     detectors: int | None = Field(None, ge=1, le=64, description="default: number of spaces bound")
     spaces: list[SpaceRef | None] = Field(
@@ -146,53 +172,73 @@ class NodeController(_Model):
 
 
 class Bus(_Model):
-    id: Ident
-    baud: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
-    parity: Literal["N", "E", "O"] = "E"
+    """An RS-485 bus (one serial port) of node controllers, polled by one serial agent."""
+
+    id: Ident = Field(description="bus id; reports from this bus carry it as their source")
+    baud: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = Field(
+        9600, description="line speed"
+    )
+    parity: Literal["N", "E", "O"] = Field("E", description="8 data bits, this parity, 1 stop bit")
     ttl_s: float = Field(
         15.0, gt=0, description="a space not reported for this long becomes unknown"
     )
-    nodes: list[NodeController] = Field(min_length=1)
+    nodes: list[NodeController] = Field(min_length=1, description="node controllers on the bus")
 
 
 class CameraRow(_Model):
     """Polygons for a row of bays, interpolated between the first and the last bay."""
 
-    spaces: SpaceRef | list[SpaceRef]
-    first: list[Point] = Field(min_length=4, max_length=4)
-    last: list[Point] = Field(min_length=4, max_length=4)
+    spaces: SpaceRef | list[SpaceRef] = Field(description="the row's spaces, in image order")
+    first: list[Point] = Field(
+        min_length=4, max_length=4, description="first bay's corners, pixels"
+    )
+    last: list[Point] = Field(min_length=4, max_length=4, description="last bay's corners, pixels")
 
 
 class CameraSpace(_Model):
-    space: Ident
-    polygon: list[Point] = Field(min_length=3)
+    """One space and its polygon in the camera's image."""
+
+    space: Ident = Field(description="the space")
+    polygon: list[Point] = Field(min_length=3, description="corners in pixels")
 
 
 class Camera(_Model):
-    id: Ident
-    ttl_s: float = Field(15.0, gt=0)
-    resolution: list[int] = Field([1280, 720], min_length=2, max_length=2)
-    rows: list[CameraRow] = Field(default_factory=list)
-    spaces: list[CameraSpace] = Field(default_factory=list)
+    """A camera watching spaces, classified by one camera agent."""
+
+    id: Ident = Field(description="camera id; reports from it carry it as their source")
+    ttl_s: float = Field(
+        15.0, gt=0, description="a space not reported for this long becomes unknown"
+    )
+    resolution: list[int] = Field(
+        [1280, 720], min_length=2, max_length=2, description="width, height"
+    )
+    rows: list[CameraRow] = Field(default_factory=list, description="rows of bays, interpolated")
+    spaces: list[CameraSpace] = Field(default_factory=list, description="single bays")
 
 
 class DisplayLine(_Model):
-    label: LocalName
-    arrow: Arrow
-    zones: list[Ident] = Field(min_length=1)
+    """One line of a sign: label, arrow, and the count of free spaces in its zones."""
+
+    label: LocalName = Field(description="e.g. A区 / Zone A")
+    arrow: Arrow = Field(description="direction shown")
+    zones: list[Ident] = Field(min_length=1, description="zones whose free spaces it counts")
     vehicle_class: Ident | None = Field(None, description="count only spaces this class may use")
 
 
 class Display(_Model):
-    id: Ident
-    name: LocalName
-    level: Ident
-    at: Point
+    """A guidance sign at a gate or a lane junction."""
+
+    id: Ident = Field(description="display id, used in topics")
+    name: LocalName = Field(description="shown on the dashboard")
+    level: Ident = Field(description="level it stands on")
+    at: Point = Field(description="metres on the level's map")
     entrance: Ident | None = Field(None, description="the gate this sign stands at, if any")
-    lines: list[DisplayLine] = Field(min_length=1)
+    lines: list[DisplayLine] = Field(min_length=1, description="the sign's lines, top to bottom")
 
 
 class DisplaySettings(_Model):
+    """How every sign of the site behaves."""
+
     fallback_unknown_fraction: float = Field(
         0.5,
         ge=0,
@@ -205,16 +251,24 @@ class DisplaySettings(_Model):
 
 
 class SiteFile(_Model):
-    site: SiteInfo
-    levels: list[Level] = Field(min_length=1)
-    zones: list[Zone] = Field(min_length=1)
+    """The whole site file."""
+
+    site: SiteInfo = Field(description="id, name and time zone")
+    levels: list[Level] = Field(min_length=1, description="surface rows, basements, decks")
+    zones: list[Zone] = Field(min_length=1, description="groups of spaces counted on signs")
     kinds: list[Ident] = Field(min_length=1, description="space kinds used on this site")
-    vehicle_classes: list[VehicleClass] = Field(min_length=1)
-    policies: list[Policy] = Field(default_factory=list)
-    spaces: list[SpaceGroup] = Field(min_length=1)
-    lanes: Lanes
-    entrances: list[Entrance] = Field(min_length=1)
-    buses: list[Bus] = Field(default_factory=list)
-    cameras: list[Camera] = Field(default_factory=list)
-    displays: list[Display] = Field(default_factory=list)
-    display_settings: DisplaySettings = Field(default_factory=lambda: DisplaySettings())
+    vehicle_classes: list[VehicleClass] = Field(
+        min_length=1, description="who parks: each class and the kinds it may use"
+    )
+    policies: list[Policy] = Field(
+        default_factory=list, description="time windows restricting kinds for classes"
+    )
+    spaces: list[SpaceGroup] = Field(min_length=1, description="rows of spaces")
+    lanes: Lanes = Field(description="the lane graph cars drive, for driving distance")
+    entrances: list[Entrance] = Field(min_length=1, description="gates where cars come in")
+    buses: list[Bus] = Field(default_factory=list, description="RS-485 buses of ground detectors")
+    cameras: list[Camera] = Field(default_factory=list, description="cameras watching spaces")
+    displays: list[Display] = Field(default_factory=list, description="guidance signs")
+    display_settings: DisplaySettings = Field(
+        default_factory=lambda: DisplaySettings(), description="sign fallback and expiry"
+    )

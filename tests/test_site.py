@@ -128,3 +128,12 @@ def test_site_check_refuses_bad_file(tmp_path):
     assert out.returncode == 2
     assert "kind 'shared' is not in kinds" in out.stderr
     assert str(bad) in out.stderr
+
+
+def test_site_file_reference_is_generated_from_the_schema():
+    """docs/site-file.md is rendered from parking.siteconfig; regenerate it after a schema change
+    with ``python -m parking.sitedoc > docs/site-file.md``."""
+    from parking.sitedoc import render
+    from tests.conftest import REPO
+
+    assert (REPO / "docs" / "site-file.md").read_text(encoding="utf-8") == render()

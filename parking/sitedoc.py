@@ -1,0 +1,110 @@
+"""Render the site file reference (docs/site-file.md) from the pydantic schema.
+
+The schema in ``parking.siteconfig`` is the one place the site file's keys are
+defined; this turns its field titles, types, defaults and descriptions into
+Markdown so the documentation cannot drift from the code
+(``python -m parking.sitedoc > docs/site-file.md``; a test checks it).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from parking import siteconfig as cfg
+
+INTRO = """# Site file reference
+
+One YAML file describes a site: its levels, zones, spaces and their kinds,
+the map geometry, which sensor watches which space, the lanes cars drive,
+the gates, the signs and the time-window policies. `parkguide site check FILE`
+validates it; every error names the file, the line and the field. Unknown keys
+are errors. Ranges such as `A-001..A-040` stand for every id between (same
+prefix, same digit width). The example: `examples/site.yaml`.
+
+This page is generated from `parking/siteconfig.py` by `python -m parking.sitedoc`.
+"""
+
+CHECKS = """## Cross-checks
+
+Beyond the types above, a site is refused when: an id is defined twice (levels,
+zones, classes, lane nodes, entrances, displays, spaces); a zone, level, kind,
+class, lane node or entrance is referenced but not defined; a space is bound to
+two sensors; a detector is bound twice; a node controller has more than 64
+detectors; two nodes on one bus share an address; a bus and a camera share an
+id; an edge joins two levels without a length; a camera polygon leaves the
+frame; a range is malformed.
+"""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
+    if origin is typing.Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return f"[{tp.__name__}](#{tp.__name__.lower()})"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _models() -> list[type[BaseModel]]:
+    seen: list[type[BaseModel]] = []
+
+    def visit(model: type[BaseModel]) -> None:
+        if model in seen:
+            return
+        seen.append(model)
+        for f in model.model_fields.values():
+            for tp in _walk(f.annotation):
+                if isinstance(tp, type) and issubclass(tp, BaseModel):
+                    visit(tp)
+
+    visit(cfg.SiteFile)
+    return seen
+
+
+def _walk(tp: Any):
+    yield tp
+    for a in typing.get_args(tp):
+        yield from _walk(a)
+
+
+def render() -> str:
+    out = [INTRO]
+    for model in _models():
+        out.append(f"## {model.__name__}\n")
+        doc = (model.__doc__ or "").strip()
+        if doc and not doc.startswith(("!!!", "Usage docs")):
+            out.append(doc.splitlines()[0] + "\n")
+        out.append("| key | type | default | meaning |\n|---|---|---|---|")
+        for name, f in model.model_fields.items():
+            key = f.alias or name
+            if f.is_required():
+                default = "required"
+            elif f.default_factory is not None:
+                default = "(empty)" if f.default_factory in (list, dict) else "(see type)"
+            elif f.default is PydanticUndefined or f.default is None:
+                default = "none"
+            else:
+                default = f"`{f.default}`"
+            meaning = (f.description or "").replace("|", "\\|")
+            out.append(f"| `{key}` | {_type_name(f.annotation)} | {default} | {meaning} |")
+        out.append("")
+    out.append(CHECKS)
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
