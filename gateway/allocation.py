@@ -134,6 +134,14 @@ class CoreLayout:
     """int32[S + 1, E]: rank in slot order, rows contiguous per aisle; row S is all NONE"""
     slot_kindset: np.ndarray = None  # type: ignore[assignment]
     """int32[S]: kindset in slot order"""
+    slot_index: np.ndarray = None  # type: ignore[assignment]
+    """int32[S]: 0..S-1"""
+    slot_aisle_kindset: np.ndarray = None  # type: ignore[assignment]
+    """intp[S]: aisle * G + kindset in slot order (key of the first-candidate search)"""
+    zone_x4: np.ndarray = None  # type: ignore[assignment]
+    """intp[S]: zone * 4 (bincount key with the state code)"""
+    zone_kindset: np.ndarray = None  # type: ignore[assignment]
+    """intp[S]: zone * G + kindset (bincount key)"""
     zone_lines_ptr: np.ndarray = None  # type: ignore[assignment]
     zone_lines: np.ndarray = None  # type: ignore[assignment]
     """lines counting zone z: zone_lines[zone_lines_ptr[z]:zone_lines_ptr[z + 1]]"""
@@ -184,6 +192,14 @@ class CoreLayout:
         set_(self, "aisle_uniform", uniform)
         set_(self, "slot_rank", slot_rank)
         set_(self, "slot_kindset", kindset[slot_space].astype(np.int32))
+        set_(self, "slot_index", np.arange(n_s, dtype=np.int32))
+        set_(self, "zone_x4", self.zone.astype(np.intp) * 4)
+        set_(
+            self,
+            "slot_aisle_kindset",
+            a_sorted.astype(np.intp) * len(uniq) + kindset[slot_space],
+        )
+        set_(self, "zone_kindset", self.zone.astype(np.intp) * len(uniq) + kindset)
         # zone -> lines, with the class column each line counts
         n_c = len(self.classes)
         zl: list[list[int]] = [[] for _ in self.zones]
@@ -549,8 +565,12 @@ class AllocationCore:
         self.now = -math.inf
         self.minute = int(minute_of_day)
         self._cong: dict[int, tuple[float, float]] = {}  # aisle -> (v, t)
-        self._active: set[int] = set()  # congested aisles, kept out of the two-level min
+        # congested ("active") aisles are kept out of the two-level min: their leaf
+        # rows are NONE and their true minima are parked in a small stack, scored
+        # explicitly by best()
+        self._active: dict[int, int] = {}  # aisle -> row in self._parked
         self._active_arr = np.zeros(0, dtype=np.int64)
+        self._parked = np.zeros((0, n_c, n_e), dtype=np.int32)
         self._cong_v = np.zeros(n_a)
         self._cong_t = np.zeros(n_a)
         self._pruned_at = -math.inf
@@ -592,43 +612,57 @@ class AllocationCore:
         """Rebuild every derived structure from ``state``, ``held_until`` and the congestion."""
         lo = self.layout
         n_c, n_a, n_s = self._n_c, lo.n_aisles, self._n_s
-        closed = lo.closed | (self.state == CLOSED)
-        eff = np.where(closed, CLOSED, self.state).astype(np.int64)
-        avail = (eff == FREE) & (self.held_until == 0)
-        self._elig_slot = self._kindset_ext[lo.slot_kindset]
+        eff = np.where(lo.closed, CLOSED, self.state).astype(np.intp)
+        avail = eff == FREE
+        if self._holds:
+            avail[list(self._holds)] = False
         avail_slot = avail[lo.slot_space]
-        self._avail_py = avail_slot.tolist()
-        self._cand_slot = self._elig_slot & avail_slot[:, None]
-        # per aisle and class: the first candidate slot in the aisle's driving order
-        if n_s and n_a:
-            pos = np.where(self._cand_slot[:, :n_c], np.arange(n_s)[:, None], n_s)
-            first = np.minimum.reduceat(pos, lo.aisle_ptr[:-1], axis=0)  # (A, C)
-            aisle_min = lo.slot_rank[first]  # (A, C, E)
-            self._aisle_min = aisle_min.reshape(n_a, self._n_p)
-        else:
-            first = np.zeros((n_a, n_c), dtype=np.int64)
-            self._aisle_min = np.full((n_a, self._n_p), NONE, dtype=np.int32)
-        self._first = first.tolist()
-        for a in np.flatnonzero(~lo.aisle_uniform).tolist():
-            self._aisle_min[a] = self._scan_aisle(a)
-        # leaves, blocks and the global row are class-major (C, rows, E): the
-        # columns one class moves are contiguous
+        # a bytearray: the update path reads and writes single flags (cheap in Python);
+        # _avail_np is a numpy view of the same bytes
+        self._avail_py = bytearray(avail_slot.view(np.uint8).tobytes())
+        self._avail_np = np.frombuffer(self._avail_py, dtype=np.bool_)
+        # per aisle and class: the first candidate slot in the aisle's driving order.
+        # Slots are in driving order within an aisle, so the first available slot of
+        # each (aisle, kind combination) is its lowest slot; a class takes the lowest
+        # over the combinations it may use.
+        n_g = len(lo.kindset_kinds)
+        idx = np.flatnonzero(avail_slot)
+        keys, at = np.unique(lo.slot_aisle_kindset[idx], return_index=True)
+        first_g = np.full(n_a * n_g, n_s, dtype=np.int32)
+        first_g[keys] = idx[at]
+        first_g = first_g.reshape(n_a, n_g)
+        first = np.full((n_a, n_c), n_s, dtype=np.int32)
+        for g in range(n_g):
+            cls = self._g_classes[g]
+            if cls:
+                first[:, cls] = np.minimum(first[:, cls], first_g[:, g : g + 1])
+        # aisle minima, leaves, blocks and the global row are class-major
+        # (C, aisles, E): the columns one class moves are contiguous
         n_e, nb, w = self._n_e, self._nb, self._w
         self._leaf = np.full((n_c, nb * w, n_e), NONE, dtype=np.int32)
-        self._leaf[:, :n_a, :] = self._aisle_min.reshape(n_a, n_c, n_e).transpose(1, 0, 2)
+        self._leaf[:, :n_a, :] = lo.slot_rank[first.T]  # (C, A, E)
+        self._first_np = first
+        self._first_rows: dict[int, list[int]] = {}  # plain-Python rows, made on first use
+        for a in np.flatnonzero(~lo.aisle_uniform).tolist():
+            self._leaf[:, a, :] = self._scan_aisle(a)
+        rows = {a: self._leaf[:, a, :].copy() for a in self._active}
         for a in self._active:
             self._leaf[:, a, :] = NONE
-        self._block = np.ascontiguousarray(self._leaf.reshape(n_c, nb, w, n_e).min(axis=2))
+        self._park(rows)
+        # block minima by a loop over the block width: elementwise minimum of whole
+        # (C, blocks, E) slabs is much faster than a reduction over a middle axis
+        leaf4 = self._leaf.reshape(n_c, nb, w, n_e)
+        self._block = leaf4[:, :, 0, :].copy()
+        for i in range(1, w):
+            np.minimum(self._block, leaf4[:, :, i, :], out=self._block)
         self._glob3 = self._block.min(axis=1)  # (C, E)
         self._glob = self._glob3.reshape(-1)  # view, p = c * E + e
         # counts
         n_z = len(lo.zones)
-        zc = np.bincount(lo.zone.astype(np.int64) * 4 + eff, minlength=n_z * 4)
+        zc = np.bincount(lo.zone_x4 + eff, minlength=n_z * 4)
         self._zone_counts = zc.reshape(n_z, 4).astype(np.int64)
         n_g = len(lo.kindset_kinds)
-        zone_kindset = np.bincount(
-            lo.zone.astype(np.int64) * n_g + lo.kindset, weights=avail, minlength=n_z * n_g
-        ).reshape(n_z, n_g)
+        zone_kindset = np.bincount(lo.zone_kindset[avail], minlength=n_z * n_g).reshape(n_z, n_g)
         per_zone = np.rint(zone_kindset @ self._kindset_ext).astype(np.int64)  # (Z, C + 1)
         cols = np.where(lo.line_class < 0, n_c, lo.line_class)
         lz = lo.line_zones.astype(np.int64)
@@ -716,10 +750,6 @@ class AllocationCore:
             return
         self._avail_py[p] = avail
         g = self._kindset_of_slot[p]
-        if avail:
-            self._cand_slot[p] = self._elig_slot[p]
-        else:
-            self._cand_slot[p] = False
         sign = 1 if avail else -1
         ext = self._g_ext[g]
         for line, col in self._zone_lines[z]:
@@ -732,7 +762,9 @@ class AllocationCore:
         if not self._uniform[a]:
             self._refresh_general(a, p, avail)
             return
-        first = self._first[a]
+        first = self._first_rows.get(a)
+        if first is None:
+            first = self._first_rows[a] = self._first_np[a].tolist()
         if avail:
             changed = [c for c in classes if p < first[c]]
             if changed:
@@ -755,69 +787,89 @@ class AllocationCore:
 
     def _move_classes(self, a: int, classes: list[int], lowered: bool) -> None:
         """The first candidate of uniform aisle a changed for ``classes``: move its columns."""
-        n_e, w = self._n_e, self._w
-        first = self._first[a]
-        row = self._aisle_min[a]
-        active = a in self._active
+        w = self._w
+        first = self._first_rows[a]
         b = a // w
         slot_rank = self.layout.slot_rank
-        for c in classes:
-            new = slot_rank[first[c]]
-            row[c * n_e : (c + 1) * n_e] = new
-            if active:
-                continue
-            leaf = self._leaf[c]
-            blk = self._block[c, b]
+        i = self._active.get(a)
+        if i is not None:
+            self._parked[i, classes] = slot_rank[[first[c] for c in classes]]
+            return
+        if len(classes) > 1:
+            # several classes at once (a space usually serves several): fancy-indexed
+            # rows cost the same few numpy calls whatever their number
+            news = slot_rank[[first[c] for c in classes]]  # (k, E)
             if lowered:
-                leaf[a] = new
-                if (new < blk).any():
-                    np.minimum(blk, new, out=blk)
-                    np.minimum(self._glob3[c], new, out=self._glob3[c])
-                continue
-            # raised: the block (and the global row) only move if this aisle held their minimum
-            held_min = (leaf[a] == blk).any()
+                self._leaf[classes, a] = news
+                blk = self._block[classes, b]
+                if (news < blk).any():
+                    self._block[classes, b] = np.minimum(blk, news)
+                    self._glob3[classes] = np.minimum(self._glob3[classes], news)
+                return
+            hit = (self._leaf[classes, a] == self._block[classes, b]).any(axis=1)
+            self._leaf[classes, a] = news
+            for c, h in zip(classes, hit.tolist(), strict=True):
+                if h:
+                    self._raise_block(c, b)
+            return
+        c = classes[0]
+        new = slot_rank[first[c]]
+        leaf = self._leaf[c]
+        blk = self._block[c, b]
+        if lowered:
             leaf[a] = new
-            if held_min:
-                glob = self._glob3[c]
-                was_glob = (blk == glob).any()
-                blk[:] = leaf[b * w : (b + 1) * w].min(axis=0)
-                if was_glob:
-                    glob[:] = self._block[c].min(axis=0)
+            if (new < blk).any():
+                np.minimum(blk, new, out=blk)
+                np.minimum(self._glob3[c], new, out=self._glob3[c])
+            return
+        # raised: the block (and the global row) only move if this aisle held their minimum
+        held_min = (leaf[a] == blk).any()
+        leaf[a] = new
+        if held_min:
+            self._raise_block(c, b)
+
+    def _raise_block(self, c: int, b: int) -> None:
+        """A leaf of block b went up for class c: recompute the block, and the global row if needed."""
+        w = self._w
+        blk = self._block[c, b]
+        glob = self._glob3[c]
+        was_glob = (blk == glob).any()
+        blk[:] = self._leaf[c, b * w : (b + 1) * w].min(axis=0)
+        if was_glob:
+            glob[:] = self._block[c].min(axis=0)
 
     def _refresh_general(self, a: int, p: int, avail: bool) -> None:
         """Slot p of a non-uniform aisle a changed candidacy: per-pair minima."""
-        elig = self._elig_slot[p, : self._n_c]
-        vals = np.where(elig[:, None], self.layout.slot_rank[p][None, :], NONE).reshape(-1)
-        row = self._aisle_min[a]
+        elig = self._kindset_elig[self._kindset_of_slot[p]]
+        vals = np.where(elig[:, None], self.layout.slot_rank[p][None, :], NONE)  # (C, E)
+        i = self._active.get(a)
+        row = self._leaf[:, a, :] if i is None else self._parked[i]
         if avail:
             np.minimum(row, vals, out=row)
-            if a not in self._active:
-                n_c, n_e = self._n_c, self._n_e
-                self._leaf[:, a, :] = row.reshape(n_c, n_e)
+            if i is None:
                 blk = self._block[:, a // self._w, :]
-                np.minimum(blk, vals.reshape(n_c, n_e), out=blk)
-                np.minimum(self._glob3, vals.reshape(n_c, n_e), out=self._glob3)
+                np.minimum(blk, vals, out=blk)
+                np.minimum(self._glob3, vals, out=self._glob3)
             return
         if not ((row == vals) & (vals != NONE)).any():
             return
-        row[:] = self._scan_aisle(a)
-        if a not in self._active:
-            self._set_leaf(a, row)
+        if i is None:
+            self._set_leaf(a, self._scan_aisle(a))
+        else:
+            row[:] = self._scan_aisle(a)
 
     def _scan_aisle(self, a: int) -> np.ndarray:
-        """Aisle a's lowest candidate rank for every pair, from its slots (C * E,)."""
+        """Aisle a's lowest candidate rank for every pair, from its slots: (C, E)."""
         lo = self.layout
         lo_, hi_ = int(lo.aisle_ptr[a]), int(lo.aisle_ptr[a + 1])
-        cand = self._cand_slot[lo_:hi_, : self._n_c]
-        return (
-            np.where(cand[:, :, None], lo.slot_rank[lo_:hi_, None, :], NONE).min(axis=0).reshape(-1)
-        )
+        cand = self._kindset_elig[lo.slot_kindset[lo_:hi_]] & self._avail_np[lo_:hi_, None]
+        return np.where(cand[:, :, None], lo.slot_rank[lo_:hi_, None, :], NONE).min(axis=0)
 
     def _set_leaf(self, a: int, new: np.ndarray) -> None:
         """Aisle a's leaf became ``new``; refresh its block and the global minimum."""
         b, w = a // self._w, self._w
         old_block = self._block[:, b, :].copy()
-        self._leaf[:, a, :] = new.reshape(self._n_c, self._n_e)
+        self._leaf[:, a, :] = new
         blk = self._leaf[:, b * w : (b + 1) * w, :].min(axis=1)
         self._block[:, b, :] = blk
         if (blk > old_block).any():
@@ -847,9 +899,10 @@ class AllocationCore:
         self._cong_v[a] = v
         self._cong_t[a] = float(now)
         if a not in self._active and self.congestion_m != 0:
-            self._active.add(a)
-            self._active_arr = np.array(sorted(self._active), dtype=np.int64)
-            self._set_leaf(a, np.full(self._n_p, NONE, dtype=np.int32))
+            rows = self._parked_rows()
+            rows[a] = self._leaf[:, a, :].copy()
+            self._set_leaf(a, np.full((self._n_c, self._n_e), NONE, dtype=np.int32))
+            self._park(rows)
         return s
 
     def expire_holds(self, now: float) -> list[int]:
@@ -880,10 +933,23 @@ class AllocationCore:
         gone = act[value < CONGESTION_FLOOR * (1 - 1e-9)]
         if not len(gone):
             return
+        rows = self._parked_rows()
         for a in gone.tolist():
-            self._active.discard(a)
-            self._set_leaf(a, self._aisle_min[a].copy())
-        self._active_arr = np.array(sorted(self._active), dtype=np.int64)
+            self._set_leaf(a, rows.pop(a))
+        self._park(rows)
+
+    def _parked_rows(self) -> dict[int, np.ndarray]:
+        return {a: self._parked[i].copy() for a, i in self._active.items()}
+
+    def _park(self, rows: dict[int, np.ndarray]) -> None:
+        """Make ``rows`` (aisle -> (C, E) minima) the congested aisles."""
+        aisles = sorted(rows)
+        self._active = {a: i for i, a in enumerate(aisles)}
+        self._active_arr = np.array(aisles, dtype=np.int64)
+        if aisles:
+            self._parked = np.stack([rows[a] for a in aisles])
+        else:
+            self._parked = np.zeros((0, self._n_c, self._n_e), dtype=np.int32)
 
     # -- queries -------------------------------------------------------------------
     def best(self, entrance: int, vehicle_class: int) -> int:
@@ -905,7 +971,7 @@ class AllocationCore:
         # congested aisles: a score is never below its cost, so only aisles whose
         # best cost is within the best uncongested score can win
         act = self._active_arr
-        ranks = self._aisle_min[act, p]
+        ranks = self._parked[:, vehicle_class, entrance]
         live = ranks != NONE
         act, ranks = act[live], ranks[live]
         spaces = order[ranks]
