@@ -46,6 +46,8 @@ CAR_COLOURS: tuple[tuple[float, tuple[int, int, int]], ...] = (
     (0.04, (30, 150, 215)),  # orange/yellow
 )
 BODY_TYPES = ("sedan", "hatchback", "suv", "mpv")
+NOISE_MARGIN = 97
+"""the read-noise tile is this much larger than a frame; each frame takes a random window"""
 
 
 @dataclass(frozen=True)
@@ -61,18 +63,35 @@ class Lighting:
     shadow_strength: float
 
 
-def lighting_at(minute: float) -> Lighting:
+DEFAULT_FACING_DEG = 270.0
+"""Compass direction the camera looks in. cam-c stands across the east road and looks
+west over zone C, so image up is west, right is north, down is east, left is south."""
+
+
+def shadow_direction(sun_azimuth_deg: float, facing_deg: float) -> tuple[float, float]:
+    """Unit image vector (x right, y down) of shadows cast away from the sun.
+
+    The ground is taken as seen from above with image up = ``facing_deg``; a
+    compass bearing b maps to (sin(b - facing), -cos(b - facing)).
+    """
+    bearing = math.radians(sun_azimuth_deg + 180.0 - facing_deg)
+    return math.sin(bearing), -math.cos(bearing)
+
+
+def lighting_at(minute: float, facing_deg: float = DEFAULT_FACING_DEG) -> Lighting:
     """Daylight, tint and the sun's shadow vector at a minute of the day."""
     minute %= 24 * 60
     up = _smoothstep(SUNRISE_MIN - TWILIGHT_MIN, SUNRISE_MIN + TWILIGHT_MIN, minute)
     down = 1.0 - _smoothstep(SUNSET_MIN - TWILIGHT_MIN, SUNSET_MIN + TWILIGHT_MIN, minute)
     daylight = min(up, down)
-    # sun elevation: 0 at sunrise/sunset, highest at noon
-    frac = (minute - SUNRISE_MIN) / (SUNSET_MIN - SUNRISE_MIN)
-    elevation = math.sin(math.pi * min(max(frac, 0.0), 1.0)) * math.radians(62)
-    azimuth = math.pi * min(max(frac, 0.0), 1.0)  # east -> south -> west
+    # equinox-like sun at Shanghai's latitude (31 N): rises east, 59 degrees at noon
+    # in the south, sets west
+    frac = min(max((minute - SUNRISE_MIN) / (SUNSET_MIN - SUNRISE_MIN), 0.0), 1.0)
+    elevation = math.sin(math.pi * frac) * math.radians(59)
+    azimuth = 90.0 + 180.0 * frac
     length = min(3.5, 1.0 / math.tan(max(elevation, math.radians(16))))
-    shadow = (-math.cos(azimuth) * length, 0.35 * math.sin(azimuth) * length - 0.2)
+    dx, dy = shadow_direction(azimuth, facing_deg)
+    shadow = (dx * length, dy * length)
     low_sun = 1.0 - min(1.0, elevation / math.radians(25))
     warm = 0.25 * low_sun * daylight
     tint = (
@@ -275,8 +294,10 @@ class CameraScene:
         polygons: Mapping[str, Polygon],
         resolution: tuple[int, int] = (1280, 720),
         seed: int = 0,
+        facing_deg: float = DEFAULT_FACING_DEG,
     ):
         self.width, self.height = resolution
+        self.facing_deg = facing_deg
         self.quads = {sid: bay_quad(p) for sid, p in polygons.items()}
         self.rng = np.random.default_rng(seed)
         self.seed = seed
@@ -285,7 +306,10 @@ class CameraScene:
         self.walkers = [self._walker(i) for i in range(3)]
         self.clouds = self._cloud_field()
         self.lamps = self._lamp_field()
-        self._noise = np.zeros((self.height, self.width, 3), np.int16)
+        noise_rng = np.random.default_rng(seed + 3)
+        self._noise = noise_rng.standard_normal(
+            (self.height + NOISE_MARGIN, self.width + NOISE_MARGIN, 3), np.float32
+        )
 
     # -- static parts -------------------------------------------------------------------
     def _background(self) -> np.ndarray:
@@ -340,9 +364,11 @@ class CameraScene:
         for x in range(-20, w + 20, 26):
             cv2.circle(img, (x + int(rng.integers(-6, 6)), hedge_y + int(rng.integers(-8, 8))),
                        int(rng.integers(22, 34)), (35, 80, 45), -1, cv2.LINE_AA)  # fmt: skip
-        img[: max(hedge_y - 30, 0)] = (
-            np.float32([150, 160, 170]) + 10 * grass[: max(hedge_y - 30, 0), :, None]
-        )
+        # the estate road beyond the hedge, with a dashed centre line
+        road_y = max(hedge_y - 30, 0)
+        img[:road_y] = np.float32([88, 88, 90]) + 7 * grass[:road_y, :, None]
+        for x in range(0, w, 90):
+            cv2.line(img, (x, road_y // 2), (x + 45, road_y // 2), (120, 200, 215), 4)
         cv2.line(img, (0, verge_y), (w, verge_y), (150, 152, 155), 5)
         # kerb and pavement in front of the near row
         kerb_y = int(min(bottom + 6, h))
@@ -355,17 +381,37 @@ class CameraScene:
 
     def _draw_bay_lines(self, img: np.ndarray, rng: np.random.Generator) -> None:
         paint = np.zeros(img.shape[:2], np.float32)
-        for quad in self.quads.values():
-            far_l, far_r, near_r, near_l = quad
-            thick = max(2, int(round(abs(near_r[0] - near_l[0]) / 22)))
-            for a, b in ((far_l, near_l), (far_r, near_r)):
-                cv2.line(paint, tuple(np.int32(a)), tuple(np.int32(b)), 1.0, thick, cv2.LINE_AA)
-            back = (far_l, far_r) if rng.random() < 2 else (near_l, near_r)
-            cv2.line(paint, tuple(np.int32(back[0])), tuple(np.int32(back[1])), 1.0, thick)
+        for (a, b), thick in self._bay_lines():
+            cv2.line(paint, tuple(np.int32(a)), tuple(np.int32(b)), 1.0, thick, cv2.LINE_AA)
         wear = np.clip(0.75 + 0.35 * rng.normal(0, 1, paint.shape).astype(np.float32), 0, 1)
         wear = cv2.GaussianBlur(wear, (0, 0), 1.5)
         a = (paint * wear)[:, :, None]
         img[:] = img * (1 - a) + np.float32([215, 222, 228]) * a
+
+    def _bay_lines(self) -> list[tuple[tuple[np.ndarray, np.ndarray], int]]:
+        """Painted lines: the sides and back of every bay, one line where two bays meet
+        (the polygons of neighbours leave a small gap; a lot has one stripe there)."""
+        sides: list[tuple[np.ndarray, np.ndarray, float]] = []
+        lines: list[tuple[tuple[np.ndarray, np.ndarray], int]] = []
+        for quad in self.quads.values():
+            far_l, far_r, near_r, near_l = quad
+            width = float(np.linalg.norm(near_r - near_l))
+            thick = max(2, int(round(width / 22)))
+            sides += [(far_l, near_l, width), (far_r, near_r, width)]
+            lines.append(((far_l, far_r), thick))
+        used = [False] * len(sides)
+        for i, (a, b, width) in enumerate(sides):
+            if used[i]:
+                continue
+            used[i] = True
+            for j in range(i + 1, len(sides)):
+                c, d, _ = sides[j]
+                if not used[j] and max(np.linalg.norm(a - c), np.linalg.norm(b - d)) < 0.2 * width:
+                    used[j] = True
+                    a, b = (a + c) / 2, (b + d) / 2
+                    break
+            lines.append(((a, b), max(2, int(round(width / 22)))))
+        return lines
 
     def _cloud_field(self) -> np.ndarray:
         rng = np.random.default_rng(self.seed + 2)
@@ -447,7 +493,7 @@ class CameraScene:
     # -- a frame ----------------------------------------------------------------------
     def compose(self, minute_of_day: float) -> np.ndarray:
         """Background with the sun's shadows and the parked cars (float32 BGR, unlit)."""
-        light = lighting_at(minute_of_day)
+        light = lighting_at(minute_of_day, self.facing_deg)
         img = self.background.copy()
         shade = np.zeros((self.height, self.width), np.float32)
         sx, sy = light.shadow
@@ -484,7 +530,7 @@ class CameraScene:
         self, scene: np.ndarray, minute_of_day: float, t: float, rain: float = 0.0
     ) -> np.ndarray:
         """Apply daylight, clouds, street lamps and rain wetness to a composed scene."""
-        light = lighting_at(minute_of_day)
+        light = lighting_at(minute_of_day, self.facing_deg)
         h, w = self.height, self.width
         # clouds drift at real speed, their shadows only matter by day
         shift = int(t * 6) % self.clouds.shape[1]
@@ -496,14 +542,15 @@ class CameraScene:
         illum = np.maximum(day, night_ambient) + lamps
         if rain > 0:
             illum *= 1 - 0.18 * rain
-        out = scene * illum[:, :, None] * np.float32(light.tint)[None, None, :]
+        gain = cv2.merge([illum * np.float32(c) for c in light.tint])
+        out = cv2.multiply(scene, gain)
         if rain > 0:
-            haze = np.float32([150, 150, 150]) * illum.mean()
-            out = out * (1 - 0.12 * rain) + haze * 0.12 * rain
+            haze = 150.0 * float(illum.mean()) * 0.12 * rain
+            out = cv2.addWeighted(out, 1 - 0.12 * rain, out, 0.0, haze)
         return out
 
     def draw_walkers(self, img: np.ndarray, t: float, minute_of_day: float) -> None:
-        sx, sy = lighting_at(minute_of_day).shadow
+        sx, sy = lighting_at(minute_of_day, self.facing_deg).shadow
         shirts = ((40, 40, 170), (150, 90, 40), (200, 200, 200), (40, 120, 40), (30, 30, 30),
                   (70, 160, 210))  # fmt: skip
         for wk in self.walkers:
@@ -550,12 +597,12 @@ class CameraScene:
         self.draw_walkers(base, t, minute_of_day)  # before lighting: people are lit like cars
         img = self.light(base, minute_of_day, t, rain)
         self.draw_rain(img, rain, rng)
-        light = lighting_at(minute_of_day)
+        light = lighting_at(minute_of_day, self.facing_deg)
         sigma = 1.6 + 3.0 * (1 - light.daylight)
-        cv2.randn(self._noise, 0, sigma)
-        frame = np.clip(img, 0, 255).astype(np.int16)
-        frame += self._noise
-        return np.clip(frame, 0, 255).astype(np.uint8)
+        # read noise: a random window of a fixed noise tile, different every frame
+        dy, dx = (int(v) for v in rng.integers(0, NOISE_MARGIN, 2))
+        noise = self._noise[dy : dy + self.height, dx : dx + self.width]
+        return cv2.scaleAdd(noise, sigma, img).clip(0, 255).astype(np.uint8)
 
 
 def black_frame(resolution: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,228 @@
+"""Camera agent: smoothing rules (pure), then the simulated camera -> agent -> real mosquitto.
+
+End-to-end tests run ``parkguide sim camera`` and ``parkguide edge camera`` as
+subprocesses against the ``mosquitto`` fixture, with a real paho subscriber.
+Small frame rates and short hold/stale/frozen times keep them quick.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from camera_support import (
+    AGENT,
+    SITE_ID,
+    Proc,
+    expected_states,
+    fold_states,
+    latest_health,
+    occupancy_reports,
+    parse_status,
+    start_agent,
+    start_sim,
+    wait_states,
+)
+from conftest import free_port
+from edge_support import Recorder
+
+from edge.camera.smoothing import OccupancySmoother, SmoothingSettings
+from parking.states import SpaceState
+
+# -- smoothing (pure) ----------------------------------------------------------------
+
+SETTINGS = SmoothingSettings(hold_s=2.0, min_confidence=0.7, uncertain_s=10.0)
+
+
+def feed(sm: OccupancySmoother, occupied: list[bool], conf: float, t: float):
+    return sm.update(np.array(occupied), np.full(len(occupied), conf), t)
+
+
+def test_a_space_changes_only_after_the_decision_holds() -> None:
+    sm = OccupancySmoother(2, SETTINGS, now=0.0)
+    assert sm.states() == [SpaceState.UNKNOWN] * 2
+    assert feed(sm, [True, False], 0.9, 0.0) == []
+    assert feed(sm, [True, False], 0.9, 1.9) == []
+    changes = feed(sm, [True, False], 0.9, 2.0)
+    assert {(c.index, c.state, c.since) for c in changes} == {
+        (0, SpaceState.OCCUPIED, 0.0),
+        (1, SpaceState.FREE, 0.0),
+    }
+    assert feed(sm, [True, False], 0.9, 3.0) == []
+
+
+def test_a_person_walking_through_does_not_flip_a_space() -> None:
+    sm = OccupancySmoother(1, SETTINGS, now=0.0)
+    feed(sm, [False], 0.9, 0.0)
+    feed(sm, [False], 0.9, 2.0)
+    assert sm.states() == [SpaceState.FREE]
+    t = 2.0
+    for _ in range(20):  # 1.5 s "occupied", then free again, repeatedly
+        feed(sm, [True], 0.9, t)
+        feed(sm, [True], 0.9, t + 1.5)
+        feed(sm, [False], 0.9, t + 1.6)
+        t += 2.0
+    assert sm.states() == [SpaceState.FREE]
+
+
+def test_low_confidence_holds_the_last_state_then_turns_unknown() -> None:
+    sm = OccupancySmoother(1, SETTINGS, now=0.0)
+    feed(sm, [True], 0.9, 0.0)
+    feed(sm, [True], 0.9, 2.0)
+    assert sm.states() == [SpaceState.OCCUPIED]
+    for t in np.arange(2.5, 11.9, 0.5):  # unsure "free" decisions: no evidence
+        assert feed(sm, [False], 0.6, float(t)) == []
+    assert sm.states() == [SpaceState.OCCUPIED]
+    changes = feed(sm, [False], 0.6, 12.0)  # 10 s without a confident decision
+    assert [(c.state, c.since) for c in changes] == [(SpaceState.UNKNOWN, 12.0)]
+
+
+def test_blind_makes_everything_unknown_and_recovery_needs_the_hold() -> None:
+    sm = OccupancySmoother(3, SETTINGS, now=0.0)
+    feed(sm, [True, False, True], 0.95, 0.0)
+    feed(sm, [True, False, True], 0.95, 2.0)
+    changes = sm.blind(5.0)
+    assert sorted(c.index for c in changes) == [0, 1, 2]
+    assert sm.states() == [SpaceState.UNKNOWN] * 3
+    assert sm.blind(6.0) == []  # already unknown: nothing new to report
+    assert feed(sm, [True, False, True], 0.95, 7.0) == []
+    assert len(feed(sm, [True, False, True], 0.95, 9.0)) == 3
+
+
+def test_wrong_number_of_decisions_is_refused() -> None:
+    sm = OccupancySmoother(3, SETTINGS)
+    with pytest.raises(ValueError):
+        feed(sm, [True, False], 0.9, 0.0)
+    assert sm.states() == [SpaceState.UNKNOWN] * 3
+
+
+# -- end to end: sim camera -> camera agent -> mosquitto -> subscriber ---------------
+
+AGENT_FLAGS = (
+    "--fps-limit", "4", "--hold-s", "1", "--stale-s", "2.5", "--frozen-s", "2",
+    "--health-interval-s", "1",
+)  # fmt: skip
+TOLERANCE = 1
+"""spaces that may disagree at one moment: the classifier is real, the scene realistic"""
+SIM_FLAGS = ("--scenario", "none", "--seed", "5", "--start", "11:00", "--initial-occupancy", "0.4")
+
+
+@pytest.fixture
+def procs():
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.close()
+
+
+@pytest.fixture
+def recorder(mosquitto):
+    rec = Recorder(mosquitto.port, f"parkguide/v1/{SITE_ID}/edge/{AGENT}/#")
+    yield rec
+    rec.close()
+
+
+def test_snapshot_then_delta_then_clean_stop(
+    mosquitto, recorder: Recorder, procs: list[Proc], tmp_path: Path
+) -> None:
+    port = free_port()
+    sim = start_sim(port, tmp_path / "sim.log", *SIM_FLAGS)
+    procs.append(sim)
+    assert sim.ask("set C-005 free") == "ok C-005 free"
+    truth = parse_status(sim.ask("status"))
+    agent = start_agent(mosquitto.url, port, tmp_path, *AGENT_FLAGS)
+    procs.append(agent)
+
+    recorder.wait_for(
+        lambda ms: any(
+            r["kind"] == "snapshot" and len(r["spaces"]) == 40 for r in occupancy_reports(recorder)
+        ),
+        timeout=30,
+    )
+    snapshot = next(r for r in occupancy_reports(recorder) if r["kind"] == "snapshot")
+    assert {o["space"] for o in snapshot["spaces"]} == set(truth)
+    assert recorder.texts_on("/availability")[-1] == "online"
+
+    # the agent's picture converges on what the simulation says, space by space
+    wait_states(recorder, expected_states(truth), timeout=30, tolerance=TOLERANCE)
+    health = latest_health(recorder)
+    assert health is not None and health["status"] in ("ok", "degraded")
+    assert health["fps"] > 0 and len(health["spaces"]) == 40
+
+    seen = len(occupancy_reports(recorder))
+    assert sim.ask("set C-005 occupied") == "ok C-005 occupied"
+    recorder.wait_for(
+        lambda ms: any(
+            r["kind"] == "delta"
+            and any(o["space"] == "C-005" and o["state"] == "occupied" for o in r["spaces"])
+            for r in occupancy_reports(recorder)[seen:]
+        ),
+        timeout=20,
+    )
+    assert fold_states(occupancy_reports(recorder))["C-005"] == "occupied"
+
+    assert agent.terminate(15) == 0
+    recorder.wait_for(lambda ms: recorder.texts_on("/availability")[-1:] == ["offline"], 10)
+
+
+def _all_unknown(recorder: Recorder) -> bool:
+    states = fold_states(occupancy_reports(recorder))
+    return len(states) == 40 and all(s == "unknown" for s in states.values())
+
+
+def test_black_frozen_and_covered_frames_make_spaces_unknown(
+    mosquitto, recorder: Recorder, procs: list[Proc], tmp_path: Path
+) -> None:
+    port = free_port()
+    sim = start_sim(port, tmp_path / "sim.log", *SIM_FLAGS)
+    procs.append(sim)
+    truth = expected_states(parse_status(sim.ask("status")))
+    agent = start_agent(mosquitto.url, port, tmp_path, *AGENT_FLAGS)
+    procs.append(agent)
+    wait_states(recorder, truth, timeout=40, tolerance=TOLERANCE)
+
+    for fault, counter in (("black", "black"), ("frozen", "frozen"), ("blur", "blurred")):
+        assert sim.ask(f"fault camera {fault}") == f"ok camera cam-c {fault}"
+        recorder.wait_for(lambda ms: _all_unknown(recorder), timeout=15)
+        recorder.wait_for(
+            lambda ms, c=counter: (
+                (h := latest_health(recorder)) is not None
+                and h["status"] == "blind"
+                and h["counters"][c] > 0
+            ),
+            timeout=10,
+        )
+        assert sim.ask("clear camera") == "ok camera cam-c cleared"
+        wait_states(recorder, truth, timeout=20, tolerance=TOLERANCE)
+    assert agent.terminate(15) == 0
+
+
+def test_stream_cut_then_restored(
+    mosquitto, recorder: Recorder, procs: list[Proc], tmp_path: Path
+) -> None:
+    port = free_port()
+    sim = start_sim(port, tmp_path / "sim.log", *SIM_FLAGS)
+    procs.append(sim)
+    truth = expected_states(parse_status(sim.ask("status")))
+    agent = start_agent(mosquitto.url, port, tmp_path, *AGENT_FLAGS)
+    procs.append(agent)
+    wait_states(recorder, truth, timeout=40, tolerance=TOLERANCE)
+
+    sim.kill()  # the camera dies without a goodbye
+    recorder.wait_for(lambda ms: _all_unknown(recorder), timeout=15)
+    recorder.wait_for(
+        lambda ms: (
+            (h := latest_health(recorder)) is not None
+            and h["status"] == "blind"
+            and h["counters"]["stream_up"] == 0
+        ),
+        timeout=10,
+    )
+
+    sim2 = start_sim(port, tmp_path / "sim2.log", *SIM_FLAGS)  # same port, same scene
+    procs.append(sim2)
+    wait_states(recorder, truth, timeout=40, tolerance=TOLERANCE)
+    h = latest_health(recorder)
+    assert h is not None and h["counters"]["reconnects"] >= 1
+    assert agent.terminate(15) == 0

@@ -1,0 +1,134 @@
+"""Frame quality checks on synthetic frames: black, frozen (noise vs bit-identical), blurred."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.camera.quality import FrameFault, FrameQualityMonitor, QualitySettings
+from firmware_sim.camera_render import CameraScene, black_frame, covered_frame
+from parking.site import load_site
+from tests.conftest import EXAMPLE_SITE
+
+
+@pytest.fixture(scope="module")
+def scene() -> CameraScene:
+    cam = load_site(EXAMPLE_SITE).camera("cam-c")
+    sc = CameraScene(cam.polygons, cam.resolution, seed=3)
+    rng = np.random.default_rng(3)
+    for i, space in enumerate(cam.polygons):
+        if i % 3:
+            sc.park(space, rng)
+    return sc
+
+
+def textured_frame(seed: int = 0) -> np.ndarray:
+    """A sharp synthetic scene without the simulator: rectangles on grainy ground."""
+    rng = np.random.default_rng(seed)
+    img = np.full((720, 1280, 3), 100, np.uint8)
+    img = cv2.add(img, rng.integers(0, 20, img.shape, dtype=np.uint8))
+    for _ in range(60):
+        x, y = int(rng.integers(0, 1200)), int(rng.integers(0, 650))
+        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+        cv2.rectangle(img, (x, y), (x + int(rng.integers(20, 80)), y + 60), colour, -1)
+    return img
+
+
+def with_noise(frame: np.ndarray, rng: np.random.Generator, sigma: float = 2.0) -> np.ndarray:
+    """Gaussian read noise (OpenCV's generator, reseeded from ``rng``: fast on full frames)."""
+    cv2.setRNGSeed(int(rng.integers(0, 2**31 - 1)))
+    noise = np.zeros(frame.shape, np.int16)
+    cv2.randn(noise, 0, sigma)
+    return np.clip(frame.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+def test_sharp_day_and_night_frames_pass(scene: CameraScene) -> None:
+    monitor = FrameQualityMonitor()
+    for t, frame in enumerate(
+        [textured_frame(), scene.render(10 * 60, 0.0), scene.render(23 * 60, 1.0)]
+    ):
+        verdict = monitor.check(frame, float(t))
+        assert verdict.ok, verdict
+
+
+def test_black_frame_is_black_even_with_read_noise() -> None:
+    monitor = FrameQualityMonitor()
+    verdict = monitor.check(black_frame((1280, 720), np.random.default_rng(0)), 0.0)
+    assert verdict.fault is FrameFault.BLACK
+
+
+def test_dark_night_with_lamps_is_not_black(scene: CameraScene) -> None:
+    frame = scene.render(2 * 60, 0.0)
+    verdict = FrameQualityMonitor().check(frame, 0.0)
+    assert verdict.fault is None, verdict
+    assert verdict.brightness < 70  # it is a night frame
+
+
+def test_covered_lens_is_blurred(scene: CameraScene) -> None:
+    rng = np.random.default_rng(1)
+    monitor = FrameQualityMonitor()
+    verdict = monitor.check(covered_frame(scene.render(12 * 60, 0.0), rng), 0.0)
+    assert verdict.fault is FrameFault.BLURRED
+    smeared = with_noise(cv2.GaussianBlur(textured_frame(), (0, 0), 15), rng, 3.0)
+    assert monitor.check(smeared, 1.0).fault is FrameFault.BLURRED
+
+
+def test_slight_softness_is_not_blurred() -> None:
+    soft = cv2.GaussianBlur(textured_frame(), (0, 0), 1.0)
+    assert FrameQualityMonitor().check(soft, 0.0).ok
+
+
+def test_static_scene_with_sensor_noise_is_not_frozen() -> None:
+    """A parked lot at night does not move, but sensor noise changes every frame."""
+    rng = np.random.default_rng(2)
+    base = (textured_frame() * 0.4).astype(np.uint8)
+    monitor = FrameQualityMonitor(QualitySettings(frozen_s=2.0))
+    for i in range(12):
+        noisy = with_noise(base, rng, 1.5)
+        # through JPEG, as a camera would send it
+        ok, buf = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        assert ok
+        frame = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        verdict = monitor.check(frame, i * 0.5)
+        assert verdict.fault is None, (i, verdict)
+
+
+def test_bit_identical_frames_are_frozen_after_the_threshold() -> None:
+    rng = np.random.default_rng(3)
+    frame = with_noise(textured_frame(), rng)
+    monitor = FrameQualityMonitor(QualitySettings(frozen_s=2.0))
+    faults = [monitor.check(frame.copy(), i * 0.25).fault for i in range(16)]
+    # t = 0 .. 2.0 s: not yet; after 2 s of identical frames: frozen
+    assert all(f is None for f in faults[:9]), faults
+    assert all(f is FrameFault.FROZEN for f in faults[9:]), faults
+    # one fresh frame ends it
+    assert monitor.check(with_noise(frame, rng), 4.0).fault is None
+
+
+def test_occasional_repeated_frame_is_not_frozen() -> None:
+    """Streams duplicate single frames (H.264 skips, frame-rate conversion): not a freeze."""
+    rng = np.random.default_rng(4)
+    base = textured_frame()
+    monitor = FrameQualityMonitor(QualitySettings(frozen_s=1.0))
+    frame = with_noise(base, rng)
+    for i in range(16):
+        if i % 3 == 0:
+            frame = with_noise(base, rng)
+        assert monitor.check(frame, i * 0.25).fault is None
+
+
+def test_reset_forgets_the_previous_frame() -> None:
+    frame = textured_frame()
+    monitor = FrameQualityMonitor(QualitySettings(frozen_s=0.5))
+    monitor.check(frame, 0.0)
+    assert monitor.check(frame, 1.0).fault is FrameFault.FROZEN
+    monitor.reset()
+    assert monitor.check(frame, 1.1).fault is None
+
+
+def test_grey_and_bgra_frames_are_accepted() -> None:
+    frame = textured_frame()
+    monitor = FrameQualityMonitor()
+    assert monitor.check(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), 0.0).ok
+    assert monitor.check(cv2.cvtColor(frame, cv2.COLOR_BGR2BGRA), 0.1).ok
