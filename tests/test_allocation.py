@@ -1,0 +1,303 @@
+"""Allocation core on the example site: nearest space, eligibility, holds, congestion, routes, counts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gateway.allocation import (
+    CLOSED,
+    FREE,
+    OCCUPIED,
+    UNKNOWN,
+    AllocationCore,
+    CoreLayout,
+)
+from gateway.reference import ReferenceAllocator
+
+NOON = 12 * 60
+EVENING = 20 * 60
+
+
+@pytest.fixture
+def layout(example_site):
+    return CoreLayout.from_site(example_site)
+
+
+def all_free(layout: CoreLayout, minute: int = NOON, **kwargs) -> AllocationCore:
+    core = AllocationCore(layout, minute, **kwargs)
+    core.update_many(np.arange(layout.n_spaces), np.full(layout.n_spaces, FREE), 0.0)
+    return core
+
+
+def ids(layout: CoreLayout, spaces) -> list[str]:
+    return [layout.space_ids[s] for s in spaces]
+
+
+def cls(layout: CoreLayout, name: str) -> int:
+    return layout.classes.index(name)
+
+
+def ent(layout: CoreLayout, name: str) -> int:
+    return layout.entrances.index(name)
+
+
+def test_nearest_free_eligible_space_from_each_gate(example_site, layout):
+    core = all_free(layout)
+    for e, entrance in enumerate(layout.entrances):
+        for c, vc in enumerate(layout.classes):
+            eligible = [s.index for s in example_site.spaces if example_site.eligible(s, vc, NOON)]
+            want = min(eligible, key=lambda i, e=e: (layout.cost[e, i], i)) if eligible else -1
+            assert core.best(e, c) == want, (entrance, vc)
+    # and what a driver would expect on the plan
+    north, east = ent(layout, "north"), ent(layout, "east")
+    resident, visitor = cls(layout, "resident"), cls(layout, "visitor")
+    assert example_site.spaces[core.best(north, resident)].zone == "A"  # right past the gate
+    assert example_site.spaces[core.best(east, visitor)].zone == "C"  # along the main road
+    assert example_site.spaces[core.best(north, visitor)].zone == "C"
+
+
+def test_costs_follow_the_lane_graph(example_site, layout):
+    # north gate GN(100,130) -> N1(100,100): 30 m, then the access distance of A-040
+    a040 = example_site.space("A-040")
+    assert a040.access == "N1"
+    assert layout.cost[ent(layout, "north"), a040.index] == pytest.approx(30 + a040.access_distance)
+    # the basement is only reached over the 45 m ramp R1 -> K1
+    e001 = example_site.space("B1-E-001")
+    via = 30 + 40 + 50 + 45 + math.dist((50, 50), (0, 50))  # GN-N1-R2-R1-K1-K0
+    assert e001.access == "K0"
+    assert layout.cost[ent(layout, "north"), e001.index] == pytest.approx(
+        via + e001.access_distance
+    )
+
+
+def test_route_is_a_valid_lane_path(example_site, layout):
+    core = all_free(layout)
+    allowed = {}
+    for edge in example_site.lane_edges:
+        allowed[(edge.a, edge.b)] = edge.length
+        if not edge.oneway:
+            allowed[(edge.b, edge.a)] = edge.length
+    for e, entrance in enumerate(example_site.entrances):
+        for space in example_site.spaces:
+            route = core.route(e, space.index)
+            assert route[0] == entrance.node
+            assert route[-1] == space.access
+            length = sum(allowed[(a, b)] for a, b in zip(route, route[1:], strict=False))
+            assert length + space.access_distance == pytest.approx(layout.cost[e, space.index])
+
+
+def test_visitor_never_gets_a_resident_space(example_site, layout):
+    core = all_free(layout)
+    visitor = cls(layout, "visitor")
+    got = []
+    for i in range(100):
+        s = core.assign(i % 2, visitor, float(i), 600.0)
+        if s < 0:
+            break
+        got.append(s)
+    visitor_spaces = {s.index for s in example_site.spaces if "visitor" in s.kinds}
+    assert set(got) == visitor_spaces  # every visitor bay once, nothing else
+    assert len(got) == len(visitor_spaces)
+    assert core.assign(0, visitor, 200.0, 600.0) == -1
+
+
+def test_shared_spaces_only_at_night_for_residents(example_site, layout):
+    d_spaces = {s.index for s in example_site.spaces if s.zone == "D"}
+    core = AllocationCore(layout, NOON, congestion_m=0.0)
+    states = np.full(layout.n_spaces, OCCUPIED)
+    states[list(d_spaces)] = FREE
+    core.update_many(np.arange(layout.n_spaces), states, 0.0)
+    resident, office = cls(layout, "resident"), cls(layout, "office")
+    for e in range(layout.n_entrances):
+        assert core.best(e, resident) == -1  # only D is free, and D is the office's by day
+        assert core.best(e, office) in d_spaces
+    assert core.assign(0, resident, 1.0, 60.0) == -1
+    assert core.set_minute(EVENING) is True
+    for e in range(layout.n_entrances):
+        assert core.best(e, resident) in d_spaces
+        assert core.best(e, office) == -1
+    assert core.set_minute(EVENING + 30) is False  # same eligibility: nothing recomputed
+    assert core.assign(0, resident, 2.0, 60.0) in d_spaces
+
+
+def test_consecutive_arrivals_get_different_spaces(layout):
+    core = all_free(layout, congestion_m=0.0)  # holds alone must keep them apart
+    north, resident = ent(layout, "north"), cls(layout, "resident")
+    first = core.assign(north, resident, 10.0, 120.0)
+    second = core.assign(north, resident, 10.0, 120.0)
+    assert first >= 0 and second >= 0 and first != second
+    assert core.held_until[first] == 130.0
+    assert core.best(north, resident) not in (first, second)
+
+
+def test_last_space_is_not_given_twice(layout):
+    core = AllocationCore(layout, NOON)
+    core.update(5, FREE, 1.0)  # A-006, a resident bay; everything else unknown
+    resident = cls(layout, "resident")
+    assert core.assign(0, resident, 2.0, 60.0) == 5
+    assert core.assign(1, resident, 2.5, 60.0) == -1
+
+
+def test_hold_expiry_releases_the_space(layout):
+    core = all_free(layout, congestion_m=0.0)
+    north, resident = ent(layout, "north"), cls(layout, "resident")
+    s = core.assign(north, resident, 100.0, 60.0)
+    assert core.best(north, resident) != s
+    assert core.expire_holds(159.0) == []
+    assert core.best(north, resident) != s
+    assert core.expire_holds(160.0) == [s]
+    assert core.held_until[s] == 0
+    assert core.best(north, resident) == s
+
+
+def test_car_seen_in_the_held_space_clears_the_hold(layout):
+    core = all_free(layout, congestion_m=0.0)
+    north, resident = ent(layout, "north"), cls(layout, "resident")
+    s = core.assign(north, resident, 100.0, 60.0)
+    core.update(s, FREE, 101.0)  # a sensor repeating "free" before the car arrives: still held
+    assert s in core.holds
+    core.update(s, OCCUPIED, 130.0)
+    assert s not in core.holds and core.held_until[s] == 0
+    assert core.expire_holds(1000.0) == []
+    core.update(s, FREE, 1100.0)  # the car leaves again
+    assert core.best(north, resident) == s
+
+
+def test_burst_is_spread_over_aisles_sparse_arrivals_stay_near(example_site, layout):
+    north, resident = ent(layout, "north"), cls(layout, "resident")
+    burst = all_free(layout)
+    got = [burst.assign(north, resident, 1000.0, 300.0) for _ in range(10)]
+    aisles = {example_site.spaces[s].access for s in got}
+    assert len(set(got)) == 10
+    assert len(aisles) >= 3, ids(layout, got)
+    # without the congestion term the same burst piles into the nearest aisle
+    piled = all_free(layout, congestion_m=0.0)
+    got0 = [piled.assign(north, resident, 1000.0, 300.0) for _ in range(10)]
+    assert len({example_site.spaces[s].access for s in got0}) == 1
+    # sparse arrivals (one every 15 minutes, each car parks) always take the nearest
+    sparse = all_free(layout)
+    nearest = all_free(layout, congestion_m=0.0)
+    for i in range(10):
+        now = 1000.0 + 900.0 * i
+        s = sparse.assign(north, resident, now, 300.0)
+        assert s == nearest.best(north, resident)
+        sparse.update(s, OCCUPIED, now + 60.0)
+        nearest.update(s, OCCUPIED, now + 60.0)
+        assert example_site.spaces[s].access == "N1"
+
+
+def test_display_line_counts_match_a_hand_count(example_site, layout):
+    core = AllocationCore(layout, NOON)
+    st = {s.id: OCCUPIED for s in example_site.spaces}
+    # zone A: A-001..A-010 free (A-001, A-002 are accessible bays), A-011..A-015 unknown
+    for i in range(1, 11):
+        st[f"A-{i:03d}"] = FREE
+    for i in range(11, 16):
+        st[f"A-{i:03d}"] = UNKNOWN
+    # zone C: C-001..C-004 free visitor bays, C-036 free (ev + visitor), C-040 closed
+    for sid in ("C-001", "C-002", "C-003", "C-004", "C-036"):
+        st[sid] = FREE
+    st["C-040"] = CLOSED
+    # basement: E-001 (accessible), E-010, F-001 (ev), F-020 free; F-050 unknown
+    for sid in ("B1-E-001", "B1-E-010", "B1-F-001", "B1-F-020"):
+        st[sid] = FREE
+    st["B1-F-050"] = UNKNOWN
+    core.update_many([example_site.space_index[s] for s in st], list(st.values()), 0.0)
+    line = {key: i for i, key in enumerate(layout.line_keys)}
+    free = lambda d, li: int(core.line_free[line[(d, li)]])  # noqa: E731
+    assert free("gate-north", 0) == 8  # A for residents: A-003..A-010
+    assert free("gate-north", 1) == 5  # C for visitors: C-001..C-004, C-036
+    assert free("gate-north", 2) == 2  # E+F for residents: B1-E-010, B1-F-020
+    assert free("b1-ramp", 0) == 1  # E residents: B1-E-010
+    assert free("b1-ramp", 2) == 2  # F for EVs: B1-F-001 (ev), B1-F-020 (resident)
+    assert free("jct-r1", 1) == 0  # D for residents at noon
+    assert int(core.line_unknown[line[("gate-north", 0)]]) == 5
+    assert int(core.line_total[line[("gate-north", 0)]]) == 80
+    assert int(core.line_total[line[("gate-north", 1)]]) == 39  # C-040 closed
+    assert int(core.line_unknown[line[("gate-north", 2)]]) == 1
+    zones = {z.id: i for i, z in enumerate(example_site.zones)}
+    assert core.zone_counts()[zones["A"]].tolist() == [5, 10, 65, 0]
+    assert core.zone_counts()[zones["C"]].tolist() == [0, 5, 34, 1]
+    # a held space is not counted; the car parking in it keeps it uncounted
+    s = core.assign(ent(layout, "north"), cls(layout, "visitor"), 10.0, 60.0)
+    assert example_site.spaces[s].zone == "C"
+    assert free("gate-north", 1) == 4
+    core.update(s, OCCUPIED, 20.0)
+    assert free("gate-north", 1) == 4
+    # in the evening residents may use D: its line counts the free D bays
+    core.update(example_site.space_index["D-003"], FREE, 30.0)
+    assert free("jct-r1", 1) == 0
+    core.set_minute(EVENING)
+    assert free("jct-r1", 1) == 1
+
+
+def test_incremental_matches_reference_on_the_example_site(example_site, layout):
+    core = AllocationCore(layout, NOON)
+    ref = ReferenceAllocator.from_site(example_site, NOON)
+    rng = np.random.default_rng(7)
+    now = 0.0
+    for step in range(400):
+        now += float(rng.choice([0.0, 1.0, 30.0]))
+        r = rng.random()
+        if r < 0.7:
+            s, x = int(rng.integers(layout.n_spaces)), int(rng.choice([0, 1, 1, 1, 2, 3]))
+            core.update(s, x, now)
+            ref.update(s, x, now)
+        elif r < 0.9:
+            e, c = int(rng.integers(layout.n_entrances)), int(rng.integers(layout.n_classes))
+            assert core.assign(e, c, now, 90.0) == ref.assign(e, c, now, 90.0)
+        elif r < 0.97:
+            assert core.expire_holds(now) == ref.expire_holds(now)
+        else:
+            m = int(rng.integers(1440))
+            core.set_minute(m)
+            ref.set_minute(m)
+        want = ref.recompute()
+        assert core.best_all().tolist() == want["best"], step
+        assert core.line_free.tolist() == want["line_free"], step
+
+
+def test_aisle_whose_order_differs_by_entrance_uses_the_general_path():
+    # node 0 is 1.0 m from the aisle node 2, node 3 only 0.25 m: 1.0 + 1e-16 rounds to
+    # 1.0 but 0.25 + 1e-16 does not, so the two spaces tie (-> lower index) from one
+    # entrance and are ordered by access distance from the other
+    tables = dict(
+        n_nodes=4,
+        edges=[(0, 2, 1.0, False), (3, 2, 0.25, False)],
+        entrance_nodes=[0, 3],
+        space_node=[2, 2, 2],
+        access_distance=[1e-16, 0.0, 5.0],
+        space_zone=[0, 0, 0],
+        space_kinds=[[0], [0], [0]],
+        class_kinds=[[0]],
+        line_zones=[[0]],
+        line_class=[0],
+    )
+    layout = CoreLayout.from_arrays(**tables)
+    assert not layout.aisle_uniform.all()
+    core = AllocationCore(layout, NOON, congestion_m=0.0)
+    ref = ReferenceAllocator(**tables, minute_of_day=NOON, congestion_m=0.0)
+    core.update_many([0, 1, 2], [FREE, FREE, FREE], 0.0)
+    for s in (0, 1, 2):
+        ref.update(s, FREE, 0.0)
+    assert core.best_all().tolist() == [[0], [1]] == ref.recompute()["best"]
+    for s, x in [(0, OCCUPIED), (1, OCCUPIED), (0, FREE), (2, OCCUPIED), (1, FREE), (0, CLOSED)]:
+        core.update(s, x, 1.0)
+        ref.update(s, x, 1.0)
+        want = ref.recompute()
+        assert core.best_all().tolist() == want["best"]
+        assert core.line_free.tolist() == want["line_free"]
+
+
+def test_synthetic_layout_is_realistic():
+    layout = CoreLayout.synthetic(5000, seed=3)
+    assert layout.cost.shape == (16, 5000)
+    assert layout.n_classes == 8 and layout.n_lines == 200
+    sizes = np.bincount(layout.aisle)
+    assert sizes.min() >= 1 and sizes[:-1].min() >= 20 and sizes.max() <= 40
+    zone_sizes = np.bincount(layout.zone)
+    assert 150 <= np.median(zone_sizes) <= 400
+    assert np.isfinite(layout.cost).mean() > 0.95
