@@ -179,3 +179,45 @@ def wait_states(recorder: Any, want: dict[str, str], timeout: float, tolerance: 
             return
         time.sleep(0.2)
     raise AssertionError(f"agent states differ from expected (got, want): {json.dumps(diff)}")
+
+
+def measure_day_agreement(
+    seed: int, first_minute: int, last_minute: int, step_min: float
+) -> tuple[float, int]:
+    """Render the residential scenario's day on cam-c as the simulator does (same scene,
+    same JPEG), classify every frame with the real classifier, and return the fraction
+    of (frame, space) decisions that agree with the scenario, and how many there were."""
+    import cv2
+    import numpy as np
+
+    from edge.camera.classifier import SpaceClassifier
+    from firmware_sim.camera import JPEG_QUALITY
+    from firmware_sim.camera_render import CameraScene, rain_at
+    from firmware_sim.scenario import ResidentialScenario
+    from parking.site import load_site
+
+    cam = load_site(EXAMPLE_SITE).camera(CAMERA)
+    spaces = list(cam.polygons)
+    classifier = SpaceClassifier.load()
+    plan = classifier.plan([np.asarray(p, np.float32) for p in cam.polygons.values()])
+    speed = 60.0  # one simulated minute per real second
+    scenario = ResidentialScenario(spaces, seed=seed, start_minute=first_minute, speed=speed)
+    scene = CameraScene(cam.polygons, cam.resolution, seed=seed)
+    for space, occupied in scenario.initial().items():
+        scene.set_occupied(space, occupied)
+    rng = np.random.default_rng(seed)
+    agree = total = 0
+    minute = float(first_minute)
+    while minute <= last_minute:
+        elapsed = (minute - first_minute) * 60.0 / speed
+        for space, occupied in scenario.step(elapsed):
+            scene.set_occupied(space, occupied)
+        frame = scene.render(minute, elapsed, rain=rain_at(minute, seed), rng=rng)
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        assert ok
+        occupied, _confidence = classifier.classify(cv2.imdecode(buf, cv2.IMREAD_COLOR), plan)
+        truth = np.array([scenario.occupied[scenario.index[s]] for s in spaces])
+        agree += int((occupied == truth).sum())
+        total += len(spaces)
+        minute += step_min
+    return agree / total, total
