@@ -8,6 +8,7 @@ built on silence would lie to the driver.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -95,3 +96,70 @@ def content(site: Site, display: int, lines: list[DisplayLine], ts: float) -> Di
         ts=ts,
         expires=ts + site.display_settings.expires_s,
     )
+
+
+@dataclass(frozen=True, eq=False)
+class RenderedLine:
+    """A rendered line and its JSON, made once per distinct value and shared (compare by identity)."""
+
+    line: DisplayLine
+    json: str
+
+
+class SignRenderer:
+    """Renders sign lines from the core's flat arrays, caching each distinct line.
+
+    A line's content depends only on (line, status, count), so each is rendered and
+    serialised once; a sign's payload is then assembled from cached JSON fragments.
+    """
+
+    MAX_CACHE = 200_000  # far above any real site's distinct lines; cleared if exceeded
+
+    def __init__(self, site: Site):
+        self.site = site
+        self.layout = LineLayout.from_site(site)
+        self.fraction = site.display_settings.fallback_unknown_fraction
+        self.expires_s = site.display_settings.expires_s
+        self._labels: list[tuple[LocalText, str]] = [
+            (LocalText(zh=line.label.zh, en=line.label.en), line.arrow)
+            for disp in site.displays
+            for line in disp.lines
+        ]
+        self._ids = [json.dumps(d.id) for d in site.displays]
+        self._cache: dict[tuple[int, int], RenderedLine] = {}
+
+    def line(self, j: int, free: int, unknown: int, total: int) -> RenderedLine:
+        fallback = total > 0 and unknown > self.fraction * total
+        key = (j, -1 if fallback else max(free, 0))
+        hit = self._cache.get(key)
+        if hit is None:
+            if len(self._cache) >= self.MAX_CACHE:
+                self._cache.clear()
+            label, arrow = self._labels[j]
+            line = render_line(label, arrow, free, unknown, total, self.fraction)
+            hit = self._cache[key] = RenderedLine(line, line.model_dump_json())
+        return hit
+
+    def lines(
+        self, display: int, free: np.ndarray, unknown: np.ndarray, total: np.ndarray
+    ) -> tuple[RenderedLine, ...]:
+        first = self.layout.first[display]
+        n = len(self.site.displays[display].lines)
+        sl = slice(first, first + n)
+        return tuple(
+            self.line(first + i, f, u, t)
+            for i, (f, u, t) in enumerate(
+                zip(free[sl].tolist(), unknown[sl].tolist(), total[sl].tolist(), strict=True)
+            )
+        )
+
+    def payload(self, display: int, lines: tuple[RenderedLine, ...], ts: float) -> bytes:
+        """The DisplayContent JSON of a sign, assembled from the cached line fragments."""
+        body = ",".join(r.json for r in lines)
+        return (
+            f'{{"display":{self._ids[display]},"lines":[{body}],'
+            f'"ts":{ts!r},"expires":{ts + self.expires_s!r}}}'
+        ).encode()
+
+    def content(self, display: int, lines: tuple[RenderedLine, ...], ts: float) -> DisplayContent:
+        return content(self.site, display, [r.line for r in lines], ts)

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS events(
     new TEXT NOT NULL, source TEXT, agent TEXT, seq INTEGER);
 CREATE TABLE IF NOT EXISTS spaces(
     space TEXT PRIMARY KEY, state TEXT NOT NULL, sensed TEXT NOT NULL, closed INTEGER NOT NULL,
-    since REAL NOT NULL, obs_since REAL NOT NULL, last_seen REAL NOT NULL, agent TEXT);
+    since REAL NOT NULL, obs_since REAL NOT NULL, last_seen REAL NOT NULL, agent TEXT)
+    WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS agents(
     agent TEXT PRIMARY KEY, boot TEXT, seq INTEGER, online INTEGER NOT NULL,
     last_seen REAL NOT NULL);

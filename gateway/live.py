@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from gateway.allocation import AllocationCore, CoreLayout
-from gateway.displays import LineLayout, content, render_lines
+from gateway.displays import RenderedLine, SignRenderer
 from gateway.ingest import (
     AcceptedReport,
     Rejection,
@@ -45,7 +45,6 @@ from parking.payloads import (
     Arrival,
     Assignment,
     DisplayContent,
-    DisplayLine,
     HealthReport,
     LocalText,
     SpaceControl,
@@ -72,12 +71,37 @@ def minute_of_day(wall: float, tz: ZoneInfo) -> int:
 
 @dataclass(frozen=True)
 class _Sign:
-    """A sign's new content, rendered and serialised once."""
+    """A sign's new content, serialised once (the pydantic model only when asked for)."""
 
     display: int
-    lines: list[DisplayLine]
-    content: DisplayContent
+    lines: tuple[RenderedLine, ...]
+    ts: float
     payload: bytes
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Changes with who made them, for the journal's events."""
+
+    changes: Changes
+    ts: float
+    source: str | None  # None: the gateway's own verdict; the bound source is journaled
+    agent: str | None
+    seq: int | None = None
+
+
+@dataclass
+class _Staged:
+    """Reports applied to the state but not yet journaled and published."""
+
+    segments: list[_Segment] = field(default_factory=list)
+    reports: list[AcceptedReport] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.segments.clear()
+        self.reports.clear()
+        self.started.clear()
 
 
 class LiveGateway:
@@ -111,7 +135,11 @@ class LiveGateway:
         now = clock()
         self.minute = minute_of_day(now, self.tz)
         self.core = AllocationCore(self.layout, self.minute, **(core_options or {}))
-        self.lines = LineLayout.from_site(site)
+        self.renderer = SignRenderer(site)
+        self.lines = self.renderer.layout
+        self._display_topics = [topics.display_content(site.id, d.id) for d in site.displays]
+        self._zone_topics = [topics.zone(site.id, z.id) for z in site.zones]
+        self._zone_json = [json.dumps(z.id) for z in site.zones]
         self._entrance = {e: i for i, e in enumerate(self.layout.entrances)}
         self._class = {c: i for i, c in enumerate(self.layout.classes)}
         self._zone_name = {z.id: z.name for z in site.zones}
@@ -119,8 +147,8 @@ class LiveGateway:
         self._lf = np.full(n_lines, -1, dtype=np.int64)
         self._lu = np.full(n_lines, -1, dtype=np.int64)
         self._lt = np.full(n_lines, -1, dtype=np.int64)
-        self._shown: dict[int, list[DisplayLine]] = {}
-        self._contents: dict[int, DisplayContent] = {}
+        self._shown: dict[int, tuple[RenderedLine, ...]] = {}
+        self._shown_ts: dict[int, float] = {}
         self._zone_published: dict[int, tuple[int, ...]] = {}
         self._online: dict[str, bool] = {}
         self._agent_seen: dict[str, float] = {}
@@ -199,18 +227,38 @@ class LiveGateway:
             self._snapshot_lines()
             for d in range(len(self.site.displays)):
                 self._shown[d] = self._render(d)
-            self._commit_and_propagate(self.state.expire(now, mono), now, source=None)
+            self._expire(now, mono)
             # the signs as of now, so a restart can show them before it has loaded everything
             signs = [self._sign(d, self._shown[d], now) for d in range(len(self.site.displays))]
             with self.journal.transaction():
                 self.journal.put_signs(self._sign_rows(signs))
             for sign in signs:
-                self._contents[sign.display] = sign.content
+                self._shown_ts[sign.display] = sign.ts
 
     # -- entry points ------------------------------------------------------------------------
-    def handle(self, topic: str, payload: bytes) -> None:
+    def handle_batch(self, messages: list[tuple[str, bytes, float]]) -> None:
+        """Messages that queued up meanwhile, (topic, payload, perf_counter at receipt), in
+        order. Consecutive occupancy reports share one journal transaction, one core update
+        and one publication of what changed, so a backlog drains fast; anything else is
+        handled on its own, in order. Never raises for bad input."""
+        staged = _Staged()
+        with self.lock:
+            for topic, payload, t0 in messages:
+                parsed = topics.parse(topic)
+                if (
+                    parsed is not None
+                    and parsed.kind == "edge/occupancy"
+                    and parsed.site == self.site.id
+                ):
+                    self._stage_report(topic, parsed.ident, payload, t0, staged)
+                    continue
+                self._flush(staged)
+                self.handle(topic, payload, t0)
+            self._flush(staged)
+
+    def handle(self, topic: str, payload: bytes, t0: float | None = None) -> None:
         """One MQTT message; never raises for bad input (rejected and counted instead)."""
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if t0 is None else t0
         parsed = topics.parse(topic)
         if parsed is None or parsed.site != self.site.id:
             self._reject(Rejection("unknown_topic", topic), topic, payload)
@@ -231,7 +279,7 @@ class LiveGateway:
         """Timers: TTL expiry, hold expiry, sign refresh, policy minute, zone history."""
         now, mono = self._clock(), self._mono()
         with self.lock:
-            self._commit_and_propagate(self.state.expire(now, mono), now, source=None)
+            self._expire(now, mono)
             if self.core.expire_holds(now):
                 self._refresh_displays(now)
             if mono >= self._next_minute_check:
@@ -242,8 +290,8 @@ class LiveGateway:
                     if self.core.set_minute(minute):
                         self._refresh_displays(now)
             half = self.site.display_settings.expires_s / 2
-            for d, c in list(self._contents.items()):
-                if now >= c.ts + half:
+            for d, ts in list(self._shown_ts.items()):
+                if now >= ts + half:
                     self._publish_display(d, self._shown[d], now)
             if self.history is not None and mono >= self._next_zone_history:
                 self._next_zone_history = mono + ZONE_HISTORY_S
@@ -255,6 +303,11 @@ class LiveGateway:
                             for z, zone in enumerate(self.state.zone_ids)
                         ],
                     )
+
+    def _expire(self, now: float, mono: float) -> None:
+        changes = self.state.expire(now, mono)
+        if len(changes.touched):
+            self._commit_and_propagate([_Segment(changes, now, None, None)], now)
 
     def publish_all(self) -> None:
         """(Re)connected: publish every zone and sign afresh (the broker may have lost them)."""
@@ -268,27 +321,45 @@ class LiveGateway:
 
     # -- message kinds -----------------------------------------------------------------------
     def _on_report(self, topic: str, agent: str, payload: bytes, t0: float) -> None:
+        with self.lock:
+            staged = _Staged()
+            self._stage_report(topic, agent, payload, t0, staged)
+            self._flush(staged)
+
+    def _stage_report(
+        self, topic: str, agent: str, payload: bytes, t0: float, staged: _Staged
+    ) -> None:
+        """Validate a report and apply it to the state arrays; the caller flushes (journal,
+        core, publish)."""
         report = decode_report(agent, payload)
         if isinstance(report, Rejection):
             self._reject(report, topic, payload)
             return
-        with self.lock:
-            acc = self.gate.check(report, self.state.obs_since)
-            if isinstance(acc, Rejection):
-                self._reject(acc, topic, payload)
-                return
-            for r in acc.rejected:
-                self._reject(r, topic, payload)
-            now, mono = self._clock(), self._mono()
-            changes = self.state.observe(acc.spaces, acc.states, acc.since, agent, now, mono)
-            if not acc.gap:
-                self.state.touch(self.gate.source_spaces(acc.source), now, mono)
-            self._online[agent] = True
-            self._agent_seen[agent] = now
-            self._commit_and_propagate(changes, now, source=acc.source, report=acc)
-            self.gate.commit(acc)
-            self.accepted += 1
-            self._latency.append(time.perf_counter() - t0)
+        acc = self.gate.check(report, self.state.obs_since)
+        if isinstance(acc, Rejection):
+            self._reject(acc, topic, payload)
+            return
+        for r in acc.rejected:
+            self._reject(r, topic, payload)
+        now, mono = self._clock(), self._mono()
+        changes = self.state.observe(acc.spaces, acc.states, acc.since, agent, now, mono)
+        if not acc.gap:
+            self.state.touch(self.gate.source_spaces(acc.source), now, mono)
+        self.gate.commit(acc)  # in memory now, so a duplicate later in the batch is refused
+        self._online[agent] = True
+        self._agent_seen[agent] = now
+        staged.segments.append(_Segment(changes, now, acc.source, acc.agent, acc.seq))
+        staged.reports.append(acc)
+        staged.started.append(t0)
+
+    def _flush(self, staged: _Staged) -> None:
+        if not staged.reports:
+            return
+        self._commit_and_propagate(staged.segments, self._clock(), reports=staged.reports)
+        self.accepted += len(staged.reports)
+        done = time.perf_counter()
+        self._latency.extend(done - t0 for t0 in staged.started)
+        staged.clear()
 
     def _on_availability(self, topic: str, agent: str, payload: bytes) -> None:
         text = payload.decode("utf-8", "replace").strip()
@@ -302,7 +373,9 @@ class LiveGateway:
         with self.lock:
             self._online[agent] = online
             changes = NO_CHANGES if online else self.state.agent_offline(agent, now)
-            self._commit_and_propagate(changes, now, source=None, agent_state=(agent, online))
+            self._commit_and_propagate(
+                [_Segment(changes, now, None, agent)], now, agent_state=(agent, online)
+            )
         self._emit("agent", {"agent": agent, "online": online}, now)
 
     def _on_health(self, topic: str, agent: str, payload: bytes) -> None:
@@ -405,124 +478,144 @@ class LiveGateway:
     # -- the pipeline ------------------------------------------------------------------------
     def _commit_and_propagate(
         self,
-        changes: Changes,
+        segments: list[_Segment],
         now: float,
         *,
-        source: str | None,
-        report: AcceptedReport | None = None,
+        reports: list[AcceptedReport] | tuple[()] = (),
         agent_state: tuple[str, bool] | None = None,
-        by: str | None = None,
     ) -> None:
         """Update the core, journal the changes and the signs they change (one transaction),
-        then publish."""
-        if len(changes):
-            self.core.update_many(changes.spaces, changes.new, now)
-        signs = self._changed_signs(now) if len(changes) else []
-        if len(changes.touched) or report is not None or agent_state is not None or signs:
-            self._journal(changes, now, source, report, agent_state, by, signs)
-        if len(changes) == 0:
+        then publish what changed. Segments are applied in order."""
+        segments = [g for g in segments if len(g.changes.touched) or len(g.changes)]
+        n = sum(len(g.changes) for g in segments)
+        if n:
+            if len(segments) == 1:
+                spaces, new = segments[0].changes.spaces, segments[0].changes.new
+            else:
+                spaces = np.concatenate([g.changes.spaces for g in segments])
+                new = np.concatenate([g.changes.new for g in segments])
+            self.core.update_many(spaces, new, now)
+        signs = self._changed_signs(now) if n else []
+        if segments or reports or agent_state is not None or signs:
+            self._journal(segments, now, reports, agent_state, signs)
+        if n == 0:
             return
-        self.state_changes += len(changes)
-        self._publish_zones(changes.zones.tolist(), now)
+        self.state_changes += n
+        zones = np.unique(np.concatenate([g.changes.zones for g in segments]))
+        self._publish_zones(zones.tolist(), now)
         for sign in signs:
             self._publish_sign(sign, now)
         if self._subscribers:
             ids = self.state.space_ids
-            for s, new in zip(changes.spaces.tolist(), changes.new.tolist(), strict=True):
-                self._emit("space", {"space": ids[s], "state": STATE_NAMES[new]}, now)
+            for g in segments:
+                for sp, st in zip(g.changes.spaces.tolist(), g.changes.new.tolist(), strict=True):
+                    self._emit("space", {"space": ids[sp], "state": STATE_NAMES[st]}, g.ts)
 
     def _journal(
         self,
-        changes: Changes,
+        segments: list[_Segment],
         now: float,
-        source: str | None,
-        report: AcceptedReport | None,
+        reports: list[AcceptedReport] | tuple[()],
         agent_state: tuple[str, bool] | None,
-        by: str | None,
         signs: list[_Sign],
     ) -> None:
         st = self.state
         ids, names = st.space_ids, STATE_NAMES
-        agent = by if by is not None else (report.agent if report else None)
-        seq = report.seq if report else None
-        spaces = changes.spaces.tolist()
+        zone_of, zone_ids = st.zone, st.zone_ids
+        history: list[tuple[str, str, str, float]] = []
         with self.journal.transaction() as conn:
-            if spaces:
-                if source is None and by is None:  # the gateway's own verdict (TTL, last will)
+            for g in segments:
+                ch = g.changes
+                spaces = ch.spaces.tolist()
+                if not spaces:
+                    continue
+                # whole columns via tolist(): indexing numpy scalars costs more than SQLite
+                space_ids = [ids[x] for x in spaces]
+                new_names = [names[x] for x in ch.new.tolist()]
+                if g.source is None:  # the gateway's own verdict (TTL, last will)
                     src = [
                         st.sources[i] if i >= 0 else None for i in st.bound_source[spaces].tolist()
                     ]
                 else:
-                    src = [source] * len(spaces)
+                    src = [g.source] * len(spaces)
+                k = len(spaces)
                 self.journal.add_events(
-                    (now, ids[s], names[o], names[n], src[k], agent, seq)
-                    for k, (s, o, n) in enumerate(
-                        zip(spaces, changes.old.tolist(), changes.new.tolist(), strict=True)
+                    zip(
+                        [g.ts] * k,
+                        space_ids,
+                        [names[x] for x in ch.old.tolist()],
+                        new_names,
+                        src,
+                        [g.agent] * k,
+                        [g.seq] * k,
+                        strict=True,
                     )
                 )
-            touched = changes.touched.tolist()
-            if touched:
-                self.journal.put_spaces(
-                    (
-                        ids[s],
-                        names[st.state[s]],
-                        names[st.sensed[s]],
-                        int(st.closed[s]),
-                        float(st.since[s]),
-                        float(st.obs_since[s]),
-                        float(st.last_seen[s]),
-                        st.agent_of(s),
+                if self.history is not None:
+                    history.extend(
+                        zip(
+                            [zone_ids[z] for z in zone_of[spaces].tolist()],
+                            space_ids,
+                            new_names,
+                            [g.ts] * k,
+                            strict=True,
+                        )
                     )
-                    for s in touched
+            touched = [g.changes.touched for g in segments if len(g.changes.touched)]
+            if touched:
+                t = touched[0] if len(touched) == 1 else np.unique(np.concatenate(touched))
+                agents = st.agents
+                self.journal.put_spaces(
+                    zip(
+                        [ids[x] for x in t.tolist()],
+                        [names[x] for x in st.state[t].tolist()],
+                        [names[x] for x in st.sensed[t].tolist()],
+                        st.closed[t].astype(np.int64).tolist(),
+                        st.since[t].tolist(),
+                        st.obs_since[t].tolist(),
+                        st.last_seen[t].tolist(),
+                        [agents[a] if a >= 0 else None for a in st.agent[t].tolist()],
+                        strict=True,
+                    )
                 )
             if signs:
                 self.journal.put_signs(self._sign_rows(signs))
-            if report is not None:
-                self.journal.put_agent(report.agent, report.boot, report.seq, True, now)
+            latest: dict[str, AcceptedReport] = {r.agent: r for r in reports}
+            for r in latest.values():
+                self.journal.put_agent(r.agent, r.boot, r.seq, True, now)
             if agent_state is not None:
                 self.journal.put_agent(agent_state[0], None, None, agent_state[1], now)
-            if self.history is not None and spaces:
-                zone_of, zone_ids = st.zone, st.zone_ids
-                self.history.space_states(
-                    conn,
-                    [
-                        (zone_ids[zone_of[s]], ids[s], names[n], now)
-                        for s, n in zip(spaces, changes.new.tolist(), strict=True)
-                    ],
-                )
+            if history:
+                self.history.space_states(conn, history)
+                zones = np.unique(np.concatenate([g.changes.zones for g in segments]))
                 self.history.zone_occupancies(
-                    conn, [(zone_ids[z], st.zone_row(z), now) for z in changes.zones.tolist()]
+                    conn, [(zone_ids[z], st.zone_row(z), now) for z in zones.tolist()]
                 )
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if self._live:
             self._publish(topic, payload, qos, retain)
 
-    def _publish_zones(self, zones: Any, now: float) -> None:
-        for z in zones:
-            row = self.state.zone_row(z)
-            key = tuple(row.values())
+    def _publish_zones(self, zones: list[int] | range, now: float) -> None:
+        zones = list(zones)
+        if not zones:
+            return
+        for z, (u, f, o, c) in zip(zones, self.state.zone_counts[zones].tolist(), strict=True):
+            key = (u, f, o, c)
             if self._zone_published.get(z) == key:
                 continue
             self._zone_published[z] = key
-            zone_id = self.state.zone_ids[z]
-            msg = ZoneCounts(zone=zone_id, ts=now, **row)
-            self._send(
-                topics.zone(self.site.id, zone_id),
-                msg.model_dump_json().encode(),
-                topics.QOS_ZONE,
-                topics.RETAIN_ZONE,
+            payload = (
+                f'{{"zone":{self._zone_json[z]},"free":{f},"occupied":{o},"unknown":{u},'
+                f'"closed":{c},"total":{u + f + o + c},"ts":{now!r}}}'
             )
-            self._emit("zone", msg.model_dump(mode="json"), now)
+            self._send(self._zone_topics[z], payload.encode(), topics.QOS_ZONE, topics.RETAIN_ZONE)
+            if self._subscribers:
+                self._emit("zone", json.loads(payload), now)
 
-    def _render(self, d: int) -> list[DisplayLine]:
-        return render_lines(
-            self.site,
-            self.lines,
-            d,
-            self.core.line_free,
-            self.core.line_unknown,
-            self.core.line_total,
+    def _render(self, d: int) -> tuple[RenderedLine, ...]:
+        return self.renderer.lines(
+            d, self.core.line_free, self.core.line_unknown, self.core.line_total
         )
 
     def _snapshot_lines(self) -> None:
@@ -543,7 +636,7 @@ class LiveGateway:
         out = []
         for d in self.lines.displays_of(moved):
             lines = self._render(d)
-            if lines != self._shown.get(d):
+            if lines != self._shown.get(d):  # cached lines: compared by identity
                 out.append(self._sign(d, lines, now))
         return out
 
@@ -557,38 +650,38 @@ class LiveGateway:
         for sign in signs:
             self._publish_sign(sign, now)
 
-    def _sign(self, d: int, lines: list[DisplayLine], now: float) -> _Sign:
-        c = content(self.site, d, lines, now)
-        return _Sign(d, lines, c, c.model_dump_json().encode())
+    def _sign(self, d: int, lines: tuple[RenderedLine, ...], now: float) -> _Sign:
+        return _Sign(d, lines, now, self.renderer.payload(d, lines, now))
 
     def _sign_rows(self, signs: list[_Sign]) -> list[tuple[str, str, str, float]]:
         expires_s = self.site.display_settings.expires_s
         return [
             (
-                s.content.display,
-                topics.display_content(self.site.id, s.content.display),
+                self.site.displays[s.display].id,
+                self._display_topics[s.display],
                 s.payload.decode(),
                 expires_s,
             )
             for s in signs
         ]
 
-    def _publish_display(self, d: int, lines: list[DisplayLine], now: float) -> None:
+    def _publish_display(self, d: int, lines: tuple[RenderedLine, ...], now: float) -> None:
         """Publish a sign afresh (new ts and expiry)."""
         self._publish_sign(self._sign(d, lines, now), now)
 
     def _publish_sign(self, sign: _Sign, now: float) -> None:
         self._shown[sign.display] = sign.lines
-        self._contents[sign.display] = sign.content
+        self._shown_ts[sign.display] = sign.ts
         self._send(
-            topics.display_content(self.site.id, sign.content.display),
+            self._display_topics[sign.display],
             sign.payload,
             topics.QOS_DISPLAY,
             topics.RETAIN_DISPLAY,
         )
         self.sign_updates += 1
         if self._subscribers:
-            self._emit("display", sign.content.model_dump(mode="json"), now)
+            content = self.renderer.content(sign.display, sign.lines, sign.ts)
+            self._emit("display", content.model_dump(mode="json"), now)
 
     # -- rejections and events ---------------------------------------------------------------
     def _reject(self, rejection: Rejection, topic: str, payload: bytes | None) -> None:
@@ -637,7 +730,11 @@ class LiveGateway:
 
     def displays(self) -> dict[str, DisplayContent]:
         with self.lock:
-            return {c.display: c for c in self._contents.values()}
+            return {
+                self.site.displays[d].id: self.renderer.content(d, lines, self._shown_ts[d])
+                for d, lines in self._shown.items()
+                if d in self._shown_ts
+            }
 
     def agents(self) -> list[AgentStatus]:
         with self.lock:
@@ -692,7 +789,7 @@ class LiveGateway:
         now = self._clock()
         with self.lock:
             changes = self.state.control(s, action == "close", now)
-            self._commit_and_propagate(changes, now, source="manager", by=by)
+            self._commit_and_propagate([_Segment(changes, now, "manager", by)], now)
         if reason:
             log.info("space %s %sd by %s: %s", space, action, by, reason)
         self._emit(

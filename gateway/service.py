@@ -1,10 +1,10 @@
 """``parkguide gateway``: MQTT in and out, timers, InfluxDB writer and the API, wired together.
 
-The work is done by ``gateway.live.LiveGateway``; this module only connects it:
-the paho network loop runs in its own thread (``loop_start``) and messages are
-handled in ``on_message``; a timer thread drives TTLs, holds, sign refreshes and
-policy windows; the InfluxDB writer drains the journal's outbox in its own
-thread; uvicorn serves the API in another, so none of them blocks the MQTT loop.
+The work is done by ``gateway.live.LiveGateway``; this module only connects it.
+One thread runs the paho network loop, handles the messages (in batches when
+they queue up) and drives the timers (TTLs, holds, sign refreshes, policy
+windows); the InfluxDB writer drains the journal's outbox in its own thread;
+uvicorn serves the API in another, so neither blocks the MQTT loop.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import importlib.util
 import json
 import logging
 import os
+import select
 import signal
+import socket
 import sqlite3
 import sys
 import threading
@@ -27,7 +29,7 @@ import paho.mqtt.client as mqtt
 # (republish_stored_signs) before scipy, pydantic and the site are loaded.
 from gateway.journal import Journal, stored_signs
 from parking import topics
-from parking.broker import BrokerConfig
+from parking.broker import BrokerConfig, backoff_delay
 
 if TYPE_CHECKING:
     from gateway.live import LiveGateway
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+MAX_BATCH = 500  # messages handled together when they queue up
 ENV_INFLUX_TOKEN = "INFLUX_TOKEN"
 
 
@@ -132,6 +135,7 @@ class GatewayService:
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id or f"parkguide-gateway-{self.site.id}",
             clean_session=False,  # the broker keeps QoS 1 reports for us while we restart
+            manual_ack=True,  # a report is acknowledged only once it is in the journal
         )
         self.gateway: LiveGateway = LiveGateway(
             self.site,
@@ -144,7 +148,10 @@ class GatewayService:
         if self.writer is not None:
             self.gateway.outbox_stats = self._outbox_stats
         self._stop = threading.Event()
-        self._ticker: threading.Thread | None = None
+        self._thread: threading.Thread | None = None
+        self._pending: list[tuple[str, bytes, float, int, int]] = []
+        self._attempt = 0  # connection attempts since the last success
+        self._ever_connected = False
         self._internal_errors = 0
         self._last_error_log = -1e9
         self.connected = threading.Event()  # set once subscribed (ready for messages)
@@ -162,11 +169,20 @@ class GatewayService:
         )
         c.max_inflight_messages_set(1000)
         c.max_queued_messages_set(0)
-        c.reconnect_delay_set(0.5, 30)
+        c.on_socket_open = self._on_socket_open
         c.on_connect = self._on_connect
         c.on_subscribe = self._on_subscribe
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+
+    @staticmethod
+    def _on_socket_open(client, userdata, sock) -> None:
+        # One report publishes several small messages (zones, signs, acks) back to back:
+        # without TCP_NODELAY, Nagle holds each behind the broker's ACK of the previous one.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            log.debug("TCP_NODELAY not available on this socket")
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -201,6 +217,7 @@ class GatewayService:
             if failed:
                 log.error("MQTT broker refused subscriptions: %s", failed)
             else:
+                self._attempt = 0
                 self.connected.set()  # ready: the broker now routes reports to us
         except Exception:
             log.exception("on_subscribe failed")
@@ -211,8 +228,23 @@ class GatewayService:
             log.warning("lost the MQTT broker %s (%s); reconnecting", self.broker.url, reason_code)
 
     def _on_message(self, client, userdata, msg) -> None:
+        # collected here, handled in a batch once the socket has nothing more to read
+        self._pending.append((msg.topic, msg.payload, time.perf_counter(), msg.mid, msg.qos))
+
+    def _readable(self) -> bool:
+        sock = self.client.socket()
+        if sock is None:
+            return False
+        if getattr(sock, "pending", None) and sock.pending():  # TLS: bytes already decrypted
+            return True
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)
+
+    def _drain(self) -> None:
+        """Handle the collected messages as one batch; acknowledge them once journaled."""
+        batch, self._pending = self._pending, []
         try:
-            self.gateway.handle(msg.topic, msg.payload)
+            self.gateway.handle_batch([(t, p, t0) for t, p, t0, _, _ in batch])
         except Exception:
             # a bug, not bad input (that is rejected inside): keep serving, log rate-limited
             self._internal_errors += 1
@@ -220,18 +252,87 @@ class GatewayService:
             if now - self._last_error_log >= 60:
                 self._last_error_log = now
                 log.exception(
-                    "handling a message on %s failed (%d internal errors so far)",
-                    msg.topic,
+                    "handling %d messages failed (%d internal errors so far)",
+                    len(batch),
                     self._internal_errors,
                 )
+        for _, _, _, mid, qos in batch:
+            if qos > 0:
+                self.client.ack(mid, qos)
 
-    # -- timers ------------------------------------------------------------------------------
-    def _tick_loop(self) -> None:
-        while not self._stop.wait(TICK_S):
-            try:
-                self.gateway.tick()
-            except Exception:
-                log.exception("gateway timer failed")
+    def _tick(self) -> None:
+        try:
+            self.gateway.tick()
+        except Exception:
+            log.exception("gateway timer failed")
+
+    def _run(self) -> None:
+        """The MQTT thread: network I/O, message handling and timers, all in one thread.
+
+        One thread means no hand-off (and no wait for the GIL) between receiving a report
+        and publishing what it changed; what arrived while a batch was being handled is
+        read in one go and handled as the next batch.
+        """
+        next_tick = time.monotonic() + TICK_S
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_tick:
+                self._tick()
+                next_tick = now + TICK_S
+            if self.client.socket() is None and not self._connect():
+                continue
+            rc = self.client.loop(timeout=min(0.05, max(0.0, next_tick - time.monotonic())))
+            while (
+                rc == mqtt.MQTT_ERR_SUCCESS
+                and self._pending
+                and len(self._pending) < MAX_BATCH
+                and self._readable()
+            ):
+                rc = self.client.loop(timeout=0)
+            if self._pending:
+                self._drain()
+        self._disconnect()
+
+    def _connect(self) -> bool:
+        """(Re)connect with capped, jittered backoff; keeps the timers running meanwhile."""
+        if self._attempt:
+            deadline = time.monotonic() + backoff_delay(self._attempt - 1)
+            while time.monotonic() < deadline and not self._stop.is_set():
+                self._stop.wait(min(TICK_S, max(0.0, deadline - time.monotonic())))
+                self._tick()
+        self._attempt += 1
+        try:
+            if self._ever_connected:
+                self.client.reconnect()
+            else:
+                self.client.connect(self.broker.host, self.broker.port, keepalive=15)
+                self._ever_connected = True
+        except OSError as exc:
+            if self._attempt == 1 or self._attempt % 20 == 0:
+                log.warning(
+                    "MQTT broker %s unreachable (%s); retrying (attempt %d)",
+                    self.broker.url,
+                    exc,
+                    self._attempt,
+                )
+            return False
+        return True
+
+    def _disconnect(self) -> None:
+        try:
+            if self.client.is_connected():
+                info = self.client.publish(
+                    topics.gateway_availability(self.site.id),
+                    topics.OFFLINE,
+                    qos=topics.QOS_AVAILABILITY,
+                    retain=topics.RETAIN_AVAILABILITY,
+                )
+                deadline = time.monotonic() + 2
+                while not info.is_published() and time.monotonic() < deadline:
+                    self.client.loop(timeout=0.05)
+                self.client.disconnect()
+        except Exception:
+            log.exception("clean MQTT disconnect failed")
 
     def _outbox_stats(self) -> dict[str, Any]:
         assert self.writer is not None
@@ -245,28 +346,13 @@ class GatewayService:
     def start(self) -> None:
         if self.writer is not None:
             self.writer.start()
-        self.client.connect_async(self.broker.host, self.broker.port, keepalive=15)
-        self.client.loop_start()
-        self._ticker = threading.Thread(target=self._tick_loop, name="gateway-timer", daemon=True)
-        self._ticker.start()
+        self._thread = threading.Thread(target=self._run, name="gateway-mqtt", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join(5)
-        try:
-            if self.client.is_connected():
-                info = self.client.publish(
-                    topics.gateway_availability(self.site.id),
-                    topics.OFFLINE,
-                    qos=topics.QOS_AVAILABILITY,
-                    retain=topics.RETAIN_AVAILABILITY,
-                )
-                info.wait_for_publish(2)
-            self.client.disconnect()
-        except Exception:
-            log.exception("clean MQTT disconnect failed")
-        self.client.loop_stop()
+        if self._thread is not None:
+            self._thread.join(10)
         if self.writer is not None:
             self.writer.stop()
         with self.gateway.lock:
