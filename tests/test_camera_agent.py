@@ -7,8 +7,10 @@ Small frame rates and short hold/stale/frozen times keep them quick.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from camera_support import (
@@ -28,6 +30,7 @@ from conftest import free_port
 from edge_support import Recorder
 
 from edge.camera.smoothing import OccupancySmoother, SmoothingSettings
+from edge.camera.stream import FrameReader
 from parking.states import SpaceState
 
 # -- smoothing (pure) ----------------------------------------------------------------
@@ -226,3 +229,45 @@ def test_stream_cut_then_restored(
     h = latest_health(recorder)
     assert h is not None and h["counters"]["reconnects"] >= 1
     assert agent.terminate(15) == 0
+
+
+# -- the frame reader on a video file (a file that ends is a stream lost) -------------
+
+
+def test_a_video_file_that_ends_is_reopened(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 180))
+    for i in range(6):
+        writer.write(np.full((180, 320, 3), 30 + 30 * i, np.uint8))
+    writer.release()
+    reader = FrameReader(str(clip), backoff_base_s=0.05, backoff_cap_s=0.2)
+    reader.start()
+    try:
+        levels: list[int] = []
+        seq, deadline = 0, time.monotonic() + 20
+        while len(levels) < 14 and time.monotonic() < deadline:
+            frame = reader.latest(seq, 1.0)
+            if frame is not None:
+                seq = frame.seq
+                levels.append(round(float(frame.image.mean()) / 30))
+    finally:
+        reader.stop()
+    assert len(levels) == 14
+    assert set(levels) <= {1, 2, 3, 4, 5, 6}
+    # (a busy machine may skip a frame: the reader hands out the newest one)
+    wraps = sum(1 for a, b in zip(levels, levels[1:], strict=False) if b < a)
+    assert wraps >= 2, levels  # the file played from the start again, twice
+    assert reader.reconnects >= 2
+
+
+def test_an_unreachable_source_backs_off_and_delivers_nothing() -> None:
+    reader = FrameReader(
+        f"http://127.0.0.1:{free_port()}/stream.mjpg", backoff_base_s=0.05, backoff_cap_s=0.4
+    )
+    reader.start()
+    try:
+        assert reader.latest(0, 2.0) is None
+        assert reader.last_frame_age() is None
+    finally:
+        reader.stop()
+    assert 2 <= reader.reconnects <= 60
