@@ -268,8 +268,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--password-env",
-        default="PARKGUIDE_MQTT_PASSWORD",
-        help="environment variable holding the MQTT password (default %(default)s)",
+        metavar="VAR",
+        help="environment variable holding the MQTT password (default: PARKGUIDE_MQTT_PASSWORD)",
     )
     parser.add_argument(
         "--hold-s",
@@ -335,9 +335,12 @@ def main(args: argparse.Namespace) -> int:
         _check_positive(args)
         site = load_site(args.site)
         camera = site.camera(args.camera)
-        broker = BrokerConfig.from_url(
-            args.broker, args.username, os.environ.get(args.password_env) or None
-        )
+        password = None
+        if args.password_env:
+            password = os.environ.get(args.password_env)
+            if password is None:
+                raise ValueError(f"--password-env {args.password_env}: that variable is not set")
+        broker = BrokerConfig.from_url(args.broker, args.username, password)
         classifier = SpaceClassifier.load(args.model)
     except (SiteError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
