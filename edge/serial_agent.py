@@ -50,7 +50,7 @@ from edge.publisher import (
 from parking import registers as reg
 from parking.broker import BrokerConfig, backoff_delay
 from parking.payloads import DetectorHealth, HealthReport, NodeHealth, SpaceObservation
-from parking.site import Bus, SiteError, load_site
+from parking.site import Bus, NodeController, SiteError, load_site
 
 log = logging.getLogger(__name__)
 
@@ -105,22 +105,31 @@ class SerialAgent:
 
     # --- polling ----------------------------------------------------------------
 
-    def poll_cycle(self) -> list[SpaceChange]:
-        """Read every node's occupied bits once; raises serial.SerialException if the port fails."""
+    def poll_node(self, node: NodeController) -> list[SpaceChange]:
+        """Read one node's occupied bits; raises serial.SerialException if the port fails."""
+        # a node already known to be down gets one try a cycle, not the retries
+        retries = 0 if self.tracker.node_down(node.address) else None
+        try:
+            bits = self.master.read_discrete_inputs(
+                node.address, reg.OCCUPIED_BITS, node.detectors, retries=retries
+            )
+        except ModbusError as exc:
+            self.readings[node.address].failures += 1
+            log.debug("poll: %s", exc)
+            return self.tracker.poll_failed(node.address, self.clock())
+        return self.tracker.poll_ok(node.address, bits, self.clock())
+
+    def poll_cycle(
+        self, on_changes: Callable[[list[SpaceChange]], None] | None = None
+    ) -> list[SpaceChange]:
+        """Read every node's occupied bits once; ``on_changes`` gets each node's changes at once
+        (so a change is not held back for the rest of the cycle)."""
         changes: list[SpaceChange] = []
         for node in self.bus.nodes:
-            # a node already known to be down gets one try a cycle, not the retries
-            retries = 0 if self.tracker.node_down(node.address) else None
-            try:
-                bits = self.master.read_discrete_inputs(
-                    node.address, reg.OCCUPIED_BITS, node.detectors, retries=retries
-                )
-            except ModbusError as exc:
-                self.readings[node.address].failures += 1
-                log.debug("poll: %s", exc)
-                changes += self.tracker.poll_failed(node.address, self.clock())
-            else:
-                changes += self.tracker.poll_ok(node.address, bits, self.clock())
+            node_changes = self.poll_node(node)
+            if node_changes and on_changes is not None:
+                on_changes(node_changes)
+            changes += node_changes
         self.cycles += 1
         return changes
 
@@ -264,7 +273,6 @@ class SerialAgent:
         """Poll until ``stop`` is set."""
         while not stop.is_set():
             started = self.clock()
-            changes: list[SpaceChange] = []
             if not self.master.is_open:
                 try:
                     self.master.open()
@@ -280,12 +288,10 @@ class SerialAgent:
                     stop.wait(delay)
                     continue
             try:
-                changes += self.poll_cycle()
-                more, round_done = self.health_step()
-                changes += more
+                self.poll_cycle(on_changes=self._publish)
+                changes, round_done = self.health_step()
             except (serial.SerialException, OSError) as exc:
-                changes += self._port_down(exc)
-                round_done = False
+                changes, round_done = self._port_down(exc), False
             self._publish(changes)
             if round_done and self.publisher is not None:
                 self.publisher.publish_health(self.health_report())
