@@ -138,6 +138,7 @@ class CoreLayout:
     """int32[S]: 0..S-1"""
     slot_aisle_kindset: np.ndarray = None  # type: ignore[assignment]
     """intp[S]: aisle * G + kindset in slot order (key of the first-candidate search)"""
+    any_closed: bool = False
     zone_x4: np.ndarray = None  # type: ignore[assignment]
     """intp[S]: zone * 4 (bincount key with the state code)"""
     zone_kindset: np.ndarray = None  # type: ignore[assignment]
@@ -194,6 +195,7 @@ class CoreLayout:
         set_(self, "slot_kindset", kindset[slot_space].astype(np.int32))
         set_(self, "slot_index", np.arange(n_s, dtype=np.int32))
         set_(self, "zone_x4", self.zone.astype(np.intp) * 4)
+        set_(self, "any_closed", bool(self.closed.any()))
         set_(
             self,
             "slot_aisle_kindset",
@@ -612,11 +614,11 @@ class AllocationCore:
         """Rebuild every derived structure from ``state``, ``held_until`` and the congestion."""
         lo = self.layout
         n_c, n_a, n_s = self._n_c, lo.n_aisles, self._n_s
-        eff = np.where(lo.closed, CLOSED, self.state).astype(np.intp)
+        eff = np.where(lo.closed, CLOSED, self.state) if lo.any_closed else self.state
         avail = eff == FREE
         if self._holds:
             avail[list(self._holds)] = False
-        avail_slot = avail[lo.slot_space]
+        avail_slot = np.take(avail, lo.slot_space)
         # a bytearray: the update path reads and writes single flags (cheap in Python);
         # _avail_np is a numpy view of the same bytes
         self._avail_py = bytearray(avail_slot.view(np.uint8).tobytes())
@@ -639,8 +641,10 @@ class AllocationCore:
         # aisle minima, leaves, blocks and the global row are class-major
         # (C, aisles, E): the columns one class moves are contiguous
         n_e, nb, w = self._n_e, self._nb, self._w
-        self._leaf = np.full((n_c, nb * w, n_e), NONE, dtype=np.int32)
-        self._leaf[:, :n_a, :] = lo.slot_rank[first.T]  # (C, A, E)
+        # leaf rows = ranks of the first candidates; padding rows point at the NONE row
+        first_pad = np.full((nb * w, n_c), n_s, dtype=np.int32)
+        first_pad[:n_a] = first
+        self._leaf = np.take(lo.slot_rank, first_pad.T, axis=0)  # (C, rows, E)
         self._first_np = first
         self._first_rows: dict[int, list[int]] = {}  # plain-Python rows, made on first use
         for a in np.flatnonzero(~lo.aisle_uniform).tolist():
@@ -899,10 +903,7 @@ class AllocationCore:
         self._cong_v[a] = v
         self._cong_t[a] = float(now)
         if a not in self._active and self.congestion_m != 0:
-            rows = self._parked_rows()
-            rows[a] = self._leaf[:, a, :].copy()
-            self._set_leaf(a, np.full((self._n_c, self._n_e), NONE, dtype=np.int32))
-            self._park(rows)
+            self._activate(a)
         return s
 
     def expire_holds(self, now: float) -> list[int]:
@@ -930,16 +931,23 @@ class AllocationCore:
         value = self._cong_v[act] * np.exp2(
             -(self.now - self._cong_t[act]) / self.congestion_halflife_s
         )
-        gone = act[value < CONGESTION_FLOOR * (1 - 1e-9)]
+        gone = np.flatnonzero(value < CONGESTION_FLOOR * (1 - 1e-9))
         if not len(gone):
             return
-        rows = self._parked_rows()
-        for a in gone.tolist():
-            self._set_leaf(a, rows.pop(a))
-        self._park(rows)
+        for i in gone.tolist():
+            self._set_leaf(int(act[i]), self._parked[i].copy())
+        self._active_arr = np.delete(act, gone)
+        self._parked = np.delete(self._parked, gone, axis=0)
+        self._active = dict(
+            zip(self._active_arr.tolist(), range(len(self._active_arr)), strict=True)
+        )
 
-    def _parked_rows(self) -> dict[int, np.ndarray]:
-        return {a: self._parked[i].copy() for a, i in self._active.items()}
+    def _activate(self, a: int) -> None:
+        """Aisle a became congested: park its minima, take it out of the two-level min."""
+        self._active[a] = len(self._active_arr)
+        self._active_arr = np.append(self._active_arr, a)
+        self._parked = np.concatenate([self._parked, self._leaf[None, :, a, :]])
+        self._set_leaf(a, np.full((self._n_c, self._n_e), NONE, dtype=np.int32))
 
     def _park(self, rows: dict[int, np.ndarray]) -> None:
         """Make ``rows`` (aisle -> (C, E) minima) the congested aisles."""
