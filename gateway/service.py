@@ -417,22 +417,28 @@ def republish_stored_signs(db: str, broker: BrokerConfig, timeout_s: float = 2.0
     return len(rows)
 
 
-def _serve_http(service: GatewayService, address: str) -> threading.Thread:
-    """Run the API app in-process in a uvicorn thread (the MQTT loop never waits on it)."""
+def _serve_http(service: GatewayService, address: str, db: str) -> threading.Thread | None:
+    """Run the API app in-process in a uvicorn thread (the MQTT loop never waits on it).
+
+    Returns None when the server could not start (e.g. the port is taken).
+    """
     import uvicorn
 
     from api.app import create_app
     from api.settings import ApiSettings
 
     host, _, port = address.rpartition(":")
-    app = create_app(service.gateway, ApiSettings())
+    app = create_app(service.gateway, ApiSettings(), db_path=db)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning")
     )
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     thread.start()
-    return thread
+    deadline = time.monotonic() + 15
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return thread if server.started else None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -495,8 +501,13 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, service.request_stop)
     service.start()
     if args.http:
-        _serve_http(service, args.http)
-        log.info("API on http://%s", args.http)
+        if _serve_http(service, args.http, args.db) is None:
+            print(
+                f"--http {args.http}: the API server did not start (see the log)", file=sys.stderr
+            )
+            service.stop()
+            return 1
+        log.info("API and dashboard on http://%s", args.http)
     log.info(
         "gateway for site %s running; broker %s, journal %s", service.site.id, broker.url, args.db
     )

@@ -62,8 +62,12 @@ def test_kill9_restart_resumes_state_and_signs(mosquitto, tmp_path, subprocess_e
         before_signs = {d.id: watch.latest(display_topic(d.id))["lines"] for d in site.displays}
         before_zones = {z.id: watch.latest(zone_topic(z.id)) for z in site.zones}
 
+        mark = watch.mark()
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(10)
+        # its last will tells everyone the gateway is gone
+        availability = topics.gateway_availability(SITE_ID)
+        watch.wait_for(availability, lambda p: p == "offline", after=mark)
         mark = watch.mark()
         restarted_wall = time.time()
         t0 = time.monotonic()
@@ -78,6 +82,7 @@ def test_kill9_restart_resumes_state_and_signs(mosquitto, tmp_path, subprocess_e
             )
             fresh[d.id] = msg
         took = max(m.at for m in fresh.values()) - t0
+        watch.wait_for(availability, lambda p: p == "online", after=mark, timeout=30)
         assert {d: m.json()["lines"] for d, m in fresh.items()} == before_signs
         for z in site.zones:
             after = watch.wait_for(

@@ -1,0 +1,69 @@
+"""The gateway with ``--influx-url``: every journaled change reaches InfluxDB (victoria-metrics)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import influx_support
+import pytest
+from gateway_support import Collector, Edge, running_gateway, site_variant, zone_topic
+
+from gateway.outbox import event_time_ns
+
+pytestmark = pytest.mark.timeout(90)
+victoria = influx_support.victoria
+
+
+def test_journaled_changes_are_written_to_influxdb(mosquitto, victoria, tmp_path):
+    site_path = site_variant(tmp_path)
+    db = tmp_path / "journal.db"
+    influx = {"url": victoria.url, "org": "parkguide", "bucket": "parkguide", "token": "t0k3n"}
+    watch = Collector(mosquitto.port)
+    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    try:
+        with running_gateway(site_path, mosquitto.url, db, influx=influx) as gw:
+            # one at a time: VictoriaMetrics keeps milliseconds, two changes of a space in the
+            # same millisecond would share a timestamp there (InfluxDB keeps nanoseconds)
+            edge.send({s: "free" for s in gw.site.spaces_of_source("bus-g")}, kind="snapshot")
+            watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+            edge.send({"A-003": "occupied", "A-004": "occupied"})
+            watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 2)
+            edge.send({"A-003": "free"})
+            watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 1 and z["free"] == 79)
+            deadline = time.monotonic() + 20
+            series: dict[str, list[tuple[int, int]]] = {}
+            while time.monotonic() < deadline:
+                series = {
+                    item["metric"]["space"]: list(
+                        zip(item["timestamps"], [int(v) for v in item["values"]], strict=True)
+                    )
+                    for item in victoria.export('space_state_occupied{site="xinyuan"}')
+                }
+                if len(series.get("A-003", [])) == 3:
+                    break
+                time.sleep(0.3)
+            stats = gw.writer.stats()
+    finally:
+        watch.stop()
+        edge.stop()
+    with sqlite3.connect(db) as conn:
+        events = conn.execute("SELECT ts, space, new FROM events ORDER BY id").fetchall()
+    expected: dict[str, list[tuple[int, int]]] = {}
+    for ts, space, new in events:
+        ms = event_time_ns(ts) // 1_000_000  # VictoriaMetrics keeps milliseconds
+        expected.setdefault(space, []).append((ms, int(new == "occupied")))
+    # every journaled change, with the event's own time (to the millisecond) and value
+    assert (
+        series["A-003"]
+        == expected["A-003"]
+        == [
+            (expected["A-003"][0][0], 0),
+            (expected["A-003"][1][0], 1),
+            (expected["A-003"][2][0], 0),
+        ]
+    )
+    assert series == expected
+    assert stats["written"] >= len(events)
+    zone_a = victoria.export('zone_occupancy_occupied{site="xinyuan",zone="A"}')
+    assert zone_a and 1 in [int(v) for v in zone_a[0]["values"]]
