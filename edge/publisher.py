@@ -288,16 +288,19 @@ class ReportPublisher:
                     )
                 self._spool.close()
                 self._spool = None
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        if self._wake_r >= 0:  # close once: a reused descriptor number is someone else's file
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
 
     # --- network thread ---------------------------------------------------------
 
     def _wake(self) -> None:
         # a full pipe means the thread is awake anyway; a closed one, that it has stopped
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
 
     def _new_client(self) -> mqtt.Client:
         client = mqtt.Client(

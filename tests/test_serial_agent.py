@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import sqlite3
 import subprocess
 import threading
 import time
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +20,9 @@ from conftest import EXAMPLE_SITE, parkguide_cmd
 from edge_support import Recorder, assert_in_order, dedupe_reports, persistent_broker
 
 from edge.debounce import DebounceSettings
-from edge.modbus_master import ModbusMaster
+from edge.modbus_master import ModbusMaster, ModbusTimeout
 from edge.serial_agent import SerialAgent
+from parking import modbus_rtu as rtu
 from parking import topics
 from parking.site import load_site
 
@@ -401,3 +404,88 @@ def test_bad_command_line_is_refused_with_exit_2(
     assert message in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "spool").exists() or not os.listdir(tmp_path / "spool")
+
+
+class ScriptedLine:
+    """The far end of a real pty, answering each request with the next scripted bytes.
+
+    For the byte-level cases the simulator does not produce on demand (another
+    slave's frame, a frame cut short); the master under test reads a real tty.
+    """
+
+    def __init__(self, answers: list[bytes]):
+        self.answers = list(answers)
+        self.requests: list[bytes] = []
+        self.fd, slave = os.openpty()
+        self.path = os.ttyname(slave)
+        tty.setraw(slave)
+        self._slave = slave
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        buf = b""
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                buf += os.read(self.fd, 256)
+            except OSError:
+                return
+            while len(buf) >= 8:
+                self.requests.append(buf[:8])
+                buf = buf[8:]
+                if self.answers:
+                    os.write(self.fd, self.answers.pop(0))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        os.close(self.fd)
+        os.close(self._slave)
+
+
+GOOD = rtu.encode_bits_response(1, rtu.READ_DISCRETE_INPUTS, [True, False, True] + [False] * 5)
+
+
+def damaged(frame: bytes) -> bytes:
+    return frame[:-1] + bytes([frame[-1] ^ 0x40])
+
+
+@pytest.mark.parametrize(
+    ("answers", "counter"),
+    [
+        ([b"\xff\x00\x13" + GOOD], "garbage_bytes"),
+        ([rtu.encode_bits_response(2, rtu.READ_DISCRETE_INPUTS, [True] * 8) + GOOD], "garbage_bytes"),
+        ([damaged(GOOD), GOOD], "crc_errors"),
+        ([GOOD[:4], GOOD], "truncated"),
+        ([b"", GOOD], "timeouts"),
+    ],
+    ids=["garbage-in-front", "wrong-slave-first", "bad-crc-then-retry", "truncated-then-retry", "silence-then-retry"],
+)  # fmt: skip
+def test_master_drops_bad_frames_and_counts_them(
+    answers: list[bytes], counter: str, processes
+) -> None:
+    line = ScriptedLine(answers)
+    processes.append(line)
+    master = ModbusMaster(line.path, 115200, "N", retries=2, turnaround_s=0.05)
+    master.open()
+    processes.append(master)
+    bits = master.read_discrete_inputs(1, 0, 8)
+    assert bits == [True, False, True, False, False, False, False, False]
+    assert getattr(master.counters, counter) > 0
+    assert master.counters.answers == 1
+    assert len(line.requests) == len(answers)
+
+
+def test_master_gives_up_after_retries_on_noise_only(processes) -> None:
+    line = ScriptedLine([damaged(GOOD)] * 3)
+    processes.append(line)
+    master = ModbusMaster(line.path, 115200, "N", retries=2, turnaround_s=0.05)
+    master.open()
+    processes.append(master)
+    with pytest.raises(ModbusTimeout):
+        master.read_discrete_inputs(1, 0, 8)
+    assert master.counters.crc_errors == 3 and master.counters.retries == 2
