@@ -416,9 +416,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _add_demo_user(db: Path, password: str) -> None:
-    from api.users import add_user
+    from api.auth import UserStore
 
-    add_user(str(db), "demo-manager", "manager", password)
+    UserStore(str(db)).add("demo-manager", "manager", password, replace=True)
 
 
 def _route_driver_events(drivers, sims: dict, site, stop: threading.Event) -> None:
