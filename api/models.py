@@ -53,6 +53,8 @@ class LoginOut(UserOut):
 
 class SessionOut(BaseModel):
     user: UserOut | None
+    site: str
+    site_name: LocalName
     public_read: bool = Field(description="zone counts and signs readable without login")
 
 

@@ -96,4 +96,10 @@ def logout(response: Response) -> None:
 @router.get("/me")
 def me(user: OptionalUser, ctx: Ctx) -> SessionOut:
     """Who is logged in (null when nobody), and whether counts and signs are public."""
-    return SessionOut(user=user_out(user) if user else None, public_read=ctx.settings.public_read)
+    site = ctx.view.site
+    return SessionOut(
+        user=user_out(user) if user else None,
+        site=site.id,
+        site_name=site.name,
+        public_read=ctx.settings.public_read,
+    )

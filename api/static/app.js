@@ -76,7 +76,7 @@ function applyLang() {
   $("#lang").textContent = S.lang === "zh" ? "English" : "中文";
   for (const e of document.querySelectorAll("[data-i18n]")) e.textContent = t(e.dataset.i18n);
   for (const e of document.querySelectorAll("[data-i18n-placeholder]")) e.placeholder = t(e.dataset.i18nPlaceholder);
-  if (S.site) $("#site-name").textContent = L(S.site.name);
+  if (S.siteName) $("#site-name").textContent = L(S.siteName);
   renderZones(); renderSigns(); renderLevelTitles(); renderLive(S.es && S.es.readyState === 1);
   if (S.me) { loadAlerts(); loadAgents(); loadHistory(); loadEvents(true); }
 }
@@ -86,6 +86,7 @@ async function loadSession() {
   const r = await api("/api/v1/auth/me");
   S.me = r.ok ? r.body.user : null;
   S.publicRead = r.ok ? r.body.public_read : true;
+  if (r.ok) { S.siteName = r.body.site_name; $("#site-name").textContent = L(S.siteName); }
   $("#login-box").hidden = !!S.me;
   $("#who").hidden = !S.me;
   if (S.me) $("#who-name").textContent = `${S.me.name} (${S.me.role})`;
@@ -112,6 +113,7 @@ async function logout() {
   await api("/api/v1/auth/logout", { method: "POST" });
   S.site = null; S.selected = null;
   $("#map").replaceChildren();
+  delete $("#map").dataset.loaded;
   $("#space-panel").hidden = true;
   await start();
 }
@@ -129,7 +131,9 @@ function renderZones() {
       el("span", { class: s, style: `width:${(100 * z[s]) / Math.max(z.total, 1)}%`, title: `${t(s)} ${z[s]}` })));
     return el("div", { class: "zone", "data-zone": z.zone },
       el("div", { class: "name", text: L(z.name) }),
-      el("div", { class: "free" + (z.free === 0 ? " none" : ""), "data-free": z.free, text: String(z.free) }),
+      // like the signs: when too much of the zone is unknown, "--" rather than a count that lies
+      el("div", { class: "free" + (z.unknown * 2 >= z.total ? " unknown" : z.free === 0 ? " none" : ""),
+        "data-free": z.free, text: z.unknown * 2 >= z.total ? "--" : String(z.free) }),
       el("div", { class: "sub", text: `${t("free")} · ${t("of")} ${z.total} · ${t("occupied")} ${z.occupied}` +
         (z.unknown ? ` · ${t("unknown")} ${z.unknown}` : "") + (z.closed ? ` · ${t("closed")} ${z.closed}` : "") }),
       bar);
@@ -184,6 +188,7 @@ async function loadMap() {
   if (!r.ok) return;
   for (const s of r.body) { S.spaces.set(s.space, s); paintSpace(s.space); }
   if (S.selected) showSpace(S.selected);
+  $("#map").dataset.loaded = "true"; // states are on the map (the geometry alone is all unknown)
 }
 
 function drawMap() {
@@ -374,7 +379,7 @@ function eventQuery() {
 async function loadEvents(fresh) {
   const q = eventQuery();
   $("#csv").href = `/api/v1/events.csv?${q}`;
-  q.set("limit", "50");
+  q.set("limit", "25");
   if (!fresh && S.eventsBefore) q.set("before", String(S.eventsBefore));
   const r = await api(`/api/v1/events?${q}`);
   const msg = $("#events-msg");

@@ -1,0 +1,217 @@
+# ruff: noqa: F811  (pytest fixtures imported from e2e_support are parameters here)
+"""The dashboard in a real browser (Debian's chromium, headless, via Playwright).
+
+mosquitto -> ``parkguide gateway`` (journal) -> ``parkguide api`` (its own process: retained
+topics + the journal) -> the page. The test plays the edge agent: it publishes real
+``OccupancyReport`` payloads over MQTT, as ``parkguide edge serial`` does. (The full chain with
+``parkguide sim bus`` and ``parkguide edge serial`` does not hold states yet: see the report on
+issue 5 -- the agent's periodic snapshots are refused as older than known.) A space changed by a
+report turns its colour on the map within 2 s; a manager action is refused without the
+manager's login and works with it. Screenshots go to artifacts/.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from conftest import REPO, free_port, wait_port
+from e2e_support import EXAMPLE_SITE, Processes, processes  # noqa: F401
+from playwright.sync_api import Page, sync_playwright
+
+from parking import topics
+from parking.payloads import OccupancyReport, SpaceObservation
+from parking.site import load_site
+
+pytestmark = pytest.mark.timeout(150)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO / "artifacts"
+PASSWORD = "dashboard test password"  # test users only
+SECRET = "browser-test-session-secret-0123456789abcdef"
+SPACES = 342  # the example site
+DEADLINE_MS = 2000  # issue 5: a detector change shows on the map within 2 s
+
+
+def state_of(page: Page, space: str) -> str:
+    return page.get_attribute(f'[data-space="{space}"]', "data-state")
+
+
+def wait_state(page: Page, space: str, state: str, timeout_ms: float) -> None:
+    page.wait_for_function(
+        '([s, st]) => document.querySelector(`[data-space="${s}"]`)?.dataset.state === st',
+        arg=[space, state],
+        timeout=timeout_ms,
+    )
+
+
+def login(page: Page, name: str) -> None:
+    page.fill("#login input[name=name]", name)
+    page.fill("#login input[name=password]", PASSWORD)
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#who:not([hidden])")
+    page.wait_for_selector('#map[data-loaded="true"]')
+    assert page.locator("[data-space]").count() == SPACES
+
+
+def logout(page: Page) -> None:
+    page.click("#logout")
+    page.wait_for_selector("#login-box:not([hidden])")
+
+
+class EdgeAgent:
+    """Publishes occupancy reports for one bus over MQTT, the way an edge agent does."""
+
+    def __init__(self, broker_port: int, site, source: str):
+        self.site, self.source = site, source
+        self.agent = f"serial-{source}"
+        self.boot = uuid.uuid4().hex[:12]
+        self.seq = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{self.boot}")
+        self.client.connect("127.0.0.1", broker_port)
+        self.client.loop_start()
+
+    def send(self, kind: str, states: dict[str, str]) -> None:
+        now = time.time()
+        report = OccupancyReport(
+            agent=self.agent, source=self.source, boot=self.boot, seq=self.seq, ts=now, kind=kind,
+            spaces=[SpaceObservation(space=s, state=st, since=now) for s, st in states.items()],
+        )  # fmt: skip
+        self.seq += 1
+        topic = topics.edge_occupancy(self.site.id, self.agent)
+        self.client.publish(topic, report.model_dump_json(), qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def start_services(processes: Processes, tmp: Path, broker: str) -> str:
+    site = ("--site", str(EXAMPLE_SITE))
+    db = tmp / "journal.sqlite"
+    for name, role in (("boss", "manager"), ("guard", "viewer")):
+        p = processes.start("user-add", "user", "add", name, "--role", role, "--db", str(db),
+                            stdin=True)  # fmt: skip
+        p.send(PASSWORD)
+        assert p.wait_exit(60) == 0, p.log_tail()
+    processes.start("gateway", "gateway", *site, "--broker", broker, "--db", str(db))
+    port = free_port()
+    processes.start(
+        "api", "api", *site, "--broker", broker, "--db", str(db), "--http", f"127.0.0.1:{port}",
+        env={"PARKGUIDE_SESSION_SECRET": SECRET},
+    )  # fmt: skip
+    wait_port(port, timeout=60)
+    return f"http://127.0.0.1:{port}"
+
+
+def wait_zone_known(url: str, zone: str, timeout: float = 60) -> None:
+    """Until the bus's spaces are read through the whole chain (nothing unknown in the zone)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = {z["zone"]: z for z in httpx.get(f"{url}/api/v1/zones").json()}[zone]
+        if last["unknown"] == 0 and last["ts"] is not None:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"zone {zone} never fully known: {last}")
+
+
+def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    url = start_services(processes, tmp_path, mosquitto.url)
+    site = load_site(EXAMPLE_SITE)
+    edge = EdgeAgent(mosquitto.port, site, "bus-g")
+    bus_spaces = site.spaces_of_source("bus-g")
+    edge.send(
+        "snapshot", {s: "occupied" if i % 3 == 0 else "free" for i, s in enumerate(bus_spaces)}
+    )
+    wait_zone_known(url, "A")
+    wait_zone_known(url, "B")
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-GB")
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            # anonymous: the public part only; changing anything is refused
+            page.goto(url)
+            page.wait_for_selector("#live.on")
+            assert page.locator(".zone").count() == 6
+            page.wait_for_selector(".sign .line .count")
+            assert page.locator(".sign").count() == 7
+            assert page.locator("[data-space]").count() == 0
+            refused = page.evaluate(
+                "fetch('/api/v1/spaces/A-010/close', {method: 'POST'}).then(r => r.status)"
+            )
+            assert refused == 401
+            page.screenshot(path=str(ARTIFACTS / "dashboard-anonymous.png"), full_page=True)
+
+            # a viewer sees the map with every space, but may not close one
+            login(page, "guard")
+            page.click('[data-space="A-010"]')
+            page.click("#sp-close")
+            page.wait_for_function("document.querySelector('#sp-msg').textContent.length > 0")
+            assert "manager" in page.text_content("#sp-msg")
+            assert state_of(page, "A-010") != "closed"
+            logout(page)
+
+            # the manager
+            login(page, "boss")
+            free = page.evaluate(
+                '[...document.querySelectorAll(\'[data-space^="A-"][data-state="free"]\')]'
+                ".map(e => e.dataset.space)"
+            )
+            assert len(free) >= 2, "no free space left in zone A"
+            space = free[0]
+            t0 = time.monotonic()
+            edge.send("delta", {space: "occupied"})
+            wait_state(page, space, "occupied", DEADLINE_MS)
+            took = time.monotonic() - t0
+            assert took <= DEADLINE_MS / 1000, took
+
+            target = free[1]
+            page.click(f'[data-space="{target}"]')
+            page.fill("#sp-reason", "resurfacing")
+            page.click("#sp-close")
+            wait_state(page, target, "closed", 5000)
+            assert "closed" in page.text_content("#sp-msg")
+            events = httpx.get(
+                f"{url}/api/v1/events",
+                params={"space": target, "limit": 1},
+                cookies={c["name"]: c["value"] for c in page.context.cookies()},
+            ).json()
+            assert events["items"][0]["new"] == "closed"
+            assert events["items"][0]["agent"] == "boss"
+            page.wait_for_selector("#events tbody tr")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-desktop.png"), full_page=True)
+
+            # the phone: every space still on the map, nothing wider than the screen
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.reload()
+            page.wait_for_selector('#map[data-loaded="true"]')
+            assert page.locator("[data-space]").count() == SPACES
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            page.click("#lang")
+            assert page.text_content("section h2[data-i18n=zones]") == "区域"
+            page.screenshot(path=str(ARTIFACTS / "dashboard-phone-zh.png"), full_page=True)
+            page.click('[data-space="' + target + '"]')
+            page.click("#sp-open")
+            wait_state(page, target, "free", 5000)
+            assert not errors, errors
+        finally:
+            browser.close()
+            edge.close()
