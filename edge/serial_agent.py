@@ -116,7 +116,18 @@ class SerialAgent:
         except ModbusError as exc:
             self.readings[node.address].failures += 1
             log.debug("poll: %s", exc)
-            return self.tracker.poll_failed(node.address, self.clock())
+            changes = self.tracker.poll_failed(node.address, self.clock())
+            if retries == 0 or not self.tracker.node_down(node.address):
+                return changes
+            log.warning(
+                "bus %s: node %d stopped answering (%s); its spaces are unknown",
+                self.bus.id,
+                node.address,
+                exc,
+            )
+            return changes
+        if retries == 0:
+            log.info("bus %s: node %d answers again", self.bus.id, node.address)
         return self.tracker.poll_ok(node.address, bits, self.clock())
 
     def poll_cycle(
@@ -169,6 +180,19 @@ class SerialAgent:
         except ModbusError as exc:
             log.debug("health: %s", exc)
             return [], False
+        if kind == "status":
+            before = self.readings[address].status or [reg.DetectorStatus.OK] * len(values)
+            for i, (old, new) in enumerate(zip(before, values, strict=False)):
+                if old != new:
+                    log.info(
+                        "bus %s: node %d detector %d (%s): status %s -> %s",
+                        self.bus.id,
+                        address,
+                        i,
+                        node.spaces[i] if i < len(node.spaces) else None,
+                        _status_label(old),
+                        _status_label(new),
+                    )
         setattr(self.readings[address], kind, values)
         if kind == "status":
             return self.tracker.detector_status(address, values, self.clock()), False
@@ -367,6 +391,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="lower bound of a poll cycle; 0 polls as fast as the line allows (default)",
     )
+
+
+def _status_label(code: int) -> str:
+    try:
+        return reg.DetectorStatus(code).label
+    except ValueError:
+        return f"code {code}"
 
 
 class UsageError(ValueError):
