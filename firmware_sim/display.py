@@ -237,7 +237,7 @@ def main(args: argparse.Namespace) -> int:
                 board.changed.clear()
             print("\n\n".join(plain(v) for v in board.views(time.time())))
             return 0
-        if args.plain:
+        if args.plain or not sys.stdout.isatty():  # a pipe or a log file gets plain text
             shown: dict[str, SignView] = {}
             while True:
                 board.changed.wait(0.5)

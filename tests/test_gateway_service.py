@@ -339,3 +339,33 @@ def test_manager_closes_and_opens_a_space(gw, watch, edge_g, tmp_path):
     ]
     with pytest.raises(ValueError):
         gw.gateway.control_space("Z-999", "close", "wang", None)
+
+
+def test_reconnects_after_a_broker_restart_and_republishes(gw, mosquitto, tmp_path):
+    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    watch = Collector(mosquitto.port)
+    try:
+        edge.send(all_free(gw.site, "bus-g"), kind="snapshot")
+        watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+    finally:
+        watch.stop()
+        edge.stop()
+    mosquitto.stop()  # no persistence: every retained message is gone
+    time.sleep(1.0)
+    mosquitto.start()
+    watch = Collector(mosquitto.port)
+    edge = Edge(mosquitto.port, "agent-g", "bus-g", boot="boot-2")
+    try:
+        watch.wait_for(topics.gateway_availability(SITE_ID), lambda p: p == "online", timeout=40)
+        # the signs and zones are back (retained), from the state kept across the outage
+        watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80, timeout=10)
+        watch.wait_for(display_topic("gate-north"), lambda c: line_counts(c)[0] == 78)
+        # and reports flow again
+        deadline = time.monotonic() + 20
+        while not gw.connected.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        edge.send({"A-020": "occupied"})
+        watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 1)
+    finally:
+        watch.stop()
+        edge.stop()
