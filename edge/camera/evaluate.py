@@ -100,9 +100,7 @@ def _patch_files(root: Path) -> list[tuple[Path, bool]]:
     return files
 
 
-def evaluate_patches(
-    root: Path, clf: SpaceClassifier, batch: int = 256
-) -> dict[str, float | int]:
+def evaluate_patches(root: Path, clf: SpaceClassifier, batch: int = 256) -> dict[str, float | int]:
     """Classify every patch under ``root/busy`` and ``root/free``."""
     files = _patch_files(root)
     preds, truths = [], []
@@ -146,10 +144,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: cannot load model: {exc}", file=sys.stderr)
         return 2
     try:
-        if args.patches:
-            res = evaluate_patches(root, clf)
-        else:
-            res = evaluate_frames(root, clf)
+        res = evaluate_patches(root, clf) if args.patches else evaluate_frames(root, clf)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

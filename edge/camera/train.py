@@ -99,7 +99,7 @@ def _geometric(canvas: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
         img = img[:, ::-1]
     c = (big - 1) / 2.0
     ang = math.radians(rng.uniform(-12, 12))
-    sx = rng.uniform(0.82, 1.18)
+    sx = math.exp(rng.uniform(-0.2, 0.45))  # zoom out a little / in up to ~1.6x
     sy = sx * math.exp(rng.uniform(-0.25, 0.25))
     tx, ty = rng.uniform(-0.07, 0.07, 2) * big
     ca, sa = math.cos(ang), math.sin(ang)
@@ -135,10 +135,10 @@ def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         f = rng.uniform(0.35, 0.8) if rng.random() < 0.8 else rng.uniform(1.2, 1.6)
         x *= 1.0 + (f - 1.0) * mask[..., None]
     if rng.random() < 0.8:  # per-channel gain (white balance / colour cast)
-        x *= rng.uniform(0.8, 1.2, 3).astype(np.float32)
+        x *= rng.uniform(0.85, 1.15, 3).astype(np.float32)
     if rng.random() < 0.5:  # saturation
         g = x.mean(axis=2, keepdims=True)
-        x = g + (x - g) * rng.uniform(0.2, 1.6)
+        x = g + (x - g) * rng.uniform(0.3, 1.4)
     if rng.random() < 0.1:
         x = np.repeat(x.mean(axis=2, keepdims=True), 3, axis=2)
     x = x * rng.uniform(0.4, 1.6) + rng.uniform(-0.15, 0.15)  # contrast, brightness
@@ -158,9 +158,38 @@ def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def augment(canvas: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One random training patch ``(size, size, 3)`` uint8 from a canvas."""
-    return _photometric(_geometric(canvas, size, rng), rng)
+def _occlude(img: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Paste a soft-edged blob cut from another sample (foliage, poles, people...)."""
+    h, w = img.shape[:2]
+    mask = np.zeros((h, w), np.float32)
+    cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+    if rng.random() < 0.5:  # enter from a border, like a tree or a neighbour
+        if rng.random() < 0.5:
+            cx = rng.choice([0.0, float(w)])
+        else:
+            cy = rng.choice([0.0, float(h)])
+    axes = (int(rng.uniform(0.15, 0.4) * w), int(rng.uniform(0.15, 0.4) * h))
+    cv2.ellipse(mask, (int(cx), int(cy)), axes, rng.uniform(0, 180), 0, 360, 1.0, -1)
+    mask = cv2.GaussianBlur(mask, (0, 0), 1.0)[..., None]
+    out = img.astype(np.float32) * (1 - mask) + other.astype(np.float32) * mask
+    return out.astype(np.uint8)
+
+
+def augment(
+    canvas: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    occluder: np.ndarray | None = None,
+) -> np.ndarray:
+    """One random training patch ``(size, size, 3)`` uint8 from a canvas.
+
+    ``occluder`` (another sample's canvas) is sometimes pasted as a partial
+    occlusion; it never covers the patch centre fully, so labels stay valid.
+    """
+    patch = _geometric(canvas, size, rng)
+    if occluder is not None and rng.random() < 0.3:
+        patch = _occlude(patch, _geometric(occluder, size, rng), rng)
+    return _photometric(patch, rng)
 
 
 # ----------------------------------------------------------------------------- model
@@ -211,10 +240,10 @@ def train(
     pklot_share: float,
 ):  # noqa: ANN201
     """Train and return the torch model (eval mode)."""
-    from edge.camera.classifier import standardise
-
     import torch
     import torch.nn.functional as F
+
+    from edge.camera.classifier import standardise
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -223,12 +252,19 @@ def train(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     weights = _sampling_weights(samples, pklot_share)
     labels = np.array([s.label for s in samples])
+    free_idx = np.flatnonzero(labels == 0)  # occluders come from free patches only
     model.train()
     t0 = time.time()
     run_loss, run_acc = 0.0, 0.0
     for step in range(1, steps + 1):
         idx = rng.choice(len(samples), size=batch, p=weights)
-        patches = np.stack([augment(samples[i].canvas, size, rng) for i in idx])
+        others = rng.choice(free_idx, size=batch)
+        patches = np.stack(
+            [
+                augment(samples[i].canvas, size, rng, samples[j].canvas)
+                for i, j in zip(idx, others, strict=True)
+            ]
+        )
         x = torch.from_numpy(standardise(patches))
         y = torch.from_numpy(labels[idx]).long()
         logits = model(x)
@@ -355,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.pklot is None and args.cnrpark is None:
         ap.error("give --pklot and/or --cnrpark")
+    if args.report is not None and args.report.resolve() == args.out.with_suffix(".json").resolve():
+        ap.error("--report must differ from the model metadata file (OUT with .json)")
 
     import torch
 

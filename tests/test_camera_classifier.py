@@ -1,0 +1,247 @@
+"""Tests of the per-space camera occupancy classifier (edge.camera)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.camera import crops, evaluate
+from edge.camera.classifier import DEFAULT_MODEL, SpaceClassifier
+from edge.camera.pklot import labelled_spaces, parse_pklot_xml
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+UFPR05 = DATA / "pklot-ufpr05"
+CNRPARK = DATA / "cnrpark-patches-train"
+MODEL_DIR = DEFAULT_MODEL.parent
+HOLDOUT_MODEL = MODEL_DIR / "occupancy_holdout.onnx"
+HOLDOUT_CNR_FLOOR = 0.77  # measured 0.791 (full day), 0.799 (this subsample)
+
+needs_data = pytest.mark.skipif(
+    not (UFPR05.is_dir() and CNRPARK.is_dir()),
+    reason=f"shared real data not found at {DATA} (../shared/data beside the repo)",
+)
+
+XML = """<?xml version="1.0"?>
+<parking id="test">
+  <space id="1" occupied="1">
+    <rotatedRect><center x="50" y="50"/><size w="20" h="40"/><angle d="0"/></rotatedRect>
+    <contour><Point x="40" y="30"/><Point x="60" y="30"/>
+             <Point x="60" y="70"/><Point x="40" y="70"/></contour>
+  </space>
+  <Space id="2" occupied="0">
+    <Contour><point x="100" y="30"/><point x="120" y="30"/>
+             <point x="120" y="70"/><point x="100" y="70"/></Contour>
+  </Space>
+  <space id="3">
+    <contour><point x="200" y="30"/><point x="220" y="30"/>
+             <point x="220" y="70"/><point x="200" y="70"/></contour>
+  </space>
+</parking>
+"""
+
+
+# ----------------------------------------------------------------------------- XML
+
+
+def test_parse_case_insensitive_tags() -> None:
+    spaces = parse_pklot_xml(XML)
+    assert [s.id for s in spaces] == ["1", "2", "3"]
+    assert spaces[0].occupied is True and spaces[1].occupied is False
+    assert spaces[2].occupied is None
+    np.testing.assert_array_equal(spaces[0].contour, [[40, 30], [60, 30], [60, 70], [40, 70]])
+    assert spaces[1].contour.shape == (4, 2) and spaces[1].contour.dtype == np.int32
+
+
+def test_unlabelled_spaces_skipped() -> None:
+    spaces = labelled_spaces(XML)
+    assert [s.id for s in spaces] == ["1", "2"]
+
+
+def test_contour_not_confused_with_rotated_rect() -> None:
+    # the rotatedRect's <center> is not a point; only contour points are used
+    assert len(parse_pklot_xml(XML)[0].contour) == 4
+
+
+# ----------------------------------------------------------------------------- crops
+
+
+def _two_tone_space(angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Grey frame with a rotated 60x140 space: red half at the top, blue half at the bottom."""
+    frame = np.full((360, 640, 3), 128, np.uint8)
+    rect = ((320, 180), (60, 140), angle)
+    box = cv2.boxPoints(rect)
+    centre, down, right, long_n, short_n = crops.rect_axes(box)
+    assert long_n == pytest.approx(140, abs=1) and short_n == pytest.approx(60, abs=1)
+    top = np.array([centre - right * 30 - down * 70, centre + right * 30 - down * 70,
+                    centre + right * 30, centre - right * 30])  # fmt: skip
+    bottom = top + down * 70
+    cv2.fillPoly(frame, [np.round(top).astype(np.int32)], (0, 0, 255))
+    cv2.fillPoly(frame, [np.round(bottom).astype(np.int32)], (255, 0, 0))
+    return frame, box.astype(np.int32)
+
+
+@pytest.mark.parametrize("angle", [0.0, 25.0, -40.0, 90.0, 70.0])
+def test_crop_is_upright_long_axis_vertical(angle: float) -> None:
+    frame, poly = _two_tone_space(angle)
+    patch = crops.crop_polygons(frame, [poly], size=32, margin=0.1)[0]
+    assert patch.shape == (32, 32, 3) and patch.dtype == np.uint8
+    top, bottom = patch[6:12, 8:24].reshape(-1, 3), patch[20:26, 8:24].reshape(-1, 3)
+    assert top[:, 2].mean() > 200 and top[:, 0].mean() < 50  # red on top
+    assert bottom[:, 0].mean() > 200 and bottom[:, 2].mean() < 50  # blue at the bottom
+    # the context margin shows the grey background at the patch border
+    assert np.abs(patch[0, 16].astype(int) - 128).max() < 40
+    assert np.abs(patch[16, 0].astype(int) - 128).max() < 40
+
+
+def test_precomputed_plan_matches_one_shot_and_many_polygons() -> None:
+    frame, poly = _two_tone_space(10.0)
+    polys = [poly, poly + [100, 0], poly - [100, 0]]
+    plan = crops.precompute(polys, size=40)
+    a = crops.extract(frame, plan)
+    b = crops.crop_polygons(frame, polys, size=40)
+    assert a.shape == (3, 40, 40, 3)
+    np.testing.assert_array_equal(a, b)
+    assert len(crops.extract(frame, crops.precompute([], size=40))) == 0
+
+
+def test_polygon_partly_outside_frame() -> None:
+    frame = np.full((100, 100, 3), 90, np.uint8)
+    poly = np.array([[80, 80], [130, 80], [130, 140], [80, 140]])
+    patch = crops.crop_polygons(frame, [poly], size=32)[0]
+    assert patch.shape == (32, 32, 3)
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+def test_classifier_outputs_on_synthetic_frame() -> None:
+    clf = SpaceClassifier.load()
+    frame, poly = _two_tone_space(30.0)
+    polys = [poly, poly + [150, 0]]
+    occ, conf = clf.classify(frame, polys)
+    assert occ.shape == (2,) and occ.dtype == bool
+    assert conf.shape == (2,) and np.all((conf >= 0.0) & (conf <= 1.0))
+    occ2, conf2 = clf.classify(frame, clf.plan(polys))
+    np.testing.assert_array_equal(occ, occ2)
+    np.testing.assert_allclose(conf, conf2)
+    occ3, conf3 = clf.classify_patches([np.zeros((150, 120, 3), np.uint8), frame[:, :, 0]])
+    assert occ3.shape == (2,) and np.all((conf3 >= 0) & (conf3 <= 1))
+    assert clf.classify_patches([])[0].shape == (0,)
+
+
+def test_model_files_small() -> None:
+    for p in MODEL_DIR.glob("*.onnx"):
+        assert p.stat().st_size < 5 * 1024 * 1024, p
+
+
+# ----------------------------------------------------------------------------- evaluate CLI
+
+
+def _run_eval(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    rc = evaluate.main(parser.parse_args(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_eval_missing_or_empty_dir(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc, _, err = _run_eval([str(tmp_path / "nope"), "--json"], capsys)
+    assert rc == 2 and "not found" in err
+    rc, _, err = _run_eval([str(tmp_path), "--json"], capsys)
+    assert rc == 2 and "no labelled images" in err
+    rc, _, err = _run_eval([str(tmp_path), "--patches"], capsys)
+    assert rc == 2 and "no labelled patches" in err
+
+
+def test_eval_synthetic_frame_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    frame, poly = _two_tone_space(0.0)
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    cv2.imwrite(str(sub / "f1.jpg"), frame)
+    pts = "".join(f'<point x="{x}" y="{y}"/>' for x, y in poly)
+    (sub / "f1.xml").write_text(
+        f'<parking><space id="1" occupied="1"><contour>{pts}</contour></space>'
+        f'<space id="2"><contour>{pts}</contour></space></parking>'
+    )
+    rc, out, _ = _run_eval([str(tmp_path), "--json"], capsys)
+    assert rc == 0
+    res = json.loads(out.strip())
+    assert set(res) == {"images", "spaces", "accuracy", "precision", "recall", "f1", "ms_per_frame"}
+    assert res["images"] == 1 and res["spaces"] == 1
+    rc, out, _ = _run_eval([str(tmp_path)], capsys)
+    assert rc == 0 and "accuracy" in out
+
+
+# ----------------------------------------------------------------------------- real data floors
+
+
+def _eval_json(argv: list[str], capsys: pytest.CaptureFixture) -> dict:
+    rc, out, err = _run_eval(argv + ["--json"], capsys)
+    assert rc == 0, err
+    return json.loads(out.strip())
+
+
+def _day_accuracy_frames(clf: SpaceClassifier, day: str) -> tuple[float, int]:
+    preds, truths = [], []
+    for img in sorted(UFPR05.glob(f"{day}*")):
+        if img.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+            continue
+        spaces = [s for s in parse_pklot_xml(img.with_suffix(".xml").read_bytes())
+                  if s.occupied is not None]  # fmt: skip
+        occ, _ = clf.classify(cv2.imread(str(img)), [s.contour for s in spaces])
+        preds.append(occ)
+        truths.append([bool(s.occupied) for s in spaces])
+    p, t = np.concatenate(preds), np.concatenate(truths)
+    return float(np.mean(p == t)), len(t)
+
+
+def _day_accuracy_patches(clf: SpaceClassifier, day: str, step: int) -> tuple[float, int]:
+    files = [(p, True) for p in sorted((CNRPARK / "busy").glob(f"{day}_*.jpg"))[::step]]
+    files += [(p, False) for p in sorted((CNRPARK / "free").glob(f"{day}_*.jpg"))[::step]]
+    occ, _ = clf.classify_patches([cv2.imread(str(p)) for p, _ in files])
+    truth = np.array([lab for _, lab in files])
+    return float(np.mean(occ == truth)), len(truth)
+
+
+@needs_data
+def test_heldout_floor_ufpr05_unseen_day() -> None:
+    """HONEST floor: ``occupancy_holdout.onnx`` was trained without UFPR05 day
+    2013-03-09 (and without CNRPark day 20150708); here it classifies that unseen
+    day's 200 spaces through the full-frame run-time path. Measured 1.000."""
+    clf = SpaceClassifier.load(HOLDOUT_MODEL)
+    acc, n = _day_accuracy_frames(clf, "2013-03-09")
+    assert n == 200
+    assert acc >= 0.97
+
+
+@needs_data
+def test_heldout_floor_cnrpark_unseen_day() -> None:
+    """HONEST floor: the same holdout model on CNRPark day 20150708, which it never
+    saw (every 3rd patch, ~2100). That day looks like another camera (closer view,
+    heavy tree occlusion): this is a cross-view figure, below the 0.95 target; see
+    docs/camera.md. Measured 0.791 on the full day, 0.799 on this subsample."""
+    clf = SpaceClassifier.load(HOLDOUT_MODEL)
+    acc, n = _day_accuracy_patches(clf, "20150708", 3)
+    assert n > 2000
+    assert acc >= HOLDOUT_CNR_FLOOR
+
+
+@needs_data
+def test_fit_floor_bundled_model(capsys: pytest.CaptureFixture) -> None:
+    """NOT a generalisation figure: the bundled model was trained on ALL of both
+    datasets, so these floors only catch regressions of the crop / inference
+    pipeline or a broken model file. UFPR05 through the ``eval camera`` code path
+    (all 600 spaces) and CNRPark day 20150703 (every 4th patch)."""
+    res = _eval_json([str(UFPR05)], capsys)
+    assert res["images"] == 15 and res["spaces"] == 600
+    assert res["accuracy"] >= 0.97
+    clf = SpaceClassifier.load()
+    acc, n = _day_accuracy_patches(clf, "20150703", 4)
+    assert n > 1000
+    assert acc >= 0.95
