@@ -577,7 +577,9 @@ class AllocationCore:
         self._cong_t = np.zeros(n_a)
         self._pruned_at = -math.inf
         # two-level min over aisles: blocks of w aisles, then all blocks
-        self._w = max(1, math.ceil(math.sqrt(n_a)))
+        # (half the square root: a raised leaf rescans its block of w aisles, and only
+        # when that block held the global minimum the nb blocks)
+        self._w = max(1, math.ceil(math.sqrt(n_a) / 2))
         self._nb = max(1, math.ceil(n_a / self._w))
         # plain-Python copies of the static per-space facts the update path reads
         # (a list index is several times cheaper than a numpy scalar index)
@@ -649,10 +651,9 @@ class AllocationCore:
         self._first_rows: dict[int, list[int]] = {}  # plain-Python rows, made on first use
         for a in np.flatnonzero(~lo.aisle_uniform).tolist():
             self._leaf[:, a, :] = self._scan_aisle(a)
-        rows = {a: self._leaf[:, a, :].copy() for a in self._active}
-        for a in self._active:
-            self._leaf[:, a, :] = NONE
-        self._park(rows)
+        act = self._active_arr  # congested aisles keep their order and parked rows
+        self._parked = np.ascontiguousarray(self._leaf[:, act, :].transpose(1, 0, 2))
+        self._leaf[:, act, :] = NONE
         # block minima by a loop over the block width: elementwise minimum of whole
         # (C, blocks, E) slabs is much faster than a reduction over a middle axis
         leaf4 = self._leaf.reshape(n_c, nb, w, n_e)
@@ -948,16 +949,6 @@ class AllocationCore:
         self._active_arr = np.append(self._active_arr, a)
         self._parked = np.concatenate([self._parked, self._leaf[None, :, a, :]])
         self._set_leaf(a, np.full((self._n_c, self._n_e), NONE, dtype=np.int32))
-
-    def _park(self, rows: dict[int, np.ndarray]) -> None:
-        """Make ``rows`` (aisle -> (C, E) minima) the congested aisles."""
-        aisles = sorted(rows)
-        self._active = {a: i for i, a in enumerate(aisles)}
-        self._active_arr = np.array(aisles, dtype=np.int64)
-        if aisles:
-            self._parked = np.stack([rows[a] for a in aisles])
-        else:
-            self._parked = np.zeros((0, self._n_c, self._n_e), dtype=np.int32)
 
     # -- queries -------------------------------------------------------------------
     def best(self, entrance: int, vehicle_class: int) -> int:
