@@ -65,7 +65,8 @@ def main(args: argparse.Namespace) -> int:
     host, port = address
     log.info("dashboard on http://%s:%d (broker %s, journal %s)", host, port, broker.url, args.db)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        # live streams never finish by themselves: give them a second, then stop
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1)
     finally:
         view.stop()
     return 0

@@ -1,0 +1,205 @@
+# ruff: noqa: F811  (pytest fixtures imported from api_support are parameters here)
+"""Live updates over server-sent events from a real uvicorn server, and the stand-alone
+``parkguide api`` process (retained MQTT topics + the gateway's journal) against a real
+``parkguide gateway`` on mosquitto."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from api_support import PASSWORD, ServerThread, harness, settings, users  # noqa: F401
+from conftest import free_port, wait_port
+from e2e_support import EXAMPLE_SITE, processes  # noqa: F401
+
+from api.app import create_app
+from parking import topics
+from parking.payloads import OccupancyReport, SpaceObservation
+
+LIVE_DEADLINE_S = 1.0  # issue 5: the page updates within 1 s of a change
+
+
+class StreamReader:
+    """Reads an SSE stream in a thread; every event is kept as (kind, message, received)."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None):
+        self.events: list[tuple[str, dict, float]] = []
+        self.status: int | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(url, headers or {}), daemon=True)
+        self.thread.start()
+        assert self._ready.wait(10), "the stream did not open"
+
+    def _run(self, url: str, headers: dict[str, str]) -> None:
+        try:
+            with (
+                httpx.Client(timeout=httpx.Timeout(5.0, read=30.0)) as c,
+                c.stream("GET", url, headers=headers) as r,
+            ):
+                self.status = r.status_code
+                self._ready.set()
+                kind = None
+                for line in r.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: ") and kind:
+                        with self._cond:
+                            self.events.append((kind, json.loads(line[6:]), time.monotonic()))
+                            self._cond.notify_all()
+        except httpx.HTTPError:
+            if not self._stop.is_set():
+                raise
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.events)
+
+    def wait_for(self, kind: str, pred, timeout: float, after: int = 0) -> tuple[dict, float]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for k, msg, at in self.events[after:]:
+                    if k == kind and pred(msg.get("data", {})):
+                        return msg, at
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {kind} event within {timeout} s: {self.events[-5:]}")
+                self._cond.wait(left)
+
+    def kinds_after(self, mark: int) -> list[str]:
+        with self._cond:
+            return [k for k, _, _ in self.events[mark:]]
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+@pytest.fixture(scope="module")
+def server(harness, users):
+    harness.fill({"A-001"})
+    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
+    with ServerThread(app, free_port()) as srv:
+        yield srv
+
+
+def test_stream_pushes_state_changes_within_a_second(server, harness):
+    r = httpx.post(f"{server.url}/api/v1/auth/login", json={"name": "viewer", "password": PASSWORD})
+    viewer = StreamReader(
+        f"{server.url}/api/v1/stream", {"Authorization": f"Bearer {r.json()['token']}"}
+    )
+    anonymous = StreamReader(f"{server.url}/api/v1/stream")
+    try:
+        assert viewer.status == anonymous.status == 200
+        viewer.wait_for("hello", lambda d: True, 5)
+        anonymous.wait_for("hello", lambda d: True, 5)
+        t0 = time.monotonic()
+        harness.report("bus-g", {"A-050": "occupied"})
+        msg, at = viewer.wait_for("space", lambda d: d.get("space") == "A-050", 5)
+        assert msg["data"]["state"] == "occupied"
+        assert at - t0 <= LIVE_DEADLINE_S
+        viewer.wait_for("zone", lambda d: d.get("zone") == "A", 5)
+        viewer.wait_for("display", lambda d: d.get("display") == "gate-north", 5)
+        zone, _ = anonymous.wait_for("zone", lambda d: d.get("zone") == "A", 5)
+        assert zone["data"]["occupied"] == 2
+        anonymous.wait_for("display", lambda d: d.get("display") == "gate-north", 5)
+        # anonymous listeners get counts and signs, never single spaces
+        assert "space" not in anonymous.kinds_after(0)
+    finally:
+        viewer.close()
+        anonymous.close()
+
+
+def test_stream_needs_login_when_counts_are_private(harness, users):
+    app = create_app(harness.gateway, settings(public_read=False), db_path=str(harness.db_path))
+    with ServerThread(app, free_port()) as srv:
+        r = httpx.get(f"{srv.url}/api/v1/stream", timeout=5)
+        assert r.status_code == 401
+
+
+def _report(client: mqtt.Client, boot: str, seq: int, states: dict[str, str], kind: str) -> None:
+    now = time.time()
+    report = OccupancyReport(
+        agent="serial-bus-g", source="bus-g", boot=boot, seq=seq, ts=now, kind=kind,
+        spaces=[SpaceObservation(space=s, state=st, since=now) for s, st in states.items()],
+    )  # fmt: skip
+    client.publish(
+        topics.edge_occupancy("xinyuan", "serial-bus-g"), report.model_dump_json(), qos=1
+    ).wait_for_publish(5)
+
+
+def _wait(fn, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+def test_standalone_api_process(processes, mosquitto, tmp_path):
+    """`parkguide api` beside `parkguide gateway`: live states, manager actions over MQTT to the
+    gateway, and every space unknown once the gateway's last will says it is gone."""
+    db = tmp_path / "journal.sqlite"
+    site = ("--site", str(EXAMPLE_SITE))
+    adder = processes.start("user-add", "user", "add", "boss", "--role", "manager",
+                            "--db", str(db), stdin=True)  # fmt: skip
+    adder.send(PASSWORD)
+    assert adder.wait_exit(60) == 0, adder.log_tail()
+    gateway = processes.start(
+        "gateway", "gateway", *site, "--broker", mosquitto.url, "--db", str(db)
+    )
+    port = free_port()
+    processes.start(
+        "api", "api", *site, "--broker", mosquitto.url, "--db", str(db),
+        "--http", f"127.0.0.1:{port}", env={"PARKGUIDE_SESSION_SECRET": "s" * 40},
+    )  # fmt: skip
+    wait_port(port, timeout=60)
+    url = f"http://127.0.0.1:{port}"
+    edge = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-edge")
+    edge.connect("127.0.0.1", mosquitto.port)
+    edge.loop_start()
+    try:
+        boot = uuid.uuid4().hex[:8]
+        from parking.site import load_site
+
+        bus = load_site(EXAMPLE_SITE).spaces_of_source("bus-g")
+        _report(edge, boot, 0, {s: "free" for s in bus}, "snapshot")
+        _report(edge, boot, 1, {"B-007": "occupied"}, "delta")
+        login = httpx.post(f"{url}/api/v1/auth/login", json={"name": "boss", "password": PASSWORD})
+        h = {"Authorization": f"Bearer {login.json()['token']}"}
+
+        def space(sid: str) -> str:
+            return httpx.get(f"{url}/api/v1/spaces/{sid}", headers=h).json()["state"]
+
+        assert _wait(lambda: space("B-007") == "occupied"), processes.logs()
+        zones = {z["zone"]: z for z in httpx.get(f"{url}/api/v1/zones").json()}
+        assert _wait(
+            lambda: (
+                {z["zone"]: z for z in httpx.get(f"{url}/api/v1/zones").json()}["B"]["occupied"]
+                == 1
+            )
+        )
+        assert zones["C"]["unknown"] == 40  # no camera: unknown, never free
+
+        r = httpx.post(f"{url}/api/v1/spaces/B-020/close", json={"reason": "paint"}, headers=h)
+        assert r.status_code == 202
+        assert _wait(lambda: space("B-020") == "closed"), processes.logs()
+        events = httpx.get(f"{url}/api/v1/events", params={"space": "B-020"}, headers=h).json()
+        assert events["items"][0]["agent"] == "boss"
+
+        gateway.kill9()  # the broker publishes its last will
+        assert _wait(lambda: space("B-007") == "unknown"), processes.logs()
+        zones = {z["zone"]: z for z in httpx.get(f"{url}/api/v1/zones").json()}
+        assert zones["B"]["unknown"] == zones["B"]["total"] and zones["B"]["free"] == 0
+    finally:
+        edge.loop_stop()
+        edge.disconnect()
