@@ -172,6 +172,13 @@ def test_refused_credentials_are_never_connected(tmp_path, caplog) -> None:
         tmp_path, extra_conf=f"{KEEP_USER}allow_anonymous false\npassword_file {pwfile}\n"
     )
     broker.start()
+    try:
+        check_refusal_then_acceptance(broker, tmp_path, caplog)
+    finally:
+        broker.stop()
+
+
+def check_refusal_then_acceptance(broker: MosquittoBroker, tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.ERROR, logger="edge.publisher")
     wrong = ReportPublisher(
         BrokerConfig.from_url(broker.url, "agent", "wrong"), SITE, AGENT, SOURCE, spool_dir=tmp_path
@@ -203,4 +210,3 @@ def test_refused_credentials_are_never_connected(tmp_path, caplog) -> None:
         assert right.connected and right.stats["refused"] == 0
     finally:
         right.stop()
-        broker.stop()
