@@ -55,6 +55,9 @@ DEFAULT_CONGESTION_HALFLIFE_S = 60.0
 CONGESTION_FLOOR = 0.01
 """Decayed congestion below this counts as none (the aisle leaves the slow path)."""
 
+PRUNE_EVERY_S = 5.0
+"""Event-time interval between sweeps of decayed aisles out of the congested set."""
+
 NONE = np.iinfo(np.int32).max
 """Rank sentinel: no candidate."""
 
@@ -873,14 +876,21 @@ class AllocationCore:
     def _set_leaf(self, a: int, new: np.ndarray) -> None:
         """Aisle a's leaf became ``new``; refresh its block and the global minimum."""
         b, w = a // self._w, self._w
-        old_block = self._block[:, b, :].copy()
-        self._leaf[:, a, :] = new
-        blk = self._leaf[:, b * w : (b + 1) * w, :].min(axis=1)
-        self._block[:, b, :] = blk
-        if (blk > old_block).any():
-            self._glob3[:] = self._block.min(axis=1)
+        block = self._block[:, b, :]
+        leaf = self._leaf[:, a, :]
+        raised_min = ((leaf == block) & (new > leaf)).any()
+        leaf[...] = new
+        if not raised_min:
+            # nothing this aisle held as its block's minimum went up: minima only go down
+            np.minimum(block, new, out=block)
+            np.minimum(self._glob3, new, out=self._glob3)
+            return
+        old_block = block.copy()
+        block[...] = self._leaf[:, b * w : (b + 1) * w, :].min(axis=1)
+        if ((old_block == self._glob3) & (block > old_block)).any():
+            self._glob3[...] = self._block.min(axis=1)
         else:
-            np.minimum(self._glob3, blk, out=self._glob3)
+            np.minimum(self._glob3, block, out=self._glob3)
 
     # -- holds and congestion ----------------------------------------------------------
     def assign(self, entrance: int, vehicle_class: int, now: float, hold_s: float) -> int:
@@ -925,7 +935,9 @@ class AllocationCore:
         Vectorized and with a margin: an aisle leaves only when its congestion is
         clearly below the floor, so the exact (scalar) score agrees that it is 0.
         """
-        if self.now == self._pruned_at:
+        if self.now < self._pruned_at + PRUNE_EVERY_S:
+            # the active set may hold aisles whose congestion is already below the
+            # floor for a while: they are scored exactly (as 0), only more slowly
             return
         self._pruned_at = self.now
         act = self._active_arr
