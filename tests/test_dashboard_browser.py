@@ -1,8 +1,9 @@
 # ruff: noqa: F811  (pytest fixtures imported from e2e_support are parameters here)
 """The dashboard in a real browser (Debian's chromium, headless, via Playwright).
 
-mosquitto -> ``parkguide gateway`` (journal) -> ``parkguide api`` (its own process: retained
-topics + the journal) -> the page. The test plays the edge agent: it publishes real
+mosquitto -> ``parkguide gateway --http`` (journal, and the API in-process on its live state)
+-> the page. (The stand-alone ``parkguide api`` is tested in test_api_live.) The test plays
+the edge agent: it publishes real
 ``OccupancyReport`` payloads over MQTT, as ``parkguide edge serial`` does. (The full chain with
 ``parkguide sim bus`` and ``parkguide edge serial`` does not hold states yet: see the report on
 issue 5 -- the agent's periodic snapshots are refused as older than known.) A space changed by a
@@ -106,11 +107,10 @@ def start_services(processes: Processes, tmp: Path, broker: str) -> str:
                             stdin=True)  # fmt: skip
         p.send(PASSWORD)
         assert p.wait_exit(60) == 0, p.log_tail()
-    processes.start("gateway", "gateway", *site, "--broker", broker, "--db", str(db))
     port = free_port()
     processes.start(
-        "api", "api", *site, "--broker", broker, "--db", str(db), "--http", f"127.0.0.1:{port}",
-        env={"PARKGUIDE_SESSION_SECRET": SECRET},
+        "gateway", "gateway", *site, "--broker", broker, "--db", str(db),
+        "--http", f"127.0.0.1:{port}", env={"PARKGUIDE_SESSION_SECRET": SECRET},
     )  # fmt: skip
     wait_port(port, timeout=60)
     return f"http://127.0.0.1:{port}"
