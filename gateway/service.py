@@ -21,6 +21,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -150,6 +151,7 @@ class GatewayService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending: list[tuple[str, bytes, float, int, int]] = []
+        self._from_other_threads: deque[tuple[str, bytes, int, bool]] = deque()
         self._attempt = 0  # connection attempts since the last success
         self._ever_connected = False
         self._internal_errors = 0
@@ -185,7 +187,12 @@ class GatewayService:
             log.debug("TCP_NODELAY not available on this socket")
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        self.client.publish(topic, payload, qos=qos, retain=retain)
+        if threading.current_thread() is self._thread:
+            self.client.publish(topic, payload, qos=qos, retain=retain)
+        else:
+            # e.g. a manager action from the API thread: only the MQTT thread writes to the
+            # socket (paho without loop_start writes from the calling thread)
+            self._from_other_threads.append((topic, payload, qos, retain))
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         try:
@@ -291,6 +298,9 @@ class GatewayService:
                 rc = self.client.loop(timeout=0)
             if self._pending:
                 self._drain()
+            while self._from_other_threads:
+                topic, payload, qos, retain = self._from_other_threads.popleft()
+                self.client.publish(topic, payload, qos=qos, retain=retain)
         self._disconnect()
 
     def _connect(self) -> bool:
