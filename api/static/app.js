@@ -8,7 +8,7 @@ const T = {
   login_btn: ["登录", "Log in"], user: ["用户名", "User"], password: ["密码", "Password"],
   login_hint: ["空位数和引导屏公开；登录后可看地图、历史和操作。",
     "Free counts and signs are public; log in for the map, history and controls."],
-  alerts: ["告警", "Alerts"], zones: ["区域", "Zones"], map: ["地图", "Map"], signs: ["引导屏", "Signs"],
+  alerts: ["告警", "Alerts"], zones: ["区域", "Zones"], zone: ["区域", "Zone"], map: ["地图", "Map"], signs: ["引导屏", "Signs"],
   health: ["设备状态", "Health"], history: ["占用率", "Occupancy"], events: ["事件", "Events"],
   free: ["空闲", "free"], occupied: ["占用", "occupied"], unknown: ["未知", "unknown"], closed: ["关闭", "closed"],
   reason: ["原因", "Reason"], close_space: ["关闭车位", "Close space"], open_space: ["开放车位", "Open space"],
@@ -261,6 +261,7 @@ function onSpace(data) {
   S.spaces.set(data.space, { ...s, state: data.state, since: Date.now() / 1000 });
   paintSpace(data.space);
   if (S.selected === data.space) showSpace(data.space);
+  if (!S.eventsPaged) later("events", () => loadEvents(true), 1000); // the newest page follows along
 }
 
 function showSpace(id) {
@@ -275,7 +276,7 @@ function showSpace(id) {
   const chip = $("#sp-state");
   chip.className = `chip ${s.state}`;
   chip.textContent = t(s.state);
-  $("#sp-info").textContent = [s.zone && `${t("zones")}: ${s.zone}`, s.kinds && s.kinds.join(", "),
+  $("#sp-info").textContent = [s.zone && `${t("zone")}: ${s.zone}`, s.kinds && s.kinds.join(", "),
     `${t("since")} ${fmtTime(s.since)}`, s.source && `${t("source")}: ${s.source}`, s.held && t("held")]
     .filter(Boolean).join(" · ");
 }
@@ -392,6 +393,7 @@ async function loadEvents(fresh) {
   const body = $("#events tbody");
   if (fresh) body.replaceChildren(...rows); else body.append(...rows);
   S.eventsBefore = r.body.next_before;
+  S.eventsPaged = !fresh;
   $("#older").hidden = !S.eventsBefore;
 }
 
