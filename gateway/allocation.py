@@ -16,17 +16,17 @@ plain Python):
 - a display line counts the candidates in its zones for its vehicle class
   (for any class when it has none).
 
-Data structures (why it is incremental): driving cost is turned into a rank
-per entrance (the order of (cost, index)), so "lowest cost, then lowest index"
-is one integer comparison. Spaces are stored grouped by aisle; per aisle we
-keep the lowest candidate rank for every (entrance, class) pair (``P = E * C``
-columns), and a two-level min over aisles (blocks of aisles, then all blocks)
-gives best per pair without congestion. A state change touches one space:
-its aisle row is updated with an elementwise min (gain) or rescanned (loss of
-the aisle's best), then its block and the global row; line counts move by +-1
-through a zone -> lines table. Aisles with non-negligible congestion are kept
-out of the two-level min and scored explicitly at query time (there are only
-as many as recent assignments).
+Data structures (why it is incremental; details in ``docs/allocation.md``):
+driving cost becomes a rank per entrance, so "lowest cost, then lowest index"
+is one integer comparison. Spaces are stored by aisle in driving order (the
+same from every entrance, since an aisle's spaces share its lane node), so an
+aisle's best space for a class is its first candidate of that class. Leaves
+(aisle x class x entrance ranks), blocks of aisles and one global row form a
+two-level minimum: a change moves at most one aisle's first candidates, then
+its block and the global row only if it held their minimum. Line counts move
+by +-1 through a zone -> lines table. Congested aisles are parked outside the
+two-level minimum and scored explicitly at query time (there are only as many
+as recent assignments).
 """
 
 from __future__ import annotations
