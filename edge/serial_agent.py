@@ -42,7 +42,6 @@ from edge.modbus_master import (
     ModbusMaster,
 )
 from edge.publisher import (
-    DEFAULT_SNAPSHOT_INTERVAL_S,
     ReportPublisher,
     SpoolBusy,
     default_spool_dir,
@@ -372,9 +371,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--snapshot-interval",
         type=float,
-        default=DEFAULT_SNAPSHOT_INTERVAL_S,
+        default=None,
         metavar="S",
-        help="seconds between periodic snapshots (one is also sent on every connect)",
+        help="seconds between periodic snapshots (one is also sent on every connect); "
+        "default: a third of the bus's ttl_s in the site file, so the gateway never "
+        "takes a quiet bus for a silent one",
     )
     parser.add_argument(
         "--retries", type=int, default=DEFAULT_RETRIES, help="retries per Modbus request"
@@ -434,6 +435,8 @@ def _check(args: argparse.Namespace) -> tuple[str, Bus, BrokerConfig, DebounceSe
             raise UsageError(f"--{name.replace('_', '-')} must not be negative")
     if args.node_failures < 1:
         raise UsageError("--node-failures must be at least 1")
+    if args.snapshot_interval is None:
+        args.snapshot_interval = site.snapshot_interval(bus.id)
     if args.health_interval <= 0 or args.snapshot_interval <= 0:
         raise UsageError("--health-interval and --snapshot-interval must be positive")
     settings = DebounceSettings(

@@ -193,6 +193,11 @@ class Site:
                 return b.ttl_s
         return self.camera(source).ttl_s
 
+    def snapshot_interval(self, source: str) -> float:
+        """How often an agent sends a full snapshot of a source: a third of its TTL (at most
+        a minute), so a living source is never taken for a silent one by the gateway."""
+        return min(60.0, self.source_ttl(source) / 3.0)
+
     def spaces_of_source(self, source: str) -> list[str]:
         """Space ids bound to a bus or camera, in binding order."""
         return [s for s, b in self.bindings.items() if b.source == source]

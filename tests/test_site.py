@@ -137,3 +137,8 @@ def test_site_file_reference_is_generated_from_the_schema():
     from tests.conftest import REPO
 
     assert (REPO / "docs" / "site-file.md").read_text(encoding="utf-8") == render()
+
+
+def test_agents_snapshot_well_within_the_gateway_ttl(example_site):
+    for source in [b.id for b in example_site.buses] + [c.id for c in example_site.cameras]:
+        assert example_site.snapshot_interval(source) <= example_site.source_ttl(source) / 3
