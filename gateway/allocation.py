@@ -240,6 +240,14 @@ class CoreLayout:
     def n_lines(self) -> int:
         return self.line_zones.shape[0]
 
+    @property
+    def lines(self) -> tuple[tuple[str, int, np.ndarray, int | None], ...]:
+        """Display lines in site order: (display id, line index, bool[Z] zones, class or None)."""
+        return tuple(
+            (d, li, self.line_zones[i], None if self.line_class[i] < 0 else int(self.line_class[i]))
+            for i, (d, li) in enumerate(self.line_keys)
+        )
+
     # -- rules -----------------------------------------------------------------
     def kind_open(self, minute_of_day: int) -> np.ndarray:
         """bool[C, K]: class c may use kind k at this minute (its policies allow it)."""
@@ -703,6 +711,10 @@ class AllocationCore:
         if now > self.now:
             self.now = float(now)
         state = int(state)
+        if not UNKNOWN <= state <= CLOSED:
+            raise ValueError(f"space state code {state} is not one of 0..3 (SpaceState)")
+        if not 0 <= space < self._n_s:
+            raise IndexError(f"space index {space} out of range")
         old = int(self.state[space])
         unheld = state == OCCUPIED and space in self._holds
         if unheld:
@@ -721,6 +733,10 @@ class AllocationCore:
         states = np.asarray(states, dtype=np.int64).reshape(-1)
         if len(spaces) != len(states):
             raise ValueError("spaces and states differ in length")
+        if len(states) and not (states.min() >= UNKNOWN and states.max() <= CLOSED):
+            raise ValueError("space state codes must be 0..3 (SpaceState)")
+        if len(spaces) and not (spaces.min() >= 0 and spaces.max() < self._n_s):
+            raise IndexError("space index out of range")
         if len(spaces) * 8 > self._n_s:
             # a large batch (start-up, snapshot): one vectorized recompute is cheaper
             if now > self.now:

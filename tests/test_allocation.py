@@ -301,3 +301,30 @@ def test_synthetic_layout_is_realistic():
     zone_sizes = np.bincount(layout.zone)
     assert 150 <= np.median(zone_sizes) <= 400
     assert np.isfinite(layout.cost).mean() > 0.95
+
+
+def test_bad_input_is_refused_without_a_state_change(layout):
+    core = all_free(layout)
+    before = (core.state.copy(), core.line_free.copy(), core.best_all().copy())
+    with pytest.raises(ValueError):
+        core.update(3, 7, 1.0)
+    with pytest.raises(ValueError):
+        core.update_many([1, 2], [FREE, 9], 1.0)
+    with pytest.raises(IndexError):
+        core.update_many([1, layout.n_spaces], [FREE, FREE], 1.0)
+    with pytest.raises(IndexError):
+        core.update(-1, FREE, 1.0)
+    with pytest.raises(ValueError):
+        core.assign(0, 0, 1.0, 0.0)
+    np.testing.assert_array_equal(core.state, before[0])
+    np.testing.assert_array_equal(core.line_free, before[1])
+    np.testing.assert_array_equal(core.best_all(), before[2])
+
+
+def test_layout_lines_follow_the_site(example_site, layout):
+    lines = layout.lines
+    assert len(lines) == sum(len(d.lines) for d in example_site.displays)
+    display, index, zones, vc = lines[0]
+    assert (display, index) == ("gate-north", 0)
+    assert [layout.zones[z] for z in np.flatnonzero(zones)] == ["A"]
+    assert layout.classes[vc] == "resident"
