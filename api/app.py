@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from api import metrics, ngsi
@@ -97,6 +98,17 @@ def create_app(
         redirect_slashes=False,  # never answer a protected path with a redirect
     )
     app.state.ctx = ctx
+
+    @app.exception_handler(sqlite3.Error)
+    async def journal_unavailable(request: Request, exc: sqlite3.Error) -> JSONResponse:
+        # a fault (disk, lock held too long), not bad input: say so, and keep serving
+        log.error("journal query failed on %s: %s", request.url.path, exc)
+        return JSONResponse(
+            {"detail": f"the journal database is not available right now ({exc})"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
     for module in (session, public, site, health, events, operations, stream):
         for name in ("router", "raw_router", "manager_router"):
             if hasattr(module, name):

@@ -222,3 +222,14 @@ def test_user_add_cli_reads_the_password_from_stdin(tmp_path, subprocess_env):
     )  # fmt: skip
     assert bad_role.returncode == 2 and "invalid choice" in bad_role.stderr
     assert store.get("bob") is None
+
+
+def test_a_broken_journal_is_a_clear_503_and_the_rest_keeps_serving(harness, tmp_path):
+    db = tmp_path / "journal.sqlite"
+    UserStore(str(db))  # a valid database at start
+    app = create_app(harness.gateway, settings(), db_path=str(db))
+    with TestClient(app) as c:
+        db.write_bytes(b"this is not an SQLite database" * 200)
+        r = c.post("/api/v1/auth/login", json={"name": "viewer", "password": PASSWORD})
+        assert r.status_code == 503 and "journal database is not available" in r.json()["detail"]
+        assert c.get("/api/v1/zones").status_code == 200  # live state needs no database
