@@ -327,7 +327,7 @@ def main() -> int:
     # the same generous limits for the relay and the gateway
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_inflight_messages 10000\nmax_queued_messages 100000\n"
+        "max_inflight_messages 10000\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
     )
     procs: list[subprocess.Popen] = []
     env = dict(os.environ, PARKGUIDE_LOG_LEVEL="WARNING")

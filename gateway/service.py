@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+CHECKPOINT_S = 1.0
 MAX_BATCH = 500  # messages handled together when they queue up
 ENV_INFLUX_TOKEN = "INFLUX_TOKEN"
 
@@ -150,6 +151,7 @@ class GatewayService:
             self.gateway.outbox_stats = self._outbox_stats
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
         self._pending: list[tuple[str, bytes, float, int, int]] = []
         self._from_other_threads: deque[tuple[str, bytes, int, bool]] = deque()
         self._attempt = 0  # connection attempts since the last success
@@ -353,16 +355,29 @@ class GatewayService:
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def _checkpoint_loop(self) -> None:
+        while not self._stop.wait(CHECKPOINT_S):
+            try:
+                self.journal.checkpoint()
+            except sqlite3.Error as exc:
+                log.warning("journal checkpoint failed: %s", exc)
+
     def start(self) -> None:
         if self.writer is not None:
             self.writer.start()
         self._thread = threading.Thread(target=self._run, name="gateway-mqtt", daemon=True)
         self._thread.start()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="journal-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+        if self._checkpointer is not None:
+            self._checkpointer.join(10)
         if self.writer is not None:
             self.writer.stop()
         with self.gateway.lock:
