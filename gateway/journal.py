@@ -88,9 +88,6 @@ class Journal:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA busy_timeout=5000")
-        # no checkpoint inside a commit: a checkpoint fsyncs the database file, which would
-        # stall the report that happens to trigger it; checkpoint() runs them off the hot path
-        self.conn.execute("PRAGMA wal_autocheckpoint=0")
         self.conn.executescript(SCHEMA)
         self.history = history
         self._checkpointer: sqlite3.Connection | None = None
@@ -101,9 +98,18 @@ class Journal:
             self._checkpointer.close()
             self._checkpointer = None
 
+    def manual_checkpoints(self) -> None:
+        """Stop checkpointing inside commits; the caller then calls :meth:`checkpoint` from a
+        background thread every second or so.
+
+        A checkpoint fsyncs the database file: done inside a commit it stalls whichever
+        report happens to trigger it.
+        """
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")
+
     def checkpoint(self) -> None:
-        """Copy the WAL into the database (PASSIVE: never blocks the writer); call it from a
-        background thread every second or so, it has its own connection."""
+        """Copy the WAL into the database (PASSIVE: never blocks the writer), on a
+        connection of its own."""
         if self._checkpointer is None:
             self._checkpointer = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=5

@@ -367,6 +367,7 @@ class GatewayService:
             self.writer.start()
         self._thread = threading.Thread(target=self._run, name="gateway-mqtt", daemon=True)
         self._thread.start()
+        self.journal.manual_checkpoints()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="journal-checkpoint", daemon=True
         )
