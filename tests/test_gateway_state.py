@@ -1,0 +1,117 @@
+"""Live state arrays (gateway.state, pure) and the journal (gateway.journal, real SQLite files)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.journal import Journal, stored_signs
+from gateway.state import CLOSED, FREE, OCCUPIED, UNKNOWN, LiveState
+from parking.site import EXAMPLE_SITE, load_site
+
+SITE = load_site(EXAMPLE_SITE)
+N = len(SITE.spaces)
+
+
+def recount(state: LiveState) -> np.ndarray:
+    z = len(state.zone_ids)
+    return np.bincount(state.zone * 4 + state.state, minlength=z * 4).reshape(z, 4)
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("observe"),
+            st.lists(st.integers(0, N - 1), min_size=1, max_size=20, unique=True),
+            st.sampled_from([UNKNOWN, FREE, OCCUPIED]),
+            st.sampled_from(["a1", "a2"]),
+        ),
+        st.tuples(st.just("control"), st.integers(0, N - 1), st.booleans()),
+        st.tuples(st.just("offline"), st.sampled_from(["a1", "a2"])),
+        st.tuples(st.just("expire"), st.floats(0, 40)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops)
+def test_zone_counts_and_changes_stay_consistent(sequence):
+    s = LiveState(SITE)
+    t = 0.0
+    for op in sequence:
+        t += 1.0
+        before = s.state.copy()
+        if op[0] == "observe":
+            idx = np.array(op[1], dtype=np.int64)
+            ch = s.observe(
+                idx, np.full(len(idx), op[2], dtype=np.int8), np.full(len(idx), t), op[3], t, t
+            )
+        elif op[0] == "control":
+            ch = s.control(op[1], op[2], t)
+        elif op[0] == "offline":
+            ch = s.agent_offline(op[1], t)
+        else:
+            t += op[1]
+            ch = s.expire(t, t)
+        # the reported changes are exactly the public differences
+        moved = np.flatnonzero(before != s.state)
+        assert sorted(ch.spaces.tolist()) == moved.tolist()
+        assert (before[ch.spaces] == ch.old).all() and (s.state[ch.spaces] == ch.new).all()
+        assert (s.zone_counts == recount(s)).all()
+        # closed wins over what the sensor says; silence never shows free
+        assert (s.state[s.closed] == CLOSED).all()
+        assert (s.state[~s.closed] == s.sensed[~s.closed]).all()
+
+
+def test_ttl_expiry_and_last_will():
+    s = LiveState(SITE)
+    a = np.array([SITE.space_index["A-001"], SITE.space_index["A-002"]])
+    b1 = np.array([SITE.space_index["B1-E-001"]])
+    s.observe(a, np.array([FREE, OCCUPIED], dtype=np.int8), np.zeros(2), "agent-g", 100.0, 10.0)
+    s.observe(b1, np.array([FREE], dtype=np.int8), np.zeros(1), "agent-b1", 100.0, 10.0)
+    assert len(s.expire(114.0, 24.0)) == 0  # bus TTL is 15 s
+    ch = s.expire(116.0, 26.0)
+    assert sorted(ch.spaces.tolist()) == sorted([*a.tolist(), *b1.tolist()])
+    assert (s.state[a] == UNKNOWN).all()
+    s.observe(a, np.array([FREE, FREE], dtype=np.int8), np.zeros(2), "agent-g", 120.0, 30.0)
+    s.observe(b1, np.array([OCCUPIED], dtype=np.int8), np.zeros(1), "agent-b1", 120.0, 30.0)
+    ch = s.agent_offline("agent-g", 121.0)
+    assert sorted(ch.spaces.tolist()) == sorted(a.tolist())
+    assert s.state[b1[0]] == OCCUPIED  # another agent's space is untouched
+
+
+def test_restored_silence_still_counts_against_the_ttl():
+    s = LiveState(SITE)
+    i = SITE.space_index["A-003"]
+    # seen 10 s (wall) before the restart; TTL 15 s: 5 s left after the restart
+    s.restore(i, FREE, False, 90.0, 90.0, 100.0, "agent-g", wall=110.0, mono=1000.0)
+    s.finish_restore()
+    assert s.state[i] == FREE and s.zone_counts[s.zone[i], FREE] == 1
+    assert len(s.expire(114.0, 1004.0)) == 0
+    assert s.expire(116.0, 1006.0).spaces.tolist() == [i]
+
+
+def test_journal_is_wal_and_a_failed_transaction_leaves_nothing(tmp_path):
+    j = Journal(tmp_path / "j.db")
+    assert j.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert j.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    with j.transaction():
+        j.add_events([(1.0, "A-001", "unknown", "free", "bus-g", "agent-g", 1)])
+    with pytest.raises(RuntimeError), j.transaction():
+        j.add_events([(2.0, "A-001", "free", "occupied", "bus-g", "agent-g", 2)])
+        raise RuntimeError("crash between the two writes")
+    with j.transaction():
+        j.put_signs([("gate-north", "t/gate-north", '{"display":"gate-north"}', 60.0)])
+    j.manual_checkpoints()
+    j.checkpoint()
+    j.close()
+    with sqlite3.connect(tmp_path / "j.db") as conn:
+        rows = conn.execute("SELECT ts, new FROM events").fetchall()
+    assert rows == [(1.0, "free")]
+    assert stored_signs(tmp_path / "j.db") == [("t/gate-north", '{"display":"gate-north"}', 60.0)]
+    assert stored_signs(tmp_path / "missing.db") == []
