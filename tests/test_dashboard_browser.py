@@ -99,8 +99,7 @@ class EdgeAgent:
         self.client.disconnect()
 
 
-def start_services(processes: Processes, tmp: Path, broker: str) -> str:
-    site = ("--site", str(EXAMPLE_SITE))
+def start_services(processes: Processes, tmp: Path, broker: str) -> tuple[str, Path, int]:
     db = tmp / "journal.sqlite"
     for name, role in (("boss", "manager"), ("guard", "viewer")):
         p = processes.start("user-add", "user", "add", name, "--role", role, "--db", str(db),
@@ -108,12 +107,17 @@ def start_services(processes: Processes, tmp: Path, broker: str) -> str:
         p.send(PASSWORD)
         assert p.wait_exit(60) == 0, p.log_tail()
     port = free_port()
-    processes.start(
-        "gateway", "gateway", *site, "--broker", broker, "--db", str(db),
+    start_gateway(processes, broker, db, port)
+    return f"http://127.0.0.1:{port}", db, port
+
+
+def start_gateway(processes: Processes, broker: str, db: Path, port: int):
+    gateway = processes.start(
+        "gateway", "gateway", "--site", str(EXAMPLE_SITE), "--broker", broker, "--db", str(db),
         "--http", f"127.0.0.1:{port}", env={"PARKGUIDE_SESSION_SECRET": SECRET},
     )  # fmt: skip
     wait_port(port, timeout=60)
-    return f"http://127.0.0.1:{port}"
+    return gateway
 
 
 def wait_zone_known(url: str, zone: str, timeout: float = 60) -> None:
@@ -130,7 +134,7 @@ def wait_zone_known(url: str, zone: str, timeout: float = 60) -> None:
 
 def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
-    url = start_services(processes, tmp_path, mosquitto.url)
+    url, db, port = start_services(processes, tmp_path, mosquitto.url)
     site = load_site(EXAMPLE_SITE)
     edge = EdgeAgent(mosquitto.port, site, "bus-g")
     bus_spaces = site.spaces_of_source("bus-g")
@@ -211,6 +215,17 @@ def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
             page.click('[data-space="' + target + '"]')
             page.click("#sp-open")
             wait_state(page, target, "free", 5000)
+
+            # the gateway (and the API in it) dies and comes back: the page reconnects by itself
+            processes.started[-1].kill9()
+            page.wait_for_selector("#live.off", timeout=5000)
+            start_gateway(processes, mosquitto.url, db, port)
+            page.wait_for_selector("#live.on", timeout=15000)
+            page.wait_for_selector('#map[data-loaded="true"]')
+            t0 = time.monotonic()
+            edge.send("delta", {space: "free"})
+            wait_state(page, space, "free", DEADLINE_MS)
+            assert time.monotonic() - t0 <= DEADLINE_MS / 1000
             assert not errors, errors
         finally:
             browser.close()

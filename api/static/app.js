@@ -23,7 +23,7 @@ const T = {
   too_many: ["尝试太多，请稍后再试", "too many attempts, try again later"],
   need_login: ["需要登录", "login required"], need_manager: ["需要管理员权限", "needs the manager role"],
   done_close: ["已关闭", "closed"], done_open: ["已开放", "opened"], sent: ["已发送", "sent"],
-  no_data: ["无数据", "no data"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
+  no_data: ["无数据", "no data"], unreachable: ["无法连接服务器", "server unreachable"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
 };
 const STATES = ["free", "occupied", "unknown", "closed"];
 const ARROWS = { left: "←", right: "→", up: "↑", down: "↓", "up-left": "↖", "up-right": "↗",
@@ -55,7 +55,12 @@ const fmtTime = (ts) => (ts ? new Date(ts * 1000).toLocaleString(S.lang === "zh"
 const later = (name, fn, ms) => { clearTimeout(S.timers[name]); S.timers[name] = setTimeout(fn, ms); };
 
 async function api(path, opts = {}) {
-  const r = await fetch(path, { headers: { "Content-Type": "application/json" }, ...opts });
+  let r;
+  try {
+    r = await fetch(path, { headers: { "Content-Type": "application/json" }, ...opts });
+  } catch {
+    return { ok: false, status: 0, body: null }; // server unreachable: the stream reconnects
+  }
   let body = null;
   try { body = await r.json(); } catch { body = null; }
   return { ok: r.ok, status: r.status, body };
@@ -65,6 +70,7 @@ function errorText(res) {
   if (res.status === 401) return t("need_login");
   if (res.status === 403) return t("need_manager");
   if (res.status === 429) return t("too_many");
+  if (res.status === 0) return t("unreachable");
   const d = res.body && res.body.detail;
   if (Array.isArray(d)) return d.map((e) => e.msg).join("; ");
   return d || `${t("failed")} (${res.status})`;
