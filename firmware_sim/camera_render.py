@@ -33,17 +33,17 @@ SUNRISE_MIN = 6 * 60
 SUNSET_MIN = 18 * 60
 TWILIGHT_MIN = 40.0
 
-# (weight, BGR) of car paint, roughly what parks in a Chinese residential estate
+# (weight, BGR) of car paint, roughly the colour shares of cars in China
 CAR_COLOURS: tuple[tuple[float, tuple[int, int, int]], ...] = (
-    (0.26, (232, 234, 236)),  # white
-    (0.18, (28, 28, 30)),  # black
-    (0.16, (170, 172, 175)),  # silver
-    (0.12, (95, 98, 102)),  # grey
-    (0.08, (40, 40, 160)),  # red
-    (0.08, (120, 60, 25)),  # blue
-    (0.04, (60, 90, 40)),  # dark green
-    (0.04, (120, 160, 190)),  # champagne
-    (0.04, (30, 150, 215)),  # orange/yellow
+    (0.40, (232, 234, 236)),  # white: about half of new cars in China are white
+    (0.19, (28, 28, 30)),  # black
+    (0.12, (170, 172, 175)),  # silver
+    (0.10, (95, 98, 102)),  # grey
+    (0.06, (120, 60, 25)),  # blue
+    (0.05, (40, 40, 160)),  # red
+    (0.03, (120, 160, 190)),  # champagne
+    (0.03, (60, 90, 40)),  # dark green
+    (0.02, (30, 150, 215)),  # orange/yellow
 )
 BODY_TYPES = ("sedan", "hatchback", "suv", "mpv")
 NOISE_MARGIN = 97
@@ -158,83 +158,90 @@ def _cabin(body: str) -> tuple[float, float, float, float]:
 
 
 def draw_car_sprite(look: CarLook, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """An upright top/oblique car image (BGR uint8) and its coverage mask (float32 0..1)."""
+    """An upright top/oblique car image (BGR uint8) and its coverage mask (float32 0..1).
+
+    Seen from above a car is mostly glass and highlights: a roof framed by the
+    windscreen, the rear window and the side glass; a curved bonnet and boot
+    that catch the sky along their crowns; the near end's vertical face (the
+    camera looks down at an angle) with its lamps and plate.
+    """
     w, length = SPRITE_W, SPRITE_L
-    img = np.zeros((length, w, 3), np.float32)
     mask = np.zeros((length, w), np.uint8)
-    r = int(w * 0.22)
+    r = int(w * 0.24)
     cv2.rectangle(mask, (2, r // 2), (w - 3, length - 1 - r // 2), 255, -1)
     cv2.rectangle(mask, (r // 2, 2), (w - 1 - r // 2, length - 3), 255, -1)
     for cx, cy in ((r, r), (w - 1 - r, r), (r, length - 1 - r), (w - 1 - r, length - 1 - r)):
         cv2.circle(mask, (cx, cy), r, 255, -1, cv2.LINE_AA)
-    # cylindrical shading across the body, lighter along the top
-    x = np.linspace(-1, 1, w, dtype=np.float32)
-    across = 0.72 + 0.38 * np.sqrt(np.clip(1 - x**2, 0, 1))
     colour = np.array(look.colour, np.float32)
-    img[:] = colour * across[None, :, None]
-    img = np.clip(img + 14 * (1 - across[None, :, None]) * (colour.mean() < 80), 0, 255)
+    # curved panels: dark towards the flanks, a sky-lit crown along the middle
+    x = np.linspace(-1, 1, w, dtype=np.float32)
+    crown = np.sqrt(np.clip(1 - x**2, 0, 1))
+    across = 0.50 + 0.55 * crown
+    sky = np.float32([200, 195, 185])
+    shine = (0.10 + 0.25 * (colour.mean() < 90)) * crown**6
+    img = colour[None, None, :] * across[None, :, None] + sky * shine[None, :, None]
+    img = np.repeat(img, length, axis=0)
     ws, roof, rear, rear_end = _cabin(look.body)
     y = lambda f: int(f * length)  # noqa: E731
-    inset = int(w * 0.12)
-    glass = np.array([62, 52, 44], np.float32)
-    # windscreen: trapezoid with a sky reflection gradient
-    ws_poly = np.array(
-        [[inset, y(ws)], [w - inset, y(ws)], [w - inset - 4, y(roof)], [inset + 4, y(roof)]],
-        np.int32,
-    )
-    _fill_gradient(img, ws_poly, glass, glass + np.float32([90, 80, 70]), vertical=True)
-    rw_poly = np.array(
+    glass = np.float32([58, 48, 40])
+    inset = int(w * 0.10)
+    # the glasshouse: everything between the windscreen and the rear window's foot
+    house = np.array(
         [
-            [inset + 5, y(rear)],
-            [w - inset - 5, y(rear)],
-            [w - inset - 2, y(rear_end)],
-            [inset + 2, y(rear_end)],
+            [inset + 2, y(ws)],
+            [w - inset - 2, y(ws)],
+            [w - inset, y(rear_end)],
+            [inset, y(rear_end)],
         ],
         np.int32,
     )
-    _fill_gradient(img, rw_poly, glass + np.float32([60, 55, 50]), glass, vertical=True)
-    # roof: body colour, a shade lighter, with a soft edge
-    roof_col = np.clip(colour * 1.08 + 6, 0, 255)
-    cv2.rectangle(img, (inset + 4, y(roof)), (w - inset - 5, y(rear)), roof_col.tolist(), -1)
-    if rng.random() < 0.3:  # sunroof or roof rails
-        cv2.rectangle(
-            img,
-            (int(w * 0.35), y(roof) + 6),
-            (int(w * 0.65), y(roof) + int(0.12 * length)),
-            (glass * 0.9).tolist(),
-            -1,
-        )
-    # side glass: thin dark strips along the cabin
-    for xa, xb in ((inset - 5, inset), (w - inset, w - inset + 5)):
-        cv2.rectangle(img, (xa, y(ws) + 6), (xb, y(rear_end) - 4), (glass * 0.9).tolist(), -1)
-    # bonnet and boot shut lines, a highlight stripe
-    line_col = (colour * 0.6).tolist()
-    cv2.line(img, (inset, y(0.05)), (inset + 2, y(ws) - 2), line_col, 1, cv2.LINE_AA)
-    cv2.line(img, (w - inset, y(0.05)), (w - inset - 2, y(ws) - 2), line_col, 1, cv2.LINE_AA)
+    cv2.fillConvexPoly(img, house, glass.tolist(), cv2.LINE_AA)
+    # sky reflections sweep diagonally across the windscreen and the rear window
+    for y0, y1, strength in ((ws, roof, 95.0), (rear, rear_end, 60.0)):
+        ya, yb = y(y0) + 2, y(y1) - 2
+        band = img[ya:yb, inset + 3 : w - inset - 3]
+        yy, xx = np.mgrid[0 : band.shape[0], 0 : band.shape[1]].astype(np.float32)
+        streak = np.exp(-(((xx * 0.6 + yy) - band.shape[0] * 0.6) ** 2) / (2 * 6.0**2))
+        band += (strength * (0.35 + streak))[:, :, None] * np.float32([1.0, 0.97, 0.92])
+    # the roof: body colour, its own crown highlight, framed by the side glass
+    side = int(w * 0.17)
+    roof_px = img[y(roof) : y(rear), inset + side : w - inset - side]
+    rx = np.linspace(-1, 1, roof_px.shape[1], dtype=np.float32)
+    roof_shade = 0.78 + 0.35 * np.sqrt(np.clip(1 - rx**2, 0, 1))
+    roof_px[:] = colour * roof_shade[None, :, None] + sky * 0.12
+    # crisp edges where panels meet: bonnet and boot shut lines, pillars
+    dark = (colour * 0.45).tolist()
+    cv2.polylines(img, [house], True, dark, 1, cv2.LINE_AA)
+    cv2.line(img, (inset + 4, y(0.06)), (inset + 6, y(ws) - 3), dark, 1, cv2.LINE_AA)
+    cv2.line(img, (w - inset - 4, y(0.06)), (w - inset - 6, y(ws) - 3), dark, 1, cv2.LINE_AA)
     if look.body == "sedan":
-        cv2.line(img, (inset + 2, y(rear_end) + 3), (w - inset - 2, y(rear_end) + 3), line_col, 1)
-    hl = np.clip(colour + 45, 0, 255).tolist()
-    cv2.line(img, (w // 2 - 8, y(0.08)), (w // 2 - 10, y(ws) - 6), hl, 2, cv2.LINE_AA)
-    # mirrors, lamps, a number plate
-    for xm in (1, w - 9):
-        cv2.rectangle(img, (xm, y(ws) - 4), (xm + 8, y(ws) + 6), (colour * 0.8).tolist(), -1)
-        mask[y(ws) - 4 : y(ws) + 7, xm : xm + 9] = 255
-    for xl in (int(w * 0.1), int(w * 0.72)):
-        cv2.ellipse(img, (xl + 9, 7), (10, 4), 0, 0, 360, (215, 235, 240), -1, cv2.LINE_AA)
-        cv2.ellipse(img, (xl + 9, length - 7), (10, 4), 0, 0, 360, (40, 40, 190), -1)
-    cv2.rectangle(img, (w // 2 - 14, length - 6), (w // 2 + 14, length - 2), (160, 90, 40), -1)
-    # wheels peeking out at the sides
-    for yy in (0.17, 0.80):
+        cv2.line(img, (inset + 3, y(rear_end) + 4), (w - inset - 3, y(rear_end) + 4), dark, 1)
+    # mirrors stick out at the foot of the windscreen
+    for xm in (0, w - 8):
+        cv2.rectangle(img, (xm, y(ws) - 2), (xm + 7, y(ws) + 8), (colour * 0.7).tolist(), -1)
+        mask[y(ws) - 2 : y(ws) + 9, xm : xm + 8] = 255
+    # the near end's vertical face (the camera looks down at an angle): darker, with
+    # lamps and a plate; which end depends on how the car was parked
+    face_h = int(length * 0.06)
+    front_lamp, rear_lamp = (215, 235, 240), (40, 40, 190)
+    face = img[length - face_h :]
+    face[:] = face * 0.55
+    lamp = rear_lamp if not look.nose_in else front_lamp
+    far_lamp = front_lamp if not look.nose_in else rear_lamp
+    for xl in (int(w * 0.08), int(w * 0.72)):
+        cv2.rectangle(img, (xl, length - face_h + 2), (xl + 18, length - 4), lamp, -1)
+        cv2.ellipse(img, (xl + 9, 6), (9, 3), 0, 0, 360, far_lamp, -1, cv2.LINE_AA)
+    cv2.rectangle(
+        img, (w // 2 - 13, length - face_h + 3), (w // 2 + 13, length - 3), (160, 90, 40), -1
+    )
+    # tyres show at the flanks
+    for yy in (0.16, 0.78):
         for xa in (0, w - 4):
-            cv2.rectangle(img, (xa, y(yy)), (xa + 3, y(yy) + 22), (22, 22, 22), -1)
-            mask[y(yy) : y(yy) + 23, xa : xa + 4] = 255
-    # paint grain and a little dirt
+            cv2.rectangle(img, (xa, y(yy)), (xa + 3, y(yy) + 24), (20, 20, 20), -1)
+            mask[y(yy) : y(yy) + 25, xa : xa + 4] = 255
+    # paint grain, a little dirt, a touch of softness
     img += rng.normal(0, 3.0, img.shape).astype(np.float32)
     img = cv2.GaussianBlur(img, (0, 0), 0.6)
-    if not look.nose_in:
-        pass
-    else:
-        img, mask = img[::-1].copy(), mask[::-1].copy()
     alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.8)
     return np.clip(img, 0, 255).astype(np.uint8), alpha
 
@@ -560,7 +567,7 @@ class CameraScene:
             scale = 0.6 + 0.5 * y / self.height
             bx, by = int(x), int(y)
             sh = (int(bx + sx * 14 * scale), int(by + sy * 14 * scale))
-            cv2.ellipse(img, sh, (int(6 * scale), int(14 * scale)), 0, 0, 360, (40, 40, 40), -1)
+            self._shade_ellipse(img, sh, (int(6 * scale), int(14 * scale)), 0.55)
             step = math.sin(t * 6 + wk["phase"]) * 4 * scale
             for dx in (-3, 3):
                 cv2.line(img, (bx + int(dx * scale), by), (bx + int(dx * scale + step), by + int(12 * scale)),
@@ -569,6 +576,21 @@ class CameraScene:
                         shirts[int(wk["shirt"]) % len(shirts)], -1, cv2.LINE_AA)  # fmt: skip
             cv2.circle(img, (bx, by - int(19 * scale)), max(2, int(5 * scale)), (30, 35, 45), -1,
                        cv2.LINE_AA)  # fmt: skip
+
+    @staticmethod
+    def _shade_ellipse(
+        img: np.ndarray, centre: tuple[int, int], axes: tuple[int, int], keep: float
+    ) -> None:
+        """Darken an elliptic patch of ground to ``keep`` of its light (a soft shadow)."""
+        r = max(axes) + 3
+        x0, y0 = max(centre[0] - r, 0), max(centre[1] - r, 0)
+        roi = img[y0 : centre[1] + r, x0 : centre[0] + r]
+        if roi.size == 0:
+            return
+        m = np.zeros(roi.shape[:2], np.float32)
+        cv2.ellipse(m, (centre[0] - x0, centre[1] - y0), axes, 0, 0, 360, 1.0, -1, cv2.LINE_AA)
+        m = cv2.GaussianBlur(m, (0, 0), 1.5)
+        roi *= (1 - (1 - keep) * m)[:, :, None]
 
     def draw_rain(self, img: np.ndarray, rain: float, rng: np.random.Generator) -> None:
         n = int(900 * rain)
