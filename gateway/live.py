@@ -502,10 +502,10 @@ class LiveGateway:
         if n == 0:
             return
         self.state_changes += n
+        for sign in signs:  # signs first: drivers are waiting on them
+            self._publish_sign(sign, now)
         zones = np.unique(np.concatenate([g.changes.zones for g in segments]))
         self._publish_zones(zones.tolist(), now)
-        for sign in signs:
-            self._publish_sign(sign, now)
         if self._subscribers:
             ids = self.state.space_ids
             for g in segments:
