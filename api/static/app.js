@@ -240,7 +240,8 @@ function drawMap() {
       const id = ev.target.getAttribute && ev.target.getAttribute("data-space");
       if (id) showSpace(id);
     });
-    box.append(el("div", { class: "level" }, el("h3", { "data-level-title": lv.id, text: L(lv.name) }), root));
+    box.append(el("div", { class: "level" }, el("h3", { "data-level-title": lv.id, text: L(lv.name) }),
+      el("div", { class: "pan" }, root)));
   }
 }
 
