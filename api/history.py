@@ -51,10 +51,10 @@ def zone_series(
     for t in times:
         while pending is not None and pending[0] <= t:
             _, space, new = pending
-            zone = zone_of.get(space)
-            if zone is not None and new in STATES and state[space] != new:
-                counts[zone][state[space]] -= 1
-                counts[zone][new] += 1
+            in_zone = zone_of.get(space)
+            if in_zone is not None and new in STATES and state[space] != new:
+                counts[in_zone][state[space]] -= 1
+                counts[in_zone][new] += 1
                 state[space] = new
             pending = next(it, None)
         for zone, c in counts.items():

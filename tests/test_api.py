@@ -301,6 +301,16 @@ def test_ngsi_ld_entities(client, tokens, harness):
     assert bad.status_code == 422 and "type must be one of" in bad.text
 
 
+def test_openapi_docs_and_the_page_are_served(client):
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    spec = client.get("/openapi.json").json()
+    assert "/api/v1/zones" in spec["paths"] and "/ngsi-ld/v1/entities" in spec["paths"]
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="map"' in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
 # -- pure logic --------------------------------------------------------------------------------
 
 
