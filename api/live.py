@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +23,7 @@ from gateway.readside import LiveEvent, LiveView
 log = logging.getLogger(__name__)
 
 CLIENT_QUEUE = 1000
+PENDING_MAX = 100_000
 PUBLIC_KINDS = frozenset({"zone", "display"})
 
 
@@ -36,10 +39,15 @@ class StreamClient:
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
-            # too slow: end its stream (None), the page reconnects and reloads everything
-            self.overflowed = True
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.queue.get_nowait()
+            # too slow: end its stream, the page reconnects and reloads everything
+            self.end()
+
+    def end(self) -> None:
+        """End this stream (a None in its queue); the page reconnects and reloads."""
+        self.overflowed = True
+        with contextlib.suppress(asyncio.QueueEmpty):
+            self.queue.get_nowait()
+        with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(None)
 
 
@@ -52,6 +60,10 @@ class LiveHub:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._listeners: list[Callable[[LiveEvent], None]] = []
+        self._pending: deque[LiveEvent] = deque()
+        self._pending_lock = threading.Lock()
+        self._scheduled = False
+        self._lost = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -65,20 +77,41 @@ class LiveHub:
                 log.exception("unsubscribing from the live view failed")
             self._unsubscribe = None
         for c in list(self.clients):
-            with contextlib.suppress(asyncio.QueueFull):
-                c.queue.put_nowait(None)
+            c.end()
 
     def add_listener(self, fn: Callable[[LiveEvent], None]) -> None:
         """Called on the event loop for every event (the alert monitor listens here)."""
         self._listeners.append(fn)
 
     def _from_view(self, event: LiveEvent) -> None:
+        """From the view's thread: queue the event; one loop wake-up drains a whole burst."""
         loop = self.loop
         if loop is None or loop.is_closed():
             return
+        with self._pending_lock:
+            if len(self._pending) >= PENDING_MAX:  # the loop is stuck: clients must reload
+                self._pending.clear()
+                self._lost = True
+            self._pending.append(event)
+            if self._scheduled:
+                return
+            self._scheduled = True
         # the loop may close between the check and the call: we are shutting down then
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self.publish, event)
+            loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._pending_lock:
+            events = list(self._pending)
+            self._pending.clear()
+            self._scheduled = False
+            lost, self._lost = self._lost, False
+        if lost:
+            log.warning("live events piled up beyond %d; every stream reloads", PENDING_MAX)
+            for c in list(self.clients):
+                c.end()
+        for event in events:
+            self.publish(event)
 
     def publish(self, event: LiveEvent) -> None:
         """Deliver an event to every client and listener (on the event loop)."""
@@ -127,7 +160,9 @@ class AlertMonitor:
                 await self._task
 
     def _on_event(self, event: LiveEvent) -> None:
-        if event.kind in {"agent", "space"}:
+        # agents change health and availability rarely; space changes can come thousands a
+        # second, and the only alert they end (a long stay) can wait for the periodic check
+        if event.kind == "agent":
             self._wake.set()
 
     def check(self) -> tuple[list[Any], list[str]]:
