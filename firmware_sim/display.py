@@ -87,11 +87,11 @@ def sign_view(site: Site, display: str, content: DisplayContent | None, now: flo
             SignLine(f"{ln.label.zh} {ln.label.en}", ARROWS[ln.arrow], BLANK) for ln in disp.lines
         )
         return SignView(display, title, lines, blank=True)
-    lines = []
+    shown: list[SignLine] = []
     for ln in content.lines:
         text = ln.text.zh if ln.text.zh == ln.text.en else f"{ln.text.zh} {ln.text.en}"
-        lines.append(SignLine(f"{ln.label.zh} {ln.label.en}", ARROWS[ln.arrow], text))
-    return SignView(display, title, tuple(lines), blank=False)
+        shown.append(SignLine(f"{ln.label.zh} {ln.label.en}", ARROWS[ln.arrow], text))
+    return SignView(display, title, tuple(shown), blank=False)
 
 
 def plain(view: SignView) -> str:
@@ -226,7 +226,7 @@ def main(args: argparse.Namespace) -> int:
 
     client.on_connect = on_connect
     client.on_message = on_message
-    client.reconnect_delay_set(0.5, 30)
+    client.reconnect_delay_set(1, 30)
     client.connect_async(broker.host, broker.port, keepalive=30)
     client.loop_start()
     try:

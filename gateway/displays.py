@@ -31,7 +31,8 @@ class LineLayout:
 
     @classmethod
     def from_site(cls, site: Site) -> LineLayout:
-        first, owner = [], []
+        first: list[int] = []
+        owner: list[int] = []
         for d, disp in enumerate(site.displays):
             first.append(len(owner))
             owner.extend([d] * len(disp.lines))

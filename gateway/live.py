@@ -586,7 +586,7 @@ class LiveGateway:
                 self.journal.put_agent(r.agent, r.boot, r.seq, True, now)
             if agent_state is not None:
                 self.journal.put_agent(agent_state[0], None, None, agent_state[1], now)
-            if history:
+            if history and self.history is not None:
                 self.history.space_states(conn, history)
                 zones = np.unique(np.concatenate([g.changes.zones for g in segments]))
                 self.history.zone_occupancies(

@@ -244,7 +244,8 @@ class GatewayService:
         sock = self.client.socket()
         if sock is None:
             return False
-        if getattr(sock, "pending", None) and sock.pending():  # TLS: bytes already decrypted
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending():  # TLS: bytes already decrypted
             return True
         readable, _, _ = select.select([sock], [], [], 0)
         return bool(readable)
@@ -458,7 +459,7 @@ def _serve_http(service: GatewayService, address: str, db: str) -> threading.Thr
     server = uvicorn.Server(
         uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning")
     )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # uvicorn leaves signal handling alone outside the main thread: SIGTERM stays ours
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
