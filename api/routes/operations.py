@@ -7,8 +7,9 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 
-from api.alerts import SEVERITY
+from api.alerts import SEVERITY, AlertRecord
 from api.deps import Ctx, Manager, require_login, require_manager
 from api.models import (
     AcknowledgeRequest,
@@ -76,26 +77,24 @@ def arrivals(ctx: Ctx) -> list[ArrivalSummary]:
     return out
 
 
+def alert_out(rec: AlertRecord, long_occupied_h: float) -> AlertOut:
+    zh, en = rec.alert.message(long_occupied_h)
+    return AlertOut(
+        id=rec.alert.id,
+        kind=rec.alert.kind,
+        subject=rec.alert.subject,
+        severity=rec.alert.severity,
+        since=rec.since,
+        message=LocalText(zh=zh, en=en),
+        details={k: (None if v is None else str(v)) for k, v in rec.alert.details.items()},
+        acknowledged_by=rec.acked_by,
+        acknowledged_at=rec.acked_at,
+        note=rec.note,
+    )
+
+
 def alert_rows(ctx: Ctx) -> list[AlertOut]:
-    h = ctx.settings.long_occupied_h
-    out = []
-    for rec in ctx.alerts.current():
-        zh, en = rec.alert.message(h)
-        out.append(
-            AlertOut(
-                id=rec.alert.id,
-                kind=rec.alert.kind,
-                subject=rec.alert.subject,
-                severity=rec.alert.severity,
-                since=rec.since,
-                message=LocalText(zh=zh, en=en),
-                details={k: (None if v is None else str(v)) for k, v in rec.alert.details.items()},
-                acknowledged_by=rec.acked_by,
-                acknowledged_at=rec.acked_at,
-                note=rec.note,
-            )
-        )
-    return out
+    return [alert_out(rec, ctx.settings.long_occupied_h) for rec in ctx.alerts.current()]
 
 
 @router.get("/alerts")
@@ -116,11 +115,13 @@ async def acknowledge(alert_id: str, request: Request, ctx: Ctx, user: Manager) 
     """Acknowledge an open alert (manager); it stays listed until the condition clears."""
     body = await parse_body(request, AcknowledgeRequest)
     try:
-        ctx.alerts.acknowledge(alert_id, user.name, body.note, time.time())
+        rec = await run_in_threadpool(
+            ctx.alerts.acknowledge, alert_id, user.name, body.note, time.time()
+        )
     except KeyError:
         not_found(f"no open alert {alert_id!r}")
     log.info("alert %s acknowledged by %s", alert_id, user.name)
-    return next(a for a in alert_rows(ctx) if a.id == alert_id)
+    return alert_out(rec, ctx.settings.long_occupied_h)
 
 
 async def _control(
@@ -130,7 +131,8 @@ async def _control(
     if space not in ctx.view.site.space_index:
         not_found(f"no space {space!r} on this site")
     try:
-        ctx.view.control_space(space, action, user.name, body.reason)
+        # the gateway journals it under its lock: keep the event loop free meanwhile
+        await run_in_threadpool(ctx.view.control_space, space, action, user.name, body.reason)
     except (ValueError, KeyError) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, f"the gateway refused: {exc}") from None
     log.info("space %s %s by %s (%s)", space, action, user.name, body.reason or "no reason given")
