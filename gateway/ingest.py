@@ -45,6 +45,9 @@ REPORT_REASONS = (
 OBSERVATION_REASONS = ("unknown_space", "foreign_space", "older_than_known")
 
 _STATE_CODE = {s.label: int(s) for s in SpaceState}
+SINCE_TOLERANCE_S = 0.001
+"""Edges may round ``since`` differently in deltas and snapshots (seen: 6 decimals vs full
+precision); a difference below this is the same moment, not an older observation."""
 _RETIRED_BOOTS = 16  # boots remembered per agent to refuse late messages of an old boot
 
 
@@ -165,7 +168,7 @@ class ReportGate:
                     )
                 )
                 continue
-            if obs.since < obs_since[s]:
+            if obs.since < obs_since[s] - SINCE_TOLERANCE_S:
                 rejected.append(
                     Rejection(
                         "older_than_known",

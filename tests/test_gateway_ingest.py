@@ -173,3 +173,13 @@ def test_rejection_log_counts_every_one_and_logs_once_per_reason_per_interval(ca
     assert len(lines) == 3
     assert all("x" * 21 not in line for line in lines)  # payload cut short
     assert "x" * 20 + "..." in lines[0]
+
+
+def test_same_since_rounded_differently_is_not_older(gate, since, example_site):
+    a1 = example_site.space_index["A-001"]
+    since[a1] = 1795777727.013279  # seen as 6 decimals in one message ...
+    result = accept(
+        gate, report([("A-001", "occupied", 1795777727.0132787)]), since
+    )  # ... full here
+    assert isinstance(result, AcceptedReport)
+    assert result.spaces.tolist() == [a1] and not result.rejected
