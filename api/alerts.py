@@ -69,7 +69,9 @@ class Alert:
 
     def message(self, long_occupied_h: float) -> tuple[str, str]:
         zh, en = _TEXT[self.kind]
-        values = {"subject": self.subject, "hours": f"{long_occupied_h:g}"}
+        space = self.details.get("space")
+        subject = f"{self.subject} ({space})" if space else self.subject
+        values = {"subject": subject, "hours": f"{long_occupied_h:g}"}
         return zh.format(**values), en.format(**values)
 
 

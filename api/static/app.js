@@ -23,7 +23,8 @@ const T = {
   too_many: ["尝试太多，请稍后再试", "too many attempts, try again later"],
   need_login: ["需要登录", "login required"], need_manager: ["需要管理员权限", "needs the manager role"],
   done_close: ["已关闭", "closed"], done_open: ["已开放", "opened"], sent: ["已发送", "sent"],
-  no_data: ["无数据", "no data"], unreachable: ["无法连接服务器", "server unreachable"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
+  no_data: ["无数据", "no data"], raw_readings: ["检测器：原始读数和错误计数", "Detectors: raw readings and error counters"],
+  detector: ["检测器", "Detector"], raw: ["原始值", "Raw"], battery: ["电量", "Battery"], node_errors: ["节点错误", "Node errors"], unreachable: ["无法连接服务器", "server unreachable"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
 };
 const STATES = ["free", "occupied", "unknown", "closed"];
 const ARROWS = { left: "←", right: "→", up: "↑", down: "↓", "up-left": "↖", "up-right": "↗",
@@ -335,6 +336,22 @@ async function loadAgents() {
   }));
 }
 
+async function loadDetectors() {
+  const box = $("#raw-box");
+  box.hidden = !(S.me && S.me.can_read_raw);
+  if (box.hidden) return;
+  const r = await api("/api/v1/detectors/raw");
+  if (!r.ok) return;
+  const bad = (d) => (d.status === "ok" ? 1 : 0); // faults first
+  const rows = [...r.body].sort((a, b) => bad(a) - bad(b));
+  $("#detectors tbody").replaceChildren(...rows.map((d) => el("tr", {},
+    el("td", { text: `${d.source}/${d.node}/${d.index}` }), el("td", { text: d.space || "—" }),
+    el("td", { class: d.status === "ok" ? "good" : "bad", text: d.status }),
+    el("td", { text: d.raw == null ? "—" : String(d.raw) }),
+    el("td", { text: d.battery == null ? "—" : `${d.battery}%` }),
+    el("td", { text: Object.entries(d.node_errors).map(([k, v]) => `${k} ${v}`).join(", ") || "—" }))));
+}
+
 // ---- history chart -------------------------------------------------------------------------
 async function loadHistory() {
   const end = Math.floor(Date.now() / 1000);
@@ -420,7 +437,7 @@ function connect() {
   es.addEventListener("zone", (m) => onZone(JSON.parse(m.data).data));
   es.addEventListener("display", (m) => onDisplay(JSON.parse(m.data).data));
   es.addEventListener("alert", () => later("alerts", loadAlerts, 300));
-  es.addEventListener("agent", () => later("agents", () => { loadAgents(); loadAlerts(); }, 1000));
+  es.addEventListener("agent", () => later("agents", () => { loadAgents(); loadAlerts(); loadDetectors(); }, 1000));
   es.addEventListener("gateway", () => later("spaces", loadMap, 300));
   es.onerror = () => {
     renderLive(false);
@@ -431,7 +448,7 @@ function connect() {
 
 function reloadSnapshot() {
   loadZones(); loadSigns();
-  if (S.me) { loadMap(); loadAlerts(); loadAgents(); loadHistory(); loadEvents(true); }
+  if (S.me) { loadMap(); loadAlerts(); loadAgents(); loadDetectors(); loadHistory(); loadEvents(true); }
 }
 
 async function start() {
