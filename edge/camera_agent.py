@@ -366,7 +366,7 @@ def main(args: argparse.Namespace) -> int:
         quality=QualitySettings(frozen_s=args.frozen_s),
     )
     source = parse_source(args.source)
-    reader = FrameReader(source)
+    reader = FrameReader(source, max_fps=args.fps_limit)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -273,3 +273,23 @@ def test_an_unreachable_source_backs_off_and_delivers_nothing() -> None:
     finally:
         reader.stop()
     assert 2 <= reader.reconnects <= 60
+
+
+def test_max_fps_skips_decoding_but_keeps_the_stream_alive(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 25, (320, 180))
+    for i in range(50):
+        writer.write(np.full((180, 320, 3), i * 5, np.uint8))
+    writer.release()
+    reader = FrameReader(str(clip), max_fps=2.0)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 20
+        while reader.grabbed < 40 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        age = reader.last_frame_age()
+    finally:
+        reader.stop()
+    assert reader.grabbed >= 40
+    assert 1 <= reader.frames <= reader.grabbed // 3  # 25 fps in, about 2 fps decoded
+    assert age is not None and age < 5  # skipped frames still count as signs of life

@@ -73,8 +73,12 @@ class FrameReader:
         backoff_cap_s: float = BACKOFF_CAP_S,
         open_timeout_ms: int = OPEN_TIMEOUT_MS,
         read_timeout_ms: int = READ_TIMEOUT_MS,
+        max_fps: float = 0.0,
     ):
         self.source = source
+        self.min_interval = 1.0 / max_fps if max_fps > 0 else 0.0
+        """frames closer together than this are grabbed (the stream keeps flowing) but not
+        decoded: a 25 fps camera costs one decode per frame the agent will use"""
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.open_timeout_ms = open_timeout_ms
@@ -82,12 +86,16 @@ class FrameReader:
         self.file_source = is_file_source(source)
         self._cond = threading.Condition()
         self._frame: Frame | None = None
+        self._last_grab: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = False
         self.reconnects = 0
         """times the stream was lost and reopened (or attempted)"""
         self.frames = 0
+        """frames decoded and handed out"""
+        self.grabbed = 0
+        """frames read from the stream (decoded or skipped by ``max_fps``)"""
 
     # -- consumer side -------------------------------------------------------------
     def start(self) -> None:
@@ -117,11 +125,10 @@ class FrameReader:
         return None
 
     def last_frame_age(self, now: float | None = None) -> float | None:
-        """Seconds since the last frame (monotonic), None if none yet."""
-        frame = self._frame
-        if frame is None:
+        """Seconds since the stream last delivered a frame (monotonic), None if none yet."""
+        if self._last_grab is None:
             return None
-        return (time.monotonic() if now is None else now) - frame.received
+        return (time.monotonic() if now is None else now) - self._last_grab
 
     # -- reader thread --------------------------------------------------------------
     def _open(self) -> cv2.VideoCapture:
@@ -167,16 +174,25 @@ class FrameReader:
                 fps = cap.get(cv2.CAP_PROP_FPS)
                 period = 1.0 / fps if fps and 0 < fps < 1000 else 0.04
             next_at = time.monotonic()
+            last_decoded = -1e9
             while not self._stop.is_set():
-                ok, image = cap.read()
-                if not ok or image is None:
+                if not cap.grab():
                     log.warning("camera %s: read failed or stream ended", describe(self.source))
                     return got
                 got = True
-                self.frames += 1
-                with self._cond:
-                    self._frame = Frame(image, self.frames, time.monotonic())
-                    self._cond.notify_all()
+                now = time.monotonic()
+                self._last_grab = now
+                self.grabbed += 1
+                if not self.min_interval or now - last_decoded >= self.min_interval:
+                    ok, image = cap.retrieve()
+                    if not ok or image is None:
+                        log.warning("camera %s: cannot decode a frame", describe(self.source))
+                        return got
+                    last_decoded = now
+                    self.frames += 1
+                    with self._cond:
+                        self._frame = Frame(image, self.frames, now)
+                        self._cond.notify_all()
                 if period:
                     next_at += period
                     self._stop.wait(max(0.0, next_at - time.monotonic()))
