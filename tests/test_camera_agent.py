@@ -1,4 +1,5 @@
-"""Camera agent: smoothing rules (pure), then the simulated camera -> agent -> real mosquitto.
+"""Camera agent: smoothing rules (pure), the frame reader on files, the agent's frame logic
+in process (real classifier, rendered frames), then sim camera -> agent -> real mosquitto.
 
 End-to-end tests run ``parkguide sim camera`` and ``parkguide edge camera`` as
 subprocesses against the ``mosquitto`` fixture, with a real paho subscriber.
@@ -26,11 +27,15 @@ from camera_support import (
     start_sim,
     wait_states,
 )
-from conftest import free_port
+from conftest import EXAMPLE_SITE, free_port
 from edge_support import Recorder
 
+from edge.camera.quality import QualitySettings
 from edge.camera.smoothing import OccupancySmoother, SmoothingSettings
 from edge.camera.stream import FrameReader
+from edge.camera_agent import DEFAULT_STALE_S, AgentSettings, CameraAgent
+from edge.publisher import ReportPublisher
+from parking.broker import BrokerConfig
 from parking.states import SpaceState
 
 # -- smoothing (pure) ----------------------------------------------------------------
@@ -98,6 +103,89 @@ def test_wrong_number_of_decisions_is_refused() -> None:
     with pytest.raises(ValueError):
         feed(sm, [True, False], 0.9, 0.0)
     assert sm.states() == [SpaceState.UNKNOWN] * 3
+
+
+# -- the agent's frame logic in process (real classifier; nothing published) ---------
+
+
+@pytest.fixture(scope="module")
+def lot():
+    """cam-c's scene with a seeded half-full lot, and which spaces hold a car."""
+    from firmware_sim.camera_render import CameraScene
+    from parking.site import load_site
+
+    cam = load_site(EXAMPLE_SITE).camera("cam-c")
+    scene = CameraScene(cam.polygons, cam.resolution, seed=1)
+    rng = np.random.default_rng(1)
+    truth = rng.random(len(cam.polygons)) < 0.5
+    for space, occupied in zip(cam.polygons, truth, strict=True):
+        scene.set_occupied(space, bool(occupied))
+    return cam, scene, truth
+
+
+def make_agent(cam, tmp_path: Path) -> CameraAgent:
+    from edge.camera.classifier import SpaceClassifier
+
+    publisher = ReportPublisher(
+        BrokerConfig("127.0.0.1", free_port()), SITE_ID, AGENT, cam.id, spool_dir=tmp_path
+    )
+    return CameraAgent(
+        cam,
+        SpaceClassifier.load(),
+        publisher,
+        smoothing=SmoothingSettings(hold_s=0.5),
+        quality=QualitySettings(frozen_s=1.0),
+        settings=AgentSettings(fps_limit=0),
+    )
+
+
+def test_agent_decides_from_frames_and_goes_blind_on_a_covered_lens(lot, tmp_path: Path) -> None:
+    from firmware_sim.camera_render import covered_frame
+
+    cam, scene, truth = lot
+    agent = make_agent(cam, tmp_path)
+    assert agent.status() == "blind"  # no frame yet
+    for k in range(3):
+        agent.on_frame(scene.render(10 * 60, k * 0.3), 1000 + k * 0.3, k * 0.3)
+    occupied = agent.smoother.state == int(SpaceState.OCCUPIED)
+    assert (agent.smoother.state != int(SpaceState.UNKNOWN)).sum() >= 37
+    assert (occupied == truth).sum() >= 37
+    assert agent.status() in ("ok", "degraded")
+    health = agent.health(1001.0, 1.0, reconnects=0)
+    assert health.fps and health.fps > 0 and len(health.spaces) == 40
+
+    covered = covered_frame(scene.render(10 * 60, 1.0), np.random.default_rng(0))
+    changes = agent.on_frame(covered, 1001.0, 1.0)
+    assert {c.state for c in changes} == {SpaceState.UNKNOWN}
+    assert (agent.smoother.state == int(SpaceState.UNKNOWN)).all()
+    assert agent.status() == "blind" and agent.counters["blurred"] == 1
+    assert all(
+        o.state == "unknown" and o.confidence == 0.0 for o in map(agent.observation, range(40))
+    )
+
+
+def test_agent_scales_polygons_to_a_smaller_stream(lot, tmp_path: Path) -> None:
+    """A camera's substream (640x360) for a site drawn at 1280x720."""
+    cam, scene, truth = lot
+    agent = make_agent(cam, tmp_path)
+    for k in range(3):
+        frame = cv2.resize(scene.render(11 * 60, k * 0.3), (640, 360), interpolation=cv2.INTER_AREA)
+        agent.on_frame(frame, 1000 + k * 0.3, k * 0.3)
+    occupied = agent.smoother.state == int(SpaceState.OCCUPIED)
+    assert (occupied == truth).sum() >= 37
+
+
+def test_agent_turns_spaces_unknown_when_frames_stop(lot, tmp_path: Path) -> None:
+    cam, scene, _truth = lot
+    agent = make_agent(cam, tmp_path)
+    for k in range(3):
+        agent.on_frame(scene.render(10 * 60, k * 0.3), 1000 + k * 0.3, k * 0.3)
+    assert agent.on_idle(age=1.0, since_start=2.0, wall=1001.0) == []
+    changes = agent.on_idle(age=DEFAULT_STALE_S + 0.1, since_start=8.0, wall=1006.0)
+    assert len(changes) >= 37 and {c.state for c in changes} == {SpaceState.UNKNOWN}
+    assert agent.status() == "blind" and agent.counters["stream_lost"] == 1
+    agent.on_idle(age=DEFAULT_STALE_S + 1.0, since_start=9.0, wall=1007.0)
+    assert agent.counters["stream_lost"] == 1  # one outage, counted once
 
 
 # -- end to end: sim camera -> camera agent -> mosquitto -> subscriber ---------------
