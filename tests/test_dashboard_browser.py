@@ -1,32 +1,27 @@
 # ruff: noqa: F811  (pytest fixtures imported from e2e_support are parameters here)
-"""The dashboard in a real browser (Debian's chromium, headless, via Playwright).
+"""The dashboard in a real browser (Debian's chromium, headless, via Playwright), on the real
+chain: ``parkguide sim bus`` (node controllers on a pty, ``--scenario none``) -> ``parkguide
+edge serial`` (Modbus RTU master, debounce) -> mosquitto -> ``parkguide gateway --http``
+(journal, and the API in-process on its live state) -> the page. (The stand-alone
+``parkguide api`` is tested in test_api_live.)
 
-mosquitto -> ``parkguide gateway --http`` (journal, and the API in-process on its live state)
--> the page. (The stand-alone ``parkguide api`` is tested in test_api_live.) The test plays
-the edge agent: it publishes real
-``OccupancyReport`` payloads over MQTT, as ``parkguide edge serial`` does. (The full chain with
-``parkguide sim bus`` and ``parkguide edge serial`` does not hold states yet: see the report on
-issue 5 -- the agent's periodic snapshots are refused as older than known.) A space changed by a
-report turns its colour on the map within 2 s; a manager action is refused without the
-manager's login and works with it. Screenshots go to artifacts/.
+A detector set in the simulator turns its space's colour on the map within 2 s; a manager
+action is refused without the manager's login and works with it; the page reconnects by
+itself after the gateway is killed and restarted. Screenshots go to artifacts/.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
 from conftest import REPO, free_port, wait_port
-from e2e_support import EXAMPLE_SITE, Processes, processes  # noqa: F401
+from e2e_support import EXAMPLE_SITE, Proc, Processes, processes  # noqa: F401
 from playwright.sync_api import Page, sync_playwright
 
-from parking import topics
-from parking.payloads import OccupancyReport, SpaceObservation
-from parking.site import load_site
+from api.auth import UserStore
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -43,7 +38,7 @@ ARTIFACTS = REPO / "artifacts"
 PASSWORD = "dashboard test password"  # test users only
 SECRET = "browser-test-session-secret-0123456789abcdef"
 SPACES = 342  # the example site
-DEADLINE_MS = 2000  # issue 5: a detector change shows on the map within 2 s
+DEADLINE_MS = 2000  # issue 5: a detector changed in the simulator shows within 2 s
 
 
 def state_of(page: Page, space: str) -> str:
@@ -72,43 +67,25 @@ def logout(page: Page) -> None:
     page.wait_for_selector("#login-box:not([hidden])")
 
 
-class EdgeAgent:
-    """Publishes occupancy reports for one bus over MQTT, the way an edge agent does."""
-
-    def __init__(self, broker_port: int, site, source: str):
-        self.site, self.source = site, source
-        self.agent = f"serial-{source}"
-        self.boot = uuid.uuid4().hex[:12]
-        self.seq = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{self.boot}")
-        self.client.connect("127.0.0.1", broker_port)
-        self.client.loop_start()
-
-    def send(self, kind: str, states: dict[str, str]) -> None:
-        now = time.time()
-        report = OccupancyReport(
-            agent=self.agent, source=self.source, boot=self.boot, seq=self.seq, ts=now, kind=kind,
-            spaces=[SpaceObservation(space=s, state=st, since=now) for s, st in states.items()],
-        )  # fmt: skip
-        self.seq += 1
-        topic = topics.edge_occupancy(self.site.id, self.agent)
-        self.client.publish(topic, report.model_dump_json(), qos=1).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-def start_services(processes: Processes, tmp: Path, broker: str) -> tuple[str, Path, int]:
+def start_services(processes: Processes, tmp: Path, broker: str) -> tuple[Proc, str, Path, int]:
+    site = ("--site", str(EXAMPLE_SITE))
     db = tmp / "journal.sqlite"
-    for name, role in (("boss", "manager"), ("guard", "viewer")):
-        p = processes.start("user-add", "user", "add", name, "--role", role, "--db", str(db),
-                            stdin=True)  # fmt: skip
-        p.send(PASSWORD)
-        assert p.wait_exit(60) == 0, p.log_tail()
+    users = UserStore(str(db))  # `parkguide user add` itself is tested in test_api_auth
+    users.add("boss", "manager", PASSWORD)
+    users.add("guard", "viewer", PASSWORD)
+    link = tmp / "bus-g"
+    sim = processes.start(
+        "sim-bus", "sim", "bus", *site, "--bus", "bus-g", "--link", str(link),
+        "--scenario", "none", "--seed", "5", stdin=True,
+    )  # fmt: skip
+    sim.wait_line(lambda line: "linked at" in line, timeout=30)
     port = free_port()
     start_gateway(processes, broker, db, port)
-    return f"http://127.0.0.1:{port}", db, port
+    processes.start(
+        "agent", "edge", "serial", *site, "--bus", "bus-g", "--port", str(link),
+        "--broker", broker, "--spool-dir", str(tmp / "spool"),
+    )  # fmt: skip
+    return sim, f"http://127.0.0.1:{port}", db, port
 
 
 def start_gateway(processes: Processes, broker: str, db: Path, port: int):
@@ -134,13 +111,7 @@ def wait_zone_known(url: str, zone: str, timeout: float = 60) -> None:
 
 def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
-    url, db, port = start_services(processes, tmp_path, mosquitto.url)
-    site = load_site(EXAMPLE_SITE)
-    edge = EdgeAgent(mosquitto.port, site, "bus-g")
-    bus_spaces = site.spaces_of_source("bus-g")
-    edge.send(
-        "snapshot", {s: "occupied" if i % 3 == 0 else "free" for i, s in enumerate(bus_spaces)}
-    )
+    sim, url, db, port = start_services(processes, tmp_path, mosquitto.url)
     wait_zone_known(url, "A")
     wait_zone_known(url, "B")
 
@@ -182,7 +153,7 @@ def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
             assert len(free) >= 2, "no free space left in zone A"
             space = free[0]
             t0 = time.monotonic()
-            edge.send("delta", {space: "occupied"})
+            sim.send(f"set {space} occupied")
             wait_state(page, space, "occupied", DEADLINE_MS)
             took = time.monotonic() - t0
             assert took <= DEADLINE_MS / 1000, took
@@ -192,7 +163,9 @@ def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
             page.fill("#sp-reason", "resurfacing")
             page.click("#sp-close")
             wait_state(page, target, "closed", 5000)
-            assert "closed" in page.text_content("#sp-msg")
+            page.wait_for_function(
+                "document.querySelector('#sp-msg').textContent.includes('closed')"
+            )
             events = httpx.get(
                 f"{url}/api/v1/events",
                 params={"space": target, "limit": 1},
@@ -217,16 +190,16 @@ def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
             wait_state(page, target, "free", 5000)
 
             # the gateway (and the API in it) dies and comes back: the page reconnects by itself
-            processes.started[-1].kill9()
+            gateway = next(p for p in processes.started if p.name.startswith("gateway"))
+            gateway.kill9()
             page.wait_for_selector("#live.off", timeout=5000)
             start_gateway(processes, mosquitto.url, db, port)
             page.wait_for_selector("#live.on", timeout=15000)
             page.wait_for_selector('#map[data-loaded="true"]')
             t0 = time.monotonic()
-            edge.send("delta", {space: "free"})
+            sim.send(f"set {space} free")
             wait_state(page, space, "free", DEADLINE_MS)
             assert time.monotonic() - t0 <= DEADLINE_MS / 1000
             assert not errors, errors
         finally:
             browser.close()
-            edge.close()

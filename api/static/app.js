@@ -280,6 +280,7 @@ function showSpace(id) {
   const p = document.querySelector(`polygon[data-space="${CSS.escape(id)}"]`);
   if (p) p.classList.add("selected");
   $("#space-panel").hidden = false;
+  if ($("#sp-id").textContent !== id) $("#sp-msg").textContent = ""; // a message is about its space
   $("#sp-id").textContent = id;
   const chip = $("#sp-state");
   chip.className = `chip ${s.state}`;
