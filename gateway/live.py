@@ -137,6 +137,9 @@ class LiveGateway:
         self.core = AllocationCore(self.layout, self.minute, **(core_options or {}))
         self.renderer = SignRenderer(site)
         self.lines = self.renderer.layout
+        site_lines = tuple((d.id, i) for d in site.displays for i in range(len(d.lines)))
+        if tuple(self.layout.line_keys) != site_lines:  # the signs index the core's line arrays
+            raise ValueError("the allocation core's display lines are not in site order")
         self._display_topics = [topics.display_content(site.id, d.id) for d in site.displays]
         self._zone_topics = [topics.zone(site.id, z.id) for z in site.zones]
         self._zone_json = [json.dumps(z.id) for z in site.zones]
