@@ -49,8 +49,10 @@ class QualitySettings:
     measure about 80-160, a lens covered or smeared (Gaussian sigma 15 px) about 1"""
     frozen_tolerance: float = 0.05
     """mean absolute grey-level difference below which two frames count as identical"""
-    frozen_s: float = 5.0
-    """identical frames for longer than this -> frozen"""
+    frozen_s: float = 20.0
+    """identical frames for longer than this -> frozen. Generous: with 3D noise reduction
+    and an H.264 encoder skipping static macroblocks, a still night scene can decode
+    bit-identical until the next key frame, and key frames may be 10 s apart."""
 
 
 @dataclass(frozen=True)
