@@ -67,3 +67,37 @@ def test_journaled_changes_are_written_to_influxdb(mosquitto, victoria, tmp_path
     assert stats["written"] >= len(events)
     zone_a = victoria.export('zone_occupancy_occupied{site="xinyuan",zone="A"}')
     assert zone_a and 1 in [int(v) for v in zone_a[0]["values"]]
+
+
+def test_zone_occupancy_goes_to_the_outbox_every_10_s_and_on_change(example_site, tmp_path):
+    from gateway import outbox
+    from gateway.journal import Journal
+    from gateway.live import LiveGateway
+    from gateway.service import _OutboxHistory
+
+    mono = [1000.0]
+    history = _OutboxHistory(example_site.id, None)
+    journal = Journal(tmp_path / "j.db", history)
+    outbox.ensure_schema(journal.conn)
+
+    def zone_points() -> int:
+        q = "SELECT count(*) FROM outbox WHERE measurement='zone_occupancy'"
+        return journal.conn.execute(q).fetchone()[0]
+
+    try:
+        gw = LiveGateway(
+            example_site, journal, lambda *a: None, history=history, mono=lambda: mono[0]
+        )
+        gw.tick()  # the first tick writes every zone
+        n_zones = len(example_site.zones)
+        assert zone_points() == n_zones
+        mono[0] += 5
+        gw.tick()
+        assert zone_points() == n_zones  # not again within 10 s
+        gw.control_space("A-001", "close", "wang", None)  # a change: its zone at once
+        assert zone_points() == n_zones + 1
+        mono[0] += 6
+        gw.tick()
+        assert zone_points() == 2 * n_zones + 1
+    finally:
+        journal.close()
