@@ -3,7 +3,11 @@ SQLite journal, fed with real report payloads, and a real uvicorn server in a th
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import socket
+import sqlite3
+import tempfile
 import threading
 import time
 import uuid
@@ -133,11 +137,29 @@ def harness(tmp_path_factory, request):
     h.close()
 
 
+_user_template: Path | None = None
+
+
+def user_template() -> Path:
+    """One user per role, added once per test process (argon2 hashing is slow on purpose)."""
+    global _user_template
+    if _user_template is None:
+        folder = Path(tempfile.mkdtemp(prefix="parkguide-users-"))
+        atexit.register(shutil.rmtree, folder, True)
+        store = UserStore(str(folder / "users.sqlite"))
+        for role in ROLES:
+            store.add(role, role, PASSWORD)
+        _user_template = folder / "users.sqlite"
+    return _user_template
+
+
 @pytest.fixture(scope="module")
 def users(harness) -> UserStore:
+    """Those users copied into this module's journal database."""
     store = UserStore(str(harness.db_path))
-    for role in ROLES:
-        store.add(role, role, PASSWORD)
+    with sqlite3.connect(harness.db_path) as db:
+        db.execute("ATTACH DATABASE ? AS template", (str(user_template()),))
+        db.execute("INSERT OR REPLACE INTO users SELECT * FROM template.users")
     return store
 
 
