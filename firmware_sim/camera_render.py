@@ -102,6 +102,11 @@ def lighting_at(minute: float, facing_deg: float = DEFAULT_FACING_DEG) -> Lighti
     return Lighting(daylight, tint, shadow, 0.55 * daylight)
 
 
+def f32(values: object) -> np.ndarray:
+    """A float32 array (OpenCV's geometry functions want float32 points)."""
+    return np.asarray(values, dtype=np.float32)
+
+
 def _smoothstep(a: float, b: float, x: float) -> float:
     t = min(max((x - a) / (b - a), 0.0), 1.0)
     return t * t * (3 - 2 * t)
@@ -177,13 +182,13 @@ def draw_car_sprite(look: CarLook, rng: np.random.Generator) -> tuple[np.ndarray
     x = np.linspace(-1, 1, w, dtype=np.float32)
     crown = np.sqrt(np.clip(1 - x**2, 0, 1))
     across = 0.50 + 0.55 * crown
-    sky = np.float32([200, 195, 185])
+    sky = f32([200, 195, 185])
     shine = (0.10 + 0.25 * (colour.mean() < 90)) * crown**6
     img = colour[None, None, :] * across[None, :, None] + sky * shine[None, :, None]
     img = np.repeat(img, length, axis=0)
     ws, roof, rear, rear_end = _cabin(look.body)
     y = lambda f: int(f * length)  # noqa: E731
-    glass = np.float32([58, 48, 40])
+    glass = f32([58, 48, 40])
     inset = int(w * 0.10)
     # the glasshouse: everything between the windscreen and the rear window's foot
     house = np.array(
@@ -202,7 +207,7 @@ def draw_car_sprite(look: CarLook, rng: np.random.Generator) -> tuple[np.ndarray
         band = img[ya:yb, inset + 3 : w - inset - 3]
         yy, xx = np.mgrid[0 : band.shape[0], 0 : band.shape[1]].astype(np.float32)
         streak = np.exp(-(((xx * 0.6 + yy) - band.shape[0] * 0.6) ** 2) / (2 * 6.0**2))
-        band += (strength * (0.35 + streak))[:, :, None] * np.float32([1.0, 0.97, 0.92])
+        band += (strength * (0.35 + streak))[:, :, None] * f32([1.0, 0.97, 0.92])
     # the roof: body colour, its own crown highlight, framed by the side glass
     side = int(w * 0.17)
     roof_px = img[y(roof) : y(rear), inset + side : w - inset - side]
@@ -263,7 +268,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     """Unit-variance noise smoothed at scale ``sigma`` px (drawn coarse, then enlarged)."""
     h, w = shape
     k = max(1.0, sigma / 3.0)
-    small = rng.normal(0, 1, (max(2, int(h / k)), max(2, int(w / k)))).astype(np.float32)
+    small: np.ndarray = rng.normal(0, 1, (max(2, int(h / k)), max(2, int(w / k)))).astype(
+        np.float32
+    )
     small = cv2.GaussianBlur(small, (0, 0), sigma / k)
     field = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
     return field / (field.std() + 1e-6)
@@ -280,7 +287,7 @@ def bay_quad(polygon: Polygon) -> np.ndarray:
     top, bottom = pts[order[:2]], pts[order[2:]]
     top = top[np.argsort(top[:, 0])]
     bottom = bottom[np.argsort(bottom[:, 0])]
-    return np.float32([top[0], top[1], bottom[1], bottom[0]])
+    return f32([top[0], top[1], bottom[1], bottom[0]])
 
 
 @dataclass
@@ -323,7 +330,7 @@ class CameraScene:
         rng = np.random.default_rng(self.seed + 1)
         h, w = self.height, self.width
         grain = rng.normal(0, 1, (h, w)).astype(np.float32)
-        ground = 98 + 9 * cv2.GaussianBlur(grain, (0, 0), 0.7)
+        ground: np.ndarray = 98 + 9 * cv2.GaussianBlur(grain, (0, 0), 0.7)
         for sigma, amp in ((6, 4.0), (30, 6.0), (90, 8.0)):
             ground += amp * _smooth_noise(rng, (h, w), sigma)
         # repairs: darker patches of newer asphalt with their own grain
@@ -332,14 +339,14 @@ class CameraScene:
             x1, y1 = x + int(rng.uniform(60, 220)), y + int(rng.uniform(20, 70))
             patch = ground[y:y1, x:x1]
             patch[:] = 0.8 * patch + 0.2 * cv2.GaussianBlur(patch, (0, 0), 1.5) - 16
-        img = np.ascontiguousarray(ground[:, :, None] * np.float32([1.0, 1.01, 1.03]))
+        img = np.ascontiguousarray(ground[:, :, None] * f32([1.0, 1.01, 1.03]))
         # cracks
         for _ in range(30):
             pts = [(rng.uniform(0, w), rng.uniform(h * 0.4, h))]
             for _ in range(int(rng.integers(3, 9))):
                 px, py = pts[-1]
                 pts.append((px + rng.normal(0, 14), py + rng.normal(0, 8)))
-            cv2.polylines(img, [np.int32(pts)], False, (62, 63, 66), 1, cv2.LINE_AA)
+            cv2.polylines(img, [np.asarray(pts, np.int32)], False, (62, 63, 66), 1, cv2.LINE_AA)
         # oil stains near the centre of some bays
         for quad in self.quads.values():
             if rng.random() < 0.5:
@@ -347,7 +354,7 @@ class CameraScene:
                 axes = (int(rng.uniform(6, 14)), int(rng.uniform(10, 26)))
                 r = 48
                 cx, cy = int(np.clip(c[0], r, w - r)), int(np.clip(c[1], r, h - r))
-                stain = np.zeros((2 * r, 2 * r), np.float32)
+                stain: np.ndarray = np.zeros((2 * r, 2 * r), np.float32)
                 cv2.ellipse(stain, (r, r), axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
                 stain = cv2.GaussianBlur(stain, (0, 0), 5)
                 img[cy - r : cy + r, cx - r : cx + r] *= (1 - 0.25 * stain)[:, :, None]
@@ -363,17 +370,17 @@ class CameraScene:
         bottom = max(float(q[:, 1].max()) for q in quads) if quads else h * 0.9
         # verge and hedge behind the far row
         verge_y = int(max(top - 18, 0))
-        grass = rng.normal(0, 1, (h, w)).astype(np.float32)
+        grass: np.ndarray = rng.normal(0, 1, (h, w)).astype(np.float32)
         grass = cv2.GaussianBlur(grass, (0, 0), 1.2)
         band = img[:verge_y]
-        band[:] = np.float32([55, 115, 85]) + 18 * grass[:verge_y, :, None]
+        band[:] = f32([55, 115, 85]) + 18 * grass[:verge_y, :, None]
         hedge_y = int(verge_y * 0.55)
         for x in range(-20, w + 20, 26):
             cv2.circle(img, (x + int(rng.integers(-6, 6)), hedge_y + int(rng.integers(-8, 8))),
                        int(rng.integers(22, 34)), (35, 80, 45), -1, cv2.LINE_AA)  # fmt: skip
         # the estate road beyond the hedge, with a dashed centre line
         road_y = max(hedge_y - 30, 0)
-        img[:road_y] = np.float32([88, 88, 90]) + 7 * grass[:road_y, :, None]
+        img[:road_y] = f32([88, 88, 90]) + 7 * grass[:road_y, :, None]
         for x in range(0, w, 90):
             cv2.line(img, (x, road_y // 2), (x + 45, road_y // 2), (120, 200, 215), 4)
         cv2.line(img, (0, verge_y), (w, verge_y), (150, 152, 155), 5)
@@ -381,7 +388,7 @@ class CameraScene:
         kerb_y = int(min(bottom + 6, h))
         if kerb_y < h:
             paving = 150 + 10 * grass[kerb_y:, :, None]
-            img[kerb_y:] = paving * np.float32([1.0, 1.0, 1.02])
+            img[kerb_y:] = paving * f32([1.0, 1.0, 1.02])
             for x in range(0, w, 40):
                 cv2.line(img, (x, kerb_y), (x - 6, h), (120, 120, 122), 1)
             cv2.line(img, (0, kerb_y), (w, kerb_y), (185, 185, 188), 4)
@@ -389,11 +396,12 @@ class CameraScene:
     def _draw_bay_lines(self, img: np.ndarray, rng: np.random.Generator) -> None:
         paint = np.zeros(img.shape[:2], np.float32)
         for (a, b), thick in self._bay_lines():
-            cv2.line(paint, tuple(np.int32(a)), tuple(np.int32(b)), 1.0, thick, cv2.LINE_AA)
+            pa, pb = (int(a[0]), int(a[1])), (int(b[0]), int(b[1]))
+            cv2.line(paint, pa, pb, 1.0, thick, cv2.LINE_AA)
         wear = np.clip(0.75 + 0.35 * rng.normal(0, 1, paint.shape).astype(np.float32), 0, 1)
         wear = cv2.GaussianBlur(wear, (0, 0), 1.5)
         a = (paint * wear)[:, :, None]
-        img[:] = img * (1 - a) + np.float32([215, 222, 228]) * a
+        img[:] = img * (1 - a) + f32([215, 222, 228]) * a
 
     def _bay_lines(self) -> list[tuple[tuple[np.ndarray, np.ndarray], int]]:
         """Painted lines: the sides and back of every bay, one line where two bays meet
@@ -474,7 +482,7 @@ class CameraScene:
 
         cu, cv_ = 0.5 + look.shift[0], 0.5 + look.shift[1]
         hw, hl = look.width / 2, look.length / 2
-        corners = np.float32(
+        corners = f32(
             [
                 at(cu - hw, cv_ - hl),
                 at(cu + hw, cv_ - hl),
@@ -489,8 +497,8 @@ class CameraScene:
         x1, y1 = np.ceil(corners.max(axis=0)).astype(int) + 2
         x0, y0 = max(x0, 0), max(y0, 0)
         x1, y1 = min(x1, self.width), min(y1, self.height)
-        src = np.float32([[0, 0], [SPRITE_W, 0], [SPRITE_W, SPRITE_L], [0, SPRITE_L]])
-        m = cv2.getPerspectiveTransform(src, corners - np.float32([x0, y0]))
+        src = f32([[0, 0], [SPRITE_W, 0], [SPRITE_W, SPRITE_L], [0, SPRITE_L]])
+        m = cv2.getPerspectiveTransform(src, corners - f32([x0, y0]))
         size = (int(x1 - x0), int(y1 - y0))
         image = cv2.warpPerspective(sprite, m, size, flags=cv2.INTER_AREA)
         a = cv2.warpPerspective(alpha, m, size, flags=cv2.INTER_LINEAR)
@@ -502,7 +510,7 @@ class CameraScene:
         """Background with the sun's shadows and the parked cars (float32 BGR, unlit)."""
         light = lighting_at(minute_of_day, self.facing_deg)
         img = self.background.copy()
-        shade = np.zeros((self.height, self.width), np.float32)
+        shade: np.ndarray = np.zeros((self.height, self.width), np.float32)
         sx, sy = light.shadow
         # a tree beside the lot: its shadow sweeps with the sun
         tree = (self.width * 0.12, self.height * 0.38)
@@ -513,14 +521,14 @@ class CameraScene:
             0, 0, 360, 0.8, -1,
         )  # fmt: skip
         for car in self.cars.values():
-            off = np.float32([sx, sy]) * car.height_px
+            off = f32([sx, sy]) * car.height_px
             foot = (car.footprint + off * 0.5).astype(np.int32)
             cv2.fillConvexPoly(shade, foot, 1.0, cv2.LINE_AA)
             cv2.fillConvexPoly(shade, car.footprint.astype(np.int32), 1.0, cv2.LINE_AA)
             cv2.fillConvexPoly(shade, (car.footprint + off).astype(np.int32), 1.0, cv2.LINE_AA)
         shade = cv2.GaussianBlur(np.clip(shade, 0, 1), (0, 0), 4)
         # ambient occlusion under every car even without sun
-        ao = np.zeros_like(shade)
+        ao: np.ndarray = np.zeros_like(shade)
         for car in self.cars.values():
             cv2.fillConvexPoly(ao, car.footprint.astype(np.int32), 1.0)
         ao = cv2.GaussianBlur(ao, (0, 0), 6)
@@ -542,7 +550,9 @@ class CameraScene:
         # clouds drift at real speed, their shadows only matter by day
         shift = int(t * 6) % self.clouds.shape[1]
         c = np.roll(self.clouds, -shift, axis=1)
-        cloud = cv2.resize(c[:, : self.clouds.shape[1] // 2 + 1], (w, h), cv2.INTER_LINEAR)
+        cloud = cv2.resize(
+            c[:, : self.clouds.shape[1] // 2 + 1], (w, h), interpolation=cv2.INTER_LINEAR
+        )
         day = light.daylight * (1 - 0.35 * cloud * (1 - 0.5 * rain))
         night_ambient = 0.16
         lamps = (1 - light.daylight) * 0.75 * self.lamps
@@ -587,7 +597,7 @@ class CameraScene:
         roi = img[y0 : centre[1] + r, x0 : centre[0] + r]
         if roi.size == 0:
             return
-        m = np.zeros(roi.shape[:2], np.float32)
+        m: np.ndarray = np.zeros(roi.shape[:2], np.float32)
         cv2.ellipse(m, (centre[0] - x0, centre[1] - y0), axes, 0, 0, 360, 1.0, -1, cv2.LINE_AA)
         m = cv2.GaussianBlur(m, (0, 0), 1.5)
         roi *= (1 - (1 - keep) * m)[:, :, None]
@@ -631,7 +641,7 @@ def black_frame(resolution: tuple[int, int], rng: np.random.Generator) -> np.nda
     """A capped lens: black with a little read noise."""
     w, h = resolution
     noise = np.zeros((h, w, 3), np.int16)
-    cv2.randn(noise, 3, 1.5)
+    cv2.randn(noise, np.full(3, 3.0), np.full(3, 1.5))  # per channel: a scalar fills one
     return np.clip(noise, 0, 255).astype(np.uint8)
 
 
@@ -640,7 +650,7 @@ def covered_frame(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     blurred = cv2.GaussianBlur(frame, (0, 0), 18).astype(np.int16)
     blurred = (blurred * 0.8).astype(np.int16)
     noise = np.zeros(frame.shape, np.int16)
-    cv2.randn(noise, 0, 2.0)
+    cv2.randn(noise, np.zeros(3), np.full(3, 2.0))
     return np.clip(blurred + noise, 0, 255).astype(np.uint8)
 
 

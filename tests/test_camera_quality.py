@@ -39,7 +39,8 @@ def with_noise(frame: np.ndarray, rng: np.random.Generator, sigma: float = 2.0) 
     """Gaussian read noise (OpenCV's generator, reseeded from ``rng``: fast on full frames)."""
     cv2.setRNGSeed(int(rng.integers(0, 2**31 - 1)))
     noise = np.zeros(frame.shape, np.int16)
-    cv2.randn(noise, 0, sigma)
+    channels = 1 if frame.ndim == 2 else frame.shape[2]
+    cv2.randn(noise, np.zeros(channels), np.full(channels, sigma))  # a scalar fills one channel
     return np.clip(frame.astype(np.int16) + noise, 0, 255).astype(np.uint8)
 
 
