@@ -154,38 +154,52 @@ class ReportGate:
             elif report.boot in known.retired:
                 return Rejection("stale_boot", f"{report.agent} boot {report.boot} was replaced")
         index = self.site.space_index
+        bound = self._binding_source
+        source = report.source
         rejected: list[Rejection] = []
-        picked: dict[int, tuple[int, float]] = {}
+        idx: list[int] = []
+        codes: list[int] = []
+        times: list[float] = []
         for obs in report.spaces:
             s = index.get(obs.space)
             if s is None:
                 rejected.append(Rejection("unknown_space", f"space {obs.space!r} does not exist"))
-                continue
-            if self._binding_source.get(obs.space) != report.source:
+            elif bound.get(obs.space) != source:
                 rejected.append(
-                    Rejection(
-                        "foreign_space", f"space {obs.space!r} is not bound to {report.source}"
-                    )
+                    Rejection("foreign_space", f"space {obs.space!r} is not bound to {source}")
                 )
-                continue
-            if obs.since < obs_since[s] - SINCE_TOLERANCE_S:
+            else:
+                idx.append(s)
+                codes.append(_STATE_CODE[obs.state])
+                times.append(obs.since)
+        spaces = np.array(idx, dtype=np.int64)
+        states = np.array(codes, dtype=np.int8)
+        since = np.array(times, dtype=np.float64)
+        older = since < obs_since[spaces] - SINCE_TOLERANCE_S
+        if older.any():
+            for s, t in zip(spaces[older].tolist(), since[older].tolist(), strict=True):
                 rejected.append(
                     Rejection(
                         "older_than_known",
-                        f"space {obs.space!r} since {obs.since} < known {obs_since[s]}",
+                        f"space {self.site.spaces[s].id!r} since {t} < known {obs_since[s]}",
                     )
                 )
-                continue
-            picked[s] = (_STATE_CODE[obs.state], obs.since)  # a later duplicate entry wins
+            keep = ~older
+            spaces, states, since = spaces[keep], states[keep], since[keep]
+        if len(set(idx)) != len(idx):  # a space listed twice: the later entry wins
+            _, first_from_end = np.unique(spaces[::-1], return_index=True)
+            last = np.sort(len(spaces) - 1 - first_from_end)
+            spaces, states, since = spaces[last], states[last], since[last]
         if report.kind == "snapshot":
             # a snapshot lists every space of its source: the ones it leaves out are unknown
-            for s in self._source_spaces[report.source].tolist():
-                if s not in picked:
-                    picked[s] = (int(SpaceState.UNKNOWN), max(report.ts, float(obs_since[s])))
-        n = len(picked)
-        spaces = np.fromiter(picked.keys(), dtype=np.int64, count=n)
-        states = np.fromiter((v[0] for v in picked.values()), dtype=np.int8, count=n)
-        since = np.fromiter((v[1] for v in picked.values()), dtype=np.float64, count=n)
+            all_of_source = self._source_spaces[source]
+            missing = all_of_source[~np.isin(all_of_source, spaces)]
+            if len(missing):
+                spaces = np.concatenate([spaces, missing])
+                states = np.concatenate(
+                    [states, np.full(len(missing), int(SpaceState.UNKNOWN), dtype=np.int8)]
+                )
+                since = np.concatenate([since, np.maximum(report.ts, obs_since[missing])])
         return AcceptedReport(
             agent=report.agent,
             source=report.source,

@@ -507,7 +507,10 @@ class LiveGateway:
         self.state_changes += n
         for sign in signs:  # signs first: drivers are waiting on them
             self._publish_sign(sign, now)
-        zones = np.unique(np.concatenate([g.changes.zones for g in segments]))
+        if len(segments) == 1:
+            zones = segments[0].changes.zones
+        else:
+            zones = np.unique(np.concatenate([g.changes.zones for g in segments]))
         self._publish_zones(zones.tolist(), now)
         if self._subscribers:
             ids = self.state.space_ids

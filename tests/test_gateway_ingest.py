@@ -183,3 +183,13 @@ def test_same_since_rounded_differently_is_not_older(gate, since, example_site):
     )  # ... full here
     assert isinstance(result, AcceptedReport)
     assert result.spaces.tolist() == [a1] and not result.rejected
+
+
+def test_a_space_listed_twice_takes_its_later_entry(gate, since, example_site):
+    result = accept(
+        gate, report([("A-001", "occupied"), ("A-002", "free"), ("A-001", "free")]), since
+    )
+    assert isinstance(result, AcceptedReport)
+    got = dict(zip(result.spaces.tolist(), result.states.tolist(), strict=True))
+    idx = example_site.space_index
+    assert got == {idx["A-001"]: SpaceState.FREE, idx["A-002"]: SpaceState.FREE}
