@@ -122,7 +122,7 @@ class CameraAgent:
                     cw,
                     ch,
                 )
-                scale = np.float32([w / cw, h / ch])
+                scale = np.array([w / cw, h / ch], np.float32)
                 polys = [p * scale for p in polys]
             plan = self.classifier.plan(polys)
             self._plans[(w, h)] = plan

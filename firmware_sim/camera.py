@@ -540,8 +540,8 @@ def main(args: argparse.Namespace) -> int:
     for t in threads:
         t.start()
     console = Console(camera, t0)
-    bound_host, bound_port = server.server_address[:2]
-    console.say(f"camera {camera_cfg.id} serving http://{bound_host}:{bound_port}/stream.mjpg")
+    bound_port = server.server_address[1]
+    console.say(f"camera {camera_cfg.id} serving http://{host}:{bound_port}/stream.mjpg")
     log.info(
         "camera %s: %d spaces, scenario %s, speed %g, start %02d:%02d, %g fps",
         camera_cfg.id,
