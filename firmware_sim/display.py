@@ -22,22 +22,12 @@ from pydantic import ValidationError
 
 from parking import topics
 from parking.broker import BrokerConfig
-from parking.payloads import MAX_PAYLOAD_BYTES, DisplayContent
+from parking.payloads import ARROW_GLYPHS, MAX_PAYLOAD_BYTES, DisplayContent
 from parking.site import Site, SiteError, load_site
 
 log = logging.getLogger(__name__)
 
-ARROWS = {
-    "left": "←",
-    "right": "→",
-    "up": "↑",
-    "down": "↓",
-    "up-left": "↖",
-    "up-right": "↗",
-    "down-left": "↙",
-    "down-right": "↘",
-    "none": " ",
-}
+ARROWS = ARROW_GLYPHS
 BLANK = "--"
 
 

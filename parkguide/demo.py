@@ -25,20 +25,10 @@ from pathlib import Path
 from parkguide.supervisor import Supervisor
 from parking import topics
 from parking.broker import BrokerConfig
+from parking.payloads import ARROW_GLYPHS as ARROWS
 from parking.site import EXAMPLE_SITE, SiteError, load_site
 
 log = logging.getLogger(__name__)
-ARROWS = {
-    "left": "←",
-    "right": "→",
-    "up": "↑",
-    "down": "↓",
-    "up-left": "↖",
-    "up-right": "↗",
-    "down-left": "↙",
-    "down-right": "↘",
-    "none": " ",
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

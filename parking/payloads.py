@@ -110,6 +110,18 @@ class LocalText(_Payload):
 Arrow = Literal[
     "left", "right", "up", "down", "up-left", "up-right", "down-left", "down-right", "none"
 ]
+ARROW_GLYPHS: dict[str, str] = {
+    "left": "←",
+    "right": "→",
+    "up": "↑",
+    "down": "↓",
+    "up-left": "↖",
+    "up-right": "↗",
+    "down-left": "↙",
+    "down-right": "↘",
+    "none": " ",
+}
+"""How each arrow looks on a text sign."""
 
 
 class DisplayLine(_Payload):
