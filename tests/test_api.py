@@ -308,6 +308,7 @@ def test_openapi_docs_and_the_page_are_served(client):
     assert "/api/v1/zones" in spec["paths"] and "/ngsi-ld/v1/entities" in spec["paths"]
     page = client.get("/")
     assert page.status_code == 200 and 'id="map"' in page.text
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert client.get("/static/app.js").status_code == 200
 
 
