@@ -92,6 +92,9 @@ class SerialAgent:
     wall: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
+        # fixed once: a change keeps the same wall-clock `since` in every report that
+        # carries it (deltas and later snapshots), so the gateway never sees it "move"
+        self._wall_offset = self.wall() - self.clock()
         self.tracker = BusTracker(self.bus, self.settings, start=self.clock())
         self.readings = {n.address: NodeReadings() for n in self.bus.nodes}
         self._health_queue: deque[tuple[int, HealthKind]] = deque()
@@ -163,6 +166,8 @@ class SerialAgent:
                 for kind in ("raw", "battery", "info"):
                     self._health_queue.extend((n.address, kind) for n in up)
             self._health_rounds += 1
+            if not self._health_queue:  # every node is down: nothing to read, the round is done
+                return [], False
         address, kind = self._health_queue.popleft()
         node = self.bus.node(address)
         start, count = {
@@ -201,7 +206,7 @@ class SerialAgent:
 
     def observations(self, changes: list[SpaceChange]) -> list[SpaceObservation]:
         """SpaceChange (monotonic since) -> wire observations (UNIX since)."""
-        offset = self.wall() - self.clock()
+        offset = self._wall_offset
         return [
             SpaceObservation(space=c.space, state=c.state.label, since=max(0.0, c.since + offset))
             for c in changes
