@@ -31,6 +31,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS events(
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, space TEXT NOT NULL, old TEXT NOT NULL,
     new TEXT NOT NULL, source TEXT, agent TEXT, seq INTEGER);
+-- the dashboard pages events by space and by time over months of history
+CREATE INDEX IF NOT EXISTS events_space ON events(space, id);
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
 CREATE TABLE IF NOT EXISTS spaces(
     space TEXT PRIMARY KEY, state TEXT NOT NULL, sensed TEXT NOT NULL, closed INTEGER NOT NULL,
     since REAL NOT NULL, obs_since REAL NOT NULL, last_seen REAL NOT NULL, agent TEXT)

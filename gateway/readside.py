@@ -37,7 +37,8 @@ class AgentStatus:
 
 @dataclass(frozen=True)
 class LiveEvent:
-    """Pushed to subscribers: kind is 'space', 'zone', 'display', 'agent', 'assignment' or 'alert'."""
+    """Pushed to subscribers: kind is 'space', 'zone', 'display', 'agent', 'assignment',
+    'alert' or 'gateway' (the gateway went online or offline, seen by the stand-alone API)."""
 
     kind: str
     data: dict[str, Any]

@@ -457,7 +457,13 @@ def _serve_http(service: GatewayService, address: str, db: str) -> threading.Thr
     host, _, port = address.rpartition(":")
     app = create_app(service.gateway, ApiSettings(), db_path=db)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning")
+        uvicorn.Config(
+            app,
+            host=host or "127.0.0.1",
+            port=int(port),
+            log_level="warning",
+            timeout_graceful_shutdown=1,  # live streams never end by themselves
+        )
     )
     # uvicorn leaves signal handling alone outside the main thread: SIGTERM stays ours
     thread = threading.Thread(target=server.run, name="http", daemon=True)

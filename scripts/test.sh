@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto mosquitto-clients socat mbpoll victoria-metrics chromium chromium-driver)
+# fonts-wqy-microhei: Chinese glyphs in the browser tests' screenshots
+APT_PACKAGES=(mosquitto mosquitto-clients socat mbpoll victoria-metrics chromium chromium-driver fonts-wqy-microhei)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
