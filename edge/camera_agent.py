@@ -304,8 +304,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--snapshot-interval-s",
         type=float,
-        default=60.0,
-        help="full snapshot period while connected (default %(default)s)",
+        default=None,
+        help="full snapshot period while connected (default: a third of the camera's ttl_s "
+        "in the site file, so the gateway never takes a still scene for a silent camera)",
     )
     parser.add_argument(
         "--health-interval-s",
@@ -320,6 +321,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_positive(args: argparse.Namespace) -> None:
     for name in ("hold_s", "stale_s", "frozen_s", "snapshot_interval_s", "health_interval_s"):
         value = getattr(args, name)
+        if value is None:
+            continue
         if not value > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, not {value}")
     if args.fps_limit < 0:
@@ -335,6 +338,8 @@ def main(args: argparse.Namespace) -> int:
         _check_positive(args)
         site = load_site(args.site)
         camera = site.camera(args.camera)
+        if args.snapshot_interval_s is None:
+            args.snapshot_interval_s = site.snapshot_interval(camera.id)
         password = None
         if args.password_env:
             password = os.environ.get(args.password_env)
