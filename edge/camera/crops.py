@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-DEFAULT_SIZE = 40
+DEFAULT_SIZE = 32
 DEFAULT_MARGIN = 0.10
 SUPERSAMPLE = 2
 

@@ -46,6 +46,8 @@ from edge.camera.pklot import find_labelled_images, load_pklot_xml
 log = logging.getLogger("edge.camera.train")
 
 CANVAS_SCALE = 2  # training canvases are stored at CANVAS_SCALE * size
+# augmentation knobs (defaults = the bundled model's recipe); set from the CLI
+AUG = {"gain": 0.15, "grey": 0.1, "lines": 0.0}
 
 
 @dataclass
@@ -135,11 +137,11 @@ def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         f = rng.uniform(0.35, 0.8) if rng.random() < 0.8 else rng.uniform(1.2, 1.6)
         x *= 1.0 + (f - 1.0) * mask[..., None]
     if rng.random() < 0.8:  # per-channel gain (white balance / colour cast)
-        x *= rng.uniform(0.85, 1.15, 3).astype(np.float32)
+        x *= rng.uniform(1 - AUG["gain"], 1 + AUG["gain"], 3).astype(np.float32)
     if rng.random() < 0.5:  # saturation
         g = x.mean(axis=2, keepdims=True)
         x = g + (x - g) * rng.uniform(0.3, 1.4)
-    if rng.random() < 0.1:
+    if rng.random() < AUG["grey"]:
         x = np.repeat(x.mean(axis=2, keepdims=True), 3, axis=2)
     x = x * rng.uniform(0.4, 1.6) + rng.uniform(-0.15, 0.15)  # contrast, brightness
     x = np.clip(x, 0.0, 1.0)
@@ -155,6 +157,19 @@ def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])
         if ok:
             out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return out
+
+
+def _markings(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Draw 1-2 painted lines or kerb edges (light or dark bars), whatever the label."""
+    out = img.copy()
+    h, w = out.shape[:2]
+    for _ in range(int(rng.integers(1, 3))):
+        p1 = (int(rng.uniform(-0.2, 1.2) * w), int(rng.uniform(-0.2, 1.2) * h))
+        p2 = (int(rng.uniform(-0.2, 1.2) * w), int(rng.uniform(-0.2, 1.2) * h))
+        light = rng.random() < 0.7
+        v = int(rng.uniform(170, 250)) if light else int(rng.uniform(20, 90))
+        cv2.line(out, p1, p2, (v, v, v), int(rng.integers(1, 3)), cv2.LINE_AA)
     return out
 
 
@@ -187,6 +202,8 @@ def augment(
     occlusion; it never covers the patch centre fully, so labels stay valid.
     """
     patch = _geometric(canvas, size, rng)
+    if rng.random() < AUG["lines"]:
+        patch = _markings(patch, rng)
     if occluder is not None and rng.random() < 0.3:
         patch = _occlude(patch, _geometric(occluder, size, rng), rng)
     return _photometric(patch, rng)
@@ -381,12 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-cnrpark", type=Path, help="evaluate on this patch dir after training")
     ap.add_argument("--size", type=int, default=crops.DEFAULT_SIZE)
     ap.add_argument("--margin", type=float, default=crops.DEFAULT_MARGIN)
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--pklot-share", type=float, default=0.4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--aug-gain", type=float, default=AUG["gain"], help="colour gain +-")
+    ap.add_argument("--aug-grey", type=float, default=AUG["grey"], help="greyscale prob.")
+    ap.add_argument("--aug-lines", type=float, default=AUG["lines"], help="markings prob.")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.pklot is None and args.cnrpark is None:
@@ -396,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    AUG.update(gain=args.aug_gain, grey=args.aug_grey, lines=args.aug_lines)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     holdout = set(args.holdout)
@@ -437,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "batch": args.batch,
         "seed": args.seed,
+        "augment": dict(AUG),
     }
     export_onnx(model, args.size, args.out, meta)
     report: dict = {}
