@@ -118,6 +118,7 @@ class LiveGateway:
         history: History | None = None,
         clock: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        policy_clock: Callable[[], float] | None = None,
     ):
         self.site = site
         self.journal = journal
@@ -126,14 +127,15 @@ class LiveGateway:
         self.history = history
         self._clock = clock
         self._mono = mono
+        # the time policy windows are judged by: wall time, or a simulated day (demo)
+        self._policy_clock = policy_clock or clock
         self.lock = threading.RLock()
         self.tz = ZoneInfo(site.timezone)
         self.state = LiveState(site)
         self.gate = ReportGate(site)
         self.rejections = RejectionLog(mono)
         self.layout = CoreLayout.from_site(site)
-        now = clock()
-        self.minute = minute_of_day(now, self.tz)
+        self.minute = minute_of_day(self._policy_clock(), self.tz)
         self.core = AllocationCore(self.layout, self.minute, **(core_options or {}))
         self.renderer = SignRenderer(site)
         self.lines = self.renderer.layout
@@ -288,7 +290,7 @@ class LiveGateway:
                 self._refresh_displays(now)
             if mono >= self._next_minute_check:
                 self._next_minute_check = mono + MINUTE_CHECK_S
-                minute = minute_of_day(now, self.tz)
+                minute = minute_of_day(self._policy_clock(), self.tz)
                 if minute != self.minute:
                     self.minute = minute
                     if self.core.set_minute(minute):

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -79,6 +80,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="disk cap of the InfluxDB outbox in points (oldest dropped and reported beyond it)",
     )
     parser.add_argument("--http", help="serve the API and dashboard in-process on HOST:PORT")
+    parser.add_argument(
+        "--policy-clock",
+        metavar="HH:MM@SPEED",
+        help="for simulations and the demo: judge time-window policies by a simulated day "
+        "that starts at HH:MM (site time) and runs SPEED times faster than real time",
+    )
+
+
+def policy_clock(spec: str, tz_name: str, start: float | None = None) -> Callable[[], float]:
+    """A clock for policy windows: 'HH:MM@SPEED' -> UNIX time of a day that starts now at
+    HH:MM in the site's time zone and runs SPEED times as fast as real time."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    try:
+        hhmm, _, speed_s = spec.partition("@")
+        h, _, m = hhmm.partition(":")
+        speed = float(speed_s or 1)
+        local = datetime.now(ZoneInfo(tz_name)).replace(
+            hour=int(h), minute=int(m), second=0, microsecond=0
+        )
+    except ValueError:
+        raise ValueError(f"--policy-clock {spec!r}: expected HH:MM@SPEED") from None
+    if speed <= 0:
+        raise ValueError(f"--policy-clock {spec!r}: SPEED must be positive")
+    t0 = time.time() if start is None else start
+    base = local.timestamp()
+    return lambda: base + (time.time() - t0) * speed
 
 
 class _OutboxHistory:
@@ -116,6 +145,7 @@ class GatewayService:
         core_options: dict[str, float] | None = None,
         influx: dict[str, Any] | None = None,
         outbox_max_rows: int | None = None,
+        policy_clock_spec: str | None = None,
     ):
         from gateway.live import LiveGateway
         from parking.site import load_site
@@ -146,6 +176,9 @@ class GatewayService:
             hold_s=hold_s,
             core_options=core_options,
             history=history,
+            policy_clock=policy_clock(policy_clock_spec, self.site.timezone)
+            if policy_clock_spec
+            else None,
         )
         if self.writer is not None:
             self.gateway.outbox_stats = self._outbox_stats
@@ -524,9 +557,13 @@ def main(args: argparse.Namespace) -> int:
             core_options=core_options,
             influx=influx,
             outbox_max_rows=args.outbox_max_rows,
+            policy_clock_spec=args.policy_clock,
         )
     except SiteError as exc:
         print(f"site file refused:\n{exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # --policy-clock
+        print(str(exc), file=sys.stderr)
         return 2
     except sqlite3.Error as exc:
         print(f"--db {args.db}: cannot open the journal: {exc}", file=sys.stderr)

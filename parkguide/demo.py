@@ -302,6 +302,8 @@ def main(args: argparse.Namespace) -> int:
                 str(db),
                 "--http",
                 f"{http_host}:{http_port}",
+                "--policy-clock",
+                f"{args.start}@{args.speed}",
             ],
             env={"PARKGUIDE_SESSION_SECRET": secrets.token_hex(32)},
         )

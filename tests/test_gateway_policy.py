@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -63,3 +64,24 @@ def test_shared_bays_count_for_residents_only_from_19_00(example_site, mosquitto
         client.disconnect()
         client.loop_stop()
         journal.close()
+
+
+def test_policy_clock_runs_a_simulated_day(example_site, tmp_path):
+    """--policy-clock HH:MM@SPEED: the demo's accelerated day drives the windows, while
+    every timestamp (journal, sign expiry) stays real."""
+    from gateway.service import policy_clock
+
+    real = [1_800_000_000.0]
+    sim = policy_clock("18:58@60", "Asia/Shanghai", start=time.time())
+    assert minute_of_day(sim(), SHANGHAI) == 18 * 60 + 58
+    journal = Journal(tmp_path / "j.db")
+    gw = LiveGateway(
+        example_site, journal, lambda *a: None, clock=lambda: real[0], policy_clock=sim
+    )
+    resident, d1 = list(gw.layout.classes).index("resident"), example_site.space_index["D-001"]
+    assert gw.minute == 18 * 60 + 58
+    assert not gw.layout.eligibility(gw.minute)[resident, d1]
+    for bad in ("7pm@60", "07:00@0", "25:00@2"):
+        with pytest.raises(ValueError):
+            policy_clock(bad, "Asia/Shanghai")
+    journal.close()
