@@ -933,6 +933,21 @@ class AllocationCore:
             self._activate(a)
         return s
 
+    def hold(self, space: int, until: float, now: float) -> None:
+        """Hold ``space`` until ``until`` (e.g. a hold restored from the journal after a
+        restart); no congestion is added. Released like any hold."""
+        if not 0 <= space < self._n_s:
+            raise IndexError(f"space index {space} out of range")
+        if not until > 0:
+            raise ValueError("a hold must end at a positive time")
+        if now > self.now:
+            self.now = float(now)
+        s = int(space)
+        self.held_until[s] = float(until)
+        self._holds[s] = float(until)
+        st = int(self.state[s])
+        self._refresh(s, st, st)
+
     def expire_holds(self, now: float) -> list[int]:
         """Release holds that ended at or before ``now``; returns those spaces (ascending)."""
         if now > self.now:

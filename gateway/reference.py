@@ -170,6 +170,10 @@ class ReferenceAllocator:
         self.congestion[a] = (v, now)
         return s
 
+    def hold(self, space: int, until: float, now: float) -> None:
+        self._advance(now)
+        self.held[space] = until
+
     def expire_holds(self, now: float) -> list[int]:
         self._advance(now)
         done = sorted(s for s, until in self.held.items() if until <= now)

@@ -328,3 +328,17 @@ def test_layout_lines_follow_the_site(example_site, layout):
     assert (display, index) == ("gate-north", 0)
     assert [layout.zones[z] for z in np.flatnonzero(zones)] == ["A"]
     assert layout.classes[vc] == "resident"
+
+
+def test_a_hold_restored_after_a_restart_excludes_the_space(layout):
+    core = all_free(layout, congestion_m=0.0)
+    north, resident = ent(layout, "north"), cls(layout, "resident")
+    s = core.best(north, resident)
+    free_before = core.line_free.copy()
+    core.hold(s, 500.0, 400.0)
+    assert core.best(north, resident) != s
+    assert s in core.holds and core.held_until[s] == 500.0
+    assert (core.line_free <= free_before).all() and (core.line_free < free_before).any()
+    assert core.expire_holds(500.0) == [s]
+    assert core.best(north, resident) == s
+    np.testing.assert_array_equal(core.line_free, free_before)

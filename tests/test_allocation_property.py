@@ -107,6 +107,7 @@ def events(n_s: int, n_e: int, n_c: int):
                 st.sampled_from([5.0, 30.0, 120.0]),
             ),
             st.tuples(st.just("expire")),
+            st.tuples(st.just("hold"), space, st.sampled_from([5.0, 60.0])),
             st.tuples(st.just("time"), st.sampled_from([0.0, 1.0, 10.0, 60.0, 500.0])),
             st.tuples(st.just("minute"), st.integers(0, 1439)),
         ),
@@ -164,6 +165,9 @@ def test_incremental_equals_reference_and_recompute(data):
         elif kind == "assign":
             got = core.assign(ev[1], ev[2], now, ev[3])
             assert got == ref.assign(ev[1], ev[2], now, ev[3])
+        elif kind == "hold":
+            core.hold(ev[1], now + ev[2], now)
+            ref.hold(ev[1], now + ev[2], now)
         elif kind == "expire":
             assert core.expire_holds(now) == ref.expire_holds(now)
         elif kind == "time":
