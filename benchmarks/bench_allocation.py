@@ -128,7 +128,7 @@ def bench_size(n_spaces: int, seed: int = 1) -> dict:
     ref.held = {int(s): float(u) for s, u in core.holds.items()}
     ref.congestion = dict(core.congestion_state())
     ref.now = core.now
-    ref_reps = 5 if n_spaces <= 10000 else 3
+    ref_reps = 7 if n_spaces <= 10000 else 5
     ours_per_ref = 10
     rec_cpu, rec_wall, ref_cpu, ref_wall = [], [], [], []
     want = None
