@@ -344,11 +344,11 @@ class CoreLayout:
         used, aisle = np.unique(aisle_key, return_inverse=True)
         aisle_node = np.where(used == n_nodes, -1, used).astype(np.int32)
         sk = np.zeros((n_s, n_kinds), dtype=bool)
-        for s, ks in enumerate(space_kinds):
-            sk[s, ks] = True
+        for s, space_ks in enumerate(space_kinds):
+            sk[s, list(space_ks)] = True
         ck = np.zeros((n_c, n_kinds), dtype=bool)
-        for c, ks in enumerate(class_kinds):
-            ck[c, ks] = True
+        for c, class_ks in enumerate(class_kinds):
+            ck[c, list(class_ks)] = True
         pol = []
         for kind, pcls, windows in policies:
             mask = np.zeros(n_c, dtype=bool)
@@ -356,7 +356,7 @@ class CoreLayout:
             pol.append((int(kind), mask, tuple((int(a), int(b)) for a, b in windows)))
         lz = np.zeros((len(line_zones), n_zones), dtype=bool)
         for li, zs in enumerate(line_zones):
-            lz[li, zs] = True
+            lz[li, list(zs)] = True
         lc = np.array([-1 if c is None else c for c in line_class], dtype=np.int32).reshape(
             len(line_zones)
         )
@@ -643,9 +643,9 @@ class AllocationCore:
         n_g = len(lo.kindset_kinds)
         idx = np.flatnonzero(avail_slot)
         keys, at = np.unique(lo.slot_aisle_kindset[idx], return_index=True)
-        first_g = np.full(n_a * n_g, n_s, dtype=np.int32)
-        first_g[keys] = idx[at]
-        first_g = first_g.reshape(n_a, n_g)
+        first_flat = np.full(n_a * n_g, n_s, dtype=np.int32)
+        first_flat[keys] = idx[at]
+        first_g = first_flat.reshape(n_a, n_g)
         first = np.full((n_a, n_c), n_s, dtype=np.int32)
         for g in range(n_g):
             cls = self._g_classes[g]

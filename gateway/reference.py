@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from parking.site import Site, in_window
 from parking.states import SpaceState
@@ -52,7 +53,9 @@ class ReferenceAllocator:
         self.space_zone = [int(z) for z in space_zone]
         self.space_kinds = [set(k) for k in space_kinds]
         self.class_kinds = [set(k) for k in class_kinds]
-        self.policies = [(int(k), set(c), [tuple(w) for w in ws]) for k, c, ws in policies]
+        self.policies = [
+            (int(k), set(c), [(int(w[0]), int(w[1])) for w in ws]) for k, c, ws in policies
+        ]
         self.line_zones = [list(z) for z in line_zones]
         self.line_class = list(line_class)
         self.closed = [bool(c) for c in closed] if closed is not None else [False] * self.n_spaces
@@ -92,7 +95,7 @@ class ReferenceAllocator:
         self.set_minute(minute_of_day)
 
     @classmethod
-    def from_site(cls, site: Site, minute_of_day: int, **kwargs: float) -> ReferenceAllocator:
+    def from_site(cls, site: Site, minute_of_day: int, **kwargs: Any) -> ReferenceAllocator:
         from gateway.allocation import CoreLayout  # only for the site's index tables
 
         return cls(**CoreLayout.site_tables(site), minute_of_day=minute_of_day, **kwargs)
