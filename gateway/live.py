@@ -212,20 +212,14 @@ class LiveGateway:
         self.core.update_many(
             np.arange(len(self.site.spaces), dtype=np.int64), self.state.state.copy(), now
         )
-        open_holds = [
-            sp
-            for sp, _until in self.journal.open_holds(now)
-            if sp in index and self.state.state[index[sp]] == FREE
-        ]
-        if open_holds:
-            # The allocation core offers no way to put a hold back (its hold book is
-            # private), so cars assigned before the restart lose their hold; the
-            # assignments stay in the journal.
-            log.warning(
-                "%d holds were open when the gateway stopped; they are not restored: %s",
-                len(open_holds),
-                ", ".join(open_holds[:10]),
-            )
+        restored = 0
+        for sp, until in self.journal.open_holds(now):
+            if sp in index and self.state.state[index[sp]] == FREE:
+                # a car assigned before the restart is still on its way: keep its space
+                self.core.hold(index[sp], until, now)
+                restored += 1
+        if restored:
+            log.info("restored %d holds of cars on their way", restored)
         log.info(
             "resumed %d spaces and %d agents from %s", loaded, len(stored_agents), self.journal.path
         )
