@@ -1,0 +1,114 @@
+"""`parkguide demo`: the whole community from one command, from any directory, with no
+terminal, with port 1883 taken; SIGTERM stops it and leaves nothing running."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, parkguide_cmd
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _descendants(root: int) -> set[int]:
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_demo_runs_everything_and_stops_cleanly(tmp_path, subprocess_env):
+    run_dir = tmp_path / "demo-run"
+    http = free_port()
+    blocker = socket.socket()
+    with contextlib.suppress(OSError):  # 1883 taken, as on a laptop with a broker installed
+        blocker.bind(("127.0.0.1", 1883))
+        blocker.listen()
+    proc = subprocess.Popen(
+        parkguide_cmd(
+            "demo", "--http", f"127.0.0.1:{http}", "--run-dir", str(run_dir), "--speed", "30"
+        ),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=subprocess_env,
+    )
+    try:
+        zones = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-3000:]
+            try:
+                zones = httpx.get(f"http://127.0.0.1:{http}/api/v1/zones", timeout=2).json()
+                if len(zones) == 6 and all(z["free"] + z["occupied"] == z["total"] for z in zones):
+                    break  # every zone live: buses, camera, agents and gateway all up
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"the demo's zones never all came live: {zones}")
+        assert {z["zone"] for z in zones} == {"A", "B", "C", "D", "E", "F"}
+        children = _descendants(proc.pid)
+        # broker, 2 bus simulators, 2 serial agents, camera simulator and agent, gateway, drivers
+        assert len(children) >= 9, children
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0].decode(errors="replace")
+        assert proc.returncode == 0, out[-3000:]
+        assert "login: demo-manager / " in out
+        assert "nothing left running" in out
+        time.sleep(0.5)
+        assert _alive(children) == set()
+        assert _processes_mentioning(str(run_dir)) == []
+    finally:
+        blocker.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _processes_mentioning(str(run_dir)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
