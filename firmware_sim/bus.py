@@ -12,7 +12,6 @@ answer line per console command; everything else goes to the log.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import errno
 import logging
 import math
@@ -24,11 +23,15 @@ import time
 import tty
 from collections import deque
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from firmware_sim.commands import CommandError, SetSpace, parse_command
 from firmware_sim.nodes import Answer, SimulatedBus
-from firmware_sim.scenario import SCENARIOS, Scenario, make_scenario, parse_hhmm
+from firmware_sim.scenario import (
+    Scenario,
+    add_scenario_arguments,
+    make_scenario,
+    start_minute,
+)
 from parking import modbus_rtu as rtu
 from parking.site import SiteError, load_site
 
@@ -48,16 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--link", required=True, help="path to make a symlink to the pty (a stale link is replaced)"
     )
     parser.add_argument(
-        "--scenario",
-        choices=SCENARIOS,
-        default="residential",
-        help="residential: cars come and go over a residential day; none: only commands change them",
-    )
-    parser.add_argument(
-        "--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument(
         "--wire-timing",
         action="store_true",
         help="answer no faster than the baud rate allows (request, 3.5-char silence, answer)",
@@ -65,18 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baud", type=int, default=None, help="baud rate for --wire-timing (default: the site's)"
     )
-    parser.add_argument(
-        "--start",
-        default=None,
-        metavar="HH:MM",
-        help="simulated time of day at the start (default: now at the site)",
-    )
-    parser.add_argument(
-        "--initial-occupancy",
-        type=float,
-        default=0.5,
-        help="fraction of spaces occupied at the start with --scenario none (default 0.5)",
-    )
+    add_scenario_arguments(parser)
 
 
 class Console:
@@ -293,17 +275,6 @@ class BusServer:
         )
 
 
-def _start_minute(start: str | None, timezone: str) -> int:
-    if start is not None:
-        return parse_hhmm(start)
-    try:
-        now = dt.datetime.now(ZoneInfo(timezone))
-    except ZoneInfoNotFoundError:
-        log.warning("time zone %s unknown here; starting at local time", timezone)
-        now = dt.datetime.now()
-    return now.hour * 60 + now.minute
-
-
 def _make_link(link: Path, device: str) -> None:
     """Point ``link`` at the pty, replacing a stale symlink but never a real file."""
     if link.exists() and not link.is_symlink():
@@ -319,7 +290,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         site = load_site(args.site)
         bus = site.bus(args.bus)
-        start_minute = _start_minute(args.start, site.timezone)
+        first_minute = start_minute(args.start, site.timezone)
     except (SiteError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
@@ -335,7 +306,7 @@ def main(args: argparse.Namespace) -> int:
             args.scenario,
             spaces,
             seed=args.seed,
-            start_minute=start_minute,
+            start_minute=first_minute,
             speed=args.speed,
             initial_occupancy=args.initial_occupancy,
         )

@@ -27,7 +27,6 @@ answer per console line; everything else goes to the log.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import math
 import os
@@ -40,7 +39,6 @@ from dataclasses import dataclass
 from enum import Enum
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import cv2
 import numpy as np
@@ -59,7 +57,12 @@ from firmware_sim.commands import (
     Status,
     parse_command,
 )
-from firmware_sim.scenario import SCENARIOS, Scenario, make_scenario, parse_hhmm
+from firmware_sim.scenario import (
+    Scenario,
+    add_scenario_arguments,
+    make_scenario,
+    start_minute,
+)
 from parking.site import SiteError, load_site
 
 log = logging.getLogger(__name__)
@@ -119,30 +122,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HOST:PORT to serve HTTP on (default %(default)s)",
     )
     parser.add_argument(
-        "--scenario",
-        choices=SCENARIOS,
-        default="residential",
-        help="residential: cars come and go over a residential day; none: only commands change them",
-    )
-    parser.add_argument(
-        "--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument(
-        "--start",
-        default=None,
-        metavar="HH:MM",
-        help="simulated time of day at the start (default: now at the site)",
-    )
-    parser.add_argument(
         "--fps", type=float, default=5.0, help="frames per second to render (default 5)"
     )
-    parser.add_argument(
-        "--initial-occupancy",
-        type=float,
-        default=0.5,
-        help="fraction of spaces occupied at the start with --scenario none (default 0.5)",
-    )
+    add_scenario_arguments(parser)
 
 
 class FrameHub:
@@ -378,16 +360,6 @@ class CameraHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True  # a restarted simulator takes its port back at once
 
 
-def _start_minute(start: str | None, timezone: str) -> int:
-    if start is not None:
-        return parse_hhmm(start)
-    try:
-        now = dt.datetime.now(ZoneInfo(timezone))
-    except ZoneInfoNotFoundError:
-        now = dt.datetime.now()
-    return now.hour * 60 + now.minute
-
-
 def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -489,7 +461,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         site = load_site(args.site)
         camera_cfg = site.camera(args.camera)
-        start_minute = _start_minute(args.start, site.timezone)
+        first_minute = start_minute(args.start, site.timezone)
         host, port = _parse_listen(args.listen)
         if not (args.fps > 0 and math.isfinite(args.fps)):
             raise ValueError(f"--fps must be a positive number, not {args.fps}")
@@ -498,7 +470,7 @@ def main(args: argparse.Namespace) -> int:
             args.scenario,
             spaces,
             seed=args.seed,
-            start_minute=start_minute,
+            start_minute=first_minute,
             speed=args.speed,
             initial_occupancy=args.initial_occupancy,
         )
@@ -510,7 +482,7 @@ def main(args: argparse.Namespace) -> int:
         camera_cfg.id,
         scene,
         scenario,
-        start_minute,
+        first_minute,
         args.speed,
         args.seed,
         dynamic=args.scenario != "none",
@@ -548,8 +520,8 @@ def main(args: argparse.Namespace) -> int:
         len(spaces),
         args.scenario,
         args.speed,
-        start_minute // 60,
-        start_minute % 60,
+        first_minute // 60,
+        first_minute % 60,
         args.fps,
     )
     try:

@@ -17,8 +17,11 @@ sequence of changes does not depend on how often ``step`` is called.
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import math
 from collections.abc import Iterable, Sequence
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
@@ -171,3 +174,40 @@ def make_scenario(
     if name == "none":
         return FixedScenario(space_ids, seed, initial_occupancy)
     raise ValueError(f"unknown scenario {name!r} (choose from {', '.join(SCENARIOS)})")
+
+
+def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every simulator driven by a scenario shares (bus, camera)."""
+    parser.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default="residential",
+        help="residential: cars come and go over a residential day; none: only commands change them",
+    )
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--start",
+        default=None,
+        metavar="HH:MM",
+        help="simulated time of day at the start (default: now at the site)",
+    )
+    parser.add_argument(
+        "--initial-occupancy",
+        type=float,
+        default=0.5,
+        help="fraction of spaces occupied at the start with --scenario none (default 0.5)",
+    )
+
+
+def start_minute(start: str | None, timezone: str) -> int:
+    """--start HH:MM, or the site's local time now."""
+    if start is not None:
+        return parse_hhmm(start)
+    try:
+        now = dt.datetime.now(ZoneInfo(timezone))
+    except ZoneInfoNotFoundError:
+        now = dt.datetime.now()
+    return now.hour * 60 + now.minute
