@@ -133,6 +133,10 @@ class ModbusMaster:
         self.counters = MasterCounters()
         self._serial: serial.Serial | None = None
         self._parity_warned = False
+        # Modbus over Serial Line 2.5.1.1: frames are separated by at least 3.5 characters
+        # of silence, so a node can tell where our next request starts
+        self._silence_s = rtu.silent_interval_s(baud)
+        self._quiet_until = 0.0
 
     # --- the port ------------------------------------------------------------
 
@@ -229,8 +233,14 @@ class ModbusMaster:
             if waiting:
                 self.counters.garbage_bytes += waiting
             port.reset_input_buffer()
+            quiet = self._quiet_until - time.monotonic()
+            if quiet > 0:
+                time.sleep(quiet)
             port.write(frame)
-            return self._read_answer(port, request, len(frame))
+            try:
+                return self._read_answer(port, request, len(frame))
+            finally:
+                self._quiet_until = time.monotonic() + self._silence_s
         except (OSError, serial.SerialException) as exc:
             self.counters.port_errors += 1
             raise serial.SerialException(f"{self.port_name}: {exc}") from exc
