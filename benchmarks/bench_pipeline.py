@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from parkguide.ports import free_port, wait_port  # noqa: E402
 from parking import topics  # noqa: E402
 from parking.site import EXAMPLE_SITE, load_site  # noqa: E402
 
@@ -86,23 +86,6 @@ c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_messag
 c.connect("127.0.0.1", port)
 c.loop_forever()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
 
 
 def batch_for(rate: int) -> int:

@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ if str(ROOT) not in sys.path:
 
 from edge.modbus_master import ModbusMaster  # noqa: E402
 from edge.serial_agent import SerialAgent  # noqa: E402
+from parkguide.ports import free_port, wait_port  # noqa: E402
 from parking import modbus_rtu as rtu  # noqa: E402
 from parking import registers as reg  # noqa: E402
 from parking import topics  # noqa: E402
@@ -104,23 +104,6 @@ def wire_limit_ms(baud: int, nodes: int = NODES, detectors: int = DETECTORS) -> 
     answer = 5 + (detectors + 7) // 8
     per_node = rtu.wire_time_s(request + answer, baud) + 2 * rtu.silent_interval_s(baud)
     return 1000 * nodes * per_node
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"mosquitto did not listen on {port}")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -24,7 +24,7 @@ import tty
 from collections import deque
 from pathlib import Path
 
-from firmware_sim.commands import CommandError, SetSpace, parse_command
+from firmware_sim.commands import Answers, CommandError, SetSpace, parse_command
 from firmware_sim.nodes import Answer, SimulatedBus
 from firmware_sim.scenario import (
     Scenario,
@@ -61,21 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_scenario_arguments(parser)
 
 
-class Console:
-    """stdout for answers; a closed stdout must not stop the simulator."""
-
-    def __init__(self) -> None:
-        self.open = True
-
-    def say(self, line: str) -> None:
-        if not self.open:
-            return
-        try:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-        except (BrokenPipeError, OSError, ValueError) as exc:
-            self.open = False
-            log.warning("stdout is gone (%s); answers go to the log only from now on", exc)
+Console = Answers  # command answers on stdout, surviving a closed stdout
 
 
 class BusServer:

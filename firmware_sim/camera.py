@@ -46,6 +46,7 @@ import numpy as np
 from firmware_sim.camera_render import CameraScene, black_frame, covered_frame, rain_at
 from firmware_sim.commands import (
     HELP,
+    Answers,
     ClearAll,
     ClearNode,
     ClearSpace,
@@ -367,23 +368,13 @@ def _parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class Console:
+class Console(Answers):
     """Reads stdin lines without blocking shutdown; a closed stdin leaves the camera running."""
 
     def __init__(self, camera: SimulatedCamera, t0: float):
+        super().__init__()
         self.camera = camera
         self.t0 = t0
-        self.out_ok = True
-
-    def say(self, line: str) -> None:
-        if not self.out_ok:
-            return
-        try:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-        except (BrokenPipeError, OSError, ValueError) as exc:
-            self.out_ok = False
-            log.warning("stdout is gone (%s); answers go to the log only", exc)
 
     def handle(self, line: str) -> None:
         try:

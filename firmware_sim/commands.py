@@ -17,6 +17,8 @@ Accepted lines (blank lines and ``#`` comments are ignored)::
 
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass
 from enum import Enum
 
@@ -182,3 +184,23 @@ def parse_command(line: str) -> Command | None:
     if verb == "help":
         return Help()
     raise CommandError(f"unknown command {words[0]!r}; {HELP}")
+
+
+class Answers:
+    """Console answers on stdout. A simulator run as a service has no console, and a
+    closed stdout must not stop it: answers then go to the log only."""
+
+    def __init__(self) -> None:
+        self.open = True
+
+    def say(self, line: str) -> None:
+        if not self.open:
+            return
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, OSError, ValueError) as exc:
+            self.open = False
+            logging.getLogger(__name__).warning(
+                "stdout is gone (%s); answers go to the log only from now on", exc
+            )

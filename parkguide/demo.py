@@ -15,13 +15,13 @@ import logging
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from parkguide.ports import free_port, port_free, wait_port
 from parkguide.supervisor import Supervisor
 from parking import topics
 from parking.broker import BrokerConfig
@@ -63,30 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, help="stop by itself after this many seconds")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
 def _wait_port(host: str, port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.3):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
+    try:
+        wait_port(port, timeout, host)
+        return True
+    except TimeoutError:
+        return False
 
 
 class StatusBoard:
@@ -248,7 +230,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"--http {args.http!r}: expected HOST:PORT", file=sys.stderr)
         return 2
-    if not _port_free(http_host, http_port):
+    if not port_free(http_host, http_port):
         print(
             f"--http {args.http}: that port is taken; pick another with --http HOST:PORT",
             file=sys.stderr,
@@ -274,7 +256,7 @@ def main(args: argparse.Namespace) -> int:
             broker = BrokerConfig.from_url(args.broker)
             broker_url = args.broker
         else:
-            port = args.broker_port or _free_port()
+            port = args.broker_port or free_port()
             sup.start("broker", ["--port", str(port)], module="parkguide.embedded_broker")
             if not _wait_port("127.0.0.1", port, 15):
                 print(
@@ -346,7 +328,7 @@ def main(args: argparse.Namespace) -> int:
             )
         if site.cameras and not args.no_camera:
             for cam in site.cameras:
-                cam_port = _free_port()
+                cam_port = free_port()
                 sims[cam.id] = sup.start(
                     f"sim-{cam.id}",
                     [
