@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge.camera import crops, evaluate
-from edge.camera.classifier import DEFAULT_MODEL, SpaceClassifier
+from edge.camera.classifier import DEFAULT_MODEL, SpaceClassifier, standardise
 from edge.camera.pklot import labelled_spaces, parse_pklot_xml
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -98,6 +98,17 @@ def test_crop_is_upright_long_axis_vertical(angle: float) -> None:
     assert np.abs(patch[16, 0].astype(int) - 128).max() < 40
 
 
+def test_negative_margin_insets_the_crop() -> None:
+    # a negative margin crops inside the space: no background at the patch border
+    frame, poly = _two_tone_space(25.0)
+    patch = crops.crop_polygons(frame, [poly], size=32, margin=-0.2)[0]
+    assert patch[1, 16, 2] > 200 and patch[1, 16, 0] < 50  # red up to the top edge
+    assert patch[30, 16, 0] > 200 and patch[30, 16, 2] < 50  # blue down to the bottom edge
+    assert patch[16, 1, 0] > 150 or patch[16, 1, 2] > 150  # no grey background at the sides
+    with pytest.raises(ValueError, match="margin"):
+        crops.crop_polygons(frame, [poly], size=32, margin=-0.5)
+
+
 def test_precomputed_plan_matches_one_shot_and_many_polygons() -> None:
     frame, poly = _two_tone_space(10.0)
     polys = [poly, poly + [100, 0], poly - [100, 0]]
@@ -132,6 +143,19 @@ def test_classifier_outputs_on_synthetic_frame() -> None:
     occ3, conf3 = clf.classify_patches([np.zeros((150, 120, 3), np.uint8), frame[:, :, 0]])
     assert occ3.shape == (2,) and np.all((conf3 >= 0) & (conf3 <= 1))
     assert clf.classify_patches([])[0].shape == (0,)
+
+
+def test_grey_input_mode() -> None:
+    patches = np.zeros((2, 32, 32, 3), np.uint8)
+    patches[0, :, :16] = (0, 0, 255)  # red left half, black right half
+    patches[1, :, :, 1] = 200
+    x = standardise(patches, "grey")
+    assert x.shape == (2, 1, 32, 32) and x.dtype == np.float32
+    assert x[0, 0, 5, 2] > 0 > x[0, 0, 5, 30]  # the grey level keeps the red/black edge
+    np.testing.assert_allclose(x[1], 0.0, atol=1e-6)  # a flat patch stays flat
+    assert standardise(patches).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="colour"):
+        standardise(patches, "hsv")
 
 
 def test_model_files_small() -> None:

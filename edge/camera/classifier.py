@@ -25,9 +25,20 @@ MODEL_DIR = Path(__file__).resolve().parent / "model"
 DEFAULT_MODEL = MODEL_DIR / "occupancy.onnx"
 
 
-def standardise(patches: np.ndarray) -> np.ndarray:
-    """``(N, S, S, 3)`` uint8 BGR patches -> ``(N, 3, S, S)`` float32 network input."""
+COLOUR_MODES = ("bgr", "grey")
+
+
+def standardise(patches: np.ndarray, colour: str = "bgr") -> np.ndarray:
+    """``(N, S, S, 3)`` uint8 BGR patches -> ``(N, C, S, S)`` float32 network input.
+
+    ``colour="grey"`` keeps one channel, the mean of B, G and R (C = 1): the
+    model then cannot key on the hue of a lot's asphalt, grass or paint.
+    """
+    if colour not in COLOUR_MODES:
+        raise ValueError(f"unknown colour mode {colour!r}")
     x = patches.astype(np.float32)
+    if colour == "grey":
+        x = x.mean(axis=3, keepdims=True)
     n = x.shape[0]
     flat = x.reshape(n, -1)
     mean = flat.mean(axis=1)
@@ -59,8 +70,18 @@ class SpaceClassifier:
     lies in [0.5, 1]; callers may report ``unknown`` below a threshold.
     """
 
-    def __init__(self, net: cv2.dnn.Net, size: int, margin: float, threshold: float = 0.5):
+    def __init__(
+        self,
+        net: cv2.dnn.Net,
+        size: int,
+        margin: float,
+        threshold: float = 0.5,
+        colour: str = "bgr",
+    ):
+        if colour not in COLOUR_MODES:
+            raise ValueError(f"unknown colour mode {colour!r}")
         self.net = net
+        self.colour = colour
         self.size = size
         self.margin = margin
         self.threshold = threshold
@@ -86,8 +107,9 @@ class SpaceClassifier:
         size = int(meta.get("size", crops.DEFAULT_SIZE))
         margin = float(meta.get("margin", crops.DEFAULT_MARGIN))
         threshold = float(meta.get("threshold", 0.5))
-        log.debug("loaded %s (size=%d margin=%.2f)", path, size, margin)
-        return cls(net, size, margin, threshold)
+        colour = str(meta.get("colour", "bgr"))
+        log.debug("loaded %s (size=%d margin=%.2f colour=%s)", path, size, margin, colour)
+        return cls(net, size, margin, threshold, colour)
 
     def plan(self, polygons: Sequence[np.ndarray]) -> crops.CropPlan:
         """Precompute (and cache) the crop warps for a camera geometry."""
@@ -104,7 +126,7 @@ class SpaceClassifier:
         """Occupied probability for ``(N, S, S, 3)`` uint8 BGR patches (one forward)."""
         if len(patches) == 0:
             return np.zeros(0, dtype=np.float64)
-        self.net.setInput(standardise(patches))
+        self.net.setInput(standardise(patches, self.colour))
         logits = np.asarray(self.net.forward(), dtype=np.float64).reshape(len(patches), -1)
         return _softmax_occupied(logits)
 

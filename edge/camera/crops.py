@@ -1,8 +1,11 @@
 """Turn space polygons of a frame into normalised, upright square patches.
 
-Each polygon's minimum-area rotated rectangle is enlarged by a small context
-margin and warped to an upright ``size x size`` patch with the rectangle's long
-axis vertical (pointing down the image). Geometry is fixed per camera, so the
+Each polygon's minimum-area rotated rectangle is resized by ``margin`` (a
+fraction of each side added on every side: positive adds context, negative
+insets; the default adds 10 % of context) and warped to an upright
+``size x size`` patch with the rectangle's long axis vertical (pointing down
+the image). The margin is part of a model's recipe (stored in its metadata):
+docs/camera.md has the measured effect of insets on unseen cameras. Geometry is fixed per camera, so the
 affine matrices are computed once (:func:`precompute`) and reused for every
 frame (:func:`extract`). All patches of a frame are sampled by one ``cv2.remap`` at twice the
 patch size and area-averaged down (less aliasing), so patches from full frames
@@ -67,8 +70,10 @@ def rect_axes(polygon: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 def polygon_matrix(
     polygon: np.ndarray, out_size: int, margin: float = DEFAULT_MARGIN
 ) -> np.ndarray:
-    """2x3 affine mapping the polygon's (margin-enlarged) rect onto an upright
+    """2x3 affine mapping the polygon's rect, resized by ``margin``, onto an upright
     ``out_size x out_size`` square (rect long axis vertical)."""
+    if margin <= -0.5:
+        raise ValueError(f"margin {margin} leaves nothing of the space (must be > -0.5)")
     centre, down, right, long_n, short_n = rect_axes(polygon)
     hd = long_n * (0.5 + margin)
     hr = short_n * (0.5 + margin)

@@ -47,7 +47,7 @@ log = logging.getLogger("edge.camera.train")
 
 CANVAS_SCALE = 2  # training canvases are stored at CANVAS_SCALE * size
 # augmentation knobs (defaults = the bundled model's recipe); set from the CLI
-AUG = {"gain": 0.15, "grey": 0.1, "lines": 0.0}
+AUG = {"gain": 0.15, "grey": 0.1, "lines": 0.0, "stains": 0.0}
 
 
 @dataclass
@@ -161,16 +161,55 @@ def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _markings(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Draw 1-2 painted lines or kerb edges (light or dark bars), whatever the label."""
+    """Draw painted lines or kerb edges (light or dark bars), whatever the label.
+
+    Half the time they are stall markings: bars near and roughly parallel to
+    the patch borders (the neighbouring stalls' lines that a context margin
+    shows), sometimes closed by a bar across one end; otherwise 1-2 bars at
+    random. Drawn on both classes, so lines are not a cue for either.
+    """
     out = img.copy()
     h, w = out.shape[:2]
-    for _ in range(int(rng.integers(1, 3))):
-        p1 = (int(rng.uniform(-0.2, 1.2) * w), int(rng.uniform(-0.2, 1.2) * h))
-        p2 = (int(rng.uniform(-0.2, 1.2) * w), int(rng.uniform(-0.2, 1.2) * h))
-        light = rng.random() < 0.7
-        v = int(rng.uniform(170, 250)) if light else int(rng.uniform(20, 90))
-        cv2.line(out, p1, p2, (v, v, v), int(rng.integers(1, 3)), cv2.LINE_AA)
+    light = rng.random() < 0.75
+    v = int(rng.uniform(150, 250)) if light else int(rng.uniform(20, 90))
+    tint = np.clip(v + rng.normal(0, 12, 3), 0, 255)
+    colour = tuple(int(c) for c in tint)
+    bars = []
+    if rng.random() < 0.5:  # stall markings near two opposite borders (+ maybe one end)
+        vertical = rng.random() < 0.5
+        for side in (0, 1):
+            if rng.random() < 0.85:
+                a = rng.uniform(0.0, 0.2) if side == 0 else rng.uniform(0.8, 1.0)
+                tilt = rng.uniform(-0.08, 0.08)
+                bars.append(((a - tilt, -0.1), (a + tilt, 1.1)))
+        if rng.random() < 0.5:
+            a = rng.uniform(0.0, 0.15) if rng.random() < 0.5 else rng.uniform(0.85, 1.0)
+            bars.append(((-0.1, a), (1.1, a)))
+        if not vertical:
+            bars = [((y0, x0), (y1, x1)) for (x0, y0), (x1, y1) in bars]
+    else:
+        for _ in range(int(rng.integers(1, 3))):
+            bars.append((tuple(rng.uniform(-0.2, 1.2, 2)), tuple(rng.uniform(-0.2, 1.2, 2))))
+    for (x0, y0), (x1, y1) in bars:
+        p1 = (int(x0 * w), int(y0 * h))
+        p2 = (int(x1 * w), int(y1 * h))
+        cv2.line(out, p1, p2, colour, int(rng.integers(1, 4)), cv2.LINE_AA)
     return out
+
+
+def _stains(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Asphalt wear: low-frequency dark/light blotches and a few thin cracks."""
+    h, w = img.shape[:2]
+    x = img.astype(np.float32)
+    field = rng.normal(0, 1, (4, 4)).astype(np.float32)
+    field = cv2.resize(field, (w, h), interpolation=cv2.INTER_CUBIC)
+    x *= (1.0 + rng.uniform(0.05, 0.25) * field)[..., None]
+    crack = np.zeros((h, w), np.float32)
+    for _ in range(int(rng.integers(0, 3))):  # cracks / tar seams: thin dark polylines
+        pts = np.cumsum(rng.normal(0, 0.15, (4, 2)), axis=0) + rng.uniform(0, 1, 2)
+        cv2.polylines(crack, [(pts * [w, h]).astype(np.int32)], False, 1.0, 1, cv2.LINE_AA)
+    x *= (1.0 - rng.uniform(0.2, 0.5) * crack)[..., None]
+    return np.clip(x, 0, 255).astype(np.uint8)
 
 
 def _occlude(img: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -202,6 +241,8 @@ def augment(
     occlusion; it never covers the patch centre fully, so labels stay valid.
     """
     patch = _geometric(canvas, size, rng)
+    if AUG["stains"] and rng.random() < AUG["stains"]:  # no draw when off: same stream
+        patch = _stains(patch, rng)
     if rng.random() < AUG["lines"]:
         patch = _markings(patch, rng)
     if occluder is not None and rng.random() < 0.3:
@@ -212,7 +253,7 @@ def augment(
 # ----------------------------------------------------------------------------- model
 
 
-def build_model(width: int = 1):  # noqa: ANN201 - torch imported lazily
+def build_model(width: int = 1, in_channels: int = 3):  # noqa: ANN201 - torch imported lazily
     """Tiny CNN (~40k parameters): 4 conv-BN-ReLU stages, global average pool, linear."""
     import torch.nn as nn
 
@@ -221,7 +262,7 @@ def build_model(width: int = 1):  # noqa: ANN201 - torch imported lazily
 
     c = [12 * width, 24 * width, 48 * width, 64 * width]
     return nn.Sequential(
-        *cbr(3, c[0], 2),
+        *cbr(in_channels, c[0], 2),
         *cbr(c[0], c[1], 2),
         *cbr(c[1], c[2], 1),
         nn.MaxPool2d(2),
@@ -255,6 +296,7 @@ def train(
     lr: float,
     seed: int,
     pklot_share: float,
+    colour: str = "bgr",
 ):  # noqa: ANN201
     """Train and return the torch model (eval mode)."""
     import torch
@@ -264,7 +306,7 @@ def train(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_model()
+    model = build_model(in_channels=1 if colour == "grey" else 3)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     weights = _sampling_weights(samples, pklot_share)
@@ -282,7 +324,7 @@ def train(
                 for i, j in zip(idx, others, strict=True)
             ]
         )
-        x = torch.from_numpy(standardise(patches))
+        x = torch.from_numpy(standardise(patches, colour))
         y = torch.from_numpy(labels[idx]).long()
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=0.05)
@@ -309,7 +351,7 @@ def export_onnx(model, size: int, out: Path, meta: dict) -> None:  # noqa: ANN00
     import torch
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(1, 3, size, size)
+    dummy = torch.zeros(1, 1 if meta.get("colour") == "grey" else 3, size, size)
     torch.onnx.export(
         model,
         dummy,
@@ -404,9 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pklot-share", type=float, default=0.4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--colour", choices=("bgr", "grey"), default="bgr", help="network input")
     ap.add_argument("--aug-gain", type=float, default=AUG["gain"], help="colour gain +-")
     ap.add_argument("--aug-grey", type=float, default=AUG["grey"], help="greyscale prob.")
     ap.add_argument("--aug-lines", type=float, default=AUG["lines"], help="markings prob.")
+    ap.add_argument("--aug-stains", type=float, default=AUG["stains"], help="asphalt wear prob.")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.pklot is None and args.cnrpark is None:
@@ -416,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    AUG.update(gain=args.aug_gain, grey=args.aug_grey, lines=args.aug_lines)
+    AUG.update(gain=args.aug_gain, grey=args.aug_grey, lines=args.aug_lines, stains=args.aug_stains)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     holdout = set(args.holdout)
@@ -440,13 +484,22 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no training samples")
         return 2
     model = train(
-        train_set, args.size, args.steps, args.batch, args.lr, args.seed, args.pklot_share
+        train_set,
+        args.size,
+        args.steps,
+        args.batch,
+        args.lr,
+        args.seed,
+        args.pklot_share,
+        args.colour,
     )
     meta = {
         "size": args.size,
         "margin": args.margin,
         "threshold": 0.5,
-        "input": "BGR patch, per-patch (x-mean)/(std+8) over all channels, NCHW float32",
+        "colour": args.colour,
+        "input": ("grey (mean of B, G, R)" if args.colour == "grey" else "BGR")
+        + " patch, per-patch (x-mean)/(std+8) over all channels, NCHW float32",
         "output": "logits [free, occupied]",
         "trained_on": {
             "pklot": str(args.pklot) if args.pklot else None,
