@@ -77,15 +77,16 @@ def polygon_matrix(
     centre, down, right, long_n, short_n = rect_axes(polygon)
     hd = long_n * (0.5 + margin)
     hr = short_n * (0.5 + margin)
-    src = np.float32(
+    src = np.array(
         [
             centre - right * hr - down * hd,
             centre + right * hr - down * hd,
             centre - right * hr + down * hd,
-        ]
+        ],
+        dtype=np.float32,
     )
     out = float(out_size)
-    dst = np.float32([[0, 0], [out, 0], [0, out]])
+    dst = np.array([[0, 0], [out, 0], [0, out]], dtype=np.float32)
     return cv2.getAffineTransform(src, dst)
 
 
