@@ -58,6 +58,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from parkguide.ports import free_port, wait_port  # noqa: E402
+from parkguide.supervisor import stop_process  # noqa: E402
 from parking import topics  # noqa: E402
 from parking.site import EXAMPLE_SITE, load_site  # noqa: E402
 
@@ -421,13 +422,7 @@ def main() -> int:
             except Exception:  # best effort at exit; the processes are stopped below anyway
                 pass
         for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_process(p)
         if gw_log is not None:
             gw_log.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -53,6 +53,7 @@ if str(ROOT) not in sys.path:
 from edge.modbus_master import ModbusMaster  # noqa: E402
 from edge.serial_agent import SerialAgent  # noqa: E402
 from parkguide.ports import free_port, wait_port  # noqa: E402
+from parkguide.supervisor import stop_process  # noqa: E402
 from parking import modbus_rtu as rtu  # noqa: E402
 from parking import registers as reg  # noqa: E402
 from parking import topics  # noqa: E402
@@ -154,13 +155,7 @@ class Simulator:
         return t
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 class DeltaWatcher:

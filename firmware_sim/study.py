@@ -229,7 +229,7 @@ class Study:
             e = self.entrance_index[v.gate]
             s = self.core.assign(e, cls, t, self.model.hold_s)
             if s < 0:  # the signs say full: residents come in and look anyway
-                self._cruise(t, vid, gate_node, 0.0, 0.0, occ, frozenset(), 0)
+                self._on_cruise(t, vid, gate_node, 0.0, 0.0, occ, frozenset(), 0)
                 return
             route = self.core.route(e, s)
             dist = float(self.layout.cost[e, s])
@@ -238,7 +238,7 @@ class Study:
             )
             self.push(t + secs, "reach", vid, s, dist, secs, occ, gate_node)
         else:
-            self._cruise(t, vid, gate_node, 0.0, 0.0, occ, frozenset(), 0)
+            self._on_cruise(t, vid, gate_node, 0.0, 0.0, occ, frozenset(), 0)
 
     def _on_reach(
         self, t: float, vid: int, s: int, dist: float, secs: float, occ: float, gate_node: int
@@ -249,7 +249,7 @@ class Study:
             return
         # taken after all (cannot happen while holds last longer than the drive): look around
         node = self.lanes.node_index[self.site.spaces[s].access]
-        self._cruise(t, vid, node, dist, secs, occ, frozenset(), 0)
+        self._on_cruise(t, vid, node, dist, secs, occ, frozenset(), 0)
 
     def _park(self, t: float, vid: int, s: int, dist: float, secs: float, occ: float) -> None:
         v = self.visits[vid]
@@ -259,7 +259,7 @@ class Study:
         if v.depart_s is not None:
             self.push(max(v.depart_s, t + 60), "depart", vid)
 
-    def _cruise(
+    def _on_cruise(
         self,
         t: float,
         vid: int,
@@ -294,20 +294,7 @@ class Study:
         nxt = path[1]
         length = next(w for b, w in self.lanes.adj[node] if b == nxt)
         step_s = length / self.model.speed_mps + self.model.junction_delay_s
-        self.push(t + step_s, "step", vid, nxt, dist + length, secs + step_s, occ, seen, loops)
-
-    def _on_step(
-        self,
-        t: float,
-        vid: int,
-        node: int,
-        dist: float,
-        secs: float,
-        occ: float,
-        seen: frozenset[int],
-        loops: int,
-    ) -> None:
-        self._cruise(t, vid, node, dist, secs, occ, seen, loops)
+        self.push(t + step_s, "cruise", vid, nxt, dist + length, secs + step_s, occ, seen, loops)
 
     def _next_target(
         self, node: int, v: Visit, elig: np.ndarray, seen: frozenset[int]

@@ -22,12 +22,24 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
+def stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``grace_s``; returns once it is gone."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            log.warning("pid %s did not stop in %.0fs; killing it", proc.pid, grace_s)
+            proc.kill()
+            proc.wait()
+
+
 def _die_with_parent() -> None:
-    try:
+    # Not Linux (no libc.so.6): no death signal, and the demo's own shutdown path
+    # (stop_all) is what stops the children.
+    with contextlib.suppress(OSError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux: the demo's own shutdown path still stops children
     os.setsid()  # Ctrl-C reaches the demo only; it stops the children in order
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from parkguide.ports import free_port, wait_port  # noqa: F401 (fixtures' helpers, imported by tests)
+from parkguide.supervisor import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -53,13 +54,8 @@ class MosquittoBroker:
         wait_port(self.port)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc)
         self.proc = None
 
 

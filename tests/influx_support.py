@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 from conftest import free_port, wait_port
 
+from parkguide.supervisor import stop_process
+
 VICTORIA_METRICS = "/usr/bin/victoria-metrics"
 
 
@@ -70,13 +72,8 @@ class VictoriaMetrics:
             raise
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc, 10)
         self.proc = None
 
     def export(self, match: str) -> list[dict]:

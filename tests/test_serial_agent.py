@@ -22,6 +22,7 @@ from edge_support import Recorder, assert_in_order, dedupe_reports, persistent_b
 from edge.debounce import DebounceSettings
 from edge.modbus_master import ModbusMaster, ModbusTimeout
 from edge.serial_agent import SerialAgent
+from parkguide.supervisor import stop_process
 from parking import modbus_rtu as rtu
 from parking import topics
 from parking.site import load_site
@@ -80,13 +81,7 @@ class BusSimulator:
         return answer
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         for f in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError):
                 f.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import serial
 
+from parkguide.supervisor import stop_process
 from parking import modbus_rtu as rtu
 from parking import registers as reg
 from tests.conftest import EXAMPLE_SITE, parkguide_cmd, require
@@ -80,13 +81,7 @@ class SimBus:
         return self.readline()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         for f in (self.proc.stdin, self.proc.stdout):
             if f and not f.closed:
                 with contextlib.suppress(OSError):
