@@ -587,6 +587,10 @@ class AllocationCore:
         self._cong_v = np.zeros(n_a)
         self._cong_t = np.zeros(n_a)
         self._pruned_at = -math.inf
+        # lazy minima: changes move the counts at once and the best-space minima only when
+        # asked (best, assign) or settled; slot -> space of candidacies not yet applied
+        self.lazy_minima = False
+        self._unsettled: dict[int, int] = {}
         # two-level min over aisles: blocks of w aisles, then all blocks
         # (half the square root: a raised leaf rescans its block of w aisles, and only
         # when that block held the global minimum the nb blocks)
@@ -625,6 +629,7 @@ class AllocationCore:
     # -- full recompute ----------------------------------------------------------
     def recompute(self) -> None:
         """Rebuild every derived structure from ``state``, ``held_until`` and the congestion."""
+        self._unsettled = {}
         lo = self.layout
         n_c, n_a, n_s = self._n_c, lo.n_aisles, self._n_s
         eff = np.where(lo.closed, CLOSED, self.state) if lo.any_closed else self.state
@@ -754,7 +759,8 @@ class AllocationCore:
             self.update(s, st, now)
 
     def _refresh(self, s: int, old_state: int, new_state: int) -> None:
-        """Space s changed state and/or hold: move the counts and the minima."""
+        """Space s changed state and/or hold: move the counts, and the minima (at once, or
+        at :meth:`settle` with ``lazy_minima``)."""
         if self._closed_of[s]:
             old_state = new_state = CLOSED
         z = self._zone_of[s]
@@ -779,9 +785,32 @@ class AllocationCore:
         for line, col in self._zone_lines[z]:
             if ext[col]:
                 self.line_free[line] += sign
-        classes = self._g_classes[g]
-        if not classes:
+        if not self._g_classes[g]:
             return
+        if self.lazy_minima:
+            self._unsettled[p] = s
+            return
+        self._move_minima(s, p, avail)
+
+    def settle(self) -> None:
+        """Apply the candidacies that lazy minima left pending, by their final value: first
+        the slots that left (the aisles rescan with the final flags), then those that came
+        (minima only go down), which gives the same minima as applying them one by one."""
+        if not self._unsettled:
+            return
+        pending, self._unsettled = self._unsettled, {}
+        avail = self._avail_py
+        for p, s in pending.items():
+            if not avail[p]:
+                self._move_minima(s, p, False)
+        for p, s in pending.items():
+            if avail[p]:
+                self._move_minima(s, p, True)
+
+    def _move_minima(self, s: int, p: int, avail: bool) -> None:
+        """Slot p (space s) became a candidate (``avail``) or stopped being one: move the
+        aisle's first candidates and the two-level minima."""
+        classes = self._g_classes[self._kindset_of_slot[p]]
         a = self._aisle_of[s]
         if not self._uniform[a]:
             self._refresh_general(a, p, avail)
@@ -923,6 +952,7 @@ class AllocationCore:
         self._holds[s] = until
         st = int(self.state[s])
         self._refresh(s, st, st)
+        self.settle()
         a = self._aisle_of[s]
         vt = self._cong.get(a)
         v = 1.0 if vt is None else congestion_value(*vt, now, self.congestion_halflife_s) + 1.0
@@ -996,6 +1026,7 @@ class AllocationCore:
     # -- queries -------------------------------------------------------------------
     def best(self, entrance: int, vehicle_class: int) -> int:
         """Lowest (score, cost, index) candidate for this entrance and class; -1 if none."""
+        self.settle()
         if self._active:
             self._prune_active()  # may move aisles back into the global minimum
         lo = self.layout
@@ -1029,6 +1060,7 @@ class AllocationCore:
 
     def best_all(self) -> np.ndarray:
         """int[E, C]: best() of every pair (-1 where none)."""
+        self.settle()
         n_e, n_c = self._n_e, self._n_c
         if self._active:
             return np.array(

@@ -1,13 +1,17 @@
-"""The gateway's journal: SQLite in WAL mode, one transaction per incoming message.
+"""The gateway's journal: SQLite in WAL mode.
 
-Every accepted state change is written to ``events`` and to the current-state
-table ``spaces`` (what a restart resumes from) and committed before anything
-derived from it is published. ``agents`` keeps (boot, seq) so replays are still
-refused after a restart; ``assignments`` keeps the holds given to arriving cars.
+``events`` is the truth: every accepted state change is committed there (with
+the agent's (boot, seq) in ``agents``, so replays are still refused after a
+restart) before anything derived from it is published. ``assignments`` keeps
+the holds given to arriving cars.
 
-``signs`` holds what every sign shows, written in the same transaction as the
-changes behind it, so a restarted gateway can republish consistent signs
-(:func:`stored_signs`) before it has loaded the site and the allocation core.
+``spaces`` (current state per space) and ``signs`` (what every sign shows) are a
+checkpoint written after publishing, off the report-to-sign path; the meta key
+``checkpoint_event`` is the last event they include. A restart loads the
+checkpoint and replays the events after it (:meth:`Journal.events_after`);
+:func:`stored_signs` returns the signs only when no event is newer than them, so
+a restarted gateway can republish consistent signs before it has loaded the site
+and the allocation core.
 
 Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL`` commits by
 appending to the WAL file without an fsync per commit. A committed transaction
@@ -51,6 +55,9 @@ CREATE TABLE IF NOT EXISTS signs(
     display TEXT PRIMARY KEY, topic TEXT NOT NULL, content TEXT NOT NULL,
     expires_s REAL NOT NULL);
 """
+
+CHECKPOINT_KEY = "checkpoint_event"
+"""meta key: id of the last event the ``spaces`` and ``signs`` tables include."""
 
 EventRow = tuple[float, str, str, str, str | None, str | None, int | None]
 """(ts, space, old, new, source, agent, seq)"""
@@ -213,6 +220,26 @@ class Journal:
         )
         return [r[0] for r in rows]
 
+    def last_event_id(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+
+    def checkpoint_event(self) -> int | None:
+        """The last event the ``spaces`` and ``signs`` tables include (None: never marked)."""
+        mark = self.meta(CHECKPOINT_KEY)
+        return None if mark is None else int(mark)
+
+    def mark_checkpoint(self, event_id: int) -> None:
+        self.set_meta(CHECKPOINT_KEY, str(event_id))
+
+    def events_after(self, event_id: int) -> list[tuple[Any, ...]]:
+        """Events newer than ``event_id``, oldest first (id, ts, space, old, new, source, agent,
+        seq): what a restart replays over the checkpoint."""
+        return self.conn.execute(
+            "SELECT id, ts, space, old, new, source, agent, seq FROM events WHERE id > ?"
+            " ORDER BY id",
+            (event_id,),
+        ).fetchall()
+
     def events(self, limit: int = 1000) -> list[tuple[Any, ...]]:
         """The newest events, newest first (id, ts, space, old, new, source, agent, seq)."""
         return self.conn.execute(
@@ -222,7 +249,8 @@ class Journal:
 
 
 def stored_signs(path: str | Path) -> list[tuple[str, str, float]]:
-    """(topic, content JSON, expires_s) of every sign in the journal at ``path``; [] if none.
+    """(topic, content JSON, expires_s) of every sign in the journal at ``path``; [] if none,
+    or if events were committed after the signs were checkpointed (they may be behind).
 
     Light on purpose (sqlite3 only): the restart path calls it before anything heavy loads.
     """
@@ -230,6 +258,12 @@ def stored_signs(path: str | Path) -> list[tuple[str, str, float]]:
         return []
     conn = sqlite3.connect(str(path), timeout=5)
     try:
+        last = conn.execute("SELECT max(id) FROM events").fetchone()[0]
+        mark = conn.execute(
+            "SELECT value FROM meta WHERE key=?", (CHECKPOINT_KEY,)
+        ).fetchone()
+        if last is not None and mark is not None and int(mark[0]) < last:
+            return []
         return conn.execute("SELECT topic, content, expires_s FROM signs").fetchall()
     except sqlite3.Error:
         return []

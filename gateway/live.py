@@ -7,9 +7,13 @@ function and calls :meth:`LiveGateway.handle` from the MQTT thread and
 :meth:`LiveGateway.tick` from a timer. One lock serialises all of it, so the
 API thread can read consistent snapshots.
 
-Order per message: validate -> apply to the state arrays -> commit the journal
-transaction (events, current state, sequence, outbox) -> update the core ->
-publish what changed. Nothing derived from a change leaves before its commit.
+Order per message: validate -> apply to the state arrays -> update the core ->
+commit the changes (``events`` and the agent's sequence) -> publish the signs,
+then the zone counts. Nothing derived from a change leaves before its commit.
+The checkpoint (current state per space, sign contents, InfluxDB outbox) is
+written after publishing: at once, or, with ``defer_checkpoint``, when the
+service is idle (:meth:`LiveGateway.flush_checkpoint`); a restart replays the
+events after the last checkpoint.
 """
 
 from __future__ import annotations
@@ -119,8 +123,11 @@ class LiveGateway:
         clock: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         policy_clock: Callable[[], float] | None = None,
+        defer_checkpoint: bool = False,
     ):
         self.site = site
+        # False: the checkpoint follows every publication; True: the caller flushes it
+        self.defer_checkpoint = defer_checkpoint
         self.journal = journal
         self._publish = publish
         self.hold_s = hold_s
@@ -137,6 +144,9 @@ class LiveGateway:
         self.layout = CoreLayout.from_site(site)
         self.minute = minute_of_day(self._policy_clock(), self.tz)
         self.core = AllocationCore(self.layout, self.minute, **(core_options or {}))
+        # signs need only the counts: the best-space minima move when a car arrives or
+        # the service is idle (flush_checkpoint), off the report-to-sign path
+        self.core.lazy_minima = True
         self.renderer = SignRenderer(site)
         self.lines = self.renderer.layout
         site_lines = tuple((d.id, i) for d in site.displays for i in range(len(d.lines)))
@@ -167,6 +177,12 @@ class LiveGateway:
         self._next_minute_check = 0.0
         self._next_zone_history = 0.0
         self._live = False  # nothing is sent before the first publish_all (connected)
+        # checkpoint not written yet: spaces whose row moved, signs, history points
+        self._dirty = np.zeros(len(site.spaces), dtype=bool)
+        self._dirty_signs: dict[int, _Sign] = {}
+        self._dirty_history: list[tuple[str, str, str, float]] = []
+        self._zone_history_rows: list[tuple[str, dict[str, int], float]] = []
+        self._dirty_since: float | None = None  # monotonic time of the oldest unflushed item
         self.resume()
 
     # -- startup -----------------------------------------------------------------------------
@@ -181,6 +197,9 @@ class LiveGateway:
             self._agent_seen[a.agent] = a.last_seen
         index = self.site.space_index
         codes = {name: i for i, name in enumerate(STATE_NAMES)}
+        rows = {row[0]: row for row in self.journal.spaces()}
+        mark = self.journal.checkpoint_event()
+        replayed = self._replay(rows, self.journal.events_after(mark)) if mark is not None else []
         loaded = 0
         for (
             space,
@@ -191,7 +210,7 @@ class LiveGateway:
             obs_since,
             last_seen,
             agent,
-        ) in self.journal.spaces():
+        ) in rows.values():
             s = index.get(space)
             if s is None:  # the site file dropped this space
                 continue
@@ -223,6 +242,9 @@ class LiveGateway:
         log.info(
             "resumed %d spaces and %d agents from %s", loaded, len(stored_agents), self.journal.path
         )
+        if replayed:
+            log.info("replayed %d events committed after the last checkpoint", len(replayed))
+            self._dirty[[index[sp] for sp in replayed if sp in index]] = True
         with self.lock:
             self._snapshot_lines()
             for d in range(len(self.site.displays)):
@@ -230,10 +252,38 @@ class LiveGateway:
             self._expire(now, mono)
             # the signs as of now, so a restart can show them before it has loaded everything
             signs = [self._sign(d, self._shown[d], now) for d in range(len(self.site.displays))]
-            with self.journal.transaction():
-                self.journal.put_signs(self._sign_rows(signs))
             for sign in signs:
                 self._shown_ts[sign.display] = sign.ts
+                self._dirty_signs[sign.display] = sign
+            self._dirty_since = self._mono()
+            self.flush_checkpoint()
+
+    def _replay(self, rows: dict[str, tuple[Any, ...]], events: list[tuple[Any, ...]]) -> list[str]:
+        """Apply events committed after the checkpoint to its rows (in place); the spaces
+        they touched, in order. A manager's event opens or closes; any other is the new
+        sensed state (sensor reports carry a seq and vouch for last_seen)."""
+        touched = []
+        for _id, ts, space, _old, new, source, agent, seq in events:
+            sp = self.site.space_index.get(space)
+            if sp is None:
+                continue
+            row = rows.get(space)
+            if row is None:
+                closed = int(self.site.spaces[sp].closed)
+                row = (space, "unknown", "unknown", closed, 0.0, 0.0, 0.0, None)
+            _, _state, sensed, closed, _since, obs_since, last_seen, who = row
+            if source == "manager":
+                closed = int(new == "closed")
+                sensed = sensed if closed else new
+            else:
+                closed, sensed = 0, new
+                if seq is not None:
+                    last_seen, who = max(last_seen, ts), agent
+            rows[space] = (space, new, sensed, closed, ts, obs_since, last_seen, who)
+            touched.append(space)
+            if self.history is not None:
+                self._dirty_history.append((self.site.spaces[sp].zone, space, new, ts))
+        return touched
 
     # -- entry points ------------------------------------------------------------------------
     def handle_batch(self, messages: list[tuple[str, bytes, float]]) -> None:
@@ -303,6 +353,8 @@ class LiveGateway:
                             for z, zone in enumerate(self.state.zone_ids)
                         ],
                     )
+            if self._dirty_since is not None:
+                self.flush_checkpoint()
 
     def _expire(self, now: float, mono: float) -> None:
         changes = self.state.expire(now, mono)
@@ -453,7 +505,7 @@ class LiveGateway:
             body = assignment.model_dump_json(by_alias=True)
             signs = self._changed_signs(now)  # the hold takes the space off the signs
             with self.journal.transaction():
-                self.journal.put_signs(self._sign_rows(signs))
+                self._put_signs_now(signs)
                 self.journal.add_assignment(
                     now,
                     entrance,
@@ -484,8 +536,9 @@ class LiveGateway:
         reports: list[AcceptedReport] | tuple[()] = (),
         agent_state: tuple[str, bool] | None = None,
     ) -> None:
-        """Update the core, journal the changes and the signs they change (one transaction),
-        then publish what changed. Segments are applied in order."""
+        """Update the core, commit the changes (events, agent sequence), publish the signs
+        and zone counts they change, then note (or write) the checkpoint. Segments are
+        applied in order."""
         segments = [g for g in segments if len(g.changes.touched) or len(g.changes)]
         n = sum(len(g.changes) for g in segments)
         if n:
@@ -496,19 +549,22 @@ class LiveGateway:
                 new = np.concatenate([g.changes.new for g in segments])
             self.core.update_many(spaces, new, now)
         signs = self._changed_signs(now) if n else []
-        if segments or reports or agent_state is not None or signs:
-            self._journal(segments, now, reports, agent_state, signs)
-        if n == 0:
-            return
-        self.state_changes += n
-        for sign in signs:  # signs first: drivers are waiting on them
-            self._publish_sign(sign, now)
-        if len(segments) == 1:
-            zones = segments[0].changes.zones
-        else:
-            zones = np.unique(np.concatenate([g.changes.zones for g in segments]))
-        self._publish_zones(zones.tolist(), now)
-        if self._subscribers:
+        if segments or reports or agent_state is not None:
+            self._journal(segments, now, reports, agent_state)
+        if n:
+            self.state_changes += n
+            for sign in signs:  # signs first: drivers are waiting on them
+                self._publish_sign(sign, now)
+            if len(segments) == 1:
+                zones = segments[0].changes.zones
+            else:
+                zones = np.unique(np.concatenate([g.changes.zones for g in segments]))
+            self._publish_zones(zones.tolist(), now)
+        if segments or signs:
+            self._note_checkpoint(segments, signs, now)
+            if not self.defer_checkpoint:
+                self.flush_checkpoint()
+        if n and self._subscribers:
             ids = self.state.space_ids
             for g in segments:
                 for sp, st in zip(g.changes.spaces.tolist(), g.changes.new.tolist(), strict=True):
@@ -520,21 +576,17 @@ class LiveGateway:
         now: float,
         reports: list[AcceptedReport] | tuple[()],
         agent_state: tuple[str, bool] | None,
-        signs: list[_Sign],
     ) -> None:
+        """The commit that must precede publishing: events and the agents' sequences."""
         st = self.state
         ids, names = st.space_ids, STATE_NAMES
-        zone_of, zone_ids = st.zone, st.zone_ids
-        history: list[tuple[str, str, str, float]] = []
-        with self.journal.transaction() as conn:
+        with self.journal.transaction():
             for g in segments:
                 ch = g.changes
                 spaces = ch.spaces.tolist()
                 if not spaces:
                     continue
                 # whole columns via tolist(): indexing numpy scalars costs more than SQLite
-                space_ids = [ids[x] for x in spaces]
-                new_names = [names[x] for x in ch.new.tolist()]
                 if g.source is None:  # the gateway's own verdict (TTL, last will)
                     src = [
                         st.sources[i] if i >= 0 else None for i in st.bound_source[spaces].tolist()
@@ -545,55 +597,93 @@ class LiveGateway:
                 self.journal.add_events(
                     zip(
                         [g.ts] * k,
-                        space_ids,
+                        [ids[x] for x in spaces],
                         [names[x] for x in ch.old.tolist()],
-                        new_names,
+                        [names[x] for x in ch.new.tolist()],
                         src,
                         [g.agent] * k,
                         [g.seq] * k,
                         strict=True,
                     )
                 )
-                if self.history is not None:
-                    history.extend(
-                        zip(
-                            [zone_ids[z] for z in zone_of[spaces].tolist()],
-                            space_ids,
-                            new_names,
-                            [g.ts] * k,
-                            strict=True,
-                        )
-                    )
-            touched = [g.changes.touched for g in segments if len(g.changes.touched)]
-            if touched:
-                t = touched[0] if len(touched) == 1 else np.unique(np.concatenate(touched))
-                agents = st.agents
-                self.journal.put_spaces(
-                    zip(
-                        [ids[x] for x in t.tolist()],
-                        [names[x] for x in st.state[t].tolist()],
-                        [names[x] for x in st.sensed[t].tolist()],
-                        st.closed[t].astype(np.int64).tolist(),
-                        st.since[t].tolist(),
-                        st.obs_since[t].tolist(),
-                        st.last_seen[t].tolist(),
-                        [agents[a] if a >= 0 else None for a in st.agent[t].tolist()],
-                        strict=True,
-                    )
-                )
-            if signs:
-                self.journal.put_signs(self._sign_rows(signs))
             latest: dict[str, AcceptedReport] = {r.agent: r for r in reports}
             for r in latest.values():
                 self.journal.put_agent(r.agent, r.boot, r.seq, True, now)
             if agent_state is not None:
                 self.journal.put_agent(agent_state[0], None, None, agent_state[1], now)
-            if history and self.history is not None:
-                self.history.space_states(conn, history)
-                zones = np.unique(np.concatenate([g.changes.zones for g in segments]))
-                self.history.zone_occupancies(
-                    conn, [(zone_ids[z], st.zone_row(z), now) for z in zones.tolist()]
+
+    def _note_checkpoint(self, segments: list[_Segment], signs: list[_Sign], now: float) -> None:
+        """Remember what the next checkpoint writes: rows that moved, signs, history points."""
+        if self._dirty_since is None:
+            self._dirty_since = self._mono()
+        for g in segments:
+            if len(g.changes.touched):
+                self._dirty[g.changes.touched] = True
+        for sign in signs:
+            self._dirty_signs[sign.display] = sign
+        if self.history is None:
+            return
+        st = self.state
+        ids, names, zone_ids = st.space_ids, STATE_NAMES, st.zone_ids
+        for g in segments:
+            sp = g.changes.spaces.tolist()
+            if sp:
+                self._dirty_history.extend(
+                    zip(
+                        [zone_ids[z] for z in st.zone[sp].tolist()],
+                        [ids[x] for x in sp],
+                        [names[x] for x in g.changes.new.tolist()],
+                        [g.ts] * len(sp),
+                        strict=True,
+                    )
                 )
+                for z in g.changes.zones.tolist():
+                    self._zone_history_rows.append((zone_ids[z], st.zone_row(z), now))
+
+    def checkpoint_due(self, max_age_s: float) -> bool:
+        """Unwritten checkpoint items older than ``max_age_s`` (or any, with 0)."""
+        since = self._dirty_since
+        return since is not None and self._mono() - since >= max_age_s
+
+    def flush_checkpoint(self) -> None:
+        """Idle work: settle the core's best-space minima and write the checkpoint (current
+        state of the spaces that moved, the signs shown, the InfluxDB outbox points, and
+        the last event they include)."""
+        with self.lock:
+            self.core.settle()
+            if self._dirty_since is None:
+                return
+            st = self.state
+            t = np.flatnonzero(self._dirty)
+            ids, names, agents = st.space_ids, STATE_NAMES, st.agents
+            with self.journal.transaction() as conn:
+                if len(t):
+                    self.journal.put_spaces(
+                        zip(
+                            [ids[x] for x in t.tolist()],
+                            [names[x] for x in st.state[t].tolist()],
+                            [names[x] for x in st.sensed[t].tolist()],
+                            st.closed[t].astype(np.int64).tolist(),
+                            st.since[t].tolist(),
+                            st.obs_since[t].tolist(),
+                            st.last_seen[t].tolist(),
+                            [agents[a] if a >= 0 else None for a in st.agent[t].tolist()],
+                            strict=True,
+                        )
+                    )
+                if self._dirty_signs:
+                    self.journal.put_signs(self._sign_rows(list(self._dirty_signs.values())))
+                if self.history is not None:
+                    if self._dirty_history:
+                        self.history.space_states(conn, self._dirty_history)
+                    if self._zone_history_rows:
+                        self.history.zone_occupancies(conn, self._zone_history_rows)
+                self.journal.mark_checkpoint(self.journal.last_event_id())
+            self._dirty[t] = False
+            self._dirty_signs.clear()
+            self._dirty_history = []
+            self._zone_history_rows = []
+            self._dirty_since = None
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if self._live:
@@ -649,9 +739,16 @@ class LiveGateway:
         if not signs:
             return
         with self.journal.transaction():
-            self.journal.put_signs(self._sign_rows(signs))
+            self._put_signs_now(signs)
         for sign in signs:
             self._publish_sign(sign, now)
+
+    def _put_signs_now(self, signs: list[_Sign]) -> None:
+        """Store signs inside the caller's transaction (before they are published); an older
+        content of the same sign still waiting for the checkpoint must not overwrite them."""
+        self.journal.put_signs(self._sign_rows(signs))
+        for sign in signs:
+            self._dirty_signs.pop(sign.display, None)
 
     def _sign(self, d: int, lines: tuple[RenderedLine, ...], now: float) -> _Sign:
         return _Sign(d, lines, now, self.renderer.payload(d, lines, now))
