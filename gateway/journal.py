@@ -259,9 +259,7 @@ def stored_signs(path: str | Path) -> list[tuple[str, str, float]]:
     conn = sqlite3.connect(str(path), timeout=5)
     try:
         last = conn.execute("SELECT max(id) FROM events").fetchone()[0]
-        mark = conn.execute(
-            "SELECT value FROM meta WHERE key=?", (CHECKPOINT_KEY,)
-        ).fetchone()
+        mark = conn.execute("SELECT value FROM meta WHERE key=?", (CHECKPOINT_KEY,)).fetchone()
         if last is not None and mark is not None and int(mark[0]) < last:
             return []
         return conn.execute("SELECT topic, content, expires_s FROM signs").fetchall()
