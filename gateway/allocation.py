@@ -57,6 +57,8 @@ CONGESTION_FLOOR = 0.01
 
 PRUNE_EVERY_S = 5.0
 """Event-time interval between sweeps of decayed aisles out of the congested set."""
+BATCH_MIN = 4
+"""With lazy minima, update_many takes more changes than this in one vectorized step."""
 
 NONE = np.iinfo(np.int32).max
 """Rank sentinel: no candidate."""
@@ -616,6 +618,8 @@ class AllocationCore:
             )
             for z in range(len(layout.zones))
         ]
+        self._lz = layout.line_zones.astype(np.int64)  # (L, Z) zones each line counts
+        self._line_cols = np.where(layout.line_class < 0, n_c, layout.line_class)
         self._set_eligibility(layout.kindset_eligibility(self.minute))
         self.recompute()
 
@@ -685,8 +689,8 @@ class AllocationCore:
         n_g = len(lo.kindset_kinds)
         zone_kindset = np.bincount(lo.zone_kindset[avail], minlength=n_z * n_g).reshape(n_z, n_g)
         per_zone = np.rint(zone_kindset @ self._kindset_ext).astype(np.int64)  # (Z, C + 1)
-        cols = np.where(lo.line_class < 0, n_c, lo.line_class)
-        lz = lo.line_zones.astype(np.int64)
+        cols = self._line_cols
+        lz = self._lz
         self.line_free = (lz * per_zone[:, cols].T).sum(axis=1)
         self.line_unknown = lz @ self._zone_counts[:, UNKNOWN]
         self.line_total = lz @ (self._zone_counts.sum(axis=1) - self._zone_counts[:, CLOSED])
@@ -742,7 +746,8 @@ class AllocationCore:
             raise ValueError("space state codes must be 0..3 (SpaceState)")
         if len(spaces) and not (spaces.min() >= 0 and spaces.max() < self._n_s):
             raise IndexError("space index out of range")
-        if len(spaces) * 8 > self._n_s:
+        # lazy minima make a change cheap (counts only): a recompute pays off later
+        if len(spaces) * (2 if self.lazy_minima else 8) > self._n_s:
             # a large batch (start-up, snapshot): one vectorized recompute is cheaper
             if now > self.now:
                 self.now = float(now)
@@ -755,8 +760,57 @@ class AllocationCore:
                     del self._holds[s]
             self.recompute()
             return
+        if self.lazy_minima and len(spaces) > BATCH_MIN:
+            self._update_batch(spaces, states, now)
+            return
         for s, st in zip(spaces.tolist(), states.tolist(), strict=True):
             self.update(s, st, now)
+
+    def _update_batch(self, spaces: np.ndarray, states: np.ndarray, now: float) -> None:
+        """Lazy minima: a batch of changes moves the counts in a few vectorized steps (the
+        same result as one update() per change) and leaves the candidacies pending."""
+        if now > self.now:
+            self.now = float(now)
+        lo = self.layout
+        # the last entry for a space wins; any OCCUPIED among them clears its hold
+        sp, first = np.unique(spaces[::-1], return_index=True)
+        new = states[::-1][first].astype(np.int8)
+        for s in np.unique(spaces[states == OCCUPIED]).tolist():
+            if s in self._holds:
+                self.held_until[s] = 0.0
+                del self._holds[s]
+        old = self.state[sp]
+        self.state[sp] = new
+        closed = lo.closed[sp]
+        old_eff = np.where(closed, CLOSED, old)
+        new_eff = np.where(closed, CLOSED, new)
+        n_z = len(lo.zones)
+        zx4 = lo.zone_x4[sp]
+        dz = (
+            np.bincount(zx4 + new_eff, minlength=n_z * 4)
+            - np.bincount(zx4 + old_eff, minlength=n_z * 4)
+        ).reshape(n_z, 4)
+        if dz.any():
+            self._zone_counts += dz
+            self.line_unknown += self._lz @ dz[:, UNKNOWN]
+            self.line_total -= self._lz @ dz[:, CLOSED]  # closed spaces are not in the total
+        slots = lo.space_slot[sp]
+        avail = (new_eff == FREE) & (self.held_until[sp] == 0.0)
+        flip = avail != self._avail_np[slots]
+        if not flip.any():
+            return
+        slots, sp, avail = slots[flip], sp[flip], avail[flip]
+        self._avail_np[slots] = avail
+        n_g = len(lo.kindset_kinds)
+        dzg = np.bincount(
+            lo.zone_kindset[sp], weights=np.where(avail, 1.0, -1.0), minlength=n_z * n_g
+        ).reshape(n_z, n_g)
+        per_zone = np.rint(dzg @ self._kindset_ext).astype(np.int64)  # (Z, C + 1)
+        self.line_free += (self._lz * per_zone[:, self._line_cols].T).sum(axis=1)
+        g_classes, kind_of = self._g_classes, self._kindset_of_slot
+        for p, s in zip(slots.tolist(), sp.tolist(), strict=True):
+            if g_classes[kind_of[p]]:
+                self._unsettled[p] = s
 
     def _refresh(self, s: int, old_state: int, new_state: int) -> None:
         """Space s changed state and/or hold: move the counts, and the minima (at once, or
@@ -797,6 +851,9 @@ class AllocationCore:
         the slots that left (the aisles rescan with the final flags), then those that came
         (minima only go down), which gives the same minima as applying them one by one."""
         if not self._unsettled:
+            return
+        if len(self._unsettled) * 8 > self._n_s:
+            self.recompute()  # many pending: one vectorized rebuild is cheaper
             return
         pending, self._unsettled = self._unsettled, {}
         avail = self._avail_py

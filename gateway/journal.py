@@ -1,14 +1,17 @@
 """The gateway's journal: SQLite in WAL mode.
 
-``events`` is the truth: every accepted state change is committed there (with
-the agent's (boot, seq) in ``agents``, so replays are still refused after a
-restart) before anything derived from it is published. ``assignments`` keeps
-the holds given to arriving cars.
+Every accepted state change (time, space, old, new, source, agent, boot, seq) is
+committed before anything derived from it is published: one ``pending_changes``
+row per report, its changes packed as JSON (one row and no index to write on the
+report-to-sign path). The checkpoint, written after publishing, expands them into
+``events`` (one row per change, what history and exports read) and ``agents``
+((boot, seq), so replays are still refused after a restart), and writes
+``spaces`` (current state per space) and ``signs`` (what every sign shows); the
+meta key ``checkpoint_event`` is the last event those include. ``assignments``
+keeps the holds given to arriving cars.
 
-``spaces`` (current state per space) and ``signs`` (what every sign shows) are a
-checkpoint written after publishing, off the report-to-sign path; the meta key
-``checkpoint_event`` is the last event they include. A restart loads the
-checkpoint and replays the events after it (:meth:`Journal.events_after`);
+A restart expands what is pending, loads the checkpoint and replays the events
+after it (:meth:`Journal.events_after`);
 :func:`stored_signs` returns the signs only when no event is newer than them, so
 a restarted gateway can republish consistent signs before it has loaded the site
 and the allocation core.
@@ -51,6 +54,12 @@ CREATE TABLE IF NOT EXISTS assignments(
     space TEXT, zone TEXT, hold_expires REAL, plate TEXT, request_id TEXT,
     payload TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- the report-to-sign path commits one row per report (or per gateway verdict): its
+-- changes as JSON [[space, old, new(, source)], ...]; the checkpoint expands them into
+-- events and the agents' sequences (expand_pending) and deletes them
+CREATE TABLE IF NOT EXISTS pending_changes(
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, source TEXT, agent TEXT, boot TEXT, seq INTEGER,
+    changes TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS signs(
     display TEXT PRIMARY KEY, topic TEXT NOT NULL, content TEXT NOT NULL,
     expires_s REAL NOT NULL);
@@ -144,6 +153,46 @@ class Journal:
             "INSERT INTO events(ts, space, old, new, source, agent, seq) VALUES (?,?,?,?,?,?,?)",
             rows,
         )
+
+    def add_changes(
+        self,
+        ts: float,
+        source: str | None,
+        agent: str | None,
+        boot: str | None,
+        seq: int | None,
+        changes_json: str,
+    ) -> None:
+        """One report's (or verdict's) changes, committed before anything derived is
+        published: JSON [[space, old, new], ...], a 4th item overriding ``source``."""
+        self.conn.execute(
+            "INSERT INTO pending_changes(ts, source, agent, boot, seq, changes)"
+            " VALUES (?,?,?,?,?,?)",
+            (ts, source, agent, boot, seq, changes_json),
+        )
+
+    def expand_pending(self) -> int:
+        """Inside a transaction: turn the pending change rows into ``events`` (in order) and
+        the agents' latest (boot, seq); returns how many rows were expanded."""
+        n = self.conn.execute("SELECT count(*) FROM pending_changes").fetchone()[0]
+        if not n:
+            return 0
+        self.conn.execute(
+            "INSERT INTO events(ts, space, old, new, source, agent, seq)"
+            " SELECT b.ts, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),"
+            " json_extract(j.value, '$[2]'), coalesce(json_extract(j.value, '$[3]'), b.source),"
+            " b.agent, b.seq FROM pending_changes b, json_each(b.changes) j ORDER BY b.id, j.key"
+        )
+        # online is left alone: an availability message may have come after the report
+        self.conn.execute(
+            "INSERT INTO agents(agent, boot, seq, online, last_seen)"
+            " SELECT agent, boot, seq, 1, ts FROM pending_changes WHERE id IN"
+            " (SELECT max(id) FROM pending_changes WHERE boot IS NOT NULL GROUP BY agent)"
+            " ON CONFLICT(agent) DO UPDATE SET boot=excluded.boot, seq=excluded.seq,"
+            " last_seen=max(last_seen, excluded.last_seen)"
+        )
+        self.conn.execute("DELETE FROM pending_changes")
+        return n
 
     def put_spaces(self, rows: Iterable[SpaceRow]) -> None:
         self.conn.executemany(
@@ -258,6 +307,8 @@ def stored_signs(path: str | Path) -> list[tuple[str, str, float]]:
         return []
     conn = sqlite3.connect(str(path), timeout=5)
     try:
+        if conn.execute("SELECT EXISTS(SELECT 1 FROM pending_changes)").fetchone()[0]:
+            return []  # changes not expanded into the checkpoint yet
         last = conn.execute("SELECT max(id) FROM events").fetchone()[0]
         mark = conn.execute("SELECT value FROM meta WHERE key=?", (CHECKPOINT_KEY,)).fetchone()
         if last is not None and mark is not None and int(mark[0]) < last:

@@ -92,6 +92,7 @@ class _Segment:
     source: str | None  # None: the gateway's own verdict; the bound source is journaled
     agent: str | None
     seq: int | None = None
+    boot: str | None = None
 
 
 @dataclass
@@ -189,6 +190,10 @@ class LiveGateway:
     def resume(self) -> None:
         """Load the journal's current state, sequences and open holds."""
         now, mono = self._clock(), self._mono()
+        with self.journal.transaction():
+            pending = self.journal.expand_pending()  # committed before a crash: now events
+        if pending:
+            log.info("expanded %d change rows committed before the last checkpoint", pending)
         stored_agents = {a.agent: a for a in self.journal.agents()}
         for a in stored_agents.values():
             if a.boot is not None and a.seq is not None:
@@ -400,14 +405,14 @@ class LiveGateway:
         self.gate.commit(acc)  # in memory now, so a duplicate later in the batch is refused
         self._online[agent] = True
         self._agent_seen[agent] = now
-        staged.segments.append(_Segment(changes, now, acc.source, acc.agent, acc.seq))
+        staged.segments.append(_Segment(changes, now, acc.source, acc.agent, acc.seq, acc.boot))
         staged.reports.append(acc)
         staged.started.append(t0)
 
     def _flush(self, staged: _Staged) -> None:
         if not staged.reports:
             return
-        self._commit_and_propagate(staged.segments, self._clock(), reports=staged.reports)
+        self._commit_and_propagate(staged.segments, self._clock())
         self.accepted += len(staged.reports)
         done = time.perf_counter()
         self._latency.extend(done - t0 for t0 in staged.started)
@@ -533,12 +538,12 @@ class LiveGateway:
         segments: list[_Segment],
         now: float,
         *,
-        reports: list[AcceptedReport] | tuple[()] = (),
         agent_state: tuple[str, bool] | None = None,
     ) -> None:
         """Update the core, commit the changes (events, agent sequence), publish the signs
         and zone counts they change, then note (or write) the checkpoint. Segments are
         applied in order."""
+        journaled = [g for g in segments if len(g.changes) or g.seq is not None]
         segments = [g for g in segments if len(g.changes.touched) or len(g.changes)]
         n = sum(len(g.changes) for g in segments)
         if n:
@@ -549,8 +554,8 @@ class LiveGateway:
                 new = np.concatenate([g.changes.new for g in segments])
             self.core.update_many(spaces, new, now)
         signs = self._changed_signs(now) if n else []
-        if segments or reports or agent_state is not None:
-            self._journal(segments, now, reports, agent_state)
+        if journaled or agent_state is not None:
+            self._journal(journaled, now, agent_state)
         if n:
             self.state_changes += n
             for sign in signs:  # signs first: drivers are waiting on them
@@ -560,7 +565,7 @@ class LiveGateway:
             else:
                 zones = np.unique(np.concatenate([g.changes.zones for g in segments]))
             self._publish_zones(zones.tolist(), now)
-        if segments or signs:
+        if journaled or segments or signs:  # a report without changes still moves its seq
             self._note_checkpoint(segments, signs, now)
             if not self.defer_checkpoint:
                 self.flush_checkpoint()
@@ -571,44 +576,37 @@ class LiveGateway:
                     self._emit("space", {"space": ids[sp], "state": STATE_NAMES[st]}, g.ts)
 
     def _journal(
-        self,
-        segments: list[_Segment],
-        now: float,
-        reports: list[AcceptedReport] | tuple[()],
-        agent_state: tuple[str, bool] | None,
+        self, segments: list[_Segment], now: float, agent_state: tuple[str, bool] | None
     ) -> None:
-        """The commit that must precede publishing: events and the agents' sequences."""
+        """The commit that must precede publishing: one packed row of changes per report (its
+        sequence with it, even without changes) or verdict, and an agent's availability."""
         st = self.state
         ids, names = st.space_ids, STATE_NAMES
         with self.journal.transaction():
             for g in segments:
                 ch = g.changes
                 spaces = ch.spaces.tolist()
-                if not spaces:
-                    continue
-                # whole columns via tolist(): indexing numpy scalars costs more than SQLite
-                if g.source is None:  # the gateway's own verdict (TTL, last will)
-                    src = [
-                        st.sources[i] if i >= 0 else None for i in st.bound_source[spaces].tolist()
-                    ]
-                else:
-                    src = [g.source] * len(spaces)
-                k = len(spaces)
-                self.journal.add_events(
-                    zip(
-                        [g.ts] * k,
-                        [ids[x] for x in spaces],
-                        [names[x] for x in ch.old.tolist()],
-                        [names[x] for x in ch.new.tolist()],
-                        src,
-                        [g.agent] * k,
-                        [g.seq] * k,
-                        strict=True,
+                # whole columns via tolist(): indexing numpy scalars costs more than JSON
+                cols = [
+                    [ids[x] for x in spaces],
+                    [names[x] for x in ch.old.tolist()],
+                    [names[x] for x in ch.new.tolist()],
+                ]
+                if g.source is None and spaces:  # the gateway's verdict: each space's source
+                    cols.append(
+                        [
+                            st.sources[i] if i >= 0 else None
+                            for i in st.bound_source[spaces].tolist()
+                        ]
                     )
+                self.journal.add_changes(
+                    g.ts,
+                    g.source,
+                    g.agent,
+                    g.boot,
+                    g.seq,
+                    json.dumps(list(zip(*cols, strict=True))),
                 )
-            latest: dict[str, AcceptedReport] = {r.agent: r for r in reports}
-            for r in latest.values():
-                self.journal.put_agent(r.agent, r.boot, r.seq, True, now)
             if agent_state is not None:
                 self.journal.put_agent(agent_state[0], None, None, agent_state[1], now)
 
@@ -657,6 +655,7 @@ class LiveGateway:
             t = np.flatnonzero(self._dirty)
             ids, names, agents = st.space_ids, STATE_NAMES, st.agents
             with self.journal.transaction() as conn:
+                self.journal.expand_pending()
                 if len(t):
                     self.journal.put_spaces(
                         zip(

@@ -190,6 +190,7 @@ class GatewayService:
         self._thread: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
         self._pending: list[tuple[str, bytes, float, int, int]] = []
+        self._draining = self._corked = False
         self._from_other_threads: deque[tuple[str, bytes, int, bool]] = deque()
         self._attempt = 0  # connection attempts since the last success
         self._ever_connected = False
@@ -227,6 +228,10 @@ class GatewayService:
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if threading.current_thread() is self._thread:
+            if self._draining and not self._corked and not topics.is_display_content(topic):
+                # signs leave at once (drivers wait on them); what follows in the batch
+                # (zone counts, acks) is held and leaves in one segment at its end
+                self._corked = self._cork(True)
             self.client.publish(topic, payload, qos=qos, retain=retain)
         else:
             # e.g. a manager action from the API thread: only the MQTT thread writes to the
@@ -290,7 +295,7 @@ class GatewayService:
     def _drain(self) -> None:
         """Handle the collected messages as one batch; acknowledge them once journaled."""
         batch, self._pending = self._pending, []
-        corked = self._cork(True)
+        self._draining, self._corked = True, False
         try:
             self.gateway.handle_batch([(t, p, t0) for t, p, t0, _, _ in batch])
         except Exception:
@@ -304,17 +309,19 @@ class GatewayService:
                     len(batch),
                     self._internal_errors,
                 )
+        if not self._corked:
+            self._corked = self._cork(True)
         for _, _, _, mid, qos in batch:
             if qos > 0:
                 self.client.ack(mid, qos)
-        if corked:
+        if self._corked:
             self._cork(False)
+        self._draining = self._corked = False
 
     def _cork(self, on: bool) -> bool:
-        """Hold (TCP_CORK) or release what the batch publishes: its signs, zone counts and
-        acks leave in one TCP segment instead of one loopback/network send each (paho
-        writes every packet with its own send(), the costliest step of a report).
-        False where the platform has no TCP_CORK."""
+        """Hold (TCP_CORK) or release what a batch sends after its signs: zone counts and
+        acks leave in one TCP segment instead of one send each (paho writes every packet
+        with its own send()). False where the platform has no TCP_CORK."""
         sock = self.client.socket()
         if _TCP_CORK is None or sock is None:
             return False

@@ -51,8 +51,16 @@ def zone(site: str, zone_id: str) -> str:
     return f"{PREFIX}/{site}/zones/{zone_id}"
 
 
+DISPLAY_CONTENT_SUFFIX = "/content"
+
+
 def display_content(site: str, display: str) -> str:
-    return f"{PREFIX}/{site}/displays/{display}/content"
+    return f"{PREFIX}/{site}/displays/{display}{DISPLAY_CONTENT_SUFFIX}"
+
+
+def is_display_content(topic: str) -> bool:
+    """A sign's content topic (cheap: the gateway asks for every message it publishes)."""
+    return topic.endswith(DISPLAY_CONTENT_SUFFIX) and "/displays/" in topic
 
 
 def arrival(site: str, entrance: str) -> str:

@@ -74,7 +74,9 @@ def test_a_crash_before_the_checkpoint_loses_nothing(example_site, tmp_path):
     gw.control_space(spaces[7], "close", "wang", "repainting")
     assert any(t.endswith("/content") for t, _ in sent)  # the signs went out
     assert gw.checkpoint_due(0.0)
-    assert journal.checkpoint_event() < journal.last_event_id()
+    # committed as one packed row each (the report, the closure), not yet expanded to events
+    assert journal.conn.execute("SELECT count(*) FROM pending_changes").fetchone()[0] == 2
+    assert journal.checkpoint_event() == journal.last_event_id()
     # the fast restart path must not republish signs older than the events
     assert stored_signs(db) == []
     before_state = gw.state.state.copy()
@@ -90,8 +92,14 @@ def test_a_crash_before_the_checkpoint_loses_nothing(example_site, tmp_path):
     np.testing.assert_array_equal(gw2.state.state, before_state)
     np.testing.assert_array_equal(gw2.state.closed, before_closed)
     assert {d: [r.line for r in lines] for d, lines in gw2._shown.items()} == before_signs
-    # the checkpoint is whole again: signs may be republished fast, the outbox got the points
+    # the checkpoint is whole again: signs may be republished fast, the outbox got the points,
+    # history has one event per change with its source, agent and seq
     assert journal2.checkpoint_event() == journal2.last_event_id()
+    newest = journal2.events(len(taken) + 1)[::-1]
+    assert [(e[2], e[3], e[4], e[5], e[6], e[7]) for e in newest] == [
+        *((s, "free", "occupied", bus, "a1", 2) for s in taken),
+        (spaces[7], "free", "closed", "manager", "wang", None),
+    ]
     assert len(stored_signs(db)) == len(example_site.displays)
     assert _outbox_space_points(db) == points_at_checkpoint + len(taken) + 1
     # sequences were committed with the events: a redelivered report is still a duplicate
@@ -115,4 +123,26 @@ def test_without_deferral_the_checkpoint_follows_every_message(example_site, tmp
     assert journal.checkpoint_event() == journal.last_event_id() > 0
     rows = {r[0]: r for r in journal.spaces()}
     assert all(rows[s][1] == "free" for s in spaces)
+    journal.close()
+
+
+def test_a_report_without_changes_is_checkpointed_too(example_site, tmp_path):
+    """Its sequence is committed with the report; the checkpoint (and with it the fast
+    republishing of the signs after a restart) must not wait for the next change."""
+    db = tmp_path / "journal.sqlite"
+    journal = Journal(db)
+    gw = LiveGateway(
+        example_site, journal, lambda *a: None, clock=lambda: T0, defer_checkpoint=True
+    )
+    bus = example_site.buses[0].id
+    spaces = example_site.spaces_of_source(bus)
+    snapshot = dict.fromkeys(spaces, "free")
+    gw.handle(*_report(example_site, "a1", bus, 1, snapshot, "snapshot", T0))
+    gw.flush_checkpoint()
+    assert stored_signs(db)
+    gw.handle(*_report(example_site, "a1", bus, 2, snapshot, "snapshot", T0 + 1))  # no change
+    assert gw.checkpoint_due(0.0)
+    gw.flush_checkpoint()
+    assert stored_signs(db)
+    assert [(a.agent, a.seq) for a in journal.agents()] == [("a1", 2)]
     journal.close()
