@@ -142,16 +142,22 @@ class SignRenderer:
         return hit
 
     def lines(
-        self, display: int, free: np.ndarray, unknown: np.ndarray, total: np.ndarray
+        self,
+        display: int,
+        free: np.ndarray | list[int],
+        unknown: np.ndarray | list[int],
+        total: np.ndarray | list[int],
     ) -> tuple[RenderedLine, ...]:
+        """A display's lines from the core's flat per-line counts (arrays, or the same as
+        lists when several displays are rendered at once)."""
         first = self.layout.first[display]
         n = len(self.site.displays[display].lines)
-        sl = slice(first, first + n)
+        f, u, t = free[first : first + n], unknown[first : first + n], total[first : first + n]
+        if isinstance(f, np.ndarray):
+            f, u, t = f.tolist(), u.tolist(), t.tolist()  # type: ignore[union-attr]
+        line = self.line
         return tuple(
-            self.line(first + i, f, u, t)
-            for i, (f, u, t) in enumerate(
-                zip(free[sl].tolist(), unknown[sl].tolist(), total[sl].tolist(), strict=True)
-            )
+            line(first + i, fi, ui, ti) for i, (fi, ui, ti) in enumerate(zip(f, u, t, strict=True))
         )
 
     def payload(self, display: int, lines: tuple[RenderedLine, ...], ts: float) -> bytes:

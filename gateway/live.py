@@ -726,8 +726,9 @@ class LiveGateway:
         self._lu[moved] = lu[moved]
         self._lt[moved] = lt[moved]
         out = []
+        lf_l, lu_l, lt_l = lf.tolist(), lu.tolist(), lt.tolist()  # once for every display
         for d in self.lines.displays_of(moved):
-            lines = self._render(d)
+            lines = self.renderer.lines(d, lf_l, lu_l, lt_l)
             if lines != self._shown.get(d):  # cached lines: compared by identity
                 out.append(self._sign(d, lines, now))
         return out

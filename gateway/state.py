@@ -21,6 +21,7 @@ from parking.states import SpaceState
 
 UNKNOWN, FREE, OCCUPIED, CLOSED = (int(s) for s in SpaceState)
 N_STATES = len(SpaceState)
+SMALL = 16  # changes up to which per-item Python is cheaper than numpy's scatter calls
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,18 @@ class LiveState:
         self.state[sp] = nw
         self.since[sp] = wall
         zones = self.zone[sp]
-        np.subtract.at(self.zone_counts, (zones, o), 1)
-        np.add.at(self.zone_counts, (zones, nw), 1)
-        return Changes(sp, o, nw, touched, np.unique(zones))
+        zc = self.zone_counts
+        if len(sp) <= SMALL:  # a plain loop beats ufunc.at and unique on a few items
+            zl = zones.tolist()
+            for z, a, b in zip(zl, o.tolist(), nw.tolist(), strict=True):
+                zc[z, a] -= 1
+                zc[z, b] += 1
+            moved = np.array(sorted(set(zl)), dtype=np.int64)
+        else:
+            np.subtract.at(zc, (zones, o), 1)
+            np.add.at(zc, (zones, nw), 1)
+            moved = np.unique(zones)
+        return Changes(sp, o, nw, touched, moved)
 
     # -- mutations ---------------------------------------------------------------------------
     def observe(
