@@ -160,13 +160,20 @@ class ReportGate:
         idx: list[int] = []
         codes: list[int] = []
         times: list[float] = []
-        for obs in report.spaces:
+        for obs in report.spaces:  # plain Python: a report is a few to a few hundred items
             s = index.get(obs.space)
             if s is None:
                 rejected.append(Rejection("unknown_space", f"space {obs.space!r} does not exist"))
             elif bound.get(obs.space) != source:
                 rejected.append(
                     Rejection("foreign_space", f"space {obs.space!r} is not bound to {source}")
+                )
+            elif obs.since < obs_since[s] - SINCE_TOLERANCE_S:
+                rejected.append(
+                    Rejection(
+                        "older_than_known",
+                        f"space {obs.space!r} since {obs.since} < known {obs_since[s]}",
+                    )
                 )
             else:
                 idx.append(s)
@@ -175,17 +182,6 @@ class ReportGate:
         spaces = np.array(idx, dtype=np.int64)
         states = np.array(codes, dtype=np.int8)
         since = np.array(times, dtype=np.float64)
-        older = since < obs_since[spaces] - SINCE_TOLERANCE_S
-        if older.any():
-            for s, t in zip(spaces[older].tolist(), since[older].tolist(), strict=True):
-                rejected.append(
-                    Rejection(
-                        "older_than_known",
-                        f"space {self.site.spaces[s].id!r} since {t} < known {obs_since[s]}",
-                    )
-                )
-            keep = ~older
-            spaces, states, since = spaces[keep], states[keep], since[keep]
         if len(set(idx)) != len(idx):  # a space listed twice: the later entry wins
             _, first_from_end = np.unique(spaces[::-1], return_index=True)
             last = np.sort(len(spaces) - 1 - first_from_end)

@@ -164,7 +164,8 @@ class Journal:
         changes_json: str,
     ) -> None:
         """One report's (or verdict's) changes, committed before anything derived is
-        published: JSON [[space, old, new], ...], a 4th item overriding ``source``."""
+        published: JSON [[space, old, new], ...], a 4th item overriding ``source``.
+        Outside :meth:`transaction` the statement commits by itself (autocommit)."""
         self.conn.execute(
             "INSERT INTO pending_changes(ts, source, agent, boot, seq, changes)"
             " VALUES (?,?,?,?,?,?)",

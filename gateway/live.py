@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -553,13 +553,15 @@ class LiveGateway:
                 spaces = np.concatenate([g.changes.spaces for g in segments])
                 new = np.concatenate([g.changes.new for g in segments])
             self.core.update_many(spaces, new, now)
-        signs = self._changed_signs(now) if n else []
         if journaled or agent_state is not None:
             self._journal(journaled, now, agent_state)
+        signs: list[_Sign] = []
         if n:
             self.state_changes += n
-            for sign in signs:  # signs first: drivers are waiting on them
+            # signs first, each as soon as it is rendered: drivers are waiting on them
+            for sign in self._iter_changed_signs(now):
                 self._publish_sign(sign, now)
+                signs.append(sign)
             if len(segments) == 1:
                 zones = segments[0].changes.zones
             else:
@@ -582,31 +584,28 @@ class LiveGateway:
         sequence with it, even without changes) or verdict, and an agent's availability."""
         st = self.state
         ids, names = st.space_ids, STATE_NAMES
-        with self.journal.transaction():
-            for g in segments:
-                ch = g.changes
-                spaces = ch.spaces.tolist()
-                # whole columns via tolist(): indexing numpy scalars costs more than JSON
-                cols = [
-                    [ids[x] for x in spaces],
-                    [names[x] for x in ch.old.tolist()],
-                    [names[x] for x in ch.new.tolist()],
-                ]
-                if g.source is None and spaces:  # the gateway's verdict: each space's source
-                    cols.append(
-                        [
-                            st.sources[i] if i >= 0 else None
-                            for i in st.bound_source[spaces].tolist()
-                        ]
-                    )
-                self.journal.add_changes(
-                    g.ts,
-                    g.source,
-                    g.agent,
-                    g.boot,
-                    g.seq,
-                    json.dumps(list(zip(*cols, strict=True))),
+        rows = []
+        for g in segments:
+            ch = g.changes
+            spaces = ch.spaces.tolist()
+            # whole columns via tolist(): indexing numpy scalars costs more than JSON
+            cols = [
+                [ids[x] for x in spaces],
+                [names[x] for x in ch.old.tolist()],
+                [names[x] for x in ch.new.tolist()],
+            ]
+            if g.source is None and spaces:  # the gateway's verdict: each space's source
+                cols.append(
+                    [st.sources[i] if i >= 0 else None for i in st.bound_source[spaces].tolist()]
                 )
+            changes = json.dumps(list(zip(*cols, strict=True)))
+            rows.append((g.ts, g.source, g.agent, g.boot, g.seq, changes))
+        if len(rows) == 1 and agent_state is None:
+            self.journal.add_changes(*rows[0])  # one statement: its own transaction
+            return
+        with self.journal.transaction():
+            for row in rows:
+                self.journal.add_changes(*row)
             if agent_state is not None:
                 self.journal.put_agent(agent_state[0], None, None, agent_state[1], now)
 
@@ -716,22 +715,24 @@ class LiveGateway:
         self._lt[:] = self.core.line_total
 
     def _changed_signs(self, now: float) -> list[_Sign]:
-        """Signs whose rendered lines differ from what they show (only lines that moved are
-        looked at)."""
+        """Signs whose rendered lines differ from what they show."""
+        return list(self._iter_changed_signs(now))
+
+    def _iter_changed_signs(self, now: float) -> Iterator[_Sign]:
+        """The same, one sign at a time (only lines that moved are looked at): the caller
+        may publish each before the next is rendered."""
         lf, lu, lt = self.core.line_free, self.core.line_unknown, self.core.line_total
         moved = np.flatnonzero((lf != self._lf) | (lu != self._lu) | (lt != self._lt))
         if len(moved) == 0:
-            return []
+            return
         self._lf[moved] = lf[moved]
         self._lu[moved] = lu[moved]
         self._lt[moved] = lt[moved]
-        out = []
         lf_l, lu_l, lt_l = lf.tolist(), lu.tolist(), lt.tolist()  # once for every display
         for d in self.lines.displays_of(moved):
             lines = self.renderer.lines(d, lf_l, lu_l, lt_l)
             if lines != self._shown.get(d):  # cached lines: compared by identity
-                out.append(self._sign(d, lines, now))
-        return out
+                yield self._sign(d, lines, now)
 
     def _refresh_displays(self, now: float) -> None:
         """Holds or policy windows moved: journal and publish the signs that changed."""
