@@ -172,28 +172,34 @@ class Journal:
             (ts, source, agent, boot, seq, changes_json),
         )
 
-    def expand_pending(self) -> int:
-        """Inside a transaction: turn the pending change rows into ``events`` (in order) and
-        the agents' latest (boot, seq); returns how many rows were expanded."""
-        n = self.conn.execute("SELECT count(*) FROM pending_changes").fetchone()[0]
-        if not n:
-            return 0
+    def expand_pending(self, limit: int | None = None) -> bool:
+        """Inside a transaction: turn the oldest pending change rows (all, or ``limit``) into
+        ``events`` (in order) and the agents' latest (boot, seq); True when none is left."""
+        if limit is None:
+            where, params = "", ()
+        else:
+            where = " WHERE id <= (SELECT max(id) FROM (SELECT id FROM pending_changes ORDER BY id LIMIT ?))"
+            params = (limit,)
         self.conn.execute(
             "INSERT INTO events(ts, space, old, new, source, agent, seq)"
             " SELECT b.ts, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),"
             " json_extract(j.value, '$[2]'), coalesce(json_extract(j.value, '$[3]'), b.source),"
-            " b.agent, b.seq FROM pending_changes b, json_each(b.changes) j ORDER BY b.id, j.key"
+            f" b.agent, b.seq FROM (SELECT * FROM pending_changes{where}) b,"
+            " json_each(b.changes) j ORDER BY b.id, j.key",
+            params,
         )
         # online is left alone: an availability message may have come after the report
         self.conn.execute(
             "INSERT INTO agents(agent, boot, seq, online, last_seen)"
             " SELECT agent, boot, seq, 1, ts FROM pending_changes WHERE id IN"
-            " (SELECT max(id) FROM pending_changes WHERE boot IS NOT NULL GROUP BY agent)"
+            f" (SELECT max(id) FROM (SELECT * FROM pending_changes{where})"
+            " WHERE boot IS NOT NULL GROUP BY agent)"
             " ON CONFLICT(agent) DO UPDATE SET boot=excluded.boot, seq=excluded.seq,"
-            " last_seen=max(last_seen, excluded.last_seen)"
+            " last_seen=max(last_seen, excluded.last_seen)",
+            params,
         )
-        self.conn.execute("DELETE FROM pending_changes")
-        return n
+        self.conn.execute(f"DELETE FROM pending_changes{where}", params)
+        return not self.conn.execute("SELECT EXISTS(SELECT 1 FROM pending_changes)").fetchone()[0]
 
     def put_spaces(self, rows: Iterable[SpaceRow]) -> None:
         self.conn.executemany(

@@ -63,6 +63,7 @@ Publish = Callable[[str, bytes, int, bool], None]
 """publish(topic, payload, qos, retain)"""
 
 MINUTE_CHECK_S = 10.0
+EXPAND_STEP_ROWS = 4  # pending change rows (reports) expanded per checkpoint step
 ZONE_HISTORY_S = 10.0
 LATENCY_KEEP = 1000
 
@@ -191,9 +192,7 @@ class LiveGateway:
         """Load the journal's current state, sequences and open holds."""
         now, mono = self._clock(), self._mono()
         with self.journal.transaction():
-            pending = self.journal.expand_pending()  # committed before a crash: now events
-        if pending:
-            log.info("expanded %d change rows committed before the last checkpoint", pending)
+            self.journal.expand_pending()  # committed before a crash: now events
         stored_agents = {a.agent: a for a in self.journal.agents()}
         for a in stored_agents.values():
             if a.boot is not None and a.seq is not None:
@@ -359,7 +358,7 @@ class LiveGateway:
                         ],
                     )
             if self._dirty_since is not None:
-                self.flush_checkpoint()
+                self.flush_checkpoint(step=True)
 
     def _expire(self, now: float, mono: float) -> None:
         changes = self.state.expire(now, mono)
@@ -642,14 +641,21 @@ class LiveGateway:
         since = self._dirty_since
         return since is not None and self._mono() - since >= max_age_s
 
-    def flush_checkpoint(self) -> None:
+    def flush_checkpoint(self, step: bool = False) -> None:
         """Idle work: settle the core's best-space minima and write the checkpoint (current
         state of the spaces that moved, the signs shown, the InfluxDB outbox points, and
-        the last event they include)."""
+        the last event they include). With ``step``, first expand the pending changes a few
+        rows per call (each call a millisecond or so, so a report arriving meanwhile does
+        not wait for all of them); the rest of the checkpoint follows with the last rows."""
         with self.lock:
-            self.core.settle()
             if self._dirty_since is None:
+                self.core.settle()
                 return
+            if step:
+                with self.journal.transaction():
+                    if not self.journal.expand_pending(EXPAND_STEP_ROWS):
+                        return  # more next time; still due
+            self.core.settle()
             st = self.state
             t = np.flatnonzero(self._dirty)
             ids, names, agents = st.space_ids, STATE_NAMES, st.agents

@@ -336,9 +336,9 @@ class GatewayService:
             return False
         return True
 
-    def _flush_checkpoint(self) -> None:
+    def _flush_checkpoint(self, step: bool = False) -> None:
         try:
-            self.gateway.flush_checkpoint()
+            self.gateway.flush_checkpoint(step)
         except Exception:
             log.exception("writing the journal checkpoint failed (retried; events are safe)")
 
@@ -376,7 +376,7 @@ class GatewayService:
             if self.gateway.checkpoint_due(CHECKPOINT_MIN_S) and (
                 not self._readable() or self.gateway.checkpoint_due(CHECKPOINT_MAX_S)
             ):
-                self._flush_checkpoint()  # idle (or it has waited long enough)
+                self._flush_checkpoint(step=True)  # idle (or it has waited long enough)
             while self._from_other_threads:
                 topic, payload, qos, retain = self._from_other_threads.popleft()
                 self.client.publish(topic, payload, qos=qos, retain=retain)

@@ -146,3 +146,44 @@ def test_a_report_without_changes_is_checkpointed_too(example_site, tmp_path):
     assert stored_signs(db)
     assert [(a.agent, a.seq) for a in journal.agents()] == [("a1", 2)]
     journal.close()
+
+
+def test_the_checkpoint_expands_a_backlog_step_by_step(example_site, tmp_path):
+    """Under load the service flushes in steps of a few reports, so a report arriving
+    meanwhile waits a millisecond, not for the whole backlog; the rest of the checkpoint
+    (spaces, signs, mark) comes with the last step."""
+    from gateway.live import EXPAND_STEP_ROWS
+
+    db = tmp_path / "journal.sqlite"
+    journal = Journal(db)
+    gw = LiveGateway(
+        example_site, journal, lambda *a: None, clock=lambda: T0, defer_checkpoint=True
+    )
+    bus = example_site.buses[0].id
+    spaces = example_site.spaces_of_source(bus)
+    gw.handle(*_report(example_site, "a1", bus, 1, dict.fromkeys(spaces, "free"), "snapshot", T0))
+    gw.flush_checkpoint()
+    n_reports = 3 * EXPAND_STEP_ROWS + 1
+    for k in range(n_reports):  # one car each
+        gw.handle(
+            *_report(example_site, "a1", bus, 2 + k, {spaces[k]: "occupied"}, "delta", T0 + k)
+        )
+
+    def pending() -> int:
+        return journal.conn.execute("SELECT count(*) FROM pending_changes").fetchone()[0]
+
+    mark = journal.checkpoint_event()
+    steps = 0
+    while gw.checkpoint_due(0.0):
+        before = pending()
+        gw.flush_checkpoint(step=True)
+        steps += 1
+        assert pending() == max(0, before - EXPAND_STEP_ROWS)
+        if pending():
+            assert journal.checkpoint_event() == mark  # spaces and signs wait for the last step
+    assert steps == 4
+    assert journal.checkpoint_event() == journal.last_event_id() == mark + n_reports
+    assert [(a.agent, a.seq) for a in journal.agents()] == [("a1", 1 + n_reports)]
+    rows = {r[0]: r[1] for r in journal.spaces()}
+    assert [rows[s] for s in spaces[: n_reports + 1]] == ["occupied"] * n_reports + ["free"]
+    journal.close()
