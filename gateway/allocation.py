@@ -36,8 +36,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import dijkstra
 
 from parking.site import Site, in_window
 from parking.states import SpaceState
@@ -73,6 +71,40 @@ EdgeSpec = tuple[int, int, float, bool]
 def congestion_value(v: float, t: float, now: float, halflife_s: float) -> float:
     """Decayed congestion of an aisle last bumped to ``v`` at ``t`` (raw, no floor)."""
     return v * 2.0 ** (-(now - t) / halflife_s)
+
+
+def lane_distances(
+    n_nodes: int, edges: Iterable[tuple[int, int, float, bool]], entrance_nodes: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shortest driving distance and predecessor from every entrance node to every lane
+    node, float64[E, N] and int32[E, N] (Dijkstra, ``scipy.sparse.csgraph``)."""
+    # imported here: a gateway restarting with cached distances skips scipy's import (~0.7 s)
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    n_e = len(entrance_nodes)
+    # lane graph: directed, parallel edges keep the shortest
+    best_len: dict[tuple[int, int], float] = {}
+    for a, b, length, oneway in edges:
+        if a == b:
+            continue
+        pairs = [(a, b)] if oneway else [(a, b), (b, a)]
+        for p in pairs:
+            if p not in best_len or length < best_len[p]:
+                best_len[p] = float(length)
+    if best_len:
+        keys = np.array(list(best_len.keys()), dtype=np.int64)
+        graph = csr_matrix(
+            (np.array(list(best_len.values())), (keys[:, 0], keys[:, 1])),
+            shape=(n_nodes, n_nodes),
+        )
+    else:
+        graph = csr_matrix((n_nodes, n_nodes))
+    ent = np.asarray(entrance_nodes, dtype=np.int32).reshape(n_e)
+    if n_e and n_nodes:
+        dist, pred = dijkstra(graph, directed=True, indices=ent, return_predecessors=True)
+        return dist, pred.astype(np.int32)
+    return np.full((n_e, n_nodes), np.inf), np.full((n_e, n_nodes), -9999, dtype=np.int32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -295,8 +327,10 @@ class CoreLayout:
         kinds: Sequence[str] | None = None,
         space_ids: Sequence[str] | None = None,
         line_keys: Sequence[tuple[str, int]] | None = None,
+        distances: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> CoreLayout:
-        """A layout from plain index tables (random sites in tests, synthetic benchmarks)."""
+        """A layout from plain index tables (random sites in tests, synthetic benchmarks);
+        ``distances``: :func:`lane_distances` of the same graph, when already known."""
         n_s = len(space_node)
         n_e = len(entrance_nodes)
         n_c = len(class_kinds)
@@ -314,29 +348,12 @@ class CoreLayout:
             n_zones = 1 + max(
                 [int(z) for z in zone_arr] + [z for zs in line_zones for z in zs] + [-1]
             )
-        # lane graph: directed, parallel edges keep the shortest
-        best_len: dict[tuple[int, int], float] = {}
-        for a, b, length, oneway in edges:
-            if a == b:
-                continue
-            pairs = [(a, b)] if oneway else [(a, b), (b, a)]
-            for p in pairs:
-                if p not in best_len or length < best_len[p]:
-                    best_len[p] = float(length)
-        if best_len:
-            keys = np.array(list(best_len.keys()), dtype=np.int64)
-            graph = csr_matrix(
-                (np.array(list(best_len.values())), (keys[:, 0], keys[:, 1])),
-                shape=(n_nodes, n_nodes),
-            )
-        else:
-            graph = csr_matrix((n_nodes, n_nodes))
         ent = np.asarray(entrance_nodes, dtype=np.int32).reshape(n_e)
-        if n_e and n_nodes:
-            dist, pred = dijkstra(graph, directed=True, indices=ent, return_predecessors=True)
-        else:
-            dist = np.full((n_e, n_nodes), np.inf)
-            pred = np.full((n_e, n_nodes), -9999, dtype=np.int32)
+        if distances is None:
+            distances = lane_distances(n_nodes, edges, entrance_nodes)
+        dist, pred = distances
+        if dist.shape != (n_e, n_nodes) or pred.shape != (n_e, n_nodes):
+            raise ValueError("lane distances do not match the lane graph's shape")
         node = np.asarray(space_node, dtype=np.int32).reshape(n_s)
         acc = np.asarray(access_distance, dtype=np.float64).reshape(n_s)
         cost = np.full((n_e, n_s), np.inf)
@@ -430,9 +447,11 @@ class CoreLayout:
         }
 
     @classmethod
-    def from_site(cls, site: Site) -> CoreLayout:
+    def from_site(
+        cls, site: Site, distances: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> CoreLayout:
         """Lane graph -> driving costs (Dijkstra from every entrance), once per site load."""
-        return cls.from_arrays(**cls.site_tables(site))
+        return cls.from_arrays(**cls.site_tables(site), distances=distances)
 
     @staticmethod
     def synthetic_tables(

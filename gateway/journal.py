@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pending_changes(
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, source TEXT, agent TEXT, boot TEXT, seq INTEGER,
     changes TEXT NOT NULL);
+-- derived data worth keeping across restarts (the lane graph's driving distances)
+CREATE TABLE IF NOT EXISTS cache(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS signs(
     display TEXT PRIMARY KEY, topic TEXT NOT NULL, content TEXT NOT NULL,
     expires_s REAL NOT NULL);
@@ -246,6 +248,16 @@ class Journal:
 
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def cached(self, key: str) -> bytes | None:
+        row = self.conn.execute("SELECT value FROM cache WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def put_cache(self, key: str, value: bytes) -> None:
+        """Keep derived data under ``key`` (a hash of its inputs); older keys are dropped."""
+        with self.transaction():
+            self.conn.execute("DELETE FROM cache WHERE key LIKE ?", (key.split(":")[0] + ":%",))
+            self.conn.execute("INSERT INTO cache(key, value) VALUES (?, ?)", (key, value))
 
     # -- reads ---------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:

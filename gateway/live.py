@@ -18,6 +18,8 @@ events after the last checkpoint.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import threading
@@ -31,7 +33,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from gateway.allocation import AllocationCore, CoreLayout
+from gateway.allocation import AllocationCore, CoreLayout, lane_distances
 from gateway.displays import RenderedLine, SignRenderer
 from gateway.ingest import (
     AcceptedReport,
@@ -66,6 +68,23 @@ MINUTE_CHECK_S = 10.0
 EXPAND_STEP_ROWS = 4  # pending change rows (reports) expanded per checkpoint step
 ZONE_HISTORY_S = 10.0
 LATENCY_KEEP = 1000
+
+
+def _cached_lane_distances(site: Site, journal: Journal) -> tuple[np.ndarray, np.ndarray]:
+    """The lane graph's driving distances, kept in the journal under a hash of the graph:
+    a restart of the same site skips Dijkstra and scipy's import (most of its start-up)."""
+    tables = CoreLayout.site_tables(site)
+    graph = [tables["n_nodes"], tables["edges"], tables["entrance_nodes"]]
+    key = "lanes:" + hashlib.sha256(json.dumps(graph).encode()).hexdigest()
+    blob = journal.cached(key)
+    if blob is not None:
+        with np.load(io.BytesIO(blob)) as f:
+            return f["dist"], f["pred"]
+    dist, pred = lane_distances(*graph)
+    buf = io.BytesIO()
+    np.savez(buf, dist=dist, pred=pred)
+    journal.put_cache(key, buf.getvalue())
+    return dist, pred
 
 
 def minute_of_day(wall: float, tz: ZoneInfo) -> int:
@@ -143,7 +162,7 @@ class LiveGateway:
         self.state = LiveState(site)
         self.gate = ReportGate(site)
         self.rejections = RejectionLog(mono)
-        self.layout = CoreLayout.from_site(site)
+        self.layout = CoreLayout.from_site(site, _cached_lane_distances(site, journal))
         self.minute = minute_of_day(self._policy_clock(), self.tz)
         self.core = AllocationCore(self.layout, self.minute, **(core_options or {}))
         # signs need only the counts: the best-space minima move when a car arrives or

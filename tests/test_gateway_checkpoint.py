@@ -4,6 +4,7 @@ killed in between resumes by replaying the events after the last checkpoint."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 
@@ -187,3 +188,33 @@ def test_the_checkpoint_expands_a_backlog_step_by_step(example_site, tmp_path):
     rows = {r[0]: r[1] for r in journal.spaces()}
     assert [rows[s] for s in spaces[: n_reports + 1]] == ["occupied"] * n_reports + ["free"]
     journal.close()
+
+
+def test_a_restart_reuses_the_lane_distances(example_site, tmp_path):
+    """The driving distances are kept in the journal: a restarted gateway skips Dijkstra
+    and scipy's import (most of its start-up), with the same costs; another lane graph
+    computes afresh."""
+    import subprocess
+    import sys
+
+    from gateway.allocation import CoreLayout
+    from parking.site import EXAMPLE_SITE
+
+    db = tmp_path / "journal.sqlite"
+    journal = Journal(db)
+    gw = LiveGateway(example_site, journal, lambda *a: None, clock=lambda: T0)
+    fresh = CoreLayout.from_site(example_site)
+    np.testing.assert_array_equal(gw.layout.cost, fresh.cost)
+    journal.close()
+    code = (
+        "import hashlib, sys; from gateway.journal import Journal;"
+        "from gateway.live import LiveGateway; from parking.site import load_site;"
+        f"j = Journal({str(db)!r}); gw = LiveGateway(load_site({str(EXAMPLE_SITE)!r}), j,"
+        " lambda *a: None); print('scipy' in sys.modules,"
+        " hashlib.sha256(gw.layout.cost.tobytes()).hexdigest())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
+    assert out[0] == "False"  # scipy never loaded
+    assert out[1] == hashlib.sha256(fresh.cost.tobytes()).hexdigest()
