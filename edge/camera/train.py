@@ -582,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "batch": args.batch,
         "lr": args.lr,
+        "pklot_share": args.pklot_share,
         "seed": args.seed,
         "augment": dict(AUG),
     }
