@@ -916,6 +916,9 @@ class LiveGateway:
         with self.lock:
             changes = self.state.control(s, action == "close", now)
             self._commit_and_propagate([_Segment(changes, now, "manager", by)], now)
+            # a manager's action is rare and looked for at once in the history: no waiting
+            # for the idle-time checkpoint
+            self.flush_checkpoint()
         if reason:
             log.info("space %s %sd by %s: %s", space, action, by, reason)
         self._emit(

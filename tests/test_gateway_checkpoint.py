@@ -12,7 +12,7 @@ import numpy as np
 
 from gateway import outbox
 from gateway.journal import Journal, stored_signs
-from gateway.live import LiveGateway
+from gateway.live import LiveGateway, _Segment
 from gateway.service import _OutboxHistory
 from gateway.state import FREE
 from parking import topics
@@ -72,7 +72,11 @@ def test_a_crash_before_the_checkpoint_loses_nothing(example_site, tmp_path):
     taken = {s: "occupied" for s in spaces[:5]}
     sent.clear()
     gw.handle(*_report(example_site, "a1", bus, 2, taken, "delta", clock[0]))
-    gw.control_space(spaces[7], "close", "wang", "repainting")
+    # a closure committed the same way (control_space itself checkpoints at once: a
+    # manager looks for it in the history straight away)
+    with gw.lock:
+        closed = gw.state.control(example_site.space_index[spaces[7]], True, clock[0])
+        gw._commit_and_propagate([_Segment(closed, clock[0], "manager", "wang")], clock[0])
     assert any(t.endswith("/content") for t, _ in sent)  # the signs went out
     assert gw.checkpoint_due(0.0)
     # committed as one packed row each (the report, the closure), not yet expanded to events
@@ -218,3 +222,14 @@ def test_a_restart_reuses_the_lane_distances(example_site, tmp_path):
     ).stdout.split()
     assert out[0] == "False"  # scipy never loaded
     assert out[1] == hashlib.sha256(fresh.cost.tobytes()).hexdigest()
+
+
+def test_a_managers_closure_is_in_the_history_at_once(example_site, tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite")
+    gw = LiveGateway(
+        example_site, journal, lambda *a: None, clock=lambda: T0, defer_checkpoint=True
+    )
+    gw.control_space("A-010", "close", "wang", "resurfacing")
+    assert not gw.checkpoint_due(0.0)
+    assert journal.events(1)[0][2:6] == ("A-010", "unknown", "closed", "manager")
+    journal.close()
