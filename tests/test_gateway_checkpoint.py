@@ -131,19 +131,24 @@ def test_without_deferral_the_checkpoint_follows_every_message(example_site, tmp
     journal.close()
 
 
+def _deferred_gateway(site, db):
+    """A gateway that leaves its checkpoint to the caller, after a first snapshot of the
+    first bus (all free), checkpointed: (journal, gateway, bus, its spaces)."""
+    journal = Journal(db)
+    gw = LiveGateway(site, journal, lambda *a: None, clock=lambda: T0, defer_checkpoint=True)
+    bus = site.buses[0].id
+    spaces = site.spaces_of_source(bus)
+    gw.handle(*_report(site, "a1", bus, 1, dict.fromkeys(spaces, "free"), "snapshot", T0))
+    gw.flush_checkpoint()
+    return journal, gw, bus, spaces
+
+
 def test_a_report_without_changes_is_checkpointed_too(example_site, tmp_path):
     """Its sequence is committed with the report; the checkpoint (and with it the fast
     republishing of the signs after a restart) must not wait for the next change."""
     db = tmp_path / "journal.sqlite"
-    journal = Journal(db)
-    gw = LiveGateway(
-        example_site, journal, lambda *a: None, clock=lambda: T0, defer_checkpoint=True
-    )
-    bus = example_site.buses[0].id
-    spaces = example_site.spaces_of_source(bus)
+    journal, gw, bus, spaces = _deferred_gateway(example_site, db)
     snapshot = dict.fromkeys(spaces, "free")
-    gw.handle(*_report(example_site, "a1", bus, 1, snapshot, "snapshot", T0))
-    gw.flush_checkpoint()
     assert stored_signs(db)
     gw.handle(*_report(example_site, "a1", bus, 2, snapshot, "snapshot", T0 + 1))  # no change
     assert gw.checkpoint_due(0.0)
@@ -159,15 +164,7 @@ def test_the_checkpoint_expands_a_backlog_step_by_step(example_site, tmp_path):
     (spaces, signs, mark) comes with the last step."""
     from gateway.live import EXPAND_STEP_ROWS
 
-    db = tmp_path / "journal.sqlite"
-    journal = Journal(db)
-    gw = LiveGateway(
-        example_site, journal, lambda *a: None, clock=lambda: T0, defer_checkpoint=True
-    )
-    bus = example_site.buses[0].id
-    spaces = example_site.spaces_of_source(bus)
-    gw.handle(*_report(example_site, "a1", bus, 1, dict.fromkeys(spaces, "free"), "snapshot", T0))
-    gw.flush_checkpoint()
+    journal, gw, bus, spaces = _deferred_gateway(example_site, tmp_path / "journal.sqlite")
     n_reports = 3 * EXPAND_STEP_ROWS + 1
     for k in range(n_reports):  # one car each
         gw.handle(
