@@ -40,11 +40,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
-CHECKPOINT_S = 1.0
+CHECKPOINT_S = 1.0  # SQLite WAL checkpoint (WAL -> database file), in a thread of its own
 MAX_BATCH = 500  # messages handled together when they queue up
-# The checkpoint gathers what reports changed for at least CHECKPOINT_MIN_S (its fixed cost
-# is paid once for all of them, and a report arriving meanwhile rarely finds it running),
-# then waits for an idle moment, at most until CHECKPOINT_MAX_S.
+# The state checkpoint (LiveGateway.flush_checkpoint) gathers what reports changed for at
+# least CHECKPOINT_MIN_S (its fixed cost is paid once for all of them, and a report
+# arriving meanwhile rarely finds it running), then waits for an idle moment, at most
+# until CHECKPOINT_MAX_S.
 CHECKPOINT_MIN_S = 0.1
 CHECKPOINT_MAX_S = 0.5
 ENV_INFLUX_TOKEN = "INFLUX_TOKEN"
