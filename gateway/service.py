@@ -48,6 +48,9 @@ MAX_BATCH = 500  # messages handled together when they queue up
 # until CHECKPOINT_MAX_S.
 CHECKPOINT_MIN_S = 0.1
 CHECKPOINT_MAX_S = 0.5
+# Idle means no message for QUIET_S: right after a report the broker and the sign's
+# subscribers need the CPU more than the checkpoint does.
+QUIET_S = 0.002
 ENV_INFLUX_TOKEN = "INFLUX_TOKEN"
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 
@@ -197,6 +200,7 @@ class GatewayService:
         self._checkpointer: threading.Thread | None = None
         self._pending: list[tuple[str, bytes, float, int, int]] = []
         self._draining = self._corked = False
+        self._last_drain = 0.0  # monotonic time the last batch was handled
         self._from_other_threads: deque[tuple[str, bytes, int, bool]] = deque()
         self._attempt = 0  # connection attempts since the last success
         self._ever_connected = False
@@ -288,6 +292,33 @@ class GatewayService:
         # collected here, handled in a batch once the socket has nothing more to read
         self._pending.append((msg.topic, msg.payload, time.perf_counter(), msg.mid, msg.qos))
 
+    def _network(self, timeout: float) -> mqtt.MQTTErrorCode:
+        """One round of paho's external-loop calls (loop_read, loop_write, loop_misc) on our
+        own select. Unlike client.loop(), no wake-up socket pair is made, so every publish
+        from this thread is written straight to the broker's socket, with no extra send."""
+        c = self.client
+        sock = c.socket()
+        if sock is None:
+            return mqtt.MQTT_ERR_NO_CONN
+        pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted
+        if pending is not None and pending():
+            timeout = 0.0
+        try:
+            readable, writable, _ = select.select(
+                [sock], [sock] if c.want_write() else [], [], timeout
+            )
+        except (OSError, ValueError):  # the socket was closed under us
+            return mqtt.MQTT_ERR_CONN_LOST
+        if readable or (pending is not None and pending()):
+            rc = c.loop_read()
+            if rc or c.socket() is None:
+                return rc
+        if writable:
+            rc = c.loop_write()
+            if rc or c.socket() is None:
+                return rc
+        return c.loop_misc()
+
     def _readable(self) -> bool:
         sock = self.client.socket()
         if sock is None:
@@ -364,18 +395,23 @@ class GatewayService:
                 next_tick = now + TICK_S
             if self.client.socket() is None and not self._connect():
                 continue
-            rc = self.client.loop(timeout=min(0.05, max(0.0, next_tick - time.monotonic())))
+            timeout = min(0.05, max(0.0, next_tick - time.monotonic()))
+            if self.gateway.checkpoint_due(CHECKPOINT_MIN_S):
+                timeout = min(timeout, max(0.0, self._last_drain + QUIET_S - time.monotonic()))
+            rc = self._network(timeout)
             while (
                 rc == mqtt.MQTT_ERR_SUCCESS
                 and self._pending
                 and len(self._pending) < MAX_BATCH
                 and self._readable()
             ):
-                rc = self.client.loop(timeout=0)
+                rc = self._network(0.0)
             if self._pending:
                 self._drain()
+                self._last_drain = time.monotonic()
+            quiet = time.monotonic() - self._last_drain >= QUIET_S and not self._readable()
             if self.gateway.checkpoint_due(CHECKPOINT_MIN_S) and (
-                not self._readable() or self.gateway.checkpoint_due(CHECKPOINT_MAX_S)
+                quiet or self.gateway.checkpoint_due(CHECKPOINT_MAX_S)
             ):
                 self._flush_checkpoint(step=True)  # idle (or it has waited long enough)
             while self._from_other_threads:
@@ -419,7 +455,7 @@ class GatewayService:
                 )
                 deadline = time.monotonic() + 2
                 while not info.is_published() and time.monotonic() < deadline:
-                    self.client.loop(timeout=0.05)
+                    self._network(0.05)
                 self.client.disconnect()
         except Exception:
             log.exception("clean MQTT disconnect failed")
