@@ -660,11 +660,11 @@ class LiveGateway:
         since = self._dirty_since
         return since is not None and self._mono() - since >= max_age_s
 
-    def flush_checkpoint(self, step: bool = False) -> None:
+    def flush_checkpoint(self, step: bool = False, rows: int = 0) -> None:
         """Idle work: settle the core's best-space minima and write the checkpoint (current
         state of the spaces that moved, the signs shown, the InfluxDB outbox points, and
         the last event they include). With ``step``, first expand the pending changes a few
-        rows per call (each call a millisecond or so, so a report arriving meanwhile does
+        rows (reports) per call (``rows``, default EXPAND_STEP_ROWS) (each call a millisecond or so, so a report arriving meanwhile does
         not wait for all of them); the rest of the checkpoint follows with the last rows."""
         with self.lock:
             if self._dirty_since is None:
@@ -672,7 +672,7 @@ class LiveGateway:
                 return
             if step:
                 with self.journal.transaction():
-                    if not self.journal.expand_pending(EXPAND_STEP_ROWS):
+                    if not self.journal.expand_pending(rows or EXPAND_STEP_ROWS):
                         return  # more next time; still due
             self.core.settle()
             st = self.state

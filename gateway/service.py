@@ -44,13 +44,15 @@ CHECKPOINT_S = 1.0  # SQLite WAL checkpoint (WAL -> database file), in a thread 
 MAX_BATCH = 500  # messages handled together when they queue up
 # The state checkpoint (LiveGateway.flush_checkpoint) gathers what reports changed for at
 # least CHECKPOINT_MIN_S (its fixed cost is paid once for all of them, and a report
-# arriving meanwhile rarely finds it running), then waits for an idle moment, at most
-# until CHECKPOINT_MAX_S.
+# arriving meanwhile rarely finds it running), then is written in steps at quiet moments;
+# past CHECKPOINT_MAX_S in larger steps on every round, and whole past twice that, so a
+# gateway never quiet keeps it bounded.
 CHECKPOINT_MIN_S = 0.1
 CHECKPOINT_MAX_S = 0.5
 # Idle means no message for QUIET_S: right after a report the broker and the sign's
 # subscribers need the CPU more than the checkpoint does.
 QUIET_S = 0.002
+OVERDUE_STEP_ROWS = 16  # reports expanded per round once the checkpoint is overdue
 ENV_INFLUX_TOKEN = "INFLUX_TOKEN"
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 
@@ -368,9 +370,9 @@ class GatewayService:
             return False
         return True
 
-    def _flush_checkpoint(self, step: bool = False) -> None:
+    def _flush_checkpoint(self, step: bool = False, rows: int = 0) -> None:
         try:
-            self.gateway.flush_checkpoint(step)
+            self.gateway.flush_checkpoint(step, rows)
         except Exception:
             log.exception("writing the journal checkpoint failed (retried; events are safe)")
 
@@ -409,11 +411,17 @@ class GatewayService:
             if self._pending:
                 self._drain()
                 self._last_drain = time.monotonic()
-            quiet = time.monotonic() - self._last_drain >= QUIET_S and not self._readable()
-            if self.gateway.checkpoint_due(CHECKPOINT_MIN_S) and (
-                quiet or self.gateway.checkpoint_due(CHECKPOINT_MAX_S)
+            if self.gateway.checkpoint_due(2 * CHECKPOINT_MAX_S):
+                self._flush_checkpoint()  # steps do not keep up: all of it, bounded at ~1 s
+            elif self.gateway.checkpoint_due(CHECKPOINT_MAX_S):
+                # never quiet for long: a larger step on every round
+                self._flush_checkpoint(step=True, rows=OVERDUE_STEP_ROWS)
+            elif (
+                self.gateway.checkpoint_due(CHECKPOINT_MIN_S)
+                and time.monotonic() - self._last_drain >= QUIET_S
+                and not self._readable()
             ):
-                self._flush_checkpoint(step=True)  # idle (or it has waited long enough)
+                self._flush_checkpoint(step=True)  # quiet: a step
             while self._from_other_threads:
                 topic, payload, qos, retain = self._from_other_threads.popleft()
                 self.client.publish(topic, payload, qos=qos, retain=retain)
