@@ -70,8 +70,6 @@ CREATE TABLE IF NOT EXISTS signs(
 CHECKPOINT_KEY = "checkpoint_event"
 """meta key: id of the last event the ``spaces`` and ``signs`` tables include."""
 
-EventRow = tuple[float, str, str, str, str | None, str | None, int | None]
-"""(ts, space, old, new, source, agent, seq)"""
 SpaceRow = tuple[str, str, str, int, float, float, float, str | None]
 """(space, state, sensed, closed, since, obs_since, last_seen, agent)"""
 
@@ -150,12 +148,6 @@ class Journal:
         self.conn.execute("COMMIT")
 
     # -- writes (inside transaction()) -------------------------------------------------------
-    def add_events(self, rows: Iterable[EventRow]) -> None:
-        self.conn.executemany(
-            "INSERT INTO events(ts, space, old, new, source, agent, seq) VALUES (?,?,?,?,?,?,?)",
-            rows,
-        )
-
     def add_changes(
         self,
         ts: float,

@@ -101,9 +101,11 @@ def test_journal_is_wal_and_a_failed_transaction_leaves_nothing(tmp_path):
     assert j.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert j.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     with j.transaction():
-        j.add_events([(1.0, "A-001", "unknown", "free", "bus-g", "agent-g", 1)])
+        j.add_changes(1.0, "bus-g", "agent-g", "b", 1, '[["A-001", "unknown", "free"]]')
+        j.expand_pending()
     with pytest.raises(RuntimeError), j.transaction():
-        j.add_events([(2.0, "A-001", "free", "occupied", "bus-g", "agent-g", 2)])
+        j.add_changes(2.0, "bus-g", "agent-g", "b", 2, '[["A-001", "free", "occupied"]]')
+        j.expand_pending()
         raise RuntimeError("crash between the two writes")
     with j.transaction():
         j.put_signs([("gate-north", "t/gate-north", '{"display":"gate-north"}', 60.0)])
