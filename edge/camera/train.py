@@ -11,6 +11,10 @@ Usage::
     # honest figures: hold out whole days (filename prefixes) and report on them
     python -m edge.camera.train --pklot DIR --cnrpark DIR --out /tmp/m.onnx \\
         --holdout 2013-02-22 --holdout 20150708 --report /tmp/m_report.json
+    # other times of the same views: CNRPark patches from 15:00 on (every day)
+    # held out, training only on patches before 13:00 (a two-hour gap)
+    python -m edge.camera.train --pklot DIR --cnrpark DIR --out /tmp/m.onnx \\
+        --holdout 2013-03-09 --holdout-from 1500 --train-before 1300 --report /tmp/r.json
 
 Sources (either or both):
 
@@ -24,6 +28,14 @@ A sample's *day* is the first 10 characters of a PKLot stem (``2013-02-22``) or
 the first 8 of a CNRPark name (``20150703``); ``--holdout`` removes whole days
 from training and evaluates the result on them (PKLot through the full-frame
 run-time path, CNRPark through ``classify_patches``).
+
+``--holdout-from HHMM`` holds out, on every CNRPark day not already held out
+whole, the patches whose file-name time is at or after ``HHMM`` (a later block
+of each day: same views, other times); ``--train-before HHMM`` (earlier)
+further keeps out of training the patches between the two times, a gap that
+stops near-duplicates (the same car in the same slot minutes apart) from
+straddling the split. The gap block is evaluated too, separately. See
+:func:`cnrpark_block`.
 
 Training uses heavy augmentation (random 90-degree rotations and flips, small
 rotation/scale/aspect/shift/perspective, brightness/contrast/gamma, colour
@@ -61,6 +73,51 @@ class Sample:
     label: int  # 1 occupied
     source: str  # "pklot" | "cnrpark"
     day: str
+    name: str = ""  # file name (CNRPark: YYYYMMDD_HHMM_slot.jpg)
+
+
+def patch_time(name: str) -> str:
+    """``HHMM`` of a CNRPark patch name ``YYYYMMDD_HHMM_slot.jpg``."""
+    parts = Path(name).name.split("_")
+    if len(parts) < 3 or len(parts[0]) != 8 or len(parts[1]) != 4 or not parts[1].isdigit():
+        raise ValueError(f"not a CNRPark patch name (YYYYMMDD_HHMM_slot.jpg): {name!r}")
+    return parts[1]
+
+
+def _hhmm(value: str) -> str:
+    """Validate an ``HHMM`` option value (argparse type)."""
+    if len(value) != 4 or not value.isdigit() or int(value[:2]) > 23 or int(value[2:]) > 59:
+        raise argparse.ArgumentTypeError(f"expected HHMM (e.g. 1500), got {value!r}")
+    return value
+
+
+def cnrpark_block(
+    name: str,
+    holdout_days: set[str] | frozenset[str] = frozenset(),
+    holdout_from: str | None = None,
+    train_before: str | None = None,
+) -> str:
+    """Which block a CNRPark patch falls in: ``"train"``, ``"gap"`` or a held-out block.
+
+    A patch of a day in ``holdout_days`` is held out whole (block ``"day"``).
+    Otherwise, with ``holdout_from`` (``HHMM``), a patch taken at or after that
+    time is held out (block ``"from-HHMM"``); with ``train_before`` too, a
+    patch taken at or after ``train_before`` but before ``holdout_from`` is in
+    the ``"gap-HHMM-HHMM"`` block: neither trained on nor part of the main
+    held-out figure (it is reported on its own). Everything else is trained on.
+    """
+    if train_before is not None and (holdout_from is None or train_before > holdout_from):
+        raise ValueError("train_before needs holdout_from and must not be later than it")
+    if Path(name).name[:8] in holdout_days:
+        return "day"
+    if holdout_from is None:
+        return "train"
+    t = patch_time(name)
+    if t >= holdout_from:
+        return f"from-{holdout_from}"
+    if train_before is not None and t >= train_before:
+        return f"gap-{train_before}-{holdout_from}"
+    return "train"
 
 
 def load_pklot(root: Path, size: int, margin: float) -> list[Sample]:
@@ -90,7 +147,7 @@ def load_cnrpark(root: Path, size: int) -> list[Sample]:
             if img is None:
                 continue
             canvas = cv2.resize(img, (big, big), interpolation=cv2.INTER_AREA)
-            out.append(Sample(canvas, label, "cnrpark", p.name[:8]))
+            out.append(Sample(canvas, label, "cnrpark", p.name[:8], p.name))
     return out
 
 
@@ -432,8 +489,22 @@ def _metrics(pred: np.ndarray, truth: np.ndarray) -> dict:
     return {"n": n, "accuracy": acc, "precision": prec, "recall": rec, "f1": f1}
 
 
-def evaluate_heldout(model_path: Path, pklot: Path | None, cnr: Path | None, days: set) -> dict:
-    """Figures of the exported model on the held-out days (run-time code path)."""
+def evaluate_heldout(
+    model_path: Path,
+    pklot: Path | None,
+    cnr: Path | None,
+    days: set,
+    cnr_block=None,  # noqa: ANN001 - Callable[[str], str]
+) -> dict:
+    """Figures of the exported model on the held-out days (run-time code path).
+
+    ``cnr_block(name)`` (default: whole days in ``days``, or every patch if
+    ``days`` is empty) names the block of a CNRPark patch, as
+    :func:`cnrpark_block` does; ``"train"`` patches are skipped, ``"day"``
+    ones are reported per day (``cnrpark:DAY``, pooled ``cnrpark:all``) and
+    any other block per day and pooled as ``cnrpark:DAY@BLOCK`` and
+    ``cnrpark:all@BLOCK``.
+    """
     from edge.camera.classifier import SpaceClassifier
 
     clf = SpaceClassifier.load(model_path)
@@ -459,24 +530,32 @@ def evaluate_heldout(model_path: Path, pklot: Path | None, cnr: Path | None, day
         if all_p:
             report["pklot:all"] = _metrics(np.concatenate(all_p), np.concatenate(all_t))
     if cnr is not None:
-        per_day = {}
+        if cnr_block is None:
+
+            def cnr_block(name: str) -> str:
+                return "day" if not days or name[:8] in days else "train"
+
+        groups: dict[tuple[str, str], list] = {}
         for label, sub in ((True, "busy"), (False, "free")):
             for p in sorted((cnr / sub).rglob("*")):
                 if p.suffix.lower() not in (".jpg", ".jpeg", ".png"):
                     continue
-                if days and p.name[:8] not in days:
+                block = cnr_block(p.name)
+                if block == "train":
                     continue
-                per_day.setdefault(p.name[:8], []).append((p, label))
-        all_p, all_t = [], []
-        for day, items in sorted(per_day.items()):
+                groups.setdefault((block, p.name[:8]), []).append((p, label))
+        pooled: dict[str, tuple[list, list]] = {}
+        for (block, day), items in sorted(groups.items()):
             imgs = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p, _ in items]
             pred, _ = clf.classify_patches(imgs)
             t = np.array([lab for _, lab in items])
-            report[f"cnrpark:{day}"] = _metrics(pred, t)
-            all_p.append(pred)
-            all_t.append(t)
-        if all_p:
-            report["cnrpark:all"] = _metrics(np.concatenate(all_p), np.concatenate(all_t))
+            suffix = "" if block == "day" else f"@{block}"
+            report[f"cnrpark:{day}{suffix}"] = _metrics(pred, t)
+            pooled.setdefault(suffix, ([], []))
+            pooled[suffix][0].append(pred)
+            pooled[suffix][1].append(t)
+        for suffix, (all_p, all_t) in pooled.items():
+            report[f"cnrpark:all{suffix}"] = _metrics(np.concatenate(all_p), np.concatenate(all_t))
     return report
 
 
@@ -486,6 +565,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cnrpark", type=Path, help="dir with busy/ and free/ patches")
     ap.add_argument("--out", type=Path, required=True, help="output .onnx path")
     ap.add_argument("--holdout", action="append", default=[], help="day to hold out (repeat)")
+    ap.add_argument(
+        "--holdout-from",
+        type=_hhmm,
+        metavar="HHMM",
+        help="hold out CNRPark patches taken at or after HHMM (on every day not held out whole)",
+    )
+    ap.add_argument(
+        "--train-before",
+        type=_hhmm,
+        metavar="HHMM",
+        help="with --holdout-from: train only on CNRPark patches before HHMM (a gap)",
+    )
     ap.add_argument("--report", type=Path, help="write held-out figures as JSON here")
     ap.add_argument("--eval-pklot", type=Path, help="evaluate on this PKLot dir after training")
     ap.add_argument("--eval-cnrpark", type=Path, help="evaluate on this patch dir after training")
@@ -516,6 +607,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.pklot is None and args.cnrpark is None:
         ap.error("give --pklot and/or --cnrpark")
+    if args.train_before is not None and (
+        args.holdout_from is None or args.train_before > args.holdout_from
+    ):
+        ap.error("--train-before needs --holdout-from and must not be later than it")
     if args.report is not None and args.report.resolve() == args.out.with_suffix(".json").resolve():
         ap.error("--report must differ from the model metadata file (OUT with .json)")
 
@@ -530,8 +625,19 @@ def main(argv: list[str] | None = None) -> int:
         samples += load_pklot(args.pklot, args.size, args.margin)
     if args.cnrpark:
         samples += load_cnrpark(args.cnrpark, args.size)
-    train_set = [s for s in samples if s.day not in holdout]
-    held = [s for s in samples if s.day in holdout]
+
+    def block(s: Sample) -> str:
+        if s.source != "cnrpark":
+            return "day" if s.day in holdout else "train"
+        return cnrpark_block(s.name, holdout, args.holdout_from, args.train_before)
+
+    blocks = [block(s) for s in samples]
+    train_set = [s for s, b in zip(samples, blocks, strict=True) if b == "train"]
+    held = [s for s, b in zip(samples, blocks, strict=True) if b != "train"]
+    for b in sorted(set(blocks) - {"train", "day"}):
+        members = [s for s, bb in zip(samples, blocks, strict=True) if bb == b]
+        log.info("cnrpark block %s: %d (%d occupied), not trained on", b, len(members),
+                 sum(s.label for s in members))  # fmt: skip
     for src in ("pklot", "cnrpark"):
         tr = [s for s in train_set if s.source == src]
         log.info(
@@ -576,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
             "pklot": str(args.pklot) if args.pklot else None,
             "cnrpark": str(args.cnrpark) if args.cnrpark else None,
             "holdout_days": sorted(holdout),
+            "cnrpark_holdout_from": args.holdout_from,
+            "cnrpark_train_before": args.train_before,
             "pklot_samples": sum(1 for s in train_set if s.source == "pklot"),
             "cnrpark_samples": sum(1 for s in train_set if s.source == "cnrpark"),
         },
@@ -596,13 +704,30 @@ def main(argv: list[str] | None = None) -> int:
         }
     export_onnx(model, args.size, args.out, meta)
     report: dict = {}
-    if holdout:
+    if held:
+        report["heldout"] = {
+            "days": sorted(holdout),
+            "cnrpark_from": args.holdout_from,
+            "cnrpark_train_before": args.train_before,
+            "blocks": {
+                "DAY": "a whole held-out day",
+                "DAY@from-HHMM": "CNRPark patches of DAY taken at or after HHMM",
+                "DAY@gap-A-B": "CNRPark patches of DAY taken from A to before B "
+                "(neither trained on nor in the from-B block)",
+            },
+            "trained_on": {
+                "pklot": sum(1 for s in train_set if s.source == "pklot"),
+                "cnrpark": sum(1 for s in train_set if s.source == "cnrpark"),
+            },
+            "seed": args.seed,
+        }
         report.update(
             evaluate_heldout(
                 args.out,
                 args.pklot if any(s.source == "pklot" for s in held) else None,
                 args.cnrpark if any(s.source == "cnrpark" for s in held) else None,
                 holdout,
+                lambda name: cnrpark_block(name, holdout, args.holdout_from, args.train_before),
             )
         )
     if args.eval_pklot or args.eval_cnrpark:
@@ -615,6 +740,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     for k, v in report.items():
+        if "n" not in v:
+            continue
         log.info("%s: n=%d acc=%.4f P=%.3f R=%.3f F1=%.3f", k, v["n"], v["accuracy"],
                  v["precision"], v["recall"], v["f1"])  # fmt: skip
     if args.report:
