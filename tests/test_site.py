@@ -142,3 +142,20 @@ def test_site_file_reference_is_generated_from_the_schema():
 def test_agents_snapshot_well_within_the_gateway_ttl(example_site):
     for source in [b.id for b in example_site.buses] + [c.id for c in example_site.cameras]:
         assert example_site.snapshot_interval(source) <= example_site.source_ttl(source) / 3
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        ("site:\n  id: x\n  name: [a, b\nzones: 3\n", 4, "expected ',' or ']'"),
+        # safe loading refuses object tags: a clear error, never a traceback or a call
+        ('site:\n  id: x\n  name: !!python/object/apply:os.system "true"\n', 3, "constructor"),
+        ('site:\n  id: x\n  name: !!python/object/apply:os.system ["true"]\n', 3, "not allowed"),
+    ],
+)
+def test_invalid_yaml_is_refused_with_its_line(text, line, words):
+    with pytest.raises(SiteError) as info:
+        parse_site(text, "site.yaml")
+    (problem,) = info.value.problems
+    assert problem.startswith(f"site.yaml:{line}: invalid YAML"), problem
+    assert words in problem
