@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import gateway.state as gateway_state
 from gateway.journal import Journal, stored_signs
 from gateway.state import CLOSED, FREE, OCCUPIED, UNKNOWN, LiveState
 from parking.site import EXAMPLE_SITE, load_site
@@ -66,6 +67,43 @@ def test_zone_counts_and_changes_stay_consistent(sequence):
         # closed wins over what the sensor says; silence never shows free
         assert (s.state[s.closed] == CLOSED).all()
         assert (s.state[~s.closed] == s.sensed[~s.closed]).all()
+
+
+few_ops = st.lists(
+    st.tuples(
+        st.lists(st.integers(0, N - 1), min_size=1, max_size=16, unique=True),
+        st.lists(st.sampled_from([UNKNOWN, FREE, OCCUPIED]), min_size=16, max_size=16),
+        st.sampled_from(["a1", "a2"]),
+        st.booleans(),  # close the first space before the report
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(few_ops)
+def test_few_observations_item_by_item_match_the_array_path(sequence):
+    """observe() takes a per-item path for a few observations: same arrays, same changes."""
+    few, arrays = LiveState(SITE), LiveState(SITE)
+    t = 0.0
+    for spaces, states, agent, close in sequence:
+        t += 1.0
+        for s in (few, arrays):
+            s.control(spaces[0], close, t)
+        idx = np.array(spaces, dtype=np.int64)
+        codes = np.array(states[: len(spaces)], dtype=np.int8)
+        since = np.full(len(spaces), t - 0.5)
+        a = few.observe(idx, codes, since, agent, t, t + 100)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(gateway_state, "SMALL", 0)
+            b = arrays.observe(idx, codes, since, agent, t, t + 100)
+        for field in ("spaces", "old", "new", "touched", "zones"):
+            x, y = getattr(a, field), getattr(b, field)
+            assert x.dtype == y.dtype and x.tolist() == y.tolist(), field
+        for name in ("sensed", "state", "since", "obs_since", "last_seen", "seen_mono", "agent"):
+            assert (getattr(few, name) == getattr(arrays, name)).all(), name
+        assert (few.zone_counts == arrays.zone_counts).all()
+        assert (few.zone_counts == recount(few)).all()
 
 
 def test_ttl_expiry_and_last_will():
