@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.camera import train as T
 from edge.camera.classifier import DEFAULT_MODEL
 from edge.camera.train import cnrpark_block, evaluate_heldout, main, patch_time
 
@@ -116,3 +117,104 @@ def test_heldout_report_names_each_block(tmp_path: Path) -> None:
     # the default selection (no block function) is unchanged: whole days
     by_day = evaluate_heldout(DEFAULT_MODEL, None, tmp_path, {"20150708"})
     assert {k: v["n"] for k, v in by_day.items()} == {"cnrpark:20150708": 3, "cnrpark:all": 3}
+
+
+# ----------------------------------------------------------------------------- augmentations
+
+
+def _textured(seed: int = 0, size: int = 32) -> np.ndarray:
+    """A mid-grey textured BGR patch (values well inside 0..255)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(60, 190, (size, size, 3), dtype=np.uint8)
+
+
+def test_cast_shadow_darkens_some_pixels_and_never_brightens() -> None:
+    img = _textured()
+    for seed in range(50):
+        out = T._cast_shadow(img, np.random.default_rng(seed))
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert np.all(out.astype(int) <= img.astype(int) + 1)  # +1: rounding only
+        darker = out.astype(int) < img.astype(int) - 10
+        assert darker.any(axis=2).sum() >= 10  # a visible shadow in every draw
+        # darkened by 30-70 %: the deepest shadow keeps at least ~30 % of the light
+        ratio = out.astype(float) / img.astype(float)
+        assert ratio.min() >= 0.29
+        assert ratio.min() <= 0.75
+
+
+def test_augmentations_are_deterministic_with_a_seeded_generator() -> None:
+    img, car = _textured(0), _textured(1)
+    for fn in (T._cast_shadow, T._dapple, T._warm_haze):
+        a = fn(img, np.random.default_rng(7))
+        b = fn(img, np.random.default_rng(7))
+        c = fn(img, np.random.default_rng(8))
+        assert a.shape == img.shape and a.dtype == np.uint8
+        assert np.array_equal(a, b)
+        assert not np.array_equal(a, c)
+    a = T._intrude(img, car, np.random.default_rng(7))
+    assert np.array_equal(a, T._intrude(img, car, np.random.default_rng(7)))
+
+
+def test_dapple_makes_patches_of_light_and_shade() -> None:
+    img = np.full((32, 32, 3), 128, np.uint8)
+    for seed in range(20):
+        out = T._dapple(img, np.random.default_rng(seed)).astype(int)
+        assert out.shape == img.shape
+        assert out.max() > 128 + 5 and out.min() < 128 - 5  # both brighter and darker parts
+        assert out.max() <= 255 and out.min() >= 0
+        assert out.max() <= round(128 * np.exp(0.4)) + 1  # gain bounded by e^0.4
+
+
+def test_warm_haze_shifts_colour_towards_red() -> None:
+    img = np.full((32, 32, 3), 120, np.uint8)
+    for seed in range(20):
+        out = T._warm_haze(img, np.random.default_rng(seed)).astype(int)
+        assert out.shape == img.shape
+        b, g, r = out[..., 0].mean(), out[..., 1].mean(), out[..., 2].mean()
+        assert r > g > b  # warmer: red up, blue down
+    # saturated input stays in range
+    white = np.full((32, 32, 3), 255, np.uint8)
+    assert T._warm_haze(white, np.random.default_rng(0)).dtype == np.uint8
+
+
+def test_intrude_pastes_along_one_border_and_keeps_the_far_side() -> None:
+    base = np.full((32, 32, 3), 100, np.uint8)
+    car = np.full((32, 32, 3), 30, np.uint8)
+    for seed in range(30):
+        out = T._intrude(base, car, np.random.default_rng(seed))
+        assert out.shape == base.shape and out.dtype == np.uint8
+        changed = np.abs(out.astype(int) - 100).max(axis=2) > 2
+        assert changed.any()
+        # the changed region touches a border; the opposite 40 % of the patch is untouched
+        sides = {
+            "left": (changed[:, 0].all(), changed[:, -13:].any()),
+            "right": (changed[:, -1].all(), changed[:, :13].any()),
+            "top": (changed[0, :].all(), changed[-13:, :].any()),
+            "bottom": (changed[-1, :].all(), changed[:13, :].any()),
+        }
+        entered = [k for k, (edge, far) in sides.items() if edge]
+        assert len(entered) == 1
+        assert not sides[entered[0]][1]
+        assert not changed[13:19, 13:19].all()  # the centre is not covered
+
+
+def test_new_augmentations_are_off_by_default_and_leave_the_stream_unchanged() -> None:
+    assert all(T.AUG[k] == 0.0 for k in ("shadow", "dapple", "warm", "intrude"))
+    canvas, other, car = _textured(0, 64), _textured(1, 64), _textured(2, 64)
+    a = T.augment(canvas, 32, np.random.default_rng(3), other)
+    b = T.augment(canvas, 32, np.random.default_rng(3), other, car)  # intrude off: ignored
+    assert np.array_equal(a, b)
+
+
+def test_augment_applies_the_cast_shadow_when_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    orig = T._cast_shadow
+
+    def spy(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        calls.append(1)
+        return orig(img, rng)
+
+    monkeypatch.setattr(T, "_cast_shadow", spy)
+    monkeypatch.setitem(T.AUG, "shadow", 1.0)
+    T.augment(_textured(0, 64), 32, np.random.default_rng(0))
+    assert calls == [1]

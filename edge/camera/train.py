@@ -42,6 +42,14 @@ rotation/scale/aspect/shift/perspective, brightness/contrast/gamma, colour
 gain and saturation, grey, blur, noise, JPEG re-encoding, cast shadows), class-
 and source-balanced sampling, AdamW with a one-cycle schedule and label
 smoothing. Needs the ``train`` extra (torch, onnx); one CPU thread by default.
+
+Optional augmentations, each off by default (the bundled recipe) and drawing
+no random numbers when off: ``--aug-lines`` (painted lines), ``--aug-stains``
+(asphalt wear), ``--aug-shadow`` (a soft polygon or band darkened by 30-70 %),
+``--aug-dapple`` (light through leaves: a low-frequency brightness field),
+``--aug-warm`` (warm low sun, sometimes haze) and ``--aug-intrude`` (on free
+patches only: a strip of an occupied patch along one border, a neighbouring
+car reaching into the stall). Each takes the probability per sample.
 """
 
 from __future__ import annotations
@@ -64,7 +72,16 @@ log = logging.getLogger("edge.camera.train")
 
 CANVAS_SCALE = 2  # training canvases are stored at CANVAS_SCALE * size
 # augmentation knobs (defaults = the bundled model's recipe); set from the CLI
-AUG = {"gain": 0.15, "grey": 0.1, "lines": 0.0, "stains": 0.0}
+AUG = {
+    "gain": 0.15,
+    "grey": 0.1,
+    "lines": 0.0,
+    "stains": 0.0,
+    "shadow": 0.0,
+    "dapple": 0.0,
+    "warm": 0.0,
+    "intrude": 0.0,
+}
 
 
 @dataclass
@@ -274,6 +291,104 @@ def _stains(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
+def _soft_mask(h: int, w: int, pts: np.ndarray, blur: float) -> np.ndarray:
+    """Float mask (h, w) in [0, 1]: the filled polygon ``pts`` (fractions of w, h), soft-edged."""
+    mask = np.zeros((h, w), np.float32)
+    cv2.fillPoly(mask, [np.round(pts * [w, h]).astype(np.int32)], 1.0, cv2.LINE_AA)
+    if blur > 0:
+        mask = cv2.GaussianBlur(mask, (0, 0), blur)
+    return np.clip(mask, 0.0, 1.0)
+
+
+def _cast_shadow(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Darken a random soft-edged polygon or band by 30-70 % (never brightens).
+
+    Long shadows of trees, poles and neighbouring cars under a low sun: half
+    the time a band across the patch (a shadow edge with some width), else a
+    random 3-6 vertex polygon around a point of the patch, which may reach
+    outside it. The shadow is
+    a little bluer than the lit part (skylight), every channel darkened.
+    """
+    h, w = img.shape[:2]
+    if rng.random() < 0.5:  # band: two roughly parallel edges across the patch
+        ang = rng.uniform(0, math.pi)
+        c, s = math.cos(ang), math.sin(ang)
+        cx, cy = rng.uniform(0.1, 0.9, 2)
+        half = rng.uniform(0.1, 0.4)
+        along = np.array([c, s]) * 2.0
+        across = np.array([-s, c]) * half
+        ctr = np.array([cx, cy])
+        pts = np.array([ctr - along - across, ctr + along - across,
+                        ctr + along + across, ctr - along + across])  # fmt: skip
+    else:
+        n = int(rng.integers(3, 7))  # star-shaped around a centre inside the patch
+        ctr = rng.uniform(0.1, 0.9, 2)
+        ang = rng.uniform(0, 2 * math.pi) + (np.arange(n) + rng.uniform(-0.4, 0.4, n)) * (
+            2 * math.pi / n
+        )
+        rad = rng.uniform(0.2, 0.8, n)
+        pts = ctr + np.stack([np.cos(ang), np.sin(ang)], axis=1) * rad[:, None]
+    mask = _soft_mask(h, w, pts, rng.uniform(0.3, 2.0) * w / 32.0)
+    strength = rng.uniform(0.3, 0.7)
+    tint = np.array([0.85, 1.0, 1.0], np.float32)  # BGR: blue darkened a little less
+    factor = 1.0 - strength * tint[None, None, :] * mask[..., None]
+    return np.clip(img.astype(np.float32) * factor + 0.5, 0, 255).astype(np.uint8)
+
+
+def _dapple(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Dappled light through leaves: multiply by a low-frequency random field.
+
+    A random field on a 3-8 cell grid, upsampled smoothly and sharpened so that
+    it forms patches of sun and shade, scales brightness by up to e^+-0.4.
+    """
+    h, w = img.shape[:2]
+    g = int(rng.integers(3, 9))
+    field = cv2.resize(rng.normal(0, 1, (g, g)).astype(np.float32), (w, h),
+                       interpolation=cv2.INTER_CUBIC)  # fmt: skip
+    field = np.tanh(field * rng.uniform(1.0, 3.0))
+    gain = np.exp(rng.uniform(0.1, 0.4) * field).astype(np.float32)
+    return np.clip(img.astype(np.float32) * gain[..., None] + 0.5, 0, 255).astype(np.uint8)
+
+
+def _warm_haze(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Low evening sun: a warm colour-temperature shift, sometimes with haze.
+
+    Red up and blue down by ``t`` (0.05-0.35), then half the time a blend
+    towards a pale, warm airlight (5-35 %), which lowers the contrast.
+    """
+    x = img.astype(np.float32)
+    t = rng.uniform(0.05, 0.35)
+    x *= np.array([1.0 - t, 1.0, 1.0 + 0.6 * t], np.float32)  # BGR
+    if rng.random() < 0.5:
+        haze = rng.uniform(0.05, 0.35)
+        air = rng.uniform(170, 230) * np.array([0.9, 1.0, 1.05], np.float32)
+        x = x * (1.0 - haze) + air * haze
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+
+
+def _intrude(img: np.ndarray, car: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A neighbouring car reaching into the patch from one border (for free patches).
+
+    A strip of ``car`` (an occupied sample, same size) of depth 15-45 % of the
+    patch is pasted along a random border with a soft inner edge; the rest of
+    the patch, including its centre, is untouched, so a free label stays true.
+    """
+    h, w = img.shape[:2]
+    k = int(rng.integers(4))
+    base = np.rot90(img, k)
+    src = np.rot90(car, int(rng.integers(4)))
+    d = max(1, int(round(rng.uniform(0.15, 0.45) * w)))
+    start = int(rng.integers(int(0.15 * w), max(int(0.15 * w) + 1, int(0.85 * w) - d + 1)))
+    strip = np.zeros_like(base, dtype=np.float32)
+    strip[:, :d] = src[:, start : start + d]
+    mask = np.zeros((h, w), np.float32)
+    mask[:, :d] = 1.0
+    mask = cv2.GaussianBlur(mask, (0, 0), rng.uniform(0.3, 1.5) * w / 32.0)
+    mask[:, : max(1, d // 2)] = 1.0
+    out = base.astype(np.float32) * (1 - mask[..., None]) + strip * mask[..., None]
+    return np.ascontiguousarray(np.rot90(np.clip(out + 0.5, 0, 255).astype(np.uint8), -k))
+
+
 def _occlude(img: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Paste a soft-edged blob cut from another sample (foliage, poles, people...)."""
     h, w = img.shape[:2]
@@ -296,19 +411,32 @@ def augment(
     size: int,
     rng: np.random.Generator,
     occluder: np.ndarray | None = None,
+    intruder: np.ndarray | None = None,
 ) -> np.ndarray:
     """One random training patch ``(size, size, 3)`` uint8 from a canvas.
 
     ``occluder`` (another sample's canvas) is sometimes pasted as a partial
     occlusion; it never covers the patch centre fully, so labels stay valid.
+    ``intruder`` (an occupied sample's canvas, given for free samples only)
+    is pasted along one border as a neighbouring car (``AUG["intrude"]``).
+    The optional augmentations (off by default) draw no random numbers when
+    off, so the default recipe's random stream is unchanged.
     """
     patch = _geometric(canvas, size, rng)
     if AUG["stains"] and rng.random() < AUG["stains"]:  # no draw when off: same stream
         patch = _stains(patch, rng)
     if rng.random() < AUG["lines"]:
         patch = _markings(patch, rng)
+    if intruder is not None and AUG["intrude"] and rng.random() < AUG["intrude"]:
+        patch = _intrude(patch, _geometric(intruder, size, rng), rng)
     if occluder is not None and rng.random() < 0.3:
         patch = _occlude(patch, _geometric(occluder, size, rng), rng)
+    if AUG["shadow"] and rng.random() < AUG["shadow"]:
+        patch = _cast_shadow(patch, rng)
+    if AUG["dapple"] and rng.random() < AUG["dapple"]:
+        patch = _dapple(patch, rng)
+    if AUG["warm"] and rng.random() < AUG["warm"]:
+        patch = _warm_haze(patch, rng)
     return _photometric(patch, rng)
 
 
@@ -418,16 +546,26 @@ def train(
     weights = _sampling_weights(samples, pklot_share)
     labels = np.array([s.label for s in samples])
     free_idx = np.flatnonzero(labels == 0)  # occluders come from free patches only
+    busy_idx = np.flatnonzero(labels == 1)  # intruding neighbours: occupied patches
     model.train()
     t0 = time.time()
     run_loss, run_acc = 0.0, 0.0
     for step in range(1, steps + 1):
         idx = rng.choice(len(samples), size=batch, p=weights)
         others = rng.choice(free_idx, size=batch)
+        cars = (
+            rng.choice(busy_idx, size=batch) if AUG["intrude"] and len(busy_idx) else [None] * batch
+        )  # no draw when off: the default recipe's stream is unchanged
         patches = np.stack(
             [
-                augment(samples[i].canvas, size, rng, samples[j].canvas)
-                for i, j in zip(idx, others, strict=True)
+                augment(
+                    samples[i].canvas,
+                    size,
+                    rng,
+                    samples[j].canvas,
+                    samples[c].canvas if c is not None and labels[i] == 0 else None,
+                )
+                for i, j, c in zip(idx, others, cars, strict=True)
             ]
         )
         x = torch.from_numpy(
@@ -593,6 +731,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aug-grey", type=float, default=AUG["grey"], help="greyscale prob.")
     ap.add_argument("--aug-lines", type=float, default=AUG["lines"], help="markings prob.")
     ap.add_argument("--aug-stains", type=float, default=AUG["stains"], help="asphalt wear prob.")
+    ap.add_argument("--aug-shadow", type=float, default=AUG["shadow"], help="cast shadow prob.")
+    ap.add_argument("--aug-dapple", type=float, default=AUG["dapple"], help="dappled light prob.")
+    ap.add_argument("--aug-warm", type=float, default=AUG["warm"], help="warm sun / haze prob.")
+    ap.add_argument(
+        "--aug-intrude", type=float, default=AUG["intrude"], help="neighbour car prob. (free)"
+    )
     ap.add_argument(
         "--backbone",
         type=Path,
@@ -616,7 +760,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    AUG.update(gain=args.aug_gain, grey=args.aug_grey, lines=args.aug_lines, stains=args.aug_stains)
+    AUG.update(
+        gain=args.aug_gain,
+        grey=args.aug_grey,
+        lines=args.aug_lines,
+        stains=args.aug_stains,
+        shadow=args.aug_shadow,
+        dapple=args.aug_dapple,
+        warm=args.aug_warm,
+        intrude=args.aug_intrude,
+    )
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     holdout = set(args.holdout)
