@@ -13,6 +13,7 @@ step does not expire or revive spaces.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -51,17 +52,19 @@ class _Views:
     """Flat memoryviews of a LiveState's arrays: item access without numpy's call overhead.
     They share the arrays' memory; made again whenever an array is replaced (``_recount``)."""
 
+    # ndarray.data is the array's own memoryview; typed Any: an item is an int, a bool or
+    # a float as the array's dtype says, where typeshed's memoryview only knows int items
     def __init__(self, st: LiveState):
-        self.sensed = memoryview(st.sensed)
-        self.state = memoryview(st.state)
-        self.closed = memoryview(st.closed)
-        self.since = memoryview(st.since)
-        self.obs_since = memoryview(st.obs_since)
-        self.last_seen = memoryview(st.last_seen)
-        self.seen_mono = memoryview(st.seen_mono)
-        self.agent = memoryview(st.agent)
-        self.zone = memoryview(st.zone)
-        self.zone_counts = memoryview(st.zone_counts).cast("B").cast("q")  # [z * N_STATES + s]
+        self.sensed: Any = st.sensed.data
+        self.state: Any = st.state.data
+        self.closed: Any = st.closed.data
+        self.since: Any = st.since.data
+        self.obs_since: Any = st.obs_since.data
+        self.last_seen: Any = st.last_seen.data
+        self.seen_mono: Any = st.seen_mono.data
+        self.agent: Any = st.agent.data
+        self.zone: Any = st.zone.data
+        self.zone_counts: Any = st.zone_counts.data.cast("B").cast("q")  # [z * 4 + s]
 
 
 class LiveState:
