@@ -1,0 +1,137 @@
+"""Keeping warm: between reports the gateway rehearses the read-only part of the report path
+(LiveGateway.rehearse). A rehearsal must change nothing and send nothing, and the service
+rehearses only while reports flow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from gateway_support import Edge, running_gateway, site_variant
+
+from gateway.journal import Journal
+from gateway.live import LiveGateway
+from parking import topics
+
+T0 = 1_800_000_000.0
+
+
+def _report(site_id: str, agent: str, bus: str, seq: int, states: dict[str, str], kind: str):
+    return topics.edge_occupancy(site_id, agent), json.dumps(
+        {
+            "agent": agent,
+            "source": bus,
+            "boot": "b1",
+            "seq": seq,
+            "ts": T0 + seq,
+            "kind": kind,
+            "spaces": [{"space": s, "state": st, "since": T0 + seq} for s, st in states.items()],
+        }
+    ).encode()
+
+
+def _observable(gw: LiveGateway) -> tuple:
+    st = gw.state
+    arrays = tuple(
+        a.copy() for a in (st.state, st.sensed, st.since, st.obs_since, st.last_seen, st.agent)
+    )
+    lines = (gw.core.line_free.copy(), gw.core.line_unknown.copy(), gw.core.line_total.copy())
+    journal = gw.journal.conn.execute(
+        "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM pending_changes)"
+    ).fetchone()
+    return arrays, lines, journal, dict(gw._shown), gw.accepted, dict(gw.rejections.counts)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    (arr_a, lines_a, *rest_a), (arr_b, lines_b, *rest_b) = a, b
+    return (
+        all(np.array_equal(x, y) for x, y in zip(arr_a, arr_b, strict=True))
+        and all(np.array_equal(x, y) for x, y in zip(lines_a, lines_b, strict=True))
+        and rest_a == rest_b
+    )
+
+
+def test_a_rehearsal_changes_nothing_and_sends_nothing(example_site, tmp_path):
+    sent: list[tuple[str, bytes]] = []
+    gw = LiveGateway(
+        example_site,
+        Journal(tmp_path / "journal.db"),
+        lambda t, p, q, r: sent.append((t, p)),
+        clock=lambda: T0 + 100,
+    )
+    gw.publish_all()
+    assert gw.rehearse() is False  # nothing to rehearse before the first report
+    bus = example_site.buses[0].id
+    spaces = example_site.spaces_of_source(bus)
+    gw.handle(*_report(example_site.id, "a1", bus, 1, dict.fromkeys(spaces, "free"), "snapshot"))
+    gw.handle(*_report(example_site.id, "a1", bus, 2, {spaces[0]: "occupied"}, "delta"))
+    before, n_sent, seq = _observable(gw), len(sent), gw.gate.sequence("a1")
+    for _ in range(3):
+        assert gw.rehearse() is True
+    assert _same(_observable(gw), before)
+    assert len(sent) == n_sent  # no sign, no zone count
+    assert gw.gate.sequence("a1") == seq == ("b1", 2)
+    # the rehearsed "next" sequence number is still free for the real next report
+    gw.handle(*_report(example_site.id, "a1", bus, 3, {spaces[1]: "occupied"}, "delta"))
+    assert gw.gate.sequence("a1") == ("b1", 3)
+    assert dict(gw.rejections.counts) == before[-1]  # accepted, not a duplicate
+    assert (
+        gw.state.state[example_site.space_index[spaces[1]]]
+        != before[0][0][example_site.space_index[spaces[1]]]
+    )
+
+
+@pytest.mark.timeout(60)
+def test_the_service_rehearses_only_while_reports_flow(tmp_path, mosquitto, monkeypatch):
+    import gateway.service as service_module
+
+    monkeypatch.setattr(service_module, "KEEP_WARM_FOR_S", 0.3)
+    site_path = site_variant(tmp_path)
+    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    try:
+        with running_gateway(site_path, mosquitto.url, tmp_path / "j.db", keep_warm_ms=3.0) as gw:
+            time.sleep(0.4)
+            assert gw.rehearsals == 0  # no report yet: nothing rehearsed, no CPU spent
+            spaces = gw.site.spaces_of_source("bus-g")
+            for i in range(5):
+                edge.send({spaces[i % len(spaces)]: "occupied" if i % 2 else "free"})
+                time.sleep(0.05)
+            deadline = time.monotonic() + 5
+            while gw.gateway.accepted < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert gw.gateway.accepted == 5
+            time.sleep(0.05)
+            assert gw.rehearsals > 10  # every 3 ms of idle time between reports
+            time.sleep(0.6)  # quiet for longer than KEEP_WARM_FOR_S: it stops
+            settled = gw.rehearsals
+            time.sleep(0.3)
+            assert gw.rehearsals == settled
+        with running_gateway(site_path, mosquitto.url, tmp_path / "j2.db", keep_warm_ms=0) as gw:
+            for i in range(3):
+                edge.send({spaces[i]: "occupied"})
+            deadline = time.monotonic() + 5
+            while gw.gateway.accepted < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.1)
+            assert gw.gateway.accepted == 3 and gw.rehearsals == 0  # turned off
+    finally:
+        edge.stop()
+
+
+def test_a_negative_keep_warm_is_refused(tmp_path):
+    site_path = site_variant(tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "parkguide", "gateway", "--site", str(site_path)]
+        + ["--broker", "mqtt://127.0.0.1:1", "--db", str(tmp_path / "j.db")]
+        + ["--keep-warm-ms", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "--keep-warm-ms -1" in r.stderr and "must be 0 (off) or more" in r.stderr
+    assert not (tmp_path / "j.db").exists()  # refused before anything was opened
