@@ -257,3 +257,10 @@ def test_cli_rejects_bad_synthetic_options(tmp_path: Path) -> None:
         with pytest.raises(SystemExit) as exc:
             main(["--cnrpark", str(tmp_path), "--out", str(tmp_path / "m.onnx"), *args])
         assert exc.value.code == 2
+
+
+def test_occluders_and_intruders_are_cut_from_photographs_only() -> None:
+    samples = [_sample("cnrpark", 0), _sample("synthetic", 0), _sample("pklot", 1)]
+    samples += [_sample("synthetic", 1), _sample("cnrpark", 1)]
+    free, busy = T.paste_pools(samples)
+    assert free.tolist() == [0] and busy.tolist() == [2, 4]

@@ -551,6 +551,15 @@ def _sampling_weights(
     return w / w.sum()
 
 
+def paste_pools(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the samples occluders (free) and intruding neighbours (occupied) are cut
+    from: photographs only, since the simulator's samples would outnumber them and paste
+    drawn cars into real patches."""
+    labels = np.array([s.label for s in samples])
+    real = np.array([s.source != "synthetic" for s in samples], dtype=bool)
+    return np.flatnonzero((labels == 0) & real), np.flatnonzero((labels == 1) & real)
+
+
 def train(
     samples: list[Sample],
     size: int,
@@ -596,8 +605,7 @@ def train(
         )
     weights = _sampling_weights(samples, pklot_share, synthetic_share)
     labels = np.array([s.label for s in samples])
-    free_idx = np.flatnonzero(labels == 0)  # occluders come from free patches only
-    busy_idx = np.flatnonzero(labels == 1)  # intruding neighbours: occupied patches
+    free_idx, busy_idx = paste_pools(samples)
     model.train()
     t0 = time.time()
     run_loss, run_acc = 0.0, 0.0
