@@ -33,6 +33,13 @@ the arrival of the sign content. The relay gets the same report sequence on its 
 input topic and is matched by its ``seq``. The first 10% of each phase is warm-up and
 not counted.
 
+Headline rates (1,000 and 10,000 changes/s) run ``ROUNDS`` rounds of a relay phase then a
+gateway phase, ``PHASE_S`` each, and pool each side's latencies: the two are measured
+interleaved, under the same background load of this shared machine, and a p99 rests on
+~1,000 reports per side at 1,000 changes/s instead of a few hundred (with 360, the p99
+is the fourth-worst report, and one scheduling hiccup of either process decides the
+ratio). Warm-up (the first 10 % of every phase) is dropped per phase.
+
 ``max_rate_p99_under_100ms``: rates are stepped up (1,000, 2,000, 5,000, 10,000,
 20,000, 40,000, 80,000 changes/s) until the gateway's p99 reaches 100 ms or a report
 is lost; the highest rate below is reported. Finishes well within 4 minutes.
@@ -63,6 +70,7 @@ from parking import topics  # noqa: E402
 from parking.site import EXAMPLE_SITE, load_site  # noqa: E402
 
 PHASE_S = 4.0
+ROUNDS = 3  # interleaved relay/gateway rounds per headline rate
 WARMUP = 0.1
 DRAIN_S = 10.0  # after a phase, how long the last report may take before the rest count lost
 MAX_LATENCY_MS = 100.0
@@ -255,10 +263,16 @@ def match_relay(sent, relayed) -> tuple[list[float], int]:
     return lat, len(sent) - len(lat)
 
 
+def warm(lat: list[float]) -> list[float]:
+    """A phase's latencies without its warm-up."""
+    return lat[int(len(lat) * WARMUP) :] or lat
+
+
 def stats(lat: list[float]) -> tuple[float | None, float | None]:
+    """p50, p99 in ms of latencies already without warm-up."""
     if not lat:
         return None, None
-    arr = np.array(lat[int(len(lat) * WARMUP) :] or lat) * 1000
+    arr = np.array(lat) * 1000
     return round(float(np.percentile(arr, 50)), 3), round(float(np.percentile(arr, 99)), 3)
 
 
@@ -374,8 +388,13 @@ def main() -> int:
         results = []
         steps = {}
         for rate in HEADLINE_RATES:
-            r_lat, r_lost = run_relay_phase(pub, recv, rate, relay_model)
-            g_lat, g_lost = run_gateway_phase(pub, recv, rate, model, site.id)
+            r_lat, g_lat, r_lost, g_lost, g_reports = [], [], 0, 0, 0
+            for _ in range(ROUNDS):
+                lat, lost = run_relay_phase(pub, recv, rate, relay_model)
+                r_lat, r_lost = r_lat + warm(lat), r_lost + lost
+                lat, lost = run_gateway_phase(pub, recv, rate, model, site.id)
+                g_lat, g_lost = g_lat + warm(lat), g_lost + lost
+                g_reports += len(lat) + lost
             p50, p99 = stats(g_lat)
             rp50, rp99 = stats(r_lat)
             results.append(
@@ -385,7 +404,7 @@ def main() -> int:
                     "p99_ms": p99,
                     "relay_p50_ms": rp50,
                     "relay_p99_ms": rp99,
-                    "reports": len(g_lat) + g_lost,
+                    "reports": g_reports,
                     "lost": g_lost,
                     "relay_lost": r_lost,
                     "p99_ratio": round(p99 / rp99, 2) if p99 and rp99 else None,
@@ -396,7 +415,7 @@ def main() -> int:
         for rate in STEP_RATES:
             if rate not in steps:
                 g_lat, g_lost = run_gateway_phase(pub, recv, rate, model, site.id)
-                p50, p99 = stats(g_lat)
+                p50, p99 = stats(warm(g_lat))
                 steps[rate] = (p50, p99, g_lost)
             p50, p99, lost = steps[rate]
             if p99 is None or p99 >= MAX_LATENCY_MS or lost:
