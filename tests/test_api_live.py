@@ -165,9 +165,20 @@ def test_standalone_api_process(processes, mosquitto, tmp_path):
     wait_port(port, timeout=60)
     url = f"http://127.0.0.1:{port}"
     edge = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-edge")
+    gateway_online = threading.Event()
+    availability = topics.gateway_availability("xinyuan")
+
+    def on_message(client, userdata, msg):
+        if msg.topic == availability and msg.payload.decode() == topics.ONLINE:
+            gateway_online.set()
+
+    edge.on_message = on_message
     edge.connect("127.0.0.1", mosquitto.port)
     edge.loop_start()
     try:
+        # the API may be up before the gateway has subscribed: a report sent earlier is lost
+        edge.subscribe(availability, qos=1)
+        assert gateway_online.wait(30), processes.logs()
         boot = uuid.uuid4().hex[:8]
         from parking.site import load_site
 
