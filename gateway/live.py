@@ -354,7 +354,7 @@ class LiveGateway:
         came again with the next sequence number: decode, check, render and encode every
         sign, read the journal. Nothing changes and nothing is sent. Between reports this
         keeps that code and its data in the CPU's caches, so the next report is not handled
-        several times slower after a quiet spell (docs/gateway.md, "Keeping warm").
+        several times slower after a quiet spell (docs/architecture.md, "Keeping warm").
         False when there is no report to rehearse."""
         last = self._last_report
         if last is None:
