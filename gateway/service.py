@@ -56,7 +56,7 @@ OVERDUE_STEP_ROWS = 16  # reports expanded per round once the checkpoint is over
 # Keeping warm (LiveGateway.rehearse): while reports come often (one within KEEP_WARM_FOR_S),
 # the idle loop rehearses the report path every --keep-warm-ms, so the next report does
 # not find its code and data evicted from the CPU's caches (3-5x slower on shared VMs).
-# It costs 13-15 % of a core meanwhile; with sparser reports it stops and costs nothing.
+# It costs 13-21 % of a core meanwhile; with sparser reports it stops and costs nothing.
 KEEP_WARM_MS = 3.0
 KEEP_WARM_FOR_S = 0.25
 ENV_INFLUX_TOKEN = "INFLUX_TOKEN"
@@ -111,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=KEEP_WARM_MS,
         help=f"while reports come more often than every {KEEP_WARM_FOR_S:g} s, rehearse the "
         "report path (read-only) every this many ms of idle time, so the next report is "
-        "handled at warm-cache speed: about 0.35 ms sooner for 13-15 %% of a core meanwhile "
+        "handled at warm-cache speed: about 0.35 ms sooner for 13-21 %% of a core meanwhile "
         f"(default {KEEP_WARM_MS:g}; 0 turns it off)",
     )
 
