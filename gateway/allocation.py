@@ -870,6 +870,11 @@ class AllocationCore:
             return
         self._move_minima(s, p, avail)
 
+    @property
+    def unsettled(self) -> int:
+        """Candidacies that lazy minima left pending (:meth:`settle` applies them)."""
+        return len(self._unsettled)
+
     def settle(self) -> None:
         """Apply the candidacies that lazy minima left pending, by their final value: first
         the slots that left (the aisles rescan with the final flags), then those that came

@@ -65,7 +65,7 @@ Publish = Callable[[str, bytes, int, bool], None]
 """publish(topic, payload, qos, retain)"""
 
 MINUTE_CHECK_S = 10.0
-EXPAND_STEP_ROWS = 4  # pending change rows (reports) expanded per checkpoint step
+EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
 ZONE_HISTORY_S = 10.0
 LATENCY_KEEP = 1000
 
@@ -204,6 +204,7 @@ class LiveGateway:
         self._dirty_history: list[tuple[str, str, str, float]] = []
         self._zone_history_rows: list[tuple[str, dict[str, int], float]] = []
         self._dirty_since: float | None = None  # monotonic time of the oldest unflushed item
+        self._unexpanded = False  # pending change rows written since the last expansion
         self._last_report: tuple[str, bytes] | None = None  # (agent, payload) for rehearse()
         self.resume()
 
@@ -643,6 +644,7 @@ class LiveGateway:
                 )
             changes = json.dumps(list(zip(*cols, strict=True)))
             rows.append((g.ts, g.source, g.agent, g.boot, g.seq, changes))
+        self._unexpanded = self._unexpanded or bool(rows)
         if len(rows) == 1 and agent_state is None:
             self.journal.add_changes(*rows[0])  # one statement: its own transaction
             return
@@ -688,23 +690,31 @@ class LiveGateway:
     def flush_checkpoint(self, step: bool = False, rows: int = 0) -> None:
         """Idle work: settle the core's best-space minima and write the checkpoint (current
         state of the spaces that moved, the signs shown, the InfluxDB outbox points, and
-        the last event they include). With ``step``, first expand the pending changes a few
-        rows (reports) per call (``rows``, default EXPAND_STEP_ROWS) (each call a millisecond or so, so a report arriving meanwhile does
-        not wait for all of them); the rest of the checkpoint follows with the last rows."""
+        the last event they include). With ``step``, one piece per call, each well under a
+        millisecond so that a report arriving meanwhile hardly waits: expand a few pending
+        change rows (``rows``, default EXPAND_STEP_ROWS, one report each), or settle the
+        minima, or, once both are done, write the rest."""
         with self.lock:
             if self._dirty_since is None:
                 self.core.settle()
                 return
             if step:
-                with self.journal.transaction():
-                    if not self.journal.expand_pending(rows or EXPAND_STEP_ROWS):
-                        return  # more next time; still due
+                if self._unexpanded:
+                    with self.journal.transaction():
+                        self._unexpanded = not self.journal.expand_pending(
+                            rows or EXPAND_STEP_ROWS
+                        )
+                    return
+                if self.core.unsettled:
+                    self.core.settle()
+                    return
             self.core.settle()
             st = self.state
             t = np.flatnonzero(self._dirty)
             ids, names, agents = st.space_ids, STATE_NAMES, st.agents
             with self.journal.transaction() as conn:
                 self.journal.expand_pending()
+                self._unexpanded = False
                 if len(t):
                     self.journal.put_spaces(
                         zip(

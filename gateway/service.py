@@ -453,7 +453,8 @@ class GatewayService:
                 self.client.publish(topic, payload, qos=qos, retain=retain)
             if warming and not self._pending:
                 now = time.monotonic()
-                if now - self._last_warm >= self._keep_warm_s:
+                # never ahead of a report already waiting in the socket
+                if now - self._last_warm >= self._keep_warm_s and not self._readable():
                     self._last_warm = now
                     self._rehearse()
         self._disconnect()

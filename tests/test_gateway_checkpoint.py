@@ -159,9 +159,9 @@ def test_a_report_without_changes_is_checkpointed_too(example_site, tmp_path):
 
 
 def test_the_checkpoint_expands_a_backlog_step_by_step(example_site, tmp_path):
-    """Under load the service flushes in steps of a few reports, so a report arriving
-    meanwhile waits a millisecond, not for the whole backlog; the rest of the checkpoint
-    (spaces, signs, mark) comes with the last step."""
+    """Under load the service flushes in steps, so a report arriving meanwhile waits for
+    one small piece, not for the whole backlog: a few reports expanded per step, then the
+    core's minima settled, then the rest of the checkpoint (spaces, signs, mark) last."""
     from gateway.live import EXPAND_STEP_ROWS
 
     journal, gw, bus, spaces = _deferred_gateway(example_site, tmp_path / "journal.sqlite")
@@ -175,15 +175,23 @@ def test_the_checkpoint_expands_a_backlog_step_by_step(example_site, tmp_path):
         return journal.conn.execute("SELECT count(*) FROM pending_changes").fetchone()[0]
 
     mark = journal.checkpoint_event()
-    steps = 0
+    assert gw.core.unsettled > 0
+    pieces = []
     while gw.checkpoint_due(0.0):
-        before = pending()
+        before, unsettled = pending(), gw.core.unsettled
         gw.flush_checkpoint(step=True)
-        steps += 1
-        assert pending() == max(0, before - EXPAND_STEP_ROWS)
-        if pending():
+        if before:
+            assert pending() == max(0, before - EXPAND_STEP_ROWS)
+            assert gw.core.unsettled == unsettled  # one piece per step
+            pieces.append("expand")
+        elif unsettled:
+            assert gw.core.unsettled == 0
+            pieces.append("settle")
+        else:
+            pieces.append("write")
+        if gw.checkpoint_due(0.0):
             assert journal.checkpoint_event() == mark  # spaces and signs wait for the last step
-    assert steps == 4
+    assert pieces == ["expand"] * 4 + ["settle", "write"]
     assert journal.checkpoint_event() == journal.last_event_id() == mark + n_reports
     assert [(a.agent, a.seq) for a in journal.agents()] == [("a1", 1 + n_reports)]
     rows = {r[0]: r[1] for r in journal.spaces()}
