@@ -4,7 +4,7 @@ Prints one JSON line::
 
     {"bench": "gateway_path", "batch": 10, "warm": {"first_sign_p50_us": ..., ...},
      "after_idle": {...}, "kept_warm": {...}, "rehearsal_p50_us": ..., "rehearsal_cpu_share": ...,
-     "stages_after_idle_p50_us": {"decode": ..., ...},
+     "stages_after_idle_p50_us": {"accept": ..., ...},
      "baseline_json_loads_p50_us": {"warm": ..., "after_idle": ...}}
 
 What it measures: ``LiveGateway.handle_batch`` on the example site with a real journal
@@ -139,8 +139,7 @@ def main() -> int:
     rehearsal_us = float(np.percentile(np.array(rehearsals) * 1e6, 50))
     # then the steps, wrapped on this instance only (the runs above are unwrapped)
     for obj, name, label in (
-        (live, "decode_report", "decode"),
-        (gw.gate, "check", "gate"),
+        (gw.gate, "accept", "accept"),
         (gw.state, "observe", "observe"),
         (gw.core, "update_many", "core"),
         (gw, "_journal", "journal"),

@@ -41,7 +41,6 @@ from gateway.ingest import (
     RejectionLog,
     ReportGate,
     decode,
-    decode_report,
 )
 from gateway.journal import History, Journal
 from gateway.readside import AgentStatus, Counters, LiveEvent, SpaceStatus
@@ -361,10 +360,7 @@ class LiveGateway:
         if last is None:
             return False
         with self.lock:
-            report = decode_report(*last)
-            if isinstance(report, Rejection):  # cannot happen: it was accepted
-                return False
-            self.gate.check(report.model_copy(update={"seq": report.seq + 1}), self.state.obs_since)
+            self.gate.accept(*last, self.state.obs_since, as_next=True)
             lf, lu, lt = self.core.line_free, self.core.line_unknown, self.core.line_total
             lf_l, lu_l, lt_l = lf.tolist(), lu.tolist(), lt.tolist()
             now = self._clock()
@@ -431,11 +427,7 @@ class LiveGateway:
     ) -> None:
         """Validate a report and apply it to the state arrays; the caller flushes (journal,
         core, publish)."""
-        report = decode_report(agent, payload)
-        if isinstance(report, Rejection):
-            self._reject(report, topic, payload)
-            return
-        acc = self.gate.check(report, self.state.obs_since)
+        acc = self.gate.accept(agent, payload, self.state.obs_since)
         if isinstance(acc, Rejection):
             self._reject(acc, topic, payload)
             return

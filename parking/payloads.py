@@ -20,8 +20,11 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 StateName = Literal["free", "occupied", "unknown", "closed"]
 assert set(STATE_NAMES) == {"free", "occupied", "unknown", "closed"}
 
-Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-Timestamp = Annotated[float, Field(ge=0, le=4102444800, description="UNIX seconds, UTC")]
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+MAX_TIMESTAMP = 4102444800  # 2100-01-01: a later one is a unit error (ms for s)
+MAX_OBSERVATIONS = 10000  # per occupancy report
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=IDENTIFIER_PATTERN)]
+Timestamp = Annotated[float, Field(ge=0, le=MAX_TIMESTAMP, description="UNIX seconds, UTC")]
 
 
 class _Payload(BaseModel):
@@ -52,7 +55,7 @@ class OccupancyReport(_Payload):
     seq: int = Field(ge=0)
     ts: Timestamp
     kind: Literal["delta", "snapshot"]
-    spaces: list[SpaceObservation] = Field(max_length=10000)
+    spaces: list[SpaceObservation] = Field(max_length=MAX_OBSERVATIONS)
 
 
 class DetectorHealth(_Payload):

@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+from parking.payloads import Identifier as Ident
+
 Point = Annotated[list[float], Field(min_length=2, max_length=2, description="[x, y]")]
 SpaceRef = Annotated[
     str,
