@@ -22,7 +22,9 @@ from parking.states import SpaceState
 
 UNKNOWN, FREE, OCCUPIED, CLOSED = (int(s) for s in SpaceState)
 N_STATES = len(SpaceState)
-SMALL = 16  # changes up to which per-item Python is cheaper than numpy's scatter calls
+# changes up to which per-item Python beats numpy's scatter calls (the same at 50 changes
+# on a warm CPU, 30 % cheaper after a 5 ms pause: each numpy call pays the cold start)
+SMALL = 64
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ def test_incremental_equals_reference_and_recompute(data):
     # few events so that pending changes pile up (and cancel out) in between
     lazy = data.draw(st.booleans())
     core.lazy_minima = lazy
-    core.batch_min = data.draw(st.sampled_from([2, 24]))  # the vectorized batch path too
+    core.batch_min = data.draw(st.sampled_from([2, 64]))  # the vectorized batch path too
     n_s, n_e, n_c = layout.n_spaces, layout.n_entrances, layout.n_classes
     np.testing.assert_array_equal(layout.cost, np.array(ref.cost).reshape(n_e, n_s))
     now = 1000.0

@@ -81,6 +81,12 @@ def test_a_crash_before_the_checkpoint_loses_nothing(example_site, tmp_path):
     assert gw.checkpoint_due(0.0)
     # committed as one packed row each (the report, the closure), not yet expanded to events
     assert journal.conn.execute("SELECT count(*) FROM pending_changes").fetchone()[0] == 2
+    packed = [
+        json.loads(c)
+        for (c,) in journal.conn.execute("SELECT changes FROM pending_changes ORDER BY id")
+    ]
+    assert packed[0] == [[s, "free", "occupied"] for s in spaces[:5]]
+    assert packed[1] == [[spaces[7], "free", "closed"]]  # its source: the row's, "manager"
     assert journal.checkpoint_event() == journal.last_event_id()
     # the fast restart path must not republish signs older than the events
     assert stored_signs(db) == []
