@@ -787,9 +787,12 @@ class AllocationCore:
         states = np.asarray(states, dtype=np.int64).reshape(-1)
         if len(spaces) != len(states):
             raise ValueError("spaces and states differ in length")
-        if len(states) and not (states.min() >= UNKNOWN and states.max() <= CLOSED):
+        # checked whole before anything changes; on lists: a few numpy reductions cost
+        # more than the changes themselves after a quiet spell
+        space_l, state_l = spaces.tolist(), states.tolist()
+        if state_l and not (min(state_l) >= UNKNOWN and max(state_l) <= CLOSED):
             raise ValueError("space state codes must be 0..3 (SpaceState)")
-        if len(spaces) and not (spaces.min() >= 0 and spaces.max() < self._n_s):
+        if space_l and not (min(space_l) >= 0 and max(space_l) < self._n_s):
             raise IndexError("space index out of range")
         # lazy minima make a change cheap (counts only): a recompute pays off later
         if len(spaces) * (2 if self.lazy_minima else 8) > self._n_s:
@@ -808,7 +811,7 @@ class AllocationCore:
         if self.lazy_minima and len(spaces) > self.batch_min:
             self._update_batch(spaces, states, now)
             return
-        for s, st in zip(spaces.tolist(), states.tolist(), strict=True):
+        for s, st in zip(space_l, state_l, strict=True):
             self.update(s, st, now)
 
     def _update_batch(self, spaces: np.ndarray, states: np.ndarray, now: float) -> None:
