@@ -40,10 +40,6 @@ class LineLayout:
             tuple(d.id for d in site.displays), tuple(first), np.array(owner, dtype=np.int64)
         )
 
-    def displays_of(self, lines: np.ndarray) -> list[int]:
-        """Indices of the displays owning the given line indices."""
-        return sorted(set(self.line_display[lines].tolist()))
-
 
 def render_line(
     label: LocalText, arrow: str, free: int, unknown: int, total: int, fallback_fraction: float

@@ -180,10 +180,9 @@ class LiveGateway:
         self._entrance = {e: i for i, e in enumerate(self.layout.entrances)}
         self._class = {c: i for i, c in enumerate(self.layout.classes)}
         self._zone_name = {z.id: z.name for z in site.zones}
-        n_lines = len(self.lines.line_display)
-        self._lf = np.full(n_lines, -1, dtype=np.int64)
-        self._lu = np.full(n_lines, -1, dtype=np.int64)
-        self._lt = np.full(n_lines, -1, dtype=np.int64)
+        # (free, unknown, total) of every display line as last rendered, and its display
+        self._line_seen = [(-1, -1, -1)] * len(self.lines.line_display)
+        self._line_owner: list[int] = self.lines.line_display.tolist()
         self._shown: dict[int, tuple[RenderedLine, ...]] = {}
         self._shown_ts: dict[int, float] = {}
         self._zone_published: dict[int, tuple[int, ...]] = {}
@@ -774,10 +773,12 @@ class LiveGateway:
             d, self.core.line_free, self.core.line_unknown, self.core.line_total
         )
 
+    def _line_counts(self) -> tuple[list[int], list[int], list[int]]:
+        core = self.core
+        return core.line_free.tolist(), core.line_unknown.tolist(), core.line_total.tolist()
+
     def _snapshot_lines(self) -> None:
-        self._lf[:] = self.core.line_free
-        self._lu[:] = self.core.line_unknown
-        self._lt[:] = self.core.line_total
+        self._line_seen = list(zip(*self._line_counts(), strict=True))
 
     def _changed_signs(self, now: float) -> list[_Sign]:
         """Signs whose rendered lines differ from what they show."""
@@ -786,15 +787,16 @@ class LiveGateway:
     def _iter_changed_signs(self, now: float) -> Iterator[_Sign]:
         """The same, one sign at a time (only lines that moved are looked at): the caller
         may publish each before the next is rendered."""
-        lf, lu, lt = self.core.line_free, self.core.line_unknown, self.core.line_total
-        moved = np.flatnonzero((lf != self._lf) | (lu != self._lu) | (lt != self._lt))
-        if len(moved) == 0:
+        lf_l, lu_l, lt_l = self._line_counts()  # once for every display
+        # compared as lists: a dozen numpy calls cost more than this on a cold CPU, and a
+        # site has hundreds of lines, not millions
+        now_seen = list(zip(lf_l, lu_l, lt_l, strict=True))
+        seen, self._line_seen = self._line_seen, now_seen
+        if now_seen == seen:
             return
-        self._lf[moved] = lf[moved]
-        self._lu[moved] = lu[moved]
-        self._lt[moved] = lt[moved]
-        lf_l, lu_l, lt_l = lf.tolist(), lu.tolist(), lt.tolist()  # once for every display
-        for d in self.lines.displays_of(moved):
+        owner = self._line_owner
+        moved = {owner[i] for i, (a, b) in enumerate(zip(now_seen, seen, strict=True)) if a != b}
+        for d in sorted(moved):
             lines = self.renderer.lines(d, lf_l, lu_l, lt_l)
             if lines != self._shown.get(d):  # cached lines: compared by identity
                 yield self._sign(d, lines, now)

@@ -57,13 +57,6 @@ def test_render_lines_follows_the_site_line_order(example_site):
         assert [ln.count for ln in lines] == list(range(first + 1, first + 1 + len(disp.lines)))
 
 
-def test_displays_of_maps_lines_to_their_sign(example_site):
-    layout = LineLayout.from_site(example_site)
-    last_of_first = len(example_site.displays[0].lines) - 1
-    assert layout.displays_of(np.array([0, last_of_first])) == [0]
-    assert layout.displays_of(np.array([last_of_first + 1])) == [1]
-
-
 def test_content_expires_after_the_site_setting(example_site):
     layout = LineLayout.from_site(example_site)
     n = len(layout.line_display)
