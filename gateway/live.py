@@ -352,8 +352,8 @@ class LiveGateway:
 
     def rehearse(self) -> bool:
         """Run the read-only steps of the report path on the last accepted report, as if it
-        came again with the next sequence number: decode, check, render and encode every
-        sign, read the journal. Nothing changes and nothing is sent. Between reports this
+        came again with the next sequence number: accept it (decode and check), render and
+        encode every sign, read the journal. Nothing changes and nothing is sent. Between reports this
         keeps that code and its data in the CPU's caches, so the next report is not handled
         several times slower after a quiet spell (docs/architecture.md, "Keeping warm").
         False when there is no report to rehearse."""

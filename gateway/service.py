@@ -111,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=KEEP_WARM_MS,
         help=f"while reports come more often than every {KEEP_WARM_FOR_S:g} s, rehearse the "
         "report path (read-only) every this many ms of idle time, so the next report is "
-        "handled at warm-cache speed: about 0.35 ms sooner for 13-21 %% of a core meanwhile "
+        "handled at warm-cache speed: about 0.35 ms sooner for 15-20 %% of a core meanwhile "
         f"(default {KEEP_WARM_MS:g}; 0 turns it off)",
     )
 
