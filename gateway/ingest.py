@@ -77,7 +77,7 @@ class Rejection:
     detail: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs several times more
 class AcceptedReport:
     """The accepted part of one report; arrays are aligned and indexed by observation."""
 
