@@ -264,3 +264,111 @@ def test_occluders_and_intruders_are_cut_from_photographs_only() -> None:
     samples += [_sample("synthetic", 1), _sample("cnrpark", 1)]
     free, busy = T.paste_pools(samples)
     assert free.tolist() == [0] and busy.tolist() == [2, 4]
+
+
+# ----------------------------------------------------------------------------- weight averaging
+
+
+def test_ema_follows_the_formula_with_warm_up() -> None:
+    """The plain mean of the first weights, then decay 0.9 from the tenth update on."""
+    avg = T.WeightAverage(0.9)
+    ws = [np.array([float(i), 2.0 * i]) for i in range(1, 40)]
+    expected = ws[0].copy()
+    avg.update(1, {"w": ws[0]})
+    for n, w in enumerate(ws[1:], start=1):
+        avg.update(n + 1, {"w": w})
+        d = min(0.9, n / (n + 1))
+        expected = expected * d + w * (1 - d)
+    np.testing.assert_allclose(avg.avg["w"], expected)
+    assert avg.count == len(ws)
+    # late weights dominate, but the average lags behind the last ones
+    assert ws[-12][0] < avg.avg["w"][0] < ws[-1][0]
+
+
+def test_mean_from_a_step_is_the_plain_mean_of_the_later_weights() -> None:
+    avg = T.WeightAverage(None, start=4)
+    for step in range(1, 11):
+        avg.update(step, {"a": np.full(3, float(step)), "b": np.array([step**2.0])})
+    assert avg.count == 7
+    np.testing.assert_allclose(avg.avg["a"], np.full(3, np.mean(range(4, 11))))
+    np.testing.assert_allclose(avg.avg["b"], [np.mean([s**2.0 for s in range(4, 11)])])
+
+
+def test_weight_average_copies_the_first_weights_and_rejects_bad_decays() -> None:
+    w = np.array([1.0, 2.0])
+    avg = T.WeightAverage(0.5)
+    avg.update(1, {"w": w})
+    w[:] = 99.0  # the caller's buffer changes afterwards (torch updates in place)
+    np.testing.assert_array_equal(avg.avg["w"], [1.0, 2.0])
+    for bad in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError):
+            T.WeightAverage(bad)
+
+
+def test_averaging_does_not_change_the_training_and_is_what_gets_loaded() -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    samples = [
+        T.Sample(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), i % 2, "cnrpark", "d")
+        for i in range(8)
+    ]
+    plain = T.train(samples, 16, 4, 4, 1e-3, 0, 0.4)
+    avg = T.WeightAverage(None, start=3)
+    averaged_run = T.train(samples, 16, 4, 4, 1e-3, 0, 0.4, averages=[avg])
+    for a, b in zip(plain.state_dict().values(), averaged_run.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # same trajectory, same last weights
+    assert avg.count == 2
+    loaded = T.load_average(averaged_run, avg)
+    for k, v in loaded.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, avg.avg[k])
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.state_dict().values(), plain.state_dict().values(), strict=True)
+    )
+    with pytest.raises(ValueError):
+        T.load_average(plain, T.WeightAverage(0.99))
+
+
+def test_cli_rejects_bad_weight_averages(tmp_path: Path) -> None:
+    for args in (["--ema", "1.0"], ["--swa", "0"], ["--ema", "0.99", "--swa", "0.3"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["--cnrpark", str(tmp_path), "--out", str(tmp_path / "m.onnx"), *args])
+        assert exc.value.code == 2
+
+
+# ----------------------------------------------------------------------------- occluders
+
+
+def test_occluders_can_be_restricted_to_some_days() -> None:
+    samples = [
+        T.Sample(np.zeros((4, 4, 3), np.uint8), 0, "cnrpark", "20150708"),
+        T.Sample(np.zeros((4, 4, 3), np.uint8), 0, "cnrpark", "20150703"),
+        T.Sample(np.zeros((4, 4, 3), np.uint8), 1, "cnrpark", "20150708"),
+        T.Sample(np.zeros((4, 4, 3), np.uint8), 0, "pklot", "2013-02-22"),
+        T.Sample(np.zeros((4, 4, 3), np.uint8), 0, "synthetic", "20150708"),
+    ]
+    free, busy = T.paste_pools(samples, {"20150708"})
+    assert free.tolist() == [0] and busy.tolist() == [2]
+    free, _ = T.paste_pools(samples, {"19990101"})  # day not trained on: all free photographs
+    assert free.tolist() == [0, 1, 3]
+
+
+def test_occluder_size_scales_the_covered_area() -> None:
+    img = np.zeros((32, 32, 3), np.uint8)
+    other = np.full((32, 32, 3), 200, np.uint8)
+
+    def covered(scale: float) -> float:
+        return float(
+            np.mean(
+                [
+                    (T._occlude(img, other, np.random.default_rng(s), scale)[..., 0] > 100).mean()
+                    for s in range(40)
+                ]
+            )
+        )
+
+    default = T._occlude(img, other, np.random.default_rng(0))  # scale 1 by default
+    assert np.array_equal(default, T._occlude(img, other, np.random.default_rng(0), 1.0))
+    assert covered(1.5) > 1.5 * covered(1.0)
+    assert T.AUG["occlude"] == 0.3 and T.AUG["occlude_size"] == 1.0  # the v3 recipe

