@@ -362,8 +362,7 @@ class LiveGateway:
             return False
         with self.lock:
             self.gate.accept(*last, self.state.obs_since, as_next=True)
-            lf, lu, lt = self.core.line_free, self.core.line_unknown, self.core.line_total
-            lf_l, lu_l, lt_l = lf.tolist(), lu.tolist(), lt.tolist()
+            lf_l, lu_l, lt_l = self._line_counts()
             now = self._clock()
             for d in range(len(self.site.displays)):
                 self.renderer.payload(d, self.renderer.lines(d, lf_l, lu_l, lt_l), now)
