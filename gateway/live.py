@@ -350,21 +350,27 @@ class LiveGateway:
         elif kind == "control/spaces":
             self._on_control(topic, parsed.ident, payload)
 
-    def rehearse(self) -> bool:
+    def rehearse(self, interrupted: Callable[[], bool] = lambda: False) -> bool:
         """Run the read-only steps of the report path on the last accepted report, as if it
         came again with the next sequence number: accept it (decode and check), render and
         encode every sign, read the journal. Nothing changes and nothing is sent. Between reports this
         keeps that code and its data in the CPU's caches, so the next report is not handled
         several times slower after a quiet spell (docs/architecture.md, "Keeping warm").
-        False when there is no report to rehearse."""
+        ``interrupted`` is asked between the steps (a few tens of microseconds each): when
+        it says a report is waiting, the rest is skipped, so a report never waits behind a
+        whole rehearsal. False when there is no report to rehearse."""
         last = self._last_report
         if last is None:
             return False
         with self.lock:
             self.gate.accept(*last, self.state.obs_since, as_next=True)
+            if interrupted():
+                return True
             lf_l, lu_l, lt_l = self._line_counts()
             now = self._clock()
             for d in range(len(self.site.displays)):
+                if interrupted():
+                    return True
                 self.renderer.payload(d, self.renderer.lines(d, lf_l, lu_l, lt_l), now)
             self.journal.last_event_id()
         return True
@@ -692,13 +698,16 @@ class LiveGateway:
         since = self._dirty_since
         return since is not None and self._mono() - since >= max_age_s
 
-    def flush_checkpoint(self, step: bool = False, rows: int = 0) -> None:
+    def flush_checkpoint(
+        self, step: bool = False, rows: int = 0, interrupted: Callable[[], bool] | None = None
+    ) -> None:
         """Idle work: settle the core's best-space minima and write the checkpoint (current
         state of the spaces that moved, the signs shown, the InfluxDB outbox points, and
         the last event they include). With ``step``, one piece per call, each well under a
         millisecond so that a report arriving meanwhile hardly waits: expand a few pending
-        change rows (``rows``, default EXPAND_STEP_ROWS, one report each), or settle the
-        minima, or, once both are done, write the rest."""
+        change rows (``rows``, default EXPAND_STEP_ROWS, one report each; with
+        ``interrupted``, one row at a time until it says a report is waiting), or settle
+        the minima, or, once both are done, write the rest."""
         with self.lock:
             if self._dirty_since is None:
                 self.core.settle()
@@ -706,7 +715,14 @@ class LiveGateway:
             if step:
                 if self._unexpanded:
                     with self.journal.transaction():
-                        self._unexpanded = not self.journal.expand_pending(rows or EXPAND_STEP_ROWS)
+                        if interrupted is None:
+                            done = self.journal.expand_pending(rows or EXPAND_STEP_ROWS)
+                        else:
+                            for _ in range(rows or EXPAND_STEP_ROWS):
+                                done = self.journal.expand_pending(1)
+                                if done or interrupted():
+                                    break
+                        self._unexpanded = not done
                     return
                 if self.core.unsettled:
                     self.core.settle()

@@ -53,6 +53,8 @@ CHECKPOINT_MAX_S = 0.5
 # subscribers need the CPU more than the checkpoint does.
 QUIET_S = 0.002
 OVERDUE_STEP_ROWS = 16  # reports expanded per round once the checkpoint is overdue
+# reports expanded per quiet step at most: one at a time, until a message is waiting
+QUIET_STEP_ROWS = 8
 # Keeping warm (LiveGateway.rehearse): while reports come often (one within KEEP_WARM_FOR_S),
 # the idle loop rehearses the report path every --keep-warm-ms, so the next report does
 # not find its code and data evicted from the CPU's caches (3-5x slower on shared VMs).
@@ -216,6 +218,8 @@ class GatewayService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
+        self._polled: object = None  # the socket self._poller watches
+        self._poller = select.poll()
         self._pending: list[tuple[str, bytes, float, int, int]] = []
         self._draining = self._corked = False
         self._last_drain = 0.0  # monotonic time the last batch was handled
@@ -341,14 +345,19 @@ class GatewayService:
         return c.loop_misc()
 
     def _readable(self) -> bool:
+        """Is a message waiting in the socket? Asked between the pieces of idle work, so it
+        must be cheap: one poll() on a poller kept per socket (~1 us; select() ~2.5 us)."""
         sock = self.client.socket()
         if sock is None:
             return False
         pending = getattr(sock, "pending", None)
         if pending is not None and pending():  # TLS: bytes already decrypted
             return True
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable)
+        if sock is not self._polled:
+            self._poller = select.poll()
+            self._poller.register(sock, select.POLLIN)
+            self._polled = sock
+        return bool(self._poller.poll(0))
 
     def _drain(self) -> None:
         """Handle the collected messages as one batch; acknowledge them once journaled."""
@@ -389,9 +398,11 @@ class GatewayService:
             return False
         return True
 
-    def _flush_checkpoint(self, step: bool = False, rows: int = 0) -> None:
+    def _flush_checkpoint(
+        self, step: bool = False, rows: int = 0, interrupted: Callable[[], bool] | None = None
+    ) -> None:
         try:
-            self.gateway.flush_checkpoint(step, rows)
+            self.gateway.flush_checkpoint(step, rows, interrupted)
         except Exception:
             log.exception("writing the journal checkpoint failed (retried; events are safe)")
 
@@ -447,7 +458,8 @@ class GatewayService:
                 and time.monotonic() - self._last_drain >= QUIET_S
                 and not self._readable()
             ):
-                self._flush_checkpoint(step=True)  # quiet: a step
+                # quiet: a step, cut short when a report comes
+                self._flush_checkpoint(step=True, rows=QUIET_STEP_ROWS, interrupted=self._readable)
             while self._from_other_threads:
                 topic, payload, qos, retain = self._from_other_threads.popleft()
                 self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -461,7 +473,7 @@ class GatewayService:
 
     def _rehearse(self) -> None:
         try:
-            if self.gateway.rehearse():
+            if self.gateway.rehearse(self._readable):
                 self.rehearsals += 1
         except Exception:  # it only warms caches: never let it stop the loop
             log.exception("rehearsing the report path failed; keeping warm is turned off")

@@ -205,6 +205,42 @@ def test_the_checkpoint_expands_a_backlog_step_by_step(example_site, tmp_path):
     journal.close()
 
 
+def test_a_waiting_report_cuts_an_expansion_step_short(example_site, tmp_path):
+    """The quiet step expands one report at a time and stops as soon as a message waits
+    (``interrupted``), committing what it did; what is left goes in the next steps, and
+    the checkpoint ends the same."""
+    journal, gw, bus, spaces = _deferred_gateway(example_site, tmp_path / "journal.sqlite")
+    n_reports = 7
+    for k in range(n_reports):
+        gw.handle(
+            *_report(example_site, "a1", bus, 2 + k, {spaces[k]: "occupied"}, "delta", T0 + k)
+        )
+
+    def pending() -> int:
+        return journal.conn.execute("SELECT count(*) FROM pending_changes").fetchone()[0]
+
+    asked = []
+
+    def after_two() -> bool:  # a message arrives while the second report is expanded
+        asked.append(1)
+        return len(asked) >= 2
+
+    gw.flush_checkpoint(step=True, rows=8, interrupted=after_two)
+    assert len(asked) == 2 and pending() == n_reports - 2  # committed, not rolled back
+    events = journal.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    assert events >= 2
+    gw.flush_checkpoint(step=True, rows=8, interrupted=lambda: False)  # quiet: the rest
+    assert pending() == 0
+    assert journal.conn.execute("SELECT count(*) FROM events").fetchone()[0] == events + 5
+    while gw.checkpoint_due(0.0):
+        gw.flush_checkpoint(step=True, rows=8, interrupted=lambda: False)
+    assert journal.checkpoint_event() == journal.last_event_id()
+    assert [(a.agent, a.seq) for a in journal.agents()] == [("a1", 1 + n_reports)]
+    rows = {r[0]: r[1] for r in journal.spaces()}
+    assert [rows[s] for s in spaces[: n_reports + 1]] == ["occupied"] * n_reports + ["free"]
+    journal.close()
+
+
 def test_a_restart_reuses_the_lane_distances(example_site, tmp_path):
     """The driving distances are kept in the journal: a restarted gateway skips Dijkstra
     and scipy's import (most of its start-up), with the same costs; another lane graph

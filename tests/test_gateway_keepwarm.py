@@ -85,6 +85,34 @@ def test_a_rehearsal_changes_nothing_and_sends_nothing(example_site, tmp_path):
     )
 
 
+def test_a_waiting_report_cuts_a_rehearsal_short(example_site, tmp_path):
+    """The rehearsal asks between its steps whether a message is waiting and stops there:
+    a report waits for one step (one sign rendered), never for the whole rehearsal."""
+    gw = LiveGateway(example_site, Journal(tmp_path / "journal.db"), lambda *a: None)
+    gw.publish_all()
+    bus = example_site.buses[0].id
+    spaces = example_site.spaces_of_source(bus)
+    gw.handle(*_report(example_site.id, "a1", bus, 1, dict.fromkeys(spaces, "free"), "snapshot"))
+    rendered: list[int] = []
+    payload = gw.renderer.payload
+    gw.renderer.payload = lambda d, *a: rendered.append(d) or payload(d, *a)  # type: ignore[method-assign]
+    n_displays = len(example_site.displays)
+    assert n_displays >= 3
+    asked: list[int] = []
+    assert gw.rehearse(lambda: asked.append(1) or False) is True  # never interrupted
+    assert rendered == list(range(n_displays)) and len(asked) == 1 + n_displays
+    rendered.clear()
+    asked.clear()
+    before = _observable(gw)
+    assert gw.rehearse(lambda: asked.append(1) or len(asked) >= 3) is True
+    assert rendered == [0]  # accepted, one sign rendered, then the report came
+    assert len(asked) == 3
+    assert _same(_observable(gw), before)
+    rendered.clear()
+    assert gw.rehearse(lambda: True) is True  # a report already waiting after the accept
+    assert rendered == []
+
+
 @pytest.mark.timeout(60)
 def test_the_service_rehearses_only_while_reports_flow(tmp_path, mosquitto, monkeypatch):
     import gateway.service as service_module
