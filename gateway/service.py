@@ -52,7 +52,7 @@ CHECKPOINT_MAX_S = 0.5
 # Idle means no message for QUIET_S: right after a report the broker and the sign's
 # subscribers need the CPU more than the checkpoint does.
 QUIET_S = 0.002
-OVERDUE_STEP_ROWS = 16  # reports expanded per round once the checkpoint is overdue
+OVERDUE_STEP_ROWS = 16  # per round once the checkpoint is overdue: at most, until a message waits
 # reports expanded per quiet step at most: one at a time, until a message is waiting
 QUIET_STEP_ROWS = 8
 # Keeping warm (LiveGateway.rehearse): while reports come often (one within KEEP_WARM_FOR_S),
@@ -447,12 +447,18 @@ class GatewayService:
                 rc = self._network(0.0)
             if self._pending:
                 self._drain()
-                self._last_drain = time.monotonic()
+                # handling the batch warmed the path: the next rehearsal is due a full
+                # --keep-warm-ms later, not at once while the broker and the sign's
+                # subscribers need the CPU for what was just published
+                self._last_drain = self._last_warm = time.monotonic()
             if self.gateway.checkpoint_due(2 * CHECKPOINT_MAX_S):
                 self._flush_checkpoint()  # steps do not keep up: all of it, bounded at ~1 s
             elif self.gateway.checkpoint_due(CHECKPOINT_MAX_S):
-                # never quiet for long: a larger step on every round
-                self._flush_checkpoint(step=True, rows=OVERDUE_STEP_ROWS)
+                # never quiet for long: a larger step on every round (at least one
+                # report expanded, more until a message is waiting)
+                self._flush_checkpoint(
+                    step=True, rows=OVERDUE_STEP_ROWS, interrupted=self._readable
+                )
             elif (
                 self.gateway.checkpoint_due(CHECKPOINT_MIN_S)
                 and time.monotonic() - self._last_drain >= QUIET_S
