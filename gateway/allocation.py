@@ -728,14 +728,19 @@ class AllocationCore:
             np.compress(avail, lo.zone_kindset), minlength=n_z * n_g
         ).reshape(n_z, n_g)
         per_zone = np.rint(zone_kindset @ self._kindset_ext).astype(np.int64)  # (Z, C + 1)
-        n_l, pl, pz, zc = len(self._line_cols), self._pair_line, self._pair_zone, self._zone_counts
+        n_l, pl, pz, counts = (
+            len(self._line_cols),
+            self._pair_line,
+            self._pair_zone,
+            self._zone_counts,
+        )
 
         def per_line(per_pair: np.ndarray) -> np.ndarray:
             return np.bincount(pl, weights=per_pair, minlength=n_l).astype(np.int64)
 
         self.line_free = per_line(per_zone[pz, self._pair_col])
-        self.line_unknown = per_line(zc[pz, UNKNOWN])
-        self.line_total = per_line((zc.sum(axis=1) - zc[:, CLOSED])[pz])
+        self.line_unknown = per_line(counts[pz, UNKNOWN])
+        self.line_total = per_line((counts.sum(axis=1) - counts[:, CLOSED])[pz])
         self._make_views()
 
     _VIEWS = ("_state_v", "_zc_v", "_lf_v", "_lu_v", "_lt_v")

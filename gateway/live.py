@@ -705,9 +705,9 @@ class LiveGateway:
         state of the spaces that moved, the signs shown, the InfluxDB outbox points, and
         the last event they include). With ``step``, one piece per call, each well under a
         millisecond so that a report arriving meanwhile hardly waits: expand a few pending
-        change rows (``rows``, default EXPAND_STEP_ROWS, one report each; with
-        ``interrupted``, one row at a time until it says a report is waiting), or settle
-        the minima, or, once both are done, write the rest."""
+        change rows (``rows``, default EXPAND_STEP_ROWS), one report at a time, and stop
+        early when ``interrupted`` says a report is waiting; or settle the minima; or,
+        once both are done, write the rest."""
         with self.lock:
             if self._dirty_since is None:
                 self.core.settle()
@@ -715,13 +715,10 @@ class LiveGateway:
             if step:
                 if self._unexpanded:
                     with self.journal.transaction():
-                        if interrupted is None:
-                            done = self.journal.expand_pending(rows or EXPAND_STEP_ROWS)
-                        else:
-                            for _ in range(rows or EXPAND_STEP_ROWS):
-                                done = self.journal.expand_pending(1)
-                                if done or interrupted():
-                                    break
+                        for _ in range(rows or EXPAND_STEP_ROWS):
+                            done = self.journal.expand_pending(1)
+                            if done or (interrupted is not None and interrupted()):
+                                break
                         self._unexpanded = not done
                     return
                 if self.core.unsettled:
