@@ -642,10 +642,9 @@ class AllocationCore:
             )
             for z in range(len(layout.zones))
         ]
-        self._lz = layout.line_zones.astype(np.int64)  # (L, Z) zones each line counts
         self._line_cols = np.where(layout.line_class < 0, n_c, layout.line_class)
-        # the (line, zone) pairs behind _lz, for recompute's per-line sums: a line counts
-        # a few zones, so summing pairs beats the dense (L, Z) product ~8x
+        # the (line, zone) pairs of the sign lines, for vectorized per-line sums: a line
+        # counts a few zones, so summing pairs beats a dense lines x zones product ~8x
         self._pair_line = layout.zone_lines.astype(np.int64)
         self._pair_zone = np.repeat(np.arange(len(layout.zones)), np.diff(layout.zone_lines_ptr))
         self._pair_col = self._line_cols[self._pair_line]
@@ -728,20 +727,17 @@ class AllocationCore:
             np.compress(avail, lo.zone_kindset), minlength=n_z * n_g
         ).reshape(n_z, n_g)
         per_zone = np.rint(zone_kindset @ self._kindset_ext).astype(np.int64)  # (Z, C + 1)
-        n_l, pl, pz, counts = (
-            len(self._line_cols),
-            self._pair_line,
-            self._pair_zone,
-            self._zone_counts,
-        )
-
-        def per_line(per_pair: np.ndarray) -> np.ndarray:
-            return np.bincount(pl, weights=per_pair, minlength=n_l).astype(np.int64)
-
-        self.line_free = per_line(per_zone[pz, self._pair_col])
-        self.line_unknown = per_line(counts[pz, UNKNOWN])
-        self.line_total = per_line((counts.sum(axis=1) - counts[:, CLOSED])[pz])
+        pz, counts = self._pair_zone, self._zone_counts
+        self.line_free = self._per_line(per_zone[pz, self._pair_col])
+        self.line_unknown = self._per_line(counts[pz, UNKNOWN])
+        self.line_total = self._per_line((counts.sum(axis=1) - counts[:, CLOSED])[pz])
         self._make_views()
+
+    def _per_line(self, per_pair: np.ndarray) -> np.ndarray:
+        """Sum a value given per (line, zone) pair into one per sign line."""
+        return np.bincount(
+            self._pair_line, weights=per_pair, minlength=len(self._line_cols)
+        ).astype(np.int64)
 
     _VIEWS = ("_state_v", "_zc_v", "_lf_v", "_lu_v", "_lt_v")
 
@@ -866,8 +862,9 @@ class AllocationCore:
         ).reshape(n_z, 4)
         if dz.any():
             self._zone_counts += dz
-            self.line_unknown += self._lz @ dz[:, UNKNOWN]
-            self.line_total -= self._lz @ dz[:, CLOSED]  # closed spaces are not in the total
+            pz = self._pair_zone
+            self.line_unknown += self._per_line(dz[pz, UNKNOWN])
+            self.line_total -= self._per_line(dz[pz, CLOSED])  # closed spaces are not counted
         slots = lo.space_slot[sp]
         avail = (new_eff == FREE) & (self.held_until[sp] == 0.0)
         flip = avail != self._avail_np[slots]
@@ -880,7 +877,7 @@ class AllocationCore:
             lo.zone_kindset[sp], weights=np.where(avail, 1.0, -1.0), minlength=n_z * n_g
         ).reshape(n_z, n_g)
         per_zone = np.rint(dzg @ self._kindset_ext).astype(np.int64)  # (Z, C + 1)
-        self.line_free += (self._lz * per_zone[:, self._line_cols].T).sum(axis=1)
+        self.line_free += self._per_line(per_zone[self._pair_zone, self._pair_col])
         g_classes, kind_of = self._g_classes, self._kindset_of_slot
         for p, s in zip(slots.tolist(), sp.tolist(), strict=True):
             if g_classes[kind_of[p]]:
