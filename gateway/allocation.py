@@ -787,10 +787,12 @@ class AllocationCore:
             raise ValueError(f"space state code {state} is not one of 0..3 (SpaceState)")
         if not 0 <= space < self._n_s:
             raise IndexError(f"space index {space} out of range")
-        space = int(space)
+        self._apply(int(space), state)
+
+    def _apply(self, space: int, state: int) -> None:
+        """One checked change (plain ints): the state, a hold it clears, the counts."""
         old = self._state_v[space]
-        unheld = state == OCCUPIED and space in self._holds
-        if unheld:
+        if state == OCCUPIED and space in self._holds:
             self.held_until[space] = 0.0
             del self._holds[space]
         elif old == state:
@@ -830,8 +832,11 @@ class AllocationCore:
         if self.lazy_minima and len(spaces) > self.batch_min:
             self._update_batch(spaces, states, now)
             return
+        if now > self.now:
+            self.now = float(now)
+        apply = self._apply  # checked whole above: no per-change checks
         for s, st in zip(space_l, state_l, strict=True):
-            self.update(s, st, now)
+            apply(s, st)
 
     def _update_batch(self, spaces: np.ndarray, states: np.ndarray, now: float) -> None:
         """Lazy minima: a batch of changes moves the counts in a few vectorized steps (the
