@@ -645,9 +645,9 @@ class AllocationCore:
         self._line_cols = np.where(layout.line_class < 0, n_c, layout.line_class)
         # the (line, zone) pairs of the sign lines, for vectorized per-line sums: a line
         # counts a few zones, so summing pairs beats a dense lines x zones product ~8x
-        self._pair_line = layout.zone_lines.astype(np.int64)
+        self._pair_line = layout.zone_lines
         self._pair_zone = np.repeat(np.arange(len(layout.zones)), np.diff(layout.zone_lines_ptr))
-        self._pair_col = self._line_cols[self._pair_line]
+        self._pair_col = layout.zone_lines_col
         self._set_eligibility(layout.kindset_eligibility(self.minute))
         self.recompute()
 
