@@ -3,7 +3,8 @@
 Prints one JSON line::
 
     {"bench": "pipeline", "results": [{"rate": 1000, "p50_ms": ..., "p99_ms": ...,
-      "relay_p50_ms": ..., "relay_p99_ms": ..., "reports": ..., "lost": ...}, {"rate": 10000, ...}],
+      "relay_p50_ms": ..., "relay_p99_ms": ..., "reports": ..., "lost": ..., "cpu_pct": ...,
+      "relay_cpu_pct": ...}, {"rate": 10000, ...}],
      "max_rate_p99_under_100ms": ..., "steps": [{"rate": ..., "p50_ms": ..., "p99_ms": ...}, ...]}
 
 Setup: one mosquitto on a free port (``set_tcp_nodelay true``, inflight and queue limits
@@ -55,7 +56,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -70,6 +73,7 @@ from parking import topics  # noqa: E402
 from parking.site import EXAMPLE_SITE, load_site  # noqa: E402
 
 PHASE_S = 4.0
+T = TypeVar("T")
 ROUNDS = 3  # interleaved relay/gateway rounds per headline rate
 WARMUP = 0.1
 DRAIN_S = 10.0  # after a phase, how long the last report may take before the rest count lost
@@ -263,6 +267,34 @@ def match_relay(sent, relayed) -> tuple[list[float], int]:
     return lat, len(sent) - len(lat)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """A process's CPU time over the phases measured with it, as a share of their wall time."""
+
+    def __init__(self, pid: int):
+        self.pid, self.cpu, self.wall = pid, 0.0, 0.0
+
+    def measure(self, phase: Callable[[], T]) -> T:
+        c0, t0 = cpu_seconds(self.pid), time.monotonic()
+        result = phase()
+        c1 = cpu_seconds(self.pid)
+        self.wall += time.monotonic() - t0
+        if c0 is not None and c1 is not None:
+            self.cpu += c1 - c0
+        return result
+
+    def percent(self) -> float | None:
+        return round(100 * self.cpu / self.wall, 1) if self.wall and cpu_seconds(self.pid) else None
+
+
 def warm(lat: list[float]) -> list[float]:
     """A phase's latencies without its warm-up."""
     return lat[int(len(lat) * WARMUP) :] or lat
@@ -346,26 +378,25 @@ def main() -> int:
         )
         procs.append(relay)
         gw_log = (tmp / "gateway.log").open("wb")
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "parkguide",
-                    "gateway",
-                    "--site",
-                    str(EXAMPLE_SITE),
-                    "--broker",
-                    f"mqtt://127.0.0.1:{port}",
-                    "--db",
-                    str(tmp / "journal.db"),
-                ],
-                stdout=gw_log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=ROOT,
-            )
+        gateway = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "parkguide",
+                "gateway",
+                "--site",
+                str(EXAMPLE_SITE),
+                "--broker",
+                f"mqtt://127.0.0.1:{port}",
+                "--db",
+                str(tmp / "journal.db"),
+            ],
+            stdout=gw_log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
         )
+        procs.append(gateway)
         if relay.stdout.readline().strip() != b"ready":
             raise RuntimeError("relay did not start")
         sign_topic = topics.display_content(site.id, "gate-north")
@@ -389,10 +420,15 @@ def main() -> int:
         steps = {}
         for rate in HEADLINE_RATES:
             r_lat, g_lat, r_lost, g_lost, g_reports = [], [], 0, 0, 0
+            relay_cpu, gateway_cpu = CpuMeter(relay.pid), CpuMeter(gateway.pid)
             for _ in range(ROUNDS):
-                lat, lost = run_relay_phase(pub, recv, rate, relay_model)
+                lat, lost = relay_cpu.measure(
+                    lambda: run_relay_phase(pub, recv, rate, relay_model)  # noqa: B023
+                )
                 r_lat, r_lost = r_lat + warm(lat), r_lost + lost
-                lat, lost = run_gateway_phase(pub, recv, rate, model, site.id)
+                lat, lost = gateway_cpu.measure(
+                    lambda: run_gateway_phase(pub, recv, rate, model, site.id)  # noqa: B023
+                )
                 g_lat, g_lost = g_lat + warm(lat), g_lost + lost
                 g_reports += len(lat) + lost
             p50, p99 = stats(g_lat)
@@ -408,6 +444,9 @@ def main() -> int:
                     "lost": g_lost,
                     "relay_lost": r_lost,
                     "p99_ratio": round(p99 / rp99, 2) if p99 and rp99 else None,
+                    # CPU time over the phases' wall time, in % of one core
+                    "cpu_pct": gateway_cpu.percent(),
+                    "relay_cpu_pct": relay_cpu.percent(),
                 }
             )
             steps[rate] = (p50, p99, g_lost)

@@ -1,6 +1,7 @@
 """Keeping warm: between reports the gateway rehearses the read-only part of the report path
 (LiveGateway.rehearse). A rehearsal must change nothing and send nothing, and the service
-rehearses only while reports flow."""
+rehearses only while reports flow. Busy-polling: right after reports, the service polls its
+socket for a bounded time instead of sleeping, and never on a quiet site."""
 
 from __future__ import annotations
 
@@ -150,16 +151,84 @@ def test_the_service_rehearses_only_while_reports_flow(tmp_path, mosquitto, monk
         edge.stop()
 
 
-def test_a_negative_keep_warm_is_refused(tmp_path):
+def _accepted(gw, n: int) -> None:
+    deadline = time.monotonic() + 5
+    while gw.gateway.accepted < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gw.gateway.accepted == n
+
+
+@pytest.mark.timeout(60)
+def test_the_service_busy_polls_only_for_its_window_after_reports(tmp_path, mosquitto):
+    site_path = site_variant(tmp_path)
+    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    try:
+        with running_gateway(
+            site_path, mosquitto.url, tmp_path / "j.db", keep_warm_ms=0, busy_poll_ms=100
+        ) as gw:
+            time.sleep(0.3)
+            assert gw.busy_polled_s == 0  # no report yet: no CPU spent
+            spaces = gw.site.spaces_of_source("bus-g")
+            edge.send({spaces[0]: "occupied"})
+            _accepted(gw, 1)
+            time.sleep(0.4)
+            polled = gw.busy_polled_s
+            # most of the 100 ms window (less what the checkpoint and the acks took), and
+            # never longer than the window
+            assert 0.03 < polled <= 0.11
+            time.sleep(0.3)
+            assert gw.busy_polled_s == polled  # quiet: it stopped
+            edge.send({spaces[1]: "occupied"})
+            _accepted(gw, 2)
+            time.sleep(0.3)
+            assert 0.06 < gw.busy_polled_s <= 0.22  # a new window after the new report
+        with running_gateway(
+            site_path, mosquitto.url, tmp_path / "j2.db", keep_warm_ms=0, busy_poll_ms=0
+        ) as gw:
+            edge.send({spaces[2]: "occupied"})
+            _accepted(gw, 1)
+            time.sleep(0.2)
+            assert gw.busy_polled_s == 0  # turned off
+    finally:
+        edge.stop()
+
+
+@pytest.mark.timeout(60)
+def test_busy_polling_is_off_under_real_time_scheduling(tmp_path, mosquitto, monkeypatch, caplog):
+    # a real-time thread that never sleeps would starve every normal task on its CPU
+    import os
+
+    monkeypatch.setattr(os, "sched_getscheduler", lambda pid: os.SCHED_FIFO)
+    site_path = site_variant(tmp_path)
+    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    try:
+        with (
+            caplog.at_level("INFO", logger="gateway.service"),
+            running_gateway(
+                site_path, mosquitto.url, tmp_path / "j.db", keep_warm_ms=0, busy_poll_ms=100
+            ) as gw,
+        ):
+            spaces = gw.site.spaces_of_source("bus-g")
+            edge.send({spaces[0]: "occupied"})
+            _accepted(gw, 1)
+            time.sleep(0.2)
+            assert gw.busy_polled_s == 0
+        assert "real-time scheduling: busy-polling turned off" in caplog.text
+    finally:
+        edge.stop()
+
+
+@pytest.mark.parametrize("flag", ["--keep-warm-ms", "--busy-poll-ms"])
+def test_a_negative_idle_option_is_refused(tmp_path, flag):
     site_path = site_variant(tmp_path)
     r = subprocess.run(
         [sys.executable, "-m", "parkguide", "gateway", "--site", str(site_path)]
         + ["--broker", "mqtt://127.0.0.1:1", "--db", str(tmp_path / "j.db")]
-        + ["--keep-warm-ms", "-1"],
+        + [flag, "-1"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert r.returncode == 2
-    assert "--keep-warm-ms -1" in r.stderr and "must be 0 (off) or more" in r.stderr
+    assert f"{flag} -1" in r.stderr and "must be 0 (off) or more" in r.stderr
     assert not (tmp_path / "j.db").exists()  # refused before anything was opened
