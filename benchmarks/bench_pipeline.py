@@ -72,8 +72,9 @@ from parkguide.supervisor import stop_process  # noqa: E402
 from parking import topics  # noqa: E402
 from parking.site import EXAMPLE_SITE, load_site  # noqa: E402
 
-PHASE_S = 4.0
 T = TypeVar("T")
+
+PHASE_S = 4.0
 ROUNDS = 3  # interleaved relay/gateway rounds per headline rate
 WARMUP = 0.1
 DRAIN_S = 10.0  # after a phase, how long the last report may take before the rest count lost
@@ -281,6 +282,7 @@ class CpuMeter:
 
     def __init__(self, pid: int):
         self.pid, self.cpu, self.wall = pid, 0.0, 0.0
+        self.measured = False  # /proc answered (Linux)
 
     def measure(self, phase: Callable[[], T]) -> T:
         c0, t0 = cpu_seconds(self.pid), time.monotonic()
@@ -289,10 +291,11 @@ class CpuMeter:
         self.wall += time.monotonic() - t0
         if c0 is not None and c1 is not None:
             self.cpu += c1 - c0
+            self.measured = True
         return result
 
     def percent(self) -> float | None:
-        return round(100 * self.cpu / self.wall, 1) if self.wall and cpu_seconds(self.pid) else None
+        return round(100 * self.cpu / self.wall, 1) if self.measured and self.wall else None
 
 
 def warm(lat: list[float]) -> list[float]:
