@@ -35,6 +35,8 @@ INPUT = "tower_0/images"
 TAPS = {
     "b5": PREFIX + "expanded_conv_5/add",  # stride 8, 32 channels
     "b9": PREFIX + "expanded_conv_9/add",  # stride 16, 64 channels
+    "b11": PREFIX + "expanded_conv_11/add",  # stride 16, 88 channels
+    "b13": PREFIX + "expanded_conv_13/add",  # stride 32, 120 channels
 }
 _FLOAT16 = "float16"
 

