@@ -147,6 +147,45 @@ def test_classifier_outputs_on_synthetic_frame() -> None:
     assert clf.classify_patches([])[0].shape == (0,)
 
 
+def test_patch_inset_takes_the_centre_of_a_whole_patch() -> None:
+    patch = np.zeros((100, 80, 3), np.uint8)
+    patch[:, :] = (0, 0, 255)  # a red frame 10 % wide on every side ...
+    patch[10:90, 8:72] = 120  # ... around a grey centre
+    centre = crops.inset_patch(patch, -0.1)
+    assert centre.shape == (80, 64, 3) and np.all(centre == 120)
+    resized = crops.normalise_patch(patch, 32, -0.1)
+    assert resized.shape == (32, 32, 3) and np.all(resized == 120)
+    assert crops.inset_patch(patch, 0.0) is patch
+    assert (crops.normalise_patch(patch, 32)[..., 2] > 120).any()  # whole: the frame shows
+    for bad in (0.1, -0.5, -0.7):
+        with pytest.raises(ValueError):
+            crops.inset_patch(patch, bad)
+
+
+def test_classifier_insets_patches_by_its_metadata(tmp_path: Path) -> None:
+    """A model whose metadata has ``patch_margin`` sees only the centre of a whole patch;
+    polygons keep their own ``margin``; older models (no key) see whole patches."""
+    plain = SpaceClassifier.load()
+    assert plain.patch_margin == 0.0
+    meta = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    model = tmp_path / "m.onnx"
+    model.write_bytes(DEFAULT_MODEL.read_bytes())
+    model.with_suffix(".json").write_text(json.dumps({**meta, "patch_margin": -0.25}))
+    inset = SpaceClassifier.load(model)
+    assert inset.patch_margin == -0.25 and inset.margin == plain.margin
+    rng = np.random.default_rng(3)
+    patches = [rng.integers(0, 255, (150, 120, 3), dtype=np.uint8) for _ in range(4)]
+    patches[0][40:110, 30:90] = (30, 30, 200)  # something in the middle of one
+    _, conf_inset = inset.classify_patches(patches)
+    _, conf_manual = plain.classify_patches([crops.inset_patch(p, -0.25) for p in patches])
+    np.testing.assert_allclose(conf_inset, conf_manual, rtol=1e-5)
+    _, conf_whole = plain.classify_patches(patches)
+    assert not np.allclose(conf_inset, conf_whole)
+    model.with_suffix(".json").write_text(json.dumps({**meta, "patch_margin": 0.2}))
+    with pytest.raises(ValueError, match="patch margin"):
+        SpaceClassifier.load(model)
+
+
 def test_grey_input_mode() -> None:
     patches = np.zeros((2, 32, 32, 3), np.uint8)
     patches[0, :, :16] = (0, 0, 255)  # red left half, black right half

@@ -78,9 +78,11 @@ def test_gap_needs_a_later_holdout() -> None:
         ["--holdout-from", "1300", "--train-before", "1500"],  # gap after the block
         ["--holdout-from", "15:00"],
         ["--holdout-from", "2500"],
+        ["--patch-margin", "0.1"],  # an inset only
+        ["--patch-margin", "-0.5"],  # nothing left
     ],
 )
-def test_cli_rejects_bad_time_splits(args: list[str], tmp_path: Path) -> None:
+def test_cli_rejects_bad_time_splits_and_patch_insets(args: list[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--cnrpark", str(tmp_path), "--out", str(tmp_path / "m.onnx"), *args])
     assert e.value.code == 2

@@ -85,6 +85,7 @@ class SpaceClassifier:
         threshold: float = 0.5,
         colour: str = "bgr",
         preprocess: str = "standardise",
+        patch_margin: float = 0.0,
     ):
         if colour not in COLOUR_MODES:
             raise ValueError(f"unknown colour mode {colour!r}")
@@ -97,6 +98,8 @@ class SpaceClassifier:
         self.colour = colour
         self.size = size
         self.margin = margin
+        crops.inset_patch(np.zeros((4, 4, 3), np.uint8), patch_margin)  # refuses a bad one
+        self.patch_margin = patch_margin  # whole-patch input (classify_patches) only
         self.threshold = threshold
         self._plan_cache: dict[bytes, crops.CropPlan] = {}
 
@@ -122,6 +125,7 @@ class SpaceClassifier:
         threshold = float(meta.get("threshold", 0.5))
         colour = str(meta.get("colour", "bgr"))
         preprocess = str(meta.get("preprocess", "standardise"))
+        patch_margin = float(meta.get("patch_margin", 0.0))
         log.debug(
             "loaded %s (size=%d margin=%.2f colour=%s preprocess=%s)",
             path,
@@ -130,7 +134,7 @@ class SpaceClassifier:
             colour,
             preprocess,
         )
-        return cls(net, size, margin, threshold, colour, preprocess)
+        return cls(net, size, margin, threshold, colour, preprocess, patch_margin)
 
     def plan(self, polygons: Sequence[np.ndarray]) -> crops.CropPlan:
         """Precompute (and cache) the crop warps for a camera geometry."""
@@ -177,5 +181,7 @@ class SpaceClassifier:
         """Classify whole single-space patches (e.g. CNRPark crops) of any size."""
         if len(patches) == 0:
             return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.float64)
-        batch = np.stack([crops.normalise_patch(_ensure_bgr(p), self.size) for p in patches])
+        batch = np.stack(
+            [crops.normalise_patch(_ensure_bgr(p), self.size, self.patch_margin) for p in patches]
+        )
         return self._decide(self.probabilities(batch))

