@@ -88,6 +88,21 @@ def render(ctx: Ctx) -> str:
         "parkguide_outbox_dropped_total", "counter", "Points dropped from the outbox (disk cap)."
     )
     out.sample("parkguide_outbox_dropped_total", c.outbox_dropped)
+    out.family("parkguide_outbox_written_total", "counter", "Points InfluxDB accepted.")
+    out.sample("parkguide_outbox_written_total", c.outbox_written)
+    out.family(
+        "parkguide_outbox_auth_failures_total",
+        "counter",
+        "Writes InfluxDB refused for the token (401/403): check INFLUX_TOKEN.",
+    )
+    out.sample("parkguide_outbox_auth_failures_total", c.outbox_auth_failed)
+    if c.outbox_error is not None:
+        out.family(
+            "parkguide_outbox_last_error_info",
+            "gauge",
+            "The InfluxDB writer's most recent error since the gateway started.",
+        )
+        out.sample("parkguide_outbox_last_error_info", 1, {"error": c.outbox_error})
     out.family("parkguide_agents_online", "gauge", "Edge agents online.")
     out.sample("parkguide_agents_online", sum(a.online for a in agents))
     out.family("parkguide_agents", "gauge", "Edge agents known.")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -37,7 +38,7 @@ import numpy as np
 
 from edge.camera.quality import FrameQuality, FrameQualityMonitor, QualitySettings
 from edge.camera.smoothing import OccupancySmoother, SmoothingSettings, SpaceChange
-from edge.camera.stream import FrameReader, describe, parse_source
+from edge.camera.stream import FrameRate, FrameReader, describe, parse_source
 from edge.publisher import ReportPublisher, SpoolBusy
 from parking.broker import BrokerConfig
 from parking.payloads import CameraSpaceHealth, HealthReport, SpaceObservation
@@ -94,7 +95,7 @@ class CameraAgent:
         self.monitor = FrameQualityMonitor(quality)
         self._plans: dict[tuple[int, int], Any] = {}
         self._processed: deque[float] = deque()
-        self._last_processed = -1e9
+        self._rate = FrameRate(self.settings.fps_limit)
         self.quality: FrameQuality | None = None
         self.stream_up = False
         self.counters: dict[str, int] = dict.fromkeys(
@@ -131,11 +132,8 @@ class CameraAgent:
     def on_frame(self, image: np.ndarray, wall: float, mono: float) -> list[SpaceChange]:
         """Check, classify and smooth one frame (honouring the fps limit)."""
         self.counters["frames"] += 1
-        if self.settings.fps_limit > 0 and mono - self._last_processed < (
-            1.0 / self.settings.fps_limit
-        ):
+        if not self._rate.take(mono):
             return []
-        self._last_processed = mono
         self._processed.append(mono)
         self.stream_up = True
         self._lost_reported = False
@@ -323,9 +321,9 @@ def _check_positive(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is None:
             continue
-        if not value > 0:
+        if not 0 < value < math.inf:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, not {value}")
-    if args.fps_limit < 0:
+    if not 0 <= args.fps_limit < math.inf:
         raise ValueError(f"--fps-limit must be 0 or more, not {args.fps_limit}")
     if not 0.5 <= args.min_confidence <= 1.0:
         raise ValueError(f"--min-confidence must be 0.5..1, not {args.min_confidence}")

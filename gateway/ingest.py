@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -36,6 +36,7 @@ from parking.payloads import (
     IDENTIFIER_PATTERN,
     MAX_OBSERVATIONS,
     MAX_PAYLOAD_BYTES,
+    MAX_SEQ,
     MAX_TIMESTAMP,
     SCHEMA_VERSION,
     OccupancyReport,
@@ -54,14 +55,20 @@ REPORT_REASONS = (
     "unknown_source",
     "duplicate",
     "stale_boot",
+    "from_the_future",
 )
-OBSERVATION_REASONS = ("unknown_space", "foreign_space", "older_than_known")
+OBSERVATION_REASONS = ("unknown_space", "foreign_space", "older_than_known", "from_the_future")
 
 _STATE_CODE = {s.label: int(s) for s in SpaceState}
 SINCE_TOLERANCE_S = 0.001
 """Edges may round ``since`` differently in deltas and snapshots (seen: 6 decimals vs full
 precision); a difference below this is the same moment, not an older observation."""
-_RETIRED_BOOTS = 16  # boots remembered per agent to refuse late messages of an old boot
+FUTURE_TOLERANCE_S = 300.0
+"""A report or observation time later than the gateway's clock by more than this is refused:
+an edge with a wrong clock would otherwise lock its spaces (every true observation after it
+would look older)."""
+RETIRED_BOOTS = 16  # boots remembered per agent to refuse late messages of an old boot
+_NONE_STALE = np.zeros(0, dtype=np.int64)
 _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 _REPORT_KEYS = frozenset(OccupancyReport.model_fields)
 _REPORT_REQUIRED = frozenset(
@@ -99,7 +106,8 @@ def decode(model: type[M], payload: bytes) -> M | Rejection:
     if len(payload) > MAX_PAYLOAD_BYTES:
         return Rejection("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
     try:
-        return model.model_validate_json(payload)
+        # strict: "1" or true is not a number here (a wrong type is an error, not a guess)
+        return model.model_validate_json(payload, strict=True)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         if errors and errors[0]["type"] == "json_invalid":
@@ -131,7 +139,7 @@ def _is_number(value: object) -> bool:
 class _AgentSequence:
     boot: str
     seq: int
-    retired: deque[str] = field(default_factory=lambda: deque(maxlen=_RETIRED_BOOTS))
+    retired: deque[str] = field(default_factory=lambda: deque(maxlen=RETIRED_BOOTS))
 
 
 class ReportGate:
@@ -161,24 +169,34 @@ class ReportGate:
         """Space indices bound to a source (sorted)."""
         return self._source_spaces[source]
 
-    def restore(self, agent: str, boot: str, seq: int) -> None:
-        """Resume the sequence of an agent from the journal."""
-        self._sequences[agent] = _AgentSequence(boot, seq)
+    def restore(self, agent: str, boot: str, seq: int, retired: Sequence[str] = ()) -> None:
+        """Resume the sequence of an agent from the journal, with the boots it replaced
+        (oldest first), so that a late replay of an old boot is still refused."""
+        known = _AgentSequence(boot, seq)
+        known.retired.extend(b for b in retired if b != boot)
+        self._sequences[agent] = known
 
     def sequence(self, agent: str) -> tuple[str, int] | None:
         s = self._sequences.get(agent)
         return (s.boot, s.seq) if s else None
 
     def accept(
-        self, agent: str, payload: bytes, obs_since: np.ndarray, *, as_next: bool = False
+        self,
+        agent: str,
+        payload: bytes,
+        obs_since: np.ndarray,
+        *,
+        as_next: bool = False,
+        now: float | None = None,
     ) -> AcceptedReport | Rejection:
         """Decode and check a report published on ``agent``'s topic: the same verdict as
         :func:`decode_report` then :meth:`check`. The usual report (valid, every space
         known, bound to the source, newer than known, none twice) is taken column-wise
         without building a model per observation; anything else goes the long way, which
         explains it. ``as_next`` checks it as if it carried the next sequence number
-        (``LiveGateway.rehearse``)."""
-        fast = self._accept_usual(agent, payload, obs_since, as_next)
+        (``LiveGateway.rehearse``). With ``now`` (the gateway's clock), times later than
+        ``now`` + FUTURE_TOLERANCE_S are refused."""
+        fast = self._accept_usual(agent, payload, obs_since, as_next, now)
         if fast is not None:
             return fast
         report = decode_report(agent, payload)
@@ -188,10 +206,15 @@ class ReportGate:
             known = self._sequences.get(report.agent)
             if known is not None and known.boot == report.boot:
                 report = report.model_copy(update={"seq": known.seq + 1})
-        return self.check(report, obs_since)
+        return self.check(report, obs_since, now)
 
     def _accept_usual(
-        self, agent: str, payload: bytes, obs_since: np.ndarray, as_next: bool
+        self,
+        agent: str,
+        payload: bytes,
+        obs_since: np.ndarray,
+        as_next: bool,
+        now: float | None = None,
     ) -> AcceptedReport | Rejection | None:
         """The column-wise path of :meth:`accept`, or None for the long way. It never
         accepts what OccupancyReport would refuse: any doubt is None. Whole columns go
@@ -220,7 +243,7 @@ class ReportGate:
             and type(source) is str
             and type(boot) is str
             and type(seq) is int
-            and seq >= 0
+            and 0 <= seq <= MAX_SEQ
             and type(ts) in (float, int)
             and 0 <= ts <= MAX_TIMESTAMP
             and kind in ("delta", "snapshot")
@@ -228,6 +251,7 @@ class ReportGate:
             and len(obs) <= MAX_OBSERVATIONS
             and ("v" not in d or (type(d["v"]) is int and d["v"] == SCHEMA_VERSION))
             and self._identifiers(a, source, boot)
+            and (now is None or ts <= now + FUTURE_TOLERANCE_S)
         ):
             return None
         src_spaces = self._source_set.get(source)
@@ -259,7 +283,7 @@ class ReportGate:
             or None in codes
             or not all(map(_is_number, times))
             or min(times) < 0
-            or max(times) > MAX_TIMESTAMP
+            or max(times) > (MAX_TIMESTAMP if now is None else now + FUTURE_TOLERANCE_S)
             or not src_spaces.issuperset(idx)
             or len(set(idx)) != len(idx)
         ):
@@ -295,10 +319,17 @@ class ReportGate:
                 self._valid_ids.add(v)
         return True
 
-    def check(self, report: OccupancyReport, obs_since: np.ndarray) -> AcceptedReport | Rejection:
+    def check(
+        self, report: OccupancyReport, obs_since: np.ndarray, now: float | None = None
+    ) -> AcceptedReport | Rejection:
         """Accept the report's valid observations, or reject the whole report."""
         if report.source not in self._source_spaces:
             return Rejection("unknown_source", f"source {report.source!r} is not in the site")
+        latest = np.inf if now is None else now + FUTURE_TOLERANCE_S
+        if report.ts > latest:
+            return Rejection(
+                "from_the_future", f"report ts {report.ts} is later than the gateway's {now}"
+            )
         known = self._sequences.get(report.agent)
         gap = False
         if known is not None:
@@ -315,6 +346,7 @@ class ReportGate:
         bound = self._binding_source
         source = report.source
         rejected: list[Rejection] = []
+        stale: list[int] = []  # listed, but refused for their time: left as they are
         idx: list[int] = []
         codes: list[int] = []
         times: list[float] = []
@@ -326,7 +358,16 @@ class ReportGate:
                 rejected.append(
                     Rejection("foreign_space", f"space {obs.space!r} is not bound to {source}")
                 )
+            elif obs.since > latest:
+                stale.append(s)
+                rejected.append(
+                    Rejection(
+                        "from_the_future",
+                        f"space {obs.space!r} since {obs.since} is later than the gateway's {now}",
+                    )
+                )
             elif obs.since < obs_since[s] - SINCE_TOLERANCE_S:
+                stale.append(s)
                 rejected.append(
                     Rejection(
                         "older_than_known",
@@ -357,6 +398,7 @@ class ReportGate:
             gap,
             tuple(rejected),
             obs_since,
+            np.array(stale, dtype=np.int64),
         )
 
     def _accepted(
@@ -373,11 +415,14 @@ class ReportGate:
         gap: bool,
         rejected: tuple[Rejection, ...],
         obs_since: np.ndarray,
+        stale: np.ndarray = _NONE_STALE,
     ) -> AcceptedReport:
         if kind == "snapshot":
             # a snapshot lists every space of its source: the ones it leaves out are unknown
+            # (one it lists with an observation older than known is not left out: unchanged)
             all_of_source = self._source_spaces[source]
-            missing = all_of_source[~np.isin(all_of_source, spaces)]
+            listed = spaces if not len(stale) else np.concatenate([spaces, stale])
+            missing = all_of_source[~np.isin(all_of_source, listed)]
             if len(missing):
                 spaces = np.concatenate([spaces, missing])
                 states = np.concatenate(
@@ -442,7 +487,7 @@ class RejectionLog:
         self._logger.warning(
             "rejected (%s) on %s: %s; payload %r (%d so far; next log of this reason in %ds)",
             reason,
-            topic,
+            topic if len(topic) <= self._max_payload else topic[: self._max_payload] + "...",
             rejection.detail[:300],
             shown,
             self.counts[reason],

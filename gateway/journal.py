@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS spaces(
 CREATE TABLE IF NOT EXISTS agents(
     agent TEXT PRIMARY KEY, boot TEXT, seq INTEGER, online INTEGER NOT NULL,
     last_seen REAL NOT NULL);
+-- boots an agent replaced (a late replay of one is refused after a restart too): the
+-- old boot when a newer one takes its place, here and in expand_pending
+CREATE TABLE IF NOT EXISTS retired_boots(
+    agent TEXT NOT NULL, boot TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY(agent, boot));
+CREATE TRIGGER IF NOT EXISTS agents_boot_retired AFTER UPDATE OF boot ON agents
+    WHEN old.boot IS NOT NULL AND old.boot IS NOT new.boot
+    BEGIN INSERT OR REPLACE INTO retired_boots VALUES (old.agent, old.boot, new.last_seen); END;
 CREATE TABLE IF NOT EXISTS assignments(
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, entrance TEXT NOT NULL, class TEXT NOT NULL,
     space TEXT, zone TEXT, hold_expires REAL, plate TEXT, request_id TEXT,
@@ -182,6 +189,15 @@ class Journal:
             " json_each(b.changes) j ORDER BY b.id, j.key",
             params,
         )
+        # a boot followed by another within these rows never reached the agents table
+        self.conn.execute(
+            "INSERT OR REPLACE INTO retired_boots(agent, boot, ts)"
+            f" SELECT b.agent, b.boot, max(b.ts) FROM (SELECT * FROM pending_changes{where}) b"
+            " WHERE b.boot IS NOT NULL AND EXISTS (SELECT 1 FROM pending_changes n"
+            " WHERE n.agent = b.agent AND n.id > b.id AND n.boot IS NOT b.boot"
+            " AND n.boot IS NOT NULL) GROUP BY b.agent, b.boot",
+            params,
+        )
         # online is left alone: an availability message may have come after the report
         self.conn.execute(
             "INSERT INTO agents(agent, boot, seq, online, last_seen)"
@@ -264,6 +280,15 @@ class Journal:
     def agents(self) -> list[StoredAgent]:
         rows = self.conn.execute("SELECT agent, boot, seq, online, last_seen FROM agents")
         return [StoredAgent(a, b, s, bool(o), ls) for a, b, s, o, ls in rows]
+
+    def retired_boots(self, limit: int) -> dict[str, list[str]]:
+        """Per agent, the last ``limit`` boots it replaced, oldest first."""
+        out: dict[str, list[str]] = {}
+        for agent, boot in self.conn.execute(
+            "SELECT agent, boot FROM retired_boots ORDER BY agent, ts, rowid"
+        ):
+            out.setdefault(agent, []).append(boot)
+        return {a: b[-limit:] for a, b in out.items()}
 
     def open_holds(self, now: float) -> list[tuple[str, float]]:
         """(space, hold_expires) of assignments whose hold has not expired at ``now``."""

@@ -36,6 +36,7 @@ import numpy as np
 from gateway.allocation import AllocationCore, CoreLayout, lane_distances
 from gateway.displays import RenderedLine, SignRenderer
 from gateway.ingest import (
+    RETIRED_BOOTS,
     AcceptedReport,
     Rejection,
     RejectionLog,
@@ -215,9 +216,10 @@ class LiveGateway:
         with self.journal.transaction():
             self.journal.expand_pending()  # committed before a crash: now events
         stored_agents = {a.agent: a for a in self.journal.agents()}
+        retired = self.journal.retired_boots(RETIRED_BOOTS)
         for a in stored_agents.values():
             if a.boot is not None and a.seq is not None:
-                self.gate.restore(a.agent, a.boot, a.seq)
+                self.gate.restore(a.agent, a.boot, a.seq, retired.get(a.agent, ()))
             self._online[a.agent] = a.online
             self._agent_seen[a.agent] = a.last_seen
         index = self.site.space_index
@@ -363,7 +365,7 @@ class LiveGateway:
         if last is None:
             return False
         with self.lock:
-            self.gate.accept(*last, self.state.obs_since, as_next=True)
+            self.gate.accept(*last, self.state.obs_since, as_next=True, now=self._clock())
             if interrupted():
                 return True
             lf_l, lu_l, lt_l = self._line_counts()
@@ -433,7 +435,7 @@ class LiveGateway:
     ) -> None:
         """Validate a report and apply it to the state arrays; the caller flushes (journal,
         core, publish)."""
-        acc = self.gate.accept(agent, payload, self.state.obs_since)
+        acc = self.gate.accept(agent, payload, self.state.obs_since, now=self._clock())
         if isinstance(acc, Rejection):
             self._reject(acc, topic, payload)
             return
@@ -947,6 +949,9 @@ class LiveGateway:
             stats = self.outbox_stats()
             c.outbox_depth = int(stats.get("depth", stats.get("outbox_depth", 0)) or 0)
             c.outbox_dropped = int(stats.get("dropped", stats.get("outbox_dropped", 0)) or 0)
+            c.outbox_written = int(stats.get("written", 0) or 0)
+            c.outbox_auth_failed = int(stats.get("auth_failed", 0) or 0)
+            c.outbox_error = stats.get("error") or None
         return c
 
     def subscribe(self, callback: Callable[[LiveEvent], None]) -> Callable[[], None]:

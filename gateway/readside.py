@@ -53,6 +53,9 @@ class Counters:
     sign_updates: int = 0
     outbox_depth: int = 0
     outbox_dropped: int = 0
+    outbox_written: int = 0
+    outbox_auth_failed: int = 0  # writes InfluxDB refused for the token (401/403)
+    outbox_error: str | None = None  # the writer's last error, if any
     latency_s: list[float] = field(default_factory=list)  # recent report-to-publish latencies
 
 

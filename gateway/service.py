@@ -570,6 +570,9 @@ class GatewayService:
         return {
             "depth": s.get("outbox_depth") or 0,
             "dropped": (s.get("dropped_cap") or 0) + (s.get("dropped_4xx") or 0),
+            "written": s.get("written") or 0,
+            "auth_failed": s.get("auth_failed") or 0,
+            "error": s.get("last_error"),
         }
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ step does not expire or revive spaces.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +32,9 @@ SMALL = 64
 class Changes:
     """Public state changes: aligned arrays of space index, old and new state codes.
 
-    ``touched`` lists every space whose stored row changed (public state or the
-    sensed state under a closure), for the journal's current-state table.
+    ``touched`` lists every space whose stored row changed (public state, the sensed
+    state under a closure, or for an observation its time and when it was heard), for the
+    journal's current-state table.
     """
 
     spaces: np.ndarray
@@ -182,7 +184,9 @@ class LiveState:
         self.last_seen[spaces] = wall
         self.seen_mono[spaces] = mono
         self.agent[spaces] = a
-        return self._set_sensed(spaces, states, wall)
+        # every observed row moved (its observation time at least): a restart must
+        # remember it, or an older observation would pass the check afterwards
+        return dataclasses.replace(self._set_sensed(spaces, states, wall), touched=spaces)
 
     def _observe_few(
         self,
@@ -201,14 +205,12 @@ class LiveState:
         out_sp: list[int] = []
         out_old: list[int] = []
         out_new: list[int] = []
-        touched: list[int] = []
         zones: set[int] = set()
         for sp, st, t in zip(spaces, states, since, strict=True):
             v.obs_since[sp] = t
             v.last_seen[sp] = wall
             v.seen_mono[sp] = mono
             v.agent[sp] = a
-            before = sensed[sp]
             sensed[sp] = st
             old = state[sp]
             new = CLOSED if v.closed[sp] else st
@@ -222,17 +224,15 @@ class LiveState:
                 out_sp.append(sp)
                 out_old.append(old)
                 out_new.append(new)
-                touched.append(sp)
-            elif before != st:
-                touched.append(sp)
+        # every observed row moved (see observe)
+        touched = np.array(spaces, dtype=np.int64) if spaces else _EMPTY_I
         if not out_sp:
-            touched_arr = np.array(touched, dtype=np.int64) if touched else _EMPTY_I
-            return Changes(_EMPTY_I, _EMPTY_S, _EMPTY_S, touched_arr, _EMPTY_I)
+            return Changes(_EMPTY_I, _EMPTY_S, _EMPTY_S, touched, _EMPTY_I)
         return Changes(
             np.array(out_sp, dtype=np.int64),
             np.array(out_old, dtype=np.int8),
             np.array(out_new, dtype=np.int8),
-            np.array(touched, dtype=np.int64),
+            touched,
             np.array(sorted(zones), dtype=np.int64),
         )
 

@@ -65,6 +65,7 @@ class BrokerConfig:
 def backoff_delay(
     attempt: int, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None
 ) -> float:
-    """Capped exponential backoff with full jitter: attempt 0 -> up to base seconds."""
+    """Capped exponential backoff with full jitter: attempt 0 -> up to base seconds. Any
+    attempt count works (an outage of days must not overflow the exponent)."""
     r = rng or random
-    return r.uniform(0.5, 1.0) * min(cap, base * (2**attempt))
+    return r.uniform(0.5, 1.0) * min(cap, base * (2.0 ** min(max(attempt, 0), 60)))

@@ -23,6 +23,7 @@ assert set(STATE_NAMES) == {"free", "occupied", "unknown", "closed"}
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 MAX_TIMESTAMP = 4102444800  # 2100-01-01: a later one is a unit error (ms for s)
 MAX_OBSERVATIONS = 10000  # per occupancy report
+MAX_SEQ = 2**63 - 1  # a report's seq is journaled as a 64-bit integer
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=IDENTIFIER_PATTERN)]
 Timestamp = Annotated[float, Field(ge=0, le=MAX_TIMESTAMP, description="UNIX seconds, UTC")]
 
@@ -52,7 +53,7 @@ class OccupancyReport(_Payload):
     agent: Identifier
     source: Identifier = Field(description="bus id or camera id")
     boot: Identifier = Field(description="random id chosen at agent start")
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=MAX_SEQ)
     ts: Timestamp
     kind: Literal["delta", "snapshot"]
     spaces: list[SpaceObservation] = Field(max_length=MAX_OBSERVATIONS)

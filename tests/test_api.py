@@ -267,6 +267,30 @@ def test_metrics_exposition(client, tokens, harness):
     inf = next(ln for ln in lines if 'latency_seconds_bucket{le="+Inf"}' in ln)
     assert count.split()[-1] == inf.split()[-1] == str(len(c.latency_s))
     assert all(ln.startswith("#") or len(ln.split()) == 2 for ln in lines if ln)
+    assert not any(ln.startswith("parkguide_outbox_last_error_info") for ln in lines)
+
+
+def test_metrics_say_when_influxdb_refuses_the_token(client, tokens, harness):
+    """What the InfluxDB writer counts (here: a refused token) reaches the metrics."""
+    before = harness.gateway.outbox_stats
+    harness.gateway.outbox_stats = lambda: {
+        "depth": 6,
+        "dropped": 0,
+        "written": 2,
+        "auth_failed": 3,
+        "error": 'InfluxDB refused the token (401): "unauthorized access"',
+    }
+    try:
+        lines = client.get("/metrics", headers=tokens["viewer"]).text.splitlines()
+    finally:
+        harness.gateway.outbox_stats = before
+    assert "parkguide_outbox_depth 6" in lines
+    assert "parkguide_outbox_written_total 2" in lines
+    assert "parkguide_outbox_auth_failures_total 3" in lines
+    assert (
+        'parkguide_outbox_last_error_info{error="InfluxDB refused the token (401):'
+        ' \\"unauthorized access\\""} 1'
+    ) in lines
 
 
 def test_ngsi_ld_entities(client, tokens, harness):

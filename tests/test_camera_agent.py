@@ -32,10 +32,10 @@ from edge_support import Recorder
 
 from edge.camera.quality import QualitySettings
 from edge.camera.smoothing import OccupancySmoother, SmoothingSettings
-from edge.camera.stream import FrameReader
+from edge.camera.stream import FrameRate, FrameReader
 from edge.camera_agent import DEFAULT_STALE_S, AgentSettings, CameraAgent
 from edge.publisher import ReportPublisher
-from parking.broker import BrokerConfig
+from parking.broker import BrokerConfig, backoff_delay
 from parking.states import SpaceState
 
 # -- smoothing (pure) ----------------------------------------------------------------
@@ -381,3 +381,51 @@ def test_max_fps_skips_decoding_but_keeps_the_stream_alive(tmp_path: Path) -> No
     assert reader.grabbed >= 40
     assert 1 <= reader.frames <= reader.grabbed // 3  # 25 fps in, about 2 fps decoded
     assert age is not None and age < 5  # skipped frames still count as signs of life
+
+
+def test_frame_rate_keeps_a_camera_at_the_limit_and_thins_a_faster_one() -> None:
+    rng = np.random.default_rng(7)
+
+    def taken(fps: float, limit: float, seconds: float = 60.0) -> int:
+        rate = FrameRate(limit)
+        times = np.arange(0, seconds, 1 / fps) + rng.uniform(-0.004, 0.004, int(seconds * fps))
+        return sum(rate.take(t) for t in np.sort(times))
+
+    assert taken(10, 10) == 600  # jitter around the limit loses no frame
+    assert 595 <= taken(30, 10) <= 601
+    assert 595 <= taken(25, 10) <= 601  # never above the limit on average
+    assert 295 <= taken(25, 5) <= 301
+    assert taken(25, 0) == 1500  # no limit
+    rate = FrameRate(10)
+    assert rate.take(0.0) and not rate.take(0.01)
+    assert rate.take(100.0) and not rate.take(100.03)  # a pause earns no burst
+
+
+def test_backoff_stays_capped_however_long_the_outage() -> None:
+    for attempt in (0, 1, 10, 1023, 1024, 10**6):
+        delay = backoff_delay(attempt, 0.5, 10.0)
+        assert 0 < delay <= 10.0
+    assert backoff_delay(0, 0.5, 10.0) <= 0.5
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "BAD"], "is not an ONNX model"),
+        (["--fps-limit", "nan"], "--fps-limit must be 0 or more"),
+        (["--hold-s", "inf"], "--hold-s must be positive"),
+    ],
+)
+def test_the_agent_refuses_a_bad_model_or_setting_with_a_clear_error(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from parkguide.cli import main
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage, not a model")
+    argv = ["edge", "camera", "--site", str(EXAMPLE_SITE), "--camera", "cam-c"]
+    argv += ["--source", str(tmp_path / "x.avi"), "--broker", "mqtt://127.0.0.1:1"]
+    argv += [str(bad) if a == "BAD" else a for a in extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -337,6 +337,42 @@ def test_eval_synthetic_frame_json(tmp_path: Path, capsys: pytest.CaptureFixture
     assert rc == 0 and "accuracy" in out
 
 
+def test_eval_skips_a_space_whose_contour_is_a_point(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    frame, poly = _two_tone_space(0.0)
+    cv2.imwrite(str(tmp_path / "f1.jpg"), frame)
+    pts = "".join(f'<point x="{x}" y="{y}"/>' for x, y in poly)
+    dot = '<point x="100" y="100"/>' * 3
+    (tmp_path / "f1.xml").write_text(
+        f'<parking><space id="1" occupied="1"><contour>{pts}</contour></space>'
+        f'<space id="2" occupied="0"><contour>{dot}</contour></space></parking>'
+    )
+    rc, out, _ = _run_eval([str(tmp_path), "--json"], capsys)
+    assert rc == 0
+    res = json.loads(out.strip())
+    assert res["images"] == 1 and res["spaces"] == 1
+
+
+def test_a_model_that_cannot_be_read_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage, not a model")
+    with pytest.raises(ValueError, match="not an ONNX model"):
+        SpaceClassifier.load(bad)
+    good = tmp_path / "m.onnx"
+    good.write_bytes(DEFAULT_MODEL.read_bytes())
+    for text in ("{bad", "[1, 2]"):
+        good.with_suffix(".json").write_text(text)
+        with pytest.raises(ValueError, match="metadata"):
+            SpaceClassifier.load(good)
+    cv2.imwrite(str(tmp_path / "f1.jpg"), _two_tone_space(0.0)[0])
+    for model in (bad, good):
+        rc, out, err = _run_eval([str(tmp_path), "--json", "--model", str(model)], capsys)
+        assert rc == 2 and out == "" and err.startswith("error: cannot load model")
+
+
 # ----------------------------------------------------------------------------- real data floors
 
 

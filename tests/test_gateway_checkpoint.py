@@ -280,3 +280,59 @@ def test_a_managers_closure_is_in_the_history_at_once(example_site, tmp_path):
     assert not gw.checkpoint_due(0.0)
     assert journal.events(1)[0][2:6] == ("A-010", "unknown", "closed", "manager")
     journal.close()
+
+
+def test_boots_an_agent_replaced_stay_refused_after_a_restart(example_site, tmp_path):
+    """A late replay of an old boot is refused by the restarted gateway as before, and it
+    does not retire the agent's current boot; boots replaced within one unexpanded
+    stretch of the journal are remembered too."""
+    db = tmp_path / "journal.sqlite"
+    gw = LiveGateway(example_site, Journal(db), lambda *a: None, clock=lambda: T0)
+    bus = example_site.buses[0].id
+    spaces = example_site.spaces_of_source(bus)
+    free = dict.fromkeys(spaces, "free")
+
+    def rep(boot: str, seq: int, states: dict[str, str], kind: str = "snapshot"):
+        topic, payload = _report(example_site, "a1", bus, seq, states, kind, T0)
+        return topic, payload.replace(b'"boot": "b1"', f'"boot": "{boot}"'.encode())
+
+    gw.defer_checkpoint = True  # b1 and b2 only in pending rows when b3 arrives
+    gw.handle(*rep("b1", 1, free))
+    gw.handle(*rep("b2", 1, free))
+    gw.handle(*rep("b3", 1, {**free, spaces[0]: "occupied"}))
+    gw.flush_checkpoint()
+    gw.journal.close()
+
+    gw2 = LiveGateway(example_site, Journal(db), lambda *a: None, clock=lambda: T0 + 1)
+    for boot in ("b1", "b2"):
+        gw2.handle(*rep(boot, 2, free))
+    assert gw2.rejections.counts == {"stale_boot": 2}
+    assert gw2.accepted == 0
+    assert gw2.state.state[example_site.space_index[spaces[0]]] != FREE
+    gw2.handle(*rep("b3", 2, {spaces[1]: "occupied"}, kind="delta"))
+    assert gw2.accepted == 1
+    assert gw2.state.state[example_site.space_index[spaces[1]]] != FREE
+
+
+def test_a_restart_remembers_when_an_unchanged_space_was_last_observed(example_site, tmp_path):
+    """A report that only confirms a space moves its observation time; after a restart an
+    observation older than that is still refused (and the TTL counts from it)."""
+    db = tmp_path / "journal.sqlite"
+    now = [T0]
+    gw = LiveGateway(example_site, Journal(db), lambda *a: None, clock=lambda: now[0])
+    bus = example_site.buses[0].id
+    spaces = example_site.spaces_of_source(bus)
+    gw.handle(*_report(example_site, "a1", bus, 1, dict.fromkeys(spaces, "free"), "snapshot", T0))
+    now[0] = T0 + 10
+    gw.handle(*_report(example_site, "a1", bus, 2, {spaces[0]: "free"}, "delta", T0 + 10))
+    gw.flush_checkpoint()
+    gw.journal.close()
+
+    gw2 = LiveGateway(example_site, Journal(db), lambda *a: None, clock=lambda: T0 + 11)
+    s0 = example_site.space_index[spaces[0]]
+    assert gw2.state.obs_since[s0] == T0 + 10
+    assert gw2.state.last_seen[s0] == T0 + 10
+    topic, late = _report(example_site, "a1", bus, 3, {spaces[0]: "occupied"}, "delta", T0 + 5)
+    gw2.handle(topic, late)
+    assert gw2.rejections.counts == {"older_than_known": 1}
+    assert gw2.state.state[s0] == FREE

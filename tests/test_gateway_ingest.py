@@ -8,7 +8,14 @@ import logging
 import numpy as np
 import pytest
 
-from gateway.ingest import AcceptedReport, Rejection, RejectionLog, ReportGate, decode_report
+from gateway.ingest import (
+    FUTURE_TOLERANCE_S,
+    AcceptedReport,
+    Rejection,
+    RejectionLog,
+    ReportGate,
+    decode_report,
+)
 from parking.payloads import MAX_PAYLOAD_BYTES
 from parking.states import SpaceState
 
@@ -158,6 +165,58 @@ def test_snapshot_turns_the_spaces_it_leaves_out_unknown(gate, since, example_si
     assert all(states[idx[s]] == SpaceState.FREE for s in listed)
 
 
+def test_a_snapshot_listing_a_space_older_than_known_leaves_it_as_it_is(gate, since, example_site):
+    """The stale observation is refused, and the space is not "left out" of the snapshot
+    either: it keeps what the newer observation said."""
+    bus_spaces = example_site.spaces_of_source("bus-g")
+    a1 = example_site.space_index[bus_spaces[0]]
+    since[a1] = 2000.0
+    result = accept(gate, report([(s, "free", 1500.0) for s in bus_spaces], kind="snapshot"), since)
+    assert isinstance(result, AcceptedReport)
+    assert [r.reason for r in result.rejected] == ["older_than_known"]
+    assert a1 not in result.spaces.tolist()  # neither free nor unknown: unchanged
+    assert len(result.spaces) == len(bus_spaces) - 1
+    assert SpaceState.UNKNOWN not in result.states.tolist()
+
+
+def test_restored_retired_boots_refuse_a_late_replay(example_site, since):
+    gate = ReportGate(example_site)
+    gate.restore("agent-g", "b3", 4, retired=["b1", "b2", "b3"])  # its own boot is not retired
+    old = gate.check(decode_report("agent-g", report([("A-001", "free")], boot="b2", seq=9)), since)
+    assert isinstance(old, Rejection) and old.reason == "stale_boot"
+    now = gate.check(decode_report("agent-g", report([("A-001", "free")], boot="b3", seq=5)), since)
+    assert isinstance(now, AcceptedReport)
+
+
+def test_times_from_the_future_are_refused(gate, example_site):
+    """An edge whose clock runs ahead would lock its spaces (every true observation after
+    it would look older): a report or observation later than the gateway's clock plus
+    FUTURE_TOLERANCE_S is refused; without a clock nothing is checked."""
+    now = 1000.0
+    since = np.zeros(len(example_site.spaces))
+    ahead = now + FUTURE_TOLERANCE_S + 1
+    whole = gate.accept("agent-g", report([("A-001", "free")], ts=ahead), since, now=now)
+    assert isinstance(whole, Rejection) and whole.reason == "from_the_future"
+    bus_spaces = example_site.spaces_of_source("bus-g")
+    body = report(
+        [(bus_spaces[0], "occupied", ahead)] + [(s, "free", now) for s in bus_spaces[1:]],
+        kind="snapshot",
+        ts=now,
+    )
+    part = gate.accept("agent-g", body, since, now=now)
+    assert isinstance(part, AcceptedReport)
+    assert [r.reason for r in part.rejected] == ["from_the_future"]
+    first = example_site.space_index[bus_spaces[0]]
+    assert first not in part.spaces.tolist()  # listed, refused, left as it is: not unknown
+    assert len(part.spaces) == len(bus_spaces) - 1
+    near = gate.accept("agent-g", report([("A-001", "free")], ts=now + 60), since, now=now)
+    assert isinstance(near, AcceptedReport)  # a clock a minute ahead is within tolerance
+    fresh = ReportGate(example_site)
+    assert isinstance(
+        fresh.accept("agent-g", report([("A-001", "free")], ts=ahead), since), AcceptedReport
+    )
+
+
 def test_rejection_log_counts_every_one_and_logs_once_per_reason_per_interval(caplog):
     now = [0.0]
     rlog = RejectionLog(clock=lambda: now[0], interval_s=60, max_payload=20)
@@ -173,6 +232,11 @@ def test_rejection_log_counts_every_one_and_logs_once_per_reason_per_interval(ca
     assert len(lines) == 3
     assert all("x" * 21 not in line for line in lines)  # payload cut short
     assert "x" * 20 + "..." in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gateway.ingest"):
+        rlog.reject(Rejection("bad_topic", "no"), "edge/" + "a" * 5000 + "/occupancy", b"{}")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "a" * 21 not in line and len(line) < 400  # a long topic is cut short too
 
 
 def test_same_since_rounded_differently_is_not_older(gate, since, example_site):

@@ -166,8 +166,13 @@ def test_the_usual_report_takes_the_columns():
         (lambda b: b.update(seq=1), "duplicate"),
         (lambda b: b.update(boot="b0"), "stale_boot"),
         (lambda b: b.update(source="nowhere"), "unknown_source"),
-        (lambda b: b.update(seq="2"), None),  # pydantic takes a numeric string
-        (lambda b: b.update(seq=True), "duplicate"),  # pydantic takes true as 1
+        # wrong types are errors, not guesses (strict decoding)
+        (lambda b: b.update(seq="2"), "invalid"),
+        (lambda b: b.update(seq=True), "invalid"),
+        (lambda b: b.update(seq=2.0), "invalid"),
+        (lambda b: b.update(ts=str(T)), "invalid"),
+        (lambda b: b["spaces"][0].update(since=str(T)), "invalid"),
+        (lambda b: b.update(seq=2**63), "invalid"),  # beyond what the journal can keep
         (lambda b: b.update(extra=1), "invalid"),
         (lambda b: b["spaces"][0].update(space="Z-999"), "unknown_space"),
         (lambda b: b["spaces"][0].update(space=OTHER[0]), "foreign_space"),

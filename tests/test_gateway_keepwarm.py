@@ -89,7 +89,9 @@ def test_a_rehearsal_changes_nothing_and_sends_nothing(example_site, tmp_path):
 def test_a_waiting_report_cuts_a_rehearsal_short(example_site, tmp_path):
     """The rehearsal asks between its steps whether a message is waiting and stops there:
     a report waits for one step (one sign rendered), never for the whole rehearsal."""
-    gw = LiveGateway(example_site, Journal(tmp_path / "journal.db"), lambda *a: None)
+    gw = LiveGateway(
+        example_site, Journal(tmp_path / "journal.db"), lambda *a: None, clock=lambda: T0 + 100
+    )
     gw.publish_all()
     bus = example_site.buses[0].id
     spaces = example_site.spaces_of_source(bus)

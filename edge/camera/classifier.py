@@ -110,7 +110,12 @@ class SpaceClassifier:
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
         meta_path = path.with_suffix(".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        try:
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"model metadata {meta_path} is not readable JSON: {exc}") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"model metadata {meta_path} is not a JSON object")
         engine = getattr(cv2.dnn, "ENGINE_CLASSIC", None)
         try:
             net = (
@@ -119,7 +124,11 @@ class SpaceClassifier:
                 else cv2.dnn.readNetFromONNX(str(path))
             )
         except (cv2.error, TypeError):
-            net = cv2.dnn.readNetFromONNX(str(path))
+            try:
+                net = cv2.dnn.readNetFromONNX(str(path))
+            except cv2.error as exc:
+                msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"
+                raise ValueError(f"{path} is not an ONNX model OpenCV can load ({msg})") from None
         size = int(meta.get("size", crops.DEFAULT_SIZE))
         margin = float(meta.get("margin", crops.DEFAULT_MARGIN))
         threshold = float(meta.get("threshold", 0.5))

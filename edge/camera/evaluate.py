@@ -54,6 +54,15 @@ def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1}
 
 
+def _plannable(clf: SpaceClassifier, contour: np.ndarray) -> bool:
+    """Can the space be cropped (a contour of one point or a line cannot)?"""
+    try:
+        clf.plan([contour])
+    except ValueError:
+        return False
+    return True
+
+
 def evaluate_frames(root: Path, clf: SpaceClassifier) -> dict[str, float | int]:
     """Classify every labelled space of every PKLot-labelled image under ``root``."""
     preds, truths, times = [], [], []
@@ -70,8 +79,19 @@ def evaluate_frames(root: Path, clf: SpaceClassifier) -> dict[str, float | int]:
         if frame is None:
             log.warning("cannot read image %s", img_path)
             continue
-        polygons = [s.contour for s in spaces]
-        plan = clf.plan(polygons)
+        try:
+            plan = clf.plan([s.contour for s in spaces])
+        except ValueError:  # a contour of one point or a line: skip those spaces
+            usable = [s for s in spaces if _plannable(clf, s.contour)]
+            log.warning(
+                "%s: %d spaces without a usable contour skipped",
+                xml_path,
+                len(spaces) - len(usable),
+            )
+            spaces = usable
+            if not spaces:
+                continue
+            plan = clf.plan([s.contour for s in spaces])
         t0 = time.perf_counter()
         occ, _ = clf.classify(frame, plan)
         times.append(time.perf_counter() - t0)
@@ -140,7 +160,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         clf = SpaceClassifier.load(getattr(args, "model", None))
-    except (FileNotFoundError, cv2.error) as exc:
+    except (FileNotFoundError, ValueError, cv2.error) as exc:
         print(f"error: cannot load model: {exc}", file=sys.stderr)
         return 2
     try:

@@ -33,6 +33,26 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 10.0
 
 
+class FrameRate:
+    """At most ``max_fps`` frames a second on average (0: every frame), without losing
+    frames to jitter: a frame up to half a period early is taken, and the schedule moves
+    on by whole periods, so a camera running at the limit keeps every frame."""
+
+    def __init__(self, max_fps: float):
+        self.interval = 1.0 / max_fps if max_fps > 0 else 0.0
+        self._due = -float("inf")
+
+    def take(self, now: float) -> bool:
+        """Is the frame seen at ``now`` (monotonic seconds) one to use?"""
+        if not self.interval:
+            return True
+        if now < self._due - self.interval / 2:
+            return False
+        # never behind ``now``: a pause earns no burst afterwards
+        self._due = max(self._due + self.interval, now + self.interval)
+        return True
+
+
 def parse_source(source: str) -> str | int:
     """A device index for a string of digits, else the URL or path unchanged."""
     text = source.strip()
@@ -76,9 +96,9 @@ class FrameReader:
         max_fps: float = 0.0,
     ):
         self.source = source
-        self.min_interval = 1.0 / max_fps if max_fps > 0 else 0.0
-        """frames closer together than this are grabbed (the stream keeps flowing) but not
-        decoded: a 25 fps camera costs one decode per frame the agent will use"""
+        self.max_fps = max_fps
+        """frames beyond this rate are grabbed (the stream keeps flowing) but not decoded:
+        a 25 fps camera costs one decode per frame the agent will use"""
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.open_timeout_ms = open_timeout_ms
@@ -174,7 +194,7 @@ class FrameReader:
                 fps = cap.get(cv2.CAP_PROP_FPS)
                 period = 1.0 / fps if fps and 0 < fps < 1000 else 0.04
             next_at = time.monotonic()
-            last_decoded = -1e9
+            rate = FrameRate(self.max_fps)
             while not self._stop.is_set():
                 if not cap.grab():
                     log.warning("camera %s: read failed or stream ended", describe(self.source))
@@ -183,12 +203,11 @@ class FrameReader:
                 now = time.monotonic()
                 self._last_grab = now
                 self.grabbed += 1
-                if not self.min_interval or now - last_decoded >= self.min_interval:
+                if rate.take(now):
                     ok, image = cap.retrieve()
                     if not ok or image is None:
                         log.warning("camera %s: cannot decode a frame", describe(self.source))
                         return got
-                    last_decoded = now
                     self.frames += 1
                     with self._cond:
                         self._frame = Frame(image, self.frames, now)
