@@ -190,9 +190,12 @@ class CameraAgent:
         low = self.smoother.confidence < self.smoother.settings.min_confidence
         return "degraded" if low.mean() > DEGRADED_FRACTION else "ok"
 
-    def observation(self, i: int) -> SpaceObservation:
+    def observations(self, spaces: Sequence[int]) -> list[SpaceObservation]:
+        backing = self.smoother.confidence_in_state()
+        return [self._observation(i, float(backing[i])) for i in spaces]
+
+    def _observation(self, i: int, conf: float) -> SpaceObservation:
         state = SpaceState(int(self.smoother.state[i]))
-        conf = 0.0 if state is SpaceState.UNKNOWN else float(self.smoother.confidence[i])
         return SpaceObservation(
             space=self.space_ids[i],
             state=state.label,  # type: ignore[arg-type]
@@ -218,11 +221,9 @@ class CameraAgent:
     def publish(self, changes: list[SpaceChange], reader: FrameReader, mono: float) -> None:
         if changes:
             latest = {c.index: c for c in changes}  # a space changed twice: its last word
-            self.publisher.report("delta", [self.observation(i) for i in sorted(latest)])
+            self.publisher.report("delta", self.observations(sorted(latest)))
         if self.publisher.snapshot_due():
-            self.publisher.report(
-                "snapshot", [self.observation(i) for i in range(len(self.space_ids))]
-            )
+            self.publisher.report("snapshot", self.observations(range(len(self.space_ids))))
         status = self.status()
         if mono >= self._next_health or status != self._status:
             self._status = status
@@ -351,6 +352,11 @@ def main(args: argparse.Namespace) -> int:
     if not camera.polygons:
         print(f"error: camera {camera.id} has no spaces bound to it", file=sys.stderr)
         return 2
+    source = parse_source(args.source)
+    if isinstance(source, str) and "://" not in source and not os.path.exists(source):
+        # a URL or a device may come back; a file named wrongly never will
+        print(f"error: --source {source}: no such file", file=sys.stderr)
+        return 2
     agent_id = args.agent or f"camera-{camera.id}"
     publisher = ReportPublisher(
         broker,
@@ -368,7 +374,6 @@ def main(args: argparse.Namespace) -> int:
         smoothing=SmoothingSettings(hold_s=args.hold_s, min_confidence=args.min_confidence),
         quality=QualitySettings(frozen_s=args.frozen_s),
     )
-    source = parse_source(args.source)
     reader = FrameReader(source, max_fps=args.fps_limit)
     stop = threading.Event()
 

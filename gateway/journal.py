@@ -333,9 +333,12 @@ class Journal:
         ).fetchall()
 
 
-def stored_signs(path: str | Path) -> list[tuple[str, str, float]]:
+def stored_signs(path: str | Path, now: float | None = None) -> list[tuple[str, str, float]]:
     """(topic, content JSON, expires_s) of every sign in the journal at ``path``; [] if none,
     or if events were committed after the signs were checkpointed (they may be behind).
+    With ``now``, only the signs that would still be showing had the gateway not stopped:
+    after a stop longer than a sign's expiry (counted from the last report heard), its
+    content is too old to show again, even for the moment before TTLs catch up.
 
     Light on purpose (sqlite3 only): the restart path calls it before anything heavy loads.
     """
@@ -349,7 +352,11 @@ def stored_signs(path: str | Path) -> list[tuple[str, str, float]]:
         mark = conn.execute("SELECT value FROM meta WHERE key=?", (CHECKPOINT_KEY,)).fetchone()
         if last is not None and mark is not None and int(mark[0]) < last:
             return []
-        return conn.execute("SELECT topic, content, expires_s FROM signs").fetchall()
+        rows = conn.execute("SELECT topic, content, expires_s FROM signs").fetchall()
+        heard = conn.execute("SELECT max(last_seen) FROM agents").fetchone()[0]
+        if now is None or heard is None:
+            return rows
+        return [r for r in rows if now - heard <= r[2]]
     except sqlite3.Error:
         return []
     finally:

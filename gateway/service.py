@@ -640,7 +640,7 @@ def republish_stored_signs(db: str, broker: BrokerConfig, timeout_s: float = 2.0
     of a second, while the full gateway is still loading. The contents are those committed
     with the last state change, which is the state the gateway resumes from.
     """
-    rows = stored_signs(db)
+    rows = stored_signs(db, now=time.time())
     if not rows:
         return 0
     client = mqtt.Client(

@@ -60,6 +60,21 @@ def test_a_space_changes_only_after_the_decision_holds() -> None:
     assert feed(sm, [True, False], 0.9, 3.0) == []
 
 
+def test_the_reported_confidence_backs_the_reported_state() -> None:
+    """While a car leaves (the hold runs) the space is still reported occupied; the frame
+    says free with 0.97, so the occupied report carries 0.03, not 0.97."""
+    sm = OccupancySmoother(2, SETTINGS, now=0.0)
+    np.testing.assert_allclose(sm.confidence_in_state(), [0.0, 0.0])  # unknown
+    feed(sm, [True, False], 0.9, 0.0)
+    feed(sm, [True, False], 0.9, 2.0)
+    np.testing.assert_allclose(sm.confidence_in_state(), [0.9, 0.9])
+    feed(sm, [False, False], 0.97, 2.5)  # space 0: the car is leaving
+    assert sm.states()[0] is SpaceState.OCCUPIED
+    np.testing.assert_allclose(sm.confidence_in_state(), [0.03, 0.97])
+    sm.blind(3.0)
+    np.testing.assert_allclose(sm.confidence_in_state(), [0.0, 0.0])
+
+
 def test_a_person_walking_through_does_not_flip_a_space() -> None:
     sm = OccupancySmoother(1, SETTINGS, now=0.0)
     feed(sm, [False], 0.9, 0.0)
@@ -159,9 +174,7 @@ def test_agent_decides_from_frames_and_goes_blind_on_a_covered_lens(lot, tmp_pat
     assert {c.state for c in changes} == {SpaceState.UNKNOWN}
     assert (agent.smoother.state == int(SpaceState.UNKNOWN)).all()
     assert agent.status() == "blind" and agent.counters["blurred"] == 1
-    assert all(
-        o.state == "unknown" and o.confidence == 0.0 for o in map(agent.observation, range(40))
-    )
+    assert all(o.state == "unknown" and o.confidence == 0.0 for o in agent.observations(range(40)))
 
 
 def test_agent_scales_polygons_to_a_smaller_stream(lot, tmp_path: Path) -> None:
@@ -414,6 +427,7 @@ def test_backoff_stays_capped_however_long_the_outage() -> None:
         (["--model", "BAD"], "is not an ONNX model"),
         (["--fps-limit", "nan"], "--fps-limit must be 0 or more"),
         (["--hold-s", "inf"], "--hold-s must be positive"),
+        ([], "x.avi: no such file"),  # a file named wrongly never comes back
     ],
 )
 def test_the_agent_refuses_a_bad_model_or_setting_with_a_clear_error(

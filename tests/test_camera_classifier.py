@@ -337,6 +337,29 @@ def test_eval_synthetic_frame_json(tmp_path: Path, capsys: pytest.CaptureFixture
     assert rc == 0 and "accuracy" in out
 
 
+def test_eval_finds_labels_in_any_layout(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Patches under busy/ or free/ folders at any depth (CNRPark's camera folders, any
+    letter case); an annotation named .Xml next to its frame."""
+    frame, poly = _two_tone_space(0.0)
+    patch = frame[:60, :60]
+    for rel in ("A/busy/1.jpg", "A/free/2.jpg", "B/Busy/3.jpg", "B/FREE/x/4.jpg", "C/5.jpg"):
+        (tmp_path / "p" / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "p" / rel), patch)
+    rc, out, _ = _run_eval([str(tmp_path / "p"), "--patches", "--json"], capsys)
+    assert rc == 0 and json.loads(out)["spaces"] == 4  # C/5.jpg has no label
+    files = dict((p.name, label) for p, label in evaluate._patch_files(tmp_path / "p"))
+    assert files == {"1.jpg": True, "2.jpg": False, "3.jpg": True, "4.jpg": False}
+    frames = tmp_path / "f" / "day1"
+    frames.mkdir(parents=True)
+    cv2.imwrite(str(frames / "f1.jpg"), frame)
+    pts = "".join(f'<point x="{x}" y="{y}"/>' for x, y in poly)
+    (frames / "f1.Xml").write_text(
+        f'<parking><space id="1" occupied="1"><contour>{pts}</contour></space></parking>'
+    )
+    rc, out, _ = _run_eval([str(tmp_path / "f"), "--json"], capsys)
+    assert rc == 0 and json.loads(out)["images"] == 1
+
+
 def test_eval_skips_a_space_whose_contour_is_a_point(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -155,3 +155,7 @@ def test_journal_is_wal_and_a_failed_transaction_leaves_nothing(tmp_path):
     assert rows == [(1.0, "free")]
     assert stored_signs(tmp_path / "j.db") == [("t/gate-north", '{"display":"gate-north"}', 60.0)]
     assert stored_signs(tmp_path / "missing.db") == []
+    # the last report was heard at ts 1.0: within the sign's 60 s expiry it may show again,
+    # after a longer stop it is too old (the gateway renders afresh instead)
+    assert len(stored_signs(tmp_path / "j.db", now=61.0)) == 1
+    assert stored_signs(tmp_path / "j.db", now=61.5) == []

@@ -107,21 +107,26 @@ def evaluate_frames(root: Path, clf: SpaceClassifier) -> dict[str, float | int]:
     return out
 
 
+_PATCH_LABELS = {"busy": True, "free": False}
+
+
 def _patch_files(root: Path) -> list[tuple[Path, bool]]:
+    """Every image under a folder named ``busy`` or ``free`` (any letter case) at any depth
+    below ``root`` (``root/busy``, CNRPark's ``A/busy``, ...): the nearest such folder
+    gives its label."""
     files: list[tuple[Path, bool]] = []
-    for sub, label in (("busy", True), ("free", False)):
-        d = root / sub
-        if d.is_dir():
-            files += [
-                (p, label)
-                for p in sorted(d.rglob("*"))
-                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-            ]
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+            continue
+        folders = [d.lower() for d in p.relative_to(root).parts[:-1]]
+        label = next((_PATCH_LABELS[d] for d in reversed(folders) if d in _PATCH_LABELS), None)
+        if label is not None:
+            files.append((p, label))
     return files
 
 
 def evaluate_patches(root: Path, clf: SpaceClassifier, batch: int = 256) -> dict[str, float | int]:
-    """Classify every patch under ``root/busy`` and ``root/free``."""
+    """Classify every patch under a ``busy`` or ``free`` folder below ``root``."""
     files = _patch_files(root)
     preds, truths = [], []
     elapsed = 0.0
@@ -143,7 +148,7 @@ def evaluate_patches(root: Path, clf: SpaceClassifier, batch: int = 256) -> dict
         preds.append(occ)
         truths.append(np.array(labels, dtype=bool))
     if not preds:
-        raise EvalError(f"no labelled patches under {root}/busy or {root}/free")
+        raise EvalError(f"no labelled patches in busy/ or free/ folders under {root}")
     pred, truth = np.concatenate(preds), np.concatenate(truths)
     n = int(len(truth))
     out: dict[str, float | int] = {"images": n, "spaces": n}

@@ -101,15 +101,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def find_labelled_images(root: str | Path) -> list[tuple[Path, Path]]:
-    """(image, xml) pairs under ``root`` (any depth) sharing the same stem, sorted."""
+    """(image, xml) pairs under ``root`` (any depth) sharing the same stem in the same
+    folder (``.xml`` in any letter case), sorted."""
     root = Path(root)
-    pairs = []
-    for img in sorted(root.rglob("*")):
-        if img.suffix.lower() not in IMAGE_SUFFIXES or not img.is_file():
-            continue
-        for ext in (".xml", ".XML"):
-            xml = img.with_suffix(ext)
-            if xml.is_file():
-                pairs.append((img, xml))
-                break
-    return pairs
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    xml_of = {(p.parent, p.stem): p for p in files if p.suffix.lower() == ".xml"}
+    return [
+        (img, xml_of[(img.parent, img.stem)])
+        for img in files
+        if img.suffix.lower() in IMAGE_SUFFIXES and (img.parent, img.stem) in xml_of
+    ]

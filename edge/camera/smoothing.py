@@ -68,6 +68,8 @@ class OccupancySmoother:
         self.last_confident = np.full(count, now, dtype=np.float64)
         self.confidence = np.zeros(count, dtype=np.float64)
         """last per-frame confidence (0 while blind), for health reports"""
+        self.decision = np.full(count, UNKNOWN, dtype=np.int8)
+        """last per-frame decision (FREE or OCCUPIED; UNKNOWN while blind)"""
 
     def update(self, occupied: np.ndarray, confidence: np.ndarray, now: float) -> list[SpaceChange]:
         """Feed one frame's decisions; returns the spaces whose reported state changed."""
@@ -81,6 +83,7 @@ class OccupancySmoother:
         self.confidence = confidence.copy()
         confident = confidence >= s.min_confidence
         decision = np.where(occupied, OCCUPIED, FREE).astype(np.int8)
+        self.decision = decision
         self.last_confident[confident] = now
 
         agrees = confident & (decision == self.state)
@@ -115,6 +118,7 @@ class OccupancySmoother:
         """The camera cannot see: every space unknown now, pending candidates dropped."""
         self.candidate[:] = NO_CANDIDATE
         self.confidence[:] = 0.0
+        self.decision[:] = UNKNOWN
         self.last_confident[:] = now
         return self._set_unknown(self.state != UNKNOWN, now)
 
@@ -124,6 +128,14 @@ class OccupancySmoother:
         self.since[idx] = now
         self.candidate[idx] = NO_CANDIDATE
         return [SpaceChange(int(i), SpaceState.UNKNOWN, now) for i in idx]
+
+    def confidence_in_state(self) -> np.ndarray:
+        """How far the last frame backs each reported state: its confidence where it
+        decided the same, one minus it where it decided otherwise (a car leaving while
+        the hold runs), 0 for unknown."""
+        agree = self.decision == self.state
+        conf = np.where(agree, self.confidence, 1.0 - self.confidence)
+        return np.where((self.state == UNKNOWN) | (self.decision == UNKNOWN), 0.0, conf)
 
     def states(self) -> list[SpaceState]:
         return [SpaceState(int(v)) for v in self.state]
