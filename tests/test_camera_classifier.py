@@ -318,16 +318,24 @@ def test_eval_missing_or_empty_dir(tmp_path: Path, capsys: pytest.CaptureFixture
     assert rc == 2 and "no labelled patches" in err
 
 
-def test_eval_synthetic_frame_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    frame, poly = _two_tone_space(0.0)
-    sub = tmp_path / "a" / "b"
-    sub.mkdir(parents=True)
-    cv2.imwrite(str(sub / "f1.jpg"), frame)
-    pts = "".join(f'<point x="{x}" y="{y}"/>' for x, y in poly)
-    (sub / "f1.xml").write_text(
-        f'<parking><space id="1" occupied="1"><contour>{pts}</contour></space>'
-        f'<space id="2"><contour>{pts}</contour></space></parking>'
+def _labelled_frame(folder: Path, name: str, spaces: list[tuple[str, np.ndarray]]) -> None:
+    """The two-tone test frame as ``name``.jpg, and a PKLot annotation beside it named
+    ``name`` with the image's stem: one space per (occupied attribute, contour)."""
+    frame, _ = _two_tone_space(0.0)
+    folder.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(folder / f"{Path(name).stem}.jpg"), frame)
+    body = "".join(
+        f'<space id="{i}"{occ}><contour>'
+        + "".join(f'<point x="{x}" y="{y}"/>' for x, y in contour)
+        + "</contour></space>"
+        for i, (occ, contour) in enumerate(spaces, 1)
     )
+    (folder / name).write_text(f"<parking>{body}</parking>")
+
+
+def test_eval_synthetic_frame_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _, poly = _two_tone_space(0.0)
+    _labelled_frame(tmp_path / "a" / "b", "f1.xml", [(' occupied="1"', poly), ("", poly)])
     rc, out, _ = _run_eval([str(tmp_path), "--json"], capsys)
     assert rc == 0
     res = json.loads(out.strip())
@@ -349,13 +357,7 @@ def test_eval_finds_labels_in_any_layout(tmp_path: Path, capsys: pytest.CaptureF
     assert rc == 0 and json.loads(out)["spaces"] == 4  # C/5.jpg has no label
     files = dict((p.name, label) for p, label in evaluate._patch_files(tmp_path / "p"))
     assert files == {"1.jpg": True, "2.jpg": False, "3.jpg": True, "4.jpg": False}
-    frames = tmp_path / "f" / "day1"
-    frames.mkdir(parents=True)
-    cv2.imwrite(str(frames / "f1.jpg"), frame)
-    pts = "".join(f'<point x="{x}" y="{y}"/>' for x, y in poly)
-    (frames / "f1.Xml").write_text(
-        f'<parking><space id="1" occupied="1"><contour>{pts}</contour></space></parking>'
-    )
+    _labelled_frame(tmp_path / "f" / "day1", "f1.Xml", [(' occupied="1"', poly)])
     rc, out, _ = _run_eval([str(tmp_path / "f"), "--json"], capsys)
     assert rc == 0 and json.loads(out)["images"] == 1
 
@@ -363,14 +365,9 @@ def test_eval_finds_labels_in_any_layout(tmp_path: Path, capsys: pytest.CaptureF
 def test_eval_skips_a_space_whose_contour_is_a_point(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    frame, poly = _two_tone_space(0.0)
-    cv2.imwrite(str(tmp_path / "f1.jpg"), frame)
-    pts = "".join(f'<point x="{x}" y="{y}"/>' for x, y in poly)
-    dot = '<point x="100" y="100"/>' * 3
-    (tmp_path / "f1.xml").write_text(
-        f'<parking><space id="1" occupied="1"><contour>{pts}</contour></space>'
-        f'<space id="2" occupied="0"><contour>{dot}</contour></space></parking>'
-    )
+    _, poly = _two_tone_space(0.0)
+    dot = np.array([[100, 100]] * 3)
+    _labelled_frame(tmp_path, "f1.xml", [(' occupied="1"', poly), (' occupied="0"', dot)])
     rc, out, _ = _run_eval([str(tmp_path), "--json"], capsys)
     assert rc == 0
     res = json.loads(out.strip())
