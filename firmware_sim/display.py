@@ -202,11 +202,22 @@ def main(args: argparse.Namespace) -> int:
     if broker.tls:
         client.tls_set()
 
+    connected = threading.Event()
+
     def on_connect(client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
             log.error("broker %s refused the connection: %s", broker.url, reason_code)
             return
+        connected.set()
         client.subscribe(topics.displays_all(site.id), qos=topics.QOS_DISPLAY)
+
+    def on_connect_fail(client, userdata):
+        # blank signs must not hide a wrong or dead broker from the technician
+        log.warning("cannot reach the broker %s; retrying", broker.url)
+
+    def on_disconnect(client, userdata, flags, reason_code, properties):
+        if connected.is_set():
+            log.warning("lost the broker %s (%s); reconnecting", broker.url, reason_code)
 
     def on_message(client, userdata, msg):
         try:
@@ -215,6 +226,8 @@ def main(args: argparse.Namespace) -> int:
             log.exception("sign content on %s could not be shown", msg.topic)
 
     client.on_connect = on_connect
+    client.on_connect_fail = on_connect_fail
+    client.on_disconnect = on_disconnect
     client.on_message = on_message
     client.reconnect_delay_set(1, 30)
     client.connect_async(broker.host, broker.port, keepalive=30)
@@ -225,6 +238,9 @@ def main(args: argparse.Namespace) -> int:
             while not board.complete() and time.monotonic() < deadline:
                 board.changed.wait(0.1)
                 board.changed.clear()
+            if not connected.is_set():
+                print(f"error: could not reach the broker {broker.url}", file=sys.stderr)
+                return 1
             print("\n\n".join(plain(v) for v in board.views(time.time())))
             return 0
         if args.plain or not sys.stdout.isatty():  # a pipe or a log file gets plain text

@@ -10,7 +10,6 @@ Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import secrets
 import shutil
@@ -26,6 +25,7 @@ from parkguide.supervisor import Supervisor
 from parking import topics
 from parking.broker import BrokerConfig
 from parking.payloads import ARROW_GLYPHS as ARROWS
+from parking.payloads import Assignment, DisplayContent, ZoneCounts
 from parking.site import EXAMPLE_SITE, SiteError, load_site
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,13 @@ def _wait_port(host: str, port: int, timeout: float) -> bool:
         return False
 
 
+_SHOWN = {
+    "zones": ZoneCounts,
+    "displays/content": DisplayContent,
+    "entrances/assignment": Assignment,
+}
+
+
 class StatusBoard:
     """Live zone counts and sign contents, read from the retained topics."""
 
@@ -81,6 +88,7 @@ class StatusBoard:
         self.displays: dict[str, dict] = {}
         self.assignments = 0
         self.last_assignment: dict | None = None
+        self.bad_payloads = 0
         self.gateway = "?"
         self.lock = threading.Lock()
         self.site_id = site_id
@@ -115,8 +123,15 @@ class StatusBoard:
                 with self.lock:
                     self.gateway = msg.payload.decode(errors="replace")
                 return
-            data = json.loads(msg.payload)
-        except ValueError:
+            model = _SHOWN.get(parsed.kind)
+            if model is None:
+                return
+            # checked before it is shown: content that is not what the contract says is
+            # counted and left out, never a crash of the view
+            data = model.model_validate_json(msg.payload).model_dump(mode="json", by_alias=True)
+        except ValueError:  # not JSON, or not the contract's payload (ValidationError)
+            with self.lock:
+                self.bad_payloads += 1
             return
         with self.lock:
             if parsed.kind == "zones":
@@ -152,7 +167,7 @@ class StatusBoard:
                     out.append(f"sign {d.id:<11} [blank]")
                     continue
                 lines = [
-                    f"{ln['label']['zh']}{ARROWS.get(ln['arrow'], '')} {ln['text']['zh']}"
+                    f"{_both(ln['label'], '/')}{ARROWS.get(ln['arrow'], '')} {_both(ln['text'])}"
                     for ln in content["lines"]
                 ]
                 out.append(f"sign {d.id:<11} " + " | ".join(lines))
@@ -162,9 +177,15 @@ class StatusBoard:
                 if a
                 else ""
             )
-            out.append(f"gateway {self.gateway}; assignments {self.assignments}{tail}")
+            bad = f"; bad payloads {self.bad_payloads}" if self.bad_payloads else ""
+            out.append(f"gateway {self.gateway}; assignments {self.assignments}{tail}{bad}")
             del names
         return out
+
+
+def _both(text: dict[str, str], sep: str = " ") -> str:
+    """A sign's text in Chinese and English, once where they are the same ("12")."""
+    return text["zh"] if text["en"] == text["zh"] else f"{text['zh']}{sep}{text['en']}"
 
 
 def _render_rich(board: StatusBoard, site, header: str):
@@ -206,11 +227,13 @@ def _render_rich(board: StatusBoard, site, header: str):
                 style = {"ok": "bold green", "full": "bold red", "fallback": "yellow"}.get(
                     ln["status"], ""
                 )
-                parts.append(f"{ln['label']['zh']} {ARROWS.get(ln['arrow'], '')} ")
-                parts.append(ln["text"]["zh"], style=style)
+                parts.append(f"{_both(ln['label'], '/')} {ARROWS.get(ln['arrow'], '')} ")
+                parts.append(_both(ln["text"]), style=style)
             st.add_row(d.id, parts)
         a = board.last_assignment
         foot = f"gateway: {board.gateway}   assignments: {board.assignments}"
+        if board.bad_payloads:
+            foot += f"   bad payloads: {board.bad_payloads}"
         if a:
             foot += f"   last: {a.get('class')} at {a.get('entrance')} → {a.get('space') or 'none'}"
     return Panel(Group(Text(header), zt, st, Text(foot)), title="parkguide demo")
@@ -253,7 +276,11 @@ def main(args: argparse.Namespace) -> int:
     board: StatusBoard | None = None
     try:
         if args.broker:
-            broker = BrokerConfig.from_url(args.broker)
+            try:
+                broker = BrokerConfig.from_url(args.broker)
+            except ValueError as exc:
+                print(f"--broker: {exc}", file=sys.stderr)
+                return 2
             broker_url = args.broker
         else:
             port = args.broker_port or free_port()
@@ -378,7 +405,10 @@ def main(args: argparse.Namespace) -> int:
             f"broker {broker_url}   logs {run_dir}   Ctrl-C to stop"
         )
         print(header, flush=True)
-        _run_status(board, site, header, stop, sup, args.duration)
+        if _run_status(board, site, header, stop, sup, args.duration):
+            keep = True  # a part died: its log is what the user needs next
+            print(f"a part of the demo died; logs kept in {run_dir}", file=sys.stderr)
+            return 1
         return 0
     finally:
         if board:
@@ -425,7 +455,8 @@ def _run_status(
     stop: threading.Event,
     sup: Supervisor,
     duration: float | None,
-) -> None:
+) -> bool:
+    """Show the live status until stopped or ``duration`` is up; True if a part died."""
     started = time.monotonic()
     tty = sys.stdout.isatty()
     live = None
@@ -448,7 +479,7 @@ def _run_status(
                         c.proc.returncode,
                         sup.tail(c),
                     )
-                break
+                return True
             if live is not None:
                 live.update(_render_rich(board, site, header))
             elif time.monotonic() - last_plain > 10:
@@ -458,3 +489,4 @@ def _run_status(
     finally:
         if live is not None:
             live.stop()
+    return False

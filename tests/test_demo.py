@@ -4,10 +4,12 @@ terminal, with port 1883 taken; SIGTERM stops it and leaves nothing running."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -112,3 +114,77 @@ def test_demo_runs_everything_and_stops_cleanly(tmp_path, subprocess_env):
         for pid in _processes_mentioning(str(run_dir)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _msg(topic: str, payload: bytes):
+    return type("Msg", (), {"topic": topic, "payload": payload})()
+
+
+def test_the_demo_view_shows_signs_in_both_languages_and_skips_bad_content():
+    """Content that is not the contract's is counted and left out (never a crash of the
+    view); a sign line reads in Chinese and English, as the driver sees it."""
+    from parkguide.demo import StatusBoard
+    from parking import topics
+    from parking.broker import BrokerConfig
+    from parking.site import EXAMPLE_SITE, load_site
+
+    site = load_site(EXAMPLE_SITE)
+    board = StatusBoard(site.id, BrokerConfig.from_url(f"mqtt://127.0.0.1:{free_port()}"))
+    try:
+        sign = topics.display_content(site.id, site.displays[0].id)
+        for bad in (b'{"expires": 9999999999}', b"[1]", b"not json", b'{"zone": 1}'):
+            board._on_message(None, None, _msg(sign, bad))
+        board._on_message(None, None, _msg(topics.zone(site.id, site.zones[0].id), b"[]"))
+        assert board.bad_payloads == 5
+        assert not board.displays and not board.zones
+        now = time.time()
+        line = {"arrow": "left", "count": None, "status": "full"}
+        content = {
+            "display": site.displays[0].id,
+            "lines": [
+                {
+                    **line,
+                    "label": {"zh": "A区", "en": "Zone A"},
+                    "text": {"zh": "满", "en": "FULL"},
+                },
+                {
+                    **line,
+                    "count": 12,
+                    "status": "ok",
+                    "label": {"zh": "B区", "en": "Zone B"},
+                    "text": {"zh": "12", "en": "12"},
+                },
+            ],
+            "ts": now,
+            "expires": now + 60,
+        }
+        board._on_message(None, None, _msg(sign, json.dumps(content).encode()))
+        text = "\n".join(board.render_text(site))
+        assert "A区/Zone A← 满 FULL" in text
+        assert "B区/Zone B← 12" in text and "bad payloads 5" in text
+    finally:
+        board.stop()
+
+
+def test_the_demo_refuses_a_bad_broker_url(capsys):
+    from parkguide.cli import main
+
+    rc = main(["demo", "--broker", "foo://bar", "--http", f"127.0.0.1:{free_port()}"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--broker" in err and "Traceback" not in err
+
+
+def test_the_demo_says_when_a_part_died():
+    """The status loop ends at once with True when a part (not the drivers) has died, so
+    the demo exits non-zero and keeps its logs."""
+    from parkguide.demo import _run_status
+
+    child = type("Child", (), {"name": "gateway", "proc": type("P", (), {"returncode": -9})})
+    sup = type("Sup", (), {"dead": lambda self: [child], "tail": lambda self, c: "killed"})()
+    board = type("Board", (), {"render_text": lambda self, site: []})()
+    started = time.monotonic()
+    assert _run_status(board, None, "", threading.Event(), sup, None) is True
+    assert time.monotonic() - started < 5
+    quiet = type("Sup", (), {"dead": lambda self: [], "tail": lambda self, c: ""})()
+    assert _run_status(board, None, "", threading.Event(), quiet, 1.0) is False

@@ -109,3 +109,28 @@ def test_sim_display_once_blanks_signs_whose_gateway_died(mosquitto, tmp_path, s
     assert out.returncode == 0, out.stderr
     headers = [b.splitlines()[0] for b in out.stdout.strip().split("\n\n")]
     assert len(headers) == 7 and all("blank" in h for h in headers)
+
+
+def test_sim_display_once_says_when_the_broker_cannot_be_reached(tmp_path, subprocess_env):
+    """Blank signs must not hide a wrong or dead broker from the technician."""
+    from conftest import free_port
+
+    out = subprocess.run(
+        parkguide_cmd(
+            "sim",
+            "display",
+            "--site",
+            str(site_variant(tmp_path)),
+            "--broker",
+            f"mqtt://127.0.0.1:{free_port()}",
+            "--once",
+            "--wait",
+            "1",
+        ),  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=subprocess_env,
+        timeout=30,
+    )
+    assert out.returncode == 1
+    assert "could not reach the broker" in out.stderr and "Traceback" not in out.stderr
