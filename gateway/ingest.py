@@ -418,7 +418,8 @@ class ReportGate:
     ) -> AcceptedReport:
         if kind == "snapshot":
             # a snapshot lists every space of its source: the ones it leaves out are unknown
-            # (one it lists with an observation older than known is not left out: unchanged)
+            # (one it lists with a time refused, older than known or from the future, is not
+            # left out: it stays as it is)
             all_of_source = self._source_spaces[source]
             listed = spaces if not len(stale) else np.concatenate([spaces, stale])
             missing = all_of_source[~np.isin(all_of_source, listed)]
