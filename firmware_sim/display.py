@@ -118,10 +118,17 @@ class SignBoard:
         parsed = topics.parse(topic)
         if parsed is None or parsed.kind != "displays/content" or parsed.ident not in self.ids:
             return
+        if not payload:  # an empty retained message clears the sign (MQTT's way)
+            with self._lock:
+                self._content.pop(parsed.ident, None)
+            self.changed.set()
+            return
         try:
             if len(payload) > MAX_PAYLOAD_BYTES:
                 raise ValueError(f"{len(payload)} bytes")
             content = DisplayContent.model_validate_json(payload)
+            if content.display != parsed.ident:
+                raise ValueError(f"content of sign {content.display!r} on {parsed.ident!r}")
         except (ValidationError, ValueError) as exc:
             self.rejected += 1
             now = time.monotonic()

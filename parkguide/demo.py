@@ -126,6 +126,12 @@ class StatusBoard:
             model = _SHOWN.get(parsed.kind)
             if model is None:
                 return
+            if not msg.payload and parsed.kind in ("zones", "displays/content"):
+                with self.lock:  # an empty retained message clears it (MQTT's way)
+                    (self.zones if parsed.kind == "zones" else self.displays).pop(
+                        parsed.ident, None
+                    )
+                return
             # checked before it is shown: content that is not what the contract says is
             # counted and left out, never a crash of the view
             data = model.model_validate_json(msg.payload).model_dump(mode="json", by_alias=True)

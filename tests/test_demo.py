@@ -162,6 +162,8 @@ def test_the_demo_view_shows_signs_in_both_languages_and_skips_bad_content():
         text = "\n".join(board.render_text(site))
         assert "A区/Zone A← 满 FULL" in text
         assert "B区/Zone B← 12" in text and "bad payloads 5" in text
+        board._on_message(None, None, _msg(sign, b""))  # cleared, not bad
+        assert not board.displays and board.bad_payloads == 5
     finally:
         board.stop()
 

@@ -89,6 +89,31 @@ def test_expired_content_blanks_the_sign(example_site):
     assert never.blank and [ln.arrow for ln in never.lines] == ["↓", "→"]
 
 
+def test_the_board_clears_on_an_empty_message_and_refuses_another_signs_content(
+    example_site,
+):
+    """An empty retained message clears a sign (MQTT's way to delete one); content that
+    names another sign than its topic is bad content, counted, and changes nothing."""
+    import json
+
+    from firmware_sim.display import SignBoard
+    from parking import topics
+
+    board = SignBoard(example_site)
+    line = {"arrow": "right", "count": 12, "status": "ok"}
+    line |= {"label": {"zh": "A区", "en": "Zone A"}, "text": {"zh": "12", "en": "12"}}
+    body = {"display": "gate-north", "lines": [line], "ts": 1000.0, "expires": 1060.0}
+    north = topics.display_content(example_site.id, "gate-north")
+    east = topics.display_content(example_site.id, "gate-east")
+    board.feed(north, json.dumps(body).encode())
+    board.feed(east, json.dumps(body).encode())  # gate-north's content on gate-east
+    views = {v.display: v for v in board.views(1001.0)}
+    assert not views["gate-north"].blank and views["gate-east"].blank
+    assert board.rejected == 1
+    board.feed(north, b"")
+    assert all(v.blank for v in board.views(1001.0)) and board.rejected == 1
+
+
 def test_sim_display_once_blanks_signs_whose_gateway_died(mosquitto, tmp_path, subprocess_env):
     site_path = site_variant(tmp_path, expires_s=1)
     with running_gateway(site_path, mosquitto.url, tmp_path / "j.db") as gw:
