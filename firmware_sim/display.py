@@ -79,7 +79,7 @@ def sign_view(site: Site, display: str, content: DisplayContent | None, now: flo
         return SignView(display, title, lines, blank=True)
     shown: list[SignLine] = []
     for ln in content.lines:
-        text = ln.text.zh if ln.text.zh == ln.text.en else f"{ln.text.zh} {ln.text.en}"
+        text = ln.text.both()
         shown.append(SignLine(f"{ln.label.zh} {ln.label.en}", ARROWS[ln.arrow], text))
     return SignView(display, title, tuple(shown), blank=False)
 

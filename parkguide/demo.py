@@ -25,7 +25,7 @@ from parkguide.supervisor import Supervisor
 from parking import topics
 from parking.broker import BrokerConfig
 from parking.payloads import ARROW_GLYPHS as ARROWS
-from parking.payloads import Assignment, DisplayContent, ZoneCounts
+from parking.payloads import Assignment, DisplayContent, ZoneCounts, both_languages
 from parking.site import EXAMPLE_SITE, SiteError, load_site
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class StatusBoard:
 
 def _both(text: dict[str, str], sep: str = " ") -> str:
     """A sign's text in Chinese and English, once where they are the same ("12")."""
-    return text["zh"] if text["en"] == text["zh"] else f"{text['zh']}{sep}{text['en']}"
+    return both_languages(text["zh"], text["en"], sep)
 
 
 def _render_rich(board: StatusBoard, site, header: str):

@@ -110,6 +110,15 @@ class LocalText(_Payload):
     zh: str
     en: str
 
+    def both(self, sep: str = " ") -> str:
+        """Chinese and English as a sign shows them, once where they are the same ("12")."""
+        return both_languages(self.zh, self.en, sep)
+
+
+def both_languages(zh: str, en: str, sep: str = " ") -> str:
+    """``zh`` then ``en``, or just one of them where they are the same."""
+    return zh if zh == en else f"{zh}{sep}{en}"
+
 
 Arrow = Literal[
     "left", "right", "up", "down", "up-left", "up-right", "down-left", "down-right", "none"

@@ -98,8 +98,8 @@ class SpaceClassifier:
         self.colour = colour
         self.size = size
         self.margin = margin
-        crops.inset_patch(np.zeros((4, 4, 3), np.uint8), patch_margin)  # refuses a bad one
-        self.patch_margin = patch_margin  # whole-patch input (classify_patches) only
+        # whole-patch input (classify_patches) only
+        self.patch_margin = crops.check_patch_margin(patch_margin)
         self.threshold = threshold
         self._plan_cache: dict[bytes, crops.CropPlan] = {}
 

@@ -134,12 +134,17 @@ def crop_polygons(
     return extract(frame, precompute(polygons, size, margin, supersample))
 
 
+def check_patch_margin(margin: float) -> float:
+    """``margin`` if it is a usable inset of whole patches, else ValueError."""
+    if not -0.5 < margin <= 0.0:
+        raise ValueError(f"patch margin {margin} must be in (-0.5, 0]")
+    return margin
+
+
 def inset_patch(patch: np.ndarray, margin: float = 0.0) -> np.ndarray:
     """The centre of a single-space patch: ``margin`` (a negative fraction of each side,
     like the polygon crop's) taken off every side; 0 keeps it whole."""
-    if not -0.5 < margin <= 0.0:
-        raise ValueError(f"patch margin {margin} must be in (-0.5, 0]")
-    if margin == 0.0:
+    if check_patch_margin(margin) == 0.0:
         return patch
     h, w = patch.shape[:2]
     dy, dx = round(-margin * h), round(-margin * w)

@@ -964,8 +964,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--swa takes a fraction of the steps in (0, 1]")
     if args.ema is not None and args.swa is not None:
         ap.error("give --ema or --swa, not both")
-    if not -0.5 < args.patch_margin <= 0.0:
-        ap.error("--patch-margin takes an inset in (-0.5, 0]")
+    try:
+        crops.check_patch_margin(args.patch_margin)
+    except ValueError as exc:
+        ap.error(f"--patch-margin: {exc}")
     if args.report is not None and args.report.resolve() == args.out.with_suffix(".json").resolve():
         ap.error("--report must differ from the model metadata file (OUT with .json)")
 
