@@ -82,6 +82,12 @@ def render(ctx: Ctx) -> str:
     out.sample("parkguide_state_changes_total", c.state_changes)
     out.family("parkguide_sign_updates_total", "counter", "Sign contents published.")
     out.sample("parkguide_sign_updates_total", c.sign_updates)
+    out.family(
+        "parkguide_arrivals_repeated_total",
+        "counter",
+        "Arrivals sent again with the same request_id: given the same assignment again.",
+    )
+    out.sample("parkguide_arrivals_repeated_total", c.repeated_arrivals)
     out.family("parkguide_outbox_depth", "gauge", "Points waiting in the InfluxDB outbox.")
     out.sample("parkguide_outbox_depth", c.outbox_depth)
     out.family(

@@ -189,7 +189,9 @@ class LiveDrivers:
                 self.stats["arrivals"] += 1
                 rid = f"d{day}-{vid}"
                 pending[rid] = (vid, time.monotonic())
-                arrival = Arrival(vehicle_class=v.vehicle_class, request_id=rid, ts=time.time())
+                arrival = Arrival(
+                    **{"class": v.vehicle_class, "request_id": rid, "ts": time.time()}
+                )
                 self.client.publish(
                     topics.arrival(self.site.id, v.gate),
                     arrival.model_dump_json(by_alias=True, exclude_none=True),

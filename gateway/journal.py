@@ -60,6 +60,9 @@ CREATE TABLE IF NOT EXISTS assignments(
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, entrance TEXT NOT NULL, class TEXT NOT NULL,
     space TEXT, zone TEXT, hold_expires REAL, plate TEXT, request_id TEXT,
     payload TEXT NOT NULL);
+-- a gate that sends an arrival again (QoS 1 redelivery, a retry) gets the same answer
+CREATE INDEX IF NOT EXISTS assignments_request ON assignments(entrance, request_id)
+    WHERE request_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- the report-to-sign path commits one row per report (or per gateway verdict): its
 -- changes as JSON [[space, old, new(, source)], ...]; the checkpoint expands them into
@@ -247,6 +250,16 @@ class Journal:
             (ts, entrance, vehicle_class, space, zone, hold_expires, plate, request_id, payload),
         )
 
+    def answered(self, entrance: str, request_id: str, since: float) -> str | None:
+        """The assignment payload given at ``entrance`` to ``request_id`` at or after
+        ``since``, or None."""
+        row = self.conn.execute(
+            "SELECT payload FROM assignments WHERE entrance = ? AND request_id = ? AND ts >= ?"
+            " ORDER BY id DESC LIMIT 1",
+            (entrance, request_id, since),
+        ).fetchone()
+        return None if row is None else row[0]
+
     def put_signs(self, rows: Iterable[tuple[str, str, str, float]]) -> None:
         """(display, topic, content JSON, expires_s): what each sign shows, for a fast restart."""
         self.conn.executemany(
@@ -291,10 +304,14 @@ class Journal:
         return {a: b[-limit:] for a, b in out.items()}
 
     def open_holds(self, now: float) -> list[tuple[str, float]]:
-        """(space, hold_expires) of assignments whose hold has not expired at ``now``."""
+        """(space, hold_expires) of assignments whose hold has not expired at ``now`` and
+        whose space was not seen occupied since (a car seen in it ends the hold)."""
         return self.conn.execute(
-            "SELECT space, max(hold_expires) FROM assignments"
-            " WHERE space IS NOT NULL AND hold_expires > ? GROUP BY space",
+            "SELECT a.space, max(a.hold_expires) FROM assignments a"
+            " WHERE a.space IS NOT NULL AND a.hold_expires > ? AND NOT EXISTS ("
+            "  SELECT 1 FROM events e"
+            "  WHERE e.ts >= a.ts AND e.space = a.space AND e.new = 'occupied')"
+            " GROUP BY a.space",
             (now,),
         ).fetchall()
 

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -45,7 +46,7 @@ from gateway.ingest import (
 )
 from gateway.journal import History, Journal
 from gateway.readside import AgentStatus, Counters, LiveEvent, SpaceStatus
-from gateway.state import FREE, NO_CHANGES, Changes, LiveState
+from gateway.state import NO_CHANGES, OCCUPIED, Changes, LiveState
 from parking import topics
 from parking.payloads import (
     Arrival,
@@ -64,16 +65,18 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, int, bool], None]
 """publish(topic, payload, qos, retain)"""
 
-MINUTE_CHECK_S = 10.0
+MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
 ZONE_HISTORY_S = 10.0
 LATENCY_KEEP = 1000
 
 
-def _cached_lane_distances(site: Site, journal: Journal) -> tuple[np.ndarray, np.ndarray]:
-    """The lane graph's driving distances, kept in the journal under a hash of the graph:
-    a restart of the same site skips Dijkstra and scipy's import (most of its start-up)."""
-    tables = CoreLayout.site_tables(site)
+def _cached_lane_distances(
+    tables: dict[str, Any], journal: Journal
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lane graph's driving distances (of a site's ``CoreLayout.site_tables``), kept in
+    the journal under a hash of the graph: a restart of the same site skips Dijkstra and
+    scipy's import (most of its start-up)."""
     graph = [tables["n_nodes"], tables["edges"], tables["entrance_nodes"]]
     key = "lanes:" + hashlib.sha256(json.dumps(graph).encode()).hexdigest()
     blob = journal.cached(key)
@@ -151,6 +154,8 @@ class LiveGateway:
         self.defer_checkpoint = defer_checkpoint
         self.journal = journal
         self._publish = publish
+        if not (math.isfinite(hold_s) and 0 < hold_s <= MAX_HOLD_S):
+            raise ValueError(f"--hold-s {hold_s}: must be more than 0 and at most {MAX_HOLD_S:g} s")
         self.hold_s = hold_s
         self.history = history
         self._clock = clock
@@ -162,7 +167,12 @@ class LiveGateway:
         self.state = LiveState(site)
         self.gate = ReportGate(site)
         self.rejections = RejectionLog(mono)
-        self.layout = CoreLayout.from_site(site, _cached_lane_distances(site, journal))
+        # the site file's closures reach the core as CLOSED states from LiveState, like a
+        # manager's, so a manager can open such a space (a layout closure is permanent)
+        tables = CoreLayout.site_tables(site)
+        self.layout = CoreLayout.from_arrays(
+            **{**tables, "closed": None}, distances=_cached_lane_distances(tables, journal)
+        )
         self.minute = minute_of_day(self._policy_clock(), self.tz)
         self.core = AllocationCore(self.layout, self.minute, **(core_options or {}))
         # signs need only the counts: the best-space minima move when a car arrives or
@@ -195,8 +205,8 @@ class LiveGateway:
         self.accepted = 0
         self.state_changes = 0
         self.sign_updates = 0
+        self.repeated_arrivals = 0
         self.outbox_stats: Callable[[], dict[str, Any]] | None = None
-        self._next_minute_check = 0.0
         self._next_zone_history = 0.0
         self._live = False  # nothing is sent before the first publish_all (connected)
         # checkpoint not written yet: spaces whose row moved, signs, history points
@@ -260,8 +270,10 @@ class LiveGateway:
         )
         restored = 0
         for sp, until in self.journal.open_holds(now):
-            if sp in index and self.state.state[index[sp]] == FREE:
-                # a car assigned before the restart is still on its way: keep its space
+            # a car assigned before the restart is still on its way: keep its space, also
+            # while the space is unknown or closed (as a running core does); a car seen in
+            # it ended the hold
+            if sp in index and self.state.state[index[sp]] != OCCUPIED:
                 self.core.hold(index[sp], until, now)
                 restored += 1
         if restored:
@@ -384,13 +396,8 @@ class LiveGateway:
             self._expire(now, mono)
             if self.core.expire_holds(now):
                 self._refresh_displays(now)
-            if mono >= self._next_minute_check:
-                self._next_minute_check = mono + MINUTE_CHECK_S
-                minute = minute_of_day(self._policy_clock(), self.tz)
-                if minute != self.minute:
-                    self.minute = minute
-                    if self.core.set_minute(minute):
-                        self._refresh_displays(now)
+            if self._follow_policy_minute():
+                self._refresh_displays(now)
             half = self.site.display_settings.expires_s / 2
             for d, ts in list(self._shown_ts.items()):
                 if now >= ts + half:
@@ -407,6 +414,15 @@ class LiveGateway:
                     )
             if self._dirty_since is not None:
                 self.flush_checkpoint(step=True)
+
+    def _follow_policy_minute(self) -> bool:
+        """Move the core to the policy clock's minute (every tick and before an arrival, so
+        a window opens on its minute, not seconds late); True if eligibility changed."""
+        minute = minute_of_day(self._policy_clock(), self.tz)
+        if minute == self.minute:
+            return False
+        self.minute = minute
+        return self.core.set_minute(minute)
 
     def _expire(self, now: float, mono: float) -> None:
         changes = self.state.expire(now, mono)
@@ -520,6 +536,20 @@ class LiveGateway:
             return
         with self.lock:
             now = self._clock()
+            if arrival.request_id is not None:
+                # sent again (a QoS 1 redelivery, the gate's retry): the same answer, no
+                # second space held for the same car
+                body = self.journal.answered(entrance, arrival.request_id, now - self.hold_s)
+                if body is not None:
+                    self.repeated_arrivals += 1
+                    self._send(
+                        topics.assignment(self.site.id, entrance),
+                        body.encode(),
+                        topics.QOS_ASSIGNMENT,
+                        topics.RETAIN_ASSIGNMENT,
+                    )
+                    return
+            self._follow_policy_minute()  # the signs published below include what it moved
             s = self.core.assign(e, c, now, self.hold_s)
             if s >= 0:
                 space = self.site.spaces[s]
@@ -943,6 +973,7 @@ class LiveGateway:
                 rejected=dict(self.rejections.counts),
                 state_changes=self.state_changes,
                 sign_updates=self.sign_updates,
+                repeated_arrivals=self.repeated_arrivals,
                 latency_s=list(self._latency),
             )
         if self.outbox_stats is not None:

@@ -51,6 +51,7 @@ class Counters:
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
     state_changes: int = 0
     sign_updates: int = 0
+    repeated_arrivals: int = 0  # arrivals sent again (same request_id): answered as before
     outbox_depth: int = 0
     outbox_dropped: int = 0
     outbox_written: int = 0

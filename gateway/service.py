@@ -14,6 +14,7 @@ import gc
 import importlib.util
 import json
 import logging
+import math
 import os
 import select
 import signal
@@ -708,6 +709,22 @@ def _serve_http(service: GatewayService, address: str, db: str) -> threading.Thr
     return thread if server.started else None
 
 
+def _number_flag_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the numeric flags, or None: caught before anything starts (a NaN
+    congestion would fail on the first arrival). ``--hold-s`` is LiveGateway's to check."""
+    checks = (
+        ("--keep-warm-ms", args.keep_warm_ms, 0.0, math.inf, "0 (off) or more"),
+        ("--busy-poll-ms", args.busy_poll_ms, 0.0, math.inf, "0 (off) or more"),
+        ("--congestion-m", args.congestion_m, 0.0, math.inf, "0 or more metres"),
+        ("--congestion-halflife-s", args.congestion_halflife_s, 1e-3, math.inf, "positive"),
+        ("--outbox-max-rows", args.outbox_max_rows, 1, math.inf, "1 or more"),
+    )
+    for flag, value, low, high, expected in checks:
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            return f"{flag} {value}: must be {expected}"
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     if args.http:
         host, sep, port = args.http.rpartition(":")
@@ -721,13 +738,10 @@ def main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    for flag, value in (
-        ("--keep-warm-ms", args.keep_warm_ms),
-        ("--busy-poll-ms", args.busy_poll_ms),
-    ):
-        if not value >= 0:
-            print(f"{flag} {value}: must be 0 (off) or more", file=sys.stderr)
-            return 2
+    problem = _number_flag_problem(args)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     try:
         broker = BrokerConfig.from_url(args.broker, args.username, args.password)
     except ValueError as exc:
@@ -772,7 +786,7 @@ def main(args: argparse.Namespace) -> int:
     except SiteError as exc:
         print(f"site file refused:\n{exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # --policy-clock
+    except ValueError as exc:  # --policy-clock, --hold-s
         print(str(exc), file=sys.stderr)
         return 2
     except sqlite3.Error as exc:

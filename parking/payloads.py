@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from parking.states import STATE_NAMES
 
@@ -157,13 +157,26 @@ class DisplayContent(_Payload):
 VehicleClassName = Identifier
 
 
+def _printable_plate(plate: str) -> str:
+    # a plate is journaled, shown on the dashboard and exported: no control or bidi
+    # characters (isprintable() refuses both), no blank one
+    if not plate.strip() or not plate.isprintable():
+        raise ValueError("a plate is printable characters, not blank")
+    return plate
+
+
+Plate = Annotated[str, Field(min_length=1, max_length=16), AfterValidator(_printable_plate)]
+
+
 class Arrival(_Payload):
+    """On the wire the class is ``class`` only (``Arrival(**{"class": ...})`` in Python)."""
+
     vehicle_class: VehicleClassName = Field(alias="class")
-    plate: str | None = Field(None, max_length=16)
+    plate: Plate | None = None
     ts: Timestamp | None = None
     request_id: Identifier | None = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Assignment(_Payload):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -45,6 +46,15 @@ class SiteInfo(_Model):
     id: Ident = Field(description="site id, used in every MQTT topic")
     name: LocalName = Field(description="the community's name")
     timezone: str = Field("Asia/Shanghai", description="IANA zone that policy windows are in")
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):  # ValueError: not a key ("../x", "")
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Shanghai)") from None
+        return value
 
 
 class Level(_Model):

@@ -212,7 +212,7 @@ def test_display_line_counts_match_a_hand_count(example_site, layout):
     assert free("gate-north", 1) == 5  # C for visitors: C-001..C-004, C-036
     assert free("gate-north", 2) == 2  # E+F for residents: B1-E-010, B1-F-020
     assert free("b1-ramp", 0) == 1  # E residents: B1-E-010
-    assert free("b1-ramp", 2) == 2  # F for EVs: B1-F-001 (ev), B1-F-020 (resident)
+    assert free("b1-ramp", 2) == 1  # F chargers: B1-F-001 (not the resident B1-F-020)
     assert free("jct-r1", 1) == 0  # D for residents at noon
     assert int(core.line_unknown[line[("gate-north", 0)]]) == 5
     assert int(core.line_total[line[("gate-north", 0)]]) == 80

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gateway.journal import Journal
 from gateway.live import LiveGateway
 from parking import topics
+from parking.site import EXAMPLE_SITE, load_site
 
 SITE = "xinyuan"
 
@@ -62,3 +65,139 @@ def test_open_holds_are_restored_after_a_restart(example_site, tmp_path):
     gw2.tick()
     assert example_site.space_index[first] not in gw2.core.holds
     journal.close()
+
+
+class _Gate:
+    """A gateway in-process on a journal file, with its own clocks and what it sent."""
+
+    def __init__(self, site, db, now: float, hold_s: float = 300, **kw):
+        self.site, self.db, self.hold_s = site, db, hold_s
+        self.clock = [now]
+        self.sent: list[tuple[str, bytes]] = []
+        self.journal = Journal(db)
+        self.gw = LiveGateway(
+            site,
+            self.journal,
+            lambda t, p, q, r: self.sent.append((t, p)),
+            hold_s=hold_s,
+            clock=lambda: self.clock[0],
+            mono=lambda: self.clock[0],
+            **kw,
+        )
+        self.gw.publish_all()
+
+    def restart(self, after_s: float) -> _Gate:
+        self.journal.close()
+        return _Gate(self.site, self.db, self.clock[0] + after_s, self.hold_s)
+
+    def arrive(self, request_id: str, entrance: str = "north", cls: str = "resident"):
+        mark = len(self.sent)
+        body = {"class": cls, "request_id": request_id}
+        self.gw.handle(topics.arrival(SITE, entrance), json.dumps(body).encode())
+        answers = [json.loads(p) for t, p in self.sent[mark:] if t.endswith("/assignment")]
+        assert len(answers) == 1
+        return answers[0]
+
+    def report(self, agent: str, source: str, seq: int, states: dict[str, str]) -> None:
+        now = self.clock[0]
+        report = {
+            "agent": agent,
+            "source": source,
+            "boot": "b",
+            "seq": seq,
+            "ts": now,
+            "kind": "delta",
+            "spaces": [{"space": s, "state": st, "since": now} for s, st in states.items()],
+        }
+        self.gw.handle(topics.edge_occupancy(SITE, agent), json.dumps(report).encode())
+
+    def line(self, display: str, i: int) -> int:
+        return int(self.gw.core.line_free[self.gw.layout.line_keys.index((display, i))])
+
+
+def test_a_hold_on_a_space_unknown_at_the_restart_is_kept(example_site, tmp_path):
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    _snapshot_all_free(g.gw, example_site, g.clock[0])
+    first = g.arrive("r1")["space"]
+    g.gw.handle(topics.edge_availability(SITE, "a1"), b"offline")  # bus-g's agent is gone
+    assert g.gw.state.state[example_site.space_index[first]] == 0  # unknown
+    g2 = g.restart(5)
+    assert example_site.space_index[first] in g2.gw.core.holds
+    _snapshot_all_free(g2.gw, example_site, g2.clock[0])  # the agent is back: all free
+    assert g2.arrive("r2")["space"] != first  # the first car is still on its way there
+
+
+def test_a_hold_ended_by_the_car_stays_ended_after_a_restart(example_site, tmp_path):
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    _snapshot_all_free(g.gw, example_site, g.clock[0])
+    first = g.arrive("r1")["space"]
+    g.clock[0] += 2
+    g.report("a1", "bus-g", 2, {first: "occupied"})  # the car is seen: the hold ends
+    g.clock[0] += 2
+    g.report("a1", "bus-g", 3, {first: "free"})  # and it leaves again
+    assert example_site.space_index[first] not in g.gw.core.holds
+    before = g.line("gate-north", 0)
+    g2 = g.restart(1)
+    assert g2.gw.core.holds == {}
+    assert g2.line("gate-north", 0) == before
+    assert g2.arrive("r2")["space"] == first  # offered again at once, as before the restart
+
+
+def test_an_arrival_sent_again_gets_the_same_assignment(example_site, tmp_path):
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    _snapshot_all_free(g.gw, example_site, g.clock[0])
+    first = g.arrive("g1-0042")
+    count = g.line("gate-north", 0)
+    g.clock[0] += 3
+    again = g.arrive("g1-0042")  # a QoS 1 redelivery or the gate's retry
+    assert again == first
+    assert len(g.gw.core.holds) == 1 and g.line("gate-north", 0) == count
+    assert g.gw.counters().repeated_arrivals == 1
+    assert g.arrive("g1-0042", entrance="east")["space"] != first["space"]  # another gate's id
+    g2 = g.restart(1)
+    assert g2.arrive("g1-0042") == first  # also after a restart
+    g2.clock[0] += 300  # the hold time is over: the same id is a new car
+    assert g2.arrive("g1-0042")["ts"] != first["ts"]
+
+
+def test_a_space_closed_in_the_site_file_can_be_opened(tmp_path):
+    row = "{ids: A-003..A-040, zone: A, kinds: [resident],"
+    text = EXAMPLE_SITE.read_text(encoding="utf-8")
+    assert row in text
+    path = tmp_path / "site.yaml"
+    path.write_text(text.replace(row, row + " closed: true,"), encoding="utf-8")
+    site = load_site(path)  # the row of A-040, the nearest resident bay from the north gate
+    g = _Gate(site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    _snapshot_all_free(g.gw, site, g.clock[0])
+    shut = g.line("gate-north", 0)
+    assert g.arrive("r1")["space"] != "A-040"
+    g.gw.control_space("A-040", "open", "manager-li", "repaired")
+    # the sign, the zone counts and the next assignment all see it open
+    assert g.line("gate-north", 0) == shut  # r1's hold took one, A-040 came back
+    assert g.gw.zone_counts()[0].closed == 37
+    assert g.arrive("r2")["space"] == "A-040"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"vehicle_class": "resident"},  # the wire key is "class"
+        {"class": "resident", "plate": ""},
+        {"class": "resident", "plate": "   "},
+        {"class": "resident", "plate": "AB\n123"},
+        {"class": "resident", "plate": "AB\u202e321"},  # right-to-left override
+    ],
+)
+def test_an_arrival_outside_the_contract_is_refused(example_site, tmp_path, body):
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    _snapshot_all_free(g.gw, example_site, g.clock[0])
+    mark = len(g.sent)
+    g.gw.handle(topics.arrival(SITE, "north"), json.dumps(body).encode())
+    assert not [t for t, _ in g.sent[mark:] if t.endswith("/assignment")]
+    assert g.gw.core.holds == {}
+    assert g.gw.counters().rejected == {"invalid": 1}
+    ok = {"class": "resident", "plate": "沪AD12345"}
+    g.gw.handle(topics.arrival(SITE, "north"), json.dumps(ok).encode())
+    assert [json.loads(p)["plate"] for t, p in g.sent[mark:] if t.endswith("/assignment")] == [
+        "沪AD12345"
+    ]

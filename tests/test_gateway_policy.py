@@ -85,3 +85,33 @@ def test_policy_clock_runs_a_simulated_day(example_site, tmp_path):
         with pytest.raises(ValueError):
             policy_clock(bad, "Asia/Shanghai")
     journal.close()
+
+
+def test_a_window_opens_on_its_minute(example_site, tmp_path):
+    """Not up to ten seconds late: at 19:00:01 the signs count zone D for residents, and an
+    arrival is judged by the minute it comes in, before any timer ran."""
+    clock = [datetime(2026, 11, 27, 18, 59, 58, tzinfo=SHANGHAI).timestamp()]
+    journal = Journal(tmp_path / "j.db")
+    gw = LiveGateway(example_site, journal, lambda *a: None, clock=lambda: clock[0])
+    spaces = example_site.spaces_of_source("bus-g")
+    report = {
+        "agent": "agent-g",
+        "source": "bus-g",
+        "boot": "b",
+        "seq": 1,
+        "ts": clock[0],
+        "kind": "snapshot",
+        "spaces": [{"space": s, "state": "free", "since": clock[0]} for s in spaces],
+    }
+    gw.handle(topics.edge_occupancy(SITE_ID, "agent-g"), json.dumps(report).encode())
+    gw.tick()
+    d_line = gw.layout.line_keys.index(("jct-w0", 0))  # zone D for residents
+    assert gw.core.line_free[d_line] == 0
+    clock[0] += 3  # 19:00:01
+    gw.tick()
+    assert gw.core.line_free[d_line] == 30
+    clock[0] += 60 * 60 * 13  # 08:00:01 next morning: an arrival before any tick
+    arrival = {"class": "resident", "request_id": "r1"}
+    gw.handle(topics.arrival(SITE_ID, "north"), json.dumps(arrival).encode())
+    assert gw.minute == 8 * 60  # judged by the minute it came in
+    journal.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import sys
 import time
 
 import pytest
@@ -378,3 +379,29 @@ def test_reconnects_after_a_broker_restart_and_republishes(gw, mosquitto, tmp_pa
     finally:
         watch.stop()
         edge.stop()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--hold-s", "0", "must be more than 0 and at most 86400 s"),
+        ("--hold-s", "inf", "must be more than 0 and at most 86400 s"),
+        ("--hold-s", "nan", "must be more than 0 and at most 86400 s"),
+        ("--congestion-m", "nan", "must be 0 or more metres"),
+        ("--congestion-halflife-s", "-5", "must be positive"),
+        ("--outbox-max-rows", "0", "must be 1 or more"),
+    ],
+)
+def test_a_bad_number_flag_is_a_clear_error(tmp_path, flag, value, says):
+    """Refused at start, not on the first arrival (a hold of 0 s failed every arrival, an
+    infinite one held its space for ever and answered nothing)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "parkguide", "gateway", "--site", str(site_variant(tmp_path))]
+        + ["--broker", "mqtt://127.0.0.1:1", "--db", str(tmp_path / "j.db"), flag, value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"{flag} {value}" in r.stderr and says in r.stderr
+    assert "Traceback" not in r.stderr

@@ -94,6 +94,12 @@ def _line_of(needle: str, text: str) -> int:
             "bound twice",
         ),
         (
+            "timezone: Asia/Shanghai",
+            "timezone: Asia/Shangai",
+            "site.timezone",
+            "not an IANA time zone",
+        ),
+        (
             "baud: 9600\n    parity: E\n    ttl_s: 15\n    nodes:\n      - {address: 1, spaces: [B1",
             "baud: 9601\n    parity: E\n    ttl_s: 15\n    nodes:\n      - {address: 1, spaces: [B1",
             "buses[1].baud",
