@@ -91,9 +91,13 @@ def render(ctx: Ctx) -> str:
     out.family("parkguide_outbox_depth", "gauge", "Points waiting in the InfluxDB outbox.")
     out.sample("parkguide_outbox_depth", c.outbox_depth)
     out.family(
-        "parkguide_outbox_dropped_total", "counter", "Points dropped from the outbox (disk cap)."
+        "parkguide_outbox_dropped_total",
+        "counter",
+        "Points dropped from the outbox: reason=cap at the disk cap (over the journal's "
+        "life), reason=rejected refused by InfluxDB as bad data (4xx, since start).",
     )
-    out.sample("parkguide_outbox_dropped_total", c.outbox_dropped)
+    out.sample("parkguide_outbox_dropped_total", c.outbox_dropped_cap, {"reason": "cap"})
+    out.sample("parkguide_outbox_dropped_total", c.outbox_dropped_rejected, {"reason": "rejected"})
     out.family("parkguide_outbox_written_total", "counter", "Points InfluxDB accepted.")
     out.sample("parkguide_outbox_written_total", c.outbox_written)
     out.family(
@@ -106,7 +110,7 @@ def render(ctx: Ctx) -> str:
         out.family(
             "parkguide_outbox_last_error_info",
             "gauge",
-            "The InfluxDB writer's most recent error since the gateway started.",
+            "The InfluxDB writer's current error (cleared by the next accepted write).",
         )
         out.sample("parkguide_outbox_last_error_info", 1, {"error": c.outbox_error})
     out.family("parkguide_agents_online", "gauge", "Edge agents online.")

@@ -28,6 +28,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,7 @@ from gateway import outbox
 
 log = logging.getLogger(__name__)
 
+REGROW_AFTER = 16  # writes in a row that fit before a batch limit cut by a 413 is lifted
 ERROR_TEXT_LIMIT = 200  # server bodies are cut to this many characters in logs and stats
 
 Row = tuple[int, str]  # (outbox id, line protocol)
@@ -83,8 +85,9 @@ class _RateLimitedLog:
         self._last[key] = now
         log.log(level, msg, *args, exc_info=exc_info)
 
-    def reset(self, key: str) -> None:
-        self._last.pop(key, None)
+    def reset_where(self, matches: Callable[[str], bool]) -> None:
+        for key in [k for k in self._last if matches(k)]:
+            del self._last[key]
 
 
 class InfluxWriter:
@@ -135,8 +138,12 @@ class InfluxWriter:
         self._not_found = 0
         self._last_error: str | None = None
         self._failures = 0  # consecutive failed attempts, drives the backoff
-        # A server that answered 413 keeps its body limit: later batches start below it.
+        # A server that answered 413 keeps its body limit: later batches start below it,
+        # and go back to batch_size after REGROW_AFTER writes in a row went through, so
+        # one oversized point does not leave every later batch at a single point (a
+        # server whose limit is really lower costs a split every REGROW_AFTER writes).
         self._batch_limit = batch_size
+        self._fits = 0  # writes in a row accepted since the last 413
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -279,9 +286,15 @@ class InfluxWriter:
         with self._lock:
             self._written += len(rows)
             self._failures = 0
-        # a later refusal is news again: log it at once
-        self._log.reset("auth")
-        self._log.reset("notfound")
+            recovered, self._last_error = self._last_error, None  # metrics show a live error
+            self._fits += 1
+            if self._fits >= REGROW_AFTER:
+                self._batch_limit = self.batch_size
+        if recovered is not None:
+            log.info("InfluxDB at %s accepts writes again (last error: %s)", self.url, recovered)
+        # a later outage or refusal is news again: log it at once (bad points are not:
+        # one batch in a few with a bad point must not log on every request)
+        self._log.reset_where(lambda key: not key.startswith(("drop-", "split")))
         return None
 
     def _on_refusal(
@@ -336,8 +349,11 @@ class InfluxWriter:
         if status == 429 or status >= 500:
             self._record_error(f"{reason}: {body}", retry=True)
             retry_after = parse_retry_after(_header(exc, "Retry-After"))
+            # honoured, but never below the first backoff step: "0" or a date already
+            # past would otherwise mean hundreds of requests a second to a server that
+            # said it is overloaded
             delay = (
-                min(retry_after, self.max_retry_after_s)
+                min(max(retry_after, self.initial_backoff_s), self.max_retry_after_s)
                 if retry_after is not None
                 else self._next_backoff()
             )
@@ -357,9 +373,24 @@ class InfluxWriter:
         if 400 <= status < 500:
             self._drop(conn, rows, reason, body)
             return None
-        # 0 (no answer), 1xx, 3xx: nothing says the data is bad; keep it and retry.
-        self._record_error(f"{reason}: {body}", retry=True)
-        return self._next_backoff()
+        # 0 (no answer), 1xx, 3xx: nothing says the data is bad; keep it and retry. A
+        # redirect is a setup mistake (http:// behind an https-only proxy): say where to.
+        location = _header(exc, "Location")
+        where = f" to {location}" if location else ""
+        self._record_error(f"{reason}{where}: {body}", retry=True)
+        delay = self._next_backoff()
+        self._log(
+            f"status-{status}",
+            logging.ERROR,
+            "InfluxDB at %s answered %s%s: not a write answer (check --influx-url); %d points "
+            "kept, retrying in %.1f s",
+            self.url,
+            reason,
+            where,
+            len(rows),
+            delay,
+        )
+        return delay
 
     def _split(
         self, write_api: WriteApi, conn: sqlite3.Connection, rows: list[Row], reason: str, body: str
@@ -370,6 +401,7 @@ class InfluxWriter:
         half = len(rows) // 2
         with self._lock:
             self._batch_limit = min(self._batch_limit, half)
+            self._fits = 0
         self._log(
             "split",
             logging.WARNING,

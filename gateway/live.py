@@ -116,6 +116,9 @@ class _Segment:
     agent: str | None
     seq: int | None = None
     boot: str | None = None
+    # (zone, counts) right after this segment, for the history: a batch applies all its
+    # reports before any is journaled (None: take them at journaling, a lone segment)
+    zone_rows: tuple[tuple[int, dict[str, int]], ...] | None = None
 
 
 @dataclass
@@ -199,6 +202,8 @@ class LiveGateway:
         self._zone_published: dict[int, tuple[int, ...]] = {}
         self._online: dict[str, bool] = {}
         self._agent_seen: dict[str, float] = {}
+        self._agent_event_ts: dict[str, float] = {}  # each agent's latest event time
+        self._zone_recorded: dict[int, dict[str, int]] = {}  # last on-change history row
         self._health: dict[str, HealthReport] = {}
         self._subscribers: list[Callable[[LiveEvent], None]] = []
         self._latency: deque[float] = deque(maxlen=LATENCY_KEEP)
@@ -412,7 +417,7 @@ class LiveGateway:
                             for z, zone in enumerate(self.state.zone_ids)
                         ],
                     )
-            if self._dirty_since is not None:
+            if self._dirty_since is not None and not self.defer_checkpoint:
                 self.flush_checkpoint(step=True)
 
     def _follow_policy_minute(self) -> bool:
@@ -464,7 +469,17 @@ class LiveGateway:
         self.gate.commit(acc)  # in memory now, so a duplicate later in the batch is refused
         self._online[agent] = True
         self._agent_seen[agent] = now
-        staged.segments.append(_Segment(changes, now, acc.source, acc.agent, acc.seq, acc.boot))
+        # the event's time is the report's (one the agent spooled while the broker was down
+        # keeps its own), never later than now nor before the agent's previous event
+        at = min(acc.ts, now)
+        before = self._agent_event_ts.get(agent, at)
+        at = self._agent_event_ts[agent] = at if at >= before else before
+        zone_rows = None
+        if self.history is not None:
+            zone_rows = tuple((z, self.state.zone_row(z)) for z in changes.zones.tolist())
+        staged.segments.append(
+            _Segment(changes, at, acc.source, acc.agent, acc.seq, acc.boot, zone_rows)
+        )
         staged.reports.append(acc)
         staged.started.append(t0)
         self._last_report = (agent, payload)
@@ -722,8 +737,13 @@ class LiveGateway:
                         strict=True,
                     )
                 )
-                for z in g.changes.zones.tolist():
-                    self._zone_history_rows.append((zone_ids[z], st.zone_row(z), now))
+            rows = g.zone_rows
+            if rows is None:
+                rows = tuple((z, st.zone_row(z)) for z in g.changes.zones.tolist())
+            for z, row in rows:
+                if self._zone_recorded.get(z) != row:  # on change: changes may cancel out
+                    self._zone_recorded[z] = row
+                    self._zone_history_rows.append((zone_ids[z], row, g.ts))
 
     def checkpoint_due(self, max_age_s: float) -> bool:
         """Unwritten checkpoint items older than ``max_age_s`` (or any, with 0)."""
@@ -978,8 +998,9 @@ class LiveGateway:
             )
         if self.outbox_stats is not None:
             stats = self.outbox_stats()
-            c.outbox_depth = int(stats.get("depth", stats.get("outbox_depth", 0)) or 0)
-            c.outbox_dropped = int(stats.get("dropped", stats.get("outbox_dropped", 0)) or 0)
+            c.outbox_depth = int(stats.get("depth", 0) or 0)
+            c.outbox_dropped_cap = int(stats.get("dropped_cap", 0) or 0)
+            c.outbox_dropped_rejected = int(stats.get("dropped_rejected", 0) or 0)
             c.outbox_written = int(stats.get("written", 0) or 0)
             c.outbox_auth_failed = int(stats.get("auth_failed", 0) or 0)
             c.outbox_error = stats.get("error") or None

@@ -72,11 +72,18 @@ class OutboxCap:
         self._last_log = -float("inf")
 
     def report_dropped(self, count: int) -> None:
-        """Log dropped rows, at most once per log interval, with the count since the last line."""
+        """Count dropped rows and log them, at most once per log interval."""
         with self._lock:
             self._unlogged += count
+        self.log_pending()
+
+    def log_pending(self) -> None:
+        """Log the drops not said yet, with their count, if the last line is an interval
+        old. Called from a timer too: the last drops of an outage are said even when no
+        more follow."""
+        with self._lock:
             now = time.monotonic()
-            if now - self._last_log < self.log_interval_s:
+            if not self._unlogged or now - self._last_log < self.log_interval_s:
                 return
             dropped, self._unlogged, self._last_log = self._unlogged, 0, now
         log.warning(

@@ -53,7 +53,8 @@ class Counters:
     sign_updates: int = 0
     repeated_arrivals: int = 0  # arrivals sent again (same request_id): answered as before
     outbox_depth: int = 0
-    outbox_dropped: int = 0
+    outbox_dropped_cap: int = 0  # oldest points dropped at the disk cap (journal's life)
+    outbox_dropped_rejected: int = 0  # points InfluxDB refused as bad data (4xx), since start
     outbox_written: int = 0
     outbox_auth_failed: int = 0  # writes InfluxDB refused for the token (401/403)
     outbox_error: str | None = None  # the writer's last error, if any

@@ -165,7 +165,7 @@ class _OutboxHistory:
 
         self._outbox = outbox
         self._site = site_id
-        self._cap = outbox.OutboxCap(max_rows) if max_rows else outbox.DEFAULT_CAP
+        self._cap = outbox.OutboxCap(max_rows) if max_rows is not None else outbox.DEFAULT_CAP
 
     def space_states(
         self, conn: sqlite3.Connection, changes: list[tuple[str, str, str, float]]
@@ -176,6 +176,10 @@ class _OutboxHistory:
         self, conn: sqlite3.Connection, zones: list[tuple[str, dict[str, int], float]]
     ) -> None:
         self._outbox.append_zone_occupancies(conn, self._site, zones, cap=self._cap)
+
+    def log_pending(self) -> None:
+        """Say the points the cap dropped since the last line (rate-limited)."""
+        self._cap.log_pending()
 
 
 class GatewayService:
@@ -202,6 +206,7 @@ class GatewayService:
         self.site = load_site(site_path)
         self.broker = broker
         history = _OutboxHistory(self.site.id, outbox_max_rows) if influx else None
+        self.history = history
         self.journal = Journal(db, history)
         if history is not None:
             from gateway import outbox
@@ -251,6 +256,10 @@ class GatewayService:
         self._ever_connected = False
         self._internal_errors = 0
         self._last_error_log = -1e9
+        self.fatal: str | None = None  # why the service stopped itself (main exits 1)
+        self._checkpoint_failures = 0
+        self._checkpoint_retry_at = 0.0  # monotonic; a failed checkpoint backs off
+        self._checkpoint_log_at = -1e9
         self.connected = threading.Event()  # set once subscribed (ready for messages)
         self._setup_client()
 
@@ -399,6 +408,16 @@ class GatewayService:
         self._draining, self._corked = True, False
         try:
             self.gateway.handle_batch([(t, p, t0) for t, p, t0, _, _ in batch])
+        except sqlite3.Error as exc:
+            # the journal refused a write (disk full, I/O error): memory is now ahead of
+            # the journal. Stop without acknowledging the batch: the broker redelivers it
+            # to the restarted gateway, which resumes from the journal; nothing is lost.
+            self._draining = False
+            self._fail(
+                f"the journal refused a write ({exc}); stopping without acknowledging "
+                f"{len(batch)} message(s): the broker redelivers them after a restart"
+            )
+            return
         except Exception:
             # a bug, not bad input (that is rejected inside): keep serving, log rate-limited
             self._internal_errors += 1
@@ -437,14 +456,51 @@ class GatewayService:
     ) -> None:
         try:
             self.gateway.flush_checkpoint(step, rows, interrupted)
-        except Exception:
-            log.exception("writing the journal checkpoint failed (retried; events are safe)")
+        except Exception as exc:
+            # the events are committed already; the checkpoint is retried, backing off
+            # (a full disk must not become a busy loop writing tracebacks to the log)
+            self._checkpoint_failures += 1
+            delay = backoff_delay(self._checkpoint_failures - 1, base=0.5, cap=30.0)
+            self._checkpoint_retry_at = time.monotonic() + delay
+            now = time.monotonic()
+            if now - self._checkpoint_log_at >= 60:
+                self._checkpoint_log_at = now
+                log.error(
+                    "writing the journal checkpoint failed %d time(s) (%s: %s); events are "
+                    "safe, retrying in %.1f s",
+                    self._checkpoint_failures,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    exc_info=self._checkpoint_failures == 1,
+                )
+        else:
+            if self._checkpoint_failures:
+                log.info("journal checkpoint written again")
+            self._checkpoint_failures = 0
 
     def _tick(self) -> None:
         try:
             self.gateway.tick()
+            if self.history is not None:
+                self.history.log_pending()
+        except sqlite3.Error as exc:  # a TTL or hold verdict not journaled: see _drain
+            self._fail(f"the journal refused a write ({exc}); stopping")
         except Exception:
             log.exception("gateway timer failed")
+
+    def _fail(self, why: str) -> None:
+        """Stop the service for good (main exits 1, the supervisor restarts it)."""
+        if self.fatal is None:
+            self.fatal = why
+            log.critical(why)
+        self._stop.set()
+
+    def _checkpoint_due(self, max_age_s: float) -> bool:
+        """A checkpoint is due and not backing off after a failure."""
+        return (
+            self.gateway.checkpoint_due(max_age_s) and time.monotonic() >= self._checkpoint_retry_at
+        )
 
     def _run(self) -> None:
         """The MQTT thread: network I/O, message handling and timers, all in one thread.
@@ -467,7 +523,7 @@ class GatewayService:
             if self.client.socket() is None and not self._connect():
                 continue
             timeout = min(0.05, max(0.0, next_tick - time.monotonic()))
-            if self.gateway.checkpoint_due(CHECKPOINT_MIN_S):
+            if self._checkpoint_due(CHECKPOINT_MIN_S):
                 timeout = min(timeout, max(0.0, self._last_drain + QUIET_S - time.monotonic()))
             warming = (
                 self._keep_warm_s > 0 and time.monotonic() - self._last_drain < KEEP_WARM_FOR_S
@@ -490,16 +546,16 @@ class GatewayService:
                 # --keep-warm-ms later, not at once while the broker and the sign's
                 # subscribers need the CPU for what was just published
                 self._last_drain = self._last_warm = time.monotonic()
-            if self.gateway.checkpoint_due(2 * CHECKPOINT_MAX_S):
+            if self._checkpoint_due(2 * CHECKPOINT_MAX_S):
                 self._flush_checkpoint()  # steps do not keep up: all of it, bounded at ~1 s
-            elif self.gateway.checkpoint_due(CHECKPOINT_MAX_S):
+            elif self._checkpoint_due(CHECKPOINT_MAX_S):
                 # never quiet for long: a larger step on every round (at least one
                 # report expanded, more until a message is waiting)
                 self._flush_checkpoint(
                     step=True, rows=OVERDUE_STEP_ROWS, interrupted=self._readable
                 )
             elif (
-                self.gateway.checkpoint_due(CHECKPOINT_MIN_S)
+                self._checkpoint_due(CHECKPOINT_MIN_S)
                 and time.monotonic() - self._last_drain >= QUIET_S
                 and not self._readable()
             ):
@@ -531,6 +587,8 @@ class GatewayService:
             while time.monotonic() < deadline and not self._stop.is_set():
                 self._stop.wait(min(TICK_S, max(0.0, deadline - time.monotonic())))
                 self._tick()
+                if self._checkpoint_due(CHECKPOINT_MAX_S):  # verdicts of the TTLs meanwhile
+                    self._flush_checkpoint()
         self._attempt += 1
         try:
             if self._ever_connected:
@@ -570,7 +628,8 @@ class GatewayService:
         s = self.writer.stats()
         return {
             "depth": s.get("outbox_depth") or 0,
-            "dropped": (s.get("dropped_cap") or 0) + (s.get("dropped_4xx") or 0),
+            "dropped_cap": s.get("dropped_cap") or 0,
+            "dropped_rejected": s.get("dropped_4xx") or 0,
             "written": s.get("written") or 0,
             "auth_failed": s.get("auth_failed") or 0,
             "error": s.get("last_error"),
@@ -606,10 +665,11 @@ class GatewayService:
             self._thread.join(10)
         if self._checkpointer is not None:
             self._checkpointer.join(10)
-        if self.writer is not None:
-            self.writer.stop()
         with self.gateway.lock:
             self._flush_checkpoint()
+        if self.writer is not None:
+            self.writer.stop()  # after the last checkpoint: it drains that one's points too
+        with self.gateway.lock:
             self.journal.close()
 
     def wait(self) -> None:
@@ -739,6 +799,8 @@ def main(args: argparse.Namespace) -> int:
             )
             return 2
     problem = _number_flag_problem(args)
+    if problem is None and args.outbox_max_rows is not None and not args.influx_url:
+        problem = "--outbox-max-rows: only with --influx-url (the outbox holds InfluxDB's points)"
     if problem:
         print(problem, file=sys.stderr)
         return 2
@@ -811,4 +873,7 @@ def main(args: argparse.Namespace) -> int:
         pass
     finally:
         service.stop()
+    if service.fatal is not None:
+        print(f"gateway stopped: {service.fatal}", file=sys.stderr)
+        return 1
     return 0

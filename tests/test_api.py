@@ -275,7 +275,8 @@ def test_metrics_say_when_influxdb_refuses_the_token(client, tokens, harness):
     before = harness.gateway.outbox_stats
     harness.gateway.outbox_stats = lambda: {
         "depth": 6,
-        "dropped": 0,
+        "dropped_cap": 4,
+        "dropped_rejected": 1,
         "written": 2,
         "auth_failed": 3,
         "error": 'InfluxDB refused the token (401): "unauthorized access"',
@@ -285,6 +286,8 @@ def test_metrics_say_when_influxdb_refuses_the_token(client, tokens, harness):
     finally:
         harness.gateway.outbox_stats = before
     assert "parkguide_outbox_depth 6" in lines
+    assert 'parkguide_outbox_dropped_total{reason="cap"} 4' in lines
+    assert 'parkguide_outbox_dropped_total{reason="rejected"} 1' in lines
     assert "parkguide_outbox_written_total 2" in lines
     assert "parkguide_outbox_auth_failures_total 3" in lines
     assert (

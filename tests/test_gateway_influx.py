@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -10,6 +11,9 @@ import pytest
 from gateway_support import Collector, Edge, running_gateway, site_variant, zone_topic
 
 from gateway.outbox import event_time_ns
+from parking import topics
+
+SITE = "xinyuan"
 
 pytestmark = pytest.mark.timeout(90)
 victoria = influx_support.victoria
@@ -101,3 +105,103 @@ def test_zone_occupancy_goes_to_the_outbox_every_10_s_and_on_change(example_site
         assert zone_points() == 2 * n_zones + 1
     finally:
         journal.close()
+
+
+def test_history_keeps_the_time_a_late_report_was_made(example_site, tmp_path):
+    """Reports an agent spooled while the broker was down arrive together, minutes late:
+    their events and points keep each report's own time, in order, and a batch of them
+    records every zone count it went through, once each."""
+    from gateway import outbox
+    from gateway.journal import Journal
+    from gateway.live import LiveGateway
+    from gateway.service import _OutboxHistory
+
+    now = 1_800_000_000.0
+    history = _OutboxHistory(example_site.id, None)
+    journal = Journal(tmp_path / "j.db", history)
+    outbox.ensure_schema(journal.conn)
+    try:
+        gw = LiveGateway(example_site, journal, lambda *a: None, history=history, clock=lambda: now)
+        spaces = example_site.spaces_of_source("bus-g")
+
+        def report(seq, ts, states, kind="delta", since=None):
+            body = {"agent": "a1", "source": "bus-g", "boot": "b", "seq": seq, "ts": ts}
+            body["kind"] = kind
+            t = ts if since is None else since
+            body["spaces"] = [{"space": s, "state": v, "since": t} for s, v in states.items()]
+            return (topics.edge_occupancy(SITE, "a1"), json.dumps(body).encode(), 0.0)
+
+        gw.handle_batch([report(1, now - 900, dict.fromkeys(spaces, "free"), "snapshot")])
+        late = [report(2 + i, now - 600 + 60 * i, {f"A-00{3 + i}": "occupied"}) for i in range(3)]
+        # a report time before the previous event's (a clock set back): kept in order
+        late.append(report(5, now - 700, {"A-003": "free", "A-004": "free"}, since=now - 450))
+        late.append(report(6, now + 30, {"A-006": "occupied"}))  # a clock 30 s ahead
+        gw.handle_batch(late)
+        gw.flush_checkpoint()
+        events = journal.conn.execute(
+            "SELECT ts, space, new FROM events WHERE new = 'occupied' ORDER BY id"
+        ).fetchall()
+        assert events == [
+            (now - 600, "A-003", "occupied"),
+            (now - 540, "A-004", "occupied"),
+            (now - 480, "A-005", "occupied"),
+            (now, "A-006", "occupied"),  # never later than the gateway's now
+        ]
+        freed = journal.conn.execute(
+            "SELECT ts FROM events WHERE space = 'A-004' AND new = 'free' ORDER BY id DESC"
+        ).fetchone()
+        assert freed == (now - 480,)  # not before the agent's previous event
+        points = journal.conn.execute(
+            "SELECT line, ts_ns FROM outbox WHERE measurement = 'space_state'"
+            " AND line LIKE '%space=A-003%' ORDER BY id"
+        ).fetchall()
+        assert [t for _, t in points][-2:] == [
+            outbox.event_time_ns(now - 600),
+            outbox.event_time_ns(now - 480),
+        ]
+        zone_a = [
+            (line.split("occupied=")[1].split("i")[0], ts)
+            for line, ts in journal.conn.execute(
+                "SELECT line, ts_ns FROM outbox WHERE measurement = 'zone_occupancy'"
+                " AND line LIKE '%zone=A %' ORDER BY id"
+            )
+        ]
+        assert zone_a == [
+            ("0", outbox.event_time_ns(now - 900)),
+            ("1", outbox.event_time_ns(now - 600)),
+            ("2", outbox.event_time_ns(now - 540)),
+            ("3", outbox.event_time_ns(now - 480)),
+            ("1", outbox.event_time_ns(now - 480)),
+            ("2", outbox.event_time_ns(now)),
+        ]
+    finally:
+        journal.close()
+
+
+def test_a_clean_stop_writes_the_last_changes_to_influxdb(mosquitto, victoria, tmp_path):
+    """The last checkpoint (where the newest points enter the outbox) is written before the
+    writer's final drain, so they reach InfluxDB now, not at some next start."""
+    site_path = site_variant(tmp_path)
+    db = tmp_path / "journal.db"
+    influx = {"url": victoria.url, "org": "parkguide", "bucket": "parkguide", "token": "t0k3n"}
+    watch = Collector(mosquitto.port)
+    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    try:
+        with running_gateway(site_path, mosquitto.url, db, influx=influx) as gw:
+            edge.send({s: "free" for s in gw.site.spaces_of_source("bus-g")}, kind="snapshot")
+            watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+            edge.send({"A-007": "occupied"})
+            watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 1)
+        # stopped at once: the change was journaled, its point not yet in the outbox
+    finally:
+        watch.stop()
+        edge.stop()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+    values: list[int] = []
+    deadline = time.monotonic() + 10  # VictoriaMetrics makes new points readable in a moment
+    while len(values) < 2 and time.monotonic() < deadline:
+        found = victoria.export('space_state_occupied{site="xinyuan",space="A-007"}')
+        values = [int(v) for v in found[0]["values"]] if found else []
+        time.sleep(0.2)
+    assert values == [0, 1]

@@ -405,3 +405,35 @@ def test_a_bad_number_flag_is_a_clear_error(tmp_path, flag, value, says):
     assert r.returncode == 2, r.stderr
     assert f"{flag} {value}" in r.stderr and says in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_journal_that_refuses_a_write_stops_the_gateway_and_loses_nothing(
+    site_path, mosquitto, tmp_path, watch
+):
+    """A full disk while a report is journaled: the gateway stops without acknowledging it
+    (rather than showing a change the journal lacks), and its restart gets it again from
+    the broker's session, journals it and shows it."""
+    db = tmp_path / "journal.db"
+    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    try:
+        with running_gateway(site_path, mosquitto.url, db, client_id="gw-disk") as service:
+            edge.send(all_free(service.site, "bus-g"), kind="snapshot")
+            watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+            with service.gateway.lock:  # the disk is full: not one more page
+                conn = service.journal.conn
+                pages = conn.execute("PRAGMA page_count").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {pages}")
+            mark = watch.mark()
+            edge.send(dict.fromkeys(service.site.spaces_of_source("bus-g"), "occupied"))
+            assert service._stop.wait(10)
+            assert "the journal refused a write" in service.fatal and "full" in service.fatal
+        published = [m.json() for m in watch.since(mark) if m.topic == zone_topic("A")]
+        assert not [z for z in published if z["occupied"]]  # nothing derived from it went out
+        with running_gateway(site_path, mosquitto.url, db, client_id="gw-disk") as service:
+            watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 80)
+            assert service.fatal is None
+        with sqlite3.connect(db) as conn:
+            occupied = conn.execute("SELECT count(*) FROM events WHERE new = 'occupied'")
+            assert occupied.fetchone()[0] == len(service.site.spaces_of_source("bus-g"))
+    finally:
+        edge.stop()

@@ -495,3 +495,71 @@ def test_400_drops_the_batch_counts_it_and_moves_on(db, fault_injector, writers,
         "rejected 3 points" in r.getMessage() and "unable to parse" in r.getMessage()
         for r in caplog.records
     )
+
+
+@pytest.mark.parametrize("retry_after", ["0", "-5", "Wed, 21 Oct 2015 07:28:00 GMT"])
+def test_a_retry_after_of_nothing_still_waits_a_backoff_step(
+    db, fault_injector, writers, retry_after
+):
+    """ "Retry now" from a server answering 503 must not become a request every millisecond."""
+    path, conn = db
+    server = fault_injector(lambda r, i: Answer(503, {"Retry-After": retry_after}))
+    append_changes(conn, changes(3, start=time.time() - 60))
+    writer = start_writer(writers, path, server.url, initial_backoff_s=0.2)
+    time.sleep(1.0)
+    writer.stop()
+    assert 2 <= len(server.requests) <= 6  # about one per 0.2 s; without the floor: hundreds
+    assert outbox.depth(conn) == 3
+
+
+def test_a_batch_limit_cut_by_413_grows_back(db, fault_injector, writers):
+    """One point too large for the server must not leave every later batch at one point."""
+    path, conn = db
+    append_changes(conn, changes(4, start=time.time() - 600))
+    big = next(line for line, _ in outbox_rows(conn) if "space=A-002" in line)
+    server = fault_injector(lambda r, i: Answer(413 if big in r.lines else 204))
+    writer = start_writer(writers, path, server.url, batch_size=8)
+    wait_for(lambda: writer.stats()["dropped_4xx"] == 1, 10, "the big point to be dropped")
+    wait_for(lambda: writer.stats()["outbox_depth"] == 0, 10, "the outbox to drain")
+    for _ in range(24):  # later points, written as they come: enough writes to regrow
+        append_changes(conn, changes(1, start=time.time() - 300))
+        wait_for(lambda: writer.stats()["outbox_depth"] == 0, 10, "a point to go")
+    sent = len(server.requests)
+    append_changes(conn, changes(8, start=time.time() - 200))
+    wait_for(lambda: writer.stats()["outbox_depth"] == 0, 10, "the backlog to drain")
+    assert len(server.requests) - sent == 1  # eight points, one request again
+
+
+def test_a_redirect_is_logged_and_the_error_clears_when_writes_work(
+    db, fault_injector, writers, caplog
+):
+    path, conn = db
+    moved = Answer(308, {"Location": "https://influx.example:8086/api/v2/write"})
+    server = fault_injector(lambda r, i: moved if i < 2 else Answer(204))
+    caplog.set_level(logging.INFO, logger="gateway.influx")
+    append_changes(conn, changes(3, start=time.time() - 60))
+    writer = start_writer(writers, path, server.url)
+    wait_for(lambda: writer.stats()["outbox_depth"] == 0, 10, "the outbox to drain")
+    said = [r for r in caplog.records if "308" in r.getMessage()]
+    assert said and said[0].levelno == logging.ERROR
+    assert "https://influx.example:8086" in said[0].getMessage()
+    assert writer.stats()["last_error"] is None  # /metrics shows no error once writes work
+    assert any("accepts writes again" in r.getMessage() for r in caplog.records)
+
+
+def test_the_last_drops_of_an_outage_are_said(db, caplog):
+    """Drops after the first line of an interval are said once the interval is over, even
+    when no more drops come to trigger it."""
+    path, conn = db
+    caplog.set_level(logging.WARNING, logger="gateway.outbox")
+    cap = outbox.OutboxCap(max_rows=3, log_interval_s=0.2)
+    for i in range(6):
+        outbox.append_space_state(conn, "xinyuan", "A", f"A-{i:03d}", "free", 1e9 + i, cap=cap)
+    said = [r.getMessage() for r in caplog.records if "outbox full" in r.getMessage()]
+    assert len(said) == 1 and "dropped 1 oldest" in said[0]
+    time.sleep(0.25)
+    cap.log_pending()
+    said = [r.getMessage() for r in caplog.records if "outbox full" in r.getMessage()]
+    assert len(said) == 2 and "dropped 2 oldest" in said[1]
+    cap.log_pending()  # nothing new: nothing said
+    assert sum("outbox full" in r.getMessage() for r in caplog.records) == 2
