@@ -38,7 +38,7 @@ import numpy as np
 
 from edge.camera.quality import FrameQuality, FrameQualityMonitor, QualitySettings
 from edge.camera.smoothing import OccupancySmoother, SmoothingSettings, SpaceChange
-from edge.camera.stream import FrameRate, FrameReader, describe, parse_source
+from edge.camera.stream import FrameRate, FrameReader, describe, file_problem, parse_source
 from edge.publisher import ReportPublisher, SpoolBusy
 from parking.broker import BrokerConfig
 from parking.payloads import CameraSpaceHealth, HealthReport, SpaceObservation
@@ -178,9 +178,13 @@ class CameraAgent:
         return changes + self.smoother.tick(wall)
 
     def fps(self, mono: float) -> float:
+        """Frames processed per second over the last FPS_WINDOW_S, or since the first of
+        them (so a fresh start or a recovery does not read as a slow camera)."""
         while self._processed and mono - self._processed[0] > FPS_WINDOW_S:
             self._processed.popleft()
-        return len(self._processed) / FPS_WINDOW_S
+        if len(self._processed) < 2 or mono <= self._processed[0]:
+            return 0.0
+        return (len(self._processed) - 1) / (mono - self._processed[0])
 
     def status(self) -> str:
         if not self.stream_up or (self.quality is not None and not self.quality.ok):
@@ -353,19 +357,23 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: camera {camera.id} has no spaces bound to it", file=sys.stderr)
         return 2
     source = parse_source(args.source)
-    if isinstance(source, str) and "://" not in source and not os.path.exists(source):
-        # a URL or a device may come back; a file named wrongly never will
-        print(f"error: --source {source}: no such file", file=sys.stderr)
+    problem = file_problem(source) if isinstance(source, str) and "://" not in source else None
+    if problem:
+        print(f"error: --source {source}: {problem}", file=sys.stderr)
         return 2
     agent_id = args.agent or f"camera-{camera.id}"
-    publisher = ReportPublisher(
-        broker,
-        site.id,
-        agent_id,
-        camera.id,
-        spool_dir=Path(args.spool_dir) if args.spool_dir else None,
-        snapshot_interval_s=args.snapshot_interval_s,
-    )
+    try:
+        publisher = ReportPublisher(
+            broker,
+            site.id,
+            agent_id,
+            camera.id,
+            spool_dir=Path(args.spool_dir) if args.spool_dir else None,
+            snapshot_interval_s=args.snapshot_interval_s,
+        )
+    except ValueError as exc:
+        print(f"error: --agent: {exc}", file=sys.stderr)
+        return 2
     agent = CameraAgent(
         camera,
         classifier,
@@ -401,5 +409,8 @@ def main(args: argparse.Namespace) -> int:
         agent.run(reader, stop)
     finally:
         reader.stop()
+        # retained: a monitor subscribing later must not read a stopped camera as "ok"
+        offline = agent.health(time.time(), time.monotonic(), reader.reconnects)
+        publisher.publish_health(offline.model_copy(update={"status": "offline"}))
         publisher.stop()
     return 0

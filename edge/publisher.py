@@ -47,7 +47,8 @@ import paho.mqtt.client as mqtt
 
 from parking import topics
 from parking.broker import BrokerConfig, backoff_delay
-from parking.payloads import HealthReport, OccupancyReport, SpaceObservation
+from parking.payloads import HealthReport, OccupancyReport, SpaceObservation, is_identifier
+from parking.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,10 @@ class ReportPublisher:
     ):
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
+        if not is_identifier(agent):
+            raise ValueError(
+                f"agent id {agent!r}: 1-64 letters, digits and _ . : - (it names MQTT topics)"
+            )
         self.broker = broker
         self.site = site
         self.agent = agent
@@ -194,7 +199,7 @@ class ReportPublisher:
         self._flush_timeout_s = DEFAULT_FLUSH_TIMEOUT_S
         self._health: HealthReport | None = None
         self._health_dirty = False
-        self._last_warning = 0.0
+        self._warnings = RateLimitedLog(log, _WARN_EVERY_S)
         self.stats: dict[str, int] = dict.fromkeys(
             ("reports", "acked", "connects", "refused", "connection_failures", "disconnects"), 0
         )
@@ -497,9 +502,4 @@ class ReportPublisher:
         log.error("MQTT broker %s refused the connection: %s%s", self.broker.url, reason, hint)
 
     def _warn(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= _WARN_EVERY_S:
-            self._last_warning = now
-            log.warning(msg + " (retrying with backoff)", *args)
-        else:
-            log.debug(msg, *args)
+        self._warnings("broker", logging.WARNING, msg + " (retrying with backoff)", *args)

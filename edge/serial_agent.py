@@ -466,14 +466,18 @@ def main(args: argparse.Namespace) -> int:
         retries=args.retries,
         turnaround_s=args.turnaround_ms / 1000,
     )
-    publisher = ReportPublisher(
-        broker,
-        site_id,
-        agent_id,
-        bus.id,
-        spool_dir=args.spool_dir,
-        snapshot_interval_s=args.snapshot_interval,
-    )
+    try:
+        publisher = ReportPublisher(
+            broker,
+            site_id,
+            agent_id,
+            bus.id,
+            spool_dir=args.spool_dir,
+            snapshot_interval_s=args.snapshot_interval,
+        )
+    except ValueError as exc:
+        print(f"error: --agent: {exc}", file=sys.stderr)
+        return 2
     try:
         publisher.start()
     except (SpoolBusy, OSError) as exc:

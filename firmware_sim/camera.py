@@ -32,6 +32,7 @@ import math
 import os
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -361,6 +362,10 @@ class CameraHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True  # a restarted simulator takes its port back at once
 
 
+class CameraHTTPServer6(CameraHTTPServer):
+    address_family = socket.AF_INET6  # --listen [::1]:8554
+
+
 def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -457,6 +462,8 @@ def main(args: argparse.Namespace) -> int:
         if not (args.fps > 0 and math.isfinite(args.fps)):
             raise ValueError(f"--fps must be a positive number, not {args.fps}")
         spaces = list(camera_cfg.polygons)
+        if not spaces:  # the camera agent refuses it too
+            raise ValueError(f"camera {camera_cfg.id} has no spaces bound to it")
         scenario = make_scenario(
             args.scenario,
             spaces,
@@ -482,7 +489,8 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     hub.publish(camera.render_jpeg(0.0))  # a frame ready before the first client
     try:
-        server = CameraHTTPServer((host, port), _make_handler(hub))
+        server_class = CameraHTTPServer6 if ":" in host else CameraHTTPServer
+        server = server_class((host, port), _make_handler(hub))
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 2
@@ -504,7 +512,8 @@ def main(args: argparse.Namespace) -> int:
         t.start()
     console = Console(camera, t0)
     bound_port = server.server_address[1]
-    console.say(f"camera {camera_cfg.id} serving http://{host}:{bound_port}/stream.mjpg")
+    shown = f"[{host}]" if ":" in host else host
+    console.say(f"camera {camera_cfg.id} serving http://{shown}:{bound_port}/stream.mjpg")
     log.info(
         "camera %s: %d spaces, scenario %s, speed %g, start %02d:%02d, %g fps",
         camera_cfg.id,

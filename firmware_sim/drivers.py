@@ -15,6 +15,7 @@ import argparse
 import heapq
 import json
 import logging
+import math
 import queue
 import random
 import secrets
@@ -78,8 +79,8 @@ def main(args: argparse.Namespace) -> int:
     if not args.broker:
         print("--live needs --broker mqtt://HOST:PORT", file=sys.stderr)
         return 2
-    if args.speed <= 0:
-        print("--speed must be positive", file=sys.stderr)
+    if not (args.speed > 0 and math.isfinite(args.speed)):
+        print(f"--speed {args.speed}: must be a positive number", file=sys.stderr)
         return 2
     try:
         broker = BrokerConfig.from_url(args.broker, args.username, args.password)

@@ -101,8 +101,14 @@ class Scenario:
 class FixedScenario(Scenario):
     """A seeded initial occupancy that changes only by command (commissioning, tests)."""
 
-    def __init__(self, space_ids: Sequence[str], seed: int = 0, initial_occupancy: float = 0.5):
-        super().__init__(space_ids, seed)
+    def __init__(
+        self,
+        space_ids: Sequence[str],
+        seed: int = 0,
+        initial_occupancy: float = 0.5,
+        speed: float = 1.0,
+    ):
+        super().__init__(space_ids, seed, speed)  # the clock runs on: its speed is checked too
         if not 0.0 <= initial_occupancy <= 1.0:
             raise ValueError(f"initial occupancy must be 0..1, not {initial_occupancy}")
         self.occupied = self.rng.random(len(self.space_ids)) < initial_occupancy
@@ -172,7 +178,7 @@ def make_scenario(
     if name == "residential":
         return ResidentialScenario(space_ids, seed, start_minute, speed)
     if name == "none":
-        return FixedScenario(space_ids, seed, initial_occupancy)
+        return FixedScenario(space_ids, seed, initial_occupancy, speed)
     raise ValueError(f"unknown scenario {name!r} (choose from {', '.join(SCENARIOS)})")
 
 

@@ -28,7 +28,6 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +36,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
 from influxdb_client.rest import ApiException
 
 from gateway import outbox
+from parking.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +68,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         reference = datetime.now(UTC).timestamp() if now is None else now
         return max(0.0, when.timestamp() - reference)
     return max(0.0, seconds) if seconds == seconds else None  # NaN is not a delay
-
-
-class _RateLimitedLog:
-    """At most one log line per key per interval; the first one always goes out."""
-
-    def __init__(self, interval_s: float):
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-
-    def __call__(self, key: str, level: int, msg: str, *args: Any, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval_s:
-            return
-        self._last[key] = now
-        log.log(level, msg, *args, exc_info=exc_info)
-
-    def reset_where(self, matches: Callable[[str], bool]) -> None:
-        for key in [k for k in self._last if matches(k)]:
-            del self._last[key]
 
 
 class InfluxWriter:
@@ -127,7 +107,7 @@ class InfluxWriter:
         self.max_backoff_s = max_backoff_s
         self.max_retry_after_s = max_retry_after_s
         self.drain_timeout_s = drain_timeout_s
-        self._log = _RateLimitedLog(log_interval_s)
+        self._log = RateLimitedLog(log, log_interval_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

@@ -21,7 +21,6 @@ observation of that space).
 from __future__ import annotations
 
 import logging
-import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,13 +32,13 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from parking.payloads import (
-    IDENTIFIER_PATTERN,
     MAX_OBSERVATIONS,
     MAX_PAYLOAD_BYTES,
     MAX_SEQ,
     MAX_TIMESTAMP,
     SCHEMA_VERSION,
     OccupancyReport,
+    is_identifier,
 )
 from parking.site import Site
 from parking.states import SpaceState
@@ -69,7 +68,6 @@ an edge with a wrong clock would otherwise lock its spaces (every true observati
 would look older)."""
 RETIRED_BOOTS = 16  # boots remembered per agent to refuse late messages of an old boot
 _NONE_STALE = np.zeros(0, dtype=np.int64)
-_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 _REPORT_KEYS = frozenset(OccupancyReport.model_fields)
 _REPORT_REQUIRED = frozenset(
     name for name, f in OccupancyReport.model_fields.items() if f.is_required()
@@ -127,10 +125,6 @@ def decode_report(agent: str, payload: bytes) -> OccupancyReport | Rejection:
     return report
 
 
-def _identifier(value: str) -> bool:
-    return 1 <= len(value) <= 64 and _IDENTIFIER.fullmatch(value) is not None
-
-
 _NUMBER_TYPES = frozenset((float, int))  # exactly: a bool is not a time
 
 
@@ -160,7 +154,7 @@ class ReportGate:
             )
         self._binding_source = {sid: b.source for sid, b in site.bindings.items()}
         # for the column-wise path: space indices by (valid) id, and per source
-        self._identifier_index = {k: v for k, v in site.space_index.items() if _identifier(k)}
+        self._identifier_index = {k: v for k, v in site.space_index.items() if is_identifier(k)}
         self._source_set = {src: frozenset(sp.tolist()) for src, sp in self._source_spaces.items()}
         self._valid_ids: set[str] = set()
 
@@ -311,7 +305,7 @@ class ReportGate:
         """All valid identifiers (remembered: an agent sends the same few again and again)."""
         for v in values:
             if v not in self._valid_ids:
-                if not _identifier(v):
+                if not is_identifier(v):
                     return False
                 if len(self._valid_ids) >= _VALID_IDS_CAP:
                     self._valid_ids.clear()

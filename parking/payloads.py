@@ -7,6 +7,7 @@ Timestamps are UNIX seconds (float, UTC).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -25,6 +26,14 @@ MAX_TIMESTAMP = 4102444800  # 2100-01-01: a later one is a unit error (ms for s)
 MAX_OBSERVATIONS = 10000  # per occupancy report
 MAX_SEQ = 2**63 - 1  # a report's seq is journaled as a 64-bit integer
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=IDENTIFIER_PATTERN)]
+_IDENTIFIER_RE = re.compile(IDENTIFIER_PATTERN)
+
+
+def is_identifier(value: str) -> bool:
+    """What ``Identifier`` accepts, without a model (ids that name MQTT topics)."""
+    return 1 <= len(value) <= 64 and _IDENTIFIER_RE.fullmatch(value) is not None
+
+
 Timestamp = Annotated[float, Field(ge=0, le=MAX_TIMESTAMP, description="UNIX seconds, UTC")]
 
 

@@ -8,6 +8,7 @@ Small frame rates and short hold/stale/frozen times keep them quick.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -166,6 +167,8 @@ def test_agent_decides_from_frames_and_goes_blind_on_a_covered_lens(lot, tmp_pat
     assert (agent.smoother.state != int(SpaceState.UNKNOWN)).sum() >= 37
     assert (occupied == truth).sum() >= 37
     assert agent.status() in ("ok", "degraded")
+    # the rate of the frames so far, not their count over a whole window (0.6 fps here)
+    assert agent.fps(0.6) == pytest.approx(1 / 0.3)
     health = agent.health(1001.0, 1.0, reconnects=0)
     assert health.fps and health.fps > 0 and len(health.spaces) == 40
 
@@ -269,6 +272,10 @@ def test_snapshot_then_delta_then_clean_stop(
 
     assert agent.terminate(15) == 0
     recorder.wait_for(lambda ms: recorder.texts_on("/availability")[-1:] == ["offline"], 10)
+    # its retained health must not go on saying "ok" for a camera that stopped
+    recorder.wait_for(
+        lambda ms: json.loads(recorder.texts_on("/health")[-1])["status"] == "offline", 10
+    )
 
 
 def _all_unknown(recorder: Recorder) -> bool:
@@ -428,6 +435,10 @@ def test_backoff_stays_capped_however_long_the_outage() -> None:
         (["--fps-limit", "nan"], "--fps-limit must be 0 or more"),
         (["--hold-s", "inf"], "--hold-s must be positive"),
         ([], "x.avi: no such file"),  # a file named wrongly never comes back
+        (["--source", "SITE"], "site.yaml: not a video OpenCV can read"),
+        (["--source", "TMP"], "a directory, not a video file"),
+        (["--source", "http://127.0.0.1:1/x", "--agent", "cam c"], "--agent: agent id 'cam c'"),
+        (["--source", "http://127.0.0.1:1/x", "--agent", "a/b"], "it names MQTT topics"),
     ],
 )
 def test_the_agent_refuses_a_bad_model_or_setting_with_a_clear_error(
@@ -439,7 +450,8 @@ def test_the_agent_refuses_a_bad_model_or_setting_with_a_clear_error(
     bad.write_bytes(b"garbage, not a model")
     argv = ["edge", "camera", "--site", str(EXAMPLE_SITE), "--camera", "cam-c"]
     argv += ["--source", str(tmp_path / "x.avi"), "--broker", "mqtt://127.0.0.1:1"]
-    argv += [str(bad) if a == "BAD" else a for a in extra]
+    named = {"BAD": str(bad), "SITE": str(EXAMPLE_SITE), "TMP": str(tmp_path)}
+    argv += [named.get(a, a) for a in extra]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -80,3 +80,12 @@ def test_guidance_helps_most_when_nearly_full(example_site):
     assert full["unguided"]["mean_search_m"] > full["guided"]["mean_search_m"]
     assert full["reduction"] > (low["reduction"] or 0)
     assert r["guided"]["p95_search_m"] < r["unguided"]["p95_search_m"]
+
+
+def test_live_drivers_refuse_a_speed_that_is_not_a_number(capsys):
+    from parkguide.cli import main
+
+    argv = ["sim", "drivers", "--site", str(EXAMPLE_SITE), "--live", "--broker", "mqtt://h:1"]
+    for bad in ("nan", "-60", "0"):
+        assert main([*argv, "--speed", bad]) == 2
+        assert f"--speed {float(bad)}: must be a positive number" in capsys.readouterr().err

@@ -63,6 +63,9 @@ def test_speed_scales_simulated_time():
     assert slow.minute_of_day(100.0) == pytest.approx(8 * 60 + 50)
     with pytest.raises(ValueError, match="speed"):
         ResidentialScenario(SPACES, speed=0)
+    for bad in (float("nan"), float("inf"), -60.0):  # the fixed scenario's clock runs too
+        with pytest.raises(ValueError, match="speed"):
+            make_scenario("none", SPACES, speed=bad)
 
 
 def test_departures_in_the_morning_arrivals_in_the_evening():

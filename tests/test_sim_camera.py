@@ -5,6 +5,7 @@ agrees with what the simulation says across a daylight day."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 from camera_support import Proc, measure_day_agreement, parse_status, start_sim
-from conftest import free_port
+from conftest import EXAMPLE_SITE, free_port, parkguide_cmd
 
 from firmware_sim.camera import parse_console_line
 from firmware_sim.commands import CommandError
@@ -165,3 +166,45 @@ def test_real_classifier_agrees_with_the_scenario_in_daylight() -> None:
                                                  step_min=60)  # fmt: skip
     assert decisions == 10 * 40
     assert agreement >= AGREEMENT_FLOOR, f"agreement {agreement:.3f} over {decisions} decisions"
+
+
+def test_a_camera_without_spaces_is_refused(tmp_path: Path, capsys) -> None:
+    """The camera agent refuses such a camera; so does its simulator, instead of serving an
+    empty lot."""
+    from parkguide.cli import main
+
+    text = EXAMPLE_SITE.read_text(encoding="utf-8")
+    assert "cameras:\n" in text
+    site = tmp_path / "site.yaml"  # a camera mounted, its rows not drawn yet
+    empty = "cameras:\n  - {id: cam-empty, ttl_s: 15, resolution: [1280, 720]}\n"
+    site.write_text(text.replace("cameras:\n", empty, 1), encoding="utf-8")
+    argv = ["sim", "camera", "--site", str(site), "--camera", "cam-empty"]
+    assert main([*argv, "--listen", f"127.0.0.1:{free_port()}"]) == 2
+    assert "camera cam-empty has no spaces bound to it" in capsys.readouterr().err
+
+
+def test_the_stream_is_served_on_ipv6(procs: list[Proc], tmp_path: Path) -> None:
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    port = free_port()
+    argv = parkguide_cmd(
+        "sim", "camera", "--site", str(EXAMPLE_SITE), "--camera", "cam-c",
+        "--listen", f"[::1]:{port}", "--fps", "2",
+    )  # fmt: skip
+    sim = Proc(argv, tmp_path / "sim.log", stdin=subprocess.DEVNULL)
+    procs.append(sim)
+    assert f"serving http://[::1]:{port}/stream.mjpg" in sim.next_line(60)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            status, ctype, body = http_get(f"http://[::1]:{port}/snapshot.jpg")
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert status == 200 and ctype == "image/jpeg" and body[:2] == b"\xff\xd8"

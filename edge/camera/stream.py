@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from parking.broker import backoff_delay
+from parking.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,22 @@ def parse_source(source: str) -> str | int:
 
 def is_file_source(source: str | int) -> bool:
     return isinstance(source, str) and "://" not in source and os.path.exists(source)
+
+
+def file_problem(path: str) -> str | None:
+    """Why a file named as the source is not a video OpenCV can read, or None. A URL or a
+    device may come back after a failure; a wrong file never will, so it is said at once."""
+    if not os.path.exists(path):
+        return "no such file"
+    if os.path.isdir(path):
+        return "a directory, not a video file"
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened() or not cap.grab():
+            return "not a video OpenCV can read"
+    finally:
+        cap.release()
+    return None
 
 
 def describe(source: str | int) -> str:
@@ -109,6 +126,7 @@ class FrameReader:
         self._last_grab: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._log = RateLimitedLog(log)
         self.connected = False
         self.reconnects = 0
         """times the stream was lost and reopened (or attempted)"""
@@ -176,7 +194,13 @@ class FrameReader:
             attempt = 0 if got_frames else attempt + 1
             delay = backoff_delay(attempt, self.backoff_base_s, self.backoff_cap_s)
             self.reconnects += 1
-            log.info("camera %s: stream lost; reopening in %.1f s", describe(self.source), delay)
+            self._log(
+                "reopen",
+                logging.INFO,
+                "camera %s: stream lost; reopening in %.1f s",
+                describe(self.source),
+                delay,
+            )
             self._stop.wait(delay)
 
     def _session(self) -> bool:
@@ -185,7 +209,8 @@ class FrameReader:
         got = False
         try:
             if not cap.isOpened():
-                log.warning("camera %s: cannot open", describe(self.source))
+                # once a minute: an outage of hours retries every few seconds
+                self._log("open", logging.WARNING, "camera %s: cannot open", describe(self.source))
                 return False
             self.connected = True
             log.info("camera %s: stream open", describe(self.source))
@@ -197,7 +222,12 @@ class FrameReader:
             rate = FrameRate(self.max_fps)
             while not self._stop.is_set():
                 if not cap.grab():
-                    log.warning("camera %s: read failed or stream ended", describe(self.source))
+                    self._log(
+                        "read",
+                        logging.WARNING,
+                        "camera %s: read failed or stream ended",
+                        describe(self.source),
+                    )
                     return got
                 got = True
                 now = time.monotonic()
