@@ -245,7 +245,10 @@ class InfluxWriter:
             write_api.write(
                 bucket=self.bucket,
                 org=self.org,
-                record=[line for _, line in rows],
+                # one string: given a list, the client serializes it point by point in
+                # Python, holding the GIL for milliseconds per batch (the MQTT thread's
+                # reports then wait for it: p99 of a journal commit 0.07 -> 5 ms)
+                record="\n".join([line for _, line in rows]),
                 write_precision=WritePrecision.NS,
             )
         except ApiException as exc:
