@@ -802,7 +802,9 @@ def main(args: argparse.Namespace) -> int:
     if problem is None and args.outbox_max_rows is not None and not args.influx_url:
         problem = "--outbox-max-rows: only with --influx-url (the outbox holds InfluxDB's points)"
     if problem is None and args.influx_url and not (args.influx_org and args.influx_bucket):
-        problem = "--influx-org and --influx-bucket must not be empty (InfluxDB refuses such writes)"
+        problem = (
+            "--influx-org and --influx-bucket must not be empty (InfluxDB refuses such writes)"
+        )
     if problem:
         print(problem, file=sys.stderr)
         return 2
