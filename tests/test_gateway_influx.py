@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import influx_support
 import pytest
@@ -19,38 +22,45 @@ pytestmark = pytest.mark.timeout(90)
 victoria = influx_support.victoria
 
 
-def test_journaled_changes_are_written_to_influxdb(mosquitto, victoria, tmp_path):
-    site_path = site_variant(tmp_path)
-    db = tmp_path / "journal.db"
+@contextmanager
+def gateway_to(victoria, mosquitto, tmp_path) -> Iterator[tuple[Any, Edge, Collector]]:
+    """A gateway writing to ``victoria``, with bus-g's edge agent (all free) and a watcher."""
     influx = {"url": victoria.url, "org": "parkguide", "bucket": "parkguide", "token": "t0k3n"}
     watch = Collector(mosquitto.port)
     edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    db = tmp_path / "journal.db"
     try:
-        with running_gateway(site_path, mosquitto.url, db, influx=influx) as gw:
-            # one at a time: VictoriaMetrics keeps milliseconds, two changes of a space in the
-            # same millisecond would share a timestamp there (InfluxDB keeps nanoseconds)
+        with running_gateway(site_variant(tmp_path), mosquitto.url, db, influx=influx) as gw:
             edge.send({s: "free" for s in gw.site.spaces_of_source("bus-g")}, kind="snapshot")
             watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
-            edge.send({"A-003": "occupied", "A-004": "occupied"})
-            watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 2)
-            edge.send({"A-003": "free"})
-            watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 1 and z["free"] == 79)
-            deadline = time.monotonic() + 20
-            series: dict[str, list[tuple[int, int]]] = {}
-            while time.monotonic() < deadline:
-                series = {
-                    item["metric"]["space"]: list(
-                        zip(item["timestamps"], [int(v) for v in item["values"]], strict=True)
-                    )
-                    for item in victoria.export('space_state_occupied{site="xinyuan"}')
-                }
-                if len(series.get("A-003", [])) == 3:
-                    break
-                time.sleep(0.3)
-            stats = gw.writer.stats()
+            yield gw, edge, watch
     finally:
         watch.stop()
         edge.stop()
+
+
+def test_journaled_changes_are_written_to_influxdb(mosquitto, victoria, tmp_path):
+    db = tmp_path / "journal.db"
+    with gateway_to(victoria, mosquitto, tmp_path) as (gw, edge, watch):
+        # one at a time: VictoriaMetrics keeps milliseconds, two changes of a space in the
+        # same millisecond would share a timestamp there (InfluxDB keeps nanoseconds)
+        edge.send({"A-003": "occupied", "A-004": "occupied"})
+        watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 2)
+        edge.send({"A-003": "free"})
+        watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 1 and z["free"] == 79)
+        deadline = time.monotonic() + 20
+        series: dict[str, list[tuple[int, int]]] = {}
+        while time.monotonic() < deadline:
+            series = {
+                item["metric"]["space"]: list(
+                    zip(item["timestamps"], [int(v) for v in item["values"]], strict=True)
+                )
+                for item in victoria.export('space_state_occupied{site="xinyuan"}')
+            }
+            if len(series.get("A-003", [])) == 3:
+                break
+            time.sleep(0.3)
+        stats = gw.writer.stats()
     with sqlite3.connect(db) as conn:
         events = conn.execute("SELECT ts, space, new FROM events ORDER BY id").fetchall()
     expected: dict[str, list[tuple[int, int]]] = {}
@@ -181,21 +191,11 @@ def test_history_keeps_the_time_a_late_report_was_made(example_site, tmp_path):
 def test_a_clean_stop_writes_the_last_changes_to_influxdb(mosquitto, victoria, tmp_path):
     """The last checkpoint (where the newest points enter the outbox) is written before the
     writer's final drain, so they reach InfluxDB now, not at some next start."""
-    site_path = site_variant(tmp_path)
     db = tmp_path / "journal.db"
-    influx = {"url": victoria.url, "org": "parkguide", "bucket": "parkguide", "token": "t0k3n"}
-    watch = Collector(mosquitto.port)
-    edge = Edge(mosquitto.port, "agent-g", "bus-g")
-    try:
-        with running_gateway(site_path, mosquitto.url, db, influx=influx) as gw:
-            edge.send({s: "free" for s in gw.site.spaces_of_source("bus-g")}, kind="snapshot")
-            watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
-            edge.send({"A-007": "occupied"})
-            watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 1)
-        # stopped at once: the change was journaled, its point not yet in the outbox
-    finally:
-        watch.stop()
-        edge.stop()
+    with gateway_to(victoria, mosquitto, tmp_path) as (_, edge, watch):
+        edge.send({"A-007": "occupied"})
+        watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 1)
+    # stopped at once: the change was journaled, its point not yet in the outbox
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
     values: list[int] = []

@@ -19,6 +19,21 @@ pytestmark = pytest.mark.timeout(60)
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
+def _bus_g_all_free(gw: LiveGateway, now: float) -> None:
+    """A snapshot of bus-g (zones A, B and D): every space free."""
+    spaces = gw.site.spaces_of_source("bus-g")
+    report = {
+        "agent": "agent-g",
+        "source": "bus-g",
+        "boot": "b",
+        "seq": 1,
+        "ts": now,
+        "kind": "snapshot",
+        "spaces": [{"space": s, "state": "free", "since": now} for s in spaces],
+    }
+    gw.handle(topics.edge_occupancy(SITE_ID, "agent-g"), json.dumps(report).encode())
+
+
 def test_minute_of_day_is_local_to_the_site():
     t = datetime(2026, 11, 27, 19, 0, 30, tzinfo=SHANGHAI).timestamp()
     assert minute_of_day(t, SHANGHAI) == 19 * 60
@@ -40,17 +55,7 @@ def test_shared_bays_count_for_residents_only_from_19_00(example_site, mosquitto
             clock=lambda: clock[0],
         )
         gw.publish_all()
-        spaces = example_site.spaces_of_source("bus-g")
-        report = {
-            "agent": "agent-g",
-            "source": "bus-g",
-            "boot": "b",
-            "seq": 1,
-            "ts": clock[0],
-            "kind": "snapshot",
-            "spaces": [{"space": s, "state": "free", "since": clock[0]} for s in spaces],
-        }
-        gw.handle(topics.edge_occupancy(SITE_ID, "agent-g"), json.dumps(report).encode())
+        _bus_g_all_free(gw, clock[0])
         # 18:59: zone D (30 shared bays, all free) is the office's: full for residents
         sign = watch.wait_for(display_topic("jct-w0"), lambda c: c["lines"][1]["count"] == 72)
         assert sign.json()["lines"][0]["status"] == "full"
@@ -93,17 +98,7 @@ def test_a_window_opens_on_its_minute(example_site, tmp_path):
     clock = [datetime(2026, 11, 27, 18, 59, 58, tzinfo=SHANGHAI).timestamp()]
     journal = Journal(tmp_path / "j.db")
     gw = LiveGateway(example_site, journal, lambda *a: None, clock=lambda: clock[0])
-    spaces = example_site.spaces_of_source("bus-g")
-    report = {
-        "agent": "agent-g",
-        "source": "bus-g",
-        "boot": "b",
-        "seq": 1,
-        "ts": clock[0],
-        "kind": "snapshot",
-        "spaces": [{"space": s, "state": "free", "since": clock[0]} for s in spaces],
-    }
-    gw.handle(topics.edge_occupancy(SITE_ID, "agent-g"), json.dumps(report).encode())
+    _bus_g_all_free(gw, clock[0])
     gw.tick()
     d_line = gw.layout.line_keys.index(("jct-w0", 0))  # zone D for residents
     assert gw.core.line_free[d_line] == 0
