@@ -1241,3 +1241,7 @@ class AllocationCore:
     def holds(self) -> dict[int, float]:
         """Held spaces -> hold expiry."""
         return dict(self._holds)
+
+    @property
+    def has_holds(self) -> bool:
+        return bool(self._holds)

@@ -59,7 +59,9 @@ CREATE TRIGGER IF NOT EXISTS agents_boot_retired AFTER UPDATE OF boot ON agents
 CREATE TABLE IF NOT EXISTS assignments(
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, entrance TEXT NOT NULL, class TEXT NOT NULL,
     space TEXT, zone TEXT, hold_expires REAL, plate TEXT, request_id TEXT,
-    payload TEXT NOT NULL);
+    payload TEXT NOT NULL, released REAL);
+-- open holds are the few newest rows: found by expiry (restart, a car seen in one)
+CREATE INDEX IF NOT EXISTS assignments_expiry ON assignments(hold_expires);
 -- a gate that sends an arrival again (QoS 1 redelivery, a retry) gets the same answer
 CREATE INDEX IF NOT EXISTS assignments_request ON assignments(entrance, request_id)
     WHERE request_id IS NOT NULL;
@@ -119,6 +121,9 @@ class Journal:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA busy_timeout=5000")
         self.conn.executescript(SCHEMA)
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(assignments)")}
+        if "released" not in columns:  # a journal from before holds' ends were journaled
+            self.conn.execute("ALTER TABLE assignments ADD COLUMN released REAL")
         self.history = history
         self._checkpointer: sqlite3.Connection | None = None
 
@@ -305,15 +310,23 @@ class Journal:
 
     def open_holds(self, now: float) -> list[tuple[str, float]]:
         """(space, hold_expires) of assignments whose hold has not expired at ``now`` and
-        whose space was not seen occupied since (a car seen in it ends the hold)."""
+        was not ended by a car seen in the space (:meth:`release_holds`)."""
         return self.conn.execute(
-            "SELECT a.space, max(a.hold_expires) FROM assignments a"
-            " WHERE a.space IS NOT NULL AND a.hold_expires > ? AND NOT EXISTS ("
-            "  SELECT 1 FROM events e"
-            "  WHERE e.ts >= a.ts AND e.space = a.space AND e.new = 'occupied')"
-            " GROUP BY a.space",
+            "SELECT space, max(hold_expires) FROM assignments"
+            " WHERE space IS NOT NULL AND hold_expires > ? AND released IS NULL"
+            " GROUP BY space",
             (now,),
         ).fetchall()
+
+    def release_holds(self, spaces: Iterable[str], ts: float) -> None:
+        """A car was seen in these held spaces: their holds end (also for a restart).
+        Journaled with the change that ended them, in processing order, whatever the
+        clocks say."""
+        self.conn.executemany(
+            "UPDATE assignments SET released = ?"
+            " WHERE space = ? AND released IS NULL AND hold_expires > ?",
+            [(ts, space, ts) for space in spaces],
+        )
 
     def recent_assignments(self, limit: int) -> list[str]:
         """Assignment payloads (JSON), newest first."""

@@ -202,7 +202,6 @@ class LiveGateway:
         self._zone_published: dict[int, tuple[int, ...]] = {}
         self._online: dict[str, bool] = {}
         self._agent_seen: dict[str, float] = {}
-        self._agent_event_ts: dict[str, float] = {}  # each agent's latest event time
         self._zone_recorded: dict[int, dict[str, int]] = {}  # last on-change history row
         self._health: dict[str, HealthReport] = {}
         self._subscribers: list[Callable[[LiveEvent], None]] = []
@@ -469,16 +468,14 @@ class LiveGateway:
         self.gate.commit(acc)  # in memory now, so a duplicate later in the batch is refused
         self._online[agent] = True
         self._agent_seen[agent] = now
-        # the event's time is the report's (one the agent spooled while the broker was down
-        # keeps its own), never later than now nor before the agent's previous event
-        at = min(acc.ts, now)
-        before = self._agent_event_ts.get(agent, at)
-        at = self._agent_event_ts[agent] = at if at >= before else before
+        # the event's time is when the gateway took it: the journal's order is the order
+        # things happened here (history and restarts read it that way), so a backlog an
+        # agent spooled lands at its arrival (docs/architecture.md, "Event times")
         zone_rows = None
         if self.history is not None:
             zone_rows = tuple((z, self.state.zone_row(z)) for z in changes.zones.tolist())
         staged.segments.append(
-            _Segment(changes, at, acc.source, acc.agent, acc.seq, acc.boot, zone_rows)
+            _Segment(changes, now, acc.source, acc.agent, acc.seq, acc.boot, zone_rows)
         )
         staged.reports.append(acc)
         staged.started.append(t0)
@@ -635,15 +632,20 @@ class LiveGateway:
         journaled = [g for g in segments if len(g.changes) or g.seq is not None]
         segments = [g for g in segments if len(g.changes.touched) or len(g.changes)]
         n = sum(len(g.changes) for g in segments)
+        ended: list[str] = []
         if n:
             if len(segments) == 1:
                 spaces, new = segments[0].changes.spaces, segments[0].changes.new
             else:
                 spaces = np.concatenate([g.changes.spaces for g in segments])
                 new = np.concatenate([g.changes.new for g in segments])
+            held = self.core.holds if self.core.has_holds else None
             self.core.update_many(spaces, new, now)
-        if journaled or agent_state is not None:
-            self._journal(journaled, now, agent_state)
+            if held:  # a car seen in its space ends the hold: journaled for a restart
+                still = self.core.holds
+                ended = [self.state.space_ids[s] for s in held if s not in still]
+        if journaled or agent_state is not None or ended:
+            self._journal(journaled, now, agent_state, ended)
         signs: list[_Sign] = []
         if n:
             self.state_changes += n
@@ -667,7 +669,11 @@ class LiveGateway:
                     self._emit("space", {"space": ids[sp], "state": STATE_NAMES[st]}, g.ts)
 
     def _journal(
-        self, segments: list[_Segment], now: float, agent_state: tuple[str, bool] | None
+        self,
+        segments: list[_Segment],
+        now: float,
+        agent_state: tuple[str, bool] | None,
+        ended_holds: list[str] | None = None,
     ) -> None:
         """The commit that must precede publishing: one packed row of changes per report (its
         sequence with it, even without changes) or verdict, and an agent's availability."""
@@ -703,12 +709,14 @@ class LiveGateway:
                 )
             rows.append((g.ts, g.source, g.agent, g.boot, g.seq, changes))
         self._unexpanded = self._unexpanded or bool(rows)
-        if len(rows) == 1 and agent_state is None:
+        if len(rows) == 1 and agent_state is None and not ended_holds:
             self.journal.add_changes(*rows[0])  # one statement: its own transaction
             return
         with self.journal.transaction():
             for row in rows:
                 self.journal.add_changes(*row)
+            if ended_holds:
+                self.journal.release_holds(ended_holds, now)
             if agent_state is not None:
                 self.journal.put_agent(agent_state[0], None, None, agent_state[1], now)
 

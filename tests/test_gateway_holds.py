@@ -98,8 +98,10 @@ class _Gate:
         assert len(answers) == 1
         return answers[0]
 
-    def report(self, agent: str, source: str, seq: int, states: dict[str, str]) -> None:
-        now = self.clock[0]
+    def report(
+        self, agent: str, source: str, seq: int, states: dict[str, str], ts: float | None = None
+    ) -> None:
+        now = self.clock[0] if ts is None else ts
         report = {
             "agent": agent,
             "source": source,
@@ -141,6 +143,24 @@ def test_a_hold_ended_by_the_car_stays_ended_after_a_restart(example_site, tmp_p
     assert g2.gw.core.holds == {}
     assert g2.line("gate-north", 0) == before
     assert g2.arrive("r2")["space"] == first  # offered again at once, as before the restart
+
+
+def test_a_car_seen_by_a_report_made_before_the_assignment_still_ends_its_hold(
+    example_site, tmp_path
+):
+    """A report that waited in the broker (made before the car's assignment, handled after
+    it) puts the car in its space: the hold ends, and stays ended after a restart, by the
+    order things were handled, not by the clocks."""
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    _snapshot_all_free(g.gw, example_site, g.clock[0])
+    g.clock[0] += 10
+    first = g.arrive("r1")["space"]
+    g.report("a1", "bus-g", 2, {first: "occupied"}, ts=g.clock[0] - 5)
+    assert g.gw.core.holds == {}
+    g.clock[0] += 5
+    g.report("a1", "bus-g", 3, {first: "free"})  # and it left again
+    g2 = g.restart(1)
+    assert g2.gw.core.holds == {}
 
 
 def test_an_arrival_sent_again_gets_the_same_assignment(example_site, tmp_path):
@@ -201,3 +221,24 @@ def test_an_arrival_outside_the_contract_is_refused(example_site, tmp_path, body
     assert [json.loads(p)["plate"] for t, p in g.sent[mark:] if t.endswith("/assignment")] == [
         "沪AD12345"
     ]
+
+
+def test_a_journal_from_before_released_holds_opens_with_its_holds(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    with sqlite3.connect(db) as conn:  # the assignments table as it was
+        conn.execute(
+            "CREATE TABLE assignments(id INTEGER PRIMARY KEY, ts REAL NOT NULL, entrance TEXT"
+            " NOT NULL, class TEXT NOT NULL, space TEXT, zone TEXT, hold_expires REAL,"
+            " plate TEXT, request_id TEXT, payload TEXT NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO assignments(ts, entrance, class, space, zone, hold_expires, payload)"
+            " VALUES (100, 'north', 'resident', 'A-040', 'A', 400, '{}')"
+        )
+    journal = Journal(db)
+    assert journal.open_holds(200) == [("A-040", 400.0)]
+    journal.release_holds(["A-040"], 250)
+    assert journal.open_holds(260) == []
+    journal.close()
