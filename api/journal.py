@@ -181,3 +181,10 @@ class GatewayTables(JournalReader):
 
     def outbox_depth(self) -> int:
         return self.count("outbox") or 0
+
+    def outbox_dropped_by_cap(self) -> int:
+        """Points the outbox's disk cap dropped, over the journal's life (0 without one)."""
+        if not self.table_columns("outbox_stats"):
+            return 0
+        rows = self._query("SELECT value FROM outbox_stats WHERE key = 'dropped_cap'")
+        return int(rows[0][0]) if rows else 0

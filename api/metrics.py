@@ -73,8 +73,9 @@ def render(ctx: Ctx) -> str:
     c = ctx.view.counters()
     agents = ctx.view.agents()
     out = Exposition()
-    out.family("parkguide_reports_accepted_total", "counter", "Edge reports accepted.")
-    out.sample("parkguide_reports_accepted_total", c.accepted)
+    if c.gateway_counts:  # a stand-alone API cannot know these: absent, not a false 0
+        out.family("parkguide_reports_accepted_total", "counter", "Edge reports accepted.")
+        out.sample("parkguide_reports_accepted_total", c.accepted)
     out.family("parkguide_reports_rejected_total", "counter", "Edge reports rejected, by reason.")
     for reason, n in sorted(c.rejected.items()):
         out.sample("parkguide_reports_rejected_total", n, {"reason": reason})
@@ -82,12 +83,13 @@ def render(ctx: Ctx) -> str:
     out.sample("parkguide_state_changes_total", c.state_changes)
     out.family("parkguide_sign_updates_total", "counter", "Sign contents published.")
     out.sample("parkguide_sign_updates_total", c.sign_updates)
-    out.family(
-        "parkguide_arrivals_repeated_total",
-        "counter",
-        "Arrivals sent again with the same request_id: given the same assignment again.",
-    )
-    out.sample("parkguide_arrivals_repeated_total", c.repeated_arrivals)
+    if c.gateway_counts:
+        out.family(
+            "parkguide_arrivals_repeated_total",
+            "counter",
+            "Arrivals sent again with the same request_id: given the same assignment again.",
+        )
+        out.sample("parkguide_arrivals_repeated_total", c.repeated_arrivals)
     out.family("parkguide_outbox_depth", "gauge", "Points waiting in the InfluxDB outbox.")
     out.sample("parkguide_outbox_depth", c.outbox_depth)
     out.family(
@@ -97,15 +99,17 @@ def render(ctx: Ctx) -> str:
         "life), reason=rejected refused by InfluxDB as bad data (4xx, since start).",
     )
     out.sample("parkguide_outbox_dropped_total", c.outbox_dropped_cap, {"reason": "cap"})
-    out.sample("parkguide_outbox_dropped_total", c.outbox_dropped_rejected, {"reason": "rejected"})
-    out.family("parkguide_outbox_written_total", "counter", "Points InfluxDB accepted.")
-    out.sample("parkguide_outbox_written_total", c.outbox_written)
-    out.family(
-        "parkguide_outbox_auth_failures_total",
-        "counter",
-        "Writes InfluxDB refused for the token (401/403): check INFLUX_TOKEN.",
-    )
-    out.sample("parkguide_outbox_auth_failures_total", c.outbox_auth_failed)
+    if c.gateway_counts:
+        rejected = c.outbox_dropped_rejected
+        out.sample("parkguide_outbox_dropped_total", rejected, {"reason": "rejected"})
+        out.family("parkguide_outbox_written_total", "counter", "Points InfluxDB accepted.")
+        out.sample("parkguide_outbox_written_total", c.outbox_written)
+        out.family(
+            "parkguide_outbox_auth_failures_total",
+            "counter",
+            "Writes InfluxDB refused for the token (401/403): check INFLUX_TOKEN.",
+        )
+        out.sample("parkguide_outbox_auth_failures_total", c.outbox_auth_failed)
     if c.outbox_error is not None:
         out.family(
             "parkguide_outbox_last_error_info",
@@ -132,6 +136,8 @@ def render(ctx: Ctx) -> str:
         out.sample("parkguide_alerts_open", n, {"severity": s})
     out.family("parkguide_stream_clients", "gauge", "Dashboard live streams connected.")
     out.sample("parkguide_stream_clients", len(ctx.hub.clients))
+    if not c.gateway_counts:
+        return out.text()
     out.histogram(
         "parkguide_end_to_end_latency_seconds",
         "Edge report received to derived sign content published, over the gateway's recent "

@@ -69,6 +69,7 @@ class MqttLiveView:
         self._last_seen: dict[str, float | None] = {}
         self._last_event = 0
         self._gateway_online: bool | None = None
+        self._ever_connected = False
         self._subscribers: list[Callable[[LiveEvent], None]] = []
         self._sign_updates = 0
         self._rejected: dict[str, int] = {}
@@ -122,15 +123,32 @@ class MqttLiveView:
                     (topics.gateway_availability(site), topics.QOS_AVAILABILITY),
                 ]
             )
+            lost = self._ever_connected
+            self._ever_connected = True
             self.connected.set()
             log.info("connected to %s", self.broker.url)
+            if lost:
+                self._emit_gateway_state()
         except Exception:
             log.exception("on_connect failed")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self.connected.is_set()
         self.connected.clear()
         if not self._stop.is_set():
             log.warning("lost the MQTT broker %s (%s); reconnecting", self.broker.url, reason_code)
+            if was:  # a broker killed sends no last will: blind is blind, say so
+                self._emit_gateway_state()
+
+    def _blind(self) -> bool:
+        """No word from the gateway can reach us: every count and state shows unknown."""
+        return self._gateway_online is False or not self.connected.is_set()
+
+    def _emit_gateway_state(self) -> None:
+        now = time.time()
+        self._emit("gateway", {"online": not self._blind()}, now)
+        for s in self.spaces():
+            self._emit("space", {"space": s.space, "state": s.state}, now)
 
     def _reject(self, reason: str, topic: str, payload: bytes, detail: str) -> None:
         with self._lock:
@@ -193,6 +211,8 @@ class MqttLiveView:
             elif kind == "entrances/assignment":
                 a = Assignment.model_validate_json(payload)
                 with self._lock:
+                    if a in self._assignments:  # sent again for a repeated arrival
+                        return
                     self._assignments.appendleft(a)
                 self._emit("assignment", a.model_dump(mode="json", by_alias=True), now)
             elif kind == "gateway/availability":
@@ -202,9 +222,7 @@ class MqttLiveView:
                     self._gateway_online = online
                 if changed:
                     log.info("gateway is %s", "online" if online else "offline")
-                    self._emit("gateway", {"online": online}, now)
-                    for s in self.spaces():
-                        self._emit("space", {"space": s.space, "state": s.state}, now)
+                    self._emit_gateway_state()
         except (ValidationError, ValueError) as exc:
             self._reject("invalid", topic, payload, str(exc).splitlines()[0])
 
@@ -251,7 +269,7 @@ class MqttLiveView:
             self._emit("space", {"space": e.space, "state": self._shown_state(e.new)}, e.ts)
 
     def _shown_state(self, state: str) -> str:
-        return state if self._gateway_online is not False else "unknown"
+        return "unknown" if self._blind() else state
 
     # -- events --------------------------------------------------------------------------------
     def _emit(self, kind: str, data: dict[str, Any], ts: float) -> None:
@@ -268,7 +286,7 @@ class MqttLiveView:
     def zone_counts(self) -> list[ZoneCounts]:
         now = time.time()
         with self._lock:
-            gateway_down = self._gateway_online is False
+            gateway_down = self._blind()
             out = []
             for z in self.site.zones:
                 c = self._zones.get(z.id)
@@ -342,11 +360,12 @@ class MqttLiveView:
         """What a stand-alone API can know: its own counts; the gateway's are in its /metrics."""
         with self._lock:
             return Counters(
-                accepted=0,
                 rejected=dict(self._rejected),
                 state_changes=self._last_event,
                 sign_updates=self._sign_updates,
                 outbox_depth=self.tables.outbox_depth(),
+                outbox_dropped_cap=self.tables.outbox_dropped_by_cap(),
+                gateway_counts=False,
             )
 
     def subscribe(self, callback: Callable[[LiveEvent], None]) -> Callable[[], None]:

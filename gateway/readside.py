@@ -59,6 +59,9 @@ class Counters:
     outbox_auth_failed: int = 0  # writes InfluxDB refused for the token (401/403)
     outbox_error: str | None = None  # the writer's last error, if any
     latency_s: list[float] = field(default_factory=list)  # recent report-to-publish latencies
+    # False in a stand-alone API: the gateway's own counts (accepted, written, latency, ...)
+    # are in the gateway's /metrics, and are left out rather than shown as 0
+    gateway_counts: bool = True
 
 
 class LiveView(Protocol):

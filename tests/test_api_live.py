@@ -207,6 +207,11 @@ def test_standalone_api_process(processes, mosquitto, tmp_path):
         events = httpx.get(f"{url}/api/v1/events", params={"space": "B-020"}, headers=h).json()
         assert events["items"][0]["agent"] == "boss"
 
+        metrics = httpx.get(f"{url}/metrics", headers=h).text.splitlines()
+        # the gateway's own counts are in the gateway's /metrics: absent here, not a false 0
+        assert not [m for m in metrics if m.startswith("parkguide_reports_accepted_total")]
+        assert 'parkguide_outbox_dropped_total{reason="cap"} 0' in metrics
+
         gateway.kill9()  # the broker publishes its last will
         assert _wait(lambda: space("B-007") == "unknown"), processes.logs()
         zones = {z["zone"]: z for z in httpx.get(f"{url}/api/v1/zones").json()}
@@ -214,3 +219,63 @@ def test_standalone_api_process(processes, mosquitto, tmp_path):
     finally:
         edge.loop_stop()
         edge.disconnect()
+
+
+def test_a_standalone_view_goes_blind_when_the_broker_dies(mosquitto, tmp_path):
+    """A broker killed outright delivers no last will: the view itself must stop showing
+    the last counts as live (silence is never free), and come back when the broker does.
+    An assignment sent again for a repeated arrival is one car, not two."""
+    from api.mqttview import MqttLiveView
+    from gateway.journal import Journal
+    from parking.broker import BrokerConfig
+    from parking.payloads import Assignment, LocalText, ZoneCounts
+    from parking.site import load_site
+
+    site = load_site(EXAMPLE_SITE)
+    db = tmp_path / "journal.sqlite"
+    Journal(db).close()
+    zone_a = ZoneCounts(zone="A", free=80, occupied=0, unknown=0, closed=0, total=80, ts=1.0)
+    hint = LocalText(zh="请前往", en="Go to A-040")
+    assignment = Assignment(
+        **{"class": "resident"},
+        entrance="north",
+        space="A-040",
+        zone="A",
+        hint=hint,
+        ts=2.0,
+        hold_expires=4_000_000_000.0,
+    )
+
+    def gateway_says() -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        c.connect("127.0.0.1", mosquitto.port)
+        c.loop_start()
+        c.publish(topics.gateway_availability("xinyuan"), "online", qos=1, retain=True)
+        c.publish(topics.zone("xinyuan", "A"), zone_a.model_dump_json(), qos=1, retain=True)
+        for _ in range(2):
+            c.publish(
+                topics.assignment("xinyuan", "north"), assignment.model_dump_json(by_alias=True), 1
+            ).wait_for_publish(5)
+        return c
+
+    view = MqttLiveView(site, BrokerConfig.from_url(mosquitto.url), str(db))
+    view.start()
+    try:
+        assert view.connected.wait(10)
+        gateway = gateway_says()
+
+        def a() -> ZoneCounts:
+            return next(z for z in view.zone_counts() if z.zone == "A")
+
+        assert _wait(lambda: a().free == 80 and len(view.assignments()) == 1)
+        gateway.loop_stop()
+        mosquitto.proc.kill()  # no clean shutdown, no last will
+        mosquitto.proc.wait(10)
+        assert _wait(lambda: a().unknown == 80 and a().free == 0)
+        assert {s.state for s in view.spaces() if s.zone == "A"} == {"unknown"}
+        mosquitto.start()  # the gateway reconnects and publishes afresh
+        assert view.connected.wait(30)
+        gateway_says().loop_stop()
+        assert _wait(lambda: a().free == 80)
+    finally:
+        view.stop()
