@@ -166,9 +166,26 @@ class GatewayTables(JournalReader):
     """What the stand-alone API reads of the gateway's own tables (``spaces``, ``assignments``,
     ``outbox``): current state, recent assignments, outbox depth."""
 
-    def stored_spaces(self) -> list[StoredSpace]:
-        rows = self._query("SELECT space, state, since, last_seen, agent FROM spaces")
-        return [StoredSpace(r[0], r[1], r[2], r[3] or None, r[4]) for r in rows]
+    def stored_spaces(self) -> tuple[list[StoredSpace], int]:
+        """The ``spaces`` table and the id of the last event it includes, read together:
+        the gateway's checkpoint writes both at once, and journals events before it, so
+        the events after that id are still to be applied."""
+        db = self.connect()
+        if db is None:
+            return [], 0
+        try:
+            db.execute("BEGIN")  # one read snapshot for both
+            rows = db.execute("SELECT space, state, since, last_seen, agent FROM spaces").fetchall()
+            mark = db.execute("SELECT value FROM meta WHERE key = 'checkpoint_event'").fetchone()
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return [], 0
+            raise
+        finally:
+            db.close()
+        spaces = [StoredSpace(r[0], r[1], r[2], r[3] or None, r[4]) for r in rows]
+        return spaces, int(mark[0]) if mark else 0
 
     def recent_assignments(self, limit: int) -> list[str]:
         """Assignment payloads (JSON), newest first."""

@@ -228,14 +228,26 @@ class MqttLiveView:
 
     # -- the journal ---------------------------------------------------------------------------
     def _load_journal(self) -> None:
-        rows = self.tables.stored_spaces()
-        last = self.tables.last_event_id()
+        rows, mark = self.tables.stored_spaces()
+        # the events journaled after the checkpoint those rows are from: applied on top, so
+        # no change is skipped (the gateway writes the checkpoint up to ~1 s after them)
+        later = self.tables.events_after(mark)
+        changed = []
         with self._lock:
+            shown = {space: state for space, (state, _) in self._state.items()}
             for r in rows:
                 if r.space in self.site.space_index and r.state in STATE_NAMES:
                     self._state[r.space] = (r.state, r.since)
                     self._last_seen[r.space] = r.last_seen
-            self._last_event = last
+            for e in later:
+                if e.space in self.site.space_index and e.new in STATE_NAMES:
+                    self._state[e.space] = (e.new, e.ts)
+            self._last_event = later[-1].id if later else mark
+            for space, (state, since) in self._state.items():
+                if shown.get(space, state) != state:
+                    changed.append((space, state, since))
+        for space, state, since in changed:  # the live stream hears what the refresh moved
+            self._emit("space", {"space": space, "state": self._shown_state(state)}, since)
             if not self._assignments:
                 for body in reversed(self.tables.recent_assignments(1000)):
                     try:

@@ -279,3 +279,42 @@ def test_a_standalone_view_goes_blind_when_the_broker_dies(mosquitto, tmp_path):
         assert _wait(lambda: a().free == 80)
     finally:
         view.stop()
+
+
+def test_a_standalone_view_applies_events_the_checkpoint_has_not_reached(tmp_path):
+    """The gateway journals events up to ~1 s before its checkpoint writes the spaces table:
+    the view applies them on top (none skipped), and tells the live stream what a refresh
+    moved."""
+    from api.mqttview import MqttLiveView
+    from gateway.journal import Journal
+    from parking.broker import BrokerConfig
+    from parking.site import load_site
+
+    db = tmp_path / "journal.sqlite"
+    journal = Journal(db)
+    row = ("A-001", "free", "free", 0, 10.0, 10.0, 10.0, "serial-bus-g")
+    event = "INSERT INTO events(ts, space, old, new, source, agent, seq) VALUES (?,?,?,?,?,?,?)"
+    with journal.transaction() as conn:
+        journal.put_spaces([row])
+        conn.execute(event, (10.0, "A-001", "unknown", "free", "bus-g", "serial-bus-g", 1))
+        journal.mark_checkpoint(1)
+        conn.execute(event, (20.0, "A-001", "free", "occupied", "bus-g", "serial-bus-g", 2))
+    view = MqttLiveView(load_site(EXAMPLE_SITE), BrokerConfig("127.0.0.1", free_port()), str(db))
+    heard: list[tuple[str, str]] = []  # (space, state) of the live stream's space events
+    view.subscribe(lambda ev: heard.append((ev.data.get("space"), ev.data.get("state"))))
+    view.start()
+    try:
+        states = {s.space: s for s in view.spaces()}
+        assert view._state["A-001"] == ("occupied", 20.0)  # the event after the checkpoint
+        assert states["A-001"].since == 20.0
+        with journal.transaction():  # the gateway's next checkpoint: a manager closed it
+            journal.put_spaces([("A-001", "closed", "occupied", 1, 30.0, 20.0, 20.0, None)])
+        journal.conn.execute(event, (30.0, "A-001", "occupied", "closed", "manager", "li", None))
+        with journal.transaction():
+            journal.mark_checkpoint(3)
+        view._load_journal()  # the periodic refresh
+        assert view._state["A-001"][0] == "closed"
+        assert [space for space, _ in heard] == ["A-001"]  # unknown: no broker in this test
+    finally:
+        view.stop()
+        journal.close()
