@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS users (
     role TEXT NOT NULL,
     hash TEXT NOT NULL,
     created REAL NOT NULL
+);
+-- sessions ended by a logout before they expired (their token's MAC), until they expire
+CREATE TABLE IF NOT EXISTS revoked_sessions (
+    mac TEXT PRIMARY KEY,
+    expires REAL NOT NULL
 )
 """
 
@@ -87,7 +92,7 @@ class UserStore:
     def __init__(self, db_path: str):
         self.db_path = db_path
         with self._connect() as db:
-            db.execute(USERS_SCHEMA)
+            db.executescript(USERS_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.db_path, timeout=5.0)
@@ -132,6 +137,29 @@ class UserStore:
             return None
         return User(row[0], row[1], row[2]) if row else None
 
+    def revoke(self, session: Session) -> None:
+        """End a session before it expires (logout); expired ones are forgotten."""
+        with self._connect() as db:
+            db.execute("DELETE FROM revoked_sessions WHERE expires < ?", (time.time(),))
+            db.execute(
+                "INSERT OR REPLACE INTO revoked_sessions (mac, expires) VALUES (?, ?)",
+                (session.mac, session.expires),
+            )
+
+    def session_user(self, session: Session) -> User | None:
+        """The user of a verified session, or None when it no longer counts: the user is
+        gone, was replaced (new password or role) after the session began, or logged out."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT name, role, created FROM users WHERE name = ?", (session.name,)
+            ).fetchone()
+            if row is None or session.issued < row[2]:
+                return None
+            revoked = db.execute(
+                "SELECT 1 FROM revoked_sessions WHERE mac = ?", (session.mac,)
+            ).fetchone()
+        return None if revoked else User(*row)
+
     def count(self) -> int:
         with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
@@ -145,8 +173,19 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@dataclass(frozen=True)
+class Session:
+    """What a valid token says: who, when it was issued and expires, and its MAC (its id)."""
+
+    name: str
+    issued: float
+    expires: float
+    mac: str
+
+
 class SessionSigner:
-    """Issues and checks ``<payload>.<hmac>`` tokens: the user name and an expiry time."""
+    """Issues and checks ``<payload>.<hmac>`` tokens: the user name, when the token was
+    issued and when it expires."""
 
     def __init__(self, secret: bytes):
         self._key = hashlib.sha256(b"parkguide-session\0" + secret).digest()
@@ -155,12 +194,15 @@ class SessionSigner:
         return _b64(hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest())
 
     def issue(self, name: str, ttl_s: float, now: float | None = None) -> tuple[str, float]:
-        expires = (time.time() if now is None else now) + ttl_s
-        payload = _b64(json.dumps({"u": name, "e": round(expires, 3)}).encode("utf-8"))
+        issued = time.time() if now is None else now
+        expires = issued + ttl_s
+        body = {"u": name, "i": round(issued, 6), "e": round(expires, 3)}
+        payload = _b64(json.dumps(body).encode("utf-8"))
         return f"{payload}.{self._mac(payload)}", expires
 
-    def verify(self, token: str, now: float | None = None) -> str | None:
-        """The user name in a valid, unexpired token; None for anything else."""
+    def verify(self, token: str, now: float | None = None) -> Session | None:
+        """The session of a valid, unexpired token; None for anything else. Whether its user
+        still accepts it is :meth:`UserStore.session_user`'s to say."""
         if not token or len(token) > 1024 or token.count(".") != 1:
             return None
         payload, mac = token.split(".")
@@ -172,12 +214,14 @@ class SessionSigner:
             return None
         if not isinstance(data, dict):
             return None
-        name, expires = data.get("u"), data.get("e")
-        if not isinstance(name, str) or not isinstance(expires, int | float):
+        name, issued, expires = data.get("u"), data.get("i"), data.get("e")
+        if not isinstance(name, str) or not all(
+            isinstance(t, int | float) and not isinstance(t, bool) for t in (issued, expires)
+        ):
             return None
         if expires < (time.time() if now is None else now):
             return None
-        return name
+        return Session(name, float(issued), float(expires), mac)
 
 
 class LoginLimiter:

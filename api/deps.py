@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request, status
 
 from api.alerts import AlertBook
-from api.auth import LoginLimiter, SessionSigner, User, UserStore
+from api.auth import LoginLimiter, Session, SessionSigner, User, UserStore
 from api.journal import JournalReader
 from api.live import LiveHub
 from api.settings import ApiSettings
@@ -54,13 +54,18 @@ def _token(request: Request) -> str | None:
     return request.cookies.get(SESSION_COOKIE)
 
 
-def current_user(request: Request, ctx: Ctx) -> User | None:
-    """The logged-in user, or None (a bad or expired token counts as no login)."""
+def session_of(request: Request, ctx: Ctx) -> Session | None:
+    """The request's valid session token (bearer or cookie), or None."""
     token = _token(request)
-    if not token or ctx.users is None:
+    return ctx.signer.verify(token) if token else None
+
+
+def current_user(request: Request, ctx: Ctx) -> User | None:
+    """The logged-in user, or None (a bad, expired or ended session counts as no login)."""
+    if ctx.users is None:
         return None
-    name = ctx.signer.verify(token)
-    return ctx.users.get(name) if name else None
+    session = session_of(request, ctx)
+    return ctx.users.session_user(session) if session else None
 
 
 OptionalUser = Annotated[User | None, Depends(current_user)]

@@ -84,8 +84,8 @@ def test_access_matrix_public_read(client, tokens, role):
     for method, template, access in ROUTES:
         if template == "/api/v1/stream" and allowed(access, role, True):
             continue  # an endless stream; tested against a real server in test_api_live
-        if template == "/api/v1/auth/login":
-            continue  # would count against the rate limit; tested below
+        if template in ("/api/v1/auth/login", "/api/v1/auth/logout"):
+            continue  # count against the rate limit / end the shared sessions; tested below
         r = call(client, method, template, headers)
         assert not 300 <= r.status_code < 400, (method, template, r.status_code)
         assert r.status_code < 500, (method, template, r.text)
@@ -127,9 +127,36 @@ def test_session_cookie_login_and_logout(client):
     assert r.json()["role"] == "manager" and r.json()["can_change"] is True
     assert client.get("/api/v1/spaces").status_code == 200  # the cookie alone is enough
     assert client.get("/api/v1/auth/me").json()["user"]["name"] == "manager"
+    taken = client.cookies.get("parkguide_session")  # e.g. left on a shared PC
     assert client.post("/api/v1/auth/logout").status_code == 204
     assert client.get("/api/v1/spaces").status_code == 401
     client.cookies.clear()
+    # the session is over, not only the cookie: its token no longer counts anywhere
+    bearer = {"Authorization": f"Bearer {taken}"}
+    assert client.get("/api/v1/spaces", headers=bearer).status_code == 401
+    assert client.post("/api/v1/auth/logout").status_code == 204  # no session: fine too
+
+
+def test_a_new_password_ends_the_old_sessions(client, users):
+    r = client.post("/api/v1/auth/login", json={"name": "technician", "password": PASSWORD})
+    old = {"Authorization": f"Bearer {r.json()['token']}"}
+    client.cookies.clear()
+    assert client.get("/api/v1/site", headers=old).status_code == 200
+    users.add("technician", "technician", PASSWORD + "-new", replace=True)
+    try:
+        assert client.get("/api/v1/site", headers=old).status_code == 401
+        r = client.post(
+            "/api/v1/auth/login", json={"name": "technician", "password": PASSWORD + "-new"}
+        )
+        assert (
+            client.get(
+                "/api/v1/site", headers={"Authorization": f"Bearer {r.json()['token']}"}
+            ).status_code
+            == 200
+        )
+    finally:
+        client.cookies.clear()
+        users.add("technician", "technician", PASSWORD, replace=True)
 
 
 def test_forged_and_expired_tokens_are_no_login(client, tokens):

@@ -9,7 +9,7 @@ import time
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from api.auth import User
-from api.deps import SESSION_COOKIE, Ctx, OptionalUser
+from api.deps import SESSION_COOKIE, Ctx, OptionalUser, session_of
 from api.models import ErrorOut, LoginOut, LoginRequest, SessionOut, UserOut
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,12 @@ def login(body: LoginRequest, request: Request, response: Response, ctx: Ctx) ->
 
 
 @router.post("/logout", status_code=204)
-def logout(response: Response) -> None:
-    """End the session in this browser (clears the cookie)."""
+def logout(request: Request, response: Response, ctx: Ctx) -> None:
+    """End this session: its token no longer counts anywhere (cookie or bearer), and the
+    cookie is cleared."""
+    session = session_of(request, ctx)
+    if session is not None and ctx.users is not None:
+        ctx.users.revoke(session)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
 
 
