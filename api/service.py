@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
+
+from pydantic import ValidationError
 
 from api.settings import ApiSettings
 from parking.broker import BrokerConfig
@@ -59,8 +62,21 @@ def main(args: argparse.Namespace) -> int:
     from api.app import create_app
     from api.mqttview import MqttLiveView
 
+    try:
+        settings = ApiSettings()
+    except ValidationError as exc:  # PARKGUIDE_* environment variables
+        problems = "; ".join(
+            f"PARKGUIDE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        print(f"settings refused: {problems}", file=sys.stderr)
+        return 2
     view = MqttLiveView(site, broker, args.db)
-    app = create_app(view, ApiSettings(), db_path=args.db)
+    try:
+        app = create_app(view, settings, db_path=args.db)
+    except sqlite3.Error as exc:
+        print(f"--db {args.db}: cannot open the journal: {exc}", file=sys.stderr)
+        return 2
     view.start()
     host, port = address
     log.info("dashboard on http://%s:%d (broker %s, journal %s)", host, port, broker.url, args.db)

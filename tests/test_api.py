@@ -391,3 +391,29 @@ def test_derive_alerts_rules():
         "node_dead:bus-g/2",
         "agent_offline:gone",
     }
+
+
+@pytest.mark.parametrize(
+    ("db", "env", "says"),
+    [
+        ("/nonexistent/dir/j.db", {}, "cannot open the journal"),
+        ("j.db", {"PARKGUIDE_SESSION_TTL_S": "10"}, "PARKGUIDE_SESSION_TTL_S: Input should be"),
+    ],
+)
+def test_the_api_refuses_a_bad_journal_or_setting_in_one_line(tmp_path, db, env, says):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import EXAMPLE_SITE, free_port
+
+    r = subprocess.run(
+        [sys.executable, "-m", "parkguide", "api", "--site", str(EXAMPLE_SITE)]
+        + ["--broker", "mqtt://127.0.0.1:1", "--db", str(tmp_path / db)]
+        + ["--http", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
