@@ -114,15 +114,48 @@ class JournalReader:
         finally:
             db.close()
 
+    def stored_spaces(self) -> tuple[list[StoredSpace], int]:
+        """The ``spaces`` table and the id of the last event it includes, read together:
+        the gateway's checkpoint writes both at once, and journals events before it, so
+        the events after that id are still to be applied."""
+        db = self.connect()
+        if db is None:
+            return [], 0
+        try:
+            db.execute("BEGIN")  # one read snapshot for both
+            rows = db.execute("SELECT space, state, since, last_seen, agent FROM spaces").fetchall()
+            mark = db.execute("SELECT value FROM meta WHERE key = 'checkpoint_event'").fetchone()
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return [], 0
+            raise
+        finally:
+            db.close()
+        spaces = [StoredSpace(r[0], r[1], r[2], r[3] or None, r[4]) for r in rows]
+        return spaces, int(mark[0]) if mark else 0
+
     def states_at(self, ts: float) -> dict[str, str]:
-        """Each space's state as journalled at time ``ts`` (spaces never journalled are absent)."""
-        rows = self._query(
-            "SELECT e.space, e.new FROM events e JOIN "
-            "(SELECT space, MAX(id) AS id FROM events WHERE ts <= ? GROUP BY space) last "
-            "ON e.id = last.id",
-            (ts,),
-        )
-        return dict(rows)
+        """Each space's state as journalled at time ``ts`` (a space without one is absent).
+
+        Read back from now: a space's first event after ``ts`` says what it was before it
+        (its ``old``); a space without one is as the checkpointed ``spaces`` table and the
+        events after that checkpoint leave it. Only events after ``ts`` and the checkpoint
+        are read, so the last day's chart on a journal of years reads a day of events (the
+        events table has no index by space, by design: the report path writes it)."""
+        rows, mark = self.stored_spaces()
+        state = {r.space: r.state for r in rows}
+        for _, space, new in self._query(
+            "SELECT id, space, new FROM events WHERE id > ? ORDER BY id", (mark,)
+        ):
+            state[space] = new
+        before: dict[str, str] = {}
+        for space, old in self._query(
+            "SELECT space, old FROM events WHERE ts > ? ORDER BY id", (ts,)
+        ):
+            before.setdefault(space, old)
+        state.update(before)
+        return state
 
     def changes_between(self, start: float, end: float) -> list[tuple[float, str, str]]:
         """(ts, space, new) with start < ts <= end, in journal order."""
@@ -165,27 +198,6 @@ class StoredSpace:
 class GatewayTables(JournalReader):
     """What the stand-alone API reads of the gateway's own tables (``spaces``, ``assignments``,
     ``outbox``): current state, recent assignments, outbox depth."""
-
-    def stored_spaces(self) -> tuple[list[StoredSpace], int]:
-        """The ``spaces`` table and the id of the last event it includes, read together:
-        the gateway's checkpoint writes both at once, and journals events before it, so
-        the events after that id are still to be applied."""
-        db = self.connect()
-        if db is None:
-            return [], 0
-        try:
-            db.execute("BEGIN")  # one read snapshot for both
-            rows = db.execute("SELECT space, state, since, last_seen, agent FROM spaces").fetchall()
-            mark = db.execute("SELECT value FROM meta WHERE key = 'checkpoint_event'").fetchone()
-            db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return [], 0
-            raise
-        finally:
-            db.close()
-        spaces = [StoredSpace(r[0], r[1], r[2], r[3] or None, r[4]) for r in rows]
-        return spaces, int(mark[0]) if mark else 0
 
     def recent_assignments(self, limit: int) -> list[str]:
         """Assignment payloads (JSON), newest first."""

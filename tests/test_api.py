@@ -417,3 +417,44 @@ def test_the_api_refuses_a_bad_journal_or_setting_in_one_line(tmp_path, db, env,
         env={**os.environ, **env},
     )
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
+
+
+def test_states_at_reads_back_from_now_and_agrees_with_the_whole_journal(tmp_path):
+    """The chart's starting states come from the events after its start (and the checkpoint),
+    not from a scan of every event before it: the same answer, for any time and checkpoint."""
+    import random
+
+    from api.journal import JournalReader
+    from gateway.journal import Journal
+
+    rng = random.Random(7)
+    journal = Journal(tmp_path / "j.sqlite")
+    spaces = [f"A-{i:03d}" for i in range(1, 21)]
+    state = dict.fromkeys(spaces, "unknown")
+    events = []  # (ts, space, old, new)
+    for k in range(400):
+        space = rng.choice(spaces)
+        new = rng.choice(
+            [s for s in ("free", "occupied", "unknown", "closed") if s != state[space]]
+        )
+        events.append((1000.0 + k, space, state[space], new))
+        state[space] = new
+    mark = 250  # the checkpoint: the spaces table as of event 250
+    sql = "INSERT INTO events(ts, space, old, new, source, agent, seq) VALUES (?,?,?,?,?,?,?)"
+    with journal.transaction() as conn:
+        conn.executemany(sql, [(*e, "bus-g", "a", None) for e in events])
+        at_mark: dict[str, str] = {}
+        for _, space, _, new in events[:mark]:
+            at_mark[space] = new
+        journal.put_spaces([(s, st, st, 0, 0.0, 0.0, 0.0, "a") for s, st in at_mark.items()])
+        journal.mark_checkpoint(mark)
+    journal.close()
+    reader = JournalReader(str(tmp_path / "j.sqlite"))
+    for t in (999.0, 1000.0, 1123.5, 1249.0, 1250.0, 1399.0, 1500.0):
+        whole: dict[str, str] = {}
+        for ts, space, old, new in events:  # the whole journal, the plain way
+            if ts <= t:
+                whole[space] = new
+            else:
+                whole.setdefault(space, old)
+        assert reader.states_at(t) == whole, t
