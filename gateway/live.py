@@ -659,7 +659,7 @@ class LiveGateway:
                 zones = np.unique(np.concatenate([g.changes.zones for g in segments]))
             self._publish_zones(zones.tolist(), now)
         if journaled or segments or signs:  # a report without changes still moves its seq
-            self._note_checkpoint(segments, signs, now)
+            self._note_checkpoint(segments, signs)
             if not self.defer_checkpoint:
                 self.flush_checkpoint()
         if n and self._subscribers:
@@ -720,7 +720,7 @@ class LiveGateway:
             if agent_state is not None:
                 self.journal.put_agent(agent_state[0], None, None, agent_state[1], now)
 
-    def _note_checkpoint(self, segments: list[_Segment], signs: list[_Sign], now: float) -> None:
+    def _note_checkpoint(self, segments: list[_Segment], signs: list[_Sign]) -> None:
         """Remember what the next checkpoint writes: rows that moved, signs, history points."""
         if self._dirty_since is None:
             self._dirty_since = self._mono()
