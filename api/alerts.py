@@ -119,11 +119,12 @@ def derive_alerts(
                         )
                     )
     for s in spaces:
-        if s.state == "occupied" and now - s.since > long_occupied_s:
+        # since the car came, by the sensor's account when there is one: a short outage of
+        # the source (unknown, then occupied again) does not start the count again
+        began = s.since if s.observed_since is None else min(s.since, s.observed_since)
+        if s.state == "occupied" and now - began > long_occupied_s:
             out.append(
-                Alert(
-                    f"long_occupied:{s.space}", "long_occupied", s.space, s.since, {"zone": s.zone}
-                )
+                Alert(f"long_occupied:{s.space}", "long_occupied", s.space, began, {"zone": s.zone})
             )
     return out
 

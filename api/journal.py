@@ -123,7 +123,9 @@ class JournalReader:
             return [], 0
         try:
             db.execute("BEGIN")  # one read snapshot for both
-            rows = db.execute("SELECT space, state, since, last_seen, agent FROM spaces").fetchall()
+            rows = db.execute(
+                "SELECT space, state, since, last_seen, agent, obs_since FROM spaces"
+            ).fetchall()
             mark = db.execute("SELECT value FROM meta WHERE key = 'checkpoint_event'").fetchone()
             db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
@@ -132,7 +134,7 @@ class JournalReader:
             raise
         finally:
             db.close()
-        spaces = [StoredSpace(r[0], r[1], r[2], r[3] or None, r[4]) for r in rows]
+        spaces = [StoredSpace(r[0], r[1], r[2], r[3] or None, r[4], r[5] or None) for r in rows]
         return spaces, int(mark[0]) if mark else 0
 
     def states_at(self, ts: float) -> dict[str, str]:
@@ -193,6 +195,7 @@ class StoredSpace:
     since: float
     last_seen: float | None
     agent: str | None
+    observed_since: float | None = None
 
 
 class GatewayTables(JournalReader):

@@ -67,6 +67,7 @@ class MqttLiveView:
         self._assignments: deque[Assignment] = deque(maxlen=1000)
         self._state: dict[str, tuple[str, float]] = {}  # space -> (state, since)
         self._last_seen: dict[str, float | None] = {}
+        self._observed_since: dict[str, float | None] = {}  # as of the last checkpoint
         self._last_event = 0
         self._gateway_online: bool | None = None
         self._ever_connected = False
@@ -239,6 +240,7 @@ class MqttLiveView:
                 if r.space in self.site.space_index and r.state in STATE_NAMES:
                     self._state[r.space] = (r.state, r.since)
                     self._last_seen[r.space] = r.last_seen
+                    self._observed_since[r.space] = r.observed_since
             for e in later:
                 if e.space in self.site.space_index and e.new in STATE_NAMES:
                     self._state[e.space] = (e.new, e.ts)
@@ -333,6 +335,7 @@ class MqttLiveView:
                         last_seen=self._last_seen.get(sp.id),
                         source=binding.source if binding else None,
                         held=sp.id in held and state == "free",
+                        observed_since=self._observed_since.get(sp.id),
                     )
                 )
             return out

@@ -964,6 +964,7 @@ class LiveGateway:
                         last_seen=float(st.last_seen[s]) if st.last_seen[s] > 0 else None,
                         source=st.sources[src] if src >= 0 else None,
                         held=bool(held[s]),
+                        observed_since=float(st.obs_since[s]) if st.obs_since[s] > 0 else None,
                     )
                 )
             return out

@@ -25,6 +25,9 @@ class SpaceStatus:
     last_seen: float | None  # wall time the source last reported it
     source: str | None  # bus or camera id
     held: bool = False  # held for an arriving car
+    # when the sensor says its reported state began (None: never observed); unlike
+    # ``since`` it does not start again after a short outage of the source
+    observed_since: float | None = None
 
 
 @dataclass(frozen=True)

@@ -369,6 +369,8 @@ def test_derive_alerts_rules():
         SpaceStatus("s1", "A", "occupied", now - 73 * 3600, now, "bus"),
         SpaceStatus("s2", "A", "occupied", now - 71 * 3600, now, "bus"),
         SpaceStatus("s3", "A", "free", now - 100 * 3600, now, "bus"),
+        # back from a short outage of its agent: the same car, seen since 80 h ago
+        SpaceStatus("s4", "A", "occupied", now - 60, now, "bus", observed_since=now - 80 * 3600),
     ]
     blind = HealthReport(agent="cam", source="cam-c", ts=now, status="blind")
     flappy = HealthReport(
@@ -386,6 +388,7 @@ def test_derive_alerts_rules():
     ids = {a.id for a in derive_alerts(spaces, agents, now, 72 * 3600)}
     assert ids == {
         "long_occupied:s1",
+        "long_occupied:s4",
         "camera_blind:cam-c",
         "detector_flapping:bus-g/1/0",
         "node_dead:bus-g/2",

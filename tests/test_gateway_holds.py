@@ -242,3 +242,17 @@ def test_a_journal_from_before_released_holds_opens_with_its_holds(tmp_path):
     journal.release_holds(["A-040"], 250)
     assert journal.open_holds(260) == []
     journal.close()
+
+
+def test_a_space_keeps_the_sensors_time_through_a_short_outage(example_site, tmp_path):
+    """What the manager's long-parked alert reads: the car's time by the sensor, which an
+    agent's restart (unknown, then occupied again) does not start again."""
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    parked = g.clock[0] - 80 * 3600
+    g.report("a1", "bus-g", 1, {"A-001": "occupied"}, ts=parked)
+    g.gw.handle(topics.edge_availability(SITE, "a1"), b"offline")
+    g.clock[0] += 30
+    g.report("a1", "bus-g", 2, {"A-001": "occupied"}, ts=parked)  # the same car, again
+    a1 = next(s for s in g.gw.spaces() if s.space == "A-001")
+    assert a1.state == "occupied" and a1.since == g.clock[0]  # the gateway's state: anew
+    assert a1.observed_since == parked
