@@ -16,7 +16,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-EVENT_COLUMNS = ("id", "ts", "space", "old", "new", "source", "agent", "seq")
+EVENT_COLUMNS = ("id", "ts", "space", "old", "new", "source", "agent", "seq", "note")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class EventRow:
     source: str | None
     agent: str | None
     seq: int | None
+    note: str | None = None  # a manager's reason for a close or open
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class JournalReader:
             where += " AND id < ?"
             params.append(before_id)
         rows = self._query(
-            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {where} ORDER BY id DESC LIMIT ?",
+            f"SELECT {self._event_columns()} FROM events WHERE {where} ORDER BY id DESC LIMIT ?",
             [*params, limit],
         )
         return [EventRow(*r) for r in rows]
@@ -102,7 +103,7 @@ class JournalReader:
         where, params = flt.where()
         try:
             cur = db.execute(
-                f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {where} ORDER BY id LIMIT ?",
+                f"SELECT {self._event_columns()} FROM events WHERE {where} ORDER BY id LIMIT ?",
                 [*params, limit],
             )
             while batch := cur.fetchmany(1000):
@@ -169,7 +170,7 @@ class JournalReader:
     def events_after(self, after_id: int, limit: int = 10000) -> list[EventRow]:
         """Events with id > after_id, oldest first (for tailing the journal)."""
         rows = self._query(
-            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            f"SELECT {self._event_columns()} FROM events WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         )
         return [EventRow(*r) for r in rows]
@@ -177,6 +178,13 @@ class JournalReader:
     def last_event_id(self) -> int:
         rows = self._query("SELECT MAX(id) FROM events")
         return int(rows[0][0] or 0) if rows else 0
+
+    def _event_columns(self) -> str:
+        """EVENT_COLUMNS as a select list; a journal from before ``note`` gives NULL (the
+        gateway adds the column when it opens the journal, this reader never writes)."""
+        if "note" in self.table_columns("events"):
+            return ", ".join(EVENT_COLUMNS)
+        return ", ".join(EVENT_COLUMNS[:-1]) + ", NULL AS note"
 
     def table_columns(self, table: str) -> list[str]:
         return [r[1] for r in self._query(f"PRAGMA table_info({table})")]

@@ -191,6 +191,7 @@ class EventOut(BaseModel):
     source: str | None
     agent: str | None
     seq: int | None
+    reason: str | None = Field(None, description="a manager's reason for a close or open")
 
 
 class EventPage(BaseModel):

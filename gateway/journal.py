@@ -37,7 +37,7 @@ from typing import Any, Protocol
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events(
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, space TEXT NOT NULL, old TEXT NOT NULL,
-    new TEXT NOT NULL, source TEXT, agent TEXT, seq INTEGER);
+    new TEXT NOT NULL, source TEXT, agent TEXT, seq INTEGER, note TEXT);
 -- history and exports read months of events by time. No index by space: every index
 -- is written on the hot path before a sign may change (each costs ~90 us a report);
 -- a space's events are found by scanning back from the newest.
@@ -121,9 +121,11 @@ class Journal:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA busy_timeout=5000")
         self.conn.executescript(SCHEMA)
-        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(assignments)")}
-        if "released" not in columns:  # a journal from before holds' ends were journaled
-            self.conn.execute("ALTER TABLE assignments ADD COLUMN released REAL")
+        # columns added since the first release, for journals made before them
+        for table, column in (("assignments", "released REAL"), ("events", "note TEXT")):
+            columns = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            if column.split()[0] not in columns:
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
         self.history = history
         self._checkpointer: sqlite3.Connection | None = None
 
@@ -173,7 +175,8 @@ class Journal:
         changes_json: str,
     ) -> None:
         """One report's (or verdict's) changes, committed before anything derived is
-        published: JSON [[space, old, new], ...], a 4th item overriding ``source``.
+        published: JSON [[space, old, new], ...], a 4th item overriding ``source`` (null:
+        keep it), a 5th a note (a manager's reason).
         Outside :meth:`transaction` the statement commits by itself (autocommit)."""
         self.conn.execute(
             "INSERT INTO pending_changes(ts, source, agent, boot, seq, changes)"
@@ -190,10 +193,11 @@ class Journal:
             where = " WHERE id <= (SELECT max(id) FROM (SELECT id FROM pending_changes ORDER BY id LIMIT ?))"
             params = (limit,)
         self.conn.execute(
-            "INSERT INTO events(ts, space, old, new, source, agent, seq)"
+            "INSERT INTO events(ts, space, old, new, source, agent, seq, note)"
             " SELECT b.ts, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),"
             " json_extract(j.value, '$[2]'), coalesce(json_extract(j.value, '$[3]'), b.source),"
-            f" b.agent, b.seq FROM (SELECT * FROM pending_changes{where}) b,"
+            " b.agent, b.seq, json_extract(j.value, '$[4]')"
+            f" FROM (SELECT * FROM pending_changes{where}) b,"
             " json_each(b.changes) j ORDER BY b.id, j.key",
             params,
         )

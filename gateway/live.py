@@ -119,6 +119,7 @@ class _Segment:
     # (zone, counts) right after this segment, for the history: a batch applies all its
     # reports before any is journaled (None: take them at journaling, a lone segment)
     zone_rows: tuple[tuple[int, dict[str, int]], ...] | None = None
+    note: str | None = None  # a manager's reason, journaled with the change
 
 
 @dataclass
@@ -683,7 +684,15 @@ class LiveGateway:
         for g in segments:
             ch = g.changes
             spaces = ch.spaces.tolist()
-            if g.source is None and spaces:  # the gateway's verdict: each space's source
+            if g.note is not None and spaces:  # a manager's, with the reason for the audit
+                changes = json.dumps(
+                    [
+                        [ids[x], names[o], names[n], None, g.note]
+                        for x, o, n in zip(spaces, ch.old.tolist(), ch.new.tolist(), strict=True)
+                    ],
+                    ensure_ascii=False,
+                )
+            elif g.source is None and spaces:  # the gateway's verdict: each space's source
                 cols = [
                     [ids[x] for x in spaces],
                     [names[x] for x in ch.old.tolist()],
@@ -1035,7 +1044,9 @@ class LiveGateway:
         now = self._clock()
         with self.lock:
             changes = self.state.control(s, action == "close", now)
-            self._commit_and_propagate([_Segment(changes, now, "manager", by)], now)
+            self._commit_and_propagate(
+                [_Segment(changes, now, "manager", by, note=reason or None)], now
+            )
             # a manager's action is rare and looked for at once in the history: no waiting
             # for the idle-time checkpoint
             self.flush_checkpoint()

@@ -151,8 +151,12 @@ def test_manager_closes_and_opens_a_space(client, tokens, harness):
     assert after["closed"] == before["closed"] + 1
     last = client.get("/api/v1/events", params={"space": "D-004", "limit": 1}, headers=h).json()
     assert last["items"][0]["new"] == "closed" and last["items"][0]["agent"] == "manager"
+    assert last["items"][0]["reason"] == "pothole"  # the audit trail says why
     assert client.post("/api/v1/spaces/D-004/open", headers=h).status_code == 202
     assert client.get("/api/v1/spaces/D-004", headers=h).json()["state"] == "free"
+    csv_text = client.get("/api/v1/events.csv", params={"space": "D-004"}, headers=h).text
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert [(r["new"], r["reason"]) for r in rows[-2:]] == [("closed", "pothole"), ("free", "")]
 
 
 def test_manager_actions_validate_their_input(client, tokens):
@@ -461,3 +465,25 @@ def test_states_at_reads_back_from_now_and_agrees_with_the_whole_journal(tmp_pat
             else:
                 whole.setdefault(space, old)
         assert reader.states_at(t) == whole, t
+
+
+def test_a_journal_from_before_reasons_is_read_and_then_migrated(tmp_path):
+    from api.journal import EventFilter, JournalReader
+    from gateway.journal import Journal
+
+    db = tmp_path / "old.sqlite"
+    with sqlite3.connect(db) as conn:  # the events table as it was
+        conn.execute(
+            "CREATE TABLE events(id INTEGER PRIMARY KEY, ts REAL NOT NULL, space TEXT NOT NULL,"
+            " old TEXT NOT NULL, new TEXT NOT NULL, source TEXT, agent TEXT, seq INTEGER)"
+        )
+        conn.execute(
+            "INSERT INTO events(ts, space, old, new) VALUES (1, 'A-001', 'free', 'closed')"
+        )
+    reader = JournalReader(str(db))
+    (before,) = reader.events(EventFilter(), limit=10)  # read only: the reader adds nothing
+    assert (before.space, before.new, before.note) == ("A-001", "closed", None)
+    Journal(db).close()  # the gateway opens it: the column is added
+    with sqlite3.connect(db) as conn:
+        assert "note" in {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+    assert reader.events(EventFilter(), limit=10) == [before]

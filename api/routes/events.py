@@ -58,7 +58,7 @@ def event_out(ctx: Ctx, e: EventRow) -> EventOut:
     zone = ctx.view.site.spaces[idx].zone if idx is not None else None
     return EventOut(
         id=e.id, ts=e.ts, space=e.space, zone=zone, old=e.old, new=e.new,
-        source=e.source, agent=e.agent, seq=e.seq,
+        source=e.source, agent=e.agent, seq=e.seq, reason=e.note,
     )  # fmt: skip
 
 
@@ -83,7 +83,9 @@ def events(
     )
 
 
-CSV_COLUMNS = ["id", "time_utc", "ts", "space", "zone", "old", "new", "source", "agent", "seq"]
+CSV_COLUMNS = [
+    "id", "time_utc", "ts", "space", "zone", "old", "new", "source", "agent", "seq", "reason"
+]  # fmt: skip
 
 
 def _cell(value: object) -> object:
@@ -102,7 +104,7 @@ def csv_lines(ctx: Ctx, flt: EventFilter, limit: int) -> Iterator[str]:
         when = datetime.fromtimestamp(e.ts, UTC).isoformat(timespec="milliseconds")
         writer.writerow(
             [_cell(v) for v in (out.id, when, f"{out.ts:.3f}", out.space, out.zone, out.old,
-                                out.new, out.source, out.agent, out.seq)]
+                                out.new, out.source, out.agent, out.seq, out.reason)]
         )  # fmt: skip
         if n % 500 == 0 or buf.tell() > 65536:
             yield buf.getvalue()
