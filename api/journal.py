@@ -58,6 +58,7 @@ class JournalReader:
 
     def __init__(self, db_path: str | None):
         self.db_path = db_path
+        self._has_note = False  # events.note seen: it never goes away, stop asking
 
     def connect(self) -> sqlite3.Connection | None:
         """A read-only connection, or None when there is no journal yet."""
@@ -182,7 +183,8 @@ class JournalReader:
     def _event_columns(self) -> str:
         """EVENT_COLUMNS as a select list; a journal from before ``note`` gives NULL (the
         gateway adds the column when it opens the journal, this reader never writes)."""
-        if "note" in self.table_columns("events"):
+        if self._has_note or "note" in self.table_columns("events"):
+            self._has_note = True  # the journal tail asks 4 times a second
             return ", ".join(EVENT_COLUMNS)
         return ", ".join(EVENT_COLUMNS[:-1]) + ", NULL AS note"
 
