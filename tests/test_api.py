@@ -120,6 +120,7 @@ def test_history_follows_the_journal(client, tokens, harness):
     start = time.time()
     time.sleep(1.1)  # the smallest step is 1 s: the change falls between two samples
     harness.report("bus-g", {f"B-0{n}": "occupied" for n in range(40, 46)})
+    time.sleep(max(0.0, start + 2.05 - time.time()))
     r = client.get(
         "/api/v1/history",
         params={"zone": "B", "start": start, "end": start + 2, "step": 1},
@@ -138,6 +139,27 @@ def test_history_follows_the_journal(client, tokens, harness):
     assert too_many.status_code == 422 and "at most" in too_many.text
     backwards = client.get("/api/v1/history", params={"start": 100, "end": 50}, headers=h)
     assert backwards.status_code == 422 and "end must be after start" in backwards.text
+
+
+def test_history_stops_at_now(client, tokens, harness):
+    """A future end is not answered with the present repeated as if it were known."""
+    h = tokens["viewer"]
+    before = time.time()
+    r = client.get(
+        "/api/v1/history",
+        params={"start": before - 60, "end": before + 3600, "step": 10},
+        headers=h,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert before <= body["end"] <= time.time()
+    for series in body["series"]:
+        assert series["points"] and series["points"][-1]["ts"] <= body["end"]
+        assert len(series["points"]) == 7
+    ahead = client.get(
+        "/api/v1/history", params={"start": before + 600, "end": before + 3600}, headers=h
+    )
+    assert ahead.status_code == 422 and "start is in the future" in ahead.text
 
 
 def test_manager_closes_and_opens_a_space(client, tokens, harness):

@@ -150,11 +150,16 @@ def history(
         float | None, Query(ge=1, le=31 * 86400, allow_inf_nan=False, description="seconds")
     ] = None,
 ) -> HistoryOut:
-    """Occupancy per zone over [start, end] every step seconds (default: the last 24 h)."""
+    """Occupancy per zone over [start, end] every step seconds (default: the last 24 h); an
+    end in the future stops at now (the response's ``end`` says so)."""
     site = ctx.view.site
     if zone is not None and zone not in {z.id for z in site.zones}:
         invalid(("query", "zone"), f"no zone {zone!r} on this site", zone)
-    end = time.time() if end is None else end
+    now = time.time()
+    if start is not None and start >= now:
+        invalid(("query", "start"), "start is in the future: there is no history yet", start)
+    # history stops now: points after it would repeat the present as if it were known
+    end = now if end is None else min(end, now)
     start = end - 86400 if start is None else start
     if end <= start:
         invalid(("query", "end"), "end must be after start", end)
