@@ -55,6 +55,7 @@ class SessionOut(BaseModel):
     user: UserOut | None
     site: str
     site_name: LocalName
+    timezone: str = Field(description="the site's IANA time zone: the dashboard shows times in it")
     public_read: bool = Field(description="zone counts and signs readable without login")
 
 

@@ -13,7 +13,9 @@ itself after the gateway is killed and restarted. Screenshots go to artifacts/.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -123,7 +125,12 @@ def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-GB")
+            # a browser far from the site: times must still be the site's (Asia/Shanghai)
+            page = browser.new_page(
+                viewport={"width": 1280, "height": 900},
+                locale="en-GB",
+                timezone_id="America/New_York",
+            )
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             console: list[str] = []  # e.g. a Content-Security-Policy violation
@@ -179,6 +186,29 @@ def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
             assert events["items"][0]["new"] == "closed"
             assert events["items"][0]["agent"] == "boss"
             page.wait_for_selector("#events tbody tr")
+            site_tz = ZoneInfo("Asia/Shanghai")
+            closed_at = datetime.fromtimestamp(events["items"][0]["ts"], site_tz)
+            shown = closed_at.strftime("%d/%m/%Y, %H:%M:%S")
+            page.click("#event-filter button[type=submit]")  # the newest events
+            wait_until(
+                lambda: any(
+                    shown in r and target in r
+                    for r in page.locator("#events tbody tr").all_inner_texts()
+                ),
+                5000,
+                f"the close of {target} listed at {shown}, the site's time",
+            )
+            assert page.text_content("#site-tz") == "Asia/Shanghai"
+            # a day in the filter is the site's day (8 March 2026 is a DST day in New York)
+            page.fill('#event-filter input[name="from"]', "2026-03-08")
+            page.fill('#event-filter input[name="to"]', "2026-03-08")
+            page.dispatch_event("#event-filter", "change")
+            href = page.get_attribute("#csv", "href") or ""
+            midnight = datetime(2026, 3, 8, tzinfo=site_tz).timestamp()
+            assert f"since={midnight:.0f}&until={midnight + 86400:.0f}" in href, href
+            page.fill('#event-filter input[name="from"]', "")
+            page.fill('#event-filter input[name="to"]', "")
+            page.dispatch_event("#event-filter", "change")
             page.screenshot(path=str(ARTIFACTS / "dashboard-desktop.png"), full_page=True)
 
             # the phone: every space still on the map, nothing wider than the screen

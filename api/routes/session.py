@@ -105,5 +105,6 @@ def me(user: OptionalUser, ctx: Ctx) -> SessionOut:
         user=user_out(user) if user else None,
         site=site.id,
         site_name=site.name,
+        timezone=site.timezone,
         public_read=ctx.settings.public_read,
     )

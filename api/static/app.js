@@ -33,7 +33,7 @@ const ZONE_COLOURS = ["#1b5fb8", "#d64541", "#1f9d55", "#b5651d", "#7b3fb8", "#0
 
 const S = { lang: localStorage.getItem("lang") || (navigator.language.startsWith("zh") ? "zh" : "en"),
   me: null, publicRead: true, site: null, zones: [], displays: [], spaces: new Map(), selected: null,
-  range: 86400, eventsBefore: null, es: null, timers: {} };
+  range: 86400, eventsBefore: null, es: null, timers: {}, tz: undefined };
 
 const $ = (sel) => document.querySelector(sel);
 const t = (key) => (T[key] ? T[key][S.lang === "zh" ? 0 : 1] : key);
@@ -52,7 +52,25 @@ const svg = (tag, attrs = {}) => {
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
   return e;
 };
-const fmtTime = (ts) => (ts ? new Date(ts * 1000).toLocaleString(S.lang === "zh" ? "zh-CN" : "en-GB") : "—");
+// Times are the site's wall clock (its policy windows and its people), wherever the browser is.
+const locale = () => (S.lang === "zh" ? "zh-CN" : "en-GB");
+const fmtTime = (ts, opts = {}) => (ts ? new Date(ts * 1000).toLocaleString(locale(), { timeZone: S.tz, ...opts }) : "—");
+// UNIX seconds of midnight starting the day "YYYY-MM-DD" at the site (DST-safe: the offset is
+// read at the instant itself, then once more in case midnight falls on the other side).
+function siteMidnight(day) {
+  const [y, m, d] = day.split("-").map(Number);
+  const wall = Date.UTC(y, m - 1, d);
+  const offset = (t) => {
+    const p = Object.fromEntries(new Intl.DateTimeFormat("en-US", { timeZone: S.tz, hourCycle: "h23",
+      year: "numeric", month: "numeric", day: "numeric", hour: "numeric", minute: "numeric", second: "numeric" })
+      .formatToParts(new Date(t)).map((x) => [x.type, Number(x.value)]));
+    return Date.UTC(p.year, p.month - 1, p.day, p.hour, p.minute, p.second) - t;
+  };
+  let t = wall - offset(wall);
+  t = wall - offset(t);
+  return t / 1000;
+}
+const nextDay = (day) => new Date(Date.parse(day + "T00:00:00Z") + 86400000).toISOString().slice(0, 10);
 const later = (name, fn, ms) => { clearTimeout(S.timers[name]); S.timers[name] = setTimeout(fn, ms); };
 
 async function api(path, opts = {}) {
@@ -93,7 +111,10 @@ async function loadSession() {
   const r = await api("/api/v1/auth/me");
   S.me = r.ok ? r.body.user : null;
   S.publicRead = r.ok ? r.body.public_read : true;
-  if (r.ok) { S.siteName = r.body.site_name; $("#site-name").textContent = L(S.siteName); }
+  if (r.ok) {
+    S.siteName = r.body.site_name; $("#site-name").textContent = L(S.siteName);
+    S.tz = r.body.timezone; $("#site-tz").textContent = S.tz;
+  }
   $("#login-box").hidden = !!S.me;
   $("#who").hidden = !S.me;
   if (S.me) $("#who-name").textContent = `${S.me.name} (${S.me.role})`;
@@ -373,8 +394,7 @@ function drawChart(h) {
   }
   for (const ts of [h.start, (h.start + h.end) / 2, h.end]) {
     const tx = svg("text", { x: Math.min(x(ts), W - 90), y: H - 5 });
-    tx.textContent = new Date(ts * 1000).toLocaleString(S.lang === "zh" ? "zh-CN" : "en-GB",
-      { month: "numeric", day: "numeric", hour: "2-digit", minute: "2-digit" });
+    tx.textContent = fmtTime(ts, { month: "numeric", day: "numeric", hour: "2-digit", minute: "2-digit" });
     root.append(tx);
   }
   const legend = el("div", { class: "chart-legend" });
@@ -397,8 +417,9 @@ function eventQuery() {
   const f = $("#event-filter");
   const q = new URLSearchParams();
   if (f.space.value.trim()) q.set("space", f.space.value.trim());
-  if (f.from.value) q.set("since", String(Date.parse(f.from.value + "T00:00:00") / 1000));
-  if (f.to.value) q.set("until", String(Date.parse(f.to.value + "T00:00:00") / 1000 + 86400));
+  // whole days at the site, the "to" day included
+  if (f.from.value) q.set("since", String(siteMidnight(f.from.value)));
+  if (f.to.value) q.set("until", String(siteMidnight(nextDay(f.to.value))));
   return q;
 }
 
