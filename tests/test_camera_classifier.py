@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -372,6 +373,123 @@ def test_eval_skips_a_space_whose_contour_is_a_point(
     assert rc == 0
     res = json.loads(out.strip())
     assert res["images"] == 1 and res["spaces"] == 1
+
+
+def test_eval_undefined_figures_are_null_not_perfect() -> None:
+    """No occupied space called or labelled: precision/recall are undefined, not 1.0."""
+    empty_lot = evaluate.metrics(np.array([False, False]), np.array([False, False]))
+    assert empty_lot["accuracy"] == 1.0
+    assert empty_lot["precision"] is None and empty_lot["recall"] is None
+    assert empty_lot["f1"] is None
+    blind = evaluate.metrics(np.array([False, False, False]), np.array([True, True, False]))
+    assert blind["precision"] is None and blind["recall"] == 0.0 and blind["f1"] == 0.0
+    false_alarm = evaluate.metrics(np.array([True, False]), np.array([False, False]))
+    assert false_alarm["precision"] == 0.0 and false_alarm["recall"] is None
+    assert false_alarm["f1"] == 0.0
+    both = evaluate.metrics(np.array([True, True, False]), np.array([True, False, True]))
+    assert both["f1"] == pytest.approx(0.5)  # 2PR/(P+R) with P = R = 0.5
+
+
+def test_eval_reads_names_that_are_not_utf8_and_followed_links(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A Latin-1 file name (old NAS, unzip) once crashed OpenCV (segfault); folders linked
+    into the dataset were not searched."""
+    frame, poly = _two_tone_space(0.0)
+    real = tmp_path / "real"
+    _labelled_frame(real, "f1.xml", [(' occupied="1"', poly)])
+    latin1 = os.fsdecode(b"caf\xe9")
+    (real / "f1.jpg").rename(real / f"{latin1}.jpg")
+    (real / "f1.xml").rename(real / f"{latin1}.xml")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "lot1").symlink_to(real, target_is_directory=True)
+    (data / "loop").symlink_to(data, target_is_directory=True)  # visited once, no loop
+    rc, out, err = _run_eval([str(data), "--json"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["images"] == 1
+    patches = tmp_path / "patches"
+    (patches / "busy").mkdir(parents=True)
+    (patches / "busy" / f"{latin1}.jpg").write_bytes(cv2.imencode(".jpg", frame[:60, :60])[1])
+    elsewhere = tmp_path / "mounted" / "free"
+    elsewhere.mkdir(parents=True)
+    cv2.imwrite(str(elsewhere / "1.jpg"), frame[:60, :60])
+    (patches / "free").symlink_to(elsewhere, target_is_directory=True)
+    rc, out, err = _run_eval([str(patches), "--patches", "--json"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["images"] == 2
+
+
+def test_eval_skips_truncated_jpegs_naming_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libjpeg pads a cut JPEG with grey, which would be scored as empty stalls."""
+    _, poly = _two_tone_space(0.0)
+    _labelled_frame(tmp_path / "good", "f1.xml", [(' occupied="1"', poly)])
+    _labelled_frame(tmp_path / "cut", "f2.xml", [(' occupied="1"', poly)])
+    jpeg = (tmp_path / "cut" / "f2.jpg").read_bytes()
+    (tmp_path / "cut" / "f2.jpg").write_bytes(jpeg[: len(jpeg) // 4])
+    with caplog.at_level("WARNING"):
+        rc, out, err = _run_eval([str(tmp_path), "--json"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["images"] == 1
+    assert any("f2.jpg" in r.message and "truncated" in r.message for r in caplog.records)
+    patches = tmp_path / "p" / "busy"
+    patches.mkdir(parents=True)
+    (patches / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 4])
+    rc, _, err = _run_eval([str(tmp_path / "p"), "--patches", "--json"], capsys)
+    assert rc == 2 and "no labelled patches" in err
+
+
+def test_eval_skips_spaces_outside_their_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Labels for another image size are not scored against stretched edge pixels."""
+    _, poly = _two_tone_space(0.0)
+    away = poly + np.array([5000, 0])
+    half_out = poly + np.array([0, 150])  # 140 px tall at y 250..390 of 360: 79 % inside
+    _labelled_frame(
+        tmp_path,
+        "f1.xml",
+        [(' occupied="1"', poly), (' occupied="1"', away), (' occupied="0"', half_out)],
+    )
+    with caplog.at_level("WARNING"):
+        rc, out, err = _run_eval([str(tmp_path), "--json"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["spaces"] == 2
+    assert any("1 of 3 spaces lie mostly outside" in r.message for r in caplog.records)
+    _labelled_frame(tmp_path, "f1.xml", [(' occupied="1"', away)])
+    rc, _, err = _run_eval([str(tmp_path), "--json"], capsys)
+    assert rc == 2 and "no labelled images" in err
+
+
+def test_rotated_rect_only_and_zero_area_contours(caplog: pytest.LogCaptureFixture) -> None:
+    """A space labelled with its rotatedRect alone is used; a contour of collinear points
+    (no area) is skipped with a warning, like one of fewer than three points."""
+    xml = """<parking>
+      <space id="1" occupied="1"><rotatedRect><center x="100" y="100"/><size w="40" h="80"/>
+        <angle d="-30"/></rotatedRect></space>
+      <space id="2" occupied="0"><contour><point x="0" y="0"/><point x="10" y="10"/>
+        <point x="20" y="20"/></contour></space>
+      <space id="3" occupied="0"><contour><point x="0" y="0"/><point x="10" y="0"/>
+        <point x="10" y="10"/><point x="0" y="10"/></contour></space>
+    </parking>"""
+    with caplog.at_level("WARNING"):
+        spaces = labelled_spaces(xml)
+    assert [s.id for s in spaces] == ["1", "3"]
+    assert cv2.contourArea(spaces[0].contour.reshape(-1, 1, 2)) == pytest.approx(3200, rel=0.05)
+    assert any("1 labelled space(s) without a usable contour" in r.message for r in caplog.records)
+
+
+def test_eval_reads_other_image_formats(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _, poly = _two_tone_space(0.0)
+    _labelled_frame(tmp_path, "f1.xml", [(' occupied="1"', poly)])
+    img = cv2.imread(str(tmp_path / "f1.jpg"))
+    (tmp_path / "f1.jpg").unlink()
+    cv2.imwrite(str(tmp_path / "f1.bmp"), img)
+    rc, out, err = _run_eval([str(tmp_path), "--json"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["images"] == 1
 
 
 def test_a_model_that_cannot_be_read_is_a_clear_error(

@@ -1,10 +1,12 @@
 """``parkguide eval camera DIR [--json] [--patches] [--model PATH]``.
 
-Full-frame mode (default): every image (jpg/jpeg/png, any depth under DIR) that
-has a PKLot XML file of the same stem is classified space by space from the
-labelled contours. ``--patches`` mode: DIR holds ``busy/`` and ``free/``
+Full-frame mode (default): every image (jpg/jpeg/png/bmp/tif/webp, any depth
+under DIR, symlinked folders followed) that has a PKLot XML file of the same stem
+is classified space by space from the labelled contours (a space mostly outside
+its image is skipped with a warning). ``--patches`` mode: DIR holds ``busy/`` and ``free/``
 folders of single-space patches (any depth below them). Occupied is the
-positive class. ``ms_per_frame`` is the classification time per frame (or per
+positive class; precision, recall or F1 with nothing to divide by (no occupied
+space called, or none labelled) is ``null``, not a perfect score. ``ms_per_frame`` is the classification time per frame (or per
 patch with ``--patches``), image decoding excluded.
 """
 
@@ -21,7 +23,14 @@ import cv2
 import numpy as np
 
 from edge.camera.classifier import SpaceClassifier
-from edge.camera.pklot import IMAGE_SUFFIXES, find_labelled_images, load_pklot_xml
+from edge.camera.pklot import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    find_labelled_images,
+    load_pklot_xml,
+    read_image,
+    walk_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +49,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: bundled)")
 
 
-def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Accuracy, precision, recall and F1 with occupied as the positive class."""
+# a space whose contour has less than this share of its bounding box inside the frame is
+# skipped: its labels belong to another image size (or another image), not to this frame
+MIN_INSIDE = 0.5
+
+
+def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
+    """Accuracy, precision, recall and F1 with occupied as the positive class; a figure
+    whose denominator is zero (no occupied space called or labelled) is None, not 1.0."""
     pred = np.asarray(pred, dtype=bool)
     truth = np.asarray(truth, dtype=bool)
     tp = int(np.sum(pred & truth))
     fp = int(np.sum(pred & ~truth))
     fn = int(np.sum(~pred & truth))
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = (2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else None
     accuracy = float(np.mean(pred == truth)) if len(truth) else 0.0
     return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1}
 
@@ -63,7 +78,17 @@ def _plannable(clf: SpaceClassifier, contour: np.ndarray) -> bool:
     return True
 
 
-def evaluate_frames(root: Path, clf: SpaceClassifier) -> dict[str, float | int]:
+def _inside_share(contour: np.ndarray, width: int, height: int) -> float:
+    """Share of the contour's bounding box that lies inside a ``width`` x ``height`` frame."""
+    x0, y0 = contour.min(axis=0)
+    x1, y1 = contour.max(axis=0)
+    area = max(1, (x1 - x0) * (y1 - y0))
+    w = max(0, min(x1, width) - max(x0, 0))
+    h = max(0, min(y1, height) - max(y0, 0))
+    return w * h / area
+
+
+def evaluate_frames(root: Path, clf: SpaceClassifier) -> dict[str, float | int | None]:
     """Classify every labelled space of every PKLot-labelled image under ``root``."""
     preds, truths, times = [], [], []
     images = 0
@@ -75,10 +100,26 @@ def evaluate_frames(root: Path, clf: SpaceClassifier) -> dict[str, float | int]:
             continue
         if not spaces:
             continue
-        frame = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
-        if frame is None:
-            log.warning("cannot read image %s", img_path)
+        try:
+            frame = read_image(img_path)
+        except ImageError as exc:
+            log.warning("%s", exc)
             continue
+        height, width = frame.shape[:2]
+        inside = [s for s in spaces if _inside_share(s.contour, width, height) >= MIN_INSIDE]
+        if len(inside) < len(spaces):
+            log.warning(
+                "%s: %d of %d spaces lie mostly outside the %dx%d image and are skipped "
+                "(labels for another image size?)",
+                xml_path,
+                len(spaces) - len(inside),
+                len(spaces),
+                width,
+                height,
+            )
+            spaces = inside
+            if not spaces:
+                continue
         try:
             plan = clf.plan([s.contour for s in spaces])
         except ValueError:  # a contour of one point or a line: skip those spaces
@@ -101,7 +142,7 @@ def evaluate_frames(root: Path, clf: SpaceClassifier) -> dict[str, float | int]:
     if not images:
         raise EvalError(f"no labelled images (image + PKLot XML of the same stem) under {root}")
     pred, truth = np.concatenate(preds), np.concatenate(truths)
-    out: dict[str, float | int] = {"images": images, "spaces": int(len(truth))}
+    out: dict[str, float | int | None] = {"images": images, "spaces": int(len(truth))}
     out.update(metrics(pred, truth))
     out["ms_per_frame"] = float(np.mean(times) * 1e3)
     return out
@@ -115,8 +156,8 @@ def _patch_files(root: Path) -> list[tuple[Path, bool]]:
     below ``root`` (``root/busy``, CNRPark's ``A/busy``, ...): the nearest such folder
     gives its label."""
     files: list[tuple[Path, bool]] = []
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+    for p in walk_files(root):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         folders = [d.lower() for d in p.relative_to(root).parts[:-1]]
         label = next((_PATCH_LABELS[d] for d in reversed(folders) if d in _PATCH_LABELS), None)
@@ -125,7 +166,9 @@ def _patch_files(root: Path) -> list[tuple[Path, bool]]:
     return files
 
 
-def evaluate_patches(root: Path, clf: SpaceClassifier, batch: int = 256) -> dict[str, float | int]:
+def evaluate_patches(
+    root: Path, clf: SpaceClassifier, batch: int = 256
+) -> dict[str, float | int | None]:
     """Classify every patch under a ``busy`` or ``free`` folder below ``root``."""
     files = _patch_files(root)
     preds, truths = [], []
@@ -134,9 +177,10 @@ def evaluate_patches(root: Path, clf: SpaceClassifier, batch: int = 256) -> dict
         chunk = files[start : start + batch]
         imgs, labels = [], []
         for p, label in chunk:
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if img is None:
-                log.warning("cannot read image %s", p)
+            try:
+                img = read_image(p)
+            except ImageError as exc:
+                log.warning("%s", exc)
                 continue
             imgs.append(img)
             labels.append(label)
@@ -151,7 +195,7 @@ def evaluate_patches(root: Path, clf: SpaceClassifier, batch: int = 256) -> dict
         raise EvalError(f"no labelled patches in busy/ or free/ folders under {root}")
     pred, truth = np.concatenate(preds), np.concatenate(truths)
     n = int(len(truth))
-    out: dict[str, float | int] = {"images": n, "spaces": n}
+    out: dict[str, float | int | None] = {"images": n, "spaces": n}
     out.update(metrics(pred, truth))
     out["ms_per_frame"] = float(elapsed / n * 1e3)
     return out
@@ -177,10 +221,15 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(res, separators=(",", ":")))
     else:
         unit = "patch" if args.patches else "frame"
+
+        def fig(key: str) -> str:  # undefined (nothing occupied called or labelled): n/a
+            value = res[key]
+            return "n/a" if value is None else f"{value:.4f}"
+
         print(
             f"{res['images']} {'patches' if args.patches else 'images'}, {res['spaces']} spaces: "
-            f"accuracy {res['accuracy']:.4f}, precision {res['precision']:.4f}, "
-            f"recall {res['recall']:.4f}, F1 {res['f1']:.4f} (occupied positive); "
+            f"accuracy {fig('accuracy')}, precision {fig('precision')}, "
+            f"recall {fig('recall')}, F1 {fig('f1')} (occupied positive); "
             f"{res['ms_per_frame']:.2f} ms per {unit}"
         )
     return 0

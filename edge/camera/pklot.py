@@ -10,10 +10,12 @@ keeps it with ``occupied=None`` and :func:`labelled_spaces` drops it.
 from __future__ import annotations
 
 import logging
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,32 @@ def _parse_occupied(value: str | None) -> bool | None:
     return None
 
 
+def _child(elem: ET.Element, name: str) -> ET.Element | None:
+    return next((e for e in elem.iter() if _local(e.tag) == name), None)
+
+
+def _rotated_rect(space: ET.Element) -> np.ndarray | None:
+    """The four corners of the space's ``<rotatedRect>`` (centre, size, angle in degrees):
+    the same rectangle the contour usually traces, for spaces labelled with it alone."""
+    rect = _child(space, "rotatedrect")
+    if rect is None:
+        return None
+    centre, size, angle = _child(rect, "center"), _child(rect, "size"), _child(rect, "angle")
+    if centre is None or size is None:
+        return None
+    try:
+        cx, cy = float(_attr(centre, "x") or ""), float(_attr(centre, "y") or "")
+        w, h = float(_attr(size, "w") or ""), float(_attr(size, "h") or "")
+        d = float(_attr(angle, "d") or 0) if angle is not None else 0.0
+    except ValueError:
+        return None
+    return np.round(cv2.boxPoints(((cx, cy), (w, h), d))).astype(np.int32)
+
+
 def _contour(space: ET.Element) -> np.ndarray | None:
-    """Points of the space's ``<contour>`` (or of any point under it as a fallback)."""
-    holder = next((e for e in space.iter() if _local(e.tag) == "contour"), None)
+    """Points of the space's ``<contour>`` (or of any point under it as a fallback), else
+    its ``<rotatedRect>``; None when neither encloses an area (under one square pixel)."""
+    holder = _child(space, "contour")
     scope = holder if holder is not None else space
     pts = []
     for e in scope.iter():
@@ -64,25 +89,31 @@ def _contour(space: ET.Element) -> np.ndarray | None:
         if x is None or y is None:
             continue
         pts.append((round(float(x)), round(float(y))))
-    if len(pts) < 3:
-        return None
-    return np.asarray(pts, dtype=np.int32)
+    contour = np.asarray(pts, dtype=np.int32) if len(pts) >= 3 else _rotated_rect(space)
+    if contour is None or abs(cv2.contourArea(contour.reshape(-1, 1, 2))) < 1.0:
+        return None  # a point or a line: no space to look at
+    return contour
 
 
 def parse_pklot_xml(text: str | bytes) -> list[Space]:
     """Parse PKLot XML text into spaces (unlabelled ones have ``occupied=None``).
 
-    Spaces with fewer than three contour points are skipped.
+    A space without three contour points falls back to its ``<rotatedRect>``; one
+    enclosing no area (a point, a line) is skipped, with a warning when it is labelled.
     """
     root = ET.fromstring(text)
     spaces: list[Space] = []
+    skipped = 0
     for i, elem in enumerate(e for e in root.iter() if _local(e.tag) == "space"):
         contour = _contour(elem)
         if contour is None:
+            skipped += _parse_occupied(_attr(elem, "occupied")) is not None
             log.debug("space %s has no usable contour; skipped", _attr(elem, "id"))
             continue
         sid = _attr(elem, "id") or str(i + 1)
         spaces.append(Space(sid, contour, _parse_occupied(_attr(elem, "occupied"))))
+    if skipped:
+        log.warning("%d labelled space(s) without a usable contour skipped", skipped)
     return spaces
 
 
@@ -97,14 +128,51 @@ def load_pklot_xml(path: str | Path, labelled_only: bool = True) -> list[Space]:
     return labelled_spaces(data) if labelled_only else parse_pklot_xml(data)
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# what cv2.imdecode reads in every OpenCV build
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def walk_files(root: str | Path) -> list[Path]:
+    """Every file under ``root`` (any depth), symlinked folders followed (a dataset is often
+    assembled from links), each real folder once (no loops), sorted."""
+    seen: set[str] = set()
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files.extend(Path(folder, n) for n in names if os.path.isfile(os.path.join(folder, n)))
+    return sorted(files)
+
+
+class ImageError(Exception):
+    """An image file that cannot be used (unreadable, not an image, truncated)."""
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file (BGR). Raises :class:`ImageError` rather than return a
+    truncated JPEG, which OpenCV would pad with grey and which would then be scored."""
+    try:
+        data = path.read_bytes()  # not cv2.imread: it crashes on names that are not UTF-8
+    except OSError as exc:
+        raise ImageError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+    # the end-of-image marker, allowing for trailing bytes some cameras append (an EXIF
+    # thumbnail's own marker sits near the start, so only the second half counts)
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[max(len(data) // 2, len(data) - 4096) :]:
+        raise ImageError(f"cannot read image {path}: truncated JPEG (no end-of-image marker)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ImageError(f"cannot read image {path}: not an image OpenCV decodes")
+    return img
 
 
 def find_labelled_images(root: str | Path) -> list[tuple[Path, Path]]:
-    """(image, xml) pairs under ``root`` (any depth) sharing the same stem in the same
-    folder (``.xml`` in any letter case), sorted."""
+    """(image, xml) pairs under ``root`` (any depth, symlinked folders followed) sharing the
+    same stem in the same folder (``.xml`` in any letter case), sorted."""
     root = Path(root)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = walk_files(root)
     xml_of = {(p.parent, p.stem): p for p in files if p.suffix.lower() == ".xml"}
     return [
         (img, xml_of[(img.parent, img.stem)])

@@ -75,7 +75,15 @@ import cv2
 import numpy as np
 
 from edge.camera import crops
-from edge.camera.pklot import find_labelled_images, load_pklot_xml
+from edge.camera.evaluate import metrics
+from edge.camera.pklot import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    find_labelled_images,
+    load_pklot_xml,
+    read_image,
+    walk_files,
+)
 
 log = logging.getLogger("edge.camera.train")
 
@@ -154,8 +162,12 @@ def load_pklot(root: Path, size: int, margin: float) -> list[Sample]:
     big = size * CANVAS_SCALE
     for img_path, xml_path in find_labelled_images(root):
         spaces = load_pklot_xml(xml_path)
-        frame = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
-        if frame is None or not spaces:
+        try:
+            frame = read_image(img_path)
+        except ImageError as exc:
+            log.warning("%s", exc)
+            continue
+        if not spaces:
             continue
         patches = crops.crop_polygons(frame, [s.contour for s in spaces], big, margin)
         for s, p in zip(spaces, patches, strict=True):
@@ -169,11 +181,13 @@ def load_cnrpark(root: Path, size: int, margin: float = 0.0) -> list[Sample]:
     out: list[Sample] = []
     big = size * CANVAS_SCALE
     for label, sub in ((1, "busy"), (0, "free")):
-        for p in sorted((root / sub).rglob("*")):
-            if p.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+        for p in walk_files(root / sub) if (root / sub).is_dir() else []:
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if img is None:
+            try:
+                img = read_image(p)
+            except ImageError as exc:
+                log.warning("%s", exc)
                 continue
             canvas = crops.normalise_patch(img, big, margin)
             out.append(Sample(canvas, label, "cnrpark", p.name[:8], p.name))
@@ -768,15 +782,7 @@ def export_onnx(model, size: int, out: Path, meta: dict) -> None:  # noqa: ANN00
 
 
 def _metrics(pred: np.ndarray, truth: np.ndarray) -> dict:
-    tp = int(np.sum(pred & truth))
-    fp = int(np.sum(pred & ~truth))
-    fn = int(np.sum(~pred & truth))
-    n = len(truth)
-    prec = tp / (tp + fp) if tp + fp else 1.0
-    rec = tp / (tp + fn) if tp + fn else 1.0
-    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-    acc = float(np.mean(pred == truth)) if n else float("nan")
-    return {"n": n, "accuracy": acc, "precision": prec, "recall": rec, "f1": f1}
+    return {"n": len(truth), **metrics(pred, truth)}
 
 
 def evaluate_heldout(
@@ -806,7 +812,13 @@ def evaluate_heldout(
             if days and day not in days:
                 continue
             spaces = load_pklot_xml(xml_path)
-            frame = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+            try:
+                frame = read_image(img_path)
+            except ImageError as exc:
+                log.warning("%s", exc)
+                continue
+            if not spaces:
+                continue
             occ, _ = clf.classify(frame, [s.contour for s in spaces])
             truth = np.array([bool(s.occupied) for s in spaces])
             per_day.setdefault(day, []).append((occ, truth))
@@ -827,8 +839,8 @@ def evaluate_heldout(
 
         groups: dict[tuple[str, str], list] = {}
         for label, sub in ((True, "busy"), (False, "free")):
-            for p in sorted((cnr / sub).rglob("*")):
-                if p.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+            for p in walk_files(cnr / sub) if (cnr / sub).is_dir() else []:
+                if p.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
                 block = cnr_block(p.name)
                 if block == "train":
@@ -836,7 +848,7 @@ def evaluate_heldout(
                 groups.setdefault((block, p.name[:8]), []).append((p, label))
         pooled: dict[str, tuple[list, list]] = {}
         for (block, day), items in sorted(groups.items()):
-            imgs = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p, _ in items]
+            imgs = [read_image(p) for p, _ in items]
             pred, _ = clf.classify_patches(imgs)
             t = np.array([lab for _, lab in items])
             suffix = "" if block == "day" else f"@{block}"
@@ -1130,8 +1142,8 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in report.items():
         if "n" not in v:
             continue
-        log.info("%s: n=%d acc=%.4f P=%.3f R=%.3f F1=%.3f", k, v["n"], v["accuracy"],
-                 v["precision"], v["recall"], v["f1"])  # fmt: skip
+        log.info("%s: n=%d acc=%.4f P=%s R=%s F1=%s", k, v["n"], v["accuracy"],
+                 *(("n/a" if v[f] is None else f"{v[f]:.3f}") for f in ("precision", "recall", "f1")))  # fmt: skip
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
     return 0
