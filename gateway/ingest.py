@@ -21,7 +21,6 @@ observation of that space).
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter, sub
@@ -66,7 +65,6 @@ FUTURE_TOLERANCE_S = 300.0
 """A report or observation time later than the gateway's clock by more than this is refused:
 an edge with a wrong clock would otherwise lock its spaces (every true observation after it
 would look older)."""
-RETIRED_BOOTS = 16  # boots remembered per agent to refuse late messages of an old boot
 _NONE_STALE = np.zeros(0, dtype=np.int64)
 _REPORT_KEYS = frozenset(OccupancyReport.model_fields)
 _REPORT_REQUIRED = frozenset(
@@ -132,7 +130,9 @@ _NUMBER_TYPES = frozenset((float, int))  # exactly: a bool is not a time
 class _AgentSequence:
     boot: str
     seq: int
-    retired: deque[str] = field(default_factory=lambda: deque(maxlen=RETIRED_BOOTS))
+    # every boot the agent replaced (boot ids are random, never reused): a late message
+    # of any of them is refused, however many restarts ago it was replaced
+    retired: set[str] = field(default_factory=set)
 
 
 class ReportGate:
@@ -166,7 +166,7 @@ class ReportGate:
         """Resume the sequence of an agent from the journal, with the boots it replaced
         (oldest first), so that a late replay of an old boot is still refused."""
         known = _AgentSequence(boot, seq)
-        known.retired.extend(b for b in retired if b != boot)
+        known.retired.update(b for b in retired if b != boot)
         self._sequences[agent] = known
 
     def sequence(self, agent: str) -> tuple[str, int] | None:
@@ -443,7 +443,7 @@ class ReportGate:
         if known is None:
             self._sequences[accepted.agent] = _AgentSequence(accepted.boot, accepted.seq)
         elif known.boot != accepted.boot:
-            known.retired.append(known.boot)
+            known.retired.add(known.boot)
             known.boot, known.seq = accepted.boot, accepted.seq
         else:
             known.seq = accepted.seq

@@ -53,9 +53,10 @@ CREATE TABLE IF NOT EXISTS agents(
 -- old boot when a newer one takes its place, here and in expand_pending
 CREATE TABLE IF NOT EXISTS retired_boots(
     agent TEXT NOT NULL, boot TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY(agent, boot));
-CREATE TRIGGER IF NOT EXISTS agents_boot_retired AFTER UPDATE OF boot ON agents
-    WHEN old.boot IS NOT NULL AND old.boot IS NOT new.boot
-    BEGIN INSERT OR REPLACE INTO retired_boots VALUES (old.agent, old.boot, new.last_seen); END;
+-- an upsert, not INSERT OR REPLACE: inside a trigger fired by an upsert (expand_pending)
+-- SQLite applies the outer statement's ABORT, and a boot retired twice (replaced while
+-- its successor was still pending) would fail every checkpoint and every start after it.
+-- Made in Journal.__init__ (dropped and made again: older journals have the OR REPLACE one)
 CREATE TABLE IF NOT EXISTS assignments(
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, entrance TEXT NOT NULL, class TEXT NOT NULL,
     space TEXT, zone TEXT, hold_expires REAL, plate TEXT, request_id TEXT,
@@ -78,6 +79,12 @@ CREATE TABLE IF NOT EXISTS signs(
     display TEXT PRIMARY KEY, topic TEXT NOT NULL, content TEXT NOT NULL,
     expires_s REAL NOT NULL);
 """
+
+BOOT_RETIRED_TRIGGER = """
+CREATE TRIGGER agents_boot_retired AFTER UPDATE OF boot ON agents
+    WHEN old.boot IS NOT NULL AND old.boot IS NOT new.boot
+    BEGIN INSERT INTO retired_boots VALUES (old.agent, old.boot, new.last_seen)
+        ON CONFLICT(agent, boot) DO UPDATE SET ts = excluded.ts; END"""
 
 CHECKPOINT_KEY = "checkpoint_event"
 """meta key: id of the last event the ``spaces`` and ``signs`` tables include."""
@@ -121,6 +128,9 @@ class Journal:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA busy_timeout=5000")
         self.conn.executescript(SCHEMA)
+        with self.transaction():
+            self.conn.execute("DROP TRIGGER IF EXISTS agents_boot_retired")
+            self.conn.execute(BOOT_RETIRED_TRIGGER)
         # columns added since the first release, for journals made before them
         for table, column in (("assignments", "released REAL"), ("events", "note TEXT")):
             columns = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
@@ -303,14 +313,14 @@ class Journal:
         rows = self.conn.execute("SELECT agent, boot, seq, online, last_seen FROM agents")
         return [StoredAgent(a, b, s, bool(o), ls) for a, b, s, o, ls in rows]
 
-    def retired_boots(self, limit: int) -> dict[str, list[str]]:
-        """Per agent, the last ``limit`` boots it replaced, oldest first."""
+    def retired_boots(self) -> dict[str, list[str]]:
+        """Per agent, every boot it replaced, oldest first."""
         out: dict[str, list[str]] = {}
         for agent, boot in self.conn.execute(
             "SELECT agent, boot FROM retired_boots ORDER BY agent, ts, rowid"
         ):
             out.setdefault(agent, []).append(boot)
-        return {a: b[-limit:] for a, b in out.items()}
+        return out
 
     def open_holds(self, now: float) -> list[tuple[str, float]]:
         """(space, hold_expires) of assignments whose hold has not expired at ``now`` and

@@ -37,7 +37,6 @@ import numpy as np
 from gateway.allocation import AllocationCore, CoreLayout, lane_distances
 from gateway.displays import RenderedLine, SignRenderer
 from gateway.ingest import (
-    RETIRED_BOOTS,
     AcceptedReport,
     Rejection,
     RejectionLog,
@@ -231,7 +230,7 @@ class LiveGateway:
         with self.journal.transaction():
             self.journal.expand_pending()  # committed before a crash: now events
         stored_agents = {a.agent: a for a in self.journal.agents()}
-        retired = self.journal.retired_boots(RETIRED_BOOTS)
+        retired = self.journal.retired_boots()
         for a in stored_agents.values():
             if a.boot is not None and a.seq is not None:
                 self.gate.restore(a.agent, a.boot, a.seq, retired.get(a.agent, ()))

@@ -336,3 +336,52 @@ def test_a_restart_remembers_when_an_unchanged_space_was_last_observed(example_s
     gw2.handle(topic, late)
     assert gw2.rejections.counts == {"older_than_known": 1}
     assert gw2.state.state[s0] == FREE
+
+
+def test_a_boot_replaced_while_its_successor_was_pending_does_not_jam_the_journal(tmp_path):
+    """An agent restarted twice during a broker outage: its spooled reports of two new
+    boots arrive, and the checkpoint expands them in steps. Retiring the middle boot
+    again once used to fail every later checkpoint and every start (UNIQUE constraint)."""
+    db = tmp_path / "journal.sqlite"
+    j = Journal(db)
+    j.add_changes(T0, "bus-g", "serial-bus-g", "b0", 1, "[]")
+    with j.transaction():
+        j.expand_pending()
+    j.add_changes(T0 + 1, "bus-g", "serial-bus-g", "b1", 1, "[]")
+    j.add_changes(T0 + 2, "bus-g", "serial-bus-g", "b2", 1, "[]")
+    with j.transaction():
+        assert not j.expand_pending(1)  # a report was waiting: one row, committed
+    with j.transaction():
+        assert j.expand_pending()
+    j.close()
+    j = Journal(db)  # and the journal opens again
+    assert j.retired_boots() == {"serial-bus-g": ["b0", "b1"]}
+    assert [(a.boot, a.seq) for a in j.agents()] == [("b2", 1)]
+    j.close()
+
+
+def test_every_replaced_boot_stays_refused(example_site, tmp_path):
+    """However many restarts ago a boot was replaced, a late message of it does not take
+    the agent over (it used to be forgotten after 16, then lock the live boot out)."""
+    db = tmp_path / "journal.sqlite"
+    gw = LiveGateway(example_site, Journal(db), lambda *a: None, clock=lambda: T0)
+    bus = example_site.buses[0].id
+    spaces = example_site.spaces_of_source(bus)
+    free = dict.fromkeys(spaces, "free")
+
+    def rep(boot: str, seq: int, states: dict[str, str], kind: str = "snapshot"):
+        topic, payload = _report(example_site, "a1", bus, seq, states, kind, T0)
+        return topic, payload.replace(b'"boot": "b1"', f'"boot": "{boot}"'.encode())
+
+    for n in range(20):
+        gw.handle(*rep(f"boot-{n}", 1, free))
+    gw.handle(*rep("boot-0", 2, free))
+    assert gw.rejections.counts == {"stale_boot": 1}
+    gw.handle(*rep("boot-19", 2, {spaces[0]: "occupied"}, kind="delta"))
+    assert gw.accepted == 21
+    gw.journal.close()
+    gw2 = LiveGateway(example_site, Journal(db), lambda *a: None, clock=lambda: T0 + 1)
+    gw2.handle(*rep("boot-1", 3, free))
+    assert gw2.rejections.counts == {"stale_boot": 1}
+    gw2.handle(*rep("boot-19", 3, {spaces[1]: "occupied"}, kind="delta"))
+    assert gw2.accepted == 1

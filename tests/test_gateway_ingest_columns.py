@@ -129,7 +129,7 @@ def test_the_columns_give_the_verdict_of_the_long_way(report, sequence, newer):
                 AcceptedReport(AGENT, SOURCE, "b3", 0, T, "delta", *([np.zeros(0)] * 3), False)
             )  # b2 retired: its reports are stale
             gate.restore(AGENT, "b3", 0)
-            gate._sequences[AGENT].retired.append("b2")
+            gate._sequences[AGENT].retired.add("b2")
     known = np.full(len(SITE.spaces), T - 100.0)
     known[newer] = T + 100.0  # these spaces were seen later than the report says
     expected = long_way(gate, agent, payload, known)
@@ -182,7 +182,7 @@ def test_the_usual_report_takes_the_columns():
 def test_the_unusual_report_is_explained_the_long_way(change, reason):
     gate = ReportGate(SITE)
     gate.restore(AGENT, "b1", 1)
-    gate._sequences[AGENT].retired.append("b0")
+    gate._sequences[AGENT].retired.add("b0")
     body = {
         "agent": AGENT,
         "source": SOURCE,
