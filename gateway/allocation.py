@@ -14,7 +14,8 @@ plain Python):
   ``CONGESTION_FLOOR``; an assignment into aisle a sets v to the decayed value
   + 1 and t to its time. ``now`` is the latest time passed to the core.
 - a display line counts the candidates in its zones for its vehicle class
-  (for any class when it has none).
+  (for any class when it has none); its unknown and total (for the fallback) count
+  the spaces in its zones that class may use now, unknown and not closed.
 
 Data structures (why it is incremental; details in ``docs/allocation.md``):
 driving cost becomes a rank per entrance, so "lowest cost, then lowest index"
@@ -727,11 +728,24 @@ class AllocationCore:
             np.compress(avail, lo.zone_kindset), minlength=n_z * n_g
         ).reshape(n_z, n_g)
         per_zone = np.rint(zone_kindset @ self._kindset_ext).astype(np.int64)  # (Z, C + 1)
-        pz, counts = self._pair_zone, self._zone_counts
-        self.line_free = self._per_line(per_zone[pz, self._pair_col])
-        self.line_unknown = self._per_line(counts[pz, UNKNOWN])
-        self.line_total = self._per_line((counts.sum(axis=1) - counts[:, CLOSED])[pz])
+        pz, pc = self._pair_zone, self._pair_col
+        self.line_free = self._per_line(per_zone[pz, pc])
+        # unknown and total over the spaces the line's class may use now (a charger line
+        # is blind when its chargers are, whatever the rest of the zone says)
+        self.line_unknown = self._per_line(self._per_zone_col(eff == UNKNOWN)[pz, pc])
+        self.line_total = self._per_line(self._per_zone_col(eff != CLOSED)[pz, pc])
         self._make_views()
+
+    def _per_zone_col(self, mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """(Z, C + 1): per zone, the spaces in ``mask`` (weighted) each class column may use."""
+        lo = self.layout
+        n_z, n_g = len(lo.zones), len(lo.kindset_kinds)
+        per_kindset = np.bincount(
+            np.compress(mask, lo.zone_kindset),
+            weights=None if weights is None else np.compress(mask, weights),
+            minlength=n_z * n_g,
+        ).reshape(n_z, n_g)
+        return np.rint(per_kindset @ self._kindset_ext).astype(np.int64)
 
     def _per_line(self, per_pair: np.ndarray) -> np.ndarray:
         """Sum a value given per (line, zone) pair into one per sign line."""
@@ -867,9 +881,15 @@ class AllocationCore:
         ).reshape(n_z, 4)
         if dz.any():
             self._zone_counts += dz
-            pz = self._pair_zone
-            self.line_unknown += self._per_line(dz[pz, UNKNOWN])
-            self.line_total -= self._per_line(dz[pz, CLOSED])  # closed spaces are not counted
+            pz, pc = self._pair_zone, self._pair_col
+            du = (new_eff == UNKNOWN).astype(np.int64) - (old_eff == UNKNOWN)
+            if du.any():
+                moved = du != 0
+                self.line_unknown += self._per_line(self._per_zone_col_of(sp, moved, du)[pz, pc])
+            dt = (old_eff == CLOSED).astype(np.int64) - (new_eff == CLOSED)
+            if dt.any():  # closed spaces are not counted
+                moved = dt != 0
+                self.line_total += self._per_line(self._per_zone_col_of(sp, moved, dt)[pz, pc])
         slots = lo.space_slot[sp]
         avail = (new_eff == FREE) & (self.held_until[sp] == 0.0)
         flip = avail != self._avail_np[slots]
@@ -888,31 +908,41 @@ class AllocationCore:
             if g_classes[kind_of[p]]:
                 self._unsettled[p] = s
 
+    def _per_zone_col_of(self, sp: np.ndarray, mask: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """:meth:`_per_zone_col` of ``delta`` over the spaces ``sp[mask]``."""
+        lo = self.layout
+        n_z, n_g = len(lo.zones), len(lo.kindset_kinds)
+        per_kindset = np.bincount(
+            lo.zone_kindset[sp[mask]], weights=delta[mask], minlength=n_z * n_g
+        ).reshape(n_z, n_g)
+        return np.rint(per_kindset @ self._kindset_ext).astype(np.int64)
+
     def _refresh(self, s: int, old_state: int, new_state: int) -> None:
         """Space s changed state and/or hold: move the counts, and the minima (at once, or
         at :meth:`settle` with ``lazy_minima``)."""
         if self._closed_of[s]:
             old_state = new_state = CLOSED
         z = self._zone_of[s]
+        p = self._slot_of[s]
+        g = self._kindset_of_slot[p]
+        ext = self._g_ext[g]
         if old_state != new_state:
             zc = self._zc_v
             zc[z * N_STATES + old_state] -= 1
             zc[z * N_STATES + new_state] += 1
             du = (new_state == UNKNOWN) - (old_state == UNKNOWN)
             dt = (old_state == CLOSED) - (new_state == CLOSED)
-            if du or dt:
+            if du or dt:  # on the lines whose class may use the space
                 lu, lt = self._lu_v, self._lt_v
-                for line, _ in self._zone_lines[z]:
-                    lu[line] += du
-                    lt[line] += dt
-        p = self._slot_of[s]
+                for line, col in self._zone_lines[z]:
+                    if ext[col]:
+                        lu[line] += du
+                        lt[line] += dt
         avail = new_state == FREE and s not in self._holds
         if avail == self._avail_py[p]:
             return
         self._avail_py[p] = avail
-        g = self._kindset_of_slot[p]
         sign = 1 if avail else -1
-        ext = self._g_ext[g]
         lf = self._lf_v
         for line, col in self._zone_lines[z]:
             if ext[col]:

@@ -203,9 +203,8 @@ class ReferenceAllocator:
             entrance, (s for s in range(self.n_spaces) if elig[s] and self._available(s))
         )
 
-    def _counted(self, line: int, s: int) -> bool:
-        if not self._available(s):
-            return False
+    def _usable(self, line: int, s: int) -> bool:
+        """The line's class (any class, for a line without one) may use space s now."""
         c = self.line_class[line]
         if c is None:
             return any(self.eligible[k][s] for k in range(self.n_classes))
@@ -229,12 +228,14 @@ class ReferenceAllocator:
             free = unknown = total = 0
             for z in zones:
                 for s in self.zone_spaces[z]:
+                    if not self._usable(li, s):
+                        continue  # the line's class may not use it now
                     eff = self._effective(s)
                     if eff != CLOSED:
                         total += 1
                     if eff == UNKNOWN:
                         unknown += 1
-                    if self._counted(li, s):
+                    if self._available(s):
                         free += 1
             line_free.append(free)
             line_unknown.append(unknown)

@@ -254,7 +254,10 @@ class DisplaySettings(_Model):
         0.5,
         ge=0,
         le=1,
-        description="show '--' when more than this share of a line's spaces is unknown",
+        description=(
+            "show '--' when more than this share of a line's spaces (those in its zones"
+            " its vehicle class may use now) is unknown"
+        ),
     )
     expires_s: float = Field(
         60.0, gt=0, description="content validity; republished before it expires"

@@ -15,6 +15,7 @@ from gateway.allocation import (
     AllocationCore,
     CoreLayout,
 )
+from gateway.displays import SignRenderer
 from gateway.reference import ReferenceAllocator
 
 NOON = 12 * 60
@@ -214,10 +215,14 @@ def test_display_line_counts_match_a_hand_count(example_site, layout):
     assert free("b1-ramp", 0) == 1  # E residents: B1-E-010
     assert free("b1-ramp", 2) == 1  # F chargers: B1-F-001 (not the resident B1-F-020)
     assert free("jct-r1", 1) == 0  # D for residents at noon
+    # unknown and total over the spaces the line's class may use
     assert int(core.line_unknown[line[("gate-north", 0)]]) == 5
-    assert int(core.line_total[line[("gate-north", 0)]]) == 80
+    assert int(core.line_total[line[("gate-north", 0)]]) == 78  # not the 2 accessible bays
     assert int(core.line_total[line[("gate-north", 1)]]) == 39  # C-040 closed
     assert int(core.line_unknown[line[("gate-north", 2)]]) == 1
+    assert int(core.line_total[line[("b1-ramp", 2)]]) == 10  # the chargers of zone F
+    assert int(core.line_unknown[line[("b1-ramp", 2)]]) == 0
+    assert int(core.line_total[line[("jct-r1", 1)]]) == 0  # D is the office's at noon
     zones = {z.id: i for i, z in enumerate(example_site.zones)}
     assert core.zone_counts()[zones["A"]].tolist() == [5, 10, 65, 0]
     assert core.zone_counts()[zones["C"]].tolist() == [0, 5, 34, 1]
@@ -342,3 +347,28 @@ def test_a_hold_restored_after_a_restart_excludes_the_space(layout):
     assert core.expire_holds(500.0) == [s]
     assert core.best(north, resident) == s
     np.testing.assert_array_equal(core.line_free, free_before)
+
+
+def test_a_line_is_blind_when_the_spaces_it_counts_are(example_site, layout):
+    """The charger line of the B1 ramp counts F-001..F-010 of zone F's 60 spaces. Chargers
+    unknown: `--`, not `满 FULL` (half the zone is known, none of the chargers). The rest of
+    the zone unknown, the chargers known: their count."""
+    core = AllocationCore(layout, NOON)
+    line = {key: i for i, key in enumerate(layout.line_keys)}
+    charging = line[("b1-ramp", 2)]
+    renderer = SignRenderer(example_site)
+    zone_f = [s for s in example_site.spaces if s.zone == "F"]
+
+    def shown(states: dict[str, int]) -> str:
+        core.update_many([example_site.space_index[s] for s in states], list(states.values()), 0.0)
+        free, unknown, total = (
+            int(a[charging]) for a in (core.line_free, core.line_unknown, core.line_total)
+        )
+        return renderer.line(charging, free, unknown, total).line.text.en
+
+    chargers = {s.id for s in zone_f if "ev" in s.kinds}
+    assert len(chargers) == 10
+    blind = {s.id: UNKNOWN if s.id in chargers else OCCUPIED for s in zone_f}
+    assert shown(blind) == "--"
+    seen = {s.id: FREE if s.id in chargers else UNKNOWN for s in zone_f}
+    assert shown(seen) == "10"
