@@ -4,7 +4,12 @@ It stands in for the sign controllers: it subscribes to
 ``displays/+/content`` and shows each sign as a driver would read it, Chinese
 first, with its arrow. A sign whose content has expired (its gateway died or
 lost the broker) goes blank — every line shows ``--`` — instead of showing a
-count nobody vouches for. ``--once`` prints the signs as plain text and exits,
+count nobody vouches for. Content is valid until the earlier of its ``expires`` and
+its arrival here plus its validity (``expires - ts``, at most the site's
+``expires_s``), measured on this machine's monotonic clock, so a gateway whose clock
+runs ahead cannot keep its counts up after it dies; content stamped more than
+``FUTURE_TOLERANCE_S`` ahead of this clock, or expiring no later than its ``ts``, is
+refused. ``--once`` prints the signs as plain text and exits,
 ``--plain`` prints a sign as plain text whenever it changes.
 """
 
@@ -15,6 +20,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -29,6 +35,10 @@ log = logging.getLogger(__name__)
 
 ARROWS = ARROW_GLYPHS
 BLANK = "--"
+FUTURE_TOLERANCE_S = 300.0
+"""Content whose ``ts`` is later than this machine's clock by more than this is refused: the
+same tolerance the gateway gives edge reports (``gateway.ingest.FUTURE_TOLERANCE_S``, not
+imported: ``firmware_sim`` may import only ``parking``)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,13 +112,31 @@ def _width(text: str) -> int:
     return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)
 
 
-class SignBoard:
-    """The latest content per sign, fed from MQTT (thread-safe)."""
+@dataclass(frozen=True)
+class _Held:
+    """A sign's content and until when, on this machine's monotonic clock, it may show."""
 
-    def __init__(self, site: Site):
+    content: DisplayContent
+    valid_until: float  # arrival + min(expires - ts, the site's expires_s)
+
+
+class SignBoard:
+    """The latest content per sign, fed from MQTT (thread-safe).
+
+    ``wall`` and ``mono`` are the clocks (``time.time`` and ``time.monotonic``; tests
+    pass their own)."""
+
+    def __init__(
+        self,
+        site: Site,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ):
         self.site = site
         self.ids = tuple(d.id for d in site.displays)
-        self._content: dict[str, DisplayContent] = {}
+        self.expires_s = site.display_settings.expires_s
+        self._wall, self._mono = wall, mono
+        self._content: dict[str, _Held] = {}
         self._lock = threading.Lock()
         self.changed = threading.Event()
         self.rejected = 0
@@ -126,9 +154,18 @@ class SignBoard:
         try:
             if len(payload) > MAX_PAYLOAD_BYTES:
                 raise ValueError(f"{len(payload)} bytes")
-            content = DisplayContent.model_validate_json(payload)
+            # strict: the wire contract's types, no "12" for 12
+            content = DisplayContent.model_validate_json(payload, strict=True)
             if content.display != parsed.ident:
                 raise ValueError(f"content of sign {content.display!r} on {parsed.ident!r}")
+            if content.expires <= content.ts:
+                raise ValueError(f"expires {content.expires} is not later than ts {content.ts}")
+            wall = self._wall()
+            if content.ts > wall + FUTURE_TOLERANCE_S:
+                raise ValueError(
+                    f"ts {content.ts} is later than this clock's {wall:.3f} "
+                    f"by more than {FUTURE_TOLERANCE_S:g} s"
+                )
         except (ValidationError, ValueError) as exc:
             self.rejected += 1
             now = time.monotonic()
@@ -142,14 +179,27 @@ class SignBoard:
                     payload[:200],
                 )
             return
+        valid_for = min(content.expires - content.ts, self.expires_s)
+        held = _Held(content, self._mono() + valid_for)
         with self._lock:
-            self._content[parsed.ident] = content
+            self._content[parsed.ident] = held
         self.changed.set()
 
-    def views(self, now: float) -> list[SignView]:
+    def views(self, now: float | None = None) -> list[SignView]:
+        """Every sign at wall time ``now`` (default: the clock); content past its local
+        validity (``_Held.valid_until``) shows blank even where ``now`` is before its
+        ``expires``."""
+        if now is None:
+            now = self._wall()
+        mono = self._mono()
         with self._lock:
-            contents = dict(self._content)
-        return [sign_view(self.site, d, contents.get(d), now) for d in self.ids]
+            held = dict(self._content)
+        out = []
+        for d in self.ids:
+            h = held.get(d)
+            content = h.content if h is not None and mono < h.valid_until else None
+            out.append(sign_view(self.site, d, content, now))
+        return out
 
     def complete(self) -> bool:
         with self._lock:
@@ -210,6 +260,7 @@ def main(args: argparse.Namespace) -> int:
         client.tls_set()
 
     connected = threading.Event()
+    stopping = threading.Event()  # set before the deliberate disconnect: no warning then
 
     def on_connect(client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
@@ -223,7 +274,7 @@ def main(args: argparse.Namespace) -> int:
         log.warning("cannot reach the broker %s; retrying", broker.url)
 
     def on_disconnect(client, userdata, flags, reason_code, properties):
-        if connected.is_set():
+        if connected.is_set() and not stopping.is_set():
             log.warning("lost the broker %s (%s); reconnecting", broker.url, reason_code)
 
     def on_message(client, userdata, msg):
@@ -248,27 +299,28 @@ def main(args: argparse.Namespace) -> int:
             if not connected.is_set():
                 print(f"error: could not reach the broker {broker.url}", file=sys.stderr)
                 return 1
-            print("\n\n".join(plain(v) for v in board.views(time.time())))
+            print("\n\n".join(plain(v) for v in board.views()))
             return 0
         if args.plain or not sys.stdout.isatty():  # a pipe or a log file gets plain text
             shown: dict[str, SignView] = {}
             while True:
                 board.changed.wait(0.5)
                 board.changed.clear()
-                for v in board.views(time.time()):
+                for v in board.views():
                     if shown.get(v.display) != v:
                         shown[v.display] = v
                         print(plain(v), flush=True)
         from rich.live import Live
 
-        with Live(_rich_board(board.views(time.time())), auto_refresh=False) as live:
+        with Live(_rich_board(board.views()), auto_refresh=False) as live:
             while True:
                 # a change redraws at once; the timeout redraws so expired signs go blank
                 board.changed.wait(0.5)
                 board.changed.clear()
-                live.update(_rich_board(board.views(time.time())), refresh=True)
+                live.update(_rich_board(board.views()), refresh=True)
     except KeyboardInterrupt:
         return 0
     finally:
+        stopping.set()
         client.disconnect()
         client.loop_stop()

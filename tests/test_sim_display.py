@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import queue
 import subprocess
+import threading
 import time
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from conftest import parkguide_cmd
-from gateway_support import Edge, running_gateway, site_variant
+from gateway_support import Edge, display_topic, running_gateway, site_variant
 
-from firmware_sim.display import plain, sign_view
+from firmware_sim.display import FUTURE_TOLERANCE_S, SignBoard, plain, sign_view
+from parking import topics
 from parking.payloads import DisplayContent
 
 pytestmark = pytest.mark.timeout(60)
@@ -159,3 +165,158 @@ def test_sim_display_once_says_when_the_broker_cannot_be_reached(tmp_path, subpr
     )
     assert out.returncode == 1
     assert "could not reach the broker" in out.stderr and "Traceback" not in out.stderr
+
+
+def _content(display: str, ts: Any, expires: Any, count: Any = 3) -> dict[str, Any]:
+    """A hand-made sign content, one line (``ts``, ``expires`` and ``count`` as given)."""
+    line = {"label": {"zh": "A区", "en": "Zone A"}, "arrow": "right", "count": count}
+    line |= {"status": "ok", "text": {"zh": "3", "en": "3"}}
+    return {"display": display, "lines": [line], "ts": ts, "expires": expires}
+
+
+def _retain(port: int, contents: dict[str, dict[str, Any]]) -> None:
+    """Publish each sign's content retained, as a gateway does."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for display, body in contents.items():
+            info = client.publish(display_topic(display), json.dumps(body), qos=1, retain=True)
+            info.wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _once(site_path, mosquitto, env) -> tuple[dict[str, str], str]:
+    """``sim display --once --wait 1``: each sign's block by display id, and stderr."""
+    out = subprocess.run(
+        parkguide_cmd(
+            "sim",
+            "display",
+            "--site",
+            str(site_path),
+            "--broker",
+            mosquitto.url,
+            "--once",
+            "--wait",
+            "1",
+        ),  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    blocks = {b.splitlines()[0].split("]")[0][1:]: b for b in out.stdout.strip().split("\n\n")}
+    return blocks, out.stderr
+
+
+def _blank(block: str) -> bool:
+    return "blank" in block.splitlines()[0]
+
+
+def test_sim_display_refuses_content_from_the_future(mosquitto, tmp_path, subprocess_env):
+    """A gateway whose clock runs an hour ahead must not keep its counts up for an hour:
+    content stamped more than FUTURE_TOLERANCE_S ahead of this clock is refused, and so is
+    content that expires no later than its ts; both are reported."""
+    now = time.time()
+    _retain(
+        mosquitto.port,
+        {
+            "gate-north": _content("gate-north", now + 3600, now + 3660),
+            "gate-east": _content("gate-east", now + 60, now + 30),  # expires before its ts
+            "jct-n1": _content("jct-n1", now, now + 60),  # sound content still shows
+        },
+    )
+    blocks, stderr = _once(site_variant(tmp_path), mosquitto, subprocess_env)
+    assert _blank(blocks["gate-north"]) and _blank(blocks["gate-east"])
+    assert not _blank(blocks["jct-n1"]) and blocks["jct-n1"].splitlines()[1].endswith("3")
+    assert "bad sign content" in stderr
+
+
+def test_sim_display_blanks_content_after_its_validity_here_whatever_its_stamp(
+    mosquitto, tmp_path, subprocess_env
+):
+    """Content from a gateway whose clock runs 2 min ahead (within the tolerance) says it
+    is valid for 3 min more; the site's signs expire after 1 s, so it shows for 1 s after
+    it arrived here, then the sign goes blank."""
+    site_path = site_variant(tmp_path, expires_s=1)
+    now = time.time()
+    _retain(mosquitto.port, {"gate-north": _content("gate-north", now + 120, now + 180)})
+    proc = subprocess.Popen(
+        parkguide_cmd(
+            "sim", "display", "--site", str(site_path), "--broker", mosquitto.url, "--plain"
+        ),
+        env=subprocess_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+    shown_at = blank_at = None
+    try:
+        deadline = time.monotonic() + 8
+        while blank_at is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line.startswith("[gate-north]"):
+                if "blank" not in line:
+                    shown_at = time.monotonic()
+                elif shown_at is not None:
+                    blank_at = time.monotonic()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert shown_at is not None, "the content never showed"
+    assert blank_at is not None, "the sign still shows content its gateway no longer vouches for"
+    assert blank_at - shown_at < 3
+
+
+def test_the_board_trusts_content_for_its_validity_from_arrival(example_site):
+    """Valid until the earlier of ``expires`` and arrival + min(expires - ts, expires_s),
+    on the local monotonic clock; ``ts`` up to FUTURE_TOLERANCE_S ahead is accepted."""
+    clock = {"wall": 10_000.0, "mono": 50.0}
+    board = SignBoard(example_site, wall=lambda: clock["wall"], mono=lambda: clock["mono"])
+    north = topics.display_content(example_site.id, "gate-north")
+    east = topics.display_content(example_site.id, "gate-east")
+    ahead = 10_000.0 + FUTURE_TOLERANCE_S - 1
+    board.feed(north, json.dumps(_content("gate-north", ahead, ahead + 600)).encode())  # 60 s
+    board.feed(east, json.dumps(_content("gate-east", ahead, ahead + 5)).encode())  # 5 s
+    assert board.rejected == 0
+    views = {v.display: v for v in board.views()}
+    assert not views["gate-north"].blank and not views["gate-east"].blank
+    clock["mono"] += 5
+    views = {v.display: v for v in board.views()}
+    assert not views["gate-north"].blank and views["gate-east"].blank
+    clock["mono"] += 55
+    assert all(v.blank for v in board.views())
+    too_far = 10_000.0 + FUTURE_TOLERANCE_S + 1
+    board.feed(north, json.dumps(_content("gate-north", too_far, too_far + 60)).encode())
+    assert board.rejected == 1 and all(v.blank for v in board.views())
+
+
+def test_sim_display_once_exits_without_a_lost_broker_warning(mosquitto, tmp_path, subprocess_env):
+    """--once disconnects on purpose: that is no lost broker."""
+    _, stderr = _once(site_variant(tmp_path), mosquitto, subprocess_env)
+    assert "lost the broker" not in stderr and "WARNING" not in stderr, stderr
+
+
+def test_sim_display_refuses_loosely_typed_content(mosquitto, tmp_path, subprocess_env):
+    """The wire contract's types are strict: a count or a time as a string is bad content."""
+    now = time.time()
+    _retain(
+        mosquitto.port,
+        {
+            "gate-north": _content("gate-north", now, now + 60, count="3"),
+            "gate-east": _content("gate-east", str(now), str(now + 60)),
+            "jct-n1": _content("jct-n1", now, now + 60),
+        },
+    )
+    blocks, stderr = _once(site_variant(tmp_path), mosquitto, subprocess_env)
+    assert _blank(blocks["gate-north"]) and _blank(blocks["gate-east"])
+    assert not _blank(blocks["jct-n1"])
+    assert "bad sign content" in stderr
