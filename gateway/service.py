@@ -258,6 +258,8 @@ class GatewayService:
         self._last_error_log = -1e9
         self.fatal: str | None = None  # why the service stopped itself (main exits 1)
         self._checkpoint_failures = 0
+        self._republish = False  # connected: publish every zone and sign (in the MQTT thread)
+        self.retained_skipped = 0  # zone and sign publishes skipped while disconnected
         self._checkpoint_retry_at = 0.0  # monotonic; a failed checkpoint backs off
         self._checkpoint_log_at = -1e9
         self.connected = threading.Event()  # set once subscribed (ready for messages)
@@ -291,6 +293,12 @@ class GatewayService:
             log.debug("TCP_NODELAY not available on this socket")
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if retain and not self.client.is_connected():
+            # zone counts and signs while the broker is away: not queued (paho would send
+            # every refresh of the outage after the fresh ones, most already expired);
+            # the reconnect republishes them all as they are then
+            self.retained_skipped += 1
+            return
         if threading.current_thread() is self._thread:
             if self._draining and not self._corked and not topics.is_display_content(topic):
                 # signs leave at once (drivers wait on them); what follows in the batch
@@ -321,8 +329,10 @@ class GatewayService:
                 qos=topics.QOS_AVAILABILITY,
                 retain=topics.RETAIN_AVAILABILITY,
             )
-            self.gateway.publish_all()
-            log.info("connected to %s; zones and signs published", self.broker.url)
+            # after this callback paho resends what was in flight when the connection
+            # dropped: zones and signs go out after that (in _run), so the newest are last
+            self._republish = True
+            log.info("connected to %s; zones and signs follow", self.broker.url)
         except Exception:
             log.exception("on_connect failed")
 
@@ -533,6 +543,9 @@ class GatewayService:
                     timeout, max(0.0, self._last_warm + self._keep_warm_s - time.monotonic())
                 )
             rc = self._network(self._busy_poll(timeout))
+            if self._republish and self.client.is_connected():
+                self._republish = False
+                self.gateway.publish_all()
             while (
                 rc == mqtt.MQTT_ERR_SUCCESS
                 and self._pending

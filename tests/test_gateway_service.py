@@ -439,3 +439,37 @@ def test_a_journal_that_refuses_a_write_stops_the_gateway_and_loses_nothing(
             assert occupied.fetchone()[0] == len(service.site.spaces_of_source("bus-g"))
     finally:
         edge.stop()
+
+
+def test_after_a_broker_outage_the_newest_signs_are_published_last(tmp_path, mosquitto):
+    """Refreshes made while the broker was away are not queued and sent after the fresh
+    contents (most already expired, the retained ts going backwards): every content a
+    subscriber gets after the reconnect is newer than the one before, and live."""
+    site = site_variant(tmp_path, expires_s=2.0)  # a refresh every second
+    with running_gateway(site, mosquitto.url, tmp_path / "journal.db") as gw:
+        edge = Edge(mosquitto.port, "agent-g", "bus-g")
+        watch = Collector(mosquitto.port)
+        try:
+            edge.send(all_free(gw.site, "bus-g"), kind="snapshot")
+            watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+        finally:
+            watch.stop()
+            edge.stop()
+        mosquitto.stop()
+        time.sleep(5.0)  # about five refreshes of every sign while away
+        assert gw.retained_skipped > 0
+        mosquitto.start()
+        watch = Collector(mosquitto.port)
+        try:
+            watch.wait_for(topics.gateway_availability(SITE_ID), lambda p: p == "online", 40)
+            time.sleep(1.5)
+            wall_minus_mono = time.time() - time.monotonic()
+            for display in ("gate-north", "b1-ramp"):
+                got = [(m.at + wall_minus_mono, m.json()) for m in watch.on(display_topic(display))]
+                assert got, display
+                stamps = [c["ts"] for _, c in got]
+                assert stamps == sorted(stamps), (display, stamps)
+                expired = [(at, c["expires"]) for at, c in got if c["expires"] < at]
+                assert not expired, (display, expired)
+        finally:
+            watch.stop()
