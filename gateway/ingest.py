@@ -95,6 +95,9 @@ class AcceptedReport:
     since: np.ndarray  # float64 wall times
     gap: bool  # True when a seq was missed since the previous report of this boot
     rejected: tuple[Rejection, ...] = ()  # per-observation rejections
+    # spaces listed with a time refused (older than known, from the future): not vouched
+    # for, so the report does not keep them alive against the TTL
+    stale: np.ndarray = field(default_factory=lambda: _NONE_STALE)
 
 
 def decode(model: type[M], payload: bytes) -> M | Rejection:
@@ -424,6 +427,7 @@ class ReportGate:
                 )
                 since = np.concatenate([since, np.maximum(ts, obs_since[missing])])
         return AcceptedReport(
+            stale=stale,
             agent=agent,
             source=source,
             boot=boot,

@@ -464,7 +464,10 @@ class LiveGateway:
         now, mono = self._clock(), self._mono()
         changes = self.state.observe(acc.spaces, acc.states, acc.since, agent, now, mono)
         if not acc.gap:
-            self.state.touch(self.gate.source_spaces(acc.source), now, mono)
+            vouched = self.gate.source_spaces(acc.source)
+            if len(acc.stale):  # listed with a refused time: the agent disagrees with us
+                vouched = vouched[~np.isin(vouched, acc.stale)]
+            self.state.touch(vouched, now, mono)
         self.gate.commit(acc)  # in memory now, so a duplicate later in the batch is refused
         self._online[agent] = True
         self._agent_seen[agent] = now

@@ -16,6 +16,7 @@ from gateway.live import LiveGateway, _Segment
 from gateway.service import _OutboxHistory
 from gateway.state import FREE
 from parking import topics
+from parking.states import SpaceState
 
 SITE = "xinyuan"
 T0 = 1_800_000_000.0
@@ -385,3 +386,35 @@ def test_every_replaced_boot_stays_refused(example_site, tmp_path):
     assert gw2.rejections.counts == {"stale_boot": 1}
     gw2.handle(*rep("boot-19", 3, {spaces[1]: "occupied"}, kind="delta"))
     assert gw2.accepted == 1
+
+
+def test_a_report_whose_times_are_refused_does_not_keep_those_spaces_alive(example_site, tmp_path):
+    """An agent restarted with its clock behind: every observation it sends is refused as
+    older than known. Its reports used to vouch for those spaces anyway, so the old state
+    stayed up as live for ever; now the TTL makes them unknown."""
+    wall, mono = [T0], [100.0]
+    gw = LiveGateway(
+        example_site,
+        Journal(tmp_path / "journal.sqlite"),
+        lambda *a: None,
+        clock=lambda: wall[0],
+        mono=lambda: mono[0],
+    )
+    bus = example_site.buses[0]
+    spaces = example_site.spaces_of_source(bus.id)
+    first, other = spaces[0], spaces[1]
+    gw.handle(*_report(example_site, "a1", bus.id, 1, dict.fromkeys(spaces, "occupied"),
+                       "snapshot", T0))  # fmt: skip
+    for seq in range(2, 2 + int(bus.ttl_s) + 5):  # a report a second, for longer than the TTL
+        wall[0] += 1.0
+        mono[0] += 1.0
+        topic, payload = _report(example_site, "a1", bus.id, seq, {first: "free"}, "delta", T0)
+        body = json.loads(payload)
+        body["spaces"][0]["since"] = T0 - 3600  # the clock an hour behind
+        body["ts"] = wall[0]
+        gw.handle(topic, json.dumps(body).encode())
+        gw.tick()
+    assert gw.rejections.counts.get("older_than_known", 0) >= bus.ttl_s
+    index = example_site.space_index
+    assert gw.state.state[index[first]] == SpaceState.UNKNOWN  # not "occupied", unvouched
+    assert gw.state.state[index[other]] == SpaceState.OCCUPIED  # the rest still vouched for
