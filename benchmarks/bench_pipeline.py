@@ -82,7 +82,7 @@ MAX_LATENCY_MS = 100.0
 HEADLINE_RATES = (1000, 10000)
 STEP_RATES = (1000, 2000, 5000, 10000, 20000, 40000, 80000)
 RELAY_IN, RELAY_OUT = "bench/relay/in", "bench/relay/out"
-AGENT, SOURCE, BOOT = "bench-edge", "bus-g", "bench-boot"
+AGENT, SOURCE, BOOT = "serial-bus-g", "bus-g", "bench-boot"  # bus-g's agent (site file)
 
 RELAY_SOURCE = """
 import sys

@@ -265,7 +265,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rtsp:// or http:// URL, a video file, or a device index (e.g. 0)",
     )
     parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT (or mqtts://)")
-    parser.add_argument("--agent", default=None, help="agent id (default camera-<camera id>)")
+    parser.add_argument(
+        "--agent",
+        default=None,
+        help="agent id (default: the camera's agent in the site file, camera-<camera id>)",
+    )
     parser.add_argument(
         "--username", default=None, help="MQTT user name (default $PARKGUIDE_MQTT_USERNAME)"
     )
@@ -361,7 +365,16 @@ def main(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: --source {source}: {problem}", file=sys.stderr)
         return 2
-    agent_id = args.agent or f"camera-{camera.id}"
+    agent_id = args.agent or camera.agent
+    if agent_id != camera.agent:
+        log.warning(
+            "--agent %s: the site file accepts %s's reports from %r only; the gateway will "
+            "refuse these unless the site says 'agent: %s' for it",
+            agent_id,
+            camera.id,
+            camera.agent,
+            agent_id,
+        )
     try:
         publisher = ReportPublisher(
             broker,

@@ -338,7 +338,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", required=True, help="serial device of the bus, e.g. /dev/ttyUSB0 or a pty link"
     )
     parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT (or mqtts://)")
-    parser.add_argument("--agent", help="agent id in MQTT topics (default: serial-<bus>)")
+    parser.add_argument(
+        "--agent",
+        help="agent id in MQTT topics (default: the bus's agent in the site file, serial-<bus>)",
+    )
     parser.add_argument(
         "--username", help="MQTT user name (default: env PARKGUIDE_MQTT_USERNAME, or none)"
     )
@@ -458,7 +461,16 @@ def main(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    agent_id = args.agent or f"serial-{bus.id}"
+    agent_id = args.agent or bus.agent
+    if agent_id != bus.agent:
+        log.warning(
+            "--agent %s: the site file accepts %s's reports from %r only; the gateway will "
+            "refuse these unless the site says 'agent: %s' for it",
+            agent_id,
+            bus.id,
+            bus.agent,
+            agent_id,
+        )
     master = ModbusMaster(
         args.port,
         bus.baud,

@@ -10,6 +10,8 @@ logged at most once per reason per minute (:class:`RejectionLog`).
 
 Whole-report rejections: ``oversized``, ``bad_json``, ``invalid`` (schema),
 ``agent_mismatch`` (topic agent differs from the payload's), ``unknown_source``,
+``foreign_source`` (the source's reports come from another agent, per the site file),
+``unknown_agent`` (availability or health of an agent no source of the site names),
 ``duplicate`` (same boot, seq already seen: a replay or a QoS 1 redelivery),
 ``stale_boot`` (a boot the agent has since left). Per observation (the rest of
 the report is accepted, as the issue says "accepts only the spaces bound to the
@@ -51,6 +53,8 @@ REPORT_REASONS = (
     "invalid",
     "agent_mismatch",
     "unknown_source",
+    "foreign_source",
+    "unknown_agent",
     "duplicate",
     "stale_boot",
     "from_the_future",
@@ -156,10 +160,34 @@ class ReportGate:
                 sorted(site.space_index[s] for s in ids), dtype=np.int64
             )
         self._binding_source = {sid: b.source for sid, b in site.bindings.items()}
+        # the one agent each source's reports are accepted from (an agent's MQTT user may
+        # publish only under its own id, so this is what keeps it to its own spaces)
+        self._source_agent = {b.id: b.agent for b in site.buses} | {
+            c.id: c.agent for c in site.cameras
+        }
+        self._site_agents = frozenset(self._source_agent.values())
         # for the column-wise path: space indices by (valid) id, and per source
         self._identifier_index = {k: v for k, v in site.space_index.items() if is_identifier(k)}
         self._source_set = {src: frozenset(sp.tolist()) for src, sp in self._source_spaces.items()}
         self._valid_ids: set[str] = set()
+
+    def has_source(self, source: str) -> bool:
+        return source in self._source_agent
+
+    def is_site_agent(self, agent: str) -> bool:
+        """Is ``agent`` the agent of one of the site's sources (availability, health)?"""
+        return agent in self._site_agents
+
+    def source_agent_problem(self, source: str, agent: str) -> str | None:
+        """Why ``agent`` may not speak for ``source`` (None when it may, or the source is
+        not in the site: that is ``unknown_source``)."""
+        bound = self._source_agent.get(source)
+        if bound is None or bound == agent:
+            return None
+        return (
+            f"agent {agent!r} may not report for {source!r}: its reports come from {bound!r}"
+            " (the site file's 'agent' of that source)"
+        )
 
     def source_spaces(self, source: str) -> np.ndarray:
         """Space indices bound to a source (sorted)."""
@@ -251,7 +279,7 @@ class ReportGate:
         ):
             return None
         src_spaces = self._source_set.get(source)
-        if src_spaces is None:
+        if src_spaces is None or self._source_agent[source] != agent:
             return None
         known = self._sequences.get(agent)
         gap = False
@@ -321,6 +349,9 @@ class ReportGate:
         """Accept the report's valid observations, or reject the whole report."""
         if report.source not in self._source_spaces:
             return Rejection("unknown_source", f"source {report.source!r} is not in the site")
+        problem = self.source_agent_problem(report.source, report.agent)
+        if problem:
+            return Rejection("foreign_source", problem)
         latest = np.inf if now is None else now + FUTURE_TOLERANCE_S
         if report.ts > latest:
             return Rejection(

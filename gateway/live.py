@@ -37,6 +37,7 @@ import numpy as np
 from gateway.allocation import AllocationCore, CoreLayout, lane_distances
 from gateway.displays import RenderedLine, SignRenderer
 from gateway.ingest import (
+    FUTURE_TOLERANCE_S,
     AcceptedReport,
     Rejection,
     RejectionLog,
@@ -493,7 +494,17 @@ class LiveGateway:
         self._latency.extend(done - t0 for t0 in staged.started)
         staged.clear()
 
+    def _unknown_agent(self, topic: str, agent: str, payload: bytes) -> bool:
+        """Availability and health only from the agents the site's sources name."""
+        if self.gate.is_site_agent(agent):
+            return False
+        why = f"agent {agent!r} is no source's agent in the site file"
+        self._reject(Rejection("unknown_agent", why), topic, payload)
+        return True
+
     def _on_availability(self, topic: str, agent: str, payload: bytes) -> None:
+        if self._unknown_agent(topic, agent, payload):
+            return
         text = payload.decode("utf-8", "replace").strip()
         if text not in (topics.ONLINE, topics.OFFLINE):
             self._reject(
@@ -511,12 +522,27 @@ class LiveGateway:
         self._emit("agent", {"agent": agent, "online": online}, now)
 
     def _on_health(self, topic: str, agent: str, payload: bytes) -> None:
+        if self._unknown_agent(topic, agent, payload):
+            return
         health = decode(HealthReport, payload)
         if isinstance(health, Rejection):
             self._reject(health, topic, payload)
             return
         if health.agent != agent:
             self._reject(Rejection("agent_mismatch", f"health of {health.agent!r}"), topic, payload)
+            return
+        if not self.gate.has_source(health.source):
+            why = f"source {health.source!r} is not in the site"
+            self._reject(Rejection("unknown_source", why), topic, payload)
+            return
+        problem = self.gate.source_agent_problem(health.source, agent)
+        if problem:
+            self._reject(Rejection("foreign_source", problem), topic, payload)
+            return
+        now = self._clock()
+        if health.ts > now + FUTURE_TOLERANCE_S:
+            why = f"health ts {health.ts} is later than the gateway's {now}"
+            self._reject(Rejection("from_the_future", why), topic, payload)
             return
         with self.lock:
             self._health[agent] = health

@@ -101,7 +101,7 @@ class HealthReport(_Payload):
     status: Literal["ok", "degraded", "blind", "offline"] = "ok"
     counters: dict[str, int] = Field(default_factory=dict)
     nodes: list[NodeHealth] = Field(default_factory=list)
-    fps: float | None = None
+    fps: float | None = Field(None, ge=0, allow_inf_nan=False)
     spaces: list[CameraSpaceHealth] = Field(default_factory=list)
 
 

@@ -105,6 +105,12 @@ class NodeController:
     """detector index -> space id (None: no space on that detector)"""
 
 
+def default_agent(kind: str, source: str) -> str:
+    """The agent id a source's reports are accepted from unless the site file names one,
+    and the id its agent takes by default: ``serial-<bus>`` or ``camera-<camera>``."""
+    return f"{'serial' if kind == 'bus' else 'camera'}-{source}"
+
+
 @dataclass(frozen=True)
 class Bus:
     id: str
@@ -112,6 +118,8 @@ class Bus:
     parity: str
     ttl_s: float
     nodes: tuple[NodeController, ...]
+    agent: str = ""
+    """the agent whose reports for this bus are accepted (default_agent)"""
 
     def node(self, address: int) -> NodeController:
         for n in self.nodes:
@@ -127,6 +135,8 @@ class Camera:
     resolution: tuple[int, int]
     polygons: dict[str, tuple[tuple[float, float], ...]]
     """space id -> polygon in pixels, in binding order"""
+    agent: str = ""
+    """the agent whose reports for this camera are accepted (default_agent)"""
 
 
 @dataclass(frozen=True)
@@ -433,6 +443,13 @@ class _Compiler:
                 bindings[sid] = b
                 bound_at[sid] = format_loc(loc)
 
+        # one agent per source: the gateway accepts a source's reports from its agent only
+        agent_source: dict[str, str] = {}
+
+        def bind_agent(agent: str, source: str, loc: tuple[Any, ...]) -> None:
+            if agent_source.setdefault(agent, source) != source:
+                self.err(loc, f"agent {agent!r} already reports for {agent_source[agent]!r}")
+
         source_ids: set[str] = set()
         buses: list[Bus] = []
         for bi, bus in enumerate(m.buses):
@@ -482,7 +499,9 @@ class _Compiler:
                     )
                     det_spaces[di] = det_sid
                 ncs.append(NodeController(nc.address, count, tuple(det_spaces)))
-            buses.append(Bus(bus.id, bus.baud, bus.parity, bus.ttl_s, tuple(ncs)))
+            agent = bus.agent or default_agent("bus", bus.id)
+            bind_agent(agent, bus.id, ("buses", bi, "agent"))
+            buses.append(Bus(bus.id, bus.baud, bus.parity, bus.ttl_s, tuple(ncs), agent))
 
         cameras: list[Camera] = []
         for ci, cam in enumerate(m.cameras):
@@ -510,7 +529,9 @@ class _Compiler:
             for cam_sid, cam_poly in polys.items():
                 if any(not (0 <= x <= w and 0 <= y <= h) for x, y in cam_poly):
                     self.err(("cameras", ci), f"polygon of {cam_sid!r} leaves the {w}x{h} frame")
-            cameras.append(Camera(cam.id, cam.ttl_s, (w, h), polys))
+            agent = cam.agent or default_agent("camera", cam.id)
+            bind_agent(agent, cam.id, ("cameras", ci, "agent"))
+            cameras.append(Camera(cam.id, cam.ttl_s, (w, h), polys, agent))
 
         self.unique(m.displays, "id", "displays")
         for di, disp in enumerate(m.displays):

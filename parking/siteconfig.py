@@ -194,6 +194,13 @@ class Bus(_Model):
         15.0, gt=0, description="a space not reported for this long becomes unknown"
     )
     nodes: list[NodeController] = Field(min_length=1, description="node controllers on the bus")
+    agent: Ident | None = Field(
+        None,
+        description=(
+            "the one edge agent the gateway accepts this bus's reports from"
+            " (default serial-<bus id>, the serial agent's default id)"
+        ),
+    )
 
 
 class CameraRow(_Model):
@@ -225,6 +232,13 @@ class Camera(_Model):
     )
     rows: list[CameraRow] = Field(default_factory=list, description="rows of bays, interpolated")
     spaces: list[CameraSpace] = Field(default_factory=list, description="single bays")
+    agent: Ident | None = Field(
+        None,
+        description=(
+            "the one edge agent the gateway accepts this camera's reports from"
+            " (default camera-<camera id>, the camera agent's default id)"
+        ),
+    )
 
 
 class DisplayLine(_Model):

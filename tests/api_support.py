@@ -50,7 +50,9 @@ class GatewayHarness:
         self, source: str, states: dict[str, str], *, kind: str = "delta", agent: str | None = None
     ) -> None:
         """Send one occupancy report from the agent of ``source``, as it would arrive by MQTT."""
-        agent = agent or f"edge-{source}"
+        agent = agent or next(
+            x.agent for x in (*self.site.buses, *self.site.cameras) if x.id == source
+        )
         seq = self.seq.get(agent, 0)
         self.seq[agent] = seq + 1
         now = time.time()

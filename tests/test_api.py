@@ -199,7 +199,7 @@ def test_manager_actions_validate_their_input(client, tokens):
 def test_alerts_from_health_and_availability_and_acknowledgement(client, tokens, harness):
     site = harness.site.id
     health = HealthReport(
-        agent="edge-bus-b1",
+        agent="serial-bus-b1",
         source="bus-b1",
         ts=time.time(),
         nodes=[
@@ -215,10 +215,10 @@ def test_alerts_from_health_and_availability_and_acknowledgement(client, tokens,
         ],
     )
     harness.gateway.handle(
-        topics.edge_health(site, "edge-bus-b1"), health.model_dump_json().encode()
+        topics.edge_health(site, "serial-bus-b1"), health.model_dump_json().encode()
     )
-    harness.gateway.handle(topics.edge_availability(site, "edge-cam-c"), b"offline")
-    wanted = {"detector_stuck:bus-b1/2/4", "agent_offline:edge-cam-c"}
+    harness.gateway.handle(topics.edge_availability(site, "camera-cam-c"), b"offline")
+    wanted = {"detector_stuck:bus-b1/2/4", "agent_offline:camera-cam-c"}
     deadline = time.monotonic() + 10
     while True:
         alerts = {a["id"]: a for a in client.get("/api/v1/alerts", headers=tokens["viewer"]).json()}
@@ -226,13 +226,13 @@ def test_alerts_from_health_and_availability_and_acknowledgement(client, tokens,
             break
         time.sleep(0.2)
     assert wanted <= set(alerts)
-    assert alerts["agent_offline:edge-cam-c"]["severity"] == "critical"
-    assert "edge-cam-c" in alerts["agent_offline:edge-cam-c"]["message"]["en"]
+    assert alerts["agent_offline:camera-cam-c"]["severity"] == "critical"
+    assert "camera-cam-c" in alerts["agent_offline:camera-cam-c"]["message"]["en"]
     assert alerts["detector_stuck:bus-b1/2/4"]["details"]["space"] == "B1-E-035"
     # the camera's spaces went unknown with its last will
     assert client.get("/api/v1/spaces/C-005", headers=tokens["viewer"]).json()["state"] == "unknown"
 
-    aid = "agent_offline:edge-cam-c"
+    aid = "agent_offline:camera-cam-c"
     url = f"/api/v1/alerts/{aid}/acknowledge"
     assert client.post(url, headers=tokens["viewer"]).status_code == 403
     r = client.post(url, json={"note": "power cut"}, headers=tokens["manager"])
@@ -252,8 +252,44 @@ def test_alerts_from_health_and_availability_and_acknowledgement(client, tokens,
     assert "raw" not in plain[0]
     assert client.get("/api/v1/detectors/raw", headers=tokens["manager"]).status_code == 403
 
-    harness.gateway.handle(topics.edge_availability(site, "edge-cam-c"), b"online")
+    harness.gateway.handle(topics.edge_availability(site, "camera-cam-c"), b"online")
     harness.fill(OCCUPIED)  # the camera reports again
+
+
+def test_health_and_availability_only_from_the_sites_agents(client, tokens, harness):
+    """An agent's health names its own source, with a sane frame rate and a time that is
+    not ahead; availability and health of an agent no source names are refused. None of
+    them reaches the agents list or the metrics' agent table."""
+    site = harness.site.id
+    gw = harness.gateway
+    now = time.time()
+    good = HealthReport(agent="camera-cam-c", source="cam-c", ts=now, fps=5.0)
+
+    def health(agent: str, **change) -> None:
+        body = good.model_copy(update={"agent": agent, **change}).model_dump_json()
+        gw.handle(topics.edge_health(site, agent), body.encode())
+
+    before = dict(gw.rejections.counts)
+    health("camera-cam-c", source="bus-g")  # another source's health
+    health("camera-cam-c", source="bus-x")
+    health("camera-cam-c", ts=now + 86400)
+    health("ghost")
+    gw.handle(topics.edge_availability(site, "x\u202eevil"), b"online")
+    for fps in (b"-5.0", b"NaN"):
+        gw.handle(
+            topics.edge_health(site, "camera-cam-c"),
+            good.model_dump_json().encode().replace(b'"fps":5.0', b'"fps":' + fps),
+        )
+    counts = {k: v - before.get(k, 0) for k, v in gw.rejections.counts.items()}
+    assert counts == {
+        "foreign_source": 1,
+        "unknown_source": 1,
+        "from_the_future": 1,
+        "unknown_agent": 2,
+        "invalid": 2,
+    }, counts
+    agents = {a["agent"] for a in client.get("/api/v1/agents", headers=tokens["viewer"]).json()}
+    assert "ghost" not in agents and "x\u202eevil" not in agents
 
 
 def test_arrivals_and_assignments(client, tokens, harness):
@@ -273,7 +309,7 @@ def test_arrivals_and_assignments(client, tokens, harness):
 
 
 def test_metrics_exposition(client, tokens, harness):
-    harness.gateway.handle(topics.edge_occupancy(harness.site.id, "edge-bus-g"), b"not json")
+    harness.gateway.handle(topics.edge_occupancy(harness.site.id, "serial-bus-g"), b"not json")
     r = client.get("/metrics", headers=tokens["viewer"])
     assert r.status_code == 200 and r.headers["content-type"].startswith(
         "text/plain; version=0.0.4"

@@ -63,7 +63,11 @@ def test_a_crash_before_the_checkpoint_loses_nothing(example_site, tmp_path):
     gw.publish_all()
     bus = example_site.buses[0].id
     spaces = example_site.spaces_of_source(bus)
-    gw.handle(*_report(example_site, "a1", bus, 1, dict.fromkeys(spaces, "free"), "snapshot", T0))
+    gw.handle(
+        *_report(
+            example_site, "serial-bus-g", bus, 1, dict.fromkeys(spaces, "free"), "snapshot", T0
+        )
+    )
     gw.flush_checkpoint()
     assert journal.checkpoint_event() == journal.last_event_id() > 0
     points_at_checkpoint = _outbox_space_points(db)
@@ -72,7 +76,7 @@ def test_a_crash_before_the_checkpoint_loses_nothing(example_site, tmp_path):
     clock[0] += 1
     taken = {s: "occupied" for s in spaces[:5]}
     sent.clear()
-    gw.handle(*_report(example_site, "a1", bus, 2, taken, "delta", clock[0]))
+    gw.handle(*_report(example_site, "serial-bus-g", bus, 2, taken, "delta", clock[0]))
     # a closure committed the same way (control_space itself checkpoints at once: a
     # manager looks for it in the history straight away)
     with gw.lock:
@@ -109,14 +113,14 @@ def test_a_crash_before_the_checkpoint_loses_nothing(example_site, tmp_path):
     assert journal2.checkpoint_event() == journal2.last_event_id()
     newest = journal2.events(len(taken) + 1)[::-1]
     assert [(e[2], e[3], e[4], e[5], e[6], e[7]) for e in newest] == [
-        *((s, "free", "occupied", bus, "a1", 2) for s in taken),
+        *((s, "free", "occupied", bus, "serial-bus-g", 2) for s in taken),
         (spaces[7], "free", "closed", "manager", "wang", None),
     ]
     assert len(stored_signs(db)) == len(example_site.displays)
     assert _outbox_space_points(db) == points_at_checkpoint + len(taken) + 1
     # sequences were committed with the events: a redelivered report is still a duplicate
     gw2.publish_all()
-    gw2.handle(*_report(example_site, "a1", bus, 2, taken, "delta", clock[0] - 1))
+    gw2.handle(*_report(example_site, "serial-bus-g", bus, 2, taken, "delta", clock[0] - 1))
     assert gw2.rejections.counts.get("duplicate") == 1
     # reopening the closed space shows what the sensor said under the closure (free)
     gw2.control_space(spaces[7], "open", "wang", None)
@@ -130,7 +134,11 @@ def test_without_deferral_the_checkpoint_follows_every_message(example_site, tmp
     gw = LiveGateway(example_site, journal, lambda *a: None, clock=lambda: T0)
     bus = example_site.buses[0].id
     spaces = example_site.spaces_of_source(bus)
-    gw.handle(*_report(example_site, "a1", bus, 1, dict.fromkeys(spaces, "free"), "snapshot", T0))
+    gw.handle(
+        *_report(
+            example_site, "serial-bus-g", bus, 1, dict.fromkeys(spaces, "free"), "snapshot", T0
+        )
+    )
     assert not gw.checkpoint_due(0.0)
     assert journal.checkpoint_event() == journal.last_event_id() > 0
     rows = {r[0]: r for r in journal.spaces()}
@@ -145,7 +153,7 @@ def _deferred_gateway(site, db):
     gw = LiveGateway(site, journal, lambda *a: None, clock=lambda: T0, defer_checkpoint=True)
     bus = site.buses[0].id
     spaces = site.spaces_of_source(bus)
-    gw.handle(*_report(site, "a1", bus, 1, dict.fromkeys(spaces, "free"), "snapshot", T0))
+    gw.handle(*_report(site, "serial-bus-g", bus, 1, dict.fromkeys(spaces, "free"), "snapshot", T0))
     gw.flush_checkpoint()
     return journal, gw, bus, spaces
 
@@ -157,11 +165,13 @@ def test_a_report_without_changes_is_checkpointed_too(example_site, tmp_path):
     journal, gw, bus, spaces = _deferred_gateway(example_site, db)
     snapshot = dict.fromkeys(spaces, "free")
     assert stored_signs(db)
-    gw.handle(*_report(example_site, "a1", bus, 2, snapshot, "snapshot", T0 + 1))  # no change
+    gw.handle(
+        *_report(example_site, "serial-bus-g", bus, 2, snapshot, "snapshot", T0 + 1)
+    )  # no change
     assert gw.checkpoint_due(0.0)
     gw.flush_checkpoint()
     assert stored_signs(db)
-    assert [(a.agent, a.seq) for a in journal.agents()] == [("a1", 2)]
+    assert [(a.agent, a.seq) for a in journal.agents()] == [("serial-bus-g", 2)]
     journal.close()
 
 
@@ -175,7 +185,9 @@ def test_the_checkpoint_expands_a_backlog_step_by_step(example_site, tmp_path):
     n_reports = 3 * EXPAND_STEP_ROWS + 1
     for k in range(n_reports):  # one car each
         gw.handle(
-            *_report(example_site, "a1", bus, 2 + k, {spaces[k]: "occupied"}, "delta", T0 + k)
+            *_report(
+                example_site, "serial-bus-g", bus, 2 + k, {spaces[k]: "occupied"}, "delta", T0 + k
+            )
         )
 
     def pending() -> int:
@@ -200,7 +212,7 @@ def test_the_checkpoint_expands_a_backlog_step_by_step(example_site, tmp_path):
             assert journal.checkpoint_event() == mark  # spaces and signs wait for the last step
     assert pieces == ["expand"] * 4 + ["settle", "write"]
     assert journal.checkpoint_event() == journal.last_event_id() == mark + n_reports
-    assert [(a.agent, a.seq) for a in journal.agents()] == [("a1", 1 + n_reports)]
+    assert [(a.agent, a.seq) for a in journal.agents()] == [("serial-bus-g", 1 + n_reports)]
     rows = {r[0]: r[1] for r in journal.spaces()}
     assert [rows[s] for s in spaces[: n_reports + 1]] == ["occupied"] * n_reports + ["free"]
     journal.close()
@@ -214,7 +226,9 @@ def test_a_waiting_report_cuts_an_expansion_step_short(example_site, tmp_path):
     n_reports = 7
     for k in range(n_reports):
         gw.handle(
-            *_report(example_site, "a1", bus, 2 + k, {spaces[k]: "occupied"}, "delta", T0 + k)
+            *_report(
+                example_site, "serial-bus-g", bus, 2 + k, {spaces[k]: "occupied"}, "delta", T0 + k
+            )
         )
 
     def pending() -> int:
@@ -236,7 +250,7 @@ def test_a_waiting_report_cuts_an_expansion_step_short(example_site, tmp_path):
     while gw.checkpoint_due(0.0):
         gw.flush_checkpoint(step=True, rows=8, interrupted=lambda: False)
     assert journal.checkpoint_event() == journal.last_event_id()
-    assert [(a.agent, a.seq) for a in journal.agents()] == [("a1", 1 + n_reports)]
+    assert [(a.agent, a.seq) for a in journal.agents()] == [("serial-bus-g", 1 + n_reports)]
     rows = {r[0]: r[1] for r in journal.spaces()}
     assert [rows[s] for s in spaces[: n_reports + 1]] == ["occupied"] * n_reports + ["free"]
     journal.close()
@@ -294,7 +308,7 @@ def test_boots_an_agent_replaced_stay_refused_after_a_restart(example_site, tmp_
     free = dict.fromkeys(spaces, "free")
 
     def rep(boot: str, seq: int, states: dict[str, str], kind: str = "snapshot"):
-        topic, payload = _report(example_site, "a1", bus, seq, states, kind, T0)
+        topic, payload = _report(example_site, "serial-bus-g", bus, seq, states, kind, T0)
         return topic, payload.replace(b'"boot": "b1"', f'"boot": "{boot}"'.encode())
 
     gw.defer_checkpoint = True  # b1 and b2 only in pending rows when b3 arrives
@@ -323,9 +337,13 @@ def test_a_restart_remembers_when_an_unchanged_space_was_last_observed(example_s
     gw = LiveGateway(example_site, Journal(db), lambda *a: None, clock=lambda: now[0])
     bus = example_site.buses[0].id
     spaces = example_site.spaces_of_source(bus)
-    gw.handle(*_report(example_site, "a1", bus, 1, dict.fromkeys(spaces, "free"), "snapshot", T0))
+    gw.handle(
+        *_report(
+            example_site, "serial-bus-g", bus, 1, dict.fromkeys(spaces, "free"), "snapshot", T0
+        )
+    )
     now[0] = T0 + 10
-    gw.handle(*_report(example_site, "a1", bus, 2, {spaces[0]: "free"}, "delta", T0 + 10))
+    gw.handle(*_report(example_site, "serial-bus-g", bus, 2, {spaces[0]: "free"}, "delta", T0 + 10))
     gw.flush_checkpoint()
     gw.journal.close()
 
@@ -333,7 +351,9 @@ def test_a_restart_remembers_when_an_unchanged_space_was_last_observed(example_s
     s0 = example_site.space_index[spaces[0]]
     assert gw2.state.obs_since[s0] == T0 + 10
     assert gw2.state.last_seen[s0] == T0 + 10
-    topic, late = _report(example_site, "a1", bus, 3, {spaces[0]: "occupied"}, "delta", T0 + 5)
+    topic, late = _report(
+        example_site, "serial-bus-g", bus, 3, {spaces[0]: "occupied"}, "delta", T0 + 5
+    )
     gw2.handle(topic, late)
     assert gw2.rejections.counts == {"older_than_known": 1}
     assert gw2.state.state[s0] == FREE
@@ -371,7 +391,7 @@ def test_every_replaced_boot_stays_refused(example_site, tmp_path):
     free = dict.fromkeys(spaces, "free")
 
     def rep(boot: str, seq: int, states: dict[str, str], kind: str = "snapshot"):
-        topic, payload = _report(example_site, "a1", bus, seq, states, kind, T0)
+        topic, payload = _report(example_site, "serial-bus-g", bus, seq, states, kind, T0)
         return topic, payload.replace(b'"boot": "b1"', f'"boot": "{boot}"'.encode())
 
     for n in range(20):
@@ -403,12 +423,14 @@ def test_a_report_whose_times_are_refused_does_not_keep_those_spaces_alive(examp
     bus = example_site.buses[0]
     spaces = example_site.spaces_of_source(bus.id)
     first, other = spaces[0], spaces[1]
-    gw.handle(*_report(example_site, "a1", bus.id, 1, dict.fromkeys(spaces, "occupied"),
+    gw.handle(*_report(example_site, "serial-bus-g", bus.id, 1, dict.fromkeys(spaces, "occupied"),
                        "snapshot", T0))  # fmt: skip
     for seq in range(2, 2 + int(bus.ttl_s) + 5):  # a report a second, for longer than the TTL
         wall[0] += 1.0
         mono[0] += 1.0
-        topic, payload = _report(example_site, "a1", bus.id, seq, {first: "free"}, "delta", T0)
+        topic, payload = _report(
+            example_site, "serial-bus-g", bus.id, seq, {first: "free"}, "delta", T0
+        )
         body = json.loads(payload)
         body["spaces"][0]["since"] = T0 - 3600  # the clock an hour behind
         body["ts"] = wall[0]

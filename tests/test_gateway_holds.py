@@ -15,10 +15,10 @@ SITE = "xinyuan"
 
 
 def _snapshot_all_free(gw: LiveGateway, site, now: float) -> None:
-    for n, bus in enumerate(site.buses, start=1):
+    for bus in site.buses:
         spaces = site.spaces_of_source(bus.id)
         report = {
-            "agent": f"a{n}",
+            "agent": bus.agent,
             "source": bus.id,
             "boot": "b",
             "seq": 1,
@@ -26,7 +26,7 @@ def _snapshot_all_free(gw: LiveGateway, site, now: float) -> None:
             "kind": "snapshot",
             "spaces": [{"space": s, "state": "free", "since": now} for s in spaces],
         }
-        gw.handle(topics.edge_occupancy(SITE, f"a{n}"), json.dumps(report).encode())
+        gw.handle(topics.edge_occupancy(SITE, bus.agent), json.dumps(report).encode())
 
 
 def test_open_holds_are_restored_after_a_restart(example_site, tmp_path):
@@ -121,7 +121,7 @@ def test_a_hold_on_a_space_unknown_at_the_restart_is_kept(example_site, tmp_path
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
     _snapshot_all_free(g.gw, example_site, g.clock[0])
     first = g.arrive("r1")["space"]
-    g.gw.handle(topics.edge_availability(SITE, "a1"), b"offline")  # bus-g's agent is gone
+    g.gw.handle(topics.edge_availability(SITE, "serial-bus-g"), b"offline")  # bus-g's agent is gone
     assert g.gw.state.state[example_site.space_index[first]] == 0  # unknown
     g2 = g.restart(5)
     assert example_site.space_index[first] in g2.gw.core.holds
@@ -134,9 +134,9 @@ def test_a_hold_ended_by_the_car_stays_ended_after_a_restart(example_site, tmp_p
     _snapshot_all_free(g.gw, example_site, g.clock[0])
     first = g.arrive("r1")["space"]
     g.clock[0] += 2
-    g.report("a1", "bus-g", 2, {first: "occupied"})  # the car is seen: the hold ends
+    g.report("serial-bus-g", "bus-g", 2, {first: "occupied"})  # the car is seen: the hold ends
     g.clock[0] += 2
-    g.report("a1", "bus-g", 3, {first: "free"})  # and it leaves again
+    g.report("serial-bus-g", "bus-g", 3, {first: "free"})  # and it leaves again
     assert example_site.space_index[first] not in g.gw.core.holds
     before = g.line("gate-north", 0)
     g2 = g.restart(1)
@@ -155,10 +155,10 @@ def test_a_car_seen_by_a_report_made_before_the_assignment_still_ends_its_hold(
     _snapshot_all_free(g.gw, example_site, g.clock[0])
     g.clock[0] += 10
     first = g.arrive("r1")["space"]
-    g.report("a1", "bus-g", 2, {first: "occupied"}, ts=g.clock[0] - 5)
+    g.report("serial-bus-g", "bus-g", 2, {first: "occupied"}, ts=g.clock[0] - 5)
     assert g.gw.core.holds == {}
     g.clock[0] += 5
-    g.report("a1", "bus-g", 3, {first: "free"})  # and it left again
+    g.report("serial-bus-g", "bus-g", 3, {first: "free"})  # and it left again
     g2 = g.restart(1)
     assert g2.gw.core.holds == {}
 
@@ -249,10 +249,10 @@ def test_a_space_keeps_the_sensors_time_through_a_short_outage(example_site, tmp
     agent's restart (unknown, then occupied again) does not start again."""
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
     parked = g.clock[0] - 80 * 3600
-    g.report("a1", "bus-g", 1, {"A-001": "occupied"}, ts=parked)
-    g.gw.handle(topics.edge_availability(SITE, "a1"), b"offline")
+    g.report("serial-bus-g", "bus-g", 1, {"A-001": "occupied"}, ts=parked)
+    g.gw.handle(topics.edge_availability(SITE, "serial-bus-g"), b"offline")
     g.clock[0] += 30
-    g.report("a1", "bus-g", 2, {"A-001": "occupied"}, ts=parked)  # the same car, again
+    g.report("serial-bus-g", "bus-g", 2, {"A-001": "occupied"}, ts=parked)  # the same car, again
     a1 = next(s for s in g.gw.spaces() if s.space == "A-001")
     assert a1.state == "occupied" and a1.since == g.clock[0]  # the gateway's state: anew
     assert a1.observed_since == parked

@@ -34,7 +34,7 @@ def test_http_serves_the_live_state_while_mqtt_flows(mosquitto, tmp_path, subpro
         f"127.0.0.1:{port}",
     )
     watch = Collector(mosquitto.port)
-    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
     with (tmp_path / "gw.log").open("wb") as log:
         proc = subprocess.Popen(cmd, env=subprocess_env, stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -27,7 +27,7 @@ def gateway_to(victoria, mosquitto, tmp_path) -> Iterator[tuple[Any, Edge, Colle
     """A gateway writing to ``victoria``, with bus-g's edge agent (all free) and a watcher."""
     influx = {"url": victoria.url, "org": "parkguide", "bucket": "parkguide", "token": "t0k3n"}
     watch = Collector(mosquitto.port)
-    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
     db = tmp_path / "journal.db"
     try:
         with running_gateway(site_variant(tmp_path), mosquitto.url, db, influx=influx) as gw:
@@ -140,11 +140,17 @@ def test_a_backlog_handled_as_one_batch_records_every_zone_count_once(example_si
         spaces = example_site.spaces_of_source("bus-g")
 
         def report(seq, states, kind="delta"):
-            body = {"agent": "a1", "source": "bus-g", "boot": "b", "seq": seq, "ts": clock[0]}
+            body = {
+                "agent": "serial-bus-g",
+                "source": "bus-g",
+                "boot": "b",
+                "seq": seq,
+                "ts": clock[0],
+            }
             body["kind"] = kind
             t = clock[0]
             body["spaces"] = [{"space": s, "state": v, "since": t} for s, v in states.items()]
-            return (topics.edge_occupancy(SITE, "a1"), json.dumps(body).encode(), 0.0)
+            return (topics.edge_occupancy(SITE, "serial-bus-g"), json.dumps(body).encode(), 0.0)
 
         gw.handle_batch([report(1, dict.fromkeys(spaces, "free"), "snapshot")])
         backlog = [report(2 + i, {f"A-00{3 + i}": "occupied"}) for i in range(3)]

@@ -23,7 +23,7 @@ from parking.states import SpaceState
 def report(
     spaces: list[tuple[str, str]] | list[tuple[str, str, float]],
     *,
-    agent: str = "agent-g",
+    agent: str = "serial-bus-g",
     source: str = "bus-g",
     boot: str = "b1",
     seq: int = 1,
@@ -56,7 +56,7 @@ def since(example_site):
     return np.zeros(len(example_site.spaces))
 
 
-def accept(gate: ReportGate, payload: bytes, since: np.ndarray, agent: str = "agent-g"):
+def accept(gate: ReportGate, payload: bytes, since: np.ndarray, agent: str = "serial-bus-g"):
     decoded = decode_report(agent, payload)
     assert not isinstance(decoded, Rejection), decoded
     result = gate.check(decoded, since)
@@ -70,7 +70,7 @@ def accept(gate: ReportGate, payload: bytes, since: np.ndarray, agent: str = "ag
     [
         (b"not json {", "bad_json"),
         (b"", "bad_json"),
-        (b'{"agent": "agent-g"}', "invalid"),
+        (b'{"agent": "serial-bus-g"}', "invalid"),
         (report([("A-001", "free")]).replace(b'"seq": 1', b'"seq": "one"'), "invalid"),
         (report([("A-001", "parked")]), "invalid"),
         (report([("A-001", "free")]).replace(b'"ts": 1000.0', b'"ts": -5'), "invalid"),
@@ -80,7 +80,7 @@ def accept(gate: ReportGate, payload: bytes, since: np.ndarray, agent: str = "ag
     ],
 )
 def test_bad_payloads_are_rejected_with_a_reason(payload, reason):
-    result = decode_report("agent-g", payload)
+    result = decode_report("serial-bus-g", payload)
     assert isinstance(result, Rejection)
     assert result.reason == reason
 
@@ -97,9 +97,23 @@ def test_good_delta_is_accepted(gate, since, example_site):
 
 
 def test_unknown_source_rejects_the_report(gate, since):
-    decoded = decode_report("agent-g", report([("A-001", "free")], source="bus-x"))
+    decoded = decode_report("serial-bus-g", report([("A-001", "free")], source="bus-x"))
     result = gate.check(decoded, since)
     assert isinstance(result, Rejection) and result.reason == "unknown_source"
+
+
+def test_another_agent_may_not_report_for_a_source(gate, since):
+    """Under the shipped ACL a camera's MQTT user can publish only under its own id, but
+    its payload could still name bus-g as its source: refused, on both paths."""
+    payload = report([("A-001", "occupied")], agent="camera-cam-c")
+    result = gate.accept("camera-cam-c", payload, since, now=1000.0)
+    assert isinstance(result, Rejection) and result.reason == "foreign_source"
+    assert "its reports come from 'serial-bus-g'" in result.detail
+    decoded = decode_report("camera-cam-c", payload)
+    assert gate.check(decoded, since).reason == "foreign_source"
+    # not even an empty delta (it would keep bus-g's spaces alive against their TTL)
+    empty = report([], agent="camera-cam-c")
+    assert gate.accept("camera-cam-c", empty, since, now=1000.0).reason == "foreign_source"
 
 
 def test_unknown_and_foreign_spaces_are_dropped_and_named(gate, since, example_site):
@@ -114,7 +128,7 @@ def test_replay_and_duplicate_are_rejected(gate, since):
     assert isinstance(accept(gate, report([("A-001", "free")], seq=5), since), AcceptedReport)
     for seq in (5, 4, 0):
         again = gate.check(
-            decode_report("agent-g", report([("A-001", "occupied")], seq=seq)), since
+            decode_report("serial-bus-g", report([("A-001", "occupied")], seq=seq)), since
         )
         assert isinstance(again, Rejection) and again.reason == "duplicate"
     nxt = accept(gate, report([("A-001", "occupied")], seq=6), since)
@@ -132,15 +146,15 @@ def test_new_boot_resets_the_sequence_and_old_boot_is_refused(gate, since):
     fresh = accept(gate, report([("A-001", "occupied")], boot="b2", seq=0), since)
     assert isinstance(fresh, AcceptedReport)
     late = gate.check(
-        decode_report("agent-g", report([("A-001", "free")], boot="b1", seq=101)), since
+        decode_report("serial-bus-g", report([("A-001", "free")], boot="b1", seq=101)), since
     )
     assert isinstance(late, Rejection) and late.reason == "stale_boot"
 
 
 def test_restored_sequence_refuses_replays_after_restart(example_site, since):
     gate = ReportGate(example_site)
-    gate.restore("agent-g", "b1", 7)
-    again = gate.check(decode_report("agent-g", report([("A-001", "free")], seq=7)), since)
+    gate.restore("serial-bus-g", "b1", 7)
+    again = gate.check(decode_report("serial-bus-g", report([("A-001", "free")], seq=7)), since)
     assert isinstance(again, Rejection) and again.reason == "duplicate"
 
 
@@ -181,10 +195,14 @@ def test_a_snapshot_listing_a_space_older_than_known_leaves_it_as_it_is(gate, si
 
 def test_restored_retired_boots_refuse_a_late_replay(example_site, since):
     gate = ReportGate(example_site)
-    gate.restore("agent-g", "b3", 4, retired=["b1", "b2", "b3"])  # its own boot is not retired
-    old = gate.check(decode_report("agent-g", report([("A-001", "free")], boot="b2", seq=9)), since)
+    gate.restore("serial-bus-g", "b3", 4, retired=["b1", "b2", "b3"])  # its own boot is not retired
+    old = gate.check(
+        decode_report("serial-bus-g", report([("A-001", "free")], boot="b2", seq=9)), since
+    )
     assert isinstance(old, Rejection) and old.reason == "stale_boot"
-    now = gate.check(decode_report("agent-g", report([("A-001", "free")], boot="b3", seq=5)), since)
+    now = gate.check(
+        decode_report("serial-bus-g", report([("A-001", "free")], boot="b3", seq=5)), since
+    )
     assert isinstance(now, AcceptedReport)
 
 
@@ -195,7 +213,7 @@ def test_times_from_the_future_are_refused(gate, example_site):
     now = 1000.0
     since = np.zeros(len(example_site.spaces))
     ahead = now + FUTURE_TOLERANCE_S + 1
-    whole = gate.accept("agent-g", report([("A-001", "free")], ts=ahead), since, now=now)
+    whole = gate.accept("serial-bus-g", report([("A-001", "free")], ts=ahead), since, now=now)
     assert isinstance(whole, Rejection) and whole.reason == "from_the_future"
     bus_spaces = example_site.spaces_of_source("bus-g")
     body = report(
@@ -203,17 +221,17 @@ def test_times_from_the_future_are_refused(gate, example_site):
         kind="snapshot",
         ts=now,
     )
-    part = gate.accept("agent-g", body, since, now=now)
+    part = gate.accept("serial-bus-g", body, since, now=now)
     assert isinstance(part, AcceptedReport)
     assert [r.reason for r in part.rejected] == ["from_the_future"]
     first = example_site.space_index[bus_spaces[0]]
     assert first not in part.spaces.tolist()  # listed, refused, left as it is: not unknown
     assert len(part.spaces) == len(bus_spaces) - 1
-    near = gate.accept("agent-g", report([("A-001", "free")], ts=now + 60), since, now=now)
+    near = gate.accept("serial-bus-g", report([("A-001", "free")], ts=now + 60), since, now=now)
     assert isinstance(near, AcceptedReport)  # a clock a minute ahead is within tolerance
     fresh = ReportGate(example_site)
     assert isinstance(
-        fresh.accept("agent-g", report([("A-001", "free")], ts=ahead), since), AcceptedReport
+        fresh.accept("serial-bus-g", report([("A-001", "free")], ts=ahead), since), AcceptedReport
     )
 
 

@@ -19,7 +19,7 @@ SITE = load_site(EXAMPLE_SITE)
 SOURCE = "bus-g"
 OWN = sorted(SITE.spaces_of_source(SOURCE))
 OTHER = sorted(set(SITE.space_index) - set(OWN))
-AGENT = "agent-g"
+AGENT = "serial-bus-g"
 T = 1_000_000.0
 
 json_scalars = st.one_of(

@@ -68,17 +68,19 @@ def test_a_rehearsal_changes_nothing_and_sends_nothing(example_site, tmp_path):
     assert gw.rehearse() is False  # nothing to rehearse before the first report
     bus = example_site.buses[0].id
     spaces = example_site.spaces_of_source(bus)
-    gw.handle(*_report(example_site.id, "a1", bus, 1, dict.fromkeys(spaces, "free"), "snapshot"))
-    gw.handle(*_report(example_site.id, "a1", bus, 2, {spaces[0]: "occupied"}, "delta"))
-    before, n_sent, seq = _observable(gw), len(sent), gw.gate.sequence("a1")
+    gw.handle(
+        *_report(example_site.id, "serial-bus-g", bus, 1, dict.fromkeys(spaces, "free"), "snapshot")
+    )
+    gw.handle(*_report(example_site.id, "serial-bus-g", bus, 2, {spaces[0]: "occupied"}, "delta"))
+    before, n_sent, seq = _observable(gw), len(sent), gw.gate.sequence("serial-bus-g")
     for _ in range(3):
         assert gw.rehearse() is True
     assert _same(_observable(gw), before)
     assert len(sent) == n_sent  # no sign, no zone count
-    assert gw.gate.sequence("a1") == seq == ("b1", 2)
+    assert gw.gate.sequence("serial-bus-g") == seq == ("b1", 2)
     # the rehearsed "next" sequence number is still free for the real next report
-    gw.handle(*_report(example_site.id, "a1", bus, 3, {spaces[1]: "occupied"}, "delta"))
-    assert gw.gate.sequence("a1") == ("b1", 3)
+    gw.handle(*_report(example_site.id, "serial-bus-g", bus, 3, {spaces[1]: "occupied"}, "delta"))
+    assert gw.gate.sequence("serial-bus-g") == ("b1", 3)
     assert dict(gw.rejections.counts) == before[-1]  # accepted, not a duplicate
     assert (
         gw.state.state[example_site.space_index[spaces[1]]]
@@ -95,7 +97,9 @@ def test_a_waiting_report_cuts_a_rehearsal_short(example_site, tmp_path):
     gw.publish_all()
     bus = example_site.buses[0].id
     spaces = example_site.spaces_of_source(bus)
-    gw.handle(*_report(example_site.id, "a1", bus, 1, dict.fromkeys(spaces, "free"), "snapshot"))
+    gw.handle(
+        *_report(example_site.id, "serial-bus-g", bus, 1, dict.fromkeys(spaces, "free"), "snapshot")
+    )
     rendered: list[int] = []
     payload = gw.renderer.payload
     gw.renderer.payload = lambda d, *a: rendered.append(d) or payload(d, *a)  # type: ignore[method-assign]
@@ -122,7 +126,7 @@ def test_the_service_rehearses_only_while_reports_flow(tmp_path, mosquitto, monk
 
     monkeypatch.setattr(service_module, "KEEP_WARM_FOR_S", 0.3)
     site_path = site_variant(tmp_path)
-    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
     try:
         with running_gateway(site_path, mosquitto.url, tmp_path / "j.db", keep_warm_ms=3.0) as gw:
             time.sleep(0.4)
@@ -163,7 +167,7 @@ def _accepted(gw, n: int) -> None:
 @pytest.mark.timeout(60)
 def test_the_service_busy_polls_only_for_its_window_after_reports(tmp_path, mosquitto):
     site_path = site_variant(tmp_path)
-    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
     try:
         with running_gateway(
             site_path, mosquitto.url, tmp_path / "j.db", keep_warm_ms=0, busy_poll_ms=100
@@ -202,7 +206,7 @@ def test_busy_polling_is_off_under_real_time_scheduling(tmp_path, mosquitto, mon
 
     monkeypatch.setattr(os, "sched_getscheduler", lambda pid: os.SCHED_FIFO)
     site_path = site_variant(tmp_path)
-    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
     try:
         with (
             caplog.at_level("INFO", logger="gateway.service"),

@@ -23,7 +23,7 @@ def _bus_g_all_free(gw: LiveGateway, now: float) -> None:
     """A snapshot of bus-g (zones A, B and D): every space free."""
     spaces = gw.site.spaces_of_source("bus-g")
     report = {
-        "agent": "agent-g",
+        "agent": "serial-bus-g",
         "source": "bus-g",
         "boot": "b",
         "seq": 1,
@@ -31,7 +31,7 @@ def _bus_g_all_free(gw: LiveGateway, now: float) -> None:
         "kind": "snapshot",
         "spaces": [{"space": s, "state": "free", "since": now} for s in spaces],
     }
-    gw.handle(topics.edge_occupancy(SITE_ID, "agent-g"), json.dumps(report).encode())
+    gw.handle(topics.edge_occupancy(SITE_ID, "serial-bus-g"), json.dumps(report).encode())
 
 
 def test_minute_of_day_is_local_to_the_site():

@@ -37,8 +37,8 @@ def test_kill9_restart_resumes_state_and_signs(mosquitto, tmp_path, subprocess_e
         "gateway", "--site", str(site_path), "--broker", mosquitto.url, "--db", str(db)
     )
     watch = Collector(mosquitto.port)
-    edge_g = Edge(mosquitto.port, "agent-g", "bus-g")
-    edge_b1 = Edge(mosquitto.port, "agent-b1", "bus-b1")
+    edge_g = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    edge_b1 = Edge(mosquitto.port, "serial-bus-b1", "bus-b1")
     log = (tmp_path / "gateway.log").open("ab")  # closed in the finally below
     procs: list[subprocess.Popen] = []
     try:
@@ -95,7 +95,7 @@ def test_kill9_restart_resumes_state_and_signs(mosquitto, tmp_path, subprocess_e
         # the last report replayed after the restart is a duplicate: nothing changes
         mark = watch.mark()
         edge_g.raw(
-            topics.edge_occupancy(SITE_ID, "agent-g"), last.replace(b'"occupied"', b'"free"')
+            topics.edge_occupancy(SITE_ID, "serial-bus-g"), last.replace(b'"occupied"', b'"free"')
         )
         edge_b1.send({b1_spaces[0]: "free"})
         watch.wait_for(

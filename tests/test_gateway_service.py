@@ -46,7 +46,7 @@ def watch(mosquitto):
 
 @pytest.fixture
 def edge_g(mosquitto):
-    e = Edge(mosquitto.port, "agent-g", "bus-g")
+    e = Edge(mosquitto.port, "serial-bus-g", "bus-g")
     yield e
     e.stop()
 
@@ -116,7 +116,7 @@ def test_bad_input_is_rejected_counted_and_changes_nothing(gw, watch, edge_g, tm
     db = tmp_path / "journal.db"
     before_events = events(db)
     before_state = gw.gateway.state.state.copy()
-    topic = topics.edge_occupancy(SITE_ID, "agent-g")
+    topic = topics.edge_occupancy(SITE_ID, "serial-bus-g")
     mark = watch.mark()
 
     edge_g.raw(topic, b"{not json")
@@ -178,7 +178,7 @@ def test_agent_last_will_turns_its_spaces_unknown(gw, watch, mosquitto):
     site = gw.site
     snapshot = json.dumps(
         {
-            "agent": "agent-b1",
+            "agent": "serial-bus-b1",
             "source": "bus-b1",
             "boot": "b",
             "seq": 1,
@@ -190,7 +190,7 @@ def test_agent_last_will_turns_its_spaces_unknown(gw, watch, mosquitto):
             ],
         }
     ).encode()
-    will_topic = topics.edge_availability(SITE_ID, "agent-b1")
+    will_topic = topics.edge_availability(SITE_ID, "serial-bus-b1")
     # a real client with a last will, killed without a clean disconnect
     pub = subprocess.Popen(
         [
@@ -207,7 +207,7 @@ def test_agent_last_will_turns_its_spaces_unknown(gw, watch, mosquitto):
             "1",
             "--will-retain",
             "-t",
-            topics.edge_occupancy(SITE_ID, "agent-b1"),
+            topics.edge_occupancy(SITE_ID, "serial-bus-b1"),
             "-l",
         ],
         stdin=subprocess.PIPE,
@@ -229,7 +229,7 @@ def test_agent_last_will_turns_its_spaces_unknown(gw, watch, mosquitto):
         pub.kill()
         pub.wait()
     agents = {a.agent: a for a in gw.gateway.agents()}
-    assert agents["agent-b1"].online is False
+    assert agents["serial-bus-b1"].online is False
 
 
 def test_snapshot_reconciles_after_a_gap(gw, watch, edge_g):
@@ -352,7 +352,7 @@ def test_manager_closes_and_opens_a_space(gw, watch, edge_g, tmp_path):
 
 
 def test_reconnects_after_a_broker_restart_and_republishes(gw, mosquitto, tmp_path):
-    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
     watch = Collector(mosquitto.port)
     try:
         edge.send(all_free(gw.site, "bus-g"), kind="snapshot")
@@ -364,7 +364,7 @@ def test_reconnects_after_a_broker_restart_and_republishes(gw, mosquitto, tmp_pa
     time.sleep(1.0)
     mosquitto.start()
     watch = Collector(mosquitto.port)
-    edge = Edge(mosquitto.port, "agent-g", "bus-g", boot="boot-2")
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g", boot="boot-2")
     try:
         watch.wait_for(topics.gateway_availability(SITE_ID), lambda p: p == "online", timeout=40)
         # the signs and zones are back (retained), from the state kept across the outage
@@ -416,7 +416,7 @@ def test_a_journal_that_refuses_a_write_stops_the_gateway_and_loses_nothing(
     (rather than showing a change the journal lacks), and its restart gets it again from
     the broker's session, journals it and shows it."""
     db = tmp_path / "journal.db"
-    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
     try:
         with running_gateway(site_path, mosquitto.url, db, client_id="gw-disk") as service:
             edge.send(all_free(service.site, "bus-g"), kind="snapshot")
@@ -447,7 +447,7 @@ def test_after_a_broker_outage_the_newest_signs_are_published_last(tmp_path, mos
     subscriber gets after the reconnect is newer than the one before, and live."""
     site = site_variant(tmp_path, expires_s=2.0)  # a refresh every second
     with running_gateway(site, mosquitto.url, tmp_path / "journal.db") as gw:
-        edge = Edge(mosquitto.port, "agent-g", "bus-g")
+        edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
         watch = Collector(mosquitto.port)
         try:
             edge.send(all_free(gw.site, "bus-g"), kind="snapshot")

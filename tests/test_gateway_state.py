@@ -110,15 +110,17 @@ def test_ttl_expiry_and_last_will():
     s = LiveState(SITE)
     a = np.array([SITE.space_index["A-001"], SITE.space_index["A-002"]])
     b1 = np.array([SITE.space_index["B1-E-001"]])
-    s.observe(a, np.array([FREE, OCCUPIED], dtype=np.int8), np.zeros(2), "agent-g", 100.0, 10.0)
-    s.observe(b1, np.array([FREE], dtype=np.int8), np.zeros(1), "agent-b1", 100.0, 10.0)
+    s.observe(
+        a, np.array([FREE, OCCUPIED], dtype=np.int8), np.zeros(2), "serial-bus-g", 100.0, 10.0
+    )
+    s.observe(b1, np.array([FREE], dtype=np.int8), np.zeros(1), "serial-bus-b1", 100.0, 10.0)
     assert len(s.expire(114.0, 24.0)) == 0  # bus TTL is 15 s
     ch = s.expire(116.0, 26.0)
     assert sorted(ch.spaces.tolist()) == sorted([*a.tolist(), *b1.tolist()])
     assert (s.state[a] == UNKNOWN).all()
-    s.observe(a, np.array([FREE, FREE], dtype=np.int8), np.zeros(2), "agent-g", 120.0, 30.0)
-    s.observe(b1, np.array([OCCUPIED], dtype=np.int8), np.zeros(1), "agent-b1", 120.0, 30.0)
-    ch = s.agent_offline("agent-g", 121.0)
+    s.observe(a, np.array([FREE, FREE], dtype=np.int8), np.zeros(2), "serial-bus-g", 120.0, 30.0)
+    s.observe(b1, np.array([OCCUPIED], dtype=np.int8), np.zeros(1), "serial-bus-b1", 120.0, 30.0)
+    ch = s.agent_offline("serial-bus-g", 121.0)
     assert sorted(ch.spaces.tolist()) == sorted(a.tolist())
     assert s.state[b1[0]] == OCCUPIED  # another agent's space is untouched
 
@@ -127,7 +129,7 @@ def test_restored_silence_still_counts_against_the_ttl():
     s = LiveState(SITE)
     i = SITE.space_index["A-003"]
     # seen 10 s (wall) before the restart; TTL 15 s: 5 s left after the restart
-    s.restore(i, FREE, False, 90.0, 90.0, 100.0, "agent-g", wall=110.0, mono=1000.0)
+    s.restore(i, FREE, False, 90.0, 90.0, 100.0, "serial-bus-g", wall=110.0, mono=1000.0)
     s.finish_restore()
     assert s.state[i] == FREE and s.zone_counts[s.zone[i], FREE] == 1
     assert len(s.expire(114.0, 1004.0)) == 0
@@ -139,10 +141,10 @@ def test_journal_is_wal_and_a_failed_transaction_leaves_nothing(tmp_path):
     assert j.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert j.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     with j.transaction():
-        j.add_changes(1.0, "bus-g", "agent-g", "b", 1, '[["A-001", "unknown", "free"]]')
+        j.add_changes(1.0, "bus-g", "serial-bus-g", "b", 1, '[["A-001", "unknown", "free"]]')
         j.expand_pending()
     with pytest.raises(RuntimeError), j.transaction():
-        j.add_changes(2.0, "bus-g", "agent-g", "b", 2, '[["A-001", "free", "occupied"]]')
+        j.add_changes(2.0, "bus-g", "serial-bus-g", "b", 2, '[["A-001", "free", "occupied"]]')
         j.expand_pending()
         raise RuntimeError("crash between the two writes")
     with j.transaction():

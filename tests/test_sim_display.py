@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_sim_display_once_shows_the_gateway_signs(mosquitto, tmp_path, subprocess_env):
     site_path = site_variant(tmp_path)
-    edge = Edge(mosquitto.port, "agent-g", "bus-g")
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
     try:
         with running_gateway(site_path, mosquitto.url, tmp_path / "j.db") as gw:
             spaces = gw.site.spaces_of_source("bus-g")

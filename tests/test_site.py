@@ -65,6 +65,22 @@ def _line_of(needle: str, text: str) -> int:
     return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
 
 
+def test_each_source_has_one_agent_named_by_default_or_by_the_site():
+    """The gateway accepts a source's reports from its agent only; by default the id the
+    agent takes by default, else the site file's ``agent``, never one agent for two."""
+    site = parse_site(TEXT, "site.yaml")
+    assert [b.agent for b in site.buses] == ["serial-bus-g", "serial-bus-b1"]
+    assert [c.agent for c in site.cameras] == ["camera-cam-c"]
+    named = parse_site(TEXT.replace("  - id: cam-c\n", "  - id: cam-c\n    agent: pole-7\n"), "s")
+    assert [c.agent for c in named.cameras] == ["pole-7"]
+    twice = TEXT.replace("  - id: cam-c\n", "  - id: cam-c\n    agent: serial-bus-g\n")
+    with pytest.raises(SiteError) as info:
+        parse_site(twice, "site.yaml")
+    assert any(
+        "cameras[0].agent" in p and "already reports for 'bus-g'" in p for p in info.value.problems
+    ), info.value.problems
+
+
 @pytest.mark.parametrize(
     ("old", "new", "field", "words"),
     [

@@ -148,8 +148,8 @@ def test_two_sites_on_one_broker(mosquitto, tmp_path, processes: Processes) -> N
         # every source of each site reports a snapshot, as its agent does on connect
         agents: dict[tuple[str, str], Edge] = {}
         for s in (a, b):
-            for source in [bus.id for bus in s.site.buses] + [c.id for c in s.site.cameras]:
-                edge = Edge(mosquitto.port, f"agent-{source}", source, boot=secrets.token_hex(4))
+            for source, agent in [(x.id, x.agent) for x in (*s.site.buses, *s.site.cameras)]:
+                edge = Edge(mosquitto.port, agent, source, boot=secrets.token_hex(4))
                 edges.append(edge)
                 agents[s.id, source] = edge
                 spaces = s.site.spaces_of_source(source)
