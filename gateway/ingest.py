@@ -12,6 +12,7 @@ Whole-report rejections: ``oversized``, ``bad_json``, ``invalid`` (schema),
 ``agent_mismatch`` (topic agent differs from the payload's), ``unknown_source``,
 ``foreign_source`` (the source's reports come from another agent, per the site file),
 ``unknown_agent`` (availability or health of an agent no source of the site names),
+``retained`` (a report, arrival or control the broker kept: stale, replayed on connect),
 ``duplicate`` (same boot, seq already seen: a replay or a QoS 1 redelivery),
 ``stale_boot`` (a boot the agent has since left). Per observation (the rest of
 the report is accepted, as the issue says "accepts only the spaces bound to the
@@ -55,6 +56,7 @@ REPORT_REASONS = (
     "unknown_source",
     "foreign_source",
     "unknown_agent",
+    "retained",
     "duplicate",
     "stale_boot",
     "from_the_future",

@@ -350,6 +350,17 @@ class LiveGateway:
                 self.handle(topic, payload, t0)
             self._flush(staged)
 
+    def refuse_retained(self, topic: str, payload: bytes) -> bool:
+        """A retained message of a kind the contract never retains (a report, an arrival,
+        a manager's control): refused and counted (True), not taken as news at every
+        connect. Retained availability and health are the contract's (False)."""
+        parsed = topics.parse(topic)
+        if parsed is None or parsed.kind in topics.RETAINED_KINDS:
+            return False
+        why = f"a retained {parsed.kind} message (the broker kept it; it is not news)"
+        self._reject(Rejection("retained", why), topic, payload)
+        return True
+
     def handle(self, topic: str, payload: bytes, t0: float | None = None) -> None:
         """One MQTT message; never raises for bad input (rejected and counted instead)."""
         t0 = time.perf_counter() if t0 is None else t0

@@ -353,6 +353,10 @@ class GatewayService:
             log.warning("lost the MQTT broker %s (%s); reconnecting", self.broker.url, reason_code)
 
     def _on_message(self, client, userdata, msg) -> None:
+        if msg.retain and self.gateway.refuse_retained(msg.topic, msg.payload):
+            if msg.qos > 0:
+                self.client.ack(msg.mid, msg.qos)  # refused for good: not to be redelivered
+            return
         # collected here, handled in a batch once the socket has nothing more to read
         self._pending.append((msg.topic, msg.payload, time.perf_counter(), msg.mid, msg.qos))
 

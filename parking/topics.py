@@ -140,3 +140,22 @@ def space_control_all(site: str) -> str:
 
 
 QOS_CONTROL, RETAIN_CONTROL = 1, False
+
+RETAINED_KINDS = frozenset(
+    kind
+    for kind, retained in (
+        ("edge/availability", RETAIN_AVAILABILITY),
+        ("edge/occupancy", RETAIN_OCCUPANCY),
+        ("edge/health", RETAIN_HEALTH),
+        ("zones", RETAIN_ZONE),
+        ("displays/content", RETAIN_DISPLAY),
+        ("entrances/arrival", RETAIN_ARRIVAL),
+        ("entrances/assignment", RETAIN_ASSIGNMENT),
+        ("control/spaces", RETAIN_CONTROL),
+        ("gateway/availability", RETAIN_AVAILABILITY),
+    )
+    if retained
+)
+"""Kinds (ParsedTopic.kind) the contract publishes retained; a retained message of any
+other kind is stale by nature (an old report, arrival or close replayed to every new
+subscriber) and is refused."""

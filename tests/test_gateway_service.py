@@ -22,6 +22,7 @@ from gateway_support import (
 
 from parking import topics
 from parking.payloads import MAX_PAYLOAD_BYTES
+from parking.states import SpaceState
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -473,3 +474,32 @@ def test_after_a_broker_outage_the_newest_signs_are_published_last(tmp_path, mos
                 assert not expired, (display, expired)
         finally:
             watch.stop()
+
+
+def test_retained_reports_and_controls_are_refused_at_start(site_path, mosquitto, tmp_path):
+    """Reports, arrivals and controls are never retained by the contract: one the broker
+    kept (a misconfigured edge, a hand-made test) is an old message replayed at every
+    connect, not news. Refused and counted; live ones go on as usual."""
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    try:
+        body = edge.payload({"A-010": "occupied"}, "delta", since=time.time() - 7200)
+        edge.raw(topics.edge_occupancy(SITE_ID, "serial-bus-g"), body, retain=True)
+        close = json.dumps({"action": "close", "by": "someone", "ts": time.time()})
+        edge.raw(topics.space_control(SITE_ID, "A-011"), close, retain=True)
+        with running_gateway(site_path, mosquitto.url, tmp_path / "journal.db") as gw:
+            deadline = time.monotonic() + 10
+            while gw.gateway.rejections.counts.get("retained", 0) < 2:
+                assert time.monotonic() < deadline, gw.gateway.rejections.counts
+                time.sleep(0.05)
+            state = gw.gateway.state
+            index = gw.site.space_index
+            assert state.state[index["A-010"]] == SpaceState.UNKNOWN
+            assert state.state[index["A-011"]] == SpaceState.UNKNOWN  # not closed
+            assert gw.gateway.accepted == 0
+            edge.send({"A-012": "occupied"})
+            while gw.gateway.accepted == 0:
+                assert time.monotonic() < deadline + 5
+                time.sleep(0.05)
+            assert state.state[index["A-012"]] == SpaceState.OCCUPIED
+    finally:
+        edge.stop()
