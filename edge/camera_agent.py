@@ -239,6 +239,11 @@ class CameraAgent:
         last_seq = 0
         while not stop.is_set():
             frame = reader.latest(last_seq, timeout=LOOP_WAIT_S)
+            if frame is None and reader.ended:
+                # a recording has no "after": its spaces go unknown with the agent's
+                # offline (on the way out), not the last scene left up as live
+                log.info("camera %s: the file ended; stopping (--loop replays it)", self.camera.id)
+                return
             wall, mono = time.time(), time.monotonic()
             try:
                 if frame is not None:
@@ -289,6 +294,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=SmoothingSettings.min_confidence,
         help="decisions below this confidence keep the last state (default %(default)s)",
+    )
+    parser.add_argument(
+        "--loop",
+        action="store_true",
+        help=(
+            "a video file --source: play it again from the start when it ends (default:"
+            " stop at its end; its spaces go unknown as the agent goes offline)"
+        ),
     )
     parser.add_argument(
         "--fps-limit",
@@ -395,7 +408,7 @@ def main(args: argparse.Namespace) -> int:
         smoothing=SmoothingSettings(hold_s=args.hold_s, min_confidence=args.min_confidence),
         quality=QualitySettings(frozen_s=args.frozen_s),
     )
-    reader = FrameReader(source, max_fps=args.fps_limit)
+    reader = FrameReader(source, max_fps=args.fps_limit, loop_file=args.loop)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -344,13 +344,67 @@ def test_stream_cut_then_restored(
 # -- the frame reader on a video file (a file that ends is a stream lost) -------------
 
 
-def test_a_video_file_that_ends_is_reopened(tmp_path: Path) -> None:
+def test_a_video_file_that_ends_ends_the_reader(tmp_path: Path) -> None:
+    """A recording has no "after": the reader ends (and says so) instead of replaying the
+    clip as if its first scene were news."""
     clip = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 180))
     for i in range(6):
         writer.write(np.full((180, 320, 3), 30 + 30 * i, np.uint8))
     writer.release()
     reader = FrameReader(str(clip), backoff_base_s=0.05, backoff_cap_s=0.2)
+    reader.start()
+    try:
+        seq, deadline = 0, time.monotonic() + 20
+        while not reader.ended and time.monotonic() < deadline:
+            frame = reader.latest(seq, 1.0)
+            seq = frame.seq if frame is not None else seq
+        t0 = time.monotonic()
+        assert reader.latest(seq, 5.0) is None
+        assert time.monotonic() - t0 < 1.0  # at once, not after the timeout
+    finally:
+        reader.stop()
+    assert reader.ended and reader.frames == 6 and reader.reconnects == 0
+
+
+def test_the_agent_stops_at_the_end_of_a_video_file(
+    tmp_path: Path, mosquitto, capsys: pytest.CaptureFixture
+) -> None:
+    """Its spaces go unknown with its offline, and it exits 0 by itself."""
+    from parkguide.cli import main
+
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 360))
+    for _ in range(10):
+        writer.write(np.full((360, 640, 3), 90, np.uint8))
+    writer.release()
+    recorder = Recorder(mosquitto.port, "parkguide/v1/+/edge/camera-cam-c/#")
+    try:
+        argv = ["edge", "camera", "--site", str(EXAMPLE_SITE), "--camera", "cam-c"]
+        argv += ["--source", str(clip), "--broker", mosquitto.url]
+        t0 = time.monotonic()
+        assert main(argv) == 0
+        assert time.monotonic() - t0 < 30
+        deadline = time.monotonic() + 5
+        availability = None
+        while time.monotonic() < deadline:
+            said = [p for t, p, _ in recorder.messages if t.endswith("/availability")]
+            availability = said[-1] if said else None
+            if availability == b"offline":
+                break
+            time.sleep(0.05)
+        assert availability == b"offline"
+    finally:
+        recorder.close()
+
+
+def test_a_video_file_that_ends_is_replayed_with_loop(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 180))
+    for i in range(6):
+        writer.write(np.full((180, 320, 3), 30 + 30 * i, np.uint8))
+    writer.release()
+    reader = FrameReader(str(clip), backoff_base_s=0.05, backoff_cap_s=0.2, loop_file=True)
     reader.start()
     try:
         levels: list[int] = []

@@ -3,10 +3,11 @@
 Sources: an RTSP or HTTP (MJPEG) URL, a video file, or a device index (a
 string of digits). The thread keeps only the newest frame (a slow consumer
 must see the present, not a backlog). When the stream is lost (open fails, a
-read fails, a file ends) it releases the capture and reopens it after a
-capped exponential backoff with jitter; the delay resets after a good frame.
-A file is paced at its own frame rate and reopened when it ends, like a
-stream that dropped.
+read fails) it releases the capture and reopens it after a capped exponential
+backoff with jitter; the delay resets after a good frame. A file is paced at
+its own frame rate; when it ends the reader ends (``ended``), or, with
+``loop_file``, plays it again from the start (a recording replayed as a live
+camera must be asked for: it re-announces old scenes as news).
 
 The consumer decides what a missing frame means (``last_frame_age``): the
 camera agent turns its spaces ``unknown`` after a timeout.
@@ -111,8 +112,10 @@ class FrameReader:
         open_timeout_ms: int = OPEN_TIMEOUT_MS,
         read_timeout_ms: int = READ_TIMEOUT_MS,
         max_fps: float = 0.0,
+        loop_file: bool = False,
     ):
         self.source = source
+        self.loop_file = loop_file
         self.max_fps = max_fps
         """frames beyond this rate are grabbed (the stream keeps flowing) but not decoded:
         a 25 fps camera costs one decode per frame the agent will use"""
@@ -130,6 +133,8 @@ class FrameReader:
         self.connected = False
         self.reconnects = 0
         """times the stream was lost and reopened (or attempted)"""
+        self.ended = False
+        """a file source reached its end (without ``loop_file``): no more frames"""
         self.frames = 0
         """frames decoded and handed out"""
         self.grabbed = 0
@@ -156,6 +161,8 @@ class FrameReader:
                 frame = self._frame
                 if frame is not None and frame.seq > after_seq:
                     return frame
+                if self.ended:
+                    return None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -191,6 +198,12 @@ class FrameReader:
             self.connected = False
             if self._stop.is_set():
                 break
+            if self.file_source and not self.loop_file:
+                log.info("camera %s: end of the file", describe(self.source))
+                with self._cond:
+                    self.ended = True
+                    self._cond.notify_all()
+                break
             attempt = 0 if got_frames else attempt + 1
             delay = backoff_delay(attempt, self.backoff_base_s, self.backoff_cap_s)
             self.reconnects += 1
@@ -213,7 +226,8 @@ class FrameReader:
                 self._log("open", logging.WARNING, "camera %s: cannot open", describe(self.source))
                 return False
             self.connected = True
-            log.info("camera %s: stream open", describe(self.source))
+            # a looping file reopens at every end: said once, not twice a second
+            self._log("opened", logging.INFO, "camera %s: stream open", describe(self.source))
             period = 0.0
             if self.file_source:
                 fps = cap.get(cv2.CAP_PROP_FPS)
@@ -222,6 +236,8 @@ class FrameReader:
             rate = FrameRate(self.max_fps)
             while not self._stop.is_set():
                 if not cap.grab():
+                    if self.file_source:
+                        return got  # its end (the caller says so), not a failure
                     self._log(
                         "read",
                         logging.WARNING,
