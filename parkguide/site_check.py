@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from parking.site import SiteError, load_site
+from parking.site import SiteError, lane_warnings, load_site
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +23,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"{args.file}: {len(exc.problems)} problem(s); site refused", file=sys.stderr)
         return 2
     summary = site.summary()
+    warnings = []
+    unbound = len(site.spaces) - len(site.bindings)
+    if unbound:
+        warnings.append(f"{unbound} spaces have no sensor and will stay unknown")
+    warnings += lane_warnings(site)
     if args.json:
-        print(json.dumps(summary, ensure_ascii=False))
+        print(json.dumps({**summary, "warnings": warnings}, ensure_ascii=False))
         return 0
     print(f"site {site.id} ({site.name.zh} / {site.name.en}): OK")
     print(f"  {summary['spaces']} spaces in {summary['zones']} zones on {summary['levels']} levels")
@@ -35,9 +40,8 @@ def main(args: argparse.Namespace) -> int:
         )
     for cam in site.cameras:
         print(f"  camera {cam.id}: {len(cam.polygons)} spaces")
-    unbound = len(site.spaces) - len(site.bindings)
-    if unbound:
-        print(f"  warning: {unbound} spaces have no sensor and will stay unknown")
+    for warning in warnings:
+        print(f"  warning: {warning}")
     print(
         f"  {summary['entrances']} entrances, {summary['displays']} displays, {len(site.lane_nodes)} lane nodes"
     )

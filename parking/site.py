@@ -249,10 +249,27 @@ def load_site(path: str | Path) -> Site:
     """Read, validate and compile a site file; raises SiteError naming file, line, field."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise SiteError([f"{path}: cannot read site file: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SiteError([_not_utf8(path, raw, exc)]) from None
     return parse_site(text, str(path))
+
+
+def _not_utf8(path: Path, raw: bytes, exc: UnicodeDecodeError) -> str:
+    """'site.yaml:10: not UTF-8: byte 0xd0 at offset 468 ...; save the site file as UTF-8'."""
+    line = raw.count(b"\n", 0, exc.start) + 1
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        guess = " (it is UTF-16)"
+    else:
+        guess = " (saved in a local encoding such as GBK/GB18030 or Windows 'ANSI'?)"
+    return (
+        f"{path}:{line}: not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        f" is not valid UTF-8{guess}; save the site file as UTF-8"
+    )
 
 
 def parse_site(text: str, filename: str = "<site>") -> Site:
@@ -280,6 +297,54 @@ def parse_site(text: str, filename: str = "<site>") -> Site:
             problems.append(f"{filename}:{line or '?'}: {format_loc(clean)}: {msg}")
         raise SiteError(problems) from None
     return _Compiler(model, lines, filename).compile()
+
+
+def unreachable(site: Site) -> tuple[list[str], list[str]]:
+    """Over the lane graph, driven as the allocator drives it (a one-way edge only in its
+    direction): the spaces no entrance reaches, in site order (never assigned, though the
+    signs count them), and the entrances that reach no space. Either is most likely a
+    missing or reversed edge in ``lanes.edges``."""
+    succ: dict[str, list[str]] = {}
+    for e in site.lane_edges:
+        succ.setdefault(e.a, []).append(e.b)
+        if not e.oneway:
+            succ.setdefault(e.b, []).append(e.a)
+    access = {s.access for s in site.spaces}
+    reached_by_any: set[str] = set()
+    dead_entrances = []
+    for ent in site.entrances:
+        seen, todo = {ent.node}, [ent.node]
+        while todo:
+            for nxt in succ.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        if not seen & access:
+            dead_entrances.append(ent.id)
+        reached_by_any |= seen
+    return [s.id for s in site.spaces if s.access not in reached_by_any], dead_entrances
+
+
+def lane_warnings(site: Site, show: int = 5) -> list[str]:
+    """``unreachable`` as warnings for ``parkguide site check`` (count and the first ids)."""
+    spaces, entrances = unreachable(site)
+    out = []
+    if spaces:
+        nodes = sorted({site.space(s).access for s in spaces})
+        more = ", ..." if len(spaces) > show else ""
+        out.append(
+            f"{len(spaces)} spaces cannot be reached from any entrance over the lanes and will"
+            f" never be assigned ({', '.join(spaces[:show])}{more}; access nodes"
+            f" {', '.join(nodes[:show])}{', ...' if len(nodes) > show else ''}):"
+            " check lanes.edges for a missing or reversed one-way edge"
+        )
+    for ent_id in entrances:
+        node = next(e.node for e in site.entrances if e.id == ent_id)
+        out.append(
+            f"entrance {ent_id} (lane node {node}) reaches no space over the lanes:"
+            " check lanes.edges for a missing or reversed one-way edge"
+        )
+    return out
 
 
 class _Compiler:

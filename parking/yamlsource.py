@@ -28,6 +28,8 @@ def load_with_lines(text: str, filename: str = "<string>") -> tuple[Any, dict[Pa
         node = yaml.compose(text, Loader=_COMPOSER)
     except yaml.YAMLError as exc:
         raise _syntax_error(exc, filename) from None
+    if "&" in text or "*" in text:  # only then can there be one; a scan costs a little
+        _refuse_anchors(text, filename)
     lines: dict[Path, int] = {}
     if node is None:
         return {}, lines
@@ -60,6 +62,26 @@ def load_with_lines(text: str, filename: str = "<string>") -> tuple[Any, dict[Pa
         return build(node, ()), lines
     except yaml.YAMLError as exc:  # e.g. a tag safe loading refuses (!!python/object)
         raise _syntax_error(exc, filename) from None
+
+
+def _refuse_anchors(text: str, filename: str) -> None:
+    """Refuse anchors (&a) and aliases (*a): a site file needs neither, and each alias would
+    be expanded into a copy ("billion laughs": a few lines taking gigabytes). Names the first
+    alias, else the first anchor."""
+    anchor: yaml.Token | None = None
+    for token in yaml.scan(text, Loader=_COMPOSER):
+        if isinstance(token, yaml.AliasToken):
+            raise YamlSyntaxError(
+                f"{filename}:{token.start_mark.line + 1}: invalid YAML: alias *{token.value} is"
+                " not allowed: site files take no anchors (&) or aliases (*), write the value out"
+            )
+        if anchor is None and isinstance(token, yaml.AnchorToken):
+            anchor = token
+    if anchor is not None:
+        raise YamlSyntaxError(
+            f"{filename}:{anchor.start_mark.line + 1}: invalid YAML: anchor &{anchor.value} is"
+            " not allowed: site files take no anchors (&) or aliases (*)"
+        )
 
 
 def _syntax_error(exc: yaml.YAMLError, filename: str) -> YamlSyntaxError:

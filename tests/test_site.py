@@ -181,3 +181,112 @@ def test_invalid_yaml_is_refused_with_its_line(text, line, words):
     (problem,) = info.value.problems
     assert problem.startswith(f"site.yaml:{line}: invalid YAML"), problem
     assert words in problem
+
+
+@pytest.mark.parametrize("encoding", ["gb18030", "utf-16"])
+def test_site_file_not_in_utf8_is_refused_naming_offset_and_line(tmp_path, encoding):
+    """A site file saved as GBK/GB18030 (Windows 'ANSI' on a Chinese PC) or UTF-16: a
+    SiteError naming the file, the line and the byte offset, never a UnicodeDecodeError."""
+    from parking.site import load_site
+
+    path = tmp_path / "site.yaml"
+    raw = TEXT.encode(encoding)
+    path.write_bytes(raw)
+    with pytest.raises(UnicodeDecodeError) as bad:
+        raw.decode("utf-8")
+    offset = bad.value.start
+    line = raw.count(b"\n", 0, offset) + 1
+    with pytest.raises(SiteError) as info:
+        load_site(path)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{path}:{line}: not UTF-8: "), problem
+    assert f"offset {offset} " in problem and "save the site file as UTF-8" in problem
+    out = subprocess.run(parkguide_cmd("site", "check", str(path)), capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert problem in out.stderr
+
+
+RAMP = "    - {from: R1, to: K1, length: 45}    # ramp\n"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "spaces", "entrances"),
+    [
+        ("", "", 0, []),
+        (RAMP, "", 120, []),  # the whole basement cut off
+        (RAMP, "    - {from: K1, to: R1, length: 45, oneway: true}\n", 120, []),  # one-way out
+        (RAMP, "    - {from: R1, to: K1, length: 45, oneway: true}\n", 0, []),  # one-way in
+        (  # the north gate's road one-way towards the gate: nothing to drive to from there
+            "    - [GN, N1, R2]",
+            "    - {from: N1, to: GN, length: 20, oneway: true}\n    - [N1, R2]",
+            0,
+            ["north"],
+        ),
+    ],
+    ids=["example", "no-ramp", "ramp-one-way-out", "ramp-one-way-in", "gate-one-way-out"],
+)
+def test_spaces_and_entrances_cut_off_by_the_lanes_are_found(old, new, spaces, entrances):
+    """Spaces no entrance reaches over the lanes (one-way edges one way) are never assigned
+    but counted on the signs; an entrance that reaches no space is as likely a typo."""
+    from parking.site import unreachable
+
+    assert old in TEXT
+    site = parse_site(TEXT.replace(old, new, 1), "site.yaml")
+    cut_off, dead = unreachable(site)
+    assert len(cut_off) == spaces and dead == entrances
+    assert all(site.space(s).level == "B1" for s in cut_off)
+
+
+def test_site_check_warns_about_spaces_no_entrance_reaches(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text(TEXT.replace(RAMP, "", 1), encoding="utf-8")
+    out = subprocess.run(parkguide_cmd("site", "check", str(path)), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    warning = next(
+        (ln for ln in out.stdout.splitlines() if "warning: 120 spaces cannot be reached" in ln), ""
+    )
+    assert "B1-E-001" in warning and "never be assigned" in warning, out.stdout
+    out = subprocess.run(
+        parkguide_cmd("site", "check", str(path), "--json"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (warning,) = json.loads(out.stdout)["warnings"]
+    assert warning.startswith("120 spaces cannot be reached")
+    out = subprocess.run(
+        parkguide_cmd("site", "check", str(EXAMPLE_SITE), "--json"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout)["warnings"] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        # "billion laughs" (here only a thousand): every alias would be a copy
+        (
+            "site:\n  id: x\na: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+            "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n",
+            4,
+            "alias *a is not allowed",
+        ),
+        (TEXT.replace("  id: xinyuan\n", "  id: &id xinyuan\n", 1), 9, "anchor &id is not"),
+        ("defaults: &d {ttl_s: 15}\nbuses:\n  - <<: *d\n    id: b\n", 3, "alias *d is not"),
+    ],
+    ids=["billion-laughs", "anchor", "merge-key"],
+)
+def test_yaml_anchors_and_aliases_are_refused_with_their_line(text, line, words):
+    with pytest.raises(SiteError) as info:
+        parse_site(text, "site.yaml")
+    (problem,) = info.value.problems
+    assert problem.startswith(f"site.yaml:{line}: invalid YAML: "), problem
+    assert words in problem
+
+
+def test_ampersand_and_asterisk_in_values_are_not_anchors():
+    text = TEXT.replace("en: Xinyuan Community}", 'en: "Xinyuan & Co. *1*"}', 1)
+    assert parse_site(text, "site.yaml").name.en == "Xinyuan & Co. *1*"
