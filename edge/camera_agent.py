@@ -137,7 +137,16 @@ class CameraAgent:
         self._processed.append(mono)
         self.stream_up = True
         self._lost_reported = False
+        normals = self.monitor.new_normals
         quality = self.monitor.check(image, mono)
+        if self.monitor.new_normals != normals:
+            log.warning(
+                "camera %s: the picture has been much softer than usual for %.0f min "
+                "(sharpness %.1f); classifying it again as the new normal: check the lens",
+                self.camera.id,
+                self.monitor.settings.rebaseline_s / 60,
+                quality.sharpness,
+            )
         if self.quality is not None and quality.fault != self.quality.fault:
             if quality.fault is None:
                 log.info("camera %s: frames usable again", self.camera.id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ from edge.camera.quality import FrameFault, FrameQualityMonitor, QualitySettings
 from firmware_sim.camera_render import CameraScene, black_frame, covered_frame
 from parking.site import load_site
 from tests.conftest import EXAMPLE_SITE
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pklot-ufpr05"
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +137,68 @@ def test_grey_and_bgra_frames_are_accepted() -> None:
     monitor = FrameQualityMonitor()
     assert monitor.check(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), 0.0).ok
     assert monitor.check(cv2.cvtColor(frame, cv2.COLOR_BGR2BGRA), 0.1).ok
+
+
+def _real_frames() -> list[np.ndarray]:
+    """The labelled UFPR05 frames (png and jpg), in time order; [] without the data."""
+    paths = sorted(p for p in DATA.glob("*") if p.suffix in (".png", ".jpg"))
+    return [cv2.imread(str(p)) for p in paths]
+
+
+def _sharp_frame(scene: CameraScene) -> np.ndarray:
+    """A real frame, or the simulator's noon view without the shared data."""
+    frames = _real_frames()
+    return frames[0] if frames else scene.render(12 * 60, 0.0)
+
+
+def test_a_lens_softer_than_its_camera_usually_is_blurred(scene: CameraScene) -> None:
+    """A rain-smeared lens (Gaussian sigma 3-4 px) keeps a third of the detail: above the
+    absolute floor, yet the classifier misreads cars on it with confidence. Against the
+    camera's own half-hour normal it is blurred; the camera's ordinary variation is not."""
+    rng = np.random.default_rng(5)
+    sharp = _sharp_frame(scene)
+    monitor = FrameQualityMonitor()
+    t = 0.0
+    for _ in range(40):  # over six minutes of ordinary frames: the normal is learnt
+        assert monitor.check(with_noise(sharp, rng), t).ok
+        t += 10.0
+    assert monitor.normal_sharpness() is not None
+    smeared = with_noise(cv2.GaussianBlur(sharp, (0, 0), 3.5), rng)
+    verdict = monitor.check(smeared, t)
+    assert verdict.fault is FrameFault.BLURRED, verdict
+    assert verdict.sharpness > QualitySettings().min_sharpness  # the absolute floor missed it
+    assert FrameQualityMonitor().check(smeared, 0.0).ok  # as it did without a normal
+    slightly = with_noise(cv2.GaussianBlur(sharp, (0, 0), 1.0), rng)
+    assert monitor.check(slightly, t + 1).ok
+    assert monitor.check(with_noise(sharp, rng), t + 2).ok  # the rain is wiped off
+
+
+def test_a_lasting_softness_becomes_the_new_normal(scene: CameraScene) -> None:
+    """Floodlights switched off for the night: the camera is not blind for ever."""
+    rng = np.random.default_rng(6)
+    sharp = _sharp_frame(scene)
+    settings = QualitySettings()
+    monitor = FrameQualityMonitor(settings)
+    t = 0.0
+    for _ in range(40):
+        monitor.check(with_noise(sharp, rng), t)
+        t += 10.0
+    soft = with_noise(cv2.GaussianBlur(sharp, (0, 0), 3.5), rng)
+    assert monitor.check(soft, t).fault is FrameFault.BLURRED
+    while t <= 400 + settings.rebaseline_s:
+        t += 60.0
+        monitor.check(with_noise(soft, rng, 1.0), t)
+    assert monitor.new_normals == 1
+    assert monitor.check(with_noise(soft, rng, 1.0), t + 1).ok
+
+
+def test_the_real_frames_of_a_day_are_not_blurred_against_each_other() -> None:
+    """The labelled UFPR05 frames, from morning to evening, every 10 s in turn."""
+    frames = _real_frames()
+    if not frames:
+        pytest.skip(f"shared real data not found at {DATA}")
+    monitor = FrameQualityMonitor()
+    rng = np.random.default_rng(7)
+    for i in range(120):
+        verdict = monitor.check(with_noise(frames[i % len(frames)], rng), 10.0 * i)
+        assert verdict.ok, (i, verdict)

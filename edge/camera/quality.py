@@ -10,6 +10,13 @@ of the camera's spaces ``unknown`` rather than a guess (issue 4).
   divided by the squared mean brightness (so a dim night scene, whose edges
   are dimmer too, is not mistaken for a blurred one). The thumbnail averages
   sensor noise away, so noise on a covered lens does not look like detail.
+  Below ``min_sharpness`` a frame is blurred on any camera; below
+  ``relative_sharpness`` of this camera's own recent normal (the median of
+  its good frames over the last half hour) it is blurred too: a lens smeared
+  by rain keeps a third of its detail, which no one number fits for every
+  camera, while the classifier already misreads cars on it with confidence.
+  A softness that lasts ``rebaseline_s`` (floodlights switched off, a new
+  housing) becomes the new normal, so the camera is not blind for ever.
 - **frozen**: real sensors never deliver two bit-identical frames; read noise
   alone changes most pixels by a grey level or more. A frame whose raw
   (not downsampled: that would average the noise away) pixels differ from
@@ -22,6 +29,8 @@ of the camera's spaces ``unknown`` rather than a guess (issue 4).
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
@@ -49,6 +58,18 @@ class QualitySettings:
     measure about 80-160, a lens covered or smeared (Gaussian sigma 15 px) about 1"""
     frozen_tolerance: float = 0.05
     """mean absolute grey-level difference below which two frames count as identical"""
+    relative_sharpness: float = 0.5
+    """blurred below this share of the camera's recent normal sharpness (measured on the
+    real UFPR05 frames: Gaussian blur sigma 2 px keeps 0.62 of it, 3 px 0.40, 4 px 0.24;
+    the same camera over a day varies by less than 0.75)"""
+    baseline_every_s: float = 10.0
+    """a good frame's sharpness joins the camera's normal at most this often"""
+    baseline_samples: int = 180
+    """the normal is the median of this many samples (half an hour at 10 s)"""
+    baseline_min_samples: int = 30
+    """the relative check starts once this many are in (five minutes)"""
+    rebaseline_s: float = 1800.0
+    """a softness that lasts this long is the new normal (the samples start again)"""
     frozen_s: float = 20.0
     """identical frames for longer than this -> frozen. Generous: with 3D noise reduction
     and an H.264 encoder skipping static macroblocks, a still night scene can decode
@@ -122,6 +143,11 @@ class FrameQualityMonitor:
         self.settings = settings or QualitySettings()
         self._previous: np.ndarray | None = None
         self._last_change: float | None = None
+        self._normal: deque[float] = deque(maxlen=self.settings.baseline_samples)
+        self._next_sample = -math.inf
+        self._soft_since: float | None = None
+        self.new_normals = 0
+        """times a lasting softness was taken as the new normal (the caller says so)"""
 
     def reset(self) -> None:
         """Forget the previous frame (after a reconnect the stream starts afresh)."""
@@ -147,6 +173,29 @@ class FrameQualityMonitor:
             fault = FrameFault.BLACK
         elif frozen:
             fault = FrameFault.FROZEN
-        elif sharp < s.min_sharpness:
+        elif sharp < s.min_sharpness or self._softer_than_normal(sharp, now):
             fault = FrameFault.BLURRED
+        if fault is None and now >= self._next_sample:
+            self._normal.append(sharp)
+            self._next_sample = now + s.baseline_every_s
         return FrameQuality(fault, mean, p99, sharp, difference)
+
+    def normal_sharpness(self) -> float | None:
+        """This camera's recent normal sharpness (None until enough good frames)."""
+        if len(self._normal) < self.settings.baseline_min_samples:
+            return None
+        return float(np.median(self._normal))
+
+    def _softer_than_normal(self, sharp: float, now: float) -> bool:
+        normal = self.normal_sharpness()
+        if normal is None or sharp >= self.settings.relative_sharpness * normal:
+            self._soft_since = None
+            return False
+        if self._soft_since is None:
+            self._soft_since = now
+        elif now - self._soft_since > self.settings.rebaseline_s:
+            self._normal.clear()  # it has stayed so: the new normal, learnt from here on
+            self._soft_since = None
+            self.new_normals += 1
+            return False
+        return True
