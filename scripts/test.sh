@@ -6,6 +6,20 @@ cd "$(dirname "$0")/.."
 
 # fonts-wqy-microhei: Chinese glyphs in the browser tests' screenshots
 APT_PACKAGES=(mosquitto mosquitto-clients socat mbpoll victoria-metrics chromium chromium-driver fonts-wqy-microhei)
+
+# Debian 12+ and Ubuntu 23.04+ mark the system Python as externally managed (PEP 668):
+# pip refuses to install into it, so the tests get a virtualenv of their own (.venv)
+PY=${PYTHON:-python3}
+externally_managed() {
+  "$PY" -c 'import os, sys, sysconfig
+sys.exit(0 if sys.prefix == sys.base_prefix and os.path.exists(
+    os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'
+}
+NEED_VENV=0
+if [[ -z "${PYTHON:-}" ]] && externally_managed; then
+  NEED_VENV=1
+  APT_PACKAGES+=(python3-venv)
+fi
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -23,6 +37,10 @@ if ((${#missing[@]})); then
   fi
 fi
 
-PY=${PYTHON:-python3}
+if ((NEED_VENV)); then
+  [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+  PY=.venv/bin/python
+  echo "using the virtualenv .venv (the system Python is externally managed)"
+fi
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test]"
 exec "$PY" -m pytest -q -p no:cacheprovider "$@"
