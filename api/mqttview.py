@@ -82,10 +82,7 @@ class MqttLiveView:
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id or f"parkguide-api-{site.id}-{int(time.time() * 1000) % 10**9}",
         )
-        if broker.username:
-            self.client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            self.client.tls_set()
+        broker.apply(self.client)
         self.client.reconnect_delay_set(0.5, 30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

@@ -314,10 +314,7 @@ class ReportPublisher:
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )
-        if self.broker.username:
-            client.username_pw_set(self.broker.username, self.broker.password)
-        if self.broker.tls:
-            client.tls_set()
+        self.broker.apply(client)
         client.will_set(
             self.topic_availability,
             topics.OFFLINE,

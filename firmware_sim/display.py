@@ -254,10 +254,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     board = SignBoard(site)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    if broker.username:
-        client.username_pw_set(broker.username, broker.password)
-    if broker.tls:
-        client.tls_set()
+    broker.apply(client)
 
     connected = threading.Event()
     stopping = threading.Event()  # set before the deliberate disconnect: no warning then

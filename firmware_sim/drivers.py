@@ -90,6 +90,82 @@ def main(args: argparse.Namespace) -> int:
     return LiveDrivers(site, broker, start, args.speed, args.seed).run()
 
 
+class BrokerLink:
+    """How one paho client's connection to the broker is going, told to people.
+
+    Applies the broker's credentials and TLS as the gateway does; logs a failure to
+    connect, a refusal or a lost connection at once, then at most once every ``every_s``
+    while it lasts, and says when the connection is back; keeps ``state``, a few words
+    for a status line. The owner calls ``connected(reason_code)`` from its on_connect.
+    """
+
+    def __init__(
+        self,
+        client,
+        broker: BrokerConfig,
+        who: str,
+        logger: logging.Logger | None = None,
+        every_s: float = 60.0,
+        clock=time.monotonic,
+    ):
+        broker.apply(client)
+        self.url, self.who, self.every_s, self.clock = broker.url, who, every_s, clock
+        self.log = logger or log
+        self.state = "connecting"
+        self.up = False
+        self.failures = 0  # since the last successful connection
+        self._last_logged: float | None = None
+        self._refused = False
+        self._closing = False
+        self._lock = threading.Lock()
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+
+    def connected(self, reason_code) -> bool:
+        """From on_connect: True if the broker accepted the connection."""
+        if reason_code.is_failure:
+            self._refused = True
+            self._fail("refused the connection", str(reason_code))
+            return False
+        with self._lock:
+            if self.failures:
+                self.log.info("%s: connected to the broker %s", self.who, self.url)
+            self.failures, self._last_logged, self.up, self.state = 0, None, True, "connected"
+        return True
+
+    def closing(self) -> None:
+        """Before a deliberate disconnect: nothing to report about it."""
+        self._closing = True
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        exc = sys.exc_info()[1]  # paho calls this while handling the connect's OSError
+        self._fail("cannot reach it", str(exc) if exc else "connection failed")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was_up, self.up = self.up, False
+        if self._closing:
+            self.state = "disconnected"
+        elif self._refused:
+            self._refused = False  # the refusal was said already
+        elif was_up:
+            self._fail("lost the connection", str(reason_code))
+        else:  # e.g. plain MQTT to a TLS port: closed before any CONNACK
+            self._fail("closed the connection before accepting it", str(reason_code))
+
+    def _fail(self, what: str, why: str) -> None:
+        with self._lock:
+            self.failures += 1
+            self.state = f"{what} ({why}); retrying"
+            now = self.clock()
+            if self._last_logged is not None and now - self._last_logged < self.every_s:
+                return
+            self._last_logged = now
+            attempts = f" ({self.failures} attempts so far)" if self.failures > 1 else ""
+            self.log.warning(
+                "%s: broker %s: %s (%s); retrying%s", self.who, self.url, what, why, attempts
+            )
+
+
 class LiveDrivers:
     """The world's ground truth for the demo: which car is in which bay."""
 
@@ -107,27 +183,34 @@ class LiveDrivers:
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-drivers-{secrets.token_hex(3)}"
         )
-        if broker.username:
-            self.client.username_pw_set(broker.username, broker.password)
+        self.link = BrokerLink(self.client, broker, "drivers")
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect_async(broker.host, broker.port)
         self.stats = {"arrivals": 0, "assigned": 0, "no_space": 0, "parked": 0, "left": 0}
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.error("broker refused the connection: %s", reason_code)
+        if not self.link.connected(reason_code):
             return
         client.subscribe(f"{topics.site_prefix(self.site.id)}/entrances/+/assignment", qos=1)
 
     def _on_message(self, client, userdata, msg) -> None:
+        # only this site's assignments: a broker may hand over other topics too (amqtt, the
+        # demo's, replays on connect the retained messages of other clients' subscriptions)
+        parsed = topics.parse(msg.topic)
+        if parsed is None or parsed.kind != "entrances/assignment" or parsed.site != self.site.id:
+            return
         try:
             self.assignments.put(Assignment.model_validate_json(msg.payload))
         except ValueError as exc:
             log.warning("ignoring a malformed assignment: %s", str(exc)[:200])
 
     def say(self, space: str, occupied: bool) -> None:
-        print(f"set {space} {'occupied' if occupied else 'free'}", flush=True)
+        # one write, newline included: with PYTHONUNBUFFERED (as the demo runs it) print()
+        # writes the text and its newline apart, and a log line from the MQTT thread, in
+        # the same file, could land between them and spoil both
+        sys.stdout.write(f"set {space} {'occupied' if occupied else 'free'}\n")
+        sys.stdout.flush()
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
@@ -140,6 +223,7 @@ class LiveDrivers:
                 self._run_day(day, t0 + day * DAY_S / self.speed)
                 day += 1
         finally:
+            self.link.closing()
             self.client.loop_stop()
             self.client.disconnect()
             log.info("drivers stopped: %s", self.stats)

@@ -268,7 +268,7 @@ class GatewayService:
     # -- MQTT --------------------------------------------------------------------------------
     def _setup_client(self) -> None:
         c = self.client
-        _apply_broker(c, self.broker)
+        self.broker.apply(c)
         c.will_set(
             topics.gateway_availability(self.site.id),
             topics.OFFLINE,
@@ -704,13 +704,6 @@ def _realtime_scheduling() -> bool:
         return False
 
 
-def _apply_broker(client: mqtt.Client, broker: BrokerConfig) -> None:
-    if broker.username:
-        client.username_pw_set(broker.username, broker.password)
-    if broker.tls:
-        client.tls_set()
-
-
 def republish_stored_signs(db: str, broker: BrokerConfig, timeout_s: float = 2.0) -> int:
     """Publish the signs the journal says are current, with a fresh expiry; returns how many.
 
@@ -724,7 +717,7 @@ def republish_stored_signs(db: str, broker: BrokerConfig, timeout_s: float = 2.0
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id=f"parkguide-gateway-restart-{os.getpid()}"
     )
-    _apply_broker(client, broker)
+    broker.apply(client)
     try:
         client.connect(broker.host, broker.port, keepalive=10)
     except OSError as exc:

@@ -10,17 +10,23 @@ Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
+import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from parkguide.ports import free_port, port_free, wait_port
+from firmware_sim.drivers import BrokerLink
+from firmware_sim.scenario import parse_hhmm
+from parkguide.ports import free_port, port_problem
 from parkguide.supervisor import Supervisor
 from parking import topics
 from parking.broker import BrokerConfig
@@ -63,12 +69,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, help="stop by itself after this many seconds")
 
 
-def _wait_port(host: str, port: int, timeout: float) -> bool:
+class _StartFailed(Exception):
+    """A part of the demo exited while the demo was starting it."""
+
+    def __init__(self, child):
+        super().__init__(child.name)
+        self.child = child
+
+
+def _listening(host: str, port: int) -> bool:
     try:
-        wait_port(port, timeout, host)
-        return True
-    except TimeoutError:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
         return False
+
+
+def _wait_for(child, ready, timeout: float) -> bool:
+    """Wait until ``ready()``, at most ``timeout`` s; _StartFailed as soon as ``child``
+    has exited (no point waiting out the timeout for a process that is gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if child.proc.poll() is not None:
+            raise _StartFailed(child)
+        if ready():
+            # ready, and still the child's doing: a port someone else listens on, or a
+            # child that failed just now, is not a started part
+            if child.proc.poll() is not None:
+                raise _StartFailed(child)
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 _SHOWN = {
@@ -90,21 +122,29 @@ class StatusBoard:
         self.last_assignment: dict | None = None
         self.bad_payloads = 0
         self.gateway = "?"
+        self.notices: list[str] = []  # e.g. a part that died while the demo runs on
         self.lock = threading.Lock()
         self.site_id = site_id
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"demo-status-{secrets.token_hex(3)}"
         )
-        if broker.username:
-            self.client.username_pw_set(broker.username, broker.password)
+        # credentials and TLS as every other part; failures logged and shown in the view
+        self.link = BrokerLink(self.client, broker, "status view", log)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect_async(broker.host, broker.port)
         self.client.loop_start()
 
+    @property
+    def broker_state(self) -> str:
+        return self.link.state
+
+    def notice(self, text: str) -> None:
+        with self.lock:
+            self.notices.append(text)
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.error("status board: broker refused the connection: %s", reason_code)
+        if not self.link.connected(reason_code):
             return
         for t in (
             topics.zones_all(self.site_id),
@@ -116,7 +156,7 @@ class StatusBoard:
 
     def _on_message(self, client, userdata, msg) -> None:
         parsed = topics.parse(msg.topic)
-        if parsed is None:
+        if parsed is None or parsed.site != self.site_id:
             return
         try:
             if parsed.kind == "gateway/availability":
@@ -149,6 +189,7 @@ class StatusBoard:
                 self.last_assignment = data
 
     def stop(self) -> None:
+        self.link.closing()
         self.client.loop_stop()
         self.client.disconnect()
 
@@ -184,7 +225,11 @@ class StatusBoard:
                 else ""
             )
             bad = f"; bad payloads {self.bad_payloads}" if self.bad_payloads else ""
-            out.append(f"gateway {self.gateway}; assignments {self.assignments}{tail}{bad}")
+            out.append(
+                f"gateway {self.gateway}; broker {self.broker_state}; "
+                f"assignments {self.assignments}{tail}{bad}"
+            )
+            out.extend(f"! {n}" for n in self.notices)
             del names
         return out
 
@@ -194,55 +239,180 @@ def _both(text: dict[str, str], sep: str = " ") -> str:
     return both_languages(text["zh"], text["en"], sep)
 
 
-def _render_rich(board: StatusBoard, site, header: str):
+_LINE_STYLES = {"ok": "bold green", "full": "bold red", "fallback": "yellow"}
+
+
+def _render_rich(board: StatusBoard, site, header: list[str], console=None):
+    """The live view. With ``console``, it fits the console's height: the framed tables
+    when they fit, else a compact layout (one row per zone and per sign, the status
+    line last); only a site too big for even that loses its last rows, said in a row."""
     from rich.console import Group
     from rich.panel import Panel
+    from rich.text import Text
+
+    with board.lock:
+        zones = [(z, board.zones.get(z.id)) for z in site.zones]
+        signs = [(d.id, _sign_text(board.displays.get(d.id))) for d in site.displays]
+        foot = _footer(board)
+        notices = [Text(n, style="bold red") for n in board.notices]
+    head = Text("\n".join(header))
+    full = Panel(
+        Group(head, _zone_table(zones, False), _sign_table(signs, False), foot, *notices),
+        title="parkguide demo",
+    )
+    if console is None or _rows(console, full) <= console.height:
+        return full
+    title = Text("parkguide demo — ", style="bold")
+    title.append_text(head)
+    # compact: with blank lines between the parts if they fit; sign lines wrapped if
+    # they fit, else one row per sign, cut short with "…"
+    for wrap, spacer in ((True, [Text("")]), (True, []), (False, [Text("")]), (False, [])):
+        compact = Group(
+            title, *spacer, _zone_table(zones, True), *spacer, _sign_table(signs, True, wrap),
+            foot, *notices,
+        )  # fmt: skip
+        if _rows(console, compact) <= console.height:
+            return compact
+    # even compact is too tall: as many zone and sign rows as fit, then a row saying so
+    fixed = _rows(console, Group(title, foot, *notices)) + 2  # the zones' header, "… more"
+    room = max(console.height - fixed, 2)
+    shown_zones = zones[: min(len(zones), max(room - len(signs), room // 2))]
+    shown_signs = signs[: max(room - len(shown_zones), 0)]
+    hidden = len(zones) - len(shown_zones) + len(signs) - len(shown_signs)
+    more = Text(f"… {hidden} more rows; every zone and sign is on the dashboard", style="dim")
+    return Group(
+        title,
+        _zone_table(shown_zones, True),
+        _sign_table(shown_signs, True),
+        *([more] if hidden else []),
+        foot,
+        *notices,
+    )
+
+
+def _rows(console, renderable) -> int:
+    return len(console.render_lines(renderable, console.options.update(height=None), pad=False))
+
+
+def _sign_text(content: dict | None):
+    from rich.text import Text
+
+    if not content or content.get("expires", 0) < time.time():
+        return Text("(blank)", style="dim")
+    parts = Text()
+    for i, ln in enumerate(content["lines"]):
+        if i:
+            parts.append("  ")
+        parts.append(f"{_both(ln['label'], '/')} {ARROWS.get(ln['arrow'], '')} ")
+        parts.append(_both(ln["text"]), style=_LINE_STYLES.get(ln["status"], ""))
+    return parts
+
+
+def _zone_table(zones: list, compact: bool):
+    from rich.table import Table
+
+    if compact:
+        zt = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    else:
+        zt = Table(title="Zones", expand=False)
+    for col in ("zone", "free", "occupied", "unknown", "closed", "total"):
+        if col == "zone":
+            zt.add_column(col, no_wrap=compact, overflow="ellipsis", max_width=24)
+        else:
+            zt.add_column(col, justify="right", no_wrap=compact)
+    for z, c in zones:
+        counts = ("free", "occupied", "unknown", "closed", "total")
+        zt.add_row(f"{z.id} {z.name.zh}", *(str(c[k]) if c else "-" for k in counts))
+    return zt
+
+
+def _sign_table(signs: list, compact: bool, wrap: bool = False):
+    from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    zt = Table(title="Zones", expand=False)
-    for col in ("zone", "free", "occupied", "unknown", "closed", "total"):
-        zt.add_column(col, justify="right" if col != "zone" else "left")
-    st = Table(title="Signs (as drivers see them)", expand=False, show_lines=False)
-    st.add_column("sign")
-    st.add_column("lines")
-    now = time.time()
-    with board.lock:
-        for z in site.zones:
-            c = board.zones.get(z.id)
-            if c:
-                zt.add_row(
-                    f"{z.id} {z.name.zh}",
-                    str(c["free"]),
-                    str(c["occupied"]),
-                    str(c["unknown"]),
-                    str(c["closed"]),
-                    str(c["total"]),
-                )
-            else:
-                zt.add_row(f"{z.id} {z.name.zh}", "-", "-", "-", "-", "-")
-        for d in site.displays:
-            content = board.displays.get(d.id)
-            if not content or content.get("expires", 0) < now:
-                st.add_row(d.id, Text("(blank)", style="dim"))
-                continue
-            parts = Text()
-            for i, ln in enumerate(content["lines"]):
-                if i:
-                    parts.append("  ")
-                style = {"ok": "bold green", "full": "bold red", "fallback": "yellow"}.get(
-                    ln["status"], ""
-                )
-                parts.append(f"{_both(ln['label'], '/')} {ARROWS.get(ln['arrow'], '')} ")
-                parts.append(_both(ln["text"]), style=style)
-            st.add_row(d.id, parts)
-        a = board.last_assignment
-        foot = f"gateway: {board.gateway}   assignments: {board.assignments}"
-        if board.bad_payloads:
-            foot += f"   bad payloads: {board.bad_payloads}"
-        if a:
-            foot += f"   last: {a.get('class')} at {a.get('entrance')} → {a.get('space') or 'none'}"
-    return Panel(Group(Text(header), zt, st, Text(foot)), title="parkguide demo")
+    width = max((len(sign_id) for sign_id, _ in signs), default=4)
+    if compact and not wrap:  # one row per sign: a line too long ends in "…"
+        rows = []
+        for sign_id, text in signs:
+            row = Text(f"{sign_id:<{width}}  ", style="bold", no_wrap=True, overflow="ellipsis")
+            row.append_text(text)
+            rows.append(row)
+        return Group(*rows)
+    if compact:
+        st = Table(box=None, pad_edge=False, show_edge=False, show_header=False)
+        st.add_column("sign", no_wrap=True, style="bold", min_width=width)
+        st.add_column("lines")
+    else:
+        st = Table(title="Signs (as drivers see them)", expand=False, show_lines=False)
+        st.add_column("sign")
+        st.add_column("lines")
+    for sign_id, text in signs:
+        st.add_row(sign_id, text)
+    return st
+
+
+def _footer(board: StatusBoard):
+    """The status line; called with board.lock held."""
+    from rich.text import Text
+
+    state = board.broker_state
+    foot = Text("broker: ")
+    foot.append(state, style="green" if state == "connected" else "bold red")
+    foot.append(f"   gateway: {board.gateway}   assignments: {board.assignments}")
+    if board.bad_payloads:
+        foot.append(f"   bad payloads: {board.bad_payloads}")
+    a = board.last_assignment
+    if a:
+        foot.append(
+            f"   last: {a.get('class')} at {a.get('entrance')} → {a.get('space') or 'none'}"
+        )
+    return foot
+
+
+def _check_args(args: argparse.Namespace) -> tuple[str, int, BrokerConfig | None] | str:
+    """(dashboard host, port, the --broker given) or the one line that says what is wrong;
+    checked before anything starts, so a typo costs no wait."""
+    try:
+        parse_hhmm(args.start)
+    except ValueError:
+        return f"--start {args.start!r}: expected HH:MM, from 00:00 to 23:59"
+    if not (args.speed > 0 and math.isfinite(args.speed)):
+        return f"--speed {args.speed}: must be a positive number"
+    if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
+        return f"--duration {args.duration}: must be a positive number of seconds"
+    http_host, _, http_port_s = args.http.rpartition(":")
+    http_host = http_host or "127.0.0.1"
+    try:
+        http_port = int(http_port_s)
+    except ValueError:
+        return f"--http {args.http!r}: expected HOST:PORT"
+    problem = port_problem(http_host, http_port)
+    if problem and problem.endswith(" is in use"):
+        return f"--http {args.http}: that port is taken; pick another with --http HOST:PORT"
+    if problem:
+        return f"--http {args.http}: {problem}"
+    broker = None
+    if args.broker:
+        try:
+            broker = BrokerConfig.from_url(args.broker)
+        except ValueError as exc:
+            return f"--broker: {exc}"
+    elif args.broker_port is not None:
+        problem = port_problem("127.0.0.1", args.broker_port)
+        if problem and problem.endswith(" is in use"):
+            # something listens there (maybe a broker of yours): the demo would publish
+            # into it, retained, and take it for its own
+            return (
+                f"--broker-port {args.broker_port}: 127.0.0.1:{args.broker_port} is in use; "
+                "pick a free port, leave --broker-port out for any free one, or use a "
+                "broker of yours with --broker mqtt://HOST:PORT"
+            )
+        if problem:
+            return f"--broker-port {args.broker_port}: {problem}"
+        if args.broker_port == http_port:
+            return f"--broker-port {args.broker_port}: the dashboard's port (--http)"
+    return http_host, http_port, broker
 
 
 def main(args: argparse.Namespace) -> int:
@@ -252,20 +422,45 @@ def main(args: argparse.Namespace) -> int:
         for p in exc.problems:
             print(p, file=sys.stderr)
         return 2
-    http_host, _, http_port_s = args.http.rpartition(":")
-    http_host = http_host or "127.0.0.1"
+    checked = _check_args(args)
+    if isinstance(checked, str):
+        print(checked, file=sys.stderr)
+        return 2
     try:
-        http_port = int(http_port_s)
-    except ValueError:
-        print(f"--http {args.http!r}: expected HOST:PORT", file=sys.stderr)
-        return 2
-    if not port_free(http_host, http_port):
-        print(
-            f"--http {args.http}: that port is taken; pick another with --http HOST:PORT",
-            file=sys.stderr,
-        )
-        return 2
+        return _run(args, site, *checked)
+    except BrokenPipeError:
+        # stdout was a pipe whose reader left (`parkguide demo | head`): everything is
+        # stopped by now; end quietly, like Ctrl-C
+        _drop_stdout()
+        return 0
 
+
+def _drop_stdout() -> None:
+    """Send what is left for stdout to /dev/null (its reader is gone): no second
+    BrokenPipeError when the interpreter flushes it at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _out(text: str) -> None:
+    """Lines to stdout in one write: print() writes the text and its newline apart
+    (unbuffered, as under PYTHONUNBUFFERED), and a log line could land between them."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _say(text: str) -> None:
+    try:
+        _out(text)
+    except BrokenPipeError:
+        _drop_stdout()
+
+
+def _run(
+    args: argparse.Namespace, site, http_host: str, http_port: int, broker: BrokerConfig | None
+) -> int:
     run_dir = (
         Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="parkguide-demo-"))
     )
@@ -280,18 +475,17 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     board: StatusBoard | None = None
+    drivers = None
     try:
-        if args.broker:
-            try:
-                broker = BrokerConfig.from_url(args.broker)
-            except ValueError as exc:
-                print(f"--broker: {exc}", file=sys.stderr)
-                return 2
+        if broker is not None:
             broker_url = args.broker
         else:
             port = args.broker_port or free_port()
-            sup.start("broker", ["--port", str(port)], module="parkguide.embedded_broker")
-            if not _wait_port("127.0.0.1", port, 15):
+            embedded = sup.start(
+                "broker", ["--port", str(port)], module="parkguide.embedded_broker"
+            )
+            if not _wait_for(embedded, lambda: _listening("127.0.0.1", port), 15):
+                keep = True
                 print(
                     f"embedded broker did not start; see {run_dir / 'broker.log'}", file=sys.stderr
                 )
@@ -340,9 +534,7 @@ def main(args: argparse.Namespace) -> int:
                 ],
                 stdin_pipe=True,
             )
-            deadline = time.monotonic() + 15
-            while not link.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            _wait_for(sims[bus.id], link.exists, 15)
             sup.start(
                 f"edge-{bus.id}",
                 [
@@ -377,7 +569,7 @@ def main(args: argparse.Namespace) -> int:
                     ],
                     stdin_pipe=True,
                 )
-                _wait_port("127.0.0.1", cam_port, 20)
+                _wait_for(sims[cam.id], lambda p=cam_port: _listening("127.0.0.1", p), 20)
                 sup.start(
                     f"edge-{cam.id}",
                     [
@@ -405,24 +597,41 @@ def main(args: argparse.Namespace) -> int:
             ).start()
 
         board = StatusBoard(site.id, broker)
-        dashboard = f"http://{http_host}:{http_port}"
-        header = (
-            f"{site.name.zh} {site.name.en} — dashboard {dashboard}  login: demo-manager / {password}\n"
-            f"broker {broker_url}   logs {run_dir}   Ctrl-C to stop"
-        )
-        print(header, flush=True)
-        if _run_status(board, site, header, stop, sup, args.duration):
+        header = [
+            f"{site.name.zh} {site.name.en} — dashboard http://{http_host}:{http_port}",
+            f"login: demo-manager / {password}   Ctrl-C to stop",
+            f"broker {broker_url}   logs {run_dir}",
+        ]
+        _out("\n".join(header))
+        died = _run_status(board, site, header, stop, sup, args.duration, run_dir)
+        if died or (drivers is not None and drivers.proc.poll() is not None):
             keep = True  # a part died: its log is what the user needs next
             print(f"a part of the demo died; logs kept in {run_dir}", file=sys.stderr)
             return 1
         return 0
+    except _StartFailed as exc:
+        keep = True
+        _report_dead(sup, exc.child, " while the demo was starting it")
+        print(f"the demo could not start; logs kept in {run_dir}", file=sys.stderr)
+        return 1
     finally:
         if board:
             board.stop()
         sup.stop_all()
         if not keep:
             shutil.rmtree(run_dir, ignore_errors=True)
-        print("parkguide demo stopped; nothing left running.", flush=True)
+        _say("parkguide demo stopped; nothing left running.")
+
+
+def _report_dead(sup: Supervisor, child, note: str = "") -> None:
+    log.error(
+        "%s exited with code %s%s; last lines of its log (%s):\n%s",
+        child.name,
+        child.proc.returncode,
+        note,
+        child.log_path,
+        sup.tail(child),
+    )
 
 
 def _add_demo_user(db: Path, password: str) -> None:
@@ -457,42 +666,74 @@ def _route_driver_events(drivers, sims: dict, site, stop: threading.Event) -> No
 def _run_status(
     board: StatusBoard,
     site,
-    header: str,
+    header: list[str],
     stop: threading.Event,
     sup: Supervisor,
     duration: float | None,
+    run_dir: Path | None = None,
 ) -> bool:
-    """Show the live status until stopped or ``duration`` is up; True if a part died."""
+    """Show the live status until stopped or ``duration`` is up; True if a part died.
+
+    The simulated drivers are the exception: without them the system still runs (no
+    cars come or go), so their death is told (on stderr and in the view) and the demo
+    runs on."""
     started = time.monotonic()
     tty = sys.stdout.isatty()
     live = None
+    told: set[str] = set()
     if tty:
         from rich.live import Live
 
-        live = Live(_render_rich(board, site, header), refresh_per_second=2, screen=False)
+        live = Live(refresh_per_second=2, screen=False)
+        live.update(_render_rich(board, site, header, live.console))
         live.start()
     last_plain = 0.0
     try:
-        while not stop.is_set():
-            if duration and time.monotonic() - started > duration:
-                break
-            dead = [c for c in sup.dead() if c.name != "drivers"]
-            if dead:
+        with _logs_above(live):
+            while not stop.is_set():
+                if duration and time.monotonic() - started > duration:
+                    break
+                dead = sup.dead()
                 for c in dead:
-                    log.error(
-                        "%s exited with code %s; last lines of its log:\n%s",
-                        c.name,
-                        c.proc.returncode,
-                        sup.tail(c),
-                    )
-                return True
-            if live is not None:
-                live.update(_render_rich(board, site, header))
-            elif time.monotonic() - last_plain > 10:
-                last_plain = time.monotonic()
-                print("\n".join(board.render_text(site)), flush=True)
-            stop.wait(0.5)
+                    if c.name == "drivers" and c.name not in told:
+                        told.add(c.name)
+                        _report_dead(
+                            sup, c, "; no cars come or go now, the rest of the demo runs on"
+                        )
+                        board.notice(
+                            f"the simulated drivers exited (code {c.proc.returncode}) at "
+                            f"{time.strftime('%H:%M:%S')}; see {c.log_path}"
+                        )
+                dead = [c for c in dead if c.name != "drivers"]
+                if dead:
+                    for c in dead:
+                        _report_dead(sup, c)
+                    return True
+                if live is not None:
+                    live.update(_render_rich(board, site, header, live.console))
+                elif time.monotonic() - last_plain > 10:
+                    last_plain = time.monotonic()
+                    _out("\n".join(board.render_text(site)))
+                stop.wait(0.5)
     finally:
         if live is not None:
             live.stop()
     return False
+
+
+@contextlib.contextmanager
+def _logs_above(live):
+    """While the live view is up on a terminal, log lines (on the same terminal) go
+    above it through rich, instead of into the middle of it."""
+    swapped = []
+    original = sys.__stderr__
+    if live is not None and original is not None and original.isatty():
+        for h in logging.getLogger().handlers:
+            if type(h) is logging.StreamHandler and h.stream is original:
+                h.setStream(sys.stderr)  # rich's proxy while the Live runs
+                swapped.append(h)
+    try:
+        yield
+    finally:
+        for h in swapped:
+            h.setStream(original)

@@ -2,7 +2,7 @@
 
 Credentials are optional. They come from flags or the environment
 (``PARKGUIDE_MQTT_USERNAME`` / ``PARKGUIDE_MQTT_PASSWORD``), never from
-defaults in code. Pure: the components apply this to their paho client.
+defaults in code. No paho import: :meth:`BrokerConfig.apply` sets up a client it is given.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 ENV_USERNAME = "PARKGUIDE_MQTT_USERNAME"
@@ -55,6 +56,13 @@ class BrokerConfig:
         return cls(
             host=parts.hostname, port=port, username=user or None, password=pw or None, tls=tls
         )
+
+    def apply(self, client: Any) -> None:
+        """Credentials and TLS (the system's CAs) on a paho client, before it connects."""
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        if self.tls:
+            client.tls_set()
 
     @property
     def url(self) -> str:

@@ -182,7 +182,11 @@ def test_the_demo_says_when_a_part_died():
     the demo exits non-zero and keeps its logs."""
     from parkguide.demo import _run_status
 
-    child = type("Child", (), {"name": "gateway", "proc": type("P", (), {"returncode": -9})})
+    child = type(
+        "Child",
+        (),
+        {"name": "gateway", "proc": type("P", (), {"returncode": -9}), "log_path": "gateway.log"},
+    )
     sup = type("Sup", (), {"dead": lambda self: [child], "tail": lambda self, c: "killed"})()
     board = type("Board", (), {"render_text": lambda self, site: []})()
     started = time.monotonic()

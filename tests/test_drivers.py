@@ -89,3 +89,62 @@ def test_live_drivers_refuse_a_speed_that_is_not_a_number(capsys):
     for bad in ("nan", "-60", "0"):
         assert main([*argv, "--speed", bad]) == 2
         assert f"--speed {float(bad)}: must be a positive number" in capsys.readouterr().err
+
+
+def _msg(topic: str, payload: bytes):
+    return type("Msg", (), {"topic": topic, "payload": payload})()
+
+
+def test_live_drivers_take_only_this_sites_assignments(example_site, caplog):
+    """amqtt (the demo's broker) hands a new client the retained messages of other
+    clients' subscriptions: anything but an assignment of this site is ignored, quietly."""
+    import logging
+
+    from firmware_sim.drivers import LiveDrivers
+    from parking import topics
+    from parking.broker import BrokerConfig
+
+    caplog.set_level(logging.WARNING, logger="firmware_sim.drivers")
+    drivers = LiveDrivers(example_site, BrokerConfig.from_url("mqtt://127.0.0.1:1"), 420, 60, 1)
+    site = example_site.id
+    answer = json.dumps(
+        {
+            "entrance": "north",
+            "class": "resident",
+            "space": "A-001",
+            "zone": "A",
+            "route": [],
+            "hold_expires": None,
+            "request_id": "d0-1",
+            "ts": 1.0,
+        }
+    ).encode()
+    zone = json.dumps({"zone": "A", "free": 3, "occupied": 77, "unknown": 0, "total": 80}).encode()
+    for topic, payload in (
+        (topics.zone(site, "A"), zone),
+        (topics.zone(site, "A"), answer),  # looks like an assignment, is not one
+        (topics.arrival(site, "north"), answer),
+        (topics.gateway_availability(site), b"online"),
+        (topics.assignment("another-site", "north"), answer),
+        ("other/thing", b"hello"),
+    ):
+        drivers._on_message(None, None, _msg(topic, payload))
+    assert drivers.assignments.empty()
+    assert caplog.records == []
+    drivers._on_message(None, None, _msg(topics.assignment(site, "north"), answer))
+    assert drivers.assignments.get_nowait().space == "A-001"
+
+
+def test_live_drivers_write_each_set_line_at_once(example_site, monkeypatch):
+    """One write per line, newline included: a log line from the MQTT thread (same file in
+    the demo, unbuffered) cannot land inside it and spoil the command."""
+    from firmware_sim.drivers import LiveDrivers
+    from parking.broker import BrokerConfig
+
+    writes: list[str] = []
+    out = type("Out", (), {"write": lambda self, s: writes.append(s), "flush": lambda self: None})
+    monkeypatch.setattr("sys.stdout", out())
+    drivers = LiveDrivers(example_site, BrokerConfig.from_url("mqtt://127.0.0.1:1"), 420, 60, 1)
+    drivers.say("A-001", True)
+    drivers.say("A-002", False)
+    assert writes == ["set A-001 occupied\n", "set A-002 free\n"]

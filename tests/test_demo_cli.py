@@ -1,0 +1,451 @@
+"""`parkguide demo` refuses what would not work before it starts anything, says what is
+wrong with the broker or a part, fits a 80x24 terminal and ends quietly in a closed pipe;
+its status view and the simulated drivers reach a TLS broker."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.conftest import MosquittoBroker, free_port, parkguide_cmd
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float = 20) -> subprocess.CompletedProcess:
+    """The CLI in its own process group, all of it killed if it outlives ``timeout``."""
+    proc = subprocess.Popen(
+        parkguide_cmd(*args),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{args} still running after {timeout}s: {err[-2000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [
+        ("--start", "abc", "--start 'abc': expected HH:MM, from 00:00 to 23:59"),
+        ("--start", "25:00", "--start '25:00': expected HH:MM, from 00:00 to 23:59"),
+        ("--speed", "0", "--speed 0.0: must be a positive number"),
+        ("--speed", "-5", "--speed -5.0: must be a positive number"),
+        ("--speed", "nan", "--speed nan: must be a positive number"),
+    ],
+)
+def test_demo_refuses_a_bad_start_or_speed_at_once(flag, value, said, subprocess_env, tmp_path):
+    started = time.monotonic()
+    env = {**subprocess_env, "TMPDIR": str(tmp_path)}  # anything it leaves, it leaves there
+    out = _run(["demo", "--http", f"127.0.0.1:{free_port()}", f"{flag}={value}"], env)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == said
+    assert out.stdout == ""  # no header, no dashboard advertised
+    assert time.monotonic() - started < 15
+
+
+def test_demo_refuses_a_broker_port_something_listens_on(subprocess_env, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = _run(
+            ["demo", "--broker-port", str(port), "--http", f"127.0.0.1:{free_port()}"],
+            {**subprocess_env, "TMPDIR": str(tmp_path)},
+        )
+    assert out.returncode == 2, out.stderr
+    assert f"--broker-port {port}: 127.0.0.1:{port} is in use" in out.stderr
+    assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_port_problem_tells_in_use_from_unresolvable_and_unbindable():
+    from parkguide.ports import port_free, port_problem
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert port_problem("127.0.0.1", port) == f"127.0.0.1:{port} is in use"
+        assert not port_free("127.0.0.1", port)
+    assert port_problem("127.0.0.1", free_port()) is None
+    assert port_problem("nohost.invalid", 8765).startswith(
+        "cannot resolve the host 'nohost.invalid'"
+    )
+    # TEST-NET-1 is nobody's own address: not "in use", cannot listen there
+    assert port_problem("192.0.2.1", 8765).startswith("cannot listen on 192.0.2.1:8765 (")
+    assert port_problem("127.0.0.1", 70000) == "port 70000 is out of range (1-65535)"
+
+
+@pytest.mark.parametrize(
+    ("http", "said"),
+    [
+        ("nohost.invalid:8765", "--http nohost.invalid:8765: cannot resolve the host"),
+        ("192.0.2.1:8765", "--http 192.0.2.1:8765: cannot listen on 192.0.2.1:8765"),
+    ],
+)
+def test_demo_http_that_cannot_be_listened_on_is_not_called_taken(http, said, capsys):
+    from parkguide.cli import main
+
+    assert main(["demo", "--http", http]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said) and "taken" not in err and "Traceback" not in err
+
+
+def test_demo_start_waits_end_when_the_child_has_exited():
+    """A part that exits while the demo waits for it ends the wait at once (no 15-20 s
+    timeout), and a port that answers while the part is dead is not its start."""
+    from parkguide.demo import _StartFailed, _wait_for
+
+    def child(code: str):
+        proc = subprocess.Popen([sys.executable, "-c", code])
+        return type("Child", (), {"name": "sim-bus", "proc": proc})()
+
+    gone = child("raise SystemExit(3)")
+    gone.proc.wait()
+    started = time.monotonic()
+    with pytest.raises(_StartFailed) as failed:
+        _wait_for(gone, lambda: False, 15)
+    assert failed.value.child is gone and time.monotonic() - started < 2
+    with pytest.raises(_StartFailed):
+        _wait_for(gone, lambda: True, 15)  # someone else's listener
+    alive = child("import time; time.sleep(30)")
+    try:
+        assert _wait_for(alive, lambda: True, 15) is True
+        assert _wait_for(alive, lambda: False, 0.3) is False
+    finally:
+        alive.proc.kill()
+        alive.proc.wait()
+
+
+def _msg(topic: str, payload: bytes):
+    return type("Msg", (), {"topic": topic, "payload": payload})()
+
+
+def _busy_board(site, port: int):
+    """A status board with every zone and sign filled in (long sign lines)."""
+    from parkguide.demo import StatusBoard
+    from parking import topics
+    from parking.broker import BrokerConfig
+
+    board = StatusBoard(site.id, BrokerConfig.from_url(f"mqtt://127.0.0.1:{port}"))
+    now = time.time()
+    for z in site.zones:
+        counts = {"free": 3, "occupied": 77, "unknown": 0, "closed": 0, "total": 80}
+        payload = json.dumps({"zone": z.id, **counts, "ts": now}).encode()
+        board._on_message(None, None, _msg(topics.zone(site.id, z.id), payload))
+
+    def line(label_zh, label_en, zh, en, arrow, status):
+        return {
+            "arrow": arrow,
+            "count": None,
+            "status": status,
+            "label": {"zh": label_zh, "en": label_en},
+            "text": {"zh": zh, "en": en},
+        }
+
+    for d in site.displays:
+        content = {
+            "display": d.id,
+            "lines": [
+                line("A区", "Zone A", "满", "FULL", "left", "full"),
+                line("访客", "Visitors", "39", "39", "up", "ok"),
+                line("地库B1", "Basement B1", "满", "FULL", "right", "full"),
+            ],
+            "ts": now,
+            "expires": now + 600,
+        }
+        payload = json.dumps(content).encode()
+        board._on_message(None, None, _msg(topics.display_content(site.id, d.id), payload))
+    board._on_message(None, None, _msg(topics.gateway_availability(site.id), b"online"))
+    board.assignments = 12
+    board.last_assignment = {"class": "resident", "entrance": "gate-north", "space": "A-012"}
+    assert len(board.zones) == len(site.zones) and len(board.displays) == len(site.displays)
+    return board
+
+
+HEADER = [
+    "新苑小区 Xinyuan Community — dashboard http://127.0.0.1:8000",
+    "login: demo-manager / m4kVmZwjqO-B   Ctrl-C to stop",
+    "broker mqtt://127.0.0.1:33871   logs /tmp/parkguide-demo-cskq9y2y",
+]
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (120, 50)])
+def test_demo_view_fits_the_terminal_with_every_sign_and_the_footer(example_site, width, height):
+    from rich.console import Console
+
+    from parkguide.demo import _render_rich
+
+    board = _busy_board(example_site, free_port())
+    try:
+        board.notice("the simulated drivers exited (code -9)")
+        console = Console(width=width, height=height, file=io.StringIO(), color_system=None)
+        view = _render_rich(board, example_site, HEADER, console)
+        lines = console.render_lines(view, console.options.update(height=None), pad=False)
+        assert len(lines) <= height
+        console.print(view)
+        text = console.file.getvalue()
+    finally:
+        board.stop()
+    for d in example_site.displays:
+        assert f"{d.id} " in text
+    for z in example_site.zones:
+        assert f"{z.id} {z.name.zh}" in text
+    assert "login: demo-manager / m4kVmZwjqO-B" in text
+    words = " ".join(text.replace("│", " ").split())  # the footer may wrap
+    assert "assignments: 12 last: resident at gate-north → A-012" in words
+    assert "broker: " in text and "the simulated drivers exited" in words
+    if height >= 40:  # room for the framed tables
+        assert "Signs (as drivers see them)" in text
+
+
+def test_demo_view_of_a_tiny_terminal_keeps_the_footer(example_site):
+    from rich.console import Console
+
+    from parkguide.demo import _render_rich
+
+    board = _busy_board(example_site, free_port())
+    try:
+        console = Console(width=80, height=12, file=io.StringIO(), color_system=None)
+        view = _render_rich(board, example_site, HEADER, console)
+        assert len(console.render_lines(view, console.options.update(height=None))) <= 12
+        console.print(view)
+        text = console.file.getvalue()
+    finally:
+        board.stop()
+    assert "more rows; every zone and sign is on the dashboard" in text
+    assert "assignments: 12" in text
+
+
+def test_the_status_board_says_when_the_broker_cannot_be_reached(example_site, caplog):
+    from parkguide.demo import StatusBoard
+    from parking.broker import BrokerConfig
+
+    caplog.set_level(logging.WARNING, logger="parkguide.demo")
+    port = free_port()
+    board = StatusBoard(example_site.id, BrokerConfig.from_url(f"mqtt://127.0.0.1:{port}"))
+    try:
+        deadline = time.monotonic() + 10
+        while "cannot reach" not in board.broker_state and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert board.broker_state.startswith("cannot reach it (")
+        assert "broker cannot reach it" in "\n".join(board.render_text(example_site))
+    finally:
+        board.stop()
+    said = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    assert said and f"mqtt://127.0.0.1:{port}" in said[0]
+
+
+def test_broker_link_logs_the_first_failure_then_once_a_minute(caplog):
+    from firmware_sim.drivers import BrokerLink
+    from parking.broker import BrokerConfig
+
+    now = [1000.0]
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    link = BrokerLink(client, BrokerConfig.from_url("mqtt://h:1"), "tester", clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="firmware_sim.drivers")
+
+    def fail():
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError:
+            client.on_connect_fail(client, None)  # as paho calls it
+
+    fail()
+    for _ in range(5):
+        now[0] += 10
+        fail()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "tester: broker mqtt://h:1: cannot reach it ([Errno 111] Connection refused); retrying"
+    ]
+    now[0] += 11
+    fail()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and warnings[1].endswith("retrying (7 attempts so far)")
+    assert link.state.startswith("cannot reach it")
+    ok = type("RC", (), {"is_failure": False})()
+    assert link.connected(ok) is True and link.state == "connected"
+    assert any("connected to the broker" in r.getMessage() for r in caplog.records)
+    refused = type("RC", (), {"is_failure": True, "__str__": lambda self: "Not authorized"})()
+    assert link.connected(refused) is False
+    assert link.state == "refused the connection (Not authorized); retrying"
+
+
+def test_live_drivers_say_when_the_broker_cannot_be_reached(subprocess_env):
+    proc = subprocess.Popen(
+        parkguide_cmd("sim", "drivers", "--live", "--broker", f"mqtt://127.0.0.1:{free_port()}"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env,
+    )
+    try:
+        time.sleep(4)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=30)[1]
+    assert "cannot reach it" in err, err[-2000:]
+
+
+def test_the_demo_tells_when_the_drivers_died_and_runs_on(caplog):
+    from parkguide.demo import _run_status
+
+    caplog.set_level(logging.ERROR, logger="parkguide.demo")
+    drivers = type(
+        "Child",
+        (),
+        {
+            "name": "drivers",
+            "proc": type("P", (), {"returncode": -9})(),
+            "log_path": Path("/run/drivers.log"),
+        },
+    )()
+    sup = type(
+        "Sup", (), {"dead": lambda self: [drivers], "tail": lambda self, c: "set A-1 free"}
+    )()
+    notices: list[str] = []
+    board = type(
+        "Board",
+        (),
+        {"render_text": lambda self, site: [], "notice": lambda self, t: notices.append(t)},
+    )()
+    assert _run_status(board, None, [], threading.Event(), sup, 1.2) is False  # ran on
+    errors = [r.getMessage() for r in caplog.records]
+    assert len(errors) == 1 and errors[0].startswith("drivers exited with code -9")
+    assert len(notices) == 1 and "the simulated drivers exited (code -9)" in notices[0]
+
+
+def test_the_demo_ends_quietly_when_its_output_pipe_closes(tmp_path, subprocess_env):
+    """`parkguide demo | head -1`: no BrokenPipeError traceback; every part stopped and
+    the temporary run directory removed all the same."""
+    env = {**subprocess_env, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        parkguide_cmd(
+            "demo",
+            "--http",
+            f"127.0.0.1:{free_port()}",
+            "--no-camera",
+            "--no-drivers",
+            "--duration",
+            "3",
+        ),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        proc.stdout.close()  # the reader goes away, as `head -1` does
+        err = proc.stderr.read().decode(errors="replace")
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "dashboard" in first.decode()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err[-3000:]
+    assert proc.returncode == 0
+    assert list(tmp_path.glob("parkguide-demo-*")) == []
+    time.sleep(0.5)
+    leftover = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if str(tmp_path) in (entry / "environ").read_bytes().decode(errors="replace"):
+                    leftover.append(int(entry.name))
+    assert leftover == []
+
+
+def _tls_broker(tmp_path: Path) -> MosquittoBroker:
+    openssl = shutil.which("openssl")
+    if not openssl:
+        pytest.skip("openssl is not installed (needed to make the test certificates)")
+    run = lambda *a: subprocess.run([openssl, *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=parkguide test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    run("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
+    (tmp_path / "ext").write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n"
+    )
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "srv.crt", "-days", "2", "-extfile", "ext")  # fmt: skip
+    broker = MosquittoBroker(
+        tmp_path,
+        extra_conf=(
+            # as root, mosquitto would drop to 'mosquitto', who cannot read tmp_path
+            ("user root\n" if os.geteuid() == 0 else "") + "allow_anonymous true\n"
+            f"cafile {tmp_path / 'ca.crt'}\n"
+            f"certfile {tmp_path / 'srv.crt'}\n"
+            f"keyfile {tmp_path / 'srv.key'}\n"
+        ),
+    )
+    broker.start()
+    return broker
+
+
+def test_status_view_and_live_drivers_reach_a_tls_broker(tmp_path, example_site, monkeypatch):
+    from firmware_sim.drivers import LiveDrivers
+    from parkguide.demo import StatusBoard
+    from parking import topics
+    from parking.broker import BrokerConfig
+
+    broker = _tls_broker(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.crt"))  # trust the test CA
+    config = BrokerConfig.from_url(f"mqtts://127.0.0.1:{broker.port}")
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.tls_set(ca_certs=str(tmp_path / "ca.crt"))
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    zone = example_site.zones[0].id
+    counts = {"zone": zone, "free": 5, "occupied": 75, "unknown": 0, "closed": 0, "total": 80}
+    pub.publish(
+        topics.zone(example_site.id, zone), json.dumps({**counts, "ts": time.time()}), 1, True
+    ).wait_for_publish(5)
+    board = StatusBoard(example_site.id, config)
+    drivers = LiveDrivers(example_site, config, 7 * 60, 60.0, 1)
+    drivers.client.loop_start()
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if zone in board.zones and drivers.client.is_connected():
+                break
+            time.sleep(0.05)
+        assert board.zones.get(zone, {}).get("free") == 5
+        assert drivers.client.is_connected()
+    finally:
+        drivers.client.loop_stop()
+        drivers.client.disconnect()
+        board.stop()
+        pub.loop_stop()
+        pub.disconnect()
+        broker.stop()
