@@ -12,6 +12,7 @@ offline, every space and zone reads ``unknown``: silence is never free.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import deque
@@ -80,7 +81,7 @@ class MqttLiveView:
         self.connected = threading.Event()
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"parkguide-api-{site.id}-{int(time.time() * 1000) % 10**9}",
+            client_id=client_id or f"parkguide-api-{site.id}-{secrets.token_hex(8)}",
         )
         broker.apply(self.client)
         self.client.reconnect_delay_set(0.5, 30)

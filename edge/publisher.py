@@ -167,7 +167,7 @@ class ReportPublisher:
         self.agent = agent
         self.source = source
         self.boot = secrets.token_hex(6)
-        self.client_id = f"parkguide-{site}-{agent}"
+        self.client_id = broker.session_id(f"parkguide-{site}-{agent}")
         self.snapshot_interval_s = snapshot_interval_s
         self.max_inflight = max_inflight
         self.keepalive_s = keepalive_s

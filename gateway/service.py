@@ -219,7 +219,7 @@ class GatewayService:
             self.writer = InfluxWriter(db, **influx)
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"parkguide-gateway-{self.site.id}",
+            client_id=client_id or self.broker.session_id(f"parkguide-gateway-{self.site.id}"),
             clean_session=False,  # the broker keeps QoS 1 reports for us while we restart
             manual_ack=True,  # a report is acknowledged only once it is in the journal
         )

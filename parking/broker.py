@@ -7,6 +7,7 @@ defaults in code. No paho import: :meth:`BrokerConfig.apply` sets up a client it
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -56,6 +57,16 @@ class BrokerConfig:
         return cls(
             host=parts.hostname, port=port, username=user or None, password=pw or None, tls=tls
         )
+
+    def session_id(self, base: str) -> str:
+        """A stable MQTT client id for ``base`` that other broker users cannot guess: with
+        a password, ``base`` plus a digest of it. Mosquitto lets a client id be taken over
+        by any login (the old connection is closed and its last will fires), so a guessable
+        gateway id let a sign controller's login blind the whole site, over and over."""
+        if not self.password:
+            return base
+        digest = hashlib.sha256(f"{base}\0{self.password}".encode()).hexdigest()[:16]
+        return f"{base}-{digest}"
 
     def apply(self, client: Any) -> None:
         """Credentials and TLS (the system's CAs) on a paho client, before it connects."""

@@ -4,10 +4,12 @@ and the gateway can publish only its outputs. Real mosquitto, real passwords fil
 from __future__ import annotations
 
 import os
+import pwd
 import queue
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +23,19 @@ DEPLOY = REPO / "deploy" / "mosquitto"
 SITE = "xinyuan"
 
 
+def _as_mosquitto_can_read(tmp_path: Path) -> Path | None:
+    """As root with a 'mosquitto' user: a fresh folder under /tmp it may enter."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("mosquitto")
+    except KeyError:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="parkguide-broker-"))
+    folder.chmod(0o755)
+    return folder
+
+
 @pytest.fixture
 def secured_broker(tmp_path: Path):
     require("mosquitto")
@@ -28,7 +43,11 @@ def secured_broker(tmp_path: Path):
     users = {
         u: secrets.token_urlsafe(12) for u in ("gateway", "api", "serial-bus-g", "serial-bus-b1")
     }
-    pwfile = tmp_path / "passwd"
+    # mosquitto reads the password and ACL files after dropping to its own user: as
+    # root, a folder it may enter (pytest's tmp folders are root-only), and no 'user root'
+    # (the file's owner is what make-passwords.sh must get right)
+    shared = _as_mosquitto_can_read(tmp_path)
+    pwfile = (shared or tmp_path) / "passwd"
     env = {f"PASS_{u.replace('-', '_')}": p for u, p in users.items()}
     subprocess.run(
         ["bash", str(DEPLOY / "make-passwords.sh"), str(pwfile), *users],
@@ -45,14 +64,19 @@ def secured_broker(tmp_path: Path):
         if key == "password_file":
             line = f"password_file {pwfile}"
         if key == "acl_file":
-            line = f"acl_file {DEPLOY / 'parkguide.acl'}"
+            acl = DEPLOY / "parkguide.acl"
+            if shared is not None:
+                acl = Path(shutil.copy(acl, shared / "parkguide.acl"))
+            line = f"acl_file {acl}"
         body.append(line)
-    if os.geteuid() == 0:
-        body.append("user root")  # else mosquitto drops to 'mosquitto', who cannot read tmp_path
+    if os.geteuid() == 0 and shared is None:
+        body.append("user root")  # no 'mosquitto' user here to drop to
     broker = MosquittoBroker(tmp_path, extra_conf="\n".join(body) + "\n")
     broker.start()
     yield broker, users
     broker.stop()
+    if shared is not None:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def _client(broker: MosquittoBroker, user: str, password: str) -> mqtt.Client:
@@ -128,3 +152,22 @@ def test_gateway_writes_only_its_outputs_and_anonymous_is_refused(secured_broker
     bad.loop_start()
     assert result.get(timeout=5).is_failure
     bad.loop_stop()
+
+
+def test_client_ids_cannot_be_guessed_without_the_password():
+    """Any broker login may take over a client id (mosquitto closes the old connection and
+    fires its last will): with credentials, the gateway's and the agents' ids carry a
+    digest of their password, stable across restarts (persistent sessions) but unknown to
+    the other users."""
+    from parking.broker import BrokerConfig
+
+    with_pw = BrokerConfig.from_url("mqtt://gateway:s3cret@127.0.0.1:1883")
+    again = BrokerConfig.from_url("mqtt://gateway:s3cret@127.0.0.1:1883")
+    other = BrokerConfig.from_url("mqtt://gateway:different@127.0.0.1:1883")
+    base = "parkguide-gateway-xinyuan"
+    assert with_pw.session_id(base) == again.session_id(base) != base
+    assert with_pw.session_id(base).startswith(base + "-")
+    assert other.session_id(base) != with_pw.session_id(base)
+    assert "s3cret" not in with_pw.session_id(base)
+    anonymous = BrokerConfig.from_url("mqtt://127.0.0.1:1883")
+    assert anonymous.session_id(base) == base  # a dev broker: nothing to guess
