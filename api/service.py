@@ -15,7 +15,7 @@ import sys
 from pydantic import ValidationError
 
 from api.settings import ApiSettings
-from parking.broker import BrokerConfig
+from parking.broker import add_credential_arguments, broker_from_args
 from parking.site import SiteError, load_site
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--http", default="127.0.0.1:8000", help="where to serve, HOST:PORT (default %(default)s)"
     )
-    parser.add_argument("--username", help="MQTT user (default: none, or $PARKGUIDE_MQTT_USERNAME)")
-    parser.add_argument(
-        "--password", help="MQTT password (better: the PARKGUIDE_MQTT_PASSWORD environment)"
-    )
+    add_credential_arguments(parser)
 
 
 def parse_address(address: str) -> tuple[str, int] | None:
@@ -52,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     try:
-        broker = BrokerConfig.from_url(args.broker, args.username, args.password)
+        broker = broker_from_args(args.broker, args)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -40,7 +40,7 @@ from edge.camera.quality import FrameQuality, FrameQualityMonitor, QualitySettin
 from edge.camera.smoothing import OccupancySmoother, SmoothingSettings, SpaceChange
 from edge.camera.stream import FrameRate, FrameReader, describe, file_problem, parse_source
 from edge.publisher import ReportPublisher, SpoolBusy
-from parking.broker import BrokerConfig
+from parking.broker import add_credential_arguments, broker_from_args
 from parking.payloads import CameraSpaceHealth, HealthReport, SpaceObservation
 from parking.site import Camera, SiteError, load_site
 from parking.states import SpaceState
@@ -275,8 +275,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera", required=True, help="id of the camera in the site file")
     parser.add_argument(
         "--source",
-        required=True,
         help="rtsp:// or http:// URL, a video file, or a device index (e.g. 0)",
+    )
+    parser.add_argument(
+        "--source-env",
+        metavar="VAR",
+        help=(
+            "environment variable holding the source instead (a camera URL with its"
+            " password inside: a command line is visible to every local user)"
+        ),
     )
     parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT (or mqtts://)")
     parser.add_argument(
@@ -284,14 +291,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="agent id (default: the camera's agent in the site file, camera-<camera id>)",
     )
-    parser.add_argument(
-        "--username", default=None, help="MQTT user name (default $PARKGUIDE_MQTT_USERNAME)"
-    )
-    parser.add_argument(
-        "--password-env",
-        metavar="VAR",
-        help="environment variable holding the MQTT password (default: PARKGUIDE_MQTT_PASSWORD)",
-    )
+    add_credential_arguments(parser)
     parser.add_argument(
         "--hold-s",
         type=float,
@@ -369,12 +369,7 @@ def main(args: argparse.Namespace) -> int:
         camera = site.camera(args.camera)
         if args.snapshot_interval_s is None:
             args.snapshot_interval_s = site.snapshot_interval(camera.id)
-        password = None
-        if args.password_env:
-            password = os.environ.get(args.password_env)
-            if password is None:
-                raise ValueError(f"--password-env {args.password_env}: that variable is not set")
-        broker = BrokerConfig.from_url(args.broker, args.username, password)
+        broker = broker_from_args(args.broker, args)
         classifier = SpaceClassifier.load(args.model)
     except (SiteError, KeyError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
@@ -382,6 +377,16 @@ def main(args: argparse.Namespace) -> int:
     if not camera.polygons:
         print(f"error: camera {camera.id} has no spaces bound to it", file=sys.stderr)
         return 2
+    if (args.source is None) == (args.source_env is None):
+        print("error: give one of --source and --source-env", file=sys.stderr)
+        return 2
+    if args.source_env is not None:
+        args.source = os.environ.get(args.source_env)
+        if not args.source:
+            print(
+                f"error: --source-env {args.source_env}: that variable is not set", file=sys.stderr
+            )
+            return 2
     source = parse_source(args.source)
     problem = file_problem(source) if isinstance(source, str) and "://" not in source else None
     if problem:

@@ -47,7 +47,7 @@ from edge.publisher import (
     default_spool_dir,
 )
 from parking import registers as reg
-from parking.broker import BrokerConfig, backoff_delay
+from parking.broker import BrokerConfig, add_credential_arguments, backoff_delay, broker_from_args
 from parking.payloads import DetectorHealth, HealthReport, NodeHealth, SpaceObservation
 from parking.site import Bus, NodeController, SiteError, load_site
 
@@ -342,14 +342,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--agent",
         help="agent id in MQTT topics (default: the bus's agent in the site file, serial-<bus>)",
     )
-    parser.add_argument(
-        "--username", help="MQTT user name (default: env PARKGUIDE_MQTT_USERNAME, or none)"
-    )
-    parser.add_argument(
-        "--password-env",
-        metavar="VAR",
-        help="environment variable holding the MQTT password (default: PARKGUIDE_MQTT_PASSWORD)",
-    )
+    add_credential_arguments(parser)
     parser.add_argument(
         "--spool-dir",
         type=Path,
@@ -414,13 +407,8 @@ class UsageError(ValueError):
 
 
 def _broker_config(args: argparse.Namespace) -> BrokerConfig:
-    password = None
-    if args.password_env:
-        password = os.environ.get(args.password_env)
-        if password is None:
-            raise UsageError(f"--password-env {args.password_env}: that variable is not set")
     try:
-        return BrokerConfig.from_url(args.broker, args.username, password)
+        return broker_from_args(args.broker, args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

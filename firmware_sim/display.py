@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from parking import topics
-from parking.broker import BrokerConfig
+from parking.broker import add_credential_arguments, broker_from_args
 from parking.payloads import ARROW_GLYPHS, MAX_PAYLOAD_BYTES, DisplayContent
 from parking.site import Site, SiteError, load_site
 
@@ -44,8 +44,7 @@ imported: ``firmware_sim`` may import only ``parking``)."""
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site file (YAML)")
     parser.add_argument("--broker", required=True, help="MQTT broker, mqtt://HOST:PORT")
-    parser.add_argument("--username", help="MQTT user (or PARKGUIDE_MQTT_USERNAME)")
-    parser.add_argument("--password", help="MQTT password (better: PARKGUIDE_MQTT_PASSWORD)")
+    add_credential_arguments(parser)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--once", action="store_true", help="print every sign once as plain text and exit"
@@ -248,7 +247,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"site file refused:\n{exc}", file=sys.stderr)
         return 2
     try:
-        broker = BrokerConfig.from_url(args.broker, args.username, args.password)
+        broker = broker_from_args(args.broker, args)
     except ValueError as exc:
         print(f"--broker: {exc}", file=sys.stderr)
         return 2

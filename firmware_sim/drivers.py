@@ -26,7 +26,7 @@ import time
 
 from firmware_sim.traffic import DAY_S, plan_day
 from parking import topics
-from parking.broker import BrokerConfig
+from parking.broker import BrokerConfig, add_credential_arguments, broker_from_args
 from parking.payloads import Arrival, Assignment
 from parking.site import EXAMPLE_SITE, SiteError, load_site
 
@@ -45,8 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--speed", type=float, default=60.0, help="simulated seconds per real second (--live)"
     )
     parser.add_argument("--broker", help="mqtt://HOST:PORT (--live)")
-    parser.add_argument("--username", help="MQTT username (or PARKGUIDE_MQTT_USERNAME)")
-    parser.add_argument("--password", help="MQTT password (or PARKGUIDE_MQTT_PASSWORD)")
+    add_credential_arguments(parser)
 
 
 def _minute(text: str) -> int:
@@ -83,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"--speed {args.speed}: must be a positive number", file=sys.stderr)
         return 2
     try:
-        broker = BrokerConfig.from_url(args.broker, args.username, args.password)
+        broker = broker_from_args(args.broker, args)
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2

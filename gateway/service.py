@@ -33,7 +33,7 @@ import paho.mqtt.client as mqtt
 # (republish_stored_signs) before scipy, pydantic and the site are loaded.
 from gateway.journal import Journal, stored_signs
 from parking import topics
-from parking.broker import BrokerConfig, backoff_delay
+from parking.broker import BrokerConfig, add_credential_arguments, backoff_delay, broker_from_args
 
 if TYPE_CHECKING:
     from gateway.live import LiveGateway
@@ -76,12 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site file (YAML)")
     parser.add_argument("--broker", required=True, help="MQTT broker, mqtt://HOST:PORT")
     parser.add_argument("--db", required=True, help="journal database (SQLite, created if missing)")
-    parser.add_argument(
-        "--username", help=f"MQTT user (default: none, or ${'{'}PARKGUIDE_MQTT_USERNAME{'}'})"
-    )
-    parser.add_argument(
-        "--password", help="MQTT password (better: the PARKGUIDE_MQTT_PASSWORD environment)"
-    )
+    add_credential_arguments(parser)
     parser.add_argument(
         "--client-id", help="MQTT client id (default: parkguide-gateway-SITE; a persistent session)"
     )
@@ -819,7 +814,7 @@ def main(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
         return 2
     try:
-        broker = BrokerConfig.from_url(args.broker, args.username, args.password)
+        broker = broker_from_args(args.broker, args)
     except ValueError as exc:
         print(f"--broker: {exc}", file=sys.stderr)
         return 2

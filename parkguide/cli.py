@@ -96,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     words, rest = found
     module_name, helptext = COMMANDS[words]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog="parkguide " + " ".join(words), description=helptext)
+    # no abbreviations: "--password X" must not pass as "--password-env X" (nor any flag
+    # as a longer one added later)
+    parser = argparse.ArgumentParser(
+        prog="parkguide " + " ".join(words), description=helptext, allow_abbrev=False
+    )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:

@@ -35,15 +35,16 @@ class BrokerConfig:
         """Parse ``mqtt://[user[:pass]@]host[:port]`` (or ``mqtts://``); flags, then the
         environment, fill in credentials the URL does not carry."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        shown = _without_password(url)  # errors are printed and logged
         if parts.scheme not in {"mqtt", "mqtts", "tcp", "ssl"}:
-            raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+            raise ValueError(f"broker URL {shown!r}: scheme must be mqtt:// or mqtts://")
         if not parts.hostname:
-            raise ValueError(f"broker URL {url!r}: no host")
+            raise ValueError(f"broker URL {shown!r}: no host")
         tls = parts.scheme in {"mqtts", "ssl"}
         try:
             port = parts.port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
-        except ValueError as exc:
-            raise ValueError(f"broker URL {url!r}: bad port") from exc
+        except ValueError:
+            raise ValueError(f"broker URL {shown!r}: bad port") from None
         user = (
             username
             or (unquote(parts.username) if parts.username else None)
@@ -88,3 +89,37 @@ def backoff_delay(
     attempt count works (an outage of days must not overflow the exponent)."""
     r = rng or random
     return r.uniform(0.5, 1.0) * min(cap, base * (2.0 ** min(max(attempt, 0), 60)))
+
+
+def _without_password(url: str) -> str:
+    """``url`` with the password of its user part (if any) replaced by ``***``."""
+    scheme, sep, rest = url.rpartition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+def add_credential_arguments(parser: Any) -> None:
+    """``--username`` and ``--password-env`` on an argparse parser: the password itself is
+    never a flag (a command line is visible to every local user, ``ps`` and ``systemctl
+    status``)."""
+    parser.add_argument("--username", help=f"MQTT user name (default: none, or ${ENV_USERNAME})")
+    parser.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help=f"environment variable holding the MQTT password (default: {ENV_PASSWORD})",
+    )
+
+
+def broker_from_args(url: str, args: Any) -> BrokerConfig:
+    """The broker of ``url`` with the credentials of :func:`add_credential_arguments`;
+    ValueError (for the user) on a bad URL or a named password variable that is not set."""
+    password = None
+    name = getattr(args, "password_env", None)
+    if name:
+        password = os.environ.get(name)
+        if password is None:
+            raise ValueError(f"--password-env {name}: that variable is not set")
+    return BrokerConfig.from_url(url, getattr(args, "username", None), password)

@@ -171,3 +171,52 @@ def test_client_ids_cannot_be_guessed_without_the_password():
     assert "s3cret" not in with_pw.session_id(base)
     anonymous = BrokerConfig.from_url("mqtt://127.0.0.1:1883")
     assert anonymous.session_id(base) == base  # a dev broker: nothing to guess
+
+
+def _exit_code(argv: list[str]) -> int:
+    from parkguide.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse
+        return int(exc.code or 0)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["gateway", "--site", "S", "--db", "D"],
+        ["api", "--site", "S", "--db", "D"],
+        ["sim", "display", "--site", "S"],
+        ["edge", "camera", "--site", "S", "--camera", "cam-c", "--source", "0"],
+    ],
+)
+def test_no_command_takes_a_password_as_a_flag(command, tmp_path, capsys):
+    """A command line is visible to every local user: the MQTT password comes from the
+    environment (--password-env names the variable), and a password in a broker URL is
+    never echoed back."""
+    site = str(REPO / "examples" / "site.yaml")
+    argv = [site if a == "S" else str(tmp_path / "j.db") if a == "D" else a for a in command]
+    assert _exit_code([*argv, "--broker", "mqtt://127.0.0.1:1", "--password", "hunter2"]) == 2
+    assert "unrecognized arguments: --password" in capsys.readouterr().err
+    secret = "mqtt://gateway:Sup3rSecret@127.0.0.1:notaport"
+    assert _exit_code([*argv, "--broker", secret]) != 0
+    err = capsys.readouterr().err
+    assert "bad port" in err and "gateway:***@" in err and "Sup3rSecret" not in err
+    unset = ["--broker", "mqtt://127.0.0.1:1", "--password-env", "PG_TEST_UNSET_VAR"]
+    assert _exit_code([*argv, *unset]) != 0
+    assert "--password-env PG_TEST_UNSET_VAR: that variable is not set" in capsys.readouterr().err
+
+
+def test_a_camera_url_with_its_password_comes_from_the_environment(tmp_path, capsys, monkeypatch):
+    from parkguide.cli import main
+
+    base = ["edge", "camera", "--site", str(REPO / "examples" / "site.yaml"), "--camera", "cam-c"]
+    base += ["--broker", "mqtt://127.0.0.1:1"]
+    assert main([*base, "--source-env", "PG_CAM_SOURCE_UNSET"]) == 2
+    assert "PG_CAM_SOURCE_UNSET: that variable is not set" in capsys.readouterr().err
+    assert main(base) == 2
+    assert "one of --source and --source-env" in capsys.readouterr().err
+    monkeypatch.setenv("PG_CAM_SOURCE", str(tmp_path))  # a directory: refused, named
+    assert main([*base, "--source-env", "PG_CAM_SOURCE"]) == 2
+    assert "a directory, not a video file" in capsys.readouterr().err
