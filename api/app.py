@@ -14,10 +14,17 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics, ngsi
 from api.alerts import AlertBook
@@ -25,7 +32,7 @@ from api.auth import LoginLimiter, SessionSigner, UserStore
 from api.deps import ApiContext
 from api.journal import JournalReader
 from api.live import AlertMonitor, LiveHub
-from api.routes import events, health, operations, public, session, site, stream
+from api.routes import events, health, operations, public, session, short_input, site, stream
 from api.settings import ApiSettings
 from gateway.readside import LiveView
 
@@ -41,6 +48,126 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
+MAX_REQUEST_BODY = 16 * 1024
+"""Bytes a request body may have: the largest real one (a login, or a manager's action with a
+200-character reason, every character JSON-escaped) is under 2 KB; the manager's routes accept
+at most ``api.routes.MAX_BODY_BYTES`` of it."""
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class BodyLimit:
+    """Refuses request bodies over ``max_bytes`` with 413 before they are held in memory: at once
+    for a declared Content-Length, and as soon as a streamed (chunked) body passes the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_REQUEST_BODY):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> StarletteHTTPException:
+        return StarletteHTTPException(
+            413,
+            f"the request body is over {self.max_bytes} bytes",
+            headers={"Connection": "close"},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            exc = self._too_large()
+            await JSONResponse({"detail": exc.detail}, exc.status_code, exc.headers)(
+                scope, receive, send
+            )
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # an HTTPException: the route's body reading passes it on to the handler
+                    raise self._too_large()
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, watched_send)
+        except StarletteHTTPException as exc:
+            if started or exc.status_code != 413:
+                raise
+            await JSONResponse({"detail": exc.detail}, exc.status_code, exc.headers)(
+                scope, receive, send
+            )
+
+
+def _host_port(netloc: str) -> str:
+    netloc = netloc.strip().lower()
+    for default in (":80", ":443"):
+        if netloc.endswith(default):
+            return netloc[: -len(default)]
+    return netloc
+
+
+def cross_origin(headers: Headers) -> str | None:
+    """Why a browser request comes from a page of another origin (None: it does not, or it says
+    nothing, like scripts and curl). Sec-Fetch-Site tells same-site pages of another origin
+    (evil.example.com vs dash.example.com) from our own; Origin is compared with Host (netloc
+    only: behind a TLS proxy the scheme differs but the Host header is kept)."""
+    fetch_site = headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site.lower() not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site is {fetch_site[:32]!r}"
+    origin = headers.get("origin")
+    if origin is not None:
+        netloc = urlsplit(origin).netloc if origin != "null" else ""
+        if not netloc or _host_port(netloc) != _host_port(headers.get("host", "")):
+            return f"Origin {origin[:100]!r} is not this host"
+    return None
+
+
+def _bearer(headers: Headers) -> bool:
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and bool(value.strip())
+
+
+class SameOriginGuard:
+    """Refuses (403) a changing request (POST, PUT, PATCH, DELETE) that a browser sent from a
+    page of another origin, unless it carries a bearer token (which no browser adds by itself;
+    a page of another origin cannot without a CORS preflight, which this app never allows).
+    SameSite=Strict alone does not do it: another origin of the same site still sends the
+    cookie."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
+            headers = Headers(scope=scope)
+            reason = None if _bearer(headers) else cross_origin(headers)
+            if reason is not None:
+                client = scope.get("client")
+                log.info(
+                    "refused %s %s from %s: %s",
+                    scope["method"],
+                    scope["path"][:100],
+                    client[0] if client else "?",
+                    reason,
+                )
+                response = JSONResponse(
+                    {"detail": f"refused: a page of another origin sent this request ({reason})"},
+                    403,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def session_secret(settings: ApiSettings) -> bytes:
@@ -101,12 +228,25 @@ def create_app(
         summary="Live parking state, signs, history and health of one community",
         version="1",
         lifespan=lifespan,
-        docs_url="/docs",
+        # no /docs or /redoc: FastAPI's pages load their scripts from a CDN, on the origin where
+        # the managers' cookies live; any OpenAPI viewer can show /openapi.json instead
+        docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
         redirect_slashes=False,  # never answer a protected path with a redirect
     )
     app.state.ctx = ctx
+    app.add_middleware(BodyLimit, max_bytes=MAX_REQUEST_BODY)
+    app.add_middleware(SameOriginGuard)  # the outermost: refused before anything is read
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes every bad input whole (a 300 MB name came back whole)
+        errors: list[Any] = [
+            {**e, "input": short_input(e["input"])} if isinstance(e, dict) and "input" in e else e
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     @app.exception_handler(sqlite3.Error)
     async def journal_unavailable(request: Request, exc: sqlite3.Error) -> JSONResponse:

@@ -35,6 +35,10 @@ MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 256
 
 _hasher = PasswordHasher()
+MAX_CONCURRENT_VERIFICATIONS = 2
+"""Password checks at once, in the whole process: each argon2id check takes 64 MiB for ~0.15 s,
+so parallel logins must not add up to gigabytes."""
+_verify_slots = threading.BoundedSemaphore(MAX_CONCURRENT_VERIFICATIONS)
 # verified against when the user does not exist, so a wrong name costs as long as a wrong password
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
@@ -55,6 +59,10 @@ CREATE TABLE IF NOT EXISTS revoked_sessions (
 
 class UserError(ValueError):
     """A user that cannot be added: bad name, role or password, or a duplicate."""
+
+
+class VerifierBusy(RuntimeError):
+    """Every password-check slot stayed taken for the whole wait: try again shortly."""
 
 
 @dataclass(frozen=True)
@@ -124,18 +132,37 @@ class UserStore:
             ).fetchone()
         return User(*row) if row else None
 
-    def authenticate(self, name: str, password: str) -> User | None:
-        """The user if the password matches, else None (same cost either way)."""
+    def authenticate(self, name: str, password: str, wait_s: float | None = None) -> User | None:
+        """The user if the password matches, else None (same cost either way). At most
+        MAX_CONCURRENT_VERIFICATIONS checks run at once; one that waited ``wait_s`` seconds
+        for its turn (None: as long as it takes) raises VerifierBusy."""
         with self._connect() as db:
             row = db.execute(
                 "SELECT name, role, created, hash FROM users WHERE name = ?", (name,)
             ).fetchone()
         digest = row[3] if row else _DUMMY_HASH
+        if not _verify_slots.acquire(timeout=wait_s):
+            raise VerifierBusy("too many password checks at once")
         try:
             _hasher.verify(digest, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return None
+        finally:
+            _verify_slots.release()
         return User(row[0], row[1], row[2]) if row else None
+
+    def remove(self, name: str) -> bool:
+        """Delete a user (False: there was none); every session it had ends with it, and a
+        user added again under the same name does not bring them back (they began earlier)."""
+        with self._connect() as db:
+            gone = db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount
+        return gone > 0
+
+    def all(self) -> list[User]:
+        """Every user, by name."""
+        with self._connect() as db:
+            rows = db.execute("SELECT name, role, created FROM users ORDER BY name").fetchall()
+        return [User(*row) for row in rows]
 
     def revoke(self, session: Session) -> None:
         """End a session before it expires (logout); expired ones are forgotten."""
@@ -225,7 +252,14 @@ class SessionSigner:
 
 
 class LoginLimiter:
-    """Sliding-window limits: failed logins per user name, attempts per client address."""
+    """Sliding-window limits: failed logins per user name, attempts per client address.
+
+    An attempt let through counts as a failure of its user until it is known to be none
+    (:meth:`failed`, :meth:`succeeded` or :meth:`release`): parallel guesses, whose
+    failures would only be recorded after their slow password checks, cannot get past the
+    limit together."""
+
+    IN_FLIGHT_RETRY_S = 1.0  # attempts in flight decide within about a second
 
     def __init__(self, max_failures_per_user: int, max_attempts_per_client: int, window_s: float):
         self.max_user = max_failures_per_user
@@ -233,6 +267,7 @@ class LoginLimiter:
         self.window_s = window_s
         self._failures: dict[str, deque[float]] = {}
         self._attempts: dict[str, deque[float]] = {}
+        self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _trim(self, table: dict[str, deque[float]], key: str, now: float) -> deque[float]:
@@ -242,31 +277,52 @@ class LoginLimiter:
         return q
 
     def check(self, user: str, client: str, now: float | None = None) -> float:
-        """Seconds to wait before another attempt is allowed (0: go ahead); records the attempt."""
+        """Seconds to wait before another attempt is allowed (0: go ahead); a go-ahead records
+        the attempt and holds one of the user's failures until the attempt's outcome is told."""
         now = time.monotonic() if now is None else now
         with self._lock:
             if len(self._attempts) > 100_000 or len(self._failures) > 100_000:
                 self._sweep(now)
             attempts = self._trim(self._attempts, client, now)
             failures = self._trim(self._failures, user, now)
+            in_flight = self._in_flight.get(user, 0)
             wait = 0.0
             if len(attempts) >= self.max_client:
                 wait = max(wait, attempts[0] + self.window_s - now)
             if len(failures) >= self.max_user:
                 wait = max(wait, failures[0] + self.window_s - now)
+            elif len(failures) + in_flight >= self.max_user:
+                wait = max(wait, self.IN_FLIGHT_RETRY_S)
             if wait > 0:
                 return wait
             attempts.append(now)
+            self._in_flight[user] = in_flight + 1
             return 0.0
 
+    def _settle(self, user: str) -> None:
+        left = self._in_flight.get(user, 0) - 1
+        if left > 0:
+            self._in_flight[user] = left
+        else:
+            self._in_flight.pop(user, None)
+
     def failed(self, user: str, now: float | None = None) -> None:
+        """The attempt let through by :meth:`check` had a wrong name or password."""
         now = time.monotonic() if now is None else now
         with self._lock:
+            self._settle(user)
             self._trim(self._failures, user, now).append(now)
 
     def succeeded(self, user: str) -> None:
+        """The attempt let through by :meth:`check` logged in: the user's failures are forgotten."""
         with self._lock:
+            self._settle(user)
             self._failures.pop(user, None)
+
+    def release(self, user: str) -> None:
+        """The attempt let through by :meth:`check` ended undecided (server busy, journal down)."""
+        with self._lock:
+            self._settle(user)
 
     def _sweep(self, now: float) -> None:
         for table in (self._attempts, self._failures):

@@ -39,7 +39,7 @@ import numpy as np
 from edge.camera.quality import FrameQuality, FrameQualityMonitor, QualitySettings
 from edge.camera.smoothing import OccupancySmoother, SmoothingSettings, SpaceChange
 from edge.camera.stream import FrameRate, FrameReader, describe, file_problem, parse_source
-from edge.publisher import ReportPublisher, SpoolBusy
+from edge.publisher import ReportPublisher, SpoolBusy, choose_agent_id
 from parking.broker import add_credential_arguments, broker_from_args
 from parking.payloads import CameraSpaceHealth, HealthReport, SpaceObservation
 from parking.site import Camera, SiteError, load_site
@@ -392,16 +392,7 @@ def main(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: --source {source}: {problem}", file=sys.stderr)
         return 2
-    agent_id = args.agent or camera.agent
-    if agent_id != camera.agent:
-        log.warning(
-            "--agent %s: the site file accepts %s's reports from %r only; the gateway will "
-            "refuse these unless the site says 'agent: %s' for it",
-            agent_id,
-            camera.id,
-            camera.agent,
-            agent_id,
-        )
+    agent_id = choose_agent_id(args.agent, camera.id, camera.agent)
     try:
         publisher = ReportPublisher(
             broker,

@@ -500,3 +500,19 @@ class ReportPublisher:
 
     def _warn(self, msg: str, *args: object) -> None:
         self._warnings("broker", logging.WARNING, msg + " (retrying with backoff)", *args)
+
+
+def choose_agent_id(requested: str | None, source: str, bound: str) -> str:
+    """The agent id to run as: ``--agent`` or the one the site file binds ``source`` to (a
+    warning when they differ: the gateway accepts the source's reports from that one only)."""
+    agent_id = requested or bound
+    if agent_id != bound:
+        log.warning(
+            "--agent %s: the site file accepts %s's reports from %r only; the gateway will "
+            "refuse these unless the site says 'agent: %s' for it",
+            agent_id,
+            source,
+            bound,
+            agent_id,
+        )
+    return agent_id

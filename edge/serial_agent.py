@@ -44,6 +44,7 @@ from edge.modbus_master import (
 from edge.publisher import (
     ReportPublisher,
     SpoolBusy,
+    choose_agent_id,
     default_spool_dir,
 )
 from parking import registers as reg
@@ -449,16 +450,7 @@ def main(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    agent_id = args.agent or bus.agent
-    if agent_id != bus.agent:
-        log.warning(
-            "--agent %s: the site file accepts %s's reports from %r only; the gateway will "
-            "refuse these unless the site says 'agent: %s' for it",
-            agent_id,
-            bus.id,
-            bus.agent,
-            agent_id,
-        )
+    agent_id = choose_agent_id(args.agent, bus.id, bus.agent)
     master = ModbusMaster(
         args.port,
         bus.baud,

@@ -44,6 +44,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("gateway",): ("gateway.service", "aggregate occupancy, allocate spaces, drive the signs"),
     ("api",): ("api.service", "serve the dashboard and REST API as its own process"),
     ("user", "add"): ("api.users", "add a dashboard user to the journal database"),
+    ("user", "remove"): ("api.users", "remove a dashboard user and end their sessions"),
+    ("user", "list"): ("api.users", "list the dashboard users and their roles"),
     ("demo",): ("parkguide.demo", "run the whole example community on this machine"),
 }
 GROUP_HELP = {

@@ -1,16 +1,34 @@
 # ruff: noqa: F811  (pytest fixtures imported from api_support are parameters here)
-"""Who may do what: the auth matrix, sessions, the login rate limit, `parkguide user add`."""
+"""Who may do what: the auth matrix, sessions, the login rate limit, `parkguide user add`,
+and the guards around them: parallel logins, request sizes, other origins, open streams."""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
-from api_support import PASSWORD, SECRET, client, harness, settings, tokens, users  # noqa: F401
-from conftest import parkguide_cmd
+from api_support import (  # noqa: F401
+    PASSWORD,
+    SECRET,
+    ServerThread,
+    client,
+    harness,
+    settings,
+    tokens,
+    users,
+)
+from argon2.exceptions import VerifyMismatchError
+from conftest import free_port, parkguide_cmd
 from fastapi.testclient import TestClient
 
+import api.auth
 from api.app import create_app
 from api.auth import SessionSigner, UserStore
 
@@ -254,3 +272,257 @@ def test_a_broken_journal_is_a_clear_503_and_the_rest_keeps_serving(harness, tmp
         r = c.post("/api/v1/auth/login", json={"name": "viewer", "password": PASSWORD})
         assert r.status_code == 503 and "journal database is not available" in r.json()["detail"]
         assert c.get("/api/v1/zones").status_code == 200  # live state needs no database
+
+
+def test_parallel_wrong_passwords_stop_at_the_user_limit(harness, users):
+    """20 wrong guesses sent at once: no more than the per-user limit (5) are ever checked;
+    the others wait for Retry-After (the failures of checks in flight already count)."""
+    app = create_app(
+        harness.gateway,
+        settings(login_max_failures_per_user=5, login_max_attempts_per_client=100),
+        db_path=str(harness.db_path),
+    )
+    with TestClient(app) as c:
+
+        def attempt(i: int) -> httpx.Response:
+            return c.post("/api/v1/auth/login", json={"name": "manager", "password": f"guess {i}"})
+
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(attempt, range(20)))
+        codes = [r.status_code for r in answers]
+        assert codes.count(401) <= 5, codes
+        assert set(codes) <= {401, 429, 503}, codes
+        assert all(int(r.headers["Retry-After"]) > 0 for r in answers if r.status_code != 401)
+        # the limit holds afterwards too, even for the right password
+        r = c.post("/api/v1/auth/login", json={"name": "manager", "password": PASSWORD})
+        assert r.status_code == 429
+
+
+def test_password_checks_run_at_most_a_few_at_once(harness, users, monkeypatch):
+    """Each argon2 check takes 64 MiB: parallel logins (any names) are checked a few at a
+    time, never all at once (40 at once took the API to 2 GB)."""
+    lock = threading.Lock()
+    running, most = 0, 0
+
+    class SlowHasher:
+        def verify(self, digest: str, password: str) -> bool:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            time.sleep(0.25)
+            with lock:
+                running -= 1
+            raise VerifyMismatchError("not it")
+
+    monkeypatch.setattr(api.auth, "_hasher", SlowHasher())
+    app = create_app(
+        harness.gateway,
+        settings(login_max_attempts_per_client=100),
+        db_path=str(harness.db_path),
+    )
+    with TestClient(app) as c:
+
+        def attempt(i: int) -> int:
+            body = {"name": f"nobody{i}", "password": "a wrong password"}
+            return c.post("/api/v1/auth/login", json=body).status_code
+
+        with ThreadPoolExecutor(10) as pool:
+            codes = list(pool.map(attempt, range(10)))
+    assert set(codes) <= {401, 503}, codes
+    assert 1 <= most <= 4, most
+
+
+def test_oversized_bodies_are_refused_before_they_are_read(client):
+    big = b'{"name": "' + b"x" * 200_000 + b'", "password": "p"}'
+    r = client.post("/api/v1/auth/login", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and len(r.content) < 1000, r.text[:300]
+    assert "bytes" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the body arrives in pieces until it is too much
+        yield b'{"name": "'
+        for _ in range(100):
+            yield b"y" * 4096
+        yield b'", "password": "p"}'
+
+    r = client.post(
+        "/api/v1/auth/login", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413 and len(r.content) < 1000, r.text[:300]
+    # the same for a manager's action, and a real one still fits
+    r = client.post(
+        "/api/v1/spaces/A-001/close", content=big, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
+    ok = client.post("/api/v1/auth/login", json={"name": "viewer", "password": "not the one!"})
+    assert ok.status_code == 401
+    client.cookies.clear()
+
+
+def test_validation_errors_echo_inputs_cut_short(client):
+    r = client.post("/api/v1/auth/login", json={"name": "n" * 12_000, "password": "p"})
+    assert r.status_code == 422
+    assert len(r.content) < 2000, len(r.content)
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "name"] and error["input"] == "n" * 200
+    r = client.post("/api/v1/auth/login", json={"name": "viewer"})
+    assert r.status_code == 422 and r.json()["detail"][0]["input"] == {"name": "viewer"}
+
+
+def test_changes_from_another_origin_are_refused(harness, users):
+    """A manager's browser on dash.example.com visits evil.example.com (same site, another
+    origin), whose page posts to the dashboard: the cookie goes along, the request is
+    refused. Our own page, and bearer-token clients, still may."""
+    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
+    path = "/api/v1/alerts/no-such-alert/acknowledge"  # a manager reaching it gets 404
+    with TestClient(app, base_url="http://dash.example.com") as c:
+        r = c.post("/api/v1/auth/login", json={"name": "manager", "password": PASSWORD})
+        assert r.status_code == 200 and c.cookies.get("parkguide_session")
+        bearer = {"Authorization": f"Bearer {r.json()['token']}"}
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        evil = [
+            {**form, "Origin": "http://evil.example.com", "Sec-Fetch-Site": "same-site"},
+            {**form, "Origin": "http://evil.example.com"},  # a browser without Sec-Fetch-*
+            {**form, "Sec-Fetch-Site": "cross-site"},
+            {**form, "Origin": "null"},  # a sandboxed frame
+            {**form, "Origin": "http://dash.example.com:8080"},  # another port: another origin
+        ]
+        for headers in evil:
+            r = c.post(path, headers=headers)
+            assert r.status_code == 403, (headers, r.status_code, r.text)
+            assert "another origin" in r.json()["detail"]
+        r = c.post("/api/v1/auth/logout", headers=evil[0])
+        assert r.status_code == 403
+        r = c.post(
+            "/api/v1/auth/login",
+            json={"name": "viewer", "password": PASSWORD},
+            headers={"Origin": "http://evil.example.com", "Sec-Fetch-Site": "same-site"},
+        )
+        assert r.status_code == 403  # nor may it log the browser in as someone else
+        own = {"Origin": "http://dash.example.com", "Sec-Fetch-Site": "same-origin"}
+        assert c.post(path, headers={**own, "content-type": "application/json"}).status_code == 404
+        # behind a TLS proxy: Origin https://..., Host kept; the scheme is not compared
+        https = {"Origin": "https://dash.example.com", "Sec-Fetch-Site": "same-origin"}
+        assert c.post(path, headers=https).status_code == 404
+        assert c.post(path).status_code == 404  # no browser headers at all: curl, scripts
+        c.cookies.clear()
+        assert c.post(path, headers={**evil[0], **bearer}).status_code == 404
+        assert c.get("/api/v1/alerts", headers=evil[0]).status_code == 401  # reads: no change
+
+
+class _Stream:
+    """An SSE stream read in a thread; ``ended`` is set when the server ends it."""
+
+    def __init__(self, url: str, headers: dict[str, str]):
+        self.kinds: list[str] = []
+        self.ended = threading.Event()
+        self.opened = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(url, headers), daemon=True)
+        self.thread.start()
+        assert self.opened.wait(10)
+
+    def _run(self, url: str, headers: dict[str, str]) -> None:
+        try:
+            with httpx.stream("GET", url, headers=headers, timeout=httpx.Timeout(5, read=60)) as r:
+                assert r.status_code == 200
+                self.opened.set()
+                for line in r.iter_lines():
+                    if line.startswith("event: "):
+                        self.kinds.append(line[7:])
+        except httpx.HTTPError:
+            pass
+        finally:
+            self.opened.set()
+            self.ended.set()
+
+
+def test_an_open_stream_ends_with_its_session(harness, users, monkeypatch):
+    """An open live stream stops once its session no longer counts: logout, a new password or
+    role, a role changed in the database, expiry; the browser then reconnects with what is due."""
+    import api.routes.stream
+
+    monkeypatch.setattr(api.routes.stream, "SESSION_CHECK_S", 0.2, raising=False)
+    users.add("streamer", "technician", PASSWORD, replace=True)
+    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
+
+    def login() -> dict[str, str]:
+        r = httpx.post(
+            f"{srv.url}/api/v1/auth/login", json={"name": "streamer", "password": PASSWORD}
+        )
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['token']}"}
+
+    def ends(stream: _Stream, within: float = 5.0) -> bool:
+        return stream.ended.wait(within)
+
+    try:
+        with ServerThread(app, free_port()) as srv:
+            url = f"{srv.url}/api/v1/stream"
+            headers = login()
+            stream = _Stream(url, headers)
+            assert not ends(stream, 1.0)  # a valid session: the stream stays open
+            assert httpx.post(f"{srv.url}/api/v1/auth/logout", headers=headers).status_code == 204
+            assert ends(stream), "the stream went on after logout"
+
+            stream = _Stream(url, login())
+            users.add("streamer", "viewer", PASSWORD, replace=True)  # new role and password
+            assert ends(stream), "the stream went on after the user was replaced"
+
+            stream = _Stream(url, login())
+            with sqlite3.connect(harness.db_path) as db:
+                db.execute("UPDATE users SET role = 'technician' WHERE name = 'streamer'")
+            assert ends(stream), "the stream went on after the role changed"
+
+            token, _ = SessionSigner(SECRET.encode()).issue("streamer", ttl_s=1.0)
+            stream = _Stream(url, {"Authorization": f"Bearer {token}"})
+            assert ends(stream), "the stream went on after the session expired"
+
+            anonymous = _Stream(url, {})  # public events only, no session to end
+            assert not ends(anonymous, 1.0)
+    finally:
+        with sqlite3.connect(harness.db_path) as db:
+            db.execute("DELETE FROM users WHERE name = 'streamer'")
+
+
+def test_user_remove_and_list_cli_end_the_sessions(harness, users, subprocess_env, monkeypatch):
+    """`parkguide user remove NAME` deletes the user and ends every session it had;
+    `parkguide user list` shows who there is."""
+    users.add("leaver", "manager", PASSWORD, replace=True)
+    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
+    with TestClient(app) as c:
+        r = c.post("/api/v1/auth/login", json={"name": "leaver", "password": PASSWORD})
+        c.cookies.clear()
+        h = {"Authorization": f"Bearer {r.json()['token']}"}
+        assert c.get("/api/v1/site", headers=h).status_code == 200
+        db = str(harness.db_path)
+
+        def users_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "api.users", *args, "--db", db],
+                                  capture_output=True, text=True, env=subprocess_env, timeout=60)  # fmt: skip
+
+        listed = users_cmd("list")
+        assert listed.returncode == 0, listed.stderr
+        assert any(
+            line.split("\t")[:2] == ["leaver", "manager"] for line in listed.stdout.splitlines()
+        )
+        removed = users_cmd("remove", "leaver")
+        assert removed.returncode == 0, removed.stderr
+        assert "leaver removed" in removed.stdout
+        assert c.get("/api/v1/site", headers=h).status_code == 401
+        assert UserStore(db).get("leaver") is None
+        again = users_cmd("remove", "leaver")
+        assert again.returncode == 1 and "no user 'leaver'" in again.stderr
+        # added again under the same name: the old sessions stay over
+        users.add("leaver", "manager", PASSWORD)
+        assert c.get("/api/v1/site", headers=h).status_code == 401
+    # through the `parkguide` entry point, as `parkguide user remove|list` (the words map to
+    # api.users in parkguide.cli.COMMANDS)
+    from parkguide import cli
+
+    for word in ("remove", "list"):
+        monkeypatch.setitem(cli.COMMANDS, ("user", word), ("api.users", f"user {word}"))
+    assert cli.main(["user", "list", "--db", db]) == 0
+    assert cli.main(["user", "remove", "leaver", "--db", db]) == 0
+    assert UserStore(db).get("leaver") is None
+    assert cli.main(["user", "remove", "leaver", "--db", db]) == 1
+    assert cli.main(["user", "list", "--db", str(harness.db_path) + ".missing"]) == 1

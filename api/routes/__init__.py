@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, NoReturn, TypeVar
 
 from fastapi import HTTPException, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
@@ -27,7 +29,8 @@ TECHNICIAN_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 MANAGER_ERRORS: dict[int | str, dict[str, Any]] = {
     **VIEWER_ERRORS,
-    403: {**_ERR, "description": "needs the manager role"},
+    403: {**_ERR, "description": "needs the manager role, or sent by a page of another origin"},
+    413: {**_ERR, "description": "the body is too large"},
     409: {**_ERR, "description": "the gateway refused the action"},
     422: {
         "description": "the request body is not valid",
@@ -75,6 +78,18 @@ def _printable(value: Any) -> Any:
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         return text[:200]
     return value if isinstance(value, int | float | bool | None) else str(value)[:200]
+
+
+def short_input(value: Any) -> Any:
+    """An error's input as echoed back in a 422: small values as they are, anything longer
+    cut to the 200 characters ``_printable`` keeps (a whole body must never come back)."""
+    if isinstance(value, dict | list | tuple):
+        try:
+            text = json.dumps(jsonable_encoder(value), ensure_ascii=False)
+        except (TypeError, ValueError):
+            return _printable(str(value))
+        return value if len(text) <= 200 else _printable(text)
+    return _printable(value)
 
 
 def request_body_doc(model: type[BaseModel]) -> dict[str, Any]:

@@ -8,12 +8,16 @@ import time
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
-from api.auth import User
+from api.auth import User, VerifierBusy
 from api.deps import SESSION_COOKIE, Ctx, OptionalUser, session_of
 from api.models import ErrorOut, LoginOut, LoginRequest, SessionOut, UserOut
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/auth", tags=["session"])
+
+VERIFY_WAIT_S = 2.0
+"""How long a login waits for a password-check slot before it answers 503 (see
+``api.auth.MAX_CONCURRENT_VERIFICATIONS``)."""
 
 
 class _RateLimitedLog:
@@ -53,7 +57,10 @@ def user_out(user: User) -> UserOut:
     responses={
         400: {"model": ErrorOut, "description": "the body is not readable JSON text"},
         401: {"model": ErrorOut, "description": "wrong user name or password"},
+        403: {"model": ErrorOut, "description": "sent by a page of another origin"},
+        413: {"model": ErrorOut, "description": "the body is too large"},
         429: {"model": ErrorOut, "description": "too many attempts; see Retry-After"},
+        503: {"model": ErrorOut, "description": "too many logins at once; see Retry-After"},
     },
 )
 def login(body: LoginRequest, request: Request, response: Response, ctx: Ctx) -> LoginOut:
@@ -67,7 +74,24 @@ def login(body: LoginRequest, request: Request, response: Response, ctx: Ctx) ->
             f"too many login attempts; try again in {math.ceil(wait)} s",
             headers={"Retry-After": str(math.ceil(wait))},
         )
-    user = ctx.users.authenticate(body.name, body.password) if ctx.users else None
+    # check() holds one of this user's failures until we say how the attempt ended
+    try:
+        user = (
+            ctx.users.authenticate(body.name, body.password, wait_s=VERIFY_WAIT_S)
+            if ctx.users
+            else None
+        )
+    except VerifierBusy:
+        ctx.limiter.release(body.name)
+        _rate_limited_log.hit(body.name, client)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "too many logins are being checked at once; try again in a second",
+            headers={"Retry-After": "1"},
+        ) from None
+    except BaseException:
+        ctx.limiter.release(body.name)
+        raise
     if user is None:
         ctx.limiter.failed(body.name)
         log.info("failed login for %r from %s", body.name[:64], client)
@@ -87,7 +111,11 @@ def login(body: LoginRequest, request: Request, response: Response, ctx: Ctx) ->
     return LoginOut(**user_out(user).model_dump(), token=token, expires=expires)
 
 
-@router.post("/logout", status_code=204)
+@router.post(
+    "/logout",
+    status_code=204,
+    responses={403: {"model": ErrorOut, "description": "sent by a page of another origin"}},
+)
 def logout(request: Request, response: Response, ctx: Ctx) -> None:
     """End this session: its token no longer counts anywhere (cookie or bearer), and the
     cookie is cleared."""

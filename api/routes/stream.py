@@ -3,7 +3,9 @@
 The browser's EventSource reconnects by itself (``retry: 1000``); on every
 (re)connect the page reloads its snapshot, so nothing missed during a gap
 stays wrong. Anonymous clients (when counts and signs are public) get only
-zone and display events.
+zone and display events. A logged-in client's session is checked again every
+few seconds: once it has expired, ended (logout, user removed or replaced) or
+its role changed, the stream ends, and the reconnect gets what is due now.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from api.auth import User
-from api.deps import Ctx, public_or_login
+from api.auth import Session, User
+from api.deps import Ctx, public_or_login, require_login, session_of
 from api.live import PUBLIC_KINDS, StreamClient
 from api.routes import PUBLIC_ERRORS
 from gateway.readside import LiveEvent
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["live"], responses=PUBLIC_ERRORS)
 
 HEARTBEAT_S = 15.0
+SESSION_CHECK_S = 5.0  # a logged-out, expired or demoted session's stream ends within this
 _AGENT_SUMMARY_KEYS = {"agent", "online", "last_seen", "status", "source"}
 
 
@@ -50,18 +56,49 @@ def sse_message(event: LiveEvent, raw_allowed: bool) -> str:
     return f"event: {event.kind}\ndata: {body}\n\n"
 
 
-async def _events(request: Request, ctx: Ctx, client: StreamClient, user: User | None
-                  ) -> AsyncIterator[str]:  # fmt: skip
+async def session_ended(ctx: Ctx, session: Session, user: User) -> str | None:
+    """Why a stream's session no longer counts as it did at connect (None: it still does)."""
+    if session.expires < time.time():
+        return "its session expired"
+    if ctx.users is None:
+        return "nobody can log in"
+    try:
+        now = await run_in_threadpool(ctx.users.session_user, session)
+    except sqlite3.Error as exc:
+        return f"its session cannot be checked ({exc})"
+    if now is None:
+        return "its session ended"
+    if now.role != user.role:
+        return f"its user is now {now.role}"
+    return None
+
+
+async def _events(request: Request, ctx: Ctx, client: StreamClient, user: User | None,
+                  session: Session | None) -> AsyncIterator[str]:  # fmt: skip
     raw_allowed = bool(user and user.can_read_raw)
+    clock = time.monotonic
+    beat_at = clock() + HEARTBEAT_S
+    check_at = clock() + SESSION_CHECK_S if session is not None else float("inf")
     try:
         yield "retry: 1000\nevent: hello\ndata: {}\n\n"
         while True:
-            try:
-                event = await asyncio.wait_for(client.queue.get(), HEARTBEAT_S)
-            except TimeoutError:
+            now = clock()
+            if now >= check_at and user is not None and session is not None:
+                why = await session_ended(ctx, session, user)
+                if why is not None:  # the page reconnects, with what is due now
+                    log.info("live stream of %s ended: %s", user.name, why)
+                    return
+                check_at = now + SESSION_CHECK_S
+            if now >= beat_at:
                 if await request.is_disconnected():
                     return
                 yield ": keep-alive\n\n"
+                beat_at = now + HEARTBEAT_S
+            try:
+                event = await asyncio.wait_for(
+                    client.queue.get(), max(0.01, min(beat_at, check_at) - now)
+                )
+            except TimeoutError:
                 continue
             if event is None:  # overflowed or shutting down: the page reconnects
                 return
@@ -83,9 +120,12 @@ async def stream(
     request: Request, ctx: Ctx, user: Annotated[User | None, Depends(public_or_login)]
 ) -> StreamingResponse:
     """Live events: `space`, `zone`, `display`, `agent`, `assignment`, `alert` (JSON data)."""
+    session = session_of(request, ctx) if user else None
+    if user is not None and session is None:  # expired since the access check, just now
+        require_login(None)
     client = ctx.hub.connect(None if user else PUBLIC_KINDS)
     return StreamingResponse(
-        _events(request, ctx, client, user),
+        _events(request, ctx, client, user, session),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,3 +180,21 @@ def find_labelled_images(root: str | Path) -> list[tuple[Path, Path]]:
         for img in files
         if img.suffix.lower() in IMAGE_SUFFIXES and (img.parent, img.stem) in xml_of
     ]
+
+
+def labelled_frames(
+    root: str | Path, keep: Callable[[Path], bool] = lambda _: True
+) -> Iterator[tuple[Path, list[Space], np.ndarray]]:
+    """(image path, its labelled spaces, the decoded frame) for every labelled image under
+    ``root`` that ``keep`` accepts; unreadable images are skipped with a warning."""
+    for img_path, xml_path in find_labelled_images(root):
+        if not keep(img_path):
+            continue
+        spaces = load_pklot_xml(xml_path)
+        try:
+            frame = read_image(img_path)
+        except ImageError as exc:
+            log.warning("%s", exc)
+            continue
+        if spaces:
+            yield img_path, spaces, frame

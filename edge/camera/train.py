@@ -79,8 +79,7 @@ from edge.camera.evaluate import metrics
 from edge.camera.pklot import (
     IMAGE_SUFFIXES,
     ImageError,
-    find_labelled_images,
-    load_pklot_xml,
+    labelled_frames,
     read_image,
     walk_files,
 )
@@ -160,15 +159,7 @@ def load_pklot(root: Path, size: int, margin: float) -> list[Sample]:
     """Standard crops of every labelled space of every PKLot frame under ``root``."""
     out: list[Sample] = []
     big = size * CANVAS_SCALE
-    for img_path, xml_path in find_labelled_images(root):
-        spaces = load_pklot_xml(xml_path)
-        try:
-            frame = read_image(img_path)
-        except ImageError as exc:
-            log.warning("%s", exc)
-            continue
-        if not spaces:
-            continue
+    for img_path, spaces, frame in labelled_frames(root):
         patches = crops.crop_polygons(frame, [s.contour for s in spaces], big, margin)
         for s, p in zip(spaces, patches, strict=True):
             out.append(Sample(p, int(bool(s.occupied)), "pklot", img_path.stem[:10]))
@@ -807,18 +798,9 @@ def evaluate_heldout(
     report: dict = {}
     if pklot is not None:
         per_day: dict[str, list] = {}
-        for img_path, xml_path in find_labelled_images(pklot):
+        wanted = (lambda p: p.stem[:10] in days) if days else (lambda _: True)
+        for img_path, spaces, frame in labelled_frames(pklot, wanted):
             day = img_path.stem[:10]
-            if days and day not in days:
-                continue
-            spaces = load_pklot_xml(xml_path)
-            try:
-                frame = read_image(img_path)
-            except ImageError as exc:
-                log.warning("%s", exc)
-                continue
-            if not spaces:
-                continue
             occ, _ = clf.classify(frame, [s.contour for s in spaces])
             truth = np.array([bool(s.occupied) for s in spaces])
             per_day.setdefault(day, []).append((occ, truth))
