@@ -52,6 +52,13 @@ class Debouncer:
             return True
         return False
 
+    def would_change(self, reading: bool, now: float) -> bool:
+        """Would :meth:`feed` of this reading change the debounced value (no side effect)?"""
+        if reading == self.value:
+            return False
+        since = self.candidate_since if reading == self.candidate else now
+        return now - since >= self.hold_s - _EPSILON_S
+
     def reset(self) -> None:
         """Forget everything: the next reading has to hold again before it counts."""
         self.value = None
@@ -140,6 +147,16 @@ class BusTracker:
             det.feed(bool(bit), now)
         return self._update(node, now)
 
+    def would_settle(self, address: int, bits: Sequence[bool], now: float) -> bool:
+        """Would :meth:`poll_ok` with these bits settle a detector of a space on a new value?
+        (The caller then reads the node's detector statuses first: a detector that just
+        died reads 0, which must not be published as ``free`` before its fault is seen.)"""
+        node = self._nodes[address]
+        return any(
+            sid is not None and det.would_change(bool(bit), now)
+            for sid, det, bit in zip(node.spaces, node.detectors, bits, strict=False)
+        )
+
     def poll_failed(self, address: int, now: float) -> list[SpaceChange]:
         """A poll of the node got no valid answer (timeout, bad CRC, exception, port gone)."""
         node = self._nodes[address]
@@ -163,7 +180,13 @@ class BusTracker:
         node = self._nodes[address]
         for i, code in enumerate(statuses, start=first):
             if i < len(node.statuses):
-                node.statuses[i] = _status(code)
+                status = _status(code)
+                faulty = status is not None and status != DetectorStatus.OK
+                if faulty and node.statuses[i] in (None, DetectorStatus.OK):
+                    # its readings from before the fault prove nothing about after it; a
+                    # reading taken after it carries a `since` newer than the `unknown`
+                    node.detectors[i].reset()
+                node.statuses[i] = status
         return self._update(node, now)
 
     # --- queries ----------------------------------------------------------

@@ -93,9 +93,8 @@ class SerialAgent:
     wall: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
-        # fixed once: a change keeps the same wall-clock `since` in every report that
-        # carries it (deltas and later snapshots), so the gateway never sees it "move"
-        self._wall_offset = self.wall() - self.clock()
+        # per space: (monotonic since, wall since) of the change last reported
+        self._wall_since: dict[str, tuple[float, float]] = {}
         self.tracker = BusTracker(self.bus, self.settings, start=self.clock())
         self.readings = {n.address: NodeReadings() for n in self.bus.nodes}
         self._health_queue: deque[tuple[int, HealthKind]] = deque()
@@ -104,6 +103,7 @@ class SerialAgent:
         self._health_rounds = 0
         self._port_attempt = 0
         self._last_port_warning = -1e18
+        self._port_health_at = -1e18
         self.cycles = 0
 
     # --- polling ----------------------------------------------------------------
@@ -131,7 +131,42 @@ class SerialAgent:
             return changes
         if retries == 0:
             log.info("bus %s: node %d answers again", self.bus.id, node.address)
-        return self.tracker.poll_ok(node.address, bits, self.clock())
+        now = self.clock()
+        changes: list[SpaceChange] = []
+        if self.tracker.would_settle(node.address, bits, now):
+            # statuses are read in health rounds, seconds apart; a detector that died reads
+            # 0: its fault must be known before that 0 is published as a free space
+            changes += self._read_status(node)
+        return changes + self.tracker.poll_ok(node.address, bits, self.clock())
+
+    def _read_status(self, node: NodeController) -> list[SpaceChange]:
+        """Read and apply one node's detector statuses now (nothing if it does not answer)."""
+        try:
+            values = self.master.read_input_registers(
+                node.address, reg.IR_DETECTOR_STATUS, node.detectors, retries=1
+            )
+        except ModbusError as exc:
+            log.debug("status before a change: %s", exc)
+            return []
+        self._note_status(node, values)
+        return self.tracker.detector_status(node.address, values, self.clock())
+
+    def _note_status(self, node: NodeController, values: list[int]) -> None:
+        """Log detector status changes and keep the reading for health."""
+        address = node.address
+        before = self.readings[address].status or [reg.DetectorStatus.OK] * len(values)
+        for i, (old, new) in enumerate(zip(before, values, strict=False)):
+            if old != new:
+                log.info(
+                    "bus %s: node %d detector %d (%s): status %s -> %s",
+                    self.bus.id,
+                    address,
+                    i,
+                    node.spaces[i] if i < len(node.spaces) else None,
+                    _status_label(old),
+                    _status_label(new),
+                )
+        self.readings[address].status = values
 
     def poll_cycle(
         self, on_changes: Callable[[list[SpaceChange]], None] | None = None
@@ -186,32 +221,28 @@ class SerialAgent:
             log.debug("health: %s", exc)
             return [], False
         if kind == "status":
-            before = self.readings[address].status or [reg.DetectorStatus.OK] * len(values)
-            for i, (old, new) in enumerate(zip(before, values, strict=False)):
-                if old != new:
-                    log.info(
-                        "bus %s: node %d detector %d (%s): status %s -> %s",
-                        self.bus.id,
-                        address,
-                        i,
-                        node.spaces[i] if i < len(node.spaces) else None,
-                        _status_label(old),
-                        _status_label(new),
-                    )
-        setattr(self.readings[address], kind, values)
-        if kind == "status":
+            self._note_status(node, values)
             return self.tracker.detector_status(address, values, self.clock()), False
+        setattr(self.readings[address], kind, values)
         return [], False
 
     # --- reports ----------------------------------------------------------------
 
     def observations(self, changes: list[SpaceChange]) -> list[SpaceObservation]:
-        """SpaceChange (monotonic since) -> wire observations (UNIX since)."""
-        offset = self._wall_offset
-        return [
-            SpaceObservation(space=c.space, state=c.state.label, since=max(0.0, c.since + offset))
-            for c in changes
-        ]
+        """SpaceChange (monotonic since) -> wire observations (UNIX since).
+
+        A change's wall time is fixed when it is first reported (by the wall clock then),
+        and every later report (deltas, snapshots) carries the same: the gateway never sees
+        it move. A clock that NTP steps after the start is right for changes after the step.
+        """
+        out = []
+        for c in changes:
+            known = self._wall_since.get(c.space)
+            if known is None or known[0] != c.since:
+                wall = self.wall() - (self.clock() - c.since)
+                known = self._wall_since[c.space] = (c.since, max(0.0, wall))
+            out.append(SpaceObservation(space=c.space, state=c.state.label, since=known[1]))
+        return out
 
     def health_report(self) -> HealthReport:
         nodes = []
@@ -298,6 +329,17 @@ class SerialAgent:
             changes += self.tracker.poll_failed(n.address, now)
         return changes
 
+    def _health_while_port_down(self) -> None:
+        """No health round can run without the port: say so every health interval (the
+        retained health must not keep saying ``ok`` from before)."""
+        now = self.clock()
+        if self.publisher is None or now - self._port_health_at < self.health_interval_s:
+            return
+        self._port_health_at = now
+        for n in self.bus.nodes:  # nothing is known of any detector now
+            self.readings[n.address].status = None
+        self.publisher.publish_health(self.health_report().model_copy(update={"status": "blind"}))
+
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set."""
         while not stop.is_set():
@@ -310,6 +352,7 @@ class SerialAgent:
                     self._port_attempt = 0
                 except (serial.SerialException, OSError) as exc:
                     self._publish(self._port_down(exc))
+                    self._health_while_port_down()
                     delay = backoff_delay(
                         self._port_attempt, base=PORT_BACKOFF_BASE_S, cap=PORT_BACKOFF_CAP_S
                     )
@@ -444,6 +487,28 @@ def _check(args: argparse.Namespace) -> tuple[str, Bus, BrokerConfig, DebounceSe
     return site.id, bus, _broker_config(args), settings
 
 
+def _port_problem(master: ModbusMaster) -> str | None:
+    """Open the port once at start: one held by another process (a second agent for the
+    bus: it would publish the bus as unknown and take over the first one's MQTT session)
+    or a path that is no serial device is refused. A port not there yet is not a problem:
+    the agent waits for it (an adapter plugged in later)."""
+    try:
+        master.open()
+    except (serial.SerialException, OSError) as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            return "in use by another process (another agent for this bus?)"
+        if "Inappropriate ioctl" in text or (
+            os.path.exists(master.port_name)
+            and not os.path.realpath(master.port_name).startswith("/dev/")
+        ):
+            return f"not a serial device ({text})"
+        return None
+    finally:
+        master.close()
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         site_id, bus, broker, settings = _check(args)
@@ -458,6 +523,10 @@ def main(args: argparse.Namespace) -> int:
         retries=args.retries,
         turnaround_s=args.turnaround_ms / 1000,
     )
+    problem = _port_problem(master)
+    if problem:
+        print(f"error: --port {args.port}: {problem}", file=sys.stderr)
+        return 2
     try:
         publisher = ReportPublisher(
             broker,

@@ -151,6 +151,28 @@ def test_faulted_detector_is_unknown_at_once_and_recovers(status: int) -> None:
     assert [(c.space, c.state) for c in changes] == [("S-2", SpaceState.FREE)]
 
 
+def test_after_a_fault_the_space_comes_back_with_a_reading_taken_after_it() -> None:
+    """Once cleared, the space's `since` is newer than the `unknown` the fault published
+    (the gateway refused the old one as older than known: the space stayed unknown)."""
+    t = BusTracker(small_bus(), DebounceSettings(hold_s=HOLD), start=0.0)
+    now = settle(t, 1, [True, True, False, False], 0.0)
+    (went,) = t.detector_status(1, [0, int(DetectorStatus.STUCK), 0, 0], now + 1.0)
+    assert went.state == SpaceState.UNKNOWN
+    now = settle(t, 1, [True, True, False, False], now + 2.0)  # the same car all along
+    (back,) = t.detector_status(1, [0, 0, 0, 0], now + 0.1)
+    assert back.state == SpaceState.OCCUPIED and back.since >= went.since
+
+
+def test_would_settle_says_whether_a_poll_would_publish_a_change() -> None:
+    t = BusTracker(small_bus(), DebounceSettings(hold_s=HOLD), start=0.0)
+    now = settle(t, 1, [True, False, False, False], 0.0)
+    assert not t.would_settle(1, [True, False, False, False], now + 0.1)
+    assert not t.would_settle(1, [False, False, False, False], now + 0.1)  # not held yet
+    t.poll_ok(1, [False, False, False, False], now + 0.1)
+    assert t.would_settle(1, [False, False, False, False], now + 0.1 + HOLD)
+    assert not t.would_settle(1, [True, False, True, False], now + 0.1 + HOLD)  # S-3: no space
+
+
 @settings(max_examples=60)
 @given(
     st.lists(
@@ -192,3 +214,25 @@ def test_invalid_settings_and_short_reads_are_refused() -> None:
     t = BusTracker(small_bus(), start=0.0)
     with pytest.raises(ValueError):
         t.poll_ok(1, [True], 0.1)
+
+
+def test_a_change_after_the_clock_is_stepped_carries_the_right_wall_time() -> None:
+    """A box that boots with its clock an hour behind, then NTP steps it: changes after
+    the step carry true times (a `since` fixed from the start was refused by the gateway
+    as older than known); a change keeps one wall time in every report that carries it."""
+    from edge.debounce import SpaceChange
+    from edge.serial_agent import SerialAgent
+
+    mono, wall = [100.0], [1_800_000_000.0 - 3600]
+    agent = SerialAgent(
+        "site", small_bus(), "serial-bus-t", None, None, DebounceSettings(hold_s=HOLD),
+        clock=lambda: mono[0], wall=lambda: wall[0],
+    )  # fmt: skip
+    before = SpaceChange("S-1", SpaceState.OCCUPIED, 99.0)
+    (first,) = agent.observations([before])
+    mono[0] += 10.0
+    wall[0] += 10.0 + 3600  # NTP steps the clock
+    (again,) = agent.observations([before])  # e.g. in a snapshot
+    assert again.since == first.since
+    (after,) = agent.observations([SpaceChange("S-2", SpaceState.FREE, 109.5)])
+    assert after.since == wall[0] - 0.5

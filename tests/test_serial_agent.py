@@ -193,10 +193,23 @@ def test_changes_faults_and_outages_reach_the_broker(
     health = rec.json_on("/health")[-1]
     assert {n["address"] for n in health["nodes"]} == {n.address for n in SITE.bus(BUS).nodes}
 
-    # the serial port disappears (simulator gone): unknown, then back when it returns
+    # an occupied bay whose detector dies: unknown, never "free" on the way (a dead
+    # detector reads 0; its fault is read before that 0 would be published)
+    sim.send(f"set {WATCHED} occupied")
+    wait_state(rec, WATCHED, "occupied", 5)
+    sim.send(f"fault {WATCHED} dead")
+    wait_state(rec, WATCHED, "unknown", 10)
+    sim.send(f"clear {WATCHED}")
+    wait_state(rec, WATCHED, "occupied", 10)  # the car is still there, and it is said
+    sim.send(f"set {WATCHED} free")
+    wait_state(rec, WATCHED, "free", 5)
+
+    # the serial port disappears (simulator gone): unknown, then back when it returns;
+    # the retained health says the bus is blind meanwhile, not "ok" from before
     sim.close()
     for space in BUS_SPACES[:3]:
         wait_state(rec, space, "unknown", 10)
+    rec.wait_for(lambda _m: rec.json_on("/health")[-1]["status"] == "blind", 10)
     sim2 = BusSimulator(link, subprocess_env)
     processes.append(sim2)
     for space in BUS_SPACES[:3]:
@@ -210,7 +223,28 @@ def test_changes_faults_and_outages_reach_the_broker(
     # every report from this run, in order, nothing twice
     reports = rec.json_on("/occupancy")
     assert_in_order(dedupe_reports(reports))
-    assert states_of(reports, WATCHED) == ["free", "occupied", "free", "unknown", "free"]
+    assert states_of(reports, WATCHED) == [
+        "free", "occupied", "free", "occupied", "unknown", "occupied", "free", "unknown", "free"
+    ]  # fmt: skip
+
+
+def test_a_second_agent_for_the_bus_is_refused(mosquitto, tmp_path, subprocess_env, processes):
+    """Run by hand beside the service (another spool folder): it used to run on, publish
+    the bus as unknown and take the first agent's session over, again and again."""
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env)
+    processes.append(sim)
+    rec = Recorder(mosquitto.port, f"{topics.site_prefix(SITE.id)}/edge/{AGENT}/#")
+    processes.append(rec)
+    first = start_agent(mosquitto.port, link, tmp_path / "spool-a", subprocess_env)
+    processes.append(first)
+    rec.wait_for(lambda _m: any(r["kind"] == "snapshot" for r in rec.json_on("/occupancy")), 20)
+    (tmp_path / "b").mkdir()
+    second = start_agent(mosquitto.port, link, tmp_path / "b" / "spool", subprocess_env)
+    processes.append(second)
+    assert second.wait(30) == 2
+    assert "in use by another process" in (tmp_path / "b" / "agent.log").read_text()
+    assert first.poll() is None
 
 
 def test_no_false_transitions_under_crc_noise_over_10000_polls(
@@ -369,6 +403,7 @@ def test_agent_killed_and_restarted_while_broker_down_loses_nothing(
         (["--bus", BUS], "--port"),
         (["--bus", BUS, "--port", "{tty}", "--debounce-ms", "-5"], "must not be negative"),
         (["--bus", BUS, "--port", "{tty}", "--password-env", "PG_NOT_SET_ANYWHERE"], "not set"),
+        (["--bus", BUS, "--port", "{tty}"], "not a serial device"),  # a plain file
     ],
 )
 def test_bad_command_line_is_refused_with_exit_2(
