@@ -718,34 +718,32 @@ class AllocationCore:
             np.minimum(self._block, leaf4[:, :, i, :], out=self._block)
         self._glob3 = self._block.min(axis=1)  # (C, E)
         self._glob = self._glob3.reshape(-1)  # view, p = c * E + e
-        # counts
+        # counts, all from one pass over the spaces: (zone, kind combination, state)
         n_z = len(lo.zones)
-        zc = np.bincount(lo.zone_x4 + eff, minlength=n_z * 4)
-        self._zone_counts = zc.reshape(n_z, 4).astype(np.int64)
         n_g = len(lo.kindset_kinds)
-        # np.compress, not a boolean index: the same elements in a third of the time
-        zone_kindset = np.bincount(
-            np.compress(avail, lo.zone_kindset), minlength=n_z * n_g
-        ).reshape(n_z, n_g)
-        per_zone = np.rint(zone_kindset @ self._kindset_ext).astype(np.int64)  # (Z, C + 1)
+        zgs = np.bincount(lo.zone_kindset * N_STATES + eff, minlength=n_z * n_g * N_STATES).reshape(
+            n_z, n_g, N_STATES
+        )
+        self._zone_counts = zgs.sum(axis=1).astype(np.int64)
+        free_zg = zgs[:, :, FREE]
+        if self._holds:  # held spaces are free but not candidates
+            held = np.fromiter(self._holds, dtype=np.intp, count=len(self._holds))
+            held = held[eff[held] == FREE]
+            free_zg = free_zg - np.bincount(lo.zone_kindset[held], minlength=n_z * n_g).reshape(
+                n_z, n_g
+            )
+        ext = self._kindset_ext
         pz, pc = self._pair_zone, self._pair_col
-        self.line_free = self._per_line(per_zone[pz, pc])
+
+        def per_line(per_zg: np.ndarray) -> np.ndarray:  # (Z, G) -> one count per sign line
+            return self._per_line(np.rint(per_zg @ ext).astype(np.int64)[pz, pc])
+
+        self.line_free = per_line(free_zg)
         # unknown and total over the spaces the line's class may use now (a charger line
         # is blind when its chargers are, whatever the rest of the zone says)
-        self.line_unknown = self._per_line(self._per_zone_col(eff == UNKNOWN)[pz, pc])
-        self.line_total = self._per_line(self._per_zone_col(eff != CLOSED)[pz, pc])
+        self.line_unknown = per_line(zgs[:, :, UNKNOWN])
+        self.line_total = per_line(zgs.sum(axis=2) - zgs[:, :, CLOSED])
         self._make_views()
-
-    def _per_zone_col(self, mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """(Z, C + 1): per zone, the spaces in ``mask`` (weighted) each class column may use."""
-        lo = self.layout
-        n_z, n_g = len(lo.zones), len(lo.kindset_kinds)
-        per_kindset = np.bincount(
-            np.compress(mask, lo.zone_kindset),
-            weights=None if weights is None else np.compress(mask, weights),
-            minlength=n_z * n_g,
-        ).reshape(n_z, n_g)
-        return np.rint(per_kindset @ self._kindset_ext).astype(np.int64)
 
     def _per_line(self, per_pair: np.ndarray) -> np.ndarray:
         """Sum a value given per (line, zone) pair into one per sign line."""
