@@ -297,19 +297,25 @@ def test_a_managers_closure_is_in_the_history_at_once(example_site, tmp_path):
     journal.close()
 
 
+def _boot_reports(site):
+    """bus-g's spaces, all of them free, and a report maker taking the boot id."""
+    bus = site.buses[0].id
+    spaces = site.spaces_of_source(bus)
+
+    def rep(boot: str, seq: int, states: dict[str, str], kind: str = "snapshot"):
+        topic, payload = _report(site, "serial-bus-g", bus, seq, states, kind, T0)
+        return topic, payload.replace(b'"boot": "b1"', f'"boot": "{boot}"'.encode())
+
+    return spaces, dict.fromkeys(spaces, "free"), rep
+
+
 def test_boots_an_agent_replaced_stay_refused_after_a_restart(example_site, tmp_path):
     """A late replay of an old boot is refused by the restarted gateway as before, and it
     does not retire the agent's current boot; boots replaced within one unexpanded
     stretch of the journal are remembered too."""
     db = tmp_path / "journal.sqlite"
     gw = LiveGateway(example_site, Journal(db), lambda *a: None, clock=lambda: T0)
-    bus = example_site.buses[0].id
-    spaces = example_site.spaces_of_source(bus)
-    free = dict.fromkeys(spaces, "free")
-
-    def rep(boot: str, seq: int, states: dict[str, str], kind: str = "snapshot"):
-        topic, payload = _report(example_site, "serial-bus-g", bus, seq, states, kind, T0)
-        return topic, payload.replace(b'"boot": "b1"', f'"boot": "{boot}"'.encode())
+    spaces, free, rep = _boot_reports(example_site)
 
     gw.defer_checkpoint = True  # b1 and b2 only in pending rows when b3 arrives
     gw.handle(*rep("b1", 1, free))
@@ -386,13 +392,7 @@ def test_every_replaced_boot_stays_refused(example_site, tmp_path):
     the agent over (it used to be forgotten after 16, then lock the live boot out)."""
     db = tmp_path / "journal.sqlite"
     gw = LiveGateway(example_site, Journal(db), lambda *a: None, clock=lambda: T0)
-    bus = example_site.buses[0].id
-    spaces = example_site.spaces_of_source(bus)
-    free = dict.fromkeys(spaces, "free")
-
-    def rep(boot: str, seq: int, states: dict[str, str], kind: str = "snapshot"):
-        topic, payload = _report(example_site, "serial-bus-g", bus, seq, states, kind, T0)
-        return topic, payload.replace(b'"boot": "b1"', f'"boot": "{boot}"'.encode())
+    spaces, free, rep = _boot_reports(example_site)
 
     for n in range(20):
         gw.handle(*rep(f"boot-{n}", 1, free))
