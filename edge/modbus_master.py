@@ -257,6 +257,7 @@ class ModbusMaster:
         tail_gap = timing.tail_gap_s()
         buf = bytearray()
         received = 0
+        damaged = False  # a frame of the right length with a bad CRC was seen
         expected = response_size(request)
         while True:
             now = time.monotonic()
@@ -271,8 +272,10 @@ class ModbusMaster:
                 ready, _, _ = select.select([fd], [], [], wait)
             if not ready:
                 if received:
-                    # a frame that stopped short, or bytes that frame nothing
-                    self.counters.truncated += 1
+                    # bytes that frame nothing; "truncated" only for an answer that stopped
+                    # short, not for a whole one with a bad CRC (counted as such already)
+                    if len(buf) < expected and not damaged:
+                        self.counters.truncated += 1
                     self.counters.garbage_bytes += len(buf)
                 else:
                     self.counters.timeouts += 1
@@ -285,6 +288,7 @@ class ModbusMaster:
             received += len(chunk)
             consumed, resp, crc_errors = rtu.decode_response(buf, request)
             self.counters.crc_errors += crc_errors
+            damaged = damaged or crc_errors > 0
             if resp is not None:
                 frame_len = (
                     5 if resp.exception is not None else expected

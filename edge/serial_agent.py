@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import serial
 
@@ -63,6 +64,7 @@ _WARN_EVERY_S = 60.0
 _AGENT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # parking.payloads.Identifier
 
 HealthKind = str  # "status" | "raw" | "battery" | "info"
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -75,6 +77,12 @@ class NodeReadings:
     battery: list[int] | None = None
     failures: int = 0
     """polls of this node that got no valid answer, since the agent started"""
+    crc: int = 0
+    """answers from this node (or meant as its) with a bad CRC, since the agent started"""
+    timeouts: int = 0
+    """requests to this node that timed out (retried or not), since the agent started"""
+    timeouts_reported: int = 0
+    """``timeouts`` at the last health report: more since then makes the node ``slow``"""
 
 
 @dataclass
@@ -108,13 +116,27 @@ class SerialAgent:
 
     # --- polling ----------------------------------------------------------------
 
+    def _request(self, address: int, call: Callable[[], _T]) -> _T:
+        """One master call for node ``address``; its CRC errors and timeouts are the node's."""
+        c = self.master.counters
+        crc, timeouts = c.crc_errors, c.timeouts
+        try:
+            return call()
+        finally:
+            r = self.readings[address]
+            r.crc += c.crc_errors - crc
+            r.timeouts += c.timeouts - timeouts
+
     def poll_node(self, node: NodeController) -> list[SpaceChange]:
         """Read one node's occupied bits; raises serial.SerialException if the port fails."""
         # a node already known to be down gets one try a cycle, not the retries
         retries = 0 if self.tracker.node_down(node.address) else None
         try:
-            bits = self.master.read_discrete_inputs(
-                node.address, reg.OCCUPIED_BITS, node.detectors, retries=retries
+            bits = self._request(
+                node.address,
+                lambda: self.master.read_discrete_inputs(
+                    node.address, reg.OCCUPIED_BITS, node.detectors, retries=retries
+                ),
             )
         except ModbusError as exc:
             self.readings[node.address].failures += 1
@@ -142,8 +164,11 @@ class SerialAgent:
     def _read_status(self, node: NodeController) -> list[SpaceChange]:
         """Read and apply one node's detector statuses now (nothing if it does not answer)."""
         try:
-            values = self.master.read_input_registers(
-                node.address, reg.IR_DETECTOR_STATUS, node.detectors, retries=1
+            values = self._request(
+                node.address,
+                lambda: self.master.read_input_registers(
+                    node.address, reg.IR_DETECTOR_STATUS, node.detectors, retries=1
+                ),
             )
         except ModbusError as exc:
             log.debug("status before a change: %s", exc)
@@ -213,7 +238,9 @@ class SerialAgent:
             "info": (reg.IR_MODEL, reg.NODE_INFO_COUNT),
         }[kind]
         try:
-            values = self.master.read_input_registers(address, start, count, retries=1)
+            values = self._request(
+                address, lambda: self.master.read_input_registers(address, start, count, retries=1)
+            )
         except ModbusExceptionResponse as exc:
             log.info("health: %s", exc)
             return [], False
@@ -267,7 +294,10 @@ class SerialAgent:
                     )
                 )
             info = r.info
-            errors = {"failed_polls": r.failures}
+            # the wire contract's per-node errors, then the agent's and the node's own
+            errors = {"crc": r.crc, "timeouts": r.timeouts, "failed_polls": r.failures}
+            slow = r.timeouts > r.timeouts_reported  # answered, but not every time in time
+            r.timeouts_reported = r.timeouts
             if info:
                 errors |= {
                     "node_crc_errors": info[reg.IR_CRC_ERRORS],
@@ -276,7 +306,9 @@ class SerialAgent:
             nodes.append(
                 NodeHealth(
                     address=n.address,
-                    status="dead" if is_down else ("ok" if r.status is not None else "unknown"),
+                    status="dead"
+                    if is_down
+                    else ("unknown" if r.status is None else ("slow" if slow else "ok")),
                     model=info[reg.IR_MODEL] if info else None,
                     firmware=(
                         f"{info[reg.IR_FIRMWARE] >> 8}.{info[reg.IR_FIRMWARE] & 0xFF}"

@@ -508,6 +508,35 @@ def test_master_drops_bad_frames_and_counts_them(
     assert getattr(master.counters, counter) > 0
     assert master.counters.answers == 1
     assert len(line.requests) == len(answers)
+    if counter == "crc_errors":  # a whole answer with a bad CRC is not a truncated one
+        assert master.counters.truncated == 0
+
+
+def test_node_health_carries_its_own_crc_errors_and_timeouts_and_says_slow(processes) -> None:
+    """The contract's per-node `errors: {crc, timeouts}`, counted for the node they
+    happened on; a node that needed a retry after a timeout since the last report is
+    `slow`, then `ok` again."""
+    from edge.serial_agent import SerialAgent
+    from parking.site import Bus, NodeController
+
+    line = ScriptedLine([b"", GOOD, damaged(GOOD), GOOD, GOOD])
+    processes.append(line)
+    master = ModbusMaster(line.path, 115200, "N", retries=2, turnaround_s=0.05)
+    master.open()
+    processes.append(master)
+    bus = Bus(
+        "bus-t", 115200, "N", 15.0, (NodeController(1, 8, tuple(f"S-{i}" for i in range(8))),)
+    )
+    agent = SerialAgent("site", bus, "serial-bus-t", master, None)
+    agent.readings[1].status = [0] * 8
+    agent.poll_node(bus.nodes[0])  # silence, then an answer
+    agent.poll_node(bus.nodes[0])  # a bad CRC, then an answer
+    (node,) = agent.health_report().nodes
+    assert node.errors["timeouts"] == 1 and node.errors["crc"] == 1
+    assert node.status == "slow"
+    agent.poll_node(bus.nodes[0])
+    (node,) = agent.health_report().nodes
+    assert node.status == "ok" and node.errors["timeouts"] == 1
 
 
 def test_master_gives_up_after_retries_on_noise_only(processes) -> None:
