@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SCENARIO_PERIOD_S = 0.1  # real seconds between scenario steps
 CHUNK_S = 0.005  # under --wire-timing, answers go out in pieces of about this much wire time
+FRAME_GAP_FLOOR_S = 0.02
 SPIN_S = 0.001  # the last stretch before a due write is busy-waited: select wakes late
 REPORT_PERIOD_S = 60.0
 MAX_LINE = 4096
@@ -88,6 +89,10 @@ class BusServer:
         self.out: deque[tuple[float, bytes]] = deque()  # (when to write, bytes), in order
         self.line_free_at = 0.0  # when our last answer has left the wire
         self.rx_start: float | None = None  # first byte of an unfinished request
+        self.last_rx = 0.0
+        # silence that ends a frame: 3.5 characters on a wire; on a pty, whose bytes come in
+        # whole writes, a generous floor (a master never pauses that long inside a request)
+        self.frame_gap_s = max(rtu.silent_interval_s(self.baud), FRAME_GAP_FLOOR_S)
         self.running = True
         self.master_ok_at = 0.0  # back off after an error on the master
         self.dropped_writes = 0
@@ -113,6 +118,10 @@ class BusServer:
         if not data:
             self.master_ok_at = now + 0.05
             return
+        if self.rx_start is not None and now - self.last_rx > self.frame_gap_s:
+            self.model.decoder.line_went_silent()  # the unfinished frame was noise
+            self.rx_start = None
+        self.last_rx = now
         if self.rx_start is None:
             self.rx_start = now
         for answer in self.model.receive(data, now):

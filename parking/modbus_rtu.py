@@ -299,6 +299,14 @@ class RequestDecoder:
         del self.buf[:1]
         self.stats.garbage_bytes += 1
 
+    def line_went_silent(self) -> None:
+        """The line was silent for longer than a frame gap with bytes still buffered: in
+        RTU a frame never spans a silence, so they frame nothing (noise that looked like the
+        start of a long frame must not swallow the requests after it)."""
+        if self.buf:
+            self.stats.garbage_bytes += len(self.buf)
+            self.buf.clear()
+
 
 def decode_response(buf: bytes | bytearray, request: Request) -> tuple[int, Response | None, int]:
     """Master side: look for the answer to ``request`` in buf.

@@ -203,6 +203,21 @@ def test_bad_crc_frames_are_counted_by_the_node(sim):
     assert read_values(sim.link, 5, "3", reg.IR_CRC_ERRORS, 1)[0] == before + 1
 
 
+def test_noise_that_looks_like_a_long_frame_is_dropped_at_the_next_silence(sim):
+    """A node hunts for the next frame after line silence: 40 bytes of noise that start
+    like a long "write multiple" frame used to swallow the next ~23 requests."""
+    noise = bytes([1, 0x0F, 0, 0, 0x06, 0x40, 200]) + bytes(range(33))  # a 209-byte frame
+    fd = os.open(str(sim.link), os.O_RDWR | os.O_NOCTTY)  # raw bytes, no line settings
+    try:
+        os.write(fd, noise)
+        time.sleep(0.3)  # the line goes silent
+    finally:
+        os.close(fd)
+    t0 = time.monotonic()
+    assert len(read_values(sim.link, 1, "1", 0, 32)) == 32  # the very next request
+    assert time.monotonic() - t0 < 3
+
+
 def test_bad_console_lines_get_a_reason_and_change_nothing(sim):
     before = status_bit(sim, "A-010")
     assert sim.command("set A-010 parked").startswith("error: set: state must be")
