@@ -879,15 +879,17 @@ class AllocationCore:
         ).reshape(n_z, 4)
         if dz.any():
             self._zone_counts += dz
-            pz, pc = self._pair_zone, self._pair_col
-            du = (new_eff == UNKNOWN).astype(np.int64) - (old_eff == UNKNOWN)
-            if du.any():
-                moved = du != 0
-                self.line_unknown += self._per_line(self._per_zone_col_of(sp, moved, du)[pz, pc])
-            dt = (old_eff == CLOSED).astype(np.int64) - (new_eff == CLOSED)
-            if dt.any():  # closed spaces are not counted
-                moved = dt != 0
-                self.line_total += self._per_line(self._per_zone_col_of(sp, moved, dt)[pz, pc])
+        # the lines move even when every zone's totals cancel out: an unknown charger and a
+        # known ordinary space of the same zone trading states move the charger line only
+        pz, pc = self._pair_zone, self._pair_col
+        du = (new_eff == UNKNOWN).astype(np.int64) - (old_eff == UNKNOWN)
+        if du.any():
+            moved = du != 0
+            self.line_unknown += self._per_line(self._per_zone_col_of(sp, moved, du)[pz, pc])
+        dt = (old_eff == CLOSED).astype(np.int64) - (new_eff == CLOSED)
+        if dt.any():  # closed spaces are not counted
+            moved = dt != 0
+            self.line_total += self._per_line(self._per_zone_col_of(sp, moved, dt)[pz, pc])
         slots = lo.space_slot[sp]
         avail = (new_eff == FREE) & (self.held_until[sp] == 0.0)
         flip = avail != self._avail_np[slots]

@@ -372,3 +372,39 @@ def test_a_line_is_blind_when_the_spaces_it_counts_are(example_site, layout):
     assert shown(blind) == "--"
     seen = {s.id: FREE if s.id in chargers else UNKNOWN for s in zone_f}
     assert shown(seen) == "10"
+
+
+def test_a_large_batch_moves_a_class_line_when_zone_totals_cancel_out():
+    """The gateway's lazy batch path: an unknown charger and a free ordinary space trading
+    states (and 64 more changes that cancel out) leave every zone's totals as they were,
+    but the charger line's unknown count must still move."""
+    n = 200
+    tables = dict(
+        n_nodes=1,
+        edges=[],
+        entrance_nodes=[0],
+        space_node=[0] * n,
+        access_distance=[float(i) for i in range(n)],
+        space_zone=[0] * n,
+        space_kinds=[[0]] + [[1]] * (n - 1),  # space 0: kind 0 (class 0 only)
+        class_kinds=[[0], [1]],
+        line_zones=[[0], [0]],
+        line_class=[0, 1],
+    )
+    core = AllocationCore(CoreLayout.from_arrays(**tables), 600)
+    core.lazy_minima = True  # as the gateway runs it
+    ref = ReferenceAllocator(**tables, minute_of_day=600)
+    start = [0] + [1] * 40 + [2] * (n - 41)
+    core.update_many(list(range(n)), start, 0.0)
+    for s, x in enumerate(start):
+        ref.update(s, x, 0.0)
+    spaces = [0, 1] + list(range(2, 34)) + list(range(100, 132))
+    states = [1, 0] + [2] * 32 + [1] * 32
+    assert len(spaces) > core.batch_min and len(spaces) * 2 <= n  # the batch path
+    core.update_many(spaces, states, 1.0)
+    for s, x in zip(spaces, states, strict=True):
+        ref.update(s, x, 1.0)
+    want = ref.recompute()
+    assert core.line_unknown.tolist() == want["line_unknown"] == [0, 1]
+    assert core.line_total.tolist() == want["line_total"]
+    assert core.line_free.tolist() == want["line_free"]
