@@ -174,6 +174,9 @@ class CoreLayout:
     node distance + access distance reorders two of them for some entrance)"""
     slot_rank: np.ndarray = None  # type: ignore[assignment]
     """int32[S + 1, E]: rank in slot order, rows contiguous per aisle; row S is all NONE"""
+    rank_cost: np.ndarray = None  # type: ignore[assignment]
+    """float64[E, S + 1]: cost of the space at each rank (inf past the reachable ones and
+    at column S, where a NONE rank is clipped to)"""
     slot_kindset: np.ndarray = None  # type: ignore[assignment]
     """int32[S]: kindset in slot order"""
     slot_index: np.ndarray = None  # type: ignore[assignment]
@@ -201,6 +204,9 @@ class CoreLayout:
         rank[~np.isfinite(self.cost)] = NONE
         set_(self, "order", order)
         set_(self, "rank", rank)
+        rank_cost = np.full((n_e, n_s + 1), np.inf)
+        rank_cost[:, :n_s] = np.take_along_axis(self.cost, order, axis=1)
+        set_(self, "rank_cost", rank_cost)
         # kind combinations
         if n_s:
             uniq, kindset = np.unique(self.space_kinds, axis=0, return_inverse=True)
@@ -1229,19 +1235,35 @@ class AllocationCore:
         return -1 if best is None else best[2]
 
     def best_all(self) -> np.ndarray:
-        """int[E, C]: best() of every pair (-1 where none)."""
+        """int[E, C]: best() of every pair (-1 where none), all pairs at once."""
         self.settle()
-        n_e, n_c = self._n_e, self._n_c
         if self._active:
-            return np.array(
-                [[self.best(e, c) for c in range(n_c)] for e in range(n_e)], dtype=np.int64
-            ).reshape(n_e, n_c)
-        glob = self._glob.reshape(n_c, n_e).T.astype(np.int64)
-        none = glob == NONE
-        rows = np.arange(n_e)[:, None]
-        out = self.layout.order[rows, np.where(none, 0, glob)].astype(np.int64)
+            self._prune_active()
+        lo = self.layout
+        n_e, n_s = self._n_e, self._n_s
+        ents = np.arange(n_e)
+        # ranks (C, E); NONE clipped to n_s, the column of rank_cost that is inf
+        rank = np.minimum(self._glob.reshape(self._n_c, n_e), n_s)
+        if self._active:
+            # congested aisles, each with its first candidate beside the uncongested
+            # minimum, compared as best() does: (score, cost, index) is (score, rank),
+            # since ranks follow (cost, index) from each entrance; the same float
+            # operations as best(), so the same ties
+            act = self._active_arr
+            now, half = self.now, self.congestion_halflife_s
+            raw = [  # congestion() of each, without a call per aisle: the same expression
+                v * 2.0 ** (-(now - t) / half)
+                for v, t in zip(self._cong_v[act].tolist(), self._cong_t[act].tolist(), strict=True)
+            ]
+            cong = np.array([x if x >= CONGESTION_FLOOR else 0.0 for x in raw])
+            ranks = np.concatenate([rank[None], np.minimum(self._parked, n_s)])  # (1+A, C, E)
+            score = lo.rank_cost[ents, ranks]
+            score[1:] += self.congestion_m * cong[:, None, None]
+            rank = np.where(score == score.min(axis=0), ranks, n_s).min(axis=0)
+        none = rank == n_s
+        out = lo.order[ents, np.where(none, 0, rank)].astype(np.int64)
         out[none] = -1
-        return out
+        return out.T.copy()
 
     def congestion_state(self) -> dict[int, tuple[float, float]]:
         """Lane node of each aisle ever assigned into -> (value, time of last assignment)."""
