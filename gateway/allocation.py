@@ -1120,10 +1120,11 @@ class AllocationCore:
             raise ValueError("hold_s must be positive")
         if now > self.now:
             self.now = float(now)
+        now = self.now  # the latest time seen: an earlier one (a clock step) is not a rewind
         s = self.best(entrance, vehicle_class)
         if s < 0:
             return -1
-        until = float(now) + float(hold_s)
+        until = now + float(hold_s)
         self.held_until[s] = until
         self._holds[s] = until
         st = int(self.state[s])
@@ -1158,6 +1159,7 @@ class AllocationCore:
         """Release holds that ended at or before ``now``; returns those spaces (ascending)."""
         if now > self.now:
             self.now = float(now)
+        now = self.now
         done = sorted(s for s, until in self._holds.items() if until <= now)
         for s in done:
             del self._holds[s]

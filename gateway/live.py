@@ -166,6 +166,8 @@ class LiveGateway:
         self._mono = mono
         # the time policy windows are judged by: wall time, or a simulated day (demo)
         self._policy_clock = policy_clock or clock
+        self._core_offset = 0.0  # what backward steps of the wall clock took off so far
+        self._core_last = -math.inf
         self.lock = threading.RLock()
         self.tz = ZoneInfo(site.timezone)
         self.state = LiveState(site)
@@ -271,7 +273,9 @@ class LiveGateway:
             loaded += 1
         self.state.finish_restore()
         self.core.update_many(
-            np.arange(len(self.site.spaces), dtype=np.int64), self.state.state.copy(), now
+            np.arange(len(self.site.spaces), dtype=np.int64),
+            self.state.state.copy(),
+            self._core_time(now),
         )
         restored = 0
         for sp, until in self.journal.open_holds(now):
@@ -279,7 +283,7 @@ class LiveGateway:
             # while the space is unknown or closed (as a running core does); a car seen in
             # it ended the hold
             if sp in index and self.state.state[index[sp]] != OCCUPIED:
-                self.core.hold(index[sp], until, now)
+                self.core.hold(index[sp], until, self._core_time(now))
                 restored += 1
         if restored:
             log.info("restored %d holds of cars on their way", restored)
@@ -410,7 +414,7 @@ class LiveGateway:
         now, mono = self._clock(), self._mono()
         with self.lock:
             self._expire(now, mono)
-            if self.core.expire_holds(now):
+            if self.core.expire_holds(self._core_time(now)):
                 self._refresh_displays(now)
             if self._follow_policy_minute():
                 self._refresh_displays(now)
@@ -430,6 +434,17 @@ class LiveGateway:
                     )
             if self._dirty_since is not None and not self.defer_checkpoint:
                 self.flush_checkpoint(step=True)
+
+    def _core_time(self, wall: float) -> float:
+        """The allocation core's time: the wall clock, except that a step back (NTP) is
+        absorbed rather than replayed, so holds still end and congestion still decays
+        on time (in the core an earlier time is no time at all). Forward steps pass."""
+        t = wall + self._core_offset
+        if t < self._core_last:
+            self._core_offset += self._core_last - t
+            t = self._core_last
+        self._core_last = t
+        return t
 
     def _follow_policy_minute(self) -> bool:
         """Move the core to the policy clock's minute (every tick and before an arrival, so
@@ -602,7 +617,7 @@ class LiveGateway:
                     )
                     return
             self._follow_policy_minute()  # the signs published below include what it moved
-            s = self.core.assign(e, c, now, self.hold_s)
+            s = self.core.assign(e, c, self._core_time(now), self.hold_s)
             if s >= 0:
                 space = self.site.spaces[s]
                 zone_name = self._zone_name[space.zone]
@@ -680,7 +695,7 @@ class LiveGateway:
                 spaces = np.concatenate([g.changes.spaces for g in segments])
                 new = np.concatenate([g.changes.new for g in segments])
             held = self.core.holds if self.core.has_holds else None
-            self.core.update_many(spaces, new, now)
+            self.core.update_many(spaces, new, self._core_time(now))
             if held:  # a car seen in its space ends the hold: journaled for a restart
                 still = self.core.holds
                 ended = [self.state.space_ids[s] for s in held if s not in still]

@@ -160,6 +160,7 @@ class ReferenceAllocator:
 
     def assign(self, entrance: int, vehicle_class: int, now: float, hold_s: float) -> int:
         self._advance(now)
+        now = self.now  # the latest time seen: an earlier one (a clock step) is not a rewind
         s = self.best(entrance, vehicle_class)
         if s < 0:
             return -1
@@ -179,7 +180,7 @@ class ReferenceAllocator:
 
     def expire_holds(self, now: float) -> list[int]:
         self._advance(now)
-        done = sorted(s for s, until in self.held.items() if until <= now)
+        done = sorted(s for s, until in self.held.items() if until <= self.now)
         for s in done:
             del self.held[s]
         return done

@@ -256,3 +256,51 @@ def test_a_space_keeps_the_sensors_time_through_a_short_outage(example_site, tmp
     a1 = next(s for s in g.gw.spaces() if s.space == "A-001")
     assert a1.state == "occupied" and a1.since == g.clock[0]  # the gateway's state: anew
     assert a1.observed_since == parked
+
+
+def _burst(gw: LiveGateway, sent: list, clock: list, n: int, tag: str) -> list[str]:
+    got = []
+    for i in range(n):
+        sent.clear()
+        clock[0] += 0.5
+        gw.handle(
+            topics.arrival(SITE, "north"),
+            json.dumps({"class": "resident", "request_id": f"{tag}{i}"}).encode(),
+        )
+        got.append(json.loads(next(p for t, p in sent if t.endswith("/assignment")))["space"])
+    return got
+
+
+def _burst_after_a_step(site, db, step_back_s: float) -> tuple[list[str], bool]:
+    """One car, then the wall clock steps back, then ten cars; 61 s later the first car's
+    60 s hold should have ended. Returns the ten spaces and whether it did."""
+    clock = [1_800_000_000.0]
+    sent: list[tuple[str, bytes]] = []
+    gw = LiveGateway(
+        site,
+        Journal(db),
+        lambda topic, payload, qos, retain: sent.append((topic, payload)),
+        hold_s=60,
+        clock=lambda: clock[0],
+    )
+    gw.publish_all()
+    _snapshot_all_free(gw, site, clock[0])
+    first = _burst(gw, sent, clock, 1, "a")[0]
+    clock[0] -= step_back_s
+    burst = _burst(gw, sent, clock, 10, "b")
+    clock[0] += 61
+    gw.tick()
+    return burst, site.space_index[first] not in gw.core.holds
+
+
+def test_a_wall_clock_stepped_back_neither_stops_spreading_nor_keeps_holds(example_site, tmp_path):
+    """NTP steps the clock back an hour: a burst of arrivals is still spread over aisles
+    as without the step (congestion judged an hour old would be none: every car to the
+    nearest aisle), and a hold taken before the step still ends after its hold time,
+    not an hour later."""
+    steady, released = _burst_after_a_step(example_site, tmp_path / "a.sqlite", 0.0)
+    assert released
+    stepped, released = _burst_after_a_step(example_site, tmp_path / "b.sqlite", 3600.0)
+    assert stepped == steady
+    assert released
+    assert len({example_site.space(s).access for s in steady}) >= 3  # spread over aisles
