@@ -46,6 +46,7 @@ from bench_pipeline import AGENT, EdgeModel  # noqa: E402
 
 import gateway.live as live  # noqa: E402
 from gateway.journal import Journal  # noqa: E402
+from parkguide.supervisor import stop_on_sigterm  # noqa: E402
 from parking import topics  # noqa: E402
 from parking.site import EXAMPLE_SITE, load_site  # noqa: E402
 
@@ -65,6 +66,7 @@ def pct(values: list[float]) -> dict[str, float]:
 
 
 def main() -> int:
+    stop_on_sigterm()  # a harness's timeout still removes the temporary journal
     site = load_site(EXAMPLE_SITE)
     tmp = tempfile.TemporaryDirectory(prefix="bench-gateway-path-")
     journal = Journal(Path(tmp.name) / "journal.db")

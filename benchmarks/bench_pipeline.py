@@ -68,7 +68,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from parkguide.ports import free_port, wait_port  # noqa: E402
-from parkguide.supervisor import stop_process  # noqa: E402
+from parkguide.supervisor import die_with_parent, stop_on_sigterm, stop_process  # noqa: E402
 from parking import topics  # noqa: E402
 from parking.site import EXAMPLE_SITE, load_site  # noqa: E402
 
@@ -353,6 +353,7 @@ def run_gateway_phase(pub, recv, rate: int, model: EdgeModel, site_id: str):
 
 
 def main() -> int:
+    stop_on_sigterm()  # a harness's timeout still stops the children and cleans up
     site = load_site(EXAMPLE_SITE)
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -370,7 +371,10 @@ def main() -> int:
     try:
         procs.append(
             subprocess.Popen(
-                [mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                [mosquitto, "-c", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
             )
         )
         wait_port(port)
@@ -378,6 +382,7 @@ def main() -> int:
             [sys.executable, "-c", RELAY_SOURCE, str(port), RELAY_IN, RELAY_OUT],
             stdout=subprocess.PIPE,
             env=env,
+            preexec_fn=die_with_parent,
         )
         procs.append(relay)
         gw_log = (tmp / "gateway.log").open("wb")
@@ -398,6 +403,7 @@ def main() -> int:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=ROOT,
+            preexec_fn=die_with_parent,
         )
         procs.append(gateway)
         if relay.stdout.readline().strip() != b"ready":

@@ -53,7 +53,7 @@ if str(ROOT) not in sys.path:
 from edge.modbus_master import ModbusMaster  # noqa: E402
 from edge.serial_agent import SerialAgent  # noqa: E402
 from parkguide.ports import free_port, wait_port  # noqa: E402
-from parkguide.supervisor import stop_process  # noqa: E402
+from parkguide.supervisor import die_with_parent, stop_on_sigterm, stop_process  # noqa: E402
 from parking import modbus_rtu as rtu  # noqa: E402
 from parking import registers as reg  # noqa: E402
 from parking import topics  # noqa: E402
@@ -139,6 +139,7 @@ class Simulator:
             stderr=subprocess.DEVNULL,
             text=True,
             env=env,
+            preexec_fn=die_with_parent,
         )
         line = self.proc.stdout.readline()
         if "linked at" not in line:
@@ -258,7 +259,13 @@ def measure_latency(
     ]  # fmt: skip
     if debounce_ms is not None:
         argv += ["--debounce-ms", str(debounce_ms)]
-    agent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    agent = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        preexec_fn=die_with_parent,
+    )
     try:
         spaces = site.spaces_of_source(bus_id)
         if not watcher.snapshot.wait(30):
@@ -282,6 +289,7 @@ def measure_latency(
 
 
 def main() -> int:
+    stop_on_sigterm()  # a harness's timeout still stops the children and cleans up
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     tmp = Path(tempfile.mkdtemp(prefix="bench-serial-"))
@@ -295,7 +303,10 @@ def main() -> int:
         conf = tmp / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\npersistence false\nallow_anonymous true\n")
         broker = subprocess.Popen(
-            [mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [mosquitto, "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         started.append(broker)
         wait_port(port)

@@ -34,7 +34,14 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
             proc.wait()
 
 
-def _die_with_parent() -> None:
+def stop_on_sigterm() -> None:
+    """SIGTERM ends this process through SystemExit, so its ``finally`` blocks stop its
+    children and remove its temporary files (Python's default is to die on the spot)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child that must not outlive this process (even a SIGKILL)."""
     # Not Linux (no libc.so.6): no death signal, and the demo's own shutdown path
     # (stop_all) is what stops the children.
     with contextlib.suppress(OSError):
@@ -87,7 +94,7 @@ class Supervisor:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=child_env,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         child = Child(name, argv, proc, log_path, stdin_pipe)
         self.children.append(child)
