@@ -9,6 +9,9 @@ Small frame rates and short hold/stale/frozen times keep them quick.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -422,6 +425,28 @@ def test_a_video_file_that_ends_is_replayed_with_loop(tmp_path: Path) -> None:
     wraps = sum(1 for a, b in zip(levels, levels[1:], strict=False) if b < a)
     assert wraps >= 2, levels  # the file played from the start again, twice
     assert reader.reconnects >= 2
+
+
+def test_an_outage_does_not_flood_stderr_with_opencv_and_ffmpeg_lines() -> None:
+    """OpenCV and FFmpeg write around logging: two lines at every reopen of a dead URL
+    (hundreds an hour in journald). Only the reader's own warning, once a minute."""
+    script = (
+        "import logging, time\n"
+        "from edge.camera.stream import FrameReader\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        f"r = FrameReader('http://127.0.0.1:{free_port()}/stream.mjpg', "
+        "backoff_base_s=0.05, backoff_cap_s=0.2)\n"
+        "r.start(); time.sleep(2.5); r.stop()\n"
+        "print(r.reconnects)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert int(done.stdout.strip()) >= 4  # it did retry, several times
+    lines = done.stderr.splitlines()
+    assert not [x for x in lines if "Connection" in x or "[ WARN" in x], lines
+    assert len([x for x in lines if "cannot open" in x]) == 1, lines
 
 
 def test_an_unreachable_source_backs_off_and_delivers_nothing() -> None:

@@ -55,6 +55,17 @@ class FrameRate:
         return True
 
 
+def quiet_backends() -> None:
+    """OpenCV's and FFmpeg's own messages off (errors of OpenCV stay), unless the
+    environment asks for them: they bypass ``logging`` and would write two lines to
+    stderr at every reopen of a lost stream (hundreds an hour), while the reader says
+    the same once a minute. Read by OpenCV when it first uses FFmpeg, so call this
+    before the first capture; ``OPENCV_FFMPEG_LOGLEVEL=24`` brings FFmpeg's back."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def parse_source(source: str) -> str | int:
     """A device index for a string of digits, else the URL or path unchanged."""
     text = source.strip()
@@ -72,6 +83,7 @@ def file_problem(path: str) -> str | None:
         return "no such file"
     if os.path.isdir(path):
         return "a directory, not a video file"
+    quiet_backends()
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened() or not cap.grab():
@@ -177,6 +189,7 @@ class FrameReader:
 
     # -- reader thread --------------------------------------------------------------
     def _open(self) -> cv2.VideoCapture:
+        quiet_backends()
         if isinstance(self.source, str) and "://" in self.source:
             params = [
                 cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
