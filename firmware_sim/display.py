@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--wait",
         type=float,
         default=5.0,
-        help="with --once: seconds to wait for every sign's content (default 5)",
+        help="with --once or plain output: seconds to wait for every sign's content "
+        "before a sign without any is shown blank (default 5)",
     )
 
 
@@ -299,10 +300,15 @@ def main(args: argparse.Namespace) -> int:
             return 0
         if args.plain or not sys.stdout.isatty():  # a pipe or a log file gets plain text
             shown: dict[str, SignView] = {}
+            # the retained contents come one by one: a sign not heard of yet is not said
+            # to be blank before --wait has passed (it would read as a dead sign in a log)
+            grace_until = time.monotonic() + args.wait
             while True:
                 board.changed.wait(0.5)
                 board.changed.clear()
                 for v in board.views():
+                    if v.blank and v.display not in shown and time.monotonic() < grace_until:
+                        continue
                     if shown.get(v.display) != v:
                         shown[v.display] = v
                         print(plain(v), flush=True)

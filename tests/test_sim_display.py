@@ -320,3 +320,45 @@ def test_sim_display_refuses_loosely_typed_content(mosquitto, tmp_path, subproce
     assert _blank(blocks["gate-north"]) and _blank(blocks["gate-east"])
     assert not _blank(blocks["jct-n1"])
     assert "bad sign content" in stderr
+
+
+def test_plain_output_does_not_call_signs_blank_while_their_contents_arrive(
+    example_site, mosquitto, tmp_path, subprocess_env
+):
+    """Every sign has current retained content: the plain log shows each with it, and
+    none as blank first (the first content used to print every other sign as blank)."""
+    now = time.time()
+    ids = [d.id for d in example_site.displays]
+    _retain(mosquitto.port, {d: _content(d, now, now + 600) for d in ids})
+    proc = subprocess.Popen(
+        parkguide_cmd(
+            "sim",
+            "display",
+            "--site",
+            str(site_variant(tmp_path, expires_s=600)),
+            "--broker",
+            mosquitto.url,
+            "--plain",
+        ),  # fmt: skip
+        env=subprocess_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+    headers: list[str] = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(headers) < len(ids) and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line.startswith("["):
+                headers.append(line)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert len(headers) == len(ids), headers
+    assert not [h for h in headers if "blank" in h], headers
