@@ -180,13 +180,20 @@ class LiveState:
             return self._observe_few(
                 spaces.tolist(), states.tolist(), since.tolist(), a, wall, mono
             )
+        # rows whose observation time or agent moved: a restart must remember them, or
+        # an older observation would pass the check afterwards. A snapshot repeating what
+        # is known moves neither (last_seen is the agent's, journaled with each report),
+        # so a quiet site does not rewrite every row it hears of at each checkpoint
+        moved = (
+            (self.obs_since[spaces] != since)
+            | (self.agent[spaces] != a)
+            | (self.sensed[spaces] != states)  # a state change is a sensed one too
+        )
         self.obs_since[spaces] = since
         self.last_seen[spaces] = wall
         self.seen_mono[spaces] = mono
         self.agent[spaces] = a
-        # every observed row moved (its observation time at least): a restart must
-        # remember it, or an older observation would pass the check afterwards
-        return dataclasses.replace(self._set_sensed(spaces, states, wall), touched=spaces)
+        return dataclasses.replace(self._set_sensed(spaces, states, wall), touched=spaces[moved])
 
     def _observe_few(
         self,
@@ -205,8 +212,11 @@ class LiveState:
         out_sp: list[int] = []
         out_old: list[int] = []
         out_new: list[int] = []
+        touched: list[int] = []  # rows that moved for a restart (see observe)
         zones: set[int] = set()
         for sp, st, t in zip(spaces, states, since, strict=True):
+            if v.obs_since[sp] != t or v.agent[sp] != a or sensed[sp] != st:
+                touched.append(sp)
             v.obs_since[sp] = t
             v.last_seen[sp] = wall
             v.seen_mono[sp] = mono
@@ -224,15 +234,14 @@ class LiveState:
                 out_sp.append(sp)
                 out_old.append(old)
                 out_new.append(new)
-        # every observed row moved (see observe)
-        touched = np.array(spaces, dtype=np.int64) if spaces else _EMPTY_I
+        touched_a = np.array(touched, dtype=np.int64) if touched else _EMPTY_I
         if not out_sp:
-            return Changes(_EMPTY_I, _EMPTY_S, _EMPTY_S, touched, _EMPTY_I)
+            return Changes(_EMPTY_I, _EMPTY_S, _EMPTY_S, touched_a, _EMPTY_I)
         return Changes(
             np.array(out_sp, dtype=np.int64),
             np.array(out_old, dtype=np.int8),
             np.array(out_new, dtype=np.int8),
-            touched,
+            touched_a,
             np.array(sorted(zones), dtype=np.int64),
         )
 

@@ -440,3 +440,51 @@ def test_a_report_whose_times_are_refused_does_not_keep_those_spaces_alive(examp
     index = example_site.space_index
     assert gw.state.state[index[first]] == SpaceState.UNKNOWN  # not "occupied", unvouched
     assert gw.state.state[index[other]] == SpaceState.OCCUPIED  # the rest still vouched for
+
+
+def _snapshot(site, bus, seq: int, since: float, now: float):
+    spaces = site.spaces_of_source(bus.id)
+    report = {
+        "agent": bus.agent, "source": bus.id, "boot": "b1", "seq": seq, "ts": now,
+        "kind": "snapshot",
+        "spaces": [{"space": s, "state": "free", "since": since} for s in spaces],
+    }  # fmt: skip
+    return topics.edge_occupancy(SITE, bus.agent), json.dumps(report).encode()
+
+
+def test_a_snapshot_repeating_what_is_known_rewrites_no_space_row(example_site, tmp_path):
+    """A quiet site's agents repeat their snapshots every few seconds: rows whose state,
+    observation time and agent did not move are not rewritten at the checkpoint (a big
+    site wrote ~36 GB a day to its disk that way), while a restart still knows every
+    observation time it must refuse older ones against."""
+    clock = [T0]
+    db = tmp_path / "journal.sqlite"
+    journal = Journal(db)
+    gw = LiveGateway(
+        example_site, journal, lambda *a: None, clock=lambda: clock[0], defer_checkpoint=True
+    )
+    bus = max(example_site.buses, key=lambda b: len(example_site.spaces_of_source(b.id)))
+    n = len(example_site.spaces_of_source(bus.id))
+    assert n > 64  # the vectorized path; a delta below goes through the per-item one
+    gw.handle(*_snapshot(example_site, bus, 1, T0 - 10, T0))
+    gw.flush_checkpoint()
+    for seq in (2, 3):
+        clock[0] += 5
+        gw.handle(*_snapshot(example_site, bus, seq, T0 - 10, clock[0]))
+        assert not gw._dirty.any()
+    first = example_site.spaces_of_source(bus.id)[0]
+    clock[0] += 5
+    one = {
+        "agent": bus.agent, "source": bus.id, "boot": "b1", "seq": 4, "ts": clock[0],
+        "kind": "delta", "spaces": [{"space": first, "state": "free", "since": T0 - 5}],
+    }  # fmt: skip
+    gw.handle(topics.edge_occupancy(SITE, bus.agent), json.dumps(one).encode())
+    # the same state with a later observation time: that row moved (and only that one)
+    assert np.flatnonzero(gw._dirty).tolist() == [example_site.space_index[first]]
+    gw.flush_checkpoint()
+    one["seq"], one["ts"] = 5, clock[0] + 1  # repeated as it is: nothing moved
+    gw.handle(topics.edge_occupancy(SITE, bus.agent), json.dumps(one).encode())
+    assert not gw._dirty.any()
+    journal.close()
+    gw2 = LiveGateway(example_site, Journal(db), lambda *a: None, clock=lambda: clock[0])
+    assert gw2.state.obs_since[example_site.space_index[first]] == T0 - 5
