@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, int, bool], None]
 """publish(topic, payload, qos, retain)"""
 
+REHEARSAL_MAX_OBSERVATIONS = 64  # larger reports are not rehearsed (see _stage_report)
 MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
 ZONE_HISTORY_S = 10.0
@@ -213,6 +214,7 @@ class LiveGateway:
         self.state_changes = 0
         self.sign_updates = 0
         self.repeated_arrivals = 0
+        self.answered = 0  # assignments published, repeated ones included
         self.outbox_stats: Callable[[], dict[str, Any]] | None = None
         self._next_zone_history = 0.0
         self._live = False  # nothing is sent before the first publish_all (connected)
@@ -509,7 +511,10 @@ class LiveGateway:
         )
         staged.reports.append(acc)
         staged.started.append(t0)
-        self._last_report = (agent, payload)
+        if len(changes) and len(acc.spaces) <= REHEARSAL_MAX_OBSERVATIONS:
+            # what rehearse() replays: a report like those drivers wait on (a snapshot of
+            # thousands of spaces would make each rehearsal milliseconds long)
+            self._last_report = (agent, payload)
 
     def _flush(self, staged: _Staged) -> None:
         if not staged.reports:
@@ -609,6 +614,7 @@ class LiveGateway:
                 body = self.journal.answered(entrance, arrival.request_id, now - self.hold_s)
                 if body is not None:
                     self.repeated_arrivals += 1
+                    self.answered += 1
                     self._send(
                         topics.assignment(self.site.id, entrance),
                         body.encode(),
@@ -671,6 +677,7 @@ class LiveGateway:
             )
             for sign in signs:
                 self._publish_sign(sign, now)
+        self.answered += 1
         self._emit("assignment", json.loads(body), now)
 
     # -- the pipeline ------------------------------------------------------------------------
@@ -1057,6 +1064,11 @@ class LiveGateway:
         with self.lock:
             bodies = self.journal.recent_assignments(limit)
         return [Assignment.model_validate_json(b) for b in bodies]
+
+    def outputs(self) -> tuple[int, int, int]:
+        """Counts of what handling messages produced (state changes, signs published,
+        assignments answered): equal before and after a batch that moved nothing."""
+        return self.state_changes, self.sign_updates, self.answered
 
     def counters(self) -> Counters:
         with self.lock:

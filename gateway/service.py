@@ -56,17 +56,19 @@ QUIET_S = 0.002
 OVERDUE_STEP_ROWS = 16  # per round once the checkpoint is overdue: at most, until a message waits
 # reports expanded per quiet step at most: one at a time, until a message is waiting
 QUIET_STEP_ROWS = 8
-# Keeping warm (LiveGateway.rehearse): while reports come often (one within KEEP_WARM_FOR_S),
-# the idle loop rehearses the report path every --keep-warm-ms, so the next report does
-# not find its code and data evicted from the CPU's caches (3-5x slower on shared VMs).
-# It costs 13-21 % of a core meanwhile; with sparser reports it stops and costs nothing.
+# Keeping warm (LiveGateway.rehearse): while changes come often (a batch that moved a space,
+# a sign or an answer within KEEP_WARM_FOR_S), the idle loop rehearses the report path every
+# --keep-warm-ms, so the next report does not find its code and data evicted from the CPU's
+# caches (3-5x slower on shared VMs). It costs 13-21 % of a core meanwhile; with sparser
+# changes it stops, and reports that change nothing (snapshots of a quiet site) cost nothing.
 KEEP_WARM_MS = 3.0
 KEEP_WARM_FOR_S = 0.25
 # Busy-polling (as Linux's SO_BUSY_POLL does for sockets): for --busy-poll-ms after a batch
-# the MQTT thread polls its socket instead of sleeping in select(), yielding the CPU to any
-# other runnable task between polls. A report arriving meanwhile finds the CPU awake: a
-# virtual CPU that halted comes back with its caches cold (see keeping warm). It costs CPU
-# only while reports come closer together than that, and nothing on a quiet site.
+# that changed something the MQTT thread polls its socket instead of sleeping in select(),
+# yielding the CPU to any other runnable task between polls. A report arriving meanwhile
+# finds the CPU awake: a virtual CPU that halted comes back with its caches cold (see keeping
+# warm). It costs CPU only while changes come closer together than that, and nothing on a
+# quiet site, however many snapshots its agents repeat.
 BUSY_POLL_MS = 20.0
 ENV_INFLUX_TOKEN = "INFLUX_TOKEN"
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
@@ -241,6 +243,10 @@ class GatewayService:
         self._pending: list[tuple[str, bytes, float, int, int]] = []
         self._draining = self._corked = False
         self._last_drain = 0.0  # monotonic time the last batch was handled
+        # ... and the last one that moved a space, a sign or an answer: keeping warm and
+        # busy-polling follow only those (a large quiet site's snapshots, every few
+        # seconds from dozens of agents, changing nothing, would keep them on for good)
+        self._last_change = 0.0
         self._keep_warm_s = max(0.0, keep_warm_ms) / 1000.0
         self._last_warm = 0.0  # monotonic time of the last rehearsal
         self.rehearsals = 0
@@ -402,7 +408,7 @@ class GatewayService:
         window after the last batch closes, or ``timeout`` is up; what is left of
         ``timeout`` goes to the select() that follows."""
         start = time.monotonic()
-        end = min(start + timeout, self._last_drain + self._busy_poll_s)
+        end = min(start + timeout, self._last_change + self._busy_poll_s)
         if end <= start or self.client.want_write():
             return timeout
         while not self._readable() and time.monotonic() < end:
@@ -535,7 +541,7 @@ class GatewayService:
             if self._checkpoint_due(CHECKPOINT_MIN_S):
                 timeout = min(timeout, max(0.0, self._last_drain + QUIET_S - time.monotonic()))
             warming = (
-                self._keep_warm_s > 0 and time.monotonic() - self._last_drain < KEEP_WARM_FOR_S
+                self._keep_warm_s > 0 and time.monotonic() - self._last_change < KEEP_WARM_FOR_S
             )
             if warming:
                 timeout = min(
@@ -553,11 +559,14 @@ class GatewayService:
             ):
                 rc = self._network(0.0)
             if self._pending:
+                moved = self.gateway.outputs()
                 self._drain()
                 # handling the batch warmed the path: the next rehearsal is due a full
                 # --keep-warm-ms later, not at once while the broker and the sign's
                 # subscribers need the CPU for what was just published
                 self._last_drain = self._last_warm = time.monotonic()
+                if self.gateway.outputs() != moved:
+                    self._last_change = self._last_drain
             if self._checkpoint_due(2 * CHECKPOINT_MAX_S):
                 self._flush_checkpoint()  # steps do not keep up: all of it, bounded at ~1 s
             elif self._checkpoint_due(CHECKPOINT_MAX_S):

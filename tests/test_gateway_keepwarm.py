@@ -100,6 +100,8 @@ def test_a_waiting_report_cuts_a_rehearsal_short(example_site, tmp_path):
     gw.handle(
         *_report(example_site.id, "serial-bus-g", bus, 1, dict.fromkeys(spaces, "free"), "snapshot")
     )
+    assert len(spaces) > 64 and gw.rehearse() is False  # a big snapshot is not rehearsed
+    gw.handle(*_report(example_site.id, "serial-bus-g", bus, 2, {spaces[0]: "occupied"}, "delta"))
     rendered: list[int] = []
     payload = gw.renderer.payload
     gw.renderer.payload = lambda d, *a: rendered.append(d) or payload(d, *a)  # type: ignore[method-assign]
@@ -238,3 +240,36 @@ def test_a_negative_idle_option_is_refused(tmp_path, flag):
     assert r.returncode == 2
     assert f"{flag} -1" in r.stderr and "must be 0 (off) or more" in r.stderr
     assert not (tmp_path / "j.db").exists()  # refused before anything was opened
+
+
+@pytest.mark.timeout(60)
+def test_reports_that_change_nothing_neither_keep_warm_nor_busy_poll(tmp_path, mosquitto):
+    """A large quiet site: dozens of agents repeat their snapshots every few seconds and
+    nothing changes. Keeping warm and busy-polling follow changes, not reports (they kept
+    a 5,000-space site's gateway at 43 % of a core doing nothing)."""
+    site_path = site_variant(tmp_path)
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    try:
+        with running_gateway(
+            site_path, mosquitto.url, tmp_path / "j.db", keep_warm_ms=3.0, busy_poll_ms=100
+        ) as gw:
+            spaces = gw.site.spaces_of_source("bus-g")
+            since = time.time() - 60
+            edge.send(dict.fromkeys(spaces, "free"), kind="snapshot", since=since)
+            _accepted(gw, 1)
+            time.sleep(0.5)  # the first snapshot changed the spaces: windows open, then close
+            rehearsals, polled = gw.rehearsals, gw.busy_polled_s
+            for n in range(2, 7):
+                edge.send(dict.fromkeys(spaces, "free"), kind="snapshot", since=since)
+                _accepted(gw, n)
+                time.sleep(0.05)
+            time.sleep(0.3)
+            assert gw.gateway.state_changes == len(spaces)  # the repeats changed nothing
+            assert gw.rehearsals == rehearsals
+            assert gw.busy_polled_s == polled
+            edge.send({spaces[0]: "occupied"})  # a change: both come back
+            _accepted(gw, 7)
+            time.sleep(0.2)
+            assert gw.rehearsals > rehearsals and gw.busy_polled_s > polled
+    finally:
+        edge.stop()
