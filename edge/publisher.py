@@ -47,7 +47,13 @@ import paho.mqtt.client as mqtt
 
 from parking import topics
 from parking.broker import BrokerConfig, backoff_delay
-from parking.payloads import HealthReport, OccupancyReport, SpaceObservation, is_identifier
+from parking.payloads import (
+    HealthReport,
+    OccupancyReport,
+    SpaceObservation,
+    fit_health,
+    is_identifier,
+)
 from parking.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -250,6 +256,7 @@ class ReportPublisher:
 
     def publish_health(self, report: HealthReport) -> None:
         """Retained, QoS 0: sent now if connected, else the latest is sent on connect."""
+        report = fit_health(report)  # a bus of thousands of detectors: only what is not ok
         with self._lock:
             self._health = report
             self._health_dirty = True

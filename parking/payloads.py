@@ -105,6 +105,41 @@ class HealthReport(_Payload):
     spaces: list[CameraSpaceHealth] = Field(default_factory=list)
 
 
+def largest_snapshot_bytes(agent: str, source: str, spaces: list[str]) -> int:
+    """The JSON size a snapshot of ``spaces`` can reach (longest state, longest numbers),
+    encoded as the agents encode it: a source whose snapshot would be over
+    MAX_PAYLOAD_BYTES could never be reported whole (the gateway refuses it)."""
+    t = 1764979200.1234567  # as many digits as a float's repr takes
+    report = OccupancyReport(
+        agent=agent,
+        source=source,
+        boot="f" * 12,  # the agents' boot ids: 12 hex digits
+        seq=MAX_SEQ,
+        ts=t,
+        kind="snapshot",
+        spaces=[
+            SpaceObservation(space=s, state="occupied", since=t, confidence=0.12345678901234568)
+            for s in spaces
+        ],
+    )
+    return len(report.model_dump_json())
+
+
+def fit_health(report: HealthReport) -> HealthReport:
+    """``report``, or, when its JSON is over MAX_PAYLOAD_BYTES (a bus of thousands of
+    detectors), the same listing only the detectors that are not ``ok`` (their number
+    in ``counters["detectors_ok_omitted"]``): what needs attention still gets through."""
+    if len(report.model_dump_json()) <= MAX_PAYLOAD_BYTES:
+        return report
+    nodes, omitted = [], 0
+    for n in report.nodes:
+        kept = [d for d in n.detectors if d.status != "ok"]
+        omitted += len(n.detectors) - len(kept)
+        nodes.append(n.model_copy(update={"detectors": kept}))
+    counters = {**report.counters, "detectors_ok_omitted": omitted}
+    return report.model_copy(update={"nodes": nodes, "counters": counters})
+
+
 class ZoneCounts(_Payload):
     zone: Identifier
     free: int = Field(ge=0)

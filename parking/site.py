@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from parking import siteconfig as cfg
+from parking.payloads import MAX_PAYLOAD_BYTES, largest_snapshot_bytes
 from parking.yamlsource import YamlSyntaxError, format_loc, line_of, load_with_lines
 
 _RANGE_RE = re.compile(r"^(.*?)(\d+)$")
@@ -614,6 +615,18 @@ class _Compiler:
                     self.err(
                         ("displays", di, "lines", li, "vehicle_class"),
                         f"vehicle class {line.vehicle_class!r} is not defined",
+                    )
+
+        for kind, sources in (("buses", buses), ("cameras", cameras)):
+            for si, src in enumerate(sources):
+                ids = [sid for sid, b in bindings.items() if b.source == src.id]
+                size = largest_snapshot_bytes(src.agent, src.id, ids)
+                if size > MAX_PAYLOAD_BYTES:
+                    self.err(
+                        (kind, si),
+                        f"a snapshot of its {len(ids)} spaces can reach {size} bytes, over the "
+                        f"wire contract's {MAX_PAYLOAD_BYTES} (the gateway would refuse every "
+                        "one and keep them unknown): split it into smaller sources",
                     )
 
         if self.problems:

@@ -210,3 +210,43 @@ def check_refusal_then_acceptance(broker: MosquittoBroker, tmp_path: Path, caplo
         assert right.connected and right.stats["refused"] == 0
     finally:
         right.stop()
+
+
+def test_the_health_of_a_huge_bus_still_crosses_the_wire(mosquitto, tmp_path, recorder_factory):
+    """4,096 detectors make a health report over the 256 KiB cap the gateway enforces:
+    published with only the detectors that are not ok, and how many were left out."""
+    from parking.payloads import MAX_PAYLOAD_BYTES, DetectorHealth
+
+    nodes = [
+        NodeHealth(
+            address=a,
+            status="ok",
+            detectors=[
+                DetectorHealth(
+                    index=i,
+                    space=f"B1-E-{64 * a + i:05d}",
+                    status="flapping" if (a, i) == (7, 3) else "ok",
+                    raw=12345,
+                    battery=97,
+                )
+                for i in range(64)
+            ],
+        )
+        for a in range(1, 65)
+    ]
+    report = HealthReport(agent=AGENT, source=SOURCE, ts=1.7e9, nodes=nodes)
+    assert len(report.model_dump_json()) > MAX_PAYLOAD_BYTES
+    rec = recorder_factory(mosquitto.port)
+    pub = make(mosquitto.port, tmp_path)
+    pub.start()
+    try:
+        pub.publish_health(report)
+        msgs = rec.wait_for(lambda m: any(t.endswith("/health") for t, _, _ in m), 10)
+    finally:
+        pub.stop()
+    body = next(p for t, p, _ in msgs if t.endswith("/health"))
+    assert len(body) <= MAX_PAYLOAD_BYTES
+    got = HealthReport.model_validate_json(body)
+    assert len(got.nodes) == 64
+    assert [(n.address, d.index) for n in got.nodes for d in n.detectors] == [(7, 3)]
+    assert got.counters["detectors_ok_omitted"] == 64 * 64 - 1

@@ -290,3 +290,36 @@ def test_yaml_anchors_and_aliases_are_refused_with_their_line(text, line, words)
 def test_ampersand_and_asterisk_in_values_are_not_anchors():
     text = TEXT.replace("en: Xinyuan Community}", 'en: "Xinyuan & Co. *1*"}', 1)
     assert parse_site(text, "site.yaml").name.en == "Xinyuan & Co. *1*"
+
+
+def _with_a_bus_of(n_nodes: int) -> str:
+    """The example site plus zone X and a bus of ``n_nodes`` full node controllers."""
+    n = 64 * n_nodes
+    text = TEXT.replace(
+        "zones:\n", "zones:\n  - {id: X, level: G, name: {zh: X区, en: Zone X}}\n", 1
+    ).replace(
+        "spaces:\n",
+        f"spaces:\n  - {{ids: X-0001..X-{n:04d}, zone: X, kinds: [resident], access: [AN0],\n"
+        "     layout: {origin: [0, 200], step: [2.5, 0]}}\n",
+        1,
+    )
+    nodes = "".join(
+        f"      - {{address: {a + 1}, spaces: [X-{64 * a + 1:04d}..X-{64 * a + 64:04d}]}}\n"
+        for a in range(n_nodes)
+    )
+    return text.replace(
+        "buses:\n",
+        f"buses:\n  - id: bus-x\n    baud: 115200\n    parity: E\n    ttl_s: 15\n    nodes:\n{nodes}",
+        1,
+    )
+
+
+def test_a_source_whose_snapshot_could_not_cross_the_wire_is_refused():
+    """The gateway refuses payloads over 256 KiB: a bus whose snapshot can be larger
+    would stay unknown for good, so the site file is refused with the reason."""
+    assert parse_site(_with_a_bus_of(16), "s.yaml").bus("bus-x")  # 1,024 spaces: fine
+    with pytest.raises(SiteError) as info:
+        parse_site(_with_a_bus_of(64), "s.yaml")  # 4,096 spaces
+    assert [p for p in info.value.problems if "buses[0]" in p and "262144" in p], (
+        info.value.problems
+    )
