@@ -70,6 +70,12 @@ KEEP_WARM_FOR_S = 0.25
 # warm). It costs CPU only while changes come closer together than that, and nothing on a
 # quiet site, however many snapshots its agents repeat.
 BUSY_POLL_MS = 20.0
+# The journal keeps this much history (events, assignments with their plates, replaced
+# boots) and forgets older rows a few hundred at a time in quiet moments: without it the
+# file grows for ever (~80 bytes an event, ~400 an assignment). 0 keeps everything.
+JOURNAL_KEEP_DAYS = 366.0
+PRUNE_BUSY_S = 1.0  # between prune steps while old rows are left
+PRUNE_IDLE_S = 600.0  # between looks once none are
 ENV_INFLUX_TOKEN = "INFLUX_TOKEN"
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 
@@ -103,6 +109,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--outbox-max-rows",
         type=int,
         help="disk cap of the InfluxDB outbox in points (oldest dropped and reported beyond it)",
+    )
+    parser.add_argument(
+        "--journal-keep-days",
+        type=float,
+        default=JOURNAL_KEEP_DAYS,
+        help="history the journal keeps (events, assignments and their plates, replaced "
+        "boots); older rows are deleted a few hundred at a time when the gateway is idle, "
+        f"so the file stops growing (default {JOURNAL_KEEP_DAYS:g}; 0 keeps everything)",
     )
     parser.add_argument("--http", help="serve the API and dashboard in-process on HOST:PORT")
     parser.add_argument(
@@ -196,6 +210,7 @@ class GatewayService:
         policy_clock_spec: str | None = None,
         keep_warm_ms: float = KEEP_WARM_MS,
         busy_poll_ms: float = BUSY_POLL_MS,
+        journal_keep_days: float = JOURNAL_KEEP_DAYS,
     ):
         from gateway.live import LiveGateway
         from parking.site import load_site
@@ -259,6 +274,9 @@ class GatewayService:
         self._last_error_log = -1e9
         self.fatal: str | None = None  # why the service stopped itself (main exits 1)
         self._checkpoint_failures = 0
+        self._keep_s = max(0.0, journal_keep_days) * 86400.0
+        self._next_prune = 0.0  # monotonic time of the next prune step
+        self.pruned = 0  # journal rows forgotten so far
         self._republish = False  # connected: publish every zone and sign (in the MQTT thread)
         self.retained_skipped = 0  # zone and sign publishes skipped while disconnected
         self._checkpoint_retry_at = 0.0  # monotonic; a failed checkpoint backs off
@@ -582,6 +600,13 @@ class GatewayService:
             ):
                 # quiet: a step, cut short when a report comes
                 self._flush_checkpoint(step=True, rows=QUIET_STEP_ROWS, interrupted=self._readable)
+            if (
+                self._keep_s
+                and time.monotonic() >= self._next_prune
+                and time.monotonic() - self._last_drain >= QUIET_S
+                and not self._readable()
+            ):
+                self._prune()
             while self._from_other_threads:
                 topic, payload, qos, retain = self._from_other_threads.popleft()
                 self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -592,6 +617,17 @@ class GatewayService:
                     self._last_warm = now
                     self._rehearse()
         self._disconnect()
+
+    def _prune(self) -> None:
+        """One step of forgetting history older than --journal-keep-days."""
+        try:
+            with self.gateway.lock:
+                n = self.journal.prune(time.time() - self._keep_s)
+        except sqlite3.Error as exc:
+            log.warning("pruning the journal failed (retried in %.0f s): %s", PRUNE_IDLE_S, exc)
+            n = 0
+        self.pruned += n
+        self._next_prune = time.monotonic() + (PRUNE_BUSY_S if n else PRUNE_IDLE_S)
 
     def _rehearse(self) -> None:
         try:
@@ -789,6 +825,7 @@ def _number_flag_problem(args: argparse.Namespace) -> str | None:
     checks = (
         ("--keep-warm-ms", args.keep_warm_ms, 0.0, math.inf, "0 (off) or more"),
         ("--busy-poll-ms", args.busy_poll_ms, 0.0, math.inf, "0 (off) or more"),
+        ("--journal-keep-days", args.journal_keep_days, 0.0, math.inf, "0 (keep all) or more"),
         ("--congestion-m", args.congestion_m, 0.0, math.inf, "0 or more metres"),
         ("--congestion-halflife-s", args.congestion_halflife_s, 1e-3, math.inf, "positive"),
         ("--outbox-max-rows", args.outbox_max_rows, 1, math.inf, "1 or more"),
@@ -862,6 +899,7 @@ def main(args: argparse.Namespace) -> int:
             policy_clock_spec=args.policy_clock,
             keep_warm_ms=args.keep_warm_ms,
             busy_poll_ms=args.busy_poll_ms,
+            journal_keep_days=args.journal_keep_days,
         )
     except SiteError as exc:
         print(f"site file refused:\n{exc}", file=sys.stderr)

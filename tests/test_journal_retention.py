@@ -1,0 +1,107 @@
+"""The journal forgets history older than --journal-keep-days (events, ended assignments
+and their plates, replaced boots), in small steps, and never what a restart replays."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import pytest
+from gateway_support import Edge, running_gateway, site_variant
+
+from gateway.journal import Journal
+
+DAY = 86400.0
+NOW = 1_800_000_000.0
+
+
+def _count(db, table: str) -> int:
+    conn = sqlite3.connect(str(db))
+    try:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _events(journal: Journal, ts: float, n: int, seq0: int) -> None:
+    with journal.transaction():
+        for i in range(n):
+            change = json.dumps([["A-001", "free", "occupied"]])
+            journal.add_changes(ts + i, "bus-g", "serial-bus-g", "b1", seq0 + i, change)
+        journal.expand_pending()
+
+
+def test_prune_forgets_old_history_in_steps_and_keeps_what_a_restart_needs(tmp_path):
+    db = tmp_path / "journal.sqlite"
+    journal = Journal(db)
+    _events(journal, NOW - 400 * DAY, 450, 1)  # a year and more ago
+    _events(journal, NOW - 10 * DAY, 5, 1000)  # recent
+    journal.mark_checkpoint(journal.last_event_id() - 2)
+    _events(journal, NOW - 500 * DAY, 3, 2000)  # after the checkpoint (a clock set back)
+    with journal.transaction():
+        for i, (ts, until) in enumerate(
+            [(NOW - 400 * DAY, NOW - 400 * DAY + 180), (NOW - 1, NOW + 179)]
+        ):
+            journal.add_assignment(ts, "north", "resident", "A-002", "A", until, "沪A12345",
+                                   f"r{i}", "{}")  # fmt: skip
+        journal.conn.execute("INSERT INTO retired_boots VALUES ('serial-bus-g', 'old', ?)",
+                             (NOW - 400 * DAY,))  # fmt: skip
+        journal.conn.execute("INSERT INTO retired_boots VALUES ('serial-bus-g', 'b0', ?)",
+                             (NOW - 5,))  # fmt: skip
+    before = NOW - 366 * DAY
+    steps = []
+    while n := journal.prune(before, rows=200):
+        steps.append(n)
+    assert steps[0] == 200 + 1 + 1 and len(steps) == 3  # 450 old events in steps of 200
+    events = journal.conn.execute("SELECT ts FROM events ORDER BY id").fetchall()
+    # the recent five, and the three after the checkpoint however old they look
+    assert [t for (t,) in events] == [NOW - 10 * DAY + i for i in range(5)] + [
+        NOW - 500 * DAY + i for i in range(3)
+    ]
+    plates = journal.conn.execute("SELECT request_id FROM assignments").fetchall()
+    assert plates == [("r1",)]  # the open hold stays; the year-old one went with its plate
+    assert journal.retired_boots() == {"serial-bus-g": ["b0"]}
+    assert journal.history_from() == before
+    journal.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_running_gateway_prunes_in_quiet_moments(tmp_path, mosquitto, monkeypatch):
+    import gateway.service as service_module
+
+    monkeypatch.setattr(service_module, "PRUNE_IDLE_S", 0.1)
+    monkeypatch.setattr(service_module, "PRUNE_BUSY_S", 0.05)
+    db = tmp_path / "journal.sqlite"
+    journal = Journal(db)
+    _events(journal, time.time() - 3 * DAY, 300, 1)
+    journal.mark_checkpoint(journal.last_event_id())
+    journal.close()
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    site_path = site_variant(tmp_path)
+    try:
+        with running_gateway(site_path, mosquitto.url, db, journal_keep_days=2) as gw:
+            edge.send({"A-003": "occupied"})
+            deadline = time.monotonic() + 10
+            while gw.pruned < 300 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert gw.pruned == 300
+            assert gw.gateway.accepted == 1
+    finally:
+        edge.stop()
+    assert _count(db, "events") == 1  # the new report's change, nothing older than 2 days
+
+
+def test_a_negative_keep_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import EXAMPLE_SITE
+
+    out = subprocess.run(
+        [sys.executable, "-m", "parkguide", "gateway", "--site", str(EXAMPLE_SITE),
+         "--broker", "mqtt://127.0.0.1:1", "--db", str(tmp_path / "j.db"),
+         "--journal-keep-days", "-1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "--journal-keep-days" in out.stderr
