@@ -617,17 +617,20 @@ class _Compiler:
                         f"vehicle class {line.vehicle_class!r} is not defined",
                     )
 
-        for kind, sources in (("buses", buses), ("cameras", cameras)):
-            for si, src in enumerate(sources):
-                ids = [sid for sid, b in bindings.items() if b.source == src.id]
-                size = largest_snapshot_bytes(src.agent, src.id, ids)
-                if size > MAX_PAYLOAD_BYTES:
-                    self.err(
-                        (kind, si),
-                        f"a snapshot of its {len(ids)} spaces can reach {size} bytes, over the "
-                        f"wire contract's {MAX_PAYLOAD_BYTES} (the gateway would refuse every "
-                        "one and keep them unknown): split it into smaller sources",
-                    )
+        sources: list[tuple[tuple[str, int], str, str]] = [
+            *((("buses", i), b.id, b.agent) for i, b in enumerate(buses)),
+            *((("cameras", i), c.id, c.agent) for i, c in enumerate(cameras)),
+        ]
+        for where, source, agent in sources:
+            ids = [sid for sid, b in bindings.items() if b.source == source]
+            size = largest_snapshot_bytes(agent, source, ids)
+            if size > MAX_PAYLOAD_BYTES:
+                self.err(
+                    where,
+                    f"a snapshot of its {len(ids)} spaces can reach {size} bytes, over the "
+                    f"wire contract's {MAX_PAYLOAD_BYTES} (the gateway would refuse every "
+                    "one and keep them unknown): split it into smaller sources",
+                )
 
         if self.problems:
             raise SiteError(self.problems)
