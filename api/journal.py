@@ -18,6 +18,14 @@ log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = ("id", "ts", "space", "old", "new", "source", "agent", "seq", "note")
 
+EXPORT_PAGE = 2000
+"""Events per page of :meth:`JournalReader.iter_events`: each page is its own short read, so
+no read transaction lasts as long as a slow download (it would stop the gateway's WAL
+checkpoints from resetting the WAL, which then grows for as long as the client takes)."""
+
+LIST_PROBE = 50_000
+"""Newest ids :meth:`JournalReader.events` walks before it reads a time window by index."""
+
 
 @dataclass(frozen=True)
 class EventRow:
@@ -52,6 +60,11 @@ class EventFilter:
             params.append(self.until)
         return (" AND ".join(clauses) or "1"), params
 
+    @property
+    def timed(self) -> bool:
+        """A time bound is given: the ``events_ts`` index finds the window."""
+        return self.since is not None or self.until is not None
+
 
 class JournalReader:
     """Queries on the gateway's ``events`` and ``assignments`` tables."""
@@ -59,6 +72,7 @@ class JournalReader:
     def __init__(self, db_path: str | None):
         self.db_path = db_path
         self._has_note = False  # events.note seen: it never goes away, stop asking
+        self._has_ts_index = False  # events_ts seen: likewise
 
     def connect(self) -> sqlite3.Connection | None:
         """A read-only connection, or None when there is no journal yet."""
@@ -90,31 +104,71 @@ class JournalReader:
         if before_id is not None:
             where += " AND id < ?"
             params.append(before_id)
+        columns = self._event_columns()
+        if flt.timed:
+            # Most lists are the newest of many events in the window, found by walking back
+            # a few newest ids; when that finds ``limit`` of them they are the answer (any
+            # other match has a smaller id), else the window is read by its index.
+            rows = self._query(
+                f"SELECT {columns} FROM events NOT INDEXED WHERE {where}"
+                " AND id > (SELECT max(id) FROM events WHERE id < ?) - ?"
+                " ORDER BY id DESC LIMIT ?",
+                [*params, before_id if before_id is not None else 2**63 - 1, LIST_PROBE, limit],
+            )
+            if len(rows) == limit:
+                return [EventRow(*r) for r in rows]
+        # Without the hint SQLite walks every id down from the newest to avoid a sort, the
+        # whole journal when a window holds fewer than ``limit`` matching events.
         rows = self._query(
-            f"SELECT {self._event_columns()} FROM events WHERE {where} ORDER BY id DESC LIMIT ?",
+            f"SELECT {columns} FROM events{self._by_ts(flt)} WHERE {where}"
+            " ORDER BY id DESC LIMIT ?",
             [*params, limit],
         )
         return [EventRow(*r) for r in rows]
 
-    def iter_events(self, flt: EventFilter, limit: int) -> Iterator[EventRow]:
-        """Oldest first, streamed (for the CSV export)."""
-        db = self.connect()
-        if db is None:
-            return
-        where, params = flt.where()
-        try:
-            cur = db.execute(
-                f"SELECT {self._event_columns()} FROM events WHERE {where} ORDER BY id LIMIT ?",
-                [*params, limit],
+    def iter_events(
+        self, flt: EventFilter, limit: int, *, page: int | None = None
+    ) -> Iterator[EventRow]:
+        """Oldest first, read ``page`` (default :data:`EXPORT_PAGE`) events at a time (for the
+        CSV export).
+
+        The events are those of the journal when the export starts: the window's ids are
+        read first (by the ``events_ts`` index when a time bound is given), and each page
+        walks on from the last id to the window's last in a read of its own. Events are
+        appended (only retention deletes, and only the oldest), so the pages together are
+        what one read would have given, without a snapshot held open while the client
+        downloads.
+        """
+        page = page or EXPORT_PAGE
+        columns = self._event_columns()
+        window, window_params = EventFilter(since=flt.since, until=flt.until).where()
+        if flt.timed:
+            span = self._query(
+                f"SELECT min(id), max(id) FROM events{self._by_ts(flt)} WHERE {window}",
+                window_params,
             )
-            while batch := cur.fetchmany(1000):
-                for r in batch:
-                    yield EventRow(*r)
-        except sqlite3.OperationalError as exc:
-            if "no such table" not in str(exc):
-                raise
-        finally:
-            db.close()
+        else:  # each of min and max alone is one lookup; together they would scan
+            span = self._query("SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)")
+        if not span or span[0][0] is None:
+            return
+        first, last = span[0]
+        where, params = flt.where()
+        after = first - 1
+        while limit > 0:
+            want = min(page, limit)
+            # fetched whole (_query): the read ends before the rows go to the client;
+            # NOT INDEXED keeps each page a walk along the ids, not a read of the window
+            rows = self._query(
+                f"SELECT {columns} FROM events NOT INDEXED WHERE {where}"
+                " AND id > ? AND id <= ? ORDER BY id LIMIT ?",
+                [*params, after, last, want],
+            )
+            for r in rows:
+                yield EventRow(*r)
+            if len(rows) < want:
+                return
+            limit -= want
+            after = rows[-1][0]
 
     def stored_spaces(self) -> tuple[list[StoredSpace], int]:
         """The ``spaces`` table and the id of the last event it includes, read together:
@@ -155,16 +209,23 @@ class JournalReader:
             state[space] = new
         before: dict[str, str] = {}
         for space, old in self._query(
-            "SELECT space, old FROM events WHERE ts > ? ORDER BY id", (ts,)
+            f"SELECT space, old FROM events{self._by_ts()} WHERE ts > ? ORDER BY id", (ts,)
         ):
             before.setdefault(space, old)
         state.update(before)
         return state
 
+    def history_from(self) -> float | None:
+        """Wall time before which the gateway pruned its history (--journal-keep-days), or
+        None: a state at an earlier time cannot be told from what is left."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'history_from'")
+        return float(rows[0][0]) if rows else None
+
     def changes_between(self, start: float, end: float) -> list[tuple[float, str, str]]:
         """(ts, space, new) with start < ts <= end, in journal order."""
         return self._query(
-            "SELECT ts, space, new FROM events WHERE ts > ? AND ts <= ? ORDER BY id",
+            f"SELECT ts, space, new FROM events{self._by_ts()} WHERE ts > ? AND ts <= ?"
+            " ORDER BY id",
             (start, end),
         )
 
@@ -187,6 +248,21 @@ class JournalReader:
             self._has_note = True  # the journal tail asks 4 times a second
             return ", ".join(EVENT_COLUMNS)
         return ", ".join(EVENT_COLUMNS[:-1]) + ", NULL AS note"
+
+    def _by_ts(self, flt: EventFilter | None = None) -> str:
+        """`` INDEXED BY events_ts`` for a read bounded by time (none when ``flt`` has no time
+        bound, or the journal no index). Ordered by id, SQLite would rather walk every id
+        than sort a window it guesses is a quarter of the table: with one bound it scans the
+        whole journal for an hour of events."""
+        if flt is not None and not flt.timed:
+            return ""
+        if not self._has_ts_index:
+            self._has_ts_index = bool(
+                self._query(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'events_ts'"
+                )
+            )
+        return " INDEXED BY events_ts" if self._has_ts_index else ""
 
     def table_columns(self, table: str) -> list[str]:
         return [r[1] for r in self._query(f"PRAGMA table_info({table})")]

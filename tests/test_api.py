@@ -162,6 +162,30 @@ def test_history_stops_at_now(client, tokens, harness):
     assert ahead.status_code == 422 and "start is in the future" in ahead.text
 
 
+def test_history_starts_where_the_journal_still_has_it(client, tokens, harness):
+    """After retention pruned the journal, a state before its cut cannot be told: the
+    history starts at the cut (the response says so), and a window wholly before it is
+    refused with the reason."""
+    h = tokens["viewer"]
+    now = time.time()
+    cut = now - 3600
+    with harness.journal.transaction():
+        harness.journal.set_meta("history_from", repr(cut))
+    try:
+        r = client.get(
+            "/api/v1/history", params={"start": now - 7200, "end": now, "step": 60}, headers=h
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["start"] == cut
+        gone = client.get(
+            "/api/v1/history", params={"start": now - 9000, "end": now - 7200}, headers=h
+        )
+        assert gone.status_code == 422 and "--journal-keep-days" in gone.text
+    finally:
+        with harness.journal.transaction():
+            harness.journal.conn.execute("DELETE FROM meta WHERE key = 'history_from'")
+
+
 def test_manager_closes_and_opens_a_space(client, tokens, harness):
     h = tokens["manager"]
     before = {z["zone"]: z for z in client.get("/api/v1/zones").json()}["D"]

@@ -151,7 +151,8 @@ def history(
     ] = None,
 ) -> HistoryOut:
     """Occupancy per zone over [start, end] every step seconds (default: the last 24 h); an
-    end in the future stops at now (the response's ``end`` says so)."""
+    end in the future stops at now, and a start before the history the journal keeps
+    (--journal-keep-days) at its beginning (the response's ``start`` and ``end`` say so)."""
     site = ctx.view.site
     if zone is not None and zone not in {z.id for z in site.zones}:
         invalid(("query", "zone"), f"no zone {zone!r} on this site", zone)
@@ -161,6 +162,15 @@ def history(
     # history stops now: points after it would repeat the present as if it were known
     end = now if end is None else min(end, now)
     start = end - 86400 if start is None else start
+    kept = ctx.journal.history_from()
+    if kept is not None and start < kept:
+        if end <= kept:
+            invalid(
+                ("query", "end"),
+                f"the journal keeps history from {kept:.0f} on (--journal-keep-days)",
+                end,
+            )
+        start = kept  # what was pruned cannot be told apart from "no change"
     if end <= start:
         invalid(("query", "end"), "end must be after start", end)
     limit = ctx.settings.max_history_points
