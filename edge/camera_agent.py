@@ -41,7 +41,7 @@ from edge.camera.smoothing import OccupancySmoother, SmoothingSettings, SpaceCha
 from edge.camera.stream import FrameRate, FrameReader, describe, file_problem, parse_source
 from edge.publisher import ReportPublisher, SpoolBusy, choose_agent_id
 from parking.broker import add_credential_arguments, broker_from_args
-from parking.payloads import CameraSpaceHealth, HealthReport, SpaceObservation
+from parking.payloads import CameraSpaceHealth, HealthReport, SpaceObservation, went_offline
 from parking.site import Camera, SiteError, load_site
 from parking.states import SpaceState
 
@@ -441,7 +441,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         reader.stop()
         # retained: a monitor subscribing later must not read a stopped camera as "ok"
-        offline = agent.health(time.time(), time.monotonic(), reader.reconnects)
-        publisher.publish_health(offline.model_copy(update={"status": "offline"}))
+        last = agent.health(time.time(), time.monotonic(), reader.reconnects)
+        publisher.publish_health(went_offline(last))
         publisher.stop()
     return 0

@@ -50,7 +50,13 @@ from edge.publisher import (
 )
 from parking import registers as reg
 from parking.broker import BrokerConfig, add_credential_arguments, backoff_delay, broker_from_args
-from parking.payloads import DetectorHealth, HealthReport, NodeHealth, SpaceObservation
+from parking.payloads import (
+    DetectorHealth,
+    HealthReport,
+    NodeHealth,
+    SpaceObservation,
+    went_offline,
+)
 from parking.site import Bus, NodeController, SiteError, load_site
 
 log = logging.getLogger(__name__)
@@ -610,6 +616,6 @@ def main(args: argparse.Namespace) -> int:
         agent.run(stop)
     finally:
         master.close()
-        publisher.publish_health(agent.health_report().model_copy(update={"status": "offline"}))
+        publisher.publish_health(went_offline(agent.health_report()))
         publisher.stop()
     return 0

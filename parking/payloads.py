@@ -140,6 +140,34 @@ def fit_health(report: HealthReport) -> HealthReport:
     return report.model_copy(update={"nodes": nodes, "counters": counters})
 
 
+def went_offline(report: HealthReport) -> HealthReport:
+    """An agent's last health, as it stops (retained): ``offline``, and nothing in it that
+    a later reader could take for live (no frame rate, no confidence, nodes and detectors
+    ``unknown``, the stream down); the counters otherwise as they ended."""
+    counters = dict(report.counters)
+    if "stream_up" in counters:
+        counters["stream_up"] = 0
+    return report.model_copy(
+        update={
+            "status": "offline",
+            "counters": counters,
+            "fps": None if report.fps is None else 0.0,
+            "spaces": [s.model_copy(update={"confidence": 0.0}) for s in report.spaces],
+            "nodes": [
+                n.model_copy(
+                    update={
+                        "status": "unknown",
+                        "detectors": [
+                            d.model_copy(update={"status": "unknown"}) for d in n.detectors
+                        ],
+                    }
+                )
+                for n in report.nodes
+            ],
+        }
+    )
+
+
 class ZoneCounts(_Payload):
     zone: Identifier
     free: int = Field(ge=0)

@@ -279,6 +279,10 @@ def test_snapshot_then_delta_then_clean_stop(
     recorder.wait_for(
         lambda ms: json.loads(recorder.texts_on("/health")[-1])["status"] == "offline", 10
     )
+    # ... nor anything a monitor could read as a live stream
+    last = json.loads(recorder.texts_on("/health")[-1])
+    assert last["fps"] == 0 and last["counters"]["stream_up"] == 0
+    assert last["spaces"] and all(s["confidence"] == 0 for s in last["spaces"])
 
 
 def _all_unknown(recorder: Recorder) -> bool:

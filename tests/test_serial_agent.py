@@ -344,7 +344,11 @@ def test_broker_outage_every_transition_once_in_order(tmp_path, subprocess_env, 
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(15) == 0
     rec.wait_for(lambda _m: rec.texts_on("/availability")[-1:] == ["offline"], 5)
-    assert rec.json_on("/health")[-1]["status"] == "offline"
+    last = rec.json_on("/health")[-1]
+    assert last["status"] == "offline"
+    # no node or detector left saying "ok" in the retained health of a stopped agent
+    assert last["nodes"] and all(n["status"] == "unknown" for n in last["nodes"])
+    assert all(d["status"] == "unknown" for n in last["nodes"] for d in n["detectors"])
 
 
 def test_agent_killed_and_restarted_while_broker_down_loses_nothing(
