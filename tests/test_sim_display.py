@@ -235,6 +235,20 @@ def test_sim_display_refuses_content_from_the_future(mosquitto, tmp_path, subpro
     assert "bad sign content" in stderr
 
 
+def _plain_display(site_path, url: str, env) -> tuple[subprocess.Popen, queue.Queue[str]]:
+    """``sim display --plain`` running, and the lines it prints as they come."""
+    proc = subprocess.Popen(
+        parkguide_cmd("sim", "display", "--site", str(site_path), "--broker", url, "--plain"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+    return proc, lines
+
+
 def test_sim_display_blanks_content_after_its_validity_here_whatever_its_stamp(
     mosquitto, tmp_path, subprocess_env
 ):
@@ -244,17 +258,7 @@ def test_sim_display_blanks_content_after_its_validity_here_whatever_its_stamp(
     site_path = site_variant(tmp_path, expires_s=1)
     now = time.time()
     _retain(mosquitto.port, {"gate-north": _content("gate-north", now + 120, now + 180)})
-    proc = subprocess.Popen(
-        parkguide_cmd(
-            "sim", "display", "--site", str(site_path), "--broker", mosquitto.url, "--plain"
-        ),
-        env=subprocess_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+    proc, lines = _plain_display(site_path, mosquitto.url, subprocess_env)
     shown_at = blank_at = None
     try:
         deadline = time.monotonic() + 8
@@ -330,23 +334,9 @@ def test_plain_output_does_not_call_signs_blank_while_their_contents_arrive(
     now = time.time()
     ids = [d.id for d in example_site.displays]
     _retain(mosquitto.port, {d: _content(d, now, now + 600) for d in ids})
-    proc = subprocess.Popen(
-        parkguide_cmd(
-            "sim",
-            "display",
-            "--site",
-            str(site_variant(tmp_path, expires_s=600)),
-            "--broker",
-            mosquitto.url,
-            "--plain",
-        ),  # fmt: skip
-        env=subprocess_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+    proc, lines = _plain_display(
+        site_variant(tmp_path, expires_s=600), mosquitto.url, subprocess_env
     )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
     headers: list[str] = []
     try:
         deadline = time.monotonic() + 10
