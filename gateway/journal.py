@@ -336,15 +336,21 @@ class Journal:
         freed pages are reused, so the file stops growing at the size of the window kept."""
         mark = self.checkpoint_event() or 0
         with self.transaction() as conn:
+            # never the newest event: ids are rowids, and an emptied table would hand out
+            # ids below the checkpoint mark again (a restart would skip those events)
             n = conn.execute(
                 "DELETE FROM events WHERE id IN (SELECT id FROM events INDEXED BY events_ts"
-                " WHERE ts < ? AND id <= ? ORDER BY ts LIMIT ?)",
+                " WHERE ts < ? AND id <= ? AND id < (SELECT max(id) FROM events)"
+                " ORDER BY ts LIMIT ?)",
                 (before, mark, rows),
             ).rowcount
+            # the oldest rows by id only (no index on ts: a look at a year of assignments
+            # with nothing to forget would read them all, under the gateway's lock)
             n += conn.execute(
-                "DELETE FROM assignments WHERE id IN (SELECT id FROM assignments"
-                " WHERE ts < ? AND (hold_expires IS NULL OR hold_expires < ?) ORDER BY id LIMIT ?)",
-                (before, before, rows),
+                "DELETE FROM assignments WHERE id IN (SELECT id FROM (SELECT id, ts,"
+                " hold_expires FROM assignments ORDER BY id LIMIT ?)"
+                " WHERE ts < ? AND (hold_expires IS NULL OR hold_expires < ?))",
+                (rows, before, before),
             ).rowcount
             n += conn.execute(
                 "DELETE FROM retired_boots WHERE rowid IN (SELECT rowid FROM retired_boots"
@@ -373,9 +379,9 @@ class Journal:
         ).fetchall()
 
     def release_holds(self, spaces: Iterable[str], ts: float) -> None:
-        """A car was seen in these held spaces: their holds end (also for a restart).
-        Journaled with the change that ended them, in processing order, whatever the
-        clocks say."""
+        """These held spaces' holds ended (a car was seen in the space, or the hold ran
+        out): also for a restart. Journaled with what ended them, in processing order,
+        whatever the clocks say."""
         self.conn.executemany(
             "UPDATE assignments SET released = ?"
             " WHERE space = ? AND released IS NULL AND hold_expires > ?",

@@ -285,6 +285,10 @@ class LiveGateway:
             # while the space is unknown or closed (as a running core does); a car seen in
             # it ended the hold
             if sp in index and self.state.state[index[sp]] != OCCUPIED:
+                # never longer than a hold given now: an expiry stamped before the wall
+                # clock stepped back would otherwise keep the space off the signs for
+                # as long as the step (the running core ended it on time)
+                until = min(until, now + self.hold_s)
                 self.core.hold(index[sp], until, self._core_time(now))
                 restored += 1
         if restored:
@@ -416,7 +420,12 @@ class LiveGateway:
         now, mono = self._clock(), self._mono()
         with self.lock:
             self._expire(now, mono)
-            if self.core.expire_holds(self._core_time(now)):
+            ended = self.core.expire_holds(self._core_time(now))
+            if ended:
+                # journaled, so that a restart does not restore them by the wall clock
+                # (which may have stepped back since they were given)
+                with self.journal.transaction():
+                    self.journal.release_holds([self.state.space_ids[s] for s in ended], now)
                 self._refresh_displays(now)
             if self._follow_policy_minute():
                 self._refresh_displays(now)

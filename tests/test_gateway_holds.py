@@ -304,3 +304,31 @@ def test_a_wall_clock_stepped_back_neither_stops_spreading_nor_keeps_holds(examp
     assert stepped == steady
     assert released
     assert len({example_site.space(s).access for s in steady}) >= 3  # spread over aisles
+
+
+def test_a_hold_ended_before_a_restart_stays_ended_whatever_the_clock_did(example_site, tmp_path):
+    """A hold runs out while the wall clock has stepped back an hour: the running core
+    ends it on time, and a restart must not hold the space again for that hour (the
+    stored expiry is in the wall time before the step)."""
+    clock = [1_800_000_000.0]
+    db = tmp_path / "journal.sqlite"
+    gw = LiveGateway(example_site, Journal(db), lambda *a: None, hold_s=180, clock=lambda: clock[0])
+    gw.publish_all()
+    _snapshot_all_free(gw, example_site, clock[0])
+    gw.handle(
+        topics.arrival(SITE, "north"), json.dumps({"class": "resident", "request_id": "r"}).encode()
+    )
+    assert len(gw.core.holds) == 1
+    clock[0] -= 3600 - 10  # NTP steps the clock back an hour
+    gw.tick()
+    clock[0] += 200  # 210 s after the hold began: it has run out
+    gw.tick()
+    assert gw.core.holds == {}
+    gw.flush_checkpoint()
+    gw.journal.close()
+    clock[0] += 5
+    again = LiveGateway(
+        example_site, Journal(db), lambda *a: None, hold_s=180, clock=lambda: clock[0]
+    )
+    assert again.core.holds == {}
+    again.journal.close()

@@ -105,3 +105,19 @@ def test_a_negative_keep_is_refused(tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 2 and "--journal-keep-days" in out.stderr
+
+
+def test_prune_keeps_the_newest_event_so_ids_never_go_back(tmp_path):
+    """A site quiet for longer than the window: every event is old. The newest stays, or
+    the next event would get an id below the checkpoint mark and a restart would skip it."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    _events(journal, NOW - 400 * DAY, 5, 1)
+    mark = journal.last_event_id()
+    journal.mark_checkpoint(mark)
+    while journal.prune(NOW - DAY):
+        pass
+    assert journal.last_event_id() == mark
+    _events(journal, NOW, 1, 100)
+    assert journal.last_event_id() > mark
+    assert [e[0] for e in journal.events_after(mark)] == [mark + 1]
+    journal.close()
