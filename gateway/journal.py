@@ -330,10 +330,12 @@ class Journal:
 
     def prune(self, before: float, rows: int = PRUNE_STEP_ROWS) -> int:
         """Forget history older than ``before`` (wall time), at most ``rows`` rows of each
-        table in one transaction: events, assignments whose hold has ended (their plates
-        with them) and replaced boots. Returns how many rows went; 0 when nothing is left
-        to forget. Events after the checkpoint are never touched (a restart replays them);
-        freed pages are reused, so the file stops growing at the size of the window kept."""
+        table in one transaction: events, and assignments whose hold has ended (their
+        plates with them). Returns how many rows went; 0 when nothing is left to forget.
+        Events after the checkpoint are never touched (a restart replays them); freed
+        pages are reused, so the file stops growing at the size of the window kept.
+        Replaced boots are kept for good (a row per agent restart): a message of a boot
+        forgotten would be taken for a new boot and retire the agent's live one."""
         mark = self.checkpoint_event() or 0
         with self.transaction() as conn:
             # never the newest event: ids are rowids, and an emptied table would hand out
@@ -351,11 +353,6 @@ class Journal:
                 " hold_expires FROM assignments ORDER BY id LIMIT ?)"
                 " WHERE ts < ? AND (hold_expires IS NULL OR hold_expires < ?))",
                 (rows, before, before),
-            ).rowcount
-            n += conn.execute(
-                "DELETE FROM retired_boots WHERE rowid IN (SELECT rowid FROM retired_boots"
-                " WHERE ts < ? LIMIT ?)",
-                (before, rows),
             ).rowcount
             if n:  # readers of history must not take the gap for "no change"
                 kept = self.meta(HISTORY_FROM_KEY)

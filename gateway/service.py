@@ -70,8 +70,7 @@ KEEP_WARM_FOR_S = 0.25
 # warm). It costs CPU only while changes come closer together than that, and nothing on a
 # quiet site, however many snapshots its agents repeat.
 BUSY_POLL_MS = 20.0
-# The journal keeps this much history (events, assignments with their plates, replaced
-# boots) and forgets older rows a few hundred at a time in quiet moments: without it the
+# The journal keeps this much history (events, assignments with their plates) and forgets older rows a few hundred at a time in quiet moments: without it the
 # file grows for ever (~80 bytes an event, ~400 an assignment). 0 keeps everything.
 JOURNAL_KEEP_DAYS = 366.0
 PRUNE_BUSY_S = 1.0  # between prune steps while old rows are left
@@ -114,8 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--journal-keep-days",
         type=float,
         default=JOURNAL_KEEP_DAYS,
-        help="history the journal keeps (events, assignments and their plates, replaced "
-        "boots); older rows are deleted a few hundred at a time when the gateway is idle, "
+        help="history the journal keeps (events, assignments and their plates); older rows are deleted a few hundred at a time when the gateway is idle, "
         f"so the file stops growing (default {JOURNAL_KEEP_DAYS:g}; 0 keeps everything)",
     )
     parser.add_argument("--http", help="serve the API and dashboard in-process on HOST:PORT")
