@@ -67,6 +67,7 @@ Publish = Callable[[str, bytes, int, bool], None]
 
 REHEARSAL_MAX_OBSERVATIONS = 64  # larger reports are not rehearsed (see _stage_report)
 MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
+CORE_STEP_SLACK_S = 0.1  # a forward jump of the wall clock beyond the monotonic one: a step
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
 ZONE_HISTORY_S = 10.0
 LATENCY_KEEP = 1000
@@ -167,8 +168,9 @@ class LiveGateway:
         self._mono = mono
         # the time policy windows are judged by: wall time, or a simulated day (demo)
         self._policy_clock = policy_clock or clock
-        self._core_offset = 0.0  # what backward steps of the wall clock took off so far
+        self._core_offset = 0.0  # what steps of the wall clock took off (or added) so far
         self._core_last = -math.inf
+        self._core_last_mono = -math.inf
         self.lock = threading.RLock()
         self.tz = ZoneInfo(site.timezone)
         self.state = LiveState(site)
@@ -202,7 +204,8 @@ class LiveGateway:
         self._line_seen = [(-1, -1, -1)] * len(self.lines.line_display)
         self._line_owner: list[int] = self.lines.line_display.tolist()
         self._shown: dict[int, tuple[RenderedLine, ...]] = {}
-        self._shown_ts: dict[int, float] = {}
+        self._shown_ts: dict[int, float] = {}  # wall time of each sign's content
+        self._shown_mono: dict[int, float] = {}  # and when it was published, monotonic
         self._zone_published: dict[int, tuple[int, ...]] = {}
         self._online: dict[str, bool] = {}
         self._agent_seen: dict[str, float] = {}
@@ -303,11 +306,12 @@ class LiveGateway:
             self._snapshot_lines()
             for d in range(len(self.site.displays)):
                 self._shown[d] = self._render(d)
-            self._expire(now, mono)
+            self._expire_downtime(now, mono)
             # the signs as of now, so a restart can show them before it has loaded everything
             signs = [self._sign(d, self._shown[d], now) for d in range(len(self.site.displays))]
             for sign in signs:
                 self._shown_ts[sign.display] = sign.ts
+                self._shown_mono[sign.display] = mono
                 self._dirty_signs[sign.display] = sign
             self._dirty_since = self._mono()
             self.flush_checkpoint()
@@ -429,9 +433,12 @@ class LiveGateway:
                 self._refresh_displays(now)
             if self._follow_policy_minute():
                 self._refresh_displays(now)
+            # republished at half the validity by the monotonic clock: a wall clock stepped
+            # back would otherwise hold the refresh back by the step and blank the signs;
+            # content stamped later than now (the step) is stamped afresh at once
             half = self.site.display_settings.expires_s / 2
             for d, ts in list(self._shown_ts.items()):
-                if now >= ts + half:
+                if mono >= self._shown_mono[d] + half or now < ts:
                     self._publish_display(d, self._shown[d], now)
             if self.history is not None and mono >= self._next_zone_history:
                 self._next_zone_history = mono + ZONE_HISTORY_S
@@ -447,14 +454,21 @@ class LiveGateway:
                 self.flush_checkpoint(step=True)
 
     def _core_time(self, wall: float) -> float:
-        """The allocation core's time: the wall clock, except that a step back (NTP) is
-        absorbed rather than replayed, so holds still end and congestion still decays
-        on time (in the core an earlier time is no time at all). Forward steps pass."""
+        """The allocation core's time: the wall clock, except that a step of it (NTP) is
+        absorbed rather than replayed. Back: holds still end and congestion still decays
+        on time (in the core an earlier time is no time at all). Forward: holds given
+        before the step do not all end at once. Between two calls the core's time moves
+        no further than the monotonic clock did, give or take CORE_STEP_SLACK_S."""
+        mono = self._mono()
         t = wall + self._core_offset
+        most = self._core_last + (mono - self._core_last_mono) + CORE_STEP_SLACK_S
+        if t > most:
+            self._core_offset -= t - most
+            t = most
         if t < self._core_last:
             self._core_offset += self._core_last - t
             t = self._core_last
-        self._core_last = t
+        self._core_last, self._core_last_mono = t, mono
         return t
 
     def _follow_policy_minute(self) -> bool:
@@ -465,6 +479,21 @@ class LiveGateway:
             return False
         self.minute = minute
         return self.core.set_minute(minute)
+
+    def _expire_downtime(self, now: float, mono: float) -> None:
+        """At start: spaces whose TTL ran out while the gateway was down become unknown as
+        of when it ran out, to the second, not as of now (the history must not show
+        counts nobody had during the outage); never before the newest journaled event,
+        so that the journal's order stays the order of time."""
+        st = self.state
+        stale = st.stale(mono)
+        if not len(stale):
+            return
+        floor = self.journal.last_event_ts() or 0.0
+        when = np.clip(np.ceil(st.last_seen[stale] + st.ttl[stale]), floor, now)
+        for t in np.unique(when).tolist():
+            changes = st.expire(t, mono, stale[when == t])
+            self._commit_and_propagate([_Segment(changes, t, None, None)], now)
 
     def _expire(self, now: float, mono: float) -> None:
         changes = self.state.expire(now, mono)
@@ -991,6 +1020,7 @@ class LiveGateway:
     def _publish_sign(self, sign: _Sign, now: float) -> None:
         self._shown[sign.display] = sign.lines
         self._shown_ts[sign.display] = sign.ts
+        self._shown_mono[sign.display] = self._mono()
         self._send(
             self._display_topics[sign.display],
             sign.payload,

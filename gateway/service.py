@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+MAX_POLICY_SPEED = 3600.0  # --policy-clock: a simulated hour per real second at most
 CHECKPOINT_S = 1.0  # SQLite WAL checkpoint (WAL -> database file), in a thread of its own
 MAX_BATCH = 500  # messages handled together when they queue up
 # The state checkpoint (LiveGateway.flush_checkpoint) gathers what reports changed for at
@@ -159,8 +160,11 @@ def policy_clock(spec: str, tz_name: str, start: float | None = None) -> Callabl
         )
     except ValueError:
         raise ValueError(f"--policy-clock {spec!r}: expected HH:MM@SPEED") from None
-    if speed <= 0:
-        raise ValueError(f"--policy-clock {spec!r}: SPEED must be positive")
+    if not (math.isfinite(speed) and 0 < speed <= MAX_POLICY_SPEED):
+        raise ValueError(
+            f"--policy-clock {spec!r}: SPEED must be more than 0 and at most"
+            f" {MAX_POLICY_SPEED:g} (a simulated hour a second)"
+        )
     t0 = time.time() if start is None else start
     base = local.timestamp()
     return lambda: base + (time.time() - t0) * speed

@@ -27,6 +27,10 @@ Arrow = Literal[
     "left", "right", "up", "down", "up-left", "up-right", "down-left", "down-right", "none"
 ]
 WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+MAX_TTL_S = 86400.0
+"""Longest source TTL: silence must end in unknown (an infinite TTL never would)."""
+MIN_EXPIRES_S = 2.0
+"""Shortest sign validity: the gateway republishes at half of it, on a 0.5 s timer."""
 
 
 class _Model(BaseModel):
@@ -101,6 +105,12 @@ class Policy(_Model):
             m = WINDOW_RE.match(w)
             if not m:
                 raise ValueError(f"window {w!r} is not 'HH:MM-HH:MM'")
+            if m.group(3) == "24" and m.group(4) != "00":
+                # in_window never reaches minute 1440: 24:30 would silently mean 24:00
+                raise ValueError(
+                    f"window {w!r} ends after 24:00; a window past midnight ends the next"
+                    f" day, e.g. '{m.group(1)}:{m.group(2)}-00:{m.group(4)}'"
+                )
             if m.group(1, 2) == m.group(3, 4):
                 raise ValueError(f"window {w!r} is empty")
         return value
@@ -191,7 +201,10 @@ class Bus(_Model):
     )
     parity: Literal["N", "E", "O"] = Field("E", description="8 data bits, this parity, 1 stop bit")
     ttl_s: float = Field(
-        15.0, gt=0, description="a space not reported for this long becomes unknown"
+        15.0,
+        gt=0,
+        le=MAX_TTL_S,
+        description="a space not reported for this long (seconds) becomes unknown",
     )
     nodes: list[NodeController] = Field(min_length=1, description="node controllers on the bus")
     agent: Ident | None = Field(
@@ -225,7 +238,10 @@ class Camera(_Model):
 
     id: Ident = Field(description="camera id; reports from it carry it as their source")
     ttl_s: float = Field(
-        15.0, gt=0, description="a space not reported for this long becomes unknown"
+        15.0,
+        gt=0,
+        le=MAX_TTL_S,
+        description="a space not reported for this long (seconds) becomes unknown",
     )
     resolution: list[int] = Field(
         [1280, 720], min_length=2, max_length=2, description="width, height"
@@ -274,7 +290,13 @@ class DisplaySettings(_Model):
         ),
     )
     expires_s: float = Field(
-        60.0, gt=0, description="content validity; republished before it expires"
+        60.0,
+        ge=MIN_EXPIRES_S,
+        le=86400,
+        description=(
+            f"content validity (seconds, at least {MIN_EXPIRES_S:g}); republished at half of"
+            " it, so a sign goes blank when its gateway has been silent this long"
+        ),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from gateway.live import LiveGateway
 from parking import topics
 
 EXAMPLE_SITE = Path(__file__).resolve().parents[1] / "examples" / "site.yaml"
@@ -206,3 +207,38 @@ def running_gateway(site_path: Path, broker_url: str, db: Path, **kw: Any) -> It
         yield service
     finally:
         service.stop()
+
+
+class Clocks:
+    """A wall clock and a monotonic one: time passing moves both, an NTP step only the wall."""
+
+    def __init__(self, wall: float):
+        self.wall, self.mono = wall, 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+    def step(self, seconds: float) -> None:
+        self.wall += seconds
+
+    def gateway(self, site: Any, journal: Any, publish: Any, **kw: Any) -> LiveGateway:
+        return LiveGateway(
+            site, journal, publish, clock=lambda: self.wall, mono=lambda: self.mono, **kw
+        )
+
+
+def snapshot_all_free(gw: LiveGateway, site: Any, now: float) -> None:
+    """Every bus of ``site`` reports all its spaces free at ``now`` (in-process)."""
+    for bus in site.buses:
+        spaces = site.spaces_of_source(bus.id)
+        report = {
+            "agent": bus.agent,
+            "source": bus.id,
+            "boot": "b",
+            "seq": 1,
+            "ts": now,
+            "kind": "snapshot",
+            "spaces": [{"space": s, "state": "free", "since": now} for s in spaces],
+        }
+        gw.handle(topics.edge_occupancy(site.id, bus.agent), json.dumps(report).encode())

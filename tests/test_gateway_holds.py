@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from gateway_support import Clocks, snapshot_all_free
 
 from gateway.journal import Journal
 from gateway.live import LiveGateway
@@ -14,23 +15,8 @@ from parking.site import EXAMPLE_SITE, load_site
 SITE = "xinyuan"
 
 
-def _snapshot_all_free(gw: LiveGateway, site, now: float) -> None:
-    for bus in site.buses:
-        spaces = site.spaces_of_source(bus.id)
-        report = {
-            "agent": bus.agent,
-            "source": bus.id,
-            "boot": "b",
-            "seq": 1,
-            "ts": now,
-            "kind": "snapshot",
-            "spaces": [{"space": s, "state": "free", "since": now} for s in spaces],
-        }
-        gw.handle(topics.edge_occupancy(SITE, bus.agent), json.dumps(report).encode())
-
-
 def test_open_holds_are_restored_after_a_restart(example_site, tmp_path):
-    clock = [1_800_000_000.0]
+    clocks = Clocks(1_800_000_000.0)
     sent: list[tuple[str, bytes]] = []
 
     def publish(topic, payload, qos, retain):
@@ -38,9 +24,9 @@ def test_open_holds_are_restored_after_a_restart(example_site, tmp_path):
 
     db = tmp_path / "journal.sqlite"
     journal = Journal(db)
-    gw = LiveGateway(example_site, journal, publish, hold_s=300, clock=lambda: clock[0])
+    gw = clocks.gateway(example_site, journal, publish, hold_s=300)
     gw.publish_all()
-    _snapshot_all_free(gw, example_site, clock[0])
+    snapshot_all_free(gw, example_site, clocks.wall)
     gw.handle(
         topics.arrival(SITE, "north"),
         json.dumps({"class": "resident", "request_id": "r1"}).encode(),
@@ -49,9 +35,9 @@ def test_open_holds_are_restored_after_a_restart(example_site, tmp_path):
     assert first is not None
     journal.close()
 
-    clock[0] += 5  # restart 5 s later (within the buses' TTL), the car is still driving
+    clocks.advance(5)  # restart 5 s later (within the buses' TTL), the car is still driving
     journal = Journal(db)
-    gw2 = LiveGateway(example_site, journal, publish, hold_s=300, clock=lambda: clock[0])
+    gw2 = clocks.gateway(example_site, journal, publish, hold_s=300)
     assert gw2.core.holds.get(example_site.space_index[first]) == 1_800_000_000.0 + 300
     sent.clear()
     gw2.publish_all()
@@ -61,7 +47,7 @@ def test_open_holds_are_restored_after_a_restart(example_site, tmp_path):
     )
     second = json.loads(next(p for t, p in sent if t.endswith("/assignment")))["space"]
     assert second not in (None, first)  # the next car is not sent to the held space
-    clock[0] += 300  # the hold expires: the space is offered again
+    clocks.advance(300)  # the hold expires: the space is offered again
     gw2.tick()
     assert example_site.space_index[first] not in gw2.core.holds
     journal.close()
@@ -119,19 +105,19 @@ class _Gate:
 
 def test_a_hold_on_a_space_unknown_at_the_restart_is_kept(example_site, tmp_path):
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
-    _snapshot_all_free(g.gw, example_site, g.clock[0])
+    snapshot_all_free(g.gw, example_site, g.clock[0])
     first = g.arrive("r1")["space"]
     g.gw.handle(topics.edge_availability(SITE, "serial-bus-g"), b"offline")  # bus-g's agent is gone
     assert g.gw.state.state[example_site.space_index[first]] == 0  # unknown
     g2 = g.restart(5)
     assert example_site.space_index[first] in g2.gw.core.holds
-    _snapshot_all_free(g2.gw, example_site, g2.clock[0])  # the agent is back: all free
+    snapshot_all_free(g2.gw, example_site, g2.clock[0])  # the agent is back: all free
     assert g2.arrive("r2")["space"] != first  # the first car is still on its way there
 
 
 def test_a_hold_ended_by_the_car_stays_ended_after_a_restart(example_site, tmp_path):
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
-    _snapshot_all_free(g.gw, example_site, g.clock[0])
+    snapshot_all_free(g.gw, example_site, g.clock[0])
     first = g.arrive("r1")["space"]
     g.clock[0] += 2
     g.report("serial-bus-g", "bus-g", 2, {first: "occupied"})  # the car is seen: the hold ends
@@ -152,7 +138,7 @@ def test_a_car_seen_by_a_report_made_before_the_assignment_still_ends_its_hold(
     it) puts the car in its space: the hold ends, and stays ended after a restart, by the
     order things were handled, not by the clocks."""
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
-    _snapshot_all_free(g.gw, example_site, g.clock[0])
+    snapshot_all_free(g.gw, example_site, g.clock[0])
     g.clock[0] += 10
     first = g.arrive("r1")["space"]
     g.report("serial-bus-g", "bus-g", 2, {first: "occupied"}, ts=g.clock[0] - 5)
@@ -165,7 +151,7 @@ def test_a_car_seen_by_a_report_made_before_the_assignment_still_ends_its_hold(
 
 def test_an_arrival_sent_again_gets_the_same_assignment(example_site, tmp_path):
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
-    _snapshot_all_free(g.gw, example_site, g.clock[0])
+    snapshot_all_free(g.gw, example_site, g.clock[0])
     first = g.arrive("g1-0042")
     count = g.line("gate-north", 0)
     g.clock[0] += 3
@@ -188,7 +174,7 @@ def test_a_space_closed_in_the_site_file_can_be_opened(tmp_path):
     path.write_text(text.replace(row, row + " closed: true,"), encoding="utf-8")
     site = load_site(path)  # the row of A-040, the nearest resident bay from the north gate
     g = _Gate(site, tmp_path / "j.sqlite", 1_800_000_000.0)
-    _snapshot_all_free(g.gw, site, g.clock[0])
+    snapshot_all_free(g.gw, site, g.clock[0])
     shut = g.line("gate-north", 0)
     assert g.arrive("r1")["space"] != "A-040"
     g.gw.control_space("A-040", "open", "manager-li", "repaired")
@@ -210,7 +196,7 @@ def test_a_space_closed_in_the_site_file_can_be_opened(tmp_path):
 )
 def test_an_arrival_outside_the_contract_is_refused(example_site, tmp_path, body):
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
-    _snapshot_all_free(g.gw, example_site, g.clock[0])
+    snapshot_all_free(g.gw, example_site, g.clock[0])
     mark = len(g.sent)
     g.gw.handle(topics.arrival(SITE, "north"), json.dumps(body).encode())
     assert not [t for t, _ in g.sent[mark:] if t.endswith("/assignment")]
@@ -258,11 +244,11 @@ def test_a_space_keeps_the_sensors_time_through_a_short_outage(example_site, tmp
     assert a1.observed_since == parked
 
 
-def _burst(gw: LiveGateway, sent: list, clock: list, n: int, tag: str) -> list[str]:
+def _burst(gw: LiveGateway, sent: list, clocks: Clocks, n: int, tag: str) -> list[str]:
     got = []
     for i in range(n):
         sent.clear()
-        clock[0] += 0.5
+        clocks.advance(0.5)
         gw.handle(
             topics.arrival(SITE, "north"),
             json.dumps({"class": "resident", "request_id": f"{tag}{i}"}).encode(),
@@ -271,26 +257,29 @@ def _burst(gw: LiveGateway, sent: list, clock: list, n: int, tag: str) -> list[s
     return got
 
 
-def _burst_after_a_step(site, db, step_back_s: float) -> tuple[list[str], bool]:
-    """One car, then the wall clock steps back, then ten cars; 61 s later the first car's
-    60 s hold should have ended. Returns the ten spaces and whether it did."""
-    clock = [1_800_000_000.0]
+def _burst_after_a_step(site, db, step_s: float) -> tuple[list[str], bool, bool]:
+    """One car, then the wall clock steps by ``step_s``, then ten cars; 59 s and 61 s later
+    the first car's 60 s hold should still hold, then have ended. Returns the ten spaces
+    and whether it did both."""
+    clocks = Clocks(1_800_000_000.0)
     sent: list[tuple[str, bytes]] = []
-    gw = LiveGateway(
+    gw = clocks.gateway(
         site,
         Journal(db),
         lambda topic, payload, qos, retain: sent.append((topic, payload)),
         hold_s=60,
-        clock=lambda: clock[0],
     )
     gw.publish_all()
-    _snapshot_all_free(gw, site, clock[0])
-    first = _burst(gw, sent, clock, 1, "a")[0]
-    clock[0] -= step_back_s
-    burst = _burst(gw, sent, clock, 10, "b")
-    clock[0] += 61
+    snapshot_all_free(gw, site, clocks.wall)
+    first = _burst(gw, sent, clocks, 1, "a")[0]
+    clocks.step(step_s)
+    burst = _burst(gw, sent, clocks, 10, "b")
+    clocks.advance(59 - 5)  # the burst took 5 s
     gw.tick()
-    return burst, site.space_index[first] not in gw.core.holds
+    kept = site.space_index[first] in gw.core.holds
+    clocks.advance(2)
+    gw.tick()
+    return burst, kept, site.space_index[first] not in gw.core.holds
 
 
 def test_a_wall_clock_stepped_back_neither_stops_spreading_nor_keeps_holds(example_site, tmp_path):
@@ -298,37 +287,47 @@ def test_a_wall_clock_stepped_back_neither_stops_spreading_nor_keeps_holds(examp
     as without the step (congestion judged an hour old would be none: every car to the
     nearest aisle), and a hold taken before the step still ends after its hold time,
     not an hour later."""
-    steady, released = _burst_after_a_step(example_site, tmp_path / "a.sqlite", 0.0)
-    assert released
-    stepped, released = _burst_after_a_step(example_site, tmp_path / "b.sqlite", 3600.0)
+    steady, kept, released = _burst_after_a_step(example_site, tmp_path / "a.sqlite", 0.0)
+    assert kept and released
+    stepped, kept, released = _burst_after_a_step(example_site, tmp_path / "b.sqlite", -3600.0)
     assert stepped == steady
-    assert released
+    assert kept and released
     assert len({example_site.space(s).access for s in steady}) >= 3  # spread over aisles
+
+
+def test_a_wall_clock_stepped_forward_ends_no_hold_early(example_site, tmp_path):
+    """NTP steps the clock forward ten minutes (a box that booted with a stale clock): a
+    hold given before the step still lasts its 60 s of real time, so the next car is not
+    sent to the same space, and the burst after it is spread as without the step."""
+    steady, _, _ = _burst_after_a_step(example_site, tmp_path / "a.sqlite", 0.0)
+    stepped, kept, released = _burst_after_a_step(example_site, tmp_path / "b.sqlite", 600.0)
+    assert kept, "the step ended the hold: the next car goes to the same space"
+    assert released
+    assert stepped == steady
 
 
 def test_a_hold_ended_before_a_restart_stays_ended_whatever_the_clock_did(example_site, tmp_path):
     """A hold runs out while the wall clock has stepped back an hour: the running core
     ends it on time, and a restart must not hold the space again for that hour (the
     stored expiry is in the wall time before the step)."""
-    clock = [1_800_000_000.0]
+    clocks = Clocks(1_800_000_000.0)
     db = tmp_path / "journal.sqlite"
-    gw = LiveGateway(example_site, Journal(db), lambda *a: None, hold_s=180, clock=lambda: clock[0])
+    gw = clocks.gateway(example_site, Journal(db), lambda *a: None, hold_s=180)
     gw.publish_all()
-    _snapshot_all_free(gw, example_site, clock[0])
+    snapshot_all_free(gw, example_site, clocks.wall)
     gw.handle(
         topics.arrival(SITE, "north"), json.dumps({"class": "resident", "request_id": "r"}).encode()
     )
     assert len(gw.core.holds) == 1
-    clock[0] -= 3600 - 10  # NTP steps the clock back an hour
+    clocks.advance(10)
+    clocks.step(-3600)  # NTP steps the clock back an hour
     gw.tick()
-    clock[0] += 200  # 210 s after the hold began: it has run out
+    clocks.advance(200)  # 210 s after the hold began: it has run out
     gw.tick()
     assert gw.core.holds == {}
     gw.flush_checkpoint()
     gw.journal.close()
-    clock[0] += 5
-    again = LiveGateway(
-        example_site, Journal(db), lambda *a: None, hold_s=180, clock=lambda: clock[0]
-    )
+    clocks.advance(5)
+    again = clocks.gateway(example_site, Journal(db), lambda *a: None, hold_s=180)
     assert again.core.holds == {}
     again.journal.close()

@@ -115,6 +115,12 @@ def test_each_source_has_one_agent_named_by_default_or_by_the_site():
             "site.timezone",
             "not an IANA time zone",
         ),
+        # 24:30 would silently mean 24:00 (a day has no minute 1440)
+        ('windows: ["19:00-08:00"]', 'windows: ["23:00-24:30"]', "policies[0].windows", "00:30"),
+        # the gateway republishes at half the validity, on a 0.5 s timer
+        ("expires_s: 60", "expires_s: 0.3", "display_settings.expires_s", "greater than or equal"),
+        # silence must end in unknown
+        ("ttl_s: 15", "ttl_s: .inf", "buses[0].ttl_s", "less than or equal"),
         (
             "baud: 9600\n    parity: E\n    ttl_s: 15\n    nodes:\n      - {address: 1, spaces: [B1",
             "baud: 9601\n    parity: E\n    ttl_s: 15\n    nodes:\n      - {address: 1, spaces: [B1",

@@ -1,0 +1,84 @@
+"""The gateway's clocks: wall-clock steps, and what a restart says about its downtime."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from gateway_support import Clocks, snapshot_all_free
+
+from gateway.journal import Journal
+from gateway.service import policy_clock
+from parking import topics
+
+
+def _signs(sent: list[tuple[str, bytes]]) -> dict[str, dict]:
+    return {
+        t.split("/")[-2]: json.loads(p)
+        for t, p in sent
+        if topics.is_display_content(t) and p  # an empty payload clears a retained sign
+    }
+
+
+def test_signs_are_republished_on_time_after_the_wall_clock_steps_back(example_site, tmp_path):
+    """NTP steps the clock back 200 s: each sign is still republished at half its expiry
+    (30 s) of real time, stamped by the clock as it now reads, not 230 s later (its
+    display would have blanked it after 60 s)."""
+    clocks = Clocks(1_800_000_000.0)
+    sent: list[tuple[str, bytes]] = []
+    gw = clocks.gateway(
+        example_site, Journal(tmp_path / "j.sqlite"), lambda t, p, q, r: sent.append((t, p))
+    )
+    gw.publish_all()
+    snapshot_all_free(gw, example_site, clocks.wall)
+    clocks.advance(20)
+    gw.tick()  # the buses' TTL ran out: the signs change once, then nothing moves them
+    clocks.step(-200)
+    sent.clear()
+    clocks.advance(1)
+    gw.tick()  # content stamped later than the clock now reads: stamped afresh at once
+    fresh = _signs(sent)
+    assert set(fresh) == {d.id for d in example_site.displays}
+    assert all(c["ts"] == clocks.wall for c in fresh.values())
+    sent.clear()
+    clocks.advance(29)
+    gw.tick()
+    assert _signs(sent) == {}  # not yet half of the 60 s since that refresh
+    clocks.advance(1.5)
+    gw.tick()
+    again = _signs(sent)
+    assert set(again) == {d.id for d in example_site.displays}
+    assert all(c["expires"] == clocks.wall + 60 for c in again.values())
+
+
+def test_a_restart_dates_the_unknown_of_its_downtime_when_the_ttl_ran_out(example_site, tmp_path):
+    """The gateway was down 100 s; the buses' spaces were last heard 5 s before it stopped
+    and their TTL is 15 s: they became unknown 10 s into the outage, and the journal (so
+    /history and InfluxDB) says so, not that they were free until the restart."""
+    clocks = Clocks(1_800_000_000.0)
+    db = tmp_path / "j.sqlite"
+    gw = clocks.gateway(example_site, Journal(db), lambda *a: None)
+    gw.publish_all()
+    heard = clocks.wall
+    snapshot_all_free(gw, example_site, heard)
+    clocks.advance(5)
+    gw.flush_checkpoint()
+    gw.journal.close()
+    clocks.advance(100)
+    again = clocks.gateway(example_site, Journal(db), lambda *a: None)
+    bus_spaces = {s for b in example_site.buses for s in example_site.spaces_of_source(b.id)}
+    ttl = {s: b.ttl_s for b in example_site.buses for s in example_site.spaces_of_source(b.id)}
+    events = again.journal.events_after(0)
+    unknown = {e[2]: e[1] for e in events if e[4] == "unknown"}
+    assert set(unknown) == bus_spaces
+    assert all(ts == pytest.approx(heard + ttl[s], abs=1) for s, ts in unknown.items())
+    assert [e[1] for e in events] == sorted(e[1] for e in events)  # ids follow time
+    a = next(s for s in again.spaces() if s.space == "A-001")
+    assert a.state == "unknown" and a.since == pytest.approx(heard + ttl["A-001"], abs=1)
+    again.journal.close()
+
+
+@pytest.mark.parametrize("speed", ["inf", "nan", "1e12", "0", "-5"])
+def test_a_policy_clock_speed_out_of_range_is_refused_by_name(speed):
+    with pytest.raises(ValueError, match="--policy-clock.*SPEED"):
+        policy_clock(f"07:00@{speed}", "Asia/Shanghai")
