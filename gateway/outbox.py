@@ -77,13 +77,13 @@ class OutboxCap:
             self._unlogged += count
         self.log_pending()
 
-    def log_pending(self) -> None:
+    def log_pending(self, force: bool = False) -> None:
         """Log the drops not said yet, with their count, if the last line is an interval
-        old. Called from a timer too: the last drops of an outage are said even when no
-        more follow."""
+        old (or at once with ``force``: the gateway stopping). Called from a timer too:
+        the last drops of an outage are said even when no more follow."""
         with self._lock:
             now = time.monotonic()
-            if not self._unlogged or now - self._last_log < self.log_interval_s:
+            if not self._unlogged or (not force and now - self._last_log < self.log_interval_s):
                 return
             dropped, self._unlogged, self._last_log = self._unlogged, 0, now
         log.warning(

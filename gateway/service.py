@@ -190,9 +190,10 @@ class _OutboxHistory:
     ) -> None:
         self._outbox.append_zone_occupancies(conn, self._site, zones, cap=self._cap)
 
-    def log_pending(self) -> None:
-        """Say the points the cap dropped since the last line (rate-limited)."""
-        self._cap.log_pending()
+    def log_pending(self, force: bool = False) -> None:
+        """Say the points the cap dropped since the last line (rate-limited, unless
+        ``force``)."""
+        self._cap.log_pending(force)
 
 
 class GatewayService:
@@ -726,6 +727,9 @@ class GatewayService:
             self._checkpointer.join(10)
         with self.gateway.lock:
             self._flush_checkpoint()
+        if self.history is not None:
+            # the drops of the last minute are said now: the next process starts counting anew
+            self.history.log_pending(force=True)
         if self.writer is not None:
             self.writer.stop()  # after the last checkpoint: it drains that one's points too
         with self.gateway.lock:

@@ -193,3 +193,52 @@ def test_a_clean_stop_writes_the_last_changes_to_influxdb(mosquitto, victoria, t
         values = [int(v) for v in found[0]["values"]] if found else []
         time.sleep(0.2)
     assert values == [0, 1]
+
+
+def test_a_stop_says_the_points_the_outbox_cap_dropped_since_its_last_line(
+    mosquitto, tmp_path, caplog
+):
+    """InfluxDB unreachable and a small cap: the drops of the last minute are said when the
+    gateway stops, not lost with the process (the log says every point dropped)."""
+    import logging
+    import re
+
+    from parkguide.ports import free_port
+
+    caplog.set_level(logging.WARNING, logger="gateway.outbox")
+    influx = {
+        "url": f"http://127.0.0.1:{free_port()}",  # nobody listens: every write fails
+        "org": "parkguide",
+        "bucket": "parkguide",
+        "token": "t0k3n",
+    }
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    watch = Collector(mosquitto.port)
+    db = tmp_path / "journal.db"
+    try:
+        with running_gateway(
+            site_variant(tmp_path), mosquitto.url, db, influx=influx, outbox_max_rows=20
+        ) as gw:
+            spaces = gw.site.spaces_of_source("bus-g")
+            edge.send({s: "free" for s in spaces}, kind="snapshot")
+            watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+            for i in range(3):  # checkpoints between them: the first line, then drops unsaid
+                edge.send({s: "occupied" if i % 2 == 0 else "free" for s in spaces[:30]})
+                watch.wait_for(
+                    zone_topic("A"), lambda z, i=i: z["occupied"] == (30 if i % 2 == 0 else 0)
+                )
+                time.sleep(0.7)
+    finally:
+        watch.stop()
+        edge.stop()
+    with sqlite3.connect(db) as conn:
+        dropped = conn.execute(
+            "SELECT value FROM outbox_stats WHERE key = 'dropped_cap'"
+        ).fetchone()[0]
+    said = sum(
+        int(m.group(1))
+        for r in caplog.records
+        if (m := re.search(r"outbox full: dropped (\d+) oldest", r.getMessage()))
+    )
+    assert int(dropped) > 0
+    assert said == int(dropped)
