@@ -1,7 +1,8 @@
 """Alerts derived from live state, and their episodes and acknowledgements.
 
-``derive_alerts`` is pure: agents offline, cameras blind, nodes dead,
-detectors stuck, flapping or faulty, spaces occupied for too long. The
+``derive_alerts`` is pure: agents offline, cameras blind, buses blind (no node
+answers, or the serial port is lost), nodes dead or answering with a Modbus
+exception, detectors stuck, flapping or faulty, spaces occupied for too long. The
 ``AlertBook`` keeps one row per alert in the journal database's ``alerts``
 table: when the current episode began, when it cleared, who acknowledged it.
 An acknowledgement holds for its episode only: an alert that clears and comes
@@ -34,7 +35,9 @@ CREATE TABLE IF NOT EXISTS alerts (
 SEVERITY = {
     "agent_offline": "critical",
     "camera_blind": "critical",
+    "bus_blind": "critical",
     "node_dead": "critical",
+    "node_error": "critical",
     "detector_stuck": "warning",
     "detector_flapping": "warning",
     "detector_fault": "warning",
@@ -44,7 +47,15 @@ SEVERITY = {
 _TEXT = {
     "agent_offline": ("边缘代理 {subject} 离线", "edge agent {subject} is offline"),
     "camera_blind": ("摄像头 {subject} 看不见", "camera {subject} is blind"),
+    "bus_blind": (
+        "总线 {subject}:没有节点应答(串口断开?)",
+        "bus {subject}: no node answers (serial port lost?)",
+    ),
     "node_dead": ("节点 {subject} 无应答", "node controller {subject} does not answer"),
+    "node_error": (
+        "节点 {subject} 回应 Modbus 异常",
+        "node controller {subject} answers with a Modbus exception",
+    ),
     "detector_stuck": ("检测器 {subject} 卡住", "detector {subject} is stuck"),
     "detector_flapping": ("检测器 {subject} 抖动", "detector {subject} is flapping"),
     "detector_fault": ("检测器 {subject} 故障", "detector {subject} has a fault"),
@@ -53,6 +64,29 @@ _TEXT = {
         "space {subject} occupied over {hours} h",
     ),
 }
+_PORT_LOST_TEXT = (
+    "总线 {subject}:串口已断开(USB/RS-485 转换器拔出?),没有节点应答",
+    "bus {subject}: its serial port is lost (USB/RS-485 adapter unplugged?): no node answers",
+)
+_EXCEPTION_NAMES = {  # Modbus exception codes (docs/modbus.md)
+    1: ("非法功能", "illegal function"),
+    2: ("非法数据地址", "illegal data address"),
+    3: ("非法数据值", "illegal data value"),
+    4: ("从站设备故障", "server device failure"),
+}
+_EXCEPTION_ADVICE = {  # the usual cause: the site file asks for detectors the node lacks
+    2: ("请核对站点文件中该节点的检测器数量", "check the site file's detectors against the node"),
+}
+
+
+def _node_error_text(code: int) -> tuple[str, str]:
+    zh_name, en_name = _EXCEPTION_NAMES.get(code, ("未知异常", "unknown exception"))
+    zh = f"节点 {{subject}} 回应异常 {code}({zh_name})"
+    en = f"node controller {{subject}} answers exception {code} ({en_name})"
+    if code in _EXCEPTION_ADVICE:
+        zh_advice, en_advice = _EXCEPTION_ADVICE[code]
+        zh, en = f"{zh}:{zh_advice}", f"{en}: {en_advice}"
+    return zh, en
 
 
 @dataclass(frozen=True)
@@ -68,7 +102,14 @@ class Alert:
         return SEVERITY[self.kind]
 
     def message(self, long_occupied_h: float) -> tuple[str, str]:
-        zh, en = _TEXT[self.kind]
+        # details are not kept across a restart: until derived again, the plain text
+        exception = self.details.get("exception")
+        if self.kind == "node_error" and isinstance(exception, int):
+            zh, en = _node_error_text(exception)
+        elif self.kind == "bus_blind" and self.details.get("port") == "lost":
+            zh, en = _PORT_LOST_TEXT
+        else:
+            zh, en = _TEXT[self.kind]
         space = self.details.get("space")
         subject = f"{self.subject} ({space})" if space else self.subject
         values = {"subject": subject, "hours": f"{long_occupied_h:g}"}
@@ -90,6 +131,22 @@ def derive_alerts(
         h = a.health
         if h is None:
             continue
+        # a serial agent's health lists its bus's nodes, a camera agent's never has any
+        is_bus = bool(h.nodes)
+        if h.status == "blind" and is_bus:
+            # one alert for the bus: a node_dead per node would send the technician to the
+            # nodes instead of the adapter or the cable they all hang on
+            port = {"port": "lost"} if h.counters.get("port_up") == 0 else {}
+            out.append(
+                Alert(
+                    f"bus_blind:{h.source}",
+                    "bus_blind",
+                    h.source,
+                    None,
+                    {"agent": a.agent, **port},
+                )
+            )
+            continue
         if h.status == "blind":
             out.append(
                 Alert(
@@ -102,6 +159,10 @@ def derive_alerts(
                 out.append(
                     Alert(f"node_dead:{where}", "node_dead", where, None, {"agent": a.agent})
                 )
+                continue
+            if "exception" in node.errors:  # it answers, but with an exception, not its bits
+                details = {"agent": a.agent, "exception": node.errors["exception"]}
+                out.append(Alert(f"node_error:{where}", "node_error", where, None, details))
                 continue
             for d in node.detectors:
                 kind = {"stuck": "detector_stuck", "flapping": "detector_flapping"}.get(

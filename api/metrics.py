@@ -90,6 +90,14 @@ def render(ctx: Ctx) -> str:
             "Arrivals sent again with the same request_id: given the same assignment again.",
         )
         out.sample("parkguide_arrivals_repeated_total", c.repeated_arrivals)
+        out.family(
+            "parkguide_reports_missed_total",
+            "counter",
+            "Edge reports that never reached the gateway (gaps in an agent's seq numbers; its "
+            "next snapshot reconciles the state), by agent.",
+        )
+        for agent, n in sorted(c.reports_missed.items()):
+            out.sample("parkguide_reports_missed_total", n, {"agent": agent})
     out.family("parkguide_outbox_depth", "gauge", "Points waiting in the InfluxDB outbox.")
     out.sample("parkguide_outbox_depth", c.outbox_depth)
     out.family(

@@ -190,7 +190,7 @@ class MqttLiveView:
                     self._sign_updates += 1
                 self._emit("display", dc.model_dump(mode="json"), now)
             elif kind == "edge/availability":
-                text = payload.decode("utf-8", "replace").strip()
+                text = payload.decode("utf-8", "replace")  # exactly, as the gateway takes it
                 if text not in (topics.ONLINE, topics.OFFLINE):
                     self._reject(
                         "invalid", topic, payload, "availability must be online or offline"
@@ -205,7 +205,13 @@ class MqttLiveView:
                     return
                 h = HealthReport.model_validate_json(payload)
                 with self._lock:
-                    self._health[ident] = h
+                    known = self._health.get(ident)
+                    older = known is not None and h.ts < known.ts  # as the gateway: not news
+                    if not older:
+                        self._health[ident] = h
+                if older:
+                    self._reject("older_than_known", topic, payload, "older than the last")
+                    return
                 self._emit("agent", {"agent": ident, "health": h.model_dump(mode="json")}, h.ts)
             elif kind == "entrances/assignment":
                 a = Assignment.model_validate_json(payload)
@@ -215,7 +221,7 @@ class MqttLiveView:
                     self._assignments.appendleft(a)
                 self._emit("assignment", a.model_dump(mode="json", by_alias=True), now)
             elif kind == "gateway/availability":
-                online = payload.decode("utf-8", "replace").strip() == topics.ONLINE
+                online = payload.decode("utf-8", "replace") == topics.ONLINE
                 with self._lock:
                     changed = self._gateway_online != online
                     self._gateway_online = online

@@ -7,8 +7,9 @@ never becomes a transition. With the defaults (300 ms on the node, 500 ms
 here) a change counts within at most 1 s.
 
 A space's state is ``unknown`` whenever the agent cannot vouch for it: its
-node stopped answering, its detector reports a fault, or no reading has held
-long enough yet. Silence is never ``free``.
+node stopped answering or answers the poll with a Modbus exception, its
+detector reports a fault, or no reading has held long enough yet. Silence is
+never ``free``.
 
 All times are seconds on one monotonic clock chosen by the caller.
 """
@@ -97,6 +98,8 @@ class _Node:
     last_answer: float
     failures: int = 0
     down: bool = False
+    exception: int | None = None
+    """the Modbus exception code its last poll was answered with, if it was"""
 
 
 def _status(code: int) -> DetectorStatus:
@@ -142,7 +145,7 @@ class BusTracker:
             raise ValueError(
                 f"node {address}: {len(bits)} bits for {len(node.detectors)} detectors"
             )
-        node.failures, node.last_answer, node.down = 0, now, False
+        node.failures, node.last_answer, node.down, node.exception = 0, now, False, None
         for det, bit in zip(node.detectors, bits, strict=False):
             det.feed(bool(bit), now)
         return self._update(node, now)
@@ -158,7 +161,7 @@ class BusTracker:
         )
 
     def poll_failed(self, address: int, now: float) -> list[SpaceChange]:
-        """A poll of the node got no valid answer (timeout, bad CRC, exception, port gone)."""
+        """A poll of the node got no valid answer (timeout, bad CRC, port gone)."""
         node = self._nodes[address]
         node.failures += 1
         s = self.settings
@@ -171,6 +174,18 @@ class BusTracker:
             # a reading from before the outage proves nothing about after it
             for det in node.detectors:
                 det.reset()
+        return self._update(node, now)
+
+    def poll_refused(self, address: int, code: int, now: float) -> list[SpaceChange]:
+        """The node answered the poll with Modbus exception ``code``: it is there (not down),
+        but gave no bits, e.g. the site file gives it more detectors than it has. Its spaces
+        are unknown until a poll is answered with bits."""
+        node = self._nodes[address]
+        if node.exception is None:
+            # its readings from before prove nothing about after
+            for det in node.detectors:
+                det.reset()
+        node.failures, node.last_answer, node.down, node.exception = 0, now, False, code
         return self._update(node, now)
 
     def detector_status(
@@ -193,6 +208,10 @@ class BusTracker:
 
     def node_down(self, address: int) -> bool:
         return self._nodes[address].down
+
+    def node_exception(self, address: int) -> int | None:
+        """The exception code the node answered its last poll with (None: bits, or silence)."""
+        return self._nodes[address].exception
 
     def detector_state(self, address: int, index: int) -> SpaceState:
         node = self._nodes[address]
@@ -217,7 +236,8 @@ class BusTracker:
     def _effective(self, node: _Node, index: int) -> SpaceState:
         status = node.statuses[index]
         value = node.detectors[index].value
-        if node.down or (status is not None and status != DetectorStatus.OK) or value is None:
+        faulty = status is not None and status != DetectorStatus.OK
+        if node.down or node.exception is not None or faulty or value is None:
             return SpaceState.UNKNOWN
         return SpaceState.OCCUPIED if value else SpaceState.FREE
 

@@ -25,6 +25,13 @@ touches the spool (under a lock) and wakes it. Each connection attempt uses a
 fresh paho client, so nothing is retransmitted behind the spool's back and
 the order is the spool's. Reconnects back off exponentially with jitter
 (``parking.broker.backoff_delay``), reset after an accepted connection.
+
+Two agents with one id but different spool folders both run: with MQTT 3.1.1 the
+broker just closes the older connection when the other connects with the same
+client id (no reason is sent), so each takes the other's session over within a
+second, again and again. The publisher tells that apart from an outage by its
+pattern, accepted connections closed by the broker ``TAKEOVER_DROPS`` times within
+``TAKEOVER_WINDOW_S``, and says so in an error.
 """
 
 from __future__ import annotations
@@ -65,6 +72,10 @@ DEFAULT_FLUSH_TIMEOUT_S = 5.0
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 _WARN_EVERY_S = 60.0  # connection failures: a warning at most this often, debug otherwise
+TAKEOVER_DROPS = 3
+TAKEOVER_WINDOW_S = 30.0
+"""this many accepted connections closed by the broker within this many seconds: not an
+outage (the broker keeps accepting us) but another client with our client id"""
 
 ReportKind = Literal["delta", "snapshot"]
 
@@ -206,6 +217,7 @@ class ReportPublisher:
         self._health: HealthReport | None = None
         self._health_dirty = False
         self._warnings = RateLimitedLog(log, _WARN_EVERY_S)
+        self._drops: deque[float] = deque()  # when the broker closed accepted connections
         self.stats: dict[str, int] = dict.fromkeys(
             ("reports", "acked", "connects", "refused", "connection_failures", "disconnects"), 0
         )
@@ -381,7 +393,7 @@ class ReportPublisher:
                 if was:
                     self.stats["disconnects"] += 1
                     if not self._stop.is_set():
-                        log.warning("lost the MQTT broker %s; spooling reports", self.broker.url)
+                        self._lost_connection()
                 try:
                     client.disconnect()
                     client.loop_write()
@@ -493,6 +505,32 @@ class ReportPublisher:
             if not self._step(client, 0.05):
                 return
         client.disconnect()
+
+    def _lost_connection(self) -> None:
+        """The broker closed a connection it had accepted: an outage, or, when that keeps
+        happening while it accepts us again at once, a second agent with our id."""
+        now = time.monotonic()
+        self._drops.append(now)
+        while now - self._drops[0] > TAKEOVER_WINDOW_S:
+            self._drops.popleft()
+        if len(self._drops) < TAKEOVER_DROPS:
+            log.warning("lost the MQTT broker %s; spooling reports", self.broker.url)
+            return
+        self._warnings(
+            "takeover",
+            logging.ERROR,
+            "another client with the same client id (agent %s) keeps taking over this "
+            "session: is a second agent with id %s running, e.g. under systemd? (MQTT broker "
+            "%s closed this connection %d times in %.0f s, accepting it again each time; "
+            "a second agent is refused at start only when it shares this one's spool folder "
+            "%s); meanwhile the spaces of both flip between unknown and live",
+            self.agent,
+            self.agent,
+            self.broker.url,
+            len(self._drops),
+            now - self._drops[0],
+            self.spool_path.parent,
+        )
 
     def _log_refused(self, reason: str) -> None:
         self.stats["refused"] += 1

@@ -13,7 +13,8 @@ periodically, retained health after every health round.
 Bad frames never become transitions: the master drops anything that fails
 the CRC or does not answer the request, and a reading must hold through the
 debounce before it counts. A node that stops answering turns its spaces
-``unknown``; so does a detector whose status is a fault.
+``unknown``; so does a node that answers the poll with a Modbus exception
+(health: the code in its ``errors``), and a detector whose status is a fault.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from edge.publisher import (
     choose_agent_id,
     default_spool_dir,
 )
+from parking import modbus_rtu as rtu
 from parking import registers as reg
 from parking.broker import BrokerConfig, add_credential_arguments, backoff_delay, broker_from_args
 from parking.payloads import (
@@ -69,6 +71,10 @@ PORT_BACKOFF_CAP_S = 5.0
 _WARN_EVERY_S = 60.0
 _AGENT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # parking.payloads.Identifier
 
+NODE_ERROR_STATUS = "error"
+"""health status of a node that answers its poll with a Modbus exception (the code is in its
+``errors``): there, but refusing"""
+
 HealthKind = str  # "status" | "raw" | "battery" | "info"
 _T = TypeVar("_T")
 
@@ -89,6 +95,8 @@ class NodeReadings:
     """requests to this node that timed out (retried or not), since the agent started"""
     timeouts_reported: int = 0
     """``timeouts`` at the last health report: more since then makes the node ``slow``"""
+    exceptions: int = 0
+    """polls this node answered with a Modbus exception, since the agent started"""
 
 
 @dataclass
@@ -144,6 +152,8 @@ class SerialAgent:
                     node.address, reg.OCCUPIED_BITS, node.detectors, retries=retries
                 ),
             )
+        except ModbusExceptionResponse as exc:
+            return self._poll_refused(node, exc.code)
         except ModbusError as exc:
             self.readings[node.address].failures += 1
             log.debug("poll: %s", exc)
@@ -157,7 +167,7 @@ class SerialAgent:
                 exc,
             )
             return changes
-        if retries == 0:
+        if retries == 0 or self.tracker.node_exception(node.address) is not None:
             log.info("bus %s: node %d answers again", self.bus.id, node.address)
         now = self.clock()
         changes: list[SpaceChange] = []
@@ -166,6 +176,27 @@ class SerialAgent:
             # 0: its fault must be known before that 0 is published as a free space
             changes += self._read_status(node)
         return changes + self.tracker.poll_ok(node.address, bits, self.clock())
+
+    def _poll_refused(self, node: NodeController, code: int) -> list[SpaceChange]:
+        """The node answered its poll with exception ``code``: it is on the bus and answers,
+        so it is not dead, but its spaces are unknown (a wrong detector count in the site
+        file is the usual cause: the read asks for bits the node does not have)."""
+        self.readings[node.address].exceptions += 1
+        if self.tracker.node_exception(node.address) != code:
+            hint = (
+                f": does it have the {node.detectors} detectors the site file gives it?"
+                if code == rtu.ILLEGAL_DATA_ADDRESS
+                else ""
+            )
+            log.warning(
+                "bus %s: node %d answers the poll of its occupied bits with exception %d%s; "
+                "its spaces are unknown",
+                self.bus.id,
+                node.address,
+                code,
+                hint,
+            )
+        return self.tracker.poll_refused(node.address, code, self.clock())
 
     def _read_status(self, node: NodeController) -> list[SpaceChange]:
         """Read and apply one node's detector statuses now (nothing if it does not answer)."""
@@ -248,7 +279,9 @@ class SerialAgent:
                 address, lambda: self.master.read_input_registers(address, start, count, retries=1)
             )
         except ModbusExceptionResponse as exc:
-            log.info("health: %s", exc)
+            # a node refusing its poll refuses these too: its warning was given once
+            refusing = self.tracker.node_exception(address) is not None
+            log.log(logging.DEBUG if refusing else logging.INFO, "health: %s", exc)
             return [], False
         except ModbusError as exc:
             log.debug("health: %s", exc)
@@ -281,13 +314,19 @@ class SerialAgent:
         nodes = []
         faults = 0
         down = 0
+        refusing = 0
         for n in self.bus.nodes:
             r = self.readings[n.address]
             is_down = self.tracker.node_down(n.address)
+            exception = None if is_down else self.tracker.node_exception(n.address)
             down += is_down
+            refusing += exception is not None
+            # a node that gives no bits (or cannot be asked: no port) vouches for none of
+            # its detectors: what was read from them before must not read as live
+            mute = is_down or exception is not None or not self.master.is_open
             detectors = []
             for i, sid in enumerate(n.spaces):
-                status = self.tracker.detector_fault(n.address, i)
+                status = None if mute else self.tracker.detector_fault(n.address, i)
                 faults += status is not None and status != reg.DetectorStatus.OK
                 battery = r.battery[i] if r.battery else None
                 detectors.append(
@@ -295,15 +334,30 @@ class SerialAgent:
                         index=i,
                         space=sid,
                         status=status.label if status is not None else "unknown",
-                        raw=r.raw[i] if r.raw else None,
+                        raw=r.raw[i] if r.raw and not mute else None,
                         battery=None if battery is None or battery > 100 else battery,
                     )
                 )
             info = r.info
             # the wire contract's per-node errors, then the agent's and the node's own
-            errors = {"crc": r.crc, "timeouts": r.timeouts, "failed_polls": r.failures}
+            errors = {
+                "crc": r.crc,
+                "timeouts": r.timeouts,
+                "failed_polls": r.failures,
+                "exceptions": r.exceptions,
+            }
+            if exception is not None:
+                errors["exception"] = exception  # the code its last poll was answered with
             slow = r.timeouts > r.timeouts_reported  # answered, but not every time in time
             r.timeouts_reported = r.timeouts
+            if is_down:
+                node_status = "dead"
+            elif exception is not None:
+                node_status = NODE_ERROR_STATUS
+            elif r.status is None:
+                node_status = "unknown"
+            else:
+                node_status = "slow" if slow else "ok"
             if info:
                 errors |= {
                     "node_crc_errors": info[reg.IR_CRC_ERRORS],
@@ -312,9 +366,7 @@ class SerialAgent:
             nodes.append(
                 NodeHealth(
                     address=n.address,
-                    status="dead"
-                    if is_down
-                    else ("unknown" if r.status is None else ("slow" if slow else "ok")),
+                    status=node_status,
                     model=info[reg.IR_MODEL] if info else None,
                     firmware=(
                         f"{info[reg.IR_FIRMWARE] >> 8}.{info[reg.IR_FIRMWARE] & 0xFF}"
@@ -329,9 +381,16 @@ class SerialAgent:
                 )
             )
         status = (
-            "blind" if down == len(self.bus.nodes) else ("degraded" if down or faults else "ok")
+            "blind"
+            if down == len(self.bus.nodes)
+            else ("degraded" if down or refusing or faults else "ok")
         )
-        counters = self.master.counters.as_dict() | {"cycles": self.cycles}
+        # 0 while the serial port is lost (adapter unplugged): the bus is blind for that
+        # reason, not because every node died (as the camera agent's ``stream_up``)
+        counters = self.master.counters.as_dict() | {
+            "cycles": self.cycles,
+            "port_up": int(self.master.is_open),
+        }
         if self.publisher is not None:
             counters |= {f"mqtt_{k}": v for k, v in self.publisher.stats.items()}
         return HealthReport(
@@ -342,6 +401,18 @@ class SerialAgent:
             counters=counters,
             nodes=nodes,
         )
+
+    def offline_health(self) -> HealthReport:
+        """The last health, as the agent stops: ``went_offline``, and no raw reading left
+        either (nothing in the retained message reads as live)."""
+        report = went_offline(self.health_report())
+        nodes = [
+            n.model_copy(
+                update={"detectors": [d.model_copy(update={"raw": None}) for d in n.detectors]}
+            )
+            for n in report.nodes
+        ]
+        return report.model_copy(update={"nodes": nodes})
 
     def _publish(self, changes: list[SpaceChange]) -> None:
         pub = self.publisher
@@ -616,6 +687,6 @@ def main(args: argparse.Namespace) -> int:
         agent.run(stop)
     finally:
         master.close()
-        publisher.publish_health(went_offline(agent.health_report()))
+        publisher.publish_health(agent.offline_health())
         publisher.stop()
     return 0

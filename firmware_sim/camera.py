@@ -11,7 +11,9 @@ simulator, so what it shows agrees with what the simulation says. Endpoints:
 - ``/``: a page showing the stream.
 
 Console (stdin), on top of the shared commands (``set SPACE occupied|free``,
-``status [SPACE]``, ``help``, ``clear all``)::
+``status [SPACE]``, ``help``, ``clear all``); a camera has no detectors or
+nodes, so the bus's ``fault SPACE ...`` and ``fault node ...`` are refused.
+Every answer is one line, ``ok ...`` or ``error: reason`` (as the bus's)::
 
     fault camera black    lens capped: black frames with read noise
     fault camera frozen   the encoder repeats one frame bit for bit
@@ -46,7 +48,6 @@ import numpy as np
 
 from firmware_sim.camera_render import CameraScene, black_frame, covered_frame, rain_at
 from firmware_sim.commands import (
-    HELP,
     Answers,
     ClearAll,
     ClearNode,
@@ -74,7 +75,12 @@ JPEG_QUALITY = 85
 RECOMPOSE_SIM_MIN = 2.0
 """re-draw shadows and cars after this many simulated minutes (the sun moves)"""
 MAX_LINE = 4096
-CAMERA_HELP = "camera: fault camera black|frozen|blur|off; clear camera"
+CAMERA_HELP = (
+    "commands: set SPACE occupied|free; fault camera black|frozen|blur|off; "
+    "clear camera|SPACE|all; status [SPACE]; help"
+)
+"""what this console accepts: the shared words a camera can act on, and its own faults"""
+_NO_DETECTORS = f"a camera has no detectors or nodes; {CAMERA_HELP}"
 
 
 class CameraFault(Enum):
@@ -95,10 +101,13 @@ class ClearCamera:
 
 
 def parse_console_line(line: str) -> object | None:
-    """Camera-only commands first, then the shared language of ``firmware_sim.commands``."""
+    """Camera-only commands first, then the shared language of ``firmware_sim.commands``
+    (refusing, with this console's own help, the bus's words a camera cannot act on)."""
     words = line.split("#", 1)[0].split()
+    if not words:
+        return None
+    verb = words[0].lower()
     if len(words) >= 2 and words[1].lower() == "camera":
-        verb = words[0].lower()
         if verb == "fault":
             if len(words) != 3:
                 raise CommandError("usage: fault camera black|frozen|blur|off")
@@ -112,6 +121,14 @@ def parse_console_line(line: str) -> object | None:
             if len(words) != 2:
                 raise CommandError("usage: clear camera")
             return ClearCamera()
+    if verb == "fault":
+        if len(words) == 1:
+            raise CommandError("usage: fault camera black|frozen|blur|off")
+        raise CommandError(_NO_DETECTORS)
+    if verb == "clear" and len(words) >= 2 and words[1].lower() == "node":
+        raise CommandError(_NO_DETECTORS)
+    if verb not in ("set", "clear", "status", "help"):
+        raise CommandError(f"unknown command {words[0]!r}; {CAMERA_HELP}")
     return parse_command(line)
 
 
@@ -233,12 +250,12 @@ class SimulatedCamera:
                 self._check_space(command.space)
                 return f"ok {command.space} has no fault (a camera has no per-space faults)"
             if isinstance(command, FaultSpace | FaultNode | ClearNode):
-                raise CommandError(f"a camera has no detectors or nodes; {CAMERA_HELP}")
+                raise CommandError(_NO_DETECTORS)
             if isinstance(command, Status):
-                return self._status(command.space, elapsed_s)
+                return "ok " + self._status(command.space, elapsed_s)
             if isinstance(command, Help):
-                return f"{HELP}; {CAMERA_HELP}"
-        raise CommandError(f"unsupported command; {HELP}; {CAMERA_HELP}")
+                return f"ok {CAMERA_HELP}"
+        raise CommandError(f"unsupported command; {CAMERA_HELP}")
 
     def _check_space(self, space: str) -> None:
         if space not in self.occupied:

@@ -19,6 +19,11 @@ the report is accepted, as the issue says "accepts only the spaces bound to the
 source"): ``unknown_space``, ``foreign_space`` (bound to another source),
 ``older_than_known`` (its ``since`` is earlier than the last accepted
 observation of that space).
+
+A health report naming what is not its source's is rejected whole
+(:meth:`ReportGate.health_problem`): ``unknown_node``, ``unknown_detector``,
+``unknown_space``, ``foreign_space``; the gateway also refuses one older than the
+agent's last (``older_than_known``).
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ from parking.payloads import (
     MAX_PAYLOAD_BYTES,
     MAX_SEQ,
     MAX_TIMESTAMP,
+    OBSERVED_STATES,
     SCHEMA_VERSION,
+    HealthReport,
     OccupancyReport,
     is_identifier,
 )
-from parking.site import Site
+from parking.site import NodeController, Site
 from parking.states import SpaceState
 
 log = logging.getLogger(__name__)
@@ -63,7 +70,8 @@ REPORT_REASONS = (
 )
 OBSERVATION_REASONS = ("unknown_space", "foreign_space", "older_than_known", "from_the_future")
 
-_STATE_CODE = {s.label: int(s) for s in SpaceState}
+# only what an edge observes: "closed" is the manager's, so an edge saying it is invalid
+_STATE_CODE = {name: int(SpaceState.parse(name)) for name in OBSERVED_STATES}
 SINCE_TOLERANCE_S = 0.001
 """Edges may round ``since`` differently in deltas and snapshots (seen: 6 decimals vs full
 precision); a difference below this is the same moment, not an older observation."""
@@ -168,6 +176,10 @@ class ReportGate:
             c.id: c.agent for c in site.cameras
         }
         self._site_agents = frozenset(self._source_agent.values())
+        # node controllers by address, per source (a camera has none): what a health may name
+        self._source_nodes: dict[str, dict[int, NodeController]] = {
+            b.id: {n.address: n for n in b.nodes} for b in site.buses
+        } | {c.id: {} for c in site.cameras}
         # for the column-wise path: space indices by (valid) id, and per source
         self._identifier_index = {k: v for k, v in site.space_index.items() if is_identifier(k)}
         self._source_set = {src: frozenset(sp.tolist()) for src, sp in self._source_spaces.items()}
@@ -190,6 +202,44 @@ class ReportGate:
             f"agent {agent!r} may not report for {source!r}: its reports come from {bound!r}"
             " (the site file's 'agent' of that source)"
         )
+
+    def health_problem(self, health: HealthReport) -> Rejection | None:
+        """Why a health report (of a source in the site) names what is not its source's, or
+        None: a node or detector the bus does not have (``unknown_node``,
+        ``unknown_detector``), a space the site does not have (``unknown_space``), or one
+        bound to another source or another node (``foreign_space``). Its alerts would send
+        a technician to hardware that is not there, or blame a space on the wrong sensor."""
+        source = health.source
+        nodes = self._source_nodes[source]
+        for node in health.nodes:
+            controller = nodes.get(node.address)
+            if controller is None:
+                return Rejection("unknown_node", f"{source} has no node {node.address}")
+            for det in node.detectors:
+                if det.index >= controller.detectors:
+                    why = f"node {source}/{node.address} has no detector {det.index}"
+                    return Rejection("unknown_detector", why)
+                if det.space is not None:
+                    problem = self._space_problem(det.space, source, node.address)
+                    if problem is not None:
+                        return problem
+        for watched in health.spaces:
+            problem = self._space_problem(watched.space, source)
+            if problem is not None:
+                return problem
+        return None
+
+    def _space_problem(self, space: str, source: str, node: int | None = None) -> Rejection | None:
+        """A space a health report names: the site's, bound to ``source`` (and ``node``)?"""
+        if space not in self.site.space_index:
+            return Rejection("unknown_space", f"space {space!r} does not exist")
+        binding = self.site.bindings.get(space)
+        if binding is None or binding.source != source:
+            return Rejection("foreign_space", f"space {space!r} is not bound to {source}")
+        if node is not None and binding.node != node:
+            why = f"space {space!r} is bound to node {binding.node} of {source}, not {node}"
+            return Rejection("foreign_space", why)
+        return None
 
     def source_spaces(self, source: str) -> np.ndarray:
         """Space indices bound to a source (sorted)."""

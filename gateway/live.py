@@ -49,6 +49,7 @@ from gateway.readside import AgentStatus, Counters, LiveEvent, SpaceStatus
 from gateway.state import NO_CHANGES, OCCUPIED, Changes, LiveState
 from parking import topics
 from parking.payloads import (
+    MAX_PAYLOAD_BYTES,
     Arrival,
     Assignment,
     DisplayContent,
@@ -71,6 +72,7 @@ CORE_STEP_SLACK_S = 0.1  # a forward jump of the wall clock beyond the monotonic
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
 ZONE_HISTORY_S = 10.0
 LATENCY_KEEP = 1000
+GAP_LOG_INTERVAL_S = 60.0  # at most one warning about missed reports per agent per minute
 
 
 def _cached_lane_distances(
@@ -217,6 +219,11 @@ class LiveGateway:
         self.state_changes = 0
         self.sign_updates = 0
         self.repeated_arrivals = 0
+        # per agent, reports its seq numbers skipped: they never arrived (_note_gap)
+        self.reports_missed = dict.fromkeys(
+            sorted(x.agent for x in (*site.buses, *site.cameras)), 0
+        )
+        self._gap_logged: dict[str, float] = {}  # agent -> monotonic time of its last warning
         self.answered = 0  # assignments published, repeated ones included
         self.outbox_stats: Callable[[], dict[str, Any]] | None = None
         self._next_zone_history = 0.0
@@ -535,6 +542,8 @@ class LiveGateway:
             if len(acc.stale):  # listed with a refused time: the agent disagrees with us
                 vouched = vouched[~np.isin(vouched, acc.stale)]
             self.state.touch(vouched, now, mono)
+        else:
+            self._note_gap(acc, mono)  # before the commit: the gate still has the last seq
         self.gate.commit(acc)  # in memory now, so a duplicate later in the batch is refused
         self._online[agent] = True
         self._agent_seen[agent] = now
@@ -553,6 +562,27 @@ class LiveGateway:
             # what rehearse() replays: a report like those drivers wait on (a snapshot of
             # thousands of spaces would make each rehearsal milliseconds long)
             self._last_report = (agent, payload)
+
+    def _note_gap(self, acc: AcceptedReport, mono: float) -> None:
+        """Count the reports an agent's seq numbers skipped (they never reached the
+        gateway) and say so, at most once a minute per agent."""
+        known = self.gate.sequence(acc.agent)
+        if known is None or known[0] != acc.boot:
+            return
+        first, last = known[1] + 1, acc.seq - 1
+        self.reports_missed[acc.agent] = self.reports_missed.get(acc.agent, 0) + last - first + 1
+        if mono < self._gap_logged.get(acc.agent, -math.inf) + GAP_LOG_INTERVAL_S:
+            return
+        self._gap_logged[acc.agent] = mono
+        log.warning(
+            "agent %s boot %s: reports %d..%d never arrived (a broker restart lost them?); "
+            "the next snapshot reconciles the state (%d missed from this agent so far)",
+            acc.agent,
+            acc.boot,
+            first,
+            last,
+            self.reports_missed[acc.agent],
+        )
 
     def _flush(self, staged: _Staged) -> None:
         if not staged.reports:
@@ -574,11 +604,15 @@ class LiveGateway:
     def _on_availability(self, topic: str, agent: str, payload: bytes) -> None:
         if self._unknown_agent(topic, agent, payload):
             return
-        text = payload.decode("utf-8", "replace").strip()
+        if len(payload) > MAX_PAYLOAD_BYTES:  # the cap of every payload, before reading it
+            why = f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}"
+            self._reject(Rejection("oversized", why), topic, payload)
+            return
+        # exactly the contract's words: an "offline" padded with anything is not the will
+        text = payload.decode("utf-8", "replace")
         if text not in (topics.ONLINE, topics.OFFLINE):
-            self._reject(
-                Rejection("invalid", "availability must be online or offline"), topic, payload
-            )
+            why = f"availability must be exactly {topics.ONLINE!r} or {topics.OFFLINE!r}"
+            self._reject(Rejection("invalid", f"{why}, not {text[:40]!r}"), topic, payload)
             return
         online = text == topics.ONLINE
         now = self._clock()
@@ -613,7 +647,17 @@ class LiveGateway:
             why = f"health ts {health.ts} is later than the gateway's {now}"
             self._reject(Rejection("from_the_future", why), topic, payload)
             return
+        # whole or not at all: a node 99 that "does not answer" is a false alert
+        not_its_own = self.gate.health_problem(health)
+        if not_its_own is not None:
+            self._reject(not_its_own, topic, payload)
+            return
         with self.lock:
+            known = self._health.get(agent)
+            if known is not None and health.ts < known.ts:  # the same one again is fine
+                why = f"health ts {health.ts} < known {known.ts}"
+                self._reject(Rejection("older_than_known", why), topic, payload)
+                return
             self._health[agent] = health
         self._emit("agent", {"agent": agent, "health": health.model_dump(mode="json")}, health.ts)
 
@@ -1117,6 +1161,7 @@ class LiveGateway:
                 state_changes=self.state_changes,
                 sign_updates=self.sign_updates,
                 repeated_arrivals=self.repeated_arrivals,
+                reports_missed=dict(self.reports_missed),
                 latency_s=list(self._latency),
             )
         if self.outbox_stats is not None:

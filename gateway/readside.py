@@ -55,6 +55,8 @@ class Counters:
     state_changes: int = 0
     sign_updates: int = 0
     repeated_arrivals: int = 0  # arrivals sent again (same request_id): answered as before
+    # agent -> reports its seq numbers skipped (they never reached the gateway)
+    reports_missed: dict[str, int] = field(default_factory=dict)
     outbox_depth: int = 0
     outbox_dropped_cap: int = 0  # oldest points dropped at the disk cap (journal's life)
     outbox_dropped_rejected: int = 0  # points InfluxDB refused as bad data (4xx), since start

@@ -18,6 +18,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         site = load_site(args.file)
     except SiteError as exc:
+        if args.json:  # a script reading stdout learns of the refusal too, not only a person
+            print(json.dumps({"ok": False, "problems": exc.problems}, ensure_ascii=False))
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"{args.file}: {len(exc.problems)} problem(s); site refused", file=sys.stderr)
@@ -29,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
         warnings.append(f"{unbound} spaces have no sensor and will stay unknown")
     warnings += lane_warnings(site)
     if args.json:
-        print(json.dumps({**summary, "warnings": warnings}, ensure_ascii=False))
+        print(json.dumps({"ok": True, **summary, "warnings": warnings}, ensure_ascii=False))
         return 0
     print(f"site {site.id} ({site.name.zh} / {site.name.en}): OK")
     print(f"  {summary['spaces']} spaces in {summary['zones']} zones on {summary['levels']} levels")

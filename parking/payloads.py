@@ -8,9 +8,9 @@ Timestamps are UNIX seconds (float, UTC).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from parking.states import STATE_NAMES
 
@@ -18,8 +18,12 @@ SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
 """Larger MQTT payloads are rejected before parsing (a 3,000-space snapshot is ~150 kB)."""
 
-StateName = Literal["free", "occupied", "unknown", "closed"]
-assert set(STATE_NAMES) == {"free", "occupied", "unknown", "closed"}
+ObservedState = Literal["free", "occupied", "unknown"]
+"""What an edge may report of a space. ``closed`` is the manager's state, not an
+observation: a report saying it would close a space no manager closed (and the manager's
+``open`` could not undo it)."""
+OBSERVED_STATES: tuple[str, ...] = get_args(ObservedState)
+assert set(OBSERVED_STATES) == set(STATE_NAMES) - {"closed"}
 
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 MAX_TIMESTAMP = 4102444800  # 2100-01-01: a later one is a unit error (ms for s)
@@ -37,6 +41,17 @@ def is_identifier(value: str) -> bool:
 Timestamp = Annotated[float, Field(ge=0, le=MAX_TIMESTAMP, description="UNIX seconds, UTC")]
 
 
+def _integer_version(value: object) -> object:
+    # pydantic matches a Literal by equality, strict or not: true and 1.0 would pass as 1
+    if type(value) is not int:
+        raise ValueError(f"the contract version is the integer {SCHEMA_VERSION}")
+    return value
+
+
+Version = Annotated[Literal[1], BeforeValidator(_integer_version)]
+"""``v`` of an edge payload: the JSON integer 1 (not ``true``, not ``1.0``)."""
+
+
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,7 +60,7 @@ class SpaceObservation(_Payload):
     """One space in an occupancy report."""
 
     space: Identifier
-    state: StateName
+    state: ObservedState
     since: Timestamp = Field(description="when the source saw this state begin")
     confidence: float = Field(1.0, ge=0.0, le=1.0)
 
@@ -58,7 +73,7 @@ class OccupancyReport(_Payload):
     replays, and a new ``boot`` (agent restart) resets the sequence.
     """
 
-    v: Literal[1] = 1
+    v: Version = 1
     agent: Identifier
     source: Identifier = Field(description="bus id or camera id")
     boot: Identifier = Field(description="random id chosen at agent start")
@@ -78,7 +93,7 @@ class DetectorHealth(_Payload):
 
 class NodeHealth(_Payload):
     address: int = Field(ge=1, le=247)
-    status: Literal["ok", "slow", "dead", "unknown"]
+    status: Literal["ok", "slow", "dead", "error", "unknown"]
     model: int | None = None
     firmware: str | None = None
     uptime_s: int | None = None
@@ -94,7 +109,7 @@ class CameraSpaceHealth(_Payload):
 class HealthReport(_Payload):
     """Retained health of one agent: per node and detector (bus) or per space (camera)."""
 
-    v: Literal[1] = 1
+    v: Version = 1
     agent: Identifier
     source: Identifier
     ts: Timestamp

@@ -131,7 +131,7 @@ def start_agent(broker_url: str, port: int, tmp: Path, *extra: str) -> Proc:
 
 def parse_status(line: str) -> dict[str, bool]:
     """The sim's ``status`` answer -> {space: occupied} for the 40 spaces of cam-c."""
-    assert line.startswith(f"camera {CAMERA} "), line
+    assert line.startswith(f"ok camera {CAMERA} "), line
     head, _, listed = line.partition(": ")
     occupied = set(listed.split())
     return {f"C-{i:03d}": f"C-{i:03d}" in occupied for i in range(1, 41)}

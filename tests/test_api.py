@@ -7,6 +7,7 @@ import csv
 import io
 import sqlite3
 import time
+from dataclasses import replace
 
 import pytest
 from api_support import PASSWORD, client, harness, tokens, users  # noqa: F401
@@ -220,6 +221,30 @@ def test_manager_actions_validate_their_input(client, tokens):
     assert extra.status_code == 422 and "why" in extra.text
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [b"NaN", b"Infinity", b"-Infinity", b"[NaN]", b'{"a": Infinity}', b"[1, -Infinity]"],
+)
+def test_non_finite_numbers_in_a_body_answer_422_not_500(client, tokens, bad):
+    """Python's JSON reader takes NaN and Infinity; the 422 echoes the bad input, and JSON
+    has no such number: it comes back as text, not as a response that cannot be encoded."""
+    json_body = {"content-type": "application/json"}
+    login = client.post(
+        "/api/v1/auth/login", content=b'{"name": ' + bad + b', "password": "x"}', headers=json_body
+    )
+    assert login.status_code == 422, login.text
+    assert login.json()["detail"][0]["loc"] == ["body", "name"]
+    assert isinstance(login.json()["detail"][0]["input"], str)
+    close = client.post(
+        "/api/v1/spaces/A-030/close",
+        content=b'{"reason": ' + bad + b"}",
+        headers={**tokens["manager"], **json_body},
+    )
+    assert close.status_code == 422, close.text
+    assert close.json()["detail"][0]["loc"][:2] == ["body", "reason"]
+    assert client.get("/api/v1/spaces/A-030", headers=tokens["viewer"]).json()["state"] != "closed"
+
+
 def test_alerts_from_health_and_availability_and_acknowledgement(client, tokens, harness):
     site = harness.site.id
     health = HealthReport(
@@ -346,6 +371,9 @@ def test_metrics_exposition(client, tokens, harness):
     )
     assert f"parkguide_state_changes_total {c.state_changes}" in lines
     assert f"parkguide_sign_updates_total {c.sign_updates}" in lines
+    assert set(c.reports_missed) == {"serial-bus-g", "serial-bus-b1", "camera-cam-c"}
+    for agent, n in c.reports_missed.items():  # gaps in each agent's seq numbers
+        assert f'parkguide_reports_missed_total{{agent="{agent}"}} {n}' in lines
     assert "parkguide_outbox_depth 0" in lines
     online = sum(a.online for a in harness.gateway.agents())
     assert f"parkguide_agents_online {online}" in lines
@@ -484,6 +512,51 @@ def test_derive_alerts_rules():
         "node_dead:bus-g/2",
         "agent_offline:gone",
     }
+
+
+def test_a_blind_bus_is_one_bus_alert_naming_the_port_not_a_camera_or_every_node():
+    """A bus whose nodes all went quiet is a bus problem (the adapter, the cable): one
+    `bus_blind` alert, not `camera ... is blind` and not one `node_dead` per node. Camera
+    alerts are as before."""
+    now = 1_000_000.0
+    dead = [NodeHealth(address=a, status="dead", detectors=[DetectorHealth(index=0, status="unknown")])
+            for a in (1, 2, 3, 4)]  # fmt: skip
+    cut = HealthReport(agent="serial-bus-b1", source="bus-b1", ts=now, status="blind",
+                       nodes=dead, counters={"port_up": 1})  # fmt: skip
+    unplugged = HealthReport(agent="serial-bus-g", source="bus-g", ts=now, status="blind",
+                             nodes=[NodeHealth(address=1, status="unknown")],
+                             counters={"port_up": 0})  # fmt: skip
+    camera = HealthReport(agent="camera-cam-c", source="cam-c", ts=now, status="blind", fps=0.0)
+    agents = [AgentStatus(h.agent, True, now, h) for h in (cut, unplugged, camera)]
+    alerts = {a.id: a for a in derive_alerts([], agents, now, 72 * 3600)}
+    assert set(alerts) == {"bus_blind:bus-b1", "bus_blind:bus-g", "camera_blind:cam-c"}
+    assert alerts["bus_blind:bus-b1"].severity == "critical"
+    assert alerts["bus_blind:bus-b1"].message(72)[1] == (
+        "bus bus-b1: no node answers (serial port lost?)"
+    )
+    assert alerts["bus_blind:bus-g"].message(72)[1] == (
+        "bus bus-g: its serial port is lost (USB/RS-485 adapter unplugged?): no node answers"
+    )
+    assert alerts["camera_blind:cam-c"].message(72)[1] == "camera cam-c is blind"
+
+
+def test_a_node_answering_an_exception_is_a_node_error_alert():
+    now = 1_000_000.0
+    refusing = NodeHealth(address=1, status="unknown", errors={"crc": 0, "exception": 2})
+    health = HealthReport(agent="serial-bus-b1", source="bus-b1", ts=now, status="degraded",
+                          nodes=[refusing, NodeHealth(address=2, status="ok")])  # fmt: skip
+    (alert,) = derive_alerts([], [AgentStatus(health.agent, True, now, health)], now, 3600)
+    assert (alert.id, alert.severity) == ("node_error:bus-b1/1", "critical")
+    zh, en = alert.message(72)
+    assert en == (
+        "node controller bus-b1/1 answers exception 2 (illegal data address): "
+        "check the site file's detectors against the node"
+    )
+    assert "异常 2" in zh
+    # after a restart the alert comes back from the journal without its details
+    assert replace(alert, details={}).message(72)[1] == (
+        "node controller bus-b1/1 answers with a Modbus exception"
+    )
 
 
 @pytest.mark.parametrize(

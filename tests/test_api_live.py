@@ -318,3 +318,32 @@ def test_a_standalone_view_applies_events_the_checkpoint_has_not_reached(tmp_pat
     finally:
         view.stop()
         journal.close()
+
+
+def test_a_standalone_view_takes_availability_and_health_as_the_gateway_does(tmp_path):
+    """The API's own view refuses what the gateway refuses: an 'offline' padded with spaces
+    is not the will, and an older health report does not replace a newer one (its alerts
+    would be stale)."""
+    from api.mqttview import MqttLiveView
+    from gateway.journal import Journal
+    from parking.broker import BrokerConfig
+    from parking.site import load_site
+
+    db = tmp_path / "journal.sqlite"
+    Journal(db).close()
+    view = MqttLiveView(load_site(EXAMPLE_SITE), BrokerConfig("127.0.0.1", free_port()), str(db))
+    agent = "serial-bus-g"
+    view._handle(topics.edge_availability("xinyuan", agent), b"online")
+    view._handle(topics.edge_availability("xinyuan", agent), b"offline  ")
+    assert view._online[agent] is True
+    now = time.time()
+
+    def health(ts: float, status: str) -> bytes:
+        return json.dumps(
+            {"agent": agent, "source": "bus-g", "ts": ts, "status": status, "nodes": []}
+        ).encode()
+
+    view._handle(topics.edge_health("xinyuan", agent), health(now, "ok"))
+    view._handle(topics.edge_health("xinyuan", agent), health(now - 3600, "blind"))
+    assert view._health[agent].status == "ok"
+    assert view.counters().rejected == {"invalid": 1, "older_than_known": 1}

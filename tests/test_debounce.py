@@ -129,6 +129,30 @@ def test_node_down_needs_failures_and_time_then_recovers_through_debounce() -> N
     }
 
 
+def test_a_node_answering_an_exception_is_unknown_but_never_down() -> None:
+    """A node that answers its poll with a Modbus exception (the site file gives it more
+    detectors than it has) is on the bus: its spaces are unknown, the node is not down."""
+    s = DebounceSettings(hold_s=HOLD, node_timeout_s=0.0, node_max_failures=1)
+    t = BusTracker(small_bus(), s, start=0.0)
+    now = settle(t, 2, [True, False], 0.0)
+    changes = t.poll_refused(2, 2, now + 0.1)
+    assert {(c.space, c.state) for c in changes} == {
+        ("S-5", SpaceState.UNKNOWN),
+        ("S-6", SpaceState.UNKNOWN),
+    }
+    for i in range(10):
+        assert t.poll_refused(2, 2, now + 1.0 + i) == []
+    assert not t.node_down(2) and t.node_exception(2) == 2
+    # answered with bits again: the reading must hold again before it counts
+    assert t.poll_ok(2, [True, False], now + 20.0) == []
+    assert t.node_exception(2) is None
+    changes = t.poll_ok(2, [True, False], now + 20.0 + HOLD)
+    assert {(c.space, c.state) for c in changes} == {
+        ("S-5", SpaceState.OCCUPIED),
+        ("S-6", SpaceState.FREE),
+    }
+
+
 @pytest.mark.parametrize(
     "status",
     [

@@ -14,9 +14,16 @@ from gateway.ingest import (
     Rejection,
     RejectionLog,
     ReportGate,
+    decode,
     decode_report,
 )
-from parking.payloads import MAX_PAYLOAD_BYTES
+from parking.payloads import (
+    MAX_PAYLOAD_BYTES,
+    CameraSpaceHealth,
+    DetectorHealth,
+    HealthReport,
+    NodeHealth,
+)
 from parking.states import SpaceState
 
 
@@ -275,3 +282,57 @@ def test_a_space_listed_twice_takes_its_later_entry(gate, since, example_site):
     got = dict(zip(result.spaces.tolist(), result.states.tolist(), strict=True))
     idx = example_site.space_index
     assert got == {idx["A-001"]: SpaceState.FREE, idx["A-002"]: SpaceState.FREE}
+
+
+@pytest.mark.parametrize("version", [b"true", b"1.0", b'"1"', b"2"])
+def test_a_version_that_is_not_the_integer_1_is_invalid(gate, since, version):
+    """Types are strict (docs/wire-contracts.md): "v": true or 1.0 is not version 1, on
+    the column-wise path, the pydantic one, and in a health report."""
+    body = report([("A-001", "occupied")])[:-1] + b', "v": ' + version + b"}"
+    result = gate.accept("serial-bus-g", body, since, now=1000.0)
+    assert isinstance(result, Rejection) and result.reason == "invalid", result
+    slow = decode_report("serial-bus-g", body)
+    assert isinstance(slow, Rejection) and slow.reason == "invalid"
+    assert "v" in slow.detail
+    health = b'{"v": ' + version + b', "agent": "serial-bus-g", "source": "bus-g", "ts": 1000.0}'
+    refused = decode(HealthReport, health)
+    assert isinstance(refused, Rejection) and refused.reason == "invalid"
+    assert isinstance(
+        gate.accept("serial-bus-g", body.replace(version, b"1"), since), AcceptedReport
+    )
+    assert isinstance(decode(HealthReport, health.replace(version, b"1")), HealthReport)
+
+
+def test_closed_is_the_managers_state_not_an_edges_observation(gate, since):
+    """An edge saying "closed" would close a space that the manager's "open" could not
+    open again: the report is invalid, on both paths; the other states are taken."""
+    body = report([("A-001", "closed"), ("A-002", "free")])
+    result = gate.accept("serial-bus-g", body, since, now=1000.0)
+    assert isinstance(result, Rejection) and result.reason == "invalid", result
+    slow = decode_report("serial-bus-g", body)
+    assert isinstance(slow, Rejection) and slow.reason == "invalid"
+    assert "spaces.0.state" in slow.detail
+    fine = report([("A-001", "free"), ("A-002", "occupied"), ("A-003", "unknown")])
+    assert isinstance(gate.accept("serial-bus-g", fine, since, now=1000.0), AcceptedReport)
+
+
+def test_a_health_naming_only_its_own_nodes_detectors_and_spaces_passes(gate, example_site):
+    """What the agents send (every node and detector of the bus, as the site gives them;
+    every space of the camera) is their own: nothing of it is refused."""
+    for bus in example_site.buses:
+        nodes = [
+            NodeHealth(
+                address=n.address,
+                status="ok",
+                detectors=[
+                    DetectorHealth(index=i, space=s, status="ok") for i, s in enumerate(n.spaces)
+                ],
+            )
+            for n in bus.nodes
+        ]
+        health = HealthReport(agent=bus.agent, source=bus.id, ts=1000.0, nodes=nodes)
+        assert gate.health_problem(health) is None
+    for cam in example_site.cameras:
+        spaces = [CameraSpaceHealth(space=s, confidence=1.0) for s in cam.polygons]
+        health = HealthReport(agent=cam.agent, source=cam.id, ts=1000.0, fps=5.0, spaces=spaces)
+        assert gate.health_problem(health) is None

@@ -163,6 +163,61 @@ def test_two_publishers_cannot_share_one_spool(mosquitto, tmp_path) -> None:
         a.stop()
 
 
+def test_two_publishers_with_one_id_on_two_spools_say_they_take_each_other_over(
+    mosquitto, tmp_path, caplog
+) -> None:
+    """Not refused (their spools differ): with MQTT 3.1.1 the broker just closes the older
+    connection, so each keeps taking the other's session over. Said as that, in an error,
+    not as an outage of the broker."""
+    caplog.set_level(logging.WARNING, logger="edge.publisher")
+    a = make(mosquitto.port, tmp_path / "service-spool")
+    b = make(mosquitto.port, tmp_path / "technician-spool")
+    a.start()
+    b.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not any(r.levelno == logging.ERROR for r in caplog.records):
+            assert time.monotonic() < deadline, "no error about the takeover"
+            time.sleep(0.1)
+    finally:
+        a.stop(flush_timeout_s=0.2)
+        b.stop(flush_timeout_s=0.2)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert f"same client id (agent {AGENT}) keeps taking over this session" in errors[0]
+    assert f"second agent with id {AGENT} running" in errors[0]
+    assert len(errors) <= 2  # one per publisher, not one per takeover
+
+
+def test_broker_restarts_are_outages_not_a_takeover(tmp_path, caplog) -> None:
+    """A broker restarted twice, one after the other, is an outage: the agent says it lost
+    the broker, and blames no second agent (that takes a third drop within 30 s)."""
+    caplog.set_level(logging.WARNING, logger="edge.publisher")
+    broker = MosquittoBroker(tmp_path)
+    broker.start()
+    pub = make(broker.port, tmp_path / "spool")
+    pub.start()
+    try:
+        for restarts in (1, 2):
+            wait_until(lambda: pub.connected)
+            broker.stop()
+            wait_until(lambda n=restarts: pub.stats["disconnects"] == n)
+            broker.start()
+        wait_until(lambda: pub.connected)
+    finally:
+        pub.stop(flush_timeout_s=0.2)
+        broker.stop()
+    assert not [r for r in caplog.records if r.levelno == logging.ERROR]
+    lost = [r for r in caplog.records if "lost the MQTT broker" in r.getMessage()]
+    assert len(lost) == 2
+
+
+def wait_until(condition, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
 def test_refused_credentials_are_never_connected(tmp_path, caplog) -> None:
     pwfile = tmp_path / "passwd"
     pwfile.write_text("")

@@ -13,6 +13,7 @@ import threading
 import time
 import tty
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from parkguide.supervisor import stop_process
 from parking import modbus_rtu as rtu
 from parking import topics
 from parking.site import load_site
+from parking.states import SpaceState
 
 BUS = "bus-b1"  # 4 nodes x 30 detectors in the example site
 SITE = load_site(EXAMPLE_SITE)
@@ -210,6 +212,7 @@ def test_changes_faults_and_outages_reach_the_broker(
     for space in BUS_SPACES[:3]:
         wait_state(rec, space, "unknown", 10)
     rec.wait_for(lambda _m: rec.json_on("/health")[-1]["status"] == "blind", 10)
+    assert rec.json_on("/health")[-1]["counters"]["port_up"] == 0  # why: the port, not the nodes
     sim2 = BusSimulator(link, subprocess_env)
     processes.append(sim2)
     for space in BUS_SPACES[:3]:
@@ -275,6 +278,96 @@ def test_no_false_transitions_under_crc_noise_over_10000_polls(
     assert {c.space: c.state for c in agent.tracker.snapshot()} == before
     assert master.counters.crc_errors > 100  # the noise was real and was caught
     assert master.counters.retries > 100
+
+
+def in_process_agent(link: Path, bus=None) -> tuple[SerialAgent, ModbusMaster]:
+    """The agent's poller on the simulator's pty, a node down after 3 failed polls, a health
+    round whenever asked."""
+    bus = bus or SITE.bus(BUS)
+    master = ModbusMaster(str(link), bus.baud, bus.parity)
+    master.open()
+    settings = DebounceSettings(node_timeout_s=0.0)
+    return SerialAgent(SITE.id, bus, AGENT, master, None, settings, health_interval_s=0.0), master
+
+
+def poll_until(agent: SerialAgent, done, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the bus did not get there in time"
+        agent.poll_cycle()
+
+
+def health_round(agent: SerialAgent) -> None:
+    """One whole health round: statuses, raw readings, batteries, node info."""
+    while not agent.health_step()[1]:
+        pass
+
+
+def test_a_dead_nodes_detectors_are_unknown_with_no_raw_reading(
+    tmp_path, subprocess_env, processes
+) -> None:
+    """Health must not show a dead node's detectors as `ok` with readings from before it
+    died; nor the agent's last health, as it stops, any raw reading at all."""
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env)
+    processes.append(sim)
+    agent, master = in_process_agent(link)
+    processes.append(master)
+    poll_until(
+        agent, lambda: all(c.state is not SpaceState.UNKNOWN for c in agent.tracker.snapshot())
+    )
+    health_round(agent)
+    (node2,) = [n for n in agent.health_report().nodes if n.address == 2]
+    assert all(d.status == "ok" and d.raw is not None for d in node2.detectors)
+    sim.send("fault node 2 dead")
+    poll_until(agent, lambda: agent.tracker.node_down(2))
+    nodes = {n.address: n for n in agent.health_report().nodes}
+    assert nodes[2].status == "dead"
+    assert all(d.status == "unknown" and d.raw is None for d in nodes[2].detectors)
+    assert all(d.status == "ok" and d.raw is not None for d in nodes[1].detectors)
+    last = agent.offline_health()
+    assert last.status == "offline"
+    assert all(d.status == "unknown" and d.raw is None for n in last.nodes for d in n.detectors)
+
+
+def test_a_node_answering_an_exception_is_in_error_not_dead(
+    tmp_path, subprocess_env, processes, caplog
+) -> None:
+    """Commissioning: the site file gives node 1 32 detectors, it has 30 and answers the
+    poll with exception 02. Its spaces are unknown, but it is not reported dead: its health
+    carries the code, and the alert points at the site file, not at the node's wiring."""
+    from api.alerts import derive_alerts
+    from gateway.readside import AgentStatus
+
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env)
+    processes.append(sim)
+    real = SITE.bus(BUS)
+    first = real.nodes[0]
+    assert first.address == 1 and first.detectors == 30
+    wrong = replace(first, detectors=32, spaces=(*first.spaces, None, None))
+    agent, master = in_process_agent(link, replace(real, nodes=(wrong, *real.nodes[1:])))
+    processes.append(master)
+    others = [s for n in real.nodes[1:] for s in n.spaces if s]
+    poll_until(agent, lambda: all(agent.tracker.state(s)[0] is SpaceState.FREE for s in others))
+    for _ in range(5):  # a dead node would be down after 3
+        agent.poll_cycle()
+    health_round(agent)
+    assert not agent.tracker.node_down(1)
+    assert all(agent.tracker.state(s)[0] is SpaceState.UNKNOWN for s in first.spaces if s)
+    health = agent.health_report()
+    node1 = health.nodes[0]
+    assert node1.status == "error" and node1.errors["exception"] == 2
+    assert all(d.status == "unknown" and d.raw is None for d in node1.detectors)
+    assert health.status == "degraded"
+    assert "exception 2" in caplog.text and "32 detectors" in caplog.text
+    now = time.time()
+    (alert,) = derive_alerts([], [AgentStatus(AGENT, True, now, health)], now, 72 * 3600)
+    assert alert.id == "node_error:bus-b1/1"
+    assert alert.message(72)[1] == (
+        "node controller bus-b1/1 answers exception 2 (illegal data address): "
+        "check the site file's detectors against the node"
+    )
 
 
 def spooled_states(spool: Path, space: str = WATCHED) -> list[str]:
@@ -349,6 +442,7 @@ def test_broker_outage_every_transition_once_in_order(tmp_path, subprocess_env, 
     # no node or detector left saying "ok" in the retained health of a stopped agent
     assert last["nodes"] and all(n["status"] == "unknown" for n in last["nodes"])
     assert all(d["status"] == "unknown" for n in last["nodes"] for d in n["detectors"])
+    assert all(d["raw"] is None for n in last["nodes"] for d in n["detectors"])
 
 
 def test_agent_killed_and_restarted_while_broker_down_loses_nothing(

@@ -97,15 +97,21 @@ def test_console_commands_faults_and_stdin_close(procs: list[Proc], tmp_path: Pa
     truth = parse_status(sim.ask("status"))
     assert len(truth) == 40
     assert sim.ask("set C-005 occupied") == "ok C-005 occupied"
-    assert sim.ask("status C-005") == "C-005 occupied"
+    assert sim.ask("status C-005") == "ok C-005 occupied"
     assert parse_status(sim.ask("status"))["C-005"] is True
     assert sim.ask("set C-005 free") == "ok C-005 free"
-    assert sim.ask("status C-005") == "C-005 free"
+    assert sim.ask("status C-005") == "ok C-005 free"
     assert sim.ask("set A-001 occupied").startswith("error: space 'A-001' is not watched")
     assert sim.ask("fault camera fog").startswith("error: unknown camera fault 'fog'")
     assert sim.ask("fault C-001 stuck").startswith("error: a camera has no detectors")
+    assert sim.ask("fault node 1 dead").startswith("error: a camera has no detectors")
+    assert sim.ask("clear node 1").startswith("error: a camera has no detectors")
     assert sim.ask("frobnicate").startswith("error: unknown command")
-    assert "fault camera black|frozen|blur|off" in sim.ask("help")
+    # the camera's own help: only what it accepts (no bus-only faults), with `ok` as the bus
+    helped = sim.ask("help")
+    assert helped.startswith("ok commands: ")
+    assert "fault camera black|frozen|blur|off" in helped and "clear camera" in helped
+    assert not any(word in helped for word in ("stuck", "flap", "node", "slow", "crc"))
 
     # off: the stream ends, nothing new is served, until cleared
     cap = cv2.VideoCapture(f"http://127.0.0.1:{port}/stream.mjpg", cv2.CAP_FFMPEG)
@@ -158,6 +164,13 @@ def test_console_commands_faults_and_stdin_close(procs: list[Proc], tmp_path: Pa
 def test_camera_console_syntax_errors(line: str, message: str) -> None:
     with pytest.raises(CommandError, match=message):
         parse_console_line(line)
+
+
+@pytest.mark.parametrize("line", ["frobnicate", "fault C-001 stuck", "fault node 1 dead", "fault"])
+def test_camera_console_refusals_offer_only_camera_commands(line: str) -> None:
+    with pytest.raises(CommandError) as refused:
+        parse_console_line(line)
+    assert "stuck|flap" not in str(refused.value) and "node ADDR" not in str(refused.value)
 
 
 def test_real_classifier_agrees_with_the_scenario_in_daylight() -> None:

@@ -54,6 +54,7 @@ def test_site_check_json():
     )
     summary = json.loads(out.stdout)
     assert out.stdout.count("\n") == 1
+    assert summary["ok"] is True
     assert summary["site"] == "xinyuan" and summary["spaces"] == 342
     assert summary["buses"]["bus-g"] == [1, 2, 3, 4, 5, 6, 7]
     assert (
@@ -156,6 +157,22 @@ def test_site_check_refuses_bad_file(tmp_path):
     assert out.returncode == 2
     assert "kind 'shared' is not in kinds" in out.stderr
     assert str(bad) in out.stderr
+
+
+def test_site_check_json_says_a_refused_site_on_stdout(tmp_path):
+    """A script that reads --json learns of a refusal from stdout, in one line, not silence."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TEXT.replace("kinds: [resident, visitor, ev, accessible, shared]",
+                                "kinds: [resident, visitor, ev, accessible]"), encoding="utf-8")  # fmt: skip
+    out = subprocess.run(
+        parkguide_cmd("site", "check", str(bad), "--json"), capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert out.stdout.count("\n") == 1
+    answer = json.loads(out.stdout)
+    assert answer["ok"] is False
+    assert any("kind 'shared' is not in kinds" in p for p in answer["problems"])
+    assert "site refused" in out.stderr  # a person at a terminal still reads it there
 
 
 def test_site_file_reference_is_generated_from_the_schema():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, NoReturn, TypeVar
 
 from fastapi import HTTPException, Request
@@ -73,10 +74,14 @@ async def parse_body(request: Request, model: type[M]) -> M:
 
 
 def _printable(value: Any) -> Any:
-    """Error inputs echoed back must be JSON: cut long text short, never raw bytes."""
+    """Error inputs echoed back must be JSON: cut long text short, never raw bytes, and a
+    NaN or infinity as the text it was sent as (JSON has no such number: the response
+    could not be encoded, a 500 instead of the 422)."""
     if isinstance(value, bytes | str):
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         return text[:200]
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)  # "NaN", "Infinity", "-Infinity"
     return value if isinstance(value, int | float | bool | None) else str(value)[:200]
 
 
@@ -85,7 +90,8 @@ def short_input(value: Any) -> Any:
     cut to the 200 characters ``_printable`` keeps (a whole body must never come back)."""
     if isinstance(value, dict | list | tuple):
         try:
-            text = json.dumps(jsonable_encoder(value), ensure_ascii=False)
+            # allow_nan=False: a NaN inside would pass here, then fail the response's encoding
+            text = json.dumps(jsonable_encoder(value), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError):
             return _printable(str(value))
         return value if len(text) <= 200 else _printable(text)

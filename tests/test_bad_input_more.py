@@ -1,0 +1,207 @@
+"""Edge health, availability and report gaps through an in-process gateway
+(gateway.live.LiveGateway on a real SQLite journal): what is not the agent's own, older
+than known or not the contract's words is rejected, counted and never stored; reports
+that never arrived are counted and said."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from gateway_support import Clocks, snapshot_all_free
+
+from gateway.journal import Journal
+from gateway.live import GAP_LOG_INTERVAL_S, LiveGateway
+from parking import topics
+from parking.payloads import (
+    MAX_PAYLOAD_BYTES,
+    CameraSpaceHealth,
+    DetectorHealth,
+    HealthReport,
+    NodeHealth,
+)
+
+SITE = "xinyuan"
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def clocks() -> Clocks:
+    return Clocks(NOW)
+
+
+@pytest.fixture
+def gw(example_site, tmp_path, clocks):
+    journal = Journal(tmp_path / "journal.sqlite")
+    gateway = clocks.gateway(example_site, journal, lambda *a: None)
+    gateway.publish_all()
+    yield gateway
+    journal.close()
+
+
+def rejected_since(gw: LiveGateway, before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in gw.rejections.counts.items() if v != before.get(k)}
+
+
+def stored_health(gw: LiveGateway, agent: str) -> HealthReport | None:
+    return next(a.health for a in gw.agents() if a.agent == agent)
+
+
+def bus_health(*nodes: NodeHealth, ts: float = NOW, **change) -> HealthReport:
+    return HealthReport(agent="serial-bus-g", source="bus-g", ts=ts, nodes=list(nodes), **change)
+
+
+def node(address: int, *detectors: tuple[int, str | None]) -> NodeHealth:
+    return NodeHealth(
+        address=address,
+        status="dead",
+        detectors=[DetectorHealth(index=i, space=s, status="stuck") for i, s in detectors],
+    )
+
+
+def send_health(gw: LiveGateway, health: HealthReport) -> None:
+    gw.handle(topics.edge_health(SITE, health.agent), health.model_dump_json().encode())
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (bus_health(node(99)), "unknown_node"),  # bus-g has nodes 1..7
+        (bus_health(node(7, (32, None))), "unknown_detector"),  # node 7 has 32 detectors
+        (bus_health(node(1, (0, "NO-SUCH-SPACE"))), "unknown_space"),
+        (bus_health(node(1, (0, "C-001"))), "foreign_space"),  # the camera's
+        (bus_health(node(1, (0, "B1-E-001"))), "foreign_space"),  # another bus's
+        (bus_health(node(1, (0, "A-040"))), "foreign_space"),  # bus-g's, but node 2's
+        (bus_health(spaces=[CameraSpaceHealth(space="C-002", confidence=1.0)]), "foreign_space"),
+        (bus_health(node(1, (0, "A-001")), node(99)), "unknown_node"),  # whole or nothing
+    ],
+)
+def test_a_bus_health_naming_what_is_not_its_own_is_rejected_whole(gw, bad, reason):
+    """A false "node 99 does not answer" or "detector (C-001) stuck" would send a
+    technician to hardware that is not there: the whole health report is refused."""
+    good = bus_health(node(1, (0, "A-001"), (1, "A-002")), node(7, (31, None)), ts=NOW - 10)
+    send_health(gw, good)
+    assert stored_health(gw, "serial-bus-g") == good
+    before = dict(gw.rejections.counts)
+    send_health(gw, bad)
+    assert rejected_since(gw, before) == {reason: 1}
+    assert stored_health(gw, "serial-bus-g") == good
+
+
+@pytest.mark.parametrize(
+    ("space", "node_address", "reason"),
+    [("A-001", None, "foreign_space"), ("Z-999", None, "unknown_space"), (None, 1, "unknown_node")],
+)
+def test_a_camera_health_names_only_its_own_spaces(gw, space, node_address, reason):
+    good = HealthReport(
+        agent="camera-cam-c",
+        source="cam-c",
+        ts=NOW - 10,
+        fps=5.0,
+        spaces=[CameraSpaceHealth(space="C-001", confidence=0.9)],
+    )
+    send_health(gw, good)
+    assert stored_health(gw, "camera-cam-c") == good
+    change: dict = {"ts": NOW}
+    if space is not None:
+        change["spaces"] = [CameraSpaceHealth(space=space, confidence=0.1)]
+    if node_address is not None:
+        change["nodes"] = [NodeHealth(address=node_address, status="dead")]
+    before = dict(gw.rejections.counts)
+    send_health(gw, good.model_copy(update=change))
+    assert rejected_since(gw, before) == {reason: 1}
+    assert stored_health(gw, "camera-cam-c") == good
+
+
+def test_an_older_health_does_not_replace_a_newer_one(gw):
+    """Health is QoS 0 and retained: one that arrives late (a stale "blind") would raise a
+    false critical alert over a newer "ok". The same one again (a reconnect) is fine."""
+    newer = HealthReport(agent="camera-cam-c", source="cam-c", ts=NOW, status="ok", fps=5.0)
+    older = newer.model_copy(update={"ts": NOW - 3600, "status": "blind", "fps": 0.0})
+    send_health(gw, newer)
+    before = dict(gw.rejections.counts)
+    send_health(gw, older)
+    assert rejected_since(gw, before) == {"older_than_known": 1}
+    assert stored_health(gw, "camera-cam-c") == newer
+    send_health(gw, newer)  # the retained one again, at a reconnect
+    assert rejected_since(gw, before) == {"older_than_known": 1}
+    later = newer.model_copy(update={"ts": NOW + 5, "status": "degraded"})
+    send_health(gw, later)
+    assert stored_health(gw, "camera-cam-c") == later
+
+
+def bus_g_states(gw: LiveGateway) -> set[str]:
+    return {s.state for s in gw.spaces() if s.source == "bus-g"}
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"offline" + b" " * (300 * 1024), "oversized"),
+        (b"offline" + b" " * (MAX_PAYLOAD_BYTES - 7), "invalid"),  # at the cap, padded
+        (b" offline\n", "invalid"),
+        (b"OFFLINE", "invalid"),
+        (b'"offline"', "invalid"),
+        (b"", "invalid"),
+    ],
+    ids=["over-the-cap", "padded-to-the-cap", "whitespace", "upper-case", "json-string", "empty"],
+)
+def test_availability_is_exactly_online_or_offline(gw, example_site, payload, reason):
+    """Not the last will: refused, counted, and the agent's spaces stay as they are."""
+    snapshot_all_free(gw, example_site, NOW)
+    assert bus_g_states(gw) == {"free"}
+    before = dict(gw.rejections.counts)
+    gw.handle(topics.edge_availability(SITE, "serial-bus-g"), payload)
+    assert rejected_since(gw, before) == {reason: 1}
+    assert bus_g_states(gw) == {"free"}
+    gw.handle(topics.edge_availability(SITE, "serial-bus-g"), topics.OFFLINE.encode())
+    assert bus_g_states(gw) == {"unknown"}  # the real will still works
+
+
+def delta(seq: int, boot: str = "b", space: str = "A-001", state: str = "occupied") -> bytes:
+    body = {
+        "agent": "serial-bus-g",
+        "source": "bus-g",
+        "boot": boot,
+        "seq": seq,
+        "ts": NOW,
+        "kind": "delta",
+        "spaces": [{"space": space, "state": state, "since": NOW}],
+    }
+    return json.dumps(body).encode()
+
+
+def test_reports_that_never_arrived_are_counted_and_said_once_a_minute(
+    gw, example_site, clocks, caplog
+):
+    snapshot_all_free(gw, example_site, NOW)  # seq 1 of boot "b" from every bus
+    occupancy = topics.edge_occupancy(SITE, "serial-bus-g")
+    assert gw.counters().reports_missed == {
+        "camera-cam-c": 0,
+        "serial-bus-b1": 0,
+        "serial-bus-g": 0,
+    }
+    with caplog.at_level(logging.WARNING, logger="gateway.live"):
+        gw.handle(occupancy, delta(5))  # 2, 3 and 4 never came
+        gw.handle(occupancy, delta(6, state="free"))  # no gap
+        gw.handle(occupancy, delta(9))  # 7 and 8: counted, not said again within the minute
+    assert gw.counters().reports_missed["serial-bus-g"] == 5
+    said = [r.getMessage() for r in caplog.records if "never arrived" in r.getMessage()]
+    assert said == [
+        "agent serial-bus-g boot b: reports 2..4 never arrived (a broker restart lost them?); "
+        "the next snapshot reconciles the state (3 missed from this agent so far)"
+    ]
+    caplog.clear()
+    clocks.advance(GAP_LOG_INTERVAL_S + 1)
+    with caplog.at_level(logging.WARNING, logger="gateway.live"):
+        gw.handle(occupancy, delta(11, state="free"))
+        gw.handle(occupancy, delta(0, boot="b2"))  # a new boot starts afresh: no gap
+    said = [r.getMessage() for r in caplog.records if "never arrived" in r.getMessage()]
+    assert len(said) == 1 and "reports 10..10" in said[0] and "(6 missed" in said[0]
+    assert gw.counters().reports_missed == {
+        "camera-cam-c": 0,
+        "serial-bus-b1": 0,
+        "serial-bus-g": 6,
+    }
+    assert gw.accepted == 2 + 5  # every one of them was taken (and the two buses' snapshots)
