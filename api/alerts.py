@@ -64,6 +64,10 @@ _TEXT = {
         "space {subject} occupied over {hours} h",
     ),
 }
+_PORT_OPEN_TEXT = (
+    "总线 {subject}:串口正常,但没有节点应答(线缆或节点供电?)",
+    "bus {subject}: the serial port is open but no node answers (cable or node power?)",
+)
 _PORT_LOST_TEXT = (
     "总线 {subject}:串口已断开(USB/RS-485 转换器拔出?),没有节点应答",
     "bus {subject}: its serial port is lost (USB/RS-485 adapter unplugged?): no node answers",
@@ -108,6 +112,8 @@ class Alert:
             zh, en = _node_error_text(exception)
         elif self.kind == "bus_blind" and self.details.get("port") == "lost":
             zh, en = _PORT_LOST_TEXT
+        elif self.kind == "bus_blind" and self.details.get("port") == "open":
+            zh, en = _PORT_OPEN_TEXT
         else:
             zh, en = _TEXT[self.kind]
         space = self.details.get("space")
@@ -136,7 +142,8 @@ def derive_alerts(
         if h.status == "blind" and is_bus:
             # one alert for the bus: a node_dead per node would send the technician to the
             # nodes instead of the adapter or the cable they all hang on
-            port = {"port": "lost"} if h.counters.get("port_up") == 0 else {}
+            port_up = h.counters.get("port_up")  # absent: an agent that does not say
+            port = {"port": "lost" if port_up == 0 else "open"} if port_up in (0, 1) else {}
             out.append(
                 Alert(
                     f"bus_blind:{h.source}",

@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from api.journal import GatewayTables
+from gateway.ingest import ReportGate
 from gateway.readside import AgentStatus, Counters, LiveEvent, SpaceStatus
 from parking import topics
 from parking.broker import BrokerConfig
@@ -58,6 +59,7 @@ class MqttLiveView:
         self.site = site
         self.broker = broker
         self.tables = GatewayTables(db_path)
+        self._gate = ReportGate(site)  # health is taken as the gateway takes it
         self.poll_s = poll_s
         self._lock = threading.RLock()
         self._zones: dict[str, ZoneCounts] = {}
@@ -203,7 +205,17 @@ class MqttLiveView:
             elif kind == "edge/health":
                 if not payload:
                     return
-                h = HealthReport.model_validate_json(payload)
+                if not self._gate.is_site_agent(ident):
+                    self._reject("unknown_agent", topic, payload, f"{ident} is no site agent")
+                    return
+                taken, left_out = self._gate.take_health(
+                    ident, HealthReport.model_validate_json(payload), time.time()
+                )
+                for why in left_out:  # parts naming what is not its source's: false alerts
+                    self._reject(why.reason, topic, payload, why.detail)
+                if taken is None:
+                    return
+                h = taken
                 with self._lock:
                     known = self._health.get(ident)
                     older = known is not None and h.ts < known.ts  # as the gateway: not news

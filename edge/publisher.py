@@ -381,6 +381,9 @@ class ReportPublisher:
                 self._session(client)
             except (OSError, ValueError, mqtt.WebsocketConnectionError) as exc:
                 self.stats["connection_failures"] += 1
+                # a broker that is away (restarting) is an outage: a takeover never refuses
+                # the connection, so the closes counted so far were not one
+                self._drops.clear()
                 self._warn("cannot reach MQTT broker %s: %s", self.broker.url, exc)
             except Exception:
                 log.exception("MQTT session with %s failed", self.broker.url)

@@ -20,9 +20,9 @@ source"): ``unknown_space``, ``foreign_space`` (bound to another source),
 ``older_than_known`` (its ``since`` is earlier than the last accepted
 observation of that space).
 
-A health report naming what is not its source's is rejected whole
-(:meth:`ReportGate.health_problem`): ``unknown_node``, ``unknown_detector``,
-``unknown_space``, ``foreign_space``; the gateway also refuses one older than the
+The parts of a health report naming what is not its source's are left out and counted
+(:meth:`ReportGate.own_health`): ``unknown_node``, ``unknown_detector``,
+``unknown_space``, ``foreign_space``; the gateway refuses a health report older than the
 agent's last (``older_than_known``).
 """
 
@@ -203,31 +203,68 @@ class ReportGate:
             " (the site file's 'agent' of that source)"
         )
 
-    def health_problem(self, health: HealthReport) -> Rejection | None:
-        """Why a health report (of a source in the site) names what is not its source's, or
-        None: a node or detector the bus does not have (``unknown_node``,
-        ``unknown_detector``), a space the site does not have (``unknown_space``), or one
-        bound to another source or another node (``foreign_space``). Its alerts would send
-        a technician to hardware that is not there, or blame a space on the wrong sensor."""
+    def take_health(
+        self, agent: str, health: HealthReport, now: float
+    ) -> tuple[HealthReport | None, list[Rejection]]:
+        """A decoded health report published on ``agent``'s topic: what of it may be stored
+        (None: nothing) and why the rest was not. Another agent's, an unknown or foreign
+        source's, or one from the future is refused whole; parts naming what is not its
+        source's are left out (:meth:`own_health`). Whether it is older than the last is the
+        caller's, who keeps the last."""
+        if health.agent != agent:
+            return None, [Rejection("agent_mismatch", f"health of {health.agent!r}")]
+        if not self.has_source(health.source):
+            why = f"source {health.source!r} is not in the site"
+            return None, [Rejection("unknown_source", why)]
+        problem = self.source_agent_problem(health.source, agent)
+        if problem:
+            return None, [Rejection("foreign_source", problem)]
+        if health.ts > now + FUTURE_TOLERANCE_S:
+            why = f"health ts {health.ts} is later than the gateway's {now}"
+            return None, [Rejection("from_the_future", why)]
+        return self.own_health(health)
+
+    def own_health(self, health: HealthReport) -> tuple[HealthReport, list[Rejection]]:
+        """A health report (of a source in the site) without what is not its source's, and
+        why each part was left out: a node the bus does not have (``unknown_node``), a
+        detector beyond its node's (``unknown_detector``), a space the site does not have
+        (``unknown_space``) or bound to another source or node (``foreign_space``). Those
+        would raise alerts about hardware that is not there; the rest still tells of the
+        nodes that are (an agent whose site file differs keeps its real alerts)."""
         source = health.source
         nodes = self._source_nodes[source]
+        left_out: list[Rejection] = []
+        kept_nodes = []
         for node in health.nodes:
             controller = nodes.get(node.address)
             if controller is None:
-                return Rejection("unknown_node", f"{source} has no node {node.address}")
+                left_out.append(Rejection("unknown_node", f"{source} has no node {node.address}"))
+                continue
+            kept = []
             for det in node.detectors:
                 if det.index >= controller.detectors:
                     why = f"node {source}/{node.address} has no detector {det.index}"
-                    return Rejection("unknown_detector", why)
+                    left_out.append(Rejection("unknown_detector", why))
+                    continue
                 if det.space is not None:
                     problem = self._space_problem(det.space, source, node.address)
                     if problem is not None:
-                        return problem
+                        left_out.append(problem)
+                        continue
+                kept.append(det)
+            if len(kept) < len(node.detectors):
+                node = node.model_copy(update={"detectors": kept})
+            kept_nodes.append(node)
+        kept_spaces = []
         for watched in health.spaces:
             problem = self._space_problem(watched.space, source)
-            if problem is not None:
-                return problem
-        return None
+            if problem is None:
+                kept_spaces.append(watched)
+            else:
+                left_out.append(problem)
+        if left_out:
+            health = health.model_copy(update={"nodes": kept_nodes, "spaces": kept_spaces})
+        return health, left_out
 
     def _space_problem(self, space: str, source: str, node: int | None = None) -> Rejection | None:
         """A space a health report names: the site's, bound to ``source`` (and ``node``)?"""

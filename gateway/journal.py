@@ -392,11 +392,6 @@ class Journal:
         )
         return [r[0] for r in rows]
 
-    def last_event_ts(self) -> float | None:
-        """Time of the newest event (ids follow time), None in an empty journal."""
-        row = self.conn.execute("SELECT ts FROM events ORDER BY id DESC LIMIT 1").fetchone()
-        return None if row is None else float(row[0])
-
     def last_event_id(self) -> int:
         return self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
 

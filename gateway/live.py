@@ -37,7 +37,6 @@ import numpy as np
 from gateway.allocation import AllocationCore, CoreLayout, lane_distances
 from gateway.displays import RenderedLine, SignRenderer
 from gateway.ingest import (
-    FUTURE_TOLERANCE_S,
     AcceptedReport,
     Rejection,
     RejectionLog,
@@ -313,7 +312,9 @@ class LiveGateway:
             self._snapshot_lines()
             for d in range(len(self.site.displays)):
                 self._shown[d] = self._render(d)
-            self._expire_downtime(now, mono)
+            # silence is never free: sources not heard within their TTL are unknown as of
+            # now (the broker's backlog, handled next, vouches for what was heard meanwhile)
+            self._expire(now, mono)
             # the signs as of now, so a restart can show them before it has loaded everything
             signs = [self._sign(d, self._shown[d], now) for d in range(len(self.site.displays))]
             for sign in signs:
@@ -440,12 +441,14 @@ class LiveGateway:
                 self._refresh_displays(now)
             if self._follow_policy_minute():
                 self._refresh_displays(now)
-            # republished at half the validity by the monotonic clock: a wall clock stepped
-            # back would otherwise hold the refresh back by the step and blank the signs;
-            # content stamped later than now (the step) is stamped afresh at once
+            # republished at half the validity by either clock: by the wall clock alone, a
+            # step back would hold the refresh back by the step (displays blank the sign),
+            # and by the monotonic one alone, a step forward would leave content whose
+            # expiry has passed up for half the validity; content stamped later than now
+            # (a step back) is stamped afresh at once
             half = self.site.display_settings.expires_s / 2
             for d, ts in list(self._shown_ts.items()):
-                if mono >= self._shown_mono[d] + half or now < ts:
+                if mono >= self._shown_mono[d] + half or not ts <= now < ts + half:
                     self._publish_display(d, self._shown[d], now)
             if self.history is not None and mono >= self._next_zone_history:
                 self._next_zone_history = mono + ZONE_HISTORY_S
@@ -486,21 +489,6 @@ class LiveGateway:
             return False
         self.minute = minute
         return self.core.set_minute(minute)
-
-    def _expire_downtime(self, now: float, mono: float) -> None:
-        """At start: spaces whose TTL ran out while the gateway was down become unknown as
-        of when it ran out, to the second, not as of now (the history must not show
-        counts nobody had during the outage); never before the newest journaled event,
-        so that the journal's order stays the order of time."""
-        st = self.state
-        stale = st.stale(mono)
-        if not len(stale):
-            return
-        floor = self.journal.last_event_ts() or 0.0
-        when = np.clip(np.ceil(st.last_seen[stale] + st.ttl[stale]), floor, now)
-        for t in np.unique(when).tolist():
-            changes = st.expire(t, mono, stale[when == t])
-            self._commit_and_propagate([_Segment(changes, t, None, None)], now)
 
     def _expire(self, now: float, mono: float) -> None:
         changes = self.state.expire(now, mono)
@@ -631,27 +619,12 @@ class LiveGateway:
         if isinstance(health, Rejection):
             self._reject(health, topic, payload)
             return
-        if health.agent != agent:
-            self._reject(Rejection("agent_mismatch", f"health of {health.agent!r}"), topic, payload)
+        taken, left_out = self.gate.take_health(agent, health, self._clock())
+        for why in left_out:  # parts naming what is not its source's: false alerts
+            self._reject(why, topic, payload)
+        if taken is None:
             return
-        if not self.gate.has_source(health.source):
-            why = f"source {health.source!r} is not in the site"
-            self._reject(Rejection("unknown_source", why), topic, payload)
-            return
-        problem = self.gate.source_agent_problem(health.source, agent)
-        if problem:
-            self._reject(Rejection("foreign_source", problem), topic, payload)
-            return
-        now = self._clock()
-        if health.ts > now + FUTURE_TOLERANCE_S:
-            why = f"health ts {health.ts} is later than the gateway's {now}"
-            self._reject(Rejection("from_the_future", why), topic, payload)
-            return
-        # whole or not at all: a node 99 that "does not answer" is a false alert
-        not_its_own = self.gate.health_problem(health)
-        if not_its_own is not None:
-            self._reject(not_its_own, topic, payload)
-            return
+        health = taken
         with self.lock:
             known = self._health.get(agent)
             if known is not None and health.ts < known.ts:  # the same one again is fine

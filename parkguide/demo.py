@@ -377,8 +377,10 @@ def _check_args(args: argparse.Namespace) -> tuple[str, int, BrokerConfig | None
         parse_hhmm(args.start)
     except ValueError:
         return f"--start {args.start!r}: expected HH:MM, from 00:00 to 23:59"
-    if not (args.speed > 0 and math.isfinite(args.speed)):
-        return f"--speed {args.speed}: must be a positive number"
+    from gateway.service import MAX_POLICY_SPEED  # the gateway's --policy-clock takes it
+
+    if not (0 < args.speed <= MAX_POLICY_SPEED):  # NaN fails too
+        return f"--speed {args.speed}: must be more than 0 and at most {MAX_POLICY_SPEED:g}"
     if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
         return f"--duration {args.duration}: must be a positive number of seconds"
     http_host, _, http_port_s = args.http.rpartition(":")

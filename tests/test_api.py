@@ -532,7 +532,7 @@ def test_a_blind_bus_is_one_bus_alert_naming_the_port_not_a_camera_or_every_node
     assert set(alerts) == {"bus_blind:bus-b1", "bus_blind:bus-g", "camera_blind:cam-c"}
     assert alerts["bus_blind:bus-b1"].severity == "critical"
     assert alerts["bus_blind:bus-b1"].message(72)[1] == (
-        "bus bus-b1: no node answers (serial port lost?)"
+        "bus bus-b1: the serial port is open but no node answers (cable or node power?)"
     )
     assert alerts["bus_blind:bus-g"].message(72)[1] == (
         "bus bus-g: its serial port is lost (USB/RS-485 adapter unplugged?): no node answers"

@@ -347,3 +347,9 @@ def test_a_standalone_view_takes_availability_and_health_as_the_gateway_does(tmp
     view._handle(topics.edge_health("xinyuan", agent), health(now - 3600, "blind"))
     assert view._health[agent].status == "ok"
     assert view.counters().rejected == {"invalid": 1, "older_than_known": 1}
+    # a node bus-g does not have: left out (its "does not answer" would be a false alert)
+    body = json.loads(health(now + 1, "degraded"))
+    body["nodes"] = [{"address": 99, "status": "dead"}, {"address": 1, "status": "dead"}]
+    view._handle(topics.edge_health("xinyuan", agent), json.dumps(body).encode())
+    assert [n.address for n in view._health[agent].nodes] == [1]
+    assert view.counters().rejected["unknown_node"] == 1

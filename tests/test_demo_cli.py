@@ -51,9 +51,11 @@ def _run(args: list[str], env: dict[str, str], timeout: float = 20) -> subproces
     [
         ("--start", "abc", "--start 'abc': expected HH:MM, from 00:00 to 23:59"),
         ("--start", "25:00", "--start '25:00': expected HH:MM, from 00:00 to 23:59"),
-        ("--speed", "0", "--speed 0.0: must be a positive number"),
-        ("--speed", "-5", "--speed -5.0: must be a positive number"),
-        ("--speed", "nan", "--speed nan: must be a positive number"),
+        ("--speed", "0", "--speed 0.0: must be more than 0 and at most 3600"),
+        ("--speed", "-5", "--speed -5.0: must be more than 0 and at most 3600"),
+        ("--speed", "nan", "--speed nan: must be more than 0 and at most 3600"),
+        # the gateway's --policy-clock bound: refused before anything starts
+        ("--speed", "7200", "--speed 7200.0: must be more than 0 and at most 3600"),
     ],
 )
 def test_demo_refuses_a_bad_start_or_speed_at_once(flag, value, said, subprocess_env, tmp_path):

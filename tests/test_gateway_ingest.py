@@ -331,8 +331,8 @@ def test_a_health_naming_only_its_own_nodes_detectors_and_spaces_passes(gate, ex
             for n in bus.nodes
         ]
         health = HealthReport(agent=bus.agent, source=bus.id, ts=1000.0, nodes=nodes)
-        assert gate.health_problem(health) is None
+        assert gate.own_health(health) == (health, [])
     for cam in example_site.cameras:
         spaces = [CameraSpaceHealth(space=s, confidence=1.0) for s in cam.polygons]
         health = HealthReport(agent=cam.agent, source=cam.id, ts=1000.0, fps=5.0, spaces=spaces)
-        assert gate.health_problem(health) is None
+        assert gate.own_health(health) == (health, [])
