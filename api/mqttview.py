@@ -146,10 +146,15 @@ class MqttLiveView:
         return self._gateway_online is False or not self.connected.is_set()
 
     def _emit_gateway_state(self) -> None:
+        """The gateway (or the broker) went away or came back: the live stream gets what the
+        view now says of every space and zone (all unknown while it is away: the public zone
+        cards must not keep the last counts)."""
         now = time.time()
         self._emit("gateway", {"online": not self._blind()}, now)
         for s in self.spaces():
             self._emit("space", {"space": s.space, "state": s.state}, now)
+        for z in self.zone_counts():
+            self._emit("zone", z.model_dump(mode="json"), now)
 
     def _reject(self, reason: str, topic: str, payload: bytes, detail: str) -> None:
         with self._lock:

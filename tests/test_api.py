@@ -114,6 +114,15 @@ def test_events_csv_matches_the_journal(client, tokens, harness):
     assert len(rows) == n > 0
     assert {row["zone"] for row in rows} == {"A"}
     assert rows[0]["time_utc"].endswith("+00:00")
+    # with a limit below the range's events, the file says it was cut short
+    cut = client.get(
+        "/api/v1/events.csv", params={"zone": "A", "limit": n - 1}, headers=tokens["viewer"]
+    ).text.splitlines()
+    assert len(cut) == 1 + (n - 1) + 1 and cut[-1].startswith("# truncated: more than")
+    whole = client.get(
+        "/api/v1/events.csv", params={"zone": "A", "limit": n}, headers=tokens["viewer"]
+    ).text.splitlines()
+    assert len(whole) == 1 + n and not whole[-1].startswith("#")
 
 
 def test_history_follows_the_journal(client, tokens, harness):
@@ -292,6 +301,11 @@ def test_alerts_from_health_and_availability_and_acknowledgement(client, tokens,
     with sqlite3.connect(harness.db_path) as db:
         row = db.execute("SELECT acked_by, note FROM alerts WHERE id = ?", (aid,)).fetchone()
     assert row == ("manager", "power cut")
+    # a detector's alert id holds "/": sent as %2F, as the dashboard sends it
+    stuck_url = "/api/v1/alerts/detector_stuck%3Abus-b1%2F2%2F4/acknowledge"
+    assert client.post(stuck_url, headers=tokens["viewer"]).status_code == 403
+    r = client.post(stuck_url, json={"note": "swapping it"}, headers=tokens["manager"])
+    assert r.status_code == 200 and r.json()["id"] == "detector_stuck:bus-b1/2/4"
 
     # raw readings: technician only
     raw = client.get("/api/v1/detectors/raw", headers=tokens["technician"]).json()

@@ -353,3 +353,10 @@ def test_a_standalone_view_takes_availability_and_health_as_the_gateway_does(tmp
     view._handle(topics.edge_health("xinyuan", agent), json.dumps(body).encode())
     assert [n.address for n in view._health[agent].nodes] == [1]
     assert view.counters().rejected["unknown_node"] == 1
+    # the gateway's last will: the live stream's zone cards go unknown too, not only the map
+    heard: list = []
+    view.subscribe(heard.append)
+    view._handle(topics.gateway_availability("xinyuan"), b"offline")
+    zones = {ev.data["zone"]: ev.data for ev in heard if ev.kind == "zone"}
+    assert set(zones) == {z.id for z in view.site.zones}
+    assert all(z["unknown"] == z["total"] > 0 and z["free"] == 0 for z in zones.values())

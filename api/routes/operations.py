@@ -109,7 +109,10 @@ def alerts(
 
 
 @manager_router.post(
-    "/alerts/{alert_id}/acknowledge", openapi_extra=request_body_doc(AcknowledgeRequest)
+    # :path: node and detector alert ids hold "/" (node_dead:bus-g/5), which the client
+    # sends as %2F and the server decodes before routing
+    "/alerts/{alert_id:path}/acknowledge",
+    openapi_extra=request_body_doc(AcknowledgeRequest),
 )
 async def acknowledge(alert_id: str, request: Request, ctx: Ctx, user: Manager) -> AlertOut:
     """Acknowledge an open alert (manager); it stays listed until the condition clears."""
