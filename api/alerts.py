@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS alerts (
 """
 
 SEVERITY = {
+    "broker_lost": "critical",
     "agent_offline": "critical",
     "camera_blind": "critical",
     "bus_blind": "critical",
@@ -45,6 +46,10 @@ SEVERITY = {
 }
 
 _TEXT = {
+    "broker_lost": (
+        "与 MQTT 代理 {subject} 的连接已断开:代理和各边缘代理的状态未知",
+        "the MQTT broker {subject} is not reachable: agents and spaces are unknown until it is",
+    ),
     "agent_offline": ("边缘代理 {subject} 离线", "edge agent {subject} is offline"),
     "camera_blind": ("摄像头 {subject} 看不见", "camera {subject} is blind"),
     "bus_blind": (
@@ -127,9 +132,16 @@ def derive_alerts(
     agents: Iterable[AgentStatus],
     now: float,
     long_occupied_s: float,
+    broker_up: bool = True,
 ) -> list[Alert]:
-    """Every alert the state calls for right now, in a stable order."""
+    """Every alert the state calls for right now, in a stable order. Without the broker
+    (``broker_up`` False) one alert says so, and none about the agents: what is known of
+    them is from before (a broker stopped sends every agent's last will, though they are
+    alive and spooling)."""
     out: list[Alert] = []
+    if not broker_up:
+        out.append(Alert("broker_lost:mqtt", "broker_lost", "mqtt", None))
+        agents = ()
     for a in agents:
         if not a.online:
             out.append(Alert(f"agent_offline:{a.agent}", "agent_offline", a.agent, a.last_seen))

@@ -167,7 +167,13 @@ class AlertMonitor:
 
     def check(self) -> tuple[list[Any], list[str]]:
         now = time.time()
-        alerts = derive_alerts(self.view.spaces(), self.view.agents(), now, self.long_occupied_s)
+        alerts = derive_alerts(
+            self.view.spaces(),
+            self.view.agents(),
+            now,
+            self.long_occupied_s,
+            broker_up=self.view.broker_connected(),
+        )
         return self.book.update(alerts, now)
 
     async def _run(self) -> None:

@@ -141,6 +141,9 @@ class MqttLiveView:
             if was:  # a broker killed sends no last will: blind is blind, say so
                 self._emit_gateway_state()
 
+    def broker_connected(self) -> bool:
+        return self.connected.is_set()
+
     def _blind(self) -> bool:
         """No word from the gateway can reach us: every count and state shows unknown."""
         return self._gateway_online is False or not self.connected.is_set()

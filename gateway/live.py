@@ -227,6 +227,7 @@ class LiveGateway:
         self.outbox_stats: Callable[[], dict[str, Any]] | None = None
         self._next_zone_history = 0.0
         self._live = False  # nothing is sent before the first publish_all (connected)
+        self.broker_up = True  # the service says when it loses (and regains) the broker
         # checkpoint not written yet: spaces whose row moved, signs, history points
         self._dirty = np.zeros(len(site.spaces), dtype=bool)
         self._dirty_signs: dict[int, _Sign] = {}
@@ -1102,6 +1103,10 @@ class LiveGateway:
                 for d, lines in self._shown.items()
                 if d in self._shown_ts
             }
+
+    def broker_connected(self) -> bool:
+        """The service's word on its MQTT connection (True in-process without one)."""
+        return self.broker_up
 
     def agents(self) -> list[AgentStatus]:
         with self.lock:

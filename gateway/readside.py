@@ -84,6 +84,11 @@ class LiveView(Protocol):
 
     def counters(self) -> Counters: ...
 
+    def broker_connected(self) -> bool:
+        """Whether the view hears the MQTT broker now (the gateway's connection, or the
+        stand-alone API's own)."""
+        ...
+
     def subscribe(self, callback: Callable[[LiveEvent], None]) -> Callable[[], None]:
         """Call ``callback`` (from any thread) for every live event; returns an unsubscribe function."""
         ...

@@ -366,11 +366,13 @@ class GatewayService:
             else:
                 self._attempt = 0
                 self.connected.set()  # ready: the broker now routes reports to us
+                self.gateway.broker_up = True
         except Exception:
             log.exception("on_subscribe failed")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        self.gateway.broker_up = False  # the dashboard says so, and nothing of the agents
         if not self._stop.is_set():
             log.warning("lost the MQTT broker %s (%s); reconnecting", self.broker.url, reason_code)
 
@@ -657,6 +659,7 @@ class GatewayService:
                 self.client.connect(self.broker.host, self.broker.port, keepalive=15)
                 self._ever_connected = True
         except OSError as exc:
+            self.gateway.broker_up = False  # also when it was never reached
             if self._attempt == 1 or self._attempt % 20 == 0:
                 log.warning(
                     "MQTT broker %s unreachable (%s); retrying (attempt %d)",

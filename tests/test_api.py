@@ -660,3 +660,43 @@ def test_a_journal_from_before_reasons_is_read_and_then_migrated(tmp_path):
     with sqlite3.connect(db) as conn:
         assert "note" in {r[1] for r in conn.execute("PRAGMA table_info(events)")}
     assert reader.events(EventFilter(), limit=10) == [before]
+
+
+def test_without_the_broker_one_alert_says_so_and_none_blames_the_agents():
+    """A broker stopped sends every agent's last will though they are alive and spooling:
+    while the broker is lost, the dashboard says that, not "agent ... is offline"."""
+    now = 1_000_000.0
+    blind = HealthReport(agent="camera-cam-c", source="cam-c", ts=now, status="blind", fps=0.0)
+    agents = [
+        AgentStatus("serial-bus-g", False, now - 5, None),
+        AgentStatus("camera-cam-c", True, now, blind),
+    ]
+    with_broker = {a.id for a in derive_alerts([], agents, now, 3600)}
+    assert with_broker == {"agent_offline:serial-bus-g", "camera_blind:cam-c"}
+    (lost,) = derive_alerts([], agents, now, 3600, broker_up=False)
+    assert lost.id == "broker_lost:mqtt" and lost.severity == "critical"
+    assert "not reachable" in lost.message(72)[1]
+
+
+def test_the_gateway_says_when_it_has_lost_the_broker(tmp_path):
+    """The in-process API's view follows the gateway's MQTT connection (the alert above)."""
+    from conftest import MosquittoBroker
+    from gateway_support import running_gateway, site_variant
+
+    broker = MosquittoBroker(tmp_path)
+    broker.start()
+    try:
+        with running_gateway(site_variant(tmp_path), broker.url, tmp_path / "j.db") as gw:
+            assert gw.gateway.broker_connected()
+            broker.stop()
+            deadline = time.monotonic() + 10
+            while gw.gateway.broker_connected() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not gw.gateway.broker_connected()
+            broker.start()
+            deadline = time.monotonic() + 20
+            while not gw.gateway.broker_connected() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert gw.gateway.broker_connected()
+    finally:
+        broker.stop()
