@@ -12,7 +12,10 @@ itself after the gateway is killed and restarted. Screenshots go to artifacts/.
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -21,7 +24,7 @@ import httpx
 import pytest
 from conftest import REPO, free_port, wait_port
 from e2e_support import EXAMPLE_SITE, Proc, Processes, processes  # noqa: F401
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from api.auth import UserStore
 
@@ -114,6 +117,23 @@ def wait_zone_known(url: str, zone: str, timeout: float = 60) -> None:
             return
         time.sleep(0.3)
     raise AssertionError(f"zone {zone} never fully known: {last}")
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def watch_errors(page: Page) -> list[str]:
+    """Script errors on the page (an exception, or a broken app.js) land in the list."""
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return errors
 
 
 def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
@@ -241,3 +261,231 @@ def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
             assert not errors, errors
         finally:
             browser.close()
+
+
+# ---- the page never presents what it may no longer see, or what is no longer live ----------
+
+NOT_LIVE = re.compile(r"not live since \d\d:\d\d:\d\d")
+STALE_MS = 5000  # app.js STALE_AFTER_MS: the stream down this long, the page stops saying "live"
+
+
+def private_shown(page: Page) -> dict[str, int | bool]:
+    """What of the logged-in part is on the page (all zero/False once the login has ended)."""
+    return {
+        "who": page.is_visible("#who"),
+        "map": page.is_visible("#map-box"),
+        "spaces": page.locator("[data-space]").count(),
+        "alerts": page.locator("#alerts li").count(),
+        "agents": page.locator("#agents tbody tr").count(),
+        "events": page.locator("#events tbody tr").count(),
+        "chart": page.locator("#chart svg").count(),
+    }
+
+
+def assert_logged_out(page: Page) -> None:
+    page.wait_for_selector("#login-box:not([hidden])", timeout=10000)
+    assert not any(private_shown(page).values()), private_shown(page)
+    assert page.locator(".zone").count() == 6  # the public part stays
+
+
+def test_dashboard_notices_its_login_ended(processes, mosquitto, tmp_path):
+    """Defect: a page whose login ended elsewhere kept showing "boss (manager)", the map, alerts,
+    health and events, frozen, while its private calls were refused (401) silently."""
+    _, url, db, _ = start_services(processes, tmp_path, mosquitto.url)
+    wait_zone_known(url, "A")
+    with chromium() as browser:
+        tabs = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB")
+        here, there = tabs.new_page(), tabs.new_page()  # two tabs of one browser: one login
+        errors = watch_errors(there)
+        here.goto(url)
+        login(here, "boss")
+        there.goto(url)
+        there.wait_for_selector('#map[data-loaded="true"]')
+        there.wait_for_selector("#events tbody tr")
+        assert all(private_shown(there).values()), private_shown(there)
+
+        # logged out in the other tab: the server ends this tab's stream (within 5 s), and the
+        # page asks who it is on the reconnect's hello
+        logout(here)
+        assert_logged_out(there)
+
+        # the user removed while logged in
+        login(there, "boss")
+        UserStore(str(db)).remove("boss")
+        assert_logged_out(there)
+
+        # a private call refused (401) is enough, even while the stream cannot reconnect
+        UserStore(str(db)).add("boss", "manager", PASSWORD)
+        login(there, "boss")
+        there.route("**/api/v1/stream", lambda route: route.abort())
+        ended = here.evaluate("fetch('/api/v1/auth/logout', {method: 'POST'}).then(r => r.status)")
+        assert ended == 204
+        there.wait_for_selector("#live.off", timeout=10000)  # its stream ended, no reconnect
+        there.dispatch_event("#event-filter", "submit")  # the events: a private call
+        assert_logged_out(there)
+        assert not errors, errors
+
+
+def test_dashboard_not_live_while_stream_down(processes, mosquitto, tmp_path):
+    """Defect: with the stream down (gateway killed), zone cards kept the last counts in green
+    and the map, health and alerts stayed as they were, under a small "reconnecting" chip."""
+    _, url, db, port = start_services(processes, tmp_path, mosquitto.url)
+    wait_zone_known(url, "A")
+    wait_zone_known(url, "B")
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-GB")
+        errors = watch_errors(page)
+        page.goto(url)
+        login(page, "boss")
+        page.wait_for_selector("#agents tbody tr")
+        counts = lambda: page.locator("#zones .zone > .free").all_inner_texts()  # noqa: E731
+        assert all(c.isdigit() for c in counts()[:2]), counts()  # A and B: known, live
+        assert page.locator("section.stale, .stale-note:not([hidden])").count() == 0
+
+        gateway = next(p for p in processes.started if p.name.startswith("gateway"))
+        gateway.kill9()
+        t0 = time.monotonic()
+        page.wait_for_selector("#live.off", timeout=5000)
+        wait_until(lambda: set(counts()) == {"--"}, STALE_MS + 3000, "every zone count '--'")
+        assert time.monotonic() - t0 >= STALE_MS / 1000 - 0.5  # a blip is not stale
+        assert page.locator("#zones .zone > .free:not(.unknown)").count() == 0  # grey, not green
+        for box in ("#map-box", "#alerts-box", "#health-box", "#signs-box"):
+            assert "stale" in (page.get_attribute(box, "class") or ""), box
+            assert NOT_LIVE.fullmatch(page.inner_text(f"{box} .stale-note")), box
+        assert NOT_LIVE.fullmatch(page.inner_text("#zones .zone .sub"))
+        grey = page.evaluate("getComputedStyle(document.querySelector('#map')).filter")
+        assert "grayscale" in grey, grey
+        page.screenshot(path=str(ARTIFACTS / "dashboard-not-live.png"), full_page=True)
+
+        # back: live again once a fresh snapshot is in
+        start_gateway(processes, mosquitto.url, db, port)
+        page.wait_for_selector("#live.on", timeout=15000)
+        wait_until(lambda: page.locator("section.stale").count() == 0, 10000, "live again")
+        wait_until(lambda: all(c.isdigit() for c in counts()[:2]), 10000, "counts again")
+        assert page.locator(".stale-note:not([hidden]), .zone.stale").count() == 0
+        assert not errors, errors
+
+
+def test_dashboard_history_breaks_at_gaps(processes, mosquitto, tmp_path):
+    """Defect: the chart dropped the points where a zone was wholly unknown and joined the rest
+    with one line, drawn straight across hours with no data."""
+    _, url, _, _ = start_services(processes, tmp_path, mosquitto.url)
+    end = time.time()
+    step = 900
+    start = end - 96 * step
+    known = set(range(0, 10)) | set(range(30, 40)) | {50} | set(range(60, 97))
+    points = []
+    for i in range(97):
+        occupied, free = (30 + i % 20, 50 - i % 20) if i in known else (0, 0)
+        unknown = 80 - occupied - free
+        points.append(
+            {"ts": start + i * step, "free": free, "occupied": occupied, "unknown": unknown,
+             "closed": 0, "total": 80}
+        )  # fmt: skip
+    history = {
+        "start": start, "end": end, "step": step,
+        "series": [{"zone": "A", "name": {"zh": "A区", "en": "Zone A"}, "points": points}],
+    }  # fmt: skip
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-GB")
+        errors = watch_errors(page)
+        page.route("**/api/v1/history?*", lambda route: route.fulfill(json=history))
+        page.goto(url)
+        login(page, "guard")
+        page.wait_for_selector('#chart polyline[data-zone="A"]', state="attached")
+        lines = [
+            [float(xy.split(",")[0]) for xy in (pl.get_attribute("points") or "").split()]
+            for pl in page.locator('#chart polyline[data-zone="A"]').all()
+        ]
+        assert [len(xs) for xs in lines] == [10, 10, 37], lines  # the lone point 50: a dot
+        assert page.locator('#chart circle[data-zone="A"]').count() == 1
+        dx = (lines[0][1] - lines[0][0]) * 1.5  # one step, give or take rounding
+        for xs in lines:  # no segment reaches over a gap
+            assert all(b - a <= dx for a, b in zip(xs, xs[1:], strict=False)), xs
+        assert not errors, errors
+
+
+def signs_shown(page: Page) -> dict[str, list[tuple[str, str]]]:
+    """Per sign: (label, count) of each line, as drawn."""
+    return {
+        s.get_attribute("data-display"): [
+            (ln.locator(".label").inner_text(), ln.locator(".count").inner_text())
+            for ln in s.locator(".line").all()
+        ]
+        for s in page.locator(".sign").all()
+    }
+
+
+def test_dashboard_signs_keep_their_own_time(processes, mosquitto, tmp_path):
+    """Defect: sign expiry followed the browser's clock: one 2 min fast showed every sign
+    expired, one 5 min slow kept a dead gateway's signs up for 5 min more."""
+    _, url, _, _ = start_services(processes, tmp_path, mosquitto.url)
+    wait_zone_known(url, "A")
+    with chromium() as browser:
+        for skew in (120, -300):
+            ctx = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB")
+            ctx.clock.install(time=time.time() + skew)
+            ctx.clock.resume()
+            page = ctx.new_page()
+            errors = watch_errors(page)
+            page.goto(url)
+            page.wait_for_selector("#live.on")
+            page.wait_for_selector(".sign .line .count")
+            assert page.locator(".sign").count() == 7
+            assert page.locator(".sign.expired").count() == 0, (skew, signs_shown(page))
+            assert errors == [], errors
+            if skew > 0:
+                ctx.close()
+        # the slow browser: the gateway dies, and a minute later (the site's expires_s is 60)
+        # its signs go blank here as on the real signs, though this clock says 5 min earlier
+        gateway = next(p for p in processes.started if p.name.startswith("gateway"))
+        gateway.kill9()
+        page.wait_for_selector("#live.off", timeout=5000)
+        ctx.clock.fast_forward("01:01")
+        wait_until(lambda: page.locator(".sign.expired").count() == 7, 6000, "every sign blank")
+        assert {c for lines in signs_shown(page).values() for _, c in lines} == {"--"}
+        assert not errors, errors
+
+
+def both(text: dict[str, str]) -> str:
+    """As a sign shows it (parking.payloads.both_languages)."""
+    return text["zh"] if text["zh"] == text["en"] else f"{text['zh']} {text['en']}"
+
+
+def test_dashboard_signs_as_drivers_see_them(processes, mosquitto, tmp_path):
+    """Defect: the signs on the dashboard were in the page's language only; the real signs, and
+    so the drivers, read Chinese then English ("充电 EV charging → 满 FULL")."""
+    sim, url, _, _ = start_services(processes, tmp_path, mosquitto.url)
+    wait_zone_known(url, "A")
+
+    def expected() -> dict[str, list[tuple[str, str]]]:
+        return {
+            d["display"]: [(both(ln["label"]), both(ln["text"])) for ln in d["content"]["lines"]]
+            for d in httpx.get(f"{url}/api/v1/displays").json()
+        }
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-GB")
+        errors = watch_errors(page)
+        page.goto(url)
+        login(page, "guard")
+        # zone A full: its lines say 满 FULL, which is not the same in both languages
+        free = page.evaluate(
+            '[...document.querySelectorAll(\'[data-space^="A-"][data-state="free"]\')]'
+            ".map(e => e.dataset.space)"
+        )
+        for space in free:
+            sim.send(f"set {space} occupied")
+        wait_until(
+            lambda: any(t == "满 FULL" for ls in expected().values() for _, t in ls),
+            15000,
+            "a sign line saying 满 FULL",
+        )
+        for lang in ("en", "zh-CN"):  # whatever the page's language
+            if page.get_attribute("html", "lang") != lang:
+                page.click("#lang")
+            wait_until(lambda: signs_shown(page) == expected(), 5000, f"drivers' signs ({lang})")
+            shown = [ln for ls in signs_shown(page).values() for ln in ls]
+            assert ("A区 Zone A", "满 FULL") in shown, shown
+            page.screenshot(path=str(ARTIFACTS / f"dashboard-signs-{lang}.png"), full_page=True)
+        assert not errors, errors

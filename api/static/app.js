@@ -25,6 +25,7 @@ const T = {
   done_close: ["已关闭", "closed"], done_open: ["已开放", "opened"], sent: ["已发送", "sent"],
   no_data: ["无数据", "no data"], raw_readings: ["检测器：原始读数和错误计数", "Detectors: raw readings and error counters"],
   detector: ["检测器", "Detector"], raw: ["原始值", "Raw"], battery: ["电量", "Battery"], node_errors: ["节点错误", "Node errors"], unreachable: ["无法连接服务器", "server unreachable"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
+  not_live_since: ["非实时：自 {t} 起未更新", "not live since {t}"],
 };
 const STATES = ["free", "occupied", "unknown", "closed"];
 const ARROWS = { left: "←", right: "→", up: "↑", down: "↓", "up-left": "↖", "up-right": "↗",
@@ -33,7 +34,11 @@ const ZONE_COLOURS = ["#1b5fb8", "#d64541", "#1f9d55", "#b5651d", "#7b3fb8", "#0
 
 const S = { lang: localStorage.getItem("lang") || (navigator.language.startsWith("zh") ? "zh" : "en"),
   me: null, publicRead: true, site: null, zones: [], displays: [], spaces: new Map(), selected: null,
-  range: 86400, eventsBefore: null, es: null, timers: {}, tz: undefined };
+  range: 86400, eventsBefore: null, es: null, timers: {}, tz: undefined,
+  downSince: null, stale: false }; // stream lost at (UNIX s); stale: what is shown is no longer live
+// A reconnect normally takes about a second (retry: 1000); down longer than this, the page stops
+// presenting its last snapshot as live.
+const STALE_AFTER_MS = 5000;
 
 const $ = (sel) => document.querySelector(sel);
 const t = (key) => (T[key] ? T[key][S.lang === "zh" ? 0 : 1] : key);
@@ -82,7 +87,10 @@ async function api(path, opts = {}) {
   }
   let body = null;
   try { body = await r.json(); } catch { body = null; }
-  return { ok: r.ok, status: r.status, body };
+  // refused for want of a login while we think we have one: the session has ended (expired,
+  // logged out in another tab, user removed); ask who we are now, which clears the private parts
+  if (r.status === 401 && S.me) later("session", loadSession, 0);
+  return { ok: r.ok, status: r.status, body, date: r.headers.get("Date") };
 }
 
 function errorText(res) {
@@ -102,14 +110,22 @@ function applyLang() {
   for (const e of document.querySelectorAll("[data-i18n]")) e.textContent = t(e.dataset.i18n);
   for (const e of document.querySelectorAll("[data-i18n-placeholder]")) e.placeholder = t(e.dataset.i18nPlaceholder);
   if (S.siteName) $("#site-name").textContent = L(S.siteName);
-  renderZones(); renderSigns(); renderLevelTitles(); renderLive(S.es && S.es.readyState === 1);
+  renderZones(); renderSigns(); renderLevelTitles(); renderLive(S.es && S.es.readyState === 1); renderStale();
   if (S.me) { loadAlerts(); loadAgents(); loadHistory(); loadEvents(true); }
 }
 
 // ---- session -------------------------------------------------------------------------------
 async function loadSession() {
+  const asked = (S.sessionAsked = (S.sessionAsked || 0) + 1);
   const r = await api("/api/v1/auth/me");
+  // only the latest answer counts: one asked before a login (a hello's) may come back after it
+  if (asked !== S.sessionAsked) return;
+  if (!r.ok && S.me) return; // server away: the login is neither confirmed nor ended
+  const was = S.me;
   S.me = r.ok ? r.body.user : null;
+  // logged out elsewhere, expired, removed or given another role: nothing seen under that
+  // login stays on the page
+  if (was && (!S.me || S.me.name !== was.name || S.me.role !== was.role)) clearPrivate();
   S.publicRead = r.ok ? r.body.public_read : true;
   if (r.ok) {
     S.siteName = r.body.site_name; $("#site-name").textContent = L(S.siteName);
@@ -137,12 +153,18 @@ async function login(ev) {
   await start();
 }
 
-async function logout() {
-  await api("/api/v1/auth/logout", { method: "POST" });
-  S.site = null; S.selected = null;
+function clearPrivate() {
+  S.site = null; S.selected = null; S.spaces.clear(); S.eventsBefore = null; S.eventsPaged = false;
   $("#map").replaceChildren();
   delete $("#map").dataset.loaded;
   $("#space-panel").hidden = true;
+  for (const sel of ["#alerts", "#agents tbody", "#detectors tbody", "#events tbody", "#chart"]) $(sel).replaceChildren();
+  $("#raw-box").hidden = true; $("#older").hidden = true; $("#events-msg").textContent = "";
+}
+
+async function logout() {
+  await api("/api/v1/auth/logout", { method: "POST" });
+  clearPrivate();
   await start();
 }
 
@@ -150,11 +172,15 @@ async function logout() {
 async function loadZones() {
   const r = await api("/api/v1/zones");
   if (r.ok) { S.zones = r.body; renderZones(); }
+  return r.ok;
 }
 
 function renderZones() {
   const box = $("#zones");
   box.replaceChildren(...S.zones.map((z) => {
+    if (S.stale) // the stream is down: the last counts are history, not what is free now
+      return el("div", { class: "zone stale", "data-zone": z.zone }, el("div", { class: "name", text: L(z.name) }),
+        el("div", { class: "free unknown", text: "--" }), el("div", { class: "sub", text: staleNote() }));
     const bar = el("div", { class: "stack" }, ...STATES.filter((s) => z[s] > 0).map((s) =>
       el("span", { class: s, style: `width:${(100 * z[s]) / Math.max(z.total, 1)}%`, title: `${t(s)} ${z[s]}` })));
     return el("div", { class: "zone", "data-zone": z.zone },
@@ -176,30 +202,52 @@ function onZone(data) {
 }
 
 // ---- signs ---------------------------------------------------------------------------------
-async function loadSigns() {
-  const r = await api("/api/v1/displays");
-  if (r.ok) { S.displays = r.body; renderSigns(); }
+// Until when (on performance.now(), ms) a sign may show content that reached this page at
+// `arrived`: for its validity (expires - ts) from then, as the real sign judges it
+// (firmware_sim/display.py) on its monotonic clock; never on the browser's wall clock, which
+// may be minutes off the gateway's. `serverNow` (the server's clock when it answered, if known)
+// also stops content that had waited at the server before it came here.
+function heldUntil(c, arrived, serverNow) {
+  if (!c || !(c.expires > c.ts)) return -Infinity; // the real sign refuses such content
+  let left = c.expires - c.ts;
+  if (Number.isFinite(serverNow)) left = Math.min(left, c.expires - serverNow + 1); // Date: whole seconds
+  return arrived + left * 1000;
 }
 
+async function loadSigns() {
+  const r = await api("/api/v1/displays");
+  if (!r.ok) return false;
+  const here = performance.now();
+  const serverNow = r.date ? Date.parse(r.date) / 1000 : NaN;
+  // the server's `expired` is judged on its own clock, which is the one the content's times are from
+  S.displays = r.body.map((d) => ({ ...d, until: d.expired ? -Infinity : heldUntil(d.content, here, serverNow) }));
+  renderSigns();
+  return true;
+}
+
+// Both languages, Chinese first, as the sign itself shows them whatever the page's language
+// (parking.payloads.both_languages: once where they are the same, e.g. "12").
+const both = (x) => (!x ? "" : x.zh === x.en ? x.zh : `${x.zh} ${x.en}`);
+
 function renderSigns() {
-  const now = Date.now() / 1000;
+  const now = performance.now();
   $("#signs").replaceChildren(...S.displays.map((d) => {
     const c = d.content;
-    const expired = !c || c.expires < now;
+    const expired = !(now < d.until);
     const lines = c ? c.lines : [];
     return el("div", { class: "sign" + (expired ? " expired" : ""), "data-display": d.display, title: expired ? t("expired") : "" },
       el("div", { class: "sname", text: L(d.name) }),
-      ...lines.map((ln) => el("div", { class: `line ${ln.status}` },
-        el("span", { class: "label", text: L(ln.label) }),
+      ...lines.map((ln) => el("div", { class: `line ${ln.status}`, lang: "zh-CN" },
+        el("span", { class: "label", text: both(ln.label) }),
         el("span", { class: "arrow", text: ARROWS[ln.arrow] || "" }),
-        el("span", { class: "count", text: expired ? "--" : L(ln.text) }))));
+        el("span", { class: "count", text: expired ? "--" : both(ln.text) }))));
   }));
 }
 
 function onDisplay(data) {
   const i = S.displays.findIndex((d) => d.display === data.display);
   if (i < 0 || !Array.isArray(data.lines)) return later("signs", loadSigns, 200);
-  S.displays[i] = { ...S.displays[i], content: data, expired: false };
+  S.displays[i] = { ...S.displays[i], content: data, expired: false, until: heldUntil(data, performance.now()) };
   renderSigns();
 }
 
@@ -207,16 +255,17 @@ function onDisplay(data) {
 async function loadMap() {
   if (!S.site) {
     const r = await api("/api/v1/site");
-    if (!r.ok) return;
+    if (!r.ok) return false;
     S.site = r.body;
     $("#site-name").textContent = L(S.site.name);
     drawMap();
   }
   const r = await api("/api/v1/spaces");
-  if (!r.ok) return;
+  if (!r.ok) return false;
   for (const s of r.body) { S.spaces.set(s.space, s); paintSpace(s.space); }
   if (S.selected) showSpace(S.selected);
   $("#map").dataset.loaded = "true"; // states are on the map (the geometry alone is all unknown)
+  return true;
 }
 
 function drawMap() {
@@ -325,7 +374,7 @@ async function controlSpace(action) {
 // ---- alerts and health ---------------------------------------------------------------------
 async function loadAlerts() {
   const r = await api("/api/v1/alerts");
-  if (!r.ok) return;
+  if (!r.ok) return false;
   const ul = $("#alerts");
   if (!r.body.length) return ul.replaceChildren(el("li", { class: "none", text: t("no_alerts") }));
   ul.replaceChildren(...r.body.map((a) => {
@@ -346,7 +395,7 @@ async function loadAlerts() {
 
 async function loadAgents() {
   const r = await api("/api/v1/agents");
-  if (!r.ok) return;
+  if (!r.ok) return false;
   $("#agents tbody").replaceChildren(...r.body.map((a) => {
     const bad = a.nodes.filter((n) => n.status !== "ok").length;
     return el("tr", {},
@@ -363,7 +412,7 @@ async function loadDetectors() {
   box.hidden = !(S.me && S.me.can_read_raw);
   if (box.hidden) return;
   const r = await api("/api/v1/detectors/raw");
-  if (!r.ok) return;
+  if (!r.ok) return false;
   const bad = (d) => (d.status === "ok" ? 1 : 0); // faults first
   const rows = [...r.body].sort((a, b) => bad(a) - bad(b));
   $("#detectors tbody").replaceChildren(...rows.map((d) => el("tr", {},
@@ -400,9 +449,21 @@ function drawChart(h) {
   const legend = el("div", { class: "chart-legend" });
   h.series.forEach((s, i) => {
     const colour = ZONE_COLOURS[i % ZONE_COLOURS.length];
-    const pts = s.points.filter((p) => p.free + p.occupied > 0)
-      .map((p) => `${x(p.ts).toFixed(1)},${y(p.occupied / (p.free + p.occupied)).toFixed(1)}`);
-    if (pts.length) root.append(svg("polyline", { class: "series", stroke: colour, points: pts.join(" "), "data-zone": s.zone }));
+    // a point where the zone is wholly unknown is a gap: the line stops there and starts again
+    // after it, rather than drawing a straight line across hours nobody measured
+    const runs = [[]];
+    for (const p of s.points) {
+      if (p.free + p.occupied > 0) runs[runs.length - 1].push(`${x(p.ts).toFixed(1)},${y(p.occupied / (p.free + p.occupied)).toFixed(1)}`);
+      else if (runs[runs.length - 1].length) runs.push([]);
+    }
+    for (const run of runs) {
+      if (run.length > 1) root.append(svg("polyline", { class: "series", stroke: colour, points: run.join(" "), "data-zone": s.zone }));
+      else if (run.length === 1) { // a lone known point between gaps: a small dot, not nothing
+        const [cx, cy] = run[0].split(",");
+        root.append(svg("circle", { cx, cy, r: 1.5, fill: colour, "data-zone": s.zone }));
+      }
+    }
+    const pts = runs.flat();
     if (pts.length) { // the newest point as a dot, so a short history is visible too
       const [cx, cy] = pts[pts.length - 1].split(",");
       root.append(svg("circle", { cx, cy, r: 3, fill: colour }));
@@ -450,11 +511,54 @@ function renderLive(on) {
   e.textContent = t(on ? "live" : (S.es ? "reconnecting" : "connecting"));
 }
 
+const staleNote = () =>
+  t("not_live_since").replace("{t}", fmtTime(S.downSince, { hour: "2-digit", minute: "2-digit", second: "2-digit" }));
+
+// Sections showing live state say so when they are not live any more (their CSS greys them).
+function renderStale() {
+  for (const sec of document.querySelectorAll("section[data-live]")) {
+    sec.classList.toggle("stale", S.stale);
+    const note = sec.querySelector(".stale-note");
+    note.hidden = !S.stale;
+    note.textContent = S.stale ? staleNote() : "";
+  }
+}
+
+function setStale(on) {
+  S.stale = on;
+  renderStale(); renderZones();
+}
+
+// The stream failed (or could not connect): if it is not back within STALE_AFTER_MS, stop
+// presenting the last snapshot as live. The first failure starts the clock; retries don't.
+function streamDown() {
+  renderLive(false);
+  if (S.downSince != null) return;
+  S.downSince = Date.now() / 1000;
+  later("stale", () => setStale(true), STALE_AFTER_MS);
+}
+
+// The stream is (back) up: live again once a whole fresh snapshot is in, not before.
+async function resync(es) {
+  const ok = await reloadSnapshot();
+  if (S.es !== es || es.readyState !== EventSource.OPEN) return; // dropped again meanwhile
+  if (!ok) return later("resync", () => resync(es), 2000);
+  clearTimeout(S.timers.stale);
+  S.downSince = null;
+  if (S.stale) setStale(false);
+}
+
 function connect() {
   if (S.es) S.es.close();
   const es = new EventSource("/api/v1/stream");
   S.es = es;
-  es.addEventListener("hello", () => { renderLive(true); reloadSnapshot(); });
+  es.addEventListener("hello", async () => {
+    renderLive(true);
+    // the server ends a logged-in stream when its login ends (logout elsewhere, expiry, user
+    // removed or demoted): ask who we are now before loading what we may see
+    await loadSession();
+    if (S.es === es) resync(es);
+  });
   es.addEventListener("space", (m) => onSpace(JSON.parse(m.data).data));
   es.addEventListener("zone", (m) => onZone(JSON.parse(m.data).data));
   es.addEventListener("display", (m) => onDisplay(JSON.parse(m.data).data));
@@ -462,15 +566,18 @@ function connect() {
   es.addEventListener("agent", () => later("agents", () => { loadAgents(); loadAlerts(); loadDetectors(); }, 1000));
   es.addEventListener("gateway", () => later("spaces", loadMap, 300));
   es.onerror = () => {
-    renderLive(false);
+    streamDown();
     // EventSource retries by itself unless the server refused (e.g. 401): then we retry
-    if (es.readyState === EventSource.CLOSED) later("reconnect", () => { if (S.es === es) connect(); }, 2000);
+    // (a refusal may mean our login ended: start() asks who we are before reconnecting)
+    if (es.readyState === EventSource.CLOSED) later("reconnect", () => { if (S.es === es) start(); }, 2000);
   };
 }
 
-function reloadSnapshot() {
-  loadZones(); loadSigns();
-  if (S.me) { loadMap(); loadAlerts(); loadAgents(); loadDetectors(); loadHistory(); loadEvents(true); }
+// Resolves to whether every live part loaded (a loader answers false when its call failed).
+async function reloadSnapshot() {
+  const loads = [loadZones(), loadSigns()];
+  if (S.me) loads.push(loadMap(), loadAlerts(), loadAgents(), loadDetectors(), loadHistory(), loadEvents(true));
+  return (await Promise.all(loads)).every((ok) => ok !== false);
 }
 
 async function start() {
