@@ -8,6 +8,7 @@ import pytest
 from gateway_support import Clocks, snapshot_all_free
 
 from gateway.journal import Journal
+from gateway.live import LiveGateway
 from gateway.service import policy_clock
 from parking import topics
 
@@ -20,19 +21,27 @@ def _signs(sent: list[tuple[str, bytes]]) -> dict[str, dict]:
     }
 
 
+def _settled_gateway(site, tmp_path) -> tuple[Clocks, LiveGateway, list[tuple[str, bytes]]]:
+    """A gateway on fake clocks whose signs changed for the last time (the buses' TTL ran
+    out 20 s after their snapshot), and what it publishes from now on."""
+    clocks = Clocks(1_800_000_000.0)
+    sent: list[tuple[str, bytes]] = []
+    gw = clocks.gateway(
+        site, Journal(tmp_path / "j.sqlite"), lambda t, p, q, r: sent.append((t, p))
+    )
+    gw.publish_all()
+    snapshot_all_free(gw, site, clocks.wall)
+    clocks.advance(20)
+    gw.tick()
+    sent.clear()
+    return clocks, gw, sent
+
+
 def test_signs_are_republished_on_time_after_the_wall_clock_steps_back(example_site, tmp_path):
     """NTP steps the clock back 200 s: each sign is still republished at half its expiry
     (30 s) of real time, stamped by the clock as it now reads, not 230 s later (its
     display would have blanked it after 60 s)."""
-    clocks = Clocks(1_800_000_000.0)
-    sent: list[tuple[str, bytes]] = []
-    gw = clocks.gateway(
-        example_site, Journal(tmp_path / "j.sqlite"), lambda t, p, q, r: sent.append((t, p))
-    )
-    gw.publish_all()
-    snapshot_all_free(gw, example_site, clocks.wall)
-    clocks.advance(20)
-    gw.tick()  # the buses' TTL ran out: the signs change once, then nothing moves them
+    clocks, gw, sent = _settled_gateway(example_site, tmp_path)
     clocks.step(-200)
     sent.clear()
     clocks.advance(1)
@@ -57,15 +66,7 @@ def test_signs_are_stamped_afresh_at_once_after_the_wall_clock_steps_forward(
     """NTP steps the clock forward ten minutes (a box that booted with a stale clock): the
     signs' contents expired by the clock as it now reads are republished at the next tick,
     not half a validity later."""
-    clocks = Clocks(1_800_000_000.0)
-    sent: list[tuple[str, bytes]] = []
-    gw = clocks.gateway(
-        example_site, Journal(tmp_path / "j.sqlite"), lambda t, p, q, r: sent.append((t, p))
-    )
-    gw.publish_all()
-    snapshot_all_free(gw, example_site, clocks.wall)
-    clocks.advance(20)
-    gw.tick()  # the buses' TTL ran out: the signs change once, then nothing moves them
+    clocks, gw, sent = _settled_gateway(example_site, tmp_path)
     sent.clear()
     clocks.step(600)
     clocks.advance(0.5)
