@@ -469,23 +469,24 @@ def test_dashboard_signs_as_drivers_see_them(processes, mosquitto, tmp_path):
         errors = watch_errors(page)
         page.goto(url)
         login(page, "guard")
-        # zone A full: its lines say 满 FULL, which is not the same in both languages
-        free = page.evaluate(
-            '[...document.querySelectorAll(\'[data-space^="A-"][data-state="free"]\')]'
-            ".map(e => e.dataset.space)"
+        # zone A full: its lines say 满 FULL, which is not the same in both languages. Every
+        # space of A is set (the map may not show all of them free yet when this is read)
+        spaces = page.evaluate(
+            "[...document.querySelectorAll('[data-space^=\"A-\"]')].map(e => e.dataset.space)"
         )
-        for space in free:
+        for space in spaces:
             sim.send(f"set {space} occupied")
+        full_a = ("A区 Zone A", "满 FULL")
         wait_until(
-            lambda: any(t == "满 FULL" for ls in expected().values() for _, t in ls),
+            lambda: any(full_a in ls for ls in expected().values()),
             15000,
-            "a sign line saying 满 FULL",
+            "zone A's line saying 满 FULL",
         )
         for lang in ("en", "zh-CN"):  # whatever the page's language
             if page.get_attribute("html", "lang") != lang:
                 page.click("#lang")
             wait_until(lambda: signs_shown(page) == expected(), 5000, f"drivers' signs ({lang})")
             shown = [ln for ls in signs_shown(page).values() for ln in ls]
-            assert ("A区 Zone A", "满 FULL") in shown, shown
+            assert full_a in shown, shown
             page.screenshot(path=str(ARTIFACTS / f"dashboard-signs-{lang}.png"), full_page=True)
         assert not errors, errors
