@@ -1172,6 +1172,20 @@ class LiveGateway:
         now = self._clock()
         with self.lock:
             changes = self.state.control(s, action == "close", now)
+            if not len(changes) and reason:
+                # closing a closed space again (or opening an open one) changes nothing, but
+                # its reason belongs in the audit: an event with the state it leaves alone
+                here = STATE_NAMES[int(self.state.state[s])]
+                self.journal.add_changes(
+                    now,
+                    "manager",
+                    by,
+                    None,
+                    None,
+                    json.dumps([[space, here, here, None, reason]], ensure_ascii=False),
+                )
+                self._unexpanded = True
+                self._note_checkpoint([], [])  # expanded into events by the flush below
             self._commit_and_propagate(
                 [_Segment(changes, now, "manager", by, note=reason or None)], now
             )

@@ -215,6 +215,32 @@ def test_manager_closes_and_opens_a_space(client, tokens, harness):
     assert [(r["new"], r["reason"]) for r in rows[-2:]] == [("closed", "pothole"), ("free", "")]
 
 
+def test_closing_a_closed_space_again_journals_the_new_reason(client, tokens, harness):
+    """A manager who closes a closed space again with another reason (the pothole is now
+    a burst pipe) leaves that reason in the audit; the state and the counts stay."""
+    h = tokens["manager"]
+    assert client.post("/api/v1/spaces/D-005/close", json={"reason": "pothole"}, headers=h)
+
+    def counts() -> dict:
+        zone = {z["zone"]: z for z in client.get("/api/v1/zones").json()}["D"]
+        return {k: v for k, v in zone.items() if k != "ts"}
+
+    before = counts()
+    again = client.post("/api/v1/spaces/D-005/close", json={"reason": "burst pipe"}, headers=h)
+    assert again.status_code == 202, again.text
+    assert counts() == before
+    last = client.get("/api/v1/events", params={"space": "D-005", "limit": 2}, headers=h).json()
+    assert [(e["old"], e["new"], e["reason"]) for e in last["items"]] == [
+        ("closed", "closed", "burst pipe"),
+        (last["items"][1]["old"], "closed", "pothole"),
+    ]
+    # without a reason, closing again says nothing new: no event
+    assert client.post("/api/v1/spaces/D-005/close", headers=h).status_code == 202
+    same = client.get("/api/v1/events", params={"space": "D-005", "limit": 1}, headers=h).json()
+    assert same["items"][0]["id"] == last["items"][0]["id"]
+    assert client.post("/api/v1/spaces/D-005/open", headers=h).status_code == 202
+
+
 def test_manager_actions_validate_their_input(client, tokens):
     h = tokens["manager"]
     assert client.post("/api/v1/spaces/NOPE/close", headers=h).status_code == 404

@@ -205,6 +205,14 @@ def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
             ).json()
             assert events["items"][0]["new"] == "closed"
             assert events["items"][0]["agent"] == "boss"
+            # the space's panel says who closed it and why
+            wait_until(
+                lambda: (
+                    "boss" in (t := page.text_content("#sp-closure") or "") and "resurfacing" in t
+                ),
+                5000,
+                f"the panel of {target} naming who closed it and why",
+            )
             page.wait_for_selector("#events tbody tr")
             site_tz = ZoneInfo("Asia/Shanghai")
             closed_at = datetime.fromtimestamp(events["items"][0]["ts"], site_tz)

@@ -22,7 +22,7 @@ const T = {
   since: ["自", "since"], wrong_login: ["用户名或密码错误", "wrong user name or password"],
   too_many: ["尝试太多，请稍后再试", "too many attempts, try again later"],
   need_login: ["需要登录", "login required"], need_manager: ["需要管理员权限", "needs the manager role"],
-  done_close: ["已关闭", "closed"], done_open: ["已开放", "opened"], sent: ["已发送", "sent"],
+  closed_by: ["关闭人", "closed by"], done_close: ["已关闭", "closed"], done_open: ["已开放", "opened"], sent: ["已发送", "sent"],
   no_data: ["无数据", "no data"], raw_readings: ["检测器：原始读数和错误计数", "Detectors: raw readings and error counters"],
   detector: ["检测器", "Detector"], raw: ["原始值", "Raw"], battery: ["电量", "Battery"], node_errors: ["节点错误", "Node errors"], unreachable: ["无法连接服务器", "server unreachable"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
   not_live_since: ["非实时：自 {t} 起未更新", "not live since {t}"],
@@ -358,6 +358,23 @@ function showSpace(id) {
   $("#sp-info").textContent = [s.zone && `${t("zone")}: ${s.zone}`, s.kinds && s.kinds.join(", "),
     `${t("since")} ${fmtTime(s.since)}`, s.source && `${t("source")}: ${s.source}`, s.held && t("held")]
     .filter(Boolean).join(" · ");
+  showClosure(id, s);
+}
+
+// who closed a closed space, when and why: the newest manager's close in its events (the
+// reason of a close repeated with a new reason is the newest)
+async function showClosure(id, s) {
+  const p = $("#sp-closure");
+  const key = s.state === "closed" && S.me ? `${id}@${s.since}` : "";
+  if (p.dataset.key === key) return;
+  p.dataset.key = key;
+  p.textContent = "";
+  if (!key) return;
+  const r = await api(`/api/v1/events?space=${encodeURIComponent(id)}&limit=20`);
+  if (!r.ok || p.dataset.key !== key) return; // another space or state meanwhile
+  const e = r.body.items.find((x) => x.new === "closed" && x.source === "manager");
+  if (e) p.textContent = [`${t("closed_by")} ${e.agent}`, fmtTime(e.ts),
+    e.reason && `${t("reason")}: ${e.reason}`].filter(Boolean).join(" · ");
 }
 
 async function controlSpace(action) {
