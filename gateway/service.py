@@ -280,6 +280,7 @@ class GatewayService:
         self._keep_s = max(0.0, journal_keep_days) * 86400.0
         self._next_prune = 0.0  # monotonic time of the next prune step
         self.pruned = 0  # journal rows forgotten so far
+        self._pruning = 0  # rows forgotten in the run of prune steps under way
         self._republish = False  # connected: publish every zone and sign (in the MQTT thread)
         self.retained_skipped = 0  # zone and sign publishes skipped while disconnected
         self._checkpoint_retry_at = 0.0  # monotonic; a failed checkpoint backs off
@@ -633,6 +634,20 @@ class GatewayService:
             n = 0
         self.pruned += n
         self._next_prune = time.monotonic() + (PRUNE_BUSY_S if n else PRUNE_IDLE_S)
+        # forgetting history cannot be undone: said when it starts and when it ends (the
+        # first start of a release with retention on a journal older than the window)
+        days = self._keep_s / 86400.0
+        if n and not self._pruning:
+            log.log(
+                logging.WARNING if self.pruned == n else logging.INFO,  # loud the first time
+                "forgetting journal history (events, assignments and their plates) older "
+                "than %g days, before %s: --journal-keep-days (0 keeps everything)",
+                days,
+                time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(time.time() - self._keep_s)),
+            )
+        elif not n and self._pruning:
+            log.info("forgot %d journal rows older than %g days", self._pruning, days)
+        self._pruning = self._pruning + n if n else 0
 
     def _rehearse(self) -> None:
         try:

@@ -7,6 +7,7 @@ defaults in code. No paho import: :meth:`BrokerConfig.apply` sets up a client it
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import random
@@ -101,6 +102,17 @@ def _without_password(url: str) -> str:
     return f"{scheme}{sep}{user}:***@{host}"
 
 
+class _PasswordFlagRefused(argparse.Action):
+    """``--password`` of earlier releases: refused with what to do instead, and without
+    echoing the password (argparse's "unrecognized arguments" would print it)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None):
+        parser.error(
+            "--password is not taken (a command line is visible to every local user): put "
+            f"the MQTT password in ${ENV_PASSWORD}, or name another variable with --password-env"
+        )
+
+
 def add_credential_arguments(parser: Any) -> None:
     """``--username`` and ``--password-env`` on an argparse parser: the password itself is
     never a flag (a command line is visible to every local user, ``ps`` and ``systemctl
@@ -111,6 +123,7 @@ def add_credential_arguments(parser: Any) -> None:
         metavar="VAR",
         help=f"environment variable holding the MQTT password (default: {ENV_PASSWORD})",
     )
+    parser.add_argument("--password", action=_PasswordFlagRefused, help=argparse.SUPPRESS)
 
 
 def broker_from_args(url: str, args: Any) -> BrokerConfig:

@@ -255,11 +255,16 @@ def _printable_plate(plate: str) -> str:
 Plate = Annotated[str, Field(min_length=1, max_length=16), AfterValidator(_printable_plate)]
 
 
+def _no_blank_plate(plate: object) -> object:
+    # a gate that read no plate sends "" (or spaces): the car still needs a space
+    return None if isinstance(plate, str) and not plate.strip() else plate
+
+
 class Arrival(_Payload):
     """On the wire the class is ``class`` only (``Arrival(**{"class": ...})`` in Python)."""
 
     vehicle_class: VehicleClassName = Field(alias="class")
-    plate: Plate | None = None
+    plate: Annotated[Plate | None, BeforeValidator(_no_blank_plate)] = None
     ts: Timestamp | None = None
     request_id: Identifier | None = None
 

@@ -188,8 +188,6 @@ def test_a_space_closed_in_the_site_file_can_be_opened(tmp_path):
     "body",
     [
         {"vehicle_class": "resident"},  # the wire key is "class"
-        {"class": "resident", "plate": ""},
-        {"class": "resident", "plate": "   "},
         {"class": "resident", "plate": "AB\n123"},
         {"class": "resident", "plate": "AB\u202e321"},  # right-to-left override
     ],
@@ -207,6 +205,20 @@ def test_an_arrival_outside_the_contract_is_refused(example_site, tmp_path, body
     assert [json.loads(p)["plate"] for t, p in g.sent[mark:] if t.endswith("/assignment")] == [
         "沪AD12345"
     ]
+
+
+@pytest.mark.parametrize("plate", ["", "   "])
+def test_an_arrival_whose_gate_read_no_plate_gets_a_space(example_site, tmp_path, plate):
+    """A blank plate (a camera that read none) is no plate: the car still gets a space."""
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    snapshot_all_free(g.gw, example_site, g.clock[0])
+    mark = len(g.sent)
+    g.gw.handle(
+        topics.arrival(SITE, "north"), json.dumps({"class": "resident", "plate": plate}).encode()
+    )
+    sent = [json.loads(p) for t, p in g.sent[mark:] if t.endswith("/assignment")]
+    assert len(sent) == 1 and sent[0]["space"] and sent[0].get("plate") is None
+    assert g.gw.counters().rejected == {}
 
 
 def test_a_journal_from_before_released_holds_opens_with_its_holds(tmp_path):

@@ -69,8 +69,12 @@ def test_prune_forgets_old_history_in_steps_and_keeps_what_a_restart_needs(tmp_p
 
 
 @pytest.mark.timeout(60)
-def test_the_running_gateway_prunes_in_quiet_moments(tmp_path, mosquitto, monkeypatch):
+def test_the_running_gateway_prunes_in_quiet_moments(tmp_path, mosquitto, monkeypatch, caplog):
+    import logging
+
     import gateway.service as service_module
+
+    caplog.set_level(logging.INFO, logger="gateway.service")
 
     monkeypatch.setattr(service_module, "PRUNE_IDLE_S", 0.1)
     monkeypatch.setattr(service_module, "PRUNE_BUSY_S", 0.05)
@@ -89,6 +93,13 @@ def test_the_running_gateway_prunes_in_quiet_moments(tmp_path, mosquitto, monkey
                 time.sleep(0.05)
             assert gw.pruned == 300
             assert gw.gateway.accepted == 1
+            # forgetting cannot be undone: it is said, once, with the flag that controls it
+            said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(said) == 1, caplog.text
+            assert "forgetting journal history" in said[0].getMessage()
+            assert "older than 2 days" in said[0].getMessage()
+            assert "--journal-keep-days" in said[0].getMessage()
+            assert "journal rows older than 2 days" in caplog.text  # how many, at the end
     finally:
         edge.stop()
     assert _count(db, "events") == 1  # the new report's change, nothing older than 2 days
