@@ -1111,6 +1111,9 @@ class LiveGateway:
     def agents(self) -> list[AgentStatus]:
         with self.lock:
             names = set(self._online) | set(self._health) | set(self.state.agents)
+            # an agent the site file no longer names (renamed, removed) is none of the
+            # site's: the journal still knows it, but it is not offline for good
+            names = {a for a in names if self.gate.is_site_agent(a)}
             return [
                 AgentStatus(
                     agent=a,

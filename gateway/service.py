@@ -62,6 +62,11 @@ QUIET_STEP_ROWS = 8
 # --keep-warm-ms, so the next report does not find its code and data evicted from the CPU's
 # caches (3-5x slower on shared VMs). It costs 13-21 % of a core meanwhile; with sparser
 # changes it stops, and reports that change nothing (snapshots of a quiet site) cost nothing.
+CLIENT_ID_KEY = "mqtt_client_id"
+"""Journal meta: the MQTT client id whose broker session holds this gateway's reports."""
+TAKE_OVER_WAIT_S = 5.0  # for the broker's answer when opening or deleting an old session
+TAKE_OVER_QUIET_S = 0.5  # an old session's backlog is drained when it is quiet this long
+
 KEEP_WARM_MS = 3.0
 KEEP_WARM_FOR_S = 0.25
 # Busy-polling (as Linux's SO_BUSY_POLL does for sockets): for --busy-poll-ms after a batch
@@ -232,12 +237,19 @@ class GatewayService:
             from gateway.influx import InfluxWriter
 
             self.writer = InfluxWriter(db, **influx)
+        base_id = f"parkguide-gateway-{self.site.id}"
+        self.client_id = client_id or self.broker.session_id(base_id)
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id or self.broker.session_id(f"parkguide-gateway-{self.site.id}"),
+            client_id=self.client_id,
             clean_session=False,  # the broker keeps QoS 1 reports for us while we restart
             manual_ack=True,  # a report is acknowledged only once it is in the journal
         )
+        # the session the broker kept under the id this journal's gateway used before (a new
+        # password, or a release before ids carried its digest): its reports are taken and
+        # it is deleted once this one is subscribed (see _take_over_previous_session)
+        self._previous_client_id = self._client_id_before(base_id)
+        self.taken_over = 0  # messages taken from that session
         self.gateway: LiveGateway = LiveGateway(
             self.site,
             self.journal,
@@ -289,6 +301,100 @@ class GatewayService:
         self._setup_client()
 
     # -- MQTT --------------------------------------------------------------------------------
+    def _client_id_before(self, base_id: str) -> str | None:
+        """The client id whose broker session to take over, or None (and this one noted)."""
+        known = self.journal.meta(CLIENT_ID_KEY)
+        if known is None and self.journal.last_event_id():
+            known = base_id  # a journal of a release that did not note its id: the bare one
+        if known is not None and known != self.client_id:
+            return known
+        if known is None:
+            with self.journal.transaction():
+                self.journal.set_meta(CLIENT_ID_KEY, self.client_id)
+        return None
+
+    def _take_over_previous_session(self) -> None:
+        """Take the reports the broker queued under the previous client id, then delete that
+        session. Called once this client is subscribed and before anything it received is
+        handled: the old session holds everything from when the last gateway stopped, and
+        what both hold is then refused here as a duplicate. Without this an upgrade or a
+        password change would lose the reports sent meanwhile, and the broker would queue
+        every report for the old id for good."""
+        prev = self._previous_client_id
+        assert prev is not None
+        old = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=prev,
+            clean_session=False,
+            manual_ack=True,
+        )
+        self.broker.apply(old)
+        answer: dict[str, Any] = {}
+        got: list[Any] = []
+        old.on_connect = lambda c, u, flags, rc, p: answer.update(
+            rc=rc, present=flags.session_present
+        )
+        old.on_message = lambda c, u, msg: got.append(msg)
+        try:
+            old.connect(self.broker.host, self.broker.port, keepalive=15)
+            deadline = time.monotonic() + TAKE_OVER_WAIT_S
+            while "rc" not in answer and time.monotonic() < deadline:
+                old.loop(0.05)
+            if answer.get("rc") is None or answer["rc"].is_failure:
+                log.warning(
+                    "could not open the broker session of the previous client id %s (%s); "
+                    "trying again at the next connect",
+                    prev,
+                    answer.get("rc", "no answer"),
+                )
+                return
+            quiet_since = time.monotonic()
+            while answer["present"] and not self._stop.is_set():
+                old.loop(0.02)
+                self._network(0.0)  # keeps this session alive; its messages wait their turn
+                if got:
+                    batch, got[:] = list(got), []
+                    self.gateway.handle_batch(
+                        [(m.topic, m.payload, time.perf_counter()) for m in batch if not m.retain]
+                    )
+                    for m in batch:
+                        if m.qos > 0:
+                            old.ack(m.mid, m.qos)
+                    self.taken_over += len(batch)
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= TAKE_OVER_QUIET_S:
+                    break
+            old.disconnect()
+            old.loop(0.05)
+            # connecting once more with a clean session deletes the old one on the broker
+            old.reinitialise(client_id=prev, clean_session=True)
+            self.broker.apply(old)
+            answer.clear()
+            old.on_connect = lambda c, u, flags, rc, p: answer.update(rc=rc)
+            old.connect(self.broker.host, self.broker.port, keepalive=15)
+            deadline = time.monotonic() + TAKE_OVER_WAIT_S
+            while "rc" not in answer and time.monotonic() < deadline:
+                old.loop(0.05)
+            old.disconnect()
+            if answer.get("rc") is None or answer["rc"].is_failure:
+                log.warning("could not delete the broker session of %s; trying again", prev)
+                return
+        except (OSError, ValueError) as exc:
+            log.warning("taking over the broker session of %s failed (%s); trying again", prev, exc)
+            return
+        finally:
+            old.loop(0.01)
+        with self.gateway.lock, self.journal.transaction():
+            self.journal.set_meta(CLIENT_ID_KEY, self.client_id)
+        self._previous_client_id = None
+        log.info(
+            "took %d message(s) over from the broker session of the previous client id %s "
+            "(another password or release) and deleted it; what both sessions held is "
+            "refused as duplicate",
+            self.taken_over,
+            prev,
+        )
+
     def _setup_client(self) -> None:
         c = self.client
         self.broker.apply(c)
@@ -572,6 +678,8 @@ class GatewayService:
                     timeout, max(0.0, self._last_warm + self._keep_warm_s - time.monotonic())
                 )
             rc = self._network(self._busy_poll(timeout))
+            if self._previous_client_id is not None and self.connected.is_set():
+                self._take_over_previous_session()
             if self._republish and self.client.is_connected():
                 self._republish = False
                 self.gateway.publish_all()

@@ -488,3 +488,18 @@ def test_a_snapshot_repeating_what_is_known_rewrites_no_space_row(example_site, 
     journal.close()
     gw2 = LiveGateway(example_site, Journal(db), lambda *a: None, clock=lambda: clock[0])
     assert gw2.state.obs_since[example_site.space_index[first]] == T0 - 5
+
+
+def test_an_agent_the_site_file_no_longer_names_is_not_listed(example_site, tmp_path):
+    """An agent renamed in the site file (its old id still in the journal, offline) is not
+    one of the site's agents any more: it is not listed, so no alert says it is offline
+    for good."""
+    db = tmp_path / "journal.sqlite"
+    journal = Journal(db)
+    with journal.transaction():
+        journal.put_agent("b1-agent", "b0", 7, False, T0 - 60)
+        journal.put_agent("serial-bus-g", "b1", 3, True, T0 - 1)
+    gw = LiveGateway(example_site, journal, lambda *a: None, clock=lambda: T0)
+    listed = {a.agent: a.online for a in gw.agents()}
+    assert "b1-agent" not in listed
+    assert listed["serial-bus-g"] is True

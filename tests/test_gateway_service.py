@@ -501,3 +501,58 @@ def test_retained_reports_and_controls_are_refused_at_start(site_path, mosquitto
             assert state.state[index["A-012"]] == SpaceState.OCCUPIED
     finally:
         edge.stop()
+
+
+def test_a_new_client_id_takes_over_the_old_sessions_reports(site_path, mosquitto, tmp_path):
+    """A password change (or an upgrade from a release whose id had no digest) gives the
+    gateway another client id: the reports the broker queued under the old one while no
+    gateway ran are taken and journaled, nothing counts as missed, and the old session is
+    deleted (the broker would queue every report for it for good)."""
+    import paho.mqtt.client as mqtt
+
+    from gateway.journal import Journal
+    from gateway.service import CLIENT_ID_KEY
+
+    db = tmp_path / "journal.db"
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    try:
+        with running_gateway(site_path, mosquitto.url, db, client_id="gw-before") as gw:
+            edge.send({"A-001": "occupied"})
+            deadline = time.monotonic() + 5
+            while gw.gateway.accepted < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        for space in ("A-002", "A-003", "A-004"):  # no gateway: queued for gw-before
+            edge.send({space: "occupied"})
+        time.sleep(0.3)
+        with running_gateway(site_path, mosquitto.url, db, client_id="gw-after") as gw:
+            deadline = time.monotonic() + 10
+            while gw._previous_client_id is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert gw.taken_over >= 3
+            states = {s.space: s.state for s in gw.gateway.spaces()}
+            assert [states[s] for s in ("A-001", "A-002", "A-003", "A-004")] == ["occupied"] * 4
+            assert not any(gw.gateway.counters().reports_missed.values())
+            edge.send({"A-005": "occupied"})  # after the take-over: the new session only
+            deadline = time.monotonic() + 5
+            while gw.gateway.accepted < 4 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert gw.gateway.accepted == 4
+    finally:
+        edge.stop()
+    journal = Journal(db)
+    try:
+        assert journal.meta(CLIENT_ID_KEY) == "gw-after"
+    finally:
+        journal.close()
+    # the broker kept no session for the old id
+    answer: dict = {}
+    probe = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id="gw-before", clean_session=False
+    )
+    probe.on_connect = lambda c, u, flags, rc, p: answer.update(present=flags.session_present)
+    probe.connect("127.0.0.1", mosquitto.port)
+    deadline = time.monotonic() + 5
+    while "present" not in answer and time.monotonic() < deadline:
+        probe.loop(0.05)
+    probe.disconnect()
+    assert answer == {"present": False}
