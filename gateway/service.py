@@ -66,6 +66,7 @@ CLIENT_ID_KEY = "mqtt_client_id"
 """Journal meta: the MQTT client id whose broker session holds this gateway's reports."""
 TAKE_OVER_WAIT_S = 5.0  # for the broker's answer when opening or deleting an old session
 TAKE_OVER_QUIET_S = 0.5  # an old session's backlog is drained when it is quiet this long
+TAKE_OVER_RETRY_S = 30.0  # after a failed attempt (the broker refused the old id, say)
 
 KEEP_WARM_MS = 3.0
 KEEP_WARM_FOR_S = 0.25
@@ -250,6 +251,7 @@ class GatewayService:
         # it is deleted once this one is subscribed (see _take_over_previous_session)
         self._previous_client_id = self._client_id_before(base_id)
         self.taken_over = 0  # messages taken from that session
+        self._take_over_at = 0.0  # monotonic time of the next attempt
         self.gateway: LiveGateway = LiveGateway(
             self.site,
             self.journal,
@@ -678,7 +680,12 @@ class GatewayService:
                     timeout, max(0.0, self._last_warm + self._keep_warm_s - time.monotonic())
                 )
             rc = self._network(self._busy_poll(timeout))
-            if self._previous_client_id is not None and self.connected.is_set():
+            if (
+                self._previous_client_id is not None
+                and self.connected.is_set()
+                and time.monotonic() >= self._take_over_at
+            ):
+                self._take_over_at = time.monotonic() + TAKE_OVER_RETRY_S  # if it fails
                 self._take_over_previous_session()
             if self._republish and self.client.is_connected():
                 self._republish = False
