@@ -200,6 +200,9 @@ class MqttLiveView:
                     self._sign_updates += 1
                 self._emit("display", dc.model_dump(mode="json"), now)
             elif kind == "edge/availability":
+                if not self._gate.is_site_agent(ident):  # as the gateway: not an agent of ours
+                    self._reject("unknown_agent", topic, payload, f"{ident} is no site agent")
+                    return
                 text = payload.decode("utf-8", "replace")  # exactly, as the gateway takes it
                 if text not in (topics.ONLINE, topics.OFFLINE):
                     self._reject(
@@ -274,12 +277,16 @@ class MqttLiveView:
                     changed.append((space, state, since))
         for space, state, since in changed:  # the live stream hears what the refresh moved
             self._emit("space", {"space": space, "state": self._shown_state(state)}, since)
-            if not self._assignments:
-                for body in reversed(self.tables.recent_assignments(1000)):
-                    try:
-                        self._assignments.appendleft(Assignment.model_validate_json(body))
-                    except ValidationError:
-                        continue
+        if not self._assignments:  # at start: the journal's, newest first
+            recent = []
+            for body in self.tables.recent_assignments(1000):
+                try:
+                    recent.append(Assignment.model_validate_json(body))
+                except ValidationError:
+                    continue
+            with self._lock:
+                if not self._assignments:  # unless the topic brought newer ones meanwhile
+                    self._assignments.extend(recent)
 
     def _poll_loop(self) -> None:
         next_refresh = time.monotonic() + REFRESH_SPACES_S

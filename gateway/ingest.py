@@ -75,6 +75,9 @@ _STATE_CODE = {name: int(SpaceState.parse(name)) for name in OBSERVED_STATES}
 SINCE_TOLERANCE_S = 0.001
 """Edges may round ``since`` differently in deltas and snapshots (seen: 6 decimals vs full
 precision); a difference below this is the same moment, not an older observation."""
+NEW_BOOT_TOLERANCE_S = 60.0
+"""A new boot's report may be this much older than its source's newest observation (an
+agent's clock stepped back a little across its restart); older, it is a stale message."""
 FUTURE_TOLERANCE_S = 300.0
 """A report or observation time later than the gateway's clock by more than this is refused:
 an edge with a wrong clock would otherwise lock its spaces (every true observation after it
@@ -379,7 +382,7 @@ class ReportGate:
                 if seq <= known.seq:
                     return None
                 gap = seq != known.seq + 1
-            elif boot in known.retired:
+            else:  # a retired boot or a new one: the long way decides and explains
                 return None
         try:
             # exactly space, state, since in every item (a missing one raises KeyError)
@@ -458,6 +461,18 @@ class ReportGate:
                 gap = report.seq != known.seq + 1
             elif report.boot in known.retired:
                 return Rejection("stale_boot", f"{report.agent} boot {report.boot} was replaced")
+            else:
+                # a boot never seen: the agent restarted, or an old message of a boot long
+                # gone (a replay, a copy). Only a report not older than what the current
+                # boot observed may replace it: one stale message would otherwise retire
+                # the live boot and shut the running agent out until it restarts
+                newest = float(obs_since[self._source_spaces[report.source]].max(initial=-np.inf))
+                if report.ts < newest - NEW_BOOT_TOLERANCE_S:
+                    return Rejection(
+                        "stale_boot",
+                        f"{report.agent} boot {report.boot}: report ts {report.ts} is older "
+                        f"than boot {known.boot}'s observations ({newest})",
+                    )
         index = self.site.space_index
         bound = self._binding_source
         source = report.source

@@ -423,9 +423,10 @@ class Journal:
 def stored_signs(path: str | Path, now: float | None = None) -> list[tuple[str, str, float]]:
     """(topic, content JSON, expires_s) of every sign in the journal at ``path``; [] if none,
     or if events were committed after the signs were checkpointed (they may be behind).
-    With ``now``, only the signs that would still be showing had the gateway not stopped:
-    after a stop longer than a sign's expiry (counted from the last report heard), its
-    content is too old to show again, even for the moment before TTLs catch up.
+    With ``now``, only the signs that would still be showing had the gateway not stopped,
+    each with what is left of its validity (its expiry counted from the last report heard)
+    in place of ``expires_s``: an older content is not shown again, even for the moment
+    before TTLs catch up.
 
     Light on purpose (sqlite3 only): the restart path calls it before anything heavy loads.
     """
@@ -443,7 +444,9 @@ def stored_signs(path: str | Path, now: float | None = None) -> list[tuple[str, 
         heard = conn.execute("SELECT max(last_seen) FROM agents").fetchone()[0]
         if now is None or heard is None:
             return rows
-        return [r for r in rows if now - heard <= r[2]]
+        # what is left of each sign's validity since the last report: a gateway that keeps
+        # failing at start must not keep refreshing a count nobody vouches for any more
+        return [(t, c, e - (now - heard)) for t, c, e in rows if now - heard < e]
     except sqlite3.Error:
         return []
     finally:

@@ -208,6 +208,7 @@ class LiveGateway:
         self._shown_ts: dict[int, float] = {}  # wall time of each sign's content
         self._shown_mono: dict[int, float] = {}  # and when it was published, monotonic
         self._zone_published: dict[int, tuple[int, ...]] = {}
+        self._zone_ts: dict[int, float] = {}  # when each zone's counts were last published
         self._online: dict[str, bool] = {}
         self._agent_seen: dict[str, float] = {}
         self._zone_recorded: dict[int, dict[str, int]] = {}  # last on-change history row
@@ -958,6 +959,7 @@ class LiveGateway:
             if self._zone_published.get(z) == key:
                 continue
             self._zone_published[z] = key
+            self._zone_ts[z] = now
             payload = (
                 f'{{"zone":{self._zone_json[z]},"free":{f},"occupied":{o},"unknown":{u},'
                 f'"closed":{c},"total":{u + f + o + c},"ts":{now!r}}}'
@@ -1070,7 +1072,8 @@ class LiveGateway:
         now = self._clock()
         with self.lock:
             return [
-                ZoneCounts(zone=z, ts=now, **self.state.zone_row(i))
+                # the time of the counts as published (the stand-alone API's, from the topic)
+                ZoneCounts(zone=z, ts=self._zone_ts.get(i, now), **self.state.zone_row(i))
                 for i, z in enumerate(self.state.zone_ids)
             ]
 

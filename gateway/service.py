@@ -884,7 +884,8 @@ def _realtime_scheduling() -> bool:
 
 
 def republish_stored_signs(db: str, broker: BrokerConfig, timeout_s: float = 2.0) -> int:
-    """Publish the signs the journal says are current, with a fresh expiry; returns how many.
+    """Publish the signs the journal says are current, valid for what is left of their
+    expiry counted from the last report heard; returns how many.
 
     Run first thing on start: after a crash the signs are consistent again within a fraction
     of a second, while the full gateway is still loading. The contents are those committed
@@ -908,9 +909,9 @@ def republish_stored_signs(db: str, broker: BrokerConfig, timeout_s: float = 2.0
     try:
         now = time.time()
         sent = []
-        for topic, body, expires_s in rows:
+        for topic, body, left_s in rows:
             content = json.loads(body)
-            content["ts"], content["expires"] = now, now + expires_s
+            content["ts"], content["expires"] = now, now + left_s
             sent.append(
                 client.publish(
                     topic,

@@ -221,9 +221,8 @@ def test_closing_a_closed_space_again_journals_the_new_reason(client, tokens, ha
     h = tokens["manager"]
     assert client.post("/api/v1/spaces/D-005/close", json={"reason": "pothole"}, headers=h)
 
-    def counts() -> dict:
-        zone = {z["zone"]: z for z in client.get("/api/v1/zones").json()}["D"]
-        return {k: v for k, v in zone.items() if k != "ts"}
+    def counts() -> dict:  # with its ts: when the counts were published, i.e. changed
+        return {z["zone"]: z for z in client.get("/api/v1/zones").json()}["D"]
 
     before = counts()
     again = client.post("/api/v1/spaces/D-005/close", json={"reason": "burst pipe"}, headers=h)
@@ -340,6 +339,11 @@ def test_alerts_from_health_and_availability_and_acknowledgement(client, tokens,
     plain = client.get("/api/v1/detectors", headers=tokens["viewer"]).json()
     assert "raw" not in plain[0]
     assert client.get("/api/v1/detectors/raw", headers=tokens["manager"]).status_code == 403
+    # a bus filter: a typo is refused, not answered "no detectors"
+    b1 = client.get("/api/v1/detectors", params={"source": "bus-b1"}, headers=tokens["viewer"])
+    assert b1.status_code == 200 and {d["source"] for d in b1.json()} == {"bus-b1"}
+    typo = client.get("/api/v1/detectors", params={"source": "bus-bl"}, headers=tokens["viewer"])
+    assert typo.status_code == 422 and "bus-b1" in typo.text
 
     harness.gateway.handle(topics.edge_availability(site, "camera-cam-c"), b"online")
     harness.fill(OCCUPIED)  # the camera reports again

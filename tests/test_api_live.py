@@ -336,6 +336,10 @@ def test_a_standalone_view_takes_availability_and_health_as_the_gateway_does(tmp
     view._handle(topics.edge_availability("xinyuan", agent), b"online")
     view._handle(topics.edge_availability("xinyuan", agent), b"offline  ")
     assert view._online[agent] is True
+    # an agent the site does not name: its will would be a critical alert forever
+    view._handle(topics.edge_availability("xinyuan", "intruder"), b"offline")
+    assert "intruder" not in {a.agent for a in view.agents()}
+    assert view.counters().rejected == {"invalid": 1, "unknown_agent": 1}
     now = time.time()
 
     def health(ts: float, status: str) -> bytes:
@@ -346,7 +350,7 @@ def test_a_standalone_view_takes_availability_and_health_as_the_gateway_does(tmp
     view._handle(topics.edge_health("xinyuan", agent), health(now, "ok"))
     view._handle(topics.edge_health("xinyuan", agent), health(now - 3600, "blind"))
     assert view._health[agent].status == "ok"
-    assert view.counters().rejected == {"invalid": 1, "older_than_known": 1}
+    assert view.counters().rejected == {"invalid": 1, "older_than_known": 1, "unknown_agent": 1}
     # a node bus-g does not have: left out (its "does not answer" would be a false alert)
     body = json.loads(health(now + 1, "degraded"))
     body["nodes"] = [{"address": 99, "status": "dead"}, {"address": 1, "status": "dead"}]
@@ -360,3 +364,32 @@ def test_a_standalone_view_takes_availability_and_health_as_the_gateway_does(tmp
     zones = {ev.data["zone"]: ev.data for ev in heard if ev.kind == "zone"}
     assert set(zones) == {z.id for z in view.site.zones}
     assert all(z["unknown"] == z["total"] > 0 and z["free"] == 0 for z in zones.values())
+
+
+def test_a_standalone_view_lists_the_journals_assignments_from_its_start(tmp_path):
+    """The recent assignments come from the journal at start (and from the topic after)."""
+    from api.mqttview import MqttLiveView
+    from gateway.journal import Journal
+    from parking.broker import BrokerConfig
+    from parking.site import load_site
+
+    db = tmp_path / "journal.sqlite"
+    journal = Journal(db)
+    with journal.transaction() as conn:
+        for i, space in enumerate(["A-001", "A-002", "A-003"]):
+            body = json.dumps(
+                {"entrance": "north", "class": "resident", "space": space, "zone": "A",
+                 "route": ["north", "A"], "hold_expires": 1000.0 + i, "ts": 100.0 + i}
+            )  # fmt: skip
+            conn.execute(
+                "INSERT INTO assignments(ts, entrance, class, space, zone, hold_expires,"
+                " payload) VALUES (?,?,?,?,?,?,?)",
+                (100.0 + i, "north", "resident", space, "A", 1000.0 + i, body),
+            )
+    view = MqttLiveView(load_site(EXAMPLE_SITE), BrokerConfig("127.0.0.1", free_port()), str(db))
+    view.start()
+    try:
+        assert [a.space for a in view.assignments(10)] == ["A-003", "A-002", "A-001"]
+    finally:
+        view.stop()
+        journal.close()

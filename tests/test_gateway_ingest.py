@@ -158,6 +158,25 @@ def test_new_boot_resets_the_sequence_and_old_boot_is_refused(gate, since):
     assert isinstance(late, Rejection) and late.reason == "stale_boot"
 
 
+def test_a_stale_message_of_an_unknown_boot_does_not_shut_the_live_boot_out(
+    gate, since, example_site
+):
+    """A report of a boot never seen, older than what the live boot observed (a replay, a
+    copy of an old message), is refused: the live boot goes on. A new boot whose report is
+    not older (the agent restarted) replaces it as before."""
+    week = 7 * 86400.0
+    accept(gate, report([("A-001", "free")], boot="b1", seq=1, ts=10 * week), since)
+    since[example_site.space_index["A-001"]] = 10 * week  # what the live boot observed
+    old = report([("A-002", "occupied")], boot="6f1c2a9e0b1c", seq=42, ts=9 * week)
+    refused = gate.accept("serial-bus-g", old, since)
+    assert isinstance(refused, Rejection) and refused.reason == "stale_boot"
+    assert "older" in refused.detail
+    goes_on = accept(gate, report([("A-001", "occupied")], boot="b1", seq=2, ts=10 * week), since)
+    assert isinstance(goes_on, AcceptedReport) and not goes_on.gap
+    restarted = report([("A-001", "free")], boot="b2", seq=0, ts=10 * week + 30)
+    assert isinstance(accept(gate, restarted, since), AcceptedReport)
+
+
 def test_restored_sequence_refuses_replays_after_restart(example_site, since):
     gate = ReportGate(example_site)
     gate.restore("serial-bus-g", "b1", 7)

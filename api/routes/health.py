@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 
 from api.deps import Ctx, require_login, require_technician
 from api.models import AgentOut, DetectorOut, DetectorRawOut, HealthOut, NodeSummary
-from api.routes import TECHNICIAN_ERRORS, VIEWER_ERRORS, not_found
+from api.routes import TECHNICIAN_ERRORS, VIEWER_ERRORS, invalid, not_found
 
 router = APIRouter(
     prefix="/api/v1",
@@ -56,6 +56,13 @@ def agents(ctx: Ctx) -> list[AgentOut]:
 
 
 def _detectors(ctx: Ctx, source: str | None, status: str | None) -> list[DetectorRawOut]:
+    buses = [b.id for b in ctx.view.site.buses]
+    if source is not None and source not in buses:  # a typo must not read "no faults"
+        invalid(
+            ("query", "source"),
+            f"no bus {source!r} on this site; buses: {', '.join(buses)}",
+            source,
+        )
     out = []
     for a in ctx.view.agents():
         h = a.health
