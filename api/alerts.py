@@ -19,6 +19,10 @@ from typing import Any
 
 from gateway.readside import AgentStatus, SpaceStatus
 
+AGENT_REJOIN_S = 35.0
+"""After the broker comes back, how long an agent may take to reconnect (the agents' backoff
+is capped at 30 s) before its retained last will counts as offline."""
+
 ALERTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY,
@@ -133,18 +137,23 @@ def derive_alerts(
     now: float,
     long_occupied_s: float,
     broker_up: bool = True,
+    broker_back_since: float | None = None,
 ) -> list[Alert]:
     """Every alert the state calls for right now, in a stable order. Without the broker
     (``broker_up`` False) one alert says so, and none about the agents: what is known of
     them is from before (a broker stopped sends every agent's last will, though they are
-    alive and spooling)."""
+    alive and spooling). For AGENT_REJOIN_S after it is back (``broker_back_since``),
+    an agent offline is not yet an alert: those wills are retained, and the agents come
+    back when their reconnect backoff (at most 30 s) ends."""
     out: list[Alert] = []
     if not broker_up:
         out.append(Alert("broker_lost:mqtt", "broker_lost", "mqtt", None))
         agents = ()
+    rejoining = broker_back_since is not None and now - broker_back_since < AGENT_REJOIN_S
     for a in agents:
         if not a.online:
-            out.append(Alert(f"agent_offline:{a.agent}", "agent_offline", a.agent, a.last_seen))
+            if not rejoining:
+                out.append(Alert(f"agent_offline:{a.agent}", "agent_offline", a.agent, a.last_seen))
             continue  # its health is stale: do not also report its detectors
         h = a.health
         if h is None:

@@ -173,6 +173,7 @@ class AlertMonitor:
             now,
             self.long_occupied_s,
             broker_up=self.view.broker_connected(),
+            broker_back_since=self.view.broker_back_since(),
         )
         return self.book.update(alerts, now)
 

@@ -81,6 +81,7 @@ class MqttLiveView:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.connected = threading.Event()
+        self._connected_at: float | None = None  # wall time of the last (re)connect
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id or f"parkguide-api-{site.id}-{secrets.token_hex(8)}",
@@ -126,6 +127,8 @@ class MqttLiveView:
             )
             lost = self._ever_connected
             self._ever_connected = True
+            if not self.connected.is_set():
+                self._connected_at = time.time()
             self.connected.set()
             log.info("connected to %s", self.broker.url)
             if lost:
@@ -143,6 +146,10 @@ class MqttLiveView:
 
     def broker_connected(self) -> bool:
         return self.connected.is_set()
+
+    def broker_back_since(self) -> float | None:
+        """Wall time this view last (re)connected to the broker (None: not connected)."""
+        return self._connected_at if self.connected.is_set() else None
 
     def _blind(self) -> bool:
         """No word from the gateway can reach us: every count and state shows unknown."""

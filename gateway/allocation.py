@@ -1140,6 +1140,19 @@ class AllocationCore:
             self._activate(a)
         return s
 
+    def unknown_eligible(self, entrance: int, vehicle_class: int) -> int:
+        """Spaces ``vehicle_class`` may use now (kind, time window, not closed), reachable
+        from ``entrance``, whose state is unknown: when :meth:`assign` finds nothing, with
+        some of these the car park is not known to be full, only not seen."""
+        lo = self.layout
+        mask = (
+            (self.state == UNKNOWN)
+            & self._kindset_elig[lo.kindset, vehicle_class]
+            & ~lo.closed
+            & np.isfinite(lo.cost[entrance])
+        )
+        return int(np.count_nonzero(mask))
+
     def hold(self, space: int, until: float, now: float) -> None:
         """Hold ``space`` until ``until`` (e.g. a hold restored from the journal after a
         restart); no congestion is added. Released like any hold."""

@@ -66,6 +66,11 @@ Publish = Callable[[str, bytes, int, bool], None]
 """publish(topic, payload, qos, retain)"""
 
 REHEARSAL_MAX_OBSERVATIONS = 64  # larger reports are not rehearsed (see _stage_report)
+NO_SPACE_FULL = LocalText(zh="车位已满", en="No space available")
+NO_SPACE_UNKNOWN = LocalText(  # no space to give, but some the car may use are not seen now
+    zh="暂时无法确认空位，请按引导屏行驶",
+    en="Free spaces cannot be confirmed now: follow the signs",
+)
 MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
 CORE_STEP_SLACK_S = 0.1  # a forward jump of the wall clock beyond the monotonic one: a step
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
@@ -228,7 +233,8 @@ class LiveGateway:
         self.outbox_stats: Callable[[], dict[str, Any]] | None = None
         self._next_zone_history = 0.0
         self._live = False  # nothing is sent before the first publish_all (connected)
-        self.broker_up = True  # the service says when it loses (and regains) the broker
+        self._broker_up = True  # the service says when it loses (and regains) the broker
+        self._broker_up_at: float | None = None  # wall time it was regained (None: never lost)
         # checkpoint not written yet: spaces whose row moved, signs, history points
         self._dirty = np.zeros(len(site.spaces), dtype=bool)
         self._dirty_signs: dict[int, _Sign] = {}
@@ -700,12 +706,15 @@ class LiveGateway:
                     ts=now,
                 )
             else:
+                # nothing to give: full, or blind (what the class may use is unknown: a
+                # camera or bus is down). A blind gate must not tell drivers it is full
+                blind = self.core.unknown_eligible(e, c) > 0
                 assignment = Assignment(
                     entrance=entrance,
                     vehicle_class=arrival.vehicle_class,
                     space=None,
                     zone=None,
-                    hint=LocalText(zh="车位已满", en="No space available"),
+                    hint=NO_SPACE_UNKNOWN if blind else NO_SPACE_FULL,
                     hold_expires=None,
                     plate=arrival.plate,
                     request_id=arrival.request_id,
@@ -1107,9 +1116,23 @@ class LiveGateway:
                 if d in self._shown_ts
             }
 
+    @property
+    def broker_up(self) -> bool:
+        return self._broker_up
+
+    @broker_up.setter
+    def broker_up(self, up: bool) -> None:
+        if up and not self._broker_up:
+            self._broker_up_at = self._clock()
+        self._broker_up = up
+
     def broker_connected(self) -> bool:
         """The service's word on its MQTT connection (True in-process without one)."""
-        return self.broker_up
+        return self._broker_up
+
+    def broker_back_since(self) -> float | None:
+        """Wall time the broker connection was last regained (None: never lost)."""
+        return self._broker_up_at if self._broker_up else None
 
     def agents(self) -> list[AgentStatus]:
         with self.lock:

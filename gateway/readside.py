@@ -89,6 +89,11 @@ class LiveView(Protocol):
         stand-alone API's own)."""
         ...
 
+    def broker_back_since(self) -> float | None:
+        """Wall time the broker connection was last regained; None when it is down (or,
+        in-process, was never lost)."""
+        ...
+
     def subscribe(self, callback: Callable[[LiveEvent], None]) -> Callable[[], None]:
         """Call ``callback`` (from any thread) for every live event; returns an unsubscribe function."""
         ...

@@ -706,6 +706,13 @@ def test_without_the_broker_one_alert_says_so_and_none_blames_the_agents():
     (lost,) = derive_alerts([], agents, now, 3600, broker_up=False)
     assert lost.id == "broker_lost:mqtt" and lost.severity == "critical"
     assert "not reachable" in lost.message(72)[1]
+    # back: the wills are retained, the agents reconnect within their backoff (30 s at
+    # most); until then an agent offline is no alert, and after, it is
+    back = now - 10
+    rejoining = {a.id for a in derive_alerts([], agents, now, 3600, broker_back_since=back)}
+    assert rejoining == {"camera_blind:cam-c"}
+    later = derive_alerts([], agents, now + 30, 3600, broker_back_since=back)
+    assert {a.id for a in later} == with_broker
 
 
 def test_the_gateway_says_when_it_has_lost_the_broker(tmp_path):
@@ -728,5 +735,7 @@ def test_the_gateway_says_when_it_has_lost_the_broker(tmp_path):
             while not gw.gateway.broker_connected() and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert gw.gateway.broker_connected()
+            back = gw.gateway.broker_back_since()  # when: the agents' alerts wait on it
+            assert back is not None and abs(time.time() - back) < 20
     finally:
         broker.stop()

@@ -343,3 +343,22 @@ def test_a_hold_ended_before_a_restart_stays_ended_whatever_the_clock_did(exampl
     again = clocks.gateway(example_site, Journal(db), lambda *a: None, hold_s=180)
     assert again.core.holds == {}
     again.journal.close()
+
+
+def test_a_blind_gate_does_not_tell_drivers_it_is_full(example_site, tmp_path):
+    """No space to give while the visitors' row is unknown (its camera is down) is not
+    "full": the answer says the spaces cannot be confirmed. Seen full, it says full."""
+    from gateway.live import NO_SPACE_FULL, NO_SPACE_UNKNOWN
+
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    snapshot_all_free(g.gw, example_site, g.clock[0])  # the buses; camera cam-c unheard
+    blind = g.arrive("v1", cls="visitor")
+    assert blind["space"] is None
+    assert blind["hint"] == NO_SPACE_UNKNOWN.model_dump() != NO_SPACE_FULL.model_dump()
+    row = example_site.spaces_of_source("cam-c")
+    g.report("camera-cam-c", "cam-c", 1, dict.fromkeys(row, "occupied"))
+    full = g.arrive("v2", cls="visitor")
+    assert full["space"] is None and full["hint"] == NO_SPACE_FULL.model_dump()
+    # one unknown space among occupied ones: not known to be full
+    g.report("camera-cam-c", "cam-c", 2, {row[0]: "unknown"})
+    assert g.arrive("v3", cls="visitor")["hint"] == NO_SPACE_UNKNOWN.model_dump()
