@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge.camera.crops import fit_polygons
 from edge.camera.quality import FrameQuality, FrameQualityMonitor, QualitySettings
 from edge.camera.smoothing import OccupancySmoother, SmoothingSettings, SpaceChange
 from edge.camera.stream import FrameRate, FrameReader, describe, file_problem, parse_source
@@ -113,7 +114,6 @@ class CameraAgent:
         plan = self._plans.get((w, h))
         if plan is None:
             cw, ch = self.camera.resolution
-            polys = self.polygons
             if (w, h) != (cw, ch):
                 log.warning(
                     "camera %s: frames are %dx%d, the site says %dx%d; scaling the polygons",
@@ -123,9 +123,7 @@ class CameraAgent:
                     cw,
                     ch,
                 )
-                scale = np.array([w / cw, h / ch], np.float32)
-                polys = [p * scale for p in polys]
-            plan = self.classifier.plan(polys)
+            plan = self.classifier.plan(fit_polygons(self.polygons, (cw, ch), (w, h)))
             self._plans[(w, h)] = plan
         return plan
 

@@ -16,6 +16,10 @@ import sys
 # command words -> (module, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("site", "check"): ("parkguide.site_check", "validate a site file and print a summary"),
+    ("site", "camera-view"): (
+        "edge.camera.view",
+        "draw a camera's space polygons and decisions over a frame (commissioning)",
+    ),
     ("sim", "bus"): (
         "firmware_sim.bus",
         "simulate the node controllers of one RS-485 bus on a pty",

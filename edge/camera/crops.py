@@ -157,3 +157,15 @@ def normalise_patch(patch: np.ndarray, size: int = DEFAULT_SIZE, margin: float =
     if patch.shape[0] == size and patch.shape[1] == size:
         return patch
     return cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def fit_polygons(
+    polygons: Sequence[np.ndarray], configured: tuple[int, int], actual: tuple[int, int]
+) -> list[np.ndarray]:
+    """The site file's polygons (drawn for ``configured`` width x height) on a picture of
+    ``actual`` size: scaled, as the agent does for a camera's substream."""
+    polys = [np.asarray(p, np.float32) for p in polygons]
+    if tuple(actual) == tuple(configured):
+        return polys
+    scale = np.array([actual[0] / configured[0], actual[1] / configured[1]], np.float32)
+    return [p * scale for p in polys]
