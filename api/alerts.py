@@ -11,6 +11,8 @@ back must be acknowledged again.
 
 from __future__ import annotations
 
+import logging
+import math
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.readside import AgentStatus, SpaceStatus
+
+log = logging.getLogger(__name__)
 
 AGENT_REJOIN_S = 35.0
 """After the broker comes back, how long an agent may take to reconnect (the agents' backoff
@@ -234,6 +238,7 @@ class AlertBook:
         self.db_path = db_path
         self._lock = threading.Lock()
         self._open: dict[str, AlertRecord] = {}
+        self._write_failed_logged = -math.inf
         if db_path:
             with self._connect() as db:
                 db.execute(ALERTS_SCHEMA)
@@ -257,8 +262,13 @@ class AlertBook:
         with self._lock:
             return sorted(self._open.values(), key=lambda r: (r.since, r.alert.id))
 
-    def update(self, alerts: list[Alert], now: float) -> tuple[list[AlertRecord], list[str]]:
-        """Take the derived alerts; returns (new episodes, cleared alert ids)."""
+    def update(
+        self, alerts: list[Alert], now: float, keep_open: bool = False
+    ) -> tuple[list[AlertRecord], list[str]]:
+        """Take the derived alerts; returns (new episodes, cleared alert ids). With
+        ``keep_open`` nothing is cleared: the view does not know yet (just started, or the
+        broker just came back, and the retained health and availability are still on
+        their way), and clearing would end acknowledged episodes that are still true."""
         with self._lock:
             seen = {a.id for a in alerts}
             raised: list[AlertRecord] = []
@@ -268,35 +278,43 @@ class AlertBook:
                     rec = AlertRecord(a, a.since if a.since is not None else now)
                     raised.append(rec)
                 self._open[a.id] = replace(rec, alert=a)
-            cleared = [aid for aid in self._open if aid not in seen]
+            cleared = [] if keep_open else [aid for aid in self._open if aid not in seen]
             for aid in cleared:
                 del self._open[aid]
         if self.db_path and (raised or cleared):
-            with self._connect() as db:
-                db.executemany(
-                    "INSERT OR REPLACE INTO alerts (id, kind, subject, since, cleared, acked_by, "
-                    "acked_at, note) VALUES (?, ?, ?, ?, NULL, NULL, NULL, NULL)",
-                    [(r.alert.id, r.alert.kind, r.alert.subject, r.since) for r in raised],
-                )
-                db.executemany(
-                    "UPDATE alerts SET cleared = ? WHERE id = ? AND cleared IS NULL",
-                    [(now, aid) for aid in cleared],
-                )
+            try:
+                with self._connect() as db:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO alerts (id, kind, subject, since, cleared, "
+                        "acked_by, acked_at, note) VALUES (?, ?, ?, ?, NULL, NULL, NULL, NULL)",
+                        [(r.alert.id, r.alert.kind, r.alert.subject, r.since) for r in raised],
+                    )
+                    db.executemany(
+                        "UPDATE alerts SET cleared = ? WHERE id = ? AND cleared IS NULL",
+                        [(now, aid) for aid in cleared],
+                    )
+            except sqlite3.Error as exc:
+                # the alerts still show and are pushed live; only their history is short
+                if now - self._write_failed_logged >= 60:
+                    self._write_failed_logged = now
+                    log.error("alerts database %s refused a write: %s", self.db_path, exc)
         return raised, cleared
 
     def acknowledge(self, alert_id: str, by: str, note: str | None, now: float) -> AlertRecord:
-        """Acknowledge the open episode of an alert; KeyError when it is not open."""
+        """Acknowledge the open episode of an alert; KeyError when it is not open. Written
+        before it is shown: an acknowledgement the database refused (sqlite3.Error) is not
+        one, and the page must not show it as one."""
         with self._lock:
             rec = self._open.get(alert_id)
             if rec is None:
                 raise KeyError(alert_id)
             rec = replace(rec, acked_by=by, acked_at=now, note=note)
+            if self.db_path:
+                with self._connect() as db:
+                    db.execute(
+                        "INSERT OR REPLACE INTO alerts (id, kind, subject, since, cleared, "
+                        "acked_by, acked_at, note) VALUES (?, ?, ?, ?, NULL, ?, ?, ?)",
+                        (rec.alert.id, rec.alert.kind, rec.alert.subject, rec.since, by, now, note),
+                    )
             self._open[alert_id] = rec
-        if self.db_path:
-            with self._connect() as db:
-                db.execute(
-                    "INSERT OR REPLACE INTO alerts (id, kind, subject, since, cleared, acked_by, "
-                    "acked_at, note) VALUES (?, ?, ?, ?, NULL, ?, ?, ?)",
-                    (rec.alert.id, rec.alert.kind, rec.alert.subject, rec.since, by, now, note),
-                )
         return rec

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from api.alerts import AlertBook, derive_alerts
+from api.alerts import AGENT_REJOIN_S, AlertBook, derive_alerts
 from gateway.readside import LiveEvent, LiveView
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ class AlertMonitor:
         long_occupied_s: float,
     ):
         self.view, self.book, self.hub = view, book, hub
+        self._started = time.time()
         self.interval_s = interval_s
         self.long_occupied_s = long_occupied_s
         self._wake = asyncio.Event()
@@ -167,15 +168,25 @@ class AlertMonitor:
 
     def check(self) -> tuple[list[Any], list[str]]:
         now = time.time()
+        broker_up = self.view.broker_connected()
+        back = self.view.broker_back_since()
         alerts = derive_alerts(
             self.view.spaces(),
             self.view.agents(),
             now,
             self.long_occupied_s,
-            broker_up=self.view.broker_connected(),
-            broker_back_since=self.view.broker_back_since(),
+            broker_up=broker_up,
+            broker_back_since=back,
         )
-        return self.book.update(alerts, now)
+        # just started, broker lost, or just back: what the view knows of the agents is
+        # not complete (retained health and wills are on their way), so an open episode
+        # is kept, with its acknowledgement, rather than ended and raised again as new
+        settling = (
+            not broker_up
+            or now - self._started < AGENT_REJOIN_S
+            or (back is not None and now - back < AGENT_REJOIN_S)
+        )
+        return self.book.update(alerts, now, keep_open=settling)
 
     async def _run(self) -> None:
         while True:

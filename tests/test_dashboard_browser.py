@@ -312,6 +312,19 @@ def test_dashboard_notices_its_login_ended(processes, mosquitto, tmp_path):
         there.wait_for_selector("#events tbody tr")
         assert all(private_shown(there).values()), private_shown(there)
 
+        # a logout the server could not carry out (its database refused, 503): the page
+        # says so and stays logged in, as the server does
+        here.route(
+            "**/api/v1/auth/logout",
+            lambda route: route.fulfill(
+                status=503, content_type="application/json", body='{"detail": "disk full"}'
+            ),
+        )
+        here.click("#logout")
+        wait_until(lambda: "disk full" in (here.text_content("#logout-msg") or ""), 5000, "why")
+        assert here.is_visible("#who") and not here.is_visible("#login-box")
+        here.unroute("**/api/v1/auth/logout")
+
         # logged out in the other tab: the server ends this tab's stream (within 5 s), and the
         # page asks who it is on the reconnect's hello
         logout(here)

@@ -163,7 +163,10 @@ function clearPrivate() {
 }
 
 async function logout() {
-  await api("/api/v1/auth/logout", { method: "POST" });
+  const r = await api("/api/v1/auth/logout", { method: "POST" });
+  // not ended on the server (its database refused): say so, the login still holds
+  $("#logout-msg").textContent = r.ok || r.status === 401 ? "" : errorText(r);
+  if (!r.ok && r.status !== 401) return;
   clearPrivate();
   await start();
 }
