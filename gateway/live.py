@@ -71,6 +71,8 @@ NO_SPACE_UNKNOWN = LocalText(  # no space to give, but some the car may use are 
     zh="暂时无法确认空位，请按引导屏行驶",
     en="Free spaces cannot be confirmed now: follow the signs",
 )
+ARRIVAL_MAX_AGE_S = 60.0
+"""An arrival stamped (``ts``) longer ago than this is refused, not answered and held."""
 MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
 CORE_STEP_SLACK_S = 0.1  # a forward jump of the wall clock beyond the monotonic one: a step
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
@@ -571,7 +573,9 @@ class LiveGateway:
             return
         self._gap_logged[acc.agent] = mono
         log.warning(
-            "agent %s boot %s: reports %d..%d never arrived (a broker restart lost them?); "
+            "agent %s boot %s: reports %d..%d never arrived (the broker dropped them: a "
+            "broker restart, or its queue limit max_queued_messages while the gateway was "
+            "away); "
             "the next snapshot reconciles the state (%d missed from this agent so far)",
             acc.agent,
             acc.boot,
@@ -668,6 +672,13 @@ class LiveGateway:
                 topic,
                 payload,
             )
+            return
+        age = self._clock() - arrival.ts if arrival.ts is not None else 0.0
+        if age > ARRIVAL_MAX_AGE_S:
+            # queued while the gateway was away: that car has long left the gate, and a
+            # hold for it would take a free space off the signs for --hold-s
+            why = f"arrival ts {arrival.ts} is {age:.0f} s old: the car is no longer at the gate"
+            self._reject(Rejection("stale_arrival", why), topic, payload)
             return
         with self.lock:
             now = self._clock()
