@@ -30,6 +30,7 @@ PUBLIC_KINDS = frozenset({"zone", "display"})
 class StreamClient:
     def __init__(self, kinds: frozenset[str] | None):
         self.kinds = kinds  # None: every kind
+        self.public = False  # opened without a login
         self.queue: asyncio.Queue[LiveEvent | None] = asyncio.Queue(CLIENT_QUEUE)
         self.overflowed = False
 
@@ -57,6 +58,7 @@ class LiveHub:
     def __init__(self, view: LiveView):
         self.view = view
         self.clients: set[StreamClient] = set()
+        self._public = 0  # of them without a login
         self.loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._listeners: list[Callable[[LiveEvent], None]] = []
@@ -123,13 +125,28 @@ class LiveHub:
         for c in list(self.clients):
             c.offer(event)
 
-    def connect(self, kinds: frozenset[str] | None) -> StreamClient:
+    def connect(
+        self,
+        kinds: frozenset[str] | None,
+        public: bool = False,
+        caps: tuple[int, int] | None = None,
+    ) -> StreamClient | None:
+        """A new stream client; None when ``caps`` (most public streams, most streams) are
+        reached (a public one counts against both)."""
+        if caps is not None:
+            max_public, max_all = caps
+            if len(self.clients) >= max_all or (public and self._public >= max_public):
+                return None
         c = StreamClient(kinds)
+        c.public = public
         self.clients.add(c)
+        self._public += public
         return c
 
     def disconnect(self, client: StreamClient) -> None:
-        self.clients.discard(client)
+        if client in self.clients:
+            self.clients.discard(client)
+            self._public -= client.public
 
 
 class AlertMonitor:

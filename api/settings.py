@@ -43,6 +43,16 @@ class ApiSettings(BaseSettings):
     alert_check_s: float = Field(
         5.0, gt=0, description="how often alerts are re-derived when nothing changes"
     )
+    max_public_streams: int = Field(
+        200,
+        ge=1,
+        description="live streams open at once without a login (residents' phones); beyond "
+        "it a new one is answered 503 with Retry-After, so anonymous pages cannot use up "
+        "the process's connections",
+    )
+    max_streams: int = Field(
+        400, ge=1, description="live streams open at once in all (logged-in ones included)"
+    )
     max_history_points: int = Field(
         2000, ge=10, description="most points one history series may have (range / step)"
     )

@@ -118,6 +118,46 @@ def test_stream_pushes_state_changes_within_a_second(server, harness):
         anonymous.close()
 
 
+def test_streams_are_capped_and_logins_keep_their_share(harness, users):
+    """Anonymous pages cannot use up the process: beyond the public cap a new stream is
+    answered 503 with Retry-After, while a logged-in user still gets one up to the total cap;
+    a closed stream frees its place."""
+    app = create_app(
+        harness.gateway,
+        settings(max_public_streams=2, max_streams=3),
+        db_path=str(harness.db_path),
+    )
+    with ServerThread(app, free_port()) as srv:
+        url = f"{srv.url}/api/v1/stream"
+        public = [StreamReader(url), StreamReader(url)]
+        try:
+            for r in public:
+                r.wait_for("hello", lambda d: True, 5)
+            third = httpx.get(url, timeout=5)
+            assert third.status_code == 503 and third.headers["retry-after"] == "30"
+            login = httpx.post(
+                f"{srv.url}/api/v1/auth/login", json={"name": "viewer", "password": PASSWORD}
+            )
+            bearer = {"Authorization": f"Bearer {login.json()['token']}"}
+            viewer = StreamReader(url, bearer)
+            public.append(viewer)
+            assert viewer.status == 200
+            viewer.wait_for("hello", lambda d: True, 5)
+            assert httpx.get(url, headers=bearer, timeout=5).status_code == 503  # 3 in all
+            public.pop(0).close()
+            deadline = time.monotonic() + 20  # the server notices at its next keep-alive
+            again = StreamReader(url)
+            while again.status != 200 and time.monotonic() < deadline:
+                again.close()
+                time.sleep(0.5)
+                again = StreamReader(url)
+            public.append(again)
+            assert again.status == 200
+        finally:
+            for r in public:
+                r.close()
+
+
 def test_stream_needs_login_when_counts_are_private(harness, users):
     app = create_app(harness.gateway, settings(public_read=False), db_path=str(harness.db_path))
     with ServerThread(app, free_port()) as srv:

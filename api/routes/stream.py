@@ -15,10 +15,11 @@ import json
 import logging
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -33,6 +34,9 @@ router = APIRouter(prefix="/api/v1", tags=["live"], responses=PUBLIC_ERRORS)
 
 HEARTBEAT_S = 15.0
 SESSION_CHECK_S = 5.0  # a logged-out, expired or demoted session's stream ends within this
+STREAM_RETRY_S = 30  # Retry-After when the streams are at their cap
+ENCODED_MAX = 4096  # events kept encoded (a burst's worth: every stream sends the same ones)
+_ENCODED: OrderedDict[tuple[int, bool], tuple[LiveEvent, str]] = OrderedDict()
 _AGENT_SUMMARY_KEYS = {"agent", "online", "last_seen", "status", "source"}
 
 
@@ -46,6 +50,21 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     return str(value)
+
+
+def encoded(event: LiveEvent, raw_allowed: bool) -> str:
+    """:func:`sse_message`, encoded once per event and audience however many streams send
+    it (on the event loop only). The event is kept with its text: an id reused by a later
+    event is never taken for it."""
+    key = (id(event), raw_allowed)
+    hit = _ENCODED.get(key)
+    if hit is not None and hit[0] is event:
+        return hit[1]
+    text = sse_message(event, raw_allowed)
+    _ENCODED[key] = (event, text)
+    if len(_ENCODED) > ENCODED_MAX:
+        _ENCODED.popitem(last=False)
+    return text
 
 
 def sse_message(event: LiveEvent, raw_allowed: bool) -> str:
@@ -102,7 +121,7 @@ async def _events(request: Request, ctx: Ctx, client: StreamClient, user: User |
                 continue
             if event is None:  # overflowed or shutting down: the page reconnects
                 return
-            yield sse_message(event, raw_allowed)
+            yield encoded(event, raw_allowed)
     finally:
         ctx.hub.disconnect(client)
 
@@ -123,7 +142,14 @@ async def stream(
     session = session_of(request, ctx) if user else None
     if user is not None and session is None:  # expired since the access check, just now
         require_login(None)
-    client = ctx.hub.connect(None if user else PUBLIC_KINDS)
+    caps = (ctx.settings.max_public_streams, ctx.settings.max_streams)
+    client = ctx.hub.connect(None if user else PUBLIC_KINDS, public=user is None, caps=caps)
+    if client is None:  # the page's EventSource tries again (retry), and so does a phone
+        raise HTTPException(
+            503,
+            "too many live streams open; try again shortly",
+            headers={"Retry-After": str(STREAM_RETRY_S)},
+        )
     return StreamingResponse(
         _events(request, ctx, client, user, session),
         media_type="text/event-stream",
