@@ -15,7 +15,9 @@ as changes settle, a snapshot on every (re)connect and periodically,
 retained availability with a last will, retained health with the processed
 frame rate and each space's last confidence. Health status: ``blind`` as
 above; ``degraded`` when more than a quarter of the spaces fell below the
-confidence floor on the last frame (dusk, rain, glare); else ``ok``.
+confidence floor on the last frame (dusk, rain, glare), or when the spool cannot
+take reports (a full disk: they go out from memory, ``counters.spool_full`` 1);
+else ``ok``.
 """
 
 from __future__ import annotations
@@ -199,7 +201,10 @@ class CameraAgent:
         if self.quality is None:
             return "blind"
         low = self.smoother.confidence < self.smoother.settings.min_confidence
-        return "degraded" if low.mean() > DEGRADED_FRACTION else "ok"
+        # reports only in memory (a full disk) are lost if the agent stops: not "ok" either
+        if low.mean() > DEGRADED_FRACTION or not self.publisher.spool_ok:
+            return "degraded"
+        return "ok"
 
     def observations(self, spaces: Sequence[int]) -> list[SpaceObservation]:
         backing = self.smoother.confidence_in_state()
@@ -220,7 +225,12 @@ class CameraAgent:
             source=self.camera.id,
             ts=wall,
             status=self.status(),  # type: ignore[arg-type]
-            counters={**self.counters, "reconnects": reconnects, "stream_up": int(self.stream_up)},
+            counters={
+                **self.counters,
+                "reconnects": reconnects,
+                "stream_up": int(self.stream_up),
+                **self.publisher.spool_health(),
+            },
             fps=round(self.fps(mono), 2),
             spaces=[
                 CameraSpaceHealth(space=s, confidence=float(np.clip(c, 0.0, 1.0)))

@@ -26,6 +26,14 @@ fresh paho client, so nothing is retransmitted behind the spool's back and
 the order is the spool's. Reconnects back off exponentially with jitter
 (``parking.broker.backoff_delay``), reset after an accepted connection.
 
+A spool that cannot be written or read (a full disk, an I/O error) does not stop the
+agent: a report it cannot take is kept in memory (at most ``max_unspooled``, the oldest
+dropped beyond that: a seq gap the gateway counts), sent from there after everything
+the spool holds (seq order: the gateway takes a lower seq after a higher one for a
+repeat), and moved into the spool as soon as it takes writes again. Meanwhile
+``spool_ok`` is False, which the agents' health reports as ``degraded`` with
+``spool_health()`` in its counters, and an error is logged at most once a minute.
+
 Two agents with one id but different spool folders both run: with MQTT 3.1.1 the
 broker just closes the older connection when the other connects with the same
 client id (no reason is sent), so each takes the other's session over within a
@@ -37,6 +45,7 @@ pattern, accepted connections closed by the broker ``TAKEOVER_DROPS`` times with
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -45,7 +54,7 @@ import select
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -69,6 +78,9 @@ DEFAULT_SNAPSHOT_INTERVAL_S = 60.0
 DEFAULT_MAX_INFLIGHT = 20
 DEFAULT_KEEPALIVE_S = 30
 DEFAULT_FLUSH_TIMEOUT_S = 5.0
+DEFAULT_MAX_UNSPOOLED = 1000
+"""reports kept in memory while the spool cannot take them; the oldest go beyond this (the
+next snapshot, on connect and periodically, puts every space right again)"""
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 _WARN_EVERY_S = 60.0  # connection failures: a warning at most this often, debug otherwise
@@ -76,6 +88,10 @@ TAKEOVER_DROPS = 3
 TAKEOVER_WINDOW_S = 30.0
 """this many accepted connections closed by the broker within this many seconds: not an
 outage (the broker keeps accepting us) but another client with our client id"""
+_SPOOL_ERROR_EVERY_S = 60.0  # a failing spool: an error at most this often, debug otherwise
+SPOOL_ERRORS = (sqlite3.DatabaseError, OSError)
+"""what a spool call raises when the disk is full (SQLITE_FULL), fails (SQLITE_IOERR) or the
+file is damaged: the agent runs on without the spool, never dies of it"""
 
 ReportKind = Literal["delta", "snapshot"]
 
@@ -91,7 +107,12 @@ class SpoolBusy(RuntimeError):
 
 
 class ReportSpool:
-    """Reports not yet acknowledged by the broker, in order, on disk (SQLite, WAL)."""
+    """Reports not yet acknowledged by the broker, in order, on disk (SQLite, WAL).
+
+    The lock is taken at once (``SpoolBusy``); the database is opened on first use, and
+    again on the next use after that failed (on a full disk SQLite cannot even size the
+    WAL index of a file it opens), so every other call may raise one of ``SPOOL_ERRORS``.
+    """
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,40 +125,77 @@ class ReportSpool:
             raise SpoolBusy(
                 f"spool {path} is in use by another process (another agent with the same id?)"
             ) from None
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a report the agent counted as queued survives a power cut, not only a crash
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS outbox ("
-            " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " topic TEXT NOT NULL,"
-            " payload BLOB NOT NULL,"
-            " queued REAL NOT NULL)"
-        )
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                # FULL: a report the agent counted as queued survives a power cut, not only
+                # a crash
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS outbox ("
+                    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                    " topic TEXT NOT NULL,"
+                    " payload BLOB NOT NULL,"
+                    " queued REAL NOT NULL)"
+                )
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return self._db
+
+    @property
+    def opened(self) -> bool:
+        """The database could be opened (in this process)."""
+        return self._db is not None
 
     def append(self, topic: str, payload: bytes) -> int:
-        cur = self._db.execute(
-            "INSERT INTO outbox (topic, payload, queued) VALUES (?, ?, ?)",
-            (topic, payload, time.time()),
-        )
-        return int(cur.lastrowid or 0)
+        return self.extend([(topic, payload)])[-1]
+
+    def extend(self, rows: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Append ``rows`` (topic, payload) in order, all or none; their row ids."""
+        db = self._conn()
+        queued = time.time()
+        ids = []
+        db.execute("BEGIN IMMEDIATE")  # one transaction: one fsync, and never half of them
+        try:
+            for topic, payload in rows:
+                cur = db.execute(
+                    "INSERT INTO outbox (topic, payload, queued) VALUES (?, ?, ?)",
+                    (topic, payload, queued),
+                )
+                ids.append(int(cur.lastrowid or 0))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # SQLite rolls some failures (SQLITE_FULL) back itself
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+        return ids
 
     def after(self, row_id: int, limit: int) -> list[tuple[int, str, bytes]]:
         """Up to ``limit`` rows after ``row_id``, oldest first."""
-        return self._db.execute(
+        db = self._conn()
+        return db.execute(
             "SELECT id, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
             (row_id, limit),
         ).fetchall()
 
     def delete(self, row_id: int) -> None:
-        self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+        self._conn().execute("DELETE FROM outbox WHERE id = ?", (row_id,))
 
     def count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        return int(self._conn().execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):  # its last checkpoint may find no room
+                self._db.close()
+            self._db = None
         self._lockfile.close()
 
 
@@ -171,10 +229,13 @@ class ReportPublisher:
         snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         keepalive_s: int = DEFAULT_KEEPALIVE_S,
+        max_unspooled: int = DEFAULT_MAX_UNSPOOLED,
         clock: Callable[[], float] = time.time,
     ):
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
+        if max_unspooled < 1:
+            raise ValueError("max_unspooled must be at least 1")
         if not is_identifier(agent):
             raise ValueError(
                 f"agent id {agent!r}: 1-64 letters, digits and _ . : - (it names MQTT topics)"
@@ -188,6 +249,7 @@ class ReportPublisher:
         self.snapshot_interval_s = snapshot_interval_s
         self.max_inflight = max_inflight
         self.keepalive_s = keepalive_s
+        self.max_unspooled = max_unspooled
         self._clock = clock
         self.topic_occupancy = topics.edge_occupancy(site, agent)
         self.topic_availability = topics.edge_availability(site, agent)
@@ -206,6 +268,16 @@ class ReportPublisher:
         self._connected = False
         self._sent_upto = 0
         self._inflight: dict[int, int] = {}  # mid -> spool row id
+        self._unspooled_sent_upto = 0
+        self._inflight_unspooled: dict[int, int] = {}  # mid -> key in _unspooled
+        # reports the spool could not take, by key, in order; every one newer than every
+        # report in the spool (they go out after those, and into it before a newer one)
+        self._unspooled: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
+        self._unspooled_key = 0
+        self._unspooled_dropped = 0
+        self._undeleted: set[int] = set()  # acknowledged rows the spool could not delete
+        self._spool_error: str | None = None  # the last spool failure, until a write works
+        self._spool_log = RateLimitedLog(log, _SPOOL_ERROR_EVERY_S)
         # written by paho callbacks, read by the network thread
         self._acks: deque[int] = deque()
         self._accepted = threading.Event()
@@ -227,17 +299,23 @@ class ReportPublisher:
     def start(self) -> None:
         """Open the spool (raises SpoolBusy) and start connecting in the background."""
         self._spool = ReportSpool(self.spool_path)
-        left = self._spool.count()
+        with self._lock:
+            try:
+                left = self._spool.count()
+            except SPOOL_ERRORS as exc:  # a full disk at start: run on, reports in memory
+                self._spool_failed("open", exc)
+                left = 0
         if left:
             log.info("spool %s: %d report(s) from before, sent first", self.spool_path, left)
         self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.agent}", daemon=True)
         self._thread.start()
 
     def report(self, kind: ReportKind, spaces: Sequence[SpaceObservation]) -> OccupancyReport:
-        """Number, spool and (when connected) send a report; returns it."""
-        if self._spool is None:
-            raise RuntimeError("ReportPublisher.start() was not called")
+        """Number, spool and (when connected) send a report; returns it. A report the spool
+        cannot take is kept in memory and sent from there (see ``spool_ok``)."""
         with self._lock:
+            if self._spool is None:
+                raise RuntimeError("ReportPublisher.start() was not called")
             rep = OccupancyReport(
                 agent=self.agent,
                 source=self.source,
@@ -247,8 +325,10 @@ class ReportPublisher:
                 kind=kind,
                 spaces=list(spaces),
             )
-            self._spool.append(self.topic_occupancy, rep.model_dump_json().encode())
+            # numbered whether the spool takes it or not: one lost later is a gap the
+            # gateway counts, and no seq is ever used twice
             self._seq += 1
+            self._queue(self.topic_occupancy, rep.model_dump_json().encode())
             self.stats["reports"] += 1
             if kind == "snapshot":
                 self._snapshot_requested = False
@@ -281,9 +361,33 @@ class ReportPublisher:
 
     @property
     def pending(self) -> int:
-        """Reports in the spool, not yet acknowledged by the broker."""
+        """Reports not yet acknowledged by the broker: in the spool and kept in memory."""
         with self._lock:
-            return self._spool.count() if self._spool else 0
+            if self._spool is None:
+                return 0
+            try:
+                spooled = self._spool.count() - len(self._undeleted)
+            except SPOOL_ERRORS as exc:
+                self._spool_failed("read", exc)
+                spooled = len(self._inflight)  # at least those
+            return spooled + len(self._unspooled)
+
+    @property
+    def spool_ok(self) -> bool:
+        """False while the spool fails (until a write works again) or reports it could not
+        take wait in memory: an agent's health is then ``degraded``."""
+        with self._lock:
+            return self._spool_error is None and not self._unspooled
+
+    def spool_health(self) -> dict[str, int]:
+        """Health counters: ``spool_full`` 1 while not ``spool_ok``, ``unspooled`` the
+        reports in memory now, ``unspooled_dropped`` those lost beyond ``max_unspooled``."""
+        with self._lock:
+            return {
+                "spool_full": int(not self.spool_ok),
+                "unspooled": len(self._unspooled),
+                "unspooled_dropped": self._unspooled_dropped,
+            }
 
     def wait_until_drained(self, timeout: float) -> bool:
         """Block until every spooled report was acknowledged (tests, shutdown)."""
@@ -303,11 +407,25 @@ class ReportPublisher:
             self._thread.join(flush_timeout_s + 10.0)
         with self._lock:
             if self._spool is not None:
-                left = self._spool.count()
+                self._inflight_unspooled.clear()  # the network thread is gone
+                self._unspooled_sent_upto = 0
+                if self._unspooled:
+                    self._spool_unspooled()  # the disk may have room again: one more try
+                try:
+                    left = self._spool.count() - len(self._undeleted)
+                except SPOOL_ERRORS as exc:
+                    self._spool_failed("read", exc)
+                    left = 0
                 if left:
                     log.warning(
                         "stopping with %d report(s) unsent; they stay in %s for the next start",
                         left,
+                        self.spool_path,
+                    )
+                if self._unspooled:
+                    log.error(
+                        "stopping with %d report(s) the spool %s could not take: they are lost",
+                        len(self._unspooled),
                         self.spool_path,
                     )
                 self._spool.close()
@@ -317,6 +435,72 @@ class ReportPublisher:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._wake_r = self._wake_w = -1
+
+    # --- spool, or memory when it fails (under the lock) ---------------------------
+
+    def _queue(self, topic: str, payload: bytes) -> None:
+        """Spool a report, after those kept in memory; keep it in memory if that fails."""
+        # none of those in memory may be in flight: one the spool took would go out
+        # before them after a reconnect (a higher seq first, and theirs look like repeats)
+        if self._inflight_unspooled or not self._spool_unspooled((topic, payload)):
+            self._keep(topic, payload)
+
+    def _spool_unspooled(self, *more: tuple[str, bytes]) -> bool:
+        """Move the reports kept in memory, then ``more``, into the spool; False if it
+        failed (they all stay where they were)."""
+        assert self._spool is not None
+        moved = len(self._unspooled)
+        try:
+            self._spool.extend([*self._unspooled.values(), *more])
+        except SPOOL_ERRORS as exc:
+            self._spool_failed("write to", exc)
+            return False
+        self._unspooled.clear()
+        if self._spool_error is not None:
+            self._spool_error = None
+            self._spool_log(
+                "spool-ok",
+                logging.INFO,
+                "report spool %s takes reports again%s",
+                self.spool_path,
+                f" ({moved} kept in memory moved into it)" if moved else "",
+            )
+        for row in list(self._undeleted):  # there is room for that again too
+            self._delete(row)
+        return True
+
+    def _keep(self, topic: str, payload: bytes) -> None:
+        self._unspooled_key += 1
+        self._unspooled[self._unspooled_key] = (topic, payload)
+        # bounded: those not sent yet (those in flight are max_inflight at most); the oldest
+        # go, the newest say more about the spaces now
+        if len(self._unspooled) - len(self._inflight_unspooled) > self.max_unspooled:
+            oldest = next(k for k in self._unspooled if k > self._unspooled_sent_upto)
+            del self._unspooled[oldest]
+            self._unspooled_dropped += 1
+            self._spool_log(
+                "unspooled-dropped",
+                logging.WARNING,
+                "%d report(s) in memory, none spooled: dropping the oldest (%d so far)",
+                self.max_unspooled,
+                self._unspooled_dropped,
+            )
+
+    def _spool_failed(self, action: str, exc: BaseException) -> None:
+        self._spool_error = f"{action}: {exc}"
+        full = "full" in str(exc).lower() or getattr(exc, "errno", None) == errno.ENOSPC
+        self._spool_log(
+            "spool",
+            logging.ERROR,
+            "cannot %s the report spool %s (%s)%s; until it works again, reports are sent "
+            "from memory while the broker is reachable and kept in memory otherwise (at "
+            "most %d, lost if the agent stops)",
+            action,
+            self.spool_path,
+            exc,
+            ": free space on that disk" if full else "",
+            self.max_unspooled,
+        )
 
     # --- network thread ---------------------------------------------------------
 
@@ -392,6 +576,8 @@ class ReportPublisher:
                     was = self._connected
                     self._connected = False
                     self._inflight.clear()
+                    self._inflight_unspooled.clear()
+                    self._unspooled_sent_upto = 0
                     self._acks.clear()
                 if was:
                     self.stats["disconnects"] += 1
@@ -453,7 +639,9 @@ class ReportPublisher:
             if not self._connected and self._accepted.is_set():
                 self._connected = True
                 self._sent_upto = 0
+                self._unspooled_sent_upto = 0
                 self._inflight.clear()
+                self._inflight_unspooled.clear()
                 self.stats["connects"] += 1
                 log.info("connected to MQTT broker %s as %s", self.broker.url, self.client_id)
                 client.publish(
@@ -467,10 +655,7 @@ class ReportPublisher:
             if not self._connected:
                 return
             while self._acks:
-                row = self._inflight.pop(self._acks.popleft(), None)
-                if row is not None and self._spool is not None:
-                    self._spool.delete(row)
-                    self.stats["acked"] += 1
+                self._acked(self._acks.popleft())
             if self._health_dirty and self._health is not None:
                 client.publish(
                     self.topic_health,
@@ -481,17 +666,64 @@ class ReportPublisher:
                 self._health_dirty = False
             self._pump(client)
 
+    def _acked(self, mid: int) -> None:
+        row = self._inflight.pop(mid, None)
+        if row is not None and self._spool is not None:
+            self.stats["acked"] += 1
+            self._delete(row)
+        key = self._inflight_unspooled.pop(mid, None)
+        if key is not None:
+            self.stats["acked"] += 1
+            self._unspooled.pop(key, None)
+
+    def _delete(self, row: int) -> None:
+        """Delete an acknowledged row; one the spool refuses is deleted again after the next
+        write that works, and never sent again meanwhile."""
+        assert self._spool is not None
+        try:
+            self._spool.delete(row)
+        except SPOOL_ERRORS as exc:
+            self._undeleted.add(row)
+            self._spool_failed("delete from", exc)
+        else:
+            self._undeleted.discard(row)
+
     def _pump(self, client: mqtt.Client) -> None:
-        """Send the next spool rows, keeping at most ``max_inflight`` unacknowledged."""
-        room = self.max_inflight - len(self._inflight)
+        """Send the next spool rows, then the reports kept in memory, keeping at most
+        ``max_inflight`` unacknowledged."""
+        room = self.max_inflight - len(self._inflight) - len(self._inflight_unspooled)
         if room <= 0 or self._spool is None:
             return
-        for row_id, topic, payload in self._spool.after(self._sent_upto, room):
+        try:
+            rows = self._spool.after(self._sent_upto, room)
+        except SPOOL_ERRORS as exc:
+            self._spool_failed("read", exc)
+            if self._spool.opened:
+                return  # those in memory are newer than what it holds: they wait their turn
+            # never opened in this run (a full disk at start): it holds no report of this
+            # boot, and a previous run's are older than anything the gateway now needs
+            rows = []
+        for row_id, topic, payload in rows:
+            if row_id in self._undeleted:  # acknowledged already
+                self._sent_upto = row_id
+                continue
             info = client.publish(topic, payload, qos=topics.QOS_OCCUPANCY, retain=False)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 return  # the connection is going; the next one starts from the spool again
             self._inflight[info.mid] = row_id
             self._sent_upto = row_id
+        room -= len(rows)  # none left means the spool may hold more: memory waits
+        for key, (topic, payload) in self._unspooled.items():
+            if room <= 0:
+                return
+            if key <= self._unspooled_sent_upto:
+                continue
+            info = client.publish(topic, payload, qos=topics.QOS_OCCUPANCY, retain=False)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return
+            self._inflight_unspooled[info.mid] = key
+            self._unspooled_sent_upto = key
+            room -= 1
 
     def _shutdown(self, client: mqtt.Client) -> None:
         deadline = time.monotonic() + self._flush_timeout_s

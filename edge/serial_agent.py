@@ -15,6 +15,10 @@ the CRC or does not answer the request, and a reading must hold through the
 debounce before it counts. A node that stops answering turns its spaces
 ``unknown``; so does a node that answers the poll with a Modbus exception
 (health: the code in its ``errors``), and a detector whose status is a fault.
+
+A spool the publisher cannot write (a full disk) does not stop the agent: its reports
+go out from memory, and its health says ``degraded`` with ``counters.spool_full`` 1,
+published at once rather than at the end of the health round.
 """
 
 from __future__ import annotations
@@ -126,6 +130,7 @@ class SerialAgent:
         self._port_attempt = 0
         self._last_port_warning = -1e18
         self._port_health_at = -1e18
+        self._spool_ok = True  # as the last health said
         self.cycles = 0
 
     # --- polling ----------------------------------------------------------------
@@ -380,10 +385,12 @@ class SerialAgent:
                     detectors=detectors,
                 )
             )
+        # reports only in memory (a full disk) are lost if the agent stops: not "ok" either
+        spool_failing = self.publisher is not None and not self.publisher.spool_ok
         status = (
             "blind"
             if down == len(self.bus.nodes)
-            else ("degraded" if down or refusing or faults else "ok")
+            else ("degraded" if down or refusing or faults or spool_failing else "ok")
         )
         # 0 while the serial port is lost (adapter unplugged): the bus is blind for that
         # reason, not because every node died (as the camera agent's ``stream_up``)
@@ -393,6 +400,7 @@ class SerialAgent:
         }
         if self.publisher is not None:
             counters |= {f"mqtt_{k}": v for k, v in self.publisher.stats.items()}
+            counters |= self.publisher.spool_health()
         return HealthReport(
             agent=self.agent_id,
             source=self.bus.id,
@@ -449,6 +457,13 @@ class SerialAgent:
             self.readings[n.address].status = None
         self.publisher.publish_health(self.health_report().model_copy(update={"status": "blind"}))
 
+    def _spool_changed(self) -> bool:
+        """True once when the publisher's spool fails or works again: its health says so
+        now, not at the end of a round (``--health-interval`` may be long)."""
+        ok = self.publisher is None or self.publisher.spool_ok
+        changed, self._spool_ok = ok != self._spool_ok, ok
+        return changed
+
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set."""
         while not stop.is_set():
@@ -474,7 +489,8 @@ class SerialAgent:
             except (serial.SerialException, OSError) as exc:
                 changes, round_done = self._port_down(exc), False
             self._publish(changes)
-            if round_done and self.publisher is not None:
+            spool_changed = self._spool_changed()
+            if (round_done or spool_changed) and self.publisher is not None:
                 self.publisher.publish_health(self.health_report())
             idle = self.min_cycle_s - (self.clock() - started)
             if idle > 0:
