@@ -47,6 +47,7 @@ SEVERITY = {
     "bus_blind": "critical",
     "node_dead": "critical",
     "node_error": "critical",
+    "spool_full": "warning",
     "detector_stuck": "warning",
     "detector_flapping": "warning",
     "detector_fault": "warning",
@@ -68,6 +69,11 @@ _TEXT = {
     "node_error": (
         "节点 {subject} 回应 Modbus 异常",
         "node controller {subject} answers with a Modbus exception",
+    ),
+    "spool_full": (
+        "边缘代理 {subject} 无法写入报告缓存(磁盘已满?):代理断线期间的报告会丢失",
+        "edge agent {subject} cannot write its report spool (disk full?): "
+        "reports are lost if it loses the broker",
     ),
     "detector_stuck": ("检测器 {subject} 卡住", "detector {subject} is stuck"),
     "detector_flapping": ("检测器 {subject} 抖动", "detector {subject} is flapping"),
@@ -162,6 +168,8 @@ def derive_alerts(
         h = a.health
         if h is None:
             continue
+        if h.counters.get("spool_full"):  # reports go out from memory: none kept on disk
+            out.append(Alert(f"spool_full:{a.agent}", "spool_full", a.agent, None))
         # a serial agent's health lists its bus's nodes, a camera agent's never has any
         is_bus = bool(h.nodes)
         if h.status == "blind" and is_bus:

@@ -703,6 +703,14 @@ def test_without_the_broker_one_alert_says_so_and_none_blames_the_agents():
     ]
     with_broker = {a.id for a in derive_alerts([], agents, now, 3600)}
     assert with_broker == {"agent_offline:serial-bus-g", "camera_blind:cam-c"}
+    # an agent that cannot write its spool says so in its health: a warning names it
+    full = HealthReport(
+        agent="serial-bus-g", source="bus-g", ts=now, status="degraded", counters={"spool_full": 1}
+    )
+    spooling = [AgentStatus("serial-bus-g", True, now, full)]
+    (spool,) = derive_alerts([], spooling, now, 3600)
+    assert spool.id == "spool_full:serial-bus-g" and spool.severity == "warning"
+    assert "spool" in spool.message(72)[1]
     (lost,) = derive_alerts([], agents, now, 3600, broker_up=False)
     assert lost.id == "broker_lost:mqtt" and lost.severity == "critical"
     assert "not reachable" in lost.message(72)[1]
