@@ -54,6 +54,10 @@ SEVERITY = {
     "long_occupied": "info",
 }
 
+AGENT_KINDS = frozenset(SEVERITY) - {"broker_lost", "long_occupied"}
+"""Alerts derived from what the agents say (availability, health): kept open while the
+view settles (AlertBook.update's ``keep_open``)."""
+
 _TEXT = {
     "broker_lost": (
         "与 MQTT 代理 {subject} 的连接已断开:代理和各边缘代理的状态未知",
@@ -274,7 +278,7 @@ class AlertBook:
         self, alerts: list[Alert], now: float, keep_open: bool = False
     ) -> tuple[list[AlertRecord], list[str]]:
         """Take the derived alerts; returns (new episodes, cleared alert ids). With
-        ``keep_open`` nothing is cleared: the view does not know yet (just started, or the
+        ``keep_open`` no agent alert (AGENT_KINDS) is cleared: the view does not know yet (just started, or the
         broker just came back, and the retained health and availability are still on
         their way), and clearing would end acknowledged episodes that are still true."""
         with self._lock:
@@ -286,7 +290,11 @@ class AlertBook:
                     rec = AlertRecord(a, a.since if a.since is not None else now)
                     raised.append(rec)
                 self._open[a.id] = replace(rec, alert=a)
-            cleared = [] if keep_open else [aid for aid in self._open if aid not in seen]
+            cleared = [
+                aid
+                for aid, rec in self._open.items()
+                if aid not in seen and not (keep_open and rec.alert.kind in AGENT_KINDS)
+            ]
             for aid in cleared:
                 del self._open[aid]
         if self.db_path and (raised or cleared):

@@ -1140,18 +1140,20 @@ class AllocationCore:
             self._activate(a)
         return s
 
-    def unknown_eligible(self, entrance: int, vehicle_class: int) -> int:
-        """Spaces ``vehicle_class`` may use now (kind, time window, not closed), reachable
-        from ``entrance``, whose state is unknown: when :meth:`assign` finds nothing, with
-        some of these the car park is not known to be full, only not seen."""
+    def unknown_eligible(self, entrance: int, vehicle_class: int) -> tuple[int, int]:
+        """(unknown, counted): of the spaces ``vehicle_class`` may use now (kind, time
+        window) reachable from ``entrance`` and not closed, how many are unknown, out of
+        how many. When :meth:`assign` finds nothing and too many of these are unknown (as
+        a sign judges its line), the car park is not known to be full, only not seen."""
         lo = self.layout
-        mask = (
-            (self.state == UNKNOWN)
-            & self._kindset_elig[lo.kindset, vehicle_class]
+        counted = (
+            self._kindset_elig[lo.kindset, vehicle_class]
             & ~lo.closed
+            & (self.state != CLOSED)
             & np.isfinite(lo.cost[entrance])
         )
-        return int(np.count_nonzero(mask))
+        unknown = int(np.count_nonzero(counted & (self.state == UNKNOWN)))
+        return unknown, int(np.count_nonzero(counted))
 
     def hold(self, space: int, until: float, now: float) -> None:
         """Hold ``space`` until ``until`` (e.g. a hold restored from the journal after a

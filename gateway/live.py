@@ -72,7 +72,7 @@ NO_SPACE_UNKNOWN = LocalText(  # no space to give, but some the car may use are 
     en="Free spaces cannot be confirmed now: follow the signs",
 )
 ARRIVAL_MAX_AGE_S = 60.0
-"""An arrival stamped (``ts``) longer ago than this is refused, not answered and held."""
+"""An arrival stamped (``ts``) longer ago than this is answered without holding a space."""
 MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
 CORE_STEP_SLACK_S = 0.1  # a forward jump of the wall clock beyond the monotonic one: a step
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
@@ -232,11 +232,13 @@ class LiveGateway:
         )
         self._gap_logged: dict[str, float] = {}  # agent -> monotonic time of its last warning
         self.answered = 0  # assignments published, repeated ones included
+        self.unheld_arrivals = 0  # answered without a hold: stamped over ARRIVAL_MAX_AGE_S ago
+        self._unheld_logged = -math.inf  # monotonic time of the last warning about them
         self.outbox_stats: Callable[[], dict[str, Any]] | None = None
         self._next_zone_history = 0.0
         self._live = False  # nothing is sent before the first publish_all (connected)
         self._broker_up = True  # the service says when it loses (and regains) the broker
-        self._broker_up_at: float | None = None  # wall time it was regained (None: never lost)
+        self._broker_up_at: float | None = None  # wall time it was (re)gained (None: never)
         # checkpoint not written yet: spaces whose row moved, signs, history points
         self._dirty = np.zeros(len(site.spaces), dtype=bool)
         self._dirty_signs: dict[int, _Sign] = {}
@@ -674,12 +676,22 @@ class LiveGateway:
             )
             return
         age = self._clock() - arrival.ts if arrival.ts is not None else 0.0
-        if age > ARRIVAL_MAX_AGE_S:
-            # queued while the gateway was away: that car has long left the gate, and a
-            # hold for it would take a free space off the signs for --hold-s
-            why = f"arrival ts {arrival.ts} is {age:.0f} s old: the car is no longer at the gate"
-            self._reject(Rejection("stale_arrival", why), topic, payload)
-            return
+        # stamped long ago: queued while the gateway was away (that car has left the gate,
+        # and a hold would take a free space off the signs for --hold-s), or the gate's
+        # clock is wrong. Either way it is answered, but nothing is held for it
+        unheld = age > ARRIVAL_MAX_AGE_S
+        if unheld:
+            self.unheld_arrivals += 1
+            mono = self._mono()
+            if mono >= self._unheld_logged + GAP_LOG_INTERVAL_S:
+                self._unheld_logged = mono
+                log.warning(
+                    "arrival at %s stamped %.0f s ago (queued while the gateway was away, or "
+                    "the gate's clock is wrong): answered without holding a space (%d so far)",
+                    entrance,
+                    age,
+                    self.unheld_arrivals,
+                )
         with self.lock:
             now = self._clock()
             if arrival.request_id is not None:
@@ -697,7 +709,10 @@ class LiveGateway:
                     )
                     return
             self._follow_policy_minute()  # the signs published below include what it moved
-            s = self.core.assign(e, c, self._core_time(now), self.hold_s)
+            if unheld:
+                s = self.core.best(e, c)
+            else:
+                s = self.core.assign(e, c, self._core_time(now), self.hold_s)
             if s >= 0:
                 space = self.site.spaces[s]
                 zone_name = self._zone_name[space.zone]
@@ -711,15 +726,17 @@ class LiveGateway:
                         zh=f"请前往{zone_name.zh} {space.id} 车位",
                         en=f"Go to {zone_name.en}, space {space.id}",
                     ),
-                    hold_expires=now + self.hold_s,
+                    hold_expires=None if unheld else now + self.hold_s,
                     plate=arrival.plate,
                     request_id=arrival.request_id,
                     ts=now,
                 )
             else:
-                # nothing to give: full, or blind (what the class may use is unknown: a
-                # camera or bus is down). A blind gate must not tell drivers it is full
-                blind = self.core.unknown_eligible(e, c) > 0
+                # nothing to give: full, or blind (too much of what the class may use is
+                # unknown: a camera or bus is down), judged as the signs judge a line, so
+                # the gate and its sign agree. A blind gate never tells drivers it is full
+                unknown, counted = self.core.unknown_eligible(e, c)
+                blind = counted > 0 and unknown > self.renderer.fraction * counted
                 assignment = Assignment(
                     entrance=entrance,
                     vehicle_class=arrival.vehicle_class,
@@ -1133,7 +1150,8 @@ class LiveGateway:
 
     @broker_up.setter
     def broker_up(self, up: bool) -> None:
-        if up and not self._broker_up:
+        # regained, or reached for the first time (a box rebooted: broker and agents too)
+        if up and (not self._broker_up or self._broker_up_at is None):
             self._broker_up_at = self._clock()
         self._broker_up = up
 
@@ -1142,7 +1160,7 @@ class LiveGateway:
         return self._broker_up
 
     def broker_back_since(self) -> float | None:
-        """Wall time the broker connection was last regained (None: never lost)."""
+        """Wall time the broker connection was last (re)gained (None: never, in-process)."""
         return self._broker_up_at if self._broker_up else None
 
     def agents(self) -> list[AgentStatus]:

@@ -67,6 +67,7 @@ CLIENT_ID_KEY = "mqtt_client_id"
 TAKE_OVER_WAIT_S = 5.0  # for the broker's answer when opening or deleting an old session
 TAKE_OVER_QUIET_S = 0.5  # an old session's backlog is drained when it is quiet this long
 TAKE_OVER_RETRY_S = 30.0  # after a failed attempt (the broker refused the old id, say)
+TAKE_OVER_MAX_S = 120.0  # a backlog takes seconds; a session still fed has filters not ours
 
 KEEP_WARM_MS = 3.0
 KEEP_WARM_FOR_S = 0.25
@@ -252,6 +253,7 @@ class GatewayService:
         self._previous_client_id = self._client_id_before(base_id)
         self.taken_over = 0  # messages taken from that session
         self._take_over_at = 0.0  # monotonic time of the next attempt
+        self._take_over_tick = 0.0  # monotonic time of the next timer round meanwhile
         self.gateway: LiveGateway = LiveGateway(
             self.site,
             self.journal,
@@ -315,6 +317,15 @@ class GatewayService:
                 self.journal.set_meta(CLIENT_ID_KEY, self.client_id)
         return None
 
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        """What the gateway hears: (topic filter, QoS)."""
+        site = self.site.id
+        return [
+            (topics.edge_all(site), topics.QOS_OCCUPANCY),
+            (topics.arrivals_all(site), topics.QOS_ARRIVAL),
+            (topics.space_control_all(site), topics.QOS_CONTROL),
+        ]
+
     def _take_over_previous_session(self) -> None:
         """Take the reports the broker queued under the previous client id, then delete that
         session. Called once this client is subscribed and before anything it received is
@@ -350,10 +361,27 @@ class GatewayService:
                     answer.get("rc", "no answer"),
                 )
                 return
-            quiet_since = time.monotonic()
+            # first of all, the old session takes nothing new: what it holds is what came
+            # before this session subscribed (and a few milliseconds more, which both
+            # hold: reports are refused as duplicates by seq, arrivals answered once
+            # by request_id); the broker still delivers what it had queued
+            old.unsubscribe([f for f, _ in self._subscriptions()])
+            quiet_since = started = time.monotonic()
             while answer["present"] and not self._stop.is_set():
-                old.loop(0.02)
+                if old.loop(0.02) != mqtt.MQTT_ERR_SUCCESS or not old.is_connected():
+                    # lost the broker mid-way: what is left stays queued for the next try
+                    log.warning(
+                        "lost the broker while taking over the session of %s after %d "
+                        "message(s); trying again",
+                        prev,
+                        self.taken_over,
+                    )
+                    return
                 self._network(0.0)  # keeps this session alive; its messages wait their turn
+                now = time.monotonic()
+                if now >= self._take_over_tick:  # signs, TTLs and holds go on meanwhile
+                    self._take_over_tick = now + TICK_S
+                    self._tick()
                 if got:
                     batch, got[:] = list(got), []
                     self.gateway.handle_batch(
@@ -364,7 +392,10 @@ class GatewayService:
                             old.ack(m.mid, m.qos)
                     self.taken_over += len(batch)
                     quiet_since = time.monotonic()
-                elif time.monotonic() - quiet_since >= TAKE_OVER_QUIET_S:
+                elif now - quiet_since >= TAKE_OVER_QUIET_S:
+                    break
+                elif now - started >= TAKE_OVER_MAX_S:  # never quiet: a filter not ours
+                    log.warning("the session of %s never went quiet; deleting it", prev)
                     break
             old.disconnect()
             old.loop(0.05)
@@ -447,13 +478,7 @@ class GatewayService:
                 log.error("MQTT broker %s refused the connection: %s", self.broker.url, reason_code)
                 return
             site = self.site.id
-            client.subscribe(
-                [
-                    (topics.edge_all(site), topics.QOS_OCCUPANCY),
-                    (topics.arrivals_all(site), topics.QOS_ARRIVAL),
-                    (topics.space_control_all(site), topics.QOS_CONTROL),
-                ]
-            )
+            client.subscribe(self._subscriptions())
             client.publish(
                 topics.gateway_availability(site),
                 topics.ONLINE,

@@ -733,6 +733,9 @@ def test_the_gateway_says_when_it_has_lost_the_broker(tmp_path):
     try:
         with running_gateway(site_variant(tmp_path), broker.url, tmp_path / "j.db") as gw:
             assert gw.gateway.broker_connected()
+            # its first connect counts as the broker's return too (a box rebooted: the
+            # agents come back when their backoff ends, not at once)
+            assert gw.gateway.broker_back_since() is not None
             broker.stop()
             deadline = time.monotonic() + 10
             while gw.gateway.broker_connected() and time.monotonic() < deadline:

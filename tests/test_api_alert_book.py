@@ -79,9 +79,10 @@ def test_while_the_broker_is_lost_open_episodes_stay(tmp_path):
     monitor.check()
     book.acknowledge(DEAD.id, "mgr", None, now)
     view.up = False  # no agent alert is derived while it lasts: the episode stays
-    assert monitor.check()[1] == []
+    lost = monitor.check()[0]  # the broker_lost alert, and only it, is raised
+    assert [r.alert.id for r in lost] == ["broker_lost:mqtt"]
     view.up, view.back = True, time.time()
-    assert monitor.check()[1] == []
+    assert monitor.check()[1] == ["broker_lost:mqtt"]  # back: cleared at once
     assert [r.acked_by for r in book.current() if r.alert.id == DEAD.id] == ["mgr"]
 
 

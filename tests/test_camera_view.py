@@ -114,3 +114,21 @@ def test_fit_and_problems_are_plain_geometry() -> None:
     problems = polygon_problems(["ok", "tiny", "edge"], [square, tiny, half_out], 110, 100)
     assert [p.split(":")[0] for p in problems] == ["tiny", "edge"]
     assert "50% of its polygon" in problems[1]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://admin:S3cr@t!@127.0.0.1:8554/stream.mjpg",  # "@" in the password
+        "rtsp://admin:Pa/ss9@127.0.0.1:554/live",  # "/" in the password
+        "rtsp://admin:plain@cam.local/live",
+    ],
+)
+def test_a_camera_url_is_never_shown_with_its_password(url: str) -> None:
+    from edge.camera.stream import describe
+
+    shown = describe(url)
+    password = url.split("://", 1)[1].rsplit("@", 1)[0].split(":", 1)[1]
+    assert password not in shown and "admin" not in shown
+    assert shown.startswith(url.split("://")[0] + "://***@")
+    assert shown.endswith(url.rsplit("@", 1)[1])

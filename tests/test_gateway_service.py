@@ -22,6 +22,7 @@ from gateway_support import (
 
 from parking import topics
 from parking.payloads import MAX_PAYLOAD_BYTES
+from parking.site import load_site
 from parking.states import SpaceState
 
 pytestmark = pytest.mark.timeout(60)
@@ -556,3 +557,58 @@ def test_a_new_client_id_takes_over_the_old_sessions_reports(site_path, mosquitt
         probe.loop(0.05)
     probe.disconnect()
     assert answer == {"present": False}
+
+
+def test_a_take_over_answers_each_arrival_once_and_lets_timers_run(site_path, mosquitto, tmp_path):
+    """While a long backlog under the old client id is taken over, arrivals without a
+    request_id keep coming and so do reports: each arrival is answered once (the old
+    session is unsubscribed first, so only the new one carries them), the take-over ends,
+    and the gateway's timers (sign refresh) run meanwhile."""
+    import threading
+
+    db = tmp_path / "journal.db"
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    watch = Collector(mosquitto.port, topics.assignment(SITE_ID, "north"))
+    try:
+        with running_gateway(site_path, mosquitto.url, db, client_id="gw-before") as gw:
+            edge.send(all_free(load_site(site_path), "bus-g"), kind="snapshot")
+            deadline = time.monotonic() + 5
+            while gw.gateway.accepted < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        for i in range(800):  # the backlog (the test broker queues 1000 at most)
+            edge.send({f"A-0{i % 40 + 10:02d}": ("occupied", "free")[i % 2]})
+        stop = threading.Event()
+        sent = [0]
+
+        def arrivals() -> None:  # a car every 50 ms, none with a request_id
+            while not stop.is_set():
+                edge.raw(topics.arrival(SITE_ID, "north"), b'{"class": "resident"}')
+                sent[0] += 1
+                time.sleep(0.05)
+
+        with running_gateway(site_path, mosquitto.url, db, client_id="gw-after") as gw:
+            # (an arrival in the few milliseconds between this session's subscription and
+            # the old one's unsubscription reaches both: the residual overlap)
+            deadline = time.monotonic() + 10
+            while gw.taken_over == 0 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            cars = threading.Thread(target=arrivals)
+            cars.start()
+            deadline = time.monotonic() + 30
+            while gw._previous_client_id is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stop.set()
+            cars.join()
+            assert gw._previous_client_id is None, "the take-over never ended"
+            assert gw.taken_over >= 800
+            deadline = time.monotonic() + 10
+            while len(watch.on(topics.assignment(SITE_ID, "north"))) < sent[0]:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            time.sleep(0.5)  # a second answer to any of them would come now
+            answers = watch.on(topics.assignment(SITE_ID, "north"))
+            assert len(answers) == sent[0] > 0
+    finally:
+        edge.stop()
+        watch.stop()

@@ -97,9 +97,11 @@ def describe(source: str | int) -> str:
     """The source for logs, without any credentials in a URL."""
     if isinstance(source, int):
         return f"device {source}"
-    if "://" in source and "@" in source.split("://", 1)[1].split("/", 1)[0]:
+    if "://" in source and "@" in source.split("://", 1)[1]:
+        # everything up to the LAST "@" may be the login (FFmpeg reads it so, and a
+        # password may hold "/" or "@"): masked whole, even if that hides some path
         scheme, rest = source.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
     return source
 
 
