@@ -85,3 +85,12 @@ def subprocess_env() -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("PARKGUIDE_LOG_LEVEL", "INFO")
     return env
+
+
+@pytest.fixture
+def procs():
+    """Processes a test starts (``camera_support.Proc`` and the like), closed after it."""
+    started: list = []
+    yield started
+    for p in started:
+        p.close()

@@ -220,14 +220,6 @@ SIM_FLAGS = ("--scenario", "none", "--seed", "5", "--start", "11:00", "--initial
 
 
 @pytest.fixture
-def procs():
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.close()
-
-
-@pytest.fixture
 def recorder(mosquitto):
     rec = Recorder(mosquitto.port, f"parkguide/v1/{SITE_ID}/edge/{AGENT}/#")
     yield rec

@@ -20,14 +20,6 @@ from parking.site import load_site
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def procs():
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.close()
-
-
 def view(site: Path, source: str, out: Path) -> tuple[int, dict]:
     run = subprocess.run(
         parkguide_cmd(

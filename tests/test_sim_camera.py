@@ -25,14 +25,6 @@ from firmware_sim.commands import CommandError
 AGREEMENT_FLOOR = 0.95
 
 
-@pytest.fixture
-def procs():
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.close()
-
-
 def http_get(url: str, timeout: float = 10.0) -> tuple[int, str, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
