@@ -19,8 +19,8 @@ PARENT = textwrap.dedent(
     stop_on_sigterm()
     marker = Path(sys.argv[1])
     child = subprocess.Popen(["sleep", "300"], preexec_fn=die_with_parent)
-    print(child.pid, flush=True)
-    try:
+    try:  # the pid is printed inside: the test's SIGTERM cannot come before the try
+        print(child.pid, flush=True)
         time.sleep(300)
     finally:
         stop_process(child)
