@@ -326,11 +326,20 @@ class GatewayService:
             (topics.space_control_all(site), topics.QOS_CONTROL),
         ]
 
+    def _session_answered(self, client: mqtt.Client, answer: dict[str, Any]) -> bool:
+        """Connect ``client`` (its on_connect fills ``answer["rc"]``) and wait for the
+        broker's answer; True when it accepted the connection."""
+        client.connect(self.broker.host, self.broker.port, keepalive=15)
+        deadline = time.monotonic() + TAKE_OVER_WAIT_S
+        while "rc" not in answer and time.monotonic() < deadline:
+            client.loop(0.05)
+        return answer.get("rc") is not None and not answer["rc"].is_failure
+
     def _take_over_previous_session(self) -> None:
         """Take the reports the broker queued under the previous client id, then delete that
         session. Called once this client is subscribed and before anything it received is
-        handled: the old session holds everything from when the last gateway stopped, and
-        what both hold is then refused here as a duplicate. Without this an upgrade or a
+        handled: the old session, unsubscribed first, holds what came from when the last
+        gateway stopped until then, and is handled first. Without this an upgrade or a
         password change would lose the reports sent meanwhile, and the broker would queue
         every report for the old id for good."""
         prev = self._previous_client_id
@@ -349,11 +358,7 @@ class GatewayService:
         )
         old.on_message = lambda c, u, msg: got.append(msg)
         try:
-            old.connect(self.broker.host, self.broker.port, keepalive=15)
-            deadline = time.monotonic() + TAKE_OVER_WAIT_S
-            while "rc" not in answer and time.monotonic() < deadline:
-                old.loop(0.05)
-            if answer.get("rc") is None or answer["rc"].is_failure:
+            if not self._session_answered(old, answer):
                 log.warning(
                     "could not open the broker session of the previous client id %s (%s); "
                     "trying again at the next connect",
@@ -404,12 +409,9 @@ class GatewayService:
             self.broker.apply(old)
             answer.clear()
             old.on_connect = lambda c, u, flags, rc, p: answer.update(rc=rc)
-            old.connect(self.broker.host, self.broker.port, keepalive=15)
-            deadline = time.monotonic() + TAKE_OVER_WAIT_S
-            while "rc" not in answer and time.monotonic() < deadline:
-                old.loop(0.05)
+            deleted = self._session_answered(old, answer)
             old.disconnect()
-            if answer.get("rc") is None or answer["rc"].is_failure:
+            if not deleted:
                 log.warning("could not delete the broker session of %s; trying again", prev)
                 return
         except (OSError, ValueError) as exc:
