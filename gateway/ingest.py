@@ -250,7 +250,7 @@ class ReportGate:
                     left_out.append(Rejection("unknown_detector", why))
                     continue
                 if det.space is not None:
-                    problem = self._space_problem(det.space, source, node.address)
+                    problem = self._space_problem(det.space, source, node.address, det.index)
                     if problem is not None:
                         left_out.append(problem)
                         continue
@@ -269,8 +269,12 @@ class ReportGate:
             health = health.model_copy(update={"nodes": kept_nodes, "spaces": kept_spaces})
         return health, left_out
 
-    def _space_problem(self, space: str, source: str, node: int | None = None) -> Rejection | None:
-        """A space a health report names: the site's, bound to ``source`` (and ``node``)?"""
+    def _space_problem(
+        self, space: str, source: str, node: int | None = None, detector: int | None = None
+    ) -> Rejection | None:
+        """A space a health report names: the site's, bound to ``source`` (and that ``node``
+        and ``detector``: an agent whose site file wires the node's detectors otherwise would
+        raise alerts about the wrong bays)?"""
         if space not in self.site.space_index:
             return Rejection("unknown_space", f"space {space!r} does not exist")
         binding = self.site.bindings.get(space)
@@ -278,6 +282,12 @@ class ReportGate:
             return Rejection("foreign_space", f"space {space!r} is not bound to {source}")
         if node is not None and binding.node != node:
             why = f"space {space!r} is bound to node {binding.node} of {source}, not {node}"
+            return Rejection("foreign_space", why)
+        if detector is not None and binding.detector != detector:
+            why = (
+                f"space {space!r} is detector {binding.detector} of node {source}/{node},"
+                f" not {detector} (the agent's site file differs from the gateway's?)"
+            )
             return Rejection("foreign_space", why)
         return None
 

@@ -419,6 +419,39 @@ class Journal:
             (limit,),
         ).fetchall()
 
+    # -- a site file that changed (gateway.site_changes) --------------------------------------
+    def drop_spaces(self, keep: Iterable[str]) -> int:
+        """Inside a transaction: forget the current state of spaces not in ``keep`` (the site
+        file dropped them; their events stay); how many."""
+        keep = set(keep)
+        gone = [(s,) for (s,) in self.conn.execute("SELECT space FROM spaces") if s not in keep]
+        self.conn.executemany("DELETE FROM spaces WHERE space = ?", gone)
+        return len(gone)
+
+    def drop_signs(self, keep: Iterable[str]) -> list[str]:
+        """Forget the contents of displays not in ``keep`` (the site file dropped them: not
+        republished at a start any more); the ids forgotten."""
+        keep = set(keep)
+        gone = [d for (d,) in self.conn.execute("SELECT display FROM signs") if d not in keep]
+        self.conn.executemany("DELETE FROM signs WHERE display = ?", [(d,) for d in gone])
+        return gone
+
+    def closed_by_manager(self, spaces: Iterable[str], besides: str) -> set[str]:
+        """Those of ``spaces`` whose latest manager event (one not journaled as ``besides``)
+        closed them. One pass over the events: called at a start, for the few spaces a site
+        file stopped closing."""
+        wanted = sorted(set(spaces))
+        if not wanted:
+            return set()
+        marks = ",".join("?" * len(wanted))
+        rows = self.conn.execute(
+            "SELECT space, new FROM events WHERE id IN (SELECT max(id) FROM events"
+            f" WHERE source = 'manager' AND agent IS NOT ? AND space IN ({marks})"
+            " GROUP BY space)",
+            (besides, *wanted),
+        ).fetchall()
+        return {space for space, new in rows if new == "closed"}
+
 
 def stored_signs(path: str | Path, now: float | None = None) -> list[tuple[str, str, float]]:
     """(topic, content JSON, expires_s) of every sign in the journal at ``path``; [] if none,

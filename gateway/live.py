@@ -45,6 +45,15 @@ from gateway.ingest import (
 )
 from gateway.journal import History, Journal
 from gateway.readside import AgentStatus, Counters, LiveEvent, SpaceStatus
+from gateway.site_changes import (
+    DIGEST_KEY,
+    OUTLINE_KEY,
+    SITE_FILE_BY,
+    SITE_ID_KEY,
+    compare,
+    outline,
+    parse_outline,
+)
 from gateway.state import NO_CHANGES, OCCUPIED, Changes, LiveState
 from parking import topics
 from parking.payloads import (
@@ -247,6 +256,7 @@ class LiveGateway:
         self._dirty_since: float | None = None  # monotonic time of the oldest unflushed item
         self._unexpanded = False  # pending change rows written since the last expansion
         self._last_report: tuple[str, bytes] | None = None  # (agent, payload) for rehearse()
+        self._retired_topics: list[str] = []  # retained topics to clear once connected
         self.resume()
 
     # -- startup -----------------------------------------------------------------------------
@@ -335,6 +345,62 @@ class LiveGateway:
                 self._dirty_signs[sign.display] = sign
             self._dirty_since = self._mono()
             self.flush_checkpoint()
+            self._reconcile_site(now, had_state=bool(rows))
+
+    def _reconcile_site(self, now: float, had_state: bool) -> None:
+        """Compare the site file with the one the journal last ran with: log what changed,
+        apply the closures the file added or removed, forget removed spaces and signs, and
+        note the retained topics nobody keeps any more (cleared by :meth:`publish_all`)."""
+        old = parse_outline(self.journal.meta(OUTLINE_KEY))
+        changes = compare(old, self.site)
+        for line in changes.lines():
+            log.warning("the site file changed since the last start: %s", line)
+        if old is None and had_state:
+            log.info(
+                "the journal does not say which site file it last ran with (an older"
+                " release); changes of the file are compared from the next start on"
+            )
+        index = self.site.space_index
+        closed = self.state.closed
+        close = [s for s in changes.closed_by_file if not closed[index[s]]]
+        reopen = [s for s in changes.opened_by_file if closed[index[s]]]
+        if reopen:
+            # a manager's own closure stands: the file only takes back what it closed
+            managers = self.journal.closed_by_manager(reopen, besides=SITE_FILE_BY)
+            for s in managers:
+                log.warning(
+                    "space %s: the site file no longer closes it, but a manager closed it;"
+                    " it stays closed until a manager opens it",
+                    s,
+                )
+            reopen = [s for s in reopen if s not in managers]
+        with self.lock:
+            segments = [
+                _Segment(
+                    self.state.control(index[s], action == "close", now),
+                    now,
+                    "manager",
+                    SITE_FILE_BY,
+                    note=f"the site file {'closes' if action == 'close' else 'no longer closes'} it",
+                )
+                for action, spaces in (("close", close), ("open", reopen))
+                for s in spaces
+            ]
+            if segments:
+                self._commit_and_propagate(segments, now)
+                self.flush_checkpoint()
+            with self.journal.transaction():
+                dropped = self.journal.drop_signs(d.id for d in self.site.displays)
+                self.journal.drop_spaces(index)
+                self.journal.set_meta(DIGEST_KEY, self.site.digest)
+                self.journal.set_meta(SITE_ID_KEY, self.site.id)
+                if not changes.retired_topics:
+                    self.journal.set_meta(OUTLINE_KEY, json.dumps(outline(self.site)))
+        if dropped:
+            log.info("forgot the signs of removed displays: %s", ", ".join(dropped))
+        # cleared once connected; the outline is journaled then, so a stop before that
+        # clears them at the next start
+        self._retired_topics = changes.retired_topics
 
     def _replay(self, rows: dict[str, tuple[Any, ...]], events: list[tuple[Any, ...]]) -> list[str]:
         """Apply events committed after the checkpoint to its rows (in place); the spaces
@@ -512,6 +578,18 @@ class LiveGateway:
         now = self._clock()
         with self.lock:
             self._live = True
+            if self._retired_topics:
+                # an empty retained payload deletes the topic: a zone or sign the site file
+                # no longer has must not show its last counts to anyone for good
+                for topic in self._retired_topics:
+                    self._publish(topic, b"", topics.QOS_ZONE, True)
+                log.info(
+                    "cleared %d retained topics the site file no longer has: %s",
+                    len(self._retired_topics),
+                    ", ".join(self._retired_topics),
+                )
+                self._retired_topics = []
+                self.journal.set_meta(OUTLINE_KEY, json.dumps(outline(self.site)))
             self._zone_published.clear()
             self._publish_zones(range(len(self.state.zone_ids)), now)
             for d in range(len(self.site.displays)):

@@ -24,19 +24,21 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
 # Only light modules at the top: a restarted gateway republishes its journaled signs
-# (republish_stored_signs) before scipy, pydantic and the site are loaded.
+# (republish_stored_signs) once the site file is validated (~0.3 s), before scipy, the
+# allocation core and the journal's state are loaded.
 from gateway.journal import Journal, stored_signs
 from parking import topics
 from parking.broker import BrokerConfig, add_credential_arguments, backoff_delay, broker_from_args
 
 if TYPE_CHECKING:
     from gateway.live import LiveGateway
+    from parking.site import Site
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +210,7 @@ class GatewayService:
 
     def __init__(
         self,
-        site_path: str,
+        site_path: str | os.PathLike[str] | Site,
         broker: BrokerConfig,
         db: str,
         *,
@@ -225,7 +227,7 @@ class GatewayService:
         from gateway.live import LiveGateway
         from parking.site import load_site
 
-        self.site = load_site(site_path)
+        self.site = load_site(site_path) if isinstance(site_path, (str, os.PathLike)) else site_path
         self.broker = broker
         history = _OutboxHistory(self.site.id, outbox_max_rows) if influx else None
         self.history = history
@@ -910,15 +912,18 @@ def _realtime_scheduling() -> bool:
         return False
 
 
-def republish_stored_signs(db: str, broker: BrokerConfig, timeout_s: float = 2.0) -> int:
+def republish_stored_signs(
+    db: str, broker: BrokerConfig, keep: Collection[str], timeout_s: float = 2.0
+) -> int:
     """Publish the signs the journal says are current, valid for what is left of their
-    expiry counted from the last report heard; returns how many.
+    expiry counted from the last report heard; returns how many. Only the topics in ``keep``
+    (the site file's displays now: a removed display's last content is not shown again).
 
     Run first thing on start: after a crash the signs are consistent again within a fraction
     of a second, while the full gateway is still loading. The contents are those committed
     with the last state change, which is the state the gateway resumes from.
     """
-    rows = stored_signs(db, now=time.time())
+    rows = [row for row in stored_signs(db, now=time.time()) if row[0] in keep]
     if not rows:
         return 0
     client = mqtt.Client(
@@ -1047,15 +1052,23 @@ def main(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    try:
-        republish_stored_signs(args.db, broker)
-    except Exception:  # a fast path only: the full start below publishes everything anyway
-        log.exception("republishing the journaled signs failed")
-    from parking.site import SiteError
+    from parking.site import SiteError, load_site
 
     try:
+        # before anything is published: a refused site file changes nothing
+        site = load_site(args.site)
+    except SiteError as exc:
+        print(f"site file refused:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        republish_stored_signs(
+            args.db, broker, {topics.display_content(site.id, d.id) for d in site.displays}
+        )
+    except Exception:  # a fast path only: the full start below publishes everything anyway
+        log.exception("republishing the journaled signs failed")
+    try:
         service = GatewayService(
-            args.site,
+            site,
             broker,
             args.db,
             client_id=args.client_id,

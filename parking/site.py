@@ -8,10 +8,11 @@ components (space index = position in ``Site.spaces``).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,9 @@ class Site:
     display_settings: cfg.DisplaySettings
     bindings: dict[str, Binding] = field(repr=False)
     space_index: dict[str, int] = field(repr=False)
+    # sha256 of the validated content (not of the file's text: comments and layout do not
+    # count); the gateway journals it so that other components can tell a different file
+    digest: str = field(default="", repr=False, compare=False)
 
     def space(self, space_id: str) -> Space:
         return self.spaces[self.space_index[space_id]]
@@ -297,7 +301,8 @@ def parse_site(text: str, filename: str = "<site>") -> Site:
                 msg = "unknown key"
             problems.append(f"{filename}:{line or '?'}: {format_loc(clean)}: {msg}")
         raise SiteError(problems) from None
-    return _Compiler(model, lines, filename).compile()
+    site = _Compiler(model, lines, filename).compile()
+    return replace(site, digest=hashlib.sha256(model.model_dump_json().encode()).hexdigest())
 
 
 def unreachable(site: Site) -> tuple[list[str], list[str]]:

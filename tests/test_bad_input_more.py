@@ -74,6 +74,8 @@ def send_health(gw: LiveGateway, health: HealthReport) -> None:
         (bus_health(node(1, (0, "C-001"))), "foreign_space", bus_health(node(1))),  # camera's
         (bus_health(node(1, (0, "B1-E-001"))), "foreign_space", bus_health(node(1))),
         (bus_health(node(1, (0, "A-040"))), "foreign_space", bus_health(node(1))),  # node 2's
+        # node 1's, but its detector 1: an agent whose site file wires the node otherwise
+        (bus_health(node(1, (0, "A-002"))), "foreign_space", bus_health(node(1))),
         (
             bus_health(spaces=[CameraSpaceHealth(space="C-002", confidence=1.0)]),
             "foreign_space",

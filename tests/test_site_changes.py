@@ -1,0 +1,236 @@
+"""A site file edited between two starts of the gateway on one journal (gateway.site_changes,
+LiveGateway's start, ``parkguide gateway`` and ``site check --db``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.journal import Journal, stored_signs
+from gateway.live import LiveGateway
+from gateway.site_changes import SITE_FILE_BY, compare, outline
+from parkguide import site_check
+from parking import topics
+from parking.site import parse_site
+from tests.conftest import parkguide_cmd
+from tests.gateway_support import Collector, snapshot_all_free
+
+SMALL = (Path(__file__).resolve().parents[1] / "examples" / "small-site.yaml").read_text("utf-8")
+Q_LINE = "  - {ids: Q-001..Q-008, zone: Q, kinds: [visitor], access: [L2],\n"
+assert Q_LINE in SMALL
+T0 = 1_800_000_000.0
+
+
+def closing(first: int, last: int) -> str:
+    """The small site with Q-{first}..Q-{last} closed by the site file."""
+    parts = []
+    if first > 1:
+        parts.append(
+            f"  - {{ids: Q-001..Q-{first - 1:03d}, zone: Q, kinds: [visitor], access: [L2],\n"
+            "     layout: {origin: [30, -8], step: [2.5, 0]}}\n"
+        )
+    parts.append(
+        f"  - {{ids: Q-{first:03d}..Q-{last:03d}, zone: Q, kinds: [visitor], access: [L2],"
+        f" closed: true,\n     layout: {{origin: [{30 + 2.5 * (first - 1)}, -8], step: [2.5, 0]}}}}\n"
+    )
+    if last < 8:
+        parts.append(
+            f"  - {{ids: Q-{last + 1:03d}..Q-008, zone: Q, kinds: [visitor], access: [L2],\n"
+            f"     layout: {{origin: [{30 + 2.5 * last}, -8], step: [2.5, 0]}}}}\n"
+        )
+    text = SMALL.replace(
+        Q_LINE + "     layout: {origin: [30, -8], step: [2.5, 0]}}\n", "".join(parts)
+    )
+    assert text != SMALL
+    return text
+
+
+def renamed() -> str:
+    """Zone Q is zone V now, and display gate is gate-east."""
+    text = (
+        SMALL.replace("{id: Q, ", "{id: V, ")
+        .replace("zone: Q,", "zone: V,")
+        .replace("zones: [Q]", "zones: [V]")
+        .replace("  - id: gate\n", "  - id: gate-east\n")
+    )
+    assert text.count("gate-east") == 1 and "zone: V," in text
+    return text
+
+
+class Run:
+    """Starts of an in-process gateway on one journal, each with a site file's text."""
+
+    def __init__(self, tmp_path: Path):
+        self.db = tmp_path / "journal.sqlite3"
+        self.sent: list[tuple[str, bytes, bool]] = []
+        self.gw: LiveGateway | None = None
+
+    def start(self, text: str) -> LiveGateway:
+        if self.gw is not None:
+            self.gw.journal.close()
+        self.sent.clear()
+        self.gw = LiveGateway(parse_site(text), Journal(self.db), self._publish, clock=lambda: T0)
+        self.gw.publish_all()
+        return self.gw
+
+    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.sent.append((topic, payload, retain))
+
+    def closed(self) -> set[str]:
+        gw = self.gw
+        assert gw is not None
+        return {s.id for s in gw.site.spaces if gw.state.closed[gw.site.space_index[s.id]]}
+
+    def zone(self, zone: str) -> dict:
+        gw = self.gw
+        assert gw is not None
+        return next(z for z in gw.zone_counts() if z.zone == zone).model_dump()
+
+    def close(self) -> None:
+        if self.gw is not None:
+            self.gw.journal.close()
+
+
+@pytest.fixture
+def run(tmp_path):
+    r = Run(tmp_path)
+    yield r
+    r.close()
+
+
+def test_compare_names_every_kind_of_change():
+    old = outline(parse_site(closing(1, 2)))
+    new = parse_site(renamed())
+    changes = compare(old, new)
+    assert changes.moved_zone == {f"Q-00{i}": ("Q", "V") for i in range(1, 9)}
+    assert changes.opened_by_file == ["Q-001", "Q-002"]
+    assert changes.zones_removed == ["Q"] and changes.displays_removed == ["gate"]
+    assert changes.retired_topics == [
+        topics.zone("courtyard", "Q"),
+        topics.display_content("courtyard", "gate"),
+    ]
+    lines = "\n".join(changes.lines())
+    assert "Q-001 Q->V" in lines and "zones removed: Q" in lines and "gate" in lines
+    assert not compare(outline(new), new) and compare(None, new).lines() == []
+
+
+def test_a_closure_added_to_the_site_file_closes_the_spaces_at_the_next_start(run):
+    """It was ignored: the journal's row (open) won over the file, and cars were sent to
+    the spaces the file closed."""
+    gw = run.start(SMALL)
+    snapshot_all_free(gw, gw.site, T0)
+    gw = run.start(closing(1, 4))
+    assert run.closed() == {"Q-001", "Q-002", "Q-003", "Q-004"}
+    assert run.zone("Q")["closed"] == 4 and run.zone("Q")["free"] == 4
+    events = [e for e in gw.journal.events(50) if e[6] == SITE_FILE_BY]
+    assert sorted((e[2], e[4]) for e in events) == [(f"Q-00{i}", "closed") for i in range(1, 5)]
+    # the reviewer's car was sent to Q-004: the nearest free visitor space is Q-005 now
+    for _ in range(4):
+        gw.handle(topics.arrival("courtyard", "main"), json.dumps({"class": "visitor"}).encode())
+    answers = [json.loads(p) for t, p, _ in run.sent if t == topics.assignment("courtyard", "main")]
+    assert [a["space"] for a in answers] == ["Q-005", "Q-006", "Q-007", "Q-008"]
+
+
+def test_a_closure_taken_out_of_the_site_file_opens_the_spaces_but_not_a_managers(run):
+    """It was ignored too: the spaces stayed closed with nothing in the audit to say why."""
+    gw = run.start(closing(1, 4))
+    snapshot_all_free(gw, gw.site, T0)
+    gw.control_space("Q-005", "close", "alice", "oil on the floor")
+    gw = run.start(closing(1, 8))  # Q-005 already closed: the file changes nothing there
+    assert run.closed() == {f"Q-00{i}" for i in range(1, 9)}
+    run.start(SMALL)
+    assert run.closed() == {"Q-005"}  # the manager's closure stands
+    assert run.zone("Q")["closed"] == 1
+
+
+def test_a_managers_opening_of_a_file_closed_space_stands_while_the_file_is_unchanged(run):
+    gw = run.start(closing(1, 4))
+    gw.control_space("Q-001", "open", "alice", None)
+    run.start(closing(1, 4))
+    assert run.closed() == {"Q-002", "Q-003", "Q-004"}
+
+
+def test_retained_topics_the_site_file_dropped_are_cleared_once(run, caplog):
+    """zones/Q and displays/gate/content stayed retained with their last counts for good,
+    and the removed display's content was republished at every start."""
+    gw = run.start(SMALL)
+    snapshot_all_free(gw, gw.site, T0)
+    old_zone, old_sign = topics.zone("courtyard", "Q"), topics.display_content("courtyard", "gate")
+    assert old_sign in {t for t, _, _ in stored_signs(run.db)}
+    with caplog.at_level(logging.WARNING, logger="gateway.live"):
+        run.start(renamed())
+    cleared = [(t, p, r) for t, p, r in run.sent if p == b""]
+    assert sorted(cleared) == sorted([(old_zone, b"", True), (old_sign, b"", True)])
+    assert old_sign not in {t for t, _, _ in stored_signs(run.db)}
+    assert "zones removed: Q" in caplog.text and "displays removed: gate" in caplog.text
+    run.start(renamed())
+    assert not [m for m in run.sent if m[1] == b""]  # journaled: not again
+
+
+def test_a_new_site_id_retires_every_topic_of_the_old_one(run, caplog):
+    run.start(SMALL)
+    with caplog.at_level(logging.WARNING, logger="gateway.live"):
+        run.start(SMALL.replace("id: courtyard", "id: courtyard-new"))
+    cleared = {t for t, p, _ in run.sent if p == b""}
+    assert cleared == {
+        topics.zone("courtyard", "P"),
+        topics.zone("courtyard", "Q"),
+        topics.display_content("courtyard", "gate"),
+    }
+    assert "site id changed from 'courtyard'" in caplog.text
+
+
+def test_site_check_with_the_journal_says_what_the_gateway_will_find(run, tmp_path, capsys):
+    run.start(SMALL)
+    run.close()
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(closing(3, 3).replace("zones: [Q]", "zones: [P, Q]"), encoding="utf-8")
+    args = argparse.Namespace(file=str(edited), json=True, db=str(run.db))
+    assert site_check.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["changes"] == ["closed by the site file now: Q-003"]
+    args.db = str(tmp_path / "missing.sqlite3")
+    assert site_check.main(args) == 2
+    assert "no such journal" in capsys.readouterr().err
+
+
+def test_a_refused_site_file_publishes_nothing_and_a_removed_display_is_not_republished(
+    run, tmp_path, mosquitto, subprocess_env
+):
+    """The start-up fast path republished the journal's signs before the site file was
+    read: a refused file still sent them, and so did a file without the display."""
+    gw = run.start(SMALL)
+    snapshot_all_free(gw, gw.site, time.time())
+    run.close()
+    sign_topic = topics.display_content("courtyard", "gate")
+    watcher = Collector(mosquitto.port, topics.displays_all("courtyard"))
+    try:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(SMALL.replace("zones: [Q]", "zones: [NOPE]"), encoding="utf-8")
+        cmd = parkguide_cmd("gateway", "--site", str(bad), "--broker", mosquitto.url)
+        done = subprocess.run(
+            [*cmd, "--db", str(run.db)], env=subprocess_env, capture_output=True, timeout=60
+        )
+        assert done.returncode == 2 and b"site file refused" in done.stderr
+        time.sleep(0.5)
+        assert watcher.messages == []
+        good = tmp_path / "renamed.yaml"
+        good.write_text(renamed(), encoding="utf-8")
+        cmd = parkguide_cmd("gateway", "--site", str(good), "--broker", mosquitto.url)
+        proc = subprocess.Popen(
+            [*cmd, "--db", str(run.db)], env=subprocess_env, stderr=subprocess.PIPE
+        )
+        try:
+            watcher.wait_for(topics.display_content("courtyard", "gate-east"), timeout=30)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        assert [m.payload for m in watcher.on(sign_topic)] in ([], [b""])
+    finally:
+        watcher.stop()
