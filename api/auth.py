@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from parking.private import create_private
+
 ROLES: tuple[str, ...] = ("viewer", "manager", "technician")
 """viewer reads; manager also changes things; technician also reads raw sensor data."""
 
@@ -99,6 +101,7 @@ class UserStore:
 
     def __init__(self, db_path: str):
         self.db_path = db_path
+        create_private(db_path)  # password hashes: for the service's own user only
         with self._connect() as db:
             db.executescript(USERS_SCHEMA)
 

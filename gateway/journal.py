@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from parking.private import create_private
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events(
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, space TEXT NOT NULL, old TEXT NOT NULL,
@@ -129,6 +131,7 @@ class Journal:
 
     def __init__(self, path: str | Path, history: History | None = None):
         self.path = Path(path)
+        create_private(self.path)
         self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")

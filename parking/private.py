@@ -1,0 +1,15 @@
+"""Files only the service's own user may read (the journal holds password hashes and plates)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def create_private(path: str | Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (an existing file keeps its mode:
+    an operator may have chosen another). SQLite makes the journal's -wal and -shm files
+    with the database file's mode, so they are private too."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
