@@ -23,7 +23,8 @@ from parking.payloads import MAX_PAYLOAD_BYTES, largest_snapshot_bytes
 from parking.yamlsource import YamlSyntaxError, format_loc, line_of, load_with_lines
 
 _RANGE_RE = re.compile(r"^(.*?)(\d+)$")
-EXAMPLE_SITE = Path(__file__).resolve().parent.parent / "examples" / "site.yaml"
+# package data, so that an installed wheel has it too; examples/ links to it
+EXAMPLE_SITE = Path(__file__).resolve().parent / "examples" / "site.yaml"
 
 
 class SiteError(ValueError):
