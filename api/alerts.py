@@ -2,7 +2,8 @@
 
 ``derive_alerts`` is pure: agents offline, cameras blind, buses blind (no node
 answers, or the serial port is lost), nodes dead or answering with a Modbus
-exception, detectors stuck, flapping or faulty, spaces occupied for too long. The
+exception, detectors stuck, flapping or faulty, spaces occupied for too long.
+``site_mismatch_alert`` says the gateway runs another site file (``api.sitecheck``). The
 ``AlertBook`` keeps one row per alert in the journal database's ``alerts``
 table: when the current episode began, when it cleared, who acknowledged it.
 An acknowledgement holds for its episode only: an alert that clears and comes
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS alerts (
 """
 
 SEVERITY = {
+    "site_mismatch": "critical",
     "broker_lost": "critical",
     "agent_offline": "critical",
     "camera_blind": "critical",
@@ -54,11 +56,16 @@ SEVERITY = {
     "long_occupied": "info",
 }
 
-AGENT_KINDS = frozenset(SEVERITY) - {"broker_lost", "long_occupied"}
+AGENT_KINDS = frozenset(SEVERITY) - {"site_mismatch", "broker_lost", "long_occupied"}
 """Alerts derived from what the agents say (availability, health): kept open while the
 view settles (AlertBook.update's ``keep_open``)."""
 
 _TEXT = {
+    "site_mismatch": (
+        "本 API 的站点文件(站点 {subject})不是网关的:请用网关的站点文件启动 API",
+        "this API's site file (site {subject}) is not the gateway's: "
+        "start the API with the gateway's site file",
+    ),
     "broker_lost": (
         "与 MQTT 代理 {subject} 的连接已断开:代理和各边缘代理的状态未知",
         "the MQTT broker {subject} is not reachable: agents and spaces are unknown until it is",
@@ -106,6 +113,18 @@ _EXCEPTION_ADVICE = {  # the usual cause: the site file asks for detectors the n
 }
 
 
+_SITE_MISMATCH_TEXT = (
+    "本 API 的站点文件(站点 {api_site},摘要 {api_digest})与网关的(站点 {gateway_site},"
+    "摘要 {gateway_digest})不同:关闭和开放车位被拒绝,地图可能显示网关没有的区域和车位;"
+    "请用网关的站点文件启动 API",
+    "this API runs another site file (site {api_site}, digest {api_digest}) than the gateway "
+    "(site {gateway_site}, digest {gateway_digest}): closing and opening spaces is refused, and "
+    "the map may show zones and spaces the gateway does not have; start the API with the "
+    "gateway's site file",
+)
+_SITE_MISMATCH_DETAILS = ("api_site", "api_digest", "gateway_site", "gateway_digest")
+
+
 def _node_error_text(code: int) -> tuple[str, str]:
     zh_name, en_name = _EXCEPTION_NAMES.get(code, ("未知异常", "unknown exception"))
     zh = f"节点 {{subject}} 回应异常 {code}({zh_name})"
@@ -137,6 +156,11 @@ class Alert:
             zh, en = _PORT_LOST_TEXT
         elif self.kind == "bus_blind" and self.details.get("port") == "open":
             zh, en = _PORT_OPEN_TEXT
+        elif self.kind == "site_mismatch" and all(
+            k in self.details for k in _SITE_MISMATCH_DETAILS
+        ):
+            values = {k: self.details[k] for k in _SITE_MISMATCH_DETAILS}
+            return _SITE_MISMATCH_TEXT[0].format(**values), _SITE_MISMATCH_TEXT[1].format(**values)
         else:
             zh, en = _TEXT[self.kind]
         space = self.details.get("space")
@@ -232,6 +256,20 @@ def derive_alerts(
                 Alert(f"long_occupied:{s.space}", "long_occupied", s.space, began, {"zone": s.zone})
             )
     return out
+
+
+def site_mismatch_alert(
+    api_site: str, api_digest: str, gateway_site: str | None, gateway_digest: str
+) -> Alert:
+    """The gateway's journal names another site file than this API's (``api.sitecheck``):
+    one alert per API site, whatever the gateway's file (the id stays while it is wrong)."""
+    details = {
+        "api_site": api_site,
+        "api_digest": api_digest[:12],
+        "gateway_site": gateway_site if gateway_site is not None else "?",
+        "gateway_digest": gateway_digest[:12],
+    }
+    return Alert(f"site_mismatch:{api_site}", "site_mismatch", api_site, None, details)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from api.journal import JournalReader
 from api.live import AlertMonitor, LiveHub
 from api.routes import events, health, operations, public, session, short_input, site, stream
 from api.settings import ApiSettings
+from api.sitecheck import SiteCheck
 from gateway.readside import LiveView
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,7 @@ def create_app(
     if db_path is None:
         log.warning("no journal database given: nobody can log in, events and history are empty")
     hub = LiveHub(view)
+    journal = JournalReader(db_path)
     ctx = ApiContext(
         view=view,
         settings=settings,
@@ -205,12 +207,20 @@ def create_app(
             settings.login_max_attempts_per_client,
             settings.login_window_s,
         ),
-        journal=JournalReader(db_path),
+        journal=journal,
         alerts=AlertBook(db_path),
         hub=hub,
+        # the gateway journals its site file's digest: an API started with another one
+        # would show what the gateway does not have and send commands it cannot act on
+        site_check=SiteCheck(view.site, journal, refresh_s=min(2.0, settings.alert_check_s)),
     )
     monitor = AlertMonitor(
-        view, ctx.alerts, hub, settings.alert_check_s, settings.long_occupied_h * 3600
+        view,
+        ctx.alerts,
+        hub,
+        settings.alert_check_s,
+        settings.long_occupied_h * 3600,
+        site_check=ctx.site_check,
     )
 
     @asynccontextmanager

@@ -21,6 +21,7 @@ from api.auth import LoginLimiter, Session, SessionSigner, User, UserStore
 from api.journal import JournalReader
 from api.live import LiveHub
 from api.settings import ApiSettings
+from api.sitecheck import SiteCheck
 from gateway.readside import LiveView
 
 SESSION_COOKIE = "parkguide_session"
@@ -37,6 +38,7 @@ class ApiContext:
     alerts: AlertBook
     hub: LiveHub
     site_map: Any = None  # the /site answer, built once: the site never changes
+    site_check: SiteCheck | None = None  # is the gateway's site file ours? (None: not asked)
 
 
 def get_ctx(request: Request) -> ApiContext:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from api.alerts import AGENT_REJOIN_S, AlertBook, derive_alerts
+from api.sitecheck import SiteCheck
 from gateway.readside import LiveEvent, LiveView
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,8 @@ class LiveHub:
 
 
 class AlertMonitor:
-    """Re-derives alerts on agent events and every few seconds; publishes raised/cleared ones."""
+    """Re-derives alerts on agent events and every few seconds, with the site file check
+    (``api.sitecheck``); publishes raised/cleared ones."""
 
     def __init__(
         self,
@@ -159,8 +161,10 @@ class AlertMonitor:
         hub: LiveHub,
         interval_s: float,
         long_occupied_s: float,
+        site_check: SiteCheck | None = None,
     ):
         self.view, self.book, self.hub = view, book, hub
+        self.site_check = site_check  # the gateway's site file against ours
         self._started = time.time()
         self.interval_s = interval_s
         self.long_occupied_s = long_occupied_s
@@ -195,6 +199,9 @@ class AlertMonitor:
             broker_up=broker_up,
             broker_back_since=back,
         )
+        mismatch = self.site_check.poll() if self.site_check is not None else None
+        if mismatch is not None:
+            alerts.insert(0, mismatch.alert())
         # just started, broker lost, or just back: what the view knows of the agents is
         # not complete (retained health and wills are on their way), so an open episode
         # is kept, with its acknowledgement, rather than ended and raised again as new

@@ -11,5 +11,7 @@ def create_private(path: str | Path) -> None:
     """Create ``path`` empty with mode 0600 unless it exists (an existing file keeps its mode:
     an operator may have chosen another). SQLite makes the journal's -wal and -shm files
     with the database file's mode, so they are private too."""
-    with contextlib.suppress(FileExistsError):
+    # any other failure (no such directory, no permission) is SQLite's to report, in the
+    # words the callers already turn into a one-line error
+    with contextlib.suppress(OSError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

@@ -32,7 +32,10 @@ MANAGER_ERRORS: dict[int | str, dict[str, Any]] = {
     **VIEWER_ERRORS,
     403: {**_ERR, "description": "needs the manager role, or sent by a page of another origin"},
     413: {**_ERR, "description": "the body is too large"},
-    409: {**_ERR, "description": "the gateway refused the action"},
+    409: {
+        **_ERR,
+        "description": "the gateway refused the action, or runs another site file than this API",
+    },
     422: {
         "description": "the request body is not valid",
         "content": {

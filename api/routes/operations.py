@@ -127,10 +127,26 @@ async def acknowledge(alert_id: str, request: Request, ctx: Ctx, user: Manager) 
     return alert_out(rec, ctx.settings.long_occupied_h)
 
 
+async def refuse_if_sites_differ(ctx: Ctx) -> None:
+    """409 when the gateway runs another site file than this API (read now: it may have just
+    restarted with it): a command for the gateway would be refused there, or applied to
+    another space than the manager meant, while this answer said 202."""
+    if ctx.site_check is None:
+        return
+    mismatch = await run_in_threadpool(ctx.site_check.check)
+    if mismatch is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, mismatch.refusal())
+
+
 async def _control(
     space: str, action: str, request: Request, ctx: Ctx, user: Manager
 ) -> ControlOut:
     body = await parse_body(request, SpaceControlRequest)
+    try:
+        await refuse_if_sites_differ(ctx)
+    except HTTPException:
+        log.info("refused %s %s by %s: not the gateway's site file", action, space[:64], user.name)
+        raise
     if space not in ctx.view.site.space_index:
         not_found(f"no space {space!r} on this site")
     try:
