@@ -95,7 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", required=True, help="journal database (SQLite, created if missing)")
     add_credential_arguments(parser)
     parser.add_argument(
-        "--client-id", help="MQTT client id (default: parkguide-gateway-SITE; a persistent session)"
+        "--client-id",
+        help="MQTT client id of its persistent session (default: parkguide-gateway-SITE, with"
+        " a digest of the password appended when there is one)",
     )
     parser.add_argument(
         "--hold-s",
