@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +42,7 @@ from edge.camera.crops import fit_polygons
 from edge.camera.quality import FrameQuality, FrameQualityMonitor, QualitySettings
 from edge.camera.smoothing import OccupancySmoother, SmoothingSettings, SpaceChange
 from edge.camera.stream import FrameRate, FrameReader, describe, file_problem, parse_source
+from edge.clocks import ClockWatch
 from edge.publisher import ReportPublisher, SpoolBusy, choose_agent_id
 from parking.broker import add_credential_arguments, broker_from_args
 from parking.payloads import CameraSpaceHealth, HealthReport, SpaceObservation, went_offline
@@ -85,6 +86,8 @@ class CameraAgent:
         settings: AgentSettings | None = None,
         smoothing: SmoothingSettings | None = None,
         quality: QualitySettings | None = None,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.camera = camera
         self.classifier = classifier
@@ -92,8 +95,13 @@ class CameraAgent:
         self.settings = settings or AgentSettings()
         self.space_ids = list(camera.polygons)
         self.polygons = [np.asarray(p, np.float32) for p in camera.polygons.values()]
+        self._wall = wall
+        self._clock = clock
+        # the smoother keeps wall times (its `since` goes on the wire): a step of the wall
+        # clock is looked for at every frame and idle round, and moves them (edge.clocks)
+        self._clock_watch = ClockWatch(wall, clock, f"camera agent {publisher.agent}")
         self.smoother = OccupancySmoother(
-            len(self.space_ids), smoothing or SmoothingSettings(), now=time.time()
+            len(self.space_ids), smoothing or SmoothingSettings(), now=wall()
         )
         self.monitor = FrameQualityMonitor(quality)
         self._plans: dict[tuple[int, int], Any] = {}
@@ -129,8 +137,23 @@ class CameraAgent:
             self._plans[(w, h)] = plan
         return plan
 
+    def follow_clock(self, wall: float, mono: float) -> float:
+        """Look for a step of the wall clock (``wall`` and ``mono`` read together); returns
+        it (0.0: none). The smoother's timers move with a step; so do the spaces' ``since``
+        on a forward step (a box that started behind, then NTP synchronised: stamped by
+        the clock as it read, the gateway refuses them as older than what it knew from the
+        agent's previous run), and a snapshot is asked for, so that the next report puts
+        every space right. Back, the times already reported stay (``edge.clocks``)."""
+        step = self._clock_watch.check(wall, mono)
+        if step:
+            self.smoother.clock_stepped(step, move_since=step > 0)
+            if step > 0:
+                self.publisher.request_snapshot()
+        return step
+
     def on_frame(self, image: np.ndarray, wall: float, mono: float) -> list[SpaceChange]:
         """Check, classify and smooth one frame (honouring the fps limit)."""
+        self.follow_clock(wall, mono)
         self.counters["frames"] += 1
         if not self._rate.take(mono):
             return []
@@ -167,8 +190,13 @@ class CameraAgent:
         self.counters["classified"] += 1
         return self.smoother.update(occupied, confidence, wall)
 
-    def on_idle(self, age: float | None, since_start: float, wall: float) -> list[SpaceChange]:
-        """No new frame this round: after ``stale_s`` without one the stream is lost."""
+    def on_idle(
+        self, age: float | None, since_start: float, wall: float, mono: float | None = None
+    ) -> list[SpaceChange]:
+        """No new frame this round: after ``stale_s`` without one the stream is lost.
+        With ``mono`` (read with ``wall``), a step of the wall clock is looked for first."""
+        if mono is not None:
+            self.follow_clock(wall, mono)
         stale = age is None and since_start > self.settings.stale_s
         stale = stale or (age is not None and age > self.settings.stale_s)
         changes: list[SpaceChange] = []
@@ -249,10 +277,10 @@ class CameraAgent:
         if mono >= self._next_health or status != self._status:
             self._status = status
             self._next_health = mono + self.settings.health_interval_s
-            self.publisher.publish_health(self.health(time.time(), mono, reader.reconnects))
+            self.publisher.publish_health(self.health(self._wall(), mono, reader.reconnects))
 
     def run(self, reader: FrameReader, stop: threading.Event) -> None:
-        started = time.monotonic()
+        started = self._clock()
         last_seq = 0
         while not stop.is_set():
             frame = reader.latest(last_seq, timeout=LOOP_WAIT_S)
@@ -261,14 +289,15 @@ class CameraAgent:
                 # offline (on the way out), not the last scene left up as live
                 log.info("camera %s: the file ended; stopping (--loop replays it)", self.camera.id)
                 return
-            wall, mono = time.time(), time.monotonic()
+            wall, mono = self._wall(), self._clock()
             try:
                 if frame is not None:
                     last_seq = frame.seq
                     changes = self.on_frame(frame.image, wall, mono)
                     changes += self.smoother.tick(wall)
                 else:
-                    changes = self.on_idle(reader.last_frame_age(mono), mono - started, wall)
+                    age = reader.last_frame_age(mono)
+                    changes = self.on_idle(age, mono - started, wall, mono)
                 self.publish(changes, reader, mono)
             except SpoolBusy:
                 raise

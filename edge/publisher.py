@@ -1,11 +1,12 @@
 """Durable MQTT publisher of occupancy reports, shared by every edge agent.
 
-``ReportPublisher`` gives an agent four calls (see its docstring):
+``ReportPublisher`` gives an agent five calls (see its docstring):
 
 * ``report(kind, spaces)`` -- number a delta or snapshot ``OccupancyReport``
   (random ``boot`` per process, ``seq`` counting up) and queue it;
 * ``snapshot_due()`` -- whether the agent should report a snapshot now (after
   every (re)connect, and periodically while connected);
+* ``request_snapshot()`` -- make one due now (a step of the wall clock, ``edge.clocks``);
 * ``publish_health(report)`` -- retained QoS 0 health, latest one wins;
 * ``stop()`` -- publish ``offline``, flush, disconnect.
 
@@ -316,6 +317,9 @@ class ReportPublisher:
         with self._lock:
             if self._spool is None:
                 raise RuntimeError("ReportPublisher.start() was not called")
+            # ts is the wall clock now: right from a step of it on. A report already
+            # spooled keeps the times it was built with (history; the snapshot an agent
+            # asks for after a step puts the spaces right, edge.clocks)
             rep = OccupancyReport(
                 agent=self.agent,
                 source=self.source,
@@ -345,6 +349,11 @@ class ReportPublisher:
                 self._connected
                 and time.monotonic() - self._last_snapshot >= self.snapshot_interval_s
             )
+
+    def request_snapshot(self) -> None:
+        """Make ``snapshot_due()`` true now (the agent's times changed: a wall-clock step)."""
+        with self._lock:
+            self._snapshot_requested = True
 
     def publish_health(self, report: HealthReport) -> None:
         """Retained, QoS 0: sent now if connected, else the latest is sent on connect."""

@@ -39,6 +39,7 @@ from typing import TypeVar
 
 import serial
 
+from edge.clocks import ClockWatch
 from edge.debounce import BusTracker, DebounceSettings, SpaceChange
 from edge.modbus_master import (
     DEFAULT_RETRIES,
@@ -121,6 +122,7 @@ class SerialAgent:
     def __post_init__(self) -> None:
         # per space: (monotonic since, wall since) of the change last reported
         self._wall_since: dict[str, tuple[float, float]] = {}
+        self._clock_watch = ClockWatch(self.wall, self.clock, f"agent {self.agent_id}")
         self.tracker = BusTracker(self.bus, self.settings, start=self.clock())
         self.readings = {n.address: NodeReadings() for n in self.bus.nodes}
         self._health_queue: deque[tuple[int, HealthKind]] = deque()
@@ -302,18 +304,36 @@ class SerialAgent:
     def observations(self, changes: list[SpaceChange]) -> list[SpaceObservation]:
         """SpaceChange (monotonic since) -> wire observations (UNIX since).
 
-        A change's wall time is fixed when it is first reported (by the wall clock then),
-        and every later report (deltas, snapshots) carries the same: the gateway never sees
-        it move. A clock that NTP steps after the start is right for changes after the step.
+        A change's wall time is the monotonic ``since`` by the wall clock's offset, and
+        every later report (deltas, snapshots) carries the same while the clock is not
+        stepped: the gateway never sees it move. A step moves it (``follow_clock``).
         """
+        self.follow_clock()
         out = []
         for c in changes:
             known = self._wall_since.get(c.space)
             if known is None or known[0] != c.since:
-                wall = self.wall() - (self.clock() - c.since)
+                wall = self._clock_watch.to_wall(c.since)
                 known = self._wall_since[c.space] = (c.since, max(0.0, wall))
             out.append(SpaceObservation(space=c.space, state=c.state.label, since=known[1]))
         return out
+
+    def follow_clock(self) -> float:
+        """Look for a step of the wall clock (``edge.clocks``); returns it (0.0: none).
+
+        Forward (a box that started behind, then NTP synchronised): the wall ``since`` of
+        every change moves with the step, so that the gateway does not refuse them as
+        older than what it knew from the agent's previous run, and a snapshot is asked
+        for, so that every space carries its corrected time at once. Backward: the times
+        already reported stay (moved back, the gateway would refuse them); new changes
+        are stamped by the clock as it now reads. Reports already spooled keep theirs.
+        """
+        step = self._clock_watch.check()
+        if step > 0:
+            self._wall_since = {s: (m, w + step) for s, (m, w) in self._wall_since.items()}
+            if self.publisher is not None:
+                self.publisher.request_snapshot()
+        return step
 
     def health_report(self) -> HealthReport:
         nodes = []
@@ -468,6 +488,7 @@ class SerialAgent:
         """Poll until ``stop`` is set."""
         while not stop.is_set():
             started = self.clock()
+            self.follow_clock()  # a step is seen (and logged) when it happens
             if not self.master.is_open:
                 try:
                     self.master.open()

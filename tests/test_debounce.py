@@ -242,8 +242,9 @@ def test_invalid_settings_and_short_reads_are_refused() -> None:
 
 def test_a_change_after_the_clock_is_stepped_carries_the_right_wall_time() -> None:
     """A box that boots with its clock an hour behind, then NTP steps it: changes after
-    the step carry true times (a `since` fixed from the start was refused by the gateway
-    as older than known); a change keeps one wall time in every report that carries it."""
+    the step carry true times, and so do the states that began before it (a `since` fixed
+    from the start was refused by the gateway as older than known); without a step a
+    change keeps one wall time in every report that carries it."""
     from edge.debounce import SpaceChange
     from edge.serial_agent import SerialAgent
 
@@ -257,6 +258,6 @@ def test_a_change_after_the_clock_is_stepped_carries_the_right_wall_time() -> No
     mono[0] += 10.0
     wall[0] += 10.0 + 3600  # NTP steps the clock
     (again,) = agent.observations([before])  # e.g. in a snapshot
-    assert again.since == first.since
+    assert again.since == first.since + 3600
     (after,) = agent.observations([SpaceChange("S-2", SpaceState.FREE, 109.5)])
     assert after.since == wall[0] - 0.5

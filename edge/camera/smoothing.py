@@ -55,7 +55,8 @@ class SpaceChange:
 class OccupancySmoother:
     """Smoothed states of the N spaces of one camera.
 
-    Times are seconds on one clock (wall time: ``since`` goes on the wire).
+    Times are seconds on one clock (wall time: ``since`` goes on the wire); when that
+    clock is stepped, :meth:`clock_stepped` moves what is kept with it.
     """
 
     def __init__(self, count: int, settings: SmoothingSettings | None = None, now: float = 0.0):
@@ -128,6 +129,16 @@ class OccupancySmoother:
         self.since[idx] = now
         self.candidate[idx] = NO_CANDIDATE
         return [SpaceChange(int(i), SpaceState.UNKNOWN, now) for i in idx]
+
+    def clock_stepped(self, step: float, move_since: bool = True) -> None:
+        """The clock was stepped by ``step`` seconds: the timers (candidates' hold, the
+        uncertainty timeout) move with it, so a step neither settles a candidate nor
+        expires a space; so do the states' ``since`` unless ``move_since`` is False (times
+        already reported that must stay as they were, ``edge.clocks``)."""
+        self.candidate_since += step
+        self.last_confident += step
+        if move_since:
+            self.since += step
 
     def confidence_in_state(self) -> np.ndarray:
         """How far the last frame backs each reported state: its confidence where it
