@@ -3,7 +3,8 @@
 ``derive_alerts`` is pure: agents offline, cameras blind, buses blind (no node
 answers, or the serial port is lost), nodes dead or answering with a Modbus
 exception, detectors stuck, flapping or faulty, spaces occupied for too long.
-``site_mismatch_alert`` says the gateway runs another site file (``api.sitecheck``). The
+``site_mismatch_alert`` says the gateway runs another site file (``api.sitecheck``);
+``influx_failing_alert`` that its InfluxDB writer cannot write (``api.outbox_status``). The
 ``AlertBook`` keeps one row per alert in the journal database's ``alerts``
 table: when the current episode began, when it cleared, who acknowledged it.
 An acknowledgement holds for its episode only: an alert that clears and comes
@@ -43,6 +44,9 @@ CREATE TABLE IF NOT EXISTS alerts (
 
 SEVERITY = {
     "site_mismatch": "critical",
+    # critical while InfluxDB refuses the token (subject ``token``); a warning when writes
+    # fail for another reason (subject ``write``): see Alert.severity
+    "influx_failing": "critical",
     "broker_lost": "critical",
     "agent_offline": "critical",
     "camera_blind": "critical",
@@ -56,7 +60,12 @@ SEVERITY = {
     "long_occupied": "info",
 }
 
-AGENT_KINDS = frozenset(SEVERITY) - {"site_mismatch", "broker_lost", "long_occupied"}
+AGENT_KINDS = frozenset(SEVERITY) - {
+    "site_mismatch",
+    "influx_failing",
+    "broker_lost",
+    "long_occupied",
+}
 """Alerts derived from what the agents say (availability, health): kept open while the
 view settles (AlertBook.update's ``keep_open``)."""
 
@@ -65,6 +74,11 @@ _TEXT = {
         "本 API 的站点文件(站点 {subject})不是网关的:请用网关的站点文件启动 API",
         "this API's site file (site {subject}) is not the gateway's: "
         "start the API with the gateway's site file",
+    ),
+    "influx_failing": (
+        "网关写入 InfluxDB 失败({subject}):历史数据暂存在日志数据库的发件箱中,详见网关日志",
+        "the gateway cannot write to InfluxDB ({subject}): history waits in the journal's "
+        "outbox; see the gateway's log",
     ),
     "broker_lost": (
         "与 MQTT 代理 {subject} 的连接已断开:代理和各边缘代理的状态未知",
@@ -124,6 +138,23 @@ _SITE_MISMATCH_TEXT = (
 )
 _SITE_MISMATCH_DETAILS = ("api_site", "api_digest", "gateway_site", "gateway_digest")
 
+_INFLUX_TEXT = {
+    "token": (
+        "InfluxDB {url} 拒绝网关的令牌({error}):历史数据暂存在发件箱中(到上限为止),"
+        "请检查 INFLUX_TOKEN 能否写入存储桶 {bucket},改正后重启网关",
+        "InfluxDB {url} refuses the gateway's token ({error}): history waits in the outbox "
+        "(up to its cap); check that INFLUX_TOKEN may write to bucket {bucket}, then restart "
+        "the gateway",
+    ),
+    "write": (
+        "网关写入 InfluxDB {url} 已失败一分钟以上({error}):历史数据暂存在发件箱中"
+        "(到上限为止),InfluxDB 恢复后补写",
+        "writes to InfluxDB {url} have failed for over a minute ({error}): history waits in "
+        "the outbox (up to its cap) and is written when InfluxDB takes it again",
+    ),
+}
+_INFLUX_DETAILS = ("url", "bucket", "error")
+
 
 def _node_error_text(code: int) -> tuple[str, str]:
     zh_name, en_name = _EXCEPTION_NAMES.get(code, ("未知异常", "unknown exception"))
@@ -145,6 +176,8 @@ class Alert:
 
     @property
     def severity(self) -> str:
+        if self.kind == "influx_failing" and self.subject != "token":
+            return "warning"  # InfluxDB unreachable or failing: history waits, none lost yet
         return SEVERITY[self.kind]
 
     def message(self, long_occupied_h: float) -> tuple[str, str]:
@@ -161,6 +194,14 @@ class Alert:
         ):
             values = {k: self.details[k] for k in _SITE_MISMATCH_DETAILS}
             return _SITE_MISMATCH_TEXT[0].format(**values), _SITE_MISMATCH_TEXT[1].format(**values)
+        elif (
+            self.kind == "influx_failing"
+            and self.subject in _INFLUX_TEXT
+            and all(k in self.details for k in _INFLUX_DETAILS)
+        ):
+            values = {k: self.details[k] for k in _INFLUX_DETAILS}
+            zh, en = _INFLUX_TEXT[self.subject]
+            return zh.format(**values), en.format(**values)
         else:
             zh, en = _TEXT[self.kind]
         space = self.details.get("space")
@@ -270,6 +311,14 @@ def site_mismatch_alert(
         "gateway_digest": gateway_digest[:12],
     }
     return Alert(f"site_mismatch:{api_site}", "site_mismatch", api_site, None, details)
+
+
+def influx_failing_alert(cause: str, url: str, bucket: str, error: str, since: float) -> Alert:
+    """The gateway's InfluxDB writer cannot write (``api.outbox_status``): ``cause`` is
+    ``token`` (refused: critical) or ``write`` (failing for another reason: warning), one
+    episode each, so an acknowledged outage does not hide a refused token that follows."""
+    details = {"url": url, "bucket": bucket, "error": error, "cause": cause}
+    return Alert(f"influx_failing:{cause}", "influx_failing", cause, since, details)
 
 
 @dataclass(frozen=True)

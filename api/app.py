@@ -32,6 +32,7 @@ from api.auth import LoginLimiter, SessionSigner, UserStore
 from api.deps import ApiContext
 from api.journal import JournalReader
 from api.live import AlertMonitor, LiveHub
+from api.outbox_status import OutboxStatusReader
 from api.routes import events, health, operations, public, session, short_input, site, stream
 from api.settings import ApiSettings
 from api.sitecheck import SiteCheck
@@ -213,6 +214,9 @@ def create_app(
         # the gateway journals its site file's digest: an API started with another one
         # would show what the gateway does not have and send commands it cannot act on
         site_check=SiteCheck(view.site, journal, refresh_s=min(2.0, settings.alert_check_s)),
+        # the gateway's InfluxDB writer says how it does in the journal: a stand-alone API
+        # has no other way to know (its /metrics and the influx_failing alert)
+        outbox_status=OutboxStatusReader(journal, refresh_s=min(2.0, settings.alert_check_s)),
     )
     monitor = AlertMonitor(
         view,
@@ -221,6 +225,7 @@ def create_app(
         settings.alert_check_s,
         settings.long_occupied_h * 3600,
         site_check=ctx.site_check,
+        outbox_status=ctx.outbox_status,
     )
 
     @asynccontextmanager

@@ -20,6 +20,7 @@ from api.alerts import AlertBook
 from api.auth import LoginLimiter, Session, SessionSigner, User, UserStore
 from api.journal import JournalReader
 from api.live import LiveHub
+from api.outbox_status import OutboxStatusReader
 from api.settings import ApiSettings
 from api.sitecheck import SiteCheck
 from gateway.readside import LiveView
@@ -39,6 +40,7 @@ class ApiContext:
     hub: LiveHub
     site_map: Any = None  # the /site answer, built once: the site never changes
     site_check: SiteCheck | None = None  # is the gateway's site file ours? (None: not asked)
+    outbox_status: OutboxStatusReader | None = None  # the InfluxDB writer's, from the journal
 
 
 def get_ctx(request: Request) -> ApiContext:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from api.alerts import AGENT_REJOIN_S, AlertBook, derive_alerts
+from api.outbox_status import OutboxStatusReader
 from api.sitecheck import SiteCheck
 from gateway.readside import LiveEvent, LiveView
 
@@ -152,7 +153,8 @@ class LiveHub:
 
 class AlertMonitor:
     """Re-derives alerts on agent events and every few seconds, with the site file check
-    (``api.sitecheck``); publishes raised/cleared ones."""
+    (``api.sitecheck``) and the InfluxDB writer's status (``api.outbox_status``); publishes
+    raised/cleared ones."""
 
     def __init__(
         self,
@@ -162,9 +164,11 @@ class AlertMonitor:
         interval_s: float,
         long_occupied_s: float,
         site_check: SiteCheck | None = None,
+        outbox_status: OutboxStatusReader | None = None,
     ):
         self.view, self.book, self.hub = view, book, hub
         self.site_check = site_check  # the gateway's site file against ours
+        self.outbox_status = outbox_status  # the gateway's InfluxDB writer, from the journal
         self._started = time.time()
         self.interval_s = interval_s
         self.long_occupied_s = long_occupied_s
@@ -199,6 +203,10 @@ class AlertMonitor:
             broker_up=broker_up,
             broker_back_since=back,
         )
+        status = self.outbox_status.poll() if self.outbox_status is not None else None
+        influx = status.alert(now) if status is not None else None
+        if influx is not None:
+            alerts.insert(0, influx)
         mismatch = self.site_check.poll() if self.site_check is not None else None
         if mismatch is not None:
             alerts.insert(0, mismatch.alert())

@@ -2,7 +2,9 @@
 
 Figures come from ``LiveView.counters()`` (reports accepted and rejected by
 reason, state changes, sign updates, outbox depth, end-to-end latency), the
-agents' availability and the open alerts.
+agents' availability and the open alerts. The InfluxDB writer's figures come from the
+gateway in process (``parkguide gateway --http``), and in a stand-alone API from the
+status the writer keeps in the journal (``api.outbox_status``), under the same names.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fastapi.responses import PlainTextResponse
 
 from api.deps import Ctx, metrics_access
 from api.models import ErrorOut
+from api.outbox_status import OutboxStatus
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -107,24 +110,40 @@ def render(ctx: Ctx) -> str:
         "life), reason=rejected refused by InfluxDB as bad data (4xx, since start).",
     )
     out.sample("parkguide_outbox_dropped_total", c.outbox_dropped_cap, {"reason": "cap"})
+    # the writer's counts: the gateway's own in process; a stand-alone API has them from the
+    # status the writer keeps in the journal (absent without one: no writer, not a false 0)
+    status = ctx.outbox_status.poll() if ctx.outbox_status is not None else None
+    writer: tuple[int, int, int, str | None] | None = None  # rejected, written, auth, error
     if c.gateway_counts:
-        rejected = c.outbox_dropped_rejected
+        writer = (
+            c.outbox_dropped_rejected,
+            c.outbox_written,
+            c.outbox_auth_failed,
+            c.outbox_error,
+        )
+    elif status is not None:
+        writer = (status.dropped_4xx, status.written, status.auth_failed, status.error)
+    error = c.outbox_error
+    if writer is not None:
+        rejected, written, auth_failed, error = writer
         out.sample("parkguide_outbox_dropped_total", rejected, {"reason": "rejected"})
         out.family("parkguide_outbox_written_total", "counter", "Points InfluxDB accepted.")
-        out.sample("parkguide_outbox_written_total", c.outbox_written)
+        out.sample("parkguide_outbox_written_total", written)
         out.family(
             "parkguide_outbox_auth_failures_total",
             "counter",
             "Writes InfluxDB refused for the token (401/403): check INFLUX_TOKEN.",
         )
-        out.sample("parkguide_outbox_auth_failures_total", c.outbox_auth_failed)
-    if c.outbox_error is not None:
+        out.sample("parkguide_outbox_auth_failures_total", auth_failed)
+    if status is not None:
+        _writer_status(out, status)
+    if error is not None:
         out.family(
             "parkguide_outbox_last_error_info",
             "gauge",
             "The InfluxDB writer's current error (cleared by the next accepted write).",
         )
-        out.sample("parkguide_outbox_last_error_info", 1, {"error": c.outbox_error})
+        out.sample("parkguide_outbox_last_error_info", 1, {"error": error})
     out.family("parkguide_agents_online", "gauge", "Edge agents online.")
     out.sample("parkguide_agents_online", sum(a.online for a in agents))
     out.family("parkguide_agents", "gauge", "Edge agents known.")
@@ -154,6 +173,50 @@ def render(ctx: Ctx) -> str:
         LATENCY_BUCKETS_S,
     )
     return out.text()
+
+
+def _writer_status(out: Exposition, status: OutboxStatus) -> None:
+    """What only the writer's status row says (in the gateway's /metrics too, from the same row)."""
+    out.family(
+        "parkguide_outbox_retries_total",
+        "counter",
+        "Failed InfluxDB writes whose points were kept to retry (unreachable, 401/403, 404, "
+        "429, 5xx), since the gateway started.",
+    )
+    out.sample("parkguide_outbox_retries_total", status.retries)
+    out.family(
+        "parkguide_outbox_not_found_total",
+        "counter",
+        "Writes InfluxDB refused for a missing bucket or org (404), since the gateway started.",
+    )
+    out.sample("parkguide_outbox_not_found_total", status.not_found)
+    if status.last_ok_at is not None:
+        out.family(
+            "parkguide_outbox_last_success_timestamp_seconds",
+            "gauge",
+            "When InfluxDB last accepted a write (UNIX seconds; since the gateway started).",
+        )
+        out.sample("parkguide_outbox_last_success_timestamp_seconds", status.last_ok_at)
+    if status.last_error_at is not None:
+        out.family(
+            "parkguide_outbox_last_error_timestamp_seconds",
+            "gauge",
+            "When the InfluxDB writer last failed (UNIX seconds; since the gateway started).",
+        )
+        out.sample("parkguide_outbox_last_error_timestamp_seconds", status.last_error_at)
+    if status.failing is not None and status.failing_since is not None:
+        out.family(
+            "parkguide_outbox_failing_since_timestamp_seconds",
+            "gauge",
+            "Since when InfluxDB writes fail and points wait in the outbox (UNIX seconds), "
+            "by reason (auth, not_found, unreachable, server, answer, error); absent while "
+            "writes go through.",
+        )
+        out.sample(
+            "parkguide_outbox_failing_since_timestamp_seconds",
+            status.failing_since,
+            {"reason": status.failing},
+        )
 
 
 @router.get(

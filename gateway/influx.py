@@ -17,6 +17,14 @@ only after a 2xx. Server answers are sorted the way Telegraf's influxdb_v2 outpu
 influxdb-client's own retries are off (``retries=False`` on the client, SYNCHRONOUS write
 options which never retry), so this policy is the only one and ``Retry-After`` is honoured.
 The token is handed in (the CLI reads ``INFLUX_TOKEN``) and never logged.
+
+The writer keeps its status (``status()``: the counts above, the current error and what
+kind of failure it is, since when writes fail, the last accepted write) in the journal's
+``meta`` table (``gateway.outbox.save_status``), for a stand-alone API process to show in
+its ``/metrics`` and as the ``influx_failing`` alert. From this thread and its connection
+only, never on the report-to-sign path: when something changed, at most every
+``status_interval_s``, and every ``status_heartbeat_s`` regardless (so a reader can tell a
+running writer from a row a stopped gateway left behind).
 """
 
 from __future__ import annotations
@@ -42,6 +50,14 @@ log = logging.getLogger(__name__)
 
 REGROW_AFTER = 16  # writes in a row that fit before a batch limit cut by a 413 is lifted
 ERROR_TEXT_LIMIT = 200  # server bodies are cut to this many characters in logs and stats
+
+# What kind of failure keeps points waiting, as the status row names it (``failing``):
+AUTH = "auth"  # 401/403: the token is refused
+NOT_FOUND = "not_found"  # 404: no such bucket or org
+UNREACHABLE = "unreachable"  # connection refused, reset, timeout, name resolution
+SERVER = "server"  # 429, 5xx
+NO_WRITE_ANSWER = "answer"  # 3xx, 1xx, no status: not a write endpoint (check the URL)
+UNEXPECTED = "error"  # anything else (a locked database, a bug)
 
 Row = tuple[int, str]  # (outbox id, line protocol)
 
@@ -89,6 +105,8 @@ class InfluxWriter:
         max_retry_after_s: float = 300.0,
         drain_timeout_s: float = 5.0,
         log_interval_s: float = 60.0,
+        status_interval_s: float = 2.0,
+        status_heartbeat_s: float = 30.0,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -107,6 +125,8 @@ class InfluxWriter:
         self.max_backoff_s = max_backoff_s
         self.max_retry_after_s = max_retry_after_s
         self.drain_timeout_s = drain_timeout_s
+        self.status_interval_s = status_interval_s
+        self.status_heartbeat_s = max(status_heartbeat_s, status_interval_s)
         self._log = RateLimitedLog(log, log_interval_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,8 +136,17 @@ class InfluxWriter:
         self._retries = 0
         self._auth_failed = 0
         self._not_found = 0
-        self._last_error: str | None = None
+        self._last_error: str | None = None  # the current error: cleared by an accepted write
+        self._latest_error: str | None = None  # the latest error, kept after recovery
+        self._latest_error_at: float | None = None  # wall time
+        self._last_ok_at: float | None = None  # wall time of the last accepted write
+        self._failing: str | None = None  # why points wait (AUTH, ...); None: they do not
+        self._failing_since: float | None = None  # wall time of the first such failure
+        self._started_at: float | None = None
         self._failures = 0  # consecutive failed attempts, drives the backoff
+        # the status as last saved in the journal, and when (monotonic)
+        self._status_saved: dict[str, Any] | None = None
+        self._status_saved_at = -float("inf")
         # A server that answered 413 keeps its body limit: later batches start below it,
         # and go back to batch_size after REGROW_AFTER writes in a row went through, so
         # one oversized point does not leave every later batch at a single point (a
@@ -139,6 +168,12 @@ class InfluxWriter:
             self.db_path, timeout=10.0, isolation_level=None, check_same_thread=False
         )
         outbox.ensure_schema(conn)
+        conn.execute(outbox.META_SCHEMA)
+        self._started_at = time.time()
+        # the first change is saved at once; an unchanged status only at the first heartbeat
+        # (a restart does not blank, for a moment, what the last run said)
+        self._status_saved = self.status()
+        self._status_saved_at = time.monotonic() - self.status_interval_s
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="influx-writer", daemon=True
@@ -184,6 +219,32 @@ class InfluxWriter:
             result["last_error"] = result["last_error"] or f"outbox unreadable: {exc}"
         return result
 
+    def status(self) -> dict[str, Any]:
+        """What the journal's status row holds (``gateway.outbox.STATUS_KEY``): counts since
+        start, the current error (``error``, None once a write is accepted), the latest error
+        and its time, the last accepted write, and why and since when points wait
+        (``failing``: ``auth``, ``not_found``, ``unreachable``, ``server``, ``answer`` or
+        ``error``; None while writes go through). Times are UNIX seconds. Never the token."""
+        with self._lock:
+            return {
+                "version": outbox.STATUS_VERSION,
+                "url": _public_url(self.url),
+                "org": self.org,
+                "bucket": self.bucket,
+                "started": self._started_at,
+                "written": self._written,
+                "auth_failed": self._auth_failed,
+                "not_found": self._not_found,
+                "dropped_4xx": self._dropped_4xx,
+                "retries": self._retries,
+                "error": self._last_error,
+                "last_error": self._latest_error,
+                "last_error_at": self._latest_error_at,
+                "last_ok_at": self._last_ok_at,
+                "failing": self._failing,
+                "failing_since": self._failing_since,
+            }
+
     # -- the thread ------------------------------------------------------------------
 
     def _run(self, conn: sqlite3.Connection) -> None:
@@ -201,6 +262,7 @@ class InfluxWriter:
         drain_deadline: float | None = None
         try:
             while True:
+                self._save_status(conn)
                 if self._stop.is_set():
                     if drain_deadline is None:
                         drain_deadline = time.monotonic() + self.drain_timeout_s
@@ -211,11 +273,11 @@ class InfluxWriter:
                     if not rows:
                         if self._stop.is_set():
                             break
-                        self._stop.wait(self.flush_interval_s)
+                        self._pause(conn, self.flush_interval_s)
                         continue
                     delay = self._deliver(write_api, conn, rows)
                 except Exception as exc:  # the thread must outlive any surprise (locked db, bug)
-                    self._record_error(f"{type(exc).__name__}: {exc}")
+                    self._record_error(f"{type(exc).__name__}: {exc}", failing=UNEXPECTED)
                     self._log(
                         "unexpected",
                         logging.ERROR,
@@ -226,8 +288,9 @@ class InfluxWriter:
                 if delay is not None:
                     if self._stop.is_set():
                         break  # the server is failing: do not hold up shutdown waiting for it
-                    self._stop.wait(delay)
+                    self._pause(conn, delay)
         finally:
+            self._save_status(conn, final=True)
             write_api.close()
             client.close()
             conn.close()
@@ -254,7 +317,7 @@ class InfluxWriter:
         except ApiException as exc:
             return self._on_refusal(write_api, conn, rows, exc)
         except Exception as exc:  # transport: refused, reset, timeout, name resolution
-            self._record_error(f"{type(exc).__name__}: {exc}", retry=True)
+            self._record_error(f"{type(exc).__name__}: {exc}", retry=True, failing=UNREACHABLE)
             delay = self._next_backoff()
             self._log(
                 "unreachable",
@@ -270,6 +333,8 @@ class InfluxWriter:
             self._written += len(rows)
             self._failures = 0
             recovered, self._last_error = self._last_error, None  # metrics show a live error
+            self._last_ok_at = time.time()
+            self._failing = self._failing_since = None
             self._fits += 1
             if self._fits >= REGROW_AFTER:
                 self._batch_limit = self.batch_size
@@ -289,7 +354,7 @@ class InfluxWriter:
         if status in (401, 403):
             with self._lock:
                 self._auth_failed += 1
-            self._record_error(f"{reason}: token refused", retry=True)
+            self._record_error(f"{reason}: token refused", retry=True, failing=AUTH)
             delay = self._next_backoff()
             self._log(
                 "auth",
@@ -311,7 +376,7 @@ class InfluxWriter:
             # until someone creates the bucket or fixes the flag.
             with self._lock:
                 self._not_found += 1
-            self._record_error(f"{reason}: {body}", retry=True)
+            self._record_error(f"{reason}: {body}", retry=True, failing=NOT_FOUND)
             delay = self._next_backoff()
             self._log(
                 "notfound",
@@ -330,7 +395,7 @@ class InfluxWriter:
         if status == 413:
             return self._split(write_api, conn, rows, reason, body)
         if status == 429 or status >= 500:
-            self._record_error(f"{reason}: {body}", retry=True)
+            self._record_error(f"{reason}: {body}", retry=True, failing=SERVER)
             retry_after = parse_retry_after(_header(exc, "Retry-After"))
             # honoured, but never below the first backoff step: "0" or a date already
             # past would otherwise mean hundreds of requests a second to a server that
@@ -360,7 +425,7 @@ class InfluxWriter:
         # redirect is a setup mistake (http:// behind an https-only proxy): say where to.
         location = _header(exc, "Location")
         where = f" to {location}" if location else ""
-        self._record_error(f"{reason}{where}: {body}", retry=True)
+        self._record_error(f"{reason}{where}: {body}", retry=True, failing=NO_WRITE_ANSWER)
         delay = self._next_backoff()
         self._log(
             f"status-{status}",
@@ -432,11 +497,57 @@ class InfluxWriter:
         # jitter below the ceiling so several gateways behind one outage do not retry in step
         return ceiling * random.uniform(0.8, 1.0)
 
-    def _record_error(self, text: str, retry: bool = False) -> None:
+    def _record_error(self, text: str, retry: bool = False, failing: str | None = None) -> None:
+        """Note a failure; ``failing`` says why points now wait in the outbox (None: a batch
+        was settled, dropped as bad data, and the writer moves on)."""
         with self._lock:
-            self._last_error = _cut(text)
+            self._last_error = self._latest_error = _cut(text)
+            self._latest_error_at = time.time()
             if retry:
                 self._retries += 1
+            if failing is not None:
+                self._failing = failing
+                if self._failing_since is None:
+                    self._failing_since = self._latest_error_at
+
+    # -- the status row ----------------------------------------------------------------
+
+    def _status_due(self, now: float, status: dict[str, Any] | None = None) -> float:
+        """Seconds from ``now`` (monotonic) until the status is to be saved (0: now)."""
+        since = now - self._status_saved_at
+        if (self.status() if status is None else status) != self._status_saved:
+            return max(0.0, self.status_interval_s - since)
+        return max(0.0, self.status_heartbeat_s - since)
+
+    def _save_status(self, conn: sqlite3.Connection, final: bool = False) -> None:
+        """Save the status in the journal when it is due (``final``: if it changed at all)."""
+        now = time.monotonic()
+        status = self.status()
+        if status == self._status_saved if final else self._status_due(now, status) > 0:
+            return
+        self._status_saved, self._status_saved_at = status, now  # a failure waits its turn
+        try:
+            outbox.save_status(conn, {**status, "updated": time.time()})
+        except sqlite3.Error as exc:
+            self._log(
+                "status",
+                logging.WARNING,
+                "InfluxDB writer: cannot save its status in the journal %s: %s",
+                self.db_path,
+                exc,
+            )
+
+    def _pause(self, conn: sqlite3.Connection, seconds: float) -> None:
+        """Wait ``seconds`` or until stopped, saving the status meanwhile when it is due."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self._save_status(conn)
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            step = min(deadline - now, max(self._status_due(now), 0.01))
+            if self._stop.wait(step):
+                return
 
 
 def _header(exc: ApiException, name: str) -> str | None:
@@ -447,6 +558,17 @@ def _header(exc: ApiException, name: str) -> str | None:
         return headers.get(name)
     except AttributeError:
         return None
+
+
+def _public_url(url: str) -> str:
+    """The URL without user info or query (it could carry a password or a token)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.hostname or ""
+    if ":" in netloc:  # an IPv6 address
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _cut(text: str) -> str:

@@ -14,16 +14,23 @@ Measurements (see docs/influxdb.md):
 The table is bounded by a row cap: when an append pushes it over the cap, the OLDEST
 rows are deleted, counted in ``outbox_stats`` (key ``dropped_cap``) and reported in the
 log, rate-limited ("outbox full: dropped N oldest points").
+
+The writer's status (its counts, the current error, the last accepted write) is kept in
+the journal's ``meta`` table under ``STATUS_KEY``, as JSON (``save_status``): the
+stand-alone API (``api.outbox_status``) reads it from there for its ``/metrics`` and the
+``influx_failing`` alert (docs/influxdb.md, "Where a failing InfluxDB shows").
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from influxdb_client import Point
 
@@ -39,6 +46,13 @@ ZONE_COUNT_FIELDS: tuple[str, ...] = ("free", "occupied", "unknown", "closed", "
 # row overhead, measured): 2,000,000 rows is ~280 MB, days of history for a large site.
 DEFAULT_MAX_ROWS = 2_000_000
 DROPPED_CAP_KEY = "dropped_cap"
+
+STATUS_KEY = "outbox_status"
+"""``meta`` key of the InfluxDB writer's status (JSON); ``api.outbox_status`` reads it."""
+STATUS_VERSION = 1
+META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+"""The journal's own ``meta`` table (``gateway.journal``): the writer may start on a database
+the journal has not opened yet."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -264,6 +278,30 @@ def _enforce_cap(conn: sqlite3.Connection, cap: OutboxCap) -> None:
             (DROPPED_CAP_KEY, dropped),
         )
         cap.report_dropped(dropped)
+
+
+def save_status(conn: sqlite3.Connection, status: Mapping[str, Any]) -> None:
+    """Write the writer's status as the ``meta`` row ``STATUS_KEY`` (creating the table if
+    needed); commits only if ``conn`` is in autocommit mode, as the writer's is."""
+    conn.execute(META_SCHEMA)
+    conn.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+        (STATUS_KEY, json.dumps(dict(status), separators=(",", ":"), ensure_ascii=False)),
+    )
+
+
+def load_status(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    """The writer's status as last saved; None without one (no writer ever ran here)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (STATUS_KEY,)).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise
+    if row is None:
+        return None
+    value = json.loads(row[0])
+    return value if isinstance(value, dict) else None
 
 
 def dropped_by_cap(conn: sqlite3.Connection) -> int:
