@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
 STATES = ("free", "occupied", "unknown", "closed")
@@ -29,34 +29,61 @@ def sample_times(start: float, end: float, step: float) -> list[float]:
 def zone_series(
     zone_of: Mapping[str, str],
     initial: Mapping[str, str],
-    changes: Iterable[tuple[float, str, str]],
+    changes: Iterable[tuple[float, str, str] | tuple[float, str, str, str | None]],
     times: list[float],
+    *,
+    zones: Iterable[str] | None = None,
+    joining: Container[str] = (),
 ) -> dict[str, list[Point]]:
     """Counts per zone at each time in ``times`` (ascending).
 
-    ``zone_of`` maps every space of the site to its zone; ``initial`` is each
-    space's state just before ``times[0]`` (a space missing from it is
-    ``unknown``: silence is never free); ``changes`` are (ts, space, new) in
-    time order. Spaces not in the site and unknown state names are ignored.
+    ``zone_of`` maps every space counted at ``times[0]`` to its zone then; ``initial`` is
+    each space's state just before ``times[0]`` (a space missing from it is ``unknown``:
+    silence is never free); ``changes`` are (ts, space, new) in time order, or (ts, space,
+    new, zone) where ``zone`` is the space's zone as of that change (None: as before): a
+    space counted elsewhere moves there, and a space of ``joining`` not counted yet starts
+    being counted there. Other spaces and unknown state names are ignored. The series are
+    those of ``zones`` (default: every zone of ``zone_of``), in that order.
     """
-    state = {space: initial.get(space, "unknown") for space in zone_of}
+    state: dict[str, str] = {}
+    where: dict[str, str] = {}
     counts: dict[str, dict[str, int]] = {}
     for space, zone in zone_of.items():
-        s = state[space] if state[space] in STATES else "unknown"
+        s = initial.get(space, "unknown")
+        s = s if s in STATES else "unknown"
         state[space] = s
+        where[space] = zone
         counts.setdefault(zone, dict.fromkeys(STATES, 0))[s] += 1
-    series: dict[str, list[Point]] = {zone: [] for zone in counts}
+    keys = list(counts) if zones is None else list(dict.fromkeys(zones))
+    for zone in keys:
+        counts.setdefault(zone, dict.fromkeys(STATES, 0))
+    series: dict[str, list[Point]] = {zone: [] for zone in keys}
     it = iter(changes)
     pending = next(it, None)
     for t in times:
         while pending is not None and pending[0] <= t:
-            _, space, new = pending
-            in_zone = zone_of.get(space)
-            if in_zone is not None and new in STATES and state[space] != new:
-                counts[in_zone][state[space]] -= 1
-                counts[in_zone][new] += 1
-                state[space] = new
+            space, new = pending[1], pending[2]
+            to = pending[3] if len(pending) > 3 else None
             pending = next(it, None)
-        for zone, c in counts.items():
+            if new not in STATES:
+                continue
+            here = where.get(space)
+            if here is None:
+                if to is None or space not in joining:
+                    continue
+                where[space] = to
+                state[space] = new
+                counts.setdefault(to, dict.fromkeys(STATES, 0))[new] += 1
+            elif to is not None and to != here:
+                counts[here][state[space]] -= 1
+                where[space] = to
+                state[space] = new
+                counts.setdefault(to, dict.fromkeys(STATES, 0))[new] += 1
+            elif state[space] != new:
+                counts[here][state[space]] -= 1
+                counts[here][new] += 1
+                state[space] = new
+        for zone in keys:
+            c = counts[zone]
             series[zone].append(Point(t, c["free"], c["occupied"], c["unknown"], c["closed"]))
     return series

@@ -4,19 +4,26 @@ The gateway owns these tables and writes them; the API only reads, over
 read-only connections opened per request, so a slow dashboard query never
 blocks the gateway's commits. A journal that does not exist yet, or lacks a
 table, reads as empty.
+
+Zones: the gateway stamps each event with its space's zone of the time (``events.zone``).
+Events journalled before it did (NULL, or a journal without the column) take the zone the
+current site gives their space: :func:`event_zone`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = ("id", "ts", "space", "old", "new", "source", "agent", "seq", "note")
+"""The columns every journal's events have (``note`` was added by ALTER TABLE in older ones);
+the reads add the stored zone after them (:attr:`EventRow.zone`)."""
 
 EXPORT_PAGE = 2000
 """Events per page of :meth:`JournalReader.iter_events`: each page is its own short read, so
@@ -25,6 +32,14 @@ checkpoints from resetting the WAL, which then grows for as long as the client t
 
 LIST_PROBE = 50_000
 """Newest ids :meth:`JournalReader.events` walks before it reads a time window by index."""
+
+WALK_FIRST, WALK_MAX = 4096, 262_144
+"""Ids the first and the largest step of the walk back for spaces' latest events reads
+(:meth:`JournalReader.latest_before`): each step is a short read of its own."""
+
+SURE_STATES = ("free", "occupied")
+"""A first change after a time that leaves one of these was preceded by an event (a space
+starts ``unknown``, or ``closed`` by its site file, without one)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,13 @@ class EventRow:
     agent: str | None
     seq: int | None
     note: str | None = None  # a manager's reason for a close or open
+    zone: str | None = None  # as journalled; None: from before the gateway stored it
+
+
+def event_zone(e: EventRow, site_zone: Mapping[str, str]) -> str | None:
+    """The zone of an event: the one journalled with it, else (older events) the zone the
+    current site gives its space (None: the site has no such space)."""
+    return e.zone if e.zone is not None else site_zone.get(e.space)
 
 
 @dataclass(frozen=True)
@@ -45,13 +67,27 @@ class EventFilter:
     spaces: tuple[str, ...] | None = None  # None: every space
     since: float | None = None
     until: float | None = None
+    # events of this zone (:func:`event_zone`); ``zone_spaces`` are the current site's spaces
+    # of it, for the events journalled without a zone
+    zone: str | None = None
+    zone_spaces: tuple[str, ...] = ()
 
-    def where(self) -> tuple[str, list[object]]:
+    def where(self, stored_zones: bool = True) -> tuple[str, list[object]]:
+        """SQL condition and its parameters; ``stored_zones``: the events table has a zone
+        column (without one, every event is in its space's zone of the current site)."""
         clauses: list[str] = []
         params: list[object] = []
         if self.spaces is not None:
             clauses.append(f"space IN ({','.join('?' * len(self.spaces))})")
             params.extend(self.spaces)
+        if self.zone is not None:
+            in_site = f"space IN ({','.join('?' * len(self.zone_spaces))})"
+            if stored_zones:
+                clauses.append(f"(zone = ? OR (zone IS NULL AND {in_site}))")
+                params.append(self.zone)
+            else:
+                clauses.append(in_site)
+            params.extend(self.zone_spaces)
         if self.since is not None:
             clauses.append("ts >= ?")
             params.append(self.since)
@@ -72,7 +108,17 @@ class JournalReader:
     def __init__(self, db_path: str | None):
         self.db_path = db_path
         self._has_note = False  # events.note seen: it never goes away, stop asking
+        self._has_zone = False  # events.zone seen: likewise
         self._has_ts_index = False  # events_ts seen: likewise
+        # history's knowledge of the journal, kept between requests (events are only ever
+        # appended; retention forgets the oldest, which changes none of these facts):
+        self._top = 0  # the newest event id seen
+        self._zoned_to = 0  # events up to this id were looked at for a stored zone
+        self._zoned = False  # one had one
+        # (id, ts, zone, upto): a space's latest event up to id ``upto``
+        self._latest: dict[str, tuple[int, float, str | None, int]] = {}
+        self._first: dict[str, tuple[int, float]] = {}  # a space's first event
+        self._clear: dict[str, int] = {}  # a space has no event up to this id
 
     def connect(self) -> sqlite3.Connection | None:
         """A read-only connection, or None when there is no journal yet."""
@@ -100,11 +146,11 @@ class JournalReader:
         self, flt: EventFilter, *, before_id: int | None = None, limit: int = 100
     ) -> list[EventRow]:
         """Newest first; ``before_id`` pages towards older events."""
-        where, params = flt.where()
+        columns = self._event_columns()
+        where, params = flt.where(self._has_zone)
         if before_id is not None:
             where += " AND id < ?"
             params.append(before_id)
-        columns = self._event_columns()
         if flt.timed:
             # Most lists are the newest of many events in the window, found by walking back
             # a few newest ids; when that finds ``limit`` of them they are the answer (any
@@ -152,7 +198,7 @@ class JournalReader:
         if not span or span[0][0] is None:
             return
         first, last = span[0]
-        where, params = flt.where()
+        where, params = flt.where(self._has_zone)
         after = first - 1
         while limit > 0:
             want = min(page, limit)
@@ -215,6 +261,169 @@ class JournalReader:
         state.update(before)
         return state
 
+    def history_input(self, start: float, end: float, site_zone: Mapping[str, str]) -> HistoryInput:
+        """What zone history over [start, end] is computed from: the state and zone of each
+        space at ``start``, and the changes after it with the zone each names.
+
+        A space counts, at a time, in the zone its latest event at or before that time names
+        (:func:`event_zone`), and nowhere when it has no such event (it did not exist yet);
+        only spaces of ``site_zone`` (space -> zone, the current site) are looked at. A
+        journal without any stored zone is read as before: every space of the site in its
+        zone from the start (``zones`` None).
+
+        The states are :meth:`states_at`'s, read the same way (the events after ``start``, by
+        index); those events also tell most spaces' zone and existence at ``start``: a space
+        whose zone never changed (``zone_changes``, and the zones of these events) is in its
+        site zone, and one whose first change after ``start`` leaves it free or occupied, or
+        whose checkpointed state began by then, had an event (one with no checkpointed state
+        change and no event since had none). Only the rest (a space that was unknown or
+        closed then, or moved; any, in a journal never checkpointed) is looked for before
+        ``start`` (:meth:`latest_before`), and what is found is kept for the next request."""
+        self._event_columns()  # learns whether the events have a zone column
+        top = self.last_event_id()
+        if top < self._top:
+            self._forget()  # ids never go back (retention keeps the newest): another journal
+        self._top = top
+        rows, mark = self.stored_spaces()
+        state = {r.space: r.state for r in rows}
+        began = {r.space: r.since for r in rows}
+        zone_column = "zone" if self._has_zone else "NULL"
+        sure: set[str] = set()  # spaces with an event at or before start, from what is read
+        for ts, space, new in self._query(
+            "SELECT ts, space, new FROM events WHERE id > ? ORDER BY id", (mark,)
+        ):
+            state[space] = new
+            if ts <= start:
+                sure.add(space)
+        first_after: dict[str, tuple[int, float, str, str | None]] = {}
+        changes: list[tuple[float, str, str, str | None]] = []
+        moved: set[str] = set()  # spaces whose events name another zone than the site's
+        for id_, ts, space, old, new, zone in self._query(
+            f"SELECT id, ts, space, old, new, {zone_column} FROM events{self._by_ts()}"
+            " WHERE ts > ? ORDER BY id",
+            (start,),
+        ):
+            here = zone if zone is not None else site_zone.get(space)
+            if space not in first_after:
+                first_after[space] = (id_, ts, old, here)
+                state[space] = old
+            if ts <= end:
+                changes.append((ts, space, new, here))
+            if here != site_zone.get(space):
+                moved.add(space)
+        if not self._has_zone or not self._stored_zones(top):
+            return HistoryInput(state, None, changes)
+        floors: dict[str, int] = {}  # a space that came into the site: no event at or below
+        named: dict[str, set[str]] = {}
+        for event, space, old, new in self._query(
+            "SELECT event, space, old, new FROM zone_changes ORDER BY rowid"
+        ):
+            floors.setdefault(space, 0 if old is not None else event)
+            named.setdefault(space, set()).update(z for z in (old, new) if z is not None)
+        moved.update(space for space, zs in named.items() if len(zs) > 1)
+        zones: dict[str, str] = {}
+        need: dict[str, int] = {}  # space -> an id none of its events to look for is at or below
+        for space, site in site_zone.items():
+            after = first_after.get(space)
+            first = self._first.get(space)
+            if first is not None and first[1] > start:
+                continue  # its first event came later
+            since = began.get(space)
+            if (
+                first is not None
+                or space in sure
+                or (after is not None and after[2] in SURE_STATES)
+                or (after is None and since is not None and 0.0 < since <= start)
+            ):
+                sure.add(space)
+                if space not in moved:
+                    zones[space] = site
+                    continue
+            elif after is None and mark > 0 and not since:
+                continue  # no state change checkpointed, none journalled since: no event
+            latest = self._latest.get(space)
+            if latest is not None and latest[1] <= start:
+                need[space] = latest[3]  # that event, or a later one at or before start
+            elif first is not None:
+                need[space] = first[0] - 1
+            else:
+                need[space] = max(floors.get(space, 0), self._clear.get(space, 0))
+        found = self.latest_before(start, need, top)
+        for space, floor in need.items():
+            hit = found.get(space)
+            latest = self._latest.get(space)
+            if hit is None and latest is not None and latest[1] <= start and latest[3] == floor:
+                hit = latest[:3]
+            if hit is not None:
+                zones[space] = hit[2] if hit[2] is not None else site_zone[space]
+                # none later at or before start, and those after start begin at first_after
+                after = first_after.get(space)
+                upto = top if after is None else max(hit[0], after[0] - 1)
+                if latest is None or latest[3] <= upto:
+                    self._latest[space] = (*hit, upto)
+            elif space in sure:  # its events then were forgotten (retention)
+                after = first_after.get(space)
+                zones[space] = (after[3] or site_zone[space]) if after else site_zone[space]
+            # none at or before start, nor at or below the floor: it did not exist yet
+            elif space in first_after:
+                self._first.setdefault(space, first_after[space][:2])
+            else:
+                self._clear[space] = top  # no event at all up to top
+        return HistoryInput(state, zones, changes)
+
+    def latest_before(
+        self, ts: float, floors: Mapping[str, int], top: int | None = None
+    ) -> dict[str, tuple[int, float, str | None]]:
+        """(id, ts, stored zone) of the latest event at or before ``ts`` of each space of
+        ``floors`` that has one with an id above its floor (space -> id) and not above
+        ``top`` (default: the newest event).
+
+        Walks back from ``top`` along the ids, in steps of :data:`WALK_FIRST` ids
+        doubling up to :data:`WALK_MAX` (each a short read of its own); a space drops out of
+        the walk when its event is found or the walk passes its floor, and the walk ends
+        when none is left: as far back as the least recently changed space asked for."""
+        left = dict(floors)
+        found: dict[str, tuple[int, float, str | None]] = {}
+        zone = "zone" if self._has_zone else "NULL"
+        hi = (self.last_event_id() if top is None else top) if left else 0
+        step = WALK_FIRST
+        while left:
+            lo = max(hi - step, min(left.values()))
+            if lo >= hi:
+                break
+            for id_, space, t, z in self._query(
+                f"SELECT id, space, ts, {zone} FROM events NOT INDEXED"
+                " WHERE id > ? AND id <= ? AND ts <= ?"
+                " AND space IN (SELECT value FROM json_each(?)) ORDER BY id DESC",
+                (lo, hi, ts, json.dumps(sorted(left))),
+            ):
+                if space in left:
+                    found[space] = (id_, t, z)
+                    del left[space]
+            left = {space: floor for space, floor in left.items() if floor < lo}
+            hi, step = lo, min(2 * step, WALK_MAX)
+        return found
+
+    def _stored_zones(self, top: int) -> bool:
+        """Some event up to id ``top`` has a stored zone (the newest are looked at first, and
+        the events looked at once are not looked at again)."""
+        if not self._zoned and top > self._zoned_to:
+            self._zoned = bool(
+                self._query(
+                    "SELECT 1 FROM events NOT INDEXED WHERE id > ? AND id <= ?"
+                    " AND zone IS NOT NULL ORDER BY id DESC LIMIT 1",
+                    (self._zoned_to, top),
+                )
+            )
+            self._zoned_to = top
+        return self._zoned
+
+    def _forget(self) -> None:
+        self._top, self._zoned_to, self._zoned = 0, 0, False
+        self._latest.clear()
+        self._first.clear()
+        self._clear.clear()
+
     def history_from(self) -> float | None:
         """Wall time before which the gateway pruned its history (--journal-keep-days), or
         None: a state at an earlier time cannot be told from what is left."""
@@ -242,12 +451,16 @@ class JournalReader:
         return int(rows[0][0] or 0) if rows else 0
 
     def _event_columns(self) -> str:
-        """EVENT_COLUMNS as a select list; a journal from before ``note`` gives NULL (the
-        gateway adds the column when it opens the journal, this reader never writes)."""
-        if self._has_note or "note" in self.table_columns("events"):
-            self._has_note = True  # the journal tail asks 4 times a second
-            return ", ".join(EVENT_COLUMNS)
-        return ", ".join(EVENT_COLUMNS[:-1]) + ", NULL AS note"
+        """EVENT_COLUMNS and ``zone`` as a select list; a journal from before ``note`` or
+        ``zone`` gives NULL (the gateway adds the columns when it opens the journal, this
+        reader never writes)."""
+        if not (self._has_note and self._has_zone):  # the journal tail asks 4 times a second
+            columns = self.table_columns("events")
+            self._has_note = self._has_note or "note" in columns
+            self._has_zone = self._has_zone or "zone" in columns
+        note = "note" if self._has_note else "NULL AS note"
+        zone = "zone" if self._has_zone else "NULL AS zone"
+        return ", ".join(EVENT_COLUMNS[:-1]) + f", {note}, {zone}"
 
     def _by_ts(self, flt: EventFilter | None = None) -> str:
         """`` INDEXED BY events_ts`` for a read bounded by time (none when ``flt`` has no time
@@ -272,6 +485,15 @@ class JournalReader:
         if not self.table_columns(table):
             return None
         return int(self._query(f"SELECT COUNT(*) FROM {table}")[0][0])
+
+
+@dataclass(frozen=True)
+class HistoryInput:
+    """:meth:`JournalReader.history_input`'s answer."""
+
+    states: dict[str, str]  # each space's state at the start (as JournalReader.states_at)
+    zones: dict[str, str] | None  # zone at the start of each space that existed then
+    changes: list[tuple[float, str, str, str | None]]  # (ts, space, new, zone) in journal order
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,14 @@ Every accepted state change (time, space, old, new, source, agent, boot, seq) is
 committed before anything derived from it is published: one ``pending_changes``
 row per report, its changes packed as JSON (one row and no index to write on the
 report-to-sign path). The checkpoint, written after publishing, expands them into
-``events`` (one row per change, what history and exports read) and ``agents``
+``events`` (one row per change with the zone of its space then, from ``space_zones``:
+what history and exports read) and ``agents``
 ((boot, seq), so replays are still refused after a restart), and writes
 ``spaces`` (current state per space) and ``signs`` (what every sign shows); the
 meta key ``checkpoint_event`` is the last event those include. ``assignments``
-keeps the holds given to arriving cars.
+keeps the holds given to arriving cars. ``space_zones`` is the site's zone of every space,
+written at start (:meth:`Journal.put_space_zones`); ``zone_changes`` says after which event
+a space moved, came or went, so history can tell which spaces' zones differ over time.
 
 A restart expands what is pending, loads the checkpoint and replays the events
 after it (:meth:`Journal.events_after`);
@@ -28,7 +31,7 @@ rate, and after a power loss the edge agents' snapshots rebuild the state.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +42,7 @@ from parking.private import create_private
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events(
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, space TEXT NOT NULL, old TEXT NOT NULL,
-    new TEXT NOT NULL, source TEXT, agent TEXT, seq INTEGER, note TEXT);
+    new TEXT NOT NULL, source TEXT, agent TEXT, seq INTEGER, note TEXT, zone TEXT);
 -- history and exports read months of events by time. No index by space: every index
 -- is written on the hot path before a sign may change (each costs ~90 us a report);
 -- a space's events are found by scanning back from the newest.
@@ -80,6 +83,13 @@ CREATE TABLE IF NOT EXISTS cache(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS signs(
     display TEXT PRIMARY KEY, topic TEXT NOT NULL, content TEXT NOT NULL,
     expires_s REAL NOT NULL);
+-- the site's zone of every space (put_space_zones, at start): expand_pending stamps each event
+-- with it, so history and exports keep the zone of the time after a space moves
+CREATE TABLE IF NOT EXISTS space_zones(space TEXT PRIMARY KEY, zone TEXT NOT NULL) WITHOUT ROWID;
+-- what put_space_zones changed: events after ``event`` (an events id) have ``space`` in zone
+-- ``new`` (NULL: the site dropped it), those before in ``old`` (NULL: it was not in the site)
+CREATE TABLE IF NOT EXISTS zone_changes(
+    event INTEGER NOT NULL, space TEXT NOT NULL, old TEXT, new TEXT);
 """
 
 BOOT_RETIRED_TRIGGER = """
@@ -141,7 +151,11 @@ class Journal:
             self.conn.execute("DROP TRIGGER IF EXISTS agents_boot_retired")
             self.conn.execute(BOOT_RETIRED_TRIGGER)
         # columns added since the first release, for journals made before them
-        for table, column in (("assignments", "released REAL"), ("events", "note TEXT")):
+        for table, column in (
+            ("assignments", "released REAL"),
+            ("events", "note TEXT"),
+            ("events", "zone TEXT"),  # NULL in older rows: readers use the site's zone then
+        ):
             columns = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
             if column.split()[0] not in columns:
                 self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
@@ -183,6 +197,15 @@ class Journal:
             raise
         self.conn.execute("COMMIT")
 
+    @contextmanager
+    def _transaction_unless_in_one(self) -> Iterator[sqlite3.Connection]:
+        """The caller's transaction if one is open, else one of its own."""
+        if self.conn.in_transaction:
+            yield self.conn
+        else:
+            with self.transaction() as conn:
+                yield conn
+
     # -- writes (inside transaction()) -------------------------------------------------------
     def add_changes(
         self,
@@ -205,19 +228,22 @@ class Journal:
 
     def expand_pending(self, limit: int | None = None) -> bool:
         """Inside a transaction: turn the oldest pending change rows (all, or ``limit``) into
-        ``events`` (in order) and the agents' latest (boot, seq); True when none is left."""
+        ``events`` (in order) and the agents' latest (boot, seq); True when none is left.
+        Each event gets its space's zone from ``space_zones`` (NULL for a space not there),
+        one primary-key lookup per change."""
         if limit is None:
             where, params = "", ()
         else:
             where = " WHERE id <= (SELECT max(id) FROM (SELECT id FROM pending_changes ORDER BY id LIMIT ?))"
             params = (limit,)
         self.conn.execute(
-            "INSERT INTO events(ts, space, old, new, source, agent, seq, note)"
+            "INSERT INTO events(ts, space, old, new, source, agent, seq, note, zone)"
             " SELECT b.ts, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),"
             " json_extract(j.value, '$[2]'), coalesce(json_extract(j.value, '$[3]'), b.source),"
-            " b.agent, b.seq, json_extract(j.value, '$[4]')"
-            f" FROM (SELECT * FROM pending_changes{where}) b,"
-            " json_each(b.changes) j ORDER BY b.id, j.key",
+            " b.agent, b.seq, json_extract(j.value, '$[4]'), z.zone"
+            f" FROM (SELECT * FROM pending_changes{where}) b, json_each(b.changes) j"
+            " LEFT JOIN space_zones z ON z.space = json_extract(j.value, '$[0]')"
+            " ORDER BY b.id, j.key",
             params,
         )
         # a boot followed by another within these rows never reached the agents table
@@ -241,6 +267,40 @@ class Journal:
         )
         self.conn.execute(f"DELETE FROM pending_changes{where}", params)
         return not self.conn.execute("SELECT EXISTS(SELECT 1 FROM pending_changes)").fetchone()[0]
+
+    def put_space_zones(self, zones: Mapping[str, str]) -> None:
+        """Make ``space_zones`` the site's zone of every space (space id -> zone id), replacing
+        all it held: the events expanded from now on carry these zones.
+
+        Runs in the caller's transaction when there is one, else in one of its own. When it
+        changes a map already there (a space moved to another zone, came or went), the
+        changes still pending are expanded first, with the zones they were reported under,
+        and each difference goes to ``zone_changes`` with the last event before it. The
+        first map of a journal is no change: events before it have no zone (NULL), which
+        readers take as the site's zone."""
+        new = {str(space): str(zone) for space, zone in zones.items()}
+        with self._transaction_unless_in_one():
+            old = dict(self.conn.execute("SELECT space, zone FROM space_zones").fetchall())
+            if old == new:
+                return
+            if old:
+                self.expand_pending()
+                mark = self.last_event_id()
+                self.conn.executemany(
+                    "INSERT INTO zone_changes(event, space, old, new) VALUES (?,?,?,?)",
+                    [
+                        (mark, space, old.get(space), new.get(space))
+                        for space in sorted(old.keys() | new.keys())
+                        if old.get(space) != new.get(space)
+                    ],
+                )
+            self.conn.execute("DELETE FROM space_zones")
+            self.conn.executemany(
+                "INSERT INTO space_zones(space, zone) VALUES (?,?)", sorted(new.items())
+            )
+
+    def space_zones(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT space, zone FROM space_zones").fetchall())
 
     def put_spaces(self, rows: Iterable[SpaceRow]) -> None:
         self.conn.executemany(

@@ -263,6 +263,9 @@ class LiveGateway:
     def resume(self) -> None:
         """Load the journal's current state, sequences and open holds."""
         now, mono = self._clock(), self._mono()
+        # pending changes of the last run are expanded under the zones they were reported
+        # in; events from now on carry this site file's zones (the history by zone of the time)
+        self.journal.put_space_zones({sp.id: sp.zone for sp in self.site.spaces})
         with self.journal.transaction():
             self.journal.expand_pending()  # committed before a crash: now events
         stored_agents = {a.agent: a for a in self.journal.agents()}

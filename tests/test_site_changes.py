@@ -234,3 +234,23 @@ def test_a_refused_site_file_publishes_nothing_and_a_removed_display_is_not_repu
         assert [m.payload for m in watcher.on(sign_topic)] in ([], [b""])
     finally:
         watcher.stop()
+
+
+def test_events_keep_the_zone_of_their_time_when_a_space_moves(run):
+    """History and exports filed a moved space's past under its new zone."""
+    gw = run.start(SMALL)
+    snapshot_all_free(gw, gw.site, T0)
+    gw.control_space("P-021", "close", "alice", None)
+    moved = SMALL.replace("P-001..P-024", "P-001..P-020").replace(
+        Q_LINE,
+        "  - {ids: P-021..P-024, zone: Q, kinds: [visitor], access: [L2],\n"
+        "     layout: {origin: [20, -8], step: [2.5, 0]}}\n" + Q_LINE,
+    )
+    assert parse_site(moved).space("P-021").zone == "Q"
+    gw = run.start(moved)
+    gw.control_space("P-021", "open", "alice", None)
+    gw.flush_checkpoint()
+    rows = gw.journal.conn.execute(
+        "SELECT new, zone FROM events WHERE space = 'P-021' ORDER BY id"
+    ).fetchall()
+    assert rows == [("free", "P"), ("closed", "P"), ("free", "Q")]

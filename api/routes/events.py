@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import Ctx, require_login
 from api.history import sample_times, zone_series
-from api.journal import EventFilter, EventRow
+from api.journal import EventFilter, EventRow, event_zone
 from api.models import EventOut, EventPage, HistoryOut, HistoryPoint, HistorySeries
 from api.routes import VIEWER_ERRORS, invalid
 
@@ -44,19 +44,24 @@ def event_filter(ctx: Ctx, space: str | None, zone: str | None, since: float | N
         invalid(("query", "zone"), f"no zone {zone!r} on this site", zone)
     if since is not None and until is not None and until <= since:
         invalid(("query", "until"), "until must be after since", until)
-    spaces: tuple[str, ...] | None = None
-    if zone is not None:
-        spaces = tuple(s.id for s in site.spaces if s.zone == zone)
-        if space is not None:
-            spaces = tuple(s for s in spaces if s == space)
-    elif space is not None:
-        spaces = (space,)
-    return EventFilter(spaces=spaces, since=since, until=until)
+    # the zone an event was journalled with (a space moved since keeps its old events there);
+    # events from before the journal kept zones are in their space's zone of today's site
+    return EventFilter(
+        spaces=None if space is None else (space,),
+        since=since,
+        until=until,
+        zone=zone,
+        zone_spaces=() if zone is None else tuple(s.id for s in site.spaces if s.zone == zone),
+    )
 
 
-def event_out(ctx: Ctx, e: EventRow) -> EventOut:
-    idx = ctx.view.site.space_index.get(e.space)
-    zone = ctx.view.site.spaces[idx].zone if idx is not None else None
+def site_zones(ctx: Ctx) -> dict[str, str]:
+    """Space -> zone of the current site (the zone of events journalled without one)."""
+    return {s.id: s.zone for s in ctx.view.site.spaces}
+
+
+def event_out(ctx: Ctx, e: EventRow, site_zone: dict[str, str] | None = None) -> EventOut:
+    zone = event_zone(e, site_zones(ctx) if site_zone is None else site_zone)
     return EventOut(
         id=e.id, ts=e.ts, space=e.space, zone=zone, old=e.old, new=e.new,
         source=e.source, agent=e.agent, seq=e.seq, reason=e.note,
@@ -78,8 +83,9 @@ def events(
     rows = ctx.journal.events(flt, before_id=before, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
+    site_zone = site_zones(ctx)
     return EventPage(
-        items=[event_out(ctx, e) for e in rows],
+        items=[event_out(ctx, e, site_zone) for e in rows],
         next_before=rows[-1].id if more and rows else None,
     )
 
@@ -102,6 +108,7 @@ def csv_lines(ctx: Ctx, flt: EventFilter, limit: int | None) -> Iterator[str]:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
+    site_zone = site_zones(ctx)
     for n, e in enumerate(
         ctx.journal.iter_events(flt, sys.maxsize if limit is None else limit + 1)
     ):
@@ -111,7 +118,7 @@ def csv_lines(ctx: Ctx, flt: EventFilter, limit: int | None) -> Iterator[str]:
                  "range or a higher limit"]
             )  # fmt: skip
             break
-        out = event_out(ctx, e)
+        out = event_out(ctx, e, site_zone)
         when = datetime.fromtimestamp(e.ts, UTC).isoformat(timespec="milliseconds")
         writer.writerow(
             [_cell(v) for v in (out.id, when, f"{out.ts:.3f}", out.space, out.zone, out.old,
@@ -194,13 +201,20 @@ def history(
             f"(use a step of at least {(end - start) / (limit - 1):.0f} s)",
             step,
         )
-    zone_of = {s.id: s.zone for s in site.spaces if zone is None or s.zone == zone}
-    initial = ctx.journal.states_at(start)
+    # each space counts in the zone its latest event names (a space moved since counted in
+    # its old zone until then), from its first event on; the current site's zones for a
+    # journal that never kept zones
+    site_zone = site_zones(ctx)
+    at_start = ctx.journal.history_input(start, end, site_zone)
+    initial = at_start.states
+    zone_of = dict(site_zone) if at_start.zones is None else at_start.zones
     for s in site.spaces:  # closed in the site file and never journalled: closed
         if s.closed and s.id not in initial:
             initial[s.id] = "closed"
+            zone_of.setdefault(s.id, s.zone)
     times = sample_times(start, end, step)
-    series = zone_series(zone_of, initial, ctx.journal.changes_between(start, end), times)
+    shown = dict.fromkeys(s.zone for s in site.spaces if zone is None or s.zone == zone)
+    series = zone_series(zone_of, initial, at_start.changes, times, zones=shown, joining=site_zone)
     names = {z.id: z.name for z in site.zones}
     return HistoryOut(
         start=start,
