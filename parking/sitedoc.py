@@ -38,6 +38,27 @@ two sensors; a detector is bound twice; a node controller has more than 64
 detectors; two nodes on one bus share an address; a bus and a camera share an
 id; an edge joins two levels without a length; a camera polygon leaves the
 frame; a range is malformed.
+
+## Editing the file of a running site
+
+`parkguide site check FILE --db JOURNAL` lists what the gateway will find changed
+against the file it last ran with; at its next start the gateway logs the same list
+and acts on it:
+
+- a space added is `unknown` until its source reports it; a space removed loses its
+  current state (its history stays); a space moved to another zone counts there from
+  the start on, and its past events keep the zone of their time (`/events`, CSV,
+  `/history`);
+- `closed: true` added closes the space, taken out opens it, each journaled as done
+  by "site file" with the reason; a manager's own closure or opening stands;
+- the retained `zones/{zone}` and `displays/{display}/content` topics of a zone or
+  display the file no longer has are cleared (all of them when the site `id`
+  changes: every agent, sign and client must then use the new id's topics);
+- agents keep working with the file they were started with until restarted: give
+  every box the new file (a health report naming a space under another detector
+  or node than the gateway's file is refused as `foreign_space`), and the API the
+  same file as the gateway (otherwise a `site_mismatch` alert, and closing or
+  opening spaces answers 409).
 """
 
 
