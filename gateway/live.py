@@ -81,7 +81,13 @@ NO_SPACE_UNKNOWN = LocalText(  # no space to give, but some the car may use are 
     en="Free spaces cannot be confirmed now: follow the signs",
 )
 ARRIVAL_MAX_AGE_S = 60.0
-"""An arrival stamped (``ts``) longer ago than this is answered without holding a space."""
+"""An arrival stamped (``ts``) longer ago than this, by its gate's clock as the gateway has
+learned it (:meth:`LiveGateway._arrival_age`), is answered without holding a space."""
+ARRIVAL_LIVE_AFTER_S = 10.0  # connected this long: an arrival is no backlog of the broker's
+GATE_OFFSET_SAMPLES = 16  # live arrivals per entrance its clock offset is learned from
+GATE_OFFSET_WINDOW_S = 600.0  # and only those of the last ten minutes
+GATE_OFFSET_WARN_S = 60.0  # a gate clock this far off the gateway's is worth a technician
+GATE_OFFSET_LOG_INTERVAL_S = 3600.0  # at most one warning about it per entrance per hour
 MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
 CORE_STEP_SLACK_S = 0.1  # a forward jump of the wall clock beyond the monotonic one: a step
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
@@ -243,6 +249,11 @@ class LiveGateway:
         self.answered = 0  # assignments published, repeated ones included
         self.unheld_arrivals = 0  # answered without a hold: stamped over ARRIVAL_MAX_AGE_S ago
         self._unheld_logged = -math.inf  # monotonic time of the last warning about them
+        # per entrance, (monotonic receipt, receipt wall time - ts) of its recent live
+        # arrivals: the least of them is the gate's clock offset (_arrival_age)
+        self._gate_delays: dict[str, deque[tuple[float, float]]] = {}
+        self._gate_offset_logged: dict[str, float] = {}  # entrance -> monotonic time
+        self.gate_clock_warnings = 0  # warnings that a gate's clock is over a minute off
         self.outbox_stats: Callable[[], dict[str, Any]] | None = None
         self._next_zone_history = 0.0
         self._live = False  # nothing is sent before the first publish_all (connected)
@@ -257,6 +268,7 @@ class LiveGateway:
         self._unexpanded = False  # pending change rows written since the last expansion
         self._last_report: tuple[str, bytes] | None = None  # (agent, payload) for rehearse()
         self._retired_topics: list[str] = []  # retained topics to clear once connected
+        self.last_report_ts: float | None = None  # the ts of the last report taken
         self.resume()
 
     # -- startup -----------------------------------------------------------------------------
@@ -479,7 +491,7 @@ class LiveGateway:
         elif kind == "edge/health":
             self._on_health(topic, parsed.ident, payload)
         elif kind == "entrances/arrival":
-            self._on_arrival(topic, parsed.ident, payload)
+            self._on_arrival(topic, parsed.ident, payload, t0)
         elif kind == "control/spaces":
             self._on_control(topic, parsed.ident, payload)
 
@@ -628,6 +640,7 @@ class LiveGateway:
         self.gate.commit(acc)  # in memory now, so a duplicate later in the batch is refused
         self._online[agent] = True
         self._agent_seen[agent] = now
+        self.last_report_ts = acc.ts  # an agent's clock: the gateway's prune checks its own by it
         # the event's time is when the gateway took it: the journal's order is the order
         # things happened here (history and restarts read it that way), so a backlog an
         # agent spooled lands at its arrival (docs/architecture.md, "Event times")
@@ -739,7 +752,9 @@ class LiveGateway:
         except ValueError as exc:
             self._reject(Rejection("unknown_space", str(exc)), topic, payload)
 
-    def _on_arrival(self, topic: str, entrance: str, payload: bytes) -> None:
+    def _on_arrival(
+        self, topic: str, entrance: str, payload: bytes, t0: float | None = None
+    ) -> None:
         arrival = decode(Arrival, payload)
         if isinstance(arrival, Rejection):
             self._reject(arrival, topic, payload)
@@ -756,24 +771,25 @@ class LiveGateway:
                 payload,
             )
             return
-        age = self._clock() - arrival.ts if arrival.ts is not None else 0.0
-        # stamped long ago: queued while the gateway was away (that car has left the gate,
-        # and a hold would take a free space off the signs for --hold-s), or the gate's
-        # clock is wrong. Either way it is answered, but nothing is held for it
-        unheld = age > ARRIVAL_MAX_AGE_S
-        if unheld:
-            self.unheld_arrivals += 1
-            mono = self._mono()
-            if mono >= self._unheld_logged + GAP_LOG_INTERVAL_S:
-                self._unheld_logged = mono
-                log.warning(
-                    "arrival at %s stamped %.0f s ago (queued while the gateway was away, or "
-                    "the gate's clock is wrong): answered without holding a space (%d so far)",
-                    entrance,
-                    age,
-                    self.unheld_arrivals,
-                )
         with self.lock:
+            age = self._arrival_age(entrance, arrival.ts, t0)
+            # stamped long ago by its gate's clock: queued while the gateway was away, or
+            # sent late by the gate (that car has left the gate, and a hold would take a
+            # free space off the signs for --hold-s). It is answered, but nothing is held
+            unheld = age > ARRIVAL_MAX_AGE_S
+            if unheld:
+                self.unheld_arrivals += 1
+                mono = self._mono()
+                if mono >= self._unheld_logged + GAP_LOG_INTERVAL_S:
+                    self._unheld_logged = mono
+                    log.warning(
+                        "arrival at %s stamped %.0f s ago by its gate's clock (queued while "
+                        "the gateway was away, or sent late by the gate): answered without "
+                        "holding a space (%d so far)",
+                        entrance,
+                        age,
+                        self.unheld_arrivals,
+                    )
             now = self._clock()
             if arrival.request_id is not None:
                 # sent again (a QoS 1 redelivery, the gate's retry): the same answer, no
@@ -854,6 +870,60 @@ class LiveGateway:
                 self._publish_sign(sign, now)
         self.answered += 1
         self._emit("assignment", json.loads(body), now)
+
+    def _arrival_age(self, entrance: str, ts: float | None, t0: float | None) -> float:
+        """How long before its receipt the gate saw the car, by the gate's own clock: the
+        arrival's delay (receipt by the gateway's wall clock, less ``ts``) less the gate's
+        clock offset. The offset is learned per entrance as the least delay of its recent
+        live arrivals: those received after the gateway had been connected for
+        ARRIVAL_LIVE_AFTER_S (the broker's backlog comes right after a connect), whose
+        delay is mostly the offset. So a gate whose clock runs minutes behind still gets
+        holds, while an arrival the broker kept while the gateway was away (no offset
+        known yet: judged by the gateway's clock) or one the gate sent late (older than
+        its usual offset) is still old. Without ``ts``: 0 (the car is at the gate now)."""
+        if ts is None:
+            return 0.0
+        # how long it waited in the service's queue (t0: perf_counter at its receipt)
+        lag = max(0.0, time.perf_counter() - t0) if t0 is not None else 0.0
+        wall, mono = self._clock() - lag, self._mono() - lag
+        delay = wall - ts
+        delays = self._gate_delays.get(entrance)
+        if delays is None:
+            delays = self._gate_delays[entrance] = deque(maxlen=GATE_OFFSET_SAMPLES)
+        while delays and mono - delays[0][0] > GATE_OFFSET_WINDOW_S:
+            delays.popleft()
+        since = self.broker_back_since()  # None: not connected, or never told of it
+        if since is not None and wall - since > ARRIVAL_LIVE_AFTER_S:
+            delays.append((mono, delay))
+        if not delays:
+            return delay
+        offset = min(d for _, d in delays)
+        if abs(offset) > GATE_OFFSET_WARN_S:
+            now_mono = self._mono()
+            last = self._gate_offset_logged.get(entrance, -math.inf)
+            if now_mono >= last + GATE_OFFSET_LOG_INTERVAL_S:
+                self._gate_offset_logged[entrance] = now_mono
+                self.gate_clock_warnings += 1
+                log.warning(
+                    "entrance %s's clock is %.0f s %s the gateway's; holds follow the "
+                    "arrival time (have the gate's NTP fixed)",
+                    entrance,
+                    abs(offset),
+                    "behind" if offset > 0 else "ahead of",
+                )
+        return delay - offset
+
+    def gate_clock_offset(self, entrance: str) -> float | None:
+        """How far the entrance's clock runs behind the gateway's (negative: ahead), as
+        learned from its recent live arrivals; None while nothing is learned."""
+        with self.lock:
+            mono = self._mono()
+            recent = [
+                d
+                for m, d in self._gate_delays.get(entrance, ())
+                if mono - m <= GATE_OFFSET_WINDOW_S
+            ]
+            return min(recent) if recent else None
 
     # -- the pipeline ------------------------------------------------------------------------
     def _commit_and_propagate(

@@ -84,6 +84,10 @@ BUSY_POLL_MS = 20.0
 # file grows for ever (~80 bytes an event, ~400 an assignment). 0 keeps everything.
 JOURNAL_KEEP_DAYS = 366.0
 PRUNE_BUSY_S = 1.0  # between prune steps while old rows are left
+PRUNE_CLOCK_SLACK_S = 86400.0
+"""How far the wall clock may be from the agents' (their last report's ts), or run ahead of
+the journal's newest event at start plus the time elapsed since, before pruning stops
+trusting it: one step of a clock a year ahead would otherwise forget all history for good."""
 PRUNE_IDLE_S = 600.0  # between looks once none are
 ENV_INFLUX_TOKEN = "INFLUX_TOKEN"
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
@@ -301,6 +305,12 @@ class GatewayService:
         self._next_prune = 0.0  # monotonic time of the next prune step
         self.pruned = 0  # journal rows forgotten so far
         self._pruning = 0  # rows forgotten in the run of prune steps under way
+        # what the clock may read, at most, by the journal: its newest event and the
+        # monotonic time since (a fresh journal: the clock at start, nothing to forget)
+        newest = self.journal.conn.execute("SELECT max(ts) FROM events").fetchone()[0]
+        self._prune_wall0 = time.time() if newest is None else min(time.time(), float(newest))
+        self._prune_mono0 = time.monotonic()
+        self._prune_clock_warned = False
         self._republish = False  # connected: publish every zone and sign (in the MQTT thread)
         self.retained_skipped = 0  # zone and sign publishes skipped while disconnected
         self._checkpoint_retry_at = 0.0  # monotonic; a failed checkpoint backs off
@@ -770,11 +780,36 @@ class GatewayService:
                     self._rehearse()
         self._disconnect()
 
+    def prune_clock(self) -> float:
+        """The wall time pruning goes by: the clock, when an agent's last report agrees
+        with it within a day; else no later than a day beyond what the journal's newest
+        event at start and the monotonic time since vouch for."""
+        now = time.time()
+        heard = self.gateway.last_report_ts
+        if heard is not None and abs(now - heard) <= PRUNE_CLOCK_SLACK_S:
+            return now
+        vouched = self._prune_wall0 + (time.monotonic() - self._prune_mono0) + PRUNE_CLOCK_SLACK_S
+        if now <= vouched:
+            return now
+        # said once no agent has vouched for the clock for a while (right after a start, the
+        # first reports are on their way)
+        if not self._prune_clock_warned and time.monotonic() - self._prune_mono0 > 600:
+            self._prune_clock_warned = True
+            log.warning(
+                "the wall clock reads %s, %.1f days after the journal's newest event at start"
+                " plus the time since, and no agent's report agrees with it: journal retention"
+                " goes by the latter (a clock stepped ahead would forget history for good)",
+                time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(now)),
+                (now - vouched + PRUNE_CLOCK_SLACK_S) / 86400.0,
+            )
+        return vouched
+
     def _prune(self) -> None:
         """One step of forgetting history older than --journal-keep-days."""
+        cutoff = self.prune_clock() - self._keep_s
         try:
             with self.gateway.lock:
-                n = self.journal.prune(time.time() - self._keep_s)
+                n = self.journal.prune(cutoff)
         except sqlite3.Error as exc:
             log.warning("pruning the journal failed (retried in %.0f s): %s", PRUNE_IDLE_S, exc)
             n = 0
@@ -789,7 +824,7 @@ class GatewayService:
                 "forgetting journal history (events, assignments and their plates) older "
                 "than %g days, before %s: --journal-keep-days (0 keeps everything)",
                 days,
-                time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(time.time() - self._keep_s)),
+                time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(cutoff)),
             )
         elif not n and self._pruning:
             log.info("forgot %d journal rows older than %g days", self._pruning, days)

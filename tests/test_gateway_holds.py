@@ -370,8 +370,9 @@ def test_a_blind_gate_does_not_tell_drivers_it_is_full(example_site, tmp_path):
 def test_an_arrival_queued_while_the_gateway_was_away_is_not_held(example_site, tmp_path):
     """The broker keeps arrivals for an absent gateway: held at its restart minutes later,
     each would keep a space for a car long gone and the sign would read FULL over free
-    spaces. Stamped over a minute ago (or by a gate whose clock is wrong), an arrival is
-    answered but nothing is held; a fresh one is held as ever."""
+    spaces. Stamped over a minute before its gate's usual delay (a gate whose clock is
+    wrong is learned: tests/test_arrival_clock.py), an arrival is answered but nothing is
+    held; a fresh one is held as ever."""
     from gateway.live import ARRIVAL_MAX_AGE_S
 
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)

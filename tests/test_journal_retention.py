@@ -99,6 +99,8 @@ def test_the_running_gateway_prunes_in_quiet_moments(tmp_path, mosquitto, monkey
             assert "forgetting journal history" in said[0].getMessage()
             assert "older than 2 days" in said[0].getMessage()
             assert "--journal-keep-days" in said[0].getMessage()
+            while "journal rows older than" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)  # said by the next step, which finds nothing left
             assert "journal rows older than 2 days" in caplog.text  # how many, at the end
     finally:
         edge.stop()
@@ -134,3 +136,26 @@ def test_prune_keeps_the_newest_event_so_ids_never_go_back(tmp_path):
     assert journal.last_event_id() > mark
     assert [e[0] for e in journal.events_after(mark)] == [mark + 1]
     journal.close()
+
+
+def test_a_clock_stepped_far_ahead_does_not_forget_the_history(tmp_path, mosquitto, monkeypatch):
+    """A gateway started with its clock more than the kept window ahead forgot every event
+    for good (and /history stayed refused for a year after the clock was put right).
+    Pruning goes by the wall clock only when an agent's report agrees with it; otherwise no
+    further than the journal's newest event and the monotonic time since vouch for."""
+    import gateway.service as service_module
+
+    monkeypatch.setattr(service_module, "PRUNE_IDLE_S", 0.05)
+    db = tmp_path / "journal.sqlite"
+    journal = Journal(db)
+    _events(journal, time.time() - 400 * DAY - 30 * DAY, 50, 1)  # a month older: forgettable
+    _events(journal, time.time() - 400 * DAY, 50, 100)  # as seen by a clock 400 days ahead
+    journal.mark_checkpoint(journal.last_event_id())
+    journal.close()
+    with running_gateway(site_variant(tmp_path), mosquitto.url, db, journal_keep_days=7) as gw:
+        deadline = time.monotonic() + 5
+        while gw.pruned < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # more prune steps: none may go further
+        assert gw.pruned == 50  # the month-older ones only: 7 days before the newest event
+    assert _count(db, "events") == 50
