@@ -142,13 +142,15 @@ class CameraAgent:
         it (0.0: none). The smoother's timers move with a step; so do the spaces' ``since``
         on a forward step (a box that started behind, then NTP synchronised: stamped by
         the clock as it read, the gateway refuses them as older than what it knew from the
-        agent's previous run), and a snapshot is asked for, so that the next report puts
-        every space right. Back, the times already reported stay (``edge.clocks``)."""
+        agent's previous run). Back, a ``since`` beyond the gateway's future tolerance of
+        ``wall`` is brought back to it (refused there, it was never true), the others stay,
+        and a new state is stamped no earlier than the one it follows (``edge.clocks``).
+        Either way a snapshot is asked for, so that the next report puts every space
+        right."""
         step = self._clock_watch.check(wall, mono)
         if step:
-            self.smoother.clock_stepped(step, move_since=step > 0)
-            if step > 0:
-                self.publisher.request_snapshot()
+            self.smoother.clock_stepped(step, move_since=step > 0, now=wall)
+            self.publisher.request_snapshot()
         return step
 
     def on_frame(self, image: np.ndarray, wall: float, mono: float) -> list[SpaceChange]:

@@ -7,19 +7,23 @@ use the wall clock only for what goes on the wire: a report's ``ts`` (stamped by
 clock when the report is built, so right from the step on) and each observation's
 ``since``, which is kept from when the state began. :class:`ClockWatch` compares the two
 clocks at every poll: when ``wall - monotonic`` moves by more than ``STEP_THRESHOLD_S``
-between two polls, the wall clock was stepped, and the agent moves the wall times it
-keeps by that step.
+between two polls, the wall clock was stepped, and the agent corrects the wall times
+it keeps, then asks for a snapshot, so that every space carries its corrected time at
+once.
 
 - **Forward** (the usual case: the box started behind): every ``since`` moves with the
   step. Stamped by the clock as it read before, they are older than what the gateway
   knows from the agent's previous run, and it would refuse them (``older_than_known``)
-  until each space changed; on the corrected clock they are accepted. The agent asks
-  for a snapshot at once, so every space is put right by the next report.
-- **Backward**: a ``since`` already reported stays as it was (the gateway accepted it;
-  moved back, it would be older than what the gateway knows, refused, and the space
-  would go ``unknown`` at its TTL until it changed); states that begin from then on are
-  stamped by the clock as it now reads. Timers kept in wall time (the camera's
-  smoothing) move with the step either way.
+  until each space changed; on the corrected clock they are accepted.
+- **Backward** (a clock that ran ahead, corrected): a ``since`` more than the gateway's
+  future tolerance (``FUTURE_TOLERANCE_S``, five minutes) ahead of the clock now reads
+  was refused there and is brought back to it (left, a brief step forward and back
+  would keep every space refused as ``from_the_future``); a nearer one was taken and
+  stays (moved back, the gateway would refuse it as older than what it knows). A state
+  that begins from then on is stamped by the clock as it now reads, but never before
+  its space's previous state: the gateway's rule that an observation older than what it
+  knows is refused holds, and the space stays known. Timers kept in wall time (the
+  camera's smoothing) move with the step either way.
 
 Reports already in the spool keep the times they were stamped with: they are history,
 and the gateway judges them as such (the snapshot sent after the step corrects the state).
@@ -58,7 +62,9 @@ class ClockWatch:
         self._wall = wall
         self._clock = clock
         self.name = name
-        self.offset = wall() - clock()
+        self.last_wall = wall()
+        """the wall clock as read at the last check"""
+        self.offset = self.last_wall - clock()
         """wall minus monotonic, as of the last check"""
         self.steps = 0
         """steps seen so far"""
@@ -71,6 +77,7 @@ class ClockWatch:
         offset = wall - mono
         step = offset - self.offset
         self.offset = offset
+        self.last_wall = wall
         if abs(step) <= STEP_THRESHOLD_S:
             return 0.0
         self.steps += 1
@@ -83,8 +90,8 @@ class ClockWatch:
             )
         else:
             log.warning(
-                "%s: the wall clock stepped back by %.1f s: observations already reported "
-                "keep their times, new ones are stamped by the clock as it now reads",
+                "%s: the wall clock stepped back by %.1f s: times of its observations later "
+                "than the clock now reads are brought back to it; a snapshot follows",
                 self.name,
                 -step,
             )

@@ -58,6 +58,7 @@ from parking import modbus_rtu as rtu
 from parking import registers as reg
 from parking.broker import BrokerConfig, add_credential_arguments, backoff_delay, broker_from_args
 from parking.payloads import (
+    FUTURE_TOLERANCE_S,
     DetectorHealth,
     HealthReport,
     NodeHealth,
@@ -313,8 +314,12 @@ class SerialAgent:
         for c in changes:
             known = self._wall_since.get(c.space)
             if known is None or known[0] != c.since:
-                wall = self._clock_watch.to_wall(c.since)
-                known = self._wall_since[c.space] = (c.since, max(0.0, wall))
+                wall = max(0.0, self._clock_watch.to_wall(c.since))
+                if known is not None:
+                    # a clock stepped back: never before the time the previous state was
+                    # reported with (the gateway refuses an older one as older than known)
+                    wall = max(wall, known[1])
+                known = self._wall_since[c.space] = (c.since, wall)
             out.append(SpaceObservation(space=c.space, state=c.state.label, since=known[1]))
         return out
 
@@ -323,16 +328,28 @@ class SerialAgent:
 
         Forward (a box that started behind, then NTP synchronised): the wall ``since`` of
         every change moves with the step, so that the gateway does not refuse them as
-        older than what it knew from the agent's previous run, and a snapshot is asked
-        for, so that every space carries its corrected time at once. Backward: the times
-        already reported stay (moved back, the gateway would refuse them); new changes
-        are stamped by the clock as it now reads. Reports already spooled keep theirs.
+        older than what it knew from the agent's previous run. Backward (a clock that ran
+        ahead): a ``since`` beyond the gateway's future tolerance of the clock now is
+        brought back to it (the gateway refused it: left, a brief step forward and back
+        would keep every space refused as ``from_the_future``); a nearer one stays (the
+        gateway took it; moved back, it would be older than known), and a new change is
+        stamped no earlier than its space's previous state. Either way a snapshot is
+        asked for, so that every space carries its corrected time at once.
+        Reports already spooled keep theirs.
         """
         step = self._clock_watch.check()
         if step > 0:
             self._wall_since = {s: (m, w + step) for s, (m, w) in self._wall_since.items()}
-            if self.publisher is not None:
-                self.publisher.request_snapshot()
+        elif step < 0:
+            # a since the gateway may have taken (within its tolerance) stays: moved back, it
+            # would be older than what it knows; one beyond could not have been: to now
+            now = self._clock_watch.last_wall
+            limit = now + FUTURE_TOLERANCE_S
+            self._wall_since = {
+                s: (m, w if w <= limit else now) for s, (m, w) in self._wall_since.items()
+            }
+        if step and self.publisher is not None:
+            self.publisher.request_snapshot()
         return step
 
     def health_report(self) -> HealthReport:

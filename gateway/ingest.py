@@ -39,6 +39,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from parking.payloads import (
+    FUTURE_TOLERANCE_S,
     MAX_OBSERVATIONS,
     MAX_PAYLOAD_BYTES,
     MAX_SEQ,
@@ -78,10 +79,6 @@ precision); a difference below this is the same moment, not an older observation
 NEW_BOOT_TOLERANCE_S = 60.0
 """A new boot's report may be this much older than its source's newest observation (an
 agent's clock stepped back a little across its restart); older, it is a stale message."""
-FUTURE_TOLERANCE_S = 300.0
-"""A report or observation time later than the gateway's clock by more than this is refused:
-an edge with a wrong clock would otherwise lock its spaces (every true observation after it
-would look older)."""
 _NONE_STALE = np.zeros(0, dtype=np.int64)
 _REPORT_KEYS = frozenset(OccupancyReport.model_fields)
 _REPORT_REQUIRED = frozenset(

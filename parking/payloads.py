@@ -17,6 +17,10 @@ from parking.states import STATE_NAMES
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
 """Larger MQTT payloads are rejected before parsing (a 3,000-space snapshot is ~150 kB)."""
+FUTURE_TOLERANCE_S = 300.0
+"""A report or observation time later than the gateway's clock by more than this is refused:
+an edge with a wrong clock would otherwise lock its spaces (every true observation after it
+would look older). Edge agents and sign controllers judge times by the same bound."""
 
 ObservedState = Literal["free", "occupied", "unknown"]
 """What an edge may report of a space. ``closed`` is the manager's state, not an

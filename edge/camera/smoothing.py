@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from parking.payloads import FUTURE_TOLERANCE_S
 from parking.states import SpaceState
 
 UNKNOWN = int(SpaceState.UNKNOWN)
@@ -96,13 +97,15 @@ class OccupancySmoother:
         self.candidate_since[fresh] = now
 
         settled = differs & (now - self.candidate_since >= s.hold_s)
+        self.state[settled] = decision[settled]
+        # never before the previous state's since (a clock stepped back, ``edge.clocks``):
+        # the gateway refuses an older one as older than known
+        self.since[settled] = _after(self.candidate_since[settled], self.since[settled])
+        self.candidate[settled] = NO_CANDIDATE
         changes = [
-            SpaceChange(int(i), SpaceState(int(decision[i])), float(self.candidate_since[i]))
+            SpaceChange(int(i), SpaceState(int(decision[i])), float(self.since[i]))
             for i in np.flatnonzero(settled)
         ]
-        self.state[settled] = decision[settled]
-        self.since[settled] = self.candidate_since[settled]
-        self.candidate[settled] = NO_CANDIDATE
 
         changes.extend(self._expire(now))
         return changes
@@ -126,19 +129,25 @@ class OccupancySmoother:
     def _set_unknown(self, mask: np.ndarray, now: float) -> list[SpaceChange]:
         idx = np.flatnonzero(mask)
         self.state[idx] = UNKNOWN
-        self.since[idx] = now
+        self.since[idx] = _after(np.full(len(idx), now), self.since[idx])
         self.candidate[idx] = NO_CANDIDATE
-        return [SpaceChange(int(i), SpaceState.UNKNOWN, now) for i in idx]
+        return [SpaceChange(int(i), SpaceState.UNKNOWN, float(self.since[i])) for i in idx]
 
-    def clock_stepped(self, step: float, move_since: bool = True) -> None:
+    def clock_stepped(self, step: float, move_since: bool = True, now: float | None = None) -> None:
         """The clock was stepped by ``step`` seconds: the timers (candidates' hold, the
         uncertainty timeout) move with it, so a step neither settles a candidate nor
         expires a space; so do the states' ``since`` unless ``move_since`` is False (times
-        already reported that must stay as they were, ``edge.clocks``)."""
+        already reported, ``edge.clocks``). With ``now`` (the clock as it reads after the
+        step), a ``since`` beyond the gateway's future tolerance of it is brought back to
+        it (refused there, it was never true)."""
         self.candidate_since += step
         self.last_confident += step
         if move_since:
             self.since += step
+        if now is not None:
+            # beyond the gateway's tolerance it was refused: brought back to the clock now;
+            # a nearer one was taken and stays (moved back, it would be older than known)
+            self.since[self.since > now + FUTURE_TOLERANCE_S] = now
 
     def confidence_in_state(self) -> np.ndarray:
         """How far the last frame backs each reported state: its confidence where it
@@ -150,3 +159,8 @@ class OccupancySmoother:
 
     def states(self) -> list[SpaceState]:
         return [SpaceState(int(v)) for v in self.state]
+
+
+def _after(since: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """``since``, but never before ``previous`` (the state it follows began then)."""
+    return np.maximum(since, previous)
