@@ -4,13 +4,16 @@ It stands in for the sign controllers: it subscribes to
 ``displays/+/content`` and shows each sign as a driver would read it, Chinese
 first, with its arrow. A sign whose content has expired (its gateway died or
 lost the broker) goes blank — every line shows ``--`` — instead of showing a
-count nobody vouches for. Content is valid until the earlier of its ``expires`` and
-its arrival here plus its validity (``expires - ts``, at most the site's
-``expires_s``), measured on this machine's monotonic clock, so a gateway whose clock
-runs ahead cannot keep its counts up after it dies; content stamped more than
-``FUTURE_TOLERANCE_S`` ahead of this clock, or expiring no later than its ``ts``, is
-refused. ``--once`` prints the signs as plain text and exits,
-``--plain`` prints a sign as plain text whenever it changes.
+count nobody vouches for. Once accepted, content is valid for its validity
+(``expires - ts``, at most the site's ``expires_s``) from its arrival here, measured
+on this machine's monotonic clock only: a sign controller whose clock differs from
+the gateway's neither blanks live content (a clock ahead) nor keeps a dead gateway's
+counts up (a clock behind). The wall clock only refuses content on arrival: stamped
+more than ``FUTURE_TOLERANCE_S`` ahead of this clock, or past its ``expires`` by more
+than that (an old retained message at connect); content expiring no later than its
+``ts`` is refused too, and a clock that differs from the content's ``ts`` by more than
+its validity is reported (check its NTP). ``--once`` prints the signs as plain text
+and exits, ``--plain`` prints a sign as plain text whenever it changes.
 """
 
 from __future__ import annotations
@@ -28,17 +31,24 @@ from pydantic import ValidationError
 
 from parking import topics
 from parking.broker import add_credential_arguments, broker_from_args
-from parking.payloads import ARROW_GLYPHS, MAX_PAYLOAD_BYTES, DisplayContent
+from parking.payloads import (
+    ARROW_GLYPHS,
+    FUTURE_TOLERANCE_S,
+    MAX_PAYLOAD_BYTES,
+    DisplayContent,
+)
 from parking.site import Site, SiteError, load_site
 
 log = logging.getLogger(__name__)
 
 ARROWS = ARROW_GLYPHS
 BLANK = "--"
-FUTURE_TOLERANCE_S = 300.0
-"""Content whose ``ts`` is later than this machine's clock by more than this is refused: the
-same tolerance the gateway gives edge reports (``gateway.ingest.FUTURE_TOLERANCE_S``, not
-imported: ``firmware_sim`` may import only ``parking``)."""
+# Content whose ``ts`` is later than this machine's clock by more than FUTURE_TOLERANCE_S,
+# or whose ``expires`` is earlier by more, is refused on arrival: the tolerance the gateway
+# gives edge reports.
+CLOCK_WARNING_INTERVAL_S = 3600.0
+"""A sign's clock warning (content stale on arrival, a clock ahead or behind the
+gateway's) is logged at most once per this many seconds per sign and kind."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,11 +88,13 @@ class SignView:
     blank: bool  # no content, or its content expired
 
 
-def sign_view(site: Site, display: str, content: DisplayContent | None, now: float) -> SignView:
-    """What a sign shows at ``now`` (pure): its content, or blank when there is none or it expired."""
+def sign_view(site: Site, display: str, content: DisplayContent | None) -> SignView:
+    """What a sign shows (pure): its content, or blank when it has none current (whether
+    content is current is the caller's judgement: ``SignBoard`` judges it by its arrival
+    on the monotonic clock, never by comparing ``expires`` with the wall clock)."""
     disp = next(d for d in site.displays if d.id == display)
     title = f"{disp.name.zh} {disp.name.en}"
-    if content is None or now >= content.expires:
+    if content is None:
         lines = tuple(
             SignLine(f"{ln.label.zh} {ln.label.en}", ARROWS[ln.arrow], BLANK) for ln in disp.lines
         )
@@ -117,7 +129,7 @@ class _Held:
     """A sign's content and until when, on this machine's monotonic clock, it may show."""
 
     content: DisplayContent
-    valid_until: float  # arrival + min(expires - ts, the site's expires_s)
+    valid_until: float  # arrival + min(expires - ts, the site's expires_s), monotonic
 
 
 class SignBoard:
@@ -139,10 +151,21 @@ class SignBoard:
         self._content: dict[str, _Held] = {}
         self._lock = threading.Lock()
         self.changed = threading.Event()
-        self.rejected = 0
+        self.rejected = 0  # bad content: malformed, another sign's, stamped in the future
+        self.stale = 0  # content refused as past its expires on arrival (by the wall clock)
         self._last_log = -1e9
+        self._warned: dict[tuple[str, str], float] = {}  # (sign, kind) -> monotonic time
 
     def feed(self, topic: str, payload: bytes) -> None:
+        if topic == topics.gateway_availability(self.site.id):
+            if payload == b"offline":  # its last will: what the signs hold is nobody's now
+                with self._lock:
+                    had = bool(self._content)
+                    self._content.clear()
+                if had:
+                    log.warning("the gateway is offline: every sign blank until it is back")
+                self.changed.set()
+            return
         parsed = topics.parse(topic)
         if parsed is None or parsed.kind != "displays/content" or parsed.ident not in self.ids:
             return
@@ -164,11 +187,12 @@ class SignBoard:
             if content.ts > wall + FUTURE_TOLERANCE_S:
                 raise ValueError(
                     f"ts {content.ts} is later than this clock's {wall:.3f} "
-                    f"by more than {FUTURE_TOLERANCE_S:g} s"
+                    f"by more than {FUTURE_TOLERANCE_S:g} s (a gateway clock ahead, or "
+                    f"this sign controller's behind: check its NTP)"
                 )
         except (ValidationError, ValueError) as exc:
             self.rejected += 1
-            now = time.monotonic()
+            now = self._mono()
             if now - self._last_log >= 60:
                 self._last_log = now
                 log.warning(
@@ -179,18 +203,67 @@ class SignBoard:
                     payload[:200],
                 )
             return
-        valid_for = min(content.expires - content.ts, self.expires_s)
+        display = parsed.ident
+        stated = content.expires - content.ts  # the validity the content states
+        # the wall clock judges content only here, on arrival: this clock minus the
+        # gateway's stamp is the clocks' difference plus the time since it was stamped
+        # (in transit, or retained on the broker)
+        since = wall - content.ts
+        if since - stated > FUTURE_TOLERANCE_S:
+            self.stale += 1
+            self._warn(
+                display,
+                "stale",
+                "sign content on %s expired %.0f s ago by this clock: not shown (an old "
+                "retained message of a gateway that stopped republishing, or this sign "
+                "controller's clock is ahead of the gateway's by more than %g s; check its NTP)",
+                display,
+                since - stated,
+                FUTURE_TOLERANCE_S,
+            )
+            return
+        if since >= stated:
+            self._warn(
+                display,
+                "ahead",
+                "sign content on %s arrived %.0f s past its expires by this clock: this sign "
+                "controller's clock is up to %.0f s ahead of the gateway's, check its NTP "
+                "(unless the content is an old retained message); shown for its validity "
+                "from its arrival",
+                display,
+                since - stated,
+                since,
+            )
+        elif since < -stated:
+            self._warn(
+                display,
+                "behind",
+                "sign content on %s is stamped %.0f s after this clock: this sign "
+                "controller's clock is at least %.0f s behind the gateway's; check its NTP",
+                display,
+                -since,
+                -since,
+            )
+        valid_for = min(stated, self.expires_s)
         held = _Held(content, self._mono() + valid_for)
         with self._lock:
-            self._content[parsed.ident] = held
+            self._content[display] = held
         self.changed.set()
 
-    def views(self, now: float | None = None) -> list[SignView]:
-        """Every sign at wall time ``now`` (default: the clock); content past its local
-        validity (``_Held.valid_until``) shows blank even where ``now`` is before its
-        ``expires``."""
-        if now is None:
-            now = self._wall()
+    def _warn(self, display: str, kind: str, msg: str, *args: object) -> None:
+        """``log.warning(msg, *args)``, at most once per CLOCK_WARNING_INTERVAL_S per sign
+        and kind: a skewed clock would otherwise say so at every republish."""
+        now = self._mono()
+        last = self._warned.get((display, kind))
+        if last is not None and now - last < CLOCK_WARNING_INTERVAL_S:
+            return
+        self._warned[(display, kind)] = now
+        log.warning(msg, *args)
+
+    def views(self) -> list[SignView]:
+        """Every sign now: its content while within its validity from its arrival here
+        (``_Held.valid_until``, on the monotonic clock), else blank. The wall clock plays
+        no part: a clock ahead of the gateway's does not blank live content."""
         mono = self._mono()
         with self._lock:
             held = dict(self._content)
@@ -198,7 +271,7 @@ class SignBoard:
         for d in self.ids:
             h = held.get(d)
             content = h.content if h is not None and mono < h.valid_until else None
-            out.append(sign_view(self.site, d, content, now))
+            out.append(sign_view(self.site, d, content))
         return out
 
     def complete(self) -> bool:
@@ -265,6 +338,10 @@ def main(args: argparse.Namespace) -> int:
             return
         connected.set()
         client.subscribe(topics.displays_all(site.id), qos=topics.QOS_DISPLAY)
+        # a subscription of its own, after the signs': the broker sends the retained signs
+        # first, so a dead gateway's last will blanks what it left behind (content sent
+        # after it, by a restarting gateway, shows)
+        client.subscribe(topics.gateway_availability(site.id), qos=topics.QOS_AVAILABILITY)
 
     def on_connect_fail(client, userdata):
         # blank signs must not hide a wrong or dead broker from the technician

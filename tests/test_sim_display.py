@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import subprocess
 import threading
@@ -69,7 +70,9 @@ def test_sim_display_once_shows_the_gateway_signs(mosquitto, tmp_path, subproces
     assert "B区 Zone B" in east[2] and "←" in east[2] and east[2].rstrip().endswith("满 FULL")
 
 
-def test_expired_content_blanks_the_sign(example_site):
+def test_a_sign_without_current_content_is_blank(example_site):
+    """``sign_view`` draws what it is given: content, or blank for none (whether content is
+    still current is the board's judgement, on its monotonic clock)."""
     body = {
         "display": "gate-north",
         "lines": [
@@ -85,13 +88,13 @@ def test_expired_content_blanks_the_sign(example_site):
         "expires": 1060.0,
     }
     content = DisplayContent.model_validate(body)
-    live = sign_view(example_site, "gate-north", content, now=1059.0)
+    live = sign_view(example_site, "gate-north", content)
     assert not live.blank and live.lines[0].text == "12" and live.lines[0].arrow == "→"
-    dead = sign_view(example_site, "gate-north", content, now=1060.0)
+    dead = sign_view(example_site, "gate-north", None)
     assert dead.blank
     assert all(ln.text == "--" for ln in dead.lines)
     assert "blank" in plain(dead).splitlines()[0]
-    never = sign_view(example_site, "jct-w0", None, now=0.0)
+    never = sign_view(example_site, "jct-w0", None)
     assert never.blank and [ln.arrow for ln in never.lines] == ["↓", "→"]
 
 
@@ -105,7 +108,7 @@ def test_the_board_clears_on_an_empty_message_and_refuses_another_signs_content(
     from firmware_sim.display import SignBoard
     from parking import topics
 
-    board = SignBoard(example_site)
+    board = SignBoard(example_site, wall=lambda: 1001.0)
     line = {"arrow": "right", "count": 12, "status": "ok"}
     line |= {"label": {"zh": "A区", "en": "Zone A"}, "text": {"zh": "12", "en": "12"}}
     body = {"display": "gate-north", "lines": [line], "ts": 1000.0, "expires": 1060.0}
@@ -113,33 +116,48 @@ def test_the_board_clears_on_an_empty_message_and_refuses_another_signs_content(
     east = topics.display_content(example_site.id, "gate-east")
     board.feed(north, json.dumps(body).encode())
     board.feed(east, json.dumps(body).encode())  # gate-north's content on gate-east
-    views = {v.display: v for v in board.views(1001.0)}
+    views = {v.display: v for v in board.views()}
     assert not views["gate-north"].blank and views["gate-east"].blank
     assert board.rejected == 1
     board.feed(north, b"")
-    assert all(v.blank for v in board.views(1001.0)) and board.rejected == 1
+    assert all(v.blank for v in board.views()) and board.rejected == 1
 
 
-def test_sim_display_once_blanks_signs_whose_gateway_died(mosquitto, tmp_path, subprocess_env):
+def test_sim_display_blanks_the_signs_of_a_gateway_that_died(mosquitto, tmp_path, subprocess_env):
+    """The gateway republishes every half validity (1 s of 2); once it stops, its last
+    (retained) contents stay on the broker, and the sign goes blank at most their validity
+    after the last one arrived (on the display's monotonic clock)."""
     site_path = site_variant(tmp_path, expires_s=2)
-    with running_gateway(site_path, mosquitto.url, tmp_path / "j.db") as gw:
-        deadline = time.monotonic() + 5
-        while "gate-north" not in gw.gateway.displays() and time.monotonic() < deadline:
-            time.sleep(0.05)
-    # the gateway stopped; its last (retained) contents expire after 2 s
-    time.sleep(2.2)
-    out = subprocess.run(
-        parkguide_cmd(
-            "sim", "display", "--site", str(site_path), "--broker", mosquitto.url, "--once"
-        ),
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    headers = [b.splitlines()[0] for b in out.stdout.strip().split("\n\n")]
-    assert len(headers) == 7 and all("blank" in h for h in headers)
+    proc = None
+    shown_at = blank_at = stopped_at = None
+    try:
+        with running_gateway(site_path, mosquitto.url, tmp_path / "j.db"):
+            proc, lines = _plain_display(site_path, mosquitto.url, subprocess_env)
+            deadline = time.monotonic() + 15
+            while shown_at is None and time.monotonic() < deadline:
+                try:
+                    line = lines.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if line.startswith("[gate-north]") and "blank" not in line:
+                    shown_at = time.monotonic()
+            assert shown_at is not None, "the gateway's content never showed"
+            time.sleep(3)  # longer than the validity: the republished content keeps it up
+        stopped_at = time.monotonic()
+        deadline = stopped_at + 8
+        while blank_at is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line.startswith("[gate-north]") and "blank" in line:
+                blank_at = time.monotonic()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+    assert blank_at is not None, "a dead gateway's counts stay up"
+    assert blank_at - stopped_at < 4
 
 
 def test_sim_display_once_says_when_the_broker_cannot_be_reached(tmp_path, subprocess_env):
@@ -352,3 +370,162 @@ def test_plain_output_does_not_call_signs_blank_while_their_contents_arrive(
         proc.wait(10)
     assert len(headers) == len(ids), headers
     assert not [h for h in headers if "blank" in h], headers
+
+
+GATEWAY_WALL = 1_795_852_800.0
+
+
+@pytest.mark.parametrize("ahead", [0.0, 45.0, 61.0, 299.0, -120.0, -299.0])
+def test_the_board_shows_content_across_republishes_whatever_the_clocks_differ(example_site, ahead):
+    """The gateway republishes every 30 s content valid 60 s (the example site): a sign
+    controller whose clock is ``ahead`` of the gateway's (behind when negative) by less
+    than FUTURE_TOLERANCE_S shows it without a gap, and blanks 60 s after the last
+    content arrived when the gateway stops: expiry is judged on the monotonic clock,
+    the wall clock only refuses content on arrival."""
+    clock = {"t": 0.0}  # seconds since the gateway's first publish, on both machines
+    board = SignBoard(
+        example_site,
+        wall=lambda: GATEWAY_WALL + ahead + clock["t"],
+        mono=lambda: 7_000.0 + clock["t"],
+    )
+    north = topics.display_content(example_site.id, "gate-north")
+    gaps = []
+    for tenth in range(2200):  # 220 s in 0.1 s steps
+        clock["t"] = tenth / 10
+        if tenth % 300 == 0 and tenth <= 1500:  # published at 0, 30, ... 150 s, then dead
+            ts = GATEWAY_WALL + clock["t"]
+            board.feed(north, json.dumps(_content("gate-north", ts, ts + 60)).encode())
+        north_view = board.views()[0]
+        assert north_view.display == "gate-north"
+        if north_view.blank != (clock["t"] >= 210):  # 60 s after the last arrival
+            gaps.append(clock["t"])
+    assert not gaps, f"gate-north wrong at {gaps[:3]}... ({len(gaps)} steps)"
+    assert board.rejected == 0 and board.stale == 0
+
+
+def test_the_board_refuses_content_already_stale_when_it_arrives(example_site, caplog):
+    """An old retained content at connect (stamped 10 min ago, valid 60 s: expired 540 s
+    ago, more than FUTURE_TOLERANCE_S) is not shown, and said; content expired less
+    than that ago cannot be told from a clock ahead, and shows for its validity."""
+    caplog.set_level(logging.WARNING, logger="firmware_sim.display")
+    clock = {"wall": GATEWAY_WALL, "mono": 100.0}
+    board = SignBoard(example_site, wall=lambda: clock["wall"], mono=lambda: clock["mono"])
+    north = topics.display_content(example_site.id, "gate-north")
+    east = topics.display_content(example_site.id, "gate-east")
+    old = GATEWAY_WALL - 600
+    board.feed(north, json.dumps(_content("gate-north", old, old + 60)).encode())
+    recent = GATEWAY_WALL - 300
+    board.feed(east, json.dumps(_content("gate-east", recent, recent + 60)).encode())
+    views = {v.display: v for v in board.views()}
+    assert views["gate-north"].blank and not views["gate-east"].blank
+    assert board.stale == 1 and board.rejected == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert any("gate-north expired 540 s ago" in m and "NTP" in m for m in said), said
+    clock["mono"] += 60
+    assert all(v.blank for v in board.views())
+
+
+def test_the_board_warns_of_a_skewed_clock_once_an_hour_per_sign(example_site, caplog):
+    """Content that arrives past its expires, or stamped further from this clock than its
+    validity, names the clock: shown all the same, said once an hour per sign."""
+    caplog.set_level(logging.WARNING, logger="firmware_sim.display")
+    clock = {"wall": GATEWAY_WALL + 61, "mono": 100.0}  # 61 s ahead of the gateway
+    board = SignBoard(example_site, wall=lambda: clock["wall"], mono=lambda: clock["mono"])
+    north = topics.display_content(example_site.id, "gate-north")
+    east = topics.display_content(example_site.id, "gate-east")
+
+    def publish(topic: str, display: str, gateway_wall: float) -> None:
+        body = _content(display, gateway_wall, gateway_wall + 60)
+        board.feed(topic, json.dumps(body).encode())
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    publish(north, "gate-north", GATEWAY_WALL)
+    assert not board.views()[0].blank
+    assert len(warnings()) == 1
+    assert "gate-north" in warnings()[0]
+    assert "clock is up to 61 s ahead of the gateway's" in warnings()[0]
+    assert "check its NTP" in warnings()[0]
+    for n in range(1, 100):  # republished every 30 s for ~50 min: no more said
+        clock["wall"] += 30
+        clock["mono"] += 30
+        publish(north, "gate-north", GATEWAY_WALL + 30 * n)
+        assert not board.views()[0].blank
+    assert len(warnings()) == 1
+    publish(east, "gate-east", clock["wall"] - 61)  # another sign says it too
+    assert len(warnings()) == 2 and "gate-east" in warnings()[1]
+    clock["wall"] += 3600
+    clock["mono"] += 3600
+    publish(north, "gate-north", clock["wall"] - 61)  # an hour on: said again
+    assert len(warnings()) == 3 and "gate-north" in warnings()[2]
+
+    caplog.clear()
+    behind = SignBoard(example_site, wall=lambda: GATEWAY_WALL - 120, mono=lambda: 5.0)
+    behind.feed(north, json.dumps(_content("gate-north", GATEWAY_WALL, GATEWAY_WALL + 60)).encode())
+    assert not behind.views()[0].blank
+    assert ["at least 120 s behind the gateway's" in m for m in warnings()] == [True]
+
+    caplog.clear()
+    close = SignBoard(example_site, wall=lambda: GATEWAY_WALL + 45, mono=lambda: 5.0)
+    close.feed(north, json.dumps(_content("gate-north", GATEWAY_WALL, GATEWAY_WALL + 60)).encode())
+    assert not close.views()[0].blank
+    assert warnings() == []  # within the content's validity: nothing to say
+
+
+def test_sim_display_shows_content_stamped_by_a_gateway_clock_behind_it(
+    mosquitto, tmp_path, subprocess_env
+):
+    """Retained content stamped by a gateway clock 61 s behind this one (past its expires
+    here) shows, and the log names the clock; content stamped 10 min ago (a gateway that
+    died long ago) does not."""
+    now = time.time()
+    _retain(
+        mosquitto.port,
+        {
+            "gate-north": _content("gate-north", now - 61, now - 1),
+            "jct-n1": _content("jct-n1", now - 45, now + 15),
+            "gate-east": _content("gate-east", now - 600, now - 540),
+        },
+    )
+    blocks, stderr = _once(site_variant(tmp_path), mosquitto, subprocess_env)
+    assert not _blank(blocks["gate-north"]) and blocks["gate-north"].splitlines()[1].endswith("3")
+    assert not _blank(blocks["jct-n1"])
+    assert _blank(blocks["gate-east"])
+    assert "ahead of the gateway's, check its NTP" in stderr, stderr
+    assert "gate-east expired" in stderr, stderr
+
+
+def test_the_gateways_last_will_blanks_every_sign_and_later_content_shows(example_site):
+    """Content a dead gateway left retained looks valid for up to its validity (and up to
+    the clock tolerance more) to a sign controller that connects then: the gateway's last
+    will (retained ``offline``, delivered after the signs' retained content) blanks them;
+    content that comes after it (a restarting gateway's) shows."""
+    board = SignBoard(example_site, wall=lambda: 1001.0, mono=lambda: 50.0)
+    north = topics.display_content(example_site.id, "gate-north")
+    body = _content("gate-north", 1000.0, 1060.0)
+    board.feed(north, json.dumps(body).encode())
+    assert not {v.display: v for v in board.views()}["gate-north"].blank
+    board.feed(topics.gateway_availability(example_site.id), b"offline")
+    assert all(v.blank for v in board.views())
+    board.feed(north, json.dumps(body).encode())
+    assert not {v.display: v for v in board.views()}["gate-north"].blank
+    board.feed(topics.gateway_availability(example_site.id), b"online")
+    assert not {v.display: v for v in board.views()}["gate-north"].blank
+
+
+def test_sim_display_started_after_the_gateway_died_shows_nothing(
+    mosquitto, tmp_path, subprocess_env
+):
+    now = time.time()
+    _retain(mosquitto.port, {"gate-north": _content("gate-north", now - 20, now + 40)})
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    topic = topics.gateway_availability("xinyuan")
+    client.publish(topic, b"offline", qos=1, retain=True).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+    blocks, stderr = _once(site_variant(tmp_path), mosquitto, subprocess_env)
+    assert _blank(blocks["gate-north"]), blocks["gate-north"]
+    assert "the gateway is offline" in stderr
