@@ -2,9 +2,15 @@
 
 Pure of HTTP: the FastAPI dependencies that use these live in ``api.deps``.
 Users live in the journal database (table ``users``); passwords are hashed
-with argon2id. A session is an HMAC-SHA256-signed token naming the user and
-its expiry, sent as an HttpOnly cookie or as a bearer token; the role is read
-from the database on every request, so a changed role applies at once.
+with argon2id. A session is an HMAC-SHA256-signed token naming the user, its
+session generation and its expiry, sent as an HttpOnly cookie or as a bearer
+token; the role and the generation are read from the database on every request,
+so a changed role applies at once and a replaced or removed user's sessions end.
+
+The generation is a random nonce stored with the user and drawn anew whenever its
+password or role is replaced or it is added again: a token counts only while it
+names the user's current one. It does not depend on the clock (a comparison of
+times did, and failed after the host's clock stepped back).
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
     role TEXT NOT NULL,
     hash TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    generation TEXT  -- the session generation; NULL only in rows older code wrote
 );
 -- sessions ended by a logout before they expired (their token's MAC), until they expire
 CREATE TABLE IF NOT EXISTS revoked_sessions (
@@ -57,6 +64,16 @@ CREATE TABLE IF NOT EXISTS revoked_sessions (
     expires REAL NOT NULL
 )
 """
+USERS_COLUMNS_ADDED = ("generation TEXT",)
+"""Columns of ``users`` added since the first release, for databases made before them."""
+
+_NEW_GENERATION_SQL = "lower(hex(randomblob(16)))"
+GENERATION_RE = re.compile(r"[0-9A-Za-z_-]{1,128}")
+
+
+def new_generation() -> str:
+    """A fresh session generation: 128 random bits."""
+    return secrets.token_hex(16)
 
 
 class UserError(ValueError):
@@ -72,6 +89,8 @@ class User:
     name: str
     role: str
     created: float
+    generation: str | None = None
+    """The session generation a token must name (None: none yet, no token counts)."""
 
     @property
     def can_change(self) -> bool:
@@ -96,6 +115,13 @@ def check_password(password: str) -> None:
         raise UserError(f"the password must have at most {MAX_PASSWORD_LENGTH} characters")
 
 
+def _user(name: str, role: str, created: float, generation: str | None) -> User:
+    return User(name, role, created, generation)
+
+
+_USER_COLUMNS = "name, role, created, generation"
+
+
 class UserStore:
     """The ``users`` table of the journal database."""
 
@@ -104,6 +130,31 @@ class UserStore:
         create_private(db_path)  # password hashes: for the service's own user only
         with self._connect() as db:
             db.executescript(USERS_SCHEMA)
+            if self._needs_migration(db):
+                # the API and `parkguide user add` may both start on an old database at once:
+                # one of them adds the columns, the other then finds them there
+                db.execute("BEGIN IMMEDIATE")
+                if self._needs_migration(db):
+                    columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
+                    for column in USERS_COLUMNS_ADDED:
+                        if column.split()[0] not in columns:
+                            db.execute(f"ALTER TABLE users ADD COLUMN {column}")
+                    # users from before generations: their old tokens have none and are
+                    # refused anyway; a new one each lets them log in again
+                    db.execute(
+                        f"UPDATE users SET generation = {_NEW_GENERATION_SQL} "
+                        "WHERE generation IS NULL"
+                    )
+
+    @staticmethod
+    def _needs_migration(db: sqlite3.Connection) -> bool:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
+        if any(column.split()[0] not in columns for column in USERS_COLUMNS_ADDED):
+            return True
+        return (
+            db.execute("SELECT 1 FROM users WHERE generation IS NULL LIMIT 1").fetchone()
+            is not None
+        )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.db_path, timeout=5.0)
@@ -111,29 +162,35 @@ class UserStore:
         return db
 
     def add(self, name: str, role: str, password: str, *, replace: bool = False) -> User:
-        """Add a user (or replace its role and password); raises UserError saying what is wrong."""
+        """Add a user (or replace its role and password); raises UserError saying what is wrong.
+
+        Either way the user gets a new session generation, so every session it had ends."""
         check_user_name(name)
         if role not in ROLES:
             raise UserError(f"role {role!r} is not one of {', '.join(ROLES)}")
         check_password(password)
-        user = User(name, role, time.time())
+        user = _user(name, role, time.time(), new_generation())
         digest = _hasher.hash(password)
         with self._connect() as db:
+            # the check and the write in one transaction: two `parkguide user add` at once
+            # cannot both find the name free
+            db.execute("BEGIN IMMEDIATE")
             exists = db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone()
             if exists and not replace:
                 raise UserError(f"user {name!r} already exists (use --replace to change it)")
             db.execute(
-                "INSERT OR REPLACE INTO users (name, role, hash, created) VALUES (?, ?, ?, ?)",
-                (name, role, digest, user.created),
+                "INSERT OR REPLACE INTO users (name, role, hash, created, generation) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, role, digest, user.created, user.generation),
             )
         return user
 
     def get(self, name: str) -> User | None:
         with self._connect() as db:
             row = db.execute(
-                "SELECT name, role, created FROM users WHERE name = ?", (name,)
+                f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,)
             ).fetchone()
-        return User(*row) if row else None
+        return _user(*row) if row else None
 
     def authenticate(self, name: str, password: str, wait_s: float | None = None) -> User | None:
         """The user if the password matches, else None (same cost either way). At most
@@ -141,9 +198,9 @@ class UserStore:
         for its turn (None: as long as it takes) raises VerifierBusy."""
         with self._connect() as db:
             row = db.execute(
-                "SELECT name, role, created, hash FROM users WHERE name = ?", (name,)
+                f"SELECT {_USER_COLUMNS}, hash FROM users WHERE name = ?", (name,)
             ).fetchone()
-        digest = row[3] if row else _DUMMY_HASH
+        digest = row[4] if row else _DUMMY_HASH
         if not _verify_slots.acquire(timeout=wait_s):
             raise VerifierBusy("too many password checks at once")
         try:
@@ -152,11 +209,32 @@ class UserStore:
             return None
         finally:
             _verify_slots.release()
-        return User(row[0], row[1], row[2]) if row else None
+        if row is None:
+            return None
+        if row[3] is None:  # written by an older `parkguide user add` while this one runs
+            row = self._give_generation(name, digest)
+            if row is None:  # replaced or removed meanwhile: the password checked is gone
+                return None
+        # the generation read with the hash: if the user is replaced while its password is
+        # being checked, the token about to be issued names the old one and counts for nothing
+        return _user(*row[:4])
+
+    def _give_generation(self, name: str, digest: str) -> tuple | None:
+        with self._connect() as db:
+            db.execute(
+                f"UPDATE users SET generation = {_NEW_GENERATION_SQL} "
+                "WHERE name = ? AND hash = ? AND generation IS NULL",
+                (name, digest),
+            )
+            return db.execute(
+                f"SELECT {_USER_COLUMNS}, hash FROM users WHERE name = ? AND hash = ?",
+                (name, digest),
+            ).fetchone()
 
     def remove(self, name: str) -> bool:
         """Delete a user (False: there was none); every session it had ends with it, and a
-        user added again under the same name does not bring them back (they began earlier)."""
+        user added again under the same name does not bring them back (it gets a new
+        session generation)."""
         with self._connect() as db:
             gone = db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount
         return gone > 0
@@ -164,8 +242,8 @@ class UserStore:
     def all(self) -> list[User]:
         """Every user, by name."""
         with self._connect() as db:
-            rows = db.execute("SELECT name, role, created FROM users ORDER BY name").fetchall()
-        return [User(*row) for row in rows]
+            rows = db.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY name").fetchall()
+        return [_user(*row) for row in rows]
 
     def revoke(self, session: Session) -> None:
         """End a session before it expires (logout); expired ones are forgotten."""
@@ -178,17 +256,20 @@ class UserStore:
 
     def session_user(self, session: Session) -> User | None:
         """The user of a verified session, or None when it no longer counts: the user is
-        gone, was replaced (new password or role) after the session began, or logged out."""
+        gone, was replaced (new password or role) or added again since the session began
+        (its session generation is another), or the session was logged out."""
         with self._connect() as db:
             row = db.execute(
-                "SELECT name, role, created FROM users WHERE name = ?", (session.name,)
+                f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (session.name,)
             ).fetchone()
-            if row is None or session.issued < row[2]:
+            if row is None or row[3] is None:
+                return None
+            if not hmac.compare_digest(session.generation.encode(), row[3].encode()):
                 return None
             revoked = db.execute(
                 "SELECT 1 FROM revoked_sessions WHERE mac = ?", (session.mac,)
             ).fetchone()
-        return None if revoked else User(*row)
+        return None if revoked else _user(*row)
 
     def count(self) -> int:
         with self._connect() as db:
@@ -205,17 +286,20 @@ def _unb64(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class Session:
-    """What a valid token says: who, when it was issued and expires, and its MAC (its id)."""
+    """What a valid token says: who, with which of the user's session generations, when it
+    was issued and expires, and its MAC (its id)."""
 
     name: str
+    generation: str
     issued: float
     expires: float
     mac: str
 
 
 class SessionSigner:
-    """Issues and checks ``<payload>.<hmac>`` tokens: the user name, when the token was
-    issued and when it expires."""
+    """Issues and checks ``<payload>.<hmac>`` tokens: the user name, the user's session
+    generation, when the token was issued and when it expires. Tokens without a generation
+    (made before there were any) are refused."""
 
     def __init__(self, secret: bytes):
         self._key = hashlib.sha256(b"parkguide-session\0" + secret).digest()
@@ -223,10 +307,16 @@ class SessionSigner:
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest())
 
-    def issue(self, name: str, ttl_s: float, now: float | None = None) -> tuple[str, float]:
+    def issue(
+        self, name: str, ttl_s: float, now: float | None = None, *, generation: str | None
+    ) -> tuple[str, float]:
+        """A token for the user ``name`` with its session ``generation`` (``User.generation``
+        as read from :class:`UserStore` with the password hash)."""
+        if not isinstance(generation, str) or not GENERATION_RE.fullmatch(generation):
+            raise ValueError(f"no session generation for user {name!r}: read it from UserStore")
         issued = time.time() if now is None else now
         expires = issued + ttl_s
-        body = {"u": name, "i": round(issued, 6), "e": round(expires, 3)}
+        body = {"u": name, "g": generation, "i": round(issued, 6), "e": round(expires, 3)}
         payload = _b64(json.dumps(body).encode("utf-8"))
         return f"{payload}.{self._mac(payload)}", expires
 
@@ -244,14 +334,17 @@ class SessionSigner:
             return None
         if not isinstance(data, dict):
             return None
-        name, issued, expires = data.get("u"), data.get("i"), data.get("e")
+        name, generation = data.get("u"), data.get("g")
+        issued, expires = data.get("i"), data.get("e")
+        if not isinstance(generation, str) or not GENERATION_RE.fullmatch(generation):
+            return None  # none: a token of the previous format, whose user logs in again
         if not isinstance(name, str) or not all(
             isinstance(t, int | float) and not isinstance(t, bool) for t in (issued, expires)
         ):
             return None
         if expires < (time.time() if now is None else now):
             return None
-        return Session(name, float(issued), float(expires), mac)
+        return Session(name, generation, float(issued), float(expires), mac)
 
 
 class LoginLimiter:

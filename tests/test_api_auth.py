@@ -177,24 +177,25 @@ def test_a_new_password_ends_the_old_sessions(client, users):
         users.add("technician", "technician", PASSWORD, replace=True)
 
 
-def test_forged_and_expired_tokens_are_no_login(client, tokens):
+def test_forged_and_expired_tokens_are_no_login(client, tokens, users):
     token = tokens["viewer"]["Authorization"].split()[1]
     payload, mac = token.split(".")
     forged = payload.replace(payload[2], "A" if payload[2] != "A" else "B") + "." + mac
     assert (
         client.get("/api/v1/site", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
     )
-    expired, _ = SessionSigner(SECRET.encode()).issue("viewer", ttl_s=60, now=1000.0)
+    g = users.get("viewer").generation  # the session generation a token must name
+    expired, _ = SessionSigner(SECRET.encode()).issue("viewer", 60, now=1000.0, generation=g)
     assert (
         client.get("/api/v1/site", headers={"Authorization": f"Bearer {expired}"}).status_code
         == 401
     )
-    other_secret, _ = SessionSigner(b"another secret" * 4).issue("viewer", ttl_s=600)
+    other_secret, _ = SessionSigner(b"another secret" * 4).issue("viewer", 600, generation=g)
     assert (
         client.get("/api/v1/site", headers={"Authorization": f"Bearer {other_secret}"}).status_code
         == 401
     )
-    good, _ = SessionSigner(SECRET.encode()).issue("viewer", ttl_s=600)
+    good, _ = SessionSigner(SECRET.encode()).issue("viewer", 600, generation=g)
     assert (
         client.get("/api/v1/site", headers={"Authorization": f"Bearer {good}"}).status_code == 200
     )
@@ -293,9 +294,13 @@ def test_parallel_wrong_passwords_stop_at_the_user_limit(harness, users):
         assert codes.count(401) <= 5, codes
         assert set(codes) <= {401, 429, 503}, codes
         assert all(int(r.headers["Retry-After"]) > 0 for r in answers if r.status_code != 401)
+        # on a loaded machine some guesses find every check slot taken (503) and are not
+        # checked: the rest of the five are sent one by one
+        for i in range(5 - codes.count(401)):
+            assert attempt(100 + i).status_code == 401
         # the limit holds afterwards too, even for the right password
         r = c.post("/api/v1/auth/login", json={"name": "manager", "password": PASSWORD})
-        assert r.status_code == 429
+        assert r.status_code == 429, codes
 
 
 def test_password_checks_run_at_most_a_few_at_once(harness, users, monkeypatch):
@@ -473,7 +478,8 @@ def test_an_open_stream_ends_with_its_session(harness, users, monkeypatch):
                 db.execute("UPDATE users SET role = 'technician' WHERE name = 'streamer'")
             assert ends(stream), "the stream went on after the role changed"
 
-            token, _ = SessionSigner(SECRET.encode()).issue("streamer", ttl_s=1.0)
+            g = users.get("streamer").generation
+            token, _ = SessionSigner(SECRET.encode()).issue("streamer", 1.0, generation=g)
             stream = _Stream(url, {"Authorization": f"Bearer {token}"})
             assert ends(stream), "the stream went on after the session expired"
 

@@ -97,7 +97,9 @@ def login(body: LoginRequest, request: Request, response: Response, ctx: Ctx) ->
         log.info("failed login for %r from %s", body.name[:64], client)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user name or password")
     ctx.limiter.succeeded(body.name)
-    token, expires = ctx.signer.issue(user.name, ctx.settings.session_ttl_s)
+    token, expires = ctx.signer.issue(
+        user.name, ctx.settings.session_ttl_s, generation=user.generation
+    )
     response.set_cookie(
         SESSION_COOKIE,
         token,
