@@ -19,7 +19,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from parking import siteconfig as cfg
-from parking.payloads import MAX_PAYLOAD_BYTES, largest_snapshot_bytes
+from parking.payloads import (
+    IDENTIFIER_PATTERN,
+    MAX_PAYLOAD_BYTES,
+    is_identifier,
+    largest_snapshot_bytes,
+)
 from parking.yamlsource import YamlSyntaxError, format_loc, line_of, load_with_lines
 
 _RANGE_RE = re.compile(r"^(.*?)(\d+)$")
@@ -53,6 +58,81 @@ def expand_range(ref: str) -> list[str]:
     if b - a >= 10000:
         raise ValueError(f"range {ref!r}: more than 10000 ids")
     return [f"{m1.group(1)}{n:0{width}d}" for n in range(a, b + 1)]
+
+
+# in id errors (id_problem): what a definition's id is of, by its list; those in _NAMED
+# have a `name` (LocalName) for the Chinese
+_ID_OF = {
+    "site": "site",
+    "levels": "level",
+    "zones": "zone",
+    "vehicle_classes": "vehicle class",
+    "policies": "policy",
+    "nodes": "lane node",
+    "entrances": "entrance",
+    "buses": "bus",
+    "cameras": "camera",
+    "displays": "display",
+}
+_NAMED = {"site", "levels", "zones", "vehicle_classes", "entrances", "displays"}
+# what a reference (a key naming another definition's id) refers to
+_REF_TO = {
+    "level": "level",
+    "zone": "zone",
+    "zones": "zone",
+    "kind": "kind",
+    "kinds": "kind",
+    "classes": "vehicle class",
+    "vehicle_class": "vehicle class",
+    "access": "lane node",
+    "node": "lane node",
+    "from": "lane node",
+    "to": "lane node",
+    "edges": "lane node",
+    "entrance": "entrance",
+    "space": "space",
+}
+SPACE_ID_HINT = (
+    "a space has no name: give it an ASCII id such as A-001 and put Chinese in its zone's name:"
+)
+
+
+def space_id_problem(space_id: str) -> str:
+    """'space id '车位-001': ids may use only ASCII letters, ...; a space has no name: ...'."""
+    return f"space id {_shown(space_id)}: {cfg.ID_RULE}; {SPACE_ID_HINT}"
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 64 else value[:61] + "...")
+
+
+def id_problem(loc: tuple[Any, ...], value: object) -> str:
+    """The identifier rule broken at ``loc`` (a path in the file, union branches left out)
+    in words: which id, the rule, and where Chinese goes instead."""
+    shown = _shown(value) if isinstance(value, str) else repr(value)
+    keys = [p for p in loc if isinstance(p, str)]
+    section = keys[0] if keys else ""
+    last = keys[-1] if keys else ""
+    if keys == ["kinds"]:  # the site's kinds: definitions
+        return (
+            f"kind id {shown}: {cfg.ID_RULE}; kinds have no name: use ASCII ids such as"
+            " resident, ev (the vehicle classes' and zones' name: carry the Chinese)"
+        )
+    if last == "id" and len(keys) > 1 and keys[-2] in _ID_OF:
+        what = _ID_OF[keys[-2]]
+        if section in _NAMED:
+            hint = "put Chinese in name:"
+        elif section == "policies":
+            hint = "put Chinese in description:"
+        else:
+            hint = f"a {what} has no name: give it an ASCII id (Chinese goes in the name: fields)"
+        return f"{what} id {shown}: {cfg.ID_RULE}; {hint}"
+    if last == "agent":
+        return f"agent id {shown}: {cfg.ID_RULE}"
+    if last in _REF_TO:
+        what = _REF_TO[last]
+        return f"{what} id {shown}: {cfg.ID_RULE}; use the {what}'s ASCII id here, not its name"
+    return f"id {shown}: {cfg.ID_RULE}"
 
 
 def parse_window(window: str) -> tuple[int, int]:
@@ -298,8 +378,16 @@ def parse_site(text: str, filename: str = "<site>") -> Site:
                 if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float"}))
             )
             msg = err["msg"]
+            ctx = err.get("ctx") or {}
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
+            elif (
+                err["type"] == "string_pattern_mismatch"
+                and ctx.get("pattern") == IDENTIFIER_PATTERN
+            ) or (
+                err["type"] == "string_too_long" and ctx.get("max_length") == 64
+            ):  # an Ident: say the rule in words, not the regex
+                msg = id_problem(clean, err["input"])
             problems.append(f"{filename}:{line or '?'}: {format_loc(clean)}: {msg}")
         raise SiteError(problems) from None
     site = _Compiler(model, lines, filename).compile()
@@ -389,6 +477,25 @@ class _Compiler:
                 self.err(loc if isinstance(refs, str) else (*loc, i), str(exc))
         return out
 
+    def check_space_ids(self, refs: str | list[str], loc: tuple[Any, ...]) -> None:
+        """Every space id of a group, ranges expanded, by the identifier rule: ids name MQTT
+        topics and API paths ('车位-001' cannot be reported, 'X/2' not addressed, 'X+1' is a
+        topic wildcard). One problem per id or range."""
+        items = [refs] if isinstance(refs, str) else refs
+        for i, ref in enumerate(items):
+            try:
+                ids = expand_range(ref)
+            except ValueError:
+                continue  # reported by expand
+            bad = [s for s in ids if not is_identifier(s)]
+            if bad:
+                more = (
+                    f" (likewise the other {len(bad) - 1} ids of {ref!r})" if len(bad) > 1 else ""
+                )
+                self.err(
+                    loc if isinstance(refs, str) else (*loc, i), space_id_problem(bad[0]) + more
+                )
+
     def compile(self) -> Site:
         m = self.m
         level_ids = self.unique(m.levels, "id", "levels")
@@ -448,6 +555,7 @@ class _Compiler:
         zone_level = {z.id: z.level for z in m.zones}
         for gi, g in enumerate(m.spaces):
             ids = [s for s in self.expand(g.ids, ("spaces", gi, "ids")) if s is not None]
+            self.check_space_ids(g.ids, ("spaces", gi, "ids"))
             if g.zone not in zone_ids:
                 self.err(("spaces", gi, "zone"), f"zone {g.zone!r} is not defined")
             for k in g.kinds:
@@ -629,6 +737,15 @@ class _Compiler:
         ]
         for where, source, agent in sources:
             ids = [sid for sid, b in bindings.items() if b.source == source]
+            if not is_identifier(agent):  # a default one: serial-/camera- and a long id
+                self.err(
+                    (*where, "id"),
+                    f"its agent's default id {_shown(agent)} is too long: {cfg.ID_RULE};"
+                    " give the source a shorter id or its agent an id (agent:)",
+                )
+                continue
+            if not all(is_identifier(s) for s in ids):
+                continue  # the space ids are reported where the spaces are defined
             size = largest_snapshot_bytes(agent, source, ids)
             if size > MAX_PAYLOAD_BYTES:
                 self.err(

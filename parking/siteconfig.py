@@ -15,12 +15,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from parking.payloads import Identifier as Ident
 
+ID_RULE = "ids may use only ASCII letters, digits and _ . : - (1-64 characters)"
+"""``Ident`` (``parking.payloads.Identifier``) in words, for errors and the docs: ids name
+MQTT topics and API paths, where '/', '+', '#', blanks or Chinese would break them."""
+
 Point = Annotated[list[float], Field(min_length=2, max_length=2, description="[x, y]")]
 SpaceRef = Annotated[
     str,
     Field(
         min_length=1,
-        description="a space id, or a range 'A-001..A-040' (same prefix, same digit width)",
+        description=(
+            "a space id, or a range 'A-001..A-040' (same prefix, same digit width); every"
+            " space id, those of a range too, follows ID_RULE (checked by parking.site)"
+        ),
     ),
 ]
 Arrow = Literal[
@@ -128,7 +135,13 @@ class Layout(_Model):
 class SpaceGroup(_Model):
     """A row of spaces sharing zone, kinds and access lanes."""
 
-    ids: SpaceRef | list[SpaceRef] = Field(description="space ids or ranges, in row order")
+    ids: SpaceRef | list[SpaceRef] = Field(
+        description=(
+            "space ids or ranges, in row order; each id (ranges expanded) of ASCII letters,"
+            " digits and _ . : - only, 1-64 characters: spaces have no name, their zone's"
+            " `name` carries the Chinese"
+        )
+    )
     zone: Ident = Field(description="the zone these spaces belong to")
     kinds: list[Ident] = Field(min_length=1, description="space kinds (from `kinds`)")
     layout: Layout = Field(description="where the bays are on the level's map")

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from parking import siteconfig as cfg
+from parking.payloads import IDENTIFIER_PATTERN
 
 INTRO = """# Site file reference
 
@@ -27,6 +28,17 @@ are errors. Ranges such as `A-001..A-040` stand for every id between (same
 prefix, same digit width). The example: `examples/site.yaml`.
 
 This page is generated from `parking/siteconfig.py` by `python -m parking.sitedoc`.
+
+## Ids
+
+Every id, and every reference to one, is of ASCII letters, digits and `_ . : -` only,
+1 to 64 characters (`A-001`, `B1`, `bus-1`, `ev`): the ids of the site, levels, zones,
+kinds, vehicle classes, policies, spaces, lane nodes, entrances, buses, cameras, agents
+and displays name MQTT topics and API paths, where `/`, `+`, `#`, blanks or Chinese would
+break them. Space ids are checked once ranges are expanded (`A-001..A-040` is `A-001`,
+`A-002`, ... `A-040`). Chinese goes in a `name` (`zh`) of the site, a level, zone,
+vehicle class, entrance or display, or a sign line's `label`. A space has no name: give
+it an id such as `A-001` and its zone the Chinese name (`A区（业主）`).
 """
 
 CHECKS = """## Cross-checks
@@ -37,7 +49,7 @@ class, lane node or entrance is referenced but not defined; a space is bound to
 two sensors; a detector is bound twice; a node controller has more than 64
 detectors; two nodes on one bus share an address; a bus and a camera share an
 id; an edge joins two levels without a length; a camera polygon leaves the
-frame; a range is malformed.
+frame; a range is malformed; a space id (of a range too) is not an [id](#ids).
 
 ## Editing the file of a running site
 
@@ -62,11 +74,23 @@ and acts on it:
 """
 
 
+def _is_id(metadata: Any) -> bool:
+    """Whether pydantic constraints are those of an id (parking.payloads.Identifier)."""
+    for m in metadata:
+        if getattr(m, "pattern", None) == IDENTIFIER_PATTERN:
+            return True
+        if _is_id(getattr(m, "metadata", ())):  # a FieldInfo of Annotated[str, Field(...)]
+            return True
+    return False
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if tp == cfg.SpaceRef:
+        return "[id](#ids)/range"
     if origin is typing.Annotated:
-        return _type_name(args[0])
+        return "[id](#ids)" if _is_id(args[1:]) else _type_name(args[0])
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in args)
     if origin is list:
@@ -121,7 +145,8 @@ def render() -> str:
             else:
                 default = f"`{f.default}`"
             meaning = (f.description or "").replace("|", "\\|")
-            out.append(f"| `{key}` | {_type_name(f.annotation)} | {default} | {meaning} |")
+            kind = "[id](#ids)" if _is_id(f.metadata) else _type_name(f.annotation)
+            out.append(f"| `{key}` | {kind} | {default} | {meaning} |")
         out.append("")
     out.append(CHECKS)
     return "\n".join(out)

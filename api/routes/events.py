@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
@@ -91,8 +92,14 @@ def events(
 
 
 CSV_COLUMNS = [
-    "id", "time_utc", "ts", "space", "zone", "old", "new", "source", "agent", "seq", "reason"
+    "id", "time_utc", "time_local", "ts", "space", "zone", "old", "new", "source", "agent",
+    "seq", "reason",
 ]  # fmt: skip
+"""``time_local`` is the event's time in the site's time zone (``site.timezone``), with its
+offset: the days a residents' committee reads the export by, as the dashboard's filters."""
+CSV_BOM = "\ufeff"
+"""Written before the header: without it, Excel on a Chinese Windows opens a .csv in the
+ANSI code page (GBK), and a manager's Chinese close reason turns into mojibake."""
 
 
 def _cell(value: object) -> object:
@@ -106,9 +113,11 @@ def csv_lines(ctx: Ctx, flt: EventFilter, limit: int | None) -> Iterator[str]:
     """The export's lines; with ``limit``, a last line says when it cut the export short
     (a file that silently lacks the newest events would be taken as the whole month)."""
     buf = io.StringIO()
+    buf.write(CSV_BOM)
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
     site_zone = site_zones(ctx)
+    local_tz = ZoneInfo(ctx.view.site.timezone)  # validated by the site file's schema
     for n, e in enumerate(
         ctx.journal.iter_events(flt, sys.maxsize if limit is None else limit + 1)
     ):
@@ -119,10 +128,12 @@ def csv_lines(ctx: Ctx, flt: EventFilter, limit: int | None) -> Iterator[str]:
             )  # fmt: skip
             break
         out = event_out(ctx, e, site_zone)
-        when = datetime.fromtimestamp(e.ts, UTC).isoformat(timespec="milliseconds")
+        when = datetime.fromtimestamp(e.ts, UTC)
         writer.writerow(
-            [_cell(v) for v in (out.id, when, f"{out.ts:.3f}", out.space, out.zone, out.old,
-                                out.new, out.source, out.agent, out.seq, out.reason)]
+            [_cell(v) for v in (out.id, when.isoformat(timespec="milliseconds"),
+                                when.astimezone(local_tz).isoformat(timespec="milliseconds"),
+                                f"{out.ts:.3f}", out.space, out.zone, out.old, out.new,
+                                out.source, out.agent, out.seq, out.reason)]
         )  # fmt: skip
         if n % 500 == 0 or buf.tell() > 65536:
             yield buf.getvalue()

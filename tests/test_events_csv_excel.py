@@ -1,0 +1,101 @@
+# ruff: noqa: F811  (pytest fixtures imported from api_support are parameters here)
+"""The events CSV as a residents' committee opens it: in Excel on a Chinese Windows (UTF-8 only
+with a byte order mark; without one it reads the file as GBK) and by the site's days."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from api_support import client, harness, tokens, users  # noqa: F401
+
+import api.journal
+
+REASON = "地锁损坏，等待维修"
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.fixture(scope="module")
+def closed_with_reason(client, tokens, harness):
+    harness.fill()
+    h = tokens["manager"]
+    r = client.post("/api/v1/spaces/D-004/close", json={"reason": REASON}, headers=h)
+    assert r.status_code == 202, r.text
+    assert client.post("/api/v1/spaces/D-004/open", headers=h).status_code == 202
+    return "D-004"
+
+
+def rows_of(body: bytes) -> tuple[list[str], list[dict[str, str]]]:
+    text = body.decode("utf-8-sig")
+    header = next(csv.reader(io.StringIO(text)))
+    return header, list(csv.DictReader(io.StringIO(text)))
+
+
+def test_csv_starts_with_a_bom_and_keeps_a_chinese_reason(client, tokens, closed_with_reason):
+    r = client.get(
+        "/api/v1/events.csv", params={"space": closed_with_reason}, headers=tokens["viewer"]
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "text/csv; charset=utf-8"
+    body = r.content
+    assert body.startswith(BOM)
+    assert body.count(BOM) == 1
+    header, rows = rows_of(body)
+    assert header == [
+        "id", "time_utc", "time_local", "ts", "space", "zone", "old", "new", "source", "agent",
+        "seq", "reason",
+    ]  # fmt: skip
+    assert [(row["new"], row["reason"]) for row in rows[-2:]] == [("closed", REASON), ("free", "")]
+    # what Excel shows for the file: the BOM makes it UTF-8, not the ANSI code page
+    assert REASON in body.decode("utf-8-sig")
+
+
+def test_time_local_is_the_same_instant_in_the_site_time_zone(
+    client, tokens, harness, closed_with_reason
+):
+    assert harness.site.timezone == "Asia/Shanghai"
+    r = client.get("/api/v1/events.csv", headers=tokens["viewer"])
+    _, rows = rows_of(r.content)
+    assert rows
+    shanghai = ZoneInfo("Asia/Shanghai")
+    for row in rows:
+        utc = datetime.fromisoformat(row["time_utc"])
+        local = datetime.fromisoformat(row["time_local"])
+        assert row["time_local"].endswith("+08:00"), row
+        assert local.utcoffset() == timedelta(hours=8)
+        assert local == utc  # one instant, two clocks
+        assert local == utc.astimezone(shanghai)
+        assert abs(local.timestamp() - float(row["ts"])) < 0.002  # ms: truncated vs rounded
+    # an event at 23:30 UTC is on the next day in Shanghai: the export carries that day
+    late = datetime(2025, 6, 1, 23, 30, tzinfo=ZoneInfo("UTC"))
+    assert late.astimezone(shanghai).isoformat().startswith("2025-06-02T07:30")
+
+
+def test_paged_export_has_one_bom_and_the_truncated_trailer(
+    client, tokens, harness, closed_with_reason, monkeypatch
+):
+    """Several journal pages and several streamed chunks: one BOM, rows in order, and the
+    ``# truncated`` line last when a limit cuts the export short."""
+    monkeypatch.setattr(api.journal, "EXPORT_PAGE", 7)
+    for n in range(3):
+        harness.fill({s.id for s in harness.site.spaces[n::3]})
+    whole = client.get("/api/v1/events.csv", headers=tokens["viewer"]).content
+    assert whole.startswith(BOM) and whole.count(BOM) == 1
+    _, rows = rows_of(whole)
+    ids = [int(row["id"]) for row in rows]
+    assert len(ids) > 600 and ids == sorted(ids)  # more than one chunk of 500 rows
+    assert all(row["time_local"].endswith("+08:00") for row in rows)
+    assert REASON in {row["reason"] for row in rows}
+
+    limit = len(ids) - 1
+    cut = client.get(
+        "/api/v1/events.csv", params={"limit": limit}, headers=tokens["viewer"]
+    ).content
+    assert cut.startswith(BOM) and cut.count(BOM) == 1
+    lines = cut.decode("utf-8-sig").splitlines()
+    assert lines[0].startswith("id,time_utc,time_local,ts,")
+    assert len(lines) == 1 + limit + 1
+    assert lines[-1].startswith("# truncated: more than")
