@@ -17,7 +17,9 @@ import logging
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -330,16 +332,39 @@ class AlertRecord:
     note: str | None = None
 
 
+class AlreadyAcknowledged(Exception):
+    """Another user acknowledged the episode first: ``record`` holds who, when and their note
+    (kept: a second acknowledgement never replaces the first)."""
+
+    def __init__(self, record: AlertRecord):
+        super().__init__(record.alert.id)
+        self.record = record
+
+
+def _normal_note(note: str | None) -> str | None:
+    note = note.strip() if note else None
+    return note or None
+
+
 class AlertBook:
-    """Open alert episodes, kept in the ``alerts`` table so a restart keeps acknowledgements."""
+    """Open alert episodes, kept in the ``alerts`` table so a restart keeps acknowledgements.
+
+    The table is the source of truth: several API processes on one journal each derive the
+    alerts from their own view, but an episode's start and its acknowledgement are the
+    table's. Listing (``current``) and every check (``update``) read the open rows' start and
+    acknowledgement back (the open alerts are few), so an acknowledgement made through one
+    process shows in every other within its check interval; ``take_changed`` names the
+    alerts whose row changed that way, for the monitor to push to its pages."""
 
     def __init__(self, db_path: str | None):
         self.db_path = db_path
         self._lock = threading.Lock()
         self._open: dict[str, AlertRecord] = {}
+        self._changed: set[str] = set()  # rows changed by another process, not yet pushed
         self._write_failed_logged = -math.inf
+        self._read_failed_logged = -math.inf
         if db_path:
-            with self._connect() as db:
+            with closing(self._connect()) as db, db:
                 db.execute(ALERTS_SCHEMA)
                 rows = db.execute(
                     "SELECT id, kind, subject, since, acked_by, acked_at, note FROM alerts "
@@ -357,9 +382,48 @@ class AlertBook:
         db.execute("PRAGMA busy_timeout = 5000")
         return db
 
+    def _refresh(self) -> None:
+        """Take the open rows' start and acknowledgement from the table (under ``_lock``).
+        A row another process cleared, or never wrote, leaves this process's episode as it
+        is: its view still says the condition holds."""
+        if not self.db_path or not self._open:
+            return
+        try:
+            with closing(self._connect()) as db:
+                rows = db.execute(
+                    "SELECT id, since, acked_by, acked_at, note FROM alerts WHERE cleared IS NULL"
+                ).fetchall()
+        except sqlite3.Error as exc:
+            # what this process knows still shows; other processes' acknowledgements wait
+            now = time.time()
+            if now - self._read_failed_logged >= 60:
+                self._read_failed_logged = now
+                log.error("alerts database %s refused a read: %s", self.db_path, exc)
+            return
+        for aid, since, by, at, note in rows:
+            rec = self._open.get(aid)
+            if rec is None or (rec.since, rec.acked_by, rec.acked_at, rec.note) == (
+                since,
+                by,
+                at,
+                note,
+            ):
+                continue
+            self._open[aid] = replace(rec, since=since, acked_by=by, acked_at=at, note=note)
+            self._changed.add(aid)
+
     def current(self) -> list[AlertRecord]:
         with self._lock:
+            self._refresh()
             return sorted(self._open.values(), key=lambda r: (r.since, r.alert.id))
+
+    def take_changed(self) -> list[AlertRecord]:
+        """Open alerts whose row another process changed (acknowledged, or a new episode)
+        since last asked."""
+        with self._lock:
+            out = [self._open[aid] for aid in sorted(self._changed) if aid in self._open]
+            self._changed.clear()
+        return out
 
     def update(
         self, alerts: list[Alert], now: float, keep_open: bool = False
@@ -378,46 +442,107 @@ class AlertBook:
                     raised.append(rec)
                 self._open[a.id] = replace(rec, alert=a)
             cleared = [
-                aid
+                (aid, rec.since)
                 for aid, rec in self._open.items()
                 if aid not in seen and not (keep_open and rec.alert.kind in AGENT_KINDS)
             ]
-            for aid in cleared:
+            for aid, _ in cleared:
                 del self._open[aid]
+                self._changed.discard(aid)
         if self.db_path and (raised or cleared):
             try:
-                with self._connect() as db:
+                with closing(self._connect()) as db, db:
+                    # a new episode replaces a cleared row only: a row still open is the
+                    # episode another process raised first (and may have acknowledged)
                     db.executemany(
-                        "INSERT OR REPLACE INTO alerts (id, kind, subject, since, cleared, "
-                        "acked_by, acked_at, note) VALUES (?, ?, ?, ?, NULL, NULL, NULL, NULL)",
+                        "INSERT INTO alerts (id, kind, subject, since, cleared, acked_by, "
+                        "acked_at, note) VALUES (?, ?, ?, ?, NULL, NULL, NULL, NULL) "
+                        "ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, "
+                        "subject = excluded.subject, since = excluded.since, cleared = NULL, "
+                        "acked_by = NULL, acked_at = NULL, note = NULL "
+                        "WHERE alerts.cleared IS NOT NULL",
                         [(r.alert.id, r.alert.kind, r.alert.subject, r.since) for r in raised],
                     )
+                    # the episode this process knew: not one raised again since by another
                     db.executemany(
-                        "UPDATE alerts SET cleared = ? WHERE id = ? AND cleared IS NULL",
-                        [(now, aid) for aid in cleared],
+                        "UPDATE alerts SET cleared = ? WHERE id = ? AND cleared IS NULL "
+                        "AND since = ?",
+                        [(now, aid, since) for aid, since in cleared],
                     )
             except sqlite3.Error as exc:
                 # the alerts still show and are pushed live; only their history is short
                 if now - self._write_failed_logged >= 60:
                     self._write_failed_logged = now
                     log.error("alerts database %s refused a write: %s", self.db_path, exc)
-        return raised, cleared
+        with self._lock:
+            self._refresh()
+            for rec in raised:  # pushed as raised already
+                self._changed.discard(rec.alert.id)
+        return raised, [aid for aid, _ in cleared]
 
     def acknowledge(self, alert_id: str, by: str, note: str | None, now: float) -> AlertRecord:
-        """Acknowledge the open episode of an alert; KeyError when it is not open. Written
-        before it is shown: an acknowledgement the database refused (sqlite3.Error) is not
-        one, and the page must not show it as one."""
+        """Acknowledge the open episode of an alert; KeyError when it is not open. The first
+        acknowledgement holds: when another user acknowledged the episode first (through this
+        process or another on the same journal), AlreadyAcknowledged says who, when and with
+        what note, and nothing changes. The same user acknowledging again keeps the first
+        time; a note given replaces that user's earlier note, none keeps it. Written before it
+        is shown: an acknowledgement the database refused (sqlite3.Error) is not one, and the
+        page must not show it as one."""
+        note = _normal_note(note)
         with self._lock:
             rec = self._open.get(alert_id)
             if rec is None:
                 raise KeyError(alert_id)
-            rec = replace(rec, acked_by=by, acked_at=now, note=note)
-            if self.db_path:
-                with self._connect() as db:
+            if not self.db_path:
+                if rec.acked_by is not None and rec.acked_by != by:
+                    raise AlreadyAcknowledged(rec)
+                if rec.acked_by is None:
+                    rec = replace(rec, acked_by=by, acked_at=now, note=note)
+                elif note is not None:
+                    rec = replace(rec, note=note)
+                self._open[alert_id] = rec
+                return rec
+            db = self._connect()
+            try:
+                db.isolation_level = None  # our own transaction: read and write as one
+                db.execute("BEGIN IMMEDIATE")  # no other process acknowledges in between
+                row = db.execute(
+                    "SELECT since, cleared, acked_by, acked_at, note FROM alerts WHERE id = ?",
+                    (alert_id,),
+                ).fetchone()
+                if row is None or row[1] is not None:
+                    # no open row (its raise was not written, or another process saw it
+                    # clear): this process's episode, as it shows it, with the acknowledgement
+                    rec = replace(rec, acked_by=by, acked_at=now, note=note)
                     db.execute(
                         "INSERT OR REPLACE INTO alerts (id, kind, subject, since, cleared, "
                         "acked_by, acked_at, note) VALUES (?, ?, ?, ?, NULL, ?, ?, ?)",
                         (rec.alert.id, rec.alert.kind, rec.alert.subject, rec.since, by, now, note),
                     )
+                else:
+                    since, _, first_by, first_at, first_note = row
+                    if first_by is not None and first_by != by:
+                        db.execute("ROLLBACK")
+                        rec = replace(
+                            rec, since=since, acked_by=first_by, acked_at=first_at, note=first_note
+                        )
+                        self._open[alert_id] = rec
+                        self._changed.discard(alert_id)  # the route pushes it
+                        raise AlreadyAcknowledged(rec)
+                    at = first_at if first_by is not None else now
+                    kept = first_note if first_by is not None and note is None else note
+                    rec = replace(rec, since=since, acked_by=by, acked_at=at, note=kept)
+                    db.execute(
+                        "UPDATE alerts SET acked_by = ?, acked_at = ?, note = ? WHERE id = ?",
+                        (by, at, kept, alert_id),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            finally:
+                db.close()
             self._open[alert_id] = rec
+            self._changed.discard(alert_id)  # the route pushes it
         return rec

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from api.alerts import AGENT_REJOIN_S, AlertBook, derive_alerts
+from api.alerts import AGENT_REJOIN_S, AlertBook, AlertRecord, derive_alerts
 from api.outbox_status import OutboxStatusReader
 from api.sitecheck import SiteCheck
 from gateway.readside import LiveEvent, LiveView
@@ -27,6 +27,24 @@ log = logging.getLogger(__name__)
 CLIENT_QUEUE = 1000
 PENDING_MAX = 100_000
 PUBLIC_KINDS = frozenset({"zone", "display"})
+
+
+def alert_changed_event(rec: AlertRecord, now: float) -> LiveEvent:
+    """The ``alert`` event for an open alert acknowledged (here, or through another API
+    process on the same journal), or whose row another process started again: every open
+    page reloads its alerts and shows who acknowledged it, when, and their note."""
+    return LiveEvent(
+        "alert",
+        {
+            "id": rec.alert.id,
+            "kind": rec.alert.kind,
+            "acknowledged": rec.acked_by is not None,
+            "acknowledged_by": rec.acked_by,
+            "acknowledged_at": rec.acked_at,
+            "note": rec.note,
+        },
+        now,
+    )
 
 
 class StreamClient:
@@ -154,7 +172,8 @@ class LiveHub:
 class AlertMonitor:
     """Re-derives alerts on agent events and every few seconds, with the site file check
     (``api.sitecheck``) and the InfluxDB writer's status (``api.outbox_status``); publishes
-    raised/cleared ones."""
+    raised/cleared ones, and those whose row another API process on the same journal changed
+    (acknowledged them: ``AlertBook.take_changed``)."""
 
     def __init__(
         self,
@@ -224,6 +243,7 @@ class AlertMonitor:
         while True:
             try:
                 raised, cleared = await asyncio.to_thread(self.check)
+                changed = await asyncio.to_thread(self.book.take_changed)
                 now = time.time()
                 for rec in raised:
                     self.hub.publish(
@@ -235,6 +255,8 @@ class AlertMonitor:
                     )
                 for aid in cleared:
                     self.hub.publish(LiveEvent("alert", {"id": aid, "cleared": True}, now))
+                for rec in changed:
+                    self.hub.publish(alert_changed_event(rec, now))
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -29,7 +29,11 @@ class SpaceControlRequest(_Request):
 
 
 class AcknowledgeRequest(_Request):
-    note: str | None = Field(None, max_length=200)
+    note: str | None = Field(
+        None,
+        max_length=200,
+        description="what is being done about it, for the other managers (e.g. who was sent)",
+    )
 
 
 # --- responses ------------------------------------------------------------
@@ -37,6 +41,14 @@ class AcknowledgeRequest(_Request):
 
 class ErrorOut(BaseModel):
     detail: str = Field(description="what is wrong")
+
+
+class AlreadyAcknowledgedOut(ErrorOut):
+    """409 of an acknowledgement: another manager acknowledged the episode first (kept)."""
+
+    acknowledged_by: str
+    acknowledged_at: float
+    note: str | None
 
 
 class UserOut(BaseModel):

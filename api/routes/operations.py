@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
-from api.alerts import SEVERITY, AlertRecord
+from api.alerts import SEVERITY, AlertRecord, AlreadyAcknowledged
 from api.deps import Ctx, Manager, require_login, require_manager
+from api.live import alert_changed_event
 from api.models import (
     AcknowledgeRequest,
     AlertOut,
+    AlreadyAcknowledgedOut,
     ArrivalSummary,
     ControlOut,
     SpaceControlRequest,
@@ -108,14 +113,45 @@ def alerts(
     return [a for a in alert_rows(ctx) if kind is None or a.kind == kind]
 
 
+def site_time(ctx: Ctx, ts: float) -> str:
+    """A time as the site's wall clock, naming its zone (what the managers read)."""
+    tz = ctx.view.site.timezone
+    try:
+        return f"{datetime.fromtimestamp(ts, ZoneInfo(tz)):%Y-%m-%d %H:%M:%S} ({tz})"
+    except (KeyError, ValueError, OSError):  # not a zone this machine knows
+        return f"{datetime.fromtimestamp(ts).astimezone():%Y-%m-%d %H:%M:%S %z}"
+
+
+def already_acknowledged(ctx: Ctx, alert_id: str, first: AlertRecord) -> JSONResponse:
+    by, at = first.acked_by or "?", first.acked_at or 0.0
+    detail = f"alert {alert_id!r} was already acknowledged by {by} at {site_time(ctx, at)}"
+    if first.note:
+        detail += f", note: {first.note}"
+    body = AlreadyAcknowledgedOut(
+        detail=detail, acknowledged_by=by, acknowledged_at=at, note=first.note
+    )
+    return JSONResponse(body.model_dump(), status_code=status.HTTP_409_CONFLICT)
+
+
 @manager_router.post(
     # :path: node and detector alert ids hold "/" (node_dead:bus-g/5), which the client
     # sends as %2F and the server decodes before routing
     "/alerts/{alert_id:path}/acknowledge",
     openapi_extra=request_body_doc(AcknowledgeRequest),
+    responses={
+        409: {
+            "model": AlreadyAcknowledgedOut,
+            "description": "another manager acknowledged this episode first: who, when and "
+            "their note (kept)",
+        }
+    },
 )
 async def acknowledge(alert_id: str, request: Request, ctx: Ctx, user: Manager) -> AlertOut:
-    """Acknowledge an open alert (manager); it stays listed until the condition clears."""
+    """Acknowledge an open alert (manager), with an optional note; it stays listed until the
+    condition clears. The first acknowledgement of an episode holds: another manager's answers
+    409 naming who acknowledged it, when, and their note; the same manager again answers 200,
+    keeping the first time (a note given replaces theirs). Every open page is told (the
+    `alert` event)."""
     body = await parse_body(request, AcknowledgeRequest)
     try:
         rec = await run_in_threadpool(
@@ -123,7 +159,20 @@ async def acknowledge(alert_id: str, request: Request, ctx: Ctx, user: Manager) 
         )
     except KeyError:
         not_found(f"no open alert {alert_id!r}")
+    except AlreadyAcknowledged as exc:
+        first = exc.record
+        log.info(
+            "alert %s: acknowledgement by %s refused, %s acknowledged it first",
+            alert_id,
+            user.name,
+            first.acked_by,
+        )
+        # this process may only now have read it (acknowledged through another process on
+        # the same journal): its pages learn it at once rather than at the next check
+        ctx.hub.publish(alert_changed_event(first, time.time()))
+        return already_acknowledged(ctx, alert_id, first)  # type: ignore[return-value]
     log.info("alert %s acknowledged by %s", alert_id, user.name)
+    ctx.hub.publish(alert_changed_event(rec, time.time()))  # on the event loop: every page
     return alert_out(rec, ctx.settings.long_occupied_h)
 
 

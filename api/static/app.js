@@ -26,6 +26,23 @@ const T = {
   no_data: ["无数据", "no data"], raw_readings: ["检测器：原始读数和错误计数", "Detectors: raw readings and error counters"],
   detector: ["检测器", "Detector"], raw: ["原始值", "Raw"], battery: ["电量", "Battery"], node_errors: ["节点错误", "Node errors"], unreachable: ["无法连接服务器", "server unreachable"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
   not_live_since: ["非实时：自 {t} 起未更新", "not live since {t}"],
+  // an alert's acknowledgement: who, when, and what they wrote
+  note_ph: ["备注（可选），如：已通知维修工", "note (optional), e.g. technician called"],
+  note: ["备注：", "note: "],
+  ack_taken: ["{by} 已于 {t} 先确认，您的确认未保存", "{by} acknowledged it first, at {t}: yours was not saved"],
+  // the server's answers, by HTTP status; its own words (English) follow in brackets
+  err_400: ["请求有误", "bad request"], err_404: ["找不到", "not found"],
+  err_409: ["与当前状态冲突", "conflicts with the current state"],
+  err_413: ["提交的内容太大", "the request is too large"], err_422: ["输入有误", "invalid input"],
+  err_500: ["服务器出错", "server error"], err_503: ["服务繁忙，请稍后再试", "the service is busy, try again shortly"],
+  // roles, space kinds and statuses as the site and agents name them (ids): shown translated
+  role_viewer: ["查看员", "viewer"], role_manager: ["管理员", "manager"], role_technician: ["技术员", "technician"],
+  kind_resident: ["住户", "resident"], kind_visitor: ["访客", "visitor"], kind_ev: ["新能源充电", "EV charging"],
+  kind_accessible: ["无障碍", "accessible"], kind_shared: ["共享", "shared"],
+  st_ok: ["正常", "ok"], st_degraded: ["部分故障", "degraded"], st_blind: ["无法检测", "blind"],
+  st_offline: ["离线", "offline"], st_unknown: ["未知", "unknown"], st_stuck: ["卡住", "stuck"],
+  st_flapping: ["抖动", "flapping"], st_dead: ["无应答", "dead"], st_fault: ["故障", "fault"],
+  st_slow: ["响应慢", "slow"], st_error: ["出错", "error"],
 };
 const STATES = ["free", "occupied", "unknown", "closed"];
 const ARROWS = { left: "←", right: "→", up: "↑", down: "↓", "up-left": "↖", "up-right": "↗",
@@ -33,7 +50,7 @@ const ARROWS = { left: "←", right: "→", up: "↑", down: "↓", "up-left": "
 const ZONE_COLOURS = ["#1b5fb8", "#d64541", "#1f9d55", "#b5651d", "#7b3fb8", "#0f8a8a", "#555"];
 
 const S = { lang: localStorage.getItem("lang") || (navigator.language.startsWith("zh") ? "zh" : "en"),
-  me: null, publicRead: true, site: null, zones: [], displays: [], spaces: new Map(), selected: null,
+  me: null, publicRead: true, site: null, alertMsgs: new Map(), zones: [], displays: [], spaces: new Map(), selected: null,
   range: 86400, eventsBefore: null, es: null, timers: {}, tz: undefined,
   downSince: null, stale: false }; // stream lost at (UNIX s); stale: what is shown is no longer live
 // A reconnect normally takes about a second (retry: 1000); down longer than this, the page stops
@@ -43,6 +60,17 @@ const STALE_AFTER_MS = 5000;
 const $ = (sel) => document.querySelector(sel);
 const t = (key) => (T[key] ? T[key][S.lang === "zh" ? 0 : 1] : key);
 const L = (obj) => (obj ? obj[S.lang] || obj.en : "");
+// an id the site or an agent gives (a kind, a role, a status) in the page's language; an id
+// the table does not know is shown as it is
+const tr = (prefix, id) => (T[prefix + id] ? t(prefix + id) : id);
+const paren = (x) => (S.lang === "zh" ? `（${x}）` : ` (${x})`);
+const zoneName = (id) => {
+  const z = S.site && S.site.zones.find((x) => x.id === id);
+  return z ? L(z.name) : id;
+};
+// an event's or a space's source: a bus or camera id, or "manager" for a manager's action
+const sourceText = (source, agent) =>
+  source === "manager" ? `${t("role_manager")} ${agent || ""}`.trim() : [source, agent].filter(Boolean).join(" / ");
 const el = (tag, attrs = {}, ...kids) => {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -93,14 +121,19 @@ async function api(path, opts = {}) {
   return { ok: r.ok, status: r.status, body, date: r.headers.get("Date") };
 }
 
+// What went wrong, in the page's language: a sentence for the HTTP status, then the server's
+// own detail (English, naming what it refused) in brackets.
+const STATUS_TEXT = { 400: "err_400", 404: "err_404", 409: "err_409", 413: "err_413", 422: "err_422", 503: "err_503" };
 function errorText(res) {
   if (res.status === 401) return t("need_login");
   if (res.status === 403) return t("need_manager");
   if (res.status === 429) return t("too_many");
   if (res.status === 0) return t("unreachable");
   const d = res.body && res.body.detail;
-  if (Array.isArray(d)) return d.map((e) => e.msg).join("; ");
-  return d || `${t("failed")} (${res.status})`;
+  const detail = Array.isArray(d) ? d.map((e) => (e && e.msg) || "").filter(Boolean).join("; ") : typeof d === "string" ? d : "";
+  const key = STATUS_TEXT[res.status] || (res.status >= 500 ? "err_500" : null);
+  const head = key ? t(key) : `${t("failed")} (${res.status})`;
+  return detail ? head + paren(detail) : head;
 }
 
 // ---- language ------------------------------------------------------------------------------
@@ -110,8 +143,9 @@ function applyLang() {
   for (const e of document.querySelectorAll("[data-i18n]")) e.textContent = t(e.dataset.i18n);
   for (const e of document.querySelectorAll("[data-i18n-placeholder]")) e.placeholder = t(e.dataset.i18nPlaceholder);
   if (S.siteName) $("#site-name").textContent = L(S.siteName);
-  renderZones(); renderSigns(); renderLevelTitles(); renderLive(S.es && S.es.readyState === 1); renderStale();
-  if (S.me) { loadAlerts(); loadAgents(); loadHistory(); loadEvents(true); }
+  renderZones(); renderSigns(); renderLevelTitles(); renderLive(S.es && S.es.readyState === 1); renderStale(); renderWho();
+  if (S.me) { loadAlerts(); loadAgents(); loadDetectors(); loadHistory(); loadEvents(true); }
+  if (S.selected && !$("#space-panel").hidden) showSpace(S.selected);
 }
 
 // ---- session -------------------------------------------------------------------------------
@@ -133,8 +167,12 @@ async function loadSession() {
   }
   $("#login-box").hidden = !!S.me;
   $("#who").hidden = !S.me;
-  if (S.me) $("#who-name").textContent = `${S.me.name} (${S.me.role})`;
+  renderWho();
   for (const e of document.querySelectorAll(".private")) e.hidden = !S.me;
+}
+
+function renderWho() {
+  if (S.me) $("#who-name").textContent = S.me.name + paren(tr("role_", S.me.role));
 }
 
 async function login(ev) {
@@ -155,6 +193,7 @@ async function login(ev) {
 
 function clearPrivate() {
   S.site = null; S.selected = null; S.spaces.clear(); S.eventsBefore = null; S.eventsPaged = false;
+  S.alertMsgs.clear();
   $("#map").replaceChildren();
   delete $("#map").dataset.loaded;
   $("#space-panel").hidden = true;
@@ -307,7 +346,8 @@ function drawMap() {
       if (!mine.length) continue;
       const xs = mine.flatMap((s) => s.polygon.map((p) => p[0])), ys = mine.flatMap((s) => s.polygon.map((p) => p[1]));
       const lab = svg("text", { class: "label", x: X(Math.min(...xs)), y: (Y(Math.max(...ys)) - 1).toFixed(2) });
-      lab.textContent = z.id;
+      lab.setAttribute("data-zone-label", z.id);
+      lab.textContent = L(z.name); // the site's name for it, in the page's language
       root.append(lab);
     }
     root.addEventListener("click", (ev) => {
@@ -325,6 +365,7 @@ function renderLevelTitles() {
     const h = document.querySelector(`[data-level-title="${lv.id}"]`);
     if (h) h.textContent = L(lv.name);
   }
+  for (const lab of document.querySelectorAll("[data-zone-label]")) lab.textContent = zoneName(lab.dataset.zoneLabel);
 }
 
 function paintSpace(id) {
@@ -358,8 +399,10 @@ function showSpace(id) {
   const chip = $("#sp-state");
   chip.className = `chip ${s.state}`;
   chip.textContent = t(s.state);
-  $("#sp-info").textContent = [s.zone && `${t("zone")}: ${s.zone}`, s.kinds && s.kinds.join(", "),
-    `${t("since")} ${fmtTime(s.since)}`, s.source && `${t("source")}: ${s.source}`, s.held && t("held")]
+  const colon = S.lang === "zh" ? "：" : ": ";
+  $("#sp-info").textContent = [s.zone && `${t("zone")}${colon}${zoneName(s.zone)}`,
+    s.kinds && s.kinds.map((k) => tr("kind_", k)).join(S.lang === "zh" ? "、" : ", "),
+    `${t("since")} ${fmtTime(s.since)}`, s.source && `${t("source")}${colon}${sourceText(s.source)}`, s.held && t("held")]
     .filter(Boolean).join(" · ");
   showClosure(id, s);
 }
@@ -368,7 +411,7 @@ function showSpace(id) {
 // reason of a close repeated with a new reason is the newest)
 async function showClosure(id, s) {
   const p = $("#sp-closure");
-  const key = s.state === "closed" && S.me ? `${id}@${s.since}` : "";
+  const key = s.state === "closed" && S.me ? `${id}@${s.since}@${S.lang}` : "";
   if (p.dataset.key === key) return;
   p.dataset.key = key;
   p.textContent = "";
@@ -392,25 +435,60 @@ async function controlSpace(action) {
 }
 
 // ---- alerts and health ---------------------------------------------------------------------
+// An alert's list item: what, since when, and who acknowledged it, when and their note; for
+// a manager, until then, a note field and the button.
+function alertItem(a) {
+  const li = el("li", { class: `${a.severity}${a.acknowledged_by ? " acked" : ""}`, "data-alert": a.id },
+    el("span", { text: L(a.message) }), el("span", { class: "when", text: `${t("since")} ${fmtTime(a.since)}` }));
+  if (a.acknowledged_by) {
+    li.append(el("span", { class: "ack-by", text: `${t("acked_by")}${a.acknowledged_by} · ${fmtTime(a.acknowledged_at)}` }));
+    if (a.note) li.append(el("span", { class: "ack-note-text", text: t("note") + a.note }));
+  } else if (S.me && S.me.can_change) {
+    const note = el("input", { class: "ack-note", maxlength: "200", placeholder: t("note_ph"), "aria-label": t("note_ph") });
+    const b = el("button", { type: "button", class: "ack", text: t("ack") });
+    const send = async () => {
+      b.disabled = true;
+      const text = note.value.trim();
+      const res = await api(`/api/v1/alerts/${encodeURIComponent(a.id)}/acknowledge`, { method: "POST",
+        body: JSON.stringify(text ? { note: text } : {}) });
+      b.disabled = false;
+      if (res.ok) S.alertMsgs.delete(a.id);
+      else if (res.status === 409 && res.body && res.body.acknowledged_by) // another manager was first
+        S.alertMsgs.set(a.id, t("ack_taken").replace("{by}", res.body.acknowledged_by).replace("{t}", fmtTime(res.body.acknowledged_at)));
+      else S.alertMsgs.set(a.id, errorText(res));
+      if (S.alertMsgs.has(a.id)) // said for a minute, not for as long as the alert lasts
+        later(`alert-msg ${a.id}`, () => { if (S.alertMsgs.delete(a.id)) loadAlerts(); }, 60000);
+      loadAlerts(); // shown as the server has it: acknowledged by whom, when, with what note
+    };
+    b.onclick = send;
+    note.addEventListener("keydown", (ev) => { if (ev.key === "Enter") send(); });
+    li.append(note, b);
+  }
+  const msg = S.alertMsgs.get(a.id);
+  if (msg) li.append(el("span", { class: "msg error", role: "status", text: msg }));
+  return li;
+}
+
 async function loadAlerts() {
+  const asked = (S.alertsAsked = (S.alertsAsked || 0) + 1);
   const r = await api("/api/v1/alerts");
+  if (asked !== S.alertsAsked) return true; // a newer answer is on its way
   if (!r.ok) return false;
   const ul = $("#alerts");
+  const ids = new Set(r.body.map((a) => a.id));
+  for (const id of [...S.alertMsgs.keys()]) if (!ids.has(id)) S.alertMsgs.delete(id);
   if (!r.body.length) return ul.replaceChildren(el("li", { class: "none", text: t("no_alerts") }));
-  ul.replaceChildren(...r.body.map((a) => {
-    const li = el("li", { class: `${a.severity}${a.acknowledged_by ? " acked" : ""}`, "data-alert": a.id },
-      el("span", { text: L(a.message) }), el("span", { class: "when", text: `${t("since")} ${fmtTime(a.since)}` }));
-    if (a.acknowledged_by) li.append(el("span", { class: "when", text: t("acked_by") + a.acknowledged_by }));
-    else if (S.me && S.me.can_change) {
-      const b = el("button", { type: "button", text: t("ack") });
-      b.onclick = async () => {
-        const res = await api(`/api/v1/alerts/${encodeURIComponent(a.id)}/acknowledge`, { method: "POST", body: "{}" });
-        if (res.ok) loadAlerts(); else b.textContent = errorText(res);
-      };
-      li.append(b);
-    }
+  // an item shown as it was is kept, so a note being typed survives the reloads every alert
+  // and agent event brings; one that changed (acknowledged elsewhere) is drawn again
+  const shown = new Map([...ul.children].map((li) => [li.dataset.sig, li]));
+  const items = r.body.map((a) => {
+    const sig = JSON.stringify([a, S.lang, S.tz, !!(S.me && S.me.can_change), S.alertMsgs.get(a.id) || ""]);
+    const li = shown.get(sig) || alertItem(a);
+    li.dataset.sig = sig;
     return li;
-  }));
+  });
+  items.forEach((li, i) => { if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null); });
+  while (ul.children.length > items.length) ul.lastElementChild.remove();
 }
 
 async function loadAgents() {
@@ -421,7 +499,7 @@ async function loadAgents() {
     return el("tr", {},
       el("td", { text: a.agent }),
       el("td", { class: a.online && (!a.status || a.status === "ok") ? "good" : "bad",
-        text: a.online ? (a.status ? `${t("online")} · ${a.status}` : t("online")) : t("offline") }),
+        text: a.online ? (a.status ? `${t("online")} · ${tr("st_", a.status)}` : t("online")) : t("offline") }),
       el("td", { class: bad ? "bad" : "", text: a.nodes.length ? `${a.nodes.length - bad}/${a.nodes.length}` : "—" }),
       el("td", { text: fmtTime(a.last_seen) }));
   }));
@@ -437,7 +515,7 @@ async function loadDetectors() {
   const rows = [...r.body].sort((a, b) => bad(a) - bad(b));
   $("#detectors tbody").replaceChildren(...rows.map((d) => el("tr", {},
     el("td", { text: `${d.source}/${d.node}/${d.index}` }), el("td", { text: d.space || "—" }),
-    el("td", { class: d.status === "ok" ? "good" : "bad", text: d.status }),
+    el("td", { class: d.status === "ok" ? "good" : "bad", text: tr("st_", d.status) }),
     el("td", { text: d.raw == null ? "—" : String(d.raw) }),
     el("td", { text: d.battery == null ? "—" : `${d.battery}%` }),
     el("td", { text: Object.entries(d.node_errors).map(([k, v]) => `${k} ${v}`).join(", ") || "—" }))));
@@ -516,7 +594,7 @@ async function loadEvents(fresh) {
   const rows = r.body.items.map((e) => el("tr", {},
     el("td", { text: fmtTime(e.ts) }), el("td", { text: e.space }),
     el("td", { text: `${t(e.old || "unknown")} → ${t(e.new)}` }),
-    el("td", { text: [e.source, e.agent].filter(Boolean).join(" / ") })));
+    el("td", { text: sourceText(e.source, e.agent) })));
   const body = $("#events tbody");
   if (fresh) body.replaceChildren(...rows); else body.append(...rows);
   S.eventsBefore = r.body.next_before;
