@@ -1,19 +1,22 @@
 """Fan-out of the gateway's live events to dashboard streams, and the alert monitor.
 
 The ``LiveView`` calls back from any thread; the hub moves each event onto
-the event loop and into one bounded queue per connected client. A client
-that cannot keep up is dropped (its page reconnects and reloads), so one slow
-phone never holds up the others or grows memory without bound.
+the event loop and into one bounded queue per connected client, where a newer
+state of a space, zone, sign or agent replaces the one not yet sent. A client
+that cannot keep up (more than ``CLIENT_QUEUE`` distinct events waiting) is
+dropped (its page reconnects and reloads), so one slow phone never holds up
+the others or grows memory without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -24,9 +27,10 @@ from gateway.readside import LiveEvent, LiveView
 
 log = logging.getLogger(__name__)
 
-CLIENT_QUEUE = 1000
+CLIENT_QUEUE = 1000  # distinct events a stream may have waiting (see StreamClient)
 PENDING_MAX = 100_000
 PUBLIC_KINDS = frozenset({"zone", "display"})
+COALESCED = {"space": "space", "zone": "zone", "display": "display", "agent": "agent"}
 
 
 def alert_changed_event(rec: AlertRecord, now: float) -> LiveEvent:
@@ -47,29 +51,68 @@ def alert_changed_event(rec: AlertRecord, now: float) -> LiveEvent:
     )
 
 
+def coalesce_key(event: LiveEvent) -> tuple[str, str] | None:
+    """What a later event of the same state replaces in a client's queue: a space, zone or
+    sign's latest state is all a page needs (an agent's availability and its health apart);
+    None for events each of which must be sent (alerts, assignments, the gateway's)."""
+    field = COALESCED.get(event.kind)
+    ident = event.data.get(field) if field is not None else None
+    if not isinstance(ident, str):
+        return None
+    if event.kind == "agent":
+        return ("agent/health" if "health" in event.data else "agent", ident)
+    return (event.kind, ident)
+
+
 class StreamClient:
+    """One stream's pending events, in the order they first came. A space, zone, display or
+    agent event replaces the one of the same id not yet sent (a burst takes one place per
+    id), others are each kept. Beyond ``CLIENT_QUEUE`` distinct pending events the client
+    is behind: its stream ends (the page reconnects and reloads) and its events are let go,
+    so memory stays bounded however fast events come."""
+
     def __init__(self, kinds: frozenset[str] | None):
         self.kinds = kinds  # None: every kind
         self.public = False  # opened without a login
-        self.queue: asyncio.Queue[LiveEvent | None] = asyncio.Queue(CLIENT_QUEUE)
-        self.overflowed = False
+        self.overflowed = False  # ended: too far behind, or shutting down
+        self._pending: OrderedDict[object, LiveEvent] = OrderedDict()
+        self._serial = itertools.count()  # a key of its own for each event not coalesced
+        self._wake = asyncio.Event()
+
+    def pending(self) -> int:
+        """How many distinct events wait to be sent."""
+        return len(self._pending)
 
     def offer(self, event: LiveEvent) -> None:
         if self.overflowed or (self.kinds is not None and event.kind not in self.kinds):
             return
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            # too slow: end its stream, the page reconnects and reloads everything
+        key: object = coalesce_key(event)
+        if key is None:
+            key = next(self._serial)
+        elif key in self._pending:  # replaced where it stands: the order of first appearance
+            self._pending[key] = event
+            return
+        if len(self._pending) >= CLIENT_QUEUE:
+            # too far behind: end its stream, the page reconnects and reloads everything
             self.end()
+            return
+        self._pending[key] = event
+        self._wake.set()
+
+    async def get(self) -> LiveEvent | None:
+        """The next event to send; None once the stream has ended (it must close)."""
+        while not self._pending and not self.overflowed:
+            self._wake.clear()
+            await self._wake.wait()
+        if self.overflowed:
+            return None
+        return self._pending.popitem(last=False)[1]
 
     def end(self) -> None:
-        """End this stream (a None in its queue); the page reconnects and reloads."""
+        """End this stream (:meth:`get` answers None); the page reconnects and reloads."""
         self.overflowed = True
-        with contextlib.suppress(asyncio.QueueEmpty):
-            self.queue.get_nowait()
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(None)
+        self._pending.clear()
+        self._wake.set()
 
 
 class LiveHub:

@@ -115,7 +115,7 @@ async def _events(request: Request, ctx: Ctx, client: StreamClient, user: User |
                 beat_at = now + HEARTBEAT_S
             try:
                 event = await asyncio.wait_for(
-                    client.queue.get(), max(0.01, min(beat_at, check_at) - now)
+                    client.get(), max(0.01, min(beat_at, check_at) - now)
                 )
             except TimeoutError:
                 continue

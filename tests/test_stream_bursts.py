@@ -1,0 +1,220 @@
+# ruff: noqa: F811  (pytest fixtures imported from api_support are parameters here)
+"""A burst of live events larger than a stream's queue: the stand-alone view emits a whole
+0.25 s journal tail in one step, so thousands of space changes reach every stream at once.
+A page reading as fast as it can must keep its stream (a space's newer state replaces the
+one not yet sent), a page that never reads must still be dropped, and alerts are each sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import pytest
+from api_support import PASSWORD, ServerThread, harness, settings, users  # noqa: F401
+from conftest import free_port
+
+from api.app import create_app
+from api.live import CLIENT_QUEUE, LiveHub
+from gateway.readside import LiveEvent
+
+BURST = 5000
+SPACES = 300
+
+
+class Stream:
+    """Reads an SSE stream as fast as it can, in a thread; keeps every message and whether
+    the server ended the stream."""
+
+    def __init__(self, url: str, headers: dict[str, str]):
+        self.messages: list[tuple[str, dict]] = []
+        self.ended = False
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._hello = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(url, headers), daemon=True)
+        self.thread.start()
+        assert self._hello.wait(10), "the stream did not open"
+
+    def _run(self, url: str, headers: dict[str, str]) -> None:
+        try:
+            with (
+                httpx.Client(timeout=httpx.Timeout(5.0, read=60.0)) as c,
+                c.stream("GET", url, headers=headers) as r,
+            ):
+                assert r.status_code == 200
+                kind = None
+                for line in r.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: ") and kind:
+                        if kind == "hello":
+                            self._hello.set()
+                        with self._cond:
+                            self.messages.append((kind, json.loads(line[6:])))
+                            self._cond.notify_all()
+        except httpx.HTTPError:
+            if self._stop.is_set():
+                return
+        with self._cond:
+            self.ended = True  # the server closed it: the page would reconnect and reload
+            self._cond.notify_all()
+
+    def wait(self, pred, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not pred(self.messages):
+                left = deadline - time.monotonic()
+                if left <= 0 or self.ended:
+                    return
+                self._cond.wait(min(left, 0.5))
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+@pytest.fixture(scope="module")
+def server(harness, users):
+    harness.fill()
+    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
+    with ServerThread(app, free_port()) as srv:
+        yield srv, app.state.ctx.hub
+
+
+def _login(url: str) -> dict[str, str]:
+    r = httpx.post(f"{url}/api/v1/auth/login", json={"name": "viewer", "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+def _on_loop(hub: LiveHub, fn) -> None:
+    """Run ``fn`` in one step on the app's event loop (nothing is sent to a stream meanwhile)."""
+    assert hub.loop is not None
+    done = threading.Event()
+
+    def step() -> None:
+        try:
+            fn()
+        finally:
+            done.set()
+
+    hub.loop.call_soon_threadsafe(step)
+    assert done.wait(10)
+
+
+def _burst(harness) -> tuple[list[LiveEvent], dict[str, str]]:
+    """5,000 space events over 300 spaces, and each space's state after the last of them."""
+    spaces = sorted(harness.site.space_index)[:SPACES]
+    events, latest = [], {}
+    now = time.time()
+    for i in range(BURST):
+        space = spaces[i % SPACES]
+        state = ("free", "occupied", "closed")[(i * 7 + i // SPACES) % 3]
+        events.append(LiveEvent("space", {"space": space, "state": state}, now + i * 1e-4))
+        latest[space] = state
+    return events, latest
+
+
+def _alert(n: int) -> LiveEvent:
+    return LiveEvent("alert", {"id": "agent_offline:bus-g", "kind": "agent_offline", "n": n}, 0)
+
+
+def _emit_through_view(harness, events: list[LiveEvent]) -> None:
+    """As the live view emits a tail: every subscriber (the hub) hears each event."""
+    for e in events:
+        harness.gateway._emit(e.kind, e.data, e.ts)
+
+
+def test_a_reading_stream_keeps_up_with_a_burst_and_ends_with_the_latest_states(server, harness):
+    srv, hub = server
+    stream = Stream(f"{srv.url}/api/v1/stream", _login(srv.url))
+    try:
+        events, latest = _burst(harness)
+        _on_loop(hub, lambda: _emit_through_view(harness, events))
+        _on_loop(hub, lambda: hub.publish(LiveEvent("alert", {"id": "marker"}, 0)))
+
+        def shown(messages) -> dict[str, str]:
+            out = {}
+            for kind, msg in messages:
+                if kind == "space":
+                    out[msg["data"]["space"]] = msg["data"]["state"]
+            return out
+
+        stream.wait(lambda m: any(k == "alert" and d["data"]["id"] == "marker" for k, d in m), 30)
+        assert not stream.ended, "a stream reading as fast as it can was dropped by a burst"
+        assert [k for k, _ in stream.messages].count("hello") == 1
+        assert shown(stream.messages) == latest
+        # a burst takes one place per space: at most one message each (plus any the loop
+        # sent before the whole burst was in)
+        spaces = [m["data"]["space"] for k, m in stream.messages if k == "space"]
+        assert len(spaces) < 2 * SPACES
+    finally:
+        stream.close()
+
+
+def test_alerts_in_a_burst_are_each_sent_in_order(server, harness):
+    srv, hub = server
+    stream = Stream(f"{srv.url}/api/v1/stream", _login(srv.url))
+    try:
+        events, latest = _burst(harness)
+
+        def burst() -> None:
+            for i, chunk in enumerate(range(0, BURST, 250)):
+                hub.publish(_alert(i))
+                for e in events[chunk : chunk + 250]:
+                    hub.publish(e)
+            hub.publish(_alert(BURST // 250))
+
+        _on_loop(hub, burst)
+        want = list(range(BURST // 250 + 1))
+
+        def alerts(messages) -> list[int]:
+            return [d["data"]["n"] for k, d in messages if k == "alert" and "n" in d["data"]]
+
+        stream.wait(lambda m: alerts(m) == want, 30)
+        assert not stream.ended, "a stream reading as fast as it can was dropped by a burst"
+        assert alerts(stream.messages) == want
+    finally:
+        stream.close()
+
+
+def test_a_stream_that_never_reads_is_bounded_and_dropped(server, harness):
+    srv, hub = server
+    loop = hub.loop
+    assert loop is not None
+    events, _ = _burst(harness)
+
+    async def scenario() -> tuple[int, int, bool, LiveEvent | None, list[LiveEvent | None]]:
+        stuck = hub.connect(None)
+        first = hub.connect(None)
+        assert stuck is not None and first is not None
+        try:
+            # space A, an alert, space A again: the newer A is sent where the first stood
+            hub.publish(LiveEvent("space", {"space": "A-001", "state": "free"}, 1))
+            hub.publish(_alert(0))
+            hub.publish(LiveEvent("space", {"space": "A-001", "state": "occupied"}, 2))
+            order = [await first.get(), await first.get()]
+            for e in events:
+                hub.publish(e)
+            after_spaces = stuck.pending()  # one place per space, however many changes
+            for n in range(CLIENT_QUEUE):  # each alert is kept: more than it may hold
+                hub.publish(_alert(n))
+            return after_spaces, stuck.pending(), stuck.overflowed, await stuck.get(), order
+        finally:
+            hub.disconnect(stuck)
+            hub.disconnect(first)
+
+    after_spaces, at_end, dropped, got, order = asyncio.run_coroutine_threadsafe(
+        scenario(), loop
+    ).result(10)
+    # one for each space (A-001's still where it first stood), and the alert
+    assert after_spaces == len({e.data["space"] for e in events} | {"A-001"}) + 1
+    assert dropped and at_end == 0 and got is None  # ended, and its events let go
+    assert [(e.kind, e.data.get("state")) for e in order if e is not None] == [
+        ("space", "occupied"),
+        ("alert", None),
+    ]
