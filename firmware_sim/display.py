@@ -13,12 +13,17 @@ more than ``FUTURE_TOLERANCE_S`` ahead of this clock, or past its ``expires`` by
 than that (an old retained message at connect); content expiring no later than its
 ``ts`` is refused too, and a clock that differs from the content's ``ts`` by more than
 its validity is reported (check its NTP). ``--once`` prints the signs as plain text
-and exits, ``--plain`` prints a sign as plain text whenever it changes.
+and exits, ``--plain`` prints a sign as plain text whenever it changes. ``--display``
+(an id or a glob, repeatable) shows only those signs; in the terminal, signs that do not
+fit are not shown, and a line says how many are. The terminal is redrawn only when what
+it shows changes: content, a sign's validity running out, the terminal's size.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import io
 import logging
 import sys
 import threading
@@ -61,6 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     mode.add_argument(
         "--plain", action="store_true", help="plain text: print a sign whenever it changes"
+    )
+    parser.add_argument(
+        "--display",
+        action="append",
+        dest="displays",
+        metavar="ID",
+        help="show only this sign: its id, or a glob such as 'gate-*' (repeatable; "
+        "default every sign of the site)",
     )
     parser.add_argument(
         "--wait",
@@ -132,20 +145,39 @@ class _Held:
     valid_until: float  # arrival + min(expires - ts, the site's expires_s), monotonic
 
 
+def choose_displays(site: Site, patterns: list[str] | None) -> tuple[str, ...]:
+    """The ids of the site's signs that ``--display`` chose (each an id or a glob), in the
+    site's order; every sign when none is given. ValueError names a pattern matching none."""
+    ids = tuple(d.id for d in site.displays)
+    if not patterns:
+        return ids
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = {d for d in ids if d == pattern or fnmatch.fnmatchcase(d, pattern)}
+        if not hits:
+            known = ", ".join(ids[:20]) + (f", ... ({len(ids)} in all)" if len(ids) > 20 else "")
+            raise ValueError(
+                f"{pattern!r} matches no sign of site {site.id!r} (its signs: {known})"
+            )
+        chosen |= hits
+    return tuple(d for d in ids if d in chosen)
+
+
 class SignBoard:
     """The latest content per sign, fed from MQTT (thread-safe).
 
     ``wall`` and ``mono`` are the clocks (``time.time`` and ``time.monotonic``; tests
-    pass their own)."""
+    pass their own); ``ids`` the signs it holds and shows (default every sign of the site)."""
 
     def __init__(
         self,
         site: Site,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        ids: tuple[str, ...] | None = None,
     ):
         self.site = site
-        self.ids = tuple(d.id for d in site.displays)
+        self.ids = tuple(d.id for d in site.displays) if ids is None else tuple(ids)
         self.expires_s = site.display_settings.expires_s
         self._wall, self._mono = wall, mono
         self._content: dict[str, _Held] = {}
@@ -274,44 +306,129 @@ class SignBoard:
             out.append(sign_view(self.site, d, content))
         return out
 
+    def next_expiry(self) -> float | None:
+        """When (monotonic) the next sign showing content goes blank; None if none shows."""
+        now = self._mono()
+        with self._lock:
+            until = [h.valid_until for h in self._content.values() if h.valid_until > now]
+        return min(until, default=None)
+
     def complete(self) -> bool:
         with self._lock:
             return all(d in self._content for d in self.ids)
 
 
-def _rich_board(views: list[SignView]):
-    from rich.columns import Columns
+def _panel(v: SignView):
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
 
-    panels = []
-    for v in views:
-        table = Table.grid(padding=(0, 2))
-        table.add_column()
-        table.add_column(justify="center")
-        table.add_column(justify="right")
-        for ln in v.lines:
-            if v.blank:
-                style = "dim"
-            elif ln.text == BLANK:
-                style = "yellow"
-            elif "FULL" in ln.text:
-                style = "bold red"
-            else:
-                style = "bold green"
-            table.add_row(Text(ln.label), Text(ln.arrow, style="bold"), Text(ln.text, style=style))
-        subtitle = "blank: no current content" if v.blank else None
-        panels.append(
-            Panel(
-                table,
-                title=f"{v.title}",
-                subtitle=subtitle,
-                border_style="dim" if v.blank else "cyan",
-                expand=False,
-            )
+    table = Table.grid(padding=(0, 2))
+    table.add_column()
+    table.add_column(justify="center")
+    table.add_column(justify="right")
+    for ln in v.lines:
+        if v.blank:
+            style = "dim"
+        elif ln.text == BLANK:
+            style = "yellow"
+        elif "FULL" in ln.text:
+            style = "bold red"
+        else:
+            style = "bold green"
+        table.add_row(Text(ln.label), Text(ln.arrow, style="bold"), Text(ln.text, style=style))
+    subtitle = "blank: no current content" if v.blank else None
+    return Panel(
+        table,
+        title=f"{v.title}",
+        subtitle=subtitle,
+        border_style="dim" if v.blank else "cyan",
+        expand=False,
+    )
+
+
+def rich_board(views: list[SignView], width: int, height: int):
+    """The signs as rich panels in a grid for a terminal of ``width`` x ``height``: as many
+    as fit in ``height - 1`` lines (the last line is the cursor's), in order, and when not
+    all fit, one line that says how many are shown, instead of a silent ``...``.
+
+    The grid's columns are as wide as its widest panel, so what fits is known from each
+    panel's measured width and its height (its lines and two borders) without rendering
+    the signs that are not shown (rendering 200 panels takes a second)."""
+    from rich.console import Console, Group
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    panels = [_panel(v) for v in views]
+    heights = [len(v.lines) + 2 for v in views]
+    console = Console(
+        width=width, height=height, file=io.StringIO(), color_system=None, legacy_windows=False
+    )
+    widths: list[int] = []
+
+    def columns(n: int) -> int:
+        return max(1, (width + 1) // (max(widths[:n]) + 1))
+
+    def rows(n: int) -> int:
+        cols = columns(n)
+        return sum(max(heights[i : i + cols]) for i in range(0, n, cols))
+
+    budget = max(height - 1, 1)
+    shown = 0
+    for panel in panels:
+        widths.append(min(Measurement.get(console, console.options, panel).maximum, width))
+        if rows(shown + 1) > budget:
+            break
+        shown += 1
+    notice = None
+    if shown < len(panels):
+        while shown and rows(shown) > budget - 1:  # the notice takes a line
+            shown -= 1
+        notice = Text(
+            f"showing {shown} of {len(panels)} signs; use --display to choose, or --plain",
+            style="bold yellow",
+            no_wrap=True,
+            overflow="ellipsis",
         )
-    return Columns(panels)
+    grid = Table.grid(padding=(0, 1))
+    cols = columns(shown) if shown else 1
+    for _ in range(cols):
+        grid.add_column()
+    for i in range(0, shown, cols):
+        grid.add_row(*panels[i : i + cols])
+    return grid if notice is None else Group(grid, notice)
+
+
+def live_loop(
+    board: SignBoard,
+    show: Callable[[list[SignView], tuple[int, int]], None],
+    size: Callable[[], tuple[int, int]],
+    mono: Callable[[], float] = time.monotonic,
+    wait: Callable[[float], bool] | None = None,
+    poll_s: float = 0.5,
+) -> None:
+    """Call ``show(views, size)`` whenever what the terminal shows would change: content
+    arrived (``board.changed``), a sign's validity ran out (it wakes for the board's next
+    expiry), the terminal's ``size()`` changed (checked every ``poll_s``); never otherwise.
+    ``wait(timeout)`` waits for ``board.changed`` (its default); it runs until interrupted."""
+    wait = board.changed.wait if wait is None else wait
+    shown: list[SignView] | None = None
+    shown_size: tuple[int, int] | None = None
+    dirty = True
+    while True:
+        now_size = size()
+        if dirty or now_size != shown_size:
+            views = board.views()
+            if views != shown or now_size != shown_size:
+                show(views, now_size)
+                shown, shown_size = views, now_size
+        expiry = board.next_expiry()
+        timeout = poll_s if expiry is None else min(poll_s, max(0.0, expiry - mono()))
+        fired = wait(timeout)
+        if fired:  # cleared only once seen: content fed after this is in the views below
+            board.changed.clear()
+        dirty = fired or (expiry is not None and mono() >= expiry)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -321,11 +438,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"site file refused:\n{exc}", file=sys.stderr)
         return 2
     try:
+        chosen = choose_displays(site, args.displays)
+    except ValueError as exc:
+        print(f"--display: {exc}", file=sys.stderr)
+        return 2
+    try:
         broker = broker_from_args(args.broker, args)
     except ValueError as exc:
         print(f"--broker: {exc}", file=sys.stderr)
         return 2
-    board = SignBoard(site)
+    board = SignBoard(site, ids=chosen)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     broker.apply(client)
 
@@ -391,12 +513,16 @@ def main(args: argparse.Namespace) -> int:
                         print(plain(v), flush=True)
         from rich.live import Live
 
-        with Live(_rich_board(board.views()), auto_refresh=False) as live:
-            while True:
-                # a change redraws at once; the timeout redraws so expired signs go blank
-                board.changed.wait(0.5)
-                board.changed.clear()
-                live.update(_rich_board(board.views()), refresh=True)
+        with Live(auto_refresh=False) as live:
+
+            def show(views: list[SignView], size: tuple[int, int]) -> None:
+                live.update(rich_board(views, *size), refresh=True)
+
+            def size() -> tuple[int, int]:
+                console_size = live.console.size
+                return console_size.width, console_size.height
+
+            live_loop(board, show, size)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -529,3 +529,136 @@ def test_sim_display_started_after_the_gateway_died_shows_nothing(
     blocks, stderr = _once(site_variant(tmp_path), mosquitto, subprocess_env)
     assert _blank(blocks["gate-north"]), blocks["gate-north"]
     assert "the gateway is offline" in stderr
+
+
+def test_sim_display_once_shows_only_the_chosen_signs(mosquitto, tmp_path, subprocess_env):
+    """``--display`` takes an id or a glob, repeatable; the signs keep the site's order."""
+    now = time.time()
+    _retain(mosquitto.port, {"jct-n1": _content("jct-n1", now, now + 60)})
+    out = subprocess.run(
+        parkguide_cmd(
+            "sim",
+            "display",
+            "--site",
+            str(site_variant(tmp_path)),
+            "--broker",
+            mosquitto.url,
+            "--once",
+            "--wait",
+            "1",
+            "--display",
+            "jct-n1",
+            "--display",
+            "gate-*",
+        ),  # fmt: skip
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    blocks = [b.splitlines()[0].split("]")[0][1:] for b in out.stdout.strip().split("\n\n")]
+    assert blocks == ["gate-north", "gate-east", "jct-n1"]
+    assert "blank" not in out.stdout.split("[jct-n1]")[1].splitlines()[0]
+
+
+def test_sim_display_refuses_a_display_matching_no_sign(tmp_path, subprocess_env):
+    """A typo must not show an empty board: exit 2, naming the pattern (before any broker)."""
+    from conftest import free_port
+
+    for pattern in ("gate-nort", "lift-*"):
+        out = subprocess.run(
+            parkguide_cmd(
+                "sim",
+                "display",
+                "--site",
+                str(site_variant(tmp_path)),
+                "--broker",
+                f"mqtt://127.0.0.1:{free_port()}",
+                "--once",
+                "--wait",
+                "1",
+                "--display",
+                "gate-north",
+                "--display",
+                pattern,
+            ),  # fmt: skip
+            env=subprocess_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 2, out.stderr
+        assert f"--display: {pattern!r} matches no sign" in out.stderr
+        assert "gate-north" in out.stderr  # the signs there are
+        assert "Traceback" not in out.stderr
+
+
+def _screen(renderable, width: int, height: int) -> list[str]:
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=width, height=height, file=io.StringIO(), color_system=None)
+    console.print(renderable)
+    return console.file.getvalue().splitlines()
+
+
+def test_the_terminal_board_says_how_many_signs_it_shows_when_not_all_fit(example_site):
+    from firmware_sim.display import rich_board
+
+    views = SignBoard(example_site).views()
+    assert len(views) == 7
+    lines = _screen(rich_board(views, 80, 12), 80, 12)
+    assert len(lines) <= 11  # the last line is the cursor's: nothing scrolls away
+    assert "..." not in "\n".join(lines)
+    notice = lines[-1]
+    assert notice.startswith("showing ") and " of 7 signs; use --display to choose" in notice
+    shown = int(notice.split()[1])
+    assert 0 < shown < 7
+    assert sum(line.count("╭") for line in lines) == shown  # it says what it shows
+    # a terminal large enough shows every sign, and no notice
+    lines = _screen(rich_board(views, 200, 60), 200, 60)
+    assert sum(line.count("╭") for line in lines) == 7
+    assert not any(line.startswith("showing ") for line in lines)
+
+
+class _StopLoop(Exception):
+    pass
+
+
+def test_the_terminal_is_redrawn_only_when_what_it_shows_changes(example_site):
+    """Nothing changing, nothing is redrawn (a republish of the same counts included);
+    a sign whose validity runs out is redrawn blank on time; a resize redraws."""
+    from firmware_sim.display import live_loop
+
+    clock = [500.0]
+    board = SignBoard(example_site, wall=lambda: 1001.0, mono=lambda: clock[0])
+    north = topics.display_content(example_site.id, "gate-north")
+    board.feed(north, json.dumps(_content("gate-north", 1000.0, 1030.0)).encode())  # 30 s
+    shows: list[tuple[float, bool, tuple[int, int]]] = []
+    size = [(80, 24)]
+    waits = [0]
+
+    def show(views, at_size):
+        shows.append((clock[0], {v.display: v for v in views}["gate-north"].blank, at_size))
+
+    def wait(timeout: float) -> bool:
+        assert timeout >= 0
+        waits[0] += 1
+        if waits[0] == 20:  # the gateway republishes the same counts
+            board.feed(north, json.dumps(_content("gate-north", 1000.0, 1030.0)).encode())
+        if waits[0] == 200:
+            size[0] = (100, 30)
+        if waits[0] == 220:
+            raise _StopLoop
+        clock[0] += timeout
+        return board.changed.is_set()
+
+    with pytest.raises(_StopLoop):
+        live_loop(board, show, lambda: size[0], mono=lambda: clock[0], wait=wait)
+    assert shows[0] == (500.0, False, (80, 24))
+    # the republish at 509.5 s holds it for 30 s more: blank at 539.5, not a poll later
+    assert len(shows) == 3, shows
+    assert shows[1][1] is True and shows[1][0] == pytest.approx(539.5)
+    assert shows[2][2] == (100, 30)
