@@ -3,7 +3,8 @@
 The ``LiveView`` calls back from any thread; the hub moves each event onto
 the event loop and into one bounded queue per connected client, where a newer
 state of a space, zone, sign or agent replaces the one not yet sent. A client
-that cannot keep up (more than ``CLIENT_QUEUE`` distinct events waiting) is
+that cannot keep up (more than ``CLIENT_QUEUE`` distinct events waiting beyond one
+per id of the site) is
 dropped (its page reconnects and reloads), so one slow phone never holds up
 the others or grows memory without bound.
 """
@@ -71,8 +72,9 @@ class StreamClient:
     is behind: its stream ends (the page reconnects and reloads) and its events are let go,
     so memory stays bounded however fast events come."""
 
-    def __init__(self, kinds: frozenset[str] | None):
+    def __init__(self, kinds: frozenset[str] | None, cap: int = CLIENT_QUEUE):
         self.kinds = kinds  # None: every kind
+        self.cap = cap  # distinct pending events beyond which the stream ends
         self.public = False  # opened without a login
         self.overflowed = False  # ended: too far behind, or shutting down
         self._pending: OrderedDict[object, LiveEvent] = OrderedDict()
@@ -92,7 +94,7 @@ class StreamClient:
         elif key in self._pending:  # replaced where it stands: the order of first appearance
             self._pending[key] = event
             return
-        if len(self._pending) >= CLIENT_QUEUE:
+        if len(self._pending) >= self.cap:
             # too far behind: end its stream, the page reconnects and reloads everything
             self.end()
             return
@@ -120,6 +122,12 @@ class LiveHub:
 
     def __init__(self, view: LiveView):
         self.view = view
+        # room for one event per space, zone, sign and agent on top: a view that loses or
+        # regains the gateway sends every space at once, which must not end every stream
+        site = view.site
+        ids = len(site.spaces) + len(site.zones) + len(site.displays)
+        ids += 2 * (len(site.buses) + len(site.cameras))  # availability and health
+        self.queue_cap = CLIENT_QUEUE + ids
         self.clients: set[StreamClient] = set()
         self._public = 0  # of them without a login
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -200,7 +208,7 @@ class LiveHub:
             max_public, max_all = caps
             if len(self.clients) >= max_all or (public and self._public >= max_public):
                 return None
-        c = StreamClient(kinds)
+        c = StreamClient(kinds, self.queue_cap)
         c.public = public
         self.clients.add(c)
         self._public += public

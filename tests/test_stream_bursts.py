@@ -201,7 +201,7 @@ def test_a_stream_that_never_reads_is_bounded_and_dropped(server, harness):
             for e in events:
                 hub.publish(e)
             after_spaces = stuck.pending()  # one place per space, however many changes
-            for n in range(CLIENT_QUEUE):  # each alert is kept: more than it may hold
+            for n in range(stuck.cap):  # each alert is kept: more than it may hold
                 hub.publish(_alert(n))
             return after_spaces, stuck.pending(), stuck.overflowed, await stuck.get(), order
         finally:
@@ -218,3 +218,15 @@ def test_a_stream_that_never_reads_is_bounded_and_dropped(server, harness):
         ("space", "occupied"),
         ("alert", None),
     ]
+
+
+def test_every_space_at_once_fits_beside_the_cap(example_site):
+    """A view that loses or regains the gateway sends every space's state at once: on a
+    site of more than 1,000 spaces that ended every stream. The cap is per client and on
+    top of one place for each id of the site."""
+    class View:
+        site = example_site
+
+    hub = LiveHub(View())  # type: ignore[arg-type]
+    ids = len(example_site.spaces) + len(example_site.zones) + len(example_site.displays)
+    assert hub.queue_cap >= CLIENT_QUEUE + ids
