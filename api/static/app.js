@@ -105,6 +105,36 @@ function siteMidnight(day) {
 }
 const nextDay = (day) => new Date(Date.parse(day + "T00:00:00Z") + 86400000).toISOString().slice(0, 10);
 const later = (name, fn, ms) => { clearTimeout(S.timers[name]); S.timers[name] = setTimeout(fn, ms); };
+// At most once per `ms`, and within `ms` of any call, however often calls keep coming (unlike
+// `later`, which a steady stream of calls would put off for ever).
+const throttle = (name, fn, ms) => {
+  if (S.timers[name] != null) return;
+  S.timers[name] = setTimeout(() => { S.timers[name] = null; fn(); }, ms);
+};
+// Live events change single signs and zone cards; they are drawn once per frame, however many
+// events came in it (several for one sign: drawn once, as the last one left it).
+const dirty = { signs: new Set(), zones: new Set(), frame: 0 };
+function redrawSoon() {
+  if (!dirty.frame) dirty.frame = requestAnimationFrame(redrawDirty);
+}
+function redrawDirty() {
+  dirty.frame = 0;
+  const now = performance.now();
+  for (const id of dirty.signs) {
+    const d = S.displays.find((x) => x.display === id);
+    const old = document.querySelector(`#signs .sign[data-display="${CSS.escape(id)}"]`);
+    if (d && old) old.replaceWith(signEl(d, now));
+    else if (d) { dirty.signs.clear(); renderSigns(); break; } // not drawn yet: draw them all
+  }
+  dirty.signs.clear();
+  for (const id of dirty.zones) {
+    const z = S.zones.find((x) => x.zone === id);
+    const old = document.querySelector(`#zones .zone[data-zone="${CSS.escape(id)}"]`);
+    if (z && old) old.replaceWith(zoneCard(z));
+    else if (z) { dirty.zones.clear(); renderZones(); break; }
+  }
+  dirty.zones.clear();
+}
 
 async function api(path, opts = {}) {
   let r;
@@ -218,29 +248,31 @@ async function loadZones() {
 }
 
 function renderZones() {
-  const box = $("#zones");
-  box.replaceChildren(...S.zones.map((z) => {
-    if (S.stale) // the stream is down: the last counts are history, not what is free now
-      return el("div", { class: "zone stale", "data-zone": z.zone }, el("div", { class: "name", text: L(z.name) }),
-        el("div", { class: "free unknown", text: "--" }), el("div", { class: "sub", text: staleNote() }));
-    const bar = el("div", { class: "stack" }, ...STATES.filter((s) => z[s] > 0).map((s) =>
-      el("span", { class: s, style: `width:${(100 * z[s]) / Math.max(z.total, 1)}%`, title: `${t(s)} ${z[s]}` })));
-    return el("div", { class: "zone", "data-zone": z.zone },
-      el("div", { class: "name", text: L(z.name) }),
-      // like the signs: when too much of the zone is unknown, "--" rather than a count that lies
-      el("div", { class: "free" + (z.unknown * 2 >= z.total ? " unknown" : z.free === 0 ? " none" : ""),
-        "data-free": z.free, text: z.unknown * 2 >= z.total ? "--" : String(z.free) }),
-      el("div", { class: "sub", text: `${t("free")} · ${t("of")} ${z.total} · ${t("occupied")} ${z.occupied}` +
-        (z.unknown ? ` · ${t("unknown")} ${z.unknown}` : "") + (z.closed ? ` · ${t("closed")} ${z.closed}` : "") }),
-      bar);
-  }));
+  $("#zones").replaceChildren(...S.zones.map(zoneCard));
+}
+
+function zoneCard(z) {
+  if (S.stale) // the stream is down: the last counts are history, not what is free now
+    return el("div", { class: "zone stale", "data-zone": z.zone }, el("div", { class: "name", text: L(z.name) }),
+      el("div", { class: "free unknown", text: "--" }), el("div", { class: "sub", text: staleNote() }));
+  const bar = el("div", { class: "stack" }, ...STATES.filter((s) => z[s] > 0).map((s) =>
+    el("span", { class: s, style: `width:${(100 * z[s]) / Math.max(z.total, 1)}%`, title: `${t(s)} ${z[s]}` })));
+  return el("div", { class: "zone", "data-zone": z.zone },
+    el("div", { class: "name", text: L(z.name) }),
+    // like the signs: when too much of the zone is unknown, "--" rather than a count that lies
+    el("div", { class: "free" + (z.unknown * 2 >= z.total ? " unknown" : z.free === 0 ? " none" : ""),
+      "data-free": z.free, text: z.unknown * 2 >= z.total ? "--" : String(z.free) }),
+    el("div", { class: "sub", text: `${t("free")} · ${t("of")} ${z.total} · ${t("occupied")} ${z.occupied}` +
+      (z.unknown ? ` · ${t("unknown")} ${z.unknown}` : "") + (z.closed ? ` · ${t("closed")} ${z.closed}` : "") }),
+    bar);
 }
 
 function onZone(data) {
   const i = S.zones.findIndex((z) => z.zone === data.zone);
   if (i < 0 || typeof data.free !== "number") return later("zones", loadZones, 200);
   S.zones[i] = { ...S.zones[i], ...data };
-  renderZones();
+  dirty.zones.add(data.zone);
+  redrawSoon();
 }
 
 // ---- signs ---------------------------------------------------------------------------------
@@ -273,24 +305,37 @@ const both = (x) => (!x ? "" : x.zh === x.en ? x.zh : `${x.zh} ${x.en}`);
 
 function renderSigns() {
   const now = performance.now();
-  $("#signs").replaceChildren(...S.displays.map((d) => {
-    const c = d.content;
-    const expired = !(now < d.until);
-    const lines = c ? c.lines : [];
-    return el("div", { class: "sign" + (expired ? " expired" : ""), "data-display": d.display, title: expired ? t("expired") : "" },
-      el("div", { class: "sname", text: L(d.name) }),
-      ...lines.map((ln) => el("div", { class: `line ${ln.status}`, lang: "zh-CN" },
-        el("span", { class: "label", text: both(ln.label) }),
-        el("span", { class: "arrow", text: ARROWS[ln.arrow] || "" }),
-        el("span", { class: "count", text: expired ? "--" : both(ln.text) }))));
-  }));
+  $("#signs").replaceChildren(...S.displays.map((d) => signEl(d, now)));
+}
+
+function signEl(d, now) {
+  const c = d.content;
+  const expired = !(now < d.until);
+  const lines = c ? c.lines : [];
+  return el("div", { class: "sign" + (expired ? " expired" : ""), "data-display": d.display, title: expired ? t("expired") : "" },
+    el("div", { class: "sname", text: L(d.name) }),
+    ...lines.map((ln) => el("div", { class: `line ${ln.status}`, lang: "zh-CN" },
+      el("span", { class: "label", text: both(ln.label) }),
+      el("span", { class: "arrow", text: ARROWS[ln.arrow] || "" }),
+      el("span", { class: "count", text: expired ? "--" : both(ln.text) }))));
+}
+
+// A sign past its expiry shows its fallback, as the real one does: redrawn when that changes.
+function expireSigns() {
+  const now = performance.now();
+  for (const d of S.displays) {
+    const e = document.querySelector(`#signs .sign[data-display="${CSS.escape(d.display)}"]`);
+    if (e && e.classList.contains("expired") !== !(now < d.until)) dirty.signs.add(d.display);
+  }
+  if (dirty.signs.size) redrawDirty();
 }
 
 function onDisplay(data) {
   const i = S.displays.findIndex((d) => d.display === data.display);
   if (i < 0 || !Array.isArray(data.lines)) return later("signs", loadSigns, 200);
   S.displays[i] = { ...S.displays[i], content: data, expired: false, until: heldUntil(data, performance.now()) };
-  renderSigns();
+  dirty.signs.add(data.display);
+  redrawSoon();
 }
 
 // ---- map -----------------------------------------------------------------------------------
@@ -383,7 +428,7 @@ function onSpace(data) {
   S.spaces.set(data.space, { ...s, state: data.state, since: Date.now() / 1000 });
   paintSpace(data.space);
   if (S.selected === data.space) showSpace(data.space);
-  if (!S.eventsPaged) later("events", () => loadEvents(true), 1000); // the newest page follows along
+  if (!S.eventsPaged) throttle("events", () => loadEvents(true), 1000); // the newest page follows along
 }
 
 function showSpace(id) {
@@ -492,7 +537,9 @@ async function loadAlerts() {
 }
 
 async function loadAgents() {
+  const asked = (S.agentsAsked = (S.agentsAsked || 0) + 1);
   const r = await api("/api/v1/agents");
+  if (asked !== S.agentsAsked) return true; // a newer answer is on its way
   if (!r.ok) return false;
   $("#agents tbody").replaceChildren(...r.body.map((a) => {
     const bad = a.nodes.filter((n) => n.status !== "ok").length;
@@ -509,7 +556,9 @@ async function loadDetectors() {
   const box = $("#raw-box");
   box.hidden = !(S.me && S.me.can_read_raw);
   if (box.hidden) return;
+  const asked = (S.detectorsAsked = (S.detectorsAsked || 0) + 1);
   const r = await api("/api/v1/detectors/raw");
+  if (asked !== S.detectorsAsked) return true; // a newer answer is on its way
   if (!r.ok) return false;
   const bad = (d) => (d.status === "ok" ? 1 : 0); // faults first
   const rows = [...r.body].sort((a, b) => bad(a) - bad(b));
@@ -661,7 +710,12 @@ function connect() {
   es.addEventListener("zone", (m) => onZone(JSON.parse(m.data).data));
   es.addEventListener("display", (m) => onDisplay(JSON.parse(m.data).data));
   es.addEventListener("alert", () => later("alerts", loadAlerts, 300));
-  es.addEventListener("agent", () => later("agents", () => { loadAgents(); loadAlerts(); loadDetectors(); }, 1000));
+  // agents report health every few seconds each: many agents never leave a quiet second
+  es.addEventListener("agent", () => {
+    throttle("agents", () => { loadAgents(); loadAlerts(); }, 1000);
+    // the detector table is large on a big site (~1 MB at 8,000 spaces): every 5 s at most
+    throttle("detectors", loadDetectors, 5000);
+  });
   es.addEventListener("gateway", () => later("spaces", loadMap, 300));
   es.onerror = () => {
     streamDown();
@@ -695,7 +749,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#event-filter").addEventListener("change", () => { $("#csv").href = `/api/v1/events.csv?${eventQuery()}`; });
   for (const b of document.querySelectorAll("[data-range]"))
     b.onclick = () => { S.range = Number(b.dataset.range); loadHistory(); };
-  setInterval(renderSigns, 5000); // a sign past its expiry shows its fallback, as the real one does
+  setInterval(expireSigns, 5000);
   applyLang();
   start();
 });
