@@ -327,6 +327,8 @@ class JournalReader:
             after = first_after.get(space)
             first = self._first.get(space)
             if first is not None and first[1] > start:
+                if not floors.get(space) and after is not None:  # in the site, not heard yet
+                    zones[space] = after[3] or site
                 continue  # its first event came later
             since = began.get(space)
             if (
@@ -340,7 +342,12 @@ class JournalReader:
                     zones[space] = site
                     continue
             elif after is None and mark > 0 and not since:
-                continue  # no state change checkpointed, none journalled since: no event
+                # no state change checkpointed, none journalled since: never heard. A space
+                # of the first site map is the site's (unknown: silence is never free); one
+                # the site file added later counts from its first event
+                if not floors.get(space):
+                    zones[space] = site
+                continue
             latest = self._latest.get(space)
             if latest is not None and latest[1] <= start:
                 need[space] = latest[3]  # that event, or a later one at or before start
@@ -367,8 +374,12 @@ class JournalReader:
             # none at or before start, nor at or below the floor: it did not exist yet
             elif space in first_after:
                 self._first.setdefault(space, first_after[space][:2])
+                if not floors.get(space):  # in the site from the start, not heard until then
+                    zones[space] = first_after[space][3] or site_zone[space]
             else:
                 self._clear[space] = top  # no event at all up to top
+                if not floors.get(space):  # never heard, in the site from the start: unknown
+                    zones[space] = site_zone[space]
         return HistoryInput(state, zones, changes)
 
     def latest_before(

@@ -378,9 +378,10 @@ class LiveGateway:
         index = self.site.space_index
         closed = self.state.closed
         close = [s for s in changes.closed_by_file if not closed[index[s]]]
-        reopen = [s for s in changes.opened_by_file if closed[index[s]]]
+        reopen = changes.opened_by_file
         if reopen:
-            # a manager's own closure stands: the file only takes back what it closed
+            # a manager's own closure stands: the file only takes back what it closed (a
+            # space closed since the first start has no row: it reads open by the file now)
             managers = self.journal.closed_by_manager(reopen, besides=SITE_FILE_BY)
             for s in managers:
                 log.warning(
@@ -388,7 +389,9 @@ class LiveGateway:
                     " it stays closed until a manager opens it",
                     s,
                 )
-            reopen = [s for s in reopen if s not in managers]
+                if not closed[index[s]]:
+                    close.append(s)
+            reopen = [s for s in reopen if s not in managers and closed[index[s]]]
         with self.lock:
             segments = [
                 _Segment(
@@ -911,7 +914,9 @@ class LiveGateway:
                     abs(offset),
                     "behind" if offset > 0 else "ahead of",
                 )
-        return delay - offset
+        # a gate ahead (offset below 0) never makes an arrival older: once its clock is
+        # put right, its earlier samples would otherwise age every arrival by the step
+        return delay - max(0.0, offset)
 
     def gate_clock_offset(self, entrance: str) -> float | None:
         """How far the entrance's clock runs behind the gateway's (negative: ahead), as
@@ -1381,9 +1386,11 @@ class LiveGateway:
         now = self._clock()
         with self.lock:
             changes = self.state.control(s, action == "close", now)
-            if not len(changes) and reason:
+            if not len(changes) and (reason or self.site.spaces[s].closed):
                 # closing a closed space again (or opening an open one) changes nothing, but
-                # its reason belongs in the audit: an event with the state it leaves alone
+                # its reason belongs in the audit, and so does a closure the site file makes
+                # too (it stays the manager's when the file stops making it): an event with
+                # the state it leaves alone
                 here = STATE_NAMES[int(self.state.state[s])]
                 self.journal.add_changes(
                     now,

@@ -238,6 +238,16 @@ class GatewayService:
         history = _OutboxHistory(self.site.id, outbox_max_rows) if influx else None
         self.history = history
         self.journal = Journal(db, history)
+        # what the clock may read, at most, by the journal: its newest change and the
+        # monotonic time since (a fresh journal: the clock at start, nothing to forget).
+        # Read before the gateway resumes: its start journals verdicts by the clock now
+        newest = self.journal.conn.execute(
+            "SELECT max(ts) FROM (SELECT max(ts) AS ts FROM events"
+            " UNION ALL SELECT max(ts) FROM pending_changes)"
+        ).fetchone()[0]
+        self._prune_wall0 = time.time() if newest is None else min(time.time(), float(newest))
+        self._prune_mono0 = time.monotonic()
+        self._prune_clock_warned = False
         if history is not None:
             from gateway import outbox
 
@@ -305,12 +315,6 @@ class GatewayService:
         self._next_prune = 0.0  # monotonic time of the next prune step
         self.pruned = 0  # journal rows forgotten so far
         self._pruning = 0  # rows forgotten in the run of prune steps under way
-        # what the clock may read, at most, by the journal: its newest event and the
-        # monotonic time since (a fresh journal: the clock at start, nothing to forget)
-        newest = self.journal.conn.execute("SELECT max(ts) FROM events").fetchone()[0]
-        self._prune_wall0 = time.time() if newest is None else min(time.time(), float(newest))
-        self._prune_mono0 = time.monotonic()
-        self._prune_clock_warned = False
         self._republish = False  # connected: publish every zone and sign (in the MQTT thread)
         self.retained_skipped = 0  # zone and sign publishes skipped while disconnected
         self._checkpoint_retry_at = 0.0  # monotonic; a failed checkpoint backs off

@@ -188,3 +188,17 @@ def test_a_gate_clock_put_right_is_followed_at_once(example_site, tmp_path):
     clocks.advance(601)
     assert g.gw.gate_clock_offset("north") is None
     assert g.gw.gate_clock_offset("east") is None
+
+
+def test_a_gate_clock_that_ran_ahead_and_is_put_right_still_gets_holds(example_site, tmp_path):
+    """The samples of a gate 120 s ahead stayed the smallest delay after its clock was
+    fixed: every rightly stamped arrival then looked 120 s old and got no hold, and the
+    next cars were sent to one space. A gate ahead never makes an arrival older."""
+    clocks = Clocks(1_800_000_000.0)
+    g = _Gate(example_site, tmp_path / "j.sqlite", clocks)
+    g.connect()
+    clocks.advance(ARRIVAL_LIVE_AFTER_S + 5)
+    assert _held(g.arrive(120.0)) and _held(g.arrive(120.0))
+    answers = [g.arrive(0.0) for _ in range(3)]  # its NTP fixed
+    assert all(_held(a) for a in answers)
+    assert len({a["space"] for a in answers}) == 3

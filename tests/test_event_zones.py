@@ -188,13 +188,13 @@ def test_history_counts_each_space_in_the_zone_of_the_time(harness, tmp_path):
     path = tmp_path / "journal.sqlite"
     moved_journal(harness, path).close()
     with api_on(harness, path) as (client, h):
-        # (total, free, occupied, unknown) at T0-50, T0+50, ..., T0+350
+        # (total, free, occupied, unknown) at T0-50, T0+50, ..., T0+350. Every space of the
+        # first site map counts from the start (never heard: unknown, as in live /zones);
+        # A-001 in B until it moved back at T0+200; A-002, added later, from its first event
         want = {
-            # A-003 from T0 on; A-001 once back from B at T0+200; A-002 from its first event
-            "A": [(0, 0, 0, 0), (1, 1, 0, 0), (1, 1, 0, 0), (3, 2, 1, 0), (3, 3, 0, 0)],
-            # B-001, and A-001 until it moved
-            "B": [(0, 0, 0, 0), (2, 1, 1, 0), (2, 0, 2, 0), (1, 0, 1, 0), (1, 0, 1, 0)],
-            "C": [(0, 0, 0, 0)] * 5,  # nothing journalled there: no space yet
+            "A": [(78, 0, 0, 78), (78, 1, 0, 77), (78, 1, 0, 77), (80, 2, 1, 77), (80, 3, 0, 77)],
+            "B": [(73, 0, 0, 73), (73, 1, 1, 71), (73, 0, 2, 71), (72, 0, 1, 71), (72, 0, 1, 71)],
+            "C": [(40, 0, 0, 40)] * 5,  # nothing journalled there: all unknown
         }
         got = counts(client, h, T0 - 50, T0 + 350, 100)
         assert {z: got[z] for z in want} == want
@@ -294,9 +294,10 @@ def test_a_journal_from_before_zones_reads_in_the_current_sites_zones(harness, t
         assert listed(client, h, space=MOVED) == [(T0, MOVED, "A"), (T0 + 100, MOVED, "B")]
         assert exported(client, h, zone="B") == [(T0, "B-001", "B"), (T0 + 100, MOVED, "B")]
         got = counts(client, h, T0 - 50, T0 + 150, 100)
-        # stored zones now: a space counts from its first event, where its latest one says
-        assert got["A"] == [(0, 0, 0, 0), (1, 1, 0, 0), (1, 1, 0, 0)]
-        assert got["B"] == [(0, 0, 0, 0), (1, 0, 1, 0), (2, 0, 2, 0)]
+        # stored zones now: a space counts where its latest event says (A-001 in B from
+        # T0+100), the spaces never heard in their site zone, unknown
+        assert got["A"] == [(80, 0, 0, 80), (80, 1, 0, 79), (79, 1, 0, 78)]
+        assert got["B"] == [(72, 0, 0, 72), (72, 0, 1, 71), (73, 0, 2, 71)]
 
 
 def test_drop_signs_forgets_the_displays_the_site_no_longer_has(tmp_path):

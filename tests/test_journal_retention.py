@@ -150,6 +150,10 @@ def test_a_clock_stepped_far_ahead_does_not_forget_the_history(tmp_path, mosquit
     journal = Journal(db)
     _events(journal, time.time() - 400 * DAY - 30 * DAY, 50, 1)  # a month older: forgettable
     _events(journal, time.time() - 400 * DAY, 50, 100)  # as seen by a clock 400 days ahead
+    # a space last heard then: the start journals its TTL verdict (unknown) by the clock now
+    old = time.time() - 400 * DAY
+    with journal.transaction():
+        journal.put_spaces([("A-001", "occupied", "occupied", 0, old, old, old, "serial-bus-g")])
     journal.mark_checkpoint(journal.last_event_id())
     journal.close()
     with running_gateway(site_variant(tmp_path), mosquitto.url, db, journal_keep_days=7) as gw:
@@ -158,4 +162,4 @@ def test_a_clock_stepped_far_ahead_does_not_forget_the_history(tmp_path, mosquit
             time.sleep(0.05)
         time.sleep(0.3)  # more prune steps: none may go further
         assert gw.pruned == 50  # the month-older ones only: 7 days before the newest event
-    assert _count(db, "events") == 50
+    assert _count(db, "events") == 51  # and the verdict of the start

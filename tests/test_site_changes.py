@@ -254,3 +254,12 @@ def test_events_keep_the_zone_of_their_time_when_a_space_moves(run):
         "SELECT new, zone FROM events WHERE space = 'P-021' ORDER BY id"
     ).fetchall()
     assert rows == [("free", "P"), ("closed", "P"), ("free", "Q")]
+
+
+def test_a_managers_closure_of_a_space_the_file_closes_too_stands_without_a_reason(run):
+    """Closing an already closed space without a reason journaled nothing, so when the
+    file stopped closing it the manager's closure was lost and the space reopened."""
+    gw = run.start(closing(1, 4))
+    gw.control_space("Q-001", "close", "alice", None)
+    run.start(SMALL)
+    assert run.closed() == {"Q-001"}
