@@ -11,6 +11,7 @@ from api.alerts import AGENT_REJOIN_S, Alert, AlertBook
 from api.live import AlertMonitor, LiveHub
 from gateway.readside import AgentStatus
 from parking.payloads import HealthReport, NodeHealth
+from parking.site import EXAMPLE_SITE, load_site
 
 DEAD = Alert("node_dead:bus-b1/2", "node_dead", "bus-b1/2", None)
 
@@ -21,6 +22,7 @@ class _View:
     def __init__(self) -> None:
         self.agent_list: list[AgentStatus] = []
         self.up, self.back = True, None
+        self.site = load_site(EXAMPLE_SITE)
 
     def spaces(self):
         return []
