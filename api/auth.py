@@ -104,7 +104,8 @@ class User:
 def check_user_name(name: str) -> None:
     if not USER_NAME_RE.match(name):
         raise UserError(
-            f"user name {name!r} must be 1-64 characters of letters, digits, '_', '.', '@', '-'"
+            f"user name {name!r} must be 1-64 characters of ASCII letters, digits, '_', '.',"
+            " '@', '-' (a login name such as zhang.wei; not Chinese characters)"
         )
 
 

@@ -253,3 +253,11 @@ def test_concurrent_adds_of_a_new_name_do_not_both_succeed(tmp_path):
     for t in threads:
         t.join(30)
     assert sorted(outcomes) == ["added", "refused", "refused"]
+
+
+def test_a_chinese_user_name_is_refused_saying_what_a_name_may_be(tmp_path):
+    """'张伟' was refused as not "letters": it is letters, but not ASCII ones."""
+    from api.auth import UserError, UserStore
+
+    with pytest.raises(UserError, match="ASCII letters"):
+        UserStore(str(tmp_path / "users.sqlite")).add("张伟", "viewer", PASSWORD)
