@@ -435,11 +435,16 @@ class JournalReader:
         self._first.clear()
         self._clear.clear()
 
+    def meta(self, *keys: str) -> dict[str, str]:
+        """The gateway's ``meta`` rows of ``keys`` that exist (none without a journal)."""
+        marks = ",".join("?" * len(keys))
+        return dict(self._query(f"SELECT key, value FROM meta WHERE key IN ({marks})", keys))
+
     def history_from(self) -> float | None:
         """Wall time before which the gateway pruned its history (--journal-keep-days), or
         None: a state at an earlier time cannot be told from what is left."""
-        rows = self._query("SELECT value FROM meta WHERE key = 'history_from'")
-        return float(rows[0][0]) if rows else None
+        kept = self.meta("history_from").get("history_from")
+        return float(kept) if kept is not None else None
 
     def changes_between(self, start: float, end: float) -> list[tuple[float, str, str]]:
         """(ts, space, new) with start < ts <= end, in journal order."""

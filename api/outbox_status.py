@@ -174,15 +174,5 @@ class OutboxStatusReader:
         return status
 
     def _read(self) -> OutboxStatus | None:
-        db = self.journal.connect()
-        if db is None:
-            return None
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key = ?", (STATUS_KEY,)).fetchone()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return None
-            raise
-        finally:
-            db.close()
-        return OutboxStatus.parse(row[0]) if row is not None and row[0] else None
+        value = self.journal.meta(STATUS_KEY).get(STATUS_KEY)
+        return OutboxStatus.parse(value) if value else None

@@ -141,23 +141,8 @@ class SiteCheck:
 
     def _read(self) -> tuple[str, str | None] | None:
         """(digest, site id) from the journal's meta table; None when it has no digest."""
-        db = self.journal.connect()
-        if db is None:
-            return None
-        try:
-            rows = dict(
-                db.execute(
-                    "SELECT key, value FROM meta WHERE key IN (?, ?)",
-                    (SITE_DIGEST_KEY, SITE_ID_KEY),
-                ).fetchall()
-            )
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return None
-            raise
-        finally:
-            db.close()
+        rows = self.journal.meta(SITE_DIGEST_KEY, SITE_ID_KEY)
         digest = rows.get(SITE_DIGEST_KEY)
         if not digest:
             return None
-        return str(digest), None if rows.get(SITE_ID_KEY) is None else str(rows[SITE_ID_KEY])
+        return str(digest), rows.get(SITE_ID_KEY)

@@ -164,23 +164,7 @@ def test_sim_display_once_says_when_the_broker_cannot_be_reached(tmp_path, subpr
     """Blank signs must not hide a wrong or dead broker from the technician."""
     from conftest import free_port
 
-    out = subprocess.run(
-        parkguide_cmd(
-            "sim",
-            "display",
-            "--site",
-            str(site_variant(tmp_path)),
-            "--broker",
-            f"mqtt://127.0.0.1:{free_port()}",
-            "--once",
-            "--wait",
-            "1",
-        ),  # fmt: skip
-        capture_output=True,
-        text=True,
-        env=subprocess_env,
-        timeout=30,
-    )
+    out = _run_once(site_variant(tmp_path), f"mqtt://127.0.0.1:{free_port()}", subprocess_env)
     assert out.returncode == 1
     assert "could not reach the broker" in out.stderr and "Traceback" not in out.stderr
 
@@ -206,25 +190,21 @@ def _retain(port: int, contents: dict[str, dict[str, Any]]) -> None:
         client.loop_stop()
 
 
-def _once(site_path, mosquitto, env) -> tuple[dict[str, str], str]:
-    """``sim display --once --wait 1``: each sign's block by display id, and stderr."""
-    out = subprocess.run(
-        parkguide_cmd(
-            "sim",
-            "display",
-            "--site",
-            str(site_path),
-            "--broker",
-            mosquitto.url,
-            "--once",
-            "--wait",
-            "1",
-        ),  # fmt: skip
+def _run_once(site_path, broker_url: str, env, *extra: str) -> subprocess.CompletedProcess:
+    """``sim display --once --wait 1`` (with ``extra`` flags), run to its end."""
+    cmd = ["sim", "display", "--site", str(site_path), "--broker", broker_url]
+    return subprocess.run(
+        parkguide_cmd(*cmd, "--once", "--wait", "1", *extra),
         env=env,
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def _once(site_path, mosquitto, env) -> tuple[dict[str, str], str]:
+    """``sim display --once --wait 1``: each sign's block by display id, and stderr."""
+    out = _run_once(site_path, mosquitto.url, env)
     assert out.returncode == 0, out.stderr
     blocks = {b.splitlines()[0].split("]")[0][1:]: b for b in out.stdout.strip().split("\n\n")}
     return blocks, out.stderr
@@ -535,27 +515,8 @@ def test_sim_display_once_shows_only_the_chosen_signs(mosquitto, tmp_path, subpr
     """``--display`` takes an id or a glob, repeatable; the signs keep the site's order."""
     now = time.time()
     _retain(mosquitto.port, {"jct-n1": _content("jct-n1", now, now + 60)})
-    out = subprocess.run(
-        parkguide_cmd(
-            "sim",
-            "display",
-            "--site",
-            str(site_variant(tmp_path)),
-            "--broker",
-            mosquitto.url,
-            "--once",
-            "--wait",
-            "1",
-            "--display",
-            "jct-n1",
-            "--display",
-            "gate-*",
-        ),  # fmt: skip
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    site, url = site_variant(tmp_path), mosquitto.url
+    out = _run_once(site, url, subprocess_env, "--display", "jct-n1", "--display", "gate-*")
     assert out.returncode == 0, out.stderr
     blocks = [b.splitlines()[0].split("]")[0][1:] for b in out.stdout.strip().split("\n\n")]
     assert blocks == ["gate-north", "gate-east", "jct-n1"]
@@ -567,27 +528,9 @@ def test_sim_display_refuses_a_display_matching_no_sign(tmp_path, subprocess_env
     from conftest import free_port
 
     for pattern in ("gate-nort", "lift-*"):
-        out = subprocess.run(
-            parkguide_cmd(
-                "sim",
-                "display",
-                "--site",
-                str(site_variant(tmp_path)),
-                "--broker",
-                f"mqtt://127.0.0.1:{free_port()}",
-                "--once",
-                "--wait",
-                "1",
-                "--display",
-                "gate-north",
-                "--display",
-                pattern,
-            ),  # fmt: skip
-            env=subprocess_env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        broker = f"mqtt://127.0.0.1:{free_port()}"
+        extra = ("--display", "gate-north", "--display", pattern)
+        out = _run_once(site_variant(tmp_path), broker, subprocess_env, *extra)
         assert out.returncode == 2, out.stderr
         assert f"--display: {pattern!r} matches no sign" in out.stderr
         assert "gate-north" in out.stderr  # the signs there are
