@@ -7,8 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import tempfile
+from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import outbox
 from gateway.journal import Journal, stored_signs
@@ -503,3 +507,43 @@ def test_an_agent_the_site_file_no_longer_names_is_not_listed(example_site, tmp_
     listed = {a.agent: a.online for a in gw.agents()}
     assert "b1-agent" not in listed
     assert listed["serial-bus-g"] is True
+
+
+# the statement expand_pending used before (quadratic: an EXISTS scan per pending row)
+_RETIRED_BY_EXISTS = (
+    "SELECT b.agent, b.boot, max(b.ts) FROM (SELECT * FROM pending_changes{where}) b"
+    " WHERE b.boot IS NOT NULL AND EXISTS (SELECT 1 FROM pending_changes n"
+    " WHERE n.agent = b.agent AND n.id > b.id AND n.boot IS NOT b.boot"
+    " AND n.boot IS NOT NULL) GROUP BY b.agent, b.boot"
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a1", "a2"]), st.sampled_from(["b0", "b1", "b2", None])),
+        max_size=30,
+    ),
+    st.one_of(st.none(), st.integers(1, 30)),
+)
+def test_expanding_pending_rows_retires_the_boots_a_later_row_replaced(rows, limit):
+    """Retiring boots in one pass gives what the per-row EXISTS statement gave, for any
+    order of agents' boots (null boots: the gateway's own verdicts) and any step size."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _check_retired_boots(Path(tmp) / "journal.sqlite", rows, limit)
+
+
+def _check_retired_boots(db, rows, limit) -> None:
+    j = Journal(db)
+    for n, (agent, boot) in enumerate(rows):
+        j.add_changes(T0 + n, "bus-g", agent, boot, n, "[]")
+    where, params = "", ()
+    if limit is not None:
+        where = " WHERE id <= (SELECT max(id) FROM (SELECT id FROM pending_changes ORDER BY id LIMIT ?))"
+        params = (limit,)
+    want = set(j.conn.execute(_RETIRED_BY_EXISTS.format(where=where), params).fetchall())
+    with j.transaction():
+        j.expand_pending(limit)
+    got = set(j.conn.execute("SELECT agent, boot, ts FROM retired_boots").fetchall())
+    assert got == want
+    j.close()
