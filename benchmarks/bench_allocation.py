@@ -121,7 +121,7 @@ def bench_size(n_spaces: int, seed: int = 1) -> dict:
             # the car parks and somebody else leaves, so the site does not drain
             asg_ns = []
             ents = rng.integers(0, layout.n_entrances, ASSIGNS).tolist()
-            classes = rng.integers(0, layout.n_classes, ASSIGNS).tolist()
+            classes = rng.integers(0, layout.public_classes, ASSIGNS).tolist()
             for e, c in zip(ents, classes, strict=True):
                 now += 1.0
                 t0 = clock()

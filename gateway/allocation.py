@@ -9,7 +9,12 @@ plain Python):
 - candidate(c, s): state FREE, not closed (by state or by the site), not held,
   eligible(c, s).
 - score(e, s) = cost[e, s] + congestion_m * congestion(aisle[s]); best(e, c)
-  is the candidate with the lowest (score, cost, index) and a finite cost.
+  is the candidate with the lowest (score, cost, index) and a finite cost,
+  among the spaces of the class's preferred kinds (``prefer``: a kind k of the
+  space is preferred by c and usable by c now) while there is one, else among
+  all its candidates: an accessible car goes to a free accessible bay before a
+  nearer resident one. (Inside, each preference is one more class, eligible for
+  the preferred kinds only; best(e, c) asks it first.)
   congestion(a) = v * 2 ** (-(now - t) / halflife), counted as 0 below
   ``CONGESTION_FLOOR``; an assignment into aisle a sets v to the decayed value
   + 1 and t to its time. ``now`` is the latest time passed to the core.
@@ -153,6 +158,10 @@ class CoreLayout:
     space_ids: tuple[str, ...]
     line_keys: tuple[tuple[str, int], ...]
     """(display id, line index) of every display line, in site order"""
+    prefer: np.ndarray = None  # type: ignore[assignment]
+    """int32[C]: the class holding class c's preferred kinds (asked first), -1 none"""
+    public_classes: int = -1
+    """the site's classes come first; the classes of preferences after them"""
     # derived (see __post_init__)
     order: np.ndarray = None  # type: ignore[assignment]
     """int32[E, S]: spaces of each entrance sorted by (cost, index)"""
@@ -196,6 +205,10 @@ class CoreLayout:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.prefer is None:
+            set_(self, "prefer", np.full(len(self.classes), -1, dtype=np.int32))
+        if self.public_classes < 0:
+            set_(self, "public_classes", len(self.classes))
         n_e, n_s = self.cost.shape
         order = np.argsort(self.cost, axis=1, kind="stable").astype(np.int32)
         rank = np.empty((n_e, n_s), dtype=np.int32)
@@ -328,6 +341,7 @@ class CoreLayout:
         line_zones: Sequence[Iterable[int]] = (),
         line_class: Sequence[int | None] = (),
         closed: Sequence[bool] | None = None,
+        class_prefer: Sequence[Iterable[int]] = (),
         n_zones: int | None = None,
         n_kinds: int | None = None,
         node_ids: Sequence[str] | None = None,
@@ -340,12 +354,30 @@ class CoreLayout:
         distances: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> CoreLayout:
         """A layout from plain index tables (random sites in tests, synthetic benchmarks);
+        ``class_prefer``: per class, the kinds it is sent to first (none when shorter);
         ``distances``: :func:`lane_distances` of the same graph, when already known."""
         n_s = len(space_node)
         n_e = len(entrance_nodes)
-        n_c = len(class_kinds)
         space_kinds = [list(k) for k in space_kinds]
         class_kinds = [list(k) for k in class_kinds]
+        n_public = len(class_kinds)
+        class_names = list(classes or (f"c{i}" for i in range(n_public)))
+        # each preference becomes a class of its own (the preferred kinds, under the same
+        # policies), after the site's classes; best() asks it first
+        prefer = [-1] * n_public
+        policy_rows = [(k, list(pc), w) for k, pc, w in policies]
+        for c, kinds_first in enumerate(list(class_prefer)[:n_public]):
+            kinds_first = sorted(set(kinds_first) & set(class_kinds[c]))
+            if not kinds_first:
+                continue
+            prefer[c] = len(class_kinds)
+            prefer.append(-1)
+            class_kinds.append(kinds_first)
+            class_names.append(f"{class_names[c]}/preferred")
+            for _, pcls, _ in policy_rows:
+                if c in pcls:
+                    pcls.append(prefer[c])
+        n_c = len(class_kinds)
         if n_kinds is None:
             n_kinds = 1 + max(
                 [k for ks in space_kinds + class_kinds for k in ks]
@@ -380,7 +412,7 @@ class CoreLayout:
         for c, class_ks in enumerate(class_kinds):
             ck[c, list(class_ks)] = True
         pol = []
-        for kind, pcls, windows in policies:
+        for kind, pcls, windows in policy_rows:
             mask = np.zeros(n_c, dtype=bool)
             mask[list(pcls)] = True
             pol.append((int(kind), mask, tuple((int(a), int(b)) for a, b in windows)))
@@ -407,11 +439,13 @@ class CoreLayout:
             entrance_node=ent,
             node_ids=tuple(node_ids or (f"n{i}" for i in range(n_nodes))),
             entrances=tuple(entrances or (f"e{i}" for i in range(n_e))),
-            classes=tuple(classes or (f"c{i}" for i in range(n_c))),
+            classes=tuple(class_names),
             zones=tuple(zones or (f"z{i}" for i in range(n_zones))),
             kinds=tuple(kinds or (f"k{i}" for i in range(n_kinds))),
             space_ids=tuple(space_ids or (f"s{i}" for i in range(n_s))),
             line_keys=tuple(line_keys or (("d", i) for i in range(len(line_zones)))),
+            prefer=np.array(prefer, dtype=np.int32),
+            public_classes=n_public,
         )
 
     @staticmethod
@@ -438,6 +472,7 @@ class CoreLayout:
             "space_zone": [zones[s.zone] for s in site.spaces],
             "space_kinds": [sorted(kinds[k] for k in s.kinds) for s in site.spaces],
             "class_kinds": [[kinds[k] for k in c.kinds] for c in site.vehicle_classes],
+            "class_prefer": [[kinds[k] for k in c.prefer] for c in site.vehicle_classes],
             "policies": [
                 (kinds[p.kind], [classes[c] for c in sorted(p.classes)], p.windows)
                 for p in site.policies
@@ -603,6 +638,7 @@ class AllocationCore:
         self.congestion_halflife_s = float(congestion_halflife_s)
         n_s, n_e, n_c, n_a = layout.n_spaces, layout.n_entrances, layout.n_classes, layout.n_aisles
         self._n_c, self._n_e, self._n_s = n_c, n_e, n_s
+        self._prefer = layout.prefer.tolist()
         self._n_p = n_e * n_c
         self.state = np.zeros(n_s, dtype=np.int8)
         self.held_until = np.zeros(n_s, dtype=np.float64)
@@ -1218,10 +1254,20 @@ class AllocationCore:
 
     # -- queries -------------------------------------------------------------------
     def best(self, entrance: int, vehicle_class: int) -> int:
-        """Lowest (score, cost, index) candidate for this entrance and class; -1 if none."""
+        """Lowest (score, cost, index) candidate for this entrance and class, of its
+        preferred kinds while there is one; -1 if none."""
         self.settle()
         if self._active:
             self._prune_active()  # may move aisles back into the global minimum
+        first = self._prefer[vehicle_class]
+        if first >= 0:
+            s = self._best_of(entrance, first)
+            if s >= 0:
+                return s
+        return self._best_of(entrance, vehicle_class)
+
+    def _best_of(self, entrance: int, vehicle_class: int) -> int:
+        """best() among all candidates of a class (of the layout's, preferences included)."""
         lo = self.layout
         p = vehicle_class * self._n_e + entrance
         r = int(self._glob[p])
@@ -1252,7 +1298,8 @@ class AllocationCore:
         return -1 if best is None else best[2]
 
     def best_all(self) -> np.ndarray:
-        """int[E, C]: best() of every pair (-1 where none), all pairs at once."""
+        """int[E, C]: best() of every pair of an entrance and a site class (-1 where none),
+        all at once."""
         self.settle()
         if self._active:
             self._prune_active()
@@ -1280,7 +1327,11 @@ class AllocationCore:
         none = rank == n_s
         out = lo.order[ents, np.where(none, 0, rank)].astype(np.int64)
         out[none] = -1
-        return out.T.copy()
+        public = np.arange(lo.public_classes)
+        first = lo.prefer[public]
+        for c in np.flatnonzero(first >= 0).tolist():  # a preference answers first
+            out[c] = np.where(out[first[c]] >= 0, out[first[c]], out[c])
+        return out[public].T.copy()
 
     def congestion_state(self) -> dict[int, tuple[float, float]]:
         """Lane node of each aisle ever assigned into -> (value, time of last assignment)."""

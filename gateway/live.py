@@ -221,7 +221,10 @@ class LiveGateway:
         self._space_json = [json.dumps(sp.id) for sp in site.spaces]  # quoted once, for _journal
         self._state_json = [json.dumps(name) for name in STATE_NAMES]
         self._entrance = {e: i for i, e in enumerate(self.layout.entrances)}
-        self._class = {c: i for i, c in enumerate(self.layout.classes)}
+        # the site's classes (the classes of preferences after them are the core's own)
+        self._class = {
+            c: i for i, c in enumerate(self.layout.classes[: self.layout.public_classes])
+        }
         self._zone_name = {z.id: z.name for z in site.zones}
         # (free, unknown, total) of every display line as last rendered, and its display
         self._line_seen = [(-1, -1, -1)] * len(self.lines.line_display)

@@ -40,6 +40,7 @@ class ReferenceAllocator:
         line_zones: Sequence[Iterable[int]] = (),
         line_class: Sequence[int | None] = (),
         closed: Sequence[bool] | None = None,
+        class_prefer: Sequence[Iterable[int]] = (),
         n_zones: int | None = None,
         minute_of_day: int = 0,
         congestion_m: float = 20.0,
@@ -53,6 +54,10 @@ class ReferenceAllocator:
         self.space_zone = [int(z) for z in space_zone]
         self.space_kinds = [set(k) for k in space_kinds]
         self.class_kinds = [set(k) for k in class_kinds]
+        # kinds a class is sent to first (only those it may use at all count)
+        self.class_prefer: list[set[int]] = [set() for _ in self.class_kinds]
+        for c, kinds in enumerate(class_prefer):
+            self.class_prefer[c] = set(kinds) & self.class_kinds[c]
         self.policies = [
             (int(k), set(c), [(int(w[0]), int(w[1])) for w in ws]) for k, c, ws in policies
         ]
@@ -116,9 +121,10 @@ class ReferenceAllocator:
         return dist
 
     # -- rules ---------------------------------------------------------------------
-    def _eligible(self, c: int, s: int) -> bool:
+    def _eligible(self, c: int, s: int, kinds: set[int] | None = None) -> bool:
+        """Class c may use space s now (by one of ``kinds`` only, when given)."""
         for k in self.space_kinds[s]:
-            if k not in self.class_kinds[c]:
+            if k not in (self.class_kinds[c] if kinds is None else kinds):
                 continue
             allowed = True
             for pk, pclasses, windows in self.policies:
@@ -136,6 +142,10 @@ class ReferenceAllocator:
         self.minute = minute_of_day
         self.eligible = [
             [self._eligible(c, s) for s in range(self.n_spaces)] for c in range(self.n_classes)
+        ]
+        self.preferred = [
+            [self._eligible(c, s, self.class_prefer[c]) for s in range(self.n_spaces)]
+            for c in range(self.n_classes)
         ]
 
     def _available(self, s: int) -> bool:
@@ -198,11 +208,16 @@ class ReferenceAllocator:
                 best = key
         return -1 if best is None else best[2]
 
+    def _first_of(self, entrance: int, preferred: list[int], candidates: list[int]) -> int:
+        """The best of the preferred candidates if there is one, else of all."""
+        s = self._best_among(entrance, preferred)
+        return s if s >= 0 else self._best_among(entrance, candidates)
+
     def best(self, entrance: int, vehicle_class: int) -> int:
-        elig = self.eligible[vehicle_class]
-        return self._best_among(
-            entrance, (s for s in range(self.n_spaces) if elig[s] and self._available(s))
-        )
+        """The best candidate of the class's preferred kinds if there is one, else of all."""
+        elig, pref = self.eligible[vehicle_class], self.preferred[vehicle_class]
+        candidates = [s for s in range(self.n_spaces) if elig[s] and self._available(s)]
+        return self._first_of(entrance, [s for s in candidates if pref[s]], candidates)
 
     def _usable(self, line: int, s: int) -> bool:
         """The line's class (any class, for a line without one) may use space s now."""
@@ -220,8 +235,11 @@ class ReferenceAllocator:
             [s for s in range(self.n_spaces) if self.eligible[c][s] and self._available(s)]
             for c in range(self.n_classes)
         ]
+        preferred = [
+            [s for s in candidates[c] if self.preferred[c][s]] for c in range(self.n_classes)
+        ]
         best = [
-            [self._best_among(e, candidates[c]) for c in range(self.n_classes)]
+            [self._first_of(e, preferred[c], candidates[c]) for c in range(self.n_classes)]
             for e in range(self.n_entrances)
         ]
         line_free, line_unknown, line_total = [], [], []

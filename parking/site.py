@@ -509,6 +509,12 @@ class _Compiler:
             for k in vc.kinds:
                 if k not in kinds:
                     self.err(("vehicle_classes", i, "kinds"), f"kind {k!r} is not in kinds")
+            for k in vc.prefer:
+                if k not in vc.kinds:
+                    self.err(
+                        ("vehicle_classes", i, "prefer"),
+                        f"kind {k!r} to prefer is not one of the class's kinds {vc.kinds}",
+                    )
         policies = []
         for i, p in enumerate(m.policies):
             if p.kind not in kinds:

@@ -92,6 +92,11 @@ class VehicleClass(_Model):
     id: Ident = Field(description="class id, the `class` of an arrival")
     name: LocalName = Field(description="shown on the dashboard")
     kinds: list[Ident] = Field(min_length=1, description="space kinds this class may use")
+    prefer: list[Ident] = Field(
+        default_factory=list,
+        description="of its kinds, those it is sent to first while one is free, however "
+        "far (an accessible car to an accessible bay before a nearer resident one)",
+    )
 
 
 class Policy(_Model):

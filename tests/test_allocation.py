@@ -48,10 +48,38 @@ def ent(layout: CoreLayout, name: str) -> int:
 def test_nearest_free_eligible_space_from_each_gate(example_site, layout):
     core = all_free(layout)
     for e, entrance in enumerate(layout.entrances):
-        for c, vc in enumerate(layout.classes):
-            eligible = [s.index for s in example_site.spaces if example_site.eligible(s, vc, NOON)]
-            want = min(eligible, key=lambda i, e=e: (layout.cost[e, i], i)) if eligible else -1
-            assert core.best(e, c) == want, (entrance, vc)
+        for c, vc in enumerate(example_site.vehicle_classes):
+            eligible = [
+                s.index for s in example_site.spaces if example_site.eligible(s, vc.id, NOON)
+            ]
+            preferred = [i for i in eligible if set(example_site.spaces[i].kinds) & set(vc.prefer)]
+            nearest = lambda i, e=e: (layout.cost[e, i], i)  # noqa: E731
+            want = min(preferred or eligible, key=nearest) if eligible else -1
+            assert core.best(e, c) == want, (entrance, vc.id)
+
+
+def test_an_accessible_car_goes_to_an_accessible_bay_however_far(example_site, layout):
+    """The site prefers accessible bays for the accessible class: taken by the north
+    gate, the next ones are the basement's by the lift, not the resident bay next door;
+    with every accessible bay taken, the nearest bay the class may use."""
+    core = all_free(layout)
+    north, accessible = ent(layout, "north"), cls(layout, "accessible")
+    resident = cls(layout, "resident")
+    assert ids(layout, [core.assign(north, accessible, 1.0, 120.0) for _ in range(2)]) == [
+        "A-001",
+        "A-002",
+    ]
+    nearest_other = core.best(north, resident)
+    assert example_site.spaces[nearest_other].zone == "A"  # a resident bay by the gate is free
+    got = ids(layout, [core.assign(north, accessible, 2.0, 120.0) for _ in range(2)])
+    assert sorted(got) == ["B1-E-001", "B1-E-002"]
+    got = core.assign(north, accessible, 3.0, 120.0)
+    assert "accessible" not in example_site.spaces[got].kinds
+    assert example_site.spaces[got].zone == "A"
+    # the preference is the site's: the class's own best, by any kind, is not changed
+    assert layout.classes[: layout.public_classes] == tuple(
+        c.id for c in example_site.vehicle_classes
+    )
     # and what a driver would expect on the plan
     north, east = ent(layout, "north"), ent(layout, "east")
     resident, visitor = cls(layout, "resident"), cls(layout, "visitor")
@@ -252,7 +280,7 @@ def test_incremental_matches_reference_on_the_example_site(example_site, layout)
             core.update(s, x, now)
             ref.update(s, x, now)
         elif r < 0.9:
-            e, c = int(rng.integers(layout.n_entrances)), int(rng.integers(layout.n_classes))
+            e, c = int(rng.integers(layout.n_entrances)), int(rng.integers(layout.public_classes))
             assert core.assign(e, c, now, 90.0) == ref.assign(e, c, now, 90.0)
         elif r < 0.97:
             assert core.expire_holds(now) == ref.expire_holds(now)

@@ -72,6 +72,10 @@ def sites(draw):
             )
         ),
         "policies": policies,
+        # kinds each class is sent to first (some not among its kinds: those do not count)
+        "class_prefer": draw(
+            st.lists(st.lists(kind, max_size=2, unique=True), min_size=n_c, max_size=n_c)
+        ),
         "line_zones": draw(
             st.lists(
                 st.lists(st.integers(0, n_z - 1), min_size=1, max_size=n_z, unique=True),
@@ -131,7 +135,7 @@ def answers(core: AllocationCore) -> tuple:
 
 def check(core: AllocationCore, ref: ReferenceAllocator) -> None:
     want = ref.recompute()
-    n_e, n_c = core.layout.n_entrances, core.layout.n_classes
+    n_e, n_c = core.layout.n_entrances, core.layout.public_classes
     got_best = [[core.best(e, c) for c in range(n_c)] for e in range(n_e)]
     assert got_best == want["best"]
     assert core.best_all().tolist() == want["best"]
@@ -165,7 +169,7 @@ def test_incremental_equals_reference_and_recompute(data):
     lazy = data.draw(st.booleans())
     core.lazy_minima = lazy
     core.batch_min = data.draw(st.sampled_from([2, 64]))  # the vectorized batch path too
-    n_s, n_e, n_c = layout.n_spaces, layout.n_entrances, layout.n_classes
+    n_s, n_e, n_c = layout.n_spaces, layout.n_entrances, layout.public_classes
     np.testing.assert_array_equal(layout.cost, np.array(ref.cost).reshape(n_e, n_s))
     now = 1000.0
     check(core, ref)

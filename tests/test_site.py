@@ -104,6 +104,13 @@ def test_each_source_has_one_agent_named_by_default_or_by_the_site():
             "does not exist",
         ),
         ("ids: B-037..B-072", "ids: B-036..B-072", "spaces[4].ids", "duplicate space"),
+        # a class is only sent first to bays it may use at all
+        (
+            "prefer: [accessible]}",
+            "prefer: [ev]}",
+            "vehicle_classes[4].prefer",
+            "kind 'ev' to prefer is not one of the class's kinds",
+        ),
         (
             "{address: 7, detectors: 32, spaces: [D-001..D-030]}",
             "{address: 7, detectors: 32, spaces: [D-001..D-030], map: [{detector: 3, space: C-001}]}",

@@ -224,6 +224,7 @@ def test_every_space_at_once_fits_beside_the_cap(example_site):
     """A view that loses or regains the gateway sends every space's state at once: on a
     site of more than 1,000 spaces that ended every stream. The cap is per client and on
     top of one place for each id of the site."""
+
     class View:
         site = example_site
 
