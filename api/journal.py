@@ -6,8 +6,9 @@ blocks the gateway's commits. A journal that does not exist yet, or lacks a
 table, reads as empty.
 
 Zones: the gateway stamps each event with its space's zone of the time (``events.zone``).
-Events journalled before it did (NULL, or a journal without the column) take the zone the
-current site gives their space: :func:`event_zone`.
+Events journalled before it did (NULL, or a journal without the column) take their space's
+zone when the journal first kept zones if a site edit has moved it since
+(:meth:`JournalReader.zones_first_kept`), else the current site's: :func:`event_zone`.
 """
 
 from __future__ import annotations
@@ -261,12 +262,19 @@ class JournalReader:
         state.update(before)
         return state
 
-    def history_input(self, start: float, end: float, site_zone: Mapping[str, str]) -> HistoryInput:
+    def history_input(
+        self,
+        start: float,
+        end: float,
+        site_zone: Mapping[str, str],
+        unzoned: Mapping[str, str] | None = None,
+    ) -> HistoryInput:
         """What zone history over [start, end] is computed from: the state and zone of each
         space at ``start``, and the changes after it with the zone each names.
 
         A space counts, at a time, in the zone its latest event at or before that time names
-        (:func:`event_zone`), and nowhere when it has no such event (it did not exist yet);
+        (:func:`event_zone`, with ``unzoned`` for the events journalled without a zone;
+        ``site_zone`` when not given), and nowhere when it has no such event (it did not exist yet);
         only spaces of ``site_zone`` (space -> zone, the current site) are looked at. A
         journal without any stored zone is read as before: every space of the site in its
         zone from the start (``zones`` None).
@@ -280,6 +288,7 @@ class JournalReader:
         closed then, or moved; any, in a journal never checkpointed) is looked for before
         ``start`` (:meth:`latest_before`), and what is found is kept for the next request."""
         self._event_columns()  # learns whether the events have a zone column
+        unzoned = site_zone if unzoned is None else unzoned
         top = self.last_event_id()
         if top < self._top:
             self._forget()  # ids never go back (retention keeps the newest): another journal
@@ -303,7 +312,7 @@ class JournalReader:
             " WHERE ts > ? ORDER BY id",
             (start,),
         ):
-            here = zone if zone is not None else site_zone.get(space)
+            here = zone if zone is not None else unzoned.get(space)
             if space not in first_after:
                 first_after[space] = (id_, ts, old, here)
                 state[space] = old
@@ -362,7 +371,9 @@ class JournalReader:
             if hit is None and latest is not None and latest[1] <= start and latest[3] == floor:
                 hit = latest[:3]
             if hit is not None:
-                zones[space] = hit[2] if hit[2] is not None else site_zone[space]
+                zones[space] = (
+                    hit[2] if hit[2] is not None else unzoned.get(space, site_zone[space])
+                )
                 # none later at or before start, and those after start begin at first_after
                 after = first_after.get(space)
                 upto = top if after is None else max(hit[0], after[0] - 1)
@@ -434,6 +445,26 @@ class JournalReader:
         self._latest.clear()
         self._first.clear()
         self._clear.clear()
+
+    def zones_first_kept(self) -> dict[str, str]:
+        """Space -> its zone in the first zone map the journal kept, for every space a site
+        edit has moved or removed since (``zone_changes``): the zone of its events from
+        before the journal kept zones (those have none)."""
+        first: dict[str, str | None] = {}
+        for space, old in self._query("SELECT space, old FROM zone_changes ORDER BY rowid"):
+            first.setdefault(space, old)
+        return {space: zone for space, zone in first.items() if zone is not None}
+
+    def zones_of_the_past(self) -> set[str]:
+        """Zones a site edit has moved spaces out of or into (``zone_changes``): the events
+        of a zone the site no longer has can still be asked for by it."""
+        return {
+            zone
+            for (zone,) in self._query(
+                "SELECT old FROM zone_changes WHERE old IS NOT NULL"
+                " UNION SELECT new FROM zone_changes WHERE new IS NOT NULL"
+            )
+        }
 
     def meta(self, *keys: str) -> dict[str, str]:
         """The gateway's ``meta`` rows of ``keys`` that exist (none without a journal)."""

@@ -300,6 +300,54 @@ def test_a_journal_from_before_zones_reads_in_the_current_sites_zones(harness, t
         assert got["B"] == [(72, 0, 0, 72), (72, 0, 1, 71), (73, 0, 2, 71)]
 
 
+def test_events_from_before_zones_stay_in_the_zone_of_the_upgrade_after_a_move(harness, tmp_path):
+    """A journal from before zones, upgraded while A-001 was in zone B; a later site edit
+    moves it to A. Its events from before the upgrade (no zone stored) stay in B, where
+    the zone map the journal first kept had it, not in the zone it moved to."""
+    path = tmp_path / "journal.sqlite"
+    journal = Journal(path)
+    Feed(journal).report(T0, (MOVED, "unknown", "free"), ("B-001", "unknown", "occupied"))
+    journal.close()
+    with closing(sqlite3.connect(path)) as db, db:  # the schema of the release before
+        db.execute("ALTER TABLE events DROP COLUMN zone")
+        db.execute("DROP TABLE space_zones")
+        db.execute("DROP TABLE zone_changes")
+    journal = Journal(path)  # the upgrade: the site file then had A-001 in B
+    journal.put_space_zones(old_map(harness))
+    feed = Feed(journal)
+    feed.seq = 1
+    feed.report(T0 + 100, (MOVED, "free", "occupied"))
+    journal.put_space_zones(old_map(harness) | {"B-002": "Q"})  # a zone Q for a while
+    feed.report(T0 + 150, ("B-002", "unknown", "occupied"))
+    journal.put_space_zones(site_map(harness))  # the edit: A-001 moves to A, Q is gone
+    feed.report(T0 + 200, (MOVED, "occupied", "free"))
+    journal.close()
+    with api_on(harness, path) as (client, h):
+        assert listed(client, h, space=MOVED) == [
+            (T0, MOVED, "B"),
+            (T0 + 100, MOVED, "B"),
+            (T0 + 200, MOVED, "A"),
+        ]
+        assert listed(client, h, zone="B") == [
+            (T0, MOVED, "B"),
+            (T0, "B-001", "B"),
+            (T0 + 100, MOVED, "B"),
+        ]
+        assert listed(client, h, zone="A") == [(T0 + 200, MOVED, "A")]
+        assert exported(client, h, space=MOVED) == [
+            (T0, MOVED, "B"),
+            (T0 + 100, MOVED, "B"),
+            (T0 + 200, MOVED, "A"),
+        ]
+        # a zone the site no longer has: its events can still be listed by it
+        assert listed(client, h, zone="Q") == [(T0 + 150, "B-002", "Q")]
+        assert client.get("/api/v1/events", params={"zone": "Z9"}, headers=h).status_code == 422
+        # history: free in B from T0, occupied there at T0+100, free in A from T0+200
+        got = counts(client, h, T0 + 50, T0 + 250, 100)
+        assert [p[1:3] for p in got["B"]] == [(1, 1), (0, 2), (0, 1)]
+        assert [p[1:3] for p in got["A"]] == [(0, 0), (0, 0), (1, 0)]
+
+
 def test_drop_signs_forgets_the_displays_the_site_no_longer_has(tmp_path):
     journal = Journal(tmp_path / "journal.sqlite")
     with journal.transaction():

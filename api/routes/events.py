@@ -41,28 +41,41 @@ def event_filter(ctx: Ctx, space: str | None, zone: str | None, since: float | N
     site = ctx.view.site
     if space is not None and space not in site.space_index:
         invalid(("query", "space"), f"no space {space!r} on this site", space)
-    if zone is not None and zone not in {z.id for z in site.zones}:
-        invalid(("query", "zone"), f"no zone {zone!r} on this site", zone)
+    if (
+        zone is not None
+        and zone not in {z.id for z in site.zones}
+        and zone not in ctx.journal.zones_of_the_past()
+    ):
+        invalid(("query", "zone"), f"no zone {zone!r} on this site, nor in its history", zone)
     if since is not None and until is not None and until <= since:
         invalid(("query", "until"), "until must be after since", until)
     # the zone an event was journalled with (a space moved since keeps its old events there);
-    # events from before the journal kept zones are in their space's zone of today's site
+    # events from before the journal kept zones are in :func:`unzoned_zones`
+    unzoned = unzoned_zones(ctx) if zone is not None else {}
     return EventFilter(
         spaces=None if space is None else (space,),
         since=since,
         until=until,
         zone=zone,
-        zone_spaces=() if zone is None else tuple(s.id for s in site.spaces if s.zone == zone),
+        zone_spaces=tuple(sorted(s for s, z in unzoned.items() if z == zone)),
     )
 
 
 def site_zones(ctx: Ctx) -> dict[str, str]:
-    """Space -> zone of the current site (the zone of events journalled without one)."""
+    """Space -> zone of the current site."""
     return {s.id: s.zone for s in ctx.view.site.spaces}
 
 
+def unzoned_zones(ctx: Ctx) -> dict[str, str]:
+    """Space -> the zone of its events journalled without one (before the journal kept
+    zones): its zone when the journal first did, for a space a site edit has moved or
+    removed since; else the current site's."""
+    return site_zones(ctx) | ctx.journal.zones_first_kept()
+
+
 def event_out(ctx: Ctx, e: EventRow, site_zone: dict[str, str] | None = None) -> EventOut:
-    zone = event_zone(e, site_zones(ctx) if site_zone is None else site_zone)
+    """``site_zone``: :func:`unzoned_zones`, when the caller already has it."""
+    zone = event_zone(e, unzoned_zones(ctx) if site_zone is None else site_zone)
     return EventOut(
         id=e.id, ts=e.ts, space=e.space, zone=zone, old=e.old, new=e.new,
         source=e.source, agent=e.agent, seq=e.seq, reason=e.note,
@@ -84,7 +97,7 @@ def events(
     rows = ctx.journal.events(flt, before_id=before, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    site_zone = site_zones(ctx)
+    site_zone = unzoned_zones(ctx)
     return EventPage(
         items=[event_out(ctx, e, site_zone) for e in rows],
         next_before=rows[-1].id if more and rows else None,
@@ -116,7 +129,7 @@ def csv_lines(ctx: Ctx, flt: EventFilter, limit: int | None) -> Iterator[str]:
     buf.write(CSV_BOM)
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
-    site_zone = site_zones(ctx)
+    site_zone = unzoned_zones(ctx)
     local_tz = ZoneInfo(ctx.view.site.timezone)  # validated by the site file's schema
     for n, e in enumerate(
         ctx.journal.iter_events(flt, sys.maxsize if limit is None else limit + 1)
@@ -216,7 +229,7 @@ def history(
     # its old zone until then), from its first event on; the current site's zones for a
     # journal that never kept zones
     site_zone = site_zones(ctx)
-    at_start = ctx.journal.history_input(start, end, site_zone)
+    at_start = ctx.journal.history_input(start, end, site_zone, unzoned_zones(ctx))
     initial = at_start.states
     zone_of = dict(site_zone) if at_start.zones is None else at_start.zones
     for s in site.spaces:  # closed in the site file and never journalled: closed
