@@ -88,6 +88,10 @@ GATE_OFFSET_SAMPLES = 16  # live arrivals per entrance its clock offset is learn
 GATE_OFFSET_WINDOW_S = 600.0  # and only those of the last ten minutes
 GATE_OFFSET_WARN_S = 60.0  # a gate clock this far off the gateway's is worth a technician
 GATE_OFFSET_LOG_INTERVAL_S = 3600.0  # at most one warning about it per entrance per hour
+GATE_OFFSETS_KEY = "gate_clock_offsets"
+"""Journal meta: {entrance: [offset s, wall time learnt]}, so a restarted gateway holds the
+spaces of a skewed gate's first arrivals too (its offset learnt again only after them)."""
+GATE_OFFSET_SAVE_S = 60.0  # an entrance's offset is journaled again after this, or a move
 MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
 CORE_STEP_SLACK_S = 0.1  # a forward jump of the wall clock beyond the monotonic one: a step
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
@@ -255,6 +259,8 @@ class LiveGateway:
         # per entrance, (monotonic receipt, receipt wall time - ts) of its recent live
         # arrivals: the least of them is the gate's clock offset (_arrival_age)
         self._gate_delays: dict[str, deque[tuple[float, float]]] = {}
+        self._gate_saved: dict[str, tuple[float, float]] = {}  # entrance -> (offset, mono)
+        self._gate_unsaved = False  # an offset moved since it was journaled
         self._gate_offset_logged: dict[str, float] = {}  # entrance -> monotonic time
         self.gate_clock_warnings = 0  # warnings that a gate's clock is over a minute off
         self.outbox_stats: Callable[[], dict[str, Any]] | None = None
@@ -283,6 +289,7 @@ class LiveGateway:
         self.journal.put_space_zones({sp.id: sp.zone for sp in self.site.spaces})
         with self.journal.transaction():
             self.journal.expand_pending()  # committed before a crash: now events
+        self._restore_gate_offsets(now, mono)
         stored_agents = {a.agent: a for a in self.journal.agents()}
         retired = self.journal.retired_boots()
         for a in stored_agents.values():
@@ -559,8 +566,38 @@ class LiveGateway:
                             for z, zone in enumerate(self.state.zone_ids)
                         ],
                     )
+            if self._gate_unsaved:
+                self._save_gate_offsets(now, mono)
             if self._dirty_since is not None and not self.defer_checkpoint:
                 self.flush_checkpoint(step=True)
+
+    def _save_gate_offsets(self, wall: float, mono: float) -> None:
+        """Journal each entrance's learnt clock offset with the wall time it was learnt."""
+        self._gate_unsaved = False
+        offsets = {
+            entrance: [offset, wall - (mono - at)]
+            for entrance, (offset, at) in self._gate_saved.items()
+            if mono - at <= GATE_OFFSET_WINDOW_S
+        }
+        self.journal.set_meta(GATE_OFFSETS_KEY, json.dumps(offsets, sort_keys=True))
+
+    def _restore_gate_offsets(self, wall: float, mono: float) -> None:
+        """Offsets learnt within GATE_OFFSET_WINDOW_S before the restart count as one live
+        arrival each (a journal value that does not parse is ignored: they are relearnt)."""
+        try:
+            stored = json.loads(self.journal.meta(GATE_OFFSETS_KEY) or "{}")
+            items = [(str(e), float(o), float(t)) for e, (o, t) in stored.items()]
+        except (ValueError, TypeError, AttributeError):
+            log.warning(
+                "journal meta %s does not parse: gate clock offsets are relearnt", GATE_OFFSETS_KEY
+            )
+            return
+        for entrance, offset, learnt in items:
+            age = wall - learnt
+            if entrance in self._entrance and 0.0 <= age <= GATE_OFFSET_WINDOW_S:
+                samples = deque([(mono - age, offset)], maxlen=GATE_OFFSET_SAMPLES)
+                self._gate_delays[entrance] = samples
+                self._gate_saved[entrance] = (offset, mono - age)
 
     def _core_time(self, wall: float) -> float:
         """The allocation core's time: the wall clock, except that a step of it (NTP) is
@@ -904,6 +941,10 @@ class LiveGateway:
         if not delays:
             return delay
         offset = min(d for _, d in delays)
+        saved = self._gate_saved.get(entrance)
+        if saved is None or abs(saved[0] - offset) > 1.0 or mono >= saved[1] + GATE_OFFSET_SAVE_S:
+            self._gate_saved[entrance] = (offset, mono)
+            self._gate_unsaved = True  # journaled by the next tick, off the answer's path
         if abs(offset) > GATE_OFFSET_WARN_S:
             now_mono = self._mono()
             last = self._gate_offset_logged.get(entrance, -math.inf)

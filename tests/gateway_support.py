@@ -228,15 +228,16 @@ class Clocks:
         )
 
 
-def snapshot_all_free(gw: LiveGateway, site: Any, now: float) -> None:
-    """Every bus of ``site`` reports all its spaces free at ``now`` (in-process)."""
+def snapshot_all_free(gw: LiveGateway, site: Any, now: float, seq: int = 1) -> None:
+    """Every bus of ``site`` reports all its spaces free at ``now`` (in-process; a later
+    ``seq`` of the same boot after a gateway restart)."""
     for bus in site.buses:
         spaces = site.spaces_of_source(bus.id)
         report = {
             "agent": bus.agent,
             "source": bus.id,
             "boot": "b",
-            "seq": 1,
+            "seq": seq,
             "ts": now,
             "kind": "snapshot",
             "spaces": [{"space": s, "state": "free", "since": now} for s in spaces],

@@ -202,3 +202,34 @@ def test_a_gate_clock_that_ran_ahead_and_is_put_right_still_gets_holds(example_s
     answers = [g.arrive(0.0) for _ in range(3)]  # its NTP fixed
     assert all(_held(a) for a in answers)
     assert len({a["space"] for a in answers}) == 3
+
+
+def test_a_restart_keeps_what_was_learned_of_a_gate_clock(example_site, tmp_path):
+    """The gate 120 s behind, learnt before a restart: the backlog right after it (a car
+    that waited 5 s in the broker) is judged by the gate's clock and held; one that waited
+    5 min is not. (Offsets were kept in memory only: every backlog arrival of such a gate
+    went unheld until it was learnt again.)"""
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(1_800_000_000.0)
+    g = _Gate(example_site, db, clocks)
+    g.connect()
+    clocks.advance(ARRIVAL_LIVE_AFTER_S + 5)
+    assert _held(g.arrive(-120.0))
+    g.gw.tick()  # journaled off the answer's path
+    g.gw.journal.close()
+    clocks.advance(60)  # down a minute; a new process has a monotonic clock of its own
+    clocks.mono = 0.0
+    g = _Gate(example_site, db, clocks)
+    g.n = 100  # new request ids (an id seen before is answered from the journal)
+    snapshot_all_free(g.gw, example_site, clocks.wall, seq=2)  # the buses' next report
+    assert g.gw.gate_clock_offset("north") == pytest.approx(120.0, abs=0.01)
+    g.connect()  # the backlog follows at once
+    assert _held(g.arrive(-120.0 - 5.0))
+    assert g.arrive(-120.0 - 300.0)["hold_expires"] is None
+    assert g.gw.gate_clock_offset("east") is None  # nothing learnt of that one
+    g.gw.journal.close()
+    # learnt longer ago than the offsets are trusted: relearnt from live arrivals
+    clocks.advance(700)
+    clocks.mono = 0.0
+    g = _Gate(example_site, db, clocks)
+    assert g.gw.gate_clock_offset("north") is None
