@@ -36,3 +36,19 @@ def test_each_unit_starts_a_command_with_flags_it_has(unit):
     assert getattr(args, "agent", None) is None
     text = unit.read_text()
     assert "UMask=0077" in text and "StateDirectoryMode=0750" in text
+
+
+@pytest.mark.parametrize("unit", sorted(UNITS.glob("*.service")), ids=lambda p: p.name)
+def test_each_unit_confines_its_service(unit):
+    """No capabilities, the system calls of a service, no kernel settings; devices only
+    for the agents that open serial ports and cameras."""
+    settings = dict(
+        line.split("=", 1) for line in unit.read_text().splitlines() if "=" in line[:40]
+    )
+    assert settings["CapabilityBoundingSet"] == ""
+    assert settings["SystemCallFilter"] == "@system-service"
+    for key in ("ProtectKernelTunables", "ProtectKernelModules", "ProtectControlGroups",
+                "RestrictSUIDSGID", "RestrictNamespaces", "NoNewPrivileges"):  # fmt: skip
+        assert settings[key] == "true", key
+    needs_devices = unit.name in INSTANCE  # the serial and camera agents
+    assert (settings.get("PrivateDevices") == "true") != needs_devices
