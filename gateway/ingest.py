@@ -14,7 +14,9 @@ Whole-report rejections: ``oversized``, ``bad_json``, ``invalid`` (schema),
 ``unknown_agent`` (availability or health of an agent no source of the site names),
 ``retained`` (a report, arrival or control the broker kept: stale, replayed on connect),
 ``duplicate`` (same boot, seq already seen: a replay or a QoS 1 redelivery),
-``stale_boot`` (a boot the agent has since left). Per observation (the rest of
+``stale_boot`` (a boot the agent has since left); a boot never seen replaces the agent's
+current one only with a report that has an accepted observation (else the report is
+refused whole, by its first observation's reason). Per observation (the rest of
 the report is accepted, as the issue says "accepts only the spaces bound to the
 source"): ``unknown_space``, ``foreign_space`` (bound to another source),
 ``older_than_known`` (its ``since`` is earlier than the last accepted
@@ -458,6 +460,7 @@ class ReportGate:
             )
         known = self._sequences.get(report.agent)
         gap = False
+        replaces: str | None = None  # the boot a boot never seen would replace
         if known is not None:
             if report.boot == known.boot:
                 if report.seq <= known.seq:
@@ -480,6 +483,7 @@ class ReportGate:
                         f"{report.agent} boot {report.boot}: report ts {report.ts} is older "
                         f"than boot {known.boot}'s observations ({newest})",
                     )
+                replaces = known.boot
         index = self.site.space_index
         bound = self._binding_source
         source = report.source
@@ -516,6 +520,15 @@ class ReportGate:
                 idx.append(s)
                 codes.append(_STATE_CODE[obs.state])
                 times.append(obs.since)
+        if replaces is not None and not idx:
+            # it would retire the running boot with nothing of it taken: every later report
+            # of the live agent refused as stale_boot, from one stray or garbled message
+            first = rejected[0] if rejected else Rejection("stale_boot", "no observation")
+            return Rejection(
+                first.reason,
+                f"{report.agent} boot {report.boot} would replace boot {replaces} "
+                f"without an accepted observation ({first.detail})",
+            )
         spaces = np.array(idx, dtype=np.int64)
         states = np.array(codes, dtype=np.int8)
         since = np.array(times, dtype=np.float64)

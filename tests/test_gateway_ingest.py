@@ -177,6 +177,33 @@ def test_a_stale_message_of_an_unknown_boot_does_not_shut_the_live_boot_out(
     assert isinstance(accept(gate, restarted, since), AcceptedReport)
 
 
+def test_a_new_boot_with_nothing_accepted_does_not_shut_the_live_boot_out(
+    gate, since, example_site
+):
+    """A message of a boot never seen whose every observation is refused (a space that does
+    not exist, one of another source), or that has none, is refused whole: it used to
+    retire the live boot, and every later report of the running agent was refused as
+    stale_boot until it restarted. A restart's report with a good observation still
+    replaces the boot."""
+    accept(gate, report([("A-001", "free")], boot="b1", seq=1), since)
+    for spaces, reason in (
+        ([("ZZ-1", "occupied")], "unknown_space"),
+        ([("C-001", "occupied")], "foreign_space"),
+        ([], "stale_boot"),
+    ):
+        stray = report(spaces, boot="aaaaaaaaaaab", seq=1)
+        refused = gate.accept("serial-bus-g", stray, since)
+        assert isinstance(refused, Rejection) and refused.reason == reason, refused
+        assert "would replace boot b1" in refused.detail
+        stray_snapshot = report(spaces, boot="aaaaaaaaaaac", seq=1, kind="snapshot")
+        assert isinstance(gate.accept("serial-bus-g", stray_snapshot, since), Rejection)
+    goes_on = accept(gate, report([("A-001", "occupied")], boot="b1", seq=2), since)
+    assert isinstance(goes_on, AcceptedReport) and not goes_on.gap
+    restarted = accept(gate, report([("ZZ-1", "free"), ("A-002", "free")], boot="b2"), since)
+    assert isinstance(restarted, AcceptedReport)
+    assert [r.reason for r in restarted.rejected] == ["unknown_space"]
+
+
 def test_restored_sequence_refuses_replays_after_restart(example_site, since):
     gate = ReportGate(example_site)
     gate.restore("serial-bus-g", "b1", 7)
