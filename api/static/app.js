@@ -26,6 +26,13 @@ const T = {
   no_data: ["无数据", "no data"], raw_readings: ["检测器：原始读数和错误计数", "Detectors: raw readings and error counters"],
   detector: ["检测器", "Detector"], raw: ["原始值", "Raw"], battery: ["电量", "Battery"], node_errors: ["节点错误", "Node errors"], unreachable: ["无法连接服务器", "server unreachable"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
   not_live_since: ["非实时：自 {t} 起未更新", "not live since {t}"],
+  live_again: ["已恢复实时", "live again"], free_now: ["空位：{list}", "free spaces: {list}"],
+  // the map for the keyboard and screen readers, and a way in without it
+  map_of: ["地图：{level}", "map: {level}"], show_space: ["查看", "Show"],
+  no_space: ["本场地没有车位“{id}”", "no space \"{id}\" on this site"],
+  map_hint: ["地图上：用 Tab 键进入一层，方向键在车位间移动，回车打开。",
+    "On the map: Tab to a level, the arrow keys move between spaces, Enter opens one."],
+  chart_label: ["占用率，{range}：{list}", "occupancy, {range}: {list}"],
   // an alert's acknowledgement: who, when, and what they wrote
   note_ph: ["备注（可选），如：已通知维修工", "note (optional), e.g. technician called"],
   note: ["备注：", "note: "],
@@ -48,6 +55,8 @@ const STATES = ["free", "occupied", "unknown", "closed"];
 const ARROWS = { left: "←", right: "→", up: "↑", down: "↓", "up-left": "↖", "up-right": "↗",
   "down-left": "↙", "down-right": "↘", none: "" };
 const ZONE_COLOURS = ["#1b5fb8", "#d64541", "#1f9d55", "#b5651d", "#7b3fb8", "#0f8a8a", "#555"];
+// each zone's line also has its own dashes: told apart without colour (the legend shows them)
+const ZONE_DASHES = ["", "8 4", "2 3", "10 3 2 3", "5 2", "1 4", "12 3 2 3 2 3"];
 
 const S = { lang: localStorage.getItem("lang") || (navigator.language.startsWith("zh") ? "zh" : "en"),
   me: null, publicRead: true, site: null, alertMsgs: new Map(), zones: [], displays: [], spaces: new Map(), selected: null,
@@ -64,6 +73,7 @@ const L = (obj) => (obj ? obj[S.lang] || obj.en : "");
 // the table does not know is shown as it is
 const tr = (prefix, id) => (T[prefix + id] ? t(prefix + id) : id);
 const paren = (x) => (S.lang === "zh" ? `（${x}）` : ` (${x})`);
+const listSep = () => (S.lang === "zh" ? "，" : ", ");
 const zoneName = (id) => {
   const z = S.site && S.site.zones.find((x) => x.id === id);
   return z ? L(z.name) : id;
@@ -174,6 +184,7 @@ function applyLang() {
   for (const e of document.querySelectorAll("[data-i18n-placeholder]")) e.placeholder = t(e.dataset.i18nPlaceholder);
   if (S.siteName) $("#site-name").textContent = L(S.siteName);
   renderZones(); renderSigns(); renderLevelTitles(); renderLive(S.es && S.es.readyState === 1); renderStale(); renderWho();
+  for (const id of S.spaces.keys()) paintSpace(id);
   if (S.me) { loadAlerts(); loadAgents(); loadDetectors(); loadHistory(); loadEvents(true); }
   if (S.selected && !$("#space-panel").hidden) showSpace(S.selected);
 }
@@ -219,14 +230,19 @@ async function login(ev) {
   f.password.value = "";
   msg.textContent = "";
   await start();
+  // the form is gone: focus goes on to the page's heading, not back to the top (BODY)
+  if (S.me) $("#main-heading").focus();
 }
 
 function clearPrivate() {
   S.site = null; S.selected = null; S.spaces.clear(); S.eventsBefore = null; S.eventsPaged = false;
   S.alertMsgs.clear();
   $("#map").replaceChildren();
+  $("#space-ids").replaceChildren();
   delete $("#map").dataset.loaded;
   $("#space-panel").hidden = true;
+  $("#sp-id").textContent = ""; $("#sp-reason").value = ""; $("#find-msg").textContent = "";
+  S.history = null;
   for (const sel of ["#alerts", "#agents tbody", "#detectors tbody", "#events tbody", "#chart"]) $(sel).replaceChildren();
   $("#raw-box").hidden = true; $("#older").hidden = true; $("#events-msg").textContent = "";
 }
@@ -238,12 +254,18 @@ async function logout() {
   if (!r.ok && r.status !== 401) return;
   clearPrivate();
   await start();
+  if (!S.me) $("#login-heading").focus(); // the button pressed is gone
 }
 
 // ---- zones ---------------------------------------------------------------------------------
 async function loadZones() {
   const r = await api("/api/v1/zones");
-  if (r.ok) { S.zones = r.body; renderZones(); }
+  if (r.ok) {
+    S.zones = r.body; renderZones();
+    // the counts as first shown are not news; changes from them are (said by announceZones)
+    if (!S.spoken) S.spoken = new Map(S.zones.map((z) => [z.zone, freeSaid(z)]));
+    else throttle("announce-zones", announceZones, ANNOUNCE_EVERY_MS);
+  }
   return r.ok;
 }
 
@@ -273,6 +295,7 @@ function onZone(data) {
   S.zones[i] = { ...S.zones[i], ...data };
   dirty.zones.add(data.zone);
   redrawSoon();
+  throttle("announce-zones", announceZones, ANNOUNCE_EVERY_MS);
 }
 
 // ---- signs ---------------------------------------------------------------------------------
@@ -361,12 +384,16 @@ function drawMap() {
   const nodes = new Map(site.lane_nodes.map((n) => [n.id, n]));
   const box = $("#map");
   box.replaceChildren();
+  // the spaces by id for the space field (a way in without the map)
+  $("#space-ids").replaceChildren(...site.spaces.map((sp) => el("option", { value: sp.id })));
   for (const lv of site.levels) {
     const [x0, y0, x1, y1] = lv.bounds;
     const X = (x) => (x - x0 + pad).toFixed(2);
     const Y = (y) => (y1 - y + pad).toFixed(2); // y grows northwards on the site, downwards in SVG
+    // a group of buttons (the spaces), named after its level: not an image hiding them
     const root = svg("svg", { viewBox: `0 0 ${(x1 - x0 + 2 * pad).toFixed(1)} ${(y1 - y0 + 2 * pad).toFixed(1)}`,
-      "data-level": lv.id, role: "img" });
+      "data-level": lv.id, role: "group", "aria-label": t("map_of").replace("{level}", L(lv.name)) });
+    const bays = []; // [polygon, centre x, centre y, corners] in the SVG's units: for arrow keys, taps
     for (const [a, b] of site.lane_edges) {
       const na = nodes.get(a), nb = nodes.get(b);
       if (na && nb && na.level === lv.id && nb.level === lv.id)
@@ -374,9 +401,15 @@ function drawMap() {
     }
     for (const sp of site.spaces) {
       if (sp.level !== lv.id) continue;
+      // a button each, reached by the keyboard: one stop per level for Tab (the last one
+      // focused, at first the first), the arrow keys between them
       const p = svg("polygon", { class: "space", "data-space": sp.id, "data-state": "unknown",
-        points: sp.polygon.map(([x, y]) => `${X(x)},${Y(y)}`).join(" ") });
+        points: sp.polygon.map(([x, y]) => `${X(x)},${Y(y)}`).join(" "),
+        role: "button", tabindex: bays.length ? "-1" : "0" });
       p.append(svg("title"));
+      labelSpace(p, sp.id, { state: "unknown" });
+      const pts = sp.polygon.map(([x, y]) => ({ x: Number(X(x)), y: Number(Y(y)) }));
+      bays.push([p, pts.reduce((a, q) => a + q.x, 0) / pts.length, pts.reduce((a, q) => a + q.y, 0) / pts.length, pts]);
       root.append(p);
     }
     for (const d of site.displays) {
@@ -397,11 +430,88 @@ function drawMap() {
     }
     root.addEventListener("click", (ev) => {
       const id = ev.target.getAttribute && ev.target.getAttribute("data-space");
-      if (id) showSpace(id);
+      if (id) return openSpace(id);
+      // a tap beside a space (they are a few pixels wide on a phone): the nearest one, if
+      // close enough (what a fingertip covers)
+      if (ev.target !== root && !ev.target.classList.contains("lane")) return;
+      const near = nearestSpace(root, bays, ev.clientX, ev.clientY);
+      if (near) openSpace(near);
     });
-    box.append(el("div", { class: "level" }, el("h3", { "data-level-title": lv.id, text: L(lv.name) }),
-      el("div", { class: "pan" }, root)));
+    root.addEventListener("keydown", (ev) => {
+      const id = ev.target.getAttribute && ev.target.getAttribute("data-space");
+      if (!id) return;
+      if (ev.key === "Enter" || ev.key === " " || ev.key === "Spacebar") {
+        ev.preventDefault(); // Space would scroll the page
+        openSpace(id);
+        return;
+      }
+      const next = spaceToward(bays, ev.target, ev.key);
+      if (next) { ev.preventDefault(); next.focus(); }
+    });
+    const level = el("div", { class: "level" }, el("h3", { "data-level-title": lv.id, text: L(lv.name) }),
+      el("div", { class: "pan" }, root));
+    // Tab comes back to the space last focused (listened for on the level's box: a focus
+    // listener on the SVG itself would put the SVG in the Tab order too)
+    level.addEventListener("focusin", (ev) => {
+      if (!ev.target.getAttribute || !ev.target.getAttribute("data-space")) return;
+      for (const q of root.querySelectorAll('.space[tabindex="0"]')) if (q !== ev.target) q.setAttribute("tabindex", "-1");
+      ev.target.setAttribute("tabindex", "0");
+    });
+    box.append(level);
   }
+}
+
+// The space the arrow key `key` moves to from `from`: the nearest in that direction, preferring
+// one in line (the next one in its row, the one across the aisle); Home/End: first/last.
+function spaceToward(bays, from, key) {
+  if (key === "Home") return bays.length ? bays[0][0] : null;
+  if (key === "End") return bays.length ? bays[bays.length - 1][0] : null;
+  const dir = { ArrowRight: [1, 0], ArrowLeft: [-1, 0], ArrowDown: [0, 1], ArrowUp: [0, -1] }[key];
+  const here = bays.find((b) => b[0] === from);
+  if (!dir || !here) return null;
+  let best = null, bestScore = Infinity;
+  for (const b of bays) {
+    const dx = b[1] - here[1], dy = b[2] - here[2];
+    const along = dx * dir[0] + dy * dir[1], across = Math.abs(dx * dir[1] - dy * dir[0]);
+    if (along < 0.5 || across > along * 2) continue; // behind, or more sideways than ahead
+    const score = along + 3 * across;
+    if (score < bestScore) { best = b[0]; bestScore = score; }
+  }
+  return best;
+}
+
+// The id of the space nearest a tap at (cx, cy) (client pixels), if within a fingertip of it.
+function nearestSpace(root, bays, cx, cy) {
+  const m = root.getScreenCTM();
+  if (!m) return null;
+  const pt = new DOMPoint(cx, cy).matrixTransform(m.inverse());
+  const reach = (matchMedia("(pointer: coarse)").matches ? 16 : 8) / Math.abs(m.a); // px -> SVG units
+  let best = null, bestD = Infinity;
+  for (const [p, , , pts] of bays) {
+    const d = distanceToPolygon(pt.x, pt.y, pts);
+    if (d < bestD) { best = p; bestD = d; }
+  }
+  return best && bestD <= reach ? best.getAttribute("data-space") : null;
+}
+
+function distanceToPolygon(x, y, points) {
+  let d = Infinity, inside = false;
+  for (let i = 0, j = points.length - 1; i < points.length; j = i++) {
+    const a = points[j], b = points[i];
+    if ((a.y > y) !== (b.y > y) && x < ((b.x - a.x) * (y - a.y)) / (b.y - a.y) + a.x) inside = !inside;
+    const vx = b.x - a.x, vy = b.y - a.y, len = vx * vx + vy * vy;
+    const k = len ? Math.max(0, Math.min(1, ((x - a.x) * vx + (y - a.y) * vy) / len)) : 0;
+    d = Math.min(d, Math.hypot(x - a.x - k * vx, y - a.y - k * vy));
+  }
+  return inside ? 0 : d;
+}
+
+// A space's name for screen readers and its tooltip: "A-001, free" in the page's language.
+function labelSpace(p, id, s) {
+  const sep = S.lang === "zh" ? "，" : ", ";
+  const text = [id, t(s.state), s.held && t("held")].filter(Boolean).join(sep);
+  p.setAttribute("aria-label", text);
+  p.firstChild.textContent = text;
 }
 
 function renderLevelTitles() {
@@ -411,6 +521,12 @@ function renderLevelTitles() {
     if (h) h.textContent = L(lv.name);
   }
   for (const lab of document.querySelectorAll("[data-zone-label]")) lab.textContent = zoneName(lab.dataset.zoneLabel);
+  for (const root of document.querySelectorAll("#map svg[data-level]")) {
+    const lv = S.site.levels.find((x) => x.id === root.dataset.level);
+    if (lv) root.setAttribute("aria-label", t("map_of").replace("{level}", L(lv.name)));
+  }
+  for (const p of document.querySelectorAll("#map polygon[data-space]"))
+    if (!S.spaces.has(p.dataset.space)) labelSpace(p, p.dataset.space, { state: "unknown" });
 }
 
 function paintSpace(id) {
@@ -419,7 +535,7 @@ function paintSpace(id) {
   if (!s || !p) return;
   p.setAttribute("data-state", s.state);
   p.classList.toggle("held", !!s.held);
-  p.firstChild.textContent = `${id}: ${t(s.state)}`;
+  labelSpace(p, id, s);
 }
 
 function onSpace(data) {
@@ -439,7 +555,10 @@ function showSpace(id) {
   const p = document.querySelector(`polygon[data-space="${CSS.escape(id)}"]`);
   if (p) p.classList.add("selected");
   $("#space-panel").hidden = false;
-  if ($("#sp-id").textContent !== id) $("#sp-msg").textContent = ""; // a message is about its space
+  if ($("#sp-id").textContent !== id) { // a message, and a reason being typed, are about their space
+    $("#sp-msg").textContent = "";
+    $("#sp-reason").value = "";
+  }
   $("#sp-id").textContent = id;
   const chip = $("#sp-state");
   chip.className = `chip ${s.state}`;
@@ -450,6 +569,26 @@ function showSpace(id) {
     `${t("since")} ${fmtTime(s.since)}`, s.source && `${t("source")}${colon}${sourceText(s.source)}`, s.held && t("held")]
     .filter(Boolean).join(" · ");
   showClosure(id, s);
+}
+
+// A space chosen (on the map, by keyboard or by its id): its panel, shown in full on the
+// screen (below the map, out of sight on a phone) and focused, so what was opened is read out.
+function openSpace(id) {
+  showSpace(id);
+  const panel = $("#space-panel");
+  panel.scrollIntoView({ block: "nearest" });
+  $("#sp-heading").focus({ preventScroll: true });
+}
+
+// the space field: the same panel, without the map
+function findSpace(ev) {
+  ev.preventDefault();
+  const want = $("#find-space").value.trim();
+  const msg = $("#find-msg");
+  if (!want || !S.site) return;
+  const sp = S.site.spaces.find((x) => x.id === want) || S.site.spaces.find((x) => x.id.toLowerCase() === want.toLowerCase());
+  msg.textContent = sp ? "" : t("no_space").replace("{id}", want);
+  if (sp) openSpace(sp.id);
 }
 
 // who closed a closed space, when and why: the newest manager's close in its events (the
@@ -477,6 +616,8 @@ async function controlSpace(action) {
     body: JSON.stringify(reason ? { reason } : {}) });
   msg.className = r.ok ? "msg ok" : "msg error";
   msg.textContent = r.ok ? `${id}: ${t(action === "close" ? "done_close" : "done_open")}` : errorText(r);
+  // the reason went with this action; it is not the next one's (unless retyped meanwhile)
+  if (r.ok && S.selected === id && $("#sp-reason").value.trim() === reason) $("#sp-reason").value = "";
 }
 
 // ---- alerts and health ---------------------------------------------------------------------
@@ -576,26 +717,47 @@ async function loadHistory() {
   const start = end - S.range;
   const step = S.range <= 86400 ? 900 : 3600;
   const r = await api(`/api/v1/history?start=${start}&end=${end}&step=${step}`);
-  if (r.ok) drawChart(r.body);
+  if (r.ok) { S.history = r.body; drawChart(r.body); }
+}
+
+// The chart's width in its own units: 640, scaled to the box (as on a desktop); on a box
+// narrower than that, the box's width in CSS pixels, so its 11-unit text stays 11 px.
+function chartWidth() {
+  const w = Math.floor($("#chart").getBoundingClientRect().width);
+  return w > 0 && w < 640 ? Math.max(w, 240) : 640;
+}
+
+// what the chart shows, in words: the range, and each zone's latest occupancy
+function chartSummary(h) {
+  const range = t(h.end - h.start <= 86400 ? "last_day" : "last_week");
+  const zones = h.series.map((s) => {
+    const last = [...s.points].reverse().find((p) => p.free + p.occupied > 0);
+    return `${L(s.name)} ${last ? `${Math.round((100 * last.occupied) / (last.free + last.occupied))}%` : t("no_data")}`;
+  });
+  return t("chart_label").replace("{range}", range).replace("{list}", zones.join(listSep()) || t("no_data"));
 }
 
 function drawChart(h) {
-  const W = 640, H = 220, l = 36, b = 22, top = 8, right = 8;
-  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
+  const W = chartWidth(), H = 220, l = 36, b = 22, top = 8, right = 8;
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": chartSummary(h), "data-width": W });
   const x = (ts) => l + ((ts - h.start) / Math.max(h.end - h.start, 1)) * (W - l - right);
   const y = (v) => top + (1 - v) * (H - top - b);
   for (const v of [0, 0.5, 1]) {
     root.append(svg("line", { class: "axis", x1: l, x2: W - right, y1: y(v), y2: y(v) }));
     const tx = svg("text", { x: 2, y: y(v) + 4 }); tx.textContent = `${v * 100}%`; root.append(tx);
   }
-  for (const ts of [h.start, (h.start + h.end) / 2, h.end]) {
-    const tx = svg("text", { x: Math.min(x(ts), W - 90), y: H - 5 });
+  // the first time from the left, the middle one centred, the last up to the right: apart
+  // however narrow the chart
+  for (const [ts, anchor] of [[h.start, "start"], [(h.start + h.end) / 2, "middle"], [h.end, "end"]]) {
+    const tx = svg("text", { x: x(ts), y: H - 5, "text-anchor": anchor });
     tx.textContent = fmtTime(ts, { month: "numeric", day: "numeric", hour: "2-digit", minute: "2-digit" });
     root.append(tx);
   }
   const legend = el("div", { class: "chart-legend" });
   h.series.forEach((s, i) => {
     const colour = ZONE_COLOURS[i % ZONE_COLOURS.length];
+    const dash = ZONE_DASHES[i % ZONE_DASHES.length];
+    const dashed = dash ? { "stroke-dasharray": dash } : {};
     // a point where the zone is wholly unknown is a gap: the line stops there and starts again
     // after it, rather than drawing a straight line across hours nobody measured
     const runs = [[]];
@@ -604,7 +766,7 @@ function drawChart(h) {
       else if (runs[runs.length - 1].length) runs.push([]);
     }
     for (const run of runs) {
-      if (run.length > 1) root.append(svg("polyline", { class: "series", stroke: colour, points: run.join(" "), "data-zone": s.zone }));
+      if (run.length > 1) root.append(svg("polyline", { class: "series", stroke: colour, ...dashed, points: run.join(" "), "data-zone": s.zone }));
       else if (run.length === 1) { // a lone known point between gaps: a small dot, not nothing
         const [cx, cy] = run[0].split(",");
         root.append(svg("circle", { cx, cy, r: 1.5, fill: colour, "data-zone": s.zone }));
@@ -615,7 +777,9 @@ function drawChart(h) {
       const [cx, cy] = pts[pts.length - 1].split(",");
       root.append(svg("circle", { cx, cy, r: 3, fill: colour }));
     }
-    legend.append(el("span", {}, el("i", { style: `background:${colour}` }), L(s.name)));
+    const key = svg("svg", { viewBox: "0 0 28 6", "aria-hidden": "true", focusable: "false" });
+    key.append(svg("line", { x1: 0, y1: 3, x2: 28, y2: 3, stroke: colour, ...dashed }));
+    legend.append(el("span", { "data-zone": s.zone }, key, L(s.name)));
   });
   $("#chart").replaceChildren(root, legend);
 }
@@ -672,8 +836,30 @@ function renderStale() {
 }
 
 function setStale(on) {
+  const was = S.stale;
   S.stale = on;
   renderStale(); renderZones();
+  if (on !== was) { // said to screen readers too: going stale, and live again
+    announce(on ? staleNote() : t("live_again"));
+    S.spoken = new Map(S.zones.map((z) => [z.zone, freeSaid(z)])); // counts told from here on
+  }
+}
+
+// Said by screen readers (a polite live region): the page going stale or live again, and at
+// most every 30 s the zones' free counts that changed.
+function announce(text) {
+  $("#announce").textContent = text;
+}
+const ANNOUNCE_EVERY_MS = 30000;
+// a zone's free count as the page shows it ("--": too much of it unknown to count)
+const freeSaid = (z) => (z.unknown * 2 >= z.total ? "--" : String(z.free));
+function announceZones() {
+  if (S.stale) return;
+  if (!S.spoken) S.spoken = new Map();
+  const changed = S.zones.filter((z) => S.spoken.get(z.zone) !== freeSaid(z));
+  for (const z of changed) S.spoken.set(z.zone, freeSaid(z));
+  if (changed.length)
+    announce(t("free_now").replace("{list}", changed.map((z) => `${L(z.name)} ${freeSaid(z) === "--" ? t("unknown") : freeSaid(z)}`).join(listSep())));
 }
 
 // The stream failed (or could not connect): if it is not back within STALE_AFTER_MS, stop
@@ -747,8 +933,23 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#older").onclick = () => loadEvents(false);
   $("#event-filter").addEventListener("submit", (ev) => { ev.preventDefault(); loadEvents(true); });
   $("#event-filter").addEventListener("change", () => { $("#csv").href = `/api/v1/events.csv?${eventQuery()}`; });
+  $("#space-find").addEventListener("submit", findSpace);
+  // Escape in a space's panel: back to that space on the map
+  $("#space-panel").addEventListener("keydown", (ev) => {
+    const p = ev.key === "Escape" && S.selected && document.querySelector(`polygon[data-space="${CSS.escape(S.selected)}"]`);
+    if (p) p.focus();
+  });
   for (const b of document.querySelectorAll("[data-range]"))
-    b.onclick = () => { S.range = Number(b.dataset.range); loadHistory(); };
+    b.onclick = () => {
+      S.range = Number(b.dataset.range);
+      for (const x of document.querySelectorAll("[data-range]")) x.setAttribute("aria-pressed", String(x === b));
+      loadHistory();
+    };
+  // a phone turned, a window resized: the chart drawn again for its new width (its text size)
+  window.addEventListener("resize", () => later("chart-width", () => {
+    const shown = $("#chart svg");
+    if (S.history && shown && Number(shown.dataset.width) !== chartWidth()) drawChart(S.history);
+  }, 200));
   setInterval(expireSigns, 5000);
   applyLang();
   start();
