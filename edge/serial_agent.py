@@ -15,6 +15,10 @@ the CRC or does not answer the request, and a reading must hold through the
 debounce before it counts. A node that stops answering turns its spaces
 ``unknown``; so does a node that answers the poll with a Modbus exception
 (health: the code in its ``errors``), and a detector whose status is a fault.
+A node that answers, but unreliably (CRC errors, timeouts, polls with no valid
+answer: ``UNRELIABLE_SHARE`` of its polls or more since the last health report, and
+at least ``UNRELIABLE_MIN_BAD``),
+is ``slow`` in health, with a warning in the log at most once a minute.
 
 A spool the publisher cannot write (a full disk) does not stop the agent: its reports
 go out from memory, and its health says ``degraded`` with ``counters.spool_full`` 1,
@@ -75,6 +79,16 @@ FULL_HEALTH_EVERY = 6
 PORT_BACKOFF_BASE_S = 0.2
 PORT_BACKOFF_CAP_S = 5.0
 _WARN_EVERY_S = 60.0
+UNRELIABLE_SHARE = 0.05
+"""a node is ``slow`` when at least this share of its polls (health reads included) since the
+last health report went wrong, and at least ``UNRELIABLE_MIN_BAD`` of them: a CRC error, a
+timeout, a retry, or no valid answer at all. A sound RS-485 line loses next to nothing; a share
+this size is wiring, termination or noise (at 9600 baud a node is polled some 20-35 times in a
+5 s health round: two bad polls in one are about it)"""
+UNRELIABLE_MIN_BAD = 2
+"""one stray error (a contactor switching nearby) does not make a node ``slow``"""
+RELIABLE_AGAIN_S = _WARN_EVERY_S
+"""an unreliable node is logged as reliable again after this long without a ``slow`` report"""
 _AGENT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # parking.payloads.Identifier
 
 NODE_ERROR_STATUS = "error"
@@ -83,6 +97,65 @@ NODE_ERROR_STATUS = "error"
 
 HealthKind = str  # "status" | "raw" | "battery" | "info"
 _T = TypeVar("_T")
+
+
+@dataclass
+class PollTally:
+    """Polls of one node (any request to it: occupied bits or health registers)."""
+
+    polls: int = 0
+    bad: int = 0
+    """polls that did not go right at once: a CRC error, a timeout, a retry, or no answer"""
+    failed: int = 0
+    """polls with no valid answer even after the retries"""
+    crc: int = 0
+    timeouts: int = 0
+
+    def add(self, other: PollTally) -> None:
+        self.polls += other.polls
+        self.bad += other.bad
+        self.failed += other.failed
+        self.crc += other.crc
+        self.timeouts += other.timeouts
+
+    @property
+    def unreliable(self) -> bool:
+        return self.bad >= max(UNRELIABLE_MIN_BAD, UNRELIABLE_SHARE * self.polls)
+
+
+@dataclass
+class Reliability:
+    """How well one node answers, health report by health report (status ``slow``)."""
+
+    interval_start: float
+    interval: PollTally = field(default_factory=PollTally)
+    """polls since the last health report, once answered (see ``pending``)"""
+    pending: PollTally = field(default_factory=PollTally)
+    """polls that failed since the node last answered: counted once it answers again, and
+    dropped when it turns out dead (a node that dies is ``dead``, not first ``slow``)"""
+    unreliable: bool = False
+    """a warning was logged and the node has not been reliable for RELIABLE_AGAIN_S since"""
+    warned_at: float = -1e18
+    last_slow: float = -1e18
+    """when a report last found it unreliable (or could not tell: down, no port)"""
+    since_warning: PollTally = field(default_factory=PollTally)
+
+    def note(self, answered: bool, crc: int, timeouts: int, retried: bool) -> None:
+        t = self.pending
+        t.polls += 1
+        t.bad += not answered or retried or crc > 0 or timeouts > 0
+        t.failed += not answered
+        t.crc += crc
+        t.timeouts += timeouts
+        if answered:
+            self.interval.add(t)
+            self.pending = PollTally()
+
+    def take(self, now: float) -> tuple[PollTally, float]:
+        """The polls since the last report and the seconds they span; starts a new interval."""
+        tally, seconds = self.interval, now - self.interval_start
+        self.interval, self.interval_start = PollTally(), now
+        return tally, seconds
 
 
 @dataclass
@@ -99,10 +172,9 @@ class NodeReadings:
     """answers from this node (or meant as its) with a bad CRC, since the agent started"""
     timeouts: int = 0
     """requests to this node that timed out (retried or not), since the agent started"""
-    timeouts_reported: int = 0
-    """``timeouts`` at the last health report: more since then makes the node ``slow``"""
     exceptions: int = 0
     """polls this node answered with a Modbus exception, since the agent started"""
+    reliability: Reliability = field(default_factory=lambda: Reliability(time.monotonic()))
 
 
 @dataclass
@@ -125,13 +197,18 @@ class SerialAgent:
         self._wall_since: dict[str, tuple[float, float]] = {}
         self._clock_watch = ClockWatch(self.wall, self.clock, f"agent {self.agent_id}")
         self.tracker = BusTracker(self.bus, self.settings, start=self.clock())
-        self.readings = {n.address: NodeReadings() for n in self.bus.nodes}
+        start = self.clock()
+        self.readings = {
+            n.address: NodeReadings(reliability=Reliability(start)) for n in self.bus.nodes
+        }
+        self._said_down: set[int] = set()  # nodes logged as no longer answering
         self._health_queue: deque[tuple[int, HealthKind]] = deque()
         self._health_round_started = -1e18
         self._health_round_open = False
         self._health_rounds = 0
         self._port_attempt = 0
         self._last_port_warning = -1e18
+        self._port_said_lost = False  # a warning said the port is lost: say when it is back
         self._port_health_at = -1e18
         self._spool_ok = True  # as the last health said
         self.cycles = 0
@@ -139,15 +216,29 @@ class SerialAgent:
     # --- polling ----------------------------------------------------------------
 
     def _request(self, address: int, call: Callable[[], _T]) -> _T:
-        """One master call for node ``address``; its CRC errors and timeouts are the node's."""
+        """One master call for node ``address``; its CRC errors and timeouts are the node's,
+        and it counts in the node's reliability (unless the port failed: not the node's)."""
         c = self.master.counters
-        crc, timeouts = c.crc_errors, c.timeouts
+        crc, timeouts, retries = c.crc_errors, c.timeouts, c.retries
+        answered: bool | None = None
         try:
-            return call()
+            result = call()
+            answered = True
+            return result
+        except ModbusExceptionResponse:
+            answered = True  # refused, but answered: its own warning covers it
+            raise
+        except ModbusError:
+            answered = False
+            raise
         finally:
             r = self.readings[address]
             r.crc += c.crc_errors - crc
             r.timeouts += c.timeouts - timeouts
+            if answered is not None:
+                r.reliability.note(
+                    answered, c.crc_errors - crc, c.timeouts - timeouts, c.retries > retries
+                )
 
     def poll_node(self, node: NodeController) -> list[SpaceChange]:
         """Read one node's occupied bits; raises serial.SerialException if the port fails."""
@@ -166,8 +257,14 @@ class SerialAgent:
             self.readings[node.address].failures += 1
             log.debug("poll: %s", exc)
             changes = self.tracker.poll_failed(node.address, self.clock())
-            if retries == 0 or not self.tracker.node_down(node.address):
+            if not self.tracker.node_down(node.address):
                 return changes
+            # it is dead, not unreliable: the polls it failed on its way there tell nothing
+            # of the line (its health says ``dead``)
+            self.readings[node.address].reliability.pending = PollTally()
+            if retries == 0:
+                return changes
+            self._said_down.add(node.address)
             log.warning(
                 "bus %s: node %d stopped answering (%s); its spaces are unknown",
                 self.bus.id,
@@ -175,7 +272,10 @@ class SerialAgent:
                 exc,
             )
             return changes
-        if retries == 0 or self.tracker.node_exception(node.address) is not None:
+        # only after a warning about this node: one that went down with the whole bus (the
+        # port lost, logged once for the bus) comes back with it, told by "port ... is back"
+        if node.address in self._said_down or self.tracker.node_exception(node.address) is not None:
+            self._said_down.discard(node.address)
             log.info("bus %s: node %d answers again", self.bus.id, node.address)
         now = self.clock()
         changes: list[SpaceChange] = []
@@ -352,6 +452,57 @@ class SerialAgent:
             self.publisher.request_snapshot()
         return step
 
+    def _judge_reliability(self, address: int, observed: bool) -> bool:
+        """True when node ``address`` answered unreliably since the last health report (its
+        status is then ``slow``); logs a warning when that starts and at most once a minute
+        while it lasts, and when the node has been reliable again for RELIABLE_AGAIN_S.
+        ``observed`` False: the node is down or the port lost, its polls say nothing."""
+        rel = self.readings[address].reliability
+        now = self.clock()
+        tally, seconds = rel.take(now)
+        if not observed:
+            if rel.unreliable:  # reliable again only after answering well for a while
+                rel.last_slow = now
+            return False
+        slow = tally.unreliable
+        if slow:
+            rel.last_slow = now
+            if not rel.unreliable or now - rel.warned_at >= _WARN_EVERY_S:
+                told, span = tally, seconds
+                if rel.unreliable:  # a repeat: everything since the last warning
+                    rel.since_warning.add(tally)
+                    told, span = rel.since_warning, now - rel.warned_at
+                log.warning(
+                    "bus %s: node %d: %d of %d polls failed or needed a retry in the last "
+                    "%.0f s (CRC errors %d, timeouts %d, no valid answer %d): check the wiring "
+                    "and termination",
+                    self.bus.id,
+                    address,
+                    told.bad,
+                    told.polls,
+                    span,
+                    told.crc,
+                    told.timeouts,
+                    told.failed,
+                )
+                rel.unreliable, rel.warned_at, rel.since_warning = True, now, PollTally()
+                return slow
+        elif rel.unreliable and now - rel.last_slow >= RELIABLE_AGAIN_S:
+            rel.unreliable = False
+            log.info(
+                "bus %s: node %d answers reliably again (under %d %% of its polls failed "
+                "for %.0f s)",
+                self.bus.id,
+                address,
+                round(UNRELIABLE_SHARE * 100),
+                now - rel.last_slow,
+            )
+        if rel.unreliable:
+            rel.since_warning.add(tally)
+        else:
+            rel.since_warning = PollTally()
+        return slow
+
     def health_report(self) -> HealthReport:
         nodes = []
         faults = 0
@@ -390,8 +541,8 @@ class SerialAgent:
             }
             if exception is not None:
                 errors["exception"] = exception  # the code its last poll was answered with
-            slow = r.timeouts > r.timeouts_reported  # answered, but not every time in time
-            r.timeouts_reported = r.timeouts
+            # answers, but unreliably: timeouts, CRC errors, polls with no valid answer
+            slow = self._judge_reliability(n.address, not is_down and self.master.is_open)
             if is_down:
                 node_status = "dead"
             elif exception is not None:
@@ -476,10 +627,13 @@ class SerialAgent:
         now = self.clock()
         if now - self._last_port_warning >= _WARN_EVERY_S:
             self._last_port_warning = now
+            self._port_said_lost = True
             log.warning("serial port %s: %s; reopening with backoff", self.master.port_name, exc)
         changes: list[SpaceChange] = []
         for n in self.bus.nodes:
             self.readings[n.address].failures += 1
+            # failures of the port, not of the nodes: no node turns ``slow`` for them
+            self.readings[n.address].reliability.pending = PollTally()
             changes += self.tracker.poll_failed(n.address, now)
         return changes
 
@@ -509,8 +663,10 @@ class SerialAgent:
             if not self.master.is_open:
                 try:
                     self.master.open()
-                    if self._port_attempt:
+                    if self._port_said_lost:
+                        # the one line for the bus: its nodes do not each say "answers again"
                         log.info("serial port %s is back", self.master.port_name)
+                        self._port_said_lost = False
                     self._port_attempt = 0
                 except (serial.SerialException, OSError) as exc:
                     self._publish(self._port_down(exc))
