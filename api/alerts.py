@@ -1,14 +1,16 @@
 """Alerts derived from live state, and their episodes and acknowledgements.
 
-``derive_alerts`` is pure: agents offline, cameras blind, buses blind (no node
-answers, or the serial port is lost), nodes dead or answering with a Modbus
-exception, detectors stuck, flapping or faulty, spaces occupied for too long.
+``derive_alerts`` is pure: the gateway offline (its last will, seen by a stand-alone API),
+agents offline or never seen, cameras blind, buses blind (no node answers, or the serial
+port is lost), nodes dead, answering with a Modbus exception or unreliably (CRC errors,
+timeouts), detectors stuck, flapping or faulty, spaces occupied for too long.
 ``site_mismatch_alert`` says the gateway runs another site file (``api.sitecheck``);
 ``influx_failing_alert`` that its InfluxDB writer cannot write (``api.outbox_status``). The
 ``AlertBook`` keeps one row per alert in the journal database's ``alerts``
 table: when the current episode began, when it cleared, who acknowledged it.
 An acknowledgement holds for its episode only: an alert that clears and comes
-back must be acknowledged again.
+back must be acknowledged again. The book logs each episode once when it opens (WARNING
+for critical and warning alerts, INFO for the rest) and once when it clears (INFO).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ AGENT_REJOIN_S = 35.0
 """After the broker comes back, how long an agent may take to reconnect (the agents' backoff
 is capped at 30 s) before its retained last will counts as offline."""
 
+NEVER_SEEN_GRACE_S = 60.0
+"""How long after the view could first hear every agent (the API or gateway started and
+reached the broker) an agent of the site file not heard from at all is an alert
+(``agent_never_seen``): its retained availability, if it ever connected, comes at once."""
+
 ALERTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY,
@@ -50,11 +57,14 @@ SEVERITY = {
     # fail for another reason (subject ``write``): see Alert.severity
     "influx_failing": "critical",
     "broker_lost": "critical",
+    "gateway_offline": "critical",
     "agent_offline": "critical",
+    "agent_never_seen": "critical",
     "camera_blind": "critical",
     "bus_blind": "critical",
     "node_dead": "critical",
     "node_error": "critical",
+    "node_unreliable": "warning",
     "spool_full": "warning",
     "detector_stuck": "warning",
     "detector_flapping": "warning",
@@ -68,8 +78,8 @@ AGENT_KINDS = frozenset(SEVERITY) - {
     "broker_lost",
     "long_occupied",
 }
-"""Alerts derived from what the agents say (availability, health): kept open while the
-view settles (AlertBook.update's ``keep_open``)."""
+"""Alerts derived from what the agents (and the gateway) say in their retained availability
+and health: kept open while the view settles (AlertBook.update's ``keep_open``)."""
 
 _TEXT = {
     "site_mismatch": (
@@ -86,7 +96,17 @@ _TEXT = {
         "与 MQTT 代理 {subject} 的连接已断开:代理和各边缘代理的状态未知",
         "the MQTT broker {subject} is not reachable: agents and spaces are unknown until it is",
     ),
+    "gateway_offline": (
+        "网关(站点 {subject})离线:所有车位和区域显示未知,引导屏将熄灭;请检查网关进程及其日志",
+        "the gateway (site {subject}) is offline: every space and zone shows unknown and the "
+        "signs blank; check the gateway's process and its log",
+    ),
     "agent_offline": ("边缘代理 {subject} 离线", "edge agent {subject} is offline"),
+    "agent_never_seen": (
+        "边缘代理 {subject} 从未连接:未启动,或其 MQTT 地址、凭据有误?",
+        "edge agent {subject} has never been heard from: not started, or a wrong broker "
+        "address or credentials?",
+    ),
     "camera_blind": ("摄像头 {subject} 看不见", "camera {subject} is blind"),
     "bus_blind": (
         "总线 {subject}:没有节点应答(串口断开?)",
@@ -96,6 +116,11 @@ _TEXT = {
     "node_error": (
         "节点 {subject} 回应 Modbus 异常",
         "node controller {subject} answers with a Modbus exception",
+    ),
+    "node_unreliable": (
+        "节点 {subject} 通信不稳定(CRC 错误、超时):请检查接线和终端电阻",
+        "node controller {subject} answers unreliably (CRC errors, timeouts): "
+        "check wiring and termination",
     ),
     "spool_full": (
         "边缘代理 {subject} 无法写入报告缓存(磁盘已满?):代理断线期间的报告会丢失",
@@ -219,19 +244,39 @@ def derive_alerts(
     long_occupied_s: float,
     broker_up: bool = True,
     broker_back_since: float | None = None,
+    *,
+    gateway_online: bool | None = None,
+    site: str = "site",
+    listening_since: float | None = None,
 ) -> list[Alert]:
     """Every alert the state calls for right now, in a stable order. Without the broker
-    (``broker_up`` False) one alert says so, and none about the agents: what is known of
-    them is from before (a broker stopped sends every agent's last will, though they are
-    alive and spooling). For AGENT_REJOIN_S after it is back (``broker_back_since``),
+    (``broker_up`` False) one alert says so, and none about the agents or the gateway: what
+    is known of them is from before (a broker stopped sends every agent's last will, though
+    they are alive and spooling). For AGENT_REJOIN_S after it is back (``broker_back_since``),
     an agent offline is not yet an alert: those wills are retained, and the agents come
-    back when their reconnect backoff (at most 30 s) ends."""
+    back when their reconnect backoff (at most 30 s) ends.
+
+    ``gateway_online`` is the gateway's retained availability as a stand-alone API hears it
+    (None: not known, or the gateway itself): False raises ``gateway_offline:{site}``. An
+    agent never heard from (offline, no ``last_seen`` and no health: the views list every
+    agent of the site file) raises ``agent_never_seen`` once NEVER_SEEN_GRACE_S have passed
+    since ``listening_since`` (when the view could first hear it: started and connected;
+    None: no such alert)."""
     out: list[Alert] = []
     if not broker_up:
         out.append(Alert("broker_lost:mqtt", "broker_lost", "mqtt", None))
         agents = ()
+    elif gateway_online is False:
+        out.append(Alert(f"gateway_offline:{site}", "gateway_offline", site, None))
     rejoining = broker_back_since is not None and now - broker_back_since < AGENT_REJOIN_S
+    settled = listening_since is not None and now - listening_since >= NEVER_SEEN_GRACE_S
     for a in agents:
+        if not a.online and a.last_seen is None and a.health is None:
+            # not a word from it since the view began listening: a unit not started, or
+            # one whose broker address or credentials are wrong (commissioning day)
+            if settled:
+                out.append(Alert(f"agent_never_seen:{a.agent}", "agent_never_seen", a.agent, None))
+            continue
         if not a.online:
             if not rejoining:
                 out.append(Alert(f"agent_offline:{a.agent}", "agent_offline", a.agent, a.last_seen))
@@ -275,6 +320,13 @@ def derive_alerts(
                 details = {"agent": a.agent, "exception": node.errors["exception"]}
                 out.append(Alert(f"node_error:{where}", "node_error", where, None, details))
                 continue
+            if node.status == "slow":  # it answers, but polls fail (CRC errors, timeouts)
+                # no error counts in the details: they move with every health report, and
+                # the dashboard redraws an alert whose answer changed (a note being typed)
+                details = {"agent": a.agent}
+                out.append(
+                    Alert(f"node_unreliable:{where}", "node_unreliable", where, None, details)
+                )
             for d in node.detectors:
                 kind = {"stuck": "detector_stuck", "flapping": "detector_flapping"}.get(
                     d.status, "detector_fault" if d.status in {"dead", "fault"} else None
@@ -323,6 +375,52 @@ def influx_failing_alert(cause: str, url: str, bucket: str, error: str, since: f
     return Alert(f"influx_failing:{cause}", "influx_failing", cause, since, details)
 
 
+LOG_FLAP_S = 60.0
+"""At most one "alert raised" line per alert this often: the episodes of a flapping alert
+(an agent going offline and back every few seconds) in between are counted, not logged."""
+
+
+@dataclass
+class _Logged:
+    """What the log last said of one alert (``AlertBook``'s flap limit)."""
+
+    at: float  # when its last "raised" line went out
+    episode: bool  # the current (or last) episode's raise was logged: so is its clear
+    skipped: int  # raises and clears not logged since
+    rec: AlertRecord
+
+
+def _log_episode(
+    rec: AlertRecord, what: str, now: float, long_occupied_h: float, skipped: int = 0
+) -> None:
+    """One line when an episode opens (WARNING for critical and warning alerts) and one when
+    it clears (INFO): the log says what the dashboard said, and for how long."""
+    a = rec.alert
+    en = a.message(long_occupied_h)[1]
+    more = f" ({skipped} more raises and clears not logged: it flaps)" if skipped else ""
+    if what == "raised":
+        level = logging.WARNING if a.severity in ("critical", "warning") else logging.INFO
+        log.log(
+            level,
+            "alert raised (%s): %s [%s, subject %s]%s",
+            a.severity,
+            en,
+            a.id,
+            a.subject,
+            more,
+        )
+    elif skipped:  # said once it flapped no more: cleared by now, since when is not kept
+        log.info("alert cleared: %s [%s, subject %s]%s", en, a.id, a.subject, more)
+    else:
+        log.info(
+            "alert cleared after %.0f s: %s [%s, subject %s]",
+            max(0.0, now - rec.since),
+            en,
+            a.id,
+            a.subject,
+        )
+
+
 @dataclass(frozen=True)
 class AlertRecord:
     alert: Alert
@@ -363,6 +461,7 @@ class AlertBook:
         self._changed: set[str] = set()  # rows changed by another process, not yet pushed
         self._write_failed_logged = -math.inf
         self._read_failed_logged = -math.inf
+        self._logged: dict[str, _Logged] = {}  # alert id -> what the log last said of it
         if db_path:
             with closing(self._connect()) as db, db:
                 db.execute(ALERTS_SCHEMA)
@@ -426,12 +525,20 @@ class AlertBook:
         return out
 
     def update(
-        self, alerts: list[Alert], now: float, keep_open: bool = False
+        self,
+        alerts: list[Alert],
+        now: float,
+        keep_open: bool | frozenset[str] = False,
+        long_occupied_h: float = 72.0,
     ) -> tuple[list[AlertRecord], list[str]]:
         """Take the derived alerts; returns (new episodes, cleared alert ids). With
         ``keep_open`` no agent alert (AGENT_KINDS) is cleared: the view does not know yet (just started, or the
         broker just came back, and the retained health and availability are still on
-        their way), and clearing would end acknowledged episodes that are still true."""
+        their way), and clearing would end acknowledged episodes that are still true; a set
+        of kinds keeps those kinds' episodes only.
+        Each new episode is logged once (WARNING when critical or a warning, else INFO), and
+        each cleared one (INFO), with its English message (``long_occupied_h``: its hours)."""
+        kept = AGENT_KINDS if keep_open is True else (keep_open or frozenset())
         with self._lock:
             seen = {a.id for a in alerts}
             raised: list[AlertRecord] = []
@@ -444,11 +551,13 @@ class AlertBook:
             cleared = [
                 (aid, rec.since)
                 for aid, rec in self._open.items()
-                if aid not in seen and not (keep_open and rec.alert.kind in AGENT_KINDS)
+                if aid not in seen and rec.alert.kind not in kept
             ]
+            ended = [self._open[aid] for aid, _ in cleared]
             for aid, _ in cleared:
                 del self._open[aid]
                 self._changed.discard(aid)
+        self._log(raised, ended, now, long_occupied_h)
         if self.db_path and (raised or cleared):
             try:
                 with closing(self._connect()) as db, db:
@@ -479,6 +588,44 @@ class AlertBook:
             for rec in raised:  # pushed as raised already
                 self._changed.discard(rec.alert.id)
         return raised, [aid for aid, _ in cleared]
+
+    def _log(
+        self, raised: list[AlertRecord], ended: list[AlertRecord], now: float, hours: float
+    ) -> None:
+        """Log new and cleared episodes, at most one raise per alert per LOG_FLAP_S (and the
+        clear of each episode whose raise was logged); a flapping alert's other episodes
+        are counted, and said with its next line, or once it is quiet a minute, so the log
+        ends on its state now."""
+        with self._lock:
+            lines: list[tuple[AlertRecord, str, int]] = []
+            for rec in raised:
+                known = self._logged.get(rec.alert.id)
+                if known is not None and now - known.at < LOG_FLAP_S:
+                    known.skipped, known.episode, known.rec = known.skipped + 1, False, rec
+                    continue
+                skipped = known.skipped if known is not None else 0
+                self._logged[rec.alert.id] = _Logged(now, True, 0, rec)
+                lines.append((rec, "raised", skipped))
+            for rec in ended:
+                known = self._logged.get(rec.alert.id)
+                if known is not None and not known.episode:
+                    known.skipped, known.rec = known.skipped + 1, rec
+                    continue
+                if known is not None:
+                    known.episode = False
+                lines.append((rec, "cleared", 0))
+            for aid, known in list(self._logged.items()):
+                if now - known.at < LOG_FLAP_S:
+                    continue
+                if known.skipped:  # quiet for a while after flapping: its state now
+                    rec = self._open.get(aid)
+                    what = "raised" if rec is not None else "cleared"
+                    lines.append((rec or known.rec, what, known.skipped))
+                    known.at, known.skipped, known.episode = now, 0, rec is not None
+                elif not known.episode:
+                    del self._logged[aid]  # said all there was: forgotten
+        for rec, what, skipped in lines:
+            _log_episode(rec, what, now, hours, skipped)
 
     def acknowledge(self, alert_id: str, by: str, note: str | None, now: float) -> AlertRecord:
         """Acknowledge the open episode of an alert; KeyError when it is not open. The first

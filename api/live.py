@@ -21,7 +21,14 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from api.alerts import AGENT_REJOIN_S, AlertBook, AlertRecord, derive_alerts
+from api.alerts import (
+    AGENT_KINDS,
+    AGENT_REJOIN_S,
+    NEVER_SEEN_GRACE_S,
+    AlertBook,
+    AlertRecord,
+    derive_alerts,
+)
 from api.outbox_status import OutboxStatusReader
 from api.sitecheck import SiteCheck
 from gateway.readside import LiveEvent, LiveView
@@ -240,6 +247,7 @@ class AlertMonitor:
         self.site_check = site_check  # the gateway's site file against ours
         self.outbox_status = outbox_status  # the gateway's InfluxDB writer, from the journal
         self._started = time.time()
+        self._listening_since: float | None = None  # started and first reached the broker
         self.interval_s = interval_s
         self.long_occupied_s = long_occupied_s
         self._wake = asyncio.Event()
@@ -258,13 +266,28 @@ class AlertMonitor:
     def _on_event(self, event: LiveEvent) -> None:
         # agents change health and availability rarely; space changes can come thousands a
         # second, and the only alert they end (a long stay) can wait for the periodic check
-        if event.kind == "agent":
+        if event.kind in ("agent", "gateway"):  # "gateway": its last will, or its return
             self._wake.set()
 
     def check(self) -> tuple[list[Any], list[str]]:
         now = time.time()
         broker_up = self.view.broker_connected()
         back = self.view.broker_back_since()
+        if broker_up and self._listening_since is None:
+            # every agent could be heard once this process had started and reached the
+            # broker: one not heard from a grace later was never started (or cannot connect)
+            self._listening_since = max(self._started, back) if back is not None else now
+        # a stand-alone view hears the gateway's availability (its last will); the gateway's
+        # own view has no such thing: it is the gateway
+        heard = getattr(self.view, "gateway_online", None)
+        gateway_online = heard() if callable(heard) else None
+        if (
+            callable(heard)
+            and gateway_online is None
+            and self._listening_since is not None
+            and now - self._listening_since >= NEVER_SEEN_GRACE_S
+        ):
+            gateway_online = False  # no availability at all a grace after connecting: none runs
         alerts = derive_alerts(
             self.view.spaces(),
             self.view.agents(),
@@ -272,6 +295,9 @@ class AlertMonitor:
             self.long_occupied_s,
             broker_up=broker_up,
             broker_back_since=back,
+            gateway_online=gateway_online,
+            site=self.view.site.id,
+            listening_since=self._listening_since,
         )
         status = self.outbox_status.poll() if self.outbox_status is not None else None
         influx = status.alert(now) if status is not None else None
@@ -288,7 +314,13 @@ class AlertMonitor:
             or now - self._started < AGENT_REJOIN_S
             or (back is not None and now - back < AGENT_REJOIN_S)
         )
-        return self.book.update(alerts, now, keep_open=settling)
+        keep = AGENT_KINDS if settling else frozenset()
+        if self._listening_since is None or now - self._listening_since < NEVER_SEEN_GRACE_S:
+            # not decided yet whether an agent was never seen: an open episode stays
+            keep |= {"agent_never_seen"}
+        return self.book.update(
+            alerts, now, keep_open=keep, long_occupied_h=self.long_occupied_s / 3600
+        )
 
     async def _run(self) -> None:
         while True:

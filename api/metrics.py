@@ -2,7 +2,7 @@
 
 Figures come from ``LiveView.counters()`` (reports accepted and rejected by
 reason, state changes, sign updates, outbox depth, end-to-end latency), the
-agents' availability and the open alerts. The InfluxDB writer's figures come from the
+gateway's and the agents' availability and the open alerts. The InfluxDB writer's figures come from the
 gateway in process (``parkguide gateway --http``), and in a stand-alone API from the
 status the writer keeps in the journal (``api.outbox_status``), under the same names.
 """
@@ -144,10 +144,27 @@ def render(ctx: Ctx) -> str:
             "The InfluxDB writer's current error (cleared by the next accepted write).",
         )
         out.sample("parkguide_outbox_last_error_info", 1, {"error": error})
+    out.family(
+        "parkguide_gateway_up",
+        "gauge",
+        "1 while the gateway is up: in a stand-alone API, while its retained availability "
+        "says online and the broker is reachable (0: its last will, never heard, or no broker); "
+        "in the gateway's own API always 1.",
+    )
+    out.sample("parkguide_gateway_up", 1 if gateway_up(ctx) else 0)
     out.family("parkguide_agents_online", "gauge", "Edge agents online.")
     out.sample("parkguide_agents_online", sum(a.online for a in agents))
-    out.family("parkguide_agents", "gauge", "Edge agents known.")
+    out.family("parkguide_agents", "gauge", "Edge agents the site file names (heard from or not).")
     out.sample("parkguide_agents", len(agents))
+    out.family(
+        "parkguide_agents_never_seen",
+        "gauge",
+        "Edge agents of the site file not heard from since this process started.",
+    )
+    out.sample(
+        "parkguide_agents_never_seen",
+        sum(not a.online and a.last_seen is None and a.health is None for a in agents),
+    )
     out.family("parkguide_spaces", "gauge", "Spaces by state.")
     by_state = dict.fromkeys(("free", "occupied", "unknown", "closed"), 0)
     for z in ctx.view.zone_counts():
@@ -173,6 +190,15 @@ def render(ctx: Ctx) -> str:
         LATENCY_BUCKETS_S,
     )
     return out.text()
+
+
+def gateway_up(ctx: Ctx) -> bool:
+    """Is the gateway up, as this process knows it? A stand-alone view hears the gateway's
+    retained availability (its last will says offline); the gateway's own API is the gateway."""
+    heard = getattr(ctx.view, "gateway_online", None)
+    if not callable(heard):
+        return True
+    return heard() is True and ctx.view.broker_connected()
 
 
 def _writer_status(out: Exposition, status: OutboxStatus) -> None:

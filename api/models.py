@@ -170,10 +170,18 @@ class AgentOut(BaseModel):
     online: bool
     last_seen: float | None
     source: str | None
-    status: str | None = Field(description="ok | degraded | blind | offline, from its health")
+    status: str | None = Field(
+        description="ok | degraded | blind | offline, from its health; never_seen for an "
+        "agent of the site file never heard from (no availability, report or health)"
+    )
     health_ts: float | None
     nodes: list[NodeSummary]
     fps: float | None
+    heard: bool = Field(
+        True,
+        description="false: an agent of the site file never heard from (then online is false, "
+        "last_seen null, status never_seen)",
+    )
 
 
 class DetectorOut(BaseModel):

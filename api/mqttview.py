@@ -60,6 +60,10 @@ class MqttLiveView:
         self.broker = broker
         self.tables = GatewayTables(db_path)
         self._gate = ReportGate(site)  # health is taken as the gateway takes it
+        # every agent the site file names: listed (and alerted) even if never heard from
+        self._site_agents = frozenset(
+            [b.agent for b in site.buses] + [c.agent for c in site.cameras]
+        )
         self.poll_s = poll_s
         self._lock = threading.RLock()
         self._zones: dict[str, ZoneCounts] = {}
@@ -150,6 +154,11 @@ class MqttLiveView:
     def broker_back_since(self) -> float | None:
         """Wall time this view last (re)connected to the broker (None: not connected)."""
         return self._connected_at if self.connected.is_set() else None
+
+    def gateway_online(self) -> bool | None:
+        """The gateway's retained availability as heard (None: not heard yet)."""
+        with self._lock:
+            return self._gateway_online
 
     def _blind(self) -> bool:
         """No word from the gateway can reach us: every count and state shows unknown."""
@@ -256,7 +265,13 @@ class MqttLiveView:
                     changed = self._gateway_online != online
                     self._gateway_online = online
                 if changed:
-                    log.info("gateway is %s", "online" if online else "offline")
+                    if online:
+                        log.info("gateway is online")
+                    else:  # its last will (or a clean stop): the signs blank, spaces unknown
+                        log.warning(
+                            "gateway is offline (its availability says so): every space and "
+                            "zone shows unknown until it is back"
+                        )
                     self._emit_gateway_state()
         except (ValidationError, ValueError) as exc:
             self._reject("invalid", topic, payload, str(exc).splitlines()[0])
@@ -383,8 +398,10 @@ class MqttLiveView:
             return dict(self._displays)
 
     def agents(self) -> list[AgentStatus]:
+        """Every agent of the site file, and any other heard (none: they are refused). One
+        never heard from is offline with no ``last_seen`` and no health."""
         with self._lock:
-            names = sorted(set(self._online) | set(self._health))
+            names = sorted(self._site_agents | set(self._online) | set(self._health))
             return [
                 AgentStatus(
                     agent=a,

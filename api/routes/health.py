@@ -28,17 +28,22 @@ _BAD_DETECTOR = {"stuck", "flapping", "dead", "fault"}
 
 @router.get("/agents")
 def agents(ctx: Ctx) -> list[AgentOut]:
-    """Every edge agent: online or not, when last heard, its health in summary."""
+    """Every edge agent of the site file: online or not, when last heard, its health in
+    summary; one never heard from has ``heard`` false and status ``never_seen``."""
     out = []
+    site = ctx.view.site
+    sources = {b.agent: b.id for b in site.buses} | {c.agent: c.id for c in site.cameras}
     for a in ctx.view.agents():
         h = a.health
+        heard = a.online or a.last_seen is not None or h is not None
         out.append(
             AgentOut(
                 agent=a.agent,
                 online=a.online,
                 last_seen=a.last_seen,
-                source=h.source if h else None,
-                status=h.status if h else None,
+                source=h.source if h else sources.get(a.agent),
+                status=h.status if h else (None if heard else "never_seen"),
+                heard=heard,
                 health_ts=h.ts if h else None,
                 nodes=[
                     NodeSummary(
@@ -115,4 +120,4 @@ def agent_health(agent: str, ctx: Ctx) -> HealthOut:
     for a in ctx.view.agents():
         if a.agent == agent:
             return HealthOut(agent=a.agent, online=a.online, health=a.health)
-    not_found(f"no agent {agent!r} has been heard from")
+    not_found(f"no agent {agent!r} on this site")
