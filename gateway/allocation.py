@@ -1176,20 +1176,21 @@ class AllocationCore:
             self._activate(a)
         return s
 
-    def unknown_eligible(self, entrance: int, vehicle_class: int) -> tuple[int, int]:
-        """(unknown, counted): of the spaces ``vehicle_class`` may use now (kind, time
-        window) reachable from ``entrance`` and not closed, how many are unknown, out of
-        how many. When :meth:`assign` finds nothing and too many of these are unknown (as
-        a sign judges its line), the car park is not known to be full, only not seen."""
+    def unknown_eligible(
+        self, entrance: int, vehicle_class: int
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """(unknown[Z], counted[Z], usable): per zone, of the spaces ``vehicle_class`` may use
+        now (kind, time window) reachable from ``entrance`` and not closed, how many are
+        unknown, out of how many; and how many it may use now at all, closed ones included.
+        When :meth:`assign` finds nothing and some zone has too many of these unknown (as a
+        sign judges its line), the car park is not known to be full, only not seen; when
+        ``usable`` is 0, nothing is open to the class at this hour."""
         lo = self.layout
-        counted = (
-            self._kindset_elig[lo.kindset, vehicle_class]
-            & ~lo.closed
-            & (self.state != CLOSED)
-            & np.isfinite(lo.cost[entrance])
-        )
-        unknown = int(np.count_nonzero(counted & (self.state == UNKNOWN)))
-        return unknown, int(np.count_nonzero(counted))
+        usable = self._kindset_elig[lo.kindset, vehicle_class] & np.isfinite(lo.cost[entrance])
+        counted = usable & ~lo.closed & (self.state != CLOSED)
+        n_z = len(lo.zones)
+        unknown = np.bincount(lo.zone[counted & (self.state == UNKNOWN)], minlength=n_z)
+        return unknown, np.bincount(lo.zone[counted], minlength=n_z), int(np.count_nonzero(usable))
 
     def hold(self, space: int, until: float, now: float) -> None:
         """Hold ``space`` until ``until`` (e.g. a hold restored from the journal after a

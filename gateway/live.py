@@ -80,6 +80,10 @@ NO_SPACE_UNKNOWN = LocalText(  # no space to give, but some the car may use are 
     zh="暂时无法确认空位，请按引导屏行驶",
     en="Free spaces cannot be confirmed now: follow the signs",
 )
+NO_SPACE_NOT_NOW = LocalText(  # the class may use no space at this hour (a time window)
+    zh="此入口当前没有对您的车辆类别开放的车位",
+    en="No space reachable from this gate is open to your vehicle class now",
+)
 ARRIVAL_MAX_AGE_S = 60.0
 """An arrival stamped (``ts``) longer ago than this, by its gate's clock as the gateway has
 learned it (:meth:`LiveGateway._arrival_age`), is answered without holding a space."""
@@ -98,6 +102,9 @@ EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint st
 ZONE_HISTORY_S = 10.0
 LATENCY_KEEP = 1000
 GAP_LOG_INTERVAL_S = 60.0  # at most one warning about missed reports per agent per minute
+AVAILABILITY_LOG_INTERVAL_S = 60.0
+"""At most one line per agent this often about its going offline (its last will) or coming
+back: a flapping agent's further changes are counted and said with its next line."""
 
 
 def _cached_lane_distances(
@@ -253,6 +260,8 @@ class LiveGateway:
             sorted(x.agent for x in (*site.buses, *site.cameras)), 0
         )
         self._gap_logged: dict[str, float] = {}  # agent -> monotonic time of its last warning
+        # agent -> (monotonic time of its last availability line, changes not logged since)
+        self._availability_logged: dict[str, tuple[float, int]] = {}
         self.answered = 0  # assignments published, repeated ones included
         self.unheld_arrivals = 0  # answered without a hold: stamped over ARRIVAL_MAX_AGE_S ago
         self._unheld_logged = -math.inf  # monotonic time of the last warning about them
@@ -568,6 +577,7 @@ class LiveGateway:
                     )
             if self._gate_unsaved:
                 self._save_gate_offsets(now, mono)
+            self._log_availability_later()
             if self._dirty_since is not None and not self.defer_checkpoint:
                 self.flush_checkpoint(step=True)
 
@@ -756,12 +766,56 @@ class LiveGateway:
         online = text == topics.ONLINE
         now = self._clock()
         with self.lock:
+            was = self._online.get(agent)
             self._online[agent] = online
+            # heard from (the journal's agents row says so too): not "never seen"
+            self._agent_seen[agent] = max(self._agent_seen.get(agent, now), now)
+            if was != online:
+                self._log_availability(agent, online)
             changes = NO_CHANGES if online else self.state.agent_offline(agent, now)
             self._commit_and_propagate(
                 [_Segment(changes, now, None, agent)], now, agent_state=(agent, online)
             )
         self._emit("agent", {"agent": agent, "online": online}, now)
+
+    def _log_availability(self, agent: str, online: bool) -> None:
+        """Say that an agent went offline (WARNING: its last will) or came back (INFO), at
+        most once per agent per AVAILABILITY_LOG_INTERVAL_S; the changes in between go to
+        DEBUG and are counted in its next line (or in ``tick``'s, once the interval is over)."""
+        mono = self._mono()
+        last, skipped = self._availability_logged.get(agent, (-math.inf, 0))
+        if mono < last + AVAILABILITY_LOG_INTERVAL_S:
+            self._availability_logged[agent] = (last, skipped + 1)
+            log.debug("edge agent %s is %s", agent, "online" if online else "offline")
+            return
+        self._say_availability(agent, online, mono, last, skipped)
+
+    def _say_availability(
+        self, agent: str, online: bool, mono: float, last: float, skipped: int
+    ) -> None:
+        self._availability_logged[agent] = (mono, 0)
+        more = (
+            f" ({skipped} more changes in the last {mono - last:.0f} s not logged: it flaps)"
+            if skipped
+            else ""
+        )
+        if online:
+            log.info("edge agent %s is online%s", agent, more)
+        else:
+            log.warning(
+                "edge agent %s is offline (its last will: stopped, crashed, or cut off from "
+                "the broker); its spaces are unknown until it is back%s",
+                agent,
+                more,
+            )
+
+    def _log_availability_later(self) -> None:
+        """An agent whose last changes were not logged (it flapped): its state now, with the
+        count, once its interval is over, so the log does not end on a state long gone."""
+        mono = self._mono()
+        for agent, (last, skipped) in list(self._availability_logged.items()):
+            if skipped and mono >= last + AVAILABILITY_LOG_INTERVAL_S:
+                self._say_availability(agent, self._online.get(agent, False), mono, last, skipped)
 
     def _on_health(self, topic: str, agent: str, payload: bytes) -> None:
         if self._unknown_agent(topic, agent, payload):
@@ -872,17 +926,23 @@ class LiveGateway:
                     ts=now,
                 )
             else:
-                # nothing to give: full, or blind (too much of what the class may use is
-                # unknown: a camera or bus is down), judged as the signs judge a line, so
-                # the gate and its sign agree. A blind gate never tells drivers it is full
-                unknown, counted = self.core.unknown_eligible(e, c)
-                blind = counted > 0 and unknown > self.renderer.fraction * counted
+                # nothing to give: full; or blind, when in some zone too much of what the
+                # class may use is unknown (a camera or bus is down), judged zone by zone
+                # as the signs judge a line, so the gate agrees with a sign showing "--"
+                # for that zone (a blind gate never tells drivers it is full); or closed
+                # to the class at this hour (a time window), which is not "full" either
+                unknown, counted, usable = self.core.unknown_eligible(e, c)
+                blind = bool(((counted > 0) & (unknown > self.renderer.fraction * counted)).any())
                 assignment = Assignment(
                     entrance=entrance,
                     vehicle_class=arrival.vehicle_class,
                     space=None,
                     zone=None,
-                    hint=NO_SPACE_UNKNOWN if blind else NO_SPACE_FULL,
+                    hint=NO_SPACE_UNKNOWN
+                    if blind
+                    else NO_SPACE_NOT_NOW
+                    if usable == 0
+                    else NO_SPACE_FULL,
                     hold_expires=None,
                     plate=arrival.plate,
                     request_id=arrival.request_id,
@@ -1364,11 +1424,14 @@ class LiveGateway:
         return self._broker_up_at if self._broker_up else None
 
     def agents(self) -> list[AgentStatus]:
+        """Every agent of the site file: one never heard from (not in the journal either) is
+        offline, with no ``last_seen`` and no health (``agent_never_seen``)."""
         with self.lock:
             names = set(self._online) | set(self._health) | set(self.state.agents)
             # an agent the site file no longer names (renamed, removed) is none of the
             # site's: the journal still knows it, but it is not offline for good
             names = {a for a in names if self.gate.is_site_agent(a)}
+            names |= {b.agent for b in self.site.buses} | {c.agent for c in self.site.cameras}
             return [
                 AgentStatus(
                     agent=a,

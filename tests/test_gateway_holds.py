@@ -388,3 +388,42 @@ def test_an_arrival_queued_while_the_gateway_was_away_is_not_held(example_site, 
     fresh = {"class": "resident", "request_id": "r-new", "ts": g.clock[0] - 2}
     g.gw.handle(topics.arrival(SITE, "north"), json.dumps(fresh).encode())
     assert len(g.gw.core.holds) == 1 and g.line("gate-north", 0) == before - 1
+
+
+def test_a_gate_is_blind_when_one_zone_the_class_may_use_is(example_site, tmp_path):
+    """Zones A and B full, the basement's bus never heard (zones E and F unknown): the
+    basement line of the gate's sign shows "--", so the gate does not say "full" to a
+    resident either, though the basement is under half of the residents' bays (the gate
+    used to pool every zone into one share)."""
+    from gateway.live import NO_SPACE_FULL, NO_SPACE_UNKNOWN
+
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)  # 16:00 in Shanghai
+    bus = example_site.spaces_of_source("bus-g")
+    g.report("serial-bus-g", "bus-g", 1, dict.fromkeys(bus, "occupied"))
+    resident = [s for s in example_site.spaces if example_site.eligible(s, "resident", 16 * 60)]
+    unknown = [s for s in resident if s.zone in ("E", "F")]
+    assert 0 < len(unknown) < 0.5 * len(resident)  # the pooled share was under the line
+    answer = g.arrive("r1", cls="resident")
+    assert answer["space"] is None
+    assert answer["hint"] == NO_SPACE_UNKNOWN.model_dump() != NO_SPACE_FULL.model_dump()
+    # the basement seen full too: full
+    g.report(
+        "serial-bus-b1",
+        "bus-b1",
+        1,
+        dict.fromkeys(example_site.spaces_of_source("bus-b1"), "occupied"),
+    )
+    assert g.arrive("r2", cls="resident")["hint"] == NO_SPACE_FULL.model_dump()
+
+
+def test_a_class_with_no_space_open_at_this_hour_is_not_told_full(example_site, tmp_path):
+    """The office's bays (zone D) are theirs 08:00-19:00 only: at 20:00 an office car is
+    told nothing is open to it now, not that the car park is full (zone D is empty)."""
+    from gateway.live import NO_SPACE_FULL, NO_SPACE_NOT_NOW
+
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0 + 4 * 3600)  # 20:00
+    snapshot_all_free(g.gw, example_site, g.clock[0])
+    answer = g.arrive("o1", entrance="north", cls="office")
+    assert answer["space"] is None
+    assert answer["hint"] == NO_SPACE_NOT_NOW.model_dump() != NO_SPACE_FULL.model_dump()
+    assert g.arrive("r1", cls="resident")["space"] is not None  # the residents' bays are
