@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import threading
@@ -31,6 +32,7 @@ from api.alerts import (
 )
 from api.outbox_status import OutboxStatusReader
 from api.sitecheck import SiteCheck
+from gateway.displays import zone_offered
 from gateway.readside import LiveEvent, LiveView
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,7 @@ class LiveHub:
 
     def __init__(self, view: LiveView):
         self.view = view
+        self._fraction = view.site.display_settings.fallback_unknown_fraction
         # room for one event per space, zone, sign and agent on top: a view that loses or
         # regains the gateway sends every space at once, which must not end every stream
         site = view.site
@@ -194,7 +197,14 @@ class LiveHub:
             self.publish(event)
 
     def publish(self, event: LiveEvent) -> None:
-        """Deliver an event to every client and listener (on the event loop)."""
+        """Deliver an event to every client and listener (on the event loop); a zone's
+        counts go with what a sign over it would show (``offered``, as ``/zones``)."""
+        if event.kind == "zone" and "free" in event.data:
+            d = event.data
+            shown = zone_offered(
+                d["free"], d.get("held", 0), d["unknown"], d["closed"], d["total"], self._fraction
+            )
+            event = dataclasses.replace(event, data={**d, "offered": shown})
         for fn in self._listeners:
             try:
                 fn(event)

@@ -134,6 +134,16 @@ class ZoneOut(BaseModel):
     unknown: int
     closed: int
     total: int
+    held: int = Field(
+        0,
+        description="of the free spaces, those held for a car the gateway sent there: "
+        "the signs do not offer them",
+    )
+    offered: int | None = Field(
+        description="what a sign line over the zone would show: free - held, or null ('--') "
+        "when more than the site's fallback_unknown_fraction of its spaces (closed ones "
+        "aside) is unknown"
+    )
     ts: float | None
 
 

@@ -101,7 +101,8 @@ def parking_groups(view: LiveView) -> list[dict[str, Any]]:
                 "category": _prop(["offStreet"]),
                 "refParkingSite": _rel(site_urn(site.id)),
                 "totalSpotNumber": _prop(total),
-                "availableSpotNumber": _prop(c.free if c else 0, c.ts if c else None),
+                # free and not held for a car the gateway sent there: what a driver can get
+                "availableSpotNumber": _prop(c.free - c.held if c else 0, c.ts if c else None),
                 "occupiedSpotNumber": _prop(c.occupied if c else 0, c.ts if c else None),
             }
         )

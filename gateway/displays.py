@@ -41,11 +41,25 @@ class LineLayout:
         )
 
 
+def blind(unknown: int, total: int, fallback_fraction: float) -> bool:
+    """A count is not shown (``--``) when more than this share of what it counts is unknown;
+    ``total`` excludes closed spaces."""
+    return total > 0 and unknown > fallback_fraction * total
+
+
+def zone_offered(
+    free: int, held: int, unknown: int, closed: int, total: int, fallback_fraction: float
+) -> int | None:
+    """What a sign line over one whole zone would show: its free spaces not held for a car
+    already sent there, or None (``--``) when it is blind."""
+    return None if blind(unknown, total - closed, fallback_fraction) else max(0, free - held)
+
+
 def render_line(
     label: LocalText, arrow: str, free: int, unknown: int, total: int, fallback_fraction: float
 ) -> DisplayLine:
     """One sign line from its counts; ``total`` excludes closed spaces."""
-    if total > 0 and unknown > fallback_fraction * total:
+    if blind(unknown, total, fallback_fraction):
         return DisplayLine(
             label=label, arrow=arrow, count=None, status="fallback", text=FALLBACK_TEXT
         )
@@ -126,7 +140,7 @@ class SignRenderer:
         self._cache: dict[tuple[int, int], RenderedLine] = {}
 
     def line(self, j: int, free: int, unknown: int, total: int) -> RenderedLine:
-        fallback = total > 0 and unknown > self.fraction * total
+        fallback = blind(unknown, total, self.fraction)
         key = (j, -1 if fallback else max(free, 0))
         hit = self._cache.get(key)
         if hit is None:

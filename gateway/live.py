@@ -54,7 +54,7 @@ from gateway.site_changes import (
     outline,
     parse_outline,
 )
-from gateway.state import NO_CHANGES, OCCUPIED, Changes, LiveState
+from gateway.state import FREE, NO_CHANGES, OCCUPIED, Changes, LiveState
 from parking import topics
 from parking.payloads import (
     MAX_PAYLOAD_BYTES,
@@ -554,6 +554,7 @@ class LiveGateway:
                 with self.journal.transaction():
                     self.journal.release_holds([self.state.space_ids[s] for s in ended], now)
                 self._refresh_displays(now)
+                self._publish_zones(sorted({int(self.state.zone[s]) for s in ended}), now)
             if self._follow_policy_minute():
                 self._refresh_displays(now)
             # republished at half the validity by either clock: by the wall clock alone, a
@@ -971,6 +972,8 @@ class LiveGateway:
             )
             for sign in signs:
                 self._publish_sign(sign, now)
+            if assignment.space is not None and not unheld:  # its zone has one more held
+                self._publish_zones([int(self.state.zone[s])], now)
         self.answered += 1
         self._emit("assignment", json.loads(body), now)
 
@@ -1247,19 +1250,33 @@ class LiveGateway:
         if self._live:
             self._publish(topic, payload, qos, retain)
 
+    def _held_by_zone(self) -> dict[int, int]:
+        """Free spaces held for arriving cars, per zone (holds are few: a dict walk)."""
+        if not self.core.has_holds:
+            return {}
+        zone, state = self.state.zone, self.state.state
+        held: dict[int, int] = {}
+        for s in self.core.holds:
+            if state[s] == FREE:
+                z = int(zone[s])
+                held[z] = held.get(z, 0) + 1
+        return held
+
     def _publish_zones(self, zones: list[int] | range, now: float) -> None:
         zones = list(zones)
         if not zones:
             return
+        held = self._held_by_zone()
         for z, (u, f, o, c) in zip(zones, self.state.zone_counts[zones].tolist(), strict=True):
-            key = (u, f, o, c)
+            h = held.get(z, 0)
+            key = (u, f, o, c, h)
             if self._zone_published.get(z) == key:
                 continue
             self._zone_published[z] = key
             self._zone_ts[z] = now
             payload = (
                 f'{{"zone":{self._zone_json[z]},"free":{f},"occupied":{o},"unknown":{u},'
-                f'"closed":{c},"total":{u + f + o + c},"ts":{now!r}}}'
+                f'"closed":{c},"total":{u + f + o + c},"held":{h},"ts":{now!r}}}'
             )
             self._send(self._zone_topics[z], payload.encode(), topics.QOS_ZONE, topics.RETAIN_ZONE)
             if self._subscribers:
@@ -1368,9 +1385,15 @@ class LiveGateway:
     def zone_counts(self) -> list[ZoneCounts]:
         now = self._clock()
         with self.lock:
+            held = self._held_by_zone()
             return [
                 # the time of the counts as published (the stand-alone API's, from the topic)
-                ZoneCounts(zone=z, ts=self._zone_ts.get(i, now), **self.state.zone_row(i))
+                ZoneCounts(
+                    zone=z,
+                    ts=self._zone_ts.get(i, now),
+                    held=held.get(i, 0),
+                    **self.state.zone_row(i),
+                )
                 for i, z in enumerate(self.state.zone_ids)
             ]
 

@@ -476,3 +476,42 @@ def test_zone_counts_are_said_at_most_every_30_s(browser, url, harness):
     wait_until(lambda: page.text_content(region) == f"空位：A区 {free_a}", 5000, "the next one")
     assert not errors, errors
     ctx.close()
+
+
+def test_a_zone_card_says_what_the_signs_say(browser, url, harness):
+    """A space held for a car just sent to it is not offered (the card said 3 free while the
+    gate's sign said FULL), and "--" follows the site's fallback share of the spaces counted,
+    as the signs do (half unknown is still a count on a sign; the card showed "--")."""
+    from parking import topics
+
+    page = open_page(browser, url, user=None)
+    errors = watch_errors(page)
+    card = '#zones .zone[data-zone="A"] > .free'
+    page.wait_for_selector(card)
+    zone_a = {z["zone"]: z for z in httpx.get(f"{url}/api/v1/zones").json()}["A"]
+    free_a = zone_a["free"]
+    assert zone_a["held"] == 0
+    body = b'{"class": "resident", "request_id": "card-1"}'
+    harness.gateway.handle(topics.arrival(harness.site.id, "north"), body)
+    page.wait_for_selector(f'{card}[data-free="{free_a - 1}"]')
+    zone_a = {z["zone"]: z for z in httpx.get(f"{url}/api/v1/zones").json()}["A"]
+    assert (zone_a["free"], zone_a["held"], zone_a["offered"]) == (free_a, 1, free_a - 1)
+    assert "held for an arriving car 1" in page.text_content('#zones .zone[data-zone="A"] .sub')
+    (held,) = harness.gateway.core.holds
+    space = harness.site.spaces[held].id
+    harness.report("bus-g", {space: "occupied"})  # the car parks: no longer held, occupied
+    page.wait_for_selector(f'{card}[data-free="{free_a - 1}"]')
+    zone_a = {z["zone"]: z for z in httpx.get(f"{url}/api/v1/zones").json()}["A"]
+    assert (zone_a["free"], zone_a["held"]) == (free_a - 1, 0)
+    # exactly half of zone A unknown: the sign's line still counts (fraction 0.5, "more than")
+    zone_spaces = [s.id for s in harness.site.spaces if s.zone == "A"]
+    half = [s for s in zone_spaces if s not in OCCUPIED and s != space][: len(zone_spaces) // 2]
+    harness.report("bus-g", dict.fromkeys(half, "unknown"))
+    page.wait_for_function(
+        f"() => document.querySelector('{card}').textContent !== '--'"
+        f" && document.querySelector('{card}').dataset.free === String({free_a - 1 - len(half)})"
+    )
+    harness.report("bus-g", {**dict.fromkeys(half, "free"), space: "free"})  # as before
+    page.wait_for_selector(f'{card}[data-free="{free_a}"]')
+    assert not errors, errors
+    page.context.close()

@@ -427,3 +427,25 @@ def test_a_class_with_no_space_open_at_this_hour_is_not_told_full(example_site, 
     assert answer["space"] is None
     assert answer["hint"] == NO_SPACE_NOT_NOW.model_dump() != NO_SPACE_FULL.model_dump()
     assert g.arrive("r1", cls="resident")["space"] is not None  # the residents' bays are
+
+
+def test_zone_counts_say_how_many_free_spaces_are_held(example_site, tmp_path):
+    """zones/{zone} carries ``held``: the free spaces held for cars sent there (the signs do
+    not offer them), published when a hold begins, when the car parks and when it ends."""
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0, hold_s=60)
+    snapshot_all_free(g.gw, example_site, g.clock[0])
+
+    def zone_a() -> dict:
+        return [json.loads(p) for t, p in g.sent if t == topics.zone(SITE, "A")][-1]
+
+    assert zone_a()["held"] == 0
+    first = g.arrive("r1")["space"]
+    second = g.arrive("r2")["space"]
+    assert {example_site.space(first).zone, example_site.space(second).zone} == {"A"}
+    assert (zone_a()["held"], zone_a()["free"]) == (2, 80 - 2 + 2)  # still free, but held
+    g.report("serial-bus-g", "bus-g", 2, {first: "occupied"})  # the first car parks
+    assert (zone_a()["held"], zone_a()["occupied"]) == (1, 1)
+    g.clock[0] += 61
+    g.gw.tick()  # the second hold runs out
+    assert zone_a()["held"] == 0
+    assert {z.zone: z.held for z in g.gw.zone_counts()}["A"] == 0

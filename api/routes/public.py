@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from api.deps import Ctx, public_or_login
 from api.models import DisplayOut, ZoneOut
 from api.routes import PUBLIC_ERRORS
+from gateway.displays import zone_offered
 
 router = APIRouter(
     prefix="/api/v1",
@@ -24,21 +25,25 @@ def zone_rows(ctx: Ctx) -> list[ZoneOut]:
     totals: dict[str, int] = {}
     for s in site.spaces:
         totals[s.zone] = totals.get(s.zone, 0) + 1
+    fraction = site.display_settings.fallback_unknown_fraction
     out = []
     for z in site.zones:
         c = counts.get(z.id)
         if c is None:  # nothing heard yet: every space unknown, never free
+            total = totals.get(z.id, 0)
             out.append(
                 ZoneOut(
-                    zone=z.id, name=z.name, level=z.level, free=0, occupied=0,
-                    unknown=totals.get(z.id, 0), closed=0, total=totals.get(z.id, 0), ts=None,
+                    zone=z.id, name=z.name, level=z.level, free=0, occupied=0, unknown=total,
+                    closed=0, total=total, offered=None if total else 0, ts=None,
                 )
             )  # fmt: skip
         else:
+            shown = zone_offered(c.free, c.held, c.unknown, c.closed, c.total, fraction)
             out.append(
                 ZoneOut(
                     zone=z.id, name=z.name, level=z.level, free=c.free, occupied=c.occupied,
-                    unknown=c.unknown, closed=c.closed, total=c.total, ts=c.ts,
+                    unknown=c.unknown, closed=c.closed, total=c.total, held=c.held,
+                    offered=shown, ts=c.ts,
                 )
             )  # fmt: skip
     return out

@@ -273,18 +273,26 @@ function renderZones() {
   $("#zones").replaceChildren(...S.zones.map(zoneCard));
 }
 
+// What a zone's card says: what a sign over the zone would (the server's `offered`, by the
+// signs' rule): the free spaces not held for a car already sent there, or "--" (null) rather
+// than a count that lies when too much of the zone is unknown.
+function zoneShown(z) {
+  return { blind: z.offered === null, offered: z.offered ?? 0 };
+}
+
 function zoneCard(z) {
   if (S.stale) // the stream is down: the last counts are history, not what is free now
     return el("div", { class: "zone stale", "data-zone": z.zone }, el("div", { class: "name", text: L(z.name) }),
       el("div", { class: "free unknown", text: "--" }), el("div", { class: "sub", text: staleNote() }));
   const bar = el("div", { class: "stack" }, ...STATES.filter((s) => z[s] > 0).map((s) =>
     el("span", { class: s, style: `width:${(100 * z[s]) / Math.max(z.total, 1)}%`, title: `${t(s)} ${z[s]}` })));
+  const { blind, offered } = zoneShown(z);
   return el("div", { class: "zone", "data-zone": z.zone },
     el("div", { class: "name", text: L(z.name) }),
-    // like the signs: when too much of the zone is unknown, "--" rather than a count that lies
-    el("div", { class: "free" + (z.unknown * 2 >= z.total ? " unknown" : z.free === 0 ? " none" : ""),
-      "data-free": z.free, text: z.unknown * 2 >= z.total ? "--" : String(z.free) }),
+    el("div", { class: "free" + (blind ? " unknown" : offered === 0 ? " none" : ""),
+      "data-free": offered, text: blind ? "--" : String(offered) }),
     el("div", { class: "sub", text: `${t("free")} · ${t("of")} ${z.total} · ${t("occupied")} ${z.occupied}` +
+      (z.held ? ` · ${t("held")} ${z.held}` : "") +
       (z.unknown ? ` · ${t("unknown")} ${z.unknown}` : "") + (z.closed ? ` · ${t("closed")} ${z.closed}` : "") }),
     bar);
 }
@@ -852,7 +860,7 @@ function announce(text) {
 }
 const ANNOUNCE_EVERY_MS = 30000;
 // a zone's free count as the page shows it ("--": too much of it unknown to count)
-const freeSaid = (z) => (z.unknown * 2 >= z.total ? "--" : String(z.free));
+const freeSaid = (z) => { const { blind, offered } = zoneShown(z); return blind ? "--" : String(offered); };
 function announceZones() {
   if (S.stale) return;
   if (!S.spoken) S.spoken = new Map();
