@@ -515,3 +515,14 @@ def test_a_zone_card_says_what_the_signs_say(browser, url, harness):
     page.wait_for_selector(f'{card}[data-free="{free_a}"]')
     assert not errors, errors
     page.context.close()
+
+
+def test_an_agent_never_heard_is_said_never_seen_not_offline(browser, url):
+    """The camera agent of the site file never connected (a unit not started, wrong broker
+    credentials): the health table says so, in both languages, rather than "offline"."""
+    for locale, want in (("en-GB", "never seen"), ("zh-CN", "从未连接")):
+        page = open_page(browser, url, locale=locale)
+        row = page.locator("#agents tbody tr", has_text="camera-cam-c")
+        row.wait_for()
+        assert row.locator("td").nth(1).text_content() == want
+        page.context.close()

@@ -49,7 +49,8 @@ const T = {
   st_ok: ["正常", "ok"], st_degraded: ["部分故障", "degraded"], st_blind: ["无法检测", "blind"],
   st_offline: ["离线", "offline"], st_unknown: ["未知", "unknown"], st_stuck: ["卡住", "stuck"],
   st_flapping: ["抖动", "flapping"], st_dead: ["无应答", "dead"], st_fault: ["故障", "fault"],
-  st_slow: ["响应慢", "slow"], st_error: ["出错", "error"],
+  st_slow: ["通信不稳定", "unreliable"], st_error: ["出错", "error"],
+  st_never_seen: ["从未连接", "never seen"],
 };
 const STATES = ["free", "occupied", "unknown", "closed"];
 const ARROWS = { left: "←", right: "→", up: "↑", down: "↓", "up-left": "↖", "up-right": "↗",
@@ -695,7 +696,8 @@ async function loadAgents() {
     return el("tr", {},
       el("td", { text: a.agent }),
       el("td", { class: a.online && (!a.status || a.status === "ok") ? "good" : "bad",
-        text: a.online ? (a.status ? `${t("online")} · ${tr("st_", a.status)}` : t("online")) : t("offline") }),
+        text: a.online ? (a.status ? `${t("online")} · ${tr("st_", a.status)}` : t("online"))
+          : a.heard === false ? tr("st_", "never_seen") : t("offline") }),
       el("td", { class: bad ? "bad" : "", text: a.nodes.length ? `${a.nodes.length - bad}/${a.nodes.length}` : "—" }),
       el("td", { text: fmtTime(a.last_seen) }));
   }));
