@@ -98,6 +98,10 @@ CREATE TRIGGER agents_boot_retired AFTER UPDATE OF boot ON agents
     BEGIN INSERT INTO retired_boots VALUES (old.agent, old.boot, new.last_seen)
         ON CONFLICT(agent, boot) DO UPDATE SET ts = excluded.ts; END"""
 
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+"""The WAL file is cut back to this size when a checkpoint lets writing start over at its
+beginning (SQLite's journal_size_limit)."""
+
 PRUNE_STEP_ROWS = 200
 """Rows of each table one prune step deletes: a few milliseconds, taken in a quiet moment."""
 
@@ -145,6 +149,9 @@ class Journal:
         self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
+        # a burst (agents' spooled backlogs after an outage) outruns the checkpoint and grows
+        # the WAL to hundreds of MB; without a limit it keeps that size on disk for good
+        self.conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         self.conn.execute("PRAGMA busy_timeout=5000")
         self.conn.executescript(SCHEMA)
         with self.transaction():

@@ -547,3 +547,25 @@ def _check_retired_boots(db, rows, limit) -> None:
     got = set(j.conn.execute("SELECT agent, boot, ts FROM retired_boots").fetchall())
     assert got == want
     j.close()
+
+
+def test_the_wal_is_cut_back_after_a_burst(tmp_path, monkeypatch):
+    """A burst that outruns the checkpoint grows the WAL; once checkpointed, the next commit
+    cuts it back to the limit (it used to keep its largest size on disk until a restart)."""
+    from gateway import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "WAL_SIZE_LIMIT_BYTES", 256 * 1024)
+    db = tmp_path / "journal.sqlite"
+    j = Journal(db)
+    j.manual_checkpoints()  # as the service runs it: checkpoints from its own thread
+    wal = Path(f"{db}-wal")
+    changes = json.dumps([["A-001", "free", "occupied"]] * 200)
+    for n in range(300):  # the burst: ~3 MB of reports before any checkpoint
+        with j.transaction():
+            j.add_changes(T0 + n, "bus-g", "serial-bus-g", "b", n, changes)
+    assert wal.stat().st_size > 2_000_000
+    j.checkpoint()
+    with j.transaction():
+        j.add_changes(T0 + 400, "bus-g", "serial-bus-g", "b", 400, "[]")
+    assert wal.stat().st_size <= 256 * 1024
+    j.close()
