@@ -5,7 +5,8 @@ The rules (``docs/allocation.md``; ``gateway.reference`` implements the same in
 plain Python):
 
 - eligible(c, s): some kind k of space s is one of class c's kinds and every
-  policy on (k, c) has a window containing the current local minute.
+  policy on (k, c) has a window containing the current local minute; and some
+  entrance reaches s over the lanes.
 - candidate(c, s): state FREE, not closed (by state or by the site), not held,
   eligible(c, s).
 - score(e, s) = cost[e, s] + congestion_m * congestion(aisle[s]); best(e, c)
@@ -408,6 +409,10 @@ class CoreLayout:
         sk = np.zeros((n_s, n_kinds), dtype=bool)
         for s, space_ks in enumerate(space_kinds):
             sk[s, list(space_ks)] = True
+        if n_e:
+            # a space no entrance reaches (a missing or reversed one-way edge) is no use to
+            # any class: never a candidate, and the signs do not count it
+            sk[~np.isfinite(cost).any(axis=0)] = False
         ck = np.zeros((n_c, n_kinds), dtype=bool)
         for c, class_ks in enumerate(class_kinds):
             ck[c, list(class_ks)] = True

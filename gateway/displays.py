@@ -42,9 +42,10 @@ class LineLayout:
 
 
 def blind(unknown: int, total: int, fallback_fraction: float) -> bool:
-    """A count is not shown (``--``) when more than this share of what it counts is unknown;
-    ``total`` excludes closed spaces."""
-    return total > 0 and unknown > fallback_fraction * total
+    """A count is not shown (``--``) when more than this share of what it counts is unknown,
+    and always when all of it is (whatever the share: a fraction of 1 would otherwise show a
+    blind car park as full); ``total`` excludes closed spaces."""
+    return total > 0 and (unknown > fallback_fraction * total or unknown >= total)
 
 
 def zone_offered(

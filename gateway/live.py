@@ -36,6 +36,7 @@ import numpy as np
 
 from gateway.allocation import AllocationCore, CoreLayout, lane_distances
 from gateway.displays import RenderedLine, SignRenderer
+from gateway.displays import blind as sign_blind
 from gateway.ingest import (
     AcceptedReport,
     Rejection,
@@ -66,7 +67,7 @@ from parking.payloads import (
     SpaceControl,
     ZoneCounts,
 )
-from parking.site import Site
+from parking.site import Site, lane_warnings
 from parking.states import STATE_NAMES
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,8 @@ class LiveGateway:
         )
         self.minute = minute_of_day(self._policy_clock(), self.tz)
         self.core = AllocationCore(self.layout, self.minute, **(core_options or {}))
+        for warning in lane_warnings(site):  # site check says so too; here the log does
+            log.warning("site %s: %s (the signs do not count those spaces)", site.id, warning)
         # signs need only the counts: the best-space minima move when a car arrives or
         # the service is idle (flush_checkpoint), off the report-to-sign path
         self.core.lazy_minima = True
@@ -933,7 +936,11 @@ class LiveGateway:
                 # for that zone (a blind gate never tells drivers it is full); or closed
                 # to the class at this hour (a time window), which is not "full" either
                 unknown, counted, usable = self.core.unknown_eligible(e, c)
-                blind = bool(((counted > 0) & (unknown > self.renderer.fraction * counted)).any())
+                fraction = self.renderer.fraction
+                blind = any(
+                    sign_blind(u, n, fraction)
+                    for u, n in zip(unknown.tolist(), counted.tolist(), strict=True)
+                )
                 assignment = Assignment(
                     entrance=entrance,
                     vehicle_class=arrival.vehicle_class,

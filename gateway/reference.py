@@ -90,6 +90,11 @@ class ReferenceAllocator:
                 else:
                     row.append(dist[node] + float(access_distance[s]))
             self.cost.append(row)
+        # a space no entrance reaches is no use to any class (with no entrance: all count)
+        self.reachable = [
+            not self.cost or any(row[s] != math.inf for row in self.cost)
+            for s in range(self.n_spaces)
+        ]
         self.zone_spaces: list[list[int]] = [[] for _ in range(n_zones)]
         for s, z in enumerate(self.space_zone):
             self.zone_spaces[z].append(s)
@@ -122,7 +127,10 @@ class ReferenceAllocator:
 
     # -- rules ---------------------------------------------------------------------
     def _eligible(self, c: int, s: int, kinds: set[int] | None = None) -> bool:
-        """Class c may use space s now (by one of ``kinds`` only, when given)."""
+        """Class c may use space s now (by one of ``kinds`` only, when given); never a space
+        no entrance reaches."""
+        if not self.reachable[s]:
+            return False
         for k in self.space_kinds[s]:
             if k not in (self.class_kinds[c] if kinds is None else kinds):
                 continue

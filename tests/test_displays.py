@@ -66,3 +66,11 @@ def test_content_expires_after_the_site_setting(example_site):
     assert c.display == example_site.displays[0].id
     assert c.expires == 1000.0 + example_site.display_settings.expires_s
     assert DisplayContent.model_validate_json(c.model_dump_json()) == c
+
+
+def test_a_line_wholly_unknown_is_blind_whatever_the_fraction():
+    """fallback_unknown_fraction 1.0 (the site file allows it) never reached "more than all
+    of it", so a car park gone wholly blind said FULL."""
+    line = render_line(LocalText(zh="A区", en="Zone A"), "right", 0, 10, 10, 1.0)
+    assert line.status == "fallback" and line.count is None
+    assert render_line(LocalText(zh="A区", en="Zone A"), "right", 0, 9, 10, 1.0).status == "full"

@@ -449,3 +449,29 @@ def test_zone_counts_say_how_many_free_spaces_are_held(example_site, tmp_path):
     g.gw.tick()  # the second hold runs out
     assert zone_a()["held"] == 0
     assert {z.zone: z.held for z in g.gw.zone_counts()}["A"] == 0
+
+
+def test_spaces_no_entrance_reaches_are_not_on_the_signs(tmp_path, caplog):
+    """The basement's ramp entered as a one-way edge the wrong way (up, not down): no gate
+    reaches zones E and F. The gateway says so in its log at start, and the gate's
+    "Basement B1" line does not count those bays (it said 58 free while every resident
+    at the gate was turned away); the zone counts still show what the sensors say."""
+    import logging
+
+    from parking.site import parse_site
+
+    text = EXAMPLE_SITE.read_text(encoding="utf-8")
+    ramp = "    - {from: R1, to: K1, length: 45}    # ramp"
+    assert ramp in text
+    site = parse_site(
+        text.replace(ramp, "    - {from: K1, to: R1, length: 45, oneway: true}"), "s.yaml"
+    )
+    with caplog.at_level(logging.WARNING, logger="gateway.live"):
+        g = _Gate(site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    assert "spaces cannot be reached from any entrance" in caplog.text
+    snapshot_all_free(g.gw, site, g.clock[0])
+    lines = g.gw.displays()["gate-north"].lines
+    assert [line.count for line in lines][2] == 0  # the basement line
+    assert lines[0].count and lines[0].count > 0  # zone A, reached, counted as before
+    zones = {z.zone: z for z in g.gw.zone_counts()}
+    assert zones["E"].free == zones["E"].total > 0
