@@ -72,6 +72,7 @@ class MqttLiveView:
         self._seen: dict[str, float] = {}
         self._health: dict[str, HealthReport] = {}
         self._assignments: deque[Assignment] = deque(maxlen=1000)
+        self._holds: dict[str, float] = {}  # space -> hold expiry, from the assignments seen
         self._state: dict[str, tuple[str, float]] = {}  # space -> (state, since)
         self._last_seen: dict[str, float | None] = {}
         self._observed_since: dict[str, float | None] = {}  # as of the last checkpoint
@@ -206,6 +207,7 @@ class MqttLiveView:
                 zc = ZoneCounts.model_validate_json(payload)
                 with self._lock:
                     self._zones[zc.zone] = zc
+                    zc = zc.model_copy(update={"held": self._held_in(zc.zone, now)})
                 self._emit("zone", zc.model_dump(mode="json"), now)
             elif kind == "displays/content":
                 if not payload:
@@ -258,7 +260,15 @@ class MqttLiveView:
                     if a in self._assignments:  # sent again for a repeated arrival
                         return
                     self._assignments.appendleft(a)
+                    held = None
+                    if a.space and a.zone and a.hold_expires is not None:
+                        self._holds[a.space] = a.hold_expires
+                        c = self._zones.get(a.zone)
+                        if c is not None and not self._blind():
+                            held = c.model_copy(update={"held": self._held_in(a.zone, now)})
                 self._emit("assignment", a.model_dump(mode="json", by_alias=True), now)
+                if held is not None:  # the zone offers one space fewer
+                    self._emit("zone", held.model_dump(mode="json"), now)
             elif kind == "gateway/availability":
                 online = payload.decode("utf-8", "replace") == topics.ONLINE
                 with self._lock:
@@ -349,6 +359,18 @@ class MqttLiveView:
             except Exception:
                 log.exception("live event subscriber failed")
 
+    def _held_in(self, zone: str, now: float) -> int:
+        """Free spaces of ``zone`` held for a car the gateway sent there, as the assignments
+        seen say (zones/{zone} does not: its readers refuse keys they do not know). Holds
+        that ended, or whose space is no longer free (the car parked), are forgotten."""
+        n = 0
+        for space, until in list(self._holds.items()):
+            if until <= now or self._state.get(space, ("unknown", 0.0))[0] != "free":
+                del self._holds[space]
+            elif self.site.space(space).zone == zone:
+                n += 1
+        return n
+
     # -- LiveView ------------------------------------------------------------------------------
     def zone_counts(self) -> list[ZoneCounts]:
         now = time.time()
@@ -358,7 +380,7 @@ class MqttLiveView:
             for z in self.site.zones:
                 c = self._zones.get(z.id)
                 if c is not None and not gateway_down:
-                    out.append(c)
+                    out.append(c.model_copy(update={"held": self._held_in(z.id, now)}))
                     continue
                 total = c.total if c else len(self.site.zone_spaces(z.id))
                 out.append(

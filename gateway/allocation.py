@@ -1368,6 +1368,10 @@ class AllocationCore:
         """Held spaces -> hold expiry."""
         return dict(self._holds)
 
+    def held_spaces(self) -> Iterable[int]:
+        """The held spaces (a view, not a copy: do not change holds while iterating)."""
+        return self._holds.keys()
+
     @property
     def has_holds(self) -> bool:
         return bool(self._holds)

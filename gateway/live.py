@@ -247,6 +247,7 @@ class LiveGateway:
         self._shown_ts: dict[int, float] = {}  # wall time of each sign's content
         self._shown_mono: dict[int, float] = {}  # and when it was published, monotonic
         self._zone_published: dict[int, tuple[int, ...]] = {}
+        self._zone_told: dict[int, tuple[tuple[int, ...], int]] = {}  # the views', with held
         self._zone_ts: dict[int, float] = {}  # when each zone's counts were last published
         self._online: dict[str, bool] = {}
         self._agent_seen: dict[str, float] = {}
@@ -1258,14 +1259,14 @@ class LiveGateway:
             self._publish(topic, payload, qos, retain)
 
     def _held_by_zone(self) -> dict[int, int]:
-        """Free spaces held for arriving cars, per zone (holds are few: a dict walk)."""
-        if not self.core.has_holds:
-            return {}
-        zone, state = self.state.zone, self.state.state
+        """Free spaces held for arriving cars, per zone: for the views (the dashboard, in
+        this process), not the wire (readers of zones/{zone} refuse keys they do not know)."""
+        views = self.state.views
+        zone, state = views.zone, views.state
         held: dict[int, int] = {}
-        for s in self.core.holds:
+        for s in self.core.held_spaces():
             if state[s] == FREE:
-                z = int(zone[s])
+                z = zone[s]
                 held[z] = held.get(z, 0) + 1
         return held
 
@@ -1273,21 +1274,30 @@ class LiveGateway:
         zones = list(zones)
         if not zones:
             return
-        held = self._held_by_zone()
+        # the views' events carry how many free spaces are held, so they also go when only
+        # that moved (a hold began or ended); the retained topic goes when the counts do
+        held = self._held_by_zone() if self._subscribers else {}
         for z, (u, f, o, c) in zip(zones, self.state.zone_counts[zones].tolist(), strict=True):
+            key = (u, f, o, c)
+            wire = self._zone_published.get(z) != key
             h = held.get(z, 0)
-            key = (u, f, o, c, h)
-            if self._zone_published.get(z) == key:
+            told = self._subscribers and self._zone_told.get(z) != (key, h)
+            if not (wire or told):
                 continue
-            self._zone_published[z] = key
-            self._zone_ts[z] = now
+            if wire:
+                self._zone_published[z] = key
+                self._zone_ts[z] = now
             payload = (
                 f'{{"zone":{self._zone_json[z]},"free":{f},"occupied":{o},"unknown":{u},'
-                f'"closed":{c},"total":{u + f + o + c},"held":{h},"ts":{now!r}}}'
+                f'"closed":{c},"total":{u + f + o + c},"ts":{self._zone_ts[z]!r}}}'
             )
-            self._send(self._zone_topics[z], payload.encode(), topics.QOS_ZONE, topics.RETAIN_ZONE)
+            if wire:
+                self._send(
+                    self._zone_topics[z], payload.encode(), topics.QOS_ZONE, topics.RETAIN_ZONE
+                )
             if self._subscribers:
-                self._emit("zone", json.loads(payload), now)
+                self._zone_told[z] = (key, h)
+                self._emit("zone", {**json.loads(payload), "held": h}, now)
 
     def _render(self, d: int) -> tuple[RenderedLine, ...]:
         return self.renderer.lines(

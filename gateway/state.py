@@ -164,6 +164,11 @@ class LiveState:
             moved = np.unique(zones)
         return Changes(sp, o, nw, touched, moved)
 
+    @property
+    def views(self) -> _Views:
+        """The arrays as memoryviews, for item-by-item reads without numpy's per-call cost."""
+        return self._views
+
     # -- mutations ---------------------------------------------------------------------------
     def observe(
         self,

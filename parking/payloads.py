@@ -194,8 +194,8 @@ class ZoneCounts(_Payload):
     unknown: int = Field(ge=0)
     closed: int = Field(ge=0)
     total: int = Field(ge=0)
-    # of the free ones, held for a car the gateway sent there (not offered on the signs);
-    # 0 from a gateway of an earlier release, which did not say
+    # of the free ones, held for a car the gateway sent there (not offered on the signs): the
+    # views fill it in; never on the wire (a reader of an earlier release refuses the key)
     held: int = Field(0, ge=0)
     ts: Timestamp
 

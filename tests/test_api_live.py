@@ -433,3 +433,36 @@ def test_a_standalone_view_lists_the_journals_assignments_from_its_start(tmp_pat
     finally:
         view.stop()
         journal.close()
+
+
+def test_a_standalone_view_counts_the_holds_of_the_assignments_it_sees(tmp_path):
+    """zones/{zone} does not say how many free spaces are held (a reader of an earlier
+    release would refuse the key): the stand-alone view counts them from the assignments,
+    for /zones and the stream, until the car parks or the hold runs out."""
+    from api.mqttview import MqttLiveView
+    from gateway.journal import Journal
+    from parking.broker import BrokerConfig
+    from parking.site import load_site
+
+    db = tmp_path / "journal.sqlite"
+    Journal(db).close()
+    view = MqttLiveView(load_site(EXAMPLE_SITE), BrokerConfig("127.0.0.1", free_port()), str(db))
+    view.connected.set()
+    view._handle(topics.gateway_availability("xinyuan"), b"online")
+    now = time.time()
+    counts = {"zone": "A", "free": 10, "occupied": 70, "unknown": 0, "closed": 0, "total": 80}
+    view._handle(topics.zone("xinyuan", "A"), json.dumps({**counts, "ts": now}).encode())
+    view._state["A-003"] = ("free", now)
+    heard: list = []
+    view.subscribe(heard.append)
+    answer = {
+        "entrance": "north", "class": "resident", "space": "A-003", "zone": "A",
+        "route": [], "hint": {"zh": "去A-003", "en": "Go to A-003"}, "hold_expires": now + 60,
+        "plate": None, "request_id": "r1", "ts": now,
+    }  # fmt: skip
+    view._handle(topics.assignment("xinyuan", "north"), json.dumps(answer).encode())
+    (zone_a,) = [ev.data for ev in heard if ev.kind == "zone"]
+    assert (zone_a["free"], zone_a["held"]) == (10, 1)
+    assert {z.zone: z.held for z in view.zone_counts()}["A"] == 1
+    view._state["A-003"] = ("occupied", now)  # the car parked
+    assert {z.zone: z.held for z in view.zone_counts()}["A"] == 0

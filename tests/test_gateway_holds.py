@@ -430,21 +430,33 @@ def test_a_class_with_no_space_open_at_this_hour_is_not_told_full(example_site, 
 
 
 def test_zone_counts_say_how_many_free_spaces_are_held(example_site, tmp_path):
-    """zones/{zone} carries ``held``: the free spaces held for cars sent there (the signs do
-    not offer them), published when a hold begins, when the car parks and when it ends."""
+    """The views (the dashboard's stream, /zones) learn how many free spaces of a zone are
+    held for cars sent there (the signs do not offer them): when a hold begins, when the
+    car parks and when it ends. The retained zones/{zone} stays as it was: a reader of an
+    earlier release refuses a key it does not know."""
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0, hold_s=60)
+    told: list[dict] = []
+    g.gw.subscribe(lambda e: told.append(e.data) if e.kind == "zone" else None)
     snapshot_all_free(g.gw, example_site, g.clock[0])
 
     def zone_a() -> dict:
+        return [d for d in told if d["zone"] == "A"][-1]
+
+    def wire_a() -> dict:
         return [json.loads(p) for t, p in g.sent if t == topics.zone(SITE, "A")][-1]
 
     assert zone_a()["held"] == 0
+    wired = len(g.sent)
     first = g.arrive("r1")["space"]
     second = g.arrive("r2")["space"]
     assert {example_site.space(first).zone, example_site.space(second).zone} == {"A"}
-    assert (zone_a()["held"], zone_a()["free"]) == (2, 80 - 2 + 2)  # still free, but held
+    assert (zone_a()["held"], zone_a()["free"]) == (2, 80)  # still free, but held
+    assert not [t for t, _ in g.sent[wired:] if t == topics.zone(SITE, "A")]  # nothing new
+    assert "held" not in wire_a()
     g.report("serial-bus-g", "bus-g", 2, {first: "occupied"})  # the first car parks
     assert (zone_a()["held"], zone_a()["occupied"]) == (1, 1)
+    assert wire_a()["occupied"] == 1 and "held" not in wire_a()
+    assert {z.zone: z.held for z in g.gw.zone_counts()}["A"] == 1
     g.clock[0] += 61
     g.gw.tick()  # the second hold runs out
     assert zone_a()["held"] == 0
