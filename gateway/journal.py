@@ -254,18 +254,28 @@ class Journal:
             params,
         )
         # a boot followed by another within these rows never reached the agents table
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO retired_boots(agent, boot, ts) VALUES (?,?,?)",
-            _boots_followed(
-                self.conn.execute(
-                    "SELECT id, agent, boot, ts FROM pending_changes"
-                    " WHERE boot IS NOT NULL ORDER BY id"
-                ).fetchall(),
-                self.conn.execute(
-                    f"SELECT max(id) FROM (SELECT id FROM pending_changes{where})", params
-                ).fetchone()[0],
-            ),
-        )
+        upto = self.conn.execute(
+            f"SELECT max(id) FROM (SELECT id FROM pending_changes{where})", params
+        ).fetchone()[0]
+        if upto is not None:
+            # the rows expanded now, one pass in Python; of the later ones (a backlog that
+            # stepped expansion leaves), only each agent's boots, in SQL
+            later: dict[str, set[str]] = {}
+            for agent, boot in self.conn.execute(
+                "SELECT DISTINCT agent, boot FROM pending_changes"
+                " WHERE id > ? AND boot IS NOT NULL",
+                (upto,),
+            ):
+                later.setdefault(agent, set()).add(boot)
+            rows = self.conn.execute(
+                "SELECT id, agent, boot, ts FROM pending_changes"
+                " WHERE id <= ? AND boot IS NOT NULL ORDER BY id",
+                (upto,),
+            ).fetchall()
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO retired_boots(agent, boot, ts) VALUES (?,?,?)",
+                _boots_followed(rows, later),
+            )
         # online is left alone: an availability message may have come after the report
         self.conn.execute(
             "INSERT INTO agents(agent, boot, seq, online, last_seen)"
@@ -528,17 +538,18 @@ class Journal:
 
 
 def _boots_followed(
-    rows: list[tuple[int, str, str, float]], upto: int | None
+    rows: list[tuple[int, str, str, float]], later: dict[str, set[str]]
 ) -> list[tuple[str, str, float]]:
-    """(agent, boot, ts) of every boot that pending rows up to id ``upto`` report and a
-    later pending row of the same agent replaces with another boot; ts is the newest of
-    its rows that such a row follows. One pass from the newest row back (a SQL EXISTS per
-    row was quadratic: seconds for a crash's backlog of a few thousand reports)."""
-    later: dict[str, set[str]] = {}  # per agent, the boots of the rows after this one
+    """(agent, boot, ts) of every boot of ``rows`` (pending rows in id order) that a later
+    row of the same agent replaces with another boot, among ``rows`` or the rows after them
+    (``later``: per agent, their boots); ts is the newest of its rows that such a row
+    follows. One pass from the newest row back (a SQL EXISTS per row was quadratic: seconds
+    for a crash's backlog of a few thousand reports)."""
+    after_of = {agent: set(boots) for agent, boots in later.items()}
     out: dict[tuple[str, str], float] = {}
-    for row_id, agent, boot, ts in reversed(rows):
-        after = later.setdefault(agent, set())
-        if upto is not None and row_id <= upto and (after - {boot}):
+    for _, agent, boot, ts in reversed(rows):
+        after = after_of.setdefault(agent, set())
+        if len(after) > 1 or (after and boot not in after):
             key = (agent, boot)
             out[key] = max(out.get(key, ts), ts)
         after.add(boot)
