@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 from parking import siteconfig as cfg
@@ -368,36 +369,136 @@ def parse_site(text: str, filename: str = "<site>") -> Site:
     try:
         model = cfg.SiteFile.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            line = line_of(lines, loc)
-            clean = tuple(
-                p
-                for p in loc
-                if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float"}))
-            )
-            msg = err["msg"]
-            ctx = err.get("ctx") or {}
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            elif (
-                err["type"] == "string_pattern_mismatch"
-                and ctx.get("pattern") == IDENTIFIER_PATTERN
-            ) or (
-                err["type"] == "string_too_long" and ctx.get("max_length") == 64
-            ):  # an Ident: say the rule in words, not the regex
-                msg = id_problem(clean, err["input"])
-            problems.append(f"{filename}:{line or '?'}: {format_loc(clean)}: {msg}")
-        raise SiteError(problems) from None
+        raise SiteError(_schema_problems(exc, data, lines, text, filename)) from None
     site = _Compiler(model, lines, filename).compile()
     return replace(site, digest=hashlib.sha256(model.model_dump_json().encode()).hexdigest())
 
 
+_BOOL_WORDS = "yes/no, on/off and true/false"
+
+
+def _schema_problems(
+    exc: ValidationError, data: Any, lines: dict, text: str, filename: str
+) -> list[str]:
+    """pydantic's errors as 'file:line: field: what to write instead': union branches that do
+    not fit the value's shape left out, YAML's numbers and booleans where text is meant, a
+    plain name where Chinese and English are meant, a bare value where a list is meant."""
+    errors = [(err, *_split_loc(data, tuple(err["loc"]), err["type"])) for err in exc.errors()]
+    # a union (a space id or a list of them; an edge mapping or a path): keep the errors of
+    # the branch that fits the value's shape, if one does, not one complaint per branch
+    fitting = {union for _, _, union, fits in errors if union is not None and fits}
+    source: list[Any] = []  # the composed YAML, built on the first need (a scalar's text)
+    problems = []
+    for err, clean, union, fits in errors:
+        if union is not None and not fits and union in fitting:
+            continue
+        line = line_of(lines, clean)
+        msg = _schema_message(err, clean, lambda loc: _scalar_text(text, loc, source))
+        problem = f"{filename}:{line or '?'}: {format_loc(clean)}: {msg}"
+        if problem not in problems:
+            problems.append(problem)
+    return problems
+
+
+def _split_loc(
+    data: Any, loc: tuple[Any, ...], err_type: str
+) -> tuple[tuple[Any, ...], tuple[Any, ...] | None, bool]:
+    """An error's location as a path in the file; the path of the union it was raised in
+    (None if none) and whether its branch (pydantic's tag in the location, such as
+    'list[constrained-str]' or 'LaneEdge') fits the shape of the value there."""
+    cur: Any = data
+    clean: list[Any] = []
+    union: tuple[Any, ...] | None = None
+    fits = True
+    for i, part in enumerate(loc):
+        in_dict = isinstance(cur, dict) and part in cur
+        if in_dict or (isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur)):
+            cur = cur[part]
+        elif isinstance(part, str) and (i < len(loc) - 1 or err_type != "missing"):
+            if union is None:  # a branch's tag, not a key of the file
+                union = tuple(clean)
+                if part.startswith("list["):
+                    fits = isinstance(cur, list)
+                elif part[:1].isupper():  # a model
+                    fits = isinstance(cur, dict)
+                else:
+                    fits = not isinstance(cur, list | dict)
+            continue
+        clean.append(part)
+    return tuple(clean), union, fits
+
+
+def _scalar_text(text: str, loc: tuple[Any, ...], source: list[Any]) -> str | None:
+    """The text of the scalar at ``loc`` as written in the file ('no', '1.0', '12:30')."""
+    if not source:
+        try:
+            source.append(yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+        except yaml.YAMLError:  # parsed once already: cannot happen
+            source.append(None)
+    node = source[0]
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next(
+                (
+                    v
+                    for k, v in node.value
+                    if isinstance(k, yaml.ScalarNode) and k.value == str(part)
+                ),
+                None,
+            )
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if 0 <= part < len(node.value) else None
+        else:
+            return None
+    return node.value if isinstance(node, yaml.ScalarNode) else None
+
+
+def _schema_message(err: Any, loc: tuple[Any, ...], scalar_text: Any) -> str:
+    kind, value, ctx = err["type"], err["input"], err.get("ctx") or {}
+    keys = [p for p in loc if isinstance(p, str)]
+    key = keys[-1] if keys else "value"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if (kind == "string_pattern_mismatch" and ctx.get("pattern") == IDENTIFIER_PATTERN) or (
+        kind == "string_too_long" and ctx.get("max_length") == 64
+    ):  # an Ident: say the rule in words, not the regex
+        return id_problem(loc, value)
+    if kind == "string_type" and not isinstance(value, list | dict):
+        written = scalar_text(loc)
+        shown = written if written is not None else str(value)
+        if isinstance(value, bool):
+            return (
+                f"YAML read {shown} as true/false ({_BOOL_WORDS} are booleans in YAML), not as"
+                f" text: quote it ('{shown}')"
+            )
+        if isinstance(value, int | float):
+            return f"YAML read {shown} as a number, not as text: quote it ('{shown}')"
+        if value is None:
+            return "no value given: write the text here (quote it if it is a number or yes/no)"
+        return f"YAML read {shown} as a {type(value).__name__}, not as text: quote it ('{shown}')"
+    if kind in {"model_type", "dict_type"} and (
+        ctx.get("class_name") == "LocalName" or (kind == "dict_type" and key in {"name", "label"})
+    ):
+        if isinstance(value, str) and value.isascii():
+            example = f"{{zh: <Chinese>, en: {value}}}"
+        elif isinstance(value, str):
+            example = f"{{zh: {value}, en: <English>}}"
+        else:
+            example = "{zh: <Chinese>, en: <English>} (e.g. {zh: 业主, en: Resident})"
+        return f"a {key} is text in Chinese and English: write {key}: {example}"
+    if kind == "list_type" and isinstance(value, str):
+        written = scalar_text(loc)
+        shown = written if written is not None else value
+        return f"a list is needed here: write {key}: [{shown}]"
+    if kind == "list_type" and not isinstance(value, dict):
+        return f"{err['msg']}: write it in [ ] (e.g. {key}: [...])"
+    return str(err["msg"])
+
+
 def unreachable(site: Site) -> tuple[list[str], list[str]]:
     """Over the lane graph, driven as the allocator drives it (a one-way edge only in its
-    direction): the spaces no entrance reaches, in site order (never assigned, though the
-    signs count them), and the entrances that reach no space. Either is most likely a
+    direction): the spaces no entrance reaches, in site order (never assigned, nor counted
+    on the signs), and the entrances that reach no space. Either is most likely a
     missing or reversed edge in ``lanes.edges``."""
     succ: dict[str, list[str]] = {}
     for e in site.lane_edges:
@@ -420,16 +521,49 @@ def unreachable(site: Site) -> tuple[list[str], list[str]]:
     return [s.id for s in site.spaces if s.access not in reached_by_any], dead_entrances
 
 
+def zone_warnings(site: Site) -> list[str]:
+    """Zones without a space, and sign lines counting no space (their zones have none, or
+    none its vehicle class may use): each reads 满 FULL for good, most likely a slip in
+    ``spaces`` (a row's ``zone``) or in the line's ``zones``."""
+    by_zone: dict[str, list[Space]] = {z.id: [] for z in site.zones}
+    for s in site.spaces:
+        by_zone.setdefault(s.zone, []).append(s)
+    out = [
+        f"zone {z.id} ({z.name.zh} / {z.name.en}) has no spaces: its count stays 0 and a sign"
+        f" line counting only it reads 满 FULL for good; give it spaces (a row with zone:"
+        f" {z.id}) or take the zone out"
+        for z in site.zones
+        if not by_zone[z.id]
+    ]
+    class_kinds = {vc.id: set(vc.kinds) for vc in site.vehicle_classes}
+    for d in site.displays:
+        for li, line in enumerate(d.lines):
+            spaces = [s for z in line.zones for s in by_zone.get(z, ())]
+            whose = ""
+            if line.vehicle_class is not None:
+                usable = class_kinds.get(line.vehicle_class, set())
+                spaces = [s for s in spaces if s.kinds & usable]
+                whose = f" that vehicle class {line.vehicle_class} may use"
+            if not spaces:
+                out.append(
+                    f"display {d.id} lines[{li}] ({line.label.zh} / {line.label.en}) counts no"
+                    f" space (its zones {', '.join(line.zones)} have none{whose}) and will read"
+                    " 满 FULL for good: check the line's zones"
+                )
+    return out
+
+
 def lane_warnings(site: Site, show: int = 5) -> list[str]:
-    """``unreachable`` as warnings for ``parkguide site check`` (count and the first ids)."""
+    """``unreachable`` as warnings for ``parkguide site check`` and the gateway's log (count
+    and the first ids), then ``zone_warnings``."""
     spaces, entrances = unreachable(site)
     out = []
     if spaces:
         nodes = sorted({site.space(s).access for s in spaces})
         more = ", ..." if len(spaces) > show else ""
         out.append(
-            f"{len(spaces)} spaces cannot be reached from any entrance over the lanes and will"
-            f" never be assigned ({', '.join(spaces[:show])}{more}; access nodes"
+            f"{len(spaces)} spaces cannot be reached from any entrance over the lanes: never"
+            f" assigned, nor counted on the signs ({', '.join(spaces[:show])}{more}; access nodes"
             f" {', '.join(nodes[:show])}{', ...' if len(nodes) > show else ''}):"
             " check lanes.edges for a missing or reversed one-way edge"
         )
@@ -439,7 +573,12 @@ def lane_warnings(site: Site, show: int = 5) -> list[str]:
             f"entrance {ent_id} (lane node {node}) reaches no space over the lanes:"
             " check lanes.edges for a missing or reversed one-way edge"
         )
-    return out
+    return out + zone_warnings(site)
+
+
+def _out_of_frame(poly: Iterable[Any], w: int, h: int) -> bool:
+    """Whether a polygon (pixel corners) has a corner outside a w x h image."""
+    return any(not (0 <= p[0] <= w and 0 <= p[1] <= h) for p in poly)
 
 
 class _Compiler:
@@ -503,7 +642,11 @@ class _Compiler:
         for i, zone in enumerate(m.zones):
             if zone.level not in level_ids:
                 self.err(("zones", i, "level"), f"level {zone.level!r} is not defined")
-        kinds = set(m.kinds)
+        kinds: set[str] = set()
+        for i, k in enumerate(m.kinds):  # the gateway numbers kinds by their place here
+            if k in kinds:
+                self.err(("kinds", i), f"duplicate kind {k!r}")
+            kinds.add(k)
         class_ids = self.unique(m.vehicle_classes, "id", "vehicle_classes")
         for i, vc in enumerate(m.vehicle_classes):
             for k in vc.kinds:
@@ -515,6 +658,7 @@ class _Compiler:
                         ("vehicle_classes", i, "prefer"),
                         f"kind {k!r} to prefer is not one of the class's kinds {vc.kinds}",
                     )
+        self.unique(m.policies, "id", "policies")
         policies = []
         for i, p in enumerate(m.policies):
             if p.kind not in kinds:
@@ -548,8 +692,17 @@ class _Compiler:
                     continue
                 if length is None:
                     if nodes[a].level != nodes[b].level:
+                        levels = f"levels {nodes[a].level} and {nodes[b].level}"
+                        if isinstance(e, cfg.LaneEdge):
+                            how = "give its length (metres)"
+                        else:  # a path has no place for a length
+                            how = (
+                                "a path has no length: write it as"
+                                f" {{from: {a}, to: {b}, length: ...}} (metres)"
+                            )
                         self.err(
-                            ("lanes", "edges", i), f"edge {a}-{b} joins two levels: give its length"
+                            ("lanes", "edges", i),
+                            f"the edge from {a} to {b} joins {levels}: {how}",
                         )
                         continue
                     length = math.dist(nodes[a].at, nodes[b].at)
@@ -570,6 +723,13 @@ class _Compiler:
             for a in g.access:
                 if a not in node_ids:
                     self.err(("spaces", gi, "access"), f"lane node {a!r} is not defined")
+                elif g.zone in zone_level and nodes[a].level != zone_level[g.zone]:
+                    # a car would be sent to these bays over another level's lanes
+                    self.err(
+                        ("spaces", gi, "access"),
+                        f"access node {a} is on level {nodes[a].level} but zone {g.zone} is on"
+                        f" level {zone_level[g.zone]}",
+                    )
             access_nodes = [nodes[a] for a in g.access if a in nodes]
             lay = g.layout
             ang = math.radians(lay.angle)
@@ -695,26 +855,37 @@ class _Compiler:
                 self.err(("cameras", ci, "id"), f"duplicate source id {cam.id!r}")
             source_ids.add(cam.id)
             polys: dict[str, tuple[tuple[float, float], ...]] = {}
+            w, h = cam.resolution
             for ri, row in enumerate(cam.rows):
-                ids = [
-                    s for s in self.expand(row.spaces, ("cameras", ci, "rows", ri, "spaces")) if s
-                ]
+                row_loc = ("cameras", ci, "rows", ri)
+                ids = [s for s in self.expand(row.spaces, (*row_loc, "spaces")) if s]
                 n_row = len(ids)
+                outside = []
                 for j, row_sid in enumerate(ids):
                     t = j / (n_row - 1) if n_row > 1 else 0.0
                     row_poly = tuple(
                         (a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]))
                         for a, b in zip(row.first, row.last, strict=True)
                     )
-                    bind(row_sid, Binding(cam.id, "camera"), ("cameras", ci, "rows", ri, "spaces"))
+                    bind(row_sid, Binding(cam.id, "camera"), (*row_loc, "spaces"))
                     polys.setdefault(row_sid, row_poly)
+                    if _out_of_frame(row_poly, w, h):
+                        outside.append(row_sid)
+                if outside:  # then the first or the last bay's corners are out: point there
+                    ends = [k for k in ("first", "last") if _out_of_frame(getattr(row, k), w, h)]
+                    more = f" (likewise {len(outside) - 1} more of the row)" if outside[1:] else ""
+                    self.err(
+                        (*row_loc, ends[0]) if len(ends) == 1 else row_loc,
+                        f"polygon of {outside[0]!r} leaves the {w}x{h} frame{more}",
+                    )
             for si, cs in enumerate(cam.spaces):
                 bind(cs.space, Binding(cam.id, "camera"), ("cameras", ci, "spaces", si, "space"))
                 polys.setdefault(cs.space, tuple((p[0], p[1]) for p in cs.polygon))
-            w, h = cam.resolution
-            for cam_sid, cam_poly in polys.items():
-                if any(not (0 <= x <= w and 0 <= y <= h) for x, y in cam_poly):
-                    self.err(("cameras", ci), f"polygon of {cam_sid!r} leaves the {w}x{h} frame")
+                if _out_of_frame(cs.polygon, w, h):
+                    self.err(
+                        ("cameras", ci, "spaces", si, "polygon"),
+                        f"polygon of {cs.space!r} leaves the {w}x{h} frame",
+                    )
             agent = cam.agent or default_agent("camera", cam.id)
             bind_agent(agent, cam.id, ("cameras", ci, "agent"))
             cameras.append(Camera(cam.id, cam.ttl_s, (w, h), polys, agent))

@@ -202,8 +202,10 @@ class NodeController(_Model):
 
     address: int = Field(ge=1, le=247, description="Modbus slave address")
     detectors: int | None = Field(None, ge=1, le=64, description="default: number of spaces bound")
-    spaces: list[SpaceRef | None] = Field(
-        default_factory=list, description="detector i watches the i-th space; null skips a detector"
+    spaces: SpaceRef | list[SpaceRef | None] = Field(
+        default_factory=list,
+        description="detector i watches the i-th space (a range: one detector per id, like"
+        " `ids` of a row); null skips a detector",
     )
     map: list[DetectorBinding] = Field(
         default_factory=list, description="explicit detector -> space"

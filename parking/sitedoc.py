@@ -39,17 +39,30 @@ break them. Space ids are checked once ranges are expanded (`A-001..A-040` is `A
 `A-002`, ... `A-040`). Chinese goes in a `name` (`zh`) of the site, a level, zone,
 vehicle class, entrance or display, or a sign line's `label`. A space has no name: give
 it an id such as `A-001` and its zone the Chinese name (`A区（业主）`).
+
+Quote an id that YAML would read as something else than text: a number (`id: '1'`,
+`ids: ['101', '102']`, `'12:30'`) or a true/false word (`yes`, `no`, `on`, `off`,
+`true`, `false`: `id: 'no'`, `kinds: ['on']`). Unquoted, `site check` refuses it
+and says what to quote.
 """
 
 CHECKS = """## Cross-checks
 
 Beyond the types above, a site is refused when: an id is defined twice (levels,
-zones, classes, lane nodes, entrances, displays, spaces); a zone, level, kind,
-class, lane node or entrance is referenced but not defined; a space is bound to
+zones, kinds, classes, policies, lane nodes, entrances, displays, spaces); a zone,
+level, kind, class, lane node or entrance is referenced but not defined; a row's
+`access` node is on another level than the row's zone; a space is bound to
 two sensors; a detector is bound twice; a node controller has more than 64
 detectors; two nodes on one bus share an address; a bus and a camera share an
-id; an edge joins two levels without a length; a camera polygon leaves the
+id; an edge joins two levels without a length (a path `[a, b]` has none: write
+such an edge as `{from: a, to: b, length: ...}`); a camera polygon leaves the
 frame; a range is malformed; a space id (of a range too) is not an [id](#ids).
+
+`site check` warns, without refusing the site, about spaces without a sensor and,
+as the gateway's log at its start does too, about spaces no entrance reaches over
+the lanes, an entrance that reaches no space, a zone without spaces and a sign line
+that counts no space (its zones have none, or none its vehicle class may use): such
+a line reads `满 FULL` for good.
 
 ## Editing the file of a running site
 

@@ -135,6 +135,78 @@ def test_each_source_has_one_agent_named_by_default_or_by_the_site():
             "buses[1].baud",
             "Input should be",
         ),
+        # the gateway numbers kinds by their place in the list: a repeated one crashed it
+        (
+            "kinds: [resident, visitor, ev, accessible, shared]",
+            "kinds: [resident, visitor, ev, accessible, shared, resident]",
+            "kinds[5]",
+            "duplicate kind 'resident'",
+        ),
+        (
+            "lends zone D to residents at night\n  - id: shared-day-office",
+            "lends zone D to residents at night (twice)\n  - id: shared-night-residents",
+            "policies[1].id",
+            "duplicate id 'shared-night-residents'",
+        ),
+        # a copy-paste slip: a basement row reached from a ground node
+        (
+            "{ids: B1-E-003..B1-E-030, zone: E, kinds: [resident], access: [K0, K1, K2],",
+            "{ids: B1-E-003..B1-E-030, zone: E, kinds: [resident], access: [K0, K1, AN0],",
+            "spaces[10].access",
+            "access node AN0 is on level G but zone E is on level B1",
+        ),
+        # a path has no place for a length: say how to write the edge instead
+        (
+            "    - [BN0, W0]",
+            "    - [BN0, W0, K3]",
+            "lanes.edges[4]",
+            "joins levels G and B1: a path has no length: write it as {from: W0, to: K3, length:",
+        ),
+        # the row's bay that is out of the frame, not the camera's first line
+        (
+            "last: [[1196, 700], [1254, 700], [1222, 540], [1170, 540]]",
+            "last: [[1196, 700], [1294, 700], [1222, 540], [1170, 540]]",
+            "cameras[0].rows[0].last",
+            "polygon of 'C-020' leaves the 1280x720 frame",
+        ),
+        # YAML 1.1 reads these as numbers and booleans: say to quote them
+        (
+            "{id: B1, name: {zh: 地下一层",
+            "{id: 1, name: {zh: 地下一层",
+            "levels[1].id",
+            "YAML read 1 as a number, not as text: quote it ('1')",
+        ),
+        (
+            "ids: B-037..B-072",
+            "ids: [101, 102]",
+            "spaces[4].ids[0]",
+            "YAML read 101 as a number, not as text: quote it ('101')",
+        ),
+        (
+            "{id: east, name: {zh: 东门",
+            "{id: no, name: {zh: 东门",
+            "entrances[1].id",
+            "YAML read no as true/false",
+        ),
+        (
+            "kinds: [resident, visitor, ev, accessible, shared]",
+            "kinds: [resident, visitor, ev, accessible, on]",
+            "kinds[4]",
+            "quote it ('on')",
+        ),
+        # a plain name: say how to write Chinese and English
+        (
+            "{id: visitor, name: {zh: 访客, en: Visitor}",
+            "{id: visitor, name: 访客",
+            "vehicle_classes[1].name",
+            "write name: {zh: 访客, en: ",
+        ),
+        (
+            "{id: visitor, name: {zh: 访客, en: Visitor}, kinds: [visitor]}",
+            "{id: visitor, name: {zh: 访客, en: Visitor}, kinds: visitor}",
+            "vehicle_classes[1].kinds",
+            "write kinds: [visitor]",
+        ),
     ],
 )
 def test_bad_site_names_line_and_field(old, new, field, words):
@@ -275,7 +347,7 @@ def test_site_check_warns_about_spaces_no_entrance_reaches(tmp_path):
     warning = next(
         (ln for ln in out.stdout.splitlines() if "warning: 120 spaces cannot be reached" in ln), ""
     )
-    assert "B1-E-001" in warning and "never be assigned" in warning, out.stdout
+    assert "B1-E-001" in warning and "never assigned, nor counted on the signs" in warning, out.stdout
     out = subprocess.run(
         parkguide_cmd("site", "check", str(path), "--json"),
         capture_output=True,
