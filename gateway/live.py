@@ -220,7 +220,7 @@ class LiveGateway:
         self.minute = minute_of_day(self._policy_clock(), self.tz)
         self.core = AllocationCore(self.layout, self.minute, **(core_options or {}))
         for warning in lane_warnings(site):  # site check says so too; here the log does
-            log.warning("site %s: %s (the signs do not count those spaces)", site.id, warning)
+            log.warning("site %s: %s", site.id, warning)
         # signs need only the counts: the best-space minima move when a car arrives or
         # the service is idle (flush_checkpoint), off the report-to-sign path
         self.core.lazy_minima = True
@@ -773,8 +773,12 @@ class LiveGateway:
         with self.lock:
             was = self._online.get(agent)
             self._online[agent] = online
-            # heard from (the journal's agents row says so too): not "never seen"
-            self._agent_seen[agent] = max(self._agent_seen.get(agent, now), now)
+            # heard from: not "never seen". An "online" is the agent now; an "offline" is its
+            # last will, retained since it went: it does not make a long dead agent recent
+            if online:
+                self._agent_seen[agent] = max(self._agent_seen.get(agent, now), now)
+            else:
+                self._agent_seen.setdefault(agent, now)
             if was != online:
                 self._log_availability(agent, online)
             changes = NO_CHANGES if online else self.state.agent_offline(agent, now)

@@ -478,3 +478,21 @@ def test_a_slow_node_reaches_the_alerts_and_clears_and_unseen_agents_are_listed(
     assert _wait(lambda: not unreliable(), 10)
     heard = {a["agent"]: a for a in client.get("/api/v1/agents", headers=tokens["viewer"]).json()}
     assert heard["serial-bus-b1"]["heard"] and heard["serial-bus-b1"]["status"] == "degraded"
+
+
+def test_a_replayed_last_will_does_not_make_a_long_dead_agent_recent(example_site, tmp_path):
+    """The broker replays an agent's retained last will at every gateway (re)connect: it is
+    not the agent heard now, so its last_seen stays when it was last heard."""
+    from gateway_support import Clocks
+
+    from gateway.journal import Journal
+    from parking import topics as t
+
+    clocks = Clocks(1_800_000_000.0)
+    gw = clocks.gateway(example_site, Journal(tmp_path / "j.sqlite"), lambda *a: None)
+    agent = "serial-bus-g"
+    gw.handle(t.edge_availability(example_site.id, agent), b"online")
+    clocks.advance(3 * 86400)  # it died days ago; its will is replayed now
+    gw.handle(t.edge_availability(example_site.id, agent), b"offline")
+    (status,) = [a for a in gw.agents() if a.agent == agent]
+    assert status.last_seen == 1_800_000_000.0 and not status.online
