@@ -18,7 +18,10 @@ debounce before it counts. A node that stops answering turns its spaces
 A node that answers, but unreliably (CRC errors, timeouts, polls with no valid
 answer: ``UNRELIABLE_SHARE`` of its polls or more since the last health report, and
 at least ``UNRELIABLE_MIN_BAD``),
-is ``slow`` in health, with a warning in the log at most once a minute.
+is ``slow`` in health, and stays so until it has gone ``RELIABLE_AGAIN_S`` without such a
+report, with a warning in the log at most once a minute. A round in which every answering
+node of the bus had bad polls (a bus-wide hiccup: the machine or the adapter) makes no node
+``slow``, unless the round before was bus-wide too.
 
 A spool the publisher cannot write (a full disk) does not stop the agent: its reports
 go out from memory, and its health says ``degraded`` with ``counters.spool_full`` 1,
@@ -88,7 +91,8 @@ this size is wiring, termination or noise (at 9600 baud a node is polled some 20
 UNRELIABLE_MIN_BAD = 2
 """one stray error (a contactor switching nearby) does not make a node ``slow``"""
 RELIABLE_AGAIN_S = _WARN_EVERY_S
-"""an unreliable node is logged as reliable again after this long without a ``slow`` report"""
+"""an unreliable node stays ``slow`` in health until it has gone this long without a report that
+finds its polls unreliable; then it is ``ok`` again, and logged as reliable again"""
 _AGENT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # parking.payloads.Identifier
 
 NODE_ERROR_STATUS = "error"
@@ -206,6 +210,7 @@ class SerialAgent:
         self._health_round_started = -1e18
         self._health_round_open = False
         self._health_rounds = 0
+        self._bus_wide_before = False  # every answering node had bad polls in the last round
         self._port_attempt = 0
         self._last_port_warning = -1e18
         self._port_said_lost = False  # a warning said the port is lost: say when it is back
@@ -452,19 +457,52 @@ class SerialAgent:
             self.publisher.request_snapshot()
         return step
 
-    def _judge_reliability(self, address: int, observed: bool) -> bool:
-        """True when node ``address`` answered unreliably since the last health report (its
-        status is then ``slow``); logs a warning when that starts and at most once a minute
-        while it lasts, and when the node has been reliable again for RELIABLE_AGAIN_S.
-        ``observed`` False: the node is down or the port lost, its polls say nothing."""
-        rel = self.readings[address].reliability
+    def _judge_round(self) -> dict[int, bool]:
+        """Each node's ``slow`` for this health report (see ``_judge_reliability``). A round in
+        which every answering node of the bus (two or more) had bad polls is a bus-wide
+        hiccup (the machine's scheduling or the adapter, not one node's wiring): it makes no
+        node unreliable, unless the round before was bus-wide too (a whole bus that keeps
+        failing, such as a missing termination, is judged from its second round on)."""
         now = self.clock()
-        tally, seconds = rel.take(now)
+        taken = {n.address: self.readings[n.address].reliability.take(now) for n in self.bus.nodes}
+        observed = {a: not self.tracker.node_down(a) and self.master.is_open for a in taken}
+        answering = [t for a, (t, _) in taken.items() if observed[a] and t.polls]
+        bus_wide = len(answering) >= 2 and all(t.bad for t in answering)
+        hiccup = bus_wide and not self._bus_wide_before
+        self._bus_wide_before = bus_wide
+        if hiccup:
+            log.debug(
+                "bus %s: every answering node had bad polls in this health round: a bus-wide "
+                "hiccup, no node judged unreliable for it",
+                self.bus.id,
+            )
+        return {
+            a: self._judge_reliability(a, tally, seconds, observed[a], now, hiccup)
+            for a, (tally, seconds) in taken.items()
+        }
+
+    def _judge_reliability(
+        self,
+        address: int,
+        tally: PollTally,
+        seconds: float,
+        observed: bool,
+        now: float,
+        hiccup: bool = False,
+    ) -> bool:
+        """True while node ``address`` is unreliable (its status is then ``slow``): from the
+        first health report that finds its polls since the previous one unreliable until it
+        has gone RELIABLE_AGAIN_S without such a report, so that an intermittent fault is one
+        episode, not ``slow``/``ok`` report by report. Logs a warning when that starts and at
+        most once a minute while it lasts, and when the node is reliable again.
+        ``observed`` False: the node is down or the port lost, its polls say nothing.
+        ``hiccup``: a bus-wide hiccup round (see ``_judge_round``), which judges no node."""
+        rel = self.readings[address].reliability
         if not observed:
             if rel.unreliable:  # reliable again only after answering well for a while
                 rel.last_slow = now
             return False
-        slow = tally.unreliable
+        slow = tally.unreliable and not hiccup
         if slow:
             rel.last_slow = now
             if not rel.unreliable or now - rel.warned_at >= _WARN_EVERY_S:
@@ -486,7 +524,7 @@ class SerialAgent:
                     told.failed,
                 )
                 rel.unreliable, rel.warned_at, rel.since_warning = True, now, PollTally()
-                return slow
+                return True
         elif rel.unreliable and now - rel.last_slow >= RELIABLE_AGAIN_S:
             rel.unreliable = False
             log.info(
@@ -501,13 +539,15 @@ class SerialAgent:
             rel.since_warning.add(tally)
         else:
             rel.since_warning = PollTally()
-        return slow
+        return rel.unreliable
 
     def health_report(self) -> HealthReport:
         nodes = []
         faults = 0
         down = 0
         refusing = 0
+        # answers, but unreliably: timeouts, CRC errors, polls with no valid answer
+        unreliable = self._judge_round()
         for n in self.bus.nodes:
             r = self.readings[n.address]
             is_down = self.tracker.node_down(n.address)
@@ -541,8 +581,6 @@ class SerialAgent:
             }
             if exception is not None:
                 errors["exception"] = exception  # the code its last poll was answered with
-            # answers, but unreliably: timeouts, CRC errors, polls with no valid answer
-            slow = self._judge_reliability(n.address, not is_down and self.master.is_open)
             if is_down:
                 node_status = "dead"
             elif exception is not None:
@@ -550,7 +588,7 @@ class SerialAgent:
             elif r.status is None:
                 node_status = "unknown"
             else:
-                node_status = "slow" if slow else "ok"
+                node_status = "slow" if unreliable[n.address] else "ok"
             if info:
                 errors |= {
                     "node_crc_errors": info[reg.IR_CRC_ERRORS],

@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
 from firmware_sim.drivers import BrokerLink
 from firmware_sim.scenario import parse_hhmm
 from parkguide.ports import free_port, port_problem
@@ -32,7 +34,7 @@ from parking import topics
 from parking.broker import BrokerConfig
 from parking.payloads import ARROW_GLYPHS as ARROWS
 from parking.payloads import Assignment, DisplayContent, ZoneCounts, both_languages
-from parking.site import EXAMPLE_SITE, SiteError, load_site
+from parking.site import EXAMPLE_SITE, Site, SiteError, load_site
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--run-dir", help="keep logs, journal and spools here (default: a temp dir, removed)"
     )
     parser.add_argument(
-        "--no-camera", action="store_true", help="leave out the simulated camera and its agent"
+        "--no-camera",
+        action="store_true",
+        help="leave out the simulated cameras and their agents: the demo runs on the site "
+        "without them (a copy of the site file in the run directory), so no alert waits for "
+        "an agent that was never started; their spaces have no sensor",
     )
     parser.add_argument(
         "--no-drivers",
@@ -495,10 +501,13 @@ def _run(
             broker_url = f"mqtt://127.0.0.1:{port}"
             broker = BrokerConfig.from_url(broker_url)
 
+        site_path = args.site
+        if args.no_camera and site.cameras:
+            site_path, site = _site_without_cameras(args.site, run_dir)
         db = run_dir / "journal.sqlite"
         password = secrets.token_urlsafe(9)
         _add_demo_user(db, password)
-        common = ["--site", args.site]
+        common = ["--site", str(site_path)]
         sim_clock = ["--speed", str(args.speed), "--start", args.start, "--seed", str(args.seed)]
         scenario = ["--scenario", "none"] if not args.no_drivers else ["--scenario", "residential"]
 
@@ -623,6 +632,24 @@ def _run(
         if not keep:
             shutil.rmtree(run_dir, ignore_errors=True)
         _say("parkguide demo stopped; nothing left running.")
+
+
+def _site_without_cameras(site_path: str, run_dir: Path) -> tuple[Path, Site]:
+    """The site file with its cameras left out (``--no-camera``), written into the run
+    directory, and the site it describes. Every part of the demo runs on it: the gateway
+    and its API list the agents of the site file, and would raise ``agent_never_seen`` for
+    a camera agent the demo did not start. The cameras' spaces stay, with no sensor (as
+    ``site check`` warns): unknown, as they would be with a camera that never reports, and
+    the simulated drivers do not park in them."""
+    raw = yaml.safe_load(Path(site_path).read_text(encoding="utf-8"))
+    raw.pop("cameras", None)
+    out = run_dir / "site-no-camera.yaml"
+    out.write_text(
+        f"# {Path(site_path).name} without its cameras, for parkguide demo --no-camera\n"
+        + yaml.safe_dump(raw, allow_unicode=True, sort_keys=False),
+        encoding="utf-8",
+    )
+    return out, load_site(out)
 
 
 def _report_dead(sup: Supervisor, child, note: str = "") -> None:

@@ -194,3 +194,99 @@ def test_the_demo_says_when_a_part_died():
     assert time.monotonic() - started < 5
     quiet = type("Sup", (), {"dead": lambda self: [], "tail": lambda self, c: ""})()
     assert _run_status(board, None, "", threading.Event(), quiet, 1.0) is False
+
+
+GRACE_S = 3.0
+# the gateway of the demo under test hears an agent as never seen after GRACE_S, not a minute
+_GRACE_HOOK = f"""
+import sys
+
+if sys.argv[1:2] == ["gateway"]:
+    import api.alerts
+    import api.live
+
+    api.alerts.NEVER_SEEN_GRACE_S = api.live.NEVER_SEEN_GRACE_S = {GRACE_S}
+"""
+
+
+def test_the_demo_without_camera_raises_no_alert_for_the_camera_it_left_out(
+    tmp_path, subprocess_env
+):
+    """Reproduced: `parkguide demo --no-camera` raised a critical agent_never_seen for the
+    camera agent it was told not to start, a minute after the start. The demo runs on the
+    site without its cameras: the gateway lists only the agents it started."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_GRACE_HOOK)
+    path = [str(hooks), *filter(None, [subprocess_env.get("PYTHONPATH")])]
+    env = {**subprocess_env, "PYTHONPATH": os.pathsep.join(path)}
+    run_dir = tmp_path / "demo-run"
+    http = free_port()
+    base = f"http://127.0.0.1:{http}/api/v1"
+    proc = subprocess.Popen(
+        parkguide_cmd(
+            "demo",
+            "--http",
+            f"127.0.0.1:{http}",
+            "--run-dir",
+            str(run_dir),
+            "--speed",
+            "30",
+            "--no-camera",
+        ),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(proc.stdout.readline, b"")), daemon=True
+    )
+    reader.start()
+    try:
+        zones = password = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, b"".join(lines).decode(errors="replace")[-3000:]
+            said = b"".join(lines).decode(errors="replace")
+            if password is None and "login: demo-manager / " in said:
+                password = said.split("login: demo-manager / ", 1)[1].split()[0]
+            try:
+                zones = {z["zone"]: z for z in httpx.get(f"{base}/zones", timeout=2).json()}
+                live = [z for zid, z in zones.items() if zid != "C"]
+                if len(zones) == 6 and all(z["free"] + z["occupied"] == z["total"] for z in live):
+                    break  # both buses, their agents and the gateway up
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"the demo's bus zones never all came live: {zones}")
+        assert password
+        # zone C is the camera's: its spaces have no sensor, unknown
+        assert zones["C"]["total"] == 40 and zones["C"]["free"] + zones["C"]["occupied"] == 0
+        with httpx.Client(base_url=base, timeout=5) as client:
+            r = client.post("/auth/login", json={"name": "demo-manager", "password": password})
+            assert r.status_code == 200, r.text
+            headers = {"Authorization": f"Bearer {r.json()['token']}"}
+            time.sleep(GRACE_S + 2)  # well past the grace since the gateway reached the broker
+            alerts = client.get("/alerts", headers=headers).json()
+            assert [a["id"] for a in alerts if a["kind"] == "agent_never_seen"] == []
+            agents = client.get("/agents", headers=headers).json()
+            assert {a["agent"] for a in agents} == {"serial-bus-b1", "serial-bus-g"}
+            assert all(a["heard"] for a in agents)
+        assert (run_dir / "site-no-camera.yaml").exists()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        reader.join(5)
+        out = b"".join(lines).decode(errors="replace")
+        assert proc.returncode == 0, out[-3000:]
+        assert "nothing left running" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _processes_mentioning(str(run_dir)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -613,8 +613,8 @@ def test_master_drops_bad_frames_and_counts_them(
 def test_node_health_carries_its_own_crc_errors_and_timeouts_and_says_slow(processes) -> None:
     """The contract's per-node `errors: {crc, timeouts}`, counted for the node they
     happened on; a node that needed a retry after a timeout since the last report is
-    `slow`, then `ok` again."""
-    from edge.serial_agent import SerialAgent
+    `slow`, and stays so until it has gone RELIABLE_AGAIN_S without a bad report."""
+    from edge.serial_agent import RELIABLE_AGAIN_S, SerialAgent
     from parking.site import Bus, NodeController
 
     line = ScriptedLine([b"", GOOD, damaged(GOOD), GOOD, GOOD])
@@ -625,7 +625,10 @@ def test_node_health_carries_its_own_crc_errors_and_timeouts_and_says_slow(proce
     bus = Bus(
         "bus-t", 115200, "N", 15.0, (NodeController(1, 8, tuple(f"S-{i}" for i in range(8))),)
     )
-    agent = SerialAgent("site", bus, "serial-bus-t", master, None)
+    later = [0.0]  # seconds the agent's clock is moved on
+    agent = SerialAgent(
+        "site", bus, "serial-bus-t", master, None, clock=lambda: time.monotonic() + later[0]
+    )
     agent.readings[1].status = [0] * 8
     agent.poll_node(bus.nodes[0])  # silence, then an answer
     agent.poll_node(bus.nodes[0])  # a bad CRC, then an answer
@@ -633,6 +636,9 @@ def test_node_health_carries_its_own_crc_errors_and_timeouts_and_says_slow(proce
     assert node.errors["timeouts"] == 1 and node.errors["crc"] == 1
     assert node.status == "slow"
     agent.poll_node(bus.nodes[0])
+    (node,) = agent.health_report().nodes
+    assert node.status == "slow" and node.errors["timeouts"] == 1  # one episode
+    later[0] += RELIABLE_AGAIN_S + 1  # a minute on, with no bad poll since
     (node,) = agent.health_report().nodes
     assert node.status == "ok" and node.errors["timeouts"] == 1
 

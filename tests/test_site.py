@@ -347,7 +347,9 @@ def test_site_check_warns_about_spaces_no_entrance_reaches(tmp_path):
     warning = next(
         (ln for ln in out.stdout.splitlines() if "warning: 120 spaces cannot be reached" in ln), ""
     )
-    assert "B1-E-001" in warning and "never assigned, nor counted on the signs" in warning, out.stdout
+    assert "B1-E-001" in warning and "never assigned, nor counted on the signs" in warning, (
+        out.stdout
+    )
     out = subprocess.run(
         parkguide_cmd("site", "check", str(path), "--json"),
         capture_output=True,
