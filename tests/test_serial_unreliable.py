@@ -70,6 +70,20 @@ def statuses_after(agent: SerialAgent, cycles: int = 25) -> dict[int, str]:
     return {n.address: n.status for n in agent.health_report().nodes}
 
 
+def settled_bus(
+    tmp_path: Path, subprocess_env, procs, clock: Clock | None = None, **kw
+) -> tuple[BusSimulator, SerialAgent]:
+    """The bus simulator on a pty and the agent on it (health every round unless told
+    otherwise), every space known."""
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env)
+    procs.append(sim)
+    agent, master = agent_on(link, clock, **({"health_interval_s": 0.0} | kw))
+    procs.append(master)
+    poll_until(agent, lambda: all_known(agent))
+    return sim, agent
+
+
 def records(caplog, level: int, text: str) -> list[str]:
     return [
         r.getMessage()
@@ -84,13 +98,8 @@ def test_a_node_losing_answers_to_crc_errors_is_slow_and_warned_about_once_a_min
     """Seen on site: a node losing 80-90 % of its answers to CRC errors was reported `ok`
     with nothing in the log, while its spaces flapped to unknown now and then."""
     caplog.set_level(logging.INFO, logger=LOGGER)
-    link = tmp_path / "bus.tty"
-    sim = BusSimulator(link, subprocess_env)
-    procs.append(sim)
     clock = Clock()
-    agent, master = agent_on(link, clock, health_interval_s=0.0)
-    procs.append(master)
-    poll_until(agent, lambda: all_known(agent))
+    sim, agent = settled_bus(tmp_path, subprocess_env, procs, clock)
     assert set(statuses_after(agent).values()) == {"ok"}
 
     sim.send("fault node 1 crc 0.3")
@@ -137,12 +146,7 @@ def test_a_dying_node_is_dead_not_slow(tmp_path, subprocess_env, procs, caplog) 
     """The polls a node fails on its way to `dead` do not make it `slow` first, nor after
     it answers again."""
     caplog.set_level(logging.INFO, logger=LOGGER)
-    link = tmp_path / "bus.tty"
-    sim = BusSimulator(link, subprocess_env)
-    procs.append(sim)
-    agent, master = agent_on(link, health_interval_s=0.0)
-    procs.append(master)
-    poll_until(agent, lambda: all_known(agent))
+    sim, agent = settled_bus(tmp_path, subprocess_env, procs)
     assert set(statuses_after(agent).values()) == {"ok"}
     sim.send("fault node 2 dead")
     poll_until(agent, lambda: agent.tracker.node_down(2))
@@ -229,13 +233,8 @@ def test_an_intermittent_fault_is_one_slow_episode_until_a_minute_without_a_bad_
     manager's acknowledgement lost). Its health stays `slow` from the first bad round until
     RELIABLE_AGAIN_S without one, as the log's "reliably again" says."""
     caplog.set_level(logging.INFO, logger=LOGGER)
-    link = tmp_path / "bus.tty"
-    sim = BusSimulator(link, subprocess_env)
-    procs.append(sim)
     clock = Clock()
-    agent, master = agent_on(link, clock, health_interval_s=0.0)
-    procs.append(master)
-    poll_until(agent, lambda: all_known(agent))
+    sim, agent = settled_bus(tmp_path, subprocess_env, procs, clock)
     assert set(statuses_after(agent).values()) == {"ok"}
 
     seen = []
@@ -270,13 +269,8 @@ def test_a_bus_wide_hiccup_makes_no_node_slow_but_a_bus_that_keeps_failing_does(
     were raised at once. A round in which every answering node had bad polls judges none;
     the next one, if it is bus-wide too (a missing termination), does."""
     caplog.set_level(logging.INFO, logger=LOGGER)
-    link = tmp_path / "bus.tty"
-    sim = BusSimulator(link, subprocess_env)
-    procs.append(sim)
     clock = Clock()
-    agent, master = agent_on(link, clock, health_interval_s=0.0)
-    procs.append(master)
-    poll_until(agent, lambda: all_known(agent))
+    sim, agent = settled_bus(tmp_path, subprocess_env, procs, clock)
     nodes = [n.address for n in SITE.bus(BUS).nodes]
     assert set(statuses_after(agent).values()) == {"ok"}
 
