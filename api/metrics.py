@@ -54,6 +54,11 @@ class Exposition:
         else:
             self.lines.append(f"{name} {fmt(value)}")
 
+    def single(self, name: str, kind: str, help_text: str, value: float) -> None:
+        """A family of one sample without labels."""
+        self.family(name, kind, help_text)
+        self.sample(name, value)
+
     def histogram(
         self, name: str, help_text: str, values: Sequence[float], buckets: Iterable[float]
     ) -> None:
@@ -87,12 +92,12 @@ def render(ctx: Ctx) -> str:
     out.family("parkguide_sign_updates_total", "counter", "Sign contents published.")
     out.sample("parkguide_sign_updates_total", c.sign_updates)
     if c.gateway_counts:
-        out.family(
+        out.single(
             "parkguide_arrivals_repeated_total",
             "counter",
             "Arrivals sent again with the same request_id: given the same assignment again.",
+            c.repeated_arrivals,
         )
-        out.sample("parkguide_arrivals_repeated_total", c.repeated_arrivals)
         out.family(
             "parkguide_reports_missed_total",
             "counter",
@@ -129,12 +134,12 @@ def render(ctx: Ctx) -> str:
         out.sample("parkguide_outbox_dropped_total", rejected, {"reason": "rejected"})
         out.family("parkguide_outbox_written_total", "counter", "Points InfluxDB accepted.")
         out.sample("parkguide_outbox_written_total", written)
-        out.family(
+        out.single(
             "parkguide_outbox_auth_failures_total",
             "counter",
             "Writes InfluxDB refused for the token (401/403): check INFLUX_TOKEN.",
+            auth_failed,
         )
-        out.sample("parkguide_outbox_auth_failures_total", auth_failed)
     if status is not None:
         _writer_status(out, status)
     if error is not None:
@@ -144,14 +149,14 @@ def render(ctx: Ctx) -> str:
             "The InfluxDB writer's current error (cleared by the next accepted write).",
         )
         out.sample("parkguide_outbox_last_error_info", 1, {"error": error})
-    out.family(
+    out.single(
         "parkguide_gateway_up",
         "gauge",
         "1 while the gateway is up: in a stand-alone API, while its retained availability "
         "says online and the broker is reachable (0: its last will, never heard, or no broker); "
         "in the gateway's own API always 1.",
+        1 if gateway_up(ctx) else 0,
     )
-    out.sample("parkguide_gateway_up", 1 if gateway_up(ctx) else 0)
     out.family("parkguide_agents_online", "gauge", "Edge agents online.")
     out.sample("parkguide_agents_online", sum(a.online for a in agents))
     out.family("parkguide_agents", "gauge", "Edge agents the site file names (heard from or not).")
@@ -203,33 +208,33 @@ def gateway_up(ctx: Ctx) -> bool:
 
 def _writer_status(out: Exposition, status: OutboxStatus) -> None:
     """What only the writer's status row says (in the gateway's /metrics too, from the same row)."""
-    out.family(
+    out.single(
         "parkguide_outbox_retries_total",
         "counter",
         "Failed InfluxDB writes whose points were kept to retry (unreachable, 401/403, 404, "
         "429, 5xx), since the gateway started.",
+        status.retries,
     )
-    out.sample("parkguide_outbox_retries_total", status.retries)
-    out.family(
+    out.single(
         "parkguide_outbox_not_found_total",
         "counter",
         "Writes InfluxDB refused for a missing bucket or org (404), since the gateway started.",
+        status.not_found,
     )
-    out.sample("parkguide_outbox_not_found_total", status.not_found)
     if status.last_ok_at is not None:
-        out.family(
+        out.single(
             "parkguide_outbox_last_success_timestamp_seconds",
             "gauge",
             "When InfluxDB last accepted a write (UNIX seconds; since the gateway started).",
+            status.last_ok_at,
         )
-        out.sample("parkguide_outbox_last_success_timestamp_seconds", status.last_ok_at)
     if status.last_error_at is not None:
-        out.family(
+        out.single(
             "parkguide_outbox_last_error_timestamp_seconds",
             "gauge",
             "When the InfluxDB writer last failed (UNIX seconds; since the gateway started).",
+            status.last_error_at,
         )
-        out.sample("parkguide_outbox_last_error_timestamp_seconds", status.last_error_at)
     if status.failing is not None and status.failing_since is not None:
         out.family(
             "parkguide_outbox_failing_since_timestamp_seconds",
