@@ -210,7 +210,8 @@ class SerialAgent:
         self._health_round_started = -1e18
         self._health_round_open = False
         self._health_rounds = 0
-        self._bus_wide_before = False  # every answering node had bad polls in the last round
+        # when a bus-wide round was last let off as a hiccup (monotonic by self.clock)
+        self._hiccup_at = -1e18
         self._port_attempt = 0
         self._last_port_warning = -1e18
         self._port_said_lost = False  # a warning said the port is lost: say when it is back
@@ -461,15 +462,19 @@ class SerialAgent:
         """Each node's ``slow`` for this health report (see ``_judge_reliability``). A round in
         which every answering node of the bus (two or more) had bad polls is a bus-wide
         hiccup (the machine's scheduling or the adapter, not one node's wiring): it makes no
-        node unreliable, unless the round before was bus-wide too (a whole bus that keeps
-        failing, such as a missing termination, is judged from its second round on)."""
+        node unreliable, unless another bus-wide round was let off within RELIABLE_AGAIN_S
+        (a whole bus that keeps failing, such as a missing termination, or fails again and
+        again, is judged from its second bus-wide round on)."""
         now = self.clock()
         taken = {n.address: self.readings[n.address].reliability.take(now) for n in self.bus.nodes}
         observed = {a: not self.tracker.node_down(a) and self.master.is_open for a in taken}
         answering = [t for a, (t, _) in taken.items() if observed[a] and t.polls]
         bus_wide = len(answering) >= 2 and all(t.bad for t in answering)
-        hiccup = bus_wide and not self._bus_wide_before
-        self._bus_wide_before = bus_wide
+        # let off only when rare: a bus-wide fault that comes back (a pump's contactor on a
+        # schedule, a loose trunk connector) is judged, even if no two rounds run together
+        hiccup = bus_wide and now >= self._hiccup_at + RELIABLE_AGAIN_S
+        if hiccup:
+            self._hiccup_at = now
         if hiccup:
             log.debug(
                 "bus %s: every answering node had bad polls in this health round: a bus-wide "

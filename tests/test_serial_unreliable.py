@@ -288,8 +288,8 @@ def test_a_bus_wide_hiccup_makes_no_node_slow_but_a_bus_that_keeps_failing_does(
     assert set(statuses_after(agent).values()) == {"ok"}
     assert records(caplog, logging.WARNING, "check the wiring") == []
 
-    # a bus that keeps failing in every node: `slow` from its second round on
-    clock.offset += 30
+    # a minute on, a bus that keeps failing in every node: `slow` from its second round on
+    clock.offset += 61
     for a in nodes:
         sim.send(f"fault node {a} crc 0.3")
     assert set(statuses_after(agent).values()) == {"ok"}  # first round: could be a hiccup
@@ -303,3 +303,28 @@ def test_a_bus_wide_hiccup_makes_no_node_slow_but_a_bus_that_keeps_failing_does(
     assert set(statuses_after(agent).values()) == {"ok"}
     sim.send("fault node 3 crc 0.3")
     assert statuses_after(agent)[3] == "slow"
+
+
+def test_a_bus_wide_fault_that_comes_back_every_other_round_is_judged(
+    tmp_path, subprocess_env, procs, caplog
+) -> None:
+    """Noise on the whole bus in one 5 s health round out of two (a pump's contactor): a
+    hiccup is let off once a minute at most, so the second bus-wide round makes the nodes
+    slow (it used to be let off as long as no two such rounds ran together: never)."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    clock = Clock()
+    sim, agent = settled_bus(tmp_path, subprocess_env, procs, clock)
+    nodes = [n.address for n in SITE.bus(BUS).nodes]
+    agent.health_report()
+    seen = []
+    for r in range(6):
+        noisy = r % 2 == 0
+        for a in nodes:
+            sim.send(f"fault node {a} crc 0.3" if noisy else f"clear node {a}")
+        for _ in range(25):
+            agent.poll_cycle()
+        seen.append({n.address: n.status for n in agent.health_report().nodes})
+        clock.offset += 5
+    assert set(seen[0].values()) == {"ok"}  # the first: a hiccup, let off
+    assert set(seen[2].values()) == {"slow"}  # back within the minute: judged
+    assert records(caplog, logging.WARNING, "check the wiring")
