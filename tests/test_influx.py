@@ -526,7 +526,9 @@ def test_a_batch_limit_cut_by_413_grows_back(db, fault_injector, writers):
         append_changes(conn, changes(1, start=time.time() - 300))
         wait_for(lambda: writer.stats()["outbox_depth"] == 0, 10, "a point to go")
     sent = len(server.requests)
-    append_changes(conn, changes(8, start=time.time() - 200))
+    with conn:  # all eight at once (one commit each, the writer may wake between them)
+        for zone, space, state, ts in changes(8, start=time.time() - 200):
+            outbox.append_space_state(conn, SITE, zone, space, state, ts)
     wait_for(lambda: writer.stats()["outbox_depth"] == 0, 10, "the backlog to drain")
     assert len(server.requests) - sent == 1  # eight points, one request again
 
