@@ -319,6 +319,10 @@ class MqttLiveView:
             with self._lock:
                 if not self._assignments:  # unless the topic brought newer ones meanwhile
                     self._assignments.extend(recent)
+                    now = time.time()
+                    for a in recent:  # the holds still open (the zones' held counts)
+                        if a.space and a.hold_expires is not None and a.hold_expires > now:
+                            self._holds.setdefault(a.space, a.hold_expires)
 
     def _poll_loop(self) -> None:
         next_refresh = time.monotonic() + REFRESH_SPACES_S
@@ -361,13 +365,15 @@ class MqttLiveView:
 
     def _held_in(self, zone: str, now: float) -> int:
         """Free spaces of ``zone`` held for a car the gateway sent there, as the assignments
-        seen say (zones/{zone} does not: its readers refuse keys they do not know). Holds
-        that ended, or whose space is no longer free (the car parked), are forgotten."""
+        seen say (zones/{zone} does not: its readers refuse keys they do not know). A hold
+        ends as the gateway's does: at its expiry, or when its space is seen occupied (the
+        car parked); while its space is unknown or closed it stays, but is not counted."""
         n = 0
         for space, until in list(self._holds.items()):
-            if until <= now or self._state.get(space, ("unknown", 0.0))[0] != "free":
+            state = self._state.get(space, ("unknown", 0.0))[0]
+            if until <= now or state == "occupied":
                 del self._holds[space]
-            elif self.site.space(space).zone == zone:
+            elif state == "free" and self.site.space(space).zone == zone:
                 n += 1
         return n
 

@@ -464,5 +464,25 @@ def test_a_standalone_view_counts_the_holds_of_the_assignments_it_sees(tmp_path)
     (zone_a,) = [ev.data for ev in heard if ev.kind == "zone"]
     assert (zone_a["free"], zone_a["held"]) == (10, 1)
     assert {z.zone: z.held for z in view.zone_counts()}["A"] == 1
+    view._state["A-003"] = ("unknown", now)  # its bus restarted: the hold stays, uncounted
+    assert {z.zone: z.held for z in view.zone_counts()}["A"] == 0
+    view._state["A-003"] = ("free", now)
+    assert {z.zone: z.held for z in view.zone_counts()}["A"] == 1
     view._state["A-003"] = ("occupied", now)  # the car parked
     assert {z.zone: z.held for z in view.zone_counts()}["A"] == 0
+    view._state["A-003"] = ("free", now)  # and left: no longer held
+    assert {z.zone: z.held for z in view.zone_counts()}["A"] == 0
+
+    # a view started after the hold was given takes it from the journal's assignments
+    journal = Journal(db)
+    with journal.transaction():
+        journal.add_assignment(now, "north", "resident", "A-004", "A", now + 60, None, "r2",
+                               json.dumps({**answer, "space": "A-004", "request_id": "r2"}))  # fmt: skip
+    journal.close()
+    later = MqttLiveView(view.site, BrokerConfig("127.0.0.1", free_port()), str(db))
+    later.connected.set()
+    later._handle(topics.gateway_availability("xinyuan"), b"online")
+    later._handle(topics.zone("xinyuan", "A"), json.dumps({**counts, "ts": now}).encode())
+    later._load_journal()
+    later._state["A-004"] = ("free", now)
+    assert {z.zone: z.held for z in later.zone_counts()}["A"] == 1
