@@ -11,11 +11,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import uvicorn
+from conftest import free_port
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -118,6 +120,14 @@ class ServerThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+@contextmanager
+def served(harness: GatewayHarness) -> Iterator[str]:
+    """The real app on the harness's gateway and journal, served by uvicorn: its URL."""
+    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
+    with ServerThread(app, free_port()) as srv:
+        yield srv.url
 
 
 # -- fixtures shared by the API test modules (import them by name) -----------------------------

@@ -20,10 +20,10 @@ import time
 
 import httpx
 import pytest
-from api_support import PASSWORD, ServerThread, harness, settings, users  # noqa: F401
+from api_support import PASSWORD, ServerThread, harness, served, settings, users  # noqa: F401
 from conftest import free_port
 from playwright.sync_api import Browser, Page
-from test_dashboard_browser import chromium, wait_until, watch_errors
+from test_dashboard_browser import browser, wait_until, watch_errors  # noqa: F401
 
 from api.app import create_app
 
@@ -59,15 +59,8 @@ def url(harness, users):
             {s: ("occupied" if s in OCCUPIED else "free") for s in spaces},
             kind="snapshot",
         )
-    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
-    with ServerThread(app, free_port()) as srv:
-        yield srv.url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Browser:
-    with chromium() as b:
-        yield b
+    with served(harness) as url:
+        yield url
 
 
 def open_page(

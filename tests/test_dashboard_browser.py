@@ -129,6 +129,13 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One chromium for a test module (import it by name)."""
+    with chromium() as b:
+        yield b
+
+
 def watch_errors(page: Page) -> list[str]:
     """Script errors on the page (an exception, or a broken app.js) land in the list."""
     errors: list[str] = []

@@ -18,13 +18,11 @@ import time
 
 import httpx
 import pytest
-from api_support import PASSWORD, ServerThread, harness, settings, users  # noqa: F401
-from conftest import free_port
+from api_support import PASSWORD, harness, served, users  # noqa: F401
 from playwright.sync_api import Browser, Page
 from test_dashboard_browser import both as sign_text
-from test_dashboard_browser import chromium, signs_shown, wait_until, watch_errors
+from test_dashboard_browser import browser, signs_shown, wait_until, watch_errors  # noqa: F401
 
-from api.app import create_app
 from parking import topics
 from parking.payloads import HealthReport, NodeHealth
 
@@ -36,15 +34,8 @@ SIGN = "#signs .sign"
 @pytest.fixture(scope="module")
 def url(harness, users):
     harness.fill()
-    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
-    with ServerThread(app, free_port()) as srv:
-        yield srv.url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Browser:
-    with chromium() as b:
-        yield b
+    with served(harness) as url:
+        yield url
 
 
 def open_page(browser: Browser, url: str, user: str | None = None) -> Page:

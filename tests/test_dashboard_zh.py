@@ -14,12 +14,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from api_support import PASSWORD, ServerThread, harness, settings, users  # noqa: F401
-from conftest import free_port
+from api_support import PASSWORD, harness, served, users  # noqa: F401
 from playwright.sync_api import Browser, Page
-from test_dashboard_browser import chromium, wait_until, watch_errors
+from test_dashboard_browser import browser, wait_until, watch_errors  # noqa: F401
 
-from api.app import create_app
 from parking import topics
 from parking.payloads import HealthReport, NodeHealth
 
@@ -32,15 +30,8 @@ NOTE = "已通知维修工 张师傅 14:00 到场"
 def url(harness, users):
     users.add("manager2", "manager", PASSWORD)
     harness.fill({"A-001"})
-    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
-    with ServerThread(app, free_port()) as srv:
-        yield srv.url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Browser:
-    with chromium() as b:
-        yield b
+    with served(harness) as url:
+        yield url
 
 
 def zh_page(browser: Browser, url: str, user: str) -> Page:
