@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,16 @@ from parkguide.supervisor import stop_process
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 EXAMPLE_SITE = REPO / "examples" / "site.yaml"
+
+
+def eventually(fn, timeout: float = 15.0):
+    """``fn()`` once it is truthy, or its last value when ``timeout`` runs out (polled)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
 
 
 def require(binary: str) -> str:

@@ -14,7 +14,7 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from api_support import PASSWORD, ServerThread, harness, settings, users  # noqa: F401
-from conftest import free_port, wait_port
+from conftest import eventually, free_port, wait_port
 from e2e_support import EXAMPLE_SITE, processes  # noqa: F401
 
 from api.app import create_app
@@ -177,12 +177,7 @@ def _report(client: mqtt.Client, boot: str, seq: int, states: dict[str, str], ki
 
 
 def _wait(fn, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
+    return eventually(fn, timeout)
 
 
 def test_standalone_api_process(processes, mosquitto, tmp_path):

@@ -22,7 +22,7 @@ from api_support import (  # noqa: F401
     user_template,
     users,
 )
-from conftest import free_port, wait_port
+from conftest import eventually, free_port, wait_port
 from e2e_support import EXAMPLE_SITE, processes  # noqa: F401
 from fastapi.testclient import TestClient
 from gateway_support import Clocks
@@ -44,12 +44,7 @@ AGENTS = {"serial-bus-g", "serial-bus-b1", "camera-cam-c"}
 
 
 def _wait(fn, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
+    return eventually(fn, timeout)
 
 
 def _metric(text: str, name: str) -> float | None:
