@@ -73,6 +73,7 @@ class MqttLiveView:
         self._health: dict[str, HealthReport] = {}
         self._assignments: deque[Assignment] = deque(maxlen=1000)
         self._holds: dict[str, float] = {}  # space -> hold expiry, from the assignments seen
+        self._held_said: dict[str, int] = {}  # zone -> the held count the stream was last told
         self._state: dict[str, tuple[str, float]] = {}  # space -> (state, since)
         self._last_seen: dict[str, float | None] = {}
         self._observed_since: dict[str, float | None] = {}  # as of the last checkpoint
@@ -207,7 +208,7 @@ class MqttLiveView:
                 zc = ZoneCounts.model_validate_json(payload)
                 with self._lock:
                     self._zones[zc.zone] = zc
-                    zc = zc.model_copy(update={"held": self._held_in(zc.zone, now)})
+                    zc = self._zone_said(zc, now)
                 self._emit("zone", zc.model_dump(mode="json"), now)
             elif kind == "displays/content":
                 if not payload:
@@ -265,7 +266,7 @@ class MqttLiveView:
                         self._holds[a.space] = a.hold_expires
                         c = self._zones.get(a.zone)
                         if c is not None and not self._blind():
-                            held = c.model_copy(update={"held": self._held_in(a.zone, now)})
+                            held = self._zone_said(c, now)
                 self._emit("assignment", a.model_dump(mode="json", by_alias=True), now)
                 if held is not None:  # the zone offers one space fewer
                     self._emit("zone", held.model_dump(mode="json"), now)
@@ -329,6 +330,7 @@ class MqttLiveView:
         while not self._stop.wait(self.poll_s):
             try:
                 self._tail()
+                self._tell_expired_holds(time.time())
                 if time.monotonic() >= next_refresh:
                     next_refresh = time.monotonic() + REFRESH_SPACES_S
                     self._load_journal()
@@ -363,9 +365,30 @@ class MqttLiveView:
             except Exception:
                 log.exception("live event subscriber failed")
 
+    def _zone_said(self, counts: ZoneCounts, now: float) -> ZoneCounts:
+        """``counts`` with its held spaces, as the live stream is told them (under the lock)."""
+        held = self._held_in(counts.zone, now)
+        self._held_said[counts.zone] = held
+        return counts.model_copy(update={"held": held})
+
+    def _tell_expired_holds(self, now: float) -> None:
+        """A hold that runs out comes with no message: the stream's zone cards are told here
+        (else a card offers one space fewer until its zone next changes)."""
+        with self._lock:
+            if self._blind():
+                return
+            told = [
+                self._zone_said(c, now)
+                for zone, said in list(self._held_said.items())
+                if (c := self._zones.get(zone)) is not None and self._held_in(zone, now) != said
+            ]
+        for counts in told:
+            self._emit("zone", counts.model_dump(mode="json"), now)
+
     def _held_in(self, zone: str, now: float) -> int:
         """Free spaces of ``zone`` held for a car the gateway sent there, as the assignments
-        seen say (zones/{zone} does not: its readers refuse keys they do not know). A hold
+        seen say (zones/{zone} does not carry them: readers of releases before this one
+        refuse keys they do not know). A hold
         ends as the gateway's does: at its expiry, or when its space is seen occupied (the
         car parked); while its space is unknown or closed it stays, but is not counted."""
         n = 0

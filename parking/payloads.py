@@ -1,8 +1,11 @@
 """JSON payload schemas of the MQTT contract, version 1.
 
 Every payload is JSON (debuggable with ``mosquitto_sub``) and decoded into one
-of these models. Unknown keys are rejected so a typo is an error, not silence.
-Timestamps are UNIX seconds (float, UTC).
+of these models. What agents, gates and managers send the gateway rejects unknown
+keys, so a typo is an error, not silence; what the gateway publishes (zone counts,
+sign contents, assignments) its readers take with unknown keys ignored, so a later
+gateway can add a key within v1 without blanking them. Timestamps are UNIX seconds
+(float, UTC).
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ Version = Annotated[Literal[1], BeforeValidator(_integer_version)]
 
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Published(BaseModel):
+    """What the gateway publishes: a reader ignores keys a later gateway adds."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class SpaceObservation(_Payload):
@@ -187,7 +196,7 @@ def went_offline(report: HealthReport) -> HealthReport:
     )
 
 
-class ZoneCounts(_Payload):
+class ZoneCounts(_Published):
     zone: Identifier
     free: int = Field(ge=0)
     occupied: int = Field(ge=0)
@@ -195,12 +204,13 @@ class ZoneCounts(_Payload):
     closed: int = Field(ge=0)
     total: int = Field(ge=0)
     # of the free ones, held for a car the gateway sent there (not offered on the signs): the
-    # views fill it in; never on the wire (a reader of an earlier release refuses the key)
+    # views fill it in; never on the wire (a reader of a release before readers ignored
+    # unknown keys refuses it)
     held: int = Field(0, ge=0)
     ts: Timestamp
 
 
-class LocalText(_Payload):
+class LocalText(_Published):
     zh: str
     en: str
 
@@ -231,7 +241,7 @@ ARROW_GLYPHS: dict[str, str] = {
 """How each arrow looks on a text sign."""
 
 
-class DisplayLine(_Payload):
+class DisplayLine(_Published):
     label: LocalText
     arrow: Arrow
     count: int | None = Field(description="eligible free spaces; None when the fallback shows")
@@ -241,7 +251,7 @@ class DisplayLine(_Payload):
     )
 
 
-class DisplayContent(_Payload):
+class DisplayContent(_Published):
     display: Identifier
     lines: list[DisplayLine]
     ts: Timestamp
@@ -278,7 +288,7 @@ class Arrival(_Payload):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Assignment(_Payload):
+class Assignment(_Published):
     entrance: Identifier
     vehicle_class: VehicleClassName = Field(alias="class")
     space: Identifier | None = Field(description="None when nothing eligible is free")
@@ -292,7 +302,7 @@ class Assignment(_Payload):
     request_id: Identifier | None = None
     ts: Timestamp
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
 
 class SpaceControl(_Payload):

@@ -481,3 +481,39 @@ def test_a_standalone_view_counts_the_holds_of_the_assignments_it_sees(tmp_path)
     later._load_journal()
     later._state["A-004"] = ("free", now)
     assert {z.zone: z.held for z in later.zone_counts()}["A"] == 1
+
+
+def test_a_standalone_view_tells_the_stream_when_a_hold_runs_out(tmp_path):
+    """No message says a hold ran out: the view's own loop tells the live stream's zone card
+    (once), else it offers one space fewer until the zone next changes. Readers of this
+    release take a zone count with a key they do not know (a later gateway's)."""
+    from api.mqttview import MqttLiveView
+    from gateway.journal import Journal
+    from parking.broker import BrokerConfig
+    from parking.site import load_site
+
+    db = tmp_path / "journal.sqlite"
+    Journal(db).close()
+    view = MqttLiveView(load_site(EXAMPLE_SITE), BrokerConfig("127.0.0.1", free_port()), str(db))
+    view.connected.set()
+    view._handle(topics.gateway_availability("xinyuan"), b"online")
+    now = time.time()
+    counts = {"zone": "A", "free": 10, "occupied": 70, "unknown": 0, "closed": 0, "total": 80,
+              "ts": now, "a_later_key": {"x": 1}}  # fmt: skip
+    view._handle(topics.zone("xinyuan", "A"), json.dumps(counts).encode())
+    view._state["A-003"] = ("free", now)
+    answer = {
+        "entrance": "north", "class": "resident", "space": "A-003", "zone": "A",
+        "route": [], "hold_expires": now + 5, "ts": now, "later": True,
+    }  # fmt: skip
+    view._handle(topics.assignment("xinyuan", "north"), json.dumps(answer).encode())
+    assert view.counters().rejected == {}
+    heard: list = []
+    view.subscribe(heard.append)
+    view._tell_expired_holds(now + 1)  # still held: nothing to tell
+    assert heard == []
+    view._tell_expired_holds(now + 6)
+    (zone_a,) = [ev.data for ev in heard if ev.kind == "zone"]
+    assert (zone_a["zone"], zone_a["free"], zone_a["held"]) == ("A", 10, 0)
+    view._tell_expired_holds(now + 7)  # told once
+    assert len(heard) == 1

@@ -324,6 +324,22 @@ def test_sim_display_refuses_loosely_typed_content(mosquitto, tmp_path, subproce
     assert "bad sign content" in stderr
 
 
+def test_sim_display_shows_content_with_keys_a_later_gateway_adds(
+    mosquitto, tmp_path, subprocess_env
+):
+    """What the gateway publishes may grow within v1: a sign controller of this release
+    shows content with keys it does not know (in the content, a line, a text) as before."""
+    now = time.time()
+    later = _content("gate-north", now, now + 60)
+    later["brightness"] = 80
+    later["lines"][0]["colour"] = "green"
+    later["lines"][0]["text"]["ug"] = "3"
+    _retain(mosquitto.port, {"gate-north": later})
+    blocks, stderr = _once(site_variant(tmp_path), mosquitto, subprocess_env)
+    assert not _blank(blocks["gate-north"]) and "3" in blocks["gate-north"], blocks
+    assert "bad sign content" not in stderr
+
+
 def test_plain_output_does_not_call_signs_blank_while_their_contents_arrive(
     example_site, mosquitto, tmp_path, subprocess_env
 ):
