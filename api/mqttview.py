@@ -388,9 +388,9 @@ class MqttLiveView:
     def _held_in(self, zone: str, now: float) -> int:
         """Free spaces of ``zone`` held for a car the gateway sent there, as the assignments
         seen say (zones/{zone} does not carry them: readers of releases before this one
-        refuse keys they do not know). A hold
-        ends as the gateway's does: at its expiry, or when its space is seen occupied (the
-        car parked); while its space is unknown or closed it stays, but is not counted."""
+        refuse keys they do not know). A hold ends as the gateway's does: at its expiry, or
+        when its space is seen occupied (the car parked); while its space is unknown or
+        closed it stays, but is not counted."""
         n = 0
         for space, until in list(self._holds.items()):
             state = self._state.get(space, ("unknown", 0.0))[0]
