@@ -495,19 +495,15 @@ def _schema_message(err: Any, loc: tuple[Any, ...], scalar_text: Any) -> str:
     return str(err["msg"])
 
 
-def unreachable(site: Site) -> tuple[list[str], list[str]]:
-    """Over the lane graph, driven as the allocator drives it (a one-way edge only in its
-    direction): the spaces no entrance reaches, in site order (never assigned, nor counted
-    on the signs), and the entrances that reach no space. Either is most likely a
-    missing or reversed edge in ``lanes.edges``."""
+def reached_nodes(site: Site) -> dict[str, set[str]]:
+    """Entrance id -> the lane nodes a car from it reaches, driven as the allocator drives
+    (a one-way edge only in its direction)."""
     succ: dict[str, list[str]] = {}
     for e in site.lane_edges:
         succ.setdefault(e.a, []).append(e.b)
         if not e.oneway:
             succ.setdefault(e.b, []).append(e.a)
-    access = {s.access for s in site.spaces}
-    reached_by_any: set[str] = set()
-    dead_entrances = []
+    out = {}
     for ent in site.entrances:
         seen, todo = {ent.node}, [ent.node]
         while todo:
@@ -515,19 +511,74 @@ def unreachable(site: Site) -> tuple[list[str], list[str]]:
                 if nxt not in seen:
                     seen.add(nxt)
                     todo.append(nxt)
-        if not seen & access:
-            dead_entrances.append(ent.id)
-        reached_by_any |= seen
+        out[ent.id] = seen
+    return out
+
+
+def unreachable(site: Site) -> tuple[list[str], list[str]]:
+    """Over the lane graph (:func:`reached_nodes`): the spaces no entrance reaches, in site
+    order (never assigned, nor counted on the signs), and the entrances that reach no
+    space. Either is most likely a missing or reversed edge in ``lanes.edges``."""
+    access = {s.access for s in site.spaces}
+    reach = reached_nodes(site)
+    reached_by_any = set().union(*reach.values())
+    dead_entrances = [e for e, seen in reach.items() if not seen & access]
     return [s.id for s in site.spaces if s.access not in reached_by_any], dead_entrances
+
+
+def _spaces_by_zone(site: Site) -> dict[str, list[Space]]:
+    by_zone: dict[str, list[Space]] = {z.id: [] for z in site.zones}
+    for s in site.spaces:
+        by_zone.setdefault(s.zone, []).append(s)
+    return by_zone
+
+
+def _line_spaces(site: Site, by_zone: dict[str, list[Space]], line: cfg.DisplayLine) -> list[Space]:
+    """The spaces a sign line counts: its zones', of the kinds its class may use."""
+    spaces = [s for z in line.zones for s in by_zone.get(z, ())]
+    if line.vehicle_class is None:
+        return spaces
+    usable = next((set(c.kinds) for c in site.vehicle_classes if c.id == line.vehicle_class), set())
+    return [s for s in spaces if s.kinds & usable]
+
+
+def sign_reach_warnings(site: Site, show: int = 5) -> list[str]:
+    """Sign lines at an entrance counting spaces a car from that entrance cannot reach
+    (another entrance can: spaces none reaches are warned about on their own). The line
+    counts them all the same, so a driver there is told of spaces it cannot drive to."""
+    reach = reached_nodes(site)
+    reached_by_any = set().union(*reach.values()) if reach else set()
+    by_zone = _spaces_by_zone(site)
+    out = []
+    for d in site.displays:
+        if d.entrance is None or d.entrance not in reach:
+            continue
+        seen = reach[d.entrance]
+        if not reached_by_any - seen:  # the usual case: it reaches all that any does
+            continue
+        for li, line in enumerate(d.lines):
+            cut = [
+                s.id
+                for s in _line_spaces(site, by_zone, line)
+                if s.access not in seen and s.access in reached_by_any
+            ]
+            if cut:
+                more = ", ..." if len(cut) > show else ""
+                out.append(
+                    f"display {d.id} lines[{li}] ({line.label.zh} / {line.label.en}) counts"
+                    f" {len(cut)} spaces a car from entrance {d.entrance} cannot reach over the"
+                    f" lanes ({', '.join(cut[:show])}{more}): drivers at that sign are told of"
+                    " spaces they cannot drive to; check lanes.edges for a missing or reversed"
+                    " one-way edge, or the line's zones"
+                )
+    return out
 
 
 def zone_warnings(site: Site) -> list[str]:
     """Zones without a space, and sign lines counting no space (their zones have none, or
     none its vehicle class may use): each reads 满 FULL for good, most likely a slip in
     ``spaces`` (a row's ``zone``) or in the line's ``zones``."""
-    by_zone: dict[str, list[Space]] = {z.id: [] for z in site.zones}
-    for s in site.spaces:
-        by_zone.setdefault(s.zone, []).append(s)
+    by_zone = _spaces_by_zone(site)
     out = [
         f"zone {z.id} ({z.name.zh} / {z.name.en}) has no spaces: its count stays 0 and a sign"
         f" line counting only it reads 满 FULL for good; give it spaces (a row with zone:"
@@ -535,16 +586,14 @@ def zone_warnings(site: Site) -> list[str]:
         for z in site.zones
         if not by_zone[z.id]
     ]
-    class_kinds = {vc.id: set(vc.kinds) for vc in site.vehicle_classes}
     for d in site.displays:
         for li, line in enumerate(d.lines):
-            spaces = [s for z in line.zones for s in by_zone.get(z, ())]
-            whose = ""
-            if line.vehicle_class is not None:
-                usable = class_kinds.get(line.vehicle_class, set())
-                spaces = [s for s in spaces if s.kinds & usable]
-                whose = f" that vehicle class {line.vehicle_class} may use"
-            if not spaces:
+            if not _line_spaces(site, by_zone, line):
+                whose = (
+                    ""
+                    if line.vehicle_class is None
+                    else f" that vehicle class {line.vehicle_class} may use"
+                )
                 out.append(
                     f"display {d.id} lines[{li}] ({line.label.zh} / {line.label.en}) counts no"
                     f" space (its zones {', '.join(line.zones)} have none{whose}) and will read"
@@ -555,7 +604,7 @@ def zone_warnings(site: Site) -> list[str]:
 
 def lane_warnings(site: Site, show: int = 5) -> list[str]:
     """``unreachable`` as warnings for ``parkguide site check`` and the gateway's log (count
-    and the first ids), then ``zone_warnings``."""
+    and the first ids), then ``sign_reach_warnings`` and ``zone_warnings``."""
     spaces, entrances = unreachable(site)
     out = []
     if spaces:
@@ -573,7 +622,7 @@ def lane_warnings(site: Site, show: int = 5) -> list[str]:
             f"entrance {ent_id} (lane node {node}) reaches no space over the lanes:"
             " check lanes.edges for a missing or reversed one-way edge"
         )
-    return out + zone_warnings(site)
+    return out + sign_reach_warnings(site, show) + zone_warnings(site)
 
 
 def _out_of_frame(poly: Iterable[Any], w: int, h: int) -> bool:

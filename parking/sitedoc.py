@@ -60,9 +60,11 @@ frame; a range is malformed; a space id (of a range too) is not an [id](#ids).
 
 `site check` warns, without refusing the site, about spaces without a sensor and,
 as the gateway's log at its start does too, about spaces no entrance reaches over
-the lanes, an entrance that reaches no space, a zone without spaces and a sign line
-that counts no space (its zones have none, or none its vehicle class may use): such
-a line reads `满 FULL` for good.
+the lanes, an entrance that reaches no space, a sign line at an entrance that counts
+spaces a car from that entrance cannot reach (another entrance can: the line counts
+them all the same), a zone without spaces and a sign line that counts no space (its
+zones have none, or none its vehicle class may use): such a line reads `满 FULL` for
+good.
 
 ## Editing the file of a running site
 

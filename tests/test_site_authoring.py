@@ -204,3 +204,32 @@ def test_the_docs_say_the_new_checks():
     assert "write\nsuch an edge as `{from: a, to: b, length: ...}`" in doc
     assert "Quote an id that YAML would read" in doc and "`kinds: ['on']`" in doc
     assert "a zone without spaces" in doc
+
+
+# the main road made one-way at C0: a car from the east gate reaches zone C only, while the
+# north gate reaches every zone (R2 -> C0 is still allowed)
+EAST_CUT_OFF = TEXT.replace(
+    "    - [GE, R4, C2, R3, C0, R2, R1, R0]   # main road\n",
+    "    - [GE, R4, C2, R3, C0]\n    - {from: R2, to: C0, oneway: true}\n    - [R2, R1, R0]\n",
+)
+
+
+def test_an_entrance_sign_counting_spaces_its_entrance_cannot_reach_is_warned_about(
+    tmp_path, capsys
+):
+    """The east gate's sign counted zone B and the basement, which no car from the east
+    gate can reach: site check names the lines (exit 0), and the gateway logs the same."""
+    assert EAST_CUT_OFF != TEXT
+    site = parse_site(EAST_CUT_OFF, "s.yaml")
+    warnings = lane_warnings(site)
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith(
+        "display gate-east lines[1] (B区 / Zone B) counts 72 spaces a car from entrance east"
+        " cannot reach over the lanes (B-001, B-002,"
+    )
+    assert warnings[1].startswith("display gate-east lines[2] (地库B1 / Basement B1) counts 108")
+    rc, out, err, _ = check(tmp_path, EAST_CUT_OFF, capsys)
+    assert rc == 0, err
+    assert [ln.strip() for ln in out.splitlines() if ln.strip().startswith("warning:")] == [
+        f"warning: {w}" for w in warnings
+    ]
