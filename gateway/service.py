@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hold-s",
         type=float,
         default=180.0,
-        help="how long a space assigned to an arriving car stays held (seconds)",
+        help="how long a space assigned to an arriving car stays held (seconds; default %(default)g)",
     )
     parser.add_argument(
         "--congestion-m",
