@@ -7,6 +7,8 @@ restart.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,8 +29,10 @@ class ApiSettings(BaseSettings):
         "false: everything needs login",
     )
     session_ttl_s: float = Field(12 * 3600, gt=60, description="how long a login lasts")
-    cookie_secure: bool = Field(
-        False, description="mark the session cookie Secure (set when served over HTTPS)"
+    cookie_secure: Literal["auto"] | bool = Field(
+        "auto",
+        description="mark the session cookie Secure: auto when the login came over HTTPS "
+        "(directly, or from a trusted proxy's X-Forwarded-Proto); true always (behind TLS)",
     )
     login_max_failures_per_user: int = Field(
         5, ge=1, description="failed logins per user name within the window before 429"

@@ -532,3 +532,30 @@ def test_user_remove_and_list_cli_end_the_sessions(harness, users, subprocess_en
     assert UserStore(db).get("leaver") is None
     assert cli.main(["user", "remove", "leaver", "--db", db]) == 1
     assert cli.main(["user", "list", "--db", str(harness.db_path) + ".missing"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "proto", "secure"),
+    [
+        ("auto", None, False),  # plain HTTP on a LAN: a Secure cookie would never come back
+        ("auto", "https", True),  # behind a TLS proxy on this host (nginx's X-Forwarded-Proto)
+        ("false", "https", False),
+        ("true", None, True),
+    ],
+)
+def test_the_session_cookie_is_secure_when_the_login_came_over_https(
+    harness, users, setting, proto, secure
+):
+    """By default (auto) the cookie is Secure exactly when the browser reached us over HTTPS,
+    which uvicorn learns from a trusted proxy's X-Forwarded-Proto; the setting forces it."""
+    app = create_app(harness.gateway, settings(cookie_secure=setting), db_path=str(harness.db_path))
+    with ServerThread(app, free_port()) as srv:
+        headers = {"X-Forwarded-Proto": proto} if proto else {}
+        r = httpx.post(
+            f"{srv.url}/api/v1/auth/login",
+            json={"name": "viewer", "password": PASSWORD},
+            headers=headers,
+        )
+    assert r.status_code == 200, r.text
+    attributes = [a.strip().lower() for a in r.headers["set-cookie"].split(";")]
+    assert ("secure" in attributes) is secure, r.headers["set-cookie"]

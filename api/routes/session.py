@@ -106,7 +106,11 @@ def login(body: LoginRequest, request: Request, response: Response, ctx: Ctx) ->
         max_age=int(ctx.settings.session_ttl_s),
         httponly=True,
         samesite="strict",
-        secure=ctx.settings.cookie_secure,
+        secure=(
+            request.url.scheme == "https"
+            if ctx.settings.cookie_secure == "auto"
+            else ctx.settings.cookie_secure
+        ),
         path="/",
     )
     log.info("user %s (%s) logged in from %s", user.name, user.role, client)
