@@ -19,6 +19,8 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import math
 import re
 import secrets
 import sqlite3
@@ -31,6 +33,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from parking.private import create_private
+
+log = logging.getLogger(__name__)
 
 ROLES: tuple[str, ...] = ("viewer", "manager", "technician")
 """viewer reads; manager also changes things; technician also reads raw sensor data."""
@@ -349,23 +353,36 @@ class SessionSigner:
 
 
 class LoginLimiter:
-    """Sliding-window limits: failed logins per user name, attempts per client address.
+    """Sliding-window limits: failed logins per user name from one client address, attempts
+    per client address, and a far higher ceiling of failures per user name from anywhere.
 
-    An attempt let through counts as a failure of its user until it is known to be none
-    (:meth:`failed`, :meth:`succeeded` or :meth:`release`): parallel guesses, whose
-    failures would only be recorded after their slow password checks, cannot get past the
-    limit together."""
+    Failures lock a name out only for the address they came from: counted per name alone,
+    five guesses from anyone kept a manager out for good (the right password refused too).
+    The ceiling (``USER_CEILING`` times the per-address limit) still stops guessing spread
+    over many addresses, and is logged when reached.
+
+    An attempt let through counts as a failure of its name and address until it is known
+    to be none (:meth:`failed`, :meth:`succeeded` or :meth:`release`): parallel guesses,
+    whose failures would only be recorded after their slow password checks, cannot get
+    past the limit together."""
 
     IN_FLIGHT_RETRY_S = 1.0  # attempts in flight decide within about a second
+    USER_CEILING = 20  # failures per name from anywhere, in per-address limits
 
     def __init__(self, max_failures_per_user: int, max_attempts_per_client: int, window_s: float):
         self.max_user = max_failures_per_user
         self.max_client = max_attempts_per_client
         self.window_s = window_s
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: dict[str, deque[float]] = {}  # by name and address
+        self._user_failures: dict[str, deque[float]] = {}  # by name, from anywhere
         self._attempts: dict[str, deque[float]] = {}
-        self._in_flight: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}  # by name and address
+        self._ceiling_logged: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(user: str, client: str) -> str:
+        return f"{user}\0{client}"
 
     def _trim(self, table: dict[str, deque[float]], key: str, now: float) -> deque[float]:
         q = table.setdefault(key, deque())
@@ -375,14 +392,17 @@ class LoginLimiter:
 
     def check(self, user: str, client: str, now: float | None = None) -> float:
         """Seconds to wait before another attempt is allowed (0: go ahead); a go-ahead records
-        the attempt and holds one of the user's failures until the attempt's outcome is told."""
+        the attempt and holds one of the name's failures from this address until the
+        attempt's outcome is told."""
         now = time.monotonic() if now is None else now
+        key = self._key(user, client)
         with self._lock:
             if len(self._attempts) > 100_000 or len(self._failures) > 100_000:
                 self._sweep(now)
             attempts = self._trim(self._attempts, client, now)
-            failures = self._trim(self._failures, user, now)
-            in_flight = self._in_flight.get(user, 0)
+            failures = self._trim(self._failures, key, now)
+            everywhere = self._trim(self._user_failures, user, now)
+            in_flight = self._in_flight.get(key, 0)
             wait = 0.0
             if len(attempts) >= self.max_client:
                 wait = max(wait, attempts[0] + self.window_s - now)
@@ -390,38 +410,54 @@ class LoginLimiter:
                 wait = max(wait, failures[0] + self.window_s - now)
             elif len(failures) + in_flight >= self.max_user:
                 wait = max(wait, self.IN_FLIGHT_RETRY_S)
+            if len(everywhere) >= self.max_user * self.USER_CEILING:
+                wait = max(wait, everywhere[0] + self.window_s - now)
+                if now - self._ceiling_logged.get(user, -math.inf) >= self.window_s:
+                    self._ceiling_logged[user] = now
+                    log.warning(
+                        "%d failed logins for %r from several addresses within %.0f s: its"
+                        " logins are refused until they fall below that (guessing spread"
+                        " over many addresses?)",
+                        len(everywhere), user[:64], self.window_s,
+                    )  # fmt: skip
             if wait > 0:
                 return wait
             attempts.append(now)
-            self._in_flight[user] = in_flight + 1
+            self._in_flight[key] = in_flight + 1
             return 0.0
 
-    def _settle(self, user: str) -> None:
-        left = self._in_flight.get(user, 0) - 1
+    def _settle(self, key: str) -> None:
+        left = self._in_flight.get(key, 0) - 1
         if left > 0:
-            self._in_flight[user] = left
+            self._in_flight[key] = left
         else:
-            self._in_flight.pop(user, None)
+            self._in_flight.pop(key, None)
 
-    def failed(self, user: str, now: float | None = None) -> None:
+    def failed(self, user: str, client: str, now: float | None = None) -> None:
         """The attempt let through by :meth:`check` had a wrong name or password."""
         now = time.monotonic() if now is None else now
+        key = self._key(user, client)
         with self._lock:
-            self._settle(user)
-            self._trim(self._failures, user, now).append(now)
+            self._settle(key)
+            self._trim(self._failures, key, now).append(now)
+            self._trim(self._user_failures, user, now).append(now)
 
-    def succeeded(self, user: str) -> None:
-        """The attempt let through by :meth:`check` logged in: the user's failures are forgotten."""
+    def succeeded(self, user: str, client: str) -> None:
+        """The attempt let through by :meth:`check` logged in: the failures of its name from
+        its address are forgotten (others' guesses still count against the ceiling)."""
+        key = self._key(user, client)
         with self._lock:
-            self._settle(user)
-            self._failures.pop(user, None)
+            self._settle(key)
+            self._failures.pop(key, None)
 
-    def release(self, user: str) -> None:
+    def release(self, user: str, client: str) -> None:
         """The attempt let through by :meth:`check` ended undecided (server busy, journal down)."""
         with self._lock:
-            self._settle(user)
+            self._settle(self._key(user, client))
 
     def _sweep(self, now: float) -> None:
-        for table in (self._attempts, self._failures):
+        for table in (self._attempts, self._failures, self._user_failures):
             for key in [k for k, q in table.items() if not q or q[-1] <= now - self.window_s]:
                 del table[key]
+        for user in [u for u, t in self._ceiling_logged.items() if t <= now - self.window_s]:
+            del self._ceiling_logged[user]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from parking.payloads import Assignment, DisplayContent, HealthReport, LocalText
 from parking.siteconfig import LocalName
@@ -16,6 +16,17 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _one_line(text: str) -> str:
+    # journaled, shown to other managers and exported: no control or bidi characters (a
+    # tab or CR in front smuggles a formula past the CSV export's guard)
+    if not text.isprintable():
+        raise ValueError("printable characters only: no tabs, line breaks or control characters")
+    return text
+
+
+Note = Annotated[str, AfterValidator(_one_line)]
+
+
 # --- requests -------------------------------------------------------------
 
 
@@ -25,11 +36,11 @@ class LoginRequest(_Request):
 
 
 class SpaceControlRequest(_Request):
-    reason: str | None = Field(None, max_length=200, description="why, for the journal")
+    reason: Note | None = Field(None, max_length=200, description="why, for the journal")
 
 
 class AcknowledgeRequest(_Request):
-    note: str | None = Field(
+    note: Note | None = Field(
         None,
         max_length=200,
         description="what is being done about it, for the other managers (e.g. who was sent)",

@@ -35,7 +35,10 @@ class ApiSettings(BaseSettings):
         "(directly, or from a trusted proxy's X-Forwarded-Proto); true always (behind TLS)",
     )
     login_max_failures_per_user: int = Field(
-        5, ge=1, description="failed logins per user name within the window before 429"
+        5,
+        ge=1,
+        description="failed logins per user name from one client address within the window "
+        "before 429 (20 times as many from anywhere)",
     )
     login_max_attempts_per_client: int = Field(
         20, ge=1, description="login attempts per client address within the window before 429"

@@ -559,3 +559,46 @@ def test_the_session_cookie_is_secure_when_the_login_came_over_https(
     assert r.status_code == 200, r.text
     attributes = [a.strip().lower() for a in r.headers["set-cookie"].split(";")]
     assert ("secure" in attributes) is secure, r.headers["set-cookie"]
+
+
+def test_wrong_guesses_from_one_address_do_not_lock_the_user_out_elsewhere(harness, users):
+    """Five guesses from anyone kept a manager out for good, right password and all: a name
+    is locked out only for the address its failures came from (here told by a proxy on this
+    host, as behind nginx)."""
+    app = create_app(
+        harness.gateway,
+        settings(login_max_failures_per_user=2, login_max_attempts_per_client=100),
+        db_path=str(harness.db_path),
+    )
+
+    def login(password: str, address: str) -> httpx.Response:
+        return httpx.post(
+            f"{srv.url}/api/v1/auth/login",
+            json={"name": "manager", "password": password},
+            headers={"X-Forwarded-For": address},
+        )
+
+    with ServerThread(app, free_port()) as srv:
+        assert [login("a guess", "203.0.113.7").status_code for _ in range(2)] == [401, 401]
+        assert login(PASSWORD, "203.0.113.7").status_code == 429  # the guesser's address
+        assert login(PASSWORD, "198.51.100.9").status_code == 200  # the manager's
+
+
+def test_guesses_spread_over_many_addresses_meet_a_ceiling_per_user(caplog):
+    """Per name and address, a botnet would get max_user guesses per address: a far higher
+    ceiling per name from anywhere still stops it, and says so once per window."""
+    from api.auth import LoginLimiter
+
+    limiter = LoginLimiter(max_failures_per_user=2, max_attempts_per_client=100, window_s=300)
+    ceiling = 2 * LoginLimiter.USER_CEILING
+    caplog.set_level(logging.WARNING, logger="api.auth")
+    for i in range(ceiling):
+        address = f"10.0.{i // 2}.1"  # two guesses from each
+        assert limiter.check("manager", address, now=1.0 + i) == 0
+        limiter.failed("manager", address, now=1.0 + i)
+    assert limiter.check("manager", "192.0.2.1", now=100.0) > 0
+    assert limiter.check("manager", "192.0.2.2", now=101.0) > 0
+    assert limiter.check("viewer", "192.0.2.1", now=101.0) == 0  # other names are not held
+    warned = [r for r in caplog.records if "failed logins for 'manager'" in r.getMessage()]
+    assert len(warned) == 1
+    assert limiter.check("manager", "192.0.2.1", now=1.0 + ceiling + 300) == 0  # window over

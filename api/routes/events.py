@@ -115,9 +115,15 @@ CSV_BOM = "\ufeff"
 ANSI code page (GBK), and a manager's Chinese close reason turns into mojibake."""
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "＝", "＋", "－", "＠")
+"""A cell starting with one of these (after any blanks) a spreadsheet may run as a formula
+(CSV injection): a tab or CR in front, or a full-width sign, is read past too."""
+
+
 def _cell(value: object) -> object:
-    # spreadsheets run cells starting with these as formulas (CSV injection)
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+    if isinstance(value, str) and (
+        value[:1] in FORMULA_STARTS or value.lstrip(" \t\r\n")[:1] in FORMULA_STARTS
+    ):
         return "'" + value
     return value
 

@@ -82,7 +82,7 @@ def login(body: LoginRequest, request: Request, response: Response, ctx: Ctx) ->
             else None
         )
     except VerifierBusy:
-        ctx.limiter.release(body.name)
+        ctx.limiter.release(body.name, client)
         _rate_limited_log.hit(body.name, client)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -90,13 +90,13 @@ def login(body: LoginRequest, request: Request, response: Response, ctx: Ctx) ->
             headers={"Retry-After": "1"},
         ) from None
     except BaseException:
-        ctx.limiter.release(body.name)
+        ctx.limiter.release(body.name, client)
         raise
     if user is None:
-        ctx.limiter.failed(body.name)
+        ctx.limiter.failed(body.name, client)
         log.info("failed login for %r from %s", body.name[:64], client)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user name or password")
-    ctx.limiter.succeeded(body.name)
+    ctx.limiter.succeeded(body.name, client)
     token, expires = ctx.signer.issue(
         user.name, ctx.settings.session_ttl_s, generation=user.generation
     )
