@@ -99,6 +99,15 @@ def render(ctx: Ctx) -> str:
             c.repeated_arrivals,
         )
         out.family(
+            "parkguide_arrivals_unheld_total",
+            "counter",
+            "Arrivals answered without holding a space, by why: late (stamped over a minute "
+            "ago by its gate's clock) or entrance_cap (--max-holds-per-entrance outstanding "
+            "there: a burst, or a gate flooding arrivals).",
+        )
+        for why, n in sorted(c.unheld_arrivals.items()):
+            out.sample("parkguide_arrivals_unheld_total", n, {"reason": why})
+        out.family(
             "parkguide_reports_missed_total",
             "counter",
             "Edge reports that never reached the gateway (gaps in an agent's seq numbers; its "

@@ -449,11 +449,12 @@ class Journal:
         kept = self.meta(HISTORY_FROM_KEY)
         return None if kept is None else float(kept)
 
-    def open_holds(self, now: float) -> list[tuple[str, float]]:
-        """(space, hold_expires) of assignments whose hold has not expired at ``now`` and
-        was not ended by a car seen in the space (:meth:`release_holds`)."""
+    def open_holds(self, now: float) -> list[tuple[str, float, str]]:
+        """(space, hold_expires, entrance) of assignments whose hold has not expired at
+        ``now`` and was not ended by a car seen in the space (:meth:`release_holds`); the
+        latest per space (SQLite takes the bare column from the row of the max)."""
         return self.conn.execute(
-            "SELECT space, max(hold_expires) FROM assignments"
+            "SELECT space, max(hold_expires), entrance FROM assignments"
             " WHERE space IS NOT NULL AND hold_expires > ? AND released IS NULL"
             " GROUP BY space",
             (now,),

@@ -98,6 +98,11 @@ GATE_OFFSETS_KEY = "gate_clock_offsets"
 spaces of a skewed gate's first arrivals too (its offset learnt again only after them)."""
 GATE_OFFSET_SAVE_S = 60.0  # an entrance's offset is journaled again after this, or a move
 MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
+MAX_HOLDS_PER_ENTRANCE = 60
+"""Holds outstanding at one entrance (a barrier lets a car through every few seconds: ~40 in
+a 180 s hold). Beyond it an arrival is answered without holding a space: a gate controller
+flooding arrivals (broken, or its login stolen) would otherwise hold every free space and
+the signs would read FULL."""
 CORE_STEP_SLACK_S = 0.1  # a forward jump of the wall clock beyond the monotonic one: a step
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
 ZONE_HISTORY_S = 10.0
@@ -183,6 +188,7 @@ class LiveGateway:
         publish: Publish,
         *,
         hold_s: float = 180.0,
+        max_holds_per_entrance: int = MAX_HOLDS_PER_ENTRANCE,
         core_options: dict[str, float] | None = None,
         history: History | None = None,
         clock: Callable[[], float] = time.time,
@@ -198,6 +204,12 @@ class LiveGateway:
         if not (math.isfinite(hold_s) and 0 < hold_s <= MAX_HOLD_S):
             raise ValueError(f"--hold-s {hold_s}: must be more than 0 and at most {MAX_HOLD_S:g} s")
         self.hold_s = hold_s
+        if max_holds_per_entrance < 1:
+            raise ValueError(f"--max-holds-per-entrance {max_holds_per_entrance}: at least 1")
+        self.max_holds_per_entrance = max_holds_per_entrance
+        # entrance -> {space: the core's held_until of the hold given there}: the holds it has
+        # outstanding (one ended, or taken over by another hold, no longer matches)
+        self._entrance_holds: dict[str, dict[int, float]] = {}
         self.history = history
         self._clock = clock
         self._mono = mono
@@ -267,8 +279,10 @@ class LiveGateway:
         # agent -> (monotonic time of its last availability line, changes not logged since)
         self._availability_logged: dict[str, tuple[float, int]] = {}
         self.answered = 0  # assignments published, repeated ones included
-        self.unheld_arrivals = 0  # answered without a hold: stamped over ARRIVAL_MAX_AGE_S ago
-        self._unheld_logged = -math.inf  # monotonic time of the last warning about them
+        # answered without a hold, by why: "late" (stamped over ARRIVAL_MAX_AGE_S ago) or
+        # "entrance_cap" (MAX_HOLDS_PER_ENTRANCE outstanding there)
+        self.unheld_arrivals: dict[str, int] = {"late": 0, "entrance_cap": 0}
+        self._unheld_logged = dict.fromkeys(self.unheld_arrivals, -math.inf)  # monotonic
         # per entrance, (monotonic receipt, receipt wall time - ts) of its recent live
         # arrivals: the least of them is the gate's clock offset (_arrival_age)
         self._gate_delays: dict[str, deque[tuple[float, float]]] = {}
@@ -349,7 +363,7 @@ class LiveGateway:
             self._core_time(now),
         )
         restored = 0
-        for sp, until in self.journal.open_holds(now):
+        for sp, until, entrance in self.journal.open_holds(now):
             # a car assigned before the restart is still on its way: keep its space, also
             # while the space is unknown or closed (as a running core does); a car seen in
             # it ended the hold
@@ -359,6 +373,7 @@ class LiveGateway:
                 # as long as the step (the running core ended it on time)
                 until = min(until, now + self.hold_s)
                 self.core.hold(index[sp], until, self._core_time(now))
+                self._note_hold(entrance, index[sp])
                 restored += 1
         if restored:
             log.info("restored %d holds of cars on their way", restored)
@@ -858,6 +873,22 @@ class LiveGateway:
         except ValueError as exc:
             self._reject(Rejection("unknown_space", str(exc)), topic, payload)
 
+    def _note_hold(self, entrance: str, space: int) -> None:
+        """The hold the core now has on ``space`` was given at ``entrance``."""
+        self._entrance_holds.setdefault(entrance, {})[space] = float(self.core.held_until[space])
+
+    def _holds_outstanding(self, entrance: str, now: float) -> int:
+        """Holds given at ``entrance`` that have not ended (expired, a car seen in the space,
+        or taken over by a later hold)."""
+        held = self._entrance_holds.get(entrance)
+        if not held:
+            return 0
+        t, until_of = self._core_time(now), self.core.held_until
+        for space, until in list(held.items()):
+            if until <= t or until_of[space] != until:
+                del held[space]
+        return len(held)
+
     def _on_arrival(
         self, topic: str, entrance: str, payload: bytes, t0: float | None = None
     ) -> None:
@@ -879,23 +910,6 @@ class LiveGateway:
             return
         with self.lock:
             age = self._arrival_age(entrance, arrival.ts, t0)
-            # stamped long ago by its gate's clock: queued while the gateway was away, or
-            # sent late by the gate (that car has left the gate, and a hold would take a
-            # free space off the signs for --hold-s). It is answered, but nothing is held
-            unheld = age > ARRIVAL_MAX_AGE_S
-            if unheld:
-                self.unheld_arrivals += 1
-                mono = self._mono()
-                if mono >= self._unheld_logged + GAP_LOG_INTERVAL_S:
-                    self._unheld_logged = mono
-                    log.warning(
-                        "arrival at %s stamped %.0f s ago by its gate's clock (queued while "
-                        "the gateway was away, or sent late by the gate): answered without "
-                        "holding a space (%d so far)",
-                        entrance,
-                        age,
-                        self.unheld_arrivals,
-                    )
             now = self._clock()
             if arrival.request_id is not None:
                 # sent again (a QoS 1 redelivery, the gate's retry): the same answer, no
@@ -911,8 +925,37 @@ class LiveGateway:
                         topics.RETAIN_ASSIGNMENT,
                     )
                     return
+            # answered, but nothing held: an arrival stamped long ago by its gate's clock
+            # (queued while the gateway was away, or sent late by the gate: that car has
+            # left the gate, and a hold would take a free space off the signs for
+            # --hold-s), or one over the entrance's cap of holds
+            unheld = None
+            if age > ARRIVAL_MAX_AGE_S:
+                unheld = "late"
+                why = (
+                    f"stamped {age:.0f} s ago by its gate's clock (queued while the gateway"
+                    " was away, or sent late by the gate)"
+                )
+            elif self._holds_outstanding(entrance, now) >= self.max_holds_per_entrance:
+                unheld = "entrance_cap"
+                why = (
+                    f"{self.max_holds_per_entrance} holds already outstanding there"
+                    " (--max-holds-per-entrance: a burst, or a gate sending arrivals it"
+                    " should not)"
+                )
+            if unheld is not None:
+                self.unheld_arrivals[unheld] += 1
+                mono = self._mono()
+                if mono >= self._unheld_logged[unheld] + GAP_LOG_INTERVAL_S:
+                    self._unheld_logged[unheld] = mono
+                    log.warning(
+                        "arrival at %s %s: answered without holding a space (%d so far)",
+                        entrance,
+                        why,
+                        self.unheld_arrivals[unheld],
+                    )
             self._follow_policy_minute()  # the signs published below include what it moved
-            if unheld:
+            if unheld is not None:
                 s = self.core.best(e, c)
             else:
                 s = self.core.assign(e, c, self._core_time(now), self.hold_s)
@@ -929,7 +972,7 @@ class LiveGateway:
                         zh=f"请前往{zone_name.zh} {space.id} 车位",
                         en=f"Go to {zone_name.en}, space {space.id}",
                     ),
-                    hold_expires=None if unheld else now + self.hold_s,
+                    hold_expires=None if unheld is not None else now + self.hold_s,
                     plate=arrival.plate,
                     request_id=arrival.request_id,
                     ts=now,
@@ -984,7 +1027,8 @@ class LiveGateway:
             )
             for sign in signs:
                 self._publish_sign(sign, now)
-            if assignment.space is not None and not unheld:  # its zone has one more held
+            if assignment.space is not None and unheld is None:  # its zone has one more held
+                self._note_hold(entrance, s)
                 self._publish_zones([int(self.state.zone[s])], now)
         self.answered += 1
         self._emit("assignment", json.loads(body), now)
@@ -1504,6 +1548,7 @@ class LiveGateway:
                 state_changes=self.state_changes,
                 sign_updates=self.sign_updates,
                 repeated_arrivals=self.repeated_arrivals,
+                unheld_arrivals=dict(self.unheld_arrivals),
                 reports_missed=dict(self.reports_missed),
                 latency_s=list(self._latency),
             )

@@ -55,6 +55,8 @@ class Counters:
     state_changes: int = 0
     sign_updates: int = 0
     repeated_arrivals: int = 0  # arrivals sent again (same request_id): answered as before
+    # arrivals answered without holding a space, by why ("late", "entrance_cap")
+    unheld_arrivals: dict[str, int] = field(default_factory=dict)
     # agent -> reports its seq numbers skipped (they never reached the gateway)
     reports_missed: dict[str, int] = field(default_factory=dict)
     outbox_depth: int = 0

@@ -75,7 +75,7 @@ def test_a_gate_whose_clock_runs_two_minutes_behind_gets_holds(example_site, tmp
     spaces = [a["space"] for a in answers]
     assert all(spaces) and len(set(spaces)) == 3, spaces
     assert all(_held(a) for a in answers)
-    assert len(g.gw.core.holds) == 3 and g.gw.unheld_arrivals == 0
+    assert len(g.gw.core.holds) == 3 and g.gw.unheld_arrivals["late"] == 0
     assert g.gw.gate_clock_offset("north") == pytest.approx(120.0, abs=0.01)
     warnings = [r.getMessage() for r in caplog.records if "clock is" in r.getMessage()]
     assert warnings == [
@@ -102,7 +102,7 @@ def test_the_backlog_right_after_a_connect_is_not_held(example_site, tmp_path):
     old = [g.arrive(-300.0) for _ in range(2)]
     assert [a["hold_expires"] for a in old] == [None, None]
     assert all(a["space"] for a in old)
-    assert g.gw.core.holds == {} and g.gw.unheld_arrivals == 2
+    assert g.gw.core.holds == {} and g.gw.unheld_arrivals["late"] == 2
     assert g.gw.gate_clock_offset("north") is None
     # handled before the service said it is connected (the broker sends the kept messages
     # before it answers the subscription): the same
@@ -144,7 +144,7 @@ def test_an_arrival_a_gate_sends_late_is_still_old_by_its_clock(example_site, tm
     assert _held(g.arrive(-120.0))
     late = g.arrive(-120.0 - 300.0)
     assert late["space"] and late["hold_expires"] is None
-    assert g.gw.unheld_arrivals == 1 and len(g.gw.core.holds) == 1
+    assert g.gw.unheld_arrivals["late"] == 1 and len(g.gw.core.holds) == 1
     assert g.gw.gate_clock_offset("north") == pytest.approx(
         120.0, abs=0.01
     )  # the late one did not move it

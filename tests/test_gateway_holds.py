@@ -236,7 +236,7 @@ def test_a_journal_from_before_released_holds_opens_with_its_holds(tmp_path):
             " VALUES (100, 'north', 'resident', 'A-040', 'A', 400, '{}')"
         )
     journal = Journal(db)
-    assert journal.open_holds(200) == [("A-040", 400.0)]
+    assert journal.open_holds(200) == [("A-040", 400.0, "north")]
     journal.release_holds(["A-040"], 250)
     assert journal.open_holds(260) == []
     journal.close()
@@ -384,7 +384,7 @@ def test_an_arrival_queued_while_the_gateway_was_away_is_not_held(example_site, 
     (answer,) = [json.loads(p) for t, p in g.sent[mark:] if t.endswith("/assignment")]
     assert answer["space"] and answer["hold_expires"] is None
     assert g.gw.core.holds == {} and g.line("gate-north", 0) == before
-    assert g.gw.unheld_arrivals == 1 and g.gw.counters().rejected == {}
+    assert g.gw.unheld_arrivals["late"] == 1 and g.gw.counters().rejected == {}
     fresh = {"class": "resident", "request_id": "r-new", "ts": g.clock[0] - 2}
     g.gw.handle(topics.arrival(SITE, "north"), json.dumps(fresh).encode())
     assert len(g.gw.core.holds) == 1 and g.line("gate-north", 0) == before - 1
@@ -487,3 +487,33 @@ def test_spaces_no_entrance_reaches_are_not_on_the_signs(tmp_path, caplog):
     assert lines[0].count and lines[0].count > 0  # zone A, reached, counted as before
     zones = {z.zone: z for z in g.gw.zone_counts()}
     assert zones["E"].free == zones["E"].total > 0
+
+
+def test_a_gate_flooding_arrivals_cannot_hold_every_space(example_site, tmp_path, caplog):
+    """A gate controller sending arrival after arrival (broken, or its login stolen) held a
+    space for each: the signs read FULL over free spaces. Past --max-holds-per-entrance
+    holds outstanding at an entrance, an arrival is answered without a hold (counted, and
+    logged once a minute); a hold that ends makes room again, and a restart counts the
+    entrance's holds from the journal."""
+    caplog.set_level("WARNING", logger="gateway.live")
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0, max_holds_per_entrance=3)
+    snapshot_all_free(g.gw, example_site, g.clock[0])
+    answers = [g.arrive(f"r{i}") for i in range(5)]
+    assert all(a["space"] for a in answers)
+    assert [a["hold_expires"] is not None for a in answers] == [True, True, True, False, False]
+    assert len(g.gw.core.holds) == 3
+    assert g.gw.counters().unheld_arrivals == {"late": 0, "entrance_cap": 2}
+    assert len([r for r in caplog.records if "--max-holds-per-entrance" in r.getMessage()]) == 1
+    assert g.arrive("e1", entrance="east")["hold_expires"] is not None  # per entrance
+    # the first car parks: its hold ends, and the entrance may hold one more
+    parked = answers[0]["space"]
+    bus = example_site.bindings[parked].source
+    agent = next(b.agent for b in example_site.buses if b.id == bus)
+    g.report(agent, bus, 2, {parked: "occupied"})
+    assert example_site.space_index[parked] not in g.gw.core.holds
+    assert g.arrive("r5")["hold_expires"] is not None
+    assert g.arrive("r6")["hold_expires"] is None
+    g.journal.close()
+    again = _Gate(example_site, g.db, g.clock[0] + 5, max_holds_per_entrance=3)
+    assert again.arrive("r7")["hold_expires"] is None  # north's three holds were restored
+    assert again.arrive("e2", entrance="east")["hold_expires"] is not None
