@@ -466,6 +466,9 @@ def main(args: argparse.Namespace) -> int:
     except SpoolBusy as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unusable spool folder: a line saying so, as the serial agent
+        print(f"error: spool: {exc}", file=sys.stderr)
+        return 1
     log.info(
         "camera agent %s: camera %s (%d spaces) from %s to %s",
         agent_id,

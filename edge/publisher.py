@@ -35,12 +35,18 @@ repeat), and moved into the spool as soon as it takes writes again. Meanwhile
 ``spool_ok`` is False, which the agents' health reports as ``degraded`` with
 ``spool_health()`` in its counters, and an error is logged at most once a minute.
 
-Two agents with one id but different spool folders both run: with MQTT 3.1.1 the
-broker just closes the older connection when the other connects with the same
-client id (no reason is sent), so each takes the other's session over within a
+Client id: ``parkguide-{site}-{agent}``, with a password plus a random suffix drawn once
+and kept in the spool folder (``{site}.{agent}.clientid``, 0600): stable across restarts
+(a restarted agent takes its old connection over, whose last will would otherwise say
+``offline`` after the new ``online``) and unknown to the broker's other users.
+
+Two agents with one id but different spool folders both run: when their client ids are
+the same (no password) the broker just closes the older connection when the other
+connects (MQTT 3.1.1 sends no reason), so each takes the other's session over within a
 second, again and again. The publisher tells that apart from an outage by its
 pattern, accepted connections closed by the broker ``TAKEOVER_DROPS`` times within
-``TAKEOVER_WINDOW_S``, and says so in an error.
+``TAKEOVER_WINDOW_S``, and says so in an error. With a password each spool folder has
+its own suffix, so such twins both stay connected.
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ from typing import Literal
 import paho.mqtt.client as mqtt
 
 from parking import topics
-from parking.broker import BrokerConfig, backoff_delay
+from parking.broker import BrokerConfig, backoff_delay, is_client_suffix, new_client_suffix
 from parking.payloads import (
     HealthReport,
     OccupancyReport,
@@ -71,6 +77,7 @@ from parking.payloads import (
     fit_health,
     is_identifier,
 )
+from parking.private import create_private
 from parking.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -107,6 +114,32 @@ class SpoolBusy(RuntimeError):
     """Another process already uses this agent's spool (two agents with one id)."""
 
 
+def kept_client_suffix(path: Path) -> str:
+    """The random client-id suffix kept in ``path``, drawn and written (0600) when there is
+    none yet. Call it holding the spool's lock: one agent per file."""
+    try:
+        kept = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        kept = ""
+    except UnicodeDecodeError:
+        kept = ""  # damaged: drawn again (the id changes once)
+    if is_client_suffix(kept):
+        return kept
+    suffix = new_client_suffix()
+    # written aside and renamed: a power cut leaves the old file or the new one, never half
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, f"{suffix}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return suffix
+
+
 class ReportSpool:
     """Reports not yet acknowledged by the broker, in order, on disk (SQLite, WAL).
 
@@ -116,13 +149,16 @@ class ReportSpool:
     """
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # private: the reports name the site's spaces, and a lock file other users could
+        # open is one they could flock to keep the agent from starting. An existing
+        # folder keeps the mode its operator gave it
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = path
-        self._lockfile = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115
+        self._lockfd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self._lockfile.close()
+            os.close(self._lockfd)
             raise SpoolBusy(
                 f"spool {path} is in use by another process (another agent with the same id?)"
             ) from None
@@ -130,6 +166,7 @@ class ReportSpool:
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
+            create_private(self.path)  # SQLite gives its -wal and -shm files this mode
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
@@ -197,7 +234,7 @@ class ReportSpool:
             with contextlib.suppress(sqlite3.Error):  # its last checkpoint may find no room
                 self._db.close()
             self._db = None
-        self._lockfile.close()
+        os.close(self._lockfd)
 
 
 class ReportPublisher:
@@ -246,7 +283,8 @@ class ReportPublisher:
         self.agent = agent
         self.source = source
         self.boot = secrets.token_hex(6)
-        self.client_id = broker.session_id(f"parkguide-{site}-{agent}")
+        self.client_base = f"parkguide-{site}-{agent}"
+        self.client_id = self.client_base  # its suffix is read in start(), under the lock
         self.snapshot_interval_s = snapshot_interval_s
         self.max_inflight = max_inflight
         self.keepalive_s = keepalive_s
@@ -256,6 +294,7 @@ class ReportPublisher:
         self.topic_availability = topics.edge_availability(site, agent)
         self.topic_health = topics.edge_health(site, agent)
         self.spool_path = Path(spool_dir or default_spool_dir()) / f"{site}.{agent}.sqlite3"
+        self.client_id_path = self.spool_path.with_name(f"{site}.{agent}.clientid")
 
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -298,8 +337,15 @@ class ReportPublisher:
     # --- agent API ------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the spool (raises SpoolBusy) and start connecting in the background."""
+        """Open the spool (raises SpoolBusy, or OSError when its folder is unusable) and
+        start connecting in the background."""
         self._spool = ReportSpool(self.spool_path)
+        try:
+            self.client_id = self._session_id()
+        except OSError:
+            self._spool.close()
+            self._spool = None
+            raise
         with self._lock:
             try:
                 left = self._spool.count()
@@ -511,6 +557,28 @@ class ReportPublisher:
             self.max_unspooled,
         )
 
+    def _session_id(self) -> str:
+        """This agent's client id, its suffix kept in ``client_id_path``. A full disk gets
+        a suffix for this run only (the agent never dies of a full disk); any other
+        failure is the operator's to fix: OSError, naming the file."""
+        path = self.client_id_path
+        try:
+            return self.broker.session_id(self.client_base, lambda: kept_client_suffix(path))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(
+                    exc.errno,
+                    f"cannot keep the MQTT client id in {path} ({exc.strerror}): the agent's "
+                    f"user must be able to write {path.parent}",
+                ) from None
+            log.error(
+                "cannot keep the MQTT client id in %s (%s): free space on that disk; this "
+                "run uses a new one",
+                path,
+                exc,
+            )
+            return self.broker.session_id(self.client_base, new_client_suffix)
+
     # --- network thread ---------------------------------------------------------
 
     def _wake(self) -> None:
@@ -652,7 +720,7 @@ class ReportPublisher:
                 self._inflight.clear()
                 self._inflight_unspooled.clear()
                 self.stats["connects"] += 1
-                log.info("connected to MQTT broker %s as %s", self.broker.url, self.client_id)
+                log.info("connected to MQTT broker %s as %s", self.broker.url, self.client_base)
                 client.publish(
                     self.topic_availability,
                     topics.ONLINE,

@@ -34,7 +34,15 @@ import paho.mqtt.client as mqtt
 # allocation core and the journal's state are loaded.
 from gateway.journal import Journal, stored_signs
 from parking import topics
-from parking.broker import BrokerConfig, add_credential_arguments, backoff_delay, broker_from_args
+from parking.broker import (
+    BrokerConfig,
+    add_credential_arguments,
+    backoff_delay,
+    broker_from_args,
+    is_client_suffix,
+    new_client_suffix,
+    shown_client_id,
+)
 
 if TYPE_CHECKING:
     from gateway.live import LiveGateway
@@ -66,6 +74,9 @@ QUIET_STEP_ROWS = 8
 # changes it stops, and reports that change nothing (snapshots of a quiet site) cost nothing.
 CLIENT_ID_KEY = "mqtt_client_id"
 """Journal meta: the MQTT client id whose broker session holds this gateway's reports."""
+CLIENT_SUFFIX_KEY = "mqtt_client_suffix"
+"""Journal meta: the random suffix of this gateway's client id (with a password), drawn
+once: the id stays across restarts, and no other broker user can guess it."""
 TAKE_OVER_WAIT_S = 5.0  # for the broker's answer when opening or deleting an old session
 TAKE_OVER_QUIET_S = 0.5  # an old session's backlog is drained when it is quiet this long
 TAKE_OVER_RETRY_S = 30.0  # after a failed attempt (the broker refused the old id, say)
@@ -93,6 +104,12 @@ ENV_INFLUX_TOKEN = "INFLUX_TOKEN"
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 
 
+def _max_holds_per_entrance() -> int:
+    from gateway.live import MAX_HOLDS_PER_ENTRANCE  # numpy and scipy only when asked for
+
+    return MAX_HOLDS_PER_ENTRANCE
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site file (YAML)")
     parser.add_argument("--broker", required=True, help="MQTT broker, mqtt://HOST:PORT")
@@ -101,13 +118,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--client-id",
         help="MQTT client id of its persistent session (default: parkguide-gateway-SITE, with"
-        " a digest of the password appended when there is one)",
+        " a random suffix kept in the journal appended when there is a password)",
     )
     parser.add_argument(
         "--hold-s",
         type=float,
         default=180.0,
         help="how long a space assigned to an arriving car stays held (seconds; default %(default)g)",
+    )
+    parser.add_argument(
+        "--max-holds-per-entrance",
+        type=int,
+        default=_max_holds_per_entrance(),
+        help="holds outstanding at one entrance; beyond it an arrival is answered without"
+        " holding a space, so a gate flooding arrivals cannot take every space off the signs"
+        " (default %(default)d)",
     )
     parser.add_argument(
         "--congestion-m",
@@ -222,6 +247,7 @@ class GatewayService:
         *,
         client_id: str | None = None,
         hold_s: float = 180.0,
+        max_holds_per_entrance: int | None = None,
         core_options: dict[str, float] | None = None,
         influx: dict[str, Any] | None = None,
         outbox_max_rows: int | None = None,
@@ -258,15 +284,15 @@ class GatewayService:
 
             self.writer = InfluxWriter(db, **influx)
         base_id = f"parkguide-gateway-{self.site.id}"
-        self.client_id = client_id or self.broker.session_id(base_id)
+        self.client_id = client_id or self.broker.session_id(base_id, self._client_suffix)
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=False,  # the broker keeps QoS 1 reports for us while we restart
             manual_ack=True,  # a report is acknowledged only once it is in the journal
         )
-        # the session the broker kept under the id this journal's gateway used before (a new
-        # password, or a release before ids carried its digest): its reports are taken and
+        # the session the broker kept under the id this journal's gateway used before (a
+        # release whose ids carried a digest of the password, or none): its reports are taken and
         # it is deleted once this one is subscribed (see _take_over_previous_session)
         self._previous_client_id = self._client_id_before(base_id)
         self.taken_over = 0  # messages taken from that session
@@ -277,6 +303,7 @@ class GatewayService:
             self.journal,
             self._publish,
             hold_s=hold_s,
+            max_holds_per_entrance=max_holds_per_entrance or _max_holds_per_entrance(),
             core_options=core_options,
             history=history,
             policy_clock=policy_clock(policy_clock_spec, self.site.timezone)
@@ -323,6 +350,15 @@ class GatewayService:
         self._setup_client()
 
     # -- MQTT --------------------------------------------------------------------------------
+    def _client_suffix(self) -> str:
+        """The random suffix of this gateway's client id, drawn and kept the first time."""
+        suffix = self.journal.meta(CLIENT_SUFFIX_KEY)
+        if suffix is None or not is_client_suffix(suffix):
+            suffix = new_client_suffix()
+            with self.journal.transaction():
+                self.journal.set_meta(CLIENT_SUFFIX_KEY, suffix)
+        return suffix
+
     def _client_id_before(self, base_id: str) -> str | None:
         """The client id whose broker session to take over, or None (and this one noted)."""
         known = self.journal.meta(CLIENT_ID_KEY)
@@ -380,7 +416,7 @@ class GatewayService:
                 log.warning(
                     "could not open the broker session of the previous client id %s (%s); "
                     "trying again at the next connect",
-                    prev,
+                    shown_client_id(prev),
                     answer.get("rc", "no answer"),
                 )
                 return
@@ -396,7 +432,7 @@ class GatewayService:
                     log.warning(
                         "lost the broker while taking over the session of %s after %d "
                         "message(s); trying again",
-                        prev,
+                        shown_client_id(prev),
                         self.taken_over,
                     )
                     return
@@ -418,7 +454,9 @@ class GatewayService:
                 elif now - quiet_since >= TAKE_OVER_QUIET_S:
                     break
                 elif now - started >= TAKE_OVER_MAX_S:  # never quiet: a filter not ours
-                    log.warning("the session of %s never went quiet; deleting it", prev)
+                    log.warning(
+                        "the session of %s never went quiet; deleting it", shown_client_id(prev)
+                    )
                     break
             old.disconnect()
             old.loop(0.05)
@@ -430,10 +468,17 @@ class GatewayService:
             deleted = self._session_answered(old, answer)
             old.disconnect()
             if not deleted:
-                log.warning("could not delete the broker session of %s; trying again", prev)
+                log.warning(
+                    "could not delete the broker session of %s; trying again",
+                    shown_client_id(prev),
+                )
                 return
         except (OSError, ValueError) as exc:
-            log.warning("taking over the broker session of %s failed (%s); trying again", prev, exc)
+            log.warning(
+                "taking over the broker session of %s failed (%s); trying again",
+                shown_client_id(prev),
+                exc,
+            )
             return
         finally:
             old.loop(0.01)
@@ -442,10 +487,10 @@ class GatewayService:
         self._previous_client_id = None
         log.info(
             "took %d message(s) over from the broker session of the previous client id %s "
-            "(another password or release) and deleted it; what both sessions held is "
+            "(another release) and deleted it; what both sessions held is "
             "refused as duplicate",
             self.taken_over,
-            prev,
+            shown_client_id(prev),
         )
 
     def _setup_client(self) -> None:
@@ -1042,6 +1087,7 @@ def _number_flag_problem(args: argparse.Namespace) -> str | None:
         ("--congestion-m", args.congestion_m, 0.0, math.inf, "0 or more metres"),
         ("--congestion-halflife-s", args.congestion_halflife_s, 1e-3, math.inf, "positive"),
         ("--outbox-max-rows", args.outbox_max_rows, 1, math.inf, "1 or more"),
+        ("--max-holds-per-entrance", args.max_holds_per_entrance, 1, math.inf, "1 or more"),
     )
     for flag, value, low, high, expected in checks:
         if value is not None and not (math.isfinite(value) and low <= value <= high):
@@ -1114,6 +1160,7 @@ def main(args: argparse.Namespace) -> int:
             args.db,
             client_id=args.client_id,
             hold_s=args.hold_s,
+            max_holds_per_entrance=args.max_holds_per_entrance,
             core_options=core_options,
             influx=influx,
             outbox_max_rows=args.outbox_max_rows,

@@ -31,7 +31,7 @@ from firmware_sim.scenario import parse_hhmm
 from parkguide.ports import free_port, port_problem
 from parkguide.supervisor import Supervisor
 from parking import topics
-from parking.broker import BrokerConfig
+from parking.broker import BrokerConfig, broker_from_args
 from parking.payloads import ARROW_GLYPHS as ARROWS
 from parking.payloads import Assignment, DisplayContent, ZoneCounts, both_languages
 from parking.site import EXAMPLE_SITE, Site, SiteError, load_site
@@ -403,7 +403,7 @@ def _check_args(args: argparse.Namespace) -> tuple[str, int, BrokerConfig | None
     broker = None
     if args.broker:
         try:
-            broker = BrokerConfig.from_url(args.broker)
+            broker = broker_from_args(args.broker, args)
         except ValueError as exc:
             return f"--broker: {exc}"
     elif args.broker_port is not None:

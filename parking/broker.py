@@ -8,9 +8,11 @@ defaults in code. No paho import: :meth:`BrokerConfig.apply` sets up a client it
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import random
+import re
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -19,6 +21,8 @@ ENV_USERNAME = "PARKGUIDE_MQTT_USERNAME"
 ENV_PASSWORD = "PARKGUIDE_MQTT_PASSWORD"
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
+_SUFFIX = re.compile(r"[0-9a-f]{16}")
+_SUFFIXED_ID = re.compile(r"(.+)-[0-9a-f]{16}")
 
 
 @dataclass(frozen=True)
@@ -60,15 +64,18 @@ class BrokerConfig:
             host=parts.hostname, port=port, username=user or None, password=pw or None, tls=tls
         )
 
-    def session_id(self, base: str) -> str:
+    def session_id(self, base: str, suffix: Callable[[], str]) -> str:
         """A stable MQTT client id for ``base`` that other broker users cannot guess: with
-        a password, ``base`` plus a digest of it. Mosquitto lets a client id be taken over
-        by any login (the old connection is closed and its last will fires), so a guessable
-        gateway id let a sign controller's login blind the whole site, over and over."""
+        a password, ``base`` plus ``suffix()``, a random suffix the caller keeps privately
+        (:func:`new_client_suffix`). Mosquitto lets a client id be taken over by any login
+        (the old connection is closed and its last will fires), so a guessable gateway id
+        let a sign controller's login blind the whole site, over and over. Never derived
+        from the password: mosquitto logs every id, and a log reader could test guesses
+        against a digest offline. Without a password any client may connect anyway, so
+        the plain ``base`` stays (no file to keep, and a dev setup's ids do not change)."""
         if not self.password:
             return base
-        digest = hashlib.sha256(f"{base}\0{self.password}".encode()).hexdigest()[:16]
-        return f"{base}-{digest}"
+        return f"{base}-{suffix()}"
 
     def apply(self, client: Any) -> None:
         """Credentials and TLS (the system's CAs) on a paho client, before it connects."""
@@ -90,6 +97,23 @@ def backoff_delay(
     attempt count works (an outage of days must not overflow the exponent)."""
     r = rng or random
     return r.uniform(0.5, 1.0) * min(cap, base * (2.0 ** min(max(attempt, 0), 60)))
+
+
+def new_client_suffix() -> str:
+    """A fresh random client-id suffix (64 bits: no login can guess it)."""
+    return secrets.token_hex(8)
+
+
+def is_client_suffix(text: str) -> bool:
+    """``text`` is a suffix as :func:`new_client_suffix` draws them (a file cut short is not)."""
+    return _SUFFIX.fullmatch(text) is not None
+
+
+def shown_client_id(client_id: str) -> str:
+    """``client_id`` safe to log: its secret suffix (or the password digest of earlier
+    releases, which a log reader could brute-force) as ``***``."""
+    m = _SUFFIXED_ID.fullmatch(client_id)
+    return f"{m.group(1)}-***" if m else client_id
 
 
 def _without_password(url: str) -> str:
@@ -127,12 +151,21 @@ def add_credential_arguments(parser: Any) -> None:
 
 
 def broker_from_args(url: str, args: Any) -> BrokerConfig:
-    """The broker of ``url`` with the credentials of :func:`add_credential_arguments`;
-    ValueError (for the user) on a bad URL or a named password variable that is not set."""
+    """The broker of ``url`` (from the command line) with the credentials of
+    :func:`add_credential_arguments`; ValueError (for the user) on a bad URL, a password in
+    the URL, or a named password variable that is not set."""
     password = None
     name = getattr(args, "password_env", None)
     if name:
         password = os.environ.get(name)
         if password is None:
             raise ValueError(f"--password-env {name}: that variable is not set")
-    return BrokerConfig.from_url(url, getattr(args, "username", None), password)
+    broker = BrokerConfig.from_url(url, getattr(args, "username", None), password)
+    if urlsplit(url if "://" in url else f"mqtt://{url}").password:
+        # a command line is visible to every local user (ps, systemctl status)
+        raise ValueError(
+            f"broker URL {_without_password(url)!r}: a password in the URL is not taken (a "
+            f"command line is visible to every local user): put it in ${ENV_PASSWORD}, or "
+            "name another variable with --password-env, and give the URL without it"
+        )
+    return broker

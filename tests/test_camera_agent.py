@@ -458,6 +458,49 @@ def test_an_unreachable_source_backs_off_and_delivers_nothing() -> None:
     assert 2 <= reader.reconnects <= 60
 
 
+def test_a_camera_password_in_the_query_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Many cameras take their login as ``?user=admin&pwd=...``: the reader's log lines (on
+    every reconnect) show the query and the fragment as ``***``."""
+    import logging
+
+    from edge.camera.stream import describe
+
+    url = f"http://127.0.0.1:{free_port()}/video.cgi?user=admin&pwd=CamSecret99#pwd=Frag5"
+    caplog.set_level(logging.DEBUG, logger="edge.camera.stream")
+    reader = FrameReader(url, backoff_base_s=0.05, backoff_cap_s=0.2)
+    reader.start()
+    try:
+        assert reader.latest(0, 1.0) is None
+    finally:
+        reader.stop()
+    said = [r.getMessage() for r in caplog.records]
+    assert any("video.cgi?***" in m for m in said), said
+    assert not [m for m in said if "CamSecret99" in m or "admin" in m or "Frag5" in m]
+    assert describe("rtsp://cam.local/live#pwd=Frag5") == "rtsp://cam.local/live#***"
+    # an "@" in the query may end a login, or not: nothing after the scheme is shown
+    assert describe("http://cam/v.cgi?user=a@b&pwd=CamSecret99") == "http://***"
+    assert describe("rtsp://admin:pw@cam.local:554/live?token=t0k3n") == (
+        "rtsp://***@cam.local:554/live?***"
+    )
+
+
+def test_an_unusable_spool_folder_is_a_clear_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A spool folder the agent cannot make (here a file is in the way; an unwritable one
+    is the same) ends it with one line naming it, as the serial agent does."""
+    from parkguide.cli import main
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    argv = ["edge", "camera", "--site", str(EXAMPLE_SITE), "--camera", "cam-c"]
+    argv += ["--source", f"http://127.0.0.1:{free_port()}/x", "--broker", "mqtt://127.0.0.1:1"]
+    argv += ["--spool-dir", str(blocked / "spool")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "error: spool" in err and str(blocked) in err and "Traceback" not in err
+
+
 def test_max_fps_skips_decoding_but_keeps_the_stream_alive(tmp_path: Path) -> None:
     clip = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 25, (320, 180))

@@ -157,20 +157,22 @@ def test_gateway_writes_only_its_outputs_and_anonymous_is_refused(secured_broker
 def test_client_ids_cannot_be_guessed_without_the_password():
     """Any broker login may take over a client id (mosquitto closes the old connection and
     fires its last will): with credentials, the gateway's and the agents' ids carry a
-    digest of their password, stable across restarts (persistent sessions) but unknown to
-    the other users."""
-    from parking.broker import BrokerConfig
+    random suffix their owner keeps (stable across restarts for persistent sessions,
+    unknown to the other users), never anything derived from the password, which
+    mosquitto's log would give away to a brute force."""
+    from parking.broker import BrokerConfig, is_client_suffix, new_client_suffix
 
     with_pw = BrokerConfig.from_url("mqtt://gateway:s3cret@127.0.0.1:1883")
-    again = BrokerConfig.from_url("mqtt://gateway:s3cret@127.0.0.1:1883")
     other = BrokerConfig.from_url("mqtt://gateway:different@127.0.0.1:1883")
     base = "parkguide-gateway-xinyuan"
-    assert with_pw.session_id(base) == again.session_id(base) != base
-    assert with_pw.session_id(base).startswith(base + "-")
-    assert other.session_id(base) != with_pw.session_id(base)
-    assert "s3cret" not in with_pw.session_id(base)
+    kept = new_client_suffix()
+    assert is_client_suffix(kept) and kept != new_client_suffix()
+    assert with_pw.session_id(base, lambda: kept) == f"{base}-{kept}"
+    assert other.session_id(base, lambda: kept) == with_pw.session_id(base, lambda: kept)
+    assert "s3cret" not in with_pw.session_id(base, lambda: kept)
     anonymous = BrokerConfig.from_url("mqtt://127.0.0.1:1883")
-    assert anonymous.session_id(base) == base  # a dev broker: nothing to guess
+    # a dev broker: nothing to guess (any client may connect), and no suffix drawn
+    assert anonymous.session_id(base, lambda: pytest.fail("drawn")) == base
 
 
 def _exit_code(argv: list[str]) -> int:
@@ -222,3 +224,54 @@ def test_a_camera_url_with_its_password_comes_from_the_environment(tmp_path, cap
     monkeypatch.setenv("PG_CAM_SOURCE", str(tmp_path))  # a directory: refused, named
     assert main([*base, "--source-env", "PG_CAM_SOURCE"]) == 2
     assert "a directory, not a video file" in capsys.readouterr().err
+
+
+def test_the_api_user_reads_what_it_shows_and_not_the_gates_plates(secured_broker):
+    """The stand-alone API read every topic, arrivals with their plates included; it now
+    reads only what its view subscribes to."""
+    broker, users = secured_broker
+    api = _client(broker, "api", users["api"])
+    got: queue.Queue = queue.Queue()
+    api.on_message = lambda cl, ud, msg: got.put(msg.topic)
+    api.subscribe(f"{topics.PREFIX}/{SITE}/#", qos=1)
+    time.sleep(0.3)
+    gw = _client(broker, "gateway", users["gateway"])
+    assert _publish_reason(gw, topics.assignment(SITE, "north"), b"{}") in (0, 0x10)
+    assert got.get(timeout=5) == topics.assignment(SITE, "north")
+    agent = _client(broker, "serial-bus-g", users["serial-bus-g"])
+    assert _publish_reason(agent, topics.edge_occupancy(SITE, "serial-bus-g"), b"{}") in (0, 0x10)
+    with pytest.raises(queue.Empty):
+        got.get(timeout=0.5)  # the agent's report is the gateway's to read, not the API's
+    for c in (api, gw, agent):
+        c.loop_stop()
+        c.disconnect()
+
+
+def test_make_passwords_keeps_passwords_off_command_lines(tmp_path):
+    """mosquitto_passwd -b put each password on a command line, which every local user sees
+    (ps): the script now gives it on stdin, and the file it writes holds that password."""
+    real = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    shim_dir = tmp_path / "bin"
+    shim_dir.mkdir()
+    argv_log = tmp_path / "argv"
+    shim = shim_dir / "mosquitto_passwd"
+    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {argv_log}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    password = 'a pass with spaces, $HOME and "quotes"'
+    pwfile = tmp_path / "passwd"
+    subprocess.run(
+        ["bash", str(DEPLOY / "make-passwords.sh"), str(pwfile), "gate-north"],
+        env={"PATH": f"{shim_dir}:/usr/bin:/bin", "PASS_gate_north": password},
+        check=True,
+        capture_output=True,
+    )
+    assert argv_log.read_text().split() == [str(pwfile), "gate-north"]
+    # the hash in the file is of exactly that password: mosquitto lets it in
+    broker = MosquittoBroker(tmp_path, extra_conf=f"password_file {pwfile}\nuser root\n")
+    broker.start()
+    try:
+        c = _client(broker, "gate-north", password)
+        c.loop_stop()
+        c.disconnect()
+    finally:
+        broker.stop()

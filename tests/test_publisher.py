@@ -307,3 +307,38 @@ def test_the_health_of_a_huge_bus_still_crosses_the_wire(mosquitto, tmp_path, re
     assert len(got.nodes) == 64
     assert [(n.address, d.index) for n in got.nodes for d in n.detectors] == [(7, 3)]
     assert got.counters["detectors_ok_omitted"] == 64 * 64 - 1
+
+
+def test_the_spool_is_private_to_the_agents_user(mosquitto, tmp_path) -> None:
+    """Outside systemd (umask 0022) a spool folder the agent makes is 0700, its database,
+    -wal, -shm and lock files 0600: no other local user reads the reports or flocks the
+    lock to keep the agent from starting. A folder the operator made keeps its mode."""
+    import os
+    import stat
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    old = os.umask(0o022)
+    try:
+        spool = tmp_path / "state" / "parkguide"
+        pub = make(mosquitto.port, spool)
+        pub.start()
+        try:
+            pub.report("delta", [obs("S-1", "free")])
+            assert pub.wait_until_drained(10)
+            files = {p.name: mode(p) for p in spool.iterdir()}
+        finally:
+            pub.stop()
+        assert mode(spool) == 0o700
+        name = f"{SITE}.{AGENT}.sqlite3"
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            assert files[name + suffix] == 0o600, files
+        operators = tmp_path / "operators"
+        operators.mkdir(mode=0o750)
+        pub = make(mosquitto.port, operators)
+        pub.start()
+        pub.stop()
+        assert mode(operators) == 0o750
+    finally:
+        os.umask(old)

@@ -21,5 +21,6 @@ for user in "$@"; do
   if [[ -z $pass ]]; then
     read -r -s -p "password for $user: " pass; echo
   fi
-  mosquitto_passwd -b "$file" "$user" "$pass"
+  # on stdin, not with -b: a command line is visible to every local user (ps)
+  printf '%s\n%s\n' "$pass" "$pass" | mosquitto_passwd "$file" "$user" >/dev/null
 done

@@ -94,15 +94,27 @@ def file_problem(path: str) -> str | None:
 
 
 def describe(source: str | int) -> str:
-    """The source for logs, without any credentials in a URL."""
+    """The source for logs, without any credentials in a URL: its login, and its query and
+    fragment (many cameras take ``?user=admin&pwd=...``), as ``***``."""
     if isinstance(source, int):
         return f"device {source}"
-    if "://" in source and "@" in source.split("://", 1)[1]:
+    if "://" not in source:
+        return source
+    scheme, rest = source.split("://", 1)
+    if "@" in rest:
         # everything up to the LAST "@" may be the login (FFmpeg reads it so, and a
         # password may hold "/" or "@"): masked whole, even if that hides some path
-        scheme, rest = source.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return source
+        login, rest = rest.rsplit("@", 1)
+        if "?" in login or "#" in login:
+            # the "@" may be in the query (?user=a@b&pwd=...): what follows may be too
+            return f"{scheme}://***"
+        shown = f"{scheme}://***@"
+    else:
+        shown = f"{scheme}://"
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=-1)
+    if cut >= 0:
+        rest = f"{rest[:cut]}{rest[cut]}***"
+    return shown + rest
 
 
 @dataclass(frozen=True)
