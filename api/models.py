@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -16,11 +17,19 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
 def _one_line(text: str) -> str:
-    # journaled, shown to other managers and exported: no control or bidi characters (a
-    # tab or CR in front smuggles a formula past the CSV export's guard)
-    if not text.isprintable():
-        raise ValueError("printable characters only: no tabs, line breaks or control characters")
+    # journaled, shown to other managers and exported: no control characters, line breaks
+    # or bidi overrides (a tab or CR in front smuggles a formula past the CSV export's
+    # guard; an override shows the text reversed). Every other space stays: a Chinese
+    # input method's full-width space, a no-break space pasted from a chat
+    for ch in text:
+        if ch in _BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs"):
+            raise ValueError(f"no tabs, line breaks or control characters (U+{ord(ch):04X} found)")
     return text
 
 

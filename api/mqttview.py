@@ -365,9 +365,10 @@ class MqttLiveView:
             except Exception:
                 log.exception("live event subscriber failed")
 
-    def _zone_said(self, counts: ZoneCounts, now: float) -> ZoneCounts:
+    def _zone_said(self, counts: ZoneCounts, now: float, held: int | None = None) -> ZoneCounts:
         """``counts`` with its held spaces, as the live stream is told them (under the lock)."""
-        held = self._held_in(counts.zone, now)
+        if held is None:
+            held = self._held_by_zone(now).get(counts.zone, 0)
         self._held_said[counts.zone] = held
         return counts.model_copy(update={"held": held})
 
@@ -375,41 +376,44 @@ class MqttLiveView:
         """A hold that runs out comes with no message: the stream's zone cards are told here
         (else a card offers one space fewer until its zone next changes)."""
         with self._lock:
-            if self._blind():
+            if self._blind() or not self._held_said:
                 return
+            held = self._held_by_zone(now)
             told = [
-                self._zone_said(c, now)
+                self._zone_said(c, now, held.get(zone, 0))
                 for zone, said in list(self._held_said.items())
-                if (c := self._zones.get(zone)) is not None and self._held_in(zone, now) != said
+                if (c := self._zones.get(zone)) is not None and held.get(zone, 0) != said
             ]
         for counts in told:
             self._emit("zone", counts.model_dump(mode="json"), now)
 
-    def _held_in(self, zone: str, now: float) -> int:
-        """Free spaces of ``zone`` held for a car the gateway sent there, as the assignments
+    def _held_by_zone(self, now: float) -> dict[str, int]:
+        """Free spaces held for a car the gateway sent there, per zone, as the assignments
         seen say (zones/{zone} does not carry them: readers of releases before this one
-        refuse keys they do not know). A hold ends as the gateway's does: at its expiry, or
-        when its space is seen occupied (the car parked); while its space is unknown or
-        closed it stays, but is not counted."""
-        n = 0
+        refuse keys they do not know); one pass over the holds. A hold ends as the
+        gateway's does: at its expiry, or when its space is seen occupied (the car parked);
+        while its space is unknown or closed it stays, but is not counted."""
+        held: dict[str, int] = {}
         for space, until in list(self._holds.items()):
             state = self._state.get(space, ("unknown", 0.0))[0]
             if until <= now or state == "occupied":
                 del self._holds[space]
-            elif state == "free" and self.site.space(space).zone == zone:
-                n += 1
-        return n
+            elif state == "free":
+                zone = self.site.space(space).zone
+                held[zone] = held.get(zone, 0) + 1
+        return held
 
     # -- LiveView ------------------------------------------------------------------------------
     def zone_counts(self) -> list[ZoneCounts]:
         now = time.time()
         with self._lock:
             gateway_down = self._blind()
+            held = self._held_by_zone(now)
             out = []
             for z in self.site.zones:
                 c = self._zones.get(z.id)
                 if c is not None and not gateway_down:
-                    out.append(c.model_copy(update={"held": self._held_in(z.id, now)}))
+                    out.append(c.model_copy(update={"held": held.get(z.id, 0)}))
                     continue
                 total = c.total if c else len(self.site.zone_spaces(z.id))
                 out.append(

@@ -200,8 +200,12 @@ def off_street_parking(view: LiveView) -> dict[str, Any]:
     occupied = sum(c.occupied for c in zc)
     closed = sum(c.closed for c in zc)
     unknown = sum(c.unknown for c in zc)
-    # the groups' rule summed: free and not held for a car already sent there
-    available = sum(max(0, c.free - c.held) for c in zc)
+    # the groups' availableSpotNumber summed: what a sign over each zone shows; a zone
+    # whose count is left out (blind) adds nothing, and the site is then not known full
+    fraction = site.display_settings.fallback_unknown_fraction
+    offered = [zone_offered(c.free, c.held, c.unknown, c.closed, c.total, fraction) for c in zc]
+    available = sum(n for n in offered if n is not None)
+    some_blind = any(n is None for n in offered)
     ts = max((c.ts for c in zc), default=0) or None
     lot: dict[str, Any] = {
         "id": site_urn(site.id),
@@ -215,11 +219,12 @@ def off_street_parking(view: LiveView) -> dict[str, Any]:
     usable = total - closed
     if usable <= 0:
         lot["status"] = _prop(["closed"], ts)
-    elif not blind(unknown, usable, site.display_settings.fallback_unknown_fraction):
+    elif not blind(unknown, usable, fraction):
         known = usable - unknown
         lot["availableSpotNumber"] = _prop(available, ts)
         lot["occupancy"] = _prop(round(occupied / known, 4) if known > 0 else 0.0, ts)
-        lot["status"] = _prop(["spacesAvailable" if available else "full"], ts)
+        if available or not some_blind:  # full only if no zone is left unseen
+            lot["status"] = _prop(["spacesAvailable" if available else "full"], ts)
     # blind: no counts and no status (the SDM status enum has no "unknown")
     return lot
 

@@ -85,6 +85,10 @@ NO_SPACE_NOT_NOW = LocalText(  # the class may use no space at this hour (a time
     zh="此入口当前没有对您的车辆类别开放的车位",
     en="No space reachable from this gate is open to your vehicle class now",
 )
+NO_SPACE_BUSY = LocalText(  # the entrance has --max-holds-per-entrance holds outstanding
+    zh="入口车辆较多，请按引导屏寻找空位",
+    en="Many cars at this gate: follow the signs to a free space",
+)
 ARRIVAL_MAX_AGE_S = 60.0
 """An arrival stamped (``ts``) longer ago than this, by its gate's clock as the gateway has
 learned it (:meth:`LiveGateway._arrival_age`), is answered without holding a space."""
@@ -100,9 +104,10 @@ GATE_OFFSET_SAVE_S = 60.0  # an entrance's offset is journaled again after this,
 MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
 MAX_HOLDS_PER_ENTRANCE = 60
 """Holds outstanding at one entrance (a barrier lets a car through every few seconds: ~40 in
-a 180 s hold). Beyond it an arrival is answered without holding a space: a gate controller
-flooding arrivals (broken, or its login stolen) would otherwise hold every free space and
-the signs would read FULL."""
+a 180 s hold). Beyond it an arrival is answered with no space, sending the car by the signs
+(NO_SPACE_BUSY): a gate controller flooding arrivals (broken, or its login stolen) would
+otherwise hold every free space and the signs would read FULL; and a space given without a
+hold would be given to every car after it too."""
 CORE_STEP_SLACK_S = 0.1  # a forward jump of the wall clock beyond the monotonic one: a step
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
 ZONE_HISTORY_S = 10.0
@@ -939,9 +944,9 @@ class LiveGateway:
             elif self._holds_outstanding(entrance, now) >= self.max_holds_per_entrance:
                 unheld = "entrance_cap"
                 why = (
-                    f"{self.max_holds_per_entrance} holds already outstanding there"
+                    f"with {self.max_holds_per_entrance} holds outstanding there"
                     " (--max-holds-per-entrance: a burst, or a gate sending arrivals it"
-                    " should not)"
+                    " should not), sent by the signs"
                 )
             if unheld is not None:
                 self.unheld_arrivals[unheld] += 1
@@ -949,13 +954,15 @@ class LiveGateway:
                 if mono >= self._unheld_logged[unheld] + GAP_LOG_INTERVAL_S:
                     self._unheld_logged[unheld] = mono
                     log.warning(
-                        "arrival at %s %s: answered without holding a space (%d so far)",
+                        "arrival at %s %s: no space held for it (%d so far)",
                         entrance,
                         why,
                         self.unheld_arrivals[unheld],
                     )
             self._follow_policy_minute()  # the signs published below include what it moved
-            if unheld is not None:
+            if unheld == "entrance_cap":
+                s = -1  # a space given unheld would be given to every car after it too
+            elif unheld is not None:
                 s = self.core.best(e, c)
             else:
                 s = self.core.assign(e, c, self._core_time(now), self.hold_s)
@@ -982,7 +989,8 @@ class LiveGateway:
                 # class may use is unknown (a camera or bus is down), judged zone by zone
                 # as the signs judge a line, so the gate agrees with a sign showing "--"
                 # for that zone (a blind gate never tells drivers it is full); or closed
-                # to the class at this hour (a time window), which is not "full" either
+                # to the class at this hour (a time window), which is not "full" either;
+                # or held back: the entrance has its cap of holds outstanding
                 unknown, counted, usable = self.core.unknown_eligible(e, c)
                 fraction = self.renderer.fraction
                 blind = any(
@@ -994,7 +1002,9 @@ class LiveGateway:
                     vehicle_class=arrival.vehicle_class,
                     space=None,
                     zone=None,
-                    hint=NO_SPACE_UNKNOWN
+                    hint=NO_SPACE_BUSY
+                    if unheld == "entrance_cap"
+                    else NO_SPACE_UNKNOWN
                     if blind
                     else NO_SPACE_NOT_NOW
                     if usable == 0

@@ -526,20 +526,26 @@ def unreachable(site: Site) -> tuple[list[str], list[str]]:
     return [s.id for s in site.spaces if s.access not in reached_by_any], dead_entrances
 
 
-def _spaces_by_zone(site: Site) -> dict[str, list[Space]]:
-    by_zone: dict[str, list[Space]] = {z.id: [] for z in site.zones}
-    for s in site.spaces:
-        by_zone.setdefault(s.zone, []).append(s)
-    return by_zone
+class _LineSpaces:
+    """The spaces each sign line counts (its zones', of the kinds its class may use), from
+    lists kept per (zone, class): a large site has hundreds of lines over the same zones."""
 
+    def __init__(self, site: Site):
+        self.by_zone: dict[str, list[Space]] = {z.id: [] for z in site.zones}
+        for s in site.spaces:
+            self.by_zone.setdefault(s.zone, []).append(s)
+        self._kinds = {c.id: set(c.kinds) for c in site.vehicle_classes}
+        self._usable: dict[tuple[str, str | None], list[Space]] = {}
 
-def _line_spaces(site: Site, by_zone: dict[str, list[Space]], line: cfg.DisplayLine) -> list[Space]:
-    """The spaces a sign line counts: its zones', of the kinds its class may use."""
-    spaces = [s for z in line.zones for s in by_zone.get(z, ())]
-    if line.vehicle_class is None:
-        return spaces
-    usable = next((set(c.kinds) for c in site.vehicle_classes if c.id == line.vehicle_class), set())
-    return [s for s in spaces if s.kinds & usable]
+    def of_zone(self, zone: str, vehicle_class: str | None) -> list[Space]:
+        key = (zone, vehicle_class)
+        if key not in self._usable:
+            spaces = self.by_zone.get(zone, [])
+            if vehicle_class is not None:
+                usable = self._kinds.get(vehicle_class, set())
+                spaces = [s for s in spaces if s.kinds & usable]
+            self._usable[key] = spaces
+        return self._usable[key]
 
 
 def sign_reach_warnings(site: Site, show: int = 5) -> list[str]:
@@ -548,20 +554,24 @@ def sign_reach_warnings(site: Site, show: int = 5) -> list[str]:
     counts them all the same, so a driver there is told of spaces it cannot drive to."""
     reach = reached_nodes(site)
     reached_by_any = set().union(*reach.values()) if reach else set()
-    by_zone = _spaces_by_zone(site)
+    spaces = _LineSpaces(site)
+    cut_of: dict[tuple[str, str, str | None], list[str]] = {}  # (entrance, zone, class)
     out = []
     for d in site.displays:
         if d.entrance is None or d.entrance not in reach:
             continue
-        seen = reach[d.entrance]
-        if not reached_by_any - seen:  # the usual case: it reaches all that any does
+        missed = reached_by_any - reach[d.entrance]
+        if not missed:  # the usual case: it reaches all that any does
             continue
         for li, line in enumerate(d.lines):
-            cut = [
-                s.id
-                for s in _line_spaces(site, by_zone, line)
-                if s.access not in seen and s.access in reached_by_any
-            ]
+            cut = []
+            for z in line.zones:
+                key = (d.entrance, z, line.vehicle_class)
+                if key not in cut_of:
+                    cut_of[key] = [
+                        s.id for s in spaces.of_zone(z, line.vehicle_class) if s.access in missed
+                    ]
+                cut += cut_of[key]
             if cut:
                 more = ", ..." if len(cut) > show else ""
                 out.append(
@@ -578,17 +588,17 @@ def zone_warnings(site: Site) -> list[str]:
     """Zones without a space, and sign lines counting no space (their zones have none, or
     none its vehicle class may use): each reads 满 FULL for good, most likely a slip in
     ``spaces`` (a row's ``zone``) or in the line's ``zones``."""
-    by_zone = _spaces_by_zone(site)
+    spaces = _LineSpaces(site)
     out = [
         f"zone {z.id} ({z.name.zh} / {z.name.en}) has no spaces: its count stays 0 and a sign"
         f" line counting only it reads 满 FULL for good; give it spaces (a row with zone:"
         f" {z.id}) or take the zone out"
         for z in site.zones
-        if not by_zone[z.id]
+        if not spaces.by_zone[z.id]
     ]
     for d in site.displays:
         for li, line in enumerate(d.lines):
-            if not _line_spaces(site, by_zone, line):
+            if not any(spaces.of_zone(z, line.vehicle_class) for z in line.zones):
                 whose = (
                     ""
                     if line.vehicle_class is None

@@ -120,7 +120,10 @@ def test_a_reason_with_control_characters_is_refused_and_a_formula_exported_iner
     harness.fill()
     h = tokens["manager"]
     bad = client.post("/api/v1/spaces/D-005/close", json={"reason": "\t=1+1"}, headers=h)
-    assert bad.status_code == 422 and "printable" in bad.text
+    assert bad.status_code == 422 and "U+0009" in bad.text
+    for sneaky in ("a\u202e=1+1", "line\nbreak"):  # a bidi override, a line break
+        r = client.post("/api/v1/spaces/D-005/close", json={"reason": sneaky}, headers=h)
+        assert r.status_code == 422, sneaky
     assert client.get("/api/v1/spaces/D-005", headers=h).json()["state"] != "closed"
     r = client.post("/api/v1/spaces/D-005/close", json={"reason": " =1+1"}, headers=h)
     assert r.status_code == 202, r.text
@@ -129,3 +132,18 @@ def test_a_reason_with_control_characters_is_refused_and_a_formula_exported_iner
         client.get("/api/v1/events.csv", params={"space": "D-005"}, headers=h).content
     )
     assert [row["reason"] for row in rows if row["reason"]][0] == "' =1+1"
+
+
+def test_reasons_keep_the_spaces_managers_type(client, tokens, harness):
+    """A Chinese input method's full-width space, a no-break space pasted from a chat, an
+    emoji joined with ZWJ: all ordinary text, taken as typed."""
+    harness.fill()
+    h = tokens["manager"]
+    for reason in ("传感器损坏\u3000待修", "broken\u00a0lock", "👨\u200d🔧 on the way"):
+        r = client.post("/api/v1/spaces/D-006/close", json={"reason": reason}, headers=h)
+        assert r.status_code == 202, (reason, r.text)
+        assert client.post("/api/v1/spaces/D-006/open", headers=h).status_code == 202
+    _, rows = rows_of(
+        client.get("/api/v1/events.csv", params={"space": "D-006"}, headers=h).content
+    )
+    assert "传感器损坏\u3000待修" in [row["reason"] for row in rows]

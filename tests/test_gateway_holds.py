@@ -492,15 +492,17 @@ def test_spaces_no_entrance_reaches_are_not_on_the_signs(tmp_path, caplog):
 def test_a_gate_flooding_arrivals_cannot_hold_every_space(example_site, tmp_path, caplog):
     """A gate controller sending arrival after arrival (broken, or its login stolen) held a
     space for each: the signs read FULL over free spaces. Past --max-holds-per-entrance
-    holds outstanding at an entrance, an arrival is answered without a hold (counted, and
-    logged once a minute); a hold that ends makes room again, and a restart counts the
-    entrance's holds from the journal."""
+    holds outstanding at an entrance, an arrival gets no space, only the signs (a space
+    given without a hold would go to every car after it too), counted and logged once a
+    minute; a hold that ends makes room again, and a restart counts the entrance's holds
+    from the journal."""
     caplog.set_level("WARNING", logger="gateway.live")
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0, max_holds_per_entrance=3)
     snapshot_all_free(g.gw, example_site, g.clock[0])
     answers = [g.arrive(f"r{i}") for i in range(5)]
-    assert all(a["space"] for a in answers)
-    assert [a["hold_expires"] is not None for a in answers] == [True, True, True, False, False]
+    assert [a["space"] is not None for a in answers] == [True, True, True, False, False]
+    assert all(a["hold_expires"] is not None for a in answers[:3])
+    assert answers[3]["hint"]["en"] == "Many cars at this gate: follow the signs to a free space"
     assert len(g.gw.core.holds) == 3
     assert g.gw.counters().unheld_arrivals == {"late": 0, "entrance_cap": 2}
     assert len([r for r in caplog.records if "--max-holds-per-entrance" in r.getMessage()]) == 1
@@ -512,8 +514,8 @@ def test_a_gate_flooding_arrivals_cannot_hold_every_space(example_site, tmp_path
     g.report(agent, bus, 2, {parked: "occupied"})
     assert example_site.space_index[parked] not in g.gw.core.holds
     assert g.arrive("r5")["hold_expires"] is not None
-    assert g.arrive("r6")["hold_expires"] is None
+    assert g.arrive("r6")["space"] is None
     g.journal.close()
     again = _Gate(example_site, g.db, g.clock[0] + 5, max_holds_per_entrance=3)
-    assert again.arrive("r7")["hold_expires"] is None  # north's three holds were restored
+    assert again.arrive("r7")["space"] is None  # north's three holds were restored
     assert again.arrive("e2", entrance="east")["hold_expires"] is not None

@@ -61,6 +61,21 @@ def test_a_blind_zone_is_left_out_as_its_sign_shows_it(client, harness):
     (lot,) = entities(client, "OffStreetParking")
     assert lot["status"]["value"] == ["spacesAvailable"]
     assert set(lot["status"]["value"]) <= SITE_STATUS
+    groups = entities(client, "ParkingGroup")
+    assert lot["availableSpotNumber"]["value"] == sum(
+        g["availableSpotNumber"]["value"] for g in groups if "availableSpotNumber" in g
+    )  # zone A's free spaces the signs do not count are not in the site's either
+
+
+def test_a_site_with_a_blind_zone_is_not_called_full(client, harness):
+    """Every seen space taken but zone A unseen: the site is not known to be full."""
+    site = harness.site
+    for source in [b.id for b in site.buses] + [c.id for c in site.cameras]:
+        spaces = site.spaces_of_source(source)
+        states = {s: "unknown" if site.space(s).zone == "A" else "occupied" for s in spaces}
+        harness.report(source, states, kind="snapshot")
+    (lot,) = entities(client, "OffStreetParking")
+    assert lot["availableSpotNumber"]["value"] == 0 and "status" not in lot
 
 
 def test_site_counts_are_what_the_groups_say_and_a_held_spot_stays_free(client, harness, tokens):
