@@ -85,6 +85,16 @@ def example_site():
     return load_site(EXAMPLE_SITE)
 
 
+def cli_exit_code(argv: list[str]) -> int:
+    """``parkguide ARGV`` run in this process: its exit code (argparse's too)."""
+    from parkguide.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
 def parkguide_cmd(*args: str) -> list[str]:
     """Command line that runs the parkguide CLI with this interpreter."""
     return [sys.executable, "-m", "parkguide", *args]

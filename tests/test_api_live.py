@@ -430,10 +430,9 @@ def test_a_standalone_view_lists_the_journals_assignments_from_its_start(tmp_pat
         journal.close()
 
 
-def test_a_standalone_view_counts_the_holds_of_the_assignments_it_sees(tmp_path):
-    """zones/{zone} does not say how many free spaces are held (a reader of an earlier
-    release would refuse the key): the stand-alone view counts them from the assignments,
-    for /zones and the stream, until the car parks or the hold runs out."""
+def _view_of_a_live_gateway(tmp_path):
+    """A stand-alone view on an empty journal, told the broker and the gateway are up (no
+    broker: messages are handed to it as they would arrive)."""
     from api.mqttview import MqttLiveView
     from gateway.journal import Journal
     from parking.broker import BrokerConfig
@@ -444,6 +443,14 @@ def test_a_standalone_view_counts_the_holds_of_the_assignments_it_sees(tmp_path)
     view = MqttLiveView(load_site(EXAMPLE_SITE), BrokerConfig("127.0.0.1", free_port()), str(db))
     view.connected.set()
     view._handle(topics.gateway_availability("xinyuan"), b"online")
+    return view
+
+
+def test_a_standalone_view_counts_the_holds_of_the_assignments_it_sees(tmp_path):
+    """zones/{zone} does not say how many free spaces are held (a reader of an earlier
+    release would refuse the key): the stand-alone view counts them from the assignments,
+    for /zones and the stream, until the car parks or the hold runs out."""
+    view = _view_of_a_live_gateway(tmp_path)
     now = time.time()
     counts = {"zone": "A", "free": 10, "occupied": 70, "unknown": 0, "closed": 0, "total": 80}
     view._handle(topics.zone("xinyuan", "A"), json.dumps({**counts, "ts": now}).encode())
@@ -469,6 +476,11 @@ def test_a_standalone_view_counts_the_holds_of_the_assignments_it_sees(tmp_path)
     assert {z.zone: z.held for z in view.zone_counts()}["A"] == 0
 
     # a view started after the hold was given takes it from the journal's assignments
+    from api.mqttview import MqttLiveView
+    from gateway.journal import Journal
+    from parking.broker import BrokerConfig
+
+    db = tmp_path / "journal.sqlite"
     journal = Journal(db)
     with journal.transaction():
         journal.add_assignment(now, "north", "resident", "A-004", "A", now + 60, None, "r2",
@@ -487,16 +499,7 @@ def test_a_standalone_view_tells_the_stream_when_a_hold_runs_out(tmp_path):
     """No message says a hold ran out: the view's own loop tells the live stream's zone card
     (once), else it offers one space fewer until the zone next changes. Readers of this
     release take a zone count with a key they do not know (a later gateway's)."""
-    from api.mqttview import MqttLiveView
-    from gateway.journal import Journal
-    from parking.broker import BrokerConfig
-    from parking.site import load_site
-
-    db = tmp_path / "journal.sqlite"
-    Journal(db).close()
-    view = MqttLiveView(load_site(EXAMPLE_SITE), BrokerConfig("127.0.0.1", free_port()), str(db))
-    view.connected.set()
-    view._handle(topics.gateway_availability("xinyuan"), b"online")
+    view = _view_of_a_live_gateway(tmp_path)
     now = time.time()
     counts = {"zone": "A", "free": 10, "occupied": 70, "unknown": 0, "closed": 0, "total": 80,
               "ts": now, "a_later_key": {"x": 1}}  # fmt: skip

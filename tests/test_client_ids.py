@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import cli_exit_code, free_port
 from gateway_support import SITE_ID, Edge, running_gateway, site_variant
 
 from edge.publisher import ReportPublisher
@@ -160,15 +160,6 @@ def test_two_gateways_never_share_a_suffix(mosquitto, tmp_path) -> None:
         assert gw.client_id == "gw-mine"  # --client-id still overrides
 
 
-def _exit_code(argv: list[str]) -> int:
-    from parkguide.cli import main
-
-    try:
-        return main(argv)
-    except SystemExit as exc:  # argparse
-        return int(exc.code or 0)
-
-
 @pytest.mark.parametrize(
     "command",
     [
@@ -189,7 +180,7 @@ def test_a_password_in_a_broker_url_on_the_command_line_is_refused(command, tmp_
     argv = [site if a == "S" else str(tmp_path / "j.db") if a == "D" else a for a in command]
     argv = [a.replace("PORT", str(free_port())) for a in argv]
     url = "mqtt://gateway:Sup3rSecret@127.0.0.1:1"
-    assert _exit_code([*argv, "--broker", url]) == 2
+    assert cli_exit_code([*argv, "--broker", url]) == 2
     err = capsys.readouterr().err
     assert "PARKGUIDE_MQTT_PASSWORD" in err and "not taken" in err, err
     assert "Sup3rSecret" not in err and "gateway:***@" in err

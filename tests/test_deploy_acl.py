@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from parking import topics
-from tests.conftest import REPO, MosquittoBroker, require
+from tests.conftest import REPO, MosquittoBroker, cli_exit_code, require
 
 DEPLOY = REPO / "deploy" / "mosquitto"
 SITE = "xinyuan"
@@ -175,15 +175,6 @@ def test_client_ids_cannot_be_guessed_without_the_password():
     assert anonymous.session_id(base, lambda: pytest.fail("drawn")) == base
 
 
-def _exit_code(argv: list[str]) -> int:
-    from parkguide.cli import main
-
-    try:
-        return main(argv)
-    except SystemExit as exc:  # argparse
-        return int(exc.code or 0)
-
-
 @pytest.mark.parametrize(
     "command",
     [
@@ -199,16 +190,16 @@ def test_no_command_takes_a_password_as_a_flag(command, tmp_path, capsys):
     never echoed back."""
     site = str(REPO / "examples" / "site.yaml")
     argv = [site if a == "S" else str(tmp_path / "j.db") if a == "D" else a for a in command]
-    assert _exit_code([*argv, "--broker", "mqtt://127.0.0.1:1", "--password", "hunter2"]) == 2
+    assert cli_exit_code([*argv, "--broker", "mqtt://127.0.0.1:1", "--password", "hunter2"]) == 2
     refused = capsys.readouterr().err  # an earlier release's flag: what to do instead
     assert "--password is not taken" in refused and "PARKGUIDE_MQTT_PASSWORD" in refused
     assert "hunter2" not in refused  # and the password is not echoed into the logs
     secret = "mqtt://gateway:Sup3rSecret@127.0.0.1:notaport"
-    assert _exit_code([*argv, "--broker", secret]) != 0
+    assert cli_exit_code([*argv, "--broker", secret]) != 0
     err = capsys.readouterr().err
     assert "bad port" in err and "gateway:***@" in err and "Sup3rSecret" not in err
     unset = ["--broker", "mqtt://127.0.0.1:1", "--password-env", "PG_TEST_UNSET_VAR"]
-    assert _exit_code([*argv, *unset]) != 0
+    assert cli_exit_code([*argv, *unset]) != 0
     assert "--password-env PG_TEST_UNSET_VAR: that variable is not set" in capsys.readouterr().err
 
 
