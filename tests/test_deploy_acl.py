@@ -17,7 +17,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from parking import topics
-from tests.conftest import REPO, MosquittoBroker, cli_exit_code, require
+from parking.broker import BrokerConfig
+from tests.conftest import REPO, MosquittoBroker, cli_exit_code, free_port, require
 
 DEPLOY = REPO / "deploy" / "mosquitto"
 SITE = "xinyuan"
@@ -175,21 +176,26 @@ def test_client_ids_cannot_be_guessed_without_the_password():
     assert anonymous.session_id(base, lambda: pytest.fail("drawn")) == base
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["gateway", "--site", "S", "--db", "D"],
-        ["api", "--site", "S", "--db", "D"],
-        ["sim", "display", "--site", "S"],
-        ["edge", "camera", "--site", "S", "--camera", "cam-c", "--source", "0"],
-    ],
-)
+BROKER_COMMANDS = [  # S: the example site, D: a journal or run folder, PORT: a free port
+    ["gateway", "--site", "S", "--db", "D"],
+    ["api", "--site", "S", "--db", "D"],
+    ["sim", "display", "--site", "S"],
+    ["edge", "camera", "--site", "S", "--camera", "cam-c", "--source", "0"],
+]
+
+
+def _argv(command: list[str], tmp_path: Path) -> list[str]:
+    site = str(REPO / "examples" / "site.yaml")
+    argv = [site if a == "S" else str(tmp_path / "j.db") if a == "D" else a for a in command]
+    return [a.replace("PORT", str(free_port())) for a in argv]
+
+
+@pytest.mark.parametrize("command", BROKER_COMMANDS)
 def test_no_command_takes_a_password_as_a_flag(command, tmp_path, capsys):
     """A command line is visible to every local user: the MQTT password comes from the
     environment (--password-env names the variable), and a password in a broker URL is
     never echoed back."""
-    site = str(REPO / "examples" / "site.yaml")
-    argv = [site if a == "S" else str(tmp_path / "j.db") if a == "D" else a for a in command]
+    argv = _argv(command, tmp_path)
     assert cli_exit_code([*argv, "--broker", "mqtt://127.0.0.1:1", "--password", "hunter2"]) == 2
     refused = capsys.readouterr().err  # an earlier release's flag: what to do instead
     assert "--password is not taken" in refused and "PARKGUIDE_MQTT_PASSWORD" in refused
@@ -266,3 +272,25 @@ def test_make_passwords_keeps_passwords_off_command_lines(tmp_path):
         c.disconnect()
     finally:
         broker.stop()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        *BROKER_COMMANDS,
+        ["edge", "serial", "--site", "S", "--bus", "bus-g", "--port", "/dev/null"],
+        ["demo", "--site", "S", "--run-dir", "D", "--http", "127.0.0.1:PORT"],
+    ],
+)
+def test_a_password_in_a_broker_url_on_the_command_line_is_refused(command, tmp_path, capsys):
+    """``ps`` shows every command line: the password goes in the environment instead, and
+    the refusal says which variable without echoing the password."""
+    argv = _argv(command, tmp_path)
+    url = "mqtt://gateway:Sup3rSecret@127.0.0.1:1"
+    assert cli_exit_code([*argv, "--broker", url]) == 2
+    err = capsys.readouterr().err
+    assert "PARKGUIDE_MQTT_PASSWORD" in err and "not taken" in err, err
+    assert "Sup3rSecret" not in err and "gateway:***@" in err
+    # a URL a program builds may still carry them (tests, the demo's own broker)
+    built = BrokerConfig.from_url(url)
+    assert (built.username, built.password) == ("gateway", "Sup3rSecret")
