@@ -69,7 +69,13 @@ from typing import Literal
 import paho.mqtt.client as mqtt
 
 from parking import topics
-from parking.broker import BrokerConfig, backoff_delay, is_client_suffix, new_client_suffix
+from parking.broker import (
+    BrokerConfig,
+    backoff_delay,
+    is_client_suffix,
+    new_client_suffix,
+    shown_client_id,
+)
 from parking.payloads import (
     HealthReport,
     OccupancyReport,
@@ -720,7 +726,11 @@ class ReportPublisher:
                 self._inflight.clear()
                 self._inflight_unspooled.clear()
                 self.stats["connects"] += 1
-                log.info("connected to MQTT broker %s as %s", self.broker.url, self.client_base)
+                log.info(
+                    "connected to MQTT broker %s as %s",
+                    self.broker.url,
+                    shown_client_id(self.client_id),
+                )
                 client.publish(
                     self.topic_availability,
                     topics.ONLINE,

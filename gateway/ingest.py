@@ -79,6 +79,9 @@ SINCE_TOLERANCE_S = 0.001
 """Edges may round ``since`` differently in deltas and snapshots (seen: 6 decimals vs full
 precision); a difference below this is the same moment, not an older observation."""
 NEW_BOOT_TOLERANCE_S = 60.0
+LIVE_REPORT_S = 30.0
+"""A replaced boot's report stamped this close to now comes from an agent still running
+(a twin under the same id), not from a broker's backlog or a spool."""
 """A new boot's report may be this much older than its source's newest observation (an
 agent's clock stepped back a little across its restart); older, it is a stale message."""
 _NONE_STALE = np.zeros(0, dtype=np.int64)
@@ -470,6 +473,16 @@ class ReportGate:
                     )
                 gap = report.seq != known.seq + 1
             elif report.boot in known.retired:
+                if now is not None and report.ts >= now - LIVE_REPORT_S:
+                    # with a broker password twins have their own client ids: the broker no
+                    # longer throws them off each other, and only this says they run
+                    return Rejection(
+                        "stale_boot",
+                        f"{report.agent} boot {report.boot} was replaced by boot {known.boot}"
+                        f" but still reports: are two agents with id {report.agent} running"
+                        " (a test run beside the service)? Stop one; if the one stopped ran"
+                        " the newer boot, restart the other (its new boot is taken)",
+                    )
                 return Rejection("stale_boot", f"{report.agent} boot {report.boot} was replaced")
             else:
                 # a boot never seen: the agent restarted, or an old message of a boot long

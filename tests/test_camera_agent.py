@@ -482,6 +482,14 @@ def test_a_camera_password_in_the_query_is_never_logged(caplog: pytest.LogCaptur
     assert describe("rtsp://admin:pw@cam.local:554/live?token=t0k3n") == (
         "rtsp://***@cam.local:554/live?***"
     )
+    # DVRs that take the login in the path
+    assert describe("rtsp://dvr:554/user=admin_password=S3c_channel=1_stream=0.sdp") == (
+        "rtsp://dvr:554/***"
+    )
+    assert describe("http://cam/cgi-bin/snap;pwd=S3c") == "http://cam/***"
+    assert describe("rtsp://cam.local:554/Streaming/Channels/101") == (
+        "rtsp://cam.local:554/Streaming/Channels/101"
+    )
 
 
 def test_an_unusable_spool_folder_is_a_clear_error_not_a_traceback(

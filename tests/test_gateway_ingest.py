@@ -158,6 +158,28 @@ def test_new_boot_resets_the_sequence_and_old_boot_is_refused(gate, since):
     assert isinstance(late, Rejection) and late.reason == "stale_boot"
 
 
+def test_a_replaced_boot_still_reporting_is_named_as_a_twin(gate, since):
+    """A test run beside the service under the same id: with a broker password each has its
+    own client id, so nothing else says two agents run. The older boot's reports are still
+    refused, and a live one (stamped now) says why; a late one from a backlog does not."""
+    accept(gate, report([("A-001", "free")], boot="b1", seq=100, ts=1000.0), since)
+    accept(gate, report([("A-001", "occupied")], boot="b2", seq=0, ts=1001.0), since)
+    live = gate.check(
+        decode_report("serial-bus-g", report([("A-001", "free")], boot="b1", seq=101, ts=1010.0)),
+        since,
+        now=1012.0,
+    )
+    assert isinstance(live, Rejection) and live.reason == "stale_boot"
+    assert "two agents with id serial-bus-g running" in live.detail and "b2" in live.detail
+    late = gate.check(
+        decode_report("serial-bus-g", report([("A-001", "free")], boot="b1", seq=102, ts=1010.0)),
+        since,
+        now=1010.0 + 3600,
+    )
+    assert isinstance(late, Rejection) and late.reason == "stale_boot"
+    assert "two agents" not in late.detail
+
+
 def test_a_stale_message_of_an_unknown_boot_does_not_shut_the_live_boot_out(
     gate, since, example_site
 ):

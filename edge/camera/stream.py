@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -93,9 +94,13 @@ def file_problem(path: str) -> str | None:
     return None
 
 
+_SECRET_IN_PATH = re.compile(r"(?i)(pass|pwd|password|token|key|auth)[=:]")
+
+
 def describe(source: str | int) -> str:
     """The source for logs, without any credentials in a URL: its login, and its query and
-    fragment (many cameras take ``?user=admin&pwd=...``), as ``***``."""
+    fragment (many cameras take ``?user=admin&pwd=...``), as ``***``; a path that names a
+    password (``/user=admin_password=x_channel=1.sdp``, ``/cgi;pwd=x``) is hidden whole."""
     if isinstance(source, int):
         return f"device {source}"
     if "://" not in source:
@@ -114,6 +119,9 @@ def describe(source: str | int) -> str:
     cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=-1)
     if cut >= 0:
         rest = f"{rest[:cut]}{rest[cut]}***"
+    host, slash, path = rest.partition("/")
+    if _SECRET_IN_PATH.search(path):
+        rest = f"{host}{slash}***"
     return shown + rest
 
 
