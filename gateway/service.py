@@ -105,7 +105,8 @@ _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 
 
 def _max_holds_per_entrance() -> int:
-    from gateway.live import MAX_HOLDS_PER_ENTRANCE  # numpy and scipy only when asked for
+    # gateway.live loads numpy and scipy: only for the gateway's own parser and start
+    from gateway.live import MAX_HOLDS_PER_ENTRANCE
 
     return MAX_HOLDS_PER_ENTRANCE
 
@@ -130,8 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-holds-per-entrance",
         type=int,
         default=_max_holds_per_entrance(),
-        help="holds outstanding at one entrance; beyond it an arrival is answered without"
-        " holding a space, so a gate flooding arrivals cannot take every space off the signs"
+        help="holds outstanding at one entrance; past it an arrival gets no space and is sent"
+        " by the signs, so a gate flooding arrivals cannot take every space off them"
         " (default %(default)d)",
     )
     parser.add_argument(
