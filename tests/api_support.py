@@ -165,6 +165,17 @@ def user_template() -> Path:
     return _user_template
 
 
+def journal_with_users(tmp_path: Path) -> Path:
+    """A journal database (the real Journal) with one user per role, who can log in."""
+    db = tmp_path / "journal.sqlite"
+    Journal(db).close()
+    UserStore(str(db))
+    with sqlite3.connect(db) as conn:
+        conn.execute("ATTACH DATABASE ? AS template", (str(user_template()),))
+        conn.execute("INSERT OR REPLACE INTO users SELECT * FROM template.users")
+    return db
+
+
 @pytest.fixture(scope="module")
 def users(harness) -> UserStore:
     """Those users copied into this module's journal database."""

@@ -63,6 +63,16 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+def _kill_demo(proc: subprocess.Popen, run_dir: Path) -> None:
+    """A test's demo and whatever it started in ``run_dir``, gone whatever the test did."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in _processes_mentioning(str(run_dir)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_demo_runs_everything_and_stops_cleanly(tmp_path, subprocess_env):
     run_dir = tmp_path / "demo-run"
     http = free_port()
@@ -108,12 +118,7 @@ def test_demo_runs_everything_and_stops_cleanly(tmp_path, subprocess_env):
         assert _processes_mentioning(str(run_dir)) == []
     finally:
         blocker.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in _processes_mentioning(str(run_dir)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_demo(proc, run_dir)
 
 
 def _msg(topic: str, payload: bytes):
@@ -284,9 +289,4 @@ def test_the_demo_without_camera_raises_no_alert_for_the_camera_it_left_out(
         assert proc.returncode == 0, out[-3000:]
         assert "nothing left running" in out
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in _processes_mentioning(str(run_dir)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_demo(proc, run_dir)

@@ -7,7 +7,6 @@ answering unreliably ("slow": CRC errors, timeouts) is a warning."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from api_support import (  # noqa: F401
     PASSWORD,
     client,
     harness,
+    journal_with_users,
     settings,
     tokens,
-    user_template,
     users,
 )
 from conftest import eventually, free_port, wait_port
@@ -31,7 +30,6 @@ import api.alerts
 import api.live
 from api.alerts import NEVER_SEEN_GRACE_S, Alert, AlertBook, derive_alerts
 from api.app import create_app
-from api.auth import UserStore
 from gateway.journal import Journal
 from gateway.live import AVAILABILITY_LOG_INTERVAL_S
 from gateway.readside import AgentStatus
@@ -183,16 +181,6 @@ def test_no_word_of_the_gateway_a_grace_after_connecting_is_a_gateway_alert(tmp_
 # -- 2. an agent of the site file that never connected -----------------------------------------
 
 
-def _viewer_db(tmp_path: Path) -> Path:
-    db = tmp_path / "journal.sqlite"
-    Journal(db).close()
-    UserStore(str(db))
-    with sqlite3.connect(db) as conn:
-        conn.execute("ATTACH DATABASE ? AS template", (str(user_template()),))
-        conn.execute("INSERT OR REPLACE INTO users SELECT * FROM template.users")
-    return db
-
-
 def test_the_standalone_api_lists_and_alerts_agents_never_seen(mosquitto, tmp_path, monkeypatch):
     """Only the camera's agent connects: the two serial agents of the site file are listed
     (online false, last_seen null, heard false, status never_seen), counted in
@@ -204,7 +192,7 @@ def test_the_standalone_api_lists_and_alerts_agents_never_seen(mosquitto, tmp_pa
     monkeypatch.setattr(api.alerts, "NEVER_SEEN_GRACE_S", 1.5)
     monkeypatch.setattr(api.live, "NEVER_SEEN_GRACE_S", 1.5)
     monkeypatch.setattr(api.live, "AGENT_REJOIN_S", 1.0)  # settled at once after the start
-    db = _viewer_db(tmp_path)
+    db = journal_with_users(tmp_path)
     edge = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-edge")
     edge.connect("127.0.0.1", mosquitto.port)
     edge.loop_start()

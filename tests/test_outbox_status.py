@@ -23,14 +23,13 @@ from typing import Any
 
 import influx_support
 import pytest
-from api_support import PASSWORD, settings, user_template
+from api_support import PASSWORD, journal_with_users, settings
 from fastapi.testclient import TestClient
 from gateway_support import Edge, running_gateway
 from influx_support import Answer, Request
 
 from api import outbox_status as status_module
 from api.app import create_app
-from api.auth import UserStore
 from api.mqttview import MqttLiveView
 from api.outbox_status import OutboxStatus, OutboxStatusReader
 from gateway import outbox
@@ -76,17 +75,6 @@ def wait_for(fn: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.1)
-
-
-def journal_with_users(tmp_path: Path) -> Path:
-    """A journal database (the real Journal) with a manager who can log in."""
-    db = tmp_path / "journal.sqlite"
-    Journal(db).close()
-    UserStore(str(db))
-    with sqlite3.connect(db) as conn:
-        conn.execute("ATTACH DATABASE ? AS template", (str(user_template()),))
-        conn.execute("INSERT OR REPLACE INTO users SELECT * FROM template.users")
-    return db
 
 
 def status_row(db: Path) -> dict[str, Any] | None:
