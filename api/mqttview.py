@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sys
 import threading
 import time
 from collections import deque
@@ -95,6 +96,7 @@ class MqttLiveView:
         broker.apply(self.client)
         self.client.reconnect_delay_set(0.5, 30)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
@@ -141,6 +143,17 @@ class MqttLiveView:
                 self._emit_gateway_state()
         except Exception:
             log.exception("on_connect failed")
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho calls this while handling the connect's error (exc_info has it): a TLS
+        # certificate not trusted must not read as a broker that is merely down
+        why = self.broker.why_unreachable(sys.exc_info()[1])
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_log.get("connect", -LOG_EVERY_S) < LOG_EVERY_S:
+                return
+            self._last_log["connect"] = now
+        log.warning("cannot reach the MQTT broker %s (%s); retrying", self.broker.url, why)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected.is_set()

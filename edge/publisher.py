@@ -651,7 +651,8 @@ class ReportPublisher:
                 # a broker that is away (restarting) is an outage: a takeover never refuses
                 # the connection, so the closes counted so far were not one
                 self._drops.clear()
-                self._warn("cannot reach MQTT broker %s: %s", self.broker.url, exc)
+                why = self.broker.why_unreachable(exc)
+                self._warn("cannot reach MQTT broker %s: %s", self.broker.url, why)
             except Exception:
                 log.exception("MQTT session with %s failed", self.broker.url)
             finally:

@@ -466,8 +466,10 @@ def main(args: argparse.Namespace) -> int:
         client.subscribe(topics.gateway_availability(site.id), qos=topics.QOS_AVAILABILITY)
 
     def on_connect_fail(client, userdata):
-        # blank signs must not hide a wrong or dead broker from the technician
-        log.warning("cannot reach the broker %s; retrying", broker.url)
+        # blank signs must not hide a wrong or dead broker from the technician (paho calls
+        # this while handling the connect's error: exc_info has it)
+        why = broker.why_unreachable(sys.exc_info()[1])
+        log.warning("cannot reach the broker %s (%s); retrying", broker.url, why)
 
     def on_disconnect(client, userdata, flags, reason_code, properties):
         if connected.is_set() and not stopping.is_set():

@@ -108,6 +108,7 @@ class BrokerLink:
         clock=time.monotonic,
     ):
         broker.apply(client)
+        self.broker = broker
         self.url, self.who, self.every_s, self.clock = broker.url, who, every_s, clock
         self.log = logger or log
         self.state = "connecting"
@@ -138,7 +139,7 @@ class BrokerLink:
 
     def _on_connect_fail(self, client, userdata) -> None:
         exc = sys.exc_info()[1]  # paho calls this while handling the connect's OSError
-        self._fail("cannot reach it", str(exc) if exc else "connection failed")
+        self._fail("cannot reach it", self.broker.why_unreachable(exc))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was_up, self.up = self.up, False

@@ -910,7 +910,7 @@ class GatewayService:
                 log.warning(
                     "MQTT broker %s unreachable (%s); retrying (attempt %d)",
                     self.broker.url,
-                    exc,
+                    self.broker.why_unreachable(exc),
                     self._attempt,
                 )
             return False
@@ -1021,7 +1021,9 @@ def republish_stored_signs(
         client.connect(broker.host, broker.port, keepalive=10)
     except OSError as exc:
         log.warning(
-            "broker %s not reachable yet (%s); signs follow once connected", broker.url, exc
+            "broker %s not reachable yet (%s); signs follow once connected",
+            broker.url,
+            broker.why_unreachable(exc),
         )
         return 0
     client.loop_start()

@@ -2,7 +2,9 @@
 
 Credentials are optional. They come from flags or the environment
 (``PARKGUIDE_MQTT_USERNAME`` / ``PARKGUIDE_MQTT_PASSWORD``), never from
-defaults in code. No paho import: :meth:`BrokerConfig.apply` sets up a client it is given.
+defaults in code. Over TLS (``mqtts://``) the broker's certificate is checked against the
+system's CAs, or against ``--ca-file`` / ``PARKGUIDE_MQTT_CA_FILE`` for a private CA. No
+paho import: :meth:`BrokerConfig.apply` sets up a client it is given.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import random
 import re
 import secrets
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +22,10 @@ from urllib.parse import unquote, urlsplit
 
 ENV_USERNAME = "PARKGUIDE_MQTT_USERNAME"
 ENV_PASSWORD = "PARKGUIDE_MQTT_PASSWORD"
+ENV_CA_FILE = "PARKGUIDE_MQTT_CA_FILE"
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
+_X509_HOSTNAME_MISMATCH = 62  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH
 _SUFFIX = re.compile(r"[0-9a-f]{16}")
 _SUFFIXED_ID = re.compile(r"(.+)-[0-9a-f]{16}")
 
@@ -32,13 +37,19 @@ class BrokerConfig:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    ca_file: str | None = None  # TLS: the CA the broker's certificate must chain to
 
     @classmethod
     def from_url(
-        cls, url: str, username: str | None = None, password: str | None = None
+        cls,
+        url: str,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: str | None = None,
     ) -> BrokerConfig:
         """Parse ``mqtt://[user[:pass]@]host[:port]`` (or ``mqtts://``); flags, then the
-        environment, fill in credentials the URL does not carry."""
+        environment, fill in credentials and the CA file the URL does not carry. A CA file
+        that cannot be read as one, or given for a broker without TLS, is a ValueError."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         shown = _without_password(url)  # errors are printed and logged
         if parts.scheme not in {"mqtt", "mqtts", "tcp", "ssl"}:
@@ -60,8 +71,23 @@ class BrokerConfig:
             or (unquote(parts.password) if parts.password else None)
             or os.environ.get(ENV_PASSWORD)
         )
+        if ca_file and not tls:
+            raise ValueError(
+                f"broker URL {shown!r}: --ca-file is for TLS: use mqtts:// (the broker's "
+                "TLS listener, usually port 8883)"
+            )
+        # the variable may sit in an env file that services on the box's plain listener
+        # share: without TLS it is not used
+        ca = (ca_file or os.environ.get(ENV_CA_FILE) or None) if tls else None
+        if ca is not None:
+            _check_ca_file(ca)
         return cls(
-            host=parts.hostname, port=port, username=user or None, password=pw or None, tls=tls
+            host=parts.hostname,
+            port=port,
+            username=user or None,
+            password=pw or None,
+            tls=tls,
+            ca_file=ca,
         )
 
     def session_id(self, base: str, suffix: Callable[[], str]) -> str:
@@ -77,12 +103,38 @@ class BrokerConfig:
             return base
         return f"{base}-{suffix()}"
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """What a TLS connection to the broker trusts: ``ca_file``, else the system's CAs
+        (``SSL_CERT_FILE`` works there too); the certificate must name the host."""
+        return ssl.create_default_context(cafile=self.ca_file)
+
     def apply(self, client: Any) -> None:
-        """Credentials and TLS (the system's CAs) on a paho client, before it connects."""
+        """Credentials and TLS (:meth:`ssl_context`) on a paho client, before it connects."""
         if self.username:
             client.username_pw_set(self.username, self.password)
         if self.tls:
-            client.tls_set()
+            client.tls_set_context(self.ssl_context())
+
+    def why_unreachable(self, exc: BaseException | None) -> str:
+        """What to say when connecting failed with ``exc``: a TLS failure explained (a
+        certificate not trusted, a port that does not speak TLS), else the error itself.
+        paho's on_connect_fail gets no exception: pass ``sys.exc_info()[1]`` there (paho
+        calls it while handling the connect's error)."""
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            if exc.verify_code == _X509_HOSTNAME_MISMATCH:
+                return (
+                    f"the broker's TLS certificate is not for {self.host} ({exc.verify_message}):"
+                    " use the host name (or address) the certificate gives"
+                )
+            where = f"--ca-file or ${ENV_CA_FILE}" if self.ca_file is None else self.ca_file
+            return (
+                f"the broker's TLS certificate is not trusted ({exc.verify_message}): "
+                f"its CA must be in {where}"
+            )
+        if self.tls and isinstance(exc, ssl.SSLError | ConnectionResetError):
+            # a plain MQTT listener answers a TLS hello by closing the connection
+            return f"{exc}: is port {self.port} the broker's TLS listener?"
+        return str(exc) if exc is not None else "connection failed"
 
     @property
     def url(self) -> str:
@@ -116,6 +168,19 @@ def shown_client_id(client_id: str) -> str:
     return f"{m.group(1)}-***" if m else client_id
 
 
+def _check_ca_file(path: str) -> None:
+    """ValueError unless ``path`` reads as a CA bundle (PEM), so a wrong path is said at
+    start, not as an endless TLS failure."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        raise ValueError(f"CA file {path}: no such file") from None
+    except PermissionError:
+        raise ValueError(f"CA file {path}: not readable by this user") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"CA file {path}: not a PEM certificate file ({exc})") from None
+
+
 def _without_password(url: str) -> str:
     """``url`` with the password of its user part (if any) replaced by ``***``."""
     scheme, sep, rest = url.rpartition("://")
@@ -147,6 +212,12 @@ def add_credential_arguments(parser: Any) -> None:
         metavar="VAR",
         help=f"environment variable holding the MQTT password (default: {ENV_PASSWORD})",
     )
+    parser.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help=f"mqtts://: the CA the broker's certificate must chain to (default: "
+        f"${ENV_CA_FILE}, else the system's CAs)",
+    )
     parser.add_argument("--password", action=_PasswordFlagRefused, help=argparse.SUPPRESS)
 
 
@@ -160,7 +231,9 @@ def broker_from_args(url: str, args: Any) -> BrokerConfig:
         password = os.environ.get(name)
         if password is None:
             raise ValueError(f"--password-env {name}: that variable is not set")
-    broker = BrokerConfig.from_url(url, getattr(args, "username", None), password)
+    broker = BrokerConfig.from_url(
+        url, getattr(args, "username", None), password, getattr(args, "ca_file", None)
+    )
     if urlsplit(url if "://" in url else f"mqtt://{url}").password:
         # a command line is visible to every local user (ps, systemctl status)
         raise ValueError(

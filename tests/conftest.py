@@ -70,6 +70,40 @@ class MosquittoBroker:
         self.proc = None
 
 
+def tls_broker(tmp_path: Path) -> MosquittoBroker:
+    """A started mosquitto whose only listener is TLS, with a certificate for 127.0.0.1 from
+    a test CA made here (``tmp_path/ca.crt``); any client may connect."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        pytest.skip("openssl is not installed (needed to make the test certificates)")
+    run = lambda *a: subprocess.run([openssl, *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=parkguide test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    run("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
+    (tmp_path / "ext").write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n"
+    )
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "srv.crt", "-days", "2", "-extfile", "ext")  # fmt: skip
+    broker = MosquittoBroker(
+        tmp_path,
+        extra_conf=(
+            # as root, mosquitto would drop to 'mosquitto', who cannot read tmp_path
+            ("user root\n" if os.geteuid() == 0 else "") + "allow_anonymous true\n"
+            f"cafile {tmp_path / 'ca.crt'}\n"
+            f"certfile {tmp_path / 'srv.crt'}\n"
+            f"keyfile {tmp_path / 'srv.key'}\n"
+        ),
+    )
+    broker.start()
+    return broker
+
+
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
     broker = MosquittoBroker(tmp_path)
@@ -93,6 +127,21 @@ def cli_exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+
+
+BROKER_COMMANDS = [  # S: the example site, D: a journal or run folder, PORT: a free port
+    ["gateway", "--site", "S", "--db", "D"],
+    ["api", "--site", "S", "--db", "D"],
+    ["sim", "display", "--site", "S"],
+    ["edge", "camera", "--site", "S", "--camera", "cam-c", "--source", "0"],
+]
+
+
+def command_argv(command: list[str], tmp_path: Path) -> list[str]:
+    """A command of :data:`BROKER_COMMANDS` with its placeholders filled in."""
+    site = str(REPO / "examples" / "site.yaml")
+    argv = [site if a == "S" else str(tmp_path / "j.db") if a == "D" else a for a in command]
+    return [a.replace("PORT", str(free_port())) for a in argv]
 
 
 def parkguide_cmd(*args: str) -> list[str]:

@@ -9,7 +9,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.conftest import MosquittoBroker, free_port, parkguide_cmd
+from tests.conftest import free_port, parkguide_cmd, tls_broker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -383,45 +382,13 @@ def test_the_demo_ends_quietly_when_its_output_pipe_closes(tmp_path, subprocess_
     assert leftover == []
 
 
-def _tls_broker(tmp_path: Path) -> MosquittoBroker:
-    openssl = shutil.which("openssl")
-    if not openssl:
-        pytest.skip("openssl is not installed (needed to make the test certificates)")
-    run = lambda *a: subprocess.run([openssl, *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-        "-subj", "/CN=parkguide test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
-    run("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
-    (tmp_path / "ext").write_text(
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
-        "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n"
-    )
-    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "srv.crt", "-days", "2", "-extfile", "ext")  # fmt: skip
-    broker = MosquittoBroker(
-        tmp_path,
-        extra_conf=(
-            # as root, mosquitto would drop to 'mosquitto', who cannot read tmp_path
-            ("user root\n" if os.geteuid() == 0 else "") + "allow_anonymous true\n"
-            f"cafile {tmp_path / 'ca.crt'}\n"
-            f"certfile {tmp_path / 'srv.crt'}\n"
-            f"keyfile {tmp_path / 'srv.key'}\n"
-        ),
-    )
-    broker.start()
-    return broker
-
-
 def test_status_view_and_live_drivers_reach_a_tls_broker(tmp_path, example_site, monkeypatch):
     from firmware_sim.drivers import LiveDrivers
     from parkguide.demo import StatusBoard
     from parking import topics
     from parking.broker import BrokerConfig
 
-    broker = _tls_broker(tmp_path)
+    broker = tls_broker(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.crt"))  # trust the test CA
     config = BrokerConfig.from_url(f"mqtts://127.0.0.1:{broker.port}")
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)

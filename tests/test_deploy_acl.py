@@ -18,7 +18,14 @@ import pytest
 
 from parking import topics
 from parking.broker import BrokerConfig
-from tests.conftest import REPO, MosquittoBroker, cli_exit_code, free_port, require
+from tests.conftest import (
+    BROKER_COMMANDS,
+    REPO,
+    MosquittoBroker,
+    cli_exit_code,
+    command_argv,
+    require,
+)
 
 DEPLOY = REPO / "deploy" / "mosquitto"
 SITE = "xinyuan"
@@ -176,26 +183,12 @@ def test_client_ids_cannot_be_guessed_without_the_password():
     assert anonymous.session_id(base, lambda: pytest.fail("drawn")) == base
 
 
-BROKER_COMMANDS = [  # S: the example site, D: a journal or run folder, PORT: a free port
-    ["gateway", "--site", "S", "--db", "D"],
-    ["api", "--site", "S", "--db", "D"],
-    ["sim", "display", "--site", "S"],
-    ["edge", "camera", "--site", "S", "--camera", "cam-c", "--source", "0"],
-]
-
-
-def _argv(command: list[str], tmp_path: Path) -> list[str]:
-    site = str(REPO / "examples" / "site.yaml")
-    argv = [site if a == "S" else str(tmp_path / "j.db") if a == "D" else a for a in command]
-    return [a.replace("PORT", str(free_port())) for a in argv]
-
-
 @pytest.mark.parametrize("command", BROKER_COMMANDS)
 def test_no_command_takes_a_password_as_a_flag(command, tmp_path, capsys):
     """A command line is visible to every local user: the MQTT password comes from the
     environment (--password-env names the variable), and a password in a broker URL is
     never echoed back."""
-    argv = _argv(command, tmp_path)
+    argv = command_argv(command, tmp_path)
     assert cli_exit_code([*argv, "--broker", "mqtt://127.0.0.1:1", "--password", "hunter2"]) == 2
     refused = capsys.readouterr().err  # an earlier release's flag: what to do instead
     assert "--password is not taken" in refused and "PARKGUIDE_MQTT_PASSWORD" in refused
@@ -285,7 +278,7 @@ def test_make_passwords_keeps_passwords_off_command_lines(tmp_path):
 def test_a_password_in_a_broker_url_on_the_command_line_is_refused(command, tmp_path, capsys):
     """``ps`` shows every command line: the password goes in the environment instead, and
     the refusal says which variable without echoing the password."""
-    argv = _argv(command, tmp_path)
+    argv = command_argv(command, tmp_path)
     url = "mqtt://gateway:Sup3rSecret@127.0.0.1:1"
     assert cli_exit_code([*argv, "--broker", url]) == 2
     err = capsys.readouterr().err

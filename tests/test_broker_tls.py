@@ -1,0 +1,215 @@
+"""MQTT over TLS with a private CA: ``--ca-file`` / ``PARKGUIDE_MQTT_CA_FILE`` on every
+command, checked at start, and a TLS failure said as one (not as a broker that is down).
+Real mosquitto with a TLS listener and a certificate from a CA made by the test."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from parking import topics
+from parking.broker import ENV_CA_FILE, BrokerConfig
+from parking.site import load_site
+from tests.conftest import (
+    BROKER_COMMANDS,
+    EXAMPLE_SITE,
+    cli_exit_code,
+    command_argv,
+    parkguide_cmd,
+    tls_broker,
+)
+
+
+@pytest.fixture
+def no_ca_env(monkeypatch):
+    """Neither the system-wide override nor ours: only what a test gives is trusted."""
+    monkeypatch.delenv(ENV_CA_FILE, raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+
+
+def test_a_ca_file_is_checked_when_given_and_only_taken_for_tls(tmp_path, monkeypatch, no_ca_env):
+    ca = tmp_path / "ca.pem"
+    with pytest.raises(ValueError, match="mqtts://"):
+        BrokerConfig.from_url("mqtt://broker.example", ca_file=str(tmp_path / "any.pem"))
+    with pytest.raises(ValueError, match="no such file"):
+        BrokerConfig.from_url("mqtts://broker.example", ca_file=str(ca))
+    ca.write_text("not a certificate\n")
+    with pytest.raises(ValueError, match="not a PEM certificate"):
+        BrokerConfig.from_url("mqtts://broker.example", ca_file=str(ca))
+    # from an env file shared with services on the box's plain listener: not used there
+    monkeypatch.setenv(ENV_CA_FILE, str(tmp_path / "missing.pem"))
+    assert BrokerConfig.from_url("mqtt://127.0.0.1:1883").ca_file is None
+    with pytest.raises(ValueError, match="missing.pem: no such file"):
+        BrokerConfig.from_url("mqtts://broker.example")
+
+
+@pytest.mark.parametrize("command", BROKER_COMMANDS)
+def test_every_command_refuses_a_ca_file_it_cannot_use(command, tmp_path, capsys, no_ca_env):
+    """Said at start with exit 2, before anything is created, instead of a TLS failure
+    retried forever."""
+    argv = command_argv(command, tmp_path)
+    bad = tmp_path / "ca.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+    tls = ["--broker", "mqtts://127.0.0.1:1", "--ca-file", str(bad)]
+    assert cli_exit_code([*argv, *tls]) == 2
+    assert f"CA file {bad}: not a PEM certificate" in capsys.readouterr().err
+    plain = ["--broker", "mqtt://127.0.0.1:1", "--ca-file", str(bad)]
+    assert cli_exit_code([*argv, *plain]) == 2
+    assert "--ca-file is for TLS: use mqtts://" in capsys.readouterr().err
+    assert not (tmp_path / "j.db").exists()
+
+
+def _gateway(
+    tmp_path: Path, url: str, env: dict[str, str], *extra: str
+) -> tuple[subprocess.Popen, Path]:
+    path = tmp_path / f"gateway-{time.monotonic_ns()}.log"
+    with open(path, "wb") as log:
+        proc = subprocess.Popen(
+            parkguide_cmd(
+                "gateway",
+                "--site",
+                str(EXAMPLE_SITE),
+                "--broker",
+                url,
+                "--db",
+                str(tmp_path / "journal.db"),
+                *extra,
+            ),  # fmt: skip  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    return proc, path
+
+
+def _wait_for_line(path: Path, needle: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace")
+        if needle in text:
+            return text
+        time.sleep(0.1)
+    raise AssertionError(f"{needle!r} not in {path.name}:\n{text[-3000:]}")
+
+
+def test_the_gateway_trusts_a_private_ca_given_by_flag_and_says_when_it_does_not(
+    tmp_path, subprocess_env, no_ca_env
+):
+    broker = tls_broker(tmp_path)
+    env = {k: v for k, v in subprocess_env.items() if k not in (ENV_CA_FILE, "SSL_CERT_FILE")}
+    url = f"mqtts://127.0.0.1:{broker.port}"
+    site = load_site(EXAMPLE_SITE)
+    seen: dict[str, bytes] = {}
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    watcher.tls_set(ca_certs=str(tmp_path / "ca.crt"))
+    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic, m.payload)
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.subscribe(topics.gateway_availability(site.id), 1)
+    watcher.loop_start()
+    untrusting = trusting = None
+    try:
+        # without the CA: the log says the certificate is not trusted and what to do
+        untrusting, log_path = _gateway(tmp_path, url, env)
+        text = _wait_for_line(log_path, "TLS certificate is not trusted")
+        assert "--ca-file or $PARKGUIDE_MQTT_CA_FILE" in text, text
+        assert topics.gateway_availability(site.id) not in seen
+        untrusting.terminate()
+        untrusting.wait(10)
+        # with it: online
+        trusting, _ = _gateway(tmp_path, url, env, "--ca-file", str(tmp_path / "ca.crt"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if seen.get(topics.gateway_availability(site.id)) == topics.ONLINE.encode():
+                break
+            time.sleep(0.1)
+        assert seen.get(topics.gateway_availability(site.id)) == topics.ONLINE.encode()
+    finally:
+        for proc in (untrusting, trusting):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        watcher.loop_stop()
+        watcher.disconnect()
+        broker.stop()
+
+
+def test_the_api_and_an_agent_say_why_a_tls_broker_is_unreachable(
+    tmp_path, example_site, caplog, no_ca_env
+):
+    """The API's view and an edge agent's publisher: a certificate not trusted and a
+    plain port given as TLS are told apart from a broker that is down; with the CA both
+    connect."""
+    from api.mqttview import MqttLiveView
+    from edge.publisher import ReportPublisher
+
+    broker = tls_broker(tmp_path)
+    ca = str(tmp_path / "ca.crt")
+    caplog.set_level(logging.WARNING)
+    untrusted = BrokerConfig.from_url(f"mqtts://127.0.0.1:{broker.port}")
+    trusted = BrokerConfig.from_url(f"mqtts://127.0.0.1:{broker.port}", ca_file=ca)
+    db = tmp_path / "journal.db"
+    bus = example_site.buses[0]
+    views, pubs = [], []
+    try:
+        view = MqttLiveView(example_site, untrusted, str(db))
+        views.append(view)
+        view.start()
+        pub = ReportPublisher(
+            untrusted, example_site.id, bus.agent, bus.id, spool_dir=tmp_path / "spool"
+        )
+        pubs.append(pub)
+        pub.start()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            said = [r.getMessage() for r in caplog.records if "not trusted" in r.getMessage()]
+            if len(said) >= 2:
+                break
+            time.sleep(0.1)
+        said = [r.getMessage() for r in caplog.records if "not trusted" in r.getMessage()]
+        assert any("cannot reach the MQTT broker" in m for m in said), caplog.text
+        assert any("cannot reach MQTT broker" in m for m in said), caplog.text
+        assert not view.connected.is_set() and not pub.connected
+        for v in views:
+            v.stop()
+        for p in pubs:
+            p.stop(flush_timeout_s=1)
+        views.clear(), pubs.clear()
+
+        view = MqttLiveView(example_site, trusted, str(db))
+        views.append(view)
+        view.start()
+        pub = ReportPublisher(
+            trusted, example_site.id, bus.agent, bus.id, spool_dir=tmp_path / "spool"
+        )
+        pubs.append(pub)
+        pub.start()
+        assert view.connected.wait(15)
+        deadline = time.monotonic() + 15
+        while not pub.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pub.connected
+    finally:
+        for v in views:
+            v.stop()
+        for p in pubs:
+            p.stop(flush_timeout_s=1)
+        broker.stop()
+
+
+def test_a_plain_listener_given_as_tls_is_named(mosquitto, no_ca_env):
+    """mqtts:// to the plain port: the broker closes the TLS hello, and the message asks
+    whether that port is the TLS listener."""
+    config = BrokerConfig.from_url(f"mqtts://127.0.0.1:{mosquitto.port}")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    config.apply(client)
+    with pytest.raises(OSError) as failed:
+        client.connect(config.host, config.port)
+    assert f"is port {mosquitto.port} the broker's TLS listener?" in config.why_unreachable(
+        failed.value
+    )
