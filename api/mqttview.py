@@ -81,6 +81,7 @@ class MqttLiveView:
         self._last_event = 0
         self._gateway_online: bool | None = None
         self._ever_connected = False
+        self._refused = False  # the broker's last CONNACK was a refusal
         self._subscribers: list[Callable[[LiveEvent], None]] = []
         self._sign_updates = 0
         self._rejected: dict[str, int] = {}
@@ -119,6 +120,7 @@ class MqttLiveView:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         try:
             if reason_code.is_failure:
+                self._refused = True  # said here; the hang-up that follows is not news
                 log.error("MQTT broker %s refused the connection: %s", self.broker.url, reason_code)
                 return
             site = self.site.id
@@ -147,7 +149,9 @@ class MqttLiveView:
     def _on_connect_fail(self, client, userdata) -> None:
         # paho calls this while handling the connect's error (exc_info has it): a TLS
         # certificate not trusted must not read as a broker that is merely down
-        why = self.broker.why_unreachable(sys.exc_info()[1])
+        self._say_unreachable(self.broker.why_unreachable(sys.exc_info()[1]))
+
+    def _say_unreachable(self, why: str) -> None:
         with self._lock:
             now = time.monotonic()
             if now - self._last_log.get("connect", -LOG_EVERY_S) < LOG_EVERY_S:
@@ -158,6 +162,10 @@ class MqttLiveView:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        if not was and not self._stop.is_set() and not self._refused:
+            self._say_unreachable(self.broker.why_closed_early())  # no CONNACK: a setup error
+            return
+        self._refused = False
         if not self._stop.is_set():
             log.warning("lost the MQTT broker %s (%s); reconnecting", self.broker.url, reason_code)
             if was:  # a broker killed sends no last will: blind is blind, say so

@@ -714,6 +714,8 @@ class ReportPublisher:
             self._log_refused(self._refused)
             return False
         if not ok:
+            if not self._accepted.is_set():  # hung up without a CONNACK: a setup error
+                self._warn("MQTT broker %s: %s", self.broker.url, self.broker.why_closed_early())
             return False
         self._service(client)
         return True

@@ -454,7 +454,10 @@ def main(args: argparse.Namespace) -> int:
     connected = threading.Event()
     stopping = threading.Event()  # set before the deliberate disconnect: no warning then
 
+    answered = threading.Event()  # a CONNACK came on this connection
+
     def on_connect(client, userdata, flags, reason_code, properties):
+        answered.set()
         if reason_code.is_failure:
             log.error("broker %s refused the connection: %s", broker.url, reason_code)
             return
@@ -472,8 +475,11 @@ def main(args: argparse.Namespace) -> int:
         log.warning("cannot reach the broker %s (%s); retrying", broker.url, why)
 
     def on_disconnect(client, userdata, flags, reason_code, properties):
-        if connected.is_set() and not stopping.is_set():
+        if not answered.is_set() and not stopping.is_set():  # e.g. plain MQTT to a TLS port
+            log.warning("broker %s: %s; retrying", broker.url, broker.why_closed_early())
+        elif connected.is_set() and not stopping.is_set():
             log.warning("lost the broker %s (%s); reconnecting", broker.url, reason_code)
+        answered.clear()
 
     def on_message(client, userdata, msg):
         try:

@@ -334,6 +334,7 @@ class GatewayService:
         self.busy_polled_s = 0.0  # time spent busy-polling, in total
         self._from_other_threads: deque[tuple[str, bytes, int, bool]] = deque()
         self._attempt = 0  # connection attempts since the last success
+        self._answered = False  # the broker sent CONNACK on this connection
         self._ever_connected = False
         self._internal_errors = 0
         self._last_error_log = -1e9
@@ -540,6 +541,7 @@ class GatewayService:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         try:
+            self._answered = True
             if reason_code.is_failure:
                 log.error("MQTT broker %s refused the connection: %s", self.broker.url, reason_code)
                 return
@@ -573,8 +575,18 @@ class GatewayService:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
         self.gateway.broker_up = False  # the dashboard says so, and nothing of the agents
-        if not self._stop.is_set():
-            log.warning("lost the MQTT broker %s (%s); reconnecting", self.broker.url, reason_code)
+        if self._stop.is_set():
+            return
+        if not self._answered:  # no CONNACK on this connection: not an outage, a setup error
+            if self._attempt == 1 or self._attempt % 20 == 0:
+                log.warning(
+                    "MQTT broker %s: %s; retrying (attempt %d)",
+                    self.broker.url,
+                    self.broker.why_closed_early(),
+                    self._attempt,
+                )
+            return
+        log.warning("lost the MQTT broker %s (%s); reconnecting", self.broker.url, reason_code)
 
     def _on_message(self, client, userdata, msg) -> None:
         if msg.retain and self.gateway.refuse_retained(msg.topic, msg.payload):
@@ -898,6 +910,7 @@ class GatewayService:
                 if self._checkpoint_due(CHECKPOINT_MAX_S):  # verdicts of the TTLs meanwhile
                     self._flush_checkpoint()
         self._attempt += 1
+        self._answered = False  # until this connection's CONNACK
         try:
             if self._ever_connected:
                 self.client.reconnect()

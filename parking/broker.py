@@ -136,6 +136,12 @@ class BrokerConfig:
             return f"{exc}: is port {self.port} the broker's TLS listener?"
         return str(exc) if exc is not None else "connection failed"
 
+    def why_closed_early(self) -> str:
+        """What to say when the broker hung up before answering our CONNECT (a TLS
+        listener does so to a plain client; so does a broker out of connections)."""
+        hint = "" if self.tls else f": is port {self.port} a TLS listener (then use mqtts://)?"
+        return f"the broker closed the connection before accepting it{hint}"
+
     @property
     def url(self) -> str:
         """The URL without credentials, safe to log."""

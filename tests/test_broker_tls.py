@@ -5,6 +5,7 @@ Real mosquitto with a TLS listener and a certificate from a CA made by the test.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -213,3 +214,68 @@ def test_a_plain_listener_given_as_tls_is_named(mosquitto, no_ca_env):
     assert f"is port {mosquitto.port} the broker's TLS listener?" in config.why_unreachable(
         failed.value
     )
+
+
+def test_plain_mqtt_to_the_tls_port_is_named_not_taken_for_an_outage(
+    tmp_path, example_site, caplog, subprocess_env, no_ca_env
+):
+    """The TLS listener hangs up on a plain CONNECT without answering: the gateway, the
+    API's view and an agent say so and ask whether it is a TLS port, instead of "lost
+    the broker" at every retry (the gateway) or nothing at all (the agent, the API)."""
+    from api.mqttview import MqttLiveView
+    from edge.publisher import ReportPublisher
+
+    broker = tls_broker(tmp_path)
+    hint = f"is port {broker.port} a TLS listener (then use mqtts://)?"
+    plain = BrokerConfig.from_url(f"mqtt://127.0.0.1:{broker.port}")
+    caplog.set_level(logging.WARNING)
+    bus = example_site.buses[0]
+    view = MqttLiveView(example_site, plain, str(tmp_path / "journal.db"))
+    pub = ReportPublisher(plain, example_site.id, bus.agent, bus.id, spool_dir=tmp_path / "spool")
+    gateway, log_path = _gateway(tmp_path, plain.url, subprocess_env)
+    try:
+        view.start()
+        pub.start()
+        text = _wait_for_line(log_path, hint)
+        assert "lost the MQTT broker" not in text, text
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and caplog.text.count(hint) < 2:
+            time.sleep(0.1)
+        said = [r.name for r in caplog.records if hint in r.getMessage()]
+        assert "api.mqttview" in said and "edge.publisher" in said, caplog.text
+    finally:
+        gateway.terminate()
+        gateway.wait(10)
+        view.stop()
+        pub.stop(flush_timeout_s=1)
+        broker.stop()
+
+
+def test_a_refused_login_is_said_once_as_a_refusal(tmp_path, subprocess_env, no_ca_env):
+    """A refusal (wrong password) is a CONNACK, not an early hang-up: no TLS hint."""
+    from tests.conftest import MosquittoBroker
+
+    pw = tmp_path / "passwd"
+    pw.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(pw), "gateway", "right"], check=True)
+    broker = MosquittoBroker(
+        tmp_path,
+        extra_conf=("user root\n" if os.geteuid() == 0 else "")
+        + f"allow_anonymous false\npassword_file {pw}\n",
+    )
+    broker.start()
+    env = {
+        **subprocess_env,
+        "PARKGUIDE_MQTT_USERNAME": "gateway",
+        "PARKGUIDE_MQTT_PASSWORD": "wrong",
+    }
+    gateway, log_path = _gateway(tmp_path, broker.url, env)
+    try:
+        text = _wait_for_line(log_path, "refused the connection")
+        time.sleep(1.0)
+        text = log_path.read_text()
+        assert "TLS listener" not in text and "before accepting it" not in text, text
+    finally:
+        gateway.terminate()
+        gateway.wait(10)
+        broker.stop()
