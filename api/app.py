@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import metrics, ngsi
 from api.alerts import AlertBook
 from api.auth import LoginLimiter, SessionSigner, UserStore
-from api.deps import ApiContext
+from api.deps import ApiContext, session_cookie
 from api.journal import JournalReader
 from api.live import AlertMonitor, LiveHub
 from api.outbox_status import OutboxStatusReader
@@ -214,6 +214,7 @@ def create_app(
         # the gateway journals its site file's digest: an API started with another one
         # would show what the gateway does not have and send commands it cannot act on
         site_check=SiteCheck(view.site, journal, refresh_s=min(2.0, settings.alert_check_s)),
+        cookie=session_cookie(view.site.id),
         # the gateway's InfluxDB writer says how it does in the journal: a stand-alone API
         # has no other way to know (its /metrics and the influx_failing alert)
         outbox_status=OutboxStatusReader(journal, refresh_s=min(2.0, settings.alert_check_s)),

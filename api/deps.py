@@ -11,6 +11,7 @@ query and body validation: without login a protected route answers 401 (or
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -26,6 +27,15 @@ from api.sitecheck import SiteCheck
 from gateway.readside import LiveView
 
 SESSION_COOKIE = "parkguide_session"
+"""the session cookie's name, before the site id (:func:`session_cookie`)"""
+
+
+def session_cookie(site_id: str) -> str:
+    """The session cookie of one site's dashboard. Cookies are not kept apart by port
+    (RFC 6265 8.5): two sites' dashboards on one host shared one cookie, and logging in
+    to one logged the manager out of the other. A site id's ``:`` (not allowed in a
+    cookie name) becomes ``-``."""
+    return f"{SESSION_COOKIE}_{re.sub(r'[^A-Za-z0-9_.-]', '-', site_id)}"
 
 
 @dataclass
@@ -40,6 +50,7 @@ class ApiContext:
     hub: LiveHub
     site_map: Any = None  # the /site answer, built once: the site never changes
     site_check: SiteCheck | None = None  # is the gateway's site file ours? (None: not asked)
+    cookie: str = SESSION_COOKIE  # the session cookie's name: session_cookie(site id)
     outbox_status: OutboxStatusReader | None = None  # the InfluxDB writer's, from the journal
 
 
@@ -50,17 +61,17 @@ def get_ctx(request: Request) -> ApiContext:
 Ctx = Annotated[ApiContext, Depends(get_ctx)]
 
 
-def _token(request: Request) -> str | None:
+def _bearer(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.cookies.get(SESSION_COOKIE)
+    return None
 
 
 def session_of(request: Request, ctx: Ctx) -> Session | None:
     """The request's valid session token (bearer or cookie), or None."""
-    token = _token(request)
+    token = _bearer(request) or request.cookies.get(ctx.cookie)
     return ctx.signer.verify(token) if token else None
 
 
@@ -122,7 +133,7 @@ def metrics_access(request: Request, ctx: Ctx, user: OptionalUser) -> None:
     if user is not None:
         return
     expected = ctx.settings.metrics_token
-    token = _token(request)
+    token = _bearer(request)
     if expected and token and hmac.compare_digest(token, expected.get_secret_value()):
         return
     require_login(None)

@@ -81,6 +81,11 @@ def render(ctx: Ctx) -> str:
     c = ctx.view.counters()
     agents = ctx.view.agents()
     out = Exposition()
+    # which site these are: two sites' series are otherwise the same (join on instance,
+    # or label the scrape target with it: docs/api.md)
+    site = ctx.view.site
+    out.family("parkguide_site_info", "gauge", "The site this gateway or API serves (always 1).")
+    out.sample("parkguide_site_info", 1, {"site": site.id, "name": site.name.en or site.name.zh})
     if c.gateway_counts:  # a stand-alone API cannot know these: absent, not a false 0
         out.family("parkguide_reports_accepted_total", "counter", "Edge reports accepted.")
         out.sample("parkguide_reports_accepted_total", c.accepted)

@@ -30,6 +30,8 @@ rate, and after a power loss the edge agents' snapshots rebuild the state.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -138,6 +140,55 @@ class StoredAgent:
     seq: int | None
     online: bool
     last_seen: float
+
+
+class JournalInUse(Exception):
+    """Another gateway has this journal open (:func:`lock_journal`)."""
+
+
+@contextmanager
+def lock_journal(path: str | Path) -> Iterator[None]:
+    """Hold ``PATH.lock`` exclusively while the block runs: one gateway per journal. Two
+    gateways on one journal (a second site's unit copied without changing ``--db``) would
+    interleave their events, take each other's broker session and clear each other's
+    retained signs. The lock goes with the process (``kill -9`` too): no stale lock file
+    to remove after a crash. Raises :class:`JournalInUse` naming the holder's pid."""
+    lock_path = Path(f"{path}.lock")
+    create_private(lock_path)
+    fd = os.open(lock_path, os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise JournalInUse(f"another gateway (pid {holder}) has it open") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def peek_meta(path: str | Path, keys: Iterable[str]) -> dict[str, str]:
+    """Meta values of a journal, read without creating or changing it (nothing for a new
+    journal, or one that cannot be read: :class:`Journal` then says what is wrong)."""
+    if not Path(path).exists():
+        return {}
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return {}
+    try:
+        return {
+            key: str(row[0])
+            for key in keys
+            if (row := conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
+            and row[0]
+        }
+    except sqlite3.Error:  # no meta table yet
+        return {}
+    finally:
+        conn.close()
 
 
 class Journal:

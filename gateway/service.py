@@ -32,7 +32,8 @@ import paho.mqtt.client as mqtt
 # Only light modules at the top: a restarted gateway republishes its journaled signs
 # (republish_stored_signs) once the site file is validated (~0.3 s), before scipy, the
 # allocation core and the journal's state are loaded.
-from gateway.journal import Journal, stored_signs
+from gateway.journal import Journal, JournalInUse, lock_journal, peek_meta, stored_signs
+from gateway.site_changes import OUTLINE_KEY, SITE_ID_KEY, parse_outline
 from parking import topics
 from parking.broker import (
     BrokerConfig,
@@ -116,6 +117,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", required=True, help="MQTT broker, mqtt://HOST:PORT")
     parser.add_argument("--db", required=True, help="journal database (SQLite, created if missing)")
     add_credential_arguments(parser)
+    parser.add_argument(
+        "--rename-site-from",
+        metavar="OLD_ID",
+        help="start on a journal last run for site OLD_ID (the site's id was changed in its"
+        " file); without it such a journal is refused: each site needs its own --db",
+    )
     parser.add_argument(
         "--client-id",
         help="MQTT client id of its persistent session (default: parkguide-gateway-SITE, with"
@@ -1163,6 +1170,49 @@ def main(args: argparse.Namespace) -> int:
     except SiteError as exc:
         print(f"site file refused:\n{exc}", file=sys.stderr)
         return 2
+    try:
+        with lock_journal(args.db):
+            refused = _journal_of_another_site(args.db, site.id, args.rename_site_from)
+            if refused:
+                print(f"--db {args.db}: {refused}", file=sys.stderr)
+                return 2
+            return _run_gateway(args, site, broker, influx, core_options)
+    except JournalInUse as exc:
+        print(f"--db {args.db}: {exc}; one gateway per journal", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the lock file: no such folder, no permission
+        print(f"--db {args.db}: cannot lock the journal: {exc}", file=sys.stderr)
+        return 2
+
+
+def _journal_of_another_site(db: str, site_id: str, rename_from: str | None) -> str | None:
+    """Why a gateway for ``site_id`` must not start on journal ``db`` (None: it may). A
+    journal of another site would have its events, agents and retained signs taken over
+    as a rename of that site; that happens only when asked (``--rename-site-from``)."""
+    meta = peek_meta(db, (SITE_ID_KEY, OUTLINE_KEY))
+    was = meta.get(SITE_ID_KEY) or (parse_outline(meta.get(OUTLINE_KEY)) or {}).get("site")
+    if was is None or was == site_id:
+        return None
+    if rename_from == was:
+        log.warning("site %s renamed from %s: the journal is taken over", site_id, was)
+        return None
+    return (
+        f"this journal belongs to site {was!r}, not {site_id!r} (the site file's id): give "
+        f"each site its own journal, or, if the site's id was changed, start once with "
+        f"--rename-site-from {was}"
+    )
+
+
+def _run_gateway(
+    args: argparse.Namespace,
+    site: Site,
+    broker: BrokerConfig,
+    influx: dict[str, str] | None,
+    core_options: dict[str, float],
+) -> int:
+    """The gateway's life once its journal is locked and known to be this site's."""
+    from parking.site import SiteError
+
     try:
         republish_stored_signs(
             args.db, broker, {topics.display_content(site.id, d.id) for d in site.displays}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import sqlite3
 import time
 from dataclasses import replace
@@ -103,7 +104,7 @@ def test_events_csv_matches_the_journal(client, tokens, harness):
     r = client.get("/api/v1/events.csv", params={"zone": "A"}, headers=tokens["viewer"])
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/csv")
-    assert "attachment" in r.headers["content-disposition"]
+    assert 'attachment; filename="parkguide-events-xinyuan-' in r.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(r.text)))
     with sqlite3.connect(harness.db_path) as db:
         a_spaces = [s.id for s in harness.site.spaces if s.zone == "A"]
@@ -424,7 +425,10 @@ def test_metrics_exposition(client, tokens, harness):
     count = next(ln for ln in lines if ln.startswith("parkguide_end_to_end_latency_seconds_count"))
     inf = next(ln for ln in lines if 'latency_seconds_bucket{le="+Inf"}' in ln)
     assert count.split()[-1] == inf.split()[-1] == str(len(c.latency_s))
-    assert all(ln.startswith("#") or len(ln.split()) == 2 for ln in lines if ln)
+    # name{labels} value: label values may hold spaces (a site's name)
+    sample = re.compile(r'[a-z_]+(\{([a-z_]+="([^"\\\n]|\\.)*",?)*\})? \S+')
+    assert all(ln.startswith("#") or sample.fullmatch(ln) for ln in lines if ln)
+    assert 'parkguide_site_info{site="xinyuan",name="Xinyuan Community"} 1' in lines
     assert not any(ln.startswith("parkguide_outbox_last_error_info") for ln in lines)
 
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -145,7 +146,7 @@ def test_session_cookie_login_and_logout(client):
     assert r.json()["role"] == "manager" and r.json()["can_change"] is True
     assert client.get("/api/v1/spaces").status_code == 200  # the cookie alone is enough
     assert client.get("/api/v1/auth/me").json()["user"]["name"] == "manager"
-    taken = client.cookies.get("parkguide_session")  # e.g. left on a shared PC
+    taken = client.cookies.get("parkguide_session_xinyuan")  # e.g. left on a shared PC
     assert client.post("/api/v1/auth/logout").status_code == 204
     assert client.get("/api/v1/spaces").status_code == 401
     client.cookies.clear()
@@ -382,7 +383,7 @@ def test_changes_from_another_origin_are_refused(harness, users):
     path = "/api/v1/alerts/no-such-alert/acknowledge"  # a manager reaching it gets 404
     with TestClient(app, base_url="http://dash.example.com") as c:
         r = c.post("/api/v1/auth/login", json={"name": "manager", "password": PASSWORD})
-        assert r.status_code == 200 and c.cookies.get("parkguide_session")
+        assert r.status_code == 200 and c.cookies.get("parkguide_session_xinyuan")
         bearer = {"Authorization": f"Bearer {r.json()['token']}"}
         form = {"content-type": "application/x-www-form-urlencoded"}
         evil = [
@@ -602,3 +603,37 @@ def test_guesses_spread_over_many_addresses_meet_a_ceiling_per_user(caplog):
     warned = [r for r in caplog.records if "failed logins for 'manager'" in r.getMessage()]
     assert len(warned) == 1
     assert limiter.check("manager", "192.0.2.1", now=1.0 + ceiling + 300) == 0  # window over
+
+
+def test_two_sites_dashboards_on_one_host_keep_their_own_logins(harness, users, tmp_path):
+    """Cookies are not kept apart by port: with one cookie name, logging in to the second
+    community's dashboard (host:8001) logged the manager out of the first (host:8000)."""
+    from parking.site import EXAMPLE_SITE, parse_site
+    from tests.api_support import GatewayHarness, journal_with_users
+
+    other = parse_site(
+        Path(EXAMPLE_SITE).read_text("utf-8").replace("id: xinyuan", "id: donghu", 1)
+    )
+    second = GatewayHarness(other, journal_with_users(tmp_path))
+    login = {"name": "manager", "password": PASSWORD}
+    apps = [
+        create_app(harness.gateway, settings(), db_path=str(harness.db_path)),
+        # another deployment: its own secret, so neither takes the other's token
+        create_app(second.gateway, settings(session_secret="b" * 40), db_path=str(second.db_path)),
+    ]
+
+    def browser(src, dst):  # one browser: the same host's cookies go to both ports
+        for name, value in src.cookies.items():
+            dst.cookies.set(name, value)
+
+    with TestClient(apps[0]) as a, TestClient(apps[1]) as b:
+        assert a.post("/api/v1/auth/login", json=login).status_code == 200
+        browser(a, b)
+        assert b.post("/api/v1/auth/login", json=login).status_code == 200
+        browser(b, a)
+        assert set(a.cookies.keys()) == {"parkguide_session_xinyuan", "parkguide_session_donghu"}
+        assert a.get("/api/v1/auth/me").json()["user"]["name"] == "manager"
+        assert b.get("/api/v1/auth/me").json()["user"]["name"] == "manager"
+        assert a.post("/api/v1/auth/logout").status_code == 204
+        assert a.get("/api/v1/auth/me").json()["user"] is None
+        assert b.get("/api/v1/auth/me").json()["user"]["name"] == "manager"  # still in

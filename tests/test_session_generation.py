@@ -132,7 +132,7 @@ def test_a_token_of_the_previous_format_is_refused(client, users):
     token = old_format_token("viewer")
     assert SessionSigner(SECRET.encode()).verify(token) is None
     assert status(client, {"Authorization": f"Bearer {token}"}) == 401
-    client.cookies.set("parkguide_session", token)
+    client.cookies.set("parkguide_session_xinyuan", token)
     try:
         assert client.get(PROTECTED).status_code == 401
         assert client.get("/api/v1/auth/me").json()["user"] is None

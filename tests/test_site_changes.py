@@ -263,3 +263,95 @@ def test_a_managers_closure_of_a_space_the_file_closes_too_stands_without_a_reas
     gw.control_space("Q-001", "close", "alice", None)
     run.start(SMALL)
     assert run.closed() == {"Q-001"}
+
+
+def test_a_journal_of_another_site_is_refused_unless_the_rename_is_asked_for(
+    run, tmp_path, mosquitto, subprocess_env
+):
+    """A second site's gateway started on the first one's journal (a unit copied without
+    changing --db) took it over as a rename: it cleared the first site's retained signs
+    and zone counts, took its broker session and wrote its events into the first site's
+    history. It is refused now, with what to do; a real rename says so with a flag."""
+    gw = run.start(SMALL)
+    snapshot_all_free(gw, gw.site, time.time())
+    run.close()
+    kept = topics.zone("courtyard", "Q")
+    watcher = Collector(
+        mosquitto.port, topics.zones_all("courtyard"), f"{topics.PREFIX}/+/gateway/+"
+    )
+    try:
+        watcher.client.publish(kept, b'{"zone": "Q"}', qos=1, retain=True).wait_for_publish(5)
+        watcher.wait_for(kept)
+        other = tmp_path / "other.yaml"
+        other.write_text(SMALL.replace("id: courtyard", "id: orchard"), encoding="utf-8")
+        cmd = parkguide_cmd("gateway", "--site", str(other), "--broker", mosquitto.url)
+        done = subprocess.run(
+            [*cmd, "--db", str(run.db)], env=subprocess_env, capture_output=True, timeout=60
+        )
+        err = done.stderr.decode()
+        assert done.returncode == 2, err
+        assert "belongs to site 'courtyard', not 'orchard'" in err, err
+        assert "--rename-site-from courtyard" in err
+        time.sleep(0.5)
+        assert [m.payload for m in watcher.on(kept)] == [b'{"zone": "Q"}']  # not cleared
+        assert watcher.on(topics.gateway_availability("orchard")) == []
+        assert Journal(run.db).meta("site_id") == "courtyard"
+        # a rename named for another old id is refused as well
+        wrong = subprocess.run(
+            [*cmd, "--db", str(run.db), "--rename-site-from", "elsewhere"],
+            env=subprocess_env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert wrong.returncode == 2 and b"belongs to site 'courtyard'" in wrong.stderr
+        proc = subprocess.Popen(
+            [*cmd, "--db", str(run.db), "--rename-site-from", "courtyard"],
+            env=subprocess_env,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            watcher.wait_for(
+                topics.gateway_availability("orchard"), lambda p: p == "online", timeout=30
+            )
+            watcher.wait_for(kept, lambda p: p == "", timeout=10)  # retired, as a rename
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    finally:
+        watcher.stop()
+
+
+def test_one_gateway_per_journal(tmp_path, mosquitto, subprocess_env):
+    """A second gateway on a running one's journal is refused and changes nothing; the
+    lock goes with the process, so a restart after kill -9 is not blocked."""
+    site = tmp_path / "small.yaml"
+    site.write_text(SMALL, encoding="utf-8")
+    db = tmp_path / "journal.sqlite3"
+    cmd = [
+        *parkguide_cmd("gateway", "--site", str(site), "--broker", mosquitto.url),
+        "--db",
+        str(db),
+    ]
+    availability = topics.gateway_availability("courtyard")
+    watcher = Collector(mosquitto.port, availability)
+    first = subprocess.Popen(cmd, env=subprocess_env, stderr=subprocess.DEVNULL)
+    later = None
+    try:
+        watcher.wait_for(availability, lambda p: p == "online", timeout=30)
+        second = subprocess.run(cmd, env=subprocess_env, capture_output=True, timeout=60)
+        assert second.returncode == 2, second.stderr
+        assert f"another gateway (pid {first.pid}) has it open".encode() in second.stderr
+        time.sleep(1.0)
+        assert first.poll() is None
+        assert [m.payload for m in watcher.on(availability)] == [b"online"]  # never thrown off
+        first.kill()
+        first.wait(10)
+        later = subprocess.Popen(cmd, env=subprocess_env, stderr=subprocess.DEVNULL)
+        n = len(watcher.on(availability))
+        watcher.wait_for(availability, lambda p: p == "online", timeout=30, after=n)
+    finally:
+        for proc in (first, later):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        watcher.stop()

@@ -68,6 +68,8 @@ class SiteUnderTest:
             timeout=10,
         )
         r.raise_for_status()
+        # which site the series are of: otherwise the two scrapes look alike
+        assert f'parkguide_site_info{{site="{self.id}",' in r.text
         out: dict[str, float] = {}
         for line in r.text.splitlines():
             m = _SAMPLE.match(line)

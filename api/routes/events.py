@@ -182,10 +182,14 @@ def events_csv(
     range, or at most ``limit`` events and then a last line saying it was cut short."""
     flt = event_filter(ctx, space, zone, since, until)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    site = ctx.view.site.id.replace(":", "-")  # ":" is not allowed in Windows file names
     return StreamingResponse(
         csv_lines(ctx, flt, limit),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="parkguide-events-{stamp}.csv"'},
+        # the site in the name: two communities' exports look alike once downloaded
+        headers={
+            "Content-Disposition": (f'attachment; filename="parkguide-events-{site}-{stamp}.csv"')
+        },
     )
 
 

@@ -9,7 +9,7 @@ import time
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from api.auth import User, VerifierBusy
-from api.deps import SESSION_COOKIE, Ctx, OptionalUser, session_of
+from api.deps import Ctx, OptionalUser, session_of
 from api.models import ErrorOut, LoginOut, LoginRequest, SessionOut, UserOut
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def login(body: LoginRequest, request: Request, response: Response, ctx: Ctx) ->
         user.name, ctx.settings.session_ttl_s, generation=user.generation
     )
     response.set_cookie(
-        SESSION_COOKIE,
+        ctx.cookie,
         token,
         max_age=int(ctx.settings.session_ttl_s),
         httponly=True,
@@ -128,7 +128,7 @@ def logout(request: Request, response: Response, ctx: Ctx) -> None:
     session = session_of(request, ctx)
     if session is not None and ctx.users is not None:
         ctx.users.revoke(session)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(ctx.cookie, path="/", httponly=True, samesite="strict")
 
 
 @router.get("/me")
