@@ -8,6 +8,8 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -15,7 +17,7 @@ import pytest
 
 from parking import topics
 from parking.broker import ENV_CA_FILE, BrokerConfig
-from parking.site import load_site
+from parking.site import Site, load_site
 from tests.conftest import (
     BROKER_COMMANDS,
     EXAMPLE_SITE,
@@ -140,66 +142,57 @@ def test_the_gateway_trusts_a_private_ca_given_by_flag_and_says_when_it_does_not
         broker.stop()
 
 
-def test_the_api_and_an_agent_say_why_a_tls_broker_is_unreachable(
-    tmp_path, example_site, caplog, no_ca_env
-):
-    """The API's view and an edge agent's publisher: a certificate not trusted and a
-    plain port given as TLS are told apart from a broker that is down; with the CA both
-    connect."""
+@contextmanager
+def _view_and_agent(site: Site, broker: BrokerConfig, tmp_path: Path) -> Iterator[tuple]:
+    """The API's MQTT view and an edge agent's publisher on ``broker``, stopped after."""
     from api.mqttview import MqttLiveView
     from edge.publisher import ReportPublisher
 
+    bus = site.buses[0]
+    view = MqttLiveView(site, broker, str(tmp_path / "journal.db"))
+    pub = ReportPublisher(broker, site.id, bus.agent, bus.id, spool_dir=tmp_path / "spool")
+    view.start()
+    pub.start()
+    try:
+        yield view, pub
+    finally:
+        view.stop()
+        pub.stop(flush_timeout_s=1)
+
+
+def _said(caplog, needle: str, times: int, timeout: float = 15.0) -> list[logging.LogRecord]:
+    """Log records with ``needle``, once there are ``times`` of them (or the time is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [r for r in caplog.records if needle in r.getMessage()]
+        if len(found) >= times:
+            return found
+        time.sleep(0.1)
+    return [r for r in caplog.records if needle in r.getMessage()]
+
+
+def test_the_api_and_an_agent_say_why_a_tls_broker_is_unreachable(
+    tmp_path, example_site, caplog, no_ca_env
+):
+    """The API's view and an edge agent's publisher: a certificate not trusted is told
+    apart from a broker that is down; with the CA both connect."""
     broker = tls_broker(tmp_path)
     ca = str(tmp_path / "ca.crt")
     caplog.set_level(logging.WARNING)
     untrusted = BrokerConfig.from_url(f"mqtts://127.0.0.1:{broker.port}")
     trusted = BrokerConfig.from_url(f"mqtts://127.0.0.1:{broker.port}", ca_file=ca)
-    db = tmp_path / "journal.db"
-    bus = example_site.buses[0]
-    views, pubs = [], []
     try:
-        view = MqttLiveView(example_site, untrusted, str(db))
-        views.append(view)
-        view.start()
-        pub = ReportPublisher(
-            untrusted, example_site.id, bus.agent, bus.id, spool_dir=tmp_path / "spool"
-        )
-        pubs.append(pub)
-        pub.start()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            said = [r.getMessage() for r in caplog.records if "not trusted" in r.getMessage()]
-            if len(said) >= 2:
-                break
-            time.sleep(0.1)
-        said = [r.getMessage() for r in caplog.records if "not trusted" in r.getMessage()]
-        assert any("cannot reach the MQTT broker" in m for m in said), caplog.text
-        assert any("cannot reach MQTT broker" in m for m in said), caplog.text
-        assert not view.connected.is_set() and not pub.connected
-        for v in views:
-            v.stop()
-        for p in pubs:
-            p.stop(flush_timeout_s=1)
-        views.clear(), pubs.clear()
-
-        view = MqttLiveView(example_site, trusted, str(db))
-        views.append(view)
-        view.start()
-        pub = ReportPublisher(
-            trusted, example_site.id, bus.agent, bus.id, spool_dir=tmp_path / "spool"
-        )
-        pubs.append(pub)
-        pub.start()
-        assert view.connected.wait(15)
-        deadline = time.monotonic() + 15
-        while not pub.connected and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert pub.connected
+        with _view_and_agent(example_site, untrusted, tmp_path) as (view, pub):
+            said = {r.name for r in _said(caplog, "TLS certificate is not trusted", 2)}
+            assert said == {"api.mqttview", "edge.publisher"}, caplog.text
+            assert not view.connected.is_set() and not pub.connected
+        with _view_and_agent(example_site, trusted, tmp_path) as (view, pub):
+            assert view.connected.wait(15)
+            deadline = time.monotonic() + 15
+            while not pub.connected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert pub.connected
     finally:
-        for v in views:
-            v.stop()
-        for p in pubs:
-            p.stop(flush_timeout_s=1)
         broker.stop()
 
 
@@ -222,32 +215,20 @@ def test_plain_mqtt_to_the_tls_port_is_named_not_taken_for_an_outage(
     """The TLS listener hangs up on a plain CONNECT without answering: the gateway, the
     API's view and an agent say so and ask whether it is a TLS port, instead of "lost
     the broker" at every retry (the gateway) or nothing at all (the agent, the API)."""
-    from api.mqttview import MqttLiveView
-    from edge.publisher import ReportPublisher
-
     broker = tls_broker(tmp_path)
     hint = f"is port {broker.port} a TLS listener (then use mqtts://)?"
     plain = BrokerConfig.from_url(f"mqtt://127.0.0.1:{broker.port}")
     caplog.set_level(logging.WARNING)
-    bus = example_site.buses[0]
-    view = MqttLiveView(example_site, plain, str(tmp_path / "journal.db"))
-    pub = ReportPublisher(plain, example_site.id, bus.agent, bus.id, spool_dir=tmp_path / "spool")
     gateway, log_path = _gateway(tmp_path, plain.url, subprocess_env)
     try:
-        view.start()
-        pub.start()
-        text = _wait_for_line(log_path, hint)
-        assert "lost the MQTT broker" not in text, text
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and caplog.text.count(hint) < 2:
-            time.sleep(0.1)
-        said = [r.name for r in caplog.records if hint in r.getMessage()]
-        assert "api.mqttview" in said and "edge.publisher" in said, caplog.text
+        with _view_and_agent(example_site, plain, tmp_path):
+            text = _wait_for_line(log_path, hint)
+            assert "lost the MQTT broker" not in text, text
+            said = {r.name for r in _said(caplog, hint, 2)}
+            assert said == {"api.mqttview", "edge.publisher"}, caplog.text
     finally:
         gateway.terminate()
         gateway.wait(10)
-        view.stop()
-        pub.stop(flush_timeout_s=1)
         broker.stop()
 
 
