@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 REFRESH_SPACES_S = 5.0
 LOG_EVERY_S = 60.0
+SIGNS_STALE_GRACE_S = 10.0
+"""the gateway counts as silent once its newest sign content is this far past its expires
+(it republishes every sign at half the validity, so a live one never gets there)"""
 
 
 class MqttLiveView:
@@ -80,6 +83,7 @@ class MqttLiveView:
         self._observed_since: dict[str, float | None] = {}  # as of the last checkpoint
         self._last_event = 0
         self._gateway_online: bool | None = None
+        self._stale_said = False  # _check_signs_fresh said the gateway went silent
         self._ever_connected = False
         self._refused = False  # the broker's last CONNACK was a refusal
         self._subscribers: list[Callable[[LiveEvent], None]] = []
@@ -179,13 +183,53 @@ class MqttLiveView:
         return self._connected_at if self.connected.is_set() else None
 
     def gateway_online(self) -> bool | None:
-        """The gateway's retained availability as heard (None: not heard yet)."""
+        """The gateway's retained availability as heard (None: not heard yet), and False
+        while it says ``online`` but has let its signs expire (:meth:`_signs_stale`)."""
         with self._lock:
+            if self._gateway_online and self._signs_stale(time.time()):
+                return False
             return self._gateway_online
+
+    def _signs_stale(self, now: float) -> bool:
+        """The gateway says ``online`` but republishes nothing: its newest sign content is
+        past its expires (or, none retained, none came for a validity since we connected).
+        A broker restored from disk after a power cut keeps the gateway's retained
+        ``online``, its last counts and signs, and no last will ever replaces them."""
+        if not self.site.displays:
+            return False
+        newest = max((d.expires for d in self._displays.values()), default=None)
+        if newest is None:
+            if self._connected_at is None:
+                return False
+            newest = self._connected_at + self.site.display_settings.expires_s
+        return now > newest + SIGNS_STALE_GRACE_S
 
     def _blind(self) -> bool:
         """No word from the gateway can reach us: every count and state shows unknown."""
-        return self._gateway_online is False or not self.connected.is_set()
+        return (
+            self._gateway_online is False
+            or not self.connected.is_set()
+            or self._signs_stale(time.time())
+        )
+
+    def _check_signs_fresh(self) -> None:
+        """From the poll loop: a gateway whose signs ran out (no message says so) blanks
+        the view, and one that publishes again brings it back."""
+        with self._lock:
+            stale = self._gateway_online is True and self._signs_stale(time.time())
+            changed = stale != self._stale_said
+            self._stale_said = stale
+        if not changed:
+            return
+        if stale:
+            log.warning(
+                "the gateway's availability says online but its signs expired and nothing "
+                "new came (it stopped, or the broker restored its retained state after a "
+                "power cut): every space and zone shows unknown until it publishes again"
+            )
+        else:
+            log.info("the gateway publishes again")
+        self._emit_gateway_state()
 
     def _emit_gateway_state(self) -> None:
         """The gateway (or the broker) went away or came back: the live stream gets what the
@@ -352,6 +396,7 @@ class MqttLiveView:
             try:
                 self._tail()
                 self._tell_expired_holds(time.time())
+                self._check_signs_fresh()
                 if time.monotonic() >= next_refresh:
                     next_refresh = time.monotonic() + REFRESH_SPACES_S
                     self._load_journal()

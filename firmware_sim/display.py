@@ -188,7 +188,9 @@ class SignBoard:
         self._last_log = -1e9
         self._warned: dict[tuple[str, str], float] = {}  # (sign, kind) -> monotonic time
 
-    def feed(self, topic: str, payload: bytes) -> None:
+    def feed(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        """One message; ``retained``: the broker's stored copy, sent at subscribe (MQTT's
+        retain flag), not news of the moment."""
         if topic == topics.gateway_availability(self.site.id):
             if payload == b"offline":  # its last will: what the signs hold is nobody's now
                 with self._lock:
@@ -252,6 +254,23 @@ class SignBoard:
                 display,
                 since - stated,
                 FUTURE_TOLERANCE_S,
+            )
+            return
+        if since >= stated and retained:
+            # the broker's stored copy, already past its expires: the gateway has not
+            # republished it (stopped, or a broker restored from disk after a power cut,
+            # whose retained "online" no last will ever replaced). Blank until live content
+            # comes: a sign whose clock is ahead waits for the next refresh (half the
+            # validity) rather than a dead gateway's counts showing for a full validity
+            self.stale += 1
+            self._warn(
+                display,
+                "stale",
+                "retained sign content on %s expired %.0f s ago by this clock: not shown "
+                "until the gateway publishes again (it stopped republishing, or this sign "
+                "controller's clock is ahead; check its NTP)",
+                display,
+                since - stated,
             )
             return
         if since >= stated:
@@ -483,7 +502,7 @@ def main(args: argparse.Namespace) -> int:
 
     def on_message(client, userdata, msg):
         try:
-            board.feed(msg.topic, msg.payload)
+            board.feed(msg.topic, msg.payload, bool(msg.retain))
         except Exception:
             log.exception("sign content on %s could not be shown", msg.topic)
 

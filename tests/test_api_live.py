@@ -520,3 +520,56 @@ def test_a_standalone_view_tells_the_stream_when_a_hold_runs_out(tmp_path):
     assert (zone_a["zone"], zone_a["free"], zone_a["held"]) == ("A", 10, 0)
     view._tell_expired_holds(now + 7)  # told once
     assert len(heard) == 1
+
+
+def test_a_broker_restored_after_a_power_cut_does_not_make_a_dead_gateway_look_live(
+    mosquitto, tmp_path, caplog
+):
+    """kill -9 of everything at once (a power cut): the broker restores from disk the
+    gateway's retained "online", its zone counts and its signs, and no last will ever
+    fires. The stand-alone API showed confident counts, the gateway up and no alert,
+    for good. Signs past their expires with nothing new now mean a silent gateway: every
+    zone unknown, gateway_online False, said in the log; live content brings it back."""
+    from api.mqttview import SIGNS_STALE_GRACE_S, MqttLiveView
+    from parking.broker import BrokerConfig
+    from parking.site import load_site
+
+    site = load_site(EXAMPLE_SITE)
+    zone, sign = site.zones[0].id, site.displays[0].id
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    cut = time.time() - 120  # the gateway's last words, two minutes before the restore
+
+    def content(ts: float) -> bytes:
+        line = {"label": {"zh": "A区", "en": "Zone A"}, "arrow": "right", "count": 12,
+                "status": "ok", "text": {"zh": "12", "en": "12"}}  # fmt: skip
+        return json.dumps({"display": sign, "ts": ts, "expires": ts + 60, "lines": [line]}).encode()
+
+    counts = {"zone": zone, "free": 45, "occupied": 30, "unknown": 0, "closed": 0, "total": 75}
+    for topic, payload in (
+        (topics.zone(site.id, zone), json.dumps({**counts, "ts": cut}).encode()),
+        (topics.display_content(site.id, sign), content(cut)),
+        (topics.gateway_availability(site.id), topics.ONLINE.encode()),
+    ):
+        pub.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    caplog.set_level("INFO", logger="api.mqttview")
+    view = MqttLiveView(site, BrokerConfig.from_url(mosquitto.url), str(tmp_path / "j.db"))
+    view.start()
+    try:
+        assert view.connected.wait(10)
+        assert eventually(lambda: view._displays.get(sign) is not None, timeout=10)
+        assert cut + 60 + SIGNS_STALE_GRACE_S < time.time()
+        assert view.gateway_online() is False
+        shown = next(z for z in view.zone_counts() if z.zone == zone)
+        assert (shown.free, shown.unknown) == (0, shown.total)
+        assert eventually(lambda: "signs expired and nothing new came" in caplog.text, timeout=5)
+        # the gateway is back: its live content makes the counts count again
+        pub.publish(topics.display_content(site.id, sign), content(time.time()), qos=1, retain=True)
+        assert eventually(lambda: view.gateway_online() is True, timeout=10)
+        assert eventually(lambda: "the gateway publishes again" in caplog.text, timeout=5)
+        assert next(z for z in view.zone_counts() if z.zone == zone).free == 45
+    finally:
+        view.stop()
+        pub.loop_stop()
+        pub.disconnect()

@@ -469,12 +469,13 @@ def test_the_board_warns_of_a_skewed_clock_once_an_hour_per_sign(example_site, c
     assert warnings() == []  # within the content's validity: nothing to say
 
 
-def test_sim_display_shows_content_stamped_by_a_gateway_clock_behind_it(
+def test_sim_display_blanks_retained_content_past_its_expires_and_says_why(
     mosquitto, tmp_path, subprocess_env
 ):
-    """Retained content stamped by a gateway clock 61 s behind this one (past its expires
-    here) shows, and the log names the clock; content stamped 10 min ago (a gateway that
-    died long ago) does not."""
+    """Retained content past its expires here is not shown, whether a gateway clock 61 s
+    behind this one stamped it or the gateway died (a broker restored after a power cut
+    keeps both the content and the gateway's "online"): the log names both causes. Retained
+    content still valid shows; content stamped 10 min ago is said as long expired."""
     now = time.time()
     _retain(
         mosquitto.port,
@@ -485,10 +486,11 @@ def test_sim_display_shows_content_stamped_by_a_gateway_clock_behind_it(
         },
     )
     blocks, stderr = _once(site_variant(tmp_path), mosquitto, subprocess_env)
-    assert not _blank(blocks["gate-north"]) and blocks["gate-north"].splitlines()[1].endswith("3")
+    assert _blank(blocks["gate-north"])
     assert not _blank(blocks["jct-n1"])
     assert _blank(blocks["gate-east"])
-    assert "ahead of the gateway's, check its NTP" in stderr, stderr
+    assert "retained sign content on gate-north expired" in stderr, stderr
+    assert "clock is ahead; check its NTP" in stderr, stderr
     assert "gate-east expired" in stderr, stderr
 
 
@@ -621,3 +623,29 @@ def test_the_terminal_is_redrawn_only_when_what_it_shows_changes(example_site):
     assert len(shows) == 3, shows
     assert shows[1][1] is True and shows[1][0] == pytest.approx(539.5)
     assert shows[2][2] == (100, 30)
+
+
+def test_retained_content_past_its_expires_is_not_shown(example_site, caplog):
+    """After a power cut the broker restores the signs' retained content and the gateway's
+    retained "online" (no last will fired): content expired a minute ago, sent at subscribe,
+    showed the dead gateway's counts for a full validity. Retained and past its expires, it
+    is not shown now; the same content live (a clock ahead) still is, and so is retained
+    content still valid."""
+    caplog.set_level(logging.WARNING, logger="firmware_sim.display")
+    clock = {"wall": GATEWAY_WALL, "mono": 100.0}
+    board = SignBoard(example_site, wall=lambda: clock["wall"], mono=lambda: clock["mono"])
+    north = topics.display_content(example_site.id, "gate-north")
+    east = topics.display_content(example_site.id, "gate-east")
+    stamped = GATEWAY_WALL - 90  # valid 60 s: expired 30 s ago
+    expired = json.dumps(_content("gate-north", stamped, stamped + 60)).encode()
+    board.feed(topics.gateway_availability(example_site.id), b"online", retained=True)
+    board.feed(north, expired, retained=True)
+    fresh = GATEWAY_WALL - 10
+    board.feed(east, json.dumps(_content("gate-east", fresh, fresh + 60)).encode(), retained=True)
+    views = {v.display: v for v in board.views()}
+    assert views["gate-north"].blank and not views["gate-east"].blank
+    assert board.stale == 1
+    assert any("retained sign content on gate-north expired 30 s ago" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    board.feed(north, expired)  # the same, live: this clock may be ahead, shown
+    assert not {v.display: v for v in board.views()}["gate-north"].blank
