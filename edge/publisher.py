@@ -96,7 +96,7 @@ DEFAULT_MAX_UNSPOOLED = 1000
 """reports kept in memory while the spool cannot take them; the oldest go beyond this (the
 next snapshot, on connect and periodically, puts every space right again)"""
 BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 30.0
+BACKOFF_CAP_S = 10.0  # a broker back after a power cut hears from every agent within it
 _WARN_EVERY_S = 60.0  # connection failures: a warning at most this often, debug otherwise
 TAKEOVER_DROPS = 3
 TAKEOVER_WINDOW_S = 30.0
