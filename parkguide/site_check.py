@@ -42,7 +42,10 @@ def journal_changes(db: str, site: Site) -> list[str]:
             "the journal does not say which site file it last ran with (a journal of an"
             " older release, or a gateway that never started): nothing to compare"
         ]
-    return compare(old, site).lines(show=20) or ["no change against the journal"]
+    return compare(old, site).lines(show=20) or [
+        "no change to spaces, zones or displays against the journal (policies and the time"
+        " zone are not compared: the gateway applies the file's at its next start)"
+    ]
 
 
 def main(args: argparse.Namespace) -> int:

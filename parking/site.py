@@ -13,8 +13,10 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import ValidationError
@@ -612,6 +614,63 @@ def zone_warnings(site: Site) -> list[str]:
     return out
 
 
+def _hhmm(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def policy_warnings(site: Site, today: date | None = None) -> list[str]:
+    """Time windows that do not do what they look like: a (kind, class) whose policies
+    never agree on a minute (every policy naming both must allow it, so two policies
+    for one class and kind mean their windows' overlap, not their union), and window
+    edges at a local time that daylight saving skips or repeats within a year of
+    ``today`` (the window then opens late, opens twice or closes and reopens)."""
+    out = []
+    for vc in site.vehicle_classes:
+        for kind in vc.kinds:
+            ruling = [p.id for p in site.policies if p.kind == kind and vc.id in p.classes]
+            if ruling and not any(site.kind_open(kind, vc.id, m) for m in range(24 * 60)):
+                out.append(
+                    f"vehicle class {vc.id} may never use {kind} spaces: its policies"
+                    f" {', '.join(ruling)} must all allow a minute and share none (give one"
+                    " class's windows for a kind in one policy's windows list)"
+                )
+    for p in site.policies:
+        seen: list[tuple[int, int]] = []
+        for w in p.windows:
+            if any(_windows_meet(w, other) for other in seen):
+                out.append(
+                    f"policy {p.id}: window {_hhmm(w[0])}-{_hhmm(w[1])} overlaps another of"
+                    " its windows (they are joined; check it is meant)"
+                )
+            seen.append(w)
+    tz = ZoneInfo(site.timezone)
+    start = today or date.today()
+    edges = sorted({(e, p.id) for p in site.policies for w in p.windows for e in w if e < 1440})
+    for minute, policy in edges:
+        for day in (start + timedelta(days=i) for i in range(366)):
+            at = datetime.combine(day, time(minute // 60, minute % 60))
+            before, after = at.replace(tzinfo=tz, fold=0), at.replace(tzinfo=tz, fold=1)
+            if before.utcoffset() == after.utcoffset():
+                continue
+            what = (
+                "does not exist (the clocks skip it)"
+                if (before.utcoffset() or timedelta()) < (after.utcoffset() or timedelta())
+                else "happens twice (the clocks go back)"
+            )
+            out.append(
+                f"policy {policy}: {_hhmm(minute)} on {day.isoformat()} {what} in"
+                f" {site.timezone} (daylight saving): a window edge then opens late, twice, or"
+                " closes and reopens; an edge outside the changeover hour avoids it"
+            )
+            break
+    return out
+
+
+def _windows_meet(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Two windows (minutes of the day, either may cross midnight) share a minute."""
+    return any(in_window(m, a) and in_window(m, b) for m in range(24 * 60))
+
+
 def lane_warnings(site: Site, show: int = 5) -> list[str]:
     """``unreachable`` as warnings for ``parkguide site check`` and the gateway's log (count
     and the first ids), then ``sign_reach_warnings`` and ``zone_warnings``."""
@@ -632,7 +691,7 @@ def lane_warnings(site: Site, show: int = 5) -> list[str]:
             f"entrance {ent_id} (lane node {node}) reaches no space over the lanes:"
             " check lanes.edges for a missing or reversed one-way edge"
         )
-    return out + sign_reach_warnings(site, show) + zone_warnings(site)
+    return out + sign_reach_warnings(site, show) + zone_warnings(site) + policy_warnings(site)
 
 
 def _out_of_frame(poly: Iterable[Any], w: int, h: int) -> bool:

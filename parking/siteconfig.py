@@ -33,6 +33,8 @@ SpaceRef = Annotated[
 Arrow = Literal[
     "left", "right", "up", "down", "up-left", "up-right", "down-left", "down-right", "none"
 ]
+HOST_DEPENDENT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
+"""tzdata names that are not a place: the host's own setting, or a placeholder"""
 WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 MAX_TTL_S = 86400.0
 """Longest source TTL: silence must end in unknown (an infinite TTL never would)."""
@@ -61,6 +63,13 @@ class SiteInfo(_Model):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
+        if value in HOST_DEPENDENT_ZONES or value.startswith(("posix/", "right/")):
+            # tzdata's aliases of the host's own setting (or its leap-second variant): the
+            # same file would run on another clock on another machine
+            raise ValueError(
+                f"{value!r} depends on the machine (or counts leap seconds): name the site's"
+                " IANA time zone, e.g. Asia/Shanghai"
+            )
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):  # ValueError: not a key ("../x", "")
@@ -116,6 +125,8 @@ class Policy(_Model):
         for w in value:
             m = WINDOW_RE.match(w)
             if not m:
+                if w.startswith("24:"):
+                    raise ValueError(f"window {w!r} starts at 24:00: write it 00:{w[3:]}")
                 raise ValueError(f"window {w!r} is not 'HH:MM-HH:MM'")
             if m.group(3) == "24" and m.group(4) != "00":
                 # in_window never reaches minute 1440: 24:30 would silently mean 24:00

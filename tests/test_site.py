@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import date
 
 import pytest
 
@@ -427,3 +428,67 @@ def test_a_source_whose_snapshot_could_not_cross_the_wire_is_refused():
     assert [p for p in info.value.problems if "buses[0]" in p and "262144" in p], (
         info.value.problems
     )
+
+
+NIGHT = '    windows: ["19:00-08:00"]\n'
+
+
+def test_policies_that_never_let_a_class_in_are_warned_about():
+    """Every policy naming a class and a kind must allow a minute: a second policy for
+    residents on shared spaces (lunch) made zone D theirs at no hour at all, and
+    site check said OK."""
+    from parking.site import policy_warnings
+
+    assert NIGHT in TEXT
+    lunch = (
+        "  - id: shared-lunch-residents\n    kind: shared\n    classes: [resident]\n"
+        '    windows: ["12:00-13:00"]\n'
+    )
+    site = parse_site(TEXT.replace("policies:\n", "policies:\n" + lunch, 1), "site.yaml")
+    said = policy_warnings(site, today=date(2026, 6, 1))
+    assert any(
+        "vehicle class resident may never use shared spaces" in w
+        and "shared-lunch-residents, shared-night-residents" in w
+        for w in said
+    ), said
+    overlapping = TEXT.replace(NIGHT, '    windows: ["19:00-08:00", "20:00-21:00"]\n', 1)
+    said = policy_warnings(parse_site(overlapping, "s.yaml"), today=date(2026, 6, 1))
+    assert said == [
+        "policy shared-night-residents: window 20:00-21:00 overlaps another of its windows"
+        " (they are joined; check it is meant)"
+    ]
+    assert policy_warnings(parse_site(TEXT, "s.yaml"), today=date(2026, 6, 1)) == []
+
+
+def test_window_edges_daylight_saving_skips_or_repeats_are_warned_about():
+    """In Berlin 02:30 does not exist on 28 March 2027 and happens twice on 25 October
+    2026: a window edge there opens late, or closes and reopens."""
+    from parking.site import policy_warnings
+
+    berlin = TEXT.replace("timezone: Asia/Shanghai", "timezone: Europe/Berlin", 1)
+    assert berlin != TEXT
+    edge = berlin.replace(NIGHT, '    windows: ["19:00-02:30"]\n', 1)
+    said = policy_warnings(parse_site(edge, "s.yaml"), today=date(2026, 10, 1))
+    assert said == [
+        "policy shared-night-residents: 02:30 on 2026-10-25 happens twice (the clocks go back)"
+        " in Europe/Berlin (daylight saving): a window edge then opens late, twice, or closes"
+        " and reopens; an edge outside the changeover hour avoids it"
+    ], said
+    said = policy_warnings(parse_site(edge, "s.yaml"), today=date(2026, 11, 1))
+    assert len(said) == 1 and "02:30 on 2027-03-28 does not exist" in said[0]
+    # the example's 19:00 and 08:00 are safe there, and Shanghai has no daylight saving
+    assert policy_warnings(parse_site(berlin, "s.yaml"), today=date(2026, 10, 1)) == []
+    shanghai = TEXT.replace(NIGHT, '    windows: ["19:00-02:30"]\n', 1)
+    assert policy_warnings(parse_site(shanghai, "s.yaml"), today=date(2026, 10, 1)) == []
+
+
+@pytest.mark.parametrize("zone", ["localtime", "Factory", "posixrules", "posix/Asia/Shanghai"])
+def test_a_time_zone_that_depends_on_the_machine_is_refused(zone):
+    text = TEXT.replace("timezone: Asia/Shanghai", f"timezone: {zone}", 1)
+    with pytest.raises(SiteError, match="depends on the machine"):
+        parse_site(text, "site.yaml")
+
+
+def test_a_window_starting_at_24_says_to_write_00():
+    with pytest.raises(SiteError, match="starts at 24:00: write it 00:00-08:00"):
+        parse_site(TEXT.replace(NIGHT, '    windows: ["24:00-08:00"]\n', 1), "site.yaml")
