@@ -253,11 +253,12 @@ class MqttLiveView:
 
     def _on_message(self, client, userdata, msg) -> None:
         try:
-            self._handle(msg.topic, msg.payload)
+            self._handle(msg.topic, msg.payload, bool(msg.retain))
         except Exception:
             log.exception("handling a message on %s failed", msg.topic)
 
-    def _handle(self, topic: str, payload: bytes) -> None:
+    def _handle(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        """One message; ``retained``: the broker's stored copy, sent at subscribe."""
         parsed = topics.parse(topic)
         if parsed is None or parsed.site != self.site.id:
             return
@@ -295,7 +296,8 @@ class MqttLiveView:
                     return
                 with self._lock:
                     self._online[ident] = text == topics.ONLINE
-                    self._seen[ident] = now
+                    if not retained:  # a stored copy (maybe restored after a power cut)
+                        self._seen[ident] = now  # is no sign of life now
                 self._emit("agent", {"agent": ident, "online": text == topics.ONLINE}, now)
             elif kind == "edge/health":
                 if not payload:

@@ -551,6 +551,7 @@ def test_a_broker_restored_after_a_power_cut_does_not_make_a_dead_gateway_look_l
         (topics.zone(site.id, zone), json.dumps({**counts, "ts": cut}).encode()),
         (topics.display_content(site.id, sign), content(cut)),
         (topics.gateway_availability(site.id), topics.ONLINE.encode()),
+        (topics.edge_availability(site.id, site.buses[0].agent), topics.ONLINE.encode()),
     ):
         pub.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
     caplog.set_level("INFO", logger="api.mqttview")
@@ -561,6 +562,9 @@ def test_a_broker_restored_after_a_power_cut_does_not_make_a_dead_gateway_look_l
         assert eventually(lambda: view._displays.get(sign) is not None, timeout=10)
         assert cut + 60 + SIGNS_STALE_GRACE_S < time.time()
         assert view.gateway_online() is False
+        # the agent's stored "online" is no sign of life: its last_seen is not made "now"
+        agent = next(a for a in view.agents() if a.agent == site.buses[0].agent)
+        assert agent.last_seen is None
         shown = next(z for z in view.zone_counts() if z.zone == zone)
         assert (shown.free, shown.unknown) == (0, shown.total)
         assert eventually(lambda: "signs expired and nothing new came" in caplog.text, timeout=5)
