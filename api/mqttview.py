@@ -12,6 +12,7 @@ offline, every space and zone reads ``unknown``: silence is never free.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import sys
 import threading
@@ -44,8 +45,8 @@ log = logging.getLogger(__name__)
 REFRESH_SPACES_S = 5.0
 LOG_EVERY_S = 60.0
 SIGNS_STALE_GRACE_S = 10.0
-"""the gateway counts as silent once its newest sign content is this far past its expires
-(it republishes every sign at half the validity, so a live one never gets there)"""
+"""the gateway counts as silent after the site's sign validity and this long without live
+sign content (it republishes every sign at half the validity)"""
 
 
 class MqttLiveView:
@@ -84,6 +85,8 @@ class MqttLiveView:
         self._last_event = 0
         self._gateway_online: bool | None = None
         self._stale_said = False  # _check_signs_fresh said the gateway went silent
+        self._connected_mono: float | None = None  # monotonic time of the last (re)connect
+        self._live_sign_mono = -math.inf  # monotonic arrival of the last live sign content
         self._ever_connected = False
         self._refused = False  # the broker's last CONNACK was a refusal
         self._subscribers: list[Callable[[LiveEvent], None]] = []
@@ -143,6 +146,7 @@ class MqttLiveView:
             self._ever_connected = True
             if not self.connected.is_set():
                 self._connected_at = time.time()
+                self._connected_mono = time.monotonic()
             self.connected.set()
             log.info("connected to %s", self.broker.url)
             if lost:
@@ -186,46 +190,45 @@ class MqttLiveView:
         """The gateway's retained availability as heard (None: not heard yet), and False
         while it says ``online`` but has let its signs expire (:meth:`_signs_stale`)."""
         with self._lock:
-            if self._gateway_online and self._signs_stale(time.time()):
+            if self._gateway_online and self._signs_stale():
                 return False
             return self._gateway_online
 
-    def _signs_stale(self, now: float) -> bool:
-        """The gateway says ``online`` but republishes nothing: its newest sign content is
-        past its expires (or, none retained, none came for a validity since we connected).
-        A broker restored from disk after a power cut keeps the gateway's retained
-        ``online``, its last counts and signs, and no last will ever replaces them."""
-        if not self.site.displays:
+    def _signs_stale(self) -> bool:
+        """The gateway says ``online`` but publishes nothing: no live sign content (sent as
+        it was published, not the broker's stored copy) for a validity and a grace, since
+        the last one or since we connected. It republishes every sign at half the
+        validity. A broker restored from disk after a power cut keeps the gateway's
+        retained ``online``, counts and signs, and no last will ever replaces them; their
+        stored copies come at subscribe and never count as live. Judged on this host's
+        monotonic clock only: the gateway's stamps are another host's clock."""
+        if not self.site.displays or self._connected_mono is None:
             return False
-        newest = max((d.expires for d in self._displays.values()), default=None)
-        if newest is None:
-            if self._connected_at is None:
-                return False
-            newest = self._connected_at + self.site.display_settings.expires_s
-        return now > newest + SIGNS_STALE_GRACE_S
+        since = max(self._connected_mono, self._live_sign_mono)
+        window = self.site.display_settings.expires_s + SIGNS_STALE_GRACE_S
+        return time.monotonic() - since > window
 
     def _blind(self) -> bool:
         """No word from the gateway can reach us: every count and state shows unknown."""
-        return (
-            self._gateway_online is False
-            or not self.connected.is_set()
-            or self._signs_stale(time.time())
-        )
+        return self._gateway_online is False or not self.connected.is_set() or self._signs_stale()
 
     def _check_signs_fresh(self) -> None:
         """From the poll loop: a gateway whose signs ran out (no message says so) blanks
         the view, and one that publishes again brings it back."""
         with self._lock:
-            stale = self._gateway_online is True and self._signs_stale(time.time())
+            stale = self._gateway_online is True and self._signs_stale()
             changed = stale != self._stale_said
             self._stale_said = stale
         if not changed:
             return
         if stale:
             log.warning(
-                "the gateway's availability says online but its signs expired and nothing "
-                "new came (it stopped, or the broker restored its retained state after a "
-                "power cut): every space and zone shows unknown until it publishes again"
+                "the gateway's availability says online but no sign content came from it for"
+                " %.0f s, and it republishes every sign within %.0f s (it stopped, or the"
+                " broker restored its retained state after a power cut): every space and"
+                " zone shows unknown until it publishes again",
+                self.site.display_settings.expires_s + SIGNS_STALE_GRACE_S,
+                self.site.display_settings.expires_s / 2,
             )
         else:
             log.info("the gateway publishes again")
@@ -282,6 +285,8 @@ class MqttLiveView:
                 dc = DisplayContent.model_validate_json(payload)
                 with self._lock:
                     self._displays[dc.display] = dc
+                    if not retained:  # published now, not the broker's stored copy
+                        self._live_sign_mono = time.monotonic()
                     self._sign_updates += 1
                 self._emit("display", dc.model_dump(mode="json"), now)
             elif kind == "edge/availability":
