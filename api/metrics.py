@@ -167,8 +167,9 @@ def render(ctx: Ctx) -> str:
         "parkguide_gateway_up",
         "gauge",
         "1 while the gateway is up: in a stand-alone API, while its retained availability "
-        "says online and the broker is reachable (0: its last will, never heard, or no broker); "
-        "in the gateway's own API always 1.",
+        "says online, its sign content keeps coming and the broker is reachable (0: its last "
+        "will, silent for a sign validity, never heard, or no broker); in the gateway's own "
+        "API always 1.",
         1 if gateway_up(ctx) else 0,
     )
     out.family("parkguide_agents_online", "gauge", "Edge agents online.")

@@ -30,6 +30,7 @@ rate, and after a power loss the edge agents' snapshots rebuild the state.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -153,20 +154,40 @@ def lock_journal(path: str | Path) -> Iterator[None]:
     interleave their events, take each other's broker session and clear each other's
     retained signs. The lock goes with the process (``kill -9`` too): no stale lock file
     to remove after a crash. Raises :class:`JournalInUse` naming the holder's pid."""
-    lock_path = Path(f"{path}.lock")
+    real = Path(path).resolve()  # a symlink to the journal is the same journal
+    lock_path = real.with_name(real.name + ".lock")
     create_private(lock_path)
-    fd = os.open(lock_path, os.O_RDWR)
+    _same_owner_as_journal(lock_path, real)
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except PermissionError:  # another user's lock file: flock needs no write access
+        fd = os.open(lock_path, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise JournalInUse(f"another gateway (pid {holder}) has it open") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # the holder's pid, for the refusal's message
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _same_owner_as_journal(lock_path: Path, journal: Path) -> None:
+    """A lock file made by root (a one-off run as root) goes to the journal's owner, as
+    SQLite does with its -wal and -shm files, so the service's user can still take it."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = journal.stat() if journal.exists() else journal.parent.stat()
+        mine = lock_path.stat()
+        if (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid) and mine.st_uid == 0:
+            os.chown(lock_path, owner.st_uid, owner.st_gid)
+    except OSError:
+        pass  # opening it says what is wrong, in the caller's words
 
 
 def peek_meta(path: str | Path, keys: Iterable[str]) -> dict[str, str]:

@@ -103,8 +103,10 @@ class SiteChanges:
         out = []
         if self.renamed_from:
             out.append(
-                f"site id changed from {self.renamed_from!r}: the journal's state is taken"
-                " over; every agent, display and client must use the new id's topics"
+                f"site id changed from {self.renamed_from!r}: the gateway takes this journal"
+                f" over only when started with --rename-site-from {self.renamed_from} (else"
+                " it refuses it: a journal of another site); every agent, display and client"
+                " must then use the new id's topics"
             )
         if self.added:
             out.append(f"{len(self.added)} spaces added (unknown until heard): {ids(self.added)}")

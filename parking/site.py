@@ -645,7 +645,15 @@ def policy_warnings(site: Site, today: date | None = None) -> list[str]:
             seen.append(w)
     tz = ZoneInfo(site.timezone)
     start = today or date.today()
-    edges = sorted({(e, p.id) for p in site.policies for w in p.windows for e in w if e < 1440})
+    edges = sorted(
+        (e % 1440, p.id)
+        for p in site.policies
+        for e in {e % 1440 for w in p.windows for e in w}
+        # a real edge: the policy's windows cover one side of it and not the other (an
+        # all-day 00:00-24:00 has none)
+        if any(in_window(e % 1440, w) for w in p.windows)
+        != any(in_window((e - 1) % 1440, w) for w in p.windows)
+    )
     for minute, policy in edges:
         for day in (start + timedelta(days=i) for i in range(366)):
             at = datetime.combine(day, time(minute // 60, minute % 60))

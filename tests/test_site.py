@@ -480,6 +480,13 @@ def test_window_edges_daylight_saving_skips_or_repeats_are_warned_about():
     assert policy_warnings(parse_site(berlin, "s.yaml"), today=date(2026, 10, 1)) == []
     shanghai = TEXT.replace(NIGHT, '    windows: ["19:00-02:30"]\n', 1)
     assert policy_warnings(parse_site(shanghai, "s.yaml"), today=date(2026, 10, 1)) == []
+    # clocks that change at midnight: an all-day window has no edge there, 00:00-08:00 has
+    santiago = TEXT.replace("timezone: Asia/Shanghai", "timezone: America/Santiago", 1)
+    all_day = santiago.replace(NIGHT, '    windows: ["00:00-24:00"]\n', 1)
+    assert policy_warnings(parse_site(all_day, "s.yaml"), today=date(2026, 6, 1)) == []
+    morning = santiago.replace(NIGHT, '    windows: ["00:00-08:00"]\n', 1)
+    said = policy_warnings(parse_site(morning, "s.yaml"), today=date(2026, 6, 1))
+    assert len(said) == 1 and "00:00 on 2026-09-06 does not exist" in said[0]
 
 
 @pytest.mark.parametrize("zone", ["localtime", "Factory", "posixrules", "posix/Asia/Shanghai"])

@@ -355,3 +355,28 @@ def test_one_gateway_per_journal(tmp_path, mosquitto, subprocess_env):
                 proc.terminate()
                 proc.wait(10)
         watcher.stop()
+
+
+def test_the_journal_lock_holds_through_a_symlink_and_a_root_run(tmp_path):
+    """A second path to the same journal (a symlink) is the same journal; a lock file a
+    one-off root run made belongs to the journal's owner, so the service's user can take
+    it afterwards."""
+    import os
+
+    from gateway.journal import JournalInUse, lock_journal
+
+    real = tmp_path / "data" / "journal.sqlite"
+    real.parent.mkdir()
+    Journal(real).close()
+    alias = tmp_path / "alias.sqlite"
+    alias.symlink_to(real)
+    with lock_journal(real), pytest.raises(JournalInUse, match=f"pid {os.getpid()}"):
+        with lock_journal(alias):
+            pass
+    if os.geteuid() == 0:
+        os.chown(real, 65534, 65534)  # nobody's journal, locked by a root run
+        lock = real.with_name("journal.sqlite.lock")
+        lock.unlink()
+        with lock_journal(real):
+            pass
+        assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534)
