@@ -370,9 +370,12 @@ def test_the_journal_lock_holds_through_a_symlink_and_a_root_run(tmp_path):
     Journal(real).close()
     alias = tmp_path / "alias.sqlite"
     alias.symlink_to(real)
-    with lock_journal(real), pytest.raises(JournalInUse, match=f"pid {os.getpid()}"):
-        with lock_journal(alias):
-            pass
+    with (
+        lock_journal(real),
+        pytest.raises(JournalInUse, match=f"pid {os.getpid()}"),
+        lock_journal(alias),
+    ):
+        pass
     if os.geteuid() == 0:
         os.chown(real, 65534, 65534)  # nobody's journal, locked by a root run
         lock = real.with_name("journal.sqlite.lock")
