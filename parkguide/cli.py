@@ -47,6 +47,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ),
     ("gateway",): ("gateway.service", "aggregate occupancy, allocate spaces, drive the signs"),
     ("api",): ("api.service", "serve the dashboard and REST API as its own process"),
+    ("journal", "backup"): (
+        "gateway.backup",
+        "copy the gateway's journal (history, users, alerts) while it runs",
+    ),
     ("user", "add"): ("api.users", "add a dashboard user to the journal database"),
     ("user", "remove"): ("api.users", "remove a dashboard user and end their sessions"),
     ("user", "list"): ("api.users", "list the dashboard users and their roles"),
@@ -58,6 +62,7 @@ GROUP_HELP = {
     "edge": "edge agents",
     "eval": "measurements",
     "user": "dashboard users",
+    "journal": "the gateway's journal",
 }
 
 

@@ -1,0 +1,110 @@
+"""``parkguide journal backup``: a consistent, private copy of the journal while a real
+gateway writes it, which a gateway restored on it resumes from."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import stat
+import subprocess
+import threading
+import time
+
+from tests.conftest import eventually, parkguide_cmd
+from tests.gateway_support import Edge, running_gateway, site_variant
+
+
+def _backup(db, out, env) -> subprocess.CompletedProcess:
+    cmd = parkguide_cmd("journal", "backup", "--db", str(db), "--out", str(out), "--json")
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_backup_taken_while_the_gateway_runs_restores_its_state(
+    mosquitto, tmp_path, example_site, subprocess_env
+):
+    site_path = site_variant(tmp_path, ttl_s=600)  # the restored state is not aged out
+    db = tmp_path / "live" / "journal.sqlite"
+    db.parent.mkdir()
+    spaces = example_site.spaces_of_source("bus-g")
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    try:
+        with running_gateway(site_path, mosquitto.url, db) as service:
+            edge.send(dict.fromkeys(spaces, "free"), kind="snapshot")
+            edge.send({s: "occupied" for s in spaces[:20]})
+            taken = example_site.space_index[spaces[19]]
+            assert eventually(lambda: service.gateway.state.state[taken] == 2, timeout=10)
+            add = parkguide_cmd("user", "add", "alice", "--role", "manager", "--db", str(db))
+            subprocess.run(add, input="a long enough password\n", text=True, check=True,
+                           env=subprocess_env, capture_output=True)  # fmt: skip
+            out = tmp_path / "backup.sqlite"
+            done = _backup(db, out, subprocess_env)
+            assert done.returncode == 0, done.stderr
+            info = json.loads(done.stdout)
+            assert info["users"] == 1 and info["events"] >= 20 and info["out"] == str(out)
+            assert stat.S_IMODE(out.stat().st_mode) == 0o600  # hashes and plates
+            before = {
+                z.zone: (z.free, z.occupied, z.unknown) for z in service.gateway.zone_counts()
+            }
+            size = out.stat().st_size
+            again = _backup(db, out, subprocess_env)
+            assert again.returncode == 2 and "never overwrites" in again.stderr
+            assert out.stat().st_size == size
+
+    finally:
+        edge.stop()
+    # restored on a new box: the copy as the journal, the gateway resumes its state
+    restored = tmp_path / "restored" / "journal.sqlite"
+    restored.parent.mkdir()
+    shutil.copy(out, restored)
+    with running_gateway(site_path, mosquitto.url, restored) as service:
+        after = {z.zone: (z.free, z.occupied, z.unknown) for z in service.gateway.zone_counts()}
+        assert after == before
+    with sqlite3.connect(restored) as conn:
+        assert conn.execute("SELECT name FROM users").fetchall() == [("alice",)]
+
+
+def test_a_backup_while_reports_keep_coming_is_one_checked_moment(
+    mosquitto, tmp_path, example_site, subprocess_env
+):
+    """The gateway commits a report every few milliseconds meanwhile: the backup still
+    finishes (one step, a read transaction WAL lets writers past) and the copy is whole."""
+    db = tmp_path / "journal.sqlite"
+    spaces = example_site.spaces_of_source("bus-g")
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    try:
+        with running_gateway(site_variant(tmp_path), mosquitto.url, db):
+            edge.send(dict.fromkeys(spaces, "free"), kind="snapshot")
+            # a backup while reports keep coming: one moment, checked, never stuck
+            stop = threading.Event()
+
+            def keep_reporting() -> None:
+                i = 0
+                while not stop.is_set():
+                    edge.send({spaces[20 + i % 40]: "occupied" if i % 80 < 40 else "free"})
+                    i += 1
+                    time.sleep(0.002)
+
+            writer = threading.Thread(target=keep_reporting)
+            writer.start()
+            try:
+                busy = _backup(db, tmp_path / "busy.sqlite", subprocess_env)
+            finally:
+                stop.set()
+                writer.join()
+            assert busy.returncode == 0, busy.stderr
+            with sqlite3.connect(tmp_path / "busy.sqlite") as copy:
+                assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        edge.stop()
+
+
+def test_a_backup_refuses_what_is_not_a_journal_and_leaves_nothing(tmp_path, subprocess_env):
+    missing = _backup(tmp_path / "none.sqlite", tmp_path / "b1.sqlite", subprocess_env)
+    assert missing.returncode == 2 and "no such journal" in missing.stderr
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t(x)")
+    refused = _backup(other, tmp_path / "b2.sqlite", subprocess_env)
+    assert refused.returncode == 2 and "not a parkguide journal" in refused.stderr
+    assert not (tmp_path / "b1.sqlite").exists() and not (tmp_path / "b2.sqlite").exists()
