@@ -31,7 +31,7 @@ from firmware_sim.scenario import parse_hhmm
 from parkguide.ports import free_port, port_problem
 from parkguide.supervisor import Supervisor
 from parking import topics
-from parking.broker import BrokerConfig, broker_from_args
+from parking.broker import ENV_CA_FILE, BrokerConfig, broker_from_args
 from parking.payloads import ARROW_GLYPHS as ARROWS
 from parking.payloads import Assignment, DisplayContent, ZoneCounts, both_languages
 from parking.site import EXAMPLE_SITE, Site, SiteError, load_site
@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--broker-port", type=int, help="port for the embedded broker (default: a free one)"
+    )
+    parser.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help="--broker mqtts://: the CA the broker's certificate must chain to (default: "
+        "$PARKGUIDE_MQTT_CA_FILE, else the system's CAs); the demo's parts get it too",
     )
     parser.add_argument("--http", default="127.0.0.1:8000", help="dashboard address (HOST:PORT)")
     parser.add_argument(
@@ -401,11 +407,15 @@ def _check_args(args: argparse.Namespace) -> tuple[str, int, BrokerConfig | None
     if problem:
         return f"--http {args.http}: {problem}"
     broker = None
+    if args.ca_file and not args.broker:
+        return "--ca-file: only with --broker mqtts://… (the embedded broker has no TLS)"
     if args.broker:
         try:
             broker = broker_from_args(args.broker, args)
         except ValueError as exc:
             return f"--broker: {exc}"
+        if broker.ca_file:  # every part of the demo it starts trusts the same CA
+            os.environ[ENV_CA_FILE] = str(Path(broker.ca_file).resolve())
     elif args.broker_port is not None:
         problem = port_problem("127.0.0.1", args.broker_port)
         if problem and problem.endswith(" is in use"):

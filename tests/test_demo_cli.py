@@ -418,3 +418,51 @@ def test_status_view_and_live_drivers_reach_a_tls_broker(tmp_path, example_site,
         pub.loop_stop()
         pub.disconnect()
         broker.stop()
+
+
+def test_the_demo_runs_on_a_tls_broker_with_a_ca_file(tmp_path, subprocess_env):
+    """--ca-file on the demo: its own clients and every part it starts (gateway, API,
+    agents) trust the broker's private CA, with nothing else set; without --broker it
+    is refused (the embedded broker has no TLS)."""
+    broker = tls_broker(tmp_path)
+    env = {
+        k: v
+        for k, v in subprocess_env.items()
+        if k not in ("SSL_CERT_FILE", "PARKGUIDE_MQTT_CA_FILE")
+    }
+    run_dir = tmp_path / "run"
+    try:
+        done = subprocess.run(
+            parkguide_cmd(
+                "demo",
+                "--broker",
+                f"mqtts://127.0.0.1:{broker.port}",
+                "--ca-file",
+                str(tmp_path / "ca.crt"),
+                "--http",
+                f"127.0.0.1:{free_port()}",
+                "--no-camera",
+                "--no-drivers",
+                "--duration",
+                "8",
+                "--run-dir",
+                str(run_dir),
+            ),  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        broker.stop()
+    logs = "".join(p.read_text(errors="replace") for p in run_dir.glob("*.log"))
+    assert done.returncode == 0, done.stderr.decode()[-2000:] + logs[-3000:]
+    assert f"connected to mqtts://127.0.0.1:{broker.port}; zones and signs follow" in logs
+    assert "not trusted" not in logs
+    refused = subprocess.run(
+        parkguide_cmd("demo", "--ca-file", str(tmp_path / "ca.crt")),
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and b"only with --broker mqtts://" in refused.stderr
