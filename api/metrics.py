@@ -120,6 +120,15 @@ def render(ctx: Ctx) -> str:
         )
         for agent, n in sorted(c.reports_missed.items()):
             out.sample("parkguide_reports_missed_total", n, {"agent": agent})
+        out.family(
+            "parkguide_report_lag_seconds",
+            "gauge",
+            "How far behind an agent's reports the gateway is: reports queue at the broker "
+            "faster than it handles them, and signs show the state of that long ago "
+            "(0: keeping up), by agent.",
+        )
+        for agent, lag in sorted(c.report_lag_s.items()):
+            out.sample("parkguide_report_lag_seconds", round(lag, 3), {"agent": agent})
     out.family("parkguide_outbox_depth", "gauge", "Points waiting in the InfluxDB outbox.")
     out.sample("parkguide_outbox_depth", c.outbox_depth)
     out.family(

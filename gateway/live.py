@@ -93,6 +93,9 @@ ARRIVAL_MAX_AGE_S = 60.0
 """An arrival stamped (``ts``) longer ago than this, by its gate's clock as the gateway has
 learned it (:meth:`LiveGateway._arrival_age`), is answered without holding a space."""
 ARRIVAL_LIVE_AFTER_S = 10.0  # connected this long: an arrival is no backlog of the broker's
+BEHIND_WARN_S = 10.0  # reports this far behind their agents' time: the operator is told
+BEHIND_S = 2.0  # behind at all: gate clock offsets are not learned from such arrivals
+BEHIND_LOG_INTERVAL_S = 60.0
 GATE_OFFSET_SAMPLES = 16  # live arrivals per entrance its clock offset is learned from
 GATE_OFFSET_WINDOW_S = 600.0  # and only those of the last ten minutes
 GATE_OFFSET_WARN_S = 60.0  # a gate clock this far off the gateway's is worth a technician
@@ -281,6 +284,14 @@ class LiveGateway:
             sorted(x.agent for x in (*site.buses, *site.cameras)), 0
         )
         self._gap_logged: dict[str, float] = {}  # agent -> monotonic time of its last warning
+        # agent -> how long after its sending the gateway handled its last report, less the
+        # same when the gateway last read it with nothing else waiting (clock offset and
+        # transit): what it is behind by, as reports queue at the broker
+        self.report_lag: dict[str, float] = {}
+        self._report_delay: dict[str, float] = {}
+        self._caught_up = True  # the batch being handled was all that was waiting
+        self._behind_logged = -math.inf  # monotonic time of the last "behind" warning
+        self._behind_said = False
         # agent -> (monotonic time of its last availability line, changes not logged since)
         self._availability_logged: dict[str, tuple[float, int]] = {}
         self.answered = 0  # assignments published, repeated ones included
@@ -498,6 +509,8 @@ class LiveGateway:
         handled on its own, in order. Never raises for bad input."""
         staged = _Staged()
         with self.lock:
+            # one message: the socket had nothing else (the service reads all there is)
+            self._caught_up = len(messages) <= 1
             for topic, payload, t0 in messages:
                 parsed = topics.parse(topic)
                 if (
@@ -602,6 +615,7 @@ class LiveGateway:
                     )
             if self._gate_unsaved:
                 self._save_gate_offsets(now, mono)
+            self._log_behind(mono)
             self._log_availability_later()
             if self._dirty_since is not None and not self.defer_checkpoint:
                 self.flush_checkpoint(step=True)
@@ -716,6 +730,7 @@ class LiveGateway:
         else:
             self._note_gap(acc, mono)  # before the commit: the gate still has the last seq
         self.gate.commit(acc)  # in memory now, so a duplicate later in the batch is refused
+        self._note_lag(agent, now - max(0.0, time.perf_counter() - t0) - acc.ts)
         self._online[agent] = True
         self._agent_seen[agent] = now
         self.last_report_ts = acc.ts  # an agent's clock: the gateway's prune checks its own by it
@@ -735,6 +750,42 @@ class LiveGateway:
             # thousands of spaces would make each rehearsal milliseconds long)
             self._last_report = (agent, payload)
 
+    def _note_lag(self, agent: str, delay: float) -> None:
+        """``delay``: receipt by the gateway's clock less the report's ``ts`` (the agent's).
+        Read when nothing else waited, it is the agents' clock offset and transit: the
+        baseline; read from a backlog, the excess over it is how far behind the gateway is.
+        A clock step of the agent moves the baseline at its next report read alone."""
+        base = self._report_delay.get(agent)
+        if self._caught_up or base is None:
+            self._report_delay[agent] = delay
+            self.report_lag[agent] = 0.0
+        else:
+            self.report_lag[agent] = max(0.0, delay - base)
+
+    def behind_s(self) -> float:
+        """How far the gateway is behind its agents' reports now (0: keeping up)."""
+        return max(self.report_lag.values(), default=0.0)
+
+    def _log_behind(self, mono: float) -> None:
+        """Say it when reports queue up at the broker faster than the gateway handles them
+        (the signs show the state of that long ago), at most once a minute, and when it
+        has caught up."""
+        lag = self.behind_s()
+        if lag >= BEHIND_WARN_S and mono >= self._behind_logged + BEHIND_LOG_INTERVAL_S:
+            self._behind_logged, self._behind_said = mono, True
+            agent = max(self.report_lag, key=self.report_lag.__getitem__)
+            log.warning(
+                "the gateway is %.0f s behind agent %s's reports: they queue at the broker"
+                " faster than it handles them (signs and arrivals wait as long; at the broker's"
+                " queue limits it drops the newest)",
+                lag,
+                agent,
+            )
+        elif self._behind_said and lag < BEHIND_S:
+            self._behind_said = False
+            self._behind_logged = -math.inf
+            log.info("the gateway has caught up with its agents' reports")
+
     def _note_gap(self, acc: AcceptedReport, mono: float) -> None:
         """Count the reports an agent's seq numbers skipped (they never reached the
         gateway) and say so, at most once a minute per agent."""
@@ -748,8 +799,8 @@ class LiveGateway:
         self._gap_logged[acc.agent] = mono
         log.warning(
             "agent %s boot %s: reports %d..%d never arrived (the broker dropped them: a "
-            "broker restart, or its queue limit max_queued_messages while the gateway was "
-            "away); "
+            "broker restart, or its queue limits max_queued_messages / max_queued_bytes, "
+            "the gateway away or not keeping up); "
             "the next snapshot reconciles the state (%d missed from this agent so far)",
             acc.agent,
             acc.boot,
@@ -1065,7 +1116,10 @@ class LiveGateway:
         while delays and mono - delays[0][0] > GATE_OFFSET_WINDOW_S:
             delays.popleft()
         since = self.broker_back_since()  # None: not connected, or never told of it
-        if since is not None and wall - since > ARRIVAL_LIVE_AFTER_S:
+        # while behind, an arrival's delay is mostly the backlog: learned as the gate's
+        # offset it would make a minute-old arrival look fresh and hold a space for it
+        live = since is not None and wall - since > ARRIVAL_LIVE_AFTER_S
+        if live and self.behind_s() < BEHIND_S:
             delays.append((mono, delay))
         if not delays:
             return delay
@@ -1560,6 +1614,7 @@ class LiveGateway:
                 repeated_arrivals=self.repeated_arrivals,
                 unheld_arrivals=dict(self.unheld_arrivals),
                 reports_missed=dict(self.reports_missed),
+                report_lag_s=dict(self.report_lag),
                 latency_s=list(self._latency),
             )
         if self.outbox_stats is not None:

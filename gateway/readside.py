@@ -59,6 +59,8 @@ class Counters:
     unheld_arrivals: dict[str, int] = field(default_factory=dict)
     # agent -> reports its seq numbers skipped (they never reached the gateway)
     reports_missed: dict[str, int] = field(default_factory=dict)
+    # agent -> how far behind its reports the gateway is (0: keeping up)
+    report_lag_s: dict[str, float] = field(default_factory=dict)
     outbox_depth: int = 0
     outbox_dropped_cap: int = 0  # oldest points dropped at the disk cap (journal's life)
     outbox_dropped_rejected: int = 0  # points InfluxDB refused as bad data (4xx), since start

@@ -233,3 +233,57 @@ def test_a_restart_keeps_what_was_learned_of_a_gate_clock(example_site, tmp_path
     clocks.mono = 0.0
     g = _Gate(example_site, db, clocks)
     assert g.gw.gate_clock_offset("north") is None
+
+
+def _report(site, seq: int, ts: float, spaces: dict[str, str]) -> tuple[str, bytes, float]:
+    import time
+
+    body = {"agent": "serial-bus-g", "source": "bus-g", "boot": "b", "seq": seq, "ts": ts,
+            "kind": "delta", "spaces": [{"space": s, "state": st, "since": ts}
+                                        for s, st in spaces.items()]}  # fmt: skip
+    return (
+        topics.edge_occupancy(site.id, "serial-bus-g"),
+        json.dumps(body).encode(),
+        time.perf_counter(),
+    )
+
+
+def test_a_gateway_behind_its_reports_says_so_and_holds_no_space_for_a_stale_arrival(
+    example_site, tmp_path, caplog
+):
+    """Overload: reports (and arrivals among them) queued at the broker for a minute. The
+    gateway told nobody (its latency metric starts at receipt), and it learned the
+    backlog as the gate's clock offset, so minute-old arrivals still held a space for
+    three minutes. The lag behind the agents' own stamps is now measured (against the
+    delay of a report read with nothing else waiting), said in the log and /metrics, and
+    arrivals read while behind teach nothing about the gate's clock."""
+    clocks = Clocks(1_800_000_000.0)
+    g = _Gate(example_site, tmp_path / "j.sqlite", clocks)
+    g.connect()
+    clocks.advance(ARRIVAL_LIVE_AFTER_S + 90)  # the reports below come after the snapshot
+    spaces = example_site.spaces_of_source("bus-g")
+    # caught up: read alone, 0.3 s after it was sent (transit, or the agent's clock)
+    g.gw.handle_batch([_report(example_site, 2, clocks.wall - 0.3, {spaces[0]: "occupied"})])
+    assert g.gw.behind_s() == 0.0
+    # a backlog: a batch of reports sent 65 s ago, and a car announced with them
+    sent = clocks.wall - 65
+    arrival = {"class": "resident", "request_id": "late-1", "ts": sent}
+    batch = [_report(example_site, 3 + i, sent + i * 0.01, {spaces[1 + i]: "occupied"})
+             for i in range(5)]  # fmt: skip
+    batch.append((topics.arrival(SITE, "north"), json.dumps(arrival).encode(), batch[0][2]))
+    mark = len(g.sent)
+    with caplog.at_level(logging.INFO, logger="gateway.live"):
+        g.gw.handle_batch(batch)
+        assert g.gw.behind_s() == pytest.approx(64.7, abs=0.1)
+        (answer,) = [json.loads(p) for t, p in g.sent[mark:] if t.endswith("/assignment")]
+        assert answer["hold_expires"] is None and g.gw.unheld_arrivals["late"] == 1
+        assert g.gw.gate_clock_offset("north") is None  # nothing learned from it
+        g.gw.tick()
+        assert "the gateway is 65 s behind agent serial-bus-g's reports" in caplog.text
+        assert g.gw.counters().report_lag_s["serial-bus-g"] == pytest.approx(64.7, abs=0.1)
+        assert g.gw.rejections.counts == {}
+        # drained: the next report is read alone again
+        g.gw.handle_batch([_report(example_site, 8, clocks.wall - 0.3, {spaces[9]: "occupied"})])
+        assert g.gw.behind_s() == 0.0
+        g.gw.tick()
+        assert "the gateway has caught up with its agents' reports" in caplog.text
