@@ -28,7 +28,7 @@ from api.journal import GatewayTables
 from gateway.ingest import ReportGate
 from gateway.readside import AgentStatus, Counters, LiveEvent, SpaceStatus
 from parking import topics
-from parking.broker import BrokerConfig
+from parking.broker import BrokerConfig, is_keepalive_timeout
 from parking.payloads import (
     MAX_PAYLOAD_BYTES,
     Assignment,
@@ -89,6 +89,7 @@ class MqttLiveView:
         self._live_sign_mono = -math.inf  # monotonic arrival of the last live sign content
         self._ever_connected = False
         self._refused = False  # the broker's last CONNACK was a refusal
+        self._last_disconnect = ("", -math.inf)  # (reason, monotonic time) of the last one
         self._subscribers: list[Callable[[LiveEvent], None]] = []
         self._sign_updates = 0
         self._rejected: dict[str, int] = {}
@@ -170,8 +171,12 @@ class MqttLiveView:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        said = (str(reason_code), time.monotonic())
+        last, self._last_disconnect = self._last_disconnect, said
+        if last[0] == said[0] and said[1] - last[1] < 1.0 and is_keepalive_timeout(reason_code):
+            return  # paho reports a keepalive timeout twice in a row: said once
         if not was and not self._stop.is_set() and not self._refused:
-            self._say_unreachable(self.broker.why_closed_early())  # no CONNACK: a setup error
+            self._say_unreachable(self.broker.why_closed_early(reason_code))  # no CONNACK
             return
         self._refused = False
         if not self._stop.is_set():

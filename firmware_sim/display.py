@@ -495,7 +495,7 @@ def main(args: argparse.Namespace) -> int:
 
     def on_disconnect(client, userdata, flags, reason_code, properties):
         if not answered.is_set() and not stopping.is_set():  # e.g. plain MQTT to a TLS port
-            log.warning("broker %s: %s; retrying", broker.url, broker.why_closed_early())
+            log.warning("broker %s: %s; retrying", broker.url, broker.why_closed_early(reason_code))
         elif connected.is_set() and not stopping.is_set():
             log.warning("lost the broker %s (%s); reconnecting", broker.url, reason_code)
         answered.clear()

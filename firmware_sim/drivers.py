@@ -150,7 +150,7 @@ class BrokerLink:
         elif was_up:
             self._fail("lost the connection", str(reason_code))
         else:  # e.g. plain MQTT to a TLS port: closed before any CONNACK
-            self._fail(self.broker.why_closed_early(), str(reason_code))
+            self._fail(self.broker.why_closed_early(reason_code), str(reason_code))
 
     def _fail(self, what: str, why: str) -> None:
         with self._lock:

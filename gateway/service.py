@@ -342,6 +342,7 @@ class GatewayService:
         self._from_other_threads: deque[tuple[str, bytes, int, bool]] = deque()
         self._attempt = 0  # connection attempts since the last success
         self._answered = False  # the broker sent CONNACK on this connection
+        self._disconnect_said = False  # this connection's end was logged
         self._ever_connected = False
         self._internal_errors = 0
         self._last_error_log = -1e9
@@ -582,14 +583,15 @@ class GatewayService:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
         self.gateway.broker_up = False  # the dashboard says so, and nothing of the agents
-        if self._stop.is_set():
-            return
+        if self._stop.is_set() or self._disconnect_said:
+            return  # paho reports a keepalive timeout twice: said once per connection
+        self._disconnect_said = True
         if not self._answered:  # no CONNACK on this connection: not an outage, a setup error
             if self._attempt == 1 or self._attempt % 20 == 0:
                 log.warning(
                     "MQTT broker %s: %s; retrying (attempt %d)",
                     self.broker.url,
-                    self.broker.why_closed_early(),
+                    self.broker.why_closed_early(reason_code),
                     self._attempt,
                 )
             return
@@ -918,6 +920,7 @@ class GatewayService:
                     self._flush_checkpoint()
         self._attempt += 1
         self._answered = False  # until this connection's CONNACK
+        self._disconnect_said = False
         try:
             if self._ever_connected:
                 self.client.reconnect()

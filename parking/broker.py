@@ -136,9 +136,16 @@ class BrokerConfig:
             return f"{exc}: is port {self.port} the broker's TLS listener?"
         return str(exc) if exc is not None else "connection failed"
 
-    def why_closed_early(self) -> str:
-        """What to say when the broker hung up before answering our CONNECT (a TLS
-        listener does so to a plain client; so does a broker out of connections)."""
+    def why_closed_early(self, reason: object = None) -> str:
+        """What to say when a connection ended before the broker answered our CONNECT:
+        no answer within the keepalive (``reason`` says so: a hung broker, or a proxy or
+        NAT in front of one it cannot reach), else a hang-up (a TLS listener does so to a
+        plain client; so does a broker out of connections)."""
+        if is_keepalive_timeout(reason):
+            return (
+                "the broker took the connection but did not answer within the keepalive (a"
+                " hung broker, or a proxy or NAT in front of it that cannot reach it)"
+            )
         hint = "" if self.tls else f": is port {self.port} a TLS listener (then use mqtts://)?"
         return f"the broker closed the connection before accepting it{hint}"
 
@@ -146,6 +153,13 @@ class BrokerConfig:
     def url(self) -> str:
         """The URL without credentials, safe to log."""
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def is_keepalive_timeout(reason: object) -> bool:
+    """paho's reason for a connection it dropped itself: no packet from the broker within
+    the keepalive (paho 2 reports it twice: once from its keepalive check, once from the
+    loop)."""
+    return reason is not None and "keep alive" in str(reason).lower()
 
 
 def backoff_delay(

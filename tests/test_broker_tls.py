@@ -260,3 +260,31 @@ def test_a_refused_login_is_said_once_as_a_refusal(tmp_path, subprocess_env, no_
         gateway.terminate()
         gateway.wait(10)
         broker.stop()
+
+
+def test_a_keepalive_timeout_is_said_once_and_not_taken_for_tls(
+    mosquitto, tmp_path, example_site, caplog, no_ca_env
+):
+    """paho reports a keepalive timeout twice: the gateway logged it twice, and the API
+    read the second as a hang-up before CONNACK and asked whether the port was TLS. A
+    broker that takes the TCP connection but never answers (hung, or behind a proxy that
+    cannot reach it) is said as such."""
+    from api.mqttview import MqttLiveView
+    from tests.gateway_support import running_gateway, site_variant
+
+    plain = BrokerConfig.from_url(f"mqtt://127.0.0.1:{mosquitto.port}")
+    assert "did not answer within the keepalive" in plain.why_closed_early("Keep alive timeout")
+    assert "TLS listener" in plain.why_closed_early("Unspecified error")
+    caplog.set_level(logging.WARNING)
+    view = MqttLiveView(example_site, plain, str(tmp_path / "view.db"))  # never connected
+    for _ in range(2):
+        view._on_disconnect(None, None, None, "Keep alive timeout", None)
+    said = [r.getMessage() for r in caplog.records if r.name == "api.mqttview"]
+    assert len(said) == 1 and "did not answer within the keepalive" in said[0], said
+    caplog.clear()
+    with running_gateway(site_variant(tmp_path), mosquitto.url, tmp_path / "j.db") as gw:
+        for _ in range(2):
+            gw._on_disconnect(None, None, None, "Keep alive timeout", None)
+        lost = [r.getMessage() for r in caplog.records if "lost the MQTT broker" in r.getMessage()]
+        assert len(lost) == 1 and "Keep alive timeout" in lost[0], lost
+        assert "TLS" not in caplog.text
