@@ -527,8 +527,11 @@ class MqttLiveView:
             return out
 
     def displays(self) -> dict[str, DisplayContent]:
+        """What the signs were last told to show; nothing while the view is blind (the
+        gateway's last will, silent, or no broker): the signs blank then, and so do
+        their pictures on the dashboard."""
         with self._lock:
-            return dict(self._displays)
+            return {} if self._blind() else dict(self._displays)
 
     def agents(self) -> list[AgentStatus]:
         """Every agent of the site file, and any other heard (none: they are refused). One

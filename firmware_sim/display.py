@@ -450,6 +450,11 @@ def live_loop(
         dirty = fired or (expiry is not None and mono() >= expiry)
 
 
+AVAILABILITY_GRACE_S = 0.3
+"""--once: how long after the availability subscription's SUBACK its retained message may
+take to arrive (the broker sends it right after; the rest is this machine's scheduling)"""
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         site = load_site(args.site)
@@ -474,6 +479,10 @@ def main(args: argparse.Namespace) -> int:
     stopping = threading.Event()  # set before the deliberate disconnect: no warning then
 
     answered = threading.Event()  # a CONNACK came on this connection
+    # --once: the gateway's retained availability comes after the signs' (its own
+    # subscription, acknowledged after theirs); a last will there blanks them
+    availability_mid = [-1]
+    availability_acked = threading.Event()
 
     def on_connect(client, userdata, flags, reason_code, properties):
         answered.set()
@@ -485,7 +494,12 @@ def main(args: argparse.Namespace) -> int:
         # a subscription of its own, after the signs': the broker sends the retained signs
         # first, so a dead gateway's last will blanks what it left behind (content sent
         # after it, by a restarting gateway, shows)
-        client.subscribe(topics.gateway_availability(site.id), qos=topics.QOS_AVAILABILITY)
+        _, mid = client.subscribe(topics.gateway_availability(site.id), qos=topics.QOS_AVAILABILITY)
+        availability_mid[0] = mid
+
+    def on_subscribe(client, userdata, mid, reason_codes, properties):
+        if mid == availability_mid[0]:
+            availability_acked.set()
 
     def on_connect_fail(client, userdata):
         # blank signs must not hide a wrong or dead broker from the technician (paho calls
@@ -508,6 +522,7 @@ def main(args: argparse.Namespace) -> int:
 
     client.on_connect = on_connect
     client.on_connect_fail = on_connect_fail
+    client.on_subscribe = on_subscribe
     client.on_disconnect = on_disconnect
     client.on_message = on_message
     client.reconnect_delay_set(1, 30)
@@ -516,9 +531,13 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.once:
             deadline = time.monotonic() + args.wait
-            while not board.complete() and time.monotonic() < deadline:
+            while time.monotonic() < deadline and not (
+                board.complete() and availability_acked.is_set()
+            ):
                 board.changed.wait(0.1)
                 board.changed.clear()
+            if availability_acked.is_set():
+                time.sleep(AVAILABILITY_GRACE_S)  # its retained message follows the SUBACK
             if not connected.is_set():
                 print(f"error: could not reach the broker {broker.url}", file=sys.stderr)
                 return 1

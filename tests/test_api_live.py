@@ -586,3 +586,37 @@ def test_a_broker_restored_after_a_power_cut_does_not_make_a_dead_gateway_look_l
         view.stop()
         pub.loop_stop()
         pub.disconnect()
+
+
+def test_sign_pictures_blank_while_the_stand_alone_view_is_blind(mosquitto, tmp_path):
+    """The gateway's last will blanks the real signs at once; the dashboard's pictures of
+    them (/displays) kept the old counts until the content's own expiry, up to a minute
+    later, while its zone cards already said unknown."""
+    from api.mqttview import MqttLiveView
+    from parking.broker import BrokerConfig
+    from parking.site import load_site
+
+    site = load_site(EXAMPLE_SITE)
+    sign = site.displays[0].id
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    now = time.time()
+    line = {"label": {"zh": "A区", "en": "Zone A"}, "arrow": "right", "count": 12,
+            "status": "ok", "text": {"zh": "12", "en": "12"}}  # fmt: skip
+    content = {"display": sign, "ts": now, "expires": now + 60, "lines": [line]}
+    pub.publish(
+        topics.display_content(site.id, sign), json.dumps(content), 1, True
+    ).wait_for_publish(5)
+    pub.publish(topics.gateway_availability(site.id), topics.ONLINE, 1, True).wait_for_publish(5)
+    view = MqttLiveView(site, BrokerConfig.from_url(mosquitto.url), str(tmp_path / "j.db"))
+    view.start()
+    try:
+        assert eventually(lambda: sign in view.displays() and view.gateway_online(), timeout=10)
+        pub.publish(topics.gateway_availability(site.id), topics.OFFLINE, 1, True)  # last will
+        assert eventually(lambda: view.gateway_online() is False, timeout=10)
+        assert view.displays() == {}
+    finally:
+        view.stop()
+        pub.loop_stop()
+        pub.disconnect()

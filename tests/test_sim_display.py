@@ -649,3 +649,28 @@ def test_retained_content_past_its_expires_is_not_shown(example_site, caplog):
                for r in caplog.records)  # fmt: skip
     board.feed(north, expired)  # the same, live: this clock may be ahead, shown
     assert not {v.display: v for v in board.views()}["gate-north"].blank
+
+
+def test_sim_display_once_waits_for_the_gateways_last_will(mosquitto, tmp_path, subprocess_env):
+    """`--once` printed as soon as every sign had content, before the gateway's retained
+    availability (its own subscription, answered after the signs') said `offline`: a
+    technician checking the signs during an outage read counts the real signs had
+    blanked. Every sign's content is valid here; the last will blanks them all."""
+    from parking.site import EXAMPLE_SITE, load_site
+
+    site = load_site(EXAMPLE_SITE)
+    now = time.time()
+    _retain(mosquitto.port, {d.id: _content(d.id, now, now + 60) for d in site.displays})
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    try:
+        client.publish(
+            topics.gateway_availability(site.id), topics.OFFLINE, qos=1, retain=True
+        ).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    for _ in range(3):  # it raced: the signs' retained copies come first every time
+        blocks, stderr = _once(EXAMPLE_SITE, mosquitto, subprocess_env)
+        assert all(_blank(b) for b in blocks.values()), blocks

@@ -912,7 +912,8 @@ function connect() {
     // the detector table is large on a big site (~1 MB at 8,000 spaces): every 5 s at most
     throttle("detectors", loadDetectors, 5000);
   });
-  es.addEventListener("gateway", () => later("spaces", loadMap, 300));
+  // the gateway gone (or back): spaces and sign pictures reload (blank while it is away)
+  es.addEventListener("gateway", () => { later("spaces", loadMap, 300); later("signs", loadSigns, 300); });
   es.onerror = () => {
     streamDown();
     // EventSource retries by itself unless the server refused (e.g. 401): then we retry
