@@ -166,7 +166,8 @@ def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
             # anonymous: the public part only; changing anything is refused
             page.goto(url)
             page.wait_for_selector("#live.on")
-            assert page.locator(".zone").count() == 6
+            # the stream may open before the zone cards are drawn: wait for them, not a race
+            page.wait_for_function("document.querySelectorAll('.zone').length === 6")
             page.wait_for_selector(".sign .line .count")
             assert page.locator(".sign").count() == 7
             assert page.locator("[data-space]").count() == 0
