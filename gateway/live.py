@@ -96,6 +96,7 @@ ARRIVAL_LIVE_AFTER_S = 10.0  # connected this long: an arrival is no backlog of 
 BEHIND_WARN_S = 10.0  # reports this far behind their agents' time: the operator is told
 BEHIND_S = 2.0  # behind at all: gate clock offsets are not learned from such arrivals
 BEHIND_LOG_INTERVAL_S = 60.0
+LAG_FRESH_S = 5.0  # a lag says how far behind the gateway is while its agent keeps reporting
 GATE_OFFSET_SAMPLES = 16  # live arrivals per entrance its clock offset is learned from
 GATE_OFFSET_WINDOW_S = 600.0  # and only those of the last ten minutes
 GATE_OFFSET_WARN_S = 60.0  # a gate clock this far off the gateway's is worth a technician
@@ -288,6 +289,7 @@ class LiveGateway:
         # same when the gateway last read it with nothing else waiting (clock offset and
         # transit): what it is behind by, as reports queue at the broker
         self.report_lag: dict[str, float] = {}
+        self._lag_at: dict[str, float] = {}  # agent -> monotonic time of its last lag
         self._report_delay: dict[str, float] = {}
         self._caught_up = True  # the batch being handled was all that was waiting
         self._behind_logged = -math.inf  # monotonic time of the last "behind" warning
@@ -761,10 +763,26 @@ class LiveGateway:
             self.report_lag[agent] = 0.0
         else:
             self.report_lag[agent] = max(0.0, delay - base)
+        self._lag_at[agent] = self._mono()
+
+    def _forget_lag(self, agent: str) -> None:
+        """An agent gone (its last will) or on a new boot: its last lag says nothing now."""
+        self.report_lag.pop(agent, None)
+        self._lag_at.pop(agent, None)
+        self._report_delay.pop(agent, None)
+
+    def current_lags(self) -> dict[str, float]:
+        """Each agent's lag, 0 once it is older than LAG_FRESH_S (the agent stopped
+        reporting: the gateway is not behind it)."""
+        mono = self._mono()
+        return {
+            a: lag if mono - self._lag_at.get(a, -math.inf) <= LAG_FRESH_S else 0.0
+            for a, lag in self.report_lag.items()
+        }
 
     def behind_s(self) -> float:
         """How far the gateway is behind its agents' reports now (0: keeping up)."""
-        return max(self.report_lag.values(), default=0.0)
+        return max(self.current_lags().values(), default=0.0)
 
     def _log_behind(self, mono: float) -> None:
         """Say it when reports queue up at the broker faster than the gateway handles them
@@ -773,7 +791,8 @@ class LiveGateway:
         lag = self.behind_s()
         if lag >= BEHIND_WARN_S and mono >= self._behind_logged + BEHIND_LOG_INTERVAL_S:
             self._behind_logged, self._behind_said = mono, True
-            agent = max(self.report_lag, key=self.report_lag.__getitem__)
+            lags = self.current_lags()
+            agent = max(lags, key=lags.__getitem__)
             log.warning(
                 "the gateway is %.0f s behind agent %s's reports: they queue at the broker"
                 " faster than it handles them (signs and arrivals wait as long; at the broker's"
@@ -850,6 +869,7 @@ class LiveGateway:
                 self._agent_seen[agent] = max(self._agent_seen.get(agent, now), now)
             else:
                 self._agent_seen.setdefault(agent, now)
+            self._forget_lag(agent)  # gone, or back: its next report read alone sets it
             if was != online:
                 self._log_availability(agent, online)
             changes = NO_CHANGES if online else self.state.agent_offline(agent, now)
@@ -1614,7 +1634,7 @@ class LiveGateway:
                 repeated_arrivals=self.repeated_arrivals,
                 unheld_arrivals=dict(self.unheld_arrivals),
                 reports_missed=dict(self.reports_missed),
-                report_lag_s=dict(self.report_lag),
+                report_lag_s=self.current_lags(),
                 latency_s=list(self._latency),
             )
         if self.outbox_stats is not None:

@@ -14,7 +14,7 @@ import pytest
 from gateway_support import Clocks, snapshot_all_free
 
 from gateway.journal import Journal
-from gateway.live import ARRIVAL_LIVE_AFTER_S, ARRIVAL_MAX_AGE_S, LiveGateway
+from gateway.live import ARRIVAL_LIVE_AFTER_S, ARRIVAL_MAX_AGE_S, LAG_FRESH_S, LiveGateway
 from parking import topics
 
 SITE = "xinyuan"
@@ -287,3 +287,17 @@ def test_a_gateway_behind_its_reports_says_so_and_holds_no_space_for_a_stale_arr
         assert g.gw.behind_s() == 0.0
         g.gw.tick()
         assert "the gateway has caught up with its agents' reports" in caplog.text
+    # an agent's lag from a backlog is not kept once it stops reporting (offline, silent):
+    # a stale one kept the gateway "behind" for good, and no gate offset was learned again
+    g.gw.handle_batch(
+        batch[:3] + [_report(example_site, 20, clocks.wall - 65, {spaces[30]: "free"})]
+    )
+    assert g.gw.behind_s() > 60
+    clocks.advance(LAG_FRESH_S + 1)
+    assert g.gw.behind_s() == 0.0 and g.gw.counters().report_lag_s["serial-bus-g"] == 0.0
+    g.gw.handle_batch(
+        batch[:3] + [_report(example_site, 21, clocks.wall - 65, {spaces[31]: "free"})]
+    )
+    assert g.gw.behind_s() > 60
+    g.gw.handle(topics.edge_availability(SITE, "serial-bus-g"), b"offline")  # its last will
+    assert g.gw.behind_s() == 0.0

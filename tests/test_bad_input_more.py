@@ -206,8 +206,9 @@ def test_reports_that_never_arrived_are_counted_and_said_once_a_minute(
     said = [r.getMessage() for r in caplog.records if "never arrived" in r.getMessage()]
     assert said == [
         "agent serial-bus-g boot b: reports 2..4 never arrived (the broker dropped them: a "
-        "broker restart, or its queue limit max_queued_messages while the gateway was away); "
-        "the next snapshot reconciles the state (3 missed from this agent so far)"
+        "broker restart, or its queue limits max_queued_messages / max_queued_bytes, the "
+        "gateway away or not keeping up); the next snapshot reconciles the state (3 missed "
+        "from this agent so far)"
     ]
     caplog.clear()
     clocks.advance(GAP_LOG_INTERVAL_S + 1)
