@@ -181,13 +181,12 @@ def _same_owner_as_journal(lock_path: Path, journal: Path) -> None:
     SQLite does with its -wal and -shm files, so the service's user can still take it."""
     if os.geteuid() != 0:
         return
-    try:
+    # on failure, opening the lock file says what is wrong, in the caller's words
+    with contextlib.suppress(OSError):
         owner = journal.stat() if journal.exists() else journal.parent.stat()
         mine = lock_path.stat()
-        if (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid) and mine.st_uid == 0:
+        if mine.st_uid == 0 and (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid):
             os.chown(lock_path, owner.st_uid, owner.st_gid)
-    except OSError:
-        pass  # opening it says what is wrong, in the caller's words
 
 
 def peek_meta(path: str | Path, keys: Iterable[str]) -> dict[str, str]:
