@@ -132,6 +132,23 @@ class EntranceOut(BaseModel):
     node: str
 
 
+class VehicleClassOut(BaseModel):
+    id: str
+    name: LocalName
+    kinds: list[str]
+    prefer: list[str]
+
+
+class PolicyOut(BaseModel):
+    """A kind of space open to some classes only in time windows (local, the site's
+    ``timezone``; a window may cross midnight)."""
+
+    id: str
+    kind: str
+    classes: list[str]
+    windows: list[str]
+
+
 class SiteOut(BaseModel):
     id: str
     name: LocalName
@@ -143,6 +160,8 @@ class SiteOut(BaseModel):
     lane_edges: list[tuple[str, str]]
     entrances: list[EntranceOut]
     displays: list[SignInfo]
+    vehicle_classes: list[VehicleClassOut]
+    policies: list[PolicyOut]
 
 
 class ZoneOut(BaseModel):

@@ -65,6 +65,16 @@ def test_site_map_has_every_space_polygon(client, tokens, harness):
     for lv in site["levels"]:
         x0, y0, x1, y1 = lv["bounds"]
         assert x1 > x0 and y1 > y0
+    # the time windows a manager needs to read a FULL sign over a zone with free bays
+    assert site["timezone"] == "Asia/Shanghai"
+    policies = {p["id"]: p for p in site["policies"]}
+    assert policies["shared-night-residents"]["windows"] == ["19:00-08:00"]
+    assert policies["shared-day-office"] == {
+        "id": "shared-day-office", "kind": "shared", "classes": ["office"],
+        "windows": ["08:00-19:00"],
+    }  # fmt: skip
+    classes = {c["id"]: c for c in site["vehicle_classes"]}
+    assert "shared" in classes["resident"]["kinds"] and classes["accessible"]["prefer"]
 
 
 def test_displays_show_what_the_gateway_published(client, harness):

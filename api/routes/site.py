@@ -11,11 +11,13 @@ from api.models import (
     EntranceOut,
     LaneNodeOut,
     LevelOut,
+    PolicyOut,
     SignInfo,
     SiteOut,
     SpaceGeometry,
     SpaceOut,
     StateName,
+    VehicleClassOut,
     ZoneInfo,
 )
 from api.routes import VIEWER_ERRORS, invalid, not_found
@@ -70,7 +72,26 @@ def site_out(site: Site) -> SiteOut:
             )
             for d in site.displays
         ],
+        vehicle_classes=[
+            VehicleClassOut(id=v.id, name=v.name, kinds=list(v.kinds), prefer=list(v.prefer))
+            for v in site.vehicle_classes
+        ],
+        # which kinds a class may use when: why a sign line over a zone can read FULL for
+        # one class while its zone card counts free bays (open to another class now)
+        policies=[
+            PolicyOut(
+                id=p.id,
+                kind=p.kind,
+                classes=sorted(p.classes),
+                windows=[f"{_hhmm(a)}-{_hhmm(b)}" for a, b in p.windows],
+            )
+            for p in site.policies
+        ],
     )
+
+
+def _hhmm(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
 
 
 @router.get("/site")
