@@ -146,6 +146,16 @@ def parse_window(window: str) -> tuple[int, int]:
     return h1 * 60 + m1, h2 * 60 + m2
 
 
+def format_minute(minute: int) -> str:
+    """1140 -> '19:00' (1440 -> '24:00', a window's end)."""
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def format_window(window: tuple[int, int]) -> str:
+    """(1140, 480) -> '19:00-08:00', the inverse of :func:`parse_window`."""
+    return f"{format_minute(window[0])}-{format_minute(window[1])}"
+
+
 def in_window(minute: int, window: tuple[int, int]) -> bool:
     """Whether minute-of-day lies in [start, end), windows may cross midnight."""
     start, end = window
@@ -614,10 +624,6 @@ def zone_warnings(site: Site) -> list[str]:
     return out
 
 
-def _hhmm(minute: int) -> str:
-    return f"{minute // 60:02d}:{minute % 60:02d}"
-
-
 def policy_warnings(site: Site, today: date | None = None) -> list[str]:
     """Time windows that do not do what they look like: a (kind, class) whose policies
     never agree on a minute (every policy naming both must allow it, so two policies
@@ -639,7 +645,7 @@ def policy_warnings(site: Site, today: date | None = None) -> list[str]:
         for w in p.windows:
             if any(_windows_meet(w, other) for other in seen):
                 out.append(
-                    f"policy {p.id}: window {_hhmm(w[0])}-{_hhmm(w[1])} overlaps another of"
+                    f"policy {p.id}: window {format_window(w)} overlaps another of"
                     " its windows (they are joined; check it is meant)"
                 )
             seen.append(w)
@@ -666,7 +672,7 @@ def policy_warnings(site: Site, today: date | None = None) -> list[str]:
                 else "happens twice (the clocks go back)"
             )
             out.append(
-                f"policy {policy}: {_hhmm(minute)} on {day.isoformat()} {what} in"
+                f"policy {policy}: {format_minute(minute)} on {day.isoformat()} {what} in"
                 f" {site.timezone} (daylight saving): a window edge then opens late, twice, or"
                 " closes and reopens; an edge outside the changeover hour avoids it"
             )

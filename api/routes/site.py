@@ -21,7 +21,7 @@ from api.models import (
     ZoneInfo,
 )
 from api.routes import VIEWER_ERRORS, invalid, not_found
-from parking.site import Site
+from parking.site import Site, format_window
 
 router = APIRouter(
     prefix="/api/v1", tags=["site"], dependencies=[Depends(require_login)], responses=VIEWER_ERRORS
@@ -83,15 +83,11 @@ def site_out(site: Site) -> SiteOut:
                 id=p.id,
                 kind=p.kind,
                 classes=sorted(p.classes),
-                windows=[f"{_hhmm(a)}-{_hhmm(b)}" for a, b in p.windows],
+                windows=[format_window(w) for w in p.windows],
             )
             for p in site.policies
         ],
     )
-
-
-def _hhmm(minute: int) -> str:
-    return f"{minute // 60:02d}:{minute % 60:02d}"
 
 
 @router.get("/site")
