@@ -45,6 +45,7 @@ from gateway.ingest import (
     decode,
 )
 from gateway.journal import History, Journal
+from gateway.lag import BEHIND_S, ReportLag
 from gateway.readside import AgentStatus, Counters, LiveEvent, SpaceStatus
 from gateway.site_changes import (
     DIGEST_KEY,
@@ -93,10 +94,6 @@ ARRIVAL_MAX_AGE_S = 60.0
 """An arrival stamped (``ts``) longer ago than this, by its gate's clock as the gateway has
 learned it (:meth:`LiveGateway._arrival_age`), is answered without holding a space."""
 ARRIVAL_LIVE_AFTER_S = 10.0  # connected this long: an arrival is no backlog of the broker's
-BEHIND_WARN_S = 10.0  # reports this far behind their agents' time: the operator is told
-BEHIND_S = 2.0  # behind at all: gate clock offsets are not learned from such arrivals
-BEHIND_LOG_INTERVAL_S = 60.0
-LAG_FRESH_S = 5.0  # a lag says how far behind the gateway is while its agent keeps reporting
 GATE_OFFSET_SAMPLES = 16  # live arrivals per entrance its clock offset is learned from
 GATE_OFFSET_WINDOW_S = 600.0  # and only those of the last ten minutes
 GATE_OFFSET_WARN_S = 60.0  # a gate clock this far off the gateway's is worth a technician
@@ -288,12 +285,8 @@ class LiveGateway:
         # agent -> how long after its sending the gateway handled its last report, less the
         # same when the gateway last read it with nothing else waiting (clock offset and
         # transit): what it is behind by, as reports queue at the broker
-        self.report_lag: dict[str, float] = {}
-        self._lag_at: dict[str, float] = {}  # agent -> monotonic time of its last lag
-        self._report_delay: dict[str, float] = {}
+        self.lag = ReportLag()
         self._caught_up = True  # the batch being handled was all that was waiting
-        self._behind_logged = -math.inf  # monotonic time of the last "behind" warning
-        self._behind_said = False
         # agent -> (monotonic time of its last availability line, changes not logged since)
         self._availability_logged: dict[str, tuple[float, int]] = {}
         self.answered = 0  # assignments published, repeated ones included
@@ -617,7 +610,9 @@ class LiveGateway:
                     )
             if self._gate_unsaved:
                 self._save_gate_offsets(now, mono)
-            self._log_behind(mono)
+            said = self.lag.to_say(mono)
+            if said is not None:
+                log.log(*said)
             self._log_availability_later()
             if self._dirty_since is not None and not self.defer_checkpoint:
                 self.flush_checkpoint(step=True)
@@ -732,7 +727,8 @@ class LiveGateway:
         else:
             self._note_gap(acc, mono)  # before the commit: the gate still has the last seq
         self.gate.commit(acc)  # in memory now, so a duplicate later in the batch is refused
-        self._note_lag(agent, now - max(0.0, time.perf_counter() - t0) - acc.ts)
+        delay = now - max(0.0, time.perf_counter() - t0) - acc.ts
+        self.lag.note(agent, delay, alone=self._caught_up, mono=self._mono())
         self._online[agent] = True
         self._agent_seen[agent] = now
         self.last_report_ts = acc.ts  # an agent's clock: the gateway's prune checks its own by it
@@ -752,58 +748,13 @@ class LiveGateway:
             # thousands of spaces would make each rehearsal milliseconds long)
             self._last_report = (agent, payload)
 
-    def _note_lag(self, agent: str, delay: float) -> None:
-        """``delay``: receipt by the gateway's clock less the report's ``ts`` (the agent's).
-        Read when nothing else waited, it is the agents' clock offset and transit: the
-        baseline; read from a backlog, the excess over it is how far behind the gateway is.
-        A clock step of the agent moves the baseline at its next report read alone."""
-        base = self._report_delay.get(agent)
-        if self._caught_up or base is None:
-            self._report_delay[agent] = delay
-            self.report_lag[agent] = 0.0
-        else:
-            self.report_lag[agent] = max(0.0, delay - base)
-        self._lag_at[agent] = self._mono()
-
-    def _forget_lag(self, agent: str) -> None:
-        """An agent gone (its last will) or on a new boot: its last lag says nothing now."""
-        self.report_lag.pop(agent, None)
-        self._lag_at.pop(agent, None)
-        self._report_delay.pop(agent, None)
-
     def current_lags(self) -> dict[str, float]:
-        """Each agent's lag, 0 once it is older than LAG_FRESH_S (the agent stopped
-        reporting: the gateway is not behind it)."""
-        mono = self._mono()
-        return {
-            a: lag if mono - self._lag_at.get(a, -math.inf) <= LAG_FRESH_S else 0.0
-            for a, lag in self.report_lag.items()
-        }
+        """Each agent's lag behind its reports now (gateway.lag.ReportLag.current)."""
+        return self.lag.current(self._mono())
 
     def behind_s(self) -> float:
         """How far the gateway is behind its agents' reports now (0: keeping up)."""
-        return max(self.current_lags().values(), default=0.0)
-
-    def _log_behind(self, mono: float) -> None:
-        """Say it when reports queue up at the broker faster than the gateway handles them
-        (the signs show the state of that long ago), at most once a minute, and when it
-        has caught up."""
-        lag = self.behind_s()
-        if lag >= BEHIND_WARN_S and mono >= self._behind_logged + BEHIND_LOG_INTERVAL_S:
-            self._behind_logged, self._behind_said = mono, True
-            lags = self.current_lags()
-            agent = max(lags, key=lags.__getitem__)
-            log.warning(
-                "the gateway is %.0f s behind agent %s's reports: they queue at the broker"
-                " faster than it handles them (signs and arrivals wait as long; at the broker's"
-                " queue limits it drops the newest)",
-                lag,
-                agent,
-            )
-        elif self._behind_said and lag < BEHIND_S:
-            self._behind_said = False
-            self._behind_logged = -math.inf
-            log.info("the gateway has caught up with its agents' reports")
+        return self.lag.behind(self._mono())
 
     def _note_gap(self, acc: AcceptedReport, mono: float) -> None:
         """Count the reports an agent's seq numbers skipped (they never reached the
@@ -869,7 +820,7 @@ class LiveGateway:
                 self._agent_seen[agent] = max(self._agent_seen.get(agent, now), now)
             else:
                 self._agent_seen.setdefault(agent, now)
-            self._forget_lag(agent)  # gone, or back: its next report read alone sets it
+            self.lag.forget(agent)  # gone, or back: its next report read alone sets it
             if was != online:
                 self._log_availability(agent, online)
             changes = NO_CHANGES if online else self.state.agent_offline(agent, now)

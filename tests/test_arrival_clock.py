@@ -14,7 +14,8 @@ import pytest
 from gateway_support import Clocks, snapshot_all_free
 
 from gateway.journal import Journal
-from gateway.live import ARRIVAL_LIVE_AFTER_S, ARRIVAL_MAX_AGE_S, LAG_FRESH_S, LiveGateway
+from gateway.lag import LAG_FRESH_S
+from gateway.live import ARRIVAL_LIVE_AFTER_S, ARRIVAL_MAX_AGE_S, LiveGateway
 from parking import topics
 
 SITE = "xinyuan"
