@@ -37,6 +37,7 @@ import numpy as np
 from gateway.allocation import AllocationCore, CoreLayout, lane_distances
 from gateway.displays import RenderedLine, SignRenderer
 from gateway.displays import blind as sign_blind
+from gateway.gate_clock import GateClocks
 from gateway.ingest import (
     AcceptedReport,
     Rejection,
@@ -94,14 +95,9 @@ ARRIVAL_MAX_AGE_S = 60.0
 """An arrival stamped (``ts``) longer ago than this, by its gate's clock as the gateway has
 learned it (:meth:`LiveGateway._arrival_age`), is answered without holding a space."""
 ARRIVAL_LIVE_AFTER_S = 10.0  # connected this long: an arrival is no backlog of the broker's
-GATE_OFFSET_SAMPLES = 16  # live arrivals per entrance its clock offset is learned from
-GATE_OFFSET_WINDOW_S = 600.0  # and only those of the last ten minutes
-GATE_OFFSET_WARN_S = 60.0  # a gate clock this far off the gateway's is worth a technician
-GATE_OFFSET_LOG_INTERVAL_S = 3600.0  # at most one warning about it per entrance per hour
 GATE_OFFSETS_KEY = "gate_clock_offsets"
 """Journal meta: {entrance: [offset s, wall time learnt]}, so a restarted gateway holds the
 spaces of a skewed gate's first arrivals too (its offset learnt again only after them)."""
-GATE_OFFSET_SAVE_S = 60.0  # an entrance's offset is journaled again after this, or a move
 MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
 MAX_HOLDS_PER_ENTRANCE = 60
 """Holds outstanding at one entrance (a barrier lets a car through every few seconds: ~40 in
@@ -294,13 +290,7 @@ class LiveGateway:
         # "entrance_cap" (MAX_HOLDS_PER_ENTRANCE outstanding there)
         self.unheld_arrivals: dict[str, int] = {"late": 0, "entrance_cap": 0}
         self._unheld_logged = dict.fromkeys(self.unheld_arrivals, -math.inf)  # monotonic
-        # per entrance, (monotonic receipt, receipt wall time - ts) of its recent live
-        # arrivals: the least of them is the gate's clock offset (_arrival_age)
-        self._gate_delays: dict[str, deque[tuple[float, float]]] = {}
-        self._gate_saved: dict[str, tuple[float, float]] = {}  # entrance -> (offset, mono)
-        self._gate_unsaved = False  # an offset moved since it was journaled
-        self._gate_offset_logged: dict[str, float] = {}  # entrance -> monotonic time
-        self.gate_clock_warnings = 0  # warnings that a gate's clock is over a minute off
+        self.gate_clocks = GateClocks()  # each entrance's clock offset (_arrival_age)
         self.outbox_stats: Callable[[], dict[str, Any]] | None = None
         self._next_zone_history = 0.0
         self._live = False  # nothing is sent before the first publish_all (connected)
@@ -608,8 +598,8 @@ class LiveGateway:
                             for z, zone in enumerate(self.state.zone_ids)
                         ],
                     )
-            if self._gate_unsaved:
-                self._save_gate_offsets(now, mono)
+            if self.gate_clocks.unsaved:  # journaled here, off the answers' path
+                self.journal.set_meta(GATE_OFFSETS_KEY, self.gate_clocks.to_save(now, mono))
             said = self.lag.to_say(mono)
             if said is not None:
                 log.log(*said)
@@ -617,33 +607,16 @@ class LiveGateway:
             if self._dirty_since is not None and not self.defer_checkpoint:
                 self.flush_checkpoint(step=True)
 
-    def _save_gate_offsets(self, wall: float, mono: float) -> None:
-        """Journal each entrance's learnt clock offset with the wall time it was learnt."""
-        self._gate_unsaved = False
-        offsets = {
-            entrance: [offset, wall - (mono - at)]
-            for entrance, (offset, at) in self._gate_saved.items()
-            if mono - at <= GATE_OFFSET_WINDOW_S
-        }
-        self.journal.set_meta(GATE_OFFSETS_KEY, json.dumps(offsets, sort_keys=True))
-
     def _restore_gate_offsets(self, wall: float, mono: float) -> None:
-        """Offsets learnt within GATE_OFFSET_WINDOW_S before the restart count as one live
-        arrival each (a journal value that does not parse is ignored: they are relearnt)."""
+        """The offsets journaled before a restart (one that does not parse is relearnt)."""
         try:
-            stored = json.loads(self.journal.meta(GATE_OFFSETS_KEY) or "{}")
-            items = [(str(e), float(o), float(t)) for e, (o, t) in stored.items()]
-        except (ValueError, TypeError, AttributeError):
+            self.gate_clocks.restore(
+                self.journal.meta(GATE_OFFSETS_KEY) or "{}", self._entrance, wall, mono
+            )
+        except ValueError:
             log.warning(
                 "journal meta %s does not parse: gate clock offsets are relearnt", GATE_OFFSETS_KEY
             )
-            return
-        for entrance, offset, learnt in items:
-            age = wall - learnt
-            if entrance in self._entrance and 0.0 <= age <= GATE_OFFSET_WINDOW_S:
-                samples = deque([(mono - age, offset)], maxlen=GATE_OFFSET_SAMPLES)
-                self._gate_delays[entrance] = samples
-                self._gate_saved[entrance] = (offset, mono - age)
 
     def _core_time(self, wall: float) -> float:
         """The allocation core's time: the wall clock, except that a step of it (NTP) is
@@ -1080,53 +1053,27 @@ class LiveGateway:
         # how long it waited in the service's queue (t0: perf_counter at its receipt)
         lag = max(0.0, time.perf_counter() - t0) if t0 is not None else 0.0
         wall, mono = self._clock() - lag, self._mono() - lag
-        delay = wall - ts
-        delays = self._gate_delays.get(entrance)
-        if delays is None:
-            delays = self._gate_delays[entrance] = deque(maxlen=GATE_OFFSET_SAMPLES)
-        while delays and mono - delays[0][0] > GATE_OFFSET_WINDOW_S:
-            delays.popleft()
         since = self.broker_back_since()  # None: not connected, or never told of it
         # while behind, an arrival's delay is mostly the backlog: learned as the gate's
         # offset it would make a minute-old arrival look fresh and hold a space for it
         live = since is not None and wall - since > ARRIVAL_LIVE_AFTER_S
-        if live and self.behind_s() < BEHIND_S:
-            delays.append((mono, delay))
-        if not delays:
-            return delay
-        offset = min(d for _, d in delays)
-        saved = self._gate_saved.get(entrance)
-        if saved is None or abs(saved[0] - offset) > 1.0 or mono >= saved[1] + GATE_OFFSET_SAVE_S:
-            self._gate_saved[entrance] = (offset, mono)
-            self._gate_unsaved = True  # journaled by the next tick, off the answer's path
-        if abs(offset) > GATE_OFFSET_WARN_S:
-            now_mono = self._mono()
-            last = self._gate_offset_logged.get(entrance, -math.inf)
-            if now_mono >= last + GATE_OFFSET_LOG_INTERVAL_S:
-                self._gate_offset_logged[entrance] = now_mono
-                self.gate_clock_warnings += 1
-                log.warning(
-                    "entrance %s's clock is %.0f s %s the gateway's; holds follow the "
-                    "arrival time (have the gate's NTP fixed)",
-                    entrance,
-                    abs(offset),
-                    "behind" if offset > 0 else "ahead of",
-                )
-        # a gate ahead (offset below 0) never makes an arrival older: once its clock is
-        # put right, its earlier samples would otherwise age every arrival by the step
-        return delay - max(0.0, offset)
+        age, warning = self.gate_clocks.age(
+            entrance, wall - ts, mono, learn=live and self.behind_s() < BEHIND_S
+        )
+        if warning is not None:
+            log.warning("%s", warning)
+        return age
 
     def gate_clock_offset(self, entrance: str) -> float | None:
         """How far the entrance's clock runs behind the gateway's (negative: ahead), as
         learned from its recent live arrivals; None while nothing is learned."""
         with self.lock:
-            mono = self._mono()
-            recent = [
-                d
-                for m, d in self._gate_delays.get(entrance, ())
-                if mono - m <= GATE_OFFSET_WINDOW_S
-            ]
-            return min(recent) if recent else None
+            return self.gate_clocks.offset(entrance, self._mono())
+
+    @property
+    def gate_clock_warnings(self) -> int:
+        """Warnings that a gate's clock is over a minute off."""
+        return self.gate_clocks.warnings
 
     # -- the pipeline ------------------------------------------------------------------------
     def _commit_and_propagate(

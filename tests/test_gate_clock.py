@@ -1,0 +1,48 @@
+"""Each entrance's learned clock offset (gateway.gate_clock), as pure logic."""
+
+import json
+
+import pytest
+
+from gateway.gate_clock import GATE_OFFSET_WINDOW_S, GateClocks
+
+
+def test_the_least_delay_of_live_arrivals_is_the_offset_and_a_backlog_teaches_nothing():
+    clocks = GateClocks()
+    assert clocks.age("north", 121.0, mono=0.0, learn=True) == (
+        0.0,
+        "entrance north's clock is 121 s behind the gateway's; holds follow the arrival "
+        "time (have the gate's NTP fixed)",
+    )
+    assert clocks.age("north", 120.0, mono=1.0, learn=True)[0] == 0.0
+    age, warning = clocks.age("north", 180.0, mono=2.0, learn=True)  # sent late
+    assert age == 60.0 and warning is None  # said once an hour per entrance
+    assert clocks.offset("north", 2.0) == 120.0
+    # read from a broker's backlog: judged, not learned from
+    assert clocks.age("east", 300.0, mono=3.0, learn=False) == (300.0, None)
+    assert clocks.offset("east", 3.0) is None
+    assert clocks.offset("north", 2.0 + GATE_OFFSET_WINDOW_S + 0.1) is None  # all too old
+
+
+def test_a_gate_ahead_never_makes_an_arrival_older():
+    clocks = GateClocks()
+    assert clocks.age("north", -30.0, mono=0.0, learn=True) == (-30.0, None)
+    assert clocks.age("north", 0.5, mono=1.0, learn=True) == (0.5, None)  # put right
+
+
+def test_offsets_journaled_before_a_restart_count_as_one_live_arrival_each():
+    clocks = GateClocks()
+    clocks.age("north", 120.0, mono=50.0, learn=True)
+    assert clocks.unsaved
+    stored = clocks.to_save(wall=1_000_000.0, mono=60.0)
+    assert not clocks.unsaved
+    assert json.loads(stored) == {"north": [120.0, 999_990.0]}
+    after = GateClocks()
+    after.restore(stored, {"north", "east"}, wall=1_000_100.0, mono=5.0)
+    assert after.offset("north", 5.0) == 120.0
+    gone = GateClocks()
+    gone.restore(stored, {"east"}, wall=1_000_100.0, mono=5.0)  # entrance removed
+    assert gone.offset("north", 5.0) is None
+    for garbage in ("[1, 2]", '{"north": 3}', '{"north": [1, null]}', "not json"):
+        with pytest.raises(ValueError):
+            GateClocks().restore(garbage, {"north"}, wall=0.0, mono=0.0)
