@@ -9,22 +9,17 @@ uvicorn serves the API in another, so neither blocks the MQTT loop.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import importlib.util
-import json
 import logging
 import math
 import os
 import select
-import signal
 import socket
 import sqlite3
-import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -32,14 +27,11 @@ import paho.mqtt.client as mqtt
 # Only light modules at the top: a restarted gateway republishes its journaled signs
 # (republish_stored_signs) once the site file is validated (~0.3 s), before scipy, the
 # allocation core and the journal's state are loaded.
-from gateway.journal import Journal, JournalInUse, lock_journal, peek_meta, stored_signs
-from gateway.site_changes import OUTLINE_KEY, SITE_ID_KEY, parse_outline
+from gateway.journal import Journal
 from parking import topics
 from parking.broker import (
     BrokerConfig,
-    add_credential_arguments,
     backoff_delay,
-    broker_from_args,
     is_client_suffix,
     new_client_suffix,
     shown_client_id,
@@ -101,96 +93,14 @@ PRUNE_CLOCK_SLACK_S = 86400.0
 the journal's newest event at start plus the time elapsed since, before pruning stops
 trusting it: one step of a clock a year ahead would otherwise forget all history for good."""
 PRUNE_IDLE_S = 600.0  # between looks once none are
-ENV_INFLUX_TOKEN = "INFLUX_TOKEN"
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 
 
-def _max_holds_per_entrance() -> int:
+def max_holds_per_entrance_default() -> int:
     # gateway.live loads numpy and scipy: only for the gateway's own parser and start
     from gateway.live import MAX_HOLDS_PER_ENTRANCE
 
     return MAX_HOLDS_PER_ENTRANCE
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--site", required=True, help="site file (YAML)")
-    parser.add_argument("--broker", required=True, help="MQTT broker, mqtt://HOST:PORT")
-    parser.add_argument("--db", required=True, help="journal database (SQLite, created if missing)")
-    add_credential_arguments(parser)
-    parser.add_argument(
-        "--rename-site-from",
-        metavar="OLD_ID",
-        help="start on a journal last run for site OLD_ID (the site's id was changed in its"
-        " file); without it such a journal is refused: each site needs its own --db",
-    )
-    parser.add_argument(
-        "--client-id",
-        help="MQTT client id of its persistent session (default: parkguide-gateway-SITE, with"
-        " a random suffix kept in the journal appended when there is a password)",
-    )
-    parser.add_argument(
-        "--hold-s",
-        type=float,
-        default=180.0,
-        help="how long a space assigned to an arriving car stays held (seconds; default %(default)g)",
-    )
-    parser.add_argument(
-        "--max-holds-per-entrance",
-        type=int,
-        default=_max_holds_per_entrance(),
-        help="holds outstanding at one entrance; past it an arrival gets no space and is sent"
-        " by the signs, so a gate flooding arrivals cannot take every space off them"
-        " (default %(default)d)",
-    )
-    parser.add_argument(
-        "--congestion-m",
-        type=float,
-        help="metres of detour one recent assignment to an aisle costs",
-    )
-    parser.add_argument(
-        "--congestion-halflife-s", type=float, help="half-life of an aisle's congestion (seconds)"
-    )
-    parser.add_argument("--influx-url", help="InfluxDB v2 write endpoint; token from INFLUX_TOKEN")
-    parser.add_argument("--influx-org", default="parkguide", help="InfluxDB organisation")
-    parser.add_argument("--influx-bucket", default="parkguide", help="InfluxDB bucket")
-    parser.add_argument(
-        "--outbox-max-rows",
-        type=int,
-        help="disk cap of the InfluxDB outbox in points (oldest dropped and reported beyond it)",
-    )
-    parser.add_argument(
-        "--journal-keep-days",
-        type=float,
-        default=JOURNAL_KEEP_DAYS,
-        help="history the journal keeps (events, assignments and their plates); older rows are deleted a few hundred at a time when the gateway is idle, "
-        f"so the file stops growing (default {JOURNAL_KEEP_DAYS:g}; 0 keeps everything)",
-    )
-    parser.add_argument("--http", help="serve the API and dashboard in-process on HOST:PORT")
-    parser.add_argument(
-        "--policy-clock",
-        metavar="HH:MM@SPEED",
-        help="for simulations and the demo: judge time-window policies by a simulated day "
-        "that starts at HH:MM (site time) and runs SPEED times faster than real time",
-    )
-    parser.add_argument(
-        "--keep-warm-ms",
-        type=float,
-        default=KEEP_WARM_MS,
-        help=f"while reports come more often than every {KEEP_WARM_FOR_S:g} s, rehearse the "
-        "report path (read-only) every this many ms of idle time, so the next report is "
-        "handled at warm-cache speed: about 0.35 ms sooner for 15-20 %% of a core meanwhile "
-        f"(default {KEEP_WARM_MS:g}; 0 turns it off)",
-    )
-    parser.add_argument(
-        "--busy-poll-ms",
-        type=float,
-        default=BUSY_POLL_MS,
-        help="after handling reports, poll the broker's socket without sleeping (yielding "
-        "the CPU to other tasks) for this many ms, so that a report coming meanwhile "
-        "finds the CPU awake: about 0.4 ms sooner, for up to a core while reports come "
-        f"that close together (default {BUSY_POLL_MS:g}; 0 turns it off; off under "
-        "real-time scheduling)",
-    )
 
 
 def policy_clock(spec: str, tz_name: str, start: float | None = None) -> Callable[[], float]:
@@ -311,7 +221,7 @@ class GatewayService:
             self.journal,
             self._publish,
             hold_s=hold_s,
-            max_holds_per_entrance=max_holds_per_entrance or _max_holds_per_entrance(),
+            max_holds_per_entrance=max_holds_per_entrance or max_holds_per_entrance_default(),
             core_options=core_options,
             history=history,
             policy_clock=policy_clock(policy_clock_spec, self.site.timezone)
@@ -1020,253 +930,3 @@ def _realtime_scheduling() -> bool:
         return os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR)
     except (AttributeError, OSError):  # not Linux
         return False
-
-
-def republish_stored_signs(
-    db: str, broker: BrokerConfig, keep: Collection[str], timeout_s: float = 2.0
-) -> int:
-    """Publish the signs the journal says are current, valid for what is left of their
-    expiry counted from the last report heard; returns how many. Only the topics in ``keep``
-    (the site file's displays now: a removed display's last content is not shown again).
-
-    Run first thing on start: after a crash the signs are consistent again within a fraction
-    of a second, while the full gateway is still loading. The contents are those committed
-    with the last state change, which is the state the gateway resumes from.
-    """
-    rows = [row for row in stored_signs(db, now=time.time()) if row[0] in keep]
-    if not rows:
-        return 0
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=f"parkguide-gateway-restart-{os.getpid()}"
-    )
-    broker.apply(client)
-    try:
-        client.connect(broker.host, broker.port, keepalive=10)
-    except OSError as exc:
-        log.warning(
-            "broker %s not reachable yet (%s); signs follow once connected",
-            broker.url,
-            broker.why_unreachable(exc),
-        )
-        return 0
-    client.loop_start()
-    try:
-        now = time.time()
-        sent = []
-        for topic, body, left_s in rows:
-            content = json.loads(body)
-            content["ts"], content["expires"] = now, now + left_s
-            sent.append(
-                client.publish(
-                    topic,
-                    json.dumps(content, ensure_ascii=False).encode(),
-                    qos=topics.QOS_DISPLAY,
-                    retain=topics.RETAIN_DISPLAY,
-                )
-            )
-        for info in sent:
-            info.wait_for_publish(timeout_s)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    log.info("republished %d signs from the journal", len(rows))
-    return len(rows)
-
-
-def _serve_http(service: GatewayService, address: str, db: str) -> threading.Thread | None:
-    """Run the API app in-process in a uvicorn thread (the MQTT loop never waits on it).
-
-    Returns None when the server could not start (e.g. the port is taken).
-    """
-    import uvicorn
-
-    from api.app import create_app
-    from api.settings import ApiSettings
-
-    host, _, port = address.rpartition(":")
-    app = create_app(service.gateway, ApiSettings(), db_path=db)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host or "127.0.0.1",
-            port=int(port),
-            log_level="warning",
-            timeout_graceful_shutdown=1,  # live streams never end by themselves
-        )
-    )
-    # uvicorn leaves signal handling alone outside the main thread: SIGTERM stays ours
-    thread = threading.Thread(target=server.run, name="http", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return thread if server.started else None
-
-
-def _number_flag_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with the numeric flags, or None: caught before anything starts (a NaN
-    congestion would fail on the first arrival). ``--hold-s`` is LiveGateway's to check."""
-    checks = (
-        ("--keep-warm-ms", args.keep_warm_ms, 0.0, math.inf, "0 (off) or more"),
-        ("--busy-poll-ms", args.busy_poll_ms, 0.0, math.inf, "0 (off) or more"),
-        ("--journal-keep-days", args.journal_keep_days, 0.0, math.inf, "0 (keep all) or more"),
-        ("--congestion-m", args.congestion_m, 0.0, math.inf, "0 or more metres"),
-        ("--congestion-halflife-s", args.congestion_halflife_s, 1e-3, math.inf, "positive"),
-        ("--outbox-max-rows", args.outbox_max_rows, 1, math.inf, "1 or more"),
-        ("--max-holds-per-entrance", args.max_holds_per_entrance, 1, math.inf, "1 or more"),
-    )
-    for flag, value, low, high, expected in checks:
-        if value is not None and not (math.isfinite(value) and low <= value <= high):
-            return f"{flag} {value}: must be {expected}"
-    return None
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.http:
-        host, sep, port = args.http.rpartition(":")
-        if not sep or not port.isdigit():
-            print(f"--http {args.http!r}: expected HOST:PORT", file=sys.stderr)
-            return 2
-        if importlib.util.find_spec("api.app") is None:
-            print(
-                "--http: the API is not installed yet (no api.app module with create_app); "
-                "run the gateway without --http, or `parkguide api` as its own process",
-                file=sys.stderr,
-            )
-            return 2
-    problem = _number_flag_problem(args)
-    if problem is None and args.outbox_max_rows is not None and not args.influx_url:
-        problem = "--outbox-max-rows: only with --influx-url (the outbox holds InfluxDB's points)"
-    if problem is None and args.influx_url and not (args.influx_org and args.influx_bucket):
-        problem = (
-            "--influx-org and --influx-bucket must not be empty (InfluxDB refuses such writes)"
-        )
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    try:
-        broker = broker_from_args(args.broker, args)
-    except ValueError as exc:
-        print(f"--broker: {exc}", file=sys.stderr)
-        return 2
-    influx = None
-    if args.influx_url:
-        influx = {
-            "url": args.influx_url,
-            "org": args.influx_org,
-            "bucket": args.influx_bucket,
-            "token": os.environ.get(ENV_INFLUX_TOKEN, ""),
-        }
-    core_options = {
-        k: v
-        for k, v in (
-            ("congestion_m", args.congestion_m),
-            ("congestion_halflife_s", args.congestion_halflife_s),
-        )
-        if v is not None
-    }
-    from parking.site import SiteError, load_site
-
-    try:
-        # before anything is published: a refused site file changes nothing
-        site = load_site(args.site)
-    except SiteError as exc:
-        print(f"site file refused:\n{exc}", file=sys.stderr)
-        return 2
-    try:
-        with lock_journal(args.db):
-            refused = _journal_of_another_site(args.db, site.id, args.rename_site_from)
-            if refused:
-                print(f"--db {args.db}: {refused}", file=sys.stderr)
-                return 2
-            return _run_gateway(args, site, broker, influx, core_options)
-    except JournalInUse as exc:
-        print(f"--db {args.db}: {exc}; one gateway per journal", file=sys.stderr)
-        return 2
-    except OSError as exc:  # the lock file: no such folder, no permission
-        print(f"--db {args.db}: cannot lock the journal: {exc}", file=sys.stderr)
-        return 2
-
-
-def _journal_of_another_site(db: str, site_id: str, rename_from: str | None) -> str | None:
-    """Why a gateway for ``site_id`` must not start on journal ``db`` (None: it may). A
-    journal of another site would have its events, agents and retained signs taken over
-    as a rename of that site; that happens only when asked (``--rename-site-from``)."""
-    meta = peek_meta(db, (SITE_ID_KEY, OUTLINE_KEY))
-    was = meta.get(SITE_ID_KEY) or (parse_outline(meta.get(OUTLINE_KEY)) or {}).get("site")
-    if was is None or was == site_id:
-        return None
-    if rename_from == was:
-        log.warning("site %s renamed from %s: the journal is taken over", site_id, was)
-        return None
-    return (
-        f"this journal belongs to site {was!r}, not {site_id!r} (the site file's id): give "
-        f"each site its own journal, or, if the site's id was changed, start once with "
-        f"--rename-site-from {was}"
-    )
-
-
-def _run_gateway(
-    args: argparse.Namespace,
-    site: Site,
-    broker: BrokerConfig,
-    influx: dict[str, str] | None,
-    core_options: dict[str, float],
-) -> int:
-    """The gateway's life once its journal is locked and known to be this site's."""
-    from parking.site import SiteError
-
-    try:
-        republish_stored_signs(
-            args.db, broker, {topics.display_content(site.id, d.id) for d in site.displays}
-        )
-    except Exception:  # a fast path only: the full start below publishes everything anyway
-        log.exception("republishing the journaled signs failed")
-    try:
-        service = GatewayService(
-            site,
-            broker,
-            args.db,
-            client_id=args.client_id,
-            hold_s=args.hold_s,
-            max_holds_per_entrance=args.max_holds_per_entrance,
-            core_options=core_options,
-            influx=influx,
-            outbox_max_rows=args.outbox_max_rows,
-            policy_clock_spec=args.policy_clock,
-            keep_warm_ms=args.keep_warm_ms,
-            busy_poll_ms=args.busy_poll_ms,
-            journal_keep_days=args.journal_keep_days,
-        )
-    except SiteError as exc:
-        print(f"site file refused:\n{exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # --policy-clock, --hold-s
-        print(str(exc), file=sys.stderr)
-        return 2
-    except sqlite3.Error as exc:
-        print(f"--db {args.db}: cannot open the journal: {exc}", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, service.request_stop)
-    service.start()
-    if args.http:
-        if _serve_http(service, args.http, args.db) is None:
-            print(
-                f"--http {args.http}: the API server did not start (see the log)", file=sys.stderr
-            )
-            service.stop()
-            return 1
-        log.info("API and dashboard on http://%s", args.http)
-    log.info(
-        "gateway for site %s running; broker %s, journal %s", service.site.id, broker.url, args.db
-    )
-    try:
-        service.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        service.stop()
-    if service.fatal is not None:
-        print(f"gateway stopped: {service.fatal}", file=sys.stderr)
-        return 1
-    return 0

@@ -45,7 +45,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "edge.camera.evaluate",
         "measure the camera classifier on labelled photographs",
     ),
-    ("gateway",): ("gateway.service", "aggregate occupancy, allocate spaces, drive the signs"),
+    ("gateway",): ("gateway.cli", "aggregate occupancy, allocate spaces, drive the signs"),
     ("api",): ("api.service", "serve the dashboard and REST API as its own process"),
     ("journal", "backup"): (
         "gateway.backup",
