@@ -32,14 +32,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from edge.camera.crops import fit_polygons
-from edge.camera.quality import FrameQuality, FrameQualityMonitor, QualitySettings
+from edge.camera.quality import (
+    FrameFault,
+    FrameQuality,
+    FrameQualityMonitor,
+    QualitySettings,
+    covered_spaces,
+    shape_matches,
+)
 from edge.camera.smoothing import OccupancySmoother, SmoothingSettings, SpaceChange
 from edge.camera.stream import FrameRate, FrameReader, describe, file_problem, parse_source
 from edge.clocks import ClockWatch
@@ -110,8 +117,19 @@ class CameraAgent:
         self.quality: FrameQuality | None = None
         self.stream_up = False
         self.counters: dict[str, int] = dict.fromkeys(
-            ("frames", "classified", "black", "frozen", "blurred", "stream_lost", "errors"), 0
+            (
+                "frames",
+                "classified",
+                "black",
+                "frozen",
+                "blurred",
+                "geometry",
+                "stream_lost",
+                "errors",
+            ),
+            0,
         )
+        self.covered = 0  # spaces the last frame showed nothing of (covered_spaces)
         self._status = "blind"
         self._next_health = 0.0
         self._lost_reported = False
@@ -164,6 +182,9 @@ class CameraAgent:
         self._lost_reported = False
         normals = self.monitor.new_normals
         quality = self.monitor.check(image, mono)
+        h, w = image.shape[:2]
+        if quality.ok and not shape_matches((w, h), self.camera.resolution):
+            quality = replace(quality, fault=FrameFault.GEOMETRY)
         if self.monitor.new_normals != normals:
             log.warning(
                 "camera %s: the picture has been much softer than usual for %.0f min "
@@ -175,6 +196,18 @@ class CameraAgent:
         if self.quality is not None and quality.fault != self.quality.fault:
             if quality.fault is None:
                 log.info("camera %s: frames usable again", self.camera.id)
+            elif quality.fault is FrameFault.GEOMETRY:
+                cw, ch = self.camera.resolution
+                log.warning(
+                    "camera %s: frames are %dx%d, not of the %dx%d shape the site file's "
+                    "polygons are drawn for (a rotated 'corridor' mode, a cropped stream?): "
+                    "spaces unknown until the camera is set back",
+                    self.camera.id,
+                    w,
+                    h,
+                    cw,
+                    ch,
+                )
             else:
                 log.warning(
                     "camera %s: %s frame (brightness %.0f, sharpness %.1f): spaces unknown",
@@ -188,9 +221,30 @@ class CameraAgent:
             assert quality.fault is not None
             self.counters[quality.fault.value] += 1
             return self.smoother.blind(wall)
-        occupied, confidence = self.classifier.classify(image, self._plan_for(image))
+        patches = self.classifier.patches(image, self._plan_for(image))
+        occupied, confidence = self.classifier.decide(patches)
         self.counters["classified"] += 1
-        return self.smoother.update(occupied, confidence, wall)
+        covered = covered_spaces(patches, self.monitor.settings)
+        self._say_covered(int(covered.sum()))
+        if not covered.any():
+            return self.smoother.update(occupied, confidence, wall)
+        # no evidence from what the picture does not show: those spaces unknown, the rest read
+        confidence = np.where(covered, 0.0, confidence)
+        changes = self.smoother.update(occupied, confidence, wall)
+        return changes + self.smoother.blind(wall, covered)
+
+    def _say_covered(self, covered: int) -> None:
+        if covered and not self.covered:
+            log.warning(
+                "camera %s: %d of its %d spaces show nothing in the picture (dark or "
+                "featureless: something on part of the lens, a floodlight's glare?): unknown",
+                self.camera.id,
+                covered,
+                len(self.space_ids),
+            )
+        elif self.covered and not covered:
+            log.info("camera %s: every space visible again", self.camera.id)
+        self.covered = covered
 
     def on_idle(
         self, age: float | None, since_start: float, wall: float, mono: float | None = None
@@ -232,7 +286,7 @@ class CameraAgent:
             return "blind"
         low = self.smoother.confidence < self.smoother.settings.min_confidence
         # reports only in memory (a full disk) are lost if the agent stops: not "ok" either
-        if low.mean() > DEGRADED_FRACTION or not self.publisher.spool_ok:
+        if low.mean() > DEGRADED_FRACTION or not self.publisher.spool_ok or self.covered:
             return "degraded"
         return "ok"
 
@@ -259,6 +313,7 @@ class CameraAgent:
                 **self.counters,
                 "reconnects": reconnects,
                 "stream_up": int(self.stream_up),
+                "covered_spaces": self.covered,
                 **self.publisher.spool_health(),
             },
             fps=round(self.fps(mono), 2),

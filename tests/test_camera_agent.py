@@ -194,6 +194,48 @@ def test_agent_scales_polygons_to_a_smaller_stream(lot, tmp_path: Path) -> None:
     assert (occupied == truth).sum() >= 37
 
 
+def test_half_a_covered_lens_makes_only_the_covered_spaces_unknown(lot, tmp_path: Path) -> None:
+    """A sticker or a hand over the bottom of the lens: the frame as a whole still passes
+    (its top is bright and sharp), but the bays under the black are not read as free."""
+    cam, scene, truth = lot
+    agent = make_agent(cam, tmp_path)
+    for k in range(3):
+        agent.on_frame(scene.render(10 * 60, k * 0.3), 1000 + k * 0.3, k * 0.3)
+    assert agent.status() in ("ok", "degraded") and agent.covered == 0
+    frame = scene.render(10 * 60, 1.0)
+    edge = 510  # between cam-c's two rows of bays (y 350-470 and 540-700)
+    frame[edge:] = 0
+    centres = np.array([np.asarray(p, float)[:, 1].mean() for p in cam.polygons.values()])
+    under, above = centres > edge, centres < edge
+    assert under.sum() >= 5 and above.sum() >= 5
+    for k in range(4):  # longer than the hold: a confident "free" would have settled
+        agent.on_frame(frame, 1001.0 + k * 0.3, 1.0 + k * 0.3)
+    state = agent.smoother.state
+    assert (state[under] == int(SpaceState.UNKNOWN)).all()
+    assert (state[above] != int(SpaceState.UNKNOWN)).all()
+    occupied = state == int(SpaceState.OCCUPIED)
+    assert (occupied[above] == truth[above]).mean() >= 0.9
+    assert agent.status() == "degraded" and agent.covered >= under.sum()
+    health = agent.health(1003.0, 3.0, reconnects=0)
+    assert health.counters["covered_spaces"] == agent.covered
+    agent.on_frame(scene.render(10 * 60, 3.0), 1003.0, 3.0)  # the sticker comes off
+    assert agent.covered == 0
+
+
+def test_frames_of_another_shape_make_every_space_unknown(lot, tmp_path: Path) -> None:
+    """The camera switched to a rotated "corridor" mode (720x1280): the polygons, drawn for
+    1280x720, would be stretched off their bays."""
+    cam, scene, _truth = lot
+    agent = make_agent(cam, tmp_path)
+    for k in range(3):
+        agent.on_frame(scene.render(10 * 60, k * 0.3), 1000 + k * 0.3, k * 0.3)
+    assert (agent.smoother.state != int(SpaceState.UNKNOWN)).sum() >= 37
+    rotated = cv2.rotate(scene.render(10 * 60, 1.0), cv2.ROTATE_90_CLOCKWISE)
+    agent.on_frame(rotated, 1001.0, 1.0)
+    assert (agent.smoother.state == int(SpaceState.UNKNOWN)).all()
+    assert agent.status() == "blind" and agent.counters["geometry"] == 1
+
+
 def test_agent_turns_spaces_unknown_when_frames_stop(lot, tmp_path: Path) -> None:
     cam, scene, _truth = lot
     agent = make_agent(cam, tmp_path)

@@ -8,7 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.camera.quality import FrameFault, FrameQualityMonitor, QualitySettings
+from edge.camera.quality import (
+    FrameFault,
+    FrameQualityMonitor,
+    QualitySettings,
+    changed_share,
+    covered_spaces,
+    shape_matches,
+)
 from firmware_sim.camera_render import CameraScene, black_frame, covered_frame
 from parking.site import load_site
 from tests.conftest import EXAMPLE_SITE
@@ -109,6 +116,61 @@ def test_bit_identical_frames_are_frozen_after_the_threshold() -> None:
     assert all(f is FrameFault.FROZEN for f in faults[9:]), faults
     # one fresh frame ends it
     assert monitor.check(with_noise(frame, rng), 4.0).fault is None
+
+
+def test_a_hung_picture_with_a_ticking_clock_burnt_in_is_frozen() -> None:
+    """The image pipeline hung; the encoder still burns in the date and time (most IP
+    cameras' on-screen display): only the clock's tiles change."""
+    rng = np.random.default_rng(5)
+    still = with_noise(textured_frame(), rng)
+    monitor = FrameQualityMonitor(QualitySettings(frozen_s=2.0))
+    faults = []
+    for i in range(16):
+        frame = still.copy()
+        text = f"2026-12-06 13:{i // 4:02d}:{(i * 15) % 60:02d}"
+        cv2.putText(frame, text, (20, 50), cv2.FONT_HERSHEY_SIMPLEX, 1.5, (255, 255, 255), 3)
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        assert ok
+        faults.append(monitor.check(cv2.imdecode(buf, cv2.IMREAD_COLOR), i * 0.25).fault)
+    assert all(f is None for f in faults[:9]), faults
+    assert all(f is FrameFault.FROZEN for f in faults[9:]), faults
+
+
+def test_a_still_scene_where_a_large_part_moves_is_not_frozen() -> None:
+    """Bit-identical static macroblocks (H.264 skips them) but a tree or a passer-by moving
+    over a fifth of the picture: live."""
+    rng = np.random.default_rng(6)
+    still = textured_frame()
+    monitor = FrameQualityMonitor(QualitySettings(frozen_s=1.0))
+    for i in range(16):
+        frame = still.copy()
+        frame[200:460, 300:900] = with_noise(still[200:460, 300:900], rng, 3.0)
+        assert monitor.check(frame, i * 0.25).fault is None
+
+
+def test_changed_share_counts_tiles() -> None:
+    a = np.zeros((64, 128), np.uint8)
+    b = a.copy()
+    assert changed_share(a, b, 0.05) == 0.0
+    b[:16, :16] = 10  # one tile of the 4 x 8
+    assert changed_share(a, b, 0.05) == pytest.approx(1 / 32)
+    assert changed_share(a, b[:32], 0.05) == 1.0  # another shape: all changed
+
+
+def test_spaces_dark_or_featureless_are_covered_and_real_ones_are_not() -> None:
+    rng = np.random.default_rng(7)
+    real = rng.integers(40, 200, (3, 32, 32, 3), dtype=np.uint8)
+    black = rng.integers(0, 6, (1, 32, 32, 3), dtype=np.uint8)  # read noise under a cap
+    glare = np.full((1, 32, 32, 3), 255, np.uint8)  # blown out by a floodlight
+    patches = np.concatenate([real, black, glare])
+    assert covered_spaces(patches, QualitySettings()).tolist() == [False] * 3 + [True] * 2
+    assert covered_spaces(patches[:0], QualitySettings()).shape == (0,)
+
+
+def test_shape_matches_a_substream_but_not_a_rotated_or_cropped_picture() -> None:
+    assert shape_matches((640, 360), (1280, 720))
+    assert not shape_matches((720, 1280), (1280, 720))
+    assert not shape_matches((1280, 960), (1280, 720))
 
 
 def test_occasional_repeated_frame_is_not_frozen() -> None:

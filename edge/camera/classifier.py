@@ -180,11 +180,20 @@ class SpaceClassifier:
         ``polygons`` is a list of ``(N, 2)`` polygons or a precomputed
         :class:`~edge.camera.crops.CropPlan` (from :meth:`plan`).
         """
+        return self.decide(self.patches(frame_bgr, polygons))
+
+    def patches(
+        self, frame_bgr: np.ndarray, polygons: Sequence[np.ndarray] | crops.CropPlan
+    ) -> np.ndarray:
+        """The ``(N, S, S, 3)`` patches the model reads, one per space (see :meth:`classify`)."""
         plan = polygons if isinstance(polygons, crops.CropPlan) else self.plan(polygons)
         if plan.size != self.size:
             raise ValueError(f"crop plan size {plan.size} != model size {self.size}")
-        frame = _ensure_bgr(frame_bgr)
-        return self._decide(self.probabilities(crops.extract(frame, plan)))
+        return crops.extract(_ensure_bgr(frame_bgr), plan)
+
+    def decide(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(occupied, confidence) of each of :meth:`patches`' patches."""
+        return self._decide(self.probabilities(patches))
 
     def classify_patches(self, patches: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Classify whole single-space patches (e.g. CNRPark crops) of any size."""

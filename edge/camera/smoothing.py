@@ -118,13 +118,15 @@ class OccupancySmoother:
         """Advance time without a frame (only the uncertainty timeout can fire)."""
         return self._expire(now)
 
-    def blind(self, now: float) -> list[SpaceChange]:
-        """The camera cannot see: every space unknown now, pending candidates dropped."""
-        self.candidate[:] = NO_CANDIDATE
-        self.confidence[:] = 0.0
-        self.decision[:] = UNKNOWN
-        self.last_confident[:] = now
-        return self._set_unknown(self.state != UNKNOWN, now)
+    def blind(self, now: float, spaces: np.ndarray | None = None) -> list[SpaceChange]:
+        """The camera cannot see (``spaces``: a boolean mask, only those): unknown now,
+        pending candidates dropped."""
+        mask = np.ones(self.count, dtype=bool) if spaces is None else np.asarray(spaces, bool)
+        self.candidate[mask] = NO_CANDIDATE
+        self.confidence[mask] = 0.0
+        self.decision[mask] = UNKNOWN
+        self.last_confident[mask] = now
+        return self._set_unknown(mask & (self.state != UNKNOWN), now)
 
     def _set_unknown(self, mask: np.ndarray, now: float) -> list[SpaceChange]:
         idx = np.flatnonzero(mask)
