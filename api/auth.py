@@ -37,10 +37,12 @@ from parking.private import create_private
 log = logging.getLogger(__name__)
 
 ROLES: tuple[str, ...] = ("viewer", "manager", "technician")
-"""viewer reads; manager also changes things; technician also reads raw sensor data."""
+"""viewer reads; manager also changes things and reads the plates of arrivals; technician
+also reads raw sensor data."""
 
 CAN_CHANGE = frozenset({"manager"})
 CAN_READ_RAW = frozenset({"technician"})
+CAN_READ_PLATES = frozenset({"manager"})  # personal data: docs/privacy.md
 
 USER_NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_PASSWORD_LENGTH = 8
@@ -103,6 +105,10 @@ class User:
     @property
     def can_read_raw(self) -> bool:
         return self.role in CAN_READ_RAW
+
+    @property
+    def can_read_plates(self) -> bool:
+        return self.role in CAN_READ_PLATES
 
 
 def check_user_name(name: str) -> None:

@@ -76,6 +76,7 @@ class UserOut(BaseModel):
     role: Literal["viewer", "manager", "technician"]
     can_change: bool
     can_read_raw: bool
+    can_read_plates: bool = Field(description="sees the plates of arrivals (personal data)")
 
 
 class LoginOut(UserOut):

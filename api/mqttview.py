@@ -25,7 +25,8 @@ import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from api.journal import GatewayTables
-from gateway.ingest import ReportGate
+from gateway.ingest import ReportGate, without_plates
+from gateway.journal import PLATE_KEEP_KEY, PLATES_FORGOTTEN_KEY
 from gateway.readside import AgentStatus, Counters, LiveEvent, SpaceStatus
 from parking import topics
 from parking.broker import BrokerConfig, is_keepalive_timeout
@@ -77,6 +78,10 @@ class MqttLiveView:
         self._seen: dict[str, float] = {}
         self._health: dict[str, HealthReport] = {}
         self._assignments: deque[Assignment] = deque(maxlen=1000)
+        # the gateway's --plate-keep-hours (s) and its erasure mark (journal meta): plates
+        # the journal no longer has are not shown from memory either (docs/privacy.md)
+        self._plate_keep_s: float | None = None
+        self._plates_forgotten: str | None = None
         self._holds: dict[str, float] = {}  # space -> hold expiry, from the assignments seen
         self._held_said: dict[str, int] = {}  # zone -> the held count the stream was last told
         self._state: dict[str, tuple[str, float]] = {}  # space -> (state, since)
@@ -257,7 +262,8 @@ class MqttLiveView:
             if now - self._last_log.get(reason, -LOG_EVERY_S) < LOG_EVERY_S:
                 return
             self._last_log[reason] = now
-        log.warning("ignored %s on %s: %s (payload %r)", reason, topic, detail, payload[:120])
+        shown, detail = without_plates(payload[:120].decode("utf-8", "replace"), detail)
+        log.warning("ignored %s on %s: %s (payload %r)", reason, topic, detail, shown)
 
     def _on_message(self, client, userdata, msg) -> None:
         try:
@@ -387,6 +393,14 @@ class MqttLiveView:
                     changed.append((space, state, since))
         for space, state, since in changed:  # the live stream hears what the refresh moved
             self._emit("space", {"space": space, "state": self._shown_state(state)}, since)
+        meta = self.tables.meta(PLATE_KEEP_KEY, PLATES_FORGOTTEN_KEY)
+        keep = meta.get(PLATE_KEEP_KEY)
+        self._plate_keep_s = float(keep) if keep is not None else None
+        forgotten = meta.get(PLATES_FORGOTTEN_KEY)
+        if forgotten != self._plates_forgotten and self._plates_forgotten is not None:
+            with self._lock:  # a plate erased (parkguide journal forget-plate): reloaded
+                self._assignments.clear()
+        self._plates_forgotten = forgotten or "0"
         if not self._assignments:  # at start: the journal's, newest first
             recent = []
             for body in self.tables.recent_assignments(1000):
@@ -560,7 +574,17 @@ class MqttLiveView:
 
     def assignments(self, limit: int = 100) -> list[Assignment]:
         with self._lock:
-            return list(self._assignments)[:limit]
+            items = list(self._assignments)[:limit]
+        keep = self._plate_keep_s
+        if keep is None:
+            return items
+        now = time.time()
+        return [
+            a.model_copy(update={"plate": None})
+            if a.plate is not None and (keep == 0 or (a.hold_expires or a.ts) + keep < now)
+            else a
+            for a in items
+        ]
 
     def counters(self) -> Counters:
         """What a stand-alone API can know: its own counts; the gateway's are in its /metrics."""

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.journal import BACKUP_TAKEN_KEY
 from parking.private import create_private
 
 
@@ -53,6 +54,11 @@ def backup(db: Path, out: Path) -> dict[str, object]:
             check = target.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise ValueError(f"--out {out}: the copy failed its check ({check})")
+            with target:  # a gateway started on the copy knows it is a restore
+                target.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    (BACKUP_TAKEN_KEY, repr(time.time())),
+                )
             events, first, last = target.execute(
                 "SELECT count(*), min(ts), max(ts) FROM events"
             ).fetchone()

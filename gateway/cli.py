@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Collection
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
@@ -29,6 +30,7 @@ from gateway.service import (
     JOURNAL_KEEP_DAYS,
     KEEP_WARM_FOR_S,
     KEEP_WARM_MS,
+    PLATE_KEEP_HOURS,
     GatewayService,
     max_holds_per_entrance_default,
 )
@@ -96,6 +98,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=JOURNAL_KEEP_DAYS,
         help="history the journal keeps (events, assignments and their plates); older rows are deleted a few hundred at a time when the gateway is idle, "
         f"so the file stops growing (default {JOURNAL_KEEP_DAYS:g}; 0 keeps everything)",
+    )
+    parser.add_argument(
+        "--plate-keep-hours",
+        type=float,
+        default=PLATE_KEEP_HOURS,
+        help="how long after its hold an arrival's plate stays in the journal, then blanked "
+        f"(default {PLATE_KEEP_HOURS:g}; 0: plates are echoed to the gate, never stored; "
+        "docs/privacy.md)",
     )
     parser.add_argument("--http", help="serve the API and dashboard in-process on HOST:PORT")
     parser.add_argument(
@@ -213,6 +223,7 @@ def _number_flag_problem(args: argparse.Namespace) -> str | None:
         ("--keep-warm-ms", args.keep_warm_ms, 0.0, math.inf, "0 (off) or more"),
         ("--busy-poll-ms", args.busy_poll_ms, 0.0, math.inf, "0 (off) or more"),
         ("--journal-keep-days", args.journal_keep_days, 0.0, math.inf, "0 (keep all) or more"),
+        ("--plate-keep-hours", args.plate_keep_hours, 0.0, math.inf, "0 (never store) or more"),
         ("--congestion-m", args.congestion_m, 0.0, math.inf, "0 or more metres"),
         ("--congestion-halflife-s", args.congestion_halflife_s, 1e-3, math.inf, "positive"),
         ("--outbox-max-rows", args.outbox_max_rows, 1, math.inf, "1 or more"),
@@ -276,6 +287,14 @@ def main(args: argparse.Namespace) -> int:
     except SiteError as exc:
         print(f"site file refused:\n{exc}", file=sys.stderr)
         return 2
+    db = Path(args.db)
+    if db.is_file() and db.stat().st_size == 0:  # `touch`ed, or emptied by a fault
+        log.warning(
+            "--db %s is an empty file: a new journal starts in it (no history, no dashboard "
+            "users, a new broker session); if it held the site's journal, stop and restore "
+            "the newest backup (deploy/README.md)",
+            db,
+        )
     try:
         with lock_journal(args.db):
             refused = _journal_of_another_site(args.db, site.id, args.rename_site_from)
@@ -289,6 +308,17 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:  # the lock file: no such folder, no permission
         print(f"--db {args.db}: cannot lock the journal: {exc}", file=sys.stderr)
         return 2
+
+
+def damaged_hint(exc: sqlite3.Error) -> str:
+    """What to do about a journal SQLite finds damaged (empty otherwise)."""
+    text = str(exc)
+    if "malformed" not in text and "not a database" not in text:
+        return ""
+    return (
+        "\nthe journal is damaged: restore the newest backup, or salvage what is readable"
+        " with `sqlite3 JOURNAL .recover | sqlite3 NEW` (deploy/README.md, Backups)"
+    )
 
 
 def _journal_of_another_site(db: str, site_id: str, rename_from: str | None) -> str | None:
@@ -340,6 +370,7 @@ def _run_gateway(
             keep_warm_ms=args.keep_warm_ms,
             busy_poll_ms=args.busy_poll_ms,
             journal_keep_days=args.journal_keep_days,
+            plate_keep_hours=args.plate_keep_hours,
         )
     except SiteError as exc:
         print(f"site file refused:\n{exc}", file=sys.stderr)
@@ -348,7 +379,7 @@ def _run_gateway(
         print(str(exc), file=sys.stderr)
         return 2
     except sqlite3.Error as exc:
-        print(f"--db {args.db}: cannot open the journal: {exc}", file=sys.stderr)
+        print(f"--db {args.db}: cannot open the journal: {exc}{damaged_hint(exc)}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, service.request_stop)
     service.start()

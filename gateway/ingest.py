@@ -30,7 +30,10 @@ agent's last (``older_than_known``).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter, sub
@@ -621,6 +624,24 @@ class ReportGate:
             known.seq = accepted.seq
 
 
+_PLATE_VALUE = re.compile(r'("plate"\s*:\s*")((?:[^"\\]|\\.)*)')
+
+
+def without_plates(shown: str, detail: str = "") -> tuple[str, str]:
+    """A refused payload and the reason given for it as they may be logged: a plate is
+    personal data, and a log is kept outside the journal's retention (docs/privacy.md)."""
+    plates = set()
+    for m in _PLATE_VALUE.finditer(shown):
+        plates.add(m.group(2))
+        with contextlib.suppress(ValueError):
+            plates.add(json.loads(f'"{m.group(2)}"'))
+    shown = _PLATE_VALUE.sub(r"\1***", shown)
+    for plate in sorted(plates, key=len, reverse=True):
+        if plate:
+            detail = detail.replace(plate, "***")
+    return shown, detail
+
+
 class RejectionLog:
     """Counts rejections by reason; logs the first of each reason per interval, payload cut short."""
 
@@ -650,11 +671,12 @@ class RejectionLog:
         if payload is not None:
             cut = payload[: self._max_payload]
             shown = cut.decode("utf-8", "replace") + ("..." if len(payload) > len(cut) else "")
+        shown, detail = without_plates(shown, rejection.detail)
         self._logger.warning(
             "rejected (%s) on %s: %s; payload %r (%d so far; next log of this reason in %ds)",
             reason,
             topic if len(topic) <= self._max_payload else topic[: self._max_payload] + "...",
-            rejection.detail[:300],
+            detail[:300],
             shown,
             self.counts[reason],
             int(self._interval),

@@ -101,12 +101,30 @@ CREATE TRIGGER agents_boot_retired AFTER UPDATE OF boot ON agents
     BEGIN INSERT INTO retired_boots VALUES (old.agent, old.boot, new.last_seen)
         ON CONFLICT(agent, boot) DO UPDATE SET ts = excluded.ts; END"""
 
+PLATE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS assignments_plate ON assignments(plate) WHERE plate IS NOT NULL"
+)
+"""The plates still kept (few: --plate-keep-hours), for forgetting them by age or by value."""
+_NO_PLATE = "plate = NULL, payload = json_set(payload, '$.plate', NULL)"
+
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 """The WAL file is cut back to this size when a checkpoint lets writing start over at its
 beginning (SQLite's journal_size_limit)."""
 
 PRUNE_STEP_ROWS = 200
 """Rows of each table one prune step deletes: a few milliseconds, taken in a quiet moment."""
+
+PLATE_KEEP_KEY = "plate_keep_s"
+"""meta key: how long after its hold the gateway keeps an arrival's plate (``--plate-keep-hours``
+in seconds), so the stand-alone API hides what the journal no longer has."""
+
+PLATES_FORGOTTEN_KEY = "plates_forgotten"
+"""meta key: bumped by :func:`forget_plate`, so an API holding recent assignments in memory
+reloads them from the journal."""
+
+BACKUP_TAKEN_KEY = "backup_taken"
+"""meta key: set in a copy by ``parkguide journal backup`` (wall time of the copy); a
+gateway started on it knows it is a restore, says so, and removes the key."""
 
 HISTORY_FROM_KEY = "history_from"
 """meta key: wall time before which :meth:`Journal.prune` forgot the history."""
@@ -211,6 +229,25 @@ def peek_meta(path: str | Path, keys: Iterable[str]) -> dict[str, str]:
         conn.close()
 
 
+def forget_plate(conn: sqlite3.Connection, plate: str) -> int:
+    """Blank one plate (ASCII letters in any case) everywhere in the journal ``conn`` opens;
+    how many assignments had it. Bumps PLATES_FORGOTTEN_KEY so APIs holding recent
+    assignments in memory reload them."""
+    with conn:
+        conn.execute(PLATE_INDEX)  # a journal the gateway has not opened since it came
+        n = conn.execute(
+            f"UPDATE assignments SET {_NO_PLATE} WHERE id IN (SELECT id FROM assignments"
+            " INDEXED BY assignments_plate WHERE plate IS NOT NULL AND upper(plate) = upper(?))",
+            (plate,),
+        ).rowcount
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, '1') ON CONFLICT(key) DO UPDATE"
+            " SET value = CAST(value AS INTEGER) + 1",
+            (PLATES_FORGOTTEN_KEY,),
+        )
+    return n
+
+
 class Journal:
     """One SQLite connection, used under the gateway's lock from one thread at a time."""
 
@@ -224,7 +261,11 @@ class Journal:
         # the WAL to hundreds of MB; without a limit it keeps that size on disk for good
         self.conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         self.conn.execute("PRAGMA busy_timeout=5000")
+        # deleted rows (plates, password hashes) are overwritten, not left in free pages
+        # that a copy of the file would carry (Debian builds SQLite so; others may not)
+        self.conn.execute("PRAGMA secure_delete=ON")
         self.conn.executescript(SCHEMA)
+        self.conn.execute(PLATE_INDEX)
         with self.transaction():
             self.conn.execute("DROP TRIGGER IF EXISTS agents_boot_retired")
             self.conn.execute(BOOT_RETIRED_TRIGGER)
@@ -514,6 +555,17 @@ class Journal:
                 if kept is None or float(kept) < before:
                     self.set_meta(HISTORY_FROM_KEY, repr(before))
         return n
+
+    def forget_plates(self, before: float, rows: int = PRUNE_STEP_ROWS) -> int:
+        """Blank the plates (column and payload) of at most ``rows`` assignments whose hold
+        ended (or, without a hold, which were answered) before ``before``; how many."""
+        with self.transaction() as conn:
+            return conn.execute(
+                f"UPDATE assignments SET {_NO_PLATE} WHERE id IN (SELECT id FROM assignments"
+                " INDEXED BY assignments_plate WHERE plate IS NOT NULL"
+                " AND coalesce(hold_expires, ts) < ? ORDER BY id LIMIT ?)",
+                (before, rows),
+            ).rowcount
 
     def history_from(self) -> float | None:
         """Events before this wall time were pruned (None: nothing was)."""

@@ -45,7 +45,7 @@ from gateway.ingest import (
     ReportGate,
     decode,
 )
-from gateway.journal import History, Journal
+from gateway.journal import BACKUP_TAKEN_KEY, History, Journal
 from gateway.lag import BEHIND_S, ReportLag
 from gateway.readside import AgentStatus, Counters, LiveEvent, SpaceStatus
 from gateway.site_changes import (
@@ -197,8 +197,11 @@ class LiveGateway:
         mono: Callable[[], float] = time.monotonic,
         policy_clock: Callable[[], float] | None = None,
         defer_checkpoint: bool = False,
+        journal_plates: bool = True,
     ):
         self.site = site
+        # False (--plate-keep-hours 0): an arrival's plate is echoed to its gate, never stored
+        self.journal_plates = journal_plates
         # False: the checkpoint follows every publication; True: the caller flushes it
         self.defer_checkpoint = defer_checkpoint
         self.journal = journal
@@ -278,6 +281,8 @@ class LiveGateway:
             sorted(x.agent for x in (*site.buses, *site.cameras)), 0
         )
         self._gap_logged: dict[str, float] = {}  # agent -> monotonic time of its last warning
+        self._restored_backup = False  # started on a journal backup (BACKUP_TAKEN_KEY)
+        self._reported: set[str] = set()  # agents heard since this start
         # agent -> how long after its sending the gateway handled its last report, less the
         # same when the gateway last read it with nothing else waiting (clock offset and
         # transit): what it is behind by, as reports queue at the broker
@@ -318,6 +323,16 @@ class LiveGateway:
         with self.journal.transaction():
             self.journal.expand_pending()  # committed before a crash: now events
         self._restore_gate_offsets(now, mono)
+        taken = self.journal.meta(BACKUP_TAKEN_KEY)
+        if taken is not None:  # said once: the key goes with this start
+            self._restored_backup = True
+            log.warning(
+                "this journal is a backup taken %s: reports, holds and dashboard users changed "
+                "since then are not in it (deploy/README.md, Backups)",
+                time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(float(taken))),
+            )
+            with self.journal.transaction() as conn:
+                conn.execute("DELETE FROM meta WHERE key = ?", (BACKUP_TAKEN_KEY,))
         stored_agents = {a.agent: a for a in self.journal.agents()}
         retired = self.journal.retired_boots()
         for a in stored_agents.values():
@@ -516,7 +531,11 @@ class LiveGateway:
         parsed = topics.parse(topic)
         if parsed is None or parsed.kind in topics.RETAINED_KINDS:
             return False
-        why = f"a retained {parsed.kind} message (the broker kept it; it is not news)"
+        why = (
+            f"a retained {parsed.kind} message (the broker kept it; it is not news): the "
+            "sender must publish without the retain flag; clear it with `mosquitto_pub -r -n "
+            "-t TOPIC` as the sender's broker user"
+        )
         self._reject(Rejection("retained", why), topic, payload)
         return True
 
@@ -700,6 +719,7 @@ class LiveGateway:
         else:
             self._note_gap(acc, mono)  # before the commit: the gate still has the last seq
         self.gate.commit(acc)  # in memory now, so a duplicate later in the batch is refused
+        self._reported.add(agent)
         delay = now - max(0.0, time.perf_counter() - t0) - acc.ts
         self.lag.note(agent, delay, alone=self._caught_up, mono=self._mono())
         self._online[agent] = True
@@ -736,6 +756,17 @@ class LiveGateway:
         if known is None or known[0] != acc.boot:
             return
         first, last = known[1] + 1, acc.seq - 1
+        if self._restored_backup and acc.agent not in self._reported:
+            # they came, into the journal this backup replaced: not the broker's loss
+            log.info(
+                "agent %s boot %s: reports %d..%d came after the backup this journal was"
+                " restored from; the next snapshot reconciles the state",
+                acc.agent,
+                acc.boot,
+                first,
+                last,
+            )
+            return
         self.reports_missed[acc.agent] = self.reports_missed.get(acc.agent, 0) + last - first + 1
         if mono < self._gap_logged.get(acc.agent, -math.inf) + GAP_LOG_INTERVAL_S:
             return
@@ -1010,6 +1041,9 @@ class LiveGateway:
                     ts=now,
                 )
             body = assignment.model_dump_json(by_alias=True)
+            kept = assignment
+            if not self.journal_plates and assignment.plate is not None:
+                kept = assignment.model_copy(update={"plate": None})
             signs = self._changed_signs(now)  # the hold takes the space off the signs
             with self.journal.transaction():
                 self._put_signs_now(signs)
@@ -1020,9 +1054,9 @@ class LiveGateway:
                     assignment.space,
                     assignment.zone,
                     assignment.hold_expires,
-                    arrival.plate,
+                    kept.plate,
                     arrival.request_id,
-                    body,
+                    body if kept is assignment else kept.model_dump_json(by_alias=True),
                 )
             self._send(
                 topics.assignment(self.site.id, entrance),

@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 # Only light modules at the top: a restarted gateway republishes its journaled signs
 # (republish_stored_signs) once the site file is validated (~0.3 s), before scipy, the
 # allocation core and the journal's state are loaded.
-from gateway.journal import Journal
+from gateway.journal import PLATE_KEEP_KEY, Journal
 from parking import topics
 from parking.broker import (
     BrokerConfig,
@@ -74,6 +74,13 @@ TAKE_OVER_WAIT_S = 5.0  # for the broker's answer when opening or deleting an ol
 TAKE_OVER_QUIET_S = 0.5  # an old session's backlog is drained when it is quiet this long
 TAKE_OVER_RETRY_S = 30.0  # after a failed attempt (the broker refused the old id, say)
 TAKE_OVER_MAX_S = 120.0  # a backlog takes seconds; a session still fed has filters not ours
+# Two gateways on one client id (a copy of the journal started elsewhere) knock each other
+# off: connections that end within SHORT_SESSION_S of their CONNACK, SHORT_SESSIONS times
+# within the window, are said to be that, at most once per TWIN_LOG_INTERVAL_S.
+SHORT_SESSION_S = 5.0
+SHORT_SESSIONS = 3
+SHORT_SESSIONS_WINDOW_S = 60.0
+TWIN_LOG_INTERVAL_S = 300.0
 
 KEEP_WARM_MS = 3.0
 KEEP_WARM_FOR_S = 0.25
@@ -87,6 +94,9 @@ BUSY_POLL_MS = 20.0
 # The journal keeps this much history (events, assignments with their plates) and forgets older rows a few hundred at a time in quiet moments: without it the
 # file grows for ever (~80 bytes an event, ~400 an assignment). 0 keeps everything.
 JOURNAL_KEEP_DAYS = 366.0
+# An arrival's plate is only echoed to its gate; it is kept this long after the hold (for a
+# manager answering "where did that car go"), then blanked in the journal. 0: never stored.
+PLATE_KEEP_HOURS = 24.0
 PRUNE_BUSY_S = 1.0  # between prune steps while old rows are left
 PRUNE_CLOCK_SLACK_S = 86400.0
 """How far the wall clock may be from the agents' (their last report's ts), or run ahead of
@@ -173,6 +183,7 @@ class GatewayService:
         keep_warm_ms: float = KEEP_WARM_MS,
         busy_poll_ms: float = BUSY_POLL_MS,
         journal_keep_days: float = JOURNAL_KEEP_DAYS,
+        plate_keep_hours: float = PLATE_KEEP_HOURS,
     ):
         from gateway.live import LiveGateway
         from parking.site import load_site
@@ -229,10 +240,12 @@ class GatewayService:
             else None,
             # the checkpoint waits for an idle moment: off the report-to-sign path
             defer_checkpoint=True,
+            journal_plates=plate_keep_hours > 0,
         )
         if self.writer is not None:
             self.gateway.outbox_stats = self._outbox_stats
         self._stop = threading.Event()
+        self._availability_topic = topics.gateway_availability(self.site.id)
         self._thread: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
         self._polled: object = None  # the socket self._poller watches
@@ -253,12 +266,19 @@ class GatewayService:
         self._attempt = 0  # connection attempts since the last success
         self._answered = False  # the broker sent CONNACK on this connection
         self._disconnect_said = False  # this connection's end was logged
+        self._accepted_at = -math.inf  # monotonic time of this connection's CONNACK
+        self._short_sessions: deque[float] = deque(maxlen=SHORT_SESSIONS)  # their ends
+        self._twin_said = -math.inf  # monotonic time "a second gateway?" was last said
+        self.foreign_offline = 0  # another gateway's "offline" on our availability topic
         self._ever_connected = False
         self._internal_errors = 0
         self._last_error_log = -1e9
         self.fatal: str | None = None  # why the service stopped itself (main exits 1)
         self._checkpoint_failures = 0
         self._keep_s = max(0.0, journal_keep_days) * 86400.0
+        self._plate_keep_s = max(0.0, plate_keep_hours) * 3600.0
+        self.journal.set_meta(PLATE_KEEP_KEY, repr(self._plate_keep_s))  # for the API
+        self.plates_forgotten = 0  # plates blanked after --plate-keep-hours so far
         self._next_prune = 0.0  # monotonic time of the next prune step
         self.pruned = 0  # journal rows forgotten so far
         self._pruning = 0  # rows forgotten in the run of prune steps under way
@@ -298,6 +318,9 @@ class GatewayService:
             (topics.edge_all(site), topics.QOS_OCCUPANCY),
             (topics.arrivals_all(site), topics.QOS_ARRIVAL),
             (topics.space_control_all(site), topics.QOS_CONTROL),
+            # our own: another gateway of the site saying "offline" would blank every sign
+            # and dashboard while this one runs (_on_own_availability)
+            (topics.gateway_availability(site), topics.QOS_AVAILABILITY),
         ]
 
     def _session_answered(self, client: mqtt.Client, answer: dict[str, Any]) -> bool:
@@ -460,6 +483,7 @@ class GatewayService:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         try:
             self._answered = True
+            self._accepted_at = time.monotonic()
             if reason_code.is_failure:
                 log.error("MQTT broker %s refused the connection: %s", self.broker.url, reason_code)
                 return
@@ -506,8 +530,56 @@ class GatewayService:
                 )
             return
         log.warning("lost the MQTT broker %s (%s); reconnecting", self.broker.url, reason_code)
+        now = time.monotonic()
+        if now - self._accepted_at < SHORT_SESSION_S:
+            self._short_sessions.append(now)
+            recent = [t for t in self._short_sessions if now - t <= SHORT_SESSIONS_WINDOW_S]
+            if len(recent) >= SHORT_SESSIONS and now - self._twin_said >= TWIN_LOG_INTERVAL_S:
+                self._twin_said = now
+                log.error(
+                    "the broker closed this gateway's connection %d times within %.0f s, each"
+                    " right after accepting it: another client is using client id %s (a"
+                    " second gateway started on a copy of this journal?). Stop it: two"
+                    " gateways for one site take reports from each other",
+                    len(recent),
+                    SHORT_SESSIONS_WINDOW_S,
+                    shown_client_id(self.client_id),
+                )
+
+    def _on_own_availability(self, msg: mqtt.MQTTMessage) -> None:
+        """A live (not retained) "offline" on this site's gateway availability while this
+        gateway runs is another gateway's clean stop or last will: this one's "online" is
+        published again, and the operator told."""
+        if msg.retain or msg.payload != topics.OFFLINE.encode() or self._stop.is_set():
+            return
+        self.foreign_offline += 1
+        self.client.publish(
+            msg.topic,
+            topics.ONLINE,
+            qos=topics.QOS_AVAILABILITY,
+            retain=topics.RETAIN_AVAILABILITY,
+        )
+        now = time.monotonic()
+        if now - self._accepted_at < SHORT_SESSION_S:
+            # right after a reconnect: most likely the last will of this gateway's own
+            # previous connection, which the broker noticed dead only now
+            log.info("an offline on the gateway's availability after reconnecting: online again")
+        elif now - self._twin_said >= TWIN_LOG_INTERVAL_S:
+            self._twin_said = now
+            log.error(
+                "another gateway of site %s on this broker said it is offline (it stopped, or"
+                " its last will) while this one runs: two gateways for one site? This one's"
+                " online is published again; stop the other for good (moving hosts:"
+                " deploy/README.md)",
+                self.site.id,
+            )
 
     def _on_message(self, client, userdata, msg) -> None:
+        if msg.topic == self._availability_topic:
+            self._on_own_availability(msg)
+            if msg.qos > 0:
+                self.client.ack(msg.mid, msg.qos)
+            return
         if msg.retain and self.gateway.refuse_retained(msg.topic, msg.payload):
             if msg.qos > 0:
                 self.client.ack(msg.mid, msg.qos)  # refused for good: not to be redelivered
@@ -744,8 +816,7 @@ class GatewayService:
                 # quiet: a step, cut short when a report comes
                 self._flush_checkpoint(step=True, rows=QUIET_STEP_ROWS, interrupted=self._readable)
             if (
-                self._keep_s
-                and time.monotonic() >= self._next_prune
+                time.monotonic() >= self._next_prune
                 and time.monotonic() - self._last_drain >= QUIET_S
                 and not self._readable()
             ):
@@ -786,16 +857,21 @@ class GatewayService:
         return vouched
 
     def _prune(self) -> None:
-        """One step of forgetting history older than --journal-keep-days."""
-        cutoff = self.prune_clock() - self._keep_s
+        """One step of forgetting history older than --journal-keep-days, and plates
+        --plate-keep-hours after their hold."""
+        now = self.prune_clock()
+        cutoff = now - self._keep_s
+        n = plates = 0
         try:
             with self.gateway.lock:
-                n = self.journal.prune(cutoff)
+                if self._keep_s:
+                    n = self.journal.prune(cutoff)
+                plates = self.journal.forget_plates(now - self._plate_keep_s)
         except sqlite3.Error as exc:
             log.warning("pruning the journal failed (retried in %.0f s): %s", PRUNE_IDLE_S, exc)
-            n = 0
+        self.plates_forgotten += plates
         self.pruned += n
-        self._next_prune = time.monotonic() + (PRUNE_BUSY_S if n else PRUNE_IDLE_S)
+        self._next_prune = time.monotonic() + (PRUNE_BUSY_S if n or plates else PRUNE_IDLE_S)
         # forgetting history cannot be undone: said when it starts and when it ends (the
         # first start of a release with retention on a journal older than the window)
         days = self._keep_s / 86400.0

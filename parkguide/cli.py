@@ -51,6 +51,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "gateway.backup",
         "copy the gateway's journal (history, users, alerts) while it runs",
     ),
+    ("journal", "forget-plate"): (
+        "gateway.erasure",
+        "erase one licence plate from the gateway's journal (a person's request)",
+    ),
     ("user", "add"): ("api.users", "add a dashboard user to the journal database"),
     ("user", "remove"): ("api.users", "remove a dashboard user and end their sessions"),
     ("user", "list"): ("api.users", "list the dashboard users and their roles"),

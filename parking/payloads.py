@@ -262,7 +262,7 @@ VehicleClassName = Identifier
 
 
 def _printable_plate(plate: str) -> str:
-    # a plate is journaled, shown on the dashboard and exported: no control or bidi
+    # a plate is journaled and given to managers by the API: no control or bidi
     # characters (isprintable() refuses both), no blank one
     if not plate.strip() or not plate.isprintable():
         raise ValueError("a plate is printable characters, not blank")

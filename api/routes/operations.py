@@ -13,7 +13,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.alerts import SEVERITY, AlertRecord, AlreadyAcknowledged
-from api.deps import Ctx, Manager, require_login, require_manager
+from api.auth import User
+from api.deps import Ctx, LoggedIn, Manager, require_login, require_manager
 from api.live import alert_changed_event
 from api.models import (
     AcknowledgeRequest,
@@ -45,27 +46,39 @@ manager_router = APIRouter(
 )  # fmt: skip
 
 
+def plates_for(user: User, items: list[Assignment]) -> list[Assignment]:
+    """The assignments as ``user`` may see them: plates are personal data, for managers
+    only (docs/privacy.md)."""
+    if user.can_read_plates:
+        return items
+    return [a.model_copy(update={"plate": None}) if a.plate is not None else a for a in items]
+
+
 @router.get("/assignments")
 def assignments(
     ctx: Ctx,
+    user: LoggedIn,
     entrance: Annotated[str | None, Query(max_length=64, description="only this gate")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[Assignment]:
-    """Recent arrivals at the gates and the space each car was given, newest first."""
+    """Recent arrivals at the gates and the space each car was given, newest first (the
+    plates to managers only)."""
     if entrance is not None and entrance not in {e.id for e in ctx.view.site.entrances}:
         invalid(("query", "entrance"), f"no entrance {entrance!r} on this site", entrance)
     items = ctx.view.assignments(limit=1000 if entrance else limit)
     items = sorted(items, key=lambda a: a.ts, reverse=True)
     if entrance:
         items = [a for a in items if a.entrance == entrance]
-    return items[:limit]
+    return plates_for(user, items[:limit])
 
 
 @router.get("/arrivals")
-def arrivals(ctx: Ctx) -> list[ArrivalSummary]:
-    """Per gate: cars in the last hour, how many got no space, and the latest assignment."""
+def arrivals(ctx: Ctx, user: LoggedIn) -> list[ArrivalSummary]:
+    """Per gate: cars in the last hour, how many got no space, and the latest assignment
+    (its plate to managers only)."""
     now = time.time()
     recent = sorted(ctx.view.assignments(limit=1000), key=lambda a: a.ts, reverse=True)
+    recent = plates_for(user, recent)
     out = []
     for e in ctx.view.site.entrances:
         mine = [a for a in recent if a.entrance == e.id]

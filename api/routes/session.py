@@ -48,7 +48,11 @@ _rate_limited_log = _RateLimitedLog()
 
 def user_out(user: User) -> UserOut:
     return UserOut(
-        name=user.name, role=user.role, can_change=user.can_change, can_read_raw=user.can_read_raw
+        name=user.name,
+        role=user.role,
+        can_change=user.can_change,
+        can_read_raw=user.can_read_raw,
+        can_read_plates=user.can_read_plates,
     )
 
 

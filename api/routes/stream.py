@@ -52,25 +52,27 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def encoded(event: LiveEvent, raw_allowed: bool) -> str:
+def encoded(event: LiveEvent, raw_allowed: bool, plates_allowed: bool = False) -> str:
     """:func:`sse_message`, encoded once per event and audience however many streams send
     it (on the event loop only). The event is kept with its text: an id reused by a later
     event is never taken for it."""
-    key = (id(event), raw_allowed)
+    key = (id(event), raw_allowed, plates_allowed)
     hit = _ENCODED.get(key)
     if hit is not None and hit[0] is event:
         return hit[1]
-    text = sse_message(event, raw_allowed)
+    text = sse_message(event, raw_allowed, plates_allowed)
     _ENCODED[key] = (event, text)
     if len(_ENCODED) > ENCODED_MAX:
         _ENCODED.popitem(last=False)
     return text
 
 
-def sse_message(event: LiveEvent, raw_allowed: bool) -> str:
+def sse_message(event: LiveEvent, raw_allowed: bool, plates_allowed: bool = False) -> str:
     data = event.data
     if event.kind == "agent" and not raw_allowed:
         data = {k: v for k, v in data.items() if k in _AGENT_SUMMARY_KEYS}
+    if event.kind == "assignment" and not plates_allowed and data.get("plate") is not None:
+        data = {**data, "plate": None}  # personal data: managers only (docs/privacy.md)
     body = json.dumps({"kind": event.kind, "data": _json_safe(data), "ts": event.ts})
     return f"event: {event.kind}\ndata: {body}\n\n"
 
@@ -95,6 +97,7 @@ async def session_ended(ctx: Ctx, session: Session, user: User) -> str | None:
 async def _events(request: Request, ctx: Ctx, client: StreamClient, user: User | None,
                   session: Session | None) -> AsyncIterator[str]:  # fmt: skip
     raw_allowed = bool(user and user.can_read_raw)
+    plates_allowed = bool(user and user.can_read_plates)
     clock = time.monotonic
     beat_at = clock() + HEARTBEAT_S
     check_at = clock() + SESSION_CHECK_S if session is not None else float("inf")
@@ -121,7 +124,7 @@ async def _events(request: Request, ctx: Ctx, client: StreamClient, user: User |
                 continue
             if event is None:  # overflowed or shutting down: the page reconnects
                 return
-            yield encoded(event, raw_allowed)
+            yield encoded(event, raw_allowed, plates_allowed)
     finally:
         ctx.hub.disconnect(client)
 
