@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS revoked_sessions (
 USERS_COLUMNS_ADDED = ("generation TEXT",)
 """Columns of ``users`` added since the first release, for databases made before them."""
 
-_NEW_GENERATION_SQL = "lower(hex(randomblob(16)))"
+NEW_GENERATION_SQL = "lower(hex(randomblob(16)))"
+"""A fresh session generation drawn by SQLite (also for a journal backup: gateway.backup)."""
 GENERATION_RE = re.compile(r"[0-9A-Za-z_-]{1,128}")
 
 
@@ -153,7 +154,7 @@ class UserStore:
                     # users from before generations: their old tokens have none and are
                     # refused anyway; a new one each lets them log in again
                     db.execute(
-                        f"UPDATE users SET generation = {_NEW_GENERATION_SQL} "
+                        f"UPDATE users SET generation = {NEW_GENERATION_SQL} "
                         "WHERE generation IS NULL"
                     )
 
@@ -233,7 +234,7 @@ class UserStore:
     def _give_generation(self, name: str, digest: str) -> tuple | None:
         with self._connect() as db:
             db.execute(
-                f"UPDATE users SET generation = {_NEW_GENERATION_SQL} "
+                f"UPDATE users SET generation = {NEW_GENERATION_SQL} "
                 "WHERE name = ? AND hash = ? AND generation IS NULL",
                 (name, digest),
             )

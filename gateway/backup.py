@@ -7,7 +7,9 @@ copy (the database file and its WAL copied at different moments). This uses SQLi
 online backup in one step: a read transaction, which in WAL mode does not hold the
 gateway's writes up, copies one moment of the journal. The copy is private (mode 0600:
 it holds password hashes and plates), checked (``PRAGMA quick_check``) and never written
-over an existing file. Restoring is a copy back with the gateway stopped
+over an existing file. Every dashboard session has ended in the copy (a restore must not
+bring back a session logged out or a user's removed since), and it is marked as a backup,
+so a gateway started on it says so. Restoring is a copy back with the gateway stopped
 (deploy/README.md).
 """
 
@@ -20,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from api.auth import NEW_GENERATION_SQL
 from gateway.journal import BACKUP_TAKEN_KEY
 from parking.private import create_private
 
@@ -59,6 +62,10 @@ def backup(db: Path, out: Path) -> dict[str, object]:
                     "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                     (BACKUP_TAKEN_KEY, repr(time.time())),
                 )
+                if "users" in tables:
+                    # restored, it must not bring back sessions ended since (a logout, a
+                    # user removed): every session of the copy has ended
+                    target.execute(f"UPDATE users SET generation = {NEW_GENERATION_SQL}")
             events, first, last = target.execute(
                 "SELECT count(*), min(ts), max(ts) FROM events"
             ).fetchone()

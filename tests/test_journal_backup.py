@@ -44,6 +44,13 @@ def test_a_backup_taken_while_the_gateway_runs_restores_its_state(
             info = json.loads(done.stdout)
             assert info["users"] == 1 and info["events"] >= 20 and info["out"] == str(out)
             assert stat.S_IMODE(out.stat().st_mode) == 0o600  # hashes and plates
+            # restored, the copy brings back no session (one logged out since, a user
+            # removed since): every user's session generation is new in it
+            generations = [
+                sqlite3.connect(f).execute("SELECT generation FROM users").fetchall()
+                for f in (db, out)
+            ]
+            assert generations[0] != generations[1] and None not in generations[1][0]
             before = {
                 z.zone: (z.free, z.occupied, z.unknown) for z in service.gateway.zone_counts()
             }
