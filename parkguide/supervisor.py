@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
+CODE_ROOT = Path(__file__).resolve().parents[1]
+"""The folder holding the parkguide, api, gateway, edge ... packages this process runs."""
+
+
 def stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
     """SIGTERM, then SIGKILL if it has not ended within ``grace_s``; returns once it is gone."""
     if proc.poll() is None:
@@ -84,9 +88,13 @@ class Supervisor:
         env: dict[str, str] | None = None,
         module: str = "parkguide",
     ) -> Child:
-        argv = [sys.executable, "-m", module, *args]
+        # -P: not the current folder first on sys.path (a folder with its own api.py or
+        # gateway/ would shadow the demo's parts); the parent's own code instead, wherever
+        # it was imported from (a wheel, an editable install, a checkout)
+        argv = [sys.executable, "-P", "-m", module, *args]
         log_path = self.run_dir / f"{name}.log"
-        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        path = os.pathsep.join(p for p in (str(CODE_ROOT), os.environ.get("PYTHONPATH")) if p)
+        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(env or {})}
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
                 argv,

@@ -67,3 +67,21 @@ def test_a_child_dies_with_its_parent_even_when_the_parent_is_killed(tmp_path):
     parent.kill()  # no cleanup runs: the death signal stops the child
     parent.wait(15)
     assert _wait_gone(child)
+
+
+def test_the_demo_s_parts_are_its_own_in_a_folder_with_an_api_py(tmp_path, monkeypatch):
+    """An integrator's project folder holds its own api.py and gateway/: started from
+    there, the demo's children still run the demo's code, not those."""
+    from parkguide.supervisor import Supervisor
+
+    (tmp_path / "api.py").write_text("raise SystemExit('the folder api.py was imported')\n")
+    (tmp_path / "gateway").mkdir()
+    (tmp_path / "gateway" / "__init__.py").write_text("raise SystemExit('folder gateway')\n")
+    monkeypatch.chdir(tmp_path)
+    supervisor = Supervisor(tmp_path)
+    child = supervisor.start("api", ["api", "--help"])
+    assert child.proc.wait(60) == 0, supervisor.tail(child)
+    text = child.log_path.read_text()
+    assert "--site" in text and "folder" not in text
+    gw = supervisor.start("gateway", ["gateway", "--help"])
+    assert gw.proc.wait(60) == 0, supervisor.tail(gw)

@@ -124,6 +124,7 @@ def login(body: LoginRequest, request: Request, response: Response, ctx: Ctx) ->
 @router.post(
     "/logout",
     status_code=204,
+    response_model=None,  # FastAPI before 0.117 takes "-> None" for a body a 204 must not have
     responses={403: {"model": ErrorOut, "description": "sent by a page of another origin"}},
 )
 def logout(request: Request, response: Response, ctx: Ctx) -> None:

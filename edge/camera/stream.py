@@ -64,7 +64,11 @@ def quiet_backends() -> None:
     before the first capture; ``OPENCV_FFMPEG_LOGLEVEL=24`` brings FFmpeg's back."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
     if "OPENCV_LOG_LEVEL" not in os.environ:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        logging_module = getattr(cv2.utils, "logging", None)  # OpenCV 4.13 and later
+        if logging_module is not None:
+            logging_module.setLogLevel(logging_module.LOG_LEVEL_ERROR)
+        else:  # OpenCV 4.9-4.12 (pyproject's lower bound)
+            cv2.setLogLevel(2)  # LOG_LEVEL_ERROR
 
 
 def parse_source(source: str) -> str | int:
