@@ -340,6 +340,8 @@ class MqttLiveView:
                 self._emit("agent", {"agent": ident, "health": h.model_dump(mode="json")}, h.ts)
             elif kind == "entrances/assignment":
                 a = Assignment.model_validate_json(payload)
+                if self._plate_keep_s == 0 and a.plate is not None:  # the gateway keeps none
+                    a = a.model_copy(update={"plate": None})
                 with self._lock:
                     if a in self._assignments:  # sent again for a repeated arrival
                         return

@@ -81,6 +81,9 @@ class AgentSettings:
     stale_s: float = DEFAULT_STALE_S
     fps_limit: float = DEFAULT_FPS_LIMIT
     health_interval_s: float = DEFAULT_HEALTH_INTERVAL_S
+    squeezed_stream: bool = False
+    """the stream is the camera's whole view squeezed to another shape (some 4:3
+    substreams of 16:9 cameras): its polygons are scaled, not its frames refused"""
 
 
 class CameraAgent:
@@ -185,7 +188,8 @@ class CameraAgent:
         normals = self.monitor.new_normals
         quality = self.monitor.check(image, mono)
         h, w = image.shape[:2]
-        if quality.ok and not shape_matches((w, h), self.camera.resolution):
+        squeezed = self.settings.squeezed_stream
+        if quality.ok and not squeezed and not shape_matches((w, h), self.camera.resolution):
             quality = replace(quality, fault=FrameFault.GEOMETRY)
         if self.monitor.new_normals != normals:
             log.warning(
@@ -203,7 +207,8 @@ class CameraAgent:
                 log.warning(
                     "camera %s: frames are %dx%d, not of the %dx%d shape the site file's "
                     "polygons are drawn for (a rotated 'corridor' mode, a cropped stream?): "
-                    "spaces unknown until the camera is set back",
+                    "spaces unknown until the camera is set back (a substream that squeezes "
+                    "the whole view to another shape: --squeezed-stream)",
                     self.camera.id,
                     w,
                     h,
@@ -439,6 +444,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_HEALTH_INTERVAL_S,
         help="health report period (default %(default)s)",
     )
+    parser.add_argument(
+        "--squeezed-stream",
+        action="store_true",
+        help="the stream is the camera's whole view squeezed to another shape than the site "
+        "file's resolution (some 4:3 substreams of 16:9 cameras): scale the polygons to it "
+        "(without it such frames are refused: a rotated or cropped picture would be misread)",
+    )
     parser.add_argument("--spool-dir", default=None, help="directory of the durable report spool")
     parser.add_argument("--model", default=None, help="classifier model (default: the bundled one)")
 
@@ -505,7 +517,9 @@ def main(args: argparse.Namespace) -> int:
         camera,
         classifier,
         publisher,
-        settings=AgentSettings(args.stale_s, args.fps_limit, args.health_interval_s),
+        settings=AgentSettings(
+            args.stale_s, args.fps_limit, args.health_interval_s, args.squeezed_stream
+        ),
         smoothing=SmoothingSettings(hold_s=args.hold_s, min_confidence=args.min_confidence),
         quality=QualitySettings(frozen_s=args.frozen_s),
     )

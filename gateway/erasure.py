@@ -16,6 +16,7 @@ import json
 import os
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
@@ -32,9 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON line instead of text")
 
 
+class WalKept(Exception):
+    """The plate is blanked in the journal, but a reader kept the write-ahead log's older
+    copy of its pages (the count of assignments is the argument)."""
+
+
+CHECKPOINT_TRIES = 10
+CHECKPOINT_WAIT_MS = 100  # per try: the gateway's writes wait this long at most
+CHECKPOINT_PAUSE_S = 0.5  # between tries: the gateway writes meanwhile
+
+
 def erase(db: Path, plate: str) -> int:
     """Blank ``plate`` in journal ``db``; how many assignments had it. ValueError (for the
-    user) when ``db`` is no journal."""
+    user) when ``db`` is no journal; WalKept when a reader kept the old pages."""
     if not db.is_file():
         raise ValueError(f"--db {db}: no such journal")
     owner = db.stat()
@@ -47,15 +58,25 @@ def erase(db: Path, plate: str) -> int:
             raise ValueError(f"--db {db}: not a parkguide journal (no assignments table)")
         n = forget_plate(conn, plate)
         # the old pages in the WAL hold the plate until they are written back and the log
-        # starts over: done now, not at the gateway's next checkpoint
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        # starts over: done now, not at the gateway's next checkpoint. A reader (a backup,
+        # a long export) holds it back; it waits for readers with the writer lock held, so
+        # briefly each time, not to stall the gateway's writes
+        conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+        for attempt in range(CHECKPOINT_TRIES):
+            if attempt:
+                time.sleep(CHECKPOINT_PAUSE_S)
+            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                break
+        else:
+            raise WalKept(n)
     finally:
         conn.close()
-    if os.geteuid() == 0:  # run as root: the gateway's user must still open its WAL
-        for side in (Path(f"{db}-wal"), Path(f"{db}-shm")):
-            with contextlib.suppress(FileNotFoundError):
-                if side.stat().st_uid != owner.st_uid:
-                    os.chown(side, owner.st_uid, owner.st_gid)
+        if os.geteuid() == 0:  # run as root: the gateway's user must still open its WAL
+            for side in (Path(f"{db}-wal"), Path(f"{db}-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    if side.stat().st_uid != owner.st_uid:
+                        os.chown(side, owner.st_uid, owner.st_gid)
     return n
 
 
@@ -70,6 +91,14 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    except WalKept as kept:
+        print(
+            f"plate {plate} blanked in {kept.args[0]} assignment(s) of {args.db}, but a reader "
+            "of the journal (a backup, a long export) kept an older copy in its write-ahead "
+            "log: run the command again in a minute",
+            file=sys.stderr,
+        )
+        return 1
     except sqlite3.Error as exc:
         print(f"--db {args.db}: cannot change the journal: {exc}", file=sys.stderr)
         return 2

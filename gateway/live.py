@@ -946,6 +946,12 @@ class LiveGateway:
                 # sent again (a QoS 1 redelivery, the gate's retry): the same answer, no
                 # second space held for the same car
                 body = self.journal.answered(entrance, arrival.request_id, now - self.hold_s)
+                if body is not None and arrival.plate is not None and not self.journal_plates:
+                    # journaled without it (--plate-keep-hours 0): the gate still gets its echo
+                    again = Assignment.model_validate_json(body)
+                    body = again.model_copy(update={"plate": arrival.plate}).model_dump_json(
+                        by_alias=True
+                    )
                 if body is not None:
                     self.repeated_arrivals += 1
                     self.answered += 1
@@ -1041,9 +1047,10 @@ class LiveGateway:
                     ts=now,
                 )
             body = assignment.model_dump_json(by_alias=True)
-            kept = assignment
+            kept = assignment  # what the journal, and so the API and its stream, have
             if not self.journal_plates and assignment.plate is not None:
                 kept = assignment.model_copy(update={"plate": None})
+            kept_body = body if kept is assignment else kept.model_dump_json(by_alias=True)
             signs = self._changed_signs(now)  # the hold takes the space off the signs
             with self.journal.transaction():
                 self._put_signs_now(signs)
@@ -1056,7 +1063,7 @@ class LiveGateway:
                     assignment.hold_expires,
                     kept.plate,
                     arrival.request_id,
-                    body if kept is assignment else kept.model_dump_json(by_alias=True),
+                    kept_body,
                 )
             self._send(
                 topics.assignment(self.site.id, entrance),
@@ -1070,7 +1077,7 @@ class LiveGateway:
                 self._note_hold(entrance, s)
                 self._publish_zones([int(self.state.zone[s])], now)
         self.answered += 1
-        self._emit("assignment", json.loads(body), now)
+        self._emit("assignment", json.loads(kept_body), now)
 
     def _arrival_age(self, entrance: str, ts: float | None, t0: float | None) -> float:
         """How long before its receipt the gate saw the car, by the gate's own clock: the

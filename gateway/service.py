@@ -81,6 +81,8 @@ SHORT_SESSION_S = 5.0
 SHORT_SESSIONS = 3
 SHORT_SESSIONS_WINDOW_S = 60.0
 TWIN_LOG_INTERVAL_S = 300.0
+OTHER_OFFLINE_CONFIRM_S = 2.0
+OWN_WILL_WINDOW_S = 120.0
 
 KEEP_WARM_MS = 3.0
 KEEP_WARM_FOR_S = 0.25
@@ -270,6 +272,9 @@ class GatewayService:
         self._short_sessions: deque[float] = deque(maxlen=SHORT_SESSIONS)  # their ends
         self._twin_said = -math.inf  # monotonic time "a second gateway?" was last said
         self.foreign_offline = 0  # another gateway's "offline" on our availability topic
+        self._other_offline_at: float | None = None  # monotonic; not yet said
+        # a previous run of this gateway that died: its will may come after this start
+        self._own_will_due_until = time.monotonic() + OWN_WILL_WINDOW_S
         self._ever_connected = False
         self._internal_errors = 0
         self._last_error_log = -1e9
@@ -483,10 +488,10 @@ class GatewayService:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         try:
             self._answered = True
-            self._accepted_at = time.monotonic()
             if reason_code.is_failure:
                 log.error("MQTT broker %s refused the connection: %s", self.broker.url, reason_code)
                 return
+            self._accepted_at = time.monotonic()
             site = self.site.id
             client.subscribe(self._subscriptions())
             client.publish(
@@ -516,6 +521,9 @@ class GatewayService:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        self._other_offline_at = None  # a broker shutting down sent this gateway's will too
+        if not self._stop.is_set():  # the broker publishes this connection's will
+            self._own_will_due_until = time.monotonic() + OWN_WILL_WINDOW_S
         self.gateway.broker_up = False  # the dashboard says so, and nothing of the agents
         if self._stop.is_set() or self._disconnect_said:
             return  # paho reports a keepalive timeout twice: said once per connection
@@ -548,11 +556,13 @@ class GatewayService:
 
     def _on_own_availability(self, msg: mqtt.MQTTMessage) -> None:
         """A live (not retained) "offline" on this site's gateway availability while this
-        gateway runs is another gateway's clean stop or last will: this one's "online" is
-        published again, and the operator told."""
+        gateway runs: this one's "online" is published again at once. Said as another
+        gateway's stop or last will once it holds OTHER_OFFLINE_CONFIRM_S with this
+        connection up (a broker shutting down sends every client's will, this one's too),
+        unless this gateway's own will is due (OWN_WILL_WINDOW_S after a start or a lost
+        connection: the broker publishes it when it notices, behind any backlog)."""
         if msg.retain or msg.payload != topics.OFFLINE.encode() or self._stop.is_set():
             return
-        self.foreign_offline += 1
         self.client.publish(
             msg.topic,
             topics.ONLINE,
@@ -560,11 +570,23 @@ class GatewayService:
             retain=topics.RETAIN_AVAILABILITY,
         )
         now = time.monotonic()
-        if now - self._accepted_at < SHORT_SESSION_S:
-            # right after a reconnect: most likely the last will of this gateway's own
-            # previous connection, which the broker noticed dead only now
-            log.info("an offline on the gateway's availability after reconnecting: online again")
-        elif now - self._twin_said >= TWIN_LOG_INTERVAL_S:
+        if now < self._own_will_due_until:
+            self._own_will_due_until = -math.inf  # that was it
+            log.info("this gateway's last will from before came through: online again")
+            return
+        self._other_offline_at = now
+
+    def _confirm_other_offline(self) -> None:
+        """Say another gateway's "offline" once it has held (see _on_own_availability)."""
+        heard = self._other_offline_at
+        if heard is None or time.monotonic() - heard < OTHER_OFFLINE_CONFIRM_S:
+            return
+        self._other_offline_at = None
+        if not self.connected.is_set():
+            return
+        self.foreign_offline += 1
+        now = time.monotonic()
+        if now - self._twin_said >= TWIN_LOG_INTERVAL_S:
             self._twin_said = now
             log.error(
                 "another gateway of site %s on this broker said it is offline (it stopped, or"
@@ -721,6 +743,7 @@ class GatewayService:
             self._checkpoint_failures = 0
 
     def _tick(self) -> None:
+        self._confirm_other_offline()
         try:
             self.gateway.tick()
             if self.history is not None:
@@ -906,6 +929,7 @@ class GatewayService:
                     self._flush_checkpoint()
         self._attempt += 1
         self._answered = False  # until this connection's CONNACK
+        self._accepted_at = -math.inf
         self._disconnect_said = False
         try:
             if self._ever_connected:

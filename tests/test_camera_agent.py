@@ -236,6 +236,29 @@ def test_frames_of_another_shape_make_every_space_unknown(lot, tmp_path: Path) -
     assert agent.status() == "blind" and agent.counters["geometry"] == 1
 
 
+def test_a_squeezed_substream_is_scaled_when_the_technician_says_so(lot, tmp_path: Path) -> None:
+    """Some 16:9 cameras' 4:3 substream (640x480) is the whole view squeezed, not a crop."""
+    from edge.camera.classifier import SpaceClassifier
+
+    cam, scene, truth = lot
+    publisher = ReportPublisher(
+        BrokerConfig("127.0.0.1", free_port()), SITE_ID, AGENT, cam.id, spool_dir=tmp_path
+    )
+    agent = CameraAgent(
+        cam,
+        SpaceClassifier.load(),
+        publisher,
+        smoothing=SmoothingSettings(hold_s=0.5),
+        settings=AgentSettings(fps_limit=0, squeezed_stream=True),
+    )
+    for k in range(3):
+        frame = cv2.resize(scene.render(11 * 60, k * 0.3), (640, 480), interpolation=cv2.INTER_AREA)
+        agent.on_frame(frame, 1000 + k * 0.3, k * 0.3)
+    assert agent.counters["geometry"] == 0
+    occupied = agent.smoother.state == int(SpaceState.OCCUPIED)
+    assert (occupied == truth).sum() >= 36
+
+
 def test_agent_turns_spaces_unknown_when_frames_stop(lot, tmp_path: Path) -> None:
     cam, scene, _truth = lot
     agent = make_agent(cam, tmp_path)

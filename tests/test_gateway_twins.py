@@ -5,6 +5,8 @@ and two on one client id are named for what they are. Real mosquitto."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import threading
 import time
 
@@ -45,8 +47,8 @@ def test_another_gateway_stopping_does_not_leave_the_site_offline(
 ):
     import gateway.service as service_module
 
-    # an offline within this of connecting is taken for the gateway's own old last will
-    monkeypatch.setattr(service_module, "SHORT_SESSION_S", 0.2)
+    # an offline this soon after a start may be the gateway's own will from a run before
+    monkeypatch.setattr(service_module, "OWN_WILL_WINDOW_S", 0.2)
     caplog.set_level(logging.INFO, logger="gateway.service")
     site_path = site_variant(tmp_path)
     # each with its own client id (with a password each journal draws its own suffix)
@@ -81,3 +83,54 @@ def test_two_gateways_on_one_client_id_are_named(tmp_path, mosquitto, caplog):
             assert time.monotonic() < deadline, caplog.text[-2000:]
             time.sleep(0.1)
     assert "gw-twin" in caplog.text and "a copy of this journal" in caplog.text
+
+
+@pytest.mark.timeout(60)
+def test_its_own_last_will_is_not_taken_for_another_gateway(tmp_path, mosquitto, caplog):
+    """A broker restart (it sends every connected client's will as it stops, this gateway's
+    too) and a restart of the gateway after kill -9 (its will comes after it is back)."""
+    caplog.set_level(logging.INFO, logger="gateway.service")
+    site_path = site_variant(tmp_path)
+    with running_gateway(site_path, mosquitto.url, tmp_path / "a.sqlite", client_id="gw-a") as gw:
+        mosquitto.stop()
+        mosquitto.start()
+        assert gw.connected.wait(20)
+        time.sleep(3)  # longer than it takes to confirm another gateway's offline
+        assert _retained_availability(mosquitto.port) == topics.ONLINE
+        assert gw.foreign_offline == 0
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not said, said
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_login_is_not_taken_for_a_twin(tmp_path, caplog):
+    """A wrong password: the broker refuses each connection at once; that is said as a
+    refusal, not as another client on the same id."""
+    from tests.conftest import MosquittoBroker
+
+    passwd = tmp_path / "passwd"
+    passwd.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "gateway", "right-password"],
+                   check=True)  # fmt: skip
+    broker = MosquittoBroker(
+        tmp_path,
+        extra_conf=("user root\n" if os.geteuid() == 0 else "")  # it reads tmp_path
+        + f"allow_anonymous false\npassword_file {passwd}\n",
+    )
+    broker.start()
+    caplog.set_level(logging.INFO, logger="gateway.service")
+    from gateway.service import GatewayService
+    from parking.broker import BrokerConfig
+
+    config = BrokerConfig("127.0.0.1", broker.port, username="gateway", password="wrong")
+    service = GatewayService(str(site_variant(tmp_path)), config, str(tmp_path / "w.sqlite"))
+    service.start()
+    try:
+        deadline = time.monotonic() + 20
+        while caplog.text.count("refused the connection") < 4:
+            assert time.monotonic() < deadline, caplog.text[-2000:]
+            time.sleep(0.1)
+    finally:
+        service.stop()
+        broker.stop()
+    assert "another client is using client id" not in caplog.text

@@ -74,11 +74,14 @@ def test_a_gateway_told_not_to_keep_plates_echoes_them_and_stores_none(tmp_path)
     gw = clocks.gateway(site, journal, lambda t, p, q, r: sent.append((t, p)), journal_plates=False)
     gw.publish_all()
     snapshot_all_free(gw, site, clocks.wall)
+    streamed = []  # what the API's live stream hears, managers' included
+    gw.subscribe(lambda ev: streamed.append(ev.data) if ev.kind == "assignment" else None)
     answer = _arrive(gw, sent)
     assert answer["plate"] == PLATE  # the gate still knows which car the space is for
     assert answer["space"] is not None
     again = _arrive(gw, sent)  # the gate's retry: the same space, from the journal's answer
-    assert again["space"] == answer["space"]
+    assert again["space"] == answer["space"] and again["plate"] == PLATE
+    assert [e["plate"] for e in streamed] == [None]
     assert [json.loads(body)["plate"] for _, body in journal.conn.execute(
         "SELECT plate, payload FROM assignments")] == [None]  # fmt: skip
     assert journal.conn.execute("SELECT plate FROM assignments").fetchall() == [(None,)]
@@ -211,3 +214,46 @@ def test_the_stand_alone_api_hides_what_the_journal_forgot(tmp_path):
     view._load_journal()  # its next look at the journal (every 5 s)
     assert [a.plate for a in view.assignments()] == [None, None]
     assert [a.ts for a in view.assignments()] == [now, now - 7300]  # the rest is kept
+    # a gateway that keeps no plate: none in memory either, nor in the stream
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = '0.0' WHERE key = 'plate_keep_s'")
+    view._load_journal()
+    heard = []
+    view.subscribe(lambda ev: heard.append(ev.data) if ev.kind == "assignment" else None)
+    answer = Assignment(entrance="north", vehicle_class="resident", space="A-002", zone="A",
+                        hold_expires=now + 180, plate="粤C1", ts=now + 1)  # fmt: skip
+    view._handle(topics.assignment(SITE, "north"), answer.model_dump_json().encode(), False)
+    assert [e["plate"] for e in heard] == [None]
+    assert view.assignments()[0].plate is None
+
+
+def test_an_erasure_a_reader_holds_back_says_so_and_does_not_stall_the_journal(
+    tmp_path, monkeypatch
+):
+    """A backup or a long export reading the journal keeps the write-ahead log's old pages,
+    with the plate: the command says to run it again, instead of waiting with the writer
+    lock held (the gateway's commits would wait as long)."""
+    from gateway import erasure
+
+    monkeypatch.setattr(erasure, "CHECKPOINT_TRIES", 3)
+    monkeypatch.setattr(erasure, "CHECKPOINT_PAUSE_S", 0.05)
+    db = tmp_path / "journal.sqlite"
+    journal = Journal(db)
+    body = json.dumps({"plate": PLATE}, ensure_ascii=False)
+    journal.add_assignment(1.0, "north", "resident", None, None, None, PLATE, None, body)
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM assignments").fetchone() == (1,)
+    started = time.monotonic()
+    with pytest.raises(erasure.WalKept) as kept:
+        erasure.erase(db, PLATE)
+    assert kept.value.args == (1,)
+    assert time.monotonic() - started < 2  # never the 5 s of a busy timeout
+    # the journal was not held: the gateway's next commit goes through at once
+    journal.add_assignment(2.0, "north", "resident", None, None, None, None, None, "{}")
+    reader.execute("COMMIT")
+    reader.close()
+    assert erasure.erase(db, PLATE) == 0  # run again: blanked already, the WAL emptied now
+    journal.close()
+    for f in tmp_path.iterdir():
+        assert PLATE.encode() not in f.read_bytes(), f.name
