@@ -355,9 +355,14 @@ class CameraAgent:
                 return
             wall, mono = self._wall(), self._clock()
             try:
-                if frame is not None:
+                image = None if frame is None else frame.image
+                if frame is not None and image is None:  # a JPEG cut short: the next one
                     last_seq = frame.seq
-                    changes = self.on_frame(frame.image, wall, mono)
+                    self.counters["errors"] += 1
+                    changes = self.smoother.tick(wall)
+                elif frame is not None:
+                    last_seq = frame.seq
+                    changes = self.on_frame(image, wall, mono)
                     changes += self.smoother.tick(wall)
                 else:
                     age = reader.last_frame_age(mono)

@@ -20,7 +20,6 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -129,13 +128,29 @@ def describe(source: str | int) -> str:
     return shown + rest
 
 
-@dataclass(frozen=True)
 class Frame:
-    image: np.ndarray
-    seq: int
-    """counts frames delivered since the reader started"""
-    received: float
-    """time.monotonic() when the frame was read"""
+    """One frame as the reader handed it out: decoded, or (an MJPEG stream read raw) its
+    JPEG bytes, decoded when the consumer first looks at it, so a reader short of CPU
+    never falls behind the stream decoding frames nobody will use."""
+
+    __slots__ = ("_image", "_jpeg", "seq", "received")
+
+    def __init__(
+        self, image: np.ndarray | None, seq: int, received: float, jpeg: np.ndarray | None = None
+    ):
+        self._image, self._jpeg = image, jpeg
+        self.seq = seq
+        """counts frames delivered since the reader started"""
+        self.received = received
+        """time.monotonic() when the frame was read"""
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The picture (BGR); None when its JPEG does not decode (a frame cut short)."""
+        if self._image is None and self._jpeg is not None:
+            self._image = cv2.imdecode(self._jpeg, cv2.IMREAD_COLOR)
+            self._jpeg = None
+        return self._image
 
 
 class FrameReader:
@@ -155,8 +170,10 @@ class FrameReader:
         self.source = source
         self.loop_file = loop_file
         self.max_fps = max_fps
-        """frames beyond this rate are grabbed (the stream keeps flowing) but not decoded:
-        a 25 fps camera costs one decode per frame the agent will use"""
+        """frames beyond this rate are read (the stream keeps flowing) but not handed out.
+        An MJPEG stream is read raw, so only the frames the agent uses are decoded (by it);
+        other codecs (H.264 over RTSP) decode every frame in ``grab``: there the camera's
+        own frame rate is what costs"""
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.open_timeout_ms = open_timeout_ms
@@ -177,6 +194,8 @@ class FrameReader:
         """frames decoded and handed out"""
         self.grabbed = 0
         """frames read from the stream (decoded or skipped by ``max_fps``)"""
+        self.raw = False
+        """the stream is MJPEG read raw: only the frames used are decoded"""
 
     # -- consumer side -------------------------------------------------------------
     def start(self) -> None:
@@ -255,6 +274,14 @@ class FrameReader:
             )
             self._stop.wait(delay)
 
+    def _read_raw(self, cap: cv2.VideoCapture) -> bool:
+        """Read an MJPEG network stream without decoding (JPEG bytes per frame): True when
+        the backend agreed."""
+        if self.file_source or not isinstance(self.source, str) or "://" not in self.source:
+            return False
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little", signed=False)
+        return fourcc == b"MJPG" and bool(cap.set(cv2.CAP_PROP_FORMAT, -1))
+
     def _session(self) -> bool:
         """Open, read until the stream fails or we stop; True if any frame arrived."""
         cap = self._open()
@@ -267,6 +294,7 @@ class FrameReader:
             self.connected = True
             # a looping file reopens at every end: said once, not twice a second
             self._log("opened", logging.INFO, "camera %s: stream open", describe(self.source))
+            raw = self.raw = self._read_raw(cap)
             period = 0.0
             if self.file_source:
                 fps = cap.get(cv2.CAP_PROP_FPS)
@@ -289,13 +317,18 @@ class FrameReader:
                 self._last_grab = now
                 self.grabbed += 1
                 if rate.take(now):
-                    ok, image = cap.retrieve()
-                    if not ok or image is None:
+                    ok, data = cap.retrieve()
+                    if not ok or data is None:
                         log.warning("camera %s: cannot decode a frame", describe(self.source))
                         return got
                     self.frames += 1
+                    frame = (
+                        Frame(None, self.frames, now, jpeg=data.reshape(-1).copy())
+                        if raw
+                        else Frame(data, self.frames, now)
+                    )
                     with self._cond:
-                        self._frame = Frame(image, self.frames, now)
+                        self._frame = frame
                         self._cond.notify_all()
                 if period:
                     next_at += period
