@@ -273,8 +273,11 @@ class GatewayService:
         self._twin_said = -math.inf  # monotonic time "a second gateway?" was last said
         self.foreign_offline = 0  # another gateway's "offline" on our availability topic
         self._other_offline_at: float | None = None  # monotonic; not yet said
-        # a previous run of this gateway that died: its will may come after this start
-        self._own_will_due_until = time.monotonic() + OWN_WILL_WINDOW_S
+        # OWN_WILL_WINDOW_S from each connection accepted after an unclean end (a previous
+        # run that died, a lost connection): its last wills, one per connection the broker
+        # saw end, come through this session's queue after it
+        self._unclean_end = True
+        self._own_will_due_until = -math.inf
         self._ever_connected = False
         self._internal_errors = 0
         self._last_error_log = -1e9
@@ -492,6 +495,9 @@ class GatewayService:
                 log.error("MQTT broker %s refused the connection: %s", self.broker.url, reason_code)
                 return
             self._accepted_at = time.monotonic()
+            if self._unclean_end:
+                self._own_will_due_until = self._accepted_at + OWN_WILL_WINDOW_S
+                self._unclean_end = False
             site = self.site.id
             client.subscribe(self._subscriptions())
             client.publish(
@@ -523,6 +529,7 @@ class GatewayService:
         self.connected.clear()
         self._other_offline_at = None  # a broker shutting down sent this gateway's will too
         if not self._stop.is_set():  # the broker publishes this connection's will
+            self._unclean_end = True
             self._own_will_due_until = time.monotonic() + OWN_WILL_WINDOW_S
         self.gateway.broker_up = False  # the dashboard says so, and nothing of the agents
         if self._stop.is_set() or self._disconnect_said:
@@ -570,8 +577,7 @@ class GatewayService:
             retain=topics.RETAIN_AVAILABILITY,
         )
         now = time.monotonic()
-        if now < self._own_will_due_until:
-            self._own_will_due_until = -math.inf  # that was it
+        if now < self._own_will_due_until:  # there may be several: one per lost connection
             log.info("this gateway's last will from before came through: online again")
             return
         self._other_offline_at = now

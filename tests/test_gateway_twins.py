@@ -4,8 +4,10 @@ and two on one client id are named for what they are. Real mosquitto."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -134,3 +136,89 @@ def test_a_refused_login_is_not_taken_for_a_twin(tmp_path, caplog):
         service.stop()
         broker.stop()
     assert "another client is using client id" not in caplog.text
+
+
+class Relay:
+    """A TCP relay to the broker that can be cut (its connections dropped, new ones
+    refused) and restored on the same port: a link down for a while."""
+
+    def __init__(self, upstream: int):
+        from conftest import free_port
+
+        self.upstream, self.port = upstream, free_port()
+        self._conns: list[socket.socket] = []
+        self._server: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen()
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                down, _ = server.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.upstream))
+            self._conns += [down, up]
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        if self._server is not None:
+            with contextlib.suppress(OSError):  # wakes the accept() blocked on it
+                self._server.shutdown(socket.SHUT_RDWR)
+            self._server.close()
+        for s in self._conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self._conns.clear()
+
+
+@pytest.mark.timeout(60)
+def test_its_own_will_after_a_long_outage_is_not_taken_for_another_gateway(
+    tmp_path, mosquitto, caplog, monkeypatch
+):
+    """The link is down longer than the own-will window: the broker published the
+    gateway's will meanwhile, queued in its session, delivered after it reconnects."""
+    import gateway.service as service_module
+
+    monkeypatch.setattr(service_module, "OWN_WILL_WINDOW_S", 3.0)
+    caplog.set_level(logging.INFO, logger="gateway.service")
+    relay = Relay(mosquitto.port)
+    site_path = site_variant(tmp_path)
+    url = f"mqtt://127.0.0.1:{relay.port}"
+    with running_gateway(site_path, url, tmp_path / "a.sqlite", client_id="gw-a") as gw:
+        time.sleep(3.5)  # past the window of its start
+        relay.cut()
+        deadline = time.monotonic() + 10
+        while gw.connected.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not gw.connected.is_set()
+        time.sleep(4.0)  # longer than the window
+        assert _retained_availability(mosquitto.port) == topics.OFFLINE  # its will
+        relay.restore()
+        assert gw.connected.wait(30)
+        time.sleep(3.0)  # longer than it takes to confirm another gateway's offline
+        assert _retained_availability(mosquitto.port) == topics.ONLINE
+        assert gw.foreign_offline == 0
+    assert "last will from before came through" in caplog.text
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not said, said
