@@ -199,7 +199,8 @@ class CameraAgent:
                 self.monitor.settings.rebaseline_s / 60,
                 quality.sharpness,
             )
-        if self.quality is not None and quality.fault != self.quality.fault:
+        before = None if self.quality is None else self.quality.fault
+        if quality.fault != before:  # also a fault on the very first frame
             if quality.fault is None:
                 log.info("camera %s: frames usable again", self.camera.id)
             elif quality.fault is FrameFault.GEOMETRY:

@@ -566,8 +566,9 @@ class GatewayService:
         gateway runs: this one's "online" is published again at once. Said as another
         gateway's stop or last will once it holds OTHER_OFFLINE_CONFIRM_S with this
         connection up (a broker shutting down sends every client's will, this one's too),
-        unless this gateway's own will is due (OWN_WILL_WINDOW_S after a start or a lost
-        connection: the broker publishes it when it notices, behind any backlog)."""
+        unless this gateway's own will is due (OWN_WILL_WINDOW_S from a connection accepted
+        after an unclean end: the broker publishes one will per connection it saw end,
+        queued in this session behind any backlog)."""
         if msg.retain or msg.payload != topics.OFFLINE.encode() or self._stop.is_set():
             return
         self.client.publish(

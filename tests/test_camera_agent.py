@@ -9,6 +9,7 @@ Small frame rates and short hold/stale/frozen times keep them quick.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -222,7 +223,9 @@ def test_half_a_covered_lens_makes_only_the_covered_spaces_unknown(lot, tmp_path
     assert agent.covered == 0
 
 
-def test_frames_of_another_shape_make_every_space_unknown(lot, tmp_path: Path) -> None:
+def test_frames_of_another_shape_make_every_space_unknown(
+    lot, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The camera switched to a rotated "corridor" mode (720x1280): the polygons, drawn for
     1280x720, would be stretched off their bays."""
     cam, scene, _truth = lot
@@ -234,6 +237,11 @@ def test_frames_of_another_shape_make_every_space_unknown(lot, tmp_path: Path) -
     agent.on_frame(rotated, 1001.0, 1.0)
     assert (agent.smoother.state == int(SpaceState.UNKNOWN)).all()
     assert agent.status() == "blind" and agent.counters["geometry"] == 1
+    # an agent that starts on such a stream says so too, at its first frame
+    fresh = make_agent(cam, tmp_path / "fresh")
+    with caplog.at_level(logging.WARNING, logger="edge.camera_agent"):
+        fresh.on_frame(rotated, 1001.0, 1.0)
+    assert "frames are 720x1280, not of the 1280x720 shape" in caplog.text
 
 
 def test_a_squeezed_substream_is_scaled_when_the_technician_says_so(lot, tmp_path: Path) -> None:
