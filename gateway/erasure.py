@@ -108,9 +108,14 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"plate": plate, "assignments": n}, ensure_ascii=False))
     else:
+        done = (
+            f"plate {plate} blanked in {n} assignment(s) of {args.db}"
+            if n
+            else f"plate {plate} is in no assignment of {args.db} (blanked before, or never kept)"
+        )
         print(
-            f"plate {plate} blanked in {n} assignment(s) of {args.db}. Not reached: backups "
-            "made before now, logs, the gates' own records (docs/privacy.md)"
+            f"{done}; the write-ahead log is emptied. Not reached: backups made before now, "
+            "logs, the gates' own records (docs/privacy.md)"
         )
     return 0
 

@@ -257,3 +257,12 @@ def test_an_erasure_a_reader_holds_back_says_so_and_does_not_stall_the_journal(
     journal.close()
     for f in tmp_path.iterdir():
         assert PLATE.encode() not in f.read_bytes(), f.name
+
+
+def test_forget_plate_run_again_says_the_plate_is_gone(tmp_path):
+    db = tmp_path / "journal.sqlite"
+    Journal(db).close()
+    out = subprocess.run([*parkguide_cmd(), "journal", "forget-plate", PLATE, "--db", str(db)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "is in no assignment" in out.stdout and "write-ahead log is emptied" in out.stdout
