@@ -10,8 +10,9 @@ Prints one JSON line::
 the frame (crop extraction + one batched forward; warps precomputed once per
 geometry). ``decode_ms``: median ``cv2.imdecode`` of the same frame encoded as
 JPEG quality 90, measured in the same run. ``frame_ms``: the agent's whole work on
-a frame besides decoding it (the frame checks for black, frozen, blurred; the crops and
-the forward; the per-space covered check; the smoothing). ``fps``: frames per second of
+a frame besides decoding it (the frame checks for black, frozen, blurred; the moved-view
+check, on every other frame; the crops and the forward; the per-space covered check; the
+smoothing). ``fps``: frames per second of
 a loop of decoding and that whole work. Targets: ``classify_ms <= 3 * decode_ms``, ``fps >= 25``.
 Uses the real UFPR05 frame and its polygons from ``../shared/data`` beside the
 repo when present, else a synthetic frame with 40 polygons.
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from edge.camera.aim import AimMonitor  # noqa: E402
 from edge.camera.classifier import SpaceClassifier  # noqa: E402
 from edge.camera.pklot import find_labelled_images, load_pklot_xml  # noqa: E402
 from edge.camera.quality import FrameQualityMonitor, covered_spaces  # noqa: E402
@@ -85,6 +87,7 @@ def main() -> int:
     clf = SpaceClassifier.load()
     plan = clf.plan(polys)
     monitor = FrameQualityMonitor()
+    aim = AimMonitor()  # the moved-view check: every other frame at this clock's 5 frames/s
     smoother = OccupancySmoother(len(polys))
     clock = [0.0]
 
@@ -92,6 +95,7 @@ def main() -> int:
         """What ``CameraAgent.on_frame`` does with a frame (edge/camera_agent.py)."""
         clock[0] += 0.2
         monitor.check(image, clock[0])
+        aim.check(image, clock[0])
         patches = clf.patches(image, plan)
         occupied, confidence = clf.decide(patches)
         covered = covered_spaces(patches, monitor.settings)

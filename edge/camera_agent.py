@@ -38,6 +38,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge.camera.aim import Aim, AimMonitor, AimSettings
+from edge.camera.aim_store import ViewStore
 from edge.camera.crops import fit_polygons
 from edge.camera.quality import (
     FrameFault,
@@ -84,6 +86,8 @@ class AgentSettings:
     squeezed_stream: bool = False
     """the stream is the camera's whole view squeezed to another shape (some 4:3
     substreams of 16:9 cameras): its polygons are scaled, not its frames refused"""
+    view_check: bool = True
+    """refuse frames whose view moved from the reference view (``edge.camera.aim``)"""
 
 
 class CameraAgent:
@@ -98,9 +102,15 @@ class CameraAgent:
         settings: AgentSettings | None = None,
         smoothing: SmoothingSettings | None = None,
         quality: QualitySettings | None = None,
+        aim: AimSettings | None = None,
+        view: np.ndarray | None = None,
+        keep_view: Callable[[np.ndarray], None] | None = None,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ):
+        """``view``: the reference view kept from an earlier run (a grey thumbnail, see
+        ``edge.camera.aim``), else the first good frame's is learned and handed to
+        ``keep_view``. ``aim=None`` with ``settings.view_check`` off: no such check."""
         self.camera = camera
         self.classifier = classifier
         self.publisher = publisher
@@ -116,6 +126,8 @@ class CameraAgent:
             len(self.space_ids), smoothing or SmoothingSettings(), now=wall()
         )
         self.monitor = FrameQualityMonitor(quality)
+        self.aim = AimMonitor(aim, view) if self.settings.view_check else None
+        self._keep_view = keep_view
         self._plans: dict[tuple[int, int], Any] = {}
         self._processed: deque[float] = deque()
         self._rate = FrameRate(self.settings.fps_limit)
@@ -129,6 +141,8 @@ class CameraAgent:
                 "frozen",
                 "blurred",
                 "geometry",
+                "moved",
+                "other_view",
                 "stream_lost",
                 "errors",
             ),
@@ -191,6 +205,8 @@ class CameraAgent:
         squeezed = self.settings.squeezed_stream
         if quality.ok and not squeezed and not shape_matches((w, h), self.camera.resolution):
             quality = replace(quality, fault=FrameFault.GEOMETRY)
+        if quality.ok and self.aim is not None:
+            quality = self._check_aim(image, quality, mono)
         if self.monitor.new_normals != normals:
             log.warning(
                 "camera %s: the picture has been much softer than usual for %.0f min "
@@ -203,6 +219,8 @@ class CameraAgent:
         if quality.fault != before:  # also a fault on the very first frame
             if quality.fault is None:
                 log.info("camera %s: frames usable again", self.camera.id)
+            elif quality.fault in (FrameFault.MOVED, FrameFault.OTHER_VIEW):
+                self._say_moved(quality.fault)
             elif quality.fault is FrameFault.GEOMETRY:
                 cw, ch = self.camera.resolution
                 log.warning(
@@ -240,6 +258,46 @@ class CameraAgent:
         confidence = np.where(covered, 0.0, confidence)
         changes = self.smoother.update(occupied, confidence, wall)
         return changes + self.smoother.blind(wall, covered)
+
+    def _check_aim(self, image: np.ndarray, quality: FrameQuality, mono: float) -> FrameQuality:
+        """The frame's quality, faulted when the view is no longer the reference's."""
+        assert self.aim is not None
+        self.aim.check(image, mono)
+        if self.aim.learned:
+            self.aim.learned = False
+            reference = self.aim.reference
+            log.info(
+                "camera %s: view learned (the reference of the moved-view check)", self.camera.id
+            )
+            if self._keep_view is not None and reference is not None:
+                try:
+                    self._keep_view(reference)
+                except (OSError, ValueError) as exc:  # kept in memory: checked all the same
+                    log.warning("camera %s: could not keep the view: %s", self.camera.id, exc)
+        if self.aim.aim is Aim.MOVED:
+            return replace(quality, fault=FrameFault.MOVED)
+        if self.aim.aim is Aim.OTHER_VIEW:
+            return replace(quality, fault=FrameFault.OTHER_VIEW)
+        return quality
+
+    def _say_moved(self, fault: FrameFault) -> None:
+        last = self.aim.last if self.aim is not None else None
+        if fault is FrameFault.MOVED and last is not None:
+            log.warning(
+                "camera %s: the view moved by %+.0f,%+.0f px from the one its polygons were "
+                "drawn on (knocked or turned?): spaces unknown until it is set back (re-aimed "
+                "on purpose, with the polygons checked: restart the agent with --new-view)",
+                self.camera.id,
+                last.dx,
+                last.dy,
+            )
+        else:
+            log.warning(
+                "camera %s: the picture no longer matches the view its polygons were drawn on "
+                "(turned, zoomed, another PTZ preset?): spaces unknown until it is set back "
+                "(re-aimed on purpose, with the polygons checked: restart with --new-view)",
+                self.camera.id,
+            )
 
     def _say_covered(self, covered: int) -> None:
         if covered and not self.covered:
@@ -322,6 +380,7 @@ class CameraAgent:
                 "reconnects": reconnects,
                 "stream_up": int(self.stream_up),
                 "covered_spaces": self.covered,
+                **self._aim_health(),
                 **self.publisher.spool_health(),
             },
             fps=round(self.fps(mono), 2),
@@ -330,6 +389,14 @@ class CameraAgent:
                 for s, c in zip(self.space_ids, self.smoother.confidence, strict=True)
             ],
         )
+
+    def _aim_health(self) -> dict[str, int]:
+        """The last view check: shift in pixels and match in percent (for technicians:
+        a drift shows before it blinds the camera)."""
+        last = self.aim.last if self.aim is not None else None
+        if last is None:
+            return {}
+        return {"view_shift_px": round(last.shift), "view_match_pct": round(100 * last.response)}
 
     # -- with the network ------------------------------------------------------------
     def publish(self, changes: list[SpaceChange], reader: FrameReader, mono: float) -> None:
@@ -457,7 +524,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "file's resolution (some 4:3 substreams of 16:9 cameras): scale the polygons to it "
         "(without it such frames are refused: a rotated or cropped picture would be misread)",
     )
-    parser.add_argument("--spool-dir", default=None, help="directory of the durable report spool")
+    parser.add_argument(
+        "--new-view",
+        action="store_true",
+        help="forget the view kept from earlier runs and learn it from the first good frame "
+        "(after re-aiming the camera on purpose and checking the polygons with "
+        "'parkguide site camera-view'; redrawn polygons do it by themselves)",
+    )
+    parser.add_argument(
+        "--no-view-check",
+        action="store_true",
+        help="do not refuse frames whose view moved from the learned one (a camera on a "
+        "mount that sways; its spaces are then read wherever it points)",
+    )
+    parser.add_argument(
+        "--spool-dir",
+        default=None,
+        help="directory of the durable report spool (and of the camera's learned view)",
+    )
     parser.add_argument("--model", default=None, help="classifier model (default: the bundled one)")
 
 
@@ -519,16 +603,6 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --agent: {exc}", file=sys.stderr)
         return 2
-    agent = CameraAgent(
-        camera,
-        classifier,
-        publisher,
-        settings=AgentSettings(
-            args.stale_s, args.fps_limit, args.health_interval_s, args.squeezed_stream
-        ),
-        smoothing=SmoothingSettings(hold_s=args.hold_s, min_confidence=args.min_confidence),
-        quality=QualitySettings(frozen_s=args.frozen_s),
-    )
     reader = FrameReader(source, max_fps=args.fps_limit, loop_file=args.loop)
     stop = threading.Event()
 
@@ -546,6 +620,32 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:  # an unusable spool folder: a line saying so, as the serial agent
         print(f"error: spool: {exc}", file=sys.stderr)
         return 1
+    views = ViewStore(
+        publisher.spool_path.parent, publisher.spool_path.name.removesuffix(".sqlite3"), camera
+    )
+    view = None
+    try:  # after the spool's lock: not under another agent with this id
+        if args.new_view:
+            views.forget()
+        view = views.load()
+    except OSError as exc:
+        log.warning("camera %s: kept view unusable (%s): learning it anew", camera.id, exc)
+    agent = CameraAgent(
+        camera,
+        classifier,
+        publisher,
+        settings=AgentSettings(
+            args.stale_s,
+            args.fps_limit,
+            args.health_interval_s,
+            args.squeezed_stream,
+            view_check=not args.no_view_check,
+        ),
+        view=view,
+        keep_view=views.save,
+        smoothing=SmoothingSettings(hold_s=args.hold_s, min_confidence=args.min_confidence),
+        quality=QualitySettings(frozen_s=args.frozen_s),
+    )
     log.info(
         "camera agent %s: camera %s (%d spaces) from %s to %s",
         agent_id,

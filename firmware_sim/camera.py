@@ -46,7 +46,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
-from firmware_sim.camera_render import CameraScene, black_frame, covered_frame, rain_at
+from firmware_sim.camera_render import (
+    CameraScene,
+    black_frame,
+    covered_frame,
+    moved_frame,
+    rain_at,
+    turned_frame,
+)
 from firmware_sim.commands import (
     Answers,
     ClearAll,
@@ -76,7 +83,7 @@ RECOMPOSE_SIM_MIN = 2.0
 """re-draw shadows and cars after this many simulated minutes (the sun moves)"""
 MAX_LINE = 4096
 CAMERA_HELP = (
-    "commands: set SPACE occupied|free; fault camera black|frozen|blur|off; "
+    "commands: set SPACE occupied|free; fault camera black|frozen|blur|off|moved|turned; "
     "clear camera|SPACE|all; status [SPACE]; help"
 )
 """what this console accepts: the shared words a camera can act on, and its own faults"""
@@ -88,6 +95,10 @@ class CameraFault(Enum):
     FROZEN = "frozen"
     BLUR = "blur"
     OFF = "off"
+    MOVED = "moved"
+    """knocked: the view shifted by a few per cent"""
+    TURNED = "turned"
+    """turned and zoomed: another view (a PTZ camera left on another preset)"""
 
 
 @dataclass(frozen=True)
@@ -110,12 +121,12 @@ def parse_console_line(line: str) -> object | None:
     if len(words) >= 2 and words[1].lower() == "camera":
         if verb == "fault":
             if len(words) != 3:
-                raise CommandError("usage: fault camera black|frozen|blur|off")
+                raise CommandError("usage: fault camera black|frozen|blur|off|moved|turned")
             try:
                 return FaultCamera(CameraFault(words[2].lower()))
             except ValueError:
                 raise CommandError(
-                    f"unknown camera fault {words[2]!r} (black, frozen, blur, off)"
+                    f"unknown camera fault {words[2]!r} (black, frozen, blur, off, moved, turned)"
                 ) from None
         if verb == "clear":
             if len(words) != 2:
@@ -123,7 +134,7 @@ def parse_console_line(line: str) -> object | None:
             return ClearCamera()
     if verb == "fault":
         if len(words) == 1:
-            raise CommandError("usage: fault camera black|frozen|blur|off")
+            raise CommandError("usage: fault camera black|frozen|blur|off|moved|turned")
         raise CommandError(_NO_DETECTORS)
     if verb == "clear" and len(words) >= 2 and words[1].lower() == "node":
         raise CommandError(_NO_DETECTORS)
@@ -298,6 +309,10 @@ class SimulatedCamera:
             frame = black_frame((frame.shape[1], frame.shape[0]), self.rng)
         elif fault is CameraFault.BLUR:
             frame = covered_frame(frame, self.rng)
+        elif fault is CameraFault.MOVED:
+            frame = moved_frame(frame)
+        elif fault is CameraFault.TURNED:
+            frame = turned_frame(frame)
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise RuntimeError("JPEG encoding failed")

@@ -656,6 +656,21 @@ def covered_frame(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(blurred + noise, 0, 255).astype(np.uint8)
 
 
+def moved_frame(frame: np.ndarray) -> np.ndarray:
+    """A camera knocked on its mount: the view shifted by 5 % of its width and 3 % of its
+    height (the edge the picture lost is filled by its border)."""
+    h, w = frame.shape[:2]
+    shift = np.float32([[1, 0, 0.05 * w], [0, 1, 0.03 * h]])
+    return cv2.warpAffine(frame, shift, (w, h), borderMode=cv2.BORDER_REPLICATE)
+
+
+def turned_frame(frame: np.ndarray) -> np.ndarray:
+    """A camera turned and zoomed (another PTZ preset): rotated 12 degrees, 1.3 times."""
+    h, w = frame.shape[:2]
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), 12.0, 1.3)
+    return cv2.warpAffine(frame, turn, (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
 def rain_at(minute_of_day: float, seed: int) -> float:
     """Rain intensity 0..1: one seeded shower a day, most days in the afternoon."""
     rng = np.random.default_rng(seed + 7919)

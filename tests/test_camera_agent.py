@@ -366,8 +366,14 @@ def test_black_and_frozen_frames_make_spaces_unknown(
     procs.append(agent)
     wait_states(recorder, truth, timeout=40, tolerance=TOLERANCE)
 
-    # (a covered lens goes the same way; the blur check itself is tested on frames)
-    for fault, counter in (("black", "black"), ("frozen", "frozen")):
+    # (a covered lens goes the same way; the blur check itself is tested on frames), and so
+    # does a camera knocked or turned on its mount (its view was learned at the start)
+    for fault, counter in (
+        ("black", "black"),
+        ("frozen", "frozen"),
+        ("moved", "moved"),
+        ("turned", "other_view"),
+    ):
         assert sim.ask(f"fault camera {fault}") == f"ok camera cam-c {fault}"
         recorder.wait_for(lambda ms: _all_unknown(recorder), timeout=15)
         recorder.wait_for(
@@ -380,6 +386,10 @@ def test_black_and_frozen_frames_make_spaces_unknown(
         )
         assert sim.ask("clear camera") == "ok camera cam-c cleared"
         wait_states(recorder, truth, timeout=20, tolerance=TOLERANCE)
+    # the learned view is kept beside the spool, for the next start; health shows the check
+    assert len(list((tmp_path / "spool").glob(f"{SITE_ID}.{AGENT}.view-*.png"))) == 1
+    h = latest_health(recorder)
+    assert h is not None and h["counters"]["view_shift_px"] <= 5
     assert agent.terminate(15) == 0
 
 

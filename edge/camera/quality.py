@@ -65,6 +65,10 @@ class FrameFault(Enum):
     FROZEN = "frozen"
     BLURRED = "blurred"
     GEOMETRY = "geometry"
+    MOVED = "moved"
+    """the view is shifted from the one the polygons were drawn on (edge.camera.aim)"""
+    OTHER_VIEW = "other_view"
+    """the picture matches that view nowhere: turned, zoomed, another preset"""
 
 
 @dataclass(frozen=True)
