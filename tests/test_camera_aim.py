@@ -163,6 +163,13 @@ def test_the_verdict_needs_three_checks_in_a_row(cam_c) -> None:
     assert monitor.reference is None and monitor.aim is Aim.ALIGNED
     monitor.check(away, t + 1)
     assert monitor.learned and monitor.aim is Aim.ALIGNED
+    # a stream of another shape (a squeezed 4:3 substream): learned anew, not left unchecked
+    monitor.learned = False
+    squeezed = cv2.resize(frame, (640, 480), interpolation=cv2.INTER_AREA)
+    monitor.check(squeezed, t + 2)
+    assert monitor.learned and monitor.reference.shape == (240, 320)
+    monitor.check(moved_frame(squeezed), t + 3)
+    assert monitor.last is not None and monitor.last.aim is Aim.MOVED
 
 
 # -- in the agent (real classifier; nothing published) -----------------------------

@@ -87,9 +87,9 @@ def signature(thumb: np.ndarray) -> np.ndarray:
 class AimMonitor:
     """Compares one stream's frames with its reference view; keeps the confirmed verdict.
 
-    Without a reference the first frame given to :meth:`check` becomes it (``learned`` is
-    then set, for the caller to keep it). ``check(frame, now)`` returns None when it is not
-    time for a check yet or when the frame's shape differs from the reference's.
+    Without a reference, or when the frame's shape differs from the reference's, the frame
+    given to :meth:`check` becomes it (``learned`` is then set, for the caller to keep it).
+    ``check(frame, now)`` returns None when it is not time for a check yet.
     """
 
     def __init__(self, settings: AimSettings | None = None, reference: np.ndarray | None = None):
@@ -125,13 +125,14 @@ class AimMonitor:
             return None
         self._next = now + self.settings.check_every_s
         thumb = view_thumbnail(frame)
-        if self._reference is None:
+        if self._reference is None or thumb.shape != self._reference.shape:
+            # none yet, or a stream of another shape (a squeezed substream instead of the
+            # main stream): nothing to compare with, this is the view from now on
             self._set_reference(thumb)
             self.learned = True
+            self.aim, self._run = Aim.ALIGNED, []
             self.last = AimCheck(Aim.ALIGNED, 0.0, 0.0, 1.0)
             return self.last
-        if thumb.shape != self._reference.shape:
-            return None
         assert self._signature is not None and self._window is not None
         (dx, dy), response = cv2.phaseCorrelate(self._signature, signature(thumb), self._window)
         scale = frame.shape[1] / thumb.shape[1]
