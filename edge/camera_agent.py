@@ -15,9 +15,10 @@ as changes settle, a snapshot on every (re)connect and periodically,
 retained availability with a last will, retained health with the processed
 frame rate and each space's last confidence. Health status: ``blind`` as
 above; ``degraded`` when more than a quarter of the spaces fell below the
-confidence floor on the last frame (dusk, rain, glare), or when the spool cannot
-take reports (a full disk: they go out from memory, ``counters.spool_full`` 1);
-else ``ok``.
+confidence floor on the last frame (dusk, rain, glare), when the spool cannot
+take reports (a full disk: they go out from memory, ``counters.spool_full`` 1), or
+when the frames fall over a second behind the live picture (``counters.behind_ms``:
+a decoder short of CPU; past ``--stale-s`` the reader drops the backlog); else ``ok``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ DEFAULT_FPS_LIMIT = 10.0
 DEFAULT_HEALTH_INTERVAL_S = 5.0
 FPS_WINDOW_S = 5.0
 DEGRADED_FRACTION = 0.25
+DEGRADED_BEHIND_S = 1.0
+"""frames this far behind the live picture (a decoder short of CPU): health degraded"""
 LOOP_WAIT_S = 0.2
 
 
@@ -149,6 +152,8 @@ class CameraAgent:
             0,
         )
         self.covered = 0  # spaces the last frame showed nothing of (covered_spaces)
+        self.behind_s = 0.0  # the reader's: how far its frames fall behind the present
+        self.fell_behind = 0  # ... and how often it dropped a backlog for it
         self._status = "blind"
         self._next_health = 0.0
         self._lost_reported = False
@@ -352,7 +357,12 @@ class CameraAgent:
             return "blind"
         low = self.smoother.confidence < self.smoother.settings.min_confidence
         # reports only in memory (a full disk) are lost if the agent stops: not "ok" either
-        if low.mean() > DEGRADED_FRACTION or not self.publisher.spool_ok or self.covered:
+        if (
+            low.mean() > DEGRADED_FRACTION
+            or not self.publisher.spool_ok
+            or self.covered
+            or self.behind_s > DEGRADED_BEHIND_S
+        ):
             return "degraded"
         return "ok"
 
@@ -380,6 +390,8 @@ class CameraAgent:
                 "reconnects": reconnects,
                 "stream_up": int(self.stream_up),
                 "covered_spaces": self.covered,
+                "behind_ms": round(1000 * self.behind_s),
+                "fell_behind": self.fell_behind,
                 **self._aim_health(),
                 **self.publisher.spool_health(),
             },
@@ -400,6 +412,7 @@ class CameraAgent:
 
     # -- with the network ------------------------------------------------------------
     def publish(self, changes: list[SpaceChange], reader: FrameReader, mono: float) -> None:
+        self.behind_s, self.fell_behind = reader.behind_s, reader.fell_behind
         if changes:
             latest = {c.index: c for c in changes}  # a space changed twice: its last word
             self.publisher.report("delta", self.observations(sorted(latest)))
@@ -603,7 +616,10 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --agent: {exc}", file=sys.stderr)
         return 2
-    reader = FrameReader(source, max_fps=args.fps_limit, loop_file=args.loop)
+    # frames older than a lost stream's timeout are no better than none: drop the backlog
+    reader = FrameReader(
+        source, max_fps=args.fps_limit, loop_file=args.loop, max_behind_s=args.stale_s
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

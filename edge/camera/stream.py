@@ -11,11 +11,19 @@ camera must be asked for: it re-announces old scenes as news).
 
 The consumer decides what a missing frame means (``last_frame_age``): the
 camera agent turns its spaces ``unknown`` after a timeout.
+
+A network stream decoded frame by frame (H.264 over RTSP) is decoded in ``grab``: a
+reader short of CPU falls behind the camera, the backlog waiting in the socket and the
+decoder, and hands out ever older pictures as if they were the present. The stream's own
+timestamps tell (:class:`StreamLag`): ``behind_s`` is how far they have fallen behind
+the wall clock since the session began; past ``max_behind_s`` the reader drops the
+backlog by reopening the stream.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
@@ -128,6 +136,36 @@ def describe(source: str | int) -> str:
     return shown + rest
 
 
+class StreamLag:
+    """How far a stream's frames fall behind the present, from their timestamps (pure).
+
+    ``observe(now, pts_s)`` with the wall clock's ``now`` and the frame's presentation
+    time, both in seconds: the lag is the wall time gone by since the first frame minus
+    the stream time gone by. The frames buffered before the first one read (a burst at
+    the start) make it negative; the least lag seen is the present, and ``behind_s`` is
+    the lag beyond it. A timestamp going back or leaping ahead (a camera's encoder
+    restarting) starts the count again."""
+
+    LEAP_S = 60.0
+
+    def __init__(self) -> None:
+        self.behind_s = 0.0
+        self._origin: tuple[float, float] | None = None
+        self._least = 0.0
+        self._last_pts = 0.0
+
+    def observe(self, now: float, pts_s: float) -> float:
+        if not np.isfinite(pts_s) or pts_s <= 0.0:
+            return self.behind_s  # no timestamps on this stream: nothing to tell
+        if self._origin is None or not 0.0 <= pts_s - self._last_pts <= self.LEAP_S:
+            self._origin, self._least = (now, pts_s), 0.0
+        self._last_pts = pts_s
+        lag = (now - self._origin[0]) - (pts_s - self._origin[1])
+        self._least = min(self._least, lag)
+        self.behind_s = lag - self._least
+        return self.behind_s
+
+
 class Frame:
     """One frame as the reader handed it out: decoded, or (an MJPEG stream read raw) its
     JPEG bytes, decoded when the consumer first looks at it, so a reader short of CPU
@@ -166,6 +204,7 @@ class FrameReader:
         read_timeout_ms: int = READ_TIMEOUT_MS,
         max_fps: float = 0.0,
         loop_file: bool = False,
+        max_behind_s: float = math.inf,
     ):
         self.source = source
         self.loop_file = loop_file
@@ -174,6 +213,8 @@ class FrameReader:
         An MJPEG stream is read raw, so only the frames the agent uses are decoded (by it);
         other codecs (H.264 over RTSP) decode every frame in ``grab``: there the camera's
         own frame rate is what costs"""
+        self.max_behind_s = max_behind_s
+        """a network stream whose frames fall this far behind the present is reopened"""
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.open_timeout_ms = open_timeout_ms
@@ -196,6 +237,10 @@ class FrameReader:
         """frames read from the stream (decoded or skipped by ``max_fps``)"""
         self.raw = False
         """the stream is MJPEG read raw: only the frames used are decoded"""
+        self.behind_s = 0.0
+        """how far the frames read fall behind the present (streams with timestamps)"""
+        self.fell_behind = 0
+        """times the stream was reopened for being more than ``max_behind_s`` behind"""
 
     # -- consumer side -------------------------------------------------------------
     def start(self) -> None:
@@ -282,6 +327,23 @@ class FrameReader:
         fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little", signed=False)
         return fourcc == b"MJPG" and bool(cap.set(cv2.CAP_PROP_FORMAT, -1))
 
+    def _fell_behind(self, lag: StreamLag, now: float, cap: cv2.VideoCapture) -> bool:
+        """Follow the stream's lag; True (said, counted) when the backlog must go."""
+        self.behind_s = lag.observe(now, cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
+        if self.behind_s <= self.max_behind_s:
+            return False
+        self.fell_behind += 1
+        self._log(
+            "behind",
+            logging.WARNING,
+            "camera %s: its frames are %.1f s behind the live picture (decoding slower than "
+            "the camera sends them: give the box more CPU, or the camera a lower frame rate "
+            "or resolution); dropping the backlog",
+            describe(self.source),
+            self.behind_s,
+        )
+        return True
+
     def _session(self) -> bool:
         """Open, read until the stream fails or we stop; True if any frame arrived."""
         cap = self._open()
@@ -301,6 +363,9 @@ class FrameReader:
                 period = 1.0 / fps if fps and 0 < fps < 1000 else 0.04
             next_at = time.monotonic()
             rate = FrameRate(self.max_fps)
+            network = isinstance(self.source, str) and "://" in self.source
+            lag = StreamLag() if network and not raw else None
+            self.behind_s = 0.0
             while not self._stop.is_set():
                 if not cap.grab():
                     if self.file_source:
@@ -316,6 +381,8 @@ class FrameReader:
                 now = time.monotonic()
                 self._last_grab = now
                 self.grabbed += 1
+                if lag is not None and self._fell_behind(lag, now, cap):
+                    return got
                 if rate.take(now):
                     ok, data = cap.retrieve()
                     if not ok or data is None:
