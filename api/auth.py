@@ -78,6 +78,14 @@ NEW_GENERATION_SQL = "lower(hex(randomblob(16)))"
 GENERATION_RE = re.compile(r"[0-9A-Za-z_-]{1,128}")
 
 
+def add_missing_user_columns(db: sqlite3.Connection) -> None:
+    """Give a ``users`` table from an earlier release the columns added since."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
+    for column in USERS_COLUMNS_ADDED:
+        if column.split()[0] not in columns:
+            db.execute(f"ALTER TABLE users ADD COLUMN {column}")
+
+
 def new_generation() -> str:
     """A fresh session generation: 128 random bits."""
     return secrets.token_hex(16)
@@ -147,10 +155,7 @@ class UserStore:
                 # one of them adds the columns, the other then finds them there
                 db.execute("BEGIN IMMEDIATE")
                 if self._needs_migration(db):
-                    columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
-                    for column in USERS_COLUMNS_ADDED:
-                        if column.split()[0] not in columns:
-                            db.execute(f"ALTER TABLE users ADD COLUMN {column}")
+                    add_missing_user_columns(db)
                     # users from before generations: their old tokens have none and are
                     # refused anyway; a new one each lets them log in again
                     db.execute(

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from api.auth import NEW_GENERATION_SQL
+from api.auth import NEW_GENERATION_SQL, add_missing_user_columns
 from gateway.journal import BACKUP_TAKEN_KEY
 from parking.private import create_private
 
@@ -64,7 +64,9 @@ def backup(db: Path, out: Path) -> dict[str, object]:
                 )
                 if "users" in tables:
                     # restored, it must not bring back sessions ended since (a logout, a
-                    # user removed): every session of the copy has ended
+                    # user removed): every session of the copy has ended. A journal of an
+                    # earlier release (backed up before upgrading) gets the column first
+                    add_missing_user_columns(target)
                     target.execute(f"UPDATE users SET generation = {NEW_GENERATION_SQL}")
             events, first, last = target.execute(
                 "SELECT count(*), min(ts), max(ts) FROM events"

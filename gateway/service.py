@@ -36,6 +36,7 @@ from parking.broker import (
     new_client_suffix,
     shown_client_id,
 )
+from parking.private import open_to_others
 
 if TYPE_CHECKING:
     from gateway.live import LiveGateway
@@ -195,6 +196,16 @@ class GatewayService:
         history = _OutboxHistory(self.site.id, outbox_max_rows) if influx else None
         self.history = history
         self.journal = Journal(db, history)
+        if (mode := open_to_others(db)) is not None:
+            # made so by an earlier release, or copied with cp: an existing file keeps its
+            # mode (parking.private), so it is said rather than changed
+            log.warning(
+                "the journal %s may be read by every local user (mode %03o): it holds "
+                "password hashes and licence plates; chmod 600 %s*",
+                db,
+                mode,
+                db,
+            )
         # what the clock may read, at most, by the journal: its newest change and the
         # monotonic time since (a fresh journal: the clock at start, nothing to forget).
         # Read before the gateway resumes: its start journals verdicts by the clock now
@@ -290,6 +301,7 @@ class GatewayService:
         self._next_prune = 0.0  # monotonic time of the next prune step
         self.pruned = 0  # journal rows forgotten so far
         self._pruning = 0  # rows forgotten in the run of prune steps under way
+        self._blanking = 0  # plates blanked in the run of prune steps under way
         self._republish = False  # connected: publish every zone and sign (in the MQTT thread)
         self.retained_skipped = 0  # zone and sign publishes skipped while disconnected
         self._checkpoint_retry_at = 0.0  # monotonic; a failed checkpoint backs off
@@ -916,6 +928,23 @@ class GatewayService:
         elif not n and self._pruning:
             log.info("forgot %d journal rows older than %g days", self._pruning, days)
         self._pruning = self._pruning + n if n else 0
+        self._say_plates(plates)
+
+    def _say_plates(self, plates: int) -> None:
+        """Blanking plates cannot be undone either: loud the first time (the first start
+        of a release with the keep, on a journal that kept plates for as long as its
+        history), then when each run of steps starts and ends."""
+        hours = self._plate_keep_s / 3600.0
+        if plates and not self._blanking:
+            log.log(
+                logging.WARNING if self.plates_forgotten == plates else logging.INFO,
+                "blanking the licence plates of holds that ended over %g h ago: "
+                "--plate-keep-hours (docs/privacy.md)",
+                hours,
+            )
+        elif not plates and self._blanking:
+            log.info("blanked %d licence plates older than %g h", self._blanking, hours)
+        self._blanking = self._blanking + plates if plates else 0
 
     def _rehearse(self) -> None:
         try:

@@ -147,3 +147,27 @@ def test_a_damaged_journal_is_refused_with_what_to_do(tmp_path, subprocess_env):
     assert out.returncode == 2, out.stderr
     assert "the journal is damaged: restore the newest backup" in out.stderr
     assert ".recover" in out.stderr
+
+
+def test_a_journal_of_an_earlier_release_is_backed_up_before_upgrading(tmp_path, subprocess_env):
+    """Its users table predates session generations: the copy gets the column (and a fresh
+    generation per user); the journal itself is only read."""
+    from gateway.journal import Journal
+
+    db = tmp_path / "journal.sqlite"
+    Journal(db).close()
+    with sqlite3.connect(db) as conn:  # the users table as the first release made it
+        conn.execute(
+            "CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL,"
+            " created REAL NOT NULL)"
+        )
+        conn.execute("INSERT INTO users VALUES ('alice', 'manager', '$argon2id$x', 1.0)")
+    out = tmp_path / "before-upgrade.sqlite"
+    done = _backup(db, out, subprocess_env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["users"] == 1
+    with sqlite3.connect(out) as copy:
+        (generation,) = copy.execute("SELECT generation FROM users").fetchone()
+    assert generation and len(generation) == 32
+    with sqlite3.connect(db) as conn:  # untouched
+        assert "generation" not in {r[1] for r in conn.execute("PRAGMA table_info(users)")}

@@ -157,7 +157,9 @@ def test_forget_plate_command_erases_one_plate_and_refuses_bad_input(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_the_running_gateway_forgets_plates_after_the_keep(tmp_path, mosquitto, monkeypatch):
+def test_the_running_gateway_forgets_plates_after_the_keep(
+    tmp_path, mosquitto, monkeypatch, caplog
+):
     import gateway.service as service_module
 
     monkeypatch.setattr(service_module, "PRUNE_IDLE_S", 0.1)
@@ -179,6 +181,10 @@ def test_the_running_gateway_forgets_plates_after_the_keep(tmp_path, mosquitto, 
                 time.sleep(0.05)
             assert gw.plates_forgotten == 1
             assert [a.plate for a in gw.gateway.assignments()] == [None]
+            # it cannot be undone: said (a first start after an upgrade blanks many at once)
+            said = [r for r in caplog.records if "blanking the licence plates" in r.message]
+            assert [r.levelno for r in said] == [logging.WARNING]
+            assert "0.000138889 h" in said[0].message and "--plate-keep-hours" in said[0].message
             with sqlite3.connect(db) as conn:  # the stand-alone API reads the keep here
                 keep = conn.execute("SELECT value FROM meta WHERE key = 'plate_keep_s'").fetchone()
             assert float(keep[0]) == pytest.approx(0.5)

@@ -38,3 +38,22 @@ def test_an_existing_file_keeps_the_mode_its_operator_chose(tmp_path):
     create_private(path)
     Journal(path).close()
     assert mode(path) == 0o640
+
+
+def test_a_gateway_on_a_journal_every_local_user_may_read_says_so(tmp_path, mosquitto, caplog):
+    """A journal an earlier release made 0644 (or one copied with cp) keeps its mode; the
+    gateway says what to do at every start. Its group may read it without a word."""
+    from tests.gateway_support import running_gateway, site_variant
+
+    site = site_variant(tmp_path)
+    path = tmp_path / "journal.sqlite"
+    Journal(path).close()
+    for chosen, said in ((0o640, False), (0o644, True)):
+        path.chmod(chosen)
+        caplog.clear()
+        with running_gateway(site, mosquitto.url, path):
+            pass
+        warned = [r for r in caplog.records if "may be read by every local user" in r.message]
+        assert bool(warned) is said, chosen
+    assert "mode 644" in warned[0].message and f"chmod 600 {path}*" in warned[0].message
+    assert mode(path) == 0o644  # said, not changed
