@@ -143,6 +143,22 @@ _PORT_LOST_TEXT = (
     "总线 {subject}:串口已断开(USB/RS-485 转换器拔出?),没有节点应答",
     "bus {subject}: its serial port is lost (USB/RS-485 adapter unplugged?): no node answers",
 )
+_CAMERA_FAULT_TEXT = {  # a blind camera's health says why (parking.payloads.HealthReport)
+    "black": ("画面全黑(镜头被遮、摄像机或红外灯故障?)", "its picture is black (lens capped, "
+              "camera or infrared light dead?)"),
+    "frozen": ("画面冻结(摄像机死机?)", "its picture is frozen (the camera hung?)"),
+    "blurred": ("画面模糊(镜头被遮挡、弄脏或起雾?)", "its picture is blurred (lens covered, "
+                "smeared or misted?)"),
+    "geometry": ("画面形状与站点文件不符(走廊模式、裁剪的码流?)", "its picture is not of the "
+                 "site file's shape (corridor mode, a cropped stream?)"),
+    "moved": ("视角已移动(被碰歪或转动?):请调回原位", "its view moved (knocked or turned?): "
+              "set it back"),
+    "other_view": ("画面不是画车位时的视角(转动、变焦、其他预置位?):请调回原位",
+                   "it shows another view than its spaces were drawn on (turned, zoomed, "
+                   "another PTZ preset?): set it back"),
+    "stream_lost": ("没有视频流(摄像机、线缆或网络故障?)", "no stream from it (camera, cable or "
+                    "network down?)"),
+}  # fmt: skip
 _EXCEPTION_NAMES = {  # Modbus exception codes (docs/modbus.md)
     1: ("非法功能", "illegal function"),
     2: ("非法数据地址", "illegal data address"),
@@ -212,6 +228,9 @@ class Alert:
         exception = self.details.get("exception")
         if self.kind == "node_error" and isinstance(exception, int):
             zh, en = _node_error_text(exception)
+        elif self.kind == "camera_blind" and self.details.get("fault") in _CAMERA_FAULT_TEXT:
+            zh_why, en_why = _CAMERA_FAULT_TEXT[self.details["fault"]]
+            zh, en = f"摄像头 {{subject}} 看不见:{zh_why}", f"camera {{subject}} is blind: {en_why}"
         elif self.kind == "bus_blind" and self.details.get("port") == "lost":
             zh, en = _PORT_LOST_TEXT
         elif self.kind == "bus_blind" and self.details.get("port") == "open":
@@ -304,9 +323,14 @@ def derive_alerts(
             )
             continue
         if h.status == "blind":
+            why = {"fault": h.fault} if h.fault in _CAMERA_FAULT_TEXT else {}
             out.append(
                 Alert(
-                    f"camera_blind:{h.source}", "camera_blind", h.source, None, {"agent": a.agent}
+                    f"camera_blind:{h.source}",
+                    "camera_blind",
+                    h.source,
+                    None,
+                    {"agent": a.agent, **why},
                 )
             )
         for node in h.nodes:

@@ -69,6 +69,8 @@ DEGRADED_FRACTION = 0.25
 DEGRADED_BEHIND_S = 1.0
 """frames this far behind the live picture (a decoder short of CPU): health degraded"""
 LOOP_WAIT_S = 0.2
+STREAM_LOST = "stream_lost"
+"""the health's ``fault`` while no frame comes (beside the frame faults of FrameFault)"""
 
 
 class FrameClassifier(Protocol):
@@ -366,6 +368,14 @@ class CameraAgent:
             return "degraded"
         return "ok"
 
+    def fault(self) -> str | None:
+        """Why the camera is blind (for the health, and the managers' alert), or None."""
+        if not self.stream_up:
+            return STREAM_LOST
+        if self.quality is not None and self.quality.fault is not None:
+            return self.quality.fault.value
+        return None
+
     def observations(self, spaces: Sequence[int]) -> list[SpaceObservation]:
         backing = self.smoother.confidence_in_state()
         return [self._observation(i, float(backing[i])) for i in spaces]
@@ -396,6 +406,7 @@ class CameraAgent:
                 **self.publisher.spool_health(),
             },
             fps=round(self.fps(mono), 2),
+            fault=self.fault(),
             spaces=[
                 CameraSpaceHealth(space=s, confidence=float(np.clip(c, 0.0, 1.0)))
                 for s, c in zip(self.space_ids, self.smoother.confidence, strict=True)

@@ -131,6 +131,9 @@ class HealthReport(_Payload):
     nodes: list[NodeHealth] = Field(default_factory=list)
     fps: float | None = Field(None, ge=0, allow_inf_nan=False)
     spaces: list[CameraSpaceHealth] = Field(default_factory=list)
+    fault: Identifier | None = None
+    """a blind camera's reason: black, frozen, blurred, geometry, moved, other_view or
+    stream_lost (edge.camera.quality.FrameFault); None otherwise"""
 
 
 def largest_snapshot_bytes(agent: str, source: str, spaces: list[str]) -> int:
@@ -180,6 +183,7 @@ def went_offline(report: HealthReport) -> HealthReport:
             "status": "offline",
             "counters": counters,
             "fps": None if report.fps is None else 0.0,
+            "fault": None,  # offline says it: not a camera that is blind while running
             "spaces": [s.model_copy(update={"confidence": 0.0}) for s in report.spaces],
             "nodes": [
                 n.model_copy(

@@ -602,6 +602,26 @@ def test_a_blind_bus_is_one_bus_alert_naming_the_port_not_a_camera_or_every_node
     assert alerts["camera_blind:cam-c"].message(72)[1] == "camera cam-c is blind"
 
 
+def test_a_blind_cameras_alert_says_why_from_its_health():
+    """The camera's health names the fault: the manager reads what to look at (a camera
+    knocked askew is not a dirty lens); an unknown reason reads as before."""
+    now = 1_000_000.0
+    said = {}
+    for fault in ("moved", "other_view", "stream_lost", "black", "from-a-newer-agent"):
+        health = HealthReport(agent="camera-cam-c", source="cam-c", ts=now, status="blind",
+                              fault=fault)  # fmt: skip
+        (alert,) = derive_alerts([], [AgentStatus(health.agent, True, now, health)], now, 3600)
+        said[fault] = alert.message(72)
+    assert (
+        said["moved"][1]
+        == "camera cam-c is blind: its view moved (knocked or turned?): set it back"
+    )
+    assert said["moved"][0].startswith("摄像头 cam-c 看不见:视角已移动")
+    assert "another PTZ preset" in said["other_view"][1]
+    assert "no stream from it" in said["stream_lost"][1] and "black" in said["black"][1]
+    assert said["from-a-newer-agent"][1] == "camera cam-c is blind"
+
+
 def test_a_node_answering_an_exception_is_a_node_error_alert():
     now = 1_000_000.0
     refusing = NodeHealth(address=1, status="unknown", errors={"crc": 0, "exception": 2})

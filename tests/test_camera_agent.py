@@ -381,6 +381,7 @@ def test_black_and_frozen_frames_make_spaces_unknown(
                 (h := latest_health(recorder)) is not None
                 and h["status"] == "blind"
                 and h["counters"][c] > 0
+                and h["fault"] == c  # the reason, for the managers' alert
             ),
             timeout=10,
         )
@@ -411,6 +412,7 @@ def test_stream_cut_then_restored(
             (h := latest_health(recorder)) is not None
             and h["status"] == "blind"
             and h["counters"]["stream_up"] == 0
+            and h["fault"] == "stream_lost"
         ),
         timeout=10,
     )

@@ -218,16 +218,18 @@ def test_a_knocked_camera_makes_its_spaces_unknown_until_set_back(
         feed(moved_frame(frame), 4)
     assert (agent.smoother.state == int(SpaceState.UNKNOWN)).all()
     assert agent.status() == "blind" and agent.counters["moved"] >= 1
+    assert agent.health(1000 + t, t, reconnects=0).fault == "moved"
     health = agent.health(1000 + t, t, reconnects=0).counters
     assert health["view_shift_px"] == pytest.approx(np.hypot(64, 21.6), abs=4)
     assert "view moved by +64,+2" in caplog.text and "--new-view" in caplog.text
 
     feed(turned_frame(frame), 4)
     assert agent.counters["other_view"] >= 1 and agent.status() == "blind"
+    assert agent.health(1000 + t, t, reconnects=0).fault == "other_view"
     feed(frame, 8)  # set back: read again after the hold
     assert (agent.smoother.state != int(SpaceState.UNKNOWN)).sum() == known
     assert agent.health(1000 + t, t, reconnects=0).counters["view_shift_px"] <= 3
-    assert len(kept) == 1
+    assert len(kept) == 1 and agent.health(1000 + t, t, reconnects=0).fault is None
 
 
 def test_an_agent_restarted_on_a_moved_camera_knows_its_kept_view(cam_c, tmp_path: Path) -> None:
