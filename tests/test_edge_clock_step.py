@@ -312,6 +312,8 @@ class SaysWhatItIsTold:
 
 class NoReader:
     reconnects = 0
+    behind_s = 0.0
+    fell_behind = 0
 
 
 def camera_agent(clocks: Clocks, pub: ReportPublisher, classifier) -> CameraAgent:
@@ -328,11 +330,13 @@ def camera_agent(clocks: Clocks, pub: ReportPublisher, classifier) -> CameraAgen
 
 
 FRAMES = np.random.default_rng(0)
+SCENE = FRAMES.integers(0, 240, (180, 320, 3), dtype=np.uint8)
 
 
 def frame() -> np.ndarray:
-    """A sharp, lit picture that is never the same twice (not frozen, black or blurred)."""
-    return FRAMES.integers(0, 256, (180, 320, 3), dtype=np.uint8)
+    """A sharp, lit picture of one view that is never the same twice (not frozen, black,
+    blurred or moved): a fixed scene with sensor noise."""
+    return SCENE + FRAMES.integers(0, 16, SCENE.shape, dtype=np.uint8)
 
 
 def frames(agent: CameraAgent, clocks: Clocks, seconds: float, every: float = 0.25) -> None:
