@@ -1,24 +1,26 @@
 """Fan-out of the gateway's live events to dashboard streams, and the alert monitor.
 
-The ``LiveView`` calls back from any thread; the hub moves each event onto
-the event loop and into one bounded queue per connected client, where a newer
-state of a space, zone, sign or agent replaces the one not yet sent. A client
-that cannot keep up (more than ``CLIENT_QUEUE`` distinct events waiting beyond one
-per id of the site) is
-dropped (its page reconnects and reloads), so one slow phone never holds up
-the others or grows memory without bound.
+The ``LiveView`` calls back from any thread; the hub moves each event onto the event
+loop into one log shared by every stream, where a newer state of a space, zone, sign or
+agent supersedes the one before. Each stream only keeps its place in the log and takes
+everything new in one go when it wakes, so publishing costs the same however many
+dashboards are open (a per-stream queue cost every event once per stream, in the
+gateway's own process when the API is embedded). The log is bounded: superseded events
+are compacted away, and a stream left more than ``CLIENT_QUEUE`` distinct events behind
+(beyond one per id of the site) is ended (its page reconnects and reloads), so one slow
+phone never holds up the others or grows memory without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
-import itertools
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -75,59 +77,69 @@ def coalesce_key(event: LiveEvent) -> tuple[str, str] | None:
 
 
 class StreamClient:
-    """One stream's pending events, in the order they first came. A space, zone, display or
-    agent event replaces the one of the same id not yet sent (a burst takes one place per
-    id), others are each kept. Beyond ``CLIENT_QUEUE`` distinct pending events the client
-    is behind: its stream ends (the page reconnects and reloads) and its events are let go,
-    so memory stays bounded however fast events come."""
+    """One stream's place in the hub's log, and the kinds of events it gets.
 
-    def __init__(self, kinds: frozenset[str] | None, cap: int = CLIENT_QUEUE):
+    :meth:`take` answers every event published since the last take that is still the
+    latest of its space, zone, sign or agent (others: each), in the order of their latest
+    states; None once the stream has ended (too far behind, or shutting down)."""
+
+    def __init__(self, hub: LiveHub, kinds: frozenset[str] | None, cap: int):
+        self.hub = hub
         self.kinds = kinds  # None: every kind
-        self.cap = cap  # distinct pending events beyond which the stream ends
+        self.cap = cap  # distinct events it may be behind before its stream ends
         self.public = False  # opened without a login
         self.overflowed = False  # ended: too far behind, or shutting down
-        self._pending: OrderedDict[object, LiveEvent] = OrderedDict()
-        self._serial = itertools.count()  # a key of its own for each event not coalesced
+        self.position = hub.last_seq  # the last event it has taken (none before it came)
         self._wake = asyncio.Event()
+
+    def _wanted(self, event: LiveEvent) -> bool:
+        return self.kinds is None or event.kind in self.kinds
+
+    def waiting(self) -> list[LiveEvent]:
+        """The events :meth:`take` would answer now (without taking them)."""
+        if self.overflowed:
+            return []
+        return [e for e in self.hub.since(self.position) if self._wanted(e)]
 
     def pending(self) -> int:
         """How many distinct events wait to be sent."""
-        return len(self._pending)
+        return len(self.waiting())
 
-    def offer(self, event: LiveEvent) -> None:
-        if self.overflowed or (self.kinds is not None and event.kind not in self.kinds):
-            return
-        key: object = coalesce_key(event)
-        if key is None:
-            key = next(self._serial)
-        elif key in self._pending:  # replaced where it stands: the order of first appearance
-            self._pending[key] = event
-            return
-        if len(self._pending) >= self.cap:
-            # too far behind: end its stream, the page reconnects and reloads everything
-            self.end()
-            return
-        self._pending[key] = event
-        self._wake.set()
-
-    async def get(self) -> LiveEvent | None:
-        """The next event to send; None once the stream has ended (it must close)."""
-        while not self._pending and not self.overflowed:
+    async def take(self) -> list[LiveEvent] | None:
+        """Everything new for this stream, waiting until there is some."""
+        while True:
+            if self.overflowed:
+                return None
+            events = self.waiting()
+            self.position = self.hub.last_seq
+            if events:
+                return events
             self._wake.clear()
             await self._wake.wait()
-        if self.overflowed:
-            return None
-        return self._pending.popitem(last=False)[1]
+
+    async def get(self) -> LiveEvent | None:
+        """The oldest waiting event alone (what :meth:`take` answers first)."""
+        while True:
+            if self.overflowed:
+                return None
+            for seq, event in self.hub.entries_since(self.position):
+                self.position = seq
+                if self._wanted(event):
+                    return event
+            self._wake.clear()
+            await self._wake.wait()
+
+    def wake(self) -> None:
+        self._wake.set()
 
     def end(self) -> None:
-        """End this stream (:meth:`get` answers None); the page reconnects and reloads."""
+        """End this stream (:meth:`take` answers None); the page reconnects and reloads."""
         self.overflowed = True
-        self._pending.clear()
         self._wake.set()
 
 
 class LiveHub:
-    """Subscribes once to the view and fans events out to stream clients."""
+    """Subscribes once to the view and keeps the log every stream client reads."""
 
     def __init__(self, view: LiveView):
         self.view = view
@@ -147,6 +159,12 @@ class LiveHub:
         self._pending_lock = threading.Lock()
         self._scheduled = False
         self._lost = False
+        # the log: (seq, coalescing key or None, event), oldest first; the latest seq of
+        # each key (an entry older than its key's latest is superseded)
+        self._log: list[tuple[int, object, LiveEvent]] = []
+        self._latest: dict[object, int] = {}
+        self.last_seq = 0
+        self.dropped_to = 0  # events up to this seq that were not superseded are gone
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -194,9 +212,10 @@ class LiveHub:
             for c in list(self.clients):
                 c.end()
         for event in events:
-            self.publish(event)
+            self.publish(event, wake=False)
+        self._wake_all()  # once for the whole burst
 
-    def publish(self, event: LiveEvent) -> None:
+    def publish(self, event: LiveEvent, wake: bool = True) -> None:
         """Deliver an event to every client and listener (on the event loop); a zone's
         counts go with what a sign over it would show (``offered``, as ``/zones``)."""
         if event.kind == "zone" and "free" in event.data:
@@ -210,8 +229,43 @@ class LiveHub:
                 fn(event)
             except Exception:
                 log.exception("live event listener failed on %s", event.kind)
+        self.last_seq += 1
+        key = coalesce_key(event)
+        self._log.append((self.last_seq, key, event))
+        if key is not None:
+            self._latest[key] = self.last_seq
+        if len(self._log) > 2 * self.queue_cap:
+            self._compact()
+        if wake:
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        for c in self.clients:
+            c.wake()
+
+    def _compact(self) -> None:
+        """Drop superseded entries; beyond the cap, the oldest (ending the streams that had
+        not taken them: they would miss them)."""
+        latest = self._latest
+        self._log = [e for e in self._log if e[1] is None or latest.get(e[1]) == e[0]]
+        over = len(self._log) - self.queue_cap
+        if over <= 0:
+            return
+        self.dropped_to = self._log[over - 1][0]
+        del self._log[:over]
         for c in list(self.clients):
-            c.offer(event)
+            if c.position < self.dropped_to and not c.overflowed:
+                c.end()  # too far behind: the page reconnects and reloads everything
+
+    def entries_since(self, position: int) -> list[tuple[int, LiveEvent]]:
+        """(seq, event) after ``position`` that are still the latest of their id."""
+        log_ = self._log
+        i = bisect.bisect_right(log_, position, key=lambda e: e[0])
+        latest = self._latest
+        return [(q, e) for q, k, e in log_[i:] if k is None or latest.get(k) == q]
+
+    def since(self, position: int) -> list[LiveEvent]:
+        return [e for _, e in self.entries_since(position)]
 
     def connect(
         self,
@@ -225,7 +279,7 @@ class LiveHub:
             max_public, max_all = caps
             if len(self.clients) >= max_all or (public and self._public >= max_public):
                 return None
-        c = StreamClient(kinds, self.queue_cap)
+        c = StreamClient(self, kinds, self.queue_cap)
         c.public = public
         self.clients.add(c)
         self._public += public
@@ -235,6 +289,7 @@ class LiveHub:
         if client in self.clients:
             self.clients.discard(client)
             self._public -= client.public
+        client.end()
 
 
 class AlertMonitor:

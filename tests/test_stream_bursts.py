@@ -193,7 +193,8 @@ def test_a_stream_that_never_reads_is_bounded_and_dropped(server, harness):
         first = hub.connect(None)
         assert stuck is not None and first is not None
         try:
-            # space A, an alert, space A again: the newer A is sent where the first stood
+            # space A, an alert, space A again: the newer A supersedes the first, and
+            # events go in the order of their latest states
             hub.publish(LiveEvent("space", {"space": "A-001", "state": "free"}, 1))
             hub.publish(_alert(0))
             hub.publish(LiveEvent("space", {"space": "A-001", "state": "occupied"}, 2))
@@ -201,7 +202,7 @@ def test_a_stream_that_never_reads_is_bounded_and_dropped(server, harness):
             for e in events:
                 hub.publish(e)
             after_spaces = stuck.pending()  # one place per space, however many changes
-            for n in range(stuck.cap):  # each alert is kept: more than it may hold
+            for n in range(2 * stuck.cap):  # each alert is kept: more than it may hold
                 hub.publish(_alert(n))
             return after_spaces, stuck.pending(), stuck.overflowed, await stuck.get(), order
         finally:
@@ -215,8 +216,8 @@ def test_a_stream_that_never_reads_is_bounded_and_dropped(server, harness):
     assert after_spaces == len({e.data["space"] for e in events} | {"A-001"}) + 1
     assert dropped and at_end == 0 and got is None  # ended, and its events let go
     assert [(e.kind, e.data.get("state")) for e in order if e is not None] == [
-        ("space", "occupied"),
         ("alert", None),
+        ("space", "occupied"),
     ]
 
 
@@ -231,3 +232,48 @@ def test_every_space_at_once_fits_beside_the_cap(example_site):
     hub = LiveHub(View())  # type: ignore[arg-type]
     ids = len(example_site.spaces) + len(example_site.zones) + len(example_site.displays)
     assert hub.queue_cap >= CLIENT_QUEUE + ids
+
+
+def test_a_stream_whose_reader_takes_nothing_is_let_go(server, harness, monkeypatch):
+    """A phone asleep or gone without closing: its socket's buffers fill and the server's
+    write waits. Within the send timeout the stream ends and its place is free (400 such
+    once locked every dashboard out with 503s); a reading stream carries on."""
+    import socket
+
+    import api.routes.stream as stream_route
+
+    monkeypatch.setattr(stream_route, "SEND_TIMEOUT_S", 1.0)
+    srv, hub = server
+    headers = _login(srv.url)
+    reading = Stream(f"{srv.url}/api/v1/stream", headers)
+    before = len(hub.clients)
+    sleeper = socket.socket()
+    sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sleeper.connect(("127.0.0.1", int(srv.url.rsplit(":", 1)[1])))
+        sleeper.sendall(
+            f"GET /api/v1/stream HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: {headers['Authorization']}\r\n\r\n".encode()
+        )
+        assert b"200" in sleeper.recv(64)  # then it reads no more
+        deadline = time.monotonic() + 5
+        while len(hub.clients) < before + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(hub.clients) == before + 1
+        note = "x" * 10_000
+        for n in range(40):  # ~8 MB for it to take: more than any socket buffers
+            _on_loop(hub, lambda n=n: [hub.publish(LiveEvent(
+                "alert", {"id": f"a{n}-{k}", "kind": "note", "note": note}, 0))
+                for k in range(20)])  # fmt: skip
+            time.sleep(0.05)
+        deadline = time.monotonic() + 15
+        while len(hub.clients) > before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(hub.clients) == before, "a stream nobody reads still holds its place"
+        _on_loop(hub, lambda: hub.publish(LiveEvent("alert", {"id": "after"}, 0)))
+        reading.wait(lambda m: any(d.get("data", {}).get("id") == "after" for _, d in m), 15)
+        assert not reading.ended
+        assert any(d.get("data", {}).get("id") == "after" for _, d in reading.messages)
+    finally:
+        sleeper.close()
+        reading.close()
