@@ -110,12 +110,16 @@ class CameraAgent:
         aim: AimSettings | None = None,
         view: np.ndarray | None = None,
         keep_view: Callable[[np.ndarray], None] | None = None,
+        best_sharpness: float | None = None,
+        keep_best: Callable[[float], None] | None = None,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ):
         """``view``: the reference view kept from an earlier run (a grey thumbnail, see
         ``edge.camera.aim``), else the first good frame's is learned and handed to
-        ``keep_view``. ``aim=None`` with ``settings.view_check`` off: no such check."""
+        ``keep_view``. ``aim=None`` with ``settings.view_check`` off: no such check.
+        ``best_sharpness``: the camera's best normal sharpness kept from an earlier run
+        (``edge.camera.quality``); a better one is handed to ``keep_best``."""
         self.camera = camera
         self.classifier = classifier
         self.publisher = publisher
@@ -130,7 +134,9 @@ class CameraAgent:
         self.smoother = OccupancySmoother(
             len(self.space_ids), smoothing or SmoothingSettings(), now=wall()
         )
-        self.monitor = FrameQualityMonitor(quality)
+        self.monitor = FrameQualityMonitor(quality, best_sharpness)
+        self._keep_best = keep_best
+        self._kept_best = best_sharpness
         self.aim = AimMonitor(aim, view) if self.settings.view_check else None
         self._keep_view = keep_view
         self._plans: dict[tuple[int, int], Any] = {}
@@ -206,8 +212,9 @@ class CameraAgent:
         self._processed.append(mono)
         self.stream_up = True
         self._lost_reported = False
-        normals = self.monitor.new_normals
+        normals, refused = self.monitor.new_normals, self.monitor.refused_normals
         quality = self.monitor.check(image, mono)
+        self._keep_better_best()
         h, w = image.shape[:2]
         squeezed = self.settings.squeezed_stream
         if quality.ok and not squeezed and not shape_matches((w, h), self.camera.resolution):
@@ -221,6 +228,16 @@ class CameraAgent:
                 self.camera.id,
                 self.monitor.settings.rebaseline_s / 60,
                 quality.sharpness,
+            )
+        if self.monitor.refused_normals != refused:
+            log.warning(
+                "camera %s: for %.0f min the picture has kept only %d %% of this camera's "
+                "best detail (rain or dirt on the lens, fog?): too little to read, spaces stay "
+                "unknown until it is clear again (a camera replaced or re-aimed on purpose: "
+                "restart the agent with --new-view)",
+                self.camera.id,
+                self.monitor.settings.rebaseline_s / 60,
+                self._detail_pct(quality.sharpness),
             )
         before = None if self.quality is None else self.quality.fault
         if quality.fault != before:  # also a fault on the very first frame
@@ -265,6 +282,23 @@ class CameraAgent:
         confidence = np.where(covered, 0.0, confidence)
         changes = self.smoother.update(occupied, confidence, wall)
         return changes + self.smoother.blind(wall, covered)
+
+    def _detail_pct(self, sharpness: float) -> int:
+        best = self.monitor.best
+        return round(100 * sharpness / best) if best else 100
+
+    def _keep_better_best(self) -> None:
+        """Hand a best sharpness 5 % over the one kept to ``keep_best`` (a few writes)."""
+        best = self.monitor.best
+        if best is None or self._keep_best is None:
+            return
+        if self._kept_best is not None and best <= 1.05 * self._kept_best:
+            return
+        self._kept_best = best
+        try:
+            self._keep_best(best)
+        except OSError as exc:  # kept in memory: checked all the same
+            log.warning("camera %s: could not keep its best sharpness: %s", self.camera.id, exc)
 
     def _check_aim(self, image: np.ndarray, quality: FrameQuality, mono: float) -> FrameQuality:
         """The frame's quality, faulted when the view is no longer the reference's."""
@@ -403,6 +437,7 @@ class CameraAgent:
                 "behind_ms": round(1000 * self.behind_s),
                 "fell_behind": self.fell_behind,
                 **self._aim_health(),
+                **self._detail_health(),
                 **self.publisher.spool_health(),
             },
             fps=round(self.fps(mono), 2),
@@ -412,6 +447,16 @@ class CameraAgent:
                 for s, c in zip(self.space_ids, self.smoother.confidence, strict=True)
             ],
         )
+
+    def _detail_health(self) -> dict[str, int]:
+        """The last frame's detail against the camera's best (a lens getting dirty shows
+        before it blinds the camera) and the softnesses refused as a new normal."""
+        if self.quality is None or self.monitor.best is None:
+            return {}
+        return {
+            "detail_pct": self._detail_pct(self.quality.sharpness),
+            "refused_normals": self.monitor.refused_normals,
+        }
 
     def _aim_health(self) -> dict[str, int]:
         """The last view check: shift in pixels and match in percent (for technicians:
@@ -551,9 +596,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--new-view",
         action="store_true",
-        help="forget the view kept from earlier runs and learn it from the first good frame "
-        "(after re-aiming the camera on purpose and checking the polygons with "
-        "'parkguide site camera-view'; redrawn polygons do it by themselves)",
+        help="forget the view and the best sharpness kept from earlier runs and learn them "
+        "anew (after re-aiming or replacing the camera on purpose and checking the polygons "
+        "with 'parkguide site camera-view'; redrawn polygons renew the view by themselves)",
     )
     parser.add_argument(
         "--no-view-check",
@@ -650,11 +695,11 @@ def main(args: argparse.Namespace) -> int:
     views = ViewStore(
         publisher.spool_path.parent, publisher.spool_path.name.removesuffix(".sqlite3"), camera
     )
-    view = None
+    view, best = None, None
     try:  # after the spool's lock: not under another agent with this id
         if args.new_view:
             views.forget()
-        view = views.load()
+        view, best = views.load(), views.load_best()
     except OSError as exc:
         log.warning("camera %s: kept view unusable (%s): learning it anew", camera.id, exc)
     agent = CameraAgent(
@@ -670,6 +715,8 @@ def main(args: argparse.Namespace) -> int:
         ),
         view=view,
         keep_view=views.save,
+        best_sharpness=best,
+        keep_best=views.save_best,
         smoothing=SmoothingSettings(hold_s=args.hold_s, min_confidence=args.min_confidence),
         quality=QualitySettings(frozen_s=args.frozen_s),
     )

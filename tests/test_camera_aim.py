@@ -268,5 +268,40 @@ def test_the_view_is_kept_per_polygons_and_forgotten_on_request(cam_c, tmp_path:
     redrawn.save(thumb[::-1].copy())
     assert not store.path.exists()  # the view of the old polygons is gone
     assert ViewStore(tmp_path, "other.agent", cam).load() is None
+    redrawn.save_best(123.456)
+    assert redrawn.load_best() == pytest.approx(123.456)
+    assert (redrawn.best_path.stat().st_mode & 0o777) == 0o600
     redrawn.forget()
     assert redrawn.load() is None and not list(tmp_path.glob("site.agent.view-*"))
+    assert redrawn.load_best() is None and not redrawn.best_path.exists()
+    redrawn.best_path.write_text("{not json")
+    assert redrawn.load_best() is None  # learnt anew, said in the log
+
+
+def test_the_agent_keeps_its_cameras_best_sharpness_and_shows_the_detail_left(
+    cam_c, tmp_path: Path
+) -> None:
+    """Learnt from half an hour's normal, handed over to be kept (a restart in the rain
+    must not learn the rain), and the health shows each frame's detail against it."""
+    from edge.camera.classifier import SpaceClassifier
+
+    cam, scene = cam_c
+    kept: list[float] = []
+    publisher = ReportPublisher(
+        BrokerConfig("127.0.0.1", free_port()), SITE_ID, AGENT, cam.id, spool_dir=tmp_path
+    )
+    agent = CameraAgent(
+        cam, SpaceClassifier.load(), publisher, settings=AgentSettings(fps_limit=0),
+        keep_best=kept.append, wall=lambda: 1000.0, clock=lambda: 0.0,
+    )  # fmt: skip
+    rng = np.random.default_rng(3)
+    frame = scene.render(12 * 60, 0.0)
+    for k in range(32):  # a sample every 10 s: the normal needs 30
+        noisy = cv2.add(frame, rng.integers(0, 3, frame.shape, dtype=np.uint8))
+        agent.on_frame(noisy, 1000.0 + 10 * k, 10.0 * k)
+    assert len(kept) == 1 and kept[0] == pytest.approx(agent.monitor.best, rel=0.05)
+    counters = agent.health(1400.0, 400.0, reconnects=0).counters
+    assert 90 <= counters["detail_pct"] <= 110 and counters["refused_normals"] == 0
+    agent.on_frame(cv2.GaussianBlur(frame, (0, 0), 5), 1401.0, 401.0)
+    assert agent.health(1401.0, 401.0, reconnects=0).counters["detail_pct"] < 35
+    assert agent.status() == "blind"

@@ -16,7 +16,12 @@ of the camera's spaces ``unknown`` rather than a guess (issue 4).
   by rain keeps a third of its detail, which no one number fits for every
   camera, while the classifier already misreads cars on it with confidence.
   A softness that lasts ``rebaseline_s`` (floodlights switched off, a new
-  housing) becomes the new normal, so the camera is not blind for ever.
+  housing) becomes the new normal, so the camera is not blind for ever, but only
+  while it keeps ``keep_share`` of the camera's *best* normal (the highest half-hour
+  median seen, kept across restarts by the agent): heavy rain on the dome keeps a
+  quarter of the detail, and taken as the normal it was read with confidence, three
+  cars in four called free. Below that share a frame is blurred at any time, also
+  before a fresh start has learnt its normal.
 - **frozen**: real sensors never deliver two bit-identical frames; read noise
   alone changes most pixels by a grey level or more. The raw pixels (not
   downsampled: that would average the noise away) are compared with the
@@ -98,6 +103,11 @@ class QualitySettings:
     """the relative check starts once this many are in (five minutes)"""
     rebaseline_s: float = 1800.0
     """a softness that lasts this long is the new normal (the samples start again)"""
+    keep_share: float = 0.35
+    """... if it keeps this share of the camera's best normal; below it a frame is blurred
+    whatever lasts (measured on the real UFPR05 frames with the lens effects simulated:
+    heavy rain keeps 0.25, 120 drops 0.63, an infrared night 0.51-0.67, a 20 % haze 0.45,
+    snow 0.49; the simulator's day with a shower keeps 0.54 or more)"""
     frozen_s: float = 20.0
     """identical frames for longer than this -> frozen. Generous: with 3D noise reduction
     and an H.264 encoder skipping static macroblocks, a still night scene can decode
@@ -206,8 +216,11 @@ class FrameQualityMonitor:
     ``check(frame, now)`` with ``now`` in seconds (any monotonic clock).
     """
 
-    def __init__(self, settings: QualitySettings | None = None):
+    def __init__(self, settings: QualitySettings | None = None, best: float | None = None):
         self.settings = settings or QualitySettings()
+        self.best = best
+        """the camera's best normal sharpness so far (None until one is learnt); the agent
+        keeps it across restarts, so a restart in the rain does not learn the rain"""
         self._previous: np.ndarray | None = None
         self._last_change: float | None = None
         self._normal: deque[float] = deque(maxlen=self.settings.baseline_samples)
@@ -215,6 +228,8 @@ class FrameQualityMonitor:
         self._soft_since: float | None = None
         self.new_normals = 0
         """times a lasting softness was taken as the new normal (the caller says so)"""
+        self.refused_normals = 0
+        """times a lasting softness was too soft to be taken as the new normal"""
 
     def reset(self) -> None:
         """Forget the previous frame (after a reconnect the stream starts afresh)."""
@@ -242,7 +257,7 @@ class FrameQualityMonitor:
             fault = FrameFault.BLACK
         elif frozen:
             fault = FrameFault.FROZEN
-        elif sharp < s.min_sharpness or self._softer_than_normal(sharp, now):
+        elif sharp < s.min_sharpness or self._too_soft(sharp, now):
             fault = FrameFault.BLURRED
         if fault is None and now >= self._next_sample:
             self._normal.append(sharp)
@@ -250,19 +265,31 @@ class FrameQualityMonitor:
         return FrameQuality(fault, mean, p99, sharp, difference)
 
     def normal_sharpness(self) -> float | None:
-        """This camera's recent normal sharpness (None until enough good frames)."""
+        """This camera's recent normal sharpness (None until enough good frames); the
+        best of them is remembered."""
         if len(self._normal) < self.settings.baseline_min_samples:
             return None
-        return float(np.median(self._normal))
+        normal = float(np.median(self._normal))
+        if self.best is None or normal > self.best:
+            self.best = normal
+        return normal
 
-    def _softer_than_normal(self, sharp: float, now: float) -> bool:
+    def _too_soft(self, sharp: float, now: float) -> bool:
+        """Softer than the camera's normal allows, or than its best ever does; a softness
+        that lasts becomes the new normal only in the first case."""
+        s = self.settings
         normal = self.normal_sharpness()
-        if normal is None or sharp >= self.settings.relative_sharpness * normal:
+        below_best = self.best is not None and sharp < s.keep_share * self.best
+        if not below_best and (normal is None or sharp >= s.relative_sharpness * normal):
             self._soft_since = None
             return False
         if self._soft_since is None:
             self._soft_since = now
-        elif now - self._soft_since > self.settings.rebaseline_s:
+        elif now - self._soft_since > s.rebaseline_s:
+            if below_best:  # no normal for a camera: a lens to clean (said again later)
+                self.refused_normals += 1
+                self._soft_since = now
+                return True
             self._normal.clear()  # it has stayed so: the new normal, learnt from here on
             self._soft_since = None
             self.new_normals += 1
