@@ -235,6 +235,34 @@ def test_a_lens_softer_than_its_camera_usually_is_blurred(scene: CameraScene) ->
     assert monitor.check(with_noise(sharp, rng), t + 2).ok  # the rain is wiped off
 
 
+def _veiled(frame: np.ndarray, share: float, diffusion: float = 0.0) -> np.ndarray:
+    """A bright grey veil over the picture (haze, mist, fog), optionally diffused."""
+    out = frame.astype(np.float32) * (1 - share) + 200.0 * share
+    if diffusion:
+        out = cv2.GaussianBlur(out, (0, 0), diffusion)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def test_a_haze_is_not_blur_but_a_fog_is(scene: CameraScene) -> None:
+    """A 20 % veil keeps 0.45 of the brightness-normalised detail, under the relative
+    threshold, yet the classifier reads every car through it (it was 30 min blind): its
+    detail against its own contrast is whole. A 30 % veil diffused by fog is blurred."""
+    rng = np.random.default_rng(9)
+    sharp = _sharp_frame(scene)
+    monitor = FrameQualityMonitor()
+    t = 0.0
+    for _ in range(40):
+        monitor.check(with_noise(sharp, rng), t)
+        t += 10.0
+    haze = with_noise(_veiled(sharp, 0.2), rng)
+    verdict = monitor.check(haze, t)
+    assert verdict.ok, verdict
+    normal = monitor.normal_sharpness()
+    assert normal is not None and verdict.sharpness < 0.5 * normal  # the old test failed it
+    fog = with_noise(_veiled(sharp, 0.3, diffusion=1.5), rng)
+    assert monitor.check(fog, t + 1).fault is FrameFault.BLURRED
+
+
 def test_a_lasting_softness_becomes_the_new_normal(scene: CameraScene) -> None:
     """Floodlights switched off for the night: the camera is not blind for ever (a
     softness keeping 0.4 of the detail: Gaussian sigma 3 px)."""

@@ -15,6 +15,14 @@ of the camera's spaces ``unknown`` rather than a guess (issue 4).
   its good frames over the last half hour) it is blurred too: a lens smeared
   by rain keeps a third of its detail, which no one number fits for every
   camera, while the classifier already misreads cars on it with confidence.
+  A haze or a light mist is not blur, though: it lowers the contrast and lifts
+  the brightness, so the measure falls (a 20 % veil keeps 0.45) while the
+  classifier still reads every car. So, between ``hard_relative_sharpness``
+  and ``relative_sharpness`` of the normal, a frame is read only if its detail
+  against its own contrast (``contrast_sharpness``: the Laplacian's variance
+  over the squared 5th-95th percentile spread) keeps ``veil_detail_share`` of
+  its normal: a veil keeps all of it (0.98-1.01), a lens smeared as far
+  (Gaussian sigma 2.5-3.2 px) 0.39-0.57, heavy rain 0.40.
   A softness that lasts ``rebaseline_s`` (floodlights switched off, a new
   housing) becomes the new normal, so the camera is not blind for ever, but only
   while it keeps ``keep_share`` of the camera's *best* normal (the highest half-hour
@@ -92,6 +100,12 @@ class QualitySettings:
     space_flat_std: float = 1.5
     """nor does one whose grey levels vary by less than this (standard deviation)"""
     relative_sharpness: float = 0.5
+    hard_relative_sharpness: float = 0.3
+    """below this share of the normal, blurred whatever the contrast (a 45 % fog veil
+    keeps 0.22 and the classifier misses a car in ten there)"""
+    veil_detail_share: float = 0.6
+    """between the two, read only while the detail against the contrast keeps this share
+    of its normal (a haze: yes; a smear: no)"""
     """blurred below this share of the camera's recent normal sharpness (measured on the
     real UFPR05 frames: Gaussian blur sigma 2 px keeps 0.62 of it, 3 px 0.40, 4 px 0.24;
     the same camera over a day varies by less than 0.75)"""
@@ -156,6 +170,14 @@ def sharpness(thumb: np.ndarray) -> float:
     lap = cv2.Laplacian(thumb, cv2.CV_32F)
     mean = float(thumb.mean())
     return 1000.0 * float(lap.var()) / (mean + 5.0) ** 2
+
+
+def contrast_sharpness(thumb: np.ndarray) -> float:
+    """Fine detail against the picture's own contrast (its 5th-95th percentile spread,
+    which glare or a veil hardly moves); a haze keeps it, a smeared lens does not."""
+    lo, hi = np.percentile(thumb, (5, 95))
+    lap = cv2.Laplacian(thumb, cv2.CV_32F)
+    return 1000.0 * float(lap.var()) / max(float(hi - lo), 8.0) ** 2
 
 
 def noise_sample(frame: np.ndarray, stride: int = FROZEN_STRIDE) -> np.ndarray:
@@ -224,6 +246,7 @@ class FrameQualityMonitor:
         self._previous: np.ndarray | None = None
         self._last_change: float | None = None
         self._normal: deque[float] = deque(maxlen=self.settings.baseline_samples)
+        self._normal_contrast: deque[float] = deque(maxlen=self.settings.baseline_samples)
         self._next_sample = -math.inf
         self._soft_since: float | None = None
         self.new_normals = 0
@@ -252,15 +275,17 @@ class FrameQualityMonitor:
         thumb = thumbnail(frame)
         mean, p99 = brightness_stats(thumb)
         sharp = sharpness(thumb)
+        detail = contrast_sharpness(thumb)
         fault: FrameFault | None = None
         if p99 < s.black_p99:
             fault = FrameFault.BLACK
         elif frozen:
             fault = FrameFault.FROZEN
-        elif sharp < s.min_sharpness or self._too_soft(sharp, now):
+        elif sharp < s.min_sharpness or self._too_soft(sharp, detail, now):
             fault = FrameFault.BLURRED
         if fault is None and now >= self._next_sample:
             self._normal.append(sharp)
+            self._normal_contrast.append(detail)
             self._next_sample = now + s.baseline_every_s
         return FrameQuality(fault, mean, p99, sharp, difference)
 
@@ -274,13 +299,22 @@ class FrameQualityMonitor:
             self.best = normal
         return normal
 
-    def _too_soft(self, sharp: float, now: float) -> bool:
+    def _softer_than_normal(self, sharp: float, detail: float) -> bool:
+        s = self.settings
+        normal = self.normal_sharpness()
+        if normal is None or sharp >= s.relative_sharpness * normal:
+            return False
+        if sharp < s.hard_relative_sharpness * normal:
+            return True
+        # between the two: blur, unless the detail against the contrast says a veil
+        return detail < s.veil_detail_share * float(np.median(self._normal_contrast))
+
+    def _too_soft(self, sharp: float, detail: float, now: float) -> bool:
         """Softer than the camera's normal allows, or than its best ever does; a softness
         that lasts becomes the new normal only in the first case."""
         s = self.settings
-        normal = self.normal_sharpness()
         below_best = self.best is not None and sharp < s.keep_share * self.best
-        if not below_best and (normal is None or sharp >= s.relative_sharpness * normal):
+        if not below_best and not self._softer_than_normal(sharp, detail):
             self._soft_since = None
             return False
         if self._soft_since is None:
@@ -291,6 +325,7 @@ class FrameQualityMonitor:
                 self._soft_since = now
                 return True
             self._normal.clear()  # it has stayed so: the new normal, learnt from here on
+            self._normal_contrast.clear()
             self._soft_since = None
             self.new_normals += 1
             return False
