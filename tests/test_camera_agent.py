@@ -143,20 +143,20 @@ def lot():
     return cam, scene, truth
 
 
-def make_agent(cam, tmp_path: Path) -> CameraAgent:
+def make_agent(cam, tmp_path: Path, **options) -> CameraAgent:
+    """An agent on ``cam`` with the real classifier, a hold of 0.5 s, frozen after 1 s
+    and no frame rate limit (``options`` go to CameraAgent over these); nothing is sent."""
     from edge.camera.classifier import SpaceClassifier
 
     publisher = ReportPublisher(
         BrokerConfig("127.0.0.1", free_port()), SITE_ID, AGENT, cam.id, spool_dir=tmp_path
     )
-    return CameraAgent(
-        cam,
-        SpaceClassifier.load(),
-        publisher,
-        smoothing=SmoothingSettings(hold_s=0.5),
-        quality=QualitySettings(frozen_s=1.0),
-        settings=AgentSettings(fps_limit=0),
-    )
+    settings = {
+        "smoothing": SmoothingSettings(hold_s=0.5),
+        "quality": QualitySettings(frozen_s=1.0),
+        "settings": AgentSettings(fps_limit=0),
+    }
+    return CameraAgent(cam, SpaceClassifier.load(), publisher, **(settings | options))
 
 
 def test_agent_decides_from_frames_and_goes_blind_on_a_covered_lens(lot, tmp_path: Path) -> None:

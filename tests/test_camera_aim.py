@@ -16,7 +16,6 @@ from conftest import SHARED_DATA, free_port
 from edge.camera.aim import Aim, AimMonitor, AimSettings
 from edge.camera.aim_store import ViewStore
 from edge.camera.quality import QualitySettings
-from edge.camera.smoothing import SmoothingSettings
 from edge.camera_agent import AgentSettings, CameraAgent
 from edge.publisher import ReportPublisher
 from firmware_sim.camera_render import CameraScene, moved_frame, rain_at, turned_frame
@@ -176,19 +175,13 @@ def test_the_verdict_needs_three_checks_in_a_row(cam_c) -> None:
 
 
 def make_agent(cam, tmp_path: Path, view: np.ndarray | None = None, kept: list | None = None):
-    from edge.camera.classifier import SpaceClassifier
+    from test_camera_agent import make_agent as agent_with
 
-    publisher = ReportPublisher(
-        BrokerConfig("127.0.0.1", free_port()), SITE_ID, AGENT, cam.id, spool_dir=tmp_path
-    )
-    return CameraAgent(
+    return agent_with(
         cam,
-        SpaceClassifier.load(),
-        publisher,
-        smoothing=SmoothingSettings(hold_s=0.5),
+        tmp_path,
         quality=QualitySettings(frozen_s=10.0),
         aim=AimSettings(check_every_s=0.1),
-        settings=AgentSettings(fps_limit=0),
         view=view,
         keep_view=None if kept is None else kept.append,
     )

@@ -235,6 +235,16 @@ def test_a_lens_softer_than_its_camera_usually_is_blurred(scene: CameraScene) ->
     assert monitor.check(with_noise(sharp, rng), t + 2).ok  # the rain is wiped off
 
 
+def learn_normal(monitor: FrameQualityMonitor, sharp: np.ndarray, rng) -> float:
+    """Forty ordinary frames 10 s apart (over six minutes: the normal is learnt); the
+    time after them."""
+    t = 0.0
+    for _ in range(40):
+        monitor.check(with_noise(sharp, rng), t)
+        t += 10.0
+    return t
+
+
 def _veiled(frame: np.ndarray, share: float, diffusion: float = 0.0) -> np.ndarray:
     """A bright grey veil over the picture (haze, mist, fog), optionally diffused."""
     out = frame.astype(np.float32) * (1 - share) + 200.0 * share
@@ -250,10 +260,7 @@ def test_a_haze_is_not_blur_but_a_fog_is(scene: CameraScene) -> None:
     rng = np.random.default_rng(9)
     sharp = _sharp_frame(scene)
     monitor = FrameQualityMonitor()
-    t = 0.0
-    for _ in range(40):
-        monitor.check(with_noise(sharp, rng), t)
-        t += 10.0
+    t = learn_normal(monitor, sharp, rng)
     haze = with_noise(_veiled(sharp, 0.2), rng)
     verdict = monitor.check(haze, t)
     assert verdict.ok, verdict
@@ -270,10 +277,7 @@ def test_a_lasting_softness_becomes_the_new_normal(scene: CameraScene) -> None:
     sharp = _sharp_frame(scene)
     settings = QualitySettings()
     monitor = FrameQualityMonitor(settings)
-    t = 0.0
-    for _ in range(40):
-        monitor.check(with_noise(sharp, rng), t)
-        t += 10.0
+    t = learn_normal(monitor, sharp, rng)
     soft = with_noise(cv2.GaussianBlur(sharp, (0, 0), 3.0), rng)
     assert monitor.check(soft, t).fault is FrameFault.BLURRED
     while t <= 400 + settings.rebaseline_s:
@@ -293,10 +297,7 @@ def test_heavy_rain_on_the_lens_never_becomes_the_normal(scene: CameraScene) -> 
     sharp = _sharp_frame(scene)
     settings = QualitySettings()
     monitor = FrameQualityMonitor(settings)
-    t = 0.0
-    for _ in range(40):
-        monitor.check(with_noise(sharp, rng), t)
-        t += 10.0
+    t = learn_normal(monitor, sharp, rng)
     best = monitor.best
     assert best is not None and best == pytest.approx(monitor.normal_sharpness(), rel=0.01)
     rain = cv2.GaussianBlur(sharp, (0, 0), 4.5)
