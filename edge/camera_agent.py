@@ -333,11 +333,15 @@ class CameraAgent:
                 last.dy,
             )
         else:
+            measured = ""
+            if last is not None and (last.zoom != 1.0 or last.turn != 0.0):
+                measured = f" (zoomed {100 * (last.zoom - 1):+.0f} %, turned {last.turn:+.1f}°)"
             log.warning(
-                "camera %s: the picture no longer matches the view its polygons were drawn on "
-                "(turned, zoomed, another PTZ preset?): spaces unknown until it is set back "
-                "(re-aimed on purpose, with the polygons checked: restart with --new-view)",
+                "camera %s: the picture no longer matches the view its polygons were drawn "
+                "on%s (turned, zoomed, another PTZ preset?): spaces unknown until it is set "
+                "back (re-aimed on purpose, with the polygons checked: restart with --new-view)",
                 self.camera.id,
+                measured,
             )
 
     def _say_covered(self, covered: int) -> None:

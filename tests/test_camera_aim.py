@@ -101,6 +101,31 @@ def test_a_turned_or_zoomed_real_camera_shows_another_view(ufpr05) -> None:
         assert one_check(ref, frame)[0] is Aim.OTHER_VIEW
 
 
+@needs_data
+def test_a_real_camera_zoomed_or_turned_a_little_shows_another_view(ufpr05) -> None:
+    """A PTZ camera back on its preset with the zoom 5 % off, or turned 2 degrees: the
+    whole picture still matches near no shift, its tiles tell (the simulator's zoom of 5 %
+    had half its cars called free)."""
+    ref = ufpr05[0]
+    for frame, zoom, turn in (
+        (turned(ufpr05[5], 0, 1.05), 1.05, 0.0),
+        (turned(ufpr05[9], 0, 0.95), 0.95, 0.0),
+        (turned(ufpr05[12], 2.0), 1.0, 2.0),
+        (turned(infrared(ufpr05[3]), 0, 1.03), 1.03, 0.0),
+    ):
+        monitor = AimMonitor(EVERY_CHECK)
+        monitor.check(ref, 0.0)
+        last = monitor.check(frame, 1.0)
+        assert last is not None and last.aim is Aim.OTHER_VIEW, (zoom, turn, last)
+        assert last.zoom == pytest.approx(zoom, abs=0.006)
+        assert abs(last.turn) == pytest.approx(turn, abs=0.3)
+    for frame in ufpr05[1:]:  # the same view on other days: no zoom, no turn
+        monitor = AimMonitor(EVERY_CHECK)
+        monitor.check(ref, 0.0)
+        last = monitor.check(frame, 1.0)
+        assert last is not None and abs(last.zoom - 1) < 0.006 and abs(last.turn) < 0.3
+
+
 @pytest.fixture(scope="module")
 def cam_c():
     cam = load_site(EXAMPLE_SITE).camera("cam-c")
@@ -134,6 +159,9 @@ def test_the_simulators_moved_and_turned_faults_are_told_apart(cam_c) -> None:
         assert aim is Aim.MOVED
         assert dx == pytest.approx(0.05 * w, abs=4) and dy == pytest.approx(0.03 * h, abs=4)
         assert one_check(day, turned_frame(frame))[0] is Aim.OTHER_VIEW
+        for zoom in (1.05, 0.95):  # a preset's zoom a little off, against day and night
+            for ref in (day, night):
+                assert one_check(ref, turned(frame, 0, zoom))[0] is Aim.OTHER_VIEW
 
 
 def test_the_verdict_needs_three_checks_in_a_row(cam_c) -> None:
