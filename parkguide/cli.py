@@ -40,7 +40,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "edge.serial_agent",
         "poll one RS-485 bus and publish occupancy over MQTT",
     ),
-    ("edge", "camera"): ("edge.camera_agent", "classify one camera's spaces and publish occupancy"),
+    ("edge", "camera"): ("edge.camera.cli", "classify one camera's spaces and publish occupancy"),
     ("eval", "camera"): (
         "edge.camera.evaluate",
         "measure the camera classifier on labelled photographs",
