@@ -34,7 +34,6 @@ import argparse
 import logging
 import os
 import re
-import signal
 import sys
 import threading
 import time
@@ -72,6 +71,7 @@ from parking.payloads import (
     SpaceObservation,
     went_offline,
 )
+from parking.signals import stop_event_on_signals
 from parking.site import Bus, NodeController, SiteError, load_site
 
 log = logging.getLogger(__name__)
@@ -916,14 +916,7 @@ def main(args: argparse.Namespace) -> int:
         health_interval_s=args.health_interval,
         min_cycle_s=args.min_cycle_ms / 1000,
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event_on_signals(log)
     log.info(
         "agent %s: bus %s (%d nodes, %d spaces) on %s at %d baud %s, broker %s, spool %s",
         agent_id,

@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import select
-import signal
 import socket
 import sys
 import threading
@@ -73,6 +72,7 @@ from firmware_sim.scenario import (
     make_scenario,
     start_minute,
 )
+from parking.signals import stop_event_on_signals
 from parking.site import SiteError, load_site
 
 log = logging.getLogger(__name__)
@@ -526,14 +526,7 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event_on_signals(log)
     threads = [
         threading.Thread(target=server.serve_forever, args=(0.25,), name="http", daemon=True),
         threading.Thread(

@@ -11,9 +11,7 @@ import argparse
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from edge.camera_agent import (
 from edge.publisher import ReportPublisher, SpoolBusy, choose_agent_id
 from parking.broker import add_credential_arguments, broker_from_args
 from parking.payloads import went_offline
+from parking.signals import stop_event_on_signals
 from parking.site import SiteError, load_site
 
 log = logging.getLogger(__name__)
@@ -199,14 +198,7 @@ def main(args: argparse.Namespace) -> int:
     reader = FrameReader(
         source, max_fps=args.fps_limit, loop_file=args.loop, max_behind_s=args.stale_s
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event_on_signals(log)
     try:
         publisher.start()
     except SpoolBusy as exc:
