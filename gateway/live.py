@@ -35,8 +35,12 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from gateway.allocation import AllocationCore, CoreLayout, lane_distances
+from gateway.arrivals import (
+    ARRIVAL_LIVE_AFTER_S,
+    MAX_HOLDS_PER_ENTRANCE,
+    ArrivalDesk,
+)
 from gateway.displays import RenderedLine, SignRenderer
-from gateway.displays import blind as sign_blind
 from gateway.gate_clock import GateClocks
 from gateway.ingest import (
     AcceptedReport,
@@ -65,7 +69,6 @@ from parking.payloads import (
     Assignment,
     DisplayContent,
     HealthReport,
-    LocalText,
     SpaceControl,
     ZoneCounts,
 )
@@ -78,33 +81,9 @@ Publish = Callable[[str, bytes, int, bool], None]
 """publish(topic, payload, qos, retain)"""
 
 REHEARSAL_MAX_OBSERVATIONS = 64  # larger reports are not rehearsed (see _stage_report)
-NO_SPACE_FULL = LocalText(zh="车位已满", en="No space available")
-NO_SPACE_UNKNOWN = LocalText(  # no space to give, but some the car may use are not seen now
-    zh="暂时无法确认空位，请按引导屏行驶",
-    en="Free spaces cannot be confirmed now: follow the signs",
-)
-NO_SPACE_NOT_NOW = LocalText(  # the class may use no space at this hour (a time window)
-    zh="此入口当前没有对您的车辆类别开放的车位",
-    en="No space reachable from this gate is open to your vehicle class now",
-)
-NO_SPACE_BUSY = LocalText(  # the entrance has --max-holds-per-entrance holds outstanding
-    zh="入口车辆较多，请按引导屏寻找空位",
-    en="Many cars at this gate: follow the signs to a free space",
-)
-ARRIVAL_MAX_AGE_S = 60.0
-"""An arrival stamped (``ts``) longer ago than this, by its gate's clock as the gateway has
-learned it (:meth:`LiveGateway._arrival_age`), is answered without holding a space."""
-ARRIVAL_LIVE_AFTER_S = 10.0  # connected this long: an arrival is no backlog of the broker's
 GATE_OFFSETS_KEY = "gate_clock_offsets"
 """Journal meta: {entrance: [offset s, wall time learnt]}, so a restarted gateway holds the
 spaces of a skewed gate's first arrivals too (its offset learnt again only after them)."""
-MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
-MAX_HOLDS_PER_ENTRANCE = 60
-"""Holds outstanding at one entrance (a barrier lets a car through every few seconds: ~40 in
-a 180 s hold). Beyond it an arrival is answered with no space, sending the car by the signs
-(NO_SPACE_BUSY): a gate controller flooding arrivals (broken, or its login stolen) would
-otherwise hold every free space and the signs would read FULL; and a space given without a
-hold would be given to every car after it too."""
 CORE_STEP_SLACK_S = 0.1  # a forward jump of the wall clock beyond the monotonic one: a step
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
 ZONE_HISTORY_S = 10.0
@@ -206,15 +185,6 @@ class LiveGateway:
         self.defer_checkpoint = defer_checkpoint
         self.journal = journal
         self._publish = publish
-        if not (math.isfinite(hold_s) and 0 < hold_s <= MAX_HOLD_S):
-            raise ValueError(f"--hold-s {hold_s}: must be more than 0 and at most {MAX_HOLD_S:g} s")
-        self.hold_s = hold_s
-        if max_holds_per_entrance < 1:
-            raise ValueError(f"--max-holds-per-entrance {max_holds_per_entrance}: at least 1")
-        self.max_holds_per_entrance = max_holds_per_entrance
-        # entrance -> {space: the core's held_until of the hold given there}: the holds it has
-        # outstanding (one ended, or taken over by another hold, no longer matches)
-        self._entrance_holds: dict[str, dict[int, float]] = {}
         self.history = history
         self._clock = clock
         self._mono = mono
@@ -242,6 +212,15 @@ class LiveGateway:
         # the service is idle (flush_checkpoint), off the report-to-sign path
         self.core.lazy_minima = True
         self.renderer = SignRenderer(site)
+        self.desk = ArrivalDesk(
+            site,
+            self.core,
+            hold_s=hold_s,
+            max_holds_per_entrance=max_holds_per_entrance,
+            blind_fraction=self.renderer.fraction,
+            mono=mono,
+        )
+        self.hold_s = self.desk.hold_s
         self.lines = self.renderer.layout
         site_lines = tuple((d.id, i) for d in site.displays for i in range(len(d.lines)))
         if tuple(self.layout.line_keys) != site_lines:  # the signs index the core's line arrays
@@ -291,10 +270,6 @@ class LiveGateway:
         # agent -> (monotonic time of its last availability line, changes not logged since)
         self._availability_logged: dict[str, tuple[float, int]] = {}
         self.answered = 0  # assignments published, repeated ones included
-        # answered without a hold, by why: "late" (stamped over ARRIVAL_MAX_AGE_S ago) or
-        # "entrance_cap" (MAX_HOLDS_PER_ENTRANCE outstanding there)
-        self.unheld_arrivals: dict[str, int] = {"late": 0, "entrance_cap": 0}
-        self._unheld_logged = dict.fromkeys(self.unheld_arrivals, -math.inf)  # monotonic
         self.gate_clocks = GateClocks()  # each entrance's clock offset (_arrival_age)
         self.outbox_stats: Callable[[], dict[str, Any]] | None = None
         self._next_zone_history = 0.0
@@ -389,7 +364,7 @@ class LiveGateway:
                 # as long as the step (the running core ended it on time)
                 until = min(until, now + self.hold_s)
                 self.core.hold(index[sp], until, self._core_time(now))
-                self._note_hold(entrance, index[sp])
+                self.desk.note_hold(entrance, index[sp])
                 restored += 1
         if restored:
             log.info("restored %d holds of cars on their way", restored)
@@ -904,22 +879,6 @@ class LiveGateway:
         except ValueError as exc:
             self._reject(Rejection("unknown_space", str(exc)), topic, payload)
 
-    def _note_hold(self, entrance: str, space: int) -> None:
-        """The hold the core now has on ``space`` was given at ``entrance``."""
-        self._entrance_holds.setdefault(entrance, {})[space] = float(self.core.held_until[space])
-
-    def _holds_outstanding(self, entrance: str, now: float) -> int:
-        """Holds given at ``entrance`` that have not ended (expired, a car seen in the space,
-        or taken over by a later hold)."""
-        held = self._entrance_holds.get(entrance)
-        if not held:
-            return 0
-        t, until_of = self._core_time(now), self.core.held_until
-        for space, until in list(held.items()):
-            if until <= t or until_of[space] != until:
-                del held[space]
-        return len(held)
-
     def _on_arrival(
         self, topic: str, entrance: str, payload: bytes, t0: float | None = None
     ) -> None:
@@ -962,90 +921,11 @@ class LiveGateway:
                         topics.RETAIN_ASSIGNMENT,
                     )
                     return
-            # answered, but nothing held: an arrival stamped long ago by its gate's clock
-            # (queued while the gateway was away, or sent late by the gate: that car has
-            # left the gate, and a hold would take a free space off the signs for
-            # --hold-s), or one over the entrance's cap of holds
-            unheld = None
-            if age > ARRIVAL_MAX_AGE_S:
-                unheld = "late"
-                why = (
-                    f"stamped {age:.0f} s ago by its gate's clock (queued while the gateway"
-                    " was away, or sent late by the gate)"
-                )
-            elif self._holds_outstanding(entrance, now) >= self.max_holds_per_entrance:
-                unheld = "entrance_cap"
-                why = (
-                    f"with {self.max_holds_per_entrance} holds outstanding there"
-                    " (--max-holds-per-entrance: a burst, or a gate sending arrivals it"
-                    " should not), sent by the signs"
-                )
-            if unheld is not None:
-                self.unheld_arrivals[unheld] += 1
-                mono = self._mono()
-                if mono >= self._unheld_logged[unheld] + GAP_LOG_INTERVAL_S:
-                    self._unheld_logged[unheld] = mono
-                    log.warning(
-                        "arrival at %s %s: no space held for it (%d so far)",
-                        entrance,
-                        why,
-                        self.unheld_arrivals[unheld],
-                    )
             self._follow_policy_minute()  # the signs published below include what it moved
-            if unheld == "entrance_cap":
-                s = -1  # a space given unheld would be given to every car after it too
-            elif unheld is not None:
-                s = self.core.best(e, c)
-            else:
-                s = self.core.assign(e, c, self._core_time(now), self.hold_s)
-            if s >= 0:
-                space = self.site.spaces[s]
-                zone_name = self._zone_name[space.zone]
-                assignment = Assignment(
-                    entrance=entrance,
-                    vehicle_class=arrival.vehicle_class,
-                    space=space.id,
-                    zone=space.zone,
-                    route=self.core.route(e, s),
-                    hint=LocalText(
-                        zh=f"请前往{zone_name.zh} {space.id} 车位",
-                        en=f"Go to {zone_name.en}, space {space.id}",
-                    ),
-                    hold_expires=None if unheld is not None else now + self.hold_s,
-                    plate=arrival.plate,
-                    request_id=arrival.request_id,
-                    ts=now,
-                )
-            else:
-                # nothing to give: full; or blind, when in some zone too much of what the
-                # class may use is unknown (a camera or bus is down), judged zone by zone
-                # as the signs judge a line, so the gate agrees with a sign showing "--"
-                # for that zone (a blind gate never tells drivers it is full); or closed
-                # to the class at this hour (a time window), which is not "full" either;
-                # or held back: the entrance has its cap of holds outstanding
-                unknown, counted, usable = self.core.unknown_eligible(e, c)
-                fraction = self.renderer.fraction
-                blind = any(
-                    sign_blind(u, n, fraction)
-                    for u, n in zip(unknown.tolist(), counted.tolist(), strict=True)
-                )
-                assignment = Assignment(
-                    entrance=entrance,
-                    vehicle_class=arrival.vehicle_class,
-                    space=None,
-                    zone=None,
-                    hint=NO_SPACE_BUSY
-                    if unheld == "entrance_cap"
-                    else NO_SPACE_UNKNOWN
-                    if blind
-                    else NO_SPACE_NOT_NOW
-                    if usable == 0
-                    else NO_SPACE_FULL,
-                    hold_expires=None,
-                    plate=arrival.plate,
-                    request_id=arrival.request_id,
-                    ts=now,
-                )
+            answer = self.desk.answer(
+                entrance, e, c, arrival, age=age, now=now, core_now=self._core_time(now)
+            )
+            assignment = answer.assignment
             body = assignment.model_dump_json(by_alias=True)
             kept = assignment  # what the journal, and so the API and its stream, have
             if not self.journal_plates and assignment.plate is not None:
@@ -1073,9 +953,9 @@ class LiveGateway:
             )
             for sign in signs:
                 self._publish_sign(sign, now)
-            if assignment.space is not None and unheld is None:  # its zone has one more held
-                self._note_hold(entrance, s)
-                self._publish_zones([int(self.state.zone[s])], now)
+            if answer.held:  # its zone has one more held
+                self.desk.note_hold(entrance, answer.space)
+                self._publish_zones([int(self.state.zone[answer.space])], now)
         self.answered += 1
         self._emit("assignment", json.loads(kept_body), now)
 
@@ -1571,7 +1451,7 @@ class LiveGateway:
                 state_changes=self.state_changes,
                 sign_updates=self.sign_updates,
                 repeated_arrivals=self.repeated_arrivals,
-                unheld_arrivals=dict(self.unheld_arrivals),
+                unheld_arrivals=dict(self.desk.unheld),
                 reports_missed=dict(self.reports_missed),
                 report_lag_s=self.current_lags(),
                 latency_s=list(self._latency),

@@ -111,7 +111,7 @@ _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 
 def max_holds_per_entrance_default() -> int:
     # gateway.live loads numpy and scipy: only for the gateway's own parser and start
-    from gateway.live import MAX_HOLDS_PER_ENTRANCE
+    from gateway.arrivals import MAX_HOLDS_PER_ENTRANCE
 
     return MAX_HOLDS_PER_ENTRANCE
 

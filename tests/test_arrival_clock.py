@@ -13,9 +13,10 @@ import logging
 import pytest
 from gateway_support import Clocks, snapshot_all_free
 
+from gateway.arrivals import ARRIVAL_LIVE_AFTER_S, ARRIVAL_MAX_AGE_S
 from gateway.journal import Journal
 from gateway.lag import LAG_FRESH_S
-from gateway.live import ARRIVAL_LIVE_AFTER_S, ARRIVAL_MAX_AGE_S, LiveGateway
+from gateway.live import LiveGateway
 from parking import topics
 
 SITE = "xinyuan"
@@ -76,7 +77,7 @@ def test_a_gate_whose_clock_runs_two_minutes_behind_gets_holds(example_site, tmp
     spaces = [a["space"] for a in answers]
     assert all(spaces) and len(set(spaces)) == 3, spaces
     assert all(_held(a) for a in answers)
-    assert len(g.gw.core.holds) == 3 and g.gw.unheld_arrivals["late"] == 0
+    assert len(g.gw.core.holds) == 3 and g.gw.desk.unheld["late"] == 0
     assert g.gw.gate_clock_offset("north") == pytest.approx(120.0, abs=0.01)
     warnings = [r.getMessage() for r in caplog.records if "clock is" in r.getMessage()]
     assert warnings == [
@@ -103,7 +104,7 @@ def test_the_backlog_right_after_a_connect_is_not_held(example_site, tmp_path):
     old = [g.arrive(-300.0) for _ in range(2)]
     assert [a["hold_expires"] for a in old] == [None, None]
     assert all(a["space"] for a in old)
-    assert g.gw.core.holds == {} and g.gw.unheld_arrivals["late"] == 2
+    assert g.gw.core.holds == {} and g.gw.desk.unheld["late"] == 2
     assert g.gw.gate_clock_offset("north") is None
     # handled before the service said it is connected (the broker sends the kept messages
     # before it answers the subscription): the same
@@ -145,7 +146,7 @@ def test_an_arrival_a_gate_sends_late_is_still_old_by_its_clock(example_site, tm
     assert _held(g.arrive(-120.0))
     late = g.arrive(-120.0 - 300.0)
     assert late["space"] and late["hold_expires"] is None
-    assert g.gw.unheld_arrivals["late"] == 1 and len(g.gw.core.holds) == 1
+    assert g.gw.desk.unheld["late"] == 1 and len(g.gw.core.holds) == 1
     assert g.gw.gate_clock_offset("north") == pytest.approx(
         120.0, abs=0.01
     )  # the late one did not move it
@@ -277,7 +278,7 @@ def test_a_gateway_behind_its_reports_says_so_and_holds_no_space_for_a_stale_arr
         g.gw.handle_batch(batch)
         assert g.gw.behind_s() == pytest.approx(64.7, abs=0.1)
         (answer,) = [json.loads(p) for t, p in g.sent[mark:] if t.endswith("/assignment")]
-        assert answer["hold_expires"] is None and g.gw.unheld_arrivals["late"] == 1
+        assert answer["hold_expires"] is None and g.gw.desk.unheld["late"] == 1
         assert g.gw.gate_clock_offset("north") is None  # nothing learned from it
         g.gw.tick()
         assert "the gateway is 65 s behind agent serial-bus-g's reports" in caplog.text

@@ -348,7 +348,7 @@ def test_a_hold_ended_before_a_restart_stays_ended_whatever_the_clock_did(exampl
 def test_a_blind_gate_does_not_tell_drivers_it_is_full(example_site, tmp_path):
     """No space to give while the visitors' row is unknown (its camera is down) is not
     "full": the answer says the spaces cannot be confirmed. Seen full, it says full."""
-    from gateway.live import NO_SPACE_FULL, NO_SPACE_UNKNOWN
+    from gateway.arrivals import NO_SPACE_FULL, NO_SPACE_UNKNOWN
 
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
     snapshot_all_free(g.gw, example_site, g.clock[0])  # the buses; camera cam-c unheard
@@ -373,7 +373,7 @@ def test_an_arrival_queued_while_the_gateway_was_away_is_not_held(example_site, 
     spaces. Stamped over a minute before its gate's usual delay (a gate whose clock is
     wrong is learned: tests/test_arrival_clock.py), an arrival is answered but nothing is
     held; a fresh one is held as ever."""
-    from gateway.live import ARRIVAL_MAX_AGE_S
+    from gateway.arrivals import ARRIVAL_MAX_AGE_S
 
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
     snapshot_all_free(g.gw, example_site, g.clock[0])
@@ -384,7 +384,7 @@ def test_an_arrival_queued_while_the_gateway_was_away_is_not_held(example_site, 
     (answer,) = [json.loads(p) for t, p in g.sent[mark:] if t.endswith("/assignment")]
     assert answer["space"] and answer["hold_expires"] is None
     assert g.gw.core.holds == {} and g.line("gate-north", 0) == before
-    assert g.gw.unheld_arrivals["late"] == 1 and g.gw.counters().rejected == {}
+    assert g.gw.desk.unheld["late"] == 1 and g.gw.counters().rejected == {}
     fresh = {"class": "resident", "request_id": "r-new", "ts": g.clock[0] - 2}
     g.gw.handle(topics.arrival(SITE, "north"), json.dumps(fresh).encode())
     assert len(g.gw.core.holds) == 1 and g.line("gate-north", 0) == before - 1
@@ -395,7 +395,7 @@ def test_a_gate_is_blind_when_one_zone_the_class_may_use_is(example_site, tmp_pa
     basement line of the gate's sign shows "--", so the gate does not say "full" to a
     resident either, though the basement is under half of the residents' bays (the gate
     used to pool every zone into one share)."""
-    from gateway.live import NO_SPACE_FULL, NO_SPACE_UNKNOWN
+    from gateway.arrivals import NO_SPACE_FULL, NO_SPACE_UNKNOWN
 
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)  # 16:00 in Shanghai
     bus = example_site.spaces_of_source("bus-g")
@@ -419,7 +419,7 @@ def test_a_gate_is_blind_when_one_zone_the_class_may_use_is(example_site, tmp_pa
 def test_a_class_with_no_space_open_at_this_hour_is_not_told_full(example_site, tmp_path):
     """The office's bays (zone D) are theirs 08:00-19:00 only: at 20:00 an office car is
     told nothing is open to it now, not that the car park is full (zone D is empty)."""
-    from gateway.live import NO_SPACE_FULL, NO_SPACE_NOT_NOW
+    from gateway.arrivals import NO_SPACE_FULL, NO_SPACE_NOT_NOW
 
     g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0 + 4 * 3600)  # 20:00
     snapshot_all_free(g.gw, example_site, g.clock[0])

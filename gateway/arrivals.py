@@ -1,0 +1,212 @@
+"""Arrivals at the gates: which space a car is given, or why none.
+
+:class:`ArrivalDesk` decides an answer over the allocation core: a space held for the car,
+a space without a hold (the arrival is old, or its entrance has its cap of holds
+outstanding), or no space and why (full, blind, closed to the class now, busy). It keeps
+the holds each entrance has outstanding and counts what it answered without a hold; the
+engine (:mod:`gateway.live`) journals the answer and publishes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.allocation import AllocationCore
+from gateway.displays import blind as sign_blind
+from parking.payloads import Arrival, Assignment, LocalText
+from parking.site import Site
+
+log = logging.getLogger(__name__)
+
+NO_SPACE_FULL = LocalText(zh="车位已满", en="No space available")
+NO_SPACE_UNKNOWN = LocalText(  # no space to give, but some the car may use are not seen now
+    zh="暂时无法确认空位，请按引导屏行驶",
+    en="Free spaces cannot be confirmed now: follow the signs",
+)
+NO_SPACE_NOT_NOW = LocalText(  # the class may use no space at this hour (a time window)
+    zh="此入口当前没有对您的车辆类别开放的车位",
+    en="No space reachable from this gate is open to your vehicle class now",
+)
+NO_SPACE_BUSY = LocalText(  # the entrance has --max-holds-per-entrance holds outstanding
+    zh="入口车辆较多，请按引导屏寻找空位",
+    en="Many cars at this gate: follow the signs to a free space",
+)
+ARRIVAL_MAX_AGE_S = 60.0
+"""An arrival stamped (``ts``) longer ago than this, by its gate's clock as the gateway has
+learned it (:meth:`gateway.live.LiveGateway._arrival_age`), is answered without holding a
+space."""
+ARRIVAL_LIVE_AFTER_S = 10.0  # connected this long: an arrival is no backlog of the broker's
+MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
+MAX_HOLDS_PER_ENTRANCE = 60
+"""Holds outstanding at one entrance (a barrier lets a car through every few seconds: ~40 in
+a 180 s hold). Beyond it an arrival is answered with no space, sending the car by the signs
+(NO_SPACE_BUSY): a gate controller flooding arrivals (broken, or its login stolen) would
+otherwise hold every free space and the signs would read FULL; and a space given without a
+hold would be given to every car after it too."""
+UNHELD_LOG_INTERVAL_S = 60.0  # at most one warning per minute per reason for no hold
+UNHELD_REASONS = ("late", "entrance_cap")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the desk decided: the assignment, the space's index (-1: none) and whether the
+    space is held for the car."""
+
+    assignment: Assignment
+    space: int
+    held: bool
+
+
+class ArrivalDesk:
+    """Answers arrivals over ``core`` for ``site``; holds last ``hold_s``."""
+
+    def __init__(
+        self,
+        site: Site,
+        core: AllocationCore,
+        *,
+        hold_s: float,
+        max_holds_per_entrance: int,
+        blind_fraction: float,
+        mono: Callable[[], float],
+    ):
+        if not (math.isfinite(hold_s) and 0 < hold_s <= MAX_HOLD_S):
+            raise ValueError(f"--hold-s {hold_s}: must be more than 0 and at most {MAX_HOLD_S:g} s")
+        if max_holds_per_entrance < 1:
+            raise ValueError(f"--max-holds-per-entrance {max_holds_per_entrance}: at least 1")
+        self.site = site
+        self.core = core
+        self.hold_s = hold_s
+        self.max_holds_per_entrance = max_holds_per_entrance
+        self._blind_fraction = blind_fraction  # as the signs judge a line (gateway.displays)
+        self._mono = mono
+        self._zone_name = {z.id: z.name for z in site.zones}
+        # entrance -> {space: the core's held_until of the hold given there}: the holds it has
+        # outstanding (one ended, or taken over by another hold, no longer matches)
+        self._holds: dict[str, dict[int, float]] = {}
+        # answered without a hold, by why: "late" (stamped over ARRIVAL_MAX_AGE_S ago) or
+        # "entrance_cap" (max_holds_per_entrance outstanding there)
+        self.unheld: dict[str, int] = dict.fromkeys(UNHELD_REASONS, 0)
+        self._unheld_logged = dict.fromkeys(UNHELD_REASONS, -math.inf)  # monotonic
+
+    def note_hold(self, entrance: str, space: int) -> None:
+        """The hold the core now has on ``space`` was given at ``entrance``."""
+        self._holds.setdefault(entrance, {})[space] = float(self.core.held_until[space])
+
+    def outstanding(self, entrance: str, core_now: float) -> int:
+        """Holds given at ``entrance`` that have not ended (expired, a car seen in the space,
+        or taken over by a later hold) at the core's time ``core_now``."""
+        held = self._holds.get(entrance)
+        if not held:
+            return 0
+        until_of = self.core.held_until
+        for space, until in list(held.items()):
+            if until <= core_now or until_of[space] != until:
+                del held[space]
+        return len(held)
+
+    def answer(
+        self,
+        entrance: str,
+        e: int,
+        c: int,
+        arrival: Arrival,
+        *,
+        age: float,
+        now: float,
+        core_now: float,
+    ) -> Answer:
+        """The answer to ``arrival`` at entrance ``e`` (``entrance``) for class ``c``, the car
+        seen ``age`` seconds ago by its gate's clock; ``now`` is the wall time, ``core_now``
+        the core's. A held space is taken in the core; the caller journals and publishes."""
+        unheld = self._unheld_reason(entrance, age, core_now)
+        if unheld == "entrance_cap":
+            s = -1  # a space given unheld would be given to every car after it too
+        elif unheld is not None:
+            s = self.core.best(e, c)
+        else:
+            s = self.core.assign(e, c, core_now, self.hold_s)
+        if s < 0:
+            hint = NO_SPACE_BUSY if unheld == "entrance_cap" else self._why_none(e, c)
+            assignment = Assignment(
+                entrance=entrance,
+                vehicle_class=arrival.vehicle_class,
+                space=None,
+                zone=None,
+                hint=hint,
+                hold_expires=None,
+                plate=arrival.plate,
+                request_id=arrival.request_id,
+                ts=now,
+            )
+            return Answer(assignment, -1, False)
+        space = self.site.spaces[s]
+        zone_name = self._zone_name[space.zone]
+        assignment = Assignment(
+            entrance=entrance,
+            vehicle_class=arrival.vehicle_class,
+            space=space.id,
+            zone=space.zone,
+            route=self.core.route(e, s),
+            hint=LocalText(
+                zh=f"请前往{zone_name.zh} {space.id} 车位",
+                en=f"Go to {zone_name.en}, space {space.id}",
+            ),
+            hold_expires=None if unheld is not None else now + self.hold_s,
+            plate=arrival.plate,
+            request_id=arrival.request_id,
+            ts=now,
+        )
+        return Answer(assignment, s, unheld is None)
+
+    def _unheld_reason(self, entrance: str, age: float, core_now: float) -> str | None:
+        """Why the car gets no hold (counted and warned once a minute), or None.
+
+        "late": stamped long ago by its gate's clock (queued while the gateway was away, or
+        sent late by the gate): that car has left the gate, and a hold would take a free
+        space off the signs for ``hold_s``. "entrance_cap": the entrance has its cap of
+        holds outstanding."""
+        if age > ARRIVAL_MAX_AGE_S:
+            unheld = "late"
+            why = (
+                f"stamped {age:.0f} s ago by its gate's clock (queued while the gateway"
+                " was away, or sent late by the gate)"
+            )
+        elif self.outstanding(entrance, core_now) >= self.max_holds_per_entrance:
+            unheld = "entrance_cap"
+            why = (
+                f"with {self.max_holds_per_entrance} holds outstanding there"
+                " (--max-holds-per-entrance: a burst, or a gate sending arrivals it"
+                " should not), sent by the signs"
+            )
+        else:
+            return None
+        self.unheld[unheld] += 1
+        mono = self._mono()
+        if mono >= self._unheld_logged[unheld] + UNHELD_LOG_INTERVAL_S:
+            self._unheld_logged[unheld] = mono
+            log.warning(
+                "arrival at %s %s: no space held for it (%d so far)",
+                entrance,
+                why,
+                self.unheld[unheld],
+            )
+        return unheld
+
+    def _why_none(self, e: int, c: int) -> LocalText:
+        """Why there is no space to give: blind, when in some zone too much of what the
+        class may use is unknown (a camera or bus is down), judged zone by zone as the signs
+        judge a line, so the gate agrees with a sign showing "--" for that zone (a blind
+        gate never tells drivers it is full); closed to the class at this hour (a time
+        window), which is not "full" either; or full."""
+        unknown, counted, usable = self.core.unknown_eligible(e, c)
+        blind = any(
+            sign_blind(u, n, self._blind_fraction)
+            for u, n in zip(unknown.tolist(), counted.tolist(), strict=True)
+        )
+        if blind:
+            return NO_SPACE_UNKNOWN
+        return NO_SPACE_NOT_NOW if usable == 0 else NO_SPACE_FULL
