@@ -218,7 +218,8 @@ def _serve_http(service: GatewayService, address: str, db: str) -> threading.Thr
 
 def _number_flag_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the numeric flags, or None: caught before anything starts (a NaN
-    congestion would fail on the first arrival). ``--hold-s`` is the arrival desk's to check (gateway.arrivals)."""
+    congestion would fail on the first arrival). ``--hold-s`` is the arrival desk's to check
+    (gateway.arrivals)."""
     checks = (
         ("--keep-warm-ms", args.keep_warm_ms, 0.0, math.inf, "0 (off) or more"),
         ("--busy-poll-ms", args.busy_poll_ms, 0.0, math.inf, "0 (off) or more"),
