@@ -156,6 +156,8 @@ _CAMERA_FAULT_TEXT = {  # a blind camera's health says why (parking.payloads.Hea
     "other_view": ("画面不是画车位时的视角(转动、变焦、其他预置位?):请调回原位",
                    "it shows another view than its spaces were drawn on (turned, zoomed, "
                    "another PTZ preset?): set it back"),
+    "replayed": ("画面是重复播放的录像(录像机或代理在循环播放?)", "its picture is a recording "
+                 "played again (a recorder or proxy looping it?)"),
     "stream_lost": ("没有视频流(摄像机、线缆或网络故障?)", "no stream from it (camera, cable or "
                     "network down?)"),
 }  # fmt: skip

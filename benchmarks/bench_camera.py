@@ -10,7 +10,7 @@ Prints one JSON line::
 the frame (crop extraction + one batched forward; warps precomputed once per
 geometry). ``decode_ms``: median ``cv2.imdecode`` of the same frame encoded as
 JPEG quality 90, measured in the same run. ``frame_ms``: the agent's whole work on
-a frame besides decoding it (the frame checks for black, frozen, blurred; the moved-view
+a frame besides decoding it (the frame checks for black, frozen, replayed, blurred; the moved-view
 check, on every other frame; the crops and the forward; the per-space covered check; the
 smoothing). ``fps``: frames per second of
 a loop of decoding and that whole work. Targets: ``classify_ms <= 3 * decode_ms``, ``fps >= 25``.

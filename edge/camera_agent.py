@@ -147,6 +147,7 @@ class CameraAgent:
                 "geometry",
                 "moved",
                 "other_view",
+                "replayed",
                 "stream_lost",
                 "errors",
             ),
@@ -238,6 +239,13 @@ class CameraAgent:
                 log.info("camera %s: frames usable again", self.camera.id)
             elif quality.fault in (FrameFault.MOVED, FrameFault.OTHER_VIEW):
                 self._say_moved(quality.fault)
+            elif quality.fault is FrameFault.REPLAYED:
+                log.warning(
+                    "camera %s: the stream shows again, bit for bit, frames it showed before "
+                    "(a recording looped by a recorder or proxy, a test stream left running?): "
+                    "spaces unknown until live frames come",
+                    self.camera.id,
+                )
             elif quality.fault is FrameFault.GEOMETRY:
                 cw, ch = self.camera.resolution
                 log.warning(

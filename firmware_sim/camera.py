@@ -19,6 +19,7 @@ Every answer is one line, ``ok ...`` or ``error: reason`` (as the bus's)::
     fault camera frozen   the encoder repeats one frame bit for bit
     fault camera blur     lens covered or smeared: heavy blur
     fault camera off      no stream: open connections close, new ones get 503
+    fault camera replay   a recorder looping the last 20 s of the stream, bit for bit
     clear camera          back to normal
 
 The simulator keeps running when stdin closes (a service has no console) and
@@ -37,6 +38,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 from http import HTTPStatus
@@ -82,12 +84,6 @@ JPEG_QUALITY = 85
 RECOMPOSE_SIM_MIN = 2.0
 """re-draw shadows and cars after this many simulated minutes (the sun moves)"""
 MAX_LINE = 4096
-CAMERA_HELP = (
-    "commands: set SPACE occupied|free; fault camera black|frozen|blur|off|moved|turned; "
-    "clear camera|SPACE|all; status [SPACE]; help"
-)
-"""what this console accepts: the shared words a camera can act on, and its own faults"""
-_NO_DETECTORS = f"a camera has no detectors or nodes; {CAMERA_HELP}"
 
 
 class CameraFault(Enum):
@@ -99,6 +95,18 @@ class CameraFault(Enum):
     """knocked: the view shifted by a few per cent"""
     TURNED = "turned"
     """turned and zoomed: another view (a PTZ camera left on another preset)"""
+    REPLAY = "replay"
+    """a recorder or proxy looping the last REPLAY_S of the stream"""
+
+
+REPLAY_S = 20.0
+FAULT_WORDS = "|".join(f.value for f in CameraFault)
+CAMERA_HELP = (
+    f"commands: set SPACE occupied|free; fault camera {FAULT_WORDS}; "
+    "clear camera|SPACE|all; status [SPACE]; help"
+)
+"""what this console accepts: the shared words a camera can act on, and its own faults"""
+_NO_DETECTORS = f"a camera has no detectors or nodes; {CAMERA_HELP}"
 
 
 @dataclass(frozen=True)
@@ -121,12 +129,12 @@ def parse_console_line(line: str) -> object | None:
     if len(words) >= 2 and words[1].lower() == "camera":
         if verb == "fault":
             if len(words) != 3:
-                raise CommandError("usage: fault camera black|frozen|blur|off|moved|turned")
+                raise CommandError(f"usage: fault camera {FAULT_WORDS}")
             try:
                 return FaultCamera(CameraFault(words[2].lower()))
             except ValueError:
                 raise CommandError(
-                    f"unknown camera fault {words[2]!r} (black, frozen, blur, off, moved, turned)"
+                    f"unknown camera fault {words[2]!r} ({', '.join(f.value for f in CameraFault)})"
                 ) from None
         if verb == "clear":
             if len(words) != 2:
@@ -134,7 +142,7 @@ def parse_console_line(line: str) -> object | None:
             return ClearCamera()
     if verb == "fault":
         if len(words) == 1:
-            raise CommandError("usage: fault camera black|frozen|blur|off|moved|turned")
+            raise CommandError(f"usage: fault camera {FAULT_WORDS}")
         raise CommandError(_NO_DETECTORS)
     if verb == "clear" and len(words) >= 2 and words[1].lower() == "node":
         raise CommandError(_NO_DETECTORS)
@@ -221,6 +229,9 @@ class SimulatedCamera:
         self._scene_minute = -1e9
         self._frozen: bytes | None = None
         self._last_jpeg: bytes | None = None
+        self._recent: deque[tuple[float, bytes]] = deque()  # (elapsed s, JPEG), REPLAY_S
+        self._replay: list[bytes] = []  # what the replay fault loops, and where it is
+        self._replay_at = 0
 
     def minute_of_day(self, elapsed_s: float) -> float:
         return (self.start_minute + elapsed_s * self.speed / 60.0) % (24 * 60)
@@ -252,6 +263,8 @@ class SimulatedCamera:
             if isinstance(command, FaultCamera):
                 self.fault = command.fault
                 self._frozen = self._last_jpeg if command.fault is CameraFault.FROZEN else None
+                self._replay = [j for _, j in self._recent]
+                self._replay_at = 0
                 return f"ok camera {self.camera_id} {command.fault.value}"
             if isinstance(command, ClearCamera | ClearAll):
                 self.fault = None
@@ -297,6 +310,10 @@ class SimulatedCamera:
                 return None
             if fault is CameraFault.FROZEN and self._frozen is not None:
                 return self._frozen
+            if fault is CameraFault.REPLAY and self._replay:
+                jpeg = self._replay[self._replay_at % len(self._replay)]
+                self._replay_at += 1
+                return jpeg
             minute = self.minute_of_day(elapsed_s)
             if self._scene_cache is None or abs(minute - self._scene_minute) >= RECOMPOSE_SIM_MIN:
                 self._scene_cache = self.scene.compose(minute)
@@ -319,6 +336,9 @@ class SimulatedCamera:
         jpeg = buf.tobytes()
         with self.lock:
             self._last_jpeg = jpeg
+            self._recent.append((elapsed_s, jpeg))
+            while self._recent[0][0] < elapsed_s - REPLAY_S:
+                self._recent.popleft()
             if self.fault is CameraFault.FROZEN and self._frozen is None:
                 self._frozen = jpeg
         return jpeg

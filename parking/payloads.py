@@ -132,8 +132,8 @@ class HealthReport(_Payload):
     fps: float | None = Field(None, ge=0, allow_inf_nan=False)
     spaces: list[CameraSpaceHealth] = Field(default_factory=list)
     fault: Identifier | None = None
-    """a blind camera's reason: black, frozen, blurred, geometry, moved, other_view or
-    stream_lost (edge.camera.quality.FrameFault); None otherwise"""
+    """a blind camera's reason: black, frozen, blurred, geometry, moved, other_view,
+    replayed or stream_lost (edge.camera.quality.FrameFault); None otherwise"""
 
 
 def largest_snapshot_bytes(agent: str, source: str, spaces: list[str]) -> int:

@@ -607,7 +607,7 @@ def test_a_blind_cameras_alert_says_why_from_its_health():
     knocked askew is not a dirty lens); an unknown reason reads as before."""
     now = 1_000_000.0
     said = {}
-    for fault in ("moved", "other_view", "stream_lost", "black", "from-a-newer-agent"):
+    for fault in ("moved", "other_view", "replayed", "stream_lost", "black", "from-a-newer-agent"):
         health = HealthReport(agent="camera-cam-c", source="cam-c", ts=now, status="blind",
                               fault=fault)  # fmt: skip
         (alert,) = derive_alerts([], [AgentStatus(health.agent, True, now, health)], now, 3600)
@@ -618,6 +618,7 @@ def test_a_blind_cameras_alert_says_why_from_its_health():
     )
     assert said["moved"][0].startswith("摄像头 cam-c 看不见:视角已移动")
     assert "another PTZ preset" in said["other_view"][1]
+    assert "a recording played again" in said["replayed"][1]
     assert "no stream from it" in said["stream_lost"][1] and "black" in said["black"][1]
     assert said["from-a-newer-agent"][1] == "camera cam-c is blind"
 

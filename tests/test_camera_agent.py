@@ -373,6 +373,7 @@ def test_black_and_frozen_frames_make_spaces_unknown(
         ("frozen", "frozen"),
         ("moved", "moved"),
         ("turned", "other_view"),
+        ("replay", "replayed"),  # a recorder looping the last 20 s of the stream
     ):
         assert sim.ask(f"fault camera {fault}") == f"ok camera cam-c {fault}"
         recorder.wait_for(lambda ms: _all_unknown(recorder), timeout=15)

@@ -322,3 +322,71 @@ def test_the_real_frames_of_a_day_are_not_blurred_against_each_other() -> None:
     for i in range(120):
         verdict = monitor.check(with_noise(frames[i % len(frames)], rng), 10.0 * i)
         assert verdict.ok, (i, verdict)
+
+
+def _recording(n: int, seed: int = 7) -> list[np.ndarray]:
+    """``n`` frames of a camera's stream, each with its own sensor noise (as decoded)."""
+    rng = np.random.default_rng(seed)
+    base = textured_frame()
+    return [with_noise(base, rng) for _ in range(n)]
+
+
+def _faults(monitor: FrameQualityMonitor, frames: list[np.ndarray], t0: float, dt: float):
+    return [monitor.check(f, t0 + i * dt).fault for i, f in enumerate(frames)]
+
+
+def test_a_recording_looped_as_the_stream_is_replayed_and_live_frames_end_it() -> None:
+    """A recorder replaying the last 12 s (60 frames at 5/s) bit for bit: the first pass
+    is already repeats; live frames again end the fault within replay_s."""
+    monitor = FrameQualityMonitor()
+    live = _recording(120)
+    assert set(_faults(monitor, live[:60], 0.0, 0.2)) == {None}  # 12 s live: never replayed
+    loop = live[:60]
+    replayed = _faults(monitor, loop + loop, 12.0, 0.2)
+    first = replayed.index(FrameFault.REPLAYED)
+    assert first == monitor.settings.replay_repeats - 1  # the third repeat, after 0.4 s
+    assert set(replayed[first:]) == {FrameFault.REPLAYED}
+    after = _faults(monitor, live[60:], 36.0, 0.2)  # live again (12 s)
+    assert after[-1] is None
+    assert after.index(None) * 0.2 <= monitor.settings.replay_s
+
+
+def test_a_loop_read_at_a_third_of_its_frame_rate_is_replayed() -> None:
+    """The agent keeps only the newest frame: on each pass it checks about a third of the
+    loop's frames, not the same third, and still finds repeats within two passes."""
+    monitor = FrameQualityMonitor()
+    loop = _recording(75)  # 15 s at 5 frames/s
+    rng = np.random.default_rng(11)
+    passes = []
+    for p in range(4):
+        picked = np.flatnonzero(rng.random(len(loop)) < 1 / 3)  # jitter picks which
+        passes.append(_faults(monitor, [loop[i] for i in picked], p * 15.0, 15.0 / len(picked)))
+    assert set(passes[0]) == {None}  # the live pass
+    assert FrameFault.REPLAYED in passes[1] + passes[2]
+    assert passes[3][-1] is FrameFault.REPLAYED
+
+
+def test_frames_resent_after_a_reconnect_are_not_a_replay() -> None:
+    """A server may resend its last seconds from its cache when the reader reconnects."""
+    monitor = FrameQualityMonitor()
+    live = _recording(50)
+    assert set(_faults(monitor, live[:30], 0.0, 0.2)) == {None}
+    monitor.reset()  # the stream was lost and reopened 1 s later
+    resent = live[20:30] + live[30:]  # the last 2 s again, then live
+    assert set(_faults(monitor, resent, 7.0, 0.2)) == {None}
+
+
+def test_a_loop_replayed_on_purpose_is_not_refused() -> None:
+    """``--loop``: a technician's test bench replays a file knowingly."""
+    monitor = FrameQualityMonitor(QualitySettings(replay_check=False))
+    loop = _recording(30)
+    assert set(_faults(monitor, loop * 3, 0.0, 0.5)) == {None}
+
+
+def test_a_frozen_picture_is_frozen_not_replayed() -> None:
+    """The same frame over and over is a hung camera (frozen), whatever it showed before."""
+    monitor = FrameQualityMonitor(QualitySettings(frozen_s=2.0))
+    live = _recording(30)
+    _faults(monitor, live, 0.0, 0.5)
+    stuck = _faults(monitor, [live[3]] * 12, 15.0, 0.5)
+    assert FrameFault.REPLAYED not in stuck and stuck[-1] is FrameFault.FROZEN

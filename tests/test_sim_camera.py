@@ -213,3 +213,28 @@ def test_the_stream_is_served_on_ipv6(procs: list[Proc], tmp_path: Path) -> None
                 raise
             time.sleep(0.2)
     assert status == 200 and ctype == "image/jpeg" and body[:2] == b"\xff\xd8"
+
+
+def test_the_replay_fault_loops_the_last_20_s_bit_for_bit() -> None:
+    """``fault camera replay``: a recorder looping what the camera sent in its last 20 s,
+    the same JPEG bytes in the same order, round and round, until cleared."""
+    from firmware_sim.camera import REPLAY_S, CameraFault, FaultCamera, SimulatedCamera
+    from firmware_sim.camera_render import CameraScene
+    from firmware_sim.scenario import make_scenario
+    from parking.site import load_site
+
+    cam = load_site(EXAMPLE_SITE).camera("cam-c")
+    spaces = list(cam.polygons)
+    scenario = make_scenario("none", spaces, seed=1, start_minute=600, speed=1.0,
+                             initial_occupancy=0.4)  # fmt: skip
+    camera = SimulatedCamera("cam-c", CameraScene(cam.polygons, cam.resolution, seed=1),
+                             scenario, 600, 1.0, 1, dynamic=False)  # fmt: skip
+    fps = 2.0
+    sent = [camera.render_jpeg(i / fps) for i in range(60)]  # 30 s
+    assert len(set(sent)) == len(sent)  # live: every frame its own (sensor noise)
+    camera.apply(FaultCamera(CameraFault.REPLAY), 30.0)
+    looped = [camera.render_jpeg(30.0 + i / fps) for i in range(90)]
+    last = sent[-int(REPLAY_S * fps) - 1 :]  # what was sent in the last 20 s
+    assert looped[: len(last)] == last and looped[len(last) : 2 * len(last)] == last
+    camera.apply(parse_console_line("clear camera"), 75.0)
+    assert camera.render_jpeg(75.0) not in sent

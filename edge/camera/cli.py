@@ -233,7 +233,8 @@ def main(args: argparse.Namespace) -> int:
         best_sharpness=best,
         keep_best=views.save_best,
         smoothing=SmoothingSettings(hold_s=args.hold_s, min_confidence=args.min_confidence),
-        quality=QualitySettings(frozen_s=args.frozen_s),
+        # a file replayed on purpose (--loop) shows its frames again: no replay check
+        quality=QualitySettings(frozen_s=args.frozen_s, replay_check=not args.loop),
     )
     log.info(
         "camera agent %s: camera %s (%d spaces) from %s to %s",

@@ -41,6 +41,16 @@ of the camera's spaces ``unknown`` rather than a guess (issue 4).
   longer than ``frozen_s``. The time threshold, not a frame count, because
   H.264 encoders skip static macroblocks and may repeat a whole frame between
   key frames, and because the frame rate varies.
+- **replayed**: for the same reason a live camera never shows a frame it has shown
+  before, while a recording looped as the stream (a recorder or a proxy replaying the
+  last minutes while the camera is gone, a test stream left running) does, bit for bit,
+  on every pass: it re-announces old scenes as news. The raw sample of every frame is
+  remembered by its hash for ``replay_window_s``; a frame equal to one seen more than
+  ``replay_min_age_s`` ago (not the frame before: that is the frozen check's) is a
+  repeat, and the stream is replayed while ``replay_repeats`` repeats come within
+  ``replay_s``. The age rule spares the few seconds a server
+  may resend from its cache after a reconnect. A replay re-encoded on the way (each
+  pass decoding to other pixels) is not seen.
 - **covered spaces** (``covered_spaces``, per space, on the patches the
   classifier reads): a patch whose brightest 1 % is below ``space_dark_p99``
   or whose grey levels hardly vary (``space_flat_std``: a sticker or a hand on
@@ -82,6 +92,8 @@ class FrameFault(Enum):
     """the view is shifted from the one the polygons were drawn on (edge.camera.aim)"""
     OTHER_VIEW = "other_view"
     """the picture matches that view nowhere: turned, zoomed, another preset"""
+    REPLAYED = "replayed"
+    """frames the camera showed before come again: a recording looped as the stream"""
 
 
 @dataclass(frozen=True)
@@ -100,15 +112,15 @@ class QualitySettings:
     space_flat_std: float = 1.5
     """nor does one whose grey levels vary by less than this (standard deviation)"""
     relative_sharpness: float = 0.5
+    """blurred below this share of the camera's recent normal sharpness (measured on the
+    real UFPR05 frames: Gaussian blur sigma 2 px keeps 0.62 of it, 3 px 0.40, 4 px 0.24;
+    the same camera over a day varies by less than 0.75)"""
     hard_relative_sharpness: float = 0.3
     """below this share of the normal, blurred whatever the contrast (a 45 % fog veil
     keeps 0.22 and the classifier misses a car in ten there)"""
     veil_detail_share: float = 0.6
     """between the two, read only while the detail against the contrast keeps this share
     of its normal (a haze: yes; a smear: no)"""
-    """blurred below this share of the camera's recent normal sharpness (measured on the
-    real UFPR05 frames: Gaussian blur sigma 2 px keeps 0.62 of it, 3 px 0.40, 4 px 0.24;
-    the same camera over a day varies by less than 0.75)"""
     baseline_every_s: float = 10.0
     """a good frame's sharpness joins the camera's normal at most this often"""
     baseline_samples: int = 180
@@ -126,6 +138,18 @@ class QualitySettings:
     """identical frames for longer than this -> frozen. Generous: with 3D noise reduction
     and an H.264 encoder skipping static macroblocks, a still night scene can decode
     bit-identical until the next key frame, and key frames may be 10 s apart."""
+    replay_check: bool = True
+    """False for a recording replayed on purpose (the agent's ``--loop``)"""
+    replay_window_s: float = 1200.0
+    """frames are remembered this long: a loop up to 20 minutes long is seen"""
+    replay_min_age_s: float = 10.0
+    """a frame equal to one seen longer ago than this is a repeat (a server's cache
+    resent after a reconnect is younger)"""
+    replay_repeats: int = 3
+    """this many repeats within ``replay_s`` -> replayed (a live camera shows none)"""
+    replay_s: float = 10.0
+    """... counted over this long (a loop read at a third of its frame rate repeats in
+    about one frame of three from its first replayed pass on, more on each pass)"""
 
 
 @dataclass(frozen=True)
@@ -245,6 +269,10 @@ class FrameQualityMonitor:
         keeps it across restarts, so a restart in the rain does not learn the rain"""
         self._previous: np.ndarray | None = None
         self._last_change: float | None = None
+        self._seen: dict[int, float] = {}  # hash of a frame's sample -> when last seen
+        self._seen_order: deque[tuple[float, int]] = deque()  # (when, hash), oldest first
+        self._previous_hash: int | None = None
+        self._repeats: deque[float] = deque()  # when repeats came, within replay_s
         self._normal: deque[float] = deque(maxlen=self.settings.baseline_samples)
         self._normal_contrast: deque[float] = deque(maxlen=self.settings.baseline_samples)
         self._next_sample = -math.inf
@@ -255,9 +283,11 @@ class FrameQualityMonitor:
         """times a lasting softness was too soft to be taken as the new normal"""
 
     def reset(self) -> None:
-        """Forget the previous frame (after a reconnect the stream starts afresh)."""
+        """Forget the previous frame (after a reconnect the stream starts afresh); the
+        frames seen before are still remembered (a replay may begin with a reconnect)."""
         self._previous = None
         self._last_change = None
+        self._previous_hash = None
 
     def check(self, frame: np.ndarray, now: float) -> FrameQuality:
         s = self.settings
@@ -271,6 +301,7 @@ class FrameQualityMonitor:
             self._last_change = now
         self._previous = sample
         frozen = now - self._last_change > s.frozen_s
+        replayed = s.replay_check and self._replayed(hash(sample.tobytes()), now)
 
         thumb = thumbnail(frame)
         mean, p99 = brightness_stats(thumb)
@@ -281,6 +312,8 @@ class FrameQualityMonitor:
             fault = FrameFault.BLACK
         elif frozen:
             fault = FrameFault.FROZEN
+        elif replayed:
+            fault = FrameFault.REPLAYED
         elif sharp < s.min_sharpness or self._too_soft(sharp, detail, now):
             fault = FrameFault.BLURRED
         if fault is None and now >= self._next_sample:
@@ -288,6 +321,24 @@ class FrameQualityMonitor:
             self._normal_contrast.append(detail)
             self._next_sample = now + s.baseline_every_s
         return FrameQuality(fault, mean, p99, sharp, difference)
+
+    def _replayed(self, digest: int, now: float) -> bool:
+        """Note a frame's sample hash; True while repeats of older frames keep coming."""
+        s = self.settings
+        while self._seen_order and self._seen_order[0][0] < now - s.replay_window_s:
+            when, old = self._seen_order.popleft()
+            if self._seen.get(old) == when:
+                del self._seen[old]
+        if digest != self._previous_hash:  # the frame before again: the frozen check's
+            self._previous_hash = digest
+            seen = self._seen.get(digest)
+            if seen is not None and now - seen > s.replay_min_age_s:
+                self._repeats.append(now)
+            self._seen[digest] = now
+            self._seen_order.append((now, digest))
+        while self._repeats and self._repeats[0] < now - s.replay_s:
+            self._repeats.popleft()
+        return len(self._repeats) >= s.replay_repeats
 
     def normal_sharpness(self) -> float | None:
         """This camera's recent normal sharpness (None until enough good frames); the
