@@ -74,7 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=(
             "a video file --source: play it again from the start when it ends (default:"
-            " stop at its end; its spaces go unknown as the agent goes offline)"
+            " stop at its end; its spaces go unknown as the agent goes offline); also turns"
+            " off the check that refuses a stream showing frames it showed before (a"
+            " recording looped as if live)"
         ),
     )
     parser.add_argument(
