@@ -112,6 +112,22 @@ def render(ctx: Ctx) -> str:
         )
         for why, n in sorted(c.unheld_arrivals.items()):
             out.sample("parkguide_arrivals_unheld_total", n, {"reason": why})
+        out.single(
+            "parkguide_arrival_request_ids_reused_total",
+            "counter",
+            "Arrivals sent under a request_id already answered for another car (a gate's "
+            "counter restarted): answered anew.",
+            c.reused_request_ids,
+        )
+        out.family(
+            "parkguide_arrivals_refused_total",
+            "counter",
+            "Arrivals refused (not JSON, a wrong field, an unknown class or entrance), by "
+            "entrance ('?': one the site lacks) and reason; each gate is told why on "
+            "entrances/{entrance}/refusal.",
+        )
+        for (entrance, why), n in sorted(c.refused_arrivals.items()):
+            out.sample("parkguide_arrivals_refused_total", n, {"entrance": entrance, "reason": why})
         out.family(
             "parkguide_reports_missed_total",
             "counter",

@@ -296,6 +296,11 @@ class SignBoard:
                 -since,
             )
         valid_for = min(stated, self.expires_s)
+        if retained:
+            # the broker's copy has aged there: only what is left of its validity by this
+            # clock (else a dead gateway's counts, restored by a broker after a power cut,
+            # showed up to twice the validity after its last publication)
+            valid_for = min(valid_for, stated - since)
         held = _Held(content, self._mono() + valid_for)
         with self._lock:
             self._content[display] = held

@@ -14,9 +14,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
+
 from gateway.allocation import AllocationCore
 from gateway.displays import blind as sign_blind
-from parking.payloads import Arrival, Assignment, LocalText
+from parking.payloads import Arrival, Assignment, LocalText, is_identifier
 from parking.site import Site
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,26 @@ otherwise hold every free space and the signs would read FULL; and a space given
 hold would be given to every car after it too."""
 UNHELD_LOG_INTERVAL_S = 60.0  # at most one warning per minute per reason for no hold
 UNHELD_REASONS = ("late", "entrance_cap")
+
+
+def readable_request_id(payload: bytes) -> str | None:
+    """The ``request_id`` of an arrival refused as a whole, when it can still be read, so
+    that its gate can match the refusal to the car; None otherwise."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    rid = doc.get("request_id") if isinstance(doc, dict) else None
+    return rid if isinstance(rid, str) and is_identifier(rid) else None
+
+
+def same_car(given: Assignment, arrival: Arrival, *, plates_kept: bool) -> bool:
+    """Whether ``arrival`` is the one ``given`` answered (sent again) rather than another
+    car under the same request_id: the same class, and the same plate where the journal
+    keeps plates (a retry repeats the message as it was)."""
+    if given.vehicle_class != arrival.vehicle_class:
+        return False
+    return not plates_kept or given.plate == arrival.plate
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,12 @@ GATE_OFFSET_WINDOW_S = 600.0  # and only those of the last ten minutes
 GATE_OFFSET_WARN_S = 60.0  # a gate clock this far off the gateway's is worth a technician
 GATE_OFFSET_LOG_INTERVAL_S = 3600.0  # at most one warning about it per entrance per hour
 GATE_OFFSET_SAVE_S = 60.0  # an entrance's offset is journaled again after this, or a move
+GATE_STEP_S = 60.0
+"""A live arrival this much older than its gate's offset says is late (as the arrival desk
+judges, gateway.arrivals.ARRIVAL_MAX_AGE_S) ..."""
+GATE_STEP_AGREE_S = 5.0
+"""... and two in a row whose delays agree this closely say the gate's clock stepped back
+(a reboot with a flat clock battery, an NTP step): its offset is learned anew from them."""
 
 
 class GateClocks:
@@ -26,6 +32,7 @@ class GateClocks:
         self._saved: dict[str, tuple[float, float]] = {}  # entrance -> (offset, mono)
         self.unsaved = False  # an offset moved since it was journaled
         self._logged: dict[str, float] = {}  # entrance -> monotonic time of its warning
+        self._late: dict[str, float] = {}  # entrance -> delay of its last live, late arrival
         self.warnings = 0  # warnings that a gate's clock is over a minute off
 
     def age(
@@ -40,6 +47,7 @@ class GateClocks:
         while delays and mono - delays[0][0] > GATE_OFFSET_WINDOW_S:
             delays.popleft()
         if learn:
+            self._follow_step(entrance, delays, delay)
             delays.append((mono, delay))
         if not delays:
             return delay, None
@@ -61,6 +69,19 @@ class GateClocks:
         # a gate ahead (offset below 0) never makes an arrival older: once its clock is
         # put right, its earlier samples would otherwise age every arrival by the step
         return delay - max(0.0, offset), warning
+
+    def _follow_step(self, entrance: str, delays: deque[tuple[float, float]], delay: float) -> None:
+        """Forget an entrance's samples when its last two live arrivals were both late by
+        delays that agree: its clock stepped back, and its earlier samples, kept for ten
+        minutes, would otherwise have every car given a space without a hold (and so the
+        same space to the next car) until they ran out."""
+        if not delays or delay - min(d for _, d in delays) <= GATE_STEP_S:
+            self._late.pop(entrance, None)
+            return
+        last = self._late.get(entrance)
+        self._late[entrance] = delay
+        if last is not None and abs(delay - last) <= GATE_STEP_AGREE_S:
+            delays.clear()  # this arrival, appended next, is the offset from here on
 
     def offset(self, entrance: str, mono: float) -> float | None:
         """How far the entrance's clock runs behind the gateway's (negative: ahead), as

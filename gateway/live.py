@@ -39,6 +39,8 @@ from gateway.arrivals import (
     ARRIVAL_LIVE_AFTER_S,
     MAX_HOLDS_PER_ENTRANCE,
     ArrivalDesk,
+    readable_request_id,
+    same_car,
 )
 from gateway.displays import RenderedLine, SignRenderer
 from gateway.gate_clock import GateClocks
@@ -66,6 +68,7 @@ from parking import topics
 from parking.payloads import (
     MAX_PAYLOAD_BYTES,
     Arrival,
+    ArrivalRefusal,
     Assignment,
     DisplayContent,
     HealthReport,
@@ -255,6 +258,12 @@ class LiveGateway:
         self.state_changes = 0
         self.sign_updates = 0
         self.repeated_arrivals = 0
+        # arrivals sent under a request_id answered for another car (a gate's counter
+        # restarted): answered anew
+        self.reused_request_ids = 0
+        self._reused_logged = -math.inf  # monotonic time of its last warning
+        # (entrance, or "?" for one the site lacks; reason) -> arrivals refused
+        self.refused_arrivals: dict[tuple[str, str], int] = {}
         # per agent, reports its seq numbers skipped: they never arrived (_note_gap)
         self.reports_missed = dict.fromkeys(
             sorted(x.agent for x in (*site.buses, *site.cameras)), 0
@@ -884,27 +893,26 @@ class LiveGateway:
     ) -> None:
         arrival = decode(Arrival, payload)
         if isinstance(arrival, Rejection):
-            self._reject(arrival, topic, payload)
+            self._refuse_arrival(arrival, topic, entrance, payload)
             return
         e = self._entrance.get(entrance)
         if e is None:
-            self._reject(Rejection("unknown_entrance", f"entrance {entrance!r}"), topic, payload)
+            why = Rejection("unknown_entrance", f"entrance {entrance!r}")
+            self._refuse_arrival(why, topic, entrance, payload, arrival.request_id)
             return
         c = self._class.get(arrival.vehicle_class)
         if c is None:
-            self._reject(
-                Rejection("unknown_class", f"vehicle class {arrival.vehicle_class!r}"),
-                topic,
-                payload,
-            )
+            why = Rejection("unknown_class", f"vehicle class {arrival.vehicle_class!r}")
+            self._refuse_arrival(why, topic, entrance, payload, arrival.request_id)
             return
         with self.lock:
             age = self._arrival_age(entrance, arrival.ts, t0)
             now = self._clock()
             if arrival.request_id is not None:
                 # sent again (a QoS 1 redelivery, the gate's retry): the same answer, no
-                # second space held for the same car
-                body = self.journal.answered(entrance, arrival.request_id, now - self.hold_s)
+                # second space held for the same car; another car under an id the gate
+                # used before (its counter restarted) is answered anew
+                body = self._answered_before(entrance, arrival, now)
                 if body is not None and arrival.plate is not None and not self.journal_plates:
                     # journaled without it (--plate-keep-hours 0): the gate still gets its echo
                     again = Assignment.model_validate_json(body)
@@ -958,6 +966,60 @@ class LiveGateway:
                 self._publish_zones([int(self.state.zone[answer.space])], now)
         self.answered += 1
         self._emit("assignment", json.loads(kept_body), now)
+
+    def _answered_before(self, entrance: str, arrival: Arrival, now: float) -> str | None:
+        """The answer given to this arrival's request_id within a hold, if it was for the
+        same car (same class, and same plate where plates are kept); None otherwise."""
+        assert arrival.request_id is not None
+        body = self.journal.answered(entrance, arrival.request_id, now - self.hold_s)
+        if body is None:
+            return None
+        given = Assignment.model_validate_json(body)
+        if same_car(given, arrival, plates_kept=self.journal_plates):
+            return body
+        self.reused_request_ids += 1
+        mono = self._mono()
+        if mono >= self._reused_logged + GAP_LOG_INTERVAL_S:
+            self._reused_logged = mono
+            log.warning(
+                "entrance %s sent request_id %r for another car than the one it was answered"
+                " for %.0f s ago (%d so far): answered anew; a gate's request ids must not"
+                " repeat within --hold-s, across its restarts too",
+                entrance,
+                arrival.request_id,
+                now - given.ts,
+                self.reused_request_ids,
+            )
+        return None
+
+    def _refuse_arrival(
+        self,
+        rejection: Rejection,
+        topic: str,
+        entrance: str,
+        payload: bytes,
+        request_id: str | None = None,
+    ) -> None:
+        """Count and log a refused arrival, and tell its gate why (``entrances/{e}/refusal``):
+        a gate waiting for an answer that never comes cannot tell a refusal from a
+        gateway that is down."""
+        self._reject(rejection, topic, payload)
+        refusal = ArrivalRefusal(
+            entrance=entrance[:256],
+            request_id=request_id if request_id is not None else readable_request_id(payload),
+            reason=rejection.reason,
+            detail=rejection.detail[:300],
+            ts=self._clock(),
+        )
+        with self.lock:
+            key = (entrance if entrance in self._entrance else "?", rejection.reason)
+            self.refused_arrivals[key] = self.refused_arrivals.get(key, 0) + 1
+            self._send(
+                topics.arrival_refusal(self.site.id, entrance),
+                refusal.model_dump_json().encode(),
+                topics.QOS_REFUSAL,
+                topics.RETAIN_REFUSAL,
+            )
 
     def _arrival_age(self, entrance: str, ts: float | None, t0: float | None) -> float:
         """How long before its receipt the gate saw the car, by the gate's own clock: the
@@ -1451,6 +1513,8 @@ class LiveGateway:
                 state_changes=self.state_changes,
                 sign_updates=self.sign_updates,
                 repeated_arrivals=self.repeated_arrivals,
+                reused_request_ids=self.reused_request_ids,
+                refused_arrivals=dict(self.refused_arrivals),
                 unheld_arrivals=dict(self.desk.unheld),
                 reports_missed=dict(self.reports_missed),
                 report_lag_s=self.current_lags(),

@@ -276,16 +276,20 @@ def _printable_plate(plate: str) -> str:
 Plate = Annotated[str, Field(min_length=1, max_length=16), AfterValidator(_printable_plate)]
 
 
-def _no_blank_plate(plate: object) -> object:
-    # a gate that read no plate sends "" (or spaces): the car still needs a space
-    return None if isinstance(plate, str) and not plate.strip() else plate
+def _plate_as_read(plate: object) -> object:
+    # a gate that read no plate sends "" (or spaces): the car still needs a space; a
+    # serial plate reader's line ends ("\r\n") or a tab around it are not the plate's
+    if not isinstance(plate, str):
+        return plate
+    plate = plate.strip()
+    return plate or None
 
 
 class Arrival(_Payload):
     """On the wire the class is ``class`` only (``Arrival(**{"class": ...})`` in Python)."""
 
     vehicle_class: VehicleClassName = Field(alias="class")
-    plate: Annotated[Plate | None, BeforeValidator(_no_blank_plate)] = None
+    plate: Annotated[Plate | None, BeforeValidator(_plate_as_read)] = None
     ts: Timestamp | None = None
     request_id: Identifier | None = None
 
@@ -307,6 +311,22 @@ class Assignment(_Published):
     ts: Timestamp
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class ArrivalRefusal(_Published):
+    """The gateway's answer to an arrival it cannot take (not JSON, a wrong field, an
+    unknown class or entrance): the gate learns why instead of waiting for an assignment
+    that never comes."""
+
+    entrance: str = Field(max_length=256, description="as in the arrival's topic")
+    request_id: Identifier | None = Field(
+        None, description="the arrival's, when it could be read (None otherwise)"
+    )
+    reason: Identifier = Field(description="as the gateway counts it, e.g. schema")
+    detail: str = Field(max_length=300, description="what was wrong, in English")
+    ts: Timestamp
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class SpaceControl(_Payload):

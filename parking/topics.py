@@ -9,6 +9,7 @@ Every topic lives under ``parkguide/v1/{site}/``. Accepted forms::
     parkguide/v1/{site}/displays/{display}/content     DisplayContent, retained
     parkguide/v1/{site}/entrances/{entrance}/arrival   Arrival
     parkguide/v1/{site}/entrances/{entrance}/assignment Assignment
+    parkguide/v1/{site}/entrances/{entrance}/refusal   ArrivalRefusal (an arrival not taken)
     parkguide/v1/{site}/gateway/availability           online|offline, retained (LWT)
     parkguide/v1/{site}/control/spaces/{space}         SpaceControl (manager closes/opens), QoS 1
 """
@@ -29,6 +30,7 @@ QOS_ZONE, RETAIN_ZONE = 1, True
 QOS_DISPLAY, RETAIN_DISPLAY = 1, True
 QOS_ARRIVAL, RETAIN_ARRIVAL = 1, False
 QOS_ASSIGNMENT, RETAIN_ASSIGNMENT = 1, False
+QOS_REFUSAL, RETAIN_REFUSAL = 1, False
 
 
 def site_prefix(site: str) -> str:
@@ -69,6 +71,10 @@ def arrival(site: str, entrance: str) -> str:
 
 def assignment(site: str, entrance: str) -> str:
     return f"{PREFIX}/{site}/entrances/{entrance}/assignment"
+
+
+def arrival_refusal(site: str, entrance: str) -> str:
+    return f"{PREFIX}/{site}/entrances/{entrance}/refusal"
 
 
 def gateway_availability(site: str) -> str:
@@ -119,7 +125,7 @@ def parse(topic: str) -> ParsedTopic | None:
     if (
         len(rest) == 3
         and rest[0] == "entrances"
-        and rest[2] in {"arrival", "assignment"}
+        and rest[2] in {"arrival", "assignment", "refusal"}
         and rest[1]
     ):
         return ParsedTopic(site, f"entrances/{rest[2]}", rest[1])
@@ -151,6 +157,7 @@ RETAINED_KINDS = frozenset(
         ("displays/content", RETAIN_DISPLAY),
         ("entrances/arrival", RETAIN_ARRIVAL),
         ("entrances/assignment", RETAIN_ASSIGNMENT),
+        ("entrances/refusal", RETAIN_REFUSAL),
         ("control/spaces", RETAIN_CONTROL),
         ("gateway/availability", RETAIN_AVAILABILITY),
     )

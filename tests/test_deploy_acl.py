@@ -49,7 +49,8 @@ def secured_broker(tmp_path: Path):
     require("mosquitto")
     passwd_bin = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     users = {
-        u: secrets.token_urlsafe(12) for u in ("gateway", "api", "serial-bus-g", "serial-bus-b1")
+        u: secrets.token_urlsafe(12)
+        for u in ("gateway", "api", "serial-bus-g", "serial-bus-b1", "gate")
     }
     # mosquitto reads the password and ACL files after dropping to its own user: as
     # root, a folder it may enter (pytest's tmp folders are root-only), and no 'user root'
@@ -233,6 +234,38 @@ def test_the_api_user_reads_what_it_shows_and_not_the_gates_plates(secured_broke
     with pytest.raises(queue.Empty):
         got.get(timeout=0.5)  # the agent's report is the gateway's to read, not the API's
     for c in (api, gw, agent):
+        c.loop_stop()
+        c.disconnect()
+
+
+def test_a_gate_reads_its_answers_refusals_and_the_gateways_availability(secured_broker):
+    """A gate controller learns whether its arrival was refused and whether the gateway is
+    up (no answer coming: guide by the signs at once); it reads no sign or agent topic."""
+    broker, users = secured_broker
+    gate = _client(broker, "gate", users["gate"])
+    got: queue.Queue = queue.Queue()
+    gate.on_message = lambda cl, ud, msg: got.put(msg.topic)
+    gate.subscribe(f"{topics.PREFIX}/{SITE}/#", qos=1)
+    time.sleep(0.3)
+    gw = _client(broker, "gateway", users["gateway"])
+    for topic in (
+        topics.assignment(SITE, "north"),
+        topics.arrival_refusal(SITE, "north"),
+        topics.gateway_availability(SITE),
+        topics.display_content(SITE, "gate-north"),
+    ):
+        assert _publish_reason(gw, topic, b"{}") in (0, 0x10)
+    seen = {got.get(timeout=5) for _ in range(3)}
+    assert seen == {
+        topics.assignment(SITE, "north"),
+        topics.arrival_refusal(SITE, "north"),
+        topics.gateway_availability(SITE),
+    }
+    with pytest.raises(queue.Empty):
+        got.get(timeout=0.5)  # the sign's content is the signs' to read
+    assert _publish_reason(gate, topics.arrival(SITE, "north"), b"{}") in (0, 0x10)
+    assert _publish_reason(gate, topics.arrival_refusal(SITE, "north"), b"{}") == 0x87
+    for c in (gate, gw):
         c.loop_stop()
         c.disconnect()
 

@@ -30,6 +30,32 @@ def test_a_gate_ahead_never_makes_an_arrival_older():
     assert clocks.age("north", 0.5, mono=1.0, learn=True) == (0.5, None)  # put right
 
 
+def test_a_gate_clock_stepped_back_is_learned_anew_from_two_late_arrivals_that_agree():
+    """A gate rebooted with a flat clock battery stamps its cars in the year 2000: the
+    offset learned before (kept ten minutes) made every car late, given a space without a
+    hold, and so the same space to the next car. Two late live arrivals whose delays agree
+    are a step of its clock: from the second on, holds again."""
+    clocks = GateClocks()
+    assert clocks.age("north", 0.4, mono=0.0, learn=True)[0] == 0.0  # a right clock
+    step = 849_897_301.0  # now less 2000-01-01
+    assert clocks.age("north", step, mono=20.0, learn=True)[0] > 60  # late: no hold
+    assert clocks.age("north", step + 0.3, mono=45.0, learn=True)[0] == 0.0  # learned anew
+    assert clocks.offset("north", 45.0) == step + 0.3
+    assert clocks.age("north", step + 0.2, mono=70.0, learn=True)[0] == 0.0
+    # put right again (NTP): its lower delay is the offset at once, as before
+    assert clocks.age("north", 0.5, mono=90.0, learn=True)[0] == 0.0
+
+
+def test_late_arrivals_that_do_not_agree_teach_nothing():
+    """Arrivals a gate queued while its link was down come late, each by another delay:
+    judged late, the right offset kept."""
+    clocks = GateClocks()
+    clocks.age("north", 0.4, mono=0.0, learn=True)
+    for i, queued_for in enumerate((300.0, 240.0, 170.0, 95.0)):  # cars 70 s apart
+        assert clocks.age("north", queued_for, mono=10.0 + i, learn=True)[0] > 60
+    assert clocks.offset("north", 14.0) == 0.4
+
+
 def test_offsets_journaled_before_a_restart_count_as_one_live_arrival_each():
     clocks = GateClocks()
     clocks.age("north", 120.0, mono=50.0, learn=True)

@@ -166,6 +166,73 @@ def test_an_arrival_sent_again_gets_the_same_assignment(example_site, tmp_path):
     assert g2.arrive("g1-0042")["ts"] != first["ts"]
 
 
+def test_a_request_id_reused_by_another_car_is_answered_anew(example_site, tmp_path, caplog):
+    """A gate whose request counter restarted (rebooted) sends another car under an id it
+    used minutes ago: that car gets a space of its own, not the first car's (two cars, one
+    space), nor its plate; the repeat rule still holds for the first car's own retries."""
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    snapshot_all_free(g.gw, example_site, g.clock[0])
+
+    def arrive(cls: str, plate: str) -> dict:
+        mark = len(g.sent)
+        body = {"class": cls, "request_id": "g1-0100", "plate": plate}
+        g.gw.handle(topics.arrival(SITE, "north"), json.dumps(body).encode())
+        (answer,) = [json.loads(p) for t, p in g.sent[mark:] if t.endswith("/assignment")]
+        return answer
+
+    first = arrive("resident", "沪A11111")
+    g.clock[0] += 20
+    with caplog.at_level("WARNING", logger="gateway.live"):
+        other = arrive("resident", "沪B22222")  # same class, another plate
+    assert other["space"] not in (None, first["space"]) and other["plate"] == "沪B22222"
+    assert "request_id 'g1-0100' for another car" in caplog.text
+    accessible = arrive("accessible", "沪C33333")  # another class
+    assert accessible["space"] not in (first["space"], other["space"])
+    assert accessible["class"] == "accessible"
+    assert len(g.gw.core.holds) == 3
+    assert arrive("accessible", "沪C33333") == accessible  # its own retry: as before
+    c = g.gw.counters()
+    assert c.reused_request_ids == 2 and c.repeated_arrivals == 1
+
+
+def test_arrivals_it_cannot_take_are_refused_to_their_gate_with_the_reason(example_site, tmp_path):
+    """A gate whose arrival is refused was left waiting for an answer that never came, as
+    if the gateway were down: it is now told why on entrances/{e}/refusal, with its
+    request_id when that could be read. A plate reader's line end is no refusal."""
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    snapshot_all_free(g.gw, example_site, g.clock[0])
+
+    def send(body: bytes, entrance: str = "north") -> tuple[list[dict], list[dict]]:
+        mark = len(g.sent)
+        g.gw.handle(topics.arrival(SITE, entrance), body)
+        got = [(t, json.loads(p)) for t, p in g.sent[mark:]]
+        return (
+            [p for t, p in got if t == topics.assignment(SITE, entrance)],
+            [p for t, p in got if t == topics.arrival_refusal(SITE, entrance)],
+        )
+
+    read = {"class": "resident", "plate": "沪A12345\r\n", "request_id": "a1"}
+    answers, refusals = send(json.dumps(read).encode())
+    assert refusals == [] and answers[0]["plate"] == "沪A12345"  # the line end is dropped
+    ms = json.dumps({"class": "resident", "ts": g.clock[0] * 1000, "request_id": "a2"})
+    answers, (refusal,) = send(ms.encode())  # ts in milliseconds
+    assert answers == [] and refusal["request_id"] == "a2" and refusal["reason"] == "invalid"
+    assert refusal["detail"].startswith("ts:") and refusal["entrance"] == "north"
+    answers, (refusal,) = send(b'{"class": "lorry", "request_id": "a3"}')
+    assert answers == [] and (refusal["reason"], refusal["request_id"]) == ("unknown_class", "a3")
+    answers, (refusal,) = send(b"not json")
+    assert answers == [] and refusal["reason"] == "bad_json" and refusal["request_id"] is None
+    answers, (refusal,) = send(b'{"class": "resident", "request_id": "a4"}', entrance="west")
+    assert refusal["reason"] == "unknown_entrance" and refusal["request_id"] == "a4"
+    assert g.gw.counters().refused_arrivals == {
+        ("north", "invalid"): 1,
+        ("north", "unknown_class"): 1,
+        ("north", "bad_json"): 1,
+        ("?", "unknown_entrance"): 1,
+    }
+    assert len(g.gw.core.holds) == 1  # only the car whose arrival was taken
+
+
 def test_a_space_closed_in_the_site_file_can_be_opened(tmp_path):
     row = "{ids: A-003..A-040, zone: A, kinds: [resident],"
     text = EXAMPLE_SITE.read_text(encoding="utf-8")

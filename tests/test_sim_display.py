@@ -651,6 +651,32 @@ def test_retained_content_past_its_expires_is_not_shown(example_site, caplog):
     assert not {v.display: v for v in board.views()}["gate-north"].blank
 
 
+def test_retained_content_is_shown_only_for_what_is_left_of_its_validity(example_site):
+    """Retained content 52 s into its 60 s (a dead gateway's last counts, restored by the
+    broker after a power cut, sent at a sign's reconnect) showed for 60 s from its arrival,
+    51 s past its expires; it now blanks at its expires. Live content keeps its full
+    validity from its arrival (a clock behind does not shorten it)."""
+    clock = {"wall": GATEWAY_WALL, "mono": 100.0}
+    board = SignBoard(example_site, wall=lambda: clock["wall"], mono=lambda: clock["mono"])
+    north = topics.display_content(example_site.id, "gate-north")
+    east = topics.display_content(example_site.id, "gate-east")
+    stamped = GATEWAY_WALL - 52
+    board.feed(north, json.dumps(_content("gate-north", stamped, stamped + 60)).encode(),
+               retained=True)  # fmt: skip
+    board.feed(east, json.dumps(_content("gate-east", stamped, stamped + 60)).encode())
+
+    def blank() -> dict[str, bool]:
+        return {
+            v.display: v.blank for v in board.views() if v.display in ("gate-north", "gate-east")
+        }
+
+    assert blank() == {"gate-north": False, "gate-east": False}
+    clock["mono"] += 8.5  # past its expires by the wall clock
+    assert blank() == {"gate-north": True, "gate-east": False}
+    clock["mono"] += 52  # 60.5 s after arrival: the live one's validity is up too
+    assert blank() == {"gate-north": True, "gate-east": True}
+
+
 def test_sim_display_once_waits_for_the_gateways_last_will(mosquitto, tmp_path, subprocess_env):
     """`--once` printed as soon as every sign had content, before the gateway's retained
     availability (its own subscription, answered after the signs') said `offline`: a
