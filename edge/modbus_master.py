@@ -60,9 +60,14 @@ class MasterCounters:
     garbage_bytes: int = 0
     truncated: int = 0
     port_errors: int = 0
+    echoes: int = 0  # our own requests read back (an adapter without echo suppression)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+ECHOED_FUNCTIONS = (rtu.WRITE_SINGLE_COIL, rtu.WRITE_SINGLE_REGISTER)
+"""Functions whose normal answer is the request itself, byte for byte."""
 
 
 def response_size(request: rtu.Request) -> int:
@@ -136,6 +141,7 @@ class ModbusMaster:
         # Modbus over Serial Line 2.5.1.1: frames are separated by at least 3.5 characters
         # of silence, so a node can tell where our next request starts
         self._silence_s = rtu.silent_interval_s(baud)
+        self._echo_said = False  # the adapter's echo is said once
         self._quiet_until = 0.0
 
     # --- the port ------------------------------------------------------------
@@ -238,7 +244,7 @@ class ModbusMaster:
                 time.sleep(quiet)
             port.write(frame)
             try:
-                return self._read_answer(port, request, len(frame))
+                return self._read_answer(port, request, frame)
             finally:
                 self._quiet_until = time.monotonic() + self._silence_s
         except (OSError, serial.SerialException) as exc:
@@ -246,11 +252,11 @@ class ModbusMaster:
             raise serial.SerialException(f"{self.port_name}: {exc}") from exc
 
     def _read_answer(
-        self, port: serial.Serial, request: rtu.Request, request_bytes: int
+        self, port: serial.Serial, request: rtu.Request, frame: bytes
     ) -> rtu.Response | None:
         timing = self.timing
         t0 = time.monotonic()
-        first_deadline = t0 + timing.first_byte_timeout_s(request_bytes)
+        first_deadline = t0 + timing.first_byte_timeout_s(len(frame))
         deadline = first_deadline + timing.answer_s(request) + timing.gap_s()
         gap = timing.gap_s()
         fd = port.fileno()
@@ -259,6 +265,9 @@ class ModbusMaster:
         received = 0
         damaged = False  # a frame of the right length with a bad CRC was seen
         expected = response_size(request)
+        # an RS-485 adapter without echo suppression reads our request back before the
+        # answer; a write-single's answer is the request itself, so it is never dropped
+        echo = frame if request.function not in ECHOED_FUNCTIONS else b""
         while True:
             now = time.monotonic()
             # before the first byte: the node's turnaround; after it: the inter-byte gap
@@ -286,6 +295,16 @@ class ModbusMaster:
                 raise serial.SerialException("port readable but no data (device gone?)")
             buf += chunk
             received += len(chunk)
+            if echo:
+                if len(buf) < len(echo) and echo.startswith(buf):
+                    continue  # our request coming back, or an answer starting alike
+                if buf.startswith(echo):
+                    del buf[: len(echo)]
+                    received = len(buf)
+                    self._echoed()
+                echo = b""
+                if not buf:
+                    continue
             consumed, resp, crc_errors = rtu.decode_response(buf, request)
             self.counters.crc_errors += crc_errors
             damaged = damaged or crc_errors > 0
@@ -298,6 +317,17 @@ class ModbusMaster:
             if consumed:
                 self.counters.garbage_bytes += consumed
                 del buf[:consumed]
+
+    def _echoed(self) -> None:
+        self.counters.echoes += 1
+        if not self._echo_said:
+            self._echo_said = True
+            log.warning(
+                "%s echoes the requests it sends (an RS-485 adapter without echo "
+                "suppression, or its local echo switched on): each echo is dropped "
+                "and counted (echoes)",
+                self.port_name,
+            )
 
     @staticmethod
     def _still_needed(buf: bytearray, request: rtu.Request, expected: int) -> int:

@@ -741,7 +741,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site file (YAML)")
     parser.add_argument("--bus", required=True, help="id of the RS-485 bus in the site file")
     parser.add_argument(
-        "--port", required=True, help="serial device of the bus, e.g. /dev/ttyUSB0 or a pty link"
+        "--port",
+        required=True,
+        help="serial device of the bus, e.g. /dev/serial/by-id/usb-FTDI_..._A10K1XYZ-if00-port0"
+        " (a by-id name stays with its adapter; /dev/ttyUSB0 may become another adapter's"
+        " after a reboot or a replug) or a pty link; one not there yet is waited for",
     )
     parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT (or mqtts://)")
     parser.add_argument(
@@ -828,8 +832,6 @@ def _check(args: argparse.Namespace) -> tuple[str, Bus, BrokerConfig, DebounceSe
         bus = site.bus(args.bus)
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from None
-    if not os.path.exists(args.port):
-        raise UsageError(f"serial port {args.port} does not exist")
     if args.agent is not None and not _AGENT_RE.fullmatch(args.agent):
         raise UsageError(f"--agent {args.agent!r}: 1-64 letters, digits, '_', '.', ':' or '-'")
     for name in ("debounce_ms", "node_timeout_ms", "retries", "turnaround_ms", "min_cycle_ms"):
@@ -889,6 +891,15 @@ def main(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: --port {args.port}: {problem}", file=sys.stderr)
         return 2
+    if not os.path.exists(args.port):
+        # an adapter unplugged or dead when the box (re)starts: the agent runs, says the
+        # bus is blind (health, the managers' alert) and reads it once the port appears,
+        # rather than exit and be restarted every few seconds by systemd, offline
+        log.warning(
+            "serial port %s does not exist (yet): waiting for it (adapter unplugged? a"
+            " /dev/serial/by-id/ name keeps pointing at the same adapter across reboots)",
+            args.port,
+        )
     try:
         publisher = ReportPublisher(
             broker,
