@@ -152,8 +152,15 @@ def _check_positive(args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import cv2
+
     from edge.camera.classifier import SpaceClassifier  # OpenCV DNN: only for this command
 
+    if "OPENCV_FOR_THREADS_NUM" not in os.environ:
+        # OpenCV's pool spun between frames (a fifth of the agent's CPU in sched_yield,
+        # more on a slow edge box); a 40-space frame is ~10 ms on one core, a fraction of
+        # the frame interval at --fps-limit (the variable sets more threads where wanted)
+        cv2.setNumThreads(1)
     try:
         _check_positive(args)
         site = load_site(args.site)
