@@ -10,9 +10,12 @@
 * ``publish_health(report)`` -- retained QoS 0 health, latest one wins;
 * ``stop()`` -- publish ``offline``, flush, disconnect.
 
-Durability: a report is appended to an on-disk spool (SQLite in WAL mode, one
+Durability: a delta is appended to an on-disk spool (SQLite in WAL mode, one
 file per agent) before anything else, and leaves it only when the broker has
-acknowledged it (PUBACK, QoS 1). While the broker is unreachable, reports
+acknowledged it (PUBACK, QoS 1). A snapshot is kept in memory instead (sent after
+what the spool holds, acknowledged like the rest): the next one replaces it, and
+spooling each cost an edge box's SD card two synced writes every few seconds; it is
+spooled with the delta that follows it when the broker has not taken it yet. While the broker is unreachable, reports
 wait on disk; when it returns they go out in spool order, at most
 ``max_inflight`` unacknowledged at a time. A restarted agent drains what its
 previous run left first, with that run's boot id and seq numbers, because
@@ -319,6 +322,10 @@ class ReportPublisher:
         # reports the spool could not take, by key, in order; every one newer than every
         # report in the spool (they go out after those, and into it before a newer one)
         self._unspooled: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
+        # why each is in memory: "volatile" (a snapshot: the next one replaces it, so it is
+        # never written to the card), "order" (newer than one in flight from memory),
+        # "failed" (the spool refused it: health degraded)
+        self._kept_why: dict[int, str] = {}
         self._unspooled_key = 0
         self._unspooled_dropped = 0
         self._undeleted: set[int] = set()  # acknowledged rows the spool could not delete
@@ -384,7 +391,15 @@ class ReportPublisher:
             # numbered whether the spool takes it or not: one lost later is a gap the
             # gateway counts, and no seq is ever used twice
             self._seq += 1
-            self._queue(self.topic_occupancy, rep.model_dump_json().encode())
+            payload = rep.model_dump_json().encode()
+            if kind == "snapshot":
+                # a snapshot repeats what the spool's deltas already said and is replaced
+                # by the next one: kept in memory, it costs an SD card no writes (it was
+                # two synced writes every few seconds on a quiet site); it is spooled only
+                # when a delta follows before the broker took it
+                self._keep(self.topic_occupancy, payload, "volatile")
+            else:
+                self._queue(self.topic_occupancy, payload)
             self.stats["reports"] += 1
             if kind == "snapshot":
                 self._snapshot_requested = False
@@ -438,17 +453,21 @@ class ReportPublisher:
         """False while the spool fails (until a write works again) or reports it could not
         take wait in memory: an agent's health is then ``degraded``."""
         with self._lock:
-            return self._spool_error is None and not self._unspooled
+            return self._spool_error is None and not self._failed_in_memory()
 
     def spool_health(self) -> dict[str, int]:
         """Health counters: ``spool_full`` 1 while not ``spool_ok``, ``unspooled`` the
-        reports in memory now, ``unspooled_dropped`` those lost beyond ``max_unspooled``."""
+        reports in memory because the spool refused them, ``unspooled_dropped`` those lost
+        beyond ``max_unspooled``."""
         with self._lock:
             return {
                 "spool_full": int(not self.spool_ok),
-                "unspooled": len(self._unspooled),
+                "unspooled": self._failed_in_memory(),
                 "unspooled_dropped": self._unspooled_dropped,
             }
+
+    def _failed_in_memory(self) -> int:
+        return sum(1 for why in self._kept_why.values() if why == "failed")
 
     def wait_until_drained(self, timeout: float) -> bool:
         """Block until every spooled report was acknowledged (tests, shutdown)."""
@@ -470,6 +489,9 @@ class ReportPublisher:
             if self._spool is not None:
                 self._inflight_unspooled.clear()  # the network thread is gone
                 self._unspooled_sent_upto = 0
+                for key in [k for k, why in self._kept_why.items() if why == "volatile"]:
+                    # a stopped agent's snapshot says nothing its next run will not
+                    del self._unspooled[key], self._kept_why[key]
                 if self._unspooled:
                     self._spool_unspooled()  # the disk may have room again: one more try
                 try:
@@ -503,8 +525,10 @@ class ReportPublisher:
         """Spool a report, after those kept in memory; keep it in memory if that fails."""
         # none of those in memory may be in flight: one the spool took would go out
         # before them after a reconnect (a higher seq first, and theirs look like repeats)
-        if self._inflight_unspooled or not self._spool_unspooled((topic, payload)):
-            self._keep(topic, payload)
+        if self._inflight_unspooled:
+            self._keep(topic, payload, "order")
+        elif not self._spool_unspooled((topic, payload)):
+            self._keep(topic, payload, "failed")
 
     def _spool_unspooled(self, *more: tuple[str, bytes]) -> bool:
         """Move the reports kept in memory, then ``more``, into the spool; False if it
@@ -517,6 +541,7 @@ class ReportPublisher:
             self._spool_failed("write to", exc)
             return False
         self._unspooled.clear()
+        self._kept_why.clear()
         if self._spool_error is not None:
             self._spool_error = None
             self._spool_log(
@@ -530,14 +555,15 @@ class ReportPublisher:
             self._delete(row)
         return True
 
-    def _keep(self, topic: str, payload: bytes) -> None:
+    def _keep(self, topic: str, payload: bytes, why: str) -> None:
         self._unspooled_key += 1
         self._unspooled[self._unspooled_key] = (topic, payload)
+        self._kept_why[self._unspooled_key] = why
         # bounded: those not sent yet (those in flight are max_inflight at most); the oldest
         # go, the newest say more about the spaces now
         if len(self._unspooled) - len(self._inflight_unspooled) > self.max_unspooled:
             oldest = next(k for k in self._unspooled if k > self._unspooled_sent_upto)
-            del self._unspooled[oldest]
+            del self._unspooled[oldest], self._kept_why[oldest]
             self._unspooled_dropped += 1
             self._spool_log(
                 "unspooled-dropped",
@@ -765,6 +791,14 @@ class ReportPublisher:
         if key is not None:
             self.stats["acked"] += 1
             self._unspooled.pop(key, None)
+            self._kept_why.pop(key, None)
+            if (
+                not self._inflight_unspooled
+                and self._spool_error is None
+                and "order" in self._kept_why.values()
+            ):
+                # what waited behind a snapshot in flight goes to disk now, as any delta
+                self._spool_unspooled()
 
     def _delete(self, row: int) -> None:
         """Delete an acknowledged row; one the spool refuses is deleted again after the next

@@ -87,6 +87,41 @@ def test_online_snapshot_delta_health_and_offline(mosquitto, tmp_path, recorder_
     assert json.loads(retained["health"])["nodes"][0]["address"] == 1
 
 
+def spool_inserts(pub: ReportPublisher) -> int:
+    """Rows ever written to the spool (AUTOINCREMENT keeps the highest id used)."""
+    import sqlite3
+
+    with sqlite3.connect(pub.spool_path) as db:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def test_periodic_snapshots_are_never_written_to_the_spool(
+    mosquitto, tmp_path, recorder_factory
+) -> None:
+    """An edge box's SD card: a quiet bus spooled (two synced writes) every snapshot it
+    sent, ~40 MB an hour for nothing the next snapshot does not say again. Snapshots go
+    from memory; deltas, the changes, are still on disk before they go."""
+    rec = recorder_factory(mosquitto.port)
+    pub = make(mosquitto.port, tmp_path)
+    pub.start()
+    try:
+        rec.wait_for(lambda m: "online" in rec.texts_on("/availability"), 10)
+        for _ in range(20):
+            pub.report("snapshot", [obs("S-1", "free"), obs("S-2", "occupied")])
+            assert pub.wait_until_drained(10)
+        assert spool_inserts(pub) == 0 and pub.spool_ok
+        assert pub.spool_health() == {"spool_full": 0, "unspooled": 0, "unspooled_dropped": 0}
+        pub.report("delta", [obs("S-1", "occupied", 1.7e9 + 1)])
+        assert spool_inserts(pub) == 1  # on disk before it goes
+        assert pub.wait_until_drained(10)
+        rec.wait_for(lambda m: len(rec.json_on("/occupancy")) >= 21, 10)
+        got = dedupe_reports(rec.json_on("/occupancy"))
+        assert [r["seq"] for r in got] == list(range(21)) and got[-1]["kind"] == "delta"
+    finally:
+        pub.stop()
+
+
 def test_broker_outage_loses_nothing_and_keeps_order(tmp_path, recorder_factory) -> None:
     broker = persistent_broker(tmp_path)
     broker.start()

@@ -24,7 +24,14 @@ from typing import Any
 import pytest
 from camera_support import AGENT as CAMERA_AGENT
 from camera_support import SITE_ID as CAMERA_SITE
-from camera_support import Proc, latest_health, occupancy_reports, start_agent, start_sim
+from camera_support import (
+    Proc,
+    latest_health,
+    occupancy_reports,
+    parse_status,
+    start_agent,
+    start_sim,
+)
 from conftest import free_port
 from edge_support import Recorder, assert_in_order, dedupe_reports, persistent_broker
 from test_serial_agent import AGENT as SERIAL_AGENT
@@ -359,19 +366,26 @@ def test_camera_agent_on_a_full_disk_keeps_reporting_and_says_degraded(
         )  # fmt: skip
         procs.append(agent)
         rec.wait_for(lambda _m: len(occupancy_reports(rec)) >= 1, 60)
+        sim = procs[0]
+        truth = parse_status(sim.ask("status"))
+        free_space = next(sp for sp, occupied in truth.items() if not occupied)
         disk.fill()
+        # periodic snapshots are never spooled (an SD card's writes): a car arriving is
+        # the delta the full disk refuses
+        assert sim.ask(f"set {free_space} occupied").startswith("ok")
+        rec.wait_for(
+            lambda _m: (latest_health(rec) or {}).get("counters", {}).get("spool_full") == 1, 30
+        )
         seen = len(occupancy_reports(rec))
         # snapshots every second: they go on arriving from memory
         rec.wait_for(lambda _m: len(occupancy_reports(rec)) >= seen + 3, 20)
-        rec.wait_for(
-            lambda _m: (latest_health(rec) or {}).get("counters", {}).get("spool_full") == 1, 20
-        )
         assert latest_health(rec)["status"] == "degraded"  # type: ignore[index]
         assert agent.proc.poll() is None
         assert len(agent_log_lines(agent.log_path, "ERROR", SPOOL_ERROR)) == 1
         disk.free()
+        assert sim.ask(f"set {free_space} free").startswith("ok")  # the next delta is spooled
         rec.wait_for(
-            lambda _m: (latest_health(rec) or {}).get("counters", {}).get("spool_full") == 0, 20
+            lambda _m: (latest_health(rec) or {}).get("counters", {}).get("spool_full") == 0, 30
         )
         assert agent.terminate(15) == 0
         text = agent.log_path.read_text()
