@@ -38,9 +38,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from parking.private import create_private
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events(
@@ -447,6 +449,22 @@ class Journal:
             " last_seen, agent) VALUES (?,?,?,?,?,?,?,?)",
             rows,
         )
+
+    def note_quiet_reports(self, items: list[T], rows: list[tuple[Any, ...]]) -> list[T]:
+        """Move the sequence and last_seen of agents whose reports changed nothing, in one
+        statement each; ``rows`` (agent, boot, seq, ts) go with ``items``. Returns the items
+        whose agent row was not there with that boot (to be journaled as change rows)."""
+        left = []
+        with self._transaction_unless_in_one():
+            for item, (agent, boot, seq, ts) in zip(items, rows, strict=True):
+                cur = self.conn.execute(
+                    "UPDATE agents SET seq = ?, last_seen = max(last_seen, ?)"
+                    " WHERE agent = ? AND boot = ? AND seq < ?",
+                    (seq, ts, agent, boot, seq),
+                )
+                if cur.rowcount == 0:
+                    left.append(item)
+        return left
 
     def put_agent(
         self, agent: str, boot: str | None, seq: int | None, online: bool, last_seen: float
