@@ -32,6 +32,7 @@ from gateway.service import (
     KEEP_WARM_MS,
     PLATE_KEEP_HOURS,
     GatewayService,
+    journal_disk_hint,
     max_holds_per_entrance_default,
 )
 from gateway.site_changes import OUTLINE_KEY, SITE_ID_KEY, parse_outline
@@ -306,8 +307,9 @@ def main(args: argparse.Namespace) -> int:
     except JournalInUse as exc:
         print(f"--db {args.db}: {exc}; one gateway per journal", file=sys.stderr)
         return 2
-    except OSError as exc:  # the lock file: no such folder, no permission
-        print(f"--db {args.db}: cannot lock the journal: {exc}", file=sys.stderr)
+    except OSError as exc:  # the lock file: no such folder, no permission, a failing disk
+        hint = journal_disk_hint(exc)
+        print(f"--db {args.db}: cannot lock the journal: {exc}{hint}", file=sys.stderr)
         return 2
 
 

@@ -9,6 +9,7 @@ uvicorn serves the API in another, so neither blocks the MQTT loop.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import math
@@ -107,6 +108,23 @@ the journal's newest event at start plus the time elapsed since, before pruning 
 trusting it: one step of a clock a year ahead would otherwise forget all history for good."""
 PRUNE_IDLE_S = 600.0  # between looks once none are
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
+
+
+def journal_disk_hint(exc: BaseException) -> str:
+    """What to do when the journal's disk fails (empty for other errors): a card or disk
+    remounted read-only after I/O errors will not take the journal again."""
+    text = str(exc).lower()
+    if getattr(exc, "errno", None) == errno.EROFS or "readonly" in text or "read-only" in text:
+        cause = "its file system is read-only (a failing SD card or disk, remounted so)"
+    elif "disk i/o error" in text or getattr(exc, "errno", None) == errno.EIO:
+        cause = "its disk fails (I/O errors: an SD card or disk wearing out)"
+    else:
+        return ""
+    return (
+        f"\nthe journal cannot be written: {cause}; the signs show their fallback until the"
+        " gateway runs again: move the journal to a healthy disk, or restore the newest"
+        " backup there (deploy/README.md, A failing disk)"
+    )
 
 
 def max_holds_per_entrance_default() -> int:
@@ -698,6 +716,7 @@ class GatewayService:
             self._fail(
                 f"the journal refused a write ({exc}); stopping without acknowledging "
                 f"{len(batch)} message(s): the broker redelivers them after a restart"
+                f"{journal_disk_hint(exc)}"
             )
             return
         except Exception:
@@ -768,7 +787,7 @@ class GatewayService:
             if self.history is not None:
                 self.history.log_pending()
         except sqlite3.Error as exc:  # a TTL or hold verdict not journaled: see _drain
-            self._fail(f"the journal refused a write ({exc}); stopping")
+            self._fail(f"the journal refused a write ({exc}); stopping{journal_disk_hint(exc)}")
         except Exception:
             log.exception("gateway timer failed")
 

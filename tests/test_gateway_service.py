@@ -612,3 +612,22 @@ def test_a_take_over_answers_each_arrival_once_and_lets_timers_run(site_path, mo
     finally:
         edge.stop()
         watch.stop()
+
+
+def test_a_failing_journal_disk_is_named_with_what_to_do():
+    """A worn SD card remounted read-only stopped the gateway, and every restart failed
+    with a bare "[Errno 30] Read-only file system": the operator is told it is the disk,
+    what the signs do meanwhile and where to go."""
+    import errno
+    import sqlite3
+
+    from gateway.service import journal_disk_hint
+
+    read_only = journal_disk_hint(OSError(errno.EROFS, "Read-only file system"))
+    assert "read-only" in read_only and "A failing disk" in read_only
+    assert "fallback" in read_only
+    assert "wearing out" in journal_disk_hint(sqlite3.OperationalError("disk I/O error"))
+    assert "read-only" in journal_disk_hint(
+        sqlite3.OperationalError("attempt to write a readonly database")
+    )
+    assert journal_disk_hint(sqlite3.OperationalError("database or disk is full")) == ""
