@@ -89,7 +89,12 @@ def render(ctx: Ctx) -> str:
     if c.gateway_counts:  # a stand-alone API cannot know these: absent, not a false 0
         out.family("parkguide_reports_accepted_total", "counter", "Edge reports accepted.")
         out.sample("parkguide_reports_accepted_total", c.accepted)
-    out.family("parkguide_reports_rejected_total", "counter", "Edge reports rejected, by reason.")
+    out.family(
+        "parkguide_reports_rejected_total",
+        "counter",
+        "Messages rejected (edge reports, arrivals, manager controls), by reason; arrivals also"
+        " per entrance in parkguide_arrivals_refused_total.",
+    )
     for reason, n in sorted(c.rejected.items()):
         out.sample("parkguide_reports_rejected_total", n, {"reason": reason})
     out.family("parkguide_state_changes_total", "counter", "Space state changes journalled.")
