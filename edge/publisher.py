@@ -323,8 +323,8 @@ class ReportPublisher:
         # report in the spool (they go out after those, and into it before a newer one)
         self._unspooled: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
         # why each is in memory: "volatile" (a snapshot: the next one replaces it, so it is
-        # never written to the card), "order" (newer than one in flight from memory),
-        # "failed" (the spool refused it: health degraded)
+        # written to the card only with a delta that follows it), "failed" (the spool
+        # refused it: health degraded)
         self._kept_why: dict[int, str] = {}
         self._unspooled_key = 0
         self._unspooled_dropped = 0
@@ -489,8 +489,12 @@ class ReportPublisher:
             if self._spool is not None:
                 self._inflight_unspooled.clear()  # the network thread is gone
                 self._unspooled_sent_upto = 0
-                for key in [k for k, why in self._kept_why.items() if why == "volatile"]:
-                    # a stopped agent's snapshot says nothing its next run will not
+                while self._kept_why and self._kept_why[next(reversed(self._kept_why))] == (
+                    "volatile"
+                ):
+                    # a stopped agent's newest report, a snapshot, says nothing its next run
+                    # will not (one with a report after it goes with that one: no seq gap)
+                    key = next(reversed(self._kept_why))
                     del self._unspooled[key], self._kept_why[key]
                 if self._unspooled:
                     self._spool_unspooled()  # the disk may have room again: one more try
@@ -522,12 +526,9 @@ class ReportPublisher:
     # --- spool, or memory when it fails (under the lock) ---------------------------
 
     def _queue(self, topic: str, payload: bytes) -> None:
-        """Spool a report, after those kept in memory; keep it in memory if that fails."""
-        # none of those in memory may be in flight: one the spool took would go out
-        # before them after a reconnect (a higher seq first, and theirs look like repeats)
-        if self._inflight_unspooled:
-            self._keep(topic, payload, "order")
-        elif not self._spool_unspooled((topic, payload)):
+        """Spool a report, after those kept in memory (a snapshot, or what the spool refused
+        before); keep it in memory too if that fails."""
+        if not self._spool_unspooled((topic, payload)):
             self._keep(topic, payload, "failed")
 
     def _spool_unspooled(self, *more: tuple[str, bytes]) -> bool:
@@ -536,10 +537,17 @@ class ReportPublisher:
         assert self._spool is not None
         moved = len(self._unspooled)
         try:
-            self._spool.extend([*self._unspooled.values(), *more])
+            rows = self._spool.extend([*self._unspooled.values(), *more])
         except SPOOL_ERRORS as exc:
             self._spool_failed("write to", exc)
             return False
+        # those in flight go on being so as their rows: the broker's acknowledgement deletes
+        # the row, and a reconnect sends them again from the spool, in order
+        row_of = dict(zip(self._unspooled, rows, strict=False))
+        for mid, key in self._inflight_unspooled.items():
+            self._inflight[mid] = row_of[key]  # _pump skips a row already in flight
+        self._inflight_unspooled.clear()
+        self._unspooled_sent_upto = 0
         self._unspooled.clear()
         self._kept_why.clear()
         if self._spool_error is not None:
@@ -792,13 +800,6 @@ class ReportPublisher:
             self.stats["acked"] += 1
             self._unspooled.pop(key, None)
             self._kept_why.pop(key, None)
-            if (
-                not self._inflight_unspooled
-                and self._spool_error is None
-                and "order" in self._kept_why.values()
-            ):
-                # what waited behind a snapshot in flight goes to disk now, as any delta
-                self._spool_unspooled()
 
     def _delete(self, row: int) -> None:
         """Delete an acknowledged row; one the spool refuses is deleted again after the next
@@ -827,8 +828,9 @@ class ReportPublisher:
             # never opened in this run (a full disk at start): it holds no report of this
             # boot, and a previous run's are older than anything the gateway now needs
             rows = []
+        in_flight = set(self._inflight.values())
         for row_id, topic, payload in rows:
-            if row_id in self._undeleted:  # acknowledged already
+            if row_id in self._undeleted or row_id in in_flight:  # acknowledged, or on its way
                 self._sent_upto = row_id
                 continue
             info = client.publish(topic, payload, qos=topics.QOS_OCCUPANCY, retain=False)

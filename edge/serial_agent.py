@@ -749,6 +749,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT (or mqtts://)")
     parser.add_argument(
+        "--wait-for-port",
+        action="store_true",
+        help="a --port that does not exist yet is waited for, the bus said blind meanwhile"
+        " (the default under systemd; by hand a missing port is an error)",
+    )
+    parser.add_argument(
         "--agent",
         help="agent id in MQTT topics (default: the bus's agent in the site file, serial-<bus>)",
     )
@@ -892,9 +898,19 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: --port {args.port}: {problem}", file=sys.stderr)
         return 2
     if not os.path.exists(args.port):
-        # an adapter unplugged or dead when the box (re)starts: the agent runs, says the
-        # bus is blind (health, the managers' alert) and reads it once the port appears,
-        # rather than exit and be restarted every few seconds by systemd, offline
+        if not (args.wait_for_port or os.environ.get("INVOCATION_ID")):
+            # by hand: a typo, most likely; and a second agent with the service's login
+            # would take the bus over from it
+            print(
+                f"error: --port {args.port}: does not exist (--wait-for-port to wait for"
+                " the adapter)",
+                file=sys.stderr,
+            )
+            return 2
+        # the service (systemd sets INVOCATION_ID) on a box restarted with its adapter
+        # unplugged or dead: it runs, says the bus is blind (health, the managers' alert)
+        # and reads it once the port appears, rather than exit and be restarted every few
+        # seconds, offline
         log.warning(
             "serial port %s does not exist (yet): waiting for it (adapter unplugged? a"
             " /dev/serial/by-id/ name keeps pointing at the same adapter across reboots)",

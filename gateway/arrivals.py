@@ -18,7 +18,13 @@ import orjson
 
 from gateway.allocation import AllocationCore
 from gateway.displays import blind as sign_blind
-from parking.payloads import Arrival, Assignment, LocalText, is_identifier
+from parking.payloads import (
+    MAX_PAYLOAD_BYTES,
+    Arrival,
+    Assignment,
+    LocalText,
+    is_identifier,
+)
 from parking.site import Site
 
 log = logging.getLogger(__name__)
@@ -54,7 +60,10 @@ UNHELD_REASONS = ("late", "entrance_cap")
 
 def readable_request_id(payload: bytes) -> str | None:
     """The ``request_id`` of an arrival refused as a whole, when it can still be read, so
-    that its gate can match the refusal to the car; None otherwise."""
+    that its gate can match the refusal to the car; None otherwise (also for one over the
+    size cap: it is not parsed, a gate login could send megabytes)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError:

@@ -19,8 +19,11 @@ GATE_STEP_S = 60.0
 """A live arrival this much older than its gate's offset says is late (as the arrival desk
 judges, gateway.arrivals.ARRIVAL_MAX_AGE_S) ..."""
 GATE_STEP_AGREE_S = 5.0
-"""... and two in a row whose delays agree this closely say the gate's clock stepped back
-(a reboot with a flat clock battery, an NTP step): its offset is learned anew from them."""
+"""... and two in a row whose delays agree this closely, received at least
+GATE_STEP_APART_S apart, say the gate's clock stepped back (a reboot with a flat clock
+battery, an NTP step): its offset is learned anew from them. Apart: a gate's queue of
+arrivals flushed after an outage comes all at once, and its delays agree as well."""
+GATE_STEP_APART_S = 2 * GATE_STEP_AGREE_S
 
 
 class GateClocks:
@@ -32,7 +35,8 @@ class GateClocks:
         self._saved: dict[str, tuple[float, float]] = {}  # entrance -> (offset, mono)
         self.unsaved = False  # an offset moved since it was journaled
         self._logged: dict[str, float] = {}  # entrance -> monotonic time of its warning
-        self._late: dict[str, float] = {}  # entrance -> delay of its last live, late arrival
+        # entrance -> (delay, monotonic receipt) of its last live, late arrival
+        self._late: dict[str, tuple[float, float]] = {}
         self.warnings = 0  # warnings that a gate's clock is over a minute off
 
     def age(
@@ -47,7 +51,7 @@ class GateClocks:
         while delays and mono - delays[0][0] > GATE_OFFSET_WINDOW_S:
             delays.popleft()
         if learn:
-            self._follow_step(entrance, delays, delay)
+            self._follow_step(entrance, delays, delay, mono)
             delays.append((mono, delay))
         if not delays:
             return delay, None
@@ -70,17 +74,21 @@ class GateClocks:
         # put right, its earlier samples would otherwise age every arrival by the step
         return delay - max(0.0, offset), warning
 
-    def _follow_step(self, entrance: str, delays: deque[tuple[float, float]], delay: float) -> None:
+    def _follow_step(
+        self, entrance: str, delays: deque[tuple[float, float]], delay: float, mono: float
+    ) -> None:
         """Forget an entrance's samples when its last two live arrivals were both late by
-        delays that agree: its clock stepped back, and its earlier samples, kept for ten
-        minutes, would otherwise have every car given a space without a hold (and so the
-        same space to the next car) until they ran out."""
+        delays that agree, received apart: its clock stepped back, and its earlier samples,
+        kept for ten minutes, would otherwise have every car given a space without a hold
+        (and so the same space to the next car) until they ran out."""
         if not delays or delay - min(d for _, d in delays) <= GATE_STEP_S:
             self._late.pop(entrance, None)
             return
         last = self._late.get(entrance)
-        self._late[entrance] = delay
-        if last is not None and abs(delay - last) <= GATE_STEP_AGREE_S:
+        if last is not None and mono - last[1] < GATE_STEP_APART_S:
+            return  # a flushed queue's, not a car after a car: the first one stands
+        self._late[entrance] = (delay, mono)
+        if last is not None and abs(delay - last[0]) <= GATE_STEP_AGREE_S:
             delays.clear()  # this arrival, appended next, is the offset from here on
 
     def offset(self, entrance: str, mono: float) -> float | None:

@@ -917,7 +917,6 @@ class LiveGateway:
             self._refuse_arrival(why, topic, entrance, payload, arrival.request_id)
             return
         with self.lock:
-            age = self._arrival_age(entrance, arrival.ts, t0)
             now = self._clock()
             if arrival.request_id is not None:
                 # sent again (a QoS 1 redelivery, the gate's retry): the same answer, no
@@ -940,6 +939,8 @@ class LiveGateway:
                         topics.RETAIN_ASSIGNMENT,
                     )
                     return
+            # judged (and its gate's clock learned from) once per car, not per retry
+            age = self._arrival_age(entrance, arrival.ts, t0)
             self._follow_policy_minute()  # the signs published below include what it moved
             answer = self.desk.answer(
                 entrance, e, c, arrival, age=age, now=now, core_now=self._core_time(now)

@@ -56,6 +56,20 @@ def test_late_arrivals_that_do_not_agree_teach_nothing():
     assert clocks.offset("north", 14.0) == 0.4
 
 
+def test_a_gates_queue_flushed_at_once_teaches_no_new_offset():
+    """A gate back after an outage sends the arrivals it queued, at once: their delays
+    agree as well as a stepped clock's (two cars a few seconds apart, or a retry), and
+    relearning from them held spaces for cars the signs had sent minutes before."""
+    clocks = GateClocks()
+    clocks.age("north", 0.4, mono=0.0, learn=True)
+    ages = [
+        clocks.age("north", delay, mono=100.0 + i * 0.01, learn=True)[0]
+        for i, delay in enumerate((240.0, 236.0, 200.0, 160.0, 120.0, 80.0))
+    ]
+    assert all(age > 60 for age in ages), ages
+    assert clocks.offset("north", 101.0) == 0.4
+
+
 def test_offsets_journaled_before_a_restart_count_as_one_live_arrival_each():
     clocks = GateClocks()
     clocks.age("north", 120.0, mono=50.0, learn=True)

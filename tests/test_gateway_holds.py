@@ -222,12 +222,16 @@ def test_arrivals_it_cannot_take_are_refused_to_their_gate_with_the_reason(examp
     assert answers == [] and (refusal["reason"], refusal["request_id"]) == ("unknown_class", "a3")
     answers, (refusal,) = send(b"not json")
     assert answers == [] and refusal["reason"] == "bad_json" and refusal["request_id"] is None
+    huge = json.dumps({"request_id": "a5", "class": "resident", "pad": "x" * 300_000})
+    answers, (refusal,) = send(huge.encode())  # over the cap: not even parsed for its id
+    assert (refusal["reason"], refusal["request_id"]) == ("oversized", None)
     answers, (refusal,) = send(b'{"class": "resident", "request_id": "a4"}', entrance="west")
     assert refusal["reason"] == "unknown_entrance" and refusal["request_id"] == "a4"
     assert g.gw.counters().refused_arrivals == {
         ("north", "invalid"): 1,
         ("north", "unknown_class"): 1,
         ("north", "bad_json"): 1,
+        ("north", "oversized"): 1,
         ("?", "unknown_entrance"): 1,
     }
     assert len(g.gw.core.holds) == 1  # only the car whose arrival was taken

@@ -122,6 +122,65 @@ def test_periodic_snapshots_are_never_written_to_the_spool(
         pub.stop()
 
 
+def spooled(pub: ReportPublisher) -> list[tuple[int, str]]:
+    """(seq, kind) of the reports in the spool now, in its order."""
+    import sqlite3
+
+    with sqlite3.connect(pub.spool_path) as db:
+        rows = db.execute("SELECT payload FROM outbox ORDER BY id").fetchall()
+    return [(json.loads(p)["seq"], json.loads(p)["kind"]) for (p,) in rows]
+
+
+def test_a_delta_after_a_snapshot_in_flight_is_on_disk_with_it_in_order(
+    mosquitto, tmp_path, recorder_factory
+) -> None:
+    """A link that stalls (the broker acknowledges nothing) while a snapshot is in flight
+    from memory: the delta made then waited in memory behind it, and a kill -9 lost it.
+    Both are now in the spool, in seq order, before report() returns; the snapshot is not
+    sent twice when the broker takes them."""
+    import signal
+
+    rec = recorder_factory(mosquitto.port)
+    pub = make(mosquitto.port, tmp_path)
+    pub.start()
+    try:
+        rec.wait_for(lambda m: "online" in rec.texts_on("/availability"), 10)
+        pub.report("snapshot", [obs("S-1", "free")])
+        assert pub.wait_until_drained(10) and spooled(pub) == []
+        mosquitto.proc.send_signal(signal.SIGSTOP)  # stalled: nothing is acknowledged
+        try:
+            pub.report("snapshot", [obs("S-1", "free")])
+            time.sleep(0.3)  # sent, unacknowledged
+            pub.report("delta", [obs("S-1", "occupied", 1.7e9 + 1)])
+            assert spooled(pub) == [(1, "snapshot"), (2, "delta")]
+        finally:
+            mosquitto.proc.send_signal(signal.SIGCONT)
+        assert pub.wait_until_drained(15) and spooled(pub) == []
+        rec.wait_for(lambda m: len(rec.json_on("/occupancy")) >= 3, 10)
+        time.sleep(0.5)
+        assert [r["seq"] for r in rec.json_on("/occupancy")] == [0, 1, 2]  # each once
+    finally:
+        pub.stop()
+
+
+def test_a_stopped_agents_last_snapshot_is_dropped_but_one_before_a_delta_is_kept(
+    tmp_path,
+) -> None:
+    """With the broker away, a snapshot followed by a delta go to disk together (no seq
+    gap for the gateway to take for a loss); a snapshot that is the newest report when the
+    agent stops is dropped (its next run sends its own)."""
+    broker = MosquittoBroker(tmp_path)  # never started: the broker is away
+    pub = make(broker.port, tmp_path / "spool")
+    pub.start()
+    pub.report("snapshot", [obs("S-1", "free")])
+    pub.report("delta", [obs("S-1", "occupied", 1.7e9 + 1)])
+    pub.report("snapshot", [obs("S-1", "occupied", 1.7e9 + 1)])
+    assert spooled(pub) == [(0, "snapshot"), (1, "delta")]
+    pub.stop(flush_timeout_s=0.2)
+    again = make(broker.port, tmp_path / "spool")
+    assert spooled(again) == [(0, "snapshot"), (1, "delta")]
+
+
 def test_broker_outage_loses_nothing_and_keeps_order(tmp_path, recorder_factory) -> None:
     broker = persistent_broker(tmp_path)
     broker.start()

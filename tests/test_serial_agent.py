@@ -241,7 +241,8 @@ def test_an_adapter_missing_at_start_is_waited_for_and_the_bus_said_blind(
     link = tmp_path / "bus.tty"  # not there yet
     rec = Recorder(mosquitto.port, f"{topics.site_prefix(SITE.id)}/edge/{AGENT}/#")
     processes.append(rec)
-    agent = start_agent(mosquitto.port, link, tmp_path / "spool", subprocess_env)
+    env = {**subprocess_env, "INVOCATION_ID": "0123456789abcdef"}  # as under systemd
+    agent = start_agent(mosquitto.port, link, tmp_path / "spool", env)
     processes.append(agent)
     rec.wait_for(lambda _m: rec.texts_on("/availability")[-1:] == ["online"], 20)
     rec.wait_for(lambda _m: rec.json_on("/health")[-1:] != [], 10)
@@ -522,6 +523,7 @@ def test_agent_killed_and_restarted_while_broker_down_loses_nothing(
     ("args", "message"),
     [
         (["--bus", "bus-nowhere", "--port", "{tty}"], "no bus"),
+        (["--bus", BUS, "--port", "/dev/no-such-tty"], "does not exist (--wait-for-port"),
         (["--bus", BUS], "--port"),
         (["--bus", BUS, "--port", "{tty}", "--debounce-ms", "-5"], "must not be negative"),
         (["--bus", BUS, "--port", "{tty}", "--password-env", "PG_NOT_SET_ANYWHERE"], "not set"),
@@ -534,7 +536,10 @@ def test_bad_command_line_is_refused_with_exit_2(
     tty = tmp_path / "tty"
     tty.write_text("")  # exists; never opened because the input is refused first
     argv = [a.replace("{tty}", str(tty)) for a in args]
-    env = {k: v for k, v in subprocess_env.items() if k != "PG_NOT_SET_ANYWHERE"}
+    # not as under systemd (INVOCATION_ID), where a missing port is waited for
+    env = {
+        k: v for k, v in subprocess_env.items() if k not in ("PG_NOT_SET_ANYWHERE", "INVOCATION_ID")
+    }
     out = subprocess.run(
         parkguide_cmd(
             "edge",
