@@ -73,7 +73,9 @@ class DebounceSettings:
     node_timeout_s: float = DEFAULT_NODE_TIMEOUT_S
     """A node is down after this long without an answer ..."""
     node_max_failures: int = DEFAULT_NODE_MAX_FAILURES
-    """... and at least this many failed polls in a row (both, so one slow burst is not an outage)."""
+    """... and at least this many unanswered requests in a row, a poll's retries included
+    (both, so one slow burst is not an outage). Requests, not polls: on a long bus with
+    nodes lost a cycle takes seconds, and N polls would be N cycles of stale bays."""
 
     def __post_init__(self) -> None:
         if self.hold_s < 0 or self.node_timeout_s < 0 or self.node_max_failures < 1:
@@ -160,10 +162,11 @@ class BusTracker:
             for sid, det, bit in zip(node.spaces, node.detectors, bits, strict=False)
         )
 
-    def poll_failed(self, address: int, now: float) -> list[SpaceChange]:
-        """A poll of the node got no valid answer (timeout, bad CRC, port gone)."""
+    def poll_failed(self, address: int, now: float, attempts: int = 1) -> list[SpaceChange]:
+        """A poll of the node got no valid answer (timeout, bad CRC, port gone) to any of its
+        ``attempts`` requests (the first and its retries)."""
         node = self._nodes[address]
-        node.failures += 1
+        node.failures += attempts
         s = self.settings
         if (
             not node.down

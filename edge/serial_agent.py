@@ -93,6 +93,13 @@ UNRELIABLE_MIN_BAD = 2
 RELIABLE_AGAIN_S = _WARN_EVERY_S
 """an unreliable node stays ``slow`` in health until it has gone this long without a report that
 finds its polls unreliable; then it is ``ok`` again, and logged as reliable again"""
+CUT_AFTER_SILENT_NODES = 2
+"""after this many nodes in a row got no answer in one cycle (a cut cable, a dead trunk), the
+nodes after them in that cycle are asked once, not with the retries: each retry of a silent node
+costs a first-byte timeout, and on a long bus they made a cycle of seconds"""
+SLOW_CYCLE_SHARE_OF_TTL = 1 / 3
+"""a poll cycle longer than this share of the bus's ``ttl_s`` is warned about: a space is
+reported once a cycle at best, and the gateway turns one silent for ``ttl_s`` unknown"""
 _AGENT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # parking.payloads.Identifier
 
 NODE_ERROR_STATUS = "error"
@@ -218,6 +225,8 @@ class SerialAgent:
         self._port_health_at = -1e18
         self._spool_ok = True  # as the last health said
         self.cycles = 0
+        self.cycle_s = 0.0  # how long the last poll cycle took
+        self._slow_cycle_warned_at = -1e18
 
     # --- polling ----------------------------------------------------------------
 
@@ -246,10 +255,11 @@ class SerialAgent:
                     answered, c.crc_errors - crc, c.timeouts - timeouts, c.retries > retries
                 )
 
-    def poll_node(self, node: NodeController) -> list[SpaceChange]:
-        """Read one node's occupied bits; raises serial.SerialException if the port fails."""
+    def poll_node(self, node: NodeController, cut: bool = False) -> list[SpaceChange]:
+        """Read one node's occupied bits; raises serial.SerialException if the port fails.
+        ``cut``: the nodes before it in this cycle were silent (see CUT_AFTER_SILENT_NODES)."""
         # a node already known to be down gets one try a cycle, not the retries
-        retries = 0 if self.tracker.node_down(node.address) else None
+        retries = 0 if cut or self.tracker.node_down(node.address) else None
         try:
             bits = self._request(
                 node.address,
@@ -262,7 +272,10 @@ class SerialAgent:
         except ModbusError as exc:
             self.readings[node.address].failures += 1
             log.debug("poll: %s", exc)
-            changes = self.tracker.poll_failed(node.address, self.clock())
+            # a silence after the cut counts as all the attempts it was spared: they would
+            # have timed out too (and a node down needs no counting)
+            attempts = 1 + self.master.retries
+            changes = self.tracker.poll_failed(node.address, self.clock(), attempts)
             if not self.tracker.node_down(node.address):
                 return changes
             # it is dead, not unreliable: the polls it failed on its way there tell nothing
@@ -345,18 +358,45 @@ class SerialAgent:
         self.readings[address].status = values
 
     def poll_cycle(
-        self, on_changes: Callable[[list[SpaceChange]], None] | None = None
+        self, after_node: Callable[[list[SpaceChange]], None] | None = None
     ) -> list[SpaceChange]:
-        """Read every node's occupied bits once; ``on_changes`` gets each node's changes at once
-        (so a change is not held back for the rest of the cycle)."""
+        """Read every node's occupied bits once; ``after_node`` gets each node's changes (maybe
+        none) at once: a change is not held back for the rest of the cycle, nor a snapshot
+        that falls due (a cycle with nodes lost takes seconds)."""
+        started = self.clock()
         changes: list[SpaceChange] = []
+        silent_in_a_row = 0
         for node in self.bus.nodes:
-            node_changes = self.poll_node(node)
-            if node_changes and on_changes is not None:
-                on_changes(node_changes)
+            failures = self.readings[node.address].failures
+            node_changes = self.poll_node(node, cut=silent_in_a_row >= CUT_AFTER_SILENT_NODES)
+            silent = self.readings[node.address].failures > failures
+            silent_in_a_row = silent_in_a_row + 1 if silent else 0
+            if after_node is not None:
+                after_node(node_changes)
             changes += node_changes
         self.cycles += 1
+        self.cycle_s = self.clock() - started
+        self._warn_if_slow_cycle()
         return changes
+
+    def _warn_if_slow_cycle(self) -> None:
+        """Say (at most once a minute) that the cycle is too long for the bus's ``ttl_s``."""
+        limit = self.bus.ttl_s * SLOW_CYCLE_SHARE_OF_TTL
+        now = self.clock()
+        if self.cycle_s <= limit or now - self._slow_cycle_warned_at < _WARN_EVERY_S:
+            return
+        self._slow_cycle_warned_at = now
+        silent = sum(self.tracker.node_down(n.address) for n in self.bus.nodes)
+        log.warning(
+            "bus %s: a poll cycle took %.1f s, more than a third of the bus's ttl_s (%g s); "
+            "%d of %d nodes are not answering (each costs a first-byte timeout: "
+            "--turnaround-ms); the gateway may turn spaces unknown between reports",
+            self.bus.id,
+            self.cycle_s,
+            self.bus.ttl_s,
+            silent,
+            len(self.bus.nodes),
+        )
 
     def health_step(self) -> tuple[list[SpaceChange], bool]:
         """At most one health request; returns (changes, True when a round just finished)."""
@@ -627,6 +667,7 @@ class SerialAgent:
         # reason, not because every node died (as the camera agent's ``stream_up``)
         counters = self.master.counters.as_dict() | {
             "cycles": self.cycles,
+            "cycle_ms": round(self.cycle_s * 1000),
             "port_up": int(self.master.is_open),
         }
         if self.publisher is not None:
@@ -698,6 +739,13 @@ class SerialAgent:
         changed, self._spool_ok = ok != self._spool_ok, ok
         return changed
 
+    def _after_node(self, changes: list[SpaceChange]) -> None:
+        """Publish ``changes``, a snapshot that is due, and the health of a spool that failed
+        or works again: after every node, not once a cycle (a cycle may take seconds)."""
+        self._publish(changes)
+        if self._spool_changed() and self.publisher is not None:
+            self.publisher.publish_health(self.health_report())
+
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set."""
         while not stop.is_set():
@@ -721,13 +769,12 @@ class SerialAgent:
                     stop.wait(delay)
                     continue
             try:
-                self.poll_cycle(on_changes=self._publish)
+                self.poll_cycle(after_node=self._after_node)
                 changes, round_done = self.health_step()
             except (serial.SerialException, OSError) as exc:
                 changes, round_done = self._port_down(exc), False
-            self._publish(changes)
-            spool_changed = self._spool_changed()
-            if (round_done or spool_changed) and self.publisher is not None:
+            self._after_node(changes)
+            if round_done and self.publisher is not None:
                 self.publisher.publish_health(self.health_report())
             idle = self.min_cycle_s - (self.clock() - started)
             if idle > 0:
@@ -769,7 +816,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--node-timeout-ms",
         type=int,
         default=1500,
-        help="a node silent this long (and for --node-failures polls) turns its spaces unknown",
+        help="a node silent this long (and for --node-failures requests, retries included) "
+        "turns its spaces unknown",
     )
     parser.add_argument("--node-failures", type=int, default=3, help="see --node-timeout-ms")
     parser.add_argument(

@@ -39,16 +39,23 @@ WATCHED = "B1-E-001"  # node 1, detector 0
 class BusSimulator:
     """``parkguide sim bus`` in a subprocess, driven through its stdin console."""
 
-    def __init__(self, link: Path, env: dict[str, str], *extra: str):
+    def __init__(
+        self,
+        link: Path,
+        env: dict[str, str],
+        *extra: str,
+        site: Path = EXAMPLE_SITE,
+        bus: str = BUS,
+    ):
         self.link = link
         self.proc = subprocess.Popen(
             parkguide_cmd(
                 "sim",
                 "bus",
                 "--site",
-                str(EXAMPLE_SITE),
+                str(site),
                 "--bus",
-                BUS,
+                bus,
                 "--link",
                 str(link),
                 "--scenario",
@@ -104,16 +111,22 @@ def processes() -> Iterator[list]:
 
 
 def start_agent(
-    broker_port: int, link: Path, spool: Path, env: dict[str, str], *extra: str
+    broker_port: int,
+    link: Path,
+    spool: Path,
+    env: dict[str, str],
+    *extra: str,
+    site: Path = EXAMPLE_SITE,
+    bus: str = BUS,
 ) -> subprocess.Popen:
     return subprocess.Popen(
         parkguide_cmd(
             "edge",
             "serial",
             "--site",
-            str(EXAMPLE_SITE),
+            str(site),
             "--bus",
-            BUS,
+            bus,
             "--port",
             str(link),
             "--broker",
