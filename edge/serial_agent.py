@@ -259,7 +259,8 @@ class SerialAgent:
         """Read one node's occupied bits; raises serial.SerialException if the port fails.
         ``cut``: the nodes before it in this cycle were silent (see CUT_AFTER_SILENT_NODES)."""
         # a node already known to be down gets one try a cycle, not the retries
-        retries = 0 if cut or self.tracker.node_down(node.address) else None
+        was_down = self.tracker.node_down(node.address)
+        retries = 0 if cut or was_down else None
         try:
             bits = self._request(
                 node.address,
@@ -281,7 +282,7 @@ class SerialAgent:
             # it is dead, not unreliable: the polls it failed on its way there tell nothing
             # of the line (its health says ``dead``)
             self.readings[node.address].reliability.pending = PollTally()
-            if retries == 0:
+            if was_down:
                 return changes
             self._said_down.add(node.address)
             log.warning(

@@ -103,3 +103,6 @@ def test_a_cut_cable_makes_the_lost_bays_unknown_within_a_cycle_and_never_stale_
     assert all(latest_state(rec, s) == "free" for s in healthy)
     log = (tmp_path / "agent.log").read_text()
     assert log.count("more than a third of the bus's ttl_s") == 1, log
+    # each lost node is said, those asked without retries too
+    for node in bus.nodes[1:]:
+        assert log.count(f"node {node.address} stopped answering") == 1, log
