@@ -15,6 +15,9 @@ the CRC or does not answer the request, and a reading must hold through the
 debounce before it counts. A node that stops answering turns its spaces
 ``unknown``; so does a node that answers the poll with a Modbus exception
 (health: the code in its ``errors``), and a detector whose status is a fault.
+Every node's info is read as the port opens, before its bits count, and again
+in health rounds: one that says it is not the site file's node (another model
+or detector count: another bus on this port) has its spaces ``unknown`` too.
 A node that answers, but unreliably (CRC errors, timeouts, polls with no valid
 answer: ``UNRELIABLE_SHARE`` of its polls or more since the last health report, and
 at least ``UNRELIABLE_MIN_BAD``),
@@ -104,10 +107,35 @@ _AGENT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # parking.payloads.Identifier
 
 NODE_ERROR_STATUS = "error"
 """health status of a node that answers its poll with a Modbus exception (the code is in its
-``errors``): there, but refusing"""
+``errors``): there, but refusing; or that says it is not the site file's node (its detector
+count, as it says, in ``errors.detector_count``)"""
 
 HealthKind = str  # "status" | "raw" | "battery" | "info"
 _T = TypeVar("_T")
+
+
+_WRONG_BUS = "the wrong bus on this port (adapters swapped? use /dev/serial/by-id names)"
+
+
+def foreign_node_problem(node: NodeController, info: list[int]) -> str | None:
+    """Why a node's info (``IR_MODEL``..) says it is not the site file's node, or None."""
+    model, count = info[reg.IR_MODEL], info[reg.IR_DETECTOR_COUNT]
+    if model != reg.MODEL_CODE:
+        return (
+            f"node {node.address} says model 0x{model:04x}, not a parkguide node controller "
+            f"(0x{reg.MODEL_CODE:04x}): {_WRONG_BUS}"
+        )
+    if count == node.detectors:
+        return None
+    fix = (
+        f"set `detectors: {count}` in the site file if it has spare channels"
+        if count > node.detectors
+        else f"the site file gives it too many (`detectors: {count}`, at most {count} spaces)"
+    )
+    return (
+        f"node {node.address} says it has {count} detectors, the site file gives it "
+        f"{node.detectors}: {_WRONG_BUS}, or {fix}"
+    )
 
 
 @dataclass
@@ -213,6 +241,9 @@ class SerialAgent:
             n.address: NodeReadings(reliability=Reliability(start)) for n in self.bus.nodes
         }
         self._said_down: set[int] = set()  # nodes logged as no longer answering
+        # nodes whose info was not read since the port opened: their bits are not trusted
+        # before they say they are the site file's (a port may now be another bus's)
+        self._unchecked = {n.address for n in self.bus.nodes}
         self._health_queue: deque[tuple[int, HealthKind]] = deque()
         self._health_round_started = -1e18
         self._health_round_open = False
@@ -261,6 +292,24 @@ class SerialAgent:
         # a node already known to be down gets one try a cycle, not the retries
         was_down = self.tracker.node_down(node.address)
         retries = 0 if cut or was_down else None
+        if node.address in self._unchecked or self.tracker.node_foreign(node.address):
+            # another bus's nodes answer the same addresses (USB adapters swapped, ttyUSB
+            # names renumbered): a node must say it is the site file's before its bits
+            # count, and one that did not is asked again every cycle, until rewired
+            try:
+                info = self._request(
+                    node.address,
+                    lambda: self.master.read_input_registers(
+                        node.address, reg.IR_MODEL, reg.NODE_INFO_COUNT, retries=retries
+                    ),
+                )
+            except ModbusExceptionResponse as exc:
+                return self._poll_refused(node, exc.code)
+            except ModbusError as exc:
+                return self._poll_failed(node, exc, was_down)
+            self._unchecked.discard(node.address)
+            if self._is_foreign(node, info):
+                return self.tracker.foreign_node(node.address, self.clock())
         try:
             bits = self._request(
                 node.address,
@@ -271,27 +320,7 @@ class SerialAgent:
         except ModbusExceptionResponse as exc:
             return self._poll_refused(node, exc.code)
         except ModbusError as exc:
-            self.readings[node.address].failures += 1
-            log.debug("poll: %s", exc)
-            # a silence after the cut counts as all the attempts it was spared: they would
-            # have timed out too (and a node down needs no counting)
-            attempts = 1 + self.master.retries
-            changes = self.tracker.poll_failed(node.address, self.clock(), attempts)
-            if not self.tracker.node_down(node.address):
-                return changes
-            # it is dead, not unreliable: the polls it failed on its way there tell nothing
-            # of the line (its health says ``dead``)
-            self.readings[node.address].reliability.pending = PollTally()
-            if was_down:
-                return changes
-            self._said_down.add(node.address)
-            log.warning(
-                "bus %s: node %d stopped answering (%s); its spaces are unknown",
-                self.bus.id,
-                node.address,
-                exc,
-            )
-            return changes
+            return self._poll_failed(node, exc, was_down)
         # only after a warning about this node: one that went down with the whole bus (the
         # port lost, logged once for the bus) comes back with it, told by "port ... is back"
         if node.address in self._said_down or self.tracker.node_exception(node.address) is not None:
@@ -304,6 +333,49 @@ class SerialAgent:
             # 0: its fault must be known before that 0 is published as a free space
             changes += self._read_status(node)
         return changes + self.tracker.poll_ok(node.address, bits, self.clock())
+
+    def _poll_failed(
+        self, node: NodeController, exc: ModbusError, was_down: bool
+    ) -> list[SpaceChange]:
+        """A poll of the node got no valid answer; ``was_down``: it was down before it."""
+        self.readings[node.address].failures += 1
+        log.debug("poll: %s", exc)
+        # a silence after the cut counts as all the attempts it was spared: they would
+        # have timed out too (and a node down needs no counting)
+        attempts = 1 + self.master.retries
+        changes = self.tracker.poll_failed(node.address, self.clock(), attempts)
+        if not self.tracker.node_down(node.address):
+            return changes
+        # it is dead, not unreliable: the polls it failed on its way there tell nothing
+        # of the line (its health says ``dead``)
+        self.readings[node.address].reliability.pending = PollTally()
+        if was_down:
+            return changes
+        self._said_down.add(node.address)
+        log.warning(
+            "bus %s: node %d stopped answering (%s); its spaces are unknown",
+            self.bus.id,
+            node.address,
+            exc,
+        )
+        return changes
+
+    def _is_foreign(self, node: NodeController, info: list[int]) -> bool:
+        """Keep the node's info; True when it says it is not the node the site file describes.
+        Said once as it starts (both causes: the wrong bus, or the site file) and once as it
+        ends."""
+        self.readings[node.address].info = info
+        problem = foreign_node_problem(node, info)
+        was = self.tracker.node_foreign(node.address)
+        if problem and not was:
+            log.warning("bus %s: %s; its spaces are unknown", self.bus.id, problem)
+        elif was and not problem:
+            log.info(
+                "bus %s: node %d now says it is the node the site file describes",
+                self.bus.id,
+                node.address,
+            )
+        return problem is not None
 
     def _poll_refused(self, node: NodeController, code: int) -> list[SpaceChange]:
         """The node answered its poll with exception ``code``: it is on the bus and answers,
@@ -444,6 +516,8 @@ class SerialAgent:
         if kind == "status":
             self._note_status(node, values)
             return self.tracker.detector_status(address, values, self.clock()), False
+        if kind == "info" and self._is_foreign(node, values):
+            return self.tracker.foreign_node(address, self.clock()), False
         setattr(self.readings[address], kind, values)
         return [], False
 
@@ -598,11 +672,13 @@ class SerialAgent:
             r = self.readings[n.address]
             is_down = self.tracker.node_down(n.address)
             exception = None if is_down else self.tracker.node_exception(n.address)
+            # answers, but is not the site file's node (another bus's, on this port)
+            foreign = not is_down and self.tracker.node_foreign(n.address)
             down += is_down
-            refusing += exception is not None
+            refusing += exception is not None or foreign
             # a node that gives no bits (or cannot be asked: no port) vouches for none of
             # its detectors: what was read from them before must not read as live
-            mute = is_down or exception is not None or not self.master.is_open
+            mute = is_down or exception is not None or foreign or not self.master.is_open
             detectors = []
             for i, sid in enumerate(n.spaces):
                 status = None if mute else self.tracker.detector_fault(n.address, i)
@@ -627,9 +703,11 @@ class SerialAgent:
             }
             if exception is not None:
                 errors["exception"] = exception  # the code its last poll was answered with
+            if foreign and info:
+                errors["detector_count"] = info[reg.IR_DETECTOR_COUNT]  # as the node says
             if is_down:
                 node_status = "dead"
-            elif exception is not None:
+            elif exception is not None or foreign:
                 node_status = NODE_ERROR_STATUS
             elif r.status is None:
                 node_status = "unknown"
@@ -760,6 +838,8 @@ class SerialAgent:
                         log.info("serial port %s is back", self.master.port_name)
                         self._port_said_lost = False
                     self._port_attempt = 0
+                    # what answers on the port now may be another bus (adapters swapped)
+                    self._unchecked = {n.address for n in self.bus.nodes}
                 except (serial.SerialException, OSError) as exc:
                     self._publish(self._port_down(exc))
                     self._health_while_port_down()
