@@ -1,14 +1,16 @@
 """``parkguide edge serial``: poll one RS-485 bus of node controllers, publish occupancy.
 
 Each cycle reads every node's occupied bits (function 02, discrete inputs
-``0..N-1``); the health registers (function 04) are read one request per
-cycle, in rounds every ``--health-interval`` seconds: detector statuses every
-round, raw readings, batteries and node info every ``FULL_HEALTH_EVERY``
-rounds, so they cost the occupancy poll little.
+``0..N-1``); the health registers (function 04) are read a few requests per
+cycle: detector statuses in rounds every ``--health-interval`` seconds, as many
+a cycle as it takes to spread the round evenly over ``HEALTH_ROUND_SHARE`` of
+the interval, however long the bus; raw readings, batteries and node info (slow to change)
+one request a cycle, every ``FULL_HEALTH_EVERY`` rounds, so they cost the
+occupancy poll little.
 ``edge.debounce.BusTracker`` turns polls, failures and statuses into space
 states; ``edge.publisher.ReportPublisher`` spools and publishes them: a
 ``delta`` as changes settle, a ``snapshot`` on every (re)connect and
-periodically, retained health after every health round.
+periodically, retained health after every health round (every interval).
 
 Bad frames never become transitions: the master drops anything that fails
 the CRC or does not answer the request, and a reading must hold through the
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import sys
@@ -82,6 +85,10 @@ log = logging.getLogger(__name__)
 DEFAULT_HEALTH_INTERVAL_S = 5.0
 FULL_HEALTH_EVERY = 6
 """raw readings, batteries and node info are read every this many health rounds"""
+HEALTH_ROUND_SHARE = 0.8
+"""a round of detector statuses is spread to end within this share of ``--health-interval``
+(a stuck detector reads as a bit, only its status tells: on a long bus one status read a
+cycle made a round take 30 s and more)"""
 PORT_BACKOFF_BASE_S = 0.2
 PORT_BACKOFF_CAP_S = 5.0
 _WARN_EVERY_S = 60.0
@@ -136,6 +143,17 @@ def foreign_node_problem(node: NodeController, info: list[int]) -> str | None:
         f"node {node.address} says it has {count} detectors, the site file gives it "
         f"{node.detectors}: {_WRONG_BUS}, or {fix}"
     )
+
+
+def status_reads_due(total: int, done: int, elapsed_s: float, span_s: float, cycle_s: float) -> int:
+    """How many of a health round's ``total`` status reads (``done`` made) to make this cycle,
+    for the round to be spread evenly over ``span_s`` (``elapsed_s`` gone, a cycle taking
+    ``cycle_s``) and end by it: evenly, so that health goes out once an interval, not in
+    bursts."""
+    if span_s <= 0:
+        return total - done
+    share = min(1.0, (elapsed_s + cycle_s) / span_s)
+    return max(0, math.ceil(total * share) - done)
 
 
 @dataclass
@@ -244,10 +262,13 @@ class SerialAgent:
         # nodes whose info was not read since the port opened: their bits are not trusted
         # before they say they are the site file's (a port may now be another bus's)
         self._unchecked = {n.address for n in self.bus.nodes}
-        self._health_queue: deque[tuple[int, HealthKind]] = deque()
+        self._status_queue: deque[int] = deque()  # nodes whose statuses this round still reads
+        self._status_total = 0  # nodes whose statuses this round reads
+        self._slow_queue: deque[tuple[int, HealthKind]] = deque()  # raw, battery, info
         self._health_round_started = -1e18
         self._health_round_open = False
         self._health_rounds = 0
+        self._health_step_at: float | None = None  # when health_step last ran: a cycle ago
         # when a bus-wide round was last let off as a hiccup (monotonic by self.clock)
         self._hiccup_at = -1e18
         self._port_attempt = 0
@@ -472,28 +493,64 @@ class SerialAgent:
         )
 
     def health_step(self) -> tuple[list[SpaceChange], bool]:
-        """At most one health request; returns (changes, True when a round just finished)."""
+        """This cycle's health reads: the detector statuses due (spread over the round), and
+        at most one slow read (raw, battery, info); returns (changes, True when a round of
+        statuses just finished: health is due)."""
         now = self.clock()
-        if not self._health_queue:
-            if self._health_round_open:
-                self._health_round_open = False
-                return [], True
+        cycle_s = 0.0 if self._health_step_at is None else now - self._health_step_at
+        self._health_step_at = now
+        if not self._health_round_open:
             if now - self._health_round_started < self.health_interval_s:
-                return [], False
-            self._health_round_started = now
-            self._health_round_open = True
-            up = [n for n in self.bus.nodes if not self.tracker.node_down(n.address)]
-            # statuses every round, first: a faulted detector must turn unknown soon; raw
-            # readings, batteries and node info change slowly and cost wire time (at 9600
-            # baud one 32-register read is a third of a poll cycle), so only every few rounds
-            self._health_queue.extend((n.address, "status") for n in up)
-            if self._health_rounds % FULL_HEALTH_EVERY == 0:
-                for kind in ("raw", "battery", "info"):
-                    self._health_queue.extend((n.address, kind) for n in up)
-            self._health_rounds += 1
-            if not self._health_queue:  # every node is down: nothing to read, the round is done
-                return [], False
-        address, kind = self._health_queue.popleft()
+                return self._health_read_slow(), False
+            self._start_health_round(now)
+        reads = status_reads_due(
+            self._status_total,
+            self._status_total - len(self._status_queue),
+            now - self._health_round_started,
+            HEALTH_ROUND_SHARE * self.health_interval_s,
+            cycle_s,
+        )
+        changes: list[SpaceChange] = []
+        for _ in range(reads):
+            address = self._status_queue.popleft()
+            if not self.tracker.node_down(address):  # went down since the round began
+                changes += self._health_read(address, "status")
+        done = not self._status_queue
+        self._health_round_open = not done
+        return changes + self._health_read_slow(), done
+
+    def _start_health_round(self, now: float) -> None:
+        # on a grid of intervals, not from whenever the cycle came round: health once an
+        # interval, not an interval and a cycle
+        interval = self.health_interval_s
+        late = (now - self._health_round_started) % interval if interval > 0 else 0.0
+        self._health_round_started = now - late
+        self._health_round_open = True
+        up = [n.address for n in self.bus.nodes if not self.tracker.node_down(n.address)]
+        # statuses every round: a faulted detector must turn unknown soon; raw readings,
+        # batteries and node info change slowly and cost wire time (at 9600 baud one
+        # 32-register read is a third of a poll cycle), so only every few rounds
+        self._status_queue.extend(up)
+        self._status_total = len(up)
+        if self._health_rounds % FULL_HEALTH_EVERY == 0 and not self._slow_queue:
+            for kind in ("raw", "battery", "info"):
+                self._slow_queue.extend((a, kind) for a in up)
+        self._health_rounds += 1
+
+    @property
+    def slow_reads_pending(self) -> int:
+        """Raw readings, batteries and node info still to read (one a cycle)."""
+        return len(self._slow_queue)
+
+    def _health_read_slow(self) -> list[SpaceChange]:
+        while self._slow_queue:
+            address, kind = self._slow_queue.popleft()
+            if not self.tracker.node_down(address):
+                return self._health_read(address, kind)
+        return []
+
+    def _health_read(self, address: int, kind: HealthKind) -> list[SpaceChange]:
+        """One health request to a node; changes of its spaces it brings."""
         node = self.bus.node(address)
         start, count = {
             "status": (reg.IR_DETECTOR_STATUS, node.detectors),
@@ -509,17 +566,17 @@ class SerialAgent:
             # a node refusing its poll refuses these too: its warning was given once
             refusing = self.tracker.node_exception(address) is not None
             log.log(logging.DEBUG if refusing else logging.INFO, "health: %s", exc)
-            return [], False
+            return []
         except ModbusError as exc:
             log.debug("health: %s", exc)
-            return [], False
+            return []
         if kind == "status":
             self._note_status(node, values)
-            return self.tracker.detector_status(address, values, self.clock()), False
+            return self.tracker.detector_status(address, values, self.clock())
         if kind == "info" and self._is_foreign(node, values):
-            return self.tracker.foreign_node(address, self.clock()), False
+            return self.tracker.foreign_node(address, self.clock())
         setattr(self.readings[address], kind, values)
-        return [], False
+        return []
 
     # --- reports ----------------------------------------------------------------
 

@@ -101,8 +101,50 @@ def test_a_cut_cable_makes_the_lost_bays_unknown_within_a_cycle_and_never_stale_
     gaps = [b - a for a, b in zip(reports, reports[1:], strict=False)]
     assert max(gaps) < TTL_S / 2, f"reports {max(gaps):.1f} s apart, the bus's ttl_s {TTL_S}"
     assert all(latest_state(rec, s) == "free" for s in healthy)
+    rec.wait_for(lambda _m: rec.json_on("/health")[-1]["counters"]["cycle_ms"] > 1500, 10)
     log = (tmp_path / "agent.log").read_text()
     assert log.count("more than a third of the bus's ttl_s") == 1, log
     # each lost node is said, those asked without retries too
     for node in bus.nodes[1:]:
         assert log.count(f"node {node.address} stopped answering") == 1, log
+
+
+def test_a_stuck_detector_on_a_long_bus_is_unknown_within_the_health_interval(
+    mosquitto,
+    tmp_path,
+    subprocess_env,
+    processes,  # noqa: F811 (the fixture)
+) -> None:
+    """A stuck detector keeps its bit: only its status tells. With one status read a cycle, a
+    round of statuses on a long bus took far longer than --health-interval (32 nodes: ~33 s;
+    a stuck detector stayed `free` 30-125 s) and health was published as seldom. Statuses
+    are now read as many a cycle as the round needs to end within the interval."""
+    interval = 2.0
+    site_path = long_bus_site(tmp_path)
+    site = load_site(site_path)
+    bus = site.bus(LONG_BUS)
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env, "--wire-timing", site=site_path, bus=LONG_BUS)
+    processes.append(sim)
+    agent_id = f"serial-{LONG_BUS}"
+    rec = TimedRecorder(mosquitto.port, f"{topics.site_prefix(site.id)}/edge/{agent_id}/#")
+    processes.append(rec)
+    agent = start_agent(
+        mosquitto.port, link, tmp_path / "spool", subprocess_env,
+        "--health-interval", str(interval), site=site_path, bus=LONG_BUS,
+    )  # fmt: skip
+    processes.append(agent)
+    for space in (s for n in bus.nodes for s in n.spaces if s):
+        wait_state(rec, space, "free", 30)
+
+    stuck = bus.nodes[-2].spaces[0]  # its status comes late in a round
+    start = time.monotonic()
+    sim.send(f"fault {stuck} stuck")
+    wait_state(rec, stuck, "unknown", 60)
+    took = time.monotonic() - start
+    assert took < 2 * interval + 1, f"a stuck detector took {took:.1f} s to turn unknown"
+    time.sleep(4 * interval)
+    with rec.cond:
+        health = [t for t, topic in rec.arrived if topic.endswith("/health") and t >= start]
+    gaps = [b - a for a, b in zip(health, health[1:], strict=False)]
+    assert gaps and max(gaps) < 2 * interval, f"health {gaps} s apart, interval {interval} s"
