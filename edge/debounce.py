@@ -227,6 +227,11 @@ class BusTracker:
     def node_down(self, address: int) -> bool:
         return self._nodes[address].down
 
+    def node_answering(self, address: int) -> bool:
+        """The node answered its last poll (bits, an exception, or as another node)."""
+        node = self._nodes[address]
+        return not node.down and node.failures == 0
+
     def node_exception(self, address: int) -> int | None:
         """The exception code the node answered its last poll with (None: bits, or silence)."""
         return self._nodes[address].exception

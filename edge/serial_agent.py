@@ -513,8 +513,16 @@ class SerialAgent:
         changes: list[SpaceChange] = []
         for _ in range(reads):
             address = self._status_queue.popleft()
-            if not self.tracker.node_down(address):  # went down since the round began
-                changes += self._health_read(address, "status")
+            # one that did not answer its last poll would only cost timeouts (31 nodes of a
+            # cut cable, one by one on their way down: seconds without a snapshot)
+            if not self.tracker.node_answering(address):
+                continue
+            answers = self.master.counters.answers
+            changes += self._health_read(address, "status")
+            if self.master.counters.answers == answers:
+                # no answer: perhaps one of many nodes lost at once (a cut cable), each read
+                # costing timeouts; the next poll cycle tells, the round's rest waits for it
+                break
         done = not self._status_queue
         self._health_round_open = not done
         return changes + self._health_read_slow(), done
@@ -526,7 +534,7 @@ class SerialAgent:
         late = (now - self._health_round_started) % interval if interval > 0 else 0.0
         self._health_round_started = now - late
         self._health_round_open = True
-        up = [n.address for n in self.bus.nodes if not self.tracker.node_down(n.address)]
+        up = [n.address for n in self.bus.nodes if self.tracker.node_answering(n.address)]
         # statuses every round: a faulted detector must turn unknown soon; raw readings,
         # batteries and node info change slowly and cost wire time (at 9600 baud one
         # 32-register read is a third of a poll cycle), so only every few rounds
@@ -545,7 +553,7 @@ class SerialAgent:
     def _health_read_slow(self) -> list[SpaceChange]:
         while self._slow_queue:
             address, kind = self._slow_queue.popleft()
-            if not self.tracker.node_down(address):
+            if self.tracker.node_answering(address):
                 return self._health_read(address, kind)
         return []
 
