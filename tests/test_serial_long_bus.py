@@ -16,13 +16,17 @@ from edge_support import Recorder
 from test_serial_agent import (
     BusSimulator,
     latest_state,
+    poll_until,
     processes,  # noqa: F401 (the fixture)
     start_agent,
     wait_state,
 )
 
+from edge.modbus_master import ModbusMaster
+from edge.serial_agent import SerialAgent
 from parking import topics
 from parking.site import load_site
+from parking.states import SpaceState
 
 LONG_BUS = "bus-g"
 TTL_S = 4.5  # a snapshot every 1.5 s; a cycle over 1.5 s is warned about
@@ -148,3 +152,28 @@ def test_a_stuck_detector_on_a_long_bus_is_unknown_within_the_health_interval(
         health = [t for t, topic in rec.arrived if topic.endswith("/health") and t >= start]
     gaps = [b - a for a, b in zip(health, health[1:], strict=False)]
     assert gaps and max(gaps) < 2 * interval, f"health {gaps} s apart, interval {interval} s"
+
+
+def test_health_reads_do_not_stall_a_cut_bus(tmp_path, subprocess_env, processes) -> None:  # noqa: F811 (the fixture)
+    """The nodes of a cut cable not yet polled since the cut still count as answering: a
+    round's status reads went to each with its retry (at --turnaround-ms 300, 4-5 s without
+    a poll or a snapshot). A read with no answer ends the cycle's health reads."""
+    site_path = long_bus_site(tmp_path)
+    bus = load_site(site_path).bus(LONG_BUS)
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env, site=site_path, bus=LONG_BUS)
+    processes.append(sim)
+    master = ModbusMaster(str(link), bus.baud, bus.parity)
+    master.open()
+    processes.append(master)
+    agent = SerialAgent("site", bus, "serial-bus-g", master, None, health_interval_s=0.0)
+    poll_until(
+        agent, lambda: all(c.state is not SpaceState.UNKNOWN for c in agent.tracker.snapshot())
+    )
+    for node in bus.nodes[1:]:
+        sim.send(f"fault node {node.address} dead")
+    start = time.monotonic()
+    agent.health_step()  # every status of the round due at once (an interval of 0)
+    took = time.monotonic() - start
+    # one read and its retry, not 19 of them (some 4.4 s)
+    assert took < 2 * 2 * master.timing.first_byte_timeout_s(8), f"health reads took {took:.1f} s"
