@@ -170,7 +170,13 @@ _EXCEPTION_NAMES = {  # Modbus exception codes (docs/modbus.md)
 _EXCEPTION_ADVICE = {  # the usual cause: the site file asks for detectors the node lacks
     2: ("请核对站点文件中该节点的检测器数量", "check the site file's detectors against the node"),
 }
-
+_FOREIGN_NODE_TEXT = (  # the node says another detector count than the site file gives it
+    "节点 {{subject}} 报告有 {count} 个检测器,与站点文件不符:串口上可能是另一条总线"
+    "(USB 适配器互换?请用 /dev/serial/by-id 名称),或请改正站点文件中的 detectors",
+    "node controller {{subject}} says it has {count} detectors, not the site file's: another "
+    "bus on this port (USB adapters swapped? use /dev/serial/by-id names), or correct the "
+    "site file's detectors",
+)
 
 _SITE_MISMATCH_TEXT = (
     "本 API 的站点文件(站点 {api_site},摘要 {api_digest})与网关的(站点 {gateway_site},"
@@ -228,8 +234,11 @@ class Alert:
     def message(self, long_occupied_h: float) -> tuple[str, str]:
         # details are not kept across a restart: until derived again, the plain text
         exception = self.details.get("exception")
+        count = self.details.get("detector_count")
         if self.kind == "node_error" and isinstance(exception, int):
             zh, en = _node_error_text(exception)
+        elif self.kind == "node_error" and isinstance(count, int):
+            zh, en = (text.format(count=count) for text in _FOREIGN_NODE_TEXT)
         elif self.kind == "camera_blind" and self.details.get("fault") in _CAMERA_FAULT_TEXT:
             zh_why, en_why = _CAMERA_FAULT_TEXT[self.details["fault"]]
             zh, en = f"摄像头 {{subject}} 看不见:{zh_why}", f"camera {{subject}} is blind: {en_why}"
@@ -342,8 +351,11 @@ def derive_alerts(
                     Alert(f"node_dead:{where}", "node_dead", where, None, {"agent": a.agent})
                 )
                 continue
-            if "exception" in node.errors:  # it answers, but with an exception, not its bits
-                details = {"agent": a.agent, "exception": node.errors["exception"]}
+            # it answers, but with an exception, or as another node (another bus's, on this
+            # port): not with its bits
+            why = {k: node.errors[k] for k in ("exception", "detector_count") if k in node.errors}
+            if why:
+                details = {"agent": a.agent, **why}
                 out.append(Alert(f"node_error:{where}", "node_error", where, None, details))
                 continue
             if node.status == "slow":  # it answers, but polls fail (CRC errors, timeouts)

@@ -7,7 +7,8 @@ never becomes a transition. With the defaults (300 ms on the node, 500 ms
 here) a change counts within at most 1 s.
 
 A space's state is ``unknown`` whenever the agent cannot vouch for it: its
-node stopped answering or answers the poll with a Modbus exception, its
+node stopped answering, answers the poll with a Modbus exception or says it is
+not the node the site file describes, its
 detector reports a fault, or no reading has held long enough yet. Silence is
 never ``free``.
 
@@ -73,7 +74,9 @@ class DebounceSettings:
     node_timeout_s: float = DEFAULT_NODE_TIMEOUT_S
     """A node is down after this long without an answer ..."""
     node_max_failures: int = DEFAULT_NODE_MAX_FAILURES
-    """... and at least this many failed polls in a row (both, so one slow burst is not an outage)."""
+    """... and at least this many unanswered requests in a row, a poll's retries included
+    (both, so one slow burst is not an outage). Requests, not polls: on a long bus with
+    nodes lost a cycle takes seconds, and N polls would be N cycles of stale bays."""
 
     def __post_init__(self) -> None:
         if self.hold_s < 0 or self.node_timeout_s < 0 or self.node_max_failures < 1:
@@ -100,6 +103,8 @@ class _Node:
     down: bool = False
     exception: int | None = None
     """the Modbus exception code its last poll was answered with, if it was"""
+    foreign: bool = False
+    """it answers, but is not the node the site file describes (another bus's, on this port)"""
 
 
 def _status(code: int) -> DetectorStatus:
@@ -146,6 +151,7 @@ class BusTracker:
                 f"node {address}: {len(bits)} bits for {len(node.detectors)} detectors"
             )
         node.failures, node.last_answer, node.down, node.exception = 0, now, False, None
+        node.foreign = False
         for det, bit in zip(node.detectors, bits, strict=False):
             det.feed(bool(bit), now)
         return self._update(node, now)
@@ -160,10 +166,11 @@ class BusTracker:
             for sid, det, bit in zip(node.spaces, node.detectors, bits, strict=False)
         )
 
-    def poll_failed(self, address: int, now: float) -> list[SpaceChange]:
-        """A poll of the node got no valid answer (timeout, bad CRC, port gone)."""
+    def poll_failed(self, address: int, now: float, attempts: int = 1) -> list[SpaceChange]:
+        """A poll of the node got no valid answer (timeout, bad CRC, port gone) to any of its
+        ``attempts`` requests (the first and its retries)."""
         node = self._nodes[address]
-        node.failures += 1
+        node.failures += attempts
         s = self.settings
         if (
             not node.down
@@ -188,6 +195,17 @@ class BusTracker:
         node.failures, node.last_answer, node.down, node.exception = 0, now, False, code
         return self._update(node, now)
 
+    def foreign_node(self, address: int, now: float) -> list[SpaceChange]:
+        """The node answers, but says it is not the one the site file describes (another
+        detector count or model: the wrong bus on this port): its bits are not these spaces'.
+        They are unknown until a poll is answered with bits again."""
+        node = self._nodes[address]
+        if not node.foreign:
+            for det in node.detectors:
+                det.reset()
+        node.failures, node.last_answer, node.down, node.foreign = 0, now, False, True
+        return self._update(node, now)
+
     def detector_status(
         self, address: int, statuses: Sequence[int], now: float, first: int = 0
     ) -> list[SpaceChange]:
@@ -209,9 +227,18 @@ class BusTracker:
     def node_down(self, address: int) -> bool:
         return self._nodes[address].down
 
+    def node_answering(self, address: int) -> bool:
+        """The node answered its last poll (bits, an exception, or as another node)."""
+        node = self._nodes[address]
+        return not node.down and node.failures == 0
+
     def node_exception(self, address: int) -> int | None:
         """The exception code the node answered its last poll with (None: bits, or silence)."""
         return self._nodes[address].exception
+
+    def node_foreign(self, address: int) -> bool:
+        """The node said it is not the one the site file describes (``foreign_node``)."""
+        return self._nodes[address].foreign
 
     def detector_state(self, address: int, index: int) -> SpaceState:
         node = self._nodes[address]
@@ -237,7 +264,7 @@ class BusTracker:
         status = node.statuses[index]
         value = node.detectors[index].value
         faulty = status is not None and status != DetectorStatus.OK
-        if node.down or node.exception is not None or faulty or value is None:
+        if node.down or node.exception is not None or node.foreign or faulty or value is None:
             return SpaceState.UNKNOWN
         return SpaceState.OCCUPIED if value else SpaceState.FREE
 

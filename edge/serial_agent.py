@@ -1,20 +1,25 @@
 """``parkguide edge serial``: poll one RS-485 bus of node controllers, publish occupancy.
 
 Each cycle reads every node's occupied bits (function 02, discrete inputs
-``0..N-1``); the health registers (function 04) are read one request per
-cycle, in rounds every ``--health-interval`` seconds: detector statuses every
-round, raw readings, batteries and node info every ``FULL_HEALTH_EVERY``
-rounds, so they cost the occupancy poll little.
+``0..N-1``); the health registers (function 04) are read a few requests per
+cycle: detector statuses in rounds every ``--health-interval`` seconds, as many
+a cycle as it takes to spread the round evenly over ``HEALTH_ROUND_SHARE`` of
+the interval, however long the bus; raw readings, batteries and node info (slow to change)
+one request a cycle, every ``FULL_HEALTH_EVERY`` rounds, so they cost the
+occupancy poll little.
 ``edge.debounce.BusTracker`` turns polls, failures and statuses into space
 states; ``edge.publisher.ReportPublisher`` spools and publishes them: a
 ``delta`` as changes settle, a ``snapshot`` on every (re)connect and
-periodically, retained health after every health round.
+periodically, retained health after every health round (every interval).
 
 Bad frames never become transitions: the master drops anything that fails
 the CRC or does not answer the request, and a reading must hold through the
 debounce before it counts. A node that stops answering turns its spaces
 ``unknown``; so does a node that answers the poll with a Modbus exception
 (health: the code in its ``errors``), and a detector whose status is a fault.
+Every node's info is read as the port opens, before its bits count, and again
+in health rounds: one that says it is not the site file's node (another model
+or detector count: another bus on this port) has its spaces ``unknown`` too.
 A node that answers, but unreliably (CRC errors, timeouts, polls with no valid
 answer: ``UNRELIABLE_SHARE`` of its polls or more since the last health report, and
 at least ``UNRELIABLE_MIN_BAD``),
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import sys
@@ -79,6 +85,10 @@ log = logging.getLogger(__name__)
 DEFAULT_HEALTH_INTERVAL_S = 5.0
 FULL_HEALTH_EVERY = 6
 """raw readings, batteries and node info are read every this many health rounds"""
+HEALTH_ROUND_SHARE = 0.8
+"""a round of detector statuses is spread to end within this share of ``--health-interval``
+(a stuck detector reads as a bit, only its status tells: on a long bus one status read a
+cycle made a round take 30 s and more)"""
 PORT_BACKOFF_BASE_S = 0.2
 PORT_BACKOFF_CAP_S = 5.0
 _WARN_EVERY_S = 60.0
@@ -93,14 +103,57 @@ UNRELIABLE_MIN_BAD = 2
 RELIABLE_AGAIN_S = _WARN_EVERY_S
 """an unreliable node stays ``slow`` in health until it has gone this long without a report that
 finds its polls unreliable; then it is ``ok`` again, and logged as reliable again"""
+CUT_AFTER_SILENT_NODES = 2
+"""after this many nodes in a row got no answer in one cycle (a cut cable, a dead trunk), the
+nodes after them in that cycle are asked once, not with the retries: each retry of a silent node
+costs a first-byte timeout, and on a long bus they made a cycle of seconds"""
+SLOW_CYCLE_SHARE_OF_TTL = 1 / 3
+"""a poll cycle longer than this share of the bus's ``ttl_s`` is warned about: a space is
+reported once a cycle at best, and the gateway turns one silent for ``ttl_s`` unknown"""
 _AGENT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # parking.payloads.Identifier
 
 NODE_ERROR_STATUS = "error"
 """health status of a node that answers its poll with a Modbus exception (the code is in its
-``errors``): there, but refusing"""
+``errors``): there, but refusing; or that says it is not the site file's node (its detector
+count, as it says, in ``errors.detector_count``)"""
 
 HealthKind = str  # "status" | "raw" | "battery" | "info"
 _T = TypeVar("_T")
+
+
+_WRONG_BUS = "the wrong bus on this port (adapters swapped? use /dev/serial/by-id names)"
+
+
+def foreign_node_problem(node: NodeController, info: list[int]) -> str | None:
+    """Why a node's info (``IR_MODEL``..) says it is not the site file's node, or None."""
+    model, count = info[reg.IR_MODEL], info[reg.IR_DETECTOR_COUNT]
+    if model != reg.MODEL_CODE:
+        return (
+            f"node {node.address} says model 0x{model:04x}, not a parkguide node controller "
+            f"(0x{reg.MODEL_CODE:04x}): {_WRONG_BUS}"
+        )
+    if count == node.detectors:
+        return None
+    fix = (
+        f"set `detectors: {count}` in the site file if it has spare channels"
+        if count > node.detectors
+        else f"the site file gives it too many (`detectors: {count}`, at most {count} spaces)"
+    )
+    return (
+        f"node {node.address} says it has {count} detectors, the site file gives it "
+        f"{node.detectors}: {_WRONG_BUS}, or {fix}"
+    )
+
+
+def status_reads_due(total: int, done: int, elapsed_s: float, span_s: float, cycle_s: float) -> int:
+    """How many of a health round's ``total`` status reads (``done`` made) to make this cycle,
+    for the round to be spread evenly over ``span_s`` (``elapsed_s`` gone, a cycle taking
+    ``cycle_s``) and end by it: evenly, so that health goes out once an interval, not in
+    bursts."""
+    if span_s <= 0:
+        return total - done
+    share = min(1.0, (elapsed_s + cycle_s) / span_s)
+    return max(0, math.ceil(total * share) - done)
 
 
 @dataclass
@@ -206,10 +259,16 @@ class SerialAgent:
             n.address: NodeReadings(reliability=Reliability(start)) for n in self.bus.nodes
         }
         self._said_down: set[int] = set()  # nodes logged as no longer answering
-        self._health_queue: deque[tuple[int, HealthKind]] = deque()
+        # nodes whose info was not read since the port opened: their bits are not trusted
+        # before they say they are the site file's (a port may now be another bus's)
+        self._unchecked = {n.address for n in self.bus.nodes}
+        self._status_queue: deque[int] = deque()  # nodes whose statuses this round still reads
+        self._status_total = 0  # nodes whose statuses this round reads
+        self._slow_queue: deque[tuple[int, HealthKind]] = deque()  # raw, battery, info
         self._health_round_started = -1e18
         self._health_round_open = False
         self._health_rounds = 0
+        self._health_step_at: float | None = None  # when health_step last ran: a cycle ago
         # when a bus-wide round was last let off as a hiccup (monotonic by self.clock)
         self._hiccup_at = -1e18
         self._port_attempt = 0
@@ -218,6 +277,8 @@ class SerialAgent:
         self._port_health_at = -1e18
         self._spool_ok = True  # as the last health said
         self.cycles = 0
+        self.cycle_s = 0.0  # how long the last poll cycle took
+        self._slow_cycle_warned_at = -1e18
 
     # --- polling ----------------------------------------------------------------
 
@@ -246,10 +307,30 @@ class SerialAgent:
                     answered, c.crc_errors - crc, c.timeouts - timeouts, c.retries > retries
                 )
 
-    def poll_node(self, node: NodeController) -> list[SpaceChange]:
-        """Read one node's occupied bits; raises serial.SerialException if the port fails."""
+    def poll_node(self, node: NodeController, cut: bool = False) -> list[SpaceChange]:
+        """Read one node's occupied bits; raises serial.SerialException if the port fails.
+        ``cut``: the nodes before it in this cycle were silent (see CUT_AFTER_SILENT_NODES)."""
         # a node already known to be down gets one try a cycle, not the retries
-        retries = 0 if self.tracker.node_down(node.address) else None
+        was_down = self.tracker.node_down(node.address)
+        retries = 0 if cut or was_down else None
+        if node.address in self._unchecked or self.tracker.node_foreign(node.address):
+            # another bus's nodes answer the same addresses (USB adapters swapped, ttyUSB
+            # names renumbered): a node must say it is the site file's before its bits
+            # count, and one that did not is asked again every cycle, until rewired
+            try:
+                info = self._request(
+                    node.address,
+                    lambda: self.master.read_input_registers(
+                        node.address, reg.IR_MODEL, reg.NODE_INFO_COUNT, retries=retries
+                    ),
+                )
+            except ModbusExceptionResponse as exc:
+                return self._poll_refused(node, exc.code)
+            except ModbusError as exc:
+                return self._poll_failed(node, exc, was_down)
+            self._unchecked.discard(node.address)
+            if self._is_foreign(node, info):
+                return self.tracker.foreign_node(node.address, self.clock())
         try:
             bits = self._request(
                 node.address,
@@ -260,24 +341,7 @@ class SerialAgent:
         except ModbusExceptionResponse as exc:
             return self._poll_refused(node, exc.code)
         except ModbusError as exc:
-            self.readings[node.address].failures += 1
-            log.debug("poll: %s", exc)
-            changes = self.tracker.poll_failed(node.address, self.clock())
-            if not self.tracker.node_down(node.address):
-                return changes
-            # it is dead, not unreliable: the polls it failed on its way there tell nothing
-            # of the line (its health says ``dead``)
-            self.readings[node.address].reliability.pending = PollTally()
-            if retries == 0:
-                return changes
-            self._said_down.add(node.address)
-            log.warning(
-                "bus %s: node %d stopped answering (%s); its spaces are unknown",
-                self.bus.id,
-                node.address,
-                exc,
-            )
-            return changes
+            return self._poll_failed(node, exc, was_down)
         # only after a warning about this node: one that went down with the whole bus (the
         # port lost, logged once for the bus) comes back with it, told by "port ... is back"
         if node.address in self._said_down or self.tracker.node_exception(node.address) is not None:
@@ -290,6 +354,49 @@ class SerialAgent:
             # 0: its fault must be known before that 0 is published as a free space
             changes += self._read_status(node)
         return changes + self.tracker.poll_ok(node.address, bits, self.clock())
+
+    def _poll_failed(
+        self, node: NodeController, exc: ModbusError, was_down: bool
+    ) -> list[SpaceChange]:
+        """A poll of the node got no valid answer; ``was_down``: it was down before it."""
+        self.readings[node.address].failures += 1
+        log.debug("poll: %s", exc)
+        # a silence after the cut counts as all the attempts it was spared: they would
+        # have timed out too (and a node down needs no counting)
+        attempts = 1 + self.master.retries
+        changes = self.tracker.poll_failed(node.address, self.clock(), attempts)
+        if not self.tracker.node_down(node.address):
+            return changes
+        # it is dead, not unreliable: the polls it failed on its way there tell nothing
+        # of the line (its health says ``dead``)
+        self.readings[node.address].reliability.pending = PollTally()
+        if was_down:
+            return changes
+        self._said_down.add(node.address)
+        log.warning(
+            "bus %s: node %d stopped answering (%s); its spaces are unknown",
+            self.bus.id,
+            node.address,
+            exc,
+        )
+        return changes
+
+    def _is_foreign(self, node: NodeController, info: list[int]) -> bool:
+        """Keep the node's info; True when it says it is not the node the site file describes.
+        Said once as it starts (both causes: the wrong bus, or the site file) and once as it
+        ends."""
+        self.readings[node.address].info = info
+        problem = foreign_node_problem(node, info)
+        was = self.tracker.node_foreign(node.address)
+        if problem and not was:
+            log.warning("bus %s: %s; its spaces are unknown", self.bus.id, problem)
+        elif was and not problem:
+            log.info(
+                "bus %s: node %d now says it is the node the site file describes",
+                self.bus.id,
+                node.address,
+            )
+        return problem is not None
 
     def _poll_refused(self, node: NodeController, code: int) -> list[SpaceChange]:
         """The node answered its poll with exception ``code``: it is on the bus and answers,
@@ -345,42 +452,113 @@ class SerialAgent:
         self.readings[address].status = values
 
     def poll_cycle(
-        self, on_changes: Callable[[list[SpaceChange]], None] | None = None
+        self, after_node: Callable[[list[SpaceChange]], None] | None = None
     ) -> list[SpaceChange]:
-        """Read every node's occupied bits once; ``on_changes`` gets each node's changes at once
-        (so a change is not held back for the rest of the cycle)."""
+        """Read every node's occupied bits once; ``after_node`` gets each node's changes (maybe
+        none) at once: a change is not held back for the rest of the cycle, nor a snapshot
+        that falls due (a cycle with nodes lost takes seconds)."""
+        started = self.clock()
         changes: list[SpaceChange] = []
+        silent_in_a_row = 0
         for node in self.bus.nodes:
-            node_changes = self.poll_node(node)
-            if node_changes and on_changes is not None:
-                on_changes(node_changes)
+            failures = self.readings[node.address].failures
+            node_changes = self.poll_node(node, cut=silent_in_a_row >= CUT_AFTER_SILENT_NODES)
+            silent = self.readings[node.address].failures > failures
+            silent_in_a_row = silent_in_a_row + 1 if silent else 0
+            if after_node is not None:
+                after_node(node_changes)
             changes += node_changes
         self.cycles += 1
+        self.cycle_s = self.clock() - started
+        self._warn_if_slow_cycle()
         return changes
 
-    def health_step(self) -> tuple[list[SpaceChange], bool]:
-        """At most one health request; returns (changes, True when a round just finished)."""
+    def _warn_if_slow_cycle(self) -> None:
+        """Say (at most once a minute) that the cycle is too long for the bus's ``ttl_s``."""
+        limit = self.bus.ttl_s * SLOW_CYCLE_SHARE_OF_TTL
         now = self.clock()
-        if not self._health_queue:
-            if self._health_round_open:
-                self._health_round_open = False
-                return [], True
+        if self.cycle_s <= limit or now - self._slow_cycle_warned_at < _WARN_EVERY_S:
+            return
+        self._slow_cycle_warned_at = now
+        silent = sum(self.tracker.node_down(n.address) for n in self.bus.nodes)
+        log.warning(
+            "bus %s: a poll cycle took %.1f s, more than a third of the bus's ttl_s (%g s); "
+            "%d of %d nodes are not answering (each costs a first-byte timeout: "
+            "--turnaround-ms); the gateway may turn spaces unknown between reports",
+            self.bus.id,
+            self.cycle_s,
+            self.bus.ttl_s,
+            silent,
+            len(self.bus.nodes),
+        )
+
+    def health_step(self) -> tuple[list[SpaceChange], bool]:
+        """This cycle's health reads: the detector statuses due (spread over the round), and
+        at most one slow read (raw, battery, info); returns (changes, True when a round of
+        statuses just finished: health is due)."""
+        now = self.clock()
+        cycle_s = 0.0 if self._health_step_at is None else now - self._health_step_at
+        self._health_step_at = now
+        if not self._health_round_open:
             if now - self._health_round_started < self.health_interval_s:
-                return [], False
-            self._health_round_started = now
-            self._health_round_open = True
-            up = [n for n in self.bus.nodes if not self.tracker.node_down(n.address)]
-            # statuses every round, first: a faulted detector must turn unknown soon; raw
-            # readings, batteries and node info change slowly and cost wire time (at 9600
-            # baud one 32-register read is a third of a poll cycle), so only every few rounds
-            self._health_queue.extend((n.address, "status") for n in up)
-            if self._health_rounds % FULL_HEALTH_EVERY == 0:
-                for kind in ("raw", "battery", "info"):
-                    self._health_queue.extend((n.address, kind) for n in up)
-            self._health_rounds += 1
-            if not self._health_queue:  # every node is down: nothing to read, the round is done
-                return [], False
-        address, kind = self._health_queue.popleft()
+                return self._health_read_slow(), False
+            self._start_health_round(now)
+        reads = status_reads_due(
+            self._status_total,
+            self._status_total - len(self._status_queue),
+            now - self._health_round_started,
+            HEALTH_ROUND_SHARE * self.health_interval_s,
+            cycle_s,
+        )
+        changes: list[SpaceChange] = []
+        for _ in range(reads):
+            address = self._status_queue.popleft()
+            # one that did not answer its last poll would only cost timeouts (31 nodes of a
+            # cut cable, one by one on their way down: seconds without a snapshot)
+            if not self.tracker.node_answering(address):
+                continue
+            answers = self.master.counters.answers
+            changes += self._health_read(address, "status")
+            if self.master.counters.answers == answers:
+                # no answer: perhaps one of many nodes lost at once (a cut cable), each read
+                # costing timeouts; the next poll cycle tells, the round's rest waits for it
+                break
+        done = not self._status_queue
+        self._health_round_open = not done
+        return changes + self._health_read_slow(), done
+
+    def _start_health_round(self, now: float) -> None:
+        # on a grid of intervals, not from whenever the cycle came round: health once an
+        # interval, not an interval and a cycle
+        interval = self.health_interval_s
+        late = (now - self._health_round_started) % interval if interval > 0 else 0.0
+        self._health_round_started = now - late
+        self._health_round_open = True
+        up = [n.address for n in self.bus.nodes if self.tracker.node_answering(n.address)]
+        # statuses every round: a faulted detector must turn unknown soon; raw readings,
+        # batteries and node info change slowly and cost wire time (at 9600 baud one
+        # 32-register read is a third of a poll cycle), so only every few rounds
+        self._status_queue.extend(up)
+        self._status_total = len(up)
+        if self._health_rounds % FULL_HEALTH_EVERY == 0 and not self._slow_queue:
+            for kind in ("raw", "battery", "info"):
+                self._slow_queue.extend((a, kind) for a in up)
+        self._health_rounds += 1
+
+    @property
+    def slow_reads_pending(self) -> int:
+        """Raw readings, batteries and node info still to read (one a cycle)."""
+        return len(self._slow_queue)
+
+    def _health_read_slow(self) -> list[SpaceChange]:
+        while self._slow_queue:
+            address, kind = self._slow_queue.popleft()
+            if self.tracker.node_answering(address):
+                return self._health_read(address, kind)
+        return []
+
+    def _health_read(self, address: int, kind: HealthKind) -> list[SpaceChange]:
+        """One health request to a node; changes of its spaces it brings."""
         node = self.bus.node(address)
         start, count = {
             "status": (reg.IR_DETECTOR_STATUS, node.detectors),
@@ -396,15 +574,17 @@ class SerialAgent:
             # a node refusing its poll refuses these too: its warning was given once
             refusing = self.tracker.node_exception(address) is not None
             log.log(logging.DEBUG if refusing else logging.INFO, "health: %s", exc)
-            return [], False
+            return []
         except ModbusError as exc:
             log.debug("health: %s", exc)
-            return [], False
+            return []
         if kind == "status":
             self._note_status(node, values)
-            return self.tracker.detector_status(address, values, self.clock()), False
+            return self.tracker.detector_status(address, values, self.clock())
+        if kind == "info" and self._is_foreign(node, values):
+            return self.tracker.foreign_node(address, self.clock())
         setattr(self.readings[address], kind, values)
-        return [], False
+        return []
 
     # --- reports ----------------------------------------------------------------
 
@@ -557,11 +737,13 @@ class SerialAgent:
             r = self.readings[n.address]
             is_down = self.tracker.node_down(n.address)
             exception = None if is_down else self.tracker.node_exception(n.address)
+            # answers, but is not the site file's node (another bus's, on this port)
+            foreign = not is_down and self.tracker.node_foreign(n.address)
             down += is_down
-            refusing += exception is not None
+            refusing += exception is not None or foreign
             # a node that gives no bits (or cannot be asked: no port) vouches for none of
             # its detectors: what was read from them before must not read as live
-            mute = is_down or exception is not None or not self.master.is_open
+            mute = is_down or exception is not None or foreign or not self.master.is_open
             detectors = []
             for i, sid in enumerate(n.spaces):
                 status = None if mute else self.tracker.detector_fault(n.address, i)
@@ -586,9 +768,11 @@ class SerialAgent:
             }
             if exception is not None:
                 errors["exception"] = exception  # the code its last poll was answered with
+            if foreign and info:
+                errors["detector_count"] = info[reg.IR_DETECTOR_COUNT]  # as the node says
             if is_down:
                 node_status = "dead"
-            elif exception is not None:
+            elif exception is not None or foreign:
                 node_status = NODE_ERROR_STATUS
             elif r.status is None:
                 node_status = "unknown"
@@ -627,6 +811,7 @@ class SerialAgent:
         # reason, not because every node died (as the camera agent's ``stream_up``)
         counters = self.master.counters.as_dict() | {
             "cycles": self.cycles,
+            "cycle_ms": round(self.cycle_s * 1000),
             "port_up": int(self.master.is_open),
         }
         if self.publisher is not None:
@@ -698,6 +883,13 @@ class SerialAgent:
         changed, self._spool_ok = ok != self._spool_ok, ok
         return changed
 
+    def _after_node(self, changes: list[SpaceChange]) -> None:
+        """Publish ``changes``, a snapshot that is due, and the health of a spool that failed
+        or works again: after every node, not once a cycle (a cycle may take seconds)."""
+        self._publish(changes)
+        if self._spool_changed() and self.publisher is not None:
+            self.publisher.publish_health(self.health_report())
+
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set."""
         while not stop.is_set():
@@ -711,6 +903,8 @@ class SerialAgent:
                         log.info("serial port %s is back", self.master.port_name)
                         self._port_said_lost = False
                     self._port_attempt = 0
+                    # what answers on the port now may be another bus (adapters swapped)
+                    self._unchecked = {n.address for n in self.bus.nodes}
                 except (serial.SerialException, OSError) as exc:
                     self._publish(self._port_down(exc))
                     self._health_while_port_down()
@@ -721,13 +915,12 @@ class SerialAgent:
                     stop.wait(delay)
                     continue
             try:
-                self.poll_cycle(on_changes=self._publish)
+                self.poll_cycle(after_node=self._after_node)
                 changes, round_done = self.health_step()
             except (serial.SerialException, OSError) as exc:
                 changes, round_done = self._port_down(exc), False
-            self._publish(changes)
-            spool_changed = self._spool_changed()
-            if (round_done or spool_changed) and self.publisher is not None:
+            self._after_node(changes)
+            if round_done and self.publisher is not None:
                 self.publisher.publish_health(self.health_report())
             idle = self.min_cycle_s - (self.clock() - started)
             if idle > 0:
@@ -775,7 +968,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--node-timeout-ms",
         type=int,
         default=1500,
-        help="a node silent this long (and for --node-failures polls) turns its spaces unknown",
+        help="a node silent this long (and for --node-failures requests, retries included) "
+        "turns its spaces unknown",
     )
     parser.add_argument("--node-failures", type=int, default=3, help="see --node-timeout-ms")
     parser.add_argument(

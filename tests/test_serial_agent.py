@@ -13,7 +13,6 @@ import threading
 import time
 import tty
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from edge.modbus_master import ModbusMaster, ModbusTimeout
 from edge.serial_agent import SerialAgent
 from parkguide.supervisor import stop_process
 from parking import modbus_rtu as rtu
+from parking import registers as reg
 from parking import topics
 from parking.site import load_site
 from parking.states import SpaceState
@@ -39,16 +39,23 @@ WATCHED = "B1-E-001"  # node 1, detector 0
 class BusSimulator:
     """``parkguide sim bus`` in a subprocess, driven through its stdin console."""
 
-    def __init__(self, link: Path, env: dict[str, str], *extra: str):
+    def __init__(
+        self,
+        link: Path,
+        env: dict[str, str],
+        *extra: str,
+        site: Path = EXAMPLE_SITE,
+        bus: str = BUS,
+    ):
         self.link = link
         self.proc = subprocess.Popen(
             parkguide_cmd(
                 "sim",
                 "bus",
                 "--site",
-                str(EXAMPLE_SITE),
+                str(site),
                 "--bus",
-                BUS,
+                bus,
                 "--link",
                 str(link),
                 "--scenario",
@@ -104,16 +111,22 @@ def processes() -> Iterator[list]:
 
 
 def start_agent(
-    broker_port: int, link: Path, spool: Path, env: dict[str, str], *extra: str
+    broker_port: int,
+    link: Path,
+    spool: Path,
+    env: dict[str, str],
+    *extra: str,
+    site: Path = EXAMPLE_SITE,
+    bus: str = BUS,
 ) -> subprocess.Popen:
     return subprocess.Popen(
         parkguide_cmd(
             "edge",
             "serial",
             "--site",
-            str(EXAMPLE_SITE),
+            str(site),
             "--bus",
-            BUS,
+            bus,
             "--port",
             str(link),
             "--broker",
@@ -324,8 +337,9 @@ def poll_until(agent: SerialAgent, done, timeout: float = 15) -> None:
 
 
 def health_round(agent: SerialAgent) -> None:
-    """One whole health round: statuses, raw readings, batteries, node info."""
-    while not agent.health_step()[1]:
+    """One whole health round: statuses, and the raw readings, batteries and node info read
+    along (one a cycle)."""
+    while not agent.health_step()[1] or agent.slow_reads_pending:
         pass
 
 
@@ -356,37 +370,44 @@ def test_a_dead_nodes_detectors_are_unknown_with_no_raw_reading(
     assert all(d.status == "unknown" and d.raw is None for n in last.nodes for d in n.detectors)
 
 
-def test_a_node_answering_an_exception_is_in_error_not_dead(
-    tmp_path, subprocess_env, processes, caplog
-) -> None:
-    """Commissioning: the site file gives node 1 32 detectors, it has 30 and answers the
-    poll with exception 02. Its spaces are unknown, but it is not reported dead: its health
+def node_info(detectors: int, address: int = 1) -> bytes:
+    """A node controller's answer to a read of its info registers (IR_MODEL..)."""
+    info = [reg.MODEL_CODE, reg.FIRMWARE_VERSION, detectors, 0, 100, 0, 0, 5]
+    return rtu.encode_registers_response(address, rtu.READ_INPUT_REGISTERS, info)
+
+
+def test_a_node_answering_an_exception_is_in_error_not_dead(processes, caplog) -> None:
+    """A node that says it has the site file's detectors, but answers the poll of its bits
+    with exception 02. Its spaces are unknown, but it is not reported dead: its health
     carries the code, and the alert points at the site file, not at the node's wiring."""
     from api.alerts import derive_alerts
     from gateway.readside import AgentStatus
+    from parking.site import Bus, NodeController
 
-    link = tmp_path / "bus.tty"
-    sim = BusSimulator(link, subprocess_env)
-    processes.append(sim)
-    real = SITE.bus(BUS)
-    first = real.nodes[0]
-    assert first.address == 1 and first.detectors == 30
-    wrong = replace(first, detectors=32, spaces=(*first.spaces, None, None))
-    agent, master = in_process_agent(link, replace(real, nodes=(wrong, *real.nodes[1:])))
+    refused = rtu.encode_exception(1, rtu.READ_DISCRETE_INPUTS, rtu.ILLEGAL_DATA_ADDRESS)
+    refused_registers = rtu.encode_exception(1, rtu.READ_INPUT_REGISTERS, 2)
+    # its info as the port opens, five polls refused, a health round: its statuses refused,
+    # and the first slow read along (raw readings)
+    line = ScriptedLine([node_info(8), *[refused] * 5, *[refused_registers] * 2])
+    processes.append(line)
+    master = ModbusMaster(line.path, 115200, "N", retries=2, turnaround_s=0.05)
+    master.open()
     processes.append(master)
-    others = [s for n in real.nodes[1:] for s in n.spaces if s]
-    poll_until(agent, lambda: all(agent.tracker.state(s)[0] is SpaceState.FREE for s in others))
-    for _ in range(5):  # a dead node would be down after 3
+    spaces = tuple(f"B1-E-{i:03d}" for i in range(1, 9))
+    bus = Bus(BUS, 115200, "N", 15.0, (NodeController(1, 8, spaces),))
+    settings = DebounceSettings(node_timeout_s=0.0)
+    agent = SerialAgent(SITE.id, bus, AGENT, master, None, settings, health_interval_s=0.0)
+    for _ in range(5):  # a dead node would be down after one
         agent.poll_cycle()
-    health_round(agent)
+    assert agent.health_step()[1]  # a round of statuses
     assert not agent.tracker.node_down(1)
-    assert all(agent.tracker.state(s)[0] is SpaceState.UNKNOWN for s in first.spaces if s)
+    assert all(agent.tracker.state(s)[0] is SpaceState.UNKNOWN for s in spaces)
     health = agent.health_report()
-    node1 = health.nodes[0]
+    (node1,) = health.nodes
     assert node1.status == "error" and node1.errors["exception"] == 2
     assert all(d.status == "unknown" and d.raw is None for d in node1.detectors)
     assert health.status == "degraded"
-    assert "exception 2" in caplog.text and "32 detectors" in caplog.text
+    assert "exception 2" in caplog.text and "8 detectors" in caplog.text
     now = time.time()
     (alert,) = derive_alerts([], [AgentStatus(AGENT, True, now, health)], now, 72 * 3600)
     assert alert.id == "node_error:bus-b1/1"
@@ -394,6 +415,65 @@ def test_a_node_answering_an_exception_is_in_error_not_dead(
         "node controller bus-b1/1 answers exception 2 (illegal data address): "
         "check the site file's detectors against the node"
     )
+
+
+def test_another_bus_on_the_port_is_not_published_as_this_ones(
+    mosquitto, tmp_path, subprocess_env, processes
+) -> None:
+    """USB adapters swapped (or /dev/ttyUSB names renumbered after a reboot): the agent of
+    bus-g on bus-b1's line. Node 3 of bus-b1 answers a read of 16 bits, and its bits were
+    published as bus-g's node 3 with health ok. Each node's info is read as the port opens:
+    one whose detector count is not the site file's is in error, its spaces unknown, with
+    one warning naming both causes; the right bus plugged in, the spaces come back."""
+    from api.alerts import derive_alerts
+    from gateway.readside import AgentStatus
+    from parking.payloads import HealthReport
+
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env)  # bus-b1: 4 nodes x 30 detectors
+    processes.append(sim)
+    bus_g = SITE.bus("bus-g")
+    agent_id = "serial-bus-g"
+    rec = Recorder(mosquitto.port, f"{topics.site_prefix(SITE.id)}/edge/{agent_id}/#")
+    processes.append(rec)
+    agent = start_agent(mosquitto.port, link, tmp_path / "spool", subprocess_env, bus="bus-g")
+    processes.append(agent)
+
+    def node_health() -> dict[int, dict]:
+        health = rec.json_on("/health")
+        return {n["address"]: n for n in health[-1]["nodes"]} if health else {}
+
+    expected = ["error"] * 4 + ["dead"] * 3
+    rec.wait_for(lambda _m: [node_health().get(a, {}).get("status") for a in range(1, 8)]
+                 == expected, 60)  # fmt: skip
+    nodes = node_health()
+    assert all(nodes[a]["errors"]["detector_count"] == 30 for a in range(1, 5))
+    reports = rec.json_on("/occupancy")
+    assert {s["state"] for r in reports for s in r["spaces"]} == {"unknown"}
+    log = (tmp_path / "agent.log").read_text()
+    warning = (
+        "node 3 says it has 30 detectors, the site file gives it 16: the wrong bus on this "
+        "port (adapters swapped? use /dev/serial/by-id names), or set `detectors: 30` in the "
+        "site file if it has spare channels; its spaces are unknown"
+    )
+    assert log.count(warning) == 1, log
+    assert "node 1 says it has 30 detectors, the site file gives it 32" in log
+    report = HealthReport.model_validate(rec.json_on("/health")[-1])
+    now = time.time()
+    alerts = derive_alerts([], [AgentStatus(agent_id, True, now, report)], now, 72 * 3600)
+    (node3,) = [a for a in alerts if a.id == "node_error:bus-g/3"]
+    assert (
+        "says it has 30 detectors, not the site file's: another bus on this port"
+        in (node3.message(72)[1])
+    )
+
+    # the right adapter on the port: the port comes back with bus-g's nodes, which say so
+    sim.close()
+    sim_g = BusSimulator(link, subprocess_env, bus="bus-g")
+    processes.append(sim_g)
+    for space in (s for n in bus_g.nodes for s in n.spaces if s):
+        wait_state(rec, space, "free", 30)
+    assert "now says it is the node the site file describes" in (tmp_path / "agent.log").read_text()
 
 
 def spooled_states(spool: Path, space: str = WATCHED) -> list[str]:
@@ -650,7 +730,7 @@ def test_node_health_carries_its_own_crc_errors_and_timeouts_and_says_slow(proce
     from edge.serial_agent import RELIABLE_AGAIN_S, SerialAgent
     from parking.site import Bus, NodeController
 
-    line = ScriptedLine([b"", GOOD, damaged(GOOD), GOOD, GOOD])
+    line = ScriptedLine([node_info(8), b"", GOOD, damaged(GOOD), GOOD, GOOD])
     processes.append(line)
     master = ModbusMaster(line.path, 115200, "N", retries=2, turnaround_s=0.05)
     master.open()
