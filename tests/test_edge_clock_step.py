@@ -40,6 +40,7 @@ from edge.publisher import ReportPublisher
 from edge.serial_agent import SerialAgent
 from gateway.ingest import AcceptedReport, Rejection, ReportGate
 from parkguide.supervisor import stop_process
+from parking import registers as reg
 from parking.broker import BrokerConfig
 from parking.payloads import OccupancyReport
 from parking.site import load_site
@@ -138,6 +139,9 @@ class InstantBus:
 
     def read_input_registers(self, address: int, start: int, count: int, **kw) -> list[int]:
         self._request()
+        if start == reg.IR_MODEL:  # node info: the node the site file describes
+            info = [reg.MODEL_CODE, reg.FIRMWARE_VERSION, BUS.node(address).detectors]
+            return (info + [0] * count)[:count]
         return [0] * count
 
     def run_for(self, agent: SerialAgent, seconds: float) -> None:
