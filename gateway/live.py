@@ -1083,7 +1083,12 @@ class LiveGateway:
         applied in order."""
         journaled = [g for g in segments if len(g.changes) or g.seq is not None]
         segments = [g for g in segments if len(g.changes.touched) or len(g.changes)]
-        if not segments and not self._unexpanded and all(g.same_boot for g in journaled):
+        if (
+            journaled
+            and not segments
+            and not self._unexpanded
+            and all(g.same_boot for g in journaled)
+        ):
             # reports that changed nothing (a quiet site's periodic snapshots): only their
             # sequence and time, one row updated in place, not a change row to expand and a
             # checkpoint (~28 KB of writes each, 40 MB an hour on an edge box's SD card)

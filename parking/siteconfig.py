@@ -212,7 +212,18 @@ class NodeController(_Model):
     """One node controller on an RS-485 bus, with its detectors."""
 
     address: int = Field(ge=1, le=247, description="Modbus slave address")
-    detectors: int | None = Field(None, ge=1, le=64, description="default: number of spaces bound")
+    detectors: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description=(
+            "the node's real detector count, as it says itself (`IR_DETECTOR_COUNT`); default:"
+            " the number of spaces bound. Give it when the node has spare channels (e.g. 32"
+            " detectors, 30 spaces): the serial agent compares it with what the node says as"
+            " the port opens, and a node that disagrees is taken for another bus's (adapters"
+            " swapped) and its spaces kept `unknown`"
+        ),
+    )
     spaces: SpaceRef | list[SpaceRef | None] = Field(
         default_factory=list,
         description="detector i watches the i-th space (a range: one detector per id, like"
