@@ -3,7 +3,7 @@
 ``derive_alerts`` is pure: the gateway offline (its last will, seen by a stand-alone API),
 agents offline or never seen, cameras blind, buses blind (no node answers, or the serial
 port is lost), nodes dead, answering with a Modbus exception or unreliably (CRC errors,
-timeouts), detectors stuck, flapping or faulty, spaces occupied for too long.
+timeouts), detectors stuck, flapping or faulty or with a low battery, spaces occupied for too long.
 ``site_mismatch_alert`` says the gateway runs another site file (``api.sitecheck``);
 ``influx_failing_alert`` that its InfluxDB writer cannot write (``api.outbox_status``). The
 ``AlertBook`` keeps one row per alert in the journal database's ``alerts``
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.readside import AgentStatus, SpaceStatus
+from parking.registers import BATTERY_LOW_PERCENT
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ SEVERITY = {
     "detector_stuck": "warning",
     "detector_flapping": "warning",
     "detector_fault": "warning",
+    "battery_low": "warning",
     "long_occupied": "info",
 }
 
@@ -130,6 +132,10 @@ _TEXT = {
     "detector_stuck": ("检测器 {subject} 卡住", "detector {subject} is stuck"),
     "detector_flapping": ("检测器 {subject} 抖动", "detector {subject} is flapping"),
     "detector_fault": ("检测器 {subject} 故障", "detector {subject} has a fault"),
+    "battery_low": (
+        "检测器 {subject} 电池电量低:请在其失效(车位变为未知)前更换",
+        "detector {subject}'s battery is low: replace it before it dies (its space turns unknown)",
+    ),
     "long_occupied": (
         "车位 {subject} 占用超过 {hours} 小时",
         "space {subject} occupied over {hours} h",
@@ -369,6 +375,11 @@ def derive_alerts(
                 kind = {"stuck": "detector_stuck", "flapping": "detector_flapping"}.get(
                     d.status, "detector_fault" if d.status in {"dead", "fault"} else None
                 )
+                if kind is None and d.battery is not None and d.battery <= BATTERY_LOW_PERCENT:
+                    # a wireless detector that will die within weeks: replaced on a round
+                    # before its bay turns unknown (the percentage stays out of the details:
+                    # it moves, and the dashboard redraws an alert whose answer changed)
+                    kind = "battery_low"
                 if kind:
                     subject = f"{where}/{d.index}"
                     out.append(

@@ -64,6 +64,7 @@ from firmware_sim.commands import (
     FaultNode,
     FaultSpace,
     Help,
+    SetBattery,
     SetSpace,
     Status,
     parse_command,
@@ -273,7 +274,7 @@ class SimulatedCamera:
             if isinstance(command, ClearSpace):
                 self._check_space(command.space)
                 return f"ok {command.space} has no fault (a camera has no per-space faults)"
-            if isinstance(command, FaultSpace | FaultNode | ClearNode):
+            if isinstance(command, FaultSpace | FaultNode | SetBattery | ClearNode):
                 raise CommandError(_NO_DETECTORS)
             if isinstance(command, Status):
                 return "ok " + self._status(command.space, elapsed_s)

@@ -10,6 +10,7 @@ Accepted lines (blank lines and ``#`` comments are ignored)::
     set SPACE occupied|free
     fault SPACE stuck|flap|dead
     fault node ADDR dead|slow MS|crc RATE
+    battery SPACE PCT|wired
     clear SPACE | clear node ADDR | clear all
     status [SPACE]
     help
@@ -22,12 +23,16 @@ import sys
 from dataclasses import dataclass
 from enum import Enum
 
+from parking import modbus_rtu as rtu
+from parking import registers as reg
+
 MAX_SLOW_MS = 60_000
-MAX_ADDRESS = 247
+MAX_ADDRESS = rtu.MAX_SLAVE_ADDRESS
 
 HELP = (
     "commands: set SPACE occupied|free; fault SPACE stuck|flap|dead; "
-    "fault node ADDR dead|slow MS|crc RATE; clear SPACE|node ADDR|all; status [SPACE]; help"
+    "fault node ADDR dead|slow MS|crc RATE; battery SPACE PCT|wired; clear SPACE|node ADDR|all;"
+    " status [SPACE]; help"
 )
 
 
@@ -68,6 +73,13 @@ class FaultNode:
 
 
 @dataclass(frozen=True)
+class SetBattery:
+    space: str
+    percent: int
+    """0..100, or ``registers.BATTERY_WIRED`` for a wired detector"""
+
+
+@dataclass(frozen=True)
 class ClearSpace:
     space: str
 
@@ -92,7 +104,17 @@ class Help:
     pass
 
 
-Command = SetSpace | FaultSpace | FaultNode | ClearSpace | ClearNode | ClearAll | Status | Help
+Command = (
+    SetSpace
+    | FaultSpace
+    | FaultNode
+    | SetBattery
+    | ClearSpace
+    | ClearNode
+    | ClearAll
+    | Status
+    | Help
+)
 
 
 def _address(word: str) -> int:
@@ -165,6 +187,18 @@ def parse_command(line: str) -> Command | None:
         except ValueError:
             raise CommandError(f"unknown detector fault {rest[1]!r} (stuck, flap, dead)") from None
         return FaultSpace(rest[0], fault)
+    if verb == "battery":
+        if len(rest) != 2:
+            raise CommandError("usage: battery SPACE PCT|wired")
+        if rest[1].lower() == "wired":
+            return SetBattery(rest[0], reg.BATTERY_WIRED)
+        try:
+            percent = int(rest[1])
+        except ValueError:
+            raise CommandError(f"battery PCT must be a whole percentage, not {rest[1]!r}") from None
+        if not 0 <= percent <= 100:
+            raise CommandError(f"battery PCT must be 0..100, not {percent}")
+        return SetBattery(rest[0], percent)
     if verb == "clear":
         if not rest:
             raise CommandError("usage: clear SPACE|node ADDR|all")

@@ -30,6 +30,7 @@ from firmware_sim.commands import (
     FaultSpace,
     Help,
     NodeFault,
+    SetBattery,
     SetSpace,
     Status,
 )
@@ -408,6 +409,11 @@ class SimulatedBus:
                 return f"ok node {node.address} slow {command.value:g}ms"
             node.crc_rate = command.value
             return f"ok node {node.address} crc {command.value:g}"
+        if isinstance(command, SetBattery):
+            node, i = self.locate(command.space)
+            node.detectors[i].battery = command.percent
+            shown = "wired" if command.percent == reg.BATTERY_WIRED else f"{command.percent}%"
+            return f"ok {command.space} battery {shown}"
         if isinstance(command, ClearSpace):
             node, i = self.locate(command.space)
             node.set_fault(i, None, now)

@@ -20,6 +20,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "edge.camera.view",
         "draw a camera's space polygons and decisions over a frame (commissioning)",
     ),
+    ("site", "bus-survey"): (
+        "edge.survey",
+        "read every node of one RS-485 bus against the site file (commissioning)",
+    ),
     ("sim", "bus"): (
         "firmware_sim.bus",
         "simulate the node controllers of one RS-485 bus on a pty",

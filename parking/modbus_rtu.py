@@ -23,6 +23,9 @@ WRITE_SINGLE_REGISTER = 6
 WRITE_MULTIPLE_COILS = 15
 WRITE_MULTIPLE_REGISTERS = 16
 
+MAX_SLAVE_ADDRESS = 247
+"""Slave addresses are 1..247 (0 is broadcast, 248..255 reserved)."""
+
 READ_FUNCTIONS = (READ_COILS, READ_DISCRETE_INPUTS, READ_HOLDING_REGISTERS, READ_INPUT_REGISTERS)
 BIT_FUNCTIONS = (READ_COILS, READ_DISCRETE_INPUTS)
 
@@ -271,7 +274,7 @@ class RequestDecoder:
             self.stats.garbage_bytes += drop
         out: list[tuple[bytes, Request | None]] = []
         while len(self.buf) >= 4:
-            if self.buf[0] > 247:  # not a slave address (0 is broadcast)
+            if self.buf[0] > MAX_SLAVE_ADDRESS:  # not a slave address (0 is broadcast)
                 self._drop()
                 continue
             n = request_length(self.buf)

@@ -15,6 +15,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from parking.modbus_rtu import MAX_SLAVE_ADDRESS
 from parking.states import STATE_NAMES
 
 SCHEMA_VERSION = 1
@@ -105,7 +106,7 @@ class DetectorHealth(_Payload):
 
 
 class NodeHealth(_Payload):
-    address: int = Field(ge=1, le=247)
+    address: int = Field(ge=1, le=MAX_SLAVE_ADDRESS)
     status: Literal["ok", "slow", "dead", "error", "unknown"]
     model: int | None = None
     firmware: str | None = None

@@ -40,6 +40,9 @@ FIRMWARE_VERSION = (1 << 8) | 4
 DEFAULT_THRESHOLD = 400
 DEFAULT_NODE_DEBOUNCE_MS = 300
 BATTERY_WIRED = 0xFFFF
+BATTERY_LOW_PERCENT = 20
+"""A wireless detector's battery at or below this wants replacing before the detector dies
+(and its bay turns ``unknown``): the survey and the managers' alert say so."""
 
 
 class DetectorStatus(IntEnum):

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from parking.modbus_rtu import MAX_SLAVE_ADDRESS
 from parking.payloads import Identifier as Ident
 
 ID_RULE = "ids may use only ASCII letters, digits and _ . : - (1-64 characters)"
@@ -211,7 +212,7 @@ class DetectorBinding(_Model):
 class NodeController(_Model):
     """One node controller on an RS-485 bus, with its detectors."""
 
-    address: int = Field(ge=1, le=247, description="Modbus slave address")
+    address: int = Field(ge=1, le=MAX_SLAVE_ADDRESS, description="Modbus slave address")
     detectors: int | None = Field(
         None,
         ge=1,
