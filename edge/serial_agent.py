@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -143,6 +143,17 @@ def foreign_node_problem(node: NodeController, info: list[int]) -> str | None:
         f"node {node.address} says it has {count} detectors, the site file gives it "
         f"{node.detectors}: {_WRONG_BUS}, or {fix}"
     )
+
+
+def address_ranges(addresses: Iterable[int]) -> str:
+    """``[2, 3, 4, 7]`` -> ``"2-4, 7"``."""
+    runs: list[list[int]] = []
+    for a in sorted(addresses):
+        if runs and a == runs[-1][1] + 1:
+            runs[-1][1] = a
+        else:
+            runs.append([a, a])
+    return ", ".join(f"{lo}-{hi}" if hi > lo else f"{lo}" for lo, hi in runs)
 
 
 def status_reads_due(total: int, done: int, elapsed_s: float, span_s: float, cycle_s: float) -> int:
@@ -259,6 +270,10 @@ class SerialAgent:
             n.address: NodeReadings(reliability=Reliability(start)) for n in self.bus.nodes
         }
         self._said_down: set[int] = set()  # nodes logged as no longer answering
+        # nodes that went down or came back during this cycle, said in one line at its end
+        # (a cut cable loses dozens at once: one line for them, not one each)
+        self._went_down: dict[int, str] = {}
+        self._came_back: list[int] = []
         # nodes whose info was not read since the port opened: their bits are not trusted
         # before they say they are the site file's (a port may now be another bus's)
         self._unchecked = {n.address for n in self.bus.nodes}
@@ -346,7 +361,7 @@ class SerialAgent:
         # port lost, logged once for the bus) comes back with it, told by "port ... is back"
         if node.address in self._said_down or self.tracker.node_exception(node.address) is not None:
             self._said_down.discard(node.address)
-            log.info("bus %s: node %d answers again", self.bus.id, node.address)
+            self._came_back.append(node.address)
         now = self.clock()
         changes: list[SpaceChange] = []
         if self.tracker.would_settle(node.address, bits, now):
@@ -373,13 +388,46 @@ class SerialAgent:
         if was_down:
             return changes
         self._said_down.add(node.address)
-        log.warning(
-            "bus %s: node %d stopped answering (%s); its spaces are unknown",
-            self.bus.id,
-            node.address,
-            exc,
-        )
+        self._went_down[node.address] = str(exc)
         return changes
+
+    def _say_nodes_changed(self) -> None:
+        """Log the nodes that stopped answering, or answer again, in this cycle: one line
+        each way, naming where the bus looks cut when every node after one is silent."""
+        if len(self._went_down) == 1:
+            ((address, why),) = self._went_down.items()
+            log.warning(
+                "bus %s: node %d stopped answering (%s); its spaces are unknown",
+                self.bus.id,
+                address,
+                why,
+            )
+        elif self._went_down:
+            order = [n.address for n in self.bus.nodes]
+            down = [self.tracker.node_down(a) for a in order]
+            last = max((i for i, d in enumerate(down) if not d), default=None)
+            tail = ""
+            if last is not None and last + 1 < len(order) and all(down[last + 1 :]):
+                # the site file lists nodes in cable order as a rule: past the last one
+                # answering, none does
+                tail = (
+                    f"; no node listed after node {order[last]} answers: the cable cut"
+                    f" past node {order[last]}, or a trunk without power?"
+                )
+            log.warning(
+                "bus %s: nodes %s (%d of %d) stopped answering; their spaces are unknown%s",
+                self.bus.id,
+                address_ranges(self._went_down),
+                len(self._went_down),
+                len(order),
+                tail,
+            )
+        if len(self._came_back) == 1:
+            log.info("bus %s: node %d answers again", self.bus.id, self._came_back[0])
+        elif self._came_back:
+            log.info("bus %s: nodes %s answer again", self.bus.id, address_ranges(self._came_back))
+        self._went_down.clear()
+        self._came_back.clear()
 
     def _is_foreign(self, node: NodeController, info: list[int]) -> bool:
         """Keep the node's info; True when it says it is not the node the site file describes.
@@ -468,6 +516,7 @@ class SerialAgent:
             if after_node is not None:
                 after_node(node_changes)
             changes += node_changes
+        self._say_nodes_changed()
         self.cycles += 1
         self.cycle_s = self.clock() - started
         self._warn_if_slow_cycle()
