@@ -27,10 +27,11 @@ from pydantic import ValidationError
 from api.journal import GatewayTables
 from gateway.ingest import ReportGate, without_plates
 from gateway.journal import PLATE_KEEP_KEY, PLATES_FORGOTTEN_KEY
-from gateway.readside import AgentStatus, Counters, LiveEvent, SpaceStatus
+from gateway.readside import AgentStatus, ControlUnavailable, Counters, LiveEvent, SpaceStatus
 from parking import topics
 from parking.broker import BrokerConfig, is_keepalive_timeout
 from parking.payloads import (
+    CONTROL_MAX_AGE_S,
     MAX_PAYLOAD_BYTES,
     Assignment,
     DisplayContent,
@@ -611,10 +612,29 @@ class MqttLiveView:
 
         return unsubscribe
 
+    def control_unavailable(self) -> str | None:
+        """Why a manager's action cannot reach the gateway now: sent anyway, it would wait
+        at the broker (or in this process) and be applied whenever the gateway is back,
+        long after the manager was told it was done."""
+        if not self.connected.is_set():
+            return (
+                f"nothing changed: this API cannot reach the MQTT broker {self.broker.url};"
+                " try again when it is back"
+            )
+        if self.gateway_online() is not True:
+            return (
+                "nothing changed: the gateway is offline (its last will stands, or it has"
+                " gone silent); try again when it is back"
+            )
+        return None
+
     def control_space(self, space: str, action: str, by: str, reason: str | None) -> None:
         """Ask the gateway to close or open a space (QoS 1; the gateway journals it)."""
         if space not in self.site.space_index:
             raise ValueError(f"no space {space!r} in site {self.site.id!r}")
+        why = self.control_unavailable()
+        if why is not None:
+            raise ControlUnavailable(why)
         msg = SpaceControl(action=action, by=by, reason=reason, ts=time.time())  # type: ignore[arg-type]
         info = self.client.publish(
             topics.space_control(self.site.id, space),
@@ -622,11 +642,15 @@ class MqttLiveView:
             qos=topics.QOS_CONTROL,
             retain=topics.RETAIN_CONTROL,
         )
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            # lost between the check and the send: paho keeps it and sends it on reconnect,
+            # where the gateway refuses it once it is CONTROL_MAX_AGE_S old
+            raise ControlUnavailable(
+                f"the connection to the MQTT broker {self.broker.url} was lost as this was"
+                f" sent: it is applied only if the broker is back within"
+                f" {CONTROL_MAX_AGE_S:.0f} s; check the space then"
+            )
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise ValueError(
                 f"could not send the request to the gateway ({mqtt.error_string(info.rc)})"
-            )
-        if info.rc == mqtt.MQTT_ERR_NO_CONN:
-            log.warning(
-                "broker unreachable: the %s of %s is queued until it is back", action, space
             )

@@ -66,6 +66,7 @@ from gateway.site_changes import (
 from gateway.state import FREE, NO_CHANGES, OCCUPIED, Changes, LiveState
 from parking import topics
 from parking.payloads import (
+    CONTROL_MAX_AGE_S,
     MAX_PAYLOAD_BYTES,
     Arrival,
     ArrivalRefusal,
@@ -894,10 +895,18 @@ class LiveGateway:
         if isinstance(control, Rejection):
             self._reject(control, topic, payload)
             return
-        try:
-            self.control_space(space, control.action, control.by, control.reason)
-        except ValueError as exc:
-            self._reject(Rejection("unknown_space", str(exc)), topic, payload)
+        if space not in self.site.space_index:
+            why = f"no space {space!r} in site {self.site.id!r}"
+            self._reject(Rejection("unknown_space", why), topic, payload)
+            return
+        age = self._clock() - control.ts
+        if age > CONTROL_MAX_AGE_S:
+            # queued while the gateway or the broker was away: the manager was told nothing
+            # happened, and may have decided otherwise since
+            why = f"{control.action} of {space} by {control.by} sent {age:.0f} s ago"
+            self._reject(Rejection("stale_control", why), topic, payload)
+            return
+        self.control_space(space, control.action, control.by, control.reason)
 
     def _on_arrival(
         self, topic: str, entrance: str, payload: bytes, t0: float | None = None
@@ -1564,6 +1573,9 @@ class LiveGateway:
                     self._subscribers.remove(callback)
 
         return unsubscribe
+
+    def control_unavailable(self) -> str | None:
+        return None  # applied here, in the gateway itself
 
     def control_space(self, space: str, action: str, by: str, reason: str | None) -> None:
         s = self.site.space_index.get(space)

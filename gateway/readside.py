@@ -30,6 +30,11 @@ class SpaceStatus:
     observed_since: float | None = None
 
 
+class ControlUnavailable(Exception):
+    """A manager's close or open cannot reach the gateway now (it is offline, or the broker
+    is unreachable): nothing was sent and nothing changed; the message says why."""
+
+
 @dataclass(frozen=True)
 class AgentStatus:
     agent: str
@@ -105,6 +110,11 @@ class LiveView(Protocol):
         """Call ``callback`` (from any thread) for every live event; returns an unsubscribe function."""
         ...
 
+    def control_unavailable(self) -> str | None:
+        """Why a manager's action cannot reach the gateway now (None: it can)."""
+        ...
+
     def control_space(self, space: str, action: str, by: str, reason: str | None) -> None:
-        """Close or open a space (manager action); the gateway journals it like any change."""
+        """Close or open a space (manager action); the gateway journals it like any change.
+        Raises :class:`ControlUnavailable` when it cannot reach the gateway."""
         ...

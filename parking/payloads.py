@@ -25,6 +25,10 @@ FUTURE_TOLERANCE_S = 300.0
 """A report or observation time later than the gateway's clock by more than this is refused:
 an edge with a wrong clock would otherwise lock its spaces (every true observation after it
 would look older). Edge agents and sign controllers judge times by the same bound."""
+CONTROL_MAX_AGE_S = 300.0
+"""A manager's close or open stamped longer ago than this by the gateway's clock is refused
+(``stale_control``): a request queued while the gateway or the broker was away is not what the
+manager wants now, and the page that sent it was told nothing happened."""
 
 ObservedState = Literal["free", "occupied", "unknown"]
 """What an edge may report of a space. ``closed`` is the manager's state, not an

@@ -251,6 +251,10 @@ def test_standalone_api_process(processes, mosquitto, tmp_path):
         assert _wait(lambda: space("B-007") == "unknown"), processes.logs()
         zones = {z["zone"]: z for z in httpx.get(f"{url}/api/v1/zones").json()}
         assert zones["B"]["unknown"] == zones["B"]["total"] and zones["B"]["free"] == 0
+        # a manager's action now would wait at the broker for the gateway's return: refused
+        r = httpx.post(f"{url}/api/v1/spaces/B-020/open", json={"reason": "done"}, headers=h)
+        assert r.status_code == 503, r.text
+        assert "nothing changed: the gateway is offline" in r.json()["detail"]
     finally:
         edge.loop_stop()
         edge.disconnect()
@@ -262,6 +266,7 @@ def test_a_standalone_view_goes_blind_when_the_broker_dies(mosquitto, tmp_path):
     An assignment sent again for a repeated arrival is one car, not two."""
     from api.mqttview import MqttLiveView
     from gateway.journal import Journal
+    from gateway.readside import ControlUnavailable
     from parking.broker import BrokerConfig
     from parking.payloads import Assignment, LocalText, ZoneCounts
     from parking.site import load_site
@@ -307,6 +312,9 @@ def test_a_standalone_view_goes_blind_when_the_broker_dies(mosquitto, tmp_path):
         mosquitto.proc.kill()  # no clean shutdown, no last will
         mosquitto.proc.wait(10)
         assert _wait(lambda: a().unknown == 80 and a().free == 0)
+        # paho would queue a manager's action and send it on reconnect, however late
+        with pytest.raises(ControlUnavailable, match="cannot reach the MQTT broker"):
+            view.control_space("A-001", "close", "li", None)
         assert {s.state for s in view.spaces() if s.zone == "A"} == {"unknown"}
         mosquitto.start()  # the gateway reconnects and publishes afresh
         assert view.connected.wait(30)

@@ -46,7 +46,8 @@ def edited_copy(tmp_path: Path) -> Site:
 
 
 class Control:
-    """Listens on the broker to the site's space control topic, as the gateway does."""
+    """Listens on the broker to the site's space control topic, as the gateway does, and
+    says it is online (the API sends no command to a gateway it does not hear)."""
 
     def __init__(self, broker_port: int, site: str):
         self.received: list[str] = []
@@ -58,6 +59,8 @@ class Control:
         self.client.loop_start()
         self.client.subscribe(topics.space_control_all(site), qos=1)
         assert self._subscribed.wait(10)
+        online = topics.gateway_availability(site)
+        self.client.publish(online, topics.ONLINE, qos=1, retain=True).wait_for_publish(5)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -95,6 +98,7 @@ class Api:
     def __enter__(self) -> Api:
         self.view.start()
         assert self.view.connected.wait(10)
+        assert wait_for(lambda: self.view.gateway_online())
         self.client = TestClient(self.app).__enter__()
         r = self.client.post("/api/v1/auth/login", json={"name": "manager", "password": PASSWORD})
         assert r.status_code == 200, r.text

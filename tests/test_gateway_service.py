@@ -21,7 +21,7 @@ from gateway_support import (
 )
 
 from parking import topics
-from parking.payloads import MAX_PAYLOAD_BYTES
+from parking.payloads import CONTROL_MAX_AGE_S, MAX_PAYLOAD_BYTES
 from parking.site import load_site
 from parking.states import SpaceState
 
@@ -351,6 +351,23 @@ def test_manager_closes_and_opens_a_space(gw, watch, edge_g, tmp_path):
     assert journaled() == want
     with pytest.raises(ValueError):
         gw.gateway.control_space("Z-999", "close", "wang", None)
+
+
+def test_a_control_sent_long_ago_is_refused(gw, watch, edge_g):
+    """A close queued while the gateway (or the broker) was away reaches it late: the manager
+    was told nothing happened, so it is refused and counted, not applied as new."""
+    edge_g.send(all_free(gw.site, "bus-g"), kind="snapshot")
+    watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+    sent = time.time() - CONTROL_MAX_AGE_S - 60
+    body = json.dumps({"action": "close", "by": "wang", "reason": "late", "ts": sent})
+    edge_g.raw(topics.space_control(SITE_ID, "A-010"), body)
+    fresh = json.dumps({"action": "close", "by": "wang", "ts": time.time()})
+    edge_g.raw(topics.space_control(SITE_ID, "A-011"), fresh)  # after the stale one: in order
+    watch.wait_for(zone_topic("A"), lambda z: z["closed"] == 1)
+    assert gw.gateway.counters().rejected.get("stale_control") == 1
+    index = gw.site.space_index
+    assert gw.gateway.state.state[index["A-010"]] == SpaceState.FREE
+    assert gw.gateway.state.state[index["A-011"]] == SpaceState.CLOSED
 
 
 def _all_free_on_the_broker(gw, mosquitto) -> None:

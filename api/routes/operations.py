@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -22,6 +22,7 @@ from api.models import (
     AlreadyAcknowledgedOut,
     ArrivalSummary,
     ControlOut,
+    ErrorOut,
     SpaceControlRequest,
 )
 from api.routes import (
@@ -32,6 +33,7 @@ from api.routes import (
     parse_body,
     request_body_doc,
 )
+from gateway.readside import ControlUnavailable
 from parking.payloads import Assignment, LocalText
 
 log = logging.getLogger(__name__)
@@ -200,6 +202,15 @@ async def refuse_if_sites_differ(ctx: Ctx) -> None:
         raise HTTPException(status.HTTP_409_CONFLICT, mismatch.refusal())
 
 
+CONTROL_ERRORS: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": ErrorOut,
+        "description": "nothing changed: the gateway is offline or the broker unreachable "
+        "(stand-alone API); try again when it is back",
+    }
+}
+
+
 async def _control(
     space: str, action: str, request: Request, ctx: Ctx, user: Manager
 ) -> ControlOut:
@@ -212,8 +223,14 @@ async def _control(
     if space not in ctx.view.site.space_index:
         not_found(f"no space {space!r} on this site")
     try:
+        why = ctx.view.control_unavailable()
+        if why is not None:
+            raise ControlUnavailable(why)
         # the gateway journals it under its lock: keep the event loop free meanwhile
         await run_in_threadpool(ctx.view.control_space, space, action, user.name, body.reason)
+    except ControlUnavailable as exc:
+        log.info("refused %s %s by %s: %s", action, space, user.name, exc)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
     except (ValueError, KeyError) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, f"the gateway refused: {exc}") from None
     log.info("space %s %s by %s (%s)", space, action, user.name, body.reason or "no reason given")
@@ -224,6 +241,7 @@ async def _control(
     "/spaces/{space}/close",
     status_code=202,
     openapi_extra=request_body_doc(SpaceControlRequest),
+    responses=CONTROL_ERRORS,
 )
 async def close_space(space: str, request: Request, ctx: Ctx, user: Manager) -> ControlOut:
     """Close a space (repairs, reserved): it counts as closed on every sign (manager)."""
@@ -234,6 +252,7 @@ async def close_space(space: str, request: Request, ctx: Ctx, user: Manager) -> 
     "/spaces/{space}/open",
     status_code=202,
     openapi_extra=request_body_doc(SpaceControlRequest),
+    responses=CONTROL_ERRORS,
 )
 async def open_space(space: str, request: Request, ctx: Ctx, user: Manager) -> ControlOut:
     """Open a closed space again (manager)."""
