@@ -906,7 +906,10 @@ class LiveGateway:
             why = f"{control.action} of {space} by {control.by} sent {age:.0f} s ago"
             self._reject(Rejection("stale_control", why), topic, payload)
             return
-        self.control_space(space, control.action, control.by, control.reason)
+        try:
+            self.control_space(space, control.action, control.by, control.reason)
+        except ValueError as exc:
+            self._reject(Rejection("nothing_to_do", str(exc)), topic, payload)
 
     def _on_arrival(
         self, topic: str, entrance: str, payload: bytes, t0: float | None = None
@@ -1585,6 +1588,9 @@ class LiveGateway:
             raise ValueError(f"action must be 'close' or 'open', not {action!r}")
         now = self._clock()
         with self.lock:
+            if action == "open" and not self.state.closed[s]:
+                # nothing to open: a reason here would journal a made-up free -> free event
+                raise ValueError(f"{space} is not closed")
             changes = self.state.control(s, action == "close", now)
             if not len(changes) and (reason or self.site.spaces[s].closed):
                 # closing a closed space again (or opening an open one) changes nothing, but

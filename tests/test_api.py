@@ -244,11 +244,28 @@ def test_closing_a_closed_space_again_journals_the_new_reason(client, tokens, ha
         ("closed", "closed", "burst pipe"),
         (last["items"][1]["old"], "closed", "pothole"),
     ]
-    # without a reason, closing again says nothing new: no event
-    assert client.post("/api/v1/spaces/D-005/close", headers=h).status_code == 202
-    same = client.get("/api/v1/events", params={"space": "D-005", "limit": 1}, headers=h).json()
-    assert same["items"][0]["id"] == last["items"][0]["id"]
+    # without a reason, closing again changes nothing: 409 (the page says so), no event
+    same = client.post("/api/v1/spaces/D-005/close", headers=h)
+    assert same.status_code == 409, same.text
+    assert same.json()["detail"].startswith("D-005 is already closed: nothing changed")
+    newest = client.get("/api/v1/events", params={"space": "D-005", "limit": 1}, headers=h).json()
+    assert newest["items"][0]["id"] == last["items"][0]["id"]
     assert client.post("/api/v1/spaces/D-005/open", headers=h).status_code == 202
+
+
+def test_opening_a_space_that_is_not_closed_changes_nothing(client, tokens, harness):
+    """Not 202 "opened", and no made-up free -> free event by the manager in the audit."""
+    h = tokens["manager"]
+    assert client.get("/api/v1/spaces/D-007", headers=h).json()["state"] != "closed"
+    newest = client.get("/api/v1/events", params={"limit": 1}, headers=h).json()["items"]
+    r = client.post("/api/v1/spaces/D-007/open", json={"reason": "repaired"}, headers=h)
+    assert r.status_code == 409, r.text
+    assert r.json()["detail"].startswith("D-007 is not closed")
+    assert client.get("/api/v1/events", params={"limit": 1}, headers=h).json()["items"] == newest
+    # the gateway itself refuses it too (a control over MQTT, or a race with another open)
+    with pytest.raises(ValueError, match="D-007 is not closed"):
+        harness.gateway.control_space("D-007", "open", "manager", "repaired")
+    assert client.get("/api/v1/events", params={"limit": 1}, headers=h).json()["items"] == newest
 
 
 def test_manager_actions_validate_their_input(client, tokens):

@@ -211,6 +211,22 @@ CONTROL_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def refuse_if_nothing_changes(ctx: Ctx, space: str, action: str, reason: str | None) -> None:
+    """409 for an action that would change nothing: opening a space that is not closed, or
+    closing a closed one without a new reason (a new one replaces its reason). Answered 202,
+    the page would say it was done; and an open with a reason journalled a made-up event."""
+    state = next((s.state for s in ctx.view.spaces() if s.space == space), None)
+    if action == "open" and state != "closed":
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"{space} is not closed (it is {state}): nothing changed"
+        )
+    if action == "close" and state == "closed" and not reason:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"{space} is already closed: nothing changed (give a reason to replace its reason)",
+        )
+
+
 async def _control(
     space: str, action: str, request: Request, ctx: Ctx, user: Manager
 ) -> ControlOut:
@@ -226,6 +242,7 @@ async def _control(
         why = ctx.view.control_unavailable()
         if why is not None:
             raise ControlUnavailable(why)
+        refuse_if_nothing_changes(ctx, space, action, body.reason)
         # the gateway journals it under its lock: keep the event loop free meanwhile
         await run_in_threadpool(ctx.view.control_space, space, action, user.name, body.reason)
     except ControlUnavailable as exc:
