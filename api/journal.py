@@ -485,6 +485,17 @@ class JournalReader:
             (start, end),
         )
 
+    def closure(self, space: str) -> EventRow | None:
+        """The newest manager's close of ``space`` (a close repeated with a new reason is
+        the newest): who closed a closed space, when and why. Walks back from the newest
+        event (there is no index by space), as far as that close."""
+        rows = self._query(
+            f"SELECT {self._event_columns()} FROM events WHERE space = ? AND source = 'manager'"
+            " AND new = 'closed' ORDER BY id DESC LIMIT 1",
+            (space,),
+        )
+        return EventRow(*rows[0]) if rows else None
+
     def events_after(self, after_id: int, limit: int = 10000) -> list[EventRow]:
         """Events with id > after_id, oldest first (for tailing the journal)."""
         rows = self._query(

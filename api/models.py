@@ -306,6 +306,14 @@ class ControlOut(BaseModel):
     by: str
     reason: str | None
     ts: float
+    was: StateName | None = Field(
+        None, description="the space's state before (as this API saw it): what was changed"
+    )
+    closed_by: str | None = Field(
+        None, description="when it was closed: who closed it (the closure an open ends)"
+    )
+    closed_reason: str | None = Field(None, description="when it was closed: their reason")
+    closed_at: float | None = Field(None, description="when it was closed: when (UNIX s)")
 
 
 class AlertOut(BaseModel):

@@ -268,6 +268,21 @@ def test_opening_a_space_that_is_not_closed_changes_nothing(client, tokens, harn
     assert client.get("/api/v1/events", params={"limit": 1}, headers=h).json()["items"] == newest
 
 
+def test_an_open_says_whose_closure_it_ended(client, tokens, harness):
+    """Bob opening a space Alice closed is told it was hers and why; the answer of every
+    action says what the space was before."""
+    h = tokens["manager"]
+    t0 = time.time()
+    why = "wedding, until Sunday"
+    closed = client.post("/api/v1/spaces/D-009/close", json={"reason": why}, headers=h).json()
+    assert closed["was"] != "closed" and closed["closed_by"] is None
+    opened = client.post("/api/v1/spaces/D-009/open", headers=h)
+    assert opened.status_code == 202, opened.text
+    body = opened.json()
+    assert (body["was"], body["closed_by"], body["closed_reason"]) == ("closed", "manager", why)
+    assert t0 - 1 <= body["closed_at"] <= time.time()
+
+
 def test_manager_actions_validate_their_input(client, tokens):
     h = tokens["manager"]
     assert client.post("/api/v1/spaces/NOPE/close", headers=h).status_code == 404

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from api.alerts import SEVERITY, AlertRecord, AlreadyAcknowledged
 from api.auth import User
 from api.deps import Ctx, LoggedIn, Manager, require_login, require_manager
+from api.journal import EventRow
 from api.live import alert_changed_event
 from api.models import (
     AcknowledgeRequest,
@@ -211,20 +212,26 @@ CONTROL_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def refuse_if_nothing_changes(ctx: Ctx, space: str, action: str, reason: str | None) -> None:
+def refuse_if_nothing_changes(space: str, action: str, was: str | None, reason: str | None) -> None:
     """409 for an action that would change nothing: opening a space that is not closed, or
     closing a closed one without a new reason (a new one replaces its reason). Answered 202,
     the page would say it was done; and an open with a reason journalled a made-up event."""
-    state = next((s.state for s in ctx.view.spaces() if s.space == space), None)
-    if action == "open" and state != "closed":
+    if action == "open" and was != "closed":
         raise HTTPException(
-            status.HTTP_409_CONFLICT, f"{space} is not closed (it is {state}): nothing changed"
+            status.HTTP_409_CONFLICT, f"{space} is not closed (it is {was}): nothing changed"
         )
-    if action == "close" and state == "closed" and not reason:
+    if action == "close" and was == "closed" and not reason:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"{space} is already closed: nothing changed (give a reason to replace its reason)",
         )
+
+
+def state_before(ctx: Ctx, space: str) -> tuple[str | None, EventRow | None]:
+    """The space as the manager's action finds it: its state and, when closed, the close
+    that closed it (another manager opening it is told whose closure it ends)."""
+    was = next((s.state for s in ctx.view.spaces() if s.space == space), None)
+    return was, ctx.journal.closure(space) if was == "closed" else None
 
 
 async def _control(
@@ -242,7 +249,8 @@ async def _control(
         why = ctx.view.control_unavailable()
         if why is not None:
             raise ControlUnavailable(why)
-        refuse_if_nothing_changes(ctx, space, action, body.reason)
+        was, closure = await run_in_threadpool(state_before, ctx, space)
+        refuse_if_nothing_changes(space, action, was, body.reason)
         # the gateway journals it under its lock: keep the event loop free meanwhile
         await run_in_threadpool(ctx.view.control_space, space, action, user.name, body.reason)
     except ControlUnavailable as exc:
@@ -251,7 +259,19 @@ async def _control(
     except (ValueError, KeyError) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, f"the gateway refused: {exc}") from None
     log.info("space %s %s by %s (%s)", space, action, user.name, body.reason or "no reason given")
-    return ControlOut(space=space, action=action, by=user.name, reason=body.reason, ts=time.time())
+    if closure is not None and action == "open":
+        log.info("space %s: the closure opened was %s's (%s)", space, closure.agent, closure.note)
+    return ControlOut(
+        space=space,
+        action=action,
+        by=user.name,
+        reason=body.reason,
+        ts=time.time(),
+        was=was,
+        closed_by=closure.agent if closure else None,
+        closed_reason=closure.note if closure else None,
+        closed_at=closure.ts if closure else None,
+    )
 
 
 @manager_router.post(

@@ -22,7 +22,8 @@ const T = {
   since: ["自", "since"], wrong_login: ["用户名或密码错误", "wrong user name or password"],
   too_many: ["尝试太多，请稍后再试", "too many attempts, try again later"],
   need_login: ["需要登录", "login required"], need_manager: ["需要管理员权限", "needs the manager role"],
-  closed_by: ["关闭人", "closed by"], done_close: ["已关闭", "closed"], done_open: ["已开放", "opened"], sent: ["已发送", "sent"],
+  closed_by: ["关闭人", "closed by"], done_close: ["已关闭", "closed"], done_open: ["已开放", "opened"],
+  was_closed_by: ["此前由 {by} 关闭", "it was closed by {by}"], sent: ["已发送", "sent"],
   no_data: ["无数据", "no data"], raw_readings: ["检测器：原始读数和错误计数", "Detectors: raw readings and error counters"],
   detector: ["检测器", "Detector"], raw: ["原始值", "Raw"], battery: ["电量", "Battery"], node_errors: ["节点错误", "Node errors"], unreachable: ["无法连接服务器", "server unreachable"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
   not_live_since: ["非实时：自 {t} 起未更新", "not live since {t}"],
@@ -616,6 +617,12 @@ async function showClosure(id, s) {
     e.reason && `${t("reason")}: ${e.reason}`].filter(Boolean).join(" · ");
 }
 
+// after an open: whose closure it ended (another manager's, perhaps), so nobody is surprised
+function endedClosure(b) {
+  if (!b || b.action !== "open" || !b.closed_by) return "";
+  return ` — ${t("was_closed_by").replace("{by}", b.closed_by)}${b.closed_reason ? `: ${b.closed_reason}` : ""}`;
+}
+
 async function controlSpace(action) {
   const id = S.selected;
   if (!id) return;
@@ -624,7 +631,7 @@ async function controlSpace(action) {
   const r = await api(`/api/v1/spaces/${encodeURIComponent(id)}/${action}`, { method: "POST",
     body: JSON.stringify(reason ? { reason } : {}) });
   msg.className = r.ok ? "msg ok" : "msg error";
-  msg.textContent = r.ok ? `${id}: ${t(action === "close" ? "done_close" : "done_open")}` : errorText(r);
+  msg.textContent = r.ok ? `${id}: ${t(action === "close" ? "done_close" : "done_open")}${endedClosure(r.body)}` : errorText(r);
   // the reason went with this action; it is not the next one's (unless retyped meanwhile)
   if (r.ok && S.selected === id && $("#sp-reason").value.trim() === reason) $("#sp-reason").value = "";
 }
