@@ -72,6 +72,8 @@ class EventFilter:
     # of it, for the events journalled without a zone
     zone: str | None = None
     zone_spaces: tuple[str, ...] = ()
+    source: str | None = None  # "manager", or a bus or camera id
+    agent: str | None = None  # the reporting agent, or the manager's user name
 
     def where(self, stored_zones: bool = True) -> tuple[str, list[object]]:
         """SQL condition and its parameters; ``stored_zones``: the events table has a zone
@@ -89,6 +91,10 @@ class EventFilter:
             else:
                 clauses.append(in_site)
             params.extend(self.zone_spaces)
+        for column, value in (("source", self.source), ("agent", self.agent)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
         if self.since is not None:
             clauses.append("ts >= ?")
             params.append(self.since)

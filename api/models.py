@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from parking.payloads import Assignment, DisplayContent, HealthReport, LocalText
 from parking.siteconfig import LocalName
@@ -33,7 +33,14 @@ def _one_line(text: str) -> str:
     return text
 
 
+def _blank_is_none(value: object) -> object:
+    # a reason of only spaces says nothing: stored, it showed as a reason given
+    return (value.strip() or None) if isinstance(value, str) else value
+
+
 Note = Annotated[str, AfterValidator(_one_line)]
+OptionalNote = Annotated[Note | None, BeforeValidator(_blank_is_none)]
+"""A manager's reason or note: without the spaces around it, and none when blank."""
 
 
 # --- requests -------------------------------------------------------------
@@ -45,11 +52,11 @@ class LoginRequest(_Request):
 
 
 class SpaceControlRequest(_Request):
-    reason: Note | None = Field(None, max_length=200, description="why, for the journal")
+    reason: OptionalNote = Field(None, max_length=200, description="why, for the journal")
 
 
 class AcknowledgeRequest(_Request):
-    note: Note | None = Field(
+    note: OptionalNote = Field(
         None,
         max_length=200,
         description="what is being done about it, for the other managers (e.g. who was sent)",

@@ -283,6 +283,37 @@ def test_an_open_says_whose_closure_it_ended(client, tokens, harness):
     assert t0 - 1 <= body["closed_at"] <= time.time()
 
 
+def test_events_filter_by_source_and_by_and_a_blank_reason_is_none(client, tokens, harness):
+    """The audit: the managers' actions alone (?source=manager, ?by=NAME); a reason of only
+    spaces is no reason, and a reason is kept without the spaces around it."""
+    h = tokens["manager"]
+    harness.report("bus-g", {"A-060": "occupied"})  # a sensor's event, newer than any close
+    blank = client.post("/api/v1/spaces/D-010/close", json={"reason": "   "}, headers=h)
+    assert blank.status_code == 202 and blank.json()["reason"] is None
+    padded = client.post("/api/v1/spaces/D-011/close", json={"reason": " paint "}, headers=h)
+    assert padded.json()["reason"] == "paint"
+    every = client.get("/api/v1/events", params={"limit": 1000}, headers=h).json()["items"]
+    assert {e["source"] for e in every} > {"manager"}
+    for params in ({"source": "manager"}, {"by": "manager"}):
+        items = client.get("/api/v1/events", params=params, headers=h).json()["items"]
+        assert items and {(e["source"], e["agent"]) for e in items} == {("manager", "manager")}
+        assert [(e["space"], e["reason"]) for e in items[:2]] == [
+            ("D-011", "paint"),
+            ("D-010", None),
+        ]
+    bus = client.get("/api/v1/events", params={"source": "bus-g"}, headers=h).json()["items"]
+    assert bus and {e["source"] for e in bus} == {"bus-g"}
+    for path in ("/api/v1/events", "/api/v1/events.csv"):
+        bad = client.get(path, params={"source": "managers"}, headers=h)
+        assert bad.status_code == 422 and "no source 'managers'" in bad.text
+    csv_text = client.get("/api/v1/events.csv", params={"source": "manager"}, headers=h).text
+    assert {r["source"] for r in csv.DictReader(io.StringIO(csv_text.lstrip("\ufeff")))} == {
+        "manager"
+    }
+    for space in ("D-010", "D-011"):
+        assert client.post(f"/api/v1/spaces/{space}/open", headers=h).status_code == 202
+
+
 def test_manager_actions_validate_their_input(client, tokens):
     h = tokens["manager"]
     assert client.post("/api/v1/spaces/NOPE/close", headers=h).status_code == 404

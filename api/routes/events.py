@@ -36,9 +36,25 @@ SpaceQuery = Annotated[str | None, Query(max_length=64, description="only this s
 ZoneQuery = Annotated[str | None, Query(max_length=64, description="only this zone")]
 
 
+SourceQuery = Annotated[
+    str | None,
+    Query(max_length=64, description="only events of this source: manager, or a bus or camera"),
+]
+ByQuery = Annotated[
+    str | None,
+    Query(max_length=64, description="only events by this manager (user name) or agent"),
+]
+MANAGER_SOURCE = "manager"
+"""The ``source`` of a manager's close or open (and of the site file's closures)."""
+
+
 def event_filter(ctx: Ctx, space: str | None, zone: str | None, since: float | None,
-                 until: float | None) -> EventFilter:  # fmt: skip
+                 until: float | None, source: str | None = None,
+                 by: str | None = None) -> EventFilter:  # fmt: skip
     site = ctx.view.site
+    sources = [MANAGER_SOURCE, *(b.id for b in site.buses), *(c.id for c in site.cameras)]
+    if source is not None and source not in sources:
+        invalid(("query", "source"), f"no source {source!r}; sources: {', '.join(sources)}", source)
     if space is not None and space not in site.space_index:
         invalid(("query", "space"), f"no space {space!r} on this site", space)
     if (
@@ -58,6 +74,8 @@ def event_filter(ctx: Ctx, space: str | None, zone: str | None, since: float | N
         until=until,
         zone=zone,
         zone_spaces=tuple(sorted(s for s, z in unzoned.items() if z == zone)),
+        source=source,
+        agent=by,
     )
 
 
@@ -91,9 +109,12 @@ def events(
     until: Time = None,
     before: Annotated[int | None, Query(ge=1, le=2**62, description="page: ids below this")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    source: SourceQuery = None,
+    by: ByQuery = None,
 ) -> EventPage:
-    """State changes, newest first, filtered by space, zone and time [since, until)."""
-    flt = event_filter(ctx, space, zone, since, until)
+    """State changes, newest first, filtered by space, zone, time [since, until), source
+    (``manager``: the managers' closes and opens) and who (``by``: a user or an agent)."""
+    flt = event_filter(ctx, space, zone, since, until, source, by)
     rows = ctx.journal.events(flt, before_id=before, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
@@ -177,10 +198,12 @@ def events_csv(
     since: Time = None,
     until: Time = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
+    source: SourceQuery = None,
+    by: ByQuery = None,
 ) -> StreamingResponse:
     """Export state changes as CSV (e.g. a month for the residents' committee): all of the
     range, or at most ``limit`` events and then a last line saying it was cut short."""
-    flt = event_filter(ctx, space, zone, since, until)
+    flt = event_filter(ctx, space, zone, since, until, source, by)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     site = ctx.view.site.id.replace(":", "-")  # ":" is not allowed in Windows file names
     return StreamingResponse(

@@ -824,7 +824,7 @@ async function loadEvents(fresh) {
   const rows = r.body.items.map((e) => el("tr", {},
     el("td", { text: fmtTime(e.ts) }), el("td", { text: e.space }),
     el("td", { text: `${t(e.old || "unknown")} → ${t(e.new)}` }),
-    el("td", { text: sourceText(e.source, e.agent) })));
+    el("td", { text: sourceText(e.source, e.agent) }), el("td", { text: e.reason || "" })));
   const body = $("#events tbody");
   if (fresh) body.replaceChildren(...rows); else body.append(...rows);
   S.eventsBefore = r.body.next_before;
