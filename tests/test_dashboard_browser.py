@@ -228,11 +228,11 @@ def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
             page.click("#event-filter button[type=submit]")  # the newest events
             wait_until(
                 lambda: any(
-                    shown in r and target in r
+                    shown in r and target in r and "resurfacing" in r
                     for r in page.locator("#events tbody tr").all_inner_texts()
                 ),
                 5000,
-                f"the close of {target} listed at {shown}, the site's time",
+                f"the close of {target} listed at {shown}, the site's time, with its reason",
             )
             assert page.text_content("#site-tz") == "Asia/Shanghai"
             # a day in the filter is the site's day (8 March 2026 is a DST day in New York)
@@ -259,6 +259,12 @@ def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
             page.click('[data-space="' + target + '"]')
             page.click("#sp-open")
             wait_state(page, target, "free", 5000)
+            # whose closure the open ended, as a second manager would need to know
+            wait_until(
+                lambda: "boss" in (m := page.text_content("#sp-msg") or "") and "resurfacing" in m,
+                5000,
+                "the open naming the closure it ended",
+            )
 
             # the gateway (and the API in it) dies and comes back: the page reconnects by itself
             # (401/403 answers above are logged by the browser as failed loads: expected)
