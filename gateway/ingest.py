@@ -25,7 +25,7 @@ observation of that space).
 The parts of a health report naming what is not its source's are left out and counted
 (:meth:`ReportGate.own_health`): ``unknown_node``, ``unknown_detector``,
 ``unknown_space``, ``foreign_space``; the gateway refuses a health report older than the
-agent's last (``older_than_known``).
+agent's last (:meth:`ReportGate.health_problem`).
 """
 
 from __future__ import annotations
@@ -160,6 +160,31 @@ class _AgentSequence:
     retired: set[str] = field(default_factory=set)
 
 
+def how_long(seconds: float) -> str:
+    """A duration as an operator reads it: "40 s", "12 min", "3.5 h", "9 days", "56 years"."""
+    s = abs(seconds)
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 172800:
+        return f"{s / 3600:.1f} h"
+    if s < 2 * 365.25 * 86400:
+        return f"{s / 86400:.0f} days"
+    return f"{s / (365.25 * 86400):.0f} years"
+
+
+def clock_behind(agent: str, ts: float, now: float | None) -> str:
+    """What a refusal adds when the refused time ``ts`` is far behind the gateway's clock
+    ``now``: by how much, and what to suspect ('' when it is not)."""
+    if now is None or now - ts <= FUTURE_TOLERANCE_S:
+        return ""
+    return (
+        f" ({agent}'s clock is {how_long(now - ts)} behind the gateway's: not synchronised?"
+        " Or the message waited that long in its spool)"
+    )
+
+
 class ReportGate:
     """Checks decoded reports against the site and what is already known.
 
@@ -231,6 +256,43 @@ class ReportGate:
             why = f"health ts {health.ts} is later than the gateway's {now}"
             return None, [Rejection("from_the_future", why)]
         return self.own_health(health)
+
+    def health_problem(
+        self, known: HealthReport | None, health: HealthReport, now: float
+    ) -> Rejection | None:
+        """Why ``health`` may not replace ``known``, the agent's last one taken (None: it
+        may). Within one boot of the agent health is taken in the order it arrives, by its
+        ``seq``, never by ``ts``: an edge clock stepped back by NTP would otherwise have the
+        dashboard show the last health before the step (a dead node as ok) for as long as
+        the step. A late one of a boot the agent replaced is refused (``stale_boot``); a
+        boot whose reports were taken replaces the known one. Only between boots not known
+        apart (an agent that sends no boot) does ``ts`` order them (``older_than_known``);
+        the same report again (the retained one, at a reconnect) is taken."""
+        if known is None:
+            return None
+        boot = health.boot
+        if boot is not None and boot == known.boot:
+            if health.seq is not None and known.seq is not None and health.seq < known.seq:
+                why = f"health seq {health.seq} of boot {boot} < known {known.seq}"
+                return Rejection("older_than_known", why)
+            return None
+        sequence = self._sequences.get(health.agent)
+        if boot is not None and sequence is not None:
+            if boot in sequence.retired:
+                why = (
+                    f"health of {health.agent} boot {boot}, replaced by boot {sequence.boot}"
+                    f"{clock_behind(health.agent, health.ts, now)}"
+                )
+                return Rejection("stale_boot", why)
+            if boot == sequence.boot:
+                return None
+        if health.ts < known.ts:
+            why = (
+                f"health ts {health.ts} < known {known.ts}"
+                f"{clock_behind(health.agent, health.ts, now)}"
+            )
+            return Rejection("older_than_known", why)
+        return None
 
     def own_health(self, health: HealthReport) -> tuple[HealthReport, list[Rejection]]:
         """A health report (of a source in the site) without what is not its source's, and

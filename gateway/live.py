@@ -874,17 +874,17 @@ class LiveGateway:
         if isinstance(health, Rejection):
             self._reject(health, topic, payload)
             return
-        taken, left_out = self.gate.take_health(agent, health, self._clock())
+        now = self._clock()
+        taken, left_out = self.gate.take_health(agent, health, now)
         for why in left_out:  # parts naming what is not its source's: false alerts
             self._reject(why, topic, payload)
         if taken is None:
             return
         health = taken
         with self.lock:
-            known = self._health.get(agent)
-            if known is not None and health.ts < known.ts:  # the same one again is fine
-                why = f"health ts {health.ts} < known {known.ts}"
-                self._reject(Rejection("older_than_known", why), topic, payload)
+            problem = self.gate.health_problem(self._health.get(agent), health, now)
+            if problem is not None:
+                self._reject(problem, topic, payload)
                 return
             self._health[agent] = health
         self._emit("agent", {"agent": agent, "health": health.model_dump(mode="json")}, health.ts)
