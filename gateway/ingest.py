@@ -185,6 +185,17 @@ def clock_behind(agent: str, ts: float, now: float | None) -> str:
     )
 
 
+def clock_ahead(what: str, ts: float, now: float) -> str:
+    """A ``from_the_future`` refusal's text: how far ``ts`` is ahead of the gateway's clock
+    ``now``, and that either clock may be the wrong one (a gateway booted with its clock
+    behind refuses every report, and the agents are not to blame)."""
+    return (
+        f"{what} {ts} is {how_long(ts - now)} ahead of the gateway's clock ({now}):"
+        " the agent's clock runs ahead, or the gateway's own clock is behind (not"
+        " synchronised since it booted?)"
+    )
+
+
 class ReportGate:
     """Checks decoded reports against the site and what is already known.
 
@@ -253,8 +264,7 @@ class ReportGate:
         if problem:
             return None, [Rejection("foreign_source", problem)]
         if health.ts > now + FUTURE_TOLERANCE_S:
-            why = f"health ts {health.ts} is later than the gateway's {now}"
-            return None, [Rejection("from_the_future", why)]
+            return None, [Rejection("from_the_future", clock_ahead("health ts", health.ts, now))]
         return self.own_health(health)
 
     def health_problem(
@@ -522,10 +532,8 @@ class ReportGate:
         if problem:
             return Rejection("foreign_source", problem)
         latest = np.inf if now is None else now + FUTURE_TOLERANCE_S
-        if report.ts > latest:
-            return Rejection(
-                "from_the_future", f"report ts {report.ts} is later than the gateway's {now}"
-            )
+        if now is not None and report.ts > latest:
+            return Rejection("from_the_future", clock_ahead("report ts", report.ts, now))
         known = self._sequences.get(report.agent)
         gap = False
         replaces: str | None = None  # the boot a boot never seen would replace
@@ -548,7 +556,11 @@ class ReportGate:
                         " (a test run beside the service)? Stop one; if the one stopped ran"
                         " the newer boot, restart the other (its new boot is taken)",
                     )
-                return Rejection("stale_boot", f"{report.agent} boot {report.boot} was replaced")
+                return Rejection(
+                    "stale_boot",
+                    f"{report.agent} boot {report.boot} was replaced"
+                    f"{clock_behind(report.agent, report.ts, now)}",
+                )
             else:
                 # a boot never seen: the agent restarted, or an old message of a boot long
                 # gone (a replay, a copy). Only a report not older than what the current
@@ -559,7 +571,8 @@ class ReportGate:
                     return Rejection(
                         "stale_boot",
                         f"{report.agent} boot {report.boot}: report ts {report.ts} is older "
-                        f"than boot {known.boot}'s observations ({newest})",
+                        f"than boot {known.boot}'s observations ({newest})"
+                        f"{clock_behind(report.agent, report.ts, now)}",
                     )
                 replaces = known.boot
         index = self.site.space_index
@@ -578,20 +591,17 @@ class ReportGate:
                 rejected.append(
                     Rejection("foreign_space", f"space {obs.space!r} is not bound to {source}")
                 )
-            elif obs.since > latest:
+            elif now is not None and obs.since > latest:
                 stale.append(s)
-                rejected.append(
-                    Rejection(
-                        "from_the_future",
-                        f"space {obs.space!r} since {obs.since} is later than the gateway's {now}",
-                    )
-                )
+                what = f"space {obs.space!r} since"
+                rejected.append(Rejection("from_the_future", clock_ahead(what, obs.since, now)))
             elif obs.since < obs_since[s] - SINCE_TOLERANCE_S:
                 stale.append(s)
                 rejected.append(
                     Rejection(
                         "older_than_known",
-                        f"space {obs.space!r} since {obs.since} < known {obs_since[s]}",
+                        f"space {obs.space!r} since {obs.since} < known {obs_since[s]}"
+                        f"{clock_behind(report.agent, report.ts, now)}",
                     )
                 )
             else:
