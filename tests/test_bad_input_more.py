@@ -217,13 +217,15 @@ def test_availability_is_exactly_online_or_offline(gw, example_site, payload, re
     assert bus_g_states(gw) == {"unknown"}  # the real will still works
 
 
-def delta(seq: int, boot: str = "b", space: str = "A-001", state: str = "occupied") -> bytes:
+def delta(
+    seq: int, boot: str = "b", space: str = "A-001", state: str = "occupied", ts: float = NOW
+) -> bytes:
     body = {
         "agent": "serial-bus-g",
         "source": "bus-g",
         "boot": boot,
         "seq": seq,
-        "ts": NOW,
+        "ts": ts,
         "kind": "delta",
         "spaces": [{"space": space, "state": state, "since": NOW}],
     }
@@ -247,7 +249,7 @@ def test_reports_that_never_arrived_are_counted_and_said_once_a_minute(
     assert gw.counters().reports_missed["serial-bus-g"] == 5
     said = [r.getMessage() for r in caplog.records if "never arrived" in r.getMessage()]
     assert said == [
-        "agent serial-bus-g boot b: reports 2..4 never arrived (the broker dropped them: a "
+        "agent serial-bus-g boot b: 3 of reports 2..4 never arrived (the broker dropped them: a "
         "broker restart, or its queue limits max_queued_messages / max_queued_bytes, the "
         "gateway away or not keeping up); the next snapshot reconciles the state (3 missed "
         "from this agent so far)"
@@ -265,3 +267,20 @@ def test_reports_that_never_arrived_are_counted_and_said_once_a_minute(
         "serial-bus-g": 6,
     }
     assert gw.accepted == 2 + 5  # every one of them was taken (and the two buses' snapshots)
+
+
+def test_reports_refused_whole_are_not_counted_as_never_arrived(gw, example_site, caplog):
+    """A gateway whose clock is hours behind refuses reports as from the future; when one is
+    taken again, the seqs it refused arrived: not the broker's loss, not counted as missed."""
+    snapshot_all_free(gw, example_site, NOW)  # seq 1 of boot "b"
+    occupancy = topics.edge_occupancy(SITE, "serial-bus-g")
+    with caplog.at_level(logging.INFO, logger="gateway.live"):
+        for seq in (2, 3, 4):
+            gw.handle(occupancy, delta(seq, ts=NOW + 3 * 3600))
+        gw.handle(occupancy, delta(6))  # 5 never came
+    assert gw.rejections.counts == {"from_the_future": 3}
+    assert gw.counters().reports_missed["serial-bus-g"] == 1
+    said = [r.getMessage() for r in caplog.records if "reports 2..5" in r.getMessage()]
+    assert len(said) == 2
+    assert "3 of reports 2..5 arrived and were refused" in said[0]
+    assert "1 of reports 2..5 never arrived" in said[1]
