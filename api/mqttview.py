@@ -322,21 +322,21 @@ class MqttLiveView:
                 if not self._gate.is_site_agent(ident):
                     self._reject("unknown_agent", topic, payload, f"{ident} is no site agent")
                     return
+                wall = time.time()
                 taken, left_out = self._gate.take_health(
-                    ident, HealthReport.model_validate_json(payload), time.time()
+                    ident, HealthReport.model_validate_json(payload), wall
                 )
                 for why in left_out:  # parts naming what is not its source's: false alerts
                     self._reject(why.reason, topic, payload, why.detail)
                 if taken is None:
                     return
                 h = taken
-                with self._lock:
-                    known = self._health.get(ident)
-                    older = known is not None and h.ts < known.ts  # as the gateway: not news
-                    if not older:
+                with self._lock:  # as the gateway: in arrival order within one agent boot
+                    problem = self._gate.health_problem(self._health.get(ident), h, wall)
+                    if problem is None:
                         self._health[ident] = h
-                if older:
-                    self._reject("older_than_known", topic, payload, "older than the last")
+                if problem is not None:
+                    self._reject(problem.reason, topic, payload, problem.detail)
                     return
                 self._emit("agent", {"agent": ident, "health": h.model_dump(mode="json")}, h.ts)
             elif kind == "entrances/assignment":

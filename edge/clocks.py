@@ -14,7 +14,9 @@ once.
 - **Forward** (the usual case: the box started behind): every ``since`` moves with the
   step. Stamped by the clock as it read before, they are older than what the gateway
   knows from the agent's previous run, and it would refuse them (``older_than_known``)
-  until each space changed; on the corrected clock they are accepted.
+  until each space changed; on the corrected clock they are accepted. A ``since`` never
+  moves past the clock as it now reads (:func:`moved_forward`): one an earlier backward
+  step left ahead of the clock would otherwise land in the future.
 - **Backward** (a clock that ran ahead, corrected): a ``since`` more than the gateway's
   future tolerance (``FUTURE_TOLERANCE_S``, five minutes) ahead of the clock now reads
   was refused there and is brought back to it (left, a brief step forward and back
@@ -38,6 +40,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,18 @@ STEP_THRESHOLD_S = 2.0
 """``wall - monotonic`` moving by more than this between two polls is a step of the wall
 clock (slewing moves both clocks alike; reading the two clocks a moment apart never
 comes near this)"""
+
+
+Since = TypeVar("Since", float, np.ndarray)
+
+
+def moved_forward(since: Since, step: float, now: float) -> Since:
+    """Kept ``since`` times after a forward step of ``step`` s, ``now`` the clock as it
+    reads after it: moved with the step, but never past ``now`` (a since that a backward
+    step before left ahead of the clock, moved too, would be in the future) and never
+    back (the gateway took it as it was)."""
+    moved = np.maximum(since, np.minimum(since + step, now))
+    return float(moved) if isinstance(since, float) else moved
 
 
 class ClockWatch:

@@ -7,7 +7,8 @@
 * ``snapshot_due()`` -- whether the agent should report a snapshot now (after
   every (re)connect, and periodically while connected);
 * ``request_snapshot()`` -- make one due now (a step of the wall clock, ``edge.clocks``);
-* ``publish_health(report)`` -- retained QoS 0 health, latest one wins;
+* ``publish_health(report)`` -- retained QoS 0 health, latest one wins (numbered by
+  ``boot`` and ``seq`` as reports are, so the gateway orders it without the clock);
 * ``stop()`` -- publish ``offline``, flush, disconnect.
 
 Durability: a delta is appended to an on-disk spool (SQLite in WAL mode, one
@@ -341,6 +342,7 @@ class ReportPublisher:
         self._flush_timeout_s = DEFAULT_FLUSH_TIMEOUT_S
         self._health: HealthReport | None = None
         self._health_dirty = False
+        self._health_seq = 0
         self._warnings = RateLimitedLog(log, _WARN_EVERY_S)
         self._drops: deque[float] = deque()  # when the broker closed accepted connections
         self.stats: dict[str, int] = dict.fromkeys(
@@ -426,7 +428,8 @@ class ReportPublisher:
         """Retained, QoS 0: sent now if connected, else the latest is sent on connect."""
         report = fit_health(report)  # a bus of thousands of detectors: only what is not ok
         with self._lock:
-            self._health = report
+            self._health_seq += 1
+            self._health = report.model_copy(update={"boot": self.boot, "seq": self._health_seq})
             self._health_dirty = True
         self._wake()
 

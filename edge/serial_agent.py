@@ -51,7 +51,7 @@ from typing import TypeVar
 
 import serial
 
-from edge.clocks import ClockWatch
+from edge.clocks import ClockWatch, moved_forward
 from edge.debounce import BusTracker, DebounceSettings, SpaceChange
 from edge.modbus_master import (
     DEFAULT_RETRIES,
@@ -663,7 +663,9 @@ class SerialAgent:
 
         Forward (a box that started behind, then NTP synchronised): the wall ``since`` of
         every change moves with the step, so that the gateway does not refuse them as
-        older than what it knew from the agent's previous run. Backward (a clock that ran
+        older than what it knew from the agent's previous run, but never past its
+        monotonic start on the clock as it now reads (``edge.clocks.moved_forward``).
+        Backward (a clock that ran
         ahead): a ``since`` beyond the gateway's future tolerance of the clock now is
         brought back to it (the gateway refused it: left, a brief step forward and back
         would keep every space refused as ``from_the_future``); a nearer one stays (the
@@ -674,11 +676,16 @@ class SerialAgent:
         """
         step = self._clock_watch.check()
         if step > 0:
-            self._wall_since = {s: (m, w + step) for s, (m, w) in self._wall_since.items()}
+            # bounded by its monotonic start on the clock as it now reads (never past the
+            # present): one a backward step left ahead of the clock lands where it began
+            to_wall = self._clock_watch.to_wall
+            self._wall_since = {
+                s: (m, moved_forward(w, step, to_wall(m))) for s, (m, w) in self._wall_since.items()
+            }
         elif step < 0:
+            now = self._clock_watch.last_wall
             # a since the gateway may have taken (within its tolerance) stays: moved back, it
             # would be older than what it knows; one beyond could not have been: to now
-            now = self._clock_watch.last_wall
             limit = now + FUTURE_TOLERANCE_S
             self._wall_since = {
                 s: (m, w if w <= limit else now) for s, (m, w) in self._wall_since.items()

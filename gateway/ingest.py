@@ -25,7 +25,7 @@ observation of that space).
 The parts of a health report naming what is not its source's are left out and counted
 (:meth:`ReportGate.own_health`): ``unknown_node``, ``unknown_detector``,
 ``unknown_space``, ``foreign_space``; the gateway refuses a health report older than the
-agent's last (``older_than_known``).
+agent's last (:meth:`ReportGate.health_problem`).
 """
 
 from __future__ import annotations
@@ -160,6 +160,42 @@ class _AgentSequence:
     retired: set[str] = field(default_factory=set)
 
 
+def how_long(seconds: float) -> str:
+    """A duration as an operator reads it: "40 s", "12 min", "3.5 h", "9 days", "56 years"."""
+    s = abs(seconds)
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 172800:
+        return f"{s / 3600:.1f} h"
+    if s < 2 * 365.25 * 86400:
+        return f"{s / 86400:.0f} days"
+    return f"{s / (365.25 * 86400):.0f} years"
+
+
+def clock_behind(agent: str, ts: float, now: float | None) -> str:
+    """What a refusal adds when the refused time ``ts`` is far behind the gateway's clock
+    ``now``: by how much, and what to suspect ('' when it is not)."""
+    if now is None or now - ts <= FUTURE_TOLERANCE_S:
+        return ""
+    return (
+        f" ({agent}'s clock is {how_long(now - ts)} behind the gateway's: not synchronised?"
+        " Or the message waited that long in its spool)"
+    )
+
+
+def clock_ahead(what: str, ts: float, now: float) -> str:
+    """A ``from_the_future`` refusal's text: how far ``ts`` is ahead of the gateway's clock
+    ``now``, and that either clock may be the wrong one (a gateway booted with its clock
+    behind refuses every report, and the agents are not to blame)."""
+    return (
+        f"{what} {ts} is {how_long(ts - now)} ahead of the gateway's clock ({now}):"
+        " the agent's clock runs ahead, or the gateway's own clock is behind (not"
+        " synchronised since it booted?)"
+    )
+
+
 class ReportGate:
     """Checks decoded reports against the site and what is already known.
 
@@ -228,9 +264,45 @@ class ReportGate:
         if problem:
             return None, [Rejection("foreign_source", problem)]
         if health.ts > now + FUTURE_TOLERANCE_S:
-            why = f"health ts {health.ts} is later than the gateway's {now}"
-            return None, [Rejection("from_the_future", why)]
+            return None, [Rejection("from_the_future", clock_ahead("health ts", health.ts, now))]
         return self.own_health(health)
+
+    def health_problem(
+        self, known: HealthReport | None, health: HealthReport, now: float
+    ) -> Rejection | None:
+        """Why ``health`` may not replace ``known``, the agent's last one taken (None: it
+        may). Within one boot of the agent health is taken in the order it arrives, by its
+        ``seq``, never by ``ts``: an edge clock stepped back by NTP would otherwise have the
+        dashboard show the last health before the step (a dead node as ok) for as long as
+        the step. A late one of a boot the agent replaced is refused (``stale_boot``); a
+        boot whose reports were taken replaces the known one. Only between boots not known
+        apart (an agent that sends no boot) does ``ts`` order them (``older_than_known``);
+        the same report again (the retained one, at a reconnect) is taken."""
+        if known is None:
+            return None
+        boot = health.boot
+        if boot is not None and boot == known.boot:
+            if health.seq is not None and known.seq is not None and health.seq < known.seq:
+                why = f"health seq {health.seq} of boot {boot} < known {known.seq}"
+                return Rejection("older_than_known", why)
+            return None
+        sequence = self._sequences.get(health.agent)
+        if boot is not None and sequence is not None:
+            if boot in sequence.retired:
+                why = (
+                    f"health of {health.agent} boot {boot}, replaced by boot {sequence.boot}"
+                    f"{clock_behind(health.agent, health.ts, now)}"
+                )
+                return Rejection("stale_boot", why)
+            if boot == sequence.boot:
+                return None
+        if health.ts < known.ts:
+            why = (
+                f"health ts {health.ts} < known {known.ts}"
+                f"{clock_behind(health.agent, health.ts, now)}"
+            )
+            return Rejection("older_than_known", why)
+        return None
 
     def own_health(self, health: HealthReport) -> tuple[HealthReport, list[Rejection]]:
         """A health report (of a source in the site) without what is not its source's, and
@@ -460,10 +532,8 @@ class ReportGate:
         if problem:
             return Rejection("foreign_source", problem)
         latest = np.inf if now is None else now + FUTURE_TOLERANCE_S
-        if report.ts > latest:
-            return Rejection(
-                "from_the_future", f"report ts {report.ts} is later than the gateway's {now}"
-            )
+        if now is not None and report.ts > latest:
+            return Rejection("from_the_future", clock_ahead("report ts", report.ts, now))
         known = self._sequences.get(report.agent)
         gap = False
         replaces: str | None = None  # the boot a boot never seen would replace
@@ -486,7 +556,11 @@ class ReportGate:
                         " (a test run beside the service)? Stop one; if the one stopped ran"
                         " the newer boot, restart the other (its new boot is taken)",
                     )
-                return Rejection("stale_boot", f"{report.agent} boot {report.boot} was replaced")
+                return Rejection(
+                    "stale_boot",
+                    f"{report.agent} boot {report.boot} was replaced"
+                    f"{clock_behind(report.agent, report.ts, now)}",
+                )
             else:
                 # a boot never seen: the agent restarted, or an old message of a boot long
                 # gone (a replay, a copy). Only a report not older than what the current
@@ -497,7 +571,8 @@ class ReportGate:
                     return Rejection(
                         "stale_boot",
                         f"{report.agent} boot {report.boot}: report ts {report.ts} is older "
-                        f"than boot {known.boot}'s observations ({newest})",
+                        f"than boot {known.boot}'s observations ({newest})"
+                        f"{clock_behind(report.agent, report.ts, now)}",
                     )
                 replaces = known.boot
         index = self.site.space_index
@@ -516,20 +591,17 @@ class ReportGate:
                 rejected.append(
                     Rejection("foreign_space", f"space {obs.space!r} is not bound to {source}")
                 )
-            elif obs.since > latest:
+            elif now is not None and obs.since > latest:
                 stale.append(s)
-                rejected.append(
-                    Rejection(
-                        "from_the_future",
-                        f"space {obs.space!r} since {obs.since} is later than the gateway's {now}",
-                    )
-                )
+                what = f"space {obs.space!r} since"
+                rejected.append(Rejection("from_the_future", clock_ahead(what, obs.since, now)))
             elif obs.since < obs_since[s] - SINCE_TOLERANCE_S:
                 stale.append(s)
                 rejected.append(
                     Rejection(
                         "older_than_known",
-                        f"space {obs.space!r} since {obs.since} < known {obs_since[s]}",
+                        f"space {obs.space!r} since {obs.since} < known {obs_since[s]}"
+                        f"{clock_behind(report.agent, report.ts, now)}",
                     )
                 )
             else:

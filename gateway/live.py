@@ -33,6 +33,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import orjson
 
 from gateway.allocation import AllocationCore, CoreLayout, lane_distances
 from gateway.arrivals import (
@@ -93,6 +94,7 @@ EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint st
 ZONE_HISTORY_S = 10.0
 LATENCY_KEEP = 1000
 GAP_LOG_INTERVAL_S = 60.0  # at most one warning about missed reports per agent per minute
+REFUSED_SEQS_KEPT = 10_000  # per agent: a flood of refusals does not grow memory without end
 AVAILABILITY_LOG_INTERVAL_S = 60.0
 """At most one line per agent this often about its going offline (its last will) or coming
 back: a flapping agent's further changes are counted and said with its next line."""
@@ -271,6 +273,9 @@ class LiveGateway:
             sorted(x.agent for x in (*site.buses, *site.cameras)), 0
         )
         self._gap_logged: dict[str, float] = {}  # agent -> monotonic time of its last warning
+        # agent -> (boot, seqs) of its reports refused whole since its last one taken: in the
+        # gap the next one leaves, they arrived (a gap counts only what never did)
+        self._refused_seqs: dict[str, tuple[str, set[int]]] = {}
         self._restored_backup = False  # started on a journal backup (BACKUP_TAKEN_KEY)
         self._reported: set[str] = set()  # agents heard since this start
         # agent -> how long after its sending the gateway handled its last report, less the
@@ -692,18 +697,20 @@ class LiveGateway:
         acc = self.gate.accept(agent, payload, self.state.obs_since, now=self._clock())
         if isinstance(acc, Rejection):
             self._reject(acc, topic, payload)
+            self._note_refused(agent, payload)
             return
         for r in acc.rejected:
             self._reject(r, topic, payload)
         now, mono = self._clock(), self._mono()
         changes = self.state.observe(acc.spaces, acc.states, acc.since, agent, now, mono)
+        refused = self._refused_seqs.pop(agent, None)
         if not acc.gap:
             vouched = self.gate.source_spaces(acc.source)
             if len(acc.stale):  # listed with a refused time: the agent disagrees with us
                 vouched = vouched[~np.isin(vouched, acc.stale)]
             self.state.touch(vouched, now, mono)
         else:
-            self._note_gap(acc, mono)  # before the commit: the gate still has the last seq
+            self._note_gap(acc, mono, refused)  # before the commit: the gate has the last seq
         known = self.gate.sequence(agent)
         self.gate.commit(acc)  # in memory now, so a duplicate later in the batch is refused
         self._reported.add(agent)
@@ -745,13 +752,49 @@ class LiveGateway:
         """How far the gateway is behind its agents' reports now (0: keeping up)."""
         return self.lag.behind(self._mono())
 
-    def _note_gap(self, acc: AcceptedReport, mono: float) -> None:
+    def _note_refused(self, agent: str, payload: bytes) -> None:
+        """Remember the seq of a report refused whole (``from_the_future``, say): it
+        arrived, and the gap it leaves is not the broker's loss."""
+        try:
+            d = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(d, dict):
+            return
+        boot, seq = d.get("boot"), d.get("seq")
+        if type(boot) is not str or type(seq) is not int or d.get("agent") != agent:
+            return
+        known_boot, seqs = self._refused_seqs.get(agent, (boot, set()))
+        if known_boot != boot or len(seqs) >= REFUSED_SEQS_KEPT:
+            seqs = set()
+        seqs.add(seq)
+        self._refused_seqs[agent] = (boot, seqs)
+
+    def _note_gap(
+        self, acc: AcceptedReport, mono: float, refused: tuple[str, set[int]] | None
+    ) -> None:
         """Count the reports an agent's seq numbers skipped (they never reached the
-        gateway) and say so, at most once a minute per agent."""
+        gateway; ``refused``: those that did and were refused whole) and say so, at most
+        once a minute per agent."""
         known = self.gate.sequence(acc.agent)
         if known is None or known[0] != acc.boot:
             return
         first, last = known[1] + 1, acc.seq - 1
+        came = 0
+        if refused is not None and refused[0] == acc.boot:
+            came = sum(1 for seq in refused[1] if first <= seq <= last)
+        if came:
+            log.info(
+                "agent %s boot %s: %d of reports %d..%d arrived and were refused (see the"
+                " 'rejected' lines); the next snapshot reconciles the state",
+                acc.agent,
+                acc.boot,
+                came,
+                first,
+                last,
+            )
+            if came == last - first + 1:
+                return
         if self._restored_backup and acc.agent not in self._reported:
             # they came, into the journal this backup replaced: not the broker's loss
             log.info(
@@ -763,17 +806,19 @@ class LiveGateway:
                 last,
             )
             return
-        self.reports_missed[acc.agent] = self.reports_missed.get(acc.agent, 0) + last - first + 1
+        lost = last - first + 1 - came
+        self.reports_missed[acc.agent] = self.reports_missed.get(acc.agent, 0) + lost
         if mono < self._gap_logged.get(acc.agent, -math.inf) + GAP_LOG_INTERVAL_S:
             return
         self._gap_logged[acc.agent] = mono
         log.warning(
-            "agent %s boot %s: reports %d..%d never arrived (the broker dropped them: a "
+            "agent %s boot %s: %d of reports %d..%d never arrived (the broker dropped them: a "
             "broker restart, or its queue limits max_queued_messages / max_queued_bytes, "
             "the gateway away or not keeping up); "
             "the next snapshot reconciles the state (%d missed from this agent so far)",
             acc.agent,
             acc.boot,
+            lost,
             first,
             last,
             self.reports_missed[acc.agent],
@@ -875,17 +920,17 @@ class LiveGateway:
         if isinstance(health, Rejection):
             self._reject(health, topic, payload)
             return
-        taken, left_out = self.gate.take_health(agent, health, self._clock())
+        now = self._clock()
+        taken, left_out = self.gate.take_health(agent, health, now)
         for why in left_out:  # parts naming what is not its source's: false alerts
             self._reject(why, topic, payload)
         if taken is None:
             return
         health = taken
         with self.lock:
-            known = self._health.get(agent)
-            if known is not None and health.ts < known.ts:  # the same one again is fine
-                why = f"health ts {health.ts} < known {known.ts}"
-                self._reject(Rejection("older_than_known", why), topic, payload)
+            problem = self.gate.health_problem(self._health.get(agent), health, now)
+            if problem is not None:
+                self._reject(problem, topic, payload)
                 return
             self._health[agent] = health
         self._emit("agent", {"agent": agent, "health": health.model_dump(mode="json")}, health.ts)

@@ -131,6 +131,11 @@ class HealthReport(_Payload):
     agent: Identifier
     source: Identifier
     ts: Timestamp
+    boot: Identifier | None = None
+    """the publishing run's boot id (its occupancy reports'); None from agents before it"""
+    seq: int | None = Field(None, ge=0, le=MAX_SEQ)
+    """counts the run's health reports: within one boot their order, whatever the clock
+    did (a step back moves ``ts`` back)"""
     status: Literal["ok", "degraded", "blind", "offline"] = "ok"
     counters: dict[str, int] = Field(default_factory=dict)
     nodes: list[NodeHealth] = Field(default_factory=list)

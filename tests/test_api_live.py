@@ -400,6 +400,13 @@ def test_a_standalone_view_takes_availability_and_health_as_the_gateway_does(tmp
     view._handle(topics.edge_health("xinyuan", agent), json.dumps(body).encode())
     assert [n.address for n in view._health[agent].nodes] == [1]
     assert view.counters().rejected["unknown_node"] == 1
+    # one boot's health after its clock stepped back ten minutes: taken in its order
+    stepped = json.loads(health(now + 2, "ok")) | {"boot": "b1", "seq": 1}
+    view._handle(topics.edge_health("xinyuan", agent), json.dumps(stepped).encode())
+    stepped |= {"seq": 2, "ts": now - 600, "status": "blind"}
+    view._handle(topics.edge_health("xinyuan", agent), json.dumps(stepped).encode())
+    assert view._health[agent].status == "blind"
+    assert view.counters().rejected["older_than_known"] == 1
     # the gateway's last will: the live stream's zone cards go unknown too, not only the map
     heard: list = []
     view.subscribe(heard.append)

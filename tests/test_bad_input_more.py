@@ -147,6 +147,48 @@ def test_an_older_health_does_not_replace_a_newer_one(gw):
     assert stored_health(gw, "camera-cam-c") == later
 
 
+def test_health_of_one_boot_is_taken_in_order_after_the_agents_clock_stepped_back(gw):
+    """NTP steps the edge box's clock back ten minutes: its next health (a node now dead)
+    has an earlier ts than the last, but the same boot and a later seq. It is taken: by ts
+    the dashboard would show the dead node ok, with no alert, for ten minutes. One of an
+    earlier seq (a broker restarted from an old copy of the retained one) is not."""
+    ok = bus_health(node(1), ts=NOW, boot="b1", seq=7).model_copy(
+        update={"nodes": [NodeHealth(address=1, status="ok")]}
+    )
+    dead = bus_health(node(1), ts=NOW - 600, boot="b1", seq=8)
+    send_health(gw, ok)
+    before = dict(gw.rejections.counts)
+    send_health(gw, dead)
+    assert rejected_since(gw, before) == {}
+    assert stored_health(gw, "serial-bus-g") == dead
+    send_health(gw, ok)  # seq 7 again, after 8
+    assert rejected_since(gw, before) == {"older_than_known": 1}
+    assert stored_health(gw, "serial-bus-g") == dead
+    send_health(gw, dead)  # the retained one again, at a reconnect
+    assert rejected_since(gw, before) == {"older_than_known": 1}
+
+
+def test_health_of_a_replaced_boot_is_refused_and_of_the_current_one_taken(gw, caplog):
+    """Across boots the gateway knows from the agent's reports which boot is live: a late
+    health of a replaced boot is refused, whatever its ts, saying how far behind it is; the
+    live boot's is taken even stamped earlier than the last (its clock was behind)."""
+    gw.gate.restore("serial-bus-g", "b2", 3, retired=["b1"])
+    first = bus_health(ts=NOW, boot="b2", seq=1)
+    send_health(gw, first)
+    before = dict(gw.rejections.counts)
+    with caplog.at_level(logging.WARNING, logger="gateway.ingest"):
+        send_health(gw, bus_health(node(1), ts=NOW - 7200, boot="b1", seq=99))
+    assert rejected_since(gw, before) == {"stale_boot": 1}
+    assert "2.0 h behind the gateway's" in caplog.text
+    assert stored_health(gw, "serial-bus-g") == first
+    stored = gw._health["serial-bus-g"]
+    gw._health["serial-bus-g"] = stored.model_copy(update={"boot": "b1"})  # of the old boot
+    behind = bus_health(node(1), ts=NOW - 60, boot="b2", seq=2)
+    send_health(gw, behind)
+    assert rejected_since(gw, before) == {"stale_boot": 1}
+    assert stored_health(gw, "serial-bus-g") == behind
+
+
 def bus_g_states(gw: LiveGateway) -> set[str]:
     return {s.state for s in gw.spaces() if s.source == "bus-g"}
 
@@ -175,13 +217,15 @@ def test_availability_is_exactly_online_or_offline(gw, example_site, payload, re
     assert bus_g_states(gw) == {"unknown"}  # the real will still works
 
 
-def delta(seq: int, boot: str = "b", space: str = "A-001", state: str = "occupied") -> bytes:
+def delta(
+    seq: int, boot: str = "b", space: str = "A-001", state: str = "occupied", ts: float = NOW
+) -> bytes:
     body = {
         "agent": "serial-bus-g",
         "source": "bus-g",
         "boot": boot,
         "seq": seq,
-        "ts": NOW,
+        "ts": ts,
         "kind": "delta",
         "spaces": [{"space": space, "state": state, "since": NOW}],
     }
@@ -205,7 +249,7 @@ def test_reports_that_never_arrived_are_counted_and_said_once_a_minute(
     assert gw.counters().reports_missed["serial-bus-g"] == 5
     said = [r.getMessage() for r in caplog.records if "never arrived" in r.getMessage()]
     assert said == [
-        "agent serial-bus-g boot b: reports 2..4 never arrived (the broker dropped them: a "
+        "agent serial-bus-g boot b: 3 of reports 2..4 never arrived (the broker dropped them: a "
         "broker restart, or its queue limits max_queued_messages / max_queued_bytes, the "
         "gateway away or not keeping up); the next snapshot reconciles the state (3 missed "
         "from this agent so far)"
@@ -223,3 +267,20 @@ def test_reports_that_never_arrived_are_counted_and_said_once_a_minute(
         "serial-bus-g": 6,
     }
     assert gw.accepted == 2 + 5  # every one of them was taken (and the two buses' snapshots)
+
+
+def test_reports_refused_whole_are_not_counted_as_never_arrived(gw, example_site, caplog):
+    """A gateway whose clock is hours behind refuses reports as from the future; when one is
+    taken again, the seqs it refused arrived: not the broker's loss, not counted as missed."""
+    snapshot_all_free(gw, example_site, NOW)  # seq 1 of boot "b"
+    occupancy = topics.edge_occupancy(SITE, "serial-bus-g")
+    with caplog.at_level(logging.INFO, logger="gateway.live"):
+        for seq in (2, 3, 4):
+            gw.handle(occupancy, delta(seq, ts=NOW + 3 * 3600))
+        gw.handle(occupancy, delta(6))  # 5 never came
+    assert gw.rejections.counts == {"from_the_future": 3}
+    assert gw.counters().reports_missed["serial-bus-g"] == 1
+    said = [r.getMessage() for r in caplog.records if "reports 2..5" in r.getMessage()]
+    assert len(said) == 2
+    assert "3 of reports 2..5 arrived and were refused" in said[0]
+    assert "1 of reports 2..5 never arrived" in said[1]

@@ -292,6 +292,32 @@ def test_serial_agent_keeps_reported_times_when_the_clock_steps_back(tmp_path, c
     assert "stepped back by 120.0 s" in caplog.text
 
 
+def test_serial_agent_never_moves_a_since_past_the_clock_when_it_steps_back_then_forward(
+    tmp_path,
+) -> None:
+    """A clock two minutes ahead, stepped back, then forward again (a flaky NTP source):
+    the back step leaves the reported times as they were (the gateway took them), and the
+    forward step must not add itself to them as well: they would be two minutes in the
+    future, and every true change after them refused as older than known."""
+    ahead = 120.0
+    clocks = Clocks(T + ahead)
+    bits = bus_bits(5)
+    with offline_publisher(tmp_path, BUS.agent, BUS.id, lambda: clocks.wall) as (pub, made):
+        agent, line = serial_agent(clocks, pub, bits)
+        line.run_for(agent, 3.0)
+        pub.report("snapshot", agent.observations(agent.tracker.snapshot()))
+        before = {o.space: o.since for o in made[-1].spaces}
+        clocks.step(-ahead)
+        line.run_for(agent, 1.0)
+        clocks.step(ahead)
+        line.run_for(agent, 1.0)
+        made.clear()
+        snap = pub.report("snapshot", agent.observations(agent.tracker.snapshot()))
+    assert max(o.since for o in snap.spaces) <= snap.ts
+    # each began where it did, on the clock as it reads again
+    assert {o.space: o.since for o in snap.spaces} == pytest.approx(before, abs=1e-3)
+
+
 # -- the camera agent: its frame logic, with a classifier that says what it is told -------
 
 
@@ -427,6 +453,28 @@ def test_a_step_neither_settles_a_camera_decision_nor_expires_a_space(tmp_path) 
         # brought back to the step's moment: the leaving is stamped no earlier)
         assert abs(agent.smoother.since[0] - (T - BEHIND + left)) < 1.0
         assert agent.smoother.state[1] == 1
+
+
+def test_camera_agent_never_moves_a_since_past_the_clock_when_it_steps_back_then_forward(
+    tmp_path,
+) -> None:
+    """The camera's smoothing, as the serial agent: a clock two minutes ahead, stepped
+    back (its spaces' since stay), then forward: no since ends up later than the clock."""
+    ahead = 120.0
+    clocks = Clocks(T + ahead)
+    truth = np.random.default_rng(6).random(len(CAMERA.polygons)) < 0.5
+    with offline_publisher(tmp_path, CAMERA.agent, CAMERA.id, lambda: clocks.wall) as (pub, _):
+        agent = camera_agent(clocks, pub, SaysWhatItIsTold(truth))
+        frames(agent, clocks, 3.0)
+        before = agent.smoother.since.copy()
+        clocks.step(-ahead)
+        frames(agent, clocks, 1.0)
+        assert (agent.smoother.since == before).all()
+        clocks.step(ahead)
+        frames(agent, clocks, 0.25)
+        since = agent.smoother.since.copy()
+    assert since.max() <= clocks.wall
+    assert (since >= before).all()  # never moved back: the gateway took them
 
 
 # -- end to end: bus simulator on a pty, the agent in process, mosquitto, the gateway ---

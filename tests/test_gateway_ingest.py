@@ -404,3 +404,47 @@ def test_a_health_naming_only_its_own_nodes_detectors_and_spaces_passes(gate, ex
         spaces = [CameraSpaceHealth(space=s, confidence=1.0) for s in cam.polygons]
         health = HealthReport(agent=cam.agent, source=cam.id, ts=1000.0, fps=5.0, spaces=spaces)
         assert gate.own_health(health) == (health, [])
+
+
+def test_a_report_far_ahead_says_by_how_much_and_that_the_gateways_clock_may_be_wrong(
+    gate, example_site
+):
+    """A gateway booted with its clock three hours behind refuses every report: its log
+    says how far ahead they are, and that its own clock may be the one that is wrong."""
+    now = 1_800_000_000.0
+    since = np.zeros(len(example_site.spaces))
+    ahead = now + 3 * 3600
+    whole = gate.accept("serial-bus-g", report([("A-001", "free")], ts=ahead), since, now=now)
+    assert isinstance(whole, Rejection) and whole.reason == "from_the_future"
+    assert "3.0 h ahead of the gateway's clock" in whole.detail
+    assert "the gateway's own clock is behind" in whole.detail
+    part = gate.accept("serial-bus-g", report([("A-001", "free", ahead)], ts=now), since, now=now)
+    assert isinstance(part, AcceptedReport) and "3.0 h ahead" in part.rejected[0].detail
+
+
+def test_a_refusal_for_an_old_time_says_how_far_behind_the_gateways_clock_it_is(
+    gate, since, example_site
+):
+    """An agent whose clock reads 1970 (no RTC, no NTP) is refused as a stale boot or its
+    observations as older than known: the log says its clock is 56 years behind."""
+    now = 1_800_000_000.0
+    accept(gate, report([("A-001", "free")], boot="b1", seq=1, ts=now - 10), since)
+    since[example_site.space_index["A-001"]] = now - 10
+    stale = gate.accept(
+        "serial-bus-g", report([("A-001", "free")], boot="b0", ts=1e6), since, now=now
+    )
+    assert isinstance(stale, Rejection) and stale.reason == "stale_boot"
+    assert (
+        "serial-bus-g's clock is 57 years behind the gateway's: not synchronised?" in stale.detail
+    )
+    older = gate.accept(
+        "serial-bus-g", report([("A-001", "occupied", 1e6)], seq=2, ts=now - 7200), since, now=now
+    )
+    assert isinstance(older, AcceptedReport)
+    (why,) = older.rejected
+    assert why.reason == "older_than_known" and "2.0 h behind the gateway's" in why.detail
+    fresh = gate.accept(
+        "serial-bus-g", report([("A-001", "occupied", 1e6)], seq=3, ts=now), since, now=now
+    )
+    assert isinstance(fresh, AcceptedReport)
+    assert "behind" not in fresh.rejected[0].detail  # its clock is right: the since is old

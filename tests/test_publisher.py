@@ -75,6 +75,9 @@ def test_online_snapshot_delta_health_and_offline(mosquitto, tmp_path, recorder_
         assert [s.space for s in reports[0].spaces] == ["S-1", "S-2"]
         assert reports[1].spaces[0].state == "occupied"
         assert all(r.agent == AGENT and r.source == SOURCE for r in reports)
+        # numbered like the reports: the gateway orders health by them, not by its ts
+        health = HealthReport.model_validate(rec.json_on("/health")[-1])
+        assert (health.boot, health.seq) == (pub.boot, 1)
         assert pub.wait_until_drained(5)
     finally:
         pub.stop()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.clocks import moved_forward
 from parking.payloads import FUTURE_TOLERANCE_S
 from parking.states import SpaceState
 
@@ -140,12 +141,13 @@ class OccupancySmoother:
         uncertainty timeout) move with it, so a step neither settles a candidate nor
         expires a space; so do the states' ``since`` unless ``move_since`` is False (times
         already reported, ``edge.clocks``). With ``now`` (the clock as it reads after the
-        step), a ``since`` beyond the gateway's future tolerance of it is brought back to
-        it (refused there, it was never true)."""
+        step), a ``since`` moved never passes it (``edge.clocks.moved_forward``), and one
+        beyond the gateway's future tolerance of it is brought back to it (refused there,
+        it was never true)."""
         self.candidate_since += step
         self.last_confident += step
         if move_since:
-            self.since += step
+            self.since = self.since + step if now is None else moved_forward(self.since, step, now)
         if now is not None:
             # beyond the gateway's tolerance it was refused: brought back to the clock now;
             # a nearer one was taken and stays (moved back, it would be older than known)
