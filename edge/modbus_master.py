@@ -229,6 +229,31 @@ class ModbusMaster:
             f"after {attempts} attempt(s)"
         )
 
+    def drain(self, quiet_s: float, limit_s: float = 3.0) -> int:
+        """Read and drop whatever arrives until the line has been quiet for ``quiet_s`` (at
+        most ``limit_s``); returns the bytes dropped. After a timeout, a node that answers
+        late puts its answers on the line during the next requests, and an RTU frame has no
+        transaction id: a late status answer reads as the raw readings asked next."""
+        port = self._serial
+        if port is None:
+            raise serial.SerialException(f"{self.port_name} is not open")
+        dropped = 0
+        end = time.monotonic() + limit_s
+        try:
+            while (wait := min(quiet_s, end - time.monotonic())) > 0:
+                ready, _, _ = select.select([port.fileno()], [], [], wait)
+                if not ready:
+                    break
+                chunk = port.read(port.in_waiting or 1)
+                if not chunk:
+                    raise serial.SerialException("port readable but no data (device gone?)")
+                dropped += len(chunk)
+        except OSError as exc:
+            self.counters.port_errors += 1
+            raise serial.SerialException(f"{self.port_name}: {exc}") from exc
+        self.counters.garbage_bytes += dropped
+        return dropped
+
     def _transact(self, request: rtu.Request, frame: bytes) -> rtu.Response | None:
         port = self._serial
         if port is None:

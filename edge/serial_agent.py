@@ -107,6 +107,9 @@ CUT_AFTER_SILENT_NODES = 2
 """after this many nodes in a row got no answer in one cycle (a cut cable, a dead trunk), the
 nodes after them in that cycle are asked once, not with the retries: each retry of a silent node
 costs a first-byte timeout, and on a long bus they made a cycle of seconds"""
+SAY_DOWN_WAIT_CYCLES = 3
+"""How many cycles the log line for nodes that stopped answering waits for other nodes failing
+on their way down, so that nodes lost together (a cut cable) are said in one line."""
 SLOW_CYCLE_SHARE_OF_TTL = 1 / 3
 """a poll cycle longer than this share of the bus's ``ttl_s`` is warned about: a space is
 reported once a cycle at best, and the gateway turns one silent for ``ttl_s`` unknown"""
@@ -273,6 +276,7 @@ class SerialAgent:
         # nodes that went down or came back during this cycle, said in one line at its end
         # (a cut cable loses dozens at once: one line for them, not one each)
         self._went_down: dict[int, str] = {}
+        self._down_waited = 0  # cycles the line for them waited for others failing
         self._came_back: list[int] = []
         # nodes whose info was not read since the port opened: their bits are not trusted
         # before they say they are the site file's (a port may now be another bus's)
@@ -393,7 +397,28 @@ class SerialAgent:
 
     def _say_nodes_changed(self) -> None:
         """Log the nodes that stopped answering, or answer again, in this cycle: one line
-        each way, naming where the bus looks cut when every node after one is silent."""
+        each way, naming where the bus looks cut when every node after one is silent. Nodes
+        lost together cross the line into ``down`` a cycle or two apart (the first silent one
+        is retried, the rest not): while others are failing on their way down, the line waits
+        for them, up to ``SAY_DOWN_WAIT_CYCLES``."""
+        order = [n.address for n in self.bus.nodes]
+        failing = [
+            a for a in order if not self.tracker.node_down(a) and not self.tracker.node_answering(a)
+        ]
+        if self._went_down and failing and self._down_waited < SAY_DOWN_WAIT_CYCLES:
+            self._down_waited += 1
+        else:
+            self._say_went_down(order)
+            self._went_down.clear()
+            self._down_waited = 0
+        if len(self._came_back) == 1:
+            log.info("bus %s: node %d answers again", self.bus.id, self._came_back[0])
+        elif self._came_back:
+            log.info("bus %s: nodes %s answer again", self.bus.id, address_ranges(self._came_back))
+        self._came_back.clear()
+
+    def _say_went_down(self, order: list[int]) -> None:
+        """The line for the nodes that went down (``_say_nodes_changed``)."""
         if len(self._went_down) == 1:
             ((address, why),) = self._went_down.items()
             log.warning(
@@ -403,11 +428,10 @@ class SerialAgent:
                 why,
             )
         elif self._went_down:
-            order = [n.address for n in self.bus.nodes]
-            down = [self.tracker.node_down(a) for a in order]
-            last = max((i for i, d in enumerate(down) if not d), default=None)
+            answering = [i for i, a in enumerate(order) if self.tracker.node_answering(a)]
+            last = answering[-1] if answering else None
             tail = ""
-            if last is not None and last + 1 < len(order) and all(down[last + 1 :]):
+            if last is not None and last + 1 < len(order):
                 # the site file lists nodes in cable order as a rule: past the last one
                 # answering, none does
                 tail = (
@@ -422,12 +446,6 @@ class SerialAgent:
                 len(order),
                 tail,
             )
-        if len(self._came_back) == 1:
-            log.info("bus %s: node %d answers again", self.bus.id, self._came_back[0])
-        elif self._came_back:
-            log.info("bus %s: nodes %s answer again", self.bus.id, address_ranges(self._came_back))
-        self._went_down.clear()
-        self._came_back.clear()
 
     def _is_foreign(self, node: NodeController, info: list[int]) -> bool:
         """Keep the node's info; True when it says it is not the node the site file describes.

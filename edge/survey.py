@@ -31,7 +31,7 @@ from edge.modbus_master import (
     ModbusMaster,
     ModbusTimeout,
 )
-from edge.serial_agent import foreign_node_problem
+from edge.serial_agent import address_ranges, foreign_node_problem
 from parking import modbus_rtu as rtu
 from parking import registers as reg
 from parking.signals import stop_event_on_signals
@@ -46,14 +46,19 @@ threshold wants a look."""
 MAX_SAFE_LAG_MS = 1000
 """The node's debounce plus the agent's: keep it at or under a second (docs/modbus.md)."""
 WATCH_PERIOD_S = 0.2
+LATE_QUIET_S = 0.3
+"""After a request timed out, the line must stay quiet this long (or three turnarounds)
+before the next: whatever comes meanwhile is a late answer, dropped and counted."""
 
 PROBLEM = "problem"
 NOTE = "note"
 
-_NO_ANSWER = (
-    "does not answer (no power, A/B wires swapped, no termination, another baud rate or"
-    " parity, or its address switches are not set to {address}: try --scan)"
+NO_ANSWER = "does not answer"
+_NO_ANSWER_WHY = (
+    " (no power, A/B wires swapped, no termination, another baud rate or parity, or its"
+    " address switches are not set to {address}{scan})"
 )
+_NOISE = "noise on the line? check the termination at both ends, the shield's earthing and stubs"
 
 
 @dataclass
@@ -70,7 +75,11 @@ class NodeReading:
     error: str | None = None
     """why the node could not be read at all"""
     refused: list[str] = field(default_factory=list)
-    """reads it answered with a Modbus exception"""
+    """reads it refused (a Modbus exception) or gave no valid answer to"""
+    late_bytes: int = 0
+    """bytes that came after a request had timed out: answers later than the turnaround"""
+    damaged: int = 0
+    """answers that arrived damaged (bad CRC, cut short) or bytes framing nothing"""
 
 
 @dataclass(frozen=True)
@@ -86,13 +95,44 @@ class Finding:
 
 
 def judge_node(
-    node: NodeController, r: NodeReading, agent_debounce_ms: float = 500.0
+    node: NodeController,
+    r: NodeReading,
+    agent_debounce_ms: float = 500.0,
+    *,
+    turnaround_ms: float = DEFAULT_TURNAROUND_S * 1000,
+    scanned: bool = False,
 ) -> list[Finding]:
-    """What a technician should know about one node of the site file, from its reading."""
+    """What a technician should know about one node of the site file, from its reading
+    (``scanned``: the other addresses were probed, so a silent node is not told to)."""
     a = node.address
+    if r.late_bytes:
+        # its answers to one request were taken for the next: none of it can be trusted
+        return [
+            Finding(
+                PROBLEM,
+                a,
+                f"node {a} answers later than the turnaround ({turnaround_ms:g} ms): its"
+                f" readings are not trusted; run again with --turnaround-ms"
+                f" {max(300, 3 * turnaround_ms):g}",
+            )
+        ]
     if r.error is not None:
-        return [Finding(PROBLEM, a, f"node {a} {r.error}")]
-    out = [Finding(PROBLEM, a, f"node {a} refuses {what}") for what in r.refused]
+        if r.damaged:
+            return [
+                Finding(
+                    PROBLEM,
+                    a,
+                    f"node {a} gives no valid answer: {r.damaged} answer(s) arrived damaged"
+                    f" ({_NOISE})",
+                )
+            ]
+        why = _NO_ANSWER_WHY.format(address=a, scan="" if scanned else ": try --scan")
+        return [Finding(PROBLEM, a, f"node {a} {r.error}{why}")]
+    out = [Finding(PROBLEM, a, f"node {a} {what}") for what in r.refused]
+    if r.damaged:
+        out.append(
+            Finding(NOTE, a, f"{r.damaged} answer(s) from node {a} arrived damaged: {_NOISE}")
+        )
     if r.info is not None:
         foreign = foreign_node_problem(node, r.info)
         if foreign:
@@ -104,8 +144,7 @@ def judge_node(
                     NOTE,
                     a,
                     f"node {a} has counted {crc} frame(s) with a bad CRC and {frames} other"
-                    " framing error(s) since power-up: noise on the line? check the"
-                    " termination at both ends, the shield's earthing and stubs",
+                    f" framing error(s) since power-up: {_NOISE}",
                 )
             )
     if r.settings is not None:
@@ -212,19 +251,40 @@ def _status_label(code: int) -> str:
 def survey_node(master: ModbusMaster, node: NodeController) -> NodeReading:
     """Read everything a node has to say: info, settings, statuses, raw, batteries, bits."""
     r = NodeReading(node.address)
+    c = master.counters
+    damaged_before = c.crc_errors + c.truncated + c.garbage_bytes
+
+    def read(call: Callable[[], list]) -> list:
+        timeouts = c.timeouts
+        try:
+            return call()
+        finally:
+            if c.timeouts > timeouts:
+                # a request went unanswered in time: a late answer would be taken for the
+                # next one (RTU frames carry no transaction id), so wait for a quiet line
+                r.late_bytes += master.drain(
+                    quiet_s=max(LATE_QUIET_S, 3 * master.timing.turnaround_s)
+                )
+
+    def tally() -> None:
+        r.damaged = c.crc_errors + c.truncated + c.garbage_bytes - damaged_before - r.late_bytes
+
     try:
-        r.info = master.read_input_registers(node.address, reg.IR_MODEL, reg.NODE_INFO_COUNT)
+        r.info = read(
+            lambda: master.read_input_registers(node.address, reg.IR_MODEL, reg.NODE_INFO_COUNT)
+        )
     except ModbusTimeout:
-        r.error = _NO_ANSWER.format(address=node.address)
+        r.error = NO_ANSWER
+        tally()
         return r
     except ModbusExceptionResponse as exc:
-        r.refused.append(f"its info registers ({exc})")
+        r.refused.append(f"refuses a read of its info registers ({exc})")
     # read no further than the node says it has (a foreign node's map may be shorter)
     count = node.detectors
     if r.info is not None:
         count = min(count, r.info[reg.IR_DETECTOR_COUNT]) or node.detectors
     reads: list[tuple[str, str, Callable[[], list]]] = [
-        ("settings", "its settings", lambda: _holding(master, node.address)),
+        ("settings", "settings", lambda: _holding(master, node.address)),
         (
             "status",
             "detector statuses",
@@ -246,13 +306,14 @@ def survey_node(master: ModbusMaster, node: NodeController) -> NodeReading:
             lambda: master.read_discrete_inputs(node.address, reg.OCCUPIED_BITS, count),
         ),
     ]
-    for attr, what, read in reads:
+    for attr, what, call in reads:
         try:
-            setattr(r, attr, read())
+            setattr(r, attr, read(call))
         except ModbusExceptionResponse as exc:
-            r.refused.append(f"a read of its {what} ({exc})")
+            r.refused.append(f"refuses a read of its {what} ({exc})")
         except ModbusTimeout:
-            r.refused.append(f"to answer a read of its {what} (no valid answer)")
+            r.refused.append(f"gives no valid answer to a read of its {what}")
+    tally()
     return r
 
 
@@ -263,14 +324,17 @@ def _holding(master: ModbusMaster, address: int) -> list[int]:
 
 def scan(
     master: ModbusMaster, skip: set[int], stop: threading.Event | None = None
-) -> list[NodeReading]:
-    """Probe every address 1..247 not in ``skip`` once for node info; those that answer."""
+) -> tuple[list[NodeReading], int]:
+    """Probe every address 1..247 not in ``skip`` once for node info: those that answer, and
+    the last address probed (short of 247 when ``stop`` cut it short)."""
     found = []
+    last = 0
     for address in range(1, rtu.MAX_SLAVE_ADDRESS + 1):
-        if address in skip:
-            continue
         if stop is not None and stop.is_set():
             break
+        last = address
+        if address in skip:
+            continue
         r = NodeReading(address)
         try:
             r.info = master.read_input_registers(
@@ -281,7 +345,29 @@ def scan(
         except ModbusTimeout:
             continue
         found.append(r)
-    return found
+    return found, last
+
+
+def cut_tail(bus: Bus, silent: set[int]) -> list[int]:
+    """The nodes listed after the last one answering, when there are two or more and none
+    of them answers (a cut cable, a trunk without power: one finding, not one each)."""
+    order = [n.address for n in bus.nodes]
+    answering = [i for i, a in enumerate(order) if a not in silent]
+    if not answering or len(order) - answering[-1] - 1 < 2:
+        return []
+    return order[answering[-1] + 1 :]
+
+
+def cut_finding(bus: Bus, tail: list[int]) -> Finding:
+    order = [n.address for n in bus.nodes]
+    last = order[order.index(tail[0]) - 1]
+    return Finding(
+        PROBLEM,
+        tail[0],
+        f"nodes {address_ranges(tail)} do not answer, and no node listed after node {last}"
+        f" does: the cable cut past node {last}, or a trunk without power? (or their"
+        " addresses: --scan)",
+    )
 
 
 def watch(
@@ -302,6 +388,8 @@ def watch(
             try:
                 bits = master.read_discrete_inputs(node.address, reg.OCCUPIED_BITS, node.detectors)
             except ModbusError as exc:
+                if isinstance(exc, ModbusTimeout):  # a late answer must not pass for the next
+                    master.drain(quiet_s=max(LATE_QUIET_S, 3 * master.timing.turnaround_s))
                 if node.address not in silent:
                     silent.add(node.address)
                     say(f"{_clock()}  node {node.address} stopped answering ({exc})")
@@ -420,6 +508,64 @@ def _table(bus: Bus, port: str, nodes: list[dict]) -> list[str]:
     return lines
 
 
+def _open(args: argparse.Namespace, bus: Bus) -> ModbusMaster | str:
+    """The bus's port opened, or why it cannot be."""
+    master = ModbusMaster(
+        args.port,
+        bus.baud,
+        bus.parity,
+        retries=args.retries,
+        turnaround_s=args.turnaround_ms / 1000,
+    )
+    try:
+        master.open()
+    except (serial.SerialException, OSError) as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            return (
+                "in use by another process: stop the bus's agent first"
+                f" (systemctl stop parkguide-serial@{bus.id})"
+            )
+        if "Inappropriate ioctl" in text:
+            return f"not a serial device ({text})"
+        return text
+    return master
+
+
+def _survey(
+    args: argparse.Namespace, bus: Bus, master: ModbusMaster, stop: threading.Event
+) -> dict:
+    """Read and judge every node (and, with --scan, the other addresses)."""
+    readings = {n.address: survey_node(master, n) for n in bus.nodes}
+    silent = {a for a, r in readings.items() if r.error is not None and not r.late_bytes}
+    tail = cut_tail(bus, silent)
+    findings = [
+        f
+        for n in bus.nodes
+        if n.address not in tail
+        for f in judge_node(
+            n,
+            readings[n.address],
+            args.debounce_ms,
+            turnaround_ms=args.turnaround_ms,
+            scanned=args.scan,
+        )
+    ]
+    if tail:
+        findings.append(cut_finding(bus, tail))
+    out: dict = {"readings": readings, "findings": findings, "strangers": None}
+    if args.scan:
+        print(
+            f"scanning the {rtu.MAX_SLAVE_ADDRESS - len(bus.nodes)} other addresses ...",
+            file=sys.stderr,
+        )
+        strangers, last = scan(master, {n.address for n in bus.nodes}, stop)
+        findings += [judge_stranger(bus, r, silent) for r in strangers]
+        out["strangers"] = strangers
+        out["scanned_to"] = last
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         site = load_site(args.site)
@@ -439,20 +585,9 @@ def main(args: argparse.Namespace) -> int:
     if args.watch is not None and args.watch < 0:
         print("error: --watch S must be 0 (until Ctrl-C) or more", file=sys.stderr)
         return 2
-    master = ModbusMaster(
-        args.port,
-        bus.baud,
-        bus.parity,
-        retries=args.retries,
-        turnaround_s=args.turnaround_ms / 1000,
-    )
-    try:
-        master.open()
-    except (serial.SerialException, OSError) as exc:
-        text = str(exc)
-        if "lock" in text.lower():
-            text = "in use by another process: stop the bus's agent first (systemctl stop parkguide-serial@BUS)"
-        print(f"error: --port {args.port}: {text}", file=sys.stderr)
+    master = _open(args, bus)
+    if isinstance(master, str):
+        print(f"error: --port {args.port}: {master}", file=sys.stderr)
         return 2
     stop = stop_event_on_signals(log)
 
@@ -460,60 +595,67 @@ def main(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     try:
-        readings = {n.address: survey_node(master, n) for n in bus.nodes}
-        findings = [
-            f for n in bus.nodes for f in judge_node(n, readings[n.address], args.debounce_ms)
-        ]
-        strangers: list[NodeReading] = []
-        if args.scan:
-            print(
-                f"scanning the {rtu.MAX_SLAVE_ADDRESS - len(bus.nodes)} other addresses ...",
-                file=sys.stderr,
-            )
-            strangers = scan(master, {n.address for n in bus.nodes}, stop)
-            silent = [a for a, r in readings.items() if r.error is not None]
-            findings += [judge_stranger(bus, r, silent) for r in strangers]
-        nodes = [node_summary(n, readings[n.address]) for n in bus.nodes]
-        problems = sum(1 for f in findings if f.severity == PROBLEM)
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "bus": bus.id,
-                        "port": args.port,
-                        "nodes": nodes,
-                        "answering": sum(1 for n in nodes if n["answers"]),
-                        "strangers": [
-                            {"address": r.address, "info": r.info, "refused": r.refused}
-                            for r in strangers
-                        ]
-                        if args.scan
-                        else None,
-                        "findings": [asdict(f) for f in findings],
-                        "problems": problems,
-                        "master": master.counters.as_dict(),
-                    }
-                ),
-                flush=True,
-            )
-        else:
-            for line in _table(bus, args.port, nodes):
-                print(line)
-            for f in findings:
-                print(f"{f.severity}: {f.text}")
-            answering = sum(1 for n in nodes if n["answers"])
-            print(
-                f"{answering} of {len(nodes)} node(s) answer; {problems} problem(s),"
-                f" {len(findings) - problems} note(s)"
-                + ("" if args.scan else "; --scan looks for nodes at other addresses"),
-                flush=True,
-            )
+        result = _survey(args, bus, master, stop)
+        problems = _report(args, bus, master, result)
+        if stop.is_set():
+            return 130
         if args.watch is not None:
             say(f"watching bus {bus.id}: every bay change is printed (Ctrl-C to end)")
-            seen = watch(
-                master, bus, stop, args.watch, lambda line: say(line) or sys.stdout.flush()
-            )
-            say(f"{seen} bay change(s) seen")
+            say(f"{watch(master, bus, stop, args.watch, say)} bay change(s) seen")
+    except serial.SerialException as exc:
+        print(
+            f"error: --port {args.port}: the port failed ({exc}): adapter unplugged?",
+            file=sys.stderr,
+        )
+        return 2
     finally:
         master.close()
     return 1 if problems else 0
+
+
+def _report(args: argparse.Namespace, bus: Bus, master: ModbusMaster, result: dict) -> int:
+    """Print the survey (a table and findings, or one JSON object); the problem count."""
+    readings, findings, strangers = result["readings"], result["findings"], result["strangers"]
+    nodes = [node_summary(n, readings[n.address]) for n in bus.nodes]
+    scanned_to = result.get("scanned_to")
+    cut_short = scanned_to is not None and scanned_to < rtu.MAX_SLAVE_ADDRESS
+    problems = sum(1 for f in findings if f.severity == PROBLEM)
+    answering = sum(1 for n in nodes if n["answers"])
+    if args.json:
+        doc = {
+            "bus": bus.id,
+            "port": args.port,
+            "nodes": nodes,
+            "answering": answering,
+            "strangers": None
+            if strangers is None
+            else [{"address": r.address, "info": r.info, "refused": r.refused} for r in strangers],
+            "scan_complete": None if strangers is None else not cut_short,
+            "scanned_to": scanned_to,
+            "findings": [asdict(f) for f in findings],
+            "problems": problems,
+            "master": master.counters.as_dict(),
+        }
+        print(json.dumps(doc), flush=True)
+        return problems
+    for line in _table(bus, args.port, nodes):
+        print(line)
+    for f in findings:
+        print(f"{f.severity}: {f.text}")
+    c = master.counters
+    print(
+        f"the master: {c.requests} requests, {c.timeouts} timed out, {c.crc_errors} bad CRC,"
+        f" {c.truncated} cut short, {c.garbage_bytes} stray bytes"
+    )
+    hint = "" if strangers is not None else "; --scan looks for nodes at other addresses"
+    if cut_short:
+        hint = (
+            f"; the scan was interrupted after address {scanned_to}:"
+            f" {scanned_to + 1}..{rtu.MAX_SLAVE_ADDRESS} not probed"
+        )
+    print(
+        f"{answering} of {len(nodes)} node(s) answer; {problems} problem(s),"
+        f" {len(findings) - problems} note(s){hint}",
+        flush=True,
+    )
+    return problems

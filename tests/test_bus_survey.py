@@ -4,6 +4,8 @@ what a technician commissioning a bus sees, and the managers' low-battery alert.
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -147,6 +149,151 @@ def test_watch_prints_each_bay_change_for_a_walk_test(tmp_path, subprocess_env, 
     assert lines[-1] == "2 bay change(s) seen"
 
 
+def test_a_late_node_is_named_and_its_readings_not_trusted(
+    tmp_path, subprocess_env, processes
+) -> None:
+    """A node answering 300 ms late with the default 100 ms turnaround: its answers to one
+    read were taken for the next (status answers as raw readings, as batteries: "battery 0 %:
+    replace it" for every bay). The line is drained after a timeout and the node named."""
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env)
+    processes.append(sim)
+    sim.send("fault node 3 slow 300")
+    done = survey(link, subprocess_env, "--json")
+    assert done.returncode == 1, done.stderr
+    out = json.loads(done.stdout)
+    (late,) = out["findings"]
+    assert late["address"] == 3 and "answers later than the turnaround (100 ms)" in late["text"]
+    assert "--turnaround-ms 300" in late["text"]
+    assert out["answering"] == 4  # the nodes after it are read right
+    clean = survey(link, subprocess_env, "--json", "--turnaround-ms", "400")
+    assert clean.returncode == 0, clean.stdout
+    assert json.loads(clean.stdout)["problems"] == 0
+
+
+def test_damaged_answers_are_noise_not_silence(tmp_path, subprocess_env, processes) -> None:
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env)
+    processes.append(sim)
+    sim.send("fault node 2 crc 1")
+    done = survey(link, subprocess_env, "--json")
+    assert done.returncode == 1
+    (noise,) = json.loads(done.stdout)["findings"]
+    assert noise["address"] == 2 and "gives no valid answer" in noise["text"]
+    assert "arrived damaged" in noise["text"] and "termination" in noise["text"]
+    text = survey(link, subprocess_env)
+    assert "bad CRC" in text.stdout.splitlines()[-2]  # the master's own counters
+
+
+def test_a_cut_bus_is_one_finding_naming_where(tmp_path, subprocess_env, processes) -> None:
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env)
+    processes.append(sim)
+    for address in (2, 3, 4):
+        sim.send(f"fault node {address} dead")
+    done = survey(link, subprocess_env, "--json", "--retries", "0")
+    (cut,) = json.loads(done.stdout)["findings"]
+    assert cut["text"].startswith("nodes 2-4 do not answer, and no node listed after node 1")
+    assert "the cable cut past node 1" in cut["text"]
+
+
+def test_an_interrupted_scan_says_so(tmp_path, subprocess_env, processes) -> None:
+    link = tmp_path / "bus.tty"
+    processes.append(BusSimulator(link, subprocess_env))
+    proc = subprocess.Popen(
+        parkguide_cmd(
+            "site",
+            "bus-survey",
+            "--site",
+            str(EXAMPLE_SITE),
+            "--bus",
+            BUS,
+            "--port",
+            str(link),
+            "--scan",
+            "--json",
+        ),  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env,
+    )
+    processes.append(proc)
+    assert "scanning" in proc.stderr.readline()
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    out, _err = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    doc = json.loads(out)
+    assert doc["scan_complete"] is False and 4 < doc["scanned_to"] < 247
+
+
+def test_a_port_lost_during_the_walk_test_is_an_error_not_a_traceback(
+    tmp_path, subprocess_env, processes
+) -> None:
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env)
+    processes.append(sim)
+    proc = subprocess.Popen(
+        parkguide_cmd(
+            "site",
+            "bus-survey",
+            "--site",
+            str(EXAMPLE_SITE),
+            "--bus",
+            BUS,
+            "--port",
+            str(link),
+            "--watch",
+            "0",
+        ),  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env,
+    )
+    processes.append(proc)
+    while not proc.stdout.readline().startswith("watching"):
+        pass
+    sim.close()  # the adapter unplugged: the pty's far end goes away
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, err
+    assert "the port failed" in err and "Traceback" not in err
+
+
+def test_the_agent_says_nodes_lost_together_in_one_line(
+    tmp_path, subprocess_env, processes, caplog
+) -> None:
+    """Nodes 3 and 4 of bus-b1 lost at once cross into `down` in different cycles (the
+    first silent one is retried): said in one line, the cut past node 2 (it had named the
+    first of them as the last one answering, and said it in a second line)."""
+    link = tmp_path / "bus.tty"
+    sim = BusSimulator(link, subprocess_env)
+    processes.append(sim)
+    agent, master = in_process_agent(link)
+    processes.append(master)
+    poll_until(
+        agent, lambda: all(c.state is not SpaceState.UNKNOWN for c in agent.tracker.snapshot())
+    )
+    sim.send("fault node 3 dead")
+    sim.send("fault node 4 dead")
+    with caplog.at_level(logging.INFO, logger="edge.serial_agent"):
+        poll_until(agent, lambda: agent.tracker.node_down(3) and agent.tracker.node_down(4))
+        for _ in range(4):
+            agent.poll_cycle()
+        said = [r.getMessage() for r in caplog.records if "stopped answering" in r.getMessage()]
+        assert said == [
+            "bus bus-b1: nodes 3-4 (2 of 4) stopped answering; their spaces are unknown; no node"
+            " listed after node 2 answers: the cable cut past node 2, or a trunk without power?"
+        ]
+        sim.send("clear all")
+        poll_until(
+            agent, lambda: agent.tracker.node_answering(3) and agent.tracker.node_answering(4)
+        )
+        back = [r.getMessage() for r in caplog.records if "answer again" in r.getMessage()]
+        assert back == ["bus bus-b1: nodes 3-4 answer again"]
+
+
 def test_a_port_held_by_the_agent_is_refused_clearly(tmp_path, subprocess_env, processes) -> None:
     link = tmp_path / "bus.tty"
     processes.append(BusSimulator(link, subprocess_env))
@@ -155,7 +302,7 @@ def test_a_port_held_by_the_agent_is_refused_clearly(tmp_path, subprocess_env, p
     processes.append(holder)
     done = survey(link, subprocess_env)
     assert done.returncode == 2
-    assert "stop the bus's agent first" in done.stderr
+    assert "stop the bus's agent first (systemctl stop parkguide-serial@bus-b1)" in done.stderr
     assert done.stdout == ""
 
 
@@ -196,7 +343,13 @@ def test_judging_a_node_reading() -> None:
     (foreign,) = judge_node(NODE, reading(info=[reg.MODEL_CODE, 0x104, 8, 0, 1, 0, 0, 1]))
     assert foreign.severity == PROBLEM and "8 detectors" in foreign.text
     (silent,) = judge_node(NODE, NodeReading(5, error="does not answer"))
-    assert silent.text == "node 5 does not answer"
+    assert silent.text.startswith("node 5 does not answer (no power") and "--scan" in silent.text
+    (scanned,) = judge_node(NODE, NodeReading(5, error="does not answer"), scanned=True)
+    assert "switches are not set to 5)" in scanned.text and "--scan" not in scanned.text
+    (noisy,) = judge_node(NODE, NodeReading(5, error="does not answer", damaged=3))
+    assert "3 answer(s) arrived damaged" in noisy.text
+    (late,) = judge_node(NODE, reading(late_bytes=9, battery=[0, 0, 0, 0]), turnaround_ms=50)
+    assert "later than the turnaround (50 ms)" in late.text and "--turnaround-ms 300" in late.text
 
 
 def test_judging_a_stranger_on_the_bus() -> None:
