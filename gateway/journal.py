@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
@@ -624,6 +625,11 @@ class Journal:
             "SELECT payload FROM assignments ORDER BY id DESC LIMIT ?", (limit,)
         )
         return [r[0] for r in rows]
+
+    def last_event_ts(self) -> float:
+        """The time of the newest event (-inf: none); events are in time order by id."""
+        row = self.conn.execute("SELECT ts FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        return -math.inf if row is None else float(row[0])
 
     def last_event_id(self) -> int:
         return self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]

@@ -89,6 +89,9 @@ REHEARSAL_MAX_OBSERVATIONS = 64  # larger reports are not rehearsed (see _stage_
 GATE_OFFSETS_KEY = "gate_clock_offsets"
 """Journal meta: {entrance: [offset s, wall time learnt]}, so a restarted gateway holds the
 spaces of a skewed gate's first arrivals too (its offset learnt again only after them)."""
+HOST_CLOCK_STEP_S = 2.0
+"""A change of this host's wall clock against its monotonic one past this is a step (NTP):
+said once in the log. Slewing never comes near it between two ticks."""
 CORE_STEP_SLACK_S = 0.1  # a forward jump of the wall clock beyond the monotonic one: a step
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
 ZONE_HISTORY_S = 10.0
@@ -199,6 +202,10 @@ class LiveGateway:
         self._policy_clock = policy_clock or clock
         self._core_offset = 0.0  # what steps of the wall clock took off (or added) so far
         self._core_last = -math.inf
+        # events are stamped no earlier than the last one (``_event_time``), and a step of
+        # this host's clock is said (``_watch_host_clock``)
+        self._event_last = -math.inf  # the journal's last, once resume() expanded it
+        self._host_clock_offset: float | None = None
         self._core_last_mono = -math.inf
         self.lock = threading.RLock()
         self.tz = ZoneInfo(site.timezone)
@@ -313,6 +320,7 @@ class LiveGateway:
         self.journal.put_space_zones({sp.id: sp.zone for sp in self.site.spaces})
         with self.journal.transaction():
             self.journal.expand_pending()  # committed before a crash: now events
+        self._event_last = self.journal.last_event_ts()
         self._restore_gate_offsets(now, mono)
         taken = self.journal.meta(BACKUP_TAKEN_KEY)
         if taken is not None:  # said once: the key goes with this start
@@ -396,7 +404,7 @@ class LiveGateway:
                 self._shown[d] = self._render(d)
             # silence is never free: sources not heard within their TTL are unknown as of
             # now (the broker's backlog, handled next, vouches for what was heard meanwhile)
-            self._expire(now, mono)
+            self._expire(self._event_time(now), mono)
             # the signs as of now, so a restart can show them before it has loaded everything
             signs = [self._sign(d, self._shown[d], now) for d in range(len(self.site.displays))]
             for sign in signs:
@@ -405,7 +413,7 @@ class LiveGateway:
                 self._dirty_signs[sign.display] = sign
             self._dirty_since = self._mono()
             self.flush_checkpoint()
-            self._reconcile_site(now, had_state=bool(rows))
+            self._reconcile_site(self._event_time(now), had_state=bool(rows))
 
     def _reconcile_site(self, now: float, had_state: bool) -> None:
         """Compare the site file with the one the journal last ran with: log what changed,
@@ -578,7 +586,8 @@ class LiveGateway:
         """Timers: TTL expiry, hold expiry, sign refresh, policy minute, zone history."""
         now, mono = self._clock(), self._mono()
         with self.lock:
-            self._expire(now, mono)
+            self._watch_host_clock(now, mono)
+            self._expire(self._event_time(now), mono)
             ended = self.core.expire_holds(self._core_time(now))
             if ended:
                 # journaled, so that a restart does not restore them by the wall clock
@@ -626,6 +635,37 @@ class LiveGateway:
         except ValueError:
             log.warning(
                 "journal meta %s does not parse: gate clock offsets are relearnt", GATE_OFFSETS_KEY
+            )
+
+    def _event_time(self, wall: float) -> float:
+        """An event's time: the wall clock, but never earlier than the last event's. A step
+        back of this host's clock (or a start with it behind) would otherwise put the
+        journal out of time order, which history reads by time and a restart by id; events
+        share the last time until the clock catches up. Called under the lock."""
+        t = max(wall, self._event_last)
+        self._event_last = t
+        return t
+
+    def _watch_host_clock(self, wall: float, mono: float) -> None:
+        """Say a step of this host's wall clock (NTP) once, with what it does here."""
+        offset = wall - mono
+        last, self._host_clock_offset = self._host_clock_offset, offset
+        if last is None or abs(offset - last) <= HOST_CLOCK_STEP_S:
+            return
+        step = offset - last
+        if step < 0:
+            log.warning(
+                "this host's clock stepped back by %.1f s (NTP correcting a clock that ran"
+                " ahead?): events are stamped no earlier than the last one until it catches"
+                " up; TTLs, holds and sign refreshes run on the monotonic clock",
+                -step,
+            )
+        else:
+            log.warning(
+                "this host's clock stepped forward by %.1f s (NTP setting a clock that was"
+                " behind? check that it is synchronised at boot): events from now on carry"
+                " the new time; TTLs, holds and sign refreshes run on the monotonic clock",
+                step,
             )
 
     def _core_time(self, wall: float) -> float:
@@ -701,7 +741,8 @@ class LiveGateway:
             return
         for r in acc.rejected:
             self._reject(r, topic, payload)
-        now, mono = self._clock(), self._mono()
+        wall, mono = self._clock(), self._mono()
+        now = self._event_time(wall)
         changes = self.state.observe(acc.spaces, acc.states, acc.since, agent, now, mono)
         refused = self._refused_seqs.pop(agent, None)
         if not acc.gap:
@@ -714,7 +755,7 @@ class LiveGateway:
         known = self.gate.sequence(agent)
         self.gate.commit(acc)  # in memory now, so a duplicate later in the batch is refused
         self._reported.add(agent)
-        delay = now - max(0.0, time.perf_counter() - t0) - acc.ts
+        delay = wall - max(0.0, time.perf_counter() - t0) - acc.ts
         self.lag.note(agent, delay, alone=self._caught_up, mono=self._mono())
         self._online[agent] = True
         self._agent_seen[agent] = now
@@ -868,6 +909,7 @@ class LiveGateway:
             self.lag.forget(agent)  # gone, or back: its next report read alone sets it
             if was != online:
                 self._log_availability(agent, online)
+            now = self._event_time(now)
             changes = NO_CHANGES if online else self.state.agent_offline(agent, now)
             self._commit_and_propagate(
                 [_Segment(changes, now, None, agent)], now, agent_state=(agent, online)
@@ -1633,6 +1675,7 @@ class LiveGateway:
             raise ValueError(f"action must be 'close' or 'open', not {action!r}")
         now = self._clock()
         with self.lock:
+            now = self._event_time(now)
             if action == "open" and not self.state.closed[s]:
                 # nothing to open: a reason here would journal a made-up free -> free event
                 raise ValueError(f"{space} is not closed")

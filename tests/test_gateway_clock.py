@@ -80,3 +80,50 @@ def test_signs_are_stamped_afresh_at_once_after_the_wall_clock_steps_forward(
 def test_a_policy_clock_speed_out_of_range_is_refused_by_name(speed):
     with pytest.raises(ValueError, match="--policy-clock.*SPEED"):
         policy_clock(f"07:00@{speed}", "Asia/Shanghai")
+
+
+def test_events_keep_their_time_order_when_this_hosts_clock_steps_back(
+    example_site, tmp_path, caplog
+):
+    """NTP steps the gateway host's clock back an hour: the events that follow were stamped
+    an hour before the ones just journaled (history reads the journal by time, a restart by
+    id), and nothing said why. They now share the last time until the clock catches up,
+    and the step is said once."""
+    clocks, gw, _sent = _settled_gateway(example_site, tmp_path)
+    snapshot_all_free(gw, example_site, clocks.wall, seq=2)  # the buses' bays free again
+    last = gw.journal.last_event_ts()
+    assert last == clocks.wall
+    clocks.step(-3600)
+    with caplog.at_level("WARNING", logger="gateway.live"):
+        clocks.advance(20)
+        gw.tick()  # their TTL runs out (monotonic): unknown, journaled now
+    gw.flush_checkpoint()
+    events = gw.journal.events_after(0)
+    times = [e[1] for e in events]
+    assert events[-1][4] == "unknown" and len(times) > len(example_site.spaces)
+    assert times == sorted(times)
+    assert times[-1] == last  # not an hour before it
+    said = [r.getMessage() for r in caplog.records if "host's clock stepped back" in r.getMessage()]
+    assert len(said) == 1 and "3600.0 s" in said[0]
+    clocks.advance(3600)  # caught up: the clock's own time again
+    snapshot_all_free(gw, example_site, clocks.wall, seq=3)
+    gw.flush_checkpoint()
+    assert gw.journal.last_event_ts() == clocks.wall > last
+
+
+def test_a_gateway_started_with_its_clock_behind_journals_nothing_before_its_last_event(
+    example_site, tmp_path
+):
+    """Restarted with the clock two hours behind (no RTC, not synchronised yet): a manager's
+    close was journaled two hours before the events before it."""
+    clocks, gw, _sent = _settled_gateway(example_site, tmp_path)
+    last = gw.journal.last_event_ts()
+    gw.journal.close()
+    behind = Clocks(clocks.wall - 7200)
+    again = behind.gateway(example_site, Journal(tmp_path / "j.sqlite"), lambda *a: None)
+    again.control_space("A-001", "close", "boss", "resurfacing")
+    again.flush_checkpoint()
+    events = again.journal.events_after(0)
+    assert events[-1][2] == "A-001" and events[-1][4] == "closed"
+    times = [e[1] for e in events]
+    assert times == sorted(times) and times[-1] == last
