@@ -391,6 +391,16 @@ def derive_alerts(
                             {"agent": a.agent, "space": d.space},
                         )
                     )
+    out.extend(long_occupied_alerts(spaces, now, long_occupied_s))
+    return out
+
+
+def long_occupied_alerts(
+    spaces: Iterable[SpaceStatus], now: float, long_occupied_s: float
+) -> list[Alert]:
+    """The alerts the spaces call for (a car parked longer than ``long_occupied_s``): the
+    part of ``derive_alerts`` that agents' health and availability do not change."""
+    out: list[Alert] = []
     for s in spaces:
         # since the car came, by the sensor's account when there is one: a short outage of
         # the source (unknown, then occupied again) does not start the count again

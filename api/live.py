@@ -18,6 +18,7 @@ import bisect
 import contextlib
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -28,9 +29,11 @@ from api.alerts import (
     AGENT_KINDS,
     AGENT_REJOIN_S,
     NEVER_SEEN_GRACE_S,
+    Alert,
     AlertBook,
     AlertRecord,
     derive_alerts,
+    long_occupied_alerts,
 )
 from api.outbox_status import OutboxStatusReader
 from api.sitecheck import SiteCheck
@@ -316,6 +319,9 @@ class AlertMonitor:
         self.interval_s = interval_s
         self.long_occupied_s = long_occupied_s
         self._wake = asyncio.Event()
+        # the space-based alerts of the last periodic check: agent events re-derive only the
+        # agents' alerts (listing every space takes a while on a big site)
+        self._space_alerts: list[Alert] = []
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -334,7 +340,9 @@ class AlertMonitor:
         if event.kind in ("agent", "gateway"):  # "gateway": its last will, or its return
             self._wake.set()
 
-    def check(self) -> tuple[list[Any], list[str]]:
+    def check(self, spaces: bool = True) -> tuple[list[Any], list[str]]:
+        """Derive every alert and update the book; ``spaces`` False reuses the space-based
+        alerts of the last check instead of listing every space again."""
         now = time.time()
         broker_up = self.view.broker_connected()
         back = self.view.broker_back_since()
@@ -353,8 +361,10 @@ class AlertMonitor:
             and now - self._listening_since >= NEVER_SEEN_GRACE_S
         ):
             gateway_online = False  # no availability at all a grace after connecting: none runs
+        if spaces:
+            self._space_alerts = long_occupied_alerts(self.view.spaces(), now, self.long_occupied_s)
         alerts = derive_alerts(
-            self.view.spaces(),
+            (),
             self.view.agents(),
             now,
             self.long_occupied_s,
@@ -364,6 +374,7 @@ class AlertMonitor:
             site=self.view.site.id,
             listening_since=self._listening_since,
         )
+        alerts += self._space_alerts
         status = self.outbox_status.poll() if self.outbox_status is not None else None
         influx = status.alert(now) if status is not None else None
         if influx is not None:
@@ -388,9 +399,14 @@ class AlertMonitor:
         )
 
     async def _run(self) -> None:
+        spaces_checked = -math.inf  # monotonic time of the last check of the spaces
         while True:
             try:
-                raised, cleared = await asyncio.to_thread(self.check)
+                # the spaces on the periodic tick only, however often agents wake us
+                spaces = time.monotonic() - spaces_checked >= self.interval_s
+                if spaces:
+                    spaces_checked = time.monotonic()
+                raised, cleared = await asyncio.to_thread(self.check, spaces)
                 changed = await asyncio.to_thread(self.book.take_changed)
                 now = time.time()
                 for rec in raised:

@@ -1552,25 +1552,30 @@ class LiveGateway:
 
     def spaces(self) -> list[SpaceStatus]:
         now = self._clock()
+        # only the arrays are copied under the lock: building one object per space (20,000 on
+        # a big site) while holding it would keep reports waiting
         with self.lock:
             st = self.state
-            held = self.core.held_until > now
-            out = []
-            for s, sp in enumerate(self.site.spaces):
-                src = int(st.bound_source[s])
-                out.append(
-                    SpaceStatus(
-                        space=sp.id,
-                        zone=sp.zone,
-                        state=STATE_NAMES[st.state[s]],
-                        since=float(st.since[s]),
-                        last_seen=float(st.last_seen[s]) if st.last_seen[s] > 0 else None,
-                        source=st.sources[src] if src >= 0 else None,
-                        held=bool(held[s]),
-                        observed_since=float(st.obs_since[s]) if st.obs_since[s] > 0 else None,
-                    )
-                )
-            return out
+            held = (self.core.held_until > now).tolist()
+            states = st.state.tolist()
+            since = st.since.tolist()
+            last_seen = st.last_seen.tolist()
+            obs_since = st.obs_since.tolist()
+            bound = st.bound_source.tolist()
+            sources = st.sources
+        return [
+            SpaceStatus(
+                space=sp.id,
+                zone=sp.zone,
+                state=STATE_NAMES[states[s]],
+                since=since[s],
+                last_seen=last_seen[s] if last_seen[s] > 0 else None,
+                source=sources[bound[s]] if bound[s] >= 0 else None,
+                held=held[s],
+                observed_since=obs_since[s] if obs_since[s] > 0 else None,
+            )
+            for s, sp in enumerate(self.site.spaces)
+        ]
 
     def displays(self) -> dict[str, DisplayContent]:
         with self.lock:

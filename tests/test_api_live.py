@@ -30,6 +30,7 @@ class StreamReader:
     def __init__(self, url: str, headers: dict[str, str] | None = None):
         self.events: list[tuple[str, dict, float]] = []
         self.status: int | None = None
+        self.encoding: str | None = None  # the response's Content-Encoding
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -44,6 +45,7 @@ class StreamReader:
                 c.stream("GET", url, headers=headers) as r,
             ):
                 self.status = r.status_code
+                self.encoding = r.headers.get("content-encoding")
                 self._ready.set()
                 kind = None
                 for line in r.iter_lines():
@@ -116,6 +118,35 @@ def test_stream_pushes_state_changes_within_a_second(server, harness):
     finally:
         viewer.close()
         anonymous.close()
+
+
+def test_large_answers_are_gzipped_but_the_stream_is_not_held_back(server, harness):
+    """The site and spaces lists are megabytes on a big site: gzip when the client accepts it.
+    The live stream stays as it is, each event sent as it comes."""
+    r = httpx.post(f"{server.url}/api/v1/auth/login", json={"name": "viewer", "password": PASSWORD})
+    auth = {"Authorization": f"Bearer {r.json()['token']}"}
+    for path in ("/api/v1/site", "/api/v1/spaces"):
+        plain = httpx.get(f"{server.url}{path}", headers={**auth, "Accept-Encoding": "identity"})
+        packed = httpx.get(f"{server.url}{path}", headers={**auth, "Accept-Encoding": "gzip"})
+        assert plain.headers.get("content-encoding") is None
+        assert packed.headers["content-encoding"] == "gzip", path
+        assert int(packed.headers["content-length"]) < len(plain.content) / 3, path
+        assert packed.json() == plain.json()
+    small = httpx.get(
+        f"{server.url}/api/v1/spaces/A-001", headers={**auth, "Accept-Encoding": "gzip"}
+    )
+    assert len(small.content) < 1000 and small.headers.get("content-encoding") is None
+
+    stream = StreamReader(f"{server.url}/api/v1/stream", {**auth, "Accept-Encoding": "gzip"})
+    try:
+        assert (stream.status, stream.encoding) == (200, None)
+        stream.wait_for("hello", lambda d: True, 5)
+        t0 = time.monotonic()
+        harness.report("bus-g", {"A-051": "occupied"})  # one small event: nothing to fill a buffer
+        _, at = stream.wait_for("space", lambda d: d.get("space") == "A-051", 5)
+        assert at - t0 <= LIVE_DEADLINE_S
+    finally:
+        stream.close()
 
 
 def test_streams_are_capped_and_logins_keep_their_share(harness, users):

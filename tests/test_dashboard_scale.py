@@ -248,3 +248,49 @@ def test_health_table_follows_agents_while_they_keep_reporting(browser, url, har
     assert took < 2, took
     assert not errors, errors
     page.context.close()
+
+
+# Counts the page's DOM searches (querySelector and querySelectorAll, on the document and on
+# any element) from now on, in window.__searches.
+COUNT_SEARCHES = """() => {
+  window.__searches = 0;
+  for (const proto of [Document.prototype, Element.prototype])
+    for (const name of ["querySelector", "querySelectorAll"]) {
+      const real = proto[name];
+      proto[name] = function (...args) { window.__searches++; return real.apply(this, args); };
+    }
+}"""
+
+
+def test_painting_the_map_does_not_search_the_page_per_space(browser, url, harness):
+    """Defect (20,000 spaces): each space's polygon was found by a search of the page, so
+    loading the map took N searches of N polygons and froze the browser for 9-17 s."""
+    spaces = harness.gateway.spaces()
+    assert len(spaces) >= 20, len(spaces)  # enough that a search per space would show
+    page = open_page(browser, url, "manager")
+    errors = watch_errors(page)
+    page.evaluate(COUNT_SEARCHES)
+    # every space unknown on the page, then the map reloaded as after a gateway restart
+    page.evaluate(
+        "for (const p of document.querySelectorAll('#map polygon[data-space]'))"
+        " p.setAttribute('data-state', 'unknown'); window.__searches = 0"
+    )
+    assert page.evaluate("loadMap()") is True
+    searches = page.evaluate("window.__searches")
+    assert searches < 5, searches  # a few for the page's parts, none per space
+    shown = page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#map polygon[data-space]')]"
+        ".map(p => [p.dataset.space, p.dataset.state]))"
+    )
+    assert shown == {s.space: s.state for s in spaces}
+
+    # a space opened, then Escape from its panel: back to that space, still without a search
+    target = spaces[len(spaces) // 2].space
+    page.click(f'#map polygon[data-space="{target}"]', force=True)
+    page.keyboard.press("Escape")
+    focused = page.evaluate("document.activeElement.dataset.space")
+    assert focused == target
+    selected = page.locator("#map polygon.selected")
+    assert selected.count() == 1 and selected.get_attribute("data-space") == target
+    assert not errors, errors
+    page.context.close()

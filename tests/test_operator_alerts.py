@@ -6,6 +6,7 @@ answering unreliably ("slow": CRC errors, timeouts) is a warning."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import httpx
 import paho.mqtt.client as mqtt
 from api_support import (  # noqa: F401
     PASSWORD,
+    GatewayHarness,
     client,
     harness,
     journal_with_users,
@@ -28,11 +30,12 @@ from gateway_support import Clocks
 
 import api.alerts
 import api.live
+import gateway.live
 from api.alerts import NEVER_SEEN_GRACE_S, Alert, AlertBook, derive_alerts
 from api.app import create_app
 from gateway.journal import Journal
 from gateway.live import AVAILABILITY_LOG_INTERVAL_S
-from gateway.readside import AgentStatus
+from gateway.readside import AgentStatus, LiveEvent
 from parking import topics
 from parking.payloads import DetectorHealth, HealthReport, NodeHealth
 from parking.site import load_site
@@ -479,3 +482,72 @@ def test_a_replayed_last_will_does_not_make_a_long_dead_agent_recent(example_sit
     gw.handle(t.edge_availability(example_site.id, agent), b"offline")
     (status,) = [a for a in gw.agents() if a.agent == agent]
     assert status.last_seen == 1_800_000_000.0 and not status.online
+
+
+# -- 5. a big site: agents' health does not hold up reports --------------------------------------
+
+
+def test_agent_events_derive_agent_alerts_without_listing_the_spaces(tmp_path):
+    """Defect (20,000 spaces): every agent event listed every space to re-derive alerts (with
+    the gateway's lock held), so signs lagged whenever an agent sent health. Agent events now
+    re-derive the agents' alerts; the spaces' (a long stay) are kept from the periodic check."""
+    h = GatewayHarness(load_site(EXAMPLE_SITE), tmp_path / "journal.sqlite")
+    parked = h.site.spaces[0].id
+    h.fill(occupied=[parked])
+    listed = []
+    real_spaces = h.gateway.spaces
+    h.gateway.spaces = lambda: listed.append(1) or real_spaces()  # type: ignore[method-assign]
+    book = AlertBook(str(tmp_path / "alerts.sqlite"))
+    hub = api.live.LiveHub(h.gateway)
+    monitor = api.live.AlertMonitor(h.gateway, book, hub, 60.0, 0.001)  # type: ignore[arg-type]
+    dead = _bus_health(time.time(), NodeHealth(address=2, status="dead"))
+
+    def open_ids() -> set[str]:
+        return {r.alert.id for r in book.current()}
+
+    async def run() -> None:
+        monitor.start()
+        try:
+            for _ in range(100):  # the first check: the long stay raised
+                if f"long_occupied:{parked}" in open_ids():
+                    break
+                await asyncio.sleep(0.05)
+            h.gateway.handle(topics.edge_health(SITE, dead.agent), dead.model_dump_json().encode())
+            for _ in range(5):  # agents report: each event wakes the monitor
+                hub.publish(LiveEvent("agent", {"agent": dead.agent}, time.time()))
+                await asyncio.sleep(0.3)
+        finally:
+            await monitor.stop()
+
+    try:
+        asyncio.run(run())
+        ids = open_ids()
+        assert f"node_dead:{dead.source}/2" in ids, ids  # the agent event was acted on
+        assert f"long_occupied:{parked}" in ids, ids  # and the long stay kept meanwhile
+        assert len(listed) == 1, len(listed)  # the spaces listed on the periodic check only
+    finally:
+        h.close()
+
+
+def test_listing_the_spaces_builds_them_outside_the_gateways_lock(tmp_path, monkeypatch):
+    """Reports wait on the gateway's lock: listing 20,000 spaces must not build their objects
+    while holding it (only the arrays are copied under it)."""
+    h = GatewayHarness(load_site(EXAMPLE_SITE), tmp_path / "journal.sqlite")
+    h.fill(occupied=[h.site.spaces[0].id])
+    built_locked = []
+    real = gateway.live.SpaceStatus
+
+    def space_status(**kw):
+        built_locked.append(h.gateway.lock._is_owned())  # type: ignore[attr-defined]
+        return real(**kw)
+
+    monkeypatch.setattr(gateway.live, "SpaceStatus", space_status)
+    try:
+        spaces = h.gateway.spaces()
+        assert len(spaces) == len(h.site.spaces) == len(built_locked)
+        assert not any(built_locked)
+        first = spaces[0]
+        assert (first.state, first.source is not None, first.held) == ("occupied", True, False)
+        assert isinstance(first.since, float) and isinstance(first.held, bool)
+    finally:
+        h.close()

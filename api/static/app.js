@@ -67,6 +67,9 @@ const S = { lang: localStorage.getItem("lang") || (navigator.language.startsWith
 // A reconnect normally takes about a second (retry: 1000); down longer than this, the page stops
 // presenting its last snapshot as live.
 const STALE_AFTER_MS = 5000;
+// The map's polygon of each space, by id, kept by drawMap: a space's polygon is looked up
+// without a search of the page (at 20,000 spaces, a search per space froze the page for seconds).
+const polygons = new Map();
 
 const $ = (sel) => document.querySelector(sel);
 const t = (key) => (T[key] ? T[key][S.lang === "zh" ? 0 : 1] : key);
@@ -394,6 +397,7 @@ function drawMap() {
   const nodes = new Map(site.lane_nodes.map((n) => [n.id, n]));
   const box = $("#map");
   box.replaceChildren();
+  polygons.clear();
   // the spaces by id for the space field (a way in without the map)
   $("#space-ids").replaceChildren(...site.spaces.map((sp) => el("option", { value: sp.id })));
   for (const lv of site.levels) {
@@ -418,6 +422,7 @@ function drawMap() {
         role: "button", tabindex: bays.length ? "-1" : "0" });
       p.append(svg("title"));
       labelSpace(p, sp.id, { state: "unknown" });
+      polygons.set(sp.id, p);
       const pts = sp.polygon.map(([x, y]) => ({ x: Number(X(x)), y: Number(Y(y)) }));
       bays.push([p, pts.reduce((a, q) => a + q.x, 0) / pts.length, pts.reduce((a, q) => a + q.y, 0) / pts.length, pts]);
       root.append(p);
@@ -535,13 +540,12 @@ function renderLevelTitles() {
     const lv = S.site.levels.find((x) => x.id === root.dataset.level);
     if (lv) root.setAttribute("aria-label", t("map_of").replace("{level}", L(lv.name)));
   }
-  for (const p of document.querySelectorAll("#map polygon[data-space]"))
-    if (!S.spaces.has(p.dataset.space)) labelSpace(p, p.dataset.space, { state: "unknown" });
+  for (const [id, p] of polygons) if (!S.spaces.has(id)) labelSpace(p, id, { state: "unknown" });
 }
 
 function paintSpace(id) {
   const s = S.spaces.get(id);
-  const p = document.querySelector(`polygon[data-space="${CSS.escape(id)}"]`);
+  const p = polygons.get(id);
   if (!s || !p) return;
   p.setAttribute("data-state", s.state);
   p.classList.toggle("held", !!s.held);
@@ -558,11 +562,11 @@ function onSpace(data) {
 }
 
 function showSpace(id) {
-  const prev = S.selected && document.querySelector(`polygon[data-space="${CSS.escape(S.selected)}"]`);
+  const prev = S.selected && polygons.get(S.selected);
   if (prev) prev.classList.remove("selected");
   S.selected = id;
   const s = S.spaces.get(id) || { state: "unknown" };
-  const p = document.querySelector(`polygon[data-space="${CSS.escape(id)}"]`);
+  const p = polygons.get(id);
   if (p) p.classList.add("selected");
   $("#space-panel").hidden = false;
   if ($("#sp-id").textContent !== id) { // a message, and a reason being typed, are about their space
@@ -954,7 +958,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#space-find").addEventListener("submit", findSpace);
   // Escape in a space's panel: back to that space on the map
   $("#space-panel").addEventListener("keydown", (ev) => {
-    const p = ev.key === "Escape" && S.selected && document.querySelector(`polygon[data-space="${CSS.escape(S.selected)}"]`);
+    const p = ev.key === "Escape" && S.selected && polygons.get(S.selected);
     if (p) p.focus();
   });
   for (const b of document.querySelectorAll("[data-range]"))
