@@ -20,7 +20,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -273,6 +273,19 @@ class Alert:
         return zh.format(**values), en.format(**values)
 
 
+BATTERY_REPLACED_PERCENT = BATTERY_LOW_PERCENT + 10
+"""A ``battery_low`` alert ends once the battery reads this much: a cell reads a few percent
+higher warm than cold, and an alert ending and beginning again at one level every day would
+lose its acknowledgement ("battery ordered") each night."""
+
+
+def battery_low(battery: int | None, open_now: bool) -> bool:
+    """Whether a detector's battery calls for ``battery_low`` (``open_now``: it is open)."""
+    if battery is None:
+        return False
+    return battery <= BATTERY_LOW_PERCENT or (open_now and battery < BATTERY_REPLACED_PERCENT)
+
+
 def derive_alerts(
     spaces: Iterable[SpaceStatus],
     agents: Iterable[AgentStatus],
@@ -284,6 +297,7 @@ def derive_alerts(
     gateway_online: bool | None = None,
     site: str = "site",
     listening_since: float | None = None,
+    open_ids: Collection[str] = (),
 ) -> list[Alert]:
     """Every alert the state calls for right now, in a stable order. Without the broker
     (``broker_up`` False) one alert says so, and none about the agents or the gateway: what
@@ -297,7 +311,8 @@ def derive_alerts(
     agent never heard from (offline, no ``last_seen`` and no health: the views list every
     agent of the site file) raises ``agent_never_seen`` once NEVER_SEEN_GRACE_S have passed
     since ``listening_since`` (when the view could first hear it: started and connected;
-    None: no such alert)."""
+    None: no such alert). ``open_ids``: the alerts open now, for those that end at another
+    level than they begin at (``battery_low``)."""
     out: list[Alert] = []
     if not broker_up:
         out.append(Alert("broker_lost:mqtt", "broker_lost", "mqtt", None))
@@ -375,13 +390,13 @@ def derive_alerts(
                 kind = {"stuck": "detector_stuck", "flapping": "detector_flapping"}.get(
                     d.status, "detector_fault" if d.status in {"dead", "fault"} else None
                 )
-                if kind is None and d.battery is not None and d.battery <= BATTERY_LOW_PERCENT:
+                subject = f"{where}/{d.index}"
+                if kind is None and battery_low(d.battery, f"battery_low:{subject}" in open_ids):
                     # a wireless detector that will die within weeks: replaced on a round
                     # before its bay turns unknown (the percentage stays out of the details:
                     # it moves, and the dashboard redraws an alert whose answer changed)
                     kind = "battery_low"
                 if kind:
-                    subject = f"{where}/{d.index}"
                     out.append(
                         Alert(
                             f"{kind}:{subject}",

@@ -373,6 +373,7 @@ class AlertMonitor:
             gateway_online=gateway_online,
             site=self.view.site.id,
             listening_since=self._listening_since,
+            open_ids={r.alert.id for r in self.book.current()},
         )
         alerts += self._space_alerts
         status = self.outbox_status.poll() if self.outbox_status is not None else None

@@ -34,8 +34,11 @@ def _one_line(text: str) -> str:
 
 
 def _blank_is_none(value: object) -> object:
-    # a reason of only spaces says nothing: stored, it showed as a reason given
-    return (value.strip() or None) if isinstance(value, str) else value
+    # a reason of only spaces says nothing: stored, it showed as a reason given. Checked
+    # before the strip: a tab or CR in front is refused, not stripped into a bare formula
+    if not isinstance(value, str):
+        return value
+    return _one_line(value).strip() or None
 
 
 Note = Annotated[str, AfterValidator(_one_line)]

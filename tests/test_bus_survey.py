@@ -400,3 +400,29 @@ def test_a_low_battery_reaches_the_managers_alerts(tmp_path, subprocess_env, pro
     now = time.time()
     alerts = derive_alerts([], [AgentStatus(AGENT, True, now, health)], now, 72 * 3600)
     assert not [a for a in alerts if a.kind == "battery_low"]
+
+
+def test_a_battery_alert_ends_only_once_the_battery_is_replaced() -> None:
+    """A cell reads a few percent higher warm than cold: at 20 % by night and 21 % by day, the
+    alert ended each morning and began again each night, its acknowledgement ("battery
+    ordered") lost each time. Once open, it stays open until the battery reads 30 %."""
+    from api.alerts import BATTERY_REPLACED_PERCENT, derive_alerts
+    from gateway.readside import AgentStatus
+    from parking.payloads import DetectorHealth, HealthReport, NodeHealth
+
+    def alerts(battery: int, open_ids: set[str]) -> list[str]:
+        detector = DetectorHealth(index=9, space="B1-E-010", status="ok", battery=battery)
+        node = NodeHealth(address=1, status="ok", detectors=[detector])
+        health = HealthReport(agent=AGENT, source=BUS, ts=time.time(), nodes=[node])
+        now = time.time()
+        found = derive_alerts(
+            [], [AgentStatus(AGENT, True, now, health)], now, 72 * 3600, open_ids=open_ids
+        )
+        return [a.id for a in found]
+
+    aid = "battery_low:bus-b1/1/9"
+    assert alerts(20, set()) == [aid]
+    assert alerts(21, set()) == []  # not low enough to begin
+    assert alerts(21, {aid}) == [aid]  # nor high enough to end
+    assert alerts(BATTERY_REPLACED_PERCENT - 1, {aid}) == [aid]
+    assert alerts(BATTERY_REPLACED_PERCENT, {aid}) == []

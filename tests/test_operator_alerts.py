@@ -551,3 +551,30 @@ def test_listing_the_spaces_builds_them_outside_the_gateways_lock(tmp_path, monk
         assert isinstance(first.since, float) and isinstance(first.held, bool)
     finally:
         h.close()
+
+
+def test_an_acknowledged_battery_alert_survives_a_warm_day(tmp_path):
+    """Through the monitor: at 20 % the alert opens and is acknowledged ("battery ordered");
+    at 21 % (a warm afternoon) it stays open with its acknowledgement; replaced, it ends."""
+    view = _View()
+    view.gateway = True
+
+    def health(battery: int) -> None:
+        detector = DetectorHealth(index=4, space="B1-E-005", status="ok", battery=battery)
+        h = _bus_health(time.time(), NodeHealth(address=1, status="ok", detectors=[detector]))
+        view.agent_list = [AgentStatus(h.agent, True, time.time(), h)]
+
+    book = AlertBook(str(tmp_path / "alerts.sqlite"))
+    monitor = api.live.AlertMonitor(view, book, api.live.LiveHub(view), 1.0, 3600)  # type: ignore[arg-type]
+    monitor._started -= api.live.AGENT_REJOIN_S
+    aid = "battery_low:bus-b1/1/4"
+    health(20)
+    raised, _ = monitor.check()
+    assert [r.alert.id for r in raised] == [aid]
+    book.acknowledge(aid, "mgr", "battery ordered", time.time())
+    health(21)
+    assert monitor.check() == ([], [])
+    (rec,) = book.current()
+    assert (rec.alert.id, rec.acked_by, rec.note) == (aid, "mgr", "battery ordered")
+    health(95)
+    assert monitor.check()[1] == [aid]
