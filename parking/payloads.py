@@ -147,9 +147,11 @@ class HealthReport(_Payload):
 
 
 def largest_snapshot_bytes(agent: str, source: str, spaces: list[str]) -> int:
-    """The JSON size a snapshot of ``spaces`` can reach (longest state, longest numbers),
-    encoded as the agents encode it: a source whose snapshot would be over
-    MAX_PAYLOAD_BYTES could never be reported whole (the gateway refuses it)."""
+    """The JSON size a snapshot of ``spaces`` (identifiers) can reach (longest state, longest
+    numbers), encoded as the agents encode it: a source whose snapshot would be over
+    MAX_PAYLOAD_BYTES could never be reported whole (the gateway refuses it). Counted from
+    one observation's size, not by encoding them all: a site file of 20,000 spaces is
+    checked at every gateway start, before its signs are published."""
     t = 1764979200.1234567  # as many digits as a float's repr takes
     report = OccupancyReport(
         agent=agent,
@@ -158,12 +160,12 @@ def largest_snapshot_bytes(agent: str, source: str, spaces: list[str]) -> int:
         seq=MAX_SEQ,
         ts=t,
         kind="snapshot",
-        spaces=[
-            SpaceObservation(space=s, state="occupied", since=t, confidence=0.12345678901234568)
-            for s in spaces
-        ],
+        spaces=[],
     )
-    return len(report.model_dump_json())
+    one = SpaceObservation(space="x", state="occupied", since=t, confidence=0.12345678901234568)
+    per_space = len(one.model_dump_json()) - 1  # identifiers need no escaping: + their length
+    commas = max(0, len(spaces) - 1)
+    return len(report.model_dump_json()) + len(spaces) * per_space + commas + sum(map(len, spaces))
 
 
 def fit_health(report: HealthReport) -> HealthReport:

@@ -1044,8 +1044,11 @@ class _Compiler:
             *((("buses", i), b.id, b.agent) for i, b in enumerate(buses)),
             *((("cameras", i), c.id, c.agent) for i, c in enumerate(cameras)),
         ]
+        by_source: dict[str, list[str]] = {}
+        for sid, binding in bindings.items():
+            by_source.setdefault(binding.source, []).append(sid)
         for where, source, agent in sources:
-            ids = [sid for sid, b in bindings.items() if b.source == source]
+            ids = by_source.get(source, [])
             if not is_identifier(agent):  # a default one: serial-/camera- and a long id
                 self.err(
                     (*where, "id"),
