@@ -319,6 +319,11 @@ class ControlOut(BaseModel):
     was: StateName | None = Field(
         None, description="the space's state before (as this API saw it): what was changed"
     )
+    held: bool = Field(
+        False,
+        description="it was held for a car sent to it from a gate (closing it: that car may be"
+        " on its way; there is no calling it back)",
+    )
     closed_by: str | None = Field(
         None, description="when it was closed: who closed it (the closure an open ends)"
     )

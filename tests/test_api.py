@@ -283,6 +283,21 @@ def test_an_open_says_whose_closure_it_ended(client, tokens, harness):
     assert t0 - 1 <= body["closed_at"] <= time.time()
 
 
+def test_closing_a_space_a_car_was_sent_to_says_so(client, tokens, harness):
+    """A car assigned a space at the east gate is on its way; the manager closing that space
+    is told (there is no calling the car back), and only then."""
+    harness.fill()
+    harness.gateway.handle(topics.arrival(harness.site.id, "east"), b'{"class": "visitor"}')
+    (latest,) = client.get(
+        "/api/v1/assignments", params={"entrance": "east", "limit": 1}, headers=tokens["viewer"]
+    ).json()
+    h = tokens["manager"]
+    sent = client.post(f"/api/v1/spaces/{latest['space']}/close", headers=h)
+    assert sent.status_code == 202 and sent.json()["held"] is True
+    other = client.post("/api/v1/spaces/D-012/close", headers=h).json()
+    assert other["held"] is False
+
+
 def test_events_filter_by_source_and_by_and_a_blank_reason_is_none(client, tokens, harness):
     """The audit: the managers' actions alone (?source=manager, ?by=NAME); a reason of only
     spaces is no reason, and a reason is kept without the spaces around it."""

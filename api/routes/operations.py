@@ -227,11 +227,15 @@ def refuse_if_nothing_changes(space: str, action: str, was: str | None, reason: 
         )
 
 
-def state_before(ctx: Ctx, space: str) -> tuple[str | None, EventRow | None]:
-    """The space as the manager's action finds it: its state and, when closed, the close
-    that closed it (another manager opening it is told whose closure it ends)."""
-    was = next((s.state for s in ctx.view.spaces() if s.space == space), None)
-    return was, ctx.journal.closure(space) if was == "closed" else None
+def state_before(ctx: Ctx, space: str) -> tuple[str | None, bool, EventRow | None]:
+    """The space as the manager's action finds it: its state, whether it is held for a car
+    sent to it (a manager closing it is told the car may be on its way: there is no way to
+    call it back), and, when closed, the close that closed it (another manager opening it
+    is told whose closure it ends)."""
+    now = next((s for s in ctx.view.spaces() if s.space == space), None)
+    was = None if now is None else now.state
+    held = now is not None and now.held
+    return was, held, ctx.journal.closure(space) if was == "closed" else None
 
 
 async def _control(
@@ -249,7 +253,7 @@ async def _control(
         why = ctx.view.control_unavailable()
         if why is not None:
             raise ControlUnavailable(why)
-        was, closure = await run_in_threadpool(state_before, ctx, space)
+        was, held, closure = await run_in_threadpool(state_before, ctx, space)
         refuse_if_nothing_changes(space, action, was, body.reason)
         # the gateway journals it under its lock: keep the event loop free meanwhile
         await run_in_threadpool(ctx.view.control_space, space, action, user.name, body.reason)
@@ -268,6 +272,7 @@ async def _control(
         reason=body.reason,
         ts=time.time(),
         was=was,
+        held=held,
         closed_by=closure.agent if closure else None,
         closed_reason=closure.note if closure else None,
         closed_at=closure.ts if closure else None,

@@ -23,7 +23,8 @@ const T = {
   too_many: ["尝试太多，请稍后再试", "too many attempts, try again later"],
   need_login: ["需要登录", "login required"], need_manager: ["需要管理员权限", "needs the manager role"],
   closed_by: ["关闭人", "closed by"], done_close: ["已关闭", "closed"], done_open: ["已开放", "opened"],
-  was_closed_by: ["此前由 {by} 关闭", "it was closed by {by}"], sent: ["已发送", "sent"],
+  was_closed_by: ["此前由 {by} 关闭", "it was closed by {by}"],
+  car_on_its_way: ["已有一辆车被分配到此车位，可能正在驶来", "a car was sent to it and may be on its way"], sent: ["已发送", "sent"],
   no_data: ["无数据", "no data"], raw_readings: ["检测器：原始读数和错误计数", "Detectors: raw readings and error counters"],
   detector: ["检测器", "Detector"], raw: ["原始值", "Raw"], battery: ["电量", "Battery"], node_errors: ["节点错误", "Node errors"], unreachable: ["无法连接服务器", "server unreachable"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
   not_live_since: ["非实时：自 {t} 起未更新", "not live since {t}"],
@@ -621,8 +622,10 @@ async function showClosure(id, s) {
     e.reason && `${t("reason")}: ${e.reason}`].filter(Boolean).join(" · ");
 }
 
-// after an open: whose closure it ended (another manager's, perhaps), so nobody is surprised
+// after a close: a car sent to the space may be on its way; after an open: whose closure it
+// ended (another manager's, perhaps), so nobody is surprised
 function endedClosure(b) {
+  if (b && b.action === "close" && b.held) return ` — ${t("car_on_its_way")}`;
   if (!b || b.action !== "open" || !b.closed_by) return "";
   return ` — ${t("was_closed_by").replace("{by}", b.closed_by)}${b.closed_reason ? `: ${b.closed_reason}` : ""}`;
 }
