@@ -142,6 +142,11 @@ def _user(name: str, role: str, created: float, generation: str | None) -> User:
 _USER_COLUMNS = "name, role, created, generation"
 
 
+REVOKED_KEEP_S = 7 * 86400.0
+"""How long past its expiry a logged-out token stays on the revoked list: longer than any clock
+step this host's NTP would make."""
+
+
 class UserStore:
     """The ``users`` table of the journal database."""
 
@@ -263,9 +268,13 @@ class UserStore:
         return [_user(*row) for row in rows]
 
     def revoke(self, session: Session) -> None:
-        """End a session before it expires (logout); expired ones are forgotten."""
+        """End a session before it expires (logout); ones expired REVOKED_KEEP_S ago are
+        forgotten (not at once: a clock stepped forward past a token's expiry and back
+        would make a logged-out token good again)."""
         with self._connect() as db:
-            db.execute("DELETE FROM revoked_sessions WHERE expires < ?", (time.time(),))
+            db.execute(
+                "DELETE FROM revoked_sessions WHERE expires < ?", (time.time() - REVOKED_KEEP_S,)
+            )
             db.execute(
                 "INSERT OR REPLACE INTO revoked_sessions (mac, expires) VALUES (?, ?)",
                 (session.mac, session.expires),

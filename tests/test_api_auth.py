@@ -637,3 +637,23 @@ def test_two_sites_dashboards_on_one_host_keep_their_own_logins(harness, users, 
         assert a.post("/api/v1/auth/logout").status_code == 204
         assert a.get("/api/v1/auth/me").json()["user"] is None
         assert b.get("/api/v1/auth/me").json()["user"]["name"] == "manager"  # still in
+
+
+def test_a_logged_out_token_stays_revoked_across_a_clock_step(tmp_path, monkeypatch):
+    """The revoked list forgot a token as soon as the clock passed its expiry: a clock stepped
+    forward past it (and another logout) and then back made the logged-out token good again."""
+    store = UserStore(str(tmp_path / "users.sqlite"))
+    store.add("mgr", "manager", "a long enough password 1")
+    (user,) = store.all()
+    signer = SessionSigner(b"k" * 32)
+    now = time.time()
+    token, _ = signer.issue("mgr", 3600, now, generation=user.generation)
+    other, _ = signer.issue("mgr", 3600, now, generation=user.generation)
+    session = signer.verify(token, now)
+    assert session is not None and store.session_user(session) is not None
+    store.revoke(session)
+    assert store.session_user(session) is None
+    monkeypatch.setattr(time, "time", lambda: now + 2 * 3600)  # a step forward ...
+    store.revoke(signer.verify(other, now))  # ... and another logout meanwhile
+    monkeypatch.setattr(time, "time", lambda: now + 60)  # ... and back
+    assert store.session_user(signer.verify(token, now + 60)) is None
