@@ -648,7 +648,7 @@ def test_a_logged_out_token_stays_revoked_across_a_clock_step(tmp_path, monkeypa
     signer = SessionSigner(b"k" * 32)
     now = time.time()
     token, _ = signer.issue("mgr", 3600, now, generation=user.generation)
-    other, _ = signer.issue("mgr", 3600, now, generation=user.generation)
+    other, _ = signer.issue("mgr", 3600, now + 1, generation=user.generation)  # another
     session = signer.verify(token, now)
     assert session is not None and store.session_user(session) is not None
     store.revoke(session)
