@@ -43,6 +43,27 @@ def survey(link: Path, env: dict[str, str], *extra: str, site: Path = EXAMPLE_SI
     )
 
 
+def survey_process(link: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
+    """The survey running (a walk test, a scan to interrupt), its output in pipes."""
+    return subprocess.Popen(
+        parkguide_cmd(
+            "site",
+            "bus-survey",
+            "--site",
+            str(EXAMPLE_SITE),
+            "--bus",
+            BUS,
+            "--port",
+            str(link),
+            *extra,
+        ),  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
 def test_a_healthy_bus_reads_as_the_site_file_says(tmp_path, subprocess_env, processes) -> None:
     link = tmp_path / "bus.tty"
     processes.append(BusSimulator(link, subprocess_env))
@@ -111,24 +132,7 @@ def test_watch_prints_each_bay_change_for_a_walk_test(tmp_path, subprocess_env, 
     link = tmp_path / "bus.tty"
     sim = BusSimulator(link, subprocess_env)
     processes.append(sim)
-    proc = subprocess.Popen(
-        parkguide_cmd(
-            "site",
-            "bus-survey",
-            "--site",
-            str(EXAMPLE_SITE),
-            "--bus",
-            BUS,
-            "--port",
-            str(link),
-            "--watch",
-            "6",
-        ),  # fmt: skip
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env,
-    )
+    proc = survey_process(link, subprocess_env, "--watch", "6")
     processes.append(proc)
     deadline = time.monotonic() + 20
     lines = []
@@ -200,24 +204,7 @@ def test_a_cut_bus_is_one_finding_naming_where(tmp_path, subprocess_env, process
 def test_an_interrupted_scan_says_so(tmp_path, subprocess_env, processes) -> None:
     link = tmp_path / "bus.tty"
     processes.append(BusSimulator(link, subprocess_env))
-    proc = subprocess.Popen(
-        parkguide_cmd(
-            "site",
-            "bus-survey",
-            "--site",
-            str(EXAMPLE_SITE),
-            "--bus",
-            BUS,
-            "--port",
-            str(link),
-            "--scan",
-            "--json",
-        ),  # fmt: skip
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env,
-    )
+    proc = survey_process(link, subprocess_env, "--scan", "--json")
     processes.append(proc)
     assert "scanning" in proc.stderr.readline()
     time.sleep(2)
@@ -234,24 +221,7 @@ def test_a_port_lost_during_the_walk_test_is_an_error_not_a_traceback(
     link = tmp_path / "bus.tty"
     sim = BusSimulator(link, subprocess_env)
     processes.append(sim)
-    proc = subprocess.Popen(
-        parkguide_cmd(
-            "site",
-            "bus-survey",
-            "--site",
-            str(EXAMPLE_SITE),
-            "--bus",
-            BUS,
-            "--port",
-            str(link),
-            "--watch",
-            "0",
-        ),  # fmt: skip
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env,
-    )
+    proc = survey_process(link, subprocess_env, "--watch", "0")
     processes.append(proc)
     while not proc.stdout.readline().startswith("watching"):
         pass
