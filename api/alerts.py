@@ -387,16 +387,19 @@ def derive_alerts(
                     Alert(f"node_unreliable:{where}", "node_unreliable", where, None, details)
                 )
             for d in node.detectors:
-                kind = {"stuck": "detector_stuck", "flapping": "detector_flapping"}.get(
+                status = {"stuck": "detector_stuck", "flapping": "detector_flapping"}.get(
                     d.status, "detector_fault" if d.status in {"dead", "fault"} else None
                 )
                 subject = f"{where}/{d.index}"
-                if kind is None and battery_low(d.battery, f"battery_low:{subject}" in open_ids):
-                    # a wireless detector that will die within weeks: replaced on a round
-                    # before its bay turns unknown (the percentage stays out of the details:
-                    # it moves, and the dashboard redraws an alert whose answer changed)
-                    kind = "battery_low"
-                if kind:
+                kinds = [status] if status else []
+                # judged apart from the status: a dying detector that flaps a while keeps
+                # its acknowledged battery episode. A wireless detector that will die within
+                # weeks: replaced on a round before its bay turns unknown (the percentage
+                # stays out of the details: it moves, and the dashboard redraws an alert
+                # whose answer changed)
+                if battery_low(d.battery, f"battery_low:{subject}" in open_ids):
+                    kinds.append("battery_low")
+                for kind in kinds:
                     out.append(
                         Alert(
                             f"{kind}:{subject}",

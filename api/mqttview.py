@@ -51,6 +51,10 @@ SIGNS_STALE_GRACE_S = 10.0
 sign content (it republishes every sign at half the validity)"""
 
 
+GATEWAY_CLOCK_SAY_S = 60.0
+"""This host's clock this far from the gateway's (as its live signs say) is logged once."""
+
+
 class MqttLiveView:
     """Live state rebuilt from the broker's retained topics and the journal."""
 
@@ -93,6 +97,10 @@ class MqttLiveView:
         self._stale_said = False  # _check_signs_fresh said the gateway went silent
         self._connected_mono: float | None = None  # monotonic time of the last (re)connect
         self._live_sign_mono = -math.inf  # monotonic arrival of the last live sign content
+        # the gateway's clock minus this host's, from the live signs it stamps as it sends
+        # them: a manager's request is stamped by the gateway's clock, which judges its age
+        self.gateway_clock_offset = 0.0
+        self._offset_said = False
         self._ever_connected = False
         self._refused = False  # the broker's last CONNACK was a refusal
         self._last_disconnect = ("", -math.inf)  # (reason, monotonic time) of the last one
@@ -299,6 +307,7 @@ class MqttLiveView:
                     self._displays[dc.display] = dc
                     if not retained:  # published now, not the broker's stored copy
                         self._live_sign_mono = time.monotonic()
+                        self._note_gateway_clock(dc.ts - now)
                     self._sign_updates += 1
                 self._emit("display", dc.model_dump(mode="json"), now)
             elif kind == "edge/availability":
@@ -612,6 +621,20 @@ class MqttLiveView:
 
         return unsubscribe
 
+    def _note_gateway_clock(self, offset: float) -> None:
+        """Keep the gateway's clock offset (called under the lock); say once when this
+        host's clock is far off: its requests would otherwise be refused as stale (a clock
+        behind) or taken as newer than they are."""
+        self.gateway_clock_offset = offset
+        if abs(offset) > GATEWAY_CLOCK_SAY_S and not self._offset_said:
+            self._offset_said = True
+            log.warning(
+                "this host's clock is %.0f s %s the gateway's: managers' requests are stamped by"
+                " the gateway's clock; synchronise this host (NTP)",
+                abs(offset),
+                "behind" if offset > 0 else "ahead of",
+            )
+
     def control_unavailable(self) -> str | None:
         """Why a manager's action cannot reach the gateway now: sent anyway, it would wait
         at the broker (or in this process) and be applied whenever the gateway is back,
@@ -635,7 +658,8 @@ class MqttLiveView:
         why = self.control_unavailable()
         if why is not None:
             raise ControlUnavailable(why)
-        msg = SpaceControl(action=action, by=by, reason=reason, ts=time.time())  # type: ignore[arg-type]
+        ts = time.time() + self.gateway_clock_offset
+        msg = SpaceControl(action=action, by=by, reason=reason, ts=ts)  # type: ignore[arg-type]
         info = self.client.publish(
             topics.space_control(self.site.id, space),
             msg.model_dump_json().encode(),

@@ -275,8 +275,9 @@ class ReportGate:
         ``seq``, never by ``ts``: an edge clock stepped back by NTP would otherwise have the
         dashboard show the last health before the step (a dead node as ok) for as long as
         the step. A late one of a boot the agent replaced is refused (``stale_boot``); a
-        boot whose reports were taken replaces the known one. Only between boots not known
-        apart (an agent that sends no boot) does ``ts`` order them (``older_than_known``);
+        boot whose reports were taken replaces the known one, and so does another boot when
+        no report of the agent was taken (the stand-alone API's case). Only between boots not
+        known apart (an agent that sends no boot) does ``ts`` order them (``older_than_known``);
         the same report again (the retained one, at a reconnect) is taken."""
         if known is None:
             return None
@@ -296,6 +297,11 @@ class ReportGate:
                 return Rejection("stale_boot", why)
             if boot == sequence.boot:
                 return None
+        if boot is not None and known.boot is not None and sequence is None:
+            # another boot, and nothing known of the agent's reports to tell which boot is
+            # the newer (the stand-alone API hears none): the broker delivers them in the
+            # order they came, so the newer run's, whatever a clock stepped back says
+            return None
         if health.ts < known.ts:
             why = (
                 f"health ts {health.ts} < known {known.ts}"

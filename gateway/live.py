@@ -51,6 +51,7 @@ from gateway.ingest import (
     RejectionLog,
     ReportGate,
     decode,
+    how_long,
 )
 from gateway.journal import BACKUP_TAKEN_KEY, History, Journal
 from gateway.lag import BEHIND_S, ReportLag
@@ -68,6 +69,7 @@ from gateway.state import FREE, NO_CHANGES, OCCUPIED, Changes, LiveState
 from parking import topics
 from parking.payloads import (
     CONTROL_MAX_AGE_S,
+    FUTURE_TOLERANCE_S,
     MAX_PAYLOAD_BYTES,
     Arrival,
     ArrivalRefusal,
@@ -638,10 +640,21 @@ class LiveGateway:
             )
 
     def _event_time(self, wall: float) -> float:
-        """An event's time: the wall clock, but never earlier than the last event's. A step
-        back of this host's clock (or a start with it behind) would otherwise put the
-        journal out of time order, which history reads by time and a restart by id; events
-        share the last time until the clock catches up. Called under the lock."""
+        """An event's time: the wall clock, but never earlier than the last event's, within
+        ``FUTURE_TOLERANCE_S``. A step back of this host's clock (or a start with it behind)
+        would otherwise put the journal out of time order, which history reads by time and a
+        restart by id: events share the last time until the clock catches up. Further ahead
+        (a clock that ran days ahead, a journal restored from such a host) they would share
+        it for days: the clock's own time is taken, and the disorder said. Under the lock."""
+        ahead = self._event_last - wall
+        if ahead > FUTURE_TOLERANCE_S:
+            log.warning(
+                "the journal's newest event is %s ahead of this host's clock (a clock that"
+                " ran ahead, since corrected?): events carry this clock's time from now on,"
+                " earlier than those before them (history of that stretch reads out of order)",
+                how_long(ahead),
+            )
+            self._event_last = wall
         t = max(wall, self._event_last)
         self._event_last = t
         return t
@@ -656,9 +669,11 @@ class LiveGateway:
         if step < 0:
             log.warning(
                 "this host's clock stepped back by %.1f s (NTP correcting a clock that ran"
-                " ahead?): events are stamped no earlier than the last one until it catches"
-                " up; TTLs, holds and sign refreshes run on the monotonic clock",
+                " ahead?): %s; TTLs, holds and sign refreshes run on the monotonic clock",
                 -step,
+                "events are stamped no earlier than the last one until it catches up"
+                if -step <= FUTURE_TOLERANCE_S
+                else "events carry its time, earlier than the last ones",
             )
         else:
             log.warning(

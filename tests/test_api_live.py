@@ -438,6 +438,12 @@ def test_a_standalone_view_takes_availability_and_health_as_the_gateway_does(tmp
     view._handle(topics.edge_health("xinyuan", agent), json.dumps(stepped).encode())
     assert view._health[agent].status == "blind"
     assert view.counters().rejected["older_than_known"] == 1
+    # the agent restarts (a new boot) after its clock stepped back: the view hears no
+    # reports to tell the boots apart, and took the old run's health as newer by its ts
+    restarted = stepped | {"boot": "b2", "seq": 1, "ts": now - 900, "status": "degraded"}
+    view._handle(topics.edge_health("xinyuan", agent), json.dumps(restarted).encode())
+    assert view._health[agent].status == "degraded"
+    assert view.counters().rejected["older_than_known"] == 1
     # the gateway's last will: the live stream's zone cards go unknown too, not only the map
     heard: list = []
     view.subscribe(heard.append)
@@ -666,3 +672,45 @@ def test_sign_pictures_blank_while_the_stand_alone_view_is_blind(mosquitto, tmp_
         view.stop()
         pub.loop_stop()
         pub.disconnect()
+
+
+def test_a_standalone_api_stamps_requests_by_the_gateways_clock(mosquitto, tmp_path):
+    """The API's host clock 400 s behind the gateway's: its close was stamped 400 s old by
+    the gateway's clock, refused as stale (stale_control), and the page said "closed". It
+    is stamped by the gateway's clock, as the gateway's live signs tell it."""
+    from api.mqttview import MqttLiveView
+    from gateway.journal import Journal
+    from parking.broker import BrokerConfig
+    from parking.payloads import DisplayContent
+    from parking.site import load_site
+
+    site = load_site(EXAMPLE_SITE)
+    db = tmp_path / "journal.sqlite"
+    Journal(db).close()
+    controls: list[dict] = []
+    gateway = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    gateway.on_message = lambda _c, _u, m: controls.append(json.loads(m.payload))
+    gateway.connect("127.0.0.1", mosquitto.port)
+    gateway.subscribe(topics.space_control_all(site.id), qos=1)
+    gateway.loop_start()
+    gateway.publish(topics.gateway_availability(site.id), "online", qos=1, retain=True)
+    view = MqttLiveView(site, BrokerConfig.from_url(mosquitto.url), str(db))
+    view.start()
+    try:
+        deadline = time.monotonic() + 10
+        while view.control_unavailable() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ahead = time.time() + 400  # the gateway's clock
+        sign = DisplayContent(display="gate-north", lines=[], ts=ahead, expires=ahead + 60)
+        gateway.publish(topics.display_content(site.id, "gate-north"), sign.model_dump_json(), 1)
+        while view.gateway_clock_offset < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        view.control_space("A-001", "close", "boss", "paint")
+        while not controls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (sent,) = controls
+        assert abs(sent["ts"] - (time.time() + 400)) < 5, sent
+    finally:
+        view.stop()
+        gateway.loop_stop()
+        gateway.disconnect()

@@ -380,8 +380,8 @@ def test_a_battery_alert_ends_only_once_the_battery_is_replaced() -> None:
     from gateway.readside import AgentStatus
     from parking.payloads import DetectorHealth, HealthReport, NodeHealth
 
-    def alerts(battery: int, open_ids: set[str]) -> list[str]:
-        detector = DetectorHealth(index=9, space="B1-E-010", status="ok", battery=battery)
+    def alerts(battery: int, open_ids: set[str], status: str = "ok") -> list[str]:
+        detector = DetectorHealth(index=9, space="B1-E-010", status=status, battery=battery)
         node = NodeHealth(address=1, status="ok", detectors=[detector])
         health = HealthReport(agent=AGENT, source=BUS, ts=time.time(), nodes=[node])
         now = time.time()
@@ -396,3 +396,8 @@ def test_a_battery_alert_ends_only_once_the_battery_is_replaced() -> None:
     assert alerts(21, {aid}) == [aid]  # nor high enough to end
     assert alerts(BATTERY_REPLACED_PERCENT - 1, {aid}) == [aid]
     assert alerts(BATTERY_REPLACED_PERCENT, {aid}) == []
+    # a dying detector flapping a while: both, the battery episode (and its acknowledgement)
+    # kept through the flapping
+    flapping = "detector_flapping:bus-b1/1/9"
+    assert alerts(18, {aid}, "flapping") == [flapping, aid]
+    assert alerts(24, {aid, flapping}) == [aid]

@@ -85,15 +85,16 @@ def test_a_policy_clock_speed_out_of_range_is_refused_by_name(speed):
 def test_events_keep_their_time_order_when_this_hosts_clock_steps_back(
     example_site, tmp_path, caplog
 ):
-    """NTP steps the gateway host's clock back an hour: the events that follow were stamped
-    an hour before the ones just journaled (history reads the journal by time, a restart by
-    id), and nothing said why. They now share the last time until the clock catches up,
-    and the step is said once."""
+    """NTP steps the gateway host's clock back two minutes: the events that follow were
+    stamped before the ones just journaled (history reads the journal by time, a restart by
+    id), and nothing said why. They now share the last time until the clock catches up, and
+    the step is said once. A step back of an hour (a clock that ran an hour ahead): waiting
+    for it would stamp an hour of events with one time; they take the clock's, said so."""
     clocks, gw, _sent = _settled_gateway(example_site, tmp_path)
     snapshot_all_free(gw, example_site, clocks.wall, seq=2)  # the buses' bays free again
     last = gw.journal.last_event_ts()
     assert last == clocks.wall
-    clocks.step(-3600)
+    clocks.step(-120)
     with caplog.at_level("WARNING", logger="gateway.live"):
         clocks.advance(20)
         gw.tick()  # their TTL runs out (monotonic): unknown, journaled now
@@ -102,24 +103,31 @@ def test_events_keep_their_time_order_when_this_hosts_clock_steps_back(
     times = [e[1] for e in events]
     assert events[-1][4] == "unknown" and len(times) > len(example_site.spaces)
     assert times == sorted(times)
-    assert times[-1] == last  # not an hour before it
+    assert times[-1] == last  # not two minutes before it
     said = [r.getMessage() for r in caplog.records if "host's clock stepped back" in r.getMessage()]
-    assert len(said) == 1 and "3600.0 s" in said[0]
-    clocks.advance(3600)  # caught up: the clock's own time again
-    snapshot_all_free(gw, example_site, clocks.wall, seq=3)
+    assert len(said) == 1 and "120.0 s" in said[0]
+
+    clocks.step(-3600)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gateway.live"):
+        clocks.advance(20)
+        gw.tick()
+        gw.control_space("A-001", "close", "boss", "resurfacing")
     gw.flush_checkpoint()
-    assert gw.journal.last_event_ts() == clocks.wall > last
+    assert gw.journal.last_event_ts() == clocks.wall  # the clock's time, not frozen
+    assert "events carry its time, earlier than the last ones" in caplog.text
 
 
 def test_a_gateway_started_with_its_clock_behind_journals_nothing_before_its_last_event(
-    example_site, tmp_path
+    example_site, tmp_path, caplog
 ):
-    """Restarted with the clock two hours behind (no RTC, not synchronised yet): a manager's
-    close was journaled two hours before the events before it."""
+    """Restarted with the clock four minutes behind (not synchronised yet): a manager's close
+    was journaled before the events before it. Days behind the journal (it ran with a clock
+    days ahead), events take the clock's time, and the start says so."""
     clocks, gw, _sent = _settled_gateway(example_site, tmp_path)
     last = gw.journal.last_event_ts()
     gw.journal.close()
-    behind = Clocks(clocks.wall - 7200)
+    behind = Clocks(clocks.wall - 240)
     again = behind.gateway(example_site, Journal(tmp_path / "j.sqlite"), lambda *a: None)
     again.control_space("A-001", "close", "boss", "resurfacing")
     again.flush_checkpoint()
@@ -127,3 +135,11 @@ def test_a_gateway_started_with_its_clock_behind_journals_nothing_before_its_las
     assert events[-1][2] == "A-001" and events[-1][4] == "closed"
     times = [e[1] for e in events]
     assert times == sorted(times) and times[-1] == last
+    again.journal.close()
+    days = Clocks(clocks.wall - 2 * 86400)
+    with caplog.at_level("WARNING", logger="gateway.live"):
+        third = days.gateway(example_site, Journal(tmp_path / "j.sqlite"), lambda *a: None)
+    assert "is 2 days ahead of this host's clock" in caplog.text
+    third.control_space("A-002", "close", "boss", "resurfacing")
+    third.flush_checkpoint()
+    assert third.journal.last_event_ts() == days.wall
