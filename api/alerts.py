@@ -20,12 +20,12 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway.readside import AgentStatus, SpaceStatus
+from gateway.readside import AgentStatus, EntranceRefusals, SpaceStatus
 from parking.registers import BATTERY_LOW_PERCENT
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ SEVERITY = {
     "detector_flapping": "warning",
     "detector_fault": "warning",
     "battery_low": "warning",
+    "arrivals_refused": "warning",
     "long_occupied": "info",
 }
 
@@ -132,6 +133,11 @@ _TEXT = {
     "detector_stuck": ("检测器 {subject} 卡住", "detector {subject} is stuck"),
     "detector_flapping": ("检测器 {subject} 抖动", "detector {subject} is flapping"),
     "detector_fault": ("检测器 {subject} 故障", "detector {subject} has a fault"),
+    "arrivals_refused": (
+        "入口 {subject} 的到达请求被网关拒绝:那里的车辆得不到车位分配;请检查道闸控制器",
+        "arrivals at entrance {subject} are refused by the gateway: cars there get no space;"
+        " check its gate controller",
+    ),
     "battery_low": (
         "检测器 {subject} 电池电量低:请在其失效(车位变为未知)前更换",
         "detector {subject}'s battery is low: replace it before it dies (its space turns unknown)",
@@ -141,6 +147,11 @@ _TEXT = {
         "space {subject} occupied over {hours} h",
     ),
 }
+_ARRIVALS_REFUSED_TEXT = (
+    "入口 {subject} 的到达请求被网关拒绝({reason}):那里的车辆得不到车位分配;请检查道闸控制器",
+    "arrivals at entrance {subject} are refused by the gateway ({reason}): cars there get no"
+    " space; check its gate controller",
+)
 _PORT_OPEN_TEXT = (
     "总线 {subject}:串口正常,但没有节点应答(线缆或节点供电?)",
     "bus {subject}: the serial port is open but no node answers (cable or node power?)",
@@ -248,6 +259,9 @@ class Alert:
         elif self.kind == "camera_blind" and self.details.get("fault") in _CAMERA_FAULT_TEXT:
             zh_why, en_why = _CAMERA_FAULT_TEXT[self.details["fault"]]
             zh, en = f"摄像头 {{subject}} 看不见:{zh_why}", f"camera {{subject}} is blind: {en_why}"
+        elif self.kind == "arrivals_refused" and isinstance(self.details.get("reason"), str):
+            why = self.details["reason"]
+            zh, en = (text.replace("{reason}", why) for text in _ARRIVALS_REFUSED_TEXT)
         elif self.kind == "bus_blind" and self.details.get("port") == "lost":
             zh, en = _PORT_LOST_TEXT
         elif self.kind == "bus_blind" and self.details.get("port") == "open":
@@ -298,6 +312,7 @@ def derive_alerts(
     site: str = "site",
     listening_since: float | None = None,
     open_ids: Collection[str] = (),
+    refusals: Mapping[str, EntranceRefusals] | None = None,
 ) -> list[Alert]:
     """Every alert the state calls for right now, in a stable order. Without the broker
     (``broker_up`` False) one alert says so, and none about the agents or the gateway: what
@@ -312,13 +327,21 @@ def derive_alerts(
     agent of the site file) raises ``agent_never_seen`` once NEVER_SEEN_GRACE_S have passed
     since ``listening_since`` (when the view could first hear it: started and connected;
     None: no such alert). ``open_ids``: the alerts open now, for those that end at another
-    level than they begin at (``battery_low``)."""
+    level than they begin at (``battery_low``). ``refusals``: arrivals refused per entrance
+    lately (``arrivals_refused``: a gate controller whose cars get no space)."""
     out: list[Alert] = []
     if not broker_up:
         out.append(Alert("broker_lost:mqtt", "broker_lost", "mqtt", None))
         agents = ()
     elif gateway_online is False:
         out.append(Alert(f"gateway_offline:{site}", "gateway_offline", site, None))
+    for entrance, r in sorted((refusals or {}).items()):
+        # details: the newest reason only (a count moves with every refusal, and the
+        # dashboard redraws an alert whose answer changed)
+        details = {"reason": r.reason}
+        out.append(
+            Alert(f"arrivals_refused:{entrance}", "arrivals_refused", entrance, None, details)
+        )
     rejoining = broker_back_since is not None and now - broker_back_since < AGENT_REJOIN_S
     settled = listening_since is not None and now - listening_since >= NEVER_SEEN_GRACE_S
     for a in agents:

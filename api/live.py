@@ -374,6 +374,7 @@ class AlertMonitor:
             site=self.view.site.id,
             listening_since=self._listening_since,
             open_ids={r.alert.id for r in self.book.current()},
+            refusals=self.view.recent_refusals(),
         )
         alerts += self._space_alerts
         status = self.outbox_status.poll() if self.outbox_status is not None else None

@@ -27,12 +27,21 @@ from pydantic import ValidationError
 from api.journal import GatewayTables
 from gateway.ingest import ReportGate, without_plates
 from gateway.journal import PLATE_KEEP_KEY, PLATES_FORGOTTEN_KEY
-from gateway.readside import AgentStatus, ControlUnavailable, Counters, LiveEvent, SpaceStatus
+from gateway.readside import (
+    AgentStatus,
+    ControlUnavailable,
+    Counters,
+    EntranceRefusals,
+    LiveEvent,
+    RefusalLog,
+    SpaceStatus,
+)
 from parking import topics
 from parking.broker import BrokerConfig, is_keepalive_timeout
 from parking.payloads import (
     CONTROL_MAX_AGE_S,
     MAX_PAYLOAD_BYTES,
+    ArrivalRefusal,
     Assignment,
     DisplayContent,
     HealthReport,
@@ -100,6 +109,7 @@ class MqttLiveView:
         # the gateway's clock minus this host's, from the live signs it stamps as it sends
         # them: a manager's request is stamped by the gateway's clock, which judges its age
         self.gateway_clock_offset = 0.0
+        self.refusals = RefusalLog()  # arrivals the gateway refused, recently
         self._offset_said = False
         self._ever_connected = False
         self._refused = False  # the broker's last CONNACK was a refusal
@@ -154,6 +164,7 @@ class MqttLiveView:
                     (f"{prefix}/edge/+/availability", topics.QOS_AVAILABILITY),
                     (f"{prefix}/edge/+/health", topics.QOS_HEALTH),
                     (f"{prefix}/entrances/+/assignment", topics.QOS_ASSIGNMENT),
+                    (f"{prefix}/entrances/+/refusal", topics.QOS_REFUSAL),
                     (topics.gateway_availability(site), topics.QOS_AVAILABILITY),
                 ]
             )
@@ -365,6 +376,12 @@ class MqttLiveView:
                 self._emit("assignment", a.model_dump(mode="json", by_alias=True), now)
                 if held is not None:  # the zone offers one space fewer
                     self._emit("zone", held.model_dump(mode="json"), now)
+            elif kind == "entrances/refusal":
+                r = ArrivalRefusal.model_validate_json(payload)
+                if not retained:  # not one the broker kept from before
+                    named = {e.id for e in self.site.entrances}
+                    entrance = r.entrance if r.entrance in named else "?"
+                    self.refusals.note(entrance, r.reason, r.detail, r.ts)
             elif kind == "gateway/availability":
                 online = payload.decode("utf-8", "replace") == topics.ONLINE
                 with self._lock:
@@ -634,6 +651,9 @@ class MqttLiveView:
                 abs(offset),
                 "behind" if offset > 0 else "ahead of",
             )
+
+    def recent_refusals(self) -> dict[str, EntranceRefusals]:
+        return self.refusals.recent(time.time() + self.gateway_clock_offset)
 
     def control_unavailable(self) -> str | None:
         """Why a manager's action cannot reach the gateway now: sent anyway, it would wait

@@ -55,7 +55,14 @@ from gateway.ingest import (
 )
 from gateway.journal import BACKUP_TAKEN_KEY, History, Journal
 from gateway.lag import BEHIND_S, ReportLag
-from gateway.readside import AgentStatus, Counters, LiveEvent, SpaceStatus
+from gateway.readside import (
+    AgentStatus,
+    Counters,
+    EntranceRefusals,
+    LiveEvent,
+    RefusalLog,
+    SpaceStatus,
+)
 from gateway.site_changes import (
     DIGEST_KEY,
     OUTLINE_KEY,
@@ -277,6 +284,7 @@ class LiveGateway:
         self._reused_logged = -math.inf  # monotonic time of its last warning
         # (entrance, or "?" for one the site lacks; reason) -> arrivals refused
         self.refused_arrivals: dict[tuple[str, str], int] = {}
+        self.refusals = RefusalLog()  # recent ones, for the managers' alert
         # per agent, reports its seq numbers skipped: they never arrived (_note_gap)
         self.reports_missed = dict.fromkeys(
             sorted(x.agent for x in (*site.buses, *site.cameras)), 0
@@ -1140,6 +1148,7 @@ class LiveGateway:
         with self.lock:
             key = (entrance if entrance in self._entrance else "?", rejection.reason)
             self.refused_arrivals[key] = self.refused_arrivals.get(key, 0) + 1
+            self.refusals.note(key[0], rejection.reason, refusal.detail, refusal.ts)
             self._send(
                 topics.arrival_refusal(self.site.id, entrance),
                 refusal.model_dump_json().encode(),
@@ -1686,6 +1695,9 @@ class LiveGateway:
 
     def control_unavailable(self) -> str | None:
         return None  # applied here, in the gateway itself
+
+    def recent_refusals(self) -> dict[str, EntranceRefusals]:
+        return self.refusals.recent(self._clock())
 
     def control_space(self, space: str, action: str, by: str, reason: str | None) -> None:
         s = self.site.space_index.get(space)

@@ -8,12 +8,57 @@ module of the gateway.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from parking.payloads import Assignment, DisplayContent, HealthReport, ZoneCounts
 from parking.site import Site
+
+REFUSALS_WINDOW_S = 600.0
+"""Arrivals an entrance had refused within this long make the managers' alert; none for this
+long ends it."""
+REFUSALS_KEPT = 1000  # per entrance: a flood of bad arrivals does not grow memory
+
+
+@dataclass(frozen=True)
+class EntranceRefusals:
+    """An entrance's refused arrivals within ``REFUSALS_WINDOW_S``: how many, and the newest."""
+
+    count: int
+    reason: str
+    detail: str
+    last: float  # wall time of the newest
+
+
+class RefusalLog:
+    """Arrivals refused per entrance, recently: a gate controller whose every arrival is refused
+    (a field misspelt, a time in milliseconds) leaves its cars unguided, and only its gate
+    hears why. Thread-safe: noted by the MQTT thread, read by the API's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, deque[tuple[float, str, str]]] = {}
+
+    def note(self, entrance: str, reason: str, detail: str, now: float) -> None:
+        with self._lock:
+            kept = self._seen.setdefault(entrance, deque(maxlen=REFUSALS_KEPT))
+            kept.append((now, reason, detail))
+
+    def recent(self, now: float) -> dict[str, EntranceRefusals]:
+        out = {}
+        with self._lock:
+            for entrance, kept in list(self._seen.items()):
+                while kept and kept[0][0] < now - REFUSALS_WINDOW_S:
+                    kept.popleft()
+                if not kept:
+                    del self._seen[entrance]
+                    continue
+                last, reason, detail = kept[-1]
+                out[entrance] = EntranceRefusals(len(kept), reason, detail, last)
+        return out
 
 
 @dataclass(frozen=True)
@@ -112,6 +157,11 @@ class LiveView(Protocol):
 
     def control_unavailable(self) -> str | None:
         """Why a manager's action cannot reach the gateway now (None: it can)."""
+        ...
+
+    def recent_refusals(self) -> dict[str, EntranceRefusals]:
+        """Arrivals refused per entrance within ``REFUSALS_WINDOW_S`` ("?": an entrance the
+        site file does not name)."""
         ...
 
     def control_space(self, space: str, action: str, by: str, reason: str | None) -> None:

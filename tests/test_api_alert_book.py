@@ -27,6 +27,9 @@ class _View:
     def spaces(self):
         return []
 
+    def recent_refusals(self):
+        return {}
+
     def agents(self):
         return self.agent_list
 

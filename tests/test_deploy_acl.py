@@ -229,6 +229,9 @@ def test_the_api_user_reads_what_it_shows_and_not_the_gates_plates(secured_broke
     gw = _client(broker, "gateway", users["gateway"])
     assert _publish_reason(gw, topics.assignment(SITE, "north"), b"{}") in (0, 0x10)
     assert got.get(timeout=5) == topics.assignment(SITE, "north")
+    # a gate's refused arrivals: the managers' alert (arrivals_refused)
+    assert _publish_reason(gw, topics.arrival_refusal(SITE, "north"), b"{}") in (0, 0x10)
+    assert got.get(timeout=5) == topics.arrival_refusal(SITE, "north")
     agent = _client(broker, "serial-bus-g", users["serial-bus-g"])
     assert _publish_reason(agent, topics.edge_occupancy(SITE, "serial-bus-g"), b"{}") in (0, 0x10)
     with pytest.raises(queue.Empty):

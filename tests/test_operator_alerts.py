@@ -7,6 +7,7 @@ answering unreliably ("slow": CRC errors, timeouts) is a warning."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -138,6 +139,9 @@ class _View:
 
     def spaces(self):
         return []
+
+    def recent_refusals(self):
+        return {}
 
     def agents(self):
         return self.agent_list
@@ -578,3 +582,48 @@ def test_an_acknowledged_battery_alert_survives_a_warm_day(tmp_path):
     assert (rec.alert.id, rec.acked_by, rec.note) == (aid, "mgr", "battery ordered")
     health(95)
     assert monitor.check()[1] == [aid]
+
+
+def test_a_gate_whose_arrivals_are_refused_is_an_alert(tmp_path):
+    """A gate controller sending its time in milliseconds: every arrival refused, every car
+    at that gate unguided, and only the gate was told why (a counter on /metrics). The
+    managers now get a warning naming the entrance and the reason, from the gateway's own
+    view and from a stand-alone API's, which hears the refusals."""
+    from api.mqttview import MqttLiveView
+    from gateway.journal import Journal
+    from gateway.readside import REFUSALS_WINDOW_S, RefusalLog
+    from parking.broker import BrokerConfig
+
+    h = GatewayHarness(load_site(EXAMPLE_SITE), tmp_path / "journal.sqlite")
+    try:
+        bad = b'{"class": "resident", "ts": 1796500000000}'
+        h.gateway.handle(topics.arrival(SITE, "north"), bad)
+        book = AlertBook(str(tmp_path / "alerts.sqlite"))
+        monitor = api.live.AlertMonitor(h.gateway, book, api.live.LiveHub(h.gateway), 1.0, 3600)  # type: ignore[arg-type]
+        monitor._started -= api.live.AGENT_REJOIN_S
+        raised, _ = monitor.check()
+        (alert,) = [r.alert for r in raised if r.alert.kind == "arrivals_refused"]
+        assert alert.id == "arrivals_refused:north" and alert.severity == "warning"
+        zh, en = alert.message(72)
+        reason = alert.details["reason"]
+        assert en.startswith(f"arrivals at entrance north are refused by the gateway ({reason})")
+        assert "north" in zh and reason in zh
+    finally:
+        h.close()
+    # the window: recent ones count, none for REFUSALS_WINDOW_S ends it
+    log = RefusalLog()
+    log.note("east", "schema", "ts: too large", 1000.0)
+    assert log.recent(1000.0 + REFUSALS_WINDOW_S - 1)["east"].count == 1
+    assert log.recent(1000.0 + REFUSALS_WINDOW_S + 1) == {}
+    # a stand-alone view: from the refusal topic (not the broker's retained copies); an
+    # entrance the site file does not name is "?"
+    db = tmp_path / "standalone.sqlite"
+    Journal(db).close()
+    view = MqttLiveView(load_site(EXAMPLE_SITE), BrokerConfig("127.0.0.1", 1), str(db))
+    body = {"entrance": "east", "reason": "schema", "detail": "ts", "ts": time.time()}
+    view._handle(topics.arrival_refusal(SITE, "east"), json.dumps(body).encode())
+    stray = body | {"entrance": "west"}
+    view._handle(topics.arrival_refusal(SITE, "west"), json.dumps(stray).encode())
+    old = body | {"entrance": "north"}
+    view._handle(topics.arrival_refusal(SITE, "north"), json.dumps(old).encode(), retained=True)
+    assert sorted(view.recent_refusals()) == ["?", "east"]
