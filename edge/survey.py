@@ -248,6 +248,12 @@ def _status_label(code: int) -> str:
 # --- the port ----------------------------------------------------------------------------
 
 
+def drop_late_answers(master: ModbusMaster) -> int:
+    """After a request timed out: drop what comes until the line is quiet (a late answer
+    would be taken for the next request's); the bytes dropped."""
+    return master.drain(quiet_s=max(LATE_QUIET_S, 3 * master.timing.turnaround_s))
+
+
 def survey_node(master: ModbusMaster, node: NodeController) -> NodeReading:
     """Read everything a node has to say: info, settings, statuses, raw, batteries, bits."""
     r = NodeReading(node.address)
@@ -262,9 +268,7 @@ def survey_node(master: ModbusMaster, node: NodeController) -> NodeReading:
             if c.timeouts > timeouts:
                 # a request went unanswered in time: a late answer would be taken for the
                 # next one (RTU frames carry no transaction id), so wait for a quiet line
-                r.late_bytes += master.drain(
-                    quiet_s=max(LATE_QUIET_S, 3 * master.timing.turnaround_s)
-                )
+                r.late_bytes += drop_late_answers(master)
 
     def tally() -> None:
         r.damaged = c.crc_errors + c.truncated + c.garbage_bytes - damaged_before - r.late_bytes
@@ -389,7 +393,7 @@ def watch(
                 bits = master.read_discrete_inputs(node.address, reg.OCCUPIED_BITS, node.detectors)
             except ModbusError as exc:
                 if isinstance(exc, ModbusTimeout):  # a late answer must not pass for the next
-                    master.drain(quiet_s=max(LATE_QUIET_S, 3 * master.timing.turnaround_s))
+                    drop_late_answers(master)
                 if node.address not in silent:
                     silent.add(node.address)
                     say(f"{_clock()}  node {node.address} stopped answering ({exc})")
