@@ -9,6 +9,7 @@ import queue
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -215,6 +216,32 @@ def test_a_camera_url_with_its_password_comes_from_the_environment(tmp_path, cap
     monkeypatch.setenv("PG_CAM_SOURCE", str(tmp_path))  # a directory: refused, named
     assert main([*base, "--source-env", "PG_CAM_SOURCE"]) == 2
     assert "a directory, not a video file" in capsys.readouterr().err
+
+
+def test_a_camera_password_given_with_source_is_warned_about_and_not_logged(tmp_path):
+    """``--source`` with a login puts the camera's password where ``ps`` shows it: the agent
+    runs (a refusal would stop a camera that works) but says to use ``--source-env``."""
+    secret = "rtsp://admin:Cam3raSecret@127.0.0.1:1/stream1"
+    argv = [sys.executable, "-m", "parkguide", "edge", "camera", "--camera", "cam-c"]
+    argv += ["--site", str(REPO / "examples" / "site.yaml"), "--broker", "mqtt://127.0.0.1:1"]
+    argv += ["--spool-dir", str(tmp_path), "--source"]
+    for source, warned in ((secret, True), ("rtsp://127.0.0.1:1/stream1", False)):
+        proc = subprocess.Popen([*argv, source], stderr=subprocess.PIPE, text=True, cwd=REPO)
+        lines: list[str] = []
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:  # up to the agent's start-up line, which follows the check
+                lines.append(line)
+                if "camera agent " in line or len(lines) > 40:
+                    break
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        text = "".join(lines)
+        assert ("--source-env VAR instead" in text) == warned, text
+        assert "Cam3raSecret" not in text, text
+        if warned:
+            assert "rtsp://***@127.0.0.1:1/stream1" in text, text
 
 
 def test_the_api_user_reads_what_it_shows_and_not_the_gates_plates(secured_broker):

@@ -186,6 +186,12 @@ def main(args: argparse.Namespace) -> int:
             )
             return 2
     source = parse_source(args.source)
+    if args.source_env is None and describe(source) != source:
+        log.warning(
+            "--source %s carries a login or a secret on the command line, which every local"
+            " user can read (ps, systemctl status): give it with --source-env VAR instead",
+            describe(source),
+        )
     problem = file_problem(source) if isinstance(source, str) and "://" not in source else None
     if problem:
         print(f"error: --source {source}: {problem}", file=sys.stderr)
