@@ -331,9 +331,12 @@ def zone_before(
     and the closed spaces it leaves with who closed them."""
     mine = [sp.id for sp in ctx.view.site.spaces if sp.zone == zone]
     now = {s.space: s for s in ctx.view.spaces()}
-    closed = [sp for sp in mine if sp in now and now[sp].state == "closed"]
     stored = ctx.journal.meta(closures.ZONE_CLOSURES_KEY).get(closures.ZONE_CLOSURES_KEY)
     closure = closures.load(stored).get(zone)
+    # a closure's spaces are closed (the gateway takes out any opened since), whatever a
+    # stand-alone view that has not yet read the journal's newest events says
+    held_shut = closure.spaces if closure is not None else frozenset()
+    closed = [sp for sp in mine if sp in held_shut or (sp in now and now[sp].state == "closed")]
     p = closures.plan(action, mine, closed, closure, reason)
     held = [sp for sp in p.change if sp in now and now[sp].held] if action == "close" else []
     left = [closed_space(ctx, sp) for sp in p.left] if not p.nothing else []
