@@ -351,6 +351,16 @@ class ClosedSpaceOut(BaseModel):
     )
 
 
+class ZoneClosureOut(BaseModel):
+    """A zone a manager closed, as long as its closure keeps any space closed."""
+
+    zone: str
+    closed_by: str
+    closed_reason: str | None
+    closed_at: float = Field(description="when it was closed (or given its newest reason)")
+    spaces: int = Field(description="the spaces its closure keeps closed (opening it opens these)")
+
+
 class ZoneControlOut(BaseModel):
     """What closing or opening a zone changed (as this API saw the zone before)."""
 

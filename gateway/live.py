@@ -1754,12 +1754,13 @@ class LiveGateway:
                 again = (s,)
             # a manager acting on one space of a closed zone takes it out of the zone's
             # closure: opening the zone leaves it as this manager left it
-            meta = None
-            if closures.holding(self._zone_closures, space) is not None and (len(changes) or again):
-                self._zone_closures = closures.without_space(self._zone_closures, space)
-                meta = (ZONE_CLOSURES_KEY, closures.dump(self._zone_closures))
+            meta, after = None, self._zone_closures
+            if closures.holding(after, space) is not None and (len(changes) or again):
+                after = closures.without_space(after, space)
+                meta = (ZONE_CLOSURES_KEY, closures.dump(after))
             segment = _Segment(changes, now, "manager", by, note=reason or None, again=again)
             self._commit_and_propagate([segment], now, meta=meta)
+            self._zone_closures = after  # committed with the change
             # a manager's action is rare and looked for at once in the history: no waiting
             # for the idle-time checkpoint
             self.flush_checkpoint()
@@ -1797,10 +1798,10 @@ class LiveGateway:
             closure = self._zone_closures.get(zone)
             p = closures.plan(action, mine, closed, closure, reason)
             if p.nothing:
-                raise ValueError(closures.nothing_to_do(zone, action, closure, p))
+                raise ValueError(closures.nothing_to_do(zone, action, closure))
             idx = np.array([index[sp] for sp in p.change], dtype=np.int64)
             changes = self.state.control_many(idx, action == "close", now)
-            self._zone_closures = closures.after_zone(
+            after = closures.after_zone(
                 self._zone_closures, zone, action, by, reason or None, now, p
             )
             segment = _Segment(
@@ -1812,8 +1813,9 @@ class LiveGateway:
                 closure=zone,
                 again=tuple(index[sp] for sp in p.again),
             )
-            meta = (ZONE_CLOSURES_KEY, closures.dump(self._zone_closures))
+            meta = (ZONE_CLOSURES_KEY, closures.dump(after))
             self._commit_and_propagate([segment], now, meta=meta)
+            self._zone_closures = after  # committed with the changes
             self.flush_checkpoint()
         log.info(
             "zone %s %sd by %s (%d spaces%s)%s",
@@ -1823,16 +1825,4 @@ class LiveGateway:
             len(p.change),
             f", {len(p.left)} closed on their own left closed" if p.left else "",
             f": {reason}" if reason else "",
-        )
-        self._emit(
-            "zone_control",
-            {
-                "zone": zone,
-                "action": action,
-                "by": by,
-                "reason": reason,
-                "spaces": list(p.change),
-                "left_closed": list(p.left),
-            },
-            now,
         )

@@ -92,7 +92,7 @@ def plan(
     raise ValueError(f"action must be 'close' or 'open', not {action!r}")
 
 
-def nothing_to_do(zone: str, action: str, closure: ZoneClosure | None, p: ZonePlan) -> str:
+def nothing_to_do(zone: str, action: str, closure: ZoneClosure | None) -> str:
     """Why a zone action that changes nothing is refused (``p.nothing``)."""
     if action == "open":
         return f"zone {zone} is not closed"

@@ -64,6 +64,7 @@ ROUTES = [
     ("GET", "/api/v1/agents/{agent}/health", "technician"),
     ("POST", "/api/v1/spaces/{space}/close", "manager"),
     ("POST", "/api/v1/spaces/{space}/open", "manager"),
+    ("GET", "/api/v1/zones/closures", "viewer"),
     ("POST", "/api/v1/zones/{zone}/close", "manager"),
     ("POST", "/api/v1/zones/{zone}/open", "manager"),
     ("POST", "/api/v1/alerts/{alert_id}/acknowledge", "manager"),

@@ -193,6 +193,10 @@ def test_a_manager_closes_and_opens_a_zone(client, tokens, harness):
     )  # fmt: skip
     zones = {z["zone"]: z for z in client.get("/api/v1/zones").json()}
     assert zones["D"]["closed"] == 30
+    (shut,) = client.get("/api/v1/zones/closures", headers=tokens["viewer"]).json()
+    assert (shut["zone"], shut["closed_by"], shut["closed_reason"], shut["spaces"]) == (
+        "D", "manager", "cleaning", 29,
+    )  # fmt: skip
     signs = [t for t, _ in harness.published[before:] if topics.is_display_content(t)]
     assert len(signs) == len(set(signs))  # each sign once, not counting down
     lines = {
@@ -220,6 +224,7 @@ def test_a_manager_closes_and_opens_a_zone(client, tokens, harness):
     assert opened.json()["spaces"] == [s for s in zone_d[1:] if s != zone_d[3]]
     assert [x["space"] for x in opened.json()["left_closed"]] == [zone_d[0]]
     assert {z["zone"]: z for z in client.get("/api/v1/zones").json()}["D"]["closed"] == 1
+    assert client.get("/api/v1/zones/closures", headers=h).json() == []
     nothing = client.post("/api/v1/zones/D/open", headers=h)
     assert nothing.status_code == 409 and "zone D is not closed" in nothing.json()["detail"]
     assert client.post("/api/v1/zones/Q/close", headers=h).status_code == 404
@@ -240,3 +245,25 @@ def test_zone_actions_are_for_logged_in_managers_from_our_own_pages(client, toke
         r = c.post("/api/v1/zones/C/close", headers=evil)
         assert r.status_code == 403 and "another origin" in r.json()["detail"]
     assert not harness.gateway.zone_closures()
+
+
+def test_what_a_zone_action_changes():
+    """The rules the gateway applies and the API answers by (parking.closures, pure)."""
+    zone = ["B-1", "B-2", "B-3"]
+    p = closures.plan("close", zone, ["B-2"], None, "snow")
+    assert (p.change, p.again, p.left) == (("B-1", "B-3"), (), ("B-2",))
+    shut = closures.after_zone({}, "B", "close", "alice", "snow", 1.0, p)
+    assert shut["B"].spaces == {"B-1", "B-3"}
+    # every space closed on its own: nothing to close; the closed zone again: a new reason
+    assert closures.plan("close", zone, zone, None, "x").nothing
+    again = closures.plan("close", zone, zone, shut["B"], "ice")
+    assert (again.change, again.again) == ((), ("B-1", "B-3"))
+    assert closures.after_zone(shut, "B", "close", "bob", "ice", 2.0, again)["B"].reason == "ice"
+    assert closures.plan("close", zone, zone, shut["B"], None).nothing
+    # a space opened on its own leaves the closure; the last one ends it
+    one = closures.without_space(shut, "B-1")
+    assert one["B"].spaces == {"B-3"} and closures.without_space(one, "B-3") == {}
+    opened = closures.plan("open", zone, ["B-2", "B-3"], one["B"], None)
+    assert (opened.change, opened.left) == (("B-3",), ("B-2",))
+    assert closures.plan("open", zone, ["B-2"], None, None).nothing
+    assert closures.load(closures.dump(shut)) == shut

@@ -26,6 +26,7 @@ from api.models import (
     ControlOut,
     ErrorOut,
     SpaceControlRequest,
+    ZoneClosureOut,
     ZoneControlOut,
 )
 from api.routes import (
@@ -311,6 +312,29 @@ async def open_space(space: str, request: Request, ctx: Ctx, user: Manager) -> C
     return await _control(space, "open", request, ctx, user)
 
 
+def stored_closures(ctx: Ctx) -> dict[str, closures.ZoneClosure]:
+    """The zone closures the gateway committed to its journal (parking.closures)."""
+    return closures.load(
+        ctx.journal.meta(closures.ZONE_CLOSURES_KEY).get(closures.ZONE_CLOSURES_KEY)
+    )
+
+
+@router.get("/zones/closures")
+def zone_closures(ctx: Ctx) -> list[ZoneClosureOut]:
+    """The zones managers closed: who, why, since when, and how many spaces each closure
+    keeps closed (a zone not listed is not closed, whatever its spaces say)."""
+    return [
+        ZoneClosureOut(
+            zone=c.zone,
+            closed_by=c.by,
+            closed_reason=c.reason,
+            closed_at=c.ts,
+            spaces=len(c.spaces),
+        )  # fmt: skip
+        for c in stored_closures(ctx).values()
+    ]
+
+
 def closed_space(ctx: Ctx, space: str) -> ClosedSpaceOut:
     """A closed space and the manager's close that keeps it so (none: the site file's)."""
     c = ctx.journal.closure(space)
@@ -331,8 +355,7 @@ def zone_before(
     and the closed spaces it leaves with who closed them."""
     mine = [sp.id for sp in ctx.view.site.spaces if sp.zone == zone]
     now = {s.space: s for s in ctx.view.spaces()}
-    stored = ctx.journal.meta(closures.ZONE_CLOSURES_KEY).get(closures.ZONE_CLOSURES_KEY)
-    closure = closures.load(stored).get(zone)
+    closure = stored_closures(ctx).get(zone)
     # a closure's spaces are closed (the gateway takes out any opened since), whatever a
     # stand-alone view that has not yet read the journal's newest events says
     held_shut = closure.spaces if closure is not None else frozenset()
@@ -364,7 +387,7 @@ async def _zone_control(
             zone_before, ctx, zone, action, body.reason
         )
         if p.nothing:
-            detail = closures.nothing_to_do(zone, action, closure, p)
+            detail = closures.nothing_to_do(zone, action, closure)
             raise HTTPException(status.HTTP_409_CONFLICT, f"{detail}: nothing changed")
         # the gateway journals it under its lock: keep the event loop free meanwhile
         await run_in_threadpool(ctx.view.control_zone, zone, action, user.name, body.reason)
