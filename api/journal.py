@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = ("id", "ts", "space", "old", "new", "source", "agent", "seq", "note")
 """The columns every journal's events have (``note`` was added by ALTER TABLE in older ones);
-the reads add the stored zone after them (:attr:`EventRow.zone`)."""
+the reads add the stored zone and zone closure after them (:attr:`EventRow.zone`)."""
 
 EXPORT_PAGE = 2000
 """Events per page of :meth:`JournalReader.iter_events`: each page is its own short read, so
@@ -55,6 +55,7 @@ class EventRow:
     seq: int | None
     note: str | None = None  # a manager's reason for a close or open
     zone: str | None = None  # as journalled; None: from before the gateway stored it
+    zone_closure: str | None = None  # the zone whose closing (or opening) made this change
 
 
 def event_zone(e: EventRow, site_zone: Mapping[str, str]) -> str | None:
@@ -116,6 +117,7 @@ class JournalReader:
         self.db_path = db_path
         self._has_note = False  # events.note seen: it never goes away, stop asking
         self._has_zone = False  # events.zone seen: likewise
+        self._has_zone_closure = False  # events.zone_closure seen: likewise
         self._has_ts_index = False  # events_ts seen: likewise
         # history's knowledge of the journal, kept between requests (events are only ever
         # appended; retention forgets the oldest, which changes none of these facts):
@@ -518,13 +520,16 @@ class JournalReader:
         """EVENT_COLUMNS and ``zone`` as a select list; a journal from before ``note`` or
         ``zone`` gives NULL (the gateway adds the columns when it opens the journal, this
         reader never writes)."""
-        if not (self._has_note and self._has_zone):  # the journal tail asks 4 times a second
+        if not (self._has_note and self._has_zone and self._has_zone_closure):
+            # the journal tail asks 4 times a second: only until every column is seen
             columns = self.table_columns("events")
             self._has_note = self._has_note or "note" in columns
             self._has_zone = self._has_zone or "zone" in columns
+            self._has_zone_closure = self._has_zone_closure or "zone_closure" in columns
         note = "note" if self._has_note else "NULL AS note"
         zone = "zone" if self._has_zone else "NULL AS zone"
-        return ", ".join(EVENT_COLUMNS[:-1]) + f", {note}, {zone}"
+        closure = "zone_closure" if self._has_zone_closure else "NULL AS zone_closure"
+        return ", ".join(EVENT_COLUMNS[:-1]) + f", {note}, {zone}, {closure}"
 
     def _by_ts(self, flt: EventFilter | None = None) -> str:
         """`` INDEXED BY events_ts`` for a read bounded by time (none when ``flt`` has no time

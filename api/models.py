@@ -273,6 +273,9 @@ class EventOut(BaseModel):
     agent: str | None
     seq: int | None
     reason: str | None = Field(None, description="a manager's reason for a close or open")
+    zone_closure: str | None = Field(
+        None, description="closed or opened with this zone (a manager's close or open of a zone)"
+    )
 
 
 class EventPage(BaseModel):
@@ -329,6 +332,59 @@ class ControlOut(BaseModel):
     )
     closed_reason: str | None = Field(None, description="when it was closed: their reason")
     closed_at: float | None = Field(None, description="when it was closed: when (UNIX s)")
+    closed_with_zone: str | None = Field(
+        None, description="when it was closed by closing its zone: that zone"
+    )
+
+
+class ClosedSpaceOut(BaseModel):
+    """A space a zone action left closed, and whose closure that is."""
+
+    space: str
+    closed_by: str | None = Field(
+        description="who closed it (None: the site file closes it, or the journal no longer says)"
+    )
+    closed_reason: str | None
+    closed_at: float | None
+    closed_with_zone: str | None = Field(
+        None, description="closed by closing this zone (another closure than this action's)"
+    )
+
+
+class ZoneClosureOut(BaseModel):
+    """A zone a manager closed, as long as its closure keeps any space closed."""
+
+    zone: str
+    closed_by: str
+    closed_reason: str | None
+    closed_at: float = Field(description="when it was closed (or given its newest reason)")
+    spaces: int = Field(description="the spaces its closure keeps closed (opening it opens these)")
+
+
+class ZoneControlOut(BaseModel):
+    """What closing or opening a zone changed (as this API saw the zone before)."""
+
+    zone: str
+    action: Literal["close", "open"]
+    by: str
+    reason: str | None
+    ts: float
+    spaces: list[str] = Field(description="the spaces it closes or opens")
+    reasoned_again: list[str] = Field(
+        [],
+        description="closing a closed zone with a new reason: the spaces its closure holds, "
+        "journalled again with it",
+    )
+    held: list[str] = Field(
+        [],
+        description="spaces it closes that were held for cars sent to them from a gate (those "
+        "cars may be on their way)",
+    )
+    left_closed: list[ClosedSpaceOut] = Field(
+        [],
+        description="the zone's closed spaces it leaves closed (closed on their own, or by "
+        "the site file), with who closed them",
+    )
 
 
 class AlertOut(BaseModel):

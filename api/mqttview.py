@@ -675,13 +675,24 @@ class MqttLiveView:
         """Ask the gateway to close or open a space (QoS 1; the gateway journals it)."""
         if space not in self.site.space_index:
             raise ValueError(f"no space {space!r} in site {self.site.id!r}")
+        self._send_control(topics.space_control(self.site.id, space), action, by, reason, "space")
+
+    def control_zone(self, zone: str, action: str, by: str, reason: str | None) -> None:
+        """Ask the gateway to close or open a whole zone (QoS 1; the gateway journals it)."""
+        if zone not in {z.id for z in self.site.zones}:
+            raise ValueError(f"no zone {zone!r} in site {self.site.id!r}")
+        self._send_control(topics.zone_control(self.site.id, zone), action, by, reason, "zone")
+
+    def _send_control(
+        self, topic: str, action: str, by: str, reason: str | None, what: str
+    ) -> None:
         why = self.control_unavailable()
         if why is not None:
             raise ControlUnavailable(why)
         ts = time.time() + self.gateway_clock_offset
         msg = SpaceControl(action=action, by=by, reason=reason, ts=ts)  # type: ignore[arg-type]
         info = self.client.publish(
-            topics.space_control(self.site.id, space),
+            topic,
             msg.model_dump_json().encode(),
             qos=topics.QOS_CONTROL,
             retain=topics.RETAIN_CONTROL,
@@ -692,7 +703,7 @@ class MqttLiveView:
             raise ControlUnavailable(
                 f"the connection to the MQTT broker {self.broker.url} was lost as this was"
                 f" sent: it is applied only if the broker is back within"
-                f" {CONTROL_MAX_AGE_S:.0f} s; check the space then"
+                f" {CONTROL_MAX_AGE_S:.0f} s; check the {what} then"
             )
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise ValueError(

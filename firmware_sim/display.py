@@ -356,7 +356,7 @@ def _panel(v: SignView):
             style = "dim"
         elif ln.text == BLANK:
             style = "yellow"
-        elif "FULL" in ln.text:
+        elif "FULL" in ln.text or "CLOSED" in ln.text:
             style = "bold red"
         else:
             style = "bold green"

@@ -790,6 +790,10 @@ class AllocationCore:
         # is blind when its chargers are, whatever the rest of the zone says)
         self.line_unknown = per_line(zgs[:, :, UNKNOWN])
         self.line_total = per_line(zgs.sum(axis=2) - zgs[:, :, CLOSED])
+        # every space the line's class may use now, closed or not: a line whose total is
+        # none of them closed is a closed one (its sign reads CLOSED, not FULL). It moves
+        # only with eligibility, which recomputes: kept as a list for the sign path
+        self.line_capacity: list[int] = per_line(zgs.sum(axis=2)).tolist()
         self._make_views()
 
     def _per_line(self, per_pair: np.ndarray) -> np.ndarray:

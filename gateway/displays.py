@@ -1,7 +1,8 @@
 """Render guidance sign contents from the allocation core's line counts (pure).
 
 A line shows its label, its arrow and the count of eligible free spaces in its
-zones; ``满 FULL`` at zero; ``--`` (fallback) when more than
+zones; ``满 FULL`` at zero, ``关闭 CLOSED`` (still status ``full``) when every space it
+counts is closed (a manager closed the zone); ``--`` (fallback) when more than
 ``fallback_unknown_fraction`` of its zones' spaces is unknown, because a count
 built on silence would lie to the driver.
 """
@@ -18,6 +19,7 @@ from parking.payloads import DisplayContent, DisplayLine, LocalText
 from parking.site import Site
 
 FULL_TEXT = LocalText(zh="满", en="FULL")
+CLOSED_TEXT = LocalText(zh="关闭", en="CLOSED")
 FALLBACK_TEXT = LocalText(zh="--", en="--")
 
 
@@ -56,16 +58,31 @@ def zone_offered(
     return None if blind(unknown, total - closed, fallback_fraction) else max(0, free - held)
 
 
+def all_closed(total: int, capacity: int) -> bool:
+    """Every space a line counts is closed (``total`` excludes closed ones, ``capacity``
+    does not): its sign says closed, not full. A line with no space to count is full."""
+    return total <= 0 < capacity
+
+
 def render_line(
-    label: LocalText, arrow: str, free: int, unknown: int, total: int, fallback_fraction: float
+    label: LocalText,
+    arrow: str,
+    free: int,
+    unknown: int,
+    total: int,
+    fallback_fraction: float,
+    capacity: int = 0,
 ) -> DisplayLine:
-    """One sign line from its counts; ``total`` excludes closed spaces."""
+    """One sign line from its counts; ``total`` excludes closed spaces, ``capacity`` counts
+    them too. A closed line keeps status ``full`` (what sign controllers know) with the
+    text ``关闭 CLOSED``."""
     if blind(unknown, total, fallback_fraction):
         return DisplayLine(
             label=label, arrow=arrow, count=None, status="fallback", text=FALLBACK_TEXT
         )
     if free <= 0:
-        return DisplayLine(label=label, arrow=arrow, count=0, status="full", text=FULL_TEXT)
+        text = CLOSED_TEXT if all_closed(total, capacity) else FULL_TEXT
+        return DisplayLine(label=label, arrow=arrow, count=0, status="full", text=text)
     n = str(int(free))
     return DisplayLine(
         label=label, arrow=arrow, count=int(free), status="ok", text=LocalText(zh=n, en=n)
@@ -79,8 +96,10 @@ def render_lines(
     line_free: Sequence[int] | np.ndarray,
     line_unknown: Sequence[int] | np.ndarray,
     line_total: Sequence[int] | np.ndarray,
+    line_capacity: Sequence[int] | np.ndarray | None = None,
 ) -> list[DisplayLine]:
-    """The lines of display number ``display`` (site order) from the core's flat arrays."""
+    """The lines of display number ``display`` (site order) from the core's flat arrays
+    (without ``line_capacity`` no line reads CLOSED)."""
     disp = site.displays[display]
     fraction = site.display_settings.fallback_unknown_fraction
     base = layout.first[display]
@@ -95,6 +114,7 @@ def render_lines(
                 int(line_unknown[j]),
                 int(line_total[j]),
                 fraction,
+                0 if line_capacity is None else int(line_capacity[j]),
             )
         )
     return out
@@ -140,15 +160,19 @@ class SignRenderer:
         self._ids = [json.dumps(d.id) for d in site.displays]
         self._cache: dict[tuple[int, int], RenderedLine] = {}
 
-    def line(self, j: int, free: int, unknown: int, total: int) -> RenderedLine:
-        fallback = blind(unknown, total, self.fraction)
-        key = (j, -1 if fallback else max(free, 0))
+    def line(self, j: int, free: int, unknown: int, total: int, capacity: int = 0) -> RenderedLine:
+        if blind(unknown, total, self.fraction):
+            key = (j, -1)
+        elif all_closed(total, capacity):
+            key = (j, -2)
+        else:
+            key = (j, max(free, 0))
         hit = self._cache.get(key)
         if hit is None:
             if len(self._cache) >= self.MAX_CACHE:
                 self._cache.clear()
             label, arrow = self._labels[j]
-            line = render_line(label, arrow, free, unknown, total, self.fraction)
+            line = render_line(label, arrow, free, unknown, total, self.fraction, capacity)
             hit = self._cache[key] = RenderedLine(line, line.model_dump_json())
         return hit
 
@@ -158,17 +182,23 @@ class SignRenderer:
         free: np.ndarray | list[int],
         unknown: np.ndarray | list[int],
         total: np.ndarray | list[int],
+        capacity: np.ndarray | list[int] | None = None,
     ) -> tuple[RenderedLine, ...]:
         """A display's lines from the core's flat per-line counts (arrays, or the same as
-        lists when several displays are rendered at once)."""
+        lists when several displays are rendered at once; without ``capacity`` no line
+        reads CLOSED)."""
         first = self.layout.first[display]
         n = len(self.site.displays[display].lines)
         f, u, t = free[first : first + n], unknown[first : first + n], total[first : first + n]
         if isinstance(f, np.ndarray):
             f, u, t = f.tolist(), u.tolist(), t.tolist()  # type: ignore[union-attr]
+        c = [0] * n if capacity is None else capacity[first : first + n]
+        if isinstance(c, np.ndarray):
+            c = c.tolist()
         line = self.line
         return tuple(
-            line(first + i, fi, ui, ti) for i, (fi, ui, ti) in enumerate(zip(f, u, t, strict=True))
+            line(first + i, fi, ui, ti, ci)
+            for i, (fi, ui, ti, ci) in enumerate(zip(f, u, t, c, strict=True))
         )
 
     def payload(self, display: int, lines: tuple[RenderedLine, ...], ts: float) -> bytes:

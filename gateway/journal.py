@@ -48,7 +48,8 @@ T = TypeVar("T")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events(
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, space TEXT NOT NULL, old TEXT NOT NULL,
-    new TEXT NOT NULL, source TEXT, agent TEXT, seq INTEGER, note TEXT, zone TEXT);
+    new TEXT NOT NULL, source TEXT, agent TEXT, seq INTEGER, note TEXT, zone TEXT,
+    zone_closure TEXT);
 -- history and exports read months of events by time. No index by space: every index
 -- is written on the hot path before a sign may change (each costs ~90 us a report);
 -- a space's events are found by scanning back from the newest.
@@ -283,6 +284,7 @@ class Journal:
             ("assignments", "released REAL"),
             ("events", "note TEXT"),
             ("events", "zone TEXT"),  # NULL in older rows: readers use the site's zone then
+            ("events", "zone_closure TEXT"),  # a manager's change made by closing a zone
         ):
             columns = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
             if column.split()[0] not in columns:
@@ -346,7 +348,8 @@ class Journal:
     ) -> None:
         """One report's (or verdict's) changes, committed before anything derived is
         published: JSON [[space, old, new], ...], a 4th item overriding ``source`` (null:
-        keep it), a 5th a note (a manager's reason).
+        keep it), a 5th a note (a manager's reason), a 6th the zone whose closure or
+        opening made it.
         Outside :meth:`transaction` the statement commits by itself (autocommit)."""
         self.conn.execute(
             "INSERT INTO pending_changes(ts, source, agent, boot, seq, changes)"
@@ -365,10 +368,10 @@ class Journal:
             where = " WHERE id <= (SELECT max(id) FROM (SELECT id FROM pending_changes ORDER BY id LIMIT ?))"
             params = (limit,)
         self.conn.execute(
-            "INSERT INTO events(ts, space, old, new, source, agent, seq, note, zone)"
+            "INSERT INTO events(ts, space, old, new, source, agent, seq, note, zone, zone_closure)"
             " SELECT b.ts, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),"
             " json_extract(j.value, '$[2]'), coalesce(json_extract(j.value, '$[3]'), b.source),"
-            " b.agent, b.seq, json_extract(j.value, '$[4]'), z.zone"
+            " b.agent, b.seq, json_extract(j.value, '$[4]'), z.zone, json_extract(j.value, '$[5]')"
             f" FROM (SELECT * FROM pending_changes{where}) b, json_each(b.changes) j"
             " LEFT JOIN space_zones z ON z.space = json_extract(j.value, '$[0]')"
             " ORDER BY b.id, j.key",

@@ -73,7 +73,8 @@ from gateway.site_changes import (
     parse_outline,
 )
 from gateway.state import FREE, NO_CHANGES, OCCUPIED, Changes, LiveState
-from parking import topics
+from parking import closures, topics
+from parking.closures import ZONE_CLOSURES_KEY, ZoneClosure
 from parking.payloads import (
     CONTROL_MAX_AGE_S,
     FUTURE_TOLERANCE_S,
@@ -162,6 +163,9 @@ class _Segment:
     zone_rows: tuple[tuple[int, dict[str, int]], ...] | None = None
     note: str | None = None  # a manager's reason, journaled with the change
     same_boot: bool = False  # the agent's boot the journal already has (a report's)
+    closure: str | None = None  # the zone whose closure (or opening) made the change
+    # spaces journaled again with the state they keep (a closure's new reason)
+    again: tuple[int, ...] = ()
 
 
 @dataclass
@@ -252,6 +256,11 @@ class LiveGateway:
         self._zone_topics = [topics.zone(site.id, z.id) for z in site.zones]
         self._zone_json = [json.dumps(z.id) for z in site.zones]
         self._space_json = [json.dumps(sp.id) for sp in site.spaces]  # quoted once, for _journal
+        self._zone_index = {z.id: i for i, z in enumerate(site.zones)}
+        self._zone_spaces: dict[str, list[str]] = {z.id: [] for z in site.zones}
+        for sp in site.spaces:
+            self._zone_spaces[sp.zone].append(sp.id)
+        self._zone_closures: dict[str, ZoneClosure] = {}  # read from the journal by resume
         self._state_json = [json.dumps(name) for name in STATE_NAMES]
         self._entrance = {e: i for i, e in enumerate(self.layout.entrances)}
         # the site's classes (the classes of preferences after them are the core's own)
@@ -331,6 +340,7 @@ class LiveGateway:
         with self.journal.transaction():
             self.journal.expand_pending()  # committed before a crash: now events
         self._event_last = self.journal.last_event_ts()
+        self._zone_closures = closures.load(self.journal.meta(ZONE_CLOSURES_KEY))
         self._restore_gate_offsets(now, mono)
         taken = self.journal.meta(BACKUP_TAKEN_KEY)
         if taken is not None:  # said once: the key goes with this start
@@ -566,6 +576,8 @@ class LiveGateway:
             self._on_arrival(topic, parsed.ident, payload, t0)
         elif kind == "control/spaces":
             self._on_control(topic, parsed.ident, payload)
+        elif kind == "control/zones":
+            self._on_control(topic, parsed.ident, payload, zone=True)
 
     def rehearse(self, interrupted: Callable[[], bool] = lambda: False) -> bool:
         """Run the read-only steps of the report path on the last accepted report, as if it
@@ -583,12 +595,12 @@ class LiveGateway:
             self.gate.accept(*last, self.state.obs_since, as_next=True, now=self._clock())
             if interrupted():
                 return True
-            lf_l, lu_l, lt_l = self._line_counts()
+            lf_l, lu_l, lt_l, cap_l = self._line_counts()
             now = self._clock()
             for d in range(len(self.site.displays)):
                 if interrupted():
                     return True
-                self.renderer.payload(d, self.renderer.lines(d, lf_l, lu_l, lt_l), now)
+                self.renderer.payload(d, self.renderer.lines(d, lf_l, lu_l, lt_l, cap_l), now)
             self.journal.last_event_id()
         return True
 
@@ -1000,24 +1012,31 @@ class LiveGateway:
             self._health[agent] = health
         self._emit("agent", {"agent": agent, "health": health.model_dump(mode="json")}, health.ts)
 
-    def _on_control(self, topic: str, space: str, payload: bytes) -> None:
+    def _on_control(self, topic: str, ident: str, payload: bytes, zone: bool = False) -> None:
+        """A manager's close or open of a space, or of a whole zone (``zone``)."""
         control = decode(SpaceControl, payload)
         if isinstance(control, Rejection):
             self._reject(control, topic, payload)
             return
-        if space not in self.site.space_index:
-            why = f"no space {space!r} in site {self.site.id!r}"
+        if zone and ident not in self._zone_index:
+            why = f"no zone {ident!r} in site {self.site.id!r}"
+            self._reject(Rejection("unknown_zone", why), topic, payload)
+            return
+        if not zone and ident not in self.site.space_index:
+            why = f"no space {ident!r} in site {self.site.id!r}"
             self._reject(Rejection("unknown_space", why), topic, payload)
             return
         age = self._clock() - control.ts
         if age > CONTROL_MAX_AGE_S:
             # queued while the gateway or the broker was away: the manager was told nothing
             # happened, and may have decided otherwise since
-            why = f"{control.action} of {space} by {control.by} sent {age:.0f} s ago"
+            what = f"zone {ident}" if zone else ident
+            why = f"{control.action} of {what} by {control.by} sent {age:.0f} s ago"
             self._reject(Rejection("stale_control", why), topic, payload)
             return
+        apply = self.control_zone if zone else self.control_space
         try:
-            self.control_space(space, control.action, control.by, control.reason)
+            apply(ident, control.action, control.by, control.reason)
         except ValueError as exc:
             self._reject(Rejection("nothing_to_do", str(exc)), topic, payload)
 
@@ -1200,11 +1219,12 @@ class LiveGateway:
         now: float,
         *,
         agent_state: tuple[str, bool] | None = None,
+        meta: tuple[str, str] | None = None,
     ) -> None:
-        """Update the core, commit the changes (events, agent sequence), publish the signs
-        and zone counts they change, then note (or write) the checkpoint. Segments are
-        applied in order."""
-        journaled = [g for g in segments if len(g.changes) or g.seq is not None]
+        """Update the core, commit the changes (events, agent sequence) and ``meta`` (a
+        key and value committed with them), publish the signs and zone counts they change,
+        then note (or write) the checkpoint. Segments are applied in order."""
+        journaled = [g for g in segments if len(g.changes) or g.seq is not None or g.again]
         segments = [g for g in segments if len(g.changes.touched) or len(g.changes)]
         if (
             journaled
@@ -1231,8 +1251,8 @@ class LiveGateway:
             if held:  # a car seen in its space ends the hold: journaled for a restart
                 still = self.core.holds
                 ended = [self.state.space_ids[s] for s in held if s not in still]
-        if journaled or agent_state is not None or ended:
-            self._journal(journaled, now, agent_state, ended)
+        if journaled or agent_state is not None or ended or meta is not None:
+            self._journal(journaled, now, agent_state, ended, meta)
         signs: list[_Sign] = []
         if n:
             self.state_changes += n
@@ -1261,23 +1281,27 @@ class LiveGateway:
         now: float,
         agent_state: tuple[str, bool] | None,
         ended_holds: list[str] | None = None,
+        meta: tuple[str, str] | None = None,
     ) -> None:
         """The commit that must precede publishing: one packed row of changes per report (its
-        sequence with it, even without changes) or verdict, and an agent's availability."""
+        sequence with it, even without changes) or verdict, an agent's availability, and a
+        meta key that must move with the changes (the zone closures)."""
         st = self.state
         ids, names = st.space_ids, STATE_NAMES
         rows = []
         for g in segments:
             ch = g.changes
             spaces = ch.spaces.tolist()
-            if g.note is not None and spaces:  # a manager's, with the reason for the audit
-                changes = json.dumps(
-                    [
-                        [ids[x], names[o], names[n], None, g.note]
-                        for x, o, n in zip(spaces, ch.old.tolist(), ch.new.tolist(), strict=True)
-                    ],
-                    ensure_ascii=False,
-                )
+            if (g.note is not None or g.closure is not None or g.again) and (spaces or g.again):
+                # a manager's, with the reason (and the zone closure) for the audit
+                items = [
+                    [ids[x], names[o], names[n], None, g.note, g.closure]
+                    for x, o, n in zip(spaces, ch.old.tolist(), ch.new.tolist(), strict=True)
+                ]
+                for x in g.again:
+                    here = names[int(st.state[x])]
+                    items.append([ids[x], here, here, None, g.note, g.closure])
+                changes = json.dumps(items, ensure_ascii=False)
             elif g.source is None and spaces:  # the gateway's verdict: each space's source
                 cols = [
                     [ids[x] for x in spaces],
@@ -1304,12 +1328,14 @@ class LiveGateway:
                 )
             rows.append((g.ts, g.source, g.agent, g.boot, g.seq, changes))
         self._unexpanded = self._unexpanded or bool(rows)
-        if len(rows) == 1 and agent_state is None and not ended_holds:
+        if len(rows) == 1 and agent_state is None and not ended_holds and meta is None:
             self.journal.add_changes(*rows[0])  # one statement: its own transaction
             return
         with self.journal.transaction():
             for row in rows:
                 self.journal.add_changes(*row)
+            if meta is not None:
+                self.journal.set_meta(*meta)
             if ended_holds:
                 self.journal.release_holds(ended_holds, now)
             if agent_state is not None:
@@ -1460,13 +1486,20 @@ class LiveGateway:
                 self._emit("zone", {**json.loads(payload), "held": h}, now)
 
     def _render(self, d: int) -> tuple[RenderedLine, ...]:
+        core = self.core
         return self.renderer.lines(
-            d, self.core.line_free, self.core.line_unknown, self.core.line_total
+            d, core.line_free, core.line_unknown, core.line_total, core.line_capacity
         )
 
-    def _line_counts(self) -> tuple[list[int], list[int], list[int]]:
+    def _line_counts(self) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Per sign line: free, unknown, total (not closed) and capacity (closed or not)."""
         core = self.core
-        return core.line_free.tolist(), core.line_unknown.tolist(), core.line_total.tolist()
+        return (
+            core.line_free.tolist(),
+            core.line_unknown.tolist(),
+            core.line_total.tolist(),
+            core.line_capacity,
+        )
 
     def _snapshot_lines(self) -> None:
         self._line_seen = list(zip(*self._line_counts(), strict=True))
@@ -1478,17 +1511,17 @@ class LiveGateway:
     def _iter_changed_signs(self, now: float) -> Iterator[_Sign]:
         """The same, one sign at a time (only lines that moved are looked at): the caller
         may publish each before the next is rendered."""
-        lf_l, lu_l, lt_l = self._line_counts()  # once for every display
+        lf_l, lu_l, lt_l, cap_l = self._line_counts()  # once for every display
         # compared as lists: a dozen numpy calls cost more than this on a cold CPU, and a
         # site has hundreds of lines, not millions
-        now_seen = list(zip(lf_l, lu_l, lt_l, strict=True))
+        now_seen = list(zip(lf_l, lu_l, lt_l, cap_l, strict=True))
         seen, self._line_seen = self._line_seen, now_seen
         if now_seen == seen:
             return
         owner = self._line_owner
         moved = {owner[i] for i, (a, b) in enumerate(zip(now_seen, seen, strict=True)) if a != b}
         for d in sorted(moved):
-            lines = self.renderer.lines(d, lf_l, lu_l, lt_l)
+            lines = self.renderer.lines(d, lf_l, lu_l, lt_l, cap_l)
             if lines != self._shown.get(d):  # cached lines: compared by identity
                 yield self._sign(d, lines, now)
 
@@ -1712,25 +1745,22 @@ class LiveGateway:
                 # nothing to open: a reason here would journal a made-up free -> free event
                 raise ValueError(f"{space} is not closed")
             changes = self.state.control(s, action == "close", now)
+            again: tuple[int, ...] = ()
             if not len(changes) and (reason or self.site.spaces[s].closed):
                 # closing a closed space again (or opening an open one) changes nothing, but
                 # its reason belongs in the audit, and so does a closure the site file makes
                 # too (it stays the manager's when the file stops making it): an event with
                 # the state it leaves alone
-                here = STATE_NAMES[int(self.state.state[s])]
-                self.journal.add_changes(
-                    now,
-                    "manager",
-                    by,
-                    None,
-                    None,
-                    json.dumps([[space, here, here, None, reason]], ensure_ascii=False),
-                )
-                self._unexpanded = True
-                self._note_checkpoint([], [])  # expanded into events by the flush below
-            self._commit_and_propagate(
-                [_Segment(changes, now, "manager", by, note=reason or None)], now
-            )
+                again = (s,)
+            # a manager acting on one space of a closed zone takes it out of the zone's
+            # closure: opening the zone leaves it as this manager left it
+            meta, after = None, self._zone_closures
+            if closures.holding(after, space) is not None and (len(changes) or again):
+                after = closures.without_space(after, space)
+                meta = (ZONE_CLOSURES_KEY, closures.dump(after))
+            segment = _Segment(changes, now, "manager", by, note=reason or None, again=again)
+            self._commit_and_propagate([segment], now, meta=meta)
+            self._zone_closures = after  # committed with the change
             # a manager's action is rare and looked for at once in the history: no waiting
             # for the idle-time checkpoint
             self.flush_checkpoint()
@@ -1746,4 +1776,53 @@ class LiveGateway:
                 "reason": reason,
             },
             now,
+        )
+
+    def zone_closures(self) -> dict[str, ZoneClosure]:
+        """The zones managers closed, each with the spaces its closure keeps closed."""
+        with self.lock:
+            return dict(self._zone_closures)
+
+    def control_zone(self, zone: str, action: str, by: str, reason: str | None) -> None:
+        """Close every space of ``zone`` that is not closed, or open those its closure
+        closed (parking.closures): one journal transaction, the signs republished once
+        after it. ValueError when it would change nothing."""
+        if zone not in self._zone_index:
+            raise ValueError(f"no zone {zone!r} in site {self.site.id!r}")
+        now = self._clock()
+        index = self.site.space_index
+        with self.lock:
+            now = self._event_time(now)
+            mine = self._zone_spaces[zone]
+            closed = [sp for sp in mine if self.state.closed[index[sp]]]
+            closure = self._zone_closures.get(zone)
+            p = closures.plan(action, mine, closed, closure, reason)
+            if p.nothing:
+                raise ValueError(closures.nothing_to_do(zone, action, closure))
+            idx = np.array([index[sp] for sp in p.change], dtype=np.int64)
+            changes = self.state.control_many(idx, action == "close", now)
+            after = closures.after_zone(
+                self._zone_closures, zone, action, by, reason or None, now, p
+            )
+            segment = _Segment(
+                changes,
+                now,
+                "manager",
+                by,
+                note=reason or None,
+                closure=zone,
+                again=tuple(index[sp] for sp in p.again),
+            )
+            meta = (ZONE_CLOSURES_KEY, closures.dump(after))
+            self._commit_and_propagate([segment], now, meta=meta)
+            self._zone_closures = after  # committed with the changes
+            self.flush_checkpoint()
+        log.info(
+            "zone %s %sd by %s (%d spaces%s)%s",
+            zone,
+            action,
+            by,
+            len(p.change),
+            f", {len(p.left)} closed on their own left closed" if p.left else "",
+            f": {reason}" if reason else "",
         )

@@ -168,3 +168,7 @@ class LiveView(Protocol):
         """Close or open a space (manager action); the gateway journals it like any change.
         Raises :class:`ControlUnavailable` when it cannot reach the gateway."""
         ...
+
+    def control_zone(self, zone: str, action: str, by: str, reason: str | None) -> None:
+        """Close or open a whole zone (parking.closures); raises like :meth:`control_space`."""
+        ...

@@ -356,6 +356,7 @@ class GatewayService:
             (topics.edge_all(site), topics.QOS_OCCUPANCY),
             (topics.arrivals_all(site), topics.QOS_ARRIVAL),
             (topics.space_control_all(site), topics.QOS_CONTROL),
+            (topics.zone_control_all(site), topics.QOS_CONTROL),
             # our own: another gateway of the site saying "offline" would blank every sign
             # and dashboard while this one runs (_on_own_availability)
             (topics.gateway_availability(site), topics.QOS_AVAILABILITY),

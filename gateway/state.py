@@ -270,12 +270,15 @@ class LiveState:
 
     def control(self, space: int, close: bool, wall: float) -> Changes:
         """A manager closes or opens a space; opening shows what the sensor says."""
-        idx = np.array([space], dtype=np.int64)
-        was = bool(self.closed[space])
-        self.closed[space] = close
+        return self.control_many(np.array([space], dtype=np.int64), close, wall)
+
+    def control_many(self, idx: np.ndarray, close: bool, wall: float) -> Changes:
+        """A manager closes or opens several spaces at once (a zone)."""
+        was = self.closed[idx].copy()
+        self.closed[idx] = close
         old = self.state[idx]
-        new = np.array([CLOSED if close else int(self.sensed[space])], dtype=np.int8)
-        return self._publicize(idx, old, new, np.array([was != close]), wall)
+        new = np.full(len(idx), CLOSED, dtype=np.int8) if close else self.sensed[idx]
+        return self._publicize(idx, old, new.astype(np.int8), was != close, wall)
 
     # -- resume ------------------------------------------------------------------------------
     def restore(

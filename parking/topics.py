@@ -12,6 +12,7 @@ Every topic lives under ``parkguide/v1/{site}/``. Accepted forms::
     parkguide/v1/{site}/entrances/{entrance}/refusal   ArrivalRefusal (an arrival not taken)
     parkguide/v1/{site}/gateway/availability           online|offline, retained (LWT)
     parkguide/v1/{site}/control/spaces/{space}         SpaceControl (manager closes/opens), QoS 1
+    parkguide/v1/{site}/control/zones/{zone}           SpaceControl (a whole zone), QoS 1
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ def parse(topic: str) -> ParsedTopic | None:
         return ParsedTopic(site, f"entrances/{rest[2]}", rest[1])
     if len(rest) == 3 and rest[0] == "control" and rest[1] == "spaces" and rest[2]:
         return ParsedTopic(site, "control/spaces", rest[2])
+    if len(rest) == 3 and rest[0] == "control" and rest[1] == "zones" and rest[2]:
+        return ParsedTopic(site, "control/zones", rest[2])
     if rest == ["gateway", "availability"]:
         return ParsedTopic(site, "gateway/availability", "gateway")
     return None
@@ -143,6 +146,16 @@ def space_control(site: str, space: str) -> str:
 
 def space_control_all(site: str) -> str:
     return f"{PREFIX}/{site}/control/spaces/+"
+
+
+def zone_control(site: str, zone_id: str) -> str:
+    """Manager actions on a whole zone (close/open), from the API to the gateway; the
+    payload is a SpaceControl. QoS 1, not retained."""
+    return f"{PREFIX}/{site}/control/zones/{zone_id}"
+
+
+def zone_control_all(site: str) -> str:
+    return f"{PREFIX}/{site}/control/zones/+"
 
 
 QOS_CONTROL, RETAIN_CONTROL = 1, False
@@ -159,6 +172,7 @@ RETAINED_KINDS = frozenset(
         ("entrances/assignment", RETAIN_ASSIGNMENT),
         ("entrances/refusal", RETAIN_REFUSAL),
         ("control/spaces", RETAIN_CONTROL),
+        ("control/zones", RETAIN_CONTROL),
         ("gateway/availability", RETAIN_AVAILABILITY),
     )
     if retained

@@ -64,9 +64,14 @@ ROUTES = [
     ("GET", "/api/v1/agents/{agent}/health", "technician"),
     ("POST", "/api/v1/spaces/{space}/close", "manager"),
     ("POST", "/api/v1/spaces/{space}/open", "manager"),
+    ("GET", "/api/v1/zones/closures", "viewer"),
+    ("POST", "/api/v1/zones/{zone}/close", "manager"),
+    ("POST", "/api/v1/zones/{zone}/open", "manager"),
     ("POST", "/api/v1/alerts/{alert_id}/acknowledge", "manager"),
 ]
-PATH_VALUES = {"space": SPACE, "entity_id": GROUP, "agent": "serial-bus-g", "alert_id": "x"}
+PATH_VALUES = {
+    "space": SPACE, "entity_id": GROUP, "agent": "serial-bus-g", "alert_id": "x", "zone": "D",
+}  # fmt: skip
 # query strings and bodies that would fail validation: the access check must answer first
 BAD_QUERY = {"limit": "-5", "since": "yesterday", "state": "parked", "step": "0", "type": "Car"}
 BAD_BODY = b'{"reason": ' + b'"x' * 300 + b"}"

@@ -272,6 +272,24 @@ def test_standalone_api_process(processes, mosquitto, tmp_path):
         assert _wait(lambda: space("B-020") == "closed"), processes.logs()
         events = httpx.get(f"{url}/api/v1/events", params={"space": "B-020"}, headers=h).json()
         assert events["items"][0]["agent"] == "boss"
+        # a whole zone over MQTT (control/zones): B-020, closed on its own, stays closed
+        r = httpx.post(f"{url}/api/v1/zones/B/close", json={"reason": "snow"}, headers=h)
+        assert r.status_code == 202, r.text
+        assert len(r.json()["spaces"]) == 71
+        assert [x["space"] for x in r.json()["left_closed"]] == ["B-020"]
+        assert r.json()["left_closed"][0]["closed_reason"] == "paint"
+
+        def zone_b() -> dict:
+            return {z["zone"]: z for z in httpx.get(f"{url}/api/v1/zones").json()}["B"]
+
+        assert _wait(lambda: zone_b()["closed"] == 72), processes.logs()
+        r = httpx.post(f"{url}/api/v1/zones/B/open", headers=h)
+        assert r.status_code == 202, r.text
+        assert len(r.json()["spaces"]) == 71
+        assert _wait(lambda: zone_b()["closed"] == 1), processes.logs()
+        assert space("B-020") == "closed"
+        # the gateway's no-op, once its open is in the journal: 409
+        assert _wait(lambda: httpx.post(f"{url}/api/v1/zones/B/open", headers=h).status_code == 409)
 
         metrics = httpx.get(f"{url}/metrics", headers=h).text.splitlines()
         # the gateway's own counts are in the gateway's /metrics: absent here, not a false 0
@@ -284,6 +302,9 @@ def test_standalone_api_process(processes, mosquitto, tmp_path):
         assert zones["B"]["unknown"] == zones["B"]["total"] and zones["B"]["free"] == 0
         # a manager's action now would wait at the broker for the gateway's return: refused
         r = httpx.post(f"{url}/api/v1/spaces/B-020/open", json={"reason": "done"}, headers=h)
+        assert r.status_code == 503, r.text
+        assert "nothing changed: the gateway is offline" in r.json()["detail"]
+        r = httpx.post(f"{url}/api/v1/zones/B/close", json={"reason": "snow"}, headers=h)
         assert r.status_code == 503, r.text
         assert "nothing changed: the gateway is offline" in r.json()["detail"]
     finally:

@@ -268,6 +268,31 @@ def test_the_api_user_reads_what_it_shows_and_not_the_gates_plates(secured_broke
         c.disconnect()
 
 
+def test_the_api_closes_zones_and_only_the_gateway_hears_it(secured_broker):
+    """A manager's zone close goes from the API's user to the gateway's (control/zones, as
+    control/spaces); an agent or a gate may not send one."""
+    broker, users = secured_broker
+    gw = _client(broker, "gateway", users["gateway"])
+    got: queue.Queue = queue.Queue()
+    gw.on_message = lambda cl, ud, msg: got.put(msg.topic)
+    gw.subscribe(topics.zone_control_all(SITE), qos=1)
+    gw.subscribe(topics.space_control_all(SITE), qos=1)
+    time.sleep(0.3)
+    api = _client(broker, "api", users["api"])
+    for topic in (topics.zone_control(SITE, "B1"), topics.space_control(SITE, "A-001")):
+        assert _publish_reason(api, topic, b"{}") == 0
+        assert got.get(timeout=5) == topic
+    agent = _client(broker, "serial-bus-g", users["serial-bus-g"])
+    gate = _client(broker, "gate", users["gate"])
+    for c in (agent, gate, gw):
+        assert _publish_reason(c, topics.zone_control(SITE, "B1"), b"{}") == 0x87
+    with pytest.raises(queue.Empty):
+        got.get(timeout=0.5)
+    for c in (api, gw, agent, gate):
+        c.loop_stop()
+        c.disconnect()
+
+
 def test_a_gate_reads_its_answers_refusals_and_the_gateways_availability(secured_broker):
     """A gate controller learns whether its arrival was refused and whether the gateway is
     up (no answer coming: guide by the signs at once); it reads no sign or agent topic."""

@@ -46,7 +46,7 @@ def test_csv_starts_with_a_bom_and_keeps_a_chinese_reason(client, tokens, closed
     header, rows = rows_of(body)
     assert header == [
         "id", "time_utc", "time_local", "ts", "space", "zone", "old", "new", "source", "agent",
-        "seq", "reason",
+        "seq", "reason", "zone_closure",
     ]  # fmt: skip
     assert [(row["new"], row["reason"]) for row in rows[-2:]] == [("closed", REASON), ("free", "")]
     # what Excel shows for the file: the BOM makes it UTF-8, not the ANSI code page

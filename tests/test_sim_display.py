@@ -70,6 +70,53 @@ def test_sim_display_once_shows_the_gateway_signs(mosquitto, tmp_path, subproces
     assert "B区 Zone B" in east[2] and "←" in east[2] and east[2].rstrip().endswith("满 FULL")
 
 
+def test_sim_display_shows_a_closed_zone_as_closed_not_full(mosquitto, tmp_path, subprocess_env):
+    """A zone a manager closed is not full: its line reads 关闭 CLOSED (status full), a zone
+    with every space taken still 满 FULL."""
+    site_path = site_variant(tmp_path)
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    try:
+        with running_gateway(site_path, mosquitto.url, tmp_path / "j.db") as gw:
+            spaces = gw.site.spaces_of_source("bus-g")
+            edge.send({s: "occupied" for s in spaces}, kind="snapshot")  # B full
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                shown = gw.gateway.displays().get("gate-east")
+                if shown and shown.lines[1].status == "full":
+                    break
+                time.sleep(0.05)
+            gw.gateway.control_zone("A", "close", "alice", "cleaning")
+            north = gw.gateway.displays()["gate-north"].lines[0]
+            assert (north.status, north.count, north.text.en) == ("full", 0, "CLOSED")
+            out = subprocess.run(
+                parkguide_cmd(
+                    "sim",
+                    "display",
+                    "--site",
+                    str(site_path),
+                    "--broker",
+                    mosquitto.url,
+                    "--once",
+                    "--display",
+                    "gate-north",
+                    "--display",
+                    "gate-east",
+                ),  # fmt: skip
+                env=subprocess_env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+    finally:
+        edge.stop()
+    assert out.returncode == 0, out.stderr
+    blocks = {b.splitlines()[0].split("]")[0][1:]: b for b in out.stdout.strip().split("\n\n")}
+    north = blocks["gate-north"].splitlines()
+    assert "A区 Zone A" in north[1] and north[1].rstrip().endswith("关闭 CLOSED")
+    east = blocks["gate-east"].splitlines()
+    assert "B区 Zone B" in east[2] and east[2].rstrip().endswith("满 FULL")
+
+
 def test_a_sign_without_current_content_is_blank(example_site):
     """``sign_view`` draws what it is given: content, or blank for none (whether content is
     still current is the board's judgement, on its monotonic clock)."""

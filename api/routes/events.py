@@ -96,7 +96,7 @@ def event_out(ctx: Ctx, e: EventRow, site_zone: dict[str, str] | None = None) ->
     zone = event_zone(e, unzoned_zones(ctx) if site_zone is None else site_zone)
     return EventOut(
         id=e.id, ts=e.ts, space=e.space, zone=zone, old=e.old, new=e.new,
-        source=e.source, agent=e.agent, seq=e.seq, reason=e.note,
+        source=e.source, agent=e.agent, seq=e.seq, reason=e.note, zone_closure=e.zone_closure,
     )  # fmt: skip
 
 
@@ -127,7 +127,7 @@ def events(
 
 CSV_COLUMNS = [
     "id", "time_utc", "time_local", "ts", "space", "zone", "old", "new", "source", "agent",
-    "seq", "reason",
+    "seq", "reason", "zone_closure",
 ]  # fmt: skip
 """``time_local`` is the event's time in the site's time zone (``site.timezone``), with its
 offset: the days a residents' committee reads the export by, as the dashboard's filters."""
@@ -173,7 +173,8 @@ def csv_lines(ctx: Ctx, flt: EventFilter, limit: int | None) -> Iterator[str]:
             [_cell(v) for v in (out.id, when.isoformat(timespec="milliseconds"),
                                 when.astimezone(local_tz).isoformat(timespec="milliseconds"),
                                 f"{out.ts:.3f}", out.space, out.zone, out.old, out.new,
-                                out.source, out.agent, out.seq, out.reason)]
+                                out.source, out.agent, out.seq, out.reason,
+                                out.zone_closure)]
         )  # fmt: skip
         if n % 500 == 0 or buf.tell() > 65536:
             yield buf.getvalue()

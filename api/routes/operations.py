@@ -22,9 +22,12 @@ from api.models import (
     AlertOut,
     AlreadyAcknowledgedOut,
     ArrivalSummary,
+    ClosedSpaceOut,
     ControlOut,
     ErrorOut,
     SpaceControlRequest,
+    ZoneClosureOut,
+    ZoneControlOut,
 )
 from api.routes import (
     MANAGER_ERRORS,
@@ -35,6 +38,7 @@ from api.routes import (
     request_body_doc,
 )
 from gateway.readside import ControlUnavailable
+from parking import closures
 from parking.payloads import Assignment, LocalText
 
 log = logging.getLogger(__name__)
@@ -264,7 +268,13 @@ async def _control(
         raise HTTPException(status.HTTP_409_CONFLICT, f"the gateway refused: {exc}") from None
     log.info("space %s %s by %s (%s)", space, action, user.name, body.reason or "no reason given")
     if closure is not None and action == "open":
-        log.info("space %s: the closure opened was %s's (%s)", space, closure.agent, closure.note)
+        log.info(
+            "space %s: the closure opened was %s's (%s)%s",
+            space,
+            closure.agent,
+            closure.note,
+            f", with zone {closure.zone_closure}" if closure.zone_closure else "",
+        )
     return ControlOut(
         space=space,
         action=action,
@@ -276,6 +286,7 @@ async def _control(
         closed_by=closure.agent if closure else None,
         closed_reason=closure.note if closure else None,
         closed_at=closure.ts if closure else None,
+        closed_with_zone=closure.zone_closure if closure else None,
     )
 
 
@@ -299,3 +310,135 @@ async def close_space(space: str, request: Request, ctx: Ctx, user: Manager) -> 
 async def open_space(space: str, request: Request, ctx: Ctx, user: Manager) -> ControlOut:
     """Open a closed space again (manager)."""
     return await _control(space, "open", request, ctx, user)
+
+
+def stored_closures(ctx: Ctx) -> dict[str, closures.ZoneClosure]:
+    """The zone closures the gateway committed to its journal (parking.closures)."""
+    return closures.load(
+        ctx.journal.meta(closures.ZONE_CLOSURES_KEY).get(closures.ZONE_CLOSURES_KEY)
+    )
+
+
+@router.get("/zones/closures")
+def zone_closures(ctx: Ctx) -> list[ZoneClosureOut]:
+    """The zones managers closed: who, why, since when, and how many spaces each closure
+    keeps closed (a zone not listed is not closed, whatever its spaces say)."""
+    return [
+        ZoneClosureOut(
+            zone=c.zone,
+            closed_by=c.by,
+            closed_reason=c.reason,
+            closed_at=c.ts,
+            spaces=len(c.spaces),
+        )  # fmt: skip
+        for c in stored_closures(ctx).values()
+    ]
+
+
+def closed_space(ctx: Ctx, space: str) -> ClosedSpaceOut:
+    """A closed space and the manager's close that keeps it so (none: the site file's)."""
+    c = ctx.journal.closure(space)
+    return ClosedSpaceOut(
+        space=space,
+        closed_by=c.agent if c else None,
+        closed_reason=c.note if c else None,
+        closed_at=c.ts if c else None,
+        closed_with_zone=c.zone_closure if c else None,
+    )
+
+
+def zone_before(
+    ctx: Ctx, zone: str, action: str, reason: str | None
+) -> tuple[closures.ZonePlan, closures.ZoneClosure | None, list[str], list[ClosedSpaceOut]]:
+    """The zone as the manager's action finds it: what the action changes (the plan the
+    gateway makes too), the zone's closure, the spaces it closes that are held for cars,
+    and the closed spaces it leaves with who closed them."""
+    mine = [sp.id for sp in ctx.view.site.spaces if sp.zone == zone]
+    now = {s.space: s for s in ctx.view.spaces()}
+    closure = stored_closures(ctx).get(zone)
+    # a closure's spaces are closed (the gateway takes out any opened since), whatever a
+    # stand-alone view that has not yet read the journal's newest events says
+    held_shut = closure.spaces if closure is not None else frozenset()
+    closed = [sp for sp in mine if sp in held_shut or (sp in now and now[sp].state == "closed")]
+    p = closures.plan(action, mine, closed, closure, reason)
+    held = [sp for sp in p.change if sp in now and now[sp].held] if action == "close" else []
+    left = [closed_space(ctx, sp) for sp in p.left] if not p.nothing else []
+    return p, closure, held, left
+
+
+async def _zone_control(
+    zone: str, action: str, request: Request, ctx: Ctx, user: Manager
+) -> ZoneControlOut:
+    body = await parse_body(request, SpaceControlRequest)
+    try:
+        await refuse_if_sites_differ(ctx)
+    except HTTPException:
+        log.info(
+            "refused %s zone %s by %s: not the gateway's site file", action, zone[:64], user.name
+        )
+        raise
+    if zone not in {z.id for z in ctx.view.site.zones}:
+        not_found(f"no zone {zone!r} on this site")
+    try:
+        why = ctx.view.control_unavailable()
+        if why is not None:
+            raise ControlUnavailable(why)
+        p, closure, held, left = await run_in_threadpool(
+            zone_before, ctx, zone, action, body.reason
+        )
+        if p.nothing:
+            detail = closures.nothing_to_do(zone, action, closure)
+            raise HTTPException(status.HTTP_409_CONFLICT, f"{detail}: nothing changed")
+        # the gateway journals it under its lock: keep the event loop free meanwhile
+        await run_in_threadpool(ctx.view.control_zone, zone, action, user.name, body.reason)
+    except ControlUnavailable as exc:
+        log.info("refused %s zone %s by %s: %s", action, zone, user.name, exc)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    except (ValueError, KeyError) as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"the gateway refused: {exc}") from None
+    log.info(
+        "zone %s %s by %s (%s): %d spaces, %d left closed",
+        zone,
+        action,
+        user.name,
+        body.reason or "no reason given",
+        len(p.change),
+        len(left),
+    )
+    return ZoneControlOut(
+        zone=zone,
+        action=action,  # type: ignore[arg-type]
+        by=user.name,
+        reason=body.reason,
+        ts=time.time(),
+        spaces=list(p.change),
+        reasoned_again=list(p.again),
+        held=held,
+        left_closed=left,
+    )
+
+
+@manager_router.post(
+    "/zones/{zone}/close",
+    status_code=202,
+    openapi_extra=request_body_doc(SpaceControlRequest),
+    responses=CONTROL_ERRORS,
+)
+async def close_zone(zone: str, request: Request, ctx: Ctx, user: Manager) -> ZoneControlOut:
+    """Close every space of a zone that is not closed (cleaning, snow, an event), in one
+    action journalled as one (manager). Its signs read CLOSED where every space they count is
+    closed. Closing a closed zone again with a reason replaces its reason; 409 when nothing
+    would change."""
+    return await _zone_control(zone, "close", request, ctx, user)
+
+
+@manager_router.post(
+    "/zones/{zone}/open",
+    status_code=202,
+    openapi_extra=request_body_doc(SpaceControlRequest),
+    responses=CONTROL_ERRORS,
+)
+async def open_zone(zone: str, request: Request, ctx: Ctx, user: Manager) -> ZoneControlOut:
+    """Open the spaces a zone's closure closed, still closed by it (manager); spaces closed
+    on their own stay closed (``left_closed`` says by whom). 409 when the zone is not closed."""
+    return await _zone_control(zone, "open", request, ctx, user)

@@ -24,6 +24,18 @@ const T = {
   need_login: ["需要登录", "login required"], need_manager: ["需要管理员权限", "needs the manager role"],
   closed_by: ["关闭人", "closed by"], done_close: ["已关闭", "closed"], done_open: ["已开放", "opened"],
   was_closed_by: ["此前由 {by} 关闭", "it was closed by {by}"],
+  // a whole zone closed (cleaning, snow, an event): one action for all its spaces
+  close_zone: ["关闭区域", "Close zone"], open_zone: ["开放区域", "Open zone"],
+  zone_actions: ["关闭/开放…", "Close/open…"], zone_closed_by: ["整区由 {by} 关闭", "zone closed by {by}"],
+  zone_panel_for: ["区域：{zone}", "Zone: {zone}"],
+  zone_panel_hint: ["关闭会关闭本区所有未关闭的车位；开放只开放随本区关闭的车位，单独关闭的车位保持关闭。",
+    "Closing closes every space of the zone not already closed; opening opens only the spaces the zone's closure closed: spaces closed on their own stay closed."],
+  done_zone_close: ["已关闭 {n} 个车位", "{n} spaces closed"], done_zone_open: ["已开放 {n} 个车位", "{n} spaces opened"],
+  new_reason: ["已记录新原因", "the new reason is recorded"],
+  left_closed: ["仍关闭（单独关闭）：{list}", "still closed (closed on their own): {list}"],
+  cars_on_their_way: ["已有车辆被分配到其中 {n} 个车位，可能正在驶来", "cars were sent to {n} of them and may be on their way"],
+  was_closed_with_zone: ["此前随区域 {zone} 由 {by} 关闭", "it was closed with zone {zone} by {by}"],
+  with_zone: ["随区域 {zone}", "with zone {zone}"], cancel: ["取消", "Cancel"],
   car_on_its_way: ["已有一辆车被分配到此车位，可能正在驶来", "a car was sent to it and may be on its way"], sent: ["已发送", "sent"],
   no_data: ["无数据", "no data"], raw_readings: ["检测器：原始读数和错误计数", "Detectors: raw readings and error counters"],
   detector: ["检测器", "Detector"], raw: ["原始值", "Raw"], battery: ["电量", "Battery"], node_errors: ["节点错误", "Node errors"], unreachable: ["无法连接服务器", "server unreachable"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
@@ -266,6 +278,7 @@ async function logout() {
 // ---- zones ---------------------------------------------------------------------------------
 async function loadZones() {
   const r = await api("/api/v1/zones");
+  if (S.me) await loadClosures();
   if (r.ok) {
     S.zones = r.body; renderZones();
     // the counts as first shown are not news; changes from them are (said by announceZones)
@@ -277,6 +290,56 @@ async function loadZones() {
 
 function renderZones() {
   $("#zones").replaceChildren(...S.zones.map(zoneCard));
+  if (S.zoneSelected) showZonePanel(S.zoneSelected);
+}
+
+// the zones managers closed (who, why, how many spaces the closure holds), for the cards
+async function loadClosures() {
+  const r = await api("/api/v1/zones/closures");
+  S.closures = new Map(r.ok ? r.body.map((c) => [c.zone, c]) : []);
+  return r.ok;
+}
+
+function closureText(c) {
+  return `${t("zone_closed_by").replace("{by}", c.closed_by)}${c.closed_reason ? `: ${c.closed_reason}` : ""} · ${fmtTime(c.closed_at)}`;
+}
+
+// A zone's close/open panel (managers): chosen from its card, the reason typed there, then
+// the button, as for a space
+function showZonePanel(id) {
+  const z = S.zones.find((x) => x.zone === id);
+  const panel = $("#zone-panel");
+  if (!z || !(S.me && S.me.can_change)) { panel.hidden = true; S.zoneSelected = null; return; }
+  if (S.zoneSelected !== id) { $("#zn-msg").textContent = ""; $("#zn-reason").value = ""; }
+  S.zoneSelected = id;
+  panel.hidden = false;
+  $("#zn-id").textContent = t("zone_panel_for").replace("{zone}", L(z.name));
+  const c = S.closures && S.closures.get(id);
+  $("#zn-closure").textContent = c ? closureText(c) : "";
+}
+
+function zoneDone(b) {
+  const n = b.spaces.length;
+  const parts = [n || !b.reasoned_again.length
+    ? t(b.action === "close" ? "done_zone_close" : "done_zone_open").replace("{n}", n) : t("new_reason")];
+  if (b.held.length) parts.push(t("cars_on_their_way").replace("{n}", b.held.length));
+  if (b.left_closed.length) parts.push(t("left_closed").replace("{list}", b.left_closed.map((x) =>
+    `${x.space}${x.closed_by ? ` (${x.closed_by}${x.closed_reason ? `: ${x.closed_reason}` : ""})` : ""}`).join(", ")));
+  return parts.join(" — ");
+}
+
+async function controlZone(action) {
+  const id = S.zoneSelected;
+  if (!id) return;
+  const msg = $("#zn-msg");
+  const reason = $("#zn-reason").value.trim();
+  const r = await api(`/api/v1/zones/${encodeURIComponent(id)}/${action}`, { method: "POST",
+    body: JSON.stringify(reason ? { reason } : {}) });
+  msg.className = r.ok ? "msg ok" : "msg error";
+  msg.textContent = r.ok ? `${id}: ${zoneDone(r.body)}` : errorText(r);
+  if (r.ok && S.zoneSelected === id && $("#zn-reason").value.trim() === reason) $("#zn-reason").value = "";
+  await loadClosures();
+  renderZones();
 }
 
 // What a zone's card says: what a sign over the zone would (the server's `offered`, by the
@@ -300,12 +363,29 @@ function zoneCard(z) {
     el("div", { class: "sub", text: `${t("free")} · ${t("of")} ${z.total} · ${t("occupied")} ${z.occupied}` +
       (z.held ? ` · ${t("held")} ${z.held}` : "") +
       (z.unknown ? ` · ${t("unknown")} ${z.unknown}` : "") + (z.closed ? ` · ${t("closed")} ${z.closed}` : "") }),
-    bar);
+    bar, ...zoneClosureParts(z));
+}
+
+// a closed zone's card says by whom and why; a manager's card has the way to close or open it
+function zoneClosureParts(z) {
+  const parts = [];
+  const c = S.me && S.closures && S.closures.get(z.zone);
+  if (c) parts.push(el("div", { class: "sub zone-closure", text: closureText(c) }));
+  if (S.me && S.me.can_change) {
+    const b = el("button", { type: "button", class: "zone-act", text: t("zone_actions"),
+      "aria-label": `${t("zone_actions")} ${L(z.name)}` });
+    b.onclick = () => { showZonePanel(z.zone); $("#zn-reason").focus(); };
+    parts.push(b);
+  }
+  return parts;
 }
 
 function onZone(data) {
   const i = S.zones.findIndex((z) => z.zone === data.zone);
   if (i < 0 || typeof data.free !== "number") return later("zones", loadZones, 200);
+  // a zone closed or opened (here or on another page): who closed it, for its card
+  if (S.me && data.closed !== undefined && data.closed !== S.zones[i].closed)
+    throttle("closures", async () => { await loadClosures(); renderZones(); }, 1000);
   S.zones[i] = { ...S.zones[i], ...data };
   dirty.zones.add(data.zone);
   redrawSoon();
@@ -618,7 +698,8 @@ async function showClosure(id, s) {
   const r = await api(`/api/v1/events?space=${encodeURIComponent(id)}&limit=20`);
   if (!r.ok || p.dataset.key !== key) return; // another space or state meanwhile
   const e = r.body.items.find((x) => x.new === "closed" && x.source === "manager");
-  if (e) p.textContent = [`${t("closed_by")} ${e.agent}`, fmtTime(e.ts),
+  if (e) p.textContent = [`${t("closed_by")} ${e.agent}`,
+    e.zone_closure && t("with_zone").replace("{zone}", e.zone_closure), fmtTime(e.ts),
     e.reason && `${t("reason")}: ${e.reason}`].filter(Boolean).join(" · ");
 }
 
@@ -627,7 +708,10 @@ async function showClosure(id, s) {
 function endedClosure(b) {
   if (b && b.action === "close" && b.held) return ` — ${t("car_on_its_way")}`;
   if (!b || b.action !== "open" || !b.closed_by) return "";
-  return ` — ${t("was_closed_by").replace("{by}", b.closed_by)}${b.closed_reason ? `: ${b.closed_reason}` : ""}`;
+  const who = b.closed_with_zone
+    ? t("was_closed_with_zone").replace("{zone}", b.closed_with_zone).replace("{by}", b.closed_by)
+    : t("was_closed_by").replace("{by}", b.closed_by);
+  return ` — ${who}${b.closed_reason ? `: ${b.closed_reason}` : ""}`;
 }
 
 async function controlSpace(action) {
@@ -831,7 +915,8 @@ async function loadEvents(fresh) {
   const rows = r.body.items.map((e) => el("tr", {},
     el("td", { text: fmtTime(e.ts) }), el("td", { text: e.space }),
     el("td", { text: `${t(e.old || "unknown")} → ${t(e.new)}` }),
-    el("td", { text: sourceText(e.source, e.agent) }), el("td", { text: e.reason || "" })));
+    el("td", { text: sourceText(e.source, e.agent) + (e.zone_closure ? ` (${t("with_zone").replace("{zone}", e.zone_closure)})` : "") }),
+    el("td", { text: e.reason || "" })));
   const body = $("#events tbody");
   if (fresh) body.replaceChildren(...rows); else body.append(...rows);
   S.eventsBefore = r.body.next_before;
@@ -955,6 +1040,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#logout").onclick = logout;
   $("#sp-close").onclick = () => controlSpace("close");
   $("#sp-open").onclick = () => controlSpace("open");
+  $("#zn-close").onclick = () => controlZone("close");
+  $("#zn-open").onclick = () => controlZone("open");
+  $("#zn-cancel").onclick = () => { $("#zone-panel").hidden = true; S.zoneSelected = null; };
   $("#older").onclick = () => loadEvents(false);
   $("#event-filter").addEventListener("submit", (ev) => { ev.preventDefault(); loadEvents(true); });
   $("#event-filter").addEventListener("change", () => { $("#csv").href = `/api/v1/events.csv?${eventQuery()}`; });

@@ -1,0 +1,78 @@
+# ruff: noqa: F811  (pytest fixtures imported from api_support are parameters here)
+"""A manager closes and opens a whole zone from the dashboard's zone cards, in Debian's
+chromium (headless, via Playwright) against the app served by uvicorn on a real gateway state
+and journal (api_support, as test_dashboard_zh): the card says who closed it and why, the
+answer says which spaces stayed closed and whose they are, the sign reads CLOSED, and the
+events list says the changes came with the zone."""
+
+from __future__ import annotations
+
+import pytest
+from api_support import PASSWORD, harness, served, users  # noqa: F401
+from playwright.sync_api import Browser, Page
+from test_dashboard_browser import browser, wait_until, watch_errors  # noqa: F401
+
+pytestmark = pytest.mark.timeout(150)
+
+
+@pytest.fixture(scope="module")
+def url(harness, users):
+    harness.fill()
+    with served(harness) as url:
+        yield url
+
+
+def page_as(browser: Browser, url: str, user: str) -> Page:
+    page = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB").new_page()
+    page.goto(url)
+    page.fill("#login input[name=name]", user)
+    page.fill("#login input[name=password]", PASSWORD)
+    page.click("#login button[type=submit]")
+    page.wait_for_selector('#map[data-loaded="true"]')
+    return page
+
+
+def text(page: Page, selector: str) -> str:
+    return page.text_content(selector) or ""
+
+
+def test_a_manager_closes_and_opens_a_zone_from_its_card(browser, url, harness):
+    harness.gateway.control_space("D-002", "close", "bob", "pothole")
+    page = page_as(browser, url, "manager")
+    errors = watch_errors(page)
+    card = page.locator('#zones .zone[data-zone="D"]')
+    card.locator("button.zone-act").click()
+    assert page.is_visible("#zone-panel")
+    assert "Zone D" in text(page, "#zn-id")
+    page.fill("#zn-reason", "cleaning")
+    page.click("#zn-close")
+    wait_until(lambda: "spaces closed" in text(page, "#zn-msg"), 5000, "the close's answer")
+    msg = text(page, "#zn-msg")
+    assert msg.startswith("D: 29 spaces closed"), msg
+    assert "still closed (closed on their own): D-002 (bob: pothole)" in msg
+    wait_until(
+        lambda: "zone closed by manager: cleaning" in (card.text_content() or ""),
+        5000,
+        "the card's closure",
+    )
+    sign = page.locator('#signs .sign[data-display="jct-r1"]')
+    wait_until(lambda: "关闭 CLOSED" in (sign.text_content() or ""), 5000, "the sign's CLOSED")
+    page.click("#event-filter button[type=submit]")
+    wait_until(lambda: "with zone D" in text(page, "#events tbody"), 5000, "the events")
+
+    # a viewer sees the closure, but no way to change it
+    viewer = page_as(browser, url, "viewer")
+    vcard = viewer.locator('#zones .zone[data-zone="D"]')
+    wait_until(lambda: "zone closed by manager" in (vcard.text_content() or ""), 5000, "viewer")
+    assert vcard.locator("button.zone-act").count() == 0
+    viewer.context.close()
+
+    page.click("#zn-open")
+    wait_until(lambda: "spaces opened" in text(page, "#zn-msg"), 5000, "the open's answer")
+    assert text(page, "#zn-msg").startswith("D: 29 spaces opened")
+    wait_until(lambda: "zone closed by" not in (card.text_content() or ""), 5000, "card cleared")
+    page.click("#zn-open")  # again: nothing to open, said as the server says it
+    wait_until(lambda: "zone D is not closed" in text(page, "#zn-msg"), 5000, "the 409")
+    assert not errors, errors
+    page.context.close()
+    harness.gateway.control_space("D-002", "open", "bob", None)
