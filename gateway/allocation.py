@@ -696,6 +696,10 @@ class AllocationCore:
         self._pair_line = layout.zone_lines
         self._pair_zone = np.repeat(np.arange(len(layout.zones)), np.diff(layout.zone_lines_ptr))
         self._pair_col = layout.zone_lines_col
+        # bool[G, C+1] as the counting columns below, with every time window open: the
+        # spaces a line's class may ever use, for telling "closed now" from "full"
+        ever = (layout.kindset_kinds.astype(np.int32) @ layout.class_kinds.T.astype(np.int32)) > 0
+        self._kindset_ext_ever = np.concatenate([ever, ever.any(axis=1, keepdims=True)], axis=1)
         self._set_eligibility(layout.kindset_eligibility(self.minute))
         self.recompute()
 
@@ -790,10 +794,14 @@ class AllocationCore:
         # is blind when its chargers are, whatever the rest of the zone says)
         self.line_unknown = per_line(zgs[:, :, UNKNOWN])
         self.line_total = per_line(zgs.sum(axis=2) - zgs[:, :, CLOSED])
-        # every space the line's class may use now, closed or not: a line whose total is
-        # none of them closed is a closed one (its sign reads CLOSED, not FULL). It moves
-        # only with eligibility, which recomputes: kept as a list for the sign path
-        self.line_capacity: list[int] = per_line(zgs.sum(axis=2)).tolist()
+        # every space the line's class may use at some time of day, closed or not: a line
+        # with some but none open now (a manager closed them, or its hours are over) is a
+        # closed one (its sign reads CLOSED, not FULL). It moves only with the site file:
+        # kept as a list for the sign path
+        ever = self._kindset_ext_ever
+        self.line_capacity: list[int] = self._per_line(
+            np.rint(zgs.sum(axis=2) @ ever).astype(np.int64)[pz, pc]
+        ).tolist()
         self._make_views()
 
     def _per_line(self, per_pair: np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Render guidance sign contents from the allocation core's line counts (pure).
 
 A line shows its label, its arrow and the count of eligible free spaces in its
-zones; ``满 FULL`` at zero, ``关闭 CLOSED`` (still status ``full``) when every space it
-counts is closed (a manager closed the zone); ``--`` (fallback) when more than
+zones; ``满 FULL`` at zero, ``关闭 CLOSED`` (still status ``full``) when none of its
+spaces is open now (a manager closed the zone, or its hours are over); ``--`` (fallback) when more than
 ``fallback_unknown_fraction`` of its zones' spaces is unknown, because a count
 built on silence would lie to the driver.
 """
@@ -59,8 +59,10 @@ def zone_offered(
 
 
 def all_closed(total: int, capacity: int) -> bool:
-    """Every space a line counts is closed (``total`` excludes closed ones, ``capacity``
-    does not): its sign says closed, not full. A line with no space to count is full."""
+    """No space the line may count is open now (``total``: those open to its class now and
+    not closed; ``capacity``: those its class may use at some hour, closed or not): closed
+    by a manager or outside its hours, its sign says closed, not full. A line with no space
+    to count at any hour is full."""
     return total <= 0 < capacity
 
 

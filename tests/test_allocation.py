@@ -436,3 +436,27 @@ def test_a_large_batch_moves_a_class_line_when_zone_totals_cancel_out():
     assert core.line_unknown.tolist() == want["line_unknown"] == [0, 1]
     assert core.line_total.tolist() == want["line_total"]
     assert core.line_free.tolist() == want["line_free"]
+
+
+def test_a_line_whose_spaces_are_outside_their_hours_reads_closed_not_full(example_site, layout):
+    """Zone D (shared office spaces) is the residents' from 19:00 to 08:00: by day its
+    residents' line has nothing to count, and a driver reading FULL would think it taken."""
+    from gateway.displays import LineLayout, render_lines
+
+    d = next(i for i, disp in enumerate(example_site.displays) if disp.id == "jct-r1")
+    lines = LineLayout.from_site(example_site)
+    for minute, text in ((NOON, ("关闭", "CLOSED")), (EVENING, None)):
+        core = all_free(layout, minute)
+        args = (core.line_free, core.line_unknown, core.line_total, core.line_capacity)
+        shared = render_lines(example_site, lines, d, *args)[1]
+        assert shared.label.en == "Zone D Shared"
+        if text is None:  # open to residents: its count, all of zone D free
+            assert shared.status == "ok" and shared.count and shared.count > 0
+        else:
+            assert (shared.status, shared.count, (shared.text.zh, shared.text.en)) == (
+                "full",
+                0,
+                text,
+            )
+        # the other line of that sign counts basement spaces open at any hour
+        assert render_lines(example_site, lines, d, *args)[0].status == "ok"
