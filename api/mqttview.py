@@ -63,6 +63,11 @@ sign content (it republishes every sign at half the validity)"""
 GATEWAY_CLOCK_SAY_S = 60.0
 """This host's clock this far from the gateway's (as its live signs say) is logged once."""
 
+SETTLE_S = 1.0
+"""How long a manager's next action on a space waits for the gateway to journal the one this
+API sent for it just before (the gateway applies it within milliseconds, but the journal is
+read only every ``poll_s``: an open right after a close was judged on the state before)."""
+
 
 class MqttLiveView:
     """Live state rebuilt from the broker's retained topics and the journal."""
@@ -102,6 +107,8 @@ class MqttLiveView:
         self._last_seen: dict[str, float | None] = {}
         self._observed_since: dict[str, float | None] = {}  # as of the last checkpoint
         self._last_event = 0
+        self._journal_lock = threading.Lock()  # one reader of the journal at a time
+        self._sent: dict[str, float] = {}  # space -> monotonic time a control for it was sent
         self._gateway_online: bool | None = None
         self._stale_said = False  # _check_signs_fresh said the gateway went silent
         self._connected_mono: float | None = None  # monotonic time of the last (re)connect
@@ -449,12 +456,14 @@ class MqttLiveView:
         next_refresh = time.monotonic() + REFRESH_SPACES_S
         while not self._stop.wait(self.poll_s):
             try:
-                self._tail()
+                with self._journal_lock:
+                    self._tail()
                 self._tell_expired_holds(time.time())
                 self._check_signs_fresh()
                 if time.monotonic() >= next_refresh:
                     next_refresh = time.monotonic() + REFRESH_SPACES_S
-                    self._load_journal()
+                    with self._journal_lock:
+                        self._load_journal()
             except Exception:
                 log.exception("reading the journal failed; retrying")
 
@@ -466,6 +475,7 @@ class MqttLiveView:
         with self._lock:
             for e in rows:
                 self._last_event = e.id
+                self._sent.pop(e.space, None)  # the gateway has journaled since
                 if e.space in self.site.space_index and e.new in STATE_NAMES:
                     self._state[e.space] = (e.new, e.ts)
                     changed.append(e)
@@ -676,6 +686,23 @@ class MqttLiveView:
         if space not in self.site.space_index:
             raise ValueError(f"no space {space!r} in site {self.site.id!r}")
         self._send_control(topics.space_control(self.site.id, space), action, by, reason, "space")
+        with self._lock:
+            self._sent[space] = time.monotonic()
+
+    def settle(self, space: str) -> None:
+        """Read the journal's newest events now, and if this API sent a control for
+        ``space`` within SETTLE_S that the journal does not show yet, wait for it (at most
+        until SETTLE_S after the send): the next action is judged on the state it left."""
+        while True:
+            with self._journal_lock:
+                self._tail()
+            with self._lock:
+                sent = self._sent.get(space)
+                if sent is not None and time.monotonic() - sent >= SETTLE_S:
+                    del self._sent[space]  # refused, or not journaled as an event: go on
+                    sent = None
+            if sent is None or self._stop.wait(0.02):
+                return
 
     def control_zone(self, zone: str, action: str, by: str, reason: str | None) -> None:
         """Ask the gateway to close or open a whole zone (QoS 1; the gateway journals it)."""

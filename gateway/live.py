@@ -1729,6 +1729,9 @@ class LiveGateway:
     def control_unavailable(self) -> str | None:
         return None  # applied here, in the gateway itself
 
+    def settle(self, space: str) -> None:
+        return None  # controls are applied here before they are answered
+
     def recent_refusals(self) -> dict[str, EntranceRefusals]:
         return self.refusals.recent(self._clock())
 

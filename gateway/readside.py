@@ -169,6 +169,11 @@ class LiveView(Protocol):
         Raises :class:`ControlUnavailable` when it cannot reach the gateway."""
         ...
 
+    def settle(self, space: str) -> None:
+        """Before judging a manager's action on ``space``: make the view show what the
+        gateway has journaled for it, including an action this view sent just before."""
+        ...
+
     def control_zone(self, zone: str, action: str, by: str, reason: str | None) -> None:
         """Close or open a whole zone (parking.closures); raises like :meth:`control_space`."""
         ...

@@ -272,6 +272,12 @@ def test_standalone_api_process(processes, mosquitto, tmp_path):
         assert _wait(lambda: space("B-020") == "closed"), processes.logs()
         events = httpx.get(f"{url}/api/v1/events", params={"space": "B-020"}, headers=h).json()
         assert events["items"][0]["agent"] == "boss"
+        # a close and at once an open: the open is judged on the state the close left (the
+        # API waits for the gateway to journal what it sent), not refused as "not closed"
+        assert httpx.post(f"{url}/api/v1/spaces/B-021/close", headers=h).status_code == 202
+        r = httpx.post(f"{url}/api/v1/spaces/B-021/open", headers=h)
+        assert (r.status_code, r.json().get("was")) == (202, "closed"), r.text
+        assert _wait(lambda: space("B-021") == "free"), processes.logs()
         # a whole zone over MQTT (control/zones): B-020, closed on its own, stays closed
         r = httpx.post(f"{url}/api/v1/zones/B/close", json={"reason": "snow"}, headers=h)
         assert r.status_code == 202, r.text

@@ -236,6 +236,7 @@ def state_before(ctx: Ctx, space: str) -> tuple[str | None, bool, EventRow | Non
     sent to it (a manager closing it is told the car may be on its way: there is no way to
     call it back), and, when closed, the close that closed it (another manager opening it
     is told whose closure it ends)."""
+    ctx.view.settle(space)
     now = next((s for s in ctx.view.spaces() if s.space == space), None)
     was = None if now is None else now.state
     held = now is not None and now.held
