@@ -38,7 +38,6 @@ import orjson
 from gateway.allocation import AllocationCore, CoreLayout, lane_distances
 from gateway.arrivals import (
     ARRIVAL_LIVE_AFTER_S,
-    MAX_HOLDS_PER_ENTRANCE,
     ArrivalDesk,
     readable_request_id,
     same_car,
@@ -63,6 +62,7 @@ from gateway.readside import (
     RefusalLog,
     SpaceStatus,
 )
+from gateway.service import MAX_HOLDS_PER_ENTRANCE
 from gateway.site_changes import (
     DIGEST_KEY,
     OUTLINE_KEY,

@@ -351,6 +351,13 @@ def load_site(path: str | Path) -> Site:
         raw = path.read_bytes()
     except OSError as exc:
         raise SiteError([f"{path}: cannot read site file: {exc.strerror or exc}"]) from None
+    return site_from_bytes(raw, path)
+
+
+def site_from_bytes(raw: bytes, path: str | Path) -> Site:
+    """``load_site`` of bytes already read from ``path`` (the gateway keys its check of the
+    site file by the very bytes it validates)."""
+    path = Path(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
