@@ -475,8 +475,9 @@ class LiveGateway:
                 self.journal.drop_spaces(index)
                 self.journal.set_meta(DIGEST_KEY, self.site.digest)
                 self.journal.set_meta(SITE_ID_KEY, self.site.id)
-                if not changes.retired_topics:
-                    self.journal.set_meta(OUTLINE_KEY, json.dumps(outline(self.site)))
+                shape = outline(self.site)
+                if not changes.retired_topics and shape != old:  # ~1 MB at 20,000 spaces
+                    self.journal.set_meta(OUTLINE_KEY, json.dumps(shape))
         if dropped:
             log.info("forgot the signs of removed displays: %s", ", ".join(dropped))
         # cleared once connected; the outline is journaled then, so a stop before that
