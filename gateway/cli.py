@@ -290,12 +290,13 @@ def main(args: argparse.Namespace) -> int:
     key = site_key(raw) if raw is not None else None
     # A site file is parsed and validated before anything is published (a refused one
     # changes nothing), unless these very bytes passed these very checks before.
-    known = read_stamp(args.db, key) if key is not None else None
+    shown = read_stamp(args.db, key) if key is not None else None
     site = None
-    if known is None:
+    if shown is None:
         site = _parse_site(args.site, raw)
         if site is None:
             return 2
+        shown = ValidatedSite.of(site)
     db = Path(args.db)
     if db.is_file() and db.stat().st_size == 0:  # `touch`ed, or emptied by a fault
         log.warning(
@@ -306,12 +307,11 @@ def main(args: argparse.Namespace) -> int:
         )
     try:
         with lock_journal(args.db):
-            site_id = known.site_id if known is not None else site.id  # type: ignore[union-attr]
-            refused = _journal_of_another_site(args.db, site_id, args.rename_site_from)
+            refused = _journal_of_another_site(args.db, shown.site_id, args.rename_site_from)
             if refused:
                 print(f"--db {args.db}: {refused}", file=sys.stderr)
                 return 2
-            return _run_gateway(args, known, site, raw, key, broker, influx, core_options)
+            return _run_gateway(args, shown, site, raw, key, broker, influx, core_options)
     except JournalInUse as exc:
         print(f"--db {args.db}: {exc}; one gateway per journal", file=sys.stderr)
         return 2
@@ -364,7 +364,7 @@ def _journal_of_another_site(db: str, site_id: str, rename_from: str | None) -> 
 
 def _run_gateway(
     args: argparse.Namespace,
-    known: ValidatedSite | None,
+    shown: ValidatedSite,
     site: Site | None,
     raw: bytes | None,
     key: str | None,
@@ -372,9 +372,9 @@ def _run_gateway(
     influx: dict[str, str] | None,
     core_options: dict[str, float],
 ) -> int:
-    """The gateway's life once its journal is locked and known to be this site's: ``known``
-    from the stamp of a site file validated before, else ``site`` parsed already."""
-    shown = known or ValidatedSite.of(site)  # type: ignore[arg-type]
+    """The gateway's life once its journal is locked and known to be this site's. ``site``
+    is None when ``shown`` comes from the stamp of these bytes (``key``) validated before:
+    they are parsed once the journaled signs are out."""
     try:
         republish_stored_signs(
             args.db, broker, {topics.display_content(shown.site_id, d) for d in shown.displays}
