@@ -48,12 +48,6 @@ learned it (:meth:`gateway.live.LiveGateway._arrival_age`), is answered without 
 space."""
 ARRIVAL_LIVE_AFTER_S = 10.0  # connected this long: an arrival is no backlog of the broker's
 MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
-MAX_HOLDS_PER_ENTRANCE = 60
-"""Holds outstanding at one entrance (a barrier lets a car through every few seconds: ~40 in
-a 180 s hold). Beyond it an arrival is answered with no space, sending the car by the signs
-(NO_SPACE_BUSY): a gate controller flooding arrivals (broken, or its login stolen) would
-otherwise hold every free space and the signs would read FULL; and a space given without a
-hold would be given to every car after it too."""
 UNHELD_LOG_INTERVAL_S = 60.0  # at most one warning per minute per reason for no hold
 UNHELD_REASONS = ("late", "entrance_cap")
 

@@ -716,7 +716,7 @@ def _boots_followed(
 
 def stored_signs(path: str | Path, now: float | None = None) -> list[tuple[str, str, float]]:
     """(topic, content JSON, expires_s) of every sign in the journal at ``path``; [] if none,
-    or if events were committed after the signs were checkpointed (they may be behind).
+    or if changes were committed after the signs were checkpointed (they may be behind).
     With ``now``, only the signs that would still be showing had the gateway not stopped,
     each with what is left of its validity (its expiry counted from the last report heard)
     in place of ``expires_s``: an older content is not shown again, even for the moment
@@ -728,8 +728,11 @@ def stored_signs(path: str | Path, now: float | None = None) -> list[tuple[str, 
         return []
     conn = sqlite3.connect(str(path), timeout=5)
     try:
-        if conn.execute("SELECT EXISTS(SELECT 1 FROM pending_changes)").fetchone()[0]:
-            return []  # changes not expanded into the checkpoint yet
+        # changes not expanded into the checkpoint yet; a report's row without changes ('[]',
+        # journaled for its sequence: every snapshot that finds nothing new) moves nothing
+        pending = "SELECT EXISTS(SELECT 1 FROM pending_changes WHERE changes <> '[]')"
+        if conn.execute(pending).fetchone()[0]:
+            return []
         last = conn.execute("SELECT max(id) FROM events").fetchone()[0]
         mark = conn.execute("SELECT value FROM meta WHERE key=?", (CHECKPOINT_KEY,)).fetchone()
         if last is not None and mark is not None and int(mark[0]) < last:

@@ -38,7 +38,6 @@ import orjson
 from gateway.allocation import AllocationCore, CoreLayout, lane_distances
 from gateway.arrivals import (
     ARRIVAL_LIVE_AFTER_S,
-    MAX_HOLDS_PER_ENTRANCE,
     ArrivalDesk,
     readable_request_id,
     same_car,
@@ -63,6 +62,7 @@ from gateway.readside import (
     RefusalLog,
     SpaceStatus,
 )
+from gateway.service import MAX_HOLDS_PER_ENTRANCE
 from gateway.site_changes import (
     DIGEST_KEY,
     OUTLINE_KEY,
@@ -485,8 +485,9 @@ class LiveGateway:
                 self.journal.drop_spaces(index)
                 self.journal.set_meta(DIGEST_KEY, self.site.digest)
                 self.journal.set_meta(SITE_ID_KEY, self.site.id)
-                if not changes.retired_topics:
-                    self.journal.set_meta(OUTLINE_KEY, json.dumps(outline(self.site)))
+                shape = outline(self.site)
+                if not changes.retired_topics and shape != old:  # ~1 MB at 20,000 spaces
+                    self.journal.set_meta(OUTLINE_KEY, json.dumps(shape))
         if dropped:
             log.info("forgot the signs of removed displays: %s", ", ".join(dropped))
         # cleared once connected; the outline is journaled then, so a stop before that

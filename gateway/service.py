@@ -101,6 +101,12 @@ JOURNAL_KEEP_DAYS = 366.0
 # An arrival's plate is only echoed to its gate; it is kept this long after the hold (for a
 # manager answering "where did that car go"), then blanked in the journal. 0: never stored.
 PLATE_KEEP_HOURS = 24.0
+MAX_HOLDS_PER_ENTRANCE = 60
+"""Holds outstanding at one entrance (a barrier lets a car through every few seconds: ~40 in
+a 180 s hold). Beyond it an arrival is answered with no space, sending the car by the signs
+(gateway.arrivals.NO_SPACE_BUSY): a gate controller flooding arrivals (broken, or its login stolen) would
+otherwise hold every free space and the signs would read FULL; and a space given without a
+hold would be given to every car after it too."""
 PRUNE_BUSY_S = 1.0  # between prune steps while old rows are left
 PRUNE_CLOCK_SLACK_S = 86400.0
 """How far the wall clock may be from the agents' (their last report's ts), or run ahead of
@@ -125,13 +131,6 @@ def journal_disk_hint(exc: BaseException) -> str:
         " gateway runs again: move the journal to a healthy disk, or restore the newest"
         " backup there (deploy/README.md, A failing disk)"
     )
-
-
-def max_holds_per_entrance_default() -> int:
-    # gateway.live loads numpy and scipy: only for the gateway's own parser and start
-    from gateway.arrivals import MAX_HOLDS_PER_ENTRANCE
-
-    return MAX_HOLDS_PER_ENTRANCE
 
 
 def policy_clock(spec: str, tz_name: str, start: float | None = None) -> Callable[[], float]:
@@ -263,7 +262,7 @@ class GatewayService:
             self.journal,
             self._publish,
             hold_s=hold_s,
-            max_holds_per_entrance=max_holds_per_entrance or max_holds_per_entrance_default(),
+            max_holds_per_entrance=max_holds_per_entrance or MAX_HOLDS_PER_ENTRANCE,
             core_options=core_options,
             history=history,
             policy_clock=policy_clock(policy_clock_spec, self.site.timezone)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parking import topics
-from parking.site import Site
+
+if TYPE_CHECKING:
+    from parking.site import Site
 
 OUTLINE_KEY = "site_outline"
 """journal meta key of the outline of the site the gateway last started with."""

@@ -351,6 +351,13 @@ def load_site(path: str | Path) -> Site:
         raw = path.read_bytes()
     except OSError as exc:
         raise SiteError([f"{path}: cannot read site file: {exc.strerror or exc}"]) from None
+    return site_from_bytes(raw, path)
+
+
+def site_from_bytes(raw: bytes, path: str | Path) -> Site:
+    """``load_site`` of bytes already read from ``path`` (the gateway keys its check of the
+    site file by the very bytes it validates)."""
+    path = Path(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -910,16 +917,16 @@ class _Compiler:
 
         # sensor bindings: every space at most once, every detector at most once
         bindings: dict[str, Binding] = {}
-        bound_at: dict[str, str] = {}
+        bound_at: dict[str, tuple[Any, ...]] = {}  # formatted only for an error
 
         def bind(sid: str, b: Binding, loc: tuple[Any, ...]) -> None:
             if sid not in index:
                 self.err(loc, f"space {sid!r} is not defined")
             elif sid in bindings:
-                self.err(loc, f"space {sid!r} is already bound at {bound_at[sid]}")
+                self.err(loc, f"space {sid!r} is already bound at {format_loc(bound_at[sid])}")
             else:
                 bindings[sid] = b
-                bound_at[sid] = format_loc(loc)
+                bound_at[sid] = loc
 
         # one agent per source: the gateway accepts a source's reports from its agent only
         agent_source: dict[str, str] = {}
@@ -967,13 +974,14 @@ class _Compiler:
                     )
                     continue
                 det_spaces: list[str | None] = [None] * count
+                mapped = {b.detector for b in nc.map}
                 for di, det_sid in sorted(by_detector.items()):
                     if det_sid is None:
                         continue
                     bind(
                         det_sid,
                         Binding(bus.id, "bus", nc.address, di),
-                        (*loc, "map" if di in {b.detector for b in nc.map} else "spaces"),
+                        (*loc, "map" if di in mapped else "spaces"),
                     )
                     det_spaces[di] = det_sid
                 ncs.append(NodeController(nc.address, count, tuple(det_spaces)))

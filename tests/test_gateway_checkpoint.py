@@ -173,6 +173,10 @@ def test_a_report_without_changes_is_checkpointed_too(example_site, tmp_path):
         *_report(example_site, "serial-bus-g", bus, 2, snapshot, "snapshot", T0 + 1)
     )  # no change
     assert gw.checkpoint_due(0.0)
+    # its row changes nothing: the journaled signs are still current, a restart before the
+    # checkpoint republishes them (a site's snapshots come every few seconds)
+    assert journal.conn.execute("SELECT changes FROM pending_changes").fetchall() == [("[]",)]
+    assert stored_signs(db)
     gw.flush_checkpoint()
     assert stored_signs(db)
     assert [(a.agent, a.seq) for a in journal.agents()] == [("serial-bus-g", 2)]

@@ -1,0 +1,151 @@
+"""The stamp of a validated site file beside the journal (gateway.site_stamp): a restart on
+the same bytes republishes the journaled signs before parsing the site file; another byte,
+a damaged stamp or a bad site file fall back to parsing first, and a bad one is refused
+before any sign is published."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import parkguide_cmd
+from gateway_support import SITE_ID, Collector, Edge, display_topic, site_variant
+
+from gateway.site_stamp import ValidatedSite, read_stamp, site_key, stamp_path, write_stamp
+from parking import topics
+from parking.site import load_site
+
+pytestmark = pytest.mark.timeout(120)
+PARSED_AFTER = "parsed after the signs"
+REPUBLISHED = "republished"
+
+
+def test_stamp_round_trip_and_keys(tmp_path: Path):
+    db = tmp_path / "j.db"
+    raw = b"site: {}\n"
+    key = site_key(raw)
+    assert site_key(raw) == key
+    assert site_key(raw.replace(b"{}", b"{ }")) != key  # one byte more: another key
+    site = ValidatedSite("x", ("d1", "d2"), "Asia/Shanghai")
+    assert read_stamp(db, key) is None  # none yet
+    write_stamp(db, key, site)
+    assert read_stamp(db, key) == site
+    assert read_stamp(db, site_key(b"other")) is None
+    assert os.stat(stamp_path(db)).st_mode & 0o777 == 0o600  # private like the journal
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"", b"\x00\xff garbage", b'{"v": 1, "key": 3}', b'{"v": 1, "displays": "x"}', b"[]"],
+)
+def test_damaged_stamp_is_ignored_with_a_warning(tmp_path: Path, caplog, damage: bytes):
+    db = tmp_path / "j.db"
+    stamp_path(db).write_bytes(damage)
+    with caplog.at_level(logging.WARNING, logger="gateway.site_stamp"):
+        assert read_stamp(db, site_key(b"x")) is None
+    assert "ignored" in caplog.text
+
+
+def test_stamp_of_a_time_zone_this_machine_lacks_is_not_trusted(tmp_path: Path):
+    db = tmp_path / "j.db"
+    key = site_key(b"x")
+    write_stamp(db, key, ValidatedSite("x", ("d",), "Nowhere/Atlantis"))
+    assert read_stamp(db, key) is None
+
+
+def _run(cmd, env, log_path: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def test_restarts_with_the_stamp(mosquitto, tmp_path, subprocess_env):
+    site_path = site_variant(tmp_path)
+    site = load_site(site_path)
+    db = tmp_path / "journal.db"
+    cmd = parkguide_cmd(
+        "gateway", "--site", str(site_path), "--broker", mosquitto.url, "--db", str(db)
+    )
+    availability = topics.gateway_availability(SITE_ID)
+    sign = display_topic(site.displays[0].id)
+    watch = Collector(mosquitto.port)
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    procs: list[subprocess.Popen] = []
+
+    def start(run: str) -> tuple[subprocess.Popen, Path]:
+        log_path = tmp_path / f"gateway-{run}.log"
+        procs.append(_run(cmd, subprocess_env, log_path))
+        return procs[-1], log_path
+
+    def online(after: int) -> None:
+        watch.wait_for(availability, lambda p: p == "online", after=after, timeout=30)
+
+    try:
+        # first start: no stamp, the site file is parsed first, then the stamp is written
+        proc, log_path = start("first")
+        online(0)
+        edge.send({s: "free" for s in site.spaces_of_source("bus-g")}, kind="snapshot")
+        watch.wait_for(sign, lambda c: c["ts"] > 0)
+        time.sleep(0.5)
+        assert PARSED_AFTER not in log_path.read_text()
+        assert read_stamp(db, site_key(site_path.read_bytes())) == ValidatedSite.of(site)
+        assert os.stat(stamp_path(db)).st_mode & 0o777 == 0o600
+        _kill(proc)
+
+        # unchanged site file: the journaled signs go out before it is parsed again
+        mark = watch.mark()
+        edge.send({s: "free" for s in site.spaces_of_source("bus-g")}, kind="snapshot")
+        proc, log_path = start("same")
+        online(mark)
+        watch.wait_for(sign, after=mark)
+        text = log_path.read_text()
+        assert REPUBLISHED in text and PARSED_AFTER in text
+        assert text.index(REPUBLISHED) < text.index(PARSED_AFTER)
+        _kill(proc)
+
+        # one byte more (a comment): another key, parsed first, the stamp replaced
+        site_path.write_bytes(site_path.read_bytes() + b"# changed\n")
+        mark = watch.mark()
+        proc, log_path = start("changed")
+        online(mark)
+        time.sleep(0.5)
+        assert PARSED_AFTER not in log_path.read_text()
+        assert read_stamp(db, site_key(site_path.read_bytes())) == ValidatedSite.of(site)
+        _kill(proc)
+
+        # a damaged stamp: warned, ignored, the gateway starts and writes it anew
+        stamp_path(db).write_bytes(b'{"v": 1, "key": "')
+        mark = watch.mark()
+        proc, log_path = start("damaged")
+        online(mark)
+        time.sleep(0.5)
+        text = log_path.read_text()
+        assert "cannot be read" in text and PARSED_AFTER not in text
+        assert read_stamp(db, site_key(site_path.read_bytes())) == ValidatedSite.of(site)
+        _kill(proc)
+
+        # a bad site file (a field the schema does not know), stamp or not: refused, and
+        # not one sign published meanwhile
+        edge.send({s: "free" for s in site.spaces_of_source("bus-g")}, kind="snapshot")
+        site_path.write_bytes(site_path.read_bytes() + b"surprise: 1\n")
+        mark = watch.mark()
+        proc, log_path = start("bad")
+        assert proc.wait(30) == 2
+        assert "site file refused" in log_path.read_text()
+        time.sleep(0.5)
+        assert watch.since(mark, f"{topics.PREFIX}/{SITE_ID}/displays/") == []
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        watch.stop()
+        edge.stop()
