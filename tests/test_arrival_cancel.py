@@ -10,6 +10,7 @@ import time
 
 import pytest
 from conftest import eventually, parkguide_cmd
+from e2e_support import processes  # noqa: F401  (a fixture)
 from gateway_support import SITE_ID, Collector, Edge, display_topic, running_gateway, site_variant
 
 from parking import topics
@@ -91,6 +92,8 @@ def test_a_cancel_releases_the_hold_and_is_refused_when_it_changes_nothing(mosqu
             assert space is not None and first["hold_expires"] is not None
             assert eventually(lambda: _counts(watch, site) != before)  # off the signs while held
             assert site.space_index[space] in gw.core.holds
+            zone = first["zone"]
+            assert {z.zone: z.held for z in gw.zone_counts()}[zone] == 1  # the API's /zones
 
             kind, answer = gate.cancel("g1-0001")
             assert kind == "assignment"
@@ -101,6 +104,7 @@ def test_a_cancel_releases_the_hold_and_is_refused_when_it_changes_nothing(mosqu
             )
             assert answer["hold_expires"] is None and answer["route"] == []
             assert site.space_index[space] not in gw.core.holds
+            assert {z.zone: z.held for z in gw.zone_counts()}[zone] == 0
             assert eventually(lambda: _counts(watch, site) == before)  # back on the signs
             # the next car may be sent there
             assert gate.arrive("g1-0002")["space"] == space
@@ -267,3 +271,59 @@ def test_cancels_survive_a_kill_9_of_the_gateway(mosquitto, tmp_path, subprocess
         for e in edges:
             e.stop()
         watch.stop()
+
+
+def test_the_standalone_api_sees_a_cancelled_hold_end(
+    processes,  # noqa: F811
+    mosquitto,
+    tmp_path,
+):
+    """`parkguide api` beside `parkguide gateway`: /zones counts the hold while it is open
+    and not once the gate cancelled it; so does an API started after the cancel."""
+    import httpx
+    from conftest import free_port, wait_port
+
+    db = tmp_path / "journal.sqlite"
+    site_path = site_variant(tmp_path)
+    site = load_site(site_path)
+    args = ("--site", str(site_path), "--broker", mosquitto.url, "--db", str(db))
+    watch = Collector(mosquitto.port)
+    processes.start("gateway", "gateway", *args, "--congestion-m", "0")
+    watch.wait_for(topics.gateway_availability(SITE_ID), lambda p: p == "online", timeout=30)
+    port = free_port()
+    secret = {"PARKGUIDE_SESSION_SECRET": "s" * 40}
+    processes.start("api", "api", *args, "--http", f"127.0.0.1:{port}", env=secret)
+    wait_port(port, timeout=60)
+    url = f"http://127.0.0.1:{port}/api/v1/zones"
+    edges = _all_free(mosquitto.port, site)
+    gate = Gate(mosquitto.port, watch)
+
+    def zone(z: str) -> dict:
+        return {c["zone"]: c for c in httpx.get(url).json()}[z]
+
+    try:
+        assert eventually(lambda: all(watch.latest(display_topic(d.id)) for d in site.displays))
+        given = gate.arrive("g1-0001")
+        z = given["zone"]
+        assert eventually(lambda: zone(z)["held"] == 1), processes.logs()
+        offered = zone(z)["offered"]
+        assert gate.cancel("g1-0001")[0] == "assignment"
+        assert eventually(lambda: zone(z)["held"] == 0), processes.logs()
+        assert zone(z)["offered"] == offered + 1
+    finally:
+        gate.stop()
+        for e in edges:
+            e.stop()
+        watch.stop()
+
+    # an API started after the cancel reads the journal's answers: the hold is over
+    from api.mqttview import MqttLiveView
+    from parking.broker import BrokerConfig
+
+    later = MqttLiveView(site, BrokerConfig("127.0.0.1", free_port()), str(db))
+    later.connected.set()
+    later._handle(topics.gateway_availability(SITE_ID), b"online")
+    later._load_journal()
+    later._state[given["space"]] = ("free", time.time())
+    assert later._holds == {}
+    assert given["space"] not in {s.space for s in later.spaces() if s.held}
