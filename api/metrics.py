@@ -134,6 +134,18 @@ def render(ctx: Ctx) -> str:
         for (entrance, why), n in sorted(c.refused_arrivals.items()):
             out.sample("parkguide_arrivals_refused_total", n, {"entrance": entrance, "reason": why})
         out.family(
+            "parkguide_arrival_cancels_total",
+            "counter",
+            "Cancels of arrivals (entrances/{entrance}/cancel), by entrance ('?': one the site "
+            "lacks) and result: released (the hold ended) or why it changed nothing "
+            "(unknown_request, already_cancelled, not_held, car_seen, hold_expired, invalid, "
+            "bad_json, oversized, unknown_entrance), told to the gate on its refusal topic.",
+        )
+        for (entrance, result), n in sorted(c.arrival_cancels.items()):
+            out.sample(
+                "parkguide_arrival_cancels_total", n, {"entrance": entrance, "result": result}
+            )
+        out.family(
             "parkguide_reports_missed_total",
             "counter",
             "Edge reports that never reached the gateway (gaps in an agent's seq numbers; its "

@@ -375,13 +375,16 @@ class MqttLiveView:
                         return
                     self._assignments.appendleft(a)
                     held = None
-                    if a.space and a.zone and a.hold_expires is not None:
-                        self._holds[a.space] = a.hold_expires
+                    if a.space and a.zone and (a.cancelled or a.hold_expires is not None):
+                        if a.cancelled:  # its gate took the arrival back: the hold ended
+                            self._holds.pop(a.space, None)
+                        else:
+                            self._holds[a.space] = a.hold_expires
                         c = self._zones.get(a.zone)
                         if c is not None and not self._blind():
                             held = self._zone_said(c, now)
                 self._emit("assignment", a.model_dump(mode="json", by_alias=True), now)
-                if held is not None:  # the zone offers one space fewer
+                if held is not None:  # the zone offers one space fewer (or more: cancelled)
                     self._emit("zone", held.model_dump(mode="json"), now)
             elif kind == "entrances/refusal":
                 r = ArrivalRefusal.model_validate_json(payload)
@@ -448,8 +451,13 @@ class MqttLiveView:
                 if not self._assignments:  # unless the topic brought newer ones meanwhile
                     self._assignments.extend(recent)
                     now = time.time()
+                    ended: set[str] = set()  # spaces whose hold a later cancel ended
                     for a in recent:  # the holds still open (the zones' held counts)
-                        if a.space and a.hold_expires is not None and a.hold_expires > now:
+                        if not a.space or a.space in ended:
+                            continue
+                        if a.cancelled:
+                            ended.add(a.space)
+                        elif a.hold_expires is not None and a.hold_expires > now:
                             self._holds.setdefault(a.space, a.hold_expires)
 
     def _poll_loop(self) -> None:
@@ -556,11 +564,7 @@ class MqttLiveView:
     def spaces(self) -> list[SpaceStatus]:
         now = time.time()
         with self._lock:
-            held = {
-                a.space
-                for a in self._assignments
-                if a.space and a.hold_expires is not None and a.hold_expires > now
-            }
+            held = {space for space, until in self._holds.items() if until > now}
             out = []
             for sp in self.site.spaces:
                 state, since = self._state.get(sp.id, ("unknown", 0.0))

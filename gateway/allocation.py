@@ -1237,6 +1237,17 @@ class AllocationCore:
             self._refresh(s, st, st)
         return done
 
+    def release(self, space: int) -> bool:
+        """End the hold on ``space`` now (the car will not come: its gate cancelled); False
+        when it had none. The congestion its assignment added stays and decays as usual."""
+        s = int(space)
+        if self._holds.pop(s, None) is None:
+            return False
+        self.held_until[s] = 0.0
+        st = int(self.state[s])
+        self._refresh(s, st, st)
+        return True
+
     def _prune_active(self) -> None:
         """Aisles whose congestion decayed below the floor go back into the two-level min.
 

@@ -18,6 +18,8 @@ import orjson
 
 from gateway.allocation import AllocationCore
 from gateway.displays import blind as sign_blind
+from gateway.ingest import Rejection, how_long
+from gateway.journal import GivenAnswer
 from parking.payloads import (
     MAX_PAYLOAD_BYTES,
     Arrival,
@@ -38,6 +40,10 @@ NO_SPACE_NOT_NOW = LocalText(  # the class may use no space at this hour (a time
     zh="此入口当前没有对您的车辆类别开放的车位",
     en="No space reachable from this gate is open to your vehicle class now",
 )
+HOLD_ENDED = LocalText(  # the answer to a cancel: the space is given back
+    zh="已取消预留车位",
+    en="Space no longer held for this car",
+)
 NO_SPACE_BUSY = LocalText(  # the entrance has --max-holds-per-entrance holds outstanding
     zh="入口车辆较多，请按引导屏寻找空位",
     en="Many cars at this gate: follow the signs to a free space",
@@ -48,6 +54,10 @@ learned it (:meth:`gateway.live.LiveGateway._arrival_age`), is answered without 
 space."""
 ARRIVAL_LIVE_AFTER_S = 10.0  # connected this long: an arrival is no backlog of the broker's
 MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
+CANCEL_REFUSALS = ("unknown_request", "already_cancelled", "not_held", "car_seen", "hold_expired")
+"""Why a cancel changes nothing (entrances/{e}/refusal with ``cancel`` true), besides a
+malformed one (invalid, bad_json, oversized) or an entrance the site lacks."""
+HOLD_CANCELLED = "released"  # the cancels counter's result for one that ended a hold
 UNHELD_LOG_INTERVAL_S = 60.0  # at most one warning per minute per reason for no hold
 UNHELD_REASONS = ("late", "entrance_cap")
 
@@ -73,6 +83,49 @@ def same_car(given: Assignment, arrival: Arrival, *, plates_kept: bool) -> bool:
     if given.vehicle_class != arrival.vehicle_class:
         return False
     return not plates_kept or given.plate == arrival.plate
+
+
+def cancel_refused(
+    given: GivenAnswer | None,
+    request_id: str,
+    *,
+    now: float,
+    holding: bool,
+    occupied: bool,
+) -> Rejection | None:
+    """Why a cancel of ``request_id`` changes nothing, or None when it ends a hold.
+
+    ``given`` is the last answer journaled at the cancel's entrance under that id (None:
+    none, also when the id was answered at another entrance only); ``holding`` whether the
+    gateway's core still holds its space for it; ``occupied`` whether that space is seen
+    occupied now. The journal decides what it can (it survives a restart); the core has
+    the last word on a hold it says is open (its clock ended it, or a car was seen in the
+    space while the hold was not restored after a restart)."""
+    if given is None:
+        return Rejection(
+            "unknown_request",
+            f"no arrival answered at this entrance under request_id {request_id!r}",
+        )
+    if given.cancelled is not None:
+        return Rejection(
+            "already_cancelled", f"cancelled {how_long(max(0.0, now - given.cancelled))} ago"
+        )
+    if given.space is None or given.hold_expires is None:
+        return Rejection(
+            "not_held",
+            "its answer held no space (no space given, or given without a hold: a late"
+            " arrival, or the entrance's cap of holds)",
+        )
+    seen_ago = f"a car was seen in space {given.space}"
+    if given.released is not None:
+        ago = how_long(max(0.0, now - given.released))
+        return Rejection("car_seen", f"{seen_ago} {ago} ago: that ended its hold")
+    if given.hold_expires <= now or (not holding and not occupied):
+        ago = how_long(max(0.0, now - given.hold_expires))
+        return Rejection("hold_expired", f"its hold on {given.space} expired {ago} ago")
+    if not holding:
+        return Rejection("car_seen", f"{seen_ago}: that ended its hold")
+    return None
 
 
 @dataclass(frozen=True)
@@ -120,6 +173,17 @@ class ArrivalDesk:
     def note_hold(self, entrance: str, space: int) -> None:
         """The hold the core now has on ``space`` was given at ``entrance``."""
         self._holds.setdefault(entrance, {})[space] = float(self.core.held_until[space])
+
+    def holding(self, entrance: str, space: int, core_now: float) -> bool:
+        """Whether the hold given at ``entrance`` on ``space`` is still open in the core
+        (not expired at ``core_now``, no car seen in the space, not taken over)."""
+        until = self._holds.get(entrance, {}).get(space)
+        return until is not None and until > core_now and self.core.held_until[space] == until
+
+    def release(self, entrance: str, space: int) -> None:
+        """End the hold given at ``entrance`` on ``space`` (its gate cancelled the arrival)."""
+        self._holds.get(entrance, {}).pop(space, None)
+        self.core.release(space)
 
     def outstanding(self, entrance: str, core_now: float) -> int:
         """Holds given at ``entrance`` that have not ended (expired, a car seen in the space,

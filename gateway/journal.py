@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS retired_boots(
 CREATE TABLE IF NOT EXISTS assignments(
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, entrance TEXT NOT NULL, class TEXT NOT NULL,
     space TEXT, zone TEXT, hold_expires REAL, plate TEXT, request_id TEXT,
-    payload TEXT NOT NULL, released REAL);
+    payload TEXT NOT NULL, released REAL, cancelled REAL);
 -- open holds are the few newest rows: found by expiry (restart, a car seen in one)
 CREATE INDEX IF NOT EXISTS assignments_expiry ON assignments(hold_expires);
 -- a gate that sends an arrival again (QoS 1 redelivery, a retry) gets the same answer
@@ -158,6 +158,18 @@ class History(Protocol):
     ) -> None:
         """(zone, counts, ts) per zone; counts has free, occupied, unknown, closed, total."""
         ...
+
+
+@dataclass(frozen=True)
+class GivenAnswer:
+    """The last assignment answered at an entrance under a request_id, as journaled."""
+
+    id: int
+    space: str | None
+    hold_expires: float | None
+    released: float | None  # its hold ended early: a car seen in the space, or cancelled
+    cancelled: float | None  # when its gate cancelled it (this row or the answer it ended)
+    payload: str
 
 
 @dataclass(frozen=True)
@@ -282,6 +294,7 @@ class Journal:
         # columns added since the first release, for journals made before them
         for table, column in (
             ("assignments", "released REAL"),
+            ("assignments", "cancelled REAL"),  # when its gate cancelled the arrival
             ("events", "note TEXT"),
             ("events", "zone TEXT"),  # NULL in older rows: readers use the site's zone then
             ("events", "zone_closure TEXT"),  # a manager's change made by closing a zone
@@ -492,11 +505,41 @@ class Journal:
         plate: str | None,
         request_id: str | None,
         payload: str,
+        cancelled: float | None = None,
     ) -> None:
+        """One answer at a gate; ``cancelled`` (its time) for the answer to a cancel."""
         self.conn.execute(
             "INSERT INTO assignments(ts, entrance, class, space, zone, hold_expires, plate,"
-            " request_id, payload) VALUES (?,?,?,?,?,?,?,?,?)",
-            (ts, entrance, vehicle_class, space, zone, hold_expires, plate, request_id, payload),
+            " request_id, payload, cancelled) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                ts,
+                entrance,
+                vehicle_class,
+                space,
+                zone,
+                hold_expires,
+                plate,
+                request_id,
+                payload,
+                cancelled,
+            ),
+        )
+
+    def given(self, entrance: str, request_id: str) -> GivenAnswer | None:
+        """The last answer given at ``entrance`` under ``request_id`` (any age), or None."""
+        row = self.conn.execute(
+            "SELECT id, space, hold_expires, released, cancelled, payload FROM assignments"
+            " WHERE entrance = ? AND request_id = ? ORDER BY id DESC LIMIT 1",
+            (entrance, request_id),
+        ).fetchone()
+        return None if row is None else GivenAnswer(*row)
+
+    def cancel_hold(self, answer_id: int, ts: float) -> None:
+        """The hold of assignment ``answer_id`` ended at ``ts``: its gate cancelled it (the
+        row keeps the hold it gave, for the audit)."""
+        self.conn.execute(
+            "UPDATE assignments SET released = ?, cancelled = ? WHERE id = ?",
+            (ts, ts, answer_id),
         )
 
     def answered(self, entrance: str, request_id: str, since: float) -> str | None:

@@ -38,7 +38,10 @@ import orjson
 from gateway.allocation import AllocationCore, CoreLayout, lane_distances
 from gateway.arrivals import (
     ARRIVAL_LIVE_AFTER_S,
+    HOLD_CANCELLED,
+    HOLD_ENDED,
     ArrivalDesk,
+    cancel_refused,
     readable_request_id,
     same_car,
 )
@@ -80,6 +83,7 @@ from parking.payloads import (
     FUTURE_TOLERANCE_S,
     MAX_PAYLOAD_BYTES,
     Arrival,
+    ArrivalCancel,
     ArrivalRefusal,
     Assignment,
     DisplayContent,
@@ -293,6 +297,8 @@ class LiveGateway:
         self._reused_logged = -math.inf  # monotonic time of its last warning
         # (entrance, or "?" for one the site lacks; reason) -> arrivals refused
         self.refused_arrivals: dict[tuple[str, str], int] = {}
+        # (entrance, or "?"; "released" or why not) -> cancels of arrivals (entrances/{e}/cancel)
+        self.arrival_cancels: dict[tuple[str, str], int] = {}
         self.refusals = RefusalLog()  # recent ones, for the managers' alert
         # per agent, reports its seq numbers skipped: they never arrived (_note_gap)
         self.reports_missed = dict.fromkeys(
@@ -575,6 +581,8 @@ class LiveGateway:
             self._on_health(topic, parsed.ident, payload)
         elif kind == "entrances/arrival":
             self._on_arrival(topic, parsed.ident, payload, t0)
+        elif kind == "entrances/cancel":
+            self._on_cancel(topic, parsed.ident, payload)
         elif kind == "control/spaces":
             self._on_control(topic, parsed.ident, payload)
         elif kind == "control/zones":
@@ -1176,6 +1184,117 @@ class LiveGateway:
                 topics.RETAIN_REFUSAL,
             )
 
+    def _on_cancel(self, topic: str, entrance: str, payload: bytes) -> None:
+        """A gate takes back an arrival (the car left without coming in): the hold given to
+        its request_id at that entrance ends now, journaled, and the gate is answered on
+        the assignment topic (``cancelled``); a cancel that changes nothing (unknown id,
+        no hold, ended, cancelled before: a QoS 1 redelivery) is answered with why on the
+        refusal topic."""
+        cancel = decode(ArrivalCancel, payload)
+        if isinstance(cancel, Rejection):
+            self._refuse_cancel(cancel, topic, entrance, payload)
+            return
+        if entrance not in self._entrance:
+            why = Rejection("unknown_entrance", f"entrance {entrance!r}")
+            self._refuse_cancel(why, topic, entrance, payload, cancel.request_id)
+            return
+        with self.lock:
+            now = self._clock()
+            given = self.journal.given(entrance, cancel.request_id)
+            s = (
+                -1
+                if given is None or given.space is None
+                else self.site.space_index.get(given.space, -1)
+            )
+            holding = s >= 0 and self.desk.holding(entrance, s, self._core_time(now))
+            occupied = s >= 0 and self.state.state[s] == OCCUPIED
+            why = cancel_refused(
+                given, cancel.request_id, now=now, holding=holding, occupied=occupied
+            )
+            if why is not None:
+                self._refuse_cancel(why, topic, entrance, payload, cancel.request_id)
+                return
+            assert given is not None
+            was = Assignment.model_validate_json(given.payload)
+            answer = was.model_copy(
+                update={
+                    "route": [],
+                    "hint": HOLD_ENDED,
+                    "hold_expires": None,
+                    "cancelled": True,
+                    "ts": now,
+                }
+            )
+            body = answer.model_dump_json(by_alias=True)
+            self.desk.release(entrance, s)
+            signs = self._changed_signs(now)  # the space is back on the signs
+            with self.journal.transaction():
+                self._put_signs_now(signs)
+                self.journal.cancel_hold(given.id, now)
+                self.journal.add_assignment(
+                    now,
+                    entrance,
+                    answer.vehicle_class,
+                    answer.space,
+                    answer.zone,
+                    None,
+                    answer.plate,
+                    answer.request_id,
+                    body,
+                    cancelled=now,
+                )
+            self._send(
+                topics.assignment(self.site.id, entrance),
+                body.encode(),
+                topics.QOS_ASSIGNMENT,
+                topics.RETAIN_ASSIGNMENT,
+            )
+            for sign in signs:
+                self._publish_sign(sign, now)
+            self._publish_zones([int(self.state.zone[s])], now)  # one held fewer
+            key = (entrance, HOLD_CANCELLED)
+            self.arrival_cancels[key] = self.arrival_cancels.get(key, 0) + 1
+        log.info(
+            "entrance %s cancelled its arrival %s: space %s is no longer held",
+            entrance,
+            cancel.request_id,
+            answer.space,
+        )
+        self._emit("assignment", json.loads(body), now)
+
+    def _refuse_cancel(
+        self,
+        rejection: Rejection,
+        topic: str,
+        entrance: str,
+        payload: bytes,
+        request_id: str | None = None,
+    ) -> None:
+        """Count a cancel that changes nothing and tell its gate why
+        (``entrances/{e}/refusal`` with ``cancel`` true). A malformed one, or one for an
+        entrance the site lacks, is also rejected (logged and counted) like any message."""
+        if rejection.reason in {"invalid", "bad_json", "oversized", "unknown_entrance"}:
+            self._reject(rejection, topic, payload)
+        else:
+            log.debug("cancel on %s refused (%s): %s", topic, rejection.reason, rejection.detail)
+        refusal = ArrivalRefusal(
+            entrance=entrance[:256],
+            request_id=request_id if request_id is not None else readable_request_id(payload),
+            reason=rejection.reason,
+            detail=rejection.detail[:300],
+            cancel=True,
+            ts=self._clock(),
+        )
+        with self.lock:
+            key = (entrance if entrance in self._entrance else "?", rejection.reason)
+            self.arrival_cancels[key] = self.arrival_cancels.get(key, 0) + 1
+            self._send(
+                topics.arrival_refusal(self.site.id, entrance),
+                refusal.model_dump_json().encode(),
+                topics.QOS_REFUSAL,
+                topics.RETAIN_REFUSAL,
+            )
+
     def _arrival_age(self, entrance: str, ts: float | None, t0: float | None) -> float:
         """How long before its receipt the gate saw the car, by the gate's own clock: the
         arrival's delay (receipt by the gateway's wall clock, less ``ts``) less the gate's
@@ -1701,6 +1820,7 @@ class LiveGateway:
                 repeated_arrivals=self.repeated_arrivals,
                 reused_request_ids=self.reused_request_ids,
                 refused_arrivals=dict(self.refused_arrivals),
+                arrival_cancels=dict(self.arrival_cancels),
                 unheld_arrivals=dict(self.desk.unheld),
                 reports_missed=dict(self.reports_missed),
                 report_lag_s=self.current_lags(),

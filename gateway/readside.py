@@ -108,6 +108,8 @@ class Counters:
     reused_request_ids: int = 0  # a request_id answered for another car: answered anew
     # (entrance, or "?" for one the site lacks; reason) -> arrivals refused (told the gate)
     refused_arrivals: dict[tuple[str, str], int] = field(default_factory=dict)
+    # (entrance, or "?"; "released" or why it changed nothing) -> cancels of arrivals
+    arrival_cancels: dict[tuple[str, str], int] = field(default_factory=dict)
     # arrivals answered without holding a space, by why ("late", "entrance_cap")
     unheld_arrivals: dict[str, int] = field(default_factory=dict)
     # agent -> reports its seq numbers skipped (they never reached the gateway)

@@ -354,6 +354,7 @@ class GatewayService:
         return [
             (topics.edge_all(site), topics.QOS_OCCUPANCY),
             (topics.arrivals_all(site), topics.QOS_ARRIVAL),
+            (topics.cancels_all(site), topics.QOS_CANCEL),
             (topics.space_control_all(site), topics.QOS_CONTROL),
             (topics.zone_control_all(site), topics.QOS_CONTROL),
             # our own: another gateway of the site saying "offline" would blank every sign

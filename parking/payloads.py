@@ -308,6 +308,18 @@ class Arrival(_Payload):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ArrivalCancel(_Payload):
+    """A gate takes back an arrival it announced (the car reversed out, the plate reader
+    misread a passing car): the hold given to ``request_id`` at this entrance ends now."""
+
+    request_id: Identifier = Field(description="the arrival's, as answered at this entrance")
+    ts: Timestamp | None = Field(None, description="when the gate saw the car go (its clock)")
+
+
+def _false(value: object) -> bool:
+    return value is False
+
+
 class Assignment(_Published):
     entrance: Identifier
     vehicle_class: VehicleClassName = Field(alias="class")
@@ -320,6 +332,11 @@ class Assignment(_Published):
     hold_expires: Timestamp | None
     plate: str | None = None
     request_id: Identifier | None = None
+    cancelled: bool = Field(
+        False,
+        exclude_if=_false,  # on the wire only when true: other answers keep their keys
+        description="the answer to a cancel: the hold on ``space`` ended now",
+    )
     ts: Timestamp
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
@@ -336,6 +353,11 @@ class ArrivalRefusal(_Published):
     )
     reason: Identifier = Field(description="as the gateway counts it, e.g. schema")
     detail: str = Field(max_length=300, description="what was wrong, in English")
+    cancel: bool = Field(
+        False,
+        exclude_if=_false,  # on the wire only when true, as Assignment.cancelled
+        description="refuses a cancel (entrances/{e}/cancel), not an arrival",
+    )
     ts: Timestamp
 
     model_config = ConfigDict(extra="ignore", frozen=True)

@@ -9,7 +9,8 @@ Every topic lives under ``parkguide/v1/{site}/``. Accepted forms::
     parkguide/v1/{site}/displays/{display}/content     DisplayContent, retained
     parkguide/v1/{site}/entrances/{entrance}/arrival   Arrival
     parkguide/v1/{site}/entrances/{entrance}/assignment Assignment
-    parkguide/v1/{site}/entrances/{entrance}/refusal   ArrivalRefusal (an arrival not taken)
+    parkguide/v1/{site}/entrances/{entrance}/refusal   ArrivalRefusal (an arrival or cancel not taken)
+    parkguide/v1/{site}/entrances/{entrance}/cancel    ArrivalCancel (a gate takes an arrival back)
     parkguide/v1/{site}/gateway/availability           online|offline, retained (LWT)
     parkguide/v1/{site}/control/spaces/{space}         SpaceControl (manager closes/opens), QoS 1
     parkguide/v1/{site}/control/zones/{zone}           SpaceControl (a whole zone), QoS 1
@@ -32,6 +33,7 @@ QOS_DISPLAY, RETAIN_DISPLAY = 1, True
 QOS_ARRIVAL, RETAIN_ARRIVAL = 1, False
 QOS_ASSIGNMENT, RETAIN_ASSIGNMENT = 1, False
 QOS_REFUSAL, RETAIN_REFUSAL = 1, False
+QOS_CANCEL, RETAIN_CANCEL = 1, False
 
 
 def site_prefix(site: str) -> str:
@@ -78,6 +80,10 @@ def arrival_refusal(site: str, entrance: str) -> str:
     return f"{PREFIX}/{site}/entrances/{entrance}/refusal"
 
 
+def arrival_cancel(site: str, entrance: str) -> str:
+    return f"{PREFIX}/{site}/entrances/{entrance}/cancel"
+
+
 def gateway_availability(site: str) -> str:
     return f"{PREFIX}/{site}/gateway/availability"
 
@@ -89,6 +95,10 @@ def edge_all(site: str) -> str:
 
 def arrivals_all(site: str) -> str:
     return f"{PREFIX}/{site}/entrances/+/arrival"
+
+
+def cancels_all(site: str) -> str:
+    return f"{PREFIX}/{site}/entrances/+/cancel"
 
 
 def zones_all(site: str) -> str:
@@ -126,7 +136,7 @@ def parse(topic: str) -> ParsedTopic | None:
     if (
         len(rest) == 3
         and rest[0] == "entrances"
-        and rest[2] in {"arrival", "assignment", "refusal"}
+        and rest[2] in {"arrival", "assignment", "refusal", "cancel"}
         and rest[1]
     ):
         return ParsedTopic(site, f"entrances/{rest[2]}", rest[1])
@@ -171,6 +181,7 @@ RETAINED_KINDS = frozenset(
         ("entrances/arrival", RETAIN_ARRIVAL),
         ("entrances/assignment", RETAIN_ASSIGNMENT),
         ("entrances/refusal", RETAIN_REFUSAL),
+        ("entrances/cancel", RETAIN_CANCEL),
         ("control/spaces", RETAIN_CONTROL),
         ("control/zones", RETAIN_CONTROL),
         ("gateway/availability", RETAIN_AVAILABILITY),

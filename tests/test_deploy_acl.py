@@ -325,6 +325,34 @@ def test_a_gate_reads_its_answers_refusals_and_the_gateways_availability(secured
         c.disconnect()
 
 
+def test_a_gate_cancels_an_arrival_and_only_the_gateway_hears_it(secured_broker):
+    """A gate takes back an arrival whose car left (entrances/{e}/cancel): the gateway reads
+    it; the API or an agent may neither send one nor read the gates' (a cancel
+    ends a car's hold: who may send one may empty the gates' holds)."""
+    broker, users = secured_broker
+    cancel = topics.arrival_cancel(SITE, "north")
+    gw = _client(broker, "gateway", users["gateway"])
+    api = _client(broker, "api", users["api"])
+    heard: dict[str, queue.Queue] = {"gateway": queue.Queue(), "api": queue.Queue()}
+    for name, c in (("gateway", gw), ("api", api)):
+        c.on_message = lambda cl, ud, msg, q=heard[name]: q.put(msg.topic)
+        c.subscribe(topics.cancels_all(SITE), qos=1)
+    time.sleep(0.3)
+    gate = _client(broker, "gate", users["gate"])
+    assert _publish_reason(gate, cancel, b"{}") == 0
+    assert heard["gateway"].get(timeout=5) == cancel
+    agent = _client(broker, "serial-bus-g", users["serial-bus-g"])
+    for c in (api, agent, gw):
+        assert _publish_reason(c, cancel, b"{}") == 0x87
+    with pytest.raises(queue.Empty):
+        heard["gateway"].get(timeout=0.5)
+    with pytest.raises(queue.Empty):
+        heard["api"].get(timeout=0.1)  # the API shows the answers, not the gates' messages
+    for c in (gw, api, gate, agent):
+        c.loop_stop()
+        c.disconnect()
+
+
 def test_make_passwords_keeps_passwords_off_command_lines(tmp_path):
     """mosquitto_passwd -b put each password on a command line, which every local user sees
     (ps): the script now gives it on stdin, and the file it writes holds that password."""

@@ -1,0 +1,329 @@
+"""A gate cancels an arrival (entrances/{e}/cancel): the car's hold ends at once, on a real
+mosquitto, across a kill -9 of the gateway, and the stand-alone API sees it too."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import eventually, parkguide_cmd
+from e2e_support import processes  # noqa: F401  (a fixture)
+from gateway_support import SITE_ID, Collector, Edge, display_topic, running_gateway, site_variant
+
+from parking import topics
+from parking.site import load_site
+
+pytestmark = pytest.mark.timeout(120)
+NO_CONGESTION = {"congestion_m": 0.0}  # the next car is sent to the best space, as the first
+
+
+def _all_free(port: int, site) -> list[Edge]:
+    """Every bus reports all its spaces free (snapshots); the edges, to stop."""
+    edges = []
+    for bus in site.buses:
+        edge = Edge(port, bus.agent, bus.id)
+        edge.send({s: "free" for s in site.spaces_of_source(bus.id)}, kind="snapshot")
+        edges.append(edge)
+    return edges
+
+
+class Gate:
+    """A gate controller on the broker: announces and cancels arrivals, reads the answers."""
+
+    def __init__(self, port: int, watch: Collector):
+        self.edge = Edge(port, "gate", "gate")  # only its publishing client is used
+        self.watch = watch
+
+    def arrive(self, request_id: str, entrance: str = "north", **extra) -> dict:
+        mark = self.watch.mark()
+        body = {"class": "resident", "request_id": request_id, **extra}
+        self.edge.raw(topics.arrival(SITE_ID, entrance), json.dumps(body))
+        return self.watch.wait_for(
+            topics.assignment(SITE_ID, entrance),
+            lambda a: a["request_id"] == request_id,
+            after=mark,
+            timeout=10,
+        ).json()
+
+    def cancel(self, request_id: str | None, entrance: str = "north", raw: bytes | None = None):
+        """The gateway's answer: ("assignment", payload) or ("refusal", payload)."""
+        mark = self.watch.mark()
+        body = raw if raw is not None else json.dumps({"request_id": request_id}).encode()
+        self.edge.raw(topics.arrival_cancel(SITE_ID, entrance), body)
+        answers = (topics.assignment(SITE_ID, entrance), topics.arrival_refusal(SITE_ID, entrance))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for m in self.watch.since(mark):
+                if m.topic in answers:
+                    kind = "assignment" if m.topic == answers[0] else "refusal"
+                    return kind, m.json()
+            time.sleep(0.02)
+        raise AssertionError(f"no answer to the cancel of {request_id!r}")
+
+    def stop(self) -> None:
+        self.edge.stop()
+
+
+def _counts(watch: Collector, site) -> dict[str, list]:
+    return {d.id: [ln["count"] for ln in watch.latest(display_topic(d.id))["lines"]]
+            for d in site.displays}  # fmt: skip
+
+
+def test_a_cancel_releases_the_hold_and_is_refused_when_it_changes_nothing(mosquitto, tmp_path):
+    site_path = site_variant(tmp_path)
+    site = load_site(site_path)
+    watch = Collector(mosquitto.port)
+    with running_gateway(
+        site_path, mosquitto.url, tmp_path / "j.db", core_options=NO_CONGESTION
+    ) as service:
+        gw = service.gateway
+        edges = _all_free(mosquitto.port, site)
+        gate = Gate(mosquitto.port, watch)
+        try:
+            assert eventually(lambda: all(watch.latest(display_topic(d.id)) for d in site.displays))
+            time.sleep(0.5)  # the signs settle on the snapshots
+            before = _counts(watch, site)
+
+            first = gate.arrive("g1-0001")
+            space = first["space"]
+            assert space is not None and first["hold_expires"] is not None
+            assert eventually(lambda: _counts(watch, site) != before)  # off the signs while held
+            assert site.space_index[space] in gw.core.holds
+            zone = first["zone"]
+            assert {z.zone: z.held for z in gw.zone_counts()}[zone] == 1  # the API's /zones
+
+            kind, answer = gate.cancel("g1-0001")
+            assert kind == "assignment"
+            assert (answer["space"], answer["request_id"], answer["cancelled"]) == (
+                space,
+                "g1-0001",
+                True,
+            )
+            assert answer["hold_expires"] is None and answer["route"] == []
+            assert site.space_index[space] not in gw.core.holds
+            assert {z.zone: z.held for z in gw.zone_counts()}[zone] == 0
+            assert eventually(lambda: _counts(watch, site) == before)  # back on the signs
+            # the next car may be sent there
+            assert gate.arrive("g1-0002")["space"] == space
+
+            # a QoS 1 redelivery of the cancel changes nothing: told it was cancelled
+            kind, refusal = gate.cancel("g1-0001")
+            assert (kind, refusal["reason"], refusal["cancel"]) == (
+                "refusal",
+                "already_cancelled",
+                True,
+            )
+            assert refusal["request_id"] == "g1-0001"
+            assert site.space_index[space] in gw.core.holds  # g1-0002's hold stands
+            # another arrival at this gate sent again after the cancel: the same answer
+            assert gate.arrive("g1-0001")["cancelled"] is True
+
+            assert gate.cancel("nope")[1]["reason"] == "unknown_request"
+            # g1-0002 was answered at north, not at east
+            assert gate.cancel("g1-0002", entrance="east")[1]["reason"] == "unknown_request"
+            assert site.space_index[space] in gw.core.holds
+            late = gate.arrive("g1-0003", ts=time.time() - 3600)  # no hold for a late one
+            assert late["hold_expires"] is None
+            assert gate.cancel("g1-0003")[1]["reason"] == "not_held"
+
+            parked = gate.arrive("g1-0004")["space"]
+            (bus,) = [b for b in edges if parked in site.spaces_of_source(b.source)]
+            bus.send({parked: "occupied"})
+            assert eventually(lambda: site.space_index[parked] not in gw.core.holds)
+            assert gate.cancel("g1-0004")[1]["reason"] == "car_seen"
+
+            assert gate.cancel(None, raw=b"{not json")[1]["reason"] == "bad_json"
+            kind, refusal = gate.cancel(None, raw=b'{"request_id": "g1-0002", "class": "x"}')
+            assert (refusal["reason"], refusal["request_id"]) == ("invalid", "g1-0002")
+            assert gate.cancel("g1-0002", entrance="west")[1]["reason"] == "unknown_entrance"
+            assert site.space_index[space] in gw.core.holds  # none of them touched it
+
+            assert gw.counters().arrival_cancels == {
+                ("north", "released"): 1,
+                ("north", "already_cancelled"): 1,
+                ("north", "unknown_request"): 1,
+                ("east", "unknown_request"): 1,
+                ("north", "not_held"): 1,
+                ("north", "car_seen"): 1,
+                ("north", "bad_json"): 1,
+                ("north", "invalid"): 1,
+                ("?", "unknown_entrance"): 1,
+            }
+        finally:
+            gate.stop()
+            for e in edges:
+                e.stop()
+            watch.stop()
+
+
+def test_a_retained_cancel_is_refused_unanswered(mosquitto, tmp_path):
+    """A cancel the broker kept (published with the retain flag) is an old message replayed
+    at every connect, not a car leaving: refused as retained, no answer, the hold stays."""
+    from gateway.journal import Journal
+
+    db = tmp_path / "j.db"
+    journal = Journal(db)
+    now = time.time()
+    answer = {"entrance": "north", "class": "resident", "space": "A-003", "zone": "A",
+              "hold_expires": now + 300, "request_id": "g1-0001", "ts": now}  # fmt: skip
+    with journal.transaction():
+        journal.add_assignment(
+            now, "north", "resident", "A-003", "A", now + 300, None, "g1-0001", json.dumps(answer)
+        )
+    journal.close()
+    watch = Collector(mosquitto.port)
+    gate = Gate(mosquitto.port, watch)
+    cancel = topics.arrival_cancel(SITE_ID, "north")
+    try:
+        gate.edge.raw(cancel, json.dumps({"request_id": "g1-0001"}), retain=True)
+        with running_gateway(site_variant(tmp_path), mosquitto.url, db) as service:
+            gw = service.gateway
+            held = load_site(site_variant(tmp_path)).space_index["A-003"]
+            assert held in gw.core.holds  # restored from the journal
+            assert eventually(lambda: gw.counters().rejected.get("retained", 0) == 1)
+            time.sleep(0.3)
+            answered = {
+                topics.assignment(SITE_ID, "north"),
+                topics.arrival_refusal(SITE_ID, "north"),
+            }
+            assert [m for m in watch.messages if m.topic in answered] == []
+            assert held in gw.core.holds
+            assert gw.counters().arrival_cancels == {}
+    finally:
+        gate.edge.raw(cancel, b"", retain=True)
+        gate.stop()
+        watch.stop()
+
+
+def test_a_cancel_after_the_hold_expired_is_refused(mosquitto, tmp_path):
+    site_path = site_variant(tmp_path)
+    site = load_site(site_path)
+    watch = Collector(mosquitto.port)
+    with running_gateway(site_path, mosquitto.url, tmp_path / "j.db", hold_s=1.0) as service:
+        edges = _all_free(mosquitto.port, site)
+        gate = Gate(mosquitto.port, watch)
+        try:
+            space = gate.arrive("g1-0001")["space"]
+            assert eventually(lambda: site.space_index[space] not in service.gateway.core.holds)
+            kind, refusal = gate.cancel("g1-0001")
+            assert (kind, refusal["reason"]) == ("refusal", "hold_expired")
+        finally:
+            gate.stop()
+            for e in edges:
+                e.stop()
+            watch.stop()
+
+
+def _gateway(cmd: list[str], env: dict[str, str], log) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_cancels_survive_a_kill_9_of_the_gateway(mosquitto, tmp_path, subprocess_env):
+    """A hold given before a kill -9 is found by a cancel after the restart; a hold a cancel
+    released before it stays released."""
+    site_path = site_variant(tmp_path, ttl_s=60)
+    site = load_site(site_path)
+    db = tmp_path / "journal.db"
+    cmd = parkguide_cmd(
+        "gateway", "--site", str(site_path), "--broker", mosquitto.url, "--db", str(db),
+        "--congestion-m", "0", "--hold-s", "300",
+    )  # fmt: skip
+    watch = Collector(mosquitto.port)
+    gate = Gate(mosquitto.port, watch)
+    edges: list[Edge] = []
+    log = (tmp_path / "gateway.log").open("ab")
+    procs: list[subprocess.Popen] = []
+    online = topics.gateway_availability(SITE_ID)
+    try:
+        procs.append(_gateway(cmd, subprocess_env, log))
+        watch.wait_for(online, lambda p: p == "online", timeout=30)
+        edges = _all_free(mosquitto.port, site)
+        assert eventually(lambda: all(watch.latest(display_topic(d.id)) for d in site.displays))
+        first = gate.arrive("g1-0001")["space"]
+        second = gate.arrive("g1-0002")["space"]
+        assert None not in (first, second) and first != second
+        assert gate.cancel("g1-0001")[0] == "assignment"
+
+        for _ in range(2):
+            mark = watch.mark()
+            procs[-1].send_signal(signal.SIGKILL)
+            procs[-1].wait(10)
+            watch.wait_for(online, lambda p: p == "offline", after=mark, timeout=10)
+            mark = watch.mark()
+            procs.append(_gateway(cmd, subprocess_env, log))
+            watch.wait_for(online, lambda p: p == "online", after=mark, timeout=30)
+        # released before the restarts: the next car gets it; g1-0002's is still held
+        assert gate.arrive("g1-0003")["space"] == first
+        kind, answer = gate.cancel("g1-0002")
+        assert (kind, answer["space"], answer["cancelled"]) == ("assignment", second, True)
+        assert gate.arrive("g1-0004")["space"] == second  # released after the restart
+        assert gate.cancel("g1-0002")[1]["reason"] == "already_cancelled"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        log.close()
+        gate.stop()
+        for e in edges:
+            e.stop()
+        watch.stop()
+
+
+def test_the_standalone_api_sees_a_cancelled_hold_end(
+    processes,  # noqa: F811
+    mosquitto,
+    tmp_path,
+):
+    """`parkguide api` beside `parkguide gateway`: /zones counts the hold while it is open
+    and not once the gate cancelled it; so does an API started after the cancel."""
+    import httpx
+    from conftest import free_port, wait_port
+
+    db = tmp_path / "journal.sqlite"
+    site_path = site_variant(tmp_path)
+    site = load_site(site_path)
+    args = ("--site", str(site_path), "--broker", mosquitto.url, "--db", str(db))
+    watch = Collector(mosquitto.port)
+    processes.start("gateway", "gateway", *args, "--congestion-m", "0")
+    watch.wait_for(topics.gateway_availability(SITE_ID), lambda p: p == "online", timeout=30)
+    port = free_port()
+    secret = {"PARKGUIDE_SESSION_SECRET": "s" * 40}
+    processes.start("api", "api", *args, "--http", f"127.0.0.1:{port}", env=secret)
+    wait_port(port, timeout=60)
+    url = f"http://127.0.0.1:{port}/api/v1/zones"
+    edges = _all_free(mosquitto.port, site)
+    gate = Gate(mosquitto.port, watch)
+
+    def zone(z: str) -> dict:
+        return {c["zone"]: c for c in httpx.get(url).json()}[z]
+
+    try:
+        assert eventually(lambda: all(watch.latest(display_topic(d.id)) for d in site.displays))
+        given = gate.arrive("g1-0001")
+        z = given["zone"]
+        assert eventually(lambda: zone(z)["held"] == 1), processes.logs()
+        offered = zone(z)["offered"]
+        assert gate.cancel("g1-0001")[0] == "assignment"
+        assert eventually(lambda: zone(z)["held"] == 0), processes.logs()
+        assert zone(z)["offered"] == offered + 1
+    finally:
+        gate.stop()
+        for e in edges:
+            e.stop()
+        watch.stop()
+
+    # an API started after the cancel reads the journal's answers: the hold is over
+    from api.mqttview import MqttLiveView
+    from parking.broker import BrokerConfig
+
+    later = MqttLiveView(site, BrokerConfig("127.0.0.1", free_port()), str(db))
+    later.connected.set()
+    later._handle(topics.gateway_availability(SITE_ID), b"online")
+    later._load_journal()
+    later._state[given["space"]] = ("free", time.time())
+    assert later._holds == {}
+    assert given["space"] not in {s.space for s in later.spaces() if s.held}
