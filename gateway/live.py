@@ -1082,12 +1082,7 @@ class LiveGateway:
                 if body is not None:
                     self.repeated_arrivals += 1
                     self.answered += 1
-                    self._send(
-                        topics.assignment(self.site.id, entrance),
-                        body.encode(),
-                        topics.QOS_ASSIGNMENT,
-                        topics.RETAIN_ASSIGNMENT,
-                    )
+                    self._send_assignment(entrance, body)
                     return
             # judged (and its gate's clock learned from) once per car, not per retry
             age = self._arrival_age(entrance, arrival.ts, t0)
@@ -1115,12 +1110,7 @@ class LiveGateway:
                     arrival.request_id,
                     kept_body,
                 )
-            self._send(
-                topics.assignment(self.site.id, entrance),
-                body.encode(),
-                topics.QOS_ASSIGNMENT,
-                topics.RETAIN_ASSIGNMENT,
-            )
+            self._send_assignment(entrance, body)
             for sign in signs:
                 self._publish_sign(sign, now)
             if answer.held:  # its zone has one more held
@@ -1243,12 +1233,7 @@ class LiveGateway:
                     body,
                     cancelled=now,
                 )
-            self._send(
-                topics.assignment(self.site.id, entrance),
-                body.encode(),
-                topics.QOS_ASSIGNMENT,
-                topics.RETAIN_ASSIGNMENT,
-            )
+            self._send_assignment(entrance, body)
             for sign in signs:
                 self._publish_sign(sign, now)
             self._publish_zones([int(self.state.zone[s])], now)  # one held fewer
@@ -1680,6 +1665,15 @@ class LiveGateway:
     def _publish_display(self, d: int, lines: tuple[RenderedLine, ...], now: float) -> None:
         """Publish a sign afresh (new ts and expiry)."""
         self._publish_sign(self._sign(d, lines, now), now)
+
+    def _send_assignment(self, entrance: str, body: str) -> None:
+        """Answer a gate on ``entrances/{entrance}/assignment``."""
+        self._send(
+            topics.assignment(self.site.id, entrance),
+            body.encode(),
+            topics.QOS_ASSIGNMENT,
+            topics.RETAIN_ASSIGNMENT,
+        )
 
     def _publish_sign(self, sign: _Sign, now: float) -> None:
         self._shown[sign.display] = sign.lines
