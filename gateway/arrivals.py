@@ -40,6 +40,10 @@ NO_SPACE_NOT_NOW = LocalText(  # the class may use no space at this hour (a time
     zh="此入口当前没有对您的车辆类别开放的车位",
     en="No space reachable from this gate is open to your vehicle class now",
 )
+NO_SPACE_CLOSED = LocalText(  # every space the class may use now is closed (a manager's)
+    zh="车位已关闭，请按引导屏行驶",
+    en="The spaces for your vehicle class are closed now: follow the signs",
+)
 HOLD_ENDED = LocalText(  # the answer to a cancel: the space is given back
     zh="已取消预留车位",
     en="Space no longer held for this car",
@@ -290,7 +294,8 @@ class ArrivalDesk:
         class may use is unknown (a camera or bus is down), judged zone by zone as the signs
         judge a line, so the gate agrees with a sign showing "--" for that zone (a blind
         gate never tells drivers it is full); closed to the class at this hour (a time
-        window), which is not "full" either; or full."""
+        window), or every space it may use now closed by a manager (its signs read CLOSED),
+        which are not "full" either; or full."""
         unknown, counted, usable = self.core.unknown_eligible(e, c)
         blind = any(
             sign_blind(u, n, self._blind_fraction)
@@ -298,4 +303,6 @@ class ArrivalDesk:
         )
         if blind:
             return NO_SPACE_UNKNOWN
-        return NO_SPACE_NOT_NOW if usable == 0 else NO_SPACE_FULL
+        if usable == 0:
+            return NO_SPACE_NOT_NOW
+        return NO_SPACE_CLOSED if not counted.any() else NO_SPACE_FULL

@@ -500,6 +500,21 @@ def test_a_class_with_no_space_open_at_this_hour_is_not_told_full(example_site, 
     assert g.arrive("r1", cls="resident")["space"] is not None  # the residents' bays are
 
 
+def test_a_class_whose_spaces_a_manager_closed_is_told_closed_not_full(example_site, tmp_path):
+    """Zone D closed for cleaning at 16:00, the office's hours: an office car is told its
+    spaces are closed, as the signs over zone D say (关闭 CLOSED), not that they are taken."""
+    from gateway.arrivals import NO_SPACE_CLOSED, NO_SPACE_FULL
+
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)  # 16:00
+    snapshot_all_free(g.gw, example_site, g.clock[0])
+    g.gw.control_zone("D", "close", "li", "cleaning")
+    answer = g.arrive("o1", entrance="north", cls="office")
+    assert answer["space"] is None
+    assert answer["hint"] == NO_SPACE_CLOSED.model_dump() != NO_SPACE_FULL.model_dump()
+    g.gw.control_zone("D", "open", "li", None)
+    assert g.arrive("o2", entrance="north", cls="office")["space"] is not None
+
+
 def test_zone_counts_say_how_many_free_spaces_are_held(example_site, tmp_path):
     """The views (the dashboard's stream, /zones) learn how many free spaces of a zone are
     held for cars sent there (the signs do not offer them): when a hold begins, when the
