@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -109,6 +109,7 @@ class MqttLiveView:
         self._last_event = 0
         self._journal_lock = threading.Lock()  # one reader of the journal at a time
         self._sent: dict[str, float] = {}  # space -> monotonic time a control for it was sent
+        self._sent_zones: dict[str, float] = {}  # zone -> the same, for a zone's control
         self._gateway_online: bool | None = None
         self._stale_said = False  # _check_signs_fresh said the gateway went silent
         self._connected_mono: float | None = None  # monotonic time of the last (re)connect
@@ -484,6 +485,8 @@ class MqttLiveView:
             for e in rows:
                 self._last_event = e.id
                 self._sent.pop(e.space, None)  # the gateway has journaled since
+                if e.zone_closure is not None:
+                    self._sent_zones.pop(e.zone_closure, None)
                 if e.space in self.site.space_index and e.new in STATE_NAMES:
                     self._state[e.space] = (e.new, e.ts)
                     changed.append(e)
@@ -693,19 +696,26 @@ class MqttLiveView:
         with self._lock:
             self._sent[space] = time.monotonic()
 
-    def settle(self, space: str) -> None:
-        """Read the journal's newest events now, and if this API sent a control for
-        ``space`` within SETTLE_S that the journal does not show yet, wait for it (at most
-        until SETTLE_S after the send): the next action is judged on the state it left."""
+    def settle(self, spaces: Collection[str], zones: Collection[str] = ()) -> None:
+        """Read the journal's newest events now, and if this API sent a control for one of
+        ``spaces`` or ``zones`` within SETTLE_S that the journal does not show yet, wait for
+        it (at most until SETTLE_S after the send): the next action is judged on the state
+        the last one left."""
         while True:
             with self._journal_lock:
                 self._tail()
             with self._lock:
-                sent = self._sent.get(space)
-                if sent is not None and time.monotonic() - sent >= SETTLE_S:
-                    del self._sent[space]  # refused, or not journaled as an event: go on
-                    sent = None
-            if sent is None or self._stop.wait(0.02):
+                waiting = False
+                for sent, keys in ((self._sent, spaces), (self._sent_zones, zones)):
+                    for key in keys:
+                        at = sent.get(key)
+                        if at is None:
+                            continue
+                        if time.monotonic() - at >= SETTLE_S:
+                            del sent[key]  # refused, or journaled no event: go on
+                        else:
+                            waiting = True
+            if not waiting or self._stop.wait(0.02):
                 return
 
     def control_zone(self, zone: str, action: str, by: str, reason: str | None) -> None:
@@ -713,6 +723,8 @@ class MqttLiveView:
         if zone not in {z.id for z in self.site.zones}:
             raise ValueError(f"no zone {zone!r} in site {self.site.id!r}")
         self._send_control(topics.zone_control(self.site.id, zone), action, by, reason, "zone")
+        with self._lock:
+            self._sent_zones[zone] = time.monotonic()
 
     def _send_control(
         self, topic: str, action: str, by: str, reason: str | None, what: str

@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -1844,7 +1844,7 @@ class LiveGateway:
     def control_unavailable(self) -> str | None:
         return None  # applied here, in the gateway itself
 
-    def settle(self, space: str) -> None:
+    def settle(self, spaces: Collection[str], zones: Collection[str] = ()) -> None:
         return None  # controls are applied here before they are answered
 
     def recent_refusals(self) -> dict[str, EntranceRefusals]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -171,9 +171,10 @@ class LiveView(Protocol):
         Raises :class:`ControlUnavailable` when it cannot reach the gateway."""
         ...
 
-    def settle(self, space: str) -> None:
-        """Before judging a manager's action on ``space``: make the view show what the
-        gateway has journaled for it, including an action this view sent just before."""
+    def settle(self, spaces: Collection[str], zones: Collection[str] = ()) -> None:
+        """Before judging a manager's action on ``spaces`` (or ``zones``): make the view show
+        what the gateway has journaled for them, including an action this view sent just
+        before."""
         ...
 
     def control_zone(self, zone: str, action: str, by: str, reason: str | None) -> None:

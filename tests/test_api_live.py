@@ -297,6 +297,16 @@ def test_standalone_api_process(processes, mosquitto, tmp_path):
         # the gateway's no-op, once its open is in the journal: 409
         assert _wait(lambda: httpx.post(f"{url}/api/v1/zones/B/open", headers=h).status_code == 409)
 
+        # a zone closed and at once one of its spaces opened, then the zone: each judged on
+        # the state the one before left (the API waits for the journal to show what it sent)
+        r = httpx.post(f"{url}/api/v1/zones/C/close", json={"reason": "market"}, headers=h)
+        assert r.status_code == 202, r.text
+        r = httpx.post(f"{url}/api/v1/spaces/C-001/open", headers=h)
+        assert (r.status_code, r.json().get("closed_with_zone")) == (202, "C"), r.text
+        r = httpx.post(f"{url}/api/v1/zones/C/open", headers=h)
+        assert r.status_code == 202, r.text
+        assert len(r.json()["spaces"]) == 39 and "C-001" not in r.json()["spaces"], r.text
+
         metrics = httpx.get(f"{url}/metrics", headers=h).text.splitlines()
         # the gateway's own counts are in the gateway's /metrics: absent here, not a false 0
         assert not [m for m in metrics if m.startswith("parkguide_reports_accepted_total")]

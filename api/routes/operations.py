@@ -236,7 +236,7 @@ def state_before(ctx: Ctx, space: str) -> tuple[str | None, bool, EventRow | Non
     sent to it (a manager closing it is told the car may be on its way: there is no way to
     call it back), and, when closed, the close that closed it (another manager opening it
     is told whose closure it ends)."""
-    ctx.view.settle(space)
+    ctx.view.settle([space], [ctx.view.site.space(space).zone])
     now = next((s for s in ctx.view.spaces() if s.space == space), None)
     was = None if now is None else now.state
     held = now is not None and now.held
@@ -355,6 +355,7 @@ def zone_before(
     gateway makes too), the zone's closure, the spaces it closes that are held for cars,
     and the closed spaces it leaves with who closed them."""
     mine = [sp.id for sp in ctx.view.site.spaces if sp.zone == zone]
+    ctx.view.settle(mine, [zone])
     now = {s.space: s for s in ctx.view.spaces()}
     closure = stored_closures(ctx).get(zone)
     # a closure's spaces are closed (the gateway takes out any opened since), whatever a
