@@ -287,3 +287,27 @@ def test_the_csv_export_pages_through_the_api(client, tokens, harness, monkeypat
         assert ids == want, query
         sizes.append(len(ids))
     assert min(sizes) > 0 and sizes[0] > 2 * 25  # the zone's export took several pages
+
+
+def test_the_closes_of_many_spaces_are_one_walk_that_finds_each_newest(tmp_path):
+    """A zone action names who closed each of the zone's spaces closed on their own: one
+    walk back for them all (one per space took seconds each on millions of events), each
+    space's newest manager's close, none for a space closed by no manager."""
+    path = tmp_path / "journal.sqlite"
+    journal, writer = make_journal(path, 2000)
+    for space, who in (("A-001", "li"), ("B-002", "wang"), ("A-001", "zhao")):
+        with journal.transaction():
+            journal.add_changes(
+                writer.ts, "manager", who, None, None, json.dumps([[space, "free", "closed"]])
+            )
+            journal.expand_pending()
+        writer.add(50)  # sensors' events after each close
+    journal.close()
+    reader = JournalReader(str(path))
+    wanted = ["A-001", "B-002", "C-003"]
+    got = reader.closures(wanted)
+    assert {s: e.agent for s, e in got.items()} == {"A-001": "zhao", "B-002": "wang"}
+    for space in wanted:  # the same as the one-space read
+        assert got.get(space) == reader.closure(space)
+    assert reader.closures([]) == {}
+    assert JournalReader(str(tmp_path / "none.sqlite")).closures(wanted) == {}

@@ -336,9 +336,8 @@ def zone_closures(ctx: Ctx) -> list[ZoneClosureOut]:
     ]
 
 
-def closed_space(ctx: Ctx, space: str) -> ClosedSpaceOut:
-    """A closed space and the manager's close that keeps it so (none: the site file's)."""
-    c = ctx.journal.closure(space)
+def closed_space(space: str, c: EventRow | None) -> ClosedSpaceOut:
+    """A closed space and the manager's close ``c`` that keeps it so (none: the site file's)."""
     return ClosedSpaceOut(
         space=space,
         closed_by=c.agent if c else None,
@@ -364,7 +363,8 @@ def zone_before(
     closed = [sp for sp in mine if sp in held_shut or (sp in now and now[sp].state == "closed")]
     p = closures.plan(action, mine, closed, closure, reason)
     held = [sp for sp in p.change if sp in now and now[sp].held] if action == "close" else []
-    left = [closed_space(ctx, sp) for sp in p.left] if not p.nothing else []
+    closes = ctx.journal.closures(p.left) if not p.nothing else {}
+    left = [closed_space(sp, closes.get(sp)) for sp in p.left] if not p.nothing else []
     return p, closure, held, left
 
 
