@@ -481,17 +481,21 @@ class MqttLiveView:
         if not rows:
             return
         changed = []
+        zones: dict[str, float] = {}  # zone actions journaled: zone -> time
         with self._lock:
             for e in rows:
                 self._last_event = e.id
                 self._sent.pop(e.space, None)  # the gateway has journaled since
                 if e.zone_closure is not None:
                     self._sent_zones.pop(e.zone_closure, None)
+                    zones[e.zone_closure] = e.ts
                 if e.space in self.site.space_index and e.new in STATE_NAMES:
                     self._state[e.space] = (e.new, e.ts)
                     changed.append(e)
         for e in changed:
             self._emit("space", {"space": e.space, "state": self._shown_state(e.new)}, e.ts)
+        for zone, ts in zones.items():  # as the gateway's own view tells its pages
+            self._emit("closure", {"zone": zone}, ts)
 
     def _shown_state(self, state: str) -> str:
         return "unknown" if self._blind() else state

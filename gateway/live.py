@@ -1935,10 +1935,13 @@ class LiveGateway:
             self._commit_and_propagate([segment], now, meta=meta)
             self._zone_closures = after  # committed with the changes
             self.flush_checkpoint()
+        # the pages showing who closed the zone and why read it again (a new reason for a
+        # closed zone moves no count, so no zone event would tell them)
+        self._emit("closure", {"zone": zone}, now)
         log.info(
-            "zone %s %sd by %s (%d spaces%s)%s",
+            "zone %s %s by %s (%d spaces%s)%s",
             zone,
-            action,
+            {"close": "closed", "open": "opened"}[action],
             by,
             len(p.change),
             f", {len(p.left)} closed on their own left closed" if p.left else "",

@@ -48,28 +48,38 @@ def test_a_manager_closes_and_opens_a_zone_from_its_card(browser, url, harness):
     page.click("#zn-close")
     wait_until(lambda: "spaces closed" in text(page, "#zn-msg"), 5000, "the close's answer")
     msg = text(page, "#zn-msg")
-    assert msg.startswith("D: 29 spaces closed"), msg
+    assert msg.startswith("Zone D Shared: 29 spaces closed"), msg
     assert "still closed (closed on their own): D-002 (bob: pothole)" in msg
     wait_until(
         lambda: "zone closed by manager: cleaning" in (card.text_content() or ""),
         5000,
         "the card's closure",
     )
+    # every space of D closed (D-002 on its own): the card says so, as the signs do
+    wait_until(lambda: card.locator("div.free").text_content() == "CLOSED", 5000, "card CLOSED")
     sign = page.locator('#signs .sign[data-display="jct-r1"]')
     wait_until(lambda: "关闭 CLOSED" in (sign.text_content() or ""), 5000, "the sign's CLOSED")
     page.click("#event-filter button[type=submit]")
-    wait_until(lambda: "with zone D" in text(page, "#events tbody"), 5000, "the events")
+    wait_until(lambda: "with Zone D Shared" in text(page, "#events tbody"), 5000, "the events")
 
     # a viewer sees the closure, but no way to change it
     viewer = page_as(browser, url, "viewer")
     vcard = viewer.locator('#zones .zone[data-zone="D"]')
     wait_until(lambda: "zone closed by manager" in (vcard.text_content() or ""), 5000, "viewer")
     assert vcard.locator("button.zone-act").count() == 0
+    # another manager gives the closure a new reason: no count moves, the cards follow
+    harness.gateway.control_zone("D", "close", "bob", "snow until 18:00")
+    for c in (vcard, card):
+        wait_until(
+            lambda c=c: "zone closed by bob: snow until 18:00" in (c.text_content() or ""),
+            5000,
+            "the new reason",
+        )
     viewer.context.close()
 
     page.click("#zn-open")
     wait_until(lambda: "spaces opened" in text(page, "#zn-msg"), 5000, "the open's answer")
-    assert text(page, "#zn-msg").startswith("D: 29 spaces opened")
+    assert text(page, "#zn-msg").startswith("Zone D Shared: 29 spaces opened")
     wait_until(lambda: "zone closed by" not in (card.text_content() or ""), 5000, "card cleared")
     page.click("#zn-open")  # again: nothing to open, said as the server says it
     wait_until(lambda: "zone D is not closed" in text(page, "#zn-msg"), 5000, "the 409")

@@ -34,8 +34,9 @@ const T = {
   new_reason: ["已记录新原因", "the new reason is recorded"],
   left_closed: ["仍关闭（单独关闭）：{list}", "still closed (closed on their own): {list}"],
   cars_on_their_way: ["已有车辆被分配到其中 {n} 个车位，可能正在驶来", "cars were sent to {n} of them and may be on their way"],
-  was_closed_with_zone: ["此前随区域 {zone} 由 {by} 关闭", "it was closed with zone {zone} by {by}"],
-  with_zone: ["随区域 {zone}", "with zone {zone}"], cancel: ["取消", "Cancel"],
+  was_closed_with_zone: ["此前随{zone}由 {by} 关闭", "it was closed with {zone} by {by}"],
+  with_zone: ["随{zone}", "with {zone}"], cancel: ["取消", "Cancel"],
+  zone_shut: ["关闭", "CLOSED"],
   car_on_its_way: ["已有一辆车被分配到此车位，可能正在驶来", "a car was sent to it and may be on its way"], sent: ["已发送", "sent"],
   no_data: ["无数据", "no data"], raw_readings: ["检测器：原始读数和错误计数", "Detectors: raw readings and error counters"],
   detector: ["检测器", "Detector"], raw: ["原始值", "Raw"], battery: ["电量", "Battery"], node_errors: ["节点错误", "Node errors"], unreachable: ["无法连接服务器", "server unreachable"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
@@ -336,7 +337,7 @@ async function controlZone(action) {
   const r = await api(`/api/v1/zones/${encodeURIComponent(id)}/${action}`, { method: "POST",
     body: JSON.stringify(reason ? { reason } : {}) });
   msg.className = r.ok ? "msg ok" : "msg error";
-  msg.textContent = r.ok ? `${id}: ${zoneDone(r.body)}` : errorText(r);
+  msg.textContent = r.ok ? `${zoneName(id)}: ${zoneDone(r.body)}` : errorText(r);
   if (r.ok && S.zoneSelected === id && $("#zn-reason").value.trim() === reason) $("#zn-reason").value = "";
   await loadClosures();
   renderZones();
@@ -356,10 +357,11 @@ function zoneCard(z) {
   const bar = el("div", { class: "stack" }, ...STATES.filter((s) => z[s] > 0).map((s) =>
     el("span", { class: s, style: `width:${(100 * z[s]) / Math.max(z.total, 1)}%`, title: `${t(s)} ${z[s]}` })));
   const { blind, offered } = zoneShown(z);
+  const shut = z.total > 0 && z.closed === z.total; // as its signs say: closed, not "0"
   return el("div", { class: "zone", "data-zone": z.zone },
     el("div", { class: "name", text: L(z.name) }),
     el("div", { class: "free" + (blind ? " unknown" : offered === 0 ? " none" : ""),
-      "data-free": offered, text: blind ? "--" : String(offered) }),
+      "data-free": offered, text: blind ? "--" : shut ? t("zone_shut") : String(offered) }),
     el("div", { class: "sub", text: `${t("free")} · ${t("of")} ${z.total} · ${t("occupied")} ${z.occupied}` +
       (z.held ? ` · ${t("held")} ${z.held}` : "") +
       (z.unknown ? ` · ${t("unknown")} ${z.unknown}` : "") + (z.closed ? ` · ${t("closed")} ${z.closed}` : "") }),
@@ -699,7 +701,7 @@ async function showClosure(id, s) {
   if (!r.ok || p.dataset.key !== key) return; // another space or state meanwhile
   const e = r.body.items.find((x) => x.new === "closed" && x.source === "manager");
   if (e) p.textContent = [`${t("closed_by")} ${e.agent}`,
-    e.zone_closure && t("with_zone").replace("{zone}", e.zone_closure), fmtTime(e.ts),
+    e.zone_closure && t("with_zone").replace("{zone}", zoneName(e.zone_closure)), fmtTime(e.ts),
     e.reason && `${t("reason")}: ${e.reason}`].filter(Boolean).join(" · ");
 }
 
@@ -709,7 +711,7 @@ function endedClosure(b) {
   if (b && b.action === "close" && b.held) return ` — ${t("car_on_its_way")}`;
   if (!b || b.action !== "open" || !b.closed_by) return "";
   const who = b.closed_with_zone
-    ? t("was_closed_with_zone").replace("{zone}", b.closed_with_zone).replace("{by}", b.closed_by)
+    ? t("was_closed_with_zone").replace("{zone}", zoneName(b.closed_with_zone)).replace("{by}", b.closed_by)
     : t("was_closed_by").replace("{by}", b.closed_by);
   return ` — ${who}${b.closed_reason ? `: ${b.closed_reason}` : ""}`;
 }
@@ -915,7 +917,7 @@ async function loadEvents(fresh) {
   const rows = r.body.items.map((e) => el("tr", {},
     el("td", { text: fmtTime(e.ts) }), el("td", { text: e.space }),
     el("td", { text: `${t(e.old || "unknown")} → ${t(e.new)}` }),
-    el("td", { text: sourceText(e.source, e.agent) + (e.zone_closure ? ` (${t("with_zone").replace("{zone}", e.zone_closure)})` : "") }),
+    el("td", { text: sourceText(e.source, e.agent) + (e.zone_closure ? ` (${t("with_zone").replace("{zone}", zoneName(e.zone_closure))})` : "") }),
     el("td", { text: e.reason || "" })));
   const body = $("#events tbody");
   if (fresh) body.replaceChildren(...rows); else body.append(...rows);
@@ -1005,6 +1007,10 @@ function connect() {
   es.addEventListener("zone", (m) => onZone(JSON.parse(m.data).data));
   es.addEventListener("display", (m) => onDisplay(JSON.parse(m.data).data));
   es.addEventListener("alert", () => later("alerts", loadAlerts, 300));
+  // a zone closed, opened or given a new reason (here or on another page): who and why
+  es.addEventListener("closure", () => {
+    if (S.me) throttle("closures", async () => { await loadClosures(); renderZones(); }, 1000);
+  });
   // agents report health every few seconds each: many agents never leave a quiet second
   es.addEventListener("agent", () => {
     throttle("agents", () => { loadAgents(); loadAlerts(); }, 1000);
