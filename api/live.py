@@ -162,10 +162,11 @@ class LiveHub:
         self._pending_lock = threading.Lock()
         self._scheduled = False
         self._lost = False
-        # the log: (seq, coalescing key or None, event), oldest first; the latest seq of
-        # each key (an entry older than its key's latest is superseded)
-        self._log: list[tuple[int, object, LiveEvent]] = []
+        # the log: [seq, coalescing key or None, event], oldest first; the latest seq of
+        # each key (an entry older than its key's latest is superseded) and its entry
+        self._log: list[list[Any]] = []
         self._latest: dict[object, int] = {}
+        self._latest_entry: dict[object, list[Any]] = {}
         self.last_seq = 0
         self.dropped_to = 0  # events up to this seq that were not superseded are gone
 
@@ -234,8 +235,15 @@ class LiveHub:
                 log.exception("live event listener failed on %s", event.kind)
         self.last_seq += 1
         key = coalesce_key(event)
-        self._log.append((self.last_seq, key, event))
+        entry = [self.last_seq, key, event]
+        self._log.append(entry)
         if key is not None:
+            old = self._latest_entry.get(key)
+            if old is not None:
+                # superseded: never sent again, so its data goes now, not at the next
+                # compaction (an agent's health, every 5 s, is a bus's whole report: ~60 kB)
+                old[2] = None
+            self._latest_entry[key] = entry
             self._latest[key] = self.last_seq
         if len(self._log) > 2 * self.queue_cap:
             self._compact()

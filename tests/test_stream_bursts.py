@@ -277,3 +277,33 @@ def test_a_stream_whose_reader_takes_nothing_is_let_go(server, harness, monkeypa
     finally:
         sleeper.close()
         reading.close()
+
+
+def test_superseded_health_and_encoded_events_are_not_kept_alive(example_site):
+    """An agent's health event carries its bus's whole report (~60 kB as objects) and comes
+    every 5 s: the hub's log kept superseded ones until it compacted, and the encode cache
+    kept every event it encoded, so a dashboard left open grew the gateway by ~250 MB."""
+    import gc
+    import weakref
+
+    from api.routes.stream import encoded
+
+    class View:
+        site = example_site
+
+    hub = LiveHub(View())  # type: ignore[arg-type]
+    stream = hub.connect(None)
+    assert stream is not None
+    health = {"agent": "serial-bus-g", "health": {"nodes": [{"x": "y" * 100}] * 200}}
+    refs = []
+    for n in range(50):
+        event = LiveEvent("agent", {**health, "n": n}, float(n))
+        refs.append(weakref.ref(event))
+        hub.publish(event, wake=False)
+        for raw in (True, False):  # as a technician's stream and a viewer's encode it
+            encoded(event, raw)
+        del event
+    gc.collect()
+    assert [r() is not None for r in refs] == [False] * 49 + [True]  # the latest only
+    assert [e.data["n"] for e in hub.since(0)] == [49]  # and it is still sent
+    hub.disconnect(stream)

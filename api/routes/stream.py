@@ -15,6 +15,7 @@ import json
 import logging
 import sqlite3
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -38,7 +39,9 @@ SEND_TIMEOUT_S = 30.0  # a reader whose socket takes nothing for this long is le
 SESSION_CHECK_S = 5.0  # a logged-out, expired or demoted session's stream ends within this
 STREAM_RETRY_S = 30  # Retry-After when the streams are at their cap
 ENCODED_MAX = 4096  # events kept encoded (a burst's worth: every stream sends the same ones)
-_ENCODED: OrderedDict[tuple[int, bool], tuple[LiveEvent, str]] = OrderedDict()
+ENCODED_MAX_CHARS = 4_000_000  # and their texts at most this long in all (a health is ~14 kB)
+_ENCODED: OrderedDict[tuple[int, bool, bool], tuple[weakref.ref[LiveEvent], str]] = OrderedDict()
+_encoded_chars = 0
 _AGENT_SUMMARY_KEYS = {"agent", "online", "last_seen", "status", "source"}
 
 
@@ -56,16 +59,23 @@ def _json_safe(value: Any) -> Any:
 
 def encoded(event: LiveEvent, raw_allowed: bool, plates_allowed: bool = False) -> str:
     """:func:`sse_message`, encoded once per event and audience however many streams send
-    it (on the event loop only). The event is kept with its text: an id reused by a later
-    event is never taken for it."""
+    it (on the event loop only). A weak reference to the event is kept with its text: an id
+    reused by a later event is never taken for it, and the cache does not keep the event's
+    data alive (an agent's health event holds a bus's whole report, ~60 kB, and a viewer's
+    text of it is a 100-byte summary)."""
     key = (id(event), raw_allowed, plates_allowed)
     hit = _ENCODED.get(key)
-    if hit is not None and hit[0] is event:
+    if hit is not None and hit[0]() is event:
         return hit[1]
+    global _encoded_chars
     text = sse_message(event, raw_allowed, plates_allowed)
-    _ENCODED[key] = (event, text)
-    if len(_ENCODED) > ENCODED_MAX:
-        _ENCODED.popitem(last=False)
+    old = _ENCODED.pop(key, None)  # a dead event's, whose id this one reuses
+    if old is not None:
+        _encoded_chars -= len(old[1])
+    _ENCODED[key] = (weakref.ref(event), text)
+    _encoded_chars += len(text)
+    while len(_ENCODED) > ENCODED_MAX or _encoded_chars > ENCODED_MAX_CHARS:
+        _encoded_chars -= len(_ENCODED.popitem(last=False)[1][1])
     return text
 
 
