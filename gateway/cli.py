@@ -36,7 +36,7 @@ from gateway.service import (
     GatewayService,
     journal_disk_hint,
 )
-from gateway.site_changes import OUTLINE_KEY, SITE_ID_KEY, parse_outline
+from gateway.site_changes import DIGEST_KEY, OUTLINE_KEY, SITE_ID_KEY, parse_outline
 from gateway.site_stamp import ValidatedSite, read_stamp, site_key, write_stamp
 from parking import topics
 from parking.broker import BrokerConfig, add_credential_arguments, broker_from_args
@@ -375,12 +375,16 @@ def _run_gateway(
     """The gateway's life once its journal is locked and known to be this site's. ``site``
     is None when ``shown`` comes from the stamp of these bytes (``key``) validated before:
     they are parsed once the journaled signs are out."""
-    try:
-        republish_stored_signs(
-            args.db, broker, {topics.display_content(shown.site_id, d) for d in shown.displays}
-        )
-    except Exception:  # a fast path only: the full start below publishes everything anyway
-        log.exception("republishing the journaled signs failed")
+    # the journaled signs are of the site the journal last ran: after an edit (a sign's
+    # label or arrow, its lines) they would show the old content until the full start
+    if site is None or peek_meta(args.db, [DIGEST_KEY]).get(DIGEST_KEY) == site.digest:
+        try:
+            keep = {topics.display_content(shown.site_id, d) for d in shown.displays}
+            republish_stored_signs(args.db, broker, keep)
+        except Exception:  # a fast path only: the full start below publishes everything anyway
+            log.exception("republishing the journaled signs failed")
+    else:
+        log.info("site file changed since the journal's signs: they follow the full start")
     if site is None:
         # the same bytes passed the same code before (read_stamp checked the time zone,
         # the one input from the machine): this parse is not expected to refuse them

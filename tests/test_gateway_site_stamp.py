@@ -121,6 +121,22 @@ def test_restarts_with_the_stamp(mosquitto, tmp_path, subprocess_env):
         assert read_stamp(db, site_key(site_path.read_bytes())) == ValidatedSite.of(site)
         _kill(proc)
 
+        # a sign's line renamed: the journal's signs are of the old file, and a driver would
+        # read the old label until the full start; only the new content goes out
+        text = site_path.read_text()
+        old_label = "{zh: A区, en: Zone A}, arrow: right"
+        assert site.displays[0].id == "gate-north" and old_label in text
+        site_path.write_text(text.replace(old_label, "{zh: A区西, en: Zone A West}, arrow: up", 1))
+        edge.send({s: "free" for s in site.spaces_of_source("bus-g")}, kind="snapshot")
+        mark = watch.mark()
+        proc, log_path = start("renamed")
+        online(mark)
+        watch.wait_for(sign, lambda c: c["lines"][0]["label"]["en"] == "Zone A West", after=mark)
+        shown = [m.json()["lines"][0]["label"]["en"] for m in watch.since(mark, sign) if m.payload]
+        assert shown and set(shown) == {"Zone A West"}, shown
+        assert REPUBLISHED not in log_path.read_text()
+        _kill(proc)
+
         # a damaged stamp: warned, ignored, the gateway starts and writes it anew
         stamp_path(db).write_bytes(b'{"v": 1, "key": "')
         mark = watch.mark()
