@@ -310,6 +310,7 @@ class ArrivalSummary(BaseModel):
     name: LocalName
     last_hour: int
     unassigned_last_hour: int
+    cancelled_last_hour: int = 0  # of those cars, the ones whose gate cancelled its arrival
     last: Assignment | None
 
 

@@ -389,7 +389,9 @@ class MqttLiveView:
                     self._emit("zone", held.model_dump(mode="json"), now)
             elif kind == "entrances/refusal":
                 r = ArrivalRefusal.model_validate_json(payload)
-                if not retained:  # not one the broker kept from before
+                # not one the broker kept from before; nor a refused cancel (a resent or late
+                # one is normal for a gate: cars there are given spaces), as the gateway judges
+                if not retained and not r.cancel:
                     named = {e.id for e in self.site.entrances}
                     entrance = r.entrance if r.entrance in named else "?"
                     self.refusals.note(entrance, r.reason, r.detail, r.ts)

@@ -279,19 +279,26 @@ def test_the_standalone_api_sees_a_cancelled_hold_end(
     tmp_path,
 ):
     """`parkguide api` beside `parkguide gateway`: /zones counts the hold while it is open
-    and not once the gate cancelled it; so does an API started after the cancel."""
+    and not once the gate cancelled it; so does an API started after the cancel. A cancel
+    refused (sent again, or for an id nobody knows) is no refused arrival to alert managers
+    about, and /arrivals counts the car once, as cancelled."""
     import httpx
+    from api_support import PASSWORD
     from conftest import free_port, wait_port
 
     db = tmp_path / "journal.sqlite"
     site_path = site_variant(tmp_path)
     site = load_site(site_path)
     args = ("--site", str(site_path), "--broker", mosquitto.url, "--db", str(db))
+    adder = processes.start("user-add", "user", "add", "li", "--role", "manager",
+                            "--db", str(db), stdin=True)  # fmt: skip
+    adder.send(PASSWORD)
+    assert adder.wait_exit(60) == 0, adder.log_tail()
     watch = Collector(mosquitto.port)
     processes.start("gateway", "gateway", *args, "--congestion-m", "0")
     watch.wait_for(topics.gateway_availability(SITE_ID), lambda p: p == "online", timeout=30)
     port = free_port()
-    secret = {"PARKGUIDE_SESSION_SECRET": "s" * 40}
+    secret = {"PARKGUIDE_SESSION_SECRET": "s" * 40, "PARKGUIDE_ALERT_CHECK_S": "0.2"}
     processes.start("api", "api", *args, "--http", f"127.0.0.1:{port}", env=secret)
     wait_port(port, timeout=60)
     url = f"http://127.0.0.1:{port}/api/v1/zones"
@@ -310,6 +317,16 @@ def test_the_standalone_api_sees_a_cancelled_hold_end(
         assert gate.cancel("g1-0001")[0] == "assignment"
         assert eventually(lambda: zone(z)["held"] == 0), processes.logs()
         assert zone(z)["offered"] == offered + 1
+        assert gate.cancel("g1-0001")[1]["reason"] == "already_cancelled"
+        assert gate.cancel("g1-typo")[1]["reason"] == "unknown_request"
+        api = url.rsplit("/", 1)[0]
+        login = httpx.post(f"{api}/auth/login", json={"name": "li", "password": PASSWORD})
+        h = {"Authorization": f"Bearer {login.json()['token']}"}
+        time.sleep(1.0)  # the alert monitor's next looks (every 0.2 s here)
+        alerts = httpx.get(f"{api}/alerts", headers=h).json()
+        assert not [a for a in alerts if a["kind"] == "arrivals_refused"], alerts
+        north = {a["entrance"]: a for a in httpx.get(f"{api}/arrivals", headers=h).json()}["north"]
+        assert (north["last_hour"], north["cancelled_last_hour"]) == (1, 1), north
     finally:
         gate.stop()
         for e in edges:

@@ -81,21 +81,23 @@ def assignments(
 
 @router.get("/arrivals")
 def arrivals(ctx: Ctx, user: LoggedIn) -> list[ArrivalSummary]:
-    """Per gate: cars in the last hour, how many got no space, and the latest assignment
-    (its plate to managers only)."""
+    """Per gate: cars in the last hour, how many got no space, how many of them their gate
+    cancelled, and the latest assignment (its plate to managers only). A cancel's answer
+    is not a car."""
     now = time.time()
     recent = sorted(ctx.view.assignments(limit=1000), key=lambda a: a.ts, reverse=True)
     recent = plates_for(user, recent)
     out = []
     for e in ctx.view.site.entrances:
         mine = [a for a in recent if a.entrance == e.id]
-        hour = [a for a in mine if a.ts >= now - 3600]
+        hour = [a for a in mine if a.ts >= now - 3600 and not a.cancelled]
         out.append(
             ArrivalSummary(
                 entrance=e.id,
                 name=e.name,
                 last_hour=len(hour),
                 unassigned_last_hour=sum(a.space is None for a in hour),
+                cancelled_last_hour=sum(a.ts >= now - 3600 and a.cancelled for a in mine),
                 last=mine[0] if mine else None,
             )
         )
