@@ -35,7 +35,7 @@ import fcntl
 import math
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -676,6 +676,22 @@ class Journal:
         """The time of the newest event (-inf: none); events are in time order by id."""
         row = self.conn.execute("SELECT ts FROM events ORDER BY id DESC LIMIT 1").fetchone()
         return -math.inf if row is None else float(row[0])
+
+    def manager_events_since(
+        self, ts: float, spaces: Collection[str]
+    ) -> dict[str, tuple[str, str | None]]:
+        """The newest manager's event of each of ``spaces`` at or after ``ts`` (by the
+        ``events_ts`` index): its new state and the zone closure it came with."""
+        wanted, out = set(spaces), {}
+        rows = self.conn.execute(
+            "SELECT space, new, zone_closure FROM events WHERE ts >= ? AND source = 'manager'"
+            " ORDER BY id",
+            (ts,),
+        )
+        for space, new, zone_closure in rows:
+            if space in wanted:
+                out[space] = (new, zone_closure)
+        return out
 
     def last_event_id(self) -> int:
         return self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]

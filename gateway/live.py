@@ -337,6 +337,32 @@ class LiveGateway:
         self.resume()
 
     # -- startup -----------------------------------------------------------------------------
+    def _true_closures(self, stored: dict[str, ZoneClosure]) -> dict[str, ZoneClosure]:
+        """The journal's zone closures, less the spaces a manager acted on since without
+        them (an earlier release run on this journal, a rollback: it journals the action
+        but not the closure), rewritten when that took any out."""
+        if not stored:
+            return stored
+        spaces = [s for c in stored.values() for s in c.spaces]
+        last = self.journal.manager_events_since(min(c.ts for c in stored.values()), spaces)
+        true = closures.reconcile(stored, last)
+        if true != stored:
+            for zone, c in stored.items():
+                left = len(c.spaces) - len(true[zone].spaces) if zone in true else len(c.spaces)
+                if left:
+                    log.warning(
+                        "zone %s's closure: %d of its %d spaces were opened or closed on their"
+                        " own since it was made, without it (an earlier release ran on this"
+                        " journal); they are no longer part of it%s",
+                        zone,
+                        left,
+                        len(c.spaces),
+                        "" if zone in true else ": the zone is no longer closed",
+                    )
+            with self.journal.transaction():
+                self.journal.set_meta(ZONE_CLOSURES_KEY, closures.dump(true))
+        return true
+
     def resume(self) -> None:
         """Load the journal's current state, sequences and open holds."""
         now, mono = self._clock(), self._mono()
@@ -346,7 +372,9 @@ class LiveGateway:
         with self.journal.transaction():
             self.journal.expand_pending()  # committed before a crash: now events
         self._event_last = self.journal.last_event_ts()
-        self._zone_closures = closures.load(self.journal.meta(ZONE_CLOSURES_KEY))
+        self._zone_closures = self._true_closures(
+            closures.load(self.journal.meta(ZONE_CLOSURES_KEY))
+        )
         self._restore_gate_offsets(now, mono)
         taken = self.journal.meta(BACKUP_TAKEN_KEY)
         if taken is not None:  # said once: the key goes with this start

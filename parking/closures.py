@@ -126,6 +126,21 @@ def after_zone(
     return out
 
 
+def reconcile(
+    closures: Mapping[str, ZoneClosure], last: Mapping[str, tuple[str, str | None]]
+) -> dict[str, ZoneClosure]:
+    """The closures kept true to the journal: ``last`` is the newest manager's event of
+    each closure's spaces since it was made (new state, zone closure). A space whose newest
+    is not a close with its zone (an earlier release, run on this journal after a rollback,
+    opened or closed it on its own without telling the closure) leaves the closure."""
+    out: dict[str, ZoneClosure] = {}
+    for zone, c in closures.items():
+        keep = frozenset(s for s in c.spaces if last.get(s, ("closed", zone)) == ("closed", zone))
+        if keep:
+            out[zone] = ZoneClosure(c.zone, c.by, c.reason, c.ts, keep)
+    return out
+
+
 def holding(closures: Mapping[str, ZoneClosure], space: str) -> ZoneClosure | None:
     """The zone closure that keeps ``space`` closed, if any."""
     return next((c for c in closures.values() if space in c.spaces), None)

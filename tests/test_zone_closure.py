@@ -156,6 +156,44 @@ def test_a_zone_closure_survives_a_restart(mosquitto, tmp_path, watch, edge_g):
         assert [s.site.spaces[i].id for i in closed.nonzero()[0]] == ["A-001"]
 
 
+def test_a_closure_forgets_the_spaces_an_earlier_release_acted_on(
+    mosquitto, tmp_path, watch, edge_g
+):
+    """A rollback: the previous release, run on this journal, opens A-002 and opens and
+    closes A-003 on their own; it journals the actions but knows nothing of closures. The
+    upgraded gateway takes them out of zone A's closure: opening the zone leaves A-003
+    closed, as its manager left it (it reopened it: the contract says a space closed on its
+    own stays closed), and a closure whose every space was opened is over."""
+    from gateway.journal import Journal
+
+    site, db = site_variant(tmp_path), tmp_path / "journal.db"
+    with running_gateway(site, mosquitto.url, db) as s:
+        edge_g.send({x: "free" for x in s.site.spaces_of_source("bus-g")}, kind="snapshot")
+        watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+        s.gateway.control_zone("A", "close", "alice", "snow")
+        s.gateway.control_zone("B", "close", "alice", "paint")
+        zone_b = sorted(s.gateway.zone_closures()["B"].spaces)
+    journal = Journal(db)  # as the previous release journals a manager's action
+    ts = time.time() + 1
+    for space, old, new in [("A-002", "closed", "free"), ("A-003", "closed", "free"),
+                            ("A-003", "free", "closed")] + [(b, "closed", "free") for b in zone_b]:  # fmt: skip
+        with journal.transaction():
+            journal.add_changes(ts, "manager", "bob", None, None, json.dumps([[space, old, new]]))
+            journal.expand_pending()
+        ts += 0.01
+    journal.close()
+    with running_gateway(site, mosquitto.url, db) as s:
+        kept = s.gateway.zone_closures()
+        assert set(kept) == {"A"} and {"A-002", "A-003"}.isdisjoint(kept["A"].spaces)
+        assert len(kept["A"].spaces) == 78  # 80, less the two
+        s.gateway.control_zone("A", "open", "alice", None)
+        closed = s.gateway.state.state == SpaceState.CLOSED
+        assert [s.site.spaces[i].id for i in closed.nonzero()[0]] == ["A-003"]
+    with sqlite3.connect(db) as conn:  # the record was rewritten at the start
+        stored = conn.execute("SELECT value FROM meta WHERE key = ?", (closures.ZONE_CLOSURES_KEY,))
+        assert closures.load(stored.fetchone()[0]) == {}
+
+
 def test_zone_controls_that_cannot_apply_are_refused_and_counted(gw, watch, edge_g):
     edge_g.send({s: "free" for s in gw.site.spaces_of_source("bus-g")}, kind="snapshot")
     watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
