@@ -702,11 +702,15 @@ class MqttLiveView:
         with self._lock:
             self._sent[space] = time.monotonic()
 
-    def settle(self, spaces: Collection[str], zones: Collection[str] = ()) -> None:
+    def settle(
+        self, spaces: Collection[str], zones: Collection[str] = (), within: float = SETTLE_S
+    ) -> bool:
         """Read the journal's newest events now, and if this API sent a control for one of
-        ``spaces`` or ``zones`` within SETTLE_S that the journal does not show yet, wait for
-        it (at most until SETTLE_S after the send): the next action is judged on the state
-        the last one left."""
+        ``spaces`` or ``zones`` within ``within`` that the journal does not show yet, wait
+        for it (at most until ``within`` after the send): the next action is judged on the
+        state the last one left. False when one never showed (the gateway refused it, or
+        never had it)."""
+        shown = True
         while True:
             with self._journal_lock:
                 self._tail()
@@ -717,12 +721,13 @@ class MqttLiveView:
                         at = sent.get(key)
                         if at is None:
                             continue
-                        if time.monotonic() - at >= SETTLE_S:
+                        if time.monotonic() - at >= within:
                             del sent[key]  # refused, or journaled no event: go on
+                            shown = False
                         else:
                             waiting = True
             if not waiting or self._stop.wait(0.02):
-                return
+                return shown
 
     def control_zone(self, zone: str, action: str, by: str, reason: str | None) -> None:
         """Ask the gateway to close or open a whole zone (QoS 1; the gateway journals it)."""

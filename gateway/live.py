@@ -1872,8 +1872,10 @@ class LiveGateway:
     def control_unavailable(self) -> str | None:
         return None  # applied here, in the gateway itself
 
-    def settle(self, spaces: Collection[str], zones: Collection[str] = ()) -> None:
-        return None  # controls are applied here before they are answered
+    def settle(
+        self, spaces: Collection[str], zones: Collection[str] = (), within: float = 1.0
+    ) -> bool:
+        return True  # controls are applied here before they are answered
 
     def recent_refusals(self) -> dict[str, EntranceRefusals]:
         return self.refusals.recent(self._clock())

@@ -171,10 +171,12 @@ class LiveView(Protocol):
         Raises :class:`ControlUnavailable` when it cannot reach the gateway."""
         ...
 
-    def settle(self, spaces: Collection[str], zones: Collection[str] = ()) -> None:
+    def settle(
+        self, spaces: Collection[str], zones: Collection[str] = (), within: float = 1.0
+    ) -> bool:
         """Before judging a manager's action on ``spaces`` (or ``zones``): make the view show
-        what the gateway has journaled for them, including an action this view sent just
-        before."""
+        what the gateway has journaled for them, including an action this view sent within
+        ``within`` s before; False when such an action never showed."""
         ...
 
     def control_zone(self, zone: str, action: str, by: str, reason: str | None) -> None:

@@ -751,3 +751,44 @@ def test_a_standalone_api_stamps_requests_by_the_gateways_clock(mosquitto, tmp_p
         view.stop()
         gateway.loop_stop()
         gateway.disconnect()
+
+
+def test_a_zone_action_no_gateway_takes_is_not_answered_done(mosquitto, tmp_path):
+    """A gateway of an earlier release (or a broker ACL without control/zones/+, README
+    Upgrading step 7) takes a zone action silently: the stand-alone API answered 202 and the
+    page said "29 spaces closed". It now waits for the journal to show it, and says 504."""
+    from api_support import journal_with_users
+    from fastapi.testclient import TestClient
+
+    import api.routes.operations
+    from api.mqttview import MqttLiveView
+    from parking.broker import BrokerConfig
+    from parking.payloads import DisplayContent
+    from parking.site import load_site
+
+    site = load_site(EXAMPLE_SITE)
+    db = journal_with_users(tmp_path)
+    old = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)  # online, signs live, journals nothing
+    old.connect("127.0.0.1", mosquitto.port)
+    old.loop_start()
+    old.publish(topics.gateway_availability(site.id), "online", qos=1, retain=True)
+    view = MqttLiveView(site, BrokerConfig.from_url(mosquitto.url), str(db))
+    view.start()
+    app = create_app(view, settings(), db_path=str(db))
+    try:
+        with TestClient(app) as c:
+            r = c.post("/api/v1/auth/login", json={"name": "manager", "password": PASSWORD})
+            h = {"Authorization": f"Bearer {r.json()['token']}"}
+            now = time.time()
+            sign = DisplayContent(display="gate-north", lines=[], ts=now, expires=now + 60)
+            old.publish(topics.display_content(site.id, "gate-north"), sign.model_dump_json(), 1)
+            assert eventually(lambda: view.control_unavailable() is None)
+            t0 = time.monotonic()
+            r = c.post("/api/v1/zones/B/close", json={"reason": "snow"}, headers=h)
+            assert r.status_code == 504, r.text
+            assert "did not confirm" in r.json()["detail"]
+            assert time.monotonic() - t0 >= api.routes.operations.ZONE_CONFIRM_S - 0.1
+    finally:
+        view.stop()
+        old.loop_stop()
+        old.disconnect()

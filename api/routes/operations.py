@@ -218,6 +218,10 @@ CONTROL_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+ZONE_CONFIRM_S = 3.0
+"""How long a zone action waits for the gateway to journal it before it is answered 504."""
+
+
 def refuse_if_nothing_changes(space: str, action: str, was: str | None, reason: str | None) -> None:
     """409 for an action that would change nothing: opening a space that is not closed, or
     closing a closed one without a new reason (a new one replaces its reason). Answered 202,
@@ -395,6 +399,23 @@ async def _zone_control(
             raise HTTPException(status.HTTP_409_CONFLICT, f"{detail}: nothing changed")
         # the gateway journals it under its lock: keep the event loop free meanwhile
         await run_in_threadpool(ctx.view.control_zone, zone, action, user.name, body.reason)
+        # sent is not done: a broker whose ACL drops it (README, Upgrading) or a gateway of
+        # an earlier release takes it silently, and the page would say "closed"
+        if not await run_in_threadpool(ctx.view.settle, (), (zone,), ZONE_CONFIRM_S):
+            log.error(
+                "zone %s %s by %s: the gateway did not journal it within %.0f s; a broker ACL"
+                " without control/zones/+ for this API (README, Upgrading, step 7), or a"
+                " gateway of an earlier release",
+                zone,
+                action,
+                user.name,
+                ZONE_CONFIRM_S,
+            )
+            raise HTTPException(
+                status.HTTP_504_GATEWAY_TIMEOUT,
+                f"the gateway did not confirm closing or opening zone {zone} within"
+                f" {ZONE_CONFIRM_S:.0f} s: it may not have changed; the API's log says why",
+            )
     except ControlUnavailable as exc:
         log.info("refused %s zone %s by %s: %s", action, zone, user.name, exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
