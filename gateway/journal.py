@@ -50,9 +50,9 @@ CREATE TABLE IF NOT EXISTS events(
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, space TEXT NOT NULL, old TEXT NOT NULL,
     new TEXT NOT NULL, source TEXT, agent TEXT, seq INTEGER, note TEXT, zone TEXT,
     zone_closure TEXT);
--- history and exports read months of events by time. No index by space: every index
--- is written on the hot path before a sign may change (each costs ~90 us a report);
--- a space's events are found by scanning back from the newest.
+-- history and exports read months of events by time. No index of every event by space:
+-- each index costs every change (~90 us a report when events were written on the path to
+-- the signs); a space's events are found by scanning back from the newest.
 CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
 -- managers' actions (few) by space: who closed a space, what a zone's closure still holds.
 -- Partial: a sensor's event is not written to it (events are written by the checkpoint,
