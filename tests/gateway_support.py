@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from gateway.live import LiveGateway
 from parking import topics
@@ -243,3 +244,19 @@ def snapshot_all_free(gw: LiveGateway, site: Any, now: float, seq: int = 1) -> N
             "spaces": [{"space": s, "state": "free", "since": now} for s in spaces],
         }
         gw.handle(topics.edge_occupancy(site.id, bus.agent), json.dumps(report).encode())
+
+
+@pytest.fixture
+def watch(mosquitto):
+    """A Collector of everything on the test broker (import it into a test module)."""
+    c = Collector(mosquitto.port)
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def edge_g(mosquitto):
+    """The example site's bus-g agent, as the gateway hears it (import it as ``watch``)."""
+    e = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    yield e
+    e.stop()

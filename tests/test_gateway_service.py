@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from gateway_support are parameters here)
 """The gateway against a real mosquitto: state, zone counts, signs, arrivals, bad input, control."""
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ import sys
 import time
 
 import pytest
-from gateway_support import (
+from gateway_support import (  # noqa: F401 (fixtures)
     SITE_ID,
     Collector,
     Edge,
     display_topic,
+    edge_g,
     line_counts,
     running_gateway,
     site_variant,
+    watch,
     zone_topic,
 )
 
@@ -37,20 +40,6 @@ def site_path(tmp_path):
 def gw(site_path, mosquitto, tmp_path):
     with running_gateway(site_path, mosquitto.url, tmp_path / "journal.db") as service:
         yield service
-
-
-@pytest.fixture
-def watch(mosquitto):
-    c = Collector(mosquitto.port)
-    yield c
-    c.stop()
-
-
-@pytest.fixture
-def edge_g(mosquitto):
-    e = Edge(mosquitto.port, "serial-bus-g", "bus-g")
-    yield e
-    e.stop()
 
 
 def all_free(site, source: str) -> dict[str, str]:

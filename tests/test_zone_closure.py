@@ -12,13 +12,15 @@ import time
 import pytest
 from api_support import PASSWORD, client, harness, settings, tokens, users  # noqa: F401
 from fastapi.testclient import TestClient
-from gateway_support import (
+from gateway_support import (  # noqa: F401 (fixtures)
     SITE_ID,
     Collector,
     Edge,
     display_topic,
+    edge_g,
     running_gateway,
     site_variant,
+    watch,
     zone_topic,
 )
 
@@ -33,20 +35,6 @@ pytestmark = pytest.mark.timeout(60)
 def gw(mosquitto, tmp_path):
     with running_gateway(site_variant(tmp_path), mosquitto.url, tmp_path / "journal.db") as s:
         yield s
-
-
-@pytest.fixture
-def watch(mosquitto):
-    c = Collector(mosquitto.port)
-    yield c
-    c.stop()
-
-
-@pytest.fixture
-def edge_g(mosquitto):
-    e = Edge(mosquitto.port, "serial-bus-g", "bus-g")
-    yield e
-    e.stop()
 
 
 def control(action: str, by: str = "alice", reason: str | None = None, ts: float | None = None):
