@@ -89,6 +89,30 @@ class _StartFailed(Exception):
         self.child = child
 
 
+LISTEN_TRIES = 3
+"""Ports a server part is started on before the demo gives up: a port found free is free
+only until another process on the machine takes it, before the part listens on it."""
+
+
+def _start_listening(sup, name: str, argv_for, timeout: float):
+    """Start a part that serves on a local port the demo picks (``argv_for(port)``), on
+    another port when the one picked was taken meanwhile; (child, port) once it listens."""
+    for attempt in range(LISTEN_TRIES):
+        port = free_port()
+        child = sup.start(name, argv_for(port), stdin_pipe=True)
+        try:
+            _wait_for(child, lambda p=port: _listening("127.0.0.1", p), timeout)
+        except _StartFailed:
+            taken = "Address already in use" in sup.tail(child)
+            if not taken or attempt == LISTEN_TRIES - 1:
+                raise
+            log.info("%s: port %d was taken before it listened; another port", name, port)
+            sup.forget(child)
+            continue
+        return child, port
+    raise AssertionError("unreachable")
+
+
 def _listening(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):
@@ -574,23 +598,22 @@ def _run(
             )
         if site.cameras and not args.no_camera:
             for cam in site.cameras:
-                cam_port = free_port()
-                sims[cam.id] = sup.start(
+                sims[cam.id], cam_port = _start_listening(
+                    sup,
                     f"sim-{cam.id}",
-                    [
+                    lambda port, cam=cam: [
                         "sim",
                         "camera",
                         *common,
                         "--camera",
                         cam.id,
                         "--listen",
-                        f"127.0.0.1:{cam_port}",
+                        f"127.0.0.1:{port}",
                         *scenario,
                         *sim_clock,
                     ],
-                    stdin_pipe=True,
+                    20,
                 )
-                _wait_for(sims[cam.id], lambda p=cam_port: _listening("127.0.0.1", p), 20)
                 sup.start(
                     f"edge-{cam.id}",
                     [

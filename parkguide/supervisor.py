@@ -109,6 +109,10 @@ class Supervisor:
         log.debug("started %s (pid %s): %s", name, proc.pid, " ".join(argv))
         return child
 
+    def forget(self, child: Child) -> None:
+        """Drop an exited child that was replaced (not a part that died)."""
+        self.children.remove(child)
+
     def dead(self) -> list[Child]:
         return [c for c in self.children if c.proc.poll() is not None]
 

@@ -140,6 +140,32 @@ def test_demo_start_waits_end_when_the_child_has_exited():
         alive.proc.wait()
 
 
+def test_a_server_part_whose_port_was_taken_meanwhile_starts_on_another(tmp_path, monkeypatch):
+    """The demo picks a free port for the camera simulator, and another process on the
+    machine may take it before the simulator listens (seen once in CI: the whole demo
+    failed). The simulator is started again on another port."""
+    import parkguide.demo as demo
+    from parkguide.supervisor import Supervisor
+    from parking.site import EXAMPLE_SITE
+
+    taken = socket.socket()  # bound, not listening: nothing answers on it, as in CI
+    taken.bind(("127.0.0.1", 0))
+    ports = iter([taken.getsockname()[1], free_port()])
+    monkeypatch.setattr(demo, "free_port", lambda: next(ports))
+    sup = Supervisor(tmp_path)
+    argv = ["sim", "camera", "--site", str(EXAMPLE_SITE), "--camera", "cam-c", "--listen"]
+    try:
+        child, port = demo._start_listening(
+            sup, "sim-cam-c", lambda p: [*argv, f"127.0.0.1:{p}"], 30
+        )
+        assert port != taken.getsockname()[1] and child.proc.poll() is None
+        assert sup.children == [child] and sup.dead() == []  # the first try is no dead part
+        assert "Address already in use" in (tmp_path / "sim-cam-c.log").read_text()
+    finally:
+        sup.stop_all()
+        taken.close()
+
+
 def _msg(topic: str, payload: bytes):
     return type("Msg", (), {"topic": topic, "payload": payload})()
 
