@@ -24,6 +24,10 @@ ENV_USERNAME = "PARKGUIDE_MQTT_USERNAME"
 ENV_PASSWORD = "PARKGUIDE_MQTT_PASSWORD"
 ENV_CA_FILE = "PARKGUIDE_MQTT_CA_FILE"
 DEFAULT_PORT = 1883
+ROLE_LOGINS = ("gateway", "api", "gate", "signs")
+"""The shipped ACL's fixed broker usernames (deploy/mosquitto/parkguide.acl). Agents, gates
+and signs log in under their own ids (agent, entrance, display), which its patterns take as
+the username: an id equal to another's or to one of these would share its login's rights."""
 DEFAULT_TLS_PORT = 8883
 _X509_HOSTNAME_MISMATCH = 62  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH
 _SUFFIX = re.compile(r"[0-9a-f]{16}")

@@ -22,6 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from parking import siteconfig as cfg
+from parking.broker import ROLE_LOGINS
 from parking.payloads import (
     IDENTIFIER_PATTERN,
     MAX_PAYLOAD_BYTES,
@@ -687,6 +688,29 @@ def policy_warnings(site: Site, today: date | None = None) -> list[str]:
     return out
 
 
+def login_warnings(site: Site) -> list[str]:
+    """Ids that would share one broker login under the shipped ACL, which takes an agent's,
+    an entrance's and a display's id as its username (deploy/mosquitto/parkguide.acl): the
+    one login would get both rights (a sign's login reporting as an agent, say)."""
+    owners: dict[str, list[str]] = {}
+    for role in ROLE_LOGINS:
+        owners.setdefault(role, []).append(f"the {role!r} role")
+    for b in site.buses:
+        owners.setdefault(b.agent, []).append(f"bus {b.id}'s agent")
+    for c in site.cameras:
+        owners.setdefault(c.agent, []).append(f"camera {c.id}'s agent")
+    for e in site.entrances:
+        owners.setdefault(e.id, []).append(f"entrance {e.id}")
+    for d in site.displays:
+        owners.setdefault(d.id, []).append(f"display {d.id}")
+    return [
+        f"broker login {login!r} would be {' and '.join(who)}: under the shipped ACL one"
+        " login gets both's rights; rename one of them if they log in separately"
+        for login, who in owners.items()
+        if len(who) > 1
+    ]
+
+
 def _windows_meet(a: tuple[int, int], b: tuple[int, int]) -> bool:
     """Two windows (minutes of the day, either may cross midnight) share a minute."""
     return any(in_window(m, a) and in_window(m, b) for m in range(24 * 60))
@@ -712,7 +736,13 @@ def lane_warnings(site: Site, show: int = 5) -> list[str]:
             f"entrance {ent_id} (lane node {node}) reaches no space over the lanes:"
             " check lanes.edges for a missing or reversed one-way edge"
         )
-    return out + sign_reach_warnings(site, show) + zone_warnings(site) + policy_warnings(site)
+    return (
+        out
+        + sign_reach_warnings(site, show)
+        + zone_warnings(site)
+        + policy_warnings(site)
+        + login_warnings(site)
+    )
 
 
 def _out_of_frame(poly: Iterable[Any], w: int, h: int) -> bool:

@@ -51,7 +51,9 @@ def secured_broker(tmp_path: Path):
     passwd_bin = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     users = {
         u: secrets.token_urlsafe(12)
-        for u in ("gateway", "api", "serial-bus-g", "serial-bus-b1", "gate")
+        # north, east: per-entrance gate logins; gate-north: a per-sign login
+        for u in ("gateway", "api", "serial-bus-g", "serial-bus-b1", "gate", "north", "east")
+        + ("gate-north",)
     }
     # mosquitto reads the password and ACL files after dropping to its own user: as
     # root, a folder it may enter (pytest's tmp folders are root-only), and no 'user root'
@@ -349,6 +351,82 @@ def test_a_gate_cancels_an_arrival_and_only_the_gateway_hears_it(secured_broker)
     with pytest.raises(queue.Empty):
         heard["api"].get(timeout=0.1)  # the API shows the answers, not the gates' messages
     for c in (gw, api, gate, agent):
+        c.loop_stop()
+        c.disconnect()
+
+
+def test_a_gate_login_per_entrance_acts_and_reads_at_its_own_entrance_only(secured_broker):
+    """With one login per entrance (username = entrance id) a gate announces and cancels
+    arrivals at its own entrance only, and reads its own answers (plates included) and
+    whether the gateway is up, not another gate's: a stolen gate login cannot empty the
+    other gates' holds nor read their plates."""
+    broker, users = secured_broker
+    gw = _client(broker, "gateway", users["gateway"])
+    heard: queue.Queue = queue.Queue()
+    gw.on_message = lambda cl, ud, msg: heard.put(msg.topic)
+    gw.subscribe(topics.arrivals_all(SITE), qos=1)
+    gw.subscribe(topics.cancels_all(SITE), qos=1)
+    north = _client(broker, "north", users["north"])
+    got: queue.Queue = queue.Queue()
+    north.on_message = lambda cl, ud, msg: got.put(msg.topic)
+    north.subscribe(f"{topics.PREFIX}/{SITE}/#", qos=1)
+    time.sleep(0.3)
+    for own in (topics.arrival(SITE, "north"), topics.arrival_cancel(SITE, "north")):
+        assert _publish_reason(north, own, b"{}") == 0
+        assert heard.get(timeout=5) == own
+    for other in (topics.arrival(SITE, "east"), topics.arrival_cancel(SITE, "east")):
+        assert _publish_reason(north, other, b"{}") == 0x87
+    for not_a_gates in (
+        topics.assignment(SITE, "north"),  # the gateway's answer, not the gate's to write
+        topics.zone_control(SITE, "B1"),
+        topics.edge_occupancy(SITE, "serial-bus-g"),
+    ):
+        assert _publish_reason(north, not_a_gates, b"{}") == 0x87
+    with pytest.raises(queue.Empty):
+        heard.get(timeout=0.5)
+    for topic in (
+        topics.assignment(SITE, "north"),
+        topics.arrival_refusal(SITE, "north"),
+        topics.gateway_availability(SITE),
+        topics.assignment(SITE, "east"),
+        topics.arrival_refusal(SITE, "east"),
+        topics.display_content(SITE, "gate-north"),
+    ):
+        assert _publish_reason(gw, topic, b"{}") in (0, 0x10)
+    seen = {got.get(timeout=5) for _ in range(3)}
+    assert seen == {
+        topics.assignment(SITE, "north"),
+        topics.arrival_refusal(SITE, "north"),
+        topics.gateway_availability(SITE),
+    }
+    with pytest.raises(queue.Empty):
+        got.get(timeout=0.5)  # east's answers and the signs are not north's to read
+    for c in (gw, north):
+        c.loop_stop()
+        c.disconnect()
+
+
+def test_a_sign_login_per_display_reads_its_own_content_only(secured_broker):
+    broker, users = secured_broker
+    sign = _client(broker, "gate-north", users["gate-north"])
+    got: queue.Queue = queue.Queue()
+    sign.on_message = lambda cl, ud, msg: got.put(msg.topic)
+    sign.subscribe(f"{topics.PREFIX}/{SITE}/#", qos=1)
+    time.sleep(0.3)
+    gw = _client(broker, "gateway", users["gateway"])
+    for topic in (
+        topics.display_content(SITE, "gate-north"),
+        topics.gateway_availability(SITE),
+        topics.display_content(SITE, "gate-east"),
+        topics.assignment(SITE, "north"),
+    ):
+        assert _publish_reason(gw, topic, b"{}") in (0, 0x10)
+    seen = {got.get(timeout=5) for _ in range(2)}
+    assert seen == {topics.display_content(SITE, "gate-north"), topics.gateway_availability(SITE)}
+    with pytest.raises(queue.Empty):
+        got.get(timeout=0.5)
+    assert _publish_reason(sign, topics.display_content(SITE, "gate-north"), b"{}") == 0x87
+    for c in (gw, sign):
         c.loop_stop()
         c.disconnect()
 

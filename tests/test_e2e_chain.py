@@ -36,7 +36,7 @@ COUNT_KEYS = ("free", "occupied", "unknown", "closed", "total")
 
 ZONE_P = topics.zone(SITE, "P")
 ZONE_Q = topics.zone(SITE, "Q")
-GATE = topics.display_content(SITE, "gate")
+GATE = topics.display_content(SITE, "main-gate")
 HEALTH = topics.edge_health(SITE, f"serial-{BUS}")
 
 
@@ -220,7 +220,7 @@ def test_sensor_to_sign_chain(mosquitto, tmp_path, processes: Processes) -> None
             shown = [
                 lines[STAFF]
                 for display, lines in plain_signs(signs.stdout_since(0))
-                if display == "gate" and STAFF in lines
+                if display == "main-gate" and STAFF in lines
             ]
             if is_subsequence(wanted, shown):
                 break
@@ -233,8 +233,10 @@ def test_sensor_to_sign_chain(mosquitto, tmp_path, processes: Processes) -> None
         )
         assert once.wait_exit(30) == 0, once.log_tail()
         printed = dict(plain_signs(once.stdout_since(0)))
-        assert printed["gate"][STAFF] == str(free_p), once.stdout_since(0)
-        assert printed["gate"]["访客 Visitors"] == sign_text(zone_q["free"]), once.stdout_since(0)
+        assert printed["main-gate"][STAFF] == str(free_p), once.stdout_since(0)
+        assert printed["main-gate"]["访客 Visitors"] == sign_text(zone_q["free"]), (
+            once.stdout_since(0)
+        )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{processes.logs()}") from None
     finally:

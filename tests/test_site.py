@@ -460,6 +460,25 @@ def test_policies_that_never_let_a_class_in_are_warned_about():
     assert policy_warnings(parse_site(TEXT, "s.yaml"), today=date(2026, 6, 1)) == []
 
 
+def test_ids_that_would_share_a_broker_login_are_warned_about():
+    """The shipped ACL takes an agent's, an entrance's and a display's id as its broker
+    username: a sign named like an entrance (or the shared 'gate' role, as the small example
+    site's sign was) would log in with that gate's rights and announce arrivals."""
+    from parking.site import login_warnings
+
+    assert login_warnings(parse_site(TEXT, "site.yaml")) == []
+    assert "{id: north," in TEXT and "  - id: gate-north\n" in TEXT
+    twin = TEXT.replace("  - id: gate-north\n", "  - id: north\n", 1)
+    said = login_warnings(parse_site(twin, "site.yaml"))
+    assert said == [
+        "broker login 'north' would be entrance north and display north: under the shipped"
+        " ACL one login gets both's rights; rename one of them if they log in separately"
+    ], said
+    role = TEXT.replace("  - id: jct-n1\n", "  - id: gate\n", 1)
+    said = login_warnings(parse_site(role, "site.yaml"))
+    assert len(said) == 1 and "'gate' would be the 'gate' role and display gate" in said[0]
+
+
 def test_window_edges_daylight_saving_skips_or_repeats_are_warned_about():
     """In Berlin 02:30 does not exist on 28 March 2027 and happens twice on 25 October
     2026: a window edge there opens late, or closes and reopens."""

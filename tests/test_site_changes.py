@@ -52,12 +52,12 @@ def closing(first: int, last: int) -> str:
 
 
 def renamed() -> str:
-    """Zone Q is zone V now, and display gate is gate-east."""
+    """Zone Q is zone V now, and display main-gate is gate-east."""
     text = (
         SMALL.replace("{id: Q, ", "{id: V, ")
         .replace("zone: Q,", "zone: V,")
         .replace("zones: [Q]", "zones: [V]")
-        .replace("  - id: gate\n", "  - id: gate-east\n")
+        .replace("  - id: main-gate\n", "  - id: gate-east\n")
     )
     assert text.count("gate-east") == 1 and "zone: V," in text
     return text
@@ -110,13 +110,13 @@ def test_compare_names_every_kind_of_change():
     changes = compare(old, new)
     assert changes.moved_zone == {f"Q-00{i}": ("Q", "V") for i in range(1, 9)}
     assert changes.opened_by_file == ["Q-001", "Q-002"]
-    assert changes.zones_removed == ["Q"] and changes.displays_removed == ["gate"]
+    assert changes.zones_removed == ["Q"] and changes.displays_removed == ["main-gate"]
     assert changes.retired_topics == [
         topics.zone("courtyard", "Q"),
-        topics.display_content("courtyard", "gate"),
+        topics.display_content("courtyard", "main-gate"),
     ]
     lines = "\n".join(changes.lines())
-    assert "Q-001 Q->V" in lines and "zones removed: Q" in lines and "gate" in lines
+    assert "Q-001 Q->V" in lines and "zones removed: Q" in lines and "main-gate" in lines
     assert not compare(outline(new), new) and compare(None, new).lines() == []
 
 
@@ -157,18 +157,21 @@ def test_a_managers_opening_of_a_file_closed_space_stands_while_the_file_is_unch
 
 
 def test_retained_topics_the_site_file_dropped_are_cleared_once(run, caplog):
-    """zones/Q and displays/gate/content stayed retained with their last counts for good,
+    """zones/Q and displays/main-gate/content stayed retained with their last counts for good,
     and the removed display's content was republished at every start."""
     gw = run.start(SMALL)
     snapshot_all_free(gw, gw.site, T0)
-    old_zone, old_sign = topics.zone("courtyard", "Q"), topics.display_content("courtyard", "gate")
+    old_zone, old_sign = (
+        topics.zone("courtyard", "Q"),
+        topics.display_content("courtyard", "main-gate"),
+    )
     assert old_sign in {t for t, _, _ in stored_signs(run.db)}
     with caplog.at_level(logging.WARNING, logger="gateway.live"):
         run.start(renamed())
     cleared = [(t, p, r) for t, p, r in run.sent if p == b""]
     assert sorted(cleared) == sorted([(old_zone, b"", True), (old_sign, b"", True)])
     assert old_sign not in {t for t, _, _ in stored_signs(run.db)}
-    assert "zones removed: Q" in caplog.text and "displays removed: gate" in caplog.text
+    assert "zones removed: Q" in caplog.text and "displays removed: main-gate" in caplog.text
     run.start(renamed())
     assert not [m for m in run.sent if m[1] == b""]  # journaled: not again
 
@@ -181,7 +184,7 @@ def test_a_new_site_id_retires_every_topic_of_the_old_one(run, caplog):
     assert cleared == {
         topics.zone("courtyard", "P"),
         topics.zone("courtyard", "Q"),
-        topics.display_content("courtyard", "gate"),
+        topics.display_content("courtyard", "main-gate"),
     }
     assert "site id changed from 'courtyard'" in caplog.text
 
@@ -208,7 +211,7 @@ def test_a_refused_site_file_publishes_nothing_and_a_removed_display_is_not_repu
     gw = run.start(SMALL)
     snapshot_all_free(gw, gw.site, time.time())
     run.close()
-    sign_topic = topics.display_content("courtyard", "gate")
+    sign_topic = topics.display_content("courtyard", "main-gate")
     watcher = Collector(mosquitto.port, topics.displays_all("courtyard"))
     try:
         bad = tmp_path / "bad.yaml"

@@ -231,7 +231,7 @@ def test_two_sites_on_one_broker(mosquitto, tmp_path, processes: Processes) -> N
         assert b.site.space(got["space"]).zone == "P", got
         # the held space leaves B's sign count; A's retained topics stay as they were
         watch.wait_for(
-            topics.display_content(b.id, "gate"),
+            topics.display_content(b.id, "main-gate"),
             lambda c: c["lines"][0]["count"] == p_free - 1,
             after=mark,
         )
