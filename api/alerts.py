@@ -5,7 +5,8 @@ agents offline or never seen, cameras blind, buses blind (no node answers, or th
 port is lost), nodes dead, answering with a Modbus exception or unreliably (CRC errors,
 timeouts), detectors stuck, flapping or faulty or with a low battery, spaces occupied for too long.
 ``site_mismatch_alert`` says the gateway runs another site file (``api.sitecheck``);
-``influx_failing_alert`` that its InfluxDB writer cannot write (``api.outbox_status``). The
+``influx_failing_alert`` that its InfluxDB writer cannot write (``api.outbox_status``);
+``journal_disk_alert`` that the journal's disk is nearly full (``api.disk_status``). The
 ``AlertBook`` keeps one row per alert in the journal database's ``alerts``
 table: when the current episode began, when it cleared, who acknowledged it.
 An acknowledgement holds for its episode only: an alert that clears and comes
@@ -57,6 +58,9 @@ SEVERITY = {
     # critical while InfluxDB refuses the token (subject ``token``); a warning when writes
     # fail for another reason (subject ``write``): see Alert.severity
     "influx_failing": "critical",
+    # warning below PARKGUIDE_JOURNAL_DISK_LOW_MB, critical below a quarter of it (subject
+    # ``critical``): one episode each, so an acknowledged warning does not hide the worse
+    "journal_disk_low": "warning",
     "broker_lost": "critical",
     "gateway_offline": "critical",
     "agent_offline": "critical",
@@ -78,6 +82,7 @@ SEVERITY = {
 AGENT_KINDS = frozenset(SEVERITY) - {
     "site_mismatch",
     "influx_failing",
+    "journal_disk_low",
     "broker_lost",
     "long_occupied",
 }
@@ -141,6 +146,10 @@ _TEXT = {
     "battery_low": (
         "检测器 {subject} 电池电量低:请在其失效(车位变为未知)前更换",
         "detector {subject}'s battery is low: replace it before it dies (its space turns unknown)",
+    ),
+    "journal_disk_low": (  # details not kept across a restart: until derived again
+        "网关日志数据库所在磁盘剩余空间不足:写满后网关停止",
+        "the disk of the gateway's journal is nearly full: when it is full the gateway stops",
     ),
     "long_occupied": (
         "车位 {subject} 占用超过 {hours} 小时",
@@ -223,6 +232,15 @@ _INFLUX_TEXT = {
 }
 _INFLUX_DETAILS = ("url", "bucket", "error")
 
+_DISK_TEXT = (
+    "网关日志数据库所在磁盘({folder})剩余空间不足 {limit}:写满后网关停止,引导屏熄灭;"
+    "请清理该磁盘或换用更大的磁盘(日志数据库的备份请存到别的磁盘)",
+    "the disk of the gateway's journal ({folder}) has less than {limit} free: when it is full"
+    " the gateway stops and the signs blank; free space on it or move the journal to a"
+    " bigger disk (keep journal backups on another disk)",
+)
+_DISK_DETAILS = ("folder", "limit")
+
 
 def _node_error_text(code: int) -> tuple[str, str]:
     zh_name, en_name = _EXCEPTION_NAMES.get(code, ("未知异常", "unknown exception"))
@@ -246,6 +264,8 @@ class Alert:
     def severity(self) -> str:
         if self.kind == "influx_failing" and self.subject != "token":
             return "warning"  # InfluxDB unreachable or failing: history waits, none lost yet
+        if self.kind == "journal_disk_low" and self.subject == "critical":
+            return "critical"
         return SEVERITY[self.kind]
 
     def message(self, long_occupied_h: float) -> tuple[str, str]:
@@ -279,6 +299,9 @@ class Alert:
             values = {k: self.details[k] for k in _INFLUX_DETAILS}
             zh, en = _INFLUX_TEXT[self.subject]
             return zh.format(**values), en.format(**values)
+        elif self.kind == "journal_disk_low" and all(k in self.details for k in _DISK_DETAILS):
+            values = {k: self.details[k] for k in _DISK_DETAILS}
+            return _DISK_TEXT[0].format(**values), _DISK_TEXT[1].format(**values)
         else:
             zh, en = _TEXT[self.kind]
         space = self.details.get("space")
@@ -473,6 +496,19 @@ def influx_failing_alert(cause: str, url: str, bucket: str, error: str, since: f
     episode each, so an acknowledged outage does not hide a refused token that follows."""
     details = {"url": url, "bucket": bucket, "error": error, "cause": cause}
     return Alert(f"influx_failing:{cause}", "influx_failing", cause, since, details)
+
+
+def journal_disk_alert(level: str, folder: str, limit_bytes: float) -> Alert:
+    """The journal's disk has less than ``limit_bytes`` free (``api.disk_status``); ``level``
+    ``warning`` or ``critical``, one episode each. The details hold the limit, not the free
+    bytes: they move with every write, and the dashboard redraws an alert whose answer
+    changed."""
+    details = {"folder": folder, "limit": _megabytes(limit_bytes)}
+    return Alert(f"journal_disk_low:{level}", "journal_disk_low", level, None, details)
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 LOG_FLAP_S = 60.0

@@ -31,6 +31,7 @@ from api import metrics, ngsi
 from api.alerts import AlertBook
 from api.auth import LoginLimiter, SessionSigner, UserStore
 from api.deps import ApiContext, session_cookie
+from api.disk_status import JournalDisk
 from api.journal import JournalReader
 from api.live import AlertMonitor, LiveHub
 from api.outbox_status import OutboxStatusReader
@@ -238,6 +239,10 @@ def create_app(
         # the gateway's InfluxDB writer says how it does in the journal: a stand-alone API
         # has no other way to know (its /metrics and the influx_failing alert)
         outbox_status=OutboxStatusReader(journal, refresh_s=min(2.0, settings.alert_check_s)),
+        # a full disk stops the gateway: said days before, not at the write that fails
+        journal_disk=JournalDisk(
+            db_path, settings.journal_disk_low_mb, refresh_s=min(2.0, settings.alert_check_s)
+        ),
     )
     monitor = AlertMonitor(
         view,
@@ -247,6 +252,7 @@ def create_app(
         settings.long_occupied_h * 3600,
         site_check=ctx.site_check,
         outbox_status=ctx.outbox_status,
+        journal_disk=ctx.journal_disk,
     )
 
     @asynccontextmanager

@@ -19,6 +19,7 @@ from fastapi import Depends, HTTPException, Request, status
 
 from api.alerts import AlertBook
 from api.auth import LoginLimiter, Session, SessionSigner, User, UserStore
+from api.disk_status import JournalDisk
 from api.journal import JournalReader
 from api.live import LiveHub
 from api.outbox_status import OutboxStatusReader
@@ -52,6 +53,7 @@ class ApiContext:
     site_check: SiteCheck | None = None  # is the gateway's site file ours? (None: not asked)
     cookie: str = SESSION_COOKIE  # the session cookie's name: session_cookie(site id)
     outbox_status: OutboxStatusReader | None = None  # the InfluxDB writer's, from the journal
+    journal_disk: JournalDisk | None = None  # free space where the journal grows
 
 
 def get_ctx(request: Request) -> ApiContext:

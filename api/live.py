@@ -35,6 +35,7 @@ from api.alerts import (
     derive_alerts,
     long_occupied_alerts,
 )
+from api.disk_status import JournalDisk
 from api.outbox_status import OutboxStatusReader
 from api.sitecheck import SiteCheck
 from gateway.displays import zone_offered
@@ -305,7 +306,8 @@ class LiveHub:
 
 class AlertMonitor:
     """Re-derives alerts on agent events and every few seconds, with the site file check
-    (``api.sitecheck``) and the InfluxDB writer's status (``api.outbox_status``); publishes
+    (``api.sitecheck``), the InfluxDB writer's status (``api.outbox_status``) and the journal's
+    disk (``api.disk_status``); publishes
     raised/cleared ones, and those whose row another API process on the same journal changed
     (acknowledged them: ``AlertBook.take_changed``)."""
 
@@ -318,8 +320,10 @@ class AlertMonitor:
         long_occupied_s: float,
         site_check: SiteCheck | None = None,
         outbox_status: OutboxStatusReader | None = None,
+        journal_disk: JournalDisk | None = None,
     ):
         self.view, self.book, self.hub = view, book, hub
+        self.journal_disk = journal_disk  # free space where the journal grows
         self.site_check = site_check  # the gateway's site file against ours
         self.outbox_status = outbox_status  # the gateway's InfluxDB writer, from the journal
         self._started = time.time()
@@ -389,6 +393,9 @@ class AlertMonitor:
         influx = status.alert(now) if status is not None else None
         if influx is not None:
             alerts.insert(0, influx)
+        disk = self.journal_disk.alert() if self.journal_disk is not None else None
+        if disk is not None:
+            alerts.insert(0, disk)
         mismatch = self.site_check.poll() if self.site_check is not None else None
         if mismatch is not None:
             alerts.insert(0, mismatch.alert())

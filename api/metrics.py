@@ -162,6 +162,20 @@ def render(ctx: Ctx) -> str:
         )
         for agent, lag in sorted(c.report_lag_s.items()):
             out.sample("parkguide_report_lag_seconds", round(lag, 3), {"agent": agent})
+    disk = ctx.journal_disk.poll() if ctx.journal_disk is not None else None
+    if disk is not None:
+        out.single(
+            "parkguide_journal_disk_free_bytes",
+            "gauge",
+            "Free bytes on the journal's disk (the gateway stops when it cannot write).",
+            disk.free_bytes,
+        )
+        out.single(
+            "parkguide_journal_disk_size_bytes",
+            "gauge",
+            "Size of the journal's disk.",
+            disk.size_bytes,
+        )
     out.family("parkguide_outbox_depth", "gauge", "Points waiting in the InfluxDB outbox.")
     out.sample("parkguide_outbox_depth", c.outbox_depth)
     out.family(

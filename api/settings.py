@@ -47,6 +47,12 @@ class ApiSettings(BaseSettings):
     long_occupied_h: float = Field(
         72.0, gt=0, description="a space occupied for longer than this raises an alert"
     )
+    journal_disk_low_mb: float = Field(
+        1024.0,
+        ge=0,
+        description="the journal_disk_low alert: a warning when the journal's disk has less "
+        "free than this many MiB, critical below a quarter of it; 0: no such alert",
+    )
     alert_check_s: float = Field(
         5.0, gt=0, description="how often alerts are re-derived when nothing changes"
     )
