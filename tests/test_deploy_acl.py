@@ -116,6 +116,30 @@ def _publish_reason(c: mqtt.Client, topic: str, payload: bytes) -> int:
     return rc.value
 
 
+def _listening(
+    broker: MosquittoBroker, users: dict[str, str], user: str, *filters: str
+) -> tuple[mqtt.Client, queue.Queue]:
+    """``user`` logged in and subscribed to ``filters`` (default: the whole site), the topics
+    it receives going into the queue."""
+    c = _client(broker, user, users[user])
+    got: queue.Queue = queue.Queue()
+    c.on_message = lambda cl, ud, msg: got.put(msg.topic)
+    for f in filters or (f"{topics.PREFIX}/{SITE}/#",):
+        c.subscribe(f, qos=1)
+    time.sleep(0.3)
+    return c, got
+
+
+def _reads_exactly(gw: mqtt.Client, got: queue.Queue, sent: list[str], seen: set[str]) -> None:
+    """The gateway publishes on each of ``sent``; the reader (subscribed to the whole site,
+    into ``got``) receives exactly ``seen``: the broker dropped the rest for it."""
+    for topic in sent:
+        assert _publish_reason(gw, topic, b"{}") in (0, 0x10)  # 0x10: no matching subscriber
+    assert {got.get(timeout=5) for _ in seen} == seen
+    with pytest.raises(queue.Empty):
+        got.get(timeout=0.5)
+
+
 def test_agent_cannot_publish_as_another_agent(secured_broker):
     broker, users = secured_broker
     gw = _client(broker, "gateway", users["gateway"])
@@ -299,27 +323,15 @@ def test_a_gate_reads_its_answers_refusals_and_the_gateways_availability(secured
     """A gate controller learns whether its arrival was refused and whether the gateway is
     up (no answer coming: guide by the signs at once); it reads no sign or agent topic."""
     broker, users = secured_broker
-    gate = _client(broker, "gate", users["gate"])
-    got: queue.Queue = queue.Queue()
-    gate.on_message = lambda cl, ud, msg: got.put(msg.topic)
-    gate.subscribe(f"{topics.PREFIX}/{SITE}/#", qos=1)
-    time.sleep(0.3)
+    gate, got = _listening(broker, users, "gate")
     gw = _client(broker, "gateway", users["gateway"])
-    for topic in (
+    answers = [
         topics.assignment(SITE, "north"),
         topics.arrival_refusal(SITE, "north"),
         topics.gateway_availability(SITE),
-        topics.display_content(SITE, "gate-north"),
-    ):
-        assert _publish_reason(gw, topic, b"{}") in (0, 0x10)
-    seen = {got.get(timeout=5) for _ in range(3)}
-    assert seen == {
-        topics.assignment(SITE, "north"),
-        topics.arrival_refusal(SITE, "north"),
-        topics.gateway_availability(SITE),
-    }
-    with pytest.raises(queue.Empty):
-        got.get(timeout=0.5)  # the sign's content is the signs' to read
+    ]
+    # the sign's content is the signs' to read
+    _reads_exactly(gw, got, [*answers, topics.display_content(SITE, "gate-north")], set(answers))
     assert _publish_reason(gate, topics.arrival(SITE, "north"), b"{}") in (0, 0x10)
     assert _publish_reason(gate, topics.arrival_refusal(SITE, "north"), b"{}") == 0x87
     for c in (gate, gw):
@@ -361,16 +373,10 @@ def test_a_gate_login_per_entrance_acts_and_reads_at_its_own_entrance_only(secur
     whether the gateway is up, not another gate's: a stolen gate login cannot empty the
     other gates' holds nor read their plates."""
     broker, users = secured_broker
-    gw = _client(broker, "gateway", users["gateway"])
-    heard: queue.Queue = queue.Queue()
-    gw.on_message = lambda cl, ud, msg: heard.put(msg.topic)
-    gw.subscribe(topics.arrivals_all(SITE), qos=1)
-    gw.subscribe(topics.cancels_all(SITE), qos=1)
-    north = _client(broker, "north", users["north"])
-    got: queue.Queue = queue.Queue()
-    north.on_message = lambda cl, ud, msg: got.put(msg.topic)
-    north.subscribe(f"{topics.PREFIX}/{SITE}/#", qos=1)
-    time.sleep(0.3)
+    gw, heard = _listening(
+        broker, users, "gateway", topics.arrivals_all(SITE), topics.cancels_all(SITE)
+    )
+    north, got = _listening(broker, users, "north")
     for own in (topics.arrival(SITE, "north"), topics.arrival_cancel(SITE, "north")):
         assert _publish_reason(north, own, b"{}") == 0
         assert heard.get(timeout=5) == own
@@ -384,23 +390,17 @@ def test_a_gate_login_per_entrance_acts_and_reads_at_its_own_entrance_only(secur
         assert _publish_reason(north, not_a_gates, b"{}") == 0x87
     with pytest.raises(queue.Empty):
         heard.get(timeout=0.5)
-    for topic in (
+    own = [
         topics.assignment(SITE, "north"),
         topics.arrival_refusal(SITE, "north"),
         topics.gateway_availability(SITE),
+    ]
+    others = [  # east's answers and the signs are not north's to read
         topics.assignment(SITE, "east"),
         topics.arrival_refusal(SITE, "east"),
         topics.display_content(SITE, "gate-north"),
-    ):
-        assert _publish_reason(gw, topic, b"{}") in (0, 0x10)
-    seen = {got.get(timeout=5) for _ in range(3)}
-    assert seen == {
-        topics.assignment(SITE, "north"),
-        topics.arrival_refusal(SITE, "north"),
-        topics.gateway_availability(SITE),
-    }
-    with pytest.raises(queue.Empty):
-        got.get(timeout=0.5)  # east's answers and the signs are not north's to read
+    ]
+    _reads_exactly(gw, got, own + others, set(own))
     for c in (gw, north):
         c.loop_stop()
         c.disconnect()
@@ -408,23 +408,11 @@ def test_a_gate_login_per_entrance_acts_and_reads_at_its_own_entrance_only(secur
 
 def test_a_sign_login_per_display_reads_its_own_content_only(secured_broker):
     broker, users = secured_broker
-    sign = _client(broker, "gate-north", users["gate-north"])
-    got: queue.Queue = queue.Queue()
-    sign.on_message = lambda cl, ud, msg: got.put(msg.topic)
-    sign.subscribe(f"{topics.PREFIX}/{SITE}/#", qos=1)
-    time.sleep(0.3)
+    sign, got = _listening(broker, users, "gate-north")
     gw = _client(broker, "gateway", users["gateway"])
-    for topic in (
-        topics.display_content(SITE, "gate-north"),
-        topics.gateway_availability(SITE),
-        topics.display_content(SITE, "gate-east"),
-        topics.assignment(SITE, "north"),
-    ):
-        assert _publish_reason(gw, topic, b"{}") in (0, 0x10)
-    seen = {got.get(timeout=5) for _ in range(2)}
-    assert seen == {topics.display_content(SITE, "gate-north"), topics.gateway_availability(SITE)}
-    with pytest.raises(queue.Empty):
-        got.get(timeout=0.5)
+    own = [topics.display_content(SITE, "gate-north"), topics.gateway_availability(SITE)]
+    others = [topics.display_content(SITE, "gate-east"), topics.assignment(SITE, "north")]
+    _reads_exactly(gw, got, own + others, set(own))
     assert _publish_reason(sign, topics.display_content(SITE, "gate-north"), b"{}") == 0x87
     for c in (gw, sign):
         c.loop_stop()
