@@ -436,7 +436,7 @@ class LiveGateway:
             # a car assigned before the restart is still on its way: keep its space, also
             # while the space is unknown or closed (as a running core does); a car seen in
             # it ended the hold
-            if sp in index and self.state.state[index[sp]] != OCCUPIED:
+            if sp in index and self.state.sensed[index[sp]] != OCCUPIED:
                 # never longer than a hold given now: an expiry stamped before the wall
                 # clock stepped back would otherwise keep the space off the signs for
                 # as long as the step (the running core ended it on time)
@@ -1384,6 +1384,8 @@ class LiveGateway:
             if held:  # a car seen in its space ends the hold: journaled for a restart
                 still = self.core.holds
                 ended = [self.state.space_ids[s] for s in held if s not in still]
+        seen_closed = self._seen_in_closed_holds() if segments and self.core.has_holds else []
+        ended += [self.state.space_ids[s] for s in seen_closed]
         if journaled or agent_state is not None or ended or meta is not None:
             self._journal(journaled, now, agent_state, ended, meta)
         signs: list[_Sign] = []
@@ -1407,6 +1409,16 @@ class LiveGateway:
             for g in segments:
                 for sp, st in zip(g.changes.spaces.tolist(), g.changes.new.tolist(), strict=True):
                     self._emit("space", {"space": ids[sp], "state": STATE_NAMES[st]}, g.ts)
+
+    def _seen_in_closed_holds(self) -> list[int]:
+        """Held spaces that are closed and sensed occupied: their hold ends (released in
+        the core), as it does for a car seen in an open space. The core follows the public
+        state, which stays ``closed`` whatever the sensor says, so it never sees that car."""
+        closed, sensed = self.state.closed, self.state.sensed
+        seen = [s for s in self.core.held_spaces() if closed[s] and sensed[s] == OCCUPIED]
+        for s in seen:
+            self.core.release(s)
+        return seen
 
     def _journal(
         self,
