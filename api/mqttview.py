@@ -171,8 +171,8 @@ class MqttLiveView:
                     (topics.displays_all(site), topics.QOS_DISPLAY),
                     (f"{prefix}/edge/+/availability", topics.QOS_AVAILABILITY),
                     (f"{prefix}/edge/+/health", topics.QOS_HEALTH),
-                    (f"{prefix}/entrances/+/assignment", topics.QOS_ASSIGNMENT),
-                    (f"{prefix}/entrances/+/refusal", topics.QOS_REFUSAL),
+                    (topics.assignments_all(site), topics.QOS_ASSIGNMENT),
+                    (topics.refusals_all(site), topics.QOS_REFUSAL),
                     (topics.gateway_availability(site), topics.QOS_AVAILABILITY),
                 ]
             )

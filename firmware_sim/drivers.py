@@ -6,7 +6,9 @@ drives the running system: the simulated cars announce themselves at the
 gates over MQTT, follow the gateway's assignment, and as they park and leave
 print ``set SPACE occupied|free`` lines on stdout, which ``parkguide demo``
 hands to the simulator that owns each space's sensor (so the detector or the
-camera then sees the car).
+camera then sees the car). A share of the drivers given a space turn back at
+the barrier (``--turn-back``): their gate cancels the arrival a little later
+(``entrances/{e}/cancel``), and the gateway's answers are counted.
 """
 
 from __future__ import annotations
@@ -27,10 +29,17 @@ import time
 from firmware_sim.traffic import DAY_S, plan_day
 from parking import topics
 from parking.broker import BrokerConfig, add_credential_arguments, broker_from_args
-from parking.payloads import Arrival, Assignment
+from parking.payloads import Arrival, ArrivalCancel, ArrivalRefusal, Assignment
 from parking.site import EXAMPLE_SITE, SiteError, load_site
 
 log = logging.getLogger(__name__)
+
+DEFAULT_TURN_BACK = 0.03
+"""Share of the drivers given a space who turn back at the gate (a few in a hundred)."""
+TURN_BACK_S = 20.0
+"""Simulated seconds from the assignment to the gate's cancel: the driver reverses out."""
+ANSWER_WAIT_S = 5.0
+"""Real seconds a gate waits for the gateway's answer before it gives up on it."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--speed", type=float, default=60.0, help="simulated seconds per real second (--live)"
     )
     parser.add_argument("--broker", help="mqtt://HOST:PORT (--live)")
+    parser.add_argument(
+        "--turn-back",
+        type=float,
+        default=DEFAULT_TURN_BACK,
+        help="share of the drivers given a space who turn back at the gate, whose gate then"
+        f" cancels the arrival (--live; 0 to 1, default {DEFAULT_TURN_BACK:g})",
+    )
     add_credential_arguments(parser)
 
 
@@ -81,12 +97,15 @@ def main(args: argparse.Namespace) -> int:
     if not (args.speed > 0 and math.isfinite(args.speed)):
         print(f"--speed {args.speed}: must be a positive number", file=sys.stderr)
         return 2
+    if not 0 <= args.turn_back <= 1:  # NaN too
+        print(f"--turn-back {args.turn_back}: must be from 0 to 1", file=sys.stderr)
+        return 2
     try:
         broker = broker_from_args(args.broker, args)
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    return LiveDrivers(site, broker, start, args.speed, args.seed).run()
+    return LiveDrivers(site, broker, start, args.speed, args.seed, args.turn_back).run()
 
 
 class BrokerLink:
@@ -169,16 +188,28 @@ class BrokerLink:
 class LiveDrivers:
     """The world's ground truth for the demo: which car is in which bay."""
 
-    def __init__(self, site, broker: BrokerConfig, start_minute: int, speed: float, seed: int):
+    def __init__(
+        self,
+        site,
+        broker: BrokerConfig,
+        start_minute: int,
+        speed: float,
+        seed: int,
+        turn_back: float = DEFAULT_TURN_BACK,
+    ):
         import paho.mqtt.client as mqtt
 
         self.site, self.start_minute, self.speed, self.seed = site, start_minute, speed, seed
         self.rng = random.Random(seed)
+        # its own stream: the share turning back leaves the rest of the day as it was
+        self.turn_back, self.turn_rng = turn_back, random.Random(f"turn-back-{seed}")
         self.occupied: dict[str, int] = {}  # space -> visit
         self.parked: dict[int, str] = {}  # visit -> space
         self.targets: dict[int, str] = {}  # visit -> assigned space
         self.sim_now = 0.0
         self.assignments: queue.Queue[Assignment] = queue.Queue()
+        self.refusals: queue.Queue[ArrivalRefusal] = queue.Queue()  # of cancels only
+        self.cancels: dict[str, float] = {}  # request id -> real time its cancel was sent
         self.stop = threading.Event()
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-drivers-{secrets.token_hex(3)}"
@@ -187,23 +218,43 @@ class LiveDrivers:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect_async(broker.host, broker.port)
-        self.stats = {"arrivals": 0, "assigned": 0, "no_space": 0, "parked": 0, "left": 0}
+        self.stats = {
+            "arrivals": 0,
+            "assigned": 0,
+            "no_space": 0,
+            "parked": 0,
+            "left": 0,
+            "turned_back": 0,  # given a space, drove off at the gate: its gate cancels soon
+            "cancelled": 0,  # the gateway released the hold
+            "cancel_refused": 0,  # the gateway said why not (reasons in the log)
+            "cancel_unanswered": 0,
+        }
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if not self.link.connected(reason_code):
             return
-        client.subscribe(f"{topics.site_prefix(self.site.id)}/entrances/+/assignment", qos=1)
+        client.subscribe(
+            [
+                (topics.assignments_all(self.site.id), topics.QOS_ASSIGNMENT),
+                (topics.refusals_all(self.site.id), topics.QOS_REFUSAL),
+            ]
+        )
 
     def _on_message(self, client, userdata, msg) -> None:
         # only this site's assignments: a broker may hand over other topics too (amqtt, the
         # demo's, replays on connect the retained messages of other clients' subscriptions)
         parsed = topics.parse(msg.topic)
-        if parsed is None or parsed.kind != "entrances/assignment" or parsed.site != self.site.id:
+        if parsed is None or parsed.site != self.site.id:
             return
         try:
-            self.assignments.put(Assignment.model_validate_json(msg.payload))
+            if parsed.kind == "entrances/assignment":
+                self.assignments.put(Assignment.model_validate_json(msg.payload))
+            elif parsed.kind == "entrances/refusal":
+                refusal = ArrivalRefusal.model_validate_json(msg.payload)
+                if refusal.cancel:  # a refused arrival waits out its answer, as before
+                    self.refusals.put(refusal)
         except ValueError as exc:
-            log.warning("ignoring a malformed assignment: %s", str(exc)[:200])
+            log.warning("ignoring a malformed %s: %s", parsed.kind, str(exc)[:200])
 
     def say(self, space: str, occupied: bool) -> None:
         # one write, newline included: with PYTHONUNBUFFERED (as the demo runs it) print()
@@ -222,11 +273,12 @@ class LiveDrivers:
             while not self.stop.is_set():
                 self._run_day(day, t0 + day * DAY_S / self.speed)
                 day += 1
+            self._await_cancel_answers()
         finally:
             self.link.closing()
             self.client.loop_stop()
             self.client.disconnect()
-            log.info("drivers stopped: %s", self.stats)
+            log.info("drivers stopped: %s", json.dumps(self.stats))
         return 0
 
     def _run_day(self, day: int, t_start: float) -> None:
@@ -288,12 +340,61 @@ class LiveDrivers:
                     self.stats["parked"] += 1
                     if v.depart_s is not None:
                         heapq.heappush(events, (max(v.depart_s, t_sim + 60), vid, "depart", vid))
+            elif kind == "turn_back":
+                self._cancel(f"d{day}-{vid}", v.gate)
             elif kind == "depart":
                 space = self.parked.pop(vid, None)
                 if space:
                     self.occupied.pop(space, None)
                     self.stats["left"] += 1
                     self.say(space, False)
+
+    def _await_cancel_answers(self, timeout_s: float = 2.0) -> None:
+        """At the stop: the answers to the cancels still out, so the counts are whole."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            while True:
+                try:
+                    a = self.assignments.get_nowait()
+                except queue.Empty:
+                    break
+                if a.cancelled:
+                    self._cancel_answered(a.request_id, None)
+            self._drain_refusals()
+            if not self.cancels or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.stats["cancel_unanswered"] += len(self.cancels)
+        self.cancels.clear()
+
+    def _cancel_answered(self, request_id: str | None, refusal: ArrivalRefusal | None) -> None:
+        if self.cancels.pop(request_id or "", None) is None:
+            return  # not ours, or answered already (a QoS 1 duplicate)
+        if refusal is None:
+            self.stats["cancelled"] += 1
+        else:
+            self.stats["cancel_refused"] += 1
+            log.info("the cancel of %s was refused: %s (%s)", request_id, refusal.reason,
+                     refusal.detail)  # fmt: skip
+
+    def _drain_refusals(self) -> None:
+        while True:
+            try:
+                r = self.refusals.get_nowait()
+            except queue.Empty:
+                return
+            self._cancel_answered(r.request_id, r)
+
+    def _cancel(self, request_id: str, gate: str) -> None:
+        """The gate takes the arrival back: its car reversed out of the barrier."""
+        self.cancels[request_id] = time.monotonic()
+        cancel = ArrivalCancel(request_id=request_id, ts=time.time())
+        self.client.publish(
+            topics.arrival_cancel(self.site.id, gate),
+            cancel.model_dump_json(exclude_none=True),
+            qos=topics.QOS_CANCEL,
+            retain=topics.RETAIN_CANCEL,
+        )
 
     def _take(self, vid: int, by_id: dict) -> str | None:
         space = self.targets.pop(vid, None)
@@ -321,6 +422,9 @@ class LiveDrivers:
                 a = self.assignments.get_nowait()
             except queue.Empty:
                 break
+            if a.cancelled:
+                self._cancel_answered(a.request_id, None)
+                continue
             entry = pending.pop(a.request_id or "", None)
             if entry is None:
                 continue
@@ -329,13 +433,22 @@ class LiveDrivers:
                 self.stats["no_space"] += 1
                 continue
             self.stats["assigned"] += 1
-            self.targets[vid] = a.space
             t_now = (time.monotonic() - t_start) * self.speed
+            if self.turn_rng.random() < self.turn_back:
+                self.stats["turned_back"] += 1
+                heapq.heappush(events, (t_now + TURN_BACK_S, vid, "turn_back", vid))
+                continue
+            self.targets[vid] = a.space
             drive_s = 30 + 15 * len(a.route)  # about the drive from the gate, in simulated seconds
             heapq.heappush(events, (t_now + drive_s, vid, "park", vid))
-        # arrivals that got no answer within 5 s real time park on their own
+        self._drain_refusals()
+        # arrivals that got no answer in time park on their own
         now = time.monotonic()
         for rid, (vid, asked) in list(pending.items()):
-            if now - asked > 5:
+            if now - asked > ANSWER_WAIT_S:
                 del pending[rid]
                 heapq.heappush(events, ((now - t_start) * self.speed, vid, "park", vid))
+        for rid, sent in list(self.cancels.items()):
+            if now - sent > ANSWER_WAIT_S:
+                del self.cancels[rid]
+                self.stats["cancel_unanswered"] += 1

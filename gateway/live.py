@@ -338,16 +338,22 @@ class LiveGateway:
 
     # -- startup -----------------------------------------------------------------------------
     def _true_closures(self, stored: dict[str, ZoneClosure]) -> dict[str, ZoneClosure]:
-        """The journal's zone closures, less the spaces a manager acted on since without
-        them (an earlier release run on this journal, a rollback: it journals the action
-        but not the closure), rewritten when that took any out."""
+        """The journal's zone closures, less the spaces the site file moved out of their
+        zone (:meth:`_closures_in_site`) and those a manager acted on since without them
+        (an earlier release run on this journal, a rollback: it journals the action but
+        not the closure), rewritten when that took any out."""
         if not stored:
             return stored
-        spaces = [s for c in stored.values() for s in c.spaces]
-        last = self.journal.manager_events_since(min(c.ts for c in stored.values()), spaces)
-        true = closures.reconcile(stored, last)
-        if true != stored:
-            for zone, c in stored.items():
+        fitted = self._closures_in_site(stored)
+        spaces = [s for c in fitted.values() for s in c.spaces]
+        last = (
+            self.journal.manager_events_since(min(c.ts for c in fitted.values()), spaces)
+            if fitted
+            else {}
+        )
+        true = closures.reconcile(fitted, last)
+        if true != fitted:
+            for zone, c in fitted.items():
                 left = len(c.spaces) - len(true[zone].spaces) if zone in true else len(c.spaces)
                 if left:
                     log.warning(
@@ -359,9 +365,40 @@ class LiveGateway:
                         len(c.spaces),
                         "" if zone in true else ": the zone is no longer closed",
                     )
+        if true != stored:
             with self.journal.transaction():
                 self.journal.set_meta(ZONE_CLOSURES_KEY, closures.dump(true))
         return true
+
+    def _closures_in_site(self, stored: dict[str, ZoneClosure]) -> dict[str, ZoneClosure]:
+        """The closures as the site file has the zones now (parking.closures.in_site), each
+        change logged (once: the caller journals the result)."""
+        fitted = closures.in_site(stored, {sp.id: sp.zone for sp in self.site.spaces})
+        for zone, c in stored.items():
+            if zone not in self._zone_index:
+                log.warning(
+                    "zone %s's closure (by %s) is dropped: the site file no longer has zone"
+                    " %s; the spaces it closed stay closed, each on its own, until a manager"
+                    " opens them",
+                    zone,
+                    c.by,
+                    zone,
+                )
+                continue
+            gone = sorted(c.spaces - fitted[zone].spaces if zone in fitted else c.spaces)
+            if gone:
+                log.warning(
+                    "zone %s's closure: %d of its %d spaces are in another zone of the site"
+                    " file now, or no longer in it (%s); they stay closed, each on its own,"
+                    " and opening zone %s leaves them%s",
+                    zone,
+                    len(gone),
+                    len(c.spaces),
+                    ", ".join(gone[:8]) + (f" and {len(gone) - 8} more" if len(gone) > 8 else ""),
+                    zone,
+                    "" if zone in fitted else ": the zone is no longer closed",
+                )
+        return fitted
 
     def resume(self) -> None:
         """Load the journal's current state, sequences and open holds."""
@@ -436,7 +473,7 @@ class LiveGateway:
             # a car assigned before the restart is still on its way: keep its space, also
             # while the space is unknown or closed (as a running core does); a car seen in
             # it ended the hold
-            if sp in index and self.state.state[index[sp]] != OCCUPIED:
+            if sp in index and self.state.sensed[index[sp]] != OCCUPIED:
                 # never longer than a hold given now: an expiry stamped before the wall
                 # clock stepped back would otherwise keep the space off the signs for
                 # as long as the step (the running core ended it on time)
@@ -1384,6 +1421,8 @@ class LiveGateway:
             if held:  # a car seen in its space ends the hold: journaled for a restart
                 still = self.core.holds
                 ended = [self.state.space_ids[s] for s in held if s not in still]
+        seen_closed = self._seen_in_closed_holds() if segments and self.core.has_holds else []
+        ended += [self.state.space_ids[s] for s in seen_closed]
         if journaled or agent_state is not None or ended or meta is not None:
             self._journal(journaled, now, agent_state, ended, meta)
         signs: list[_Sign] = []
@@ -1407,6 +1446,16 @@ class LiveGateway:
             for g in segments:
                 for sp, st in zip(g.changes.spaces.tolist(), g.changes.new.tolist(), strict=True):
                     self._emit("space", {"space": ids[sp], "state": STATE_NAMES[st]}, g.ts)
+
+    def _seen_in_closed_holds(self) -> list[int]:
+        """Held spaces that are closed and sensed occupied: their hold ends (released in
+        the core), as it does for a car seen in an open space. The core follows the public
+        state, which stays ``closed`` whatever the sensor says, so it never sees that car."""
+        closed, sensed = self.state.closed, self.state.sensed
+        seen = [s for s in self.core.held_spaces() if closed[s] and sensed[s] == OCCUPIED]
+        for s in seen:
+            self.core.release(s)
+        return seen
 
     def _journal(
         self,

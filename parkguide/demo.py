@@ -186,7 +186,7 @@ class StatusBoard:
             topics.zones_all(self.site_id),
             topics.displays_all(self.site_id),
             topics.gateway_availability(self.site_id),
-            f"{topics.site_prefix(self.site_id)}/entrances/+/assignment",
+            topics.assignments_all(self.site_id),
         ):
             client.subscribe(t, qos=1)
 

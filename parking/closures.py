@@ -141,6 +141,22 @@ def reconcile(
     return out
 
 
+def in_site(
+    closures: Mapping[str, ZoneClosure], zone_of: Mapping[str, str]
+) -> dict[str, ZoneClosure]:
+    """The closures kept true to the site file: ``zone_of`` is each space's zone in it now.
+    A space the file moved to another zone (or dropped) leaves its old zone's closure: it
+    stays closed (a closed space does not open by itself), on its own, so opening the old
+    zone does not reopen a space of another. A closure left with no spaces, as one of a
+    zone the file no longer has, is gone."""
+    out: dict[str, ZoneClosure] = {}
+    for zone, c in closures.items():
+        keep = frozenset(s for s in c.spaces if zone_of.get(s) == zone)
+        if keep:
+            out[zone] = ZoneClosure(c.zone, c.by, c.reason, c.ts, keep)
+    return out
+
+
 def holding(closures: Mapping[str, ZoneClosure], space: str) -> ZoneClosure | None:
     """The zone closure that keeps ``space`` closed, if any."""
     return next((c for c in closures.values() if space in c.spaces), None)

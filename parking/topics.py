@@ -88,7 +88,7 @@ def gateway_availability(site: str) -> str:
     return f"{PREFIX}/{site}/gateway/availability"
 
 
-# Subscription filters used by the gateway and the API.
+# Subscription filters used by the gateway, the API and the simulated gates.
 def edge_all(site: str) -> str:
     return f"{PREFIX}/{site}/edge/+/+"
 
@@ -99,6 +99,14 @@ def arrivals_all(site: str) -> str:
 
 def cancels_all(site: str) -> str:
     return f"{PREFIX}/{site}/entrances/+/cancel"
+
+
+def assignments_all(site: str) -> str:
+    return f"{PREFIX}/{site}/entrances/+/assignment"
+
+
+def refusals_all(site: str) -> str:
+    return f"{PREFIX}/{site}/entrances/+/refusal"
 
 
 def zones_all(site: str) -> str:

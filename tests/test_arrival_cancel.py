@@ -15,6 +15,7 @@ from gateway_support import SITE_ID, Collector, Edge, display_topic, running_gat
 
 from parking import topics
 from parking.site import load_site
+from parking.states import SpaceState
 
 pytestmark = pytest.mark.timeout(120)
 NO_CONGESTION = {"congestion_m": 0.0}  # the next car is sent to the best space, as the first
@@ -210,6 +211,49 @@ def test_a_cancel_after_the_hold_expired_is_refused(mosquitto, tmp_path):
             assert eventually(lambda: site.space_index[space] not in service.gateway.core.holds)
             kind, refusal = gate.cancel("g1-0001")
             assert (kind, refusal["reason"]) == ("refusal", "hold_expired")
+        finally:
+            gate.stop()
+            for e in edges:
+                e.stop()
+            watch.stop()
+
+
+def test_a_car_seen_in_a_held_space_of_a_closed_zone_ends_its_hold(mosquitto, tmp_path):
+    """The space's public state stays closed whatever its sensor says, but a car seen in it
+    is the car the hold waited for: the hold ends as in an open zone (no longer counted
+    against its entrance's cap; a cancel is told the car was seen)."""
+    site_path = site_variant(tmp_path)
+    site = load_site(site_path)
+    watch = Collector(mosquitto.port)
+    with running_gateway(
+        site_path,
+        mosquitto.url,
+        tmp_path / "j.db",
+        core_options=NO_CONGESTION,
+        max_holds_per_entrance=1,
+    ) as service:
+        gw = service.gateway
+        edges = _all_free(mosquitto.port, site)
+        gate = Gate(mosquitto.port, watch)
+        try:
+            assert eventually(lambda: all(watch.latest(display_topic(d.id)) for d in site.displays))
+            first = gate.arrive("g1-0001")
+            space, zone = first["space"], first["zone"]
+            s = site.space_index[space]
+            assert first["hold_expires"] is not None and s in gw.core.holds
+            close = {"action": "close", "by": "alice", "reason": "cleaning", "ts": time.time()}
+            gate.edge.raw(topics.zone_control(SITE_ID, zone), json.dumps(close))
+            assert eventually(lambda: gw.state.closed[s])
+            assert s in gw.core.holds  # the car is on its way: closing keeps its space
+            # the entrance's one hold is outstanding: the next car gets no hold
+            assert gate.arrive("g1-0002")["hold_expires"] is None
+
+            (bus,) = [b for b in edges if space in site.spaces_of_source(b.source)]
+            bus.send({space: "occupied"})
+            assert eventually(lambda: s not in gw.core.holds, timeout=5)
+            assert gw.state.state[s] == SpaceState.CLOSED  # still closed
+            assert gate.cancel("g1-0001")[1]["reason"] == "car_seen"
+            assert gate.arrive("g1-0003")["hold_expires"] is not None  # the cap is free
         finally:
             gate.stop()
             for e in edges:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from firmware_sim.study import BANDS, DrivingModel, LaneMap, Study, compare
 from firmware_sim.traffic import plan_day
 from gateway.allocation import CoreLayout
@@ -148,3 +150,72 @@ def test_live_drivers_write_each_set_line_at_once(example_site, monkeypatch):
     drivers.say("A-001", True)
     drivers.say("A-002", False)
     assert writes == ["set A-001 occupied\n", "set A-002 free\n"]
+
+
+def test_live_drivers_refuse_a_turn_back_share_outside_0_to_1(capsys):
+    from parkguide.cli import main
+
+    argv = ["sim", "drivers", "--site", str(EXAMPLE_SITE), "--live", "--broker", "mqtt://h:1"]
+    for bad in ("nan", "-0.1", "1.5"):
+        assert main([*argv, "--turn-back", bad]) == 2
+        assert f"--turn-back {float(bad)}: must be from 0 to 1" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("hold_s", "share", "answer"),
+    [(180.0, "0.5", "released"), (0.01, "1", "hold_expired")],  # the cancel comes too late
+)
+def test_live_drivers_who_turn_back_have_their_arrival_cancelled(
+    mosquitto, tmp_path, subprocess_env, hold_s, share, answer
+):
+    """End to end: real mosquitto, the gateway, ``sim drivers --live``: drivers given a
+    space turn back, their gate cancels, the gateway releases the hold (or says why not),
+    and the simulator counts the answers as the gateway counts the cancels."""
+    import signal
+    import time
+
+    from parking.site import load_site
+    from tests.conftest import eventually
+    from tests.gateway_support import Edge, running_gateway, site_variant
+
+    site_path = site_variant(tmp_path, ttl_s=600)  # the one snapshot below holds for the test
+    site = load_site(site_path)
+    with running_gateway(site_path, mosquitto.url, tmp_path / "j.db", hold_s=hold_s) as service:
+        gw = service.gateway
+        edges = []
+        for bus in site.buses:  # every space free: the drivers are given spaces
+            edges.append(Edge(mosquitto.port, bus.agent, bus.id))
+            edges[-1].send({s: "free" for s in site.spaces_of_source(bus.id)}, kind="snapshot")
+        cmd = parkguide_cmd(
+            "sim", "drivers", "--site", str(site_path), "--live", "--broker", mosquitto.url,
+            "--start", "17:00", "--speed", "600", "--turn-back", share,
+        )  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env
+        )
+        try:
+            assert eventually(lambda: sum(gw.counters().arrival_cancels.values()) >= 4, 60)
+            time.sleep(0.5)  # the last answers reach the simulator
+        finally:
+            proc.send_signal(signal.SIGINT)
+            err = proc.communicate(timeout=30)[1]
+            for e in edges:
+                e.stop()
+        by_gateway = gw.counters().arrival_cancels
+    (line,) = [ln for ln in err.splitlines() if "drivers stopped: " in ln]
+    stats = json.loads(line.split("drivers stopped: ", 1)[1])
+    assert {result for _, result in by_gateway} == {answer}, by_gateway
+    assert {gate for gate, _ in by_gateway} <= {e.id for e in site.entrances}
+    answered = stats["cancelled"] if answer == "released" else stats["cancel_refused"]
+    other = stats["cancel_refused"] if answer == "released" else stats["cancelled"]
+    # the simulator waits at its stop for the answers to the cancels it sent
+    assert 4 <= answered == sum(by_gateway.values()) <= stats["turned_back"]
+    assert other == 0 and stats["cancel_unanswered"] == 0
+    assert stats["assigned"] >= stats["turned_back"]
+    if answer == "released":
+        assert 0 < stats["turned_back"] < stats["assigned"]  # about half turn back
+        assert "was refused" not in err
+    else:
+        assert stats["turned_back"] == stats["assigned"]
+        assert "the cancel of d0-" in err and "refused: hold_expired" in err

@@ -386,3 +386,52 @@ def test_the_journal_lock_holds_through_a_symlink_and_a_root_run(tmp_path):
         with lock_journal(real):
             pass
         assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534)
+
+
+def _stored_closures(gw: LiveGateway) -> dict:
+    """The zone closures in the journal, as the stand-alone API reads them."""
+    from parking.closures import ZONE_CLOSURES_KEY, load
+
+    return load(gw.journal.meta(ZONE_CLOSURES_KEY))
+
+
+def test_a_space_moved_out_of_a_closed_zone_leaves_its_closure_and_stays_closed(run, caplog):
+    """Zone P closed, then the file moves P-021..P-024 to zone Q: they stay closed (on
+    their own), P's closure no longer lists them, and opening P leaves them closed."""
+    gw = run.start(SMALL)
+    snapshot_all_free(gw, gw.site, T0)
+    gw.control_zone("P", "close", "alice", "cleaning")
+    assert len(gw.zone_closures()["P"].spaces) == 24
+    moved = SMALL.replace("P-001..P-024", "P-001..P-020").replace(
+        Q_LINE,
+        "  - {ids: P-021..P-024, zone: Q, kinds: [visitor], access: [L2],\n"
+        "     layout: {origin: [20, -8], step: [2.5, 0]}}\n" + Q_LINE,
+    )
+    caplog.set_level(logging.WARNING, logger="gateway.live")
+    gw = run.start(moved)
+    p_now = {f"P-{i:03d}" for i in range(1, 21)}
+    moved_out = {f"P-{i:03d}" for i in range(21, 25)}
+    assert gw.zone_closures()["P"].spaces == p_now
+    assert _stored_closures(gw)["P"].spaces == p_now  # GET /zones/closures counts 20
+    assert run.closed() == p_now | moved_out  # a closed space does not open by itself
+    said = [r.getMessage() for r in caplog.records if "zone P's closure" in r.getMessage()]
+    assert len(said) == 1 and "4 of its 24 spaces" in said[0] and "P-021" in said[0]
+
+    caplog.clear()
+    gw = run.start(moved)  # said once: the journal keeps the closure as it is now
+    assert not [r for r in caplog.records if "closure" in r.getMessage()]
+    gw.control_zone("P", "open", "alice", None)
+    assert run.closed() == moved_out
+    assert gw.zone_closures() == {} and _stored_closures(gw) == {}
+
+
+def test_the_closure_of_a_zone_the_site_file_dropped_is_dropped(run, caplog):
+    gw = run.start(SMALL)
+    snapshot_all_free(gw, gw.site, T0)
+    gw.control_zone("Q", "close", "alice", "event")
+    caplog.set_level(logging.WARNING, logger="gateway.live")
+    gw = run.start(renamed())  # zone Q is zone V now
+    assert gw.zone_closures() == {} and _stored_closures(gw) == {}
+    assert run.closed() == {f"Q-{i:03d}" for i in range(1, 9)}  # they stay closed
+    said = [r.getMessage() for r in caplog.records if "zone Q's closure" in r.getMessage()]
+    assert len(said) == 1 and "no longer has zone Q" in said[0]

@@ -294,3 +294,15 @@ def test_what_a_zone_action_changes():
     assert (opened.change, opened.left) == (("B-3",), ("B-2",))
     assert closures.plan("open", zone, ["B-2"], None, None).nothing
     assert closures.load(closures.dump(shut)) == shut
+
+
+def test_a_closure_follows_the_site_files_zones():
+    """parking.closures.in_site (pure): a space in another zone now leaves the closure, a
+    closure of a zone the file dropped is gone."""
+    b = closures.ZoneClosure("B", "alice", "snow", 1.0, frozenset({"B-1", "B-2"}))
+    x = closures.ZoneClosure("X", "bob", None, 2.0, frozenset({"X-1"}))
+    zone_of = {"B-1": "B", "B-2": "C", "X-1": "C"}
+    assert closures.in_site({"B": b, "X": x}, zone_of) == {
+        "B": closures.ZoneClosure("B", "alice", "snow", 1.0, frozenset({"B-1"}))
+    }
+    assert closures.in_site({"B": b}, {"B-1": "B", "B-2": "B"}) == {"B": b}
