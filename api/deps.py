@@ -88,12 +88,33 @@ def current_user(request: Request, ctx: Ctx) -> User | None:
 OptionalUser = Annotated[User | None, Depends(current_user)]
 
 
-def require_login(user: OptionalUser) -> User:
+def logged_in(user: User | None) -> User:
+    """``user``, or 401 when there is none."""
     if user is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "login required: POST /api/v1/auth/login, then send the session cookie or a bearer token",
             headers={"WWW-Authenticate": "Bearer"},
+        )
+    return user
+
+
+PAGE_USER_HEADER = "X-Parkguide-User"
+"""The user a dashboard page shows, sent with its changes: one browser shares one session
+cookie between its tabs, and a tab still showing alice acted as bob once he logged in in
+another one (the journal named bob for alice's action)."""
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def require_login(request: Request, user: OptionalUser) -> User:
+    user = logged_in(user)
+    shown = request.headers.get(PAGE_USER_HEADER)
+    if shown is not None and request.method not in SAFE_METHODS and shown != user.name:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"this browser is now logged in as {user.name}, not {shown[:64]}: reload the page"
+            " (nothing changed)",
         )
     return user
 
@@ -126,7 +147,7 @@ Technician = Annotated[User, Depends(require_technician)]
 def public_or_login(ctx: Ctx, user: OptionalUser) -> User | None:
     """Zone counts and signs: public unless configured to need login."""
     if user is None and not ctx.settings.public_read:
-        require_login(None)
+        logged_in(None)
     return user
 
 
@@ -138,4 +159,4 @@ def metrics_access(request: Request, ctx: Ctx, user: OptionalUser) -> None:
     token = _bearer(request)
     if expected and token and hmac.compare_digest(token, expected.get_secret_value()):
         return
-    require_login(None)
+    logged_in(None)

@@ -504,6 +504,35 @@ class JournalReader:
         )
         return EventRow(*rows[0]) if rows else None
 
+    def closes_since_open(self, space: str, limit: int = 50) -> list[EventRow]:
+        """The managers' closes of ``space`` since a manager last opened it, newest first
+        (the first keeps it closed; the rest were taken over by it). At most ``limit``."""
+        rows = self._query(
+            f"SELECT {self._event_columns()} FROM events WHERE space = ? AND source = 'manager'"
+            " ORDER BY id DESC LIMIT ?",
+            (space, limit),
+        )
+        out = []
+        for row in rows:
+            e = EventRow(*row)
+            if e.new != "closed":
+                break
+            out.append(e)
+        return out
+
+    def zone_actions_after(self, after_id: int, zone: str, besides: str) -> list[EventRow]:
+        """The managers' events of ``zone``'s closing or opening after event ``after_id``
+        that were not ``besides``'s, one per action (its first), oldest first: what explains
+        ``besides``'s action on the zone that never showed."""
+        out: list[EventRow] = []
+        for e in self.events_after(after_id):
+            if e.source != "manager" or e.zone_closure != zone or e.agent == besides:
+                continue
+            if out and out[-1].agent == e.agent and out[-1].ts == e.ts:
+                continue  # the same action's other spaces
+            out.append(e)
+        return out
+
     def closures(self, spaces: Collection[str]) -> dict[str, EventRow]:
         """:meth:`closure` of many spaces in one walk back from the newest event, which stops
         at the oldest of their closes (a zone's spaces closed on their own: one walk per

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from gateway.readside import Expect
 from parking.payloads import Assignment, DisplayContent, HealthReport, LocalText
 from parking.siteconfig import LocalName
 
@@ -56,6 +57,19 @@ class LoginRequest(_Request):
 
 class SpaceControlRequest(_Request):
     reason: OptionalNote = Field(None, max_length=200, description="why, for the journal")
+    expect_closed_by: str | None = Field(
+        None,
+        max_length=64,
+        description="a precondition: the manager whose closure the page shows (null: it "
+        "shows the space or zone not closed). When the current closer differs, 409 with the "
+        "current closure and nothing changes. Left out: no precondition",
+    )
+
+    def expectation(self) -> Expect | None:
+        """The precondition, when the request gave one (null counts: "not closed")."""
+        if "expect_closed_by" not in self.model_fields_set:
+            return None
+        return Expect(self.expect_closed_by)
 
 
 class AcknowledgeRequest(_Request):
@@ -71,6 +85,24 @@ class AcknowledgeRequest(_Request):
 
 class ErrorOut(BaseModel):
     detail: str = Field(description="what is wrong")
+
+
+class ClosureOut(BaseModel):
+    """A manager's close that keeps (or kept) a space or zone closed."""
+
+    closed_by: str | None = Field(description="who (None: the site file closes it)")
+    closed_reason: str | None
+    closed_at: float | None = Field(description="when (UNIX s)")
+
+
+class NotAsExpectedOut(ErrorOut):
+    """409 of a close or open whose ``expect_closed_by`` does not hold: the current closure
+    (``closed_by`` None and ``closed`` false: not closed). Nothing changed."""
+
+    closed: bool
+    closed_by: str | None
+    closed_reason: str | None
+    closed_at: float | None
 
 
 class AlreadyAcknowledgedOut(ErrorOut):
@@ -336,6 +368,11 @@ class ControlOut(BaseModel):
     closed_with_zone: str | None = Field(
         None, description="when it was closed by closing its zone: that zone"
     )
+    earlier_closes: list[ClosureOut] = Field(
+        [],
+        description="when it was closed: the earlier closes since it was last open, newest "
+        "first, that the one above took over (their reasons may still matter)",
+    )
 
 
 class ClosedSpaceOut(BaseModel):
@@ -385,6 +422,11 @@ class ZoneControlOut(BaseModel):
         [],
         description="the zone's closed spaces it leaves closed (closed on their own, or by "
         "the site file), with who closed them",
+    )
+    closure_was: ClosureOut | None = Field(
+        None,
+        description="the zone's closure before: the one an open ended, or a close's new "
+        "reason replaced (None: it was not closed)",
     )
 
 

@@ -32,6 +32,7 @@ from gateway.readside import (
     ControlUnavailable,
     Counters,
     EntranceRefusals,
+    Expect,
     LiveEvent,
     RefusalLog,
     SpaceStatus,
@@ -108,8 +109,10 @@ class MqttLiveView:
         self._observed_since: dict[str, float | None] = {}  # as of the last checkpoint
         self._last_event = 0
         self._journal_lock = threading.Lock()  # one reader of the journal at a time
-        self._sent: dict[str, float] = {}  # space -> monotonic time a control for it was sent
-        self._sent_zones: dict[str, float] = {}  # zone -> the same, for a zone's control
+        # (manager, space) -> monotonic time their control of it was sent, until the journal
+        # shows that manager's event of it: another manager's event is not its confirmation
+        self._sent: dict[tuple[str, str], float] = {}
+        self._sent_zones: dict[tuple[str, str], float] = {}  # the same, for a zone's control
         self._gateway_online: bool | None = None
         self._stale_said = False  # _check_signs_fresh said the gateway went silent
         self._connected_mono: float | None = None  # monotonic time of the last (re)connect
@@ -487,9 +490,11 @@ class MqttLiveView:
         with self._lock:
             for e in rows:
                 self._last_event = e.id
-                self._sent.pop(e.space, None)  # the gateway has journaled since
+                if e.source == "manager" and e.agent is not None:
+                    self._sent.pop((e.agent, e.space), None)  # the gateway has journaled it
+                    if e.zone_closure is not None:
+                        self._sent_zones.pop((e.agent, e.zone_closure), None)
                 if e.zone_closure is not None:
-                    self._sent_zones.pop(e.zone_closure, None)
                     zones[e.zone_closure] = e.ts
                 if e.space in self.site.space_index and e.new in STATE_NAMES:
                     self._state[e.space] = (e.new, e.ts)
@@ -678,6 +683,8 @@ class MqttLiveView:
     def recent_refusals(self) -> dict[str, EntranceRefusals]:
         return self.refusals.recent(time.time() + self.gateway_clock_offset)
 
+    judges_controls = False  # the caller judges on the journal, then this sends it
+
     def control_unavailable(self) -> str | None:
         """Why a manager's action cannot reach the gateway now: sent anyway, it would wait
         at the broker (or in this process) and be applied whenever the gateway is back,
@@ -694,34 +701,38 @@ class MqttLiveView:
             )
         return None
 
-    def control_space(self, space: str, action: str, by: str, reason: str | None) -> None:
-        """Ask the gateway to close or open a space (QoS 1; the gateway journals it)."""
+    def control_space(
+        self, space: str, action: str, by: str, reason: str | None, expect: Expect | None = None
+    ) -> None:
+        """Ask the gateway to close or open a space (QoS 1; the gateway journals it). Judged
+        by the caller beforehand, ``expect`` too (the gateway is not told it)."""
         if space not in self.site.space_index:
             raise ValueError(f"no space {space!r} in site {self.site.id!r}")
-        self._send_control(topics.space_control(self.site.id, space), action, by, reason, "space")
-        with self._lock:
-            self._sent[space] = time.monotonic()
+        topic = topics.space_control(self.site.id, space)
+        self._send_noted(self._sent, (by, space), topic, action, by, reason, "space")
 
     def settle(
-        self, spaces: Collection[str], zones: Collection[str] = (), within: float = SETTLE_S
+        self,
+        spaces: Collection[str],
+        zones: Collection[str] = (),
+        within: float = SETTLE_S,
+        by: str | None = None,
     ) -> bool:
         """Read the journal's newest events now, and if this API sent a control for one of
-        ``spaces`` or ``zones`` within ``within`` that the journal does not show yet, wait
-        for it (at most until ``within`` after the send): the next action is judged on the
-        state the last one left. False when one never showed (the gateway refused it, or
-        never had it)."""
+        ``spaces`` or ``zones`` within ``within`` (``by``'s only, when given) that the
+        journal does not show yet, wait for it (at most until ``within`` after the send):
+        the next action is judged on the state the last one left. False when one never
+        showed (the gateway refused it, or never had it)."""
         shown = True
+        spaces, zones = set(spaces), set(zones)
         while True:
             with self._journal_lock:
                 self._tail()
             with self._lock:
                 waiting = False
                 for sent, keys in ((self._sent, spaces), (self._sent_zones, zones)):
-                    for key in keys:
-                        at = sent.get(key)
-                        if at is None:
-                            continue
-                        if time.monotonic() - at >= within:
+                    for key in [k for k in sent if k[1] in keys and by in (None, k[0])]:
+                        if time.monotonic() - sent[key] >= within:
                             del sent[key]  # refused, or journaled no event: go on
                             shown = False
                         else:
@@ -729,13 +740,36 @@ class MqttLiveView:
             if not waiting or self._stop.wait(0.02):
                 return shown
 
-    def control_zone(self, zone: str, action: str, by: str, reason: str | None) -> None:
-        """Ask the gateway to close or open a whole zone (QoS 1; the gateway journals it)."""
+    def control_zone(
+        self, zone: str, action: str, by: str, reason: str | None, expect: Expect | None = None
+    ) -> None:
+        """Ask the gateway to close or open a whole zone (QoS 1; the gateway journals it);
+        judged like :meth:`control_space`."""
         if zone not in {z.id for z in self.site.zones}:
             raise ValueError(f"no zone {zone!r} in site {self.site.id!r}")
-        self._send_control(topics.zone_control(self.site.id, zone), action, by, reason, "zone")
+        topic = topics.zone_control(self.site.id, zone)
+        self._send_noted(self._sent_zones, (by, zone), topic, action, by, reason, "zone")
+
+    def _send_noted(
+        self,
+        sent: dict[tuple[str, str], float],
+        key: tuple[str, str],
+        topic: str,
+        action: str,
+        by: str,
+        reason: str | None,
+        what: str,
+    ) -> None:
+        """Send a control, noted as awaiting its journal event in ``sent`` before the send
+        (the poll thread may tail its event before the send returns), unless it failed."""
         with self._lock:
-            self._sent_zones[zone] = time.monotonic()
+            sent[key] = time.monotonic()
+        try:
+            self._send_control(topic, action, by, reason, what)
+        except Exception:
+            with self._lock:
+                sent.pop(key, None)
+            raise
 
     def _send_control(
         self, topic: str, action: str, by: str, reason: str | None, what: str

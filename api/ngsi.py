@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from api.auth import User
-from api.deps import Ctx, public_or_login, require_login
+from api.deps import Ctx, logged_in, public_or_login
 from gateway.displays import blind, zone_offered
 from gateway.readside import LiveView
 from parking.payloads import ZoneCounts
@@ -338,7 +338,7 @@ def query_entities(
     # parameters are checked here, after the access check, so a spot query without login is 401
     named = {t.strip().removeprefix(DEFAULT_VOCAB) for t in type.split(",")} if type else None
     if named is None or not named <= {"ParkingGroup", "OffStreetParking"}:
-        require_login(user)  # spots (or anything not plainly public) need a login
+        logged_in(user)  # spots (or anything not plainly public) need a login
     kinds = _types(type)
     _unsupported(request, QUERY_PARAMS)
     media = _media_type(request.headers.get("accept"))
@@ -373,7 +373,7 @@ def retrieve_entity(
     view = ctx.view
     sid = view.site.id
     if entity_id.startswith(f"urn:ngsi-ld:ParkingSpot:{sid}:"):
-        require_login(user)
+        logged_in(user)
     _unsupported(request, frozenset())
     media = _media_type(request.headers.get("accept"))
     if entity_id == site_urn(sid):

@@ -698,6 +698,24 @@ class Journal:
                 out[space] = (new, zone_closure)
         return out
 
+    def closes_since_open(
+        self, space: str
+    ) -> list[tuple[float, str | None, str | None, str | None]]:
+        """The managers' closes of ``space`` since a manager last opened it, newest first
+        (ts, by, reason, zone closure): the first keeps it closed. By the ``events_manager``
+        index; a manager's event is journaled (expanded) before their action is answered."""
+        out = []
+        rows = self.conn.execute(
+            "SELECT ts, agent, note, zone_closure, new FROM events INDEXED BY events_manager"
+            " WHERE source = 'manager' AND space = ? ORDER BY id DESC",
+            (space,),
+        )
+        for ts, agent, note, zone_closure, new in rows:
+            if new != "closed":
+                break
+            out.append((ts, agent, note, zone_closure))
+        return out
+
     def last_event_id(self) -> int:
         return self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
 

@@ -59,11 +59,18 @@ from gateway.journal import BACKUP_TAKEN_KEY, History, Journal
 from gateway.lag import BEHIND_S, ReportLag
 from gateway.readside import (
     AgentStatus,
+    Closer,
     Counters,
     EntranceRefusals,
+    Expect,
     LiveEvent,
     RefusalLog,
+    Refused,
+    SpaceBefore,
     SpaceStatus,
+    ZoneBefore,
+    expectation_fails,
+    nothing_changes,
 )
 from gateway.service import MAX_HOLDS_PER_ENTRANCE
 from gateway.site_changes import (
@@ -1918,6 +1925,8 @@ class LiveGateway:
 
         return unsubscribe
 
+    judges_controls = True  # under the lock, with the action
+
     def control_unavailable(self) -> str | None:
         return None  # applied here, in the gateway itself
 
@@ -1929,7 +1938,20 @@ class LiveGateway:
     def recent_refusals(self) -> dict[str, EntranceRefusals]:
         return self.refusals.recent(self._clock())
 
-    def control_space(self, space: str, action: str, by: str, reason: str | None) -> None:
+    def _closes(self, space: str) -> tuple[Closer, ...]:
+        """The managers' closes of a closed ``space`` since it was last open, newest first
+        (under the lock: every manager's action is journaled before it is released)."""
+        return tuple(
+            Closer(by, reason, ts, zone)
+            for ts, by, reason, zone in self.journal.closes_since_open(space)
+        )
+
+    def control_space(
+        self, space: str, action: str, by: str, reason: str | None, expect: Expect | None = None
+    ) -> SpaceBefore:
+        """Close or open a space, judged under the lock: Refused when it would change nothing
+        (an open with a reason would journal a made-up free -> free event) or the manager's
+        ``expect`` fails; else the space as it was found."""
         s = self.site.space_index.get(space)
         if s is None:
             raise ValueError(f"no space {space!r} in site {self.site.id!r}")
@@ -1937,10 +1959,17 @@ class LiveGateway:
             raise ValueError(f"action must be 'close' or 'open', not {action!r}")
         now = self._clock()
         with self.lock:
+            held = bool(self.core.held_until[s] > now)
             now = self._event_time(now)
-            if action == "open" and not self.state.closed[s]:
-                # nothing to open: a reason here would journal a made-up free -> free event
-                raise ValueError(f"{space} is not closed")
+            was = STATE_NAMES[int(self.state.state[s])]
+            closes = self._closes(space) if was == "closed" else ()
+            closer = closes[0] if closes else None
+            why = expectation_fails(expect, closer, was == "closed")
+            if why is not None:
+                raise Refused(f"{space}: {why}: nothing changed", closer, True, was == "closed")
+            why = nothing_changes(space, action, was, reason, bool(self.site.spaces[s].closed))
+            if why is not None:
+                raise Refused(why, closer)
             changes = self.state.control(s, action == "close", now)
             again: tuple[int, ...] = ()
             if not len(changes) and (reason or self.site.spaces[s].closed):
@@ -1974,16 +2003,20 @@ class LiveGateway:
             },
             now,
         )
+        return SpaceBefore(was, held, closes)
 
     def zone_closures(self) -> dict[str, ZoneClosure]:
         """The zones managers closed, each with the spaces its closure keeps closed."""
         with self.lock:
             return dict(self._zone_closures)
 
-    def control_zone(self, zone: str, action: str, by: str, reason: str | None) -> None:
+    def control_zone(
+        self, zone: str, action: str, by: str, reason: str | None, expect: Expect | None = None
+    ) -> ZoneBefore:
         """Close every space of ``zone`` that is not closed, or open those its closure
         closed (parking.closures): one journal transaction, the signs republished once
-        after it. ValueError when it would change nothing."""
+        after it. Refused when it would change nothing or the manager's ``expect`` fails;
+        else the zone as it was found."""
         if zone not in self._zone_index:
             raise ValueError(f"no zone {zone!r} in site {self.site.id!r}")
         now = self._clock()
@@ -1993,9 +2026,18 @@ class LiveGateway:
             mine = self._zone_spaces[zone]
             closed = [sp for sp in mine if self.state.closed[index[sp]]]
             closure = self._zone_closures.get(zone)
+            closer = None if closure is None else Closer(closure.by, closure.reason, closure.ts)
+            why = expectation_fails(expect, closer, closure is not None)
+            if why is not None:
+                raise Refused(
+                    f"zone {zone}: {why}: nothing changed", closer, True, closure is not None
+                )
             p = closures.plan(action, mine, closed, closure, reason)
             if p.nothing:
-                raise ValueError(closures.nothing_to_do(zone, action, closure))
+                raise Refused(closures.nothing_to_do(zone, action, closure), closer)
+            held = tuple(
+                sp for sp in p.change if action == "close" and self.core.held_until[index[sp]] > now
+            )
             idx = np.array([index[sp] for sp in p.change], dtype=np.int64)
             changes = self.state.control_many(idx, action == "close", now)
             after = closures.after_zone(
@@ -2026,3 +2068,4 @@ class LiveGateway:
             f", {len(p.left)} closed on their own left closed" if p.left else "",
             f": {reason}" if reason else "",
         )
+        return ZoneBefore(p, closer, held)

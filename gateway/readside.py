@@ -75,6 +75,96 @@ class SpaceStatus:
     observed_since: float | None = None
 
 
+@dataclass(frozen=True)
+class Closer:
+    """A manager's close that keeps a space (or a zone) closed: who, why, when, and the
+    zone whose closing made it (a space's)."""
+
+    by: str | None  # None: the site file closes it (or the journal no longer says)
+    reason: str | None
+    at: float | None
+    zone: str | None = None
+
+
+@dataclass(frozen=True)
+class Expect:
+    """A manager's precondition on an action: the closer their page shows (``closed_by``
+    None: they believe it is not closed). The action changes nothing when it differs."""
+
+    closed_by: str | None
+
+
+@dataclass(frozen=True)
+class SpaceBefore:
+    """A space as a manager's action found it, judged under the gateway's lock: its state,
+    whether it was held for a car, and the closes since it was last open, newest first (the
+    first keeps it closed)."""
+
+    state: str
+    held: bool
+    closes: tuple[Closer, ...] = ()
+
+
+@dataclass(frozen=True)
+class ZoneBefore:
+    """A zone as a manager's action found it, judged under the gateway's lock: what the
+    action changed (parking.closures.ZonePlan), the zone's closure before it, and the
+    spaces it closed that were held for cars."""
+
+    plan: Any
+    closure: Closer | None
+    held: tuple[str, ...] = ()
+
+
+class Refused(ValueError):
+    """A manager's action that changes nothing (409): it would be a no-op, or the closer is
+    not the one the manager expected (``closer``: the current closure, if any)."""
+
+    def __init__(
+        self,
+        message: str,
+        closer: Closer | None = None,
+        expected: bool = False,
+        closed: bool = False,
+    ):
+        super().__init__(message)
+        self.closer = closer
+        self.expected = expected  # refused by the manager's precondition (Expect)
+        self.closed = closed  # the space (zone) is closed, by ``closer`` if known
+
+
+def nothing_changes(
+    space: str, action: str, state: str | None, reason: str | None, site_closed: bool
+) -> str | None:
+    """Why an action on ``space`` (now ``state``) would change nothing (None: it changes
+    something): opening a space that is not closed, or closing a closed one without a new
+    reason (a new one replaces its reason; a space the site file closes becomes the
+    manager's). Answered 202, the page would say it was done."""
+    if action == "open" and state != "closed":
+        return f"{space} is not closed (it is {state}): nothing changed"
+    if action == "close" and state == "closed" and not reason and not site_closed:
+        return f"{space} is already closed: nothing changed (give a reason to replace its reason)"
+    return None
+
+
+def expectation_fails(expect: Expect | None, closer: Closer | None, closed: bool) -> str | None:
+    """Why ``expect`` does not hold of a space or zone that is ``closed`` by ``closer``
+    (None: it holds, or there is none)."""
+    if expect is None:
+        return None
+    if expect.closed_by is None:
+        if not closed:
+            return None
+        by = closer.by if closer is not None and closer.by else "the site file"
+        return f"it is closed by {by}"
+    if not closed:
+        return "it is not closed"
+    by = closer.by if closer is not None else None
+    if by == expect.closed_by:
+        return None
+    return f"it is closed by {by or 'the site file'}, not {expect.closed_by}"
+
+
 class ControlUnavailable(Exception):
     """A manager's close or open cannot reach the gateway now (it is offline, or the broker
     is unreachable): nothing was sent and nothing changed; the message says why."""
@@ -166,19 +256,36 @@ class LiveView(Protocol):
         site file does not name)."""
         ...
 
-    def control_space(self, space: str, action: str, by: str, reason: str | None) -> None:
+    judges_controls: bool
+    """True: :meth:`control_space` and :meth:`control_zone` judge the action where it is
+    applied, with it (the gateway itself); False: they only send it."""
+
+    def control_space(
+        self, space: str, action: str, by: str, reason: str | None, expect: Expect | None = None
+    ) -> SpaceBefore | None:
         """Close or open a space (manager action); the gateway journals it like any change.
-        Raises :class:`ControlUnavailable` when it cannot reach the gateway."""
+        In the gateway itself: judged under its lock (:class:`Refused` when it changes
+        nothing or ``expect`` fails) and answered with the space as it found it; sent
+        (stand-alone API): None, judged by the caller beforehand. Raises
+        :class:`ControlUnavailable` when it cannot reach the gateway."""
         ...
 
     def settle(
-        self, spaces: Collection[str], zones: Collection[str] = (), within: float = 1.0
+        self,
+        spaces: Collection[str],
+        zones: Collection[str] = (),
+        within: float = 1.0,
+        by: str | None = None,
     ) -> bool:
         """Before judging a manager's action on ``spaces`` (or ``zones``): make the view show
         what the gateway has journaled for them, including an action this view sent within
-        ``within`` s before; False when such an action never showed."""
+        ``within`` s before (only ``by``'s, when given: its confirmation); False when such
+        an action never showed."""
         ...
 
-    def control_zone(self, zone: str, action: str, by: str, reason: str | None) -> None:
-        """Close or open a whole zone (parking.closures); raises like :meth:`control_space`."""
+    def control_zone(
+        self, zone: str, action: str, by: str, reason: str | None, expect: Expect | None = None
+    ) -> ZoneBefore | None:
+        """Close or open a whole zone (parking.closures); answers and raises like
+        :meth:`control_space`."""
         ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -23,8 +24,10 @@ from api.models import (
     AlreadyAcknowledgedOut,
     ArrivalSummary,
     ClosedSpaceOut,
+    ClosureOut,
     ControlOut,
     ErrorOut,
+    NotAsExpectedOut,
     SpaceControlRequest,
     ZoneClosureOut,
     ZoneControlOut,
@@ -37,7 +40,15 @@ from api.routes import (
     parse_body,
     request_body_doc,
 )
-from gateway.readside import ControlUnavailable
+from gateway.readside import (
+    Closer,
+    ControlUnavailable,
+    Refused,
+    SpaceBefore,
+    ZoneBefore,
+    expectation_fails,
+    nothing_changes,
+)
 from parking import closures
 from parking.payloads import Assignment, LocalText
 
@@ -221,32 +232,56 @@ CONTROL_ERRORS: dict[int | str, dict[str, Any]] = {
 ZONE_CONFIRM_S = 3.0
 """How long a zone action waits for the gateway to journal it before it is answered 504."""
 
-
-def refuse_if_nothing_changes(space: str, action: str, was: str | None, reason: str | None) -> None:
-    """409 for an action that would change nothing: opening a space that is not closed, or
-    closing a closed one without a new reason (a new one replaces its reason). Answered 202,
-    the page would say it was done; and an open with a reason journalled a made-up event."""
-    if action == "open" and was != "closed":
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, f"{space} is not closed (it is {was}): nothing changed"
-        )
-    if action == "close" and was == "closed" and not reason:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"{space} is already closed: nothing changed (give a reason to replace its reason)",
-        )
+NOT_AS_EXPECTED: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": NotAsExpectedOut,
+        "description": "nothing changed: it would change nothing, or (with `expect_closed_by`)"
+        " it is not closed by the manager the page showed: the current closure",
+    }
+}
 
 
-def state_before(ctx: Ctx, space: str) -> tuple[str | None, bool, EventRow | None]:
-    """The space as the manager's action finds it: its state, whether it is held for a car
-    sent to it (a manager closing it is told the car may be on its way: there is no way to
-    call it back), and, when closed, the close that closed it (another manager opening it
-    is told whose closure it ends)."""
+def closure_out(c: Closer | None) -> ClosureOut | None:
+    return None if c is None else ClosureOut(closed_by=c.by, closed_reason=c.reason, closed_at=c.at)
+
+
+def closer_of(e: EventRow) -> Closer:
+    return Closer(e.agent, e.note, e.ts, e.zone_closure)
+
+
+def not_as_expected(exc: Refused) -> JSONResponse:
+    """The 409 of an action whose ``expect_closed_by`` did not hold: the current closure
+    (the page asks the manager what to do)."""
+    c = exc.closer
+    body = NotAsExpectedOut(
+        detail=str(exc),
+        closed=exc.closed,
+        closed_by=c.by if c else None,
+        closed_reason=c.reason if c else None,
+        closed_at=c.at if c else None,
+    )
+    return JSONResponse(body.model_dump(), status_code=status.HTTP_409_CONFLICT)
+
+
+def space_before(ctx: Ctx, space: str, action: str, body: SpaceControlRequest) -> SpaceBefore:
+    """The space as the manager's action finds it, read from the journal now (stand-alone
+    API: the gateway judges what it is sent no further); Refused like the gateway's own
+    judgement. A window remains between this read and the gateway applying it."""
     ctx.view.settle([space], [ctx.view.site.space(space).zone])
     now = next((s for s in ctx.view.spaces() if s.space == space), None)
-    was = None if now is None else now.state
-    held = now is not None and now.held
-    return was, held, ctx.journal.closure(space) if was == "closed" else None
+    was = "unknown" if now is None else now.state
+    closes = (
+        tuple(closer_of(e) for e in ctx.journal.closes_since_open(space)) if was == "closed" else ()
+    )
+    closer = closes[0] if closes else None
+    why = expectation_fails(body.expectation(), closer, was == "closed")
+    if why is not None:
+        raise Refused(f"{space}: {why}: nothing changed", closer, True, was == "closed")
+    site_closed = bool(ctx.view.site.space(space).closed)
+    why = nothing_changes(space, action, was, body.reason, site_closed)
+    if why is not None:
+        raise Refused(why, closer)
+    return SpaceBefore(was, now is not None and now.held, closes)
 
 
 async def _control(
@@ -264,23 +299,39 @@ async def _control(
         why = ctx.view.control_unavailable()
         if why is not None:
             raise ControlUnavailable(why)
-        was, held, closure = await run_in_threadpool(state_before, ctx, space)
-        refuse_if_nothing_changes(space, action, was, body.reason)
-        # the gateway journals it under its lock: keep the event loop free meanwhile
-        await run_in_threadpool(ctx.view.control_space, space, action, user.name, body.reason)
+        # the gateway itself judges it under its lock with the action and answers how it
+        # found the space; a stand-alone API judges it on the journal just before sending
+        before = (
+            await run_in_threadpool(
+                ctx.view.control_space, space, action, user.name, body.reason, body.expectation()
+            )
+            if ctx.view.judges_controls
+            else None
+        )
+        if before is None:
+            before = await run_in_threadpool(space_before, ctx, space, action, body)
+            await run_in_threadpool(ctx.view.control_space, space, action, user.name, body.reason)
     except ControlUnavailable as exc:
         log.info("refused %s %s by %s: %s", action, space, user.name, exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    except Refused as exc:
+        log.info("refused %s %s by %s: %s", action, space, user.name, exc)
+        if not exc.expected:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        return not_as_expected(exc)  # type: ignore[return-value]
     except (ValueError, KeyError) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, f"the gateway refused: {exc}") from None
     log.info("space %s %s by %s (%s)", space, action, user.name, body.reason or "no reason given")
-    if closure is not None and action == "open":
+    closure = before.closes[0] if before.closes else None
+    if closure is not None:
         log.info(
-            "space %s: the closure opened was %s's (%s)%s",
+            "space %s: the closure %s was %s's (%s)%s%s",
             space,
-            closure.agent,
-            closure.note,
-            f", with zone {closure.zone_closure}" if closure.zone_closure else "",
+            "opened" if action == "open" else "taken over",
+            closure.by,
+            closure.reason,
+            f", with zone {closure.zone}" if closure.zone else "",
+            f", over {len(before.closes) - 1} earlier closes" if len(before.closes) > 1 else "",
         )
     return ControlOut(
         space=space,
@@ -288,12 +339,13 @@ async def _control(
         by=user.name,
         reason=body.reason,
         ts=time.time(),
-        was=was,
-        held=held,
-        closed_by=closure.agent if closure else None,
-        closed_reason=closure.note if closure else None,
-        closed_at=closure.ts if closure else None,
-        closed_with_zone=closure.zone_closure if closure else None,
+        was=before.state,
+        held=before.held,
+        closed_by=closure.by if closure else None,
+        closed_reason=closure.reason if closure else None,
+        closed_at=closure.at if closure else None,
+        closed_with_zone=closure.zone if closure else None,
+        earlier_closes=[closure_out(c) for c in before.closes[1:]],
     )
 
 
@@ -301,7 +353,7 @@ async def _control(
     "/spaces/{space}/close",
     status_code=202,
     openapi_extra=request_body_doc(SpaceControlRequest),
-    responses=CONTROL_ERRORS,
+    responses={**CONTROL_ERRORS, **NOT_AS_EXPECTED},
 )
 async def close_space(space: str, request: Request, ctx: Ctx, user: Manager) -> ControlOut:
     """Close a space (repairs, reserved): it counts as closed on every sign (manager)."""
@@ -312,7 +364,7 @@ async def close_space(space: str, request: Request, ctx: Ctx, user: Manager) -> 
     "/spaces/{space}/open",
     status_code=202,
     openapi_extra=request_body_doc(SpaceControlRequest),
-    responses=CONTROL_ERRORS,
+    responses={**CONTROL_ERRORS, **NOT_AS_EXPECTED},
 )
 async def open_space(space: str, request: Request, ctx: Ctx, user: Manager) -> ControlOut:
     """Open a closed space again (manager)."""
@@ -354,24 +406,75 @@ def closed_space(space: str, c: EventRow | None) -> ClosedSpaceOut:
 
 
 def zone_before(
-    ctx: Ctx, zone: str, action: str, reason: str | None
-) -> tuple[closures.ZonePlan, closures.ZoneClosure | None, list[str], list[ClosedSpaceOut]]:
-    """The zone as the manager's action finds it: what the action changes (the plan the
-    gateway makes too), the zone's closure, the spaces it closes that are held for cars,
-    and the closed spaces it leaves with who closed them."""
+    ctx: Ctx, zone: str, action: str, body: SpaceControlRequest
+) -> tuple[ZoneBefore, int]:
+    """The zone as the manager's action finds it, read from the journal now (stand-alone
+    API): what the action changes (the plan the gateway makes too), the zone's closure and
+    the spaces it closes that are held for cars; Refused like the gateway's own judgement.
+    Also the journal's newest event id then (what happened to the zone since explains an
+    action that never showed)."""
     mine = [sp.id for sp in ctx.view.site.spaces if sp.zone == zone]
     ctx.view.settle(mine, [zone])
+    mark = ctx.journal.last_event_id()
     now = {s.space: s for s in ctx.view.spaces()}
     closure = stored_closures(ctx).get(zone)
+    closer = None if closure is None else Closer(closure.by, closure.reason, closure.ts)
+    why = expectation_fails(body.expectation(), closer, closure is not None)
+    if why is not None:
+        raise Refused(f"zone {zone}: {why}: nothing changed", closer, True, closure is not None)
     # a closure's spaces are closed (the gateway takes out any opened since), whatever a
     # stand-alone view that has not yet read the journal's newest events says
     held_shut = closure.spaces if closure is not None else frozenset()
     closed = [sp for sp in mine if sp in held_shut or (sp in now and now[sp].state == "closed")]
-    p = closures.plan(action, mine, closed, closure, reason)
+    p = closures.plan(action, mine, closed, closure, body.reason)
+    if p.nothing:
+        raise Refused(closures.nothing_to_do(zone, action, closure), closer)
     held = [sp for sp in p.change if sp in now and now[sp].held] if action == "close" else []
-    closes = ctx.journal.closures(p.left) if not p.nothing else {}
-    left = [closed_space(sp, closes.get(sp)) for sp in p.left] if not p.nothing else []
-    return p, closure, held, left
+    return ZoneBefore(p, closer, tuple(held)), mark
+
+
+def left_closed(ctx: Ctx, left: Collection[str]) -> list[ClosedSpaceOut]:
+    """The closed spaces a zone action left, with who closed them."""
+    closes = ctx.journal.closures(left) if left else {}
+    return [closed_space(sp, closes.get(sp)) for sp in left]
+
+
+def unconfirmed(ctx: Ctx, zone: str, action: str, user: User, mark: int) -> HTTPException:
+    """The answer to a zone action the gateway never journaled: 409 when another manager's
+    action on the zone since ``mark`` explains it (the gateway found nothing left to do),
+    else 504 (a broker ACL dropping it, a gateway of an earlier release)."""
+    others = ctx.journal.zone_actions_after(mark, zone, user.name)
+    if others:
+        said = "; ".join(
+            f"{e.agent} {'closed' if e.new == 'closed' else 'opened'} zone {zone}"
+            f"{f' ({e.note})' if e.note else ''} at {site_time(ctx, e.ts)}"
+            for e in others
+        )
+        log.info(
+            "zone %s %s by %s: not journaled, another manager acted first: %s",
+            zone,
+            action,
+            user.name,
+            said,
+        )
+        return HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"{said} just before: nothing changed (reload the zone and decide again)",
+        )
+    log.error(
+        "zone %s %s by %s: the gateway did not journal it within %.0f s; a broker ACL"
+        " without control/zones/+ for this API (README, Upgrading, step 7), or a"
+        " gateway of an earlier release",
+        zone,
+        action,
+        user.name,
+        ZONE_CONFIRM_S,
+    )
+    return HTTPException(
+        status.HTTP_504_GATEWAY_TIMEOUT,
+        f"the gateway did not confirm closing or opening zone {zone} within"
+        f" {ZONE_CONFIRM_S:.0f} s: it may not have changed; the API's log says why",
+    )
 
 
 async def _zone_control(
@@ -391,44 +494,46 @@ async def _zone_control(
         why = ctx.view.control_unavailable()
         if why is not None:
             raise ControlUnavailable(why)
-        p, closure, held, left = await run_in_threadpool(
-            zone_before, ctx, zone, action, body.reason
+        # the gateway itself judges it under its lock with the action; a stand-alone API
+        # judges it on the journal, sends it, and waits for this manager's events of it
+        before = (
+            await run_in_threadpool(
+                ctx.view.control_zone, zone, action, user.name, body.reason, body.expectation()
+            )
+            if ctx.view.judges_controls
+            else None
         )
-        if p.nothing:
-            detail = closures.nothing_to_do(zone, action, closure)
-            raise HTTPException(status.HTTP_409_CONFLICT, f"{detail}: nothing changed")
-        # the gateway journals it under its lock: keep the event loop free meanwhile
-        await run_in_threadpool(ctx.view.control_zone, zone, action, user.name, body.reason)
-        # sent is not done: a broker whose ACL drops it (README, Upgrading) or a gateway of
-        # an earlier release takes it silently, and the page would say "closed"
-        if not await run_in_threadpool(ctx.view.settle, (), (zone,), ZONE_CONFIRM_S):
-            log.error(
-                "zone %s %s by %s: the gateway did not journal it within %.0f s; a broker ACL"
-                " without control/zones/+ for this API (README, Upgrading, step 7), or a"
-                " gateway of an earlier release",
-                zone,
-                action,
-                user.name,
-                ZONE_CONFIRM_S,
-            )
-            raise HTTPException(
-                status.HTTP_504_GATEWAY_TIMEOUT,
-                f"the gateway did not confirm closing or opening zone {zone} within"
-                f" {ZONE_CONFIRM_S:.0f} s: it may not have changed; the API's log says why",
-            )
+        if before is None:
+            before, mark = await run_in_threadpool(zone_before, ctx, zone, action, body)
+            await run_in_threadpool(ctx.view.control_zone, zone, action, user.name, body.reason)
+            # sent is not done: a broker whose ACL drops it (README, Upgrading), a gateway
+            # of an earlier release, or another manager's action first (the gateway finds
+            # nothing to do) takes it silently, and the page would say "closed"
+            if not await run_in_threadpool(ctx.view.settle, (), (zone,), ZONE_CONFIRM_S, user.name):
+                raise await run_in_threadpool(unconfirmed, ctx, zone, action, user, mark)
+        p = before.plan
+        left = await run_in_threadpool(left_closed, ctx, p.left)
     except ControlUnavailable as exc:
         log.info("refused %s zone %s by %s: %s", action, zone, user.name, exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    except Refused as exc:
+        log.info("refused %s zone %s by %s: %s", action, zone, user.name, exc)
+        if not exc.expected:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"{exc}: nothing changed") from None
+        return not_as_expected(exc)  # type: ignore[return-value]
     except (ValueError, KeyError) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, f"the gateway refused: {exc}") from None
     log.info(
-        "zone %s %s by %s (%s): %d spaces, %d left closed",
+        "zone %s %s by %s (%s): %d spaces, %d left closed%s",
         zone,
         action,
         user.name,
         body.reason or "no reason given",
         len(p.change),
         len(left),
+        f"; the closure was {before.closure.by}'s ({before.closure.reason})"
+        if before.closure
+        else "",
     )
     return ZoneControlOut(
         zone=zone,
@@ -438,8 +543,9 @@ async def _zone_control(
         ts=time.time(),
         spaces=list(p.change),
         reasoned_again=list(p.again),
-        held=held,
+        held=list(before.held),
         left_closed=left,
+        closure_was=closure_out(before.closure),
     )
 
 
@@ -447,7 +553,7 @@ async def _zone_control(
     "/zones/{zone}/close",
     status_code=202,
     openapi_extra=request_body_doc(SpaceControlRequest),
-    responses=CONTROL_ERRORS,
+    responses={**CONTROL_ERRORS, **NOT_AS_EXPECTED},
 )
 async def close_zone(zone: str, request: Request, ctx: Ctx, user: Manager) -> ZoneControlOut:
     """Close every space of a zone that is not closed (cleaning, snow, an event), in one
@@ -461,7 +567,7 @@ async def close_zone(zone: str, request: Request, ctx: Ctx, user: Manager) -> Zo
     "/zones/{zone}/open",
     status_code=202,
     openapi_extra=request_body_doc(SpaceControlRequest),
-    responses=CONTROL_ERRORS,
+    responses={**CONTROL_ERRORS, **NOT_AS_EXPECTED},
 )
 async def open_zone(zone: str, request: Request, ctx: Ctx, user: Manager) -> ZoneControlOut:
     """Open the spaces a zone's closure closed, still closed by it (manager); spaces closed

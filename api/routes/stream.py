@@ -25,7 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from api.auth import Session, User
-from api.deps import Ctx, public_or_login, require_login, session_of
+from api.deps import Ctx, logged_in, public_or_login, session_of
 from api.live import PUBLIC_KINDS, StreamClient
 from api.routes import PUBLIC_ERRORS
 from gateway.readside import LiveEvent
@@ -189,7 +189,7 @@ async def stream(
     """Live events: `space`, `zone`, `display`, `agent`, `assignment`, `alert` (JSON data)."""
     session = session_of(request, ctx) if user else None
     if user is not None and session is None:  # expired since the access check, just now
-        require_login(None)
+        logged_in(None)
     caps = (ctx.settings.max_public_streams, ctx.settings.max_streams)
     client = ctx.hub.connect(None if user else PUBLIC_KINDS, public=user is None, caps=caps)
     if client is None:  # the page's EventSource tries again (retry), and so does a phone
