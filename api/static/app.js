@@ -24,6 +24,14 @@ const T = {
   need_login: ["需要登录", "login required"], need_manager: ["需要管理员权限", "needs the manager role"],
   closed_by: ["关闭人", "closed by"], done_close: ["已关闭", "closed"], done_open: ["已开放", "opened"],
   was_closed_by: ["此前由 {by} 关闭", "it was closed by {by}"],
+  // two managers at once: the page sends the closer it shows; another's closure is asked about
+  earlier_closed_by: ["更早由 {list} 关闭", "before that closed by {list}"],
+  closed_by_other: ["{id} 已由 {by} 关闭", "{id} is closed by {by}"], site_file: ["场地文件", "the site file"],
+  not_closed_now: ["{id} 现在未关闭", "{id} is not closed now"],
+  ask_close_anyway: ["仍用您的原因关闭？", "close anyway with your reason?"], ask_open_anyway: ["仍要开放？", "open anyway?"],
+  close_anyway: ["仍然关闭", "Close anyway"], open_anyway: ["仍然开放", "Open anyway"],
+  reason_replaces: ["您的原因取代了 {by} 的原因", "your reason replaces {by}'s"],
+  opened_zone_was: ["此前整区由 {by} 关闭", "it was closed by {by}"],
   // a whole zone closed (cleaning, snow, an event): one action for all its spaces
   close_zone: ["关闭区域", "Close zone"], open_zone: ["开放区域", "Open zone"],
   zone_actions: ["关闭/开放…", "Close/open…"], zone_closed_by: ["整区由 {by} 关闭", "zone closed by {by}"],
@@ -165,10 +173,16 @@ function redrawDirty() {
   dirty.zones.clear();
 }
 
+const PAGE_USER = "X-Parkguide-User"; // the user this page shows, sent with its changes
+
 async function api(path, opts = {}) {
   let r;
+  const headers = { "Content-Type": "application/json" };
+  // one browser shares its login between tabs: a tab still showing alice must not act as bob,
+  // who logged in in another (the server refuses it: 409)
+  if (opts.method && opts.method !== "GET" && S.me) headers[PAGE_USER] = S.me.name;
   try {
-    r = await fetch(path, { headers: { "Content-Type": "application/json" }, ...opts });
+    r = await fetch(path, { headers, ...opts });
   } catch {
     return { ok: false, status: 0, body: null }; // server unreachable: the stream reconnects
   }
@@ -177,6 +191,8 @@ async function api(path, opts = {}) {
   // refused for want of a login while we think we have one: the session has ended (expired,
   // logged out in another tab, user removed); ask who we are now, which clears the private parts
   if (r.status === 401 && S.me) later("session", loadSession, 0);
+  if (r.status === 409 && headers[PAGE_USER] && body && typeof body.detail === "string"
+      && body.detail.startsWith("this browser is now logged in as")) later("session", loadSession, 0);
   return { ok: r.ok, status: r.status, body, date: r.headers.get("Date") };
 }
 
@@ -323,19 +339,48 @@ function zoneDone(b) {
   const n = b.spaces.length;
   const parts = [n || !b.reasoned_again.length
     ? t(b.action === "close" ? "done_zone_close" : "done_zone_open").replace("{n}", n) : t("new_reason")];
+  const was = b.closure_was;
+  if (was && b.action === "open") parts.push(`${t("opened_zone_was").replace("{by}", was.closed_by)}${was.closed_reason ? `: ${was.closed_reason}` : ""}`);
+  if (was && b.action === "close" && was.closed_by !== b.by) parts.push(t("reason_replaces").replace("{by}", was.closed_by));
   if (b.held.length) parts.push(t("cars_on_their_way").replace("{n}", b.held.length));
   if (b.left_closed.length) parts.push(t("left_closed").replace("{list}", b.left_closed.map((x) =>
     `${x.space}${x.closed_by ? ` (${x.closed_by}${x.closed_reason ? `: ${x.closed_reason}` : ""})` : ""}`).join(", ")));
   return parts.join(" — ");
 }
 
-async function controlZone(action) {
+// A 409 of an action whose closer was not the one the page showed: who closed it (or that it
+// is not closed) and a button to do it anyway, naming that closer (expect_closed_by)
+function askAnyway(msg, name, action, b, again) {
+  msg.className = "msg error";
+  msg.textContent = "";
+  const what = b.closed
+    ? `${t("closed_by_other").replace("{id}", name).replace("{by}", b.closed_by || t("site_file"))}${b.closed_reason ? `: ${b.closed_reason}` : ""}`
+    : t("not_closed_now").replace("{id}", name);
+  msg.append(`${what} — ${t(action === "close" ? "ask_close_anyway" : "ask_open_anyway")} `);
+  const go = el("button", { type: "button", class: "anyway", text: t(action === "close" ? "close_anyway" : "open_anyway") });
+  go.onclick = () => again(b.closed ? b.closed_by : null);
+  msg.append(go);
+}
+
+const notAsExpected = (r) => r.status === 409 && r.body && typeof r.body.closed === "boolean";
+
+async function controlZone(action, expect) {
   const id = S.zoneSelected;
   if (!id) return;
   const msg = $("#zn-msg");
   const reason = $("#zn-reason").value.trim();
+  const body = reason ? { reason } : {};
+  // the closure this page shows: the action changes nothing if it is no longer that one
+  const c = S.closures && S.closures.get(id);
+  body.expect_closed_by = expect !== undefined ? expect : c ? c.closed_by : null;
   const r = await api(`/api/v1/zones/${encodeURIComponent(id)}/${action}`, { method: "POST",
-    body: JSON.stringify(reason ? { reason } : {}) });
+    body: JSON.stringify(body) });
+  if (notAsExpected(r)) {
+    askAnyway(msg, zoneName(id), action, r.body, (by) => controlZone(action, by));
+    await loadClosures();
+    renderZones();
+    return;
+  }
   msg.className = r.ok ? "msg ok" : "msg error";
   msg.textContent = r.ok ? `${zoneName(id)}: ${zoneDone(r.body)}` : errorText(r);
   if (r.ok && S.zoneSelected === id && $("#zn-reason").value.trim() === reason) $("#zn-reason").value = "";
@@ -700,6 +745,7 @@ async function showClosure(id, s) {
   const r = await api(`/api/v1/events?space=${encodeURIComponent(id)}&limit=20`);
   if (!r.ok || p.dataset.key !== key) return; // another space or state meanwhile
   const e = r.body.items.find((x) => x.new === "closed" && x.source === "manager");
+  S.closer = { key, by: e ? e.agent : undefined }; // what a close or open of it expects
   if (e) p.textContent = [`${t("closed_by")} ${e.agent}`,
     e.zone_closure && t("with_zone").replace("{zone}", zoneName(e.zone_closure)), fmtTime(e.ts),
     e.reason && `${t("reason")}: ${e.reason}`].filter(Boolean).join(" · ");
@@ -713,16 +759,33 @@ function endedClosure(b) {
   const who = b.closed_with_zone
     ? t("was_closed_with_zone").replace("{zone}", zoneName(b.closed_with_zone)).replace("{by}", b.closed_by)
     : t("was_closed_by").replace("{by}", b.closed_by);
-  return ` — ${who}${b.closed_reason ? `: ${b.closed_reason}` : ""}`;
+  const earlier = (b.earlier_closes || []).map((c) => `${c.closed_by}${c.closed_reason ? `: ${c.closed_reason}` : ""}`);
+  return ` — ${who}${b.closed_reason ? `: ${b.closed_reason}` : ""}${earlier.length ? `; ${t("earlier_closed_by").replace("{list}", earlier.join(", "))}` : ""}`;
 }
 
-async function controlSpace(action) {
+// the closer the page shows for space ``id`` (null: it shows it not closed; undefined: it
+// does not know, e.g. still loading or closed by the site file: no precondition)
+function shownCloser(id) {
+  const s = S.spaces.get(id);
+  if (!s || s.state !== "closed") return s ? null : undefined;
+  const p = $("#sp-closure");
+  return S.closer && S.closer.key === p.dataset.key && p.dataset.key ? S.closer.by : undefined;
+}
+
+async function controlSpace(action, expect) {
   const id = S.selected;
   if (!id) return;
   const msg = $("#sp-msg");
   const reason = $("#sp-reason").value.trim();
+  const body = reason ? { reason } : {};
+  const shown = expect !== undefined ? expect : shownCloser(id);
+  if (shown !== undefined) body.expect_closed_by = shown;
   const r = await api(`/api/v1/spaces/${encodeURIComponent(id)}/${action}`, { method: "POST",
-    body: JSON.stringify(reason ? { reason } : {}) });
+    body: JSON.stringify(body) });
+  if (notAsExpected(r)) {
+    askAnyway(msg, id, action, r.body, (by) => controlSpace(action, by));
+    return;
+  }
   msg.className = r.ok ? "msg ok" : "msg error";
   msg.textContent = r.ok ? `${id}: ${t(action === "close" ? "done_close" : "done_open")}${endedClosure(r.body)}` : errorText(r);
   // the reason went with this action; it is not the next one's (unless retyped meanwhile)
