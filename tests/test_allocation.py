@@ -58,6 +58,29 @@ def test_nearest_free_eligible_space_from_each_gate(example_site, layout):
             assert core.best(e, c) == want, (entrance, vc.id)
 
 
+def test_an_ev_that_need_not_charge_leaves_the_charger_to_the_car_that_must(example_site, layout):
+    """A rush-hour review: with only charger C-037 and resident bay B-071 free, an EV from
+    the east gate was sent to the nearer charger and the next car that must charge got no
+    space. The example site now has the EV class prefer resident and shared bays."""
+    core = all_free(layout, minute=EVENING)
+    free = {"C-037", "B-071"}
+    taken = [s.index for s in example_site.spaces if s.id not in free]
+    core.update_many(np.array(taken), np.full(len(taken), OCCUPIED), 1.0)
+    east = ent(layout, "east")
+    ev, charging = cls(layout, "ev"), cls(layout, "charging")
+    assert (
+        layout.cost[east, example_site.space("C-037").index]
+        < (layout.cost[east, example_site.space("B-071").index])
+    )  # the charger is the nearer one: what made it the EV's before
+    assert ids(layout, [core.assign(east, ev, 2.0, 120.0)]) == ["B-071"]
+    assert ids(layout, [core.assign(east, charging, 3.0, 120.0)]) == ["C-037"]
+    # with no resident or shared bay free, an EV may still take a charger
+    core = all_free(layout, minute=EVENING)
+    core.update_many(np.array(taken), np.full(len(taken), OCCUPIED), 1.0)
+    core.update_many(np.array([example_site.space("B-071").index]), np.array([OCCUPIED]), 1.5)
+    assert ids(layout, [core.assign(east, ev, 2.0, 120.0)]) == ["C-037"]
+
+
 def test_an_accessible_car_goes_to_an_accessible_bay_however_far(example_site, layout):
     """The site prefers accessible bays for the accessible class: taken by the north
     gate, the next ones are the basement's by the lift, not the resident bay next door;
