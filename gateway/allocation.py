@@ -887,8 +887,8 @@ class AllocationCore:
             return
         self._state_v[space] = state
         if space in self._holds:
-            if state == OCCUPIED:
-                self._seen[space] = self.now
+            if state == OCCUPIED:  # (a closed space's sensor may have started it)
+                self._seen.setdefault(space, self.now)
             else:
                 self._seen.pop(space, None)
         self._refresh(space, old, state)
@@ -907,7 +907,7 @@ class AllocationCore:
             if st == old:
                 continue
             if st == OCCUPIED:
-                seen[s] = now
+                seen.setdefault(s, now)
             else:
                 seen.pop(s, None)
 

@@ -179,7 +179,7 @@ class ReferenceAllocator:
         self.state[space] = state
         if space in self.held and state != old:
             if state == OCCUPIED:
-                self.seen[space] = self.now  # the car's confirmation starts
+                self.seen.setdefault(space, self.now)  # the car's confirmation starts
             else:
                 self.seen.pop(space, None)  # it drove off again: still held
 
