@@ -900,7 +900,8 @@ class AllocationCore:
         mine = np.flatnonzero(np.isin(spaces, held))
         if not len(mine):
             return
-        now, seen, was = self.now, self._seen, {}
+        now, seen = self.now, self._seen
+        was: dict[int, int] = {}
         for s, st in zip(spaces[mine].tolist(), states[mine].tolist(), strict=True):
             old = was.get(s, self._state_v[s])
             was[s] = st
