@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from api.journal import GatewayTables
+from gateway.allocation import HOLD_SEEN_S
 from gateway.ingest import ReportGate, without_plates
 from gateway.journal import PLATE_KEEP_KEY, PLATES_FORGOTTEN_KEY
 from gateway.readside import (
@@ -426,12 +427,12 @@ class MqttLiveView:
             shown = {space: state for space, (state, _) in self._state.items()}
             for r in rows:
                 if r.space in self.site.space_index and r.state in STATE_NAMES:
-                    self._state[r.space] = (r.state, r.since)
+                    self._set_state(r.space, r.state, r.since)
                     self._last_seen[r.space] = r.last_seen
                     self._observed_since[r.space] = r.observed_since
             for e in later:
                 if e.space in self.site.space_index and e.new in STATE_NAMES:
-                    self._state[e.space] = (e.new, e.ts)
+                    self._set_state(e.space, e.new, e.ts)
             self._last_event = later[-1].id if later else mark
             for space, (state, since) in self._state.items():
                 if shown.get(space, state) != state:
@@ -497,7 +498,7 @@ class MqttLiveView:
                 if e.zone_closure is not None:
                     zones[e.zone_closure] = e.ts
                 if e.space in self.site.space_index and e.new in STATE_NAMES:
-                    self._state[e.space] = (e.new, e.ts)
+                    self._set_state(e.space, e.new, e.ts)
                     changed.append(e)
         for e in changed:
             self._emit("space", {"space": e.space, "state": self._shown_state(e.new)}, e.ts)
@@ -540,16 +541,30 @@ class MqttLiveView:
         for counts in told:
             self._emit("zone", counts.model_dump(mode="json"), now)
 
+    def _set_state(self, space: str, state: str, since: float) -> None:
+        """A space's state (under the lock); a held space that leaves ``occupied`` after
+        being so for HOLD_SEEN_S had its car seen in it: the gateway ended that hold."""
+        was = self._state.get(space)
+        if (
+            was is not None
+            and was[0] == "occupied"
+            and state != "occupied"
+            and since - was[1] >= HOLD_SEEN_S
+        ):
+            self._holds.pop(space, None)
+        self._state[space] = (state, since)
+
     def _held_by_zone(self, now: float) -> dict[str, int]:
         """Free spaces held for a car the gateway sent there, per zone, as the assignments
         seen say (zones/{zone} does not carry them: readers of releases before this one
         refuse keys they do not know); one pass over the holds. A hold ends as the
-        gateway's does: at its expiry, or when its space is seen occupied (the car parked);
-        while its space is unknown or closed it stays, but is not counted."""
+        gateway's does: at its expiry, or once its space stayed occupied for HOLD_SEEN_S (the
+        car parked; occupied for a moment and free again, it is still held); while its space
+        is unknown, occupied or closed it stays, but is not counted."""
         held: dict[str, int] = {}
         for space, until in list(self._holds.items()):
-            state = self._state.get(space, ("unknown", 0.0))[0]
-            if until <= now or state == "occupied":
+            state, since = self._state.get(space, ("unknown", 0.0))
+            if until <= now or (state == "occupied" and since + HOLD_SEEN_S <= now):
                 del self._holds[space]
             elif state == "free":
                 zone = self.site.space(space).zone

@@ -9,6 +9,10 @@ plain Python):
   entrance reaches s over the lanes.
 - candidate(c, s): state FREE, not closed (by state or by the site), not held,
   eligible(c, s).
+- a hold ends at its expiry, or once its space has stayed OCCUPIED for
+  ``hold_seen_s`` (the car is seen in it): both at ``expire_holds(now)``. A held
+  space that reads occupied for a moment and then free again (another car
+  manoeuvring over the detector) is still held.
 - score(e, s) = cost[e, s] + congestion_m * congestion(aisle[s]); best(e, c)
   is the candidate with the lowest (score, cost, index) and a finite cost,
   among the spaces of the class's preferred kinds (``prefer``: a kind k of the
@@ -61,6 +65,13 @@ DEFAULT_CONGESTION_HALFLIFE_S = 60.0
 """About the time a car needs from the gate to its space."""
 CONGESTION_FLOOR = 0.01
 """Decayed congestion below this counts as none (the aisle leaves the slow path)."""
+
+HOLD_SEEN_S = 30.0
+"""Seconds a held space must stay occupied before its car counts as seen in it and the
+hold ends. A detector reads a car manoeuvring over it, or one pulling in and out to
+re-park, for a few seconds (a three-point re-park in a tight bay takes 15-20 s); a parked
+car stays for minutes. Waiting longer costs little: an occupied space is not offered
+anyway, and a hold runs out at its expiry (180 s by default) whatever happens."""
 
 PRUNE_EVERY_S = 5.0
 """Event-time interval between sweeps of decayed aisles out of the congested set."""
@@ -635,9 +646,13 @@ class AllocationCore:
         minute_of_day: int,
         congestion_m: float = DEFAULT_CONGESTION_M,
         congestion_halflife_s: float = DEFAULT_CONGESTION_HALFLIFE_S,
+        hold_seen_s: float = HOLD_SEEN_S,
     ):
         if congestion_halflife_s <= 0:
             raise ValueError("congestion_halflife_s must be positive")
+        if not (math.isfinite(hold_seen_s) and hold_seen_s >= 0):
+            raise ValueError("hold_seen_s must be a finite number of seconds, 0 or more")
+        self.hold_seen_s = float(hold_seen_s)
         self.layout = layout
         self.congestion_m = float(congestion_m)
         self.congestion_halflife_s = float(congestion_halflife_s)
@@ -648,6 +663,9 @@ class AllocationCore:
         self.state = np.zeros(n_s, dtype=np.int8)
         self.held_until = np.zeros(n_s, dtype=np.float64)
         self._holds: dict[int, float] = {}
+        # held space -> when it became occupied (the car is seen once it stays so for
+        # hold_seen_s); only held spaces that are occupied now are in it
+        self._seen: dict[int, float] = {}
         self.now = -math.inf
         self.minute = int(minute_of_day)
         self._cong: dict[int, tuple[float, float]] = {}  # aisle -> (v, t)
@@ -850,7 +868,8 @@ class AllocationCore:
 
     # -- state changes -------------------------------------------------------------
     def update(self, space: int, state: int, now: float) -> None:
-        """One space changed state (a car seen in a held space clears its hold)."""
+        """One space changed state (a held space occupied starts its car's confirmation,
+        one no longer occupied stops it)."""
         if now > self.now:
             self.now = float(now)
         state = int(state)
@@ -861,15 +880,37 @@ class AllocationCore:
         self._apply(int(space), state)
 
     def _apply(self, space: int, state: int) -> None:
-        """One checked change (plain ints): the state, a hold it clears, the counts."""
+        """One checked change (plain ints): the state, a held space's confirmation, the
+        counts."""
         old = self._state_v[space]
-        if state == OCCUPIED and space in self._holds:
-            self.held_until[space] = 0.0
-            del self._holds[space]
-        elif old == state:
+        if old == state:
             return
         self._state_v[space] = state
+        if space in self._holds:
+            if state == OCCUPIED:  # (a closed space's sensor may have started it)
+                self._seen.setdefault(space, self.now)
+            else:
+                self._seen.pop(space, None)
         self._refresh(space, old, state)
+
+    def _track_seen(self, spaces: np.ndarray, states: np.ndarray) -> None:
+        """A batch's changes of held spaces, in order as one _apply() each, for their
+        confirmation (before the batch writes the states)."""
+        held = np.fromiter(self._holds, dtype=np.int64, count=len(self._holds))
+        mine = np.flatnonzero(np.isin(spaces, held))
+        if not len(mine):
+            return
+        now, seen = self.now, self._seen
+        was: dict[int, int] = {}
+        for s, st in zip(spaces[mine].tolist(), states[mine].tolist(), strict=True):
+            old = was.get(s, self._state_v[s])
+            was[s] = st
+            if st == old:
+                continue
+            if st == OCCUPIED:
+                seen.setdefault(s, now)
+            else:
+                seen.pop(s, None)
 
     def update_many(
         self, spaces: Sequence[int] | np.ndarray, states: Sequence[int] | np.ndarray, now: float
@@ -891,13 +932,11 @@ class AllocationCore:
             # a large batch (start-up, snapshot): one vectorized recompute is cheaper
             if now > self.now:
                 self.now = float(now)
-            # the last entry for a space wins; any OCCUPIED among them clears its hold
+            if self._holds:
+                self._track_seen(spaces, states)
+            # the last entry for a space wins
             rev_unique, rev_first = np.unique(spaces[::-1], return_index=True)
             self.state[rev_unique] = states[::-1][rev_first]
-            for s in np.unique(spaces[states == OCCUPIED]).tolist():
-                if s in self._holds:
-                    self.held_until[s] = 0.0
-                    del self._holds[s]
             self.recompute()
             return
         if self.lazy_minima and len(spaces) > self.batch_min:
@@ -920,11 +959,8 @@ class AllocationCore:
         else:  # the last entry for a space wins
             sp, first = np.unique(spaces[::-1], return_index=True)
             new = states[::-1][first].astype(np.int8)
-        if self._holds:  # any OCCUPIED among a space's entries clears its hold
-            for s in np.unique(spaces[states == OCCUPIED]).tolist():
-                if s in self._holds:
-                    self.held_until[s] = 0.0
-                    del self._holds[s]
+        if self._holds:
+            self._track_seen(spaces, states)
         old = self.state[sp]
         self.state[sp] = new
         closed = lo.closed[sp]
@@ -1168,7 +1204,8 @@ class AllocationCore:
 
     # -- holds and congestion ----------------------------------------------------------
     def assign(self, entrance: int, vehicle_class: int, now: float, hold_s: float) -> int:
-        """Best space for an arriving car, held for it until seen or ``now + hold_s``; -1 if none."""
+        """Best space for an arriving car, held for it until seen (``hold_seen_s``) or
+        ``now + hold_s``; -1 if none."""
         if hold_s <= 0:
             raise ValueError("hold_s must be positive")
         if now > self.now:
@@ -1209,9 +1246,10 @@ class AllocationCore:
         unknown = np.bincount(lo.zone[counted & (self.state == UNKNOWN)], minlength=n_z)
         return unknown, np.bincount(lo.zone[counted], minlength=n_z), int(np.count_nonzero(usable))
 
-    def hold(self, space: int, until: float, now: float) -> None:
+    def hold(self, space: int, until: float, now: float, seen_since: float | None = None) -> None:
         """Hold ``space`` until ``until`` (e.g. a hold restored from the journal after a
-        restart); no congestion is added. Released like any hold."""
+        restart); no congestion is added. Released like any hold; if the space is occupied,
+        its car's confirmation runs from ``seen_since`` (default: the core's now)."""
         if not 0 <= space < self._n_s:
             raise IndexError(f"space index {space} out of range")
         if not until > 0:
@@ -1222,16 +1260,40 @@ class AllocationCore:
         self.held_until[s] = float(until)
         self._holds[s] = float(until)
         st = int(self.state[s])
+        if st == OCCUPIED:
+            self._seen[s] = self.now if seen_since is None else float(seen_since)
+        else:
+            self._seen.pop(s, None)
         self._refresh(s, st, st)
 
+    def sense_held(self, space: int, occupied: bool, now: float) -> None:
+        """A car is (``occupied``) or is no longer sensed in held ``space`` whose state says
+        otherwise (a closed space stays CLOSED whatever its sensor says): its confirmation
+        starts now unless running, or stops. Nothing for a space not held."""
+        if now > self.now:
+            self.now = float(now)
+        s = int(space)
+        if s not in self._holds:
+            return
+        if occupied:
+            self._seen.setdefault(s, self.now)
+        else:
+            self._seen.pop(s, None)
+
     def expire_holds(self, now: float) -> list[int]:
-        """Release holds that ended at or before ``now``; returns those spaces (ascending)."""
+        """Release holds that expired at or before ``now``, or whose space stayed occupied for
+        ``hold_seen_s`` by then (the car is seen in it); returns those spaces (ascending)."""
         if now > self.now:
             self.now = float(now)
         now = self.now
-        done = sorted(s for s, until in self._holds.items() if until <= now)
+        ended = {s for s, until in self._holds.items() if until <= now}
+        if self._seen:
+            seen_s = self.hold_seen_s
+            ended.update(s for s, t in self._seen.items() if t + seen_s <= now)
+        done = sorted(ended)
         for s in done:
             del self._holds[s]
+            self._seen.pop(s, None)
             self.held_until[s] = 0.0
             st = int(self.state[s])
             self._refresh(s, st, st)
@@ -1243,6 +1305,7 @@ class AllocationCore:
         s = int(space)
         if self._holds.pop(s, None) is None:
             return False
+        self._seen.pop(s, None)
         self.held_until[s] = 0.0
         st = int(self.state[s])
         self._refresh(s, st, st)
@@ -1390,6 +1453,11 @@ class AllocationCore:
     def holds(self) -> dict[int, float]:
         """Held spaces -> hold expiry."""
         return dict(self._holds)
+
+    @property
+    def seen_since(self) -> dict[int, float]:
+        """Held spaces occupied now -> since when (their holds end ``hold_seen_s`` later)."""
+        return dict(self._seen)
 
     def held_spaces(self) -> Iterable[int]:
         """The held spaces (a view, not a copy: do not change holds while iterating)."""

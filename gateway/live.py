@@ -476,18 +476,29 @@ class LiveGateway:
             self._core_time(now),
         )
         restored = 0
+        core_now = self._core_time(now)
         for sp, until, entrance in self.journal.open_holds(now):
             # a car assigned before the restart is still on its way: keep its space, also
             # while the space is unknown or closed (as a running core does); a car seen in
-            # it ended the hold
-            if sp in index and self.state.sensed[index[sp]] != OCCUPIED:
-                # never longer than a hold given now: an expiry stamped before the wall
-                # clock stepped back would otherwise keep the space off the signs for
-                # as long as the step (the running core ended it on time)
-                until = min(until, now + self.hold_s)
-                self.core.hold(index[sp], until, self._core_time(now))
-                self.desk.note_hold(entrance, index[sp])
-                restored += 1
+            # it (occupied for the core's hold_seen_s, by the time its state began) ended
+            # the hold. A closed space's sensed state has no time of its own: occupied, its
+            # hold ends here
+            s = index.get(sp)
+            if s is None:
+                continue
+            seen_since = None
+            if self.state.sensed[s] == OCCUPIED:
+                occupied_for = max(0.0, now - float(self.state.since[s]))
+                if self.state.closed[s] or occupied_for >= self.core.hold_seen_s:
+                    continue
+                seen_since = core_now - occupied_for
+            # never longer than a hold given now: an expiry stamped before the wall
+            # clock stepped back would otherwise keep the space off the signs for
+            # as long as the step (the running core ended it on time)
+            until = min(until, now + self.hold_s)
+            self.core.hold(s, until, core_now, seen_since=seen_since)
+            self.desk.note_hold(entrance, s)
+            restored += 1
         if restored:
             log.info("restored %d holds of cars on their way", restored)
         log.info(
@@ -1416,22 +1427,19 @@ class LiveGateway:
                 journaled, [(g.agent, g.boot, g.seq, g.ts) for g in journaled]
             )
         n = sum(len(g.changes) for g in segments)
-        ended: list[str] = []
         if n:
             if len(segments) == 1:
                 spaces, new = segments[0].changes.spaces, segments[0].changes.new
             else:
                 spaces = np.concatenate([g.changes.spaces for g in segments])
                 new = np.concatenate([g.changes.new for g in segments])
-            held = self.core.holds if self.core.has_holds else None
+            # a held space occupied starts its car's confirmation; the hold ends (and is
+            # journaled) at a tick once the space stayed occupied for the core's hold_seen_s
             self.core.update_many(spaces, new, self._core_time(now))
-            if held:  # a car seen in its space ends the hold: journaled for a restart
-                still = self.core.holds
-                ended = [self.state.space_ids[s] for s in held if s not in still]
-        seen_closed = self._seen_in_closed_holds() if segments and self.core.has_holds else []
-        ended += [self.state.space_ids[s] for s in seen_closed]
-        if journaled or agent_state is not None or ended or meta is not None:
-            self._journal(journaled, now, agent_state, ended, meta)
+        if segments and self.core.has_holds:
+            self._sense_closed_holds()
+        if journaled or agent_state is not None or meta is not None:
+            self._journal(journaled, now, agent_state, meta)
         signs: list[_Sign] = []
         if n:
             self.state_changes += n
@@ -1454,22 +1462,21 @@ class LiveGateway:
                 for sp, st in zip(g.changes.spaces.tolist(), g.changes.new.tolist(), strict=True):
                     self._emit("space", {"space": ids[sp], "state": STATE_NAMES[st]}, g.ts)
 
-    def _seen_in_closed_holds(self) -> list[int]:
-        """Held spaces that are closed and sensed occupied: their hold ends (released in
-        the core), as it does for a car seen in an open space. The core follows the public
+    def _sense_closed_holds(self) -> None:
+        """Tell the core which held spaces that are closed are sensed occupied: the car
+        the hold waits for came, closure or not, and its hold ends as in an open space once
+        the space stays occupied for the confirmation time. The core follows the public
         state, which stays ``closed`` whatever the sensor says, so it never sees that car."""
         closed, sensed = self.state.closed, self.state.sensed
-        seen = [s for s in self.core.held_spaces() if closed[s] and sensed[s] == OCCUPIED]
-        for s in seen:
-            self.core.release(s)
-        return seen
+        now = self.core.now
+        for s in [s for s in self.core.held_spaces() if closed[s]]:
+            self.core.sense_held(s, sensed[s] == OCCUPIED, now)
 
     def _journal(
         self,
         segments: list[_Segment],
         now: float,
         agent_state: tuple[str, bool] | None,
-        ended_holds: list[str] | None = None,
         meta: tuple[str, str] | None = None,
     ) -> None:
         """The commit that must precede publishing: one packed row of changes per report (its
@@ -1517,7 +1524,7 @@ class LiveGateway:
                 )
             rows.append((g.ts, g.source, g.agent, g.boot, g.seq, changes))
         self._unexpanded = self._unexpanded or bool(rows)
-        if len(rows) == 1 and agent_state is None and not ended_holds and meta is None:
+        if len(rows) == 1 and agent_state is None and meta is None:
             self.journal.add_changes(*rows[0])  # one statement: its own transaction
             return
         with self.journal.transaction():
@@ -1525,8 +1532,6 @@ class LiveGateway:
                 self.journal.add_changes(*row)
             if meta is not None:
                 self.journal.set_meta(*meta)
-            if ended_holds:
-                self.journal.release_holds(ended_holds, now)
             if agent_state is not None:
                 self.journal.put_agent(agent_state[0], None, None, agent_state[1], now)
 

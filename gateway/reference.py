@@ -46,6 +46,7 @@ class ReferenceAllocator:
         congestion_m: float = 20.0,
         congestion_halflife_s: float = 60.0,
         congestion_floor: float = 0.01,
+        hold_seen_s: float = 30.0,
         **_names: object,
     ):
         self.n_spaces = len(space_node)
@@ -100,6 +101,8 @@ class ReferenceAllocator:
             self.zone_spaces[z].append(s)
         self.state = [UNKNOWN] * self.n_spaces
         self.held: dict[int, float] = {}
+        self.hold_seen_s = hold_seen_s
+        self.seen: dict[int, float] = {}  # held and occupied -> since when
         self.congestion: dict[int, tuple[float, float]] = {}
         self.now = -math.inf
         self.set_minute(minute_of_day)
@@ -172,9 +175,13 @@ class ReferenceAllocator:
     # -- events --------------------------------------------------------------------
     def update(self, space: int, state: int, now: float) -> None:
         self._advance(now)
+        old = self.state[space]
         self.state[space] = state
-        if state == OCCUPIED:
-            self.held.pop(space, None)
+        if space in self.held and state != old:
+            if state == OCCUPIED:
+                self.seen.setdefault(space, self.now)  # the car's confirmation starts
+            else:
+                self.seen.pop(space, None)  # it drove off again: still held
 
     def assign(self, entrance: int, vehicle_class: int, now: float, hold_s: float) -> int:
         self._advance(now)
@@ -192,15 +199,36 @@ class ReferenceAllocator:
         self.congestion[a] = (v, now)
         return s
 
-    def hold(self, space: int, until: float, now: float) -> None:
+    def hold(self, space: int, until: float, now: float, seen_since: float | None = None) -> None:
         self._advance(now)
         self.held[space] = until
+        self.seen.pop(space, None)
+        if self.state[space] == OCCUPIED:
+            self.seen[space] = self.now if seen_since is None else seen_since
+
+    def sense_held(self, space: int, occupied: bool, now: float) -> None:
+        self._advance(now)
+        if space in self.held and occupied:
+            self.seen.setdefault(space, self.now)
+        elif not occupied:
+            self.seen.pop(space, None)
+
+    def release(self, space: int) -> bool:
+        self.seen.pop(space, None)
+        return self.held.pop(space, None) is not None
 
     def expire_holds(self, now: float) -> list[int]:
+        """Holds past their expiry, or whose space stayed occupied for ``hold_seen_s``."""
         self._advance(now)
-        done = sorted(s for s, until in self.held.items() if until <= self.now)
+        done = []
+        for s, until in self.held.items():
+            since = self.seen.get(s)
+            if until <= self.now or (since is not None and since + self.hold_seen_s <= self.now):
+                done.append(s)
+        done.sort()
         for s in done:
             del self.held[s]
+            self.seen.pop(s, None)
         return done
 
     # -- answers -------------------------------------------------------------------

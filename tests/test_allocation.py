@@ -10,6 +10,7 @@ import pytest
 from gateway.allocation import (
     CLOSED,
     FREE,
+    HOLD_SEEN_S,
     OCCUPIED,
     UNKNOWN,
     AllocationCore,
@@ -212,10 +213,43 @@ def test_car_seen_in_the_held_space_clears_the_hold(layout):
     core.update(s, FREE, 101.0)  # a sensor repeating "free" before the car arrives: still held
     assert s in core.holds
     core.update(s, OCCUPIED, 130.0)
+    assert s in core.holds  # seen, not yet confirmed
+    assert core.expire_holds(130.0 + HOLD_SEEN_S - 0.5) == []
+    assert core.expire_holds(130.0 + HOLD_SEEN_S) == [s]  # occupied for HOLD_SEEN_S
     assert s not in core.holds and core.held_until[s] == 0
     assert core.expire_holds(1000.0) == []
     core.update(s, FREE, 1100.0)  # the car leaves again
     assert core.best(north, resident) == s
+
+
+def test_held_space_occupied_for_a_moment_keeps_its_hold(layout):
+    """Another car manoeuvring over the detector (occupied 2 s, then free): the space is
+    still held, and the next car is not sent there."""
+    for batch in (False, True):
+        core = all_free(layout, congestion_m=0.0, hold_seen_s=10.0)
+        north, resident = ent(layout, "north"), cls(layout, "resident")
+        s = core.assign(north, resident, 100.0, 60.0)
+        for t, state in ((110.0, OCCUPIED), (112.0, FREE)):
+            if batch:
+                core.update_many([s], [state], t)
+            else:
+                core.update(s, state, t)
+            assert core.expire_holds(t) == []
+        assert core.expire_holds(125.0) == []  # 13 s after it first read occupied
+        assert s in core.holds and core.best(north, resident) != s
+        core.update(s, OCCUPIED, 130.0)  # the car itself
+        assert core.expire_holds(139.0) == []
+        assert core.expire_holds(140.0) == [s]
+        core.update(s, FREE, 150.0)  # it left again: offered again
+        assert core.best(north, resident) == s
+
+
+def test_hold_confirmation_never_outlasts_the_hold(layout):
+    core = all_free(layout, congestion_m=0.0)
+    north, resident = ent(layout, "north"), cls(layout, "resident")
+    s = core.assign(north, resident, 100.0, 60.0)
+    core.update(s, OCCUPIED, 155.0)
+    assert core.expire_holds(160.0) == [s]  # expired before its car was confirmed
 
 
 def test_burst_is_spread_over_aisles_sparse_arrivals_stay_near(example_site, layout):

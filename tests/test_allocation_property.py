@@ -2,7 +2,8 @@
 
 Random small sites (random lane graphs with one-way edges, kinds, policies,
 closed spaces, display lines, 1-60 spaces) and random event sequences (state
-changes, batches, assignments, hold expiries, time and minute changes); after
+changes, batches, assignments, holds, releases, hold expiries and confirmations by a
+car seen in the space for ``hold_seen_s``, time and minute changes); after
 every step all answers are compared.
 """
 
@@ -99,6 +100,8 @@ def events(n_s: int, n_e: int, n_c: int):
         st.one_of(
             st.tuples(st.just("update"), space, state),
             st.tuples(st.just("update"), space, st.just(1)),
+            # a held space occupied for a moment and free again keeps its hold
+            st.tuples(st.just("update"), space, st.just(2)),
             st.tuples(
                 st.just("many"),
                 st.lists(space, min_size=1, max_size=12),
@@ -115,6 +118,8 @@ def events(n_s: int, n_e: int, n_c: int):
             st.tuples(st.just("swap"), st.lists(st.tuples(space, space), min_size=1, max_size=6)),
             st.tuples(st.just("expire")),
             st.tuples(st.just("hold"), space, st.sampled_from([5.0, 60.0])),
+            st.tuples(st.just("release"), space),
+            st.tuples(st.just("sense"), space, st.booleans()),
             st.tuples(st.just("time"), st.sampled_from([0.0, 1.0, 10.0, 60.0, 500.0])),
             st.tuples(st.just("minute"), st.integers(0, 1439)),
         ),
@@ -144,6 +149,7 @@ def check(core: AllocationCore, ref: ReferenceAllocator) -> None:
     assert core.line_total.tolist() == want["line_total"]
     assert core.zone_counts().tolist() == want["zone_counts"]
     assert sorted(core.holds) == sorted(ref.held)
+    assert core.seen_since == ref.seen
 
 
 def check_counts(core: AllocationCore, ref: ReferenceAllocator) -> None:
@@ -162,8 +168,13 @@ def test_incremental_equals_reference_and_recompute(data):
     congestion_m = data.draw(st.sampled_from([0.0, 0.5, 20.0]))
     minute = data.draw(st.integers(0, 1439))
     layout = CoreLayout.from_arrays(**tables)
-    core = AllocationCore(layout, minute, congestion_m=congestion_m, congestion_halflife_s=60.0)
-    ref = ReferenceAllocator(**tables, minute_of_day=minute, congestion_m=congestion_m)
+    seen_s = data.draw(st.sampled_from([0.0, 5.0, 30.0]))
+    core = AllocationCore(
+        layout, minute, congestion_m=congestion_m, congestion_halflife_s=60.0, hold_seen_s=seen_s
+    )
+    ref = ReferenceAllocator(
+        **tables, minute_of_day=minute, congestion_m=congestion_m, hold_seen_s=seen_s
+    )
     # lazy minima: the counts move at once, the minima when asked; checked only every
     # few events so that pending changes pile up (and cancel out) in between
     lazy = data.draw(st.booleans())
@@ -196,6 +207,11 @@ def test_incremental_equals_reference_and_recompute(data):
         elif kind == "hold":
             core.hold(ev[1], now + ev[2], now)
             ref.hold(ev[1], now + ev[2], now)
+        elif kind == "release":
+            assert core.release(ev[1]) == ref.release(ev[1])
+        elif kind == "sense":  # a closed space's sensor, as the gateway tells the core
+            core.sense_held(ev[1], ev[2], now)
+            ref.sense_held(ev[1], ev[2], now)
         elif kind == "expire":
             assert core.expire_holds(now) == ref.expire_holds(now)
         elif kind == "time":

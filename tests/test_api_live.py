@@ -539,6 +539,8 @@ def test_a_standalone_view_counts_the_holds_of_the_assignments_it_sees(tmp_path)
     """zones/{zone} does not say how many free spaces are held (a reader of an earlier
     release would refuse the key): the stand-alone view counts them from the assignments,
     for /zones and the stream, until the car parks or the hold runs out."""
+    from gateway.allocation import HOLD_SEEN_S
+
     view = _view_of_a_live_gateway(tmp_path)
     now = time.time()
     counts = {"zone": "A", "free": 10, "occupied": 70, "unknown": 0, "closed": 0, "total": 80}
@@ -559,7 +561,11 @@ def test_a_standalone_view_counts_the_holds_of_the_assignments_it_sees(tmp_path)
     assert {z.zone: z.held for z in view.zone_counts()}["A"] == 0
     view._state["A-003"] = ("free", now)
     assert {z.zone: z.held for z in view.zone_counts()}["A"] == 1
-    view._state["A-003"] = ("occupied", now)  # the car parked
+    view._state["A-003"] = ("occupied", now)  # another car over its detector, for a moment
+    assert {z.zone: z.held for z in view.zone_counts()}["A"] == 0
+    view._state["A-003"] = ("free", now)  # free again: still held, as the gateway's
+    assert {z.zone: z.held for z in view.zone_counts()}["A"] == 1
+    view._state["A-003"] = ("occupied", now - HOLD_SEEN_S)  # the car parked, and stayed
     assert {z.zone: z.held for z in view.zone_counts()}["A"] == 0
     view._state["A-003"] = ("free", now)  # and left: no longer held
     assert {z.zone: z.held for z in view.zone_counts()}["A"] == 0

@@ -18,7 +18,9 @@ from parking.site import load_site
 from parking.states import SpaceState
 
 pytestmark = pytest.mark.timeout(120)
-NO_CONGESTION = {"congestion_m": 0.0}  # the next car is sent to the best space, as the first
+# the next car is sent to the best space, as the first; a car is seen in its held space
+# once it stays there 1 s (the gateway's HOLD_SEEN_S is longer)
+NO_CONGESTION = {"congestion_m": 0.0, "hold_seen_s": 1.0}
 
 
 def _all_free(port: int, site) -> list[Edge]:
@@ -132,7 +134,7 @@ def test_a_cancel_releases_the_hold_and_is_refused_when_it_changes_nothing(mosqu
 
             parked = gate.arrive("g1-0004")["space"]
             (bus,) = [b for b in edges if parked in site.spaces_of_source(b.source)]
-            bus.send({parked: "occupied"})
+            bus.send({parked: "occupied"})  # the car parks: seen once there 1 s
             assert eventually(lambda: site.space_index[parked] not in gw.core.holds)
             assert gate.cancel("g1-0004")[1]["reason"] == "car_seen"
 

@@ -57,7 +57,7 @@ class _Gate:
     """A gateway in-process on a journal file, with its own clocks and what it sent."""
 
     def __init__(self, site, db, now: float, hold_s: float = 300, **kw):
-        self.site, self.db, self.hold_s = site, db, hold_s
+        self.site, self.db, self.hold_s, self.kw = site, db, hold_s, kw
         self.clock = [now]
         self.sent: list[tuple[str, bytes]] = []
         self.journal = Journal(db)
@@ -74,7 +74,7 @@ class _Gate:
 
     def restart(self, after_s: float) -> _Gate:
         self.journal.close()
-        return _Gate(self.site, self.db, self.clock[0] + after_s, self.hold_s)
+        return _Gate(self.site, self.db, self.clock[0] + after_s, self.hold_s, **self.kw)
 
     def arrive(self, request_id: str, entrance: str = "north", cls: str = "resident"):
         mark = len(self.sent)
@@ -115,12 +115,17 @@ def test_a_hold_on_a_space_unknown_at_the_restart_is_kept(example_site, tmp_path
     assert g2.arrive("r2")["space"] != first  # the first car is still on its way there
 
 
+SEEN_S = {"hold_seen_s": 5.0}  # a car is seen in its held space once there 5 s (within TTLs)
+
+
 def test_a_hold_ended_by_the_car_stays_ended_after_a_restart(example_site, tmp_path):
-    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0, core_options=SEEN_S)
     snapshot_all_free(g.gw, example_site, g.clock[0])
     first = g.arrive("r1")["space"]
     g.clock[0] += 2
-    g.report("serial-bus-g", "bus-g", 2, {first: "occupied"})  # the car is seen: the hold ends
+    g.report("serial-bus-g", "bus-g", 2, {first: "occupied"})  # the car parks
+    g.clock[0] += 5
+    g.gw.tick()  # it stayed 5 s: the car is seen, the hold ends
     g.clock[0] += 2
     g.report("serial-bus-g", "bus-g", 3, {first: "free"})  # and it leaves again
     assert example_site.space_index[first] not in g.gw.core.holds
@@ -131,19 +136,43 @@ def test_a_hold_ended_by_the_car_stays_ended_after_a_restart(example_site, tmp_p
     assert g2.arrive("r2")["space"] == first  # offered again at once, as before the restart
 
 
+def test_a_held_space_occupied_for_a_moment_at_a_restart_keeps_its_hold(example_site, tmp_path):
+    """A restart while a held space reads occupied for less than the confirmation time
+    (another car manoeuvring over it): the hold is restored, and its confirmation runs
+    from when the space became occupied; one occupied for longer is not restored."""
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0, core_options=SEEN_S)
+    snapshot_all_free(g.gw, example_site, g.clock[0])
+    first = g.arrive("r1")["space"]
+    s = example_site.space_index[first]
+    g.report("serial-bus-g", "bus-g", 2, {first: "occupied"})
+    g.gw.flush_checkpoint()
+    g2 = g.restart(2)
+    assert s in g2.gw.core.holds
+    assert g2.arrive("r2")["space"] != first
+    g2.report("serial-bus-g", "bus-g", 3, {first: "free"})  # it drove off again: still held
+    g2.clock[0] += 6
+    g2.gw.tick()
+    assert s in g2.gw.core.holds
+    g2.report("serial-bus-g", "bus-g", 4, {first: "occupied"})  # the car itself
+    g2.gw.flush_checkpoint()
+    g3 = g2.restart(6)  # occupied for 6 s: seen, the hold ends
+    assert s not in g3.gw.core.holds
+
+
 def test_a_car_seen_by_a_report_made_before_the_assignment_still_ends_its_hold(
     example_site, tmp_path
 ):
     """A report that waited in the broker (made before the car's assignment, handled after
     it) puts the car in its space: the hold ends, and stays ended after a restart, by the
     order things were handled, not by the clocks."""
-    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0)
+    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0, core_options=SEEN_S)
     snapshot_all_free(g.gw, example_site, g.clock[0])
     g.clock[0] += 10
     first = g.arrive("r1")["space"]
     g.report("serial-bus-g", "bus-g", 2, {first: "occupied"}, ts=g.clock[0] - 5)
-    assert g.gw.core.holds == {}
     g.clock[0] += 5
+    g.gw.tick()
+    assert g.gw.core.holds == {}
     g.report("serial-bus-g", "bus-g", 3, {first: "free"})  # and it left again
     g2 = g.restart(1)
     assert g2.gw.core.holds == {}
@@ -583,7 +612,13 @@ def test_a_gate_flooding_arrivals_cannot_hold_every_space(example_site, tmp_path
     minute; a hold that ends makes room again, and a restart counts the entrance's holds
     from the journal."""
     caplog.set_level("WARNING", logger="gateway.live")
-    g = _Gate(example_site, tmp_path / "j.sqlite", 1_800_000_000.0, max_holds_per_entrance=3)
+    g = _Gate(
+        example_site,
+        tmp_path / "j.sqlite",
+        1_800_000_000.0,
+        max_holds_per_entrance=3,
+        core_options=SEEN_S,
+    )
     snapshot_all_free(g.gw, example_site, g.clock[0])
     answers = [g.arrive(f"r{i}") for i in range(5)]
     assert [a["space"] is not None for a in answers] == [True, True, True, False, False]
@@ -593,11 +628,13 @@ def test_a_gate_flooding_arrivals_cannot_hold_every_space(example_site, tmp_path
     assert g.gw.counters().unheld_arrivals == {"late": 0, "entrance_cap": 2}
     assert len([r for r in caplog.records if "--max-holds-per-entrance" in r.getMessage()]) == 1
     assert g.arrive("e1", entrance="east")["hold_expires"] is not None  # per entrance
-    # the first car parks: its hold ends, and the entrance may hold one more
+    # the first car parks: once seen there, its hold ends, and the entrance may hold one more
     parked = answers[0]["space"]
     bus = example_site.bindings[parked].source
     agent = next(b.agent for b in example_site.buses if b.id == bus)
     g.report(agent, bus, 2, {parked: "occupied"})
+    g.clock[0] += 5
+    g.gw.tick()
     assert example_site.space_index[parked] not in g.gw.core.holds
     assert g.arrive("r5")["hold_expires"] is not None
     assert g.arrive("r6")["space"] is None
