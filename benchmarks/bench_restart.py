@@ -4,7 +4,9 @@ Prints one JSON line::
 
     {"bench": "restart", "spaces": 20000, "displays": 108, "runs": 4,
      "first_sign_s": ..., "first_sign_all_s": [...],
-     "baseline_no_stamp_s": ..., "baseline_no_stamp_all_s": [...]}
+     "baseline_no_stamp_s": ..., "baseline_no_stamp_all_s": [...],
+     "first_sign_pending_s": ..., "first_sign_pending_all_s": [...],
+     "baseline_pending_no_cache_s": ..., "baseline_pending_no_cache_all_s": [...]}
 
 Setup: a synthetic site written by ``big_site`` (the shape of a large community: 4 levels
 of 10 zones of 500 spaces, an aisle lane graph with ramps, 8 gates, one RS-485 bus per zone,
@@ -17,8 +19,16 @@ live (not retained) ``displays/+/content`` message a subscriber receives: the jo
 signs, republished before the site file is parsed because its stamp (``JOURNAL.site-ok``,
 gateway.site_stamp) says these bytes passed before. ``baseline_no_stamp_s`` is the same
 restart, interleaved in the same run, with the stamp deleted first: the site file is
-parsed and validated before anything is published, as without the stamp. The machine's
-load shows in both alike. Takes about a minute.
+parsed and validated before anything is published, as without the stamp.
+
+``first_sign_pending_s`` is a restart after a kill while changes wait in the journal (a
+burst of one-space deltas, the kill right after the last one; the bench checks that the
+journal's signs are behind, as ``journal.stored_signs`` judges them): there are no current
+signs to republish, and the first sign is the full start's, with the compiled site read
+from its cache (``JOURNAL.site-cache``). ``baseline_pending_no_cache_s`` is the same
+restart with the cache deleted first (the stamp kept): the site file is parsed, as before
+the cache. The four kinds are interleaved in the same run, so the machine's load shows in
+all alike. Takes about two minutes.
 """
 
 from __future__ import annotations
@@ -44,13 +54,23 @@ if str(ROOT) not in sys.path:
 import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
 
-from gateway.site_stamp import stamp_path  # noqa: E402
+from gateway.journal import stored_signs  # noqa: E402
+from gateway.site_stamp import cache_path, stamp_path  # noqa: E402
 from parkguide.ports import free_port, wait_port  # noqa: E402
 from parkguide.supervisor import stop_on_sigterm  # noqa: E402
 from parking import topics  # noqa: E402
 from parking.site import load_site  # noqa: E402
 
 RUNS = 4  # of each kind, interleaved
+KINDS = ("stamp", "no_stamp", "pending", "pending_no_cache")
+BURST = 200  # one-space deltas before a kill with changes pending
+BURST_GAP_S = 0.002
+NAMES = {  # key in the JSON line -> kind of restart
+    "first_sign": "stamp",
+    "baseline_no_stamp": "no_stamp",
+    "first_sign_pending": "pending",
+    "baseline_pending_no_cache": "pending_no_cache",
+}
 LEVELS = ("G", "B1", "B2", "B3")
 ZONES_PER_LEVEL, ROWS_PER_ZONE, ROW_LEN = 10, 5, 100
 AISLES = ZONES_PER_LEVEL * ROWS_PER_ZONE // 2
@@ -220,6 +240,39 @@ def report_snapshots(port: int, site: Any, seq: int) -> None:
     client.disconnect()
 
 
+def report_changes(port: int, site: Any, seq0: int) -> None:
+    """A burst of one-space deltas, one bus after another (each agent's seq from ``seq0``),
+    every one acknowledged by the broker: the last of them is still in the journal's pending
+    rows when the gateway is killed right after."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-restart-deltas")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    rnd = random.Random(seq0)
+    for i in range(BURST):
+        bus = site.buses[i % len(site.buses)]
+        now = time.time()
+        body = {
+            "agent": bus.agent,
+            "source": bus.id,
+            "boot": "bench",
+            "seq": seq0 + 1 + i // len(site.buses),
+            "ts": now,
+            "kind": "delta",
+            "spaces": [
+                {
+                    "space": rnd.choice(site.spaces_of_source(bus.id)),
+                    "state": rnd.choice(("free", "occupied")),
+                    "since": now,
+                }
+            ],
+        }
+        topic = topics.edge_occupancy(SITE_ID, bus.agent)
+        client.publish(topic, json.dumps(body).encode(), qos=1).wait_for_publish(10)
+        time.sleep(BURST_GAP_S)
+    client.loop_stop()
+    client.disconnect()
+
+
 def main() -> int:
     stop_on_sigterm()
     tmp = Path(tempfile.mkdtemp(prefix="bench-restart-"))
@@ -241,26 +294,38 @@ def main() -> int:
     log = (tmp / "gateway.log").open("ab")
     gateway: subprocess.Popen | None = None
     watch = None
-    timings: dict[bool, list[float]] = {True: [], False: []}
+    timings: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    runs = ["first"] + [kind for _ in range(RUNS) for kind in KINDS]
     try:
         wait_port(port)
         watch = FirstSign(port)
-        for run in range(2 * RUNS + 1):
-            stamped = run % 2 == 1  # the first run makes the journal and the stamp
-            if not stamped:
+        for run, kind in enumerate(runs):
+            if kind == "no_stamp":
                 stamp_path(db).unlink(missing_ok=True)
+                cache_path(db).unlink(missing_ok=True)
+            elif kind == "pending_no_cache":
+                cache_path(db).unlink(missing_ok=True)
             watch.arm()
             t0 = time.time()
             gateway = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, cwd=ROOT)
             if not watch.wait(60):
                 raise RuntimeError(f"no sign within 60 s; see {tmp / 'gateway.log'}")
             if run:
-                timings[stamped].append(watch.at - t0)
-            time.sleep(4.0)  # the full start is done
-            report_snapshots(port, site, seq=run + 1)
+                timings[kind].append(watch.at - t0)
+            time.sleep(4.0)  # the full start is done (and the site's cache written)
+            report_snapshots(port, site, seq=1000 * (run + 1))
             time.sleep(2.0)  # journaled and checkpointed: nothing pending at the kill
+            following = runs[run + 1] if run + 1 < len(runs) else ""
+            if following.startswith("pending"):
+                report_changes(port, site, seq0=1000 * (run + 1))
             gateway.send_signal(signal.SIGKILL)
             gateway.wait(10)
+            behind = not stored_signs(db)
+            if following and behind != following.startswith("pending"):
+                raise RuntimeError(
+                    f"before a {following} restart the journal's signs are "
+                    f"{'behind' if behind else 'current'}"
+                )
         print(
             json.dumps(
                 {
@@ -268,10 +333,14 @@ def main() -> int:
                     "spaces": len(site.spaces),
                     "displays": len(site.displays),
                     "runs": RUNS,
-                    "first_sign_s": round(statistics.median(timings[True]), 3),
-                    "first_sign_all_s": [round(t, 3) for t in timings[True]],
-                    "baseline_no_stamp_s": round(statistics.median(timings[False]), 3),
-                    "baseline_no_stamp_all_s": [round(t, 3) for t in timings[False]],
+                    **{
+                        key: value
+                        for name, kind in NAMES.items()
+                        for key, value in (
+                            (f"{name}_s", round(statistics.median(timings[kind]), 3)),
+                            (f"{name}_all_s", [round(t, 3) for t in timings[kind]]),
+                        )
+                    },
                 }
             )
         )
