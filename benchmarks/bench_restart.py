@@ -22,8 +22,9 @@ restart, interleaved in the same run, with the stamp deleted first: the site fil
 parsed and validated before anything is published, as without the stamp.
 
 ``first_sign_pending_s`` is a restart after a kill while changes wait in the journal (a
-burst of one-space deltas, the kill right after the last one; the bench checks that the
-journal's signs are behind, as ``journal.stored_signs`` judges them): there are no current
+burst of one-space deltas, a pause, a last few deltas and the kill as soon as the first of
+those is journaled; the bench checks that the journal's signs are behind, as
+``journal.stored_signs`` judges them): there are no current
 signs to republish, and the first sign is the full start's, with the compiled site read
 from its cache (``JOURNAL.site-cache``). ``baseline_pending_no_cache_s`` is the same
 restart with the cache deleted first (the stamp kept): the site file is parsed, as before
@@ -44,6 +45,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +66,10 @@ from parking.site import load_site  # noqa: E402
 
 RUNS = 4  # of each kind, interleaved
 KINDS = ("stamp", "no_stamp", "pending", "pending_no_cache")
-BURST = 200  # one-space deltas before a kill with changes pending
-BURST_GAP_S = 0.002
+BURST = 100  # one-space deltas before a kill with changes pending
+BURST_GAP_S = 0.005
+TAIL_AFTER_S = 0.5  # the checkpoint has taken the burst in
+TAIL = 5  # deltas sent together last: pending at the kill
 NAMES = {  # key in the JSON line -> kind of restart
     "first_sign": "stamp",
     "baseline_no_stamp": "no_stamp",
@@ -181,16 +186,19 @@ def big_site() -> dict[str, Any]:
 
 
 class FirstSign:
-    """A subscriber noting when the first live sign content arrives after ``arm``."""
+    """A subscriber noting when the first live sign content (or message on ``pattern``)
+    arrives after ``arm``."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, pattern: str = topics.display_content(SITE_ID, "+")):
         self._event = threading.Event()
         self._armed = False
         self.at = 0.0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-restart")
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-restart-{pattern.split('/')[-2]}"
+        )
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe(topics.display_content(SITE_ID, "+"), 1)
+        self.client.subscribe(pattern, 1)
         self.client.loop_start()
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -210,13 +218,15 @@ class FirstSign:
         self.client.disconnect()
 
 
-def report_snapshots(port: int, site: Any, seq: int) -> None:
+def report_snapshots(port: int, site: Any, seq: int) -> dict[str, str]:
     """One snapshot from every bus's agent, each space in the same state every time (the
-    journal's state does not move between restarts; its agents are heard just now)."""
+    journal's state does not move between restarts; its agents are heard just now); the
+    states sent."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-restart-edge")
     client.connect("127.0.0.1", port)
     client.loop_start()
     rnd = random.Random(1)
+    states: dict[str, str] = {}
     sent = []
     for bus in site.buses:
         now = time.time()
@@ -228,7 +238,11 @@ def report_snapshots(port: int, site: Any, seq: int) -> None:
             "ts": now,
             "kind": "snapshot",
             "spaces": [
-                {"space": s, "state": rnd.choice(("free", "occupied")), "since": now}
+                {
+                    "space": s,
+                    "state": states.setdefault(s, rnd.choice(("free", "occupied"))),
+                    "since": now,
+                }
                 for s in site.spaces_of_source(bus.id)
             ],
         }
@@ -238,37 +252,56 @@ def report_snapshots(port: int, site: Any, seq: int) -> None:
         info.wait_for_publish(10)
     client.loop_stop()
     client.disconnect()
+    return states
 
 
-def report_changes(port: int, site: Any, seq0: int) -> None:
-    """A burst of one-space deltas, one bus after another (each agent's seq from ``seq0``),
-    every one acknowledged by the broker: the last of them is still in the journal's pending
-    rows when the gateway is killed right after."""
+def report_changes(
+    port: int,
+    site: Any,
+    seq0: int,
+    states: dict[str, str],
+    zones: FirstSign,
+    then: Callable[[], object],
+) -> None:
+    """A busy site's changes: a burst of one-space deltas (each a space of the snapshot
+    ``states`` turned over, each agent's seq from ``seq0``), a pause in which the gateway's
+    checkpoint takes them all in, and a last few deltas; ``then()`` as soon as the first of
+    those is journaled (its zone's counts are out), before the checkpoint can take it in
+    (it gathers changes for 0.1 s first): a kill then leaves it pending."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-restart-deltas")
     client.connect("127.0.0.1", port)
     client.loop_start()
-    rnd = random.Random(seq0)
-    for i in range(BURST):
-        bus = site.buses[i % len(site.buses)]
+    spaces = random.Random(seq0).sample(sorted(states), BURST + TAIL)
+    seqs: dict[str, int] = {}
+
+    def delta(space: str) -> mqtt.MQTTMessageInfo:
+        bus = site.bindings[space].source
+        agent = site.bus(bus).agent
+        seqs[agent] = seq = seqs.get(agent, seq0) + 1
         now = time.time()
+        state = "free" if states[space] == "occupied" else "occupied"
         body = {
-            "agent": bus.agent,
-            "source": bus.id,
+            "agent": agent,
+            "source": bus,
             "boot": "bench",
-            "seq": seq0 + 1 + i // len(site.buses),
+            "seq": seq,
             "ts": now,
             "kind": "delta",
-            "spaces": [
-                {
-                    "space": rnd.choice(site.spaces_of_source(bus.id)),
-                    "state": rnd.choice(("free", "occupied")),
-                    "since": now,
-                }
-            ],
+            "spaces": [{"space": space, "state": state, "since": now}],
         }
-        topic = topics.edge_occupancy(SITE_ID, bus.agent)
-        client.publish(topic, json.dumps(body).encode(), qos=1).wait_for_publish(10)
+        topic = topics.edge_occupancy(SITE_ID, agent)
+        return client.publish(topic, json.dumps(body).encode(), qos=1)
+
+    for space in spaces[:BURST]:
+        delta(space).wait_for_publish(10)
         time.sleep(BURST_GAP_S)
+    time.sleep(TAIL_AFTER_S)
+    zones.arm()
+    for info in [delta(space) for space in spaces[BURST:]]:
+        info.wait_for_publish(10)
+    if not zones.wait(10):
+        raise RuntimeError("the last deltas changed no zone's counts")
+    then()
     client.loop_stop()
     client.disconnect()
 
@@ -293,12 +326,13 @@ def main() -> int:
     cmd += ["--broker", f"mqtt://127.0.0.1:{port}", "--db", str(db)]
     log = (tmp / "gateway.log").open("ab")
     gateway: subprocess.Popen | None = None
-    watch = None
+    watch = zones = None
     timings: dict[str, list[float]] = {kind: [] for kind in KINDS}
     runs = ["first"] + [kind for _ in range(RUNS) for kind in KINDS]
     try:
         wait_port(port)
         watch = FirstSign(port)
+        zones = FirstSign(port, topics.zone(SITE_ID, "+"))
         for run, kind in enumerate(runs):
             if kind == "no_stamp":
                 stamp_path(db).unlink(missing_ok=True)
@@ -313,12 +347,13 @@ def main() -> int:
             if run:
                 timings[kind].append(watch.at - t0)
             time.sleep(4.0)  # the full start is done (and the site's cache written)
-            report_snapshots(port, site, seq=1000 * (run + 1))
+            states = report_snapshots(port, site, seq=1000 * (run + 1))
             time.sleep(2.0)  # journaled and checkpointed: nothing pending at the kill
             following = runs[run + 1] if run + 1 < len(runs) else ""
+            kill = partial(gateway.send_signal, signal.SIGKILL)
             if following.startswith("pending"):
-                report_changes(port, site, seq0=1000 * (run + 1))
-            gateway.send_signal(signal.SIGKILL)
+                report_changes(port, site, 1000 * (run + 1), states, zones, then=kill)
+            kill()
             gateway.wait(10)
             behind = not stored_signs(db)
             if following and behind != following.startswith("pending"):
@@ -349,8 +384,9 @@ def main() -> int:
         if gateway is not None and gateway.poll() is None:
             gateway.kill()
             gateway.wait(10)
-        if watch is not None:
-            watch.stop()
+        for subscriber in (watch, zones):
+            if subscriber is not None:
+                subscriber.stop()
         broker.terminate()
         broker.wait(10)
         log.close()

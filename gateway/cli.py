@@ -298,9 +298,10 @@ def main(args: argparse.Namespace) -> int:
         if v is not None
     }
     # the start makes objects that live as long as the process (~150,000 the collector
-    # tracks at 20,000 spaces): its collections while it runs free next to nothing and cost
-    # ~0.2 s of the ~0.6 s from the site's cache to a running gateway. GatewayService.start
-    # collects once and freezes them; gc is on again from there (or when main returns)
+    # tracks at 20,000 spaces): its collections while it runs cost ~0.2 s of the ~0.6 s
+    # from the site's cache to a running gateway. GatewayService.start freezes them (after
+    # one collection when the site file was parsed); gc is on again from there (or when
+    # main returns)
     gc.disable()
     try:
         return _start(args, broker, influx, core_options)
@@ -418,12 +419,10 @@ def _run_gateway(
             log.exception("republishing the journaled signs failed")
     else:
         log.info("site file changed since the journal's signs: they follow the full start")
-    to_cache = False  # the compiled site goes to its cache once the service runs
-    if site is not None:  # parsed before anything was published
-        if key is not None:
-            write_stamp(args.db, key, shown)
-            to_cache = True
-    else:
+    parsed = site is not None  # before anything was published: the stamp did not vouch
+    if parsed and key is not None:
+        write_stamp(args.db, key, shown)
+    if site is None:
         assert key is not None  # shown came from the stamp of these bytes
         site = read_site_cache(args.db, key)
         if site is not None:
@@ -437,7 +436,7 @@ def _run_gateway(
             if site is None:
                 return 2
             log.info("site file %s parsed after the signs (validated before, unchanged)", args.site)
-            to_cache = True
+            parsed = True
     from parking.site import SiteError
 
     try:
@@ -467,11 +466,13 @@ def _run_gateway(
         print(f"--db {args.db}: cannot open the journal: {exc}{damaged_hint(exc)}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, service.request_stop)
-    service.start()
-    gc.enable()  # main turned it off for the start; start() collected and froze what it loaded
+    # a parse leaves cyclic garbage to collect before start() freezes what is loaded; a
+    # site from its cache next to none
+    service.start(collect=parsed)
+    gc.enable()  # main turned it off for the start; start() froze what it loaded
     # the cache is written off the path to the first signs (~0.2 s at 20,000 spaces, once
     # per site file): the next start with changes to replay reads it
-    if to_cache and key is not None:
+    if parsed and key is not None:
         write_site_cache(args.db, key, site)
     if args.http:
         if _serve_http(service, args.http, args.db) is None:
