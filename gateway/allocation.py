@@ -389,7 +389,7 @@ class CoreLayout:
         line_zones = [list(z) for z in line_zones]
         if n_zones is None:
             n_zones = 1 + max(
-                [int(z) for z in zone_arr] + [z for zs in line_zones for z in zs] + [-1]
+                [int(zone_arr.max()) if n_s else -1] + [z for zs in line_zones for z in zs] + [-1]
             )
         ent = np.asarray(entrance_nodes, dtype=np.int32).reshape(n_e)
         if distances is None:
@@ -407,8 +407,11 @@ class CoreLayout:
         used, aisle = np.unique(aisle_key, return_inverse=True)
         aisle_node = np.where(used == n_nodes, -1, used).astype(np.int32)
         sk = np.zeros((n_s, n_kinds), dtype=bool)
-        for s, space_ks in enumerate(space_kinds):
-            sk[s, list(space_ks)] = True
+        # one assignment for all spaces (one per space took ~20 ms of a restart at 20,000)
+        sk[
+            np.repeat(np.arange(n_s), [len(ks) for ks in space_kinds]),
+            np.fromiter((k for ks in space_kinds for k in ks), dtype=np.intp),
+        ] = True
         if n_e:
             # a space no entrance reaches (a missing or reversed one-way edge) is no use to
             # any class: never a candidate, and the signs do not count it
