@@ -298,10 +298,10 @@ def main(args: argparse.Namespace) -> int:
         if v is not None
     }
     # the start makes objects that live as long as the process (~150,000 the collector
-    # tracks at 20,000 spaces): its collections while it runs cost ~0.2 s of the ~0.6 s
-    # from the site's cache to a running gateway. GatewayService.start freezes them (after
-    # one collection when the site file was parsed); gc is on again from there (or when
-    # main returns)
+    # tracks at 20,000 spaces): collections while it runs cost ~0.2 s of a core, a third
+    # of the start from the site's cache to a running gateway. GatewayService.start freezes
+    # them (after one collection when the site file was parsed); gc is on again from
+    # there (or when main returns)
     gc.disable()
     try:
         return _start(args, broker, influx, core_options)
