@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -37,7 +38,8 @@ pytestmark = pytest.mark.timeout(150)
 FROM_CACHE = "compiled site from its cache"
 PARSED_AFTER = "parsed after the signs"
 JOURNAL_FILES = ("", "-wal", "-shm")
-TTL_S = 300  # bus-g's spaces stay known through all the restarts; the others are unknown
+TTL_S = 300
+B1_TTL_S = 3
 
 
 def test_cache_round_trip_private_and_keyed(tmp_path: Path, example_site, caplog):
@@ -142,12 +144,24 @@ def _signs_of_a_start(
 
 
 def test_kill_with_changes_pending_restarts_from_the_cache(mosquitto, tmp_path, subprocess_env):
-    site_path = site_variant(tmp_path, ttl_s=TTL_S)
+    """Closures, a hold, sources never heard and one silent past its TTL: the signs after a
+    restart from the cache are the full start's, and current (the changes pending at the
+    kill are in them)."""
+    site_path = site_variant(tmp_path)
+    # bus-g (and the silent camera) known through all the restarts; bus-b1 heard once,
+    # then unknown by its TTL before the kill
+    text = site_path.read_text(encoding="utf-8")
+    assert text.count("ttl_s: 15") == 3
+    ttls = iter((TTL_S, B1_TTL_S, TTL_S))
+    site_path.write_text(
+        re.sub("ttl_s: 15", lambda _: f"ttl_s: {next(ttls)}", text), encoding="utf-8"
+    )
     site = load_site(site_path)
     db = tmp_path / "journal.db"
     cmd = _gateway(site_path, mosquitto, db)
     watch = Collector(mosquitto.port)
-    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")  # bus-b1 and the camera stay silent
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    edge_b1 = Edge(mosquitto.port, "serial-bus-b1", "bus-b1")  # the camera stays silent
     (tmp_path / "other").mkdir()
     other = MosquittoBroker(tmp_path / "other")  # the full start's, on its own broker
     other.start()
@@ -169,6 +183,10 @@ def test_kill_with_changes_pending_restarts_from_the_cache(mosquitto, tmp_path, 
             {s: ("occupied" if i % 3 == 0 else "free") for i, s in enumerate(spaces)},
             kind="snapshot",
         )
+        heard = watch.mark()
+        edge_b1.send({s: "free" for s in site.spaces_of_source("bus-b1")}, kind="snapshot")
+        watch.wait_for(topics.zone(SITE_ID, "E"), lambda z: z["unknown"] == 0, after=heard)
+        heard = watch.mark()  # the gateway's messages come in order: an older one is in
         # a manager's closure, and a car on its way to a held space
         mark = watch.mark()
         now = time.time()
@@ -183,7 +201,11 @@ def test_kill_with_changes_pending_restarts_from_the_cache(mosquitto, tmp_path, 
         while read_site_cache(db, key) != site and time.monotonic() < deadline:
             time.sleep(0.1)
         assert read_site_cache(db, key) == site
-        time.sleep(1.0)  # checkpointed: the journal's signs are current
+        # bus-b1's spaces unknown by its TTL; checkpointed: the journal's signs are current
+        watch.wait_for(
+            topics.zone(SITE_ID, "E"), lambda z: z["unknown"] == z["total"], 15, after=heard
+        )
+        time.sleep(1.0)
 
         # changes the signs show, then the kill before the checkpoint takes them in
         mark = watch.mark()
@@ -250,4 +272,5 @@ def test_kill_with_changes_pending_restarts_from_the_cache(mosquitto, tmp_path, 
         watch.stop()
         other_watch.stop()
         edge.stop()
+        edge_b1.stop()
         other.stop()
