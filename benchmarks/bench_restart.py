@@ -4,7 +4,9 @@ Prints one JSON line::
 
     {"bench": "restart", "spaces": 20000, "displays": 108, "runs": 4,
      "first_sign_s": ..., "first_sign_all_s": [...],
-     "baseline_no_stamp_s": ..., "baseline_no_stamp_all_s": [...]}
+     "baseline_no_stamp_s": ..., "baseline_no_stamp_all_s": [...],
+     "first_sign_pending_s": ..., "first_sign_pending_all_s": [...],
+     "baseline_pending_no_cache_s": ..., "baseline_pending_no_cache_all_s": [...]}
 
 Setup: a synthetic site written by ``big_site`` (the shape of a large community: 4 levels
 of 10 zones of 500 spaces, an aisle lane graph with ramps, 8 gates, one RS-485 bus per zone,
@@ -17,8 +19,17 @@ live (not retained) ``displays/+/content`` message a subscriber receives: the jo
 signs, republished before the site file is parsed because its stamp (``JOURNAL.site-ok``,
 gateway.site_stamp) says these bytes passed before. ``baseline_no_stamp_s`` is the same
 restart, interleaved in the same run, with the stamp deleted first: the site file is
-parsed and validated before anything is published, as without the stamp. The machine's
-load shows in both alike. Takes about a minute.
+parsed and validated before anything is published, as without the stamp.
+
+``first_sign_pending_s`` is a restart after a kill while changes wait in the journal (a
+burst of one-space deltas, a pause, a last few deltas and the kill as soon as the first of
+those is journaled; the bench checks that the journal's signs are behind, as
+``journal.stored_signs`` judges them): there are no current
+signs to republish, and the first sign is the full start's, with the compiled site read
+from its cache (``JOURNAL.site-cache``). ``baseline_pending_no_cache_s`` is the same
+restart with the cache deleted first (the stamp kept): the site file is parsed, as before
+the cache. The four kinds are interleaved in the same run, so the machine's load shows in
+all alike. Takes about two minutes.
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +57,25 @@ if str(ROOT) not in sys.path:
 import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
 
-from gateway.site_stamp import stamp_path  # noqa: E402
+from gateway.journal import stored_signs  # noqa: E402
+from gateway.site_stamp import cache_path, stamp_path  # noqa: E402
 from parkguide.ports import free_port, wait_port  # noqa: E402
 from parkguide.supervisor import stop_on_sigterm  # noqa: E402
 from parking import topics  # noqa: E402
 from parking.site import load_site  # noqa: E402
 
 RUNS = 4  # of each kind, interleaved
+KINDS = ("stamp", "no_stamp", "pending", "pending_no_cache")
+BURST = 100  # one-space deltas before a kill with changes pending
+BURST_GAP_S = 0.005
+TAIL_AFTER_S = 0.5  # the checkpoint has taken the burst in
+TAIL = 5  # deltas sent together last: pending at the kill
+NAMES = {  # key in the JSON line -> kind of restart
+    "first_sign": "stamp",
+    "baseline_no_stamp": "no_stamp",
+    "first_sign_pending": "pending",
+    "baseline_pending_no_cache": "pending_no_cache",
+}
 LEVELS = ("G", "B1", "B2", "B3")
 ZONES_PER_LEVEL, ROWS_PER_ZONE, ROW_LEN = 10, 5, 100
 AISLES = ZONES_PER_LEVEL * ROWS_PER_ZONE // 2
@@ -161,16 +186,19 @@ def big_site() -> dict[str, Any]:
 
 
 class FirstSign:
-    """A subscriber noting when the first live sign content arrives after ``arm``."""
+    """A subscriber noting when the first live sign content (or message on ``pattern``)
+    arrives after ``arm``."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, pattern: str = topics.display_content(SITE_ID, "+")):
         self._event = threading.Event()
         self._armed = False
         self.at = 0.0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-restart")
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-restart-{pattern.split('/')[-2]}"
+        )
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe(topics.display_content(SITE_ID, "+"), 1)
+        self.client.subscribe(pattern, 1)
         self.client.loop_start()
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -190,13 +218,15 @@ class FirstSign:
         self.client.disconnect()
 
 
-def report_snapshots(port: int, site: Any, seq: int) -> None:
+def report_snapshots(port: int, site: Any, seq: int) -> dict[str, str]:
     """One snapshot from every bus's agent, each space in the same state every time (the
-    journal's state does not move between restarts; its agents are heard just now)."""
+    journal's state does not move between restarts; its agents are heard just now); the
+    states sent."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-restart-edge")
     client.connect("127.0.0.1", port)
     client.loop_start()
     rnd = random.Random(1)
+    states: dict[str, str] = {}
     sent = []
     for bus in site.buses:
         now = time.time()
@@ -208,7 +238,11 @@ def report_snapshots(port: int, site: Any, seq: int) -> None:
             "ts": now,
             "kind": "snapshot",
             "spaces": [
-                {"space": s, "state": rnd.choice(("free", "occupied")), "since": now}
+                {
+                    "space": s,
+                    "state": states.setdefault(s, rnd.choice(("free", "occupied"))),
+                    "since": now,
+                }
                 for s in site.spaces_of_source(bus.id)
             ],
         }
@@ -216,6 +250,58 @@ def report_snapshots(port: int, site: Any, seq: int) -> None:
         sent.append(client.publish(topic, json.dumps(body).encode(), qos=1))
     for info in sent:
         info.wait_for_publish(10)
+    client.loop_stop()
+    client.disconnect()
+    return states
+
+
+def report_changes(
+    port: int,
+    site: Any,
+    seq0: int,
+    states: dict[str, str],
+    zones: FirstSign,
+    then: Callable[[], object],
+) -> None:
+    """A busy site's changes: a burst of one-space deltas (each a space of the snapshot
+    ``states`` turned over, each agent's seq from ``seq0``), a pause in which the gateway's
+    checkpoint takes them all in, and a last few deltas; ``then()`` as soon as the first of
+    those is journaled (its zone's counts are out), before the checkpoint can take it in
+    (it gathers changes for 0.1 s first): a kill then leaves it pending."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-restart-deltas")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    spaces = random.Random(seq0).sample(sorted(states), BURST + TAIL)
+    seqs: dict[str, int] = {}
+
+    def delta(space: str) -> mqtt.MQTTMessageInfo:
+        bus = site.bindings[space].source
+        agent = site.bus(bus).agent
+        seqs[agent] = seq = seqs.get(agent, seq0) + 1
+        now = time.time()
+        state = "free" if states[space] == "occupied" else "occupied"
+        body = {
+            "agent": agent,
+            "source": bus,
+            "boot": "bench",
+            "seq": seq,
+            "ts": now,
+            "kind": "delta",
+            "spaces": [{"space": space, "state": state, "since": now}],
+        }
+        topic = topics.edge_occupancy(SITE_ID, agent)
+        return client.publish(topic, json.dumps(body).encode(), qos=1)
+
+    for space in spaces[:BURST]:
+        delta(space).wait_for_publish(10)
+        time.sleep(BURST_GAP_S)
+    time.sleep(TAIL_AFTER_S)
+    zones.arm()
+    for info in [delta(space) for space in spaces[BURST:]]:
+        info.wait_for_publish(10)
+    if not zones.wait(10):
+        raise RuntimeError("the last deltas changed no zone's counts")
+    then()
     client.loop_stop()
     client.disconnect()
 
@@ -240,27 +326,41 @@ def main() -> int:
     cmd += ["--broker", f"mqtt://127.0.0.1:{port}", "--db", str(db)]
     log = (tmp / "gateway.log").open("ab")
     gateway: subprocess.Popen | None = None
-    watch = None
-    timings: dict[bool, list[float]] = {True: [], False: []}
+    watch = zones = None
+    timings: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    runs = ["first"] + [kind for _ in range(RUNS) for kind in KINDS]
     try:
         wait_port(port)
         watch = FirstSign(port)
-        for run in range(2 * RUNS + 1):
-            stamped = run % 2 == 1  # the first run makes the journal and the stamp
-            if not stamped:
+        zones = FirstSign(port, topics.zone(SITE_ID, "+"))
+        for run, kind in enumerate(runs):
+            if kind == "no_stamp":
                 stamp_path(db).unlink(missing_ok=True)
+                cache_path(db).unlink(missing_ok=True)
+            elif kind == "pending_no_cache":
+                cache_path(db).unlink(missing_ok=True)
             watch.arm()
             t0 = time.time()
             gateway = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, cwd=ROOT)
             if not watch.wait(60):
                 raise RuntimeError(f"no sign within 60 s; see {tmp / 'gateway.log'}")
             if run:
-                timings[stamped].append(watch.at - t0)
-            time.sleep(4.0)  # the full start is done
-            report_snapshots(port, site, seq=run + 1)
+                timings[kind].append(watch.at - t0)
+            time.sleep(4.0)  # the full start is done (and the site's cache written)
+            states = report_snapshots(port, site, seq=1000 * (run + 1))
             time.sleep(2.0)  # journaled and checkpointed: nothing pending at the kill
-            gateway.send_signal(signal.SIGKILL)
+            following = runs[run + 1] if run + 1 < len(runs) else ""
+            kill = partial(gateway.send_signal, signal.SIGKILL)
+            if following.startswith("pending"):
+                report_changes(port, site, 1000 * (run + 1), states, zones, then=kill)
+            kill()
             gateway.wait(10)
+            behind = not stored_signs(db)
+            if following and behind != following.startswith("pending"):
+                raise RuntimeError(
+                    f"before a {following} restart the journal's signs are "
+                    f"{'behind' if behind else 'current'}"
+                )
         print(
             json.dumps(
                 {
@@ -268,10 +368,14 @@ def main() -> int:
                     "spaces": len(site.spaces),
                     "displays": len(site.displays),
                     "runs": RUNS,
-                    "first_sign_s": round(statistics.median(timings[True]), 3),
-                    "first_sign_all_s": [round(t, 3) for t in timings[True]],
-                    "baseline_no_stamp_s": round(statistics.median(timings[False]), 3),
-                    "baseline_no_stamp_all_s": [round(t, 3) for t in timings[False]],
+                    **{
+                        key: value
+                        for name, kind in NAMES.items()
+                        for key, value in (
+                            (f"{name}_s", round(statistics.median(timings[kind]), 3)),
+                            (f"{name}_all_s", [round(t, 3) for t in timings[kind]]),
+                        )
+                    },
                 }
             )
         )
@@ -280,8 +384,9 @@ def main() -> int:
         if gateway is not None and gateway.poll() is None:
             gateway.kill()
             gateway.wait(10)
-        if watch is not None:
-            watch.stop()
+        for subscriber in (watch, zones):
+            if subscriber is not None:
+                subscriber.stop()
         broker.terminate()
         broker.wait(10)
         log.close()

@@ -529,7 +529,8 @@ class LiveGateway:
         apply the closures the file added or removed, forget removed spaces and signs, and
         note the retained topics nobody keeps any more (cleared by :meth:`publish_all`)."""
         old = parse_outline(self.journal.meta(OUTLINE_KEY))
-        changes = compare(old, self.site)
+        shape = outline(self.site)  # ~10 ms at 20,000 spaces: once
+        changes = compare(old, self.site, shape)
         for line in changes.lines():
             log.warning("the site file changed since the last start: %s", line)
         if old is None and had_state:
@@ -574,7 +575,6 @@ class LiveGateway:
                 self.journal.drop_spaces(index)
                 self.journal.set_meta(DIGEST_KEY, self.site.digest)
                 self.journal.set_meta(SITE_ID_KEY, self.site.id)
-                shape = outline(self.site)
                 if not changes.retired_topics and shape != old:  # ~1 MB at 20,000 spaces
                     self.journal.set_meta(OUTLINE_KEY, json.dumps(shape))
         if dropped:

@@ -137,12 +137,16 @@ class SiteChanges:
         return out
 
 
-def compare(old: dict[str, Any] | None, site: Site) -> SiteChanges:
-    """What changed from the stored outline ``old`` to ``site``; nothing when ``old`` is None."""
+def compare(
+    old: dict[str, Any] | None, site: Site, new: dict[str, Any] | None = None
+) -> SiteChanges:
+    """What changed from the stored outline ``old`` to ``site`` (whose outline is ``new``,
+    when the caller has it already); nothing when ``old`` is None."""
     changes = SiteChanges()
     if old is None:
         return changes
-    new = outline(site)
+    if new is None:
+        new = outline(site)
     if old["site"] != new["site"]:
         changes.renamed_from = old["site"]
     before: dict[str, Any] = old["spaces"]
