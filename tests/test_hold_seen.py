@@ -52,6 +52,7 @@ def test_a_space_occupied_for_a_moment_stays_held_until_its_car_is_seen(mosquitt
             s = site.space_index[space]
             assert space is not None and s in gw.core.holds
             assert eventually(lambda: _counts(watch, site) != before)  # off the signs
+            time.sleep(0.5)  # every sign counting it, not only the first one published
             held_counts = _counts(watch, site)
 
             # another car manoeuvres over its detector: occupied 2 s, then free again
