@@ -606,7 +606,8 @@ class MqttLiveView:
                         since=since,
                         last_seen=self._last_seen.get(sp.id),
                         source=binding.source if binding else None,
-                        held=sp.id in held and state == "free",
+                        # not while a car is in it (being seen: gateway.live's _on_their_way)
+                        held=sp.id in held and state != "occupied",
                         observed_since=self._observed_since.get(sp.id),
                     )
                 )

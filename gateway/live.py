@@ -476,6 +476,7 @@ class LiveGateway:
             self._core_time(now),
         )
         restored = 0
+        seen: list[str] = []  # holds whose car the journal's state shows seen: ended here
         core_now = self._core_time(now)
         for sp, until, entrance in self.journal.open_holds(now):
             # a car assigned before the restart is still on its way: keep its space, also
@@ -490,6 +491,7 @@ class LiveGateway:
             if self.state.sensed[s] == OCCUPIED:
                 occupied_for = max(0.0, now - float(self.state.since[s]))
                 if self.state.closed[s] or occupied_for >= self.core.hold_seen_s:
+                    seen.append(sp)
                     continue
                 seen_since = core_now - occupied_for
             # never longer than a hold given now: an expiry stamped before the wall
@@ -499,6 +501,12 @@ class LiveGateway:
             self.core.hold(s, until, core_now, seen_since=seen_since)
             self.desk.note_hold(entrance, s)
             restored += 1
+        if seen:
+            # journaled as a running gateway does: not journaled, the hold came back at the
+            # next start once its car had left (its space off the signs, a cancel "cancelled")
+            with self.journal.transaction():
+                self.journal.release_holds(seen, now)
+            log.info("ended %d holds whose car was seen in its space while stopped", len(seen))
         if restored:
             log.info("restored %d holds of cars on their way", restored)
         log.info(
@@ -1810,13 +1818,23 @@ class LiveGateway:
                 for i, z in enumerate(self.state.zone_ids)
             ]
 
+    def _on_their_way(self) -> np.ndarray:
+        """bool[S], under the lock: spaces held for a car that may still be on its way. By
+        the core's own time (the wall clock may have stepped), and not while the car is
+        being seen in it (occupied, the hold ending ``hold_seen_s`` later): the stand-alone
+        API's view says the same (api.mqttview)."""
+        out = self.core.held_until > self.core.now
+        seen = self.core.seen_since
+        if seen:
+            out[list(seen)] = False
+        return out
+
     def spaces(self) -> list[SpaceStatus]:
-        now = self._clock()
         # only the arrays are copied under the lock: building one object per space (20,000 on
         # a big site) while holding it would keep reports waiting
         with self.lock:
             st = self.state
-            held = (self.core.held_until > now).tolist()
+            held = self._on_their_way().tolist()
             states = st.state.tolist()
             since = st.since.tolist()
             last_seen = st.last_seen.tolist()
@@ -1964,7 +1982,7 @@ class LiveGateway:
             raise ValueError(f"action must be 'close' or 'open', not {action!r}")
         now = self._clock()
         with self.lock:
-            held = bool(self.core.held_until[s] > now)
+            held = bool(self._on_their_way()[s])
             now = self._event_time(now)
             was = STATE_NAMES[int(self.state.state[s])]
             closes = self._closes(space) if was == "closed" else ()
@@ -2040,9 +2058,8 @@ class LiveGateway:
             p = closures.plan(action, mine, closed, closure, reason)
             if p.nothing:
                 raise Refused(closures.nothing_to_do(zone, action, closure), closer)
-            held = tuple(
-                sp for sp in p.change if action == "close" and self.core.held_until[index[sp]] > now
-            )
+            on_their_way = self._on_their_way()
+            held = tuple(sp for sp in p.change if action == "close" and on_their_way[index[sp]])
             idx = np.array([index[sp] for sp in p.change], dtype=np.int64)
             changes = self.state.control_many(idx, action == "close", now)
             after = closures.after_zone(

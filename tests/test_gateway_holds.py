@@ -157,6 +157,12 @@ def test_a_held_space_occupied_for_a_moment_at_a_restart_keeps_its_hold(example_
     g2.gw.flush_checkpoint()
     g3 = g2.restart(6)  # occupied for 6 s: seen, the hold ends
     assert s not in g3.gw.core.holds
+    # journaled then: once the car has left, a next start does not bring the hold back
+    assert g3.gw.journal.given("north", "r1").released is not None
+    g3.report("serial-bus-g", "bus-g", 5, {first: "free"})
+    g3.gw.flush_checkpoint()
+    g4 = g3.restart(1)
+    assert s not in g4.gw.core.holds
 
 
 def test_a_car_seen_by_a_report_made_before_the_assignment_still_ends_its_hold(

@@ -305,12 +305,13 @@ def test_arrivals_get_distinct_held_spaces(gw, watch, edge_g, tmp_path):
     with sqlite3.connect(tmp_path / "journal.db") as conn:
         rows = conn.execute("SELECT space FROM assignments ORDER BY id").fetchall()
     assert [r[0] for r in rows] == [first["space"], second["space"]]
-    # the car is in its space: occupied at once, the hold kept until it has stayed so for
-    # the confirmation time (HOLD_SEEN_S; a car manoeuvring over it is not the car: its
-    # end is tests/test_hold_seen.py's)
+    # the car is in its space: occupied at once, no longer a car on its way (`held`), the
+    # hold kept until it has stood there for the confirmation time (HOLD_SEEN_S; a car
+    # manoeuvring over it is not the car: its end is tests/test_hold_seen.py's)
     edge_g.send({first["space"]: "occupied"})
     watch.wait_for(zone_topic(first["zone"]), lambda z: z["occupied"] == 1)
-    assert any(s.held for s in gw.gateway.spaces() if s.space == first["space"])
+    assert not any(s.held for s in gw.gateway.spaces() if s.space == first["space"])
+    assert gw.gateway.site.space_index[first["space"]] in gw.gateway.core.holds
 
 
 def test_manager_closes_and_opens_a_space(gw, watch, edge_g, tmp_path):
