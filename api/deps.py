@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -21,6 +21,7 @@ from api.alerts import AlertBook
 from api.auth import LoginLimiter, Session, SessionSigner, User, UserStore
 from api.disk_status import JournalDisk
 from api.journal import JournalReader
+from api.judging import ZoneJudging
 from api.live import LiveHub
 from api.outbox_status import OutboxStatusReader
 from api.settings import ApiSettings
@@ -54,6 +55,7 @@ class ApiContext:
     cookie: str = SESSION_COOKIE  # the session cookie's name: session_cookie(site id)
     outbox_status: OutboxStatusReader | None = None  # the InfluxDB writer's, from the journal
     journal_disk: JournalDisk | None = None  # free space where the journal grows
+    judging: ZoneJudging = field(default_factory=ZoneJudging)  # stand-alone API's actions
 
 
 def get_ctx(request: Request) -> ApiContext:

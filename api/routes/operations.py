@@ -266,7 +266,8 @@ def not_as_expected(exc: Refused) -> JSONResponse:
 def space_before(ctx: Ctx, space: str, action: str, body: SpaceControlRequest) -> SpaceBefore:
     """The space as the manager's action finds it, read from the journal now (stand-alone
     API: the gateway judges what it is sent no further); Refused like the gateway's own
-    judgement. A window remains between this read and the gateway applying it."""
+    judgement. Called with the zone's turn held (:func:`space_judged_and_sent`); a window
+    remains for an action another API process sends meanwhile."""
     ctx.view.settle([space], [ctx.view.site.space(space).zone])
     now = next((s for s in ctx.view.spaces() if s.space == space), None)
     was = "unknown" if now is None else now.state
@@ -282,6 +283,18 @@ def space_before(ctx: Ctx, space: str, action: str, body: SpaceControlRequest) -
     if why is not None:
         raise Refused(why, closer)
     return SpaceBefore(was, now is not None and now.held, closes)
+
+
+def space_judged_and_sent(
+    ctx: Ctx, space: str, action: str, user: User, body: SpaceControlRequest
+) -> SpaceBefore:
+    """Judge a manager's action on the journal and send it (stand-alone API), its zone's
+    turn held throughout: another action of this process on the space waits, then settles
+    on this one's event (two at once were both judged before either was sent)."""
+    with ctx.judging.zone(ctx.view.site.space(space).zone):
+        before = space_before(ctx, space, action, body)
+        ctx.view.control_space(space, action, user.name, body.reason)
+    return before
 
 
 async def _control(
@@ -309,8 +322,7 @@ async def _control(
             else None
         )
         if before is None:
-            before = await run_in_threadpool(space_before, ctx, space, action, body)
-            await run_in_threadpool(ctx.view.control_space, space, action, user.name, body.reason)
+            before = await run_in_threadpool(space_judged_and_sent, ctx, space, action, user, body)
     except ControlUnavailable as exc:
         log.info("refused %s %s by %s: %s", action, space, user.name, exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
@@ -433,6 +445,17 @@ def zone_before(
     return ZoneBefore(p, closer, tuple(held)), mark
 
 
+def zone_judged_and_sent(
+    ctx: Ctx, zone: str, action: str, user: User, body: SpaceControlRequest
+) -> tuple[ZoneBefore, int]:
+    """:func:`zone_before` and the send, the zone's turn held throughout (as
+    :func:`space_judged_and_sent`)."""
+    with ctx.judging.zone(zone):
+        before = zone_before(ctx, zone, action, body)
+        ctx.view.control_zone(zone, action, user.name, body.reason)
+    return before
+
+
 def left_closed(ctx: Ctx, left: Collection[str]) -> list[ClosedSpaceOut]:
     """The closed spaces a zone action left, with who closed them."""
     closes = ctx.journal.closures(left) if left else {}
@@ -504,8 +527,9 @@ async def _zone_control(
             else None
         )
         if before is None:
-            before, mark = await run_in_threadpool(zone_before, ctx, zone, action, body)
-            await run_in_threadpool(ctx.view.control_zone, zone, action, user.name, body.reason)
+            before, mark = await run_in_threadpool(
+                zone_judged_and_sent, ctx, zone, action, user, body
+            )
             # sent is not done: a broker whose ACL drops it (README, Upgrading), a gateway
             # of an earlier release, or another manager's action first (the gateway finds
             # nothing to do) takes it silently, and the page would say "closed"
