@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Header, HTTPException, Request, status
 
 from api.alerts import AlertBook
 from api.auth import LoginLimiter, Session, SessionSigner, User, UserStore
@@ -107,6 +107,17 @@ cookie between its tabs, and a tab still showing alice acted as bob once he logg
 another one (the journal named bob for alice's action)."""
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+PageUser = Annotated[
+    str | None,
+    Header(
+        alias=PAGE_USER_HEADER,
+        description="the user the page shows; when the session is another user's, 409 and "
+        "nothing changes (left out: no check)",
+    ),
+]
+"""The header documented on the routes that change something (:func:`require_login` checks
+it on every one)."""
 
 
 def require_login(request: Request, user: OptionalUser) -> User:

@@ -308,3 +308,47 @@ def test_simultaneous_actions_through_one_standalone_api_are_told_the_truth(mosq
                 assert was[0] == "" and was[1] in ("alice", "bob"), (ra.text, rb.text)
         finally:
             view.stop()
+
+
+def test_every_409_of_a_close_or_open_validates_against_the_documented_one(own_api):
+    """/openapi.json documented the close/open 409 as the precondition's (``closed``,
+    ``closed_by``... required) while most 409s answer only ``detail``, and did not name the
+    ``X-Parkguide-User`` header."""
+    import jsonschema
+
+    url, _ = own_api
+    alice, bob = login(url, "alice"), login(url, "bob")
+    doc = httpx.get(f"{url}/openapi.json").json()
+    for path in (
+        "/api/v1/spaces/{space}/close",
+        "/api/v1/spaces/{space}/open",
+        "/api/v1/zones/{zone}/close",
+        "/api/v1/zones/{zone}/open",
+    ):
+        op = doc["paths"][path]["post"]
+        (header,) = [p for p in op["parameters"] if p["in"] == "header"]
+        assert (header["name"], header["required"]) == ("X-Parkguide-User", False)
+
+    def documented(path: str) -> dict:
+        return doc["paths"][path]["post"]["responses"]["409"]["content"]["application/json"][
+            "schema"
+        ]
+
+    schema = documented("/api/v1/spaces/{space}/open")
+    assert schema["anyOf"] == documented("/api/v1/zones/{zone}/close")["anyOf"]
+    schema = {**schema, "components": doc["components"]}
+
+    assert bob.post("/api/v1/spaces/B-040/close", json={"reason": "cones"}).status_code == 202
+    answers = {
+        "no-op": alice.post("/api/v1/spaces/B-041/open"),
+        "precondition": alice.post("/api/v1/spaces/B-040/open", json={"expect_closed_by": "x"}),
+        "zone no-op": alice.post("/api/v1/zones/E/open"),
+        "another user": alice.post(
+            "/api/v1/spaces/B-040/open", headers={"X-Parkguide-User": "carol"}
+        ),
+    }
+    for what, r in answers.items():
+        assert r.status_code == 409, (what, r.text)
+        jsonschema.Draft202012Validator(schema).validate(r.json())
+    assert answers["precondition"].json()["closed_by"] == "bob"
+    assert bob.post("/api/v1/spaces/B-040/open").status_code == 202

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from api.alerts import SEVERITY, AlertRecord, AlreadyAcknowledged
 from api.auth import User
-from api.deps import Ctx, LoggedIn, Manager, require_login, require_manager
+from api.deps import Ctx, LoggedIn, Manager, PageUser, require_login, require_manager
 from api.journal import EventRow
 from api.live import alert_changed_event
 from api.models import (
@@ -234,9 +234,14 @@ ZONE_CONFIRM_S = 3.0
 
 NOT_AS_EXPECTED: dict[int | str, dict[str, Any]] = {
     409: {
-        "model": NotAsExpectedOut,
-        "description": "nothing changed: it would change nothing, or (with `expect_closed_by`)"
-        " it is not closed by the manager the page showed: the current closure",
+        # every 409 of these routes: most say only `detail`, the precondition's names the
+        # current closure too (a client tells them apart by `closed` being there)
+        "model": NotAsExpectedOut | ErrorOut,
+        "description": "nothing changed: it would change nothing (`detail` only); with "
+        "`expect_closed_by`, it is not closed by the manager the page showed (`detail` and "
+        "the current closure: `closed`, `closed_by`, `closed_reason`, `closed_at`); the "
+        "gateway refused it or runs another site file; or `X-Parkguide-User` names another "
+        "user than the session's (`detail` only)",
     }
 }
 
@@ -367,7 +372,9 @@ async def _control(
     openapi_extra=request_body_doc(SpaceControlRequest),
     responses={**CONTROL_ERRORS, **NOT_AS_EXPECTED},
 )
-async def close_space(space: str, request: Request, ctx: Ctx, user: Manager) -> ControlOut:
+async def close_space(
+    space: str, request: Request, ctx: Ctx, user: Manager, page_user: PageUser = None
+) -> ControlOut:
     """Close a space (repairs, reserved): it counts as closed on every sign (manager)."""
     return await _control(space, "close", request, ctx, user)
 
@@ -378,7 +385,9 @@ async def close_space(space: str, request: Request, ctx: Ctx, user: Manager) -> 
     openapi_extra=request_body_doc(SpaceControlRequest),
     responses={**CONTROL_ERRORS, **NOT_AS_EXPECTED},
 )
-async def open_space(space: str, request: Request, ctx: Ctx, user: Manager) -> ControlOut:
+async def open_space(
+    space: str, request: Request, ctx: Ctx, user: Manager, page_user: PageUser = None
+) -> ControlOut:
     """Open a closed space again (manager)."""
     return await _control(space, "open", request, ctx, user)
 
@@ -579,7 +588,9 @@ async def _zone_control(
     openapi_extra=request_body_doc(SpaceControlRequest),
     responses={**CONTROL_ERRORS, **NOT_AS_EXPECTED},
 )
-async def close_zone(zone: str, request: Request, ctx: Ctx, user: Manager) -> ZoneControlOut:
+async def close_zone(
+    zone: str, request: Request, ctx: Ctx, user: Manager, page_user: PageUser = None
+) -> ZoneControlOut:
     """Close every space of a zone that is not closed (cleaning, snow, an event), in one
     action journalled as one (manager). Its signs read CLOSED where every space they count is
     closed. Closing a closed zone again with a reason replaces its reason; 409 when nothing
@@ -593,7 +604,9 @@ async def close_zone(zone: str, request: Request, ctx: Ctx, user: Manager) -> Zo
     openapi_extra=request_body_doc(SpaceControlRequest),
     responses={**CONTROL_ERRORS, **NOT_AS_EXPECTED},
 )
-async def open_zone(zone: str, request: Request, ctx: Ctx, user: Manager) -> ZoneControlOut:
+async def open_zone(
+    zone: str, request: Request, ctx: Ctx, user: Manager, page_user: PageUser = None
+) -> ZoneControlOut:
     """Open the spaces a zone's closure closed, still closed by it (manager); spaces closed
     on their own stay closed (``left_closed`` says by whom). 409 when the zone is not closed."""
     return await _zone_control(zone, "open", request, ctx, user)
