@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Header, HTTPException, Request, status
 
 from api.alerts import AlertBook
 from api.auth import LoginLimiter, Session, SessionSigner, User, UserStore
 from api.disk_status import JournalDisk
 from api.journal import JournalReader
+from api.judging import ZoneJudging
 from api.live import LiveHub
 from api.outbox_status import OutboxStatusReader
 from api.settings import ApiSettings
@@ -54,6 +55,7 @@ class ApiContext:
     cookie: str = SESSION_COOKIE  # the session cookie's name: session_cookie(site id)
     outbox_status: OutboxStatusReader | None = None  # the InfluxDB writer's, from the journal
     journal_disk: JournalDisk | None = None  # free space where the journal grows
+    judging: ZoneJudging = field(default_factory=ZoneJudging)  # stand-alone API's actions
 
 
 def get_ctx(request: Request) -> ApiContext:
@@ -105,6 +107,17 @@ cookie between its tabs, and a tab still showing alice acted as bob once he logg
 another one (the journal named bob for alice's action)."""
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+PageUser = Annotated[
+    str | None,
+    Header(
+        alias=PAGE_USER_HEADER,
+        description="the user the page shows; when the session is another user's, 409 and "
+        "nothing changes (left out: no check)",
+    ),
+]
+"""The header documented on the routes that change something (:func:`require_login` checks
+it on every one)."""
 
 
 def require_login(request: Request, user: OptionalUser) -> User:

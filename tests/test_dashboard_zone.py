@@ -86,3 +86,32 @@ def test_a_manager_closes_and_opens_a_zone_from_its_card(browser, url, harness):
     assert not errors, errors
     page.context.close()
     harness.gateway.control_space("D-002", "open", "bob", None)
+
+
+def test_no_anyway_button_that_can_only_fail(browser, url, harness):
+    """A 409 of an open whose zone is no longer closed offered "Open anyway" (a second no-op
+    409), and one of a close of a closed zone without a reason "Close anyway" (a reason-less
+    close: 409 again). Now the open says there is nothing to do, and the close waits for a
+    reason before its button does anything."""
+    page = page_as(browser, url, "manager")
+    errors = watch_errors(page)
+    page.locator('#zones .zone[data-zone="E"]').locator("button.zone-act").click()
+    # the page believes bob closed it; someone opened it meanwhile
+    page.evaluate('controlZone("open", "bob")')
+    wait_until(lambda: "nothing to do" in text(page, "#zn-msg"), 5000, "the open's 409")
+    assert "is already open: nothing to do" in text(page, "#zn-msg")
+    assert page.locator("#zn-msg button.anyway").count() == 0
+
+    harness.gateway.control_zone("E", "close", "bob", "snow")
+    page.fill("#zn-reason", "")
+    page.evaluate('controlZone("close", null)')  # the page believed it open
+    wait_until(lambda: "closed by bob" in text(page, "#zn-msg"), 5000, "the close's 409")
+    assert "type your reason, then close anyway" in text(page, "#zn-msg")
+    go = page.locator("#zn-msg button.anyway")
+    assert go.is_disabled()
+    page.fill("#zn-reason", "market")
+    assert go.is_enabled()
+    go.click()
+    wait_until(lambda: "closed by bob" not in text(page, "#zn-msg"), 5000, "the close's answer")
+    assert harness.gateway.control_zone("E", "open", "manager", None).closure.reason == "market"
+    assert not errors, errors

@@ -249,3 +249,106 @@ def test_standalone_zone_action_is_confirmed_only_by_its_managers_events(
                 assert r.json()["closure_was"]["closed_by"] == "bob"
         finally:
             view.stop()
+
+
+def test_simultaneous_actions_through_one_standalone_api_are_told_the_truth(mosquitto, tmp_path):
+    """alice and bob closed one space (or zone) at once through one stand-alone API: both
+    requests read the journal before either was sent, and both were told 202 "was free" (or
+    ``closure_was`` null) while the gateway applied one. Now the second is judged on the state
+    the first left."""
+    from api.mqttview import MqttLiveView
+    from parking.broker import BrokerConfig
+
+    site = load_site(EXAMPLE_SITE)
+    db = journal_with_users(tmp_path)
+    add_managers(db)
+    with running_gateway(site_variant(tmp_path), mosquitto.url, db):
+        view = MqttLiveView(site, BrokerConfig.from_url(mosquitto.url), str(db))
+        view.start()
+        app = create_app(view, settings(), db_path=str(db))
+        try:
+            with ServerThread(app, free_port()) as srv:
+                alice, bob = login(srv.url, "alice"), login(srv.url, "bob")
+                assert eventually(lambda: view.control_unavailable() is None)
+
+                def at_once(*calls: Callable[[], httpx.Response]) -> list:
+                    """Both requests wait to read the journal, so that each reaches it
+                    before either is sent (what two managers clicking at once do)."""
+                    results: list = []
+                    with view._journal_lock:
+                        t = threading.Thread(target=lambda: results.extend(together(*calls)))
+                        t.start()
+                        time.sleep(0.5)
+                    t.join(30)
+                    return results
+
+                ra, rb = at_once(
+                    lambda: alice.post("/api/v1/spaces/A-060/close"),
+                    lambda: bob.post("/api/v1/spaces/A-060/close"),
+                )
+                assert sorted([ra.status_code, rb.status_code]) == [202, 409], (ra.text, rb.text)
+                (no,) = [r for r in (ra, rb) if r.status_code == 409]
+                assert "already closed" in no.json()["detail"]
+
+                ra, rb = at_once(
+                    lambda: alice.post("/api/v1/spaces/A-061/close", json={"reason": "paint"}),
+                    lambda: bob.post("/api/v1/spaces/A-061/close", json={"reason": "broken"}),
+                )
+                assert (ra.status_code, rb.status_code) == (202, 202), (ra.text, rb.text)
+                first, second = sorted((ra.json(), rb.json()), key=lambda b: b["was"] == "closed")
+                assert first["was"] != "closed" and first["closed_by"] is None, first
+                assert (second["was"], second["closed_by"]) == ("closed", first["by"])
+
+                ra, rb = at_once(
+                    lambda: alice.post("/api/v1/zones/D/close", json={"reason": "snow"}),
+                    lambda: bob.post("/api/v1/zones/D/close", json={"reason": "event"}),
+                )
+                assert (ra.status_code, rb.status_code) == (202, 202), (ra.text, rb.text)
+                was = sorted((r.json()["closure_was"] or {}).get("closed_by", "") for r in (ra, rb))
+                assert was[0] == "" and was[1] in ("alice", "bob"), (ra.text, rb.text)
+        finally:
+            view.stop()
+
+
+def test_every_409_of_a_close_or_open_validates_against_the_documented_one(own_api):
+    """/openapi.json documented the close/open 409 as the precondition's (``closed``,
+    ``closed_by``... required) while most 409s answer only ``detail``, and did not name the
+    ``X-Parkguide-User`` header."""
+    import jsonschema
+
+    url, _ = own_api
+    alice, bob = login(url, "alice"), login(url, "bob")
+    doc = httpx.get(f"{url}/openapi.json").json()
+    for path in (
+        "/api/v1/spaces/{space}/close",
+        "/api/v1/spaces/{space}/open",
+        "/api/v1/zones/{zone}/close",
+        "/api/v1/zones/{zone}/open",
+    ):
+        op = doc["paths"][path]["post"]
+        (header,) = [p for p in op["parameters"] if p["in"] == "header"]
+        assert (header["name"], header["required"]) == ("X-Parkguide-User", False)
+
+    def documented(path: str) -> dict:
+        return doc["paths"][path]["post"]["responses"]["409"]["content"]["application/json"][
+            "schema"
+        ]
+
+    schema = documented("/api/v1/spaces/{space}/open")
+    assert schema["anyOf"] == documented("/api/v1/zones/{zone}/close")["anyOf"]
+    schema = {**schema, "components": doc["components"]}
+
+    assert bob.post("/api/v1/spaces/B-040/close", json={"reason": "cones"}).status_code == 202
+    answers = {
+        "no-op": alice.post("/api/v1/spaces/B-041/open"),
+        "precondition": alice.post("/api/v1/spaces/B-040/open", json={"expect_closed_by": "x"}),
+        "zone no-op": alice.post("/api/v1/zones/E/open"),
+        "another user": alice.post(
+            "/api/v1/spaces/B-040/open", headers={"X-Parkguide-User": "carol"}
+        ),
+    }
+    for what, r in answers.items():
+        assert r.status_code == 409, (what, r.text)
+        jsonschema.Draft202012Validator(schema).validate(r.json())
+    assert answers["precondition"].json()["closed_by"] == "bob"
+    assert bob.post("/api/v1/spaces/B-040/open").status_code == 202

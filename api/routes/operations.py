@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from api.alerts import SEVERITY, AlertRecord, AlreadyAcknowledged
 from api.auth import User
-from api.deps import Ctx, LoggedIn, Manager, require_login, require_manager
+from api.deps import Ctx, LoggedIn, Manager, PageUser, require_login, require_manager
 from api.journal import EventRow
 from api.live import alert_changed_event
 from api.models import (
@@ -234,9 +234,14 @@ ZONE_CONFIRM_S = 3.0
 
 NOT_AS_EXPECTED: dict[int | str, dict[str, Any]] = {
     409: {
-        "model": NotAsExpectedOut,
-        "description": "nothing changed: it would change nothing, or (with `expect_closed_by`)"
-        " it is not closed by the manager the page showed: the current closure",
+        # every 409 of these routes: most say only `detail`, the precondition's names the
+        # current closure too (a client tells them apart by `closed` being there)
+        "model": NotAsExpectedOut | ErrorOut,
+        "description": "nothing changed: it would change nothing (`detail` only); with "
+        "`expect_closed_by`, it is not closed by the manager the page showed (`detail` and "
+        "the current closure: `closed`, `closed_by`, `closed_reason`, `closed_at`); the "
+        "gateway refused it or runs another site file; or `X-Parkguide-User` names another "
+        "user than the session's (`detail` only)",
     }
 }
 
@@ -266,7 +271,8 @@ def not_as_expected(exc: Refused) -> JSONResponse:
 def space_before(ctx: Ctx, space: str, action: str, body: SpaceControlRequest) -> SpaceBefore:
     """The space as the manager's action finds it, read from the journal now (stand-alone
     API: the gateway judges what it is sent no further); Refused like the gateway's own
-    judgement. A window remains between this read and the gateway applying it."""
+    judgement. Called with the zone's turn held (:func:`space_judged_and_sent`); a window
+    remains for an action another API process sends meanwhile."""
     ctx.view.settle([space], [ctx.view.site.space(space).zone])
     now = next((s for s in ctx.view.spaces() if s.space == space), None)
     was = "unknown" if now is None else now.state
@@ -282,6 +288,18 @@ def space_before(ctx: Ctx, space: str, action: str, body: SpaceControlRequest) -
     if why is not None:
         raise Refused(why, closer)
     return SpaceBefore(was, now is not None and now.held, closes)
+
+
+def space_judged_and_sent(
+    ctx: Ctx, space: str, action: str, user: User, body: SpaceControlRequest
+) -> SpaceBefore:
+    """Judge a manager's action on the journal and send it (stand-alone API), its zone's
+    turn held throughout: another action of this process on the space waits, then settles
+    on this one's event (two at once were both judged before either was sent)."""
+    with ctx.judging.zone(ctx.view.site.space(space).zone):
+        before = space_before(ctx, space, action, body)
+        ctx.view.control_space(space, action, user.name, body.reason)
+    return before
 
 
 async def _control(
@@ -309,8 +327,7 @@ async def _control(
             else None
         )
         if before is None:
-            before = await run_in_threadpool(space_before, ctx, space, action, body)
-            await run_in_threadpool(ctx.view.control_space, space, action, user.name, body.reason)
+            before = await run_in_threadpool(space_judged_and_sent, ctx, space, action, user, body)
     except ControlUnavailable as exc:
         log.info("refused %s %s by %s: %s", action, space, user.name, exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
@@ -355,7 +372,9 @@ async def _control(
     openapi_extra=request_body_doc(SpaceControlRequest),
     responses={**CONTROL_ERRORS, **NOT_AS_EXPECTED},
 )
-async def close_space(space: str, request: Request, ctx: Ctx, user: Manager) -> ControlOut:
+async def close_space(
+    space: str, request: Request, ctx: Ctx, user: Manager, page_user: PageUser = None
+) -> ControlOut:
     """Close a space (repairs, reserved): it counts as closed on every sign (manager)."""
     return await _control(space, "close", request, ctx, user)
 
@@ -366,7 +385,9 @@ async def close_space(space: str, request: Request, ctx: Ctx, user: Manager) -> 
     openapi_extra=request_body_doc(SpaceControlRequest),
     responses={**CONTROL_ERRORS, **NOT_AS_EXPECTED},
 )
-async def open_space(space: str, request: Request, ctx: Ctx, user: Manager) -> ControlOut:
+async def open_space(
+    space: str, request: Request, ctx: Ctx, user: Manager, page_user: PageUser = None
+) -> ControlOut:
     """Open a closed space again (manager)."""
     return await _control(space, "open", request, ctx, user)
 
@@ -431,6 +452,17 @@ def zone_before(
         raise Refused(closures.nothing_to_do(zone, action, closure), closer)
     held = [sp for sp in p.change if sp in now and now[sp].held] if action == "close" else []
     return ZoneBefore(p, closer, tuple(held)), mark
+
+
+def zone_judged_and_sent(
+    ctx: Ctx, zone: str, action: str, user: User, body: SpaceControlRequest
+) -> tuple[ZoneBefore, int]:
+    """:func:`zone_before` and the send, the zone's turn held throughout (as
+    :func:`space_judged_and_sent`)."""
+    with ctx.judging.zone(zone):
+        before = zone_before(ctx, zone, action, body)
+        ctx.view.control_zone(zone, action, user.name, body.reason)
+    return before
 
 
 def left_closed(ctx: Ctx, left: Collection[str]) -> list[ClosedSpaceOut]:
@@ -504,8 +536,9 @@ async def _zone_control(
             else None
         )
         if before is None:
-            before, mark = await run_in_threadpool(zone_before, ctx, zone, action, body)
-            await run_in_threadpool(ctx.view.control_zone, zone, action, user.name, body.reason)
+            before, mark = await run_in_threadpool(
+                zone_judged_and_sent, ctx, zone, action, user, body
+            )
             # sent is not done: a broker whose ACL drops it (README, Upgrading), a gateway
             # of an earlier release, or another manager's action first (the gateway finds
             # nothing to do) takes it silently, and the page would say "closed"
@@ -555,7 +588,9 @@ async def _zone_control(
     openapi_extra=request_body_doc(SpaceControlRequest),
     responses={**CONTROL_ERRORS, **NOT_AS_EXPECTED},
 )
-async def close_zone(zone: str, request: Request, ctx: Ctx, user: Manager) -> ZoneControlOut:
+async def close_zone(
+    zone: str, request: Request, ctx: Ctx, user: Manager, page_user: PageUser = None
+) -> ZoneControlOut:
     """Close every space of a zone that is not closed (cleaning, snow, an event), in one
     action journalled as one (manager). Its signs read CLOSED where every space they count is
     closed. Closing a closed zone again with a reason replaces its reason; 409 when nothing
@@ -569,7 +604,9 @@ async def close_zone(zone: str, request: Request, ctx: Ctx, user: Manager) -> Zo
     openapi_extra=request_body_doc(SpaceControlRequest),
     responses={**CONTROL_ERRORS, **NOT_AS_EXPECTED},
 )
-async def open_zone(zone: str, request: Request, ctx: Ctx, user: Manager) -> ZoneControlOut:
+async def open_zone(
+    zone: str, request: Request, ctx: Ctx, user: Manager, page_user: PageUser = None
+) -> ZoneControlOut:
     """Open the spaces a zone's closure closed, still closed by it (manager); spaces closed
     on their own stay closed (``left_closed`` says by whom). 409 when the zone is not closed."""
     return await _zone_control(zone, "open", request, ctx, user)

@@ -29,6 +29,8 @@ const T = {
   closed_by_other: ["{id} 已由 {by} 关闭", "{id} is closed by {by}"], site_file: ["场地文件", "the site file"],
   not_closed_now: ["{id} 现在未关闭", "{id} is not closed now"],
   ask_close_anyway: ["仍用您的原因关闭？", "close anyway with your reason?"], ask_open_anyway: ["仍要开放？", "open anyway?"],
+  ask_reason: ["请先填写您的原因，再仍然关闭", "type your reason, then close anyway"],
+  open_already: ["{id} 已开放，无需操作", "{id} is already open: nothing to do"],
   close_anyway: ["仍然关闭", "Close anyway"], open_anyway: ["仍然开放", "Open anyway"],
   reason_replaces: ["您的原因取代了 {by} 的原因", "your reason replaces {by}'s"],
   opened_zone_was: ["此前整区由 {by} 关闭", "it was closed by {by}"],
@@ -344,21 +346,39 @@ function zoneDone(b) {
   if (was && b.action === "close" && was.closed_by !== b.by) parts.push(t("reason_replaces").replace("{by}", was.closed_by));
   if (b.held.length) parts.push(t("cars_on_their_way").replace("{n}", b.held.length));
   if (b.left_closed.length) parts.push(t("left_closed").replace("{list}", b.left_closed.map((x) =>
-    `${x.space}${x.closed_by ? ` (${x.closed_by}${x.closed_reason ? `: ${x.closed_reason}` : ""})` : ""}`).join(", ")));
+    `${x.space}${x.closed_by ? ` (${closerName(x.closed_by)}${x.closed_reason ? `: ${x.closed_reason}` : ""})` : ""}`).join(", ")));
   return parts.join(" — ");
 }
 
+// Who closed something, as the page says it: the journal names a closure the site file
+// makes "site file" (gateway/site_changes.py SITE_FILE_BY)
+const closerName = (by) => (!by || by === "site file" ? t("site_file") : by);
+
 // A 409 of an action whose closer was not the one the page showed: who closed it (or that it
-// is not closed) and a button to do it anyway, naming that closer (expect_closed_by)
-function askAnyway(msg, name, action, b, again) {
+// is not closed) and a button to do it anyway, naming that closer (expect_closed_by). Not a
+// button that can only fail: an open of what is open has nothing to do, and a close of what
+// is closed changes only its reason, so it waits for one in ``reasonField``
+function askAnyway(msg, name, action, b, again, reasonField) {
   msg.className = "msg error";
   msg.textContent = "";
+  if (action === "open" && !b.closed) {
+    msg.textContent = t("open_already").replace("{id}", name);
+    return;
+  }
   const what = b.closed
-    ? `${t("closed_by_other").replace("{id}", name).replace("{by}", b.closed_by || t("site_file"))}${b.closed_reason ? `: ${b.closed_reason}` : ""}`
+    ? `${t("closed_by_other").replace("{id}", name).replace("{by}", closerName(b.closed_by))}${b.closed_reason ? `: ${b.closed_reason}` : ""}`
     : t("not_closed_now").replace("{id}", name);
-  msg.append(`${what} — ${t(action === "close" ? "ask_close_anyway" : "ask_open_anyway")} `);
+  const needsReason = action === "close" && b.closed;
+  const ask = needsReason && !reasonField.value.trim() ? "ask_reason" : action === "close" ? "ask_close_anyway" : "ask_open_anyway";
+  msg.append(`${what} — ${t(ask)} `);
   const go = el("button", { type: "button", class: "anyway", text: t(action === "close" ? "close_anyway" : "open_anyway") });
   go.onclick = () => again(b.closed ? b.closed_by : null);
+  if (needsReason) {
+    const ready = () => { go.disabled = !reasonField.value.trim(); };
+    ready();
+    reasonField.addEventListener("input", ready);
+    if (go.disabled) reasonField.focus();
+  }
   msg.append(go);
 }
 
@@ -376,7 +396,7 @@ async function controlZone(action, expect) {
   const r = await api(`/api/v1/zones/${encodeURIComponent(id)}/${action}`, { method: "POST",
     body: JSON.stringify(body) });
   if (notAsExpected(r)) {
-    askAnyway(msg, zoneName(id), action, r.body, (by) => controlZone(action, by));
+    askAnyway(msg, zoneName(id), action, r.body, (by) => controlZone(action, by), $("#zn-reason"));
     await loadClosures();
     renderZones();
     return;
@@ -746,7 +766,7 @@ async function showClosure(id, s) {
   if (!r.ok || p.dataset.key !== key) return; // another space or state meanwhile
   const e = r.body.items.find((x) => x.new === "closed" && x.source === "manager");
   S.closer = { key, by: e ? e.agent : undefined }; // what a close or open of it expects
-  if (e) p.textContent = [`${t("closed_by")} ${e.agent}`,
+  if (e) p.textContent = [`${t("closed_by")} ${closerName(e.agent)}`,
     e.zone_closure && t("with_zone").replace("{zone}", zoneName(e.zone_closure)), fmtTime(e.ts),
     e.reason && `${t("reason")}: ${e.reason}`].filter(Boolean).join(" · ");
 }
@@ -758,8 +778,8 @@ function endedClosure(b) {
   if (!b || b.action !== "open" || !b.closed_by) return "";
   const who = b.closed_with_zone
     ? t("was_closed_with_zone").replace("{zone}", zoneName(b.closed_with_zone)).replace("{by}", b.closed_by)
-    : t("was_closed_by").replace("{by}", b.closed_by);
-  const earlier = (b.earlier_closes || []).map((c) => `${c.closed_by}${c.closed_reason ? `: ${c.closed_reason}` : ""}`);
+    : t("was_closed_by").replace("{by}", closerName(b.closed_by));
+  const earlier = (b.earlier_closes || []).map((c) => `${closerName(c.closed_by)}${c.closed_reason ? `: ${c.closed_reason}` : ""}`);
   return ` — ${who}${b.closed_reason ? `: ${b.closed_reason}` : ""}${earlier.length ? `; ${t("earlier_closed_by").replace("{list}", earlier.join(", "))}` : ""}`;
 }
 
@@ -783,7 +803,7 @@ async function controlSpace(action, expect) {
   const r = await api(`/api/v1/spaces/${encodeURIComponent(id)}/${action}`, { method: "POST",
     body: JSON.stringify(body) });
   if (notAsExpected(r)) {
-    askAnyway(msg, id, action, r.body, (by) => controlSpace(action, by));
+    askAnyway(msg, id, action, r.body, (by) => controlSpace(action, by), $("#sp-reason"));
     return;
   }
   msg.className = r.ok ? "msg ok" : "msg error";
