@@ -15,6 +15,7 @@ screen reader the page had stopped being live, and after a keyboard login focus 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -505,6 +506,15 @@ def test_a_zone_card_says_what_the_signs_say(browser, url, harness):
         f" && document.querySelector('{card}').dataset.free === String({free_a - 1 - len(half)})"
     )
     harness.report("bus-g", {**dict.fromkeys(half, "free"), space: "free"})  # as before
+    # the car stood in it a moment only (under HOLD_SEEN_S): still held for its car, not
+    # offered, until its gate cancels the arrival
+    page.wait_for_function(
+        f"() => document.querySelector('{card}').dataset.free === String({free_a - 1})"
+    )
+    zone_a = {z["zone"]: z for z in httpx.get(f"{url}/api/v1/zones").json()}["A"]
+    assert (zone_a["free"], zone_a["held"]) == (free_a, 1)
+    cancel = json.dumps({"request_id": "card-1", "ts": time.time()}).encode()
+    harness.gateway.handle(topics.arrival_cancel(harness.site.id, "north"), cancel)
     page.wait_for_selector(f'{card}[data-free="{free_a}"]')
     assert not errors, errors
     page.context.close()
