@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from firmware_sim.traffic import DAY_S, plan_day
 from parking import topics
@@ -353,13 +354,8 @@ class LiveDrivers:
         """At the stop: the answers to the cancels still out, so the counts are whole."""
         deadline = time.monotonic() + timeout_s
         while True:
-            while True:
-                try:
-                    a = self.assignments.get_nowait()
-                except queue.Empty:
-                    break
-                if a.cancelled:
-                    self._cancel_answered(a.request_id, None)
+            for _ in self._answers():
+                pass  # cars' answers: the run is over
             self._drain_refusals()
             if not self.cancels or time.monotonic() > deadline:
                 break
@@ -416,15 +412,20 @@ class LiveDrivers:
         self.say(space, True)
         return space
 
-    def _drain_assignments(self, pending: dict, events: list, t_start: float) -> None:
+    def _answers(self) -> Iterator[Assignment]:
+        """The gateway's answers received so far to cars (a cancel's answer is counted here)."""
         while True:
             try:
                 a = self.assignments.get_nowait()
             except queue.Empty:
-                break
+                return
             if a.cancelled:
                 self._cancel_answered(a.request_id, None)
-                continue
+            else:
+                yield a
+
+    def _drain_assignments(self, pending: dict, events: list, t_start: float) -> None:
+        for a in self._answers():
             entry = pending.pop(a.request_id or "", None)
             if entry is None:
                 continue
