@@ -25,7 +25,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 from firmware_sim.traffic import DAY_S, plan_day
 from parking import topics
@@ -354,8 +353,7 @@ class LiveDrivers:
         """At the stop: the answers to the cancels still out, so the counts are whole."""
         deadline = time.monotonic() + timeout_s
         while True:
-            for _ in self._answers():
-                pass  # cars' answers: the run is over
+            self._answers()  # cars' answers: the run is over, only cancels' count
             self._drain_refusals()
             if not self.cancels or time.monotonic() > deadline:
                 break
@@ -412,17 +410,18 @@ class LiveDrivers:
         self.say(space, True)
         return space
 
-    def _answers(self) -> Iterator[Assignment]:
+    def _answers(self) -> list[Assignment]:
         """The gateway's answers received so far to cars (a cancel's answer is counted here)."""
+        out: list[Assignment] = []
         while True:
             try:
                 a = self.assignments.get_nowait()
             except queue.Empty:
-                return
+                return out
             if a.cancelled:
                 self._cancel_answered(a.request_id, None)
             else:
-                yield a
+                out.append(a)
 
     def _drain_assignments(self, pending: dict, events: list, t_start: float) -> None:
         for a in self._answers():
