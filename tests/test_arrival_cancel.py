@@ -7,6 +7,8 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from conftest import eventually, parkguide_cmd
@@ -70,96 +72,104 @@ class Gate:
         self.edge.stop()
 
 
+@contextmanager
+def gate_scene(mosquitto, tmp_path, **options) -> Iterator[tuple]:
+    """The example site's variant on a running gateway (``options`` for it), every bus
+    reporting all free, a gate and a collector; (site, service, edges, gate, watch), once
+    every sign is out. Stops them all after."""
+    site_path = site_variant(tmp_path)
+    site = load_site(site_path)
+    watch = Collector(mosquitto.port)
+    with running_gateway(site_path, mosquitto.url, tmp_path / "j.db", **options) as service:
+        edges = _all_free(mosquitto.port, site)
+        gate = Gate(mosquitto.port, watch)
+        try:
+            assert eventually(lambda: all(watch.latest(display_topic(d.id)) for d in site.displays))
+            yield site, service, edges, gate, watch
+        finally:
+            gate.stop()
+            for e in edges:
+                e.stop()
+            watch.stop()
+
+
 def _counts(watch: Collector, site) -> dict[str, list]:
     return {d.id: [ln["count"] for ln in watch.latest(display_topic(d.id))["lines"]]
             for d in site.displays}  # fmt: skip
 
 
 def test_a_cancel_releases_the_hold_and_is_refused_when_it_changes_nothing(mosquitto, tmp_path):
-    site_path = site_variant(tmp_path)
-    site = load_site(site_path)
-    watch = Collector(mosquitto.port)
-    with running_gateway(
-        site_path, mosquitto.url, tmp_path / "j.db", core_options=NO_CONGESTION
-    ) as service:
+    with gate_scene(mosquitto, tmp_path, core_options=NO_CONGESTION) as scene:
+        site, service, edges, gate, watch = scene
         gw = service.gateway
-        edges = _all_free(mosquitto.port, site)
-        gate = Gate(mosquitto.port, watch)
-        try:
-            assert eventually(lambda: all(watch.latest(display_topic(d.id)) for d in site.displays))
-            time.sleep(0.5)  # the signs settle on the snapshots
-            before = _counts(watch, site)
+        time.sleep(0.5)  # the signs settle on the snapshots
+        before = _counts(watch, site)
 
-            first = gate.arrive("g1-0001")
-            space = first["space"]
-            assert space is not None and first["hold_expires"] is not None
-            assert eventually(lambda: _counts(watch, site) != before)  # off the signs while held
-            assert site.space_index[space] in gw.core.holds
-            zone = first["zone"]
-            assert {z.zone: z.held for z in gw.zone_counts()}[zone] == 1  # the API's /zones
+        first = gate.arrive("g1-0001")
+        space = first["space"]
+        assert space is not None and first["hold_expires"] is not None
+        assert eventually(lambda: _counts(watch, site) != before)  # off the signs while held
+        assert site.space_index[space] in gw.core.holds
+        zone = first["zone"]
+        assert {z.zone: z.held for z in gw.zone_counts()}[zone] == 1  # the API's /zones
 
-            kind, answer = gate.cancel("g1-0001")
-            assert kind == "assignment"
-            assert (answer["space"], answer["request_id"], answer["cancelled"]) == (
-                space,
-                "g1-0001",
-                True,
-            )
-            assert answer["hold_expires"] is None and answer["route"] == []
-            assert site.space_index[space] not in gw.core.holds
-            assert {z.zone: z.held for z in gw.zone_counts()}[zone] == 0
-            assert eventually(lambda: _counts(watch, site) == before)  # back on the signs
-            # the next car may be sent there
-            assert gate.arrive("g1-0002")["space"] == space
+        kind, answer = gate.cancel("g1-0001")
+        assert kind == "assignment"
+        assert (answer["space"], answer["request_id"], answer["cancelled"]) == (
+            space,
+            "g1-0001",
+            True,
+        )
+        assert answer["hold_expires"] is None and answer["route"] == []
+        assert site.space_index[space] not in gw.core.holds
+        assert {z.zone: z.held for z in gw.zone_counts()}[zone] == 0
+        assert eventually(lambda: _counts(watch, site) == before)  # back on the signs
+        # the next car may be sent there
+        assert gate.arrive("g1-0002")["space"] == space
 
-            # a QoS 1 redelivery of the cancel changes nothing: told it was cancelled
-            kind, refusal = gate.cancel("g1-0001")
-            assert (kind, refusal["reason"], refusal["cancel"]) == (
-                "refusal",
-                "already_cancelled",
-                True,
-            )
-            assert refusal["request_id"] == "g1-0001"
-            assert site.space_index[space] in gw.core.holds  # g1-0002's hold stands
-            # another arrival at this gate sent again after the cancel: the same answer
-            assert gate.arrive("g1-0001")["cancelled"] is True
+        # a QoS 1 redelivery of the cancel changes nothing: told it was cancelled
+        kind, refusal = gate.cancel("g1-0001")
+        assert (kind, refusal["reason"], refusal["cancel"]) == (
+            "refusal",
+            "already_cancelled",
+            True,
+        )
+        assert refusal["request_id"] == "g1-0001"
+        assert site.space_index[space] in gw.core.holds  # g1-0002's hold stands
+        # another arrival at this gate sent again after the cancel: the same answer
+        assert gate.arrive("g1-0001")["cancelled"] is True
 
-            assert gate.cancel("nope")[1]["reason"] == "unknown_request"
-            # g1-0002 was answered at north, not at east
-            assert gate.cancel("g1-0002", entrance="east")[1]["reason"] == "unknown_request"
-            assert site.space_index[space] in gw.core.holds
-            late = gate.arrive("g1-0003", ts=time.time() - 3600)  # no hold for a late one
-            assert late["hold_expires"] is None
-            assert gate.cancel("g1-0003")[1]["reason"] == "not_held"
+        assert gate.cancel("nope")[1]["reason"] == "unknown_request"
+        # g1-0002 was answered at north, not at east
+        assert gate.cancel("g1-0002", entrance="east")[1]["reason"] == "unknown_request"
+        assert site.space_index[space] in gw.core.holds
+        late = gate.arrive("g1-0003", ts=time.time() - 3600)  # no hold for a late one
+        assert late["hold_expires"] is None
+        assert gate.cancel("g1-0003")[1]["reason"] == "not_held"
 
-            parked = gate.arrive("g1-0004")["space"]
-            (bus,) = [b for b in edges if parked in site.spaces_of_source(b.source)]
-            bus.send({parked: "occupied"})  # the car parks: seen once there 1 s
-            assert eventually(lambda: site.space_index[parked] not in gw.core.holds)
-            assert gate.cancel("g1-0004")[1]["reason"] == "car_seen"
+        parked = gate.arrive("g1-0004")["space"]
+        (bus,) = [b for b in edges if parked in site.spaces_of_source(b.source)]
+        bus.send({parked: "occupied"})  # the car parks: seen once there 1 s
+        assert eventually(lambda: site.space_index[parked] not in gw.core.holds)
+        assert gate.cancel("g1-0004")[1]["reason"] == "car_seen"
 
-            assert gate.cancel(None, raw=b"{not json")[1]["reason"] == "bad_json"
-            kind, refusal = gate.cancel(None, raw=b'{"request_id": "g1-0002", "class": "x"}')
-            assert (refusal["reason"], refusal["request_id"]) == ("invalid", "g1-0002")
-            assert gate.cancel("g1-0002", entrance="west")[1]["reason"] == "unknown_entrance"
-            assert site.space_index[space] in gw.core.holds  # none of them touched it
+        assert gate.cancel(None, raw=b"{not json")[1]["reason"] == "bad_json"
+        kind, refusal = gate.cancel(None, raw=b'{"request_id": "g1-0002", "class": "x"}')
+        assert (refusal["reason"], refusal["request_id"]) == ("invalid", "g1-0002")
+        assert gate.cancel("g1-0002", entrance="west")[1]["reason"] == "unknown_entrance"
+        assert site.space_index[space] in gw.core.holds  # none of them touched it
 
-            assert gw.counters().arrival_cancels == {
-                ("north", "released"): 1,
-                ("north", "already_cancelled"): 1,
-                ("north", "unknown_request"): 1,
-                ("east", "unknown_request"): 1,
-                ("north", "not_held"): 1,
-                ("north", "car_seen"): 1,
-                ("north", "bad_json"): 1,
-                ("north", "invalid"): 1,
-                ("?", "unknown_entrance"): 1,
-            }
-        finally:
-            gate.stop()
-            for e in edges:
-                e.stop()
-            watch.stop()
+        assert gw.counters().arrival_cancels == {
+            ("north", "released"): 1,
+            ("north", "already_cancelled"): 1,
+            ("north", "unknown_request"): 1,
+            ("east", "unknown_request"): 1,
+            ("north", "not_held"): 1,
+            ("north", "car_seen"): 1,
+            ("north", "bad_json"): 1,
+            ("north", "invalid"): 1,
+            ("?", "unknown_entrance"): 1,
+        }
 
 
 def test_a_retained_cancel_is_refused_unanswered(mosquitto, tmp_path):
@@ -202,65 +212,40 @@ def test_a_retained_cancel_is_refused_unanswered(mosquitto, tmp_path):
 
 
 def test_a_cancel_after_the_hold_expired_is_refused(mosquitto, tmp_path):
-    site_path = site_variant(tmp_path)
-    site = load_site(site_path)
-    watch = Collector(mosquitto.port)
-    with running_gateway(site_path, mosquitto.url, tmp_path / "j.db", hold_s=1.0) as service:
-        edges = _all_free(mosquitto.port, site)
-        gate = Gate(mosquitto.port, watch)
-        try:
-            space = gate.arrive("g1-0001")["space"]
-            assert eventually(lambda: site.space_index[space] not in service.gateway.core.holds)
-            kind, refusal = gate.cancel("g1-0001")
-            assert (kind, refusal["reason"]) == ("refusal", "hold_expired")
-        finally:
-            gate.stop()
-            for e in edges:
-                e.stop()
-            watch.stop()
+    with gate_scene(mosquitto, tmp_path, hold_s=1.0) as scene:
+        site, service, edges, gate, watch = scene
+        space = gate.arrive("g1-0001")["space"]
+        assert eventually(lambda: site.space_index[space] not in service.gateway.core.holds)
+        kind, refusal = gate.cancel("g1-0001")
+        assert (kind, refusal["reason"]) == ("refusal", "hold_expired")
 
 
 def test_a_car_seen_in_a_held_space_of_a_closed_zone_ends_its_hold(mosquitto, tmp_path):
     """The space's public state stays closed whatever its sensor says, but a car seen in it
     is the car the hold waited for: the hold ends as in an open zone (no longer counted
     against its entrance's cap; a cancel is told the car was seen)."""
-    site_path = site_variant(tmp_path)
-    site = load_site(site_path)
-    watch = Collector(mosquitto.port)
-    with running_gateway(
-        site_path,
-        mosquitto.url,
-        tmp_path / "j.db",
-        core_options=NO_CONGESTION,
-        max_holds_per_entrance=1,
-    ) as service:
+    with gate_scene(
+        mosquitto, tmp_path, core_options=NO_CONGESTION, max_holds_per_entrance=1
+    ) as scene:
+        site, service, edges, gate, watch = scene
         gw = service.gateway
-        edges = _all_free(mosquitto.port, site)
-        gate = Gate(mosquitto.port, watch)
-        try:
-            assert eventually(lambda: all(watch.latest(display_topic(d.id)) for d in site.displays))
-            first = gate.arrive("g1-0001")
-            space, zone = first["space"], first["zone"]
-            s = site.space_index[space]
-            assert first["hold_expires"] is not None and s in gw.core.holds
-            close = {"action": "close", "by": "alice", "reason": "cleaning", "ts": time.time()}
-            gate.edge.raw(topics.zone_control(SITE_ID, zone), json.dumps(close))
-            assert eventually(lambda: gw.state.closed[s])
-            assert s in gw.core.holds  # the car is on its way: closing keeps its space
-            # the entrance's one hold is outstanding: the next car gets no hold
-            assert gate.arrive("g1-0002")["hold_expires"] is None
+        first = gate.arrive("g1-0001")
+        space, zone = first["space"], first["zone"]
+        s = site.space_index[space]
+        assert first["hold_expires"] is not None and s in gw.core.holds
+        close = {"action": "close", "by": "alice", "reason": "cleaning", "ts": time.time()}
+        gate.edge.raw(topics.zone_control(SITE_ID, zone), json.dumps(close))
+        assert eventually(lambda: gw.state.closed[s])
+        assert s in gw.core.holds  # the car is on its way: closing keeps its space
+        # the entrance's one hold is outstanding: the next car gets no hold
+        assert gate.arrive("g1-0002")["hold_expires"] is None
 
-            (bus,) = [b for b in edges if space in site.spaces_of_source(b.source)]
-            bus.send({space: "occupied"})
-            assert eventually(lambda: s not in gw.core.holds, timeout=5)
-            assert gw.state.state[s] == SpaceState.CLOSED  # still closed
-            assert gate.cancel("g1-0001")[1]["reason"] == "car_seen"
-            assert gate.arrive("g1-0003")["hold_expires"] is not None  # the cap is free
-        finally:
-            gate.stop()
-            for e in edges:
-                e.stop()
-            watch.stop()
+        (bus,) = [b for b in edges if space in site.spaces_of_source(b.source)]
+        bus.send({space: "occupied"})
+        assert eventually(lambda: s not in gw.core.holds, timeout=5)
+        assert gw.state.state[s] == SpaceState.CLOSED  # still closed
+        assert gate.cancel("g1-0001")[1]["reason"] == "car_seen"
+        assert gate.arrive("g1-0003")["hold_expires"] is not None  # the cap is free
 
 
 def _gateway(cmd: list[str], env: dict[str, str], log) -> subprocess.Popen:
