@@ -180,6 +180,7 @@ class VehicleClassOut(BaseModel):
     name: LocalName
     kinds: list[str]
     prefer: list[str]
+    avoid: list[str]
 
 
 class PolicyOut(BaseModel):

@@ -14,12 +14,17 @@ plain Python):
   space that reads occupied for a moment and then free again (another car
   manoeuvring over the detector) is still held.
 - score(e, s) = cost[e, s] + congestion_m * congestion(aisle[s]); best(e, c)
-  is the candidate with the lowest (score, cost, index) and a finite cost,
-  among the spaces of the class's preferred kinds (``prefer``: a kind k of the
-  space is preferred by c and usable by c now) while there is one, else among
-  all its candidates: an accessible car goes to a free accessible bay before a
-  nearer resident one. (Inside, each preference is one more class, eligible for
-  the preferred kinds only; best(e, c) asks it first.)
+  is the candidate with the lowest (score, cost, index) and a finite cost, of
+  the first of these tiers that has one: (1) the spaces of the class's preferred
+  kinds (``prefer``: a kind k of the space is preferred by c and usable by c now)
+  that carry none of its avoided kinds (``avoid``), (2) all its candidates that
+  carry no avoided kind, (3) all its candidates. An accessible car goes to a free
+  accessible bay before a nearer resident one; a visitor to a charger bay that is
+  also a visitor bay only when no plain visitor bay is free. Tier 1 is asked only
+  when the class prefers some but not all of its kinds, tier 2 only when it avoids
+  some kind (otherwise each equals the next). (Inside, each asked tier is one more
+  class, eligible for its kinds and not for a space with an avoided kind; best(e, c)
+  asks them first.)
   congestion(a) = v * 2 ** (-(now - t) / halflife), counted as 0 below
   ``CONGESTION_FLOOR``; an assignment into aisle a sets v to the decayed value
   + 1 and t to its time. ``now`` is the latest time passed to the core.
@@ -152,6 +157,9 @@ class CoreLayout:
     """bool[S, K]"""
     class_kinds: np.ndarray
     """bool[C, K]"""
+    class_avoid: np.ndarray
+    """bool[C, K]: a space carrying kind k is not eligible for class c (set on the classes of
+    tiers only: the site's own classes avoid nothing, they are the last tier)"""
     policies: tuple[tuple[int, np.ndarray, tuple[tuple[int, int], ...]], ...]
     """(kind, bool[C] classes restricted, windows)"""
     line_zones: np.ndarray
@@ -170,10 +178,11 @@ class CoreLayout:
     space_ids: tuple[str, ...]
     line_keys: tuple[tuple[str, int], ...]
     """(display id, line index) of every display line, in site order"""
-    prefer: np.ndarray = None  # type: ignore[assignment]
-    """int32[C]: the class holding class c's preferred kinds (asked first), -1 none"""
+    ask_first: np.ndarray = None  # type: ignore[assignment]
+    """int32[C]: the class asked before class c (its next tier: preferred kinds, or no
+    avoided kind), -1 none; always after c"""
     public_classes: int = -1
-    """the site's classes come first; the classes of preferences after them"""
+    """the site's classes come first; the classes of their tiers after them"""
     # derived (see __post_init__)
     order: np.ndarray = None  # type: ignore[assignment]
     """int32[E, S]: spaces of each entrance sorted by (cost, index)"""
@@ -183,6 +192,8 @@ class CoreLayout:
     """int32[S]: id of the space's kind combination (same kinds -> same eligibility)"""
     kindset_kinds: np.ndarray = None  # type: ignore[assignment]
     """bool[G, K]"""
+    kindset_avoided: np.ndarray = None  # type: ignore[assignment]
+    """bool[G, C]: the kind combination carries a kind the class avoids"""
     slot_space: np.ndarray = None  # type: ignore[assignment]
     """int32[S]: spaces in storage order (by aisle, then driving order within the aisle)"""
     space_slot: np.ndarray = None  # type: ignore[assignment]
@@ -217,8 +228,8 @@ class CoreLayout:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if self.prefer is None:
-            set_(self, "prefer", np.full(len(self.classes), -1, dtype=np.int32))
+        if self.ask_first is None:
+            set_(self, "ask_first", np.full(len(self.classes), -1, dtype=np.int32))
         if self.public_classes < 0:
             set_(self, "public_classes", len(self.classes))
         n_e, n_s = self.cost.shape
@@ -240,6 +251,8 @@ class CoreLayout:
         kindset = kindset.reshape(-1).astype(np.int32)
         set_(self, "kindset", kindset)
         set_(self, "kindset_kinds", uniq.astype(bool))
+        avoided = (uniq.astype(np.int32) @ self.class_avoid.T.astype(np.int32)) > 0
+        set_(self, "kindset_avoided", avoided)
         # within an aisle, order spaces as the first entrance that reaches them drives
         # to them (the same for every entrance except after float rounding; checked below)
         reach = np.isfinite(self.cost)
@@ -330,7 +343,7 @@ class CoreLayout:
     def kindset_eligibility(self, minute_of_day: int) -> np.ndarray:
         """bool[G, C]: eligibility of every kind combination."""
         usable = (self.class_kinds & self.kind_open(minute_of_day)).astype(np.int32)
-        return (self.kindset_kinds.astype(np.int32) @ usable.T) > 0
+        return ((self.kindset_kinds.astype(np.int32) @ usable.T) > 0) & ~self.kindset_avoided
 
     def eligibility(self, minute_of_day: int) -> np.ndarray:
         """bool[C, S]: kinds + time-window policies (local minute of day); not state or closure."""
@@ -354,6 +367,7 @@ class CoreLayout:
         line_class: Sequence[int | None] = (),
         closed: Sequence[bool] | None = None,
         class_prefer: Sequence[Iterable[int]] = (),
+        class_avoid: Sequence[Iterable[int]] = (),
         n_zones: int | None = None,
         n_kinds: int | None = None,
         node_ids: Sequence[str] | None = None,
@@ -367,6 +381,7 @@ class CoreLayout:
     ) -> CoreLayout:
         """A layout from plain index tables (random sites in tests, synthetic benchmarks);
         ``class_prefer``: per class, the kinds it is sent to first (none when shorter);
+        ``class_avoid``: per class, the kinds of space it is sent to last (likewise);
         ``distances``: :func:`lane_distances` of the same graph, when already known."""
         n_s = len(space_node)
         n_e = len(entrance_nodes)
@@ -374,25 +389,40 @@ class CoreLayout:
         class_kinds = [list(k) for k in class_kinds]
         n_public = len(class_kinds)
         class_names = list(classes or (f"c{i}" for i in range(n_public)))
-        # each preference becomes a class of its own (the preferred kinds, under the same
-        # policies), after the site's classes; best() asks it first
-        prefer = [-1] * n_public
+        # each tier asked before a class's own candidates becomes a class of its own (its
+        # kinds, minus spaces with an avoided kind, under the same policies), after the
+        # site's classes; best() asks the tiers in order, the class itself last
+        ask_first = [-1] * n_public
+        avoid_lists: list[list[int]] = [[] for _ in range(n_public)]
         policy_rows = [(k, list(pc), w) for k, pc, w in policies]
-        for c, kinds_first in enumerate(list(class_prefer)[:n_public]):
-            kinds_first = sorted(set(kinds_first) & set(class_kinds[c]))
-            if not kinds_first:
-                continue
-            prefer[c] = len(class_kinds)
-            prefer.append(-1)
-            class_kinds.append(kinds_first)
-            class_names.append(f"{class_names[c]}/preferred")
-            for _, pcls, _ in policy_rows:
-                if c in pcls:
-                    pcls.append(prefer[c])
+        prefers, avoids = list(class_prefer)[:n_public], list(class_avoid)[:n_public]
+        for c in range(n_public):
+            own = set(class_kinds[c])
+            kinds_first = set(prefers[c]) & own if c < len(prefers) else set()
+            avoid = sorted(set(avoids[c])) if c < len(avoids) else []
+            tiers = []  # in asking order; a tier equal to the next is left out
+            if kinds_first and kinds_first != own:
+                tiers.append((sorted(kinds_first), "preferred"))
+            if avoid:
+                tiers.append((sorted(own), "avoiding"))
+            asks = c
+            for tier_kinds, name in reversed(tiers):  # the tier asked just before c first
+                tier = len(class_kinds)
+                ask_first[asks] = tier
+                ask_first.append(-1)
+                class_kinds.append(tier_kinds)
+                avoid_lists.append(avoid)
+                class_names.append(f"{class_names[c]}/{name}")
+                for _, pcls, _ in policy_rows:
+                    if c in pcls:
+                        pcls.append(tier)
+                asks = tier
         n_c = len(class_kinds)
         if n_kinds is None:
             n_kinds = 1 + max(
-                [k for ks in kind_lists + class_kinds for k in ks] + [p[0] for p in policies] + [-1]
+                [k for ks in kind_lists + class_kinds + avoid_lists for k in ks]
+                + [p[0] for p in policies]
+                + [-1]
             )
         zone_arr = np.asarray(space_zone, dtype=np.int32).reshape(n_s)
         line_zones = [list(z) for z in line_zones]
@@ -428,6 +458,9 @@ class CoreLayout:
         ck = np.zeros((n_c, n_kinds), dtype=bool)
         for c, class_ks in enumerate(class_kinds):
             ck[c, list(class_ks)] = True
+        ca = np.zeros((n_c, n_kinds), dtype=bool)
+        for c, avoid in enumerate(avoid_lists):
+            ca[c, avoid] = True
         pol = []
         for kind, pcls, windows in policy_rows:
             mask = np.zeros(n_c, dtype=bool)
@@ -449,6 +482,7 @@ class CoreLayout:
             closed=closed_arr.reshape(n_s),
             space_kinds=sk,
             class_kinds=ck,
+            class_avoid=ca,
             policies=tuple(pol),
             line_zones=lz,
             line_class=lc,
@@ -461,7 +495,7 @@ class CoreLayout:
             kinds=tuple(kinds or (f"k{i}" for i in range(n_kinds))),
             space_ids=tuple(space_ids or (f"s{i}" for i in range(n_s))),
             line_keys=tuple(line_keys or (("d", i) for i in range(len(line_zones)))),
-            prefer=np.array(prefer, dtype=np.int32),
+            ask_first=np.array(ask_first, dtype=np.int32),
             public_classes=n_public,
         )
 
@@ -490,6 +524,7 @@ class CoreLayout:
             "space_kinds": [sorted(kinds[k] for k in s.kinds) for s in site.spaces],
             "class_kinds": [[kinds[k] for k in c.kinds] for c in site.vehicle_classes],
             "class_prefer": [[kinds[k] for k in c.prefer] for c in site.vehicle_classes],
+            "class_avoid": [[kinds[k] for k in c.avoid] for c in site.vehicle_classes],
             "policies": [
                 (kinds[p.kind], [classes[c] for c in sorted(p.classes)], p.windows)
                 for p in site.policies
@@ -659,7 +694,14 @@ class AllocationCore:
         self.congestion_halflife_s = float(congestion_halflife_s)
         n_s, n_e, n_c, n_a = layout.n_spaces, layout.n_entrances, layout.n_classes, layout.n_aisles
         self._n_c, self._n_e, self._n_s = n_c, n_e, n_s
-        self._prefer = layout.prefer.tolist()
+        # per class, the classes best() asks in turn: its tiers, then itself
+        first = layout.ask_first.tolist()
+        self._asks: list[tuple[int, ...]] = []
+        for c in range(n_c):
+            chain = [c]
+            while first[chain[-1]] >= 0:
+                chain.append(first[chain[-1]])
+            self._asks.append(tuple(reversed(chain)))
         self._n_p = n_e * n_c
         self.state = np.zeros(n_s, dtype=np.int8)
         self.held_until = np.zeros(n_s, dtype=np.float64)
@@ -718,6 +760,7 @@ class AllocationCore:
         # bool[G, C+1] as the counting columns below, with every time window open: the
         # spaces a line's class may ever use, for telling "closed now" from "full"
         ever = (layout.kindset_kinds.astype(np.int32) @ layout.class_kinds.T.astype(np.int32)) > 0
+        ever &= ~layout.kindset_avoided
         self._kindset_ext_ever = np.concatenate([ever, ever.any(axis=1, keepdims=True)], axis=1)
         self._set_eligibility(layout.kindset_eligibility(self.minute))
         self.recompute()
@@ -1347,20 +1390,19 @@ class AllocationCore:
 
     # -- queries -------------------------------------------------------------------
     def best(self, entrance: int, vehicle_class: int) -> int:
-        """Lowest (score, cost, index) candidate for this entrance and class, of its
-        preferred kinds while there is one; -1 if none."""
+        """Lowest (score, cost, index) candidate for this entrance and class, of its first
+        tier that has one (preferred kinds, then no avoided kind, then all); -1 if none."""
         self.settle()
         if self._active:
             self._prune_active()  # may move aisles back into the global minimum
-        first = self._prefer[vehicle_class]
-        if first >= 0:
-            s = self._best_of(entrance, first)
+        for c in self._asks[vehicle_class]:
+            s = self._best_of(entrance, c)
             if s >= 0:
                 return s
-        return self._best_of(entrance, vehicle_class)
+        return -1
 
     def _best_of(self, entrance: int, vehicle_class: int) -> int:
-        """best() among all candidates of a class (of the layout's, preferences included)."""
+        """best() among all candidates of a class (of the layout's, tiers included)."""
         lo = self.layout
         p = vehicle_class * self._n_e + entrance
         r = int(self._glob[p])
@@ -1420,11 +1462,12 @@ class AllocationCore:
         none = rank == n_s
         out = lo.order[ents, np.where(none, 0, rank)].astype(np.int64)
         out[none] = -1
-        public = np.arange(lo.public_classes)
-        first = lo.prefer[public]
-        for c in np.flatnonzero(first >= 0).tolist():  # a preference answers first
+        first = lo.ask_first
+        # a tier answers before the class that asks it; tiers come after the class that
+        # asks them, so from the last class down each tier is final when its asker reads it
+        for c in np.flatnonzero(first >= 0)[::-1].tolist():
             out[c] = np.where(out[first[c]] >= 0, out[first[c]], out[c])
-        return out[public].T.copy()
+        return out[: lo.public_classes].T.copy()
 
     def congestion_state(self) -> dict[int, tuple[float, float]]:
         """Lane node of each aisle ever assigned into -> (value, time of last assignment)."""

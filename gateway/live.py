@@ -274,7 +274,7 @@ class LiveGateway:
         self._zone_closures: dict[str, ZoneClosure] = {}  # read from the journal by resume
         self._state_json = [json.dumps(name) for name in STATE_NAMES]
         self._entrance = {e: i for i, e in enumerate(self.layout.entrances)}
-        # the site's classes (the classes of preferences after them are the core's own)
+        # the site's classes (the classes of their tiers after them are the core's own)
         self._class = {
             c: i for i, c in enumerate(self.layout.classes[: self.layout.public_classes])
         }

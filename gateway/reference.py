@@ -41,6 +41,7 @@ class ReferenceAllocator:
         line_class: Sequence[int | None] = (),
         closed: Sequence[bool] | None = None,
         class_prefer: Sequence[Iterable[int]] = (),
+        class_avoid: Sequence[Iterable[int]] = (),
         n_zones: int | None = None,
         minute_of_day: int = 0,
         congestion_m: float = 20.0,
@@ -59,6 +60,10 @@ class ReferenceAllocator:
         self.class_prefer: list[set[int]] = [set() for _ in self.class_kinds]
         for c, kinds in enumerate(class_prefer):
             self.class_prefer[c] = set(kinds) & self.class_kinds[c]
+        # kinds of space a class is sent to last (any kind, its own or not)
+        self.class_avoid: list[set[int]] = [set() for _ in self.class_kinds]
+        for c, kinds in enumerate(class_avoid):
+            self.class_avoid[c] = set(kinds)
         self.policies = [
             (int(k), set(c), [(int(w[0]), int(w[1])) for w in ws]) for k, c, ws in policies
         ]
@@ -159,6 +164,12 @@ class ReferenceAllocator:
             for c in range(self.n_classes)
         ]
 
+    def _tiers(self, c: int, candidates: list[int]) -> list[list[int]]:
+        """The class's candidates in the order asked: of a preferred kind and no avoided
+        kind, then with no avoided kind, then all (a tier may be empty)."""
+        plain = [s for s in candidates if not self.space_kinds[s] & self.class_avoid[c]]
+        return [[s for s in plain if self.preferred[c][s]], plain, candidates]
+
     def _available(self, s: int) -> bool:
         return self.state[s] == FREE and not self.closed[s] and s not in self.held
 
@@ -244,16 +255,20 @@ class ReferenceAllocator:
                 best = key
         return -1 if best is None else best[2]
 
-    def _first_of(self, entrance: int, preferred: list[int], candidates: list[int]) -> int:
-        """The best of the preferred candidates if there is one, else of all."""
-        s = self._best_among(entrance, preferred)
-        return s if s >= 0 else self._best_among(entrance, candidates)
+    def _first_of(self, entrance: int, tiers: list[list[int]]) -> int:
+        """The best candidate of the first tier that has one."""
+        for candidates in tiers:
+            s = self._best_among(entrance, candidates)
+            if s >= 0:
+                return s
+        return -1
 
     def best(self, entrance: int, vehicle_class: int) -> int:
-        """The best candidate of the class's preferred kinds if there is one, else of all."""
-        elig, pref = self.eligible[vehicle_class], self.preferred[vehicle_class]
+        """The best candidate of the class's first tier that has one (preferred kinds and no
+        avoided kind, then no avoided kind, then all)."""
+        elig = self.eligible[vehicle_class]
         candidates = [s for s in range(self.n_spaces) if elig[s] and self._available(s)]
-        return self._first_of(entrance, [s for s in candidates if pref[s]], candidates)
+        return self._first_of(entrance, self._tiers(vehicle_class, candidates))
 
     def _usable(self, line: int, s: int) -> bool:
         """The line's class (any class, for a line without one) may use space s now."""
@@ -271,11 +286,9 @@ class ReferenceAllocator:
             [s for s in range(self.n_spaces) if self.eligible[c][s] and self._available(s)]
             for c in range(self.n_classes)
         ]
-        preferred = [
-            [s for s in candidates[c] if self.preferred[c][s]] for c in range(self.n_classes)
-        ]
+        tiers = [self._tiers(c, candidates[c]) for c in range(self.n_classes)]
         best = [
-            [self._first_of(e, preferred[c], candidates[c]) for c in range(self.n_classes)]
+            [self._first_of(e, tiers[c]) for c in range(self.n_classes)]
             for e in range(self.n_entrances)
         ]
         line_free, line_unknown, line_total = [], [], []

@@ -827,6 +827,20 @@ class _Compiler:
                         ("vehicle_classes", i, "prefer"),
                         f"kind {k!r} to prefer is not one of the class's kinds {vc.kinds}",
                     )
+            for k in vc.avoid:
+                if k not in kinds:
+                    self.err(("vehicle_classes", i, "avoid"), f"kind {k!r} to avoid is not in kinds")
+                elif k in vc.prefer:
+                    self.err(
+                        ("vehicle_classes", i, "avoid"),
+                        f"kind {k!r} is both preferred and avoided",
+                    )
+            if vc.avoid and set(vc.kinds) <= set(vc.avoid):
+                # every space it may use carries an avoided kind: nothing would be avoided
+                self.err(
+                    ("vehicle_classes", i, "avoid"),
+                    f"avoids every kind it may use {vc.kinds}: it would avoid nothing",
+                )
         self.unique(m.policies, "id", "policies")
         policies = []
         for i, p in enumerate(m.policies):

@@ -107,6 +107,12 @@ class VehicleClass(_Model):
         description="of its kinds, those it is sent to first while one is free, however "
         "far (an accessible car to an accessible bay before a nearer resident one)",
     )
+    avoid: list[Ident] = Field(
+        default_factory=list,
+        description="kinds of space it is sent to only when no other space it may use is "
+        "free (a visitor to a charger bay that is also a visitor bay only when no plain "
+        "visitor bay is); any of the site's kinds, not one it prefers, nor all of its kinds",
+    )
 
 
 class Policy(_Model):

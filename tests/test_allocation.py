@@ -53,9 +53,11 @@ def test_nearest_free_eligible_space_from_each_gate(example_site, layout):
             eligible = [
                 s.index for s in example_site.spaces if example_site.eligible(s, vc.id, NOON)
             ]
-            preferred = [i for i in eligible if set(example_site.spaces[i].kinds) & set(vc.prefer)]
+            kinds = [set(example_site.spaces[i].kinds) for i in range(len(example_site.spaces))]
+            plain = [i for i in eligible if not kinds[i] & set(vc.avoid)]
+            preferred = [i for i in plain if kinds[i] & set(vc.prefer)]
             nearest = lambda i, e=e: (layout.cost[e, i], i)  # noqa: E731
-            want = min(preferred or eligible, key=nearest) if eligible else -1
+            want = min(preferred or plain or eligible, key=nearest) if eligible else -1
             assert core.best(e, c) == want, (entrance, vc.id)
 
 
@@ -110,6 +112,101 @@ def test_an_accessible_car_goes_to_an_accessible_bay_however_far(example_site, l
     assert example_site.spaces[core.best(north, resident)].zone == "A"  # right past the gate
     assert example_site.spaces[core.best(east, visitor)].zone == "C"  # along the main road
     assert example_site.spaces[core.best(north, visitor)].zone == "C"
+
+
+def test_a_visitor_leaves_the_charger_bays_to_the_cars_that_must_charge(example_site, layout):
+    """Zone C's east end: C-036..C-040 are visitor bays with a charger. With the plain bays
+    at that end taken, a visitor from the east gate was sent to the nearer charger bay and
+    the next car that must charge found none; the site has the visitor class avoid ``ev``."""
+    taken = [example_site.space(f"C-0{n}").index for n in range(16, 21)]
+    east, visitor, charging = ent(layout, "east"), cls(layout, "visitor"), cls(layout, "charging")
+    core = all_free(layout, minute=EVENING)
+    core.update_many(np.array(taken), np.full(len(taken), OCCUPIED), 1.0)
+    plain = core.assign(east, visitor, 2.0, 120.0)
+    assert "ev" not in example_site.spaces[plain].kinds
+    assert ids(layout, [core.assign(east, charging, 3.0, 120.0)]) == ["C-040"]
+    assert layout.cost[east, example_site.space("C-040").index] < layout.cost[east, plain]
+    # the same site without the avoid list: the visitor took the charger bay
+    tables = CoreLayout.site_tables(example_site)
+    tables["class_avoid"] = []
+    before = all_free(CoreLayout.from_arrays(**tables), minute=EVENING)
+    before.update_many(np.array(taken), np.full(len(taken), OCCUPIED), 1.0)
+    assert ids(layout, [before.assign(east, visitor, 2.0, 120.0)]) == ["C-040"]
+
+
+def avoid_site(class_avoid=([1], [])) -> CoreLayout:
+    """One aisle 10 m from the gate: a visitor bay with a charger 1 m along it (space 0), a
+    plain visitor bay 6 m along (1), a charger-only bay 9 m along (2). Classes: visitor
+    (kind 0, avoids kind 1 = ev), charging (kind 1). Lines: visitor, charging."""
+    return CoreLayout.from_arrays(
+        n_nodes=2,
+        edges=[(0, 1, 10.0, False)],
+        entrance_nodes=[0],
+        space_node=[1, 1, 1],
+        access_distance=[1.0, 6.0, 9.0],
+        space_zone=[0, 0, 0],
+        space_kinds=[[0, 1], [0], [1]],
+        class_kinds=[[0], [1]],
+        class_avoid=class_avoid,
+        line_zones=[[0], [0]],
+        line_class=[0, 1],
+        classes=["visitor", "charging"],
+    )
+
+
+def test_a_class_is_sent_to_a_space_of_an_avoided_kind_only_when_no_other_is_free():
+    layout = avoid_site()
+    core = all_free(layout, congestion_m=0.0)
+    assert core.best(0, 0) == 1  # the plain bay, 5 m farther than the charger bay
+    assert core.best(0, 1) == 0  # the charger bay nearest to a car that must charge
+    assert core.best_all().tolist() == [[1, 0]]
+    # the avoided bay is still one the visitor may use: the signs count it
+    assert core.line_free.tolist() == [2, 2]
+    # with the plain bay taken, the charger bay is the visitor's
+    core.update(1, OCCUPIED, 1.0)
+    assert core.best(0, 0) == 0 and core.best_all().tolist() == [[0, 0]]
+    assert core.line_free.tolist() == [1, 2]
+    # freed again, the plain bay is the visitor's best once more
+    core.update(1, FREE, 2.0)
+    assert core.best(0, 0) == 1 and core.best_all().tolist() == [[1, 0]]
+    # assignments: the plain bay first, then the charger bay, then none
+    assert [core.assign(0, 0, 3.0, 60.0) for _ in range(3)] == [1, 0, -1]
+    # a hold on the plain bay ends: it is the best again (not the charger bay the visitor
+    # got meanwhile, nor the charging class's)
+    core.release(1)
+    core.release(0)
+    assert core.best(0, 0) == 1 and core.best(0, 1) == 0
+    # without the avoid list, the nearer charger bay is the visitor's
+    assert all_free(avoid_site(class_avoid=()), congestion_m=0.0).best(0, 0) == 0
+
+
+def test_avoided_spaces_are_asked_after_preferred_ones_and_both_before_the_rest():
+    """Tiers: (1) a preferred kind and no avoided kind, (2) no avoided kind, (3) all."""
+    tables = dict(
+        n_nodes=2,
+        edges=[(0, 1, 10.0, False)],
+        entrance_nodes=[0],
+        space_node=[1, 1, 1, 1],
+        access_distance=[1.0, 2.0, 3.0, 4.0],
+        space_zone=[0, 0, 0, 0],
+        # 0: resident + ev charger, 1: accessible + ev, 2: resident, 3: accessible
+        space_kinds=[[0, 2], [1, 2], [0], [1]],
+        class_kinds=[[0, 1]],
+        class_prefer=[[1]],
+        class_avoid=[[2]],
+    )
+    layout = CoreLayout.from_arrays(**tables)
+    assert layout.classes == ("c0", "c0/avoiding", "c0/preferred")
+    core = all_free(layout, congestion_m=0.0)
+    ref = ReferenceAllocator(**tables, minute_of_day=NOON, congestion_m=0.0)
+    for s in range(4):
+        ref.update(s, FREE, 0.0)
+    got = []
+    for t in range(5):
+        s = core.assign(0, 0, 1.0 + t, 60.0)
+        assert s == ref.assign(0, 0, 1.0 + t, 60.0)
+        got.append(s)
+    assert got == [3, 2, 0, 1, -1]
 
 
 def test_costs_follow_the_lane_graph(example_site, layout):

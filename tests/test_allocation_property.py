@@ -1,10 +1,10 @@
 """Property: the incremental allocation core equals the plain-Python reference and its own recompute.
 
 Random small sites (random lane graphs with one-way edges, kinds, policies,
-closed spaces, display lines, 1-60 spaces) and random event sequences (state
-changes, batches, assignments, holds, releases, hold expiries and confirmations by a
-car seen in the space for ``hold_seen_s``, time and minute changes); after
-every step all answers are compared.
+preferred and avoided kinds per class, closed spaces, display lines, 1-60 spaces)
+and random event sequences (state changes, batches, assignments, holds, releases,
+hold expiries and confirmations by a car seen in the space for ``hold_seen_s``,
+time and minute changes); after every step all answers are compared.
 """
 
 from __future__ import annotations
@@ -75,6 +75,11 @@ def sites(draw):
         "policies": policies,
         # kinds each class is sent to first (some not among its kinds: those do not count)
         "class_prefer": draw(
+            st.lists(st.lists(kind, max_size=2, unique=True), min_size=n_c, max_size=n_c)
+        ),
+        # kinds each class is sent to last (its own or not, some also preferred, some all of
+        # its kinds: the site file refuses the last two, the core and reference still agree)
+        "class_avoid": draw(
             st.lists(st.lists(kind, max_size=2, unique=True), min_size=n_c, max_size=n_c)
         ),
         "line_zones": draw(

@@ -75,6 +75,7 @@ def test_site_map_has_every_space_polygon(client, tokens, harness):
     }  # fmt: skip
     classes = {c["id"]: c for c in site["vehicle_classes"]}
     assert "shared" in classes["resident"]["kinds"] and classes["accessible"]["prefer"]
+    assert classes["visitor"]["avoid"] == ["ev"] and classes["resident"]["avoid"] == []
 
 
 def test_displays_show_what_the_gateway_published(client, harness):

@@ -112,6 +112,26 @@ def test_each_source_has_one_agent_named_by_default_or_by_the_site():
             "vehicle_classes[4].prefer",
             "kind 'ev' to prefer is not one of the class's kinds",
         ),
+        # a kind to avoid is any of the site's kinds, never one the class prefers, never all
+        # of the kinds it may use (it would avoid nothing)
+        (
+            "kinds: [visitor], avoid: [ev]}",
+            "kinds: [visitor], avoid: [charger]}",
+            "vehicle_classes[1].avoid",
+            "kind 'charger' to avoid is not in kinds",
+        ),
+        (
+            "prefer: [accessible]}",
+            "prefer: [accessible], avoid: [accessible]}",
+            "vehicle_classes[4].avoid",
+            "kind 'accessible' is both preferred and avoided",
+        ),
+        (
+            "kinds: [visitor], avoid: [ev]}",
+            "kinds: [visitor], avoid: [ev, visitor]}",
+            "vehicle_classes[1].avoid",
+            "avoids every kind it may use ['visitor']: it would avoid nothing",
+        ),
         (
             "{address: 7, detectors: 32, spaces: [D-001..D-030]}",
             "{address: 7, detectors: 32, spaces: [D-001..D-030], map: [{detector: 3, space: C-001}]}",
@@ -203,8 +223,8 @@ def test_each_source_has_one_agent_named_by_default_or_by_the_site():
             "write name: {zh: 访客, en: ",
         ),
         (
-            "{id: visitor, name: {zh: 访客, en: Visitor}, kinds: [visitor]}",
-            "{id: visitor, name: {zh: 访客, en: Visitor}, kinds: visitor}",
+            "{id: visitor, name: {zh: 访客, en: Visitor}, kinds: [visitor], avoid: [ev]}",
+            "{id: visitor, name: {zh: 访客, en: Visitor}, kinds: visitor, avoid: [ev]}",
             "vehicle_classes[1].kinds",
             "write kinds: [visitor]",
         ),

@@ -73,7 +73,13 @@ def site_out(site: Site) -> SiteOut:
             for d in site.displays
         ],
         vehicle_classes=[
-            VehicleClassOut(id=v.id, name=v.name, kinds=list(v.kinds), prefer=list(v.prefer))
+            VehicleClassOut(
+                id=v.id,
+                name=v.name,
+                kinds=list(v.kinds),
+                prefer=list(v.prefer),
+                avoid=list(v.avoid),
+            )
             for v in site.vehicle_classes
         ],
         # which kinds a class may use when: why a sign line over a zone can read FULL for
