@@ -829,7 +829,9 @@ class _Compiler:
                     )
             for k in vc.avoid:
                 if k not in kinds:
-                    self.err(("vehicle_classes", i, "avoid"), f"kind {k!r} to avoid is not in kinds")
+                    self.err(
+                        ("vehicle_classes", i, "avoid"), f"kind {k!r} to avoid is not in kinds"
+                    )
                 elif k in vc.prefer:
                     self.err(
                         ("vehicle_classes", i, "avoid"),
