@@ -107,7 +107,7 @@ def test_each_source_has_one_agent_named_by_default_or_by_the_site():
         ("ids: B-037..B-072", "ids: B-036..B-072", "spaces[4].ids", "duplicate space"),
         # a class is only sent first to bays it may use at all
         (
-            "prefer: [accessible]}",
+            "prefer: [accessible], avoid: [ev]}",
             "prefer: [ev]}",
             "vehicle_classes[4].prefer",
             "kind 'ev' to prefer is not one of the class's kinds",
@@ -121,7 +121,7 @@ def test_each_source_has_one_agent_named_by_default_or_by_the_site():
             "kind 'charger' to avoid is not in kinds",
         ),
         (
-            "prefer: [accessible]}",
+            "prefer: [accessible], avoid: [ev]}",
             "prefer: [accessible], avoid: [accessible]}",
             "vehicle_classes[4].avoid",
             "kind 'accessible' is both preferred and avoided",
