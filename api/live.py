@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +80,14 @@ def coalesce_key(event: LiveEvent) -> tuple[str, str] | None:
     return (event.kind, ident)
 
 
+class UserStreamsFull(Exception):
+    """A user already has as many live streams open as one login may."""
+
+    def __init__(self, cap: int):
+        super().__init__(f"{cap} live streams open for this user")
+        self.cap = cap
+
+
 class StreamClient:
     """One stream's place in the hub's log, and the kinds of events it gets.
 
@@ -92,6 +100,7 @@ class StreamClient:
         self.kinds = kinds  # None: every kind
         self.cap = cap  # distinct events it may be behind before its stream ends
         self.public = False  # opened without a login
+        self.user: str | None = None  # the login it was opened with
         self.overflowed = False  # ended: too far behind, or shutting down
         self.position = hub.last_seq  # the last event it has taken (none before it came)
         self._wake = asyncio.Event()
@@ -156,6 +165,8 @@ class LiveHub:
         self.queue_cap = CLIENT_QUEUE + ids
         self.clients: set[StreamClient] = set()
         self._public = 0  # of them without a login
+        self._of_user: Counter[str] = Counter()  # of them per login
+        self.refused: Counter[str] = Counter()  # new streams refused, by the cap reached
         self.loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._listeners: list[Callable[[LiveEvent], None]] = []
@@ -284,23 +295,45 @@ class LiveHub:
         kinds: frozenset[str] | None,
         public: bool = False,
         caps: tuple[int, int] | None = None,
+        user: str | None = None,
+        per_user: int | None = None,
     ) -> StreamClient | None:
         """A new stream client; None when ``caps`` (most public streams, most streams) are
-        reached (a public one counts against both)."""
+        reached (a public one counts against both). :class:`UserStreamsFull` when ``user``
+        already has ``per_user`` open: one login (or a script reconnecting in a loop with
+        it) cannot take every slot and lock every other manager out."""
+        if per_user is not None and user is not None and self._of_user[user] >= per_user:
+            self.refused["per_user"] += 1
+            raise UserStreamsFull(per_user)
         if caps is not None:
             max_public, max_all = caps
-            if len(self.clients) >= max_all or (public and self._public >= max_public):
+            if len(self.clients) >= max_all:
+                self.refused["all"] += 1
+                return None
+            if public and self._public >= max_public:
+                self.refused["public"] += 1
                 return None
         c = StreamClient(self, kinds, self.queue_cap)
-        c.public = public
+        c.public, c.user = public, user
         self.clients.add(c)
         self._public += public
+        if user is not None:
+            self._of_user[user] += 1
         return c
 
+    def streams_of(self, user: str) -> int:
+        """How many streams ``user`` has open."""
+        return self._of_user[user]
+
     def disconnect(self, client: StreamClient) -> None:
+        """Free the client's place (once, however often it is called) and end it."""
         if client in self.clients:
             self.clients.discard(client)
             self._public -= client.public
+            if client.user is not None:
+                self._of_user[client.user] -= 1
+                if self._of_user[client.user] <= 0:
+                    del self._of_user[client.user]
         client.end()
 
 

@@ -256,6 +256,13 @@ def render(ctx: Ctx) -> str:
         out.sample("parkguide_alerts_open", n, {"severity": s})
     out.family("parkguide_stream_clients", "gauge", "Dashboard live streams connected.")
     out.sample("parkguide_stream_clients", len(ctx.hub.clients))
+    out.family(
+        "parkguide_streams_refused_total",
+        "counter",
+        "New live streams refused, by the cap reached: public (503), all (503), per_user (429).",
+    )
+    for cap in ("public", "all", "per_user"):
+        out.sample("parkguide_streams_refused_total", ctx.hub.refused[cap], {"cap": cap})
     if not c.gateway_counts:
         return out.text()
     out.histogram(

@@ -66,6 +66,14 @@ class ApiSettings(BaseSettings):
     max_streams: int = Field(
         400, ge=1, description="live streams open at once in all (logged-in ones included)"
     )
+    streams_per_user: int = Field(
+        8,
+        ge=1,
+        description="live streams one login may have open at once; beyond it a new one is "
+        "answered 429 with Retry-After, so one login (a stolen session, a script reconnecting "
+        "in a loop) cannot take every slot. Screens sharing one viewer login (lobby signs) "
+        "need it raised to their number",
+    )
     max_history_points: int = Field(
         2000, ge=10, description="most points one history series may have (range / step)"
     )

@@ -189,6 +189,63 @@ def test_streams_are_capped_and_logins_keep_their_share(harness, users):
                 r.close()
 
 
+class _Held:
+    """A stream opened and read up to its hello (when answered 200), then left open;
+    :meth:`close` hangs up. (Its line iterator is kept: dropping it closes the stream.)"""
+
+    def __init__(self, c: httpx.Client, url: str, headers: dict[str, str]):
+        self.response = r = c.send(c.build_request("GET", url, headers=headers), stream=True)
+        self.lines = r.iter_lines()
+        if r.status_code == 200:
+            assert next(self.lines) == "retry: 1000" and next(self.lines) == "event: hello"
+        else:
+            r.read()
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def test_one_login_cannot_take_every_stream(harness, users):
+    """One login (a stolen session, a script reconnecting in a loop) took every slot of the
+    stream cap and locked every other manager out: beyond ``streams_per_user`` a user's new
+    stream is answered 429 naming the cap, while another user still gets one; a stream
+    closed frees its place at once, and /metrics counts the refusals."""
+    app = create_app(harness.gateway, settings(streams_per_user=2), db_path=str(harness.db_path))
+    with ServerThread(app, free_port()) as srv, httpx.Client(timeout=10) as c:
+        url = f"{srv.url}/api/v1/stream"
+
+        def bearer(name: str) -> dict[str, str]:
+            r = c.post(f"{srv.url}/api/v1/auth/login", json={"name": name, "password": PASSWORD})
+            return {"Authorization": f"Bearer {r.json()['token']}"}
+
+        viewer, manager = bearer("viewer"), bearer("manager")
+        other_session = bearer("viewer")  # the cap is the user's, whichever session
+        hub = app.state.ctx.hub
+        streams = [_Held(c, url, viewer), _Held(c, url, other_session)]
+        try:
+            assert [s.response.status_code for s in streams] == [200, 200]
+            over = _Held(c, url, viewer).response
+            assert over.status_code == 429
+            assert over.headers["retry-after"] == "30"
+            assert "already has 2 live streams open" in over.json()["detail"]
+            assert "PARKGUIDE_STREAMS_PER_USER" in over.json()["detail"]
+            streams.append(_Held(c, url, manager))
+            assert streams[-1].response.status_code == 200  # another user is not locked out
+            metrics = c.get(f"{srv.url}/metrics", headers=manager).text
+            assert 'parkguide_streams_refused_total{cap="per_user"} 1' in metrics
+            assert "parkguide_stream_clients 3" in metrics
+            streams.pop(0).close()
+            assert eventually(lambda: hub.streams_of("viewer") == 1, timeout=5)
+            again = _Held(c, url, viewer)
+            streams.append(again)
+            assert again.response.status_code == 200
+            assert hub.streams_of("viewer") == 2
+        finally:
+            for s in streams:
+                s.close()
+        assert eventually(lambda: not hub.clients, timeout=5)  # each hang-up freed its place
+
+
 def test_stream_needs_login_when_counts_are_private(harness, users):
     app = create_app(harness.gateway, settings(public_read=False), db_path=str(harness.db_path))
     with ServerThread(app, free_port()) as srv:

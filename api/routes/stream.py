@@ -26,7 +26,8 @@ from fastapi.responses import StreamingResponse
 
 from api.auth import Session, User
 from api.deps import Ctx, logged_in, public_or_login, session_of
-from api.live import PUBLIC_KINDS, StreamClient
+from api.live import PUBLIC_KINDS, StreamClient, UserStreamsFull
+from api.models import ErrorOut
 from api.routes import PUBLIC_ERRORS
 from gateway.readside import LiveEvent
 
@@ -37,7 +38,7 @@ HEARTBEAT_S = 15.0
 BATCH_S = 0.1  # a stream sends at most this often: what came meanwhile goes in one chunk
 SEND_TIMEOUT_S = 30.0  # a reader whose socket takes nothing for this long is let go
 SESSION_CHECK_S = 5.0  # a logged-out, expired or demoted session's stream ends within this
-STREAM_RETRY_S = 30  # Retry-After when the streams are at their cap
+STREAM_RETRY_S = 30  # Retry-After when the streams (or one user's) are at their cap
 ENCODED_MAX = 4096  # events kept encoded (a burst's worth: every stream sends the same ones)
 ENCODED_MAX_CHARS = 4_000_000  # and their texts at most this long in all (a health is ~14 kB)
 _ENCODED: OrderedDict[tuple[int, bool, bool], tuple[weakref.ref[LiveEvent], str]] = OrderedDict()
@@ -157,6 +158,12 @@ class LiveStreamResponse(StreamingResponse):
         super().__init__(content, **kw)
         self._client, self._ctx = client, ctx
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:  # however it ended, even before its first event ran the generator's own
+            self._ctx.hub.disconnect(self._client)
+
     async def stream_response(self, send: Any) -> None:
         async def bounded(message: Any) -> None:
             try:
@@ -180,7 +187,13 @@ class LiveStreamResponse(StreamingResponse):
         200: {
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
             "description": "server-sent events",
-        }
+        },
+        429: {
+            "model": ErrorOut,
+            "description": "this user has PARKGUIDE_STREAMS_PER_USER streams open already; "
+            "see Retry-After",
+        },
+        503: {"model": ErrorOut, "description": "too many streams open; see Retry-After"},
     },
 )
 async def stream(
@@ -191,7 +204,25 @@ async def stream(
     if user is not None and session is None:  # expired since the access check, just now
         logged_in(None)
     caps = (ctx.settings.max_public_streams, ctx.settings.max_streams)
-    client = ctx.hub.connect(None if user else PUBLIC_KINDS, public=user is None, caps=caps)
+    per_user = ctx.settings.streams_per_user
+    try:
+        client = ctx.hub.connect(
+            None if user else PUBLIC_KINDS,
+            public=user is None,
+            caps=caps,
+            user=user.name if user else None,
+            per_user=per_user,
+        )
+    except UserStreamsFull:
+        log.info("live stream of %s refused: %d open, the most one login may have",
+                 user.name if user else "?", per_user)  # fmt: skip
+        raise HTTPException(
+            429,
+            f"this user already has {per_user} live streams open, the most one login may have"
+            " (PARKGUIDE_STREAMS_PER_USER): close a dashboard tab or screen, or try again"
+            " shortly",
+            headers={"Retry-After": str(STREAM_RETRY_S)},
+        ) from None
     if client is None:  # the page's EventSource tries again (retry), and so does a phone
         raise HTTPException(
             503,
