@@ -106,6 +106,9 @@ PAGE_USER_HEADER = "X-Parkguide-User"
 cookie between its tabs, and a tab still showing alice acted as bob once he logged in in
 another one (the journal named bob for alice's action)."""
 
+PAGE_USER_409 = f"`{PAGE_USER_HEADER}` names another user than the session's (`detail` only)"
+"""That 409, as each route's documented 409 names it among its others."""
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 PageUser = Annotated[

@@ -20,6 +20,7 @@ import time
 from urllib.parse import quote
 
 import httpx
+import jsonschema
 import pytest
 from api_support import (  # noqa: F401
     PASSWORD,
@@ -146,6 +147,10 @@ def test_a_second_manager_is_refused_and_the_first_acknowledgement_kept(
     assert second.status_code == 409, second.text
     body = second.json()
     assert body["acknowledged_by"] == "manager" and body["acknowledged_at"] == at
+    doc = client.get("/openapi.json").json()  # and it is the 409 documented there
+    op = doc["paths"]["/api/v1/alerts/{alert_id}/acknowledge"]["post"]
+    schema = op["responses"]["409"]["content"]["application/json"]["schema"]
+    jsonschema.Draft202012Validator({**schema, "components": doc["components"]}).validate(body)
     assert body["note"] == NOTE
     # the detail says who and when, in the site's time, and their note
     assert "already acknowledged by manager" in body["detail"]

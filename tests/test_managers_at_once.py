@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from gateway_support import running_gateway, site_variant
 
 from api.app import create_app
 from api.auth import UserStore
+from api.deps import PAGE_USER_HEADER, SAFE_METHODS
 from parking import topics
 from parking.site import EXAMPLE_SITE, load_site
 
@@ -352,3 +354,41 @@ def test_every_409_of_a_close_or_open_validates_against_the_documented_one(own_a
         jsonschema.Draft202012Validator(schema).validate(r.json())
     assert answers["precondition"].json()["closed_by"] == "bob"
     assert bob.post("/api/v1/spaces/B-040/open").status_code == 202
+
+
+def test_every_state_changing_route_documents_the_409_of_another_users_page(own_api):
+    """Every route that changes something checks ``X-Parkguide-User`` (409 when the session
+    is another user's) and must name the header and that 409 in /openapi.json: the
+    acknowledgement documented only its "already acknowledged" 409, whose required fields a
+    ``detail``-only answer lacks, and did not name the header. Every POST, PUT, PATCH and
+    DELETE of the document is sent by a manager whose page shows another user."""
+    import jsonschema
+
+    url, _ = own_api
+    doc = httpx.get(f"{url}/openapi.json").json()
+    alice = login(url, "alice")
+    checked = []
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            if method.upper() in SAFE_METHODS:
+                continue
+            names = {p["name"] for p in op.get("parameters", []) if p["in"] == "header"}
+            concrete = re.sub(r"\{[^}]+\}", "x", path)
+            r = alice.request(method, concrete, headers={PAGE_USER_HEADER: "carol"})
+            if r.status_code != 409:
+                # login and logout take no session to check: neither names the header
+                assert PAGE_USER_HEADER not in names, (method, path, r.status_code, r.text)
+                if alice.get("/api/v1/auth/me").json()["user"] is None:  # that was the logout
+                    alice = login(url, "alice")
+                continue
+            checked.append(path)
+            assert "not carol" in r.json()["detail"], (path, r.text)
+            assert PAGE_USER_HEADER in names, (method, path)
+            documented = op["responses"]["409"]
+            assert PAGE_USER_HEADER in documented["description"], (method, path)
+            schema = documented["content"]["application/json"]["schema"]
+            jsonschema.Draft202012Validator({**schema, "components": doc["components"]}).validate(
+                r.json()
+            )
+    assert "/api/v1/alerts/{alert_id}/acknowledge" in checked
+    assert "/api/v1/zones/{zone}/close" in checked

@@ -11,6 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
+from api.deps import PAGE_USER_409
 from api.models import ErrorOut
 
 MAX_BODY_BYTES = 4096
@@ -34,7 +35,8 @@ MANAGER_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {**_ERR, "description": "the body is too large"},
     409: {
         **_ERR,
-        "description": "the gateway refused the action, or runs another site file than this API",
+        "description": "the gateway refused the action, or runs another site file than this "
+        f"API; or {PAGE_USER_409}",
     },
     422: {
         "description": "the request body is not valid",

@@ -15,7 +15,15 @@ from fastapi.responses import JSONResponse
 
 from api.alerts import SEVERITY, AlertRecord, AlreadyAcknowledged
 from api.auth import User
-from api.deps import Ctx, LoggedIn, Manager, PageUser, require_login, require_manager
+from api.deps import (
+    PAGE_USER_409,
+    Ctx,
+    LoggedIn,
+    Manager,
+    PageUser,
+    require_login,
+    require_manager,
+)
 from api.journal import EventRow
 from api.live import alert_changed_event
 from api.models import (
@@ -173,13 +181,17 @@ def already_acknowledged(ctx: Ctx, alert_id: str, first: AlertRecord) -> JSONRes
     openapi_extra=request_body_doc(AcknowledgeRequest),
     responses={
         409: {
-            "model": AlreadyAcknowledgedOut,
-            "description": "another manager acknowledged this episode first: who, when and "
-            "their note (kept)",
+            # a client tells them apart by `acknowledged_by` being there
+            "model": AlreadyAcknowledgedOut | ErrorOut,
+            "description": "nothing changed: another manager acknowledged this episode first "
+            "(who, when and their note, kept: `acknowledged_by`, `acknowledged_at`, `note`); or "
+            f"{PAGE_USER_409}",
         }
     },
 )
-async def acknowledge(alert_id: str, request: Request, ctx: Ctx, user: Manager) -> AlertOut:
+async def acknowledge(
+    alert_id: str, request: Request, ctx: Ctx, user: Manager, page_user: PageUser = None
+) -> AlertOut:
     """Acknowledge an open alert (manager), with an optional note; it stays listed until the
     condition clears. The first acknowledgement of an episode holds: another manager's answers
     409 naming who acknowledged it, when, and their note; the same manager again answers 200,
@@ -240,8 +252,7 @@ NOT_AS_EXPECTED: dict[int | str, dict[str, Any]] = {
         "description": "nothing changed: it would change nothing (`detail` only); with "
         "`expect_closed_by`, it is not closed by the manager the page showed (`detail` and "
         "the current closure: `closed`, `closed_by`, `closed_reason`, `closed_at`); the "
-        "gateway refused it or runs another site file; or `X-Parkguide-User` names another "
-        "user than the session's (`detail` only)",
+        f"gateway refused it or runs another site file; or {PAGE_USER_409}",
     }
 }
 
