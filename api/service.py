@@ -58,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
 
     from api.app import create_app
     from api.mqttview import MqttLiveView
+    from api.serving import http_protocol
 
     try:
         settings = ApiSettings()
@@ -79,7 +80,14 @@ def main(args: argparse.Namespace) -> int:
     log.info("dashboard on http://%s:%d (broker %s, journal %s)", host, port, broker.url, args.db)
     try:
         # live streams never finish by themselves: give them a second, then stop
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+            http=http_protocol(),  # a stream nobody reads ends within its send timeout
+        )
     finally:
         view.stop()
     return 0

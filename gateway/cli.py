@@ -211,6 +211,7 @@ def _serve_http(service: GatewayService, address: str, db: str) -> threading.Thr
     import uvicorn
 
     from api.app import create_app
+    from api.serving import http_protocol
     from api.settings import ApiSettings
 
     host, _, port = address.rpartition(":")
@@ -222,6 +223,7 @@ def _serve_http(service: GatewayService, address: str, db: str) -> threading.Thr
             port=int(port),
             log_level="warning",
             timeout_graceful_shutdown=1,  # live streams never end by themselves
+            http=http_protocol(),  # a stream nobody reads ends within its send timeout
         )
     )
     # uvicorn leaves signal handling alone outside the main thread: SIGTERM stays ours

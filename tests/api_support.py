@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.auth import ROLES, UserStore
+from api.serving import http_protocol
 from api.settings import ApiSettings
 from gateway.journal import Journal
 from gateway.live import LiveGateway
@@ -87,7 +88,8 @@ class GatewayHarness:
 class ServerThread:
     """uvicorn serving an app on a free port in this process (real HTTP, real streaming)."""
 
-    def __init__(self, app, port: int):
+    def __init__(self, app, port: int, unacknowledged_s: float | None = None):
+        """``unacknowledged_s``: the product's connection option, after another time."""
         self.port = port
         self.server = uvicorn.Server(
             uvicorn.Config(
@@ -97,6 +99,7 @@ class ServerThread:
                 log_level="warning",
                 lifespan="on",
                 timeout_graceful_shutdown=1,
+                http=http_protocol(unacknowledged_s),
             )
         )
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -307,3 +307,53 @@ def test_superseded_health_and_encoded_events_are_not_kept_alive(example_site):
     assert [r() is not None for r in refs] == [False] * 49 + [True]  # the latest only
     assert [e.data["n"] for e in hub.since(0)] == [49]  # and it is still sent
     hub.disconnect(stream)
+
+
+def test_a_stream_unread_while_the_buffers_still_take_it_is_let_go(harness, users, monkeypatch):
+    """A reader that stops reading while events flow: its kernel's receive buffer fills,
+    then this side's send buffer (up to 4 MB) took every write, so no write waited and the
+    send timeout never started: at 11 kB/s of events the stream kept its place 7 minutes, on
+    a quiet site days. The connection's TCP_USER_TIMEOUT ends it once written data has
+    waited that long (here 2 s; the send timeout put out of reach), and a reading stream
+    carries on."""
+    import socket
+
+    import api.routes.stream as stream_route
+
+    monkeypatch.setattr(stream_route, "SEND_TIMEOUT_S", 600.0)
+    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
+    with ServerThread(app, free_port(), unacknowledged_s=2.0) as srv:
+        hub = app.state.ctx.hub
+        headers = _login(srv.url)
+        reading = Stream(f"{srv.url}/api/v1/stream", headers)
+        sleeper = socket.socket()
+        sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        note = "x" * 1000
+        try:
+            sleeper.connect(("127.0.0.1", srv.port))
+            sleeper.sendall(
+                f"GET /api/v1/stream HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {headers['Authorization']}\r\n\r\n".encode()
+            )
+            assert b"200" in sleeper.recv(64)  # then it reads no more
+            deadline = time.monotonic() + 5
+            while len(hub.clients) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(hub.clients) == 2
+            t0 = time.monotonic()
+            n = 0
+            while len(hub.clients) > 1 and time.monotonic() - t0 < 20:
+                n += 1  # ~20 kB/s: 400 kB in 20 s, a tenth of what the send buffer takes
+                _on_loop(hub, lambda n=n: hub.publish(LiveEvent(
+                    "alert", {"id": f"u{n}", "kind": "note", "note": note}, 0)))  # fmt: skip
+                time.sleep(0.05)
+            freed_after = time.monotonic() - t0
+            assert len(hub.clients) == 1, "a stream nobody reads still holds its place"
+            assert freed_after < 10, freed_after
+            _on_loop(hub, lambda: hub.publish(LiveEvent("alert", {"id": "after"}, 0)))
+            reading.wait(lambda m: any(d.get("data", {}).get("id") == "after" for _, d in m), 15)
+            assert not reading.ended
+            assert any(d.get("data", {}).get("id") == "after" for _, d in reading.messages)
+        finally:
+            sleeper.close()
+            reading.close()

@@ -152,7 +152,9 @@ class _StuckReader(Exception):
 class LiveStreamResponse(StreamingResponse):
     """A stream whose reader takes nothing for ``SEND_TIMEOUT_S`` (a phone asleep or gone
     without closing, a frozen screen: its socket's buffers full) is ended, and its place
-    freed: otherwise it waits on that write for ever, holding a slot of the stream cap."""
+    freed: otherwise it waits on that write for ever, holding a slot of the stream cap.
+    The buffers take megabytes before a write waits: on Linux the connection's own
+    ``TCP_USER_TIMEOUT`` (``api.serving``) ends it sooner."""
 
     def __init__(self, content: AsyncIterator[str], client: StreamClient, ctx: Ctx, **kw: Any):
         super().__init__(content, **kw)

@@ -1,0 +1,55 @@
+"""The HTTP protocol the API is served with: uvicorn's own, with a TCP option on each
+connection so that a live stream whose reader stopped reading frees its place.
+
+A reader that stops reading (a frozen screen, a script holding slots) is invisible to the
+server while the kernels take what is written: its receive buffer, then this side's send
+buffer (up to ``tcp_wmem``'s 4 MB), before a write waits at all and the stream's send
+timeout starts. At a busy site's 11 kB/s that was 7 minutes, on a quiet one days.
+``TCP_USER_TIMEOUT`` (Linux) ends a connection whose written data stays unacknowledged, or
+unsent because the peer's window is shut, for that long: such a stream ends within the
+send timeout of its reader's buffer filling, however much this side could still buffer.
+A reader whose kernel still takes the few keep-alive bytes cannot be told from one that
+reads; the stream caps bound what those hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+from api.routes.stream import SEND_TIMEOUT_S
+
+log = logging.getLogger(__name__)
+
+
+def abort_unacknowledged(transport: asyncio.BaseTransport, after_s: float) -> None:
+    """Have the kernel end the connection when what is written to it stays unacknowledged
+    or unsent (the peer's window shut) for ``after_s`` (a no-op where there is no such
+    option)."""
+    sock = transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(after_s * 1000))
+    except OSError as exc:  # a kernel without it: the send timeout alone, later
+        log.debug("TCP_USER_TIMEOUT not set: %s", exc)
+
+
+def http_protocol(after_s: float | None = None) -> type[asyncio.Protocol]:
+    """uvicorn's ``auto`` HTTP protocol (httptools, else h11), its connections ended by the
+    kernel once data written to them waits ``after_s`` (None: the live stream's send
+    timeout); pass it as ``uvicorn.Config(http=)``."""
+    base: Any = AutoHTTPProtocol
+    wait_s = SEND_TIMEOUT_S if after_s is None else after_s
+
+    class Protocol(base):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            abort_unacknowledged(transport, wait_s)
+            super().connection_made(transport)
+
+    return Protocol
