@@ -519,9 +519,10 @@ class LiveGateway:
             self._snapshot_lines()
             for d in range(len(self.site.displays)):
                 self._shown[d] = self._render(d)
-            # silence is never free: sources not heard within their TTL are unknown as of
-            # now (the broker's backlog, handled next, vouches for what was heard meanwhile)
-            self._expire(self._event_time(now), mono)
+            # silence is never free: sources not heard within their TTL while this gateway
+            # was stopped turned unknown when it ran out (the broker's backlog, handled
+            # next, vouches for what was heard meanwhile)
+            self._expire_while_stopped(now, mono)
             # the signs as of now, so a restart can show them before it has loaded everything
             signs = [self._sign(d, self._shown[d], now) for d in range(len(self.site.displays))]
             for sign in signs:
@@ -834,6 +835,30 @@ class LiveGateway:
         changes = self.state.expire(now, mono)
         if len(changes.touched):
             self._commit_and_propagate([_Segment(changes, now, None, None)], now)
+
+    def _expire_while_stopped(self, wall: float, mono: float) -> None:
+        """At a start: each space whose TTL ran out while the gateway was stopped turns
+        unknown at the time it ran out (last seen + its source's TTL), as a running gateway
+        would have journaled it, not at the restart: history and InfluxDB then show the
+        outage as unknown, not as the last counts. Never earlier than the journal's newest
+        event (its ids stay in time order, docs/architecture.md "Event times") nor later
+        than now. One verdict per time (in practice one per agent: its spaces share the
+        time it was last heard), in time order, each with its zones' counts then."""
+        floor = self._event_last
+        now = self._event_time(wall)
+        stale = self.state.stale(mono)
+        if not len(stale):
+            return
+        ran_out = self.state.last_seen[stale] + self.state.ttl[stale]
+        at = np.clip(ran_out, min(floor, now), now)
+        segments = []
+        for t in np.unique(at).tolist():
+            changes = self.state.expire(t, mono, stale[at == t])
+            zone_rows = None
+            if self.history is not None:  # the counts right after this verdict, not the last
+                zone_rows = tuple((z, self.state.zone_row(z)) for z in changes.zones.tolist())
+            segments.append(_Segment(changes, t, None, None, zone_rows=zone_rows))
+        self._commit_and_propagate(segments, now)
 
     def publish_all(self) -> None:
         """(Re)connected: publish every zone and sign afresh (the broker may have lost them)."""

@@ -255,9 +255,14 @@ class LiveState:
         self.last_seen[spaces] = wall
         self.seen_mono[spaces] = mono
 
-    def expire(self, wall: float, mono: float) -> Changes:
-        """Spaces not heard from within their source's TTL become unknown."""
-        stale = np.flatnonzero((self.sensed != UNKNOWN) & (mono - self.seen_mono > self.ttl))
+    def stale(self, mono: float) -> np.ndarray:
+        """Spaces not heard from within their source's TTL and not unknown yet."""
+        return np.flatnonzero((self.sensed != UNKNOWN) & (mono - self.seen_mono > self.ttl))
+
+    def expire(self, wall: float, mono: float, spaces: np.ndarray | None = None) -> Changes:
+        """Spaces not heard from within their source's TTL become unknown (``spaces``:
+        those of :meth:`stale`, when the caller dates them itself)."""
+        stale = self.stale(mono) if spaces is None else spaces
         return self._set_sensed(stale, np.full(len(stale), UNKNOWN, dtype=np.int8), wall)
 
     def agent_offline(self, agent: str, wall: float) -> Changes:

@@ -1,0 +1,178 @@
+"""A gateway stopped longer than its sources' TTL: the outage is history as `unknown`, from
+the time each TTL ran out, in the journal, its history and the InfluxDB outbox (not the
+last known counts until the restart)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
+import influx_support
+import pytest
+from gateway_support import Clocks, Collector, Edge, running_gateway, site_variant, zone_topic
+
+from api.history import zone_series
+from api.journal import JournalReader
+from gateway import outbox
+from gateway.journal import Journal
+from gateway.outbox import event_time_ns
+from gateway.service import _OutboxHistory
+from parking import topics
+from parking.site import Site, load_site
+
+pytestmark = pytest.mark.timeout(90)
+victoria = influx_support.victoria
+T0 = 1_800_000_000.0
+BUS_TTL_S = 15
+CAMERA_TTL_S = 120
+
+
+def _camera_ttl_site(tmp_path: Path) -> Site:
+    """The example site with cam-c's TTL longer than the buses'."""
+    path = site_variant(tmp_path)
+    text = path.read_text(encoding="utf-8")
+    old = "id: cam-c\n    ttl_s: 15"
+    assert old in text
+    path.write_text(text.replace(old, f"id: cam-c\n    ttl_s: {CAMERA_TTL_S}"), encoding="utf-8")
+    return load_site(path)
+
+
+def _report(site: Site, source: str, agent: str, ts: float) -> tuple[str, bytes]:
+    """``source``'s agent says every one of its spaces is free at ``ts``."""
+    body = {
+        "agent": agent,
+        "source": source,
+        "boot": "b",
+        "seq": 1,
+        "ts": ts,
+        "kind": "snapshot",
+        "spaces": [
+            {"space": s, "state": "free", "since": ts} for s in site.spaces_of_source(source)
+        ],
+    }
+    return topics.edge_occupancy(site.id, agent), json.dumps(body).encode()
+
+
+def _zone_points(journal: Journal, zone: str) -> list[tuple[int, dict[str, int]]]:
+    """(ts_ns, fields) of the outbox's zone_occupancy points of ``zone``, in id order."""
+    out = []
+    for line, ts in journal.conn.execute(
+        "SELECT line, ts_ns FROM outbox WHERE measurement = 'zone_occupancy' ORDER BY id"
+    ):
+        if f",zone={zone} " in line:
+            fields = line.split(" ")[1].split(",")
+            out.append((ts, {k: int(v.rstrip("i")) for k, v in (f.split("=") for f in fields)}))
+    return out
+
+
+def _history(db: Path, site: Site, times: list[float]) -> dict[str, list[tuple[int, int]]]:
+    """(free, unknown) per zone at ``times``, read from the journal as /history reads it."""
+    site_zone = {s.id: s.zone for s in site.spaces}
+    at = JournalReader(str(db)).history_input(times[0], times[-1], site_zone)
+    zone_of = dict(site_zone) if at.zones is None else at.zones
+    series = zone_series(zone_of, at.states, at.changes, times, joining=site_zone)
+    return {z: [(p.free, p.unknown) for p in pts] for z, pts in series.items()}
+
+
+def test_a_restart_dates_the_ttl_verdicts_of_the_outage_when_each_ttl_ran_out(
+    example_site, tmp_path
+):
+    """Stopped 60 s after the buses' and the camera's last reports: the buses' spaces
+    turned unknown 15 s after theirs (journal, outbox point, history), not at the restart;
+    the camera's TTL (120 s) has not run out at the restart, so its spaces stay free."""
+    site = _camera_ttl_site(tmp_path)
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+
+    def open_gateway():
+        history = _OutboxHistory(site.id, None)
+        journal = Journal(db, history)
+        outbox.ensure_schema(journal.conn)
+        return clocks.gateway(site, journal, lambda *a: None, history=history)
+
+    gw = open_gateway()
+    try:
+        gw.publish_all()
+        for bus in site.buses:
+            gw.handle(*_report(site, bus.id, bus.agent, clocks.wall))
+        clocks.advance(5)
+        camera = site.cameras[0]
+        gw.handle(*_report(site, camera.id, camera.agent, clocks.wall))
+        clocks.advance(2)
+        gw.tick()
+        gw.flush_checkpoint()  # a clean stop's last checkpoint
+    finally:
+        gw.journal.close()
+    clocks.advance(60)  # the outage: well past the buses' TTL, within the camera's
+    restarted = clocks.wall
+    gw = open_gateway()
+    try:
+        gw.flush_checkpoint()
+        events = gw.journal.events_after(0)
+        times = [e[1] for e in events]
+        assert times == sorted(times)  # ids still in time order
+        unknown = {(e[2], e[1]) for e in events if e[4] == "unknown"}
+        bus_spaces = {s for b in site.buses for s in site.spaces_of_source(b.id)}
+        assert unknown == {(s, T0 + BUS_TTL_S) for s in bus_spaces}
+        assert restarted not in times
+
+        zone_a = _zone_points(gw.journal, "A")
+        at_ttl = [f for ts, f in zone_a if ts == event_time_ns(T0 + BUS_TTL_S)]
+        assert at_ttl == [{"free": 0, "occupied": 0, "unknown": 80, "closed": 0, "total": 80}]
+        zone_c = _zone_points(gw.journal, "C")
+        assert all(f["unknown"] == 0 for ts, f in zone_c if ts > event_time_ns(T0 + 5))
+    finally:
+        gw.journal.close()
+    samples = [T0 + 10, T0 + 20, T0 + 40, T0 + 60]
+    hist = _history(db, site, samples)
+    assert hist["A"] == [(80, 0), (0, 80), (0, 80), (0, 80)]
+    assert hist["C"] == [(40, 0)] * 4
+
+
+def test_a_gateway_stopped_past_the_ttl_shows_the_outage_as_unknown_in_influxdb(
+    mosquitto, victoria, tmp_path
+):
+    """The real service, broker and VictoriaMetrics: a clean stop 1 s after bus-g's snapshot,
+    restarted 8 s later with a TTL of 4 s: bus-g's spaces are journaled unknown at its last
+    report + 4 s, and VictoriaMetrics has zone A's unknown count of that moment."""
+    ttl = 4
+    influx = {"url": victoria.url, "org": "parkguide", "bucket": "parkguide", "token": "t0k3n"}
+    site_path = site_variant(tmp_path, ttl_s=ttl)
+    db = tmp_path / "journal.db"
+    watch = Collector(mosquitto.port)
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    try:
+        with running_gateway(site_path, mosquitto.url, db, influx=influx) as gw:
+            site = gw.site
+            edge.send({s: "free" for s in site.spaces_of_source("bus-g")}, kind="snapshot")
+            watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+        stopped = time.time()
+        with closing(sqlite3.connect(db)) as conn:  # the snapshot's changes: when it was heard
+            (heard,) = conn.execute("SELECT max(ts) FROM events WHERE new = 'free'").fetchone()
+        assert stopped < heard + ttl, "stopped after the TTL ran out: the test proves nothing"
+        time.sleep(2 * ttl)
+        with running_gateway(site_path, mosquitto.url, db, influx=influx) as gw:
+            events = gw.journal.events_after(0)
+            deadline = time.monotonic() + 20
+            points: list[tuple[int, int]] = []
+            while time.monotonic() < deadline:
+                found = victoria.export('zone_occupancy_unknown{site="xinyuan",zone="A"}')
+                points = [
+                    (t, int(v))
+                    for item in found
+                    for t, v in zip(item["timestamps"], item["values"], strict=True)
+                ]
+                if (event_time_ns(heard + ttl) // 1_000_000, 80) in points:
+                    break
+                time.sleep(0.3)
+    finally:
+        watch.stop()
+        edge.stop()
+    unknown = {e[1] for e in events if e[4] == "unknown" and e[2].startswith("A-")}
+    assert unknown == {heard + ttl}
+    assert (event_time_ns(heard + ttl) // 1_000_000, 80) in points
+    samples = [heard + 1, heard + ttl + 1, heard + 2 * ttl]
+    assert _history(db, load_site(site_path), samples)["A"] == [(80, 0), (0, 80), (0, 80)]
