@@ -176,3 +176,31 @@ def test_a_gateway_stopped_past_the_ttl_shows_the_outage_as_unknown_in_influxdb(
     assert (event_time_ns(heard + ttl) // 1_000_000, 80) in points
     samples = [heard + 1, heard + ttl + 1, heard + 2 * ttl]
     assert _history(db, load_site(site_path), samples)["A"] == [(80, 0), (0, 80), (0, 80)]
+
+
+def test_a_verdict_of_the_outage_is_never_dated_before_the_journals_newest_event(
+    example_site, tmp_path
+):
+    """A manager's close journaled after the buses' TTL ran out (no tick between): the
+    restart's verdicts take that close's time, so the journal's ids stay in time order."""
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    gw = clocks.gateway(example_site, Journal(db), lambda *a: None)
+    try:
+        for bus in example_site.buses:
+            gw.handle(*_report(example_site, bus.id, bus.agent, clocks.wall))
+        clocks.advance(BUS_TTL_S + 5)
+        gw.control_space("A-001", "close", "wang", None)
+        gw.flush_checkpoint()
+    finally:
+        gw.journal.close()
+    clocks.advance(60)
+    gw = clocks.gateway(example_site, Journal(db), lambda *a: None)
+    try:
+        gw.flush_checkpoint()
+        events = gw.journal.events_after(0)
+    finally:
+        gw.journal.close()
+    times = [e[1] for e in events]
+    assert times == sorted(times)
+    assert {e[1] for e in events if e[4] == "unknown"} == {T0 + BUS_TTL_S + 5}
