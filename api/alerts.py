@@ -213,6 +213,16 @@ _SITE_MISMATCH_TEXT = (
     "the map may show zones and spaces the gateway does not have; start the API with the "
     "gateway's site file",
 )
+_SITE_MISMATCH_SAME_ID_TEXT = (  # one site id: an edit of its file, or another release
+    "本 API 的站点文件(摘要 {api_digest})与网关的(摘要 {gateway_digest})不同,两者都是站点 "
+    "{api_site}:文件被修改过,或 API 与网关是 parkguide 的不同版本;关闭和开放车位被拒绝,"
+    "地图可能显示网关没有的区域和车位;请用网关的站点文件和版本启动 API",
+    "this API runs another site file (digest {api_digest}) than the gateway (digest "
+    "{gateway_digest}), both of site {api_site}: an edit of the file, or another release of "
+    "parkguide on one of them; closing and opening spaces is refused, and the map may show "
+    "zones and spaces the gateway does not have; start the API with the gateway's site file "
+    "and release",
+)
 _SITE_MISMATCH_DETAILS = ("api_site", "api_digest", "gateway_site", "gateway_digest")
 
 _INFLUX_TEXT = {
@@ -290,7 +300,9 @@ class Alert:
             k in self.details for k in _SITE_MISMATCH_DETAILS
         ):
             values = {k: self.details[k] for k in _SITE_MISMATCH_DETAILS}
-            return _SITE_MISMATCH_TEXT[0].format(**values), _SITE_MISMATCH_TEXT[1].format(**values)
+            same = values["api_site"] == values["gateway_site"]
+            zh, en = _SITE_MISMATCH_SAME_ID_TEXT if same else _SITE_MISMATCH_TEXT
+            return zh.format(**values), en.format(**values)
         elif (
             self.kind == "influx_failing"
             and self.subject in _INFLUX_TEXT

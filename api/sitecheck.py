@@ -50,8 +50,20 @@ class SiteMismatch:
             f"(digest {self.gateway_digest[:SHORT_DIGEST]})"
         )
 
+    @property
+    def same_site(self) -> bool:
+        """Both name the same site: an edit of its file, or another release of parkguide
+        reading it (one that validates it to other content)."""
+        return self.gateway_site == self.api_site
+
     def refusal(self) -> str:
         """The ``detail`` of a command refused with 409."""
+        if self.same_site:
+            return (
+                "refused: the gateway runs another site file than this API, or another release "
+                f"of parkguide ({self.sites}), so it would not act on this command as meant: "
+                "start the API with the gateway's site file and release"
+            )
         return (
             f"refused: the gateway runs another site file than this API ({self.sites}), so it "
             "would not act on this command as meant: start the API with the gateway's site file"
@@ -123,9 +135,13 @@ class SiteCheck:
                 log.warning(
                     "site file mismatch: %s (journal %s). Closing and opening spaces is "
                     "refused (409) and the map may show zones and spaces the gateway does not "
-                    "have: start the API with the gateway's site file",
+                    "have: start the API with the gateway's site file%s",
                     mismatch.sites,
                     self.journal.db_path,
+                    " and release (another release of parkguide may read the same file "
+                    "otherwise)"
+                    if mismatch.same_site
+                    else "",
                 )
             elif mismatch is None and before is not None:
                 log.warning(

@@ -274,8 +274,8 @@ class Site:
     display_settings: cfg.DisplaySettings
     bindings: dict[str, Binding] = field(repr=False)
     space_index: dict[str, int] = field(repr=False)
-    # sha256 of the validated content (not of the file's text: comments and layout do not
-    # count); the gateway journals it so that other components can tell a different file
+    # sha256 of what the file says, validated (``site_digest``); the gateway journals it so
+    # that other components can tell a different file
     digest: str = field(default="", repr=False, compare=False)
 
     def space(self, space_id: str) -> Space:
@@ -391,7 +391,15 @@ def parse_site(text: str, filename: str = "<site>") -> Site:
     except ValidationError as exc:
         raise SiteError(_schema_problems(exc, data, lines, text, filename)) from None
     site = _Compiler(model, lines, filename).compile()
-    return replace(site, digest=hashlib.sha256(model.model_dump_json().encode()).hexdigest())
+    return replace(site, digest=site_digest(model))
+
+
+def site_digest(model: cfg.SiteFile) -> str:
+    """``Site.digest``: what the file says, validated (not its comments, spacing or key
+    order), without the defaults of what it leaves out: those are the code's, and a release
+    adding a defaulted field would give the same file another digest, so an API and a
+    gateway of two releases would see two site files."""
+    return hashlib.sha256(model.model_dump_json(exclude_unset=True).encode()).hexdigest()
 
 
 _BOOL_WORDS = "yes/no, on/off and true/false"

@@ -175,6 +175,8 @@ def test_an_api_beside_a_gateway_of_another_site_file_says_so_and_refuses_comman
         assert len(said) == 1, said
         assert "'xinyuan'" in said[0] and "'courtyard'" in said[0]
         assert "start the API with the gateway's site file" in said[0]
+        # two site ids: not a matter of releases
+        assert "release" not in detail + alert["message"]["en"] + said[0]
 
 
 def test_the_same_site_file_raises_nothing_and_commands_go_to_the_gateway(
@@ -220,6 +222,11 @@ def test_a_gateway_restarted_with_another_file_is_noticed_while_the_api_runs(
         r = api.close("A-002")
         assert r.status_code == 409 and edited.digest[:12] in r.json()["detail"]
         assert len(warnings(caplog)) == 1
+        # one site id: the file was edited, or one of them runs another release
+        assert "or another release of parkguide" in r.json()["detail"]
+        assert "another release of parkguide" in alerts[0]["message"]["en"]
+        assert "版本" in alerts[0]["message"]["zh"]
+        assert "another release of parkguide" in warnings(caplog)[0]
 
         gateway_started_with(journal, load_site(EXAMPLE_SITE))  # and back with A.yaml
         assert wait_for(lambda: api.alerts() == [])

@@ -8,6 +8,7 @@ from datetime import date
 
 import pytest
 
+from parking import siteconfig as cfg
 from parking.site import SiteError, expand_range, in_window, parse_site, parse_window
 from tests.conftest import EXAMPLE_SITE, parkguide_cmd
 
@@ -538,3 +539,30 @@ def test_a_time_zone_that_depends_on_the_machine_is_refused(zone):
 def test_a_window_starting_at_24_says_to_write_00():
     with pytest.raises(SiteError, match="starts at 24:00: write it 00:00-08:00"):
         parse_site(TEXT.replace(NIGHT, '    windows: ["24:00-08:00"]\n', 1), "site.yaml")
+
+
+def test_the_site_digest_is_what_the_file_says_not_the_code_defaults(monkeypatch):
+    """A release adding a defaulted field (here one at the top and one inside ``site:``)
+    gives the same file the same digest, so an API and a gateway of two releases agree."""
+    before = parse_site(TEXT).digest
+
+    class NextSiteInfo(cfg.SiteInfo):
+        country: str = "CN"
+
+    class NextSiteFile(cfg.SiteFile):
+        site: NextSiteInfo
+        night_rate: int = 0
+
+    monkeypatch.setattr(cfg, "SiteFile", NextSiteFile)
+    assert parse_site(TEXT).digest == before
+
+
+def test_the_site_digest_follows_edits_not_comments_or_layout():
+    digest = parse_site(TEXT).digest
+    commented = "# a comment\n" + TEXT.replace("\nzones:\n", "\n\n# the zones\nzones:  \n", 1)
+    assert parse_site(commented).digest == digest
+    renamed = TEXT.replace("en: Zone A}", "en: Zone A North}", 1)
+    assert renamed != TEXT and parse_site(renamed).digest != digest
+    # a default written out is an edit of the file too (the file now says it)
+    assert "timezone: Asia/Shanghai" in TEXT
+    assert parse_site(TEXT.replace("  timezone: Asia/Shanghai\n", "", 1)).digest != digest
