@@ -182,10 +182,15 @@ class JournalReader:
         return [EventRow(*r) for r in rows]
 
     def iter_events(
-        self, flt: EventFilter, limit: int, *, page: int | None = None
+        self,
+        flt: EventFilter,
+        limit: int,
+        *,
+        after_id: int | None = None,
+        page: int | None = None,
     ) -> Iterator[EventRow]:
-        """Oldest first, read ``page`` (default :data:`EXPORT_PAGE`) events at a time (for the
-        CSV export).
+        """Oldest first (by id), from the event after ``after_id`` on, read ``page`` (default
+        :data:`EXPORT_PAGE`) events at a time (for the CSV export).
 
         The events are those of the journal when the export starts: the window's ids are
         read first (by the ``events_ts`` index when a time bound is given), and each page
@@ -208,7 +213,7 @@ class JournalReader:
             return
         first, last = span[0]
         where, params = flt.where(self._has_zone)
-        after = first - 1
+        after = first - 1 if after_id is None else max(first - 1, after_id)
         while limit > 0:
             want = min(page, limit)
             # fetched whole (_query): the read ends before the rows go to the client;

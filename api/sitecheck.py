@@ -138,8 +138,7 @@ class SiteCheck:
                     "have: start the API with the gateway's site file%s",
                     mismatch.sites,
                     self.journal.db_path,
-                    " and release (another release of parkguide may read the same file "
-                    "otherwise)"
+                    " and release (another release of parkguide may read the same file otherwise)"
                     if mismatch.same_site
                     else "",
                 )

@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,12 +36,14 @@ PASSWORD = "correct horse battery"  # test users only; never a default in produc
 class GatewayHarness:
     """A LiveGateway whose published messages are kept, with helpers to feed it reports."""
 
-    def __init__(self, site: Site, db_path: Path):
+    def __init__(self, site: Site, db_path: Path, clock: Callable[[], float] = time.time):
+        """``clock``: the gateway's wall clock, and the time of the reports fed to it."""
         self.site = site
         self.db_path = db_path
         self.published: list[tuple[str, bytes]] = []
         self.journal = Journal(db_path)
-        self.gateway = LiveGateway(site, self.journal, self._publish)
+        self.clock = clock
+        self.gateway = LiveGateway(site, self.journal, self._publish, clock=clock)
         self.gateway.publish_all()
         self.boot = uuid.uuid4().hex[:8]
         self.seq: dict[str, int] = {}
@@ -58,7 +60,7 @@ class GatewayHarness:
         )
         seq = self.seq.get(agent, 0)
         self.seq[agent] = seq + 1
-        now = time.time()
+        now = self.clock()
         report = OccupancyReport(
             agent=agent,
             source=source,

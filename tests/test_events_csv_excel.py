@@ -10,9 +10,21 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from api_support import client, harness, tokens, users  # noqa: F401
+from api_support import (  # noqa: F401
+    PASSWORD,
+    GatewayHarness,
+    client,
+    harness,
+    journal_with_users,
+    settings,
+    tokens,
+    users,
+)
+from fastapi.testclient import TestClient
 
 import api.journal
+from api.app import create_app
+from parking.site import EXAMPLE_SITE, load_site
 
 REASON = "地锁损坏，等待维修"
 BOM = b"\xef\xbb\xbf"
@@ -68,7 +80,7 @@ def test_time_local_is_the_same_instant_in_the_site_time_zone(
         assert local.utcoffset() == timedelta(hours=8)
         assert local == utc  # one instant, two clocks
         assert local == utc.astimezone(shanghai)
-        assert abs(local.timestamp() - float(row["ts"])) < 0.002  # ms: truncated vs rounded
+        assert abs(local.timestamp() - float(row["ts"])) < 1e-6  # to the microsecond
     # an event at 23:30 UTC is on the next day in Shanghai: the export carries that day
     late = datetime(2025, 6, 1, 23, 30, tzinfo=ZoneInfo("UTC"))
     assert late.astimezone(shanghai).isoformat().startswith("2025-06-02T07:30")
@@ -148,3 +160,47 @@ def test_reasons_keep_the_spaces_managers_type(client, tokens, harness):
         client.get("/api/v1/events.csv", params={"space": "D-006"}, headers=h).content
     )
     assert "传感器损坏\u3000待修" in [row["reason"] for row in rows]
+
+
+SHARED_TS = 1765083931.9925373
+"""One instant for a whole snapshot's events, whose milliseconds round up (.993)."""
+
+
+def test_an_export_resumed_from_a_row_loses_nothing_at_one_instant(tmp_path):
+    """A limit cuts the export inside a run of events sharing one ts: resumed with
+    ``since=`` the last row's ``ts`` or with ``after=`` the id the trailer names, every
+    event is there; ``ts`` is the stored time exactly and ``time_utc`` the same instant."""
+    db = journal_with_users(tmp_path)
+    harness = GatewayHarness(load_site(EXAMPLE_SITE), db, clock=lambda: SHARED_TS)
+    try:
+        harness.fill()  # every space from unknown to free, at SHARED_TS
+        with TestClient(create_app(harness.gateway, settings(), db_path=str(db))) as client:
+            r = client.post("/api/v1/auth/login", json={"name": "viewer", "password": PASSWORD})
+            h = {"Authorization": f"Bearer {r.json()['token']}"}
+            client.cookies.clear()
+
+            def export(**params) -> tuple[list[dict[str, str]], str]:
+                r = client.get("/api/v1/events.csv", params=params, headers=h)
+                assert r.status_code == 200, r.text
+                rows = [row for row in rows_of(r.content)[1] if not row["id"].startswith("#")]
+                return rows, r.content.decode("utf-8-sig").splitlines()[-1]
+
+            whole, _ = export()
+            ids = [int(row["id"]) for row in whole]
+            assert len(ids) > 30
+            for row in whole:
+                assert float(row["ts"]) == SHARED_TS  # the stored float, not rounded
+                utc = datetime.fromisoformat(row["time_utc"])
+                assert abs(utc.timestamp() - SHARED_TS) < 1e-6, row  # one instant
+                assert datetime.fromisoformat(row["time_local"]) == utc
+
+            first, trailer = export(limit=10)
+            last = int(first[-1]["id"])
+            assert trailer.startswith("# truncated") and f"resume with after={last}" in trailer
+            by_ts, _ = export(since=first[-1]["ts"])
+            assert sorted({int(r["id"]) for r in first + by_ts}) == ids  # since is inclusive
+            by_id, _ = export(after=last)
+            assert [int(r["id"]) for r in first + by_id] == ids  # neither lost nor repeated
+            assert export(after=ids[-1])[0] == []
+    finally:
+        harness.close()

@@ -149,30 +149,38 @@ def _cell(value: object) -> object:
     return value
 
 
-def csv_lines(ctx: Ctx, flt: EventFilter, limit: int | None) -> Iterator[str]:
+def csv_lines(
+    ctx: Ctx, flt: EventFilter, limit: int | None, after: int | None = None
+) -> Iterator[str]:
     """The export's lines; with ``limit``, a last line says when it cut the export short
-    (a file that silently lacks the newest events would be taken as the whole month)."""
+    (a file that silently lacks the newest events would be taken as the whole month) and
+    the ``after`` that resumes it. ``ts`` is the stored float as Python writes it back
+    (it reads back to the same number: ``since=`` a row's ``ts`` includes that row), the
+    times are to the microsecond (the instant ``ts`` rounds to)."""
     buf = io.StringIO()
     buf.write(CSV_BOM)
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
     site_zone = unzoned_zones(ctx)
     local_tz = ZoneInfo(ctx.view.site.timezone)  # validated by the site file's schema
-    for n, e in enumerate(
-        ctx.journal.iter_events(flt, sys.maxsize if limit is None else limit + 1)
-    ):
+    last = after
+    rows = ctx.journal.iter_events(flt, sys.maxsize if limit is None else limit + 1, after_id=after)
+    for n, e in enumerate(rows):
         if n == limit:
             writer.writerow(
-                [f"# truncated: more than {limit} events in this range; ask for a shorter "
-                 "range or a higher limit"]
+                # no comma: the line stays one bare cell
+                [f"# truncated: more than {limit} events in this range; resume with "
+                 f"after={last} and the same filters; or ask for a shorter range or a higher "
+                 "limit"]
             )  # fmt: skip
             break
+        last = e.id
         out = event_out(ctx, e, site_zone)
         when = datetime.fromtimestamp(e.ts, UTC)
         writer.writerow(
-            [_cell(v) for v in (out.id, when.isoformat(timespec="milliseconds"),
-                                when.astimezone(local_tz).isoformat(timespec="milliseconds"),
-                                f"{out.ts:.3f}", out.space, out.zone, out.old, out.new,
+            [_cell(v) for v in (out.id, when.isoformat(timespec="microseconds"),
+                                when.astimezone(local_tz).isoformat(timespec="microseconds"),
+                                repr(float(out.ts)), out.space, out.zone, out.old, out.new,
                                 out.source, out.agent, out.seq, out.reason,
                                 out.zone_closure)]
         )  # fmt: skip
@@ -201,14 +209,18 @@ def events_csv(
     limit: Annotated[int | None, Query(ge=1)] = None,
     source: SourceQuery = None,
     by: ByQuery = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=2**62, description="resume: events with ids above this")
+    ] = None,
 ) -> StreamingResponse:
     """Export state changes as CSV (e.g. a month for the residents' committee): all of the
-    range, or at most ``limit`` events and then a last line saying it was cut short."""
+    range, or at most ``limit`` events and then a last line saying it was cut short and the
+    ``after`` (the last id written) that resumes it."""
     flt = event_filter(ctx, space, zone, since, until, source, by)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     site = ctx.view.site.id.replace(":", "-")  # ":" is not allowed in Windows file names
     return StreamingResponse(
-        csv_lines(ctx, flt, limit),
+        csv_lines(ctx, flt, limit, after),
         media_type="text/csv; charset=utf-8",
         # the site in the name: two communities' exports look alike once downloaded
         headers={
