@@ -115,6 +115,8 @@ class MqttLiveView:
         self._sent: dict[tuple[str, str], float] = {}
         self._sent_zones: dict[tuple[str, str], float] = {}  # the same, for a zone's control
         self._gateway_online: bool | None = None
+        # wall time the view went blind (:meth:`_blind_since`), None while it sees
+        self._blind_at: float | None = None
         self._stale_said = False  # _check_signs_fresh said the gateway went silent
         self._connected_mono: float | None = None  # monotonic time of the last (re)connect
         self._live_sign_mono = -math.inf  # monotonic arrival of the last live sign content
@@ -208,6 +210,8 @@ class MqttLiveView:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        with self._lock:
+            self._blind_since(time.time())
         said = (str(reason_code), time.monotonic())
         last, self._last_disconnect = self._last_disconnect, said
         if last[0] == said[0] and said[1] - last[1] < 1.0 and is_keepalive_timeout(reason_code):
@@ -244,15 +248,33 @@ class MqttLiveView:
         retained ``online``, counts and signs, and no last will ever replaces them; their
         stored copies come at subscribe and never count as live. Judged on this host's
         monotonic clock only: the gateway's stamps are another host's clock."""
+        run_out = self._signs_run_out()
+        return run_out is not None and time.monotonic() > run_out
+
+    def _signs_run_out(self) -> float | None:
+        """Monotonic time the gateway's signs run out unless it publishes (None: never)."""
         if not self.site.displays or self._connected_mono is None:
-            return False
+            return None
         since = max(self._connected_mono, self._live_sign_mono)
-        window = self.site.display_settings.expires_s + SIGNS_STALE_GRACE_S
-        return time.monotonic() - since > window
+        return since + self.site.display_settings.expires_s + SIGNS_STALE_GRACE_S
 
     def _blind(self) -> bool:
         """No word from the gateway can reach us: every count and state shows unknown."""
         return self._gateway_online is False or not self.connected.is_set() or self._signs_stale()
+
+    def _blind_since(self, now: float) -> float | None:
+        """Under the lock: the wall time the view went blind, kept while it stays so; None
+        while it sees. The blind counts are stamped with it, not with the last counts' time
+        (when they were all known) nor with each reading's. It is when the view learnt the
+        gateway is offline or lost the broker (noted then), or when the gateway's signs ran
+        out (:meth:`_signs_stale`: a time no message marks)."""
+        if not self._blind():
+            self._blind_at = None
+        elif self._blind_at is None:
+            run_out = self._signs_run_out()
+            stale = run_out is not None and time.monotonic() > run_out
+            self._blind_at = now - (time.monotonic() - run_out) if stale else now
+        return self._blind_at
 
     def _check_signs_fresh(self) -> None:
         """From the poll loop: a gateway whose signs ran out (no message says so) blanks
@@ -404,6 +426,7 @@ class MqttLiveView:
                 with self._lock:
                     changed = self._gateway_online != online
                     self._gateway_online = online
+                    self._blind_since(now)
                 if changed:
                     if online:
                         log.info("gateway is online")
@@ -575,35 +598,39 @@ class MqttLiveView:
     def zone_counts(self) -> list[ZoneCounts]:
         now = time.time()
         with self._lock:
-            gateway_down = self._blind()
+            blind_at = self._blind_since(now)
             held = self._held_by_zone(now)
             out = []
             for z in self.site.zones:
                 c = self._zones.get(z.id)
-                if c is not None and not gateway_down:
+                if c is not None and blind_at is None:
                     out.append(c.model_copy(update={"held": held.get(z.id, 0)}))
                     continue
                 total = c.total if c else len(self.site.zone_spaces(z.id))
                 out.append(
                     ZoneCounts(zone=z.id, free=0, occupied=0, unknown=total, closed=0,
-                               total=total, ts=c.ts if c else now)
+                               total=total, ts=now if blind_at is None else blind_at)
                 )  # fmt: skip
             return out
 
     def spaces(self) -> list[SpaceStatus]:
         now = time.time()
         with self._lock:
+            blind_at = self._blind_since(now)
             held = {space for space, until in self._holds.items() if until > now}
             out = []
             for sp in self.site.spaces:
                 state, since = self._state.get(sp.id, ("unknown", 0.0))
+                shown, shown_since = state, since
+                if blind_at is not None and state != "unknown":  # unknown since it went blind
+                    shown, shown_since = "unknown", blind_at
                 binding = self.site.bindings.get(sp.id)
                 out.append(
                     SpaceStatus(
                         space=sp.id,
                         zone=sp.zone,
-                        state=self._shown_state(state),
-                        since=since,
+                        state=shown,
+                        since=shown_since,
                         last_seen=self._last_seen.get(sp.id),
                         source=binding.source if binding else None,
                         # not while a car is in it (being seen: gateway.live's _on_their_way)

@@ -9,11 +9,19 @@ import json
 import threading
 import time
 import uuid
+from datetime import datetime
 
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from api_support import PASSWORD, ServerThread, harness, settings, users  # noqa: F401
+from api_support import (  # noqa: F401
+    PASSWORD,
+    GatewayHarness,
+    ServerThread,
+    harness,
+    settings,
+    users,
+)
 from conftest import eventually, free_port, wait_port
 from e2e_support import EXAMPLE_SITE, processes  # noqa: F401
 
@@ -474,7 +482,8 @@ def test_a_standalone_view_applies_events_the_checkpoint_has_not_reached(tmp_pat
     try:
         states = {s.space: s for s in view.spaces()}
         assert view._state["A-001"] == ("occupied", 20.0)  # the event after the checkpoint
-        assert states["A-001"].since == 20.0
+        # shown unknown (no broker in this test) since the view went blind, not since 20
+        assert states["A-001"].state == "unknown" and states["A-001"].since > 20.0
         with journal.transaction():  # the gateway's next checkpoint: a manager closed it
             journal.put_spaces([("A-001", "closed", "occupied", 1, 30.0, 20.0, 20.0, None)])
         journal.conn.execute(event, (30.0, "A-001", "occupied", "closed", "manager", "li", None))
@@ -724,6 +733,9 @@ def test_a_broker_restored_after_a_power_cut_does_not_make_a_dead_gateway_look_l
         assert agent.last_seen is None
         shown = next(z for z in view.zone_counts() if z.zone == zone)
         assert (shown.free, shown.unknown) == (0, shown.total)
+        # unknown as of when the signs ran out: a validity and a grace after connecting
+        ran_out = view.broker_back_since() + 2 + 0.5
+        assert abs(shown.ts - ran_out) < 0.2, (shown.ts, ran_out)
         assert eventually(lambda: "no sign content came from it" in caplog.text, timeout=5)
         # the gateway is back, its clock 10 min behind ours (its content "expired" by our
         # clock): its live content makes the counts count again, and keeps them counting
@@ -855,3 +867,74 @@ def test_a_zone_action_no_gateway_takes_is_not_answered_done(mosquitto, tmp_path
         view.stop()
         old.loop_stop()
         old.disconnect()
+
+
+def test_a_blind_view_stamps_its_unknown_counts_with_when_it_went_blind(mosquitto, tmp_path):
+    """The gateway's last will: /zones (and NGSI's observedAt) said every space unknown as
+    of the last counts' time, a moment they were all known; now as of when the view learnt
+    the gateway is gone, the same at every reading. A space shown unknown is so since
+    then too. Back online, the gateway's own time again."""
+    from api.mqttview import MqttLiveView
+    from api.ngsi import parking_groups, parking_spots
+    from parking.broker import BrokerConfig
+    from parking.payloads import ZoneCounts
+    from parking.site import load_site
+
+    site = load_site(EXAMPLE_SITE)
+    db = tmp_path / "journal.sqlite"
+    journaled = GatewayHarness(site, db)  # the gateway's journal: A-001 occupied
+    journaled.fill({"A-001"})
+    journaled.close()
+    counted = time.time() - 30  # the gateway's last counts, all known
+    zone_a = ZoneCounts(zone="A", free=80, occupied=0, unknown=0, closed=0, total=80, ts=counted)
+    gateway = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    gateway.will_set(topics.gateway_availability(site.id), topics.OFFLINE, qos=1, retain=True)
+    gateway.connect("127.0.0.1", mosquitto.port, keepalive=60)
+    gateway.loop_start()
+    gateway.publish(topics.gateway_availability(site.id), topics.ONLINE, qos=1, retain=True)
+    gateway.publish(topics.zone(site.id, "A"), zone_a.model_dump_json(), 1, True).wait_for_publish(
+        5
+    )
+    view = MqttLiveView(site, BrokerConfig.from_url(mosquitto.url), str(db))
+    view.start()
+    try:
+
+        def a() -> ZoneCounts:
+            return next(z for z in view.zone_counts() if z.zone == "A")
+
+        assert _wait(lambda: a().free == 80)
+        assert a().ts == counted
+        assert next(s for s in view.spaces() if s.space == "A-001").state == "occupied"
+        gone = time.time()
+        gateway.loop_stop()
+        gateway.socket().close()  # dropped, not disconnected: the broker sends the will
+        assert _wait(lambda: view.gateway_online() is False)
+        learnt = time.time()
+        blind = a()
+        assert blind.unknown == 80 and gone <= blind.ts <= learnt, (gone, blind.ts, learnt)
+        time.sleep(0.3)
+        assert a().ts == blind.ts  # the time it went blind, not each reading's
+        group = next(g for g in parking_groups(view) if g["id"].endswith(":A"))
+        assert group["unknownSpotNumber"]["value"] == 80
+        observed = datetime.fromisoformat(group["unknownSpotNumber"]["observedAt"])
+        assert abs(observed.timestamp() - blind.ts) < 0.001
+        space = next(s for s in view.spaces() if s.space == "A-001")
+        assert space.state == "unknown" and space.since == blind.ts
+        spot = next(s for s in parking_spots(view) if s["id"].endswith(":A-001"))
+        assert spot["status"]["value"] == "unknown"
+
+        back = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        back.connect("127.0.0.1", mosquitto.port)
+        back.loop_start()
+        again = ZoneCounts(zone="A", free=79, occupied=1, unknown=0, closed=0, total=80,
+                           ts=time.time())  # fmt: skip
+        back.publish(topics.gateway_availability(site.id), topics.ONLINE, 1, True)
+        back.publish(topics.zone(site.id, "A"), again.model_dump_json(), 1, True).wait_for_publish(
+            5
+        )
+        assert _wait(lambda: a().free == 79)
+        assert a().ts == again.ts
+        back.loop_stop()
+        back.disconnect()
+    finally:
+        view.stop()
