@@ -183,6 +183,8 @@ def parking_groups(view: LiveView) -> list[dict[str, Any]]:
             "refParkingSite": _rel(site_urn(site.id)),
             "totalSpotNumber": _prop(c.total),
             "unknownSpotNumber": _prop(c.unknown, ts),  # extension: why counts may be absent
+            # extension: the closed spaces, in no SDM count (available, occupied: 0 when all are)
+            "closedSpotNumber": _prop(c.closed, ts),
         }
         # what a sign over the zone shows (free, not held for a car sent there), or nothing
         offered = zone_offered(c.free, c.held, c.unknown, c.closed, c.total, fraction)
@@ -215,6 +217,7 @@ def off_street_parking(view: LiveView) -> dict[str, Any]:
         "category": _prop(["forResidents", "forVisitors"]),
         "totalSpotNumber": _prop(total),
         "unknownSpotNumber": _prop(unknown, ts),  # extension: why counts may be absent
+        "closedSpotNumber": _prop(closed, ts),  # extension, as the groups'
     }
     usable = total - closed
     if usable <= 0:

@@ -167,3 +167,31 @@ def test_values_stay_within_the_smart_data_models_enums(client, tokens):
     assert any("accessible" in s.get("spaceKinds", {}).get("value", []) for s in spots)
     (lot,) = entities(client, "OffStreetParking")
     assert "refParkingGroup" not in lot  # each group names the site instead
+
+
+def test_a_closed_zone_adds_up_and_its_spots_say_closed(client, harness, tokens):
+    """Zone C closed: its group said 0 available, 0 occupied, 0 unknown of its total, the
+    closed spaces in no count; ``closedSpotNumber`` has them. Its spots are ``closed``, a
+    value of the SDM ParkingSpot status enum."""
+    harness.fill()
+    h = tokens["manager"]
+    r = client.post("/api/v1/zones/C/close", json={"reason": "market"}, headers=h)
+    assert r.status_code == 202, r.text
+    try:
+        group = next(g for g in entities(client, "ParkingGroup") if g["id"].endswith(":C"))
+        total = group["totalSpotNumber"]["value"]
+        assert total > 0 and group["closedSpotNumber"]["value"] == total
+        assert "observedAt" in group["closedSpotNumber"]
+        counts = ("availableSpotNumber", "occupiedSpotNumber", "unknownSpotNumber")
+        assert [group[k]["value"] for k in counts] == [0, 0, 0]
+        for g in entities(client, "ParkingGroup"):  # every group adds up (none is held)
+            parts = (*counts, "closedSpotNumber")
+            assert sum(g[k]["value"] for k in parts) == g["totalSpotNumber"]["value"], g["id"]
+        (lot,) = entities(client, "OffStreetParking")
+        assert lot["closedSpotNumber"]["value"] == total
+        spots = entities(client, "ParkingSpot", **tokens["viewer"])
+        in_c = [s for s in spots if s["refParkingGroup"]["object"].endswith(":C")]
+        assert len(in_c) == total and {s["status"]["value"] for s in in_c} == {"closed"}
+        assert {s["status"]["value"] for s in spots} <= {"closed", "free", "occupied", "unknown"}
+    finally:
+        assert client.post("/api/v1/zones/C/open", headers=h).status_code == 202
