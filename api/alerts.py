@@ -1,8 +1,9 @@
 """Alerts derived from live state, and their episodes and acknowledgements.
 
 ``derive_alerts`` is pure: the gateway offline (its last will, seen by a stand-alone API),
-agents offline or never seen, cameras blind, buses blind (no node answers, or the serial
-port is lost), nodes dead, answering with a Modbus exception or unreliably (CRC errors,
+agents offline or never seen, or shut out by another boot under their id (their live
+reports refused: ``agent_boot_conflict``), cameras blind, buses blind (no node answers, or
+the serial port is lost), nodes dead, answering with a Modbus exception or unreliably (CRC errors,
 timeouts), detectors stuck, flapping or faulty or with a low battery, spaces occupied for too long.
 ``site_mismatch_alert`` says the gateway runs another site file (``api.sitecheck``);
 ``influx_failing_alert`` that its InfluxDB writer cannot write (``api.outbox_status``);
@@ -65,6 +66,7 @@ SEVERITY = {
     "gateway_offline": "critical",
     "agent_offline": "critical",
     "agent_never_seen": "critical",
+    "agent_boot_conflict": "critical",
     "camera_blind": "critical",
     "bus_blind": "critical",
     "node_dead": "critical",
@@ -115,6 +117,13 @@ _TEXT = {
         "edge agent {subject} has never been heard from: not started, or a wrong broker "
         "address or credentials?",
     ),
+    "agent_boot_conflict": (
+        "边缘代理 {subject} 的报告被网关拒绝(另一个启动标识取代了它):请重启该代理;"
+        "如果没有人重启过它,它的 MQTT 登录可能被盗用:请更改其密码",
+        "edge agent {subject}'s reports are refused by the gateway (another boot replaced"
+        " its own): restart the agent; if nobody restarted it, its broker login may be"
+        " stolen: change its password",
+    ),
     "camera_blind": ("摄像头 {subject} 看不见", "camera {subject} is blind"),
     "bus_blind": (
         "总线 {subject}:没有节点应答(串口断开?)",
@@ -160,6 +169,17 @@ _ARRIVALS_REFUSED_TEXT = (
     "入口 {subject} 的到达请求被网关拒绝({reason}):那里的车辆得不到车位分配;请检查道闸控制器",
     "arrivals at entrance {subject} are refused by the gateway ({reason}): cars there get no"
     " space; check its gate controller",
+)
+_BOOT_CONFLICT_TEXT = (
+    "边缘代理 {subject} 的报告(启动标识 {refused_boot})被网关拒绝,因为启动标识 {boot} 取代了它,"
+    "而它仍在报告:其车位将变为未知。请重启真正的代理(其新的启动标识会被接受);如果没有人"
+    "重启过它,启动标识 {boot} 来自别处:它的 MQTT 登录可能被盗用,请更改其密码;若有两个同名"
+    "代理在运行,请停止其中一个",
+    "edge agent {subject}'s reports of boot {refused_boot} are refused by the gateway since"
+    " boot {boot} replaced it, yet it still reports: its spaces turn unknown. Restart the"
+    " real agent (its new boot is then taken); if nobody restarted it, boot {boot} came from"
+    " elsewhere: its broker login may be stolen, change its password; if two agents with"
+    " this id run, stop one",
 )
 _PORT_OPEN_TEXT = (
     "总线 {subject}:串口正常,但没有节点应答(线缆或节点供电?)",
@@ -292,6 +312,11 @@ class Alert:
         elif self.kind == "arrivals_refused" and isinstance(self.details.get("reason"), str):
             why = self.details["reason"]
             zh, en = (text.replace("{reason}", why) for text in _ARRIVALS_REFUSED_TEXT)
+        elif self.kind == "agent_boot_conflict" and all(
+            isinstance(self.details.get(k), str) for k in ("boot", "refused_boot")
+        ):
+            boots = {k: self.details[k] for k in ("boot", "refused_boot")}
+            zh, en = (text.format(subject="{subject}", **boots) for text in _BOOT_CONFLICT_TEXT)
         elif self.kind == "bus_blind" and self.details.get("port") == "lost":
             zh, en = _PORT_LOST_TEXT
         elif self.kind == "bus_blind" and self.details.get("port") == "open":
@@ -380,6 +405,12 @@ def derive_alerts(
     rejoining = broker_back_since is not None and now - broker_back_since < AGENT_REJOIN_S
     settled = listening_since is not None and now - listening_since >= NEVER_SEEN_GRACE_S
     for a in agents:
+        c = a.boot_conflict
+        if c is not None:
+            # its real reports refused: its spaces go unknown while its health still says ok
+            details = {"boot": c.boot, "refused_boot": c.refused_boot}
+            aid = f"agent_boot_conflict:{a.agent}"
+            out.append(Alert(aid, "agent_boot_conflict", a.agent, c.since, details))
         if not a.online and a.last_seen is None and a.health is None:
             # not a word from it since the view began listening: a unit not started, or
             # one whose broker address or credentials are wrong (commissioning day)

@@ -258,6 +258,14 @@ class NodeSummary(BaseModel):
     detectors_bad: int
 
 
+class BootConflictOut(BaseModel):
+    boot: str = Field(description="the boot the gateway takes")
+    refused_boot: str = Field(description="the replaced boot whose live reports are refused")
+    refused: int = Field(description="its reports refused in this episode")
+    since: float
+    last: float = Field(description="wall time of the newest refusal")
+
+
 class AgentOut(BaseModel):
     agent: str
     online: bool
@@ -265,7 +273,15 @@ class AgentOut(BaseModel):
     source: str | None
     status: str | None = Field(
         description="ok | degraded | blind | offline, from its health; never_seen for an "
-        "agent of the site file never heard from (no availability, report or health)"
+        "agent of the site file never heard from (no availability, report or health); "
+        "boot_conflict while the gateway refuses its live reports for another boot under "
+        "its id (its health is then not believed: see boot_conflict)"
+    )
+    boot_conflict: BootConflictOut | None = Field(
+        None,
+        description="its reports of a replaced boot keep being refused (stale_boot) while "
+        "that boot still reports: two agents with one id, or a forged report with a new boot "
+        "(a stolen broker login); null when none",
     )
     health_ts: float | None
     nodes: list[NodeSummary]

@@ -29,6 +29,7 @@ from gateway.allocation import HOLD_SEEN_S
 from gateway.ingest import ReportGate, without_plates
 from gateway.journal import PLATE_KEEP_KEY, PLATES_FORGOTTEN_KEY
 from gateway.readside import (
+    BOOT_CONFLICTS_KEY,
     AgentStatus,
     ControlUnavailable,
     Counters,
@@ -37,6 +38,7 @@ from gateway.readside import (
     LiveEvent,
     RefusalLog,
     SpaceStatus,
+    parse_boot_conflicts,
 )
 from parking import topics
 from parking.broker import BrokerConfig, is_keepalive_timeout
@@ -124,6 +126,7 @@ class MqttLiveView:
         # them: a manager's request is stamped by the gateway's clock, which judges its age
         self.gateway_clock_offset = 0.0
         self.refusals = RefusalLog()  # arrivals the gateway refused, recently
+        self._boot_conflicts: str | None = None  # the gateway's, as journaled (JSON)
         self._offset_said = False
         self._ever_connected = False
         self._refused = False  # the broker's last CONNACK was a refusal
@@ -462,7 +465,8 @@ class MqttLiveView:
                     changed.append((space, state, since))
         for space, state, since in changed:  # the live stream hears what the refresh moved
             self._emit("space", {"space": space, "state": self._shown_state(state)}, since)
-        meta = self.tables.meta(PLATE_KEEP_KEY, PLATES_FORGOTTEN_KEY)
+        meta = self.tables.meta(PLATE_KEEP_KEY, PLATES_FORGOTTEN_KEY, BOOT_CONFLICTS_KEY)
+        self._boot_conflicts = meta.get(BOOT_CONFLICTS_KEY)
         keep = meta.get(PLATE_KEEP_KEY)
         self._plate_keep_s = float(keep) if keep is not None else None
         forgotten = meta.get(PLATES_FORGOTTEN_KEY)
@@ -650,6 +654,9 @@ class MqttLiveView:
     def agents(self) -> list[AgentStatus]:
         """Every agent of the site file, and any other heard (none: they are refused). One
         never heard from is offline with no ``last_seen`` and no health."""
+        # ended a while after their last refusal, by the gateway's clock
+        now = time.time() + self.gateway_clock_offset
+        conflicts = parse_boot_conflicts(self._boot_conflicts, now)
         with self._lock:
             names = sorted(self._site_agents | set(self._online) | set(self._health))
             return [
@@ -668,6 +675,7 @@ class MqttLiveView:
                         default=None,
                     ),  # fmt: skip
                     health=self._health.get(a),
+                    boot_conflict=conflicts.get(a),
                 )
                 for a in names
             ]

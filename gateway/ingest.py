@@ -100,6 +100,9 @@ _VALID_IDS_CAP = 4096
 class Rejection:
     reason: str
     detail: str
+    # (refused boot, current boot): a replaced boot whose report is stamped as live
+    # (``stale_boot``): two runs under one id, or a forged new boot that shut the agent out
+    conflict: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs several times more
@@ -562,6 +565,7 @@ class ReportGate:
                         f" but still reports: are two agents with id {report.agent} running"
                         " (a test run beside the service)? Stop one; if the one stopped ran"
                         " the newer boot, restart the other (its new boot is taken)",
+                        (report.boot, known.boot),
                     )
                 return Rejection(
                     "stale_boot",

@@ -58,7 +58,10 @@ from gateway.ingest import (
 from gateway.journal import BACKUP_TAKEN_KEY, History, Journal
 from gateway.lag import BEHIND_S, ReportLag
 from gateway.readside import (
+    BOOT_CONFLICTS_KEY,
+    BOOT_CONFLICTS_SAVE_S,
     AgentStatus,
+    BootConflictLog,
     Closer,
     Counters,
     EntranceRefusals,
@@ -307,6 +310,10 @@ class LiveGateway:
         # (entrance, or "?"; "released" or why not) -> cancels of arrivals (entrances/{e}/cancel)
         self.arrival_cancels: dict[tuple[str, str], int] = {}
         self.refusals = RefusalLog()  # recent ones, for the managers' alert
+        # agents whose replaced boot's live reports keep being refused (agent_boot_conflict);
+        # journaled for a stand-alone API at most every BOOT_CONFLICTS_SAVE_S (monotonic)
+        self.boot_conflicts = BootConflictLog()
+        self._boot_conflicts_saved = -math.inf
         # per agent, reports its seq numbers skipped: they never arrived (_note_gap)
         self.reports_missed = dict.fromkeys(
             sorted(x.agent for x in (*site.buses, *site.cameras)), 0
@@ -898,6 +905,8 @@ class LiveGateway:
         if isinstance(acc, Rejection):
             self._reject(acc, topic, payload)
             self._note_refused(agent, payload)
+            if acc.conflict is not None:
+                self._note_boot_conflict(agent, *acc.conflict)
             return
         for r in acc.rejected:
             self._reject(r, topic, payload)
@@ -952,6 +961,25 @@ class LiveGateway:
     def behind_s(self) -> float:
         """How far the gateway is behind its agents' reports now (0: keeping up)."""
         return self.lag.behind(self._mono())
+
+    def _note_boot_conflict(self, agent: str, refused_boot: str, boot: str) -> None:
+        """A live report of a replaced boot was refused (under the lock): counted towards the
+        agent's boot conflict, journaled at once when one begins, else now and then."""
+        now, mono = self._clock(), self._mono()
+        changed = self.boot_conflicts.note(agent, refused_boot, boot, now)
+        if changed or mono - self._boot_conflicts_saved >= BOOT_CONFLICTS_SAVE_S:
+            self._boot_conflicts_saved = mono
+            self.journal.set_meta(BOOT_CONFLICTS_KEY, self.boot_conflicts.to_save(now))
+        if changed:
+            log.error(
+                "edge agent %s: reports of its boot %s keep being refused since boot %s"
+                " replaced it, and that boot still reports: restart the real agent (its new"
+                " boot is then taken); if nobody restarted it, its broker login may be"
+                " stolen: change its password",
+                agent,
+                refused_boot,
+                boot,
+            )
 
     def _note_refused(self, agent: str, payload: bytes) -> None:
         """Remember the seq of a report refused whole (``from_the_future``, say): it
@@ -1916,12 +1944,14 @@ class LiveGateway:
             # site's: the journal still knows it, but it is not offline for good
             names = {a for a in names if self.gate.is_site_agent(a)}
             names |= {b.agent for b in self.site.buses} | {c.agent for c in self.site.cameras}
+            conflicts = self.boot_conflicts.recent(self._clock())
             return [
                 AgentStatus(
                     agent=a,
                     online=self._online.get(a, False),
                     last_seen=self._agent_seen.get(a),
                     health=self._health.get(a),
+                    boot_conflict=conflicts.get(a),
                 )
                 for a in sorted(names)
             ]

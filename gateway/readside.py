@@ -8,6 +8,8 @@ module of the gateway.
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Collection
@@ -59,6 +61,115 @@ class RefusalLog:
                 last, reason, detail = kept[-1]
                 out[entrance] = EntranceRefusals(len(kept), reason, detail, last)
         return out
+
+
+BOOT_CONFLICT_REFUSALS = 3
+BOOT_CONFLICT_WINDOW_S = 60.0
+"""This many reports of a replaced boot refused within this long, each stamped as live, make
+an agent's boot conflict: a replay or a spool's late backlog is neither live nor repeated."""
+BOOT_CONFLICT_CLEAR_S = 300.0
+"""No such refusal for this long ends the conflict."""
+BOOT_CONFLICTS_KEY = "boot_conflicts"
+"""The journal ``meta`` key the gateway keeps its agents' boot conflicts under (JSON), for a
+stand-alone API to read."""
+BOOT_CONFLICTS_SAVE_S = 10.0
+"""The gateway saves an ongoing conflict's newest refusal at most this often."""
+
+
+@dataclass(frozen=True)
+class BootConflict:
+    """An agent whose reports of a replaced boot keep being refused (``stale_boot``) while
+    that boot still reports live: two runs under one id, or a forged report with a new boot
+    (a stolen broker login) that shut the real agent out."""
+
+    boot: str  # the boot the gateway takes
+    refused_boot: str  # the replaced boot that still reports
+    refused: int  # its reports refused in this episode
+    since: float  # wall time the conflict was confirmed
+    last: float  # wall time of the newest refusal
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "boot": self.boot,
+            "refused_boot": self.refused_boot,
+            "refused": self.refused,
+            "since": self.since,
+            "last": self.last,
+        }
+
+
+def parse_boot_conflicts(text: str | None, now: float) -> dict[str, BootConflict]:
+    """The conflicts a journal's ``BOOT_CONFLICTS_KEY`` holds that are not over by ``now``
+    (the gateway's clock): a refusal within BOOT_CONFLICT_CLEAR_S, allowing for the
+    gateway's save interval. Nothing is made up from a value that does not parse."""
+    try:
+        raw = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    out: dict[str, BootConflict] = {}
+    if not isinstance(raw, dict):
+        return out
+    for agent, c in raw.items():
+        try:
+            conflict = BootConflict(
+                str(c["boot"]),
+                str(c["refused_boot"]),
+                int(c["refused"]),
+                float(c["since"]),
+                float(c["last"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+        if math.isfinite(conflict.last) and (
+            now - conflict.last < BOOT_CONFLICT_CLEAR_S + BOOT_CONFLICTS_SAVE_S
+        ):
+            out[str(agent)] = conflict
+    return out
+
+
+class BootConflictLog:
+    """Live reports of replaced boots refused per agent: a conflict once
+    BOOT_CONFLICT_REFUSALS came within BOOT_CONFLICT_WINDOW_S, over once none came for
+    BOOT_CONFLICT_CLEAR_S. Thread-safe: noted by the MQTT thread, read by the API's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._times: dict[str, deque[float]] = {}
+        self._conflicts: dict[str, BootConflict] = {}
+
+    def note(self, agent: str, refused_boot: str, boot: str, now: float) -> bool:
+        """Note one refusal; True when it began or changed a conflict (worth saving now)."""
+        with self._lock:
+            self._expire(now)
+            times = self._times.setdefault(agent, deque(maxlen=BOOT_CONFLICT_REFUSALS))
+            times.append(now)
+            known = self._conflicts.get(agent)
+            if known is not None:
+                changed = (known.boot, known.refused_boot) != (boot, refused_boot)
+                since = now if changed else known.since
+                self._conflicts[agent] = BootConflict(
+                    boot, refused_boot, known.refused + 1, since, now
+                )
+                return changed
+            if len(times) == times.maxlen and now - times[0] <= BOOT_CONFLICT_WINDOW_S:
+                self._conflicts[agent] = BootConflict(boot, refused_boot, len(times), now, now)
+                return True
+            return False
+
+    def _expire(self, now: float) -> None:
+        for agent, c in list(self._conflicts.items()):
+            if now - c.last >= BOOT_CONFLICT_CLEAR_S:
+                del self._conflicts[agent]
+                self._times.pop(agent, None)
+
+    def recent(self, now: float) -> dict[str, BootConflict]:
+        with self._lock:
+            self._expire(now)
+            return dict(self._conflicts)
+
+    def to_save(self, now: float) -> str:
+        """The ongoing conflicts as the journal keeps them (``parse_boot_conflicts``)."""
+        return json.dumps({a: c.to_json() for a, c in sorted(self.recent(now).items())})
 
 
 @dataclass(frozen=True)
@@ -176,6 +287,8 @@ class AgentStatus:
     online: bool
     last_seen: float | None
     health: HealthReport | None
+    # its reports of a replaced boot keep being refused while that boot reports live
+    boot_conflict: BootConflict | None = None
 
 
 @dataclass(frozen=True)

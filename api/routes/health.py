@@ -7,7 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from api.deps import Ctx, require_login, require_technician
-from api.models import AgentOut, DetectorOut, DetectorRawOut, HealthOut, NodeSummary
+from api.models import (
+    AgentOut,
+    BootConflictOut,
+    DetectorOut,
+    DetectorRawOut,
+    HealthOut,
+    NodeSummary,
+)
 from api.routes import TECHNICIAN_ERRORS, VIEWER_ERRORS, invalid, not_found
 
 router = APIRouter(
@@ -29,20 +36,36 @@ _BAD_DETECTOR = {"stuck", "flapping", "dead", "fault"}
 @router.get("/agents")
 def agents(ctx: Ctx) -> list[AgentOut]:
     """Every edge agent of the site file: online or not, when last heard, its health in
-    summary; one never heard from has ``heard`` false and status ``never_seen``."""
+    summary; one never heard from has ``heard`` false and status ``never_seen``; one whose
+    live reports are refused for another boot under its id has status ``boot_conflict``."""
     out = []
     site = ctx.view.site
     sources = {b.agent: b.id for b in site.buses} | {c.agent: c.id for c in site.cameras}
     for a in ctx.view.agents():
         h = a.health
         heard = a.online or a.last_seen is not None or h is not None
+        status = h.status if h else (None if heard else "never_seen")
+        c = a.boot_conflict
+        if c is not None:  # its health is its older boot's, refused too: not "ok"
+            status = "boot_conflict"
         out.append(
             AgentOut(
                 agent=a.agent,
                 online=a.online,
                 last_seen=a.last_seen,
                 source=h.source if h else sources.get(a.agent),
-                status=h.status if h else (None if heard else "never_seen"),
+                status=status,
+                boot_conflict=(
+                    BootConflictOut(
+                        boot=c.boot,
+                        refused_boot=c.refused_boot,
+                        refused=c.refused,
+                        since=c.since,
+                        last=c.last,
+                    )
+                    if c is not None
+                    else None
+                ),
                 heard=heard,
                 health_ts=h.ts if h else None,
                 nodes=[

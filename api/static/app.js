@@ -75,7 +75,7 @@ const T = {
   st_offline: ["离线", "offline"], st_unknown: ["未知", "unknown"], st_stuck: ["卡住", "stuck"],
   st_flapping: ["抖动", "flapping"], st_dead: ["无应答", "dead"], st_fault: ["故障", "fault"],
   st_slow: ["通信不稳定", "unreliable"], st_error: ["出错", "error"],
-  st_never_seen: ["从未连接", "never seen"],
+  st_never_seen: ["从未连接", "never seen"], st_boot_conflict: ["报告被拒(启动冲突)", "reports refused (boot conflict)"],
 };
 const STATES = ["free", "occupied", "unknown", "closed"];
 const ARROWS = { left: "←", right: "→", up: "↑", down: "↓", "up-left": "↖", "up-right": "↗",
