@@ -40,6 +40,9 @@ def backup(db: Path, out: Path) -> dict[str, object]:
         raise ValueError(f"--db {db}: no such journal")
     if out.exists() or out.is_symlink():
         raise ValueError(f"--out {out}: exists; give a new file name (a backup never overwrites)")
+    if not out.parent.is_dir():
+        # SQLite would only say "unable to open database file", read as the journal's fault
+        raise ValueError(f"--out {out}: its folder {out.parent} does not exist (or is no folder)")
     source = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
     made = False
     try:
@@ -49,7 +52,10 @@ def backup(db: Path, out: Path) -> dict[str, object]:
             raise ValueError(f"--db {db}: not a parkguide journal (no events table)")
         create_private(out)
         made = True
-        target = sqlite3.connect(out)
+        try:
+            target = sqlite3.connect(out)
+        except sqlite3.Error as exc:  # a folder we may not write to
+            raise ValueError(f"--out {out}: cannot create the copy ({exc})") from None
         try:
             started = time.monotonic()
             source.backup(target)  # one step: one moment of the journal

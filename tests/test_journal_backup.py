@@ -171,3 +171,16 @@ def test_a_journal_of_an_earlier_release_is_backed_up_before_upgrading(tmp_path,
     assert generation and len(generation) == 32
     with sqlite3.connect(db) as conn:  # untouched
         assert "generation" not in {r[1] for r in conn.execute("PRAGMA table_info(users)")}
+
+
+def test_an_out_path_in_a_missing_folder_is_blamed_on_out(tmp_path, subprocess_env):
+    """SQLite's "unable to open database file" came out as the journal's fault (--db)."""
+    from gateway.journal import Journal
+
+    db = tmp_path / "journal.sqlite"
+    Journal(db).close()
+    out = tmp_path / "that" / "does" / "not" / "exist" / "x.sqlite"
+    refused = _backup(db, out, subprocess_env)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"--out {out}: ") and "does not exist" in refused.stderr
+    assert "--db" not in refused.stderr
