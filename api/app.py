@@ -35,7 +35,17 @@ from api.disk_status import JournalDisk
 from api.journal import JournalReader
 from api.live import AlertMonitor, LiveHub
 from api.outbox_status import OutboxStatusReader
-from api.routes import events, health, operations, public, session, short_input, site, stream
+from api.routes import (
+    encodable,
+    events,
+    health,
+    operations,
+    public,
+    session,
+    short_input,
+    site,
+    stream,
+)
 from api.settings import ApiSettings
 from api.sitecheck import SiteCheck
 from gateway.readside import LiveView
@@ -288,6 +298,10 @@ def create_app(
         errors: list[Any] = [
             {**e, "input": short_input(e["input"])} if isinstance(e, dict) and "input" in e else e
             for e in exc.errors()
+        ]
+        errors = [
+            {**e, "msg": encodable(e["msg"])} if isinstance(e, dict) and "msg" in e else e
+            for e in errors
         ]
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 

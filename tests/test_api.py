@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 import sqlite3
 import time
@@ -366,6 +367,37 @@ def test_non_finite_numbers_in_a_body_answer_422_not_500(client, tokens, bad):
     )
     assert close.status_code == 422, close.text
     assert close.json()["detail"][0]["loc"][:2] == ["body", "reason"]
+    assert client.get("/api/v1/spaces/A-030", headers=tokens["viewer"]).json()["state"] != "closed"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"name": "\\ud800", "password": "x"}',
+        b'{"name": "viewer", "password": "\\udfff"}',
+        b'{"name": ["\\ud800"], "password": "x"}',
+        b'{"name": "\\ud800"}',  # the whole body echoed as the missing password's input
+    ],
+)
+def test_a_lone_surrogate_answers_422_not_500(client, tokens, body, caplog):
+    """JSON's \\ud800 escape makes a str UTF-8 cannot encode: echoed into the 422, it made
+    the response fail to encode, an anonymous 500 with a 6 KB traceback per request."""
+    json_body = {"content-type": "application/json"}
+    caplog.set_level(logging.ERROR)
+    login = client.post("/api/v1/auth/login", content=body, headers=json_body)
+    assert login.status_code == 422, login.text
+    assert "\\ud800" not in login.text and "\\udfff" not in login.text
+    for reason in (b'"\\ud800"', b'["\\ud800", 1]', b'"ok \\udfff ok"'):
+        close = client.post(
+            "/api/v1/spaces/A-030/close",
+            content=b'{"reason": ' + reason + b"}",
+            headers={**tokens["manager"], **json_body},
+        )
+        assert close.status_code == 422, close.text
+    # a query parameter: %ED%A0%80 is the UTF-8-like encoding of U+D800
+    events = client.get("/api/v1/events?since=%ED%A0%80&limit=%ED%A0%80", headers=tokens["viewer"])
+    assert events.status_code == 422, events.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert client.get("/api/v1/spaces/A-030", headers=tokens["viewer"]).json()["state"] != "closed"
 
 

@@ -78,16 +78,23 @@ async def parse_body(request: Request, model: type[M]) -> M:
         ) from None
 
 
+def encodable(text: str) -> str:
+    """``text`` with every character UTF-8 cannot encode (a lone surrogate, which JSON's
+    ``\\ud800`` escape carries into a str) as "?": echoed into a response, it made the
+    encoding fail, a 500 with a traceback instead of the 422."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _printable(value: Any) -> Any:
-    """Error inputs echoed back must be JSON: cut long text short, never raw bytes, and a
-    NaN or infinity as the text it was sent as (JSON has no such number: the response
-    could not be encoded, a 500 instead of the 422)."""
+    """Error inputs echoed back must be JSON: cut long text short, never raw bytes or lone
+    surrogates, and a NaN or infinity as the text it was sent as (JSON has no such number:
+    the response could not be encoded, a 500 instead of the 422)."""
     if isinstance(value, bytes | str):
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-        return text[:200]
+        return encodable(text[:200])
     if isinstance(value, float) and not math.isfinite(value):
         return json.dumps(value)  # "NaN", "Infinity", "-Infinity"
-    return value if isinstance(value, int | float | bool | None) else str(value)[:200]
+    return value if isinstance(value, int | float | bool | None) else encodable(str(value)[:200])
 
 
 def short_input(value: Any) -> Any:
@@ -99,7 +106,7 @@ def short_input(value: Any) -> Any:
             text = json.dumps(jsonable_encoder(value), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError):
             return _printable(str(value))
-        return value if len(text) <= 200 else _printable(text)
+        return value if len(text) <= 200 and encodable(text) == text else _printable(text)
     return _printable(value)
 
 
