@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -53,11 +54,13 @@ from gateway.readside import LiveView
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 MIN_SECRET_LENGTH = 32
-PAGE_HEADERS = {
-    "Cache-Control": "no-cache",
+PAGE_CSP = (
     # only our own script and styles; inline style attributes draw the zone bars
-    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+OTHER_CSP = "default-src 'none'; frame-ancestors 'none'"  # JSON, CSV, scripts: nothing to run
+SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",  # no clickjacking of the manager's buttons
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -86,6 +89,42 @@ class CompressLarge:
             await self.app(scope, receive, send)
         else:
             await self.gzip(scope, receive, send)
+
+
+class SecurityHeaders:
+    """Every response says it must not be framed and is what its type says: the page's CSP on
+    HTML, ``OTHER_CSP`` on the rest. Set on the route alone, /static/index.html (the same
+    dashboard, logged in) could be framed by another origin of the same site and its buttons
+    clicked through. Pure ASGI: it only touches the response's start, so the live stream
+    flows as before."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                html = headers.get("content-type", "").startswith("text/html")
+                headers.setdefault("Content-Security-Policy", PAGE_CSP if html else OTHER_CSP)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class AssetFiles(StaticFiles):
+    """The page's script and styles; the page itself only at ``/`` (one address to guard)."""
+
+    def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
+        if os.path.normpath(path).lower() == "index.html":
+            return "", None  # 404
+        return super().lookup_path(path)
 
 
 class BodyLimit:
@@ -290,7 +329,8 @@ def create_app(
     app.state.ctx = ctx
     app.add_middleware(CompressLarge)
     app.add_middleware(BodyLimit, max_bytes=MAX_REQUEST_BODY)
-    app.add_middleware(SameOriginGuard)  # the outermost: refused before anything is read
+    app.add_middleware(SameOriginGuard)  # refused before anything is read
+    app.add_middleware(SecurityHeaders)  # the outermost: on the 403 and 413 answers too
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -321,10 +361,10 @@ def create_app(
                 app.include_router(getattr(module, name))
     app.include_router(ngsi.router)
     app.include_router(metrics.router)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", AssetFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     return app

@@ -630,6 +630,38 @@ def test_openapi_is_served_without_cdn_pages_and_the_page_is(client):
     assert client.get("/static/app.js").status_code == 200
 
 
+def test_every_answer_forbids_framing_and_sniffing(client, tokens):
+    """The page's headers were set on / alone: /static/index.html, the same dashboard logged
+    in, could be framed by another origin of the same site and a space closed by two clicks.
+    Every answer now says no framing and no sniffing; the page itself is only at /."""
+    answers = {
+        "page": client.get("/"),
+        "script": client.get("/static/app.js"),
+        "styles": client.get("/static/style.css"),
+        "json": client.get("/api/v1/zones"),
+        "404": client.get("/api/v1/spaces/NOPE", headers=tokens["viewer"]),
+        "422": client.get("/api/v1/events?limit=-5", headers=tokens["viewer"]),
+        "401": client.get("/api/v1/site"),
+        "no page under /static": client.get("/static/index.html"),
+        "nor in any other spelling": client.get("/static/./index.html"),
+    }
+    codes = {what: r.status_code for what, r in answers.items()}
+    assert codes == {
+        "page": 200, "script": 200, "styles": 200, "json": 200, "404": 404, "422": 422,
+        "401": 401, "no page under /static": 404, "nor in any other spelling": 404,
+    }  # fmt: skip
+    for what, r in answers.items():
+        assert r.headers["x-frame-options"] == "DENY", what
+        assert r.headers["x-content-type-options"] == "nosniff", what
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"], what
+        assert r.headers.get_list("content-security-policy") == [
+            r.headers["content-security-policy"]
+        ], what  # one policy, not the route's and the middleware's
+    assert "script-src" not in answers["page"].headers["content-security-policy"]
+    assert answers["page"].headers["content-security-policy"].startswith("default-src 'self'")
+    assert answers["json"].headers["content-security-policy"].startswith("default-src 'none'")
+
+
 # -- pure logic --------------------------------------------------------------------------------
 
 
