@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -373,37 +374,61 @@ class SessionSigner:
         return Session(name, generation, float(issued), float(expires), mac)
 
 
+def client_key(host: str) -> str:
+    """The client a login limit counts: an IPv6 address by its /64 (a subscriber gets a whole
+    /64, so counted by address every guess could come from a new one for free), an
+    IPv4-mapped IPv6 address as the IPv4 one; anything else as it is."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address.exploded.split("%")[0], 64), strict=False))
+    return str(address)
+
+
 class LoginLimiter:
-    """Sliding-window limits: failed logins per user name from one client address, attempts
-    per client address, and a far higher ceiling of failures per user name from anywhere.
+    """Sliding-window limits: failed logins per user name from one client, attempts per
+    client, and a far higher ceiling of failures per user name from anywhere. A client is an
+    address, an IPv6 one by its /64 (:func:`client_key`).
 
-    Failures lock a name out only for the address they came from: counted per name alone,
+    Failures lock a name out only for the client they came from: counted per name alone,
     five guesses from anyone kept a manager out for good (the right password refused too).
-    The ceiling (``USER_CEILING`` times the per-address limit) still stops guessing spread
-    over many addresses, and is logged when reached.
+    The ceiling (``USER_CEILING`` times the per-client limit) stops guessing spread over many
+    clients without locking the manager out: once reached (logged), a client that failed for
+    that name within the window is refused, so each guessing client is down to one guess a
+    window, while a client with no failure for it still gets its try, and one that logged in
+    as that name within ``KNOWN_CLIENT_S`` keeps its per-client limit (a typo of the manager's
+    own). Those known pairs are at most ``KNOWN_CLIENTS``, the longest unused forgotten first;
+    only a right password adds one.
 
-    An attempt let through counts as a failure of its name and address until it is known
+    An attempt let through counts as a failure of its name and client until it is known
     to be none (:meth:`failed`, :meth:`succeeded` or :meth:`release`): parallel guesses,
     whose failures would only be recorded after their slow password checks, cannot get
     past the limit together."""
 
     IN_FLIGHT_RETRY_S = 1.0  # attempts in flight decide within about a second
-    USER_CEILING = 20  # failures per name from anywhere, in per-address limits
+    USER_CEILING = 20  # failures per name from anywhere, in per-client limits
+    KNOWN_CLIENT_S = 30 * 86400.0
+    KNOWN_CLIENTS = 4096
 
     def __init__(self, max_failures_per_user: int, max_attempts_per_client: int, window_s: float):
         self.max_user = max_failures_per_user
         self.max_client = max_attempts_per_client
         self.window_s = window_s
-        self._failures: dict[str, deque[float]] = {}  # by name and address
+        self._failures: dict[str, deque[float]] = {}  # by name and client
         self._user_failures: dict[str, deque[float]] = {}  # by name, from anywhere
         self._attempts: dict[str, deque[float]] = {}
-        self._in_flight: dict[str, int] = {}  # by name and address
+        self._in_flight: dict[str, int] = {}  # by name and client
         self._ceiling_logged: dict[str, float] = {}
+        self._known: OrderedDict[str, float] = OrderedDict()  # name and client: last login
         self._lock = threading.Lock()
 
     @staticmethod
     def _key(user: str, client: str) -> str:
-        return f"{user}\0{client}"
+        return f"{user}\0{client_key(client)}"
 
     def _trim(self, table: dict[str, deque[float]], key: str, now: float) -> deque[float]:
         q = table.setdefault(key, deque())
@@ -411,11 +436,21 @@ class LoginLimiter:
             q.popleft()
         return q
 
+    def _known_recently(self, key: str, now: float) -> bool:
+        since = self._known.get(key)
+        if since is None:
+            return False
+        if since <= now - self.KNOWN_CLIENT_S:
+            del self._known[key]
+            return False
+        return True
+
     def check(self, user: str, client: str, now: float | None = None) -> float:
         """Seconds to wait before another attempt is allowed (0: go ahead); a go-ahead records
-        the attempt and holds one of the name's failures from this address until the
+        the attempt and holds one of the name's failures from this client until the
         attempt's outcome is told."""
         now = time.monotonic() if now is None else now
+        client = client_key(client)
         key = self._key(user, client)
         with self._lock:
             if len(self._attempts) > 100_000 or len(self._failures) > 100_000:
@@ -424,6 +459,7 @@ class LoginLimiter:
             failures = self._trim(self._failures, key, now)
             everywhere = self._trim(self._user_failures, user, now)
             in_flight = self._in_flight.get(key, 0)
+            ceiling = self.max_user * self.USER_CEILING
             wait = 0.0
             if len(attempts) >= self.max_client:
                 wait = max(wait, attempts[0] + self.window_s - now)
@@ -431,16 +467,21 @@ class LoginLimiter:
                 wait = max(wait, failures[0] + self.window_s - now)
             elif len(failures) + in_flight >= self.max_user:
                 wait = max(wait, self.IN_FLIGHT_RETRY_S)
-            if len(everywhere) >= self.max_user * self.USER_CEILING:
-                wait = max(wait, everywhere[0] + self.window_s - now)
+            if len(everywhere) >= ceiling:
                 if now - self._ceiling_logged.get(user, -math.inf) >= self.window_s:
                     self._ceiling_logged[user] = now
                     log.warning(
-                        "%d failed logins for %r from several addresses within %.0f s: its"
-                        " logins are refused until they fall below that (guessing spread"
+                        "%d failed logins for %r from several addresses within %.0f s: each"
+                        " address that failed for it is refused until then (guessing spread"
                         " over many addresses?)",
                         len(everywhere), user[:64], self.window_s,
                     )  # fmt: skip
+                if not self._known_recently(key, now):
+                    if failures:  # until its failure, or enough of everyone's, is old
+                        below = everywhere[len(everywhere) - ceiling]
+                        wait = max(wait, min(failures[-1], below) + self.window_s - now)
+                    elif in_flight:
+                        wait = max(wait, self.IN_FLIGHT_RETRY_S)
             if wait > 0:
                 return wait
             attempts.append(now)
@@ -463,13 +504,19 @@ class LoginLimiter:
             self._trim(self._failures, key, now).append(now)
             self._trim(self._user_failures, user, now).append(now)
 
-    def succeeded(self, user: str, client: str) -> None:
+    def succeeded(self, user: str, client: str, now: float | None = None) -> None:
         """The attempt let through by :meth:`check` logged in: the failures of its name from
-        its address are forgotten (others' guesses still count against the ceiling)."""
+        its client are forgotten (others' guesses still count against the ceiling), and the
+        pair is known (past the ceiling it keeps its per-client limit)."""
+        now = time.monotonic() if now is None else now
         key = self._key(user, client)
         with self._lock:
             self._settle(key)
             self._failures.pop(key, None)
+            self._known[key] = now
+            self._known.move_to_end(key)
+            while len(self._known) > self.KNOWN_CLIENTS:
+                self._known.popitem(last=False)
 
     def release(self, user: str, client: str) -> None:
         """The attempt let through by :meth:`check` ended undecided (server busy, journal down)."""

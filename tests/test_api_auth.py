@@ -602,12 +602,97 @@ def test_guesses_spread_over_many_addresses_meet_a_ceiling_per_user(caplog):
         address = f"10.0.{i // 2}.1"  # two guesses from each
         assert limiter.check("manager", address, now=1.0 + i) == 0
         limiter.failed("manager", address, now=1.0 + i)
-    assert limiter.check("manager", "192.0.2.1", now=100.0) > 0
-    assert limiter.check("manager", "192.0.2.2", now=101.0) > 0
-    assert limiter.check("viewer", "192.0.2.1", now=101.0) == 0  # other names are not held
+    # every guessing address is refused, though it has not used up its own limit
+    for i in range(0, ceiling, 2):
+        assert limiter.check("manager", f"10.0.{i // 2}.1", now=100.0) > 0
+    # a new address gets one try: failed, it is refused with the others
+    assert limiter.check("manager", "192.0.2.1", now=100.0) == 0
+    limiter.failed("manager", "192.0.2.1", now=100.0)
+    assert limiter.check("manager", "192.0.2.1", now=101.0) > 0
+    assert limiter.check("viewer", "10.0.0.1", now=101.0) == 0  # other names are not held
     warned = [r for r in caplog.records if "failed logins for 'manager'" in r.getMessage()]
     assert len(warned) == 1
-    assert limiter.check("manager", "192.0.2.1", now=1.0 + ceiling + 300) == 0  # window over
+    assert limiter.check("manager", "10.0.0.1", now=1.0 + ceiling + 300) == 0  # window over
+
+
+def test_past_the_ceiling_a_known_address_keeps_its_own_limit():
+    """The manager logged in from 192.0.2.7 yesterday; a guesser passed the ceiling since:
+    a typo there does not lock the manager out, while the guessers stay refused. Only a
+    right password makes a pair known, and the memory of them is bounded."""
+    from api.auth import LoginLimiter
+
+    limiter = LoginLimiter(max_failures_per_user=3, max_attempts_per_client=100, window_s=300)
+    limiter.KNOWN_CLIENTS = 3
+    assert limiter.check("manager", "192.0.2.7", now=0.0) == 0
+    limiter.succeeded("manager", "192.0.2.7", now=0.0)
+    start = 86_400.0
+    for i in range(3 * LoginLimiter.USER_CEILING):
+        assert limiter.check("manager", f"10.1.{i}.1", now=start) == 0
+        limiter.failed("manager", f"10.1.{i}.1", now=start)
+    assert limiter.check("manager", "192.0.2.7", now=start + 1) == 0
+    limiter.failed("manager", "192.0.2.7", now=start + 1)  # a typo
+    assert limiter.check("manager", "192.0.2.7", now=start + 2) == 0
+    limiter.succeeded("manager", "192.0.2.7", now=start + 2)
+    assert limiter.check("manager", "10.1.0.1", now=start + 3) > 0
+    for i in range(3):  # three other pairs logged in since: the oldest known is forgotten
+        assert limiter.check(f"user{i}", f"10.2.{i}.1", now=start + 4) == 0
+        limiter.succeeded(f"user{i}", f"10.2.{i}.1", now=start + 4)
+    assert len(limiter._known) == 3
+    limiter.failed("manager", "192.0.2.7", now=start + 5)
+    assert limiter.check("manager", "192.0.2.7", now=start + 6) > 0
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("2001:db8:1:2::a", "2001:db8:1:2:ffff::b", True),  # one /64: one subscriber
+        ("2001:db8:1:2::a", "2001:db8:1:3::a", False),
+        ("::ffff:203.0.113.9", "203.0.113.9", True),
+        ("203.0.113.9", "203.0.113.10", False),
+        ("testclient", "testclient", True),
+    ],
+)
+def test_login_limits_count_an_ipv6_client_by_its_64(a, b, same):
+    from api.auth import client_key
+
+    assert (client_key(a) == client_key(b)) is same
+    assert client_key(client_key(a)) == client_key(a)
+
+
+def test_a_guesser_with_many_addresses_does_not_lock_the_manager_out(harness, users):
+    """~100 wrong passwords for a manager from 20 addresses kept the manager out (429 "try
+    again in 280 s", the right password from a new address too) and topping up kept them
+    out. Past the ceiling each guessing address is refused; the manager still logs in from
+    an address of theirs. Addresses as a proxy on this host passes them (X-Forwarded-For)."""
+    app = create_app(
+        harness.gateway,
+        settings(login_max_failures_per_user=2, login_max_attempts_per_client=100),
+        db_path=str(harness.db_path),
+    )
+    ceiling = 2 * api.auth.LoginLimiter.USER_CEILING
+
+    def login(password: str, address: str) -> int:
+        return httpx.post(
+            f"{srv.url}/api/v1/auth/login",
+            json={"name": "manager", "password": password},
+            headers={"X-Forwarded-For": address},
+            timeout=30,
+        ).status_code
+
+    guessers = [f"2001:db8:{i:x}::1" for i in range(ceiling)]  # one guess from each /64
+    with ServerThread(app, free_port()) as srv:
+        with ThreadPoolExecutor(2) as pool:
+            codes = list(pool.map(lambda ip: login("a guess", ip), guessers))
+        assert codes == [401] * ceiling
+        assert login("another guess", "2001:db8:0::2") == 429  # ::1's /64, past the ceiling
+        assert login(PASSWORD, "2001:db8:7::1") == 429  # a guessing address, right password
+        assert login(PASSWORD, "198.51.100.7") == 200  # the manager's own, never used
+        assert login("a guess", "198.51.100.99") == 401  # a new address: its one try
+        assert login(PASSWORD, "198.51.100.99") == 429
+        # one /64 is one client, an IPv4-mapped address the IPv4 one
+        assert login("a guess", "2001:db8:ff:1::a") == 401
+        assert login("a guess", "2001:db8:ff:1:ffff::b") == 429
+        assert login(PASSWORD, "::ffff:198.51.100.99") == 429
 
 
 def test_two_sites_dashboards_on_one_host_keep_their_own_logins(harness, users, tmp_path):
