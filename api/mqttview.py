@@ -64,6 +64,12 @@ SIGNS_STALE_GRACE_S = 10.0
 sign content (it republishes every sign at half the validity)"""
 
 
+def _blind_counts(zone: str, total: int, ts: float) -> ZoneCounts:
+    """A zone's counts while the view cannot see the gateway (or it has not reported the
+    zone yet): every space unknown, stamped when that began."""
+    return ZoneCounts(zone=zone, free=0, occupied=0, unknown=total, closed=0, total=total, ts=ts)
+
+
 GATEWAY_CLOCK_SAY_S = 60.0
 """This host's clock this far from the gateway's (as its live signs say) is logged once."""
 
@@ -345,7 +351,14 @@ class MqttLiveView:
                 zc = ZoneCounts.model_validate_json(payload)
                 with self._lock:
                     self._zones[zc.zone] = zc
-                    zc = self._zone_said(zc, now)
+                    blind_at = self._blind_since(now)
+                    # a retained copy while blind (a reconnect, before the availability) is
+                    # not what the zone shows now: the stream is told the blind counts
+                    zc = (
+                        self._zone_said(zc, now)
+                        if blind_at is None
+                        else _blind_counts(zc.zone, zc.total, blind_at)
+                    )
                 self._emit("zone", zc.model_dump(mode="json"), now)
             elif kind == "displays/content":
                 if not payload:
@@ -611,10 +624,7 @@ class MqttLiveView:
                     out.append(c.model_copy(update={"held": held.get(z.id, 0)}))
                     continue
                 total = c.total if c else len(self.site.zone_spaces(z.id))
-                out.append(
-                    ZoneCounts(zone=z.id, free=0, occupied=0, unknown=total, closed=0,
-                               total=total, ts=now if blind_at is None else blind_at)
-                )  # fmt: skip
+                out.append(_blind_counts(z.id, total, now if blind_at is None else blind_at))
             return out
 
     def spaces(self) -> list[SpaceStatus]:

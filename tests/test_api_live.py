@@ -656,6 +656,32 @@ def test_a_standalone_view_counts_the_holds_of_the_assignments_it_sees(tmp_path)
     assert {z.zone: z.held for z in later.zone_counts()}["A"] == 1
 
 
+def test_a_zone_message_that_comes_while_the_view_is_blind_is_not_streamed_as_current(
+    tmp_path,
+):
+    """A retained zones/{zone} while the gateway is offline (a reconnect hands the stored
+    copies over, the availability may come after them) holds counts of before the outage:
+    the stream's zone card must stay unknown, as /zones does, and take them once back."""
+    view = _view_of_a_live_gateway(tmp_path)
+    view._handle(topics.gateway_availability("xinyuan"), b"offline")
+    heard: list = []
+    view.subscribe(heard.append)
+    now = time.time()
+    counts = {"zone": "A", "free": 10, "occupied": 70, "unknown": 0, "closed": 0, "total": 80}
+    view._handle(
+        topics.zone("xinyuan", "A"), json.dumps({**counts, "ts": now - 600}).encode(), True
+    )
+    (zone_a,) = [ev.data for ev in heard if ev.kind == "zone"]
+    assert (zone_a["free"], zone_a["occupied"], zone_a["unknown"]) == (0, 0, 80)
+    assert zone_a["ts"] >= now - 5  # since it went blind, not the counts' old time
+    assert {z.zone: z.unknown for z in view.zone_counts()}["A"] == 80
+    heard.clear()
+    view._handle(topics.gateway_availability("xinyuan"), b"online")
+    view._handle(topics.zone("xinyuan", "A"), json.dumps({**counts, "ts": now}).encode())
+    zone_a = [ev.data for ev in heard if ev.kind == "zone" and ev.data["zone"] == "A"][-1]
+    assert (zone_a["free"], zone_a["unknown"]) == (10, 0)
+
+
 def test_a_standalone_view_tells_the_stream_when_a_hold_runs_out(tmp_path):
     """No message says a hold ran out: the view's own loop tells the live stream's zone card
     (once), else it offers one space fewer until the zone next changes. Readers of this
