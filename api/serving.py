@@ -1,5 +1,5 @@
 """The HTTP protocol the API is served with: uvicorn's own, with a TCP option on each
-connection so that a live stream whose reader stopped reading frees its place.
+live stream's connection so that a stream whose reader stopped reading frees its place.
 
 A reader that stops reading (a frozen screen, a script holding slots) is invisible to the
 server while the kernels take what is written: its receive buffer, then this side's send
@@ -21,6 +21,7 @@ from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from api.app import STREAM_PATH
 from api.routes.stream import SEND_TIMEOUT_S
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,24 @@ def abort_unacknowledged(transport: asyncio.BaseTransport, after_s: float) -> No
 
 
 def http_protocol(after_s: float | None = None) -> type[asyncio.Protocol]:
-    """uvicorn's ``auto`` HTTP protocol (httptools, else h11), its connections ended by the
-    kernel once data written to them waits ``after_s`` (None: the live stream's send
-    timeout); pass it as ``uvicorn.Config(http=)``."""
+    """uvicorn's ``auto`` HTTP protocol (httptools, else h11), a connection that carries a
+    live stream ended by the kernel once data written to it waits ``after_s`` (None: the
+    stream's send timeout); pass it as ``uvicorn.Config(http=)``."""
     base: Any = AutoHTTPProtocol
     wait_s = SEND_TIMEOUT_S if after_s is None else after_s
 
     class Protocol(base):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            abort_unacknowledged(transport, wait_s)
             super().connection_made(transport)
+            app = self.app
+
+            async def app_of_this_connection(scope: Any, receive: Any, send: Any) -> None:
+                # only a live stream: a CSV export whose reader pauses (a download paused,
+                # a phone out of signal) for longer must go on where it stopped
+                if scope["type"] == "http" and scope["path"] == STREAM_PATH:
+                    abort_unacknowledged(transport, wait_s)
+                await app(scope, receive, send)
+
+            self.app = app_of_this_connection
 
     return Protocol

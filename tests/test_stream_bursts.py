@@ -357,3 +357,36 @@ def test_a_stream_unread_while_the_buffers_still_take_it_is_let_go(harness, user
         finally:
             sleeper.close()
             reading.close()
+
+
+def test_an_export_whose_reader_pauses_longer_goes_on_where_it_stopped(harness, users):
+    """Only a live stream's connection is ended by the kernel when what was written waits:
+    a CSV export whose reader pauses (a download paused, a phone out of signal) for longer
+    than that (here 2 s) gets the rest of the file when it reads again."""
+    import socket
+
+    harness.fill()
+    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
+    with ServerThread(app, free_port(), unacknowledged_s=2.0) as srv:
+        headers = _login(srv.url)
+        whole = httpx.get(f"{srv.url}/api/v1/events.csv", headers=headers)
+        assert whole.status_code == 200 and len(whole.content) > 30_000  # more than buffers
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            reader.connect(("127.0.0.1", srv.port))
+            reader.sendall(
+                f"GET /api/v1/events.csv HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                f"Authorization: {headers['Authorization']}\r\n\r\n".encode()
+            )
+            got = reader.recv(2048)
+            assert b" 200 " in got.split(b"\r\n", 1)[0]
+            time.sleep(5)  # its window shut, the rest waits on this side
+            reader.settimeout(10)
+            while chunk := reader.recv(65536):
+                got += chunk
+        finally:
+            reader.close()
+    body = got.split(b"\r\n\r\n", 1)[1]
+    assert body.endswith(b"0\r\n\r\n"), body[-40:]  # the last chunk: the whole export came
+    assert len(body) > len(whole.content)
