@@ -225,7 +225,7 @@ async def stream(
             " shortly",
             headers={"Retry-After": str(STREAM_RETRY_S)},
         ) from None
-    if client is None:  # the page's EventSource tries again (retry), and so does a phone
+    if client is None:  # the dashboard tries again after Retry-After, and so does a phone
         raise HTTPException(
             503,
             "too many live streams open; try again shortly",

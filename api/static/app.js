@@ -51,6 +51,12 @@ const T = {
   no_data: ["无数据", "no data"], raw_readings: ["检测器：原始读数和错误计数", "Detectors: raw readings and error counters"],
   detector: ["检测器", "Detector"], raw: ["原始值", "Raw"], battery: ["电量", "Battery"], node_errors: ["节点错误", "Node errors"], unreachable: ["无法连接服务器", "server unreachable"], expired: ["已过期", "expired"], failed: ["失败", "failed"],
   not_live_since: ["非实时：自 {t} 起未更新", "not live since {t}"],
+  // the live stream refused at a cap (429: this login's streams, 503: the server's): why, and when
+  // the page tries again
+  live_full: ["连接已满", "too many open"], live_busy: ["服务器繁忙", "server busy"],
+  streams_full: ["此登录打开的实时连接已达上限：请关闭一个看板标签页或屏幕；{t} 再试",
+    "this login has the most live connections it may have open: close a dashboard tab or screen; trying again at {t}"],
+  streams_busy: ["服务器的实时连接已满；{t} 再试", "the server has too many live connections open; trying again at {t}"],
   live_again: ["已恢复实时", "live again"], free_now: ["空位：{list}", "free spaces: {list}"],
   // the map for the keyboard and screen readers, and a way in without it
   map_of: ["地图：{level}", "map: {level}"], show_space: ["查看", "Show"],
@@ -87,7 +93,8 @@ const ZONE_DASHES = ["", "8 4", "2 3", "10 3 2 3", "5 2", "1 4", "12 3 2 3 2 3"]
 const S = { lang: localStorage.getItem("lang") || (navigator.language.startsWith("zh") ? "zh" : "en"),
   me: null, publicRead: true, site: null, alertMsgs: new Map(), zones: [], displays: [], spaces: new Map(), selected: null,
   range: 86400, eventsBefore: null, es: null, timers: {}, tz: undefined,
-  downSince: null, stale: false }; // stream lost at (UNIX s); stale: what is shown is no longer live
+  downSince: null, stale: false, // stream lost at (UNIX s); stale: what is shown is no longer live
+  refused: null }; // the stream refused at a cap: { status: 429 or 503, retryAt: ms }
 // A reconnect normally takes about a second (retry: 1000); down longer than this, the page stops
 // presenting its last snapshot as live.
 const STALE_AFTER_MS = 5000;
@@ -1010,14 +1017,23 @@ async function loadEvents(fresh) {
 }
 
 // ---- live stream ---------------------------------------------------------------------------
+const hms = (s) => fmtTime(s, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+// why the stream is refused, and when the page tries again (null: it is not)
+const refusedText = () => S.refused
+  && t(S.refused.status === 429 ? "streams_full" : "streams_busy").replace("{t}", hms(S.refused.retryAt / 1000));
+
 function renderLive(on) {
   const e = $("#live");
   e.className = "live " + (on ? "on" : "off");
-  e.textContent = t(on ? "live" : (S.es ? "reconnecting" : "connecting"));
+  const refused = !on && S.refused;
+  e.textContent = t(on ? "live" : refused ? (S.refused.status === 429 ? "live_full" : "live_busy") : (S.es ? "reconnecting" : "connecting"));
+  e.title = refused ? refusedText() : "";
 }
 
-const staleNote = () =>
-  t("not_live_since").replace("{t}", fmtTime(S.downSince, { hour: "2-digit", minute: "2-digit", second: "2-digit" }));
+const staleNote = () => {
+  const since = t("not_live_since").replace("{t}", hms(S.downSince));
+  return S.refused ? `${since}${S.lang === "zh" ? "：" : ": "}${refusedText()}` : since;
+};
 
 // Sections showing live state say so when they are not live any more (their CSS greys them).
 function renderStale() {
@@ -1075,11 +1091,54 @@ async function resync(es) {
   if (S.stale) setStale(false);
 }
 
+const STREAM_URL = "/api/v1/stream";
+// Waits after a refusal at a stream cap: the server's Retry-After, within these bounds.
+const REFUSED_WAIT_MS = [5000, 120000];
+const REFUSED_WAIT_DEFAULT_MS = 30000;
+
+// Why the stream was refused: EventSource never shows the answer, so ask once ourselves. Only
+// its headers are read: aborted as soon as they come, so a stream opened by it (a place free by
+// now) holds no place. { status (0: unreachable), waitMs: its Retry-After, bounded }
+async function streamRefusal() {
+  const stop = new AbortController();
+  try {
+    const r = await fetch(STREAM_URL, { signal: stop.signal, cache: "no-store", headers: { Accept: "text/event-stream" } });
+    const after = r.headers.get("Retry-After");
+    // seconds, or an HTTP date
+    let ms = after == null ? NaN : /^\s*\d+\s*$/.test(after) ? Number(after) * 1000 : Date.parse(after) - Date.now();
+    if (!Number.isFinite(ms)) ms = REFUSED_WAIT_DEFAULT_MS;
+    return { status: r.status, waitMs: Math.min(REFUSED_WAIT_MS[1], Math.max(REFUSED_WAIT_MS[0], ms)) };
+  } catch {
+    return { status: 0, waitMs: 0 };
+  } finally {
+    stop.abort();
+  }
+}
+
+// The server refused the stream (EventSource gives up on any answer but 200): at a stream cap
+// (429, 503) say so and wait its Retry-After, then open the stream again, nothing more; else
+// (a 401 may mean our login ended) start again in 2 s, asking who we are first.
+async function streamRefused(es) {
+  const { status, waitMs } = await streamRefusal();
+  if (S.es !== es) return;
+  if (status === 429 || status === 503) {
+    S.refused = { status, retryAt: Date.now() + waitMs };
+    renderLive(false); renderStale();
+    later("reconnect", () => { if (S.es === es) connect(); }, waitMs);
+  } else {
+    if (S.refused) { S.refused = null; renderLive(false); renderStale(); }
+    later("reconnect", () => { if (S.es === es) start(); }, 2000);
+  }
+}
+
 function connect() {
   if (S.es) S.es.close();
-  const es = new EventSource("/api/v1/stream");
+  // a retry still waiting (an old stream's) would keep this one's from being set
+  clearTimeout(S.timers.reconnect); S.timers.reconnect = null;
+  const es = new EventSource(STREAM_URL);
   S.es = es;
   es.addEventListener("hello", async () => {
+    if (S.refused) { S.refused = null; renderStale(); }
     renderLive(true);
     // the server ends a logged-in stream when its login ends (logout elsewhere, expiry, user
     // removed or demoted): ask who we are now before loading what we may see
@@ -1104,9 +1163,8 @@ function connect() {
   es.addEventListener("gateway", () => { later("spaces", loadMap, 300); later("signs", loadSigns, 300); });
   es.onerror = () => {
     streamDown();
-    // EventSource retries by itself unless the server refused (e.g. 401): then we retry
-    // (a refusal may mean our login ended: start() asks who we are before reconnecting)
-    if (es.readyState === EventSource.CLOSED) later("reconnect", () => { if (S.es === es) start(); }, 2000);
+    // EventSource retries by itself unless the server refused: then we learn why and retry
+    if (es.readyState === EventSource.CLOSED) streamRefused(es);
   };
 }
 
