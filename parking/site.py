@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import yaml
 from pydantic import ValidationError
 
 from parking import siteconfig as cfg
@@ -29,7 +28,13 @@ from parking.payloads import (
     is_identifier,
     largest_snapshot_bytes,
 )
-from parking.yamlsource import YamlSyntaxError, format_loc, line_of, load_with_lines
+from parking.yamlsource import (
+    YamlSyntaxError,
+    format_loc,
+    line_of,
+    load_with_lines,
+    text_of_scalar,
+)
 
 _RANGE_RE = re.compile(r"^(.*?)(\d+)$")
 # package data, so that an installed wheel has it too; examples/ links to it
@@ -421,7 +426,7 @@ def _schema_problems(
         if union is not None and not fits and union in fitting:
             continue
         line = line_of(lines, clean)
-        msg = _schema_message(err, clean, lambda loc: _scalar_text(text, loc, source))
+        msg = _schema_message(err, clean, lambda loc: text_of_scalar(text, loc, source))
         problem = f"{filename}:{line or '?'}: {format_loc(clean)}: {msg}"
         if problem not in problems:
             problems.append(problem)
@@ -454,31 +459,6 @@ def _split_loc(
             continue
         clean.append(part)
     return tuple(clean), union, fits
-
-
-def _scalar_text(text: str, loc: tuple[Any, ...], source: list[Any]) -> str | None:
-    """The text of the scalar at ``loc`` as written in the file ('no', '1.0', '12:30')."""
-    if not source:
-        try:
-            source.append(yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
-        except yaml.YAMLError:  # parsed once already: cannot happen
-            source.append(None)
-    node = source[0]
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            node = next(
-                (
-                    v
-                    for k, v in node.value
-                    if isinstance(k, yaml.ScalarNode) and k.value == str(part)
-                ),
-                None,
-            )
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            node = node.value[part] if 0 <= part < len(node.value) else None
-        else:
-            return None
-    return node.value if isinstance(node, yaml.ScalarNode) else None
 
 
 def _schema_message(err: Any, loc: tuple[Any, ...], scalar_text: Any) -> str:

@@ -6,16 +6,25 @@ plain data plus a map from path (tuple of keys and indices) to 1-based line.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+# PyYAML is imported by the functions that read YAML, not here: a restarting gateway whose
+# compiled site comes from its cache (gateway.site_stamp) imports parking.site, and so this
+# module, but reads no YAML (PyYAML's import is ~10 ms of its start)
+if TYPE_CHECKING:
+    import yaml
 
 Path = tuple[str | int, ...]
 
-# libyaml's composer when PyYAML was built with it (the wheels are): the same nodes and
-# line marks, ~6x faster, which a restarting gateway feels (the site is parsed on start)
-_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
+def _composer() -> Any:
+    """libyaml's composer when PyYAML was built with it (the wheels are): the same nodes and
+    line marks, ~6x faster, which a restarting gateway feels (the site is parsed on start)."""
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class YamlSyntaxError(ValueError):
@@ -24,8 +33,10 @@ class YamlSyntaxError(ValueError):
 
 def load_with_lines(text: str, filename: str = "<string>") -> tuple[Any, dict[Path, int]]:
     """Parse YAML text into Python data and a path-to-line map."""
+    import yaml
+
     try:
-        node = yaml.compose(text, Loader=_COMPOSER)
+        node = yaml.compose(text, Loader=_composer())
     except yaml.YAMLError as exc:
         raise _syntax_error(exc, filename) from None
     if "&" in text or "*" in text:  # only then can there be one; a scan costs a little
@@ -68,8 +79,10 @@ def _refuse_anchors(text: str, filename: str) -> None:
     """Refuse anchors (&a) and aliases (*a): a site file needs neither, and each alias would
     be expanded into a copy ("billion laughs": a few lines taking gigabytes). Names the first
     alias, else the first anchor."""
+    import yaml
+
     anchor: yaml.Token | None = None
-    for token in yaml.scan(text, Loader=_COMPOSER):
+    for token in yaml.scan(text, Loader=_composer()):
         if isinstance(token, yaml.AliasToken):
             raise YamlSyntaxError(
                 f"{filename}:{token.start_mark.line + 1}: invalid YAML: alias *{token.value} is"
@@ -88,6 +101,34 @@ def _syntax_error(exc: yaml.YAMLError, filename: str) -> YamlSyntaxError:
     mark = getattr(exc, "problem_mark", None)
     where = f"{filename}:{mark.line + 1}" if mark else filename
     return YamlSyntaxError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}")
+
+
+def text_of_scalar(text: str, loc: tuple[Any, ...], source: list[Any]) -> str | None:
+    """The text of the scalar at ``loc`` as written in ``text`` ('no', '1.0', '12:30');
+    ``source`` keeps the composed document between calls (empty: composed on the first)."""
+    import yaml
+
+    if not source:
+        try:
+            source.append(yaml.compose(text, Loader=_composer()))
+        except yaml.YAMLError:  # parsed once already: cannot happen
+            source.append(None)
+    node = source[0]
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next(
+                (
+                    v
+                    for k, v in node.value
+                    if isinstance(k, yaml.ScalarNode) and k.value == str(part)
+                ),
+                None,
+            )
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if 0 <= part < len(node.value) else None
+        else:
+            return None
+    return node.value if isinstance(node, yaml.ScalarNode) else None
 
 
 def line_of(lines: dict[Path, int], loc: tuple[Any, ...]) -> int | None:

@@ -13,13 +13,14 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MosquittoBroker, parkguide_cmd
+from conftest import REPO, MosquittoBroker, parkguide_cmd
 from gateway_support import SITE_ID, Collector, Edge, display_topic, site_variant
 
 from gateway.journal import stored_signs
@@ -97,6 +98,47 @@ def test_damaged_cache_is_ignored_with_a_warning(tmp_path: Path, example_site, c
         assert read_site_cache(db, key) is None
     assert "damaged" in caplog.text
     assert not marker.exists()
+
+
+# what a gateway's start imports before its first sign, and a site read from the cache in a
+# fresh interpreter: which of the site's schemas pydantic built, and whether PyYAML loaded
+_LOAD_FROM_CACHE = """
+import json, sys
+import gateway.cli, gateway.live
+from gateway.site_stamp import read_site_cache
+from parking import siteconfig
+site = read_site_cache(sys.argv[1], sys.argv[2])
+built = sorted(
+    name for name, c in vars(siteconfig).items()
+    if isinstance(c, type) and issubclass(c, siteconfig.BaseModel) and c.__pydantic_complete__
+)
+print(json.dumps({"site": site.id, "label": site.displays[0].name.zh, "built": built,
+                  "yaml": "yaml" in sys.modules}))
+"""
+
+
+def test_a_site_from_the_cache_needs_no_yaml_nor_schemas(tmp_path: Path, example_site):
+    """The restart path's imports: a site read from the cache parses no YAML and validates
+    nothing, so PyYAML is not imported and pydantic builds none of the site file's schemas
+    (~25 ms of the start before the first sign: docs/architecture.md)."""
+    db = tmp_path / "j.db"
+    key = site_key(b"the site file's bytes")
+    write_site_cache(db, key, example_site)
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_FROM_CACHE, str(db), key],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    got = json.loads(out.stdout)
+    assert got == {
+        "site": example_site.id,
+        "label": example_site.displays[0].name.zh,
+        "built": [],
+        "yaml": False,
+    }
 
 
 def _gateway(site_path: Path, broker: MosquittoBroker, db: Path) -> list[str]:
