@@ -128,9 +128,10 @@ class ServerThread:
 
 
 @contextmanager
-def served(harness: GatewayHarness) -> Iterator[str]:
-    """The real app on the harness's gateway and journal, served by uvicorn: its URL."""
-    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
+def served(harness: GatewayHarness, **overrides) -> Iterator[str]:
+    """The real app on the harness's gateway and journal (``overrides``: its settings), served by
+    uvicorn: its URL."""
+    app = create_app(harness.gateway, settings(**overrides), db_path=str(harness.db_path))
     with ServerThread(app, free_port()) as srv:
         yield srv.url
 

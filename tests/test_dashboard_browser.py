@@ -120,9 +120,10 @@ def wait_zone_known(url: str, zone: str, timeout: float = 60) -> None:
 
 
 @contextmanager
-def chromium() -> Iterator[Browser]:
+def chromium(*args: str) -> Iterator[Browser]:
+    """``args``: more command-line switches."""
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *args])
         try:
             yield browser
         finally:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
@@ -44,6 +46,45 @@ class _RateLimitedLog:
 
 
 _rate_limited_log = _RateLimitedLog()
+
+INSECURE_COOKIE_WARN_S = 60.0
+"""At most one warning a minute that a Secure session cookie went to a page on plain HTTP."""
+_insecure_cookie_warned = -INSECURE_COOKIE_WARN_S
+
+
+def secure_cookie_dropped(secure: bool, scheme: str, origin: str | None) -> bool:
+    """Whether the browser will throw the session cookie away: it is Secure, the request did not
+    come over HTTPS (``scheme``, as uvicorn derived it from the proxy headers it trusts) and the
+    page that sent it is on plain HTTP (its Origin; a TLS proxy that sends no
+    X-Forwarded-Proto still shows https there). Browsers keep Secure cookies from localhost."""
+    if not secure or scheme == "https" or origin is None:
+        return False
+    parts = urlsplit(origin)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def _warn_secure_cookie_dropped(origin: str) -> None:
+    """The browser says nothing to the server when it drops a cookie: the login answers 200
+    and the next request is not logged in. Said here, once a minute."""
+    global _insecure_cookie_warned
+    now = time.monotonic()
+    if now - _insecure_cookie_warned < INSECURE_COOKIE_WARN_S:
+        return
+    _insecure_cookie_warned = now
+    log.warning(
+        "a login from a page on plain HTTP (%s) got a Secure session cookie "
+        "(PARKGUIDE_COOKIE_SECURE=true): the browser drops it, so the login does not hold. "
+        "Reach the dashboard over HTTPS, or set PARKGUIDE_COOKIE_SECURE=auto",
+        origin[:100],
+    )
 
 
 def user_out(user: User) -> UserOut:
@@ -104,17 +145,18 @@ def login(body: LoginRequest, request: Request, response: Response, ctx: Ctx) ->
     token, expires = ctx.signer.issue(
         user.name, ctx.settings.session_ttl_s, generation=user.generation
     )
+    https = request.url.scheme == "https"  # as uvicorn derived it from trusted proxy headers
+    secure = https if ctx.settings.cookie_secure == "auto" else ctx.settings.cookie_secure
+    origin = request.headers.get("origin")
+    if secure_cookie_dropped(secure, request.url.scheme, origin):
+        _warn_secure_cookie_dropped(origin or "")
     response.set_cookie(
         ctx.cookie,
         token,
         max_age=int(ctx.settings.session_ttl_s),
         httponly=True,
         samesite="strict",
-        secure=(
-            request.url.scheme == "https"
-            if ctx.settings.cookie_secure == "auto"
-            else ctx.settings.cookie_secure
-        ),
+        secure=secure,
         path="/",
     )
     log.info("user %s (%s) logged in from %s", user.name, user.role, client)

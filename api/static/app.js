@@ -20,6 +20,10 @@ const T = {
   offline: ["离线", "offline"], no_alerts: ["没有告警", "no alerts"], ack: ["确认", "Acknowledge"],
   acked_by: ["已确认：", "acknowledged by "], held: ["已预留", "held for an arriving car"],
   since: ["自", "since"], wrong_login: ["用户名或密码错误", "wrong user name or password"],
+  cookie_refused_http: ["已登录，但浏览器拒收了会话 Cookie：设置了 PARKGUIDE_COOKIE_SECURE=true 时，须通过 HTTPS 打开管理看板。",
+    "Logged in, but the browser refused the session cookie: with PARKGUIDE_COOKIE_SECURE=true the dashboard must be opened over HTTPS."],
+  cookie_refused: ["已登录，但浏览器没有保存会话 Cookie：请允许本站使用 Cookie 后再登录。",
+    "Logged in, but the browser did not keep the session cookie: allow cookies for this site and log in again."],
   too_many: ["尝试太多，请稍后再试", "too many attempts, try again later"],
   need_login: ["需要登录", "login required"], need_manager: ["需要管理员权限", "needs the manager role"],
   closed_by: ["关闭人", "closed by"], done_close: ["已关闭", "closed"], done_open: ["已开放", "opened"],
@@ -234,12 +238,13 @@ function applyLang() {
 }
 
 // ---- session -------------------------------------------------------------------------------
+// Resolves to whether the server answered who we are (false: it did not, or a later ask counts).
 async function loadSession() {
   const asked = (S.sessionAsked = (S.sessionAsked || 0) + 1);
   const r = await api("/api/v1/auth/me");
   // only the latest answer counts: one asked before a login (a hello's) may come back after it
-  if (asked !== S.sessionAsked) return;
-  if (!r.ok && S.me) return; // server away: the login is neither confirmed nor ended
+  if (asked !== S.sessionAsked) return false;
+  if (!r.ok && S.me) return false; // server away: the login is neither confirmed nor ended
   const was = S.me;
   S.me = r.ok ? r.body.user : null;
   // logged out elsewhere, expired, removed or given another role: nothing seen under that
@@ -254,6 +259,7 @@ async function loadSession() {
   $("#who").hidden = !S.me;
   renderWho();
   for (const e of document.querySelectorAll(".private")) e.hidden = !S.me;
+  return r.ok;
 }
 
 function renderWho() {
@@ -273,7 +279,14 @@ async function login(ev) {
   }
   f.password.value = "";
   msg.textContent = "";
-  await start();
+  // the login was accepted, yet the server does not know us right after: the browser did not
+  // keep the cookie: a Secure one on a page that is not a secure context (plain HTTP, not
+  // localhost), or cookies blocked. Said, not retried.
+  if ((await start()) && !S.me) {
+    msg.className = "msg error";
+    msg.textContent = t(window.isSecureContext ? "cookie_refused" : "cookie_refused_http");
+    return;
+  }
   // the form is gone: focus goes on to the page's heading, not back to the top (BODY)
   if (S.me) $("#main-heading").focus();
 }
@@ -1175,10 +1188,12 @@ async function reloadSnapshot() {
   return (await Promise.all(loads)).every((ok) => ok !== false);
 }
 
+// Resolves to whether the server answered who we are.
 async function start() {
-  await loadSession();
+  const answered = await loadSession();
   if (!S.me && !S.publicRead) { S.zones = []; S.displays = []; renderZones(); renderSigns(); }
   connect();
+  return answered;
 }
 
 document.addEventListener("DOMContentLoaded", () => {
