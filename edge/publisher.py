@@ -106,6 +106,10 @@ TAKEOVER_DROPS = 3
 TAKEOVER_WINDOW_S = 30.0
 """this many accepted connections closed by the broker within this many seconds: not an
 outage (the broker keeps accepting us) but another client with our client id"""
+ECHO_WAIT_S = 5.0
+"""How long after connecting the agent waits to hear its own ``online`` back from the broker
+before it says the broker drops what it sends (an ACL that does not let this login write as
+this agent)."""
 _SPOOL_ERROR_EVERY_S = 60.0  # a failing spool: an error at most this often, debug otherwise
 SPOOL_ERRORS = (sqlite3.DatabaseError, OSError)
 """what a spool call raises when the disk is full (SQLITE_FULL), fails (SQLITE_IOERR) or the
@@ -345,6 +349,10 @@ class ReportPublisher:
         self._health_seq = 0
         self._warnings = RateLimitedLog(log, _WARN_EVERY_S)
         self._drops: deque[float] = deque()  # when the broker closed accepted connections
+        # the own-availability check (network thread): until when to wait for the echo of
+        # this connection's ``online``, None when not waiting; set by on_message
+        self._echo_due: float | None = None
+        self._echoed = False
         self.stats: dict[str, int] = dict.fromkeys(
             ("reports", "acked", "connects", "refused", "connection_failures", "disconnects"), 0
         )
@@ -355,6 +363,17 @@ class ReportPublisher:
         """Open the spool (raises SpoolBusy, or OSError when its folder is unusable) and
         start connecting in the background."""
         self._spool = ReportSpool(self.spool_path)
+        if self.broker.username and self.broker.username != self.agent:
+            log.warning(
+                "MQTT username %r is not this agent's id %r: under the shipped ACL "
+                "(deploy/mosquitto/parkguide.acl) the broker silently drops this agent's "
+                "reports; use --username %s (PARKGUIDE_MQTT_USERNAME=%s) and that user's "
+                "password",
+                self.broker.username,
+                self.agent,
+                self.agent,
+                self.agent,
+            )
         try:
             self.client_id = self._session_id()
         except OSError:
@@ -649,6 +668,7 @@ class ReportPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     # paho callbacks: only record what happened; the loop acts on it (no locks here)
@@ -673,6 +693,19 @@ class ReportPublisher:
             self._acks.append(mid)
         except Exception:
             log.exception("on_publish")
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            # a retained copy is the past (another run's, or another login's); only a copy
+            # forwarded live (retain flag cleared) is this connection's ``online`` coming back
+            if (
+                message.topic == self.topic_availability
+                and not message.retain
+                and message.payload == topics.ONLINE.encode()
+            ):
+                self._echoed = True
+        except Exception:
+            log.exception("on_message")
 
     def _run(self) -> None:
         attempt = 0
@@ -771,6 +804,12 @@ class ReportPublisher:
                     self.broker.url,
                     shown_client_id(self.client_id),
                 )
+                # a broker drops what an ACL refuses without a word (MQTT 3.1.1 has no
+                # refusal for a publish): subscribed first, this agent hears its own
+                # ``online`` back only if the broker took it
+                client.subscribe(self.topic_availability, qos=0)
+                self._echo_due = time.monotonic() + ECHO_WAIT_S
+                self._echoed = False
                 client.publish(
                     self.topic_availability,
                     topics.ONLINE,
@@ -781,6 +820,7 @@ class ReportPublisher:
                 self._health_dirty = self._health is not None
             if not self._connected:
                 return
+            self._check_echo(client)
             while self._acks:
                 self._acked(self._acks.popleft())
             if self._health_dirty and self._health is not None:
@@ -792,6 +832,30 @@ class ReportPublisher:
                 )
                 self._health_dirty = False
             self._pump(client)
+
+    def _check_echo(self, client: mqtt.Client) -> None:
+        """Once per connection: whether the broker passed this agent's ``online`` on."""
+        if self._echo_due is None or (not self._echoed and time.monotonic() < self._echo_due):
+            return
+        self._echo_due = None
+        client.unsubscribe(self.topic_availability)
+        if self._echoed:
+            return
+        self._warnings(
+            "echo",
+            logging.ERROR,
+            "the MQTT broker %s dropped this agent's messages (its own %s 'online' never came "
+            "back in %.0f s): its login %r may publish only under its own agent id, so none of "
+            "its reports reach the gateway; check PARKGUIDE_MQTT_USERNAME (--username, the "
+            "agent id %s under the shipped ACL) and the broker's ACL, which must let it write "
+            "and read %s",
+            self.broker.url,
+            self.topic_availability,
+            ECHO_WAIT_S,
+            self.broker.username or "(anonymous)",
+            self.agent,
+            self.topic_availability,
+        )
 
     def _acked(self, mid: int) -> None:
         row = self._inflight.pop(mid, None)

@@ -3,6 +3,8 @@ and the gateway can publish only its outputs. Real mosquitto, real passwords fil
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pwd
 import queue
@@ -17,6 +19,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from edge.publisher import ECHO_WAIT_S, ReportPublisher
 from parking import topics
 from parking.broker import BrokerConfig
 from tests.conftest import (
@@ -469,3 +472,57 @@ def test_a_password_in_a_broker_url_on_the_command_line_is_refused(command, tmp_
     # a URL a program builds may still carry them (tests, the demo's own broker)
     built = BrokerConfig.from_url(url)
     assert (built.username, built.password) == ("gateway", "Sup3rSecret")
+
+
+def test_an_agent_logged_in_under_another_id_says_the_broker_drops_its_reports(
+    secured_broker, tmp_path, caplog
+):
+    """Defect: an agent logged in under a valid user that is not its agent id said
+    "connected", and the ACL dropped everything it sent without a word (MQTT 3.1.1 has no
+    refusal for a publish): zones stayed unknown. Now it warns at start and, as its own
+    ``online`` never comes back, logs an error; under its own id it says neither."""
+    broker, users = secured_broker
+    caplog.set_level(logging.INFO, logger="edge.publisher")
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    wrong = ReportPublisher(
+        BrokerConfig.from_url(url, "serial-bus-b1", users["serial-bus-b1"]),
+        SITE, "serial-bus-g", "bus-g", spool_dir=tmp_path / "wrong",
+    )  # fmt: skip
+    right = ReportPublisher(
+        BrokerConfig.from_url(url, "serial-bus-g", users["serial-bus-g"]),
+        SITE, "serial-bus-g", "bus-g", spool_dir=tmp_path / "right",
+    )  # fmt: skip
+    gw, got = _listening(broker, users, "gateway", f"{topics.PREFIX}/{SITE}/edge/+/availability")
+    try:
+        wrong.start()
+        right.start()
+        deadline = time.monotonic() + ECHO_WAIT_S + 5
+        while time.monotonic() < deadline and not any(
+            r.levelno == logging.ERROR for r in caplog.records
+        ):
+            time.sleep(0.1)
+        time.sleep(1.5)  # the right one's check is over too
+        assert wrong.connected and right.connected
+    finally:
+        wrong.stop(flush_timeout_s=1)
+        right.stop(flush_timeout_s=1)
+        gw.loop_stop()
+        gw.disconnect()
+
+    def said(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+    warnings = said(logging.WARNING)
+    assert len(warnings) == 1, warnings
+    assert "MQTT username 'serial-bus-b1' is not this agent's id 'serial-bus-g'" in warnings[0]
+    assert "PARKGUIDE_MQTT_USERNAME=serial-bus-g" in warnings[0]
+    errors = said(logging.ERROR)
+    assert len(errors) == 1, errors
+    assert "dropped this agent's messages" in errors[0]
+    assert "its login 'serial-bus-b1' may publish only under its own agent id" in errors[0]
+    # what the gateway heard: the right one's online and offline, nothing of the wrong one's
+    seen = []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            seen.append(got.get(timeout=0.5))
+    assert seen == [topics.edge_availability(SITE, "serial-bus-g")] * 2
