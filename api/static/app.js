@@ -280,8 +280,8 @@ async function login(ev) {
   f.password.value = "";
   msg.textContent = "";
   // the login was accepted, yet the server does not know us right after: the browser did not
-  // keep the cookie: a Secure one on a page that is not a secure context (plain HTTP, not
-  // localhost), or cookies blocked. Said, not retried.
+  // keep the cookie (a Secure one on a page that is not a secure context: plain HTTP, not
+  // localhost; or cookies blocked). Said, not retried.
   if ((await start()) && !S.me) {
     msg.className = "msg error";
     msg.textContent = t(window.isSecureContext ? "cookie_refused" : "cookie_refused_http");
