@@ -15,10 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 from zoneinfo import ZoneInfo
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from parking import siteconfig as cfg
 from parking.broker import ROLE_LOGINS
@@ -466,7 +467,8 @@ def _schema_message(err: Any, loc: tuple[Any, ...], scalar_text: Any) -> str:
     keys = [p for p in loc if isinstance(p, str)]
     key = keys[-1] if keys else "value"
     if kind == "extra_forbidden":
-        return "unknown key"
+        allowed = _keys_at(loc[:-1])
+        return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
     if (kind == "string_pattern_mismatch" and ctx.get("pattern") == IDENTIFIER_PATTERN) or (
         kind == "string_too_long" and ctx.get("max_length") == 64
     ):  # an Ident: say the rule in words, not the regex
@@ -501,6 +503,39 @@ def _schema_message(err: Any, loc: tuple[Any, ...], scalar_text: Any) -> str:
     if kind == "list_type" and not isinstance(value, dict):
         return f"{err['msg']}: write it in [ ] (e.g. {key}: [...])"
     return str(err["msg"])
+
+
+def _keys_at(path: tuple[Any, ...]) -> list[str]:
+    """The keys the site file allows in the mapping at ``path`` (as written: ``from``, not
+    ``from_``), from the model's fields; none when the path leads to no single model."""
+    kind: Any = cfg.SiteFile
+    for part in path:
+        models = [t for t in _types_in(kind) if isinstance(t, type) and issubclass(t, BaseModel)]
+        if isinstance(part, int):
+            items = [get_args(t)[0] for t in _types_in(kind) if get_origin(t) is list]
+            if len(items) != 1:
+                return []
+            kind = items[0]
+        elif len(models) == 1:
+            fields = {f.alias or name: f for name, f in models[0].model_fields.items()}
+            if part not in fields:
+                return []
+            kind = fields[part].annotation
+        else:
+            return []
+    models = [t for t in _types_in(kind) if isinstance(t, type) and issubclass(t, BaseModel)]
+    if len(models) != 1:
+        return []
+    return [f.alias or name for name, f in models[0].model_fields.items()]
+
+
+def _types_in(kind: Any) -> list[Any]:
+    """The alternatives of a type: a union's members, an Annotated type's own type."""
+    if get_origin(kind) is Annotated:
+        return _types_in(get_args(kind)[0])
+    if get_origin(kind) in {Union, UnionType}:
+        return [t for arg in get_args(kind) for t in _types_in(arg)]
+    return [kind]
 
 
 def reached_nodes(site: Site) -> dict[str, set[str]]:

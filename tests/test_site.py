@@ -91,7 +91,13 @@ def test_each_source_has_one_agent_named_by_default_or_by_the_site():
             "timezone: Asia/Shanghai",
             "timezone: Asia/Shanghai\n  colour: red",
             "site.colour",
-            "unknown key",
+            "unknown key (allowed: id, name, timezone)",
+        ),
+        (  # a list item's keys too
+            "en: Basement 1}, kind: basement}",
+            "en: Basement 1}, kind: basement, type: deck}",
+            "levels[1].type",
+            "unknown key (allowed: id, name, kind)",
         ),
         (
             "{address: 6, spaces: [B-065..B-072]}",
