@@ -14,7 +14,7 @@ import sys
 
 from pydantic import ValidationError
 
-from api.settings import ApiSettings
+from api.settings import ApiSettings, settings_problems
 from parking.broker import add_credential_arguments, broker_from_args
 from parking.site import SiteError, load_site
 
@@ -63,11 +63,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = ApiSettings()
     except ValidationError as exc:  # PARKGUIDE_* environment variables
-        problems = "; ".join(
-            f"PARKGUIDE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
-        print(f"settings refused: {problems}", file=sys.stderr)
+        print(f"settings refused: {settings_problems(exc)}", file=sys.stderr)
         return 2
     view = MqttLiveView(site, broker, args.db)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -81,3 +81,33 @@ class ApiSettings(BaseSettings):
         None,
         description="a bearer token Prometheus may scrape /metrics with, besides user logins",
     )
+
+
+# what a union branch pydantic tried accepts, in the words an environment variable takes
+_BRANCH_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a number"}
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """The refused ``PARKGUIDE_*`` variables, one clause each: a setting of several types
+    (``auto``, true or false) is named once with what it takes, not once per branch tried
+    under a name that is no variable (``PARKGUIDE_COOKIE_SECURE_BOOL``)."""
+    by_field: dict[str, list] = {}
+    for err in exc.errors():
+        by_field.setdefault(str(err["loc"][0]) if err["loc"] else "", []).append(err)
+    clauses = []
+    for field, errors in by_field.items():
+        name = f"PARKGUIDE_{field.upper()}"
+        if len(errors) > 1 and all(len(err["loc"]) == 2 for err in errors):
+            words = [w for err in errors for w in _branch_words(err).split(" or ")]
+            takes = ", ".join(words[:-1]) + f" or {words[-1]}"
+            clauses.append(f"{name}: {errors[0]['input']!r} is not {takes}")
+        else:
+            clauses.append(f"{name}: " + "; ".join(err["msg"] for err in errors))
+    return "; ".join(clauses)
+
+
+def _branch_words(err: dict) -> str:
+    if err["type"] == "literal_error":
+        return str(err["ctx"]["expected"]).replace("'", "")
+    branch = str(err["loc"][-1])
+    return _BRANCH_WORDS.get(branch, branch)

@@ -747,3 +747,31 @@ def test_a_logged_out_token_stays_revoked_across_a_clock_step(tmp_path, monkeypa
     store.revoke(signer.verify(other, now))  # ... and another logout meanwhile
     monkeypatch.setattr(time, "time", lambda: now + 60)  # ... and back
     assert store.session_user(signer.verify(token, now + 60)) is None
+
+
+def test_a_refused_setting_is_named_as_its_variable_with_what_it_takes(tmp_path, subprocess_env):
+    """A setting of several types was refused once per type pydantic tried, under names that
+    are no variable (PARKGUIDE_COOKIE_SECURE_BOOL): one clause now, with what it takes."""
+    from parking.site import EXAMPLE_SITE
+
+    env = {**subprocess_env, "PARKGUIDE_COOKIE_SECURE": "yes-please"}
+    env["PARKGUIDE_SESSION_TTL_S"] = "12h"
+    run = subprocess.run(
+        parkguide_cmd(
+            "api",
+            "--site",
+            str(EXAMPLE_SITE),
+            "--broker",
+            "mqtt://127.0.0.1:1",
+            "--db",
+            str(tmp_path / "journal.sqlite"),
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "PARKGUIDE_COOKIE_SECURE: 'yes-please' is not auto, true or false" in run.stderr
+    assert "PARKGUIDE_SESSION_TTL_S: Input should be a valid number" in run.stderr
+    assert "_BOOL" not in run.stderr and "LITERAL" not in run.stderr
