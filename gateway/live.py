@@ -1207,7 +1207,11 @@ class LiveGateway:
             return
         c = self._class.get(arrival.vehicle_class)
         if c is None:
-            why = Rejection("unknown_class", f"vehicle class {arrival.vehicle_class!r}")
+            known = ", ".join(self._class)
+            why = Rejection(
+                "unknown_class",
+                f"vehicle class {arrival.vehicle_class!r} is not one of the site's: {known}",
+            )
             self._refuse_arrival(why, topic, entrance, payload, arrival.request_id)
             return
         with self.lock:

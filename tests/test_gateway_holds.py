@@ -255,6 +255,10 @@ def test_arrivals_it_cannot_take_are_refused_to_their_gate_with_the_reason(examp
     assert refusal["detail"].startswith("ts:") and refusal["entrance"] == "north"
     answers, (refusal,) = send(b'{"class": "lorry", "request_id": "a3"}')
     assert answers == [] and (refusal["reason"], refusal["request_id"]) == ("unknown_class", "a3")
+    assert refusal["detail"] == (
+        "vehicle class 'lorry' is not one of the site's: "
+        + ", ".join(c.id for c in example_site.vehicle_classes)
+    )
     answers, (refusal,) = send(b"not json")
     assert answers == [] and refusal["reason"] == "bad_json" and refusal["request_id"] is None
     huge = json.dumps({"request_id": "a5", "class": "resident", "pad": "x" * 300_000})
