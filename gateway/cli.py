@@ -413,12 +413,15 @@ def _run_gateway(
     after every parse), or, without a good one, the file is parsed."""
     # the journaled signs are of the site the journal last ran: after an edit (a sign's
     # label or arrow, its lines) they would show the old content until the full start
-    if site is None or peek_meta(args.db, [DIGEST_KEY]).get(DIGEST_KEY) == site.digest:
+    stored = None if site is None else peek_meta(args.db, [DIGEST_KEY]).get(DIGEST_KEY)
+    if site is None or stored == site.digest:
         try:
             keep = {topics.display_content(shown.site_id, d) for d in shown.displays}
             republish_stored_signs(args.db, broker, keep)
         except Exception:  # a fast path only: the full start below publishes everything anyway
             log.exception("republishing the journaled signs failed")
+    elif stored is None:  # nothing was shown yet: no change to speak of
+        log.info("a new journal: the signs follow the full start")
     else:
         log.info("site file changed since the journal's signs: they follow the full start")
     parsed = site is not None  # before anything was published: the stamp did not vouch

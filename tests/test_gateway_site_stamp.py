@@ -96,7 +96,11 @@ def test_restarts_with_the_stamp(mosquitto, tmp_path, subprocess_env):
         edge.send({s: "free" for s in site.spaces_of_source("bus-g")}, kind="snapshot")
         watch.wait_for(sign, lambda c: c["ts"] > 0)
         time.sleep(0.5)
-        assert PARSED_AFTER not in log_path.read_text()
+        text = log_path.read_text()
+        assert PARSED_AFTER not in text
+        # a new journal has no signs to be out of date: not told the site file changed
+        assert "a new journal: the signs follow the full start" in text
+        assert "site file changed" not in text
         assert read_stamp(db, site_key(site_path.read_bytes())) == ValidatedSite.of(site)
         assert os.stat(stamp_path(db)).st_mode & 0o777 == 0o600
         _kill(proc)
@@ -135,7 +139,8 @@ def test_restarts_with_the_stamp(mosquitto, tmp_path, subprocess_env):
         watch.wait_for(sign, lambda c: c["lines"][0]["label"]["en"] == "Zone A West", after=mark)
         shown = [m.json()["lines"][0]["label"]["en"] for m in watch.since(mark, sign) if m.payload]
         assert shown and set(shown) == {"Zone A West"}, shown
-        assert REPUBLISHED not in log_path.read_text()
+        text = log_path.read_text()
+        assert REPUBLISHED not in text and "site file changed since the journal's signs" in text
         _kill(proc)
 
         # a damaged stamp: warned, ignored, the gateway starts and writes it anew
