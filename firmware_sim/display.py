@@ -119,10 +119,20 @@ def sign_view(site: Site, display: str, content: DisplayContent | None) -> SignV
     return SignView(display, title, tuple(shown), blank=False)
 
 
-def plain(view: SignView) -> str:
-    """Plain-text rendering, one sign per block: a header, then label, arrow and count."""
+def blank_note(view: SignView, login: str | None = None) -> str:
+    """Why a sign reads blank: no current content, or, for a broker login other than the
+    sign's own, perhaps none it may read (the shipped ACL lets a sign's login read only its
+    own sign): an unreadable sign must not look like a dead gateway."""
+    if login is None or login == view.display:
+        return "blank: no current content"
+    return f"blank: no current content (or login {login!r} may not read it)"
+
+
+def plain(view: SignView, login: str | None = None) -> str:
+    """Plain-text rendering, one sign per block: a header, then label, arrow and count;
+    ``login`` is the broker user name the content was read as, if any."""
     head = f"[{view.display}] {view.title}" + (
-        "  (blank: no current content)" if view.blank else ""
+        f"  ({blank_note(view, login)})" if view.blank else ""
     )
     width = max((_width(ln.label) for ln in view.lines), default=0)
     body = [
@@ -342,7 +352,7 @@ class SignBoard:
             return all(d in self._content for d in self.ids)
 
 
-def _panel(v: SignView):
+def _panel(v: SignView, login: str | None = None):
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
@@ -361,7 +371,7 @@ def _panel(v: SignView):
         else:
             style = "bold green"
         table.add_row(Text(ln.label), Text(ln.arrow, style="bold"), Text(ln.text, style=style))
-    subtitle = "blank: no current content" if v.blank else None
+    subtitle = blank_note(v, login) if v.blank else None
     return Panel(
         table,
         title=f"{v.title}",
@@ -371,7 +381,7 @@ def _panel(v: SignView):
     )
 
 
-def rich_board(views: list[SignView], width: int, height: int):
+def rich_board(views: list[SignView], width: int, height: int, login: str | None = None):
     """The signs as rich panels in a grid for a terminal of ``width`` x ``height``: as many
     as fit in ``height - 1`` lines (the last line is the cursor's), in order, and when not
     all fit, one line that says how many are shown, instead of a silent ``...``.
@@ -384,7 +394,7 @@ def rich_board(views: list[SignView], width: int, height: int):
     from rich.table import Table
     from rich.text import Text
 
-    panels = [_panel(v) for v in views]
+    panels = [_panel(v, login) for v in views]
     heights = [len(v.lines) + 2 for v in views]
     console = Console(
         width=width, height=height, file=io.StringIO(), color_system=None, legacy_windows=False
@@ -477,6 +487,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"--broker: {exc}", file=sys.stderr)
         return 2
     board = SignBoard(site, ids=chosen)
+    if broker.username in {d.id for d in site.displays} and set(chosen) != {broker.username}:
+        log.warning(
+            "logged in as sign %s: the shipped ACL lets it read its own sign only, the others "
+            "show blank; pass --display %s, or log in as api or signs to watch every sign",
+            broker.username,
+            broker.username,
+        )
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     broker.apply(client)
 
@@ -546,7 +563,7 @@ def main(args: argparse.Namespace) -> int:
             if not connected.is_set():
                 print(f"error: could not reach the broker {broker.url}", file=sys.stderr)
                 return 1
-            print("\n\n".join(plain(v) for v in board.views()))
+            print("\n\n".join(plain(v, broker.username) for v in board.views()))
             return 0
         if args.plain or not sys.stdout.isatty():  # a pipe or a log file gets plain text
             shown: dict[str, SignView] = {}
@@ -561,13 +578,13 @@ def main(args: argparse.Namespace) -> int:
                         continue
                     if shown.get(v.display) != v:
                         shown[v.display] = v
-                        print(plain(v), flush=True)
+                        print(plain(v, broker.username), flush=True)
         from rich.live import Live
 
         with Live(auto_refresh=False) as live:
 
             def show(views: list[SignView], size: tuple[int, int]) -> None:
-                live.update(rich_board(views, *size), refresh=True)
+                live.update(rich_board(views, *size, login=broker.username), refresh=True)
 
             def size() -> tuple[int, int]:
                 console_size = live.console.size
