@@ -119,6 +119,14 @@ def _burst(harness) -> tuple[list[LiveEvent], dict[str, str]]:
     return events, latest
 
 
+def _still_reads(hub: LiveHub, reading: Stream) -> None:
+    """The stream that reads carries on: an event published now reaches it."""
+    _on_loop(hub, lambda: hub.publish(LiveEvent("alert", {"id": "after"}, 0)))
+    reading.wait(lambda m: any(d.get("data", {}).get("id") == "after" for _, d in m), 15)
+    assert not reading.ended
+    assert any(d.get("data", {}).get("id") == "after" for _, d in reading.messages)
+
+
 def _alert(n: int) -> LiveEvent:
     return LiveEvent("alert", {"id": "agent_offline:bus-g", "kind": "agent_offline", "n": n}, 0)
 
@@ -270,10 +278,7 @@ def test_a_stream_whose_reader_takes_nothing_is_let_go(server, harness, monkeypa
         while len(hub.clients) > before and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(hub.clients) == before, "a stream nobody reads still holds its place"
-        _on_loop(hub, lambda: hub.publish(LiveEvent("alert", {"id": "after"}, 0)))
-        reading.wait(lambda m: any(d.get("data", {}).get("id") == "after" for _, d in m), 15)
-        assert not reading.ended
-        assert any(d.get("data", {}).get("id") == "after" for _, d in reading.messages)
+        _still_reads(hub, reading)
     finally:
         sleeper.close()
         reading.close()
@@ -350,10 +355,7 @@ def test_a_stream_unread_while_the_buffers_still_take_it_is_let_go(harness, user
             freed_after = time.monotonic() - t0
             assert len(hub.clients) == 1, "a stream nobody reads still holds its place"
             assert freed_after < 10, freed_after
-            _on_loop(hub, lambda: hub.publish(LiveEvent("alert", {"id": "after"}, 0)))
-            reading.wait(lambda m: any(d.get("data", {}).get("id") == "after" for _, d in m), 15)
-            assert not reading.ended
-            assert any(d.get("data", {}).get("id") == "after" for _, d in reading.messages)
+            _still_reads(hub, reading)
         finally:
             sleeper.close()
             reading.close()
