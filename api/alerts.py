@@ -9,9 +9,12 @@ timeouts), detectors stuck, flapping or faulty or with a low battery, spaces occ
 ``influx_failing_alert`` that its InfluxDB writer cannot write (``api.outbox_status``);
 ``journal_disk_alert`` that the journal's disk is nearly full (``api.disk_status``). The
 ``AlertBook`` keeps one row per alert in the journal database's ``alerts``
-table: when the current episode began, when it cleared, who acknowledged it.
-An acknowledgement holds for its episode only: an alert that clears and comes
-back must be acknowledged again. The book logs each episode once when it opens (WARNING
+table: when the current (or last) episode began, when it cleared, who acknowledged it, and
+how many episodes came in a row. An acknowledgement carries over to an episode that begins
+within ACK_CARRY_S of the last one's clear (a flapping detector is one job for the
+technician, not one a flap); after a quiet day the alert must be acknowledged again. The
+book counts the episodes it raises per kind (``raised_total``, for /metrics), and lists the
+alerts whose last episode cleared since a time (``cleared_since``). The book logs each episode once when it opens (WARNING
 for critical and warning alerts, INFO for the rest) and once when it clears (INFO).
 """
 
@@ -29,6 +32,7 @@ from typing import Any
 
 from gateway.readside import AgentStatus, EntranceRefusals, SpaceStatus
 from parking.registers import BATTERY_LOW_PERCENT
+from parking.site import Site
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,14 @@ NEVER_SEEN_GRACE_S = 60.0
 reached the broker) an agent of the site file not heard from at all is an alert
 (``agent_never_seen``): its retained availability, if it ever connected, comes at once."""
 
+ACK_CARRY_S = 24 * 3600.0
+"""An acknowledgement (and its note) carries over to a new episode of the same alert that
+begins within this long after the last one cleared: a flapping detector or a node that drops
+out now and then comes back many times a day, and what the manager did about it
+("technician ordered") holds until the fault is mended; a day is the usual wait for the
+technician, and an alert quiet for a day and back is news worth acknowledging again. The
+episodes in a row are counted (``AlertRecord.episodes``) so the page says it keeps coming."""
+
 ALERTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY,
@@ -50,9 +62,12 @@ CREATE TABLE IF NOT EXISTS alerts (
     cleared REAL,
     acked_by TEXT,
     acked_at REAL,
-    note TEXT
+    note TEXT,
+    episodes INTEGER NOT NULL DEFAULT 1
 )
 """
+_EPISODES_COLUMN = "ALTER TABLE alerts ADD COLUMN episodes INTEGER NOT NULL DEFAULT 1"
+"""A journal whose table predates the count: its rows count from 1."""
 
 SEVERITY = {
     "site_mismatch": "critical",
@@ -103,8 +118,9 @@ _TEXT = {
         "outbox; see the gateway's log",
     ),
     "broker_lost": (
-        "与 MQTT 代理 {subject} 的连接已断开:代理和各边缘代理的状态未知",
-        "the MQTT broker {subject} is not reachable: agents and spaces are unknown until it is",
+        "与 MQTT 代理 {subject} 的连接已断开:各边缘代理和车位的状态未知;请检查代理服务及其日志",
+        "the MQTT broker {subject} is not reachable: agents and spaces are unknown until it is;"
+        " check the broker service and its log",
     ),
     "gateway_offline": (
         "网关(站点 {subject})离线:所有车位和区域显示未知,引导屏将熄灭;请检查网关进程及其日志",
@@ -129,7 +145,10 @@ _TEXT = {
         "总线 {subject}:没有节点应答(串口断开?)",
         "bus {subject}: no node answers (serial port lost?)",
     ),
-    "node_dead": ("节点 {subject} 无应答", "node controller {subject} does not answer"),
+    "node_dead": (
+        "节点 {subject} 无应答:请检查节点的电源和总线电缆",
+        "node controller {subject} does not answer: check the node's power and bus cable",
+    ),
     "node_error": (
         "节点 {subject} 回应 Modbus 异常",
         "node controller {subject} answers with a Modbus exception",
@@ -144,9 +163,18 @@ _TEXT = {
         "edge agent {subject} cannot write its report spool (disk full?): "
         "reports are lost if it loses the broker",
     ),
-    "detector_stuck": ("检测器 {subject} 卡住", "detector {subject} is stuck"),
-    "detector_flapping": ("检测器 {subject} 抖动", "detector {subject} is flapping"),
-    "detector_fault": ("检测器 {subject} 故障", "detector {subject} has a fault"),
+    "detector_stuck": (
+        "检测器 {subject} 卡住:请检查或更换检测器",
+        "detector {subject} is stuck: check or replace the detector",
+    ),
+    "detector_flapping": (
+        "检测器 {subject} 抖动:请检查或更换检测器",
+        "detector {subject} is flapping: check or replace the detector",
+    ),
+    "detector_fault": (
+        "检测器 {subject} 故障:请检查或更换检测器",
+        "detector {subject} has a fault: check or replace the detector",
+    ),
     "arrivals_refused": (
         "入口 {subject} 的到达请求被网关拒绝:那里的车辆得不到车位分配;请检查道闸控制器",
         "arrivals at entrance {subject} are refused by the gateway: cars there get no space;"
@@ -189,6 +217,13 @@ _PORT_LOST_TEXT = (
     "总线 {subject}:串口已断开(USB/RS-485 转换器拔出?),没有节点应答",
     "bus {subject}: its serial port is lost (USB/RS-485 adapter unplugged?): no node answers",
 )
+_NODE_DEAD_TEXT = (  # the site file says which spaces hang on the node (node_places)
+    "节点 {subject} 无应答:其 {space_count} 个车位({spaces},{zones_zh})变为未知;"
+    "请检查节点的电源和总线电缆",
+    "node controller {subject} does not answer: its {space_count} spaces ({spaces}, "
+    "{zones_en}) turn unknown; check the node's power and bus cable",
+)
+_NODE_DEAD_DETAILS = ("spaces", "space_count", "zones")
 _CAMERA_FAULT_TEXT = {  # a blind camera's health says why (parking.payloads.HealthReport)
     "black": ("画面全黑(镜头被遮、摄像机或红外灯故障?)", "its picture is black (lens capped, "
               "camera or infrared light dead?)"),
@@ -317,6 +352,13 @@ class Alert:
         ):
             boots = {k: self.details[k] for k in ("boot", "refused_boot")}
             zh, en = (text.format(subject="{subject}", **boots) for text in _BOOT_CONFLICT_TEXT)
+        elif self.kind == "node_dead" and all(k in self.details for k in _NODE_DEAD_DETAILS):
+            values = {k: self.details[k] for k in _NODE_DEAD_DETAILS}
+            zones = str(values["zones"])
+            several = "," in zones
+            values["zones_zh"] = f"区域 {zones}"
+            values["zones_en"] = f"zone{'s' if several else ''} {zones}"
+            zh, en = (text.format(subject="{subject}", **values) for text in _NODE_DEAD_TEXT)
         elif self.kind == "bus_blind" and self.details.get("port") == "lost":
             zh, en = _PORT_LOST_TEXT
         elif self.kind == "bus_blind" and self.details.get("port") == "open":
@@ -350,7 +392,8 @@ class Alert:
 BATTERY_REPLACED_PERCENT = BATTERY_LOW_PERCENT + 10
 """A ``battery_low`` alert ends once the battery reads this much: a cell reads a few percent
 higher warm than cold, and an alert ending and beginning again at one level every day would
-lose its acknowledgement ("battery ordered") each night."""
+be a new episode each night (its acknowledgement carried over, ACK_CARRY_S, but its count and
+the log going up for nothing)."""
 
 
 def battery_low(battery: int | None, open_now: bool) -> bool:
@@ -358,6 +401,26 @@ def battery_low(battery: int | None, open_now: bool) -> bool:
     if battery is None:
         return False
     return battery <= BATTERY_LOW_PERCENT or (open_now and battery < BATTERY_REPLACED_PERCENT)
+
+
+def node_places(site: Site) -> dict[str, dict[str, str]]:
+    """Per node (``bus/address``, as alert subjects name it): the spaces its detectors serve
+    (``spaces``: the first and last id, or the ids when few), how many (``space_count``) and
+    their zones (``zones``), for a ``node_dead`` alert to say where the bays went unknown."""
+    out: dict[str, dict[str, str]] = {}
+    for bus in site.buses:
+        for node in bus.nodes:
+            ids = sorted(s for s in node.spaces if s is not None)
+            if not ids:
+                continue
+            zones = sorted({site.space(s).zone for s in ids})
+            shown = ", ".join(ids) if len(ids) <= 3 else f"{ids[0]}…{ids[-1]}"
+            out[f"{bus.id}/{node.address}"] = {
+                "spaces": shown,
+                "space_count": str(len(ids)),
+                "zones": ", ".join(zones),
+            }
+    return out
 
 
 def derive_alerts(
@@ -373,6 +436,8 @@ def derive_alerts(
     listening_since: float | None = None,
     open_ids: Collection[str] = (),
     refusals: Mapping[str, EntranceRefusals] | None = None,
+    broker: str = "mqtt",
+    places: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[Alert]:
     """Every alert the state calls for right now, in a stable order. Without the broker
     (``broker_up`` False) one alert says so, and none about the agents or the gateway: what
@@ -388,10 +453,14 @@ def derive_alerts(
     since ``listening_since`` (when the view could first hear it: started and connected;
     None: no such alert). ``open_ids``: the alerts open now, for those that end at another
     level than they begin at (``battery_low``). ``refusals``: arrivals refused per entrance
-    lately (``arrivals_refused``: a gate controller whose cars get no space)."""
+    lately (``arrivals_refused``: a gate controller whose cars get no space). ``broker``: the
+    broker's ``host:port``, named by ``broker_lost`` (whose id stays ``broker_lost:mqtt``: one
+    broker per process, and an open episode kept across a restart with another address).
+    ``places``: per node, the spaces it serves (``node_places``), in a ``node_dead``
+    alert's details."""
     out: list[Alert] = []
     if not broker_up:
-        out.append(Alert("broker_lost:mqtt", "broker_lost", "mqtt", None))
+        out.append(Alert("broker_lost:mqtt", "broker_lost", broker, None, {"broker": broker}))
         agents = ()
     elif gateway_online is False:
         out.append(Alert(f"gateway_offline:{site}", "gateway_offline", site, None))
@@ -457,9 +526,8 @@ def derive_alerts(
         for node in h.nodes:
             where = f"{h.source}/{node.address}"
             if node.status == "dead":
-                out.append(
-                    Alert(f"node_dead:{where}", "node_dead", where, None, {"agent": a.agent})
-                )
+                details = {"agent": a.agent, **(places or {}).get(where, {})}
+                out.append(Alert(f"node_dead:{where}", "node_dead", where, None, details))
                 continue
             # it answers, but with an exception, or as another node (another bus's, on this
             # port): not with its bits
@@ -607,6 +675,8 @@ class AlertRecord:
     acked_by: str | None = None
     acked_at: float | None = None
     note: str | None = None
+    episodes: int = 1  # this one and those before it, each within ACK_CARRY_S of the last
+    cleared: float | None = None  # a cleared episode (``cleared_since``): when it ended
 
 
 class AlreadyAcknowledged(Exception):
@@ -641,17 +711,24 @@ class AlertBook:
         self._write_failed_logged = -math.inf
         self._read_failed_logged = -math.inf
         self._logged: dict[str, _Logged] = {}  # alert id -> what the log last said of it
+        # the last cleared episode per alert this process saw end: its acknowledgement carries
+        # over without a database, and its details (not kept in the table) are listed
+        self._cleared: dict[str, AlertRecord] = {}
+        self.raised_total: dict[str, int] = dict.fromkeys(SEVERITY, 0)  # episodes, per kind
         if db_path:
             with closing(self._connect()) as db, db:
                 db.execute(ALERTS_SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(alerts)")}
+                if "episodes" not in columns:
+                    db.execute(_EPISODES_COLUMN)
                 rows = db.execute(
-                    "SELECT id, kind, subject, since, acked_by, acked_at, note FROM alerts "
-                    "WHERE cleared IS NULL"
+                    "SELECT id, kind, subject, since, acked_by, acked_at, note, episodes "
+                    "FROM alerts WHERE cleared IS NULL"
                 ).fetchall()
-            for aid, kind, subject, since, by, at, note in rows:
+            for aid, kind, subject, since, by, at, note, episodes in rows:
                 if kind in SEVERITY:
                     self._open[aid] = AlertRecord(
-                        Alert(aid, kind, subject, since), since, by, at, note
+                        Alert(aid, kind, subject, since), since, by, at, note, episodes
                     )
 
     def _connect(self) -> sqlite3.Connection:
@@ -669,7 +746,8 @@ class AlertBook:
         try:
             with closing(self._connect()) as db:
                 rows = db.execute(
-                    "SELECT id, since, acked_by, acked_at, note FROM alerts WHERE cleared IS NULL"
+                    "SELECT id, since, acked_by, acked_at, note, episodes FROM alerts "
+                    "WHERE cleared IS NULL"
                 ).fetchall()
         except sqlite3.Error as exc:
             # what this process knows still shows; other processes' acknowledgements wait
@@ -678,22 +756,63 @@ class AlertBook:
                 self._read_failed_logged = now
                 log.error("alerts database %s refused a read: %s", self.db_path, exc)
             return
-        for aid, since, by, at, note in rows:
+        for aid, since, by, at, note, episodes in rows:
             rec = self._open.get(aid)
-            if rec is None or (rec.since, rec.acked_by, rec.acked_at, rec.note) == (
-                since,
-                by,
-                at,
-                note,
+            row = (since, by, at, note, episodes)
+            if (
+                rec is None
+                or (rec.since, rec.acked_by, rec.acked_at, rec.note, rec.episodes) == row
             ):
                 continue
-            self._open[aid] = replace(rec, since=since, acked_by=by, acked_at=at, note=note)
+            self._open[aid] = replace(
+                rec, since=since, acked_by=by, acked_at=at, note=note, episodes=episodes
+            )
             self._changed.add(aid)
 
     def current(self) -> list[AlertRecord]:
         with self._lock:
             self._refresh()
             return sorted(self._open.values(), key=lambda r: (r.since, r.alert.id))
+
+    def cleared_since(self, ts: float) -> list[AlertRecord]:
+        """The alerts whose last episode cleared at or after ``ts`` and that are not open
+        again, newest clear first. The table keeps the last episode per alert, which is
+        what "cleared lately" asks; its details are not kept there, so an episode another
+        process saw end (or one from before a restart) has the plain message."""
+        with self._lock:
+            if not self.db_path:
+                recs = [
+                    r for r in self._cleared.values() if r.cleared is not None and r.cleared >= ts
+                ]
+                return sorted(recs, key=lambda r: (-(r.cleared or 0.0), r.alert.id))
+            try:
+                with closing(self._connect()) as db:
+                    rows = db.execute(
+                        "SELECT id, kind, subject, since, cleared, acked_by, acked_at, note, "
+                        "episodes FROM alerts WHERE cleared >= ? ORDER BY cleared DESC, id",
+                        (ts,),
+                    ).fetchall()
+            except sqlite3.Error as exc:
+                log.error("alerts database %s refused a read: %s", self.db_path, exc)
+                raise
+            out = []
+            for aid, kind, subject, since, cleared, by, at, note, episodes in rows:
+                if kind not in SEVERITY or aid in self._open:
+                    continue
+                known = self._cleared.get(aid)
+                alert = known.alert if known is not None and known.since == since else None
+                out.append(
+                    AlertRecord(
+                        alert or Alert(aid, kind, subject, since),
+                        since,
+                        by,
+                        at,
+                        note,
+                        episodes,
+                        cleared,
+                    )
+                )
+            return out
 
     def take_changed(self) -> list[AlertRecord]:
         """Open alerts whose row another process changed (acknowledged, or a new episode)
@@ -725,7 +844,18 @@ class AlertBook:
                 rec = self._open.get(a.id)
                 if rec is None:
                     rec = AlertRecord(a, a.since if a.since is not None else now)
+                    last = self._cleared.pop(a.id, None)
+                    if last is not None and (last.cleared or 0.0) >= rec.since - ACK_CARRY_S:
+                        # the same fault back within a day: what was done about it holds
+                        rec = replace(
+                            rec,
+                            acked_by=last.acked_by,
+                            acked_at=last.acked_at,
+                            note=last.note,
+                            episodes=last.episodes + 1,
+                        )
                     raised.append(rec)
+                    self.raised_total[a.kind] = self.raised_total.get(a.kind, 0) + 1
                 self._open[a.id] = replace(rec, alert=a)
             cleared = [
                 (aid, rec.since)
@@ -734,22 +864,37 @@ class AlertBook:
             ]
             ended = [self._open[aid] for aid, _ in cleared]
             for aid, _ in cleared:
-                del self._open[aid]
+                self._cleared[aid] = replace(self._open.pop(aid), cleared=now)
                 self._changed.discard(aid)
         self._log(raised, ended, now, long_occupied_h)
         if self.db_path and (raised or cleared):
             try:
                 with closing(self._connect()) as db, db:
                     # a new episode replaces a cleared row only: a row still open is the
-                    # episode another process raised first (and may have acknowledged)
+                    # episode another process raised first (and may have acknowledged).
+                    # The row's acknowledgement carries over when it cleared within
+                    # ACK_CARRY_S (whichever process saw it clear), else it is a fresh one
                     db.executemany(
                         "INSERT INTO alerts (id, kind, subject, since, cleared, acked_by, "
-                        "acked_at, note) VALUES (?, ?, ?, ?, NULL, NULL, NULL, NULL) "
+                        "acked_at, note, episodes) VALUES (?1, ?2, ?3, ?4, NULL, NULL, NULL, "
+                        "NULL, 1) "
                         "ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, "
                         "subject = excluded.subject, since = excluded.since, cleared = NULL, "
-                        "acked_by = NULL, acked_at = NULL, note = NULL "
+                        "acked_by = iif(alerts.cleared >= ?5, alerts.acked_by, NULL), "
+                        "acked_at = iif(alerts.cleared >= ?5, alerts.acked_at, NULL), "
+                        "note = iif(alerts.cleared >= ?5, alerts.note, NULL), "
+                        "episodes = iif(alerts.cleared >= ?5, alerts.episodes + 1, 1) "
                         "WHERE alerts.cleared IS NOT NULL",
-                        [(r.alert.id, r.alert.kind, r.alert.subject, r.since) for r in raised],
+                        [
+                            (
+                                r.alert.id,
+                                r.alert.kind,
+                                r.alert.subject,
+                                r.since,
+                                r.since - ACK_CARRY_S,
+                            )
+                            for r in raised
+                        ],  # fmt: skip
                     )
                     # the episode this process knew: not one raised again since by another
                     db.executemany(
@@ -766,6 +911,8 @@ class AlertBook:
             self._refresh()
             for rec in raised:  # pushed as raised already
                 self._changed.discard(rec.alert.id)
+            # as the table has them: an acknowledgement carried over from another process's
+            raised = [self._open.get(r.alert.id, r) for r in raised]
         return raised, [aid for aid, _ in cleared]
 
     def _log(
@@ -842,9 +989,10 @@ class AlertBook:
                     rec = replace(rec, acked_by=by, acked_at=now, note=note)
                     db.execute(
                         "INSERT OR REPLACE INTO alerts (id, kind, subject, since, cleared, "
-                        "acked_by, acked_at, note) VALUES (?, ?, ?, ?, NULL, ?, ?, ?)",
-                        (rec.alert.id, rec.alert.kind, rec.alert.subject, rec.since, by, now, note),
-                    )
+                        "acked_by, acked_at, note, episodes) VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?)",
+                        (rec.alert.id, rec.alert.kind, rec.alert.subject, rec.since, by, now,
+                         note, rec.episodes),
+                    )  # fmt: skip
                 else:
                     since, _, first_by, first_at, first_note = row
                     if first_by is not None and first_by != by:

@@ -261,9 +261,13 @@ def session_secret(settings: ApiSettings) -> bytes:
 
 
 def create_app(
-    view: LiveView, settings: ApiSettings | None = None, db_path: str | None = None
+    view: LiveView,
+    settings: ApiSettings | None = None,
+    db_path: str | None = None,
+    broker: str = "mqtt",
 ) -> FastAPI:
-    """Build the FastAPI app on a live view; ``db_path`` is the journal database (users live there)."""
+    """Build the FastAPI app on a live view; ``db_path`` is the journal database (users live
+    there); ``broker`` the MQTT broker's ``host:port`` (the ``broker_lost`` alert names it)."""
     settings = settings or ApiSettings()
     if db_path is None:
         log.warning("no journal database given: nobody can log in, events and history are empty")
@@ -303,6 +307,7 @@ def create_app(
         site_check=ctx.site_check,
         outbox_status=ctx.outbox_status,
         journal_disk=ctx.journal_disk,
+        broker=broker,
     )
 
     @asynccontextmanager

@@ -6,7 +6,7 @@ been nearly full. Measured here (``os.statvfs`` of the journal's folder, the dis
 the journal grow on) a manager is told days before: a warning below
 ``PARKGUIDE_JOURNAL_DISK_LOW_MB``, critical below a quarter of it, cleared once the free
 space is a quarter above the limit again (a disk hovering at the limit would otherwise raise
-and clear, and lose its acknowledgement, with every checkpoint).
+and clear with every checkpoint).
 """
 
 from __future__ import annotations

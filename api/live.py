@@ -34,6 +34,7 @@ from api.alerts import (
     AlertRecord,
     derive_alerts,
     long_occupied_alerts,
+    node_places,
 )
 from api.disk_status import JournalDisk
 from api.outbox_status import OutboxStatusReader
@@ -354,8 +355,11 @@ class AlertMonitor:
         site_check: SiteCheck | None = None,
         outbox_status: OutboxStatusReader | None = None,
         journal_disk: JournalDisk | None = None,
+        broker: str = "mqtt",
     ):
         self.view, self.book, self.hub = view, book, hub
+        self.broker = broker  # host:port, named by broker_lost
+        self.places = node_places(view.site)  # the spaces each node serves, for node_dead
         self.journal_disk = journal_disk  # free space where the journal grows
         self.site_check = site_check  # the gateway's site file against ours
         self.outbox_status = outbox_status  # the gateway's InfluxDB writer, from the journal
@@ -420,6 +424,8 @@ class AlertMonitor:
             listening_since=self._listening_since,
             open_ids={r.alert.id for r in self.book.current()},
             refusals=self.view.recent_refusals(),
+            broker=self.broker,
+            places=self.places,
         )
         alerts += self._space_alerts
         status = self.outbox_status.poll() if self.outbox_status is not None else None

@@ -254,6 +254,14 @@ def render(ctx: Ctx) -> str:
         sev[rec.alert.severity] += 1
     for s, n in sev.items():
         out.sample("parkguide_alerts_open", n, {"severity": s})
+    out.family(
+        "parkguide_alerts_raised_total",
+        "counter",
+        "Alert episodes this process raised, by kind (one that clears by itself between two"
+        " looks at the dashboard counts too).",
+    )
+    for kind, n in sorted(ctx.alerts.raised_total.items()):
+        out.sample("parkguide_alerts_raised_total", n, {"kind": kind})
     out.family("parkguide_stream_clients", "gauge", "Dashboard live streams connected.")
     out.sample("parkguide_stream_clients", len(ctx.hub.clients))
     out.family(

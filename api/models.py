@@ -458,6 +458,14 @@ class AlertOut(BaseModel):
     acknowledged_by: str | None
     acknowledged_at: float | None
     note: str | None
+    episodes: int = Field(
+        description="this episode and those before it in a row, each beginning within 24 h "
+        "of the last one's clear (`api.alerts.ACK_CARRY_S`): an acknowledgement carries over "
+        "to them, and a count above 1 says the alert keeps coming back"
+    )
+    cleared: float | None = Field(
+        None, description="when the episode cleared (UNIX s); None while it is open"
+    )
 
 
 class HealthOut(BaseModel):

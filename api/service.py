@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     view = MqttLiveView(site, broker, args.db)
     try:
-        app = create_app(view, settings, db_path=args.db)
+        app = create_app(view, settings, db_path=args.db, broker=f"{broker.host}:{broker.port}")
     except sqlite3.Error as exc:
         print(f"--db {args.db}: cannot open the journal: {exc}", file=sys.stderr)
         return 2

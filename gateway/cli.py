@@ -215,7 +215,8 @@ def _serve_http(service: GatewayService, address: str, db: str) -> threading.Thr
     from api.settings import ApiSettings
 
     host, _, port = address.rpartition(":")
-    app = create_app(service.gateway, ApiSettings(), db_path=db)
+    broker = f"{service.broker.host}:{service.broker.port}"
+    app = create_app(service.gateway, ApiSettings(), db_path=db, broker=broker)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

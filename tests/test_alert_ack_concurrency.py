@@ -188,13 +188,14 @@ def test_another_process_raising_the_alert_keeps_its_acknowledgement(tmp_path):
     assert (rec.acked_by, rec.acked_at, rec.note, rec.since) == ("alice", now + 1, NOTE, now)
     (rec,) = one.current()
     assert (rec.acked_by, rec.note) == ("alice", NOTE)
-    # one sees it clear and then come back: a new episode, acknowledged again; two, which
-    # still has the old one open, does not end the new one when it sees it clear too
+    # one sees it clear and then come back: a new episode (its acknowledgement carried over,
+    # api.alerts.ACK_CARRY_S); two, which still has the old one open, does not end the new
+    # one when it sees it clear too
     one.update([], now + 3)
     one.update([dead], now + 4)
     two.update([], now + 5)
     (rec,) = one.current()
-    assert rec.since == now + 4 and rec.acked_by is None
+    assert (rec.since, rec.acked_by, rec.note, rec.episodes) == (now + 4, "alice", NOTE, 2)
 
 
 def test_an_acknowledgement_is_pushed_on_the_live_stream(harness, users):

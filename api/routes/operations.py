@@ -48,6 +48,7 @@ from api.routes import (
     parse_body,
     request_body_doc,
 )
+from api.routes.events import MAX_TS
 from gateway.readside import (
     Closer,
     ControlUnavailable,
@@ -136,6 +137,8 @@ def alert_out(rec: AlertRecord, long_occupied_h: float) -> AlertOut:
         acknowledged_by=rec.acked_by,
         acknowledged_at=rec.acked_at,
         note=rec.note,
+        episodes=rec.episodes,
+        cleared=rec.cleared,
     )
 
 
@@ -147,11 +150,28 @@ def alert_rows(ctx: Ctx) -> list[AlertOut]:
 def alerts(
     ctx: Ctx,
     kind: Annotated[str | None, Query(max_length=32, description="only this kind")] = None,
+    cleared_since: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            le=MAX_TS,
+            allow_inf_nan=False,
+            description="instead of the open alerts, those whose last episode cleared at or "
+            "after this time (UNIX s), newest first, with `cleared` set",
+        ),
+    ] = None,
 ) -> list[AlertOut]:
-    """Open alerts: agent offline, camera blind, node dead, detector stuck/flapping, long stays."""
+    """Open alerts: agent offline, camera blind, node dead, detector stuck/flapping, long stays;
+    with `cleared_since`, the alerts that cleared since then (an episode that came and went
+    between two looks)."""
     if kind is not None and kind not in SEVERITY:
         invalid(("query", "kind"), f"no alert kind {kind!r}; kinds: {', '.join(SEVERITY)}", kind)
-    return [a for a in alert_rows(ctx) if kind is None or a.kind == kind]
+    if cleared_since is not None:
+        hours = ctx.settings.long_occupied_h
+        rows = [alert_out(rec, hours) for rec in ctx.alerts.cleared_since(cleared_since)]
+    else:
+        rows = alert_rows(ctx)
+    return [a for a in rows if kind is None or a.kind == kind]
 
 
 def site_time(ctx: Ctx, ts: float) -> str:
@@ -193,7 +213,7 @@ async def acknowledge(
     alert_id: str, request: Request, ctx: Ctx, user: Manager, page_user: PageUser = None
 ) -> AlertOut:
     """Acknowledge an open alert (manager), with an optional note; it stays listed until the
-    condition clears. The first acknowledgement of an episode holds: another manager's answers
+    condition clears, and carries over to an episode that begins within 24 h of that. The first acknowledgement of an episode holds: another manager's answers
     409 naming who acknowledged it, when, and their note; the same manager again answers 200,
     keeping the first time (a note given replaces theirs). Every open page is told (the
     `alert` event)."""

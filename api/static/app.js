@@ -18,6 +18,8 @@ const T = {
   space: ["车位", "Space"], change: ["变化", "Change"], source: ["来源", "Source"], older: ["更早", "Older"],
   space_ph: ["车位，如 A-001", "space, e.g. A-001"], of: ["共", "of"], online: ["在线", "online"],
   offline: ["离线", "offline"], no_alerts: ["没有告警", "no alerts"], ack: ["确认", "Acknowledge"],
+  cleared_24h: ["最近24小时已恢复", "Cleared in the last 24 h"], cleared_at: ["恢复于", "cleared"],
+  episodes: ["第 {n} 次(每次在上次恢复后24小时内再现)", "episode {n} in a row (each back within 24 h)"],
   acked_by: ["已确认：", "acknowledged by "], held: ["已预留", "held for an arriving car"],
   since: ["自", "since"], wrong_login: ["用户名或密码错误", "wrong user name or password"],
   cookie_refused_http: ["已登录，但浏览器拒收了会话 Cookie：设置了 PARKGUIDE_COOKIE_SECURE=true 时，须通过 HTTPS 打开管理看板。",
@@ -300,7 +302,7 @@ function clearPrivate() {
   $("#space-panel").hidden = true;
   $("#sp-id").textContent = ""; $("#sp-reason").value = ""; $("#find-msg").textContent = "";
   S.history = null;
-  for (const sel of ["#alerts", "#agents tbody", "#detectors tbody", "#events tbody", "#chart"]) $(sel).replaceChildren();
+  for (const sel of ["#alerts", "#alerts-cleared", "#agents tbody", "#detectors tbody", "#events tbody", "#chart"]) $(sel).replaceChildren();
   $("#raw-box").hidden = true; $("#older").hidden = true; $("#events-msg").textContent = "";
 }
 
@@ -838,6 +840,7 @@ async function controlSpace(action, expect) {
 function alertItem(a) {
   const li = el("li", { class: `${a.severity}${a.acknowledged_by ? " acked" : ""}`, "data-alert": a.id },
     el("span", { text: L(a.message) }), el("span", { class: "when", text: `${t("since")} ${fmtTime(a.since)}` }));
+  if (a.episodes > 1) li.append(el("span", { class: "episodes", text: t("episodes").replace("{n}", a.episodes) }));
   if (a.acknowledged_by) {
     li.append(el("span", { class: "ack-by", text: `${t("acked_by")}${a.acknowledged_by} · ${fmtTime(a.acknowledged_at)}` }));
     if (a.note) li.append(el("span", { class: "ack-note-text", text: t("note") + a.note }));
@@ -887,6 +890,21 @@ async function loadAlerts() {
   });
   items.forEach((li, i) => { if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null); });
   while (ul.children.length > items.length) ul.lastElementChild.remove();
+  loadClearedAlerts();
+}
+
+// Alerts that cleared by themselves in the last day (a node dead for 3 minutes at night):
+// what, from when to when, and who had acknowledged it; read only.
+async function loadClearedAlerts() {
+  const r = await api(`/api/v1/alerts?cleared_since=${Math.floor(Date.now() / 1000 - 86400)}`);
+  if (!r.ok) return;
+  $("#alerts-cleared-box").hidden = !r.body.length;
+  $("#alerts-cleared").replaceChildren(...r.body.map((a) => {
+    const li = el("li", { class: `${a.severity} cleared`, "data-alert": a.id }, el("span", { text: L(a.message) }),
+      el("span", { class: "when", text: `${t("since")} ${fmtTime(a.since)} · ${t("cleared_at")} ${fmtTime(a.cleared)}` }));
+    if (a.acknowledged_by) li.append(el("span", { class: "ack-by", text: `${t("acked_by")}${a.acknowledged_by}${a.note ? " · " + a.note : ""}` }));
+    return li;
+  }));
 }
 
 async function loadAgents() {
