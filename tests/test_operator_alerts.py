@@ -299,8 +299,8 @@ def test_the_alert_book_logs_each_episode_once_when_it_opens_and_when_it_clears(
     assert lines == [
         (
             logging.WARNING,
-            "alert raised (critical): node controller bus-b1/2 does not answer "
-            "[node_dead:bus-b1/2, subject bus-b1/2]",
+            "alert raised (critical): node controller bus-b1/2 does not answer: check the node's"
+            " power and bus cable [node_dead:bus-b1/2, subject bus-b1/2]",
         ),
         (
             logging.INFO,
@@ -314,8 +314,8 @@ def test_the_alert_book_logs_each_episode_once_when_it_opens_and_when_it_clears(
     assert lines == [
         (
             logging.INFO,
-            "alert cleared after 30 s: node controller bus-b1/2 does not answer "
-            "[node_dead:bus-b1/2, subject bus-b1/2]",
+            "alert cleared after 30 s: node controller bus-b1/2 does not answer: check the node's"
+            " power and bus cable [node_dead:bus-b1/2, subject bus-b1/2]",
         )
     ]
     caplog.clear()
