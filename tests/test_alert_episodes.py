@@ -14,15 +14,30 @@ import sqlite3
 import time
 from urllib.parse import quote
 
+import httpx
 import pytest
-from api_support import client, harness, settings, tokens, users  # noqa: F401
+from api_support import (  # noqa: F401
+    PASSWORD,
+    ServerThread,
+    client,
+    harness,
+    settings,
+    tokens,
+    users,
+)
+from conftest import free_port
+from playwright.sync_api import sync_playwright
 
 import api.live
 from api.alerts import ACK_CARRY_S, Alert, AlertBook, derive_alerts, node_places
+from api.app import create_app
 from gateway.readside import AgentStatus
 from parking import topics
 from parking.payloads import DetectorHealth, HealthReport, NodeHealth
 from parking.site import EXAMPLE_SITE, load_site
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run"]
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,8 +101,8 @@ def test_an_older_journal_gains_the_episode_count(tmp_path):
     assert (rec.acked_by, rec.episodes) == ("mgr", 1)
 
 
-def _flapping(harness, status: str) -> None:
-    detector = DetectorHealth(index=9, space="A-010", status=status, raw=500)
+def _flapping(harness, status: str, index: int = 9, space: str = "A-010") -> None:
+    detector = DetectorHealth(index=index, space=space, status=status, raw=500)
     health = HealthReport(
         agent="serial-bus-g",
         source="bus-g",
@@ -172,6 +187,61 @@ def test_a_flapping_detector_through_the_api(client, tokens, harness, monkeypatc
     assert raised_total() == before + 2
     _flapping(harness, "ok")
     assert _wait(lambda: aid not in listed())
+
+
+def test_the_dashboard_lists_what_cleared_and_how_often_it_came(harness, users, monkeypatch):
+    """In a real browser: an alert that cleared by itself is listed under "cleared in the
+    last 24 h" with who had acknowledged it; back, it shows its episode count and the
+    acknowledgement (no button), in English and Chinese."""
+    monkeypatch.setattr(api.live, "AGENT_REJOIN_S", 0.0)
+    aid = "detector_flapping:bus-g/1/8"
+    app = create_app(harness.gateway, settings(alert_check_s=0.3), db_path=str(harness.db_path))
+    with ServerThread(app, free_port()) as srv, httpx.Client(base_url=srv.url) as http:
+        r = http.post("/api/v1/auth/login", json={"name": "manager", "password": PASSWORD})
+        token = {"Authorization": f"Bearer {r.json()['token']}"}
+        http.cookies.clear()
+
+        def open_ids() -> set[str]:
+            return {a["id"] for a in http.get("/api/v1/alerts", headers=token).json()}
+
+        _flapping(harness, "flapping", 8, "A-009")
+        assert _wait(lambda: aid in open_ids())
+        url = f"/api/v1/alerts/{quote(aid, safe='')}/acknowledge"
+        assert http.post(url, json={"note": NOTE}, headers=token).status_code == 200
+        _flapping(harness, "ok", 8, "A-009")
+        assert _wait(lambda: aid not in open_ids())
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(locale="en-GB")
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(srv.url)
+                page.fill("#login input[name=name]", "manager")
+                page.fill("#login input[name=password]", PASSWORD)
+                page.click("#login button[type=submit]")
+                page.wait_for_selector("#alerts-cleared-box:not([hidden])", timeout=10000)
+                page.click("#alerts-cleared-box summary")
+                item = page.locator(f'#alerts-cleared li[data-alert="{aid}"]')
+                text = item.inner_text()
+                assert "bus-g/1/8 (A-009) is flapping" in text and "cleared" in text, text
+                assert "manager" in text and NOTE in text, text
+
+                _flapping(harness, "flapping", 8, "A-009")  # back within the day
+                shown = page.locator(f'#alerts li[data-alert="{aid}"]')
+                shown.wait_for(timeout=10000)
+                page.wait_for_selector(f'#alerts li[data-alert="{aid}"] .episodes')
+                text = shown.inner_text()
+                assert "episode 2 in a row" in text and "manager" in text, text
+                assert shown.locator("button.ack").count() == 0
+                page.click("#lang")
+                assert _wait(lambda: "第 2 次" in shown.inner_text(), 5)
+                assert page.text_content("#alerts-cleared-box summary") == "最近24小时已恢复"
+                assert not errors, errors
+            finally:
+                browser.close()
+        _flapping(harness, "ok", 8, "A-009")
+        assert _wait(lambda: aid not in open_ids())
 
 
 def test_a_dead_node_names_its_spaces_zone_and_what_to_do():

@@ -872,6 +872,7 @@ function alertItem(a) {
 
 async function loadAlerts() {
   const asked = (S.alertsAsked = (S.alertsAsked || 0) + 1);
+  loadClearedAlerts(); // an alert event may be a clear: the list below changes too
   const r = await api("/api/v1/alerts");
   if (asked !== S.alertsAsked) return true; // a newer answer is on its way
   if (!r.ok) return false;
@@ -890,14 +891,14 @@ async function loadAlerts() {
   });
   items.forEach((li, i) => { if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null); });
   while (ul.children.length > items.length) ul.lastElementChild.remove();
-  loadClearedAlerts();
 }
 
 // Alerts that cleared by themselves in the last day (a node dead for 3 minutes at night):
 // what, from when to when, and who had acknowledged it; read only.
 async function loadClearedAlerts() {
+  const asked = (S.clearedAsked = (S.clearedAsked || 0) + 1);
   const r = await api(`/api/v1/alerts?cleared_since=${Math.floor(Date.now() / 1000 - 86400)}`);
-  if (!r.ok) return;
+  if (asked !== S.clearedAsked || !r.ok) return; // a newer answer is on its way, or none
   $("#alerts-cleared-box").hidden = !r.body.length;
   $("#alerts-cleared").replaceChildren(...r.body.map((a) => {
     const li = el("li", { class: `${a.severity} cleared`, "data-alert": a.id }, el("span", { text: L(a.message) }),
