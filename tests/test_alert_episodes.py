@@ -25,12 +25,15 @@ from api_support import (  # noqa: F401
     tokens,
     users,
 )
-from conftest import free_port
+from conftest import free_port, wait_port
+from e2e_support import processes  # noqa: F401
 from playwright.sync_api import sync_playwright
 
 import api.live
 from api.alerts import ACK_CARRY_S, Alert, AlertBook, derive_alerts, node_places
 from api.app import create_app
+from api.auth import UserStore
+from gateway.journal import Journal
 from gateway.readside import AgentStatus
 from parking import topics
 from parking.payloads import DetectorHealth, HealthReport, NodeHealth
@@ -291,6 +294,35 @@ def test_the_broker_alert_names_the_broker_and_what_to_do(tmp_path):
         "it is; check the broker service and its log"
     )
     assert "10.0.0.5:1883" in zh and "请检查代理服务及其日志" in zh
+
+
+def test_the_standalone_api_names_the_broker_it_cannot_reach(processes, tmp_path):
+    """`parkguide api` with its broker down: broker_lost says which broker (the gateway's
+    API is given its own the same way, gateway.cli)."""
+    db = tmp_path / "journal.sqlite"
+    Journal(db).close()
+    UserStore(str(db)).add("watch", "viewer", PASSWORD)
+    dead = free_port()  # nothing listens there
+    port = free_port()
+    api_proc = processes.start(
+        "api", "api", "--site", str(EXAMPLE_SITE), "--broker", f"mqtt://127.0.0.1:{dead}",
+        "--db", str(db), "--http", f"127.0.0.1:{port}",
+        env={"PARKGUIDE_SESSION_SECRET": "s" * 40, "PARKGUIDE_ALERT_CHECK_S": "0.5"},
+    )  # fmt: skip
+    wait_port(port, timeout=60)
+    url = f"http://127.0.0.1:{port}"
+    login = httpx.post(f"{url}/api/v1/auth/login", json={"name": "watch", "password": PASSWORD})
+    h = {"Authorization": f"Bearer {login.json()['token']}"}
+
+    def lost() -> list[dict]:
+        alerts = httpx.get(f"{url}/api/v1/alerts", headers=h).json()
+        return [a for a in alerts if a["kind"] == "broker_lost"]
+
+    assert _wait(lost, 20), api_proc.log_tail()
+    (alert,) = lost()
+    assert alert["id"] == "broker_lost:mqtt" and alert["subject"] == f"127.0.0.1:{dead}"
+    assert f"the MQTT broker 127.0.0.1:{dead} is not reachable" in alert["message"]["en"]
+    assert "check the broker service and its log" in alert["message"]["en"]
 
 
 class _View:
