@@ -494,7 +494,7 @@ def _run_gateway(
     try:
         service.wait()
     except KeyboardInterrupt:
-        pass
+        log.info("stopping (signal SIGINT)")
     finally:
         service.stop()
     if service.fatal is not None:

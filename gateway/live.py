@@ -125,6 +125,15 @@ REFUSED_SEQS_KEPT = 10_000  # per agent: a flood of refusals does not grow memor
 AVAILABILITY_LOG_INTERVAL_S = 60.0
 """At most one line per agent this often about its going offline (its last will) or coming
 back: a flapping agent's further changes are counted and said with its next line."""
+AVAILABILITY_FLAPS = 3  # changes not logged within one interval that make it "flap"
+QUIET_JOURNAL_S = 30.0
+"""An agent's reports that change nothing (a quiet site's snapshots, every few seconds) move
+its seq and last_seen in the journal at most this often; the newest waits in memory
+meanwhile and a clean stop writes it. Each commit cost a WAL write, a WAL checkpoint and
+three fsyncs: ~555 MB a day of writes on an edge box's SD card for a site where nothing
+changed. A crash loses at most this much of a quiet agent's last_seen and seq: its spaces
+then turn unknown up to this much sooner after the restart (never free), and a replay of
+those reports changes nothing (docs/architecture.md, "A report that changes nothing")."""
 
 
 def _cached_lane_distances(
@@ -329,8 +338,9 @@ class LiveGateway:
         # transit): what it is behind by, as reports queue at the broker
         self.lag = ReportLag()
         self._caught_up = True  # the batch being handled was all that was waiting
-        # agent -> (monotonic time of its last availability line, changes not logged since)
-        self._availability_logged: dict[str, tuple[float, int]] = {}
+        # agent -> (monotonic time of its last availability line, changes not logged since,
+        # the state that line said)
+        self._availability_logged: dict[str, tuple[float, int, bool | None]] = {}
         self.answered = 0  # assignments published, repeated ones included
         self.gate_clocks = GateClocks()  # each entrance's clock offset (_arrival_age)
         self.outbox_stats: Callable[[], dict[str, Any]] | None = None
@@ -345,6 +355,11 @@ class LiveGateway:
         self._zone_history_rows: list[tuple[str, dict[str, int], float]] = []
         self._dirty_since: float | None = None  # monotonic time of the oldest unflushed item
         self._unexpanded = False  # pending change rows written since the last expansion
+        self.checkpoints_written = 0  # state checkpoints (the WAL checkpoint thread reads it)
+        # agent -> (boot, seq, ts) of its newest quiet report not journaled (QUIET_JOURNAL_S)
+        self._quiet_held: dict[str, tuple[str, int, float]] = {}
+        # agent -> (boot, monotonic time) of its last quiet report journaled
+        self._quiet_noted: dict[str, tuple[str, float]] = {}
         self._last_report: tuple[str, bytes] | None = None  # (agent, payload) for rehearse()
         self._retired_topics: list[str] = []  # retained topics to clear once connected
         self.last_report_ts: float | None = None  # the ts of the last report taken
@@ -753,6 +768,7 @@ class LiveGateway:
             if said is not None:
                 log.log(*said)
             self._log_availability_later()
+            self.journal_quiet()
             if self._dirty_since is not None and not self.defer_checkpoint:
                 self.flush_checkpoint(step=True)
 
@@ -1107,11 +1123,15 @@ class LiveGateway:
     def _log_availability(self, agent: str, online: bool) -> None:
         """Say that an agent went offline (WARNING: its last will) or came back (INFO), at
         most once per agent per AVAILABILITY_LOG_INTERVAL_S; the changes in between go to
-        DEBUG and are counted in its next line (or in ``tick``'s, once the interval is over)."""
+        DEBUG and are counted in its next line (or in ``tick``'s, once the interval is over).
+        A return to online right after a logged offline is said at once: the log must not
+        leave an agent offline that is back (a broker's restart)."""
         mono = self._mono()
-        last, skipped = self._availability_logged.get(agent, (-math.inf, 0))
-        if mono < last + AVAILABILITY_LOG_INTERVAL_S:
-            self._availability_logged[agent] = (last, skipped + 1)
+        last, skipped, was_online = self._availability_logged.get(agent, (-math.inf, 0, None))
+        if mono < last + AVAILABILITY_LOG_INTERVAL_S and not (
+            online and was_online is False and not skipped
+        ):
+            self._availability_logged[agent] = (last, skipped + 1, was_online)
             log.debug("edge agent %s is %s", agent, "online" if online else "offline")
             return
         self._say_availability(agent, online, mono, last, skipped)
@@ -1119,12 +1139,12 @@ class LiveGateway:
     def _say_availability(
         self, agent: str, online: bool, mono: float, last: float, skipped: int
     ) -> None:
-        self._availability_logged[agent] = (mono, 0)
-        more = (
-            f" ({skipped} more changes in the last {mono - last:.0f} s not logged: it flaps)"
-            if skipped
-            else ""
-        )
+        self._availability_logged[agent] = (mono, 0, online)
+        more = ""
+        if skipped:
+            flaps = ": it flaps" if skipped >= AVAILABILITY_FLAPS else ""
+            changes = "change" if skipped == 1 else "changes"
+            more = f" ({skipped} more {changes} in the last {mono - last:.0f} s not logged{flaps})"
         if online:
             log.info("edge agent %s is online%s", agent, more)
         else:
@@ -1139,7 +1159,7 @@ class LiveGateway:
         """An agent whose last changes were not logged (it flapped): its state now, with the
         count, once its interval is over, so the log does not end on a state long gone."""
         mono = self._mono()
-        for agent, (last, skipped) in list(self._availability_logged.items()):
+        for agent, (last, skipped, _) in list(self._availability_logged.items()):
             if skipped and mono >= last + AVAILABILITY_LOG_INTERVAL_S:
                 self._say_availability(agent, self._online.get(agent, False), mono, last, skipped)
 
@@ -1488,9 +1508,7 @@ class LiveGateway:
             # reports that changed nothing (a quiet site's periodic snapshots): only their
             # sequence and time, one row updated in place, not a change row to expand and a
             # checkpoint (~28 KB of writes each, 40 MB an hour on an edge box's SD card)
-            journaled = self.journal.note_quiet_reports(
-                journaled, [(g.agent, g.boot, g.seq, g.ts) for g in journaled]
-            )
+            journaled = self._note_quiet(journaled)
         n = sum(len(g.changes) for g in segments)
         if n:
             if len(segments) == 1:
@@ -1526,6 +1544,49 @@ class LiveGateway:
             for g in segments:
                 for sp, st in zip(g.changes.spaces.tolist(), g.changes.new.tolist(), strict=True):
                     self._emit("space", {"space": ids[sp], "state": STATE_NAMES[st]}, g.ts)
+
+    def _note_quiet(self, segments: list[_Segment]) -> list[_Segment]:
+        """Quiet reports: journal an agent's seq and last_seen when its last quiet one was
+        journaled QUIET_JOURNAL_S ago (or never, or under another boot), else keep it in
+        memory for :meth:`journal_quiet`. Returns the segments to journal as change rows."""
+        mono = self._mono()
+        due = []
+        for g in segments:
+            assert g.agent is not None and g.boot is not None and g.seq is not None
+            noted = self._quiet_noted.get(g.agent)
+            if noted is not None and noted[0] == g.boot and mono < noted[1] + QUIET_JOURNAL_S:
+                self._quiet_held[g.agent] = (g.boot, g.seq, g.ts)
+            else:
+                due.append(g)
+        if not due:
+            return []
+        left = self.journal.note_quiet_reports(due, [(g.agent, g.boot, g.seq, g.ts) for g in due])
+        for g in due:
+            assert g.agent is not None and g.boot is not None
+            self._quiet_held.pop(g.agent, None)  # this one is newer
+            if all(g is not x for x in left):
+                self._quiet_noted[g.agent] = (g.boot, mono)
+        return left
+
+    def journal_quiet(self, force: bool = False) -> None:
+        """Journal the held quiet reports whose agent's last one was journaled
+        QUIET_JOURNAL_S ago (``force``: all of them, at a clean stop), in one transaction.
+        One whose row has moved on meanwhile (a newer seq or boot journaled by a report
+        that changed something) is dropped: the journal already has better."""
+        if not self._quiet_held:
+            return
+        mono = self._mono()
+        due = [
+            (agent, held)
+            for agent, held in self._quiet_held.items()
+            if force or mono >= self._quiet_noted[agent][1] + QUIET_JOURNAL_S
+        ]
+        if not due:
+            return
+        self.journal.note_quiet_reports(due, [(agent, *held) for agent, held in due])
+        for agent, (boot, _seq, _ts) in due:
+            del self._quiet_held[agent]
+            self._quiet_noted[agent] = (boot, mono)
 
     def _sense_closed_holds(self) -> None:
         """Tell the core which held spaces that are closed are sensed occupied: the car
@@ -1698,6 +1759,12 @@ class LiveGateway:
             self._dirty_history = []
             self._zone_history_rows = []
             self._dirty_since = None
+            self.checkpoints_written += 1
+
+    def changes_pending(self) -> bool:
+        """Changes committed and not yet in a state checkpoint (read without the lock by
+        the WAL checkpoint thread: a stale answer only moves its checkpoint by a second)."""
+        return self._dirty_since is not None or self._unexpanded
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if self._live:
@@ -2073,7 +2140,8 @@ class LiveGateway:
             # for the idle-time checkpoint
             self.flush_checkpoint()
         if reason:
-            log.info("space %s %sd by %s: %s", space, action, by, reason)
+            done = "closed" if action == "close" else "opened"
+            log.info("space %s %s by %s: %s", space, done, by, reason)
         self._emit(
             "space",
             {

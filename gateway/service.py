@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import select
+import signal
 import socket
 import sqlite3
 import threading
@@ -48,6 +49,12 @@ log = logging.getLogger(__name__)
 TICK_S = 0.5
 MAX_POLICY_SPEED = 3600.0  # --policy-clock: a simulated hour per real second at most
 CHECKPOINT_S = 1.0  # SQLite WAL checkpoint (WAL -> database file), in a thread of its own
+# ... every CHECKPOINT_S while changes come (a state checkpoint written since the last one,
+# or one pending); otherwise only once the WAL holds WAL_CHECKPOINT_PAGES pages not copied
+# or WAL_CHECKPOINT_IDLE_S have passed: each checkpoint writes its pages a second time and
+# fsyncs (three fdatasyncs), which on a quiet site's SD card is most of its writes
+WAL_CHECKPOINT_PAGES = 1000
+WAL_CHECKPOINT_IDLE_S = 300.0
 MAX_BATCH = 500  # messages handled together when they queue up
 # The state checkpoint (LiveGateway.flush_checkpoint) gathers what reports changed for at
 # least CHECKPOINT_MIN_S (its fixed cost is paid once for all of them, and a report
@@ -248,7 +255,9 @@ class GatewayService:
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=False,  # the broker keeps QoS 1 reports for us while we restart
-            manual_ack=True,  # a report is acknowledged only once it is in the journal
+            # a report is acknowledged only once it is in the journal (one that changes
+            # nothing: once held for the journal, gateway.live.QUIET_JOURNAL_S)
+            manual_ack=True,
         )
         # the session the broker kept under the id this journal's gateway used before (a
         # release whose ids carried a digest of the password, or none): its reports are taken and
@@ -1035,7 +1044,22 @@ class GatewayService:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _checkpoint_loop(self) -> None:
+        last, written = time.monotonic(), -1
         while not self._stop.wait(CHECKPOINT_S):
+            now = time.monotonic()
+            seen = self.gateway.checkpoints_written
+            if seen == written and not self.gateway.changes_pending():
+                frames = self.journal.wal_frames_unchecked()
+                if frames == 0:
+                    last = now  # nothing to copy: the idle interval starts afresh
+                    continue
+                if (
+                    frames is not None
+                    and frames < WAL_CHECKPOINT_PAGES
+                    and now - last < WAL_CHECKPOINT_IDLE_S
+                ):
+                    continue
+            written, last = seen, now
             try:
                 self.journal.checkpoint()
             except sqlite3.Error as exc:
@@ -1070,6 +1094,10 @@ class GatewayService:
         if self._checkpointer is not None:
             self._checkpointer.join(10)
         with self.gateway.lock:
+            try:
+                self.gateway.journal_quiet(force=True)  # the newest seq and last_seen
+            except sqlite3.Error as exc:
+                log.warning("journaling the agents' last quiet reports failed: %s", exc)
             self._flush_checkpoint()
         if self.history is not None:
             # the drops of the last minute are said now: the next process starts counting anew
@@ -1078,11 +1106,14 @@ class GatewayService:
             self.writer.stop()  # after the last checkpoint: it drains that one's points too
         with self.gateway.lock:
             self.journal.close()
+        log.info("stopped")
 
     def wait(self) -> None:
         self._stop.wait()
 
-    def request_stop(self, *_: Any) -> None:
+    def request_stop(self, signum: int | None = None, *_: Any) -> None:
+        if signum is not None:  # a clean stop, told from a crash in the log
+            log.info("stopping (signal %s)", signal.Signals(signum).name)
         self._stop.set()
 
 

@@ -575,15 +575,18 @@ def test_the_wal_is_cut_back_after_a_burst(tmp_path, monkeypatch):
     j.close()
 
 
-def test_reports_that_change_nothing_move_one_agent_row_and_a_restart_keeps_their_seq(
+def test_reports_that_change_nothing_move_one_agent_row_at_most_every_half_minute(
     example_site, tmp_path
 ):
     """A quiet site's periodic snapshots each wrote a change row, its expansion and a
-    checkpoint (~28 KB of writes, 40 MB an hour on an edge box's SD card). Now they move
-    the agent's sequence and last_seen in its row only; a gateway killed right after
-    resumes with that sequence (a repeat is refused, the next report is no gap) and their
-    spaces still fresh."""
+    checkpoint (~28 KB of writes, 40 MB an hour on an edge box's SD card); then each moved
+    the agent's row (a commit, a WAL checkpoint and three fsyncs every few seconds). Now an
+    agent's row moves at most every QUIET_JOURNAL_S, the newest report waiting in memory,
+    written by the timer once that is over or by a clean stop. A gateway killed meanwhile
+    resumes with the sequence journaled last: a replay of the later ones changes nothing."""
     from gateway_support import Clocks
+
+    from gateway.live import QUIET_JOURNAL_S
 
     clocks = Clocks(T0)
     db = tmp_path / "j.sqlite"
@@ -600,26 +603,37 @@ def test_reports_that_change_nothing_move_one_agent_row_and_a_restart_keeps_thei
                   "spaces": [{"space": s, "state": "free", "since": since} for s in spaces]}  # fmt: skip
         g.handle(topics.edge_occupancy(SITE, bus.agent), json.dumps(report).encode())
 
+    def row() -> tuple[str, int, float]:
+        with sqlite3.connect(db) as conn:
+            return conn.execute(
+                "SELECT boot, seq, last_seen FROM agents WHERE agent = ?", (bus.agent,)
+            ).fetchone()
+
     snapshot(gw, 1)  # the first: every space changes
     gw.flush_checkpoint()
     change_rows = []
     real_add = journal.add_changes
     journal.add_changes = lambda *row: (change_rows.append(row), real_add(*row))[1]  # type: ignore[method-assign]
-    for seq in range(2, 12):
+    assert QUIET_JOURNAL_S == 30
+    for seq in range(2, 13):  # every 5 s: journaled at 5 s (the first) and 35 s
         clocks.advance(5)
         snapshot(gw, seq)
+        gw.tick()
     assert change_rows == []
-    with sqlite3.connect(db) as conn:
-        assert conn.execute(
-            "SELECT boot, seq, last_seen FROM agents WHERE agent = ?", (bus.agent,)
-        ).fetchone() == ("b1", 11, clocks.wall)
-    journal.close()  # killed: no checkpoint after the last report
+    assert row() == ("b1", 8, T0 + 35)
+    clocks.advance(10)  # silent since 55 s: at 65 s the timer journals the newest
+    gw.tick()
+    assert row() == ("b1", 12, T0 + 55)
+    clocks.advance(1)
+    snapshot(gw, 13)  # held again; a clean stop would write it (test_gateway_service)
+    assert row()[1] == 12
+    journal.close()  # killed: seq 13 is lost
 
     clocks.advance(2)
     gw2 = clocks.gateway(example_site, Journal(db), lambda *a: None)
-    assert gw2.gate.sequence(bus.agent) == ("b1", 11)
-    assert all(gw2.state.state[example_site.space_index[s]] == FREE for s in spaces)
-    snapshot(gw2, 11)  # the broker's redelivery of the last one: a repeat
+    assert gw2.gate.sequence(bus.agent) == ("b1", 12)
+    snapshot(gw2, 12)  # the broker's redelivery of one journaled: a repeat
     assert gw2.counters().rejected == {"duplicate": 1}
-    snapshot(gw2, 12)
+    snapshot(gw2, 13)  # one not journaled (the spaces are as it says): accepted, no gap
     assert gw2.reports_missed[bus.agent] == 0
+    assert all(gw2.state.state[example_site.space_index[s]] == FREE for s in spaces)

@@ -640,3 +640,73 @@ def test_a_failing_journal_disk_is_named_with_what_to_do():
         sqlite3.OperationalError("attempt to write a readonly database")
     )
     assert journal_disk_hint(sqlite3.OperationalError("database or disk is full")) == ""
+
+
+def test_a_quiet_agent_moves_its_journal_row_rarely_and_a_clean_stop_writes_the_newest(
+    site_path, mosquitto, edge_g, watch, tmp_path
+):
+    """Snapshots that change nothing every 0.2 s for 3 s are one or two journal commits,
+    not one each (every commit cost a WAL write, a WAL checkpoint and three fsyncs: ~555
+    MB a day on an edge box's SD card for a site where nothing changed); a report that
+    changes something is journaled with its seq before its sign; a clean stop writes the
+    newest seq and last_seen."""
+    from conftest import eventually
+
+    db = tmp_path / "journal.db"
+    agent = "serial-bus-g"
+
+    def journaled() -> tuple[int, float]:  # the agent's seq and last_seen, expanded or not
+        with sqlite3.connect(db) as conn:
+            row = conn.execute(
+                "SELECT max(seq), max(last_seen) FROM (SELECT seq, last_seen FROM agents"
+                " WHERE agent = ? UNION ALL SELECT seq, ts FROM pending_changes WHERE agent = ?)",
+                (agent, agent),
+            ).fetchone()
+        return row[0], row[1]
+
+    with running_gateway(site_path, mosquitto.url, db) as service:
+        gw = service.gateway
+        free = all_free(service.site, "bus-g")
+        since = time.time()
+        edge_g.send(free, kind="snapshot", since=since)
+        watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+        assert eventually(lambda: not gw.changes_pending())
+        updates: list[str] = []
+        with gw.lock:
+            service.journal.conn.set_trace_callback(
+                lambda sql: updates.append(sql) if sql.startswith("UPDATE agents") else None
+            )
+        for _ in range(15):
+            edge_g.send(free, kind="snapshot", since=since)
+            time.sleep(0.2)
+        assert eventually(lambda: gw.gate.sequence(agent) == ("boot-1", edge_g.seq))
+        with gw.lock:
+            service.journal.conn.set_trace_callback(None)
+        assert 1 <= len(updates) <= 2, updates
+
+        changed = time.time()
+        edge_g.send({"A-003": "occupied"}, since=changed)
+        watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 1)
+        assert journaled()[0] == edge_g.seq  # committed before the zone count went out
+
+        assert eventually(lambda: not gw.changes_pending())
+        edge_g.send({"A-003": "occupied"}, since=changed)  # quiet again: held
+        edge_g.send({"A-003": "occupied"}, since=changed)
+        assert eventually(lambda: gw.gate.sequence(agent) == ("boot-1", edge_g.seq))
+        last = time.time()
+        assert journaled()[0] < edge_g.seq  # held in memory
+    assert journaled()[0] == edge_g.seq
+    assert journaled()[1] >= last - 1.0
+
+
+def test_a_clean_stop_is_logged(site_path, mosquitto, tmp_path, caplog):
+    """SIGTERM says so and the end says "stopped": a clean stop is told from a crash."""
+    import logging
+    import signal
+
+    caplog.set_level(logging.INFO, logger="gateway.service")
+    with running_gateway(site_path, mosquitto.url, tmp_path / "journal.db") as service:
+        service.request_stop(signal.SIGTERM, None)  # as the handler is called
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.service"]
+    assert "stopping (signal SIGTERM)" in lines
+    assert lines[-1] == "stopped"

@@ -379,9 +379,12 @@ def test_the_gateway_logs_an_agents_will_and_return_at_most_once_a_minute(
     gw.handle(agent, b"offline")
     ((level, text),) = said()
     assert level == logging.WARNING and text.startswith("edge agent camera-cam-c is offline")
-    for i in range(6):  # it flaps: within the minute, nothing more at INFO or above
+    clocks.advance(2)
+    gw.handle(agent, b"online")  # back after a logged offline: said at once
+    assert said() == [(logging.INFO, "edge agent camera-cam-c is online")]
+    for i in range(5):  # it flaps: within the minute, nothing more at INFO or above
         clocks.advance(2)
-        gw.handle(agent, b"online" if i % 2 == 0 else b"offline")
+        gw.handle(agent, b"offline" if i % 2 == 0 else b"online")
     gw.handle(agent, b"offline")  # the same as the last: not a change
     assert said() == []
     clocks.advance(AVAILABILITY_LOG_INTERVAL_S)
@@ -391,11 +394,47 @@ def test_the_gateway_logs_an_agents_will_and_return_at_most_once_a_minute(
             logging.WARNING,
             "edge agent camera-cam-c is offline (its last will: stopped, crashed, or cut off "
             "from the broker); its spaces are unknown until it is back "
-            "(6 more changes in the last 72 s not logged: it flaps)",
+            "(5 more changes in the last 70 s not logged: it flaps)",
         )
     ]
     gw.tick()  # said once
     assert said() == []
+    journal.close()
+
+
+def test_agent_back_after_a_broker_restart_is_said_at_once(example_site, tmp_path, caplog):
+    """A broker restart (the agent's will, then its return 25 s later) is no flapping: the
+    return is logged at once and without "it flaps"; a change or two not logged within the
+    minute are counted without calling it flapping."""
+    caplog.set_level(logging.DEBUG, logger="gateway.live")
+    clocks = Clocks(1_000_000.0)
+    journal = Journal(tmp_path / "journal.sqlite")
+    gw = clocks.gateway(example_site, journal, lambda *a: None)
+    agent = topics.edge_availability(SITE, "camera-cam-c")
+
+    def said() -> list[str]:
+        out = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "gateway.live" and r.levelno >= logging.INFO and "edge agent" in r.msg
+        ]
+        caplog.clear()
+        return out
+
+    gw.handle(agent, b"online")
+    clocks.advance(AVAILABILITY_LOG_INTERVAL_S)
+    gw.handle(agent, b"offline")
+    assert len(said()) == 2
+    clocks.advance(25)
+    gw.handle(agent, b"online")
+    assert said() == ["edge agent camera-cam-c is online"]
+    clocks.advance(5)
+    gw.handle(agent, b"offline")  # within the minute of the last line: counted
+    assert said() == []
+    clocks.advance(AVAILABILITY_LOG_INTERVAL_S)
+    gw.tick()
+    (text,) = said()
+    assert text.endswith("(1 more change in the last 65 s not logged)"), text
     journal.close()
 
 
@@ -627,3 +666,16 @@ def test_a_gate_whose_arrivals_are_refused_is_an_alert(tmp_path):
     old = body | {"entrance": "north"}
     view._handle(topics.arrival_refusal(SITE, "north"), json.dumps(old).encode(), retained=True)
     assert sorted(view.recent_refusals()) == ["?", "east"]
+
+
+def test_a_managers_action_is_logged_as_opened_or_closed(example_site, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="gateway.live")
+    clocks = Clocks(1_000_000.0)
+    journal = Journal(tmp_path / "journal.sqlite")
+    gw = clocks.gateway(example_site, journal, lambda *a: None)
+    space = example_site.spaces[0].id
+    gw.control_space(space, "close", "mgr", "paint")
+    gw.control_space(space, "open", "mgr", "done")
+    lines = [r.getMessage() for r in caplog.records if r.msg.startswith("space ")]
+    assert lines == [f"space {space} closed by mgr: paint", f"space {space} opened by mgr: done"]
+    journal.close()
