@@ -107,9 +107,10 @@ TAKEOVER_WINDOW_S = 30.0
 """this many accepted connections closed by the broker within this many seconds: not an
 outage (the broker keeps accepting us) but another client with our client id"""
 ECHO_WAIT_S = 5.0
-"""How long after connecting the agent waits to hear its own ``online`` back from the broker
-before it says the broker drops what it sends (an ACL that does not let this login write as
-this agent)."""
+"""How long after the broker acknowledged the agent's own ``online`` the agent waits to hear
+it back before it says the broker drops what it sends (an ACL that does not let this login
+write as this agent). Counted from the PUBACK, not the connect: over a slow link the echo
+comes late, and the ERROR would be false."""
 _SPOOL_ERROR_EVERY_S = 60.0  # a failing spool: an error at most this often, debug otherwise
 SPOOL_ERRORS = (sqlite3.DatabaseError, OSError)
 """what a spool call raises when the disk is full (SQLITE_FULL), fails (SQLITE_IOERR) or the
@@ -352,6 +353,7 @@ class ReportPublisher:
         # the own-availability check (network thread): until when to wait for the echo of
         # this connection's ``online``, None when not waiting; set by on_message
         self._echo_due: float | None = None
+        self._echo_mid: int | None = None  # the ``online`` whose PUBACK starts the wait
         self._echoed = False
         self.stats: dict[str, int] = dict.fromkeys(
             ("reports", "acked", "connects", "refused", "connection_failures", "disconnects"), 0
@@ -808,14 +810,14 @@ class ReportPublisher:
                 # refusal for a publish): subscribed first, this agent hears its own
                 # ``online`` back only if the broker took it
                 client.subscribe(self.topic_availability, qos=0)
-                self._echo_due = time.monotonic() + ECHO_WAIT_S
+                self._echo_due = None  # the wait starts at the broker's PUBACK (_acked)
                 self._echoed = False
-                client.publish(
+                self._echo_mid = client.publish(
                     self.topic_availability,
                     topics.ONLINE,
                     qos=topics.QOS_AVAILABILITY,
                     retain=topics.RETAIN_AVAILABILITY,
-                )
+                ).mid
                 self._snapshot_requested = True
                 self._health_dirty = self._health is not None
             if not self._connected:
@@ -834,7 +836,8 @@ class ReportPublisher:
             self._pump(client)
 
     def _check_echo(self, client: mqtt.Client) -> None:
-        """Once per connection: whether the broker passed this agent's ``online`` on."""
+        """Once per connection, ECHO_WAIT_S after the broker acknowledged this agent's
+        ``online``: whether it passed it on."""
         if self._echo_due is None or (not self._echoed and time.monotonic() < self._echo_due):
             return
         self._echo_due = None
@@ -844,8 +847,8 @@ class ReportPublisher:
         self._warnings(
             "echo",
             logging.ERROR,
-            "the MQTT broker %s dropped this agent's messages (its own %s 'online' never came "
-            "back in %.0f s): its login %r may publish only under its own agent id, so none of "
+            "the MQTT broker %s dropped this agent's messages (it acknowledged its own %s "
+            "'online' but never passed it back in %.0f s): its login %r may publish only under its own agent id, so none of "
             "its reports reach the gateway; check PARKGUIDE_MQTT_USERNAME (--username, the "
             "agent id %s under the shipped ACL) and the broker's ACL, which must let it write "
             "and read %s",
@@ -858,6 +861,11 @@ class ReportPublisher:
         )
 
     def _acked(self, mid: int) -> None:
+        if mid == self._echo_mid:
+            # the broker took the ``online`` (it acknowledges even what its ACL drops, having
+            # passed on what it allows first): a slow link or broker is no reason to wait on
+            self._echo_mid = None
+            self._echo_due = time.monotonic() + ECHO_WAIT_S
         row = self._inflight.pop(mid, None)
         if row is not None and self._spool is not None:
             self.stats["acked"] += 1

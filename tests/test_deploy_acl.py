@@ -526,3 +526,94 @@ def test_an_agent_logged_in_under_another_id_says_the_broker_drops_its_reports(
         while True:
             seen.append(got.get(timeout=0.5))
     assert seen == [topics.edge_availability(SITE, "serial-bus-g")] * 2
+
+
+class _SlowLink:
+    """A TCP proxy that delivers every chunk ``delay_s`` late, in order, both ways: a
+    broker over a slow or congested link."""
+
+    def __init__(self, port: int, delay_s: float):
+        import socket
+        import threading
+
+        self.delay_s = delay_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target = port
+        self.threads: list[threading.Thread] = []
+        self.socks: list[socket.socket] = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+
+    def _accept(self) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+                self.socks += [client, upstream]
+                self._pipe(client, upstream)
+                self._pipe(upstream, client)
+
+    def _pipe(self, src, dst) -> None:
+        import threading
+
+        late: queue.Queue = queue.Queue()
+
+        def read() -> None:
+            with contextlib.suppress(OSError):
+                while data := src.recv(65536):
+                    late.put((time.monotonic() + self.delay_s, data))
+            late.put((0.0, b""))
+
+        def write() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    due, data = late.get()
+                    if not data:
+                        dst.close()
+                        return
+                    time.sleep(max(0.0, due - time.monotonic()))
+                    dst.sendall(data)
+
+        for fn in (read, write):
+            t = threading.Thread(target=fn, daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self.socks:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def test_an_agent_over_a_slow_link_does_not_say_the_broker_drops_its_reports(
+    secured_broker, tmp_path, caplog, monkeypatch
+):
+    """Defect: the wait for the agent's own ``online`` started at the connect, so over a
+    link slower than the wait (here 1.2 s each way against a 1 s wait) a right login was
+    told the broker dropped everything. It now starts at the broker's PUBACK."""
+    import edge.publisher as publisher
+
+    monkeypatch.setattr(publisher, "ECHO_WAIT_S", 1.0)
+    broker, users = secured_broker
+    link = _SlowLink(broker.port, 1.2)
+    caplog.set_level(logging.INFO, logger="edge.publisher")
+    agent = ReportPublisher(
+        BrokerConfig.from_url(f"mqtt://127.0.0.1:{link.port}", "serial-bus-g", users["serial-bus-g"]),
+        SITE, "serial-bus-g", "bus-g", spool_dir=tmp_path / "slow",
+    )  # fmt: skip
+    try:
+        agent.start()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not agent.connected:
+            time.sleep(0.1)
+        assert agent.connected
+        time.sleep(5)  # the echo and the PUBACK come 2.4 s after the online: then 1 s more
+    finally:
+        agent.stop(flush_timeout_s=1)
+        link.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == []
