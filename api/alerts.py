@@ -53,6 +53,18 @@ out now and then comes back many times a day, and what the manager did about it
 technician, and an alert quiet for a day and back is news worth acknowledging again. The
 episodes in a row are counted (``AlertRecord.episodes``) so the page says it keeps coming."""
 
+ACK_CARRY_KINDS = frozenset({
+    "broker_lost", "gateway_offline", "agent_offline", "agent_never_seen", "node_dead",
+    "node_unreliable", "spool_full", "detector_stuck", "detector_flapping", "battery_low",
+    "journal_disk_low",
+})  # fmt: skip
+"""The kinds whose id names one fault, so a new episode is the same fault back. The others
+ask anew every episode: their id covers several causes (``bus_blind``: the port lost, or no
+node answers; ``node_error``: an exception, or another bus's node; ``camera_blind``,
+``detector_fault``, ``arrivals_refused``: by what they see; ``site_mismatch``, ``influx_failing``,
+``agent_boot_conflict``: what is wrong differs), or each episode is a new fact
+(``long_occupied``: another car), and an old acknowledgement would grey out a new cause."""
+
 ALERTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY,
@@ -845,7 +857,11 @@ class AlertBook:
                 if rec is None:
                     rec = AlertRecord(a, a.since if a.since is not None else now)
                     last = self._cleared.pop(a.id, None)
-                    if last is not None and (last.cleared or 0.0) >= rec.since - ACK_CARRY_S:
+                    if (
+                        last is not None
+                        and a.kind in ACK_CARRY_KINDS
+                        and (last.cleared or 0.0) >= rec.since - ACK_CARRY_S
+                    ):
                         # the same fault back within a day: what was done about it holds
                         rec = replace(
                             rec,
@@ -891,7 +907,10 @@ class AlertBook:
                                 r.alert.kind,
                                 r.alert.subject,
                                 r.since,
-                                r.since - ACK_CARRY_S,
+                                # a kind that asks anew: no clear is that recent
+                                r.since - ACK_CARRY_S
+                                if r.alert.kind in ACK_CARRY_KINDS
+                                else math.inf,
                             )
                             for r in raised
                         ],  # fmt: skip

@@ -71,6 +71,29 @@ def test_an_acknowledgement_carries_over_to_the_next_flap_within_a_day(tmp_path,
         assert (rec.acked_by, rec.episodes) == (None, 1)
 
 
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_an_alert_whose_id_covers_several_causes_asks_anew(tmp_path, on_disk):
+    """Defect: the carry-over greyed out a new cause under the same id. ``bus_blind:bus-g``
+    acknowledged "USB adapter replugged" for a lost port came back as "the port is open but
+    no node answers" (a cut cable), shown acknowledged with the old note."""
+    from api.alerts import ACK_CARRY_KINDS, SEVERITY
+
+    assert set(SEVERITY) >= ACK_CARRY_KINDS
+    db = str(tmp_path / "alerts.sqlite") if on_disk else None
+    book = AlertBook(db)
+    t = 1_800_000_000.0
+    lost = Alert("bus_blind:bus-g", "bus_blind", "bus-g", None, {"port": "lost"})
+    book.update([lost], t)
+    book.acknowledge(lost.id, "li", "USB adapter replugged, cable tied down", t + 10)
+    book.update([], t + 60)
+    cut = Alert("bus_blind:bus-g", "bus_blind", "bus-g", None, {"port": "open"})
+    raised, _ = book.update([cut], t + 75)
+    assert [(r.acked_by, r.note, r.episodes) for r in raised] == [(None, None, 1)]
+    if on_disk:
+        (rec,) = AlertBook(db).current()
+        assert (rec.acked_by, rec.note, rec.episodes) == (None, None, 1)
+
+
 def test_another_process_carries_over_the_acknowledgement_from_the_table(tmp_path):
     """The process raising the new episode never saw the old one: the table carries it."""
     db = str(tmp_path / "alerts.sqlite")
