@@ -35,7 +35,6 @@ import fcntl
 import math
 import os
 import sqlite3
-import sys
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -333,22 +332,6 @@ class Journal:
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=5
             )
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-    def wal_frames_unchecked(self) -> int | None:
-        """Pages committed to the WAL and not yet copied into the database, read from the
-        WAL index (``JOURNAL-shm``: the header's ``mxFrame`` at byte 16, the checkpoint's
-        ``nBackfill`` at byte 96, native byte order; sqlite.org/walformat.html), without
-        touching the database. None when it cannot be read (then checkpoint anyway)."""
-        try:
-            with open(f"{self.path}-shm", "rb") as f:
-                head = f.read(100)
-        except OSError:
-            return None
-        if len(head) < 100:
-            return None
-        mx_frame = int.from_bytes(head[16:20], sys.byteorder)
-        backfilled = int.from_bytes(head[96:100], sys.byteorder)
-        return max(0, mx_frame - backfilled)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

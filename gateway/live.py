@@ -355,7 +355,6 @@ class LiveGateway:
         self._zone_history_rows: list[tuple[str, dict[str, int], float]] = []
         self._dirty_since: float | None = None  # monotonic time of the oldest unflushed item
         self._unexpanded = False  # pending change rows written since the last expansion
-        self.checkpoints_written = 0  # state checkpoints (the WAL checkpoint thread reads it)
         # agent -> (boot, seq, ts) of its newest quiet report not journaled (QUIET_JOURNAL_S)
         self._quiet_held: dict[str, tuple[str, int, float]] = {}
         # agent -> (boot, monotonic time) of its last quiet report journaled
@@ -1759,7 +1758,6 @@ class LiveGateway:
             self._dirty_history = []
             self._zone_history_rows = []
             self._dirty_since = None
-            self.checkpoints_written += 1
 
     def changes_pending(self) -> bool:
         """Changes committed and not yet in a state checkpoint (read without the lock by

@@ -49,12 +49,6 @@ log = logging.getLogger(__name__)
 TICK_S = 0.5
 MAX_POLICY_SPEED = 3600.0  # --policy-clock: a simulated hour per real second at most
 CHECKPOINT_S = 1.0  # SQLite WAL checkpoint (WAL -> database file), in a thread of its own
-# ... every CHECKPOINT_S while changes come (a state checkpoint written since the last one,
-# or one pending); otherwise only once the WAL holds WAL_CHECKPOINT_PAGES pages not copied
-# or WAL_CHECKPOINT_IDLE_S have passed: each checkpoint writes its pages a second time and
-# fsyncs (three fdatasyncs), which on a quiet site's SD card is most of its writes
-WAL_CHECKPOINT_PAGES = 1000
-WAL_CHECKPOINT_IDLE_S = 300.0
 MAX_BATCH = 500  # messages handled together when they queue up
 # The state checkpoint (LiveGateway.flush_checkpoint) gathers what reports changed for at
 # least CHECKPOINT_MIN_S (its fixed cost is paid once for all of them, and a report
@@ -1044,22 +1038,7 @@ class GatewayService:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _checkpoint_loop(self) -> None:
-        last, written = time.monotonic(), -1
         while not self._stop.wait(CHECKPOINT_S):
-            now = time.monotonic()
-            seen = self.gateway.checkpoints_written
-            if seen == written and not self.gateway.changes_pending():
-                frames = self.journal.wal_frames_unchecked()
-                if frames == 0:
-                    last = now  # nothing to copy: the idle interval starts afresh
-                    continue
-                if (
-                    frames is not None
-                    and frames < WAL_CHECKPOINT_PAGES
-                    and now - last < WAL_CHECKPOINT_IDLE_S
-                ):
-                    continue
-            written, last = seen, now
             try:
                 self.journal.checkpoint()
             except sqlite3.Error as exc:

@@ -710,31 +710,3 @@ def test_a_clean_stop_is_logged(site_path, mosquitto, tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "gateway.service"]
     assert "stopping (signal SIGTERM)" in lines
     assert lines[-1] == "stopped"
-
-
-def test_the_wal_checkpoint_waits_while_nothing_changes(
-    site_path, mosquitto, edge_g, watch, tmp_path
-):
-    """Every WAL checkpoint writes its pages again and fsyncs three times: while only
-    quiet reports come, none for minutes; once a change comes, within a second or two."""
-    from conftest import eventually
-
-    with running_gateway(site_path, mosquitto.url, tmp_path / "journal.db") as service:
-        gw = service.gateway
-        free = all_free(service.site, "bus-g")
-        since = time.time()
-        edge_g.send(free, kind="snapshot", since=since)
-        watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
-        assert eventually(lambda: not gw.changes_pending())
-        time.sleep(1.5)  # the checkpoint of that change
-        done: list[float] = []
-        real = service.journal.checkpoint
-        service.journal.checkpoint = lambda: (done.append(time.monotonic()), real())[1]  # type: ignore[method-assign]
-        for _ in range(15):
-            edge_g.send(free, kind="snapshot", since=since)
-            time.sleep(0.2)
-        time.sleep(1.0)
-        assert done == []
-        edge_g.send({"A-003": "occupied"})
-        watch.wait_for(zone_topic("A"), lambda z: z["occupied"] == 1)
-        assert eventually(lambda: done, timeout=5)
