@@ -164,6 +164,13 @@ class Processes:
         self.started.append(proc)
         return proc
 
+    def add_user(self, db: Path, name: str, role: str, password: str) -> None:
+        """``parkguide user add`` as an operator runs it (the password on stdin)."""
+        adder = self.start("user-add", "user", "add", name, "--role", role, "--db", str(db),
+                           stdin=True)  # fmt: skip
+        adder.send(password)
+        assert adder.wait_exit(60) == 0, adder.log_tail()
+
     def logs(self) -> str:
         """The tail of every process's log, for assertion messages."""
         return "\n".join(p.log_tail() for p in self.started)

@@ -281,10 +281,7 @@ def test_standalone_api_process(processes, mosquitto, tmp_path):
     gateway, and every space unknown once the gateway's last will says it is gone."""
     db = tmp_path / "journal.sqlite"
     site = ("--site", str(EXAMPLE_SITE))
-    adder = processes.start("user-add", "user", "add", "boss", "--role", "manager",
-                            "--db", str(db), stdin=True)  # fmt: skip
-    adder.send(PASSWORD)
-    assert adder.wait_exit(60) == 0, adder.log_tail()
+    processes.add_user(db, "boss", "manager", PASSWORD)
     gateway = processes.start(
         "gateway", "gateway", *site, "--broker", mosquitto.url, "--db", str(db)
     )

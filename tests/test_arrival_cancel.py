@@ -321,10 +321,7 @@ def test_the_standalone_api_sees_a_cancelled_hold_end(
     site_path = site_variant(tmp_path)
     site = load_site(site_path)
     args = ("--site", str(site_path), "--broker", mosquitto.url, "--db", str(db))
-    adder = processes.start("user-add", "user", "add", "li", "--role", "manager",
-                            "--db", str(db), stdin=True)  # fmt: skip
-    adder.send(PASSWORD)
-    assert adder.wait_exit(60) == 0, adder.log_tail()
+    processes.add_user(db, "li", "manager", PASSWORD)
     watch = Collector(mosquitto.port)
     processes.start("gateway", "gateway", *args, "--congestion-m", "0")
     watch.wait_for(topics.gateway_availability(SITE_ID), lambda p: p == "online", timeout=30)

@@ -66,10 +66,7 @@ def test_a_forged_boot_that_shuts_the_agent_out_is_a_critical_alert_on_both_apis
     and /agents says ``boot_conflict``, not ``ok``."""
     db = tmp_path / "journal.sqlite"
     site = ("--site", str(EXAMPLE_SITE))
-    adder = processes.start("user-add", "user", "add", "watch", "--role", "viewer",
-                            "--db", str(db), stdin=True)  # fmt: skip
-    adder.send(PASSWORD)
-    assert adder.wait_exit(60) == 0, adder.log_tail()
+    processes.add_user(db, "watch", "viewer", PASSWORD)
     env = {"PARKGUIDE_SESSION_SECRET": "s" * 40, "PARKGUIDE_ALERT_CHECK_S": "0.5"}
     gw_port, api_port = free_port(), free_port()
     processes.start("gateway", "gateway", *site, "--broker", mosquitto.url, "--db", str(db),

@@ -67,10 +67,7 @@ def test_a_dead_gateway_is_a_critical_alert_a_metric_and_a_warning_on_the_standa
     and the log says so at WARNING (the view, and the alert book); back: cleared, INFO."""
     db = tmp_path / "journal.sqlite"
     site = ("--site", str(EXAMPLE_SITE))
-    adder = processes.start("user-add", "user", "add", "watch", "--role", "viewer",
-                            "--db", str(db), stdin=True)  # fmt: skip
-    adder.send(PASSWORD)
-    assert adder.wait_exit(60) == 0, adder.log_tail()
+    processes.add_user(db, "watch", "viewer", PASSWORD)
     gw_args = ("gateway", *site, "--broker", mosquitto.url, "--db", str(db))
     gateway = processes.start("gateway", *gw_args)
     port = free_port()
