@@ -361,6 +361,17 @@ def create_app(
             headers={"Retry-After": "5"},
         )
 
+    @app.exception_handler(Exception)
+    async def unexpected_fault(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers an unhandled exception outside every middleware: without this, a
+        # bug's 500 went out without the security headers and as text; the traceback still
+        # goes to the server's log (Starlette raises it on after this answer is sent)
+        return JSONResponse(
+            {"detail": "internal error: the fault is in the API's log"},
+            status_code=500,
+            headers={**SECURITY_HEADERS, "Content-Security-Policy": OTHER_CSP},
+        )
+
     for module in (session, public, site, health, events, operations, stream):
         for name in ("router", "raw_router", "manager_router"):
             if hasattr(module, name):

@@ -10,11 +10,14 @@ import re
 import sqlite3
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
-from api_support import PASSWORD, client, harness, tokens, users  # noqa: F401
+from api_support import PASSWORD, client, harness, settings, tokens, users  # noqa: F401
+from fastapi.testclient import TestClient
 
 from api.alerts import derive_alerts
+from api.app import create_app
 from api.history import sample_times, zone_series
 from gateway.readside import AgentStatus, SpaceStatus
 from parking import topics
@@ -660,6 +663,29 @@ def test_every_answer_forbids_framing_and_sniffing(client, tokens):
     assert "script-src" not in answers["page"].headers["content-security-policy"]
     assert answers["page"].headers["content-security-policy"].startswith("default-src 'self'")
     assert answers["json"].headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_an_unexpected_fault_answers_500_with_the_same_headers(harness):
+    """Starlette answers an unhandled exception outside every middleware: a bug's 500 went out
+    as text without the security headers. It is JSON with them now (the traceback goes to the
+    server's log, as before)."""
+    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
+
+    class Broken(RuntimeError):
+        pass
+
+    def zone_counts():
+        raise Broken("a bug in the view")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        c.app.state.ctx.view = SimpleNamespace(zone_counts=zone_counts)
+        r = c.get("/api/v1/zones")
+    assert r.status_code == 500
+    assert r.json() == {"detail": "internal error: the fault is in the API's log"}
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert "a bug in the view" not in r.text  # no internals to the client
 
 
 # -- pure logic --------------------------------------------------------------------------------
