@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 # site file is unchanged since it last validated it (gateway.site_stamp) republishes its
 # journaled signs (republish_stored_signs) before the site file is parsed again (~0.6 s at
 # 20,000 spaces), the allocation core and the journal's state are loaded.
-from gateway.journal import JournalInUse, lock_journal, peek_meta, stored_signs
+from gateway.journal import CHECKPOINT_KEY, JournalInUse, lock_journal, peek_meta, stored_signs
 from gateway.service import (
     BUSY_POLL_MS,
     JOURNAL_KEEP_DAYS,
@@ -414,13 +414,19 @@ def _run_gateway(
     after every parse), or, without a good one, the file is parsed."""
     # the journaled signs are of the site the journal last ran: after an edit (a sign's
     # label or arrow, its lines) they would show the old content until the full start
-    stored = None if site is None else peek_meta(args.db, [DIGEST_KEY]).get(DIGEST_KEY)
+    meta = {} if site is None else peek_meta(args.db, [DIGEST_KEY, CHECKPOINT_KEY])
+    stored = meta.get(DIGEST_KEY)
     if site is None or stored == site.digest:
         try:
             keep = {topics.display_content(shown.site_id, d) for d in shown.displays}
             republish_stored_signs(args.db, broker, keep)
         except Exception:  # a fast path only: the full start below publishes everything anyway
             log.exception("republishing the journaled signs failed")
+    elif stored is None and CHECKPOINT_KEY in meta:  # signs shown by a release without digests
+        log.info(
+            "the journal's signs are from a release that did not record which site file they "
+            "show: they follow the full start"
+        )
     elif stored is None:  # nothing was shown yet: no change to speak of
         log.info("a new journal: the signs follow the full start")
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from conftest import parkguide_cmd
 from gateway_support import SITE_ID, Collector, Edge, display_topic, site_variant
 
+from gateway.site_changes import DIGEST_KEY
 from gateway.site_stamp import ValidatedSite, read_stamp, site_key, stamp_path, write_stamp
 from parking import topics
 from parking.site import load_site
@@ -152,6 +154,21 @@ def test_restarts_with_the_stamp(mosquitto, tmp_path, subprocess_env):
         text = log_path.read_text()
         assert "cannot be read" in text and PARSED_AFTER not in text
         assert read_stamp(db, site_key(site_path.read_bytes())) == ValidatedSite.of(site)
+        _kill(proc)
+
+        # a journal of a release that kept no digest of its signs' site file (nor a stamp):
+        # its signs follow the full start, and it is not called new
+        stamp_path(db).unlink()
+        with sqlite3.connect(db) as conn:
+            conn.execute("DELETE FROM meta WHERE key = ?", (DIGEST_KEY,))
+        conn.close()
+        mark = watch.mark()
+        proc, log_path = start("old release")
+        online(mark)
+        watch.wait_for(sign, after=mark)
+        text = log_path.read_text()
+        assert "from a release that did not record which site file" in text, text
+        assert "a new journal" not in text and REPUBLISHED not in text
         _kill(proc)
 
         # a bad site file (a field the schema does not know), stamp or not: refused, and
