@@ -236,6 +236,20 @@ _NODE_DEAD_TEXT = (  # the site file says which spaces hang on the node (node_pl
     "{zones_en}) turn unknown; check the node's power and bus cable",
 )
 _NODE_DEAD_DETAILS = ("spaces", "space_count", "zones")
+_NODE_PLACE_KINDS = ("node_error", "node_unreliable")  # named by place, as node_dead is
+
+
+def _node_place(details: Mapping[str, Any]) -> tuple[str, str]:
+    """Where a node is, by the spaces it serves (zh, en): '(30 spaces: B1-F-001…B1-F-030,
+    zone F)'."""
+    count, spaces, zones = (details[k] for k in ("space_count", "spaces", "zones"))
+    several = "," in str(zones)
+    return (
+        f"({count} 个车位:{spaces},区域 {zones})",
+        f"({count} spaces: {spaces}, zone{'s' if several else ''} {zones})",
+    )
+
+
 _CAMERA_FAULT_TEXT = {  # a blind camera's health says why (parking.payloads.HealthReport)
     "black": ("画面全黑(镜头被遮、摄像机或红外灯故障?)", "its picture is black (lens capped, "
               "camera or infrared light dead?)"),
@@ -398,6 +412,12 @@ class Alert:
         space = self.details.get("space")
         subject = f"{self.subject} ({space})" if space else self.subject
         values = {"subject": subject, "hours": f"{long_occupied_h:g}"}
+        if self.kind in _NODE_PLACE_KINDS and all(k in self.details for k in _NODE_DEAD_DETAILS):
+            zh_where, en_where = _node_place(self.details)
+            return (
+                zh.format(**{**values, "subject": f"{subject}{zh_where}"}),
+                en.format(**{**values, "subject": f"{subject} {en_where}"}),
+            )
         return zh.format(**values), en.format(**values)
 
 
@@ -544,14 +564,15 @@ def derive_alerts(
             # it answers, but with an exception, or as another node (another bus's, on this
             # port): not with its bits
             why = {k: node.errors[k] for k in ("exception", "detector_count") if k in node.errors}
+            place = (places or {}).get(where, {})  # where the technician finds the node
             if why:
-                details = {"agent": a.agent, **why}
+                details = {"agent": a.agent, **why, **place}
                 out.append(Alert(f"node_error:{where}", "node_error", where, None, details))
                 continue
             if node.status == "slow":  # it answers, but polls fail (CRC errors, timeouts)
                 # no error counts in the details: they move with every health report, and
                 # the dashboard redraws an alert whose answer changed (a note being typed)
-                details = {"agent": a.agent}
+                details = {"agent": a.agent, **place}
                 out.append(
                     Alert(f"node_unreliable:{where}", "node_unreliable", where, None, details)
                 )

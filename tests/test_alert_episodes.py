@@ -301,6 +301,47 @@ def test_a_dead_node_names_its_spaces_zone_and_what_to_do():
     assert en.endswith("check the node's power and bus cable") and "电源" in zh
 
 
+def test_an_erring_or_unreliable_node_is_named_by_its_spaces_too():
+    """A technician sent to node bus-b1/3 for a Modbus exception or for CRC errors needs to
+    find it as much as for a dead one: the site file says which bays hang on it."""
+    site = load_site(EXAMPLE_SITE)
+    places = node_places(site)
+    now = time.time()
+    health = HealthReport(
+        agent="serial-bus-b1",
+        source="bus-b1",
+        ts=now,
+        status="degraded",
+        nodes=[
+            NodeHealth(address=3, status="ok", errors={"exception": 2}),
+            NodeHealth(address=2, status="slow", errors={"crc": 40}),
+        ],
+    )
+    agents = [AgentStatus("serial-bus-b1", True, now, health)]
+    alerts = {a.kind: a for a in derive_alerts((), agents, now, 3600, places=places)}
+    assert set(alerts) == {"node_error", "node_unreliable"}
+    erring, slow = alerts["node_error"], alerts["node_unreliable"]
+    assert erring.details == {"agent": "serial-bus-b1", "exception": 2, **places["bus-b1/3"]}
+    zh, en = erring.message(72)
+    assert en.startswith(
+        "node controller bus-b1/3 (30 spaces: B1-F-001…B1-F-030, zone F) answers exception 2"
+    ), en
+    assert zh.startswith("节点 bus-b1/3(30 个车位:B1-F-001…B1-F-030,区域 F) 回应异常 2"), zh
+    zh, en = slow.message(72)
+    assert en == (
+        f"node controller bus-b1/2 (30 spaces: {places['bus-b1/2']['spaces']}, zone"
+        f" {places['bus-b1/2']['zones']}) answers unreliably (CRC errors, timeouts): check"
+        " wiring and termination"
+    ), en
+    assert places["bus-b1/2"]["spaces"] in zh and "通信不稳定" in zh
+    # read back after a restart (no details): the plain text, as before
+    assert (
+        Alert(slow.id, "node_unreliable", "bus-b1/2", None)
+        .message(72)[1]
+        .startswith("node controller bus-b1/2 answers unreliably")
+    )
+
+
 def test_the_broker_alert_names_the_broker_and_what_to_do(tmp_path):
     view = _View()
     view.up = False

@@ -497,8 +497,15 @@ def test_a_slow_node_reaches_the_alerts_and_clears_and_unseen_agents_are_listed(
     assert _wait(unreliable, 10)
     (alert,) = unreliable()
     assert (alert["id"], alert["severity"]) == ("node_unreliable:bus-b1/3", "warning")
-    assert alert["details"] == {"agent": "serial-bus-b1"}
-    assert "unreliably" in alert["message"]["en"]
+    # where the node is, from the site file (B1-F-001…B1-F-030 hang on node 3)
+    assert alert["details"] == {
+        "agent": "serial-bus-b1", "spaces": "B1-F-001…B1-F-030", "space_count": "30",
+        "zones": "F",
+    }  # fmt: skip
+    assert (
+        "bus-b1/3 (30 spaces: B1-F-001…B1-F-030, zone F) answers unreliably"
+        in alert["message"]["en"]
+    )
     monkeypatch.setattr(api.live, "AGENT_REJOIN_S", 0.0)  # the API just started: settled now
     send("ok")
     assert _wait(lambda: not unreliable(), 10)
