@@ -847,11 +847,12 @@ class ReportPublisher:
         self._warnings(
             "echo",
             logging.ERROR,
-            "the MQTT broker %s dropped this agent's messages (it acknowledged its own %s "
-            "'online' but never passed it back in %.0f s): its login %r may publish only under its own agent id, so none of "
-            "its reports reach the gateway; check PARKGUIDE_MQTT_USERNAME (--username, the "
-            "agent id %s under the shipped ACL) and the broker's ACL, which must let it write "
-            "and read %s",
+            "the MQTT broker %s never passed this agent's own 'online' (%s) back within %.0f s "
+            "of acknowledging it. Most likely it drops this agent's messages: under the shipped "
+            "ACL its login %r may publish only under its own agent id, so none of its reports "
+            "reach the gateway; check PARKGUIDE_MQTT_USERNAME (--username: the agent id %s under "
+            "the shipped ACL). With an ACL of your own, it must let this login write and read "
+            "%s (read only for this check)",
             self.broker.url,
             self.topic_availability,
             ECHO_WAIT_S,

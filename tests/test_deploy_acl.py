@@ -518,7 +518,8 @@ def test_an_agent_logged_in_under_another_id_says_the_broker_drops_its_reports(
     assert "PARKGUIDE_MQTT_USERNAME=serial-bus-g" in warnings[0]
     errors = said(logging.ERROR)
     assert len(errors) == 1, errors
-    assert "dropped this agent's messages" in errors[0]
+    assert "never passed this agent's own 'online'" in errors[0]
+    assert "Most likely it drops this agent's messages" in errors[0]
     assert "its login 'serial-bus-b1' may publish only under its own agent id" in errors[0]
     # what the gateway heard: the right one's online and offline, nothing of the wrong one's
     seen = []
