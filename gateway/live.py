@@ -134,6 +134,10 @@ three fsyncs: ~555 MB a day of writes on an edge box's SD card for a site where 
 changed. A crash loses at most this much of a quiet agent's last_seen and seq: its spaces
 then turn unknown up to this much sooner after the restart (never free), and a replay of
 those reports changes nothing (docs/architecture.md, "A report that changes nothing")."""
+CLEAN_STOP_KEY = "clean_stop"
+"""Journal meta: "1" once a clean stop journaled every agent's newest quiet report, so their
+last_seen are exact; cleared at each start. Without it the last run ended in a crash, and a
+quiet agent may have been heard up to QUIET_JOURNAL_S after the last_seen journaled."""
 
 
 def _cached_lane_distances(
@@ -223,8 +227,14 @@ class LiveGateway:
         policy_clock: Callable[[], float] | None = None,
         defer_checkpoint: bool = False,
         journal_plates: bool = True,
+        defer_start_verdicts: bool = False,
     ):
         self.site = site
+        # True: the outage's TTL verdicts wait for start_verdicts(), which the service calls
+        # once the broker's backlog is in (agents heard meanwhile were not silent)
+        self.defer_start_verdicts = defer_start_verdicts
+        self.start_verdicts_due = False
+        self._stopped_margin = 0.0  # how much later than journaled an agent may have been heard
         # False (--plate-keep-hours 0): an arrival's plate is echoed to its gate, never stored
         self.journal_plates = journal_plates
         # False: the checkpoint follows every publication; True: the caller flushes it
@@ -241,6 +251,9 @@ class LiveGateway:
         # events are stamped no earlier than the last one (``_event_time``), and a step of
         # this host's clock is said (``_watch_host_clock``)
         self._event_last = -math.inf  # the journal's last, once resume() expanded it
+        # ... and the newest time of a change journaled since (_event_last also moves when
+        # a time is only taken): the floor of the start's deferred verdicts
+        self._journaled_last = -math.inf
         self._host_clock_offset: float | None = None
         self._core_last_mono = -math.inf
         self.lock = threading.RLock()
@@ -436,11 +449,18 @@ class LiveGateway:
         self.journal.put_space_zones({sp.id: sp.zone for sp in self.site.spaces})
         with self.journal.transaction():
             self.journal.expand_pending()  # committed before a crash: now events
-        self._event_last = self.journal.last_event_ts()
+        self._event_last = self._journaled_last = self.journal.last_event_ts()
         self._zone_closures = self._true_closures(
             closures.load(self.journal.meta(ZONE_CLOSURES_KEY))
         )
         self._restore_gate_offsets(now, mono)
+        # after a crash an agent's newest quiet report may not be journaled (QUIET_JOURNAL_S):
+        # its silence is certain only that much later than its last_seen says
+        clean = self.journal.meta(CLEAN_STOP_KEY) == "1"
+        self._stopped_margin = 0.0 if clean else QUIET_JOURNAL_S
+        if clean:  # this run may crash: the mark goes with the start
+            with self.journal.transaction() as conn:
+                conn.execute("DELETE FROM meta WHERE key = ?", (CLEAN_STOP_KEY,))
         taken = self.journal.meta(BACKUP_TAKEN_KEY)
         if taken is not None:  # said once: the key goes with this start
             self._restored_backup = True
@@ -541,9 +561,13 @@ class LiveGateway:
             for d in range(len(self.site.displays)):
                 self._shown[d] = self._render(d)
             # silence is never free: sources not heard within their TTL while this gateway
-            # was stopped turned unknown when it ran out (the broker's backlog, handled
-            # next, vouches for what was heard meanwhile)
-            self._expire_while_stopped(now, mono)
+            # was stopped turned unknown when it ran out; with defer_start_verdicts, once
+            # the broker's backlog is in (start_verdicts), so that what it kept vouches for
+            # the agents heard meanwhile
+            if self.defer_start_verdicts:
+                self.start_verdicts_due = True
+            else:
+                self._expire_while_stopped(now, mono)
             # the signs as of now, so a restart can show them before it has loaded everything
             signs = [self._sign(d, self._shown[d], now) for d in range(len(self.site.displays))]
             for sign in signs:
@@ -731,7 +755,8 @@ class LiveGateway:
         now, mono = self._clock(), self._mono()
         with self.lock:
             self._watch_host_clock(now, mono)
-            self._expire(self._event_time(now), mono)
+            if not self.start_verdicts_due:  # else dated by start_verdicts, after the backlog
+                self._expire(self._event_time(now), mono)
             ended = self.core.expire_holds(self._core_time(now))
             if ended:
                 # journaled, so that a restart does not restore them by the wall clock
@@ -858,20 +883,42 @@ class LiveGateway:
         if len(changes.touched):
             self._commit_and_propagate([_Segment(changes, now, None, None)], now)
 
-    def _expire_while_stopped(self, wall: float, mono: float) -> None:
+    def start_verdicts(self, heard: Collection[str] = ()) -> None:
+        """The start's TTL verdicts, deferred (``defer_start_verdicts``) until the broker's
+        backlog for this gateway is in: the spaces of the agents in ``heard`` (reports or
+        health the broker kept for it while it was stopped) get none, since those agents were
+        not silent; their backlog, handled next, brings their spaces up to date."""
+        with self.lock:
+            if not self.start_verdicts_due:
+                return
+            self.start_verdicts_due = False
+            self._expire_while_stopped(self._clock(), self._mono(), heard)
+
+    def journal_clean_stop(self) -> None:
+        """At a clean stop: every agent's newest quiet report journaled, and the journal told
+        so (CLEAN_STOP_KEY): the next start dates the outage from exact last_seen times."""
+        self.journal_quiet(force=True)
+        with self.journal.transaction():
+            self.journal.set_meta(CLEAN_STOP_KEY, "1")
+
+    def _expire_while_stopped(self, wall: float, mono: float, heard: Collection[str] = ()) -> None:
         """At a start: each space whose TTL ran out while the gateway was stopped turns
-        unknown at the time it ran out (last seen + its source's TTL), as a running gateway
-        would have journaled it, not at the restart: history and InfluxDB then show the
-        outage as unknown, not as the last counts. Never earlier than the journal's newest
-        event (its ids stay in time order, docs/architecture.md "Event times") nor later
-        than now. One verdict per time (in practice one per agent: its spaces share the
-        time it was last heard), in time order, each with its zones' counts then."""
-        floor = self._event_last
+        unknown at the time it ran out (last seen + its source's TTL, and QUIET_JOURNAL_S
+        more after a crash), as a running gateway would have journaled it, not at the
+        restart: history and InfluxDB then show the outage as unknown, not as the last
+        counts. Never earlier than the journal's newest event (its ids stay in time order,
+        docs/architecture.md "Event times") nor later than now. The spaces of the agents in
+        ``heard`` are left to their backlog and the next tick. One verdict per time (in
+        practice one per agent: its spaces share the time it was last heard), in time
+        order, each with its zones' counts then."""
+        floor = self._journaled_last
         now = self._event_time(wall)
         stale = self.state.stale(mono)
+        if len(stale) and heard:
+            stale = stale[~np.isin(self.state.agent[stale], self.state.agent_indices(heard))]
         if not len(stale):
             return
-        ran_out = self.state.last_seen[stale] + self.state.ttl[stale]
+        ran_out = self.state.last_seen[stale] + self.state.ttl[stale] + self._stopped_margin
         at = np.clip(ran_out, min(floor, now), now)
         segments = []
         for t in np.unique(at).tolist():
@@ -1522,6 +1569,8 @@ class LiveGateway:
             self._sense_closed_holds()
         if journaled or agent_state is not None or meta is not None:
             self._journal(journaled, now, agent_state, meta)
+        if n:
+            self._journaled_last = max(self._journaled_last, *(g.ts for g in segments))
         signs: list[_Sign] = []
         if n:
             self.state_changes += n

@@ -50,6 +50,12 @@ TICK_S = 0.5
 MAX_POLICY_SPEED = 3600.0  # --policy-clock: a simulated hour per real second at most
 CHECKPOINT_S = 1.0  # SQLite WAL checkpoint (WAL -> database file), in a thread of its own
 MAX_BATCH = 500  # messages handled together when they queue up
+# The start's TTL verdicts wait until the broker's backlog for this gateway is in (subscribed
+# and nothing left to read: it sends what it kept first), so that agents it kept reports of
+# are not dated silent; at most this long, or this many messages, when the broker is away
+START_VERDICTS_MAX_S = 2.0
+START_VERDICTS_MAX_MESSAGES = 5000
+_BACKLOG_KINDS = frozenset({"edge/occupancy", "edge/health"})  # an agent alive meanwhile
 # The state checkpoint (LiveGateway.flush_checkpoint) gathers what reports changed for at
 # least CHECKPOINT_MIN_S (its fixed cost is paid once for all of them, and a report
 # arriving meanwhile rarely finds it running), then is written in steps at quiet moments;
@@ -274,7 +280,10 @@ class GatewayService:
             # the checkpoint waits for an idle moment: off the report-to-sign path
             defer_checkpoint=True,
             journal_plates=plate_keep_hours > 0,
+            defer_start_verdicts=True,
         )
+        self._heard_in_backlog: set[str] = set()  # agents the broker kept messages of
+        self._verdicts_by = math.inf  # the start verdicts' deadline, set when _run starts
         if self.writer is not None:
             self.gateway.outbox_stats = self._outbox_stats
         self._stop = threading.Event()
@@ -647,6 +656,12 @@ class GatewayService:
             if msg.qos > 0:
                 self.client.ack(msg.mid, msg.qos)  # refused for good: not to be redelivered
             return
+        if self.gateway.start_verdicts_due and not msg.retain:
+            # kept by the broker while this gateway was stopped (a retained copy says nothing
+            # of when it was sent)
+            parsed = topics.parse(msg.topic)
+            if parsed is not None and parsed.kind in _BACKLOG_KINDS:
+                self._heard_in_backlog.add(parsed.ident)
         # collected here, handled in a batch once the socket has nothing more to read
         self._pending.append((msg.topic, msg.payload, time.perf_counter(), msg.mid, msg.qos))
 
@@ -784,8 +799,32 @@ class GatewayService:
                 log.info("journal checkpoint written again")
             self._checkpoint_failures = 0
 
+    def _start_verdicts(self) -> None:
+        """The start's TTL verdicts, once the broker's backlog is in (or START_VERDICTS_MAX_S
+        after the start): before it is handled, so the journal keeps its time order."""
+        backlog_in = self.connected.is_set() and not self._readable()
+        if not (
+            backlog_in
+            or time.monotonic() >= self._verdicts_by
+            or len(self._pending) >= START_VERDICTS_MAX_MESSAGES
+        ):
+            return
+        try:
+            self.gateway.start_verdicts(self._heard_in_backlog)
+        except sqlite3.Error as exc:  # not journaled: see _drain
+            self._fail(f"the journal refused a write ({exc}); stopping{journal_disk_hint(exc)}")
+        if self._heard_in_backlog:
+            log.info(
+                "the broker kept reports of %d agent(s) while this gateway was stopped: not "
+                "dated silent",
+                len(self._heard_in_backlog),
+            )
+        self._heard_in_backlog = set()
+
     def _tick(self) -> None:
         self._confirm_other_offline()
+        if self.gateway.start_verdicts_due:  # the broker away: the timers still run
+            self._start_verdicts()
         try:
             self.gateway.tick()
             if self.history is not None:
@@ -821,11 +860,14 @@ class GatewayService:
             log.info("real-time scheduling: busy-polling turned off")
             self._busy_poll_s = 0.0
         next_tick = time.monotonic() + TICK_S
+        self._verdicts_by = time.monotonic() + START_VERDICTS_MAX_S
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_tick:
                 self._tick()
                 next_tick = now + TICK_S
+            if self.gateway.start_verdicts_due:  # also while the broker cannot be reached
+                self._start_verdicts()
             if self.client.socket() is None and not self._connect():
                 continue
             timeout = min(0.05, max(0.0, next_tick - time.monotonic()))
@@ -846,7 +888,11 @@ class GatewayService:
             ):
                 self._take_over_at = time.monotonic() + TAKE_OVER_RETRY_S  # if it fails
                 self._take_over_previous_session()
-            if self._republish and self.client.is_connected():
+            if (
+                self._republish
+                and self.client.is_connected()
+                and not self.gateway.start_verdicts_due
+            ):
                 self._republish = False
                 self.gateway.publish_all()
             while (
@@ -856,7 +902,7 @@ class GatewayService:
                 and self._readable()
             ):
                 rc = self._network(0.0)
-            if self._pending:
+            if self._pending and not self.gateway.start_verdicts_due:
                 moved = self.gateway.outputs()
                 self._drain()
                 # handling the batch warmed the path: the next rehearsal is due a full
@@ -1074,7 +1120,7 @@ class GatewayService:
             self._checkpointer.join(10)
         with self.gateway.lock:
             try:
-                self.gateway.journal_quiet(force=True)  # the newest seq and last_seen
+                self.gateway.journal_clean_stop()  # the newest seq and last_seen, and so
             except sqlite3.Error as exc:
                 log.warning("journaling the agents' last quiet reports failed: %s", exc)
             self._flush_checkpoint()

@@ -18,6 +18,7 @@ from api.history import zone_series
 from api.journal import JournalReader
 from gateway import outbox
 from gateway.journal import Journal
+from gateway.live import QUIET_JOURNAL_S
 from gateway.outbox import event_time_ns
 from gateway.service import _OutboxHistory
 from parking import topics
@@ -77,12 +78,16 @@ def _history(db: Path, site: Site, times: list[float]) -> dict[str, list[tuple[i
     return {z: [(p.free, p.unknown) for p in pts] for z, pts in series.items()}
 
 
+@pytest.mark.parametrize("clean", [True, False], ids=["clean stop", "crash"])
 def test_a_restart_dates_the_ttl_verdicts_of_the_outage_when_each_ttl_ran_out(
-    example_site, tmp_path
+    example_site, tmp_path, clean
 ):
     """Stopped 60 s after the buses' and the camera's last reports: the buses' spaces
     turned unknown 15 s after theirs (journal, outbox point, history), not at the restart;
-    the camera's TTL (120 s) has not run out at the restart, so its spaces stay free."""
+    the camera's TTL (120 s) has not run out at the restart, so its spaces stay free. After
+    a crash the buses may have been heard up to QUIET_JOURNAL_S later than journaled (their
+    newest quiet report waited in memory): their silence is dated that much later."""
+    ran_out = T0 + BUS_TTL_S + (0 if clean else QUIET_JOURNAL_S)
     site = _camera_ttl_site(tmp_path)
     db = tmp_path / "j.sqlite"
     clocks = Clocks(T0)
@@ -103,7 +108,9 @@ def test_a_restart_dates_the_ttl_verdicts_of_the_outage_when_each_ttl_ran_out(
         gw.handle(*_report(site, camera.id, camera.agent, clocks.wall))
         clocks.advance(2)
         gw.tick()
-        gw.flush_checkpoint()  # a clean stop's last checkpoint
+        if clean:
+            gw.journal_clean_stop()
+        gw.flush_checkpoint()  # a stop's last checkpoint
     finally:
         gw.journal.close()
     clocks.advance(60)  # the outage: well past the buses' TTL, within the camera's
@@ -116,11 +123,11 @@ def test_a_restart_dates_the_ttl_verdicts_of_the_outage_when_each_ttl_ran_out(
         assert times == sorted(times)  # ids still in time order
         unknown = {(e[2], e[1]) for e in events if e[4] == "unknown"}
         bus_spaces = {s for b in site.buses for s in site.spaces_of_source(b.id)}
-        assert unknown == {(s, T0 + BUS_TTL_S) for s in bus_spaces}
+        assert unknown == {(s, ran_out) for s in bus_spaces}
         assert restarted not in times
 
         zone_a = _zone_points(gw.journal, "A")
-        at_ttl = [f for ts, f in zone_a if ts == event_time_ns(T0 + BUS_TTL_S)]
+        at_ttl = [f for ts, f in zone_a if ts == event_time_ns(ran_out)]
         assert at_ttl == [{"free": 0, "occupied": 0, "unknown": 80, "closed": 0, "total": 80}]
         zone_c = _zone_points(gw.journal, "C")
         assert all(f["unknown"] == 0 for ts, f in zone_c if ts > event_time_ns(T0 + 5))
@@ -128,7 +135,7 @@ def test_a_restart_dates_the_ttl_verdicts_of_the_outage_when_each_ttl_ran_out(
         gw.journal.close()
     samples = [T0 + 10, T0 + 20, T0 + 40, T0 + 60]
     hist = _history(db, site, samples)
-    assert hist["A"] == [(80, 0), (0, 80), (0, 80), (0, 80)]
+    assert hist["A"] == [(80, 0) if t < ran_out else (0, 80) for t in samples]
     assert hist["C"] == [(40, 0)] * 4
 
 
@@ -155,7 +162,6 @@ def test_a_gateway_stopped_past_the_ttl_shows_the_outage_as_unknown_in_influxdb(
         assert stopped < heard + ttl, "stopped after the TTL ran out: the test proves nothing"
         time.sleep(2 * ttl)
         with running_gateway(site_path, mosquitto.url, db, influx=influx) as gw:
-            events = gw.journal.events_after(0)
             deadline = time.monotonic() + 20
             points: list[tuple[int, int]] = []
             while time.monotonic() < deadline:
@@ -168,6 +174,8 @@ def test_a_gateway_stopped_past_the_ttl_shows_the_outage_as_unknown_in_influxdb(
                 if (event_time_ns(heard + ttl) // 1_000_000, 80) in points:
                     break
                 time.sleep(0.3)
+            with gw.gateway.lock:  # the verdicts follow the broker's (empty) backlog
+                events = gw.journal.events_after(0)
     finally:
         watch.stop()
         edge.stop()
@@ -191,6 +199,7 @@ def test_a_verdict_of_the_outage_is_never_dated_before_the_journals_newest_event
             gw.handle(*_report(example_site, bus.id, bus.agent, clocks.wall))
         clocks.advance(BUS_TTL_S + 5)
         gw.control_space("A-001", "close", "wang", None)
+        gw.journal_clean_stop()  # the buses' last_seen exact: their TTL ran out before it
         gw.flush_checkpoint()
     finally:
         gw.journal.close()
@@ -204,3 +213,46 @@ def test_a_verdict_of_the_outage_is_never_dated_before_the_journals_newest_event
     times = [e[1] for e in events]
     assert times == sorted(times)
     assert {e[1] for e in events if e[4] == "unknown"} == {T0 + BUS_TTL_S + 5}
+
+
+def _seq(service, agent: str) -> int:
+    known = service.gateway.gate.sequence(agent)
+    return -1 if known is None else known[1]
+
+
+def test_a_restart_takes_what_the_broker_kept_as_heard_not_as_an_outage(mosquitto, tmp_path):
+    """The gateway stopped for twice the TTL while bus-g went on reporting: the broker kept
+    those reports for it, so bus-g was never silent. The restart must not date an outage
+    from the last report the journal has (a review saw 7 s of unknown in the history of an
+    agent that never stopped); it takes the backlog first."""
+    ttl = 3
+    site_path = site_variant(tmp_path, ttl_s=ttl)
+    db = tmp_path / "journal.db"
+    watch = Collector(mosquitto.port)
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    try:
+        with running_gateway(site_path, mosquitto.url, db) as gw:
+            spaces = gw.site.spaces_of_source("bus-g")
+            edge.send({s: "free" for s in spaces}, kind="snapshot")
+            watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+        stopped = time.monotonic()
+        while time.monotonic() < stopped + 2 * ttl:  # the agent goes on, the broker keeps it
+            edge.send({s: "free" for s in spaces}, kind="snapshot")
+            time.sleep(0.5)
+        with closing(sqlite3.connect(db)) as conn:
+            (seq_before,) = conn.execute(
+                "SELECT seq FROM agents WHERE agent = 'serial-bus-g'"
+            ).fetchone()
+        with running_gateway(site_path, mosquitto.url, db) as gw:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _seq(gw, "serial-bus-g") <= seq_before:
+                time.sleep(0.1)
+            time.sleep(1.0)  # a tick or two after the backlog
+            with gw.gateway.lock:
+                events = gw.journal.events_after(0)
+            taken = _seq(gw, "serial-bus-g")
+    finally:
+        watch.stop()
+        edge.stop()
+    assert taken > seq_before, "the backlog never came: the test proves nothing"
+    assert [e for e in events if e[4] == "unknown" and e[2] in set(spaces)] == []
