@@ -11,6 +11,7 @@ body, which EventSource cannot read, and the page ignored its ``Retry-After``, s
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -72,6 +73,13 @@ def stale_note(page: Page) -> str:
     return page.locator("#signs-box .stale-note").text_content() or ""
 
 
+def seconds_left(text: str) -> int:
+    """The seconds to the next try that a refusal's text shows (en or zh)."""
+    found = re.search(r"trying again in (\d+) s|(\d+) 秒后再试", text)
+    assert found, text
+    return int(found[1] or found[2])
+
+
 def test_the_page_says_why_it_is_over_the_cap_and_waits_retry_after(browser, served_capped):
     url, hub = served_capped
     en_log: list[tuple[float, str]] = []
@@ -90,9 +98,15 @@ def test_the_page_says_why_it_is_over_the_cap_and_waits_retry_after(browser, ser
             title = en.get_attribute("#live", "title") or ""
             assert "this login has the most live connections" in title
             assert "close a dashboard tab or screen" in title
+            # the wait shown counts down to the try, each second (not drawn once and left)
+            before = [seconds_left(p.get_attribute("#live", "title") or "") for p in (en, zh)]
+            assert all(0 < s <= RETRY_S for s in before), before
+            en.wait_for_timeout(2100)
+            after = [seconds_left(p.get_attribute("#live", "title") or "") for p in (en, zh)]
+            assert all(a < b for a, b in zip(after, before, strict=True)), (before, after)
             wait_until(lambda: "close a dashboard tab or screen" in stale_note(en), 8000, "en note")
             assert stale_note(en).startswith("not live since ")
-            assert "trying again at " in stale_note(en)
+            assert 0 <= seconds_left(stale_note(en)) < RETRY_S
             wait_until(lambda: "请关闭一个看板标签页或屏幕" in stale_note(zh), 8000, "zh note")
             assert stale_note(zh).startswith("非实时：自 ")
 

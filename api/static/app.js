@@ -60,9 +60,10 @@ const T = {
   // the live stream refused at a cap (429: this login's streams, 503: the server's): why, and when
   // the page tries again
   live_full: ["连接已满", "too many open"], live_busy: ["服务器繁忙", "server busy"],
-  streams_full: ["此登录打开的实时连接已达上限：请关闭一个看板标签页或屏幕；{t} 再试",
-    "this login has the most live connections it may have open: close a dashboard tab or screen; trying again at {t}"],
-  streams_busy: ["服务器的实时连接已满；{t} 再试", "the server has too many live connections open; trying again at {t}"],
+  // ({s}: seconds left, counting down)
+  streams_full: ["此登录打开的实时连接已达上限：请关闭一个看板标签页或屏幕；{s} 秒后再试",
+    "this login has the most live connections it may have open: close a dashboard tab or screen; trying again in {s} s"],
+  streams_busy: ["服务器的实时连接已满；{s} 秒后再试", "the server has too many live connections open; trying again in {s} s"],
   live_again: ["已恢复实时", "live again"], free_now: ["空位：{list}", "free spaces: {list}"],
   // the map for the keyboard and screen readers, and a way in without it
   map_of: ["地图：{level}", "map: {level}"], show_space: ["查看", "Show"],
@@ -1050,9 +1051,19 @@ async function loadEvents(fresh) {
 
 // ---- live stream ---------------------------------------------------------------------------
 const hms = (s) => fmtTime(s, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-// why the stream is refused, and when the page tries again (null: it is not)
+// why the stream is refused, and in how many seconds the page tries again (null: it is not)
 const refusedText = () => S.refused
-  && t(S.refused.status === 429 ? "streams_full" : "streams_busy").replace("{t}", hms(S.refused.retryAt / 1000));
+  && t(S.refused.status === 429 ? "streams_full" : "streams_busy")
+    .replace("{s}", String(Math.max(0, Math.ceil((S.refused.retryAt - Date.now()) / 1000))));
+
+// The wait shown counts down: redrawn as each of its seconds passes, until the retry (drawing
+// only: the retry is the "reconnect" timer's).
+function tickRefused() {
+  if (!S.refused) return;
+  renderLive(false); renderStale();
+  const left = S.refused.retryAt - Date.now();
+  if (left > 0) later("refusedTick", tickRefused, left % 1000 || 1000);
+}
 
 function renderLive(on) {
   const e = $("#live");
@@ -1155,7 +1166,7 @@ async function streamRefused(es) {
   if (S.es !== es) return;
   if (status === 429 || status === 503) {
     S.refused = { status, retryAt: Date.now() + waitMs };
-    renderLive(false); renderStale();
+    tickRefused();
     later("reconnect", () => { if (S.es === es) connect(); }, waitMs);
   } else {
     if (S.refused) { S.refused = null; renderLive(false); renderStale(); }
