@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 import threading
 import time
 
@@ -246,8 +248,6 @@ def test_a_stream_whose_reader_takes_nothing_is_let_go(server, harness, monkeypa
     """A phone asleep or gone without closing: its socket's buffers fill and the server's
     write waits. Within the send timeout the stream ends and its place is free (400 such
     once locked every dashboard out with 503s); a reading stream carries on."""
-    import socket
-
     import api.routes.stream as stream_route
 
     monkeypatch.setattr(stream_route, "SEND_TIMEOUT_S", 1.0)
@@ -321,8 +321,6 @@ def test_a_stream_unread_while_the_buffers_still_take_it_is_let_go(harness, user
     a quiet site days. The connection's TCP_USER_TIMEOUT ends it once written data has
     waited that long (here 2 s; the send timeout put out of reach), and a reading stream
     carries on."""
-    import socket
-
     import api.routes.stream as stream_route
 
     monkeypatch.setattr(stream_route, "SEND_TIMEOUT_S", 600.0)
@@ -361,34 +359,101 @@ def test_a_stream_unread_while_the_buffers_still_take_it_is_let_go(harness, user
             reading.close()
 
 
+def _response(sock: socket.socket) -> bytes:
+    """One whole HTTP response read from ``sock`` (a keep-alive connection: nothing more)."""
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += sock.recv(65536)
+    head, body = got.split(b"\r\n\r\n", 1)
+    length = re.search(rb"(?im)^content-length: *(\d+)", head)
+    while not (body.endswith(b"0\r\n\r\n") if length is None else len(body) >= int(length[1])):
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed part-way"
+        body += chunk
+    return got
+
+
+def _paused_export(reader: socket.socket, headers: dict[str, str]) -> bytes:
+    """The events export asked for on ``reader`` (a 4 kB receive buffer), its reading paused
+    5 s after the first 2 kB, then read to its end: the body that came."""
+    reader.sendall(
+        f"GET /api/v1/events.csv HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Authorization: {headers['Authorization']}\r\n\r\n".encode()
+    )
+    got = reader.recv(2048)
+    assert b" 200 " in got.split(b"\r\n", 1)[0]
+    time.sleep(5)  # its window shut, the rest waits on this side
+    reader.settimeout(10)
+    while chunk := reader.recv(65536):
+        got += chunk
+    return got.split(b"\r\n\r\n", 1)[1]
+
+
+def _small_window() -> socket.socket:
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return reader
+
+
 def test_an_export_whose_reader_pauses_longer_goes_on_where_it_stopped(harness, users):
     """Only a live stream's connection is ended by the kernel when what was written waits:
     a CSV export whose reader pauses (a download paused, a phone out of signal) for longer
     than that (here 2 s) gets the rest of the file when it reads again."""
-    import socket
-
     harness.fill()
     app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
     with ServerThread(app, free_port(), unacknowledged_s=2.0) as srv:
         headers = _login(srv.url)
         whole = httpx.get(f"{srv.url}/api/v1/events.csv", headers=headers)
         assert whole.status_code == 200 and len(whole.content) > 30_000  # more than buffers
-        reader = socket.socket()
-        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        try:
+        with _small_window() as reader:
             reader.connect(("127.0.0.1", srv.port))
-            reader.sendall(
-                f"GET /api/v1/events.csv HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                f"Authorization: {headers['Authorization']}\r\n\r\n".encode()
-            )
-            got = reader.recv(2048)
-            assert b" 200 " in got.split(b"\r\n", 1)[0]
-            time.sleep(5)  # its window shut, the rest waits on this side
-            reader.settimeout(10)
-            while chunk := reader.recv(65536):
-                got += chunk
-        finally:
-            reader.close()
-    body = got.split(b"\r\n\r\n", 1)[1]
+            body = _paused_export(reader, headers)
     assert body.endswith(b"0\r\n\r\n"), body[-40:]  # the last chunk: the whole export came
     assert len(body) > len(whole.content)
+
+
+def test_a_paused_export_after_a_refused_stream_on_its_connection_goes_on(harness, users):
+    """A refused stream (401 here; the page asks again why its stream was refused, on a
+    connection it reuses) left the connection ended by the kernel when written data waited:
+    a paused CSV export on it after that was reset after 5 kB. Only a stream served counts."""
+    harness.fill()
+    app = create_app(harness.gateway, settings(public_read=False), db_path=str(harness.db_path))
+    with ServerThread(app, free_port(), unacknowledged_s=2.0) as srv:
+        headers = _login(srv.url)
+        with _small_window() as reader:
+            reader.connect(("127.0.0.1", srv.port))
+            reader.sendall(b"GET /api/v1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b" 401 " in _response(reader).split(b"\r\n", 1)[0]
+            body = _paused_export(reader, headers)
+    assert body.endswith(b"0\r\n\r\n"), body[-40:]
+
+
+def test_a_paused_export_after_a_stream_ended_on_its_connection_goes_on(
+    harness, users, monkeypatch
+):
+    """A live stream the server ends (here: its session ended) leaves its connection to
+    the next request as it was before the stream: a paused export on it gets it all."""
+    import api.routes.stream as stream_route
+
+    monkeypatch.setattr(stream_route, "SESSION_CHECK_S", 0.2)
+    harness.fill()
+    app = create_app(harness.gateway, settings(), db_path=str(harness.db_path))
+    with ServerThread(app, free_port(), unacknowledged_s=2.0) as srv:
+        streamed, exporting = _login(srv.url), _login(srv.url)
+        with _small_window() as reader:
+            reader.connect(("127.0.0.1", srv.port))
+            reader.sendall(
+                f"GET /api/v1/stream HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {streamed['Authorization']}\r\n\r\n".encode()
+            )
+            stream = reader.recv(64)
+            assert b" 200 " in stream
+            httpx.post(f"{srv.url}/api/v1/auth/logout", headers=streamed).raise_for_status()
+            reader.settimeout(10)
+            while not stream.endswith(b"0\r\n\r\n"):  # ended, the connection kept open
+                chunk = reader.recv(65536)
+                assert chunk, "the stream's connection closed"
+                stream += chunk
+            assert b"event: hello" in stream
+            body = _paused_export(reader, exporting)
+    assert body.endswith(b"0\r\n\r\n"), body[-40:]
