@@ -41,12 +41,14 @@ from api.outbox_status import OutboxStatusReader
 from api.sitecheck import SiteCheck
 from gateway.displays import zone_offered
 from gateway.readside import LiveEvent, LiveView
+from parking.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
 CLIENT_QUEUE = 1000  # distinct events a stream may have waiting (see StreamClient)
 PENDING_MAX = 100_000
 PUBLIC_KINDS = frozenset({"zone", "display"})
+REFUSAL_LOG_EVERY_S = 60.0  # a login refused at its stream cap is logged at most this often
 COALESCED = {"space": "space", "zone": "zone", "display": "display", "agent": "agent"}
 
 
@@ -168,6 +170,7 @@ class LiveHub:
         self._public = 0  # of them without a login
         self._of_user: Counter[str] = Counter()  # of them per login
         self.refused: Counter[str] = Counter()  # new streams refused, by the cap reached
+        self._refusals = RateLimitedLog(log, REFUSAL_LOG_EVERY_S)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._listeners: list[Callable[[LiveEvent], None]] = []
@@ -305,6 +308,15 @@ class LiveHub:
         it) cannot take every slot and lock every other manager out."""
         if per_user is not None and user is not None and self._of_user[user] >= per_user:
             self.refused["per_user"] += 1
+            # any login can ask again and again: a line a minute, the metric counts each
+            self._refusals(
+                f"per_user:{user}",
+                logging.INFO,
+                "live stream of %s refused: %d open, the most one login may have (said at most"
+                " once a minute; parkguide_streams_refused_total counts each)",
+                user,
+                per_user,
+            )
             raise UserStreamsFull(per_user)
         if caps is not None:
             max_public, max_all = caps

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -252,6 +253,44 @@ def test_one_login_cannot_take_every_stream(harness, users):
             for s in streams:
                 s.close()
         assert eventually(lambda: not hub.clients, timeout=5)  # each hang-up freed its place
+
+
+def _refused_per_user(metrics: str) -> int:
+    return int(metrics.split('parkguide_streams_refused_total{cap="per_user"} ')[1].split()[0])
+
+
+def test_refusals_at_a_logins_cap_are_logged_once_a_minute_and_each_counted(harness, users, caplog):
+    """Every stream refused at a login's cap logged a line: any viewer asking again and
+    again flooded the log. One line a minute per login (the rest at DEBUG); /metrics still
+    counts each."""
+    caplog.set_level(logging.DEBUG, logger="api")  # wherever it is said
+    app = create_app(harness.gateway, settings(streams_per_user=1), db_path=str(harness.db_path))
+    with ServerThread(app, free_port()) as srv, httpx.Client(timeout=10) as c:
+        url = f"{srv.url}/api/v1/stream"
+        tokens = {}
+        for name in ("viewer", "manager"):
+            r = c.post(f"{srv.url}/api/v1/auth/login", json={"name": name, "password": PASSWORD})
+            tokens[name] = {"Authorization": f"Bearer {r.json()['token']}"}
+        held = [_Held(c, url, tokens["viewer"]), _Held(c, url, tokens["manager"])]
+        try:
+            assert [h.response.status_code for h in held] == [200, 200]
+            for _ in range(50):
+                assert c.get(url, headers=tokens["viewer"]).status_code == 429
+            assert c.get(url, headers=tokens["manager"]).status_code == 429
+            metrics = c.get(f"{srv.url}/metrics", headers=tokens["manager"]).text
+        finally:
+            for h in held:
+                h.close()
+    assert _refused_per_user(metrics) == 51
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    refusals = [m for m in said if " refused: " in m]
+    assert [m.split(" refused")[0] for m in refusals] == [
+        "live stream of viewer",
+        "live stream of manager",  # each login its own line
+    ], refusals
+    assert "1 open, the most one login may have" in refusals[0]
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and " refused: " in r.msg]
+    assert len(debug) == 49  # a debug log still has every one
 
 
 def test_stream_needs_login_when_counts_are_private(harness, users):

@@ -215,9 +215,7 @@ async def stream(
             user=user.name if user else None,
             per_user=per_user,
         )
-    except UserStreamsFull:
-        log.info("live stream of %s refused: %d open, the most one login may have",
-                 user.name if user else "?", per_user)  # fmt: skip
+    except UserStreamsFull:  # logged by the hub, at most once a minute per login
         raise HTTPException(
             429,
             f"this user already has {per_user} live streams open, the most one login may have"
