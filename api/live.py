@@ -306,8 +306,11 @@ class LiveHub:
         reached (a public one counts against both). :class:`UserStreamsFull` when ``user``
         already has ``per_user`` open: one login (or a script reconnecting in a loop with
         it) cannot take every slot and lock every other manager out."""
-        if per_user is not None and user is not None and self._of_user[user] >= per_user:
-            self.refused["per_user"] += 1
+        cap = self.refusal(public, caps, user, per_user)
+        if cap is not None:
+            self.refused[cap] += 1
+            if cap != "per_user":
+                return None
             # any login can ask again and again: a line a minute, the metric counts each
             self._refusals(
                 f"per_user:{user}",
@@ -318,14 +321,6 @@ class LiveHub:
                 per_user,
             )
             raise UserStreamsFull(per_user)
-        if caps is not None:
-            max_public, max_all = caps
-            if len(self.clients) >= max_all:
-                self.refused["all"] += 1
-                return None
-            if public and self._public >= max_public:
-                self.refused["public"] += 1
-                return None
         c = StreamClient(self, kinds, self.queue_cap)
         c.public, c.user = public, user
         self.clients.add(c)
@@ -333,6 +328,25 @@ class LiveHub:
         if user is not None:
             self._of_user[user] += 1
         return c
+
+    def refusal(
+        self,
+        public: bool = False,
+        caps: tuple[int, int] | None = None,
+        user: str | None = None,
+        per_user: int | None = None,
+    ) -> str | None:
+        """The cap a new stream (as :meth:`connect` takes it) would be refused at now:
+        ``per_user``, ``all`` or ``public``; None when it would be opened."""
+        if per_user is not None and user is not None and self._of_user[user] >= per_user:
+            return "per_user"
+        if caps is not None:
+            max_public, max_all = caps
+            if len(self.clients) >= max_all:
+                return "all"
+            if public and self._public >= max_public:
+                return "public"
+        return None
 
     def streams_of(self, user: str) -> int:
         """How many streams ``user`` has open."""

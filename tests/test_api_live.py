@@ -293,6 +293,33 @@ def test_refusals_at_a_logins_cap_are_logged_once_a_minute_and_each_counted(harn
     assert len(debug) == 49  # a debug log still has every one
 
 
+def test_a_probe_answers_the_refusal_a_stream_would_get_without_counting_it(harness, users):
+    """The dashboard asks why its stream was refused (EventSource cannot read the answer):
+    asked as a stream, each retry over a cap was refused and counted twice. A probe
+    (``?probe=true``) answers the refusal a stream would get now, not counted, or 204, and
+    opens no stream."""
+    app = create_app(harness.gateway, settings(streams_per_user=1), db_path=str(harness.db_path))
+    hub = app.state.ctx.hub
+    with ServerThread(app, free_port()) as srv, httpx.Client(timeout=10) as c:
+        url = f"{srv.url}/api/v1/stream"
+        r = c.post(f"{srv.url}/api/v1/auth/login", json={"name": "viewer", "password": PASSWORD})
+        viewer = {"Authorization": f"Bearer {r.json()['token']}"}
+        free = c.get(url, params={"probe": "true"}, headers=viewer)
+        assert free.status_code == 204 and not free.content
+        assert hub.streams_of("viewer") == 0  # no stream opened
+        held = _Held(c, url, viewer)
+        try:
+            assert c.get(url, headers=viewer).status_code == 429  # the page's stream
+            why = c.get(url, params={"probe": "true"}, headers=viewer)  # and its question
+            assert why.status_code == 429 and why.headers["retry-after"] == "30"
+            assert "already has 1 live streams open" in why.json()["detail"]
+            metrics = c.get(f"{srv.url}/metrics", headers=viewer).text
+            assert _refused_per_user(metrics) == 1
+            assert hub.streams_of("viewer") == 1
+        finally:
+            held.close()
+
+
 def test_stream_needs_login_when_counts_are_private(harness, users):
     app = create_app(harness.gateway, settings(public_read=False), db_path=str(harness.db_path))
     with ServerThread(app, free_port()) as srv:

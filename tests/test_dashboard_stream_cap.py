@@ -6,7 +6,9 @@ test_dashboard_browser) against the app served by uvicorn on a real gateway stat
 Defect: a login with PARKGUIDE_STREAMS_PER_USER streams open (9 lobby screens sharing one
 viewer login) got a dashboard saying only "reconnecting", for ever: the reason was in the 429's
 body, which EventSource cannot read, and the page ignored its ``Retry-After``, starting again
-(the session and the stream: a burst of API calls) every 2 s.
+(the session and the stream: a burst of API calls) every 2 s. Then each of its tries was
+refused twice, the stream's and its look at why (a second stream asked for), and counted twice
+in parkguide_streams_refused_total.
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ def test_the_page_says_why_it_is_over_the_cap_and_waits_retry_after(browser, ser
                 # nothing else (no session or snapshot reloads per try)
                 assert len(since) == 2, since
             assert hub.streams_of("viewer") == CAP
+            # one refusal per page's try: the look at why is a probe, not counted again
+            assert hub.refused["per_user"] == 2
 
             # a place freed: the page goes live again at its next try, with its reason gone
             held.pop().close()
@@ -136,10 +140,10 @@ def test_the_page_says_why_it_is_over_the_cap_and_waits_retry_after(browser, ser
             assert zh.text_content("#live") == "实时"
             assert eventually(lambda: hub.streams_of("viewer") == 2, timeout=5)
 
-            # the look at why holds no place, even when it is given a stream (aborted at once)
+            # the look at why holds no place, even when a place is free (a probe opens none)
             zh.context.close()
             assert eventually(lambda: hub.streams_of("viewer") == 1, timeout=5)
-            assert en.evaluate("streamRefusal().then((r) => r.status)") == 200
+            assert en.evaluate("streamRefusal().then((r) => r.status)") == 204
             assert eventually(lambda: hub.streams_of("viewer") == 1, timeout=5)
             en.wait_for_timeout(500)
             assert hub.streams_of("viewer") == 1

@@ -20,9 +20,9 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from api.auth import Session, User
 from api.deps import Ctx, logged_in, public_or_login, session_of
@@ -183,6 +183,21 @@ class LiveStreamResponse(StreamingResponse):
                 await aclose()
 
 
+def refused(cap: str, per_user: int | None) -> HTTPException:
+    """The answer to a new stream refused at ``cap`` (:meth:`LiveHub.refusal`)."""
+    headers = {"Retry-After": str(STREAM_RETRY_S)}
+    if cap == "per_user":
+        return HTTPException(
+            429,
+            f"this user already has {per_user} live streams open, the most one login may have"
+            " (PARKGUIDE_STREAMS_PER_USER): close a dashboard tab or screen, or try again"
+            " shortly",
+            headers=headers,
+        )
+    # the dashboard tries again after Retry-After, and so does a phone
+    return HTTPException(503, "too many live streams open; try again shortly", headers=headers)
+
+
 @router.get(
     "/stream",
     responses={
@@ -190,6 +205,7 @@ class LiveStreamResponse(StreamingResponse):
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
             "description": "server-sent events",
         },
+        204: {"description": "probe=true: a stream would be opened now (none is)"},
         429: {
             "model": ErrorOut,
             "description": "this user has PARKGUIDE_STREAMS_PER_USER streams open already; "
@@ -199,36 +215,42 @@ class LiveStreamResponse(StreamingResponse):
     },
 )
 async def stream(
-    request: Request, ctx: Ctx, user: Annotated[User | None, Depends(public_or_login)]
-) -> StreamingResponse:
+    request: Request,
+    ctx: Ctx,
+    user: Annotated[User | None, Depends(public_or_login)],
+    probe: Annotated[
+        bool,
+        Query(
+            description="only ask whether a stream would be opened now (EventSource cannot"
+            " read why it was refused): the refusal it would get, not counted again, or 204;"
+            " no stream is opened"
+        ),
+    ] = False,
+) -> Response:
     """Live events: `space`, `zone`, `display`, `agent`, `assignment`, `alert` (JSON data)."""
     session = session_of(request, ctx) if user else None
     if user is not None and session is None:  # expired since the access check, just now
         logged_in(None)
     caps = (ctx.settings.max_public_streams, ctx.settings.max_streams)
     per_user = ctx.settings.streams_per_user
+    name = user.name if user else None
+    if probe:  # the page's question after its stream was refused: that refusal was counted
+        cap = ctx.hub.refusal(public=user is None, caps=caps, user=name, per_user=per_user)
+        if cap is not None:
+            raise refused(cap, per_user)
+        return Response(status_code=204)
     try:
         client = ctx.hub.connect(
             None if user else PUBLIC_KINDS,
             public=user is None,
             caps=caps,
-            user=user.name if user else None,
+            user=name,
             per_user=per_user,
         )
-    except UserStreamsFull:  # logged by the hub, at most once a minute per login
-        raise HTTPException(
-            429,
-            f"this user already has {per_user} live streams open, the most one login may have"
-            " (PARKGUIDE_STREAMS_PER_USER): close a dashboard tab or screen, or try again"
-            " shortly",
-            headers={"Retry-After": str(STREAM_RETRY_S)},
-        ) from None
-    if client is None:  # the dashboard tries again after Retry-After, and so does a phone
-        raise HTTPException(
-            503,
-            "too many live streams open; try again shortly",
-            headers={"Retry-After": str(STREAM_RETRY_S)},
-        )
+    except UserStreamsFull:
+        raise refused("per_user", per_user) from None
+    if client is None:
+        raise refused("all", per_user)  # or "public": the same answer
     return LiveStreamResponse(
         _events(request, ctx, client, user, session),
         client,

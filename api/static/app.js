@@ -1139,13 +1139,12 @@ const STREAM_URL = "/api/v1/stream";
 const REFUSED_WAIT_MS = [5000, 120000];
 const REFUSED_WAIT_DEFAULT_MS = 30000;
 
-// Why the stream was refused: EventSource never shows the answer, so ask once ourselves. Only
-// its headers are read: aborted as soon as they come, so a stream opened by it (a place free by
-// now) holds no place. { status (0: unreachable), waitMs: its Retry-After, bounded }
+// Why the stream was refused: EventSource never shows the answer, so ask once ourselves, as a
+// probe: the server answers the refusal a stream would get now (204: none) without opening one
+// or counting the refusal again. { status (0: unreachable), waitMs: its Retry-After, bounded }
 async function streamRefusal() {
-  const stop = new AbortController();
   try {
-    const r = await fetch(STREAM_URL, { signal: stop.signal, cache: "no-store", headers: { Accept: "text/event-stream" } });
+    const r = await fetch(`${STREAM_URL}?probe=true`, { cache: "no-store" });
     const after = r.headers.get("Retry-After");
     // seconds, or an HTTP date
     let ms = after == null ? NaN : /^\s*\d+\s*$/.test(after) ? Number(after) * 1000 : Date.parse(after) - Date.now();
@@ -1153,8 +1152,6 @@ async function streamRefusal() {
     return { status: r.status, waitMs: Math.min(REFUSED_WAIT_MS[1], Math.max(REFUSED_WAIT_MS[0], ms)) };
   } catch {
     return { status: 0, waitMs: 0 };
-  } finally {
-    stop.abort();
   }
 }
 
