@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -134,6 +134,9 @@ three fsyncs: ~555 MB a day of writes on an edge box's SD card for a site where 
 changed. A crash loses at most this much of a quiet agent's last_seen and seq: its spaces
 then turn unknown up to this much sooner after the restart (never free), and a replay of
 those reports changes nothing (docs/architecture.md, "A report that changes nothing")."""
+HEARD_TOLERANCE_S = 2.0
+"""An agent's report in the broker's backlog stamped this much after its TTL ran out still
+counts as sent before (an agent's clock a little ahead of the gateway's)."""
 CLEAN_STOP_KEY = "clean_stop"
 """Journal meta: "1" once a clean stop journaled every agent's newest quiet report, so their
 last_seen are exact; cleared at each start. Without it the last run ended in a crash, and a
@@ -752,11 +755,12 @@ class LiveGateway:
 
     def tick(self) -> None:
         """Timers: TTL expiry, hold expiry, sign refresh, policy minute, zone history."""
+        if self.start_verdicts_due:  # a second or two: nothing derived before the verdicts
+            return
         now, mono = self._clock(), self._mono()
         with self.lock:
             self._watch_host_clock(now, mono)
-            if not self.start_verdicts_due:  # else dated by start_verdicts, after the backlog
-                self._expire(self._event_time(now), mono)
+            self._expire(self._event_time(now), mono)
             ended = self.core.expire_holds(self._core_time(now))
             if ended:
                 # journaled, so that a restart does not restore them by the wall clock
@@ -883,16 +887,20 @@ class LiveGateway:
         if len(changes.touched):
             self._commit_and_propagate([_Segment(changes, now, None, None)], now)
 
-    def start_verdicts(self, heard: Collection[str] = ()) -> None:
+    def start_verdicts(self, first_heard: Mapping[str, float], whole: bool) -> None:
         """The start's TTL verdicts, deferred (``defer_start_verdicts``) until the broker's
-        backlog for this gateway is in: the spaces of the agents in ``heard`` (reports or
-        health the broker kept for it while it was stopped) get none, since those agents were
-        not silent; their backlog, handled next, brings their spaces up to date."""
+        backlog for this gateway is in. ``first_heard``: per agent, the ``ts`` of its first
+        report or health report in that backlog; ``whole``: the backlog was seen to its end.
+        An agent whose first one was sent before its TTL ran out was not silent: no verdict
+        (its backlog, handled next, brings its spaces up to date). One heard only after is
+        dated as usual (a power cut: it came back with a new boot). One not in the backlog is
+        dated as usual only when the backlog was seen whole; otherwise its reports may come
+        further on, and it turns unknown as of now, as a running gateway's tick would."""
         with self.lock:
             if not self.start_verdicts_due:
                 return
             self.start_verdicts_due = False
-            self._expire_while_stopped(self._clock(), self._mono(), heard)
+            self._expire_while_stopped(self._clock(), self._mono(), first_heard, whole)
 
     def journal_clean_stop(self) -> None:
         """At a clean stop: every agent's newest quiet report journaled, and the journal told
@@ -901,24 +909,41 @@ class LiveGateway:
         with self.journal.transaction():
             self.journal.set_meta(CLEAN_STOP_KEY, "1")
 
-    def _expire_while_stopped(self, wall: float, mono: float, heard: Collection[str] = ()) -> None:
+    def _expire_while_stopped(
+        self,
+        wall: float,
+        mono: float,
+        first_heard: Mapping[str, float] | None = None,
+        whole: bool = True,
+    ) -> None:
         """At a start: each space whose TTL ran out while the gateway was stopped turns
         unknown at the time it ran out (last seen + its source's TTL, and QUIET_JOURNAL_S
         more after a crash), as a running gateway would have journaled it, not at the
         restart: history and InfluxDB then show the outage as unknown, not as the last
         counts. Never earlier than the journal's newest event (its ids stay in time order,
-        docs/architecture.md "Event times") nor later than now. The spaces of the agents in
-        ``heard`` are left to their backlog and the next tick. One verdict per time (in
-        practice one per agent: its spaces share the time it was last heard), in time
-        order, each with its zones' counts then."""
+        docs/architecture.md "Event times") nor later than now. ``first_heard`` and
+        ``whole``: what the broker kept meanwhile (:meth:`start_verdicts`). One verdict per
+        time (in practice one per agent: its spaces share the time it was last heard), in
+        time order, each with its zones' counts then."""
         floor = self._journaled_last
         now = self._event_time(wall)
         stale = self.state.stale(mono)
-        if len(stale) and heard:
-            stale = stale[~np.isin(self.state.agent[stale], self.state.agent_indices(heard))]
         if not len(stale):
             return
         ran_out = self.state.last_seen[stale] + self.state.ttl[stale] + self._stopped_margin
+        if first_heard is not None:
+            keep = np.ones(len(stale), dtype=bool)
+            agents = self.state.agent[stale].tolist()
+            for i, a in enumerate(agents):
+                heard = first_heard.get(self.state.agents[a]) if a >= 0 else None
+                if heard is None:
+                    if not whole:  # its reports may be further on in the backlog
+                        ran_out[i] = now
+                elif heard <= ran_out[i] + HEARD_TOLERANCE_S:
+                    keep[i] = False  # it reported before its TTL ran out: not silent
+            stale, ran_out = stale[keep], ran_out[keep]
+            if not len(stale):
+                return
         at = np.clip(ran_out, min(floor, now), now)
         segments = []
         for t in np.unique(at).tolist():
@@ -1569,8 +1594,8 @@ class LiveGateway:
             self._sense_closed_holds()
         if journaled or agent_state is not None or meta is not None:
             self._journal(journaled, now, agent_state, meta)
-        if n:
-            self._journaled_last = max(self._journaled_last, *(g.ts for g in segments))
+        if journaled:  # a manager's close again with a reason changes no state: an event too
+            self._journaled_last = max(self._journaled_last, *(g.ts for g in journaled))
         signs: list[_Sign] = []
         if n:
             self.state_changes += n

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import paho.mqtt.client as mqtt
 
 # Only light modules at the top: a restarted gateway republishes its journaled signs
@@ -55,7 +56,11 @@ MAX_BATCH = 500  # messages handled together when they queue up
 # are not dated silent; at most this long, or this many messages, when the broker is away
 START_VERDICTS_MAX_S = 2.0
 START_VERDICTS_MAX_MESSAGES = 5000
-_BACKLOG_KINDS = frozenset({"edge/occupancy", "edge/health"})  # an agent alive meanwhile
+_BACKLOG_KINDS = frozenset({"edge/occupancy", "edge/health"})  # an agent's, with its ts
+BROKER_MIN_INFLIGHT = 20
+"""Mosquitto's default max_inflight_messages: a broker sends that many messages to a client
+before it waits for their acknowledgements (which wait for the verdicts). A backlog shorter
+than that was seen whole; a longer one may go on (deploy/mosquitto sets 1000)."""
 # The state checkpoint (LiveGateway.flush_checkpoint) gathers what reports changed for at
 # least CHECKPOINT_MIN_S (its fixed cost is paid once for all of them, and a report
 # arriving meanwhile rarely finds it running), then is written in steps at quiet moments;
@@ -282,7 +287,10 @@ class GatewayService:
             journal_plates=plate_keep_hours > 0,
             defer_start_verdicts=True,
         )
-        self._heard_in_backlog: set[str] = set()  # agents the broker kept messages of
+        # per agent, the ts of its first message the broker kept for this gateway while it
+        # was stopped, and how many it kept to acknowledge (all kinds) so far
+        self._backlog_first: dict[str, float] = {}
+        self._backlog_unacked = 0
         self._verdicts_by = math.inf  # the start verdicts' deadline, set when _run starts
         if self.writer is not None:
             self.gateway.outbox_stats = self._outbox_stats
@@ -656,12 +664,8 @@ class GatewayService:
             if msg.qos > 0:
                 self.client.ack(msg.mid, msg.qos)  # refused for good: not to be redelivered
             return
-        if self.gateway.start_verdicts_due and not msg.retain:
-            # kept by the broker while this gateway was stopped (a retained copy says nothing
-            # of when it was sent)
-            parsed = topics.parse(msg.topic)
-            if parsed is not None and parsed.kind in _BACKLOG_KINDS:
-                self._heard_in_backlog.add(parsed.ident)
+        if self.gateway.start_verdicts_due:
+            self._note_backlog(msg)
         # collected here, handled in a batch once the socket has nothing more to read
         self._pending.append((msg.topic, msg.payload, time.perf_counter(), msg.mid, msg.qos))
 
@@ -799,6 +803,23 @@ class GatewayService:
                 log.info("journal checkpoint written again")
             self._checkpoint_failures = 0
 
+    def _note_backlog(self, msg: mqtt.MQTTMessage) -> None:
+        """While the start's verdicts wait: an agent's report or health the broker kept for
+        this gateway says when the agent was last alive (its own ``ts``; a retained copy
+        says nothing of when it was sent, and is no proof of life)."""
+        if msg.qos > 0:
+            self._backlog_unacked += 1
+        parsed = None if msg.retain else topics.parse(msg.topic)
+        if parsed is None or parsed.kind not in _BACKLOG_KINDS:
+            return
+        try:
+            ts = orjson.loads(msg.payload)["ts"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return  # refused when handled; no proof of anything
+        if isinstance(ts, (int, float)) and math.isfinite(ts):
+            agent = parsed.ident
+            self._backlog_first[agent] = min(ts, self._backlog_first.get(agent, math.inf))
+
     def _start_verdicts(self) -> None:
         """The start's TTL verdicts, once the broker's backlog is in (or START_VERDICTS_MAX_S
         after the start): before it is handled, so the journal keeps its time order."""
@@ -809,17 +830,18 @@ class GatewayService:
             or len(self._pending) >= START_VERDICTS_MAX_MESSAGES
         ):
             return
+        whole = backlog_in and self._backlog_unacked < BROKER_MIN_INFLIGHT
         try:
-            self.gateway.start_verdicts(self._heard_in_backlog)
+            self.gateway.start_verdicts(self._backlog_first, whole)
         except sqlite3.Error as exc:  # not journaled: see _drain
             self._fail(f"the journal refused a write ({exc}); stopping{journal_disk_hint(exc)}")
-        if self._heard_in_backlog:
+        if self._backlog_first:
             log.info(
-                "the broker kept reports of %d agent(s) while this gateway was stopped: not "
-                "dated silent",
-                len(self._heard_in_backlog),
+                "the broker kept messages of %d agent(s) while this gateway was stopped%s",
+                len(self._backlog_first),
+                "" if whole else " (more may follow: agents not among them turn unknown now)",
             )
-        self._heard_in_backlog = set()
+        self._backlog_first, self._backlog_unacked = {}, 0
 
     def _tick(self) -> None:
         self._confirm_other_offline()

@@ -13,7 +13,6 @@ step does not expire or revive spaces.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,10 +264,6 @@ class LiveState:
         those of :meth:`stale`, when the caller dates them itself)."""
         stale = self.stale(mono) if spaces is None else spaces
         return self._set_sensed(stale, np.full(len(stale), UNKNOWN, dtype=np.int8), wall)
-
-    def agent_indices(self, agents: Collection[str]) -> list[int]:
-        """The indices (as in ``agent``) of those of ``agents`` that reported a space."""
-        return [self._agent_index[a] for a in agents if a in self._agent_index]
 
     def agent_offline(self, agent: str, wall: float) -> Changes:
         """An agent's last will: every space it reported becomes unknown."""

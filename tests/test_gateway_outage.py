@@ -256,3 +256,128 @@ def test_a_restart_takes_what_the_broker_kept_as_heard_not_as_an_outage(mosquitt
         edge.stop()
     assert taken > seq_before, "the backlog never came: the test proves nothing"
     assert [e for e in events if e[4] == "unknown" and e[2] in set(spaces)] == []
+
+
+def _stopped_with_buses_silent(site: Site, db: Path, clocks: Clocks, outage_s: float) -> None:
+    """Every bus reports all free at T0, the gateway stops cleanly at T0 + 2, and the clocks
+    move on ``outage_s``."""
+    gw = clocks.gateway(site, Journal(db), lambda *a: None)
+    try:
+        for bus in site.buses:
+            gw.handle(*_report(site, bus.id, bus.agent, clocks.wall))
+        clocks.advance(2)
+        gw.tick()
+        gw.journal_clean_stop()
+        gw.flush_checkpoint()
+    finally:
+        gw.journal.close()
+    clocks.advance(outage_s)
+
+
+def _unknown_times(gw, spaces: set[str]) -> set[float]:
+    return {e[1] for e in gw.journal.events_after(0) if e[4] == "unknown" and e[2] in spaces}
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("came back with a new boot", "dated"),  # a power cut: silent until the backlog's
+        ("reported before its TTL ran out", "none"),  # the gateway alone was stopped
+        ("not in a backlog seen whole", "dated"),
+        ("not in a backlog not seen whole", "now"),  # its reports may come further on
+    ],
+)
+def test_the_start_verdicts_judge_each_agent_by_what_the_broker_kept(
+    example_site, tmp_path, case, expected
+):
+    """bus-g's last report was at T0, the gateway restarted at T0 + 62. What the broker kept
+    for it meanwhile (the ts of bus-g's first message in the backlog, and whether the
+    backlog was seen to its end) decides bus-g's verdict: dated when its TTL ran out
+    (T0 + 15), none, or as of now (a review: a whole-site power cut left no unknown at all,
+    and a backlog cut at the broker's inflight limit dated a live agent silent)."""
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    _stopped_with_buses_silent(example_site, db, clocks, 60)
+    agent = "serial-bus-g"
+    first_heard, whole = {
+        "came back with a new boot": ({agent: T0 + 55}, True),
+        "reported before its TTL ran out": ({agent: T0 + 5}, False),
+        "not in a backlog seen whole": ({}, True),
+        "not in a backlog not seen whole": ({}, False),
+    }[case]
+    gw = clocks.gateway(example_site, Journal(db), lambda *a: None, defer_start_verdicts=True)
+    try:
+        assert gw.start_verdicts_due
+        assert _unknown_times(gw, set(example_site.spaces_of_source("bus-g"))) == set()
+        gw.start_verdicts(first_heard, whole)
+        gw.flush_checkpoint()
+        got = _unknown_times(gw, set(example_site.spaces_of_source("bus-g")))
+        times = [e[1] for e in gw.journal.events_after(0)]
+    finally:
+        gw.journal.close()
+    assert got == {"dated": {T0 + BUS_TTL_S}, "none": set(), "now": {clocks.wall}}[expected]
+    assert times == sorted(times)
+
+
+def test_nothing_is_derived_while_the_start_verdicts_wait(example_site, tmp_path):
+    """Between the start and its verdicts the timer writes no zone point and publishes
+    nothing: a 10 s zone point then said a silent source's spaces were free (a review found
+    one in the outbox, dated after the outage it hid)."""
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    _stopped_with_buses_silent(example_site, db, clocks, 60)
+    published: list[str] = []
+    history = _OutboxHistory(example_site.id, None)
+    journal = Journal(db, history)
+    outbox.ensure_schema(journal.conn)
+    before = len(_zone_points(journal, "A"))
+    gw = clocks.gateway(
+        example_site,
+        journal,
+        lambda topic, *a: published.append(topic),
+        history=history,
+        defer_start_verdicts=True,
+    )
+    try:
+        clocks.advance(1)
+        gw.tick()
+        gw.flush_checkpoint()
+        assert published == [] and len(_zone_points(journal, "A")) == before
+        gw.start_verdicts({}, True)
+        gw.flush_checkpoint()
+        points = _zone_points(journal, "A")[before:]
+    finally:
+        journal.close()
+    assert points and all(f["unknown"] == 80 for _, f in points), points
+
+
+def test_a_managers_event_while_the_start_verdicts_wait_keeps_the_time_order(
+    example_site, tmp_path
+):
+    """A manager closes a closed space again with a new reason (an event, no change of
+    state) through the gateway's own API while the start's verdicts wait: the verdicts are
+    dated no earlier than it (a review saw one journaled after it, dated 46 s before)."""
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    gw = clocks.gateway(example_site, Journal(db), lambda *a: None)
+    try:
+        for bus in example_site.buses:
+            gw.handle(*_report(example_site, bus.id, bus.agent, clocks.wall))
+        gw.control_space("A-001", "close", "wang", "detector broken")
+        clocks.advance(2)
+        gw.journal_clean_stop()
+        gw.flush_checkpoint()
+    finally:
+        gw.journal.close()
+    clocks.advance(60)
+    gw = clocks.gateway(example_site, Journal(db), lambda *a: None, defer_start_verdicts=True)
+    try:
+        gw.control_space("A-001", "close", "li", "still broken, parts ordered")
+        gw.start_verdicts({}, True)
+        gw.flush_checkpoint()
+        events = gw.journal.events_after(0)
+    finally:
+        gw.journal.close()
+    times = [e[1] for e in events]
+    assert times == sorted(times), events[-3:]
+    assert {e[1] for e in events if e[4] == "unknown"} == {clocks.wall}
