@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -134,13 +134,6 @@ three fsyncs: ~555 MB a day of writes on an edge box's SD card for a site where 
 changed. A crash loses at most this much of a quiet agent's last_seen and seq: its spaces
 then turn unknown up to this much sooner after the restart (never free), and a replay of
 those reports changes nothing (docs/architecture.md, "A report that changes nothing")."""
-HEARD_TOLERANCE_S = 2.0
-"""An agent's report in the broker's backlog stamped this much after its TTL ran out still
-counts as sent before (an agent's clock a little ahead of the gateway's)."""
-CLEAN_STOP_KEY = "clean_stop"
-"""Journal meta: "1" once a clean stop journaled every agent's newest quiet report, so their
-last_seen are exact; cleared at each start. Without it the last run ended in a crash, and a
-quiet agent may have been heard up to QUIET_JOURNAL_S after the last_seen journaled."""
 
 
 def _cached_lane_distances(
@@ -237,7 +230,6 @@ class LiveGateway:
         # once the broker's backlog is in (agents heard meanwhile were not silent)
         self.defer_start_verdicts = defer_start_verdicts
         self.start_verdicts_due = False
-        self._stopped_margin = 0.0  # how much later than journaled an agent may have been heard
         # False (--plate-keep-hours 0): an arrival's plate is echoed to its gate, never stored
         self.journal_plates = journal_plates
         # False: the checkpoint follows every publication; True: the caller flushes it
@@ -254,9 +246,6 @@ class LiveGateway:
         # events are stamped no earlier than the last one (``_event_time``), and a step of
         # this host's clock is said (``_watch_host_clock``)
         self._event_last = -math.inf  # the journal's last, once resume() expanded it
-        # ... and the newest time of a change journaled since (_event_last also moves when
-        # a time is only taken): the floor of the start's deferred verdicts
-        self._journaled_last = -math.inf
         self._host_clock_offset: float | None = None
         self._core_last_mono = -math.inf
         self.lock = threading.RLock()
@@ -452,18 +441,11 @@ class LiveGateway:
         self.journal.put_space_zones({sp.id: sp.zone for sp in self.site.spaces})
         with self.journal.transaction():
             self.journal.expand_pending()  # committed before a crash: now events
-        self._event_last = self._journaled_last = self.journal.last_event_ts()
+        self._event_last = self.journal.last_event_ts()
         self._zone_closures = self._true_closures(
             closures.load(self.journal.meta(ZONE_CLOSURES_KEY))
         )
         self._restore_gate_offsets(now, mono)
-        # after a crash an agent's newest quiet report may not be journaled (QUIET_JOURNAL_S):
-        # its silence is certain only that much later than its last_seen says
-        clean = self.journal.meta(CLEAN_STOP_KEY) == "1"
-        self._stopped_margin = 0.0 if clean else QUIET_JOURNAL_S
-        if clean:  # this run may crash: the mark goes with the start
-            with self.journal.transaction() as conn:
-                conn.execute("DELETE FROM meta WHERE key = ?", (CLEAN_STOP_KEY,))
         taken = self.journal.meta(BACKUP_TAKEN_KEY)
         if taken is not None:  # said once: the key goes with this start
             self._restored_backup = True
@@ -563,14 +545,13 @@ class LiveGateway:
             self._snapshot_lines()
             for d in range(len(self.site.displays)):
                 self._shown[d] = self._render(d)
-            # silence is never free: sources not heard within their TTL while this gateway
-            # was stopped turned unknown when it ran out; with defer_start_verdicts, once
-            # the broker's backlog is in (start_verdicts), so that what it kept vouches for
-            # the agents heard meanwhile
+            # silence is never free: sources not heard within their TTL are unknown as of
+            # now; with defer_start_verdicts, once the broker's backlog is in
+            # (start_verdicts), so that an agent it kept reports of does not blink unknown
             if self.defer_start_verdicts:
                 self.start_verdicts_due = True
             else:
-                self._expire_while_stopped(now, mono)
+                self._expire_at_start(now, mono)
             # the signs as of now, so a restart can show them before it has loaded everything
             signs = [self._sign(d, self._shown[d], now) for d in range(len(self.site.displays))]
             for sign in signs:
@@ -882,77 +863,36 @@ class LiveGateway:
         self.minute = minute
         return self.core.set_minute(minute)
 
-    def _expire(self, now: float, mono: float) -> None:
-        changes = self.state.expire(now, mono)
+    def _expire(self, now: float, mono: float, spaces: np.ndarray | None = None) -> None:
+        changes = self.state.expire(now, mono, spaces)
         if len(changes.touched):
             self._commit_and_propagate([_Segment(changes, now, None, None)], now)
 
-    def start_verdicts(self, first_heard: Mapping[str, float], whole: bool) -> None:
+    def start_verdicts(self, heard: Collection[str] = ()) -> None:
         """The start's TTL verdicts, deferred (``defer_start_verdicts``) until the broker's
-        backlog for this gateway is in. ``first_heard``: per agent, the ``ts`` of its first
-        report or health report in that backlog; ``whole``: the backlog was seen to its end.
-        An agent whose first one was sent before its TTL ran out was not silent: no verdict
-        (its backlog, handled next, brings its spaces up to date). One heard only after is
-        dated as usual (a power cut: it came back with a new boot). One not in the backlog is
-        dated as usual only when the backlog was seen whole; otherwise its reports may come
-        further on, and it turns unknown as of now, as a running gateway's tick would."""
+        backlog for this gateway is in: the agents in ``heard`` (a report or a health report
+        of theirs in it) get none, since that backlog, handled next, brings their spaces up
+        to date; the spaces of the others not heard within their TTL turn unknown now."""
         with self.lock:
             if not self.start_verdicts_due:
                 return
             self.start_verdicts_due = False
-            self._expire_while_stopped(self._clock(), self._mono(), first_heard, whole)
+            self._expire_at_start(self._clock(), self._mono(), heard)
 
-    def journal_clean_stop(self) -> None:
-        """At a clean stop: every agent's newest quiet report journaled, and the journal told
-        so (CLEAN_STOP_KEY): the next start dates the outage from exact last_seen times."""
-        self.journal_quiet(force=True)
-        with self.journal.transaction():
-            self.journal.set_meta(CLEAN_STOP_KEY, "1")
-
-    def _expire_while_stopped(
-        self,
-        wall: float,
-        mono: float,
-        first_heard: Mapping[str, float] | None = None,
-        whole: bool = True,
-    ) -> None:
-        """At a start: each space whose TTL ran out while the gateway was stopped turns
-        unknown at the time it ran out (last seen + its source's TTL, and QUIET_JOURNAL_S
-        more after a crash), as a running gateway would have journaled it, not at the
-        restart: history and InfluxDB then show the outage as unknown, not as the last
-        counts. Never earlier than the journal's newest event (its ids stay in time order,
-        docs/architecture.md "Event times") nor later than now. ``first_heard`` and
-        ``whole``: what the broker kept meanwhile (:meth:`start_verdicts`). One verdict per
-        time (in practice one per agent: its spaces share the time it was last heard), in
-        time order, each with its zones' counts then."""
-        floor = self._journaled_last
-        now = self._event_time(wall)
+    def _expire_at_start(self, wall: float, mono: float, heard: Collection[str] = ()) -> None:
+        """At a start: the spaces not heard from within their source's TTL, except those of
+        the agents in ``heard``, turn unknown as of now. Not dated when the TTL ran out while
+        the gateway was stopped: whether an agent was silent then is known only from the
+        broker's backlog, which cannot be seen whole before it is taken (docs/architecture.md,
+        "Event times")."""
         stale = self.state.stale(mono)
-        if not len(stale):
-            return
-        ran_out = self.state.last_seen[stale] + self.state.ttl[stale] + self._stopped_margin
-        if first_heard is not None:
-            keep = np.ones(len(stale), dtype=bool)
-            agents = self.state.agent[stale].tolist()
-            for i, a in enumerate(agents):
-                heard = first_heard.get(self.state.agents[a]) if a >= 0 else None
-                if heard is None:
-                    if not whole:  # its reports may be further on in the backlog
-                        ran_out[i] = now
-                elif heard <= ran_out[i] + HEARD_TOLERANCE_S:
-                    keep[i] = False  # it reported before its TTL ran out: not silent
-            stale, ran_out = stale[keep], ran_out[keep]
-            if not len(stale):
-                return
-        at = np.clip(ran_out, min(floor, now), now)
-        segments = []
-        for t in np.unique(at).tolist():
-            changes = self.state.expire(t, mono, stale[at == t])
-            zone_rows = None
-            if self.history is not None:  # the counts right after this verdict, not the last
-                zone_rows = tuple((z, self.state.zone_row(z)) for z in changes.zones.tolist())
-            segments.append(_Segment(changes, t, None, None, zone_rows=zone_rows))
-        self._commit_and_propagate(segments, now)
+        if len(stale) and heard:
+            agents = self.state.agents
+            quiet = [i for i, a in enumerate(self.state.agent[stale].tolist())
+                     if a < 0 or agents[a] not in heard]  # fmt: skip
+            stale = stale[quiet]
+        if len(stale):
+            self._expire(self._event_time(wall), mono, stale)
 
     def publish_all(self) -> None:
         """(Re)connected: publish every zone and sign afresh (the broker may have lost them)."""
@@ -1594,8 +1534,6 @@ class LiveGateway:
             self._sense_closed_holds()
         if journaled or agent_state is not None or meta is not None:
             self._journal(journaled, now, agent_state, meta)
-        if journaled:  # a manager's close again with a reason changes no state: an event too
-            self._journaled_last = max(self._journaled_last, *(g.ts for g in journaled))
         signs: list[_Sign] = []
         if n:
             self.state_changes += n

@@ -24,7 +24,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import paho.mqtt.client as mqtt
 
 # Only light modules at the top: a restarted gateway republishes its journaled signs
@@ -53,14 +52,10 @@ CHECKPOINT_S = 1.0  # SQLite WAL checkpoint (WAL -> database file), in a thread 
 MAX_BATCH = 500  # messages handled together when they queue up
 # The start's TTL verdicts wait until the broker's backlog for this gateway is in (subscribed
 # and nothing left to read: it sends what it kept first), so that agents it kept reports of
-# are not dated silent; at most this long, or this many messages, when the broker is away
+# do not blink unknown; at most this long, or this many messages
 START_VERDICTS_MAX_S = 2.0
 START_VERDICTS_MAX_MESSAGES = 5000
-_BACKLOG_KINDS = frozenset({"edge/occupancy", "edge/health"})  # an agent's, with its ts
-BROKER_MIN_INFLIGHT = 20
-"""Mosquitto's default max_inflight_messages: a broker sends that many messages to a client
-before it waits for their acknowledgements (which wait for the verdicts). A backlog shorter
-than that was seen whole; a longer one may go on (deploy/mosquitto sets 1000)."""
+_BACKLOG_KINDS = frozenset({"edge/occupancy", "edge/health"})  # an agent alive meanwhile
 # The state checkpoint (LiveGateway.flush_checkpoint) gathers what reports changed for at
 # least CHECKPOINT_MIN_S (its fixed cost is paid once for all of them, and a report
 # arriving meanwhile rarely finds it running), then is written in steps at quiet moments;
@@ -287,10 +282,7 @@ class GatewayService:
             journal_plates=plate_keep_hours > 0,
             defer_start_verdicts=True,
         )
-        # per agent, the ts of its first message the broker kept for this gateway while it
-        # was stopped, and how many it kept to acknowledge (all kinds) so far
-        self._backlog_first: dict[str, float] = {}
-        self._backlog_unacked = 0
+        self._heard_in_backlog: set[str] = set()  # agents the broker kept messages of
         self._verdicts_by = math.inf  # the start verdicts' deadline, set when _run starts
         if self.writer is not None:
             self.gateway.outbox_stats = self._outbox_stats
@@ -804,21 +796,12 @@ class GatewayService:
             self._checkpoint_failures = 0
 
     def _note_backlog(self, msg: mqtt.MQTTMessage) -> None:
-        """While the start's verdicts wait: an agent's report or health the broker kept for
-        this gateway says when the agent was last alive (its own ``ts``; a retained copy
-        says nothing of when it was sent, and is no proof of life)."""
-        if msg.qos > 0:
-            self._backlog_unacked += 1
+        """While the start's verdicts wait: an agent's report or health that the broker kept
+        for this gateway brings its spaces up to date once handled (a retained copy does
+        not: it may be as old as the agent's last message)."""
         parsed = None if msg.retain else topics.parse(msg.topic)
-        if parsed is None or parsed.kind not in _BACKLOG_KINDS:
-            return
-        try:
-            ts = orjson.loads(msg.payload)["ts"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            return  # refused when handled; no proof of anything
-        if isinstance(ts, (int, float)) and math.isfinite(ts):
-            agent = parsed.ident
-            self._backlog_first[agent] = min(ts, self._backlog_first.get(agent, math.inf))
+        if parsed is not None and parsed.kind in _BACKLOG_KINDS:
+            self._heard_in_backlog.add(parsed.ident)
 
     def _start_verdicts(self) -> None:
         """The start's TTL verdicts, once the broker's backlog is in (or START_VERDICTS_MAX_S
@@ -830,18 +813,16 @@ class GatewayService:
             or len(self._pending) >= START_VERDICTS_MAX_MESSAGES
         ):
             return
-        whole = backlog_in and self._backlog_unacked < BROKER_MIN_INFLIGHT
         try:
-            self.gateway.start_verdicts(self._backlog_first, whole)
+            self.gateway.start_verdicts(self._heard_in_backlog)
         except sqlite3.Error as exc:  # not journaled: see _drain
             self._fail(f"the journal refused a write ({exc}); stopping{journal_disk_hint(exc)}")
-        if self._backlog_first:
+        if self._heard_in_backlog:
             log.info(
-                "the broker kept messages of %d agent(s) while this gateway was stopped%s",
-                len(self._backlog_first),
-                "" if whole else " (more may follow: agents not among them turn unknown now)",
+                "the broker kept messages of %d agent(s) while this gateway was stopped",
+                len(self._heard_in_backlog),
             )
-        self._backlog_first, self._backlog_unacked = {}, 0
+        self._heard_in_backlog = set()
 
     def _tick(self) -> None:
         self._confirm_other_offline()
@@ -1142,7 +1123,7 @@ class GatewayService:
             self._checkpointer.join(10)
         with self.gateway.lock:
             try:
-                self.gateway.journal_clean_stop()  # the newest seq and last_seen, and so
+                self.gateway.journal_quiet(force=True)  # the newest seq and last_seen
             except sqlite3.Error as exc:
                 log.warning("journaling the agents' last quiet reports failed: %s", exc)
             self._flush_checkpoint()

@@ -261,7 +261,7 @@ class LiveState:
 
     def expire(self, wall: float, mono: float, spaces: np.ndarray | None = None) -> Changes:
         """Spaces not heard from within their source's TTL become unknown (``spaces``:
-        those of :meth:`stale`, when the caller dates them itself)."""
+        only those of :meth:`stale`'s that the caller chose)."""
         stale = self.stale(mono) if spaces is None else spaces
         return self._set_sensed(stale, np.full(len(stale), UNKNOWN, dtype=np.int8), wall)
 
