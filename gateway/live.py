@@ -134,6 +134,10 @@ three fsyncs: ~555 MB a day of writes on an edge box's SD card for a site where 
 changed. A crash loses at most this much of a quiet agent's last_seen and seq: its spaces
 then turn unknown up to this much sooner after the restart (never free), and a replay of
 those reports changes nothing (docs/architecture.md, "A report that changes nothing")."""
+CLEAN_STOP_KEY = "clean_stop"
+"""Journal meta: "1" once a clean stop journaled every agent's newest quiet report; cleared
+at each start. Without it the last run ended in a crash, and a quiet agent's seq may be up to
+QUIET_JOURNAL_S behind what that run had taken."""
 
 
 def _cached_lane_distances(
@@ -337,6 +341,7 @@ class LiveGateway:
         # gap the next one leaves, they arrived (a gap counts only what never did)
         self._refused_seqs: dict[str, tuple[str, set[int]]] = {}
         self._restored_backup = False  # started on a journal backup (BACKUP_TAKEN_KEY)
+        self._after_crash = False  # the last run did not stop cleanly (CLEAN_STOP_KEY)
         self._reported: set[str] = set()  # agents heard since this start
         # agent -> how long after its sending the gateway handled its last report, less the
         # same when the gateway last read it with nothing else waiting (clock offset and
@@ -446,6 +451,11 @@ class LiveGateway:
             closures.load(self.journal.meta(ZONE_CLOSURES_KEY))
         )
         self._restore_gate_offsets(now, mono)
+        # after a crash, a quiet agent's newest seq may not be journaled (QUIET_JOURNAL_S)
+        self._after_crash = self.journal.meta(CLEAN_STOP_KEY) is None
+        if not self._after_crash:  # this run may crash: the mark goes with the start
+            with self.journal.transaction() as conn:
+                conn.execute("DELETE FROM meta WHERE key = ?", (CLEAN_STOP_KEY,))
         taken = self.journal.meta(BACKUP_TAKEN_KEY)
         if taken is not None:  # said once: the key goes with this start
             self._restored_backup = True
@@ -868,6 +878,13 @@ class LiveGateway:
         if len(changes.touched):
             self._commit_and_propagate([_Segment(changes, now, None, None)], now)
 
+    def journal_clean_stop(self) -> None:
+        """At a clean stop: every agent's newest quiet report journaled, and the journal told
+        so (CLEAN_STOP_KEY), so that the next start blames no gap in their seqs on a crash."""
+        self.journal_quiet(force=True)
+        with self.journal.transaction():
+            self.journal.set_meta(CLEAN_STOP_KEY, "1")
+
     def start_verdicts(self, heard: Collection[str] = ()) -> None:
         """The start's TTL verdicts, deferred (``defer_start_verdicts``) until the broker's
         backlog for this gateway is in: the agents in ``heard`` (a report or a health report
@@ -1060,6 +1077,20 @@ class LiveGateway:
                 acc.boot,
                 first,
                 last,
+            )
+            return
+        if self._after_crash and acc.agent not in self._reported:
+            # a quiet agent's seq is journaled every QUIET_JOURNAL_S: the run before the
+            # crash may have taken them; not blamed on the broker, nor counted
+            log.info(
+                "agent %s boot %s: reports %d..%d are not in the journal: taken by the run"
+                " before it ended without a clean stop (a quiet agent's seq is journaled"
+                " every %.0f s), or lost; the next snapshot reconciles the state",
+                acc.agent,
+                acc.boot,
+                first,
+                last,
+                QUIET_JOURNAL_S,
             )
             return
         lost = last - first + 1 - came

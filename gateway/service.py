@@ -55,7 +55,7 @@ MAX_BATCH = 500  # messages handled together when they queue up
 # do not blink unknown; at most this long, or this many messages
 START_VERDICTS_MAX_S = 2.0
 START_VERDICTS_MAX_MESSAGES = 5000
-_BACKLOG_KINDS = frozenset({"edge/occupancy", "edge/health"})  # an agent alive meanwhile
+_BACKLOG_KINDS = frozenset({"edge/occupancy"})  # a report: health refreshes no space
 # The state checkpoint (LiveGateway.flush_checkpoint) gathers what reports changed for at
 # least CHECKPOINT_MIN_S (its fixed cost is paid once for all of them, and a report
 # arriving meanwhile rarely finds it running), then is written in steps at quiet moments;
@@ -796,9 +796,9 @@ class GatewayService:
             self._checkpoint_failures = 0
 
     def _note_backlog(self, msg: mqtt.MQTTMessage) -> None:
-        """While the start's verdicts wait: an agent's report or health that the broker kept
-        for this gateway brings its spaces up to date once handled (a retained copy does
-        not: it may be as old as the agent's last message)."""
+        """While the start's verdicts wait: an agent's report that the broker kept for this
+        gateway brings its spaces up to date once handled (a retained copy does not: it may
+        be as old as the agent's last message)."""
         parsed = None if msg.retain else topics.parse(msg.topic)
         if parsed is not None and parsed.kind in _BACKLOG_KINDS:
             self._heard_in_backlog.add(parsed.ident)
@@ -1123,7 +1123,7 @@ class GatewayService:
             self._checkpointer.join(10)
         with self.gateway.lock:
             try:
-                self.gateway.journal_quiet(force=True)  # the newest seq and last_seen
+                self.gateway.journal_clean_stop()  # the newest seq and last_seen, and so
             except sqlite3.Error as exc:
                 log.warning("journaling the agents' last quiet reports failed: %s", exc)
             self._flush_checkpoint()
