@@ -168,7 +168,7 @@ def test_dashboard_end_to_end(processes, mosquitto, tmp_path):
             page.goto(url)
             page.wait_for_selector("#live.on")
             # the stream may open before the zone cards are drawn: wait for them, not a race
-            page.wait_for_function("document.querySelectorAll('.zone').length === 6")
+            wait_until(lambda: page.locator(".zone").count() == 6, 30000, "the six zone cards")
             page.wait_for_selector(".sign .line .count")
             assert page.locator(".sign").count() == 7
             assert page.locator("[data-space]").count() == 0
