@@ -34,6 +34,7 @@ def zone_series(
     *,
     zones: Iterable[str] | None = None,
     joining: Container[str] = (),
+    blind: Iterable[tuple[float, float]] = (),
 ) -> dict[str, list[Point]]:
     """Counts per zone at each time in ``times`` (ascending).
 
@@ -43,8 +44,11 @@ def zone_series(
     new, zone) where ``zone`` is the space's zone as of that change (None: as before): a
     space counted elsewhere moves there, and a space of ``joining`` not counted yet starts
     being counted there. Other spaces and unknown state names are ignored. The series are
-    those of ``zones`` (default: every zone of ``zone_of``), in that order.
+    those of ``zones`` (default: every zone of ``zone_of``), in that order. At a time in
+    one of the ``blind`` intervals [start, end) (the gateway's own downtime: nothing was
+    recorded) every space but the closed ones counts unknown.
     """
+    gaps = sorted(blind)
     state: dict[str, str] = {}
     where: dict[str, str] = {}
     counts: dict[str, dict[str, int]] = {}
@@ -83,7 +87,14 @@ def zone_series(
                 counts[here][state[space]] -= 1
                 counts[here][new] += 1
                 state[space] = new
+        while gaps and gaps[0][1] <= t:  # ended by now (times ascend)
+            gaps.pop(0)
+        down = bool(gaps) and gaps[0][0] <= t
         for zone in keys:
             c = counts[zone]
-            series[zone].append(Point(t, c["free"], c["occupied"], c["unknown"], c["closed"]))
+            if down:
+                seen = c["free"] + c["occupied"] + c["unknown"]
+                series[zone].append(Point(t, 0, 0, seen, c["closed"]))
+            else:
+                series[zone].append(Point(t, c["free"], c["occupied"], c["unknown"], c["closed"]))
     return series

@@ -20,6 +20,8 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.journal import OUTAGES_SQL, down_since
+
 log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = ("id", "ts", "space", "old", "new", "source", "agent", "seq", "note")
@@ -274,6 +276,27 @@ class JournalReader:
             before.setdefault(space, old)
         state.update(before)
         return state
+
+    def outages(self, start: float, end: float) -> list[tuple[float, float, bool]]:
+        """(start, end, clean) of the gateway's own recorded downtimes that overlap
+        [start, end], oldest first (none in a journal of a release before them)."""
+        rows = self._query(OUTAGES_SQL, (start, end))
+        return [(float(a), float(b), bool(c)) for a, b, c in rows]
+
+    def down_since(self) -> tuple[float | None, bool]:
+        """Where the gateway's downtime began, were it not running now (its clean stop, or
+        its last sign of life in the journal), and whether it stopped cleanly."""
+        db = self.connect()
+        if db is None:
+            return None, False
+        try:
+            return down_since(db)
+        except sqlite3.OperationalError as exc:  # a journal not made by a gateway yet
+            if "no such table" in str(exc):
+                return None, False
+            raise
+        finally:
+            db.close()
 
     def history_input(
         self,

@@ -347,11 +347,21 @@ class HistorySeries(BaseModel):
     points: list[HistoryPoint]
 
 
+class HistoryOutage(BaseModel):
+    """The gateway's own downtime: nothing was recorded, so every point in it is unknown."""
+
+    start: float  # its clean stop, or its last sign of life in the journal (a crash)
+    end: float  # its restart
+    clean: bool  # stopped cleanly (an upgrade, a reboot), not a crash or a power cut
+    ongoing: bool = False  # down now (a stand-alone API's view): ``end`` is the answer's end
+
+
 class HistoryOut(BaseModel):
     start: float
     end: float
     step: float
     series: list[HistorySeries]
+    outages: list[HistoryOutage] = []  # the gateway's downtimes over [start, end]
 
 
 class ArrivalSummary(BaseModel):

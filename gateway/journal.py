@@ -101,6 +101,10 @@ CREATE TABLE IF NOT EXISTS space_zones(space TEXT PRIMARY KEY, zone TEXT NOT NUL
 -- ``new`` (NULL: the site dropped it), those before in ``old`` (NULL: it was not in the site)
 CREATE TABLE IF NOT EXISTS zone_changes(
     event INTEGER NOT NULL, space TEXT NOT NULL, old TEXT, new TEXT);
+-- the gateway's own downtime, [start, end) in wall time, recorded at the start after it
+-- (record_outage): history renders it unknown. ``clean``: the run before stopped cleanly
+CREATE TABLE IF NOT EXISTS outages(
+    start REAL NOT NULL, end REAL NOT NULL, clean INTEGER NOT NULL);
 """
 
 BOOT_RETIRED_TRIGGER = """
@@ -141,11 +145,58 @@ gateway started on it knows it is a restore, says so, and removes the key."""
 HISTORY_FROM_KEY = "history_from"
 """meta key: wall time before which :meth:`Journal.prune` forgot the history."""
 
+ALIVE_KEY = "alive_at"
+"""meta key: wall time the running gateway last said it was running (every ALIVE_JOURNAL_S):
+after a crash, where its downtime began (:func:`down_since`)."""
+ALIVE_JOURNAL_S = 60.0
+"""How often the running gateway journals ALIVE_KEY: a crash's downtime starts at most this
+early on a quiet site, and a journal without a sign of life for longer has no gateway
+running on it."""
+
+CLEAN_STOP_KEY = "clean_stop"
+"""meta key: the wall time of a clean stop (older releases wrote "1"), once it journaled
+every agent's newest quiet report; cleared at each start. Without it the last run ended in
+a crash, and a quiet agent's seq may be up to ``gateway.live.QUIET_JOURNAL_S`` behind what
+that run had taken."""
+
 CHECKPOINT_KEY = "checkpoint_event"
 """meta key: id of the last event the ``spaces`` and ``signs`` tables include."""
 
 SpaceRow = tuple[str, str, str, int, float, float, float, str | None]
 """(space, state, sensed, closed, since, obs_since, last_seen, agent)"""
+
+
+OUTAGES_SQL = "SELECT start, end, clean FROM outages WHERE end > ? AND start < ? ORDER BY start"
+"""The recorded outages that overlap [?, ?], oldest first."""
+
+
+def down_since(conn: sqlite3.Connection) -> tuple[float | None, bool]:
+    """Where the gateway's downtime began, were it not running now: (the time of its clean
+    stop, True) or, after a crash, (its last sign of life in the journal: its newest event
+    or assignment, or ``alive_at``, False); None for an empty journal. A clean stop of an
+    older release (``clean_stop`` "1", no time) counts from its last sign of life."""
+    row = conn.execute(
+        "SELECT (SELECT value FROM meta WHERE key = ?),"
+        " max(coalesce((SELECT ts FROM events ORDER BY id DESC LIMIT 1), -1e300),"
+        " coalesce((SELECT ts FROM assignments ORDER BY id DESC LIMIT 1), -1e300),"
+        " coalesce((SELECT CAST(value AS REAL) FROM meta WHERE key = ?), -1e300))",
+        (CLEAN_STOP_KEY, ALIVE_KEY),
+    ).fetchone()
+    stopped, alive = row
+    clean = stopped is not None
+    when = _wall_time(stopped) if clean else None
+    if when is None and alive is not None and alive > -1e300:
+        when = float(alive)
+    return when, clean
+
+
+def _wall_time(value: str | None) -> float | None:
+    """A journaled wall time, or None (not a time: an older release's clean stop "1")."""
+    try:
+        ts = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return ts if ts is not None and ts > 1e9 and math.isfinite(ts) else None
 
 
 class History(Protocol):
@@ -625,6 +676,7 @@ class Journal:
                 " WHERE ts < ? AND (hold_expires IS NULL OR hold_expires < ?))",
                 (rows, before, before),
             ).rowcount
+            conn.execute("DELETE FROM outages WHERE end < ?", (before,))
             if n:  # readers of history must not take the gap for "no change"
                 kept = self.meta(HISTORY_FROM_KEY)
                 if kept is None or float(kept) < before:
@@ -642,6 +694,21 @@ class Journal:
                 " LIMIT ?)",
                 (before, rows),
             ).rowcount
+
+    def record_outage(self, start: float, end: float, clean: bool) -> None:
+        """The gateway was down over [start, end) (in the caller's transaction)."""
+        self.conn.execute(
+            "INSERT INTO outages(start, end, clean) VALUES (?,?,?)", (start, end, int(clean))
+        )
+
+    def outages(self, start: float, end: float) -> list[tuple[float, float, bool]]:
+        """(start, end, clean) of the recorded outages that overlap [start, end], oldest
+        first."""
+        return [(a, b, bool(c)) for a, b, c in self.conn.execute(OUTAGES_SQL, (start, end))]
+
+    def down_since(self) -> tuple[float | None, bool]:
+        """:func:`down_since` of this journal."""
+        return down_since(self.conn)
 
     def history_from(self) -> float | None:
         """Events before this wall time were pruned (None: nothing was)."""

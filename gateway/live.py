@@ -55,7 +55,14 @@ from gateway.ingest import (
     decode,
     how_long,
 )
-from gateway.journal import BACKUP_TAKEN_KEY, History, Journal
+from gateway.journal import (
+    ALIVE_JOURNAL_S,
+    ALIVE_KEY,
+    BACKUP_TAKEN_KEY,
+    CLEAN_STOP_KEY,
+    History,
+    Journal,
+)
 from gateway.lag import BEHIND_S, ReportLag
 from gateway.readside import (
     BOOT_CONFLICTS_KEY,
@@ -119,6 +126,9 @@ said once in the log. Slewing never comes near it between two ticks."""
 CORE_STEP_SLACK_S = 0.1  # a forward jump of the wall clock beyond the monotonic one: a step
 EXPAND_STEP_ROWS = 2  # pending change rows (reports) expanded per checkpoint step
 ZONE_HISTORY_S = 10.0
+# the InfluxDB points of an outage's unknown counts are this long after its start: not on
+# the same nanosecond as the last run's own last point, which they would overwrite
+OUTAGE_POINT_AFTER_S = 0.001
 LATENCY_KEEP = 1000
 GAP_LOG_INTERVAL_S = 60.0  # at most one warning about missed reports per agent per minute
 REFUSED_SEQS_KEPT = 10_000  # per agent: a flood of refusals does not grow memory without end
@@ -134,10 +144,6 @@ three fsyncs: ~555 MB a day of writes on an edge box's SD card for a site where 
 changed. A crash loses at most this much of a quiet agent's last_seen and seq: its spaces
 then turn unknown up to this much sooner after the restart (never free), and a replay of
 those reports changes nothing (docs/architecture.md, "A report that changes nothing")."""
-CLEAN_STOP_KEY = "clean_stop"
-"""Journal meta: "1" once a clean stop journaled every agent's newest quiet report; cleared
-at each start. Without it the last run ended in a crash, and a quiet agent's seq may be up to
-QUIET_JOURNAL_S behind what that run had taken."""
 
 
 def _cached_lane_distances(
@@ -157,6 +163,17 @@ def _cached_lane_distances(
     np.savez(buf, dist=dist, pred=pred)
     journal.put_cache(key, buf.getvalue())
     return dist, pred
+
+
+def _unknown_but_closed(counts: dict[str, int]) -> dict[str, int]:
+    """A zone's counts with nothing known: all but the closed spaces unknown."""
+    return {
+        "free": 0,
+        "occupied": 0,
+        "unknown": counts["free"] + counts["occupied"] + counts["unknown"],
+        "closed": counts["closed"],
+        "total": counts["total"],
+    }
 
 
 def minute_of_day(wall: float, tz: ZoneInfo) -> int:
@@ -355,6 +372,10 @@ class LiveGateway:
         self.gate_clocks = GateClocks()  # each entrance's clock offset (_arrival_age)
         self.outbox_stats: Callable[[], dict[str, Any]] | None = None
         self._next_zone_history = 0.0
+        self._next_alive = 0.0  # monotonic time ALIVE_KEY is journaled next
+        # the gateway's own downtime is recorded (record_outage) when longer than the
+        # shortest TTL of a source: a shorter one left nothing the record knew go stale
+        self.outage_min_s = site.shortest_ttl_s()
         self._live = False  # nothing is sent before the first publish_all (connected)
         self._broker_up = True  # the service says when it loses (and regains) the broker
         self._broker_up_at: float | None = None  # wall time it was (re)gained (None: never)
@@ -452,7 +473,8 @@ class LiveGateway:
         )
         self._restore_gate_offsets(now, mono)
         # after a crash, a quiet agent's newest seq may not be journaled (QUIET_JOURNAL_S)
-        self._after_crash = self.journal.meta(CLEAN_STOP_KEY) is None
+        down_since, clean = self.journal.down_since()
+        self._after_crash = not clean
         if not self._after_crash:  # this run may crash: the mark goes with the start
             with self.journal.transaction() as conn:
                 conn.execute("DELETE FROM meta WHERE key = ?", (CLEAN_STOP_KEY,))
@@ -552,6 +574,7 @@ class LiveGateway:
             log.info("replayed %d events committed after the last checkpoint", len(replayed))
             self._dirty[[index[sp] for sp in replayed if sp in index]] = True
         with self.lock:
+            self._record_outage(down_since, now, clean=not self._after_crash)
             self._snapshot_lines()
             for d in range(len(self.site.displays)):
                 self._shown[d] = self._render(d)
@@ -571,6 +594,31 @@ class LiveGateway:
             self._dirty_since = self._mono()
             self.flush_checkpoint()
             self._reconcile_site(self._event_time(now), had_state=bool(rows))
+
+    def _record_outage(self, since: float | None, now: float, clean: bool) -> None:
+        """Journal this gateway's own downtime, from ``since`` (its clean stop, or its last
+        sign of life in the journal) to ``now``, when longer than :attr:`outage_min_s`:
+        history renders it unknown, since nothing was recorded then, whatever the broker
+        kept for later. With InfluxDB, every zone's counts turn unknown at its start."""
+        if since is None or now - since < self.outage_min_s:
+            return  # a new journal, a short restart, or a wall clock stepped back
+        blind = [
+            (zone, _unknown_but_closed(self.state.zone_row(z)), since + OUTAGE_POINT_AFTER_S)
+            for z, zone in enumerate(self.state.zone_ids)
+        ]
+        with self.journal.transaction() as conn:
+            self.journal.record_outage(since, now, clean)
+            if self.history is not None:
+                self.history.zone_occupancies(conn, blind)
+        log.info(
+            "this gateway was down for %.0f s since %s (%s): its history shows that time as"
+            " unknown",
+            now - since,
+            time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(since)),
+            "a clean stop"
+            if clean
+            else "its last sign of life in the journal: a crash or a power cut",
+        )
 
     def _reconcile_site(self, now: float, had_state: bool) -> None:
         """Compare the site file with the one the journal last ran with: log what changed,
@@ -781,6 +829,9 @@ class LiveGateway:
                             for z, zone in enumerate(self.state.zone_ids)
                         ],
                     )
+            if mono >= self._next_alive:
+                self._next_alive = mono + ALIVE_JOURNAL_S
+                self.journal.set_meta(ALIVE_KEY, repr(now))
             if self.gate_clocks.unsaved:  # journaled here, off the answers' path
                 self.journal.set_meta(GATE_OFFSETS_KEY, self.gate_clocks.to_save(now, mono))
             said = self.lag.to_say(mono)
@@ -883,7 +934,7 @@ class LiveGateway:
         so (CLEAN_STOP_KEY), so that the next start blames no gap in their seqs on a crash."""
         self.journal_quiet(force=True)
         with self.journal.transaction():
-            self.journal.set_meta(CLEAN_STOP_KEY, "1")
+            self.journal.set_meta(CLEAN_STOP_KEY, repr(self._clock()))  # where downtime begins
 
     def start_verdicts(self, heard: Collection[str] = ()) -> None:
         """The start's TTL verdicts, deferred (``defer_start_verdicts``) until the broker's

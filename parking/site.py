@@ -309,6 +309,10 @@ class Site:
                 return b.ttl_s
         return self.camera(source).ttl_s
 
+    def shortest_ttl_s(self) -> float:
+        """The shortest TTL of any bus or camera (60 s on a site without sources)."""
+        return min([b.ttl_s for b in self.buses] + [c.ttl_s for c in self.cameras], default=60.0)
+
     def snapshot_interval(self, source: str) -> float:
         """How often an agent sends a full snapshot of a source: a third of its TTL (at most
         a minute), so a living source is never taken for a silent one by the gateway."""

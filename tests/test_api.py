@@ -212,6 +212,36 @@ def test_history_starts_where_the_journal_still_has_it(client, tokens, harness):
             harness.journal.conn.execute("DELETE FROM meta WHERE key = 'history_from'")
 
 
+def test_history_shows_the_gateways_own_downtime_as_unknown(client, tokens, harness):
+    """While the gateway was down nothing was recorded: the points in its outage count every
+    space but the closed ones unknown (not the counts before it, as if known), and the
+    response lists the outage; the points around it are the journal's."""
+    h = tokens["viewer"]
+    now = time.time()
+    down, up = now - 250, now - 130  # the samples at now - 240 ... now - 140 fall in it
+    params = {"zone": "A", "start": now - 300, "end": now, "step": 60}
+    before = client.get("/api/v1/history", params=params, headers=h).json()
+    assert before["outages"] == []
+    with harness.journal.transaction():
+        harness.journal.record_outage(down, up, False)
+    try:
+        r = client.get("/api/v1/history", params=params, headers=h)
+    finally:
+        with harness.journal.transaction():
+            harness.journal.conn.execute("DELETE FROM outages")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["outages"] == [{"start": down, "end": up, "clean": False}]
+    (was,), (series,) = before["series"], body["series"]
+    for p, q in zip(was["points"], series["points"], strict=True):
+        if down <= p["ts"] < up:
+            assert (q["free"], q["occupied"], q["closed"]) == (0, 0, p["closed"])
+            assert q["unknown"] == p["free"] + p["occupied"] + p["unknown"] > 0
+        else:
+            assert q == p
+    assert sum(down <= p["ts"] < up for p in series["points"]) == 2
+
+
 def test_manager_closes_and_opens_a_space(client, tokens, harness):
     h = tokens["manager"]
     before = {z["zone"]: z for z in client.get("/api/v1/zones").json()}["D"]

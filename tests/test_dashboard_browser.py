@@ -404,7 +404,9 @@ def test_dashboard_not_live_while_stream_down(processes, mosquitto, tmp_path):
 
 def test_dashboard_history_breaks_at_gaps(processes, mosquitto, tmp_path):
     """Defect: the chart dropped the points where a zone was wholly unknown and joined the rest
-    with one line, drawn straight across hours with no data."""
+    with one line, drawn straight across hours with no data. The gateway's own downtimes
+    (``outages``) are shaded, a short one between two samples too, and said on hover and
+    in the chart's label."""
     _, url, _, _ = start_services(processes, tmp_path, mosquitto.url)
     end = time.time()
     step = 900
@@ -418,8 +420,12 @@ def test_dashboard_history_breaks_at_gaps(processes, mosquitto, tmp_path):
             {"ts": start + i * step, "free": free, "occupied": occupied, "unknown": unknown,
              "closed": 0, "total": 80}
         )  # fmt: skip
+    outages = [
+        {"start": start + 10 * step, "end": start + 30 * step, "clean": False},
+        {"start": start + 70.2 * step, "end": start + 70.6 * step, "clean": True},
+    ]
     history = {
-        "start": start, "end": end, "step": step,
+        "start": start, "end": end, "step": step, "outages": outages,
         "series": [{"zone": "A", "name": {"zh": "A区", "en": "Zone A"}, "points": points}],
     }  # fmt: skip
     with chromium() as browser:
@@ -438,6 +444,16 @@ def test_dashboard_history_breaks_at_gaps(processes, mosquitto, tmp_path):
         dx = (lines[0][1] - lines[0][0]) * 1.5  # one step, give or take rounding
         for xs in lines:  # no segment reaches over a gap
             assert all(b - a <= dx for a, b in zip(xs, xs[1:], strict=False)), xs
+        bands = page.locator("#chart rect.outage").all()
+        assert len(bands) == 2
+        x0, w = (float(bands[0].get_attribute(k) or "nan") for k in ("x", "width"))
+        one = lines[0][1] - lines[0][0]  # x of point 10 is one step after the run 0-9's last
+        assert abs(x0 - (lines[0][-1] + one)) < 0.2 and abs(x0 + w - lines[1][0]) < 0.2
+        assert 0 < float(bands[1].get_attribute("width") or "nan") < dx  # within one step
+        tip = bands[0].locator("title").text_content() or ""
+        assert tip.startswith("gateway down, nothing recorded: "), tip
+        label = page.locator("#chart > svg").get_attribute("aria-label") or ""
+        assert "the gateway was down 2 time(s) in it" in label, label
         assert not errors, errors
 
 

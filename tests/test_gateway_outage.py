@@ -1,7 +1,10 @@
 """A gateway stopped longer than its sources' TTL: at the restart, the spaces of the sources
 not heard since turn `unknown` (journal, history, InfluxDB outbox), once the broker's backlog
 is in: an agent it kept reports of is brought up to date by them and never blinks unknown.
-Not dated back to when the TTL ran out: docs/architecture.md, "Event times", says why."""
+Not dated back to when the TTL ran out: docs/architecture.md, "Event times", says why. The
+gateway's own downtime is recorded as such (an outage, from its clean stop or its last sign
+of life to the restart): history shows it unknown, and InfluxDB's zone counts turn unknown
+at its start."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import influx_support
 import pytest
+from conftest import eventually
 from gateway_support import (
     Clocks,
     Collector,
@@ -81,16 +85,20 @@ def _zone_points(journal: Journal, zone: str) -> list[tuple[int, dict[str, int]]
 def _history(db: Path, site: Site, times: list[float]) -> dict[str, list[tuple[int, int]]]:
     """(free, unknown) per zone at ``times``, read from the journal as /history reads it."""
     site_zone = {s.id: s.zone for s in site.spaces}
-    at = JournalReader(str(db)).history_input(times[0], times[-1], site_zone)
+    reader = JournalReader(str(db))
+    at = reader.history_input(times[0], times[-1], site_zone)
     zone_of = dict(site_zone) if at.zones is None else at.zones
-    series = zone_series(zone_of, at.states, at.changes, times, joining=site_zone)
+    blind = [(a, b) for a, b, _ in reader.outages(times[0], times[-1])]
+    series = zone_series(zone_of, at.states, at.changes, times, joining=site_zone, blind=blind)
     return {z: [(p.free, p.unknown) for p in pts] for z, pts in series.items()}
 
 
 def test_a_restart_turns_the_silent_sources_unknown_as_of_the_restart(example_site, tmp_path):
     """Stopped 60 s after the buses' and the camera's last reports: the buses' spaces turn
     unknown at the restart (journal, outbox point, history), with their zones' counts; the
-    camera's TTL (120 s) has not run out, so its spaces stay free."""
+    camera's TTL (120 s) has not run out, so its spaces stay free after it. The outage
+    itself (from the last tick's sign of life) is unknown in history and in the outbox's
+    zone counts, for every zone."""
     site = _camera_ttl_site(tmp_path)
     db = tmp_path / "j.sqlite"
     clocks = Clocks(T0)
@@ -129,14 +137,18 @@ def test_a_restart_turns_the_silent_sources_unknown_as_of_the_restart(example_si
         zone_a = _zone_points(gw.journal, "A")
         at_restart = [f for ts, f in zone_a if ts == event_time_ns(restarted)]
         assert at_restart == [{"free": 0, "occupied": 0, "unknown": 80, "closed": 0, "total": 80}]
+        down = T0 + 7  # the last tick journaled that it was running
+        assert gw.journal.outages(0, restarted + 1) == [(down, restarted, False)]
         zone_c = _zone_points(gw.journal, "C")
-        assert all(f["unknown"] == 0 for ts, f in zone_c if ts > event_time_ns(T0 + 5))
+        blind = {"free": 0, "occupied": 0, "unknown": 40, "closed": 0, "total": 40}
+        assert (event_time_ns(down + 0.001), blind) in zone_c  # the outage's start
+        assert all(f["unknown"] == 0 for ts, f in zone_c if ts >= event_time_ns(restarted))
     finally:
         gw.journal.close()
-    samples = [T0 + 10, T0 + 40, restarted + 1]
+    samples = [T0 + 6, T0 + 40, restarted + 1]
     hist = _history(db, site, samples)
-    assert hist["A"] == [(80, 0), (80, 0), (0, 80)]
-    assert hist["C"] == [(40, 0)] * 3
+    assert hist["A"] == [(80, 0), (0, 80), (0, 80)]
+    assert hist["C"] == [(40, 0), (0, 40), (40, 0)]
 
 
 def test_a_gateway_stopped_past_the_ttl_shows_the_outage_as_unknown_in_influxdb(
@@ -183,8 +195,13 @@ def test_a_gateway_stopped_past_the_ttl_shows_the_outage_as_unknown_in_influxdb(
     (at,) = {e[1] for e in events if e[4] == "unknown" and e[2].startswith("A-")}
     assert restarting <= at < restarting + 10
     assert (event_time_ns(at) // 1_000_000, 80) in points
-    samples = [heard + 1, at - 0.5, at + 0.5]
-    assert _history(db, load_site(site_path), samples)["A"] == [(80, 0), (80, 0), (0, 80)]
+    # the downtime: from the clean stop to the restart, and zone A unknown from its start
+    ((down, up, clean),) = JournalReader(str(db)).outages(0, time.time())
+    assert heard < down <= stopped and at - 2 < up <= at and clean
+    assert (event_time_ns(down + 0.001) // 1_000_000, 80) in points
+    samples = [heard, down - 0.001, down + 0.5, at + 0.5]
+    hist = _history(db, load_site(site_path), samples)["A"]
+    assert hist == [(80, 0), (80, 0), (0, 80), (0, 80)]
 
 
 def _seq(service, agent: str) -> int:
@@ -286,7 +303,6 @@ def test_nothing_is_derived_while_the_start_verdicts_wait(example_site, tmp_path
     history = _OutboxHistory(example_site.id, None)
     journal = Journal(db, history)
     outbox.ensure_schema(journal.conn)
-    before = len(_zone_points(journal, "A"))
     gw = clocks.gateway(
         example_site,
         journal,
@@ -294,6 +310,10 @@ def test_nothing_is_derived_while_the_start_verdicts_wait(example_site, tmp_path
         history=history,
         defer_start_verdicts=True,
     )
+    # the start's one point: the outage's, all unknown, at its start
+    ((ts, blind),) = _zone_points(journal, "A")[-1:]
+    assert blind["unknown"] == 80 and ts < event_time_ns(clocks.wall - 59)
+    before = len(_zone_points(journal, "A"))
     try:
         clocks.advance(1)
         gw.tick()
@@ -376,3 +396,150 @@ def test_a_gap_in_a_quiet_agents_seq_after_a_crash_is_not_blamed_on_the_broker(
         assert not any(missed.values()) and warned == []
         assert len(explained) == len(example_site.buses)
         assert "reports 6..7 are not in the journal" in explained[0].getMessage()
+
+
+def _run_and_stop(site: Site, db: Path, clocks: Clocks, *, run_s: float, clean: bool) -> None:
+    """The gateway starts, hears every bus, ticks each second for ``run_s`` and stops: cleanly
+    (journal_clean_stop, as the service does) or as in a crash (nothing more written)."""
+    gw = clocks.gateway(site, Journal(db), lambda *a: None)
+    try:
+        for bus in site.buses:
+            gw.handle(*_report(site, bus.id, bus.agent, clocks.wall))
+        for _ in range(int(run_s)):
+            clocks.advance(1)
+            gw.tick()
+        gw.flush_checkpoint()
+        if clean:
+            gw.journal_clean_stop()
+    finally:
+        gw.journal.close()
+
+
+def _outages_at_restart(site: Site, db: Path, clocks: Clocks) -> list[tuple[float, float, bool]]:
+    gw = clocks.gateway(site, Journal(db), lambda *a: None)
+    try:
+        return gw.journal.outages(0, clocks.wall + 1)
+    finally:
+        gw.journal.close()
+
+
+def test_a_crash_is_recorded_from_the_gateways_last_sign_of_life(example_site, tmp_path):
+    """Killed 20 s after its last ``alive_at`` (written each minute on a quiet site, the
+    last report long before), restarted 100 s later: the outage runs from that mark to the
+    restart, not from the last report, and says it was no clean stop."""
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    _run_and_stop(example_site, db, clocks, run_s=81, clean=False)  # marks at T0+1, T0+61
+    clocks.advance(100)
+    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 61, clocks.wall, False)]
+
+
+def test_a_clean_stop_is_recorded_from_the_stop(example_site, tmp_path):
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    _run_and_stop(example_site, db, clocks, run_s=30, clean=True)
+    stopped = clocks.wall
+    clocks.advance(40)
+    assert _outages_at_restart(example_site, db, clocks) == [(stopped, clocks.wall, True)]
+
+
+def test_a_restart_within_the_shortest_ttl_is_no_outage(example_site, tmp_path):
+    """Down 10 s where every source's TTL is 15 s: nothing the record knew went stale, so
+    nothing is recorded (an upgrade's restart is not a hole in the history)."""
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    gw = clocks.gateway(example_site, Journal(db), lambda *a: None)
+    gw.journal.close()
+    assert gw.outage_min_s == 15.0  # the example site's TTLs
+    _run_and_stop(example_site, db, clocks, run_s=5, clean=True)
+    clocks.advance(10)
+    assert _outages_at_restart(example_site, db, clocks) == []
+
+
+def test_a_wall_clock_stepped_back_while_down_records_no_outage(example_site, tmp_path):
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    _run_and_stop(example_site, db, clocks, run_s=5, clean=True)
+    clocks.advance(100)
+    clocks.step(-3600)
+    assert _outages_at_restart(example_site, db, clocks) == []
+
+
+def test_an_older_releases_clean_stop_is_recorded_from_the_last_sign_of_life(
+    example_site, tmp_path
+):
+    """An older release wrote clean_stop "1", without a time: the outage starts at the
+    journal's last sign of life, and is said clean."""
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    _run_and_stop(example_site, db, clocks, run_s=70, clean=False)  # marks at T0+1, T0+61
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("INSERT INTO meta(key, value) VALUES ('clean_stop', '1')")
+    clocks.advance(50)
+    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 61, clocks.wall, True)]
+
+
+def test_retention_forgets_outages_with_the_history_they_were_in(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    try:
+        with journal.transaction():
+            journal.record_outage(T0, T0 + 100, False)
+            journal.record_outage(T0 + 500, T0 + 600, True)
+        journal.prune(T0 + 200)
+        assert journal.outages(0, T0 + 1000) == [(T0 + 500, T0 + 600, True)]
+        assert journal.outages(T0 + 600, T0 + 1000) == []  # [start, end): ended by then
+    finally:
+        journal.close()
+
+
+def test_a_standalone_api_shows_a_gateway_down_now_as_an_ongoing_outage(mosquitto, tmp_path):
+    """The real gateway, broker and a stand-alone API on the same journal: while the gateway
+    runs, /history lists no outage; stopped (cleanly, TTL 4 s), the answer's last points are
+    unknown from its stop on and the outage is listed as ongoing once it is longer than the
+    TTL (shorter, the record has lost nothing yet)."""
+    from api_support import PASSWORD, journal_with_users, settings
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.mqttview import MqttLiveView
+    from parking.broker import BrokerConfig
+
+    ttl = 4
+    site_path = site_variant(tmp_path, ttl_s=ttl)
+    site = load_site(site_path)
+    db = journal_with_users(tmp_path)
+    watch = Collector(mosquitto.port)
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    view = MqttLiveView(site, BrokerConfig.from_url(mosquitto.url), str(db))
+    try:
+        with running_gateway(site_path, mosquitto.url, db):
+            edge.send({s: "free" for s in site.spaces_of_source("bus-g")}, kind="snapshot")
+            watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+            view.start()
+            with TestClient(create_app(view, settings(), db_path=str(db))) as client:
+                login = {"name": "viewer", "password": PASSWORD}
+                r = client.post("/api/v1/auth/login", json=login)
+                h = {"Authorization": f"Bearer {r.json()['token']}"}
+                t0 = time.time()
+                running = client.get("/api/v1/history", params={"zone": "A"}, headers=h).json()
+                assert running["outages"] == []
+        stopped = time.time()
+        with TestClient(create_app(view, settings(), db_path=str(db))) as client:
+            assert eventually(lambda: view.gateway_online() is False)
+            soon = client.get("/api/v1/history", params={"zone": "A"}, headers=h).json()
+            if time.time() < stopped + ttl - 0.5:  # within the TTL: nothing lost yet
+                assert soon["outages"] == []
+            time.sleep(max(0.0, stopped + ttl + 0.5 - time.time()))
+            params = {"zone": "A", "start": t0 - 1, "step": 1}
+            body = client.get("/api/v1/history", params=params, headers=h).json()
+    finally:
+        view.stop()
+        watch.stop()
+        edge.stop()
+    ((outage),) = body["outages"]
+    assert outage["ongoing"] and outage["clean"] and outage["end"] == body["end"]
+    assert t0 < outage["start"] <= stopped
+    points = body["series"][0]["points"]
+    assert [p["free"] for p in points if p["ts"] < outage["start"]][-1] == 80
+    after = [p for p in points if p["ts"] >= outage["start"]]
+    assert after and all(p["unknown"] == 80 and p["free"] == 0 for p in after)

@@ -17,8 +17,9 @@ from fastapi.responses import StreamingResponse
 from api.deps import Ctx, require_login
 from api.history import sample_times, zone_series
 from api.journal import EventFilter, EventRow, event_zone
-from api.models import EventOut, EventPage, HistoryOut, HistoryPoint, HistorySeries
+from api.models import EventOut, EventPage, HistoryOut, HistoryOutage, HistoryPoint, HistorySeries
 from api.routes import VIEWER_ERRORS, invalid
+from gateway.journal import ALIVE_JOURNAL_S
 
 router = APIRouter(
     prefix="/api/v1",
@@ -229,6 +230,20 @@ def events_csv(
     )
 
 
+def ongoing_outage(ctx: Ctx, end: float) -> tuple[float, float, bool] | None:
+    """The gateway down now, as a stand-alone API tells: its availability says offline (or
+    its signs ran out) and the journal has no sign of life of it for longer than the
+    shortest TTL (and than it journals one, after a crash): (since, ``end``, clean)."""
+    heard = getattr(ctx.view, "gateway_online", None)
+    if not callable(heard) or heard() is not False:
+        return None  # running, not known, or the gateway's own process
+    since, clean = ctx.journal.down_since()
+    floor = ctx.view.site.shortest_ttl_s()
+    if since is None or end - since < (floor if clean else max(floor, 1.5 * ALIVE_JOURNAL_S)):
+        return None
+    return since, end, clean
+
+
 @router.get("/history")
 def history(
     ctx: Ctx,
@@ -284,12 +299,26 @@ def history(
             zone_of.setdefault(s.id, s.zone)
     times = sample_times(start, end, step)
     shown = dict.fromkeys(s.zone for s in site.spaces if zone is None or s.zone == zone)
-    series = zone_series(zone_of, initial, at_start.changes, times, zones=shown, joining=site_zone)
+    # the gateway's own downtime: nothing was recorded then, whatever the counts before it
+    outages = [(a, b, c, False) for a, b, c in ctx.journal.outages(start, end)]
+    down = ongoing_outage(ctx, end)
+    if down is not None and down[0] < end:
+        outages.append((*down, True))
+    series = zone_series(
+        zone_of,
+        initial,
+        at_start.changes,
+        times,
+        zones=shown,
+        joining=site_zone,
+        blind=[(a, b) for a, b, _, _ in outages],
+    )
     names = {z.id: z.name for z in site.zones}
     return HistoryOut(
         start=start,
         end=end,
         step=step,
+        outages=[HistoryOutage(start=a, end=b, clean=c, ongoing=o) for a, b, c, o in outages],
         series=[
             HistorySeries(
                 zone=z,

@@ -71,6 +71,9 @@ const T = {
   map_hint: ["地图上：用 Tab 键进入一层，方向键在车位间移动，回车打开。",
     "On the map: Tab to a level, the arrow keys move between spaces, Enter opens one."],
   chart_label: ["占用率，{range}：{list}", "occupancy, {range}: {list}"],
+  // the gateway's own downtime (history: outages): nothing was recorded, so nothing is known
+  gateway_down: ["网关停机，未记录：{from} – {to}", "gateway down, nothing recorded: {from} – {to}"],
+  gateway_down_n: ["其间网关停机 {n} 次", "the gateway was down {n} time(s) in it"],
   // an alert's acknowledgement: who, when, and what they wrote
   note_ph: ["备注（可选），如：已通知维修工", "note (optional), e.g. technician called"],
   note: ["备注：", "note: "],
@@ -967,7 +970,9 @@ function chartSummary(h) {
     const last = [...s.points].reverse().find((p) => p.free + p.occupied > 0);
     return `${L(s.name)} ${last ? `${Math.round((100 * last.occupied) / (last.free + last.occupied))}%` : t("no_data")}`;
   });
-  return t("chart_label").replace("{range}", range).replace("{list}", zones.join(listSep()) || t("no_data"));
+  const label = t("chart_label").replace("{range}", range).replace("{list}", zones.join(listSep()) || t("no_data"));
+  const down = (h.outages || []).length;
+  return down ? `${label}${listSep()}${t("gateway_down_n").replace("{n}", down)}` : label;
 }
 
 function drawChart(h) {
@@ -985,6 +990,16 @@ function drawChart(h) {
     const tx = svg("text", { x: x(ts), y: H - 5, "text-anchor": anchor });
     tx.textContent = fmtTime(ts, { month: "numeric", day: "numeric", hour: "2-digit", minute: "2-digit" });
     root.append(tx);
+  }
+  // the gateway's own downtime, shaded: the samples may fall either side of a short one
+  const when = { month: "numeric", day: "numeric", hour: "2-digit", minute: "2-digit" };
+  for (const o of h.outages || []) {
+    const x0 = x(Math.max(o.start, h.start)), x1 = x(Math.min(o.end, h.end));
+    const band = svg("rect", { class: "outage", x: x0, y: top, width: Math.max(x1 - x0, 1.5), height: H - top - b });
+    const tip = svg("title");
+    tip.textContent = t("gateway_down").replace("{from}", fmtTime(o.start, when)).replace("{to}", fmtTime(o.end, when));
+    band.append(tip);
+    root.append(band);
   }
   const legend = el("div", { class: "chart-legend" });
   h.series.forEach((s, i) => {
