@@ -173,12 +173,14 @@ OUTAGES_SQL = "SELECT start, end, clean FROM outages WHERE end > ? AND start < ?
 def down_since(conn: sqlite3.Connection) -> tuple[float | None, bool]:
     """Where the gateway's downtime began, were it not running now: (the time of its clean
     stop, True) or, after a crash, (its last sign of life in the journal: its newest event
-    or assignment, or ``alive_at``, False); None for an empty journal. A clean stop of an
-    older release (``clean_stop`` "1", no time) counts from its last sign of life."""
+    or assignment, the last time it journaled hearing an agent, or ``alive_at``, False);
+    None for an empty journal. A clean stop of an older release (``clean_stop`` "1", no
+    time) counts from its last sign of life. All of these are the gateway's own clock."""
     row = conn.execute(
         "SELECT (SELECT value FROM meta WHERE key = ?),"
         " max(coalesce((SELECT ts FROM events ORDER BY id DESC LIMIT 1), -1e300),"
         " coalesce((SELECT ts FROM assignments ORDER BY id DESC LIMIT 1), -1e300),"
+        " coalesce((SELECT max(last_seen) FROM agents), -1e300),"
         " coalesce((SELECT CAST(value AS REAL) FROM meta WHERE key = ?), -1e300))",
         (CLEAN_STOP_KEY, ALIVE_KEY),
     ).fetchone()

@@ -543,3 +543,30 @@ def test_a_standalone_api_shows_a_gateway_down_now_as_an_ongoing_outage(mosquitt
     assert [p["free"] for p in points if p["ts"] < outage["start"]][-1] == 80
     after = [p for p in points if p["ts"] >= outage["start"]]
     assert after and all(p["unknown"] == 80 and p["free"] == 0 for p in after)
+
+
+def test_a_crash_on_a_site_whose_agents_keep_reporting_starts_at_their_last_journaled_report(
+    example_site, tmp_path
+):
+    """Agents repeat snapshots that change nothing (a quiet site): their seq and last_seen
+    are journaled every 30 s, which tells a crash's start closer than the minute's mark."""
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    gw = clocks.gateway(example_site, Journal(db), lambda *a: None)
+    try:
+        bus = example_site.buses[0]
+        for seq in range(1, 101):  # T0 .. T0+99, one a second
+            body = json.loads(_report(example_site, bus.id, bus.agent, clocks.wall)[1])
+            body["seq"] = seq
+            for space in body["spaces"]:  # free since the first: nothing new
+                space["since"] = T0
+            gw.handle(topics.edge_occupancy(example_site.id, bus.agent), json.dumps(body).encode())
+            gw.tick()  # alive_at at T0, T0+60
+            clocks.advance(1)
+        gw.flush_checkpoint()
+    finally:
+        gw.journal.close()  # a crash: nothing more written
+    clocks.advance(100)
+    ((start, _, clean),) = _outages_at_restart(example_site, db, clocks)
+    # the first quiet report (T0+1) is journaled, then one each 30 s: T0+31, +61, +91
+    assert start == T0 + 91 and not clean
