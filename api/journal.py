@@ -283,14 +283,14 @@ class JournalReader:
         rows = self._query(OUTAGES_SQL, (start, end))
         return [(float(a), float(b), bool(c)) for a, b, c in rows]
 
-    def down_since(self) -> tuple[float | None, bool]:
+    def down_since(self, now: float) -> tuple[float | None, bool]:
         """Where the gateway's downtime began, were it not running now (its clean stop, or
         its last sign of life in the journal), and whether it stopped cleanly."""
         db = self.connect()
         if db is None:
             return None, False
         try:
-            return down_since(db)
+            return down_since(db, now)
         except sqlite3.OperationalError as exc:  # a journal not made by a gateway yet
             if "no such table" in str(exc):
                 return None, False

@@ -148,10 +148,10 @@ HISTORY_FROM_KEY = "history_from"
 ALIVE_KEY = "alive_at"
 """meta key: wall time the running gateway last said it was running (every ALIVE_JOURNAL_S):
 after a crash, where its downtime began (:func:`down_since`)."""
-ALIVE_JOURNAL_S = 60.0
-"""How often the running gateway journals ALIVE_KEY: a crash's downtime starts at most this
-early on a quiet site, and a journal without a sign of life for longer has no gateway
-running on it."""
+ALIVE_JOURNAL_S = 10.0
+"""How often the running gateway journals ALIVE_KEY (with InfluxDB, in the commit of its 10 s
+zone points, whose time it must not be behind): a crash's downtime starts at most this
+early, and a journal without a sign of life for longer has no gateway running on it."""
 
 CLEAN_STOP_KEY = "clean_stop"
 """meta key: the wall time of a clean stop (older releases wrote "1"), once it journaled
@@ -170,19 +170,24 @@ OUTAGES_SQL = "SELECT start, end, clean FROM outages WHERE end > ? AND start < ?
 """The recorded outages that overlap [?, ?], oldest first."""
 
 
-def down_since(conn: sqlite3.Connection) -> tuple[float | None, bool]:
-    """Where the gateway's downtime began, were it not running now: (the time of its clean
-    stop, True) or, after a crash, (its last sign of life in the journal: its newest event
-    or assignment, the last time it journaled hearing an agent, or ``alive_at``, False);
-    None for an empty journal. A clean stop of an older release (``clean_stop`` "1", no
-    time) counts from its last sign of life. All of these are the gateway's own clock."""
+def down_since(conn: sqlite3.Connection, now: float) -> tuple[float | None, bool]:
+    """Where the gateway's downtime began, were it not running at ``now``: (the time of its
+    clean stop, True) or, after a crash, (its last sign of life in the journal: its newest
+    event or assignment, the last time it journaled hearing an agent, or ``alive_at``,
+    False); None for an empty journal. A clean stop of an older release (``clean_stop``
+    "1", no time) counts from its last sign of life. All of these are the gateway's own
+    clock; one after ``now`` is left out (a clock that ran ahead, since corrected: an
+    agent's ``last_seen`` keeps its maximum)."""
     row = conn.execute(
-        "SELECT (SELECT value FROM meta WHERE key = ?),"
-        " max(coalesce((SELECT ts FROM events ORDER BY id DESC LIMIT 1), -1e300),"
-        " coalesce((SELECT ts FROM assignments ORDER BY id DESC LIMIT 1), -1e300),"
-        " coalesce((SELECT max(last_seen) FROM agents), -1e300),"
-        " coalesce((SELECT CAST(value AS REAL) FROM meta WHERE key = ?), -1e300))",
-        (CLEAN_STOP_KEY, ALIVE_KEY),
+        "SELECT (SELECT value FROM meta WHERE key = :clean),"
+        " max(coalesce((SELECT ts FROM events WHERE ts <= :now ORDER BY ts DESC LIMIT 1),"
+        " -1e300),"
+        " coalesce((SELECT ts FROM assignments WHERE id = (SELECT max(id) FROM assignments)"
+        " AND ts <= :now), -1e300),"
+        " coalesce((SELECT max(last_seen) FROM agents WHERE last_seen <= :now), -1e300),"
+        " coalesce((SELECT v FROM (SELECT CAST(value AS REAL) AS v FROM meta"
+        " WHERE key = :alive) WHERE v <= :now), -1e300))",
+        {"clean": CLEAN_STOP_KEY, "alive": ALIVE_KEY, "now": now},
     ).fetchone()
     stopped, alive = row
     clean = stopped is not None
@@ -708,9 +713,9 @@ class Journal:
         first."""
         return [(a, b, bool(c)) for a, b, c in self.conn.execute(OUTAGES_SQL, (start, end))]
 
-    def down_since(self) -> tuple[float | None, bool]:
+    def down_since(self, now: float) -> tuple[float | None, bool]:
         """:func:`down_since` of this journal."""
-        return down_since(self.conn)
+        return down_since(self.conn, now)
 
     def history_from(self) -> float | None:
         """Events before this wall time were pruned (None: nothing was)."""

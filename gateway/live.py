@@ -473,14 +473,17 @@ class LiveGateway:
         )
         self._restore_gate_offsets(now, mono)
         # after a crash, a quiet agent's newest seq may not be journaled (QUIET_JOURNAL_S)
-        down_since, clean = self.journal.down_since()
+        down_since, clean = self.journal.down_since(now)
         self._after_crash = not clean
+        why = "a clean stop" if clean else "its last sign of life in the journal: a crash"
         if not self._after_crash:  # this run may crash: the mark goes with the start
             with self.journal.transaction() as conn:
                 conn.execute("DELETE FROM meta WHERE key = ?", (CLEAN_STOP_KEY,))
         taken = self.journal.meta(BACKUP_TAKEN_KEY)
         if taken is not None:  # said once: the key goes with this start
             self._restored_backup = True
+            # its record ends when the copy was taken, whatever the original did after
+            down_since, why = min(float(taken), now), "a restored backup, taken then"
             log.warning(
                 "this journal is a backup taken %s: reports, holds and dashboard users changed "
                 "since then are not in it (deploy/README.md, Backups)",
@@ -574,7 +577,7 @@ class LiveGateway:
             log.info("replayed %d events committed after the last checkpoint", len(replayed))
             self._dirty[[index[sp] for sp in replayed if sp in index]] = True
         with self.lock:
-            self._record_outage(down_since, now, clean=not self._after_crash)
+            self._record_outage(down_since, now, clean=not self._after_crash, why=why)
             self._snapshot_lines()
             for d in range(len(self.site.displays)):
                 self._shown[d] = self._render(d)
@@ -595,9 +598,15 @@ class LiveGateway:
             self.flush_checkpoint()
             self._reconcile_site(self._event_time(now), had_state=bool(rows))
 
-    def _record_outage(self, since: float | None, now: float, clean: bool) -> None:
-        """Journal this gateway's own downtime, from ``since`` (its clean stop, or its last
-        sign of life in the journal) to ``now``, when longer than :attr:`outage_min_s`:
+    def _journal_alive(self, now: float, mono: float) -> None:
+        """The journal's sign that this gateway runs (where a crash's downtime begins)."""
+        self._next_alive = mono + ALIVE_JOURNAL_S
+        self.journal.set_meta(ALIVE_KEY, repr(now))
+
+    def _record_outage(self, since: float | None, now: float, clean: bool, why: str) -> None:
+        """Journal this gateway's own downtime, from ``since`` (its clean stop, its last
+        sign of life in the journal, or a backup's time: ``why``) to ``now``, when longer
+        than :attr:`outage_min_s`:
         history renders it unknown, since nothing was recorded then, whatever the broker
         kept for later. With InfluxDB, every zone's counts turn unknown at its start."""
         if since is None or now - since < self.outage_min_s:
@@ -615,9 +624,7 @@ class LiveGateway:
             " unknown",
             now - since,
             time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(since)),
-            "a clean stop"
-            if clean
-            else "its last sign of life in the journal: a crash or a power cut",
+            why,
         )
 
     def _reconcile_site(self, now: float, had_state: bool) -> None:
@@ -829,9 +836,11 @@ class LiveGateway:
                             for z, zone in enumerate(self.state.zone_ids)
                         ],
                     )
+                    # in the same commit: after a crash, the outage's unknown points must
+                    # come after every point this run wrote, or they would read as its end
+                    self._journal_alive(now, mono)
             if mono >= self._next_alive:
-                self._next_alive = mono + ALIVE_JOURNAL_S
-                self.journal.set_meta(ALIVE_KEY, repr(now))
+                self._journal_alive(now, mono)
             if self.gate_clocks.unsaved:  # journaled here, off the answers' path
                 self.journal.set_meta(GATE_OFFSETS_KEY, self.gate_clocks.to_save(now, mono))
             said = self.lag.to_say(mono)

@@ -452,6 +452,7 @@ def test_dashboard_history_breaks_at_gaps(processes, mosquitto, tmp_path):
         assert 0 < float(bands[1].get_attribute("width") or "nan") < dx  # within one step
         tip = bands[0].locator("title").text_content() or ""
         assert tip.startswith("gateway down, nothing recorded: "), tip
+        assert re.search(r"\d\d:\d\d:\d\d – .*\d\d:\d\d:\d\d$", tip), tip  # seconds
         label = page.locator("#chart > svg").get_attribute("aria-label") or ""
         assert "the gateway was down 2 time(s) in it" in label, label
         assert not errors, errors

@@ -424,14 +424,14 @@ def _outages_at_restart(site: Site, db: Path, clocks: Clocks) -> list[tuple[floa
 
 
 def test_a_crash_is_recorded_from_the_gateways_last_sign_of_life(example_site, tmp_path):
-    """Killed 20 s after its last ``alive_at`` (written each minute on a quiet site, the
-    last report long before), restarted 100 s later: the outage runs from that mark to the
-    restart, not from the last report, and says it was no clean stop."""
+    """Killed 4 s after its last ``alive_at`` (written every 10 s, the last report long
+    before), restarted 100 s later: the outage runs from that mark to the restart, not from
+    the last report, and says it was no clean stop."""
     db = tmp_path / "j.sqlite"
     clocks = Clocks(T0)
-    _run_and_stop(example_site, db, clocks, run_s=81, clean=False)  # marks at T0+1, T0+61
+    _run_and_stop(example_site, db, clocks, run_s=85, clean=False)  # marks at T0+1, +11, .. +81
     clocks.advance(100)
-    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 61, clocks.wall, False)]
+    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 81, clocks.wall, False)]
 
 
 def test_a_clean_stop_is_recorded_from_the_stop(example_site, tmp_path):
@@ -472,7 +472,7 @@ def test_an_older_releases_clean_stop_is_recorded_from_the_last_sign_of_life(
     journal's last sign of life, and is said clean."""
     db = tmp_path / "j.sqlite"
     clocks = Clocks(T0)
-    _run_and_stop(example_site, db, clocks, run_s=70, clean=False)  # marks at T0+1, T0+61
+    _run_and_stop(example_site, db, clocks, run_s=70, clean=False)  # marks at T0+1, .. +61
     with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("INSERT INTO meta(key, value) VALUES ('clean_stop', '1')")
     clocks.advance(50)
@@ -570,3 +570,58 @@ def test_a_crash_on_a_site_whose_agents_keep_reporting_starts_at_their_last_jour
     ((start, _, clean),) = _outages_at_restart(example_site, db, clocks)
     # the first quiet report (T0+1) is journaled, then one each 30 s: T0+31, +61, +91
     assert start == T0 + 91 and not clean
+
+
+def test_a_crashs_unknown_points_come_after_every_point_the_run_wrote(example_site, tmp_path):
+    """With InfluxDB, the 10 s zone points are newer than the journal's events: the outage's
+    unknown points were written before the last of them, so InfluxDB showed unknown while
+    the gateway still ran and the old counts through the real downtime (a review saw it)."""
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    history = _OutboxHistory(example_site.id, None)
+    journal = Journal(db, history)
+    outbox.ensure_schema(journal.conn)
+    gw = clocks.gateway(example_site, journal, lambda *a: None, history=history)
+    try:
+        for bus in example_site.buses:
+            gw.handle(*_report(example_site, bus.id, bus.agent, clocks.wall))
+        for _ in range(25):  # zone points at T0+1, +11, +21; nothing else after the TTL's
+            clocks.advance(1)
+            gw.tick()
+        gw.flush_checkpoint()
+    finally:
+        journal.close()  # killed at T0+25
+    clocks.advance(60)
+    journal = Journal(db, history)
+    try:
+        before = [ts for ts, _ in _zone_points(journal, "A")]
+        clocks.gateway(example_site, journal, lambda *a: None, history=history)
+        ((start, _, _),) = journal.outages(0, clocks.wall + 1)
+        new = [(ts, f) for ts, f in _zone_points(journal, "A")][len(before) :]
+    finally:
+        journal.close()
+    assert max(before) == event_time_ns(T0 + 21) and start == T0 + 21
+    assert new[0] == (event_time_ns(T0 + 21.001), {**new[0][1], "free": 0, "occupied": 0})
+    assert new[0][0] > max(before)
+
+
+def test_an_agents_last_seen_in_the_future_does_not_hide_a_crash(example_site, tmp_path):
+    """A clock that ran a day ahead and was corrected leaves an agent's last_seen a day
+    ahead (it keeps its maximum): the outage was then never recorded, and nothing said so."""
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    _run_and_stop(example_site, db, clocks, run_s=25, clean=False)  # marks at T0+1, +11, +21
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE agents SET last_seen = last_seen + 86400")
+    clocks.advance(60)
+    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 21, clocks.wall, False)]
+
+
+def test_a_restored_backups_outage_starts_when_the_copy_was_taken(example_site, tmp_path):
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    _run_and_stop(example_site, db, clocks, run_s=25, clean=False)  # marks at T0+1, +11, +21
+    with closing(sqlite3.connect(db)) as conn, conn:  # as `parkguide journal backup` marks it
+        conn.execute("INSERT INTO meta(key, value) VALUES ('backup_taken', ?)", (repr(T0 + 24),))
+    clocks.advance(3600)
+    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 24, clocks.wall, False)]

@@ -237,7 +237,7 @@ def ongoing_outage(ctx: Ctx, end: float) -> tuple[float, float, bool] | None:
     heard = getattr(ctx.view, "gateway_online", None)
     if not callable(heard) or heard() is not False:
         return None  # running, not known, or the gateway's own process
-    since, clean = ctx.journal.down_since()
+    since, clean = ctx.journal.down_since(end)
     floor = ctx.view.site.shortest_ttl_s()
     if since is None or end - since < (floor if clean else max(floor, 1.5 * ALIVE_JOURNAL_S)):
         return None

@@ -992,7 +992,8 @@ function drawChart(h) {
     root.append(tx);
   }
   // the gateway's own downtime, shaded: the samples may fall either side of a short one
-  const when = { month: "numeric", day: "numeric", hour: "2-digit", minute: "2-digit" };
+  // to the second: an outage may be shorter than a minute
+  const when = { month: "numeric", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" };
   for (const o of h.outages || []) {
     const x0 = x(Math.max(o.start, h.start)), x1 = x(Math.min(o.end, h.end));
     const band = svg("rect", { class: "outage", x: x0, y: top, width: Math.max(x1 - x0, 1.5), height: H - top - b });
