@@ -148,10 +148,12 @@ HISTORY_FROM_KEY = "history_from"
 ALIVE_KEY = "alive_at"
 """meta key: wall time the running gateway last said it was running (every ALIVE_JOURNAL_S):
 after a crash, where its downtime began (:func:`down_since`)."""
-ALIVE_JOURNAL_S = 10.0
-"""How often the running gateway journals ALIVE_KEY (with InfluxDB, in the commit of its 10 s
-zone points, whose time it must not be behind): a crash's downtime starts at most this
-early, and a journal without a sign of life for longer has no gateway running on it."""
+ALIVE_JOURNAL_S = 60.0
+"""The running gateway journals ALIVE_KEY when it journaled no other sign of life (a change,
+a quiet agent's last_seen) for this long, and with every 10 s InfluxDB zone point (whose
+time the outage's unknown points must come after): a crash's downtime starts at most this
+early (30 s while agents report, 10 s with InfluxDB), and a journal without a sign of life
+for longer has no gateway running on it."""
 
 CLEAN_STOP_KEY = "clean_stop"
 """meta key: the wall time of a clean stop (older releases wrote "1"), once it journaled

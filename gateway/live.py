@@ -372,7 +372,9 @@ class LiveGateway:
         self.gate_clocks = GateClocks()  # each entrance's clock offset (_arrival_age)
         self.outbox_stats: Callable[[], dict[str, Any]] | None = None
         self._next_zone_history = 0.0
-        self._next_alive = 0.0  # monotonic time ALIVE_KEY is journaled next
+        # wall time of the last sign of life journaled (ALIVE_KEY is written after
+        # ALIVE_JOURNAL_S without one: a quiet site's agents' rows are signs enough)
+        self._alive_wall = -math.inf
         # the gateway's own downtime is recorded (record_outage) when longer than the
         # shortest TTL of a source: a shorter one left nothing the record knew go stale
         self.outage_min_s = site.shortest_ttl_s()
@@ -598,9 +600,9 @@ class LiveGateway:
             self.flush_checkpoint()
             self._reconcile_site(self._event_time(now), had_state=bool(rows))
 
-    def _journal_alive(self, now: float, mono: float) -> None:
+    def _journal_alive(self, now: float) -> None:
         """The journal's sign that this gateway runs (where a crash's downtime begins)."""
-        self._next_alive = mono + ALIVE_JOURNAL_S
+        self._alive_wall = now
         self.journal.set_meta(ALIVE_KEY, repr(now))
 
     def _record_outage(self, since: float | None, now: float, clean: bool, why: str) -> None:
@@ -838,9 +840,9 @@ class LiveGateway:
                     )
                     # in the same commit: after a crash, the outage's unknown points must
                     # come after every point this run wrote, or they would read as its end
-                    self._journal_alive(now, mono)
-            if mono >= self._next_alive:
-                self._journal_alive(now, mono)
+                    self._journal_alive(now)
+            if not 0.0 <= now - self._alive_wall < ALIVE_JOURNAL_S:
+                self._journal_alive(now)
             if self.gate_clocks.unsaved:  # journaled here, off the answers' path
                 self.journal.set_meta(GATE_OFFSETS_KEY, self.gate_clocks.to_save(now, mono))
             said = self.lag.to_say(mono)
@@ -1663,6 +1665,7 @@ class LiveGateway:
         if not due:
             return []
         left = self.journal.note_quiet_reports(due, [(g.agent, g.boot, g.seq, g.ts) for g in due])
+        self._alive_wall = max(self._alive_wall, max(g.ts for g in due))  # their last_seen
         for g in due:
             assert g.agent is not None and g.boot is not None
             self._quiet_held.pop(g.agent, None)  # this one is newer
@@ -1686,6 +1689,7 @@ class LiveGateway:
         if not due:
             return
         self.journal.note_quiet_reports(due, [(agent, *held) for agent, held in due])
+        self._alive_wall = max(self._alive_wall, max(ts for _, (_b, _s, ts) in due))
         for agent, (boot, _seq, _ts) in due:
             del self._quiet_held[agent]
             self._quiet_noted[agent] = (boot, mono)
@@ -1712,6 +1716,7 @@ class LiveGateway:
         meta key that must move with the changes (the zone closures)."""
         st = self.state
         ids, names = st.space_ids, STATE_NAMES
+        self._alive_wall = now  # a sign of life (down_since): no ALIVE_KEY needed meanwhile
         rows = []
         for g in segments:
             ch = g.changes

@@ -231,7 +231,7 @@ def test_history_shows_the_gateways_own_downtime_as_unknown(client, tokens, harn
             harness.journal.conn.execute("DELETE FROM outages")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["outages"] == [{"start": down, "end": up, "clean": False}]
+    assert body["outages"] == [{"start": down, "end": up, "clean": False, "ongoing": False}]
     (was,), (series,) = before["series"], body["series"]
     for p, q in zip(was["points"], series["points"], strict=True):
         if down <= p["ts"] < up:

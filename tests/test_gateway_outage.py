@@ -424,14 +424,14 @@ def _outages_at_restart(site: Site, db: Path, clocks: Clocks) -> list[tuple[floa
 
 
 def test_a_crash_is_recorded_from_the_gateways_last_sign_of_life(example_site, tmp_path):
-    """Killed 4 s after its last ``alive_at`` (written every 10 s, the last report long
-    before), restarted 100 s later: the outage runs from that mark to the restart, not from
-    the last report, and says it was no clean stop."""
+    """Killed 9 s after its last ``alive_at`` (written 60 s after its last other sign of life
+    in the journal: the TTL's verdict on the buses at T0+16), restarted 100 s later: the
+    outage runs from that mark to the restart, and says it was no clean stop."""
     db = tmp_path / "j.sqlite"
     clocks = Clocks(T0)
-    _run_and_stop(example_site, db, clocks, run_s=85, clean=False)  # marks at T0+1, +11, .. +81
+    _run_and_stop(example_site, db, clocks, run_s=85, clean=False)  # alive_at at T0+1, +76
     clocks.advance(100)
-    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 81, clocks.wall, False)]
+    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 76, clocks.wall, False)]
 
 
 def test_a_clean_stop_is_recorded_from_the_stop(example_site, tmp_path):
@@ -469,14 +469,14 @@ def test_an_older_releases_clean_stop_is_recorded_from_the_last_sign_of_life(
     example_site, tmp_path
 ):
     """An older release wrote clean_stop "1", without a time: the outage starts at the
-    journal's last sign of life, and is said clean."""
+    journal's last sign of life (the TTL's verdict on the buses), and is said clean."""
     db = tmp_path / "j.sqlite"
     clocks = Clocks(T0)
-    _run_and_stop(example_site, db, clocks, run_s=70, clean=False)  # marks at T0+1, .. +61
+    _run_and_stop(example_site, db, clocks, run_s=70, clean=False)  # verdict at T0+16
     with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("INSERT INTO meta(key, value) VALUES ('clean_stop', '1')")
     clocks.advance(50)
-    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 61, clocks.wall, True)]
+    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 16, clocks.wall, True)]
 
 
 def test_retention_forgets_outages_with_the_history_they_were_in(tmp_path):
@@ -561,9 +561,11 @@ def test_a_crash_on_a_site_whose_agents_keep_reporting_starts_at_their_last_jour
             for space in body["spaces"]:  # free since the first: nothing new
                 space["since"] = T0
             gw.handle(topics.edge_occupancy(example_site.id, bus.agent), json.dumps(body).encode())
-            gw.tick()  # alive_at at T0, T0+60
+            gw.tick()
             clocks.advance(1)
         gw.flush_checkpoint()
+        # the agent's rows were sign enough: no commit of alive_at of its own on a quiet site
+        assert gw.journal.meta("alive_at") is None
     finally:
         gw.journal.close()  # a crash: nothing more written
     clocks.advance(100)
@@ -610,17 +612,17 @@ def test_an_agents_last_seen_in_the_future_does_not_hide_a_crash(example_site, t
     ahead (it keeps its maximum): the outage was then never recorded, and nothing said so."""
     db = tmp_path / "j.sqlite"
     clocks = Clocks(T0)
-    _run_and_stop(example_site, db, clocks, run_s=25, clean=False)  # marks at T0+1, +11, +21
+    _run_and_stop(example_site, db, clocks, run_s=25, clean=False)  # verdict at T0+16
     with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("UPDATE agents SET last_seen = last_seen + 86400")
     clocks.advance(60)
-    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 21, clocks.wall, False)]
+    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 16, clocks.wall, False)]
 
 
 def test_a_restored_backups_outage_starts_when_the_copy_was_taken(example_site, tmp_path):
     db = tmp_path / "j.sqlite"
     clocks = Clocks(T0)
-    _run_and_stop(example_site, db, clocks, run_s=25, clean=False)  # marks at T0+1, +11, +21
+    _run_and_stop(example_site, db, clocks, run_s=25, clean=False)  # verdict at T0+16
     with closing(sqlite3.connect(db)) as conn, conn:  # as `parkguide journal backup` marks it
         conn.execute("INSERT INTO meta(key, value) VALUES ('backup_taken', ?)", (repr(T0 + 24),))
     clocks.advance(3600)
