@@ -872,6 +872,10 @@ def _boots_followed(
     return [(agent, boot, ts) for (agent, boot), ts in out.items()]
 
 
+HEARD_AHEAD_S = 5.0
+"""How far ahead of the clock an agent's journaled last_seen may be and still be believed."""
+
+
 def stored_signs(path: str | Path, now: float | None = None) -> list[tuple[str, str, float]]:
     """(topic, content JSON, expires_s) of every sign in the journal at ``path``; [] if none,
     or if changes were committed after the signs were checkpointed (they may be behind).
@@ -899,6 +903,10 @@ def stored_signs(path: str | Path, now: float | None = None) -> list[tuple[str, 
         heard = conn.execute("SELECT max(last_seen) FROM agents").fetchone()[0]
         if now is None or heard is None:
             return rows
+        if heard > now + HEARD_AHEAD_S:
+            # heard "later" than now: a clock that ran ahead, since corrected (last_seen
+            # keeps its maximum). When it was really last heard is not known: no fast path
+            return []
         # what is left of each sign's validity since the last report: a gateway that keeps
         # failing at start must not keep refreshing a count nobody vouches for any more
         return [(t, c, e - (now - heard)) for t, c, e in rows if now - heard < e]

@@ -8,6 +8,7 @@ import hashlib
 import json
 import sqlite3
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -637,3 +638,16 @@ def test_reports_that_change_nothing_move_one_agent_row_at_most_every_half_minut
     snapshot(gw2, 13)  # one not journaled (the spaces are as it says): accepted, no gap
     assert gw2.reports_missed[bus.agent] == 0
     assert all(gw2.state.state[example_site.space_index[s]] == FREE for s in spaces)
+
+
+def test_signs_heard_in_the_future_are_not_republished_fast(example_site, tmp_path):
+    """An agent's last_seen keeps its maximum: after a clock that ran a day ahead was
+    corrected, the stored signs were republished as if heard a day from now (valid for
+    their whole expiry and more). When they were really last vouched for is not known."""
+    db = tmp_path / "journal.sqlite"
+    journal, _gw, _bus, _spaces = _deferred_gateway(example_site, db)
+    journal.close()
+    assert stored_signs(db, now=T0 + 1)
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE agents SET last_seen = last_seen + 86400")
+    assert stored_signs(db, now=T0 + 1) == []
