@@ -194,6 +194,8 @@ def down_since(conn: sqlite3.Connection, now: float) -> tuple[float | None, bool
     stopped, alive = row
     clean = stopped is not None
     when = _wall_time(stopped) if clean else None
+    if when is not None and when > now:  # stopped by a clock ahead of this one
+        when = None
     if when is None and alive is not None and alive > -1e300:
         when = float(alive)
     return when, clean
@@ -709,6 +711,15 @@ class Journal:
         self.conn.execute(
             "INSERT INTO outages(start, end, clean) VALUES (?,?,?)", (start, end, int(clean))
         )
+
+    def clamp_heard_ahead(self, now: float) -> int:
+        """Agents' last_seen further ahead of ``now`` than HEARD_AHEAD_S (a clock that ran
+        ahead, since corrected: it keeps its maximum) become ``now``, as a start reads them
+        anyway (heard now); how many."""
+        with self.transaction() as conn:
+            return conn.execute(
+                "UPDATE agents SET last_seen = ? WHERE last_seen > ?", (now, now + HEARD_AHEAD_S)
+            ).rowcount
 
     def outages(self, start: float, end: float) -> list[tuple[float, float, bool]]:
         """(start, end, clean) of the recorded outages that overlap [start, end], oldest

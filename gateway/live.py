@@ -481,11 +481,19 @@ class LiveGateway:
         if not self._after_crash:  # this run may crash: the mark goes with the start
             with self.journal.transaction() as conn:
                 conn.execute("DELETE FROM meta WHERE key = ?", (CLEAN_STOP_KEY,))
+        ahead = self.journal.clamp_heard_ahead(now)  # after down_since, which leaves them out
+        if ahead:
+            log.warning(
+                "%d agent(s) were last heard later than this host's clock reads now (a clock"
+                " that ran ahead, since corrected): taken as heard now",
+                ahead,
+            )
         taken = self.journal.meta(BACKUP_TAKEN_KEY)
         if taken is not None:  # said once: the key goes with this start
             self._restored_backup = True
-            # its record ends when the copy was taken, whatever the original did after
-            down_since, why = min(float(taken), now), "a restored backup, taken then"
+            # its record ends when the copy was taken at the latest
+            down_since = min(float(taken), now, down_since if down_since is not None else now)
+            why = "a restored backup"
             log.warning(
                 "this journal is a backup taken %s: reports, holds and dashboard users changed "
                 "since then are not in it (deploy/README.md, Backups)",

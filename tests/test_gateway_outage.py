@@ -619,11 +619,123 @@ def test_an_agents_last_seen_in_the_future_does_not_hide_a_crash(example_site, t
     assert _outages_at_restart(example_site, db, clocks) == [(T0 + 16, clocks.wall, False)]
 
 
-def test_a_restored_backups_outage_starts_when_the_copy_was_taken(example_site, tmp_path):
+def test_a_restored_backups_outage_starts_at_the_copys_last_sign_of_life(example_site, tmp_path):
+    """A copy of a running gateway's journal: its record ends at its last sign of life (the
+    TTL's verdict at T0+16), before the copy was taken (T0+24); a journal with none at all
+    would start at the copy's time."""
     db = tmp_path / "j.sqlite"
     clocks = Clocks(T0)
     _run_and_stop(example_site, db, clocks, run_s=25, clean=False)  # verdict at T0+16
     with closing(sqlite3.connect(db)) as conn, conn:  # as `parkguide journal backup` marks it
         conn.execute("INSERT INTO meta(key, value) VALUES ('backup_taken', ?)", (repr(T0 + 24),))
     clocks.advance(3600)
-    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 24, clocks.wall, False)]
+    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 16, clocks.wall, False)]
+
+
+def test_a_clock_that_ran_ahead_does_not_stretch_the_next_crash(example_site, tmp_path):
+    """Agents' last_seen a day ahead: the start takes them as heard now, so their quiet rows
+    are signs of life again. Before, the running gateway took those rows for signs while
+    the restart left them out (in the future), and a 3 s crash 80 s later was recorded
+    from its start, 83 s long."""
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    _run_and_stop(example_site, db, clocks, run_s=5, clean=True)
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE agents SET last_seen = last_seen + 86400")
+    clocks.advance(20)
+    started = clocks.wall
+    gw = clocks.gateway(example_site, Journal(db), lambda *a: None)
+    try:
+        assert {a.last_seen for a in gw.journal.agents()} <= {started}
+        bus = example_site.buses[0]
+        for seq in range(2, 82):  # quiet snapshots, one a second
+            body = json.loads(_report(example_site, bus.id, bus.agent, clocks.wall)[1])
+            body["seq"] = seq
+            for space in body["spaces"]:
+                space["since"] = T0
+            gw.handle(topics.edge_occupancy(example_site.id, bus.agent), json.dumps(body).encode())
+            gw.tick()
+            clocks.advance(1)
+        gw.flush_checkpoint()
+    finally:
+        gw.journal.close()  # killed
+    crashed = clocks.wall
+    clocks.advance(3)
+    outages = _outages_at_restart(example_site, db, clocks)
+    assert outages[0][0] == T0 + 5 and outages[0][2]  # the clean stop's, before the clock fix
+    (start, end, clean) = outages[-1]
+    assert crashed - 31 <= start < crashed and end == clocks.wall and not clean
+
+
+def test_a_restored_backup_of_a_stopped_gateway_starts_at_its_stop(example_site, tmp_path):
+    db = tmp_path / "j.sqlite"
+    clocks = Clocks(T0)
+    _run_and_stop(example_site, db, clocks, run_s=5, clean=True)
+    with closing(sqlite3.connect(db)) as conn, conn:  # copied 30 s after the stop
+        conn.execute("INSERT INTO meta(key, value) VALUES ('backup_taken', ?)", (repr(T0 + 35),))
+    clocks.advance(100)
+    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 5, clocks.wall, True)]
+
+
+def test_a_clean_stop_stamped_by_a_clock_ahead_counts_from_the_last_sign_of_life(tmp_path):
+    from gateway.journal import down_since
+
+    journal = Journal(tmp_path / "j.sqlite")
+    try:
+        journal.set_meta("alive_at", repr(T0))
+        journal.set_meta("clean_stop", repr(T0 + 3600))
+        assert down_since(journal.conn, T0 + 60) == (T0, True)
+        assert down_since(journal.conn, T0 + 7200) == (T0 + 3600, True)
+    finally:
+        journal.close()
+
+
+def test_a_past_window_of_a_standalone_api_shows_no_outage_the_gateway_ran_through(
+    mosquitto, tmp_path, monkeypatch
+):
+    """A crash, and a stand-alone API asked for a window before it: the gateway ran through
+    that window, so no outage is in it (a review saw one made up from the window's end
+    back to its last event before it); the window up to now has the ongoing one."""
+    from api_support import PASSWORD, journal_with_users, settings
+    from fastapi.testclient import TestClient
+
+    import api.routes.events as events_route
+    from api.app import create_app
+    from api.mqttview import MqttLiveView
+    from parking.broker import BrokerConfig
+
+    monkeypatch.setattr(events_route, "ALIVE_JOURNAL_S", 2.0)  # 3 s without a sign: down
+    ttl = 4
+    site_path = site_variant(tmp_path, ttl_s=ttl)
+    site = load_site(site_path)
+    db = journal_with_users(tmp_path)
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    watch = Collector(mosquitto.port)
+    view = MqttLiveView(site, BrokerConfig.from_url(mosquitto.url), str(db))
+    try:
+        with running_gateway(site_path, mosquitto.url, db):
+            t0 = time.time()
+            edge.send({s: "free" for s in site.spaces_of_source("bus-g")}, kind="snapshot")
+            watch.wait_for(zone_topic("A"), lambda z: z["free"] == 80)
+            time.sleep(10)  # running: its last event (the TTL verdict) long before t_mid
+            t_mid = time.time()
+            edge.send({s: "free" for s in site.spaces_of_source("bus-g")}, kind="snapshot")
+            time.sleep(1)
+        with closing(sqlite3.connect(db)) as conn, conn:  # a crash leaves no clean stop
+            conn.execute("DELETE FROM meta WHERE key = 'clean_stop'")
+        view.start()
+        with TestClient(create_app(view, settings(), db_path=str(db))) as client:
+            r = client.post("/api/v1/auth/login", json={"name": "viewer", "password": PASSWORD})
+            h = {"Authorization": f"Bearer {r.json()['token']}"}
+            assert eventually(lambda: view.gateway_online() is False)
+            time.sleep(ttl + 0.5)
+            past = {"zone": "A", "start": t0 - 1, "end": t_mid, "step": 1}
+            before = client.get("/api/v1/history", params=past, headers=h).json()
+            now = client.get("/api/v1/history", params={"zone": "A"}, headers=h).json()
+    finally:
+        view.stop()
+        watch.stop()
+        edge.stop()
+    assert before["outages"] == []
+    ((outage),) = now["outages"]
+    assert outage["ongoing"] and not outage["clean"] and outage["start"] >= t_mid

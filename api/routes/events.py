@@ -237,9 +237,10 @@ def ongoing_outage(ctx: Ctx, end: float) -> tuple[float, float, bool] | None:
     heard = getattr(ctx.view, "gateway_online", None)
     if not callable(heard) or heard() is not False:
         return None  # running, not known, or the gateway's own process
-    since, clean = ctx.journal.down_since(end)
+    now = time.time()  # the journal's signs of life up to now, whatever window is asked
+    since, clean = ctx.journal.down_since(now)
     floor = ctx.view.site.shortest_ttl_s()
-    if since is None or end - since < (floor if clean else max(floor, 1.5 * ALIVE_JOURNAL_S)):
+    if since is None or now - since < (floor if clean else max(floor, 1.5 * ALIVE_JOURNAL_S)):
         return None
     return since, end, clean
 
