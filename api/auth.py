@@ -399,12 +399,10 @@ class LoginLimiter:
     The ceiling (``USER_CEILING`` times the per-client limit) stops guessing spread over many
     clients without locking the manager out: once reached (logged), a client that failed for
     that name within the window is refused, so each guessing client is down to one guess a
-    window, and the clients with no failure for it share one slow lane: together, the
-    per-client limit of attempts a window (a guesser with thousands of addresses gets no
-    more; the manager on a new network may have to wait while it lasts). One that logged in
-    as that name within ``KNOWN_CLIENT_S`` keeps its per-client limit (a typo of the
-    manager's own). Those known pairs are at most ``KNOWN_CLIENTS``, the longest unused
-    forgotten first; only a right password adds one.
+    window, while a client with no failure for it still gets its try, and one that logged in
+    as that name within ``KNOWN_CLIENT_S`` keeps its per-client limit (a typo of the manager's
+    own). Those known pairs are at most ``KNOWN_CLIENTS``, the longest unused forgotten first;
+    only a right password adds one.
 
     An attempt let through counts as a failure of its name and client until it is known
     to be none (:meth:`failed`, :meth:`succeeded` or :meth:`release`): parallel guesses,
@@ -422,8 +420,6 @@ class LoginLimiter:
         self.window_s = window_s
         self._failures: dict[str, deque[float]] = {}  # by name and client
         self._user_failures: dict[str, deque[float]] = {}  # by name, from anywhere
-        # by name, past the ceiling: attempts let through from clients with no failure for it
-        self._new_clients: dict[str, deque[float]] = {}
         self._attempts: dict[str, deque[float]] = {}
         self._in_flight: dict[str, int] = {}  # by name and client
         self._ceiling_logged: dict[str, float] = {}
@@ -465,7 +461,6 @@ class LoginLimiter:
             in_flight = self._in_flight.get(key, 0)
             ceiling = self.max_user * self.USER_CEILING
             wait = 0.0
-            lane: deque[float] | None = None  # the slow lane this attempt would take
             if len(attempts) >= self.max_client:
                 wait = max(wait, attempts[0] + self.window_s - now)
             if len(failures) >= self.max_user:
@@ -477,9 +472,9 @@ class LoginLimiter:
                     self._ceiling_logged[user] = now
                     log.warning(
                         "%d failed logins for %r from several addresses within %.0f s: each"
-                        " address that failed for it is refused until then, and new ones get"
-                        " %d tries between them (guessing spread over many addresses?)",
-                        len(everywhere), user[:64], self.window_s, self.max_user,
+                        " address that failed for it is refused until then (guessing spread"
+                        " over many addresses?)",
+                        len(everywhere), user[:64], self.window_s,
                     )  # fmt: skip
                 if not self._known_recently(key, now):
                     if failures:  # until its failure, or enough of everyone's, is old
@@ -487,14 +482,8 @@ class LoginLimiter:
                         wait = max(wait, min(failures[-1], below) + self.window_s - now)
                     elif in_flight:
                         wait = max(wait, self.IN_FLIGHT_RETRY_S)
-                    else:  # a new client: the slow lane all of them share
-                        lane = self._trim(self._new_clients, user, now)
-                        if len(lane) >= self.max_user:
-                            wait = max(wait, lane[0] + self.window_s - now)
             if wait > 0:
                 return wait
-            if lane is not None:
-                lane.append(now)
             attempts.append(now)
             self._in_flight[key] = in_flight + 1
             return 0.0
@@ -535,7 +524,7 @@ class LoginLimiter:
             self._settle(self._key(user, client))
 
     def _sweep(self, now: float) -> None:
-        for table in (self._attempts, self._failures, self._user_failures, self._new_clients):
+        for table in (self._attempts, self._failures, self._user_failures):
             for key in [k for k, q in table.items() if not q or q[-1] <= now - self.window_s]:
                 del table[key]
         for user in [u for u, t in self._ceiling_logged.items() if t <= now - self.window_s]:
