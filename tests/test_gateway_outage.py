@@ -415,6 +415,19 @@ def _run_and_stop(site: Site, db: Path, clocks: Clocks, *, run_s: float, clean: 
         gw.journal.close()
 
 
+def _edited_and_restarted(
+    site: Site, db: Path, *, run_s: float, clean: bool, sql: str, params: tuple, down_s: float
+) -> tuple[Clocks, list[tuple[float, float, bool]]]:
+    """A run from T0 (:func:`_run_and_stop`), the stopped journal edited by ``sql`` (what a
+    clock or a tool left in it), a restart ``down_s`` later: its outages."""
+    clocks = Clocks(T0)
+    _run_and_stop(site, db, clocks, run_s=run_s, clean=clean)
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(sql, params)
+    clocks.advance(down_s)
+    return clocks, _outages_at_restart(site, db, clocks)
+
+
 def _outages_at_restart(site: Site, db: Path, clocks: Clocks) -> list[tuple[float, float, bool]]:
     gw = clocks.gateway(site, Journal(db), lambda *a: None)
     try:
@@ -470,13 +483,11 @@ def test_an_older_releases_clean_stop_is_recorded_from_the_last_sign_of_life(
 ):
     """An older release wrote clean_stop "1", without a time: the outage starts at the
     journal's last sign of life (the TTL's verdict on the buses), and is said clean."""
-    db = tmp_path / "j.sqlite"
-    clocks = Clocks(T0)
-    _run_and_stop(example_site, db, clocks, run_s=70, clean=False)  # verdict at T0+16
-    with closing(sqlite3.connect(db)) as conn, conn:
-        conn.execute("INSERT INTO meta(key, value) VALUES ('clean_stop', '1')")
-    clocks.advance(50)
-    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 16, clocks.wall, True)]
+    clocks, outages = _edited_and_restarted(
+        example_site, tmp_path / "j.sqlite", run_s=70, clean=False,  # verdict at T0+16
+        sql="INSERT INTO meta(key, value) VALUES ('clean_stop', '1')", params=(), down_s=50,
+    )  # fmt: skip
+    assert outages == [(T0 + 16, clocks.wall, True)]
 
 
 def test_retention_forgets_outages_with_the_history_they_were_in(tmp_path):
@@ -610,26 +621,23 @@ def test_a_crashs_unknown_points_come_after_every_point_the_run_wrote(example_si
 def test_an_agents_last_seen_in_the_future_does_not_hide_a_crash(example_site, tmp_path):
     """A clock that ran a day ahead and was corrected leaves an agent's last_seen a day
     ahead (it keeps its maximum): the outage was then never recorded, and nothing said so."""
-    db = tmp_path / "j.sqlite"
-    clocks = Clocks(T0)
-    _run_and_stop(example_site, db, clocks, run_s=25, clean=False)  # verdict at T0+16
-    with closing(sqlite3.connect(db)) as conn, conn:
-        conn.execute("UPDATE agents SET last_seen = last_seen + 86400")
-    clocks.advance(60)
-    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 16, clocks.wall, False)]
+    clocks, outages = _edited_and_restarted(
+        example_site, tmp_path / "j.sqlite", run_s=25, clean=False,  # verdict at T0+16
+        sql="UPDATE agents SET last_seen = last_seen + 86400", params=(), down_s=60,
+    )  # fmt: skip
+    assert outages == [(T0 + 16, clocks.wall, False)]
 
 
 def test_a_restored_backups_outage_starts_at_the_copys_last_sign_of_life(example_site, tmp_path):
     """A copy of a running gateway's journal: its record ends at its last sign of life (the
     TTL's verdict at T0+16), before the copy was taken (T0+24); a journal with none at all
     would start at the copy's time."""
-    db = tmp_path / "j.sqlite"
-    clocks = Clocks(T0)
-    _run_and_stop(example_site, db, clocks, run_s=25, clean=False)  # verdict at T0+16
-    with closing(sqlite3.connect(db)) as conn, conn:  # as `parkguide journal backup` marks it
-        conn.execute("INSERT INTO meta(key, value) VALUES ('backup_taken', ?)", (repr(T0 + 24),))
-    clocks.advance(3600)
-    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 16, clocks.wall, False)]
+    clocks, outages = _edited_and_restarted(
+        example_site, tmp_path / "j.sqlite", run_s=25, clean=False,  # verdict at T0+16
+        sql="INSERT INTO meta(key, value) VALUES ('backup_taken', ?)",  # as a backup marks it
+        params=(repr(T0 + 24),), down_s=3600,
+    )  # fmt: skip
+    assert outages == [(T0 + 16, clocks.wall, False)]
 
 
 def test_a_clock_that_ran_ahead_does_not_stretch_the_next_crash(example_site, tmp_path):
@@ -668,13 +676,12 @@ def test_a_clock_that_ran_ahead_does_not_stretch_the_next_crash(example_site, tm
 
 
 def test_a_restored_backup_of_a_stopped_gateway_starts_at_its_stop(example_site, tmp_path):
-    db = tmp_path / "j.sqlite"
-    clocks = Clocks(T0)
-    _run_and_stop(example_site, db, clocks, run_s=5, clean=True)
-    with closing(sqlite3.connect(db)) as conn, conn:  # copied 30 s after the stop
-        conn.execute("INSERT INTO meta(key, value) VALUES ('backup_taken', ?)", (repr(T0 + 35),))
-    clocks.advance(100)
-    assert _outages_at_restart(example_site, db, clocks) == [(T0 + 5, clocks.wall, True)]
+    clocks, outages = _edited_and_restarted(
+        example_site, tmp_path / "j.sqlite", run_s=5, clean=True,
+        sql="INSERT INTO meta(key, value) VALUES ('backup_taken', ?)",  # copied 30 s after
+        params=(repr(T0 + 35),), down_s=100,
+    )  # fmt: skip
+    assert outages == [(T0 + 5, clocks.wall, True)]
 
 
 def test_a_clean_stop_stamped_by_a_clock_ahead_counts_from_the_last_sign_of_life(tmp_path):
