@@ -155,6 +155,9 @@ time the outage's unknown points must come after): a crash's downtime starts at 
 early (30 s while agents report, 10 s with InfluxDB), and a journal without a sign of life
 for longer has no gateway running on it."""
 
+HEARD_AHEAD_S = 5.0
+"""How far ahead of the clock an agent's journaled last_seen may be and still be believed."""
+
 CLEAN_STOP_KEY = "clean_stop"
 """meta key: the wall time of a clean stop (older releases wrote "1"), once it journaled
 every agent's newest quiet report; cleared at each start. Without it the last run ended in
@@ -881,10 +884,6 @@ def _boots_followed(
             out[key] = max(out.get(key, ts), ts)
         after.add(boot)
     return [(agent, boot, ts) for (agent, boot), ts in out.items()]
-
-
-HEARD_AHEAD_S = 5.0
-"""How far ahead of the clock an agent's journaled last_seen may be and still be believed."""
 
 
 def stored_signs(path: str | Path, now: float | None = None) -> list[tuple[str, str, float]]:

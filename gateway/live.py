@@ -615,10 +615,10 @@ class LiveGateway:
 
     def _record_outage(self, since: float | None, now: float, clean: bool, why: str) -> None:
         """Journal this gateway's own downtime, from ``since`` (its clean stop, its last
-        sign of life in the journal, or a backup's time: ``why``) to ``now``, when longer
-        than :attr:`outage_min_s`:
-        history renders it unknown, since nothing was recorded then, whatever the broker
-        kept for later. With InfluxDB, every zone's counts turn unknown at its start."""
+        sign of life in the journal, or a backup's: ``why``) to ``now``, when longer than
+        :attr:`outage_min_s`. History renders it unknown, since nothing was recorded then,
+        whatever the broker kept for later; with InfluxDB, every zone's counts turn
+        unknown at its start."""
         if since is None or now - since < self.outage_min_s:
             return  # a new journal, a short restart, or a wall clock stepped back
         blind = [
