@@ -751,6 +751,7 @@ class AllocationCore:
             )
             for z in range(len(layout.zones))
         ]
+        self._zone_kindset_of = layout.zone_kindset.tolist()
         self._line_cols = np.where(layout.line_class < 0, n_c, layout.line_class)
         # the (line, zone) pairs of the sign lines, for vectorized per-line sums: a line
         # counts a few zones, so summing pairs beats a dense lines x zones product ~8x
@@ -771,6 +772,13 @@ class AllocationCore:
         self._kindset_ext = ext
         self._g_ext = [tuple(row) for row in ext.tolist()]  # per kindset: counted by class col
         self._g_classes = [tuple(np.flatnonzero(row).tolist()) for row in kindset_elig]
+        # per (zone, kindset): the sign lines that count such a space now, so a change
+        # walks only its own lines (the update path's inner loop)
+        self._zg_lines = [
+            tuple(line for line, col in self._zone_lines[z] if g_ext[col])
+            for z in range(len(self._zone_lines))
+            for g_ext in self._g_ext
+        ]
 
     # -- full recompute ----------------------------------------------------------
     def recompute(self) -> None:
@@ -1061,31 +1069,35 @@ class AllocationCore:
         at :meth:`settle` with ``lazy_minima``)."""
         if self._closed_of[s]:
             old_state = new_state = CLOSED
-        z = self._zone_of[s]
-        p = self._slot_of[s]
-        g = self._kindset_of_slot[p]
-        ext = self._g_ext[g]
+        lines = self._zg_lines[self._zone_kindset_of[s]]
         if old_state != new_state:
             zc = self._zc_v
-            zc[z * N_STATES + old_state] -= 1
-            zc[z * N_STATES + new_state] += 1
+            z4 = self._zone_of[s] * N_STATES
+            zc[z4 + old_state] -= 1
+            zc[z4 + new_state] += 1
             du = (new_state == UNKNOWN) - (old_state == UNKNOWN)
+            if du:
+                lu = self._lu_v
+                for line in lines:
+                    lu[line] += du
             dt = (old_state == CLOSED) - (new_state == CLOSED)
-            if du or dt:  # on the lines whose class may use the space
-                lu, lt = self._lu_v, self._lt_v
-                for line, col in self._zone_lines[z]:
-                    if ext[col]:
-                        lu[line] += du
-                        lt[line] += dt
+            if dt:  # closed spaces are not counted
+                lt = self._lt_v
+                for line in lines:
+                    lt[line] += dt
+        p = self._slot_of[s]
         avail = new_state == FREE and s not in self._holds
         if avail == self._avail_py[p]:
             return
         self._avail_py[p] = avail
-        sign = 1 if avail else -1
         lf = self._lf_v
-        for line, col in self._zone_lines[z]:
-            if ext[col]:
-                lf[line] += sign
+        if avail:
+            for line in lines:
+                lf[line] += 1
+        else:
+            for line in lines:
+                lf[line] -= 1
+        g = self._kindset_of_slot[p]
         if not self._g_classes[g]:
             return
         if self.lazy_minima:
