@@ -1097,7 +1097,10 @@ class LiveGateway:
 
     def _note_refused(self, agent: str, payload: bytes) -> None:
         """Remember the seq of a report refused whole (``from_the_future``, say): it
-        arrived, and the gap it leaves is not the broker's loss."""
+        arrived, and the gap it leaves is not the broker's loss. One over the size cap is
+        not read (it was refused unread)."""
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return
         try:
             d = orjson.loads(payload)
         except orjson.JSONDecodeError:
