@@ -43,6 +43,8 @@ from edge.camera.quality import (
     QualitySettings,
     covered_spaces,
     shape_matches,
+    smeared_spaces,
+    space_cells,
 )
 from edge.camera.smoothing import OccupancySmoother, SmoothingSettings, SpaceChange
 from edge.camera.stream import FrameRate, FrameReader
@@ -133,6 +135,7 @@ class CameraAgent:
         self.aim = AimMonitor(aim, view) if self.settings.view_check else None
         self._keep_view = keep_view
         self._plans: dict[tuple[int, int], Any] = {}
+        self._cells: dict[tuple[int, int], np.ndarray] = {}  # frame size -> space_cells
         self._processed: deque[float] = deque()
         self._rate = FrameRate(self.settings.fps_limit)
         self.quality: FrameQuality | None = None
@@ -154,6 +157,7 @@ class CameraAgent:
             0,
         )
         self.covered = 0  # spaces the last frame showed nothing of (covered_spaces)
+        self.smeared = 0  # ... of those, the spaces under a smeared part of the picture
         self.behind_s = 0.0  # the reader's: how far its frames fall behind the present
         self.fell_behind = 0  # ... and how often it dropped a backlog for it
         self._status = "blind"
@@ -181,6 +185,15 @@ class CameraAgent:
             self._plans[(w, h)] = plan
         return plan
 
+    def _cells_for(self, frame: np.ndarray) -> np.ndarray:
+        """Which cells of the quality grid each space lies in, for this frame size."""
+        h, w = frame.shape[:2]
+        cells = self._cells.get((w, h))
+        if cells is None:
+            polygons = fit_polygons(self.polygons, self.camera.resolution, (w, h))
+            cells = self._cells[(w, h)] = space_cells(polygons, (w, h))
+        return cells
+
     def follow_clock(self, wall: float, mono: float) -> float:
         """Look for a step of the wall clock (``wall`` and ``mono`` read together); returns
         it (0.0: none). The smoother's timers move with a step; so do the spaces' ``since``
@@ -207,6 +220,7 @@ class CameraAgent:
         self.stream_up = True
         self._lost_reported = False
         normals, refused = self.monitor.new_normals, self.monitor.refused_normals
+        cell_normals = self.monitor.new_cell_normals
         quality = self.monitor.check(image, mono)
         self._keep_better_best()
         h, w = image.shape[:2]
@@ -222,6 +236,13 @@ class CameraAgent:
                 self.camera.id,
                 self.monitor.settings.rebaseline_s / 60,
                 quality.sharpness,
+            )
+        if self.monitor.new_cell_normals != cell_normals:
+            log.warning(
+                "camera %s: part of the picture has been much softer than usual for %.0f min;"
+                " reading it again as its new normal: check the lens there",
+                self.camera.id,
+                self.monitor.settings.rebaseline_s / 60,
             )
         if self.monitor.refused_normals != refused:
             log.warning(
@@ -276,7 +297,9 @@ class CameraAgent:
         occupied, confidence = self.classifier.decide(patches)
         self.counters["classified"] += 1
         covered = covered_spaces(patches, self.monitor.settings)
-        self._say_covered(int(covered.sum()))
+        smeared = smeared_spaces(self._cells_for(image), quality.smeared) & ~covered
+        self._say_covered(int(covered.sum()), int(smeared.sum()))
+        covered |= smeared
         if not covered.any():
             return self.smoother.update(occupied, confidence, wall)
         # no evidence from what the picture does not show: those spaces unknown, the rest read
@@ -345,18 +368,30 @@ class CameraAgent:
                 measured,
             )
 
-    def _say_covered(self, covered: int) -> None:
-        if covered and not self.covered:
+    def _say_covered(self, dark: int, smeared: int) -> None:
+        """Say when spaces start or stop showing nothing: ``dark`` (dark or featureless
+        patches) and ``smeared`` (under a part of the picture that lost its detail)."""
+        if dark and not self.covered - self.smeared:
             log.warning(
                 "camera %s: %d of its %d spaces show nothing in the picture (dark or "
-                "featureless: something on part of the lens, a floodlight's glare?): unknown",
+                "featureless: something on part of the lens, a floodlight's glare, or too "
+                "dark to read?): unknown",
                 self.camera.id,
-                covered,
+                dark,
                 len(self.space_ids),
             )
-        elif self.covered and not covered:
+        if smeared and not self.smeared:
+            log.warning(
+                "camera %s: part of the picture has lost its detail (a smear, drops or a leaf"
+                " on the lens?): the %d spaces under it are unknown",
+                self.camera.id,
+                smeared,
+            )
+        if self.covered and not dark + smeared:
             log.info("camera %s: every space visible again", self.camera.id)
-        self.covered = covered
+        elif self.smeared and not smeared:
+            log.info("camera %s: no part of the picture smeared any more", self.camera.id)
+        self.covered, self.smeared = dark + smeared, smeared
 
     def on_idle(
         self, age: float | None, since_start: float, wall: float, mono: float | None = None

@@ -223,6 +223,45 @@ def test_half_a_covered_lens_makes_only_the_covered_spaces_unknown(lot, tmp_path
     assert agent.covered == 0
 
 
+def test_a_smear_on_part_of_the_lens_makes_the_spaces_under_it_unknown(
+    lot, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wet leaf or a smear over the left of the lens (Gaussian sigma 20 px): the frame as
+    a whole keeps most of its detail and passes, and the cars under the smear were read as
+    free with confidence. Once the camera's normal is learnt (five minutes), the bays under
+    it are unknown, the others read; wiped, they are read again."""
+    cam, scene, truth = lot
+    agent = make_agent(cam, tmp_path)
+    t = 0.0
+    for _ in range(32):  # five minutes of ordinary frames, 10 s apart: the normals learnt
+        agent.on_frame(scene.render(10 * 60, t / 60), 1000 + t, t)
+        t += 10.0
+    assert agent.covered == 0 and agent.quality is not None and agent.quality.smeared is not None
+    frame = scene.render(10 * 60, t / 60)
+    edge = 320  # two columns of the quality grid
+    frame[:, :edge] = cv2.GaussianBlur(frame, (0, 0), 20)[:, :edge]
+    xs = [np.asarray(p, float)[:, 0] for p in cam.polygons.values()]
+    under = np.array([x.max() < edge - 20 for x in xs])
+    clear = np.array([x.min() > edge + 40 for x in xs])
+    assert under.sum() >= 6 and clear.sum() >= 25
+    caplog.set_level("WARNING", logger="edge.camera_agent")
+    for k in range(4):  # longer than the hold: a confident "free" would have settled
+        agent.on_frame(frame, 1000 + t + k * 0.3, t + 1 + k * 0.3)
+    assert agent.quality is not None and agent.quality.ok  # not the frame's fault
+    state = agent.smoother.state
+    assert (state[under] == int(SpaceState.UNKNOWN)).all(), state[under]
+    assert (state[clear] != int(SpaceState.UNKNOWN)).all()
+    occupied = state == int(SpaceState.OCCUPIED)
+    assert (occupied[clear] == truth[clear]).mean() >= 0.9
+    assert agent.status() == "degraded" and agent.smeared >= under.sum()
+    assert agent.covered == agent.smeared  # nothing dark or flat: all of it the smear
+    health = agent.health(1000 + t + 2, t + 2, reconnects=0)
+    assert health.counters["covered_spaces"] == agent.covered
+    assert "lost its detail" in caplog.text
+    agent.on_frame(scene.render(10 * 60, (t + 3) / 60), 1000 + t + 3, t + 3)  # wiped
+    assert agent.covered == agent.smeared == 0
+
+
 def test_frames_of_another_shape_make_every_space_unknown(
     lot, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

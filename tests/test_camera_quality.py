@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 
 from edge.camera.quality import (
+    SMEAR_GRID,
     FrameFault,
     FrameQualityMonitor,
     QualitySettings,
+    cell_sharpness,
     changed_share,
     covered_spaces,
     shape_matches,
+    smeared_spaces,
+    space_cells,
+    thumbnail,
 )
 from firmware_sim.camera_render import CameraScene, black_frame, covered_frame
 from parking.site import load_site
@@ -322,6 +327,112 @@ def test_the_real_frames_of_a_day_are_not_blurred_against_each_other() -> None:
     for i in range(120):
         verdict = monitor.check(with_noise(frames[i % len(frames)], rng), 10.0 * i)
         assert verdict.ok, (i, verdict)
+        # nor any part of them smeared (an empty lot's day among them): judged from i = 30
+        assert verdict.smeared is None or not verdict.smeared.any(), (i, verdict.smeared)
+        assert (verdict.smeared is not None) == (i >= 30)
+
+
+def _smeared_left(frame: np.ndarray, sigma: float, share: float = 0.25) -> np.ndarray:
+    """The left ``share`` of the picture behind a smear (a wet leaf, a drop): blurred."""
+    out = frame.copy()
+    edge = round(frame.shape[1] * share)
+    out[:, :edge] = cv2.GaussianBlur(frame, (0, 0), sigma)[:, :edge]
+    return out
+
+
+@pytest.mark.parametrize("sigma", [8.0, 20.0])
+def test_a_smear_on_part_of_the_lens_is_found_where_it_is(scene: CameraScene, sigma) -> None:
+    """The rest of the picture stays sharp, so the frame passes (a quarter smeared at
+    sigma 20 keeps 0.7 of its detail or more) while the cars under the smear would be read
+    as free with confidence: the cells under it have lost their detail, the others not;
+    wiped, none."""
+    rng = np.random.default_rng(11)
+    sharp = _sharp_frame(scene)
+    monitor = FrameQualityMonitor()
+    t = learn_normal(monitor, sharp, rng)
+    verdict = monitor.check(with_noise(_smeared_left(sharp, sigma), rng), t)
+    assert verdict.ok, verdict  # the frame as a whole: the old check let it through
+    cols = SMEAR_GRID[0]
+    assert verdict.smeared is not None
+    assert verdict.smeared[:, : cols // 4].all(), verdict.smeared
+    assert not verdict.smeared[:, cols // 4 + 1 :].any(), verdict.smeared
+    wiped = monitor.check(with_noise(sharp, rng), t + 1)
+    assert wiped.smeared is not None and not wiped.smeared.any()
+
+
+def test_no_smear_is_judged_before_the_cells_are_learnt(scene: CameraScene) -> None:
+    rng = np.random.default_rng(12)
+    sharp = _sharp_frame(scene)
+    monitor = FrameQualityMonitor()
+    assert monitor.check(with_noise(_smeared_left(sharp, 20.0), rng), 0.0).smeared is None
+
+
+def test_a_smear_is_not_learnt_as_the_normal_until_it_lasts(scene: CameraScene) -> None:
+    """While smeared, a cell's samples are left out of its normal (it stays smeared at
+    every sample for half an hour); once it has lasted ``rebaseline_s`` (a floodlight off,
+    a van parked in front) the cell is learnt afresh and said (``new_cell_normals``)."""
+    rng = np.random.default_rng(13)
+    sharp = _sharp_frame(scene)
+    settings = QualitySettings()
+    monitor = FrameQualityMonitor(settings)
+    t = learn_normal(monitor, sharp, rng)
+    smeared = _smeared_left(sharp, 20.0)
+    start = t
+    while t < start + settings.rebaseline_s - 10:
+        verdict = monitor.check(with_noise(smeared, rng, 1.0), t)
+        assert verdict.smeared is not None and verdict.smeared.sum() >= 12, t
+        t += 10.0
+    assert monitor.new_cell_normals == 0
+    while t <= start + settings.rebaseline_s + 20:
+        verdict = monitor.check(with_noise(smeared, rng, 1.0), t)
+        t += 10.0
+    assert monitor.new_cell_normals >= 12
+    assert verdict.smeared is not None and not verdict.smeared.any()
+
+
+def test_the_simulators_day_with_rain_smears_nothing(scene: CameraScene) -> None:
+    """cam-c from 06:00 to midnight, a simulated minute every 10 s (its normals lag by
+    hours of its light), with rain one hour in five: no cell is ever smeared."""
+    monitor = FrameQualityMonitor()
+    judged = 0
+    for i, minute in enumerate(range(6 * 60, 24 * 60, 3)):
+        rain = 1.0 if (minute // 60) % 5 == 0 else 0.0
+        verdict = monitor.check(scene.render(minute, i * 0.1, rain=rain), 10.0 * i)
+        if verdict.smeared is not None:
+            judged += 1
+            assert not verdict.smeared.any(), (minute, verdict.smeared)
+    assert judged > 300
+
+
+def test_cell_sharpness_is_the_frame_measure_per_cell() -> None:
+    thumb = thumbnail(textured_frame())
+    cells = cell_sharpness(thumb)
+    cols, rows = SMEAR_GRID
+    assert cells.shape == (rows, cols) and (cells > 0).all()
+    flat = thumb.copy()
+    h, w = thumb.shape
+    flat[: h // rows, : w // cols] = 100  # one featureless cell
+    assert cell_sharpness(flat)[0, 0] < 0.35 * cells[0, 0]  # (its border sees neighbours)
+    assert cell_sharpness(flat)[1:, 1:] == pytest.approx(cells[1:, 1:])
+
+
+def test_space_cells_share_each_polygon_by_area() -> None:
+    cols, rows = SMEAR_GRID
+    cw = 1280 / cols  # a cell in frame pixels: 160 wide (and 120 high)
+    inside = np.array([[10, 10], [100, 10], [100, 100], [10, 100]], float)
+    straddling = inside + [cw - 60, 0]  # 50 px in the first cell, 40 in the second
+    outside = inside + [2000, 0]
+    w = space_cells([inside, straddling, outside], (1280, 720))
+    assert w.shape == (3, rows * cols)
+    assert w[0, 0] == pytest.approx(1.0) and w[0].sum() == pytest.approx(1.0)
+    assert w[1, 0] == pytest.approx(5 / 9, abs=0.03) and w[1, 1] == pytest.approx(4 / 9, abs=0.03)
+    assert not w[2].any()
+    smeared = np.zeros((rows, cols), bool)
+    smeared[0, 0] = True
+    assert smeared_spaces(w, smeared).tolist() == [True, True, False]  # over half
+    smeared[0, 0], smeared[0, 1] = False, True
+    assert smeared_spaces(w, smeared).tolist() == [False, False, False]  # under half
+    assert smeared_spaces(w, None).tolist() == [False, False, False]
 
 
 def _recording(n: int, seed: int = 7) -> list[np.ndarray]:
