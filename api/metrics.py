@@ -154,6 +154,15 @@ def render(ctx: Ctx) -> str:
         for agent, n in sorted(c.reports_missed.items()):
             out.sample("parkguide_reports_missed_total", n, {"agent": agent})
         out.family(
+            "parkguide_seq_jumps_total",
+            "counter",
+            "Gaps in an agent's seq numbers wider than it could have sent since it was last "
+            "heard (its numbering jumped: an agent bug, or a restart without a new boot); not "
+            "counted as reports missed, by agent.",
+        )
+        for agent, n in sorted(c.seq_jumps.items()):
+            out.sample("parkguide_seq_jumps_total", n, {"agent": agent})
+        out.family(
             "parkguide_report_lag_seconds",
             "gauge",
             "How far behind an agent's reports the gateway is: reports queue at the broker "

@@ -131,6 +131,10 @@ ZONE_HISTORY_S = 10.0
 OUTAGE_POINT_AFTER_S = 0.001
 LATENCY_KEEP = 1000
 GAP_LOG_INTERVAL_S = 60.0  # at most one warning about missed reports per agent per minute
+MAX_REPORT_RATE = 1000.0
+"""Reports a second an agent could have sent: a seq gap wider than this over the time since
+its last report is a jump of the agent's numbering, not reports the broker dropped."""
+SEQ_JUMP_SLACK_S = 60.0  # ... allowing this much time besides (clocks, a backlog)
 REFUSED_SEQS_KEPT = 10_000  # per agent: a flood of refusals does not grow memory without end
 AVAILABILITY_LOG_INTERVAL_S = 60.0
 """At most one line per agent this often about its going offline (its last will) or coming
@@ -354,6 +358,7 @@ class LiveGateway:
             sorted(x.agent for x in (*site.buses, *site.cameras)), 0
         )
         self._gap_logged: dict[str, float] = {}  # agent -> monotonic time of its last warning
+        self.seq_jumps: dict[str, int] = {}  # agent -> gaps too wide to be lost reports
         # agent -> (boot, seqs) of its reports refused whole since its last one taken: in the
         # gap the next one leaves, they arrived (a gap counts only what never did)
         self._refused_seqs: dict[str, tuple[str, set[int]]] = {}
@@ -1034,7 +1039,8 @@ class LiveGateway:
                 vouched = vouched[~np.isin(vouched, acc.stale)]
             self.state.touch(vouched, now, mono)
         else:
-            self._note_gap(acc, mono, refused)  # before the commit: the gate has the last seq
+            # before the commit (the gate has the last seq) and before _agent_seen moves
+            self._note_gap(acc, now, mono, refused)
         known = self.gate.sequence(agent)
         self.gate.commit(acc)  # in memory now, so a duplicate later in the batch is refused
         self._reported.add(agent)
@@ -1117,11 +1123,12 @@ class LiveGateway:
         self._refused_seqs[agent] = (boot, seqs)
 
     def _note_gap(
-        self, acc: AcceptedReport, mono: float, refused: tuple[str, set[int]] | None
+        self, acc: AcceptedReport, now: float, mono: float, refused: tuple[str, set[int]] | None
     ) -> None:
         """Count the reports an agent's seq numbers skipped (they never reached the
         gateway; ``refused``: those that did and were refused whole) and say so, at most
-        once a minute per agent."""
+        once a minute per agent. A gap wider than the agent could have sent since it was
+        last heard (``now``, event time) is a jump of its numbering: counted apart."""
         known = self.gate.sequence(acc.agent)
         if known is None or known[0] != acc.boot:
             return
@@ -1167,6 +1174,25 @@ class LiveGateway:
             )
             return
         lost = last - first + 1 - came
+        seen = self._agent_seen.get(acc.agent)
+        if seen is not None and lost > (max(0.0, now - seen) + SEQ_JUMP_SLACK_S) * MAX_REPORT_RATE:
+            # one report numbered 2**62 must not read as that many reports lost (a counter
+            # no rate or alert survives): an agent's bug, or its seq restarted under one boot
+            self.seq_jumps[acc.agent] = self.seq_jumps.get(acc.agent, 0) + 1
+            if mono >= self._gap_logged.get(acc.agent, -math.inf) + GAP_LOG_INTERVAL_S:
+                self._gap_logged[acc.agent] = mono
+                log.warning(
+                    "agent %s boot %s: its report numbers jumped from %d to %d, far more than"
+                    " it could have sent since it was last heard %.0f s ago: not counted as"
+                    " lost reports (an agent bug, or one restarted without a new boot?); the"
+                    " next snapshot reconciles the state",
+                    acc.agent,
+                    acc.boot,
+                    first - 1,
+                    acc.seq,
+                    max(0.0, now - seen),
+                )
+            return
         self.reports_missed[acc.agent] = self.reports_missed.get(acc.agent, 0) + lost
         if mono < self._gap_logged.get(acc.agent, -math.inf) + GAP_LOG_INTERVAL_S:
             return
@@ -2167,6 +2193,7 @@ class LiveGateway:
                 arrival_cancels=dict(self.arrival_cancels),
                 unheld_arrivals=dict(self.desk.unheld),
                 reports_missed=dict(self.reports_missed),
+                seq_jumps=dict(self.seq_jumps),
                 report_lag_s=self.current_lags(),
                 latency_s=list(self._latency),
             )

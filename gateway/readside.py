@@ -317,6 +317,8 @@ class Counters:
     unheld_arrivals: dict[str, int] = field(default_factory=dict)
     # agent -> reports its seq numbers skipped (they never reached the gateway)
     reports_missed: dict[str, int] = field(default_factory=dict)
+    # agent -> seq gaps too wide to be reports lost (its numbering jumped)
+    seq_jumps: dict[str, int] = field(default_factory=dict)
     # agent -> how far behind its reports the gateway is (0: keeping up)
     report_lag_s: dict[str, float] = field(default_factory=dict)
     outbox_depth: int = 0

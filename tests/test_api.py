@@ -576,6 +576,9 @@ def test_metrics_exposition(client, tokens, harness):
     assert set(c.reports_missed) == {"serial-bus-g", "serial-bus-b1", "camera-cam-c"}
     for agent, n in c.reports_missed.items():  # gaps in each agent's seq numbers
         assert f'parkguide_reports_missed_total{{agent="{agent}"}} {n}' in lines
+    assert "# TYPE parkguide_seq_jumps_total counter" in lines
+    for agent, n in c.seq_jumps.items():
+        assert f'parkguide_seq_jumps_total{{agent="{agent}"}} {n}' in lines
     assert "parkguide_outbox_depth 0" in lines
     online = sum(a.online for a in harness.gateway.agents())
     assert f"parkguide_agents_online {online}" in lines

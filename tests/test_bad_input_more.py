@@ -269,6 +269,30 @@ def test_reports_that_never_arrived_are_counted_and_said_once_a_minute(
     assert gw.accepted == 2 + 5  # every one of them was taken (and the two buses' snapshots)
 
 
+def test_a_seq_jump_too_wide_to_be_lost_reports_is_counted_apart(gw, example_site, clocks, caplog):
+    """One report numbered 2**62 is not 2**62 reports the broker dropped (the counter
+    would break every rate and alert on it): a jump of the agent's numbering, said and
+    counted apart; an ordinary gap after it is still counted as missed."""
+    snapshot_all_free(gw, example_site, NOW)  # seq 1 of boot "b" from every bus
+    occupancy = topics.edge_occupancy(SITE, "serial-bus-g")
+    clocks.advance(10.0)
+    with caplog.at_level(logging.WARNING, logger="gateway.live"):
+        gw.handle(occupancy, delta(2**62, ts=NOW + 10))
+    assert gw.counters().reports_missed["serial-bus-g"] == 0
+    assert gw.counters().seq_jumps == {"serial-bus-g": 1}
+    said = [r.getMessage() for r in caplog.records if "jumped" in r.getMessage()]
+    assert len(said) == 1 and f"from 1 to {2**62}" in said[0]
+    clocks.advance(1.0)
+    gw.handle(occupancy, delta(2**62 + 4, state="free", ts=NOW + 11))  # 3 never came
+    assert gw.counters().reports_missed["serial-bus-g"] == 3
+    assert gw.counters().seq_jumps == {"serial-bus-g": 1}
+    # a wide gap after a long silence is plausible: counted as missed
+    clocks.advance(3600.0)
+    gw.handle(occupancy, delta(2**62 + 4 + 100_001, ts=NOW + 3611))
+    assert gw.counters().reports_missed["serial-bus-g"] == 3 + 100_000
+    assert gw.accepted == 2 + 3
+
+
 def test_reports_refused_whole_are_not_counted_as_never_arrived(gw, example_site, caplog):
     """A gateway whose clock is hours behind refuses reports as from the future; when one is
     taken again, the seqs it refused arrived: not the broker's loss, not counted as missed."""
