@@ -160,6 +160,7 @@ class LiveHub:
     def __init__(self, view: LiveView):
         self.view = view
         self._fraction = view.site.display_settings.fallback_unknown_fraction
+        self._full_fraction = view.site.display_settings.full_unknown_fraction
         # room for one event per space, zone, sign and agent on top: a view that loses or
         # regains the gateway sends every space at once, which must not end every stream
         site = view.site
@@ -241,7 +242,13 @@ class LiveHub:
         if event.kind == "zone" and "free" in event.data:
             d = event.data
             shown = zone_offered(
-                d["free"], d.get("held", 0), d["unknown"], d["closed"], d["total"], self._fraction
+                d["free"],
+                d.get("held", 0),
+                d["unknown"],
+                d["closed"],
+                d["total"],
+                self._fraction,
+                self._full_fraction,
             )
             event = dataclasses.replace(event, data={**d, "offered": shown})
         for fn in self._listeners:

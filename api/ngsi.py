@@ -171,6 +171,7 @@ def _zone_counts(view: LiveView) -> list[ZoneCounts]:
 def parking_groups(view: LiveView) -> list[dict[str, Any]]:
     site = view.site
     fraction = site.display_settings.fallback_unknown_fraction
+    full = site.display_settings.full_unknown_fraction
     out = []
     for z, c in zip(site.zones, _zone_counts(view), strict=True):
         ts = c.ts or None
@@ -187,7 +188,7 @@ def parking_groups(view: LiveView) -> list[dict[str, Any]]:
             "closedSpotNumber": _prop(c.closed, ts),
         }
         # what a sign over the zone shows (free, not held for a car sent there), or nothing
-        offered = zone_offered(c.free, c.held, c.unknown, c.closed, c.total, fraction)
+        offered = zone_offered(c.free, c.held, c.unknown, c.closed, c.total, fraction, full)
         if offered is not None:
             group["availableSpotNumber"] = _prop(offered, ts)
             group["occupiedSpotNumber"] = _prop(c.occupied, ts)
@@ -205,7 +206,10 @@ def off_street_parking(view: LiveView) -> dict[str, Any]:
     # the groups' availableSpotNumber summed: what a sign over each zone shows; a zone
     # whose count is left out (blind) adds nothing, and the site is then not known full
     fraction = site.display_settings.fallback_unknown_fraction
-    offered = [zone_offered(c.free, c.held, c.unknown, c.closed, c.total, fraction) for c in zc]
+    full = site.display_settings.full_unknown_fraction
+    offered = [
+        zone_offered(c.free, c.held, c.unknown, c.closed, c.total, fraction, full) for c in zc
+    ]
     available = sum(n for n in offered if n is not None)
     some_blind = any(n is None for n in offered)
     ts = max((c.ts for c in zc), default=0) or None

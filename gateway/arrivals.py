@@ -18,6 +18,7 @@ import orjson
 
 from gateway.allocation import AllocationCore
 from gateway.displays import blind as sign_blind
+from gateway.displays import unsure_full
 from gateway.ingest import Rejection, how_long
 from gateway.journal import GivenAnswer
 from parking.payloads import (
@@ -164,6 +165,7 @@ class ArrivalDesk:
         self.hold_s = hold_s
         self.max_holds_per_entrance = max_holds_per_entrance
         self._blind_fraction = blind_fraction  # as the signs judge a line (gateway.displays)
+        self._full_fraction = site.display_settings.full_unknown_fraction  # ... and "full"
         self._mono = mono
         self._zone_name = {z.id: z.name for z in site.zones}
         # entrance -> {space: the core's held_until of the hold given there}: the holds it has
@@ -293,12 +295,13 @@ class ArrivalDesk:
         """Why there is no space to give: blind, when in some zone too much of what the
         class may use is unknown (a camera or bus is down), judged zone by zone as the signs
         judge a line, so the gate agrees with a sign showing "--" for that zone (a blind
-        gate never tells drivers it is full); closed to the class at this hour (a time
+        gate never tells drivers it is full; nor while more than the signs'
+        ``full_unknown_fraction`` of a zone is unknown); closed to the class at this hour (a time
         window), or every space it may use now closed by a manager (its signs read CLOSED),
         which are not "full" either; or full."""
         unknown, counted, usable = self.core.unknown_eligible(e, c)
         blind = any(
-            sign_blind(u, n, self._blind_fraction)
+            sign_blind(u, n, self._blind_fraction) or unsure_full(u, n, self._full_fraction)
             for u, n in zip(unknown.tolist(), counted.tolist(), strict=True)
         )
         if blind:

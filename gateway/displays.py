@@ -4,7 +4,8 @@ A line shows its label, its arrow and the count of eligible free spaces in its
 zones; ``满 FULL`` at zero, ``关闭 CLOSED`` (still status ``full``) when none of its
 spaces is open now (a manager closed the zone, or its hours are over); ``--`` (fallback) when more than
 ``fallback_unknown_fraction`` of its zones' spaces is unknown, because a count
-built on silence would lie to the driver.
+built on silence would lie to the driver, and at zero when more than
+``full_unknown_fraction`` is: a zone partly blind is not known to be full.
 """
 
 from __future__ import annotations
@@ -50,12 +51,27 @@ def blind(unknown: int, total: int, fallback_fraction: float) -> bool:
     return total > 0 and (unknown > fallback_fraction * total or unknown >= total)
 
 
+def unsure_full(unknown: int, total: int, full_fraction: float | None) -> bool:
+    """A count of zero is not shown as full (``--`` instead) when more than this share of
+    what it counts is unknown: the unknown spaces may be free. None: no such rule."""
+    return full_fraction is not None and total > 0 and unknown > full_fraction * total
+
+
 def zone_offered(
-    free: int, held: int, unknown: int, closed: int, total: int, fallback_fraction: float
+    free: int,
+    held: int,
+    unknown: int,
+    closed: int,
+    total: int,
+    fallback_fraction: float,
+    full_fraction: float | None = None,
 ) -> int | None:
     """What a sign line over one whole zone would show: its free spaces not held for a car
-    already sent there, or None (``--``) when it is blind."""
-    return None if blind(unknown, total - closed, fallback_fraction) else max(0, free - held)
+    already sent there, or None (``--``) when it is blind (or unsure it is full)."""
+    if blind(unknown, total - closed, fallback_fraction):
+        return None
+    offered = max(0, free - held)
+    return None if offered == 0 and unsure_full(unknown, total - closed, full_fraction) else offered
 
 
 def all_closed(total: int, capacity: int) -> bool:
@@ -74,11 +90,14 @@ def render_line(
     total: int,
     fallback_fraction: float,
     capacity: int = 0,
+    full_fraction: float | None = None,
 ) -> DisplayLine:
     """One sign line from its counts; ``total`` excludes closed spaces, ``capacity`` counts
     them too. A closed line keeps status ``full`` (what sign controllers know) with the
     text ``关闭 CLOSED``."""
-    if blind(unknown, total, fallback_fraction):
+    if blind(unknown, total, fallback_fraction) or (
+        free <= 0 and unsure_full(unknown, total, full_fraction)
+    ):
         return DisplayLine(
             label=label, arrow=arrow, count=None, status="fallback", text=FALLBACK_TEXT
         )
@@ -104,6 +123,7 @@ def render_lines(
     (without ``line_capacity`` no line reads CLOSED)."""
     disp = site.displays[display]
     fraction = site.display_settings.fallback_unknown_fraction
+    full = site.display_settings.full_unknown_fraction
     base = layout.first[display]
     out = []
     for i, line in enumerate(disp.lines):
@@ -117,6 +137,7 @@ def render_lines(
                 int(line_total[j]),
                 fraction,
                 0 if line_capacity is None else int(line_capacity[j]),
+                full,
             )
         )
     return out
@@ -153,6 +174,7 @@ class SignRenderer:
         self.site = site
         self.layout = LineLayout.from_site(site)
         self.fraction = site.display_settings.fallback_unknown_fraction
+        self.full_fraction = site.display_settings.full_unknown_fraction
         self.expires_s = site.display_settings.expires_s
         self._labels: list[tuple[LocalText, str]] = [
             (LocalText(zh=line.label.zh, en=line.label.en), line.arrow)
@@ -163,7 +185,9 @@ class SignRenderer:
         self._cache: dict[tuple[int, int], RenderedLine] = {}
 
     def line(self, j: int, free: int, unknown: int, total: int, capacity: int = 0) -> RenderedLine:
-        if blind(unknown, total, self.fraction):
+        if blind(unknown, total, self.fraction) or (
+            free <= 0 and unsure_full(unknown, total, self.full_fraction)
+        ):
             key = (j, -1)
         elif all_closed(total, capacity):
             key = (j, -2)
@@ -174,7 +198,9 @@ class SignRenderer:
             if len(self._cache) >= self.MAX_CACHE:
                 self._cache.clear()
             label, arrow = self._labels[j]
-            line = render_line(label, arrow, free, unknown, total, self.fraction, capacity)
+            line = render_line(
+                label, arrow, free, unknown, total, self.fraction, capacity, self.full_fraction
+            )
             hit = self._cache[key] = RenderedLine(line, line.model_dump_json())
         return hit
 

@@ -342,6 +342,16 @@ class DisplaySettings(_Model):
             " its vehicle class may use now) is unknown"
         ),
     )
+    full_unknown_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description=(
+            "at a count of zero, show '--' rather than 'FULL' when more than this share of"
+            " the line's spaces is unknown (they may be free: a zone partly blind is not"
+            " known to be full); the gate's answer says the same"
+        ),
+    )
     expires_s: float = Field(
         60.0,
         ge=MIN_EXPIRES_S,

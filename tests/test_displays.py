@@ -32,6 +32,37 @@ def test_fallback_when_more_than_the_fraction_is_unknown(unknown, status):
         assert line.count is None and line.text.zh == "--" and line.text.en == "--"
 
 
+@pytest.mark.parametrize(
+    ("unknown", "status"), [(0, "full"), (5, "full"), (6, "fallback"), (29, "fallback")]
+)
+def test_zero_is_full_only_while_few_of_its_spaces_are_unknown(unknown, status):
+    """At a count of zero, unknown spaces may be the free ones: past full_fraction of the
+    line (a tenth by default) the sign shows "--", not FULL (29 of 58 unknown read FULL,
+    short of the fallback's half). A count above zero is shown as before."""
+    line = render_line(
+        LABEL, "up", free=0, unknown=unknown, total=58, fallback_fraction=0.5, full_fraction=0.1
+    )
+    assert line.status == status
+    shown = render_line(
+        LABEL, "up", free=3, unknown=unknown, total=58, fallback_fraction=0.5, full_fraction=0.1
+    )
+    assert shown.status == "ok" and shown.count == 3
+
+
+def test_the_renderer_and_the_zone_counts_judge_full_alike(example_site):
+    from gateway.displays import SignRenderer, zone_offered
+
+    renderer = SignRenderer(example_site)
+    assert renderer.full_fraction == example_site.display_settings.full_unknown_fraction == 0.1
+    assert renderer.line(0, 0, 29, 58).line.status == "fallback"
+    assert renderer.line(0, 0, 0, 58).line.status == "full"  # not the cached fallback
+    assert renderer.line(0, 0, 5, 58).line.status == "full"
+    # the API's zone cards and NGSI-LD: what a sign over the zone would show
+    assert zone_offered(10, 10, 29, 0, 58, 0.5, 0.1) is None  # all free ones held
+    assert zone_offered(10, 10, 5, 0, 58, 0.5, 0.1) == 0
+    assert zone_offered(12, 2, 29, 0, 58, 0.5, 0.1) == 10
+
+
 def test_fallback_wins_over_full():
     line = render_line(LABEL, "up", free=0, unknown=60, total=80, fallback_fraction=0.5)
     assert line.status == "fallback"

@@ -470,11 +470,15 @@ def test_a_blind_gate_does_not_tell_drivers_it_is_full(example_site, tmp_path):
     full = g.arrive("v2", cls="visitor")
     assert full["space"] is None and full["hint"] == NO_SPACE_FULL.model_dump()
     # as the signs judge a line: one unknown among occupied ones is still full (the sign
-    # says FULL), more than half of them unknown is blind (the sign shows --)
+    # says FULL); more than a tenth of them unknown (full_unknown_fraction) may hide free
+    # spaces, so neither the sign (--) nor the gate says full; more than half is blind
     g.report("camera-cam-c", "cam-c", 2, {row[0]: "unknown"})
     assert g.arrive("v3", cls="visitor")["hint"] == NO_SPACE_FULL.model_dump()
-    g.report("camera-cam-c", "cam-c", 3, dict.fromkeys(row[: len(row) // 2 + 1], "unknown"))
+    assert example_site.display_settings.full_unknown_fraction == 0.1
+    g.report("camera-cam-c", "cam-c", 3, dict.fromkeys(row[: len(row) // 10 + 1], "unknown"))
     assert g.arrive("v4", cls="visitor")["hint"] == NO_SPACE_UNKNOWN.model_dump()
+    g.report("camera-cam-c", "cam-c", 4, dict.fromkeys(row[: len(row) // 2 + 1], "unknown"))
+    assert g.arrive("v5", cls="visitor")["hint"] == NO_SPACE_UNKNOWN.model_dump()
 
 
 def test_an_arrival_queued_while_the_gateway_was_away_is_not_held(example_site, tmp_path):

@@ -26,6 +26,7 @@ def zone_rows(ctx: Ctx) -> list[ZoneOut]:
     for s in site.spaces:
         totals[s.zone] = totals.get(s.zone, 0) + 1
     fraction = site.display_settings.fallback_unknown_fraction
+    full = site.display_settings.full_unknown_fraction
     out = []
     for z in site.zones:
         c = counts.get(z.id)
@@ -38,7 +39,7 @@ def zone_rows(ctx: Ctx) -> list[ZoneOut]:
                 )
             )  # fmt: skip
         else:
-            shown = zone_offered(c.free, c.held, c.unknown, c.closed, c.total, fraction)
+            shown = zone_offered(c.free, c.held, c.unknown, c.closed, c.total, fraction, full)
             out.append(
                 ZoneOut(
                     zone=z.id, name=z.name, level=z.level, free=c.free, occupied=c.occupied,
