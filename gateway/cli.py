@@ -153,17 +153,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def republish_stored_signs(
-    db: str, broker: BrokerConfig, keep: Collection[str], timeout_s: float = 2.0
+    db: str,
+    broker: BrokerConfig,
+    keep: Collection[str],
+    timeout_s: float = 2.0,
+    ttl_s: float | None = None,
 ) -> int:
     """Publish the signs the journal says are current, valid for what is left of their
-    expiry counted from the last report heard; returns how many. Only the topics in ``keep``
-    (the site file's displays now: a removed display's last content is not shown again).
+    expiry (and of ``ttl_s``, the site's shortest source TTL) counted from the last report
+    heard; returns how many. Only the topics in ``keep`` (the site file's displays now: a
+    removed display's last content is not shown again).
 
     Run first thing on start: after a crash the signs are consistent again within a fraction
     of a second, while the full gateway is still loading. The contents are those committed
     with the last state change, which is the state the gateway resumes from.
     """
-    rows = [row for row in stored_signs(db, now=time.time()) if row[0] in keep]
+    rows = [row for row in stored_signs(db, now=time.time(), ttl_s=ttl_s) if row[0] in keep]
     if not rows:
         return 0
     client = mqtt.Client(
@@ -419,7 +424,7 @@ def _run_gateway(
     if site is None or stored == site.digest:
         try:
             keep = {topics.display_content(shown.site_id, d) for d in shown.displays}
-            republish_stored_signs(args.db, broker, keep)
+            republish_stored_signs(args.db, broker, keep, ttl_s=shown.shortest_ttl_s)
         except Exception:  # a fast path only: the full start below publishes everything anyway
             log.exception("republishing the journaled signs failed")
     elif stored is None and CHECKPOINT_KEY in meta:  # signs shown by a release without digests

@@ -886,13 +886,17 @@ def _boots_followed(
     return [(agent, boot, ts) for (agent, boot), ts in out.items()]
 
 
-def stored_signs(path: str | Path, now: float | None = None) -> list[tuple[str, str, float]]:
+def stored_signs(
+    path: str | Path, now: float | None = None, ttl_s: float | None = None
+) -> list[tuple[str, str, float]]:
     """(topic, content JSON, expires_s) of every sign in the journal at ``path``; [] if none,
     or if changes were committed after the signs were checkpointed (they may be behind).
     With ``now``, only the signs that would still be showing had the gateway not stopped,
     each with what is left of its validity (its expiry counted from the last report heard)
     in place of ``expires_s``: an older content is not shown again, even for the moment
-    before TTLs catch up.
+    before TTLs catch up. With ``ttl_s`` (the site's shortest source TTL) not past it
+    either: by then the spaces it counts would have turned unknown had the gateway run,
+    so its counts are no longer vouched for.
 
     Light on purpose (sqlite3 only): the restart path calls it before anything heavy loads.
     """
@@ -919,7 +923,8 @@ def stored_signs(path: str | Path, now: float | None = None) -> list[tuple[str, 
             return []
         # what is left of each sign's validity since the last report: a gateway that keeps
         # failing at start must not keep refreshing a count nobody vouches for any more
-        return [(t, c, e - (now - heard)) for t, c, e in rows if now - heard < e]
+        age = now - heard
+        return [(t, c, min(e, ttl_s or e) - age) for t, c, e in rows if age < min(e, ttl_s or e)]
     except sqlite3.Error:
         return []
     finally:

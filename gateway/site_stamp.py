@@ -30,6 +30,7 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import sys
@@ -63,10 +64,15 @@ class ValidatedSite:
     site_id: str
     displays: tuple[str, ...]
     timezone: str
+    shortest_ttl_s: float | None = None
+    """the shortest TTL of the site's sources: the journaled signs are not shown again
+    after a stop longer than it (None: a stamp written before it was kept)"""
 
     @classmethod
     def of(cls, site: Site) -> ValidatedSite:
-        return cls(site.id, tuple(d.id for d in site.displays), site.timezone)
+        return cls(
+            site.id, tuple(d.id for d in site.displays), site.timezone, site.shortest_ttl_s()
+        )
 
 
 def stamp_path(db: str | Path) -> Path:
@@ -139,7 +145,10 @@ def _from_doc(doc: Any) -> ValidatedSite | None:
         return None
     if not isinstance(displays, list) or not all(isinstance(d, str) and d for d in displays):
         return None
-    return ValidatedSite(site_id, tuple(displays), tz)
+    ttl = doc.get("ttl_s")
+    if not (type(ttl) in (int, float) and math.isfinite(ttl) and ttl > 0):
+        ttl = None  # a stamp of before (or a damaged value): the signs' expiry only
+    return ValidatedSite(site_id, tuple(displays), tz, ttl)
 
 
 def write_stamp(db: str | Path, key: str, site: ValidatedSite) -> None:
@@ -152,6 +161,7 @@ def write_stamp(db: str | Path, key: str, site: ValidatedSite) -> None:
         "site": site.site_id,
         "timezone": site.timezone,
         "displays": list(site.displays),
+        "ttl_s": site.shortest_ttl_s,
     }
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:

@@ -164,3 +164,10 @@ def test_journal_is_wal_and_a_failed_transaction_leaves_nothing(tmp_path):
         ("t/gate-north", '{"display":"gate-north"}', 20.0)
     ]
     assert stored_signs(tmp_path / "j.db", now=61.0) == []
+    # nor past the site's shortest source TTL: its spaces would have gone unknown by then,
+    # so the counts are no longer vouched for (after a 20 s stop: old counts for 0.4 s)
+    assert stored_signs(tmp_path / "j.db", now=10.0, ttl_s=15.0) == [
+        ("t/gate-north", '{"display":"gate-north"}', 6.0)
+    ]
+    assert stored_signs(tmp_path / "j.db", now=21.0, ttl_s=15.0) == []
+    assert stored_signs(tmp_path / "j.db", now=41.0, ttl_s=None) != []
