@@ -640,6 +640,9 @@ def _run(
                 target=_route_driver_events, args=(drivers, sims, site, stop), daemon=True
             ).start()
 
+        threading.Thread(
+            target=_route_commands, args=(sys.stdin, sims, site, stop), daemon=True
+        ).start()
         board = StatusBoard(site.id, broker)
         header = [
             f"{site.name.zh} {site.name.en} — dashboard http://{http_host}:{http_port}",
@@ -700,6 +703,43 @@ def _add_demo_user(db: Path, password: str) -> None:
     from api.auth import UserStore
 
     UserStore(str(db)).add("demo-manager", "manager", password, replace=True)
+
+
+def _route_commands(stream, sims: dict, site, stop: threading.Event) -> None:
+    """A technician's commands typed into the demo (its stdin), to break it on purpose:
+    ``SIM COMMAND`` goes to simulator SIM (a bus or camera id: ``cam-c fault camera off``,
+    ``bus-g fault A-001 stuck``); ``set SPACE occupied|free`` to the simulator of the
+    space's sensor. Their answers are in the simulators' logs (the run dir). Ends at the
+    end of stdin (none: ``/dev/null``, a closed pipe)."""
+    owner = {sid: b.source for sid, b in site.bindings.items()}
+    try:
+        for raw in stream:
+            if stop.is_set():
+                return
+            line = raw.strip()
+            if not line:
+                continue
+            first, _, rest = line.partition(" ")
+            parts = line.split()
+            if first in sims and rest.strip():
+                sent = sims[first].send(rest.strip())
+            elif parts[0] == "set" and len(parts) == 3 and parts[1] in owner:
+                sim = sims.get(owner[parts[1]])
+                sent = sim is not None and sim.send(line)
+            else:
+                print(
+                    f"demo: {line[:80]!r} is not a command here. Type SIM COMMAND, SIM one of"
+                    f" {', '.join(sorted(sims))} (e.g. '{next(iter(sorted(sims)), 'bus')} "
+                    "status'; the simulators' commands: docs/camera.md, docs/edge.md), or set"
+                    " SPACE occupied|free",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                continue
+            if not sent:
+                print(f"demo: {first} did not take {line[:80]!r} (stopped?)", file=sys.stderr)
+    except (OSError, ValueError):  # stdin closed under us
+        return
 
 
 def _route_driver_events(drivers, sims: dict, site, stop: threading.Event) -> None:

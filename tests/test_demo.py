@@ -85,7 +85,7 @@ def test_demo_runs_everything_and_stops_cleanly(tmp_path, subprocess_env):
             "demo", "--http", f"127.0.0.1:{http}", "--run-dir", str(run_dir), "--speed", "30"
         ),
         cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,  # a technician's commands (below)
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=subprocess_env,
@@ -108,9 +108,19 @@ def test_demo_runs_everything_and_stops_cleanly(tmp_path, subprocess_env):
         children = _descendants(proc.pid)
         # broker, 2 bus simulators, 2 serial agents, camera simulator and agent, gateway, drivers
         assert len(children) >= 9, children
+        # a technician breaks it on purpose: the camera's stream cut from the demo's stdin
+        # (the camera zone goes unknown: its sign shows --), a typo is answered, and the
+        # stream restored brings the zone back
+        proc.stdin.write(b"cam-c fault camera off\nbogus\n")
+        proc.stdin.flush()
+        _wait_zone(http, "C", lambda z: z["unknown"] == z["total"], proc)
+        proc.stdin.write(b"cam-c clear camera\n")
+        proc.stdin.flush()
+        _wait_zone(http, "C", lambda z: z["unknown"] == 0, proc)
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=30)[0].decode(errors="replace")
         assert proc.returncode == 0, out[-3000:]
+        assert "'bogus' is not a command here" in out
         assert "login: demo-manager / " in out
         assert "nothing left running" in out
         time.sleep(0.5)
@@ -119,6 +129,20 @@ def test_demo_runs_everything_and_stops_cleanly(tmp_path, subprocess_env):
     finally:
         blocker.close()
         _kill_demo(proc, run_dir)
+
+
+def _wait_zone(http: int, zone: str, ok, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    z = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            zones = httpx.get(f"http://127.0.0.1:{http}/api/v1/zones", timeout=2).json()
+            z = next(x for x in zones if x["zone"] == zone)
+            if ok(z):
+                return
+        time.sleep(0.5)
+    pytest.fail(f"zone {zone} never became as expected: {z}")
 
 
 def _msg(topic: str, payload: bytes):
