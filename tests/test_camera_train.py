@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import cv2
@@ -86,6 +87,23 @@ def test_cli_rejects_bad_time_splits_and_patch_insets(args: list[str], tmp_path:
     with pytest.raises(SystemExit) as e:
         main(["--cnrpark", str(tmp_path), "--out", str(tmp_path / "m.onnx"), *args])
     assert e.value.code == 2
+
+
+def test_cli_names_a_missing_dataset_and_a_missing_torch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped dataset path is said before anything loads; without the training extra
+    the error says how to install it (it was a ModuleNotFoundError traceback)."""
+    out = str(tmp_path / "m.onnx")
+    with pytest.raises(SystemExit) as e:
+        main(["--pklot", str(tmp_path / "nowhere"), "--out", out])
+    assert e.value.code == 2
+    assert "--pklot" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without the extra
+    with pytest.raises(SystemExit) as e:
+        main(["--cnrpark", str(tmp_path), "--out", out])
+    assert e.value.code == 2
+    assert "pip install -e '.[train]'" in capsys.readouterr().err
 
 
 def test_heldout_report_names_each_block(tmp_path: Path) -> None:

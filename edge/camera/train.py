@@ -979,8 +979,22 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--patch-margin: {exc}")
     if args.report is not None and args.report.resolve() == args.out.with_suffix(".json").resolve():
         ap.error("--report must differ from the model metadata file (OUT with .json)")
-
-    import torch
+    for flag, path in (
+        ("--pklot", args.pklot),
+        ("--cnrpark", args.cnrpark),
+        ("--backbone", args.backbone),
+        ("--eval-pklot", args.eval_pklot),
+        ("--eval-cnrpark", args.eval_cnrpark),
+    ):
+        if path is not None and not path.exists():
+            ap.error(f"{flag} {path}: no such file or directory")
+    try:
+        import torch
+    except ImportError:
+        ap.error(
+            "training needs PyTorch, an optional extra: pip install -e '.[train]' (the agent "
+            "itself runs the model with OpenCV only)"
+        )
 
     AUG.update(
         gain=args.aug_gain,
