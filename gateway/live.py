@@ -131,6 +131,9 @@ ZONE_HISTORY_S = 10.0
 OUTAGE_POINT_AFTER_S = 0.001
 LATENCY_KEEP = 1000
 GAP_LOG_INTERVAL_S = 60.0  # at most one warning about missed reports per agent per minute
+CONTESTED_GAP_S = 600.0
+"""A gap within this long of a session taken over (``session_contested_at``) is said to be
+the other client's doing, not the broker's."""
 MAX_REPORT_RATE = 1000.0
 """Reports a second an agent could have sent: a seq gap wider than this over the time since
 its last report is a jump of the agent's numbering, not reports the broker dropped."""
@@ -359,6 +362,9 @@ class LiveGateway:
         )
         self._gap_logged: dict[str, float] = {}  # agent -> monotonic time of its last warning
         self.seq_jumps: dict[str, int] = {}  # agent -> gaps too wide to be lost reports
+        # monotonic time the service last saw another client take this gateway's session
+        # (its client id); gaps near it are that client's doing
+        self.session_contested_at: float | None = None
         # agent -> (boot, seqs) of its reports refused whole since its last one taken: in the
         # gap the next one leaves, they arrived (a gap counts only what never did)
         self._refused_seqs: dict[str, tuple[str, set[int]]] = {}
@@ -1074,6 +1080,11 @@ class LiveGateway:
             # thousands of spaces would make each rehearsal milliseconds long)
             self._last_report = (agent, payload)
 
+    def note_session_contested(self) -> None:
+        """The service saw another client take this gateway's session (its client id): the
+        reports missed meanwhile are said to be that client's, not the broker's."""
+        self.session_contested_at = self._mono()
+
     def current_lags(self) -> dict[str, float]:
         """Each agent's lag behind its reports now (gateway.lag.ReportLag.current)."""
         return self.lag.current(self._mono())
@@ -1197,16 +1208,22 @@ class LiveGateway:
         if mono < self._gap_logged.get(acc.agent, -math.inf) + GAP_LOG_INTERVAL_S:
             return
         self._gap_logged[acc.agent] = mono
+        contested = self.session_contested_at
+        why = (
+            "another client using this gateway's client id took them (said above)"
+            if contested is not None and mono - contested <= CONTESTED_GAP_S
+            else "the broker dropped them: a broker restart, or its queue limits "
+            "max_queued_messages / max_queued_bytes, the gateway away or not keeping up"
+        )
         log.warning(
-            "agent %s boot %s: %d of reports %d..%d never arrived (the broker dropped them: a "
-            "broker restart, or its queue limits max_queued_messages / max_queued_bytes, "
-            "the gateway away or not keeping up); "
+            "agent %s boot %s: %d of reports %d..%d never arrived (%s); "
             "the next snapshot reconciles the state (%d missed from this agent so far)",
             acc.agent,
             acc.boot,
             lost,
             first,
             last,
+            why,
             self.reports_missed[acc.agent],
         )
 

@@ -592,6 +592,8 @@ class GatewayService:
         if now - self._accepted_at < SHORT_SESSION_S:
             self._short_sessions.append(now)
             recent = [t for t in self._short_sessions if now - t <= SHORT_SESSIONS_WINDOW_S]
+            if len(recent) >= SHORT_SESSIONS:
+                self.gateway.note_session_contested()
             if len(recent) >= SHORT_SESSIONS and now - self._twin_said >= TWIN_LOG_INTERVAL_S:
                 self._twin_said = now
                 log.error(

@@ -293,6 +293,31 @@ def test_a_seq_jump_too_wide_to_be_lost_reports_is_counted_apart(gw, example_sit
     assert gw.accepted == 2 + 3
 
 
+def test_reports_missed_while_another_client_held_the_session_are_said_to_be_its(
+    gw, example_site, clocks, caplog
+):
+    """A second gateway on the same client id takes the first one's queued reports: the
+    first one's gap warning named the broker's queue limits. After the service saw its
+    session taken over, the gap is said to be that client's; ten minutes on, the broker's."""
+    from gateway.live import CONTESTED_GAP_S
+
+    snapshot_all_free(gw, example_site, NOW)
+    occupancy = topics.edge_occupancy(SITE, "serial-bus-g")
+    gw.note_session_contested()
+    with caplog.at_level(logging.WARNING, logger="gateway.live"):
+        gw.handle(occupancy, delta(5))
+    said = [r.getMessage() for r in caplog.records if "never arrived" in r.getMessage()]
+    assert len(said) == 1 and "another client using this gateway's client id" in said[0]
+    assert "broker dropped" not in said[0]
+    caplog.clear()
+    clocks.advance(CONTESTED_GAP_S + 1)
+    with caplog.at_level(logging.WARNING, logger="gateway.live"):
+        gw.handle(occupancy, delta(7, state="free"))
+    said = [r.getMessage() for r in caplog.records if "never arrived" in r.getMessage()]
+    assert len(said) == 1 and "broker dropped them" in said[0]
+    assert gw.counters().reports_missed["serial-bus-g"] == 4
+
+
 def test_reports_refused_whole_are_not_counted_as_never_arrived(gw, example_site, caplog):
     """A gateway whose clock is hours behind refuses reports as from the future; when one is
     taken again, the seqs it refused arrived: not the broker's loss, not counted as missed."""

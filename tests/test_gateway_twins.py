@@ -79,7 +79,9 @@ def test_two_gateways_on_one_client_id_are_named(tmp_path, mosquitto, caplog):
 
     caplog.set_level(logging.INFO, logger="gateway.service")
     site_path = site_variant(tmp_path)
-    with running_gateway(site_path, mosquitto.url, tmp_path / "a.sqlite", client_id="gw-twin"):
+    with running_gateway(
+        site_path, mosquitto.url, tmp_path / "a.sqlite", client_id="gw-twin"
+    ) as first:
         # the twin: not waited for (the two knock each other off; either may never settle)
         twin = GatewayService(
             str(site_path),
@@ -95,6 +97,9 @@ def test_two_gateways_on_one_client_id_are_named(tmp_path, mosquitto, caplog):
                 time.sleep(0.1)
         finally:
             twin.stop()
+        # and the reports the twin took are said to be its, not the broker's (gateway.live)
+        contested = [g.gateway.session_contested_at for g in (first, twin)]
+        assert any(t is not None for t in contested), contested
     assert "gw-twin" in caplog.text and "a copy of this journal" in caplog.text
 
 
