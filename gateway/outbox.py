@@ -13,7 +13,7 @@ Measurements (see docs/influxdb.md):
 
 The table is bounded by a row cap: when an append pushes it over the cap, the OLDEST
 rows are deleted, counted in ``outbox_stats`` (key ``dropped_cap``) and reported in the
-log, rate-limited ("outbox full: dropped N oldest points").
+log, rate-limited ("outbox full: dropped N oldest points of events from T1 to T2").
 
 The writer's status (its counts, the current error, the last accepted write) is kept in
 the journal's ``meta`` table under ``STATUS_KEY``, as JSON (``save_status``): the
@@ -30,6 +30,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from influxdb_client import Point
@@ -83,12 +84,17 @@ class OutboxCap:
         self.log_interval_s = log_interval_s
         self._lock = threading.Lock()
         self._unlogged = 0
+        self._span: tuple[int, int] | None = None  # event times (ns) of the unlogged drops
         self._last_log = -float("inf")
 
-    def report_dropped(self, count: int) -> None:
-        """Count dropped rows and log them, at most once per log interval."""
+    def report_dropped(self, count: int, span_ns: tuple[int, int] | None = None) -> None:
+        """Count dropped rows (``span_ns``: the first and last of their event times) and log
+        them, at most once per log interval."""
         with self._lock:
             self._unlogged += count
+            if span_ns is not None:
+                lo, hi = span_ns if self._span is None else self._span
+                self._span = (min(lo, span_ns[0]), max(hi, span_ns[1]))
         self.log_pending()
 
     def log_pending(self, force: bool = False) -> None:
@@ -100,15 +106,28 @@ class OutboxCap:
             if not self._unlogged or (not force and now - self._last_log < self.log_interval_s):
                 return
             dropped, self._unlogged, self._last_log = self._unlogged, 0, now
+            span, self._span = self._span, None
+        when = ""
+        if span is not None:  # which stretch of history InfluxDB will lack
+            lo, hi = (_iso(ns) for ns in span)
+            when = f" of events from {lo} to {hi}" if lo != hi else f" of events at {lo}"
         log.warning(
-            "outbox full: dropped %s oldest points (cap %s rows); InfluxDB has been unreachable "
-            "or refusing writes for too long, raise the cap or fix the server",
+            "outbox full: dropped %s oldest points%s (cap %s rows); InfluxDB will lack them. It "
+            "has been unreachable or refusing writes for too long: raise the cap or fix the "
+            "server (drops are counted in parkguide_outbox_dropped_total, said at most once "
+            "a minute)",
             dropped,
+            when,
             self.max_rows,
         )
 
 
 DEFAULT_CAP = OutboxCap()
+
+
+def _iso(ns: int) -> str:
+    """An event time (ns since the epoch) as UTC ISO 8601, to the second."""
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
@@ -270,6 +289,9 @@ def _enforce_cap(conn: sqlite3.Connection, cap: OutboxCap) -> None:
     if first is None or last - first + 1 <= cap.max_rows:
         return
     excess = last - first + 1 - cap.max_rows
+    span = conn.execute(
+        "SELECT min(ts_ns), max(ts_ns) FROM outbox WHERE id < ?", (first + excess,)
+    ).fetchone()
     dropped = conn.execute("DELETE FROM outbox WHERE id < ?", (first + excess,)).rowcount
     if dropped > 0:
         conn.execute(
@@ -277,7 +299,7 @@ def _enforce_cap(conn: sqlite3.Connection, cap: OutboxCap) -> None:
             "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
             (DROPPED_CAP_KEY, dropped),
         )
-        cap.report_dropped(dropped)
+        cap.report_dropped(dropped, None if span[0] is None else (span[0], span[1]))
 
 
 def save_status(conn: sqlite3.Connection, status: Mapping[str, Any]) -> None:

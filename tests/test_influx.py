@@ -13,6 +13,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import influx_support
@@ -258,6 +259,17 @@ def test_disk_cap_drops_the_oldest_counts_and_says_so(db, caplog):
     full = [r for r in caplog.records if "outbox full: dropped" in r.getMessage()]
     assert len(full) == 1, "the cap's log line is rate-limited"
     assert "dropped 1 oldest points" in full[0].getMessage()
+    # which stretch of history InfluxDB will lack: the first point's event time
+    first = datetime.fromtimestamp(events[0][3], tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert f"of events at {first}" in full[0].getMessage()
+    # the six said later (the timer, or a stop) span their first and last event times
+    caplog.clear()
+    cap.log_pending(force=True)
+    (later,) = [r.getMessage() for r in caplog.records if "outbox full" in r.getMessage()]
+    lo, hi = (
+        datetime.fromtimestamp(events[i][3], tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for i in (1, 6)
+    )
+    assert "dropped 6 oldest points" in later and f"of events from {lo} to {hi}" in later
     stats = InfluxWriter(path, "http://127.0.0.1:9", "o", "b", TOKEN).stats()
     assert stats["dropped_cap"] == 7
     assert stats["outbox_depth"] == 5
