@@ -426,6 +426,15 @@ class CameraAgent:
             return 0.0
         return (len(self._processed) - 1) / (mono - self._processed[0])
 
+    def _health_fps(self, mono: float) -> float | None:
+        """The health's ``fps``: None while the stream is up but too few frames have come
+        to measure a rate (a start, a recovery: "ok" with 0 fps read as a stalled camera),
+        else the rate (0 with no stream)."""
+        fps = self.fps(mono)
+        if self.stream_up and len(self._processed) < 2:
+            return None
+        return round(fps, 2)
+
     def status(self) -> str:
         if not self.stream_up or (self.quality is not None and not self.quality.ok):
             return "blind"
@@ -480,7 +489,7 @@ class CameraAgent:
                 **self._detail_health(),
                 **self.publisher.spool_health(),
             },
-            fps=round(self.fps(mono), 2),
+            fps=self._health_fps(mono),
             fault=self.fault(),
             spaces=[
                 CameraSpaceHealth(space=s, confidence=float(np.clip(c, 0.0, 1.0)))

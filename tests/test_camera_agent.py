@@ -184,6 +184,19 @@ def test_agent_decides_from_frames_and_goes_blind_on_a_covered_lens(lot, tmp_pat
     assert all(o.state == "unknown" and o.confidence == 0.0 for o in agent.observations(range(40)))
 
 
+def test_the_health_says_no_frame_rate_until_it_can_measure_one(lot, tmp_path: Path) -> None:
+    """At a start or a recovery the first health said "ok" at 0 fps, as a stalled camera
+    would: no rate (null) until two frames have come; 0 with no stream."""
+    cam, scene, _ = lot
+    agent = make_agent(cam, tmp_path)
+    assert agent.health(1000.0, 0.0, reconnects=0).fps == 0.0  # no stream yet
+    agent.on_frame(scene.render(10 * 60, 0.0), 1000.0, 0.0)
+    health = agent.health(1000.0, 0.0, reconnects=0)
+    assert health.status in ("ok", "degraded") and health.fps is None
+    agent.on_frame(scene.render(10 * 60, 0.2), 1000.2, 0.2)
+    assert agent.health(1000.2, 0.2, reconnects=0).fps == pytest.approx(5.0)
+
+
 def test_agent_scales_polygons_to_a_smaller_stream(lot, tmp_path: Path) -> None:
     """A camera's substream (640x360) for a site drawn at 1280x720."""
     cam, scene, truth = lot
