@@ -991,8 +991,8 @@ function drawChart(h) {
     tx.textContent = fmtTime(ts, { month: "numeric", day: "numeric", hour: "2-digit", minute: "2-digit" });
     root.append(tx);
   }
-  // the gateway's own downtime, shaded: the samples may fall either side of a short one
-  // to the second: an outage may be shorter than a minute
+  // the gateway's own downtime, shaded (the samples may fall either side of a short one);
+  // its tooltip to the second, since an outage may be shorter than a minute
   const when = { month: "numeric", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" };
   for (const o of h.outages || []) {
     const x0 = x(Math.max(o.start, h.start)), x1 = x(Math.min(o.end, h.end));
