@@ -25,6 +25,7 @@ a decoder short of CPU; past ``--stale-s`` the reader drops the backlog); else `
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -60,6 +61,7 @@ DEFAULT_STALE_S = 5.0
 DEFAULT_FPS_LIMIT = 10.0
 DEFAULT_HEALTH_INTERVAL_S = 5.0
 FPS_WINDOW_S = 5.0
+SMEAR_SAY_S = 600.0  # a smear coming and going (a drop running down) is warned of this rarely
 DEGRADED_FRACTION = 0.25
 DEGRADED_BEHIND_S = 1.0
 """frames this far behind the live picture (a decoder short of CPU): health degraded"""
@@ -158,6 +160,7 @@ class CameraAgent:
         )
         self.covered = 0  # spaces the last frame showed nothing of (covered_spaces)
         self.smeared = 0  # ... of those, the spaces under a smeared part of the picture
+        self._smear_said = -math.inf  # monotonic time of the last "lost its detail" warning
         self.behind_s = 0.0  # the reader's: how far its frames fall behind the present
         self.fell_behind = 0  # ... and how often it dropped a backlog for it
         self._status = "blind"
@@ -380,7 +383,8 @@ class CameraAgent:
                 dark,
                 len(self.space_ids),
             )
-        if smeared and not self.smeared:
+        if smeared and not self.smeared and self._clock() >= self._smear_said + SMEAR_SAY_S:
+            self._smear_said = self._clock()
             log.warning(
                 "camera %s: part of the picture has lost its detail (a smear, drops or a leaf"
                 " on the lens?): the %d spaces under it are unknown",

@@ -61,16 +61,22 @@ of the camera's spaces ``unknown`` rather than a guess (issue 4).
 - **smeared parts** (``FrameQuality.smeared``, per cell of a grid over the picture): a
   smear, a drop or a leaf on part of the lens leaves the rest of the frame sharp, so the
   frame's measures above hardly move while the classifier reads the cars under it as free
-  with confidence. The thumbnail is cut into ``SMEAR_GRID`` cells, each with its own
-  normal (the median of its samples, taken with the frame's); a cell that keeps less
-  than ``smear_share`` of its normal has lost its detail, and the spaces mostly in such
-  cells are ``unknown``. On the real UFPR05 frames (three days, an empty lot among them)
-  no cell fell below 0.44 of its normal, nor on the simulator's day with rain below 0.40;
-  a part blurred with a Gaussian of sigma 8 px keeps 0.07-0.14 (5 px: 0.19-0.47, not all
-  found), of 20 px 0.00-0.01. A cell whose normal is below ``smear_min_normal`` (sky,
-  a plain wall) shows no detail to lose and is not judged. A
-  cell soft for ``rebaseline_s`` (a floodlight off, a van parked in front) is learnt
-  afresh, as the frame's normal is.
+  with confidence. A ``SMEAR_WIDTH`` thumbnail is cut into ``SMEAR_GRID`` cells, each
+  measured twice (``cell_measures``): its **detail** (how much there is to see) and its
+  **keenness** (how much of that one more pixel of blur would take). Each has a normal per
+  cell (the median of its samples, taken with the frame's). Detail alone cannot tell a
+  smear from a car driving off (a cell's detail is mostly its cars: one leaving took 0.14
+  of it, and its spaces were unknown for the best part of an hour); keenness can (the
+  asphalt left is as sharp as the car was). So a cell is smeared only while it keeps
+  under ``smear_share`` of its normal detail *and* under ``smear_keen_share`` of its
+  normal keenness, and the spaces mostly in such cells are ``unknown``. Measured, the
+  larger of the two shares, over every judged cell: the real UFPR05 frames of each day in
+  time order (cars leaving and coming) never under 0.89; the simulator's residential day
+  at its own pace, a frame every 10 s for 24 h, never under 0.74; a quarter of the lens
+  blurred with a Gaussian of 8 px, 10-12 of its 12 cells found, of 6 px 8-12, of 20 px
+  all. A cell whose normal keenness is under ``smear_min_keen`` (sky, a soft plain wall)
+  is not judged. A cell soft for ``rebaseline_s`` (a floodlight off) is learnt afresh, as
+  the frame's normal is.
 - **geometry** (``shape_matches``): frames of another shape than the site
   file's ``resolution`` (a rotated "corridor" mode, a cropped stream) would
   stretch the polygons off their bays: every space ``unknown``.
@@ -96,8 +102,11 @@ FROZEN_TILE = 16
 SHAPE_TOLERANCE = 0.02
 """Width/height ratio off the site file's by more than this: another picture."""
 SMEAR_GRID = (8, 6)
-"""Cells (columns, rows) of the thumbnail judged for smeared parts: 20x15 thumbnail
-pixels each for a 16:9 picture (160x120 of a 1280x720 frame)."""
+"""Cells (columns, rows) of the picture judged for smeared parts: 40x30 pixels of a
+``SMEAR_WIDTH`` thumbnail each for a 16:9 picture (160x120 of a 1280x720 frame)."""
+SMEAR_WIDTH = 320
+"""Width of the thumbnail the cells are measured on: a smear of a few pixels of the frame
+must still show as blur there."""
 
 
 class FrameFault(Enum):
@@ -155,12 +164,15 @@ class QualitySettings:
     """identical frames for longer than this -> frozen. Generous: with 3D noise reduction
     and an H.264 encoder skipping static macroblocks, a still night scene can decode
     bit-identical until the next key frame, and key frames may be 10 s apart."""
-    smear_share: float = 0.2
-    """a cell of the picture keeping less than this share of its own normal detail is
-    smeared (see the module docstring for the measured margins)"""
-    smear_min_normal: float = 5.0
-    """a cell whose normal detail is below this (sky, a plain wall) is not judged: it has
-    nothing to lose (the real UFPR05 cells measure 12-390, the frame 80-160)"""
+    smear_share: float = 0.6
+    """a cell of the picture is smeared when it keeps less than this share of its own
+    normal detail ... (see the module docstring for the measured margins)"""
+    smear_keen_share: float = 0.6
+    """... and less than this share of its normal keenness (a car leaving takes the
+    detail, not the keenness: that alone is no smear)"""
+    smear_min_keen: float = 0.1
+    """a cell whose normal keenness is below this (sky, a soft plain wall: little to lose
+    to blur) is not judged (the real UFPR05 cells measure 0.2-0.45)"""
     replay_check: bool = True
     """False for a recording replayed on purpose (the agent's ``--loop``)"""
     replay_window_s: float = 1200.0
@@ -230,20 +242,33 @@ def contrast_sharpness(thumb: np.ndarray, lap: np.ndarray | None = None) -> floa
     return 1000.0 * float(lap.var()) / max(float(hi - lo), 8.0) ** 2
 
 
-def cell_sharpness(
-    thumb: np.ndarray, lap: np.ndarray | None = None, grid: tuple[int, int] = SMEAR_GRID
+def cell_measures(
+    frame: np.ndarray, grid: tuple[int, int] = SMEAR_GRID, width: int = SMEAR_WIDTH
 ) -> np.ndarray:
-    """:func:`sharpness` of each cell of a ``grid`` (columns, rows) over the thumbnail,
-    float[rows, cols]; the remainder pixels past the last whole cell are left out."""
+    """float[2, rows, cols] over a ``grid`` (columns, rows) of cells of a ``width``-pixel
+    grey thumbnail: each cell's **detail** (mean gradient magnitude over its brightness:
+    how much there is to see, which a car leaving takes away as surely as a smear) and its
+    **keenness** (the share of that gradient one more pixel of blur removes: a smeared
+    picture has little left to lose, a sharp one, full or empty, loses a third; a car
+    leaving does not change it). The remainder pixels past the last whole cell are left
+    out."""
     cols, rows = grid
+    thumb = thumbnail(frame, width).astype(np.float32)
     h, w = thumb.shape[:2]
-    ch, cw = h // rows, w // cols
-    if ch < 2 or cw < 2:  # too small a picture to cut: one cell's worth everywhere
-        return np.full((rows, cols), sharpness(thumb, lap))
-    lap = cv2.Laplacian(thumb, cv2.CV_32F) if lap is None else lap
-    cells = lap[: rows * ch, : cols * cw].reshape(rows, ch, cols, cw)
+    ch, cw = max(1, h // rows), max(1, w // cols)
+    if h < rows or w < cols:  # too small a picture to cut: nothing judged (all zero)
+        return np.zeros((2, rows, cols))
+
+    def grad(img: np.ndarray) -> np.ndarray:
+        g = np.abs(cv2.Sobel(img, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(img, cv2.CV_32F, 0, 1))
+        return g[: rows * ch, : cols * cw].reshape(rows, ch, cols, cw).sum(axis=(1, 3))
+
+    sharp = grad(thumb)
+    softened = grad(cv2.GaussianBlur(thumb, (0, 0), 1.0))
     means = thumb[: rows * ch, : cols * cw].reshape(rows, ch, cols, cw).mean(axis=(1, 3))
-    return 1000.0 * cells.var(axis=(1, 3)) / (means + 5.0) ** 2
+    detail = sharp / (ch * cw) / (means + 5.0)
+    keen = 1.0 - softened / np.maximum(sharp, 1e-6)
+    return np.stack([detail, keen])
 
 
 def noise_sample(frame: np.ndarray, stride: int = FROZEN_STRIDE) -> np.ndarray:
@@ -293,18 +318,17 @@ def space_cells(
     polygons: list[np.ndarray], size: tuple[int, int], grid: tuple[int, int] = SMEAR_GRID
 ) -> np.ndarray:
     """float[spaces, rows * cols]: the share of each polygon (in pixels of a ``size``
-    (w, h) frame) that lies in each cell of :func:`cell_sharpness`'s grid over that
+    (w, h) frame) that lies in each cell of :func:`cell_measures`'s grid over that
     frame's thumbnail (0 everywhere for a polygon wholly outside the cells)."""
     cols, rows = grid
     w, h = size
-    th = max(1, round(h * THUMB_WIDTH / max(w, 1)))
-    ch, cw = th // rows, THUMB_WIDTH // cols
+    th = max(1, round(h * SMEAR_WIDTH / max(w, 1)))
+    ch, cw = th // rows, SMEAR_WIDTH // cols
     out = np.zeros((len(polygons), rows * cols))
-    if ch < 2 or cw < 2:  # judged as one cell (cell_sharpness): every cell alike
-        out[:] = 1.0 / (rows * cols)
+    if ch < 1 or cw < 1:  # too small a picture: nothing judged (cell_measures)
         return out
     up = 4  # rasterised at 4x the thumbnail's resolution
-    scale = np.array([THUMB_WIDTH / w, th / h]) * up
+    scale = np.array([SMEAR_WIDTH / w, th / h]) * up
     for i, poly in enumerate(polygons):
         mask = np.zeros((rows * ch * up, cols * cw * up), np.uint8)
         pts = np.round(np.asarray(poly, np.float64) * scale).astype(np.int32)
@@ -359,8 +383,8 @@ class FrameQualityMonitor:
         # per cell: samples (NaN while a cell is learnt afresh) and since when soft
         self._cell_normal: deque[np.ndarray] = deque(maxlen=self.settings.baseline_samples)
         self._cell_soft_since: np.ndarray | None = None
-        self._cell_norm: np.ndarray | None = None  # smear_share x each cell's normal
-        self._cell_median = np.full(SMEAR_GRID[::-1], np.nan)  # each cell's normal
+        self._cell_norm: np.ndarray | None = None  # the shares x each cell's normals
+        self._cell_median = np.full((2, *SMEAR_GRID[::-1]), np.nan)  # each cell's normals
         self.new_cell_normals = 0
         """cells whose lasting softness was taken as their new normal (said by the caller)"""
         self.new_normals = 0
@@ -394,7 +418,6 @@ class FrameQualityMonitor:
         lap = cv2.Laplacian(thumb, cv2.CV_32F)
         sharp = sharpness(thumb, lap)
         detail = contrast_sharpness(thumb, lap)
-        cells = cell_sharpness(thumb, lap)
         fault: FrameFault | None = None
         if p99 < s.black_p99:
             fault = FrameFault.BLACK
@@ -404,12 +427,14 @@ class FrameQualityMonitor:
             fault = FrameFault.REPLAYED
         elif sharp < s.min_sharpness or self._too_soft(sharp, detail, now):
             fault = FrameFault.BLURRED
-        smeared = None if fault is not None else self._smeared_cells(cells, now)
+        cells = None if fault is not None else cell_measures(frame)
+        smeared = None if cells is None else self._smeared_cells(cells, now)
         if fault is None and now >= self._next_sample:
             self._normal.append(sharp)
             self._normal_contrast.append(detail)
             # a smeared cell's sample would teach it the smear: its normal stands in for it
             # (not NaN: half an hour of those would leave the cell unlearnt, then learn it)
+            assert cells is not None
             if smeared is not None and smeared.any():
                 cells = np.where(smeared, self._cell_median, cells)
             self._cell_normal.append(cells)
@@ -429,27 +454,28 @@ class FrameQualityMonitor:
                 self._cell_normal.clear()
                 self._cell_soft_since = None
                 return None
-            learnt = (~np.isnan(history)).sum(axis=0) >= s.baseline_min_samples
+            learnt = (~np.isnan(history[:, 0])).sum(axis=0) >= s.baseline_min_samples
             with warnings.catch_warnings():  # all-NaN cells: being learnt afresh
                 warnings.simplefilter("ignore", RuntimeWarning)
                 normal = np.nanmedian(history, axis=0)
-            judged = learnt & (normal >= s.smear_min_normal)
+            judged = learnt & (normal[1] >= s.smear_min_keen)
             self._cell_median = normal
-            self._cell_norm = np.where(judged, s.smear_share * normal, -np.inf)
+            shares = np.array([s.smear_share, s.smear_keen_share])[:, None, None]
+            self._cell_norm = np.where(judged, shares * normal, -np.inf)
         if self._cell_norm.shape != cells.shape:
             self._cell_normal.clear()
             self._cell_norm = self._cell_soft_since = None
             return None
-        soft = cells < self._cell_norm
-        if self._cell_soft_since is None or self._cell_soft_since.shape != cells.shape:
-            self._cell_soft_since = np.full(cells.shape, np.nan)
+        soft = (cells < self._cell_norm).all(axis=0)  # less detail AND less keen
+        if self._cell_soft_since is None or self._cell_soft_since.shape != soft.shape:
+            self._cell_soft_since = np.full(soft.shape, np.nan)
         since = self._cell_soft_since
         since[~soft] = np.nan
         since[soft & np.isnan(since)] = now
         lasting = soft & (now - since > s.rebaseline_s)
         if lasting.any():  # it has stayed so: its new normal, learnt from here on
             for sample in self._cell_normal:
-                sample[lasting] = np.nan
+                sample[:, lasting] = np.nan
             self._cell_norm = None
             since[lasting] = np.nan
             soft &= ~lasting
