@@ -225,7 +225,7 @@ class ZoneOut(BaseModel):
     offered: int | None = Field(
         description="what a sign line over the zone would show: free - held, or null ('--') "
         "when more than the site's fallback_unknown_fraction of its spaces (closed ones "
-        "aside) is unknown"
+        "aside) is unknown, or at zero when more than its full_unknown_fraction is"
     )
     ts: float | None
 
