@@ -992,6 +992,11 @@ class LiveGateway:
         if len(stale):
             self._expire(self._event_time(wall), mono, stale)
 
+    def go_live(self) -> None:
+        """Connected: what is handled from now on is sent (nothing is before this)."""
+        with self.lock:
+            self._live = True
+
     def publish_all(self) -> None:
         """(Re)connected: publish every zone and sign afresh (the broker may have lost them)."""
         now = self._clock()

@@ -893,13 +893,6 @@ class GatewayService:
             ):
                 self._take_over_at = time.monotonic() + TAKE_OVER_RETRY_S  # if it fails
                 self._take_over_previous_session()
-            if (
-                self._republish
-                and self.client.is_connected()
-                and not self.gateway.start_verdicts_due
-            ):
-                self._republish = False
-                self.gateway.publish_all()
             while (
                 rc == mqtt.MQTT_ERR_SUCCESS
                 and self._pending
@@ -908,6 +901,8 @@ class GatewayService:
             ):
                 rc = self._network(0.0)
             if self._pending and not self.gateway.start_verdicts_due:
+                if self._republish and self.client.is_connected():
+                    self.gateway.go_live()  # the answers to the backlog's arrivals go out
                 moved = self.gateway.outputs()
                 self._drain()
                 # handling the batch warmed the path: the next rehearsal is due a full
@@ -916,6 +911,16 @@ class GatewayService:
                 self._last_drain = self._last_warm = time.monotonic()
                 if self.gateway.outputs() != moved:
                     self._last_change = self._last_drain
+            if (
+                self._republish
+                and self.client.is_connected()
+                and not self.gateway.start_verdicts_due
+            ):
+                # every zone and sign, after the reports the broker kept for this gateway
+                # are in (the batch above): before them, a restart after a stop showed the
+                # counts of before the stop for that long
+                self._republish = False
+                self.gateway.publish_all()
             if self._checkpoint_due(2 * CHECKPOINT_MAX_S):
                 self._flush_checkpoint()  # steps do not keep up: all of it, bounded at ~1 s
             elif self._checkpoint_due(CHECKPOINT_MAX_S):

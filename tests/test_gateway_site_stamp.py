@@ -245,3 +245,48 @@ def test_a_stop_longer_than_the_shortest_ttl_republishes_no_journaled_sign(
                 p.wait(10)
         watch.stop()
         edge.stop()
+
+
+def test_after_a_long_stop_the_first_counts_include_the_reports_kept_meanwhile(
+    mosquitto, tmp_path, subprocess_env
+):
+    """Down longer than the TTL, with reports the broker kept for the gateway meanwhile:
+    the first zone counts and signs after the restart already include them (every zone
+    and sign used to go out with the counts of before the stop, then the backlog's 41 ms
+    later: a driver read the old count)."""
+    ttl = 3.0
+    site_path = site_variant(tmp_path, ttl_s=ttl)
+    site = load_site(site_path)
+    db = tmp_path / "journal.db"
+    cmd = parkguide_cmd(
+        "gateway", "--site", str(site_path), "--broker", mosquitto.url, "--db", str(db)
+    )
+    availability = topics.gateway_availability(SITE_ID)
+    zone_a = topics.zone(SITE_ID, "A")
+    watch = Collector(mosquitto.port)
+    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
+    spaces = site.spaces_of_source("bus-g")
+    taken = [s for s in spaces if site.space(s).zone == "A"][:10]
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(_run(cmd, subprocess_env, tmp_path / "gateway-1.log"))
+        watch.wait_for(availability, lambda p: p == "online", timeout=30)
+        edge.send(dict.fromkeys(spaces, "free"), kind="snapshot")
+        watch.wait_for(zone_a, lambda z: z["free"] == 80)
+        time.sleep(0.5)  # the checkpoint
+        _kill(procs[0])
+        edge.send(dict.fromkeys(taken, "occupied"))  # kept by the broker for the gateway
+        time.sleep(ttl + 1.0)
+        mark = watch.mark()
+        procs.append(_run(cmd, subprocess_env, tmp_path / "gateway-2.log"))
+        watch.wait_for(zone_a, lambda z: z["free"] == 70, after=mark, timeout=30)
+        time.sleep(0.5)
+        counts = [m.json()["free"] for m in watch.since(mark) if m.topic == zone_a]
+        assert counts and 80 not in counts, counts
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        watch.stop()
+        edge.stop()
