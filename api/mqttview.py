@@ -438,7 +438,15 @@ class MqttLiveView:
                     entrance = r.entrance if r.entrance in named else "?"
                     self.refusals.note(entrance, r.reason, r.detail, r.ts)
             elif kind == "gateway/availability":
-                online = payload.decode("utf-8", "replace") == topics.ONLINE
+                text = payload.decode("utf-8", "replace")
+                if text not in (topics.ONLINE, topics.OFFLINE, ""):  # "": the retained one cleared
+                    # not the gateway's word: counted, and what it said before stands (it
+                    # raised a critical gateway_offline with every space unknown)
+                    self._reject(
+                        "invalid", topic, payload, "availability must be online or offline"
+                    )
+                    return
+                online = text == topics.ONLINE
                 with self._lock:
                     changed = self._gateway_online != online
                     self._gateway_online = online

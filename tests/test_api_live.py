@@ -610,6 +610,12 @@ def test_a_standalone_view_takes_availability_and_health_as_the_gateway_does(tmp
     view._handle(topics.edge_health("xinyuan", agent), json.dumps(restarted).encode())
     assert view._health[agent].status == "degraded"
     assert view.counters().rejected["older_than_known"] == 1
+    # garbage on the gateway's availability is not its word: refused, nothing changes (it
+    # raised a critical gateway_offline with every space unknown)
+    view._handle(topics.gateway_availability("xinyuan"), b"online")
+    view._handle(topics.gateway_availability("xinyuan"), b"[[[[")
+    assert view.gateway_online() is True
+    assert view.counters().rejected["invalid"] >= 1
     # the gateway's last will: the live stream's zone cards go unknown too, not only the map
     heard: list = []
     view.subscribe(heard.append)

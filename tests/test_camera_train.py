@@ -99,6 +99,11 @@ def test_cli_names_a_missing_dataset_and_a_missing_torch(
         main(["--pklot", str(tmp_path / "nowhere"), "--out", out])
     assert e.value.code == 2
     assert "--pklot" in capsys.readouterr().err
+    a_file = tmp_path / "hostname"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit):
+        main(["--cnrpark", str(a_file), "--out", out])
+    assert "no such folder" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without the extra
     with pytest.raises(SystemExit) as e:
         main(["--cnrpark", str(tmp_path), "--out", out])

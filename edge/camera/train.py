@@ -979,15 +979,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--patch-margin: {exc}")
     if args.report is not None and args.report.resolve() == args.out.with_suffix(".json").resolve():
         ap.error("--report must differ from the model metadata file (OUT with .json)")
-    for flag, path in (
-        ("--pklot", args.pklot),
-        ("--cnrpark", args.cnrpark),
-        ("--backbone", args.backbone),
-        ("--eval-pklot", args.eval_pklot),
-        ("--eval-cnrpark", args.eval_cnrpark),
+    for flag, path, folder in (
+        ("--pklot", args.pklot, True),
+        ("--cnrpark", args.cnrpark, True),
+        ("--backbone", args.backbone, False),
+        ("--eval-pklot", args.eval_pklot, True),
+        ("--eval-cnrpark", args.eval_cnrpark, True),
     ):
-        if path is not None and not path.exists():
-            ap.error(f"{flag} {path}: no such file or directory")
+        if path is not None and not (path.is_dir() if folder else path.is_file()):
+            kind = "folder" if folder else "file"
+            ap.error(f"{flag} {path}: no such {kind}")
     try:
         import torch
     except ImportError:
