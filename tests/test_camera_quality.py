@@ -412,7 +412,7 @@ def test_cell_measures_tell_a_smear_from_a_car_leaving() -> None:
     cols, rows = SMEAR_GRID
     detail, keen = cell_measures(frame)
     assert detail.shape == keen.shape == (rows, cols)
-    assert (detail > 0).all() and (keen > 0).all() and (keen < 1).all()
+    assert (detail > 0).all() and (keen < 1).all()
     emptied = frame.copy()
     emptied[:120, :160] = cv2.add(  # the first cell's rectangles gone: grainy ground left
         np.full((120, 160, 3), 100, np.uint8),
@@ -423,7 +423,7 @@ def test_cell_measures_tell_a_smear_from_a_car_leaving() -> None:
     blurred = frame.copy()
     blurred[:120, :160] = cv2.GaussianBlur(frame, (0, 0), 8)[:120, :160]
     d3, k3 = cell_measures(blurred)
-    assert d3[0, 0] < detail[0, 0] and k3[0, 0] < 0.5 * keen[0, 0]
+    assert d3[0, 0] < detail[0, 0] and k3[0, 0] < 0.6 * keen[0, 0]  # the rule's share
     assert d3[2:, 2:] == pytest.approx(detail[2:, 2:])  # the rest untouched
 
 

@@ -63,7 +63,9 @@ of the camera's spaces ``unknown`` rather than a guess (issue 4).
   frame's measures above hardly move while the classifier reads the cars under it as free
   with confidence. A ``SMEAR_WIDTH`` thumbnail is cut into ``SMEAR_GRID`` cells, each
   measured twice (``cell_measures``): its **detail** (how much there is to see) and its
-  **keenness** (how much of that one more pixel of blur would take). Each has a normal per
+  **keenness** (how much of its gradient a little more blur would take, over a band of
+  scales above the pixel noise: in a dark picture the sensor's noise, added after any
+  smear, is the sharpest thing there and would make a smeared cell look keen). Each has a normal per
   cell (the median of its samples, taken with the frame's). Detail alone cannot tell a
   smear from a car driving off (a cell's detail is mostly its cars: one leaving took 0.14
   of it, and its spaces were unknown for the best part of an hour); keenness can (the
@@ -71,10 +73,11 @@ of the camera's spaces ``unknown`` rather than a guess (issue 4).
   under ``smear_share`` of its normal detail *and* under ``smear_keen_share`` of its
   normal keenness, and the spaces mostly in such cells are ``unknown``. Measured, the
   larger of the two shares, over every judged cell: the real UFPR05 frames of each day in
-  time order (cars leaving and coming) never under 0.89; the simulator's residential day
-  at its own pace, a frame every 10 s for 24 h, never under 0.74; a quarter of the lens
-  blurred with a Gaussian of 8 px, 10-12 of its 12 cells found, of 6 px 8-12, of 20 px
-  all. A cell whose normal keenness is under ``smear_min_keen`` (sky, a soft plain wall)
+  time order (cars leaving and coming) never under 0.80; the simulator's residential days
+  at their own pace, a frame every 10 s, flagged nothing (noon to 18:00, 21:00 to 03:00,
+  midnight to 06:00); a quarter of the lens blurred with a Gaussian of 8 px: 10-12 of its
+  12 cells found by day on the real frames, of 20 px all; at night in the simulator, with
+  read noise, 7-9 of 12 (a corner quarter: 3-7), of 6 px by day 4-9. A cell whose normal keenness is under ``smear_min_keen`` (sky, a soft plain wall)
   is not judged. A cell soft for ``rebaseline_s`` (a floodlight off) is learnt afresh, as
   the frame's normal is.
 - **geometry** (``shape_matches``): frames of another shape than the site
@@ -104,6 +107,9 @@ SHAPE_TOLERANCE = 0.02
 SMEAR_GRID = (8, 6)
 """Cells (columns, rows) of the picture judged for smeared parts: 40x30 pixels of a
 ``SMEAR_WIDTH`` thumbnail each for a 16:9 picture (160x120 of a 1280x720 frame)."""
+KEEN_SIGMAS = (1.0, 1.5)
+"""Keenness compares a cell's gradient after blurs of these sigmas (thumbnail pixels, the
+second on top of the first): the band a smear removes and pixel noise does not reach."""
 SMEAR_WIDTH = 320
 """Width of the thumbnail the cells are measured on: a smear of a few pixels of the frame
 must still show as blur there."""
@@ -264,10 +270,15 @@ def cell_measures(
         return g[: rows * ch, : cols * cw].reshape(rows, ch, cols, cw).sum(axis=(1, 3))
 
     sharp = grad(thumb)
-    softened = grad(cv2.GaussianBlur(thumb, (0, 0), 1.0))
+    # keenness over a band above the pixel noise: sensor noise added after a smear is
+    # the sharpest thing in a dark picture, and one pixel of blur takes it as readily
+    # from a smeared cell as from a sharp one
+    fine = cv2.GaussianBlur(thumb, (0, 0), KEEN_SIGMAS[0])
+    g_fine = grad(fine)
+    g_coarse = grad(cv2.GaussianBlur(fine, (0, 0), KEEN_SIGMAS[1]))
     means = thumb[: rows * ch, : cols * cw].reshape(rows, ch, cols, cw).mean(axis=(1, 3))
     detail = sharp / (ch * cw) / (means + 5.0)
-    keen = 1.0 - softened / np.maximum(sharp, 1e-6)
+    keen = 1.0 - g_coarse / np.maximum(g_fine, 1e-6)
     return np.stack([detail, keen])
 
 
@@ -466,7 +477,7 @@ class FrameQualityMonitor:
             self._cell_normal.clear()
             self._cell_norm = self._cell_soft_since = None
             return None
-        soft = (cells < self._cell_norm).all(axis=0)  # less detail AND less keen
+        soft: np.ndarray = np.logical_and.reduce(cells < self._cell_norm, axis=0)  # both less
         if self._cell_soft_since is None or self._cell_soft_since.shape != soft.shape:
             self._cell_soft_since = np.full(soft.shape, np.nan)
         since = self._cell_soft_since
