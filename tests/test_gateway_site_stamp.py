@@ -12,7 +12,11 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import parkguide_cmd
@@ -203,6 +207,54 @@ def test_restarts_with_the_stamp(mosquitto, tmp_path, subprocess_env):
         edge.stop()
 
 
+@dataclass
+class _Restarts:
+    """A site with source TTL ``ttl``, the gateway command on its journal, a watcher and
+    bus-g's agent; ``start`` runs the gateway (every process is stopped at the end)."""
+
+    site: Any
+    cmd: list[str]
+    env: dict[str, str]
+    logs: Path
+    watch: Collector
+    edge: Edge
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, run: str) -> subprocess.Popen:
+        self.procs.append(_run(self.cmd, self.env, self.logs / f"gateway-{run}.log"))
+        return self.procs[-1]
+
+    def online(self, after: int) -> None:
+        availability = topics.gateway_availability(SITE_ID)
+        self.watch.wait_for(availability, lambda p: p == "online", after=after, timeout=30)
+
+
+@contextmanager
+def _restarts(mosquitto, tmp_path: Path, env: dict[str, str], ttl: float) -> Iterator[_Restarts]:
+    site_path = site_variant(tmp_path, ttl_s=ttl)
+    cmd = parkguide_cmd(
+        "gateway", "--site", str(site_path), "--broker", mosquitto.url, "--db",
+        str(tmp_path / "journal.db"),
+    )  # fmt: skip
+    r = _Restarts(
+        load_site(site_path),
+        cmd,
+        env,
+        tmp_path,
+        Collector(mosquitto.port),
+        Edge(mosquitto.port, "serial-bus-g", "bus-g"),
+    )
+    try:
+        yield r
+    finally:
+        for p in r.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        r.watch.stop()
+        r.edge.stop()
+
+
 def test_a_stop_longer_than_the_shortest_ttl_republishes_no_journaled_sign(
     mosquitto, tmp_path, subprocess_env
 ):
@@ -211,40 +263,22 @@ def test_a_stop_longer_than_the_shortest_ttl_republishes_no_journaled_sign(
     read the pre-crash count for half a second after a 20 s stop with TTL 15 s); within
     the TTL they are, as before."""
     ttl = 3.0
-    site_path = site_variant(tmp_path, ttl_s=ttl)
-    site = load_site(site_path)
-    db = tmp_path / "journal.db"
-    cmd = parkguide_cmd(
-        "gateway", "--site", str(site_path), "--broker", mosquitto.url, "--db", str(db)
-    )
-    availability = topics.gateway_availability(SITE_ID)
-    sign = display_topic(site.displays[0].id)
-    watch = Collector(mosquitto.port)
-    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
-    procs: list[subprocess.Popen] = []
-    try:
+    with _restarts(mosquitto, tmp_path, subprocess_env, ttl) as r:
+        sign = display_topic(r.site.displays[0].id)
         for run, pause in (("first", 0.0), ("soon", 0.5), ("late", ttl + 1.5)):
-            mark = watch.mark()
+            mark = r.watch.mark()
             time.sleep(pause)
-            log_path = tmp_path / f"gateway-{run}.log"
-            procs.append(_run(cmd, subprocess_env, log_path))
-            watch.wait_for(availability, lambda p: p == "online", after=mark, timeout=30)
-            edge.send({s: "free" for s in site.spaces_of_source("bus-g")}, kind="snapshot")
-            watch.wait_for(sign, after=mark)
+            proc = r.start(run)
+            r.online(mark)
+            r.edge.send(dict.fromkeys(r.site.spaces_of_source("bus-g"), "free"), kind="snapshot")
+            r.watch.wait_for(sign, after=mark)
             time.sleep(0.5)  # the checkpoint: the signs are journaled
-            text = log_path.read_text()
+            text = (tmp_path / f"gateway-{run}.log").read_text()
             if run == "soon":
                 assert REPUBLISHED in text
             elif run == "late":
                 assert REPUBLISHED not in text
-            _kill(procs[-1])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
-        watch.stop()
-        edge.stop()
+            _kill(proc)
 
 
 def test_after_a_long_stop_the_first_counts_include_the_reports_kept_meanwhile(
@@ -255,38 +289,21 @@ def test_after_a_long_stop_the_first_counts_include_the_reports_kept_meanwhile(
     and sign used to go out with the counts of before the stop, then the backlog's 41 ms
     later: a driver read the old count)."""
     ttl = 3.0
-    site_path = site_variant(tmp_path, ttl_s=ttl)
-    site = load_site(site_path)
-    db = tmp_path / "journal.db"
-    cmd = parkguide_cmd(
-        "gateway", "--site", str(site_path), "--broker", mosquitto.url, "--db", str(db)
-    )
-    availability = topics.gateway_availability(SITE_ID)
     zone_a = topics.zone(SITE_ID, "A")
-    watch = Collector(mosquitto.port)
-    edge = Edge(mosquitto.port, "serial-bus-g", "bus-g")
-    spaces = site.spaces_of_source("bus-g")
-    taken = [s for s in spaces if site.space(s).zone == "A"][:10]
-    procs: list[subprocess.Popen] = []
-    try:
-        procs.append(_run(cmd, subprocess_env, tmp_path / "gateway-1.log"))
-        watch.wait_for(availability, lambda p: p == "online", timeout=30)
-        edge.send(dict.fromkeys(spaces, "free"), kind="snapshot")
-        watch.wait_for(zone_a, lambda z: z["free"] == 80)
+    with _restarts(mosquitto, tmp_path, subprocess_env, ttl) as r:
+        spaces = r.site.spaces_of_source("bus-g")
+        taken = [s for s in spaces if r.site.space(s).zone == "A"][:10]
+        first = r.start("1")
+        r.online(0)
+        r.edge.send(dict.fromkeys(spaces, "free"), kind="snapshot")
+        r.watch.wait_for(zone_a, lambda z: z["free"] == 80)
         time.sleep(0.5)  # the checkpoint
-        _kill(procs[0])
-        edge.send(dict.fromkeys(taken, "occupied"))  # kept by the broker for the gateway
+        _kill(first)
+        r.edge.send(dict.fromkeys(taken, "occupied"))  # kept by the broker for the gateway
         time.sleep(ttl + 1.0)
-        mark = watch.mark()
-        procs.append(_run(cmd, subprocess_env, tmp_path / "gateway-2.log"))
-        watch.wait_for(zone_a, lambda z: z["free"] == 70, after=mark, timeout=30)
+        mark = r.watch.mark()
+        r.start("2")
+        r.watch.wait_for(zone_a, lambda z: z["free"] == 70, after=mark, timeout=30)
         time.sleep(0.5)
-        counts = [m.json()["free"] for m in watch.since(mark) if m.topic == zone_a]
+        counts = [m.json()["free"] for m in r.watch.since(mark) if m.topic == zone_a]
         assert counts and 80 not in counts, counts
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
-        watch.stop()
-        edge.stop()
