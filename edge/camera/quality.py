@@ -393,7 +393,7 @@ class FrameQualityMonitor:
         self._soft_since: float | None = None
         # per cell: samples (NaN while a cell is learnt afresh) and since when soft
         self._cell_normal: deque[np.ndarray] = deque(maxlen=self.settings.baseline_samples)
-        self._cell_soft_since: np.ndarray | None = None
+        self._cell_soft_since = np.full(SMEAR_GRID[::-1], np.nan)  # per cell, since when soft
         self._cell_norm: np.ndarray | None = None  # the shares x each cell's normals
         self._cell_median = np.full((2, *SMEAR_GRID[::-1]), np.nan)  # each cell's normals
         self.new_cell_normals = 0
@@ -454,17 +454,14 @@ class FrameQualityMonitor:
         return FrameQuality(fault, mean, p99, sharp, difference, smeared)
 
     def _smeared_cells(self, cells: np.ndarray, now: float) -> np.ndarray | None:
-        """Which cells keep less than ``smear_share`` of their own normal (None until the
-        normals are learnt); a cell soft for ``rebaseline_s`` is learnt afresh."""
+        """Which cells keep less than their shares of both their normals, detail and
+        keenness (None until the normals are learnt); a cell soft for ``rebaseline_s`` is
+        learnt afresh. ``cells`` is always ``cell_measures``' fixed grid."""
         s = self.settings
         if len(self._cell_normal) < s.baseline_min_samples:
             return None
         if self._cell_norm is None:  # a new sample since: the medians again (not per frame)
             history = np.stack(self._cell_normal)
-            if history.shape[1:] != cells.shape:  # another picture size: learn it again
-                self._cell_normal.clear()
-                self._cell_soft_since = None
-                return None
             learnt = (~np.isnan(history[:, 0])).sum(axis=0) >= s.baseline_min_samples
             with warnings.catch_warnings():  # all-NaN cells: being learnt afresh
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -473,13 +470,7 @@ class FrameQualityMonitor:
             self._cell_median = normal
             shares = np.array([s.smear_share, s.smear_keen_share])[:, None, None]
             self._cell_norm = np.where(judged, shares * normal, -np.inf)
-        if self._cell_norm.shape != cells.shape:
-            self._cell_normal.clear()
-            self._cell_norm = self._cell_soft_since = None
-            return None
         soft: np.ndarray = np.logical_and.reduce(cells < self._cell_norm, axis=0)  # both less
-        if self._cell_soft_since is None or self._cell_soft_since.shape != soft.shape:
-            self._cell_soft_since = np.full(soft.shape, np.nan)
         since = self._cell_soft_since
         since[~soft] = np.nan
         since[soft & np.isnan(since)] = now
