@@ -181,6 +181,9 @@ class PollTally:
     """polls with no valid answer even after the retries"""
     crc: int = 0
     timeouts: int = 0
+    stray: int = 0
+    """polls that met bytes that were no answer to them: a cut-off answer, line noise, or
+    another node's answer arriving late (a slow node's shows on the polls after its own)"""
 
     def add(self, other: PollTally) -> None:
         self.polls += other.polls
@@ -188,6 +191,7 @@ class PollTally:
         self.failed += other.failed
         self.crc += other.crc
         self.timeouts += other.timeouts
+        self.stray += other.stray
 
     @property
     def unreliable(self) -> bool:
@@ -211,13 +215,16 @@ class Reliability:
     """when a report last found it unreliable (or could not tell: down, no port)"""
     since_warning: PollTally = field(default_factory=PollTally)
 
-    def note(self, answered: bool, crc: int, timeouts: int, retried: bool) -> None:
+    def note(
+        self, answered: bool, crc: int, timeouts: int, retried: bool, stray: bool = False
+    ) -> None:
         t = self.pending
         t.polls += 1
         t.bad += not answered or retried or crc > 0 or timeouts > 0
         t.failed += not answered
         t.crc += crc
         t.timeouts += timeouts
+        t.stray += stray
         if answered:
             self.interval.add(t)
             self.pending = PollTally()
@@ -305,7 +312,7 @@ class SerialAgent:
         """One master call for node ``address``; its CRC errors and timeouts are the node's,
         and it counts in the node's reliability (unless the port failed: not the node's)."""
         c = self.master.counters
-        crc, timeouts, retries = c.crc_errors, c.timeouts, c.retries
+        crc, timeouts, retries, garbage = c.crc_errors, c.timeouts, c.retries, c.garbage_bytes
         answered: bool | None = None
         try:
             result = call()
@@ -323,7 +330,11 @@ class SerialAgent:
             r.timeouts += c.timeouts - timeouts
             if answered is not None:
                 r.reliability.note(
-                    answered, c.crc_errors - crc, c.timeouts - timeouts, c.retries > retries
+                    answered,
+                    c.crc_errors - crc,
+                    c.timeouts - timeouts,
+                    c.retries > retries,
+                    c.garbage_bytes > garbage,
                 )
 
     def poll_node(self, node: NodeController, cut: bool = False) -> list[SpaceChange]:
@@ -771,8 +782,8 @@ class SerialAgent:
                     told, span = rel.since_warning, now - rel.warned_at
                 log.warning(
                     "bus %s: node %d: %d of %d polls failed or needed a retry in the last "
-                    "%.0f s (CRC errors %d, timeouts %d, no valid answer %d): check the wiring "
-                    "and termination",
+                    "%.0f s (CRC errors %d, timeouts %d, stray bytes %d, no valid answer %d):"
+                    " check the wiring and termination%s",
                     self.bus.id,
                     address,
                     told.bad,
@@ -780,7 +791,12 @@ class SerialAgent:
                     span,
                     told.crc,
                     told.timeouts,
+                    told.stray,
                     told.failed,
+                    "; stray bytes may also be the late answers of a slow node polled before"
+                    " it (a node with timeouts of its own)"
+                    if told.stray
+                    else "",
                 )
                 rel.unreliable, rel.warned_at, rel.since_warning = True, now, PollTally()
                 return True

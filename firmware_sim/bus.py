@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fcntl
 import logging
 import math
 import os
 import select
 import signal
+import struct
 import sys
+import termios
 import time
 import tty
 from collections import deque
@@ -43,6 +46,10 @@ FRAME_GAP_FLOOR_S = 0.02
 SPIN_S = 0.001  # the last stretch before a due write is busy-waited: select wakes late
 REPORT_PERIOD_S = 60.0
 MAX_LINE = 4096
+# answers left unread this long after they were written went to a master that gave up and
+# closed the port (an mbpoll that timed out): a real adapter loses them, the pty would
+# hand them to the next master that opens it, as the answer to its own request
+UNREAD_DROP_S = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +84,7 @@ class BusServer:
         wire_timing: bool,
         console: Console,
         stdin_fd: int | None,
+        slave_fd: int | None = None,
     ):
         self.model = model
         self.scenario = scenario
@@ -85,6 +93,10 @@ class BusServer:
         self.wire_timing = wire_timing
         self.console = console
         self.stdin_fd = stdin_fd
+        self.slave = slave_fd  # our own hold on the far end: its queue is the line's
+        self.last_write = 0.0
+        self.unread_checked = True  # nothing written since the last look at the queue
+        self.unread_dropped = 0  # bytes of answers dropped unread
         self.stdin_buf = b""
         self.out: deque[tuple[float, bytes]] = deque()  # (when to write, bytes), in order
         self.line_free_at = 0.0  # when our last answer has left the wire
@@ -151,6 +163,8 @@ class BusServer:
             due, data = self.out.popleft()
             try:
                 n = os.write(self.master, data)
+                self.last_write = now
+                self.unread_checked = False
                 late = time.perf_counter() - due
                 self.writes += 1
                 self.late_sum += late
@@ -165,6 +179,24 @@ class BusServer:
                 self.dropped_writes += 1
                 if self.dropped_writes in (1, 10, 100) or self.dropped_writes % 1000 == 0:
                     log.warning("pty queue full: %d answers dropped", self.dropped_writes)
+
+    def drop_unread(self, now: float) -> None:
+        """Drop answers nobody read within :data:`UNREAD_DROP_S` of their writing (see
+        there). A master that is open reads or flushes them well before."""
+        if self.unread_checked or self.slave is None or now - self.last_write < UNREAD_DROP_S:
+            return
+        self.unread_checked = True
+        try:
+            raw = fcntl.ioctl(self.slave, termios.FIONREAD, b"\0" * 4)
+            waiting = struct.unpack("i", raw)[0]
+            if waiting:
+                termios.tcflush(self.slave, termios.TCIFLUSH)
+        except OSError as exc:
+            log.debug("pty queue: %s", exc)
+            return
+        if waiting:
+            self.unread_dropped += waiting
+            log.info("%d bytes of answers nobody read dropped (their master went away)", waiting)
 
     # --- the console ------------------------------------------------------------
 
@@ -214,6 +246,7 @@ class BusServer:
         while self.running:
             now = time.perf_counter()
             self.write_due(now)
+            self.drop_unread(now)
             if self.scenario is not None and now >= next_step:
                 for space, occupied in self.scenario.step(now - t0):
                     self.model.set_present(space, occupied, now)
@@ -345,6 +378,7 @@ def main(args: argparse.Namespace) -> int:
         args.wire_timing,
         console,
         stdin_fd,
+        slave,
     )
 
     def stop(signum: int, _frame: object) -> None:

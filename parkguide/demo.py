@@ -730,7 +730,7 @@ def _route_commands(stream, sims: dict, site, stop: threading.Event) -> None:
                 print(
                     f"demo: {line[:80]!r} is not a command here. Type SIM COMMAND, SIM one of"
                     f" {', '.join(sorted(sims))} (e.g. '{next(iter(sorted(sims)), 'bus')} "
-                    "status'; the simulators' commands: docs/camera.md, docs/edge.md), or set"
+                    "status'; the simulators' commands: docs/modbus.md, docs/camera.md), or set"
                     " SPACE occupied|free",
                     file=sys.stderr,
                     flush=True,

@@ -756,6 +756,35 @@ def test_node_health_carries_its_own_crc_errors_and_timeouts_and_says_slow(proce
     assert node.status == "ok" and node.errors["timeouts"] == 1
 
 
+def test_a_node_retried_for_stray_bytes_says_so(processes, caplog) -> None:
+    """A late answer of a slow node lands in the next node's poll, cut off or whole: that
+    node is retried and warned about. The warning counted only CRC errors and timeouts
+    ("3 of 9 polls failed or needed a retry (CRC errors 0, timeouts 0, no valid answer 0)"),
+    sending the technician to the wiring of a healthy node with no reason shown."""
+    from edge.serial_agent import SerialAgent
+    from parking.site import Bus, NodeController
+
+    stray = rtu.encode_bits_response(2, rtu.READ_DISCRETE_INPUTS, [True] * 8)
+    line = ScriptedLine([node_info(8), GOOD[:4], GOOD, stray[:5], GOOD])
+    processes.append(line)
+    master = ModbusMaster(line.path, 115200, "N", retries=2, turnaround_s=0.05)
+    master.open()
+    processes.append(master)
+    bus = Bus(
+        "bus-t", 115200, "N", 15.0, (NodeController(1, 8, tuple(f"S-{i}" for i in range(8))),)
+    )
+    agent = SerialAgent("site", bus, "serial-bus-t", master, None)
+    agent.readings[1].status = [0] * 8
+    agent.poll_node(bus.nodes[0])
+    agent.poll_node(bus.nodes[0])
+    with caplog.at_level("WARNING", logger="edge.serial_agent"):
+        (node,) = agent.health_report().nodes
+    assert node.status == "slow"
+    (warning,) = [r.getMessage() for r in caplog.records if "polls failed" in r.getMessage()]
+    assert "(CRC errors 0, timeouts 0, stray bytes 2, no valid answer 0)" in warning, warning
+    assert "late answers of a slow node" in warning
+
+
 def test_an_adapter_echoing_the_requests_is_read_through(processes, caplog) -> None:
     """An RS-485 adapter without echo suppression reads each request back before the
     answer: the echo (8 bytes, more than a short answer) was taken for a damaged answer,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import serial
 
+from firmware_sim.bus import UNREAD_DROP_S
 from parkguide.supervisor import stop_process
 from parking import modbus_rtu as rtu
 from parking import registers as reg
@@ -192,6 +193,21 @@ def test_exceptions_and_silence(sim):
     assert done.returncode != 0 and "timed out" in done.stdout + done.stderr
     assert sim.command("clear node 4") == "ok node 4 cleared"
     assert len(read_values(sim.link, 4, "1", 0, 32)) == 32
+
+
+def test_a_late_answer_nobody_read_is_not_handed_to_the_next_master(sim):
+    """A node answering after mbpoll gave up: the answer is lost, as on a real adapter,
+    instead of waiting in the pty for the next mbpoll, which took it for its own (every
+    later read one answer behind, or refused as from the wrong node)."""
+    assert sim.command("fault node 6 slow 400") == "ok node 6 slow 400ms"
+    try:
+        done = mbpoll(sim.link, "-a", "6", "-t", "3", "-r", "0", "-c", "3", timeout=0.2)
+        assert done.returncode != 0 and "timed out" in done.stdout + done.stderr
+    finally:
+        assert sim.command("clear node 6") == "ok node 6 cleared"
+    time.sleep(0.4 + UNREAD_DROP_S + 0.6)  # the late answer is written, then left unread
+    bits = read_values(sim.link, 2, "1", 0, 32)
+    assert bits == [status_bit(sim, space) for space in NODE2]
 
 
 def test_bad_crc_frames_are_counted_by_the_node(sim):
