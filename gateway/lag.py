@@ -65,9 +65,10 @@ class ReportLag:
             self._logged_at, self._said = mono, True
             agent = max(lags, key=lags.__getitem__)
             return logging.WARNING, (
-                f"the gateway is {behind:.0f} s behind agent {agent}'s reports: they queue at"
-                " the broker faster than it handles them (signs and arrivals wait as long; at"
-                " the broker's queue limits it drops the newest)"
+                f"the gateway is {behind:.0f} s behind agent {agent}'s reports: they queued at"
+                " the broker while it could not take them (it was paused, starved of CPU, or"
+                " handles them slower than they come); signs and arrivals wait as long, and at"
+                " the broker's queue limits it drops the newest"
             )
         if self._said and behind < BEHIND_S:
             self._said, self._logged_at = False, -math.inf

@@ -4,7 +4,7 @@ Starts an embedded MQTT broker (unless ``--broker``), a node-controller
 simulator and a serial edge agent per RS-485 bus, the synthetic camera and the
 camera agent, the gateway with its journal and the dashboard, and simulated
 drivers; shows zone counts and signs live in the terminal; stops everything on
-Ctrl-C or SIGTERM.
+Ctrl-C, SIGTERM or SIGHUP (its terminal closed).
 """
 
 from __future__ import annotations
@@ -516,6 +516,7 @@ def _run(
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)  # its terminal closed: stop the same way
     board: StatusBoard | None = None
     drivers = None
     try:
