@@ -5,7 +5,14 @@ from __future__ import annotations
 import unicodedata
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from gateway.readside import Expect
 from parking.payloads import Assignment, DisplayContent, HealthReport, LocalText
@@ -42,7 +49,9 @@ def _blank_is_none(value: object) -> object:
     return _one_line(value).strip() or None
 
 
-Note = Annotated[str, AfterValidator(_one_line)]
+NOTE_CHARS = 200
+# the length on the text itself: on the optional type it was "at most 200 items"
+Note = Annotated[str, StringConstraints(max_length=NOTE_CHARS), AfterValidator(_one_line)]
 OptionalNote = Annotated[Note | None, BeforeValidator(_blank_is_none)]
 """A manager's reason or note: without the spaces around it, and none when blank."""
 
@@ -56,7 +65,7 @@ class LoginRequest(_Request):
 
 
 class SpaceControlRequest(_Request):
-    reason: OptionalNote = Field(None, max_length=200, description="why, for the journal")
+    reason: OptionalNote = Field(None, description="why, for the journal")
     expect_closed_by: str | None = Field(
         None,
         max_length=64,
@@ -75,7 +84,6 @@ class SpaceControlRequest(_Request):
 class AcknowledgeRequest(_Request):
     note: OptionalNote = Field(
         None,
-        max_length=200,
         description="what is being done about it, for the other managers (e.g. who was sent)",
     )
 

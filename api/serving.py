@@ -38,7 +38,9 @@ def abort_unacknowledged(transport: asyncio.BaseTransport, after_s: float) -> No
         return
     try:
         sock.setsockopt(socket.IPPROTO_TCP, option, int(after_s * 1000))
-    except OSError as exc:  # a kernel without it (the send timeout alone, later), or closed
+    except (OSError, ValueError) as exc:
+        # a kernel without it (the send timeout alone, later), or a connection closed
+        # already (uvloop's socket of a closed transport has no file descriptor: ValueError)
         log.debug("TCP_USER_TIMEOUT not set: %s", exc)
 
 

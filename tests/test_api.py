@@ -59,6 +59,9 @@ def test_spaces_filter_by_zone_state_and_kind(client, tokens):
     assert r.status_code == 422 and "state" in r.text
     assert client.get("/api/v1/spaces/A-001", headers=h).json()["state"] == "occupied"
     assert client.get("/api/v1/spaces/NOPE", headers=h).status_code == 404
+    r = client.get("/api/v1/spaces/" + "A" * 5000, headers=h)  # quoted back cut short
+    assert r.status_code == 404 and len(r.json()["detail"]) < 300, len(r.text)
+    assert r.json()["detail"] == f"no space {'A' * 200!r}… on this site"
 
 
 def test_site_map_has_every_space_polygon(client, tokens, harness):
@@ -367,8 +370,13 @@ def test_events_filter_by_source_and_by_and_a_blank_reason_is_none(client, token
 def test_manager_actions_validate_their_input(client, tokens):
     h = tokens["manager"]
     assert client.post("/api/v1/spaces/NOPE/close", headers=h).status_code == 404
+    r = client.post("/api/v1/spaces/" + "A" * 5000 + "/close", headers=h)
+    assert r.status_code == 404 and len(r.text) < 300, len(r.text)
+    r = client.post("/api/v1/zones/" + "Z" * 5000 + "/close", headers=h)
+    assert r.status_code == 404 and len(r.text) < 300, len(r.text)
     long = client.post("/api/v1/spaces/A-030/close", json={"reason": "x" * 500}, headers=h)
     assert long.status_code == 422 and "reason" in long.text
+    assert "at most 200 characters" in long.text, long.text  # not "200 items"
     garbage = client.post(
         "/api/v1/spaces/A-030/close",
         content=b"{not json",

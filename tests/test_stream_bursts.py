@@ -457,3 +457,32 @@ def test_a_paused_export_after_a_stream_ended_on_its_connection_goes_on(
             assert b"event: hello" in stream
             body = _paused_export(reader, exporting)
     assert body.endswith(b"0\r\n\r\n"), body[-40:]
+
+
+def test_a_stream_on_a_connection_already_closed_ends_quietly_under_uvloop():
+    """uvicorn[standard] serves on uvloop, whose closed transport's socket has no file
+    descriptor: setting its TCP_USER_TIMEOUT raised ValueError, and every stream a reader
+    closed logged an ERROR "Exception in ASGI application" with a traceback."""
+    uvloop = pytest.importorskip("uvloop", reason="uvloop (uvicorn[standard]) not installed")
+    from api.serving import abort_unacknowledged
+
+    async def closed_transport_then_abort() -> None:
+        loop = asyncio.get_running_loop()
+        made: asyncio.Future = loop.create_future()
+
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                made.set_result(transport)
+
+        server = await loop.create_server(Server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        transport = await made
+        abort_unacknowledged(transport, 5.0)  # the stream's start
+        transport.close()
+        await asyncio.sleep(0.05)
+        abort_unacknowledged(transport, 0)  # the stream's end after the reader left
+        client.close()
+        server.close()
+
+    uvloop.run(closed_transport_then_abort())

@@ -56,6 +56,12 @@ def not_found(what: str) -> NoReturn:
     raise HTTPException(404, what)
 
 
+def echo(value: str) -> str:
+    """A client's id quoted into an answer: cut short (a 5,000-character id came back
+    whole) and always encodable."""
+    return repr(encodable(value[:ECHO_CHARS])) + ("…" if len(value) > ECHO_CHARS else "")
+
+
 async def parse_body(request: Request, model: type[M]) -> M:
     """Parse the JSON body after the access check ran (an empty body means all defaults)."""
     body = await request.body()
@@ -85,16 +91,23 @@ def encodable(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+ECHO_CHARS = 200  # of a client's input quoted back in an error
+
+
 def _printable(value: Any) -> Any:
     """Error inputs echoed back must be JSON: cut long text short, never raw bytes or lone
     surrogates, and a NaN or infinity as the text it was sent as (JSON has no such number:
     the response could not be encoded, a 500 instead of the 422)."""
     if isinstance(value, bytes | str):
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-        return encodable(text[:200])
+        return encodable(text[:ECHO_CHARS])
     if isinstance(value, float) and not math.isfinite(value):
         return json.dumps(value)  # "NaN", "Infinity", "-Infinity"
-    return value if isinstance(value, int | float | bool | None) else encodable(str(value)[:200])
+    return (
+        value
+        if isinstance(value, int | float | bool | None)
+        else encodable(str(value)[:ECHO_CHARS])
+    )
 
 
 def short_input(value: Any) -> Any:

@@ -15,7 +15,7 @@ from api.models import (
     HealthOut,
     NodeSummary,
 )
-from api.routes import TECHNICIAN_ERRORS, VIEWER_ERRORS, invalid, not_found
+from api.routes import TECHNICIAN_ERRORS, VIEWER_ERRORS, echo, invalid, not_found
 
 router = APIRouter(
     prefix="/api/v1",
@@ -143,4 +143,4 @@ def agent_health(agent: str, ctx: Ctx) -> HealthOut:
     for a in ctx.view.agents():
         if a.agent == agent:
             return HealthOut(agent=a.agent, online=a.online, health=a.health)
-    not_found(f"no agent {agent!r} on this site")
+    not_found(f"no agent {echo(agent)} on this site")

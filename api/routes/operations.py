@@ -43,6 +43,7 @@ from api.models import (
 from api.routes import (
     MANAGER_ERRORS,
     VIEWER_ERRORS,
+    echo,
     invalid,
     not_found,
     parse_body,
@@ -223,7 +224,7 @@ async def acknowledge(
             ctx.alerts.acknowledge, alert_id, user.name, body.note, time.time()
         )
     except KeyError:
-        not_found(f"no open alert {alert_id!r}")
+        not_found(f"no open alert {echo(alert_id)}")
     except AlreadyAcknowledged as exc:
         first = exc.record
         log.info(
@@ -343,7 +344,7 @@ async def _control(
         log.info("refused %s %s by %s: not the gateway's site file", action, space[:64], user.name)
         raise
     if space not in ctx.view.site.space_index:
-        not_found(f"no space {space!r} on this site")
+        not_found(f"no space {echo(space)} on this site")
     try:
         why = ctx.view.control_unavailable()
         if why is not None:
@@ -552,7 +553,7 @@ async def _zone_control(
         )
         raise
     if zone not in {z.id for z in ctx.view.site.zones}:
-        not_found(f"no zone {zone!r} on this site")
+        not_found(f"no zone {echo(zone)} on this site")
     try:
         why = ctx.view.control_unavailable()
         if why is not None:

@@ -20,7 +20,7 @@ from api.models import (
     VehicleClassOut,
     ZoneInfo,
 )
-from api.routes import VIEWER_ERRORS, invalid, not_found
+from api.routes import VIEWER_ERRORS, echo, invalid, not_found
 from parking.site import Site, format_window
 
 router = APIRouter(
@@ -157,8 +157,8 @@ def spaces(
 def space(space: str, ctx: Ctx) -> SpaceOut:
     """One space with its live state."""
     if space not in ctx.view.site.space_index:
-        not_found(f"no space {space!r} on this site")
+        not_found(f"no space {echo(space)} on this site")
     for s in space_rows(ctx):
         if s.space == space:
             return s
-    not_found(f"no live state for space {space!r}")
+    not_found(f"no live state for space {echo(space)}")
