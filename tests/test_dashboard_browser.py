@@ -403,6 +403,29 @@ def test_dashboard_not_live_while_stream_down(processes, mosquitto, tmp_path):
         assert not errors, errors
 
 
+def test_dashboard_badge_says_when_the_server_itself_hears_nothing(processes, mosquitto, tmp_path):
+    """The badge said a green "live" while the broker was down: the page heard the server,
+    but every count was unknown and a critical alert open. Logged in, it now says the
+    broker is lost, and plain "live" once it is back."""
+    _sim, url, _db, _port = start_services(processes, tmp_path, mosquitto.url)
+    wait_zone_known(url, "B")
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-GB")
+        errors = watch_errors(page)
+        page.goto(url)
+        login(page, "boss")
+        page.wait_for_selector("#live.on")
+        assert page.inner_text("#live") == "live"
+        mosquitto.stop()
+        page.wait_for_selector("#live.on.blind", timeout=20000)
+        assert page.inner_text("#live") == "live · broker lost"
+        assert "counts are unknown" in (page.get_attribute("#live", "title") or "")
+        mosquitto.start()
+        page.wait_for_selector("#live.on:not(.blind)", timeout=30000)
+        assert page.inner_text("#live") == "live"
+        assert not errors, errors
+
+
 def test_dashboard_history_breaks_at_gaps(processes, mosquitto, tmp_path):
     """Defect: the chart dropped the points where a zone was wholly unknown and joined the rest
     with one line, drawn straight across hours with no data. The gateway's own downtimes

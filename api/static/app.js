@@ -4,6 +4,9 @@
 
 const T = {
   dashboard: ["管理看板", "dashboard"], connecting: ["连接中", "connecting"], live: ["实时", "live"],
+  live_broker_lost: ["实时 · 消息代理断开", "live · broker lost"],
+  live_gateway_offline: ["实时 · 网关离线", "live · gateway offline"],
+  live_blind_title: ["本页已连接，但它显示的数据来源已断开：计数为未知（--）", "this page is connected, but the data it shows is not: counts are unknown (--)"],
   reconnecting: ["重新连接", "reconnecting"], logout: ["退出", "log out"], login: ["登录", "Log in"],
   login_btn: ["登录", "Log in"], user: ["用户名", "User"], password: ["密码", "Password"],
   login_hint: ["空位数和引导屏公开；登录后可看地图、历史和操作。",
@@ -308,6 +311,7 @@ function clearPrivate() {
   S.history = null;
   for (const sel of ["#alerts", "#alerts-cleared", "#agents tbody", "#detectors tbody", "#events tbody", "#chart"]) $(sel).replaceChildren();
   $("#raw-box").hidden = true; $("#older").hidden = true; $("#events-msg").textContent = "";
+  noteBlind([]); // the alerts that told it are private too
 }
 
 async function logout() {
@@ -879,7 +883,8 @@ async function loadAlerts() {
   loadClearedAlerts(); // an alert event may be a clear: the list below changes too
   const r = await api("/api/v1/alerts");
   if (asked !== S.alertsAsked) return true; // a newer answer is on its way
-  if (!r.ok) return false;
+  if (!r.ok) { noteBlind([]); return false; }
+  noteBlind(r.body);
   const ul = $("#alerts");
   const ids = new Set(r.body.map((a) => a.id));
   for (const id of [...S.alertMsgs.keys()]) if (!ids.has(id)) S.alertMsgs.delete(id);
@@ -1081,12 +1086,22 @@ function tickRefused() {
   if (left > 0) later("refusedTick", tickRefused, left % 1000 || 1000);
 }
 
+// the badge says whether this page hears the server; while it does, an open broker_lost or
+// gateway_offline alert (S.blind, logged in only) says the server itself hears nothing
 function renderLive(on) {
+  S.liveOn = on;
   const e = $("#live");
-  e.className = "live " + (on ? "on" : "off");
+  const blind = on && S.blind;
+  e.className = "live " + (on ? "on" : "off") + (blind ? " blind" : "");
   const refused = !on && S.refused;
-  e.textContent = t(on ? "live" : refused ? (S.refused.status === 429 ? "live_full" : "live_busy") : (S.es ? "reconnecting" : "connecting"));
-  e.title = refused ? refusedText() : "";
+  e.textContent = t(blind ? `live_${S.blind}` : on ? "live" : refused ? (S.refused.status === 429 ? "live_full" : "live_busy") : (S.es ? "reconnecting" : "connecting"));
+  e.title = refused ? refusedText() : blind ? t("live_blind_title") : "";
+}
+
+function noteBlind(alerts) {
+  const a = alerts.find((x) => x.kind === "broker_lost" || x.kind === "gateway_offline");
+  const blind = a ? a.kind : null;
+  if (blind !== S.blind) { S.blind = blind; renderLive(!!S.liveOn); }
 }
 
 const staleNote = () => {
