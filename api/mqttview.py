@@ -6,7 +6,8 @@ from the journal (the ``spaces`` table at start, then the ``events`` table
 tailed every ``poll_s``); assignments from the journal and the assignment
 topic. Closing or opening a space publishes ``SpaceControl`` on the control
 topic for the gateway to act on. While the gateway's last will says it is
-offline, every space and zone reads ``unknown``: silence is never free.
+offline, every space and zone reads ``unknown`` (but the closed spaces: a manager's
+closures stand): silence is never free.
 """
 
 from __future__ import annotations
@@ -64,10 +65,13 @@ SIGNS_STALE_GRACE_S = 10.0
 sign content (it republishes every sign at half the validity)"""
 
 
-def _blind_counts(zone: str, total: int, ts: float) -> ZoneCounts:
+def _blind_counts(zone: str, total: int, ts: float, closed: int = 0) -> ZoneCounts:
     """A zone's counts while the view cannot see the gateway (or it has not reported the
-    zone yet): every space unknown, stamped when that began."""
-    return ZoneCounts(zone=zone, free=0, occupied=0, unknown=total, closed=0, total=total, ts=ts)
+    zone yet): every space unknown but the closed ones (a manager's closure stands, as in
+    the gateway's own view), stamped when that began."""
+    return ZoneCounts(
+        zone=zone, free=0, occupied=0, unknown=total - closed, closed=closed, total=total, ts=ts
+    )
 
 
 GATEWAY_CLOCK_SAY_S = 60.0
@@ -357,7 +361,7 @@ class MqttLiveView:
                     zc = (
                         self._zone_said(zc, now)
                         if blind_at is None
-                        else _blind_counts(zc.zone, zc.total, blind_at)
+                        else _blind_counts(zc.zone, zc.total, blind_at, zc.closed)
                     )
                 self._emit("zone", zc.model_dump(mode="json"), now)
             elif kind == "displays/content":
@@ -554,7 +558,7 @@ class MqttLiveView:
             self._emit("closure", {"zone": zone}, ts)
 
     def _shown_state(self, state: str) -> str:
-        return "unknown" if self._blind() else state
+        return "unknown" if self._blind() and state != "closed" else state
 
     # -- events --------------------------------------------------------------------------------
     def _emit(self, kind: str, data: dict[str, Any], ts: float) -> None:
@@ -632,7 +636,8 @@ class MqttLiveView:
                     out.append(c.model_copy(update={"held": held.get(z.id, 0)}))
                     continue
                 total = c.total if c else len(self.site.zone_spaces(z.id))
-                out.append(_blind_counts(z.id, total, now if blind_at is None else blind_at))
+                ts = now if blind_at is None else blind_at
+                out.append(_blind_counts(z.id, total, ts, c.closed if c else 0))
             return out
 
     def spaces(self) -> list[SpaceStatus]:
@@ -644,7 +649,8 @@ class MqttLiveView:
             for sp in self.site.spaces:
                 state, since = self._state.get(sp.id, ("unknown", 0.0))
                 shown, shown_since = state, since
-                if blind_at is not None and state != "unknown":  # unknown since it went blind
+                if blind_at is not None and state not in ("unknown", "closed"):
+                    # unknown since it went blind; a closure is the manager's, not a reading
                     shown, shown_since = "unknown", blind_at
                 binding = self.site.bindings.get(sp.id)
                 out.append(

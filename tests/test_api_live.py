@@ -443,7 +443,11 @@ def test_standalone_api_process(processes, mosquitto, tmp_path):
         gateway.kill9()  # the broker publishes its last will
         assert _wait(lambda: space("B-007") == "unknown"), processes.logs()
         zones = {z["zone"]: z for z in httpx.get(f"{url}/api/v1/zones").json()}
-        assert zones["B"]["unknown"] == zones["B"]["total"] and zones["B"]["free"] == 0
+        # B-020 stays closed (the manager's, as the gateway's own view and its InfluxDB
+        # outage points keep it); every other space of B is unknown
+        b = zones["B"]
+        assert (b["unknown"], b["closed"], b["free"]) == (b["total"] - 1, 1, 0), b
+        assert space("B-020") == "closed"
         # a manager's action now would wait at the broker for the gateway's return: refused
         r = httpx.post(f"{url}/api/v1/spaces/B-020/open", json={"reason": "done"}, headers=h)
         assert r.status_code == 503, r.text
