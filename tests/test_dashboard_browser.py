@@ -107,6 +107,16 @@ def start_gateway(processes: Processes, broker: str, db: Path, port: int):
     return gateway
 
 
+def logged_in_page(browser: Browser, url: str, name: str) -> tuple[Page, list[str]]:
+    """A desktop-sized English page of the dashboard, logged in as ``name``, and the list
+    its console errors go to."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-GB")
+    errors = watch_errors(page)
+    page.goto(url)
+    login(page, name)
+    return page, errors
+
+
 def wait_zone_known(url: str, zone: str, timeout: float = 60) -> None:
     """Until the bus's spaces are read through the whole chain (nothing unknown in the zone)."""
     deadline = time.monotonic() + timeout
@@ -369,10 +379,7 @@ def test_dashboard_not_live_while_stream_down(processes, mosquitto, tmp_path):
     wait_zone_known(url, "A")
     wait_zone_known(url, "B")
     with chromium() as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-GB")
-        errors = watch_errors(page)
-        page.goto(url)
-        login(page, "boss")
+        page, errors = logged_in_page(browser, url, "boss")
         page.wait_for_selector("#agents tbody tr")
         counts = lambda: page.locator("#zones .zone > .free").all_inner_texts()  # noqa: E731
         assert all(c.isdigit() for c in counts()[:2]), counts()  # A and B: known, live
@@ -410,10 +417,7 @@ def test_dashboard_badge_says_when_the_server_itself_hears_nothing(processes, mo
     _sim, url, _db, _port = start_services(processes, tmp_path, mosquitto.url)
     wait_zone_known(url, "B")
     with chromium() as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-GB")
-        errors = watch_errors(page)
-        page.goto(url)
-        login(page, "boss")
+        page, errors = logged_in_page(browser, url, "boss")
         page.wait_for_selector("#live.on")
         assert page.inner_text("#live") == "live"
         mosquitto.stop()
@@ -542,10 +546,7 @@ def test_dashboard_signs_as_drivers_see_them(processes, mosquitto, tmp_path):
         }
 
     with chromium() as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-GB")
-        errors = watch_errors(page)
-        page.goto(url)
-        login(page, "guard")
+        page, errors = logged_in_page(browser, url, "guard")
         # zone A full: its lines say 满 FULL, which is not the same in both languages. Every
         # space of A is set (the map may not show all of them free yet when this is read)
         spaces = page.evaluate(

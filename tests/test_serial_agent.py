@@ -723,14 +723,13 @@ def test_master_drops_bad_frames_and_counts_them(
         assert master.counters.truncated == 0
 
 
-def test_node_health_carries_its_own_crc_errors_and_timeouts_and_says_slow(processes) -> None:
-    """The contract's per-node `errors: {crc, timeouts}`, counted for the node they
-    happened on; a node that needed a retry after a timeout since the last report is
-    `slow`, and stays so until it has gone RELIABLE_AGAIN_S without a bad report."""
-    from edge.serial_agent import RELIABLE_AGAIN_S, SerialAgent
+def agent_on_scripted_line(processes, answers: list[bytes], **agent_kw):  # noqa: ANN201
+    """A serial agent for one 8-detector node (address 1, bits last read all free) whose
+    line answers with ``answers`` in turn; returns the agent and its bus."""
+    from edge.serial_agent import SerialAgent
     from parking.site import Bus, NodeController
 
-    line = ScriptedLine([node_info(8), b"", GOOD, damaged(GOOD), GOOD, GOOD])
+    line = ScriptedLine(answers)
     processes.append(line)
     master = ModbusMaster(line.path, 115200, "N", retries=2, turnaround_s=0.05)
     master.open()
@@ -738,11 +737,23 @@ def test_node_health_carries_its_own_crc_errors_and_timeouts_and_says_slow(proce
     bus = Bus(
         "bus-t", 115200, "N", 15.0, (NodeController(1, 8, tuple(f"S-{i}" for i in range(8))),)
     )
-    later = [0.0]  # seconds the agent's clock is moved on
-    agent = SerialAgent(
-        "site", bus, "serial-bus-t", master, None, clock=lambda: time.monotonic() + later[0]
-    )
+    agent = SerialAgent("site", bus, "serial-bus-t", master, None, **agent_kw)
     agent.readings[1].status = [0] * 8
+    return agent, bus
+
+
+def test_node_health_carries_its_own_crc_errors_and_timeouts_and_says_slow(processes) -> None:
+    """The contract's per-node `errors: {crc, timeouts}`, counted for the node they
+    happened on; a node that needed a retry after a timeout since the last report is
+    `slow`, and stays so until it has gone RELIABLE_AGAIN_S without a bad report."""
+    from edge.serial_agent import RELIABLE_AGAIN_S
+
+    later = [0.0]  # seconds the agent's clock is moved on
+    agent, bus = agent_on_scripted_line(
+        processes,
+        [node_info(8), b"", GOOD, damaged(GOOD), GOOD, GOOD],
+        clock=lambda: time.monotonic() + later[0],
+    )
     agent.poll_node(bus.nodes[0])  # silence, then an answer
     agent.poll_node(bus.nodes[0])  # a bad CRC, then an answer
     (node,) = agent.health_report().nodes
@@ -761,20 +772,8 @@ def test_a_node_retried_for_stray_bytes_says_so(processes, caplog) -> None:
     node is retried and warned about. The warning counted only CRC errors and timeouts
     ("3 of 9 polls failed or needed a retry (CRC errors 0, timeouts 0, no valid answer 0)"),
     sending the technician to the wiring of a healthy node with no reason shown."""
-    from edge.serial_agent import SerialAgent
-    from parking.site import Bus, NodeController
-
     stray = rtu.encode_bits_response(2, rtu.READ_DISCRETE_INPUTS, [True] * 8)
-    line = ScriptedLine([node_info(8), GOOD[:4], GOOD, stray[:5], GOOD])
-    processes.append(line)
-    master = ModbusMaster(line.path, 115200, "N", retries=2, turnaround_s=0.05)
-    master.open()
-    processes.append(master)
-    bus = Bus(
-        "bus-t", 115200, "N", 15.0, (NodeController(1, 8, tuple(f"S-{i}" for i in range(8))),)
-    )
-    agent = SerialAgent("site", bus, "serial-bus-t", master, None)
-    agent.readings[1].status = [0] * 8
+    agent, bus = agent_on_scripted_line(processes, [node_info(8), GOOD[:4], GOOD, stray[:5], GOOD])
     agent.poll_node(bus.nodes[0])
     agent.poll_node(bus.nodes[0])
     with caplog.at_level("WARNING", logger="edge.serial_agent"):
