@@ -130,9 +130,11 @@ _TEXT = {
         "outbox; see the gateway's log",
     ),
     "broker_lost": (
-        "与 MQTT 代理 {subject} 的连接已断开:各边缘代理和车位的状态未知;请检查代理服务及其日志",
-        "the MQTT broker {subject} is not reachable: agents and spaces are unknown until it is;"
-        " check the broker service and its log",
+        "与 MQTT 代理 {subject} 的连接已断开(或代理拒绝本服务的登录):各边缘代理和车位的状态未知;"
+        "请检查代理服务及其日志,以及本服务环境文件中的登录信息",
+        "the MQTT broker {subject} is not reachable, or refuses this service's login: agents"
+        " and spaces are unknown until it is; check the broker service and its log, and the"
+        " login in this service's environment file",
     ),
     "gateway_offline": (
         "网关(站点 {subject})离线:所有车位和区域显示未知,引导屏将熄灭;请检查网关进程及其日志",

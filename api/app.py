@@ -260,6 +260,16 @@ def session_secret(settings: ApiSettings) -> bytes:
     return secrets.token_bytes(32)
 
 
+def check_metrics_token(settings: ApiSettings) -> None:
+    """Warn of a metrics token short enough to guess (it is compared as it is)."""
+    token = settings.metrics_token
+    if token is not None and len(token.get_secret_value()) < MIN_SECRET_LENGTH:
+        log.warning(
+            "PARKGUIDE_METRICS_TOKEN is shorter than %d characters; use a longer random one",
+            MIN_SECRET_LENGTH,
+        )
+
+
 def create_app(
     view: LiveView,
     settings: ApiSettings | None = None,
@@ -269,6 +279,7 @@ def create_app(
     """Build the FastAPI app on a live view; ``db_path`` is the journal database (users live
     there); ``broker`` the MQTT broker's ``host:port`` (the ``broker_lost`` alert names it)."""
     settings = settings or ApiSettings()
+    check_metrics_token(settings)
     if db_path is None:
         log.warning("no journal database given: nobody can log in, events and history are empty")
     hub = LiveHub(view)

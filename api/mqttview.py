@@ -42,7 +42,7 @@ from gateway.readside import (
     parse_boot_conflicts,
 )
 from parking import topics
-from parking.broker import BrokerConfig, is_keepalive_timeout
+from parking.broker import BrokerConfig, is_keepalive_timeout, refusal_hint
 from parking.payloads import (
     CONTROL_MAX_AGE_S,
     MAX_PAYLOAD_BYTES,
@@ -180,7 +180,12 @@ class MqttLiveView:
         try:
             if reason_code.is_failure:
                 self._refused = True  # said here; the hang-up that follows is not news
-                log.error("MQTT broker %s refused the connection: %s", self.broker.url, reason_code)
+                log.error(
+                    "MQTT broker %s refused the connection: %s%s",
+                    self.broker.url,
+                    reason_code,
+                    refusal_hint(str(reason_code), self.broker),
+                )
                 return
             site = self.site.id
             prefix = topics.site_prefix(site)

@@ -78,6 +78,7 @@ from parking.broker import (
     backoff_delay,
     is_client_suffix,
     new_client_suffix,
+    refusal_hint,
     shown_client_id,
 )
 from parking.payloads import (
@@ -971,13 +972,7 @@ class ReportPublisher:
 
     def _log_refused(self, reason: str) -> None:
         self.stats["refused"] += 1
-        hint = ""
-        low = reason.lower()
-        if "password" in low or "authori" in low:
-            hint = (
-                " -- check the credentials (--username, --password-env, "
-                "PARKGUIDE_MQTT_USERNAME/PARKGUIDE_MQTT_PASSWORD)"
-            )
+        hint = refusal_hint(reason, self.broker)
         log.error("MQTT broker %s refused the connection: %s%s", self.broker.url, reason, hint)
 
     def _warn(self, msg: str, *args: object) -> None:

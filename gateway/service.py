@@ -36,6 +36,7 @@ from parking.broker import (
     backoff_delay,
     is_client_suffix,
     new_client_suffix,
+    refusal_hint,
     shown_client_id,
 )
 from parking.private import open_to_others
@@ -92,6 +93,9 @@ SHORT_SESSIONS_WINDOW_S = 60.0
 TWIN_LOG_INTERVAL_S = 300.0
 OTHER_OFFLINE_CONFIRM_S = 2.0
 OWN_WILL_WINDOW_S = 120.0
+# a connection's own "online" must come back this long after its last incoming message (a
+# backlog is delivered before it): else the broker drops what this login publishes
+ECHO_QUIET_S = 5.0
 
 KEEP_WARM_MS = 3.0
 KEEP_WARM_FOR_S = 0.25
@@ -313,6 +317,8 @@ class GatewayService:
         self._twin_said = -math.inf  # monotonic time "a second gateway?" was last said
         self.foreign_offline = 0  # another gateway's "offline" on our availability topic
         self._other_offline_at: float | None = None  # monotonic; not yet said
+        self._echo_due: float | None = None  # monotonic; while this connection's own
+        self._echoed = False  # "online" has not come back (see _check_echo)
         # OWN_WILL_WINDOW_S from each connection accepted after an unclean end (a previous
         # run that died, a lost connection): its last wills, one per connection the broker
         # saw end, come through this session's queue after it
@@ -535,9 +541,15 @@ class GatewayService:
         try:
             self._answered = True
             if reason_code.is_failure:
-                log.error("MQTT broker %s refused the connection: %s", self.broker.url, reason_code)
+                log.error(
+                    "MQTT broker %s refused the connection: %s%s",
+                    self.broker.url,
+                    reason_code,
+                    refusal_hint(str(reason_code), self.broker),
+                )
                 return
             self._accepted_at = time.monotonic()
+            self._echoed, self._echo_due = False, self._accepted_at + ECHO_QUIET_S
             if self._unclean_end:
                 self._own_will_due_until = self._accepted_at + OWN_WILL_WINDOW_S
                 self._unclean_end = False
@@ -649,7 +661,11 @@ class GatewayService:
             )
 
     def _on_message(self, client, userdata, msg) -> None:
+        if self._echo_due is not None:
+            self._echo_due = time.monotonic() + ECHO_QUIET_S
         if msg.topic == self._availability_topic:
+            if not msg.retain and msg.payload == topics.ONLINE.encode():
+                self._echoed, self._echo_due = True, None
             self._on_own_availability(msg)
             if msg.qos > 0:
                 self.client.ack(msg.mid, msg.qos)
@@ -826,7 +842,30 @@ class GatewayService:
             )
         self._heard_in_backlog = set()
 
+    def _check_echo(self) -> None:
+        """Once per connection: the broker passed this gateway's own ``online`` back. MQTT
+        3.1.1 has no refusal for a publish: under a login the ACL does not let write the
+        gateway's topics (another service's), every zone, sign and answer was dropped
+        while the gateway said it was connected."""
+        if self._echo_due is None or time.monotonic() < self._echo_due or self._echoed:
+            return
+        if not self.connected.is_set():
+            return  # the next connection checks again
+        self._echo_due = None
+        log.error(
+            "the MQTT broker %s never passed this gateway's own 'online' (%s) back: most"
+            " likely its ACL drops what this login publishes, so no zone count, sign or"
+            " assignment reaches anyone. Under the shipped ACL only the login 'gateway' may"
+            " publish them; check PARKGUIDE_MQTT_USERNAME in the gateway's environment (it"
+            " is %r). With an ACL of your own, it must let this login write and read %s",
+            self.broker.url,
+            self._availability_topic,
+            self.broker.username or "(anonymous)",
+            self._availability_topic,
+        )
+
     def _tick(self) -> None:
+        self._check_echo()
         self._confirm_other_offline()
         if self.gateway.start_verdicts_due:  # the broker away: the timers still run
             self._start_verdicts()

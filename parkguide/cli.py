@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+from typing import NoReturn
 
 # command words -> (module, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -89,6 +90,32 @@ def _overview_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser that does not echo the values of arguments it does not know:
+    ``--pass s3cr3t`` (a mistyped flag) printed the secret to the terminal and the journal."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            message = prefix + " ".join(_masked_values(message[len(prefix) :].split(" ")))
+        super().error(message)
+
+
+def _masked_values(words: list[str]) -> list[str]:
+    """Flags kept, their values (``--x=V``, or the word after a flag) as ``***``."""
+    out = []
+    after_flag = False
+    for word in words:
+        if word.startswith("-"):
+            name, eq, _value = word.partition("=")
+            out.append(f"{name}=***" if eq else word)
+            after_flag = not eq
+        else:
+            out.append("***" if after_flag else word)
+            after_flag = False
+    return out
+
+
 def _find(argv: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
     for n in (2, 1):
         words = tuple(argv[:n])
@@ -117,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     # no abbreviations: "--password X" must not pass as "--password-env X" (nor any flag
     # as a longer one added later)
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="parkguide " + " ".join(words), description=helptext, allow_abbrev=False
     )
     module.add_arguments(parser)

@@ -205,6 +205,24 @@ def _check_ca_file(path: str) -> None:
         raise ValueError(f"CA file {path}: not a PEM certificate file ({exc})") from None
 
 
+def refusal_hint(reason: str, broker: BrokerConfig) -> str:
+    """What to check when the broker refused a connection for ``reason`` (a CONNACK's
+    reason text): the login, for a refusal of its credentials; else nothing."""
+    low = str(reason).lower()
+    if "password" not in low and "authori" not in low:
+        return ""
+    if broker.username is None:
+        given = "no user name was given"
+    elif broker.password is None:
+        given = f"user {broker.username!r} was given without a password"
+    else:
+        given = f"user {broker.username!r} was given with a password"
+    return (
+        f" -- check the login: {given} (--username, --password-env, or {ENV_USERNAME} and"
+        f" {ENV_PASSWORD} in the service's environment file)"
+    )
+
+
 def _without_password(url: str) -> str:
     """``url`` with the password of its user part (if any) replaced by ``***``."""
     scheme, sep, rest = url.rpartition("://")

@@ -730,12 +730,20 @@ def login_warnings(site: Site) -> list[str]:
         owners.setdefault(e.id, []).append(f"entrance {e.id}")
     for d in site.displays:
         owners.setdefault(d.id, []).append(f"display {d.id}")
-    return [
+    shared = [
         f"broker login {login!r} would be {' and '.join(who)}: under the shipped ACL one"
         " login gets both's rights; rename one of them if they log in separately"
         for login, who in owners.items()
         if len(who) > 1
     ]
+    # mosquitto refuses ':' in a user name, and make-passwords.sh a variable named after it
+    impossible = [
+        f"broker login {login!r} ({' and '.join(who)}) cannot exist: mosquitto refuses a"
+        " ':' in a user name; rename it if it logs in on its own"
+        for login, who in owners.items()
+        if ":" in login
+    ]
+    return shared + impossible
 
 
 def _windows_meet(a: tuple[int, int], b: tuple[int, int]) -> bool:

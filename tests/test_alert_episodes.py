@@ -354,8 +354,9 @@ def test_the_broker_alert_names_the_broker_and_what_to_do(tmp_path):
     assert rec.alert.id == "broker_lost:mqtt" and rec.alert.subject == "10.0.0.5:1883"
     zh, en = rec.alert.message(72)
     assert en == (
-        "the MQTT broker 10.0.0.5:1883 is not reachable: agents and spaces are unknown until "
-        "it is; check the broker service and its log"
+        "the MQTT broker 10.0.0.5:1883 is not reachable, or refuses this service's login:"
+        " agents and spaces are unknown until it is; check the broker service and its log,"
+        " and the login in this service's environment file"
     )
     assert "10.0.0.5:1883" in zh and "请检查代理服务及其日志" in zh
 
@@ -386,6 +387,7 @@ def test_the_standalone_api_names_the_broker_it_cannot_reach(processes, tmp_path
     (alert,) = lost()
     assert alert["id"] == "broker_lost:mqtt" and alert["subject"] == f"127.0.0.1:{dead}"
     assert f"the MQTT broker 127.0.0.1:{dead} is not reachable" in alert["message"]["en"]
+    assert "the login in this service's environment file" in alert["message"]["en"]
     assert "check the broker service and its log" in alert["message"]["en"]
 
 

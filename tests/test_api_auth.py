@@ -775,3 +775,14 @@ def test_a_refused_setting_is_named_as_its_variable_with_what_it_takes(tmp_path,
     assert "PARKGUIDE_COOKIE_SECURE: 'yes-please' is not auto, true or false" in run.stderr
     assert "PARKGUIDE_SESSION_TTL_S: Input should be a valid number" in run.stderr
     assert "_BOOL" not in run.stderr and "LITERAL" not in run.stderr
+
+
+def test_a_metrics_token_short_enough_to_guess_is_warned_about(harness, caplog):
+    """PARKGUIDE_METRICS_TOKEN=x was taken silently, while a short session secret warns."""
+    with caplog.at_level(logging.WARNING, logger="api.app"):
+        create_app(harness.gateway, settings(metrics_token="x"), db_path=str(harness.db_path))
+        create_app(harness.gateway, settings(metrics_token="m" * 32), db_path=str(harness.db_path))
+    said = [r.getMessage() for r in caplog.records if "METRICS_TOKEN" in r.getMessage()]
+    assert said == [
+        "PARKGUIDE_METRICS_TOKEN is shorter than 32 characters; use a longer random one"
+    ]

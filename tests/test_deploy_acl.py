@@ -20,14 +20,18 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.publisher import ECHO_WAIT_S, ReportPublisher
+from gateway.service import ECHO_QUIET_S
+from parkguide.supervisor import stop_process
 from parking import topics
 from parking.broker import BrokerConfig
 from tests.conftest import (
     BROKER_COMMANDS,
+    EXAMPLE_SITE,
     REPO,
     MosquittoBroker,
     cli_exit_code,
     command_argv,
+    parkguide_cmd,
     require,
 )
 
@@ -224,6 +228,11 @@ def test_no_command_takes_a_password_as_a_flag(command, tmp_path, capsys):
     refused = capsys.readouterr().err  # an earlier release's flag: what to do instead
     assert "--password is not taken" in refused and "PARKGUIDE_MQTT_PASSWORD" in refused
     assert "hunter2" not in refused  # and the password is not echoed into the logs
+    for mistyped in (["--pass", "hunter2"], ["--passwor=hunter2"], ["--pw", "hunter2"]):
+        assert cli_exit_code([*argv, "--broker", "mqtt://127.0.0.1:1", *mistyped]) == 2
+        refused = capsys.readouterr().err  # argparse's "unrecognized arguments" echoed it
+        assert "unrecognized arguments: --pass" in refused or "--pw ***" in refused, refused
+        assert "hunter2" not in refused, refused
     secret = "mqtt://gateway:Sup3rSecret@127.0.0.1:notaport"
     assert cli_exit_code([*argv, "--broker", secret]) != 0
     err = capsys.readouterr().err
@@ -618,3 +627,44 @@ def test_an_agent_over_a_slow_link_does_not_say_the_broker_drops_its_reports(
         link.close()
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == []
+
+
+def _gateway_log(broker, user: str, password: str | None, tmp_path: Path, seconds: float) -> str:
+    """``parkguide gateway`` on the example site under this login for ``seconds``: its log."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARKGUIDE_MQTT_")}
+    env.update(PYTHONUNBUFFERED="1", PARKGUIDE_MQTT_USERNAME=user)
+    if password is not None:
+        env["PARKGUIDE_MQTT_PASSWORD"] = password
+    log = tmp_path / f"gateway-{user}-{time.monotonic_ns()}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            parkguide_cmd(
+                "gateway", "--site", str(EXAMPLE_SITE), "--db", str(tmp_path / f"{user}.db"),
+                "--broker", f"mqtt://127.0.0.1:{broker.port}",
+            ),
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        try:
+            time.sleep(seconds)
+        finally:
+            stop_process(proc)
+    return log.read_text()
+
+
+def test_a_gateway_under_another_services_login_says_the_broker_drops_its_output(
+    secured_broker, tmp_path
+):
+    """Defect: gateway.env with api.env's login pasted in: the gateway said "connected"
+    and ran "healthy" while the ACL dropped every zone, sign and answer it published (MQTT
+    3.1.1 has no refusal for a publish). It now checks that its own 'online' comes back.
+    And a login whose password is missing said only "Not authorized", never naming it."""
+    broker, users = secured_broker
+    wrong = _gateway_log(broker, "api", users["api"], tmp_path, 4 + ECHO_QUIET_S + 2)
+    assert "never passed this gateway's own 'online'" in wrong, wrong[-3000:]
+    assert "PARKGUIDE_MQTT_USERNAME" in wrong and "(it is 'api')" in wrong
+    right = _gateway_log(broker, "gateway", users["gateway"], tmp_path, 4 + ECHO_QUIET_S + 2)
+    assert "running" in right and "never passed" not in right, right[-3000:]
+    nopw = _gateway_log(broker, "gateway", None, tmp_path, 4)
+    assert "refused the connection" in nopw, nopw[-3000:]
+    assert "user 'gateway' was given without a password" in nopw
+    assert "PARKGUIDE_MQTT_PASSWORD" in nopw

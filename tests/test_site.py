@@ -504,6 +504,13 @@ def test_ids_that_would_share_a_broker_login_are_warned_about():
     role = TEXT.replace("  - id: jct-n1\n", "  - id: gate\n", 1)
     said = login_warnings(parse_site(role, "site.yaml"))
     assert len(said) == 1 and "'gate' would be the 'gate' role and display gate" in said[0]
+    # valid as an id, but no broker login can have it (make-passwords.sh failed on it)
+    colon = TEXT.replace("  - id: jct-n1\n", "  - id: sign:n1\n", 1)
+    said = login_warnings(parse_site(colon, "site.yaml"))
+    assert said == [
+        "broker login 'sign:n1' (display sign:n1) cannot exist: mosquitto refuses a ':' in a"
+        " user name; rename it if it logs in on its own"
+    ], said
 
 
 def test_window_edges_daylight_saving_skips_or_repeats_are_warned_about():
