@@ -634,6 +634,7 @@ class MqttLiveView:
         with self._lock:
             blind_at = self._blind_since(now)
             held = self._held_by_zone(now)
+            closed: dict[str, int] | None = None
             out = []
             for z in self.site.zones:
                 c = self._zones.get(z.id)
@@ -642,8 +643,18 @@ class MqttLiveView:
                     continue
                 total = c.total if c else len(self.site.zone_spaces(z.id))
                 ts = now if blind_at is None else blind_at
-                out.append(_blind_counts(z.id, total, ts, c.closed if c else 0))
+                if closed is None:  # the closures the journal shows (as /spaces does)
+                    closed = self._closed_by_zone()
+                out.append(_blind_counts(z.id, total, ts, closed.get(z.id, 0)))
             return out
+
+    def _closed_by_zone(self) -> dict[str, int]:
+        """Under the lock: closed spaces per zone, from the journal's states."""
+        closed: dict[str, int] = {}
+        for sp in self.site.spaces:
+            if self._state.get(sp.id, ("unknown",))[0] == "closed":
+                closed[sp.zone] = closed.get(sp.zone, 0) + 1
+        return closed
 
     def spaces(self) -> list[SpaceStatus]:
         now = time.time()

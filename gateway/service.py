@@ -319,6 +319,8 @@ class GatewayService:
         self._other_offline_at: float | None = None  # monotonic; not yet said
         self._echo_due: float | None = None  # monotonic; while this connection's own
         self._echoed = False  # "online" has not come back (see _check_echo)
+        self._echo_said = False  # this connection's error was logged
+        self._echo_checked_at = -math.inf  # monotonic time of the last look
         # OWN_WILL_WINDOW_S from each connection accepted after an unclean end (a previous
         # run that died, a lost connection): its last wills, one per connection the broker
         # saw end, come through this session's queue after it
@@ -550,6 +552,7 @@ class GatewayService:
                 return
             self._accepted_at = time.monotonic()
             self._echoed, self._echo_due = False, self._accepted_at + ECHO_QUIET_S
+            self._echo_said = False
             if self._unclean_end:
                 self._own_will_due_until = self._accepted_at + OWN_WILL_WINDOW_S
                 self._unclean_end = False
@@ -665,6 +668,12 @@ class GatewayService:
             self._echo_due = time.monotonic() + ECHO_QUIET_S
         if msg.topic == self._availability_topic:
             if not msg.retain and msg.payload == topics.ONLINE.encode():
+                if self._echo_said and not self._echoed:
+                    log.warning(
+                        "this gateway's own 'online' came back late after all: the error"
+                        " above was a stall (the process paused, or a long batch), not the"
+                        " broker dropping what it publishes"
+                    )
                 self._echoed, self._echo_due = True, None
             self._on_own_availability(msg)
             if msg.qos > 0:
@@ -847,11 +856,20 @@ class GatewayService:
         3.1.1 has no refusal for a publish: under a login the ACL does not let write the
         gateway's topics (another service's), every zone, sign and answer was dropped
         while the gateway said it was connected."""
-        if self._echo_due is None or time.monotonic() < self._echo_due or self._echoed:
+        now = time.monotonic()
+        stalled = now - self._echo_checked_at > ECHO_QUIET_S / 2
+        self._echo_checked_at = now
+        if self._echo_due is None or self._echoed:
             return
-        if not self.connected.is_set():
-            return  # the next connection checks again
+        if stalled:
+            # this thread did not run for a while (paused, a long batch): the echo may be
+            # waiting in the socket behind a backlog it has not read yet
+            self._echo_due = max(self._echo_due, now + ECHO_QUIET_S)
+            return
+        if now < self._echo_due or not self.connected.is_set():
+            return  # (disconnected: the next connection checks again)
         self._echo_due = None
+        self._echo_said = True
         log.error(
             "the MQTT broker %s never passed this gateway's own 'online' (%s) back: most"
             " likely its ACL drops what this login publishes, so no zone count, sign or"

@@ -11,8 +11,8 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
-from typing import NoReturn
 
 # command words -> (module, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -94,25 +94,33 @@ class CommandParser(argparse.ArgumentParser):
     """A command's parser that does not echo the values of arguments it does not know:
     ``--pass s3cr3t`` (a mistyped flag) printed the secret to the terminal and the journal."""
 
-    def error(self, message: str) -> NoReturn:  # type: ignore[override]
-        prefix = "unrecognized arguments: "
-        if message.startswith(prefix):
-            message = prefix + " ".join(_masked_values(message[len(prefix) :].split(" ")))
-        super().error(message)
+    def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.error("unrecognized arguments: " + " ".join(_masked_values(unknown)))
+        return parsed
+
+
+_FLAG_NAME = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*")
 
 
 def _masked_values(words: list[str]) -> list[str]:
-    """Flags kept, their values (``--x=V``, or the word after a flag) as ``***``."""
+    """Flag names kept (``--x=V`` as ``--x=***``), every other word that follows a flag as
+    ``***`` (a value may start with "-" or hold spaces), a stray word before any flag kept."""
     out = []
     after_flag = False
     for word in words:
-        if word.startswith("-"):
-            name, eq, _value = word.partition("=")
+        name, eq, _value = word.partition("=")
+        if _FLAG_NAME.fullmatch(name) and not (
+            after_flag and word.startswith("-") and not word.startswith("--")
+        ):
             out.append(f"{name}=***" if eq else word)
             after_flag = not eq
-        else:
-            out.append("***" if after_flag else word)
+        elif after_flag:
+            out.append("***")
             after_flag = False
+        else:
+            out.append(word)
     return out
 
 

@@ -1037,3 +1037,26 @@ def test_a_blind_view_stamps_its_unknown_counts_with_when_it_went_blind(mosquitt
         back.disconnect()
     finally:
         view.stop()
+
+
+def test_a_standalone_view_blind_from_its_start_counts_the_journals_closures(tmp_path):
+    """Started with the gateway offline and no zone message heard, the zones counted no
+    closed space while /spaces showed the journal's closures (34 closed against 0)."""
+    from api.mqttview import MqttLiveView
+    from gateway.journal import Journal
+    from parking.broker import BrokerConfig
+    from parking.site import load_site
+
+    db = tmp_path / "journal.sqlite"
+    Journal(db).close()
+    view = MqttLiveView(load_site(EXAMPLE_SITE), BrokerConfig("127.0.0.1", free_port()), str(db))
+    with view._lock:  # what the journal's spaces table says at start
+        for space in ("A-001", "A-002"):
+            view._set_state(space, "closed", time.time() - 60)
+    view._handle(topics.gateway_availability("xinyuan"), b"offline")
+    zones = {z.zone: z for z in view.zone_counts()}
+    a = zones["A"]
+    assert (a.closed, a.unknown, a.free, a.occupied) == (2, a.total - 2, 0, 0), a
+    assert all(z.closed == 0 and z.unknown == z.total for k, z in zones.items() if k != "A")
+    states = {s.space: s.state for s in view.spaces()}
+    assert states["A-001"] == states["A-002"] == "closed" and states["A-003"] == "unknown"

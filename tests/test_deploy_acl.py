@@ -228,7 +228,13 @@ def test_no_command_takes_a_password_as_a_flag(command, tmp_path, capsys):
     refused = capsys.readouterr().err  # an earlier release's flag: what to do instead
     assert "--password is not taken" in refused and "PARKGUIDE_MQTT_PASSWORD" in refused
     assert "hunter2" not in refused  # and the password is not echoed into the logs
-    for mistyped in (["--pass", "hunter2"], ["--passwor=hunter2"], ["--pw", "hunter2"]):
+    for mistyped in (
+        ["--pass", "hunter2"],
+        ["--passwor=hunter2"],
+        ["--pw", "hunter2"],
+        ["--pass", "-Xk9hunter2"],  # a value that starts like a flag
+        ["--pass", "correct hunter2 battery staple"],  # one argument with spaces
+    ):
         assert cli_exit_code([*argv, "--broker", "mqtt://127.0.0.1:1", *mistyped]) == 2
         refused = capsys.readouterr().err  # argparse's "unrecognized arguments" echoed it
         assert "unrecognized arguments: --pass" in refused or "--pw ***" in refused, refused
@@ -659,10 +665,10 @@ def test_a_gateway_under_another_services_login_says_the_broker_drops_its_output
     3.1.1 has no refusal for a publish). It now checks that its own 'online' comes back.
     And a login whose password is missing said only "Not authorized", never naming it."""
     broker, users = secured_broker
-    wrong = _gateway_log(broker, "api", users["api"], tmp_path, 4 + ECHO_QUIET_S + 2)
+    wrong = _gateway_log(broker, "api", users["api"], tmp_path, 4 + 2 * ECHO_QUIET_S + 1)
     assert "never passed this gateway's own 'online'" in wrong, wrong[-3000:]
     assert "PARKGUIDE_MQTT_USERNAME" in wrong and "(it is 'api')" in wrong
-    right = _gateway_log(broker, "gateway", users["gateway"], tmp_path, 4 + ECHO_QUIET_S + 2)
+    right = _gateway_log(broker, "gateway", users["gateway"], tmp_path, 4 + 2 * ECHO_QUIET_S + 1)
     assert "running" in right and "never passed" not in right, right[-3000:]
     nopw = _gateway_log(broker, "gateway", None, tmp_path, 4)
     assert "refused the connection" in nopw, nopw[-3000:]

@@ -330,6 +330,7 @@ async function loadZones() {
   if (S.me) await loadClosures();
   if (r.ok) {
     S.zones = r.body; renderZones();
+    if (S.blind) renderLive(!!S.liveOn);
     // the counts as first shown are not news; changes from them are (said by announceZones)
     if (!S.spoken) S.spoken = new Map(S.zones.map((z) => [z.zone, freeSaid(z)]));
     else throttle("announce-zones", announceZones, ANNOUNCE_EVERY_MS);
@@ -484,6 +485,7 @@ function onZone(data) {
   if (S.me && data.closed !== undefined && data.closed !== S.zones[i].closed)
     throttle("closures", async () => { await loadClosures(); renderZones(); }, 1000);
   S.zones[i] = { ...S.zones[i], ...data };
+  if (S.blind) renderLive(!!S.liveOn); // known counts again: the badge says live
   dirty.zones.add(data.zone);
   redrawSoon();
   throttle("announce-zones", announceZones, ANNOUNCE_EVERY_MS);
@@ -1091,7 +1093,9 @@ function tickRefused() {
 function renderLive(on) {
   S.liveOn = on;
   const e = $("#live");
-  const blind = on && S.blind;
+  // only while the counts say so too: the alert is kept open a while after the gateway
+  // or broker came back (agents settling), when the counts are live again already
+  const blind = on && S.blind && !(S.zones || []).some((z) => z.free + z.occupied > 0);
   e.className = "live " + (on ? "on" : "off") + (blind ? " blind" : "");
   const refused = !on && S.refused;
   e.textContent = t(blind ? `live_${S.blind}` : on ? "live" : refused ? (S.refused.status === 429 ? "live_full" : "live_busy") : (S.es ? "reconnecting" : "connecting"));
