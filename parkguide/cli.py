@@ -100,6 +100,13 @@ class CommandParser(argparse.ArgumentParser):
             self.error("unrecognized arguments: " + " ".join(_masked_values(unknown)))
         return parsed
 
+    def error(self, message: str):  # type: ignore[no-untyped-def, override]
+        # "-hunter2" reads as -h with an argument: argparse quotes the rest of it
+        super().error(_EXPLICIT.sub("explicit argument '***'", message))
+
+
+_EXPLICIT = re.compile(r"explicit argument '.*'", re.S)
+
 
 _FLAG_NAME = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*")
 

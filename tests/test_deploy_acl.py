@@ -233,12 +233,14 @@ def test_no_command_takes_a_password_as_a_flag(command, tmp_path, capsys):
         ["--passwor=hunter2"],
         ["--pw", "hunter2"],
         ["--pass", "-Xk9hunter2"],  # a value that starts like a flag
+        ["--pass", "-hunter2"],  # read as -h with an argument, which argparse quoted
         ["--pass", "correct hunter2 battery staple"],  # one argument with spaces
     ):
         assert cli_exit_code([*argv, "--broker", "mqtt://127.0.0.1:1", *mistyped]) == 2
         refused = capsys.readouterr().err  # argparse's "unrecognized arguments" echoed it
-        assert "unrecognized arguments: --pass" in refused or "--pw ***" in refused, refused
-        assert "hunter2" not in refused, refused
+        told = ("unrecognized arguments: --pass", "--pw ***", "explicit argument '***'")
+        assert any(t in refused for t in told), refused
+        assert "unter2" not in refused, refused
     secret = "mqtt://gateway:Sup3rSecret@127.0.0.1:notaport"
     assert cli_exit_code([*argv, "--broker", secret]) != 0
     err = capsys.readouterr().err
