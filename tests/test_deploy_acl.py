@@ -637,8 +637,11 @@ def test_an_agent_over_a_slow_link_does_not_say_the_broker_drops_its_reports(
     assert errors == []
 
 
-def _gateway_log(broker, user: str, password: str | None, tmp_path: Path, seconds: float) -> str:
-    """``parkguide gateway`` on the example site under this login for ``seconds``: its log."""
+def _gateway_log(
+    broker, user: str, password: str | None, tmp_path: Path, until: str, then_s: float = 0.0
+) -> str:
+    """``parkguide gateway`` on the example site under this login, until its log says
+    ``until`` (60 s at most: a loaded machine starts it slowly) and ``then_s`` more: its log."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARKGUIDE_MQTT_")}
     env.update(PYTHONUNBUFFERED="1", PARKGUIDE_MQTT_USERNAME=user)
     if password is not None:
@@ -653,7 +656,11 @@ def _gateway_log(broker, user: str, password: str | None, tmp_path: Path, second
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         try:
-            time.sleep(seconds)
+            deadline = time.monotonic() + 60
+            while until not in log.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.2)
+            time.sleep(then_s)
         finally:
             stop_process(proc)
     return log.read_text()
@@ -667,12 +674,15 @@ def test_a_gateway_under_another_services_login_says_the_broker_drops_its_output
     3.1.1 has no refusal for a publish). It now checks that its own 'online' comes back.
     And a login whose password is missing said only "Not authorized", never naming it."""
     broker, users = secured_broker
-    wrong = _gateway_log(broker, "api", users["api"], tmp_path, 4 + 2 * ECHO_QUIET_S + 1)
+    wrong = _gateway_log(broker, "api", users["api"], tmp_path, "never passed")
     assert "never passed this gateway's own 'online'" in wrong, wrong[-3000:]
     assert "PARKGUIDE_MQTT_USERNAME" in wrong and "(it is 'api')" in wrong
-    right = _gateway_log(broker, "gateway", users["gateway"], tmp_path, 4 + 2 * ECHO_QUIET_S + 1)
+    # the right login, as long again after it runs as the wrong one took to be told
+    right = _gateway_log(
+        broker, "gateway", users["gateway"], tmp_path, "running", 2 * ECHO_QUIET_S + 1
+    )
     assert "running" in right and "never passed" not in right, right[-3000:]
-    nopw = _gateway_log(broker, "gateway", None, tmp_path, 4)
+    nopw = _gateway_log(broker, "gateway", None, tmp_path, "refused the connection")
     assert "refused the connection" in nopw, nopw[-3000:]
     assert "user 'gateway' was given without a password" in nopw
     assert "PARKGUIDE_MQTT_PASSWORD" in nopw
