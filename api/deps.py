@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 
 from api.alerts import AlertBook
 from api.auth import LoginLimiter, Session, SessionSigner, User, UserStore
@@ -165,6 +168,43 @@ def public_or_login(ctx: Ctx, user: OptionalUser) -> User | None:
     if user is None and not ctx.settings.public_read:
         logged_in(None)
     return user
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameters a route reads, its dependencies' included."""
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def single_valued_query(request: Request) -> None:
+    """Refuse a declared query parameter given more than once (``?zone=A&zone=B``):
+    every parameter of this API takes one value, and FastAPI would silently use the
+    last. It sits after the access check on each router, so a protected route still
+    answers 401 first; unknown parameters stay ignored, repeated or not."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    declared = _query_names(route.dependant)
+    counts = Counter(k for k, _ in request.query_params.multi_items() if k in declared)
+    repeated = sorted(k for k, n in counts.items() if n > 1)
+    if repeated:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "repeated",
+                    "loc": ("query", k),
+                    "msg": f"{k} given {counts[k]} times: this parameter takes one value",
+                }
+                for k in repeated
+            ]
+        )
+
+
+def guarded(access: Any) -> list[Any]:
+    """A router's dependencies: ``access`` first, then :func:`single_valued_query`."""
+    return [Depends(access), Depends(single_valued_query)]
 
 
 def metrics_access(request: Request, ctx: Ctx, user: OptionalUser) -> None:

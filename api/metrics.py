@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
-from api.deps import Ctx, metrics_access
+from api.deps import Ctx, guarded, metrics_access
 from api.models import ErrorOut
 from api.outbox_status import OutboxStatus
 
@@ -347,7 +347,7 @@ def _writer_status(out: Exposition, status: OutboxStatus) -> None:
 
 @router.get(
     "/metrics",
-    dependencies=[Depends(metrics_access)],
+    dependencies=guarded(metrics_access),
     responses={
         200: {
             "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},

@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from api.auth import User
-from api.deps import Ctx, logged_in, public_or_login
+from api.deps import Ctx, guarded, logged_in, public_or_login
 from gateway.displays import blind, zone_offered
 from gateway.readside import LiveView
 from parking.payloads import ZoneCounts
@@ -93,7 +93,7 @@ def _problem_doc(description: str) -> dict[str, Any]:
 router = APIRouter(
     prefix="/ngsi-ld/v1",
     tags=["ngsi-ld"],
-    dependencies=[Depends(public_or_login)],
+    dependencies=guarded(public_or_login),
     route_class=NgsiRoute,
     responses={
         400: _problem_doc("BadRequestData: a bad or unsupported query parameter"),

@@ -999,3 +999,24 @@ def test_the_gateway_says_when_it_has_lost_the_broker(tmp_path):
             assert back is not None and abs(time.time() - back) < 20
     finally:
         broker.stop()
+
+
+def test_a_parameter_given_twice_is_refused_not_the_last_one_taken(client, tokens):
+    """``?zone=A&zone=B`` took only B (FastAPI keeps the last): a manager exporting two
+    zones got one without a word. Now a 422 names the parameter, after the login check."""
+    for path in ("/api/v1/events.csv", "/api/v1/events", "/api/v1/spaces"):
+        r = client.get(f"{path}?zone=A&zone=B", headers=tokens["viewer"])
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["detail"][0]["loc"] == ["query", "zone"]
+        assert "one value" in r.json()["detail"][0]["msg"]
+        assert client.get(f"{path}?zone=A", headers=tokens["viewer"]).status_code == 200
+    assert client.get("/api/v1/events?zone=A&zone=B").status_code == 401
+    one = client.get("/api/v1/events?limit=5&zone=A", headers=tokens["viewer"])
+    assert one.status_code == 200
+    # a parameter the route does not read stays ignored, repeated or not
+    assert client.get("/api/v1/events?x=1&x=2", headers=tokens["viewer"]).status_code == 200
+    ngsi = client.get(
+        "/ngsi-ld/v1/entities?type=ParkingSpot&limit=1&limit=2", headers=tokens["viewer"]
+    )
+    assert ngsi.status_code == 400 and ngsi.json()["type"].endswith("BadRequestData"), ngsi.text
+    assert "limit" in ngsi.json()["detail"]

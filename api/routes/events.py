@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import Ctx, require_login
+from api.deps import Ctx, guarded, require_login
 from api.history import sample_times, zone_series
 from api.journal import EventFilter, EventRow, event_zone
 from api.models import EventOut, EventPage, HistoryOut, HistoryOutage, HistoryPoint, HistorySeries
@@ -24,7 +24,7 @@ from gateway.journal import ALIVE_JOURNAL_S
 router = APIRouter(
     prefix="/api/v1",
     tags=["journal"],
-    dependencies=[Depends(require_login)],
+    dependencies=guarded(require_login),
     responses=VIEWER_ERRORS,
 )
 

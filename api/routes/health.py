@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from api.deps import Ctx, require_login, require_technician
+from api.deps import Ctx, guarded, require_login, require_technician
 from api.models import (
     AgentOut,
     BootConflictOut,
@@ -20,13 +20,13 @@ from api.routes import TECHNICIAN_ERRORS, VIEWER_ERRORS, echo, invalid, not_foun
 router = APIRouter(
     prefix="/api/v1",
     tags=["health"],
-    dependencies=[Depends(require_login)],
+    dependencies=guarded(require_login),
     responses=VIEWER_ERRORS,
 )
 raw_router = APIRouter(
     prefix="/api/v1",
     tags=["health"],
-    dependencies=[Depends(require_technician)],
+    dependencies=guarded(require_technician),
     responses=TECHNICIAN_ERRORS,
 )
 

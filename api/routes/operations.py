@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -21,6 +21,7 @@ from api.deps import (
     LoggedIn,
     Manager,
     PageUser,
+    guarded,
     require_login,
     require_manager,
 )
@@ -65,11 +66,11 @@ from parking.payloads import Assignment, LocalText
 log = logging.getLogger(__name__)
 
 router = APIRouter(
-    prefix="/api/v1", tags=["operations"], dependencies=[Depends(require_login)],
+    prefix="/api/v1", tags=["operations"], dependencies=guarded(require_login),
     responses=VIEWER_ERRORS,
 )  # fmt: skip
 manager_router = APIRouter(
-    prefix="/api/v1", tags=["operations"], dependencies=[Depends(require_manager)],
+    prefix="/api/v1", tags=["operations"], dependencies=guarded(require_manager),
     responses=MANAGER_ERRORS,
 )  # fmt: skip
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from api.deps import Ctx, public_or_login
+from api.deps import Ctx, guarded, public_or_login
 from api.models import DisplayOut, ZoneOut
 from api.routes import PUBLIC_ERRORS
 from gateway.displays import zone_offered
@@ -14,7 +14,7 @@ from gateway.displays import zone_offered
 router = APIRouter(
     prefix="/api/v1",
     tags=["public"],
-    dependencies=[Depends(public_or_login)],
+    dependencies=guarded(public_or_login),
     responses=PUBLIC_ERRORS,
 )
 

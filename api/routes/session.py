@@ -8,14 +8,16 @@ import math
 import time
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
 from api.auth import User, VerifierBusy
-from api.deps import Ctx, OptionalUser, session_of
+from api.deps import Ctx, OptionalUser, session_of, single_valued_query
 from api.models import ErrorOut, LoginOut, LoginRequest, SessionOut, UserOut
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1/auth", tags=["session"])
+router = APIRouter(
+    prefix="/api/v1/auth", tags=["session"], dependencies=[Depends(single_valued_query)]
+)
 
 VERIFY_WAIT_S = 2.0
 """How long a login waits for a password-check slot before it answers 503 (see

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from api.deps import Ctx, require_login
+from api.deps import Ctx, guarded, require_login
 from api.models import (
     EntranceOut,
     LaneNodeOut,
@@ -24,7 +24,7 @@ from api.routes import VIEWER_ERRORS, echo, invalid, not_found
 from parking.site import Site, format_window
 
 router = APIRouter(
-    prefix="/api/v1", tags=["site"], dependencies=[Depends(require_login)], responses=VIEWER_ERRORS
+    prefix="/api/v1", tags=["site"], dependencies=guarded(require_login), responses=VIEWER_ERRORS
 )
 
 

@@ -25,14 +25,19 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
 from api.auth import Session, User
-from api.deps import Ctx, logged_in, public_or_login, session_of
+from api.deps import Ctx, logged_in, public_or_login, session_of, single_valued_query
 from api.live import PUBLIC_KINDS, StreamClient, UserStreamsFull
 from api.models import ErrorOut
 from api.routes import PUBLIC_ERRORS
 from gateway.readside import LiveEvent
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1", tags=["live"], responses=PUBLIC_ERRORS)
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["live"],
+    responses=PUBLIC_ERRORS,
+    dependencies=[Depends(single_valued_query)],
+)
 
 HEARTBEAT_S = 15.0
 BATCH_S = 0.1  # a stream sends at most this often: what came meanwhile goes in one chunk
