@@ -420,6 +420,25 @@ def test_eval_reads_names_that_are_not_utf8_and_followed_links(
     assert json.loads(out)["images"] == 2
 
 
+def test_eval_patches_reads_pklot_segmented_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """PKLotSegmented, the patches PKLot itself publishes, labels by ``Occupied`` and
+    ``Empty`` folders: those were not found ("no labelled patches")."""
+    frame, _ = _two_tone_space(0.0)
+    for label, n in (("Occupied", 2), ("Empty", 3)):
+        day = tmp_path / "PKLotSegmented" / "UFPR04" / "Sunny" / "2012-12-07" / label
+        day.mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(day / f"{i}.jpg"), frame[:60, :60])
+    rc, out, err = _run_eval([str(tmp_path), "--patches", "--json"], capsys)
+    assert rc == 0, err
+    got = json.loads(out)
+    assert got["images"] == 5 and got["spaces"] == 5
+    # one picture for all five: it is called the same, right for 2 or for 3 of them
+    assert got["accuracy"] in (0.4, 0.6)
+
+
 def test_eval_skips_truncated_jpegs_naming_them(
     tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
 ) -> None:

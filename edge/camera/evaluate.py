@@ -4,7 +4,8 @@ Full-frame mode (default): every image (jpg/jpeg/png/bmp/tif/webp, any depth
 under DIR, symlinked folders followed) that has a PKLot XML file of the same stem
 is classified space by space from the labelled contours (a space mostly outside
 its image is skipped with a warning). ``--patches`` mode: DIR holds ``busy/`` and ``free/``
-folders of single-space patches (any depth below them). Occupied is the
+folders of single-space patches (any depth below them; PKLotSegmented's
+``Occupied/`` and ``Empty/`` too). Occupied is the
 positive class; precision, recall or F1 with nothing to divide by (no occupied
 space called, or none labelled) is ``null``, not a perfect score. ``ms_per_frame`` is the classification time per frame (or per
 patch with ``--patches``), image decoding excluded.
@@ -44,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, help="dataset directory")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument(
-        "--patches", action="store_true", help="DIR has busy/ and free/ single-space patches"
+        "--patches",
+        action="store_true",
+        help="DIR has busy/ and free/ (or Occupied/ and Empty/) single-space patches",
     )
     parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: bundled)")
 
@@ -148,13 +151,15 @@ def evaluate_frames(root: Path, clf: SpaceClassifier) -> dict[str, float | int |
     return out
 
 
-_PATCH_LABELS = {"busy": True, "free": False}
+_PATCH_LABELS = {"busy": True, "free": False, "occupied": True, "empty": False}
+"""Label folders (any letter case): CNRPark's ``busy``/``free``, PKLotSegmented's
+``Occupied``/``Empty``."""
 
 
 def _patch_files(root: Path) -> list[tuple[Path, bool]]:
-    """Every image under a folder named ``busy`` or ``free`` (any letter case) at any depth
-    below ``root`` (``root/busy``, CNRPark's ``A/busy``, ...): the nearest such folder
-    gives its label."""
+    """Every image under a label folder (:data:`_PATCH_LABELS`) at any depth below
+    ``root`` (``root/busy``, CNRPark's ``A/busy``, PKLotSegmented's
+    ``UFPR04/Sunny/2012-12-07/Empty``, ...): the nearest such folder gives its label."""
     files: list[tuple[Path, bool]] = []
     for p in walk_files(root):
         if p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -192,7 +197,9 @@ def evaluate_patches(
         preds.append(occ)
         truths.append(np.array(labels, dtype=bool))
     if not preds:
-        raise EvalError(f"no labelled patches in busy/ or free/ folders under {root}")
+        raise EvalError(
+            f"no labelled patches in busy/ or free/ (or Occupied/, Empty/) folders under {root}"
+        )
     pred, truth = np.concatenate(preds), np.concatenate(truths)
     n = int(len(truth))
     out: dict[str, float | int | None] = {"images": n, "spaces": n}
