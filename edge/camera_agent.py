@@ -221,6 +221,10 @@ class CameraAgent:
             return []
         self._processed.append(mono)
         self.stream_up = True
+        if self._lost_reported:
+            # said when it was lost: say it is back too (the stream's own "open" lines are
+            # rate-limited, and a log ending on "no frame" reads as still blind)
+            log.info("camera %s: frames again after the stream was lost", self.camera.id)
         self._lost_reported = False
         normals, refused = self.monitor.new_normals, self.monitor.refused_normals
         cell_normals = self.monitor.new_cell_normals

@@ -194,7 +194,8 @@ def went_offline(report: HealthReport) -> HealthReport:
         update={
             "status": "offline",
             "counters": counters,
-            "fps": None if report.fps is None else 0.0,
+            # a camera's is 0 (no stream), even if too few frames came to measure it
+            "fps": 0.0 if report.fps is not None or "stream_up" in counters else None,
             "fault": None,  # offline says it: not a camera that is blind while running
             "spaces": [s.model_copy(update={"confidence": 0.0}) for s in report.spaces],
             "nodes": [

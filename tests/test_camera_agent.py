@@ -332,6 +332,24 @@ def test_agent_turns_spaces_unknown_when_frames_stop(lot, tmp_path: Path) -> Non
     assert agent.counters["stream_lost"] == 1  # one outage, counted once
 
 
+def test_the_log_says_when_a_lost_stream_is_back(
+    lot, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log said "no frame for 5.0 s" and nothing when frames came again (the stream's
+    own "open" line is rate-limited): read later, the camera looked blind still."""
+    cam, scene, _truth = lot
+    agent = make_agent(cam, tmp_path)
+    caplog.set_level(logging.INFO, logger="edge.camera_agent")
+    agent.on_frame(scene.render(10 * 60, 0.0), 1000.0, 0.0)
+    agent.on_idle(age=DEFAULT_STALE_S + 0.1, since_start=8.0, wall=1006.0)
+    assert "no frame for" in caplog.text and "frames again" not in caplog.text
+    agent.on_frame(scene.render(10 * 60, 9.0), 1009.0, 9.0)
+    back = [r for r in caplog.records if "frames again" in r.getMessage()]
+    assert len(back) == 1 and cam.id in back[0].getMessage()
+    agent.on_frame(scene.render(10 * 60, 9.3), 1009.3, 9.3)
+    assert len([r for r in caplog.records if "frames again" in r.getMessage()]) == 1
+
+
 # -- end to end: sim camera -> camera agent -> mosquitto -> subscriber ---------------
 
 AGENT_FLAGS = (

@@ -494,10 +494,27 @@ def test_rotated_rect_only_and_zero_area_contours(caplog: pytest.LogCaptureFixtu
         <point x="10" y="10"/><point x="0" y="10"/></contour></space>
     </parking>"""
     with caplog.at_level("WARNING"):
-        spaces = labelled_spaces(xml)
+        spaces = labelled_spaces(xml, "lot/f1.xml")
     assert [s.id for s in spaces] == ["1", "3"]
     assert cv2.contourArea(spaces[0].contour.reshape(-1, 1, 2)) == pytest.approx(3200, rel=0.05)
-    assert any("1 labelled space(s) without a usable contour" in r.message for r in caplog.records)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("lot/f1.xml: 1 labelled space(s) without a usable contour" in m for m in said)
+
+
+def test_eval_names_an_xml_without_a_label_it_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An image whose XML had no label read as 0 or 1 (occupied="02") dropped out of the
+    figures without a word."""
+    _, poly = _two_tone_space(0.0)
+    _labelled_frame(tmp_path, "good.xml", [(' occupied="1"', poly)])
+    _labelled_frame(tmp_path, "odd.xml", [(' occupied="02"', poly), (' occupied="12"', poly)])
+    with caplog.at_level("WARNING"):
+        rc, out, err = _run_eval([str(tmp_path), "--json"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["images"] == 1
+    (warned,) = [r.getMessage() for r in caplog.records if "odd.xml" in r.getMessage()]
+    assert "no space labelled" in warned and "odd.jpg skipped" in warned
 
 
 def test_eval_reads_other_image_formats(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

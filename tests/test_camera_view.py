@@ -124,3 +124,44 @@ def test_a_camera_url_is_never_shown_with_its_password(url: str) -> None:
     assert password not in shown and "admin" not in shown
     assert shown.startswith(url.split("://")[0] + "://***@")
     assert shown.endswith(url.rsplit("@", 1)[1])
+
+
+def test_a_picture_of_another_shape_is_said_to_blind_the_agent(tmp_path: Path) -> None:
+    """A 4:3 picture for a 16:9 site file: the agent reports every space unknown (fault
+    geometry), but the tool only said the polygons were scaled, and listed decisions."""
+    from firmware_sim.camera_render import CameraScene
+
+    cam = next(c for c in load_site(EXAMPLE_SITE).cameras if c.id == CAMERA)
+    frame = CameraScene(cam.polygons, cam.resolution).render(720, 0.0)
+    picture = tmp_path / "four-three.png"
+    cv2.imwrite(str(picture), cv2.resize(frame, (640, 480), interpolation=cv2.INTER_AREA))
+    code, result = view(EXAMPLE_SITE, str(picture), tmp_path / "out.png")
+    assert code == 1 and not result["ok"] and result["frame"] == "geometry", result
+    (problem,) = [p for p in result["problems"] if "640x480" in p]
+    assert "unknown" in problem and "--squeezed-stream" in problem
+
+
+def _view_error(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        parkguide_cmd("site", "camera-view", "--site", str(EXAMPLE_SITE), *args),
+        capture_output=True,
+        text=True,
+        env={**proc_env(), "EMPTY_SOURCE": ""},
+        timeout=90,
+    )
+
+
+def test_sources_and_cameras_that_cannot_be_read_are_named_on_one_line(tmp_path: Path) -> None:
+    """A mistyped file read as "no frame from …" (exit 1, as for problems found), an
+    empty variable as "no frame from " and nothing, and an unknown camera came out one
+    character per line."""
+    out = str(tmp_path / "v.jpg")
+    missing = _view_error("--camera", CAMERA, "--source", str(tmp_path / "nope.jpg"), "--out", out)
+    assert missing.returncode == 2 and "no such file" in missing.stderr, missing.stderr
+    empty = _view_error("--camera", CAMERA, "--source-env", "EMPTY_SOURCE", "--out", out)
+    assert empty.returncode == 2 and "$EMPTY_SOURCE is empty" in empty.stderr, empty.stderr
+    camera = _view_error("--camera", "cam-x", "--source", "0", "--out", out)
+    assert camera.returncode == 2
+    (line,) = camera.stderr.strip().splitlines()
+    assert "no camera 'cam-x'" in line and CAMERA in line
+    assert not Path(out).exists()

@@ -17,6 +17,7 @@ from parking.payloads import (
     OccupancyReport,
     SpaceControl,
     ZoneCounts,
+    went_offline,
 )
 
 LINE = {"label": {"zh": "A区", "en": "Zone A"}, "arrow": "left", "count": 3, "status": "ok",
@@ -73,3 +74,15 @@ def test_what_is_sent_to_the_gateway_refuses_unknown_keys(model, body):
     model.model_validate_json(json.dumps(body), strict=True)
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         model.model_validate_json(json.dumps({**body, "sapces": []}), strict=True)
+
+
+def test_a_stopped_cameras_health_has_a_frame_rate_of_zero_a_bus_agents_none():
+    """wire-contracts: the offline health's ``fps`` is 0. A camera stopped before its
+    rate could be measured (a one-frame file) left ``null`` retained."""
+    camera = HealthReport(
+        agent="cam", source="cam-c", ts=1.0, fps=None, counters={"stream_up": 1, "frames": 1}
+    )
+    assert went_offline(camera).fps == 0.0
+    assert went_offline(camera.model_copy(update={"fps": 9.5})).fps == 0.0
+    bus = HealthReport(agent="bus", source="bus-g", ts=1.0, counters={"port_up": 1})
+    assert went_offline(bus).fps is None

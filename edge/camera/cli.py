@@ -18,7 +18,7 @@ from pathlib import Path
 from edge.camera.aim_store import ViewStore
 from edge.camera.quality import QualitySettings
 from edge.camera.smoothing import SmoothingSettings
-from edge.camera.stream import FrameReader, describe, file_problem, parse_source
+from edge.camera.stream import FrameReader, describe, parse_source, source_problem
 from edge.camera_agent import (
     DEFAULT_FPS_LIMIT,
     DEFAULT_HEALTH_INTERVAL_S,
@@ -192,7 +192,7 @@ def main(args: argparse.Namespace) -> int:
             " user can read (ps, systemctl status): give it with --source-env VAR instead",
             describe(source),
         )
-    problem = file_problem(source) if isinstance(source, str) and "://" not in source else None
+    problem = source_problem(source)
     if problem:
         print(f"error: --source {source}: {problem}", file=sys.stderr)
         return 2

@@ -102,6 +102,9 @@ def evaluate_frames(root: Path, clf: SpaceClassifier) -> dict[str, float | int |
             log.warning("skipping %s: %s", xml_path, exc)
             continue
         if not spaces:
+            log.warning(
+                '%s: no space labelled occupied="0" or "1"; %s skipped', xml_path, img_path.name
+            )
             continue
         try:
             frame = read_image(img_path)

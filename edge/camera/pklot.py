@@ -96,11 +96,12 @@ def _contour(space: ET.Element) -> np.ndarray | None:
     return contour
 
 
-def parse_pklot_xml(text: str | bytes) -> list[Space]:
+def parse_pklot_xml(text: str | bytes, source: str = "PKLot XML") -> list[Space]:
     """Parse PKLot XML text into spaces (unlabelled ones have ``occupied=None``).
 
     A space without three contour points falls back to its ``<rotatedRect>``; one
-    enclosing no area (a point, a line) is skipped, with a warning when it is labelled.
+    enclosing no area (a point, a line) is skipped, with a warning naming ``source``
+    when it is labelled.
     """
     root = ET.fromstring(text)
     spaces: list[Space] = []
@@ -114,19 +115,19 @@ def parse_pklot_xml(text: str | bytes) -> list[Space]:
         sid = _attr(elem, "id") or str(i + 1)
         spaces.append(Space(sid, contour, _parse_occupied(_attr(elem, "occupied"))))
     if skipped:
-        log.warning("%d labelled space(s) without a usable contour skipped", skipped)
+        log.warning("%s: %d labelled space(s) without a usable contour skipped", source, skipped)
     return spaces
 
 
-def labelled_spaces(text: str | bytes) -> list[Space]:
+def labelled_spaces(text: str | bytes, source: str = "PKLot XML") -> list[Space]:
     """Only the spaces that carry an ``occupied`` label."""
-    return [s for s in parse_pklot_xml(text) if s.occupied is not None]
+    return [s for s in parse_pklot_xml(text, source) if s.occupied is not None]
 
 
 def load_pklot_xml(path: str | Path, labelled_only: bool = True) -> list[Space]:
     """Read a PKLot XML file; by default drop unlabelled spaces."""
     data = Path(path).read_bytes()
-    return labelled_spaces(data) if labelled_only else parse_pklot_xml(data)
+    return labelled_spaces(data, str(path)) if labelled_only else parse_pklot_xml(data, str(path))
 
 
 # what cv2.imdecode reads in every OpenCV build

@@ -88,6 +88,14 @@ def is_file_source(source: str | int) -> bool:
     return isinstance(source, str) and "://" not in source and os.path.exists(source)
 
 
+def source_problem(source: str | int) -> str | None:
+    """:func:`file_problem` for a source that names a file (not a URL, not a device
+    index): a mistyped path is said as such, not as a stream that gave no frame."""
+    if isinstance(source, str) and "://" not in source:
+        return file_problem(source)
+    return None
+
+
 def file_problem(path: str) -> str | None:
     """Why a file named as the source is not a video OpenCV can read, or None. A URL or a
     device may come back after a failure; a wrong file never will, so it is said at once."""

@@ -25,9 +25,15 @@ import cv2
 import numpy as np
 
 from edge.camera.crops import fit_polygons
-from edge.camera.quality import FrameQualityMonitor
+from edge.camera.quality import FrameQualityMonitor, shape_matches
 from edge.camera.smoothing import SmoothingSettings
-from edge.camera.stream import describe, file_problem, is_file_source, parse_source, quiet_backends
+from edge.camera.stream import (
+    describe,
+    is_file_source,
+    parse_source,
+    quiet_backends,
+    source_problem,
+)
 from parking.site import Camera, SiteError, load_site
 
 log = logging.getLogger(__name__)
@@ -152,7 +158,7 @@ def _camera(site_path: str, camera_id: str) -> Camera:
         if cam.id == camera_id:
             return cam
     known = ", ".join(c.id for c in site.cameras) or "none"
-    raise SiteError(f"{site_path}: no camera {camera_id!r} (cameras: {known})")
+    raise SiteError([f"{site_path}: no camera {camera_id!r} (cameras: {known})"])
 
 
 def main(args: argparse.Namespace) -> int:
@@ -164,12 +170,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"parkguide site camera-view: {exc}", file=sys.stderr)
         return 2
     raw = os.environ.get(args.source_env) if args.source_env else args.source
-    if raw is None:
-        print(f"parkguide site camera-view: ${args.source_env} is not set", file=sys.stderr)
+    if not raw or not raw.strip():
+        what = f"${args.source_env} is {'empty' if raw is not None else 'not set'}"
+        print(f"parkguide site camera-view: {what}", file=sys.stderr)
         return 2
     source = parse_source(raw)
-    if is_file_source(source) and (why := file_problem(str(source))):
-        print(f"parkguide site camera-view: --source {source}: {why}", file=sys.stderr)
+    if (why := source_problem(source)) is not None:
+        print(f"parkguide site camera-view: --source {describe(source)}: {why}", file=sys.stderr)
         return 2
     out = Path(args.out)
     if out.suffix.lower() not in (".jpg", ".jpeg", ".png"):
@@ -188,8 +195,16 @@ def main(args: argparse.Namespace) -> int:
     space_ids = list(camera.polygons)
     polygons = fit_polygons(list(camera.polygons.values()), camera.resolution, (width, height))
     problems = []
-    if (width, height) != tuple(camera.resolution):
-        cw, ch = camera.resolution
+    cw, ch = camera.resolution
+    other_shape = not shape_matches((width, height), camera.resolution)
+    if other_shape:
+        problems.append(
+            f"the picture is {width}x{height}, another shape than the site file's {cw}x{ch}: "
+            "the agent reports every space unknown (blind, geometry) unless this stream is "
+            "the camera's whole view squeezed to another shape (then run it with "
+            "--squeezed-stream); another camera or a cropped view needs its own polygons"
+        )
+    elif (width, height) != (cw, ch):
         problems.append(
             f"the picture is {width}x{height}, the site file says {cw}x{ch}: the polygons are "
             "scaled (right for a substream of the same view, wrong for another camera)"
@@ -215,7 +230,10 @@ def main(args: argparse.Namespace) -> int:
         "width": width,
         "height": height,
         "out": str(out),
-        "frame": quality.fault.value if quality.fault is not None else "ok",
+        # the agent's own verdict on this picture: its health's fault when blind
+        "frame": quality.fault.value
+        if quality.fault is not None
+        else ("geometry" if other_shape else "ok"),
         "spaces": [v.__dict__ for v in views] if views is not None else [],
         "problems": problems,
     }
