@@ -166,6 +166,7 @@ class CameraAgent:
         self._status = "blind"
         self._next_health = 0.0
         self._lost_reported = False
+        self._decided = False  # any space settled free or occupied in this run
 
     # -- pure-ish steps (no network) -------------------------------------------------
     def _plan_for(self, frame: np.ndarray) -> Any:
@@ -546,6 +547,14 @@ class CameraAgent:
                 # a recording has no "after": its spaces go unknown with the agent's
                 # offline (on the way out), not the last scene left up as live
                 log.info("camera %s: the file ended; stopping (--loop replays it)", self.camera.id)
+                if not self._decided:
+                    log.warning(
+                        "camera %s: no space was decided in this file: a decision must hold "
+                        "for --hold-s %.1f s of frames (a still picture or a shorter clip "
+                        "leaves every space unknown; --loop, or a lower --hold-s to try it)",
+                        self.camera.id,
+                        self.smoother.settings.hold_s,
+                    )
                 return
             wall, mono = self._wall(), self._clock()
             try:
@@ -561,6 +570,7 @@ class CameraAgent:
                 else:
                     age = reader.last_frame_age(mono)
                     changes = self.on_idle(age, mono - started, wall, mono)
+                self._decided = self._decided or any(c.state != SpaceState.UNKNOWN for c in changes)
                 self.publish(changes, reader, mono)
             except SpoolBusy:
                 raise

@@ -523,9 +523,11 @@ def test_a_video_file_that_ends_ends_the_reader(tmp_path: Path) -> None:
 
 
 def test_the_agent_stops_at_the_end_of_a_video_file(
-    tmp_path: Path, mosquitto, capsys: pytest.CaptureFixture
+    tmp_path: Path, mosquitto, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Its spaces go unknown with its offline, and it exits 0 by itself."""
+    """Its spaces go unknown with its offline, and it exits 0 by itself; a clip in which
+    nothing was decided says so (a technician trying a still or a short clip saw only
+    unknown spaces and an "ended" line)."""
     from parkguide.cli import main
 
     clip = tmp_path / "clip.avi"
@@ -551,6 +553,8 @@ def test_the_agent_stops_at_the_end_of_a_video_file(
         assert availability == b"offline"
     finally:
         recorder.close()
+    (said,) = [r.getMessage() for r in caplog.records if "no space was decided" in r.getMessage()]
+    assert "--hold-s" in said and "--loop" in said
 
 
 def test_a_video_file_that_ends_is_replayed_with_loop(tmp_path: Path) -> None:
