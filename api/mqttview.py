@@ -677,7 +677,7 @@ class MqttLiveView:
                         since=shown_since,
                         last_seen=self._last_seen.get(sp.id),
                         source=binding.source if binding else None,
-                        # not while a car is in it (being seen: gateway.live's _on_their_way)
+                        # not while a car is in it (being seen: gateway.live_read's _on_their_way)
                         held=sp.id in held and state != "occupied",
                         observed_since=self._observed_since.get(sp.id),
                     )

@@ -4,7 +4,8 @@
 a space without a hold (the arrival is old, or its entrance has its cap of holds
 outstanding), or no space and why (full, blind, closed to the class now, busy). It keeps
 the holds each entrance has outstanding and counts what it answered without a hold; the
-engine (:mod:`gateway.live`) journals the answer and publishes it.
+engine's part for arrivals (:mod:`gateway.live_arrivals`) journals the answer and publishes
+it.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ NO_SPACE_BUSY = LocalText(  # the entrance has --max-holds-per-entrance holds ou
 )
 ARRIVAL_MAX_AGE_S = 60.0
 """An arrival stamped (``ts``) longer ago than this, by its gate's clock as the gateway has
-learned it (:meth:`gateway.live.LiveGateway._arrival_age`), is answered without holding a
-space."""
+learned it (:meth:`gateway.live_arrivals.LiveArrivals._arrival_age`), is answered without
+holding a space."""
 ARRIVAL_LIVE_AFTER_S = 10.0  # connected this long: an arrival is no backlog of the broker's
 MAX_HOLD_S = 86400.0  # a hold is for a car on its way to a space: a day is far beyond it
 CANCEL_REFUSALS = ("unknown_request", "already_cancelled", "not_held", "car_seen", "hold_expired")

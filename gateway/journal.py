@@ -161,7 +161,7 @@ HEARD_AHEAD_S = 5.0
 CLEAN_STOP_KEY = "clean_stop"
 """meta key: the wall time of a clean stop (older releases wrote "1"), once it journaled
 every agent's newest quiet report; cleared at each start. Without it the last run ended in
-a crash, and a quiet agent's seq may be up to ``gateway.live.QUIET_JOURNAL_S`` behind what
+a crash, and a quiet agent's seq may be up to ``gateway.live_journal.QUIET_JOURNAL_S`` behind what
 that run had taken."""
 
 CHECKPOINT_KEY = "checkpoint_event"

@@ -260,7 +260,7 @@ class GatewayService:
             client_id=self.client_id,
             clean_session=False,  # the broker keeps QoS 1 reports for us while we restart
             # a report is acknowledged only once it is in the journal (one that changes
-            # nothing: once held for the journal, gateway.live.QUIET_JOURNAL_S)
+            # nothing: once held for the journal, gateway.live_journal.QUIET_JOURNAL_S)
             manual_ack=True,
         )
         # the session the broker kept under the id this journal's gateway used before (a

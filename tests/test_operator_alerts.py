@@ -31,7 +31,7 @@ from gateway_support import Clocks
 
 import api.alerts
 import api.live
-import gateway.live
+import gateway.live_read
 from api.alerts import NEVER_SEEN_GRACE_S, Alert, AlertBook, derive_alerts
 from api.app import create_app
 from gateway.journal import Journal
@@ -582,13 +582,13 @@ def test_listing_the_spaces_builds_them_outside_the_gateways_lock(tmp_path, monk
     h = GatewayHarness(load_site(EXAMPLE_SITE), tmp_path / "journal.sqlite")
     h.fill(occupied=[h.site.spaces[0].id])
     built_locked = []
-    real = gateway.live.SpaceStatus
+    real = gateway.live_read.SpaceStatus
 
     def space_status(**kw):
         built_locked.append(h.gateway.lock._is_owned())  # type: ignore[attr-defined]
         return real(**kw)
 
-    monkeypatch.setattr(gateway.live, "SpaceStatus", space_status)
+    monkeypatch.setattr(gateway.live_read, "SpaceStatus", space_status)
     try:
         spaces = h.gateway.spaces()
         assert len(spaces) == len(h.site.spaces) == len(built_locked)
