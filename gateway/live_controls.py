@@ -131,7 +131,11 @@ class LiveControls:
         return None  # applied here, in the gateway itself
 
     def settle(
-        self, spaces: Collection[str], zones: Collection[str] = (), within: float = 1.0
+        self,
+        spaces: Collection[str],
+        zones: Collection[str] = (),
+        within: float = 1.0,
+        by: str | None = None,
     ) -> bool:
         return True  # controls are applied here before they are answered
 
