@@ -17,6 +17,10 @@ import sys
 # command words -> (module, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("site", "check"): ("parkguide.site_check", "validate a site file and print a summary"),
+    ("site", "acl"): (
+        "parkguide.site_acl",
+        "write the broker ACL for a site file: each login its own topics of this site",
+    ),
     ("site", "camera-view"): (
         "edge.camera.view",
         "draw a camera's space polygons and decisions over a frame (commissioning)",

@@ -52,8 +52,10 @@ def _as_mosquitto_can_read(tmp_path: Path) -> Path | None:
     return folder
 
 
-@pytest.fixture
-def secured_broker(tmp_path: Path):
+@contextlib.contextmanager
+def _secured(tmp_path: Path, acl_source: Path):
+    """mosquitto with the shipped conf, a passwords file made by make-passwords.sh and the
+    ACL ``acl_source``; yields (broker, {user: password})."""
     require("mosquitto")
     passwd_bin = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     users = {
@@ -83,7 +85,7 @@ def secured_broker(tmp_path: Path):
         if key == "password_file":
             line = f"password_file {pwfile}"
         if key == "acl_file":
-            acl = DEPLOY / "parkguide.acl"
+            acl = acl_source
             if shared is not None:
                 acl = Path(shutil.copy(acl, shared / "parkguide.acl"))
             line = f"acl_file {acl}"
@@ -92,10 +94,35 @@ def secured_broker(tmp_path: Path):
         body.append("user root")  # no 'mosquitto' user here to drop to
     broker = MosquittoBroker(tmp_path, extra_conf="\n".join(body) + "\n")
     broker.start()
-    yield broker, users
-    broker.stop()
-    if shared is not None:
-        shutil.rmtree(shared, ignore_errors=True)
+    try:
+        yield broker, users
+    finally:
+        broker.stop()
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
+
+
+def _site_acl(tmp_path: Path) -> Path:
+    """The ACL ``parkguide site acl`` writes for the example site, with the shared logins."""
+    out = tmp_path / "site.acl"
+    argv = ["site", "acl", str(EXAMPLE_SITE), "--shared-logins", "--out", str(out)]
+    subprocess.run(parkguide_cmd(*argv), check=True, capture_output=True, timeout=60)
+    return out
+
+
+@pytest.fixture
+def secured_broker(tmp_path: Path):
+    """The shipped ACL (patterns)."""
+    with _secured(tmp_path, DEPLOY / "parkguide.acl") as running:
+        yield running
+
+
+@pytest.fixture(params=["shipped", "site"])
+def either_acl(request, tmp_path: Path):
+    """The shipped ACL, then the one ``parkguide site acl`` makes: the same rights."""
+    acl = DEPLOY / "parkguide.acl" if request.param == "shipped" else _site_acl(tmp_path)
+    with _secured(tmp_path, acl) as running:
+        yield running
 
 
 def _client(broker: MosquittoBroker, user: str, password: str) -> mqtt.Client:
@@ -147,8 +174,8 @@ def _reads_exactly(gw: mqtt.Client, got: queue.Queue, sent: list[str], seen: set
         got.get(timeout=0.5)
 
 
-def test_agent_cannot_publish_as_another_agent(secured_broker):
-    broker, users = secured_broker
+def test_agent_cannot_publish_as_another_agent(either_acl):
+    broker, users = either_acl
     gw = _client(broker, "gateway", users["gateway"])
     got: queue.Queue = queue.Queue()
     gw.on_message = lambda cl, ud, msg: got.put((msg.topic, msg.payload))
@@ -169,8 +196,8 @@ def test_agent_cannot_publish_as_another_agent(secured_broker):
         c.disconnect()
 
 
-def test_gateway_writes_only_its_outputs_and_anonymous_is_refused(secured_broker):
-    broker, users = secured_broker
+def test_gateway_writes_only_its_outputs_and_anonymous_is_refused(either_acl):
+    broker, users = either_acl
     gw = _client(broker, "gateway", users["gateway"])
     # 0x10 "no matching subscribers" is still an accepted publish
     assert _publish_reason(gw, topics.display_content(SITE, "gate-north"), b"{}") in (0, 0x10)
@@ -290,10 +317,10 @@ def test_a_camera_password_given_with_source_is_warned_about_and_not_logged(tmp_
             assert "rtsp://***@127.0.0.1:1/stream1" in text, text
 
 
-def test_the_api_user_reads_what_it_shows_and_not_the_gates_plates(secured_broker):
+def test_the_api_user_reads_what_it_shows_and_not_the_gates_plates(either_acl):
     """The stand-alone API read every topic, arrivals with their plates included; it now
     reads only what its view subscribes to."""
-    broker, users = secured_broker
+    broker, users = either_acl
     api = _client(broker, "api", users["api"])
     got: queue.Queue = queue.Queue()
     api.on_message = lambda cl, ud, msg: got.put(msg.topic)
@@ -314,10 +341,10 @@ def test_the_api_user_reads_what_it_shows_and_not_the_gates_plates(secured_broke
         c.disconnect()
 
 
-def test_the_api_closes_zones_and_only_the_gateway_hears_it(secured_broker):
+def test_the_api_closes_zones_and_only_the_gateway_hears_it(either_acl):
     """A manager's zone close goes from the API's user to the gateway's (control/zones, as
     control/spaces); an agent or a gate may not send one."""
-    broker, users = secured_broker
+    broker, users = either_acl
     gw = _client(broker, "gateway", users["gateway"])
     got: queue.Queue = queue.Queue()
     gw.on_message = lambda cl, ud, msg: got.put(msg.topic)
@@ -339,10 +366,10 @@ def test_the_api_closes_zones_and_only_the_gateway_hears_it(secured_broker):
         c.disconnect()
 
 
-def test_a_gate_reads_its_answers_refusals_and_the_gateways_availability(secured_broker):
+def test_a_gate_reads_its_answers_refusals_and_the_gateways_availability(either_acl):
     """A gate controller learns whether its arrival was refused and whether the gateway is
     up (no answer coming: guide by the signs at once); it reads no sign or agent topic."""
-    broker, users = secured_broker
+    broker, users = either_acl
     gate, got = _listening(broker, users, "gate")
     gw = _client(broker, "gateway", users["gateway"])
     answers = [
@@ -359,11 +386,11 @@ def test_a_gate_reads_its_answers_refusals_and_the_gateways_availability(secured
         c.disconnect()
 
 
-def test_a_gate_cancels_an_arrival_and_only_the_gateway_hears_it(secured_broker):
+def test_a_gate_cancels_an_arrival_and_only_the_gateway_hears_it(either_acl):
     """A gate takes back an arrival whose car left (entrances/{e}/cancel): the gateway reads
     it; the API or an agent may neither send one nor read the gates' (a cancel
     ends a car's hold: who may send one may empty the gates' holds)."""
-    broker, users = secured_broker
+    broker, users = either_acl
     cancel = topics.arrival_cancel(SITE, "north")
     gw = _client(broker, "gateway", users["gateway"])
     api = _client(broker, "api", users["api"])
@@ -387,12 +414,12 @@ def test_a_gate_cancels_an_arrival_and_only_the_gateway_hears_it(secured_broker)
         c.disconnect()
 
 
-def test_a_gate_login_per_entrance_acts_and_reads_at_its_own_entrance_only(secured_broker):
+def test_a_gate_login_per_entrance_acts_and_reads_at_its_own_entrance_only(either_acl):
     """With one login per entrance (username = entrance id) a gate announces and cancels
     arrivals at its own entrance only, and reads its own answers (plates included) and
     whether the gateway is up, not another gate's: a stolen gate login cannot empty the
     other gates' holds nor read their plates."""
-    broker, users = secured_broker
+    broker, users = either_acl
     gw, heard = _listening(
         broker, users, "gateway", topics.arrivals_all(SITE), topics.cancels_all(SITE)
     )
@@ -426,8 +453,8 @@ def test_a_gate_login_per_entrance_acts_and_reads_at_its_own_entrance_only(secur
         c.disconnect()
 
 
-def test_a_sign_login_per_display_reads_its_own_content_only(secured_broker):
-    broker, users = secured_broker
+def test_a_sign_login_per_display_reads_its_own_content_only(either_acl):
+    broker, users = either_acl
     sign, got = _listening(broker, users, "gate-north")
     gw = _client(broker, "gateway", users["gateway"])
     own = [topics.display_content(SITE, "gate-north"), topics.gateway_availability(SITE)]
@@ -686,3 +713,43 @@ def test_a_gateway_under_another_services_login_says_the_broker_drops_its_output
     assert "refused the connection" in nopw, nopw[-3000:]
     assert "user 'gateway' was given without a password" in nopw
     assert "PARKGUIDE_MQTT_PASSWORD" in nopw
+
+
+def test_the_site_acl_keeps_each_login_to_its_own_topics_of_its_own_site(tmp_path):
+    """Under the shipped ACL's patterns a sign's login could write edge/<its name>/… of any
+    site id, retained, as often as it liked (60 messages of 900 KB filled the broker's
+    memory), and an agent's wrote under another site id. The site's own ACL has none of
+    that."""
+    with _secured(tmp_path, _site_acl(tmp_path)) as (broker, users):
+        gw, got = _listening(broker, users, "gateway", f"{topics.PREFIX}/{SITE}/edge/#")
+        sign = _client(broker, "gate-north", users["gate-north"])
+        agent = _client(broker, "serial-bus-g", users["serial-bus-g"])
+        gate = _client(broker, "north", users["north"])
+        refused = [
+            (sign, topics.edge_health(SITE, "gate-north")),
+            (sign, topics.edge_health("junk1", "gate-north")),
+            (gate, topics.edge_availability(SITE, "north")),
+            (agent, topics.edge_occupancy("donghu", "serial-bus-g")),
+            (gate, topics.arrival("donghu", "north")),
+        ]
+        for client, topic in refused:
+            assert _publish_reason(client, topic, b"{}") == 0x87, topic  # Not authorized
+        own = topics.edge_occupancy(SITE, "serial-bus-g")
+        assert _publish_reason(agent, own, b"{}") == 0
+        assert got.get(timeout=5) == own
+        with pytest.raises(queue.Empty):
+            got.get(timeout=0.5)  # nothing refused reached the gateway
+        for c in (gw, sign, agent, gate):
+            c.loop_stop()
+            c.disconnect()
+
+
+def test_site_acl_refuses_a_site_whose_ids_share_a_login(tmp_path):
+    text = EXAMPLE_SITE.read_text(encoding="utf-8")
+    shared = tmp_path / "site.yaml"
+    shared.write_text(text.replace("id: gate-north", "id: north", 1), encoding="utf-8")
+    done = subprocess.run(
+        parkguide_cmd("site", "acl", str(shared)), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and not done.stdout, done.stderr
+    assert "broker login 'north' would be" in done.stderr
