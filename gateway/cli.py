@@ -25,6 +25,7 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
@@ -53,7 +54,7 @@ from gateway.site_stamp import (
     write_stamp,
 )
 from parking import topics
-from parking.broker import BrokerConfig, add_credential_arguments, broker_from_args
+from parking.broker import BrokerConfig, add_credential_arguments, broker_from_args, public_url
 
 if TYPE_CHECKING:
     from parking.site import Site
@@ -261,6 +262,19 @@ def _number_flag_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def influx_url_problem(url: str) -> str | None:
+    """A login or a query in ``--influx-url`` is refused: a command line is visible to every
+    local user (ps, systemctl status), and InfluxDB v2 takes a token instead."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None and not parts.query:
+        return None
+    return (
+        f"--influx-url {public_url(url)!r}: a login or a query in the URL is not taken (a "
+        f"command line is visible to every local user): give the token in ${ENV_INFLUX_TOKEN}"
+        " and the URL without it"
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     if args.http:
         host, sep, port = args.http.rpartition(":")
@@ -277,6 +291,8 @@ def main(args: argparse.Namespace) -> int:
     problem = _number_flag_problem(args)
     if problem is None and args.outbox_max_rows is not None and not args.influx_url:
         problem = "--outbox-max-rows: only with --influx-url (the outbox holds InfluxDB's points)"
+    if problem is None and args.influx_url:
+        problem = influx_url_problem(args.influx_url)
     if problem is None and args.influx_url and not (args.influx_org and args.influx_bucket):
         problem = (
             "--influx-org and --influx-bucket must not be empty (InfluxDB refuses such writes)"

@@ -44,6 +44,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
 from influxdb_client.rest import ApiException
 
 from gateway import outbox
+from parking.broker import public_url
 from parking.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -112,9 +113,10 @@ class InfluxWriter:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"InfluxDB URL must look like http://host:8086, got {url!r}")
+            raise ValueError(f"InfluxDB URL must look like http://host:8086, got {public_url(url)!r}")
         self.db_path = str(db_path)
         self.url = url
+        self.shown_url = public_url(url)  # what logs and errors name: no user, no query
         self.org = org
         self.bucket = bucket
         self._token = token
@@ -179,7 +181,9 @@ class InfluxWriter:
             target=self._run, args=(conn,), name="influx-writer", daemon=True
         )
         self._thread.start()
-        log.info("InfluxDB writer started: %s org=%r bucket=%r", self.url, self.org, self.bucket)
+        log.info(
+            "InfluxDB writer started: %s org=%r bucket=%r", self.shown_url, self.org, self.bucket
+        )
 
     def stop(self) -> None:
         """Stop the thread after draining what it can within ``drain_timeout_s``.
@@ -228,7 +232,7 @@ class InfluxWriter:
         with self._lock:
             return {
                 "version": outbox.STATUS_VERSION,
-                "url": _public_url(self.url),
+                "url": public_url(self.url),
                 "org": self.org,
                 "bucket": self.bucket,
                 "started": self._started_at,
@@ -323,8 +327,8 @@ class InfluxWriter:
                 "unreachable",
                 logging.WARNING,
                 "InfluxDB at %s unreachable (%s); points kept in the outbox, retrying in %.1f s",
-                self.url,
-                _cut(str(exc)),
+                self.shown_url,
+                _cut(self._masked(str(exc))),
                 delay,
             )
             return delay
@@ -339,7 +343,9 @@ class InfluxWriter:
             if self._fits >= REGROW_AFTER:
                 self._batch_limit = self.batch_size
         if recovered is not None:
-            log.info("InfluxDB at %s accepts writes again (last error: %s)", self.url, recovered)
+            log.info(
+                "InfluxDB at %s accepts writes again (last error: %s)", self.shown_url, recovered
+            )
         # a later outage or refusal is news again: log it at once (bad points are not:
         # one batch in a few with a bad point must not log on every request)
         self._log.reset_where(lambda key: not key.startswith(("drop-", "split")))
@@ -350,7 +356,7 @@ class InfluxWriter:
     ) -> float | None:
         status = int(exc.status or 0)
         reason = f"HTTP {status} {exc.reason or ''}".strip()
-        body = _cut(str(exc.body or ""))
+        body = _cut(self._masked(str(exc.body or "")))
         if status in (401, 403):
             with self._lock:
                 self._auth_failed += 1
@@ -362,7 +368,7 @@ class InfluxWriter:
                 "InfluxDB at %s refused the token (%s) writing to org %r bucket %r: check that "
                 "INFLUX_TOKEN is valid and may write to the bucket. Points are kept in the "
                 "outbox and retried (next in %.1f s). Server said: %s",
-                self.url,
+                self.shown_url,
                 reason,
                 self.org,
                 self.bucket,
@@ -384,7 +390,7 @@ class InfluxWriter:
                 "InfluxDB at %s has no bucket %r in org %r (%s): create it or fix "
                 "--influx-bucket/--influx-org. Points are kept in the outbox and retried "
                 "(next in %.1f s). Server said: %s",
-                self.url,
+                self.shown_url,
                 self.bucket,
                 self.org,
                 reason,
@@ -412,7 +418,7 @@ class InfluxWriter:
                 f"status-{status}",
                 logging.WARNING,
                 "InfluxDB at %s answered %s; %d points kept, retrying in %.1f s",
-                self.url,
+                self.shown_url,
                 reason,
                 len(rows),
                 delay,
@@ -432,7 +438,7 @@ class InfluxWriter:
             logging.ERROR,
             "InfluxDB at %s answered %s%s: not a write answer (check --influx-url); %d points "
             "kept, retrying in %.1f s",
-            self.url,
+            self.shown_url,
             reason,
             where,
             len(rows),
@@ -454,7 +460,7 @@ class InfluxWriter:
             "split",
             logging.WARNING,
             "InfluxDB at %s answered %s to %d points: splitting batches (now at most %d)",
-            self.url,
+            self.shown_url,
             reason,
             len(rows),
             half,
@@ -475,7 +481,7 @@ class InfluxWriter:
             f"drop-{reason}",
             logging.ERROR,
             "InfluxDB at %s rejected %d points (%s), dropped: %s; first point: %s",
-            self.url,
+            self.shown_url,
             len(rows),
             reason,
             body,
@@ -489,6 +495,15 @@ class InfluxWriter:
         # only ever leave the table, so a range delete removes exactly this batch.
         conn.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
 
+    def _masked(self, text: str) -> str:
+        """``text`` (an error, a server's answer) without the token or the URL's login: a
+        server or proxy that echoes the request put them in the log."""
+        if self._token:
+            text = text.replace(self._token, "***")
+        if self.url != self.shown_url:
+            text = text.replace(self.url, self.shown_url)
+        return text
+
     def _next_backoff(self) -> float:
         with self._lock:
             self._failures += 1
@@ -501,7 +516,7 @@ class InfluxWriter:
         """Note a failure; ``failing`` says why points now wait in the outbox (None: a batch
         was settled, dropped as bad data, and the writer moves on)."""
         with self._lock:
-            self._last_error = self._latest_error = _cut(text)
+            self._last_error = self._latest_error = _cut(self._masked(text))
             self._latest_error_at = time.time()
             if retry:
                 self._retries += 1
@@ -558,17 +573,6 @@ def _header(exc: ApiException, name: str) -> str | None:
         return headers.get(name)
     except AttributeError:
         return None
-
-
-def _public_url(url: str) -> str:
-    """The URL without user info or query (it could carry a password or a token)."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.hostname or ""
-    if ":" in netloc:  # an IPv6 address
-        netloc = f"[{netloc}]"
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _cut(text: str) -> str:

@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 ENV_USERNAME = "PARKGUIDE_MQTT_USERNAME"
 ENV_PASSWORD = "PARKGUIDE_MQTT_PASSWORD"
@@ -221,6 +221,17 @@ def refusal_hint(reason: str, broker: BrokerConfig) -> str:
         f" -- check the login: {given} (--username, --password-env, or {ENV_USERNAME} and"
         f" {ENV_PASSWORD} in the service's environment file)"
     )
+
+
+def public_url(url: str) -> str:
+    """The URL without user info or query (it could carry a password or a token)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if ":" in netloc:  # an IPv6 address
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _without_password(url: str) -> str:

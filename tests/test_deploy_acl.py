@@ -518,6 +518,22 @@ def test_a_password_in_a_broker_url_on_the_command_line_is_refused(command, tmp_
     assert (built.username, built.password) == ("gateway", "Sup3rSecret")
 
 
+@pytest.mark.parametrize(
+    "url", ["http://admin:INFLUXpw@127.0.0.1:1", "http://127.0.0.1:1/?token=INFLUXpw"]
+)
+def test_a_login_in_the_influx_url_is_refused_without_echoing_it(url, tmp_path, capsys):
+    """The broker URL refused a password but --influx-url took one: it was logged at the
+    writer's start and in every error, and stood in ``ps`` (the unit's ${INFLUX_URL})."""
+    argv = command_argv(BROKER_COMMANDS[0], tmp_path)
+    assert argv[0] == "gateway"
+    influx = ["--broker", "mqtt://127.0.0.1:1", "--influx-url", url]
+    influx += ["--influx-org", "o", "--influx-bucket", "b"]
+    assert cli_exit_code([*argv, *influx]) == 2
+    err = capsys.readouterr().err
+    assert "INFLUX_TOKEN" in err and "not taken" in err, err
+    assert "INFLUXpw" not in err and "http://127.0.0.1:1" in err
+
+
 def test_an_agent_logged_in_under_another_id_says_the_broker_drops_its_reports(
     secured_broker, tmp_path, caplog
 ):

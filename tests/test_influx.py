@@ -406,6 +406,28 @@ def test_refused_token_keeps_points_logs_once_and_a_fixed_token_drains(
     assert server.accepted_lines() == queued
 
 
+def test_a_server_that_echoes_the_token_does_not_put_it_in_the_log(
+    db, fault_injector, writers, caplog
+):
+    """A proxy answering 401 with the request's headers in its body: the writer logged that
+    body ("Server said: ...") with the token in it, and kept it as the status's last error."""
+    path, conn = db
+
+    def policy(request: Request, index: int) -> Answer:
+        return Answer(401, body=f'{{"message": "bad header: {request.authorization}"}}')
+
+    server = fault_injector(policy)
+    caplog.set_level(logging.DEBUG)
+    append_changes(conn, changes(2, start=time.time() - 60))
+    writer = start_writer(writers, path, server.url, token=TOKEN)
+    wait_for(lambda: writer.stats()["auth_failed"] >= 2, 10, "refused writes")
+    assert TOKEN not in writer.stats()["last_error"]
+    writer.stop()
+    said = [r.getMessage() for r in caplog.records if "refused the token" in r.getMessage()]
+    assert said and "bad header: Token ***" in said[0]
+    assert TOKEN not in caplog.text
+
+
 def test_missing_bucket_keeps_points_until_it_exists(db, fault_injector, writers, caplog):
     path, conn = db
     missing = Answer(404, body='{"code":"not found","message":"bucket \\"parkguide\\" not found"}')
