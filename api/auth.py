@@ -129,11 +129,84 @@ def check_user_name(name: str) -> None:
         )
 
 
-def check_password(password: str) -> None:
+GUESSED_FIRST = frozenset(
+    {
+        "password",
+        "password1",
+        "password123",
+        "passw0rd",
+        "p@ssw0rd",
+        "p@ssword",
+        "qwertyuiop",
+        "qwerty123",
+        "qwer1234",
+        "1qaz2wsx",
+        "1q2w3e4r",
+        "1q2w3e4r5t",
+        "zaq12wsx",
+        "asdfghjkl",
+        "asdfghjk",
+        "zxcvbnm1",
+        "iloveyou",
+        "iloveyou1",
+        "woaini1314",
+        "5201314520",
+        "a123456789",
+        "aa123456",
+        "abc12345",
+        "abcd1234",
+        "admin123",
+        "administrator",
+        "welcome1",
+        "welcome123",
+        "changeme",
+        "changeme1",
+        "letmein1",
+        "trustno1",
+        "sunshine",
+        "princess",
+        "football",
+        "baseball",
+        "superman",
+        "starwars",
+        "dragon123",
+        "monkey123",
+        "computer",
+        "internet",
+        "parking",
+        "parking1",
+        "parkguide",
+        "manager1",
+        "manager123",
+    }
+)
+"""Passwords of 8 or more characters that guessing starts with (the most common ones of
+public leaks, and this product's own words): refused whatever the length rule says."""
+
+
+def _runs_in_order(text: str) -> bool:
+    """Every character one up (or one down) from the one before: 12345678, abcdefgh."""
+    steps = {ord(b) - ord(a) for a, b in zip(text, text[1:], strict=False)}
+    return steps in ({1}, {-1})
+
+
+def check_password(password: str, name: str = "") -> None:
+    """Refuse a password anyone guessing would try early: too short or long, one of
+    :data:`GUESSED_FIRST`, the user's name in it, two characters or fewer, a run
+    (12345678). The login limiter slows guessing; it cannot make such a password safe."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise UserError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
         raise UserError(f"the password must have at most {MAX_PASSWORD_LENGTH} characters")
+    lowered = password.lower()
+    if name and len(name) >= 3 and name.lower() in lowered:
+        raise UserError("the password must not contain the user name")
+    if lowered in GUESSED_FIRST or len(set(lowered)) <= 2 or _runs_in_order(lowered):
+        raise UserError(
+            "the password is one that guessing tries first (a common password, a run such "
+            "as 12345678, or one or two characters repeated): choose another, e.g. a few "
+            "unrelated words"
+        )
 
 
 def _user(name: str, role: str, created: float, generation: str | None) -> User:
@@ -191,7 +264,7 @@ class UserStore:
         check_user_name(name)
         if role not in ROLES:
             raise UserError(f"role {role!r} is not one of {', '.join(ROLES)}")
-        check_password(password)
+        check_password(password, name)
         user = _user(name, role, time.time(), new_generation())
         digest = _hasher.hash(password)
         with self._connect() as db:

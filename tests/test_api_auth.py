@@ -31,7 +31,7 @@ from fastapi.testclient import TestClient
 
 import api.auth
 from api.app import create_app
-from api.auth import SessionSigner, UserStore
+from api.auth import SessionSigner, UserError, UserStore
 
 SPACE = "A-001"
 GROUP = "urn:ngsi-ld:ParkingGroup:xinyuan:A"
@@ -268,6 +268,19 @@ def test_user_add_cli_reads_the_password_from_stdin(tmp_path, subprocess_env):
     )  # fmt: skip
     assert short.returncode == 1 and "at least 8 characters" in short.stderr
     assert store.get("bob") is None
+
+
+@pytest.mark.parametrize(
+    "weak", ["12345678", "password", "Password1", "aaaaaaaa", "abababab", "87654321", "xbob-bob9"]
+)
+def test_user_add_refuses_a_password_guessing_tries_first(weak, tmp_path):
+    """Only the length was checked: '12345678' and 'password' made manager logins."""
+    store = UserStore(str(tmp_path / "journal.sqlite"))
+    with pytest.raises(UserError) as refused:
+        store.add("bob", "manager", weak)
+    assert "password" in str(refused.value)
+    assert store.get("bob") is None
+    assert store.add("bob", "manager", "violet tractor 1987").role == "manager"
 
 
 def test_a_broken_journal_is_a_clear_503_and_the_rest_keeps_serving(harness, tmp_path):
