@@ -113,7 +113,9 @@ class InfluxWriter:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"InfluxDB URL must look like http://host:8086, got {public_url(url)!r}")
+            raise ValueError(
+                f"InfluxDB URL must look like http://host:8086, got {public_url(url)!r}"
+            )
         self.db_path = str(db_path)
         self.url = url
         self.shown_url = public_url(url)  # what logs and errors name: no user, no query
