@@ -179,12 +179,20 @@ class LiveState:
         wall: float,
         mono: float,
     ) -> Changes:
-        """Apply accepted observations of one report (spaces unique)."""
+        """Apply accepted observations of one report (spaces unique).
+
+        An observation's ``since`` is kept no later than ``wall``, when the gateway took
+        it: a clock running ahead (within the gateway's tolerance) stamps times the
+        gateway has not reached, and kept as they were, they outlived that clock. Its
+        next run, on a corrected clock, was refused as older than known (whole, as a
+        stale boot, then space by space) for as long as it had been ahead, and a space
+        until it changed again."""
         a = self.agent_index(agent)
         if len(spaces) <= SMALL:
             return self._observe_few(
                 spaces.tolist(), states.tolist(), since.tolist(), a, wall, mono
             )
+        since = np.minimum(since, wall)
         # rows whose observation time or agent moved: a restart must remember them, or
         # an older observation would pass the check afterwards. A snapshot repeating what
         # is known moves neither (last_seen is the agent's, journaled with each report),
@@ -220,6 +228,7 @@ class LiveState:
         touched: list[int] = []  # rows that moved for a restart (see observe)
         zones: set[int] = set()
         for sp, st, t in zip(spaces, states, since, strict=True):
+            t = min(t, wall)
             if v.obs_since[sp] != t or v.agent[sp] != a or sensed[sp] != st:
                 touched.append(sp)
             v.obs_since[sp] = t
@@ -303,7 +312,7 @@ class LiveState:
         self.closed[space] = closed
         self.state[space] = CLOSED if closed else sensed
         self.since[space] = since
-        self.obs_since[space] = obs_since
+        self.obs_since[space] = min(obs_since, wall)  # kept so since (see observe)
         self.last_seen[space] = last_seen
         # silence before the restart still counts against the TTL
         self.seen_mono[space] = mono - max(0.0, wall - last_seen) if last_seen > 0 else -np.inf

@@ -151,11 +151,14 @@ def test_without_deferral_the_checkpoint_follows_every_message(example_site, tmp
     journal.close()
 
 
-def _deferred_gateway(site, db):
+def _deferred_gateway(site, db, clock: list[float] | None = None):
     """A gateway that leaves its checkpoint to the caller, after a first snapshot of the
     first bus (all free), checkpointed: (journal, gateway, bus, its spaces)."""
     journal = Journal(db)
-    gw = LiveGateway(site, journal, lambda *a: None, clock=lambda: T0, defer_checkpoint=True)
+    # ``clock``: the gateway's time, [T0] unless the caller moves it (the gateway keeps no
+    # since later than its own time: a report "at T0 + 1" moves a space only at T0 + 1)
+    now = clock if clock is not None else [T0]
+    gw = LiveGateway(site, journal, lambda *a: None, clock=lambda: now[0], defer_checkpoint=True)
     bus = site.buses[0].id
     spaces = site.spaces_of_source(bus)
     gw.handle(*_report(site, "serial-bus-g", bus, 1, dict.fromkeys(spaces, "free"), "snapshot", T0))
@@ -167,9 +170,11 @@ def test_a_report_without_changes_is_checkpointed_too(example_site, tmp_path):
     """Its sequence is committed with the report; the checkpoint (and with it the fast
     republishing of the signs after a restart) must not wait for the next change."""
     db = tmp_path / "journal.sqlite"
-    journal, gw, bus, spaces = _deferred_gateway(example_site, db)
+    clock = [T0]
+    journal, gw, bus, spaces = _deferred_gateway(example_site, db, clock)
     snapshot = dict.fromkeys(spaces, "free")
     assert stored_signs(db)
+    clock[0] = T0 + 1
     gw.handle(
         *_report(example_site, "serial-bus-g", bus, 2, snapshot, "snapshot", T0 + 1)
     )  # no change

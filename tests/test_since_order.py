@@ -135,7 +135,7 @@ class Gate:
                 self.refused.append(acc.reason)
                 continue
             self.refused += [r.reason for r in acc.rejected]
-            self.obs_since[acc.spaces] = acc.since
+            self.obs_since[acc.spaces] = np.minimum(acc.since, now)
             self.state[acc.spaces] = acc.states
             self.gate.commit(acc)
             taken.append(acc)
@@ -161,10 +161,11 @@ def test_serial_agent_ninety_seconds_ahead_stepped_back_a_car_parks_and_stays_kn
             return taken
 
         line.run_for(agent, 3.0)
-        snapshot()
+        stamped = [acc.since[acc.spaces == bay] for acc in snapshot()]
         assert gate.refused == [] and gate.state[bay] == FREE
-        fast_since = gate.obs_since[bay]
+        fast_since = float(np.concatenate(stamped).max())  # the agent's own stamp
         assert fast_since > T + FAST  # by the fast clock
+        assert gate.obs_since[bay] <= T + clocks.mono  # kept no later than it was taken
         line.run_for(agent, 30.0)
         clocks.step(-FAST)  # NTP
         line.run_for(agent, 1.0)
@@ -182,7 +183,7 @@ def test_serial_agent_ninety_seconds_ahead_stepped_back_a_car_parks_and_stays_kn
         assert fast_since <= delta.spaces[0].since < parked + 300
         assert gate.refused == []  # it used to be refused: older than known
         assert gate.state[bay] == OCCUPIED and len(taken.stale) == 0
-        assert gate.obs_since[bay] == delta.spaces[0].since
+        assert gate.obs_since[bay] == min(delta.spaces[0].since, T + clocks.mono)
         for _ in range(6):  # a snapshot every 5 s (a third of the TTL), for two TTLs
             line.run_for(agent, 5.0)
             (snap,) = snapshot()
@@ -252,3 +253,41 @@ def test_two_hours_ahead_for_ten_seconds_then_back_the_next_snapshot_is_taken(
     assert UNKNOWN not in gate.state[spaces].tolist()
     assert all(o.since <= r.ts for r in reports for o in r.spaces)
     assert "snapshot" in at_once  # at once: asked for by the step back
+
+
+# -- between two runs: the clock corrected while the agent was stopped -----------------------
+
+
+def test_a_run_after_a_fast_clock_was_corrected_is_taken_at_once() -> None:
+    """The agent's box ran 250 s ahead (within the gateway's five minutes), then NTP put it
+    right at a reboot. The new run's reports were refused whole as a stale boot for about
+    three minutes (older than what the old run observed), then space by space as older
+    than known until each space changed again: a bus blind for minutes, some spaces for
+    hours, with no alert. The gateway keeps no ``since`` later than when it took it."""
+    from gateway.state import LiveState
+
+    fast = 250.0
+    gate, state = ReportGate(SITE), LiveState(SITE)
+
+    def take(body: bytes, now: float) -> AcceptedReport:
+        acc = gate.accept(AGENT, body, state.obs_since, now=now)
+        assert isinstance(acc, AcceptedReport), acc
+        assert not acc.rejected, acc.rejected
+        state.observe(acc.spaces, acc.states, acc.since, AGENT, now, now)
+        gate.commit(acc)
+        return acc
+
+    # the first run, on the fast clock: every space observed "at" T + 250
+    first = {s: ("occupied" if i % 2 else "free", T + fast) for i, s in enumerate(OWN)}
+    take(payload(first, boot="b1", seq=0, ts=T + fast, kind="snapshot"), T)
+    assert state.obs_since[gate.source_spaces(SOURCE)].max() <= T  # never beyond the take
+    # stopped, the clock corrected, started again 30 s later: the same cars, its own start
+    again = {s: (st, T + 30) for s, (st, _) in first.items()}
+    acc = take(payload(again, boot="b2", seq=0, ts=T + 30, kind="snapshot"), T + 30)
+    assert len(acc.spaces) == len(OWN)
+    known = state.sensed[gate.source_spaces(SOURCE)]
+    assert UNKNOWN not in known.tolist()
+    # a car parks a minute later: taken too, not older than known
+    parked = OWN[0]
+    change = {parked: ("occupied" if first[parked][0] == "free" else "free", T + 90)}
+    take(payload(change, boot="b2", seq=1, ts=T + 90), T + 90)
