@@ -150,11 +150,30 @@ class BusTracker:
             raise ValueError(
                 f"node {address}: {len(bits)} bits for {len(node.detectors)} detectors"
             )
+        changes = self.expire(now, only=address)  # its last answer too old to build on
         node.failures, node.last_answer, node.down, node.exception = 0, now, False, None
         node.foreign = False
         for det, bit in zip(node.detectors, bits, strict=False):
             det.feed(bool(bit), now)
-        return self._update(node, now)
+        return changes + self._update(node, now)
+
+    def expire(self, now: float, only: int | None = None) -> list[SpaceChange]:
+        """Forget the readings of nodes last answered more than the bus's ``ttl_s`` ago
+        (of node ``only``, if given): the agent was stopped or starved between two polls
+        (SIGSTOP, a paused VM, a swap storm), so they prove nothing about now. Their
+        spaces are ``unknown`` until a new reading holds; kept, they were told as fresh
+        after the stall, two minutes old."""
+        changes: list[SpaceChange] = []
+        nodes = self._nodes.values() if only is None else (self._nodes[only],)
+        for node in nodes:
+            if now - node.last_answer <= self.bus.ttl_s:
+                continue
+            if all(d.value is None and d.candidate is None for d in node.detectors):
+                continue  # nothing held to forget
+            for det in node.detectors:
+                det.reset()
+            changes += self._update(node, now)
+        return changes
 
     def would_settle(self, address: int, bits: Sequence[bool], now: float) -> bool:
         """Would :meth:`poll_ok` with these bits settle a detector of a space on a new value?

@@ -975,8 +975,10 @@ class SerialAgent:
 
     def _after_node(self, changes: list[SpaceChange]) -> None:
         """Publish ``changes``, a snapshot that is due, and the health of a spool that failed
-        or works again: after every node, not once a cycle (a cycle may take seconds)."""
-        self._publish(changes)
+        or works again: after every node, not once a cycle (a cycle may take seconds).
+        Nodes not answered for longer than the bus's TTL (the agent was stalled) turn
+        their spaces unknown first, so a snapshot due now does not tell their old bits."""
+        self._publish(changes + self.tracker.expire(self.clock()))
         if self._spool_changed() and self.publisher is not None:
             self.publisher.publish_health(self.health_report())
 

@@ -102,6 +102,35 @@ def test_spaces_start_unknown_and_take_held_readings() -> None:
     assert t.state("S-5")[0] == SpaceState.UNKNOWN
 
 
+def test_readings_older_than_the_ttl_are_forgotten_not_told_as_fresh() -> None:
+    """The agent stopped (SIGSTOP, a paused VM) longer than the bus's ttl_s: what its
+    nodes said before proves nothing; their spaces are unknown until a new reading holds."""
+    t = BusTracker(small_bus(), DebounceSettings(hold_s=HOLD), start=0.0)
+    settle(t, 1, [True, False, True, False], 0.0)
+    settle(t, 2, [True, True], 0.0)
+    assert t.expire(15.0) == []  # within the TTL (15 s): kept
+    changes = t.expire(20.0, only=2)
+    assert {(c.space, c.state) for c in changes} == {
+        ("S-5", SpaceState.UNKNOWN),
+        ("S-6", SpaceState.UNKNOWN),
+    }
+    assert t.state("S-1")[0] == SpaceState.OCCUPIED  # node 1 not asked about
+    # node 1 answers after the gap: the new bits must hold again, the old ones are gone
+    changes = t.poll_ok(1, [False, False, True, False], 20.0)
+    assert {c.space: c.state for c in changes} == {
+        "S-1": SpaceState.UNKNOWN,
+        "S-2": SpaceState.UNKNOWN,
+        "S-4": SpaceState.UNKNOWN,
+    }
+    changes = t.poll_ok(1, [False, False, True, False], 20.0 + HOLD)
+    assert {c.space: c.state for c in changes} == {
+        "S-1": SpaceState.FREE,
+        "S-2": SpaceState.FREE,
+        "S-4": SpaceState.FREE,
+    }
+    assert t.expire(21.0) == []  # node 2 already forgotten: nothing more to say
+
+
 def test_node_down_needs_failures_and_time_then_recovers_through_debounce() -> None:
     s = DebounceSettings(hold_s=HOLD, node_timeout_s=1.5, node_max_failures=3)
     t = BusTracker(small_bus(), s, start=0.0)

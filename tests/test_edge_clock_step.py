@@ -592,3 +592,38 @@ def test_end_to_end_the_gateway_takes_the_bus_again_once_ntp_steps_the_clock(
         for a in agents:
             a.stop()
         sim.close()
+
+
+def test_after_a_stall_no_pre_stall_reading_is_told_as_fresh(tmp_path) -> None:
+    """SIGSTOP for two minutes (a paused VM, a swap storm), the cars changing meanwhile:
+    the snapshot due at the resume went out after the first node of the resumed cycle,
+    every node's pre-stall bits in it stamped fresh (55 occupied on the signs for a second
+    where there were 51). Now a reading older than the bus's TTL is forgotten: unknown
+    until a new one holds, then the truth."""
+    clocks = Clocks(T)
+    bits = bus_bits(11)
+    with offline_publisher(tmp_path, BUS.agent, BUS.id, lambda: clocks.wall) as (pub, made):
+        agent, line = serial_agent(clocks, pub, bits)
+        line.run_for(agent, 3.0)
+        made.clear()
+        clocks.advance(120.0)  # stopped: nothing polled, nothing sent
+        for address in bits:  # every car left or came meanwhile
+            bits[address] = [not b for b in bits[address]]
+        pub.request_snapshot()  # as the broker reconnect after a stall asks
+        line.run_for(agent, 0.05)  # the resumed cycle
+        truth = {
+            space: "occupied" if bit else "free"
+            for n in BUS.nodes
+            for space, bit in zip(n.spaces, bits[n.address], strict=False)
+            if space is not None
+        }
+        told: dict[str, str] = {}
+        for report in made:
+            told.update({o.space: o.state for o in report.spaces})
+        assert any(r.kind == "snapshot" for r in made)
+        lies = [s for s, st in told.items() if st != "unknown" and st != truth[s]]
+        assert not lies, f"{len(lies)} spaces told as before the stall: {lies[:5]}"
+        line.run_for(agent, 2.0)  # the new readings hold
+        for report in made:
+            told.update({o.space: o.state for o in report.spaces})
+        assert told == truth
