@@ -220,6 +220,27 @@ class CameraAgent:
         self.counters["frames"] += 1
         if not self._rate.take(mono):
             return []
+        return self._forget_after_stall(wall, mono) + self._judge_frame(image, wall, mono)
+
+    def _forget_after_stall(self, wall: float, mono: float) -> list[SpaceChange]:
+        """The previous frame was judged more than ``stale_s`` ago although the stream was
+        up: the agent itself was stopped or starved (SIGSTOP, a paused VM). What it decided
+        then proves nothing now: its spaces unknown until new decisions hold. Kept, the
+        snapshot due at the resume told them as fresh."""
+        if not self._processed or not self.stream_up:
+            return []
+        gap = mono - self._processed[-1]
+        if gap <= self.settings.stale_s:
+            return []
+        log.warning(
+            "camera %s: no frame judged for %.1f s (the agent was stopped or starved): "
+            "spaces unknown until new decisions hold",
+            self.camera.id,
+            gap,
+        )
+        return self.smoother.blind(wall)
+
+    def _judge_frame(self, image: np.ndarray, wall: float, mono: float) -> list[SpaceChange]:
         self._processed.append(mono)
         self.stream_up = True
         if self._lost_reported:

@@ -332,6 +332,28 @@ def test_agent_turns_spaces_unknown_when_frames_stop(lot, tmp_path: Path) -> Non
     assert agent.counters["stream_lost"] == 1  # one outage, counted once
 
 
+def test_after_the_agent_itself_stalled_its_old_decisions_are_not_told_as_fresh(
+    lot, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGSTOP for two minutes: at the resume the first frame came at once (the stream
+    never stopped), so the stream was not "lost", and the snapshot due then told the
+    decisions of two minutes before as fresh. Now they are forgotten, then read again."""
+    cam, scene, _truth = lot
+    agent = make_agent(cam, tmp_path)
+    for k in range(3):
+        agent.on_frame(scene.render(10 * 60, k * 0.3), 1000 + k * 0.3, k * 0.3)
+    known = int((agent.smoother.state != int(SpaceState.UNKNOWN)).sum())
+    assert known >= 37
+    caplog.set_level(logging.WARNING, logger="edge.camera_agent")
+    changes = agent.on_frame(scene.render(10 * 60, 121.0), 1121.0, 121.0)
+    assert len([c for c in changes if c.state == SpaceState.UNKNOWN]) == known
+    assert (agent.smoother.state == int(SpaceState.UNKNOWN)).all()
+    assert "stopped or starved" in caplog.text
+    for k in range(1, 4):
+        agent.on_frame(scene.render(10 * 60, 121 + k * 0.3), 1121 + k * 0.3, 121 + k * 0.3)
+    assert (agent.smoother.state != int(SpaceState.UNKNOWN)).sum() >= 37
+
+
 def test_the_log_says_when_a_lost_stream_is_back(
     lot, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
