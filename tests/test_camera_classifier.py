@@ -480,6 +480,18 @@ def test_eval_skips_spaces_outside_their_image(
     _labelled_frame(tmp_path, "f1.xml", [(' occupied="1"', away)])
     rc, _, err = _run_eval([str(tmp_path), "--json"], capsys)
     assert rc == 2 and "no labelled images" in err
+    # half or more outside: the labels are another image's, those inside misplaced too
+    # (a 640x360 picture with 1280x720 labels was scored on the 14 of 40 left inside)
+    _labelled_frame(
+        tmp_path, "f1.xml", [(' occupied="1"', poly), (' occupied="1"', away), ("", poly)]
+    )
+    _labelled_frame(tmp_path, "f2.xml", [(' occupied="1"', poly), (' occupied="0"', away)])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        rc, out, err = _run_eval([str(tmp_path), "--json"], capsys)
+    assert rc == 2 and "no labelled images" in err
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "f1.jpg skipped" in said and "f2.jpg skipped" in said
 
 
 def test_rotated_rect_only_and_zero_area_contours(caplog: pytest.LogCaptureFixture) -> None:

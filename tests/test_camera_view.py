@@ -76,7 +76,10 @@ def test_the_picture_shows_every_space_with_the_decision_the_agent_would_take(
     # a capped lens: no decisions, and the tool says the agent would report unknown
     assert sim.ask("fault camera black").startswith("ok")
     code, blind = view(EXAMPLE_SITE, f"http://127.0.0.1:{port}/stream.mjpg", out)
-    assert code == 1 and not blind["ok"] and blind["frame"] == "black" and blind["spaces"] == []
+    assert code == 1 and not blind["ok"] and blind["frame"] == "black"
+    # every space listed as the agent would report it: unknown (the list stays whole)
+    assert [s["space"] for s in blind["spaces"]] == [s["space"] for s in result["spaces"]]
+    assert {(s["state"], s["confidence"]) for s in blind["spaces"]} == {("unknown", 0.0)}
     assert any("unknown" in p for p in blind["problems"])
 
 

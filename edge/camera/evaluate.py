@@ -113,6 +113,19 @@ def evaluate_frames(root: Path, clf: SpaceClassifier) -> dict[str, float | int |
             continue
         height, width = frame.shape[:2]
         inside = [s for s in spaces if _inside_share(s.contour, width, height) >= MIN_INSIDE]
+        if 2 * len(inside) <= len(spaces):
+            # labels for another image size: the spaces still inside are misplaced too
+            log.warning(
+                "%s: %d of %d spaces lie mostly outside the %dx%d image: labels for another "
+                "image size? %s skipped (the rest would be scored on misplaced crops)",
+                xml_path,
+                len(spaces) - len(inside),
+                len(spaces),
+                width,
+                height,
+                img_path.name,
+            )
+            continue
         if len(inside) < len(spaces):
             log.warning(
                 "%s: %d of %d spaces lie mostly outside the %dx%d image and are skipped "
@@ -124,8 +137,6 @@ def evaluate_frames(root: Path, clf: SpaceClassifier) -> dict[str, float | int |
                 height,
             )
             spaces = inside
-            if not spaces:
-                continue
         try:
             plan = clf.plan([s.contour for s in spaces])
         except ValueError:  # a contour of one point or a line: skip those spaces

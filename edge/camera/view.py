@@ -234,7 +234,10 @@ def main(args: argparse.Namespace) -> int:
         "frame": quality.fault.value
         if quality.fault is not None
         else ("geometry" if other_shape else "ok"),
-        "spaces": [v.__dict__ for v in views] if views is not None else [],
+        # blind: every space as the agent would report it (a script still gets the list)
+        "spaces": [v.__dict__ for v in views]
+        if views is not None
+        else [{"space": s, "state": "unknown", "confidence": 0.0} for s in space_ids],
         "problems": problems,
     }
     if args.json:
