@@ -21,6 +21,11 @@ HEADER = """\
 """
 
 
+def _agents(site: Site) -> list[str]:
+    """The site's agent ids (its buses' and cameras'), each once, sorted."""
+    return sorted({b.agent for b in site.buses} | {c.agent for c in site.cameras})
+
+
 def _block(user: str, rules: list[tuple[str, str]]) -> list[str]:
     return ["", f"user {user}", *(f"topic {access} {topic}" for access, topic in rules)]
 
@@ -61,8 +66,7 @@ def site_acl(site: Site, gateway: str = "gateway", api: str = "api", shared: boo
             ("write", topics.zone_control_all(s)),
         ],
     )
-    agents = sorted({b.agent for b in site.buses} | {c.agent for c in site.cameras})
-    for agent in agents:
+    for agent in _agents(site):
         lines += _block(
             agent,
             [
@@ -104,11 +108,10 @@ def site_acl(site: Site, gateway: str = "gateway", api: str = "api", shared: boo
 
 def acl_logins(site: Site, gateway: str = "gateway", api: str = "api") -> list[str]:
     """The logins :func:`site_acl` names, in its order (for ``make-passwords.sh``)."""
-    agents = sorted({b.agent for b in site.buses} | {c.agent for c in site.cameras})
     return [
         gateway,
         api,
-        *agents,
+        *_agents(site),
         *(e.id for e in site.entrances),
         *(d.id for d in site.displays),
     ]
