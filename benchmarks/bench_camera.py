@@ -14,12 +14,14 @@ a frame besides decoding it (the frame checks for black, frozen, replayed, blurr
 check, on every other frame; the crops and the forward; the per-space covered check; the
 smoothing). ``fps``: frames per second of
 a loop of decoding and that whole work. Targets: ``classify_ms <= 3 * decode_ms``, ``fps >= 25``.
-Uses the real UFPR05 frame and its polygons from ``../shared/data`` beside the
-repo when present, else a synthetic frame with 40 polygons.
+Uses the real UFPR05 frame and its polygons from ``--data DIR`` (default
+``../shared/data`` beside the repo; the folder holding ``pklot-ufpr05/``) when present,
+else a synthetic frame with 40 polygons, and says so on stderr.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -40,7 +42,7 @@ from edge.camera.quality import FrameQualityMonitor, covered_spaces  # noqa: E40
 from edge.camera.smoothing import OccupancySmoother  # noqa: E402
 
 log = logging.getLogger("bench_camera")
-DATA = ROOT.parent / "shared" / "data" / "pklot-ufpr05"
+DATA = ROOT.parent / "shared" / "data"
 
 
 def synthetic() -> tuple[np.ndarray, list[np.ndarray]]:
@@ -57,13 +59,15 @@ def synthetic() -> tuple[np.ndarray, list[np.ndarray]]:
     return frame, polys
 
 
-def load_frame() -> tuple[np.ndarray, list[np.ndarray], str]:
-    if DATA.is_dir():
-        for img_path, xml_path in find_labelled_images(DATA):
+def load_frame(data: Path) -> tuple[np.ndarray, list[np.ndarray], str]:
+    ufpr05 = data / "pklot-ufpr05"
+    if ufpr05.is_dir():
+        for img_path, xml_path in find_labelled_images(ufpr05):
             spaces = load_pklot_xml(xml_path)
             frame = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
             if frame is not None and len(spaces) >= 40:
                 return frame, [s.contour for s in spaces[:40]], "ufpr05"
+    log.warning("no UFPR05 frame under %s: timing a synthetic frame instead", ufpr05)
     frame, polys = synthetic()
     return frame, polys, "synthetic"
 
@@ -77,9 +81,13 @@ def median_ms(fn, runs: int) -> float:  # noqa: ANN001
     return float(np.median(ts) * 1e3)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DATA, help=f"shared data folder ({DATA})")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     cv2.setNumThreads(1)
-    frame, polys, source = load_frame()
+    frame, polys, source = load_frame(args.data)
     frame = cv2.resize(frame, (1280, 720)) if frame.shape[:2] != (720, 1280) else frame
     ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:

@@ -55,14 +55,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--broker mqtts://: the CA the broker's certificate must chain to (default: "
         "$PARKGUIDE_MQTT_CA_FILE, else the system's CAs); the demo's parts get it too",
     )
-    parser.add_argument("--http", default="127.0.0.1:8000", help="dashboard address (HOST:PORT)")
     parser.add_argument(
-        "--speed", type=float, default=60.0, help="simulated seconds per real second"
+        "--http",
+        default="127.0.0.1:8000",
+        help="dashboard address (HOST:PORT; default: %(default)s)",
     )
     parser.add_argument(
-        "--start", default="07:00", help="simulated time of day to start at (HH:MM)"
+        "--speed",
+        type=float,
+        default=60.0,
+        help="simulated seconds per real second (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--start",
+        default="07:00",
+        help="simulated time of day to start at (HH:MM; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=1, help="random seed of the simulators (default: %(default)s)"
+    )
     parser.add_argument(
         "--run-dir", help="keep logs, journal and spools here (default: a temp dir, removed)"
     )

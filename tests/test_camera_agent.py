@@ -674,6 +674,18 @@ def test_a_camera_password_in_the_query_is_never_logged(caplog: pytest.LogCaptur
     )
 
 
+def test_only_a_source_with_a_login_is_said_to_carry_a_secret() -> None:
+    """The agent warns when ``--source`` carries a secret; a device index (the help's own
+    example, ``--source 0``) or a plain URL or path does not."""
+    from edge.camera.stream import carries_secret, parse_source
+
+    assert not carries_secret(parse_source("0"))
+    assert not carries_secret("rtsp://cam.local:554/Streaming/Channels/101")
+    assert not carries_secret("/var/video/lot.mp4")
+    assert carries_secret("rtsp://admin:pw@cam.local:554/live")
+    assert carries_secret("http://cam/v.cgi?user=admin&pwd=CamSecret99")
+
+
 def test_an_unusable_spool_folder_is_a_clear_error_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

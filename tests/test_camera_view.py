@@ -168,3 +168,45 @@ def test_sources_and_cameras_that_cannot_be_read_are_named_on_one_line(tmp_path:
     (line,) = camera.stderr.strip().splitlines()
     assert "no camera 'cam-x'" in line and CAMERA in line
     assert not Path(out).exists()
+
+
+def test_a_blind_picture_names_every_space_unknown_in_text_and_on_the_picture(
+    tmp_path: Path,
+) -> None:
+    """A capped lens without --json: the technician still reads every space (unknown) and
+    sees each outline white with its space id, as the docs say."""
+    picture = tmp_path / "black.png"
+    cv2.imwrite(str(picture), np.zeros((720, 1280, 3), np.uint8))
+    out = tmp_path / "view.png"
+    run = subprocess.run(
+        parkguide_cmd(
+            "site",
+            "camera-view",
+            "--site",
+            str(EXAMPLE_SITE),
+            "--camera",
+            CAMERA,
+            "--source",
+            str(picture),
+            "--out",
+            str(out),
+        ),  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=proc_env(),
+        timeout=90,
+    )
+    assert run.returncode == 1, run.stderr
+    cam = next(c for c in load_site(EXAMPLE_SITE).cameras if c.id == CAMERA)
+    listed = {
+        line.split()[0]: line.split()[1]
+        for line in run.stdout.splitlines()
+        if line.startswith("  ") and not line.strip().startswith("problem:")
+    }
+    assert listed == {s: "unknown" for s in cam.polygons}, run.stdout
+    drawn = cv2.imread(str(out))
+    for poly in cam.polygons.values():
+        a, b = np.asarray(poly, float)[:2]
+        x, y = np.round((a + b) / 2).astype(int)
+        pixel = drawn[y - 1 : y + 2, x - 1 : x + 2].reshape(-1, 3).astype(int)
+        assert (pixel.min(axis=1) > 200).any(), pixel.tolist()  # a white outline

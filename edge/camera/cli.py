@@ -18,7 +18,13 @@ from pathlib import Path
 from edge.camera.aim_store import ViewStore
 from edge.camera.quality import QualitySettings
 from edge.camera.smoothing import SmoothingSettings
-from edge.camera.stream import FrameReader, describe, parse_source, source_problem
+from edge.camera.stream import (
+    FrameReader,
+    carries_secret,
+    describe,
+    parse_source,
+    source_problem,
+)
 from edge.camera_agent import (
     DEFAULT_FPS_LIMIT,
     DEFAULT_HEALTH_INTERVAL_S,
@@ -186,7 +192,7 @@ def main(args: argparse.Namespace) -> int:
             )
             return 2
     source = parse_source(args.source)
-    if args.source_env is None and describe(source) != source:
+    if args.source_env is None and carries_secret(source):
         log.warning(
             "--source %s carries a login or a secret on the command line, which every local"
             " user can read (ps, systemctl status): give it with --source-env VAR instead",

@@ -116,6 +116,12 @@ def file_problem(path: str) -> str | None:
 _SECRET_IN_PATH = re.compile(r"(?i)(pass|pwd|password|token|key|auth)[=:]")
 
 
+def carries_secret(source: str | int) -> bool:
+    """Whether the source names a login or a secret (which :func:`describe` hides): a device
+    index never does."""
+    return isinstance(source, str) and describe(source) != source
+
+
 def describe(source: str | int) -> str:
     """The source for logs, without any credentials in a URL: its login, and its query and
     fragment (many cameras take ``?user=admin&pwd=...``), as ``***``; a path that names a

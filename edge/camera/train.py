@@ -2,10 +2,11 @@
 
 Usage::
 
-    # the bundled recipe: fine-tune a pretrained backbone (edge.camera.backbone)
+    # the bundled recipe (v3): fine-tune a pretrained backbone (edge.camera.backbone)
     python -m edge.camera.train --pklot DIR --cnrpark DIR \\
         --backbone package/models/centernet.json --tap b9 --size 32 --margin -0.2 \\
-        --steps 1500 --out edge/camera/model/occupancy.onnx
+        --pklot-share 0.6 --steps 2500 --aug-intrude 0.3 \\
+        --synthetic 300 --synthetic-share 0.05 --out edge/camera/model/occupancy.onnx
     # the earlier tiny CNN from scratch
     python -m edge.camera.train --pklot DIR --cnrpark DIR --out edge/camera/model/occupancy.onnx
     # honest figures: hold out whole days (filename prefixes) and report on them
@@ -43,8 +44,9 @@ gain and saturation, grey, blur, noise, JPEG re-encoding, cast shadows), class-
 and source-balanced sampling, AdamW with a one-cycle schedule and label
 smoothing. Needs the ``train`` extra (torch, onnx); one CPU thread by default.
 
-Optional augmentations, each off by default (the bundled recipe) and drawing
-no random numbers when off: ``--aug-lines`` (painted lines), ``--aug-stains``
+Optional augmentations, each off by default and drawing no random numbers
+when off (the bundled recipe turns on only ``--aug-intrude 0.3``):
+``--aug-lines`` (painted lines), ``--aug-stains``
 (asphalt wear), ``--aug-shadow`` (a soft polygon or band darkened by 30-70 %),
 ``--aug-dapple`` (light through leaves: a low-frequency brightness field),
 ``--aug-warm`` (warm low sun, sometimes haze) and ``--aug-intrude`` (on free

@@ -45,13 +45,18 @@ MIN_INSIDE = 0.8
 WARMUP_FRAMES = 5  # a stream's first frames may be grey or half-decoded
 READ_TIMEOUT_S = 20.0
 
-_COLOURS = {"occupied": (40, 40, 230), "free": (60, 200, 60), "uncertain": (0, 200, 255)}
+_COLOURS = {
+    "occupied": (40, 40, 230),
+    "free": (60, 200, 60),
+    "uncertain": (0, 200, 255),
+    "unknown": (255, 255, 255),  # a blind frame: the agent reports every space unknown
+}
 
 
 @dataclass(frozen=True)
 class SpaceView:
     space: str
-    state: str  # occupied | free | uncertain (below the agent's confidence floor)
+    state: str  # occupied | free | uncertain (below the agent's confidence floor) | unknown
     confidence: float
 
 
@@ -88,21 +93,21 @@ def decide(
 
 
 def draw_overlay(
-    frame: np.ndarray, polygons: Sequence[np.ndarray], views: Sequence[SpaceView] | None
+    frame: np.ndarray, polygons: Sequence[np.ndarray], views: Sequence[SpaceView]
 ) -> np.ndarray:
     """A copy of ``frame`` with every polygon outlined, coloured by its decision (white
-    without one: a blind frame), and labelled with its space id and confidence."""
+    when unknown: a blind frame), and labelled with its space id and confidence."""
     out = frame.copy()
     thick = max(1, round(out.shape[1] / 640))
     scale = max(0.35, out.shape[1] / 3600)  # stalls are ~60 px wide on a 1280 px picture
     font = cv2.FONT_HERSHEY_SIMPLEX
     for i, poly in enumerate(polygons):
         pts = np.round(poly).astype(np.int32).reshape(-1, 1, 2)
-        view = views[i] if views is not None else None
-        colour = _COLOURS[view.state] if view is not None else (255, 255, 255)
+        view = views[i]
+        colour = _COLOURS[view.state]
         cv2.polylines(out, [pts], True, colour, thick, cv2.LINE_AA)
         # two short lines (id, confidence) so that neighbouring labels do not overlap
-        lines = [view.space, f"{view.confidence:.2f}"] if view is not None else [f"#{i + 1}"]
+        lines = [view.space, f"{view.confidence:.2f}" if view.state != "unknown" else "?"]
         x, y = np.round(poly.mean(axis=0)).astype(int).tolist()
         sizes = [cv2.getTextSize(t, font, scale, 1)[0] for t in lines]
         step = max(h for _, h in sizes) + 4
@@ -211,12 +216,12 @@ def main(args: argparse.Namespace) -> int:
         )
     problems += polygon_problems(space_ids, polygons, width, height)
     quality = FrameQualityMonitor().check(frame, time.monotonic())
-    views = None
     if quality.fault is not None:
         problems.append(
             f"the frame is {quality.fault.value} (brightness {quality.brightness:.0f}, "
             f"sharpness {quality.sharpness:.1f}): the agent would report every space unknown"
         )
+        views = [SpaceView(s, "unknown", 0.0) for s in space_ids]
     else:
         occupied, confidence = classifier.classify(frame, classifier.plan(polygons))
         views = decide(space_ids, occupied, confidence, SmoothingSettings().min_confidence)
@@ -234,17 +239,15 @@ def main(args: argparse.Namespace) -> int:
         "frame": quality.fault.value
         if quality.fault is not None
         else ("geometry" if other_shape else "ok"),
-        # blind: every space as the agent would report it (a script still gets the list)
-        "spaces": [v.__dict__ for v in views]
-        if views is not None
-        else [{"space": s, "state": "unknown", "confidence": 0.0} for s in space_ids],
+        # blind: every space unknown, as the agent would report it
+        "spaces": [v.__dict__ for v in views],
         "problems": problems,
     }
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
         print(f"camera {camera.id}: {width}x{height} from {describe(source)} -> {out}")
-        for v in views or []:
+        for v in views:
             print(f"  {v.space:<12} {v.state:<10} {v.confidence:.2f}")
         for p in problems:
             print(f"  problem: {p}")
