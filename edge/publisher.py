@@ -290,10 +290,7 @@ class ReportPublisher:
             raise ValueError("max_inflight must be at least 1")
         if max_unspooled < 1:
             raise ValueError("max_unspooled must be at least 1")
-        if not is_identifier(agent):
-            raise ValueError(
-                f"agent id {agent!r}: 1-64 letters, digits and _ . : - (it names MQTT topics)"
-            )
+        check_agent_id(agent)
         self.broker = broker
         self.site = site
         self.agent = agent
@@ -979,10 +976,19 @@ class ReportPublisher:
         self._warnings("broker", logging.WARNING, msg + " (retrying with backoff)", *args)
 
 
+def check_agent_id(agent: str) -> None:
+    """ValueError unless ``agent`` can be an agent id (it names MQTT topics)."""
+    if not is_identifier(agent):
+        raise ValueError(
+            f"agent id {agent!r}: 1-64 letters, digits and _ . : - (it names MQTT topics)"
+        )
+
+
 def choose_agent_id(requested: str | None, source: str, bound: str) -> str:
     """The agent id to run as: ``--agent`` or the one the site file binds ``source`` to (a
     warning when they differ: the gateway accepts the source's reports from that one only)."""
     agent_id = requested or bound
+    check_agent_id(agent_id)  # refused before any warning about it
     if agent_id != bound:
         log.warning(
             "--agent %s: the site file accepts %s's reports from %r only; the gateway will "

@@ -1135,6 +1135,9 @@ def _check(args: argparse.Namespace) -> tuple[str, Bus, BrokerConfig, DebounceSe
         args.snapshot_interval = site.snapshot_interval(bus.id)
     if args.health_interval <= 0 or args.snapshot_interval <= 0:
         raise UsageError("--health-interval and --snapshot-interval must be positive")
+    problem = site.snapshot_interval_problem(bus.id, args.snapshot_interval)
+    if problem:
+        raise UsageError(f"--snapshot-interval: {problem}")
     settings = DebounceSettings(
         hold_s=args.debounce_ms / 1000,
         node_timeout_s=args.node_timeout_ms / 1000,

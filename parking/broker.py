@@ -62,9 +62,12 @@ class BrokerConfig:
             raise ValueError(f"broker URL {shown!r}: no host")
         tls = parts.scheme in {"mqtts", "ssl"}
         try:
-            port = parts.port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
+            given = parts.port
         except ValueError:
             raise ValueError(f"broker URL {shown!r}: bad port") from None
+        if given == 0:  # no broker listens on port 0: said, not taken for "no port"
+            raise ValueError(f"broker URL {shown!r}: bad port 0")
+        port = given or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
         user = (
             username
             or (unquote(parts.username) if parts.username else None)

@@ -318,6 +318,18 @@ class Site:
         a minute), so a living source is never taken for a silent one by the gateway."""
         return min(60.0, self.source_ttl(source) / 3.0)
 
+    def snapshot_interval_problem(self, source: str, interval_s: float) -> str | None:
+        """Why snapshots every ``interval_s`` would let the gateway take a living source for
+        a silent one (its spaces unknown between them), or None: at most half its TTL."""
+        ttl = self.source_ttl(source)
+        if interval_s > ttl / 2:
+            return (
+                f"snapshots every {interval_s:g} s: the gateway forgets {source}'s spaces "
+                f"{ttl:g} s (its ttl_s) after the last one, so a still scene would read unknown "
+                f"between them; give at most {ttl / 2:g} s (default {self.snapshot_interval(source):g})"
+            )
+        return None
+
     def spaces_of_source(self, source: str) -> list[str]:
         """Space ids bound to a bus or camera, in binding order."""
         return [s for s, b in self.bindings.items() if b.source == source]

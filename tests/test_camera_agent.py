@@ -800,6 +800,13 @@ def test_backoff_stays_capped_however_long_the_outage() -> None:
         (["--source", "TMP"], "a directory, not a video file"),
         (["--source", "http://127.0.0.1:1/x", "--agent", "cam c"], "--agent: agent id 'cam c'"),
         (["--source", "http://127.0.0.1:1/x", "--agent", "a/b"], "it names MQTT topics"),
+        # frames 6.7 s apart: every gap would look like the agent's own stall (unknown)
+        (["--fps-limit", "0.15"], "--stale-s (5) must be at least twice that"),
+        # cam-c's ttl_s is 15: the gateway would read a still scene unknown in between
+        (["--snapshot-interval-s", "60"], "give at most 7.5 s"),
+        # a file never changes shape: refused at start, not 40 blind frames and exit 0
+        (["--source", "WIDE"], "800x600, another shape than the site file's 1280x720"),
+        (["--source", "http://127.0.0.1:1/x", "--broker", "mqtt://127.0.0.1:0"], "bad port 0"),
     ],
 )
 def test_the_agent_refuses_a_bad_model_or_setting_with_a_clear_error(
@@ -811,8 +818,25 @@ def test_the_agent_refuses_a_bad_model_or_setting_with_a_clear_error(
     bad.write_bytes(b"garbage, not a model")
     argv = ["edge", "camera", "--site", str(EXAMPLE_SITE), "--camera", "cam-c"]
     argv += ["--source", str(tmp_path / "x.avi"), "--broker", "mqtt://127.0.0.1:1"]
-    named = {"BAD": str(bad), "SITE": str(EXAMPLE_SITE), "TMP": str(tmp_path)}
+    wide = tmp_path / "wide.png"
+    cv2.imwrite(str(wide), np.full((600, 800, 3), 90, np.uint8))
+    named = {"BAD": str(bad), "SITE": str(EXAMPLE_SITE), "TMP": str(tmp_path), "WIDE": str(wide)}
     argv += [named.get(a, a) for a in extra]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_bad_agent_id_is_refused_before_any_warning_about_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``--agent "bad id/x"`` is one error line, not a warning that the site binds another
+    agent followed by the error."""
+    from edge.publisher import choose_agent_id
+
+    with pytest.raises(ValueError, match="it names MQTT topics"):
+        choose_agent_id("bad id/x", "cam-c", "camera-cam-c")
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        assert choose_agent_id("other-agent", "cam-c", "camera-cam-c") == "other-agent"
+    assert "accepts cam-c's reports from 'camera-cam-c' only" in caplog.text

@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 
 from edge.camera.aim_store import ViewStore
-from edge.camera.quality import QualitySettings
+from edge.camera.quality import QualitySettings, shape_matches
 from edge.camera.smoothing import SmoothingSettings
 from edge.camera.stream import (
     FrameReader,
     carries_secret,
     describe,
+    first_frame_size,
+    is_file_source,
     parse_source,
     source_problem,
 )
@@ -36,7 +38,7 @@ from edge.publisher import ReportPublisher, SpoolBusy, choose_agent_id
 from parking.broker import add_credential_arguments, broker_from_args
 from parking.payloads import went_offline
 from parking.signals import stop_event_on_signals
-from parking.site import SiteError, load_site
+from parking.site import Camera, SiteError, load_site
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +155,31 @@ def _check_positive(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, not {value}")
     if not 0 <= args.fps_limit < math.inf:
         raise ValueError(f"--fps-limit must be 0 or more, not {args.fps_limit}")
+    if args.fps_limit and 2 / args.fps_limit > args.stale_s:
+        # the agent takes a gap of stale_s between judged frames for its own stall
+        raise ValueError(
+            f"--fps-limit {args.fps_limit:g} leaves {1 / args.fps_limit:.1f} s between frames: "
+            f"--stale-s ({args.stale_s:g}) must be at least twice that, or every pause between "
+            "two frames would turn the spaces unknown"
+        )
     if not 0.5 <= args.min_confidence <= 1.0:
         raise ValueError(f"--min-confidence must be 0.5..1, not {args.min_confidence}")
+
+
+def _file_shape_problem(source: str | int, camera: Camera) -> str | None:
+    """A video file of another shape than the site file's: every frame of it would be
+    refused (blind, ``geometry``), so it is said at start; a stream may still change."""
+    if not is_file_source(source):
+        return None
+    size = first_frame_size(str(source))
+    if size is None or shape_matches(size, camera.resolution):
+        return None
+    (w, h), (cw, ch) = size, camera.resolution
+    return (
+        f"its pictures are {w}x{h}, another shape than the site file's {cw}x{ch} for camera "
+        f"{camera.id}: every frame would be refused (blind, geometry); give --squeezed-stream "
+        "if it is the camera's whole view squeezed"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -173,6 +198,9 @@ def main(args: argparse.Namespace) -> int:
         camera = site.camera(args.camera)
         if args.snapshot_interval_s is None:
             args.snapshot_interval_s = site.snapshot_interval(camera.id)
+        problem = site.snapshot_interval_problem(camera.id, args.snapshot_interval_s)
+        if problem:
+            raise ValueError(f"--snapshot-interval-s: {problem}")
         broker = broker_from_args(args.broker, args)
         classifier = SpaceClassifier.load(args.model)
     except (SiteError, KeyError, ValueError, FileNotFoundError) as exc:
@@ -198,12 +226,14 @@ def main(args: argparse.Namespace) -> int:
             " user can read (ps, systemctl status): give it with --source-env VAR instead",
             describe(source),
         )
-    problem = source_problem(source)
+    problem = source_problem(source) or (
+        None if args.squeezed_stream else _file_shape_problem(source, camera)
+    )
     if problem:
-        print(f"error: --source {source}: {problem}", file=sys.stderr)
+        print(f"error: --source {describe(source)}: {problem}", file=sys.stderr)
         return 2
-    agent_id = choose_agent_id(args.agent, camera.id, camera.agent)
     try:
+        agent_id = choose_agent_id(args.agent, camera.id, camera.agent)
         publisher = ReportPublisher(
             broker,
             site.id,

@@ -113,6 +113,17 @@ def file_problem(path: str) -> str | None:
     return None
 
 
+def first_frame_size(path: str) -> tuple[int, int] | None:
+    """(width, height) of a video file's (or picture's) first frame, None if none reads."""
+    quiet_backends()
+    cap = cv2.VideoCapture(path)
+    try:
+        ok, frame = cap.read() if cap.isOpened() else (False, None)
+    finally:
+        cap.release()
+    return (int(frame.shape[1]), int(frame.shape[0])) if ok and frame is not None else None
+
+
 _SECRET_IN_PATH = re.compile(r"(?i)(pass|pwd|password|token|key|auth)[=:]")
 
 
