@@ -1133,8 +1133,9 @@ def _check(args: argparse.Namespace) -> tuple[str, Bus, BrokerConfig, DebounceSe
         raise UsageError("--node-failures must be at least 1")
     if args.snapshot_interval is None:
         args.snapshot_interval = site.snapshot_interval(bus.id)
-    if args.health_interval <= 0 or args.snapshot_interval <= 0:
-        raise UsageError("--health-interval and --snapshot-interval must be positive")
+    for name in ("health_interval", "snapshot_interval"):
+        if not 0 < getattr(args, name) < math.inf:  # NaN too: no snapshot would ever be due
+            raise UsageError(f"--{name.replace('_', '-')} must be positive")
     problem = site.snapshot_interval_problem(bus.id, args.snapshot_interval)
     if problem:
         raise UsageError(f"--snapshot-interval: {problem}")

@@ -322,7 +322,7 @@ class Site:
         """Why snapshots every ``interval_s`` would let the gateway take a living source for
         a silent one (its spaces unknown between them), or None: at most half its TTL."""
         ttl = self.source_ttl(source)
-        if interval_s > ttl / 2:
+        if not interval_s <= ttl / 2:  # NaN too
             return (
                 f"snapshots every {interval_s:g} s: the gateway forgets {source}'s spaces "
                 f"{ttl:g} s (its ttl_s) after the last one, so a still scene would read unknown "

@@ -608,6 +608,7 @@ def test_agent_killed_and_restarted_while_broker_down_loses_nothing(
         (["--bus", BUS, "--port", "{tty}", "--debounce-ms", "-5"], "must not be negative"),
         # the gateway forgets a bus's readings ttl_s (15 s) after its last snapshot
         (["--bus", BUS, "--port", "{tty}", "--snapshot-interval", "60"], "at most 7.5 s"),
+        (["--bus", BUS, "--port", "{tty}", "--snapshot-interval", "nan"], "must be positive"),
         (["--bus", BUS, "--port", "{tty}", "--password-env", "PG_NOT_SET_ANYWHERE"], "not set"),
         (["--bus", BUS, "--port", "{tty}"], "not a serial device"),  # a plain file
     ],

@@ -159,8 +159,8 @@ def _check_positive(args: argparse.Namespace) -> None:
         # the agent takes a gap of stale_s between judged frames for its own stall
         raise ValueError(
             f"--fps-limit {args.fps_limit:g} leaves {1 / args.fps_limit:.1f} s between frames: "
-            f"--stale-s ({args.stale_s:g}) must be at least twice that, or every pause between "
-            "two frames would turn the spaces unknown"
+            f"--stale-s ({args.stale_s:g}) must be at least twice that (a margin: a gap longer "
+            "than --stale-s is taken for the agent's own stall and turns the spaces unknown)"
         )
     if not 0.5 <= args.min_confidence <= 1.0:
         raise ValueError(f"--min-confidence must be 0.5..1, not {args.min_confidence}")
@@ -169,8 +169,8 @@ def _check_positive(args: argparse.Namespace) -> None:
 def _file_shape_problem(source: str | int, camera: Camera) -> str | None:
     """A video file of another shape than the site file's: every frame of it would be
     refused (blind, ``geometry``), so it is said at start; a stream may still change."""
-    if not is_file_source(source):
-        return None
+    if not is_file_source(source) or not os.path.isfile(str(source)):
+        return None  # a URL, a device (/dev/video0) or a FIFO: may still change
     size = first_frame_size(str(source))
     if size is None or shape_matches(size, camera.resolution):
         return None
