@@ -525,8 +525,86 @@ def test_eval_names_an_xml_without_a_label_it_reads(
         rc, out, err = _run_eval([str(tmp_path), "--json"], capsys)
     assert rc == 0, err
     assert json.loads(out)["images"] == 1
-    (warned,) = [r.getMessage() for r in caplog.records if "odd.xml" in r.getMessage()]
-    assert "no space labelled" in warned and "odd.jpg skipped" in warned
+    warned = [r.getMessage() for r in caplog.records if "odd.xml" in r.getMessage()]
+    assert any('neither 0 nor 1 (e.g. "02")' in w for w in warned), warned
+    assert any("no labelled space" in w and "odd.jpg skipped" in w for w in warned), warned
+
+
+def _exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """``jpeg`` with an EXIF segment whose Orientation tag is ``orientation``."""
+    ifd = (1).to_bytes(2, "little") + (0x0112).to_bytes(2, "little") + (3).to_bytes(2, "little")
+    ifd += (1).to_bytes(4, "little") + orientation.to_bytes(2, "little") + b"\0\0"
+    tiff = b"II*\0" + (8).to_bytes(4, "little") + ifd + (0).to_bytes(4, "little")
+    body = b"Exif\0\0" + tiff
+    return jpeg[:2] + b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body + jpeg[2:]
+
+
+def test_eval_reads_quirky_files_as_they_are_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Files met in real datasets: an empty image (it crashed the whole run), a JPEG with a
+    trailer after its end (phones append kilobytes: it was called truncated), an EXIF
+    orientation tag (labels are in the stored pixels: it was rotated, and scored on the
+    wrong crops), a contour point that is no number (the image was dropped) and a contour
+    of one point with a good ``<rotatedRect>`` (the space was dropped)."""
+    from edge.camera.pklot import ImageError, parse_pklot_xml, read_image
+
+    frame, poly = _two_tone_space(0.0)
+    _labelled_frame(tmp_path, "a.xml", [(' occupied="1"', poly)])
+    jpeg = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageError, match="empty file"):
+        read_image(tmp_path / "empty.jpg")
+    (tmp_path / "trailer.jpg").write_bytes(jpeg + bytes(10_000))
+    assert read_image(tmp_path / "trailer.jpg").shape == frame.shape
+    (tmp_path / "turned.jpg").write_bytes(_exif_orientation(jpeg, 6))
+    assert read_image(tmp_path / "turned.jpg").shape == frame.shape  # not 90° turned
+    (tmp_path / "cut.jpg").write_bytes(_exif_orientation(jpeg, 6)[: len(jpeg) // 2])
+    with pytest.raises(ImageError, match="truncated"):
+        read_image(tmp_path / "cut.jpg")  # the EXIF segment's bytes do not hide the cut
+    for name in ("empty", "trailer", "turned"):
+        (tmp_path / f"{name}.xml").write_text((tmp_path / "a.xml").read_text())
+    with caplog.at_level("WARNING"):
+        rc, out, err = _run_eval([str(tmp_path), "--json"], capsys)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert (res["images"], res["spaces"], res["accuracy"]) == (3, 3, 1.0), res
+    assert any("empty.jpg" in r.getMessage() for r in caplog.records)
+    (x, y) = poly[0]
+    rect = f'<rotatedRect><center x="{x + 20}" y="{y + 20}"/><size w="30" h="30"/></rotatedRect>'
+    for points in (f'<point x="{x},5" y="{y}"/>' * 4, f'<point x="{x}" y="{y}"/>' * 4):
+        xml = f'<parking><space id="1" occupied="1"><contour>{points}</contour>{rect}</space></parking>'
+        (space,) = parse_pklot_xml(xml)
+        assert abs(cv2.contourArea(space.contour.reshape(-1, 1, 2).astype(np.float32))) > 800
+
+
+def test_eval_says_what_is_wrong_with_its_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, monkeypatch
+) -> None:
+    """A file given as DIR; a folder of patches without --patches; an unreadable folder
+    (its files were left out of the totals without a word)."""
+    (tmp_path / "f.txt").write_text("x")
+    rc, _, err = _run_eval([str(tmp_path / "f.txt"), "--json"], capsys)
+    assert rc == 2 and "not a directory" in err
+    frame, poly = _two_tone_space(0.0)
+    (tmp_path / "p" / "busy").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "p" / "busy" / "1.jpg"), frame[:60, :60])
+    rc, _, err = _run_eval([str(tmp_path / "p"), "--json"], capsys)
+    assert rc == 2 and "add --patches" in err
+    _labelled_frame(tmp_path / "d" / "ok", "a.xml", [(' occupied="1"', poly)])
+    _labelled_frame(tmp_path / "d" / "locked", "b.xml", [(' occupied="1"', poly)])
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # noqa: ANN001, ANN202 - root reads every folder: a refusal, made
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level("WARNING"):
+        rc, out, err = _run_eval([str(tmp_path / "d"), "--json"], capsys)
+    assert rc == 0 and json.loads(out)["images"] == 1, err
+    assert any("locked" in r.getMessage() and "left out" in r.getMessage() for r in caplog.records)
 
 
 def test_eval_reads_other_image_formats(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

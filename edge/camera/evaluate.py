@@ -83,8 +83,8 @@ def _plannable(clf: SpaceClassifier, contour: np.ndarray) -> bool:
 
 def _inside_share(contour: np.ndarray, width: int, height: int) -> float:
     """Share of the contour's bounding box that lies inside a ``width`` x ``height`` frame."""
-    x0, y0 = contour.min(axis=0)
-    x1, y1 = contour.max(axis=0)
+    x0, y0 = contour.min(axis=0).astype(np.int64)  # int32 products overflow past ~46k px
+    x1, y1 = contour.max(axis=0).astype(np.int64)
     area = max(1, (x1 - x0) * (y1 - y0))
     w = max(0, min(x1, width) - max(x0, 0))
     h = max(0, min(y1, height) - max(y0, 0))
@@ -103,7 +103,7 @@ def evaluate_frames(root: Path, clf: SpaceClassifier) -> dict[str, float | int |
             continue
         if not spaces:
             log.warning(
-                '%s: no space labelled occupied="0" or "1"; %s skipped', xml_path, img_path.name
+                "%s: no labelled space with a usable outline; %s skipped", xml_path, img_path.name
             )
             continue
         try:
@@ -226,7 +226,8 @@ def main(args: argparse.Namespace) -> int:
     """Run the evaluation; 0 on success, 2 on a bad directory or model."""
     root: Path = Path(args.dir)
     if not root.is_dir():
-        print(f"error: directory not found: {root}", file=sys.stderr)
+        what = "not a directory" if root.exists() else "directory not found"
+        print(f"error: {what}: {root}", file=sys.stderr)
         return 2
     try:
         clf = SpaceClassifier.load(getattr(args, "model", None))
@@ -236,7 +237,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         res = evaluate_patches(root, clf) if args.patches else evaluate_frames(root, clf)
     except EvalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = ""
+        if not args.patches and _patch_files(root):
+            hint = " (a folder of single-space patches? add --patches)"
+        print(f"error: {exc}{hint}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(res, separators=(",", ":")))

@@ -77,9 +77,14 @@ def _rotated_rect(space: ET.Element) -> np.ndarray | None:
     return np.round(cv2.boxPoints(((cx, cy), (w, h), d))).astype(np.int32)
 
 
+def _encloses_area(contour: np.ndarray | None) -> bool:
+    return contour is not None and abs(cv2.contourArea(contour.reshape(-1, 1, 2))) >= 1.0
+
+
 def _contour(space: ET.Element) -> np.ndarray | None:
     """Points of the space's ``<contour>`` (or of any point under it as a fallback), else
-    its ``<rotatedRect>``; None when neither encloses an area (under one square pixel)."""
+    its ``<rotatedRect>`` (also when a point does not read as a number, or the points
+    enclose no area); None when neither encloses an area (under one square pixel)."""
     holder = _child(space, "contour")
     scope = holder if holder is not None else space
     pts = []
@@ -89,11 +94,15 @@ def _contour(space: ET.Element) -> np.ndarray | None:
         x, y = _attr(e, "x"), _attr(e, "y")
         if x is None or y is None:
             continue
-        pts.append((round(float(x)), round(float(y))))
-    contour = np.asarray(pts, dtype=np.int32) if len(pts) >= 3 else _rotated_rect(space)
-    if contour is None or abs(cv2.contourArea(contour.reshape(-1, 1, 2))) < 1.0:
-        return None  # a point or a line: no space to look at
-    return contour
+        try:
+            pts.append((round(float(x)), round(float(y))))
+        except (ValueError, OverflowError):  # "608,5", "nan", "inf": the outline is not known
+            pts = []
+            break
+    contour = np.asarray(pts, dtype=np.int32) if len(pts) >= 3 else None
+    if not _encloses_area(contour):
+        contour = _rotated_rect(space)
+    return contour if _encloses_area(contour) else None  # a point or a line: nothing to see
 
 
 def parse_pklot_xml(text: str | bytes, source: str = "PKLot XML") -> list[Space]:
@@ -106,7 +115,11 @@ def parse_pklot_xml(text: str | bytes, source: str = "PKLot XML") -> list[Space]
     root = ET.fromstring(text)
     spaces: list[Space] = []
     skipped = 0
+    unread: list[str] = []
     for i, elem in enumerate(e for e in root.iter() if _local(e.tag) == "space"):
+        flag = _attr(elem, "occupied")
+        if flag is not None and flag.strip() and _parse_occupied(flag) is None:
+            unread.append(flag)
         contour = _contour(elem)
         if contour is None:
             skipped += _parse_occupied(_attr(elem, "occupied")) is not None
@@ -116,6 +129,14 @@ def parse_pklot_xml(text: str | bytes, source: str = "PKLot XML") -> list[Space]
         spaces.append(Space(sid, contour, _parse_occupied(_attr(elem, "occupied"))))
     if skipped:
         log.warning("%s: %d labelled space(s) without a usable contour skipped", source, skipped)
+    if unread:
+        log.warning(
+            '%s: %d space(s) with an occupied value that is neither 0 nor 1 (e.g. "%s") '
+            "taken as unlabelled",
+            source,
+            len(unread),
+            unread[0],
+        )
     return spaces
 
 
@@ -139,7 +160,11 @@ def walk_files(root: str | Path) -> list[Path]:
     assembled from links), each real folder once (no loops), sorted."""
     seen: set[str] = set()
     files: list[Path] = []
-    for folder, dirs, names in os.walk(root, followlinks=True):
+
+    def unreadable(exc: OSError) -> None:  # not silently short: say which folder is left out
+        log.warning("cannot read folder %s: %s; its files are left out", exc.filename, exc.strerror)
+
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=unreadable):
         real = os.path.realpath(folder)
         if real in seen:
             dirs[:] = []
@@ -153,18 +178,48 @@ class ImageError(Exception):
     """An image file that cannot be used (unreadable, not an image, truncated)."""
 
 
+def _jpeg_scan_start(data: bytes) -> int | None:
+    """Offset of a JPEG's first start-of-scan marker, walking its segments (so an EXIF
+    thumbnail's own markers, inside a segment, are skipped); None if not found."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0xDA:
+            return i
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Decode an image file (BGR). Raises :class:`ImageError` rather than return a
+    """Decode an image file (BGR), as stored: EXIF orientation is not applied, since
+    labels are in the stored pixels. Raises :class:`ImageError` rather than return a
     truncated JPEG, which OpenCV would pad with grey and which would then be scored."""
     try:
         data = path.read_bytes()  # not cv2.imread: it crashes on names that are not UTF-8
     except OSError as exc:
         raise ImageError(f"cannot read image {path}: {exc.strerror or exc}") from exc
-    # the end-of-image marker, allowing for trailing bytes some cameras append (an EXIF
-    # thumbnail's own marker sits near the start, so only the second half counts)
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[max(len(data) // 2, len(data) - 4096) :]:
-        raise ImageError(f"cannot read image {path}: truncated JPEG (no end-of-image marker)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if not data:
+        raise ImageError(f"cannot read image {path}: empty file")
+    if data[:2] == b"\xff\xd8":
+        # the end-of-image marker after the scan; bytes after it (phones and some cameras
+        # append a trailer) do not matter
+        scan = _jpeg_scan_start(data)
+        if scan is not None and data.rfind(b"\xff\xd9") < scan:
+            raise ImageError(f"cannot read image {path}: truncated JPEG (no end-of-image marker)")
+    try:
+        img = cv2.imdecode(
+            np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+        )
+    except cv2.error as exc:  # e.g. a header claiming more pixels than OpenCV allows
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"
+        raise ImageError(f"cannot read image {path}: OpenCV refuses it ({msg})") from None
     if img is None:
         raise ImageError(f"cannot read image {path}: not an image OpenCV decodes")
     return img
