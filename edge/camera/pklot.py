@@ -118,15 +118,16 @@ def parse_pklot_xml(text: str | bytes, source: str = "PKLot XML") -> list[Space]
     unread: list[str] = []
     for i, elem in enumerate(e for e in root.iter() if _local(e.tag) == "space"):
         flag = _attr(elem, "occupied")
-        if flag is not None and flag.strip() and _parse_occupied(flag) is None:
+        occupied = _parse_occupied(flag)
+        if occupied is None and flag is not None and flag.strip():
             unread.append(flag)
         contour = _contour(elem)
         if contour is None:
-            skipped += _parse_occupied(_attr(elem, "occupied")) is not None
+            skipped += occupied is not None
             log.debug("space %s has no usable contour; skipped", _attr(elem, "id"))
             continue
         sid = _attr(elem, "id") or str(i + 1)
-        spaces.append(Space(sid, contour, _parse_occupied(_attr(elem, "occupied"))))
+        spaces.append(Space(sid, contour, occupied))
     if skipped:
         log.warning("%s: %d labelled space(s) without a usable contour skipped", source, skipped)
     if unread:
