@@ -103,13 +103,8 @@ def file_problem(path: str) -> str | None:
         return "no such file"
     if os.path.isdir(path):
         return "a directory, not a video file"
-    quiet_backends()
-    cap = cv2.VideoCapture(path)
-    try:
-        if not cap.isOpened() or not cap.grab():
-            return "not a video OpenCV can read"
-    finally:
-        cap.release()
+    if first_frame_size(path) is None:
+        return "not a video OpenCV can read"
     return None
 
 
