@@ -169,7 +169,7 @@ def test_cast_shadow_darkens_some_pixels_and_never_brightens() -> None:
 
 def test_augmentations_are_deterministic_with_a_seeded_generator() -> None:
     img, car = _textured(0), _textured(1)
-    for fn in (T._cast_shadow, T._dapple, T._warm_haze):
+    for fn in (T._cast_shadow, T._dapple, T._warm_haze, T._rain):
         a = fn(img, np.random.default_rng(7))
         b = fn(img, np.random.default_rng(7))
         c = fn(img, np.random.default_rng(8))
@@ -202,6 +202,20 @@ def test_warm_haze_shifts_colour_towards_red() -> None:
     assert T._warm_haze(white, np.random.default_rng(0)).dtype == np.uint8
 
 
+def test_rain_draws_thin_bright_streaks_and_sometimes_wets_the_ground() -> None:
+    img = np.full((32, 32, 3), 100, np.uint8)
+    wet = 0
+    for seed in range(40):
+        out = T._rain(img, np.random.default_rng(seed)).astype(int)
+        assert out.shape == img.shape and out.min() >= 0 and out.max() <= 255
+        ground = np.median(out)
+        brighter = (out > ground + 4).all(axis=2)
+        assert 0 < brighter.sum() < 0.5 * brighter.size  # streaks, not a brighter patch
+        if ground < 100 - 5:  # the ground between the streaks darker: wet
+            wet += 1
+    assert 5 <= wet <= 35  # wet about half the time
+
+
 def test_intrude_pastes_along_one_border_and_keeps_the_far_side() -> None:
     base = np.full((32, 32, 3), 100, np.uint8)
     car = np.full((32, 32, 3), 30, np.uint8)
@@ -224,7 +238,7 @@ def test_intrude_pastes_along_one_border_and_keeps_the_far_side() -> None:
 
 
 def test_new_augmentations_are_off_by_default_and_leave_the_stream_unchanged() -> None:
-    assert all(T.AUG[k] == 0.0 for k in ("shadow", "dapple", "warm", "intrude"))
+    assert all(T.AUG[k] == 0.0 for k in ("shadow", "dapple", "warm", "rain", "intrude"))
     canvas, other, car = _textured(0, 64), _textured(1, 64), _textured(2, 64)
     a = T.augment(canvas, 32, np.random.default_rng(3), other)
     b = T.augment(canvas, 32, np.random.default_rng(3), other, car)  # intrude off: ignored

@@ -49,7 +49,8 @@ when off (the bundled recipe turns on only ``--aug-intrude 0.3``):
 ``--aug-lines`` (painted lines), ``--aug-stains``
 (asphalt wear), ``--aug-shadow`` (a soft polygon or band darkened by 30-70 %),
 ``--aug-dapple`` (light through leaves: a low-frequency brightness field),
-``--aug-warm`` (warm low sun, sometimes haze) and ``--aug-intrude`` (on free
+``--aug-warm`` (warm low sun, sometimes haze), ``--aug-rain`` (wet, darker
+ground and thin bright rain streaks) and ``--aug-intrude`` (on free
 patches only: a strip of an occupied patch along one border, a neighbouring
 car reaching into the stall). Each takes the probability per sample.
 ``--aug-occlude P`` / ``--occlude-size S`` set the partial occluder's
@@ -98,6 +99,7 @@ AUG = {
     "shadow": 0.0,
     "dapple": 0.0,
     "warm": 0.0,
+    "rain": 0.0,
     "intrude": 0.0,
     "occlude": 0.3,  # probability of the partial occluder
     "occlude_size": 1.0,  # scale of its half-axes (15-40 % of the patch at 1.0)
@@ -436,6 +438,28 @@ def _warm_haze(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 
 
+def _rain(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rain: half the time wet, darker ground (gamma 1.1-1.6), then 3-30 thin bright
+    streaks in one direction (drawn at 4x and area-averaged down, so they are as faint
+    and fine as falling drops seen from a lamp post)."""
+    h, w = img.shape[:2]
+    x = img.astype(np.float32)
+    if rng.random() < 0.5:
+        x = 255.0 * (x / 255.0) ** rng.uniform(1.1, 1.6)
+    k = 4
+    angle = rng.uniform(0.0, np.pi)
+    length = rng.uniform(0.1, 0.4) * h * k
+    dx, dy = np.cos(angle) * length, np.sin(angle) * length
+    streaks = np.zeros((h * k, w * k), np.float32)
+    for sx, sy in rng.uniform(0.0, 1.0, (int(rng.integers(3, 31)), 2)):
+        x0, y0 = sx * w * k, sy * h * k
+        cv2.line(streaks, (int(x0), int(y0)), (int(x0 + dx), int(y0 + dy)), 1.0,
+                 int(rng.integers(1, 4)), cv2.LINE_AA)  # fmt: skip
+    a = rng.uniform(0.2, 0.6) * cv2.resize(streaks, (w, h), interpolation=cv2.INTER_AREA)
+    x = x * (1.0 - a[..., None]) + rng.uniform(170.0, 240.0) * a[..., None]
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+
+
 def _intrude(img: np.ndarray, car: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A neighbouring car reaching into the patch from one border (for free patches).
 
@@ -511,6 +535,8 @@ def augment(
         patch = _dapple(patch, rng)
     if AUG["warm"] and rng.random() < AUG["warm"]:
         patch = _warm_haze(patch, rng)
+    if AUG["rain"] and rng.random() < AUG["rain"]:
+        patch = _rain(patch, rng)
     return _photometric(patch, rng)
 
 
@@ -897,6 +923,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aug-shadow", type=float, default=AUG["shadow"], help="cast shadow prob.")
     ap.add_argument("--aug-dapple", type=float, default=AUG["dapple"], help="dappled light prob.")
     ap.add_argument("--aug-warm", type=float, default=AUG["warm"], help="warm sun / haze prob.")
+    ap.add_argument("--aug-rain", type=float, default=AUG["rain"], help="rain / wet prob.")
     ap.add_argument(
         "--aug-intrude", type=float, default=AUG["intrude"], help="neighbour car prob. (free)"
     )
@@ -1007,6 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
         shadow=args.aug_shadow,
         dapple=args.aug_dapple,
         warm=args.aug_warm,
+        rain=args.aug_rain,
         intrude=args.aug_intrude,
         occlude=args.aug_occlude,
         occlude_size=args.occlude_size,
