@@ -310,6 +310,27 @@ def test_cli_rejects_bad_synthetic_options(tmp_path: Path) -> None:
         assert exc.value.code == 2
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--aug-rain", "1.5"],
+        ["--aug-intrude", "-0.1"],
+        ["--aug-occlude", "nan"],
+        ["--synthetic-dark", "2"],
+        ["--aug-gain", "1"],
+        ["--occlude-size", "0"],
+        ["--occlude-size", "inf"],
+    ],
+)
+def test_cli_rejects_augmentation_values_out_of_range(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--cnrpark", str(tmp_path), "--out", str(tmp_path / "m.onnx"), *args])
+    assert exc.value.code == 2
+    assert args[0] in capsys.readouterr().err  # the message names the option
+
+
 def test_occluders_and_intruders_are_cut_from_photographs_only() -> None:
     samples = [_sample("cnrpark", 0), _sample("synthetic", 0), _sample("pklot", 1)]
     samples += [_sample("synthetic", 1), _sample("cnrpark", 1)]

@@ -880,6 +880,21 @@ def evaluate_heldout(
     return report
 
 
+# options that are a probability per sample (or a share of the simulated cars)
+PROBABILITY_OPTIONS = (
+    "aug_grey",
+    "aug_lines",
+    "aug_stains",
+    "aug_shadow",
+    "aug_dapple",
+    "aug_warm",
+    "aug_rain",
+    "aug_intrude",
+    "aug_occlude",
+    "synthetic_dark",
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--pklot", type=Path, help="PKLot frames + XML (any depth)")
@@ -992,6 +1007,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --pklot and/or --cnrpark")
     if args.synthetic < 0 or not 0.0 <= args.synthetic_share < 1.0:
         ap.error("--synthetic takes a frame count >= 0, --synthetic-share a share in [0, 1)")
+    for name in PROBABILITY_OPTIONS:
+        value = getattr(args, name)
+        if not 0.0 <= value <= 1.0:  # NaN fails too
+            ap.error(f"--{name.replace('_', '-')} takes a probability in [0, 1], got {value}")
+    if not 0.0 <= args.aug_gain < 1.0:
+        ap.error(f"--aug-gain takes a gain spread in [0, 1), got {args.aug_gain}")
+    if not 0.0 < args.occlude_size < math.inf:
+        ap.error(f"--occlude-size takes a scale > 0, got {args.occlude_size}")
     if args.train_before is not None and (
         args.holdout_from is None or args.train_before > args.holdout_from
     ):
