@@ -294,6 +294,26 @@ def test_pretrained_backbone_reader(tmp_path: Path) -> None:
         build_backbone(path, "b7")
 
 
+def test_backbone_train_hooks_act_in_training_only(tmp_path: Path) -> None:
+    """A hook on a node (MixStyle in training) changes the output in training mode and
+    nothing in eval mode, which is what gets exported."""
+    torch = pytest.importorskip("torch")
+    from edge.camera.backbone import build_backbone
+
+    path, _ = _tfjs_graph(tmp_path)
+    body = build_backbone(path, "b5").eval()
+    x = torch.from_numpy(np.random.default_rng(2).uniform(0, 255, (2, 3, 8, 8)).astype("f4"))
+    with torch.no_grad():
+        plain = body(x)
+        body.train_hooks["conv"] = lambda y: y * 0.0
+        hooked_eval = body(x)
+        body.train()
+        hooked_train = body(x)
+    assert torch.equal(plain, hooked_eval)
+    assert not torch.allclose(plain, hooked_train)
+    assert "conv" in body.node_names
+
+
 def test_model_files_small() -> None:
     for p in MODEL_DIR.glob("*.onnx"):
         assert p.stat().st_size < 5 * 1024 * 1024, p

@@ -331,6 +331,66 @@ def test_cli_rejects_augmentation_values_out_of_range(
     assert args[0] in capsys.readouterr().err  # the message names the option
 
 
+def test_mixstyle_mixes_feature_statistics_and_keeps_the_content() -> None:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, 5, 5) * torch.arange(1, 9).view(8, 1, 1, 1) + torch.arange(8).view(
+        8, 1, 1, 1
+    )  # every sample with its own mean and spread
+    mu, sigma = x.mean(dim=(2, 3)), x.std(dim=(2, 3), unbiased=False)
+    out = T.mixstyle(x, p=1.0)
+    out_mu, out_sigma = out.mean(dim=(2, 3)), out.std(dim=(2, 3), unbiased=False)
+    # the new statistics lie between the batch's own (a mix of two samples')
+    assert (out_mu >= mu.min() - 1e-4).all() and (out_mu <= mu.max() + 1e-4).all()
+    assert (out_sigma >= sigma.min() * 0.99).all() and (out_sigma <= sigma.max() * 1.01).all()
+    assert not torch.allclose(out_mu, mu, atol=1e-3)  # some sample got another's style
+    # the content (the normalised map) is unchanged
+    norm = (x - mu[..., None, None]) / sigma[..., None, None]
+    out_norm = (out - out_mu[..., None, None]) / out_sigma[..., None, None]
+    assert torch.allclose(norm, out_norm, atol=1e-3)
+
+
+def test_mixstyle_off_draws_nothing_and_changes_nothing() -> None:
+    torch = pytest.importorskip("torch")
+    x = torch.randn(4, 3, 4, 4)
+    torch.manual_seed(5)
+    assert torch.equal(T.mixstyle(x, p=0.0), x)  # p = 0: never mixes
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    torch.rand(1)  # the one draw that decides
+    assert torch.equal(torch.rand(1), after)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mixstyle", "0.5"], "--mixstyle needs --backbone"),
+        (["--mixstyle", "1.5"], "--mixstyle takes a probability in [0, 1]"),
+        (["--mixstyle-after", "0,x"], "not a list of block numbers"),
+        (["--mixstyle-after=-1"], "block numbers are 0 or more"),
+    ],
+)
+def test_cli_rejects_bad_mixstyle_options(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--cnrpark", str(tmp_path), "--out", str(tmp_path / "m.onnx"), *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_rejects_mixing_after_the_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = tmp_path / "g.json"
+    graph.write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        main(["--cnrpark", str(tmp_path), "--out", str(tmp_path / "m.onnx"), "--backbone",
+              str(graph), "--tap", "b5", "--mixstyle", "0.5", "--mixstyle-after", "0,7"])  # fmt: skip
+    assert exc.value.code == 2
+    assert "cut after block 5" in capsys.readouterr().err
+
+
 def test_occluders_and_intruders_are_cut_from_photographs_only() -> None:
     samples = [_sample("cnrpark", 0), _sample("synthetic", 0), _sample("pklot", 1)]
     samples += [_sample("synthetic", 1), _sample("cnrpark", 1)]

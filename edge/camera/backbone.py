@@ -19,6 +19,10 @@ operations of these layers are supported (convolution, depthwise convolution,
 ReLU, ReLU6, hard-swish as Mul/Add/ReLU6, squeeze-excite mean); anything else
 raises ``ValueError``. Needs the ``train`` extra (torch); the run time never
 imports this module: the exported ONNX holds the layers.
+
+``train_hooks`` (node name -> function) change a node's output in training mode only,
+e.g. MixStyle after a block (:func:`block_output` names a block's output); in eval mode,
+and so in the exported ONNX, they do nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +44,17 @@ TAPS = {
     "b13": PREFIX + "expanded_conv_13/add",  # stride 32, 120 channels
 }
 _FLOAT16 = "float16"
+
+
+def block_output(names: Collection[str], block: int) -> str:
+    """Name of the output node of inverted-residual block ``block`` (0 = ``expanded_conv``)
+    among ``names`` (a backbone's ``node_names``): its residual add, or its projection
+    where the block has no residual."""
+    stem = PREFIX + ("expanded_conv" if block == 0 else f"expanded_conv_{block}")
+    for name in (stem + "/add", stem + "/project/BatchNorm/FusedBatchNorm"):
+        if name in names:
+            return name
+    raise ValueError(f"no block {block} before the cut")
 
 
 def load_tfjs(model_json: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -111,6 +127,8 @@ def build_backbone(model_json: str | Path, tap: str = "b9"):  # noqa: ANN201 - t
             super().__init__()
             self.ops: list[tuple] = []
             self.params = torch.nn.ParameterList()
+            self.node_names = frozenset(order)
+            self.train_hooks: dict = {}  # node name -> fn(tensor) -> tensor, training only
             first_conv = True
             for name in order:
                 n = nodes[name]
@@ -185,6 +203,8 @@ def build_backbone(model_json: str | Path, tap: str = "b9"):  # noqa: ANN201 - t
                     y = torch.clamp(env[o[2]], 0.0, 6.0)
                 else:  # mean over H, W
                     y = env[o[2]].mean(dim=(2, 3), keepdim=True)
+                if self.training and name in self.train_hooks:
+                    y = self.train_hooks[name](y)
                 env[name] = y
             return env[out_name]
 

